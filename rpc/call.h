@@ -1,0 +1,116 @@
+/* rpc/call.h: the call object and the method table: where the protocol layers end.
+ *
+ * Every transport (gRPC over HTTP/2 here; REST, Connect and gRPC-Web in bridge/) decodes a request
+ * into a protobuf message, builds an rpc_call for one row of the method table and hands it to the
+ * dispatcher (rpc/dispatch.h). The dispatcher runs the generic checks once (deadline, and later
+ * authentication, RBAC, feature flag, rate limit, breaker) and calls the row's handler.
+ *
+ * A handler sees only this header: the decoded request, the call's arena, metadata lookups, the
+ * worker's store session, and the reply functions. It never writes trailers or HTTP itself.
+ *
+ * Lifetime. A call lives from dispatch until both (a) the handler finished it (rpc_call_reply,
+ * rpc_call_fail or rpc_call_finish) and (b) the transport let go of it (stream closed). Either may
+ * happen first: a handler may finish a call whose client already went away (the reply is dropped),
+ * and a handler may finish asynchronously from a store callback. After finishing, the handler
+ * must not touch the call again. Everything allocated from the call's arena dies with the call.
+ *
+ * Threads. A call is used only on its worker's thread.
+ */
+#ifndef PINS_RPC_CALL_H
+#define PINS_RPC_CALL_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/arena.h"
+#include "common/error.h"
+
+typedef struct rpc_call rpc_call;
+typedef struct rpc_worker rpc_worker;
+struct store_session;
+
+/* A handler: reads rpc_call_request(call) and eventually finishes the call exactly once. */
+typedef void (*rpc_handler_cb)(rpc_call *call);
+
+/* Method flags. */
+enum {
+    RPC_METHOD_SERVER_STREAM = 1u << 0, /* the response is a stream of messages */
+    RPC_METHOD_CLIENT_STREAM = 1u << 1, /* the request is a stream of messages */
+    RPC_METHOD_MEMORY_PINS = 1u << 2,   /* feature flag, rate limiter and breaker apply */
+    RPC_METHOD_UNGUARDED = 1u << 3,     /* never authenticated (health, reflection) */
+};
+
+/* One row of the method table. Rows are static and live for the process. */
+typedef struct rpc_method {
+    const char *path;    /* "/memorypins.v1.MemoryPins/GetPin" */
+    const char *service; /* "memorypins.v1.MemoryPins" */
+    const char *name;    /* "GetPin" */
+    const ProtobufCMessageDescriptor *input;
+    const ProtobufCMessageDescriptor *output;
+    rpc_handler_cb handler;
+    const char *resource; /* permission, e.g. "memory_pin"; NULL when unguarded */
+    const char *action;   /* e.g. "read" */
+    const char *op;       /* memory_pins_operations_total operation label, or NULL */
+    unsigned flags;
+} rpc_method;
+
+/* For a client-streaming call: called with each further request message (borrowed for the
+ * callback), and with msg NULL when the client half-closed. */
+typedef void (*rpc_call_message_cb)(rpc_call *call, const ProtobufCMessage *msg, void *arg);
+/* Called once when the client goes away (RST_STREAM, connection closed) or the deadline passes
+ * before the handler finished; the handler must then finish the call (the reply is dropped). */
+typedef void (*rpc_call_cancel_cb)(rpc_call *call, void *arg);
+
+/* The method row of the call. */
+const rpc_method *rpc_call_method(const rpc_call *call);
+/* The decoded request message (owned by the call). For client-streaming methods: the first
+ * message, or NULL when the client sent none before half-closing. */
+const ProtobufCMessage *rpc_call_request(const rpc_call *call);
+/* The call's arena. */
+pins_arena *rpc_call_arena(rpc_call *call);
+/* The worker the call runs on. */
+rpc_worker *rpc_call_worker(rpc_call *call);
+/* The worker's store session. */
+struct store_session *rpc_call_store(rpc_call *call);
+/* Request metadata (HTTP header) by lower-case name, or NULL. Borrowed for the call. */
+const char *rpc_call_header(const rpc_call *call, const char *name);
+/* The request id (x-request-id as sent, or generated). Borrowed for the call. */
+const char *rpc_call_request_id(const rpc_call *call);
+/* Monotonic nanoseconds when the call was dispatched. */
+int64_t rpc_call_start_ns(const rpc_call *call);
+/* Monotonic nanosecond deadline, or 0 when the client set none. */
+int64_t rpc_call_deadline_ns(const rpc_call *call);
+/* True once the client went away or the deadline passed. */
+bool rpc_call_cancelled(const rpc_call *call);
+/* Registers the cancellation callback (one per call; later calls replace it). */
+void rpc_call_on_cancel(rpc_call *call, rpc_call_cancel_cb cb, void *arg);
+/* Registers the callback for further request messages of a client-streaming call. */
+void rpc_call_on_message(rpc_call *call, rpc_call_message_cb cb, void *arg);
+
+/* Adds a response header (gRPC: initial metadata, sent with the first message or the
+ * Trailers-Only answer) or, with trailer true, trailing metadata. name and value are copied.
+ * Returns 0 or PINS_ENOMEM. */
+int rpc_call_add_metadata(rpc_call *call, const char *name, const char *value, bool trailer);
+
+/* Sends one response message (borrowed; packed before return) of a server-streaming call.
+ * Returns 0, PINS_ECANCELLED when the client is gone, PINS_ERESOURCE_EXHAUSTED when the client
+ * reads too slowly (the caller should then finish the call), PINS_ENOMEM. */
+int rpc_call_send(rpc_call *call, const ProtobufCMessage *msg);
+/* Unary success: sends msg (borrowed) and finishes the call with OK. */
+void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg);
+/* The error funnel: finishes the call with err (a PINS_E* code) and a client-visible message
+ * (printf format; lower case, what was attempted and why, never database or library text).
+ * fmt NULL uses the table's message. Counts and logs once. */
+void rpc_call_fail(rpc_call *call, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Finishes a streaming call with OK after its messages. */
+void rpc_call_finish(rpc_call *call);
+
+/* A detail for the REST 422 body: the offending field's location (e.g. "body", "key") and a
+ * machine-readable type (e.g. "value_error"). Set before rpc_call_fail(PINS_EINVALID_ARGUMENT).
+ * Strings are borrowed static strings or arena strings. */
+void rpc_call_set_error_detail(rpc_call *call, const char *loc0, const char *loc1,
+                               const char *type);
+
+#endif

@@ -1,0 +1,176 @@
+/* store/store.h: the store interface every handler uses.
+ *
+ * Two backends sit behind it (store/store_int.h): the embedded SQLite store (DATABASE_URL unset,
+ * data in PINS_DATA_DIR) and PostgreSQL. Both keep the same schema and the same semantics
+ * (API.md section 4): versions start at 1 and grow by one per upsert, created_at survives upserts,
+ * expiry is counted from the time of each write, expired pins are invisible to get and list (unless
+ * asked) but deletable, list order is created_at DESC, id DESC, prefixes match literally.
+ *
+ * Lifetimes. A `store` lives for the process (opened before the workers start, closed after they
+ * stop). A `store_session` belongs to one worker thread and its event loop; it is never shared.
+ *
+ * Calls. Every operation takes a session and a callback. It returns 0 when the callback will be
+ * called exactly once, or a negative PINS_E* code (and the callback is never called). The callback
+ * may run before the operation returns (the SQLite backend completes most work synchronously),
+ * so the caller must not touch state the callback frees after starting an operation.
+ * Everything handed to a callback (pins, strings) lives only for that callback: copy what you keep.
+ * Request structs and their strings are borrowed until the operation returns.
+ *
+ * Errors delivered to callbacks: PINS_ENOT_FOUND, PINS_EALREADY_EXISTS (create-only on a live pin),
+ * PINS_EABORTED (expected_version mismatch), PINS_ESTORE (store unreachable or failing: counts
+ * towards the circuit breaker), PINS_EDEADLINE_EXCEEDED, PINS_ENOMEM, PINS_EINTERNAL.
+ * The store never puts database text into what it returns; it logs the detail itself.
+ *
+ * Times are microseconds since the Unix epoch (UTC). The caller passes "now" so that tests can
+ * use a fake clock.
+ */
+#ifndef PINS_STORE_STORE_H
+#define PINS_STORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+
+typedef struct store store;
+typedef struct store_session store_session;
+
+/* A pin as the store returns it. Strings are NUL-terminated. */
+typedef struct store_pin {
+    int64_t id;
+    const char *tenant_id;
+    const char *key;
+    const char *value_json; /* a JSON object, compact */
+    size_t value_len;
+    const char *source;
+    int64_t created_us;
+    int64_t updated_us;
+    bool has_ttl;
+    int32_t ttl_seconds;
+    bool has_expires;
+    int64_t expires_us;
+    int64_t version;
+} store_pin;
+
+/* Who asked, for the audit row written with every change. All fields are optional. */
+typedef struct store_audit_info {
+    const char *agent_id;   /* caller's x-agent-id, NULL if none */
+    const char *request_id; /* stored in extra */
+    double latency_ms;      /* time spent in the call before the store was asked */
+} store_audit_info;
+
+typedef struct store_upsert_req {
+    const char *tenant_id; /* already defaulted ("global") and validated */
+    const char *key;
+    const char *value_json; /* compact JSON object */
+    size_t value_len;
+    const char *value_hash; /* first 16 hex chars of SHA-256 of value_json */
+    const char *source;     /* already defaulted ("api") */
+    bool has_ttl;
+    int32_t ttl_seconds;
+    bool has_expected_version;
+    int64_t expected_version; /* 0: create only */
+    int64_t now_us;
+    store_audit_info audit;
+} store_upsert_req;
+
+typedef struct store_list_req {
+    const char *tenant_id;
+    const char *prefix; /* "" for all; matched literally */
+    int32_t limit;      /* 1..1000 */
+    int64_t offset;     /* rows to skip (used when has_cursor is false) */
+    bool has_cursor;    /* keyset continuation: rows strictly after (cursor_created_us, cursor_id) */
+    int64_t cursor_created_us;
+    int64_t cursor_id;
+    bool include_expired;
+    int64_t now_us;
+} store_list_req;
+
+typedef struct store_delete_req {
+    const char *tenant_id;
+    const char *key;
+    bool has_expected_version;
+    int64_t expected_version;
+    int64_t now_us;
+    store_audit_info audit;
+} store_delete_req;
+
+/* A memory audit row (ListMemoryAudit). */
+typedef struct store_memory_audit {
+    int64_t id;
+    int64_t ts_us;
+    const char *operation;
+    const char *tenant_id;
+    const char *key;
+    const char *agent_id; /* NULL if none */
+    const char *source;   /* NULL if none */
+    bool cache_hit;
+    double latency_ms;
+    bool success;
+    const char *error_message;  /* NULL if none */
+    const char *old_value_hash; /* NULL if none */
+    const char *new_value_hash; /* NULL if none */
+} store_memory_audit;
+
+typedef struct store_audit_list_req {
+    const char *tenant_id; /* NULL: any */
+    const char *key;       /* NULL: any */
+    const char *operation; /* NULL: any */
+    int32_t limit;
+    int64_t offset;
+} store_audit_list_req;
+
+/* pin: the pin as written (upsert) or as it was (delete); created: upsert inserted a new pin. */
+typedef void (*store_pin_cb)(void *arg, int err, const store_pin *pin, bool created);
+/* pins[0..npins) in list order; total: every match, ignoring limit and offset. */
+typedef void (*store_list_cb)(void *arg, int err, const store_pin *pins, size_t npins,
+                              int64_t total);
+typedef void (*store_count_cb)(void *arg, int err, int64_t count);
+typedef void (*store_audit_list_cb)(void *arg, int err, const store_memory_audit *rows,
+                                    size_t nrows, int64_t total);
+
+typedef struct store_options {
+    const char *database_url; /* NULL or "": embedded SQLite */
+    const char *data_dir;     /* SQLite: directory of pins.db, created if missing */
+    int pool_size;            /* PostgreSQL connections in total */
+    int workers;              /* number of sessions that will be created */
+} store_options;
+
+/* Opens the store (for SQLite: creates the directory and the schema). *pstore gets a new store
+ * freed by store_close(). Returns 0, PINS_ESTORE (with the reason logged), PINS_ENOMEM. */
+int store_open(const store_options *opts, store **pstore);
+/* Closes the store. Every session must be freed first. */
+void store_close(store *s);
+/* "sqlite" or "postgres". */
+const char *store_backend_name(const store *s);
+
+/* A session for the calling worker thread, driven by base (may be NULL for backends that do not
+ * need a loop, and in tests). Returns 0, PINS_ESTORE, PINS_ENOMEM. */
+int store_session_new(store *s, struct event_base *base, store_session **psession);
+/* Frees the session; operations still pending complete with PINS_ECANCELLED first. */
+void store_session_free(store_session *ss);
+
+/* Insert or update (tenant_id, key), honouring expected_version, and write the audit row in the
+ * same transaction. An expired pin counts as absent: the write creates it anew (version 1). */
+int store_pin_upsert(store_session *ss, const store_upsert_req *req, store_pin_cb cb, void *arg);
+/* A live (unexpired at now_us) pin, or PINS_ENOT_FOUND. */
+int store_pin_get(store_session *ss, const char *tenant_id, const char *key, int64_t now_us,
+                  store_pin_cb cb, void *arg);
+/* One page of a tenant's pins. */
+int store_pin_list(store_session *ss, const store_list_req *req, store_list_cb cb, void *arg);
+/* Deletes the pin (expired or not) and writes the audit row in the same transaction.
+ * PINS_ENOT_FOUND when absent, PINS_EABORTED when expected_version does not match. */
+int store_pin_delete(store_session *ss, const store_delete_req *req, store_pin_cb cb, void *arg);
+/* Deletes every pin of tenant_id (NULL: of every tenant) expired at now_us; count = rows. */
+int store_pin_cleanup(store_session *ss, const char *tenant_id, int64_t now_us,
+                      store_count_cb cb, void *arg);
+/* Deletes at most batch pins expired at now_us (the background sweeper); count = rows. */
+int store_pin_sweep(store_session *ss, int64_t now_us, int batch, store_count_cb cb, void *arg);
+/* Memory audit rows, newest first. */
+int store_audit_list(store_session *ss, const store_audit_list_req *req, store_audit_list_cb cb,
+                     void *arg);
+/* A cheap round trip proving the store answers (for /ready); count is 0. */
+int store_ping(store_session *ss, store_count_cb cb, void *arg);
+
+#endif
