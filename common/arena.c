@@ -8,8 +8,8 @@
 #include <string.h>
 
 #define FIRST_BLOCK 4096
-#define MIN_BLOCK 8192
-#define ALIGN 16
+#define MIN_BLOCK   8192
+#define ALIGN       16
 
 struct block {
     struct block *next;
@@ -143,6 +143,11 @@ char *pins_arena_printf(pins_arena *a, const char *fmt, ...)
     char *p = pins_arena_vprintf(a, fmt, ap);
     va_end(ap);
     return p;
+}
+
+size_t pins_arena_limit(const pins_arena *a)
+{
+    return a->limit;
 }
 
 size_t pins_arena_used(const pins_arena *a)

@@ -34,6 +34,8 @@ char *pins_arena_strdup(pins_arena *a, const char *s);
 /* printf into the arena, or NULL. */
 char *pins_arena_printf(pins_arena *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 char *pins_arena_vprintf(pins_arena *a, const char *fmt, va_list ap);
+/* The limit given to pins_arena_new(). */
+size_t pins_arena_limit(const pins_arena *a);
 /* Bytes handed out so far (what the limit is measured against). */
 size_t pins_arena_used(const pins_arena *a);
 /* A protobuf-c allocator backed by the arena (free is a no-op). The allocator borrows a. */

@@ -30,22 +30,23 @@ typedef enum pins_log_level {
 
 typedef struct pins_config {
     /* Store. database_url NULL: the embedded SQLite store in data_dir. */
-    char *database_url;     /* DATABASE_URL (a secret: never logged) */
-    char *data_dir;         /* PINS_DATA_DIR, default "./var" */
-    char *redis_url;        /* REDIS_URL (a secret), NULL: local rate limiting only */
-    int db_pool_size;       /* DB_POOL_SIZE, default 8, 1..1024 */
+    char *database_url; /* DATABASE_URL (a secret: never logged) */
+    char *data_dir;     /* PINS_DATA_DIR, default "./var" */
+    char *redis_url;    /* REDIS_URL (a secret), NULL: local rate limiting only */
+    int db_pool_size;   /* DB_POOL_SIZE, default 8, 1..1024 */
 
     /* Listeners and TLS. */
-    pins_listen_addr listen[PINS_MAX_LISTEN]; /* PINS_LISTEN, default 127.0.0.1:8000,127.0.0.1:50051 */
+    pins_listen_addr
+        listen[PINS_MAX_LISTEN]; /* PINS_LISTEN, default 127.0.0.1:8000,127.0.0.1:50051 */
     size_t nlisten;
     char *tls_cert_file;      /* TLS_CERT_FILE */
     char *tls_key_file;       /* TLS_KEY_FILE (both or neither) */
     char *tls_client_ca_file; /* TLS_CLIENT_CA_FILE: require client certificates */
     int workers;              /* PINS_WORKERS, default: CPUs this process may run on, 1..256 */
-    int drain_seconds;        /* PINS_DRAIN_SECONDS, default 10: SIGTERM grace for in-flight calls */
-    int max_connections;      /* PINS_MAX_CONNECTIONS, default 10000 per process */
+    int drain_seconds;   /* PINS_DRAIN_SECONDS, default 10: SIGTERM grace for in-flight calls */
+    int max_connections; /* PINS_MAX_CONNECTIONS, default 10000 per process */
     int max_concurrent_streams; /* PINS_MAX_CONCURRENT_STREAMS, default 1000 per connection */
-    int idle_timeout_seconds; /* PINS_IDLE_TIMEOUT_SECONDS, default 300 (0: none) */
+    int idle_timeout_seconds;   /* PINS_IDLE_TIMEOUT_SECONDS, default 300 (0: none) */
     char *cors_allowed_origins; /* CORS_ALLOWED_ORIGINS, comma list, default none */
 
     /* Authentication and RBAC. */

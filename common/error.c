@@ -57,17 +57,43 @@ int pins_error_http(int err)
 }
 
 static const char *const code_names[17] = {
-    "OK",        "CANCELLED",           "UNKNOWN",        "INVALID_ARGUMENT",  "DEADLINE_EXCEEDED",
-    "NOT_FOUND", "ALREADY_EXISTS",      "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION", "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",
-    "UNAVAILABLE", "DATA_LOSS",         "UNAUTHENTICATED",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
 };
 
 static const char *const connect_names[17] = {
-    "ok",        "canceled",            "unknown",        "invalid_argument",  "deadline_exceeded",
-    "not_found", "already_exists",      "permission_denied", "resource_exhausted",
-    "failed_precondition", "aborted",   "out_of_range",   "unimplemented",     "internal",
-    "unavailable", "data_loss",         "unauthenticated",
+    "ok",
+    "canceled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
 };
 
 /* The Connect protocol's HTTP status for each code. */

@@ -10,27 +10,27 @@
 #define PINS_COMMON_ERROR_H
 
 /*  name                 gRPC  HTTP  message */
-#define PINS_ERROR_MAP(X)                                                                          \
-    X(INVALID_ARGUMENT, 3, 422, "invalid argument")                                                \
-    X(MALFORMED, 3, 400, "malformed request")                                                      \
-    X(NOT_FOUND, 5, 404, "not found")                                                              \
-    X(ALREADY_EXISTS, 6, 409, "already exists")                                                    \
-    X(ABORTED, 10, 409, "version conflict")                                                        \
-    X(UNAUTHENTICATED, 16, 403, "no or invalid credentials")                                       \
-    X(PERMISSION_DENIED, 7, 403, "permission denied")                                              \
-    X(RATE_LIMITED, 8, 429, "rate limit exceeded")                                                 \
-    X(TOO_LARGE, 8, 413, "message larger than the limit")                                          \
-    X(DISABLED, 14, 503, "feature disabled")                                                       \
-    X(UNAVAILABLE, 14, 503, "service unavailable")                                                 \
-    X(DEADLINE_EXCEEDED, 4, 504, "deadline exceeded")                                              \
-    X(UNIMPLEMENTED, 12, 404, "not implemented")                                                   \
-    X(METHOD_NOT_ALLOWED, 12, 405, "method not allowed")                                           \
-    X(INTERNAL, 13, 500, "internal error")                                                         \
-    X(NOMEM, 8, 503, "out of memory")                                                              \
-    X(CANCELLED, 1, 499, "cancelled")                                                              \
-    X(UNSUPPORTED_MEDIA_TYPE, 3, 415, "unsupported content type")                                  \
-    X(STORE, 14, 503, "store unavailable")                                                         \
-    X(BREAKER_OPEN, 14, 503, "store circuit breaker open")                                         \
+#define PINS_ERROR_MAP(X)                                         \
+    X(INVALID_ARGUMENT, 3, 422, "invalid argument")               \
+    X(MALFORMED, 3, 400, "malformed request")                     \
+    X(NOT_FOUND, 5, 404, "not found")                             \
+    X(ALREADY_EXISTS, 6, 409, "already exists")                   \
+    X(ABORTED, 10, 409, "version conflict")                       \
+    X(UNAUTHENTICATED, 16, 403, "no or invalid credentials")      \
+    X(PERMISSION_DENIED, 7, 403, "permission denied")             \
+    X(RATE_LIMITED, 8, 429, "rate limit exceeded")                \
+    X(TOO_LARGE, 8, 413, "message larger than the limit")         \
+    X(DISABLED, 14, 503, "feature disabled")                      \
+    X(UNAVAILABLE, 14, 503, "service unavailable")                \
+    X(DEADLINE_EXCEEDED, 4, 504, "deadline exceeded")             \
+    X(UNIMPLEMENTED, 12, 404, "no such method")                   \
+    X(METHOD_NOT_ALLOWED, 12, 405, "method not allowed")          \
+    X(INTERNAL, 13, 500, "internal error")                        \
+    X(NOMEM, 8, 503, "out of memory")                             \
+    X(CANCELLED, 1, 499, "cancelled")                             \
+    X(UNSUPPORTED_MEDIA_TYPE, 3, 415, "unsupported content type") \
+    X(STORE, 14, 503, "store unavailable")                        \
+    X(BREAKER_OPEN, 14, 503, "store circuit breaker open")        \
     X(RESOURCE_EXHAUSTED, 8, 503, "resource exhausted")
 
 enum pins__error_index {

@@ -18,8 +18,8 @@ int pins_log_enabled(pins_log_level level);
 void pins_log(pins_log_level level, const char *msg, ...) __attribute__((sentinel));
 
 #define pins_log_debug(...) pins_log(PINS_LOG_DEBUG, __VA_ARGS__)
-#define pins_log_info(...) pins_log(PINS_LOG_INFO, __VA_ARGS__)
-#define pins_log_warn(...) pins_log(PINS_LOG_WARN, __VA_ARGS__)
+#define pins_log_info(...)  pins_log(PINS_LOG_INFO, __VA_ARGS__)
+#define pins_log_warn(...)  pins_log(PINS_LOG_WARN, __VA_ARGS__)
 #define pins_log_error(...) pins_log(PINS_LOG_ERROR, __VA_ARGS__)
 
 #endif

@@ -23,9 +23,8 @@ typedef double (*metrics_gauge_cb)(void *arg);
 metrics_family *metrics_counter_new(const char *name, const char *help, const char *const *labels,
                                     size_t nlabels);
 /* New histogram family with nbuckets ascending upper bounds (+Inf is implied). */
-metrics_family *metrics_histogram_new(const char *name, const char *help,
-                                      const char *const *labels, size_t nlabels,
-                                      const double *buckets, size_t nbuckets);
+metrics_family *metrics_histogram_new(const char *name, const char *help, const char *const *labels,
+                                      size_t nlabels, const double *buckets, size_t nbuckets);
 /* New gauge family. */
 metrics_family *metrics_gauge_new(const char *name, const char *help, const char *const *labels,
                                   size_t nlabels);

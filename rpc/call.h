@@ -29,6 +29,7 @@
 typedef struct rpc_call rpc_call;
 typedef struct rpc_worker rpc_worker;
 struct store_session;
+struct pins_config;
 
 /* A handler: reads rpc_call_request(call) and eventually finishes the call exactly once. */
 typedef void (*rpc_handler_cb)(rpc_call *call);
@@ -73,6 +74,8 @@ pins_arena *rpc_call_arena(rpc_call *call);
 rpc_worker *rpc_call_worker(rpc_call *call);
 /* The worker's store session. */
 struct store_session *rpc_call_store(rpc_call *call);
+/* The process configuration (immutable; borrowed for the call). */
+const struct pins_config *rpc_call_config(const rpc_call *call);
 /* Request metadata (HTTP header) by lower-case name, or NULL. Borrowed for the call. */
 const char *rpc_call_header(const rpc_call *call, const char *name);
 /* The request id (x-request-id as sent, or generated). Borrowed for the call. */

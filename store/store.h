@@ -80,7 +80,7 @@ typedef struct store_list_req {
     const char *prefix; /* "" for all; matched literally */
     int32_t limit;      /* 1..1000 */
     int64_t offset;     /* rows to skip (used when has_cursor is false) */
-    bool has_cursor;    /* keyset continuation: rows strictly after (cursor_created_us, cursor_id) */
+    bool has_cursor; /* keyset continuation: rows strictly after (cursor_created_us, cursor_id) */
     int64_t cursor_created_us;
     int64_t cursor_id;
     bool include_expired;
@@ -150,6 +150,11 @@ const char *store_backend_name(const store *s);
 int store_session_new(store *s, struct event_base *base, store_session **psession);
 /* Frees the session; operations still pending complete with PINS_ECANCELLED first. */
 void store_session_free(store_session *ss);
+/* The detail of the failure of the last operation started on ss (the database's own text and
+ * code, for the log only: never send it to a client), or "" when that operation did not fail
+ * with PINS_ESTORE, PINS_ENOMEM or PINS_EINTERNAL. The string belongs to the session and is
+ * valid until the next operation on it; read it in the callback that received the error. */
+const char *store_session_last_error(const store_session *ss);
 
 /* Insert or update (tenant_id, key), honouring expected_version, and write the audit row in the
  * same transaction. An expired pin counts as absent: the write creates it anew (version 1). */
@@ -163,8 +168,8 @@ int store_pin_list(store_session *ss, const store_list_req *req, store_list_cb c
  * PINS_ENOT_FOUND when absent, PINS_EABORTED when expected_version does not match. */
 int store_pin_delete(store_session *ss, const store_delete_req *req, store_pin_cb cb, void *arg);
 /* Deletes every pin of tenant_id (NULL: of every tenant) expired at now_us; count = rows. */
-int store_pin_cleanup(store_session *ss, const char *tenant_id, int64_t now_us,
-                      store_count_cb cb, void *arg);
+int store_pin_cleanup(store_session *ss, const char *tenant_id, int64_t now_us, store_count_cb cb,
+                      void *arg);
 /* Deletes at most batch pins expired at now_us (the background sweeper); count = rows. */
 int store_pin_sweep(store_session *ss, int64_t now_us, int batch, store_count_cb cb, void *arg);
 /* Memory audit rows, newest first. */

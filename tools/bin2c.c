@@ -16,8 +16,10 @@ int main(int argc, char **argv)
     }
     printf("#include <stddef.h>\nconst unsigned char %s[] = {\n", argv[2]);
     size_t n = 0;
-    int c;
-    while ((c = fgetc(f)) != EOF) {
+    for (;;) {
+        int c = fgetc(f);
+        if (c == EOF)
+            break;
         printf("%s0x%02x,", n % 16 == 0 ? "\n" : "", (unsigned)c);
         n++;
     }

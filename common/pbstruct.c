@@ -1,0 +1,1015 @@
+/* common/pbstruct.c: google.protobuf.Struct <-> compact JSON.
+ *
+ * The parser is hand-written rather than jansson because it runs on every GetPin: it validates and
+ * builds in one pass, allocates only from the arena (an entry and its Value share one allocation),
+ * and collects the members of an open container on one shared pointer stack so that each
+ * container's array is allocated once, at its exact size, when it closes. Numbers take the exact
+ * fast path of Clinger (at most 15 significant digits and a power of ten up to 1e22, both exact
+ * doubles, so one IEEE operation rounds correctly) and fall back to strtod otherwise.
+ *
+ * The writer appends into one malloc'd buffer whose capacity never exceeds max_bytes + 1, so the
+ * size limit costs one comparison per append. Duplicate keys are found by pairwise comparison for
+ * small objects and by a hash table on a scratch stack for larger ones.
+ */
+#include "common/pbstruct.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "common/error.h"
+
+#define SMALL_OBJECT 8   /* objects up to this many keys look for duplicates pairwise */
+#define INLINE_STACK 128 /* parser pointer-stack slots before it moves to the heap */
+#define NUMBER_BUF   64  /* longest number the parser copies on the C stack for strtod */
+
+static _Thread_local pbstruct_reason last_reason;
+
+static int fail(pbstruct_reason r)
+{
+    last_reason = r;
+    if (r == PBSTRUCT_REASON_NOMEM)
+        return PINS_ENOMEM;
+    if (r == PBSTRUCT_REASON_INTERNAL)
+        return PINS_EINTERNAL;
+    return PINS_EINVALID_ARGUMENT;
+}
+
+static int clamp_depth(int max_depth)
+{
+    return max_depth > PBSTRUCT_MAX_DEPTH ? PBSTRUCT_MAX_DEPTH : max_depth;
+}
+
+/* Length of the valid UTF-8 sequence starting with the non-ASCII byte p[0], or 0 when it is
+ * invalid (Unicode table 3-7). avail is how many bytes may be read; a NUL-terminated string may
+ * pass 4, since a NUL is never a continuation byte and stops the checks in order. */
+static size_t utf8_seq(const unsigned char *p, size_t avail)
+{
+    unsigned c = p[0];
+    if (c < 0xC2 || c > 0xF4)
+        return 0;
+    if (c < 0xE0)
+        return avail >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c < 0xF0) {
+        unsigned lo = c == 0xE0 ? 0xA0 : 0x80;
+        unsigned hi = c == 0xED ? 0x9F : 0xBF;
+        if (avail < 3 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80)
+            return 0;
+        return 3;
+    }
+    unsigned lo = c == 0xF0 ? 0x90 : 0x80;
+    unsigned hi = c == 0xF4 ? 0x8F : 0xBF;
+    if (avail < 4 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+        return 0;
+    return 4;
+}
+
+/* ---- writer ---------------------------------------------------------------------------------- */
+
+struct writer {
+    char *buf;
+    size_t len;
+    size_t cap; /* never more than max + 1 */
+    size_t max;
+    int max_depth;
+    unsigned char *scratch; /* LIFO of duplicate-key tables; addressed by offsets */
+    size_t scratch_len;
+    size_t scratch_cap;
+};
+
+static int grow(struct writer *w, size_t n)
+{
+    if (n > w->max - w->len)
+        return fail(PBSTRUCT_REASON_TOO_LARGE);
+    size_t want = w->len + n + 1;
+    size_t cap = w->cap != 0 ? w->cap : 256;
+    while (cap < want)
+        cap *= 2;
+    if (cap > w->max + 1)
+        cap = w->max + 1;
+    char *nb = realloc(w->buf, cap);
+    if (nb == NULL)
+        return fail(PBSTRUCT_REASON_NOMEM);
+    w->buf = nb;
+    w->cap = cap;
+    return 0;
+}
+
+/* Makes room for n more bytes plus the final NUL; fails when the text would exceed max. */
+static inline int reserve(struct writer *w, size_t n)
+{
+    if (w->cap - w->len > n)
+        return 0;
+    return grow(w, n);
+}
+
+static inline int put(struct writer *w, const void *s, size_t n)
+{
+    int rv = reserve(w, n);
+    if (rv != 0)
+        return rv;
+    memcpy(w->buf + w->len, s, n);
+    w->len += n;
+    return 0;
+}
+
+static inline int putc1(struct writer *w, char c)
+{
+    int rv = reserve(w, 1);
+    if (rv != 0)
+        return rv;
+    w->buf[w->len++] = c;
+    return 0;
+}
+
+static int put_string(struct writer *w, const char *str)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (str == NULL)
+        return fail(PBSTRUCT_REASON_NO_KIND);
+    int rv = putc1(w, '"');
+    if (rv != 0)
+        return rv;
+    const unsigned char *p = (const unsigned char *)str;
+    const unsigned char *run = p;
+    for (;;) {
+        unsigned c = *p;
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t k = utf8_seq(p, 4);
+            if (k == 0)
+                return fail(PBSTRUCT_REASON_BAD_UTF8);
+            p += k;
+            continue;
+        }
+        if (p > run) {
+            rv = put(w, run, (size_t)(p - run));
+            if (rv != 0)
+                return rv;
+        }
+        if (c == 0)
+            break;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t n = 2;
+        switch (c) {
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            n = 6;
+            break;
+        }
+        rv = put(w, esc, n);
+        if (rv != 0)
+            return rv;
+        run = ++p;
+    }
+    return putc1(w, '"');
+}
+
+/* Writes the decimal digits of u ending at e; returns where they start. */
+static char *digits_before(char *e, uint64_t u)
+{
+    do {
+        *--e = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    return e;
+}
+
+static int put_number(struct writer *w, double d)
+{
+    static const double pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+    static const uint64_t ipow10[] = {1,      10,      100,      1000,      10000,
+                                      100000, 1000000, 10000000, 100000000, 1000000000};
+    if (!isfinite(d))
+        return fail(PBSTRUCT_REASON_BAD_NUMBER);
+    char tmp[40];
+    char *e = tmp + sizeof(tmp), *q;
+    double ad = fabs(d);
+    if (ad <= 9007199254740992.0 && d == (double)(int64_t)d) {
+        q = digits_before(e, (uint64_t)ad);
+        if (d < 0)
+            *--q = '-';
+        return put(w, q, (size_t)(e - q));
+    }
+    /* Fast path for short decimals such as 0.75 or 19.99: the smallest k for which m = d * 10^k
+     * is an integer below 10^15 and m / 10^k (one correctly rounded IEEE division of exact
+     * operands, which is what any correct parser computes) gives d back. A decimal of at most 15
+     * digits that reads back to d is the only one, and it is what %.15g prints; the range is
+     * where %g uses no exponent. So this prints exactly what the slow path would. */
+    if (ad >= 1e-4 && ad < 1e15) {
+        for (int k = 1; k <= 9; k++) {
+            double m = ad * pow10[k];
+            if (m >= 1e15)
+                break;
+            if (m != (double)(uint64_t)m || m / pow10[k] != ad)
+                continue;
+            uint64_t u = (uint64_t)m, ip = u / ipow10[k], fp = u % ipow10[k];
+            while (fp % 10 == 0) {
+                fp /= 10;
+                k--;
+            }
+            q = digits_before(e, fp);
+            while (e - q < k)
+                *--q = '0';
+            *--q = '.';
+            q = digits_before(q, ip);
+            if (d < 0)
+                *--q = '-';
+            return put(w, q, (size_t)(e - q));
+        }
+    }
+    /* The shortest of 15, 16, 17 significant digits that reads back to d; %.15g strips trailing
+     * zeros, so a double whose shortest form has at most 15 digits gets exactly that form. */
+    int len = 0;
+    for (int prec = 15; prec <= 17; prec++) {
+        len = snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
+        if (prec == 17 || strtod(tmp, NULL) == d)
+            break;
+    }
+    return put(w, tmp, (size_t)len);
+}
+
+static int put_struct(struct writer *w, const Google__Protobuf__Struct *s, int depth);
+static int put_list(struct writer *w, const Google__Protobuf__ListValue *l, int depth);
+
+/* v sits in a container at depth; a nested container is at depth + 1. */
+static int put_value(struct writer *w, const Google__Protobuf__Value *v, int depth)
+{
+    if (v == NULL)
+        return fail(PBSTRUCT_REASON_NO_KIND);
+    switch (v->kind_case) {
+    case GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE:
+        return put(w, "null", 4);
+    case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
+        return put_number(w, v->number_value);
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
+        return put_string(w, v->string_value);
+    case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
+        return v->bool_value ? put(w, "true", 4) : put(w, "false", 5);
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
+        return put_struct(w, v->struct_value, depth + 1);
+    case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE:
+        return put_list(w, v->list_value, depth + 1);
+    default:
+        return fail(PBSTRUCT_REASON_NO_KIND);
+    }
+}
+
+static int put_list(struct writer *w, const Google__Protobuf__ListValue *l, int depth)
+{
+    if (l == NULL)
+        return fail(PBSTRUCT_REASON_NO_KIND);
+    if (depth > w->max_depth)
+        return fail(PBSTRUCT_REASON_TOO_DEEP);
+    int rv = putc1(w, '[');
+    for (size_t i = 0; rv == 0 && i < l->n_values; i++) {
+        if (i > 0)
+            rv = putc1(w, ',');
+        if (rv == 0)
+            rv = put_value(w, l->values[i], depth);
+    }
+    return rv != 0 ? rv : putc1(w, ']');
+}
+
+static int put_member(struct writer *w, const Google__Protobuf__Struct__FieldsEntry *e, bool comma,
+                      int depth)
+{
+    int rv = comma ? putc1(w, ',') : 0;
+    if (rv == 0)
+        rv = put_string(w, e->key);
+    if (rv == 0)
+        rv = putc1(w, ':');
+    if (rv == 0)
+        rv = put_value(w, e->value, depth);
+    return rv;
+}
+
+static uint32_t hash_key(const char *k, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 16777619u;
+    return h;
+}
+
+/* Pushes size bytes onto the scratch stack; *poff gets their offset. */
+static int scratch_push(struct writer *w, size_t size, size_t *poff)
+{
+    size = (size + 7) & ~(size_t)7;
+    if (w->scratch_cap - w->scratch_len < size) {
+        size_t cap = w->scratch_cap != 0 ? w->scratch_cap : 1024;
+        while (cap - w->scratch_len < size)
+            cap *= 2;
+        unsigned char *ns = realloc(w->scratch, cap);
+        if (ns == NULL)
+            return fail(PBSTRUCT_REASON_NOMEM);
+        w->scratch = ns;
+        w->scratch_cap = cap;
+    }
+    *poff = w->scratch_len;
+    w->scratch_len += size;
+    return 0;
+}
+
+/* Marks drop[i] for every entry whose key occurs again later, using an open-addressing table of
+ * (index + 1, hash) pairs that lives on the scratch stack only while it is built. */
+static int mark_duplicates(struct writer *w, const Google__Protobuf__Struct *s, size_t drop_off)
+{
+    size_t n = s->n_fields;
+    size_t slots = 16;
+    while (slots < 2 * n)
+        slots *= 2;
+    size_t tab_off;
+    int rv = scratch_push(w, slots * 2 * sizeof(uint32_t), &tab_off);
+    if (rv != 0)
+        return rv;
+    uint32_t *tab = (uint32_t *)(void *)(w->scratch + tab_off);
+    unsigned char *drop = w->scratch + drop_off;
+    memset(tab, 0, slots * 2 * sizeof(uint32_t));
+    for (size_t i = 0; i < n; i++) {
+        const char *key = s->fields[i]->key;
+        uint32_t h = hash_key(key, strlen(key));
+        size_t j = h & (slots - 1);
+        while (tab[2 * j] != 0) {
+            uint32_t k = tab[2 * j] - 1;
+            if (tab[2 * j + 1] == h && strcmp(s->fields[k]->key, key) == 0) {
+                drop[k] = 1;
+                break;
+            }
+            j = (j + 1) & (slots - 1);
+        }
+        tab[2 * j] = (uint32_t)i + 1;
+        tab[2 * j + 1] = h;
+    }
+    w->scratch_len = tab_off;
+    return 0;
+}
+
+static int put_struct(struct writer *w, const Google__Protobuf__Struct *s, int depth)
+{
+    if (s == NULL)
+        return fail(PBSTRUCT_REASON_NO_KIND);
+    if (depth > w->max_depth)
+        return fail(PBSTRUCT_REASON_TOO_DEEP);
+    size_t n = s->n_fields;
+    for (size_t i = 0; i < n; i++) {
+        if (s->fields[i] == NULL || s->fields[i]->key == NULL)
+            return fail(PBSTRUCT_REASON_NO_KIND);
+    }
+    int rv = putc1(w, '{');
+    if (rv != 0)
+        return rv;
+    bool comma = false;
+    if (n <= SMALL_OBJECT) {
+        size_t lens[SMALL_OBJECT];
+        for (size_t i = 0; i < n; i++)
+            lens[i] = strlen(s->fields[i]->key);
+        for (size_t i = 0; i < n; i++) {
+            bool dup = false;
+            for (size_t j = i + 1; j < n && !dup; j++)
+                dup = lens[j] == lens[i] &&
+                      memcmp(s->fields[j]->key, s->fields[i]->key, lens[i]) == 0;
+            if (dup)
+                continue;
+            rv = put_member(w, s->fields[i], comma, depth);
+            if (rv != 0)
+                return rv;
+            comma = true;
+        }
+    } else {
+        if (n > UINT32_MAX / 4)
+            return fail(PBSTRUCT_REASON_TOO_LARGE);
+        size_t drop_off;
+        rv = scratch_push(w, n, &drop_off);
+        if (rv != 0)
+            return rv;
+        memset(w->scratch + drop_off, 0, n);
+        rv = mark_duplicates(w, s, drop_off);
+        if (rv != 0)
+            return rv;
+        for (size_t i = 0; i < n; i++) {
+            /* The scratch may move while a member nests; read it through the offset. */
+            if (w->scratch[drop_off + i])
+                continue;
+            rv = put_member(w, s->fields[i], comma, depth);
+            if (rv != 0)
+                return rv;
+            comma = true;
+        }
+        w->scratch_len = drop_off;
+    }
+    return putc1(w, '}');
+}
+
+/* ---- parser ---------------------------------------------------------------------------------- */
+
+struct parser {
+    const unsigned char *p;
+    const unsigned char *end;
+    pins_arena *a;
+    int max_depth;
+    void **stack; /* members of the open containers, innermost last */
+    size_t top;
+    size_t cap;
+    bool heap; /* stack was malloc'd */
+};
+
+/* A member and its value in one arena allocation. */
+struct member {
+    Google__Protobuf__Struct__FieldsEntry entry;
+    Google__Protobuf__Value value;
+};
+
+static inline void skip_ws(struct parser *ps)
+{
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\n' || *ps->p == '\r' || *ps->p == '\t'))
+        ps->p++;
+}
+
+static int push(struct parser *ps, void *item)
+{
+    if (ps->top == ps->cap) {
+        size_t cap = ps->cap * 2;
+        void **ns;
+        if (ps->heap) {
+            ns = realloc(ps->stack, cap * sizeof(*ns));
+        } else {
+            ns = malloc(cap * sizeof(*ns));
+            if (ns != NULL)
+                memcpy(ns, ps->stack, ps->top * sizeof(*ns));
+        }
+        if (ns == NULL)
+            return fail(PBSTRUCT_REASON_NOMEM);
+        ps->stack = ns;
+        ps->cap = cap;
+        ps->heap = true;
+    }
+    ps->stack[ps->top++] = item;
+    return 0;
+}
+
+/* Moves the items pushed since base into a new arena array of exactly their count. */
+static int pop_array(struct parser *ps, size_t base, void ***parr, size_t *pn)
+{
+    size_t n = ps->top - base;
+    void **arr = NULL;
+    if (n > 0) {
+        arr = pins_arena_alloc(ps->a, n * sizeof(*arr));
+        if (arr == NULL)
+            return fail(PBSTRUCT_REASON_NOMEM);
+        memcpy(arr, ps->stack + base, n * sizeof(*arr));
+    }
+    ps->top = base;
+    *parr = arr;
+    *pn = n;
+    return 0;
+}
+
+static int hex4(const unsigned char *p, unsigned *pv)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = p[i], d;
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+            d = (c | 0x20) - 'a' + 10;
+        else
+            return -1;
+        v = v << 4 | d;
+    }
+    *pv = v;
+    return 0;
+}
+
+/* Decodes the escaped string body s[0..n) into out, which has room for n + 1 bytes (an escape never
+ * decodes longer than itself). The body was already checked for quotes, control bytes and UTF-8. */
+static int decode_escapes(const unsigned char *s, size_t n, char *out)
+{
+    const unsigned char *end = s + n;
+    char *o = out;
+    while (s < end) {
+        if (*s != '\\') {
+            *o++ = (char)*s++;
+            continue;
+        }
+        s++;
+        unsigned c = *s++;
+        switch (c) {
+        case '"':
+            *o++ = '"';
+            continue;
+        case '\\':
+            *o++ = '\\';
+            continue;
+        case '/':
+            *o++ = '/';
+            continue;
+        case 'b':
+            *o++ = '\b';
+            continue;
+        case 'f':
+            *o++ = '\f';
+            continue;
+        case 'n':
+            *o++ = '\n';
+            continue;
+        case 'r':
+            *o++ = '\r';
+            continue;
+        case 't':
+            *o++ = '\t';
+            continue;
+        case 'u':
+            break;
+        default:
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        }
+        unsigned cp;
+        if (end - s < 4 || hex4(s, &cp) != 0)
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        s += 4;
+        if (cp >= 0xDC00 && cp <= 0xDFFF)
+            return fail(PBSTRUCT_REASON_BAD_UTF8);
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            unsigned lo;
+            if (end - s < 6 || s[0] != '\\' || s[1] != 'u' || hex4(s + 2, &lo) != 0 ||
+                lo < 0xDC00 || lo > 0xDFFF)
+                return fail(PBSTRUCT_REASON_BAD_UTF8);
+            s += 6;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        }
+        if (cp == 0)
+            return fail(PBSTRUCT_REASON_BAD_UTF8);
+        if (cp < 0x80) {
+            *o++ = (char)cp;
+        } else if (cp < 0x800) {
+            *o++ = (char)(0xC0 | cp >> 6);
+            *o++ = (char)(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            *o++ = (char)(0xE0 | cp >> 12);
+            *o++ = (char)(0x80 | (cp >> 6 & 0x3F));
+            *o++ = (char)(0x80 | (cp & 0x3F));
+        } else {
+            *o++ = (char)(0xF0 | cp >> 18);
+            *o++ = (char)(0x80 | (cp >> 12 & 0x3F));
+            *o++ = (char)(0x80 | (cp >> 6 & 0x3F));
+            *o++ = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    *o = '\0';
+    return 0;
+}
+
+/* ps->p is at the opening quote. */
+static int parse_string(struct parser *ps, char **pout)
+{
+    const unsigned char *start = ++ps->p, *p = start, *end = ps->end;
+    bool escaped = false;
+    for (;;) {
+        if (p >= end)
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        unsigned c = *p;
+        if (c == '"')
+            break;
+        if (c == '\\') {
+            if (end - p < 2)
+                return fail(PBSTRUCT_REASON_SYNTAX);
+            escaped = true;
+            p += 2;
+            continue;
+        }
+        if (c < 0x20)
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        if (c >= 0x80) {
+            size_t k = utf8_seq(p, (size_t)(end - p));
+            if (k == 0)
+                return fail(PBSTRUCT_REASON_BAD_UTF8);
+            p += k;
+            continue;
+        }
+        p++;
+    }
+    size_t n = (size_t)(p - start);
+    char *out = pins_arena_alloc(ps->a, n + 1);
+    if (out == NULL)
+        return fail(PBSTRUCT_REASON_NOMEM);
+    if (escaped) {
+        int rv = decode_escapes(start, n, out);
+        if (rv != 0)
+            return rv;
+    } else {
+        memcpy(out, start, n);
+        out[n] = '\0';
+    }
+    ps->p = p + 1;
+    *pout = out;
+    return 0;
+}
+
+static int parse_number(struct parser *ps, double *pout)
+{
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    const unsigned char *s = ps->p, *p = s, *end = ps->end;
+    bool neg = false;
+    uint64_t mant = 0;
+    int digits = 0;  /* significant digits in mant */
+    int dropped = 0; /* integer digits beyond what mant holds */
+    int frac = 0;    /* fraction digits in mant */
+    if (p < end && *p == '-') {
+        neg = true;
+        p++;
+    }
+    if (p >= end || *p < '0' || *p > '9')
+        return fail(PBSTRUCT_REASON_SYNTAX);
+    if (*p == '0') {
+        p++;
+    } else {
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (digits < 19) {
+                mant = mant * 10 + (uint64_t)(*p - '0');
+                digits++;
+            } else {
+                dropped++;
+            }
+        }
+    }
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (mant == 0 && *p == '0') {
+                frac++;
+            } else if (digits < 19) {
+                mant = mant * 10 + (uint64_t)(*p - '0');
+                digits++;
+                frac++;
+            } else {
+                dropped++; /* precision beyond 19 digits: leave it to strtod */
+            }
+        }
+    }
+    int exp = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        bool eneg = false;
+        if (p < end && (*p == '+' || *p == '-'))
+            eneg = *p++ == '-';
+        if (p >= end || *p < '0' || *p > '9')
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        for (; p < end && *p >= '0' && *p <= '9'; p++) {
+            if (exp < 100000)
+                exp = exp * 10 + (*p - '0');
+        }
+        if (eneg)
+            exp = -exp;
+    }
+    double d;
+    int e10 = exp - frac;
+    if (dropped == 0 && digits <= 15 && e10 >= -22 && e10 <= 22) {
+        d = (double)mant;
+        if (mant != 0)
+            d = e10 < 0 ? d / pow10[-e10] : d * pow10[e10];
+        if (neg)
+            d = -d;
+    } else {
+        size_t n = (size_t)(p - s);
+        char small[NUMBER_BUF];
+        char *txt = small;
+        if (n >= sizeof(small)) {
+            txt = pins_arena_alloc(ps->a, n + 1);
+            if (txt == NULL)
+                return fail(PBSTRUCT_REASON_NOMEM);
+        }
+        memcpy(txt, s, n);
+        txt[n] = '\0';
+        d = strtod(txt, NULL);
+        if (!isfinite(d))
+            return fail(PBSTRUCT_REASON_BAD_NUMBER);
+    }
+    ps->p = p;
+    *pout = d;
+    return 0;
+}
+
+static int literal(struct parser *ps, const char *word, size_t n)
+{
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0)
+        return fail(PBSTRUCT_REASON_SYNTAX);
+    ps->p += n;
+    return 0;
+}
+
+static int parse_object(struct parser *ps, Google__Protobuf__Struct *s, int depth);
+static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int depth);
+
+/* v sits in a container at depth; a nested container is at depth + 1. */
+static int parse_value(struct parser *ps, Google__Protobuf__Value *v, int depth)
+{
+    if (ps->p >= ps->end)
+        return fail(PBSTRUCT_REASON_SYNTAX);
+    int rv;
+    switch (*ps->p) {
+    case '{': {
+        if (depth + 1 > ps->max_depth)
+            return fail(PBSTRUCT_REASON_TOO_DEEP);
+        Google__Protobuf__Struct *s = pins_arena_alloc(ps->a, sizeof(*s));
+        if (s == NULL)
+            return fail(PBSTRUCT_REASON_NOMEM);
+        *s = (Google__Protobuf__Struct)GOOGLE__PROTOBUF__STRUCT__INIT;
+        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE;
+        v->struct_value = s;
+        return parse_object(ps, s, depth + 1);
+    }
+    case '[': {
+        if (depth + 1 > ps->max_depth)
+            return fail(PBSTRUCT_REASON_TOO_DEEP);
+        Google__Protobuf__ListValue *l = pins_arena_alloc(ps->a, sizeof(*l));
+        if (l == NULL)
+            return fail(PBSTRUCT_REASON_NOMEM);
+        *l = (Google__Protobuf__ListValue)GOOGLE__PROTOBUF__LIST_VALUE__INIT;
+        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE;
+        v->list_value = l;
+        return parse_array(ps, l, depth + 1);
+    }
+    case '"':
+        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+        return parse_string(ps, &v->string_value);
+    case 't':
+        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE;
+        v->bool_value = 1;
+        return literal(ps, "true", 4);
+    case 'f':
+        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE;
+        v->bool_value = 0;
+        return literal(ps, "false", 5);
+    case 'n':
+        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE;
+        v->null_value = GOOGLE__PROTOBUF__NULL_VALUE__NULL_VALUE;
+        return literal(ps, "null", 4);
+    default:
+        rv = parse_number(ps, &v->number_value);
+        if (rv == 0)
+            v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
+        return rv;
+    }
+}
+
+/* ps->p is at '{'; the object is at depth. */
+static int parse_object(struct parser *ps, Google__Protobuf__Struct *s, int depth)
+{
+    size_t base = ps->top;
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == '}') {
+        ps->p++;
+        return 0;
+    }
+    for (;;) {
+        if (ps->p >= ps->end || *ps->p != '"')
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        struct member *m = pins_arena_alloc(ps->a, sizeof(*m));
+        if (m == NULL)
+            return fail(PBSTRUCT_REASON_NOMEM);
+        m->entry =
+            (Google__Protobuf__Struct__FieldsEntry)GOOGLE__PROTOBUF__STRUCT__FIELDS_ENTRY__INIT;
+        m->value = (Google__Protobuf__Value)GOOGLE__PROTOBUF__VALUE__INIT;
+        m->entry.value = &m->value;
+        int rv = parse_string(ps, &m->entry.key);
+        if (rv != 0)
+            return rv;
+        skip_ws(ps);
+        if (ps->p >= ps->end || *ps->p != ':')
+            return fail(PBSTRUCT_REASON_SYNTAX);
+        ps->p++;
+        skip_ws(ps);
+        rv = parse_value(ps, &m->value, depth);
+        if (rv == 0)
+            rv = push(ps, &m->entry);
+        if (rv != 0)
+            return rv;
+        skip_ws(ps);
+        if (ps->p < ps->end && *ps->p == ',') {
+            ps->p++;
+            skip_ws(ps);
+            continue;
+        }
+        if (ps->p < ps->end && *ps->p == '}') {
+            ps->p++;
+            break;
+        }
+        return fail(PBSTRUCT_REASON_SYNTAX);
+    }
+    void **arr = NULL;
+    size_t n = 0;
+    int rv = pop_array(ps, base, &arr, &n);
+    s->n_fields = n;
+    s->fields = (Google__Protobuf__Struct__FieldsEntry **)arr;
+    return rv;
+}
+
+/* ps->p is at '['; the array is at depth. */
+static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int depth)
+{
+    size_t base = ps->top;
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == ']') {
+        ps->p++;
+        return 0;
+    }
+    for (;;) {
+        Google__Protobuf__Value *v = pins_arena_alloc(ps->a, sizeof(*v));
+        if (v == NULL)
+            return fail(PBSTRUCT_REASON_NOMEM);
+        *v = (Google__Protobuf__Value)GOOGLE__PROTOBUF__VALUE__INIT;
+        int rv = parse_value(ps, v, depth);
+        if (rv == 0)
+            rv = push(ps, v);
+        if (rv != 0)
+            return rv;
+        skip_ws(ps);
+        if (ps->p < ps->end && *ps->p == ',') {
+            ps->p++;
+            skip_ws(ps);
+            continue;
+        }
+        if (ps->p < ps->end && *ps->p == ']') {
+            ps->p++;
+            break;
+        }
+        return fail(PBSTRUCT_REASON_SYNTAX);
+    }
+    void **arr = NULL;
+    size_t n = 0;
+    int rv = pop_array(ps, base, &arr, &n);
+    l->n_values = n;
+    l->values = (Google__Protobuf__Value **)arr;
+    return rv;
+}
+
+/* ---- public ---------------------------------------------------------------------------------- */
+
+int pbstruct_to_json(const Google__Protobuf__Struct *s, size_t max_bytes, int max_depth,
+                     char **pjson, size_t *plen)
+{
+    struct writer w = {
+        .max = max_bytes < SIZE_MAX / 4 ? max_bytes : SIZE_MAX / 4,
+        .max_depth = clamp_depth(max_depth),
+    };
+    int rv = put_struct(&w, s, 1);
+    if (rv != 0)
+        goto out;
+    w.buf[w.len] = '\0';
+    *pjson = w.buf;
+    *plen = w.len;
+    w.buf = NULL;
+    last_reason = PBSTRUCT_REASON_NONE;
+out:
+    free(w.buf);
+    free(w.scratch);
+    return rv;
+}
+
+int pbstruct_from_json(pins_arena *a, const char *json, size_t len, int max_depth,
+                       Google__Protobuf__Struct **pstruct)
+{
+    void *inline_stack[INLINE_STACK];
+    struct parser ps = {
+        .p = (const unsigned char *)json,
+        .end = (const unsigned char *)json + len,
+        .a = a,
+        .max_depth = clamp_depth(max_depth),
+        .stack = inline_stack,
+        .cap = INLINE_STACK,
+    };
+    Google__Protobuf__Struct *s = NULL;
+    int rv;
+    skip_ws(&ps);
+    if (ps.p >= ps.end || *ps.p != '{') {
+        rv = fail(PBSTRUCT_REASON_NOT_OBJECT);
+        goto out;
+    }
+    if (ps.max_depth < 1) {
+        rv = fail(PBSTRUCT_REASON_TOO_DEEP);
+        goto out;
+    }
+    s = pins_arena_alloc(a, sizeof(*s));
+    if (s == NULL) {
+        rv = fail(PBSTRUCT_REASON_NOMEM);
+        goto out;
+    }
+    *s = (Google__Protobuf__Struct)GOOGLE__PROTOBUF__STRUCT__INIT;
+    rv = parse_object(&ps, s, 1);
+    if (rv != 0)
+        goto out;
+    skip_ws(&ps);
+    if (ps.p != ps.end) {
+        rv = fail(PBSTRUCT_REASON_SYNTAX);
+        goto out;
+    }
+    *pstruct = s;
+    last_reason = PBSTRUCT_REASON_NONE;
+out:
+    if (ps.heap)
+        free(ps.stack);
+    return rv;
+}
+
+/* OpenSSL 3 fetches an implementation on every use of EVP_sha256(); fetching once saves most of
+ * the cost of hashing a small value. The fetched method lives for the process. */
+static EVP_MD *sha256;
+
+static void fetch_sha256(void)
+{
+    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+int pbstruct_value_hash(const char *json, size_t len, char out[17])
+{
+    static const char hex[] = "0123456789abcdef";
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    pthread_once(&once, fetch_sha256);
+    const EVP_MD *type = sha256 != NULL ? sha256 : EVP_sha256();
+    if (EVP_Digest(json, len, md, &mdlen, type, NULL) != 1 || mdlen < 8)
+        return fail(PBSTRUCT_REASON_INTERNAL);
+    for (int i = 0; i < 8; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[16] = '\0';
+    last_reason = PBSTRUCT_REASON_NONE;
+    return 0;
+}
+
+pbstruct_reason pbstruct_last_reason(void)
+{
+    return last_reason;
+}
+
+const char *pbstruct_reason_text(pbstruct_reason r)
+{
+    switch (r) {
+    case PBSTRUCT_REASON_NONE:
+        return "ok";
+    case PBSTRUCT_REASON_TOO_LARGE:
+        return "value larger than the size limit";
+    case PBSTRUCT_REASON_TOO_DEEP:
+        return "value nesting deeper than the limit";
+    case PBSTRUCT_REASON_NOT_OBJECT:
+        return "value is not a json object";
+    case PBSTRUCT_REASON_SYNTAX:
+        return "value is not valid json";
+    case PBSTRUCT_REASON_BAD_UTF8:
+        return "value has a string that is not valid utf-8";
+    case PBSTRUCT_REASON_BAD_NUMBER:
+        return "value has a number that is not finite";
+    case PBSTRUCT_REASON_NO_KIND:
+        return "value has an element with no kind set";
+    case PBSTRUCT_REASON_NOMEM:
+        return "out of memory";
+    case PBSTRUCT_REASON_INTERNAL:
+        return "internal error";
+    }
+    return "unknown reason";
+}

@@ -1,0 +1,21 @@
+/* common/timeutil.h: clocks and RFC 3339 timestamps. */
+#ifndef PINS_COMMON_TIMEUTIL_H
+#define PINS_COMMON_TIMEUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PINS_TIME_RFC3339_LEN 32
+
+/* Wall clock, microseconds since the Unix epoch. */
+int64_t pins_time_now_us(void);
+/* Monotonic clock, nanoseconds. */
+int64_t pins_time_mono_ns(void);
+/* Formats us as "2026-11-27T23:53:22.123456Z" into buf (at least PINS_TIME_RFC3339_LEN bytes).
+ * Returns the length written. */
+size_t pins_time_format_us(int64_t us, char *buf);
+/* Parses an RFC 3339 timestamp (any offset, fraction up to nanoseconds, truncated to
+ * microseconds). Returns 0 or PINS_EINVALID_ARGUMENT. */
+int pins_time_parse_us(const char *s, size_t len, int64_t *pus);
+
+#endif

@@ -1,0 +1,347 @@
+/* rpc/call.c: the call object and the error funnel.
+ *
+ * A call has two references: the transport's (dropped by rpc__call_detach when the stream closes)
+ * and, once dispatched, the handler's (dropped when the handler finishes the call). The arena
+ * holding the call is freed when both are gone, so neither side ever sees a dangling call.
+ */
+#include "rpc/rpc_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "observability/log.h"
+#include "store/store.h"
+
+static void end_response(rpc_call *call, int err, const char *message);
+
+static void release(rpc_call *call)
+{
+    if (--call->refs > 0)
+        return;
+    if (call->deadline_ev != NULL)
+        event_free(call->deadline_ev);
+    rpc_worker *w = call->worker;
+    pins_arena *a = call->arena;
+    /* Keep a few arenas per worker: most calls then cost no malloc at all. */
+    if (w->narena_pool < RPC__ARENA_POOL && pins_arena_limit(a) == w->arena_limit) {
+        pins_arena_reset(a);
+        w->arena_pool[w->narena_pool++] = a;
+    } else {
+        pins_arena_free(a);
+    }
+}
+
+rpc_call *rpc__call_new(rpc_worker *w, const rpc_method *method, const rpc__call_ops *ops,
+                        void *transport, size_t arena_limit)
+{
+    pins_arena *a = NULL;
+    if (arena_limit == w->arena_limit && w->narena_pool > 0)
+        a = w->arena_pool[--w->narena_pool];
+    else
+        a = pins_arena_new(arena_limit);
+    if (a == NULL)
+        return NULL;
+    rpc_call *call = pins_arena_calloc(a, 1, sizeof(*call));
+    if (call == NULL) {
+        pins_arena_free(a);
+        return NULL;
+    }
+    call->arena = a;
+    call->method = method;
+    call->worker = w;
+    call->ops = ops;
+    call->transport = transport;
+    call->refs = 1;
+    call->start_ns = rpc__now_ns();
+    return call;
+}
+
+static void run_cancel(rpc_call *call)
+{
+    if (call->flags & RPC__CALL_CANCELLED)
+        return;
+    call->flags |= RPC__CALL_CANCELLED;
+    if (call->on_cancel != NULL) {
+        rpc_call_cancel_cb cb = call->on_cancel;
+        call->on_cancel = NULL;
+        cb(call, call->on_cancel_arg);
+    }
+}
+
+void rpc__call_cancel(rpc_call *call)
+{
+    if (call->flags & RPC__CALL_FINISHED)
+        return;
+    call->refs++; /* the cancel callback may finish the call */
+    run_cancel(call);
+    release(call);
+}
+
+void rpc__call_detach(rpc_call *call)
+{
+    call->refs++;
+    if (!(call->flags & RPC__CALL_FINISHED))
+        run_cancel(call);
+    call->flags |= RPC__CALL_DETACHED;
+    call->transport = NULL;
+    release(call); /* the extra reference above */
+    release(call); /* the transport's */
+}
+
+void rpc__call_expire(rpc_call *call)
+{
+    if (call->flags & RPC__CALL_FINISHED)
+        return;
+    call->refs++;
+    run_cancel(call);
+    end_response(call, PINS_EDEADLINE_EXCEEDED, "deadline exceeded before the call completed");
+    release(call);
+}
+
+void rpc__call_abandon(rpc_call *call)
+{
+    call->transport = NULL;
+    release(call);
+}
+
+void rpc__call_ref(rpc_call *call)
+{
+    call->refs++;
+}
+
+void rpc__call_unref(rpc_call *call)
+{
+    release(call);
+}
+
+void rpc__call_deliver(rpc_call *call, const ProtobufCMessage *msg)
+{
+    if (call->on_message != NULL && !(call->flags & RPC__CALL_FINISHED))
+        call->on_message(call, msg, call->on_message_arg);
+}
+
+static uint64_t xorshift(uint64_t s[2])
+{
+    uint64_t x = s[0];
+    uint64_t const y = s[1];
+    s[0] = y;
+    x ^= x << 23;
+    s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+    return s[1] + y;
+}
+
+int rpc__call_set_request_id(rpc_call *call, const char *sent)
+{
+    if (sent != NULL && sent[0] != '\0') {
+        /* Echo what the client sent when it is printable and short; otherwise make a new one. */
+        size_t n = strnlen(sent, 129);
+        bool ok = n <= 128;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = sent[i] > 0x20 && sent[i] < 0x7f;
+        if (ok) {
+            call->request_id = sent;
+            return 0;
+        }
+    }
+    static const char hex[] = "0123456789abcdef";
+    char *id = pins_arena_alloc(call->arena, 33);
+    if (id == NULL)
+        return PINS_ENOMEM;
+    uint64_t r[2] = {xorshift(call->worker->rng), xorshift(call->worker->rng)};
+    for (int i = 0; i < 32; i++)
+        id[i] = hex[(r[i / 16] >> ((i % 16) * 4)) & 15];
+    id[32] = '\0';
+    call->request_id = id;
+    return 0;
+}
+
+const rpc__metadata *rpc__call_metadata(const rpc_call *call)
+{
+    return call->metadata;
+}
+
+/* ---- handler API --------------------------------------------------------------------------- */
+
+const rpc_method *rpc_call_method(const rpc_call *call)
+{
+    return call->method;
+}
+
+const ProtobufCMessage *rpc_call_request(const rpc_call *call)
+{
+    return call->request;
+}
+
+pins_arena *rpc_call_arena(rpc_call *call)
+{
+    return call->arena;
+}
+
+rpc_worker *rpc_call_worker(rpc_call *call)
+{
+    return call->worker;
+}
+
+struct store_session *rpc_call_store(rpc_call *call)
+{
+    return call->worker->store;
+}
+
+const struct pins_config *rpc_call_config(const rpc_call *call)
+{
+    return call->worker->server->cfg;
+}
+
+const char *rpc_call_header(const rpc_call *call, const char *name)
+{
+    for (size_t i = 0; i < call->nheaders; i++) {
+        if (strcmp(call->headers[i].name, name) == 0)
+            return call->headers[i].value;
+    }
+    return NULL;
+}
+
+const char *rpc_call_request_id(const rpc_call *call)
+{
+    return call->request_id != NULL ? call->request_id : "";
+}
+
+int64_t rpc_call_start_ns(const rpc_call *call)
+{
+    return call->start_ns;
+}
+
+int64_t rpc_call_deadline_ns(const rpc_call *call)
+{
+    return call->deadline_ns;
+}
+
+bool rpc_call_cancelled(const rpc_call *call)
+{
+    return (call->flags & RPC__CALL_CANCELLED) != 0;
+}
+
+void rpc_call_on_cancel(rpc_call *call, rpc_call_cancel_cb cb, void *arg)
+{
+    call->on_cancel = cb;
+    call->on_cancel_arg = arg;
+}
+
+void rpc_call_on_message(rpc_call *call, rpc_call_message_cb cb, void *arg)
+{
+    call->on_message = cb;
+    call->on_message_arg = arg;
+}
+
+int rpc_call_add_metadata(rpc_call *call, const char *name, const char *value, bool trailer)
+{
+    rpc__metadata *m = pins_arena_alloc(call->arena, sizeof(*m));
+    if (m == NULL)
+        return PINS_ENOMEM;
+    m->name = pins_arena_strdup(call->arena, name);
+    m->value = pins_arena_strdup(call->arena, value);
+    if (m->name == NULL || m->value == NULL)
+        return PINS_ENOMEM;
+    m->trailer = trailer;
+    /* Keep insertion order: append. */
+    m->next = NULL;
+    rpc__metadata **pp = &call->metadata;
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    *pp = m;
+    return 0;
+}
+
+void rpc_call_set_error_detail(rpc_call *call, const char *loc0, const char *loc1, const char *type)
+{
+    call->detail_loc0 = loc0;
+    call->detail_loc1 = loc1;
+    call->detail_type = type;
+}
+
+int rpc_call_send(rpc_call *call, const ProtobufCMessage *msg)
+{
+    if (call->flags & (RPC__CALL_FINISHED | RPC__CALL_CANCELLED) || call->transport == NULL)
+        return PINS_ECANCELLED;
+    int rv = call->ops->send(call, msg);
+    if (rv == 0)
+        call->flags |= RPC__CALL_SENT_MESSAGE;
+    return rv;
+}
+
+/* Ends the response (once). */
+static void end_response(rpc_call *call, int err, const char *message)
+{
+    if (!(call->flags & RPC__CALL_FINISHED)) {
+        call->flags |= RPC__CALL_FINISHED;
+        call->status_err = err;
+        call->error_message = message;
+        int code = pins_error_grpc(err);
+        double secs = (double)(rpc__now_ns() - call->start_ns) / 1e9;
+        rpc__metrics_handled(call->method, code, secs);
+        if (call->transport != NULL)
+            call->ops->finish(call, err, message);
+    }
+}
+
+/* Ends the response (once) and drops the handler's reference. */
+static void finish(rpc_call *call, int err, const char *message)
+{
+    end_response(call, err, message);
+    if (call->flags & RPC__CALL_DISPATCHED) {
+        call->flags &= ~RPC__CALL_DISPATCHED;
+        release(call);
+    }
+}
+
+void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg)
+{
+    if (!(call->flags & RPC__CALL_FINISHED) && call->transport != NULL) {
+        int rv = call->ops->send(call, msg);
+        if (rv != 0) {
+            rpc_call_fail(call, rv, NULL);
+            return;
+        }
+    }
+    finish(call, 0, NULL);
+}
+
+void rpc_call_finish(rpc_call *call)
+{
+    finish(call, 0, NULL);
+}
+
+static bool server_fault(int err)
+{
+    return err == PINS_EINTERNAL || err == PINS_ESTORE || err == PINS_ENOMEM;
+}
+
+void rpc_call_fail(rpc_call *call, int err, const char *fmt, ...)
+{
+    if (err == 0)
+        err = PINS_EINTERNAL;
+    const char *msg = NULL;
+    if (fmt != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        msg = pins_arena_vprintf(call->arena, fmt, ap);
+        va_end(ap);
+    }
+    if (msg == NULL)
+        msg = pins_strerror(err);
+    if (server_fault(err)) {
+        /* The client gets a generic message and the request id, never library text. */
+        pins_log_error("call failed", "method", call->method->path, "error", pins_error_name(err),
+                       "detail", msg, "request_id", rpc_call_request_id(call), NULL);
+        msg = pins_arena_printf(call->arena, "%s (request id %s)", pins_strerror(err),
+                                rpc_call_request_id(call));
+        if (msg == NULL)
+            msg = pins_strerror(err);
+    } else if (pins_log_enabled(PINS_LOG_DEBUG)) {
+        pins_log_debug("call rejected", "method", call->method->path, "error", pins_error_name(err),
+                       "message", msg, "request_id", rpc_call_request_id(call), NULL);
+    }
+    finish(call, err, msg);
+}

@@ -1,0 +1,1013 @@
+/* rpc/conn.c: connections: accept, TLS, protocol sniffing, and HTTP/2 with nghttp2.
+ *
+ * One nghttp2_session per connection, driven the way nghttp2's libevent server drives it: input
+ * goes through nghttp2_session_mem_recv(), output through nghttp2_session_send() into the
+ * bufferevent. Handlers may finish calls inside nghttp2 callbacks; output produced there is sent
+ * when nghttp2_session_mem_recv() returns (nghttp2 forbids re-entering the session).
+ *
+ * Blast radius: a malformed gRPC message or an oversized header list resets or fails one stream;
+ * framing corruption ends one connection; nothing here stops the process.
+ */
+#include "rpc/rpc_int.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <nghttp2/nghttp2.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/pbwire.h"
+#include "observability/log.h"
+#include "rpc/tls.h"
+
+#define PREFACE            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define PREFACE_LEN        24
+#define MAX_HEADERS        100
+#define MAX_HEADER_BYTES   65536
+#define OUTPUT_HIGH_WATER  (1u << 20)
+#define STREAM_PENDING_MAX (4u << 20)
+#define MAX_PROTO_DEPTH    100
+
+enum conn_proto { PROTO_SNIFF, PROTO_H2, PROTO_H1 };
+
+typedef struct h2_stream h2_stream;
+
+typedef struct rpc__conn {
+    struct rpc__conn *prev, *next;
+    rpc_worker *w;
+    struct bufferevent *bev;
+    nghttp2_session *h2;
+    enum conn_proto proto;
+    int in_recv;      /* inside nghttp2_session_mem_recv */
+    bool want_flush;  /* output produced inside callbacks */
+    bool closing;     /* close once the outermost callback unwinds */
+    bool goaway_sent; /* draining */
+    h2_stream *streams;
+    size_t nstreams;
+} rpc__conn;
+
+enum stream_kind { KIND_UNKNOWN, KIND_GRPC, KIND_HTTP, KIND_REJECTED };
+
+struct h2_stream {
+    h2_stream *prev, *next;
+    rpc__conn *conn;
+    int32_t id;
+    rpc_call *call; /* owns this struct's memory (its arena) */
+    enum stream_kind kind;
+    size_t header_bytes;
+    size_t cap_headers;
+    /* Pseudo headers and the few regular ones the transport reads. */
+    const char *method;
+    const char *path;
+    const char *content_type;
+    const char *grpc_timeout;
+    const char *grpc_encoding;
+    const char *request_id_hdr;
+    /* Request body (gRPC framing), malloc'd; freed once decoded. */
+    unsigned char *body;
+    size_t body_len, body_cap;
+    unsigned nmessages;
+    bool request_done; /* END_STREAM seen */
+    bool dispatched;
+    /* Response. */
+    struct evbuffer *out; /* pending DATA */
+    bool headers_sent;
+    bool finished;      /* trailers (or END_STREAM) queued */
+    bool deferred;      /* the data provider returned DEFERRED */
+    bool want_trailers; /* trailers to submit when out drains */
+    nghttp2_nv *trailers;
+    size_t ntrailers;
+    const char *resp_body; /* plain HTTP answers */
+    size_t resp_len, resp_off;
+    bool counted_rst;
+    bool closed;         /* nghttp2 closed the stream; only the memory is left */
+    rpc_call *probe_ref; /* the reference a pending HTTP answer holds */
+};
+
+static void conn_flush(rpc__conn *c);
+static void conn_free(rpc__conn *c);
+
+static const rpc__call_ops grpc_ops;
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+#define NV(n, v, vl)                                                                      \
+    (nghttp2_nv)                                                                          \
+    {                                                                                     \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl), NGHTTP2_NV_FLAG_NO_COPY_NAME \
+    }
+
+static bool streq_lit(const uint8_t *s, size_t n, const char *lit, size_t litn)
+{
+    return n == litn && memcmp(s, lit, n) == 0;
+}
+
+static void stream_unlink(h2_stream *st)
+{
+    rpc__conn *c = st->conn;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        c->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    c->nstreams--;
+}
+
+/* The stream lets go of everything it holds; the call (and so the stream's memory) goes when
+ * the handler is done too. */
+static void stream_close(h2_stream *st)
+{
+    st->closed = true;
+    stream_unlink(st);
+    free(st->body);
+    st->body = NULL;
+    if (st->out != NULL) {
+        evbuffer_free(st->out);
+        st->out = NULL;
+    }
+    rpc_call *call = st->call;
+    st->call = NULL;
+    if (st->dispatched)
+        rpc__call_detach(call);
+    else
+        rpc__call_abandon(call);
+}
+
+static h2_stream *stream_get(rpc__conn *c, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(c->h2, id);
+}
+
+/* ---- response side ----------------------------------------------------------------------------
+ */
+
+static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                        uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
+{
+    h2_stream *st = source->ptr;
+    if (st->resp_body != NULL) {
+        size_t n = st->resp_len - st->resp_off;
+        if (n > length)
+            n = length;
+        memcpy(buf, st->resp_body + st->resp_off, n);
+        st->resp_off += n;
+        if (st->resp_off == st->resp_len)
+            *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        return (ssize_t)n;
+    }
+    size_t avail = st->out != NULL ? evbuffer_get_length(st->out) : 0;
+    if (avail == 0) {
+        if (st->finished) {
+            *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+            if (st->ntrailers > 0) {
+                *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                int rv = nghttp2_submit_trailer(session, stream_id, st->trailers, st->ntrailers);
+                if (rv != 0)
+                    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            }
+            return 0;
+        }
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    int n = evbuffer_remove(st->out, buf, length);
+    if (n < 0)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (evbuffer_get_length(st->out) == 0 && st->finished) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->ntrailers > 0) {
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            if (nghttp2_submit_trailer(session, stream_id, st->trailers, st->ntrailers) != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
+    return n;
+}
+
+static void stream_output_ready(h2_stream *st)
+{
+    rpc__conn *c = st->conn;
+    if (st->deferred) {
+        st->deferred = false;
+        nghttp2_session_resume_data(c->h2, st->id);
+    }
+    if (c->in_recv)
+        c->want_flush = true;
+    else
+        conn_flush(c);
+}
+
+/* Response headers for a gRPC stream (trailers false: :status, content type, request id and the
+ * handler's initial metadata; trailers true: the handler's trailing metadata). */
+static size_t grpc_headers(h2_stream *st, nghttp2_nv *nva, size_t cap, bool trailers)
+{
+    rpc_call *call = st->call;
+    size_t n = 0;
+    if (!trailers) {
+        const char *rid = rpc_call_request_id(call);
+        nva[n++] = NV(":status", "200", 3);
+        nva[n++] = NV("content-type", "application/grpc", 16);
+        nva[n++] = NV("x-request-id", rid, strlen(rid));
+    }
+    for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL && n < cap; m = m->next) {
+        if (m->trailer == trailers)
+            nva[n++] = (nghttp2_nv){(uint8_t *)m->name, (uint8_t *)m->value, strlen(m->name),
+                                    strlen(m->value), NGHTTP2_NV_FLAG_NONE};
+    }
+    return n;
+}
+
+static int submit_grpc_headers(h2_stream *st)
+{
+    nghttp2_nv nva[32];
+    size_t n = grpc_headers(st, nva, 32, false);
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    int rv = nghttp2_submit_response(st->conn->h2, st->id, nva, n, &prd);
+    if (rv != 0)
+        return PINS_EINTERNAL;
+    st->headers_sent = true;
+    return 0;
+}
+
+static int grpc_send(rpc_call *call, const ProtobufCMessage *msg)
+{
+    h2_stream *st = call->transport;
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    if (len > UINT32_MAX)
+        return PINS_ERESOURCE_EXHAUSTED;
+    if (st->out == NULL) {
+        st->out = evbuffer_new();
+        if (st->out == NULL)
+            return PINS_ENOMEM;
+    }
+    if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX)
+        return PINS_ERESOURCE_EXHAUSTED;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(st->out, len + 5, &v, 1) < 1)
+        return PINS_ENOMEM;
+    unsigned char *p = v.iov_base;
+    p[0] = 0;
+    p[1] = (unsigned char)(len >> 24);
+    p[2] = (unsigned char)(len >> 16);
+    p[3] = (unsigned char)(len >> 8);
+    p[4] = (unsigned char)len;
+    protobuf_c_message_pack(msg, p + 5);
+    v.iov_len = len + 5;
+    if (evbuffer_commit_space(st->out, &v, 1) != 0)
+        return PINS_ENOMEM;
+    if (!st->headers_sent && submit_grpc_headers(st) != 0)
+        return PINS_EINTERNAL;
+    stream_output_ready(st);
+    return 0;
+}
+
+/* Trailers (or the Trailers-Only HEADERS) for status err. */
+static void grpc_finish(rpc_call *call, int err, const char *message)
+{
+    h2_stream *st = call->transport;
+    pins_arena *a = call->arena;
+    static const char *const codes[] = {"0", "1",  "2",  "3",  "4",  "5",  "6",  "7", "8",
+                                        "9", "10", "11", "12", "13", "14", "15", "16"};
+    int code = pins_error_grpc(err);
+    const char *codestr = code >= 0 && code <= 16 ? codes[code] : "2";
+    char *enc = message != NULL && err != 0 ? rpc__grpc_message_encode(a, message) : NULL;
+    nghttp2_nv *nva = pins_arena_calloc(a, 40, sizeof(*nva));
+    if (codestr == NULL || nva == NULL) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        stream_output_ready(st);
+        return;
+    }
+    size_t n = 0;
+    if (!st->headers_sent) {
+        /* Trailers-Only: one HEADERS frame with END_STREAM. */
+        n = grpc_headers(st, nva, 18, false);
+        n += grpc_headers(st, nva + n, 18, true);
+    } else {
+        n = grpc_headers(st, nva, 36, true);
+    }
+    nva[n++] = NV("grpc-status", codestr, strlen(codestr));
+    if (enc != NULL)
+        nva[n++] = NV("grpc-message", enc, strlen(enc));
+    st->finished = true;
+    if (!st->headers_sent) {
+        st->headers_sent = true;
+        nghttp2_submit_response(st->conn->h2, st->id, nva, n, NULL);
+    } else {
+        st->trailers = nva;
+        st->ntrailers = n;
+    }
+    stream_output_ready(st);
+}
+
+static const rpc__call_ops grpc_ops = {.send = grpc_send, .finish = grpc_finish};
+
+/* An early gRPC error before any call was dispatched: Trailers-Only with status err. */
+static void grpc_early_error(h2_stream *st, int err, const char *msg, bool accept_encoding)
+{
+    if (accept_encoding)
+        rpc_call_add_metadata(st->call, "grpc-accept-encoding", "identity", false);
+    st->kind = KIND_REJECTED;
+    grpc_finish(st->call, err, msg);
+}
+
+static void http_respond(h2_stream *st, const rpc__http_answer *ans);
+
+/* A plain HTTP answer on a stream. */
+static void http_answer(const rpc__http_answer *ans, void *arg)
+{
+    h2_stream *st = arg;
+    rpc_call *ref = st->probe_ref;
+    st->probe_ref = NULL;
+    if (!st->closed)
+        http_respond(st, ans);
+    if (ref != NULL)
+        rpc__call_unref(ref); /* may free st */
+}
+
+static void http_respond(h2_stream *st, const rpc__http_answer *ans)
+{
+    pins_arena *a = st->call->arena;
+    char *status = pins_arena_printf(a, "%d", ans->status);
+    char *len = pins_arena_printf(a, "%zu", ans->body_len);
+    if (status == NULL || len == NULL) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        stream_output_ready(st);
+        return;
+    }
+    const char *rid = rpc_call_request_id(st->call);
+    nghttp2_nv nva[6];
+    size_t n = 0;
+    nva[n++] = NV(":status", status, strlen(status));
+    nva[n++] = NV("content-type", ans->content_type, strlen(ans->content_type));
+    nva[n++] = NV("content-length", len, strlen(len));
+    nva[n++] = NV("x-request-id", rid, strlen(rid));
+    if (ans->allow != NULL)
+        nva[n++] = NV("allow", ans->allow, strlen(ans->allow));
+    bool head = st->method != NULL && strcmp(st->method, "HEAD") == 0;
+    st->resp_body = ans->body != NULL ? ans->body : "";
+    st->resp_len = head ? 0 : ans->body_len;
+    st->resp_off = 0;
+    st->finished = true;
+    st->headers_sent = true;
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    nghttp2_submit_response(st->conn->h2, st->id, nva, n, st->resp_len > 0 ? &prd : NULL);
+    stream_output_ready(st);
+}
+
+static void http_simple(h2_stream *st, int status, const char *body, const char *allow)
+{
+    rpc__http_answer ans = {.status = status,
+                            .content_type = "application/json",
+                            .body = body,
+                            .body_len = strlen(body),
+                            .allow = allow};
+    st->kind = KIND_REJECTED;
+    http_respond(st, &ans);
+}
+
+/* ---- request side ------------------------------------------------------------------------------
+ */
+
+static bool grpc_path_known(const char *path)
+{
+    return rpc__method_find(path, strlen(path)) != NULL;
+}
+
+/* HEADERS complete: decide what the stream is. */
+static void on_request_headers(h2_stream *st)
+{
+    rpc_call *call = st->call;
+    if (rpc__call_set_request_id(call, st->request_id_hdr) != 0) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (st->path == NULL || st->method == NULL) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_PROTOCOL_ERROR);
+        st->kind = KIND_REJECTED;
+        return;
+    }
+    bool grpc_ct = st->content_type != NULL &&
+                   rpc__grpc_content_type(st->content_type, strlen(st->content_type));
+    if (!grpc_ct) {
+        if (strcmp(st->method, "POST") == 0 && grpc_path_known(st->path)) {
+            http_simple(st, 415,
+                        "{\"detail\":\"unsupported content-type: a gRPC method expects "
+                        "application/grpc\",\"code\":3,\"message\":\"unsupported content type\"}",
+                        NULL);
+            return;
+        }
+        st->kind = KIND_HTTP;
+        return;
+    }
+    st->kind = KIND_GRPC;
+    if (strcmp(st->method, "POST") != 0) {
+        grpc_early_error(st, PINS_EUNIMPLEMENTED, "gRPC requires POST", false);
+        return;
+    }
+    const rpc_method *m = rpc__method_find(st->path, strlen(st->path));
+    if (m == NULL) {
+        grpc_early_error(st, PINS_EUNIMPLEMENTED,
+                         pins_arena_printf(call->arena, "unknown method %s", st->path), false);
+        return;
+    }
+    call->method = m;
+    if (st->grpc_timeout != NULL) {
+        int64_t ns;
+        if (rpc__grpc_timeout_parse(st->grpc_timeout, strlen(st->grpc_timeout), &ns) != 0) {
+            grpc_early_error(st, PINS_EINVALID_ARGUMENT, "malformed grpc-timeout header", false);
+            return;
+        }
+        call->deadline_ns = call->start_ns + ns;
+    }
+}
+
+static void on_http_request(h2_stream *st)
+{
+    st->kind = KIND_REJECTED; /* answered once */
+    st->probe_ref = st->call;
+    rpc__call_ref(st->call);
+    if (rpc__probe_handle(st->conn->w, st->call->arena, st->method, st->path, http_answer, st))
+        return;
+    st->probe_ref = NULL;
+    rpc__call_unref(st->call);
+    http_simple(st, 404, "{\"detail\":\"Not Found\",\"code\":5,\"message\":\"no such route\"}",
+                NULL);
+}
+
+/* Decodes one gRPC message; returns 0 and *pmsg, or fails the stream. */
+static int decode_message(h2_stream *st, const unsigned char *p, size_t len,
+                          ProtobufCMessage **pmsg)
+{
+    rpc_call *call = st->call;
+    if (pbwire_check(p, len, call->method->input, MAX_PROTO_DEPTH) != 0) {
+        grpc_early_error(st, PINS_EINVALID_ARGUMENT,
+                         "request message is not valid protobuf for its type (or nested too deep)",
+                         false);
+        return -1;
+    }
+    ProtobufCAllocator alloc = pins_arena_allocator(call->arena);
+    ProtobufCMessage *msg = protobuf_c_message_unpack(call->method->input, &alloc, len, p);
+    if (msg == NULL) {
+        size_t limit = (size_t)call->worker->server->cfg->max_request_bytes * 8;
+        if (pins_arena_used(call->arena) + len >= limit)
+            grpc_early_error(st, PINS_ETOO_LARGE, "request message too large to decode", false);
+        else
+            grpc_early_error(st, PINS_EINVALID_ARGUMENT,
+                             "request message is not valid protobuf for its type", false);
+        return -1;
+    }
+    *pmsg = msg;
+    return 0;
+}
+
+/* Consumes complete gRPC frames from the body buffer. */
+static void grpc_consume(h2_stream *st)
+{
+    rpc_call *call = st->call;
+    const rpc_method *m = call->method;
+    size_t off = 0;
+    while (st->kind == KIND_GRPC && st->body_len - off >= 5) {
+        const unsigned char *p = st->body + off;
+        uint32_t len = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+        if (p[0] & 1) {
+            if (st->grpc_encoding == NULL || strcmp(st->grpc_encoding, "identity") == 0)
+                grpc_early_error(st, PINS_EINTERNAL, "compressed message without a grpc-encoding",
+                                 false);
+            else
+                grpc_early_error(st, PINS_EUNIMPLEMENTED,
+                                 pins_arena_printf(call->arena,
+                                                   "message compression %s is not supported",
+                                                   st->grpc_encoding),
+                                 true);
+            return;
+        }
+        if ((int64_t)len > call->worker->server->cfg->max_request_bytes) {
+            grpc_early_error(
+                st, PINS_ETOO_LARGE,
+                pins_arena_printf(call->arena,
+                                  "request message of %u bytes exceeds the limit "
+                                  "of %lld bytes",
+                                  len, (long long)call->worker->server->cfg->max_request_bytes),
+                false);
+            return;
+        }
+        if (st->body_len - off - 5 < len)
+            break;
+        st->nmessages++;
+        if (!(m->flags & RPC_METHOD_CLIENT_STREAM) && st->nmessages > 1) {
+            grpc_early_error(st, PINS_EINVALID_ARGUMENT,
+                             "a unary method takes exactly one request message", false);
+            return;
+        }
+        ProtobufCMessage *msg;
+        if (decode_message(st, p + 5, len, &msg) != 0)
+            return;
+        off += 5 + (size_t)len;
+        if (!(m->flags & RPC_METHOD_CLIENT_STREAM)) {
+            call->request = msg;
+        } else if (!st->dispatched) {
+            call->request = msg;
+            st->dispatched = true;
+            rpc__dispatch(call);
+        } else {
+            rpc__call_deliver(call, msg);
+        }
+    }
+    if (off > 0) {
+        memmove(st->body, st->body + off, st->body_len - off);
+        st->body_len -= off;
+    }
+}
+
+static void on_request_end(h2_stream *st)
+{
+    st->request_done = true;
+    if (st->kind == KIND_HTTP) {
+        on_http_request(st);
+        return;
+    }
+    if (st->kind != KIND_GRPC)
+        return;
+    rpc_call *call = st->call;
+    if (st->body_len != 0) {
+        grpc_early_error(st, PINS_EINVALID_ARGUMENT, "request ends inside a gRPC message frame",
+                         false);
+        return;
+    }
+    free(st->body);
+    st->body = NULL;
+    st->body_cap = 0;
+    if (call->method->flags & RPC_METHOD_CLIENT_STREAM) {
+        if (!st->dispatched) {
+            st->dispatched = true;
+            rpc__dispatch(call);
+        }
+        if (st->call != NULL)
+            rpc__call_deliver(call, NULL);
+        return;
+    }
+    if (call->request == NULL) {
+        grpc_early_error(st, PINS_EINVALID_ARGUMENT, "request message missing", false);
+        return;
+    }
+    st->dispatched = true;
+    rpc__dispatch(call);
+}
+
+/* ---- nghttp2 callbacks --------------------------------------------------------------------------
+ */
+
+static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
+                       void *user_data)
+{
+    rpc__conn *c = user_data;
+    if (bufferevent_write(c->bev, data, length) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return (ssize_t)length;
+}
+
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    rpc__conn *c = user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    rpc_call *call = rpc__call_new(c->w, NULL, &grpc_ops, NULL, c->w->arena_limit);
+    if (call == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    h2_stream *st = pins_arena_calloc(call->arena, 1, sizeof(*st));
+    if (st == NULL) {
+        rpc__call_abandon(call);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    call->transport = st;
+    st->call = call;
+    st->conn = c;
+    st->id = frame->hd.stream_id;
+    st->next = c->streams;
+    if (c->streams != NULL)
+        c->streams->prev = st;
+    c->streams = st;
+    c->nstreams++;
+    nghttp2_session_set_stream_user_data(session, st->id, st);
+    return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data)
+{
+    rpc__conn *c = user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    h2_stream *st = stream_get(c, frame->hd.stream_id);
+    if (st == NULL || st->call == NULL)
+        return 0;
+    rpc_call *call = st->call;
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* request trailers are ignored */
+    st->header_bytes += namelen + valuelen + 32;
+    if (call->nheaders >= MAX_HEADERS || st->header_bytes > MAX_HEADER_BYTES)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets this stream only */
+    const char *v = pins_arena_strndup(call->arena, (const char *)value, valuelen);
+    if (v == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (namelen > 0 && name[0] == ':') {
+        if (streq_lit(name, namelen, ":path", 5))
+            st->path = v;
+        else if (streq_lit(name, namelen, ":method", 7))
+            st->method = v;
+        return 0;
+    }
+    const char *n = pins_arena_strndup(call->arena, (const char *)name, namelen);
+    if (n == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (call->nheaders == st->cap_headers) {
+        size_t cap = st->cap_headers ? st->cap_headers * 2 : 16;
+        rpc__header *nh = pins_arena_alloc(call->arena, cap * sizeof(*nh));
+        if (nh == NULL)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        if (call->nheaders > 0)
+            memcpy(nh, call->headers, call->nheaders * sizeof(*nh));
+        call->headers = nh;
+        st->cap_headers = cap;
+    }
+    call->headers[call->nheaders++] = (rpc__header){.name = n, .value = v};
+    switch (namelen) {
+    case 12:
+        if (memcmp(name, "content-type", 12) == 0)
+            st->content_type = v;
+        else if (memcmp(name, "grpc-timeout", 12) == 0)
+            st->grpc_timeout = v;
+        else if (memcmp(name, "x-request-id", 12) == 0)
+            st->request_id_hdr = v;
+        break;
+    case 13:
+        if (memcmp(name, "grpc-encoding", 13) == 0)
+            st->grpc_encoding = v;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+                         const uint8_t *data, size_t len, void *user_data)
+{
+    rpc__conn *c = user_data;
+    h2_stream *st = stream_get(c, stream_id);
+    if (st == NULL || st->call == NULL || st->kind != KIND_GRPC)
+        return 0; /* bodies of other requests are not read (yet) */
+    size_t max = (size_t)c->w->server->cfg->max_request_bytes + 5;
+    if (st->body_len + len > st->body_cap) {
+        size_t cap = st->body_cap ? st->body_cap : 1024;
+        while (cap < st->body_len + len)
+            cap *= 2;
+        if (cap > max + 16384)
+            cap = max + 16384;
+        if (cap < st->body_len + len) {
+            grpc_early_error(st, PINS_ETOO_LARGE, "request message exceeds the limit", false);
+            return 0;
+        }
+        unsigned char *nb = realloc(st->body, cap);
+        if (nb == NULL) {
+            grpc_early_error(st, PINS_ENOMEM, NULL, false);
+            return 0;
+        }
+        st->body = nb;
+        st->body_cap = cap;
+    }
+    memcpy(st->body + st->body_len, data, len);
+    st->body_len += len;
+    grpc_consume(st);
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    rpc__conn *c = user_data;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS: {
+        h2_stream *st = stream_get(c, frame->hd.stream_id);
+        if (st == NULL || st->call == NULL)
+            return 0;
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+            on_request_headers(st);
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+            on_request_end(st);
+        break;
+    }
+    case NGHTTP2_DATA: {
+        h2_stream *st = stream_get(c, frame->hd.stream_id);
+        if (st != NULL && st->call != NULL && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+            on_request_end(st);
+        break;
+    }
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    rpc__conn *c = user_data;
+    /* A rejected request still sending its body: end the stream once our answer is out
+     * (RFC 9113 section 8.1: RST_STREAM NO_ERROR after a complete response). */
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        h2_stream *st = stream_get(c, frame->hd.stream_id);
+        if (st != NULL && !st->request_done && !st->counted_rst) {
+            st->counted_rst = true;
+            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+        }
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
+                           void *user_data)
+{
+    rpc__conn *c = user_data;
+    h2_stream *st = stream_get(c, stream_id);
+    if (st == NULL)
+        return 0;
+    nghttp2_session_set_stream_user_data(session, stream_id, NULL);
+    stream_close(st);
+    return 0;
+}
+
+/* ---- connection --------------------------------------------------------------------------------
+ */
+
+static void conn_free(rpc__conn *c)
+{
+    rpc_worker *w = c->w;
+    while (c->streams != NULL) {
+        h2_stream *st = c->streams;
+        if (c->h2 != NULL)
+            nghttp2_session_set_stream_user_data(c->h2, st->id, NULL);
+        stream_close(st);
+    }
+    if (c->h2 != NULL)
+        nghttp2_session_del(c->h2);
+    if (c->bev != NULL)
+        bufferevent_free(c->bev);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    w->nconns--;
+    atomic_fetch_sub(&w->server->nconns, 1);
+    free(c);
+}
+
+static bool conn_done(rpc__conn *c)
+{
+    if (c->h2 == NULL)
+        return false;
+    return !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2) &&
+           evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+}
+
+/* Sends what nghttp2 has, within the output high-water mark. */
+static void conn_flush(rpc__conn *c)
+{
+    c->want_flush = false;
+    if (c->h2 == NULL || c->closing)
+        return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) < OUTPUT_HIGH_WATER) {
+        int rv = nghttp2_session_send(c->h2);
+        if (rv != 0) {
+            c->closing = true;
+            return;
+        }
+    }
+    if (conn_done(c))
+        c->closing = true;
+}
+
+static void conn_maybe_free(rpc__conn *c)
+{
+    if (c->closing && c->in_recv == 0)
+        conn_free(c);
+}
+
+static int h2_start(rpc__conn *c)
+{
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0)
+        return PINS_ENOMEM;
+    nghttp2_session_callbacks_set_send_callback(cbs, on_send);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cbs);
+        return PINS_ENOMEM;
+    }
+    nghttp2_option_set_max_send_header_block_length(opt, 65536);
+    nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
+    int rv = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    if (rv != 0)
+        return PINS_ENOMEM;
+    const pins_config *cfg = c->w->server->cfg;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)cfg->max_concurrent_streams},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BYTES},
+    };
+    if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3) != 0)
+        return PINS_ENOMEM;
+    /* A larger connection window so that several big uploads do not stall each other. */
+    nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+    c->proto = PROTO_H2;
+    if (c->w->draining)
+        rpc__conn_drain_all(c->w);
+    return 0;
+}
+
+static void h1_reject(rpc__conn *c)
+{
+    static const char resp[] = "HTTP/1.1 505 HTTP Version Not Supported\r\n"
+                               "Content-Type: application/json\r\nConnection: close\r\n"
+                               "Content-Length: 74\r\n\r\n"
+                               "{\"detail\":\"this listener speaks HTTP/2\",\"code\":12,"
+                               "\"message\":\"use h2c\"}\n";
+    c->proto = PROTO_H1;
+    bufferevent_write(c->bev, resp, sizeof(resp) - 1);
+    bufferevent_disable(c->bev, EV_READ);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    rpc__conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->proto == PROTO_SNIFF) {
+        size_t n = evbuffer_get_length(in);
+        size_t k = n < PREFACE_LEN ? n : PREFACE_LEN;
+        unsigned char *p = evbuffer_pullup(in, (ssize_t)k);
+        if (p == NULL)
+            return;
+        if (memcmp(p, PREFACE, k) != 0) {
+            h1_reject(c);
+            evbuffer_drain(in, n);
+            return;
+        }
+        if (k < PREFACE_LEN)
+            return;
+        if (h2_start(c) != 0) {
+            conn_free(c);
+            return;
+        }
+    }
+    if (c->proto != PROTO_H2) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    c->in_recv++;
+    struct evbuffer_iovec vec[8];
+    while (!c->closing) {
+        int nv = evbuffer_peek(in, -1, NULL, vec, 8);
+        if (nv <= 0)
+            break;
+        size_t consumed = 0;
+        int i;
+        for (i = 0; i < nv && i < 8; i++) {
+            ssize_t rv = nghttp2_session_mem_recv(c->h2, vec[i].iov_base, vec[i].iov_len);
+            if (rv < 0) {
+                c->closing = true;
+                break;
+            }
+            consumed += (size_t)rv;
+        }
+        evbuffer_drain(in, consumed);
+        if (nv <= 8)
+            break;
+    }
+    c->in_recv--;
+    conn_flush(c);
+    conn_maybe_free(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    rpc__conn *c = arg;
+    if (c->proto == PROTO_H1) {
+        c->closing = true;
+        conn_maybe_free(c);
+        return;
+    }
+    if (c->h2 != NULL && nghttp2_session_want_write(c->h2))
+        conn_flush(c);
+    else if (conn_done(c))
+        c->closing = true;
+    conn_maybe_free(c);
+}
+
+static void on_event(struct bufferevent *bev, short events, void *arg)
+{
+    rpc__conn *c = arg;
+    if (events & BEV_EVENT_CONNECTED) {
+        /* TLS handshake done; ALPN chose h2 or http/1.1, the preface sniffing decides. */
+        return;
+    }
+    if ((events & BEV_EVENT_TIMEOUT) && c->nstreams > 0) {
+        bufferevent_enable(bev, EV_READ); /* busy, not idle */
+        return;
+    }
+    c->closing = true;
+    conn_maybe_free(c);
+}
+
+void rpc__conn_accept(rpc_worker *w, int fd)
+{
+    rpc_server *s = w->server;
+    if (atomic_fetch_add(&s->nconns, 1) >= s->cfg->max_connections) {
+        atomic_fetch_sub(&s->nconns, 1);
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    rpc__conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        atomic_fetch_sub(&s->nconns, 1);
+        close(fd);
+        return;
+    }
+    c->w = w;
+    if (s->tls_ctx != NULL) {
+        struct ssl_st *ssl = rpc__tls_ssl_new(s->tls_ctx);
+        if (ssl != NULL)
+            c->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                    BEV_OPT_CLOSE_ON_FREE);
+    } else {
+        c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (c->bev == NULL) {
+        atomic_fetch_sub(&s->nconns, 1);
+        close(fd);
+        free(c);
+        return;
+    }
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    if (s->cfg->idle_timeout_seconds > 0) {
+        struct timeval tv = {.tv_sec = s->cfg->idle_timeout_seconds};
+        bufferevent_set_timeouts(c->bev, &tv, NULL);
+    }
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+void rpc__conn_drain_all(rpc_worker *w)
+{
+    for (rpc__conn *c = w->conns; c != NULL;) {
+        rpc__conn *next = c->next;
+        if (c->h2 != NULL && !c->goaway_sent) {
+            c->goaway_sent = true;
+            nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                                  nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                                  NULL, 0);
+            if (!c->in_recv) {
+                conn_flush(c);
+                conn_maybe_free(c);
+            }
+        } else if (c->h2 == NULL && !c->in_recv) {
+            c->closing = true;
+            conn_maybe_free(c);
+        }
+        c = next;
+    }
+}
+
+void rpc__conn_close_all(rpc_worker *w)
+{
+    while (w->conns != NULL)
+        conn_free(w->conns);
+}
+
+size_t rpc__conn_count(rpc_worker *w)
+{
+    return w->nconns;
+}

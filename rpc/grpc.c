@@ -1,0 +1,96 @@
+/* rpc/grpc.c: the pieces of the gRPC wire protocol that do not depend on HTTP/2: timeouts,
+ * percent-encoded status messages, content types. */
+#include "rpc/rpc_int.h"
+
+#include <string.h>
+
+int rpc__grpc_timeout_parse(const char *value, size_t len, int64_t *pns)
+{
+    /* TimeoutValue: 1 to 8 ASCII digits; TimeoutUnit: H M S m u n. */
+    if (len < 2 || len > 9)
+        return PINS_EINVALID_ARGUMENT;
+    int64_t v = 0;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (value[i] < '0' || value[i] > '9')
+            return PINS_EINVALID_ARGUMENT;
+        v = v * 10 + (value[i] - '0');
+    }
+    int64_t mul;
+    switch (value[len - 1]) {
+    case 'H':
+        mul = 3600LL * 1000000000LL;
+        break;
+    case 'M':
+        mul = 60LL * 1000000000LL;
+        break;
+    case 'S':
+        mul = 1000000000LL;
+        break;
+    case 'm':
+        mul = 1000000LL;
+        break;
+    case 'u':
+        mul = 1000LL;
+        break;
+    case 'n':
+        mul = 1;
+        break;
+    default:
+        return PINS_EINVALID_ARGUMENT;
+    }
+    /* 99999999 hours overflows int64 nanoseconds: clamp to ~292 years. */
+    if (v > INT64_MAX / mul)
+        *pns = INT64_MAX / 2;
+    else
+        *pns = v * mul;
+    return 0;
+}
+
+char *rpc__grpc_message_encode(pins_arena *a, const char *msg)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = strlen(msg), extra = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c < 0x20 || c > 0x7e || c == '%')
+            extra += 2;
+    }
+    char *out = pins_arena_alloc(a, n + extra + 1);
+    if (out == NULL)
+        return NULL;
+    char *p = out;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        if (c < 0x20 || c > 0x7e || c == '%') {
+            *p++ = '%';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 15];
+        } else {
+            *p++ = (char)c;
+        }
+    }
+    *p = '\0';
+    return out;
+}
+
+bool rpc__grpc_content_type(const char *value, size_t len)
+{
+    static const char base[] = "application/grpc";
+    const size_t bl = sizeof(base) - 1;
+    if (len < bl || strncasecmp(value, base, bl) != 0)
+        return false;
+    if (len == bl)
+        return true;
+    /* application/grpc+proto, application/grpc;charset=..., but not application/grpc-web. */
+    if (value[bl] == ';')
+        return true;
+    if (value[bl] == '+') {
+        const char *sub = value + bl + 1;
+        size_t sl = len - bl - 1;
+        const char *semi = memchr(sub, ';', sl);
+        if (semi != NULL)
+            sl = (size_t)(semi - sub);
+        return sl == 5 && strncasecmp(sub, "proto", 5) == 0;
+    }
+    return false;
+}

@@ -1,0 +1,206 @@
+/* rpc/rpc_int.h: structures shared by the files of rpc/ (and by bridge/, which adds transports).
+ * Not for handlers: they see rpc/call.h only.
+ */
+#ifndef PINS_RPC_RPC_INT_H
+#define PINS_RPC_RPC_INT_H
+
+#include <event2/event.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "rpc/call.h"
+#include "rpc/rpc.h"
+
+struct store;
+struct store_session;
+struct rpc__conn;
+
+/* ---- call ------------------------------------------------------------------------------------ */
+
+/* What a transport does for the calls it created. Every function runs on the call's worker. */
+typedef struct rpc__call_ops {
+    /* Sends one response message. Returns 0, PINS_ECANCELLED, PINS_ERESOURCE_EXHAUSTED, NOMEM. */
+    int (*send)(rpc_call *call, const ProtobufCMessage *msg);
+    /* Ends the response with grpc status for err (0 = OK) and message (NULL for none). */
+    void (*finish)(rpc_call *call, int err, const char *message);
+} rpc__call_ops;
+
+typedef struct rpc__header {
+    const char *name; /* lower case */
+    const char *value;
+} rpc__header;
+
+typedef struct rpc__metadata {
+    struct rpc__metadata *next;
+    const char *name;
+    const char *value;
+    bool trailer;
+} rpc__metadata;
+
+enum {
+    RPC__CALL_DISPATCHED = 1u << 0, /* the handler owns a reference */
+    RPC__CALL_FINISHED = 1u << 1,   /* the response status has been sent (or dropped) */
+    RPC__CALL_CANCELLED = 1u << 2,  /* client gone or deadline passed */
+    RPC__CALL_DETACHED = 1u << 3,   /* the transport let go */
+    RPC__CALL_SENT_MESSAGE = 1u << 4,
+};
+
+struct rpc_call {
+    pins_arena *arena; /* owns this struct and everything of the call */
+    const rpc_method *method;
+    rpc_worker *worker;
+    const rpc__call_ops *ops;
+    void *transport; /* the transport's stream; NULL once detached */
+    ProtobufCMessage *request;
+    rpc__header *headers;
+    size_t nheaders;
+    const char *request_id;
+    int64_t start_ns;
+    int64_t deadline_ns;
+    struct event *deadline_ev;
+    rpc__metadata *metadata;
+    unsigned flags;
+    int refs;
+    int status_err; /* the error the call finished with */
+    rpc_call_cancel_cb on_cancel;
+    void *on_cancel_arg;
+    rpc_call_message_cb on_message;
+    void *on_message_arg;
+    /* REST 422 detail. */
+    const char *detail_loc0;
+    const char *detail_loc1;
+    const char *detail_type;
+    const char *error_message; /* the client-visible message of a failed call */
+};
+
+/* A new call for method on worker, with its own arena. The transport holds the one reference.
+ * headers are copied into the arena later by the transport. Returns NULL when out of memory. */
+rpc_call *rpc__call_new(rpc_worker *w, const rpc_method *method, const rpc__call_ops *ops,
+                        void *transport, size_t arena_limit);
+/* The transport lets go of the call (stream closed). If the call was not finished, it is
+ * cancelled first. Frees the call when the handler is done too. */
+void rpc__call_detach(rpc_call *call);
+/* Cancels the call (client gone): runs its cancel callback once. */
+void rpc__call_cancel(rpc_call *call);
+/* The deadline passed: cancels the call and answers DEADLINE_EXCEEDED; the handler still
+ * finishes it later (that reply is dropped). */
+void rpc__call_expire(rpc_call *call);
+/* Delivers a further request message of a client-streaming call (NULL: half-close). */
+void rpc__call_deliver(rpc_call *call, const ProtobufCMessage *msg);
+/* Frees a call that was never dispatched (transport error before dispatch). */
+void rpc__call_abandon(rpc_call *call);
+/* An extra reference (for work pending on the call's memory), dropped by rpc__call_unref. */
+void rpc__call_ref(rpc_call *call);
+void rpc__call_unref(rpc_call *call);
+/* Fills call->request_id from x-request-id or a new random id. */
+int rpc__call_set_request_id(rpc_call *call, const char *sent);
+/* Looks up response metadata the handler added. */
+const rpc__metadata *rpc__call_metadata(const rpc_call *call);
+
+/* ---- dispatch and method table --------------------------------------------------------------- */
+
+/* The method row for a ":path", or NULL. */
+const rpc_method *rpc__method_find(const char *path, size_t len);
+/* Every row (for the REST bridge, reflection and tests); *pn gets the count. */
+const rpc_method *rpc__method_table(size_t *pn);
+/* Runs the generic checks and the handler. The call must have its request set. */
+void rpc__dispatch(rpc_call *call);
+
+#define RPC__ARENA_POOL 64
+
+/* ---- worker and server ----------------------------------------------------------------------- */
+
+struct rpc_worker {
+    int index;
+    struct event_base *base;
+    rpc_server *server;
+    struct store_session *store;
+    struct rpc__conn *conns; /* doubly linked list of open connections */
+    size_t nconns;
+    struct event *drain_ev;
+    struct event *stop_ev;
+    struct event *sweep_ev;
+    struct evconnlistener **listeners;
+    size_t nlisteners;
+    bool draining;
+    uint64_t rng[2];                 /* xorshift128+ for request ids */
+    struct rpc__health_watch *watch; /* open health Watch streams */
+    size_t arena_limit;              /* the limit of every transport call arena */
+    pins_arena *arena_pool[RPC__ARENA_POOL];
+    size_t narena_pool;
+};
+
+struct rpc_server {
+    const pins_config *cfg;
+    struct store *store;
+    rpc_worker *workers;
+    int nworkers;
+    int *listen_fds; /* nworkers * nlisten sockets, SO_REUSEPORT */
+    void *tls_ctx;   /* SSL_CTX *, NULL without TLS */
+    int64_t started_unix_us;
+    int64_t started_ns;
+    _Atomic int draining;
+    _Atomic int nconns; /* across workers, for PINS_MAX_CONNECTIONS */
+};
+
+/* Monotonic nanoseconds. */
+int64_t rpc__now_ns(void);
+/* Wall clock microseconds since the epoch. */
+int64_t rpc__now_us(void);
+
+/* ---- connections ------------------------------------------------------------------------------
+ */
+
+/* Accepts fd on worker w (TLS when the server has a context). Takes fd. */
+void rpc__conn_accept(rpc_worker *w, int fd);
+/* Starts a graceful shutdown of every connection of the worker (GOAWAY, finish in-flight). */
+void rpc__conn_drain_all(rpc_worker *w);
+/* Closes every connection of the worker now. */
+void rpc__conn_close_all(rpc_worker *w);
+
+/* ---- gRPC framing (rpc/grpc.c) ----------------------------------------------------------------
+ */
+
+/* Parses a grpc-timeout value ("100m", "5S", "1n"...) into nanoseconds. Returns 0 or
+ * PINS_EINVALID_ARGUMENT. */
+int rpc__grpc_timeout_parse(const char *value, size_t len, int64_t *pns);
+/* Percent-encodes a grpc-message (RFC 3986 unreserved and printable ASCII except '%' kept).
+ * Returns a NUL-terminated arena string or NULL. */
+char *rpc__grpc_message_encode(pins_arena *a, const char *msg);
+/* True when content-type names gRPC (application/grpc, application/grpc+proto, or with
+ * parameters). */
+bool rpc__grpc_content_type(const char *value, size_t len);
+
+/* ---- health and probes ------------------------------------------------------------------------
+ */
+
+void rpc__health_check(rpc_call *call);
+void rpc__health_watch(rpc_call *call);
+/* Tells the worker's open Watch streams that the server is draining. */
+void rpc__health_drain(rpc_worker *w);
+
+/* A plain HTTP answer (for /health, /ready, /metrics and unknown routes) produced for any HTTP
+ * version. Body and content type live in the given arena (or are static). */
+typedef struct rpc__http_answer {
+    int status;
+    const char *content_type;
+    const char *body;
+    size_t body_len;
+    const char *allow; /* for 405 */
+} rpc__http_answer;
+/* Answers GET/HEAD of the probe paths; returns false when path is not a probe path. Completes
+ * asynchronously for /ready: done(answer, arg) is called exactly once (possibly before return). */
+typedef void (*rpc__http_done_cb)(const rpc__http_answer *answer, void *arg);
+bool rpc__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const char *path,
+                       rpc__http_done_cb done, void *arg);
+
+/* ---- metrics of the rpc layer ------------------------------------------------------------------
+ */
+
+void rpc__metrics_init(void);
+void rpc__metrics_started(const rpc_method *m);
+void rpc__metrics_handled(const rpc_method *m, int grpc_code, double seconds);
+
+#endif

@@ -1,0 +1,340 @@
+/* rpc/server.c: listeners, worker threads and the drain.
+ *
+ * Every worker owns a libevent loop, a store session and one SO_REUSEPORT socket per listen
+ * address, so the kernel spreads connections and no lock sits on the request path. The main
+ * thread only waits for the stop request and then tells each worker to drain.
+ */
+#include "rpc/rpc_int.h"
+
+#include <errno.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/timeutil.h"
+#include "observability/log.h"
+#include "rpc/reflection.h"
+#include "rpc/tls.h"
+#include "store/store.h"
+
+#define SWEEP_BATCHES_PER_TICK 20
+
+static int stop_pipe[2] = {-1, -1};
+
+int64_t rpc__now_ns(void)
+{
+    return pins_time_mono_ns();
+}
+
+int64_t rpc__now_us(void)
+{
+    return pins_time_now_us();
+}
+
+static int bind_one(const pins_listen_addr *a, int *pfd, char *err, size_t errlen)
+{
+    char port[8];
+    snprintf(port, sizeof(port), "%u", a->port);
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int rv = getaddrinfo(a->host, port, &hints, &res);
+    if (rv != 0 || res == NULL) {
+        snprintf(err, errlen, "invalid PINS_LISTEN: cannot resolve %s: %s", a->host,
+                 gai_strerror(rv));
+        return PINS_EINVALID_ARGUMENT;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create a socket for %s:%u: %s", a->host, a->port,
+                 strerror(errno));
+        freeaddrinfo(res);
+        return PINS_EUNAVAILABLE;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        snprintf(err, errlen, "cannot listen on %s:%u: %s", a->host, a->port, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return PINS_EUNAVAILABLE;
+    }
+    freeaddrinfo(res);
+    *pfd = fd;
+    return 0;
+}
+
+int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserver, char *err,
+                   size_t errlen)
+{
+    int rv = 0;
+    rpc_server *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return PINS_ENOMEM;
+    s->cfg = cfg;
+    s->store = st;
+    s->nworkers = cfg->workers > 0 ? cfg->workers : 1;
+    s->started_unix_us = rpc__now_us();
+    s->started_ns = rpc__now_ns();
+    rpc__metrics_init();
+    if (stop_pipe[0] < 0 && pipe2(stop_pipe, O_CLOEXEC) != 0) {
+        snprintf(err, errlen, "cannot create the stop pipe: %s", strerror(errno));
+        rv = PINS_EINTERNAL;
+        goto fail;
+    }
+    if (rpc__reflection_init() != 0) {
+        snprintf(err, errlen, "cannot load the embedded descriptor set");
+        rv = PINS_EINTERNAL;
+        goto fail;
+    }
+    if (cfg->tls_cert_file != NULL) {
+        rv = rpc__tls_ctx_new(cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_client_ca_file,
+                              &s->tls_ctx, err, errlen);
+        if (rv != 0)
+            goto fail;
+    }
+    size_t nfds = (size_t)s->nworkers * cfg->nlisten;
+    s->listen_fds = malloc(nfds * sizeof(int));
+    s->workers = calloc((size_t)s->nworkers, sizeof(rpc_worker));
+    if (s->listen_fds == NULL || s->workers == NULL) {
+        rv = PINS_ENOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < nfds; i++)
+        s->listen_fds[i] = -1;
+    for (int wi = 0; wi < s->nworkers; wi++) {
+        for (size_t li = 0; li < cfg->nlisten; li++) {
+            rv = bind_one(&cfg->listen[li], &s->listen_fds[(size_t)wi * cfg->nlisten + li], err,
+                          errlen);
+            if (rv != 0)
+                goto fail;
+        }
+    }
+    *pserver = s;
+    return 0;
+fail:
+    rpc_server_free(s);
+    return rv;
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
+{
+    rpc__conn_accept(arg, fd);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    /* EMFILE and friends: keep serving the connections we have; libevent retries. */
+    char e[64];
+    snprintf(e, sizeof(e), "%d", errno);
+    pins_log_warn("accept failed", "errno", e, NULL);
+}
+
+static void on_stop_check(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_worker *w = arg;
+    if (w->nconns == 0)
+        event_base_loopbreak(w->base);
+}
+
+static void on_grace_over(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_worker *w = arg;
+    rpc__conn_close_all(w);
+    event_base_loopbreak(w->base);
+}
+
+static void on_drain(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_worker *w = arg;
+    if (w->draining)
+        return;
+    w->draining = true;
+    for (size_t i = 0; i < w->nlisteners; i++)
+        evconnlistener_free(w->listeners[i]);
+    w->nlisteners = 0;
+    rpc__health_drain(w);
+    rpc__conn_drain_all(w);
+    struct timeval grace = {.tv_sec = w->server->cfg->drain_seconds};
+    struct timeval tick = {.tv_sec = 0, .tv_usec = 20000};
+    event_base_once(w->base, -1, EV_TIMEOUT, on_grace_over, w, &grace);
+    w->stop_ev = event_new(w->base, -1, EV_PERSIST, on_stop_check, w);
+    if (w->stop_ev != NULL)
+        event_add(w->stop_ev, &tick);
+}
+
+static void on_sweep_done(void *arg, int err, int64_t count)
+{
+    int64_t *out = arg;
+    *out = err == 0 ? count : -1;
+}
+
+/* Expired pins are hidden at once by reads; this reclaims them in bounded batches so that
+ * expiry never stalls requests. */
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_worker *w = arg;
+    int batch = w->server->cfg->sweep_batch;
+    for (int i = 0; i < SWEEP_BATCHES_PER_TICK && !w->draining; i++) {
+        int64_t n = -1;
+        if (store_pin_sweep(w->store, rpc__now_us(), batch, on_sweep_done, &n) != 0 || n < batch)
+            break;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    rpc_worker *w = arg;
+    rpc_server *s = w->server;
+    const pins_config *cfg = s->cfg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+
+    for (size_t li = 0; li < cfg->nlisten; li++) {
+        int fd = s->listen_fds[(size_t)w->index * cfg->nlisten + li];
+        struct evconnlistener *l =
+            evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        if (l == NULL) {
+            pins_log_error("cannot listen", NULL);
+            continue;
+        }
+        s->listen_fds[(size_t)w->index * cfg->nlisten + li] = -1; /* the listener owns it */
+        evconnlistener_set_error_cb(l, on_accept_error);
+        w->listeners[w->nlisteners++] = l;
+    }
+    if (w->index == 0 && cfg->sweep_interval_seconds > 0) {
+        w->sweep_ev = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
+        struct timeval tv = {.tv_sec = cfg->sweep_interval_seconds};
+        if (w->sweep_ev != NULL)
+            event_add(w->sweep_ev, &tv);
+    }
+    event_base_dispatch(w->base);
+    rpc__conn_close_all(w);
+    for (size_t i = 0; i < w->nlisteners; i++)
+        evconnlistener_free(w->listeners[i]);
+    w->nlisteners = 0;
+    return NULL;
+}
+
+int rpc_server_run(rpc_server *s)
+{
+    int rv = 0;
+    pthread_t *threads = calloc((size_t)s->nworkers, sizeof(pthread_t));
+    if (threads == NULL)
+        return PINS_ENOMEM;
+    evthread_use_pthreads();
+    int started = 0;
+    for (int i = 0; i < s->nworkers; i++) {
+        rpc_worker *w = &s->workers[i];
+        w->index = i;
+        w->server = s;
+        if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng) ||
+            (w->rng[0] | w->rng[1]) == 0) {
+            w->rng[0] = (uint64_t)rpc__now_ns() ^ (uint64_t)i;
+            w->rng[1] = 0x9e3779b97f4a7c15ull;
+        }
+        w->arena_limit = (size_t)s->cfg->max_request_bytes * 8 + (1u << 20);
+        w->base = event_base_new();
+        w->listeners = calloc(s->cfg->nlisten, sizeof(*w->listeners));
+        if (w->base == NULL || w->listeners == NULL) {
+            rv = PINS_ENOMEM;
+            break;
+        }
+        rv = store_session_new(s->store, w->base, &w->store);
+        if (rv != 0) {
+            pins_log_error("cannot open a store session", "error", pins_strerror(rv), NULL);
+            break;
+        }
+        w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
+        if (w->drain_ev == NULL) {
+            rv = PINS_ENOMEM;
+            break;
+        }
+    }
+    if (rv == 0) {
+        for (int i = 0; i < s->nworkers; i++) {
+            if (pthread_create(&threads[i], NULL, worker_main, &s->workers[i]) != 0) {
+                rv = PINS_EINTERNAL;
+                break;
+            }
+            started++;
+        }
+    }
+    if (rv == 0) {
+        char buf;
+        ssize_t n;
+        do {
+            n = read(stop_pipe[0], &buf, 1);
+        } while (n < 0 && errno == EINTR);
+    }
+    atomic_store(&s->draining, 1);
+    pins_log_info("draining", NULL);
+    for (int i = 0; i < started; i++)
+        event_active(s->workers[i].drain_ev, EV_READ, 0);
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    free(threads);
+    return rv;
+}
+
+void rpc_server_stop(rpc_server *s)
+{
+    (void)s;
+    if (stop_pipe[1] >= 0) {
+        char c = 1;
+        ssize_t n = write(stop_pipe[1], &c, 1);
+        (void)n;
+    }
+}
+
+void rpc_server_free(rpc_server *s)
+{
+    if (s == NULL)
+        return;
+    if (s->workers != NULL) {
+        for (int i = 0; i < s->nworkers; i++) {
+            rpc_worker *w = &s->workers[i];
+            if (w->store != NULL)
+                store_session_free(w->store);
+            if (w->drain_ev != NULL)
+                event_free(w->drain_ev);
+            if (w->stop_ev != NULL)
+                event_free(w->stop_ev);
+            if (w->sweep_ev != NULL)
+                event_free(w->sweep_ev);
+            free(w->listeners);
+            for (size_t k = 0; k < w->narena_pool; k++)
+                pins_arena_free(w->arena_pool[k]);
+            if (w->base != NULL)
+                event_base_free(w->base);
+        }
+    }
+    if (s->listen_fds != NULL) {
+        for (size_t i = 0; i < (size_t)s->nworkers * s->cfg->nlisten; i++)
+            if (s->listen_fds[i] >= 0)
+                close(s->listen_fds[i]);
+    }
+    free(s->listen_fds);
+    free(s->workers);
+    if (s->tls_ctx != NULL)
+        rpc__tls_ctx_free(s->tls_ctx);
+    rpc__reflection_shutdown();
+    if (stop_pipe[0] >= 0) {
+        close(stop_pipe[0]);
+        close(stop_pipe[1]);
+        stop_pipe[0] = stop_pipe[1] = -1;
+    }
+    free(s);
+}

@@ -1,0 +1,597 @@
+/* rpc/services/memory_pins.c: memorypins.v1.MemoryPins on the store interface.
+ *
+ * Every handler validates its request (API.md section 4), asks the store, and replies from the
+ * store callback, which may run before the store call returns. Client-visible messages follow the
+ * M7 wording ("Pin not found: <key>") so existing clients keep matching them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/pbstruct.h"
+#include "common/timeutil.h"
+#include "memorypins/v1/memory_pins.pb-c.h"
+#include "rpc/services/services.h"
+#include "rpc/services/validate.h"
+#include "store/store.h"
+
+#define DEFAULT_TENANT "global"
+#define DEFAULT_SOURCE "api"
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static const char *tenant_or_default(const char *t)
+{
+    return t != NULL && t[0] != '\0' ? t : DEFAULT_TENANT;
+}
+
+/* Fails the call with a validation error on field (REST location body.field). */
+static void invalid(rpc_call *call, const char *where, const char *field, const char *why)
+{
+    rpc_call_set_error_detail(call, where, field, "value_error");
+    rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "%s: %s", field, why);
+}
+
+static Google__Protobuf__Timestamp *timestamp(pins_arena *a, int64_t us)
+{
+    Google__Protobuf__Timestamp *ts = pins_arena_alloc(a, sizeof(*ts));
+    if (ts == NULL)
+        return NULL;
+    google__protobuf__timestamp__init(ts);
+    int64_t secs = us >= 0 ? us / 1000000 : (us - 999999) / 1000000;
+    ts->seconds = secs;
+    ts->nanos = (int32_t)((us - secs * 1000000) * 1000);
+    return ts;
+}
+
+/* Builds a Pin in the call's arena from a store row. value: the Struct to use, or NULL to
+ * parse the row's JSON. Returns NULL when out of memory or the stored JSON is unreadable. */
+static Memorypins__V1__Pin *pin_from_store(pins_arena *a, const store_pin *sp,
+                                           Google__Protobuf__Struct *value)
+{
+    Memorypins__V1__Pin *p = pins_arena_alloc(a, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    memorypins__v1__pin__init(p);
+    p->id = sp->id;
+    p->tenant_id = pins_arena_strdup(a, sp->tenant_id);
+    p->key = pins_arena_strdup(a, sp->key);
+    p->source = pins_arena_strdup(a, sp->source);
+    p->created_at = timestamp(a, sp->created_us);
+    p->updated_at = timestamp(a, sp->updated_us);
+    p->version = sp->version;
+    if (p->tenant_id == NULL || p->key == NULL || p->source == NULL || p->created_at == NULL ||
+        p->updated_at == NULL)
+        return NULL;
+    if (sp->has_ttl) {
+        p->ttl_seconds = pins_arena_alloc(a, sizeof(*p->ttl_seconds));
+        if (p->ttl_seconds == NULL)
+            return NULL;
+        google__protobuf__int32_value__init(p->ttl_seconds);
+        p->ttl_seconds->value = sp->ttl_seconds;
+    }
+    if (sp->has_expires) {
+        p->expires_at = timestamp(a, sp->expires_us);
+        if (p->expires_at == NULL)
+            return NULL;
+    }
+    if (value == NULL &&
+        pbstruct_from_json(a, sp->value_json, sp->value_len, PINS_VALUE_MAX_DEPTH, &value) != 0)
+        return NULL;
+    p->value = value;
+    return p;
+}
+
+/* Store errors that are not domain outcomes. */
+static void fail_store(rpc_call *call, int err, const char *what)
+{
+    if (err == PINS_ESTORE || err == PINS_EINTERNAL || err == PINS_ENOMEM)
+        rpc_call_fail(call, err, "%s failed: %s (%s)", what, pins_strerror(err),
+                      store_session_last_error(rpc_call_store(call)));
+    else
+        rpc_call_fail(call, err, "%s failed: %s", what, pins_strerror(err));
+}
+
+static store_audit_info audit_info(rpc_call *call)
+{
+    int64_t now = pins_time_mono_ns();
+    return (store_audit_info){
+        .agent_id = rpc_call_header(call, "x-agent-id"),
+        .request_id = rpc_call_request_id(call),
+        .latency_ms = (double)(now - rpc_call_start_ns(call)) / 1e6,
+    };
+}
+
+/* ---- UpsertPin ----------------------------------------------------------------------------- */
+
+typedef struct upsert_ctx {
+    rpc_call *call;
+    const Memorypins__V1__UpsertPinRequest *req;
+    const char *key;
+} upsert_ctx;
+
+static void on_upserted(void *arg, int err, const store_pin *pin, bool created)
+{
+    upsert_ctx *u = arg;
+    rpc_call *call = u->call;
+    if (err == PINS_EALREADY_EXISTS) {
+        rpc_call_fail(call, err, "Pin already exists: %s", u->key);
+        return;
+    }
+    if (err == PINS_EABORTED) {
+        rpc_call_fail(call, err, "Version conflict on pin: %s", u->key);
+        return;
+    }
+    if (err != 0) {
+        fail_store(call, err, "upsert");
+        return;
+    }
+    Memorypins__V1__Pin *p = pin_from_store(rpc_call_arena(call), pin, u->req->value);
+    if (p == NULL) {
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return;
+    }
+    Memorypins__V1__UpsertPinResponse resp = MEMORYPINS__V1__UPSERT_PIN_RESPONSE__INIT;
+    resp.pin = p;
+    resp.created = created;
+    rpc_call_reply(call, &resp.base);
+}
+
+void rpc__pins_upsert(rpc_call *call)
+{
+    const Memorypins__V1__UpsertPinRequest *req =
+        (const Memorypins__V1__UpsertPinRequest *)rpc_call_request(call);
+    const pins_config *cfg = rpc_call_config(call);
+    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *source = req->source != NULL && req->source[0] ? req->source : DEFAULT_SOURCE;
+    const char *why;
+    char *json = NULL;
+    size_t len = 0;
+
+    why = pins_check_key(req->key);
+    if (why != NULL) {
+        invalid(call, "body", "key", why);
+        return;
+    }
+    why = pins_check_tenant(tenant);
+    if (why != NULL) {
+        invalid(call, "body", "tenant_id", why);
+        return;
+    }
+    why = pins_check_source(source);
+    if (why != NULL) {
+        invalid(call, "body", "source", why);
+        return;
+    }
+    why = req->ttl_seconds != NULL ? pins_check_ttl(req->ttl_seconds->value) : NULL;
+    if (why != NULL) {
+        invalid(call, "body", "ttl_seconds", why);
+        return;
+    }
+    if (req->value == NULL) {
+        invalid(call, "body", "value", "is required and must be a JSON object");
+        return;
+    }
+    int rv = pbstruct_to_json(req->value, (size_t)cfg->memory_max_size_bytes, PINS_VALUE_MAX_DEPTH,
+                              &json, &len);
+    if (rv != 0) {
+        pbstruct_reason r = pbstruct_last_reason();
+        if (r == PBSTRUCT_REASON_NOMEM) {
+            rpc_call_fail(call, PINS_ERESOURCE_EXHAUSTED, "value: too large to encode");
+            return;
+        }
+        rpc_call_set_error_detail(call, "body", "value", "value_error");
+        if (r == PBSTRUCT_REASON_TOO_LARGE)
+            rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "value: must be at most %lld bytes as JSON",
+                          (long long)cfg->memory_max_size_bytes);
+        else
+            rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "value: %s", pbstruct_reason_text(r));
+        return;
+    }
+    char hash[17];
+    pbstruct_value_hash(json, len, hash);
+
+    upsert_ctx *u = pins_arena_alloc(rpc_call_arena(call), sizeof(*u));
+    if (u == NULL) {
+        free(json);
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return;
+    }
+    *u = (upsert_ctx){.call = call, .req = req, .key = req->key};
+    store_upsert_req sr = {
+        .tenant_id = tenant,
+        .key = req->key,
+        .value_json = json,
+        .value_len = len,
+        .value_hash = hash,
+        .source = source,
+        .has_ttl = req->ttl_seconds != NULL,
+        .ttl_seconds = req->ttl_seconds != NULL ? req->ttl_seconds->value : 0,
+        .has_expected_version = req->expected_version != NULL,
+        .expected_version = req->expected_version != NULL ? req->expected_version->value : 0,
+        .now_us = pins_time_now_us(),
+        .audit = audit_info(call),
+    };
+    rv = store_pin_upsert(rpc_call_store(call), &sr, on_upserted, u);
+    free(json);
+    if (rv != 0)
+        fail_store(call, rv, "upsert");
+}
+
+/* ---- GetPin -------------------------------------------------------------------------------- */
+
+typedef struct key_ctx {
+    rpc_call *call;
+    const char *tenant;
+    const char *key;
+} key_ctx;
+
+static void on_got(void *arg, int err, const store_pin *pin, bool created)
+{
+    key_ctx *k = arg;
+    rpc_call *call = k->call;
+    if (err == PINS_ENOT_FOUND) {
+        rpc_call_fail(call, err, "Pin not found: %s", k->key);
+        return;
+    }
+    if (err != 0) {
+        fail_store(call, err, "get");
+        return;
+    }
+    Memorypins__V1__Pin *p = pin_from_store(rpc_call_arena(call), pin, NULL);
+    if (p == NULL) {
+        rpc_call_fail(call, PINS_EINTERNAL, "stored value of %s cannot be decoded", k->key);
+        return;
+    }
+    Memorypins__V1__GetPinResponse resp = MEMORYPINS__V1__GET_PIN_RESPONSE__INIT;
+    resp.pin = p;
+    rpc_call_reply(call, &resp.base);
+}
+
+static key_ctx *key_ctx_new(rpc_call *call, const char *tenant, const char *key)
+{
+    key_ctx *k = pins_arena_alloc(rpc_call_arena(call), sizeof(*k));
+    if (k == NULL) {
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return NULL;
+    }
+    *k = (key_ctx){.call = call, .tenant = tenant, .key = key};
+    return k;
+}
+
+void rpc__pins_get(rpc_call *call)
+{
+    const Memorypins__V1__GetPinRequest *req =
+        (const Memorypins__V1__GetPinRequest *)rpc_call_request(call);
+    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *why;
+    why = pins_check_key(req->key);
+    if (why != NULL) {
+        invalid(call, "path", "key", why);
+        return;
+    }
+    why = pins_check_tenant(tenant);
+    if (why != NULL) {
+        invalid(call, "query", "tenant_id", why);
+        return;
+    }
+    key_ctx *k = key_ctx_new(call, tenant, req->key);
+    if (k == NULL)
+        return;
+    int rv = store_pin_get(rpc_call_store(call), tenant, req->key, pins_time_now_us(), on_got, k);
+    if (rv != 0)
+        fail_store(call, rv, "get");
+}
+
+/* ---- ListPins ------------------------------------------------------------------------------ */
+
+/* Page tokens are "<offset>.<created_us>.<id>" in URL-safe base64 without padding: the keyset
+ * position of the last pin returned, so pages neither skip nor repeat pins when others are
+ * inserted meanwhile, plus the offset to report. */
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static char *token_encode(pins_arena *a, int64_t offset, int64_t created_us, int64_t id)
+{
+    char raw[80];
+    int n = snprintf(raw, sizeof(raw), "%lld.%lld.%lld", (long long)offset, (long long)created_us,
+                     (long long)id);
+    char *out = pins_arena_alloc(a, (size_t)n * 4 / 3 + 4);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (int i = 0; i < n; i++) {
+        acc = acc << 8 | (unsigned char)raw[i];
+        bits += 8;
+        while (bits >= 6) {
+            bits -= 6;
+            out[o++] = b64[(acc >> bits) & 63];
+        }
+    }
+    if (bits > 0)
+        out[o++] = b64[(acc << (6 - bits)) & 63];
+    out[o] = '\0';
+    return out;
+}
+
+static bool parse_i64(const char **ps, const char *end, char stop, int64_t *pv)
+{
+    const char *s = *ps;
+    int64_t v = 0;
+    bool neg = false;
+    if (s < end && *s == '-') {
+        neg = true;
+        s++;
+    }
+    const char *start = s;
+    while (s < end && *s >= '0' && *s <= '9') {
+        if (v > (INT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (*s++ - '0');
+    }
+    if (s == start || s - start > 19)
+        return false;
+    if (stop != '\0') {
+        if (s >= end || *s != stop)
+            return false;
+        s++;
+    } else if (s != end) {
+        return false;
+    }
+    *pv = neg ? -v : v;
+    *ps = s;
+    return true;
+}
+
+static bool token_decode(const char *tok, int64_t *poffset, int64_t *pcreated, int64_t *pid)
+{
+    char raw[80];
+    size_t n = 0, len = strlen(tok);
+    uint32_t acc = 0;
+    int bits = 0;
+    if (len == 0 || len > 100)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        const char *p = memchr(b64, tok[i], 64);
+        if (p == NULL || tok[i] == '\0')
+            return false;
+        acc = acc << 6 | (uint32_t)(p - b64);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n >= sizeof(raw))
+                return false;
+            raw[n++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    const char *s = raw, *end = raw + n;
+    int64_t off, created, id;
+    if (!parse_i64(&s, end, '.', &off) || !parse_i64(&s, end, '.', &created) ||
+        !parse_i64(&s, end, '\0', &id) || off < 0 || id < 0)
+        return false;
+    *poffset = off;
+    *pcreated = created;
+    *pid = id;
+    return true;
+}
+
+typedef struct list_ctx {
+    rpc_call *call;
+    int32_t limit;
+    int64_t offset;
+} list_ctx;
+
+static void on_listed(void *arg, int err, const store_pin *pins, size_t npins, int64_t total)
+{
+    list_ctx *l = arg;
+    rpc_call *call = l->call;
+    pins_arena *a = rpc_call_arena(call);
+    if (err != 0) {
+        fail_store(call, err, "list");
+        return;
+    }
+    Memorypins__V1__ListPinsResponse resp = MEMORYPINS__V1__LIST_PINS_RESPONSE__INIT;
+    Memorypins__V1__Pin **arr = npins ? pins_arena_alloc(a, npins * sizeof(*arr)) : NULL;
+    if (npins > 0 && arr == NULL) {
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return;
+    }
+    for (size_t i = 0; i < npins; i++) {
+        arr[i] = pin_from_store(a, &pins[i], NULL);
+        if (arr[i] == NULL) {
+            rpc_call_fail(call, PINS_EINTERNAL, "a stored value cannot be decoded");
+            return;
+        }
+    }
+    resp.n_pins = npins;
+    resp.pins = arr;
+    resp.total = total;
+    resp.limit = l->limit;
+    resp.offset = (int32_t)(l->offset > INT32_MAX ? INT32_MAX : l->offset);
+    int64_t next = l->offset + (int64_t)npins;
+    if (npins > 0 && next < total) {
+        const store_pin *last = &pins[npins - 1];
+        resp.next_page_token = token_encode(a, next, last->created_us, last->id);
+        if (resp.next_page_token == NULL) {
+            rpc_call_fail(call, PINS_ENOMEM, NULL);
+            return;
+        }
+    }
+    rpc_call_reply(call, &resp.base);
+}
+
+void rpc__pins_list(rpc_call *call)
+{
+    const Memorypins__V1__ListPinsRequest *req =
+        (const Memorypins__V1__ListPinsRequest *)rpc_call_request(call);
+    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *prefix = req->prefix != NULL ? req->prefix : "";
+    const char *why;
+    why = pins_check_tenant(tenant);
+    if (why != NULL) {
+        invalid(call, "query", "tenant_id", why);
+        return;
+    }
+    why = pins_check_prefix(prefix);
+    if (why != NULL) {
+        invalid(call, "query", "prefix", why);
+        return;
+    }
+    int32_t limit = req->limit == 0 ? PINS_LIST_DEFAULT_LIMIT : req->limit;
+    if (limit < 1 || limit > PINS_LIST_MAX_LIMIT) {
+        invalid(call, "query", "limit", "must be between 1 and 1000");
+        return;
+    }
+    if (req->offset < 0) {
+        invalid(call, "query", "offset", "must be at least 0");
+        return;
+    }
+    store_list_req lr = {
+        .tenant_id = tenant,
+        .prefix = prefix,
+        .limit = limit,
+        .offset = req->offset,
+        .include_expired = req->include_expired,
+        .now_us = pins_time_now_us(),
+    };
+    if (req->page_token != NULL && req->page_token[0] != '\0') {
+        if (!token_decode(req->page_token, &lr.offset, &lr.cursor_created_us, &lr.cursor_id)) {
+            invalid(call, "query", "page_token", "is not a token this server issued");
+            return;
+        }
+        lr.has_cursor = true;
+    }
+    list_ctx *l = pins_arena_alloc(rpc_call_arena(call), sizeof(*l));
+    if (l == NULL) {
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return;
+    }
+    *l = (list_ctx){.call = call, .limit = limit, .offset = lr.offset};
+    int rv = store_pin_list(rpc_call_store(call), &lr, on_listed, l);
+    if (rv != 0)
+        fail_store(call, rv, "list");
+}
+
+/* ---- DeletePin ----------------------------------------------------------------------------- */
+
+static void on_deleted(void *arg, int err, const store_pin *pin, bool created)
+{
+    key_ctx *k = arg;
+    rpc_call *call = k->call;
+    if (err == PINS_ENOT_FOUND) {
+        rpc_call_fail(call, err, "Pin not found: %s", k->key);
+        return;
+    }
+    if (err == PINS_EABORTED) {
+        rpc_call_fail(call, err, "Version conflict on pin: %s", k->key);
+        return;
+    }
+    if (err != 0) {
+        fail_store(call, err, "delete");
+        return;
+    }
+    Memorypins__V1__DeletePinResponse resp = MEMORYPINS__V1__DELETE_PIN_RESPONSE__INIT;
+    resp.deleted = true;
+    resp.key = (char *)k->key;
+    resp.tenant_id = (char *)k->tenant;
+    rpc_call_reply(call, &resp.base);
+}
+
+void rpc__pins_delete(rpc_call *call)
+{
+    const Memorypins__V1__DeletePinRequest *req =
+        (const Memorypins__V1__DeletePinRequest *)rpc_call_request(call);
+    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *why;
+    why = pins_check_key(req->key);
+    if (why != NULL) {
+        invalid(call, "path", "key", why);
+        return;
+    }
+    why = pins_check_tenant(tenant);
+    if (why != NULL) {
+        invalid(call, "query", "tenant_id", why);
+        return;
+    }
+    key_ctx *k = key_ctx_new(call, tenant, req->key);
+    if (k == NULL)
+        return;
+    store_delete_req dr = {
+        .tenant_id = tenant,
+        .key = req->key,
+        .has_expected_version = req->expected_version != NULL,
+        .expected_version = req->expected_version != NULL ? req->expected_version->value : 0,
+        .now_us = pins_time_now_us(),
+        .audit = audit_info(call),
+    };
+    int rv = store_pin_delete(rpc_call_store(call), &dr, on_deleted, k);
+    if (rv != 0)
+        fail_store(call, rv, "delete");
+}
+
+/* ---- CleanupExpiredPins -------------------------------------------------------------------- */
+
+typedef struct cleanup_ctx {
+    rpc_call *call;
+    const char *tenant; /* NULL: all tenants */
+    int64_t now_us;
+} cleanup_ctx;
+
+static void on_cleaned(void *arg, int err, int64_t count)
+{
+    cleanup_ctx *c = arg;
+    rpc_call *call = c->call;
+    pins_arena *a = rpc_call_arena(call);
+    if (err != 0) {
+        fail_store(call, err, "cleanup");
+        return;
+    }
+    Memorypins__V1__CleanupExpiredPinsResponse resp =
+        MEMORYPINS__V1__CLEANUP_EXPIRED_PINS_RESPONSE__INIT;
+    Google__Protobuf__StringValue tv = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+    resp.deleted_count = count;
+    if (c->tenant != NULL) {
+        tv.value = (char *)c->tenant;
+        resp.tenant_id = &tv;
+    }
+    resp.timestamp = timestamp(a, c->now_us);
+    if (resp.timestamp == NULL) {
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return;
+    }
+    rpc_call_reply(call, &resp.base);
+}
+
+void rpc__pins_cleanup(rpc_call *call)
+{
+    const Memorypins__V1__CleanupExpiredPinsRequest *req =
+        (const Memorypins__V1__CleanupExpiredPinsRequest *)rpc_call_request(call);
+    const char *tenant = NULL;
+    if (req->tenant_id != NULL) {
+        tenant = tenant_or_default(req->tenant_id->value);
+        const char *why = pins_check_tenant(tenant);
+        if (why != NULL) {
+            invalid(call, "query", "tenant_id", why);
+            return;
+        }
+    }
+    cleanup_ctx *c = pins_arena_alloc(rpc_call_arena(call), sizeof(*c));
+    if (c == NULL) {
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return;
+    }
+    *c = (cleanup_ctx){.call = call, .tenant = tenant, .now_us = pins_time_now_us()};
+    int rv = store_pin_cleanup(rpc_call_store(call), tenant, c->now_us, on_cleaned, c);
+    if (rv != 0)
+        fail_store(call, rv, "cleanup");
+}
+
+/* ---- not served yet ------------------------------------------------------------------------ */
+
+void rpc__unimplemented(rpc_call *call)
+{
+    rpc_call_fail(call, PINS_EUNIMPLEMENTED, "%s is not served by this version of pinsd",
+                  rpc_call_method(call)->path);
+}

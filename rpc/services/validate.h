@@ -1,0 +1,34 @@
+/* rpc/services/validate.h: the validation rules of API.md section 4, shared by every transport
+ * (they run in the handlers, after decoding). Each check returns NULL when the input is valid, or
+ * a static, client-visible reason ("must not contain '..'") otherwise.
+ */
+#ifndef PINS_RPC_SERVICES_VALIDATE_H
+#define PINS_RPC_SERVICES_VALIDATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PINS_KEY_MAX_CHARS      512
+#define PINS_TENANT_MAX_CHARS   256
+#define PINS_SOURCE_MAX_CHARS   64
+#define PINS_TTL_MAX_SECONDS    31536000
+#define PINS_LIST_MAX_LIMIT     1000
+#define PINS_LIST_DEFAULT_LIMIT 100
+#define PINS_VALUE_MAX_DEPTH    64
+
+/* Number of code points of s[0..len) if it is valid UTF-8 (no overlongs, surrogates or values
+ * over U+10FFFF), or -1. */
+long pins_utf8_count(const char *s, size_t len);
+/* True when s[0..len) (valid UTF-8) holds a C0 or C1 control character or DEL. */
+bool pins_utf8_has_control(const char *s, size_t len);
+
+const char *pins_check_key(const char *key);
+/* tenant must already be defaulted ("" means "global" before this check). */
+const char *pins_check_tenant(const char *tenant);
+const char *pins_check_source(const char *source);
+const char *pins_check_ttl(int64_t ttl);
+/* prefix: valid UTF-8 without control characters, at most PINS_KEY_MAX_CHARS. */
+const char *pins_check_prefix(const char *prefix);
+
+#endif

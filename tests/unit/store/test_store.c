@@ -1,0 +1,1365 @@
+/* tests/unit/store/test_store.c: the store interface (store/store.h) against a real backend.
+ *
+ * The behaviour tests are backend-agnostic: they open the store the setup chose (the embedded
+ * SQLite store in a fresh directory under /tmp, or PINS_TEST_DATABASE_URL when set), use a tenant
+ * of their own, pass a fake clock and wait for callbacks through an event loop, so the same suite
+ * runs against PostgreSQL. Tests named test_sqlite_* look inside the SQLite file and are skipped
+ * with a database URL.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <event2/event.h>
+#include <ftw.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "store/store.h"
+#include "store/store_int.h"
+
+#define SEC         INT64_C(1000000)
+#define T0          (INT64_C(1800000000) * SEC) /* the fake clock starts in 2027 */
+#define NO_TTL      (-1)
+#define ANY_VERSION (-1)
+#define MAX_ROWS    64
+
+typedef struct fixture {
+    char dir[64];      /* the temporary directory ("" with a database URL) */
+    char data_dir[80]; /* dir/data: store_open creates it */
+    store_options opts;
+    struct event_base *base;
+    store *s;
+    store_session *ss;
+    char tenant[48]; /* unique per test, so that a shared database needs no truncation */
+} fixture;
+
+typedef struct pin_result {
+    int calls;
+    int err;
+    bool created;
+    store_pin pin; /* strings point into the copies below */
+    char tenant[300];
+    char key[600];
+    char source[80];
+    char *value; /* malloc'd */
+} pin_result;
+
+typedef struct list_result {
+    int calls;
+    int err;
+    size_t n;
+    int64_t total;
+    char keys[MAX_ROWS][64];
+    int64_t ids[MAX_ROWS];
+    int64_t created[MAX_ROWS];
+    int64_t versions[MAX_ROWS];
+    bool has_expires[MAX_ROWS];
+} list_result;
+
+typedef struct count_result {
+    int calls;
+    int err;
+    int64_t count;
+} count_result;
+
+typedef struct audit_result {
+    int calls;
+    int err;
+    size_t n;
+    int64_t total;
+    int64_t ts[MAX_ROWS];
+    char operation[MAX_ROWS][16];
+    char tenant[MAX_ROWS][48];
+    char key[MAX_ROWS][64];
+    char agent[MAX_ROWS][32];    /* "" when NULL */
+    char source[MAX_ROWS][32];   /* "" when NULL */
+    char old_hash[MAX_ROWS][20]; /* "" when NULL */
+    char new_hash[MAX_ROWS][20]; /* "" when NULL */
+    double latency_ms[MAX_ROWS];
+    bool success[MAX_ROWS];
+} audit_result;
+
+static int test_counter;
+
+/* ---- fixture ------------------------------------------------------------------------------- */
+
+static const char *database_url(void)
+{
+    const char *url = getenv("PINS_TEST_DATABASE_URL");
+    return url != NULL && url[0] != '\0' ? url : NULL;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static void remove_tree(const char *dir)
+{
+    if (dir[0] != '\0')
+        nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void open_store(fixture *fx)
+{
+    assert_int_equal(store_open(&fx->opts, &fx->s), 0);
+    assert_int_equal(store_session_new(fx->s, fx->base, &fx->ss), 0);
+}
+
+static void close_store(fixture *fx)
+{
+    store_session_free(fx->ss);
+    fx->ss = NULL;
+    store_close(fx->s);
+    fx->s = NULL;
+}
+
+static int setup(void **state)
+{
+    fixture *fx = calloc(1, sizeof(*fx));
+    assert_non_null(fx);
+    fx->opts.database_url = database_url();
+    if (fx->opts.database_url == NULL) {
+        snprintf(fx->dir, sizeof(fx->dir), "/tmp/pins-store-test-XXXXXX");
+        assert_non_null(mkdtemp(fx->dir));
+        snprintf(fx->data_dir, sizeof(fx->data_dir), "%s/data", fx->dir);
+        fx->opts.data_dir = fx->data_dir;
+    }
+    fx->opts.pool_size = 4;
+    fx->opts.workers = 2;
+    fx->base = event_base_new();
+    assert_non_null(fx->base);
+    snprintf(fx->tenant, sizeof(fx->tenant), "tenant-%ld-%d", (long)getpid(), ++test_counter);
+    open_store(fx);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *fx = *state;
+    close_store(fx);
+    event_base_free(fx->base);
+    remove_tree(fx->dir);
+    free(fx);
+    return 0;
+}
+
+/* Runs the loop until *calls is set (at once for a backend that completes synchronously). */
+static void wait_for(fixture *fx, const int *calls)
+{
+    while (*calls == 0) {
+        if (event_base_loop(fx->base, EVLOOP_ONCE) != 0)
+            break;
+    }
+    assert_int_equal(*calls, 1);
+}
+
+/* ---- callbacks ----------------------------------------------------------------------------- */
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src != NULL ? src : "");
+}
+
+static void on_pin(void *arg, int err, const store_pin *pin, bool created)
+{
+    pin_result *r = arg;
+    r->calls++;
+    r->err = err;
+    r->created = created;
+    if (err != 0) {
+        assert_null(pin);
+        return;
+    }
+    assert_non_null(pin);
+    r->pin = *pin;
+    copy_str(r->tenant, sizeof(r->tenant), pin->tenant_id);
+    copy_str(r->key, sizeof(r->key), pin->key);
+    copy_str(r->source, sizeof(r->source), pin->source);
+    free(r->value);
+    r->value = malloc(pin->value_len + 1);
+    assert_non_null(r->value);
+    memcpy(r->value, pin->value_json, pin->value_len);
+    r->value[pin->value_len] = '\0';
+    assert_int_equal(strlen(pin->value_json), pin->value_len);
+    r->pin.tenant_id = r->tenant;
+    r->pin.key = r->key;
+    r->pin.source = r->source;
+    r->pin.value_json = r->value;
+}
+
+static void on_list(void *arg, int err, const store_pin *pins, size_t npins, int64_t total)
+{
+    list_result *r = arg;
+    r->calls++;
+    r->err = err;
+    r->n = npins;
+    r->total = total;
+    assert_true(npins <= MAX_ROWS);
+    for (size_t i = 0; i < npins; i++) {
+        copy_str(r->keys[i], sizeof(r->keys[i]), pins[i].key);
+        r->ids[i] = pins[i].id;
+        r->created[i] = pins[i].created_us;
+        r->versions[i] = pins[i].version;
+        r->has_expires[i] = pins[i].has_expires;
+    }
+}
+
+static void on_count(void *arg, int err, int64_t count)
+{
+    count_result *r = arg;
+    r->calls++;
+    r->err = err;
+    r->count = count;
+}
+
+static void on_audit(void *arg, int err, const store_memory_audit *rows, size_t nrows,
+                     int64_t total)
+{
+    audit_result *r = arg;
+    r->calls++;
+    r->err = err;
+    r->n = nrows;
+    r->total = total;
+    assert_true(nrows <= MAX_ROWS);
+    for (size_t i = 0; i < nrows; i++) {
+        r->ts[i] = rows[i].ts_us;
+        copy_str(r->operation[i], sizeof(r->operation[i]), rows[i].operation);
+        copy_str(r->tenant[i], sizeof(r->tenant[i]), rows[i].tenant_id);
+        copy_str(r->key[i], sizeof(r->key[i]), rows[i].key);
+        copy_str(r->agent[i], sizeof(r->agent[i]), rows[i].agent_id);
+        copy_str(r->source[i], sizeof(r->source[i]), rows[i].source);
+        copy_str(r->old_hash[i], sizeof(r->old_hash[i]), rows[i].old_value_hash);
+        copy_str(r->new_hash[i], sizeof(r->new_hash[i]), rows[i].new_value_hash);
+        r->latency_ms[i] = rows[i].latency_ms;
+        r->success[i] = rows[i].success;
+    }
+}
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+/* First 16 hex characters of SHA-256 of s, as the handlers compute value_hash. */
+static void hash16(const char *s, char out[17])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(s, strlen(s), md, &n, EVP_sha256(), NULL), 1);
+    for (int i = 0; i < 8; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void pin_result_free(pin_result *r)
+{
+    free(r->value);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Upserts value at (tenant, key); ttl NO_TTL and expected ANY_VERSION leave them unset. Returns
+ * the callback's error; r (optional) gets the result. */
+static int upsert_full(fixture *fx, const char *tenant, const char *key, const char *value, int ttl,
+                       int64_t expected, int64_t now, const char *agent, const char *request_id,
+                       pin_result *r)
+{
+    pin_result local = {0};
+    pin_result *res = r != NULL ? r : &local;
+    pin_result_free(res);
+    char hash[17];
+    hash16(value, hash);
+    const store_upsert_req req = {
+        .tenant_id = tenant,
+        .key = key,
+        .value_json = value,
+        .value_len = strlen(value),
+        .value_hash = hash,
+        .source = "api",
+        .has_ttl = ttl != NO_TTL,
+        .ttl_seconds = ttl != NO_TTL ? ttl : 0,
+        .has_expected_version = expected != ANY_VERSION,
+        .expected_version = expected != ANY_VERSION ? expected : 0,
+        .now_us = now,
+        .audit = {.agent_id = agent, .request_id = request_id, .latency_ms = 1.5},
+    };
+    assert_int_equal(store_pin_upsert(fx->ss, &req, on_pin, res), 0);
+    wait_for(fx, &res->calls);
+    int err = res->err;
+    pin_result_free(&local);
+    return err;
+}
+
+static int upsert(fixture *fx, const char *key, const char *value, int ttl, int64_t expected,
+                  int64_t now, pin_result *r)
+{
+    return upsert_full(fx, fx->tenant, key, value, ttl, expected, now, NULL, NULL, r);
+}
+
+static int get(fixture *fx, const char *key, int64_t now, pin_result *r)
+{
+    pin_result local = {0};
+    pin_result *res = r != NULL ? r : &local;
+    pin_result_free(res);
+    assert_int_equal(store_pin_get(fx->ss, fx->tenant, key, now, on_pin, res), 0);
+    wait_for(fx, &res->calls);
+    int err = res->err;
+    pin_result_free(&local);
+    return err;
+}
+
+static int del(fixture *fx, const char *key, int64_t expected, int64_t now, pin_result *r)
+{
+    pin_result local = {0};
+    pin_result *res = r != NULL ? r : &local;
+    pin_result_free(res);
+    const store_delete_req req = {
+        .tenant_id = fx->tenant,
+        .key = key,
+        .has_expected_version = expected != ANY_VERSION,
+        .expected_version = expected != ANY_VERSION ? expected : 0,
+        .now_us = now,
+        .audit = {.agent_id = "agent-d", .request_id = "req-d", .latency_ms = 0.25},
+    };
+    assert_int_equal(store_pin_delete(fx->ss, &req, on_pin, res), 0);
+    wait_for(fx, &res->calls);
+    int err = res->err;
+    pin_result_free(&local);
+    return err;
+}
+
+static void list(fixture *fx, const store_list_req *req, list_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(store_pin_list(fx->ss, req, on_list, r), 0);
+    wait_for(fx, &r->calls);
+}
+
+static store_list_req list_req(fixture *fx, const char *prefix, int32_t limit, int64_t now)
+{
+    return (store_list_req){
+        .tenant_id = fx->tenant, .prefix = prefix, .limit = limit, .now_us = now};
+}
+
+static int64_t cleanup(fixture *fx, const char *tenant, int64_t now)
+{
+    count_result r = {0};
+    assert_int_equal(store_pin_cleanup(fx->ss, tenant, now, on_count, &r), 0);
+    wait_for(fx, &r.calls);
+    assert_int_equal(r.err, 0);
+    return r.count;
+}
+
+static int64_t sweep(fixture *fx, int64_t now, int batch)
+{
+    count_result r = {0};
+    assert_int_equal(store_pin_sweep(fx->ss, now, batch, on_count, &r), 0);
+    wait_for(fx, &r.calls);
+    assert_int_equal(r.err, 0);
+    return r.count;
+}
+
+static void audit(fixture *fx, const store_audit_list_req *req, audit_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(store_audit_list(fx->ss, req, on_audit, r), 0);
+    wait_for(fx, &r->calls);
+    assert_int_equal(r->err, 0);
+}
+
+/* ---- upsert and get ------------------------------------------------------------------------ */
+
+static void test_upsert_creates_pin_with_version_one(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "k1", "{\"a\":1}", NO_TTL, ANY_VERSION, T0, &r), 0);
+    assert_true(r.created);
+    assert_int_equal(r.pin.version, 1);
+    assert_true(r.pin.id > 0);
+    assert_string_equal(r.pin.tenant_id, fx->tenant);
+    assert_string_equal(r.pin.key, "k1");
+    assert_string_equal(r.pin.value_json, "{\"a\":1}");
+    assert_string_equal(r.pin.source, "api");
+    assert_int_equal(r.pin.created_us, T0);
+    assert_int_equal(r.pin.updated_us, T0);
+    assert_false(r.pin.has_ttl);
+    assert_false(r.pin.has_expires);
+
+    assert_int_equal(get(fx, "k1", T0 + SEC, &r), 0);
+    assert_int_equal(r.pin.version, 1);
+    assert_string_equal(r.pin.value_json, "{\"a\":1}");
+    assert_string_equal(r.pin.tenant_id, fx->tenant);
+    assert_int_equal(r.pin.created_us, T0);
+    pin_result_free(&r);
+}
+
+static void test_upsert_increments_version_and_keeps_created_at(void **state)
+{
+    fixture *fx = *state;
+    pin_result first = {0};
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "k", "{\"v\":1}", NO_TTL, ANY_VERSION, T0, &first), 0);
+    assert_int_equal(upsert(fx, "k", "{\"v\":2}", NO_TTL, ANY_VERSION, T0 + 5 * SEC, &r), 0);
+    assert_false(r.created);
+    assert_int_equal(r.pin.version, 2);
+    assert_int_equal(r.pin.id, first.pin.id);
+    assert_int_equal(r.pin.created_us, T0);
+    assert_int_equal(r.pin.updated_us, T0 + 5 * SEC);
+    assert_int_equal(upsert(fx, "k", "{\"v\":3}", NO_TTL, ANY_VERSION, T0 + 9 * SEC, &r), 0);
+    assert_int_equal(r.pin.version, 3);
+
+    assert_int_equal(get(fx, "k", T0 + 10 * SEC, &r), 0);
+    assert_int_equal(r.pin.version, 3);
+    assert_int_equal(r.pin.created_us, T0);
+    assert_int_equal(r.pin.updated_us, T0 + 9 * SEC);
+    assert_string_equal(r.pin.value_json, "{\"v\":3}");
+    pin_result_free(&first);
+    pin_result_free(&r);
+}
+
+static void test_upsert_ttl_counts_from_each_write(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "t", "{}", 10, ANY_VERSION, T0, &r), 0);
+    assert_true(r.pin.has_ttl);
+    assert_int_equal(r.pin.ttl_seconds, 10);
+    assert_true(r.pin.has_expires);
+    assert_int_equal(r.pin.expires_us, T0 + 10 * SEC);
+
+    /* Rewritten at T0+8: the clock restarts, so it lives until T0+18. */
+    assert_int_equal(upsert(fx, "t", "{}", 10, ANY_VERSION, T0 + 8 * SEC, &r), 0);
+    assert_int_equal(r.pin.expires_us, T0 + 18 * SEC);
+    assert_int_equal(get(fx, "t", T0 + 17 * SEC, &r), 0);
+    assert_int_equal(r.pin.expires_us, T0 + 18 * SEC);
+    assert_int_equal(get(fx, "t", T0 + 18 * SEC, &r), PINS_ENOT_FOUND);
+
+    /* Written without a TTL: expiry is cleared. */
+    assert_int_equal(upsert(fx, "u", "{}", 5, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "u", "{}", NO_TTL, ANY_VERSION, T0 + SEC, &r), 0);
+    assert_false(r.pin.has_ttl);
+    assert_false(r.pin.has_expires);
+    assert_int_equal(get(fx, "u", T0 + 1000 * SEC, &r), 0);
+    assert_false(r.pin.has_expires);
+    pin_result_free(&r);
+}
+
+static void test_get_hides_expired_pin(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "e", "{}", 2, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(get(fx, "e", T0 + 2 * SEC - 1, NULL), 0);
+    assert_int_equal(get(fx, "e", T0 + 2 * SEC, NULL), PINS_ENOT_FOUND);
+    assert_int_equal(get(fx, "absent", T0, NULL), PINS_ENOT_FOUND);
+}
+
+static void test_get_is_tenant_scoped(void **state)
+{
+    fixture *fx = *state;
+    char other[64];
+    snprintf(other, sizeof(other), "%s-other", fx->tenant);
+    assert_int_equal(upsert_full(fx, other, "k", "{}", NO_TTL, ANY_VERSION, T0, NULL, NULL, NULL),
+                     0);
+    assert_int_equal(get(fx, "k", T0, NULL), PINS_ENOT_FOUND);
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "k", "{}", NO_TTL, ANY_VERSION, T0, &r), 0);
+    assert_true(r.created);
+    pin_result_free(&r);
+}
+
+static void test_upsert_over_expired_pin_creates_anew(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "x", "{\"old\":1}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "x", "{\"old\":2}", 1, ANY_VERSION, T0 + 100, NULL), 0);
+    assert_int_equal(upsert(fx, "x", "{\"new\":1}", NO_TTL, ANY_VERSION, T0 + 5 * SEC, &r), 0);
+    assert_true(r.created);
+    assert_int_equal(r.pin.version, 1);
+    assert_int_equal(r.pin.created_us, T0 + 5 * SEC);
+    assert_int_equal(get(fx, "x", T0 + 6 * SEC, &r), 0);
+    assert_int_equal(r.pin.version, 1);
+    assert_string_equal(r.pin.value_json, "{\"new\":1}");
+
+    /* Create-only succeeds over an expired pin too. */
+    assert_int_equal(upsert(fx, "y", "{}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "y", "{}", NO_TTL, 0, T0 + 2 * SEC, &r), 0);
+    assert_true(r.created);
+    assert_int_equal(r.pin.version, 1);
+    pin_result_free(&r);
+}
+
+static void test_upsert_expected_version_zero_creates_only(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "c", "{\"a\":1}", NO_TTL, 0, T0, &r), 0);
+    assert_true(r.created);
+    assert_int_equal(upsert(fx, "c", "{\"a\":2}", NO_TTL, 0, T0 + 1, &r), PINS_EALREADY_EXISTS);
+    assert_int_equal(get(fx, "c", T0 + 2, &r), 0);
+    assert_int_equal(r.pin.version, 1);
+    assert_string_equal(r.pin.value_json, "{\"a\":1}");
+    pin_result_free(&r);
+}
+
+static void test_upsert_expected_version_matches_or_aborts(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "v", "{}", NO_TTL, 5, T0, NULL), PINS_EABORTED); /* absent */
+    assert_int_equal(upsert(fx, "v", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "v", "{\"n\":2}", NO_TTL, 1, T0 + 1, &r), 0);
+    assert_int_equal(r.pin.version, 2);
+    assert_false(r.created);
+    assert_int_equal(upsert(fx, "v", "{\"n\":3}", NO_TTL, 1, T0 + 2, NULL), PINS_EABORTED);
+    assert_int_equal(upsert(fx, "v", "{\"n\":3}", NO_TTL, 3, T0 + 2, NULL), PINS_EABORTED);
+    assert_int_equal(get(fx, "v", T0 + 3, &r), 0);
+    assert_int_equal(r.pin.version, 2);
+    assert_string_equal(r.pin.value_json, "{\"n\":2}");
+
+    /* An expired pin counts as absent for expected_version too. */
+    assert_int_equal(upsert(fx, "w", "{}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "w", "{}", NO_TTL, 1, T0 + 2 * SEC, NULL), PINS_EABORTED);
+    pin_result_free(&r);
+}
+
+static void test_value_round_trips_unicode_and_large(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    const char *uni = "{\"t\":\"h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x93\x8c\",\"q\":\"a\\\"b\"}";
+    const char *key = "cl\xc3\xa9/\xe2\x9c\x93"; /* validation is the callers' job */
+    assert_int_equal(upsert(fx, key, uni, NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(get(fx, key, T0, &r), 0);
+    assert_string_equal(r.pin.value_json, uni);
+    assert_string_equal(r.pin.key, key);
+
+    size_t big = 1024 * 1024;
+    char *value = malloc(big + 1);
+    assert_non_null(value);
+    memset(value, 'x', big);
+    memcpy(value, "{\"b\":\"", 6);
+    memcpy(value + big - 2, "\"}", 2);
+    value[big] = '\0';
+    assert_int_equal(upsert(fx, "big", value, NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(get(fx, "big", T0, &r), 0);
+    assert_int_equal(r.pin.value_len, big);
+    assert_memory_equal(r.pin.value_json, value, big);
+    free(value);
+    pin_result_free(&r);
+}
+
+/* ---- list ---------------------------------------------------------------------------------- */
+
+static void test_list_orders_by_created_desc_then_id_desc(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "p1", "{}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0);
+    assert_int_equal(upsert(fx, "p2", "{}", NO_TTL, ANY_VERSION, T0 + 3, NULL), 0);
+    assert_int_equal(upsert(fx, "p3", "{}", NO_TTL, ANY_VERSION, T0 + 2, NULL), 0);
+    assert_int_equal(upsert(fx, "p4", "{}", NO_TTL, ANY_VERSION, T0 + 3, NULL), 0);
+    /* An update does not move a pin: order is by created_at. */
+    assert_int_equal(upsert(fx, "p1", "{\"u\":1}", NO_TTL, ANY_VERSION, T0 + 9, NULL), 0);
+
+    list_result r;
+    store_list_req req = list_req(fx, "", 100, T0 + 10);
+    list(fx, &req, &r);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.n, 4);
+    assert_int_equal(r.total, 4);
+    assert_string_equal(r.keys[0], "p4"); /* same created_at as p2, larger id */
+    assert_string_equal(r.keys[1], "p2");
+    assert_string_equal(r.keys[2], "p3");
+    assert_string_equal(r.keys[3], "p1");
+    assert_true(r.ids[0] > r.ids[1]);
+    assert_int_equal(r.versions[3], 2);
+}
+
+static void test_list_hides_expired_unless_asked(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "live", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "soon", "{}", 100, ANY_VERSION, T0 + 1, NULL), 0);
+    assert_int_equal(upsert(fx, "gone", "{}", 1, ANY_VERSION, T0 + 2, NULL), 0);
+
+    list_result r;
+    store_list_req req = list_req(fx, "", 100, T0 + 10 * SEC);
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.total, 2);
+    assert_string_equal(r.keys[0], "soon");
+    assert_string_equal(r.keys[1], "live");
+
+    req.include_expired = true;
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.total, 3);
+    assert_string_equal(r.keys[0], "gone");
+    assert_true(r.has_expires[0]);
+}
+
+static void test_list_prefix_is_literal(void **state)
+{
+    fixture *fx = *state;
+    /* "\303\251" is U+00E9. */
+    static const char *const keys[] = {
+        "a%b", "a_b", "axb", "a%", "ab", "b%", "A%b", "\303\251t\303\251", "\303\251a", "e"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        assert_int_equal(upsert(fx, keys[i], "{}", NO_TTL, ANY_VERSION, T0 + (int64_t)i, NULL), 0);
+    list_result r;
+    store_list_req req = list_req(fx, "a%", 100, T0 + SEC);
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.total, 2);
+    assert_string_equal(r.keys[0], "a%");
+    assert_string_equal(r.keys[1], "a%b");
+
+    req.prefix = "a_";
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.keys[0], "a_b");
+
+    req.prefix = "a";
+    list(fx, &req, &r);
+    assert_int_equal(r.total, 5); /* case-sensitive: not "A%b" */
+
+    req.prefix = "\303\251";
+    list(fx, &req, &r);
+    assert_int_equal(r.total, 2);
+
+    req.prefix = "zzz";
+    list(fx, &req, &r);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.n, 0);
+    assert_int_equal(r.total, 0);
+
+    req.prefix = NULL; /* treated as "" */
+    list(fx, &req, &r);
+    assert_int_equal(r.total, 10);
+}
+
+static void test_list_limit_offset_and_total(void **state)
+{
+    fixture *fx = *state;
+    char key[16];
+    for (int i = 0; i < 7; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        assert_int_equal(upsert(fx, key, "{}", NO_TTL, ANY_VERSION, T0 + i, NULL), 0);
+    }
+    list_result r;
+    store_list_req req = list_req(fx, "", 3, T0 + SEC);
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.total, 7);
+    assert_string_equal(r.keys[0], "k6");
+    assert_string_equal(r.keys[2], "k4");
+
+    req.offset = 3;
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.total, 7);
+    assert_string_equal(r.keys[0], "k3");
+
+    req.offset = 6;
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.keys[0], "k0");
+
+    req.offset = 50;
+    list(fx, &req, &r);
+    assert_int_equal(r.n, 0);
+    assert_int_equal(r.total, 7);
+}
+
+static void test_list_keyset_cursor_continues_after_last_row(void **state)
+{
+    fixture *fx = *state;
+    char key[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        /* k1 and k2 share a created_at: the id breaks the tie. */
+        int64_t created = T0 + (i == 2 ? 1 : i);
+        assert_int_equal(upsert(fx, key, "{}", NO_TTL, ANY_VERSION, created, NULL), 0);
+    }
+    const char *expect[] = {"k4", "k3", "k2", "k1", "k0"};
+    store_list_req req = list_req(fx, "", 2, T0 + SEC);
+    size_t seen = 0;
+    list_result r;
+    list(fx, &req, &r);
+    req.offset = 99; /* ignored with a cursor */
+    while (r.n > 0) {
+        for (size_t i = 0; i < r.n; i++)
+            assert_string_equal(r.keys[i], expect[seen + i]);
+        seen += r.n;
+        assert_int_equal(r.total, 5);
+        req.has_cursor = true;
+        req.cursor_created_us = r.created[r.n - 1];
+        req.cursor_id = r.ids[r.n - 1];
+        list(fx, &req, &r);
+    }
+    assert_int_equal(seen, 5);
+}
+
+static void test_list_rejects_page_out_of_range(void **state)
+{
+    fixture *fx = *state;
+    list_result r = {0};
+    store_list_req req = list_req(fx, "", 0, T0);
+    assert_int_equal(store_pin_list(fx->ss, &req, on_list, &r), PINS_EINVALID_ARGUMENT);
+    req.limit = 1001;
+    assert_int_equal(store_pin_list(fx->ss, &req, on_list, &r), PINS_EINVALID_ARGUMENT);
+    req.limit = 1000;
+    req.offset = -1;
+    assert_int_equal(store_pin_list(fx->ss, &req, on_list, &r), PINS_EINVALID_ARGUMENT);
+    assert_int_equal(r.calls, 0);
+    req.offset = 0;
+    list(fx, &req, &r);
+    assert_int_equal(r.err, 0);
+}
+
+/* ---- delete, cleanup, sweep ---------------------------------------------------------------- */
+
+static void test_delete_returns_pin_as_it_was(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "d", "{\"a\":1}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "d", "{\"a\":2}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0);
+    assert_int_equal(del(fx, "d", ANY_VERSION, T0 + 2, &r), 0);
+    assert_string_equal(r.pin.value_json, "{\"a\":2}");
+    assert_string_equal(r.pin.key, "d");
+    assert_string_equal(r.pin.tenant_id, fx->tenant);
+    assert_int_equal(r.pin.version, 2);
+    assert_int_equal(r.pin.created_us, T0);
+    assert_int_equal(get(fx, "d", T0 + 3, NULL), PINS_ENOT_FOUND);
+    assert_int_equal(del(fx, "d", ANY_VERSION, T0 + 3, NULL), PINS_ENOT_FOUND);
+    pin_result_free(&r);
+}
+
+static void test_delete_removes_expired_pin(void **state)
+{
+    fixture *fx = *state;
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "old", "{}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(get(fx, "old", T0 + 5 * SEC, NULL), PINS_ENOT_FOUND);
+    assert_int_equal(del(fx, "old", ANY_VERSION, T0 + 5 * SEC, &r), 0);
+    assert_true(r.pin.has_expires);
+    assert_int_equal(del(fx, "old", ANY_VERSION, T0 + 5 * SEC, NULL), PINS_ENOT_FOUND);
+    pin_result_free(&r);
+}
+
+static void test_delete_expected_version_mismatch_aborts(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "d", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "d", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(del(fx, "d", 1, T0, NULL), PINS_EABORTED);
+    assert_int_equal(del(fx, "d", 0, T0, NULL), PINS_EABORTED);
+    assert_int_equal(get(fx, "d", T0, NULL), 0);
+    assert_int_equal(del(fx, "d", 2, T0, NULL), 0);
+    assert_int_equal(del(fx, "d", 2, T0, NULL), PINS_ENOT_FOUND);
+}
+
+static void test_cleanup_deletes_one_tenants_expired_pins(void **state)
+{
+    fixture *fx = *state;
+    char other[64];
+    snprintf(other, sizeof(other), "%s-other", fx->tenant);
+    assert_int_equal(upsert(fx, "e1", "{}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "e2", "{}", 2, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "live", "{}", 1000, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "forever", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert_full(fx, other, "e", "{}", 1, ANY_VERSION, T0, NULL, NULL, NULL), 0);
+
+    assert_int_equal(cleanup(fx, fx->tenant, T0 + 10 * SEC), 2);
+    assert_int_equal(cleanup(fx, fx->tenant, T0 + 10 * SEC), 0);
+    list_result r;
+    store_list_req req = list_req(fx, "", 100, T0);
+    req.include_expired = true;
+    list(fx, &req, &r);
+    assert_int_equal(r.total, 2);
+    req.tenant_id = other;
+    list(fx, &req, &r);
+    assert_int_equal(r.total, 1); /* the other tenant's expired pin is kept */
+}
+
+static void test_cleanup_without_tenant_deletes_every_expired_pin(void **state)
+{
+    fixture *fx = *state;
+    const int64_t now = T0 + 100000 * SEC; /* past every expiry of this suite */
+    cleanup(fx, NULL, now);                /* a shared database may hold other tests' pins */
+    char other[64];
+    snprintf(other, sizeof(other), "%s-other", fx->tenant);
+    assert_int_equal(upsert(fx, "e1", "{}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "keep", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert_full(fx, other, "e2", "{}", 1, ANY_VERSION, T0, NULL, NULL, NULL), 0);
+    assert_int_equal(upsert_full(fx, other, "e3", "{}", 3, ANY_VERSION, T0, NULL, NULL, NULL), 0);
+    assert_int_equal(cleanup(fx, NULL, T0 + 2 * SEC), 2);
+    assert_int_equal(cleanup(fx, NULL, now), 1);
+    assert_int_equal(cleanup(fx, NULL, now), 0);
+    assert_int_equal(get(fx, "keep", now, NULL), 0);
+}
+
+static void test_sweep_deletes_at_most_batch(void **state)
+{
+    fixture *fx = *state;
+    const int64_t far = T0 + 100000 * SEC;
+    sweep(fx, far, 1000000); /* a shared database may hold other tests' pins */
+    char key[16];
+    for (int i = 0; i < 7; i++) {
+        snprintf(key, sizeof(key), "s%d", i);
+        assert_int_equal(upsert(fx, key, "{}", 1, ANY_VERSION, T0, NULL), 0);
+    }
+    assert_int_equal(upsert(fx, "keep", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "later", "{}", 1000, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(sweep(fx, T0 + 2 * SEC, 3), 3);
+    assert_int_equal(sweep(fx, T0 + 2 * SEC, 3), 3);
+    assert_int_equal(sweep(fx, T0 + 2 * SEC, 3), 1);
+    assert_int_equal(sweep(fx, T0 + 2 * SEC, 3), 0);
+    assert_int_equal(get(fx, "keep", T0 + 2 * SEC, NULL), 0);
+    assert_int_equal(get(fx, "later", T0 + 2 * SEC, NULL), 0);
+
+    count_result c = {0};
+    assert_int_equal(store_pin_sweep(fx->ss, T0, 0, on_count, &c), PINS_EINVALID_ARGUMENT);
+    assert_int_equal(c.calls, 0);
+}
+
+/* ---- audit --------------------------------------------------------------------------------- */
+
+static void test_audit_rows_for_upsert_and_delete(void **state)
+{
+    fixture *fx = *state;
+    char h1[17], h2[17];
+    hash16("{\"a\":1}", h1);
+    hash16("{\"a\":2}", h2);
+    assert_int_equal(upsert_full(fx, fx->tenant, "k", "{\"a\":1}", NO_TTL, ANY_VERSION, T0,
+                                 "agent-7", "req-1", NULL),
+                     0);
+    assert_int_equal(upsert_full(fx, fx->tenant, "k", "{\"a\":2}", NO_TTL, ANY_VERSION, T0 + 1,
+                                 NULL, NULL, NULL),
+                     0);
+    assert_int_equal(del(fx, "k", ANY_VERSION, T0 + 2, NULL), 0);
+    /* Failed writes change nothing and leave no row. */
+    assert_int_equal(del(fx, "k", ANY_VERSION, T0 + 3, NULL), PINS_ENOT_FOUND);
+
+    audit_result r;
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.total, 3);
+    /* Newest first. */
+    assert_string_equal(r.operation[0], "delete");
+    assert_int_equal(r.ts[0], T0 + 2);
+    assert_string_equal(r.old_hash[0], h2);
+    assert_string_equal(r.new_hash[0], "");
+    assert_string_equal(r.agent[0], "agent-d");
+    assert_string_equal(r.source[0], "api");
+    assert_true(r.latency_ms[0] == 0.25);
+
+    assert_string_equal(r.operation[1], "upsert");
+    assert_string_equal(r.old_hash[1], h1);
+    assert_string_equal(r.new_hash[1], h2);
+    assert_string_equal(r.agent[1], "");
+
+    assert_string_equal(r.operation[2], "upsert");
+    assert_int_equal(r.ts[2], T0);
+    assert_string_equal(r.old_hash[2], ""); /* nothing before it */
+    assert_string_equal(r.new_hash[2], h1);
+    assert_string_equal(r.agent[2], "agent-7");
+    assert_string_equal(r.key[2], "k");
+    assert_string_equal(r.tenant[2], fx->tenant);
+    assert_true(r.success[2]);
+    assert_true(r.latency_ms[2] == 1.5);
+}
+
+static void test_audit_upsert_over_expired_has_no_old_hash(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "k", "{\"a\":1}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "k", "{\"a\":2}", 1, ANY_VERSION, T0 + 5 * SEC, NULL), 0);
+    audit_result r;
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
+    assert_int_equal(r.n, 2);
+    assert_string_equal(r.old_hash[0], "");
+}
+
+static void test_audit_list_filters_pages_and_counts(void **state)
+{
+    fixture *fx = *state;
+    char other[64];
+    snprintf(other, sizeof(other), "%s-other", fx->tenant);
+    assert_int_equal(upsert(fx, "a", "{}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "a", "{}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0);
+    assert_int_equal(upsert(fx, "b", "{}", NO_TTL, ANY_VERSION, T0 + 2, NULL), 0);
+    assert_int_equal(del(fx, "a", ANY_VERSION, T0 + 3, NULL), 0);
+    assert_int_equal(
+        upsert_full(fx, other, "a", "{}", NO_TTL, ANY_VERSION, T0 + 4, NULL, NULL, NULL), 0);
+
+    audit_result r;
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 100}, &r);
+    assert_int_equal(r.total, 4);
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "a", .limit = 100}, &r);
+    assert_int_equal(r.total, 3);
+    assert_int_equal(r.n, 3);
+    audit(fx,
+          &(store_audit_list_req){
+              .tenant_id = fx->tenant, .key = "a", .operation = "upsert", .limit = 100},
+          &r);
+    assert_int_equal(r.total, 2);
+    assert_int_equal(r.ts[0], T0 + 1);
+    assert_int_equal(r.ts[1], T0);
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .operation = "delete", .limit = 5},
+          &r);
+    assert_int_equal(r.total, 1);
+    assert_string_equal(r.key[0], "a");
+    audit(fx, &(store_audit_list_req){.tenant_id = other, .limit = 5}, &r);
+    assert_int_equal(r.total, 1);
+
+    /* Paging: total ignores limit and offset. */
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 2, .offset = 1}, &r);
+    assert_int_equal(r.total, 4);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.ts[0], T0 + 2);
+    assert_int_equal(r.ts[1], T0 + 1);
+
+    /* No filter: every tenant, newest first. */
+    audit(fx, &(store_audit_list_req){.limit = 1}, &r);
+    assert_int_equal(r.n, 1);
+    assert_true(r.total >= 5);
+
+    audit_result bad = {0};
+    assert_int_equal(store_audit_list(fx->ss, &(store_audit_list_req){.limit = 0}, on_audit, &bad),
+                     PINS_EINVALID_ARGUMENT);
+    assert_int_equal(bad.calls, 0);
+}
+
+/* ---- sessions, durability, misc ------------------------------------------------------------ */
+
+static void test_ping_answers(void **state)
+{
+    fixture *fx = *state;
+    count_result r = {0};
+    assert_int_equal(store_ping(fx->ss, on_count, &r), 0);
+    wait_for(fx, &r.calls);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.count, 0);
+    assert_string_equal(store_session_last_error(fx->ss), "");
+}
+
+static void test_backend_name_matches_options(void **state)
+{
+    fixture *fx = *state;
+    assert_string_equal(store_backend_name(fx->s), database_url() != NULL ? "postgres" : "sqlite");
+}
+
+static void test_two_sessions_write_the_same_store(void **state)
+{
+    fixture *fx = *state;
+    store_session *second = NULL;
+    assert_int_equal(store_session_new(fx->s, fx->base, &second), 0);
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "shared", "{\"by\":1}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+
+    store_session *first = fx->ss;
+    fx->ss = second;
+    assert_int_equal(upsert(fx, "shared", "{\"by\":2}", NO_TTL, 1, T0 + 1, &r), 0);
+    assert_int_equal(r.pin.version, 2);
+    assert_int_equal(upsert(fx, "own", "{}", NO_TTL, ANY_VERSION, T0 + 2, NULL), 0);
+    fx->ss = first;
+    assert_int_equal(get(fx, "shared", T0 + 3, &r), 0);
+    assert_string_equal(r.pin.value_json, "{\"by\":2}");
+    assert_int_equal(get(fx, "own", T0 + 3, NULL), 0);
+    assert_int_equal(upsert(fx, "shared", "{}", NO_TTL, 1, T0 + 4, NULL), PINS_EABORTED);
+    store_session_free(second);
+    pin_result_free(&r);
+}
+
+typedef struct writer {
+    store *s;
+    int calls; /* of the current write */
+    int err;
+    const char *tenant;
+    int id;
+    int writes;
+    int failures;
+} writer;
+
+/* No cmocka assertion off the main thread: only count. */
+static void on_writer_pin(void *arg, int err, const store_pin *pin, bool created)
+{
+    writer *w = arg;
+    w->calls++;
+    w->err = err;
+}
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    store_session *ss = NULL;
+    if (store_session_new(w->s, NULL, &ss) != 0) {
+        w->failures = w->writes;
+        return NULL;
+    }
+    char key[32];
+    for (int i = 0; i < w->writes; i++) {
+        /* Every other write goes to the key both threads update. */
+        if (i % 2 == 0)
+            snprintf(key, sizeof(key), "shared");
+        else
+            snprintf(key, sizeof(key), "w%d-%d", w->id, i);
+        const store_upsert_req req = {
+            .tenant_id = w->tenant,
+            .key = key,
+            .value_json = "{}",
+            .value_len = 2,
+            .value_hash = "44136fa355b3678a",
+            .source = "api",
+            .now_us = T0 + i,
+        };
+        w->calls = 0;
+        if (store_pin_upsert(ss, &req, on_writer_pin, w) != 0 || w->calls != 1 || w->err != 0)
+            w->failures++;
+    }
+    store_session_free(ss);
+    return NULL;
+}
+
+static void test_sessions_on_threads_write_concurrently(void **state)
+{
+    fixture *fx = *state;
+    if (database_url() != NULL)
+        skip(); /* an asynchronous backend needs each thread's loop */
+    enum { THREADS = 2, WRITES = 200 };
+    writer w[THREADS];
+    pthread_t tid[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (writer){.s = fx->s, .tenant = fx->tenant, .id = i, .writes = WRITES};
+        assert_int_equal(pthread_create(&tid[i], NULL, writer_main, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        assert_int_equal(pthread_join(tid[i], NULL), 0);
+        assert_int_equal(w[i].failures, 0);
+    }
+    pin_result r = {0};
+    assert_int_equal(get(fx, "shared", T0 + WRITES, &r), 0);
+    assert_int_equal(r.pin.version, THREADS * WRITES / 2);
+    list_result l;
+    store_list_req req = list_req(fx, "w", 1, T0 + WRITES);
+    list(fx, &req, &l);
+    assert_int_equal(l.total, THREADS * WRITES / 2);
+    pin_result_free(&r);
+}
+
+static void test_reopening_the_store_keeps_data(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "persist", "{\"x\":true}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "persist", "{\"x\":false}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0);
+    close_store(fx);
+    open_store(fx); /* migrations run again: harmless */
+    close_store(fx);
+    open_store(fx);
+    pin_result r = {0};
+    assert_int_equal(get(fx, "persist", T0 + 2, &r), 0);
+    assert_int_equal(r.pin.version, 2);
+    assert_string_equal(r.pin.value_json, "{\"x\":false}");
+    assert_int_equal(upsert(fx, "persist", "{}", NO_TTL, 2, T0 + 3, &r), 0);
+    assert_int_equal(r.pin.version, 3);
+    pin_result_free(&r);
+}
+
+static void test_acknowledged_write_survives_kill(void **state)
+{
+    fixture *fx = *state;
+    close_store(fx); /* no database connection crosses the fork */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* The child writes through a store of its own and is killed right after the ack. */
+        store *s = NULL;
+        store_session *ss = NULL;
+        if (store_open(&fx->opts, &s) != 0 || store_session_new(s, NULL, &ss) != 0)
+            _exit(1);
+        pin_result r = {0};
+        const store_upsert_req req = {
+            .tenant_id = fx->tenant,
+            .key = "acked",
+            .value_json = "{\"k\":9}",
+            .value_len = 7,
+            .value_hash = "0000000000000000",
+            .source = "api",
+            .now_us = T0,
+        };
+        if (store_pin_upsert(ss, &req, on_pin, &r) != 0 || r.err != 0)
+            _exit(2);
+        kill(getpid(), SIGKILL);
+        _exit(3);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+    open_store(fx);
+    pin_result r = {0};
+    assert_int_equal(get(fx, "acked", T0, &r), 0);
+    assert_string_equal(r.pin.value_json, "{\"k\":9}");
+    pin_result_free(&r);
+}
+
+typedef struct nested {
+    fixture *fx;
+    pin_result outer;
+    pin_result inner;
+    char outer_value_seen_after[32];
+} nested;
+
+static void on_outer_get(void *arg, int err, const store_pin *pin, bool created)
+{
+    nested *n = arg;
+    on_pin(&n->outer, err, pin, created);
+    /* Another operation from inside the callback, on the same session. */
+    assert_int_equal(store_pin_get(n->fx->ss, n->fx->tenant, "b", T0, on_pin, &n->inner), 0);
+    wait_for(n->fx, &n->inner.calls);
+    copy_str(n->outer_value_seen_after, sizeof(n->outer_value_seen_after), pin->value_json);
+}
+
+static void test_callback_may_start_another_operation(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "a", "{\"which\":\"a\"}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "b", "{\"which\":\"b\"}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    nested n = {.fx = fx};
+    assert_int_equal(store_pin_get(fx->ss, fx->tenant, "a", T0, on_outer_get, &n), 0);
+    wait_for(fx, &n.outer.calls);
+    assert_int_equal(n.outer.err, 0);
+    assert_int_equal(n.inner.err, 0);
+    assert_string_equal(n.inner.pin.value_json, "{\"which\":\"b\"}");
+    /* The outer pin is still intact after the nested operation. */
+    assert_string_equal(n.outer_value_seen_after, "{\"which\":\"a\"}");
+    pin_result_free(&n.outer);
+    pin_result_free(&n.inner);
+}
+
+/* ---- SQLite only --------------------------------------------------------------------------- */
+
+static sqlite3 *open_raw(fixture *fx)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/pins.db", fx->data_dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    return db;
+}
+
+static int64_t raw_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+static void test_sqlite_open_creates_private_dir_and_wal_file(void **state)
+{
+    fixture *fx = *state;
+    if (database_url() != NULL)
+        skip();
+    struct stat sb;
+    assert_int_equal(stat(fx->data_dir, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode));
+    assert_int_equal(sb.st_mode & 0777, 0700);
+    sqlite3 *db = open_raw(fx);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM schema_migrations"),
+                     (int64_t)store__sqlite_migrations_count);
+    assert_int_equal(raw_int(db, "SELECT max(version) FROM schema_migrations"),
+                     store__sqlite_migrations[store__sqlite_migrations_count - 1].version);
+    sqlite3_close(db);
+
+    /* Nested directories are created too. */
+    char deep[128];
+    snprintf(deep, sizeof(deep), "%s/x/y/z", fx->dir);
+    store_options opts = {.data_dir = deep};
+    store *s = NULL;
+    assert_int_equal(store_open(&opts, &s), 0);
+    store_close(s);
+}
+
+static void test_sqlite_audit_extra_holds_request_id_as_json(void **state)
+{
+    fixture *fx = *state;
+    if (database_url() != NULL)
+        skip();
+    assert_int_equal(upsert_full(fx, fx->tenant, "j", "{}", NO_TTL, ANY_VERSION, T0, NULL,
+                                 "r\"1\\\n\xc3\xa9\xff", NULL),
+                     0);
+    assert_int_equal(upsert(fx, "j", "{}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0);
+    sqlite3 *db = open_raw(fx);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit WHERE json_valid(extra)"), 2);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit WHERE extra = '{}'"), 1);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit WHERE"
+                                 " json_extract(extra, '$.request_id') ="
+                                 " 'r\"1\\' || char(10) || char(233) || char(65533)"),
+                     1);
+    sqlite3_close(db);
+}
+
+static void test_sqlite_open_fails_on_file_that_is_not_a_database(void **state)
+{
+    fixture *fx = *state;
+    if (database_url() != NULL)
+        skip();
+    char dir[128];
+    char path[160];
+    snprintf(dir, sizeof(dir), "%s/junk", fx->dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    snprintf(path, sizeof(path), "%s/pins.db", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 512; i++)
+        fputs("this is not a database ", f);
+    fclose(f);
+    store_options opts = {.data_dir = dir};
+    store *s = NULL;
+    assert_int_equal(store_open(&opts, &s), PINS_ESTORE);
+    assert_null(s); /* untouched on failure */
+
+    /* A data_dir that is a regular file. */
+    opts.data_dir = path;
+    assert_int_equal(store_open(&opts, &s), PINS_ESTORE);
+}
+
+static void test_sqlite_open_refuses_newer_schema(void **state)
+{
+    fixture *fx = *state;
+    if (database_url() != NULL)
+        skip();
+    close_store(fx);
+    sqlite3 *db = open_raw(fx);
+    assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_migrations VALUES (999, '999_future', 0)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    store *s = NULL;
+    assert_int_equal(store_open(&fx->opts, &s), PINS_ESTORE);
+    assert_null(s);
+    db = open_raw(fx);
+    assert_int_equal(
+        sqlite3_exec(db, "DELETE FROM schema_migrations WHERE version = 999", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    open_store(fx);
+}
+
+static void test_sqlite_migration_down_reverts_up(void **state)
+{
+    if (database_url() != NULL)
+        skip();
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    for (size_t i = 0; i < store__sqlite_migrations_count; i++)
+        assert_int_equal(sqlite3_exec(db, store__sqlite_migrations[i].up, NULL, NULL, NULL),
+                         SQLITE_OK);
+    assert_true(raw_int(db, "SELECT count(*) FROM sqlite_master") > 0);
+    for (size_t i = store__sqlite_migrations_count; i-- > 0;) {
+        assert_non_null(store__sqlite_migrations[i].down);
+        assert_int_equal(sqlite3_exec(db, store__sqlite_migrations[i].down, NULL, NULL, NULL),
+                         SQLITE_OK);
+    }
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master"), 0);
+    sqlite3_close(db);
+}
+
+static void test_sqlite_busy_past_timeout_reports_estore_with_detail(void **state)
+{
+    fixture *fx = *state;
+    if (database_url() != NULL)
+        skip();
+    sqlite3 *db = open_raw(fx);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "locked", "{}", NO_TTL, ANY_VERSION, T0, &r), PINS_ESTORE);
+    assert_non_null(strstr(store_session_last_error(fx->ss), "locked"));
+    /* Reads go on while another connection writes (WAL). */
+    assert_int_equal(get(fx, "locked", T0, NULL), PINS_ENOT_FOUND);
+    assert_string_equal(store_session_last_error(fx->ss), "");
+    assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(upsert(fx, "locked", "{}", NO_TTL, ANY_VERSION, T0, &r), 0);
+    assert_true(r.created);
+    pin_result_free(&r);
+}
+
+static void test_open_with_database_url_is_not_served_yet(void **state)
+{
+    if (database_url() != NULL)
+        skip();
+    store_options opts = {.database_url = "postgres://localhost/pins"};
+    store *s = NULL;
+    assert_int_equal(store_open(&opts, &s), PINS_ESTORE);
+    assert_null(s);
+}
+
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_upsert_creates_pin_with_version_one),
+        T(test_upsert_increments_version_and_keeps_created_at),
+        T(test_upsert_ttl_counts_from_each_write),
+        T(test_get_hides_expired_pin),
+        T(test_get_is_tenant_scoped),
+        T(test_upsert_over_expired_pin_creates_anew),
+        T(test_upsert_expected_version_zero_creates_only),
+        T(test_upsert_expected_version_matches_or_aborts),
+        T(test_value_round_trips_unicode_and_large),
+        T(test_list_orders_by_created_desc_then_id_desc),
+        T(test_list_hides_expired_unless_asked),
+        T(test_list_prefix_is_literal),
+        T(test_list_limit_offset_and_total),
+        T(test_list_keyset_cursor_continues_after_last_row),
+        T(test_list_rejects_page_out_of_range),
+        T(test_delete_returns_pin_as_it_was),
+        T(test_delete_removes_expired_pin),
+        T(test_delete_expected_version_mismatch_aborts),
+        T(test_cleanup_deletes_one_tenants_expired_pins),
+        T(test_cleanup_without_tenant_deletes_every_expired_pin),
+        T(test_sweep_deletes_at_most_batch),
+        T(test_audit_rows_for_upsert_and_delete),
+        T(test_audit_upsert_over_expired_has_no_old_hash),
+        T(test_audit_list_filters_pages_and_counts),
+        T(test_ping_answers),
+        T(test_backend_name_matches_options),
+        T(test_two_sessions_write_the_same_store),
+        T(test_sessions_on_threads_write_concurrently),
+        T(test_reopening_the_store_keeps_data),
+        T(test_acknowledged_write_survives_kill),
+        T(test_callback_may_start_another_operation),
+        T(test_sqlite_open_creates_private_dir_and_wal_file),
+        T(test_sqlite_audit_extra_holds_request_id_as_json),
+        T(test_sqlite_open_fails_on_file_that_is_not_a_database),
+        T(test_sqlite_open_refuses_newer_schema),
+        T(test_sqlite_migration_down_reverts_up),
+        T(test_sqlite_busy_past_timeout_reports_estore_with_detail),
+        T(test_open_with_database_url_is_not_served_yet),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
