@@ -308,6 +308,25 @@ void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg)
     finish(call, 0, NULL);
 }
 
+void rpc_call_reply_packed(rpc_call *call, const uint8_t *msg, size_t len)
+{
+    if (!(call->flags & RPC__CALL_FINISHED) && call->transport != NULL) {
+        int rv;
+        if (call->ops->send_packed != NULL) {
+            rv = call->ops->send_packed(call, msg, len);
+        } else {
+            ProtobufCAllocator alloc = pins_arena_allocator(call->arena);
+            ProtobufCMessage *m = protobuf_c_message_unpack(call->method->output, &alloc, len, msg);
+            rv = m != NULL ? call->ops->send(call, m) : PINS_EINTERNAL;
+        }
+        if (rv != 0) {
+            rpc_call_fail(call, rv, NULL);
+            return;
+        }
+    }
+    finish(call, 0, NULL);
+}
+
 void rpc_call_finish(rpc_call *call)
 {
     finish(call, 0, NULL);

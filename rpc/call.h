@@ -102,6 +102,9 @@ int rpc_call_add_metadata(rpc_call *call, const char *name, const char *value, b
 int rpc_call_send(rpc_call *call, const ProtobufCMessage *msg);
 /* Unary success: sends msg (borrowed) and finishes the call with OK. */
 void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg);
+/* Unary success with the response already encoded as the method's output message (bytes are
+ * borrowed; copied or sent before return). Transports that need the message (JSON) decode it. */
+void rpc_call_reply_packed(rpc_call *call, const uint8_t *msg, size_t len);
 /* The error funnel: finishes the call with err (a PINS_E* code) and a client-visible message
  * (printf format; lower case, what was attempted and why, never database or library text).
  * fmt NULL uses the table's message. Counts and logs once. */

@@ -152,43 +152,39 @@ static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *bu
                         uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
 {
     h2_stream *st = source->ptr;
+    size_t n = 0;
+    bool empty;
     if (st->resp_body != NULL) {
-        size_t n = st->resp_len - st->resp_off;
+        n = st->resp_len - st->resp_off;
         if (n > length)
             n = length;
         memcpy(buf, st->resp_body + st->resp_off, n);
         st->resp_off += n;
-        if (st->resp_off == st->resp_len)
-            *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-        return (ssize_t)n;
+        empty = st->resp_off == st->resp_len;
+    } else if (st->out != NULL) {
+        int got = evbuffer_remove(st->out, buf, length);
+        if (got < 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        n = (size_t)got;
+        empty = evbuffer_get_length(st->out) == 0;
+    } else {
+        empty = true;
     }
-    size_t avail = st->out != NULL ? evbuffer_get_length(st->out) : 0;
-    if (avail == 0) {
-        if (st->finished) {
-            *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-            if (st->ntrailers > 0) {
-                *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-                int rv = nghttp2_submit_trailer(session, stream_id, st->trailers, st->ntrailers);
-                if (rv != 0)
-                    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-            }
-            return 0;
-        }
+    if (!empty)
+        return (ssize_t)n;
+    if (!st->finished) {
+        if (n > 0)
+            return (ssize_t)n;
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
-    int n = evbuffer_remove(st->out, buf, length);
-    if (n < 0)
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (evbuffer_get_length(st->out) == 0 && st->finished) {
-        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-        if (st->ntrailers > 0) {
-            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            if (nghttp2_submit_trailer(session, stream_id, st->trailers, st->ntrailers) != 0)
-                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        }
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (st->ntrailers > 0) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (nghttp2_submit_trailer(session, stream_id, st->trailers, st->ntrailers) != 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    return n;
+    return (ssize_t)n;
 }
 
 static void stream_output_ready(h2_stream *st)
@@ -215,6 +211,7 @@ static size_t grpc_headers(h2_stream *st, nghttp2_nv *nva, size_t cap, bool trai
         nva[n++] = NV(":status", "200", 3);
         nva[n++] = NV("content-type", "application/grpc", 16);
         nva[n++] = NV("x-request-id", rid, strlen(rid));
+        nva[n - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique per call: keep the HPACK table */
     }
     for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL && n < cap; m = m->next) {
         if (m->trailer == trailers)
@@ -236,36 +233,81 @@ static int submit_grpc_headers(h2_stream *st)
     return 0;
 }
 
-static int grpc_send(rpc_call *call, const ProtobufCMessage *msg)
+/* Reserves room for one gRPC message of len bytes: in the arena for a unary reply (sent with its
+ * trailers by grpc_finish), in the stream's buffer otherwise. *pv is the reservation to commit. */
+static int frame_reserve(rpc_call *call, size_t len, unsigned char **pp, struct evbuffer_iovec *pv)
 {
     h2_stream *st = call->transport;
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    if (len > UINT32_MAX)
+    if (len > UINT32_MAX - 5)
         return PINS_ERESOURCE_EXHAUSTED;
-    if (st->out == NULL) {
-        st->out = evbuffer_new();
-        if (st->out == NULL)
+    unsigned char *p;
+    if (!(call->method->flags & RPC_METHOD_SERVER_STREAM)) {
+        if (st->resp_body != NULL)
+            return PINS_EINTERNAL;
+        p = pins_arena_alloc(call->arena, len + 5);
+        if (p == NULL)
             return PINS_ENOMEM;
+        pv->iov_base = NULL;
+    } else {
+        if (st->out == NULL) {
+            st->out = evbuffer_new();
+            if (st->out == NULL)
+                return PINS_ENOMEM;
+        }
+        if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX)
+            return PINS_ERESOURCE_EXHAUSTED;
+        if (evbuffer_reserve_space(st->out, len + 5, pv, 1) < 1)
+            return PINS_ENOMEM;
+        p = pv->iov_base;
     }
-    if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX)
-        return PINS_ERESOURCE_EXHAUSTED;
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(st->out, len + 5, &v, 1) < 1)
-        return PINS_ENOMEM;
-    unsigned char *p = v.iov_base;
     p[0] = 0;
     p[1] = (unsigned char)(len >> 24);
     p[2] = (unsigned char)(len >> 16);
     p[3] = (unsigned char)(len >> 8);
     p[4] = (unsigned char)len;
-    protobuf_c_message_pack(msg, p + 5);
-    v.iov_len = len + 5;
-    if (evbuffer_commit_space(st->out, &v, 1) != 0)
+    *pp = p;
+    return 0;
+}
+
+static int frame_commit(rpc_call *call, unsigned char *p, size_t len, struct evbuffer_iovec *v)
+{
+    h2_stream *st = call->transport;
+    if (v->iov_base == NULL) {
+        st->resp_body = (const char *)p;
+        st->resp_len = len + 5;
+        st->resp_off = 0;
+        return 0;
+    }
+    v->iov_len = len + 5;
+    if (evbuffer_commit_space(st->out, v, 1) != 0)
         return PINS_ENOMEM;
     if (!st->headers_sent && submit_grpc_headers(st) != 0)
         return PINS_EINTERNAL;
     stream_output_ready(st);
     return 0;
+}
+
+static int grpc_send(rpc_call *call, const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    unsigned char *p;
+    struct evbuffer_iovec v;
+    int rv = frame_reserve(call, len, &p, &v);
+    if (rv != 0)
+        return rv;
+    protobuf_c_message_pack(msg, p + 5);
+    return frame_commit(call, p, len, &v);
+}
+
+static int grpc_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
+{
+    unsigned char *p;
+    struct evbuffer_iovec v;
+    int rv = frame_reserve(call, len, &p, &v);
+    if (rv != 0)
+        return rv;
+    memcpy(p + 5, msg, len);
+    return frame_commit(call, p, len, &v);
 }
 
 /* Trailers (or the Trailers-Only HEADERS) for status err. */
@@ -285,8 +327,10 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
         return;
     }
     size_t n = 0;
-    if (!st->headers_sent) {
+    bool with_body = err == 0 && !st->headers_sent && st->resp_body != NULL;
+    if (!st->headers_sent && !with_body) {
         /* Trailers-Only: one HEADERS frame with END_STREAM. */
+        st->resp_body = NULL;
         n = grpc_headers(st, nva, 18, false);
         n += grpc_headers(st, nva + n, 18, true);
     } else {
@@ -296,7 +340,13 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
     if (enc != NULL)
         nva[n++] = NV("grpc-message", enc, strlen(enc));
     st->finished = true;
-    if (!st->headers_sent) {
+    if (with_body) {
+        st->trailers = nva;
+        st->ntrailers = n;
+        if (submit_grpc_headers(st) != 0)
+            nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id,
+                                      NGHTTP2_INTERNAL_ERROR);
+    } else if (!st->headers_sent) {
         st->headers_sent = true;
         nghttp2_submit_response(st->conn->h2, st->id, nva, n, NULL);
     } else {
@@ -306,7 +356,8 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
     stream_output_ready(st);
 }
 
-static const rpc__call_ops grpc_ops = {.send = grpc_send, .finish = grpc_finish};
+static const rpc__call_ops grpc_ops = {
+    .send = grpc_send, .send_packed = grpc_send_packed, .finish = grpc_finish};
 
 /* An early gRPC error before any call was dispatched: Trailers-Only with status err. */
 static void grpc_early_error(h2_stream *st, int err, const char *msg, bool accept_encoding)

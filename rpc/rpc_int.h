@@ -23,6 +23,8 @@ struct rpc__conn;
 typedef struct rpc__call_ops {
     /* Sends one response message. Returns 0, PINS_ECANCELLED, PINS_ERESOURCE_EXHAUSTED, NOMEM. */
     int (*send)(rpc_call *call, const ProtobufCMessage *msg);
+    /* Sends one response message already packed (NULL: the call decodes it and uses send). */
+    int (*send_packed)(rpc_call *call, const uint8_t *msg, size_t len);
     /* Ends the response with grpc status for err (0 = OK) and message (NULL for none). */
     void (*finish)(rpc_call *call, int err, const char *message);
 } rpc__call_ops;

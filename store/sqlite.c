@@ -283,8 +283,9 @@ static int migrate(sqlite3 *db)
     rc = sqlite3_step(newest);
     if (rc != SQLITE_ROW)
         goto out;
-    int known = store__sqlite_migrations[store__sqlite_migrations_count - 1].version;
-    if (sqlite3_column_int64(newest, 0) > known) {
+    int64_t current = sqlite3_column_int64(newest, 0);
+    sqlite3_reset(newest);
+    if (current > store__sqlite_migrations[store__sqlite_migrations_count - 1].version) {
         rc = SQLITE_CANTOPEN;
         goto out;
     }
@@ -328,7 +329,7 @@ out:
     return rc;
 }
 
-/* mkdir -p with mode 0700 for what it creates. Returns 0 or PINS_ESTORE. */
+/* mkdir -p with mode 0700 for what it creates. Returns 0, PINS_ESTORE, PINS_ENOMEM. */
 static int make_dirs(const char *dir)
 {
     int err = 0;
@@ -639,6 +640,69 @@ static void scratch_done(sqlite_session *ss)
         pins_arena_reset(ss->scratch[ss->depth]);
 }
 
+typedef int (*row_read_fn)(sqlite3_stmt *st, pins_arena *a, void *prow);
+
+static int read_pin_row(sqlite3_stmt *st, pins_arena *a, void *prow)
+{
+    return read_pin(st, a, prow);
+}
+
+static int read_audit_row(sqlite3_stmt *st, pins_arena *a, void *prow)
+{
+    return read_audit(st, a, prow);
+}
+
+/* One page of a listing and the count of every match, read in one transaction so that they
+ * agree: count (bound) yields the total, page (bound) at most limit rows, each copied into an
+ * array in a by read. *prows, *pn and *ptotal are set on success. */
+static int read_page(sqlite_session *ss, pins_arena *a, sqlite3_stmt *count, sqlite3_stmt *page,
+                     size_t limit, size_t row_size, row_read_fn read, const char *what,
+                     void **prows, size_t *pn, int64_t *ptotal)
+{
+    int err = run(ss, ss->st[ST_BEGIN], "start a read");
+    if (err != 0)
+        return err;
+    int64_t total = 0;
+    size_t n = 0;
+    unsigned char *rows = pins_arena_calloc(a, limit, row_size);
+    if (rows == NULL) {
+        err = out_of_memory(ss, what);
+        goto out;
+    }
+    int rc = sqlite3_step(count);
+    if (rc == SQLITE_ROW)
+        total = sqlite3_column_int64(count, 0);
+    else
+        err = db_fail(ss, rc, what);
+    sqlite3_reset(count);
+    if (err != 0)
+        goto out;
+    rc = SQLITE_DONE;
+    while (err == 0 && n < limit) {
+        rc = sqlite3_step(page);
+        if (rc != SQLITE_ROW)
+            break;
+        if (read(page, a, rows + n * row_size) != 0)
+            err = out_of_memory(ss, what);
+        else
+            n++;
+    }
+    if (err == 0 && rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = db_fail(ss, rc, what);
+    sqlite3_reset(page);
+    if (err == 0)
+        err = run(ss, ss->st[ST_COMMIT], "end the read");
+    if (err == 0) {
+        *prows = rows;
+        *pn = n;
+        *ptotal = total;
+    }
+out:
+    if (err != 0)
+        rollback(ss);
+    return err;
+}
+
 /* Writes the memory_audit row of a change inside the caller's transaction. */
 static int write_audit(sqlite_session *ss, pins_arena *a, const char *operation,
                        const char *tenant_id, const char *key, const char *source,
@@ -666,61 +730,123 @@ static int write_audit(sqlite_session *ss, pins_arena *a, const char *operation,
     return run(ss, st, "write the audit row");
 }
 
-/* The upsert transaction; on success *ppin is the pin as written (strings borrowed from req). */
-static int upsert_tx(sqlite_session *ss, pins_arena *a, const store_upsert_req *req,
-                     store_pin *ppin, bool *pcreated)
+/* The row an upsert finds at (tenant_id, key). */
+typedef struct current {
+    bool exists;
+    bool live; /* exists and unexpired at now */
+    int64_t id;
+    int64_t created_us;
+    int64_t version;
+    char hash[HASH_HEX + 1]; /* of the live value */
+} current;
+
+/* Reads the row at (tenant_id, key) inside the caller's transaction. */
+static int find_current(sqlite_session *ss, const store_upsert_req *req, current *pcur)
 {
-    store_pin written;
-    store_pin *pin = &written;
-    int err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
-    if (err != 0)
-        return err;
+    current cur = {.exists = false};
+    int err = 0;
     sqlite3_stmt *find = ss->st[ST_PIN_FIND];
     binder b = {.st = find, .rc = SQLITE_OK};
     bind_str(&b, 1, req->tenant_id);
     bind_str(&b, 2, req->key);
-    if (b.rc != SQLITE_OK) {
-        err = db_fail(ss, b.rc, "bind the pin lookup");
-        goto out;
-    }
-    bool exists = false;
-    bool live = false;
-    int64_t old_id = 0;
-    int64_t old_created = 0;
-    int64_t old_version = 0;
-    char old_hash[HASH_HEX + 1] = "";
-    int rc = sqlite3_step(find);
+    int rc = b.rc == SQLITE_OK ? sqlite3_step(find) : b.rc;
     if (rc == SQLITE_ROW) {
-        exists = true;
-        old_id = sqlite3_column_int64(find, PC_ID);
-        old_created = sqlite3_column_int64(find, PC_CREATED);
-        old_version = sqlite3_column_int64(find, PC_VERSION);
-        live = sqlite3_column_type(find, PC_EXPIRES) == SQLITE_NULL ||
-               sqlite3_column_int64(find, PC_EXPIRES) > req->now_us;
-        if (live) {
+        cur.exists = true;
+        cur.id = sqlite3_column_int64(find, PC_ID);
+        cur.created_us = sqlite3_column_int64(find, PC_CREATED);
+        cur.version = sqlite3_column_int64(find, PC_VERSION);
+        cur.live = sqlite3_column_type(find, PC_EXPIRES) == SQLITE_NULL ||
+                   sqlite3_column_int64(find, PC_EXPIRES) > req->now_us;
+        if (cur.live) {
             const void *old = sqlite3_column_blob(find, PC_VALUE);
-            int old_len = sqlite3_column_bytes(find, PC_VALUE);
-            err = value_hash(ss, old != NULL ? old : "", (size_t)old_len, old_hash);
+            size_t old_len = (size_t)sqlite3_column_bytes(find, PC_VALUE);
+            err = value_hash(ss, old != NULL ? old : "", old_len, cur.hash);
         }
     } else if (rc != SQLITE_DONE) {
         err = db_fail(ss, rc, "look the pin up");
     }
     sqlite3_reset(find);
+    if (err == 0)
+        *pcur = cur;
+    return err;
+}
+
+/* Binds an optional integer: v when has, else NULL. */
+static void bind_opt_int(binder *b, int i, bool has, int64_t v)
+{
+    if (has)
+        bind_int(b, i, v);
+    else
+        bind_null(b, i);
+}
+
+/* Updates the live pin cur or inserts a new one (after removing an expired cur), inside the
+ * caller's transaction; pin gets the id, created_us and version written. */
+static int write_pin(sqlite_session *ss, const store_upsert_req *req, const current *cur,
+                     store_pin *pin)
+{
+    if (cur->exists && !cur->live) {
+        /* An expired pin is gone for every reader: replace it by a new one. */
+        binder d = {.st = ss->st[ST_PIN_DELETE], .rc = SQLITE_OK};
+        bind_int(&d, 1, cur->id);
+        int err = d.rc == SQLITE_OK ? run(ss, d.st, "replace the expired pin")
+                                    : db_fail(ss, d.rc, "bind the expired pin");
+        if (err != 0)
+            return err;
+    }
+    binder b = {.st = ss->st[cur->live ? ST_PIN_UPDATE : ST_PIN_INSERT], .rc = SQLITE_OK};
+    if (cur->live) {
+        pin->id = cur->id;
+        pin->created_us = cur->created_us;
+        pin->version = cur->version + 1;
+        bind_text(&b, 1, req->value_json, req->value_len);
+        bind_str(&b, 2, req->source);
+        bind_int(&b, 3, req->now_us);
+        bind_opt_int(&b, 4, pin->has_ttl, pin->ttl_seconds);
+        bind_opt_int(&b, 5, pin->has_expires, pin->expires_us);
+        bind_int(&b, 6, pin->version);
+        bind_int(&b, 7, cur->id);
+    } else {
+        pin->created_us = req->now_us;
+        pin->version = 1;
+        bind_str(&b, 1, req->key);
+        bind_str(&b, 2, req->tenant_id);
+        bind_text(&b, 3, req->value_json, req->value_len);
+        bind_str(&b, 4, req->source);
+        bind_int(&b, 5, req->now_us);
+        bind_opt_int(&b, 6, pin->has_ttl, pin->ttl_seconds);
+        bind_opt_int(&b, 7, pin->has_expires, pin->expires_us);
+    }
+    if (b.rc != SQLITE_OK)
+        return db_fail(ss, b.rc, "bind the pin");
+    int err = run(ss, b.st, "write the pin");
+    if (err == 0 && !cur->live)
+        pin->id = sqlite3_last_insert_rowid(ss->db);
+    return err;
+}
+
+/* The upsert transaction; on success *ppin is the pin as written (strings borrowed from req). */
+static int upsert_tx(sqlite_session *ss, pins_arena *a, const store_upsert_req *req,
+                     store_pin *ppin, bool *pcreated)
+{
+    int err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
+    if (err != 0)
+        return err;
+    current cur;
+    err = find_current(ss, req, &cur);
     if (err != 0)
         goto out;
-
     if (req->has_expected_version) {
-        if (req->expected_version == 0 && live) {
+        if (req->expected_version == 0 && cur.live) {
             err = PINS_EALREADY_EXISTS;
             goto out;
         }
-        if (req->expected_version != 0 && (!live || old_version != req->expected_version)) {
+        if (req->expected_version != 0 && (!cur.live || cur.version != req->expected_version)) {
             err = PINS_EABORTED;
             goto out;
         }
     }
-
-    *pin = (store_pin){
+    store_pin pin = {
         .tenant_id = req->tenant_id,
         .key = req->key,
         .value_json = req->value_json,
@@ -732,71 +858,15 @@ static int upsert_tx(sqlite_session *ss, pins_arena *a, const store_upsert_req *
         .has_expires = req->has_ttl,
         .expires_us = req->has_ttl ? req->now_us + (int64_t)req->ttl_seconds * 1000000 : 0,
     };
-    if (exists && !live) {
-        /* An expired pin is gone for every reader: replace it by a new one. */
-        sqlite3_stmt *del = ss->st[ST_PIN_DELETE];
-        rc = sqlite3_bind_int64(del, 1, old_id);
-        if (rc != SQLITE_OK) {
-            err = db_fail(ss, rc, "bind the expired pin");
-            goto out;
-        }
-        err = run(ss, del, "replace the expired pin");
-        if (err != 0)
-            goto out;
-    }
-    sqlite3_stmt *st = ss->st[live ? ST_PIN_UPDATE : ST_PIN_INSERT];
-    b = (binder){.st = st, .rc = SQLITE_OK};
-    if (live) {
-        pin->id = old_id;
-        pin->created_us = old_created;
-        pin->version = old_version + 1;
-        bind_text(&b, 1, req->value_json, req->value_len);
-        bind_str(&b, 2, req->source);
-        bind_int(&b, 3, req->now_us);
-        if (pin->has_ttl)
-            bind_int(&b, 4, pin->ttl_seconds);
-        else
-            bind_null(&b, 4);
-        if (pin->has_expires)
-            bind_int(&b, 5, pin->expires_us);
-        else
-            bind_null(&b, 5);
-        bind_int(&b, 6, pin->version);
-        bind_int(&b, 7, old_id);
-    } else {
-        pin->created_us = req->now_us;
-        pin->version = 1;
-        bind_str(&b, 1, req->key);
-        bind_str(&b, 2, req->tenant_id);
-        bind_text(&b, 3, req->value_json, req->value_len);
-        bind_str(&b, 4, req->source);
-        bind_int(&b, 5, req->now_us);
-        if (pin->has_ttl)
-            bind_int(&b, 6, pin->ttl_seconds);
-        else
-            bind_null(&b, 6);
-        if (pin->has_expires)
-            bind_int(&b, 7, pin->expires_us);
-        else
-            bind_null(&b, 7);
-    }
-    if (b.rc != SQLITE_OK) {
-        err = db_fail(ss, b.rc, "bind the pin");
-        goto out;
-    }
-    err = run(ss, st, "write the pin");
-    if (err != 0)
-        goto out;
-    if (!live)
-        pin->id = sqlite3_last_insert_rowid(ss->db);
-    err = write_audit(ss, a, "upsert", req->tenant_id, req->key, req->source, &req->audit,
-                      live ? old_hash : NULL, req->value_hash, req->now_us);
-    if (err != 0)
-        goto out;
-    err = run(ss, ss->st[ST_COMMIT], "commit the pin");
+    err = write_pin(ss, req, &cur, &pin);
+    if (err == 0)
+        err = write_audit(ss, a, "upsert", req->tenant_id, req->key, req->source, &req->audit,
+                          cur.live ? cur.hash : NULL, req->value_hash, req->now_us);
+    if (err == 0)
+        err = run(ss, ss->st[ST_COMMIT], "commit the pin");
     if (err == 0) {
-        *ppin = written;
-        *pcreated = !live;
+        *ppin = pin;
+        *pcreated = !cur.live;
     }
 out:
     if (err != 0)
@@ -860,72 +930,28 @@ static void bind_list_where(binder *b, const store_list_req *req)
     bind_int(b, 4, req->now_us);
 }
 
-/* The count and the page, read in one transaction so that they agree. */
 static int list_tx(sqlite_session *ss, pins_arena *a, const store_list_req *req, store_pin **ppins,
                    size_t *pn, int64_t *ptotal)
 {
-    int err = run(ss, ss->st[ST_BEGIN], "start a read");
-    if (err != 0)
-        return err;
-    int64_t total = 0;
-    size_t n = 0;
-    store_pin *pins = pins_arena_calloc(a, (size_t)req->limit, sizeof(*pins));
-    if (pins == NULL) {
-        err = out_of_memory(ss, "listing pins");
-        goto out;
-    }
-    sqlite3_stmt *count = ss->st[ST_LIST_COUNT];
-    binder b = {.st = count, .rc = SQLITE_OK};
-    bind_list_where(&b, req);
-    int rc = b.rc == SQLITE_OK ? sqlite3_step(count) : b.rc;
-    if (rc == SQLITE_ROW)
-        total = sqlite3_column_int64(count, 0);
-    else
-        err = db_fail(ss, rc, "count pins");
-    sqlite3_reset(count);
-    if (err != 0)
-        goto out;
-
-    sqlite3_stmt *st = ss->st[req->has_cursor ? ST_LIST_CURSOR : ST_LIST];
-    b = (binder){.st = st, .rc = SQLITE_OK};
-    bind_list_where(&b, req);
+    binder count = {.st = ss->st[ST_LIST_COUNT], .rc = SQLITE_OK};
+    bind_list_where(&count, req);
+    binder page = {.st = ss->st[req->has_cursor ? ST_LIST_CURSOR : ST_LIST], .rc = SQLITE_OK};
+    bind_list_where(&page, req);
     if (req->has_cursor) {
-        bind_int(&b, 5, req->cursor_created_us);
-        bind_int(&b, 6, req->cursor_id);
-        bind_int(&b, 7, req->limit);
+        bind_int(&page, 5, req->cursor_created_us);
+        bind_int(&page, 6, req->cursor_id);
+        bind_int(&page, 7, req->limit);
     } else {
-        bind_int(&b, 5, req->limit);
-        bind_int(&b, 6, req->offset);
+        bind_int(&page, 5, req->limit);
+        bind_int(&page, 6, req->offset);
     }
-    rc = b.rc;
-    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW)
-            break;
-        if (n == (size_t)req->limit) {
-            rc = SQLITE_DONE;
-            break;
-        }
-        if (read_pin(st, a, &pins[n]) != 0) {
-            err = out_of_memory(ss, "copying listed pins");
-            break;
-        }
-        n++;
-    }
-    if (err == 0 && rc != SQLITE_DONE)
-        err = db_fail(ss, rc, "list pins");
-    sqlite3_reset(st);
-    if (err != 0)
-        goto out;
-    err = run(ss, ss->st[ST_COMMIT], "end the read");
-    if (err == 0) {
-        *ppins = pins;
-        *pn = n;
-        *ptotal = total;
-    }
-out:
-    if (err != 0)
-        rollback(ss);
+    if (count.rc != SQLITE_OK || page.rc != SQLITE_OK)
+        return db_fail(ss, count.rc != SQLITE_OK ? count.rc : page.rc, "bind the pin listing");
+    void *rows;
+    int err = read_page(ss, a, count.st, page.st, (size_t)req->limit, sizeof(store_pin),
+                        read_pin_row, "list pins", &rows, pn, ptotal);
+    if (err == 0)
+        *ppins = rows;
     return err;
 }
 
@@ -1051,84 +1077,37 @@ static int pin_sweep(store_session *base, const store__sweep_req *req, store_cou
     return delete_count(ss, &b, "sweep expired pins", cb, arg);
 }
 
-/* The count and the page of an audit listing, read in one transaction. */
 static int audit_tx(sqlite_session *ss, pins_arena *a, const store_audit_list_req *req,
                     store_memory_audit **prows, size_t *pn, int64_t *ptotal)
 {
     unsigned mask = (req->tenant_id != NULL ? AUDIT_TENANT : 0) |
                     (req->key != NULL ? AUDIT_KEY : 0) |
                     (req->operation != NULL ? AUDIT_OPERATION : 0);
-    sqlite3_stmt *count;
-    sqlite3_stmt *st;
-    int err = audit_stmt(ss, mask, true, &count);
+    binder count = {.rc = SQLITE_OK};
+    binder page = {.rc = SQLITE_OK};
+    int err = audit_stmt(ss, mask, true, &count.st);
     if (err == 0)
-        err = audit_stmt(ss, mask, false, &st);
-    if (err == 0)
-        err = run(ss, ss->st[ST_BEGIN], "start a read");
+        err = audit_stmt(ss, mask, false, &page.st);
     if (err != 0)
         return err;
-    int64_t total = 0;
-    size_t n = 0;
-    store_memory_audit *rows = pins_arena_calloc(a, (size_t)req->limit, sizeof(*rows));
-    if (rows == NULL) {
-        err = out_of_memory(ss, "listing audit rows");
-        goto out;
-    }
-    sqlite3_stmt *both[] = {count, st};
+    binder *both[] = {&count, &page};
     for (size_t i = 0; i < 2; i++) {
-        binder b = {.st = both[i], .rc = SQLITE_OK};
         if (mask & AUDIT_TENANT)
-            bind_str(&b, 1, req->tenant_id);
+            bind_str(both[i], 1, req->tenant_id);
         if (mask & AUDIT_KEY)
-            bind_str(&b, 2, req->key);
+            bind_str(both[i], 2, req->key);
         if (mask & AUDIT_OPERATION)
-            bind_str(&b, 3, req->operation);
-        if (both[i] == st) {
-            bind_int(&b, 4, req->limit);
-            bind_int(&b, 5, req->offset);
-        }
-        if (b.rc != SQLITE_OK) {
-            err = db_fail(ss, b.rc, "bind the audit listing");
-            goto out;
-        }
+            bind_str(both[i], 3, req->operation);
     }
-    int rc = sqlite3_step(count);
-    if (rc == SQLITE_ROW)
-        total = sqlite3_column_int64(count, 0);
-    else
-        err = db_fail(ss, rc, "count audit rows");
-    sqlite3_reset(count);
-    if (err != 0)
-        goto out;
-    rc = SQLITE_OK;
-    while (rc == SQLITE_OK || rc == SQLITE_ROW) {
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW)
-            break;
-        if (n == (size_t)req->limit) {
-            rc = SQLITE_DONE;
-            break;
-        }
-        if (read_audit(st, a, &rows[n]) != 0) {
-            err = out_of_memory(ss, "copying audit rows");
-            break;
-        }
-        n++;
-    }
-    if (err == 0 && rc != SQLITE_DONE)
-        err = db_fail(ss, rc, "list audit rows");
-    sqlite3_reset(st);
-    if (err != 0)
-        goto out;
-    err = run(ss, ss->st[ST_COMMIT], "end the read");
-    if (err == 0) {
+    bind_int(&page, 4, req->limit);
+    bind_int(&page, 5, req->offset);
+    if (count.rc != SQLITE_OK || page.rc != SQLITE_OK)
+        return db_fail(ss, count.rc != SQLITE_OK ? count.rc : page.rc, "bind the audit listing");
+    void *rows;
+    err = read_page(ss, a, count.st, page.st, (size_t)req->limit, sizeof(store_memory_audit),
+                    read_audit_row, "list audit rows", &rows, pn, ptotal);
+    if (err == 0)
         *prows = rows;
-        *pn = n;
-        *ptotal = total;
-    }
-out:
-    if (err != 0)
-        rollback(ss);
     return err;
 }
 
