@@ -5,8 +5,10 @@
 #include "common/pbwire.h"
 
 #include <stdbool.h>
+#include <string.h>
 
 #include "common/error.h"
+#include "common/utf8.h"
 
 struct frame {
     const uint8_t *end;
@@ -36,6 +38,14 @@ static inline bool read_varint(const uint8_t **pp, const uint8_t *end, int max, 
 int pbwire_check(const uint8_t *buf, size_t len, const ProtobufCMessageDescriptor *desc,
                  int max_depth)
 {
+    return pbwire_check_ex(buf, len, desc, max_depth, NULL);
+}
+
+int pbwire_check_ex(const uint8_t *buf, size_t len, const ProtobufCMessageDescriptor *desc,
+                    int max_depth, const ProtobufCFieldDescriptor **pbad)
+{
+    if (pbad != NULL)
+        *pbad = NULL;
     struct frame stack[PBWIRE_MAX_DEPTH];
     if (max_depth > PBWIRE_MAX_DEPTH)
         max_depth = PBWIRE_MAX_DEPTH;
@@ -43,6 +53,7 @@ int pbwire_check(const uint8_t *buf, size_t len, const ProtobufCMessageDescripto
         return PINS_EINVALID_ARGUMENT;
     const uint8_t *p = buf, *end = buf + len;
     int depth = 1; /* stack[depth - 1] is the current message */
+    const ProtobufCFieldDescriptor *top = NULL; /* the depth-1 field being walked */
     stack[0] = (struct frame){end, desc};
     for (;;) {
         while (p == end) {
@@ -83,11 +94,21 @@ int pbwire_check(const uint8_t *buf, size_t len, const ProtobufCMessageDescripto
             if (!read_varint(&p, end, 10, &n) || n > (uint64_t)(end - p))
                 return PINS_EINVALID_ARGUMENT;
             if (!message) {
+                /* proto3 strings are UTF-8; protobuf-c hands them out as C strings, so an
+                 * embedded NUL would silently cut the value short. */
+                if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
+                    (memchr(p, 0, n) != NULL || pins_utf8_count((const char *)p, n) < 0)) {
+                    if (pbad != NULL)
+                        *pbad = depth == 1 ? f : top;
+                    return PINS_EINVALID_ARGUMENT;
+                }
                 p += n;
                 break;
             }
             if (depth >= max_depth)
                 return PINS_EINVALID_ARGUMENT;
+            if (depth == 1)
+                top = f;
             end = p + n;
             desc = f->descriptor;
             stack[depth++] = (struct frame){end, desc};

@@ -26,11 +26,17 @@
 /* Checks that buf[0..len) is well-formed protobuf wire format for desc whose messages nest at most
  * max_depth deep. Malformed means: a varint longer than 10 bytes (5 for a tag) or cut short, field
  * number 0, a length or fixed-size field running past the end of its enclosing message, wire type
- * 3 or 4 (groups), 6 or 7, or a message field not sent as length-delimited. buf and desc are
+ * 3 or 4 (groups), 6 or 7, a message field not sent as length-delimited, or a string field that
+ * is not valid UTF-8 or holds a NUL byte. buf and desc are
  * borrowed; nothing is allocated.
  * Returns 0, or PINS_EINVALID_ARGUMENT when the bytes are malformed or nest deeper than max_depth
  * (a max_depth below 1 rejects everything). */
 int pbwire_check(const uint8_t *buf, size_t len, const ProtobufCMessageDescriptor *desc,
                  int max_depth);
+/* As pbwire_check(); when a string field is the reason, *pbad (if pbad is not NULL) gets the
+ * top-level field of desc that holds it (the string itself, or the message field it is nested in;
+ * borrowed from desc), and NULL for every other reason. */
+int pbwire_check_ex(const uint8_t *buf, size_t len, const ProtobufCMessageDescriptor *desc,
+                    int max_depth, const ProtobufCFieldDescriptor **pbad);
 
 #endif

@@ -82,10 +82,12 @@ void rpc__call_cancel(rpc_call *call)
 void rpc__call_detach(rpc_call *call)
 {
     call->refs++;
-    if (!(call->flags & RPC__CALL_FINISHED))
-        run_cancel(call);
+    /* Detached first: a reply the cancel callback makes is dropped, never sent on a closed
+     * stream. */
     call->flags |= RPC__CALL_DETACHED;
     call->transport = NULL;
+    if (!(call->flags & RPC__CALL_FINISHED))
+        run_cancel(call);
     release(call); /* the extra reference above */
     release(call); /* the transport's */
 }
@@ -95,8 +97,10 @@ void rpc__call_expire(rpc_call *call)
     if (call->flags & RPC__CALL_FINISHED)
         return;
     call->refs++;
-    run_cancel(call);
+    /* The status goes out first, so a cancel callback that finishes the call cannot turn the
+     * deadline into OK. */
     end_response(call, PINS_EDEADLINE_EXCEEDED, "deadline exceeded before the call completed");
+    run_cancel(call);
     release(call);
 }
 

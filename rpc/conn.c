@@ -22,7 +22,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "common/pbwire.h"
 #include "observability/log.h"
 #include "rpc/tls.h"
 
@@ -32,7 +31,6 @@
 #define MAX_HEADER_BYTES   65536
 #define OUTPUT_HIGH_WATER  (1u << 20)
 #define STREAM_PENDING_MAX (4u << 20)
-#define MAX_PROTO_DEPTH    100
 
 enum conn_proto { PROTO_SNIFF, PROTO_H2, PROTO_H1 };
 
@@ -496,25 +494,12 @@ static void on_http_request(h2_stream *st)
 static int decode_message(h2_stream *st, const unsigned char *p, size_t len,
                           ProtobufCMessage **pmsg)
 {
-    rpc_call *call = st->call;
-    if (pbwire_check(p, len, call->method->input, MAX_PROTO_DEPTH) != 0) {
-        grpc_early_error(st, PINS_EINVALID_ARGUMENT,
-                         "request message is not valid protobuf for its type (or nested too deep)",
-                         false);
+    const char *why = NULL;
+    int rv = rpc__call_decode(st->call, st->call->method->input, p, len, pmsg, &why);
+    if (rv != 0) {
+        grpc_early_error(st, rv, why, false);
         return -1;
     }
-    ProtobufCAllocator alloc = pins_arena_allocator(call->arena);
-    ProtobufCMessage *msg = protobuf_c_message_unpack(call->method->input, &alloc, len, p);
-    if (msg == NULL) {
-        size_t limit = (size_t)call->worker->server->cfg->max_request_bytes * 8;
-        if (pins_arena_used(call->arena) + len >= limit)
-            grpc_early_error(st, PINS_ETOO_LARGE, "request message too large to decode", false);
-        else
-            grpc_early_error(st, PINS_EINVALID_ARGUMENT,
-                             "request message is not valid protobuf for its type", false);
-        return -1;
-    }
-    *pmsg = msg;
     return 0;
 }
 

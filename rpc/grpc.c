@@ -38,9 +38,11 @@ int rpc__grpc_timeout_parse(const char *value, size_t len, int64_t *pns)
     default:
         return PINS_EINVALID_ARGUMENT;
     }
-    /* 99999999 hours overflows int64 nanoseconds: clamp to ~292 years. */
-    if (v > INT64_MAX / mul)
-        *pns = INT64_MAX / 2;
+    /* 99999999 hours overflows int64 nanoseconds: anything over ~146 years is clamped there, so
+     * a longer timeout never yields an earlier deadline. */
+    const int64_t cap = INT64_MAX / 2;
+    if (v > cap / mul)
+        *pns = cap;
     else
         *pns = v * mul;
     return 0;

@@ -96,6 +96,14 @@ void rpc__call_abandon(rpc_call *call);
 /* An extra reference (for work pending on the call's memory), dropped by rpc__call_unref. */
 void rpc__call_ref(rpc_call *call);
 void rpc__call_unref(rpc_call *call);
+/* Nesting the transports accept in a request: a 64-deep pin value inside UpsertPinRequest
+ * needs 193 levels (common/pbwire.h). */
+#define RPC__MAX_PROTO_DEPTH 200
+/* Checks and unpacks a request message of type desc into the call's arena. On failure *pwhy
+ * gets the client-visible reason (and the REST detail is set for a bad string field).
+ * Returns 0, PINS_EINVALID_ARGUMENT or PINS_ETOO_LARGE. */
+int rpc__call_decode(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *p,
+                     size_t len, ProtobufCMessage **pmsg, const char **pwhy);
 /* Fills call->request_id from x-request-id or a new random id. */
 int rpc__call_set_request_id(rpc_call *call, const char *sent);
 /* Looks up response metadata the handler added. */

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/utf8.h"
+
 #define PINS_KEY_MAX_CHARS      512
 #define PINS_TENANT_MAX_CHARS   256
 #define PINS_SOURCE_MAX_CHARS   64
@@ -17,11 +19,6 @@
 #define PINS_LIST_DEFAULT_LIMIT 100
 #define PINS_VALUE_MAX_DEPTH    64
 
-/* Number of code points of s[0..len) if it is valid UTF-8 (no overlongs, surrogates or values
- * over U+10FFFF), or -1. */
-long pins_utf8_count(const char *s, size_t len);
-/* True when s[0..len) (valid UTF-8) holds a C0 or C1 control character or DEL. */
-bool pins_utf8_has_control(const char *s, size_t len);
 
 const char *pins_check_key(const char *key);
 /* tenant must already be defaulted ("" means "global" before this check). */

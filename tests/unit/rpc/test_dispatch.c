@@ -1,0 +1,657 @@
+/* tests/unit/rpc/test_dispatch.c: the method table (rpc/methods.c), the dispatcher
+ * (rpc/dispatch.c) and the call object (rpc/call.c), driven through the fake transport. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "fake_call.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "memorypins/v1/memory_pins.pb-c.h"
+#include "rpc/rpc_int.h"
+
+#define MEMORY_PINS_SERVICE "memorypins.v1.MemoryPins"
+#define UPSERT_PATH         "/memorypins.v1.MemoryPins/UpsertPin"
+#define CHECK_PATH          "/grpc.health.v1.Health/Check"
+#define WATCH_PATH          "/grpc.health.v1.Health/Watch"
+
+typedef Grpc__Health__V1__HealthCheckResponse HealthResponse;
+
+/* What the test handlers saw. */
+static struct {
+    int runs;
+    int cancels;
+    bool finish_on_cancel;
+    rpc_call *held; /* a call the handler kept without finishing */
+} seen;
+
+/* ---- test handlers ----------------------------------------------------------------------------
+ */
+
+static void reply_serving(rpc_call *call)
+{
+    HealthResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    rpc_call_reply(call, &resp.base);
+}
+
+static void on_test_cancel(rpc_call *call, void *arg)
+{
+    assert_ptr_equal(arg, &seen);
+    seen.cancels++;
+    if (seen.finish_on_cancel)
+        rpc_call_finish(call);
+}
+
+/* Counts its runs and replies. */
+static void count_and_reply(rpc_call *call)
+{
+    seen.runs++;
+    reply_serving(call);
+}
+
+/* Keeps the call open with a cancel callback. */
+static void hold_with_cancel(rpc_call *call)
+{
+    seen.runs++;
+    seen.held = call;
+    rpc_call_on_cancel(call, on_test_cancel, &seen);
+}
+
+/* Keeps the call open without a cancel callback. */
+static void hold_silently(rpc_call *call)
+{
+    seen.runs++;
+    seen.held = call;
+}
+
+static void fail_internal(rpc_call *call)
+{
+    rpc_call_fail(call, PINS_EINTERNAL, "sqlite: disk I/O error on /var/lib/pins/pins.db");
+}
+
+static void fail_store(rpc_call *call)
+{
+    rpc_call_fail(call, PINS_ESTORE, "could not connect: password authentication failed");
+}
+
+static void fail_not_found(rpc_call *call)
+{
+    rpc_call_fail(call, PINS_ENOT_FOUND, "Pin not found: %s", "k1");
+}
+
+static void fail_without_text(rpc_call *call)
+{
+    rpc_call_fail(call, PINS_ENOT_FOUND, NULL);
+}
+
+static void add_metadata_and_reply(rpc_call *call)
+{
+    assert_int_equal(rpc_call_add_metadata(call, "x-initial", "one", false), 0);
+    assert_int_equal(rpc_call_add_metadata(call, "x-trailing", "two", true), 0);
+    assert_int_equal(rpc_call_add_metadata(call, "x-initial-2", "three", false), 0);
+    reply_serving(call);
+}
+
+#define TEST_ROW(method_name, fn, fl)                                                   \
+    {                                                                                   \
+        .path = "/test.Test/" method_name, .service = "test.Test", .name = method_name, \
+        .input = &grpc__health__v1__health_check_request__descriptor,                   \
+        .output = &grpc__health__v1__health_check_response__descriptor, .handler = fn,  \
+        .flags = fl,                                                                    \
+    }
+
+static const rpc_method count_row = TEST_ROW("Count", count_and_reply, RPC_METHOD_UNGUARDED);
+static const rpc_method count_pins_row =
+    TEST_ROW("CountPins", count_and_reply, RPC_METHOD_MEMORY_PINS);
+static const rpc_method hold_row = TEST_ROW("Hold", hold_with_cancel, RPC_METHOD_SERVER_STREAM);
+static const rpc_method silent_row = TEST_ROW("Silent", hold_silently, 0);
+static const rpc_method internal_row = TEST_ROW("Internal", fail_internal, 0);
+static const rpc_method store_row = TEST_ROW("Store", fail_store, 0);
+static const rpc_method not_found_row = TEST_ROW("NotFound", fail_not_found, 0);
+static const rpc_method no_text_row = TEST_ROW("NoText", fail_without_text, 0);
+static const rpc_method metadata_row = TEST_ROW("Metadata", add_metadata_and_reply, 0);
+
+/* ---- fixture ----------------------------------------------------------------------------------
+ */
+
+static int setup(void **state)
+{
+    memset(&seen, 0, sizeof(seen));
+    *state = fake_env_new();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fake_env_free(*state);
+    return 0;
+}
+
+static fake_call *run_row(fake_env *env, const rpc_method *m, const char *const *headers)
+{
+    fake_call *fc = fake_call_new_method(env, m, NULL, headers);
+    assert_non_null(fc);
+    fake_call_dispatch(fc);
+    return fc;
+}
+
+static Memorypins__V1__UpsertPinRequest *upsert_request(void)
+{
+    static Google__Protobuf__Value v = GOOGLE__PROTOBUF__VALUE__INIT;
+    static Google__Protobuf__Struct__FieldsEntry e = GOOGLE__PROTOBUF__STRUCT__FIELDS_ENTRY__INIT;
+    static Google__Protobuf__Struct__FieldsEntry *fields[] = {&e};
+    static Google__Protobuf__Struct value = GOOGLE__PROTOBUF__STRUCT__INIT;
+    static Memorypins__V1__UpsertPinRequest req = MEMORYPINS__V1__UPSERT_PIN_REQUEST__INIT;
+    v.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE;
+    v.bool_value = true;
+    e.key = "a";
+    e.value = &v;
+    value.n_fields = 1;
+    value.fields = fields;
+    req.key = "k1";
+    req.value = &value;
+    return &req;
+}
+
+/* ---- method table -----------------------------------------------------------------------------
+ */
+
+static void test_method_find_returns_null_for_unknown_paths(void **state)
+{
+    static const char *const unknown[] = {
+        "",
+        "/",
+        "/memorypins.v1.MemoryPins/Nope",
+        "/memorypins.v1.MemoryPins/GetPi",
+        "/memorypins.v1.MemoryPins/GetPinX",
+        "/memorypins.v1.MemoryPins/getpin",
+        "memorypins.v1.MemoryPins/GetPin",
+        "/memorypins.v1.Other/GetPin",
+        "/grpc.health.v1.Health/",
+    };
+    for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++)
+        assert_null(rpc__method_find(unknown[i], strlen(unknown[i])));
+    assert_null(fake_call_new(*state, "/memorypins.v1.MemoryPins/Nope", NULL, NULL));
+}
+
+static void test_method_find_compares_only_len_bytes(void **state)
+{
+    const char *p = "/memorypins.v1.MemoryPins/GetPinAndMore";
+    const rpc_method *m = rpc__method_find(p, strlen("/memorypins.v1.MemoryPins/GetPin"));
+    assert_non_null(m);
+    assert_string_equal(m->name, "GetPin");
+}
+
+static void test_method_table_rows_match_their_paths_and_descriptors(void **state)
+{
+    size_t n = 0;
+    const rpc_method *t = rpc__method_table(&n);
+    assert_true(n >= 17);
+    for (size_t i = 0; i < n; i++) {
+        const rpc_method *m = &t[i];
+        char path[256];
+        snprintf(path, sizeof(path), "/%s/%s", m->service, m->name);
+        assert_string_equal(m->path, path);
+        assert_ptr_equal(rpc__method_find(m->path, strlen(m->path)), m);
+        assert_non_null(m->handler);
+        assert_non_null(m->input);
+        assert_non_null(m->output);
+        assert_int_equal(m->input->magic, PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC);
+        assert_int_equal(m->output->magic, PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC);
+        /* The request type is named after the method (GetPin -> GetPinRequest), except in the
+         * shared health and reflection services. */
+        if (strcmp(m->service, MEMORY_PINS_SERVICE) == 0) {
+            char in[128], out[128];
+            snprintf(in, sizeof(in), "%sRequest", m->name);
+            snprintf(out, sizeof(out), "%sResponse", m->name);
+            assert_string_equal(m->input->short_name, in);
+            assert_string_equal(m->output->short_name, out);
+            assert_true(m->flags & RPC_METHOD_MEMORY_PINS);
+            assert_non_null(m->resource);
+            assert_non_null(m->action);
+        }
+        if (strncmp(m->service, "grpc.", 5) == 0) {
+            assert_true(m->flags & RPC_METHOD_UNGUARDED);
+            assert_false(m->flags & RPC_METHOD_MEMORY_PINS);
+        }
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(t[j].path, m->path);
+    }
+    const rpc_method *watch = rpc__method_find(WATCH_PATH, strlen(WATCH_PATH));
+    assert_non_null(watch);
+    assert_true(watch->flags & RPC_METHOD_SERVER_STREAM);
+    assert_ptr_equal(watch->input, &grpc__health__v1__health_check_request__descriptor);
+    assert_ptr_equal(watch->output, &grpc__health__v1__health_check_response__descriptor);
+}
+
+/* ---- deadline ---------------------------------------------------------------------------------
+ */
+
+static void test_dispatch_rejects_expired_deadline_before_handler(void **state)
+{
+    fake_env *env = *state;
+    char *before = fake_env_snapshot(env, "global");
+    fake_call *fc = fake_call_new(env, UPSERT_PATH, &upsert_request()->base, NULL);
+    assert_non_null(fc);
+    fake_call_set_deadline_ns(fc, rpc__now_ns() - 1);
+    fake_call_dispatch(fc);
+    assert_true(fake_call_finished(fc));
+    assert_int_equal(fake_call_err(fc), PINS_EDEADLINE_EXCEEDED);
+    assert_int_equal(fake_call_grpc_code(fc), 4);
+    assert_string_equal(fake_call_message(fc), "deadline exceeded before the call started");
+    assert_int_equal(fake_call_nsent(fc), 0);
+    assert_null(fake_call_rpc(fc)); /* the transport let go: the call is gone */
+    char *after = fake_env_snapshot(env, "global");
+    assert_string_equal(after, before);
+    assert_int_equal(fake_env_pin_count(env, "global"), 0);
+    free(before);
+    free(after);
+    fake_call_free(fc);
+
+    /* The handler never ran. */
+    fc = fake_call_new_method(env, &count_row, NULL, NULL);
+    fake_call_set_deadline_ns(fc, rpc__now_ns() - 1);
+    fake_call_dispatch(fc);
+    assert_int_equal(seen.runs, 0);
+    assert_int_equal(fake_call_err(fc), PINS_EDEADLINE_EXCEEDED);
+    fake_call_free(fc);
+}
+
+static void test_dispatch_rejects_zero_grpc_timeout_before_handler(void **state)
+{
+    static const char *const headers[] = {"grpc-timeout", "0n", NULL};
+    fake_call *fc = run_row(*state, &count_row, headers);
+    assert_int_equal(seen.runs, 0);
+    assert_int_equal(fake_call_grpc_code(fc), 4);
+    fake_call_free(fc);
+}
+
+static void test_dispatch_runs_handler_within_deadline_without_leaving_a_timer(void **state)
+{
+    fake_env *env = *state;
+    static const char *const headers[] = {"grpc-timeout", "10S", NULL};
+    fake_call *fc = run_row(env, &count_row, headers);
+    assert_int_equal(seen.runs, 1);
+    assert_int_equal(fake_call_err(fc), 0);
+    assert_int_equal(fake_call_nsent(fc), 1);
+    assert_null(fake_call_message(fc));
+    /* A call that finished inside its handler needs no deadline timer. */
+    assert_int_equal(event_base_get_num_events(fake_env_base(env), EVENT_BASE_COUNT_ADDED), 0);
+    fake_call_free(fc);
+}
+
+static void test_dispatch_expires_a_handler_that_outlives_its_deadline(void **state)
+{
+    fake_env *env = *state;
+    static const char *const headers[] = {"grpc-timeout", "20m", NULL};
+    fake_call *fc = fake_call_run(env, WATCH_PATH, NULL, headers);
+    /* Watch sent the current status and stays open. */
+    assert_false(fake_call_finished(fc));
+    assert_int_equal(fake_call_nsent(fc), 1);
+    const HealthResponse *r = (const HealthResponse *)fake_call_response(fc);
+    assert_int_equal(r->status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    assert_non_null(fake_env_worker(env)->watch);
+
+    fake_env_run(env, 150);
+    assert_true(fake_call_finished(fc));
+    assert_int_equal(fake_call_finish_count(fc), 1);
+    assert_null(fake_env_worker(env)->watch); /* the stream left the watch list */
+    assert_null(fake_call_rpc(fc));
+    /* What the client sees: the deadline, not an OK from the handler's cleanup. */
+    assert_int_equal(fake_call_err(fc), PINS_EDEADLINE_EXCEEDED);
+    assert_int_equal(fake_call_grpc_code(fc), 4);
+    fake_call_free(fc);
+}
+
+static void test_dispatch_expires_a_call_whose_cancel_callback_finishes_it(void **state)
+{
+    fake_env *env = *state;
+    static const char *const headers[] = {"grpc-timeout", "20m", NULL};
+    seen.finish_on_cancel = true;
+    fake_call *fc = run_row(env, &hold_row, headers);
+    assert_false(fake_call_finished(fc));
+    fake_env_run(env, 150);
+    assert_int_equal(seen.cancels, 1);
+    assert_int_equal(fake_call_finish_count(fc), 1);
+    assert_int_equal(fake_call_err(fc), PINS_EDEADLINE_EXCEEDED);
+    fake_call_free(fc);
+}
+
+static void test_dispatch_drops_a_reply_sent_after_the_deadline_fired(void **state)
+{
+    fake_env *env = *state;
+    static const char *const headers[] = {"grpc-timeout", "20m", NULL};
+    fake_env_recycle_arenas(env, true);
+    fake_call *fc = run_row(env, &silent_row, headers);
+    assert_false(fake_call_finished(fc));
+    fake_env_run(env, 150);
+    assert_true(fake_call_finished(fc));
+    assert_int_equal(fake_call_err(fc), PINS_EDEADLINE_EXCEEDED);
+    assert_string_equal(fake_call_message(fc), "deadline exceeded before the call completed");
+    assert_null(fake_call_rpc(fc)); /* the transport let go; the handler still holds the call */
+    assert_true(rpc_call_cancelled(seen.held));
+
+    size_t pooled = fake_env_pooled_arenas(env);
+    reply_serving(seen.held); /* the handler finishes late: dropped */
+    assert_int_equal(fake_call_nsent(fc), 0);
+    assert_int_equal(fake_call_finish_count(fc), 1);
+    assert_int_equal(fake_env_pooled_arenas(env), pooled + 1); /* and the call is gone */
+    fake_call_free(fc);
+}
+
+/* ---- feature flag -----------------------------------------------------------------------------
+ */
+
+static void test_dispatch_answers_disabled_for_every_memory_pins_method(void **state)
+{
+    fake_env *env = *state;
+    fake_env_config(env)->memory_pins_enabled = false;
+    char *before = fake_env_snapshot(env, "global");
+    size_t n = 0, checked = 0;
+    const rpc_method *t = rpc__method_table(&n);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(t[i].service, MEMORY_PINS_SERVICE) != 0)
+            continue;
+        const ProtobufCMessage *req =
+            strcmp(t[i].name, "UpsertPin") == 0 ? &upsert_request()->base : NULL;
+        fake_call *fc = fake_call_run(env, t[i].path, req, NULL);
+        assert_true(fake_call_finished(fc));
+        assert_int_equal(fake_call_err(fc), PINS_EDISABLED);
+        assert_int_equal(fake_call_grpc_code(fc), 14);
+        assert_string_equal(fake_call_message(fc), "Memory pins feature is disabled");
+        assert_int_equal(fake_call_nsent(fc), 0);
+        fake_call_free(fc);
+        checked++;
+    }
+    assert_int_equal(checked, 6);
+    char *after = fake_env_snapshot(env, "global");
+    assert_string_equal(after, before);
+    free(before);
+    free(after);
+
+    /* The flag is checked before the handler of any row marked MEMORY_PINS. */
+    fake_call *fc = run_row(env, &count_pins_row, NULL);
+    assert_int_equal(seen.runs, 0);
+    assert_int_equal(fake_call_err(fc), PINS_EDISABLED);
+    fake_call_free(fc);
+}
+
+static void test_dispatch_keeps_health_served_when_memory_pins_are_disabled(void **state)
+{
+    fake_env *env = *state;
+    fake_env_config(env)->memory_pins_enabled = false;
+    fake_call *fc = fake_call_run(env, CHECK_PATH, NULL, NULL);
+    assert_int_equal(fake_call_err(fc), 0);
+    assert_int_equal(fake_call_nsent(fc), 1);
+    const HealthResponse *r = (const HealthResponse *)fake_call_response(fc);
+    assert_int_equal(r->status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    fake_call_free(fc);
+
+    fc = run_row(env, &count_row, NULL);
+    assert_int_equal(seen.runs, 1);
+    assert_int_equal(fake_call_err(fc), 0);
+    fake_call_free(fc);
+}
+
+static void test_dispatch_serves_memory_pins_when_enabled(void **state)
+{
+    fake_env *env = *state;
+    assert_true(fake_env_config(env)->memory_pins_enabled); /* the default */
+    fake_call *fc = fake_call_run(env, UPSERT_PATH, &upsert_request()->base, NULL);
+    assert_int_equal(fake_call_err(fc), 0);
+    assert_int_equal(fake_env_pin_count(env, "global"), 1);
+    fake_call_free(fc);
+}
+
+/* ---- cancellation -----------------------------------------------------------------------------
+ */
+
+static void test_call_detach_runs_cancel_once_and_frees_the_call(void **state)
+{
+    fake_env *env = *state;
+    fake_env_recycle_arenas(env, true);
+    seen.finish_on_cancel = true;
+    fake_call *fc = run_row(env, &hold_row, NULL);
+    assert_int_equal(seen.runs, 1);
+    assert_false(fake_call_finished(fc));
+    size_t pooled = fake_env_pooled_arenas(env);
+
+    fake_call_detach(fc); /* the client went away */
+    assert_int_equal(seen.cancels, 1);
+    assert_null(fake_call_rpc(fc));
+    assert_int_equal(fake_env_pooled_arenas(env), pooled + 1);
+    fake_call_detach(fc); /* a second close is a no-op for the fake */
+    assert_int_equal(seen.cancels, 1);
+    fake_call_free(fc);
+}
+
+static void test_call_detach_drops_the_reply_of_the_cancel_callback(void **state)
+{
+    fake_env *env = *state;
+    seen.finish_on_cancel = true;
+    fake_call *fc = run_row(env, &hold_row, NULL);
+    fake_call_detach(fc);
+    assert_int_equal(seen.cancels, 1);
+    /* The transport let go: the status the cancel callback produces must not reach it. */
+    assert_int_equal(fake_call_finish_during_detach(fc), 0);
+    fake_call_free(fc);
+}
+
+static void test_call_detach_closes_a_health_watch(void **state)
+{
+    fake_env *env = *state;
+    fake_env_recycle_arenas(env, true);
+    fake_call *fc = fake_call_run(env, WATCH_PATH, NULL, NULL);
+    assert_false(fake_call_finished(fc));
+    assert_non_null(fake_env_worker(env)->watch);
+    size_t pooled = fake_env_pooled_arenas(env);
+    fake_call_detach(fc);
+    assert_null(fake_env_worker(env)->watch);
+    assert_int_equal(fake_env_pooled_arenas(env), pooled + 1);
+    fake_call_free(fc);
+}
+
+static void test_call_cancel_runs_the_callback_once(void **state)
+{
+    fake_env *env = *state;
+    fake_call *fc = run_row(env, &hold_row, NULL);
+    rpc_call *call = fake_call_rpc(fc);
+    assert_false(rpc_call_cancelled(call));
+    rpc__call_cancel(call);
+    rpc__call_cancel(call);
+    assert_int_equal(seen.cancels, 1);
+    assert_true(rpc_call_cancelled(call));
+    HealthResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    assert_int_equal(rpc_call_send(call, &resp.base), PINS_ECANCELLED);
+    rpc_call_fail(call, PINS_ECANCELLED, NULL); /* the handler finishes */
+    assert_int_equal(fake_call_err(fc), PINS_ECANCELLED);
+    assert_int_equal(fake_call_nsent(fc), 0);
+    fake_call_free(fc);
+}
+
+static void test_call_reply_turns_a_failed_send_into_the_status(void **state)
+{
+    fake_env *env = *state;
+    fake_call *fc = fake_call_new(env, CHECK_PATH, NULL, NULL);
+    fake_call_set_send_error(fc, PINS_ERESOURCE_EXHAUSTED);
+    fake_call_dispatch(fc);
+    assert_true(fake_call_finished(fc));
+    assert_int_equal(fake_call_err(fc), PINS_ERESOURCE_EXHAUSTED);
+    assert_int_equal(fake_call_nsent(fc), 0);
+    assert_int_equal(fake_call_finish_count(fc), 1);
+    fake_call_free(fc);
+}
+
+static void test_call_abandoned_before_dispatch_is_freed(void **state)
+{
+    fake_env *env = *state;
+    fake_env_recycle_arenas(env, true);
+    size_t pooled = fake_env_pooled_arenas(env);
+    fake_call *fc = fake_call_new_method(env, &count_row, NULL, NULL);
+    fake_call_free(fc);
+    assert_int_equal(seen.runs, 0);
+    assert_int_equal(fake_env_pooled_arenas(env), pooled + 1);
+}
+
+/* ---- the error funnel -------------------------------------------------------------------------
+ */
+
+static void test_call_fail_internal_gives_generic_message_with_request_id(void **state)
+{
+    static const char *const headers[] = {"x-request-id", "req-42", NULL};
+    fake_call *fc = run_row(*state, &internal_row, headers);
+    assert_int_equal(fake_call_grpc_code(fc), 13);
+    assert_string_equal(fake_call_message(fc), "internal error (request id req-42)");
+    assert_null(strstr(fake_call_message(fc), "sqlite"));
+    assert_null(strstr(fake_call_message(fc), "/var/lib"));
+    fake_call_free(fc);
+}
+
+static void test_call_fail_store_hides_database_text(void **state)
+{
+    fake_call *fc = run_row(*state, &store_row, NULL);
+    assert_int_equal(fake_call_grpc_code(fc), 14);
+    const char *msg = fake_call_message(fc);
+    assert_null(strstr(msg, "password"));
+    assert_non_null(strstr(msg, "store unavailable"));
+    assert_non_null(strstr(msg, fake_call_request_id(fc)));
+    fake_call_free(fc);
+}
+
+static void test_call_fail_keeps_the_text_of_a_domain_error(void **state)
+{
+    fake_call *fc = run_row(*state, &not_found_row, NULL);
+    assert_int_equal(fake_call_grpc_code(fc), 5);
+    assert_string_equal(fake_call_message(fc), "Pin not found: k1");
+    fake_call_free(fc);
+
+    fc = run_row(*state, &no_text_row, NULL);
+    assert_string_equal(fake_call_message(fc), "not found"); /* the table's message */
+    fake_call_free(fc);
+}
+
+/* ---- request id and metadata ------------------------------------------------------------------
+ */
+
+static bool is_lower_hex(const char *s, size_t n)
+{
+    if (strlen(s) != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+static void test_call_echoes_the_request_id_the_client_sent(void **state)
+{
+    static const char *const headers[] = {"x-request-id", "abc-123_XYZ", NULL};
+    fake_call *fc = run_row(*state, &count_row, headers);
+    assert_string_equal(fake_call_request_id(fc), "abc-123_XYZ");
+    fake_call_free(fc);
+}
+
+static void test_call_generates_a_request_id_when_none_was_sent(void **state)
+{
+    fake_call *a = run_row(*state, &count_row, NULL);
+    fake_call *b = run_row(*state, &count_row, NULL);
+    assert_true(is_lower_hex(fake_call_request_id(a), 32));
+    assert_true(is_lower_hex(fake_call_request_id(b), 32));
+    assert_string_not_equal(fake_call_request_id(a), fake_call_request_id(b));
+    fake_call_free(a);
+    fake_call_free(b);
+}
+
+static void test_call_replaces_an_unprintable_or_long_request_id(void **state)
+{
+    char long_id[130];
+    memset(long_id, 'r', 129);
+    long_id[129] = '\0';
+    const char *const bad[] = {"has space", "tab\there", "caf\xc3\xa9", "", long_id};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *const headers[] = {"x-request-id", bad[i], NULL};
+        fake_call *fc = run_row(*state, &count_row, headers);
+        assert_true(is_lower_hex(fake_call_request_id(fc), 32));
+        fake_call_free(fc);
+    }
+    long_id[128] = '\0'; /* 128 characters are kept */
+    const char *const headers[] = {"x-request-id", long_id, NULL};
+    fake_call *fc = run_row(*state, &count_row, headers);
+    assert_string_equal(fake_call_request_id(fc), long_id);
+    fake_call_free(fc);
+}
+
+static void test_call_metadata_reaches_the_transport(void **state)
+{
+    fake_call *fc = run_row(*state, &metadata_row, NULL);
+    assert_int_equal(fake_call_err(fc), 0);
+    assert_int_equal(fake_call_nmetadata(fc), 3);
+    assert_string_equal(fake_call_metadata(fc, "x-initial", false), "one");
+    assert_string_equal(fake_call_metadata(fc, "x-initial-2", false), "three");
+    assert_string_equal(fake_call_metadata(fc, "x-trailing", true), "two");
+    assert_null(fake_call_metadata(fc, "x-trailing", false));
+    assert_null(fake_call_metadata(fc, "x-initial", true));
+    fake_call_free(fc);
+}
+
+static void test_call_headers_are_visible_to_the_handler(void **state)
+{
+    static const char *const headers[] = {"x-agent-id", "agent-7", "x-other", "v", NULL};
+    fake_call *fc = fake_call_new_method(*state, &hold_row, NULL, headers);
+    seen.finish_on_cancel = true;
+    fake_call_dispatch(fc);
+    assert_string_equal(rpc_call_header(seen.held, "x-agent-id"), "agent-7");
+    assert_string_equal(rpc_call_header(seen.held, "x-other"), "v");
+    assert_null(rpc_call_header(seen.held, "x-missing"));
+    assert_ptr_equal(rpc_call_method(seen.held), &hold_row);
+    assert_non_null(rpc_call_store(seen.held));
+    assert_ptr_equal(rpc_call_config(seen.held), fake_env_config(*state));
+    fake_call_free(fc);
+    assert_int_equal(seen.cancels, 1);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_method_find_returns_null_for_unknown_paths),
+        T(test_method_find_compares_only_len_bytes),
+        T(test_method_table_rows_match_their_paths_and_descriptors),
+        T(test_dispatch_rejects_expired_deadline_before_handler),
+        T(test_dispatch_rejects_zero_grpc_timeout_before_handler),
+        T(test_dispatch_runs_handler_within_deadline_without_leaving_a_timer),
+        T(test_dispatch_expires_a_handler_that_outlives_its_deadline),
+        T(test_dispatch_expires_a_call_whose_cancel_callback_finishes_it),
+        T(test_dispatch_drops_a_reply_sent_after_the_deadline_fired),
+        T(test_dispatch_answers_disabled_for_every_memory_pins_method),
+        T(test_dispatch_keeps_health_served_when_memory_pins_are_disabled),
+        T(test_dispatch_serves_memory_pins_when_enabled),
+        T(test_call_detach_runs_cancel_once_and_frees_the_call),
+        T(test_call_detach_drops_the_reply_of_the_cancel_callback),
+        T(test_call_detach_closes_a_health_watch),
+        T(test_call_cancel_runs_the_callback_once),
+        T(test_call_reply_turns_a_failed_send_into_the_status),
+        T(test_call_abandoned_before_dispatch_is_freed),
+        T(test_call_fail_internal_gives_generic_message_with_request_id),
+        T(test_call_fail_store_hides_database_text),
+        T(test_call_fail_keeps_the_text_of_a_domain_error),
+        T(test_call_echoes_the_request_id_the_client_sent),
+        T(test_call_generates_a_request_id_when_none_was_sent),
+        T(test_call_replaces_an_unprintable_or_long_request_id),
+        T(test_call_metadata_reaches_the_transport),
+        T(test_call_headers_are_visible_to_the_handler),
+    };
+    return cmocka_run_group_tests_name("rpc/dispatch", tests, NULL, NULL);
+}
