@@ -23,6 +23,8 @@
 #include <unistd.h>
 
 #include "observability/log.h"
+#include "bridge/bridge.h"
+#include "bridge/h1.h"
 #include "rpc/tls.h"
 
 #define PREFACE            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -36,23 +38,26 @@ enum conn_proto { PROTO_SNIFF, PROTO_H2, PROTO_H1 };
 
 typedef struct h2_stream h2_stream;
 
-typedef struct rpc__conn {
+struct rpc__conn {
     struct rpc__conn *prev, *next;
     rpc_worker *w;
     struct bufferevent *bev;
     nghttp2_session *h2;
     enum conn_proto proto;
-    int in_recv;      /* inside nghttp2_session_mem_recv */
-    bool want_flush;  /* output produced inside callbacks */
-    bool closing;     /* close once the outermost callback unwinds */
-    bool goaway_sent; /* draining */
+    int in_recv;            /* inside nghttp2_session_mem_recv */
+    bool want_flush;        /* output produced inside callbacks */
+    bool closing;           /* close once the outermost callback unwinds */
+    bool goaway_sent;       /* draining */
+    bool close_after_flush; /* HTTP/1.1 asked to close once the output drained */
+    bridge_h1 *h1;
     h2_stream *streams;
     size_t nstreams;
-} rpc__conn;
+};
 
 enum stream_kind { KIND_UNKNOWN, KIND_GRPC, KIND_HTTP, KIND_REJECTED };
 
 struct h2_stream {
+    bridge_stream bs; /* the bridge's view of a non-gRPC request (KIND_HTTP) */
     h2_stream *prev, *next;
     rpc__conn *conn;
     int32_t id;
@@ -84,8 +89,7 @@ struct h2_stream {
     const char *resp_body; /* plain HTTP answers */
     size_t resp_len, resp_off;
     bool counted_rst;
-    bool closed;         /* nghttp2 closed the stream; only the memory is left */
-    rpc_call *probe_ref; /* the reference a pending HTTP answer holds */
+    bool closed; /* nghttp2 closed the stream; only the memory is left */
 };
 
 static void conn_flush(rpc__conn *c);
@@ -132,7 +136,7 @@ static void stream_close(h2_stream *st)
     }
     rpc_call *call = st->call;
     st->call = NULL;
-    if (st->dispatched)
+    if (st->dispatched || st->bs.dispatched)
         rpc__call_detach(call);
     else
         rpc__call_abandon(call);
@@ -366,59 +370,96 @@ static void grpc_early_error(h2_stream *st, int err, const char *msg, bool accep
     grpc_finish(st->call, err, msg);
 }
 
-static void http_respond(h2_stream *st, const rpc__http_answer *ans);
+/* ---- the bridge's HTTP/2 stream ops ------------------------------------------------------ */
 
-/* A plain HTTP answer on a stream. */
-static void http_answer(const rpc__http_answer *ans, void *arg)
+static h2_stream *from_bs(bridge_stream *bs)
 {
-    h2_stream *st = arg;
-    rpc_call *ref = st->probe_ref;
-    st->probe_ref = NULL;
-    if (!st->closed)
-        http_respond(st, ans);
-    if (ref != NULL)
-        rpc__call_unref(ref); /* may free st */
+    return (h2_stream *)bs; /* bs is the first member */
 }
 
-static void http_respond(h2_stream *st, const rpc__http_answer *ans)
+static int h2_bridge_start(bridge_stream *bs, int status, const rpc__header *hdrs, size_t nhdrs,
+                           int64_t body_len)
 {
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (st->headers_sent)
+        return PINS_EINTERNAL;
     pins_arena *a = st->call->arena;
-    char *status = pins_arena_printf(a, "%d", ans->status);
-    char *len = pins_arena_printf(a, "%zu", ans->body_len);
-    if (status == NULL || len == NULL) {
-        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-        stream_output_ready(st);
-        return;
-    }
-    const char *rid = rpc_call_request_id(st->call);
-    nghttp2_nv nva[6];
+    nghttp2_nv *nva = pins_arena_calloc(a, nhdrs + 4, sizeof(*nva));
+    char *sstatus = pins_arena_printf(a, "%d", status);
+    char *slen = body_len >= 0 ? pins_arena_printf(a, "%lld", (long long)body_len) : NULL;
+    if (nva == NULL || sstatus == NULL || (body_len >= 0 && slen == NULL))
+        return PINS_ENOMEM;
     size_t n = 0;
-    nva[n++] = NV(":status", status, strlen(status));
-    nva[n++] = NV("content-type", ans->content_type, strlen(ans->content_type));
-    nva[n++] = NV("content-length", len, strlen(len));
-    nva[n++] = NV("x-request-id", rid, strlen(rid));
-    if (ans->allow != NULL)
-        nva[n++] = NV("allow", ans->allow, strlen(ans->allow));
-    bool head = st->method != NULL && strcmp(st->method, "HEAD") == 0;
-    st->resp_body = ans->body != NULL ? ans->body : "";
-    st->resp_len = head ? 0 : ans->body_len;
-    st->resp_off = 0;
-    st->finished = true;
-    st->headers_sent = true;
+    const char *rid = rpc_call_request_id(st->call);
+    nva[n++] = NV(":status", sstatus, strlen(sstatus));
+    if (slen != NULL)
+        nva[n++] = NV("content-length", slen, strlen(slen));
+    if (rid[0] != '\0') {
+        nva[n++] = NV("x-request-id", rid, strlen(rid));
+        nva[n - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+    }
+    for (size_t i = 0; i < nhdrs; i++) {
+        const char *name = pins_arena_strdup(a, hdrs[i].name);
+        const char *value = pins_arena_strdup(a, hdrs[i].value);
+        if (name == NULL || value == NULL)
+            return PINS_ENOMEM;
+        nva[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
+                                NGHTTP2_NV_FLAG_NONE};
+    }
+    bool empty = body_len == 0 || bs->head;
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
-    nghttp2_submit_response(st->conn->h2, st->id, nva, n, st->resp_len > 0 ? &prd : NULL);
+    if (nghttp2_submit_response(st->conn->h2, st->id, nva, n, empty ? NULL : &prd) != 0)
+        return PINS_EINTERNAL;
+    st->headers_sent = true;
+    if (empty)
+        st->finished = true;
+    bs->started = true;
+    stream_output_ready(st);
+    return 0;
+}
+
+static int h2_bridge_write(bridge_stream *bs, const void *data, size_t len)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (bs->head || st->finished || len == 0)
+        return 0;
+    if (st->out == NULL) {
+        st->out = evbuffer_new();
+        if (st->out == NULL)
+            return PINS_ENOMEM;
+    }
+    if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX)
+        return PINS_ERESOURCE_EXHAUSTED;
+    if (evbuffer_add(st->out, data, len) != 0)
+        return PINS_ENOMEM;
+    stream_output_ready(st);
+    return 0;
+}
+
+static void h2_bridge_end(bridge_stream *bs)
+{
+    h2_stream *st = from_bs(bs);
+    bs->ended = true;
+    if (st->closed)
+        return;
+    st->finished = true;
     stream_output_ready(st);
 }
 
+static const bridge_stream_ops h2_bridge_ops = {
+    .start = h2_bridge_start, .write = h2_bridge_write, .end = h2_bridge_end};
+
 static void http_simple(h2_stream *st, int status, const char *body, const char *allow)
 {
-    rpc__http_answer ans = {.status = status,
-                            .content_type = "application/json",
-                            .body = body,
-                            .body_len = strlen(body),
-                            .allow = allow};
+    rpc__header extra[1] = {{.name = "allow", .value = allow}};
     st->kind = KIND_REJECTED;
-    http_respond(st, &ans);
+    st->bs.ops = &h2_bridge_ops;
+    st->bs.call = st->call;
+    bridge_respond(&st->bs, status, "application/json", body, strlen(body), extra, allow ? 1 : 0);
 }
 
 /* ---- request side ------------------------------------------------------------------------------
@@ -480,14 +521,16 @@ static void on_request_headers(h2_stream *st)
 static void on_http_request(h2_stream *st)
 {
     st->kind = KIND_REJECTED; /* answered once */
-    st->probe_ref = st->call;
-    rpc__call_ref(st->call);
-    if (rpc__probe_handle(st->conn->w, st->call->arena, st->method, st->path, http_answer, st))
-        return;
-    st->probe_ref = NULL;
-    rpc__call_unref(st->call);
-    http_simple(st, 404, "{\"detail\":\"Not Found\",\"code\":5,\"message\":\"no such route\"}",
-                NULL);
+    st->bs.ops = &h2_bridge_ops;
+    st->bs.call = st->call;
+    st->bs.worker = st->conn->w;
+    st->bs.method = st->method;
+    st->bs.path = st->path;
+    st->bs.body = st->body;
+    st->bs.body_len = st->body_len;
+    st->bs.http2 = true;
+    st->bs.head = strcmp(st->method, "HEAD") == 0;
+    bridge_handle(&st->bs);
 }
 
 /* Decodes one gRPC message; returns 0 and *pmsg, or fails the stream. */
@@ -699,22 +742,34 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
 {
     rpc__conn *c = user_data;
     h2_stream *st = stream_get(c, stream_id);
-    if (st == NULL || st->call == NULL || st->kind != KIND_GRPC)
-        return 0; /* bodies of other requests are not read (yet) */
-    size_t max = (size_t)c->w->server->cfg->max_request_bytes + 5;
+    if (st == NULL || st->call == NULL || (st->kind != KIND_GRPC && st->kind != KIND_HTTP))
+        return 0; /* a rejected request: its remaining body is dropped */
+    bool grpc = st->kind == KIND_GRPC;
+    size_t max = (size_t)c->w->server->cfg->max_request_bytes + (grpc ? 5 : 0);
     if (st->body_len + len > st->body_cap) {
         size_t cap = st->body_cap ? st->body_cap : 1024;
         while (cap < st->body_len + len)
             cap *= 2;
-        if (cap > max + 16384)
-            cap = max + 16384;
+        if (cap > max + (grpc ? 16384 : 0))
+            cap = max + (grpc ? 16384 : 0);
         if (cap < st->body_len + len) {
-            grpc_early_error(st, PINS_ETOO_LARGE, "request message exceeds the limit", false);
+            if (grpc)
+                grpc_early_error(st, PINS_ETOO_LARGE, "request message exceeds the limit", false);
+            else
+                http_simple(st, 413,
+                            "{\"detail\":\"request body larger than MAX_REQUEST_BYTES\","
+                            "\"code\":8,\"message\":\"message larger than the limit\"}",
+                            NULL);
             return 0;
         }
         unsigned char *nb = realloc(st->body, cap);
         if (nb == NULL) {
-            grpc_early_error(st, PINS_ENOMEM, NULL, false);
+            if (grpc)
+                grpc_early_error(st, PINS_ENOMEM, NULL, false);
+            else
+                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id,
+                                          NGHTTP2_INTERNAL_ERROR);
+            st->kind = KIND_REJECTED;
             return 0;
         }
         st->body = nb;
@@ -722,7 +777,8 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
     }
     memcpy(st->body + st->body_len, data, len);
     st->body_len += len;
-    grpc_consume(st);
+    if (grpc)
+        grpc_consume(st);
     return 0;
 }
 
@@ -794,6 +850,8 @@ static void conn_free(rpc__conn *c)
     }
     if (c->h2 != NULL)
         nghttp2_session_del(c->h2);
+    if (c->h1 != NULL)
+        bridge__h1_free(c->h1);
     if (c->bev != NULL)
         bufferevent_free(c->bev);
     if (c->prev != NULL)
@@ -819,7 +877,14 @@ static bool conn_done(rpc__conn *c)
 static void conn_flush(rpc__conn *c)
 {
     c->want_flush = false;
-    if (c->h2 == NULL || c->closing)
+    if (c->closing)
+        return;
+    if (c->proto == PROTO_H1) {
+        if (c->close_after_flush && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            c->closing = true;
+        return;
+    }
+    if (c->h2 == NULL)
         return;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) < OUTPUT_HIGH_WATER) {
@@ -879,18 +944,6 @@ static int h2_start(rpc__conn *c)
     return 0;
 }
 
-static void h1_reject(rpc__conn *c)
-{
-    static const char resp[] = "HTTP/1.1 505 HTTP Version Not Supported\r\n"
-                               "Content-Type: application/json\r\nConnection: close\r\n"
-                               "Content-Length: 74\r\n\r\n"
-                               "{\"detail\":\"this listener speaks HTTP/2\",\"code\":12,"
-                               "\"message\":\"use h2c\"}\n";
-    c->proto = PROTO_H1;
-    bufferevent_write(c->bev, resp, sizeof(resp) - 1);
-    bufferevent_disable(c->bev, EV_READ);
-}
-
 static void on_read(struct bufferevent *bev, void *arg)
 {
     rpc__conn *c = arg;
@@ -902,40 +955,41 @@ static void on_read(struct bufferevent *bev, void *arg)
         if (p == NULL)
             return;
         if (memcmp(p, PREFACE, k) != 0) {
-            h1_reject(c);
-            evbuffer_drain(in, n);
+            c->h1 = bridge__h1_new(c);
+            if (c->h1 == NULL) {
+                conn_free(c);
+                return;
+            }
+            c->proto = PROTO_H1;
+        } else if (k < PREFACE_LEN) {
             return;
-        }
-        if (k < PREFACE_LEN)
-            return;
-        if (h2_start(c) != 0) {
+        } else if (h2_start(c) != 0) {
             conn_free(c);
             return;
         }
     }
-    if (c->proto != PROTO_H2) {
-        evbuffer_drain(in, evbuffer_get_length(in));
-        return;
-    }
     c->in_recv++;
-    struct evbuffer_iovec vec[8];
-    while (!c->closing) {
-        int nv = evbuffer_peek(in, -1, NULL, vec, 8);
-        if (nv <= 0)
-            break;
-        size_t consumed = 0;
-        int i;
-        for (i = 0; i < nv && i < 8; i++) {
-            ssize_t rv = nghttp2_session_mem_recv(c->h2, vec[i].iov_base, vec[i].iov_len);
-            if (rv < 0) {
-                c->closing = true;
+    if (c->proto == PROTO_H1) {
+        bridge__h1_on_read(c->h1, in);
+    } else {
+        struct evbuffer_iovec vec[8];
+        while (!c->closing) {
+            int nv = evbuffer_peek(in, -1, NULL, vec, 8);
+            if (nv <= 0)
                 break;
+            size_t consumed = 0;
+            for (int i = 0; i < nv && i < 8; i++) {
+                ssize_t rv = nghttp2_session_mem_recv(c->h2, vec[i].iov_base, vec[i].iov_len);
+                if (rv < 0) {
+                    c->closing = true;
+                    break;
+                }
+                consumed += (size_t)rv;
             }
-            consumed += (size_t)rv;
+            evbuffer_drain(in, consumed);
+            if (nv <= 8)
+                break;
         }
-        evbuffer_drain(in, consumed);
-        if (nv <= 8)
-            break;
     }
     c->in_recv--;
     conn_flush(c);
@@ -946,7 +1000,13 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     rpc__conn *c = arg;
     if (c->proto == PROTO_H1) {
-        c->closing = true;
+        if (c->close_after_flush) {
+            c->closing = true;
+        } else {
+            c->in_recv++;
+            bridge__h1_on_write_done(c->h1);
+            c->in_recv--;
+        }
         conn_maybe_free(c);
         return;
     }
@@ -964,7 +1024,8 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
         /* TLS handshake done; ALPN chose h2 or http/1.1, the preface sniffing decides. */
         return;
     }
-    if ((events & BEV_EVENT_TIMEOUT) && c->nstreams > 0) {
+    if ((events & BEV_EVENT_TIMEOUT) &&
+        (c->nstreams > 0 || (c->h1 != NULL && bridge__h1_busy(c->h1)))) {
         bufferevent_enable(bev, EV_READ); /* busy, not idle */
         return;
     }
@@ -1029,6 +1090,12 @@ void rpc__conn_drain_all(rpc_worker *w)
                 conn_flush(c);
                 conn_maybe_free(c);
             }
+        } else if (c->h1 != NULL) {
+            c->in_recv++;
+            bridge__h1_drain(c->h1);
+            c->in_recv--;
+            conn_flush(c);
+            conn_maybe_free(c);
         } else if (c->h2 == NULL && !c->in_recv) {
             c->closing = true;
             conn_maybe_free(c);
@@ -1041,6 +1108,29 @@ void rpc__conn_close_all(rpc_worker *w)
 {
     while (w->conns != NULL)
         conn_free(w->conns);
+}
+
+struct bufferevent *rpc__conn_bev(rpc__conn *c)
+{
+    return c->bev;
+}
+
+rpc_worker *rpc__conn_worker(rpc__conn *c)
+{
+    return c->w;
+}
+
+void rpc__conn_close(rpc__conn *c, bool after_flush)
+{
+    if (after_flush) {
+        c->close_after_flush = true;
+        bufferevent_disable(c->bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            c->closing = true;
+    } else {
+        c->closing = true;
+    }
+    conn_maybe_free(c);
 }
 
 size_t rpc__conn_count(rpc_worker *w)

@@ -163,6 +163,15 @@ int64_t rpc__now_us(void);
 /* ---- connections ------------------------------------------------------------------------------
  */
 
+typedef struct rpc__conn rpc__conn;
+
+/* For protocol modules outside this folder (bridge/h1.c): the connection's bufferevent, its
+ * worker, and a request to close it once the outermost callback unwinds (after the output
+ * drained when after_flush is true). */
+struct bufferevent *rpc__conn_bev(rpc__conn *c);
+rpc_worker *rpc__conn_worker(rpc__conn *c);
+void rpc__conn_close(rpc__conn *c, bool after_flush);
+
 /* Accepts fd on worker w (TLS when the server has a context). Takes fd. */
 void rpc__conn_accept(rpc_worker *w, int fd);
 /* Starts a graceful shutdown of every connection of the worker (GOAWAY, finish in-flight). */

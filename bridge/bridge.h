@@ -1,0 +1,73 @@
+/* bridge/bridge.h: every request that is not native gRPC: REST/JSON routes, Connect, gRPC-Web,
+ * CORS preflight, /openapi.json and the probes, over HTTP/1.1 (bridge/h1.c) and HTTP/2
+ * (rpc/conn.c).
+ *
+ * A transport turns one HTTP request into a bridge_stream: method, path (with its query string),
+ * headers, and the complete request body (bounded by MAX_REQUEST_BYTES; the transport answers 413
+ * itself past that). It then calls bridge_handle(). The bridge answers through the stream's ops:
+ * start (status and headers), write (body bytes, any number of times), end. It may answer at once
+ * or later (store callbacks, server streams such as SSE).
+ *
+ * The exchange's memory. Each stream comes with an rpc_call (rpc/rpc_int.h) created by the
+ * transport with method NULL: its arena holds the headers and everything of the exchange, and the
+ * bridge reuses that call for RPC routes (it sets method, ops and transport, decodes the request
+ * into the arena, and dispatches it). From then on the usual two-owner rule applies: the transport
+ * drops its reference when the HTTP stream closes (rpc__call_detach when s->dispatched, else
+ * rpc__call_abandon), the handler when it finishes the call.
+ *
+ * Peer gone. When the peer resets or closes before end, the transport calls its close path as
+ * above; a dispatched call is then cancelled and its reply dropped. For answers the bridge makes
+ * without a call (probes), the bridge holds an extra reference (rpc__call_ref) while it waits.
+ *
+ * Threads: one worker; nothing is shared.
+ */
+#ifndef PINS_BRIDGE_BRIDGE_H
+#define PINS_BRIDGE_BRIDGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rpc/rpc_int.h"
+
+typedef struct bridge_stream bridge_stream;
+
+typedef struct bridge_stream_ops {
+    /* Starts the response. hdrs (copied) must not include Content-Length or Transfer-Encoding:
+     * body_len >= 0 sends Content-Length (HTTP/1.1) / content-length (HTTP/2); -1 streams the
+     * body (chunked on HTTP/1.1, DATA frames on HTTP/2). Returns 0, PINS_ECANCELLED (peer gone),
+     * PINS_ENOMEM. */
+    int (*start)(bridge_stream *s, int status, const rpc__header *hdrs, size_t nhdrs,
+                 int64_t body_len);
+    /* Appends body bytes (copied). Returns 0, PINS_ECANCELLED, PINS_ERESOURCE_EXHAUSTED (more than
+     * 4 MiB waiting for a slow reader: the caller should end the response), PINS_ENOMEM. */
+    int (*write)(bridge_stream *s, const void *data, size_t len);
+    /* Ends the response (a chunked body gets its last chunk). No call after this one. */
+    void (*end)(bridge_stream *s);
+} bridge_stream_ops;
+
+struct bridge_stream {
+    const bridge_stream_ops *ops; /* set by the transport */
+    rpc_call *call;               /* the exchange's call (method NULL until the bridge sets it) */
+    rpc_worker *worker;
+    const char *method; /* "GET", ... */
+    const char *path;   /* origin form, with the query string */
+    const uint8_t *body;
+    size_t body_len;
+    bool http2;
+    bool head;         /* HEAD request: the transport sends no body bytes */
+    bool dispatched;   /* set by the bridge when it hands the call to the dispatcher */
+    bool started;      /* set by the transport once start() succeeded */
+    bool ended;        /* set by the transport once end() ran */
+    void *bridge_data; /* the bridge's per-exchange state */
+};
+
+/* Handles one complete request. Headers are in s->call->headers (lower-case names). */
+void bridge_handle(bridge_stream *s);
+
+/* Answers a plain response in one go (start, write, end). body is copied. Returns 0 or the
+ * first error of the ops. */
+int bridge_respond(bridge_stream *s, int status, const char *content_type, const char *body,
+                   size_t body_len, const rpc__header *extra, size_t nextra);
+
+#endif
