@@ -62,8 +62,19 @@ struct bridge_stream {
     void *bridge_data; /* the bridge's per-exchange state */
 };
 
-/* Handles one complete request. Headers are in s->call->headers (lower-case names). */
+/* Handles one complete request. Headers are in s->call->headers (lower-case names); the body
+ * (s->body) is borrowed for this call only: decode or copy what you keep. */
 void bridge_handle(bridge_stream *s);
+
+/* Streaming requests (HTTP/2 only). When the request headers are complete, the HTTP/2
+ * transport asks bridge_begin(); true means the bridge takes the body incrementally
+ * (Connect streaming and gRPC-Web requests, so that bidirectional streams work): the transport
+ * then calls bridge_body() for every DATA chunk (borrowed for the call) and bridge_body_end()
+ * at END_STREAM, and never bridge_handle(). false: the transport collects the body and calls
+ * bridge_handle(). The HTTP/1.1 transport never calls these (its requests are half-duplex). */
+bool bridge_begin(bridge_stream *s);
+void bridge_body(bridge_stream *s, const uint8_t *data, size_t len);
+void bridge_body_end(bridge_stream *s);
 
 /* Answers a plain response in one go (start, write, end). body is copied. Returns 0 or the
  * first error of the ops. */

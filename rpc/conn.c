@@ -89,7 +89,8 @@ struct h2_stream {
     const char *resp_body; /* plain HTTP answers */
     size_t resp_len, resp_off;
     bool counted_rst;
-    bool closed; /* nghttp2 closed the stream; only the memory is left */
+    bool closed;    /* nghttp2 closed the stream; only the memory is left */
+    bool streaming; /* the bridge takes this request's body incrementally */
 };
 
 static void conn_flush(rpc__conn *c);
@@ -470,6 +471,17 @@ static bool grpc_path_known(const char *path)
     return rpc__method_find(path, strlen(path)) != NULL;
 }
 
+static void fill_bridge_stream(h2_stream *st)
+{
+    st->bs.ops = &h2_bridge_ops;
+    st->bs.call = st->call;
+    st->bs.worker = st->conn->w;
+    st->bs.method = st->method;
+    st->bs.path = st->path;
+    st->bs.http2 = true;
+    st->bs.head = strcmp(st->method, "HEAD") == 0;
+}
+
 /* HEADERS complete: decide what the stream is. */
 static void on_request_headers(h2_stream *st)
 {
@@ -494,6 +506,8 @@ static void on_request_headers(h2_stream *st)
             return;
         }
         st->kind = KIND_HTTP;
+        fill_bridge_stream(st);
+        st->streaming = bridge_begin(&st->bs);
         return;
     }
     st->kind = KIND_GRPC;
@@ -521,15 +535,12 @@ static void on_request_headers(h2_stream *st)
 static void on_http_request(h2_stream *st)
 {
     st->kind = KIND_REJECTED; /* answered once */
-    st->bs.ops = &h2_bridge_ops;
-    st->bs.call = st->call;
-    st->bs.worker = st->conn->w;
-    st->bs.method = st->method;
-    st->bs.path = st->path;
+    if (st->streaming) {
+        bridge_body_end(&st->bs);
+        return;
+    }
     st->bs.body = st->body;
     st->bs.body_len = st->body_len;
-    st->bs.http2 = true;
-    st->bs.head = strcmp(st->method, "HEAD") == 0;
     bridge_handle(&st->bs);
 }
 
@@ -744,6 +755,10 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
     h2_stream *st = stream_get(c, stream_id);
     if (st == NULL || st->call == NULL || (st->kind != KIND_GRPC && st->kind != KIND_HTTP))
         return 0; /* a rejected request: its remaining body is dropped */
+    if (st->streaming) {
+        bridge_body(&st->bs, data, len);
+        return 0;
+    }
     bool grpc = st->kind == KIND_GRPC;
     size_t max = (size_t)c->w->server->cfg->max_request_bytes + (grpc ? 5 : 0);
     if (st->body_len + len > st->body_cap) {
