@@ -312,17 +312,33 @@ void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg)
     finish(call, 0, NULL);
 }
 
+static int send_packed(rpc_call *call, const uint8_t *msg, size_t len)
+{
+    if (call->ops->send_packed != NULL)
+        return call->ops->send_packed(call, msg, len);
+    ProtobufCAllocator alloc = pins_arena_allocator(call->arena);
+    ProtobufCMessage *m = protobuf_c_message_unpack(call->method->output, &alloc, len, msg);
+    if (m == NULL)
+        return PINS_EINTERNAL;
+    int rv = call->ops->send(call, m);
+    protobuf_c_message_free_unpacked(m, &alloc);
+    return rv;
+}
+
+int rpc_call_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
+{
+    if (call->flags & (RPC__CALL_FINISHED | RPC__CALL_CANCELLED) || call->transport == NULL)
+        return PINS_ECANCELLED;
+    int rv = send_packed(call, msg, len);
+    if (rv == 0)
+        call->flags |= RPC__CALL_SENT_MESSAGE;
+    return rv;
+}
+
 void rpc_call_reply_packed(rpc_call *call, const uint8_t *msg, size_t len)
 {
     if (!(call->flags & RPC__CALL_FINISHED) && call->transport != NULL) {
-        int rv;
-        if (call->ops->send_packed != NULL) {
-            rv = call->ops->send_packed(call, msg, len);
-        } else {
-            ProtobufCAllocator alloc = pins_arena_allocator(call->arena);
-            ProtobufCMessage *m = protobuf_c_message_unpack(call->method->output, &alloc, len, msg);
-            rv = m != NULL ? call->ops->send(call, m) : PINS_EINTERNAL;
-        }
+        int rv = send_packed(call, msg, len);
         if (rv != 0) {
             rpc_call_fail(call, rv, NULL);
             return;

@@ -102,6 +102,8 @@ int rpc_call_add_metadata(rpc_call *call, const char *name, const char *value, b
 int rpc_call_send(rpc_call *call, const ProtobufCMessage *msg);
 /* Unary success: sends msg (borrowed) and finishes the call with OK. */
 void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg);
+/* As rpc_call_send() for a message already packed as the method's output type (borrowed). */
+int rpc_call_send_packed(rpc_call *call, const uint8_t *msg, size_t len);
 /* Unary success with the response already encoded as the method's output message (bytes are
  * borrowed; copied or sent before return). Transports that need the message (JSON) decode it. */
 void rpc_call_reply_packed(rpc_call *call, const uint8_t *msg, size_t len);

@@ -42,7 +42,7 @@ static const struct row rows[] = {
      "delete", "delete", PINS},
     {&memorypins__v1__memory_pins__descriptor, "CleanupExpiredPins", rpc__pins_cleanup,
      "memory_pin", "admin", "cleanup", PINS},
-    {&memorypins__v1__memory_pins__descriptor, "WatchPins", rpc__unimplemented, "memory_pin",
+    {&memorypins__v1__memory_pins__descriptor, "WatchPins", rpc__pins_watch, "memory_pin",
      "read", NULL, PINS | SSTREAM},
     {&memorypins__v1__admin__descriptor, "GetRbacInfo", rpc__unimplemented, "rbac", "read", NULL,
      0},

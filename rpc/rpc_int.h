@@ -135,9 +135,10 @@ struct rpc_worker {
     struct evconnlistener **listeners;
     size_t nlisteners;
     bool draining;
-    uint64_t rng[2];                 /* xorshift128+ for request ids */
-    struct rpc__health_watch *watch; /* open health Watch streams */
-    size_t arena_limit;              /* the limit of every transport call arena */
+    uint64_t rng[2];                     /* xorshift128+ for request ids */
+    struct rpc__health_watch *watch;     /* open health Watch streams */
+    struct rpc__watch_worker *watch_hub; /* WatchPins streams and their inbox (rpc/watch.c) */
+    size_t arena_limit;                  /* the limit of every transport call arena */
     pins_arena *arena_pool[RPC__ARENA_POOL];
     size_t narena_pool;
 };
@@ -191,6 +192,17 @@ char *rpc__grpc_message_encode(pins_arena *a, const char *msg);
 /* True when content-type names gRPC (application/grpc, application/grpc+proto, or with
  * parameters). */
 bool rpc__grpc_content_type(const char *value, size_t len);
+
+/* ---- WatchPins fan-out (rpc/watch.c) ----------------------------------------------------------
+ */
+
+typedef struct rpc__watch_worker rpc__watch_worker;
+/* Creates the worker's inbox (after its base). Returns 0 or PINS_ENOMEM. */
+int rpc__watch_worker_init(rpc_worker *w);
+/* Finishes every WatchPins stream of the worker (drain). */
+void rpc__watch_drain(rpc_worker *w);
+/* Frees the inbox (after the worker stopped). */
+void rpc__watch_worker_free(rpc_worker *w);
 
 /* ---- health and probes ------------------------------------------------------------------------
  */

@@ -165,6 +165,7 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
         evconnlistener_free(w->listeners[i]);
     w->nlisteners = 0;
     rpc__health_drain(w);
+    rpc__watch_drain(w);
     rpc__conn_drain_all(w);
     struct timeval grace = {.tv_sec = w->server->cfg->drain_seconds};
     struct timeval tick = {.tv_sec = 0, .tv_usec = 20000};
@@ -257,6 +258,9 @@ int rpc_server_run(rpc_server *s)
             pins_log_error("cannot open a store session", "error", pins_strerror(rv), NULL);
             break;
         }
+        rv = rpc__watch_worker_init(w);
+        if (rv != 0)
+            break;
         w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
         if (w->drain_ev == NULL) {
             rv = PINS_ENOMEM;
@@ -306,6 +310,7 @@ void rpc_server_free(rpc_server *s)
     if (s->workers != NULL) {
         for (int i = 0; i < s->nworkers; i++) {
             rpc_worker *w = &s->workers[i];
+            rpc__watch_worker_free(w);
             if (w->store != NULL)
                 store_session_free(w->store);
             if (w->drain_ev != NULL)

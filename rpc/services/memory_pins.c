@@ -13,7 +13,9 @@
 #include "common/timeutil.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "rpc/services/services.h"
+#include "rpc/services/pin_codec.h"
 #include "rpc/services/validate.h"
+#include "rpc/watch.h"
 #include "store/store.h"
 
 #define DEFAULT_TENANT "global"
@@ -103,6 +105,33 @@ static store_audit_info audit_info(rpc_call *call)
     };
 }
 
+/* Tells WatchPins streams about a change. value: the pin's value when the caller has it as a
+ * Struct, else NULL to decode the row's JSON. Costs nothing when nobody watches. */
+static void publish(rpc_call *call, int type, const store_pin *pin,
+                    const Google__Protobuf__Struct *value)
+{
+    if (!rpc_watch_active())
+        return;
+    pins_arena *a = rpc_call_arena(call);
+    Google__Protobuf__Struct *parsed = NULL;
+    if (value == NULL) {
+        if (pbstruct_from_json(a, pin->value_json, pin->value_len, PINS_VALUE_MAX_DEPTH, &parsed) !=
+            0)
+            return;
+        value = parsed;
+    }
+    size_t vlen = protobuf_c_message_get_packed_size(&value->base);
+    uint8_t *vpb = pins_arena_alloc(a, vlen + 1);
+    uint8_t *msg;
+    size_t len;
+    if (vpb == NULL)
+        return;
+    protobuf_c_message_pack(&value->base, vpb);
+    if (pin_codec_encode_event(a, pin, vpb, vlen, type, &msg, &len) != 0)
+        return;
+    rpc_watch_publish(call, pin->tenant_id, pin->key, msg, len);
+}
+
 /* ---- UpsertPin ----------------------------------------------------------------------------- */
 
 typedef struct upsert_ctx {
@@ -132,6 +161,8 @@ static void on_upserted(void *arg, int err, const store_pin *pin, bool created)
         rpc_call_fail(call, PINS_ENOMEM, NULL);
         return;
     }
+    publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_PUT, pin,
+            u->req->value);
     Memorypins__V1__UpsertPinResponse resp = MEMORYPINS__V1__UPSERT_PIN_RESPONSE__INIT;
     resp.pin = p;
     resp.created = created;
@@ -492,6 +523,7 @@ static void on_deleted(void *arg, int err, const store_pin *pin, bool created)
         fail_store(call, err, "delete");
         return;
     }
+    publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_DELETE, pin, NULL);
     Memorypins__V1__DeletePinResponse resp = MEMORYPINS__V1__DELETE_PIN_RESPONSE__INIT;
     resp.deleted = true;
     resp.key = (char *)k->key;
@@ -586,6 +618,31 @@ void rpc__pins_cleanup(rpc_call *call)
     int rv = store_pin_cleanup(rpc_call_store(call), tenant, c->now_us, on_cleaned, c);
     if (rv != 0)
         fail_store(call, rv, "cleanup");
+}
+
+/* ---- WatchPins ---------------------------------------------------------------------------- */
+
+void rpc__pins_watch(rpc_call *call)
+{
+    const Memorypins__V1__WatchPinsRequest *req =
+        (const Memorypins__V1__WatchPinsRequest *)rpc_call_request(call);
+    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *prefix = req->prefix != NULL ? req->prefix : "";
+    const char *why = pins_check_tenant(tenant);
+    if (why != NULL) {
+        invalid(call, "query", "tenant_id", why);
+        return;
+    }
+    why = pins_check_prefix(prefix);
+    if (why != NULL) {
+        invalid(call, "query", "prefix", why);
+        return;
+    }
+    int rv = rpc_watch_subscribe(call, tenant, prefix);
+    if (rv == PINS_ERESOURCE_EXHAUSTED)
+        rpc_call_fail(call, rv, "too many watch streams are open (at most %d)", RPC_WATCH_MAX);
+    else if (rv != 0)
+        rpc_call_fail(call, rv, NULL);
 }
 
 /* ---- not served yet ------------------------------------------------------------------------ */

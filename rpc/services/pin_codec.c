@@ -73,8 +73,10 @@ static uint8_t *put_str(uint8_t *p, uint8_t tag, const char *s, size_t len)
     return p + len;
 }
 
-int pin_codec_encode_response(pins_arena *a, const store_pin *pin, const uint8_t *value_pb,
-                              size_t value_pb_len, int created, uint8_t **pbuf, size_t *plen)
+/* head[0..nhead) + <pin_tag><len><Pin> + tail[0..ntail). */
+static int encode(pins_arena *a, const store_pin *pin, const uint8_t *value_pb, size_t value_pb_len,
+                  const uint8_t *head, size_t nhead, uint8_t pin_tag, const uint8_t *tail,
+                  size_t ntail, uint8_t **pbuf, size_t *plen)
 {
     size_t tl, kl, sl;
     int64_t cs, us, es = 0;
@@ -96,12 +98,16 @@ int pin_codec_encode_response(pins_arena *a, const store_pin *pin, const uint8_t
     n += pin->has_expires ? ld_size(ec) : 0;
     n += pin->version ? 1 + varint_size((uint64_t)pin->version) : 0;
 
-    size_t total = ld_size(n) + (created > 0 ? 2 : 0);
+    size_t total = nhead + ld_size(n) + ntail;
     uint8_t *buf = pins_arena_alloc(a, total);
     if (buf == NULL)
         return PINS_ENOMEM;
     uint8_t *p = buf;
-    *p++ = 0x0a; /* response.pin */
+    if (nhead) {
+        memcpy(p, head, nhead);
+        p += nhead;
+    }
+    *p++ = pin_tag;
     p = put_varint(p, n);
     if (pin->id) {
         *p++ = 0x08;
@@ -131,11 +137,27 @@ int pin_codec_encode_response(pins_arena *a, const store_pin *pin, const uint8_t
         *p++ = 0x50;
         p = put_varint(p, (uint64_t)pin->version);
     }
-    if (created > 0) {
-        *p++ = 0x10;
-        *p++ = 0x01;
+    if (ntail) {
+        memcpy(p, tail, ntail);
+        p += ntail;
     }
     *pbuf = buf;
     *plen = (size_t)(p - buf);
     return 0;
+}
+
+int pin_codec_encode_response(pins_arena *a, const store_pin *pin, const uint8_t *value_pb,
+                              size_t value_pb_len, int created, uint8_t **pbuf, size_t *plen)
+{
+    static const uint8_t created_true[] = {0x10, 0x01}; /* UpsertPinResponse.created = true */
+    return encode(a, pin, value_pb, value_pb_len, NULL, 0, 0x0a, created_true,
+                  created > 0 ? sizeof(created_true) : 0, pbuf, plen);
+}
+
+int pin_codec_encode_event(pins_arena *a, const store_pin *pin, const uint8_t *value_pb,
+                           size_t value_pb_len, int type, uint8_t **pbuf, size_t *plen)
+{
+    uint8_t head[2] = {0x08, (uint8_t)type}; /* WatchPinsResponse.type (1..3) */
+    return encode(a, pin, value_pb, value_pb_len, head, type > 0 ? 2 : 0, 0x12, NULL, 0, pbuf,
+                  plen);
 }

@@ -21,4 +21,8 @@
 int pin_codec_encode_response(pins_arena *a, const store_pin *pin, const uint8_t *value_pb,
                               size_t value_pb_len, int created, uint8_t **pbuf, size_t *plen);
 
+/* Encodes WatchPinsResponse{type, pin} (type 1..3: put, delete, expire). */
+int pin_codec_encode_event(pins_arena *a, const store_pin *pin, const uint8_t *value_pb,
+                           size_t value_pb_len, int type, uint8_t **pbuf, size_t *plen);
+
 #endif

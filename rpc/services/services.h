@@ -11,6 +11,7 @@ void rpc__pins_get(rpc_call *call);
 void rpc__pins_list(rpc_call *call);
 void rpc__pins_delete(rpc_call *call);
 void rpc__pins_cleanup(rpc_call *call);
+void rpc__pins_watch(rpc_call *call);
 /* Answers UNIMPLEMENTED: for methods of the contract whose capability is not served yet. */
 void rpc__unimplemented(rpc_call *call);
 

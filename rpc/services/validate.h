@@ -19,7 +19,6 @@
 #define PINS_LIST_DEFAULT_LIMIT 100
 #define PINS_VALUE_MAX_DEPTH    64
 
-
 const char *pins_check_key(const char *key);
 /* tenant must already be defaulted ("" means "global" before this check). */
 const char *pins_check_tenant(const char *tenant);
