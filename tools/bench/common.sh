@@ -1,0 +1,100 @@
+# shellcheck shell=bash
+# tools/bench/common.sh: what the benchmark scripts share (source it; it only defines things).
+#
+#   BENCH_DIR          the shared harness (peers, load scripts): $BENCH_DIR if set, else
+#                      ../shared/bench next to the repository
+#   PY                 the Debian python3 (has grpcio and protobuf), override with PY=...
+#   bench_build        build pinsd (Release, build-release/) and set PINSD_BIN
+#   pinsd_start ADDR CPUS [FLAGS...]   start pinsd on ADDR (loopback), data in a temp dir
+#   pinsd_stop         stop it by pid (SIGTERM, then SIGKILL after 15 s) and remove the temp dir
+#   port_open HOST:PORT                true when something accepts TCP connections there
+
+# shellcheck source=tools/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+PY=${PY:-/usr/bin/python3}
+if [[ -z "${BENCH_DIR:-}" ]]; then
+  top=$(git -C "$PINS_ROOT" rev-parse --show-toplevel 2>/dev/null || echo "$PINS_ROOT")
+  BENCH_DIR="$top/../shared/bench"
+fi
+[[ -x "$BENCH_DIR/compare.sh" ]] ||
+  pins_die "no benchmark harness in $BENCH_DIR (set BENCH_DIR to the shared bench/ folder)"
+BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
+
+PINSD_BIN="" PINSD_PID="" PINSD_TMP="" PINSD_LOG=""
+
+require_loopback() {
+  local host=${1%:*}
+  host=${host#[}
+  host=${host%]}
+  case "$host" in
+    127.0.0.1 | ::1 | localhost) ;;
+    *) pins_die "refusing non-loopback address '$1' (benchmarks run on 127.0.0.1 only)" ;;
+  esac
+}
+
+port_open() {
+  local host=${1%:*} port=${1##*:}
+  host=${host#[}
+  host=${host%]}
+  (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
+}
+
+bench_build() {
+  "$PINS_ROOT/tools/deps.sh" >/dev/null || pins_die "missing build dependencies (run tools/deps.sh)"
+  pins_note "building pinsd (Release) in build-release/"
+  pins_build "$PINS_ROOT/build-release" -DCMAKE_BUILD_TYPE=Release -DPINS_TESTS=OFF >/dev/null ||
+    pins_die "building pinsd failed (run tools/run.sh to see the compiler output)"
+  PINSD_BIN="$PINS_ROOT/build-release/pinsd"
+}
+
+# pinsd_start ADDR CPUS [FLAGS...]: CPUS empty means not pinned. The environment wins over the
+# defaults set here except for PINS_LISTEN and PINS_DATA_DIR.
+pinsd_start() {
+  local addr=$1 cpus=$2 i
+  shift 2
+  require_loopback "$addr"
+  ! port_open "$addr" || pins_die "something already listens on $addr; stop it first"
+  PINSD_TMP=$(mktemp -d /tmp/pinsd-bench-data.XXXXXX)
+  PINSD_LOG="$PINSD_TMP/pinsd.log"
+  local cmd=("$PINSD_BIN" "$@")
+  [[ -n "$cpus" ]] && cmd=(taskset -c "$cpus" "${cmd[@]}")
+  PINS_LISTEN=$addr PINS_DATA_DIR="$PINSD_TMP/data" RATE_LIMIT_RPM=${RATE_LIMIT_RPM:-0} \
+    PINS_DRAIN_SECONDS=${PINS_DRAIN_SECONDS:-2} LOG_LEVEL=${LOG_LEVEL:-warn} \
+    "${cmd[@]}" </dev/null >"$PINSD_LOG" 2>&1 &
+  PINSD_PID=$!
+  pins_note "pinsd started, pid $PINSD_PID${cpus:+, CPU $cpus}, $addr, log $PINSD_LOG"
+  for ((i = 0; i < 150; i++)); do
+    if ! kill -0 "$PINSD_PID" 2>/dev/null; then
+      tail -n 20 "$PINSD_LOG" >&2 || true
+      PINSD_PID=""
+      pins_die "pinsd exited before listening on $addr (its log is above)"
+    fi
+    port_open "$addr" && return 0
+    sleep 0.1
+  done
+  tail -n 20 "$PINSD_LOG" >&2 || true
+  pins_die "pinsd did not listen on $addr within 15 s"
+}
+
+pinsd_stop() {
+  local i
+  if [[ -n "$PINSD_PID" ]] && kill -0 "$PINSD_PID" 2>/dev/null; then
+    kill -TERM "$PINSD_PID" 2>/dev/null || true
+    for ((i = 0; i < 150; i++)); do
+      kill -0 "$PINSD_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$PINSD_PID" 2>/dev/null; then
+      echo "pinsd (pid $PINSD_PID) ignored SIGTERM for 15 s, sending SIGKILL" >&2
+      kill -KILL "$PINSD_PID" 2>/dev/null || true
+    fi
+    wait "$PINSD_PID" 2>/dev/null || true
+    pins_note "pinsd stopped (pid $PINSD_PID)"
+  fi
+  PINSD_PID=""
+  if [[ -n "$PINSD_TMP" ]]; then
+    rm -rf "$PINSD_TMP"
+    PINSD_TMP=""
+  fi
+}
