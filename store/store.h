@@ -11,10 +11,13 @@
  *
  * Calls. Every operation takes a session and a callback. It returns 0 when the callback will be
  * called exactly once, or a negative PINS_E* code (and the callback is never called). The callback
- * may run before the operation returns (the SQLite backend completes most work synchronously),
- * so the caller must not touch state the callback frees after starting an operation.
+ * may run before the operation returns (the SQLite backend answers reads at once, and writes too on
+ * a session without an event loop), or later from the session's event loop (the SQLite backend
+ * commits the writes queued during one loop iteration together, at the end of that iteration), so
+ * the caller must not touch state the callback frees after starting an operation.
  * Everything handed to a callback (pins, strings) lives only for that callback: copy what you keep.
- * Request structs and their strings are borrowed until the operation returns.
+ * Request structs and their strings are borrowed until the operation returns (a backend that
+ * completes later copies what it needs).
  *
  * Errors delivered to callbacks: PINS_ENOT_FOUND, PINS_EALREADY_EXISTS (create-only on a live pin),
  * PINS_EABORTED (expected_version mismatch), PINS_ESTORE (store unreachable or failing: counts
@@ -51,6 +54,11 @@ typedef struct store_pin {
     bool has_expires;
     int64_t expires_us;
     int64_t version;
+    /* The value packed as a google.protobuf.Struct (protobuf-c's bytes for value_json), when the
+     * backend has it at hand (the SQLite backend's read cache keeps it), else NULL and 0. An empty
+     * object packs to zero bytes: then value_pb is non-NULL and value_pb_len 0. */
+    const uint8_t *value_pb;
+    size_t value_pb_len;
 } store_pin;
 
 /* Who asked, for the audit row written with every change. All fields are optional. */
@@ -66,7 +74,12 @@ typedef struct store_upsert_req {
     const char *value_json; /* compact JSON object */
     size_t value_len;
     const char *value_hash; /* first 16 hex chars of SHA-256 of value_json */
-    const char *source;     /* already defaulted ("api") */
+    /* Optional: value_json packed as a google.protobuf.Struct (NULL: the backend packs it itself
+     * when it needs it). Must be the packing of value_json: the store hands it out as the pin's
+     * value_pb without checking. */
+    const uint8_t *value_pb;
+    size_t value_pb_len;
+    const char *source; /* already defaulted ("api") */
     bool has_ttl;
     int32_t ttl_seconds;
     bool has_expected_version;
@@ -148,7 +161,8 @@ const char *store_backend_name(const store *s);
 /* A session for the calling worker thread, driven by base (may be NULL for backends that do not
  * need a loop, and in tests). Returns 0, PINS_ESTORE, PINS_ENOMEM. */
 int store_session_new(store *s, struct event_base *base, store_session **psession);
-/* Frees the session; operations still pending complete with PINS_ECANCELLED first. */
+/* Frees the session; operations still pending complete with PINS_ECANCELLED first (a write
+ * queued for the next group commit is then not written). Free the sessions before their loop. */
 void store_session_free(store_session *ss);
 /* The detail of the failure of the last operation started on ss (the database's own text and
  * code, for the log only: never send it to a client), or "" when that operation did not fail

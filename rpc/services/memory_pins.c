@@ -138,6 +138,8 @@ typedef struct upsert_ctx {
     rpc_call *call;
     const Memorypins__V1__UpsertPinRequest *req;
     const char *key;
+    const uint8_t *value_pb; /* req->value packed, in the call's arena */
+    size_t value_pb_len;
 } upsert_ctx;
 
 static void on_upserted(void *arg, int err, const store_pin *pin, bool created)
@@ -156,17 +158,16 @@ static void on_upserted(void *arg, int err, const store_pin *pin, bool created)
         fail_store(call, err, "upsert");
         return;
     }
-    Memorypins__V1__Pin *p = pin_from_store(rpc_call_arena(call), pin, u->req->value);
-    if (p == NULL) {
+    publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_PUT, pin,
+            u->req->value);
+    uint8_t *msg;
+    size_t len;
+    if (pin_codec_encode_response(rpc_call_arena(call), pin, u->value_pb, u->value_pb_len,
+                                  created ? 1 : 0, &msg, &len) != 0) {
         rpc_call_fail(call, PINS_ENOMEM, NULL);
         return;
     }
-    publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_PUT, pin,
-            u->req->value);
-    Memorypins__V1__UpsertPinResponse resp = MEMORYPINS__V1__UPSERT_PIN_RESPONSE__INIT;
-    resp.pin = p;
-    resp.created = created;
-    rpc_call_reply(call, &resp.base);
+    rpc_call_reply_packed(call, msg, len);
 }
 
 void rpc__pins_upsert(rpc_call *call)
@@ -230,6 +231,15 @@ void rpc__pins_upsert(rpc_call *call)
         return;
     }
     *u = (upsert_ctx){.call = call, .req = req, .key = req->key};
+    u->value_pb_len = protobuf_c_message_get_packed_size(&req->value->base);
+    uint8_t *vpb = pins_arena_alloc(rpc_call_arena(call), u->value_pb_len + 1);
+    if (vpb == NULL) {
+        free(json);
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return;
+    }
+    protobuf_c_message_pack(&req->value->base, vpb);
+    u->value_pb = vpb;
     store_upsert_req sr = {
         .tenant_id = tenant,
         .key = req->key,
@@ -243,6 +253,8 @@ void rpc__pins_upsert(rpc_call *call)
         .expected_version = req->expected_version != NULL ? req->expected_version->value : 0,
         .now_us = pins_time_now_us(),
         .audit = audit_info(call),
+        .value_pb = u->value_pb,
+        .value_pb_len = u->value_pb_len,
     };
     rv = store_pin_upsert(rpc_call_store(call), &sr, on_upserted, u);
     free(json);
@@ -268,6 +280,18 @@ static void on_got(void *arg, int err, const store_pin *pin, bool created)
     }
     if (err != 0) {
         fail_store(call, err, "get");
+        return;
+    }
+    if (pin->value_pb != NULL) {
+        /* The store's cache keeps the value packed: write the answer directly. */
+        uint8_t *msg;
+        size_t len;
+        if (pin_codec_encode_response(rpc_call_arena(call), pin, pin->value_pb, pin->value_pb_len,
+                                      -1, &msg, &len) != 0) {
+            rpc_call_fail(call, PINS_ENOMEM, NULL);
+            return;
+        }
+        rpc_call_reply_packed(call, msg, len);
         return;
     }
     Memorypins__V1__Pin *p = pin_from_store(rpc_call_arena(call), pin, NULL);
