@@ -178,6 +178,7 @@ fake_env *fake_env_new(void)
     w->base = event_base_new();
     assert_non_null(w->base);
     assert_int_equal(store_session_new(env->store, w->base, &w->store), 0);
+    assert_int_equal(rpc__watch_worker_init(w), 0);
     w->rng[0] = 0x243f6a8885a308d3ull; /* fixed seeds: runs repeat */
     w->rng[1] = 0x13198a2e03707344ull;
     fake_env_recycle_arenas(env, false);
@@ -196,6 +197,7 @@ void fake_env_free(fake_env *env)
     for (size_t i = 0; i < w->narena_pool; i++)
         pins_arena_free(w->arena_pool[i]);
     w->narena_pool = 0;
+    rpc__watch_worker_free(w);
     store_session_free(w->store);
     store_close(env->store);
     event_base_free(w->base);
@@ -436,6 +438,9 @@ void fake_call_dispatch(fake_call *fc)
     }
     fc->dispatched = true;
     rpc__dispatch(fc->call);
+    /* Stores may complete on the loop (group commit): give them a few iterations. */
+    for (int i = 0; i < 8 && !fc->finished; i++)
+        event_base_loop(fc->env->worker.base, EVLOOP_NONBLOCK);
     /* The stream closes once its status is out. */
     if (fc->finished)
         fake_call_detach(fc);

@@ -17,6 +17,7 @@
 #include "common/pbstruct.h"
 #include "fake_call.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
+#include "rpc/watch.h"
 
 #define SVC "/memorypins.v1.MemoryPins/"
 
@@ -1065,12 +1066,55 @@ static void test_cleanup_rejects_an_invalid_tenant(void **state)
     assert_int_equal(fake_env_pin_count(fx->env, "global"), 1);
 }
 
-static void test_watch_pins_is_unimplemented(void **state)
+static const Memorypins__V1__WatchPinsResponse *event_at(fake_call *fc, size_t i)
+{
+    return (const Memorypins__V1__WatchPinsResponse *)fake_call_response_at(fc, i);
+}
+
+static void test_watch_pins_streams_puts_and_deletes_of_its_tenant_and_prefix(void **state)
 {
     fixture *fx = *state;
-    fake_call *fc = fake_call_run(fx->env, SVC "WatchPins", NULL, NULL);
-    assert_status(fc, PINS_EUNIMPLEMENTED, 12, NULL);
-    fake_call_free(fc);
+    Memorypins__V1__WatchPinsRequest w = MEMORYPINS__V1__WATCH_PINS_REQUEST__INIT;
+    w.tenant_id = "tw";
+    w.prefix = "a:";
+    fake_call *watch = fake_call_run(fx->env, SVC "WatchPins", &w.base, NULL);
+    assert_false(fake_call_finished(watch)); /* the stream stays open */
+
+    put(fx, "tw", "a:1", NO_TTL);
+    put(fx, "tw", "b:1", NO_TTL);    /* other prefix */
+    put(fx, "other", "a:1", NO_TTL); /* other tenant */
+    put(fx, "tw", "a:1", NO_TTL);
+    Memorypins__V1__DeletePinRequest d = MEMORYPINS__V1__DELETE_PIN_REQUEST__INIT;
+    d.tenant_id = "tw";
+    d.key = "a:1";
+    fake_call *del = fake_call_run(fx->env, SVC "DeletePin", &d.base, NULL);
+    assert_int_equal(fake_call_err(del), 0);
+    fake_call_free(del);
+    fake_env_run(fx->env, 20); /* the inbox is drained on the loop */
+
+    assert_int_equal(fake_call_nsent(watch), 3);
+    assert_int_equal(event_at(watch, 0)->type,
+                     MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_PUT);
+    assert_string_equal(event_at(watch, 0)->pin->key, "a:1");
+    assert_int_equal(event_at(watch, 0)->pin->version, 1);
+    assert_int_equal(event_at(watch, 1)->pin->version, 2);
+    assert_int_equal(event_at(watch, 2)->type,
+                     MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_DELETE);
+    assert_string_equal(event_at(watch, 2)->pin->tenant_id, "tw");
+
+    assert_true(rpc_watch_active());
+    fake_call_detach(watch); /* the client leaves: the subscription ends with the stream */
+    assert_false(rpc_watch_active());
+    fake_call_free(watch);
+}
+
+static void test_watch_pins_rejects_an_invalid_tenant(void **state)
+{
+    fixture *fx = *state;
+    Memorypins__V1__WatchPinsRequest w = MEMORYPINS__V1__WATCH_PINS_REQUEST__INIT;
+    w.tenant_id = "t\x01";
+    expect_invalid(fx, "WatchPins", &w.base, "query", "tenant_id");
+    assert_false(rpc_watch_active());
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1119,7 +1163,8 @@ int main(void)
         T(test_delete_rejects_invalid_key_and_tenant),
         T(test_list_rejects_invalid_parameters),
         T(test_cleanup_rejects_an_invalid_tenant),
-        T(test_watch_pins_is_unimplemented),
+        T(test_watch_pins_streams_puts_and_deletes_of_its_tenant_and_prefix),
+        T(test_watch_pins_rejects_an_invalid_tenant),
     };
     return cmocka_run_group_tests_name("rpc/services/memory_pins", tests, NULL, NULL);
 }
