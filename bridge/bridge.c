@@ -1,11 +1,245 @@
-/* bridge/bridge.c: the entry point for every non-gRPC request: probes first, then the routes. */
-#include "bridge/bridge.h"
+/* bridge/bridge.c: the entry point for every non-gRPC request. Order: CORS preflight, probes,
+ * the REST route table (and /openapi.json), Connect and gRPC-Web on method paths, else 404.
+ * Also the response helpers every answer goes through (CORS headers, http_* metrics). */
+#include "bridge/bridge_int.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
-typedef struct probe_wait {
-    bridge_stream *s;
-} probe_wait;
+#include "common/utf8.h"
+#include "observability/metrics.h"
+
+/* ---- metrics ----------------------------------------------------------------------------------
+ */
+
+static metrics_family *http_requests;
+static metrics_family *http_duration;
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
+
+static void metrics_init(void)
+{
+    static const char *const rms[] = {"route", "method", "status"};
+    static const char *const rm[] = {"route", "method"};
+    http_requests = metrics_counter_new("http_requests_total",
+                                        "HTTP requests answered by the bridge (REST, Connect, "
+                                        "gRPC-Web, probes), by route template and status.",
+                                        rms, 3);
+    http_duration = metrics_histogram_new(
+        "http_request_duration_seconds",
+        "Time from the request headers to the response headers, by route template.", rm, 2,
+        metrics_latency_buckets, metrics_latency_nbuckets);
+}
+
+static const char *method_label(const char *m)
+{
+    static const char *const known[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"};
+    for (size_t i = 0; m != NULL && i < sizeof(known) / sizeof(known[0]); i++) {
+        if (strcmp(m, known[i]) == 0)
+            return known[i];
+    }
+    return "other";
+}
+
+static void count_response(bridge__exchange *ex, int status)
+{
+    char st[12];
+    snprintf(st, sizeof(st), "%d", status);
+    const char *v[] = {ex->route_label, ex->method_label, st};
+    double secs = (double)(rpc__now_ns() - ex->t0_ns) / 1e9;
+    if (http_requests != NULL)
+        metrics_counter_inc(http_requests, v);
+    if (http_duration != NULL)
+        metrics_histogram_observe(http_duration, v, secs);
+}
+
+/* ---- helpers ----------------------------------------------------------------------------------
+ */
+
+bridge__exchange *bridge__exchange_of(bridge_stream *s)
+{
+    if (s->bridge_data != NULL)
+        return s->bridge_data;
+    pthread_once(&metrics_once, metrics_init);
+    rpc_call *call = s->call;
+    bridge__exchange *ex = pins_arena_calloc(call->arena, 1, sizeof(*ex));
+    if (ex == NULL)
+        return NULL;
+    ex->s = s;
+    ex->call = call;
+    ex->proto = BRIDGE__PLAIN;
+    ex->route_label = "unmatched";
+    ex->method_label = method_label(s->method);
+    ex->t0_ns = call->start_ns != 0 ? call->start_ns : rpc__now_ns();
+    ex->cors_origin = bridge__cors_origin(call->worker->server->cfg, call);
+    s->bridge_data = ex;
+    return ex;
+}
+
+int bridge__hdrs_add(pins_arena *a, bridge__hdrs *h, const char *name, const char *value)
+{
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 8;
+        rpc__header *v = pins_arena_alloc(a, cap * sizeof(*v));
+        if (v == NULL)
+            return PINS_ENOMEM;
+        if (h->n > 0)
+            memcpy(v, h->v, h->n * sizeof(*v));
+        h->v = v;
+        h->cap = cap;
+    }
+    h->v[h->n++] = (rpc__header){.name = name, .value = value};
+    return 0;
+}
+
+int bridge__hdrs_add_metadata(pins_arena *a, bridge__hdrs *h, const rpc_call *call,
+                              const char *trailer_prefix)
+{
+    for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL; m = m->next) {
+        const char *name = m->name;
+        if (m->trailer && trailer_prefix != NULL) {
+            name = pins_arena_printf(a, "%s%s", trailer_prefix, m->name);
+            if (name == NULL)
+                return PINS_ENOMEM;
+        }
+        int rv = bridge__hdrs_add(a, h, name, m->value);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
+}
+
+char *bridge__json_quote(pins_arena *a, const char *s)
+{
+    size_t n = strlen(s);
+    bool valid = pins_utf8_count(s, n) >= 0;
+    /* Worst case: every byte becomes \u00XX (6) or U+FFFD (3). */
+    char *out = pins_arena_alloc(a, n * 6 + 3);
+    if (out == NULL)
+        return NULL;
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    out[o++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        } else if (c < 0x20 || c == 0x7f) {
+            out[o++] = '\\';
+            out[o++] = 'u';
+            out[o++] = '0';
+            out[o++] = '0';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        } else if (c >= 0x80 && !valid) {
+            out[o++] = (char)0xef;
+            out[o++] = (char)0xbf;
+            out[o++] = (char)0xbd;
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+    return out;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int bridge__url_decode(pins_arena *a, const char *src, size_t len, bool plus_space, char **pout,
+                       size_t *pout_len)
+{
+    char *out = pins_arena_alloc(a, len + 1);
+    if (out == NULL)
+        return PINS_ENOMEM;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = src[i];
+        if (c == '%') {
+            int hi = i + 2 < len ? hexval(src[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval(src[i + 2]) : -1;
+            if (hi < 0 || lo < 0)
+                return PINS_EMALFORMED;
+            out[o++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else if (c == '+' && plus_space) {
+            out[o++] = ' ';
+        } else {
+            out[o++] = c;
+        }
+    }
+    out[o] = '\0';
+    *pout = out;
+    *pout_len = o;
+    return 0;
+}
+
+/* ---- responses --------------------------------------------------------------------------------
+ */
+
+int bridge__start(bridge__exchange *ex, int status, const rpc__header *hdrs, size_t nhdrs,
+                  int64_t body_len)
+{
+    if (ex->done || ex->responded)
+        return PINS_ECANCELLED;
+    pins_arena *a = ex->call->arena;
+    bridge__hdrs h = {0};
+    for (size_t i = 0; i < nhdrs; i++) {
+        if (bridge__hdrs_add(a, &h, hdrs[i].name, hdrs[i].value) != 0)
+            return PINS_ENOMEM;
+    }
+    if (bridge__cors_headers(ex, &h) != 0)
+        return PINS_ENOMEM;
+    ex->responded = true;
+    count_response(ex, status);
+    return ex->s->ops->start(ex->s, status, h.v, h.n, body_len);
+}
+
+int bridge__write(bridge__exchange *ex, const void *data, size_t len)
+{
+    if (ex->done)
+        return PINS_ECANCELLED;
+    return ex->s->ops->write(ex->s, data, len);
+}
+
+void bridge__end(bridge__exchange *ex)
+{
+    if (ex->done)
+        return;
+    ex->done = true;
+    ex->s->ops->end(ex->s);
+}
+
+int bridge__respond(bridge__exchange *ex, int status, const char *content_type, const char *body,
+                    size_t len, const rpc__header *extra, size_t nextra)
+{
+    pins_arena *a = ex->call->arena;
+    bridge__hdrs h = {0};
+    int rv = 0;
+    if (content_type != NULL)
+        rv = bridge__hdrs_add(a, &h, "content-type", content_type);
+    for (size_t i = 0; rv == 0 && i < nextra; i++)
+        rv = bridge__hdrs_add(a, &h, extra[i].name, extra[i].value);
+    if (rv == 0)
+        rv = bridge__start(ex, status, h.v, h.n, (int64_t)len);
+    if (rv == 0 && len > 0)
+        rv = bridge__write(ex, body, len);
+    bridge__end(ex);
+    return rv;
+}
 
 int bridge_respond(bridge_stream *s, int status, const char *content_type, const char *body,
                    size_t body_len, const rpc__header *extra, size_t nextra)
@@ -23,47 +257,187 @@ int bridge_respond(bridge_stream *s, int status, const char *content_type, const
     return rv;
 }
 
+static void respond_json(bridge__exchange *ex, int status, const char *body, const char *allow)
+{
+    rpc__header extra = {.name = "allow", .value = allow};
+    bridge__respond(ex, status, "application/json", body, strlen(body), &extra,
+                    allow != NULL ? 1 : 0);
+}
+
+/* ---- probes and /openapi.json -----------------------------------------------------------------
+ */
+
 static void on_probe(const rpc__http_answer *ans, void *arg)
 {
-    bridge_stream *s = arg;
-    rpc_call *call = s->call;
+    bridge__exchange *ex = arg;
+    rpc_call *call = ex->call;
     rpc__header allow = {.name = "allow", .value = ans->allow};
-    bridge_respond(s, ans->status, ans->content_type, ans->body, ans->body_len, &allow,
-                   ans->allow != NULL ? 1 : 0);
-    rpc__call_unref(call); /* may free s */
+    bridge__respond(ex, ans->status, ans->content_type, ans->body, ans->body_len, &allow,
+                    ans->allow != NULL ? 1 : 0);
+    rpc__call_unref(call); /* taken before rpc__probe_handle; may free ex */
 }
 
-bool bridge_begin(bridge_stream *s)
+/* The route label of a probe path (the only paths rpc__probe_handle answers), or NULL. */
+static const char *probe_label(const char *path, size_t len)
 {
-    (void)s;
-    return false;
+    static const char *const probes[] = {"/health", "/ready", "/health/ready", "/metrics"};
+    for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
+        if (strlen(probes[i]) == len && memcmp(path, probes[i], len) == 0)
+            return probes[i];
+    }
+    return NULL;
 }
 
-void bridge_body(bridge_stream *s, const uint8_t *data, size_t len)
+static void serve_openapi(bridge__exchange *ex)
 {
-    (void)s;
-    (void)data;
-    (void)len;
+    bridge__respond(ex, 200, "application/json", (const char *)bridge__openapi_json,
+                    bridge__openapi_json_len, NULL, 0);
 }
 
-void bridge_body_end(bridge_stream *s)
+/* ---- Connect and gRPC-Web on method paths -----------------------------------------------------
+ */
+
+/* Answers a request to a method path that is not a framed stream taken by bridge_begin. */
+static void serve_method_path(bridge__exchange *ex, const rpc_method *m)
 {
-    (void)s;
+    bridge_stream *s = ex->s;
+    ex->route_label = m->path;
+    if (strcmp(s->method, "POST") != 0) {
+        respond_json(ex, 405,
+                     "{\"detail\":\"Method Not Allowed\",\"code\":12,"
+                     "\"message\":\"RPC methods take POST\"}",
+                     "POST");
+        return;
+    }
+    bool json = false;
+    bridge__proto proto = bridge__rpc_proto(rpc_call_header(ex->call, "content-type"), &json);
+    if (proto == BRIDGE__PLAIN) {
+        respond_json(ex, 415,
+                     "{\"detail\":\"unsupported content-type: a gRPC method expects "
+                     "application/grpc\",\"code\":3,\"message\":\"unsupported content type\"}",
+                     NULL);
+        return;
+    }
+    ex->proto = proto;
+    ex->json = json;
+    if (bridge__rpc_begin(ex, m) != 0)
+        return;
+    if (proto == BRIDGE__CONNECT) {
+        bridge__connect_unary(ex, s->body, s->body_len);
+        return;
+    }
+    /* HTTP/1.1 (and HTTP/2 requests not taken by bridge_begin): the whole body at once, through
+     * the same envelope reader as the incremental path. */
+    bridge__framed_body(ex, s->body, s->body_len);
+    bridge__framed_end(ex);
 }
+
+/* ---- entry points -----------------------------------------------------------------------------
+ */
 
 void bridge_handle(bridge_stream *s)
 {
     rpc_call *call = s->call;
+    rpc__call_ref(call); /* nothing below may free the exchange under our feet */
     if (call->request_id == NULL &&
         rpc__call_set_request_id(call, rpc_call_header(call, "x-request-id")) != 0) {
         bridge_respond(s, 500, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
-        return;
+        goto out;
     }
-    rpc__call_ref(call); /* held until the probe answered */
-    if (rpc__probe_handle(s->worker, call->arena, s->method, s->path, on_probe, s))
-        return;
+    bridge__exchange *ex = bridge__exchange_of(s);
+    if (ex == NULL) {
+        bridge_respond(s, 503, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
+        goto out;
+    }
+    if (ex->done)
+        goto out;
+    size_t plen = strcspn(s->path, "?");
+    const char *query = s->path[plen] == '?' ? s->path + plen + 1 : "";
+
+    if (bridge__cors_is_preflight(s->method, call)) {
+        ex->route_label = "preflight";
+        bridge__cors_preflight(ex);
+        goto out;
+    }
+    const char *probe = probe_label(s->path, plen);
+    if (probe != NULL) {
+        ex->route_label = probe;
+        rpc__call_ref(call); /* held until the probe answered (on_probe) */
+        if (rpc__probe_handle(s->worker, call->arena, s->method, s->path, on_probe, ex))
+            goto out;
+        rpc__call_unref(call);
+    }
+    bridge__match m;
+    int rv = bridge__route_match(s->method, s->path, plen, &m);
+    if (rv == 0) {
+        ex->route_label = m.route->pattern;
+        if (m.route->rpc == NULL)
+            serve_openapi(ex);
+        else
+            bridge__rest_serve(ex, &m, query, strlen(query));
+        goto out;
+    }
+    if (rv == PINS_EMETHOD_NOT_ALLOWED) {
+        ex->route_label = m.route->pattern; /* a route of that path, for the label */
+        respond_json(ex, 405,
+                     "{\"detail\":\"Method Not Allowed\",\"code\":12,"
+                     "\"message\":\"method not allowed\"}",
+                     m.allow);
+        goto out;
+    }
+    const rpc_method *rm = rpc__method_find(s->path, plen);
+    if (rm != NULL) {
+        serve_method_path(ex, rm);
+        goto out;
+    }
+    respond_json(ex, 404, "{\"detail\":\"Not Found\",\"code\":5,\"message\":\"no such route\"}",
+                 NULL);
+out:
     rpc__call_unref(call);
-    static const char body[] =
-        "{\"detail\":\"Not Found\",\"code\":5,\"message\":\"no such route\"}";
-    bridge_respond(s, 404, "application/json", body, sizeof(body) - 1, NULL, 0);
+}
+
+bool bridge_begin(bridge_stream *s)
+{
+    if (s->method == NULL || strcmp(s->method, "POST") != 0)
+        return false;
+    const rpc_method *m = rpc__method_find(s->path, strlen(s->path));
+    if (m == NULL)
+        return false;
+    bool json = false;
+    bridge__proto proto = bridge__rpc_proto(rpc_call_header(s->call, "content-type"), &json);
+    if (proto != BRIDGE__CONNECT_STREAM && proto != BRIDGE__GRPC_WEB)
+        return false;
+    rpc_call *call = s->call;
+    rpc__call_ref(call);
+    bridge__exchange *ex = bridge__exchange_of(s);
+    if (ex != NULL) {
+        ex->route_label = m->path;
+        ex->proto = proto;
+        ex->json = json;
+        bridge__rpc_begin(ex, m); /* answers its own errors; the body is then ignored */
+    }
+    rpc__call_unref(call);
+    return ex != NULL;
+}
+
+void bridge_body(bridge_stream *s, const uint8_t *data, size_t len)
+{
+    bridge__exchange *ex = s->bridge_data;
+    if (ex == NULL || ex->done)
+        return;
+    rpc_call *call = s->call;
+    rpc__call_ref(call);
+    bridge__framed_body(ex, data, len);
+    rpc__call_unref(call);
+}
+
+void bridge_body_end(bridge_stream *s)
+{
+    bridge__exchange *ex = s->bridge_data;
+    if (ex == NULL || ex->done)
+        return;
+    rpc_call *call = s->call;
+    rpc__call_ref(call);
+    bridge__framed_end(ex);
+    rpc__call_unref(call);
 }

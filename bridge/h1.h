@@ -26,7 +26,9 @@ void bridge__h1_on_read(bridge_h1 *h, struct evbuffer *in);
 void bridge__h1_on_write_done(bridge_h1 *h);
 /* The server drains: answer the request in progress (with Connection: close), then close. */
 void bridge__h1_drain(bridge_h1 *h);
-/* True while a request is being received or answered (the idle timeout must not close). */
+/* True while a request's headers are arriving (bounded by the 10 s header timeout) or a request
+ * is being answered: the idle timeout must not close then. A request body that stops arriving is
+ * left to the idle timeout. */
 bool bridge__h1_busy(const bridge_h1 *h);
 /* Frees the state; responses in progress are abandoned (their calls cancelled). */
 void bridge__h1_free(bridge_h1 *h);

@@ -198,6 +198,11 @@ const struct pins_config *rpc_call_config(const rpc_call *call)
     return call->worker->server->cfg;
 }
 
+const struct auth_decision *rpc_call_auth(const rpc_call *call)
+{
+    return call->auth;
+}
+
 const char *rpc_call_header(const rpc_call *call, const char *name)
 {
     for (size_t i = 0; i < call->nheaders; i++) {

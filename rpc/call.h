@@ -2,8 +2,9 @@
  *
  * Every transport (gRPC over HTTP/2 here; REST, Connect and gRPC-Web in bridge/) decodes a request
  * into a protobuf message, builds an rpc_call for one row of the method table and hands it to the
- * dispatcher (rpc/dispatch.h). The dispatcher runs the generic checks once (deadline, and later
- * authentication, RBAC, feature flag, rate limit, breaker) and calls the row's handler.
+ * dispatcher (rpc/dispatch.h). The dispatcher runs the generic checks once (deadline,
+ * authentication and RBAC, feature flag, and later rate limit, breaker) and calls the row's
+ * handler.
  *
  * A handler sees only this header: the decoded request, the call's arena, metadata lookups, the
  * worker's store session, and the reply functions. It never writes trailers or HTTP itself.
@@ -30,6 +31,7 @@ typedef struct rpc_call rpc_call;
 typedef struct rpc_worker rpc_worker;
 struct store_session;
 struct pins_config;
+struct auth_decision;
 
 /* A handler: reads rpc_call_request(call) and eventually finishes the call exactly once. */
 typedef void (*rpc_handler_cb)(rpc_call *call);
@@ -76,6 +78,9 @@ rpc_worker *rpc_call_worker(rpc_call *call);
 struct store_session *rpc_call_store(rpc_call *call);
 /* The process configuration (immutable; borrowed for the call). */
 const struct pins_config *rpc_call_config(const rpc_call *call);
+/* The RBAC decision that let the call in (auth/auth.h: subject, roles, the tenants the caller may
+ * touch), or NULL for an unguarded method. Borrowed for the call. */
+const struct auth_decision *rpc_call_auth(const rpc_call *call);
 /* Request metadata (HTTP header) by lower-case name, or NULL. Borrowed for the call. */
 const char *rpc_call_header(const rpc_call *call, const char *name);
 /* The request id (x-request-id as sent, or generated). Borrowed for the call. */

@@ -466,11 +466,6 @@ static void http_simple(h2_stream *st, int status, const char *body, const char 
 /* ---- request side ------------------------------------------------------------------------------
  */
 
-static bool grpc_path_known(const char *path)
-{
-    return rpc__method_find(path, strlen(path)) != NULL;
-}
-
 static void fill_bridge_stream(h2_stream *st)
 {
     st->bs.ops = &h2_bridge_ops;
@@ -498,13 +493,8 @@ static void on_request_headers(h2_stream *st)
     bool grpc_ct = st->content_type != NULL &&
                    rpc__grpc_content_type(st->content_type, strlen(st->content_type));
     if (!grpc_ct) {
-        if (strcmp(st->method, "POST") == 0 && grpc_path_known(st->path)) {
-            http_simple(st, 415,
-                        "{\"detail\":\"unsupported content-type: a gRPC method expects "
-                        "application/grpc\",\"code\":3,\"message\":\"unsupported content type\"}",
-                        NULL);
-            return;
-        }
+        /* Connect and gRPC-Web share the method paths; the bridge answers 415 for any other
+         * content type there. */
         st->kind = KIND_HTTP;
         fill_bridge_stream(st);
         st->streaming = bridge_begin(&st->bs);
@@ -948,8 +938,10 @@ static int h2_start(rpc__conn *c)
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)cfg->max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BYTES},
+        /* RFC 9218: no RFC 7540 priority tree to maintain per stream. */
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
     };
-    if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 3) != 0)
+    if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 4) != 0)
         return PINS_ENOMEM;
     /* A larger connection window so that several big uploads do not stall each other. */
     nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
@@ -1042,6 +1034,11 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
     if ((events & BEV_EVENT_TIMEOUT) &&
         (c->nstreams > 0 || (c->h1 != NULL && bridge__h1_busy(c->h1)))) {
         bufferevent_enable(bev, EV_READ); /* busy, not idle */
+        return;
+    }
+    if ((events & BEV_EVENT_EOF) && c->h1 != NULL && !bridge__h1_busy(c->h1)) {
+        /* An HTTP/1.1 client that half-closes after its requests still gets the answers queued. */
+        rpc__conn_close(c, true);
         return;
     }
     c->closing = true;

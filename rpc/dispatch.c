@@ -1,8 +1,9 @@
 /* rpc/dispatch.c: the one dispatcher. Generic checks run here, once, for every transport:
- * deadline, feature flag (and, as they land, authentication, RBAC, rate limit and breaker).
- * Handlers only validate and act. */
+ * deadline, authentication and RBAC (auth/), feature flag (and, as they land, rate limit and
+ * breaker). Handlers only validate and act. */
 #include "rpc/rpc_int.h"
 
+#include "auth/auth.h"
 #include "observability/metrics.h"
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
@@ -25,6 +26,25 @@ static void arm_deadline(rpc_call *call)
     evtimer_add(call->deadline_ev, &tv);
 }
 
+/* Decides RBAC for a guarded method; refuses the call and returns false when it may not run. */
+static bool authorize_or_reply(rpc_call *call)
+{
+    auth_decision *d = pins_arena_calloc(call->arena, 1, sizeof(*d));
+    int rv = d != NULL ? auth_decide(call, d) : PINS_ENOMEM;
+    if (rv != 0) {
+        rpc_call_fail(call, rv, NULL);
+        return false;
+    }
+    call->auth = d;
+    if (d->allowed)
+        return true;
+    call->deny_reason = d->reason;
+    call->deny_resource = d->resource;
+    call->deny_action = d->action;
+    rpc_call_fail(call, d->err, "%s:%s denied: %s", d->resource, d->action, d->reason);
+    return false;
+}
+
 void rpc__dispatch(rpc_call *call)
 {
     const rpc_method *m = call->method;
@@ -38,6 +58,8 @@ void rpc__dispatch(rpc_call *call)
         rpc_call_fail(call, PINS_EDEADLINE_EXCEEDED, "deadline exceeded before the call started");
         goto out;
     }
+    if (!(m->flags & RPC_METHOD_UNGUARDED) && !authorize_or_reply(call))
+        goto out;
     if ((m->flags & RPC_METHOD_MEMORY_PINS) && !cfg->memory_pins_enabled) {
         rpc_call_fail(call, PINS_EDISABLED, "Memory pins feature is disabled");
         goto out;

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "auth/auth.h"
 #include "common/config.h"
 #include "common/error.h"
 #include "observability/log.h"
@@ -19,6 +20,13 @@ static void on_stop_signal(int sig)
         rpc_server_stop(server);
 }
 
+static void on_reload_signal(int sig)
+{
+    (void)sig;
+    if (server != NULL)
+        rpc_server_reload(server);
+}
+
 static void install_signals(void)
 {
     struct sigaction sa;
@@ -27,9 +35,12 @@ static void install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
+    sa.sa_handler = on_reload_signal;
+    sa.sa_flags = SA_RESTART;
     sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sa.sa_flags = 0;
+    sigaction(SIGPIPE, &sa, NULL);
 }
 
 int main(int argc, char **argv)
@@ -56,6 +67,13 @@ int main(int argc, char **argv)
         return 0;
     }
     pins_log_setup(cfg.log_level, cfg.log_format);
+    if (auth_init(&cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "pinsd: %s\n", err);
+        auth_shutdown();
+        metrics_shutdown();
+        pins_config_free(&cfg);
+        return 2;
+    }
     install_signals();
 
     store_options so = {.database_url = cfg.database_url,
@@ -93,6 +111,7 @@ out:
     }
     if (st != NULL)
         store_close(st);
+    auth_shutdown();
     metrics_shutdown();
     pins_config_free(&cfg);
     return status;

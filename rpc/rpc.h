@@ -23,6 +23,9 @@ int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserve
 int rpc_server_run(rpc_server *s);
 /* Asks the server to drain and stop. Async-signal safe. */
 void rpc_server_stop(rpc_server *s);
+/* Asks the server to reload the RBAC policy (SIGHUP): the main thread, which waits in
+ * rpc_server_run(), does it (auth_policy_reload). Async-signal safe. */
+void rpc_server_reload(rpc_server *s);
 /* Frees the server (after rpc_server_run returned). */
 void rpc_server_free(rpc_server *s);
 

@@ -75,6 +75,16 @@ struct rpc_call {
     const char *detail_loc1;
     const char *detail_type;
     const char *error_message; /* the client-visible message of a failed call */
+    /* Authorisation (rpc/dispatch.c, auth/auth.h). auth: the decision for a guarded method, in
+     * the call's arena; NULL for unguarded methods and before dispatch. When the call was refused
+     * by RBAC, deny_reason ("no-credentials", "invalid-token", "insufficient-permissions",
+     * "tenant-not-allowed"), deny_resource and deny_action (the row's, e.g. "memory_pin",
+     * "write") are set for the REST 403 body {"error":"forbidden","reason","resource","action"};
+     * they are NULL otherwise. All are static strings or live in the call's arena. */
+    const struct auth_decision *auth;
+    const char *deny_reason;
+    const char *deny_resource;
+    const char *deny_action;
 };
 
 /* A new call for method on worker, with its own arena. The transport holds the one reference.

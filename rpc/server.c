@@ -2,7 +2,8 @@
  *
  * Every worker owns a libevent loop, a store session and one SO_REUSEPORT socket per listen
  * address, so the kernel spreads connections and no lock sits on the request path. The main
- * thread only waits for the stop request and then tells each worker to drain.
+ * thread only waits for the stop request (and reloads the RBAC policy when asked to) and then
+ * tells each worker to drain.
  */
 #include "rpc/rpc_int.h"
 
@@ -20,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "auth/auth.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
 #include "rpc/reflection.h"
@@ -27,6 +29,9 @@
 #include "store/store.h"
 
 #define SWEEP_BATCHES_PER_TICK 20
+
+/* What the main thread reads from stop_pipe: any other byte means stop. */
+#define RELOAD_BYTE 'r'
 
 static int stop_pipe[2] = {-1, -1};
 
@@ -276,12 +281,17 @@ int rpc_server_run(rpc_server *s)
             started++;
         }
     }
-    if (rv == 0) {
-        char buf;
-        ssize_t n;
-        do {
-            n = read(stop_pipe[0], &buf, 1);
-        } while (n < 0 && errno == EINTR);
+    while (rv == 0) {
+        char buf = 0;
+        ssize_t n = read(stop_pipe[0], &buf, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 1 && buf == RELOAD_BYTE) {
+            auth_reload_result r;
+            auth_policy_reload(s->cfg, &r); /* logs its outcome */
+            continue;
+        }
+        break;
     }
     atomic_store(&s->draining, 1);
     pins_log_info("draining", NULL);
@@ -298,6 +308,16 @@ void rpc_server_stop(rpc_server *s)
     (void)s;
     if (stop_pipe[1] >= 0) {
         char c = 1;
+        ssize_t n = write(stop_pipe[1], &c, 1);
+        (void)n;
+    }
+}
+
+void rpc_server_reload(rpc_server *s)
+{
+    (void)s;
+    if (stop_pipe[1] >= 0) {
+        char c = RELOAD_BYTE;
         ssize_t n = write(stop_pipe[1], &c, 1);
         (void)n;
     }

@@ -12,6 +12,10 @@ void rpc__pins_list(rpc_call *call);
 void rpc__pins_delete(rpc_call *call);
 void rpc__pins_cleanup(rpc_call *call);
 void rpc__pins_watch(rpc_call *call);
+/* Admin: the RBAC policy (rpc/services/admin.c). */
+void rpc__admin_rbac_info(rpc_call *call);
+void rpc__admin_rbac_reload(rpc_call *call);
+void rpc__admin_rbac_matrix(rpc_call *call);
 /* Answers UNIMPLEMENTED: for methods of the contract whose capability is not served yet. */
 void rpc__unimplemented(rpc_call *call);
 

@@ -1,0 +1,279 @@
+/* auth/jwt.c: HS256 bearer tokens (RFC 7519 with RFC 7515 compact serialisation).
+ *
+ * Only what pinsd issues to itself is accepted: exactly three base64url parts, a header whose
+ * alg is exactly "HS256" and that names no critical extension, an HMAC-SHA256 signature under
+ * JWT_SECRET checked in constant time before the payload is even parsed, and exp / nbf within
+ * AUTH__LEEWAY_S. Everything else, "none" and every other algorithm included, is refused, so a
+ * token signed with the public key of some RSA pair or left unsigned never gives roles.
+ */
+#include "auth/auth_int.h"
+
+#include <string.h>
+
+#include "common/error.h"
+
+/* 0..63 for the base64url alphabet, 64 for anything else. */
+static const uint8_t b64url_value[256] = {
+    ['A'] = 0,  ['B'] = 1,  ['C'] = 2,  ['D'] = 3,  ['E'] = 4,  ['F'] = 5,  ['G'] = 6,  ['H'] = 7,
+    ['I'] = 8,  ['J'] = 9,  ['K'] = 10, ['L'] = 11, ['M'] = 12, ['N'] = 13, ['O'] = 14, ['P'] = 15,
+    ['Q'] = 16, ['R'] = 17, ['S'] = 18, ['T'] = 19, ['U'] = 20, ['V'] = 21, ['W'] = 22, ['X'] = 23,
+    ['Y'] = 24, ['Z'] = 25, ['a'] = 26, ['b'] = 27, ['c'] = 28, ['d'] = 29, ['e'] = 30, ['f'] = 31,
+    ['g'] = 32, ['h'] = 33, ['i'] = 34, ['j'] = 35, ['k'] = 36, ['l'] = 37, ['m'] = 38, ['n'] = 39,
+    ['o'] = 40, ['p'] = 41, ['q'] = 42, ['r'] = 43, ['s'] = 44, ['t'] = 45, ['u'] = 46, ['v'] = 47,
+    ['w'] = 48, ['x'] = 49, ['y'] = 50, ['z'] = 51, ['0'] = 52, ['1'] = 53, ['2'] = 54, ['3'] = 55,
+    ['4'] = 56, ['5'] = 57, ['6'] = 58, ['7'] = 59, ['8'] = 60, ['9'] = 61, ['-'] = 62, ['_'] = 63,
+};
+
+static bool b64url_char(unsigned char c)
+{
+    return c == 'A' || b64url_value[c] != 0;
+}
+
+int auth__b64url_decode(const char *in, size_t len, uint8_t *out, size_t *pn)
+{
+    if (len % 4 == 1)
+        return PINS_EINVALID_ARGUMENT;
+    size_t n = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (!b64url_char(c))
+            return PINS_EINVALID_ARGUMENT;
+        acc = (acc << 6) | b64url_value[c];
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[n++] = (uint8_t)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    /* The bits left over must be zero: one encoding per byte string. */
+    if (acc != 0)
+        return PINS_EINVALID_ARGUMENT;
+    *pn = n;
+    return 0;
+}
+
+/* Decodes one part into the arena and parses it as a JSON object. */
+static json_t *decode_object(pins_arena *a, const char *part, size_t len, int *prv)
+{
+    uint8_t *buf = pins_arena_alloc(a, len / 4 * 3 + 3);
+    size_t n = 0;
+    if (buf == NULL) {
+        *prv = PINS_ENOMEM;
+        return NULL;
+    }
+    *prv = PINS_EUNAUTHENTICATED;
+    if (auth__b64url_decode(part, len, buf, &n) != 0)
+        return NULL;
+    json_error_t e;
+    json_t *j = json_loadb((const char *)buf, n, JSON_REJECT_DUPLICATES, &e);
+    if (j != NULL && !json_is_object(j)) {
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
+}
+
+/* A copy of a JSON string that is a usable name (1..AUTH__MAX_NAME bytes, no NUL), or NULL with
+ * *pbad set when it is not one. */
+static const char *name_copy(pins_arena *a, const json_t *s, bool *pbad, bool *pnomem)
+{
+    if (!json_is_string(s)) {
+        *pbad = true;
+        return NULL;
+    }
+    size_t len = json_string_length(s);
+    const char *v = json_string_value(s);
+    if (len == 0 || len > AUTH__MAX_NAME || memchr(v, '\0', len) != NULL) {
+        *pbad = true;
+        return NULL;
+    }
+    const char *c = pins_arena_strndup(a, v, len);
+    if (c == NULL)
+        *pnomem = true;
+    return c;
+}
+
+/* A string or a list of strings (at most max) into a new arena array. */
+static int string_list(pins_arena *a, const json_t *v, size_t max, const char ***plist, size_t *pn)
+{
+    size_t n = json_is_array(v) ? json_array_size(v) : 1;
+    bool bad = false, nomem = false;
+    if (!json_is_array(v) && !json_is_string(v))
+        return PINS_EUNAUTHENTICATED;
+    if (n > max)
+        return PINS_EUNAUTHENTICATED;
+    const char **list = pins_arena_calloc(a, n ? n : 1, sizeof(*list));
+    if (list == NULL)
+        return PINS_ENOMEM;
+    for (size_t i = 0; i < n && !bad && !nomem; i++)
+        list[i] = name_copy(a, json_is_array(v) ? json_array_get(v, i) : v, &bad, &nomem);
+    if (nomem)
+        return PINS_ENOMEM;
+    if (bad)
+        return PINS_EUNAUTHENTICATED;
+    *plist = list;
+    *pn = n;
+    return 0;
+}
+
+static bool header_acceptable(const json_t *h)
+{
+    const json_t *alg = json_object_get(h, "alg");
+    const json_t *typ = json_object_get(h, "typ");
+    if (!json_is_string(alg) || json_string_length(alg) != 5 ||
+        memcmp(json_string_value(alg), "HS256", 5) != 0)
+        return false;
+    if (typ != NULL && !json_is_string(typ))
+        return false;
+    /* A critical extension we do not implement must make the token unusable (RFC 7515 4.1.11). */
+    return json_object_get(h, "crit") == NULL;
+}
+
+/* Checks exp and nbf. */
+static const char *time_problem(const json_t *claims, int64_t now_s)
+{
+    const json_t *exp = json_object_get(claims, "exp");
+    const json_t *nbf = json_object_get(claims, "nbf");
+    if (exp != NULL && !json_is_number(exp))
+        return "exp is not a number";
+    if (nbf != NULL && !json_is_number(nbf))
+        return "nbf is not a number";
+    if (exp != NULL && (double)now_s >= json_number_value(exp) + AUTH__LEEWAY_S)
+        return "expired";
+    if (nbf != NULL && (double)now_s + AUTH__LEEWAY_S < json_number_value(nbf))
+        return "not yet valid";
+    return NULL;
+}
+
+static int read_claims(pins_arena *a, const json_t *claims, auth__claims *c, const char **pwhy)
+{
+    bool bad = false, nomem = false;
+    int rv = 0;
+    const json_t *sub = json_object_get(claims, "sub");
+    if (sub != NULL) {
+        c->sub = name_copy(a, sub, &bad, &nomem);
+        if (nomem)
+            return PINS_ENOMEM;
+        if (bad) {
+            *pwhy = "sub is not a usable string";
+            return PINS_EUNAUTHENTICATED;
+        }
+    }
+    const json_t *roles = json_object_get(claims, "roles");
+    if (roles != NULL) {
+        rv = string_list(a, roles, AUTH__MAX_ROLES, &c->roles, &c->nroles);
+        if (rv != 0) {
+            *pwhy = "roles is not a string or a list of strings";
+            return rv;
+        }
+    }
+    const json_t *tenants = json_object_get(claims, "tenants");
+    const json_t *tenant = json_object_get(claims, "tenant_id");
+    if (tenants != NULL && !json_is_array(tenants)) {
+        *pwhy = "tenants is not a list";
+        return PINS_EUNAUTHENTICATED;
+    }
+    if (tenant != NULL && !json_is_string(tenant)) {
+        *pwhy = "tenant_id is not a string";
+        return PINS_EUNAUTHENTICATED;
+    }
+    /* A token that names tenants may touch only those; "tenants" wins over "tenant_id". */
+    const json_t *which = tenants != NULL ? tenants : tenant;
+    if (which != NULL) {
+        rv = string_list(a, which, AUTH__MAX_TENANTS, &c->tenants, &c->ntenants);
+        if (rv != 0) {
+            *pwhy = "tenants are not usable strings";
+            return rv;
+        }
+        c->restricted = true;
+    }
+    return 0;
+}
+
+int auth__jwt_verify(pins_arena *a, const char *token, size_t len, const char *secret,
+                     size_t secretlen, int64_t now_s, auth__claims *pclaims, const char **pwhy)
+{
+    int rv = PINS_EUNAUTHENTICATED;
+    json_t *header = NULL, *claims = NULL;
+    auth__claims c = {0};
+    const char *why = "malformed";
+
+    if (secretlen == 0) {
+        why = "bearer tokens are disabled (no JWT_SECRET)";
+        goto out;
+    }
+    if (len == 0 || len > AUTH__MAX_TOKEN) {
+        why = len == 0 ? "empty token" : "token too long";
+        goto out;
+    }
+    const char *dot1 = memchr(token, '.', len);
+    const char *dot2 =
+        dot1 != NULL ? memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - token)) : NULL;
+    if (dot2 == NULL || memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - token)) != NULL) {
+        why = "not three parts";
+        goto out;
+    }
+    size_t hlen = (size_t)(dot1 - token);
+    size_t plen = (size_t)(dot2 - dot1 - 1);
+    size_t slen = len - (size_t)(dot2 + 1 - token);
+    if (hlen == 0 || plen == 0 || slen == 0) {
+        why = "empty part";
+        goto out;
+    }
+
+    header = decode_object(a, token, hlen, &rv);
+    if (header == NULL) {
+        why = "header is not base64url JSON";
+        goto out;
+    }
+    rv = PINS_EUNAUTHENTICATED;
+    if (!header_acceptable(header)) {
+        why = "algorithm not HS256";
+        goto out;
+    }
+
+    /* The signature before anything of the payload is believed. */
+    uint8_t sig[48], mac[32];
+    size_t siglen = 0;
+    if (slen > 64 || auth__b64url_decode(dot2 + 1, slen, sig, &siglen) != 0 || siglen != 32) {
+        why = "bad signature encoding";
+        goto out;
+    }
+    if (auth__hmac_sha256(secret, secretlen, token, (size_t)(dot2 - token), mac) != 0) {
+        rv = PINS_EINTERNAL;
+        why = "hmac failed";
+        goto out;
+    }
+    if (!auth__ct_equal(sig, mac, sizeof(mac))) {
+        why = "bad signature";
+        goto out;
+    }
+
+    claims = decode_object(a, dot1 + 1, plen, &rv);
+    if (claims == NULL) {
+        why = "payload is not base64url JSON";
+        goto out;
+    }
+    rv = PINS_EUNAUTHENTICATED;
+    const char *tp = time_problem(claims, now_s);
+    if (tp != NULL) {
+        why = tp;
+        goto out;
+    }
+    rv = read_claims(a, claims, &c, &why);
+    if (rv != 0)
+        goto out;
+    *pclaims = c;
+    why = NULL;
+out:
+    json_decref(header);
+    json_decref(claims);
+    if (rv == PINS_EINTERNAL)
+        rv = PINS_EUNAUTHENTICATED; /* a token we cannot check gives no roles */
+    if (pwhy != NULL)
+        *pwhy = why;
+    return rv;
+}

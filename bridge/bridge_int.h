@@ -1,0 +1,186 @@
+/* bridge/bridge_int.h: what the files of bridge/ share (bridge.c, rest.c, connect.c, grpcweb.c,
+ * cors.c). Not for the transports: they see bridge/bridge.h only.
+ *
+ * One exchange per bridge_stream (s->bridge_data), allocated in the call's arena, so it lives
+ * exactly as long as the request's memory. Every response the bridge makes goes through
+ * bridge__start / bridge__write / bridge__end, which add the CORS headers and count the
+ * http_requests_total / http_request_duration_seconds metrics, so no answer escapes them.
+ */
+#ifndef PINS_BRIDGE_BRIDGE_INT_H
+#define PINS_BRIDGE_BRIDGE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bridge/bridge.h"
+
+/* The protocol an exchange speaks, decided from the path, the method and the content type. */
+typedef enum bridge__proto {
+    BRIDGE__PLAIN,          /* probes, /openapi.json, preflight, routing errors */
+    BRIDGE__REST,           /* a route of the REST table (JSON, or SSE for a server stream) */
+    BRIDGE__CONNECT,        /* Connect unary: application/json or application/proto */
+    BRIDGE__CONNECT_STREAM, /* Connect streaming: application/connect+proto|json envelopes */
+    BRIDGE__GRPC_WEB,       /* gRPC-Web: application/grpc-web[+proto|+json] frames */
+} bridge__proto;
+
+/* At most this many {name} placeholders in one route pattern. */
+#define BRIDGE__MAX_PARAMS 2
+
+/* One row of the REST route table (API.md section 3). Rows are static. */
+typedef struct bridge__route {
+    const char *method;       /* "GET", "POST", "DELETE" */
+    const char *pattern;      /* "/api/v1/memory/pins/{key}": a {name} is one non-empty segment that
+                                 binds to the request field of the same name */
+    const char *rpc;          /* method path of the RPC, or NULL for /openapi.json */
+    const char *const *query; /* NULL-terminated query parameters; each binds to the request
+                                 field of the same name (bridge_json_set_field) */
+    bool body;                /* the JSON body is decoded into the request (required) */
+    int status;               /* HTTP status on success */
+    const char *unwrap;       /* answer only this field of the response ("pin"), or NULL */
+    bool sse;                 /* a server stream answered as text/event-stream */
+} bridge__route;
+
+/* A path parameter as it appears in the path (still percent-encoded). */
+typedef struct bridge__param {
+    const char *name; /* static, from the pattern's placeholder */
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+} bridge__param;
+
+typedef struct bridge__match {
+    const bridge__route *route; /* the full match */
+    bridge__param params[BRIDGE__MAX_PARAMS];
+    size_t nparams;
+    char allow[64]; /* on PINS_EMETHOD_NOT_ALLOWED: "GET, DELETE" */
+} bridge__match;
+
+/* The per-request state of the bridge. */
+typedef struct bridge__exchange {
+    bridge_stream *s;
+    rpc_call *call;
+    bridge__proto proto;
+    const char *route_label;  /* http_requests_total{route}: a template, never a raw path */
+    const char *method_label; /* a known HTTP method or "other" */
+    const char *cors_origin;  /* the allowed Origin to echo, or NULL */
+    int64_t t0_ns;
+    bool responded; /* start() was called */
+    bool done;      /* the response ended: nothing more is written */
+    /* REST */
+    const bridge__route *route;
+    /* Connect and gRPC-Web */
+    bool json;                     /* messages as proto3 JSON instead of binary protobuf */
+    const char *resp_content_type; /* response content type */
+    uint8_t *in;                   /* framed request bytes not yet consumed (arena) */
+    size_t in_len, in_cap;
+    unsigned nmessages;
+} bridge__exchange;
+
+/* ---- bridge.c: responses, metrics ------------------------------------------------------------ */
+
+/* The exchange of s (created on first use in the call's arena), or NULL when out of memory. */
+bridge__exchange *bridge__exchange_of(bridge_stream *s);
+/* Starts the response: status, hdrs (copied), body_len as for bridge_stream_ops.start; adds the
+ * CORS headers and counts the response. Returns 0 or the error of the transport. */
+int bridge__start(bridge__exchange *ex, int status, const rpc__header *hdrs, size_t nhdrs,
+                  int64_t body_len);
+/* Appends body bytes. Returns 0 or the error of the transport (PINS_ECANCELLED, ...). */
+int bridge__write(bridge__exchange *ex, const void *data, size_t len);
+/* Ends the response once. The exchange may be freed by the transport inside this call unless
+ * the caller holds a reference on the call. */
+void bridge__end(bridge__exchange *ex);
+/* start + write + end with a content type and extra headers (copied). Returns 0 or an error. */
+int bridge__respond(bridge__exchange *ex, int status, const char *content_type, const char *body,
+                    size_t len, const rpc__header *extra, size_t nextra);
+
+/* A growable header list in an arena. */
+typedef struct bridge__hdrs {
+    rpc__header *v;
+    size_t n, cap;
+} bridge__hdrs;
+/* Appends name: value (both borrowed: they must outlive the list). Returns 0 or PINS_ENOMEM. */
+int bridge__hdrs_add(pins_arena *a, bridge__hdrs *h, const char *name, const char *value);
+/* Appends the call's response metadata: initial metadata as is, trailing metadata too when
+ * trailer_prefix is NULL, or as "<trailer_prefix><name>" (Connect unary: "trailer-").
+ * Returns 0 or PINS_ENOMEM. */
+int bridge__hdrs_add_metadata(pins_arena *a, bridge__hdrs *h, const rpc_call *call,
+                              const char *trailer_prefix);
+
+/* A JSON string literal (quotes included) for s in the arena, or NULL when out of memory.
+ * Invalid UTF-8 bytes become U+FFFD. */
+char *bridge__json_quote(pins_arena *a, const char *s);
+/* Percent-decodes src[0..len) into a new NUL-terminated arena string; plus_space turns '+' into
+ * ' ' (query strings). *pout_len gets the length (the result may hold NUL bytes). Returns 0,
+ * PINS_EMALFORMED (a '%' not followed by two hex digits), PINS_ENOMEM. */
+int bridge__url_decode(pins_arena *a, const char *src, size_t len, bool plus_space, char **pout,
+                       size_t *pout_len);
+
+/* ---- rest.c: the route table, REST requests and the error mapping ---------------------------- */
+
+/* The route table; *pn gets the number of rows. */
+const bridge__route *bridge__routes(size_t *pn);
+/* Matches method and path (without the query string) against the table; the first full match
+ * in table order wins. Returns 0 (m->route and m->params set), PINS_EMETHOD_NOT_ALLOWED (the
+ * path exists for other methods only: m->allow lists them, m->route is the first such row) or
+ * PINS_ENOT_FOUND. */
+int bridge__route_match(const char *method, const char *path, size_t path_len, bridge__match *m);
+/* Serves a matched REST route: binds the request, dispatches the call, answers through the REST
+ * ops. The exchange answers every error itself. */
+void bridge__rest_serve(bridge__exchange *ex, const bridge__match *m, const char *query,
+                        size_t query_len);
+
+/* The REST error answer for err and message on call (API.md section 5): the ONE place that maps
+ * an error to an HTTP status, a JSON body and extra headers. The call gives the 422 detail
+ * (detail_loc0/loc1/type), the method row (resource/action of a 403) and the response metadata
+ * other layers added (see bridge/README.md, "Error mapping"). body and headers live in the
+ * call's arena. Returns 0 or PINS_ENOMEM. */
+typedef struct bridge__error_answer {
+    int status;
+    const char *body;
+    bridge__hdrs headers; /* extra headers (Retry-After), plus the call's metadata */
+} bridge__error_answer;
+int bridge__rest_error(rpc_call *call, int err, const char *message, bridge__error_answer *out);
+/* Answers err as a REST error (through bridge__rest_error) and ends the exchange. */
+void bridge__rest_fail(bridge__exchange *ex, int err, const char *message);
+
+/* ---- connect.c and grpcweb.c: Connect and gRPC-Web ------------------------------------------- */
+
+/* Classifies a POST to a method path by its content type: returns the protocol and sets *pjson,
+ * or BRIDGE__PLAIN when the content type is none of Connect's or gRPC-Web's. */
+bridge__proto bridge__rpc_proto(const char *content_type, bool *pjson);
+/* Prepares an exchange for method m (ops, deadline, content types). Returns 0, or an error that
+ * has already been answered (the exchange is done). */
+int bridge__rpc_begin(bridge__exchange *ex, const rpc_method *m);
+/* Connect unary: the whole body. */
+void bridge__connect_unary(bridge__exchange *ex, const uint8_t *body, size_t len);
+/* Framed protocols (Connect streaming, gRPC-Web): body bytes as they arrive, then the end. */
+void bridge__framed_body(bridge__exchange *ex, const uint8_t *data, size_t len);
+void bridge__framed_end(bridge__exchange *ex);
+/* gRPC-Web: the trailer frame (flag 0x80) payload for err / message and the call's trailing
+ * metadata, in the call's arena. Returns NULL when out of memory. */
+char *bridge__grpcweb_trailers(rpc_call *call, int err, const char *message, size_t *plen);
+/* gRPC-Web: the response content type for a request content type. */
+const char *bridge__grpcweb_content_type(bool json);
+
+/* ---- cors.c ------------------------------------------------------------------------------------
+ */
+
+/* The value to send as Access-Control-Allow-Origin for the request's Origin, or NULL when the
+ * request has no Origin or CORS_ALLOWED_ORIGINS does not allow it. */
+const char *bridge__cors_origin(const pins_config *cfg, const rpc_call *call);
+/* True when the request is a CORS preflight (OPTIONS with Origin and
+ * Access-Control-Request-Method). */
+bool bridge__cors_is_preflight(const char *method, const rpc_call *call);
+/* Answers a preflight: 204 with the allow headers for an allowed origin, 403 otherwise. */
+void bridge__cors_preflight(bridge__exchange *ex);
+/* Adds the headers of an actual response to an allowed origin. Returns 0 or PINS_ENOMEM. */
+int bridge__cors_headers(bridge__exchange *ex, bridge__hdrs *h);
+
+/* ---- the embedded OpenAPI document (generated from bridge/openapi.json at build time) ---------
+ */
+
+extern const unsigned char bridge__openapi_json[];
+extern const size_t bridge__openapi_json_len;
+
+#endif

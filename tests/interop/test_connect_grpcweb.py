@@ -1,0 +1,295 @@
+"""Connect and gRPC-Web through the bridge against a real pinsd: buf curl (reflection over the same
+protocol) over HTTP/1.1 and HTTP/2, hand-made requests with curl, deadlines, server streams,
+gRPC-Web trailer frames, CORS.
+
+Run: PINSD_BIN=build/pinsd /usr/bin/python3 -m unittest -v test_connect_grpcweb   (from tests/interop)
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+import harness
+from harness import HEALTH, ServerTestCase, message_class, mp, new_request, path_of
+from test_rest import CURL, HTTP_VERSIONS, curl
+
+BUF = os.environ.get("BUF_BIN") or os.path.join(harness.REPO, "tools", "node_modules", ".bin", "buf")
+
+
+def envelopes(data):
+    """[(flags, payload)] of a Connect / gRPC-Web body."""
+    out, i = [], 0
+    while i < len(data):
+        if len(data) - i < 5:
+            raise ValueError("truncated envelope prefix in %r" % data)
+        n = int.from_bytes(data[i + 1:i + 5], "big")
+        if len(data) - i - 5 < n:
+            raise ValueError("truncated envelope in %r" % data)
+        out.append((data[i], data[i + 5:i + 5 + n]))
+        i += 5 + n
+    return out
+
+
+def envelope(payload, flags=0):
+    return bytes([flags]) + len(payload).to_bytes(4, "big") + payload
+
+
+def grpcweb_trailers(payload):
+    out = {}
+    for line in payload.decode().split("\r\n"):
+        if line:
+            k, _, v = line.partition(":")
+            out[k.strip().lower()] = v.strip()
+    return out
+
+
+@unittest.skipUnless(os.access(BUF, os.X_OK), "buf not installed at %s" % BUF)
+class BufCurlBridgeTest(ServerTestCase):
+    """buf curl with --protocol connect / grpcweb: reflection and calls through the bridge."""
+
+    def buf(self, protocol, h2, path, data, check=True):
+        cmd = [BUF, "curl", "--protocol", protocol]
+        if h2:
+            cmd.append("--http2-prior-knowledge")
+        cmd += ["-d", json.dumps(data), "http://%s%s" % (self.server.target, path)]
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60,
+                           env=dict(os.environ,
+                                    BUF_CACHE_DIR=os.path.join(self.server.tmp, "bufcache")))
+        if check:
+            self.assertEqual(p.returncode, 0, "%s\nstdout: %s\nstderr: %s"
+                             % (" ".join(cmd), p.stdout.decode(), p.stderr.decode()))
+        return p
+
+    def test_round_trip_and_not_found(self):
+        for protocol in ("connect", "grpcweb"):
+            for h2 in (False, True):
+                with self.subTest(protocol=protocol, http2=h2):
+                    tenant = "buf-%s-%d" % (protocol, h2)
+                    value = {"n": 1, "tags": ["a"], "nested": {"ok": True}}
+                    p = self.buf(protocol, h2, mp("UpsertPin"),
+                                 {"tenantId": tenant, "key": "k", "value": value,
+                                  "ttlSeconds": 60})
+                    up = json.loads(p.stdout.decode())
+                    self.assertIs(up["created"], True)
+                    self.assertEqual(up["pin"]["version"], "1")
+                    self.assertEqual(up["pin"]["value"], value)
+                    p = self.buf(protocol, h2, mp("GetPin"), {"tenant_id": tenant, "key": "k"})
+                    self.assertEqual(json.loads(p.stdout.decode())["pin"], up["pin"])
+                    p = self.buf(protocol, h2, mp("GetPin"), {"tenant_id": tenant, "key": "nope"},
+                                 check=False)
+                    self.assertNotEqual(p.returncode, 0)
+                    err = json.loads(p.stderr.decode() or p.stdout.decode())
+                    self.assertEqual(err["code"], "not_found")
+                    self.assertEqual(err["message"], "Pin not found: nope")
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class ConnectCurlTest(ServerTestCase):
+
+    def post(self, path, version, body, content_type, headers=(), timeout=10):
+        return curl(self.server.port, "POST", path, version, body,
+                    ("Content-Type: " + content_type,) + tuple(headers), timeout=timeout)
+
+    def upsert(self, tenant, key):
+        return self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": key,
+                                                  "value": {"a": 1}}).pin
+
+    def test_connect_unary_json(self):
+        pin = self.upsert("cj", "k")
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                r = self.post(mp("GetPin"), v, '{"tenantId":"cj","key":"k"}', "application/json",
+                              ("Connect-Protocol-Version: 1",))
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.header("content-type"), "application/json")
+                got = r.json()["pin"]
+                self.assertEqual(got["version"], "1")  # canonical proto3 JSON
+                self.assertEqual(got["tenantId"], "cj")
+                self.assertEqual(got["id"], str(pin.id))
+                self.assertNotIn("ttlSeconds", got)
+                r = self.post(mp("GetPin"), v, '{"tenant_id":"cj","key":"missing"}',
+                              "application/json")
+                self.assertEqual(r.status, 404, r)
+                self.assertEqual(r.json(), {"code": "not_found",
+                                            "message": "Pin not found: missing"})
+                r = self.post(mp("GetPin"), v, '{"key":', "application/json")
+                self.assertEqual(r.status, 400, r)
+                self.assertEqual(r.json()["code"], "invalid_argument")
+                r = self.post(mp("UpsertPin"), v, '{"key":"../x","value":{}}', "application/json")
+                self.assertEqual(r.status, 400, r)
+                self.assertEqual(r.json()["code"], "invalid_argument")
+
+    def test_connect_unary_proto(self):
+        pin = self.upsert("cp", "k")
+        req = new_request(mp("GetPin"), {"tenant_id": "cp", "key": "k"}).SerializeToString()
+        out_cls = message_class("memorypins.v1.GetPinResponse")
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                r = self.post(mp("GetPin"), v, req, "application/proto")
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.header("content-type"), "application/proto")
+                self.assertEqual(out_cls.FromString(r.body).pin, pin)
+
+    def test_unsupported_content_type_on_a_method_path_is_415(self):
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                r = self.post(mp("GetPin"), v, "x", "text/plain")
+                self.assertEqual(r.status, 415, r)
+                r = curl(self.server.port, "GET", mp("GetPin"), v)
+                self.assertEqual(r.status, 405, r)
+                self.assertEqual(r.header("allow"), "POST")
+
+    def test_connect_timeout_ms_is_honoured(self):
+        for v in HTTP_VERSIONS:
+            with self.subTest(v, what="unary, already expired"):
+                r = self.post(mp("GetPin"), v, '{"key":"k"}', "application/json",
+                              ("Connect-Timeout-Ms: 0",))
+                self.assertEqual(r.status, 504, r)
+                self.assertEqual(r.json()["code"], "deadline_exceeded")
+            with self.subTest(v, what="malformed"):
+                r = self.post(mp("GetPin"), v, '{"key":"k"}', "application/json",
+                              ("Connect-Timeout-Ms: soon",))
+                self.assertEqual(r.status, 400, r)
+            with self.subTest(v, what="server stream"):
+                t0 = time.monotonic()
+                r = self.post(path_of(HEALTH, "Watch"), v, envelope(b"{}"),
+                              "application/connect+json", ("Connect-Timeout-Ms: 300",))
+                elapsed = time.monotonic() - t0
+                self.assertEqual(r.status, 200, r)
+                self.assertGreaterEqual(elapsed, 0.25)
+                self.assertLess(elapsed, 5)
+                env = envelopes(r.body)
+                self.assertEqual(env[0], (0, b'{"status":"SERVING"}'))
+                flags, end = env[-1]
+                self.assertEqual(flags, 2)
+                self.assertEqual(json.loads(end)["error"]["code"], "deadline_exceeded")
+
+    def test_connect_server_stream_ends_with_the_end_stream_envelope(self):
+        """Health Watch over Connect streaming: SERVING, then on SIGTERM NOT_SERVING and an
+        end-stream envelope without error."""
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                s = self.fresh_server()
+                req = new_request(path_of(HEALTH, "Watch"), {}).SerializeToString()
+                tmp = tempfile.mkdtemp(prefix="pinsd-watch-", dir="/tmp")
+                self.addCleanup(shutil.rmtree, tmp, True)
+                with open(os.path.join(tmp, "req"), "wb") as f:
+                    f.write(envelope(req))
+                p = subprocess.Popen(
+                    [CURL, "-sS", "-N", v, "--max-time", "15", "-o", os.path.join(tmp, "out"),
+                     "-H", "Content-Type: application/connect+proto", "--data-binary",
+                     "@" + os.path.join(tmp, "req"),
+                     "http://127.0.0.1:%d%s" % (s.port, path_of(HEALTH, "Watch"))],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    if os.path.exists(os.path.join(tmp, "out")) and \
+                            os.path.getsize(os.path.join(tmp, "out")) > 0:
+                        break
+                    time.sleep(0.05)
+                s.signal(signal.SIGTERM)
+                p.communicate(timeout=20)
+                with open(os.path.join(tmp, "out"), "rb") as f:
+                    env = envelopes(f.read())
+                resp_cls = message_class("grpc.health.v1.HealthCheckResponse")
+                statuses = [resp_cls.FromString(m).status for fl, m in env if fl == 0]
+                self.assertEqual(statuses, [1, 2])  # SERVING, NOT_SERVING
+                self.assertEqual(env[-1], (2, b"{}"))
+                self.assertEqual(s.wait_exit(15), 0)
+
+    def test_grpcweb_frames_and_trailer_frame(self):
+        pin = self.upsert("gw", "k")
+        req = new_request(mp("GetPin"), {"tenant_id": "gw", "key": "k"}).SerializeToString()
+        out_cls = message_class("memorypins.v1.GetPinResponse")
+        for v in HTTP_VERSIONS:
+            for ct in ("application/grpc-web", "application/grpc-web+proto"):
+                with self.subTest(v, content_type=ct):
+                    r = self.post(mp("GetPin"), v, envelope(req), ct, ("X-Grpc-Web: 1",))
+                    self.assertEqual(r.status, 200, r)
+                    self.assertEqual(r.header("content-type"), "application/grpc-web+proto")
+                    frames = envelopes(r.body)
+                    self.assertEqual(len(frames), 2, frames)
+                    self.assertEqual(frames[0][0], 0)
+                    self.assertEqual(out_cls.FromString(frames[0][1]).pin, pin)
+                    self.assertEqual(frames[1][0], 0x80)
+                    self.assertEqual(grpcweb_trailers(frames[1][1]), {"grpc-status": "0"})
+            with self.subTest(v, what="error"):
+                bad = new_request(mp("GetPin"), {"tenant_id": "gw", "key": "caf\u00e9 50%"})
+                r = self.post(mp("GetPin"), v, envelope(bad.SerializeToString()),
+                              "application/grpc-web+proto")
+                self.assertEqual(r.status, 200, r)
+                frames = envelopes(r.body)
+                self.assertEqual(len(frames), 1, frames)
+                self.assertEqual(frames[0][0], 0x80)
+                t = grpcweb_trailers(frames[0][1])
+                self.assertEqual(t["grpc-status"], "5")
+                self.assertEqual(t["grpc-message"], "Pin not found: caf%C3%A9 50%25")
+            with self.subTest(v, what="two messages for a unary method"):
+                r = self.post(mp("GetPin"), v, envelope(req) + envelope(req),
+                              "application/grpc-web+proto")
+                t = grpcweb_trailers(envelopes(r.body)[-1][1])
+                self.assertEqual(t["grpc-status"], "3")
+            with self.subTest(v, what="grpc-timeout"):
+                r = self.post(path_of(HEALTH, "Watch"), v, envelope(b""),
+                              "application/grpc-web+proto", ("grpc-timeout: 200m",))
+                frames = envelopes(r.body)
+                self.assertEqual(frames[-1][0], 0x80)
+                self.assertEqual(grpcweb_trailers(frames[-1][1])["grpc-status"], "4")
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class CorsTest(ServerTestCase):
+    SERVER_ENV = {"CORS_ALLOWED_ORIGINS": "https://app.example, https://other.example"}
+
+    def test_preflight_allowed_and_disallowed_origin(self):
+        for v in HTTP_VERSIONS:
+            with self.subTest(v, origin="allowed"):
+                r = curl(self.server.port, "OPTIONS", mp("GetPin"), v, headers=(
+                    "Origin: https://app.example", "Access-Control-Request-Method: POST",
+                    "Access-Control-Request-Headers: content-type, x-grpc-web"))
+                self.assertEqual(r.status, 204, r)
+                self.assertEqual(r.header("access-control-allow-origin"), "https://app.example")
+                self.assertEqual(r.header("access-control-allow-methods"),
+                                 "GET, POST, DELETE, OPTIONS")
+                allowed = [h.strip() for h in r.header("access-control-allow-headers").split(",")]
+                for h in ("content-type", "authorization", "x-machine-token", "x-grpc-web",
+                          "connect-protocol-version", "connect-timeout-ms", "grpc-timeout"):
+                    self.assertIn(h, allowed)
+                self.assertTrue(int(r.header("access-control-max-age")) > 0)
+                self.assertEqual(r.header("vary"), "Origin")
+            with self.subTest(v, origin="disallowed"):
+                r = curl(self.server.port, "OPTIONS", "/api/v1/memory/pins", v, headers=(
+                    "Origin: https://evil.example", "Access-Control-Request-Method: POST"))
+                self.assertEqual(r.status, 403, r)
+                self.assertIsNone(r.header("access-control-allow-origin"))
+            with self.subTest(v, what="actual response"):
+                r = curl(self.server.port, "GET", "/api/v1/memory/pins/none", v,
+                         headers=("Origin: https://other.example",))
+                self.assertEqual(r.status, 404, r)
+                self.assertEqual(r.header("access-control-allow-origin"), "https://other.example")
+                exposed = r.header("access-control-expose-headers")
+                for h in ("grpc-status", "grpc-message", "x-request-id", "retry-after"):
+                    self.assertIn(h, exposed)
+                r = curl(self.server.port, "GET", "/api/v1/memory/pins/none", v,
+                         headers=("Origin: https://evil.example",))
+                self.assertIsNone(r.header("access-control-allow-origin"))
+
+    def test_no_cors_headers_without_configuration(self):
+        s = self.fresh_server(env={"CORS_ALLOWED_ORIGINS": ""})
+        r = curl(s.port, "OPTIONS", "/api/v1/memory/pins", "--http1.1", headers=(
+            "Origin: https://app.example", "Access-Control-Request-Method: POST"))
+        self.assertEqual(r.status, 403, r)
+        r = curl(s.port, "GET", "/health", "--http1.1", headers=("Origin: https://app.example",))
+        self.assertEqual(r.status, 200, r)
+        self.assertIsNone(r.header("access-control-allow-origin"))
+        self.assertIsNone(r.header("vary"))
+
+
+if __name__ == "__main__":
+    unittest.main()

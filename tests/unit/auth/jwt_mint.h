@@ -1,0 +1,65 @@
+/* tests/unit/auth/jwt_mint.h: HS256 tokens for the auth tests, built independently of auth/jwt.c
+ * (its own base64url encoder; only the HMAC comes from auth/crypto.c).
+ *
+ * Functions are static inline so that each test includes only what it uses without warnings.
+ */
+#ifndef PINS_TESTS_AUTH_JWT_MINT_H
+#define PINS_TESTS_AUTH_JWT_MINT_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "auth/auth_int.h"
+
+/* Unpadded base64url of in[0..n) into out (NUL-terminated); returns the length. */
+static inline size_t mint_b64url(const void *in, size_t n, char *out)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const uint8_t *p = in;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < n)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < n)
+            v |= p[i + 2];
+        out[o++] = abc[(v >> 18) & 63];
+        out[o++] = abc[(v >> 12) & 63];
+        if (i + 1 < n)
+            out[o++] = abc[(v >> 6) & 63];
+        if (i + 2 < n)
+            out[o++] = abc[v & 63];
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* header.payload signed with secret (HMAC-SHA256) into out (cap bytes). sign false leaves the
+ * signature part empty ("alg":"none" style). Returns out. */
+static inline char *mint_jwt_raw(char *out, size_t cap, const char *header, const char *payload,
+                                 const char *secret, int sign)
+{
+    size_t hl = strlen(header), pl = strlen(payload);
+    if ((hl + pl) * 2 + 64 > cap)
+        return NULL;
+    size_t o = mint_b64url(header, hl, out);
+    out[o++] = '.';
+    o += mint_b64url(payload, pl, out + o);
+    uint8_t mac[32];
+    if (auth__hmac_sha256(secret, strlen(secret), out, o, mac) != 0)
+        return NULL;
+    out[o++] = '.';
+    if (sign)
+        o += mint_b64url(mac, sizeof(mac), out + o);
+    out[o] = '\0';
+    return out;
+}
+
+/* A valid HS256 token with the given payload JSON. */
+static inline char *mint_jwt(char *out, size_t cap, const char *payload, const char *secret)
+{
+    return mint_jwt_raw(out, cap, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, secret, 1);
+}
+
+#endif
