@@ -152,6 +152,43 @@ else
   stage_ok
 fi
 
+# ---- fuzzing ----------------------------------------------------------------------------------
+# Every libFuzzer target runs from its committed corpus for FUZZ_SECONDS (default 30); new inputs
+# go to a scratch directory, never into the repository. A crash, leak or timeout fails the stage.
+if ((QUICK)); then
+  echo
+  echo "======== fuzz: skipped (--quick) ========"
+else
+  stage "build (libFuzzer targets, clang)"
+  CC=clang pins_build "$BUILD_PREFIX-fuzz" -DCMAKE_C_COMPILER=clang -DPINS_FUZZ=ON \
+    -DPINS_TESTS=OFF -DPINS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo ||
+    fail "the fuzz build failed (see the compiler output above)"
+  stage_ok
+
+  stage "fuzz (${FUZZ_SECONDS:-30} s per target)"
+  for fz in "$BUILD_PREFIX-fuzz"/tests/fuzz/fuzz_*; do
+    [[ -x "$fz" ]] || continue
+    name=$(basename "$fz")
+    name=${name#fuzz_}
+    scratch=$(mktemp -d "${TMPDIR:-/tmp}/pins-fuzz.XXXXXX")
+    dict=()
+    [[ -f "$PINS_ROOT/tests/fuzz/$name.dict" ]] && dict=(-dict="$PINS_ROOT/tests/fuzz/$name.dict")
+    echo "-- fuzz_$name"
+    if ! timeout $(( ${FUZZ_SECONDS:-30} + 60 )) "$fz" "${dict[@]}" \
+      -max_total_time="${FUZZ_SECONDS:-30}" -timeout=10 -rss_limit_mb=2048 \
+      -artifact_prefix="$scratch/" "$scratch" "$PINS_ROOT/tests/fuzz/corpus/$name" \
+      > "$scratch/log" 2>&1; then
+      tail -40 "$scratch/log"
+      FAILED=$((FAILED + 1))
+      fail "fuzz_$name found a problem (artifacts in $scratch)"
+    fi
+    tail -1 "$scratch/log"
+    PASSED=$((PASSED + 1))
+    rm -rf "$scratch"
+  done
+  stage_ok
+fi
+
 echo
 echo "all stages passed in $((SECONDS - START)) s"
 summary
