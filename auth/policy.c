@@ -597,6 +597,13 @@ int auth_init(const pins_config *cfg, char *err, size_t errlen)
     pthread_mutex_unlock(&init_mu);
     pins_log_info("rbac policy loaded", "version", version, "hash", hash, "source",
                   cfg->rbac_policy_file != NULL ? cfg->rbac_policy_file : "built-in", NULL);
+    bool machine = cfg->machine_secret_token != NULL && cfg->machine_secret_token[0] != '\0';
+    bool bearer = cfg->jwt_secret != NULL && cfg->jwt_secret[0] != '\0';
+    if (cfg->rbac_enforce && !cfg->rbac_fail_open && !machine && !bearer &&
+        !cfg->rbac_trust_x_roles)
+        pins_log_warn("RBAC_ENFORCE=true but no credential can be accepted (MACHINE_SECRET_TOKEN, "
+                      "JWT_SECRET and RBAC_TRUST_X_ROLES unset): every guarded call is refused",
+                      NULL);
     return 0;
 }
 
