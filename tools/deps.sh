@@ -31,7 +31,7 @@ BUILD_PKGS=(
 # Test: interop clients, formatters and the servers the integration tests start on loopback.
 TEST_PKGS=(
   python3 python3-grpcio python3-protobuf python3-h2
-  nghttp2-client curl nodejs npm clang-format
+  nghttp2-client curl openssl nodejs npm clang-format
   postgresql redis-server pgbouncer prometheus nginx
 )
 # Bench: ../shared/bench/README.md "Setup" (grpcpp, etcd, nghttpd and m7-fastapi peers, h2load).
