@@ -52,7 +52,7 @@ int pbwire_check_ex(const uint8_t *buf, size_t len, const ProtobufCMessageDescri
     if (max_depth < 1 || (buf == NULL && len != 0))
         return PINS_EINVALID_ARGUMENT;
     const uint8_t *p = buf, *end = buf + len;
-    int depth = 1; /* stack[depth - 1] is the current message */
+    int depth = 1;                              /* stack[depth - 1] is the current message */
     const ProtobufCFieldDescriptor *top = NULL; /* the depth-1 field being walked */
     stack[0] = (struct frame){end, desc};
     for (;;) {

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "observability/log.h"
+#include "store/breaker.h"
 #include "store/store.h"
 
 static void end_response(rpc_call *call, int err, const char *message);
@@ -290,6 +291,8 @@ static void end_response(rpc_call *call, int err, const char *message)
         int code = pins_error_grpc(err);
         double secs = (double)(rpc__now_ns() - call->start_ns) / 1e9;
         rpc__metrics_handled(call->method, code, secs);
+        if (call->method->flags & RPC_METHOD_MEMORY_PINS)
+            store_breaker_record(err); /* the store circuit breaker's verdicts */
         if (call->transport != NULL)
             call->ops->finish(call, err, message);
     }

@@ -4,7 +4,10 @@
 #include "rpc/rpc_int.h"
 
 #include "auth/auth.h"
+#include "auth/ratelimit.h"
 #include "observability/metrics.h"
+#include "store/breaker.h"
+#include "store/store.h"
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
@@ -45,6 +48,34 @@ static bool authorize_or_reply(rpc_call *call)
     return false;
 }
 
+/* After the rate limit (API.md 7: authenticate -> RBAC -> feature flag -> rate limit ->
+ * breaker): runs the handler and drops the dispatcher's reference. */
+static void proceed(rpc_call *call)
+{
+    /* ---- store circuit breaker (store/breaker.h); the store gets the call's deadline ---- */
+    if ((call->method->flags & RPC_METHOD_MEMORY_PINS) && !store_breaker_allow()) {
+        rpc_call_fail(call, PINS_EBREAKER_OPEN, "store circuit breaker open");
+        rpc__call_unref(call);
+        return;
+    }
+    store_session_set_deadline(call->worker->store, call->deadline_ns);
+    call->method->handler(call);
+    store_session_set_deadline(call->worker->store, 0);
+    /* ---- end of the breaker's part ---- */
+    if (!(call->flags & RPC__CALL_FINISHED) && call->deadline_ns != 0)
+        arm_deadline(call);
+    rpc__call_unref(call); /* ours; the call lives while others hold one */
+}
+
+/* The limiter's answer (possibly from a Redis reply callback); a refused call is finished. */
+static void on_rate_checked(rpc_call *call, bool go)
+{
+    if (go)
+        proceed(call);
+    else
+        rpc__call_unref(call);
+}
+
 void rpc__dispatch(rpc_call *call)
 {
     const rpc_method *m = call->method;
@@ -64,9 +95,13 @@ void rpc__dispatch(rpc_call *call)
         rpc_call_fail(call, PINS_EDISABLED, "Memory pins feature is disabled");
         goto out;
     }
-    m->handler(call);
-    if (!(call->flags & RPC__CALL_FINISHED) && call->deadline_ns != 0)
-        arm_deadline(call);
+    if ((m->flags & RPC_METHOD_MEMORY_PINS) && call->worker->ratelimit != NULL) {
+        /* Our reference passes to on_rate_checked (at once, or when Redis answers). */
+        ratelimit_call_check(call->worker->ratelimit, call, on_rate_checked);
+        return;
+    }
+    proceed(call);
+    return;
 out:
     rpc__call_unref(call); /* ours; the call lives while others hold one */
 }

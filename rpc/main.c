@@ -9,6 +9,7 @@
 #include "observability/log.h"
 #include "observability/metrics.h"
 #include "rpc/rpc.h"
+#include "store/breaker.h"
 #include "store/store.h"
 
 static rpc_server *server;
@@ -80,6 +81,7 @@ int main(int argc, char **argv)
                         .data_dir = cfg.data_dir,
                         .pool_size = cfg.db_pool_size,
                         .workers = cfg.workers};
+    store_breaker_configure(cfg.breaker_errors_per_min, cfg.breaker_open_seconds);
     int rv = store_open(&so, &st);
     if (rv != 0) {
         fprintf(stderr, "pinsd: cannot open the store: %s\n", pins_strerror(rv));

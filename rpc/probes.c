@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/ratelimit.h"
 #include "common/timeutil.h"
 #include "observability/metrics.h"
 #include "store/store.h"
@@ -14,18 +15,24 @@ typedef struct ready_ctx {
     rpc__http_done_cb done;
     void *arg;
     pins_arena *arena;
+    store_session *ss; /* for the reason of a store that is down */
     bool draining;
+    const char *redis; /* the rate limiter's Redis: ok, disabled, down (fail-open) */
 } ready_ctx;
 
 static void on_ping(void *arg, int err, int64_t count)
 {
     ready_ctx *r = arg;
     bool ok = err == 0 && !r->draining;
-    const char *state = err == 0 ? "ok" : "down";
+    /* The store's own text for a schema behind the binary (never database text). */
+    const char *state = err == 0 ? "ok"
+                        : strncmp(store_session_last_error(r->ss), "schema behind", 13) == 0
+                            ? "schema_behind"
+                            : "down";
     char *body = pins_arena_printf(r->arena,
                                    "{\"ready\":%s,\"checks\":{\"store\":\"%s\",\"redis\":"
-                                   "\"disabled\"%s}}",
-                                   ok ? "true" : "false", state,
+                                   "\"%s\"%s}}",
+                                   ok ? "true" : "false", state, r->redis,
                                    r->draining ? ",\"server\":\"draining\"" : "");
     rpc__http_answer ans = {.status = ok ? 200 : 503,
                             .content_type = "application/json",
@@ -83,7 +90,9 @@ bool rpc__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const c
         *r = (ready_ctx){.done = done,
                          .arg = arg,
                          .arena = a,
-                         .draining = atomic_load(&w->server->draining) != 0};
+                         .ss = w->store,
+                         .draining = atomic_load(&w->server->draining) != 0,
+                         .redis = ratelimit_redis_check(w->server->ratelimit)};
         if (store_ping(w->store, on_ping, r) != 0)
             on_ping(r, PINS_ESTORE, 0);
         return true;

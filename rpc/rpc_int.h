@@ -16,6 +16,8 @@
 struct store;
 struct store_session;
 struct rpc__conn;
+struct ratelimit;
+struct ratelimit_worker;
 
 /* ---- call ------------------------------------------------------------------------------------ */
 
@@ -151,6 +153,7 @@ struct rpc_worker {
     size_t arena_limit;                  /* the limit of every transport call arena */
     pins_arena *arena_pool[RPC__ARENA_POOL];
     size_t narena_pool;
+    struct ratelimit_worker *ratelimit; /* auth/ratelimit.h; NULL: no rate limiting */
 };
 
 struct rpc_server {
@@ -158,8 +161,9 @@ struct rpc_server {
     struct store *store;
     rpc_worker *workers;
     int nworkers;
-    int *listen_fds; /* nworkers * nlisten sockets, SO_REUSEPORT */
-    void *tls_ctx;   /* SSL_CTX *, NULL without TLS */
+    int *listen_fds;             /* nworkers * nlisten sockets, SO_REUSEPORT */
+    void *tls_ctx;               /* SSL_CTX *, NULL without TLS */
+    struct ratelimit *ratelimit; /* auth/ratelimit.h, process wide */
     int64_t started_unix_us;
     int64_t started_ns;
     _Atomic int draining;

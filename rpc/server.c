@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "auth/auth.h"
+#include "auth/ratelimit.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
 #include "rpc/reflection.h"
@@ -102,6 +103,9 @@ int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserve
         rv = PINS_EINTERNAL;
         goto fail;
     }
+    rv = ratelimit_new(cfg, &s->ratelimit, err, errlen);
+    if (rv != 0)
+        goto fail;
     if (cfg->tls_cert_file != NULL) {
         rv = rpc__tls_ctx_new(cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_client_ca_file,
                               &s->tls_ctx, err, errlen);
@@ -180,23 +184,57 @@ static void on_drain(evutil_socket_t fd, short what, void *arg)
         event_add(w->stop_ev, &tick);
 }
 
+/* The background sweeper of worker 0. A tick runs up to SWEEP_BATCHES_PER_TICK batches, each
+ * started from the previous one's completion, so it works with a backend that completes at once
+ * (SQLite: the loop below, no recursion) and with one that completes later from the loop
+ * (PostgreSQL: the callback starts the next batch). A tick is skipped while the previous one still
+ * has a batch in flight. */
+typedef struct sweeper {
+    rpc_worker *w;
+    int batches;  /* run in this tick */
+    bool pending; /* a batch is in flight */
+    bool in_call; /* inside store_pin_sweep: its callback must not start the next batch */
+    bool more;    /* the last batch was full: more may be expired */
+} sweeper;
+
+static void sweep_run(sweeper *sw);
+
 static void on_sweep_done(void *arg, int err, int64_t count)
 {
-    int64_t *out = arg;
-    *out = err == 0 ? count : -1;
+    sweeper *sw = arg;
+    sw->pending = false;
+    sw->batches++;
+    sw->more = err == 0 && count >= sw->w->server->cfg->sweep_batch;
+    if (!sw->in_call && sw->more)
+        sweep_run(sw);
+}
+
+static void sweep_run(sweeper *sw)
+{
+    rpc_worker *w = sw->w;
+    while (sw->more && !sw->pending && sw->batches < SWEEP_BATCHES_PER_TICK && !w->draining) {
+        sw->pending = true;
+        sw->in_call = true;
+        int rv = store_pin_sweep(w->store, rpc__now_us(), w->server->cfg->sweep_batch,
+                                 on_sweep_done, sw);
+        sw->in_call = false;
+        if (rv != 0) {
+            sw->pending = false;
+            return;
+        }
+    }
 }
 
 /* Expired pins are hidden at once by reads; this reclaims them in bounded batches so that
  * expiry never stalls requests. */
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
-    rpc_worker *w = arg;
-    int batch = w->server->cfg->sweep_batch;
-    for (int i = 0; i < SWEEP_BATCHES_PER_TICK && !w->draining; i++) {
-        int64_t n = -1;
-        if (store_pin_sweep(w->store, rpc__now_us(), batch, on_sweep_done, &n) != 0 || n < batch)
-            break;
-    }
+    sweeper *sw = arg;
+    if (sw->pending)
+        return;
+    sw->batches = 0;
+    sw->more = true;
+    sweep_run(sw);
 }
 
 static void *worker_main(void *arg)
@@ -221,13 +259,23 @@ static void *worker_main(void *arg)
         w->listeners[w->nlisteners++] = l;
     }
     if (w->index == 0 && cfg->sweep_interval_seconds > 0) {
-        w->sweep_ev = event_new(w->base, -1, EV_PERSIST, on_sweep, w);
+        sweeper *sw = calloc(1, sizeof(*sw));
+        if (sw != NULL)
+            *sw = (sweeper){.w = w};
+        w->sweep_ev = sw != NULL ? event_new(w->base, -1, EV_PERSIST, on_sweep, sw) : NULL;
+        if (w->sweep_ev == NULL)
+            free(sw);
         struct timeval tv = {.tv_sec = cfg->sweep_interval_seconds};
         if (w->sweep_ev != NULL)
             event_add(w->sweep_ev, &tv);
     }
+    /* The rate limiter's Redis connection lives on this loop (auth/ratelimit.h). */
+    if (ratelimit_worker_new(s->ratelimit, w->base, &w->ratelimit) != 0)
+        pins_log_error("cannot start the rate limiter", NULL);
     event_base_dispatch(w->base);
     rpc__conn_close_all(w);
+    ratelimit_worker_free(w->ratelimit); /* finishes calls still waiting for Redis */
+    w->ratelimit = NULL;
     for (size_t i = 0; i < w->nlisteners; i++)
         evconnlistener_free(w->listeners[i]);
     w->nlisteners = 0;
@@ -337,8 +385,11 @@ void rpc_server_free(rpc_server *s)
                 event_free(w->drain_ev);
             if (w->stop_ev != NULL)
                 event_free(w->stop_ev);
-            if (w->sweep_ev != NULL)
+            if (w->sweep_ev != NULL) {
+                void *sw = event_get_callback_arg(w->sweep_ev);
                 event_free(w->sweep_ev);
+                free(sw);
+            }
             free(w->listeners);
             for (size_t k = 0; k < w->narena_pool; k++)
                 pins_arena_free(w->arena_pool[k]);
@@ -355,6 +406,7 @@ void rpc_server_free(rpc_server *s)
     free(s->workers);
     if (s->tls_ctx != NULL)
         rpc__tls_ctx_free(s->tls_ctx);
+    ratelimit_free(s->ratelimit);
     rpc__reflection_shutdown();
     if (stop_pipe[0] >= 0) {
         close(stop_pipe[0]);

@@ -26,8 +26,7 @@ int store_open(const store_options *opts, store **pstore)
         return PINS_EINTERNAL;
     if (opts->database_url == NULL || opts->database_url[0] == '\0')
         return store__sqlite_open(opts, pstore);
-    /* A DATABASE_URL selects PostgreSQL, which this build does not serve yet. */
-    return PINS_ESTORE;
+    return store__postgres_open(opts, pstore);
 }
 
 void store_close(store *s)
@@ -52,6 +51,12 @@ void store_session_free(store_session *ss)
 {
     if (ss != NULL)
         ss->be->session_free(ss);
+}
+
+void store_session_set_deadline(store_session *ss, int64_t deadline_ns)
+{
+    if (ss != NULL)
+        ss->deadline_ns = deadline_ns > 0 ? deadline_ns : 0;
 }
 
 const char *store_session_last_error(const store_session *ss)

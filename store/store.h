@@ -170,6 +170,13 @@ void store_session_free(store_session *ss);
  * valid until the next operation on it; read it in the callback that received the error. */
 const char *store_session_last_error(const store_session *ss);
 
+/* Sets the monotonic deadline (CLOCK_MONOTONIC nanoseconds, 0: none) of the operations started on
+ * ss from now on, until the next call. A backend that completes later (PostgreSQL) completes an
+ * operation still pending at its deadline with PINS_EDEADLINE_EXCEEDED (its statement may still
+ * run to completion in the database); operations without a deadline get the backend's own limit.
+ * The SQLite backend completes before the deadline could matter and ignores it. */
+void store_session_set_deadline(store_session *ss, int64_t deadline_ns);
+
 /* Insert or update (tenant_id, key), honouring expected_version, and write the audit row in the
  * same transaction. An expired pin counts as absent: the write creates it anew (version 1). */
 int store_pin_upsert(store_session *ss, const store_upsert_req *req, store_pin_cb cb, void *arg);
@@ -191,5 +198,45 @@ int store_audit_list(store_session *ss, const store_audit_list_req *req, store_a
                      void *arg);
 /* A cheap round trip proving the store answers (for /ready); count is 0. */
 int store_ping(store_session *ss, store_count_cb cb, void *arg);
+
+/* ---- PostgreSQL schema migrations (store/migrate.c) -----------------------------------------
+ *
+ * The PostgreSQL schema is versioned in system.pins_schema_migrations (version, name, applied_at)
+ * by the migrations compiled into the binary (store/migrations/postgres/). pinsd never migrates by
+ * itself: `pinsctl migrate upgrade head` is the deployment step, and a pinsd whose database is
+ * behind its binary reports the store down on /ready and refuses MemoryPins calls. Each function
+ * opens its own blocking connection to url, takes pg_advisory_lock(STORE_MIGRATE_LOCK_KEY) so that
+ * concurrent runners serialise, runs every step in its own transaction and closes the connection.
+ * Re-running an upgrade to a version already reached changes nothing. On failure, err (cap bytes,
+ * may be NULL) gets a message for the operator: what failed, and the server's text, never the URL.
+ */
+
+/* The key of the advisory lock every runner holds while it reads or changes the schema. */
+#define STORE_MIGRATE_LOCK_KEY 7364856700001LL
+
+/* One applied migration, as recorded. */
+typedef struct store_migration_info {
+    int version;
+    char name[64];
+    char applied_at[40]; /* RFC 3339 UTC, "" for a migration not applied */
+} store_migration_info;
+
+/* The newest migration this binary knows. */
+int store_migrate_latest(void);
+/* Applies the migrations above the current version up to target (<= 0: the newest). *papplied
+ * (may be NULL) gets how many were applied. Returns 0, PINS_EINVALID_ARGUMENT (target unknown or
+ * below the current version), PINS_ESTORE. */
+int store_migrate_up(const char *url, int target, int *papplied, char *err, size_t cap);
+/* Reverts the newest `steps` applied migrations (steps < 0: all of them, down to the base).
+ * *preverted (may be NULL) gets how many were reverted. Returns 0, PINS_EINVALID_ARGUMENT (more
+ * steps than applied migrations), PINS_ESTORE. */
+int store_migrate_down(const char *url, int steps, int *preverted, char *err, size_t cap);
+/* *pversion gets the current schema version (0: none). Returns 0 or PINS_ESTORE. */
+int store_migrate_current(const char *url, int *pversion, char *err, size_t cap);
+/* Fills rows[0..*pn) (at most cap_rows) with every migration the binary knows, in version order,
+ * applied_at set for the applied ones, plus applied versions the binary does not know. Returns 0
+ * or PINS_ESTORE. */
+int store_migrate_history(const char *url, store_migration_info *rows, size_t cap_rows, size_t *pn,
+                          char *err, size_t cap);
 
 #endif

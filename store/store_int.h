@@ -18,6 +18,7 @@
 #define PINS_STORE_STORE_INT_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -92,6 +93,7 @@ struct store_session {
     const store__backend *be;
     store *store;
     char last_error[STORE__ERROR_MAX]; /* "" or the detail of the last failed operation */
+    int64_t deadline_ns; /* store_session_set_deadline: 0 or the monotonic deadline of new calls */
 };
 
 /* Records the detail of a failure on ss, printf style, replacing the previous one. The text is
@@ -179,6 +181,39 @@ int store__defer_new(struct event_base *base, void (*fn)(void *arg), void *arg,
 void store__defer_arm(store__defer *d);
 /* Cancels a scheduled call and frees d. NULL is allowed. */
 void store__defer_free(store__defer *d);
+
+/* ---- PostgreSQL event-loop glue (store/pg_loop.c) -------------------------------------------- */
+
+typedef struct store__io store__io;
+typedef struct store__timer store__timer;
+
+/* A watcher of one socket on base's loop calling fn(arg, readable, writable); inactive until
+ * store__io_set gives it a socket. *pio is freed with store__io_free(). Returns 0 or PINS_ENOMEM.
+ */
+int store__io_new(struct event_base *base, void (*fn)(void *arg, bool readable, bool writable),
+                  void *arg, store__io **pio);
+/* Watches fd for the directions asked (fd < 0 or neither: stops watching). Returns 0 or
+ * PINS_ENOMEM. */
+int store__io_set(store__io *io, int fd, bool want_read, bool want_write);
+/* Stops watching and frees io. NULL is allowed. */
+void store__io_free(store__io *io);
+/* A one-shot timer calling fn(arg) on base's loop. Returns 0 or PINS_ENOMEM. */
+int store__timer_new(struct event_base *base, void (*fn)(void *arg), void *arg,
+                     store__timer **ptimer);
+/* Arms t to fire in ms milliseconds unless it is already armed. */
+void store__timer_arm(store__timer *t, int64_t ms);
+/* Cancels and frees t. NULL is allowed. */
+void store__timer_free(store__timer *t);
+
+/* ---- the PostgreSQL backend (store/postgres.c, store/migrate.c) ------------------------------ */
+
+/* The PostgreSQL migrations in ascending version order (generated source). */
+extern const store__migration store__postgres_migrations[];
+extern const size_t store__postgres_migrations_count;
+
+/* Opens the PostgreSQL store for opts->database_url without connecting (sessions connect, and
+ * reconnect, by themselves). Returns 0, PINS_ESTORE (unparsable URL), PINS_ENOMEM. */
+int store__postgres_open(const store_options *opts, store **pstore);
 
 /* ---- SQLite backend: counters and hooks for tests and benchmarks (not for the service) ------ */
 

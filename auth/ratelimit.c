@@ -1,0 +1,747 @@
+/* auth/ratelimit.c: the rate limiter (auth/ratelimit.h): REDIS_URL, one hiredis async connection
+ * per worker on its libevent loop, the bucket script, the fail-open fallback and the call glue.
+ *
+ * A worker's connection goes DOWN -> CONNECTING -> UP. Commands queued right after the connect
+ * (AUTH, SELECT, SCRIPT LOAD) run in order once it is established; the SCRIPT LOAD reply (the
+ * script's SHA1) makes it UP. Only an UP connection decides calls. Any failure (connect refused,
+ * AUTH refused, the peer closing, RATELIMIT__HUNG_TIMEOUTS calls in a row waiting past the bound)
+ * drops it and arms the reconnect timer with the next backoff step. hiredis frees its context
+ * after the connect and disconnect callbacks, so those only forget the pointer; a context is freed
+ * by us (redisAsyncFree) only from our own timers, never inside a hiredis callback.
+ *
+ * A waiting call is a `pending` owned by its hiredis reply callback (which hiredis always runs
+ * once: with the reply, or with NULL when the context goes away). Its wait timer decides the call
+ * locally when Redis is slow; the late reply then only frees the pending.
+ */
+#include "auth/ratelimit_int.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth/auth.h"
+#include "common/error.h"
+#include "common/timeutil.h"
+#include "observability/log.h"
+#include "observability/metrics.h"
+
+#define RATELIMIT__LOCAL_BUCKETS  65536
+#define RATELIMIT__BACKOFF_MIN_MS 100
+#define RATELIMIT__BACKOFF_MAX_MS 2000
+#define RATELIMIT__HUNG_TIMEOUTS  20 /* calls in a row past the wait: Redis is hung, reconnect */
+#define RATELIMIT__MAX_TENANT     1024
+
+const char ratelimit__script[] =
+    "local rpm = tonumber(ARGV[1])\n"
+    "local burst = tonumber(ARGV[2])\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
+    "local tokens = tonumber(b[1])\n"
+    "local ts = tonumber(b[2])\n"
+    "if tokens == nil or ts == nil then tokens = burst; ts = now end\n"
+    "if now > ts then\n"
+    "  tokens = math.min(burst, tokens + (now - ts) * rpm / 60000)\n"
+    "  ts = now\n"
+    "end\n"
+    "local allowed = 0\n"
+    "if tokens >= 1 then tokens = tokens - 1; allowed = 1 end\n"
+    "local full_ms = math.ceil((burst - tokens) * 60000 / rpm)\n"
+    "redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),\n"
+    "           'ts', string.format('%.0f', ts))\n"
+    "redis.call('PEXPIRE', KEYS[1], full_ms + 1000)\n"
+    "local retry_ms = 0\n"
+    "if allowed == 0 then retry_ms = math.ceil((1 - tokens) * 60000 / rpm) end\n"
+    "return {allowed, math.floor(tokens), full_ms, retry_ms}\n";
+
+struct ratelimit {
+    const pins_config *cfg;
+    int rpm;
+    int burst;
+    bool use_redis;
+    ratelimit__redis_url url;
+    char where[300]; /* host:port or the socket path, for logs (never the password) */
+    ratelimit__local *local;
+    char policy[64]; /* the RateLimit-Policy value */
+    char limit[24];  /* rpm as text */
+};
+
+typedef enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP } conn_state;
+
+struct ratelimit_worker {
+    ratelimit *rl;
+    struct event_base *base;
+    redisAsyncContext *ac;
+    conn_state state;
+    char sha[48];
+    struct event *retry_ev; /* reconnect after backoff */
+    struct event *drop_ev;  /* drop a hung connection outside hiredis's callbacks */
+    int backoff_ms;
+    int timeouts; /* calls in a row decided locally because Redis was slow */
+    bool logged_down;
+    bool closing;
+    uint64_t rng;
+};
+
+typedef struct pending {
+    ratelimit_worker *w;
+    rpc_call *call; /* NULL once decided (the wait timed out) */
+    ratelimit_call_cb cb;
+    const char *tenant; /* in the call's arena; valid while call is set */
+    struct event *timer;
+    bool retried; /* EVAL sent after NOSCRIPT */
+} pending;
+
+/* Process wide: one limiter per process; the gauge reads these at exposition time. */
+static metrics_family *decisions;
+static metrics_family *redis_up;
+static _Atomic int nworkers_redis; /* workers with a Redis connection to keep */
+static _Atomic int nworkers_up;    /* ... of which UP */
+
+static void conn_connect(ratelimit_worker *w);
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+static double on_redis_up_sample(void *arg)
+{
+    int n = atomic_load(&nworkers_redis);
+    return n > 0 && atomic_load(&nworkers_up) >= n ? 1.0 : 0.0;
+}
+
+static void count(bool allowed, const char *backend)
+{
+    const char *v[] = {allowed ? "allowed" : "limited", backend};
+    metrics_counter_inc(decisions, v);
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* A new percent-decoded copy of s[0..n), or NULL (out of memory or a bad escape: *pbad). */
+static char *pct_dup(const char *s, size_t n, bool *pbad)
+{
+    char *out = malloc(n + 1);
+    size_t o = 0;
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            int hi = i + 2 < n ? hex_value(s[i + 1]) : -1;
+            int lo = i + 2 < n ? hex_value(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                free(out);
+                *pbad = true;
+                return NULL;
+            }
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static bool parse_int(const char *s, size_t n, int lo, int hi, int *pv)
+{
+    if (n == 0 || n > 9)
+        return false;
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < lo || v > hi)
+        return false;
+    *pv = v;
+    return true;
+}
+
+int ratelimit__redis_url_parse(const char *url, ratelimit__redis_url *pu, const char **pwhy)
+{
+    ratelimit__redis_url u = {.port = 6379};
+    bool bad = false;
+    int rv = PINS_EINVALID_ARGUMENT;
+    const char *p;
+    if (strncmp(url, "unix://", 7) == 0) {
+        p = url + 7;
+        size_t n = strcspn(p, "?");
+        if (n == 0 || p[0] != '/') {
+            *pwhy = "unix:// needs an absolute socket path";
+            goto fail;
+        }
+        u.unix_path = strndup(p, n);
+        if (u.unix_path == NULL)
+            goto nomem;
+        if (p[n] == '?') {
+            const char *q = p + n + 1;
+            if (strncmp(q, "db=", 3) != 0 || !parse_int(q + 3, strlen(q + 3), 0, 100000, &u.db)) {
+                *pwhy = "the only query parameter is db=<number>";
+                goto fail;
+            }
+        }
+        *pu = u;
+        return 0;
+    }
+    if (strncmp(url, "rediss://", 9) == 0) {
+        u.tls = true;
+        p = url + 9;
+    } else if (strncmp(url, "redis://", 8) == 0) {
+        p = url + 8;
+    } else {
+        *pwhy = "must start with redis://, rediss:// or unix://";
+        goto fail;
+    }
+    size_t auth_len = strcspn(p, "@/");
+    if (p[auth_len] == '@') {
+        size_t user_len = strcspn(p, ":@");
+        if (user_len > 0) {
+            u.user = pct_dup(p, user_len, &bad);
+            if (u.user == NULL)
+                goto nomem_or_bad;
+        }
+        if (p[user_len] == ':') {
+            u.password = pct_dup(p + user_len + 1, auth_len - user_len - 1, &bad);
+            if (u.password == NULL)
+                goto nomem_or_bad;
+        } else if (u.user != NULL) {
+            /* redis://secret@host: the userinfo is the password, as redis-cli reads it. */
+            u.password = u.user;
+            u.user = NULL;
+        }
+        p += auth_len + 1;
+    }
+    size_t host_len;
+    const char *host = p;
+    if (*p == '[') {
+        const char *end = strchr(p, ']');
+        if (end == NULL) {
+            *pwhy = "unterminated [IPv6] host";
+            goto fail;
+        }
+        host = p + 1;
+        host_len = (size_t)(end - host);
+        p = end + 1;
+    } else {
+        host_len = strcspn(p, ":/?");
+        p += host_len;
+    }
+    if (host_len == 0) {
+        *pwhy = "no host";
+        goto fail;
+    }
+    u.host = strndup(host, host_len);
+    if (u.host == NULL)
+        goto nomem;
+    if (*p == ':') {
+        size_t n = strcspn(p + 1, "/?");
+        if (!parse_int(p + 1, n, 1, 65535, &u.port)) {
+            *pwhy = "the port is not a number in 1..65535";
+            goto fail;
+        }
+        p += 1 + n;
+    }
+    if (*p == '/') {
+        size_t n = strcspn(p + 1, "?");
+        if (n > 0 && !parse_int(p + 1, n, 0, 100000, &u.db)) {
+            *pwhy = "the database is not a number";
+            goto fail;
+        }
+        p += 1 + n;
+    }
+    if (*p != '\0') {
+        *pwhy = "query parameters are not supported";
+        goto fail;
+    }
+    *pu = u;
+    return 0;
+nomem_or_bad:
+    if (bad) {
+        *pwhy = "bad percent-encoding in the user or password";
+        goto fail;
+    }
+nomem:
+    rv = PINS_ENOMEM;
+    *pwhy = "out of memory";
+fail:
+    ratelimit__redis_url_free(&u);
+    return rv;
+}
+
+void ratelimit__redis_url_free(ratelimit__redis_url *u)
+{
+    free(u->host);
+    free(u->unix_path);
+    free(u->user);
+    if (u->password != NULL) {
+        explicit_bzero(u->password, strlen(u->password));
+        free(u->password);
+    }
+    *u = (ratelimit__redis_url){0};
+}
+
+/* ---- the call glue --------------------------------------------------------------------------- */
+
+/* The bucket a call counts against. */
+static const char *call_tenant(const rpc_call *call)
+{
+    const auth_decision *d = rpc_call_auth(call);
+    if (d == NULL || d->tenant == NULL || d->tenant[0] == '\0' ||
+        strcmp(d->tenant, AUTH_ALL_TENANTS) == 0)
+        return "global";
+    return d->tenant;
+}
+
+static int add(rpc_call *call, const char *name, const char *value)
+{
+    return rpc_call_add_metadata(call, name, value, true);
+}
+
+/* Adds the answer's metadata, refuses the call when limited, and hands it back. */
+static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit *rl,
+                         const ratelimit__decision *d, const char *backend)
+{
+    count(d->allowed, backend);
+    char rem[24], state[96], retry[24];
+    snprintf(rem, sizeof(rem), "%lld", (long long)d->remaining);
+    snprintf(state, sizeof(state), "limit=%d, remaining=%lld, reset=%lld", rl->rpm,
+             (long long)d->remaining, (long long)d->reset_s);
+    snprintf(retry, sizeof(retry), "%lld", (long long)d->retry_after_s);
+    int rv = add(call, "ratelimit-policy", rl->policy);
+    if (rv == 0)
+        rv = add(call, "ratelimit", state);
+    if (rv == 0)
+        rv = add(call, "x-ratelimit-limit", rl->limit);
+    if (rv == 0)
+        rv = add(call, "x-ratelimit-remaining", rem);
+    if (rv == 0 && !d->allowed)
+        rv = add(call, "retry-after", retry);
+    if (rv != 0) {
+        rpc_call_fail(call, rv, NULL);
+        cb(call, false);
+        return;
+    }
+    if (!d->allowed) {
+        rpc_call_fail(call, PINS_ERATE_LIMITED,
+                      "rate limit exceeded: %d requests per minute, retry after %lld s", rl->rpm,
+                      (long long)d->retry_after_s);
+        cb(call, false);
+        return;
+    }
+    cb(call, true);
+}
+
+static void decide_locally(ratelimit *rl, rpc_call *call, const char *tenant, ratelimit_call_cb cb)
+{
+    ratelimit__decision d;
+    if (ratelimit__local_take(rl->local, tenant, pins_time_mono_ns(), &d) != 0) {
+        /* No memory for a bucket: let the call through (fail-open) without claiming a count. */
+        d = (ratelimit__decision){.allowed = true, .remaining = rl->burst - 1};
+    }
+    finish_check(call, cb, rl, &d, "local");
+}
+
+/* ---- the Redis connection -------------------------------------------------------------------- */
+
+static uint64_t next_random(ratelimit_worker *w)
+{
+    w->rng ^= w->rng << 13;
+    w->rng ^= w->rng >> 7;
+    w->rng ^= w->rng << 17;
+    return w->rng;
+}
+
+static void set_down(ratelimit_worker *w, const char *why)
+{
+    if (w->state == CONN_UP)
+        atomic_fetch_sub(&nworkers_up, 1);
+    w->state = CONN_DOWN;
+    if (!w->logged_down && !w->closing) {
+        w->logged_down = true;
+        pins_log_warn("redis unreachable: rate limiting falls back to the local bucket", "redis",
+                      w->rl->where, "reason", why, NULL);
+    }
+}
+
+static void schedule_reconnect(ratelimit_worker *w)
+{
+    if (w->closing || w->retry_ev == NULL)
+        return;
+    int half = w->backoff_ms / 2;
+    int delay = half + (int)(next_random(w) % (uint64_t)(half + 1));
+    struct timeval tv = {.tv_sec = delay / 1000, .tv_usec = (delay % 1000) * 1000};
+    evtimer_add(w->retry_ev, &tv);
+    w->backoff_ms *= 2;
+    if (w->backoff_ms > RATELIMIT__BACKOFF_MAX_MS)
+        w->backoff_ms = RATELIMIT__BACKOFF_MAX_MS;
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    conn_connect(arg);
+}
+
+/* Drops the connection from one of our own timers (never inside a hiredis callback). */
+static void on_drop(evutil_socket_t fd, short what, void *arg)
+{
+    ratelimit_worker *w = arg;
+    if (w->ac == NULL)
+        return;
+    redisAsyncContext *ac = w->ac;
+    w->ac = NULL;
+    set_down(w, "no reply in time");
+    redisAsyncFree(ac); /* waiting calls get NULL replies; may run on_disconnect */
+    if (!evtimer_pending(w->retry_ev, NULL))
+        schedule_reconnect(w);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    ratelimit_worker *w = ac->data;
+    if (status == REDIS_OK)
+        return;   /* UP once the script is loaded */
+    w->ac = NULL; /* hiredis frees it after this callback */
+    set_down(w, ac->errstr[0] != '\0' ? ac->errstr : "connect failed");
+    schedule_reconnect(w);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    ratelimit_worker *w = ac->data;
+    if (w->ac == ac)
+        w->ac = NULL;
+    set_down(w, status == REDIS_OK ? "connection closed" : ac->errstr);
+    schedule_reconnect(w);
+}
+
+/* Replies to AUTH and SELECT: an error means the connection is unusable. */
+static void on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    ratelimit_worker *w = ac->data;
+    const redisReply *reply = r;
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR)
+        return;
+    /* The server's text names no secret (e.g. "WRONGPASS invalid username-password pair"). */
+    pins_log_warn("redis refused the connection setup", "redis", w->rl->where, "command",
+                  (const char *)privdata, "error", reply->str, NULL);
+    redisAsyncDisconnect(ac);
+}
+
+static void on_script_loaded(redisAsyncContext *ac, void *r, void *privdata)
+{
+    ratelimit_worker *w = ac->data;
+    const redisReply *reply = r;
+    if (reply == NULL || w->ac != ac)
+        return;
+    if (reply->type != REDIS_REPLY_STRING || reply->len == 0 || reply->len >= sizeof(w->sha)) {
+        pins_log_warn("redis refused the rate limit script", "redis", w->rl->where, "error",
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply", NULL);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    memcpy(w->sha, reply->str, reply->len);
+    w->sha[reply->len] = '\0';
+    w->state = CONN_UP;
+    w->backoff_ms = RATELIMIT__BACKOFF_MIN_MS;
+    w->timeouts = 0;
+    atomic_fetch_add(&nworkers_up, 1);
+    if (w->logged_down)
+        pins_log_info("redis reachable again: rate limiting is shared", "redis", w->rl->where,
+                      NULL);
+    w->logged_down = false;
+}
+
+static void conn_connect(ratelimit_worker *w)
+{
+    const ratelimit__redis_url *u = &w->rl->url;
+    if (w->closing || w->ac != NULL)
+        return;
+    redisAsyncContext *ac = u->unix_path != NULL ? redisAsyncConnectUnix(u->unix_path)
+                                                 : redisAsyncConnect(u->host, u->port);
+    if (ac == NULL || ac->err != 0) {
+        set_down(w, ac != NULL ? ac->errstr : "out of memory");
+        if (ac != NULL)
+            redisAsyncFree(ac);
+        schedule_reconnect(w);
+        return;
+    }
+    ac->data = w;
+    if (redisLibeventAttach(ac, w->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        set_down(w, "cannot attach to the event loop");
+        schedule_reconnect(w);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    w->ac = ac;
+    w->state = CONN_CONNECTING;
+    int rv = REDIS_OK;
+    if (u->password != NULL && u->user != NULL)
+        rv = redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s %s", u->user, u->password);
+    else if (u->password != NULL)
+        rv = redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", u->password);
+    if (rv == REDIS_OK && u->db != 0)
+        rv = redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", u->db);
+    if (rv == REDIS_OK)
+        rv = redisAsyncCommand(ac, on_script_loaded, NULL, "SCRIPT LOAD %s", ratelimit__script);
+    if (rv != REDIS_OK)
+        redisAsyncDisconnect(ac);
+}
+
+/* ---- a call waiting for Redis ---------------------------------------------------------------- */
+
+static void pending_free(pending *p)
+{
+    if (p->timer != NULL)
+        event_free(p->timer);
+    free(p);
+}
+
+static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    pending *p = arg;
+    ratelimit_worker *w = p->w;
+    rpc_call *call = p->call;
+    if (call == NULL)
+        return;
+    p->call = NULL;
+    if (++w->timeouts >= RATELIMIT__HUNG_TIMEOUTS && w->drop_ev != NULL) {
+        struct timeval now = {0, 0};
+        evtimer_add(w->drop_ev, &now);
+    }
+    decide_locally(w->rl, call, p->tenant, p->cb);
+}
+
+static int send_script(ratelimit_worker *w, pending *p, redisCallbackFn *fn, bool eval);
+
+static void on_script_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    pending *p = privdata;
+    ratelimit_worker *w = p->w;
+    const redisReply *reply = r;
+    rpc_call *call = p->call;
+    if (call == NULL) { /* decided locally already */
+        pending_free(p);
+        return;
+    }
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR && !p->retried &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0 && !w->closing && w->ac == ac) {
+        /* The server lost its script cache (restart, SCRIPT FLUSH): EVAL it once for this
+         * call, which caches it again. */
+        p->retried = true;
+        if (send_script(w, p, on_script_reply, true) == 0)
+            return;
+    }
+    evtimer_del(p->timer);
+    p->call = NULL;
+    if (reply == NULL && w->closing) {
+        rpc_call_fail(call, PINS_ECANCELLED, "the server is shutting down");
+        p->cb(call, false);
+        pending_free(p);
+        return;
+    }
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
+        if (reply != NULL)
+            pins_log_debug("unexpected reply to the rate limit script", "redis", w->rl->where,
+                           "error", reply->type == REDIS_REPLY_ERROR ? reply->str : "", NULL);
+        decide_locally(w->rl, call, p->tenant, p->cb);
+        pending_free(p);
+        return;
+    }
+    long long v[4];
+    for (size_t i = 0; i < 4; i++)
+        v[i] = reply->element[i]->type == REDIS_REPLY_INTEGER ? reply->element[i]->integer : 0;
+    w->timeouts = 0;
+    ratelimit__decision d = {
+        .allowed = v[0] == 1,
+        .remaining = v[1],
+        .reset_s = (v[2] + 999) / 1000,
+        .retry_after_s = v[0] == 1 ? 0 : (v[3] + 999) / 1000,
+    };
+    if (!d.allowed && d.retry_after_s < 1)
+        d.retry_after_s = 1;
+    finish_check(call, p->cb, w->rl, &d, "redis");
+    pending_free(p);
+}
+
+/* Sends EVALSHA (or EVAL) for p's tenant. Returns 0 or PINS_EUNAVAILABLE. */
+static int send_script(ratelimit_worker *w, pending *p, redisCallbackFn *fn, bool eval)
+{
+    char key[RATELIMIT__MAX_TENANT + 16];
+    int n = snprintf(key, sizeof(key), "pinsd:rl:{%s}", p->tenant);
+    if (n < 0 || (size_t)n >= sizeof(key))
+        return PINS_EUNAVAILABLE;
+    int rv;
+    if (eval)
+        rv = redisAsyncCommand(w->ac, fn, p, "EVAL %s 1 %b %d %d", ratelimit__script, key,
+                               (size_t)n, w->rl->rpm, w->rl->burst);
+    else
+        rv = redisAsyncCommand(w->ac, fn, p, "EVALSHA %s 1 %b %d %d", w->sha, key, (size_t)n,
+                               w->rl->rpm, w->rl->burst);
+    return rv == REDIS_OK ? 0 : PINS_EUNAVAILABLE;
+}
+
+/* ---- public ---------------------------------------------------------------------------------- */
+
+int ratelimit_new(const pins_config *cfg, ratelimit **prl, char *err, size_t errlen)
+{
+    static const char *const labels[] = {"decision", "backend"};
+    ratelimit *rl = calloc(1, sizeof(*rl));
+    if (rl == NULL)
+        return PINS_ENOMEM;
+    rl->cfg = cfg;
+    rl->rpm = cfg->rate_limit_rpm;
+    rl->burst = cfg->rate_limit_burst > 0 ? cfg->rate_limit_burst : cfg->rate_limit_rpm;
+    if (decisions == NULL) {
+        decisions = metrics_counter_new("rate_limit_decisions_total",
+                                        "Rate limit decisions, by outcome and backend.", labels, 2);
+        redis_up =
+            metrics_gauge_new("rate_limit_redis_up",
+                              "1 when every worker's Redis connection is up, else 0.", NULL, 0);
+        if (decisions == NULL || redis_up == NULL) {
+            ratelimit_free(rl);
+            return PINS_ENOMEM;
+        }
+        metrics_gauge_set_cb(redis_up, NULL, on_redis_up_sample, NULL);
+    }
+    if (rl->rpm > 0) {
+        if (rl->burst == rl->rpm)
+            snprintf(rl->policy, sizeof(rl->policy), "%d;w=60", rl->rpm);
+        else
+            snprintf(rl->policy, sizeof(rl->policy), "%d;w=60;burst=%d", rl->rpm, rl->burst);
+        snprintf(rl->limit, sizeof(rl->limit), "%d", rl->rpm);
+        if (ratelimit__local_new(rl->rpm, rl->burst, RATELIMIT__LOCAL_BUCKETS, &rl->local) != 0) {
+            ratelimit_free(rl);
+            return PINS_ENOMEM;
+        }
+    }
+    if (rl->rpm > 0 && cfg->redis_url != NULL && cfg->redis_url[0] != '\0') {
+        const char *why = NULL;
+        int rv = ratelimit__redis_url_parse(cfg->redis_url, &rl->url, &why);
+        if (rv == 0 && rl->url.tls) {
+            why = "rediss:// needs hiredis with TLS support, which this build lacks";
+            rv = PINS_EINVALID_ARGUMENT;
+        }
+        if (rv != 0) {
+            snprintf(err, errlen, "invalid REDIS_URL: %s", why);
+            ratelimit_free(rl);
+            return rv;
+        }
+        rl->use_redis = true;
+        if (rl->url.unix_path != NULL)
+            snprintf(rl->where, sizeof(rl->where), "%s", rl->url.unix_path);
+        else
+            snprintf(rl->where, sizeof(rl->where), "%s:%d/%d", rl->url.host, rl->url.port,
+                     rl->url.db);
+    }
+    *prl = rl;
+    return 0;
+}
+
+void ratelimit_free(ratelimit *rl)
+{
+    if (rl == NULL)
+        return;
+    ratelimit__local_free(rl->local);
+    ratelimit__redis_url_free(&rl->url);
+    free(rl);
+}
+
+int ratelimit_worker_new(ratelimit *rl, struct event_base *base, ratelimit_worker **pw)
+{
+    ratelimit_worker *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return PINS_ENOMEM;
+    w->rl = rl;
+    w->base = base;
+    w->backoff_ms = RATELIMIT__BACKOFF_MIN_MS;
+    w->rng = (uint64_t)pins_time_mono_ns() ^ (uint64_t)(uintptr_t)w ^ 0x9e3779b97f4a7c15ull;
+    if (w->rng == 0)
+        w->rng = 1;
+    if (rl->use_redis) {
+        w->retry_ev = evtimer_new(base, on_retry, w);
+        w->drop_ev = evtimer_new(base, on_drop, w);
+        if (w->retry_ev == NULL || w->drop_ev == NULL) {
+            ratelimit_worker_free(w);
+            return PINS_ENOMEM;
+        }
+        atomic_fetch_add(&nworkers_redis, 1);
+        conn_connect(w);
+    }
+    *pw = w;
+    return 0;
+}
+
+void ratelimit_worker_free(ratelimit_worker *w)
+{
+    if (w == NULL)
+        return;
+    w->closing = true;
+    if (w->ac != NULL) {
+        redisAsyncContext *ac = w->ac;
+        redisAsyncFree(ac); /* pending calls get NULL replies and are finished */
+        w->ac = NULL;
+    }
+    if (w->state == CONN_UP)
+        atomic_fetch_sub(&nworkers_up, 1);
+    if (w->retry_ev != NULL) {
+        event_free(w->retry_ev);
+        atomic_fetch_sub(&nworkers_redis, 1);
+    }
+    if (w->drop_ev != NULL)
+        event_free(w->drop_ev);
+    free(w);
+}
+
+void ratelimit_call_check(ratelimit_worker *w, rpc_call *call, ratelimit_call_cb cb)
+{
+    ratelimit *rl = w->rl;
+    if (rl->rpm <= 0) {
+        count(true, "disabled");
+        cb(call, true);
+        return;
+    }
+    const char *tenant = call_tenant(call);
+    if (w->state != CONN_UP || w->ac == NULL || strlen(tenant) > RATELIMIT__MAX_TENANT) {
+        decide_locally(rl, call, tenant, cb);
+        return;
+    }
+    pending *p = calloc(1, sizeof(*p));
+    if (p != NULL) {
+        *p = (pending){.w = w, .call = call, .cb = cb, .tenant = tenant};
+        p->timer = evtimer_new(w->base, on_wait_timeout, p);
+    }
+    if (p == NULL || p->timer == NULL || send_script(w, p, on_script_reply, false) != 0) {
+        if (p != NULL)
+            pending_free(p);
+        decide_locally(rl, call, tenant, cb);
+        return;
+    }
+    struct timeval tv = {.tv_sec = 0, .tv_usec = RATELIMIT_WAIT_MS * 1000};
+    evtimer_add(p->timer, &tv);
+}
+
+const char *ratelimit_redis_check(const ratelimit *rl)
+{
+    if (rl == NULL || !rl->use_redis)
+        return "disabled";
+    return on_redis_up_sample(NULL) > 0.5 ? "ok" : "down (fail-open)";
+}

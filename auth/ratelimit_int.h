@@ -1,0 +1,67 @@
+/* auth/ratelimit_int.h: the parts of the rate limiter shared by its files and its tests.
+ *
+ *   ratelimit.c        the limiter, the per-worker Redis connection and script, the call glue
+ *   ratelimit_local.c  the process-wide local bucket table (also the fail-open fallback)
+ */
+#ifndef PINS_AUTH_RATELIMIT_INT_H
+#define PINS_AUTH_RATELIMIT_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "auth/ratelimit.h"
+
+/* The outcome of taking one token. */
+typedef struct ratelimit__decision {
+    bool allowed;
+    int64_t remaining;     /* whole tokens left after this call */
+    int64_t reset_s;       /* seconds until the bucket is full again (rounded up) */
+    int64_t retry_after_s; /* refused: seconds until one token is back (>= 1); else 0 */
+} ratelimit__decision;
+
+/* ---- ratelimit_local.c ----------------------------------------------------------------------- */
+
+typedef struct ratelimit__local ratelimit__local;
+
+/* Stripes of the local table (one mutex each). */
+#define RATELIMIT__STRIPES 32
+
+/* A new table of buckets of rpm tokens per minute (> 0) and burst tokens (> 0), holding at most
+ * max_buckets tenants (rounded up to a multiple of RATELIMIT__STRIPES). Returns 0 or PINS_ENOMEM.
+ */
+int ratelimit__local_new(int rpm, int burst, size_t max_buckets, ratelimit__local **pl);
+void ratelimit__local_free(ratelimit__local *l);
+/* Takes one token from tenant's bucket at now_ns (a monotonic clock; tests pass a fake one).
+ * A tenant not in the table starts with a full bucket. When a stripe is full, its idle buckets
+ * are evicted, or else its least recently used one. Any thread. Returns 0 or PINS_ENOMEM (*pd
+ * untouched). */
+int ratelimit__local_take(ratelimit__local *l, const char *tenant, int64_t now_ns,
+                          ratelimit__decision *pd);
+/* Buckets held now. */
+size_t ratelimit__local_size(ratelimit__local *l);
+
+/* ---- ratelimit.c ----------------------------------------------------------------------------- */
+
+/* REDIS_URL taken apart. Strings are new, freed by ratelimit__redis_url_free. */
+typedef struct ratelimit__redis_url {
+    char *host;      /* NULL for unix:// */
+    int port;        /* default 6379 */
+    char *unix_path; /* unix:///path */
+    char *user;      /* NULL: AUTH with the password only */
+    char *password;  /* NULL: no AUTH (a secret: never logged) */
+    int db;          /* SELECT, default 0 */
+    bool tls;        /* rediss:// */
+} ratelimit__redis_url;
+
+/* Parses redis://[user:pass@]host[:port][/db], rediss://..., unix:///path[?db=N]; userinfo may be
+ * percent-encoded, host may be a bracketed IPv6 address. On failure *pwhy gets a static reason
+ * (never a part of the URL). Returns 0, PINS_EINVALID_ARGUMENT, PINS_ENOMEM. */
+int ratelimit__redis_url_parse(const char *url, ratelimit__redis_url *pu, const char **pwhy);
+void ratelimit__redis_url_free(ratelimit__redis_url *u);
+
+/* The bucket script run in Redis (KEYS[1] the bucket, ARGV rpm and burst; replies
+ * {allowed, remaining, reset_ms, retry_ms}). */
+extern const char ratelimit__script[];
+
+#endif

@@ -1,0 +1,299 @@
+"""A real pinsd on a real PostgreSQL 15 (tests/integration/pg.py).
+
+(c) every MemoryPins RPC behaves as on SQLite: the data-path classes of tests/interop/test_grpc.py
+    run unchanged against a pinsd with DATABASE_URL;
+(d) PostgreSQL stopped and restarted under a bounded load: calls fail fast with UNAVAILABLE (never
+    past their deadline, no crash), the service recovers within 5 s of PostgreSQL's return, and
+    every acknowledged write and its audit row are in the database afterwards;
+(e) connection exhaustion (another client holds every connection slot): bounded errors, no crash,
+    recovery once the slots are released;
+(f) the circuit breaker opens after BREAKER_ERRORS_PER_MIN store errors and closes after a good
+    probe, visible in circuit_breaker_state{name="store"};
+plus /ready answering 503 with checks.store "down" while PostgreSQL is unreachable, and
+"schema_behind" before `pinsctl migrate upgrade head`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "interop"))
+sys.path.insert(0, HERE)
+
+import grpc  # noqa: E402
+
+import pg  # noqa: E402
+import harness  # noqa: E402
+from harness import Server, mp  # noqa: E402
+import test_grpc  # noqa: E402
+
+PINSCTL = os.environ.get("PINSCTL_BIN") or os.path.join(
+    os.path.dirname(harness.PINSD_BIN), "pinsctl")
+
+# The shared database of the data-path classes; filled by setUpModule before any class starts.
+PG_ENV = dict(test_grpc.BASE_ENV)
+_pg = None
+
+
+def setUpModule():
+    global _pg
+    if not pg.available():
+        raise unittest.SkipTest("PostgreSQL 15 binaries not found")
+    _pg = pg.PgServer().start()
+    migrate(_pg.url, "upgrade", "head")
+    PG_ENV["DATABASE_URL"] = _pg.url
+
+
+def tearDownModule():
+    if _pg is not None:
+        _pg.destroy()
+
+
+def migrate(url, *args):
+    r = subprocess.run([PINSCTL, "--database-url", url, "migrate"] + list(args),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError("pinsctl migrate %s: %s" % (" ".join(args), r.stderr))
+    return r.stdout
+
+
+def http_get(port, path, timeout=5):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(port, name, labels):
+    _, text = http_get(port, "/metrics")
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all('%s="%s"' % kv in line for kv in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+# ---- (c) the data-path interop classes, on PostgreSQL ---------------------------------------
+
+def _on_pg(cls):
+    return type(cls.__name__ + "OnPostgres", (cls,), {"SERVER_ENV": PG_ENV,
+                                                      "__module__": __name__})
+
+
+UpsertGetDeleteOnPostgres = _on_pg(test_grpc.UpsertGetDeleteTest)
+ExpectedVersionOnPostgres = _on_pg(test_grpc.ExpectedVersionTest)
+ListOnPostgres = _on_pg(test_grpc.ListTest)
+TtlAndCleanupOnPostgres = _on_pg(test_grpc.TtlAndCleanupTest)
+ValidationOnPostgres = _on_pg(test_grpc.ValidationTest)
+
+
+# ---- (d), (e), (f), /ready: each test has its own PostgreSQL ------------------------------
+
+class ResilienceTest(unittest.TestCase):
+
+    def setUp(self):
+        self.pg = pg.PgServer(max_connections=20).start()
+        self.addCleanup(self.pg.destroy)
+        migrate(self.pg.url, "upgrade", "head")
+
+    def pinsd(self, **env):
+        e = {"DATABASE_URL": self.pg.url, "RATE_LIMIT_RPM": "0", "DB_POOL_SIZE": "4",
+             "PINS_SWEEP_INTERVAL_SECONDS": "3600"}
+        e.update({k: str(v) for k, v in env.items()})
+        srv = Server(env=e)
+        self.addCleanup(srv.cleanup)
+        srv.start(ready_timeout=20)
+        client = harness.GrpcClient(srv.target)
+        self.addCleanup(client.close)
+        return srv, client
+
+    def wait_ready(self, srv, want, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, _ = http_get(srv.port, "/ready")
+            if (status == 200) == want:
+                return time.monotonic()
+            time.sleep(0.05)
+        self.fail("/ready did not become %s within %.1f s" % ("200" if want else "503", timeout))
+
+    def test_ready_reports_schema_behind_then_serves_after_upgrade(self):
+        migrate(self.pg.url, "downgrade", "base")
+        srv, client = self.pinsd()
+        status, body = http_get(srv.port, "/ready")
+        self.assertEqual(status, 503)
+        self.assertEqual(json.loads(body)["checks"]["store"], "schema_behind")
+        with self.assertRaises(grpc.RpcError) as cm:
+            client.call(mp("GetPin"), {"tenant_id": "t", "key": "k"}, timeout=5)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        migrate(self.pg.url, "upgrade", "head")
+        self.wait_ready(srv, True, 10)
+        r = client.call(mp("UpsertPin"), {"tenant_id": "t", "key": "k", "value": {"a": 1}})
+        self.assertTrue(r.created)
+
+    def test_starts_while_postgres_is_down_and_connects_when_it_comes_up(self):
+        self.pg.stop()
+        srv, client = self.pinsd()
+        status, body = http_get(srv.port, "/ready")
+        self.assertEqual(status, 503)
+        self.assertEqual(json.loads(body)["checks"]["store"], "down")
+        t0 = time.monotonic()
+        with self.assertRaises(grpc.RpcError) as cm:
+            client.call(mp("GetPin"), {"tenant_id": "t", "key": "k"}, timeout=5)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.assertLess(time.monotonic() - t0, 2.0, "a call with the store down must fail fast")
+        self.pg.start(create_db=False)
+        up = self.pg_started = time.monotonic()
+        ready_at = self.wait_ready(srv, True, 10)
+        self.assertLess(ready_at - up, 5.5)
+        # Every worker reconnects on its own backoff: the service as a whole has recovered once
+        # writes succeed, which must happen within 5 s of PostgreSQL's return.
+        done = None
+        while done is None and time.monotonic() - up < 10:
+            try:
+                client.call(mp("UpsertPin"), {"tenant_id": "t", "key": "k", "value": {"a": 1}},
+                            timeout=2)
+                done = time.monotonic()
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE)
+                time.sleep(0.05)
+        self.assertIsNotNone(done, "writes did not recover")
+        self.assertLess(done - up, 5.5)
+        self.assertTrue(srv.alive())
+
+    def test_restart_under_load_fails_fast_recovers_and_keeps_acknowledged_writes(self):
+        srv, client = self.pinsd(BREAKER_ERRORS_PER_MIN=1000000)
+        acked = {}
+        errors = []
+        slow = []
+        stop = threading.Event()
+
+        def writer(n):
+            c = harness.GrpcClient(srv.target)
+            try:
+                for i in range(100000):  # bounded; the test stops it much earlier
+                    if stop.is_set():
+                        break
+                    key = "w%d-%d" % (n, i)
+                    t0 = time.monotonic()
+                    try:
+                        c.call(mp("UpsertPin"), {"tenant_id": "load", "key": key,
+                                                 "value": {"i": i}}, timeout=2)
+                        acked[key] = i
+                    except grpc.RpcError as e:
+                        errors.append(e.code())
+                        time.sleep(0.01)
+                    if time.monotonic() - t0 > 2.5:
+                        slow.append(key)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.5)
+            self.pg.stop()
+            time.sleep(2.0)
+            self.pg.start(create_db=False)
+            back = time.monotonic()
+            self.wait_ready(srv, True, 10)
+            recovered = time.monotonic() - back
+            n_before = len(acked)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        self.assertTrue(srv.alive(), "pinsd died")
+        self.assertLess(recovered, 5.0)
+        self.assertGreater(len(acked), n_before, "no write acknowledged after recovery")
+        self.assertTrue(errors, "stopping PostgreSQL produced no error")
+        self.assertEqual(set(errors) - {grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.DEADLINE_EXCEEDED}, set())
+        self.assertEqual(slow, [], "calls ran past their deadline")
+        rows = self.pg.query("SELECT key FROM system.memory_pins WHERE tenant_id = 'load'")
+        stored = {r[0] for r in rows}
+        missing = set(acked) - stored
+        self.assertEqual(missing, set(), "acknowledged writes lost")
+        audited = {r[0] for r in self.pg.query(
+            "SELECT key FROM system.memory_audit WHERE tenant_id = 'load'"
+            " AND operation = 'upsert'")}
+        self.assertEqual(set(acked) - audited, set(), "acknowledged writes without audit rows")
+
+    def test_connection_exhaustion_bounded_errors_and_recovery(self):
+        # pinsd connects as an ordinary role, so the superuser_reserved_connections (3 of 20)
+        # are not its own: 17 superuser sessions leave it no slot, while psql still gets in.
+        self.pg.psql("CREATE ROLE pinsd LOGIN; GRANT USAGE ON SCHEMA system TO pinsd;"
+                     " GRANT ALL ON ALL TABLES IN SCHEMA system TO pinsd;"
+                     " GRANT ALL ON ALL SEQUENCES IN SCHEMA system TO pinsd")
+        self.pg.url_pinsd = "postgresql://pinsd@127.0.0.1:%d/pins" % self.pg.port
+        srv, client = self.pinsd(DATABASE_URL=self.pg.url_pinsd, DB_POOL_SIZE=2, PINS_WORKERS=1,
+                                 BREAKER_ERRORS_PER_MIN=1000000)
+        client.call(mp("UpsertPin"), {"tenant_id": "x", "key": "k", "value": {"a": 1}})
+        hogs = []
+        self.addCleanup(lambda: [h.kill() for h in hogs])
+        for _ in range(17):
+            hogs.append(subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port),
+                                          "-U", "postgres", "-d", "pins", "-c",
+                                          "SELECT pg_sleep(60)"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.5)
+        self.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE usename = 'pinsd'")
+        time.sleep(1.5)
+        codes = []
+        t0 = time.monotonic()
+        for i in range(20):  # bounded
+            try:
+                client.call(mp("GetPin"), {"tenant_id": "x", "key": "k"}, timeout=2)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as e:
+                codes.append(e.code())
+        self.assertLess(time.monotonic() - t0, 20 * 2.5)
+        self.assertIn(grpc.StatusCode.UNAVAILABLE, codes)
+        self.assertEqual(set(codes) - {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE,
+                                       grpc.StatusCode.DEADLINE_EXCEEDED}, set())
+        self.assertGreaterEqual(metric(srv.port, "store_errors_total", {"kind": "connect"}), 1)
+        # Release the slots: end the sessions server-side (a killed psql leaves its backend
+        # asleep), then reap the clients.
+        self.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE query = 'SELECT pg_sleep(60)'")
+        for h in hogs:
+            h.kill()
+            h.wait(10)
+        self.wait_ready(srv, True, 10)
+        r = client.call(mp("GetPin"), {"tenant_id": "x", "key": "k"}, timeout=5)
+        self.assertEqual(r.pin.key, "k")
+        self.assertTrue(srv.alive())
+
+    def test_breaker_opens_after_errors_and_closes_after_good_probe(self):
+        srv, client = self.pinsd(BREAKER_ERRORS_PER_MIN=5, BREAKER_OPEN_SECONDS=2)
+        client.call(mp("UpsertPin"), {"tenant_id": "b", "key": "k", "value": {"a": 1}})
+        self.assertEqual(metric(srv.port, "circuit_breaker_state", {"name": "store"}), 0)
+        self.pg.stop()
+        messages = []
+        for _ in range(12):  # bounded: 6 store errors open it
+            try:
+                client.call(mp("GetPin"), {"tenant_id": "b", "key": "k"}, timeout=2)
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE)
+                messages.append(e.details())
+        self.assertEqual(metric(srv.port, "circuit_breaker_state", {"name": "store"}), 1)
+        self.assertTrue(any("breaker" in m for m in messages), messages)
+        self.pg.start(create_db=False)
+        self.wait_ready(srv, True, 10)
+        time.sleep(2.2)  # BREAKER_OPEN_SECONDS: the next call is the probe
+        r = client.call(mp("GetPin"), {"tenant_id": "b", "key": "k"}, timeout=5)
+        self.assertEqual(r.pin.key, "k")
+        self.assertEqual(metric(srv.port, "circuit_breaker_state", {"name": "store"}), 0)
+        client.call(mp("GetPin"), {"tenant_id": "b", "key": "k"}, timeout=5)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,258 @@
+/* tests/unit/auth/test_ratelimit.c: the local token buckets (auth/ratelimit_local.c) with a fake
+ * clock, REDIS_URL parsing, and the limiter's /ready line without Redis. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth/ratelimit_int.h"
+#include "common/config.h"
+#include "common/error.h"
+
+#define SEC 1000000000ll
+
+static ratelimit__local *new_local(int rpm, int burst, size_t max)
+{
+    ratelimit__local *l = NULL;
+    assert_int_equal(ratelimit__local_new(rpm, burst, max, &l), 0);
+    assert_non_null(l);
+    return l;
+}
+
+static ratelimit__decision take(ratelimit__local *l, const char *tenant, int64_t now)
+{
+    ratelimit__decision d;
+    assert_int_equal(ratelimit__local_take(l, tenant, now, &d), 0);
+    return d;
+}
+
+static void test_local_allows_exactly_the_burst_then_refuses(void **state)
+{
+    ratelimit__local *l = new_local(60, 100, 1024);
+    int64_t now = 1000 * SEC;
+    for (int i = 0; i < 100; i++) {
+        ratelimit__decision d = take(l, "t", now);
+        assert_true(d.allowed);
+        assert_int_equal(d.remaining, 99 - i);
+    }
+    ratelimit__decision d = take(l, "t", now);
+    assert_false(d.allowed);
+    assert_int_equal(d.remaining, 0);
+    assert_int_equal(d.retry_after_s, 1); /* 60 per minute: one token a second */
+    assert_int_equal(d.reset_s, 100);     /* 100 tokens at one a second */
+    ratelimit__local_free(l);
+}
+
+static void test_local_refills_at_rpm_with_a_fake_clock(void **state)
+{
+    ratelimit__local *l = new_local(60, 10, 1024);
+    int64_t now = 5 * SEC;
+    for (int i = 0; i < 10; i++)
+        assert_true(take(l, "t", now).allowed);
+    assert_false(take(l, "t", now).allowed);
+    /* Half a second: half a token, still refused, one second to wait (rounded up). */
+    ratelimit__decision d = take(l, "t", now + SEC / 2);
+    assert_false(d.allowed);
+    assert_int_equal(d.retry_after_s, 1);
+    /* One second after the start: exactly one token. */
+    assert_true(take(l, "t", now + SEC).allowed);
+    assert_false(take(l, "t", now + SEC).allowed);
+    /* Three more seconds: three tokens. */
+    for (int i = 0; i < 3; i++)
+        assert_true(take(l, "t", now + 4 * SEC).allowed);
+    assert_false(take(l, "t", now + 4 * SEC).allowed);
+    ratelimit__local_free(l);
+}
+
+static void test_local_refill_never_exceeds_the_burst(void **state)
+{
+    ratelimit__local *l = new_local(600, 5, 1024);
+    assert_true(take(l, "t", 0).allowed);
+    /* An hour idle refills 36000 tokens' worth, capped at the burst. */
+    ratelimit__decision d = take(l, "t", 3600 * SEC);
+    assert_true(d.allowed);
+    assert_int_equal(d.remaining, 4);
+    for (int i = 0; i < 4; i++)
+        assert_true(take(l, "t", 3600 * SEC).allowed);
+    assert_false(take(l, "t", 3600 * SEC).allowed);
+    ratelimit__local_free(l);
+}
+
+static void test_local_clock_going_back_refills_nothing(void **state)
+{
+    ratelimit__local *l = new_local(60, 1, 1024);
+    assert_true(take(l, "t", 100 * SEC).allowed);
+    assert_false(take(l, "t", 50 * SEC).allowed);
+    assert_false(take(l, "t", 100 * SEC).allowed);
+    assert_true(take(l, "t", 101 * SEC).allowed);
+    ratelimit__local_free(l);
+}
+
+static void test_local_tenants_are_isolated(void **state)
+{
+    ratelimit__local *l = new_local(60, 3, 1024);
+    for (int i = 0; i < 3; i++)
+        assert_true(take(l, "noisy", 0).allowed);
+    assert_false(take(l, "noisy", 0).allowed);
+    ratelimit__decision d = take(l, "quiet", 0);
+    assert_true(d.allowed);
+    assert_int_equal(d.remaining, 2);
+    assert_true(take(l, "global", 0).allowed);
+    assert_false(take(l, "noisy", 0).allowed);
+    assert_int_equal(ratelimit__local_size(l), 3);
+    ratelimit__local_free(l);
+}
+
+static void test_local_table_is_bounded_and_evicts_idle_buckets_first(void **state)
+{
+    /* One bucket per stripe. */
+    ratelimit__local *l = new_local(60, 2, RATELIMIT__STRIPES);
+    char name[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(name, sizeof(name), "tenant-%d", i);
+        assert_true(take(l, name, 0).allowed);
+        assert_true(ratelimit__local_size(l) <= RATELIMIT__STRIPES);
+    }
+    /* A busy tenant whose bucket is evicted by newcomers in its stripe only while idle. */
+    ratelimit__local_free(l);
+    l = new_local(60, 2, RATELIMIT__STRIPES);
+    assert_true(take(l, "busy", 0).allowed);
+    assert_true(take(l, "busy", 0).allowed);
+    assert_false(take(l, "busy", 0).allowed);
+    /* Two seconds later the bucket is full again (idle): forgetting it changes nothing. */
+    for (int i = 0; i < 200; i++) {
+        snprintf(name, sizeof(name), "other-%d", i);
+        assert_true(take(l, name, 2 * SEC).allowed);
+    }
+    ratelimit__decision d = take(l, "busy", 2 * SEC);
+    assert_true(d.allowed);
+    assert_int_equal(d.remaining, 1);
+    ratelimit__local_free(l);
+}
+
+typedef struct race {
+    ratelimit__local *l;
+    int allowed;
+} race;
+
+static void *race_main(void *arg)
+{
+    race *r = arg;
+    for (int i = 0; i < 5000; i++) {
+        ratelimit__decision d;
+        if (ratelimit__local_take(r->l, "shared", 0, &d) == 0 && d.allowed)
+            r->allowed++;
+    }
+    return NULL;
+}
+
+static void test_local_two_threads_share_one_bucket(void **state)
+{
+    ratelimit__local *l = new_local(60, 1000, 1024);
+    race a = {.l = l}, b = {.l = l};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, race_main, &a), 0);
+    assert_int_equal(pthread_create(&tb, NULL, race_main, &b), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    /* The clock stands still: exactly the burst between both threads, no token twice. */
+    assert_int_equal(a.allowed + b.allowed, 1000);
+    ratelimit__local_free(l);
+}
+
+static void test_redis_url_parses_every_part(void **state)
+{
+    ratelimit__redis_url u;
+    const char *why = NULL;
+    assert_int_equal(ratelimit__redis_url_parse("redis://app:p%40ss@cache.local:6380/3", &u, &why),
+                     0);
+    assert_string_equal(u.host, "cache.local");
+    assert_int_equal(u.port, 6380);
+    assert_int_equal(u.db, 3);
+    assert_string_equal(u.user, "app");
+    assert_string_equal(u.password, "p@ss");
+    assert_false(u.tls);
+    ratelimit__redis_url_free(&u);
+
+    assert_int_equal(ratelimit__redis_url_parse("redis://127.0.0.1", &u, &why), 0);
+    assert_int_equal(u.port, 6379);
+    assert_int_equal(u.db, 0);
+    assert_null(u.password);
+    ratelimit__redis_url_free(&u);
+
+    assert_int_equal(ratelimit__redis_url_parse("redis://:secret@[::1]:7000/", &u, &why), 0);
+    assert_string_equal(u.host, "::1");
+    assert_int_equal(u.port, 7000);
+    assert_null(u.user);
+    assert_string_equal(u.password, "secret");
+    ratelimit__redis_url_free(&u);
+
+    assert_int_equal(ratelimit__redis_url_parse("rediss://h:1", &u, &why), 0);
+    assert_true(u.tls);
+    ratelimit__redis_url_free(&u);
+
+    assert_int_equal(ratelimit__redis_url_parse("unix:///run/redis.sock?db=2", &u, &why), 0);
+    assert_string_equal(u.unix_path, "/run/redis.sock");
+    assert_int_equal(u.db, 2);
+    ratelimit__redis_url_free(&u);
+}
+
+static void test_redis_url_rejects_bad_ones_without_echoing_secrets(void **state)
+{
+    static const char *const bad[] = {
+        "http://h",          "redis://",        "redis://h:0",    "redis://h:99999",
+        "redis://h:port",    "redis://h/db",    "redis://[::1",   "redis://u:%zz@h",
+        "redis://h:1/0?x=1", "unix://relative", "unix:///s?db=x",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ratelimit__redis_url u;
+        const char *why = NULL;
+        assert_int_equal(ratelimit__redis_url_parse(bad[i], &u, &why), PINS_EINVALID_ARGUMENT);
+        assert_non_null(why);
+        assert_null(strstr(why, "zz"));
+    }
+}
+
+static void test_limiter_refuses_rediss_and_reports_disabled_without_redis(void **state)
+{
+    pins_config cfg;
+    pins_config_defaults(&cfg);
+    ratelimit *rl = NULL;
+    char err[256] = "";
+    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), 0);
+    assert_string_equal(ratelimit_redis_check(rl), "disabled");
+    ratelimit_free(rl);
+    assert_string_equal(ratelimit_redis_check(NULL), "disabled");
+
+    cfg.redis_url = strdup("rediss://user:topsecret@h:6380");
+    rl = NULL;
+    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), PINS_EINVALID_ARGUMENT);
+    assert_null(rl);
+    assert_non_null(strstr(err, "REDIS_URL"));
+    assert_null(strstr(err, "topsecret"));
+    pins_config_free(&cfg);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_local_allows_exactly_the_burst_then_refuses),
+        cmocka_unit_test(test_local_refills_at_rpm_with_a_fake_clock),
+        cmocka_unit_test(test_local_refill_never_exceeds_the_burst),
+        cmocka_unit_test(test_local_clock_going_back_refills_nothing),
+        cmocka_unit_test(test_local_tenants_are_isolated),
+        cmocka_unit_test(test_local_table_is_bounded_and_evicts_idle_buckets_first),
+        cmocka_unit_test(test_local_two_threads_share_one_bucket),
+        cmocka_unit_test(test_redis_url_parses_every_part),
+        cmocka_unit_test(test_redis_url_rejects_bad_ones_without_echoing_secrets),
+        cmocka_unit_test(test_limiter_refuses_rediss_and_reports_disabled_without_redis),
+    };
+    return cmocka_run_group_tests_name("auth/ratelimit", tests, NULL, NULL);
+}
