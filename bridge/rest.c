@@ -423,6 +423,8 @@ void bridge__rest_serve(bridge__exchange *ex, const bridge__match *m, const char
         return;
     }
     call->method = method;
+    call->route = r->pattern;
+    call->http_method = r->method;
     call->ops = &rest_ops;
     call->transport = ex->s;
 

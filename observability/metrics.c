@@ -939,6 +939,31 @@ void metrics_histogram_observe(metrics_family *f, const char *const *values, dou
     cell_add_double(&s->cells[0], v);
 }
 
+metrics_cell *metrics_cell_get(metrics_family *f, const char *const *values)
+{
+    if (f == NULL || f->kind == KIND_GAUGE)
+        return NULL;
+    return (metrics_cell *)shard_series(f, values);
+}
+
+void metrics_cell_add(metrics_cell *c, double v)
+{
+    if (c != NULL && v >= 0)
+        cell_add_double(&((struct series *)c)->cells[0], v);
+}
+
+void metrics_cell_observe(metrics_family *f, metrics_cell *c, double v)
+{
+    if (c == NULL || f == NULL || f->kind != KIND_HISTOGRAM)
+        return;
+    struct series *s = (struct series *)c;
+    size_t k = 0;
+    while (k < f->nbuckets && !(v <= f->buckets[k]))
+        k++;
+    cell_inc(&s->cells[1 + k]);
+    cell_add_double(&s->cells[0], v);
+}
+
 void metrics_gauge_set(metrics_family *f, const char *const *values, double v)
 {
     if (f == NULL || f->kind != KIND_GAUGE)

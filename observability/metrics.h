@@ -43,6 +43,17 @@ void metrics_gauge_add(metrics_family *f, const char *const *values, double v);
 void metrics_gauge_set_cb(metrics_family *f, const char *const *values, metrics_gauge_cb cb,
                           void *arg);
 
+/* Cells: the calling thread's series of a counter or histogram family, for callers that update
+ * the same series often and want to skip the label lookup. A cell belongs to the thread that got
+ * it and stays valid until metrics_shutdown(); use it only on that thread. NULL when out of
+ * memory, over the series limit, or f is a gauge family. */
+typedef struct metrics_cell metrics_cell;
+metrics_cell *metrics_cell_get(metrics_family *f, const char *const *values);
+/* counter cell += v (v >= 0). c may be NULL (the update is dropped). */
+void metrics_cell_add(metrics_cell *c, double v);
+/* One observation on a histogram cell of family f. c may be NULL. */
+void metrics_cell_observe(metrics_family *f, metrics_cell *c, double v);
+
 /* The whole registry in text format 0.0.4, plus process_* series. New string the caller frees;
  * *plen gets its length. NULL when out of memory. */
 char *metrics_render(size_t *plen);

@@ -6,6 +6,8 @@
  */
 #include "rpc/rpc_int.h"
 
+#include "auth/ratelimit.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -199,6 +201,17 @@ const struct pins_config *rpc_call_config(const rpc_call *call)
     return call->worker->server->cfg;
 }
 
+double rpc_call_uptime(const rpc_call *call)
+{
+    const rpc_server *s = call->worker->server;
+    return s->started_ns > 0 ? (double)(rpc__now_ns() - s->started_ns) / 1e9 : 0;
+}
+
+const char *rpc_call_redis_state(const rpc_call *call)
+{
+    return ratelimit_redis_check(call->worker->server->ratelimit);
+}
+
 const struct auth_decision *rpc_call_auth(const rpc_call *call)
 {
     return call->auth;
@@ -290,7 +303,7 @@ static void end_response(rpc_call *call, int err, const char *message)
         call->error_message = message;
         int code = pins_error_grpc(err);
         double secs = (double)(rpc__now_ns() - call->start_ns) / 1e9;
-        rpc__metrics_handled(call->method, code, secs);
+        rpc__metrics_handled(call->worker, call->method, code, secs);
         if (call->method->flags & RPC_METHOD_MEMORY_PINS)
             store_breaker_record(err); /* the store circuit breaker's verdicts */
         if (call->transport != NULL)

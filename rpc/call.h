@@ -81,6 +81,10 @@ const struct pins_config *rpc_call_config(const rpc_call *call);
 /* The RBAC decision that let the call in (auth/auth.h: subject, roles, the tenants the caller may
  * touch), or NULL for an unguarded method. Borrowed for the call. */
 const struct auth_decision *rpc_call_auth(const rpc_call *call);
+/* Seconds since the server started serving (0 without a start time). */
+double rpc_call_uptime(const rpc_call *call);
+/* The rate limiter's Redis, as /ready reports it: "ok", "disabled", "down (fail-open)". */
+const char *rpc_call_redis_state(const rpc_call *call);
 /* Request metadata (HTTP header) by lower-case name, or NULL. Borrowed for the call. */
 const char *rpc_call_header(const rpc_call *call, const char *name);
 /* The request id (x-request-id as sent, or generated). Borrowed for the call. */

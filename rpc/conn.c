@@ -695,16 +695,21 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     st->header_bytes += namelen + valuelen + 32;
     if (call->nheaders >= MAX_HEADERS || st->header_bytes > MAX_HEADER_BYTES)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets this stream only */
+    if (namelen > 0 && name[0] == ':') {
+        /* :scheme and :authority are not needed past nghttp2's own checks. */
+        const char **slot = streq_lit(name, namelen, ":path", 5)     ? &st->path
+                            : streq_lit(name, namelen, ":method", 7) ? &st->method
+                                                                     : NULL;
+        if (slot != NULL) {
+            *slot = pins_arena_strndup(call->arena, (const char *)value, valuelen);
+            if (*slot == NULL)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        return 0;
+    }
     const char *v = pins_arena_strndup(call->arena, (const char *)value, valuelen);
     if (v == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (namelen > 0 && name[0] == ':') {
-        if (streq_lit(name, namelen, ":path", 5))
-            st->path = v;
-        else if (streq_lit(name, namelen, ":method", 7))
-            st->method = v;
-        return 0;
-    }
     const char *n = pins_arena_strndup(call->arena, (const char *)name, namelen);
     if (n == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;

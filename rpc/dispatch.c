@@ -6,6 +6,7 @@
 #include "auth/auth.h"
 #include "auth/ratelimit.h"
 #include "observability/metrics.h"
+#include "rpc/audit.h"
 #include "store/breaker.h"
 #include "store/store.h"
 
@@ -39,6 +40,7 @@ static bool authorize_or_reply(rpc_call *call)
         return false;
     }
     call->auth = d;
+    rpc_audit_rbac(call, d); /* queued; written off the request path */
     if (d->allowed)
         return true;
     call->deny_reason = d->reason;
@@ -81,7 +83,7 @@ void rpc__dispatch(rpc_call *call)
     const rpc_method *m = call->method;
     const pins_config *cfg = call->worker->server->cfg;
 
-    rpc__metrics_started(m);
+    rpc__metrics_started(call->worker, m);
     call->flags |= RPC__CALL_DISPATCHED;
     call->refs += 2; /* the handler's, and ours until the handler returns */
 

@@ -84,6 +84,10 @@ struct rpc_call {
      * "write") are set for the REST 403 body {"error":"forbidden","reason","resource","action"};
      * they are NULL otherwise. All are static strings or live in the call's arena. */
     const struct auth_decision *auth;
+    /* The REST route template and HTTP method when the bridge's REST transport made the call
+     * (for the rbac audit row), else NULL. Static strings. */
+    const char *route;
+    const char *http_method;
     const char *deny_reason;
     const char *deny_resource;
     const char *deny_action;
@@ -150,10 +154,12 @@ struct rpc_worker {
     uint64_t rng[2];                     /* xorshift128+ for request ids */
     struct rpc__health_watch *watch;     /* open health Watch streams */
     struct rpc__watch_worker *watch_hub; /* WatchPins streams and their inbox (rpc/watch.c) */
+    struct rpc__mcache *mcache;          /* metric cells per method (rpc/rpc_metrics.c) */
     size_t arena_limit;                  /* the limit of every transport call arena */
     pins_arena *arena_pool[RPC__ARENA_POOL];
     size_t narena_pool;
     struct ratelimit_worker *ratelimit; /* auth/ratelimit.h; NULL: no rate limiting */
+    struct rpc_audit *audit;            /* rpc/audit.h; NULL: no audit rows */
 };
 
 struct rpc_server {
@@ -245,7 +251,9 @@ bool rpc__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const c
  */
 
 void rpc__metrics_init(void);
-void rpc__metrics_started(const rpc_method *m);
-void rpc__metrics_handled(const rpc_method *m, int grpc_code, double seconds);
+void rpc__metrics_started(rpc_worker *w, const rpc_method *m);
+void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, double seconds);
+/* Frees the worker's metric cells (after the worker stopped). */
+void rpc__metrics_worker_free(rpc_worker *w);
 
 #endif

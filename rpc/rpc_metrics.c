@@ -4,6 +4,8 @@
 
 #include "observability/metrics.h"
 
+#include <stdlib.h>
+
 static metrics_family *started;
 static metrics_family *handled;
 static metrics_family *handling;
@@ -32,42 +34,113 @@ void rpc__metrics_init(void)
                                     o, 1, metrics_latency_buckets, metrics_latency_nbuckets);
 }
 
-void rpc__metrics_started(const rpc_method *m)
+/* A worker's cells, one row per method of the table, filled on first use: the label lookup of
+ * every family then happens once per worker and method instead of once per call. */
+struct rpc__mcache {
+    bool started_set, handling_set, latency_set;
+    metrics_cell *started;
+    metrics_cell *handling;
+    metrics_cell *latency;
+    metrics_cell *handled[17];
+    bool handled_set[17];
+    metrics_cell *ops[3]; /* success, not_found, error */
+    bool ops_set[3];
+};
+
+static struct rpc__mcache *row_of(rpc_worker *w, const rpc_method *m)
+{
+    size_t n;
+    const rpc_method *table = rpc__method_table(&n);
+    if (m < table || m >= table + n)
+        return NULL;
+    if (w->mcache == NULL) {
+        w->mcache = calloc(n, sizeof(*w->mcache));
+        if (w->mcache == NULL)
+            return NULL;
+    }
+    return &w->mcache[m - table];
+}
+
+void rpc__metrics_worker_free(rpc_worker *w)
+{
+    free(w->mcache);
+    w->mcache = NULL;
+}
+
+void rpc__metrics_started(rpc_worker *w, const rpc_method *m)
 {
     const char *v[] = {m->service, m->name};
-    metrics_counter_inc(started, v);
+    struct rpc__mcache *r = row_of(w, m);
+    if (r == NULL) {
+        metrics_counter_inc(started, v);
+        return;
+    }
+    if (!r->started_set) {
+        r->started = metrics_cell_get(started, v);
+        r->started_set = true;
+    }
+    metrics_cell_add(r->started, 1);
 }
 
 /* success / not_found / error (a server-side fault); client errors are not operations. */
-static const char *op_status(int code)
+static int op_status(int code)
 {
     switch (code) {
     case 0:
-        return "success";
+        return 0;
     case 5:
-        return "not_found";
+        return 1;
     case 2:  /* UNKNOWN */
     case 4:  /* DEADLINE_EXCEEDED */
     case 13: /* INTERNAL */
     case 14: /* UNAVAILABLE */
     case 15: /* DATA_LOSS */
-        return "error";
+        return 2;
     default:
-        return NULL;
+        return -1;
     }
 }
 
-void rpc__metrics_handled(const rpc_method *m, int grpc_code, double seconds)
+void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, double seconds)
 {
+    static const char *const status_names[3] = {"success", "not_found", "error"};
+    if (grpc_code < 0 || grpc_code > 16)
+        grpc_code = 2;
     const char *v[] = {m->service, m->name, pins_grpc_code_name(grpc_code)};
-    metrics_counter_inc(handled, v);
-    metrics_histogram_observe(handling, v, seconds);
-    if (m->op != NULL) {
-        const char *st = op_status(grpc_code);
-        if (st != NULL) {
-            const char *ov[] = {m->op, st};
+    int st = m->op != NULL ? op_status(grpc_code) : -1;
+    struct rpc__mcache *r = row_of(w, m);
+    if (r == NULL) {
+        metrics_counter_inc(handled, v);
+        metrics_histogram_observe(handling, v, seconds);
+        if (st >= 0) {
+            const char *ov[] = {m->op, status_names[st]};
             metrics_counter_inc(ops, ov);
             metrics_histogram_observe(latency, ov, seconds);
         }
+        return;
     }
+    if (!r->handled_set[grpc_code]) {
+        r->handled[grpc_code] = metrics_cell_get(handled, v);
+        r->handled_set[grpc_code] = true;
+    }
+    if (!r->handling_set) {
+        r->handling = metrics_cell_get(handling, v);
+        r->handling_set = true;
+    }
+    metrics_cell_add(r->handled[grpc_code], 1);
+    metrics_cell_observe(handling, r->handling, seconds);
+    if (st < 0)
+        return;
+    if (!r->ops_set[st]) {
+        const char *ov[] = {m->op, status_names[st]};
+        r->ops[st] = metrics_cell_get(ops, ov);
+        r->ops_set[st] = true;
+    }
+    if (!r->latency_set) {
+        const char *lv[] = {m->op};
+        r->latency = metrics_cell_get(latency, lv);
+        r->latency_set = true;
+    }
+    metrics_cell_add(r->ops[st], 1);
+    metrics_cell_observe(latency, r->latency, seconds);
 }

@@ -25,11 +25,14 @@
 #include "auth/ratelimit.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
+#include "rpc/audit.h"
 #include "rpc/reflection.h"
 #include "rpc/tls.h"
 #include "store/store.h"
 
 #define SWEEP_BATCHES_PER_TICK 20
+/* How long a stopping worker waits for its last audit writes. */
+#define AUDIT_DRAIN_MS 2000
 
 /* What the main thread reads from stop_pipe: any other byte means stop. */
 #define RELOAD_BYTE 'r'
@@ -276,6 +279,7 @@ static void *worker_main(void *arg)
     rpc__conn_close_all(w);
     ratelimit_worker_free(w->ratelimit); /* finishes calls still waiting for Redis */
     w->ratelimit = NULL;
+    rpc_audit_drain(w->audit, AUDIT_DRAIN_MS); /* before the store session is freed */
     for (size_t i = 0; i < w->nlisteners; i++)
         evconnlistener_free(w->listeners[i]);
     w->nlisteners = 0;
@@ -312,6 +316,9 @@ int rpc_server_run(rpc_server *s)
             break;
         }
         rv = rpc__watch_worker_init(w);
+        if (rv != 0)
+            break;
+        rv = rpc_audit_new(w->base, w->store, NULL, &w->audit);
         if (rv != 0)
             break;
         w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
@@ -379,8 +386,10 @@ void rpc_server_free(rpc_server *s)
         for (int i = 0; i < s->nworkers; i++) {
             rpc_worker *w = &s->workers[i];
             rpc__watch_worker_free(w);
+            rpc__metrics_worker_free(w);
             if (w->store != NULL)
                 store_session_free(w->store);
+            rpc_audit_free(w->audit); /* after the session: its cancelled writes report here */
             if (w->drain_ev != NULL)
                 event_free(w->drain_ev);
             if (w->stop_ev != NULL)

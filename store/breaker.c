@@ -136,3 +136,16 @@ store_breaker_state store_breaker_get(void)
 {
     return (store_breaker_state)atomic_load(&state);
 }
+
+int store_breaker_errors_last_minute(void)
+{
+    int64_t sec = now_ns() / 1000000000;
+    int total = 0;
+    pthread_mutex_lock(&lock);
+    for (int b = 0; b < BUCKETS; b++) {
+        if (sec - bucket_sec[b] < BUCKETS)
+            total += bucket_count[b];
+    }
+    pthread_mutex_unlock(&lock);
+    return total;
+}

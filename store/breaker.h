@@ -29,5 +29,7 @@ bool store_breaker_allow(void);
 void store_breaker_record(int err);
 /* The current state. */
 store_breaker_state store_breaker_get(void);
+/* Store errors counted in the rolling minute (while closed; the count restarts when it closes). */
+int store_breaker_errors_last_minute(void);
 
 #endif

@@ -17,6 +17,7 @@
 #include "store/store_int.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -187,6 +188,52 @@ static const char sql_sweep[] =
     " WHERE expires_at IS NOT NULL AND expires_at <= " TS(
         "$1") " ORDER BY expires_at LIMIT $2::int8 FOR UPDATE SKIP LOCKED)";
 
+/* $1 a JSON array of rows, one object per row with the columns named below. */
+static const char sql_maudit_write[] =
+    "INSERT INTO system.memory_audit (ts, operation, tenant_id, key, agent_id, source, cache_hit,"
+    " latency_ms, success, error_message, old_value_hash, new_value_hash, extra)"
+    " SELECT " TS(
+        "x.ts_us") ", x.operation, x.tenant_id, x.key, x.agent_id, x.source,"
+                   " coalesce(x.cache_hit, false), x.latency_ms, coalesce(x.success, true), "
+                   "x.error_message,"
+                   " x.old_value_hash, x.new_value_hash,"
+                   " CASE WHEN x.reads > 1 THEN jsonb_build_object('reads', x.reads)"
+                   " ELSE '{}'::jsonb END FROM jsonb_to_recordset($1::jsonb) AS "
+                   "x(ts_us int8,"
+                   " operation text, tenant_id text, key text, agent_id text, source text, "
+                   "cache_hit bool,"
+                   " latency_ms float8, success bool, error_message text, old_value_hash text,"
+                   " new_value_hash text, reads int8)";
+static const char sql_raudit_write[] =
+    "INSERT INTO system.rbac_audit (ts, subject, resource, action, allowed, reason, roles, path,"
+    " method, tenant_id, request_id, latency_ms)"
+    " SELECT " TS(
+        "x.ts_us") ", x.subject, x.resource, x.action, x.allowed, x.reason, x.roles,"
+                   " x.path, x.method, x.tenant_id, x.request_id, x.latency_ms"
+                   " FROM jsonb_to_recordset($1::jsonb) AS x(ts_us int8, subject text, resource "
+                   "text,"
+                   " action text, allowed bool, reason text, roles text[], path text, method text,"
+                   " tenant_id text, request_id text, latency_ms float8)";
+
+/* $1 resource $2 action $3 subject $4 tenant $5 allowed $6 since (each NULL: any) $7 limit
+ * $8 offset. Roles come back joined with U+001F (store__split_roles). */
+#define RAUDW                                                                              \
+    " ($1::text IS NULL OR a.resource = $1) AND ($2::text IS NULL OR a.action = $2)"       \
+    " AND ($3::text IS NULL OR a.subject = $3) AND ($4::text IS NULL OR a.tenant_id = $4)" \
+    " AND ($5::bool IS NULL OR a.allowed = $5) AND ($6::int8 IS NULL OR a.ts >= " TS("$6") ")"
+static const char sql_raudit_list[] =
+    "WITH t AS (SELECT count(*) AS total FROM system.rbac_audit a WHERE" RAUDW ")"
+    " SELECT t.total, r.* FROM t LEFT JOIN LATERAL (SELECT a.id, " US(
+        "a.ts") " AS ts_us,"
+                " a.subject, a.resource, a.action, a.allowed, a.reason, array_to_string(a.roles, "
+                "chr(31)),"
+                " a.path, a.method, a.tenant_id, a.request_id, a.latency_ms"
+                " FROM system.rbac_audit a WHERE" RAUDW " ORDER BY a.ts DESC, a.id DESC"
+                " LIMIT $7::int8 OFFSET $8::int8) r ON true";
+
+/* $1 before. */
+static const char sql_raudit_cleanup[] = "DELETE FROM system.rbac_audit WHERE ts < " TS("$1");
+
 static const char sql_ping[] = "SELECT 1";
 static const char sql_schema[] =
     "SELECT coalesce(max(version), 0) FROM system.pins_schema_migrations";
@@ -202,6 +249,10 @@ typedef enum op_kind {
     OP_CLEANUP,
     OP_SWEEP,
     OP_PING,
+    OP_MAUDIT_WRITE,
+    OP_RAUDIT_WRITE,
+    OP_RAUDIT_LIST,
+    OP_RAUDIT_CLEANUP,
     OP_SCHEMA, /* internal: the schema check of a new connection */
 } op_kind;
 
@@ -223,6 +274,7 @@ typedef struct pg_req {
         store_list_cb list;
         store_count_cb count;
         store_audit_list_cb audit;
+        store_rbac_audit_list_cb raudit;
     } cb;
     void *arg;
     int64_t deadline_ns;
@@ -275,7 +327,7 @@ struct pg_session {
 /* ---- metrics (process wide) --------------------------------------------------------------- */
 
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
-static metrics_family *m_errors, *m_audit, *m_pool;
+static metrics_family *m_errors, *m_pool;
 static atomic_int pool_count[P_COUNT];
 static const char *const pool_names[P_COUNT] = {"idle", "busy", "connecting", "down"};
 
@@ -287,15 +339,11 @@ static double pool_gauge(void *arg)
 static void metrics_init(void)
 {
     static const char *const kind[] = {"kind"};
-    static const char *const status[] = {"status"};
     static const char *const state[] = {"state"};
     m_errors = metrics_counter_new("store_errors_total",
                                    "Store failures by kind (connect, query, timeout, queue_full, "
                                    "schema).",
                                    kind, 1);
-    m_audit = metrics_counter_new("memory_audit_writes_total",
-                                  "Memory audit rows written with their change, or lost with it.",
-                                  status, 1);
     m_pool = metrics_gauge_new("store_pool_connections", "PostgreSQL pool connections by state.",
                                state, 1);
     for (int i = 0; i < P_COUNT; i++) {
@@ -314,9 +362,7 @@ static void count_error(const char *kind)
 
 static void count_audit(const char *status)
 {
-    const char *v[] = {status};
-    if (m_audit != NULL)
-        metrics_counter_inc(m_audit, v);
+    store_memory_audit_count(status, 1);
 }
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -516,9 +562,15 @@ static void call_error(pg_session *ss, pg_req *r, int err)
     case OP_AUDIT:
         r->cb.audit(r->arg, err, NULL, 0, 0);
         break;
+    case OP_RAUDIT_LIST:
+        r->cb.raudit(r->arg, err, NULL, 0, 0);
+        break;
     case OP_CLEANUP:
     case OP_SWEEP:
     case OP_PING:
+    case OP_MAUDIT_WRITE:
+    case OP_RAUDIT_WRITE:
+    case OP_RAUDIT_CLEANUP:
         r->cb.count(r->arg, err, 0);
         break;
     case OP_SCHEMA:
@@ -722,6 +774,44 @@ static int classify(const char *state, bool *pretry)
     return PINS_EINTERNAL;
 }
 
+/* Delivers the rows of an RBAC audit listing to r's callback. */
+static void deliver_rbac_list(pg_session *ss, pg_req *r)
+{
+    const PGresult *res = r->res;
+    int n = PQntuples(res);
+    int64_t total = n > 0 ? col_i64(res, 0, 0) : 0;
+    if (n == 1 && PQgetisnull(res, 0, 1))
+        n = 0;
+    pins_arena *a = pins_arena_new(0);
+    store_rbac_audit *rows =
+        a != NULL ? pins_arena_alloc(a, (size_t)(n > 0 ? n : 1) * sizeof(*rows)) : NULL;
+    int err = rows != NULL ? 0 : PINS_ENOMEM;
+    for (int i = 0; err == 0 && i < n; i++) {
+        rows[i] = (store_rbac_audit){
+            .id = col_i64(res, i, 1),
+            .ts_us = col_i64(res, i, 2),
+            .subject = PQgetvalue(res, i, 3),
+            .resource = PQgetvalue(res, i, 4),
+            .action = PQgetvalue(res, i, 5),
+            .allowed = col_bool(res, i, 6),
+            .reason = col_str(res, i, 7),
+            .path = col_str(res, i, 9),
+            .method = col_str(res, i, 10),
+            .tenant_id = col_str(res, i, 11),
+            .request_id = col_str(res, i, 12),
+            .latency_ms = PQgetisnull(res, i, 13) ? 0 : strtod(PQgetvalue(res, i, 13), NULL),
+        };
+        err = store__split_roles(a, col_str(res, i, 8), &rows[i].roles, &rows[i].nroles);
+    }
+    if (err != 0) {
+        store__session_error(&ss->base, "out of memory reading the rbac audit");
+        r->cb.raudit(r->arg, err, NULL, 0, 0);
+    } else {
+        r->cb.raudit(r->arg, 0, rows, (size_t)n, total);
+    }
+    pins_arena_free(a);
+}
+
 /* Delivers r's result to its callback. */
 static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
 {
@@ -815,8 +905,14 @@ static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
         free(rows);
         break;
     }
+    case OP_RAUDIT_LIST:
+        deliver_rbac_list(ss, r);
+        break;
     case OP_CLEANUP:
     case OP_SWEEP:
+    case OP_MAUDIT_WRITE:
+    case OP_RAUDIT_WRITE:
+    case OP_RAUDIT_CLEANUP:
         r->cb.count(r->arg, 0, strtoll(PQcmdTuples(r->res), NULL, 10));
         break;
     case OP_PING:
@@ -1282,6 +1378,160 @@ static int pg_audit(store_session *base, const store_audit_list_req *q, store_au
     return submit(ss, r);
 }
 
+/* A JSON number for v (0 for NaN and infinities, which JSON cannot express). */
+static void buf_num(store__buf *b, double v)
+{
+    char num[40];
+    int n = snprintf(num, sizeof(num), "%.17g", isfinite(v) ? v : 0.0);
+    store__buf_put(b, num, (size_t)n);
+}
+
+static void buf_int(store__buf *b, int64_t v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
+    store__buf_put(b, num, (size_t)n);
+}
+
+static void buf_field(store__buf *b, const char *name, bool first)
+{
+    if (!first)
+        store__buf_put(b, ",", 1);
+    store__buf_json_str(b, name);
+    store__buf_put(b, ":", 1);
+}
+
+/* Queues one INSERT ... FROM jsonb_to_recordset($1) with json (taken: the request owns it). */
+static int submit_rows(pg_session *ss, op_kind kind, const char *sql, store__buf *json,
+                       store_count_cb cb, void *arg)
+{
+    pg_req *r = json->failed ? NULL : req_new(ss, kind, sql, arg);
+    if (r == NULL) {
+        store__buf_free(json);
+        return PINS_ENOMEM;
+    }
+    r->cb.count = cb;
+    int i = r->nparams++;
+    r->owned[i] = json->p;
+    r->params[i] = json->p;
+    *json = (store__buf){0};
+    return submit(ss, r);
+}
+
+static int pg_maudit_write(store_session *base, const store_memory_audit *rows, size_t n,
+                           store_count_cb cb, void *arg)
+{
+    store__buf b = {0};
+    store__buf_put(&b, "[", 1);
+    for (size_t i = 0; i < n; i++) {
+        const store_memory_audit *m = &rows[i];
+        store__buf_put(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
+        buf_field(&b, "ts_us", true);
+        buf_int(&b, m->ts_us);
+        const struct {
+            const char *name;
+            const char *value;
+        } texts[] = {
+            {"operation", m->operation},
+            {"tenant_id", m->tenant_id},
+            {"key", m->key},
+            {"agent_id", m->agent_id},
+            {"source", m->source},
+            {"error_message", m->error_message},
+            {"old_value_hash", m->old_value_hash},
+            {"new_value_hash", m->new_value_hash},
+        };
+        for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
+            buf_field(&b, texts[k].name, false);
+            store__buf_json_str(&b, texts[k].value);
+        }
+        buf_field(&b, "cache_hit", false);
+        store__buf_put(&b, m->cache_hit ? "true" : "false", m->cache_hit ? 4 : 5);
+        buf_field(&b, "success", false);
+        store__buf_put(&b, m->success ? "true" : "false", m->success ? 4 : 5);
+        buf_field(&b, "latency_ms", false);
+        buf_num(&b, m->latency_ms);
+        buf_field(&b, "reads", false);
+        buf_int(&b, m->reads);
+        store__buf_put(&b, "}", 1);
+    }
+    store__buf_put(&b, "]", 1);
+    return submit_rows((pg_session *)base, OP_MAUDIT_WRITE, sql_maudit_write, &b, cb, arg);
+}
+
+static int pg_raudit_write(store_session *base, const store_rbac_audit *rows, size_t n,
+                           store_count_cb cb, void *arg)
+{
+    store__buf b = {0};
+    store__buf_put(&b, "[", 1);
+    for (size_t i = 0; i < n; i++) {
+        const store_rbac_audit *m = &rows[i];
+        store__buf_put(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
+        buf_field(&b, "ts_us", true);
+        buf_int(&b, m->ts_us);
+        const struct {
+            const char *name;
+            const char *value;
+        } texts[] = {
+            {"subject", m->subject},     {"resource", m->resource},
+            {"action", m->action},       {"reason", m->reason},
+            {"path", m->path},           {"method", m->method},
+            {"tenant_id", m->tenant_id}, {"request_id", m->request_id},
+        };
+        for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
+            buf_field(&b, texts[k].name, false);
+            store__buf_json_str(&b, texts[k].value);
+        }
+        buf_field(&b, "allowed", false);
+        store__buf_put(&b, m->allowed ? "true" : "false", m->allowed ? 4 : 5);
+        buf_field(&b, "roles", false);
+        store__buf_json_strs(&b, m->roles, m->nroles);
+        buf_field(&b, "latency_ms", false);
+        buf_num(&b, m->latency_ms);
+        store__buf_put(&b, "}", 1);
+    }
+    store__buf_put(&b, "]", 1);
+    return submit_rows((pg_session *)base, OP_RAUDIT_WRITE, sql_raudit_write, &b, cb, arg);
+}
+
+static int pg_raudit_list(store_session *base, const store_rbac_audit_list_req *q,
+                          store_rbac_audit_list_cb cb, void *arg)
+{
+    pg_session *ss = (pg_session *)base;
+    pg_req *r = req_new(ss, OP_RAUDIT_LIST, sql_raudit_list, arg);
+    if (r == NULL)
+        return PINS_ENOMEM;
+    r->cb.raudit = cb;
+    bool ok = req_cstr(r, q->resource) && req_cstr(r, q->action) && req_cstr(r, q->subject) &&
+              req_cstr(r, q->tenant_id);
+    if (q->has_allowed)
+        req_bool(r, q->allowed);
+    else
+        req_null(r);
+    if (q->has_since)
+        req_i64(r, q->since_us);
+    else
+        req_null(r);
+    req_i64(r, q->limit);
+    req_i64(r, q->offset);
+    if (!ok) {
+        req_free(r);
+        return PINS_ENOMEM;
+    }
+    return submit(ss, r);
+}
+
+static int pg_raudit_cleanup(store_session *base, int64_t before_us, store_count_cb cb, void *arg)
+{
+    pg_session *ss = (pg_session *)base;
+    pg_req *r = req_new(ss, OP_RAUDIT_CLEANUP, sql_raudit_cleanup, arg);
+    if (r == NULL)
+        return PINS_ENOMEM;
+    r->cb.count = cb;
+    req_i64(r, before_us);
+    return submit(ss, r);
+}
+
 static int pg_ping(store_session *base, store_count_cb cb, void *arg)
 {
     pg_session *ss = (pg_session *)base;
@@ -1392,6 +1642,10 @@ static const store__backend postgres_backend = {
     .pin_sweep = pg_sweep,
     .audit_list = pg_audit,
     .ping = pg_ping,
+    .memory_audit_write = pg_maudit_write,
+    .rbac_audit_write = pg_raudit_write,
+    .rbac_audit_list = pg_raudit_list,
+    .rbac_audit_cleanup = pg_raudit_cleanup,
 };
 
 int store__postgres_open(const store_options *opts, store **pstore)

@@ -67,6 +67,11 @@ enum stmt_id {
     ST_CLEANUP_ALL,
     ST_SWEEP,
     ST_PING,
+    ST_MAUDIT_WRITE,
+    ST_RAUDIT_WRITE,
+    ST_RAUDIT_LIST,
+    ST_RAUDIT_COUNT,
+    ST_RAUDIT_CLEANUP,
     ST_COUNT
 };
 
@@ -107,6 +112,16 @@ enum audit_col {
 #define LIST_WHERE                                              \
     " WHERE tenant_id = ?1 AND substr(key, 1, length(?2)) = ?2" \
     " AND (?3 OR expires_at IS NULL OR expires_at > ?4)"
+/* The RBAC audit listing filters: each NULL parameter matches any row. Roles come back joined
+ * with U+001F (store__split_roles). */
+#define RAUDIT_WHERE                                                       \
+    " WHERE (?1 IS NULL OR resource = ?1) AND (?2 IS NULL OR action = ?2)" \
+    " AND (?3 IS NULL OR subject = ?3) AND (?4 IS NULL OR tenant_id = ?4)" \
+    " AND (?5 IS NULL OR allowed = ?5) AND (?6 IS NULL OR ts >= ?6)"
+#define RAUDIT_COLS                                                                   \
+    "id, ts, subject, resource, action, allowed, reason,"                             \
+    " (SELECT group_concat(value, char(31)) FROM json_each(rbac_audit.roles)), path," \
+    " method, tenant_id, request_id, latency_ms"
 #define AUDIT_COLS                                                                         \
     "id, ts, operation, tenant_id, key, agent_id, source, cache_hit, latency_ms, success," \
     " error_message, old_value_hash, new_value_hash"
@@ -141,6 +156,18 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at"
                  " LIMIT ?2)",
     [ST_PING] = "SELECT 1",
+    [ST_MAUDIT_WRITE] =
+        "INSERT INTO memory_audit (ts, operation, tenant_id, key, agent_id, source,"
+        " cache_hit, latency_ms, success, error_message, old_value_hash,"
+        " new_value_hash, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+        " ?11, ?12, CASE WHEN ?13 > 1 THEN json_object('reads', ?13) ELSE '{}' END)",
+    [ST_RAUDIT_WRITE] = "INSERT INTO rbac_audit (ts, subject, resource, action, allowed, reason,"
+                        " roles, path, method, tenant_id, request_id, latency_ms)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [ST_RAUDIT_LIST] = "SELECT " RAUDIT_COLS " FROM rbac_audit" RAUDIT_WHERE
+                       " ORDER BY ts DESC, id DESC LIMIT ?7 OFFSET ?8",
+    [ST_RAUDIT_COUNT] = "SELECT count(*) FROM rbac_audit" RAUDIT_WHERE,
+    [ST_RAUDIT_CLEANUP] = "DELETE FROM rbac_audit WHERE ts < ?1",
 };
 
 typedef struct sqlite_store {
@@ -1300,6 +1327,7 @@ static int pin_get(store_session *base, const store__get_req *req, store_pin_cb 
         err = read_and_fill(ss, a, req, gen, &pin);
     } else {
         ss->stats.cache_hits++;
+        pin.from_cache = true;
         if (res == STORE__CACHE_EXPIRED)
             err = PINS_ENOT_FOUND;
     }
@@ -1490,6 +1518,197 @@ static int ping(store_session *base, store_count_cb cb, void *arg)
     int err = run(ss, ss->st[ST_PING], "ping the database");
     ss->depth++;
     cb(arg, err, 0);
+    ss->depth--;
+    return 0;
+}
+
+/* ---- audit rows written in batches ---------------------------------------------------------- */
+
+typedef int (*bind_row_fn)(binder *b, const void *rows, size_t i, store__buf *scratch);
+
+static int bind_memory_row(binder *b, const void *rows, size_t i, store__buf *scratch)
+{
+    const store_memory_audit *r = &((const store_memory_audit *)rows)[i];
+    bind_int(b, 1, r->ts_us);
+    bind_str(b, 2, r->operation);
+    bind_str(b, 3, r->tenant_id);
+    bind_str(b, 4, r->key);
+    bind_str(b, 5, r->agent_id);
+    bind_str(b, 6, r->source);
+    bind_int(b, 7, r->cache_hit);
+    bind_double(b, 8, r->latency_ms);
+    bind_int(b, 9, r->success);
+    bind_str(b, 10, r->error_message);
+    bind_str(b, 11, r->old_value_hash);
+    bind_str(b, 12, r->new_value_hash);
+    bind_int(b, 13, r->reads);
+    return 0;
+}
+
+static int bind_rbac_row(binder *b, const void *rows, size_t i, store__buf *scratch)
+{
+    const store_rbac_audit *r = &((const store_rbac_audit *)rows)[i];
+    scratch->len = 0;
+    store__buf_json_strs(scratch, r->roles, r->nroles);
+    if (scratch->failed)
+        return PINS_ENOMEM;
+    bind_int(b, 1, r->ts_us);
+    bind_str(b, 2, r->subject);
+    bind_str(b, 3, r->resource);
+    bind_str(b, 4, r->action);
+    bind_int(b, 5, r->allowed);
+    bind_str(b, 6, r->reason);
+    bind_text(b, 7, scratch->p, scratch->len);
+    bind_str(b, 8, r->path);
+    bind_str(b, 9, r->method);
+    bind_str(b, 10, r->tenant_id);
+    bind_str(b, 11, r->request_id);
+    bind_double(b, 12, r->latency_ms);
+    return 0;
+}
+
+/* Inserts rows[0..n) with st in one transaction of their own under the write mutex (not part of
+ * the pins' group commit) and reports how many were written: all of them or, on failure, none. */
+static int insert_rows(sqlite_session *ss, sqlite3_stmt *st, const void *rows, size_t n,
+                       bind_row_fn bind, const char *what, store_count_cb cb, void *arg)
+{
+    sqlite_store *s = (sqlite_store *)ss->base.store;
+    store__buf scratch = {0};
+    pthread_mutex_lock(&s->write_lock);
+    int err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
+    for (size_t i = 0; i < n && err == 0; i++) {
+        binder b = {.st = st, .rc = SQLITE_OK};
+        err = bind(&b, rows, i, &scratch);
+        if (err != 0)
+            err = out_of_memory(ss, what);
+        else if (b.rc != SQLITE_OK)
+            err = db_fail(ss, b.rc, what);
+        else
+            err = run(ss, st, what);
+        sqlite3_clear_bindings(st);
+    }
+    if (err == 0)
+        err = commit(ss);
+    if (err != 0)
+        rollback(ss);
+    else
+        ss->stats.write_commits++;
+    pthread_mutex_unlock(&s->write_lock);
+    store__buf_free(&scratch);
+    ss->depth++;
+    cb(arg, err, err == 0 ? (int64_t)n : 0);
+    ss->depth--;
+    return 0;
+}
+
+static int memory_audit_write(store_session *base, const store_memory_audit *rows, size_t n,
+                              store_count_cb cb, void *arg)
+{
+    sqlite_session *ss = (sqlite_session *)base;
+    return insert_rows(ss, ss->st[ST_MAUDIT_WRITE], rows, n, bind_memory_row,
+                       "write memory audit rows", cb, arg);
+}
+
+static int rbac_audit_write(store_session *base, const store_rbac_audit *rows, size_t n,
+                            store_count_cb cb, void *arg)
+{
+    sqlite_session *ss = (sqlite_session *)base;
+    return insert_rows(ss, ss->st[ST_RAUDIT_WRITE], rows, n, bind_rbac_row, "write rbac audit rows",
+                       cb, arg);
+}
+
+/* The current row of an RAUDIT_COLS statement, strings copied into a. Returns 0 or PINS_ENOMEM. */
+static int read_rbac_row(sqlite3_stmt *st, pins_arena *a, void *prow)
+{
+    store_rbac_audit r = {
+        .id = sqlite3_column_int64(st, 0),
+        .ts_us = sqlite3_column_int64(st, 1),
+        .allowed = sqlite3_column_int(st, 5) != 0,
+        .latency_ms = sqlite3_column_double(st, 12),
+    };
+    const struct {
+        int col;
+        const char **field;
+    } texts[] = {
+        {2, &r.subject}, {3, &r.resource}, {4, &r.action},     {6, &r.reason},
+        {8, &r.path},    {9, &r.method},   {10, &r.tenant_id}, {11, &r.request_id},
+    };
+    size_t len;
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        if (col_text(st, texts[i].col, a, texts[i].field, &len) != 0)
+            return PINS_ENOMEM;
+    }
+    const char *roles;
+    if (col_text(st, 7, a, &roles, &len) != 0 ||
+        store__split_roles(a, roles, &r.roles, &r.nroles) != 0)
+        return PINS_ENOMEM;
+    *(store_rbac_audit *)prow = r;
+    return 0;
+}
+
+static void bind_rbac_where(binder *b, const store_rbac_audit_list_req *req)
+{
+    bind_str(b, 1, req->resource);
+    bind_str(b, 2, req->action);
+    bind_str(b, 3, req->subject);
+    bind_str(b, 4, req->tenant_id);
+    if (req->has_allowed)
+        bind_int(b, 5, req->allowed);
+    else
+        bind_null(b, 5);
+    if (req->has_since)
+        bind_int(b, 6, req->since_us);
+    else
+        bind_null(b, 6);
+}
+
+static int rbac_audit_list(store_session *base, const store_rbac_audit_list_req *req,
+                           store_rbac_audit_list_cb cb, void *arg)
+{
+    sqlite_session *ss = (sqlite_session *)base;
+    pins_arena *a;
+    int err = scratch(ss, &a);
+    if (err != 0)
+        return err;
+    binder count = {.st = ss->st[ST_RAUDIT_COUNT], .rc = SQLITE_OK};
+    binder page = {.st = ss->st[ST_RAUDIT_LIST], .rc = SQLITE_OK};
+    bind_rbac_where(&count, req);
+    bind_rbac_where(&page, req);
+    bind_int(&page, 7, req->limit);
+    bind_int(&page, 8, req->offset);
+    void *rows = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    if (count.rc != SQLITE_OK || page.rc != SQLITE_OK)
+        err =
+            db_fail(ss, count.rc != SQLITE_OK ? count.rc : page.rc, "bind the rbac audit listing");
+    else
+        err = read_page(ss, a, count.st, page.st, (size_t)req->limit, sizeof(store_rbac_audit),
+                        read_rbac_row, "list rbac audit rows", &rows, &n, &total);
+    ss->depth++;
+    cb(arg, err, err == 0 ? rows : NULL, err == 0 ? n : 0, err == 0 ? total : 0);
+    ss->depth--;
+    scratch_done(ss);
+    return 0;
+}
+
+static int rbac_audit_cleanup(store_session *base, int64_t before_us, store_count_cb cb, void *arg)
+{
+    sqlite_session *ss = (sqlite_session *)base;
+    sqlite_store *s = (sqlite_store *)ss->base.store;
+    binder b = {.st = ss->st[ST_RAUDIT_CLEANUP], .rc = SQLITE_OK};
+    bind_int(&b, 1, before_us);
+    int64_t count = 0;
+    pthread_mutex_lock(&s->write_lock);
+    int err = b.rc == SQLITE_OK ? run(ss, b.st, "delete old rbac audit rows")
+                                : db_fail(ss, b.rc, "delete old rbac audit rows");
+    if (err == 0) {
+        ss->stats.write_commits++;
+        count = sqlite3_changes64(ss->db);
+    }
+    pthread_mutex_unlock(&s->write_lock);
+    ss->depth++;
+    cb(arg, err, count);
     ss->depth--;
     return 0;
 }
@@ -1687,4 +1906,8 @@ static const store__backend sqlite_backend = {
     .pin_sweep = pin_sweep,
     .audit_list = audit_list,
     .ping = ping,
+    .memory_audit_write = memory_audit_write,
+    .rbac_audit_write = rbac_audit_write,
+    .rbac_audit_list = rbac_audit_list,
+    .rbac_audit_cleanup = rbac_audit_cleanup,
 };

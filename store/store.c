@@ -2,14 +2,170 @@
  * would check, clear the session's last error and dispatch through the backend table. */
 #include "store/store_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "common/error.h"
+#include "observability/metrics.h"
+
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
+static metrics_family *m_memory_audit;
 
 /* True when limit and offset describe a page store_pin_list and store_audit_list accept. */
 static bool page_ok(int32_t limit, int64_t offset)
 {
     return limit >= 1 && limit <= STORE__LIST_MAX && offset >= 0;
+}
+
+/* True when n rows make an audit write store_*_audit_write accepts. */
+static bool rows_ok(const void *rows, size_t n)
+{
+    return rows != NULL && n >= 1 && n <= STORE_AUDIT_WRITE_MAX;
+}
+
+static void metrics_init(void)
+{
+    static const char *const status[] = {"status"};
+    m_memory_audit = metrics_counter_new(
+        "memory_audit_writes_total", "Memory audit rows written, failed or dropped.", status, 1);
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not valid UTF-8. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t len;
+    uint32_t min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        len = 3;
+        min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    uint32_t cp = c & (0x7fu >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+void store__buf_put(store__buf *b, const char *s, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->cap - b->len <= n) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap - b->len <= n && cap < SIZE_MAX / 2)
+            cap *= 2;
+        char *p = cap - b->len > n ? realloc(b->p, cap) : NULL;
+        if (p == NULL) {
+            b->failed = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void store__buf_json_str(store__buf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (s == NULL) {
+        store__buf_put(b, "null", 4);
+        return;
+    }
+    store__buf_put(b, "\"", 1);
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        size_t len = utf8_seq(u + i, n - i);
+        if (len == 0) {
+            store__buf_put(b, "\\ufffd", 6);
+            i++;
+        } else if (u[i] == '"' || u[i] == '\\') {
+            char esc[2] = {'\\', (char)u[i]};
+            store__buf_put(b, esc, 2);
+            i++;
+        } else if (u[i] < 0x20 || u[i] == 0x7f) {
+            char esc[6] = {'\\', 'u', '0', '0', hex[u[i] >> 4], hex[u[i] & 0xf]};
+            store__buf_put(b, esc, 6);
+            i++;
+        } else {
+            store__buf_put(b, s + i, len);
+            i += len;
+        }
+    }
+    store__buf_put(b, "\"", 1);
+}
+
+void store__buf_json_strs(store__buf *b, const char *const *s, size_t n)
+{
+    store__buf_put(b, "[", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            store__buf_put(b, ",", 1);
+        store__buf_json_str(b, s[i]);
+    }
+    store__buf_put(b, "]", 1);
+}
+
+void store__buf_free(store__buf *b)
+{
+    free(b->p);
+    *b = (store__buf){0};
+}
+
+int store__split_roles(pins_arena *a, const char *text, const char *const **pout, size_t *pn)
+{
+    if (text == NULL || text[0] == '\0') {
+        *pout = NULL;
+        *pn = 0;
+        return 0;
+    }
+    size_t n = 1;
+    for (const char *p = text; *p != '\0'; p++)
+        n += *p == '\x1f';
+    const char **out = pins_arena_alloc(a, n * sizeof(*out));
+    if (out == NULL)
+        return PINS_ENOMEM;
+    const char *start = text;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strcspn(start, "\x1f");
+        out[i] = pins_arena_strndup(a, start, len);
+        if (out[i] == NULL)
+            return PINS_ENOMEM;
+        start += len + 1;
+    }
+    *pout = out;
+    *pn = n;
+    return 0;
+}
+
+void store_memory_audit_count(const char *status, size_t n)
+{
+    pthread_once(&metrics_once, metrics_init);
+    const char *v[] = {status};
+    if (m_memory_audit != NULL && n > 0)
+        metrics_counter_add(m_memory_audit, v, (double)n);
 }
 
 void store__session_error(store_session *ss, const char *fmt, ...)
@@ -38,6 +194,11 @@ void store_close(store *s)
 const char *store_backend_name(const store *s)
 {
     return s->be->name;
+}
+
+const char *store_session_backend_name(const store_session *ss)
+{
+    return ss->be->name;
 }
 
 int store_session_new(store *s, struct event_base *base, store_session **psession)
@@ -143,4 +304,54 @@ int store_ping(store_session *ss, store_count_cb cb, void *arg)
         return PINS_EINTERNAL;
     ss->last_error[0] = '\0';
     return ss->be->ping(ss, cb, arg);
+}
+
+int store_memory_audit_write(store_session *ss, const store_memory_audit *rows, size_t n,
+                             store_count_cb cb, void *arg)
+{
+    if (ss == NULL || cb == NULL)
+        return PINS_EINTERNAL;
+    if (!rows_ok(rows, n))
+        return PINS_EINVALID_ARGUMENT;
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i].operation == NULL || rows[i].tenant_id == NULL || rows[i].key == NULL)
+            return PINS_EINTERNAL;
+    }
+    ss->last_error[0] = '\0';
+    return ss->be->memory_audit_write(ss, rows, n, cb, arg);
+}
+
+int store_rbac_audit_write(store_session *ss, const store_rbac_audit *rows, size_t n,
+                           store_count_cb cb, void *arg)
+{
+    if (ss == NULL || cb == NULL)
+        return PINS_EINTERNAL;
+    if (!rows_ok(rows, n))
+        return PINS_EINVALID_ARGUMENT;
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i].subject == NULL || rows[i].resource == NULL || rows[i].action == NULL ||
+            (rows[i].nroles > 0 && rows[i].roles == NULL))
+            return PINS_EINTERNAL;
+    }
+    ss->last_error[0] = '\0';
+    return ss->be->rbac_audit_write(ss, rows, n, cb, arg);
+}
+
+int store_rbac_audit_list(store_session *ss, const store_rbac_audit_list_req *req,
+                          store_rbac_audit_list_cb cb, void *arg)
+{
+    if (ss == NULL || req == NULL || cb == NULL)
+        return PINS_EINTERNAL;
+    if (!page_ok(req->limit, req->offset))
+        return PINS_EINVALID_ARGUMENT;
+    ss->last_error[0] = '\0';
+    return ss->be->rbac_audit_list(ss, req, cb, arg);
+}
+
+int store_rbac_audit_cleanup(store_session *ss, int64_t before_us, store_count_cb cb, void *arg)
+{
+    if (ss == NULL || cb == NULL)
+        return PINS_EINTERNAL;
+    ss->last_error[0] = '\0';
+    return ss->be->rbac_audit_cleanup(ss, before_us, cb, arg);
 }

@@ -59,6 +59,8 @@ typedef struct store_pin {
      * object packs to zero bytes: then value_pb is non-NULL and value_pb_len 0. */
     const uint8_t *value_pb;
     size_t value_pb_len;
+    /* True when a get was answered from the backend's read cache without asking the database. */
+    bool from_cache;
 } store_pin;
 
 /* Who asked, for the audit row written with every change. All fields are optional. */
@@ -124,7 +126,12 @@ typedef struct store_memory_audit {
     const char *error_message;  /* NULL if none */
     const char *old_value_hash; /* NULL if none */
     const char *new_value_hash; /* NULL if none */
+    int64_t reads; /* identical reads this row stands for (0 or 1: one); >1 is kept in extra as
+                    * {"reads": N} and latency_ms is then the largest of them */
 } store_memory_audit;
+
+/* The most rows one store_memory_audit_write or store_rbac_audit_write accepts. */
+#define STORE_AUDIT_WRITE_MAX 1024
 
 typedef struct store_audit_list_req {
     const char *tenant_id; /* NULL: any */
@@ -134,6 +141,38 @@ typedef struct store_audit_list_req {
     int64_t offset;
 } store_audit_list_req;
 
+/* An RBAC decision row (system.rbac_audit). Strings are NUL-terminated; the optional ones may be
+ * NULL. Written by store_rbac_audit_write (id ignored), returned by store_rbac_audit_list. */
+typedef struct store_rbac_audit {
+    int64_t id;
+    int64_t ts_us;
+    const char *subject;
+    const char *resource;
+    const char *action;
+    bool allowed;
+    const char *reason;       /* NULL if none */
+    const char *const *roles; /* nroles role names (a role must not contain U+001F) */
+    size_t nroles;
+    const char *path;       /* the RPC path or REST route, NULL if none */
+    const char *method;     /* the RPC method name or HTTP method, NULL if none */
+    const char *tenant_id;  /* NULL if the request named none */
+    const char *request_id; /* NULL if none */
+    double latency_ms;
+} store_rbac_audit;
+
+typedef struct store_rbac_audit_list_req {
+    const char *resource;  /* NULL: any */
+    const char *action;    /* NULL: any */
+    const char *subject;   /* NULL: any */
+    const char *tenant_id; /* NULL: any */
+    bool has_allowed;      /* filter on allowed */
+    bool allowed;
+    bool has_since; /* only rows with ts >= since_us */
+    int64_t since_us;
+    int32_t limit; /* 1..1000 */
+    int64_t offset;
+} store_rbac_audit_list_req;
+
 /* pin: the pin as written (upsert) or as it was (delete); created: upsert inserted a new pin. */
 typedef void (*store_pin_cb)(void *arg, int err, const store_pin *pin, bool created);
 /* pins[0..npins) in list order; total: every match, ignoring limit and offset. */
@@ -142,6 +181,8 @@ typedef void (*store_list_cb)(void *arg, int err, const store_pin *pins, size_t 
 typedef void (*store_count_cb)(void *arg, int err, int64_t count);
 typedef void (*store_audit_list_cb)(void *arg, int err, const store_memory_audit *rows,
                                     size_t nrows, int64_t total);
+typedef void (*store_rbac_audit_list_cb)(void *arg, int err, const store_rbac_audit *rows,
+                                         size_t nrows, int64_t total);
 
 typedef struct store_options {
     const char *database_url; /* NULL or "": embedded SQLite */
@@ -157,6 +198,8 @@ int store_open(const store_options *opts, store **pstore);
 void store_close(store *s);
 /* "sqlite" or "postgres". */
 const char *store_backend_name(const store *s);
+/* The backend name of the session's store. */
+const char *store_session_backend_name(const store_session *ss);
 
 /* A session for the calling worker thread, driven by base (may be NULL for backends that do not
  * need a loop, and in tests). Returns 0, PINS_ESTORE, PINS_ENOMEM. */
@@ -196,6 +239,27 @@ int store_pin_sweep(store_session *ss, int64_t now_us, int batch, store_count_cb
 /* Memory audit rows, newest first. */
 int store_audit_list(store_session *ss, const store_audit_list_req *req, store_audit_list_cb cb,
                      void *arg);
+/* Writes rows[0..n) (1..STORE_AUDIT_WRITE_MAX) to the memory audit in one transaction: all or
+ * none; count = rows written. Each row's id is ignored; its operation, tenant_id and key are
+ * required. For audits recorded off the request path (reads); changes write their own audit row.
+ * The rows are borrowed until the call returns. */
+int store_memory_audit_write(store_session *ss, const store_memory_audit *rows, size_t n,
+                             store_count_cb cb, void *arg);
+/* Writes rows[0..n) (1..STORE_AUDIT_WRITE_MAX) to the RBAC audit in one transaction: all or none;
+ * count = rows written. subject, resource and action are required. Borrowed until the call
+ * returns. */
+int store_rbac_audit_write(store_session *ss, const store_rbac_audit *rows, size_t n,
+                           store_count_cb cb, void *arg);
+/* RBAC audit rows matching every filter set, newest first (ts DESC, id DESC); total: every match.
+ */
+int store_rbac_audit_list(store_session *ss, const store_rbac_audit_list_req *req,
+                          store_rbac_audit_list_cb cb, void *arg);
+/* Deletes every RBAC audit row older than before_us (ts < before_us); count = rows deleted. */
+int store_rbac_audit_cleanup(store_session *ss, int64_t before_us, store_count_cb cb, void *arg);
+/* Adds n to memory_audit_writes_total{status} ("success", "error", "dropped"): the one family
+ * shared by the PostgreSQL backend (the audit rows of changes) and the callers of
+ * store_memory_audit_write (rpc/audit.c), which count its outcomes themselves. Thread safe. */
+void store_memory_audit_count(const char *status, size_t n);
 /* A cheap round trip proving the store answers (for /ready); count is 0. */
 int store_ping(store_session *ss, store_count_cb cb, void *arg);
 

@@ -81,6 +81,13 @@ typedef struct store__backend {
     int (*audit_list)(store_session *ss, const store_audit_list_req *req, store_audit_list_cb cb,
                       void *arg);
     int (*ping)(store_session *ss, store_count_cb cb, void *arg);
+    int (*memory_audit_write)(store_session *ss, const store_memory_audit *rows, size_t n,
+                              store_count_cb cb, void *arg);
+    int (*rbac_audit_write)(store_session *ss, const store_rbac_audit *rows, size_t n,
+                            store_count_cb cb, void *arg);
+    int (*rbac_audit_list)(store_session *ss, const store_rbac_audit_list_req *req,
+                           store_rbac_audit_list_cb cb, void *arg);
+    int (*rbac_audit_cleanup)(store_session *ss, int64_t before_us, store_count_cb cb, void *arg);
 } store__backend;
 
 /* The head of every backend's store. */
@@ -100,6 +107,27 @@ struct store_session {
  * for the log (it may contain database text), never for the client. */
 void store__session_error(store_session *ss, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* A growable byte buffer for building JSON texts. A failed allocation sets failed and makes every
+ * later append a no-op; the text is NUL-terminated while !failed. */
+typedef struct store__buf {
+    char *p; /* malloc'd, freed with store__buf_free() */
+    size_t len;
+    size_t cap;
+    bool failed;
+} store__buf;
+
+/* Appends s[0..n). */
+void store__buf_put(store__buf *b, const char *s, size_t n);
+/* Appends s as a JSON string ("null" for NULL); bytes that are not valid UTF-8 become U+FFFD, so
+ * the text is always valid JSON. */
+void store__buf_json_str(store__buf *b, const char *s);
+/* Appends a JSON array of the n strings. */
+void store__buf_json_strs(store__buf *b, const char *const *s, size_t n);
+void store__buf_free(store__buf *b);
+/* Splits text (roles joined with U+001F, as both backends list them) into a NULL-free array in a:
+ * *pout gets the parts, *pn their number (0 for NULL or ""). Returns 0 or PINS_ENOMEM. */
+int store__split_roles(pins_arena *a, const char *text, const char *const **pout, size_t *pn);
 
 /* One embedded migration: store/migrations/<backend>/NNN_name.up.sql and its .down.sql, compiled
  * in by store/migrations/embed.cmake. Texts are NUL-terminated; lengths exclude the NUL. */

@@ -12,6 +12,7 @@
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
+#include "rpc/audit.h"
 #include "rpc/services/services.h"
 #include "rpc/services/pin_codec.h"
 #include "rpc/services/validate.h"
@@ -274,6 +275,7 @@ static void on_got(void *arg, int err, const store_pin *pin, bool created)
 {
     key_ctx *k = arg;
     rpc_call *call = k->call;
+    rpc_audit_memory_read(call, "get", k->tenant, k->key, err == 0 && pin->from_cache, err);
     if (err == PINS_ENOT_FOUND) {
         rpc_call_fail(call, err, "Pin not found: %s", k->key);
         return;
@@ -434,6 +436,8 @@ static bool token_decode(const char *tok, int64_t *poffset, int64_t *pcreated, i
 
 typedef struct list_ctx {
     rpc_call *call;
+    const char *tenant;
+    const char *prefix;
     int32_t limit;
     int64_t offset;
 } list_ctx;
@@ -443,6 +447,7 @@ static void on_listed(void *arg, int err, const store_pin *pins, size_t npins, i
     list_ctx *l = arg;
     rpc_call *call = l->call;
     pins_arena *a = rpc_call_arena(call);
+    rpc_audit_memory_read(call, "list", l->tenant, l->prefix, false, err);
     if (err != 0) {
         fail_store(call, err, "list");
         return;
@@ -523,7 +528,8 @@ void rpc__pins_list(rpc_call *call)
         rpc_call_fail(call, PINS_ENOMEM, NULL);
         return;
     }
-    *l = (list_ctx){.call = call, .limit = limit, .offset = lr.offset};
+    *l = (list_ctx){
+        .call = call, .tenant = tenant, .prefix = prefix, .limit = limit, .offset = lr.offset};
     int rv = store_pin_list(rpc_call_store(call), &lr, on_listed, l);
     if (rv != 0)
         fail_store(call, rv, "list");

@@ -16,6 +16,11 @@ void rpc__pins_watch(rpc_call *call);
 void rpc__admin_rbac_info(rpc_call *call);
 void rpc__admin_rbac_reload(rpc_call *call);
 void rpc__admin_rbac_matrix(rpc_call *call);
+/* Admin: the audits and the status (rpc/services/admin.c). */
+void rpc__admin_rbac_audit_list(rpc_call *call);
+void rpc__admin_rbac_audit_cleanup(rpc_call *call);
+void rpc__admin_memory_audit_list(rpc_call *call);
+void rpc__admin_status(rpc_call *call);
 /* Answers UNIMPLEMENTED: for methods of the contract whose capability is not served yet. */
 void rpc__unimplemented(rpc_call *call);
 

@@ -93,6 +93,49 @@ TtlAndCleanupOnPostgres = _on_pg(test_grpc.TtlAndCleanupTest)
 ValidationOnPostgres = _on_pg(test_grpc.ValidationTest)
 
 
+
+class AdminAuditOnPostgres(harness.ServerTestCase):
+    """ListRbacAudit, ListMemoryAudit and GetStatus answered by the PostgreSQL backend."""
+
+    @classmethod
+    def setUpClass(cls):
+        # PG_ENV gets DATABASE_URL in setUpModule, after this class was defined.
+        cls.SERVER_ENV = dict(PG_ENV, RBAC_ENFORCE="true", MACHINE_SECRET_TOKEN="pg-admin-secret",
+                              RBAC_TRUST_X_ROLES="true")
+        super().setUpClass()
+
+    def test_audits_and_status_on_postgres(self):
+        admin = [("x-machine-token", "pg-admin-secret")]
+        tenant = "pg-admin-audit"
+        try:
+            self.client.call(mp("GetPin"), {"tenant_id": tenant, "key": "k"})
+            self.fail("an unauthenticated call was allowed")
+        except grpc.RpcError as e:
+            self.assertEqual(e.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": "k", "value": {"a": 1}},
+                         metadata=admin + [("x-agent-id", "pg-agent")])
+        self.client.call(mp("GetPin"), {"tenant_id": tenant, "key": "k"}, metadata=admin)
+        path = harness.path_of(harness.ADMIN, "ListRbacAudit")
+        deadline = time.monotonic() + 10
+        while True:
+            rbac = self.client.call(path, {"tenant_id": tenant, "allowed": False},
+                                    metadata=admin)
+            mem = self.client.call(harness.path_of(harness.ADMIN, "ListMemoryAudit"),
+                                   {"tenant_id": tenant}, metadata=[("x-roles", "admin")])
+            if (rbac.total >= 1 and mem.total >= 2) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual(rbac.total, 1)
+        self.assertEqual(rbac.entries[0].reason, "no-credentials")
+        self.assertEqual(rbac.entries[0].path, "/memorypins.v1.MemoryPins/GetPin")
+        self.assertEqual(sorted(e.operation for e in mem.entries), ["get", "upsert"])
+        upsert = [e for e in mem.entries if e.operation == "upsert"][0]
+        self.assertEqual(upsert.agent_id, "pg-agent")
+        status = self.client.call(harness.path_of(harness.ADMIN, "GetStatus"), {}, metadata=admin)
+        self.assertEqual(status.store["backend"], "postgres")
+        self.assertEqual(status.store["state"], "ok")
+
+
 # ---- (d), (e), (f), /ready: each test has its own PostgreSQL ------------------------------
 
 class ResilienceTest(unittest.TestCase):

@@ -950,6 +950,232 @@ static void test_audit_list_filters_pages_and_counts(void **state)
     assert_int_equal(bad.calls, 0);
 }
 
+/* ---- batched audit writes and the rbac audit ------------------------------------------------ */
+
+typedef struct rbac_result {
+    int calls;
+    int err;
+    size_t n;
+    int64_t total;
+    int64_t ts[MAX_ROWS];
+    char subject[MAX_ROWS][32];
+    char action[MAX_ROWS][16];
+    char reason[MAX_ROWS][40]; /* "" when NULL */
+    char roles[MAX_ROWS][64];  /* joined with ',' */
+    char path[MAX_ROWS][64];
+    char request_id[MAX_ROWS][32];
+    bool allowed[MAX_ROWS];
+    double latency_ms[MAX_ROWS];
+} rbac_result;
+
+static void on_rbac(void *arg, int err, const store_rbac_audit *rows, size_t nrows, int64_t total)
+{
+    rbac_result *r = arg;
+    r->calls++;
+    r->err = err;
+    r->n = nrows;
+    r->total = total;
+    assert_true(nrows <= MAX_ROWS);
+    for (size_t i = 0; i < nrows; i++) {
+        r->ts[i] = rows[i].ts_us;
+        copy_str(r->subject[i], sizeof(r->subject[i]), rows[i].subject);
+        copy_str(r->action[i], sizeof(r->action[i]), rows[i].action);
+        copy_str(r->reason[i], sizeof(r->reason[i]), rows[i].reason);
+        copy_str(r->path[i], sizeof(r->path[i]), rows[i].path);
+        copy_str(r->request_id[i], sizeof(r->request_id[i]), rows[i].request_id);
+        r->roles[i][0] = '\0';
+        for (size_t k = 0; k < rows[i].nroles; k++) {
+            size_t len = strlen(r->roles[i]);
+            snprintf(r->roles[i] + len, sizeof(r->roles[i]) - len, "%s%s", k ? "," : "",
+                     rows[i].roles[k]);
+        }
+        r->allowed[i] = rows[i].allowed;
+        r->latency_ms[i] = rows[i].latency_ms;
+    }
+}
+
+static void rbac_list(fixture *fx, store_rbac_audit_list_req req, rbac_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(store_rbac_audit_list(fx->ss, &req, on_rbac, r), 0);
+    wait_for(fx, &r->calls);
+    assert_int_equal(r->err, 0);
+}
+
+static void rbac_write(fixture *fx, const store_rbac_audit *rows, size_t n)
+{
+    count_result c = {0};
+    assert_int_equal(store_rbac_audit_write(fx->ss, rows, n, on_count, &c), 0);
+    wait_for(fx, &c.calls);
+    assert_int_equal(c.err, 0);
+    assert_int_equal(c.count, (int64_t)n);
+}
+
+static void test_rbac_audit_write_then_list_filters_and_pages(void **state)
+{
+    fixture *fx = *state;
+    static const char *const two[] = {"dev", "read\"only\\"};
+    const store_rbac_audit rows[] = {
+        {.ts_us = T0,
+         .subject = "alice",
+         .resource = "memory_pin",
+         .action = "write",
+         .allowed = false,
+         .reason = "insufficient-permissions",
+         .roles = two,
+         .nroles = 2,
+         .path = "/api/v1/memory/pins",
+         .method = "POST",
+         .tenant_id = fx->tenant,
+         .request_id = "r-1",
+         .latency_ms = 0.25},
+        {.ts_us = T0 + SEC,
+         .subject = "anonymous",
+         .resource = "memory_pin",
+         .action = "read",
+         .allowed = false,
+         .reason = "no-credentials",
+         .tenant_id = fx->tenant},
+        {.ts_us = T0 + 2 * SEC,
+         .subject = "machine",
+         .resource = "rbac",
+         .action = "read",
+         .allowed = true,
+         .reason = "role-allowed",
+         .tenant_id = fx->tenant},
+    };
+    rbac_write(fx, rows, 3);
+
+    rbac_result r;
+    rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 100}, &r);
+    assert_int_equal(r.total, 3);
+    assert_int_equal(r.n, 3);
+    assert_string_equal(r.subject[0], "machine"); /* newest first */
+    assert_string_equal(r.subject[2], "alice");
+    assert_int_equal(r.ts[2], T0);
+    assert_string_equal(r.roles[2], "dev,read\"only\\");
+    assert_string_equal(r.roles[1], "");
+    assert_string_equal(r.path[2], "/api/v1/memory/pins");
+    assert_string_equal(r.request_id[2], "r-1");
+    assert_string_equal(r.reason[2], "insufficient-permissions");
+    assert_true(r.latency_ms[2] > 0.24 && r.latency_ms[2] < 0.26);
+    assert_false(r.allowed[2]);
+    assert_true(r.allowed[0]);
+
+    rbac_list(fx,
+              (store_rbac_audit_list_req){
+                  .tenant_id = fx->tenant, .has_allowed = true, .allowed = false, .limit = 100},
+              &r);
+    assert_int_equal(r.total, 2);
+    rbac_list(fx,
+              (store_rbac_audit_list_req){
+                  .tenant_id = fx->tenant, .resource = "memory_pin", .action = "read", .limit = 9},
+              &r);
+    assert_int_equal(r.total, 1);
+    assert_string_equal(r.subject[0], "anonymous");
+    rbac_list(fx,
+              (store_rbac_audit_list_req){.tenant_id = fx->tenant, .subject = "alice", .limit = 9},
+              &r);
+    assert_int_equal(r.total, 1);
+    rbac_list(fx,
+              (store_rbac_audit_list_req){
+                  .tenant_id = fx->tenant, .has_since = true, .since_us = T0 + SEC, .limit = 9},
+              &r);
+    assert_int_equal(r.total, 2);
+    assert_string_equal(r.subject[1], "anonymous");
+    /* Paging: total ignores limit and offset. */
+    rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 1, .offset = 1},
+              &r);
+    assert_int_equal(r.total, 3);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.subject[0], "anonymous");
+
+    rbac_result bad = {0};
+    assert_int_equal(
+        store_rbac_audit_list(fx->ss, &(store_rbac_audit_list_req){.limit = 1001}, on_rbac, &bad),
+        PINS_EINVALID_ARGUMENT);
+    count_result c = {0};
+    assert_int_equal(store_rbac_audit_write(fx->ss, rows, 0, on_count, &c), PINS_EINVALID_ARGUMENT);
+    assert_int_equal(bad.calls + c.calls, 0);
+}
+
+static void test_rbac_audit_cleanup_deletes_only_older_rows(void **state)
+{
+    fixture *fx = *state;
+    const int64_t old = INT64_C(700000000) * SEC; /* 1992: older than any other test's rows */
+    const store_rbac_audit rows[] = {
+        {.ts_us = old,
+         .subject = "a",
+         .resource = "rbac",
+         .action = "read",
+         .tenant_id = fx->tenant},
+        {.ts_us = old + SEC,
+         .subject = "b",
+         .resource = "rbac",
+         .action = "read",
+         .tenant_id = fx->tenant},
+        {.ts_us = old + 10 * SEC,
+         .subject = "c",
+         .resource = "rbac",
+         .action = "read",
+         .tenant_id = fx->tenant},
+    };
+    rbac_write(fx, rows, 3);
+    count_result c = {0};
+    assert_int_equal(store_rbac_audit_cleanup(fx->ss, old + 2 * SEC, on_count, &c), 0);
+    wait_for(fx, &c.calls);
+    assert_int_equal(c.err, 0);
+    assert_int_equal(c.count, 2);
+    rbac_result r;
+    rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
+    assert_int_equal(r.total, 1);
+    assert_string_equal(r.subject[0], "c");
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(store_rbac_audit_cleanup(fx->ss, old + 2 * SEC, on_count, &c), 0);
+    wait_for(fx, &c.calls);
+    assert_int_equal(c.count, 0);
+}
+
+static void test_memory_audit_write_rows_are_listed(void **state)
+{
+    fixture *fx = *state;
+    const store_memory_audit rows[] = {
+        {.ts_us = T0,
+         .operation = "get",
+         .tenant_id = fx->tenant,
+         .key = "k1",
+         .agent_id = "agent-1",
+         .cache_hit = true,
+         .latency_ms = 1.5,
+         .success = true},
+        {.ts_us = T0 + 1,
+         .operation = "list",
+         .tenant_id = fx->tenant,
+         .key = "pre",
+         .success = false,
+         .error_message = "store unavailable"},
+    };
+    count_result c = {0};
+    assert_int_equal(store_memory_audit_write(fx->ss, rows, 2, on_count, &c), 0);
+    wait_for(fx, &c.calls);
+    assert_int_equal(c.err, 0);
+    assert_int_equal(c.count, 2);
+    audit_result r;
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
+    assert_int_equal(r.total, 2);
+    assert_string_equal(r.operation[0], "list");
+    assert_string_equal(r.key[0], "pre");
+    assert_false(r.success[0]);
+    assert_string_equal(r.operation[1], "get");
+    assert_string_equal(r.agent[1], "agent-1");
+    assert_true(r.success[1]);
+    assert_int_equal(r.ts[1], T0);
+    assert_true(r.latency_ms[1] > 1.4 && r.latency_ms[1] < 1.6);
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .operation = "get", .limit = 10},
+          &r);
+    assert_int_equal(r.total, 1);
+}
+
 /* ---- sessions, durability, misc ------------------------------------------------------------ */
 
 static void test_ping_answers(void **state)
@@ -1375,6 +1601,9 @@ int main(void)
         T(test_audit_rows_for_upsert_and_delete),
         T(test_audit_upsert_over_expired_has_no_old_hash),
         T(test_audit_list_filters_pages_and_counts),
+        T(test_rbac_audit_write_then_list_filters_and_pages),
+        T(test_rbac_audit_cleanup_deletes_only_older_rows),
+        T(test_memory_audit_write_rows_are_listed),
         T(test_ping_answers),
         T(test_backend_name_matches_options),
         T(test_two_sessions_write_the_same_store),

@@ -198,6 +198,7 @@ void fake_env_free(fake_env *env)
         pins_arena_free(w->arena_pool[i]);
     w->narena_pool = 0;
     rpc__watch_worker_free(w);
+    rpc__metrics_worker_free(w);
     store_session_free(w->store);
     store_close(env->store);
     event_base_free(w->base);
@@ -219,6 +220,11 @@ rpc_worker *fake_env_worker(fake_env *env)
 struct event_base *fake_env_base(fake_env *env)
 {
     return env->worker.base;
+}
+
+const char *fake_env_data_dir(const fake_env *env)
+{
+    return env->data_dir;
 }
 
 store_session *fake_env_store(fake_env *env)

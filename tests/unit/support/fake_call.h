@@ -47,6 +47,8 @@ pins_config *fake_env_config(fake_env *env);
 rpc_worker *fake_env_worker(fake_env *env);
 struct event_base *fake_env_base(fake_env *env);
 store_session *fake_env_store(fake_env *env);
+/* The embedded store's data directory (pins.db lives there). */
+const char *fake_env_data_dir(const fake_env *env);
 /* Runs the worker's loop for ms milliseconds, then lets go of every finished call. */
 void fake_env_run(fake_env *env, int ms);
 /* With on true, released call arenas go back to the worker's pool (as in the server), so that

@@ -1,0 +1,68 @@
+/* rpc/audit.h: audit rows recorded on the request path and written off it, in batches.
+ *
+ * Each worker owns one rpc_audit: two bounded queues (RBAC decisions, memory reads) whose rows
+ * are copied in when a call records them and written to the store by a timer on the worker's
+ * loop, every RPC_AUDIT_FLUSH_MS after the first queued row or as soon as RPC_AUDIT_FLUSH_ROWS
+ * rows of one kind are queued, each kind in one store transaction (store_rbac_audit_write,
+ * store_memory_audit_write). Recording never blocks and never fails a call: a full queue drops
+ * the row, and a failed write loses its rows; both are counted in rbac_audit_writes_total or
+ * memory_audit_writes_total {status="success"|"error"|"dropped"}, one per row.
+ *
+ * Rows never hold credentials: the subject, roles, reason and tenant of the decision, the method
+ * path or REST route, the request id, the x-agent-id header, never a token.
+ *
+ * Lifetime. rpc_audit_new() after the worker's store session, rpc_audit_drain() when the worker's
+ * loop stopped (the session still open), store_session_free(), then rpc_audit_free().
+ * Threads: an rpc_audit is used only on its worker's thread.
+ */
+#ifndef PINS_RPC_AUDIT_H
+#define PINS_RPC_AUDIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "rpc/call.h"
+
+struct event_base;
+struct store_session;
+struct auth_decision;
+
+#define RPC_AUDIT_FLUSH_MS   200
+#define RPC_AUDIT_FLUSH_ROWS 256
+#define RPC_AUDIT_MAX_ROWS   4096
+
+typedef struct rpc_audit rpc_audit;
+
+/* Bounds of a queue; 0 in a field takes its default above. max_rows bounds each kind. */
+typedef struct rpc_audit_options {
+    int flush_ms;
+    size_t flush_rows;
+    size_t max_rows;
+} rpc_audit_options;
+
+/* A new empty audit queue writing through ss (borrowed; must outlive the queue's writes) with a
+ * timer on base. opts may be NULL (defaults). Registers the metric families once per process.
+ * Returns 0 or PINS_ENOMEM. */
+int rpc_audit_new(struct event_base *base, struct store_session *ss, const rpc_audit_options *opts,
+                  rpc_audit **pq);
+/* Frees q; rows still queued are dropped (and counted). NULL is allowed. */
+void rpc_audit_free(rpc_audit *q);
+/* Starts the writes of every queued row now. */
+void rpc_audit_flush(rpc_audit *q);
+/* Writes started whose store callback has not run yet. */
+size_t rpc_audit_in_flight(const rpc_audit *q);
+/* Rows queued (not yet handed to the store) of both kinds. */
+size_t rpc_audit_queued(const rpc_audit *q);
+/* At shutdown, after the loop stopped: flushes, then runs the loop until every write completed
+ * or timeout_ms passed. */
+void rpc_audit_drain(rpc_audit *q, int timeout_ms);
+
+/* Records the RBAC decision d of call when the audit wants it: every denial, and allowed
+ * decisions when the policy's audit.log_allowed is set. No-op without a queue on the worker. */
+void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d);
+/* Records a read of the memory pins (operation "get" or "list"; key: the key, or the list's
+ * prefix) that the store answered with err (0: success), cache_hit when from its cache. */
+void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *tenant,
+                           const char *key, bool cache_hit, int err);
+
+#endif

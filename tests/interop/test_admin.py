@@ -1,0 +1,229 @@
+"""The Admin audits and status against a running pinsd (API.md sections 3, 6, 9): ListRbacAudit,
+CleanupRbacAudit, ListMemoryAudit and GetStatus over gRPC (grpcio) and REST (curl).
+
+Audit rows are written off the request path, every 200 ms: the tests poll the listing until the
+rows they caused appear.
+
+Run: PINSD_BIN=build/pinsd /usr/bin/python3 -m unittest -v test_admin   (from tests/interop)
+"""
+
+import json
+import os
+import sqlite3
+import time
+import unittest
+import urllib.parse
+
+import grpc
+
+from harness import ADMIN, ServerTestCase, mp, path_of
+from test_rbac import JWT_SECRET, MACHINE, RestMixin, bearer, jwt, metric_value, metrics_text
+
+SC = grpc.StatusCode
+ADMIN_JWT = {"sub": "ops-admin", "roles": ["admin"]}
+
+
+def admin(method):
+    return path_of(ADMIN, method)
+
+
+class AdminAuditTest(ServerTestCase, RestMixin):
+    SERVER_ENV = {"RBAC_ENFORCE": "true", "MACHINE_SECRET_TOKEN": MACHINE,
+                  "JWT_SECRET": JWT_SECRET, "RATE_LIMIT_RPM": "0"}
+
+    def admin_headers(self):
+        return [("Authorization", "Bearer " + jwt(ADMIN_JWT))]
+
+    def get_json(self, path, headers=None):
+        code, text = self.rest(self.server, "GET", path, headers=headers or self.admin_headers())
+        self.assertEqual(code, 200, text)
+        return json.loads(text)
+
+    def poll(self, path, want, timeout=5.0):
+        """GETs path until want(body) holds; returns the last body."""
+        deadline = time.time() + timeout
+        while True:
+            body = self.get_json(path)
+            if want(body) or time.time() > deadline:
+                return body
+            time.sleep(0.1)
+
+    def test_denied_calls_are_listed_over_rest_and_grpc(self):
+        tenant = "audit-denied"
+        pin = {"tenant_id": tenant, "key": "k", "value": {}}
+        self.assertRpcError(SC.UNAUTHENTICATED, self.client.call, mp("UpsertPin"), pin)
+        code, _ = self.rest(self.server, "POST", "/api/v1/memory/pins", body=pin,
+                            headers=[("X-Request-Id", "rest-denied-1")])
+        self.assertEqual(code, 403)
+        q = "/api/v1/rbac/audit?allowed=false&resource=memory_pin&action=write&tenant_id=" + tenant
+        body = self.poll(q, lambda b: b["total"] >= 2)
+        self.assertEqual(body["total"], 2, body)
+        self.assertEqual(body["limit"], 100)
+        self.assertEqual(body["offset"], 0)
+        paths = sorted(e["path"] for e in body["entries"])
+        self.assertEqual(paths, ["/api/v1/memory/pins", "/memorypins.v1.MemoryPins/UpsertPin"])
+        for e in body["entries"]:
+            self.assertFalse(e["allowed"])
+            self.assertEqual(e["subject"], "anonymous")
+            self.assertEqual(e["reason"], "no-credentials")
+            self.assertEqual(e["tenant_id"], tenant)
+            self.assertTrue(e["ts"].endswith("Z"))
+        rest_row = [e for e in body["entries"] if e["path"].startswith("/api")][0]
+        self.assertEqual(rest_row["method"], "POST")
+        self.assertEqual(rest_row["request_id"], "rest-denied-1")
+        # newest first: the REST call came second
+        self.assertEqual(body["entries"][0]["path"], "/api/v1/memory/pins")
+        # gRPC with filters, paging and the machine credential (rbac:read)
+        resp = self.client.call(admin("ListRbacAudit"),
+                                {"tenant_id": tenant, "allowed": False, "limit": 1,
+                                 "offset": 1}, metadata=[("x-machine-token", MACHINE)])
+        self.assertEqual(resp.total, 2)
+        self.assertEqual(len(resp.entries), 1)
+        self.assertEqual(resp.entries[0].path, "/memorypins.v1.MemoryPins/UpsertPin")
+        self.assertEqual(resp.limit, 1)
+        self.assertEqual(resp.offset, 1)
+        none = self.client.call(admin("ListRbacAudit"), {"tenant_id": tenant, "subject": "nobody"},
+                                metadata=[("x-machine-token", MACHINE)])
+        self.assertEqual(none.total, 0)
+
+    def test_bad_credentials_never_leave_the_token_in_the_audit(self):
+        tenant = "audit-secret"
+        token = jwt({"sub": "mallory", "roles": ["admin"]}, secret="wrong-secret")
+        code, _ = self.rest(self.server, "GET", "/api/v1/memory/pins/k?tenant_id=" + tenant,
+                            headers=[("Authorization", "Bearer " + token)])
+        self.assertEqual(code, 403)
+        body = self.poll("/api/v1/rbac/audit?tenant_id=" + tenant, lambda b: b["total"] >= 1)
+        self.assertEqual(body["total"], 1)
+        self.assertEqual(body["entries"][0]["reason"], "invalid-token")
+        text = json.dumps(body)
+        self.assertNotIn(token, text)
+        self.assertNotIn(token.split(".")[2], text)
+
+    def test_audit_listings_validate_limit(self):
+        code, _ = self.rest(self.server, "GET", "/api/v1/rbac/audit?limit=1001",
+                            headers=self.admin_headers())
+        self.assertEqual(code, 422)
+        self.assertRpcError(SC.INVALID_ARGUMENT, self.client.call, admin("ListMemoryAudit"),
+                            {"limit": -1}, metadata=bearer(ADMIN_JWT))
+
+    def test_cleanup_deletes_rows_older_than_retention(self):
+        tenant = "audit-cleanup"
+        for _ in range(2):
+            self.assertRpcError(SC.UNAUTHENTICATED, self.client.call, mp("GetPin"),
+                                {"tenant_id": tenant, "key": "k"})
+        body = self.poll("/api/v1/rbac/audit?tenant_id=" + tenant, lambda b: b["total"] >= 2)
+        self.assertEqual(body["total"], 2)
+        oldest = min(e["id"] for e in body["entries"])
+        db = sqlite3.connect(os.path.join(self.server.data_dir, "pins.db"), timeout=10)
+        with db:
+            db.execute("UPDATE rbac_audit SET ts = ts - 3 * 86400 * 1000000 WHERE id = ?",
+                       (oldest,))
+        db.close()
+        code, text = self.rest(self.server, "POST", "/api/v1/rbac/audit/cleanup?retention_days=1",
+                               headers=self.admin_headers())
+        self.assertEqual(code, 200, text)
+        out = json.loads(text)
+        self.assertEqual(sorted(out), ["deleted_count", "retention_days", "timestamp"])
+        self.assertEqual(out["deleted_count"], 1)
+        self.assertEqual(out["retention_days"], 1)
+        self.assertTrue(out["timestamp"].endswith("Z"))
+        left = self.get_json("/api/v1/rbac/audit?tenant_id=" + tenant)
+        self.assertEqual([e["id"] for e in left["entries"]],
+                         [e["id"] for e in body["entries"] if e["id"] != oldest])
+        resp = self.client.call(admin("CleanupRbacAudit"), {}, metadata=bearer(ADMIN_JWT))
+        self.assertEqual(resp.retention_days, 90)
+        self.assertEqual(resp.deleted_count, 0)
+        code, _ = self.rest(self.server, "POST", "/api/v1/rbac/audit/cleanup?retention_days=-1",
+                            headers=self.admin_headers())
+        self.assertEqual(code, 422)
+        # machine may read the audit but not clean it up (rbac:reload)
+        code, _ = self.rest(self.server, "POST", "/api/v1/rbac/audit/cleanup?retention_days=1",
+                            headers=[("X-Machine-Token", MACHINE)])
+        self.assertEqual(code, 403)
+
+    def test_memory_audit_lists_writes_and_reads_by_operation(self):
+        tenant = "audit-memory"
+        hdrs = self.admin_headers() + [("X-Agent-Id", "agent-7")]
+        code, text = self.rest(self.server, "POST", "/api/v1/memory/pins",
+                               body={"tenant_id": tenant, "key": "k1", "value": {"a": 1}},
+                               headers=hdrs)
+        self.assertEqual(code, 201, text)
+        for _ in range(2):
+            code, _ = self.rest(self.server, "GET", "/api/v1/memory/pins/k1?tenant_id=" + tenant,
+                                headers=hdrs)
+            self.assertEqual(code, 200)
+        code, _ = self.rest(self.server, "GET",
+                            "/api/v1/memory/pins?prefix=k&tenant_id=" + tenant, headers=hdrs)
+        self.assertEqual(code, 200)
+        code, _ = self.rest(self.server, "DELETE", "/api/v1/memory/pins/k1?tenant_id=" + tenant,
+                            headers=hdrs)
+        self.assertEqual(code, 200)
+        code, _ = self.rest(self.server, "GET", "/api/v1/memory/pins/k1?tenant_id=" + tenant,
+                            headers=hdrs)
+        self.assertEqual(code, 404)
+        base = "/api/v1/memory/audit?tenant_id=" + tenant
+        body = self.poll(base, lambda b: b["total"] >= 6)
+        self.assertEqual(body["total"], 6, body)
+        ops = sorted(e["operation"] for e in body["entries"])
+        self.assertEqual(ops, ["delete", "get", "get", "get", "list", "upsert"])
+        gets = self.get_json(base + "&operation=get")
+        self.assertEqual(gets["total"], 3)
+        self.assertEqual([e["success"] for e in gets["entries"]], [False, True, True])
+        for e in gets["entries"]:
+            self.assertEqual(e["key"], "k1")
+            self.assertEqual(e["agent_id"], "agent-7")
+            self.assertGreaterEqual(e["latency_ms"], 0)
+        # the second get of a freshly written pin is answered from the SQLite cache
+        self.assertTrue(any(e["cache_hit"] for e in gets["entries"]))
+        lists = self.get_json(base + "&operation=list")
+        self.assertEqual([e["key"] for e in lists["entries"]], ["k"])
+        deletes = self.get_json(base + "&operation=delete&key=k1")
+        self.assertEqual(deletes["total"], 1)
+        resp = self.client.call(admin("ListMemoryAudit"),
+                                {"tenant_id": tenant, "operation": "upsert"},
+                                metadata=bearer(ADMIN_JWT))
+        self.assertEqual(resp.total, 1)
+        self.assertEqual(resp.entries[0].key, "k1")
+        self.assertEqual(len(resp.entries[0].new_value_hash), 16)
+        text = metrics_text(self.server)
+        self.assertGreaterEqual(
+            metric_value(text, 'memory_audit_writes_total{status="success"}') or 0, 4)
+        self.assertGreaterEqual(
+            metric_value(text, 'rbac_audit_writes_total{status="success"}') or 0, 0)
+
+    def test_status_reports_every_section(self):
+        code, text = self.rest(self.server, "GET", "/api/v1/admin/status",
+                               headers=[("X-Machine-Token", MACHINE)])
+        self.assertEqual(code, 200, text)
+        st = json.loads(text)
+        self.assertEqual(sorted(st), ["breaker", "flags", "limiter", "redis", "store", "uptime",
+                                      "version"])
+        self.assertRegex(st["version"], r"^\d+\.\d+\.\d+")
+        self.assertGreater(st["uptime"], 0)
+        self.assertEqual(st["store"], {"backend": "sqlite", "state": "ok"})
+        self.assertEqual(st["redis"], {"state": "disabled"})
+        self.assertEqual(st["flags"], {"memory_pins_enabled": True, "rbac_enforce": True,
+                                       "rbac_fail_open": False, "rbac_trust_x_roles": False,
+                                       "chaos_allowed": False})
+        self.assertEqual(st["breaker"], {"state": "closed", "errors_last_minute": 0})
+        self.assertEqual(st["limiter"], {"rpm": 0, "burst": 0, "backend": "disabled"})
+        resp = self.client.call(admin("GetStatus"), {}, metadata=[("x-machine-token", MACHINE)])
+        self.assertEqual(resp.store["backend"], "sqlite")
+        self.assertEqual(resp.breaker["state"], "closed")
+        self.assertRpcError(SC.UNAUTHENTICATED, self.client.call, admin("GetStatus"), {})
+
+
+class StatusLimiterTest(ServerTestCase, RestMixin):
+    SERVER_ENV = {"RATE_LIMIT_RPM": "120", "RATE_LIMIT_BURST": "30", "CHAOS_ALLOWED": "true"}
+
+    def test_status_shows_the_local_limiter_and_flags(self):
+        code, text = self.rest(self.server, "GET", "/api/v1/admin/status")
+        self.assertEqual(code, 200, text)
+        st = json.loads(text)
+        self.assertEqual(st["limiter"], {"rpm": 120, "burst": 30, "backend": "local"})
+        self.assertTrue(st["flags"]["chaos_allowed"])
+        self.assertFalse(st["flags"]["rbac_enforce"])
+
+
+if __name__ == "__main__":
+    unittest.main()

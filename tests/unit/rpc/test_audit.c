@@ -1,0 +1,394 @@
+/* tests/unit/rpc/test_audit.c: the per-worker audit queues (rpc/audit.c) through the dispatcher
+ * and the MemoryPins read handlers, on a fake worker with a real SQLite store. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth/auth.h"
+#include "common/error.h"
+#include "fake_call.h"
+#include "memorypins/v1/memory_pins.pb-c.h"
+#include "observability/metrics.h"
+#include "rpc/audit.h"
+#include "store/store_int.h"
+
+#define GET_PIN    "/memorypins.v1.MemoryPins/GetPin"
+#define LIST_PINS  "/memorypins.v1.MemoryPins/ListPins"
+#define UPSERT_PIN "/memorypins.v1.MemoryPins/UpsertPin"
+
+typedef struct fixture {
+    fake_env *env;
+    char policy[64]; /* a policy file written by a test, "" when none */
+} fixture;
+
+typedef struct rbac_rows {
+    int calls;
+    int64_t total;
+    size_t n;
+    char subject[8][32];
+    char reason[8][40];
+    char path[8][64];
+    char method[8][32];
+    char request_id[8][64];
+    bool allowed[8];
+} rbac_rows;
+
+typedef struct mem_rows {
+    int calls;
+    int64_t total;
+    size_t n;
+    char key[8][32];
+    char agent[8][32];
+    bool cache_hit[8];
+    bool success[8];
+} mem_rows;
+
+static void attach(fixture *fx, int flush_ms, size_t flush_rows, size_t max_rows)
+{
+    rpc_worker *w = fake_env_worker(fx->env);
+    rpc_audit_options o = {.flush_ms = flush_ms, .flush_rows = flush_rows, .max_rows = max_rows};
+    assert_int_equal(rpc_audit_new(fake_env_base(fx->env), w->store, &o, &w->audit), 0);
+}
+
+static int setup(void **state)
+{
+    fixture *fx = calloc(1, sizeof(*fx));
+    assert_non_null(fx);
+    fx->env = fake_env_new();
+    attach(fx, 10000, 256, 64);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *fx = *state;
+    rpc_worker *w = fake_env_worker(fx->env);
+    rpc_audit_free(w->audit);
+    w->audit = NULL;
+    pins_config *cfg = fake_env_config(fx->env);
+    if (fx->policy[0] != '\0') {
+        free(cfg->rbac_policy_file);
+        cfg->rbac_policy_file = NULL;
+        auth_reload_result r;
+        assert_int_equal(auth_policy_reload(cfg, &r), 0);
+        unlink(fx->policy);
+    }
+    fake_env_free(fx->env);
+    free(fx);
+    return 0;
+}
+
+/* The value of the exposition line `series value`, 0 when absent. */
+static double metric(const char *series)
+{
+    size_t len = 0;
+    char *text = metrics_render(&len);
+    assert_non_null(text);
+    double v = 0;
+    size_t n = strlen(series);
+    for (char *line = text; line != NULL && *line != '\0';) {
+        char *end = strchr(line, '\n');
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            v = strtod(line + n + 1, NULL);
+        line = end != NULL ? end + 1 : NULL;
+    }
+    free(text);
+    return v;
+}
+
+static void copy(char *dst, size_t cap, const char *s)
+{
+    snprintf(dst, cap, "%s", s != NULL ? s : "");
+}
+
+static void on_rbac(void *arg, int err, const store_rbac_audit *rows, size_t n, int64_t total)
+{
+    rbac_rows *r = arg;
+    assert_int_equal(err, 0);
+    assert_true(n <= 8);
+    r->calls++;
+    r->total = total;
+    r->n = n;
+    for (size_t i = 0; i < n; i++) {
+        copy(r->subject[i], sizeof(r->subject[i]), rows[i].subject);
+        copy(r->reason[i], sizeof(r->reason[i]), rows[i].reason);
+        copy(r->path[i], sizeof(r->path[i]), rows[i].path);
+        copy(r->method[i], sizeof(r->method[i]), rows[i].method);
+        copy(r->request_id[i], sizeof(r->request_id[i]), rows[i].request_id);
+        r->allowed[i] = rows[i].allowed;
+    }
+}
+
+static void rbac_list(fixture *fx, rbac_rows *r)
+{
+    memset(r, 0, sizeof(*r));
+    store_rbac_audit_list_req q = {.limit = 8};
+    assert_int_equal(store_rbac_audit_list(fake_env_store(fx->env), &q, on_rbac, r), 0);
+    assert_int_equal(r->calls, 1);
+}
+
+static void on_mem(void *arg, int err, const store_memory_audit *rows, size_t n, int64_t total)
+{
+    mem_rows *r = arg;
+    assert_int_equal(err, 0);
+    assert_true(n <= 8);
+    r->calls++;
+    r->total = total;
+    r->n = n;
+    for (size_t i = 0; i < n; i++) {
+        copy(r->key[i], sizeof(r->key[i]), rows[i].key);
+        copy(r->agent[i], sizeof(r->agent[i]), rows[i].agent_id);
+        r->cache_hit[i] = rows[i].cache_hit;
+        r->success[i] = rows[i].success;
+    }
+}
+
+static void mem_list(fixture *fx, const char *operation, mem_rows *r)
+{
+    memset(r, 0, sizeof(*r));
+    store_audit_list_req q = {.operation = operation, .limit = 8};
+    assert_int_equal(store_audit_list(fake_env_store(fx->env), &q, on_mem, r), 0);
+    assert_int_equal(r->calls, 1);
+}
+
+static fake_call *get_pin(fixture *fx, const char *key, const char *const *headers)
+{
+    Memorypins__V1__GetPinRequest req = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
+    req.tenant_id = "t";
+    req.key = (char *)key;
+    return fake_call_run(fx->env, GET_PIN, &req.base, headers);
+}
+
+static rpc_audit *queue_of(fixture *fx)
+{
+    return fake_env_worker(fx->env)->audit;
+}
+
+/* ---- RBAC decisions ---------------------------------------------------------------------------
+ */
+
+static void test_denied_call_writes_one_rbac_row_after_flush(void **state)
+{
+    fixture *fx = *state;
+    fake_env_config(fx->env)->rbac_enforce = true;
+    double before = metric("rbac_audit_writes_total{status=\"success\"}");
+    fake_call *fc = get_pin(fx, "k", (const char *const[]){"x-request-id", "req-42", NULL});
+    assert_int_equal(fake_call_err(fc), PINS_EUNAUTHENTICATED);
+
+    rbac_rows r;
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 0); /* queued, not written on the request path */
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 1);
+
+    rpc_audit_flush(queue_of(fx));
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 1);
+    assert_string_equal(r.subject[0], "anonymous");
+    assert_string_equal(r.reason[0], "no-credentials");
+    assert_string_equal(r.path[0], GET_PIN);
+    assert_string_equal(r.method[0], "GetPin");
+    assert_string_equal(r.request_id[0], "req-42");
+    assert_false(r.allowed[0]);
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 0);
+    assert_int_equal(rpc_audit_in_flight(queue_of(fx)), 0);
+    assert_true(metric("rbac_audit_writes_total{status=\"success\"}") == before + 1);
+    fake_call_free(fc);
+}
+
+static void test_allowed_calls_are_written_only_with_log_allowed(void **state)
+{
+    fixture *fx = *state;
+    pins_config *cfg = fake_env_config(fx->env);
+    cfg->rbac_enforce = true;
+    cfg->machine_secret_token = strdup("audit-secret");
+    assert_non_null(cfg->machine_secret_token);
+    const char *const hdrs[] = {"x-machine-token", "audit-secret", NULL};
+    fake_call *fc = get_pin(fx, "k", hdrs);
+    assert_int_equal(fake_call_err(fc), PINS_ENOT_FOUND); /* allowed: the store answered */
+    fake_call_free(fc);
+    rpc_audit_flush(queue_of(fx));
+    rbac_rows r;
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 0);
+
+    snprintf(fx->policy, sizeof(fx->policy), "/tmp/pins-audit-policy-XXXXXX");
+    int fd = mkstemp(fx->policy);
+    assert_true(fd >= 0);
+    static const char policy[] = "{\"version\":\"log-all\",\"audit\":{\"log_allowed\":true},"
+                                 "\"matrix\":{\"machine\":{\"memory_pin\":[\"read\"]}}}";
+    assert_int_equal(write(fd, policy, sizeof(policy) - 1), (ssize_t)(sizeof(policy) - 1));
+    close(fd);
+    cfg->rbac_policy_file = strdup(fx->policy);
+    auth_reload_result res;
+    assert_int_equal(auth_policy_reload(cfg, &res), 0);
+
+    fc = get_pin(fx, "k", hdrs);
+    assert_int_equal(fake_call_err(fc), PINS_ENOT_FOUND);
+    fake_call_free(fc);
+    rpc_audit_flush(queue_of(fx));
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 1);
+    assert_true(r.allowed[0]);
+    assert_string_equal(r.subject[0], "machine");
+    assert_string_equal(r.reason[0], "role-allowed");
+}
+
+static void test_full_queue_drops_and_counts(void **state)
+{
+    fixture *fx = *state;
+    rpc_worker *w = fake_env_worker(fx->env);
+    rpc_audit_free(w->audit);
+    attach(fx, 10000, 100, 2);
+    fake_env_config(fx->env)->rbac_enforce = true;
+    double dropped = metric("rbac_audit_writes_total{status=\"dropped\"}");
+    for (int i = 0; i < 3; i++)
+        fake_call_free(get_pin(fx, "k", NULL));
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
+    assert_true(metric("rbac_audit_writes_total{status=\"dropped\"}") == dropped + 1);
+    rpc_audit_flush(queue_of(fx));
+    rbac_rows r;
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 2);
+}
+
+static void test_timer_and_threshold_flush_from_the_loop(void **state)
+{
+    fixture *fx = *state;
+    rpc_worker *w = fake_env_worker(fx->env);
+    rpc_audit_free(w->audit);
+    attach(fx, 20, 2, 64);
+    fake_env_config(fx->env)->rbac_enforce = true;
+    fake_call_free(get_pin(fx, "k", NULL));
+    rbac_rows r;
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 0);
+    fake_env_run(fx->env, 100); /* the 20 ms timer */
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 1);
+
+    /* Two rows reach flush_rows: written in the next loop iteration, before any timer. */
+    fake_call_free(get_pin(fx, "k", NULL));
+    fake_call_free(get_pin(fx, "k", NULL));
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
+    event_base_loop(fake_env_base(fx->env), EVLOOP_NONBLOCK);
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 3);
+}
+
+static void test_failed_write_counts_errors_and_never_fails_the_call(void **state)
+{
+    fixture *fx = *state;
+    fake_env_config(fx->env)->rbac_enforce = true;
+    fake_call *fc = get_pin(fx, "k", NULL);
+    assert_int_equal(fake_call_err(fc), PINS_EUNAUTHENTICATED);
+    fake_call_free(fc);
+    double errors = metric("rbac_audit_writes_total{status=\"error\"}");
+    assert_int_equal(store__sqlite_fail_next_commit(fake_env_store(fx->env), SQLITE_IOERR), 0);
+    rpc_audit_flush(queue_of(fx));
+    assert_true(metric("rbac_audit_writes_total{status=\"error\"}") == errors + 1);
+    rbac_rows r;
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 0);
+}
+
+/* ---- memory reads ------------------------------------------------------------------------------
+ */
+
+static long long sql_int(fixture *fx, const char *sql)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/pins.db", fake_env_data_dir(fx->env));
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long long v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static void test_identical_reads_in_a_window_become_one_row_with_their_count(void **state)
+{
+    fixture *fx = *state;
+    const char *const a[] = {"x-agent-id", "agent-a", NULL};
+    const char *const b[] = {"x-agent-id", "agent-b", NULL};
+    for (int i = 0; i < 50; i++)
+        fake_call_free(get_pin(fx, "hot", a));
+    fake_call_free(get_pin(fx, "hot", b)); /* another agent: its own row */
+    fake_call_free(get_pin(fx, "cold", a));
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 3);
+    rpc_audit_flush(queue_of(fx));
+    fake_env_run(fx->env, 10);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE operation = 'get'"), 3);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.reads') FROM memory_audit"
+                                 " WHERE key = 'hot' AND agent_id = 'agent-a'"),
+                     50);
+    assert_int_equal(sql_int(fx, "SELECT extra = '{}' FROM memory_audit WHERE key = 'cold'"), 1);
+}
+
+static void test_get_and_list_append_memory_read_rows(void **state)
+{
+    fixture *fx = *state;
+    const char *const hdrs[] = {"x-agent-id", "agent-9", NULL};
+    Memorypins__V1__UpsertPinRequest up = MEMORYPINS__V1__UPSERT_PIN_REQUEST__INIT;
+    Google__Protobuf__Struct empty = GOOGLE__PROTOBUF__STRUCT__INIT;
+    up.tenant_id = "t";
+    up.key = "k1";
+    up.value = &empty;
+    fake_call *fc = fake_call_run(fx->env, UPSERT_PIN, &up.base, NULL);
+    fake_env_run(fx->env, 10);
+    assert_int_equal(fake_call_err(fc), 0);
+    fake_call_free(fc);
+    fake_call_free(get_pin(fx, "k1", hdrs));
+    fake_call_free(get_pin(fx, "absent", hdrs));
+    Memorypins__V1__ListPinsRequest lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
+    lr.tenant_id = "t";
+    lr.prefix = "k";
+    fake_call_free(fake_call_run(fx->env, LIST_PINS, &lr.base, hdrs));
+    double ok = metric("memory_audit_writes_total{status=\"success\"}");
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 3);
+    rpc_audit_flush(queue_of(fx));
+    assert_true(metric("memory_audit_writes_total{status=\"success\"}") == ok + 3);
+
+    mem_rows r;
+    mem_list(fx, "get", &r);
+    assert_int_equal(r.total, 2);
+    assert_string_equal(r.key[0], "absent");
+    assert_false(r.success[0]);
+    assert_false(r.cache_hit[0]);
+    assert_string_equal(r.key[1], "k1");
+    assert_true(r.success[1]);
+    assert_true(r.cache_hit[1]); /* the upsert left the pin in the SQLite cache */
+    assert_string_equal(r.agent[1], "agent-9");
+    mem_list(fx, "list", &r);
+    assert_int_equal(r.total, 1);
+    assert_string_equal(r.key[0], "k");
+}
+
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_denied_call_writes_one_rbac_row_after_flush),
+        T(test_allowed_calls_are_written_only_with_log_allowed),
+        T(test_full_queue_drops_and_counts),
+        T(test_timer_and_threshold_flush_from_the_loop),
+        T(test_failed_write_counts_errors_and_never_fails_the_call),
+        T(test_get_and_list_append_memory_read_rows),
+        T(test_identical_reads_in_a_window_become_one_row_with_their_count),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

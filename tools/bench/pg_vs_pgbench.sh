@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# tools/bench/pg_vs_pgbench.sh: pinsd on PostgreSQL against the database's own ceiling (pgbench) and
+# against the M7 FastAPI app it replaces, all on the same PostgreSQL 15 cluster.
+#
+#   tools/bench/pg_vs_pgbench.sh [-D S] [--rounds N] [-c N] [-m N] [--pool N] [--rest-c N]
+#                                [--no-rest] [--no-half] [--no-multikey] [-- PINSD_FLAGS]
+#
+#   -D S            seconds per load run [5] (at most 20)
+#   --rounds N      rounds of every A/B pair [3] (at most 10)
+#   -c N, -m N      gRPC connections and streams per connection for (a) and (c) [16, 32]
+#   --pool N        pinsd's DB_POOL_SIZE, and pgbench's -c (same number of connections) [8]
+#   --rest-c N      HTTP/1.1 connections for (b) [16]
+#   --no-rest       skip (b), the M7 FastAPI comparison
+#   --no-half       skip (c), p99 at half of the maximum GetPin throughput
+#   --no-multikey   skip the reference pgbench upsert over 1000 keys
+#   -- FLAGS        extra flags for pinsd
+#
+# Setup: builds pinsd and pinsctl (Release, build-release/), starts PostgreSQL 15 with
+# $BENCH_DIR/peers/m7-fastapi/start.sh pg (127.0.0.1:55432, user postgres, trust auth on loopback,
+# cluster, pid files and logs under a mktemp dir: RUN_DIR=/tmp/pinsd-pgbench.XXXXXX/run), creates
+# database pinsd_bench next to the peer's m7 database and runs `pinsctl migrate upgrade head` on it
+# (the peer's system.memory_pins is M7's schema, without pinsd's version / value_hash columns), then
+# starts pinsd on it (DATABASE_URL=postgresql://postgres@127.0.0.1:55432/pinsd_bench,
+# DB_POOL_SIZE=--pool, RATE_LIMIT_RPM=0) on 127.0.0.1:50051. PostgreSQL, pinsd and uvicorn run on
+# CPU 0; h2load and pgbench on CPU 1.
+#
+#   (a) pinsd GetPin / UpsertPin over gRPC ($BENCH_DIR/grpc_load.sh, c/m) against
+#       $BENCH_DIR/peers/m7-fastapi/pgbench.sh select / upsert with -c --pool. pgbench runs the M7
+#       app's SQL on the M7 schema (prepared statements, one row, no audit row); pinsd runs its own
+#       statements on its own schema (an upsert also writes memory_audit). That is the closest
+#       "same SQL" there is. Target: pinsd >= 0.9x pgbench's TPS for each.
+#       Every run uses ONE key (h2load sends one body; grpc_load.sh cannot vary it), so UpsertPin
+#       measures the row lock of one hot row; pgbench upsert with --nkeys 1000 is printed as a
+#       reference for what the database does without that contention (not comparable to pinsd).
+#   (b) REST GET and POST through pinsd against the M7 app ($BENCH_DIR/peers/m7-fastapi/start.sh
+#       app, uvicorn 2 workers, 127.0.0.1:8071, same cluster), $BENCH_DIR/rest_load.sh HTTP/1.1,
+#       --rest-c connections. Target: pinsd >= 10x the app's req/s.
+#   (c) GetPin p99 at half of (a)'s median GetPin throughput. h2load 1.52's -r (grpc_load.sh
+#       --rate) paces connection setup, not requests, so grpc_load.sh is run with h2load --rps
+#       (requests per second per connection) added by a two-line h2load shim first on its PATH.
+#       Target: p99 <= 5 ms.
+#
+# Runs alternate pinsd / peer in every round. Everything started is stopped on exit, also on
+# failure or Ctrl-C: pinsd by pid, then $BENCH_DIR/peers/m7-fastapi/stop.sh all (uvicorn by pid,
+# pg_ctl stop, cluster deleted), and the temp dir is removed.
+# Exit status: 0 every run was all OK (targets met or not), 1 a run had errors or something failed.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tools/bench/common.sh
+. "$HERE/common.sh"
+
+DUR=5 ROUNDS=3 C=16 M=32 POOL=8 REST_C=16 REST=1 HALF=1 MULTIKEY=1
+ADDR=127.0.0.1:50051 PG_PORT=55432 APP_PORT=8071 SERVER_CPU=0 LOAD_CPU=1
+PINSD_FLAGS=()
+posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || pins_die "$1 needs a positive integer, got '$2'"; }
+while (($#)); do
+  case "$1" in
+    -D | --rounds | -c | -m | --pool | --rest-c)
+      (($# >= 2)) || pins_die "$1 needs a value"
+      posint "$1" "$2"
+      case "$1" in
+        -D) DUR=$2 ;;
+        --rounds) ROUNDS=$2 ;;
+        -c) C=$2 ;;
+        -m) M=$2 ;;
+        --pool) POOL=$2 ;;
+        --rest-c) REST_C=$2 ;;
+      esac
+      shift 2
+      ;;
+    --no-rest) REST=0; shift ;;
+    --no-half) HALF=0; shift ;;
+    --no-multikey) MULTIKEY=0; shift ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      exit 0
+      ;;
+    --)
+      shift
+      PINSD_FLAGS=("$@")
+      break
+      ;;
+    *) pins_die "unknown option '$1' (see --help)" ;;
+  esac
+done
+((DUR <= 20)) || pins_die "-D must be at most 20 s"
+((ROUNDS <= 10)) || pins_die "--rounds must be at most 10"
+((POOL <= 90)) || pins_die "--pool must be at most 90 (the peer's max_connections is 100)"
+(($(nproc) >= 2)) || pins_die "needs 2 CPUs (servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU)"
+command -v h2load >/dev/null || pins_die "h2load not found (apt-get install nghttp2-client, or tools/deps.sh --bench)"
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+[[ -x "$PGBIN/pgbench" && -x "$PGBIN/psql" ]] || pins_die "PostgreSQL 15 not found in $PGBIN (apt-get install postgresql-15)"
+if ((HALF)) && [[ "$(h2load --help 2>&1)" != *--rps=* ]]; then
+  pins_die "this h2load has no --rps, needed by (c); use --no-half"
+fi
+for a in "127.0.0.1:$PG_PORT" "127.0.0.1:$APP_PORT" "$ADDR"; do
+  ! port_open "$a" || pins_die "something already listens on $a (another benchmark?); stop it first"
+done
+
+unset REDIS_URL DATABASE_URL # pinsd gets only the DATABASE_URL set below, and no shared limiter
+
+WORK=$(mktemp -d /tmp/pinsd-pgbench.XXXXXX)
+chmod 755 "$WORK" # the postgres user must reach the cluster below it
+# The peer's pid files, logs and cluster go to our own RUN_DIR, never to a shared one.
+export RUN_DIR="$WORK/run" PG_PORT APP_PORT
+mkdir -p "$RUN_DIR"
+JSONL="$WORK/runs.jsonl"
+: >"$JSONL"
+PG_STARTED=0 CHILD=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  exec >&2
+  if [[ -n "$CHILD" ]]; then # a running load script and its h2load / pgbench
+    kill -TERM -- "-$CHILD" 2>/dev/null || true
+    wait "$CHILD" 2>/dev/null || true
+  fi
+  pinsd_stop
+  if ((PG_STARTED)); then "$BENCH_DIR/peers/m7-fastapi/stop.sh" all || true; fi
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# run_child CMD...: CMD as a background job in its own process group, waited for, so that a signal
+# reaches our trap at once and the trap can stop the whole group.
+run_child() {
+  local rc=0
+  set -m
+  "$@" </dev/null &
+  CHILD=$!
+  set +m
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return "$rc"
+}
+
+fail=0
+# run LABEL CMD...: one bounded load run; its result line is printed and its JSON record kept.
+run() {
+  local label=$1 rc=0
+  shift
+  run_child timeout $((DUR * 3 + 90)) "$@" --label "$label" --json-out "$JSONL" >"$WORK/run.out" 2>&1 || rc=$?
+  if ((rc != 0)); then
+    fail=1
+    echo "  [exit $rc] $(tail -n 3 "$WORK/run.out" | tr '\n' ' ')"
+  else
+    echo "  $(tail -n 1 "$WORK/run.out")"
+  fi
+}
+psql_() { # DB SQL
+  "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$1" -v ON_ERROR_STOP=1 -c "$2" >/dev/null
+}
+
+bench_build
+PINSCTL="$PINS_ROOT/build-release/pinsctl"
+[[ -x "$PINSCTL" ]] || pins_die "build-release/pinsctl was not built"
+
+pins_note "starting PostgreSQL 15 on 127.0.0.1:$PG_PORT, CPU $SERVER_CPU ($BENCH_DIR/peers/m7-fastapi/start.sh pg)"
+PG_STARTED=1
+CPUS=$SERVER_CPU run_child "$BENCH_DIR/peers/m7-fastapi/start.sh" pg || pins_die "PostgreSQL did not start"
+psql_ postgres "CREATE DATABASE pinsd_bench"
+DBURL="postgresql://postgres@127.0.0.1:$PG_PORT/pinsd_bench"
+pins_note "pinsctl migrate upgrade head on pinsd_bench"
+DATABASE_URL=$DBURL "$PINSCTL" migrate upgrade head || pins_die "pinsctl migrate upgrade head failed"
+
+DATABASE_URL=$DBURL DB_POOL_SIZE=$POOL RATE_LIMIT_RPM=0 pinsd_start "$ADDR" "$SERVER_CPU" "${PINSD_FLAGS[@]}"
+for ((i = 0; i < 100; i++)); do # /ready is 200 once the store's connections are up
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$ADDR/ready" || true)
+  [[ "$code" == 200 ]] && break
+  sleep 0.1
+done
+[[ "$code" == 200 ]] || pins_die "pinsd's /ready answered $code after 10 s: $(curl -s --max-time 2 "http://$ADDR/ready" || true)"
+
+SVC=memorypins.v1.MemoryPins
+PIN='{"tenant_id":"bench","key":"bench:k1","value":{"a":1,"note":"bench"},"ttl_seconds":3600}'
+GET='{"tenant_id":"bench","key":"bench:k1"}'
+GL=("$BENCH_DIR/grpc_load.sh" --addr "$ADDR" -c "$C" -m "$M" -D "$DUR" --cpu "$LOAD_CPU")
+PGB=("$BENCH_DIR/peers/m7-fastapi/pgbench.sh")
+L_GET="pinsd GetPin grpc c=$C m=$M" L_SEL="pgbench select c=$POOL"
+L_UPS="pinsd UpsertPin grpc c=$C m=$M (1 key)" L_PUP="pgbench upsert c=$POOL (1 key)"
+L_PUP1K="pgbench upsert c=$POOL (1000 keys, reference)"
+
+pins_note "(a) pinsd on PostgreSQL vs pgbench, $ROUNDS rounds of $DUR s, server CPU $SERVER_CPU, load CPU $LOAD_CPU"
+for ((r = 1; r <= ROUNDS; r++)); do
+  psql_ m7 "VACUUM ANALYZE system.memory_pins"
+  psql_ pinsd_bench "VACUUM ANALYZE system.memory_pins"
+  run "$L_GET" "${GL[@]}" --method "$SVC/GetPin" --json "$GET" --seed-method "$SVC/UpsertPin" --seed-json "$PIN"
+  run "$L_SEL" "${PGB[@]}" select -c "$POOL" -T "$DUR" --cpu "$LOAD_CPU"
+  run "$L_UPS" "${GL[@]}" --method "$SVC/UpsertPin" --json "$PIN"
+  run "$L_PUP" "${PGB[@]}" upsert -c "$POOL" -T "$DUR" --cpu "$LOAD_CPU"
+  if ((MULTIKEY)); then
+    run "$L_PUP1K" "${PGB[@]}" upsert -c "$POOL" -T "$DUR" --nkeys 1000 --cpu "$LOAD_CPU"
+  fi
+done
+
+median_of() { # LABEL FIELD: median of FIELD over the records labelled LABEL (empty if none)
+  "$PY" - "$JSONL" "$1" "$2" <<'PYEOF'
+import json, statistics, sys
+path, label, field = sys.argv[1:4]
+v = [r[field] for r in map(json.loads, filter(str.strip, open(path))) if r["label"] == label and r.get(field) is not None]
+print(f"{statistics.median(v):.0f}" if v else "")
+PYEOF
+}
+
+L_HALF=""
+if ((HALF)); then
+  max=$(median_of "$L_GET" rps)
+  if [[ -z "$max" || "$max" == 0 ]]; then
+    echo "  (c) skipped: no GetPin throughput from (a)"
+    fail=1
+  else
+    # h2load --rps is per connection: C connections at rps each offer C * rps requests/s.
+    rps=$(((max / 2 + C / 2) / C))
+    ((rps >= 1)) || rps=1
+    L_HALF="pinsd GetPin grpc c=$C m=$M at $((rps * C)) req/s offered (half of $max)"
+    mkdir -p "$WORK/shim"
+    # shellcheck disable=SC2016 # $PINS_H2LOAD_RPS and $@ are for the shim, not for us
+    printf '#!/bin/sh\nexec %s --rps="$PINS_H2LOAD_RPS" "$@"\n' "$(command -v h2load)" >"$WORK/shim/h2load"
+    chmod 755 "$WORK/shim/h2load"
+    pins_note "(c) GetPin at half of the median maximum ($max req/s): h2load --rps $rps per connection x $C"
+    for ((r = 1; r <= ROUNDS; r++)); do
+      run "$L_HALF" env PATH="$WORK/shim:$PATH" PINS_H2LOAD_RPS="$rps" \
+        "${GL[@]}" --method "$SVC/GetPin" --json "$GET"
+    done
+  fi
+fi
+
+if ((REST)); then
+  pins_note "(b) REST through pinsd vs the M7 FastAPI app (uvicorn on CPU $SERVER_CPU, 127.0.0.1:$APP_PORT)"
+  CPUS=$SERVER_CPU run_child "$BENCH_DIR/peers/m7-fastapi/start.sh" app || pins_die "the M7 app did not start"
+  P_BASE="http://$ADDR/api/v1/memory/pins" M_BASE="http://127.0.0.1:$APP_PORT/api/v1/memory/pins"
+  RL=("$BENCH_DIR/rest_load.sh" -c "$REST_C" -D "$DUR" --cpu "$LOAD_CPU")
+  for ((r = 1; r <= ROUNDS; r++)); do
+    run "pinsd REST GET h1 c=$REST_C" "${RL[@]}" --url "$P_BASE/bench:k1?tenant_id=bench" --seed-url "$P_BASE" --seed-json "$PIN"
+    run "m7 REST GET h1 c=$REST_C" "${RL[@]}" --url "$M_BASE/bench:k1?tenant_id=bench" --seed-url "$M_BASE" --seed-json "$PIN"
+    run "pinsd REST POST h1 c=$REST_C (1 key)" "${RL[@]}" --url "$P_BASE" -X POST --json "$PIN"
+    run "m7 REST POST h1 c=$REST_C (1 key)" "${RL[@]}" --url "$M_BASE" -X POST --json "$PIN"
+  done
+fi
+
+echo
+echo "pinsd ($ADDR, DB_POOL_SIZE=$POOL) and peers on PostgreSQL 15 127.0.0.1:$PG_PORT; servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU; $ROUNDS rounds of $DUR s"
+"$PY" "$BENCH_DIR/lib/summarize.py" "$JSONL"
+echo
+"$PY" - "$JSONL" "$L_GET" "$L_SEL" "$L_UPS" "$L_PUP" "$REST_C" "$L_HALF" <<'PYEOF'
+import json, statistics, sys
+path, l_get, l_sel, l_ups, l_pup, rc, l_half = sys.argv[1:8]
+recs = [json.loads(l) for l in open(path) if l.strip()]
+def med(label, field="rps"):
+    v = [r[field] for r in recs if r["label"] == label and r.get(field) is not None]
+    return statistics.median(v) if v else None
+def ratio(name, a, b, target):
+    ma, mb = med(a), med(b)
+    if not ma or not mb:
+        print(f"  {name:<34} n/a (a side has no usable run)")
+        return
+    x = ma / mb
+    verdict = "meets" if x >= target else "MISSES"
+    print(f"  {name:<34} {ma:>9.0f} / {mb:>9.0f} req/s = {x:6.2f}x   target >= {target:g}x: {verdict}")
+print("ratios of medians:")
+ratio("GetPin / pgbench select", l_get, l_sel, 0.9)
+ratio("UpsertPin / pgbench upsert, 1 key", l_ups, l_pup, 0.9)
+ratio(f"REST GET pinsd / M7 (c={rc})", f"pinsd REST GET h1 c={rc}", f"m7 REST GET h1 c={rc}", 10)
+ratio(f"REST POST pinsd / M7 (c={rc})", f"pinsd REST POST h1 c={rc} (1 key)", f"m7 REST POST h1 c={rc} (1 key)", 10)
+if l_half:
+    p99, got = med(l_half, "p99_ms"), med(l_half)
+    if p99 is None:
+        print("  GetPin p99 at half load            n/a")
+    else:
+        verdict = "meets" if p99 <= 5 else "MISSES"
+        print(f"  GetPin p99 at half load            {p99:.2f} ms at {got:.0f} req/s achieved   target <= 5 ms: {verdict}")
+print("note: every run uses one key; UpsertPin and pgbench upsert measure one hot row's lock and WAL flush.")
+PYEOF
+((fail == 0)) || pins_die "some runs were not all OK (see the lines marked NOT ALL OK or [exit N] above)"
