@@ -3,6 +3,7 @@
  *   crypto.c       the only OpenSSL code: HMAC-SHA256, SHA-256, constant-time comparison
  *   jwt.c          strict base64url, HS256 JWT verification, claims
  *   credentials.c  headers -> principal (machine token, bearer JWT, X-Roles)
+ *   credcache.c    the per-thread cache of verified bearer tokens
  *   policy.c       the policy object: parsing, hashing, the atomic swap and its readers
  *   decide.c       auth_decide(), the rbac_* decision metrics
  */
@@ -61,6 +62,24 @@ typedef struct auth__claims {
 int auth__jwt_verify(pins_arena *a, const char *token, size_t len, const char *secret,
                      size_t secretlen, int64_t now_s, auth__claims *pclaims, const char **pwhy);
 
+/* A token's exp and nbf claims (Unix seconds), when present. */
+typedef struct auth__jwt_times {
+    bool has_exp;
+    bool has_nbf;
+    double exp;
+    double nbf;
+} auth__jwt_times;
+
+/* auth__jwt_verify() without the clock: everything but exp / nbf against now is checked (their
+ * types are), and *ptimes gets them so that the caller checks them at every use
+ * (auth__jwt_time_problem). Same returns as auth__jwt_verify(). */
+int auth__jwt_check(pins_arena *a, const char *token, size_t len, const char *secret,
+                    size_t secretlen, auth__claims *pclaims, auth__jwt_times *ptimes,
+                    const char **pwhy);
+/* "expired" or "not yet valid" when t is not valid at now_s (AUTH__LEEWAY_S of leeway), else
+ * NULL. */
+const char *auth__jwt_time_problem(const auth__jwt_times *t, int64_t now_s);
+
 /* ---- credentials.c -------------------------------------------------------------------------- */
 
 typedef enum auth__cred_status {
@@ -89,6 +108,41 @@ typedef const char *(*auth__header_cb)(void *arg, const char *name);
  * Strings go to a. Returns 0 (with pp->status saying what was found) or PINS_ENOMEM. */
 int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb header, void *arg,
                       int64_t now_s, auth__principal *pp);
+
+/* ---- credcache.c ---------------------------------------------------------------------------- */
+
+/* Per thread (no lock, nothing shared): bearer tokens already verified, keyed by the exact
+ * Authorization header value (hashed for the lookup, compared in full), set-associative with
+ * least-recently-used eviction inside a set. Accepted tokens keep their claims, exp and nbf (the
+ * clock is checked again at every use); refused ones keep only the static reason, in a smaller
+ * table of their own so that a flood of bad tokens cannot push out good ones. The tables belong
+ * to the JWT secret they were filled under (a copy is compared at every use) and to the
+ * generation of auth__cred_cache_invalidate(); either changing empties them. */
+#define AUTH__CACHE_WAYS     4  /* entries per set */
+#define AUTH__CACHE_SETS     64 /* accepted tokens: 256 per thread */
+#define AUTH__CACHE_BAD_SETS 8  /* refused tokens: 32 per thread */
+
+/* Verifies the bearer token token[0..len) of the Authorization header value authz (the cache
+ * key) with secret at now_s, through the calling thread's cache. Same contract as
+ * auth__jwt_verify(): the claims' strings are copied into a. */
+int auth__jwt_verify_cached(pins_arena *a, const char *authz, const char *token, size_t len,
+                            const char *secret, size_t secretlen, int64_t now_s,
+                            auth__claims *pclaims, const char **pwhy);
+
+/* The calling thread's cache counters (tests). */
+typedef struct auth__cache_stats {
+    uint64_t hits;      /* accepted tokens served from the cache (valid at use) */
+    uint64_t bad_hits;  /* refused tokens served from the cache */
+    uint64_t misses;    /* tokens verified from scratch */
+    uint64_t evictions; /* entries pushed out by newer ones */
+    size_t size;        /* accepted tokens held */
+    size_t bad_size;    /* refused tokens held */
+} auth__cache_stats;
+void auth__cred_cache_stats(auth__cache_stats *ps);
+/* Empties every thread's cache (lazily: each thread at its next use). */
+void auth__cred_cache_invalidate(void);
+/* Frees the calling thread's cache now (also done at thread exit). */
+void auth__cred_cache_free_thread(void);
 
 /* ---- policy.c ------------------------------------------------------------------------------- */
 

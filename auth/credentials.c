@@ -103,7 +103,8 @@ int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb hea
         const char *jwt_secret = cfg->jwt_secret != NULL ? cfg->jwt_secret : "";
         auth__claims c;
         const char *why = NULL;
-        rv = auth__jwt_verify(a, token, tlen, jwt_secret, strlen(jwt_secret), now_s, &c, &why);
+        rv = auth__jwt_verify_cached(a, authz, token, tlen, jwt_secret, strlen(jwt_secret), now_s,
+                                     &c, &why);
         if (rv == PINS_ENOMEM)
             return rv;
         if (rv != 0) {

@@ -13,6 +13,7 @@
  */
 #include "auth/auth_int.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #include "common/error.h"
@@ -27,8 +28,35 @@ static metrics_family *latency;
 static metrics_family *engine_latency;
 static metrics_family *shadow;
 
+/* Each thread's cells of the per-call series (the label lookup once per thread and series): rows
+ * keyed by the label strings' addresses (the method rows' resource and action, static reasons).
+ * They belong to the families of one auth__decide_metrics_init() (its generation). */
+#define DECIDE_CELL_ROWS 32
+
+typedef struct cell_row {
+    const char *resource;
+    const char *action;
+    const char *reason;
+    bool allowed;
+    metrics_cell *decisions;
+    metrics_cell *engine;
+} cell_row;
+
+typedef struct decide_cells {
+    unsigned generation;
+    bool latency_set;
+    metrics_cell *latency;
+    metrics_cell *engine_latency;
+    size_t n;
+    cell_row rows[DECIDE_CELL_ROWS];
+} decide_cells;
+
+static _Thread_local decide_cells tl_cells;
+static _Atomic unsigned cells_generation = 1;
+
 void auth__decide_metrics_init(void)
 {
+    atomic_fetch_add(&cells_generation, 1);
     static const char *const labels[] = {"resource", "action", "decision", "reason"};
     static const char *const reason[] = {"reason"};
     decisions = metrics_counter_new("rbac_decisions_total", "RBAC decisions.", labels, 4);
@@ -46,6 +74,7 @@ void auth__decide_metrics_init(void)
 
 void auth__decide_metrics_forget(void)
 {
+    atomic_fetch_add(&cells_generation, 1);
     decisions = engine_decisions = latency = engine_latency = shadow = NULL;
 }
 
@@ -140,16 +169,69 @@ static void evaluate(auth_decision *d, const auth__principal *p, const auth__pol
     allow(d, permitted ? "role-allowed" : "fail-open-insufficient-permissions");
 }
 
+/* The calling thread's cells, emptied when the families changed. */
+static decide_cells *cells(void)
+{
+    decide_cells *c = &tl_cells;
+    unsigned g = atomic_load(&cells_generation);
+    if (c->generation != g) {
+        c->generation = g;
+        c->latency_set = false;
+        c->n = 0;
+    }
+    return c;
+}
+
+/* The row of d's labels, added on first use; NULL when the rows are full or out of memory. */
+static const cell_row *row_of(decide_cells *c, const auth_decision *d, const char *const *labels)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        const cell_row *r = &c->rows[i];
+        if (r->resource == d->resource && r->action == d->action && r->reason == d->reason &&
+            r->allowed == d->allowed)
+            return r;
+    }
+    if (c->n == DECIDE_CELL_ROWS)
+        return NULL;
+    cell_row r = {d->resource,
+                  d->action,
+                  d->reason,
+                  d->allowed,
+                  metrics_cell_get(decisions, labels),
+                  metrics_cell_get(engine_decisions, labels)};
+    if (r.decisions == NULL || r.engine == NULL)
+        return NULL;
+    c->rows[c->n] = r;
+    return &c->rows[c->n++];
+}
+
 static void count(const auth_decision *d, double seconds)
 {
     const char *labels[] = {d->resource, d->action, d->allowed ? "allowed" : "denied", d->reason};
-    metrics_counter_inc(decisions, labels);
-    metrics_counter_inc(engine_decisions, labels);
-    metrics_histogram_observe(latency, NULL, seconds);
-    metrics_histogram_observe(engine_latency, NULL, seconds);
+    decide_cells *c = cells();
+    const cell_row *r = row_of(c, d, labels);
+    if (r != NULL) {
+        metrics_cell_add(r->decisions, 1);
+        metrics_cell_add(r->engine, 1);
+    } else {
+        metrics_counter_inc(decisions, labels);
+        metrics_counter_inc(engine_decisions, labels);
+    }
+    if (!c->latency_set) {
+        c->latency = metrics_cell_get(latency, NULL);
+        c->engine_latency = metrics_cell_get(engine_latency, NULL);
+        c->latency_set = true;
+    }
+    if (c->latency != NULL && c->engine_latency != NULL) {
+        metrics_cell_observe(latency, c->latency, seconds);
+        metrics_cell_observe(engine_latency, c->engine_latency, seconds);
+    } else {
+        metrics_histogram_observe(latency, NULL, seconds);
+        metrics_histogram_observe(engine_latency, NULL, seconds);
+    }
     if (d->shadow_reason != NULL) {
-        const char *r[] = {d->shadow_reason};
-        metrics_counter_inc(shadow, r);
+        const char *sr[] = {d->shadow_reason};
+        metrics_counter_inc(shadow, sr);
     }
 }
 

@@ -132,8 +132,8 @@ static bool header_acceptable(const json_t *h)
     return json_object_get(h, "crit") == NULL;
 }
 
-/* Checks exp and nbf. */
-static const char *time_problem(const json_t *claims, int64_t now_s)
+/* Reads exp and nbf (type-checked). Returns a static reason, or NULL. */
+static const char *read_times(const json_t *claims, auth__jwt_times *t)
 {
     const json_t *exp = json_object_get(claims, "exp");
     const json_t *nbf = json_object_get(claims, "nbf");
@@ -141,9 +141,20 @@ static const char *time_problem(const json_t *claims, int64_t now_s)
         return "exp is not a number";
     if (nbf != NULL && !json_is_number(nbf))
         return "nbf is not a number";
-    if (exp != NULL && (double)now_s >= json_number_value(exp) + AUTH__LEEWAY_S)
+    *t = (auth__jwt_times){
+        .has_exp = exp != NULL,
+        .exp = exp != NULL ? json_number_value(exp) : 0,
+        .has_nbf = nbf != NULL,
+        .nbf = nbf != NULL ? json_number_value(nbf) : 0,
+    };
+    return NULL;
+}
+
+const char *auth__jwt_time_problem(const auth__jwt_times *t, int64_t now_s)
+{
+    if (t->has_exp && (double)now_s >= t->exp + AUTH__LEEWAY_S)
         return "expired";
-    if (nbf != NULL && (double)now_s + AUTH__LEEWAY_S < json_number_value(nbf))
+    if (t->has_nbf && (double)now_s + AUTH__LEEWAY_S < t->nbf)
         return "not yet valid";
     return NULL;
 }
@@ -193,8 +204,10 @@ static int read_claims(pins_arena *a, const json_t *claims, auth__claims *c, con
     return 0;
 }
 
-int auth__jwt_verify(pins_arena *a, const char *token, size_t len, const char *secret,
-                     size_t secretlen, int64_t now_s, auth__claims *pclaims, const char **pwhy)
+/* Verifies token; checks exp and nbf against now_s only when timed. */
+static int verify(pins_arena *a, const char *token, size_t len, const char *secret,
+                  size_t secretlen, bool timed, int64_t now_s, auth__claims *pclaims,
+                  auth__jwt_times *ptimes, const char **pwhy)
 {
     int rv = PINS_EUNAUTHENTICATED;
     json_t *header = NULL, *claims = NULL;
@@ -258,7 +271,10 @@ int auth__jwt_verify(pins_arena *a, const char *token, size_t len, const char *s
         goto out;
     }
     rv = PINS_EUNAUTHENTICATED;
-    const char *tp = time_problem(claims, now_s);
+    auth__jwt_times t;
+    const char *tp = read_times(claims, &t);
+    if (tp == NULL && timed)
+        tp = auth__jwt_time_problem(&t, now_s);
     if (tp != NULL) {
         why = tp;
         goto out;
@@ -267,6 +283,8 @@ int auth__jwt_verify(pins_arena *a, const char *token, size_t len, const char *s
     if (rv != 0)
         goto out;
     *pclaims = c;
+    if (ptimes != NULL)
+        *ptimes = t;
     why = NULL;
 out:
     json_decref(header);
@@ -276,4 +294,17 @@ out:
     if (pwhy != NULL)
         *pwhy = why;
     return rv;
+}
+
+int auth__jwt_verify(pins_arena *a, const char *token, size_t len, const char *secret,
+                     size_t secretlen, int64_t now_s, auth__claims *pclaims, const char **pwhy)
+{
+    return verify(a, token, len, secret, secretlen, true, now_s, pclaims, NULL, pwhy);
+}
+
+int auth__jwt_check(pins_arena *a, const char *token, size_t len, const char *secret,
+                    size_t secretlen, auth__claims *pclaims, auth__jwt_times *ptimes,
+                    const char **pwhy)
+{
+    return verify(a, token, len, secret, secretlen, false, 0, pclaims, ptimes, pwhy);
 }

@@ -617,6 +617,8 @@ void auth_shutdown(void)
     loads_family = NULL;
     version_family = NULL;
     auth__decide_metrics_forget();
+    auth__cred_cache_invalidate();
+    auth__cred_cache_free_thread();
     pthread_mutex_unlock(&install_mu);
     pthread_mutex_unlock(&init_mu);
 }

@@ -9,9 +9,15 @@
  * after the connect and disconnect callbacks, so those only forget the pointer; a context is freed
  * by us (redisAsyncFree) only from our own timers, never inside a hiredis callback.
  *
- * A waiting call is a `pending` owned by its hiredis reply callback (which hiredis always runs
- * once: with the reply, or with NULL when the context goes away). Its wait timer decides the call
- * locally when Redis is slow; the late reply then only frees the pending.
+ * Leases (ratelimit_lease.c): a worker keeps, per tenant, a lease of tokens taken from the Redis
+ * bucket by one EVALSHA and spends it locally; a call that finds no usable lease is queued on its
+ * tenant until the answer of the one lease request in flight for that tenant (sent by the first
+ * such call; the others never send their own), at most RATELIMIT_WAIT_MS, after which its own
+ * timer lets the local bucket decide it. A request is a `lease_req` owned by its hiredis reply
+ * callback (which hiredis always runs once: with the reply, or with NULL when the context goes
+ * away); the answer serves the queue in order from the grant, refuses the rest when the bucket
+ * gave less than asked (it is empty), or asks again when a full grant ran out. Tenants' states
+ * are per worker (no lock), at most RATELIMIT__LEASE_TENANTS, idle ones evicted first.
  */
 #include "auth/ratelimit_int.h"
 
@@ -37,10 +43,13 @@
 #define RATELIMIT__BACKOFF_MAX_MS 2000
 #define RATELIMIT__HUNG_TIMEOUTS  20 /* calls in a row past the wait: Redis is hung, reconnect */
 #define RATELIMIT__MAX_TENANT     1024
+#define RATELIMIT__LEASE_TENANTS  4096 /* tenants a worker keeps a lease for */
+#define RATELIMIT__LEASE_CHAINS   1024
 
 const char ratelimit__script[] =
     "local rpm = tonumber(ARGV[1])\n"
     "local burst = tonumber(ARGV[2])\n"
+    "local want = tonumber(ARGV[3]) or 1\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
@@ -51,15 +60,15 @@ const char ratelimit__script[] =
     "  tokens = math.min(burst, tokens + (now - ts) * rpm / 60000)\n"
     "  ts = now\n"
     "end\n"
-    "local allowed = 0\n"
-    "if tokens >= 1 then tokens = tokens - 1; allowed = 1 end\n"
+    "local granted = math.max(0, math.min(want, math.floor(tokens)))\n"
+    "tokens = tokens - granted\n"
     "local full_ms = math.ceil((burst - tokens) * 60000 / rpm)\n"
     "redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),\n"
     "           'ts', string.format('%.0f', ts))\n"
     "redis.call('PEXPIRE', KEYS[1], full_ms + 1000)\n"
     "local retry_ms = 0\n"
-    "if allowed == 0 then retry_ms = math.ceil((1 - tokens) * 60000 / rpm) end\n"
-    "return {allowed, math.floor(tokens), full_ms, retry_ms}\n";
+    "if tokens < 1 then retry_ms = math.ceil((1 - tokens) * 60000 / rpm) end\n"
+    "return {granted, math.floor(tokens), full_ms, retry_ms}\n";
 
 struct ratelimit {
     const pins_config *cfg;
@@ -75,6 +84,44 @@ struct ratelimit {
 
 typedef enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP } conn_state;
 
+enum { BACKEND_REDIS, BACKEND_LOCAL, BACKEND_DISABLED }; /* the backend label, see backends[] */
+
+typedef struct tstate tstate;
+typedef struct lease_req lease_req;
+
+/* A call waiting for the answer to its tenant's lease request. */
+typedef struct waiter {
+    struct waiter *next;
+    struct waiter *prev;
+    ratelimit_worker *w;
+    tstate *ts;
+    rpc_call *call;
+    ratelimit_call_cb cb;
+    struct event *timer; /* RATELIMIT_WAIT_MS: then the local bucket decides */
+} waiter;
+
+/* One tenant's lease on one worker, with the calls waiting for the request in flight (a request
+ * is in flight whenever calls wait). */
+struct tstate {
+    tstate *next; /* hash chain */
+    uint64_t hash;
+    ratelimit__lease lease;
+    lease_req *inflight; /* the request Redis has not answered yet, or NULL */
+    waiter *head;
+    waiter *tail;
+    size_t nwaiting;
+    int64_t used_ns;
+    char tenant[];
+};
+
+/* A lease request, owned by its hiredis reply callback (which hiredis always runs once). */
+struct lease_req {
+    ratelimit_worker *w;
+    tstate *ts; /* NULL once the worker let go of it (never while ts is in the table) */
+    int want;
+    bool retried; /* EVAL sent after NOSCRIPT */
+};
+
 struct ratelimit_worker {
     ratelimit *rl;
     struct event_base *base;
@@ -88,16 +135,11 @@ struct ratelimit_worker {
     bool logged_down;
     bool closing;
     uint64_t rng;
+    tstate *chains[RATELIMIT__LEASE_CHAINS];
+    size_t ntenants;
+    metrics_cell *cells[2][3]; /* rate_limit_decisions_total: [allowed][backend] */
+    bool cells_set[2][3];
 };
-
-typedef struct pending {
-    ratelimit_worker *w;
-    rpc_call *call; /* NULL once decided (the wait timed out) */
-    ratelimit_call_cb cb;
-    const char *tenant; /* in the call's arena; valid while call is set */
-    struct event *timer;
-    bool retried; /* EVAL sent after NOSCRIPT */
-} pending;
 
 /* Process wide: one limiter per process; the gauge reads these at exposition time. */
 static metrics_family *decisions;
@@ -115,10 +157,20 @@ static double on_redis_up_sample(void *arg)
     return n > 0 && atomic_load(&nworkers_up) >= n ? 1.0 : 0.0;
 }
 
-static void count(bool allowed, const char *backend)
+static const char *const backends[] = {"redis", "local", "disabled"};
+
+/* Counts a decision on the worker's cell of its series (the label lookup once per worker). */
+static void count(ratelimit_worker *w, bool allowed, int backend)
 {
-    const char *v[] = {allowed ? "allowed" : "limited", backend};
-    metrics_counter_inc(decisions, v);
+    const char *v[] = {allowed ? "allowed" : "limited", backends[backend]};
+    if (!w->cells_set[allowed][backend]) {
+        w->cells[allowed][backend] = metrics_cell_get(decisions, v);
+        w->cells_set[allowed][backend] = true;
+    }
+    if (w->cells[allowed][backend] != NULL)
+        metrics_cell_add(w->cells[allowed][backend], 1);
+    else
+        metrics_counter_inc(decisions, v);
 }
 
 static int hex_value(char c)
@@ -315,10 +367,11 @@ static int add(rpc_call *call, const char *name, const char *value)
 }
 
 /* Adds the answer's metadata, refuses the call when limited, and hands it back. */
-static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit *rl,
-                         const ratelimit__decision *d, const char *backend)
+static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit_worker *w,
+                         const ratelimit__decision *d, int backend)
 {
-    count(d->allowed, backend);
+    ratelimit *rl = w->rl;
+    count(w, d->allowed, backend);
     char rem[24], state[96], retry[24];
     snprintf(rem, sizeof(rem), "%lld", (long long)d->remaining);
     snprintf(state, sizeof(state), "limit=%d, remaining=%lld, reset=%lld", rl->rpm,
@@ -348,14 +401,16 @@ static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit *rl,
     cb(call, true);
 }
 
-static void decide_locally(ratelimit *rl, rpc_call *call, const char *tenant, ratelimit_call_cb cb)
+static void decide_locally(ratelimit_worker *w, rpc_call *call, const char *tenant,
+                           ratelimit_call_cb cb)
 {
+    ratelimit *rl = w->rl;
     ratelimit__decision d;
     if (ratelimit__local_take(rl->local, tenant, pins_time_mono_ns(), &d) != 0) {
         /* No memory for a bucket: let the call through (fail-open) without claiming a count. */
         d = (ratelimit__decision){.allowed = true, .remaining = rl->burst - 1};
     }
-    finish_check(call, cb, rl, &d, "local");
+    finish_check(call, cb, w, &d, BACKEND_LOCAL);
 }
 
 /* ---- the Redis connection -------------------------------------------------------------------- */
@@ -506,97 +561,264 @@ static void conn_connect(ratelimit_worker *w)
         redisAsyncDisconnect(ac);
 }
 
-/* ---- a call waiting for Redis ---------------------------------------------------------------- */
+/* ---- leases and the calls waiting for them -------------------------------------------------- */
 
-static void pending_free(pending *p)
+static uint64_t fnv1a(const char *s)
 {
-    if (p->timer != NULL)
-        event_free(p->timer);
-    free(p);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static bool tstate_idle(const tstate *ts, int64_t now_ns)
+{
+    return ts->inflight == NULL && ts->nwaiting == 0 &&
+           !ratelimit__lease_usable(&ts->lease, now_ns);
+}
+
+static void tstate_unlink_free(ratelimit_worker *w, tstate **pp)
+{
+    tstate *ts = *pp;
+    *pp = ts->next;
+    w->ntenants--;
+    free(ts);
+}
+
+/* Makes room in a full table: every idle tenant goes, else the least recently used one that has
+ * no request in flight (its unspent tokens are dropped: fewer admissions, never more). */
+static void tstate_evict(ratelimit_worker *w, int64_t now_ns)
+{
+    tstate **oldest = NULL;
+    for (size_t c = 0; c < RATELIMIT__LEASE_CHAINS; c++) {
+        tstate **pp = &w->chains[c];
+        while (*pp != NULL) {
+            if (tstate_idle(*pp, now_ns)) {
+                tstate_unlink_free(w, pp);
+                continue;
+            }
+            if ((*pp)->inflight == NULL && (oldest == NULL || (*pp)->used_ns < (*oldest)->used_ns))
+                oldest = pp;
+            pp = &(*pp)->next;
+        }
+    }
+    if (w->ntenants >= RATELIMIT__LEASE_TENANTS && oldest != NULL)
+        tstate_unlink_free(w, oldest);
+}
+
+/* The worker's state for tenant, created when missing; NULL when out of memory or full. */
+static tstate *tstate_get(ratelimit_worker *w, const char *tenant, int64_t now_ns)
+{
+    uint64_t h = fnv1a(tenant);
+    tstate **chain = &w->chains[h % RATELIMIT__LEASE_CHAINS];
+    for (tstate *ts = *chain; ts != NULL; ts = ts->next) {
+        if (ts->hash == h && strcmp(ts->tenant, tenant) == 0) {
+            ts->used_ns = now_ns;
+            return ts;
+        }
+    }
+    if (w->ntenants >= RATELIMIT__LEASE_TENANTS)
+        tstate_evict(w, now_ns);
+    if (w->ntenants >= RATELIMIT__LEASE_TENANTS)
+        return NULL;
+    size_t len = strlen(tenant);
+    tstate *ts = calloc(1, sizeof(*ts) + len + 1);
+    if (ts == NULL)
+        return NULL;
+    memcpy(ts->tenant, tenant, len + 1);
+    ts->hash = h;
+    ts->used_ns = now_ns;
+    ts->next = *chain;
+    *chain = ts;
+    w->ntenants++;
+    return ts;
+}
+
+static void waiter_unlink(waiter *wt)
+{
+    tstate *ts = wt->ts;
+    if (wt->prev != NULL)
+        wt->prev->next = wt->next;
+    else
+        ts->head = wt->next;
+    if (wt->next != NULL)
+        wt->next->prev = wt->prev;
+    else
+        ts->tail = wt->prev;
+    ts->nwaiting--;
+}
+
+/* Takes the first waiting call off ts's queue; returns the call and its callback. */
+static waiter waiter_pop(tstate *ts)
+{
+    waiter *wt = ts->head;
+    waiter copy = *wt;
+    waiter_unlink(wt);
+    event_free(wt->timer);
+    free(wt);
+    return copy;
 }
 
 static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    pending *p = arg;
-    ratelimit_worker *w = p->w;
-    rpc_call *call = p->call;
-    if (call == NULL)
-        return;
-    p->call = NULL;
+    waiter *wt = arg;
+    ratelimit_worker *w = wt->w;
+    rpc_call *call = wt->call;
+    ratelimit_call_cb cb = wt->cb;
+    tstate *ts = wt->ts;
+    /* The lease request stays in flight; its answer serves the calls still waiting. */
+    waiter_unlink(wt);
+    event_free(wt->timer);
+    free(wt);
     if (++w->timeouts >= RATELIMIT__HUNG_TIMEOUTS && w->drop_ev != NULL) {
         struct timeval now = {0, 0};
         evtimer_add(w->drop_ev, &now);
     }
-    decide_locally(w->rl, call, p->tenant, p->cb);
+    decide_locally(w, call, ts->tenant, cb);
 }
 
-static int send_script(ratelimit_worker *w, pending *p, redisCallbackFn *fn, bool eval);
-
-static void on_script_reply(redisAsyncContext *ac, void *r, void *privdata)
+/* Every call waiting on ts is decided by the local bucket (or cancelled when closing). */
+static void flush_waiters(ratelimit_worker *w, tstate *ts)
 {
-    pending *p = privdata;
-    ratelimit_worker *w = p->w;
+    while (ts->head != NULL) {
+        waiter wt = waiter_pop(ts);
+        if (w->closing) {
+            rpc_call_fail(wt.call, PINS_ECANCELLED, "the server is shutting down");
+            wt.cb(wt.call, false);
+        } else {
+            decide_locally(w, wt.call, ts->tenant, wt.cb);
+        }
+    }
+}
+
+static int send_lease(ratelimit_worker *w, lease_req *q, bool eval);
+
+static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    lease_req *q = privdata;
+    ratelimit_worker *w = q->w;
+    tstate *ts = q->ts;
     const redisReply *reply = r;
-    rpc_call *call = p->call;
-    if (call == NULL) { /* decided locally already */
-        pending_free(p);
+    if (ts == NULL) {
+        free(q);
         return;
     }
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR && !p->retried &&
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR && !q->retried &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0 && !w->closing && w->ac == ac) {
         /* The server lost its script cache (restart, SCRIPT FLUSH): EVAL it once for this
-         * call, which caches it again. */
-        p->retried = true;
-        if (send_script(w, p, on_script_reply, true) == 0)
+         * request, which caches it again. */
+        q->retried = true;
+        if (send_lease(w, q, true) == 0)
             return;
     }
-    evtimer_del(p->timer);
-    p->call = NULL;
-    if (reply == NULL && w->closing) {
-        rpc_call_fail(call, PINS_ECANCELLED, "the server is shutting down");
-        p->cb(call, false);
-        pending_free(p);
-        return;
-    }
+    ts->inflight = NULL;
+    free(q);
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
         if (reply != NULL)
             pins_log_debug("unexpected reply to the rate limit script", "redis", w->rl->where,
                            "error", reply->type == REDIS_REPLY_ERROR ? reply->str : "", NULL);
-        decide_locally(w->rl, call, p->tenant, p->cb);
-        pending_free(p);
+        flush_waiters(w, ts);
         return;
     }
     long long v[4];
     for (size_t i = 0; i < 4; i++)
         v[i] = reply->element[i]->type == REDIS_REPLY_INTEGER ? reply->element[i]->integer : 0;
     w->timeouts = 0;
-    ratelimit__decision d = {
-        .allowed = v[0] == 1,
-        .remaining = v[1],
-        .reset_s = (v[2] + 999) / 1000,
-        .retry_after_s = v[0] == 1 ? 0 : (v[3] + 999) / 1000,
-    };
-    if (!d.allowed && d.retry_after_s < 1)
-        d.retry_after_s = 1;
-    finish_check(call, p->cb, w->rl, &d, "redis");
-    pending_free(p);
+    int64_t now = pins_time_mono_ns();
+    int want = ts->lease.want;
+    ratelimit__lease_grant(&ts->lease, want, v[0], v[1], v[2], v[3], now);
+    ratelimit__decision d;
+    while (ts->head != NULL && ratelimit__lease_take(&ts->lease, now, &d)) {
+        waiter wt = waiter_pop(ts);
+        finish_check(wt.call, wt.cb, w, &d, BACKEND_REDIS);
+    }
+    if (ts->head == NULL)
+        return;
+    if (v[0] < want) {
+        /* The bucket gave all it had: the calls still waiting are over the limit. */
+        ratelimit__lease_refusal(&ts->lease, &d);
+        while (ts->head != NULL) {
+            waiter wt = waiter_pop(ts);
+            finish_check(wt.call, wt.cb, w, &d, BACKEND_REDIS);
+        }
+        return;
+    }
+    /* A full grant that the waiting calls used up: ask again for the rest. */
+    lease_req *next = calloc(1, sizeof(*next));
+    if (next != NULL) {
+        *next = (lease_req){.w = w, .ts = ts};
+        if (w->state == CONN_UP && w->ac != NULL && send_lease(w, next, false) == 0)
+            return;
+        free(next);
+    }
+    flush_waiters(w, ts);
 }
 
-/* Sends EVALSHA (or EVAL) for p's tenant. Returns 0 or PINS_EUNAVAILABLE. */
-static int send_script(ratelimit_worker *w, pending *p, redisCallbackFn *fn, bool eval)
+/* Sends EVALSHA (or EVAL) for q's tenant, asking for the lease's next size; q becomes the
+ * tenant's request in flight. Returns 0 or PINS_EUNAVAILABLE. */
+static int send_lease(ratelimit_worker *w, lease_req *q, bool eval)
 {
+    tstate *ts = q->ts;
     char key[RATELIMIT__MAX_TENANT + 16];
-    int n = snprintf(key, sizeof(key), "pinsd:rl:{%s}", p->tenant);
+    int n = snprintf(key, sizeof(key), "pinsd:rl:{%s}", ts->tenant);
     if (n < 0 || (size_t)n >= sizeof(key))
         return PINS_EUNAVAILABLE;
+    if (!q->retried)
+        q->want = ratelimit__lease_want(&ts->lease, w->rl->burst, ts->nwaiting);
+    ts->lease.want = q->want;
     int rv;
     if (eval)
-        rv = redisAsyncCommand(w->ac, fn, p, "EVAL %s 1 %b %d %d", ratelimit__script, key,
-                               (size_t)n, w->rl->rpm, w->rl->burst);
+        rv = redisAsyncCommand(w->ac, on_lease_reply, q, "EVAL %s 1 %b %d %d %d", ratelimit__script,
+                               key, (size_t)n, w->rl->rpm, w->rl->burst, q->want);
     else
-        rv = redisAsyncCommand(w->ac, fn, p, "EVALSHA %s 1 %b %d %d", w->sha, key, (size_t)n,
-                               w->rl->rpm, w->rl->burst);
-    return rv == REDIS_OK ? 0 : PINS_EUNAVAILABLE;
+        rv = redisAsyncCommand(w->ac, on_lease_reply, q, "EVALSHA %s 1 %b %d %d %d", w->sha, key,
+                               (size_t)n, w->rl->rpm, w->rl->burst, q->want);
+    if (rv != REDIS_OK)
+        return PINS_EUNAVAILABLE;
+    ts->inflight = q;
+    return 0;
+}
+
+/* Queues call on ts until the answer of its lease request (sent now when none is in flight), for
+ * at most RATELIMIT_WAIT_MS. Returns 0, or an error (the call was not queued). */
+static int wait_for_lease(ratelimit_worker *w, tstate *ts, rpc_call *call, ratelimit_call_cb cb)
+{
+    waiter *wt = calloc(1, sizeof(*wt));
+    if (wt == NULL)
+        return PINS_ENOMEM;
+    *wt = (waiter){.w = w, .ts = ts, .call = call, .cb = cb, .prev = ts->tail};
+    wt->timer = evtimer_new(w->base, on_wait_timeout, wt);
+    if (wt->timer == NULL) {
+        free(wt);
+        return PINS_ENOMEM;
+    }
+    if (ts->tail != NULL)
+        ts->tail->next = wt;
+    else
+        ts->head = wt;
+    ts->tail = wt;
+    ts->nwaiting++;
+    if (ts->inflight == NULL) {
+        lease_req *q = calloc(1, sizeof(*q));
+        int rv = PINS_ENOMEM;
+        if (q != NULL) {
+            *q = (lease_req){.w = w, .ts = ts};
+            rv = send_lease(w, q, false);
+            if (rv != 0)
+                free(q);
+        }
+        if (rv != 0) {
+            waiter_unlink(wt);
+            event_free(wt->timer);
+            free(wt);
+            return rv;
+        }
+    }
+    struct timeval tv = {.tv_sec = 0, .tv_usec = RATELIMIT_WAIT_MS * 1000};
+    evtimer_add(wt->timer, &tv);
+    return 0;
 }
 
 /* ---- public ---------------------------------------------------------------------------------- */
@@ -708,6 +930,15 @@ void ratelimit_worker_free(ratelimit_worker *w)
     }
     if (w->drop_ev != NULL)
         event_free(w->drop_ev);
+    for (size_t c = 0; c < RATELIMIT__LEASE_CHAINS; c++) {
+        while (w->chains[c] != NULL) {
+            tstate *ts = w->chains[c];
+            if (ts->inflight != NULL)
+                ts->inflight->ts = NULL; /* never answered: the callback only frees it */
+            flush_waiters(w, ts);
+            tstate_unlink_free(w, &w->chains[c]);
+        }
+    }
     free(w);
 }
 
@@ -715,28 +946,28 @@ void ratelimit_call_check(ratelimit_worker *w, rpc_call *call, ratelimit_call_cb
 {
     ratelimit *rl = w->rl;
     if (rl->rpm <= 0) {
-        count(true, "disabled");
+        count(w, true, BACKEND_DISABLED);
         cb(call, true);
         return;
     }
     const char *tenant = call_tenant(call);
     if (w->state != CONN_UP || w->ac == NULL || strlen(tenant) > RATELIMIT__MAX_TENANT) {
-        decide_locally(rl, call, tenant, cb);
+        decide_locally(w, call, tenant, cb);
         return;
     }
-    pending *p = calloc(1, sizeof(*p));
-    if (p != NULL) {
-        *p = (pending){.w = w, .call = call, .cb = cb, .tenant = tenant};
-        p->timer = evtimer_new(w->base, on_wait_timeout, p);
-    }
-    if (p == NULL || p->timer == NULL || send_script(w, p, on_script_reply, false) != 0) {
-        if (p != NULL)
-            pending_free(p);
-        decide_locally(rl, call, tenant, cb);
+    int64_t now = pins_time_mono_ns();
+    tstate *ts = tstate_get(w, tenant, now);
+    if (ts == NULL) {
+        decide_locally(w, call, tenant, cb);
         return;
     }
-    struct timeval tv = {.tv_sec = 0, .tv_usec = RATELIMIT_WAIT_MS * 1000};
-    evtimer_add(p->timer, &tv);
+    ratelimit__decision d;
+    if (ts->nwaiting == 0 && ratelimit__lease_take(&ts->lease, now, &d)) {
+        finish_check(call, cb, w, &d, BACKEND_REDIS);
+        return;
+    }
+    if (wait_for_lease(w, ts, call, cb) != 0)
+        decide_locally(w, call, tenant, cb);
 }
 
 const char *ratelimit_redis_check(const ratelimit *rl)

@@ -7,8 +7,11 @@
  * With REDIS_URL every replica shares one bucket per tenant in Redis: a single Lua script run with
  * EVALSHA on key "pinsd:rl:{<tenant>}" (the hash tag keeps it Redis-Cluster safe), using the Redis
  * server's TIME so that replicas' clocks do not matter, with PEXPIRE so that idle buckets vanish.
- * Each worker owns one hiredis async connection on its own libevent loop; a call waits for the
- * reply at most RATELIMIT_WAIT_MS, past which it is decided by the local bucket. While Redis is
+ * Each worker owns one hiredis async connection on its own libevent loop and leases tokens from
+ * a tenant's bucket (up to min(64, burst / 100) per EVALSHA, one while the bucket is below a
+ * quarter of the burst; unspent tokens are dropped after 250 ms, never returned), spending them
+ * locally; a call that finds no lease waits for the tenant's one request in flight at most
+ * RATELIMIT_WAIT_MS, past which it is decided by the local bucket. While Redis is
  * unreachable every worker decides by the local bucket (fail-open) and reconnects by itself with
  * a jittered backoff of 100 ms .. 2 s. Without REDIS_URL the local bucket is the limiter.
  *
@@ -22,7 +25,8 @@
  *   RateLimit: limit=<rpm>, remaining=<tokens left, whole>, reset=<seconds until the bucket is
  *              full again>
  *   X-RateLimit-Limit: <rpm>
- *   X-RateLimit-Remaining: <tokens left>
+ *   X-RateLimit-Remaining: <tokens left>     (Redis: its remaining at the last answer plus the
+ *                                            worker's unspent lease; see auth/README.md)
  *   Retry-After: <seconds until one token is back, >= 1>      (refused calls only)
  * A refused call fails with PINS_ERATE_LIMITED (RESOURCE_EXHAUSTED, REST 429; bridge/rest.c builds
  * the body from x-ratelimit-limit and retry-after).

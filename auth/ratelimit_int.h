@@ -2,6 +2,7 @@
  *
  *   ratelimit.c        the limiter, the per-worker Redis connection and script, the call glue
  *   ratelimit_local.c  the process-wide local bucket table (also the fail-open fallback)
+ *   ratelimit_lease.c  the arithmetic of a worker's lease of tokens from a Redis bucket
  */
 #ifndef PINS_AUTH_RATELIMIT_INT_H
 #define PINS_AUTH_RATELIMIT_INT_H
@@ -41,6 +42,40 @@ int ratelimit__local_take(ratelimit__local *l, const char *tenant, int64_t now_n
 /* Buckets held now. */
 size_t ratelimit__local_size(ratelimit__local *l);
 
+/* ---- ratelimit_lease.c ----------------------------------------------------------------------- */
+
+#define RATELIMIT__LEASE_MAX     64  /* tokens one request may take */
+#define RATELIMIT__LEASE_AGE_MS  250 /* a lease older than this is dropped (not returned) */
+#define RATELIMIT__LEASE_LOW_DIV 4   /* below burst / this, one token per request */
+
+/* One worker's lease on one tenant's bucket. Zero is "never asked". */
+typedef struct ratelimit__lease {
+    bool known;        /* Redis answered at least once */
+    int want;          /* the size asked for last */
+    int64_t tokens;    /* granted and not spent yet */
+    int64_t remaining; /* the bucket's whole tokens after the last grant, as Redis said */
+    int64_t reset_ms;  /* ... and its time until full, and until one token is back */
+    int64_t retry_ms;
+    int64_t at_ns; /* when the last grant arrived (monotonic) */
+} ratelimit__lease;
+
+/* The largest lease for a burst: min(RATELIMIT__LEASE_MAX, burst / 100), at least 1. */
+int ratelimit__lease_max(int burst);
+/* How many tokens to ask for, with waiting calls queued for the answer. */
+int ratelimit__lease_want(const ratelimit__lease *l, int burst, size_t waiting);
+/* Records Redis's answer to a request of want tokens: granted, the bucket's remaining whole
+ * tokens, reset_ms and retry_ms, at now_ns. Replaces any older lease. */
+void ratelimit__lease_grant(ratelimit__lease *l, int want, int64_t granted, int64_t remaining,
+                            int64_t reset_ms, int64_t retry_ms, int64_t now_ns);
+/* True when l has a token to spend at now_ns. */
+bool ratelimit__lease_usable(const ratelimit__lease *l, int64_t now_ns);
+/* Spends one token of l at now_ns: true and *pd (allowed; remaining is the bucket as Redis last
+ * reported it plus what is left of the lease), or false (spent or too old; an old lease's tokens
+ * are dropped) with *pd untouched. */
+bool ratelimit__lease_take(ratelimit__lease *l, int64_t now_ns, ratelimit__decision *pd);
+/* The refusal after Redis granted fewer tokens than the calls waiting for them. */
+void ratelimit__lease_refusal(const ratelimit__lease *l, ratelimit__decision *pd);
+
 /* ---- ratelimit.c ----------------------------------------------------------------------------- */
 
 /* REDIS_URL taken apart. Strings are new, freed by ratelimit__redis_url_free. */
@@ -60,8 +95,9 @@ typedef struct ratelimit__redis_url {
 int ratelimit__redis_url_parse(const char *url, ratelimit__redis_url *pu, const char **pwhy);
 void ratelimit__redis_url_free(ratelimit__redis_url *u);
 
-/* The bucket script run in Redis (KEYS[1] the bucket, ARGV rpm and burst; replies
- * {allowed, remaining, reset_ms, retry_ms}). */
+/* The bucket script run in Redis (KEYS[1] the bucket, ARGV rpm, burst and the tokens wanted;
+ * takes min(wanted, whole tokens available) and replies {granted, remaining, reset_ms,
+ * retry_ms}, retry_ms being 0 while a whole token is left). */
 extern const char ratelimit__script[];
 
 #endif

@@ -148,9 +148,11 @@ class AdminAuditTest(ServerTestCase, RestMixin):
                                body={"tenant_id": tenant, "key": "k1", "value": {"a": 1}},
                                headers=hdrs)
         self.assertEqual(code, 201, text)
-        for _ in range(2):
+        # Identical reads within one audit window become one row: the two reads come from two
+        # agents so that each keeps its own row.
+        for agent in ("agent-7", "agent-8"):
             code, _ = self.rest(self.server, "GET", "/api/v1/memory/pins/k1?tenant_id=" + tenant,
-                                headers=hdrs)
+                                headers=self.admin_headers() + [("X-Agent-Id", agent)])
             self.assertEqual(code, 200)
         code, _ = self.rest(self.server, "GET",
                             "/api/v1/memory/pins?prefix=k&tenant_id=" + tenant, headers=hdrs)
@@ -169,9 +171,10 @@ class AdminAuditTest(ServerTestCase, RestMixin):
         gets = self.get_json(base + "&operation=get")
         self.assertEqual(gets["total"], 3)
         self.assertEqual([e["success"] for e in gets["entries"]], [False, True, True])
+        self.assertEqual(sorted(e["agent_id"] for e in gets["entries"]),
+                         ["agent-7", "agent-7", "agent-8"])
         for e in gets["entries"]:
             self.assertEqual(e["key"], "k1")
-            self.assertEqual(e["agent_id"], "agent-7")
             self.assertGreaterEqual(e["latency_ms"], 0)
         # the second get of a freshly written pin is answered from the SQLite cache
         self.assertTrue(any(e["cache_hit"] for e in gets["entries"]))

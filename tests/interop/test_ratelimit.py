@@ -198,25 +198,27 @@ class RateLimitTest(ServerTestCase):
         r = self.redis()
         for backend, env in (("redis", {"REDIS_URL": r.url}), ("local", {})):
             with self.subTest(backend=backend):
-                env = dict(env, RATE_LIMIT_RPM="60", RATE_LIMIT_BURST="100")
+                # 6 a minute: one token refills every 10 s, so a slow (sanitizer) run cannot see a
+                # refill between the storm and the REST check below.
+                env = dict(env, RATE_LIMIT_RPM="6", RATE_LIMIT_BURST="100")
                 s = self.fresh_server(env)
                 c = s.client()
                 try:
                     if backend == "redis":
                         self.assertEqual(ready(s)["checks"]["redis"], "ok")
                     ok, refused, secs = self.storm(c, "storm-" + backend, 1000)
-                    # Exactly the burst, plus what refilled during the storm (one a second).
+                    # Exactly the burst, plus what refilled during the storm (one per 10 s).
                     self.assertGreaterEqual(ok, 100)
-                    self.assertLessEqual(ok, 100 + math.ceil(secs) + 1)
+                    self.assertLessEqual(ok, 100 + math.ceil(secs / 10) + 1)
                     self.assertLessEqual(ok, 110)  # within 1% of the 1000 calls
                     self.assertEqual(len(refused), 1000 - ok)
-                    self.assert_limit_metadata(trailing(refused[-1]), 60, 100, True)
+                    self.assert_limit_metadata(trailing(refused[-1]), 6, 100, True)
                     self.assertIn("rate limit exceeded", refused[-1].details())
                     # Another tenant is unaffected.
                     _, call = c.call(mp("UpsertPin"), upsert("calm-" + backend, "k"),
                                      with_call=True)
                     md = trailing(call)
-                    self.assert_limit_metadata(md, 60, 100, False)
+                    self.assert_limit_metadata(md, 6, 100, False)
                     self.assertEqual(md["x-ratelimit-remaining"], "99")
                     text = metrics(s)
                     self.assertGreaterEqual(metric(
@@ -231,17 +233,17 @@ class RateLimitTest(ServerTestCase):
                         self.assertEqual(set(doc), {"detail", "code", "message"})
                         self.assertEqual(set(doc["detail"]), {"error", "limit", "retry_after"})
                         self.assertEqual(doc["detail"]["error"], "rate_limit_exceeded")
-                        self.assertEqual(doc["detail"]["limit"], 60)
+                        self.assertEqual(doc["detail"]["limit"], 6)
                         self.assertIsInstance(doc["detail"]["retry_after"], int)
                         self.assertGreaterEqual(doc["detail"]["retry_after"], 1)
                         self.assertEqual(doc["code"], 8)
                         self.assertIsInstance(doc["message"], str)
                         self.assertEqual(h.get("retry-after"), str(doc["detail"]["retry_after"]))
-                        self.assert_limit_metadata(h, 60, 100, True)
+                        self.assert_limit_metadata(h, 6, 100, True)
                         st, h, body = curl(s, "POST", "/api/v1/memory/pins",
                                            upsert("calm-" + backend, "rest"))
                         self.assertEqual(st, 201, body)
-                        self.assert_limit_metadata(h, 60, 100, False)
+                        self.assert_limit_metadata(h, 6, 100, False)
                 finally:
                     c.close()
                     s.cleanup()

@@ -209,6 +209,24 @@ class EnforcedTest(ServerTestCase, RestMixin):
                                 metadata=[("x-roles", "admin")])
         self.assertIn("no-credentials", e.details())
 
+    def test_expired_token_is_refused_right_after_it_was_accepted(self):
+        # Workers cache verified tokens; the expiry must still be checked at every use. pinsd
+        # accepts exp + 30 s of leeway, so this token has about three seconds left.
+        c = self.client
+        req = {"tenant_id": "expiring", "key": "k"}
+        exp = int(time.time()) - 30 + 3
+        md = bearer({"roles": ["admin"], "exp": exp})
+        for _ in range(8):  # several calls, so that the workers that serve them cache the token
+            try:
+                c.call(mp("GetPin"), req, metadata=md)
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), SC.NOT_FOUND, e.details())
+        while time.time() < exp + 30 + 1:
+            time.sleep(0.2)
+        for _ in range(8):
+            e = self.assertRpcError(SC.UNAUTHENTICATED, c.call, mp("GetPin"), req, metadata=md)
+            self.assertIn("invalid-token", e.details())
+
     def test_tenant_restricted_token_cannot_cross_tenants(self):
         c = self.client
         t1 = bearer({"sub": "agent-t1", "roles": ["admin"], "tenants": ["ten-a"]})

@@ -240,6 +240,138 @@ static void test_limiter_refuses_rediss_and_reports_disabled_without_redis(void 
     pins_config_free(&cfg);
 }
 
+/* ---- leases (ratelimit_lease.c) against a model of the Redis script ----------------------------
+ */
+
+#define MS 1000000ll
+
+/* The script's arithmetic without refill: grants min(want, whole tokens). */
+typedef struct fake_bucket {
+    double tokens;
+    int rpm;
+    int burst;
+    int requests;
+} fake_bucket;
+
+static void fake_request(fake_bucket *b, ratelimit__lease *l, size_t waiting, int64_t now)
+{
+    int want = ratelimit__lease_want(l, b->burst, waiting);
+    int64_t granted = (int64_t)b->tokens < want ? (int64_t)b->tokens : want;
+    b->tokens -= (double)granted;
+    b->requests++;
+    int64_t full_ms = (int64_t)((b->burst - b->tokens) * 60000 / b->rpm + 0.999);
+    int64_t retry_ms = b->tokens < 1 ? (int64_t)((1 - b->tokens) * 60000 / b->rpm + 0.999) : 0;
+    ratelimit__lease_grant(l, want, granted, (int64_t)b->tokens, full_ms, retry_ms, now);
+}
+
+/* One call on a worker holding lease l: spends the lease or asks the fake bucket. */
+static bool fake_call(fake_bucket *b, ratelimit__lease *l, int64_t now, ratelimit__decision *pd)
+{
+    if (ratelimit__lease_take(l, now, pd))
+        return true;
+    fake_request(b, l, 1, now);
+    if (ratelimit__lease_take(l, now, pd))
+        return true;
+    ratelimit__lease_refusal(l, pd);
+    return false;
+}
+
+static void test_lease_size_adapts_to_the_burst_and_the_bucket(void **state)
+{
+    assert_int_equal(ratelimit__lease_max(100), 1);
+    assert_int_equal(ratelimit__lease_max(199), 1);
+    assert_int_equal(ratelimit__lease_max(1000), 10);
+    assert_int_equal(ratelimit__lease_max(1000000), RATELIMIT__LEASE_MAX);
+    assert_int_equal(ratelimit__lease_max(0), 1);
+    ratelimit__lease l = {0};
+    /* Unknown bucket: one token, or as many as calls already wait (bounded). */
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), 1);
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 5), 5);
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 500), RATELIMIT__LEASE_MAX);
+    assert_int_equal(ratelimit__lease_want(&l, 100, 5), 1);
+    /* Plenty left: doubling up to the maximum. */
+    int sizes[8];
+    for (int i = 0; i < 8; i++) {
+        sizes[i] = ratelimit__lease_want(&l, 1000000, 0);
+        ratelimit__lease_grant(&l, sizes[i], sizes[i], 900000, 1000, 0, 0);
+    }
+    assert_int_equal(sizes[0], 1);
+    assert_int_equal(sizes[1], 2);
+    assert_int_equal(sizes[2], 4);
+    assert_int_equal(sizes[6], 64);
+    assert_int_equal(sizes[7], 64);
+    /* Low (under a quarter of the burst): back to one at a time. */
+    ratelimit__lease_grant(&l, 64, 64, 1000000 / RATELIMIT__LEASE_LOW_DIV - 1, 1000, 0, 0);
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), 1);
+}
+
+static void test_lease_spends_locally_and_reports_the_bucket(void **state)
+{
+    ratelimit__lease l = {0};
+    ratelimit__decision d;
+    int64_t now = 1000 * SEC;
+    assert_false(ratelimit__lease_take(&l, now, &d)); /* nothing leased yet */
+    ratelimit__lease_grant(&l, 8, 8, 500, 30000, 0, now);
+    for (int i = 0; i < 8; i++) {
+        assert_true(ratelimit__lease_take(&l, now + i * MS, &d));
+        assert_true(d.allowed);
+        /* Redis's remaining plus what this worker still holds: as if spent one by one. */
+        assert_int_equal(d.remaining, 500 + 7 - i);
+        assert_int_equal(d.reset_s, 30);
+    }
+    assert_false(ratelimit__lease_take(&l, now + 8 * MS, &d));
+    /* A lease is dropped (not returned) once RATELIMIT__LEASE_AGE_MS old. */
+    ratelimit__lease_grant(&l, 8, 8, 500, 30000, 0, now);
+    assert_true(ratelimit__lease_usable(&l, now + (RATELIMIT__LEASE_AGE_MS - 1) * MS));
+    assert_false(ratelimit__lease_take(&l, now + RATELIMIT__LEASE_AGE_MS * MS, &d));
+    assert_int_equal(l.tokens, 0);
+    /* Refusal: what Redis said, at least one second to wait. */
+    ratelimit__lease_grant(&l, 1, 0, 0, 60000, 400, now);
+    ratelimit__lease_refusal(&l, &d);
+    assert_false(d.allowed);
+    assert_int_equal(d.remaining, 0);
+    assert_int_equal(d.reset_s, 60);
+    assert_int_equal(d.retry_after_s, 1);
+}
+
+static void test_leases_never_admit_more_than_the_bucket(void **state)
+{
+    /* Small bursts: exactly the burst, one request per call (no lease ever above one token). */
+    fake_bucket b = {.tokens = 100, .rpm = 60, .burst = 100};
+    ratelimit__lease w[2] = {{0}};
+    ratelimit__decision d;
+    int ok = 0;
+    for (int i = 0; i < 1000; i++)
+        ok += fake_call(&b, &w[i % 2], 1000 * SEC, &d);
+    assert_int_equal(ok, 100);
+    assert_false(d.allowed);
+    assert_int_equal(b.requests, 1000);
+    /* A big burst shared by four workers: exactly the burst while calls keep coming, with far
+     * fewer requests than calls. */
+    fake_bucket big = {.tokens = 100000, .rpm = 100000, .burst = 100000};
+    ratelimit__lease ws[4] = {{0}};
+    ok = 0;
+    for (int i = 0; i < 200000; i++) {
+        ok += fake_call(&big, &ws[i % 4], 1000 * SEC + i * 1000, &d);
+        if (i == 50000 - 1) /* plenty left: leases of up to 64 tokens */
+            assert_true(big.requests < 50000 / 16);
+    }
+    assert_int_equal(ok, 100000);
+    assert_int_equal(ratelimit__lease_want(&ws[0], big.burst, 0), 1); /* empty: one at a time */
+    /* Leases that age out unused only lose tokens: fewer admissions, never more. */
+    fake_bucket aged = {.tokens = 100000, .rpm = 100000, .burst = 100000};
+    ratelimit__lease la = {0};
+    ok = 0;
+    int64_t now = 1000 * SEC;
+    for (int i = 0; i < 50; i++) {
+        ok += fake_call(&aged, &la, now, &d);
+        ok += fake_call(&aged, &la, now, &d);
+        now += RATELIMIT__LEASE_AGE_MS * MS; /* the rest of the lease is dropped */
+    }
+    assert_int_equal(ok, 100);
+    assert_true(aged.tokens < 100000 - 100);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -253,6 +385,9 @@ int main(void)
         cmocka_unit_test(test_redis_url_parses_every_part),
         cmocka_unit_test(test_redis_url_rejects_bad_ones_without_echoing_secrets),
         cmocka_unit_test(test_limiter_refuses_rediss_and_reports_disabled_without_redis),
+        cmocka_unit_test(test_lease_size_adapts_to_the_burst_and_the_bucket),
+        cmocka_unit_test(test_lease_spends_locally_and_reports_the_bucket),
+        cmocka_unit_test(test_leases_never_admit_more_than_the_bucket),
     };
     return cmocka_run_group_tests_name("auth/ratelimit", tests, NULL, NULL);
 }
