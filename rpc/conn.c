@@ -203,6 +203,18 @@ static void stream_output_ready(h2_stream *st)
         conn_flush(c);
 }
 
+/* Metadata whose value changes from call to call is sent unindexed, so that it does not evict
+ * the stable entries (content type, status, policy) from the peer's HPACK table. */
+static uint8_t volatile_value(const char *name)
+{
+    static const char *const names[] = {"ratelimit", "x-ratelimit-remaining", "retry-after"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(name, names[i]) == 0)
+            return NGHTTP2_NV_FLAG_NO_INDEX;
+    }
+    return NGHTTP2_NV_FLAG_NONE;
+}
+
 /* Response headers for a gRPC stream (trailers false: :status, content type, request id and the
  * handler's initial metadata; trailers true: the handler's trailing metadata). */
 static size_t grpc_headers(h2_stream *st, nghttp2_nv *nva, size_t cap, bool trailers)
@@ -219,7 +231,7 @@ static size_t grpc_headers(h2_stream *st, nghttp2_nv *nva, size_t cap, bool trai
     for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL && n < cap; m = m->next) {
         if (m->trailer == trailers)
             nva[n++] = (nghttp2_nv){(uint8_t *)m->name, (uint8_t *)m->value, strlen(m->name),
-                                    strlen(m->value), NGHTTP2_NV_FLAG_NONE};
+                                    strlen(m->value), volatile_value(m->name)};
     }
     return n;
 }

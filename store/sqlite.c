@@ -37,6 +37,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
+#include "common/utf8.h"
 #include "common/pbstruct.h"
 
 /* Operations a callback may nest inside one another on one session. */
@@ -621,39 +622,6 @@ static int value_hash(sqlite_session *ss, const void *data, size_t len, char phe
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not valid UTF-8. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    uint32_t min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-        len = 3;
-        min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    uint32_t cp = c & (0x7fu >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 /* memory_audit.extra for a write: {"request_id":"..."} built in a (invalid UTF-8 becomes U+FFFD,
  * so the column always holds valid JSON), or "{}" without a request id. Returns 0 or
  * PINS_ENOMEM. */
@@ -676,7 +644,7 @@ static int audit_extra(pins_arena *a, const char *request_id, const char **pjson
     memcpy(out, head, o);
     const unsigned char *s = (const unsigned char *)request_id;
     for (size_t i = 0; i < n;) {
-        size_t len = utf8_len(s + i, n - i);
+        size_t len = pins_utf8_seq(s + i, n - i);
         if (len == 0) {
             memcpy(out + o, "\\ufffd", 6);
             o += 6;

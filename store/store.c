@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/utf8.h"
 #include "observability/metrics.h"
 
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
@@ -30,39 +31,6 @@ static void metrics_init(void)
     static const char *const status[] = {"status"};
     m_memory_audit = metrics_counter_new(
         "memory_audit_writes_total", "Memory audit rows written, failed or dropped.", status, 1);
-}
-
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not valid UTF-8. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    uint32_t min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-        len = 3;
-        min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    uint32_t cp = c & (0x7fu >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
 }
 
 void store__buf_put(store__buf *b, const char *s, size_t n)
@@ -97,7 +65,7 @@ void store__buf_json_str(store__buf *b, const char *s)
     const unsigned char *u = (const unsigned char *)s;
     size_t n = strlen(s);
     for (size_t i = 0; i < n;) {
-        size_t len = utf8_seq(u + i, n - i);
+        size_t len = pins_utf8_seq(u + i, n - i);
         if (len == 0) {
             store__buf_put(b, "\\ufffd", 6);
             i++;

@@ -176,8 +176,23 @@ class ResilienceTest(unittest.TestCase):
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
         migrate(self.pg.url, "upgrade", "head")
         self.wait_ready(srv, True, 10)
-        r = client.call(mp("UpsertPin"), {"tenant_id": "t", "key": "k", "value": {"a": 1}})
+        # /ready answers from one worker; every worker's connections re-check the schema on
+        # their own reconnect backoff (at most 2 s), so writes may need a moment longer.
+        r = self.upsert_within(client, 5.0)
         self.assertTrue(r.created)
+
+    def upsert_within(self, client, seconds):
+        """UpsertPin retried on UNAVAILABLE for at most seconds; returns the response."""
+        end = time.monotonic() + seconds
+        while True:
+            try:
+                return client.call(mp("UpsertPin"), {"tenant_id": "t", "key": "k",
+                                                     "value": {"a": 1}}, timeout=2)
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE)
+                if time.monotonic() >= end:
+                    raise
+                time.sleep(0.05)
 
     def test_starts_while_postgres_is_down_and_connects_when_it_comes_up(self):
         self.pg.stop()
