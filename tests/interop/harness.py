@@ -27,6 +27,8 @@ import time
 import unittest
 import urllib.parse
 
+import strict  # noqa: F401  (before any test class is defined: skips fail under ctest)
+
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 

@@ -1,7 +1,6 @@
 """Authentication and RBAC against a running pinsd (API.md sections 5, 6, 9; M7_RUNBOOK.md Phase 4).
 
-gRPC through grpcio, REST through curl (skipped only when the server answers HTTP/1.1 with 505, i.e.
-before the bridge serves REST). JWTs are minted here with hmac/hashlib/base64 (no PyJWT).
+gRPC through grpcio, REST through curl. JWTs are minted here with hmac/hashlib/base64 (no PyJWT).
 
 Run: PINSD_BIN=build/pinsd /usr/bin/python3 -m unittest -v test_rbac   (from tests/interop)
 """
@@ -77,7 +76,7 @@ def metric_value(text, series):
 
 
 class RestMixin:
-    """REST through curl (HTTP/1.1): skipped until the server serves REST."""
+    """REST through curl (HTTP/1.1)."""
 
     def rest(self, server, method, path, body=None, headers=()):
         if CURL is None:
@@ -92,8 +91,6 @@ class RestMixin:
                              check=False).stdout.decode("utf-8", "replace")
         text, _, code = out.rpartition("\n")
         code = int(code or 0)
-        if code == 505:
-            self.skipTest("REST is not served over HTTP/1.1 by this build (505)")
         return code, text
 
 
