@@ -31,9 +31,9 @@ static const char target_too_long_body[] =
     "\"message\":\"resource exhausted\"}";
 static const char version_body[] =
     "{\"detail\":\"HTTP version not supported: use HTTP/1.1 or HTTP/2\",\"code\":12,"
-    "\"message\":\"not implemented\"}";
+    "\"message\":\"unsupported\"}";
 static const char connect_body[] =
-    "{\"detail\":\"method CONNECT is not supported\",\"code\":12,\"message\":\"not implemented\"}";
+    "{\"detail\":\"method CONNECT is not supported\",\"code\":12,\"message\":\"unsupported\"}";
 static const char nomem_body[] =
     "{\"detail\":\"out of memory\",\"code\":8,\"message\":\"out of memory\"}";
 static const char internal_body[] =

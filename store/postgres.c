@@ -1233,6 +1233,17 @@ static int submit(pg_session *ss, pg_req *r)
     return 0;
 }
 
+/* Submits r when its parameters were all bound (ok), else frees it. Returns submit()'s result or
+ * PINS_ENOMEM. */
+static int submit_if(pg_session *ss, pg_req *r, bool ok)
+{
+    if (!ok) {
+        req_free(r);
+        return PINS_ENOMEM;
+    }
+    return submit(ss, r);
+}
+
 /* ---- operations ----------------------------------------------------------------------------- */
 
 static int pg_upsert(store_session *base, const store_upsert_req *q, store_pin_cb cb, void *arg)
@@ -1259,11 +1270,7 @@ static int pg_upsert(store_session *base, const store_upsert_req *q, store_pin_c
     ok = ok && req_cstr(r, q->value_hash) && req_cstr(r, q->audit.agent_id);
     req_f64(r, q->audit.latency_ms);
     ok = ok && req_cstr(r, q->audit.request_id);
-    if (!ok) {
-        req_free(r);
-        return PINS_ENOMEM;
-    }
-    return submit(ss, r);
+    return submit_if(ss, r, ok);
 }
 
 static int pg_get(store_session *base, const store__get_req *q, store_pin_cb cb, void *arg)
@@ -1275,11 +1282,7 @@ static int pg_get(store_session *base, const store__get_req *q, store_pin_cb cb,
     r->cb.pin = cb;
     bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->key);
     req_i64(r, q->now_us);
-    if (!ok) {
-        req_free(r);
-        return PINS_ENOMEM;
-    }
-    return submit(ss, r);
+    return submit_if(ss, r, ok);
 }
 
 static int pg_list(store_session *base, const store_list_req *q, store_list_cb cb, void *arg)
@@ -1301,11 +1304,7 @@ static int pg_list(store_session *base, const store_list_req *q, store_list_cb c
         req_null(r);
         req_null(r);
     }
-    if (!ok) {
-        req_free(r);
-        return PINS_ENOMEM;
-    }
-    return submit(ss, r);
+    return submit_if(ss, r, ok);
 }
 
 static int pg_delete(store_session *base, const store_delete_req *q, store_pin_cb cb, void *arg)
@@ -1324,11 +1323,7 @@ static int pg_delete(store_session *base, const store_delete_req *q, store_pin_c
     ok = ok && req_cstr(r, q->audit.agent_id);
     req_f64(r, q->audit.latency_ms);
     ok = ok && req_cstr(r, q->audit.request_id);
-    if (!ok) {
-        req_free(r);
-        return PINS_ENOMEM;
-    }
-    return submit(ss, r);
+    return submit_if(ss, r, ok);
 }
 
 static int pg_cleanup(store_session *base, const store__cleanup_req *q, store_count_cb cb,
@@ -1341,11 +1336,7 @@ static int pg_cleanup(store_session *base, const store__cleanup_req *q, store_co
     r->cb.count = cb;
     bool ok = req_cstr(r, q->tenant_id);
     req_i64(r, q->now_us);
-    if (!ok) {
-        req_free(r);
-        return PINS_ENOMEM;
-    }
-    return submit(ss, r);
+    return submit_if(ss, r, ok);
 }
 
 static int pg_sweep(store_session *base, const store__sweep_req *q, store_count_cb cb, void *arg)
@@ -1371,11 +1362,7 @@ static int pg_audit(store_session *base, const store_audit_list_req *q, store_au
     bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->key) && req_cstr(r, q->operation);
     req_i64(r, q->limit);
     req_i64(r, q->offset);
-    if (!ok) {
-        req_free(r);
-        return PINS_ENOMEM;
-    }
-    return submit(ss, r);
+    return submit_if(ss, r, ok);
 }
 
 /* A JSON number for v (0 for NaN and infinities, which JSON cannot express). */
@@ -1514,11 +1501,7 @@ static int pg_raudit_list(store_session *base, const store_rbac_audit_list_req *
         req_null(r);
     req_i64(r, q->limit);
     req_i64(r, q->offset);
-    if (!ok) {
-        req_free(r);
-        return PINS_ENOMEM;
-    }
-    return submit(ss, r);
+    return submit_if(ss, r, ok);
 }
 
 static int pg_raudit_cleanup(store_session *base, int64_t before_us, store_count_cb cb, void *arg)

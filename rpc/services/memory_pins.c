@@ -317,25 +317,33 @@ static key_ctx *key_ctx_new(rpc_call *call, const char *tenant, const char *key)
     return k;
 }
 
-void rpc__pins_get(rpc_call *call)
+/* Validates the key (a path parameter on REST) and the defaulted tenant (a query parameter) of a
+ * GetPin or DeletePin request; returns their context in the call's arena, or NULL after failing
+ * the call. */
+static key_ctx *key_request_or_reply(rpc_call *call, const char *tenant_id, const char *key)
 {
-    const Memorypins__V1__GetPinRequest *req =
-        (const Memorypins__V1__GetPinRequest *)rpc_call_request(call);
-    const char *tenant = tenant_or_default(req->tenant_id);
-    const char *why;
-    why = pins_check_key(req->key);
+    const char *tenant = tenant_or_default(tenant_id);
+    const char *why = pins_check_key(key);
     if (why != NULL) {
         invalid(call, "path", "key", why);
-        return;
+        return NULL;
     }
     why = pins_check_tenant(tenant);
     if (why != NULL) {
         invalid(call, "query", "tenant_id", why);
-        return;
+        return NULL;
     }
-    key_ctx *k = key_ctx_new(call, tenant, req->key);
+    return key_ctx_new(call, tenant, key);
+}
+
+void rpc__pins_get(rpc_call *call)
+{
+    const Memorypins__V1__GetPinRequest *req =
+        (const Memorypins__V1__GetPinRequest *)rpc_call_request(call);
+    key_ctx *k = key_request_or_reply(call, req->tenant_id, req->key);
     if (k == NULL)
         return;
+    const char *tenant = k->tenant;
     int rv = store_pin_get(rpc_call_store(call), tenant, req->key, pins_time_now_us(), on_got, k);
     if (rv != 0)
         fail_store(call, rv, "get");
@@ -565,21 +573,10 @@ void rpc__pins_delete(rpc_call *call)
 {
     const Memorypins__V1__DeletePinRequest *req =
         (const Memorypins__V1__DeletePinRequest *)rpc_call_request(call);
-    const char *tenant = tenant_or_default(req->tenant_id);
-    const char *why;
-    why = pins_check_key(req->key);
-    if (why != NULL) {
-        invalid(call, "path", "key", why);
-        return;
-    }
-    why = pins_check_tenant(tenant);
-    if (why != NULL) {
-        invalid(call, "query", "tenant_id", why);
-        return;
-    }
-    key_ctx *k = key_ctx_new(call, tenant, req->key);
+    key_ctx *k = key_request_or_reply(call, req->tenant_id, req->key);
     if (k == NULL)
         return;
+    const char *tenant = k->tenant;
     store_delete_req dr = {
         .tenant_id = tenant,
         .key = req->key,
