@@ -29,6 +29,10 @@ import urllib.parse
 
 import strict  # noqa: F401  (before any test class is defined: skips fail under ctest)
 
+# The tests fork servers (subprocess) while grpcio threads run; grpcio's fork handlers can then
+# deadlock in fork(). pinsd's tests never use gRPC in a child, so fork support is off.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
