@@ -2,11 +2,24 @@
  *
  * Each session owns a slice of the pool (DB_POOL_SIZE split across the workers, at least one
  * connection each). Connections are libpq non-blocking connections in pipeline mode, watched on
- * the session's loop (store/pg_loop.c): a call is one parameterised statement (no named prepared
- * statement, no session state: PgBouncer transaction pooling works) followed by a sync, so many
- * calls share a connection and each statement is its own transaction. Calls wait FIFO in a bounded
- * queue while every connection is busy or connecting; with no connection up or coming up, or a
- * full queue, they fail at once with PINS_ESTORE. A call past its deadline completes with
+ * the session's loop (store/pg_loop.c). Statements are parameterised and unnamed (no named
+ * prepared statement, no session state: PgBouncer transaction pooling works).
+ *
+ * Calls wait FIFO in a bounded queue. Once per loop iteration (a kick, so the calls read from all
+ * clients in that iteration go together) and whenever a connection has room, the queue is cut
+ * into segments; each goes to the least busy connection and ends with one sync, so a segment is
+ * one implicit transaction:
+ *   - GetPin calls waiting together (up to GET_BATCH_MAX) become one statement that looks up all
+ *     their keys at once;
+ *   - upserts and deletes waiting together (up to WRITE_BATCH_MAX) are consecutive statements of
+ *     one segment, one transaction with one commit. They are sorted by tenant and key, so two
+ *     segments take their row locks in the same order and never deadlock. Each is answered only
+ *     when the sync reports the commit. When one fails, PostgreSQL rolls the whole segment back:
+ *     the failing call gets its error (or one retry in a segment of its own), the others are
+ *     queued again;
+ *   - every other call is a segment of its own.
+ * With no connection up or coming up, or a full queue, calls fail at once with PINS_ESTORE. A
+ * call past its deadline completes with
  * PINS_EDEADLINE_EXCEEDED at once; its result is discarded when it arrives, and a connection that
  * still has not answered a second later is dropped and reconnected (PQcancel would block the loop
  * on a connect). Connections reconnect with exponential backoff and jitter (100 ms .. 2 s).
@@ -32,7 +45,10 @@
 #include "common/error.h"
 #include "observability/metrics.h"
 
-#define PIPELINE_MAX       64                     /* statements in flight per connection */
+#define SEGS_MAX           4                      /* segments in flight per connection */
+#define GET_BATCH_MAX      64                     /* GetPin calls in one statement */
+#define WRITE_BATCH_MAX    128                    /* upserts and deletes in one transaction */
+#define BUSY_SLOTS         16384                  /* counters of keys being written (power of 2) */
 #define QUEUE_MAX          1024                   /* calls waiting per session */
 #define TICK_MS            20                     /* deadline and reconnect check period */
 #define BACKOFF_MIN_MS     100                    /* first reconnect delay */
@@ -147,10 +163,13 @@ static const char sql_delete[] =
                                  "$7") " FROM del d)"
                                        " SELECT k.outcome, d.* FROM chk k LEFT JOIN del d ON true";
 
-/* $1 tenant $2 key $3 now. */
-static const char sql_get[] = "SELECT " PCOLS " FROM system.memory_pins p"
-                              " WHERE p.tenant_id = $1 AND p.key = $2"
-                              " AND (p.expires_at IS NULL OR p.expires_at > " TS("$3") ")";
+/* $1 tenants $2 keys $3 nows: arrays, one element per GetPin call; the first column is the
+ * call's 1-based position. */
+static const char sql_get_batch[] =
+    "SELECT q.i, " PCOLS " FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY"
+    " AS q(tenant_id, key, now_us, i) JOIN system.memory_pins p"
+    " ON p.tenant_id = q.tenant_id AND p.key = q.key"
+    " WHERE p.expires_at IS NULL OR p.expires_at > " TS("q.now_us");
 
 /* $1 tenant $2 prefix $3 include expired $4 now $5 limit $6 offset $7 cursor created $8 cursor id.
  * Prefixes match literally: left() compares characters, unlike LIKE and its wildcards. */
@@ -235,8 +254,17 @@ static const char sql_raudit_list[] =
 static const char sql_raudit_cleanup[] = "DELETE FROM system.rbac_audit WHERE ts < " TS("$1");
 
 static const char sql_ping[] = "SELECT 1";
+/* The schema version, and the server process's pid: when it is the pid libpq got at login, the
+ * connection goes straight to PostgreSQL (no pooler between), so named statements last. */
 static const char sql_schema[] =
-    "SELECT coalesce(max(version), 0) FROM system.pins_schema_migrations";
+    "SELECT coalesce(max(version), 0), pg_backend_pid() FROM system.pins_schema_migrations";
+
+/* The statements a direct connection prepares once, by name ("pinsd_<index>"). */
+static const char *const named_sql[] = {
+    sql_upsert,       sql_delete,      sql_get_batch,      sql_list,
+    sql_audit,        sql_cleanup,     sql_sweep,          sql_maudit_write,
+    sql_raudit_write, sql_raudit_list, sql_raudit_cleanup, sql_ping,
+};
 
 /* ---- types ---------------------------------------------------------------------------------- */
 
@@ -244,6 +272,7 @@ typedef enum op_kind {
     OP_UPSERT,
     OP_DELETE,
     OP_GET,
+    OP_GET_BATCH, /* internal: the statement of many OP_GET calls */
     OP_LIST,
     OP_AUDIT,
     OP_CLEANUP,
@@ -283,6 +312,12 @@ typedef struct pg_req {
     int64_t abandoned_ns;
     bool *pdone; /* blocking mode: set when the callback ran */
     PGresult *res;
+    bool sync_after;     /* the last statement of its segment */
+    bool parse_pending;  /* a Parse of the unnamed statement precedes it; its result is due */
+    uint32_t busy_at;    /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
+    bool solo;           /* goes in a segment of its own (a retry after an error) */
+    struct pg_req *kids; /* OP_GET_BATCH: its calls in array order, linked by next */
+    int nkids;
 } pg_req;
 
 typedef struct pg_session pg_session;
@@ -297,9 +332,13 @@ typedef struct pg_conn {
     int64_t backoff_ms;
     int64_t retry_ns;    /* C_DOWN: when to try again */
     int64_t connect_ns;  /* C_CONNECTING, C_CHECKING: when the attempt times out */
-    pg_req *head, *tail; /* in flight, in send order */
-    int inflight;
-    uint64_t gen; /* bumped when the connection is dropped */
+    pg_req *head, *tail; /* statements in flight, in send order */
+    pg_req *recv;        /* the first of them still without a result */
+    int inflight;        /* statements in flight */
+    bool direct;         /* no pooler between: named statements may be kept */
+    uint32_t prepared;   /* direct: bit i set once named_sql[i] was sent for preparing */
+    int nsegs;           /* segments (syncs) in flight */
+    uint64_t gen;        /* bumped when the connection is dropped */
 } pg_conn;
 
 typedef struct pg_store {
@@ -320,6 +359,8 @@ struct pg_session {
     pg_req *wq_head, *wq_tail;
     int wq_len;
     store__timer *tick;
+    store__kick *kick;
+    uint16_t *busy; /* BUSY_SLOTS counters: writes in flight per key hash */
     uint64_t rng[2];
     char down_reason[STORE__ERROR_MAX];
 };
@@ -496,8 +537,14 @@ static pg_req *req_new(pg_session *ss, op_kind kind, const char *sql, void *arg)
     return r;
 }
 
+/* Frees r, and the calls of a batch. */
 static void req_free(pg_req *r)
 {
+    while (r->kids != NULL) {
+        pg_req *k = r->kids;
+        r->kids = k->next;
+        req_free(k);
+    }
     for (int i = 0; i < r->nparams; i++)
         free(r->owned[i]);
     PQclear(r->res);
@@ -556,6 +603,8 @@ static void call_error(pg_session *ss, pg_req *r, int err)
     case OP_GET:
         r->cb.pin(r->arg, err, NULL, false);
         break;
+    case OP_GET_BATCH:
+        break;
     case OP_LIST:
         r->cb.list(r->arg, err, NULL, 0, 0);
         break;
@@ -578,10 +627,16 @@ static void call_error(pg_session *ss, pg_req *r, int err)
     }
 }
 
-/* Completes r with err (no result) and frees it; abandoned requests were completed already. */
+/* Completes r (every call of a batch) with err (no result) and frees it; abandoned calls were
+ * completed already. */
 static void fail_req(pg_session *ss, pg_req *r, int err, const char *detail)
 {
-    if (!r->abandoned) {
+    while (r->kids != NULL) {
+        pg_req *k = r->kids;
+        r->kids = k->next;
+        fail_req(ss, k, err, detail);
+    }
+    if (!r->abandoned && r->kind != OP_GET_BATCH) {
         if (err == PINS_ESTORE || err == PINS_ENOMEM || err == PINS_EINTERNAL)
             store__session_error(&ss->base, "%s", detail);
         if ((r->kind == OP_UPSERT || r->kind == OP_DELETE) && err == PINS_ESTORE)
@@ -614,6 +669,28 @@ static bool any_conn_alive(const pg_session *ss)
     return false;
 }
 
+/* r left the write segment it was sent in: its key no longer counts as in flight. */
+static void busy_release(pg_session *ss, pg_req *r)
+{
+    if (r->busy_at != 0) {
+        ss->busy[r->busy_at - 1]--;
+        r->busy_at = 0;
+    }
+}
+
+/* Fails every waiting call with PINS_ESTORE (no connection is up or coming up). */
+static void fail_queue(pg_session *ss, const char *detail)
+{
+    while (ss->wq_head != NULL) {
+        pg_req *r = ss->wq_head;
+        ss->wq_head = r->next;
+        if (ss->wq_head == NULL)
+            ss->wq_tail = NULL;
+        ss->wq_len--;
+        fail_req(ss, r, PINS_ESTORE, detail);
+    }
+}
+
 /* Drops c (its statements in flight fail with PINS_ESTORE: their outcome is unknown) and plans
  * the next attempt. Safe inside a callback running from c: the caller checks c->gen. */
 static void conn_fail(pg_conn *c, const char *kind, const char *why)
@@ -626,8 +703,11 @@ static void conn_fail(pg_conn *c, const char *kind, const char *why)
         ss->down_reason[--n] = '\0';
     count_error(kind);
     pg_req *list = c->head;
-    c->head = c->tail = NULL;
+    c->head = c->tail = c->recv = NULL;
     c->inflight = 0;
+    c->nsegs = 0;
+    c->direct = false;
+    c->prepared = 0;
     conn_watch(c, false, false);
     if (c->pg != NULL)
         PQfinish(c->pg);
@@ -646,18 +726,11 @@ static void conn_fail(pg_conn *c, const char *kind, const char *why)
     while (list != NULL) {
         pg_req *r = list;
         list = r->next;
+        busy_release(ss, r);
         fail_req(ss, r, PINS_ESTORE, detail);
     }
-    if (!any_conn_alive(ss)) {
-        while (ss->wq_head != NULL) {
-            pg_req *r = ss->wq_head;
-            ss->wq_head = r->next;
-            if (ss->wq_head == NULL)
-                ss->wq_tail = NULL;
-            ss->wq_len--;
-            fail_req(ss, r, PINS_ESTORE, detail);
-        }
-    }
+    if (!any_conn_alive(ss))
+        fail_queue(ss, detail);
     tick_arm(ss);
 }
 
@@ -671,23 +744,77 @@ static void conn_flush(pg_conn *c)
     conn_watch(c, true, rv == 1);
 }
 
-/* Sends r on c (an up connection). */
-static void conn_send(pg_conn *c, pg_req *r)
+/* How conn_put sends a statement on a connection through a pooler (a direct connection uses
+ * its named statements instead). */
+typedef enum put_mode {
+    PUT_ONCE,  /* parse, bind and execute (the unnamed statement is replaced) */
+    PUT_PARSE, /* parse r->sql as the unnamed statement, then bind and execute it */
+    PUT_REUSE, /* bind and execute the unnamed statement the segment parsed last */
+} put_mode;
+
+/* The bit of sql in pg_conn.prepared, with its statement name in name[16]; 0 for a statement
+ * that is never named. */
+static uint32_t named_bit(const char *sql, char name[16])
+{
+    for (size_t i = 0; i < sizeof(named_sql) / sizeof(named_sql[0]); i++) {
+        if (named_sql[i] == sql) {
+            snprintf(name, 16, "pinsd_%zu", i);
+            return UINT32_C(1) << i;
+        }
+    }
+    return 0;
+}
+
+/* Queues r's statement on c (an up connection). Returns false when that dropped c (r was
+ * failed with the rest). */
+static bool conn_put(pg_conn *c, pg_req *r, put_mode mode)
 {
     r->next = NULL;
+    r->sync_after = false;
+    char name[16] = "";
+    uint32_t bit = c->direct ? named_bit(r->sql, name) : 0;
+    r->parse_pending = bit != 0 ? (c->prepared & bit) == 0 : mode == PUT_PARSE;
     if (c->tail != NULL)
         c->tail->next = r;
     else
         c->head = r;
     c->tail = r;
+    if (c->recv == NULL)
+        c->recv = r;
     c->inflight++;
+    bool ok;
+    if (bit == 0 && mode == PUT_ONCE) {
+        ok = PQsendQueryParams(c->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0);
+    } else {
+        c->prepared |= bit; /* taken back if the Parse fails */
+        ok = (!r->parse_pending || PQsendPrepare(c->pg, name, r->sql, r->nparams, NULL)) &&
+             PQsendQueryPrepared(c->pg, name, r->nparams, r->params, NULL, NULL, 0);
+    }
+    if (!ok) {
+        conn_fail(c, "connect", PQerrorMessage(c->pg));
+        return false;
+    }
+    return true;
+}
+
+/* Ends the segment queued on c with a sync and sends it. */
+static void conn_sync(pg_conn *c)
+{
+    c->tail->sync_after = true;
+    c->nsegs++;
     account(c);
-    if (!PQsendQueryParams(c->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0) ||
-        !PQpipelineSync(c->pg)) {
+    if (!PQpipelineSync(c->pg)) {
         conn_fail(c, "connect", PQerrorMessage(c->pg));
         return;
     }
     conn_flush(c);
+}
+
+/* Sends r on c as a segment of its own. */
+static void conn_send(pg_conn *c, pg_req *r)
+{
+    if (conn_put(c, r, PUT_ONCE))
+        conn_sync(c);
 }
 
 /* The store logs nothing: NOTICEs and WARNINGs of the server are dropped. */
@@ -753,14 +880,16 @@ static void conn_start(pg_conn *c)
 }
 
 /* The class of a failed statement: PINS_ESTORE for an unreachable or failing server, a retry for
- * serialisation failures and deadlocks, PINS_EINVALID_ARGUMENT for data PostgreSQL refuses (a
+ * serialisation failures, deadlocks, an insert race and a named statement that is gone (26000:
+ * the connection prepares again), PINS_EINVALID_ARGUMENT for data PostgreSQL refuses (a
  * \u0000 in a jsonb string), PINS_EINTERNAL otherwise (a bug). */
 static int classify(const char *state, bool *pretry)
 {
     *pretry = false;
     if (state == NULL)
         return PINS_ESTORE;
-    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "23505") == 0) {
+    if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "23505") == 0 ||
+        strcmp(state, "26000") == 0) {
         *pretry = true;
         return PINS_ESTORE;
     }
@@ -812,6 +941,35 @@ static void deliver_rbac_list(pg_session *ss, pg_req *r)
     pins_arena_free(a);
 }
 
+/* Answers each call of a GetPin batch from the rows of its statement. */
+static void deliver_gets(pg_session *ss, pg_req *r)
+{
+    const PGresult *res = r->res;
+    int rowof[GET_BATCH_MAX];
+    for (int i = 0; i < r->nkids && i < GET_BATCH_MAX; i++)
+        rowof[i] = -1;
+    for (int row = 0; row < PQntuples(res); row++) {
+        int64_t i = col_i64(res, row, 0) - 1;
+        if (i >= 0 && i < r->nkids && i < GET_BATCH_MAX)
+            rowof[i] = row;
+    }
+    int i = 0;
+    for (pg_req *k = r->kids; k != NULL; k = k->next, i++) {
+        if (k->pdone != NULL)
+            *k->pdone = true;
+        if (k->abandoned)
+            continue;
+        store_pin pin;
+        char *buf = NULL;
+        int err = i >= GET_BATCH_MAX || rowof[i] < 0 ? PINS_ENOT_FOUND
+                                                     : read_pin(res, rowof[i], 1, &pin, &buf);
+        if (err == PINS_ENOMEM)
+            store__session_error(&ss->base, "out of memory reading a pin");
+        k->cb.pin(k->arg, err, err == 0 ? &pin : NULL, false);
+        free(buf);
+    }
+}
+
 /* Delivers r's result to its callback. */
 static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
 {
@@ -843,15 +1001,13 @@ static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
         r->cb.pin(r->arg, err, err == 0 ? &pin : NULL, err == 0 && col_bool(res, 0, 1));
         break;
     }
-    case OP_GET: {
-        store_pin pin;
-        if (PQntuples(res) == 0)
-            err = PINS_ENOT_FOUND;
-        else
-            err = read_pin(res, 0, 0, &pin, &buf);
-        r->cb.pin(r->arg, err, err == 0 ? &pin : NULL, false);
+    case OP_GET: /* sent only as a call of an OP_GET_BATCH */
+        store__session_error(&ss->base, "a read was sent outside a batch");
+        r->cb.pin(r->arg, PINS_EINTERNAL, NULL, false);
         break;
-    }
+    case OP_GET_BATCH:
+        deliver_gets(ss, r);
+        break;
     case OP_LIST: {
         int n = PQntuples(res);
         int64_t total = n > 0 ? col_i64(res, 0, 0) : 0;
@@ -931,6 +1087,9 @@ static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
             conn_fail(c, "connect", why);
             return;
         }
+        c->direct = PQntuples(res) == 1 && PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1) &&
+                    col_i64(res, 0, 1) == PQbackendPID(c->pg);
+        c->prepared = 0;
         c->state = C_UP;
         c->backoff_ms = 0;
         account(c);
@@ -944,49 +1103,81 @@ static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
         dispatch(ss);
 }
 
-/* The statement at the head of c finished (its sync arrived). */
-static void finish_head(pg_conn *c)
+/* Calls to run again, in order, ahead of the queue. */
+typedef struct req_list {
+    pg_req *head, *tail;
+    int n;
+} req_list;
+
+/* Adds r to l for another run: a batch's calls one by one (the batch is freed); an abandoned call
+ * is freed instead. */
+static void requeue(req_list *l, pg_req *r)
 {
-    pg_session *ss = c->ss;
-    pg_req *r = c->head;
-    c->head = r->next;
-    if (c->head == NULL)
-        c->tail = NULL;
-    c->inflight--;
-    account(c);
-    r->next = NULL;
+    if (r->kind == OP_GET_BATCH) {
+        while (r->kids != NULL) {
+            pg_req *k = r->kids;
+            r->kids = k->next;
+            requeue(l, k);
+        }
+        req_free(r);
+        return;
+    }
     if (r->abandoned) {
         req_free(r);
         return;
     }
-    ExecStatusType st = r->res != NULL ? PQresultStatus(r->res) : PGRES_FATAL_ERROR;
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-        bool conflict = r->kind == OP_UPSERT && PQntuples(r->res) == 1 &&
-                        strcmp(PQgetvalue(r->res, 0, 0), "ok") == 0 && PQgetisnull(r->res, 0, 2);
-        if (!conflict) {
-            deliver(ss, c, r);
-            return;
-        }
-        /* A concurrent insert of the same key won: run again, it now sees that row. */
-        if (r->retries < 2) {
-            r->retries++;
-            PQclear(r->res);
-            r->res = NULL;
-            r->next = ss->wq_head;
-            ss->wq_head = r;
-            if (ss->wq_tail == NULL)
-                ss->wq_tail = r;
-            ss->wq_len++;
-            dispatch(ss);
-            return;
-        }
-        fail_req(ss, r, PINS_ESTORE, "upsert kept conflicting with concurrent inserts");
-        count_error("query");
+    PQclear(r->res);
+    r->res = NULL;
+    r->next = NULL;
+    if (l->tail != NULL)
+        l->tail->next = r;
+    else
+        l->head = r;
+    l->tail = r;
+    l->n++;
+}
+
+/* Puts the calls of l in front of the waiting ones. */
+static void requeue_front(pg_session *ss, req_list *l)
+{
+    if (l->head == NULL)
+        return;
+    l->tail->next = ss->wq_head;
+    if (ss->wq_head == NULL)
+        ss->wq_tail = l->tail;
+    ss->wq_head = l->head;
+    ss->wq_len += l->n;
+    *l = (req_list){0};
+}
+
+/* r's segment committed: delivers r, or runs it again when its upsert lost a race with a
+ * concurrent insert of the same key (it then sees that row). */
+static void finish_ok(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
+{
+    bool conflict = r->kind == OP_UPSERT && PQntuples(r->res) == 1 &&
+                    strcmp(PQgetvalue(r->res, 0, 0), "ok") == 0 && PQgetisnull(r->res, 0, 2);
+    if (!conflict) {
+        deliver(ss, c, r);
         return;
     }
+    if (r->retries < 2) {
+        r->retries++;
+        requeue(again, r);
+        return;
+    }
+    fail_req(ss, r, PINS_ESTORE, "upsert kept conflicting with concurrent inserts");
+    count_error("query");
+}
+
+/* r failed (its segment was rolled back): one retry in a segment of its own for serialisation
+ * failures and deadlocks, else its error. */
+static void finish_err(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
+{
     const char *state = r->res != NULL ? PQresultErrorField(r->res, PG_DIAG_SQLSTATE) : NULL;
     bool retry = false;
     int err = classify(state, &retry);
+    if (state != NULL && strcmp(state, "26000") == 0)
+        c->prepared = 0; /* a named statement is gone: prepare each again */
     if (r->kind == OP_SCHEMA) {
         if (state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0)) {
             PQclear(r->res);
@@ -1001,24 +1192,81 @@ static void finish_head(pg_conn *c)
         conn_fail(c, "connect", why);
         return;
     }
-    if (retry && r->retries < 1) {
-        r->retries++;
-        PQclear(r->res);
-        r->res = NULL;
-        r->next = ss->wq_head;
-        ss->wq_head = r;
-        if (ss->wq_tail == NULL)
-            ss->wq_tail = r;
-        ss->wq_len++;
-        dispatch(ss);
-        return;
-    }
     char detail[STORE__ERROR_MAX];
     snprintf(detail, sizeof(detail), "SQLSTATE %s: %s", state != NULL ? state : "none",
              r->res != NULL ? PQresultErrorMessage(r->res) : PQerrorMessage(c->pg));
+    if (retry && r->kind == OP_GET_BATCH) { /* each read once more, batched again */
+        while (r->kids != NULL) {
+            pg_req *k = r->kids;
+            r->kids = k->next;
+            k->next = NULL;
+            if (k->retries++ < 1)
+                requeue(again, k);
+            else
+                fail_req(ss, k, err, detail);
+        }
+        req_free(r);
+        return;
+    }
+    if (retry && r->retries < 1) {
+        r->retries++;
+        r->solo = true;
+        requeue(again, r);
+        return;
+    }
     if (err == PINS_ESTORE)
         count_error("query");
     fail_req(ss, r, err, detail);
+}
+
+/* The sync of c's oldest segment arrived: completes its statements. The segment committed when
+ * every statement succeeded; otherwise PostgreSQL rolled all of it back, so the failing
+ * statements get their errors and the others run again. */
+static void finish_seg(pg_conn *c)
+{
+    pg_session *ss = c->ss;
+    pg_req *seg = c->head, *last = seg;
+    int n = 1;
+    while (!last->sync_after && last->next != NULL) {
+        last = last->next;
+        n++;
+    }
+    c->head = last->next;
+    if (c->head == NULL)
+        c->tail = NULL;
+    c->recv = c->head;
+    last->next = NULL;
+    c->inflight -= n;
+    c->nsegs--;
+    account(c);
+    bool committed = true;
+    for (pg_req *r = seg; r != NULL; r = r->next) {
+        ExecStatusType st = r->res != NULL ? PQresultStatus(r->res) : PGRES_FATAL_ERROR;
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+            committed = false;
+    }
+    req_list again = {0};
+    uint64_t gen = c->gen;
+    while (seg != NULL) {
+        pg_req *r = seg;
+        seg = r->next;
+        r->next = NULL;
+        busy_release(ss, r);
+        if (r->abandoned || gen != c->gen) { /* dropped by a schema check: outcome unknown */
+            if (r->abandoned)
+                req_free(r);
+            else
+                fail_req(ss, r, PINS_ESTORE, "database connection dropped");
+            continue;
+        }
+        if (committed)
+            finish_ok(ss, c, r, &again);
+        else if (r->res == NULL || PQresultStatus(r->res) == PGRES_FATAL_ERROR)
+            finish_err(ss, c, r, &again);
+        else
+            requeue(&again, r);
+    }
+    requeue_front(ss, &again);
 }
 
 /* Reads what c's server sent and completes the statements it finished. */
@@ -1054,16 +1302,37 @@ static void conn_pump(pg_conn *c, bool readable, bool writable)
         if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
             PQclear(res);
             if (c->head != NULL)
-                finish_head(c);
+                finish_seg(c);
             continue;
         }
-        if (c->head != NULL && c->head->res == NULL)
-            c->head->res = res;
-        else
+        pg_req *r = c->recv;
+        if (r != NULL && r->parse_pending) {
+            /* The Parse's own result: nothing to keep unless it failed (then the execution
+             * after it is aborted, and this is r's error). */
+            r->parse_pending = false;
+            if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                char name[16];
+                c->prepared &= ~named_bit(r->sql, name);
+                if (r->res == NULL) {
+                    r->res = res;
+                    continue;
+                }
+            }
             PQclear(res);
+            continue;
+        }
+        if (r != NULL) {
+            c->recv = r->next;
+            if (r->res == NULL) {
+                r->res = res;
+                continue;
+            }
+        }
+        PQclear(res);
     }
     if (gen == c->gen && c->pg != NULL && PQstatus(c->pg) == CONNECTION_BAD)
         conn_fail(c, "connect", PQerrorMessage(c->pg));
+    dispatch(c->ss);
 }
 
 static void on_conn_io(void *arg, bool readable, bool writable)
@@ -1071,26 +1340,232 @@ static void on_conn_io(void *arg, bool readable, bool writable)
     conn_pump(arg, readable, writable);
 }
 
-/* Sends waiting calls to the least busy connections that are up. */
+/* The busy[] slot of a write's tenant and key (FNV-1a). Two keys may share a slot: a write then
+ * waits for the other key's segment too, which costs time, never correctness. */
+static uint32_t busy_slot(const pg_req *r)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < 2; i++) {
+        for (const char *p = r->params[i] != NULL ? r->params[i] : ""; *p != '\0'; p++)
+            h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+        h = (h ^ 0xff) * 0x100000001b3ull; /* separator: ("ab","c") != ("a","bc") */
+    }
+    return (uint32_t)(h & (BUSY_SLOTS - 1));
+}
+
+/* The up connection with room for another segment and the fewest in flight, or NULL. */
+static pg_conn *pick_conn(pg_session *ss)
+{
+    pg_conn *best = NULL;
+    for (int i = 0; i < ss->nconns; i++) {
+        pg_conn *c = &ss->conns[i];
+        if (c->state == C_UP && c->nsegs < SEGS_MAX && (best == NULL || c->nsegs < best->nsegs))
+            best = c;
+    }
+    return best;
+}
+
+static bool is_get(const pg_req *r)
+{
+    return r->kind == OP_GET;
+}
+
+static bool take_get(const pg_session *ss, const pg_req *r)
+{
+    return is_get(r);
+}
+
+static bool is_write(const pg_req *r)
+{
+    return (r->kind == OP_UPSERT || r->kind == OP_DELETE) && !r->solo;
+}
+
+/* A batchable write whose key no write segment of this session holds: it may go now. Writes of
+ * a key in flight wait for that segment, so one hot key never has more than one transaction of
+ * a session queued on its row lock (each would wake the others at every commit), and the next
+ * segment takes all the writes that piled up meanwhile. */
+static bool is_free_write(const pg_session *ss, const pg_req *r)
+{
+    return is_write(r) && ss->busy[busy_slot(r)] == 0;
+}
+
+/* Moves waiting calls that pred accepts, in queue order, into out[1..max) after out[0] (taken
+ * already). Returns how many out holds. */
+static int queue_take(pg_session *ss, bool (*pred)(const pg_session *, const pg_req *),
+                      pg_req **out, int max)
+{
+    int n = 1;
+    pg_req *prev = NULL;
+    for (pg_req *r = ss->wq_head; r != NULL && n < max;) {
+        pg_req *next = r->next;
+        if (pred(ss, r)) {
+            if (prev != NULL)
+                prev->next = next;
+            else
+                ss->wq_head = next;
+            if (ss->wq_tail == r)
+                ss->wq_tail = prev;
+            ss->wq_len--;
+            r->next = NULL;
+            out[n++] = r;
+        } else {
+            prev = r;
+        }
+        r = next;
+    }
+    return n;
+}
+
+/* Takes the oldest waiting call that may go now (any but a write of a key in flight), or NULL. */
+static pg_req *queue_pop(pg_session *ss)
+{
+    pg_req *prev = NULL;
+    for (pg_req *r = ss->wq_head; r != NULL; prev = r, r = r->next) {
+        if (is_write(r) && !is_free_write(ss, r))
+            continue;
+        if (prev != NULL)
+            prev->next = r->next;
+        else
+            ss->wq_head = r->next;
+        if (ss->wq_tail == r)
+            ss->wq_tail = prev;
+        ss->wq_len--;
+        r->next = NULL;
+        return r;
+    }
+    return NULL;
+}
+
+/* Appends s as an element of a PostgreSQL array literal. */
+static void buf_elem(store__buf *b, const char *s, bool first)
+{
+    store__buf_put(b, first ? "\"" : ",\"", first ? 1 : 2);
+    for (const char *p = s != NULL ? s : ""; *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\')
+            store__buf_put(b, "\\", 1);
+        store__buf_put(b, p, 1);
+    }
+    store__buf_put(b, "\"", 1);
+}
+
+/* Sends first and the GetPin calls waiting with it as one statement on c. */
+static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
+{
+    pg_req *kids[GET_BATCH_MAX];
+    kids[0] = first;
+    int n = queue_take(ss, take_get, kids, GET_BATCH_MAX);
+    pg_req *b = calloc(1, sizeof(*b));
+    store__buf arr[3] = {{0}};
+    for (int i = 0; i < 3; i++)
+        store__buf_put(&arr[i], "{", 1);
+    for (int i = 0; i < n; i++) {
+        kids[i]->next = i + 1 < n ? kids[i + 1] : NULL;
+        for (int p = 0; p < 3; p++)
+            buf_elem(&arr[p], kids[i]->params[p], i == 0);
+    }
+    bool ok = b != NULL;
+    for (int i = 0; i < 3; i++) {
+        store__buf_put(&arr[i], "}", 1);
+        ok = ok && !arr[i].failed;
+    }
+    if (!ok) {
+        for (int i = 0; i < 3; i++)
+            store__buf_free(&arr[i]);
+        free(b);
+        for (int i = 0; i < n; i++)
+            fail_req(ss, kids[i], PINS_ENOMEM, "out of memory batching reads");
+        return;
+    }
+    b->kind = OP_GET_BATCH;
+    b->sql = sql_get_batch;
+    b->kids = kids[0];
+    b->nkids = n;
+    b->nparams = 3;
+    for (int i = 0; i < 3; i++) {
+        b->owned[i] = arr[i].p;
+        b->params[i] = arr[i].p;
+    }
+    conn_send(c, b);
+}
+
+/* Orders writes by tenant, then key (NULL first), keeping the order of equal ones. */
+static int write_cmp(const pg_req *a, const pg_req *b)
+{
+    for (int i = 0; i < 2; i++) {
+        const char *x = a->params[i] != NULL ? a->params[i] : "";
+        const char *y = b->params[i] != NULL ? b->params[i] : "";
+        int d = strcmp(x, y);
+        if (d != 0)
+            return d;
+    }
+    return 0;
+}
+
+/* Sends first and the upserts and deletes waiting with it as one segment (one transaction) on c,
+ * in tenant and key order. Each run of one statement text is parsed once, as the unnamed
+ * statement, and executed for each call: PostgreSQL analyses it once per segment and, after a
+ * few executions, plans it once too (no named statement: PgBouncer transaction pooling works). */
+static void send_writes(pg_session *ss, pg_conn *c, pg_req *first)
+{
+    pg_req *w[WRITE_BATCH_MAX];
+    w[0] = first;
+    int n = queue_take(ss, is_free_write, w, WRITE_BATCH_MAX);
+    for (int i = 1; i < n; i++) { /* insertion sort: stable, n is small */
+        pg_req *r = w[i];
+        int j = i;
+        for (; j > 0 && write_cmp(w[j - 1], r) > 0; j--)
+            w[j] = w[j - 1];
+        w[j] = r;
+    }
+    for (int i = 0; i < n; i++) {
+        uint32_t slot = busy_slot(w[i]);
+        if (ss->busy[slot] < UINT16_MAX) {
+            ss->busy[slot]++;
+            w[i]->busy_at = slot + 1;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        bool same = i > 0 && w[i]->sql == w[i - 1]->sql;
+        if (conn_put(c, w[i], same ? PUT_REUSE : PUT_PARSE))
+            continue;
+        /* c was dropped with what it had: the others wait for another connection. */
+        req_list l = {0};
+        for (int j = i + 1; j < n; j++) {
+            busy_release(ss, w[j]);
+            requeue(&l, w[j]);
+        }
+        requeue_front(ss, &l);
+        if (!any_conn_alive(ss))
+            fail_queue(ss, ss->down_reason);
+        return;
+    }
+    conn_sync(c);
+}
+
+/* Sends waiting calls, a segment at a time, to the least busy connections that are up. */
 static void dispatch(pg_session *ss)
 {
     while (ss->wq_head != NULL) {
-        pg_conn *best = NULL;
-        for (int i = 0; i < ss->nconns; i++) {
-            pg_conn *c = &ss->conns[i];
-            if (c->state == C_UP && c->inflight < PIPELINE_MAX &&
-                (best == NULL || c->inflight < best->inflight))
-                best = c;
-        }
-        if (best == NULL)
+        pg_conn *c = pick_conn(ss);
+        if (c == NULL)
             return;
-        pg_req *r = ss->wq_head;
-        ss->wq_head = r->next;
-        if (ss->wq_head == NULL)
-            ss->wq_tail = NULL;
-        ss->wq_len--;
-        conn_send(best, r);
+        pg_req *r = queue_pop(ss);
+        if (r == NULL)
+            return;
+        if (is_get(r))
+            send_gets(ss, c, r);
+        else if (is_write(r))
+            send_writes(ss, c, r);
+        else
+            conn_send(c, r);
     }
+}
+
+static void on_kick(void *arg)
+{
+    pg_session *ss = arg;
+    dispatch(ss);
+    tick_arm(ss);
 }
 
 /* ---- deadlines, reconnection ---------------------------------------------------------------- */
@@ -1115,14 +1590,30 @@ static bool expire_one(pg_session *ss, int64_t now)
         return true;
     }
     for (int i = 0; i < ss->nconns; i++) {
-        for (pg_req *r = ss->conns[i].head; r != NULL; r = r->next) {
-            if (r->abandoned || r->kind == OP_SCHEMA || now < r->deadline_ns)
-                continue;
-            r->abandoned = true;
-            r->abandoned_ns = now;
-            count_error("timeout");
-            call_error(ss, r, PINS_EDEADLINE_EXCEEDED);
-            return true;
+        for (pg_req *s = ss->conns[i].head; s != NULL; s = s->next) {
+            bool batch = s->kind == OP_GET_BATCH;
+            for (pg_req *r = batch ? s->kids : s; r != NULL; r = batch ? r->next : NULL) {
+                if (r->abandoned || r->kind == OP_SCHEMA || now < r->deadline_ns)
+                    continue;
+                r->abandoned = true;
+                r->abandoned_ns = now;
+                count_error("timeout");
+                call_error(ss, r, PINS_EDEADLINE_EXCEEDED);
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* True when a call of c's oldest segment passed its deadline STUCK_NS ago or more. */
+static bool head_stuck(const pg_conn *c, int64_t now)
+{
+    for (const pg_req *s = c->head; s != NULL; s = s->sync_after ? NULL : s->next) {
+        bool batch = s->kind == OP_GET_BATCH;
+        for (const pg_req *r = batch ? s->kids : s; r != NULL; r = batch ? r->next : NULL) {
+            if (r->abandoned && now - r->abandoned_ns >= STUCK_NS)
+                return true;
         }
     }
     return false;
@@ -1153,7 +1644,7 @@ static void tick(pg_session *ss)
         ;
     for (int i = 0; i < ss->nconns; i++) {
         pg_conn *c = &ss->conns[i];
-        if (c->head != NULL && c->head->abandoned && now - c->head->abandoned_ns >= STUCK_NS)
+        if (head_stuck(c, now))
             conn_fail(c, "timeout", "no answer past a call's deadline: connection dropped");
     }
 }
@@ -1162,6 +1653,7 @@ static void on_tick(void *arg)
 {
     pg_session *ss = arg;
     tick(ss);
+    dispatch(ss); /* a dropped connection may have freed keys that writes wait for */
     tick_arm(ss);
 }
 
@@ -1226,10 +1718,12 @@ static int submit(pg_session *ss, pg_req *r)
         ss->wq_head = r;
     ss->wq_tail = r;
     ss->wq_len++;
+    if (ss->kick != NULL) {
+        store__kick_run(ss->kick);
+        return 0;
+    }
     dispatch(ss);
-    tick_arm(ss);
-    if (ss->evb == NULL)
-        wait_done(ss, &done);
+    wait_done(ss, &done);
     return 0;
 }
 
@@ -1276,7 +1770,7 @@ static int pg_upsert(store_session *base, const store_upsert_req *q, store_pin_c
 static int pg_get(store_session *base, const store__get_req *q, store_pin_cb cb, void *arg)
 {
     pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_GET, sql_get, arg);
+    pg_req *r = req_new(ss, OP_GET, NULL, arg); /* sent in a batch */
     if (r == NULL)
         return PINS_ENOMEM;
     r->cb.pin = cb;
@@ -1550,6 +2044,8 @@ static void pg_session_free(store_session *base)
         atomic_fetch_sub(&pool_count[c->pstate], 1);
     }
     store__timer_free(ss->tick);
+    store__kick_free(ss->kick);
+    free(ss->busy);
     free(ss->conns);
     free(ss);
 }
@@ -1580,7 +2076,8 @@ static int pg_session_new(store *s, struct event_base *evb, store_session **pss)
     }
     ss->nconns = n;
     ss->conns = calloc((size_t)n, sizeof(*ss->conns));
-    if (ss->conns == NULL)
+    ss->busy = calloc(BUSY_SLOTS, sizeof(*ss->busy));
+    if (ss->conns == NULL || ss->busy == NULL)
         goto out;
     for (int i = 0; i < n; i++) {
         pg_conn *c = &ss->conns[i];
@@ -1591,7 +2088,8 @@ static int pg_session_new(store *s, struct event_base *evb, store_session **pss)
         if (evb != NULL && store__io_new(evb, on_conn_io, c, &c->io) != 0)
             goto out;
     }
-    if (evb != NULL && store__timer_new(evb, on_tick, ss, &ss->tick) != 0)
+    if (evb != NULL && (store__timer_new(evb, on_tick, ss, &ss->tick) != 0 ||
+                        store__kick_new(evb, on_kick, ss, &ss->kick) != 0))
         goto out;
     for (int i = 0; i < n; i++)
         conn_start(&ss->conns[i]);

@@ -8,6 +8,7 @@
 """
 
 import os
+import re
 import subprocess
 import sys
 import unittest
@@ -32,11 +33,23 @@ def pinsctl(url, *args, check=True):
 
 
 class PgTestCase(unittest.TestCase):
+    # Every statement is logged, so a test can tell named statements ("execute pinsd_N") from
+    # unnamed ones ("execute <unnamed>").
+    extra_conf = {"log_statement": "all"}
+
     def setUp(self):
         if not pg.available():
             self.skipTest("PostgreSQL 15 binaries not found")
-        self.pg = pg.PgServer().start()
+        self.pg = pg.PgServer(extra_conf=self.extra_conf).start()
         self.addCleanup(self.pg.destroy)
+
+    def executed(self):
+        """The statement names the server log shows executed, with their counts."""
+        names = {}
+        with open(self.pg.log, errors="replace") as f:
+            for m in re.finditer(r"execute ([a-z_0-9]+|<unnamed>)", f.read()):
+                names[m.group(1)] = names.get(m.group(1), 0) + 1
+        return names
 
 
 class StoreSuiteTest(PgTestCase):
@@ -52,12 +65,20 @@ class StoreSuiteTest(PgTestCase):
     def test_store_suite_on_postgres(self):
         pinsctl(self.pg.url, "upgrade", "head")
         self.run_suite(self.pg.url)
+        # A direct connection prepares its statements by name and reuses them.
+        names = self.executed()
+        named = sum(n for k, n in names.items() if k.startswith("pinsd_"))
+        self.assertGreater(named, 100, names)
 
     def test_store_suite_through_pgbouncer_transaction_pooling(self):
         pinsctl(self.pg.url, "upgrade", "head")
         bouncer = pg.PgBouncer(self.pg, pool_size=4).start()
         self.addCleanup(bouncer.destroy)
         self.run_suite(bouncer.url)
+        # Through the pooler pinsd sees PgBouncer's pid, not the server's: no named statement.
+        names = self.executed()
+        self.assertEqual([k for k in names if k.startswith("pinsd_")], [], names)
+        self.assertGreater(names.get("<unnamed>", 0), 100, names)
 
 
 class MigrationTest(PgTestCase):

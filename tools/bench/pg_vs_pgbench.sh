@@ -28,7 +28,10 @@
 #       $BENCH_DIR/peers/m7-fastapi/pgbench.sh select / upsert with -c --pool. pgbench runs the M7
 #       app's SQL on the M7 schema (prepared statements, one row, no audit row); pinsd runs its own
 #       statements on its own schema (an upsert also writes memory_audit). That is the closest
-#       "same SQL" there is. Target: pinsd >= 0.9x pgbench's TPS for each.
+#       "same SQL" there is. pinsd batches the calls that wait together (one statement for the
+#       reads, one transaction for the writes: store/README.md, "Segments") and, connected
+#       straight to PostgreSQL as here, runs named prepared statements as pgbench -M prepared
+#       does. Target: pinsd >= 0.9x pgbench's TPS for each.
 #       Every run uses ONE key (h2load sends one body; grpc_load.sh cannot vary it), so UpsertPin
 #       measures the row lock of one hot row; pgbench upsert with --nkeys 1000 is printed as a
 #       reference for what the database does without that contention (not comparable to pinsd).

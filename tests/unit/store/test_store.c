@@ -1384,6 +1384,137 @@ static void test_callback_may_start_another_operation(void **state)
     pin_result_free(&n.inner);
 }
 
+/* Runs the loop until each of the n results has its callback. */
+static void wait_all(fixture *fx, pin_result *r, int n)
+{
+    for (int i = 0; i < n; i++) {
+        while (r[i].calls == 0) {
+            if (event_base_loop(fx->base, EVLOOP_ONCE) != 0)
+                break;
+        }
+        assert_int_equal(r[i].calls, 1);
+    }
+}
+
+#define NGETS 150
+
+static void test_concurrent_gets_each_get_their_own_pin(void **state)
+{
+    /* Many reads in flight at once (the PostgreSQL backend answers them with one statement per
+     * batch): each gets its own pin, NOT_FOUND for missing, expired and other tenants' keys, and
+     * keys with quotes, backslashes, commas, braces and blanks arrive intact. */
+    fixture *fx = *state;
+    static const char *const keys[] = {"plain",   "quo\"te", "back\\slash", "com,ma",
+                                       "{brace}", "NULL",    " sp ",        "\xd0\xba\xd0\xbb",
+                                       "expired", "missing"};
+    const int nkeys = (int)(sizeof(keys) / sizeof(keys[0]));
+    for (int i = 0; i < nkeys - 1; i++) {
+        char value[64];
+        snprintf(value, sizeof(value), "{\"i\":%d}", i);
+        int ttl = strcmp(keys[i], "expired") == 0 ? 10 : NO_TTL;
+        assert_int_equal(upsert(fx, keys[i], value, ttl, ANY_VERSION, T0, NULL), 0);
+    }
+    static pin_result r[NGETS];
+    memset(r, 0, sizeof(r));
+    const int64_t now = T0 + 60 * SEC;
+    for (int i = 0; i < NGETS; i++) {
+        const char *tenant = i % 7 == 6 ? "some-other-tenant" : fx->tenant;
+        assert_int_equal(store_pin_get(fx->ss, tenant, keys[i % nkeys], now, on_pin, &r[i]), 0);
+    }
+    wait_all(fx, r, NGETS);
+    for (int i = 0; i < NGETS; i++) {
+        int k = i % nkeys;
+        bool found =
+            i % 7 != 6 && strcmp(keys[k], "expired") != 0 && strcmp(keys[k], "missing") != 0;
+        assert_int_equal(r[i].err, found ? 0 : PINS_ENOT_FOUND);
+        if (found) {
+            char value[64];
+            snprintf(value, sizeof(value), "{\"i\":%d}", k);
+            assert_string_equal(r[i].key, keys[k]);
+            assert_string_equal(r[i].tenant, fx->tenant);
+            assert_string_equal(r[i].value, value);
+        }
+        pin_result_free(&r[i]);
+    }
+}
+
+#define NWRITES 40
+
+static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state)
+{
+    /* Writes in flight at once (one transaction per batch on PostgreSQL): every good write is
+     * acknowledged and kept with its audit row, writes of one key get consecutive versions, and
+     * on PostgreSQL a value the database refuses (not JSON: the handlers never send one, SQLite
+     * does not parse it) fails alone: its transaction rolls back, the others run again. */
+    fixture *fx = *state;
+    const int bad = database_url() != NULL ? NWRITES / 2 + 1 : -1;
+    static pin_result r[NWRITES];
+    memset(r, 0, sizeof(r));
+    char keys[NWRITES][16];
+    for (int i = 0; i < NWRITES; i++) {
+        /* Even calls write "same"; odd ones their own key, in descending order. */
+        if (i % 2 == 0)
+            snprintf(keys[i], sizeof(keys[i]), "same");
+        else
+            snprintf(keys[i], sizeof(keys[i]), "k%02d", NWRITES - i);
+        const char *value = i == bad ? "{bad" : "{\"ok\":true}";
+        char hash[17];
+        hash16(value, hash);
+        const store_upsert_req req = {
+            .tenant_id = fx->tenant,
+            .key = keys[i],
+            .value_json = value,
+            .value_len = strlen(value),
+            .value_hash = hash,
+            .source = "api",
+            .now_us = T0,
+            .audit = {.agent_id = "agent-c", .latency_ms = 1},
+        };
+        assert_int_equal(store_pin_upsert(fx->ss, &req, on_pin, &r[i]), 0);
+    }
+    pin_result del_r = {0};
+    const store_delete_req dq = {.tenant_id = fx->tenant, .key = "k01", .now_us = T0};
+    assert_int_equal(store_pin_delete(fx->ss, &dq, on_pin, &del_r), 0);
+    wait_all(fx, r, NWRITES);
+    wait_all(fx, &del_r, 1);
+    bool seen[NWRITES / 2 + 1] = {false};
+    int good = 0;
+    for (int i = 0; i < NWRITES; i++) {
+        if (i == bad) {
+            assert_int_equal(r[i].err, PINS_EINVALID_ARGUMENT);
+            continue;
+        }
+        assert_int_equal(r[i].err, 0);
+        good++;
+        if (i % 2 == 0) {
+            assert_true(r[i].pin.version >= 1 && r[i].pin.version <= NWRITES / 2);
+            assert_false(seen[r[i].pin.version]);
+            seen[r[i].pin.version] = true;
+        } else {
+            assert_int_equal(r[i].pin.version, 1);
+        }
+    }
+    /* The delete of k01 ran before or after its upsert: either answer is consistent. */
+    assert_true(del_r.err == 0 || del_r.err == PINS_ENOT_FOUND);
+    pin_result p = {0};
+    assert_int_equal(get(fx, "same", T0, &p), 0);
+    assert_int_equal(p.pin.version, NWRITES / 2);
+    for (int i = 1; i < NWRITES; i += 2) {
+        if (i == bad)
+            assert_int_equal(get(fx, keys[i], T0, NULL), PINS_ENOT_FOUND);
+        else if (strcmp(keys[i], "k01") != 0)
+            assert_int_equal(get(fx, keys[i], T0, NULL), 0);
+    }
+    const store_audit_list_req aq = {.tenant_id = fx->tenant, .operation = "upsert", .limit = 1};
+    audit_result a;
+    audit(fx, &aq, &a);
+    assert_int_equal(a.total, good);
+    pin_result_free(&p);
+    pin_result_free(&del_r);
+    for (int i = 0; i < NWRITES; i++)
+        pin_result_free(&r[i]);
+}
+
 /* ---- SQLite only --------------------------------------------------------------------------- */
 
 static sqlite3 *open_raw(fixture *fx)
@@ -1611,6 +1742,8 @@ int main(void)
         T(test_reopening_the_store_keeps_data),
         T(test_acknowledged_write_survives_kill),
         T(test_callback_may_start_another_operation),
+        T(test_concurrent_gets_each_get_their_own_pin),
+        T(test_concurrent_writes_commit_and_a_bad_one_fails_alone),
         T(test_sqlite_open_creates_private_dir_and_wal_file),
         T(test_sqlite_audit_extra_holds_request_id_as_json),
         T(test_sqlite_open_fails_on_file_that_is_not_a_database),
