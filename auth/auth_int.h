@@ -122,11 +122,11 @@ int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb hea
 #define AUTH__CACHE_SETS     64 /* accepted tokens: 256 per thread */
 #define AUTH__CACHE_BAD_SETS 8  /* refused tokens: 32 per thread */
 
-/* Verifies the bearer token token[0..len) of the Authorization header value authz (the cache
- * key) with secret at now_s, through the calling thread's cache. Same contract as
+/* Verifies the bearer token token[0..len) of the Authorization header value authz[0..authzlen)
+ * (the cache key) with secret at now_s, through the calling thread's cache. Same contract as
  * auth__jwt_verify(): the claims' strings are copied into a. */
-int auth__jwt_verify_cached(pins_arena *a, const char *authz, const char *token, size_t len,
-                            const char *secret, size_t secretlen, int64_t now_s,
+int auth__jwt_verify_cached(pins_arena *a, const char *authz, size_t authzlen, const char *token,
+                            size_t len, const char *secret, size_t secretlen, int64_t now_s,
                             auth__claims *pclaims, const char **pwhy);
 
 /* The calling thread's cache counters (tests). */

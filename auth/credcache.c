@@ -3,22 +3,29 @@
  * Verifying a JWT costs two base64url decodes, an HMAC-SHA256 and two JSON parses; a client sends
  * the same Authorization value on every call. Each thread keeps what it verified: two
  * set-associative tables (accepted and refused tokens) of AUTH__CACHE_WAYS entries per set,
- * indexed by a seeded FNV-1a hash of the exact header value and confirmed by comparing every
- * byte, with least-recently-used eviction inside a set. Nothing is shared between threads, so
- * nothing is locked; a thread's tables are freed when it exits (a pthread key destructor).
+ * indexed by a seeded hash of the exact header value's length and last KEY_HASH_BYTES bytes (a
+ * bearer token's signature, which differs from token to token, so a lookup need not read the
+ * whole token) and confirmed by comparing every byte, with least-recently-used eviction inside a
+ * set. The seed is random, so a caller cannot steer its header value into a comparison with
+ * another caller's. Nothing is shared between threads, so nothing is locked; a thread's tables
+ * are freed when it exits (a pthread key destructor).
  *
  * An accepted entry holds the claims (copied into the call's arena at each hit, since the entry
  * may be evicted while the call still uses them) and exp / nbf, which are checked against the
  * clock at every use: a cached token stops working at the same second an uncached one would.
- * A refused entry holds only the static reason; only refusals that do not depend on the clock are
- * kept (a token that is merely expired or not yet valid is never verified again: it becomes an
- * accepted entry that fails its time check). Tokens are never logged; the tables hold copies of
- * header values only in this thread's heap memory.
+ * The claims are kept as one block (the subject, role and tenant strings, preceded by their
+ * offsets), so that a hit copies them with one allocation and one memcpy and turns the offsets
+ * into pointers. A refused entry holds only the static reason; only refusals that do not depend
+ * on the clock are kept (a token that is merely expired or not yet valid is never verified again:
+ * it becomes an accepted entry that fails its time check). Tokens are never logged; the tables
+ * hold copies of header values only in this thread's heap memory.
  */
 #include "auth/auth_int.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,13 +37,13 @@ typedef struct entry {
     char *key; /* the Authorization header value; NULL: free slot */
     size_t keylen;
     uint64_t used; /* the table's clock at the last use */
-    /* accepted tokens */
+    /* accepted tokens: the claims as one block of (1 + nroles + ntenants) offsets (the subject's
+     * first, SIZE_MAX when absent), then the strings they point at, NUL-terminated */
     auth__jwt_times times;
-    char *sub; /* NULL when absent */
-    char **roles;
+    char *claims;
+    size_t claims_len;
     size_t nroles;
     bool restricted;
-    char **tenants;
     size_t ntenants;
     /* refused tokens */
     const char *why; /* static */
@@ -67,13 +74,7 @@ static pthread_once_t cache_key_once = PTHREAD_ONCE_INIT;
 static void entry_clear(entry *e)
 {
     free(e->key);
-    free(e->sub);
-    for (size_t i = 0; i < e->nroles; i++)
-        free(e->roles[i]);
-    free(e->roles);
-    for (size_t i = 0; i < e->ntenants; i++)
-        free(e->tenants[i]);
-    free(e->tenants);
+    free(e->claims);
     *e = (entry){0};
 }
 
@@ -148,6 +149,9 @@ static bool cache_sync(cache *c, const char *secret, size_t secretlen)
     return true;
 }
 
+/* Bytes of a key that its hash reads: the end of a bearer token, its signature. */
+#define KEY_HASH_BYTES 32
+
 /* A seeded 64-bit hash of s[0..n), eight bytes at a time. */
 static uint64_t hash_of(uint64_t seed, const char *s, size_t n)
 {
@@ -163,6 +167,13 @@ static uint64_t hash_of(uint64_t seed, const char *s, size_t n)
     memcpy(&tail, s + i, n - i);
     h = (h ^ tail) * 0xc4ceb9fe1a85ec53ull;
     return h ^ (h >> 33);
+}
+
+/* The hash of a key: its length and its last KEY_HASH_BYTES bytes. */
+static uint64_t key_hash(uint64_t seed, const char *key, size_t keylen)
+{
+    size_t n = keylen < KEY_HASH_BYTES ? keylen : KEY_HASH_BYTES;
+    return hash_of(seed ^ ((uint64_t)keylen * 0xd6e8feb86659fd93ull), key + keylen - n, n);
 }
 
 static entry *table_find(table *t, uint64_t h, const char *key, size_t keylen)
@@ -197,26 +208,36 @@ static entry *table_slot(table *t, uint64_t h, uint64_t *pevictions)
     return victim;
 }
 
-static char *str_dup(const char *s)
+/* Lays the claims out as one block (see entry); returns it (malloc'd) and its size, or NULL. */
+static char *claims_pack(const auth__claims *c, size_t *plen)
 {
-    return s != NULL ? strdup(s) : NULL;
-}
-
-static char **list_dup(const char *const *list, size_t n, bool *pnomem)
-{
-    if (n == 0)
+    size_t n = 1 + c->nroles + c->ntenants;
+    size_t len = n * sizeof(size_t);
+    len += c->sub != NULL ? strlen(c->sub) + 1 : 0;
+    for (size_t i = 0; i < c->nroles; i++)
+        len += strlen(c->roles[i]) + 1;
+    for (size_t i = 0; i < c->ntenants; i++)
+        len += strlen(c->tenants[i]) + 1;
+    char *b = malloc(len);
+    if (b == NULL)
         return NULL;
-    char **out = calloc(n, sizeof(*out));
-    if (out == NULL) {
-        *pnomem = true;
-        return NULL;
-    }
+    size_t *off = (size_t *)(void *)b;
+    size_t at = n * sizeof(size_t);
     for (size_t i = 0; i < n; i++) {
-        out[i] = strdup(list[i]);
-        if (out[i] == NULL)
-            *pnomem = true;
+        const char *str = i == 0           ? c->sub
+                          : i <= c->nroles ? c->roles[i - 1]
+                                           : c->tenants[i - 1 - c->nroles];
+        if (str == NULL) {
+            off[i] = SIZE_MAX;
+            continue;
+        }
+        size_t sl = strlen(str) + 1;
+        memcpy(b + at, str, sl);
+        off[i] = at;
+        at += sl;
     }
-    return out;
+    *plen = len;
+    return b;
 }
 
 /* Fills a fresh slot e with the key and an accepted token's claims; false (e emptied) when out of
@@ -224,75 +245,60 @@ static char **list_dup(const char *const *list, size_t n, bool *pnomem)
 static bool entry_fill_good(entry *e, uint64_t h, const char *key, size_t keylen,
                             const auth__claims *c, const auth__jwt_times *times)
 {
-    bool nomem = false;
     e->key = malloc(keylen + 1);
-    if (e->key == NULL)
+    e->claims = claims_pack(c, &e->claims_len);
+    if (e->key == NULL || e->claims == NULL) {
+        entry_clear(e);
         return false;
+    }
     memcpy(e->key, key, keylen);
     e->key[keylen] = '\0';
     e->keylen = keylen;
     e->hash = h;
     e->times = *times;
-    e->sub = str_dup(c->sub);
-    nomem = c->sub != NULL && e->sub == NULL;
-    e->roles = list_dup(c->roles, c->nroles, &nomem);
-    e->nroles = e->roles != NULL ? c->nroles : 0;
+    e->nroles = c->nroles;
     e->restricted = c->restricted;
-    e->tenants = list_dup(c->tenants, c->ntenants, &nomem);
-    e->ntenants = e->tenants != NULL ? c->ntenants : 0;
-    if (nomem) {
-        entry_clear(e);
-        return false;
-    }
+    e->ntenants = c->ntenants;
     return true;
 }
 
-/* The claims of an accepted entry, copied into a. Returns 0 or PINS_ENOMEM. */
+/* The claims of an accepted entry, copied into a: one block, its offsets turned into pointers in
+ * place. Returns 0 or PINS_ENOMEM. */
 static int claims_copy(pins_arena *a, const entry *e, auth__claims *pc)
 {
-    auth__claims c = {.restricted = e->restricted};
-    if (e->sub != NULL) {
-        c.sub = pins_arena_strndup(a, e->sub, strlen(e->sub));
-        if (c.sub == NULL)
-            return PINS_ENOMEM;
-    }
+    static_assert(sizeof(size_t) == sizeof(char *), "offsets become pointers in place");
+    char *b = pins_arena_alloc(a, e->claims_len);
+    if (b == NULL)
+        return PINS_ENOMEM;
+    memcpy(b, e->claims, e->claims_len);
+    size_t n = 1 + e->nroles + e->ntenants;
+    const size_t *off = (const size_t *)(void *)b;
+    const char **ptr = (const char **)(void *)b;
+    for (size_t i = 0; i < n; i++)
+        ptr[i] = off[i] != SIZE_MAX ? b + off[i] : NULL;
+    auth__claims c = {.sub = ptr[0], .restricted = e->restricted};
     if (e->nroles > 0) {
-        c.roles = pins_arena_calloc(a, e->nroles, sizeof(*c.roles));
-        if (c.roles == NULL)
-            return PINS_ENOMEM;
-        for (size_t i = 0; i < e->nroles; i++) {
-            c.roles[i] = pins_arena_strndup(a, e->roles[i], strlen(e->roles[i]));
-            if (c.roles[i] == NULL)
-                return PINS_ENOMEM;
-        }
+        c.roles = ptr + 1;
         c.nroles = e->nroles;
     }
     if (e->restricted) {
-        /* A restricted credential always has a list, even an empty one. */
-        c.tenants = pins_arena_calloc(a, e->ntenants ? e->ntenants : 1, sizeof(*c.tenants));
-        if (c.tenants == NULL)
-            return PINS_ENOMEM;
-        for (size_t i = 0; i < e->ntenants; i++) {
-            c.tenants[i] = pins_arena_strndup(a, e->tenants[i], strlen(e->tenants[i]));
-            if (c.tenants[i] == NULL)
-                return PINS_ENOMEM;
-        }
+        /* A restricted credential always has a list, even an empty one: the block's end then. */
+        c.tenants = ptr + 1 + e->nroles;
         c.ntenants = e->ntenants;
     }
     *pc = c;
     return 0;
 }
 
-int auth__jwt_verify_cached(pins_arena *a, const char *authz, const char *token, size_t len,
-                            const char *secret, size_t secretlen, int64_t now_s,
+int auth__jwt_verify_cached(pins_arena *a, const char *authz, size_t keylen, const char *token,
+                            size_t len, const char *secret, size_t secretlen, int64_t now_s,
                             auth__claims *pclaims, const char **pwhy)
 {
     cache *c = cache_get();
-    size_t keylen = strlen(authz);
     if (c == NULL || secretlen == 0 || len > AUTH__MAX_TOKEN || !cache_sync(c, secret, secretlen))
         return auth__jwt_verify(a, token, len, secret, secretlen, now_s, pclaims, pwhy);
 
-    uint64_t h = hash_of(c->seed, authz, keylen);
+    uint64_t h = key_hash(c->seed, authz, keylen);
     entry *e = table_find(&c->good, h, authz, keylen);
     if (e != NULL) {
         const char *tp = auth__jwt_time_problem(&e->times, now_s);

@@ -18,9 +18,11 @@ static bool is_space(char c)
     return c == ' ' || c == '\t';
 }
 
-/* The token of an "authorization: Bearer <token>" value, or NULL for any other scheme. */
-static const char *bearer_token(const char *v, size_t *plen)
+/* The token of an "authorization: Bearer <token>" value v[0..len), or NULL for any other
+ * scheme. */
+static const char *bearer_token(const char *v, size_t len, size_t *plen)
 {
+    const char *end = v + len;
     while (is_space(*v))
         v++;
     if (strncasecmp(v, "bearer", 6) != 0 || !is_space(v[6]))
@@ -28,7 +30,7 @@ static const char *bearer_token(const char *v, size_t *plen)
     v += 6;
     while (is_space(*v))
         v++;
-    size_t n = strlen(v);
+    size_t n = (size_t)(end - v);
     while (n > 0 && is_space(v[n - 1]))
         n--;
     *plen = n;
@@ -97,14 +99,14 @@ int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb hea
     }
 
     const char *authz = present(header(arg, "authorization"));
-    size_t tlen = 0;
-    const char *token = authz != NULL ? bearer_token(authz, &tlen) : NULL;
+    size_t alen = authz != NULL ? strlen(authz) : 0, tlen = 0;
+    const char *token = authz != NULL ? bearer_token(authz, alen, &tlen) : NULL;
     if (token != NULL) {
         const char *jwt_secret = cfg->jwt_secret != NULL ? cfg->jwt_secret : "";
         auth__claims c;
         const char *why = NULL;
-        rv = auth__jwt_verify_cached(a, authz, token, tlen, jwt_secret, strlen(jwt_secret), now_s,
-                                     &c, &why);
+        rv = auth__jwt_verify_cached(a, authz, alen, token, tlen, jwt_secret, strlen(jwt_secret),
+                                     now_s, &c, &why);
         if (rv == PINS_ENOMEM)
             return rv;
         if (rv != 0) {

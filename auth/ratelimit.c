@@ -12,10 +12,13 @@
  * Leases (ratelimit_lease.c): a worker keeps, per tenant, a lease of tokens taken from the Redis
  * bucket by one EVALSHA and spends it locally; a call that finds no usable lease is queued on its
  * tenant until the answer of the one lease request in flight for that tenant (sent by the first
- * such call; the others never send their own), at most RATELIMIT_WAIT_MS, after which its own
- * timer lets the local bucket decide it. A request is a `lease_req` owned by its hiredis reply
- * callback (which hiredis always runs once: with the reply, or with NULL when the context goes
- * away); the answer serves the queue in order from the grant, refuses the rest when the bucket
+ * such call; the others never send their own), at most RATELIMIT_WAIT_MS, after which the local
+ * bucket decides it. A waiting call's entry lives in the call's arena and sits on two queues: its
+ * tenant's, served by the answer, and the worker's, in the order of the calls' deadlines (every
+ * call waits equally long), watched by one timer armed for its first deadline, so that queueing a
+ * call costs no allocation and no timer of its own. A request is a `lease_req` owned by its hiredis
+ * reply callback (which hiredis always runs once: with the reply, or with NULL when the context
+ * goes away); the answer serves the queue in order from the grant, refuses the rest when the bucket
  * gave less than asked (it is empty), or asks again when a full grant ran out. Tenants' states
  * are per worker (no lock), at most RATELIMIT__LEASE_TENANTS, idle ones evicted first.
  */
@@ -78,8 +81,11 @@ struct ratelimit {
     ratelimit__redis_url url;
     char where[300]; /* host:port or the socket path, for logs (never the password) */
     ratelimit__local *local;
-    char policy[64]; /* the RateLimit-Policy value */
-    char limit[24];  /* rpm as text */
+    char policy[64];     /* the RateLimit-Policy value */
+    char limit[24];      /* rpm as text */
+    char state[40];      /* "limit=<rpm>, remaining=": the start of every RateLimit value */
+    char burst_text[24]; /* burst as text */
+    size_t policy_len, limit_len, state_len, burst_len;
 };
 
 typedef enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP } conn_state;
@@ -89,15 +95,17 @@ enum { BACKEND_REDIS, BACKEND_LOCAL, BACKEND_DISABLED }; /* the backend label, s
 typedef struct tstate tstate;
 typedef struct lease_req lease_req;
 
-/* A call waiting for the answer to its tenant's lease request. */
+/* A call waiting for the answer to its tenant's lease request (in the call's arena, which lives
+ * until the callback ran). */
 typedef struct waiter {
-    struct waiter *next;
+    struct waiter *next; /* the tenant's queue */
     struct waiter *prev;
-    ratelimit_worker *w;
+    struct waiter *dnext; /* the worker's queue, by deadline */
+    struct waiter *dprev;
     tstate *ts;
     rpc_call *call;
     ratelimit_call_cb cb;
-    struct event *timer; /* RATELIMIT_WAIT_MS: then the local bucket decides */
+    int64_t deadline_ns; /* monotonic; then the local bucket decides */
 } waiter;
 
 /* One tenant's lease on one worker, with the calls waiting for the request in flight (a request
@@ -131,7 +139,11 @@ struct ratelimit_worker {
     struct event *retry_ev; /* reconnect after backoff */
     struct event *drop_ev;  /* drop a hung connection outside hiredis's callbacks */
     int backoff_ms;
-    int timeouts; /* calls in a row decided locally because Redis was slow */
+    int timeouts;  /* calls in a row decided locally because Redis was slow */
+    waiter *dhead; /* every waiting call of the worker, by deadline */
+    waiter *dtail;
+    struct event *wait_ev; /* armed for dhead's deadline (or earlier) while wait_armed */
+    bool wait_armed;
     bool logged_down;
     bool closing;
     uint64_t rng;
@@ -361,31 +373,61 @@ static const char *call_tenant(const rpc_call *call)
     return d->tenant;
 }
 
-static int add(rpc_call *call, const char *name, const char *value)
+/* A metadata entry named by a literal. */
+#define MD(name, value, len) ((rpc_call_md){(name), sizeof(name) - 1, (value), (len)})
+
+/* Writes v in decimal at p, NUL-terminated; returns the end (the NUL). p has room for 21. */
+static char *put_int(char *p, int64_t v)
 {
-    return rpc_call_add_metadata(call, name, value, true);
+    char tmp[20];
+    size_t n = 0;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        *p++ = '-';
+    while (n > 0)
+        *p++ = tmp[--n];
+    *p = '\0';
+    return p;
 }
 
-/* Adds the answer's metadata, refuses the call when limited, and hands it back. */
+/* Adds the answer's metadata, refuses the call when limited, and hands it back. The constant
+ * values are the limiter's (it outlives every call); the others are written into one block of
+ * the call's arena. */
 static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit_worker *w,
                          const ratelimit__decision *d, int backend)
 {
     ratelimit *rl = w->rl;
     count(w, d->allowed, backend);
-    char rem[24], state[96], retry[24];
-    snprintf(rem, sizeof(rem), "%lld", (long long)d->remaining);
-    snprintf(state, sizeof(state), "limit=%d, remaining=%lld, reset=%lld", rl->rpm,
-             (long long)d->remaining, (long long)d->reset_s);
-    snprintf(retry, sizeof(retry), "%lld", (long long)d->retry_after_s);
-    int rv = add(call, "ratelimit-policy", rl->policy);
-    if (rv == 0)
-        rv = add(call, "ratelimit", state);
-    if (rv == 0)
-        rv = add(call, "x-ratelimit-limit", rl->limit);
-    if (rv == 0)
-        rv = add(call, "x-ratelimit-remaining", rem);
-    if (rv == 0 && !d->allowed)
-        rv = add(call, "retry-after", retry);
+    /* "limit=<rpm>, remaining=<r>, reset=<s>", then "<r>", then "<retry>" (21 bytes each at
+     * most, NUL included). */
+    char *buf = pins_arena_alloc(rpc_call_arena(call), rl->state_len + 8 + 4 * 21);
+    int rv = PINS_ENOMEM;
+    if (buf != NULL) {
+        memcpy(buf, rl->state, rl->state_len);
+        char *rem_at = buf + rl->state_len;
+        char *p = put_int(rem_at, d->remaining);
+        size_t remlen = (size_t)(p - rem_at);
+        memcpy(p, ", reset=", 8);
+        p = put_int(p + 8, d->reset_s);
+        char *rem = p + 1;
+        memcpy(rem, rem_at, remlen);
+        rem[remlen] = '\0';
+        char *retry = rem + remlen + 1;
+        rpc_call_md md[5] = {
+            MD("ratelimit-policy", rl->policy, rl->policy_len),
+            MD("ratelimit", buf, (size_t)(p - buf)),
+            MD("x-ratelimit-limit", rl->limit, rl->limit_len),
+            MD("x-ratelimit-remaining", rem, remlen),
+            MD("retry-after", retry, 0),
+        };
+        if (!d->allowed)
+            md[4].valuelen = (size_t)(put_int(retry, d->retry_after_s) - retry);
+        rv = rpc_call_add_metadata_static(call, md, d->allowed ? 4 : 5, true);
+    }
     if (rv != 0) {
         rpc_call_fail(call, rv, NULL);
         cb(call, false);
@@ -636,7 +678,8 @@ static tstate *tstate_get(ratelimit_worker *w, const char *tenant, int64_t now_n
     return ts;
 }
 
-static void waiter_unlink(waiter *wt)
+/* Takes wt off both queues (its memory stays: it is the call's). */
+static void waiter_unlink(ratelimit_worker *w, waiter *wt)
 {
     tstate *ts = wt->ts;
     if (wt->prev != NULL)
@@ -648,42 +691,63 @@ static void waiter_unlink(waiter *wt)
     else
         ts->tail = wt->prev;
     ts->nwaiting--;
+    if (wt->dprev != NULL)
+        wt->dprev->dnext = wt->dnext;
+    else
+        w->dhead = wt->dnext;
+    if (wt->dnext != NULL)
+        wt->dnext->dprev = wt->dprev;
+    else
+        w->dtail = wt->dprev;
 }
 
 /* Takes the first waiting call off ts's queue; returns the call and its callback. */
-static waiter waiter_pop(tstate *ts)
+static waiter waiter_pop(ratelimit_worker *w, tstate *ts)
 {
     waiter *wt = ts->head;
     waiter copy = *wt;
-    waiter_unlink(wt);
-    event_free(wt->timer);
-    free(wt);
+    waiter_unlink(w, wt);
     return copy;
 }
 
-static void on_wait_timeout(evutil_socket_t fd, short what, void *arg)
+/* Arms the wait timer for the first deadline, now_ns being the time. */
+static void arm_wait(ratelimit_worker *w, int64_t now_ns)
 {
-    waiter *wt = arg;
-    ratelimit_worker *w = wt->w;
-    rpc_call *call = wt->call;
-    ratelimit_call_cb cb = wt->cb;
-    tstate *ts = wt->ts;
-    /* The lease request stays in flight; its answer serves the calls still waiting. */
-    waiter_unlink(wt);
-    event_free(wt->timer);
-    free(wt);
-    if (++w->timeouts >= RATELIMIT__HUNG_TIMEOUTS && w->drop_ev != NULL) {
-        struct timeval now = {0, 0};
-        evtimer_add(w->drop_ev, &now);
+    int64_t left = w->dhead->deadline_ns - now_ns;
+    if (left < 0)
+        left = 0;
+    struct timeval tv = {.tv_sec = left / 1000000000, .tv_usec = (left % 1000000000) / 1000};
+    if (evtimer_add(w->wait_ev, &tv) == 0)
+        w->wait_armed = true;
+}
+
+/* A deadline may have passed: the calls whose wait is over are decided by the local bucket (the
+ * lease requests stay in flight; their answers serve the calls still waiting). A deadline within
+ * a millisecond counts as passed, so that a timer firing a little early by our clock does not
+ * cost a second wake-up. */
+static void on_wait_timer(evutil_socket_t fd, short what, void *arg)
+{
+    ratelimit_worker *w = arg;
+    w->wait_armed = false;
+    int64_t now = pins_time_mono_ns();
+    while (w->dhead != NULL && w->dhead->deadline_ns <= now + 1000000) {
+        waiter wt = *w->dhead;
+        waiter_unlink(w, w->dhead);
+        if (++w->timeouts >= RATELIMIT__HUNG_TIMEOUTS && w->drop_ev != NULL) {
+            struct timeval zero = {0, 0};
+            evtimer_add(w->drop_ev, &zero);
+        }
+        decide_locally(w, wt.call, wt.ts->tenant, wt.cb);
     }
-    decide_locally(w, call, ts->tenant, cb);
+    if (w->dhead != NULL && !w->wait_armed)
+        arm_wait(w, now);
 }
 
 /* Every call waiting on ts is decided by the local bucket (or cancelled when closing). */
 static void flush_waiters(ratelimit_worker *w, tstate *ts)
 {
     while (ts->head != NULL) {
-        waiter wt = waiter_pop(ts);
+        waiter wt = waiter_pop(w, ts);
         if (w->closing) {
             rpc_call_fail(wt.call, PINS_ECANCELLED, "the server is shutting down");
             wt.cb(wt.call, false);
@@ -731,7 +795,7 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
     ratelimit__lease_grant(&ts->lease, want, v[0], v[1], v[2], v[3], now);
     ratelimit__decision d;
     while (ts->head != NULL && ratelimit__lease_take(&ts->lease, now, &d)) {
-        waiter wt = waiter_pop(ts);
+        waiter wt = waiter_pop(w, ts);
         finish_check(wt.call, wt.cb, w, &d, BACKEND_REDIS);
     }
     if (ts->head == NULL)
@@ -740,7 +804,7 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
         /* The bucket gave all it had: the calls still waiting are over the limit. */
         ratelimit__lease_refusal(&ts->lease, &d);
         while (ts->head != NULL) {
-            waiter wt = waiter_pop(ts);
+            waiter wt = waiter_pop(w, ts);
             finish_check(wt.call, wt.cb, w, &d, BACKEND_REDIS);
         }
         return;
@@ -761,20 +825,33 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
 static int send_lease(ratelimit_worker *w, lease_req *q, bool eval)
 {
     tstate *ts = q->ts;
-    char key[RATELIMIT__MAX_TENANT + 16];
-    int n = snprintf(key, sizeof(key), "pinsd:rl:{%s}", ts->tenant);
-    if (n < 0 || (size_t)n >= sizeof(key))
+    ratelimit *rl = w->rl;
+    /* The arguments as they are (no format string to interpret): "pinsd:rl:{<tenant>}". */
+    char key[RATELIMIT__MAX_TENANT + 16], want[24];
+    size_t tlen = strlen(ts->tenant);
+    if (tlen > RATELIMIT__MAX_TENANT)
         return PINS_EUNAVAILABLE;
+    memcpy(key, "pinsd:rl:{", 10);
+    memcpy(key + 10, ts->tenant, tlen);
+    key[10 + tlen] = '}';
     if (!q->retried)
-        q->want = ratelimit__lease_want(&ts->lease, w->rl->burst, ts->nwaiting);
+        q->want = ratelimit__lease_want(&ts->lease, rl->burst, ts->nwaiting);
     ts->lease.want = q->want;
-    int rv;
-    if (eval)
-        rv = redisAsyncCommand(w->ac, on_lease_reply, q, "EVAL %s 1 %b %d %d %d", ratelimit__script,
-                               key, (size_t)n, w->rl->rpm, w->rl->burst, q->want);
-    else
-        rv = redisAsyncCommand(w->ac, on_lease_reply, q, "EVALSHA %s 1 %b %d %d %d", w->sha, key,
-                               (size_t)n, w->rl->rpm, w->rl->burst, q->want);
+    const char *argv[] = {eval ? "EVAL" : "EVALSHA",
+                          eval ? ratelimit__script : w->sha,
+                          "1",
+                          key,
+                          rl->limit,
+                          rl->burst_text,
+                          want};
+    size_t argvlen[] = {eval ? 4 : 7,
+                        strlen(argv[1]),
+                        1,
+                        tlen + 11,
+                        rl->limit_len,
+                        rl->burst_len,
+                        (size_t)(put_int(want, q->want) - want)};
+    int rv = redisAsyncCommandArgv(w->ac, on_lease_reply, q, 7, argv, argvlen);
     if (rv != REDIS_OK)
         return PINS_EUNAVAILABLE;
     ts->inflight = q;
@@ -783,23 +860,31 @@ static int send_lease(ratelimit_worker *w, lease_req *q, bool eval)
 
 /* Queues call on ts until the answer of its lease request (sent now when none is in flight), for
  * at most RATELIMIT_WAIT_MS. Returns 0, or an error (the call was not queued). */
-static int wait_for_lease(ratelimit_worker *w, tstate *ts, rpc_call *call, ratelimit_call_cb cb)
+static int wait_for_lease(ratelimit_worker *w, tstate *ts, rpc_call *call, ratelimit_call_cb cb,
+                          int64_t now_ns)
 {
-    waiter *wt = calloc(1, sizeof(*wt));
+    if (w->wait_ev == NULL)
+        return PINS_ENOMEM;
+    waiter *wt = pins_arena_alloc(rpc_call_arena(call), sizeof(*wt));
     if (wt == NULL)
         return PINS_ENOMEM;
-    *wt = (waiter){.w = w, .ts = ts, .call = call, .cb = cb, .prev = ts->tail};
-    wt->timer = evtimer_new(w->base, on_wait_timeout, wt);
-    if (wt->timer == NULL) {
-        free(wt);
-        return PINS_ENOMEM;
-    }
+    *wt = (waiter){.ts = ts,
+                   .call = call,
+                   .cb = cb,
+                   .prev = ts->tail,
+                   .dprev = w->dtail,
+                   .deadline_ns = now_ns + (int64_t)RATELIMIT_WAIT_MS * 1000000};
     if (ts->tail != NULL)
         ts->tail->next = wt;
     else
         ts->head = wt;
     ts->tail = wt;
     ts->nwaiting++;
+    if (w->dtail != NULL)
+        w->dtail->dnext = wt;
+    else
+        w->dhead = wt;
+    w->dtail = wt;
     if (ts->inflight == NULL) {
         lease_req *q = calloc(1, sizeof(*q));
         int rv = PINS_ENOMEM;
@@ -810,14 +895,13 @@ static int wait_for_lease(ratelimit_worker *w, tstate *ts, rpc_call *call, ratel
                 free(q);
         }
         if (rv != 0) {
-            waiter_unlink(wt);
-            event_free(wt->timer);
-            free(wt);
+            waiter_unlink(w, wt);
             return rv;
         }
     }
-    struct timeval tv = {.tv_sec = 0, .tv_usec = RATELIMIT_WAIT_MS * 1000};
-    evtimer_add(wt->timer, &tv);
+    /* Deadlines only grow along the queue: an armed timer fires no later than this one's. */
+    if (!w->wait_armed)
+        arm_wait(w, now_ns);
     return 0;
 }
 
@@ -850,6 +934,12 @@ int ratelimit_new(const pins_config *cfg, ratelimit **prl, char *err, size_t err
         else
             snprintf(rl->policy, sizeof(rl->policy), "%d;w=60;burst=%d", rl->rpm, rl->burst);
         snprintf(rl->limit, sizeof(rl->limit), "%d", rl->rpm);
+        snprintf(rl->state, sizeof(rl->state), "limit=%d, remaining=", rl->rpm);
+        rl->policy_len = strlen(rl->policy);
+        rl->limit_len = strlen(rl->limit);
+        rl->state_len = strlen(rl->state);
+        snprintf(rl->burst_text, sizeof(rl->burst_text), "%d", rl->burst);
+        rl->burst_len = strlen(rl->burst_text);
         if (ratelimit__local_new(rl->rpm, rl->burst, RATELIMIT__LOCAL_BUCKETS, &rl->local) != 0) {
             ratelimit_free(rl);
             return PINS_ENOMEM;
@@ -901,7 +991,8 @@ int ratelimit_worker_new(ratelimit *rl, struct event_base *base, ratelimit_worke
     if (rl->use_redis) {
         w->retry_ev = evtimer_new(base, on_retry, w);
         w->drop_ev = evtimer_new(base, on_drop, w);
-        if (w->retry_ev == NULL || w->drop_ev == NULL) {
+        w->wait_ev = evtimer_new(base, on_wait_timer, w);
+        if (w->retry_ev == NULL || w->drop_ev == NULL || w->wait_ev == NULL) {
             ratelimit_worker_free(w);
             return PINS_ENOMEM;
         }
@@ -939,6 +1030,8 @@ void ratelimit_worker_free(ratelimit_worker *w)
             tstate_unlink_free(w, &w->chains[c]);
         }
     }
+    if (w->wait_ev != NULL)
+        event_free(w->wait_ev);
     free(w);
 }
 
@@ -966,7 +1059,7 @@ void ratelimit_call_check(ratelimit_worker *w, rpc_call *call, ratelimit_call_cb
         finish_check(call, cb, w, &d, BACKEND_REDIS);
         return;
     }
-    if (wait_for_lease(w, ts, call, cb) != 0)
+    if (wait_for_lease(w, ts, call, cb, now) != 0)
         decide_locally(w, call, tenant, cb);
 }
 

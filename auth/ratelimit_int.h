@@ -44,7 +44,7 @@ size_t ratelimit__local_size(ratelimit__local *l);
 
 /* ---- ratelimit_lease.c ----------------------------------------------------------------------- */
 
-#define RATELIMIT__LEASE_MAX     64  /* tokens one request may take */
+#define RATELIMIT__LEASE_MAX     256 /* tokens one request may take */
 #define RATELIMIT__LEASE_AGE_MS  250 /* a lease older than this is dropped (not returned) */
 #define RATELIMIT__LEASE_LOW_DIV 4   /* below burst / this, one token per request */
 

@@ -7,8 +7,9 @@
  * more. The size adapts: one token while the bucket (as Redis last reported it) holds less than
  * burst / RATELIMIT__LEASE_LOW_DIV, else doubling from the last size up to
  * ratelimit__lease_max(burst) = min(RATELIMIT__LEASE_MAX, burst / 100); at least as many as the
- * calls already waiting (up to that maximum), since those spend the grant at once. Small bursts
- * (under 200) therefore never lease more than one token per call, like the per-call script.
+ * calls already waiting, up to burst / 100 (beyond RATELIMIT__LEASE_MAX: those calls spend the
+ * grant at once, so none of it lapses). Small bursts (under 200) therefore never lease more than
+ * one token per call, like the per-call script.
  */
 #include "auth/ratelimit_int.h"
 
@@ -26,9 +27,13 @@ int ratelimit__lease_want(const ratelimit__lease *l, int burst, size_t waiting)
     int want = 1;
     if (l->known && l->remaining >= burst / RATELIMIT__LEASE_LOW_DIV)
         want = l->want < 1 ? 2 : l->want * 2;
+    if (want > max)
+        want = max;
+    /* Calls already waiting spend the grant at once: none of it can lapse. */
+    int wmax = burst / 100 > max ? burst / 100 : max;
     if ((size_t)want < waiting)
-        want = waiting > (size_t)max ? max : (int)waiting;
-    return want > max ? max : want;
+        want = waiting > (size_t)wmax ? wmax : (int)waiting;
+    return want;
 }
 
 void ratelimit__lease_grant(ratelimit__lease *l, int want, int64_t granted, int64_t remaining,

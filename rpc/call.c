@@ -220,7 +220,8 @@ const struct auth_decision *rpc_call_auth(const rpc_call *call)
 const char *rpc_call_header(const rpc_call *call, const char *name)
 {
     for (size_t i = 0; i < call->nheaders; i++) {
-        if (strcmp(call->headers[i].name, name) == 0)
+        const char *n = call->headers[i].name;
+        if (n[0] == name[0] && strcmp(n, name) == 0)
             return call->headers[i].value;
     }
     return NULL;
@@ -258,23 +259,57 @@ void rpc_call_on_message(rpc_call *call, rpc_call_message_cb cb, void *arg)
     call->on_message_arg = arg;
 }
 
-int rpc_call_add_metadata(rpc_call *call, const char *name, const char *value, bool trailer)
+/* True for the metadata whose value changes from call to call (the rate limiter's). */
+static bool value_varies(const char *name, size_t len)
 {
-    rpc__metadata *m = pins_arena_alloc(call->arena, sizeof(*m));
+    switch (len) {
+    case 9:
+        return memcmp(name, "ratelimit", 9) == 0;
+    case 11:
+        return memcmp(name, "retry-after", 11) == 0;
+    case 21:
+        return memcmp(name, "x-ratelimit-remaining", 21) == 0;
+    default:
+        return false;
+    }
+}
+
+/* Appends the n entries of md (their strings kept as given) in insertion order. */
+static int add_metadata(rpc_call *call, const rpc_call_md *md, size_t n, bool trailer)
+{
+    rpc__metadata *m = pins_arena_alloc(call->arena, n * sizeof(*m));
     if (m == NULL)
         return PINS_ENOMEM;
-    m->name = pins_arena_strdup(call->arena, name);
-    m->value = pins_arena_strdup(call->arena, value);
-    if (m->name == NULL || m->value == NULL)
-        return PINS_ENOMEM;
-    m->trailer = trailer;
-    /* Keep insertion order: append. */
-    m->next = NULL;
-    rpc__metadata **pp = &call->metadata;
-    while (*pp != NULL)
-        pp = &(*pp)->next;
-    *pp = m;
+    rpc__metadata **tail = call->metadata_tail != NULL ? call->metadata_tail : &call->metadata;
+    for (size_t i = 0; i < n; i++) {
+        m[i] = (rpc__metadata){.name = md[i].name,
+                               .value = md[i].value,
+                               .namelen = md[i].namelen,
+                               .valuelen = md[i].valuelen,
+                               .trailer = trailer,
+                               .varies = value_varies(md[i].name, md[i].namelen)};
+        *tail = &m[i];
+        tail = &m[i].next;
+    }
+    call->metadata_tail = tail;
+    call->nmetadata += n;
     return 0;
+}
+
+int rpc_call_add_metadata(rpc_call *call, const char *name, const char *value, bool trailer)
+{
+    size_t namelen = strlen(name), valuelen = strlen(value);
+    const char *n = pins_arena_strndup(call->arena, name, namelen);
+    const char *v = pins_arena_strndup(call->arena, value, valuelen);
+    if (n == NULL || v == NULL)
+        return PINS_ENOMEM;
+    rpc_call_md md = {n, namelen, v, valuelen};
+    return add_metadata(call, &md, 1, trailer);
+}
+
+int rpc_call_add_metadata_static(rpc_call *call, const rpc_call_md *md, size_t n, bool trailer)
+{
+    return n > 0 ? add_metadata(call, md, n, trailer) : 0;
 }
 
 void rpc_call_set_error_detail(rpc_call *call, const char *loc0, const char *loc1, const char *type)

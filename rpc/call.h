@@ -104,6 +104,19 @@ void rpc_call_on_message(rpc_call *call, rpc_call_message_cb cb, void *arg);
  * Trailers-Only answer) or, with trailer true, trailing metadata. name and value are copied.
  * Returns 0 or PINS_ENOMEM. */
 int rpc_call_add_metadata(rpc_call *call, const char *name, const char *value, bool trailer);
+/* One entry for rpc_call_add_metadata_static(): name (lower case) and value are NUL-terminated
+ * strings of namelen and valuelen bytes. */
+typedef struct rpc_call_md {
+    const char *name;
+    size_t namelen;
+    const char *value;
+    size_t valuelen;
+} rpc_call_md;
+/* As rpc_call_add_metadata() for the n entries of md, in order, without copying or measuring:
+ * their strings are borrowed and must live as long as the call (static strings, strings in the
+ * call's arena, or strings of an object that outlives every call); md itself is not kept.
+ * Returns 0 or PINS_ENOMEM (nothing added). */
+int rpc_call_add_metadata_static(rpc_call *call, const rpc_call_md *md, size_t n, bool trailer);
 
 /* Sends one response message (borrowed; packed before return) of a server-streaming call.
  * Returns 0, PINS_ECANCELLED when the client is gone, PINS_ERESOURCE_EXHAUSTED when the client

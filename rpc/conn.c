@@ -44,11 +44,12 @@ struct rpc__conn {
     struct bufferevent *bev;
     nghttp2_session *h2;
     enum conn_proto proto;
-    int in_recv;            /* inside nghttp2_session_mem_recv */
-    bool want_flush;        /* output produced inside callbacks */
-    bool closing;           /* close once the outermost callback unwinds */
-    bool goaway_sent;       /* draining */
-    bool close_after_flush; /* HTTP/1.1 asked to close once the output drained */
+    int in_recv;             /* inside nghttp2_session_mem_recv */
+    bool want_flush;         /* output produced inside callbacks */
+    bool closing;            /* close once the outermost callback unwinds */
+    bool goaway_sent;        /* draining */
+    bool close_after_flush;  /* HTTP/1.1 asked to close once the output drained */
+    uint32_t varies_indexed; /* varying metadata names indexed once, by name length (grpc_md) */
     bridge_h1 *h1;
     h2_stream *streams;
     size_t nstreams;
@@ -100,10 +101,13 @@ static const rpc__call_ops grpc_ops;
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
-#define NV(n, v, vl)                                                                      \
-    (nghttp2_nv)                                                                          \
-    {                                                                                     \
-        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl), NGHTTP2_NV_FLAG_NO_COPY_NAME \
+/* A header with a literal name and a value that is static or lives in the call's arena: both
+ * outlive the frame (the arena goes only after the stream closed), so nghttp2 copies neither. */
+#define NV(n, v, vl)                                                     \
+    (nghttp2_nv)                                                         \
+    {                                                                    \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),             \
+            NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE \
     }
 
 static bool streq_lit(const uint8_t *s, size_t n, const char *lit, size_t litn)
@@ -203,16 +207,22 @@ static void stream_output_ready(h2_stream *st)
         conn_flush(c);
 }
 
-/* Metadata whose value changes from call to call is sent unindexed, so that it does not evict
- * the stable entries (content type, status, policy) from the peer's HPACK table. */
-static uint8_t volatile_value(const char *name)
+/* One metadata entry for nghttp2. Its strings live in the call's arena (or longer), which lives
+ * until the stream closed, after its HEADERS frames were sent, so nghttp2 need not copy them.
+ * Metadata whose value changes from call to call is sent unindexed, so that it does not evict the
+ * stable entries (content type, status, policy) from the peer's HPACK table; only the first one
+ * of each name on a connection is indexed, so that the later ones refer to that name by index
+ * instead of spelling it out (the names differ in length, which keys the connection's mask). */
+static nghttp2_nv grpc_md(rpc__conn *c, const rpc__metadata *m)
 {
-    static const char *const names[] = {"ratelimit", "x-ratelimit-remaining", "retry-after"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (strcmp(name, names[i]) == 0)
-            return NGHTTP2_NV_FLAG_NO_INDEX;
+    uint8_t flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    if (m->varies) {
+        uint32_t bit = m->namelen < 32 ? 1u << m->namelen : 0;
+        if (bit == 0 || (c->varies_indexed & bit) != 0)
+            flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+        c->varies_indexed |= bit;
     }
-    return NGHTTP2_NV_FLAG_NONE;
+    return (nghttp2_nv){(uint8_t *)m->name, (uint8_t *)m->value, m->namelen, m->valuelen, flags};
 }
 
 /* Response headers for a gRPC stream (trailers false: :status, content type, request id and the
@@ -230,8 +240,7 @@ static size_t grpc_headers(h2_stream *st, nghttp2_nv *nva, size_t cap, bool trai
     }
     for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL && n < cap; m = m->next) {
         if (m->trailer == trailers)
-            nva[n++] = (nghttp2_nv){(uint8_t *)m->name, (uint8_t *)m->value, strlen(m->name),
-                                    strlen(m->value), volatile_value(m->name)};
+            nva[n++] = grpc_md(st->conn, m);
     }
     return n;
 }
@@ -335,7 +344,9 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
     int code = pins_error_grpc(err);
     const char *codestr = code >= 0 && code <= 16 ? codes[code] : "2";
     char *enc = message != NULL && err != 0 ? rpc__grpc_message_encode(a, message) : NULL;
-    nghttp2_nv *nva = pins_arena_calloc(a, 40, sizeof(*nva));
+    /* Room for the initial headers (Trailers-Only), every metadata entry, status and message. */
+    size_t cap = call->nmetadata + 5;
+    nghttp2_nv *nva = pins_arena_alloc(a, cap * sizeof(*nva));
     if (codestr == NULL || nva == NULL) {
         nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         stream_output_ready(st);
@@ -346,10 +357,10 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
     if (!st->headers_sent && !with_body) {
         /* Trailers-Only: one HEADERS frame with END_STREAM. */
         st->resp_body = NULL;
-        n = grpc_headers(st, nva, 18, false);
-        n += grpc_headers(st, nva + n, 18, true);
+        n = grpc_headers(st, nva, cap - 2, false);
+        n += grpc_headers(st, nva + n, cap - 2 - n, true);
     } else {
-        n = grpc_headers(st, nva, 36, true);
+        n = grpc_headers(st, nva, cap - 2, true);
     }
     nva[n++] = NV("grpc-status", codestr, strlen(codestr));
     if (enc != NULL)

@@ -38,9 +38,13 @@ typedef struct rpc__header {
 
 typedef struct rpc__metadata {
     struct rpc__metadata *next;
-    const char *name;
+    const char *name; /* lower case; borrowed for the call (its arena, static, or longer-lived) */
     const char *value;
+    size_t namelen;
+    size_t valuelen;
     bool trailer;
+    bool varies; /* the value changes from call to call (ratelimit, x-ratelimit-remaining,
+                    retry-after): HTTP/2 keeps it out of the peer's HPACK table */
 } rpc__metadata;
 
 enum {
@@ -65,6 +69,8 @@ struct rpc_call {
     int64_t deadline_ns;
     struct event *deadline_ev;
     rpc__metadata *metadata;
+    rpc__metadata **metadata_tail; /* where the next entry goes; NULL: &metadata */
+    size_t nmetadata;
     unsigned flags;
     int refs;
     int status_err; /* the error the call finished with */

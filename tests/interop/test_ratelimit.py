@@ -349,6 +349,55 @@ class RateLimitTest(ServerTestCase):
         finally:
             c.close()
 
+    # (5)
+    def test_hung_redis_holds_calls_at_most_the_wait_then_the_local_bucket_decides(self):
+        r = self.redis()
+        env = {"REDIS_URL": r.url, "RATE_LIMIT_RPM": "100000", "RATE_LIMIT_BURST": "100000"}
+        s = self.fresh_server(env)
+        c = s.client()
+        stopped = False
+        try:
+            self.assertEqual(ready(s)["checks"]["redis"], "ok")
+            c.call(mp("UpsertPin"), upsert("hung", "k"))  # spends the tenant's first lease
+            os.kill(r.proc.pid, signal.SIGSTOP)  # Redis accepts bytes but never answers
+            stopped = True
+            # Waves of concurrent calls: each waits for a lease request Redis does not answer,
+            # at most RATELIMIT_WAIT_MS (50 ms), then the local bucket lets it through; after 20
+            # such waits the worker drops the connection and decides at once.
+            t0 = time.monotonic()
+            waits = []
+            for wave in range(6):
+                t1 = time.monotonic()
+                self.assertLess(t1 - t0, 60, "waves took too long")
+                futs = [c.future(mp("GetPin"), {"tenant_id": "hung", "key": "k"}, timeout=5)
+                        for _ in range(8)]
+                for f in futs:
+                    f.result()
+                    self.assert_limit_metadata(trailing(f), 100000, 100000, False)
+                waits.append(time.monotonic() - t1)
+            self.assertGreaterEqual(waits[0], 0.04, waits)  # the first wave did wait for Redis
+            self.assertLess(max(waits), 2.0, waits)
+            self.assertGreaterEqual(metric(
+                metrics(s), 'rate_limit_decisions_total{decision="allowed",backend="local"}') or 0,
+                48)
+            os.kill(r.proc.pid, signal.SIGCONT)
+            stopped = False
+            t2 = time.monotonic()
+            while time.monotonic() - t2 < 10.0 and ready(s)["checks"]["redis"] != "ok":
+                time.sleep(0.1)
+            self.assertEqual(ready(s)["checks"]["redis"], "ok")
+            before = metric(metrics(s), 'rate_limit_decisions_total{decision="allowed",'
+                                        'backend="redis"}') or 0
+            for _ in range(3):
+                c.call(mp("GetPin"), {"tenant_id": "hung", "key": "k"})
+            after = metric(metrics(s), 'rate_limit_decisions_total{decision="allowed",'
+                                       'backend="redis"}')
+            self.assertEqual(after - before, 3)
+        finally:
+            if stopped:
+                os.kill(r.proc.pid, signal.SIGCONT)
+            c.close()
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -208,6 +208,54 @@ static void test_secret_change_and_invalidate_empty_the_cache(void **state)
     assert_int_equal(stats().misses, misses + 1);
 }
 
+static void test_alternating_tokens_each_get_their_own_claims(void **state)
+{
+    fixture *f = *state;
+    char a[1200], b[1200], c[1200];
+    bearer(a, sizeof(a), "{\"sub\":\"a\",\"roles\":[\"admin\"],\"tenants\":[\"t1\",\"t2\"]}");
+    bearer(b, sizeof(b), "{\"sub\":\"b\",\"roles\":\"dev\"}");
+    /* Same length as b and one byte different: another key (refused), b stays b. */
+    memcpy(c, b, strlen(b) + 1);
+    c[strlen(c) - 1] = c[strlen(c) - 1] == 'A' ? 'B' : 'A';
+    for (int i = 0; i < 4; i++) {
+        auth__principal p = creds_at(f, a, NOW);
+        assert_string_equal(p.subject, "a");
+        assert_int_equal(p.nroles, 1);
+        assert_string_equal(p.roles[0], "admin");
+        assert_true(p.restricted);
+        assert_int_equal(p.ntenants, 2);
+        assert_string_equal(p.tenants[0], "t1");
+        assert_string_equal(p.tenants[1], "t2");
+        p = creds_at(f, b, NOW);
+        assert_string_equal(p.subject, "b");
+        assert_int_equal(p.nroles, 1);
+        assert_string_equal(p.roles[0], "dev");
+        assert_false(p.restricted);
+        assert_null(p.tenants);
+        assert_int_equal(creds_at(f, c, NOW).status, AUTH__CRED_INVALID);
+        assert_string_equal(creds_at(f, b, NOW).subject, "b");
+    }
+    auth__cache_stats s = stats();
+    assert_int_equal(s.misses, 3);
+    assert_int_equal(s.hits, 4 * 3 - 2);
+    assert_int_equal(s.bad_hits, 3);
+    /* The scheme in lower case: same length and same end (hence the same hash), another key. */
+    char lower[1200];
+    memcpy(lower, a, strlen(a) + 1);
+    memcpy(lower, "bearer", 6);
+    assert_string_equal(creds_at(f, lower, NOW).subject, "a");
+    assert_int_equal(stats().misses, 4);
+    assert_string_equal(creds_at(f, a, NOW).subject, "a");
+    assert_string_equal(creds_at(f, lower, NOW).subject, "a");
+    assert_int_equal(stats().misses, 4);
+    assert_int_equal(stats().size, 3);
+    /* Claims copied at a hit are the call's: a later hit does not change them. */
+    auth__principal first = creds_at(f, a, NOW);
+    auth__principal second = creds_at(f, a, NOW);
+    assert_ptr_not_equal(first.roles, second.roles);
+    assert_string_equal(first.roles[0], "admin");
+}
+
 typedef struct thread_arg {
     const char *authz;
     auth__cache_stats before;
@@ -260,6 +308,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_secret_change_and_invalidate_empty_the_cache, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_threads_do_not_share, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_alternating_tokens_each_get_their_own_claims, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests_name("auth_credcache", tests, NULL, NULL);
 }

@@ -287,11 +287,14 @@ static void test_lease_size_adapts_to_the_burst_and_the_bucket(void **state)
     /* Unknown bucket: one token, or as many as calls already wait (bounded). */
     assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), 1);
     assert_int_equal(ratelimit__lease_want(&l, 1000000, 5), 5);
-    assert_int_equal(ratelimit__lease_want(&l, 1000000, 500), RATELIMIT__LEASE_MAX);
+    /* Calls waiting spend the grant at once: up to burst / 100 of them, past the maximum. */
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 500), 500);
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 50000), 10000);
+    assert_int_equal(ratelimit__lease_want(&l, 1000, 500), 10);
     assert_int_equal(ratelimit__lease_want(&l, 100, 5), 1);
     /* Plenty left: doubling up to the maximum. */
-    int sizes[8];
-    for (int i = 0; i < 8; i++) {
+    int sizes[10];
+    for (int i = 0; i < 10; i++) {
         sizes[i] = ratelimit__lease_want(&l, 1000000, 0);
         ratelimit__lease_grant(&l, sizes[i], sizes[i], 900000, 1000, 0, 0);
     }
@@ -299,9 +302,10 @@ static void test_lease_size_adapts_to_the_burst_and_the_bucket(void **state)
     assert_int_equal(sizes[1], 2);
     assert_int_equal(sizes[2], 4);
     assert_int_equal(sizes[6], 64);
-    assert_int_equal(sizes[7], 64);
+    assert_int_equal(sizes[8], RATELIMIT__LEASE_MAX);
+    assert_int_equal(sizes[9], RATELIMIT__LEASE_MAX);
     /* Low (under a quarter of the burst): back to one at a time. */
-    ratelimit__lease_grant(&l, 64, 64, 1000000 / RATELIMIT__LEASE_LOW_DIV - 1, 1000, 0, 0);
+    ratelimit__lease_grant(&l, 256, 256, 1000000 / RATELIMIT__LEASE_LOW_DIV - 1, 1000, 0, 0);
     assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), 1);
 }
 

@@ -102,6 +102,34 @@ static void add_metadata_and_reply(rpc_call *call)
     reply_serving(call);
 }
 
+static void add_static_metadata_and_reply(rpc_call *call)
+{
+    static const char limit[] = "100";
+    char *remaining = pins_arena_strdup(rpc_call_arena(call), "99");
+    assert_non_null(remaining);
+    const rpc_call_md md[] = {{"x-ratelimit-limit", 17, limit, 3},
+                              {"x-ratelimit-remaining", 21, remaining, 2}};
+    assert_int_equal(rpc_call_add_metadata(call, "x-copied", "one", true), 0);
+    assert_int_equal(rpc_call_add_metadata_static(call, md, 0, true), 0);
+    assert_int_equal(rpc_call_add_metadata_static(call, md, 2, true), 0);
+    assert_int_equal(rpc_call_add_metadata(call, "retry-after", "7", true), 0);
+    /* In order, with lengths; only the values that change from call to call are marked. */
+    const rpc__metadata *m = rpc__call_metadata(call);
+    static const char *const names[] = {"x-copied", "x-ratelimit-limit", "x-ratelimit-remaining",
+                                        "retry-after"};
+    static const bool varies[] = {false, false, true, true};
+    for (size_t i = 0; i < 4; i++, m = m->next) {
+        assert_non_null(m);
+        assert_string_equal(m->name, names[i]);
+        assert_int_equal(m->namelen, strlen(names[i]));
+        assert_int_equal(m->valuelen, strlen(m->value));
+        assert_int_equal(m->varies, varies[i]);
+    }
+    assert_null(m);
+    assert_ptr_equal(rpc__call_metadata(call)->next->value, limit); /* not copied */
+    reply_serving(call);
+}
+
 #define TEST_ROW(method_name, fn, fl)                                                   \
     {                                                                                   \
         .path = "/test.Test/" method_name, .service = "test.Test", .name = method_name, \
@@ -120,6 +148,8 @@ static const rpc_method store_row = TEST_ROW("Store", fail_store, 0);
 static const rpc_method not_found_row = TEST_ROW("NotFound", fail_not_found, 0);
 static const rpc_method no_text_row = TEST_ROW("NoText", fail_without_text, 0);
 static const rpc_method metadata_row = TEST_ROW("Metadata", add_metadata_and_reply, 0);
+static const rpc_method static_metadata_row =
+    TEST_ROW("StaticMetadata", add_static_metadata_and_reply, 0);
 
 /* ---- fixture ----------------------------------------------------------------------------------
  */
@@ -605,6 +635,17 @@ static void test_call_metadata_reaches_the_transport(void **state)
     fake_call_free(fc);
 }
 
+static void test_call_static_metadata_keeps_order_and_is_not_copied(void **state)
+{
+    fake_call *fc = run_row(*state, &static_metadata_row, NULL);
+    assert_int_equal(fake_call_err(fc), 0);
+    assert_int_equal(fake_call_nmetadata(fc), 4);
+    assert_string_equal(fake_call_metadata(fc, "x-ratelimit-limit", true), "100");
+    assert_string_equal(fake_call_metadata(fc, "x-ratelimit-remaining", true), "99");
+    assert_string_equal(fake_call_metadata(fc, "retry-after", true), "7");
+    fake_call_free(fc);
+}
+
 static void test_call_headers_are_visible_to_the_handler(void **state)
 {
     static const char *const headers[] = {"x-agent-id", "agent-7", "x-other", "v", NULL};
@@ -651,6 +692,7 @@ int main(void)
         T(test_call_generates_a_request_id_when_none_was_sent),
         T(test_call_replaces_an_unprintable_or_long_request_id),
         T(test_call_metadata_reaches_the_transport),
+        T(test_call_static_metadata_keeps_order_and_is_not_copied),
         T(test_call_headers_are_visible_to_the_handler),
     };
     return cmocka_run_group_tests_name("rpc/dispatch", tests, NULL, NULL);
