@@ -259,6 +259,12 @@ static const char sql_ping[] = "SELECT 1";
 static const char sql_schema[] =
     "SELECT coalesce(max(version), 0), pg_backend_pid() FROM system.pins_schema_migrations";
 
+/* Sent before a read batch on a direct connection, in its transaction. The planner cannot know
+ * the arrays' length in a generic plan (it assumes 100 rows), so it would keep planning the batch
+ * for each call's parameters, which costs more than running it; for this statement the generic
+ * plan (a nested loop over the keys' unique index) is always the right one, and is kept. */
+static const char sql_generic[] = "SET LOCAL plan_cache_mode = force_generic_plan";
+
 /* The statements a direct connection prepares once, by name ("pinsd_<index>"). */
 static const char *const named_sql[] = {
     sql_upsert,       sql_delete,      sql_get_batch,      sql_list,
@@ -313,7 +319,8 @@ typedef struct pg_req {
     bool *pdone; /* blocking mode: set when the callback ran */
     PGresult *res;
     bool sync_after;     /* the last statement of its segment */
-    bool parse_pending;  /* a Parse of the unnamed statement precedes it; its result is due */
+    bool pre_set;        /* sql_generic precedes it (and its Parse); its result is due */
+    bool parse_pending;  /* a Parse of its statement precedes it; its result is due */
     uint32_t busy_at;    /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
     bool solo;           /* goes in a segment of its own (a retry after an error) */
     struct pg_req *kids; /* OP_GET_BATCH: its calls in array order, linked by next */
@@ -774,6 +781,7 @@ static bool conn_put(pg_conn *c, pg_req *r, put_mode mode)
     char name[16] = "";
     uint32_t bit = c->direct ? named_bit(r->sql, name) : 0;
     r->parse_pending = bit != 0 ? (c->prepared & bit) == 0 : mode == PUT_PARSE;
+    r->pre_set = bit != 0 && r->kind == OP_GET_BATCH;
     if (c->tail != NULL)
         c->tail->next = r;
     else
@@ -782,10 +790,10 @@ static bool conn_put(pg_conn *c, pg_req *r, put_mode mode)
     if (c->recv == NULL)
         c->recv = r;
     c->inflight++;
-    bool ok;
-    if (bit == 0 && mode == PUT_ONCE) {
+    bool ok = !r->pre_set || PQsendQueryParams(c->pg, sql_generic, 0, NULL, NULL, NULL, NULL, 0);
+    if (ok && bit == 0 && mode == PUT_ONCE) {
         ok = PQsendQueryParams(c->pg, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0);
-    } else {
+    } else if (ok) {
         c->prepared |= bit; /* taken back if the Parse fails */
         ok = (!r->parse_pending || PQsendPrepare(c->pg, name, r->sql, r->nparams, NULL)) &&
              PQsendQueryPrepared(c->pg, name, r->nparams, r->params, NULL, NULL, 0);
@@ -1306,13 +1314,19 @@ static void conn_pump(pg_conn *c, bool readable, bool writable)
             continue;
         }
         pg_req *r = c->recv;
-        if (r != NULL && r->parse_pending) {
-            /* The Parse's own result: nothing to keep unless it failed (then the execution
-             * after it is aborted, and this is r's error). */
-            r->parse_pending = false;
+        if (r != NULL && (r->pre_set || r->parse_pending)) {
+            /* The result of the SET or of the Parse before r: nothing to keep unless it failed
+             * (then what follows is aborted, and this is r's error). A Parse that failed or was
+             * aborted created no statement. */
+            bool parse = !r->pre_set;
+            if (parse)
+                r->parse_pending = false;
+            else
+                r->pre_set = false;
             if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                 char name[16];
-                c->prepared &= ~named_bit(r->sql, name);
+                if (parse)
+                    c->prepared &= ~named_bit(r->sql, name);
                 if (r->res == NULL) {
                     r->res = res;
                     continue;

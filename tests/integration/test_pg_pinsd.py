@@ -94,6 +94,41 @@ ValidationOnPostgres = _on_pg(test_grpc.ValidationTest)
 
 
 
+class PreparedStatementsOnPostgres(unittest.TestCase):
+    """Connected straight to PostgreSQL, pinsd prepares its statements once per connection: the
+    server plans the read batch once per connection (a generic plan) and the upsert a few times,
+    however many calls run them (pg_stat_statements counts both)."""
+
+    def test_statements_are_planned_once_per_connection(self):
+        db = pg.PgServer(extra_conf={"shared_preload_libraries": "pg_stat_statements",
+                                     "pg_stat_statements.track_planning": "on"}).start()
+        self.addCleanup(db.destroy)
+        migrate(db.url, "upgrade", "head")
+        db.psql("CREATE EXTENSION pg_stat_statements")
+        server = Server(dict(test_grpc.BASE_ENV, DATABASE_URL=db.url, DB_POOL_SIZE="2",
+                             PINS_WORKERS="1"))
+        self.addCleanup(server.cleanup)
+        server.start()
+        client = server.client()
+        self.addCleanup(client.close)
+        for i in range(60):
+            client.call(mp("UpsertPin"), {"tenant_id": "prep", "key": "k%d" % (i % 7),
+                                          "value": {"i": i}})
+        for i in range(300):
+            r = client.call(mp("GetPin"), {"tenant_id": "prep", "key": "k%d" % (i % 7)})
+            self.assertEqual(r.pin.key, "k%d" % (i % 7))
+        rows = db.query("SELECT query, calls, plans FROM pg_stat_statements"
+                        " WHERE query LIKE '%WITH ORDINALITY%' OR query LIKE 'WITH cur AS%'")
+        reads = [r for r in rows if "WITH ORDINALITY" in r[0]]
+        writes = [r for r in rows if r[0].startswith("WITH cur AS") and "value_hash" in r[0]]
+        self.assertEqual(len(reads), 1, rows)
+        self.assertGreaterEqual(int(reads[0][1]), 300, rows)
+        self.assertLessEqual(int(reads[0][2]), 2, rows)  # one generic plan per connection
+        self.assertEqual(len(writes), 1, rows)
+        self.assertGreaterEqual(int(writes[0][1]), 60, rows)
+        self.assertLessEqual(int(writes[0][2]), 12, rows)  # custom plans first, then generic
+
+
 class AdminAuditOnPostgres(harness.ServerTestCase):
     """ListRbacAudit, ListMemoryAudit and GetStatus answered by the PostgreSQL backend."""
 
