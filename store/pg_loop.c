@@ -3,9 +3,7 @@
  * Two adapters: a watcher of a connection's socket (readable, and writable while libpq has bytes
  * it could not send or a connection attempt waits for the socket), and a one-shot timer that
  * drives reconnection, connect timeouts and deadlines. The socket of a libpq connection may
- * change while it connects, so a watcher is rebound by store__io_set rather than kept per fd. A
- * third, the kick, runs a function once after the callbacks already due in this loop iteration:
- * calls submitted while the loop reads its clients go out together, as one batch.
+ * change while it connects, so a watcher is rebound by store__io_set rather than kept per fd.
  */
 #include "store/store_int.h"
 
@@ -30,13 +28,6 @@ struct store__timer {
     void *arg;
 };
 
-struct store__kick {
-    struct event *ev;
-    void (*fn)(void *arg);
-    void *arg;
-    bool pending;
-};
-
 static void on_io(evutil_socket_t fd, short what, void *arg)
 {
     store__io *io = arg;
@@ -47,13 +38,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     store__timer *t = arg;
     t->fn(t->arg);
-}
-
-static void on_kick(evutil_socket_t fd, short what, void *arg)
-{
-    store__kick *k = arg;
-    k->pending = false;
-    k->fn(k->arg);
 }
 
 int store__io_new(struct event_base *base, void (*fn)(void *arg, bool readable, bool writable),
@@ -129,36 +113,4 @@ void store__timer_free(store__timer *t)
         return;
     event_free(t->ev);
     free(t);
-}
-
-int store__kick_new(struct event_base *base, void (*fn)(void *arg), void *arg, store__kick **pk)
-{
-    store__kick *k = calloc(1, sizeof(*k));
-    if (k == NULL)
-        return PINS_ENOMEM;
-    k->fn = fn;
-    k->arg = arg;
-    k->ev = event_new(base, -1, 0, on_kick, k);
-    if (k->ev == NULL) {
-        free(k);
-        return PINS_ENOMEM;
-    }
-    *pk = k;
-    return 0;
-}
-
-void store__kick_run(store__kick *k)
-{
-    if (k->pending)
-        return;
-    k->pending = true;
-    event_active(k->ev, EV_TIMEOUT, 1);
-}
-
-void store__kick_free(store__kick *k)
-{
-    if (k == NULL)
-        return;
-    event_free(k->ev);
-    free(k);
 }

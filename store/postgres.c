@@ -5,9 +5,9 @@
  * the session's loop (store/pg_loop.c). Statements are parameterised and unnamed (no named
  * prepared statement, no session state: PgBouncer transaction pooling works).
  *
- * Calls wait FIFO in a bounded queue. Once per loop iteration (a kick, so the calls read from all
- * clients in that iteration go together) and whenever a connection has room, the queue is cut
- * into segments; each goes to the least busy connection and ends with one sync, so a segment is
+ * Calls wait FIFO in a bounded queue. Once per loop iteration (a store__defer, so the calls read
+ * from all clients in that iteration go together) and whenever a connection has room, the queue is
+ * cut into segments; each goes to the least busy connection and ends with one sync, so a segment is
  * one implicit transaction:
  *   - GetPin calls waiting together (up to GET_BATCH_MAX) become one statement that looks up all
  *     their keys at once;
@@ -366,8 +366,8 @@ struct pg_session {
     pg_req *wq_head, *wq_tail;
     int wq_len;
     store__timer *tick;
-    store__kick *kick;
-    uint16_t *busy; /* BUSY_SLOTS counters: writes in flight per key hash */
+    store__defer *kick; /* dispatch() at the end of the loop iteration */
+    uint16_t *busy;     /* BUSY_SLOTS counters: writes in flight per key hash */
     uint64_t rng[2];
     char down_reason[STORE__ERROR_MAX];
 };
@@ -1733,7 +1733,7 @@ static int submit(pg_session *ss, pg_req *r)
     ss->wq_tail = r;
     ss->wq_len++;
     if (ss->kick != NULL) {
-        store__kick_run(ss->kick);
+        store__defer_arm(ss->kick);
         return 0;
     }
     dispatch(ss);
@@ -2058,7 +2058,7 @@ static void pg_session_free(store_session *base)
         atomic_fetch_sub(&pool_count[c->pstate], 1);
     }
     store__timer_free(ss->tick);
-    store__kick_free(ss->kick);
+    store__defer_free(ss->kick);
     free(ss->busy);
     free(ss->conns);
     free(ss);
@@ -2103,7 +2103,7 @@ static int pg_session_new(store *s, struct event_base *evb, store_session **pss)
             goto out;
     }
     if (evb != NULL && (store__timer_new(evb, on_tick, ss, &ss->tick) != 0 ||
-                        store__kick_new(evb, on_kick, ss, &ss->kick) != 0))
+                        store__defer_new(evb, on_kick, ss, &ss->kick) != 0))
         goto out;
     for (int i = 0; i < n; i++)
         conn_start(&ss->conns[i]);

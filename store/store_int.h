@@ -214,7 +214,6 @@ void store__defer_free(store__defer *d);
 
 typedef struct store__io store__io;
 typedef struct store__timer store__timer;
-typedef struct store__kick store__kick;
 
 /* A watcher of one socket on base's loop calling fn(arg, readable, writable); inactive until
  * store__io_set gives it a socket. *pio is freed with store__io_free(). Returns 0 or PINS_ENOMEM.
@@ -233,13 +232,6 @@ int store__timer_new(struct event_base *base, void (*fn)(void *arg), void *arg,
 void store__timer_arm(store__timer *t, int64_t ms);
 /* Cancels and frees t. NULL is allowed. */
 void store__timer_free(store__timer *t);
-/* A deferred call of fn(arg) on base's loop. Returns 0 or PINS_ENOMEM. */
-int store__kick_new(struct event_base *base, void (*fn)(void *arg), void *arg, store__kick **pk);
-/* Has fn run once, after the callbacks already due in this loop iteration; calls made before it
- * ran are merged into that one run. */
-void store__kick_run(store__kick *k);
-/* Cancels and frees k. NULL is allowed. */
-void store__kick_free(store__kick *k);
 
 /* ---- the PostgreSQL backend (store/postgres.c, store/migrate.c) ------------------------------ */
 
