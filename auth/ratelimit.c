@@ -37,6 +37,7 @@
 
 #include "auth/auth.h"
 #include "common/error.h"
+#include "common/fmt.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
 #include "observability/metrics.h"
@@ -376,24 +377,6 @@ static const char *call_tenant(const rpc_call *call)
 /* A metadata entry named by a literal. */
 #define MD(name, value, len) ((rpc_call_md){(name), sizeof(name) - 1, (value), (len)})
 
-/* Writes v in decimal at p, NUL-terminated; returns the end (the NUL). p has room for 21. */
-static char *put_int(char *p, int64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        *p++ = '-';
-    while (n > 0)
-        *p++ = tmp[--n];
-    *p = '\0';
-    return p;
-}
-
 /* Adds the answer's metadata, refuses the call when limited, and hands it back. The constant
  * values are the limiter's (it outlives every call); the others are written into one block of
  * the call's arena. */
@@ -402,17 +385,17 @@ static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit_worker 
 {
     ratelimit *rl = w->rl;
     count(w, d->allowed, backend);
-    /* "limit=<rpm>, remaining=<r>, reset=<s>", then "<r>", then "<retry>" (21 bytes each at
-     * most, NUL included). */
-    char *buf = pins_arena_alloc(rpc_call_arena(call), rl->state_len + 8 + 4 * 21);
+    /* "limit=<rpm>, remaining=<r>, reset=<s>", then "<r>", then "<retry>" (PINS_FMT_INT_MAX
+     * bytes each at most, NUL included). */
+    char *buf = pins_arena_alloc(rpc_call_arena(call), rl->state_len + 8 + 4 * PINS_FMT_INT_MAX);
     int rv = PINS_ENOMEM;
     if (buf != NULL) {
         memcpy(buf, rl->state, rl->state_len);
         char *rem_at = buf + rl->state_len;
-        char *p = put_int(rem_at, d->remaining);
+        char *p = pins_fmt_i64(rem_at, d->remaining);
         size_t remlen = (size_t)(p - rem_at);
         memcpy(p, ", reset=", 8);
-        p = put_int(p + 8, d->reset_s);
+        p = pins_fmt_i64(p + 8, d->reset_s);
         char *rem = p + 1;
         memcpy(rem, rem_at, remlen);
         rem[remlen] = '\0';
@@ -425,7 +408,7 @@ static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit_worker 
             MD("retry-after", retry, 0),
         };
         if (!d->allowed)
-            md[4].valuelen = (size_t)(put_int(retry, d->retry_after_s) - retry);
+            md[4].valuelen = (size_t)(pins_fmt_i64(retry, d->retry_after_s) - retry);
         rv = rpc_call_add_metadata_static(call, md, d->allowed ? 4 : 5, true);
     }
     if (rv != 0) {
@@ -850,7 +833,7 @@ static int send_lease(ratelimit_worker *w, lease_req *q, bool eval)
                         tlen + 11,
                         rl->limit_len,
                         rl->burst_len,
-                        (size_t)(put_int(want, q->want) - want)};
+                        (size_t)(pins_fmt_i64(want, q->want) - want)};
     int rv = redisAsyncCommandArgv(w->ac, on_lease_reply, q, 7, argv, argvlen);
     if (rv != REDIS_OK)
         return PINS_EUNAVAILABLE;

@@ -30,6 +30,7 @@
 
 #include "bridge/bridge.h"
 #include "bridge/h1_int.h"
+#include "common/fmt.h"
 
 #define HEADER_TIMEOUT_SECONDS 10
 #define OUTPUT_PENDING_MAX     (4u << 20) /* write() refuses past this */
@@ -126,6 +127,37 @@ static const char *reason_phrase(int status)
 static struct evbuffer *output(bridge_h1 *h)
 {
     return bufferevent_get_output(rpc__conn_bev(h->conn));
+}
+
+/* Appends s and CRLF. Returns 0 or -1. */
+static int add_line_end(struct evbuffer *b, const char *s)
+{
+    return evbuffer_add(b, s, strlen(s)) == 0 && evbuffer_add(b, "\r\n", 2) == 0 ? 0 : -1;
+}
+
+/* Appends "name: value" and CRLF. Returns 0 or -1. */
+static int add_header(struct evbuffer *b, const char *name, const char *value)
+{
+    if (evbuffer_add(b, name, strlen(name)) != 0 || evbuffer_add(b, ": ", 2) != 0)
+        return -1;
+    return add_line_end(b, value);
+}
+
+/* The Date header's value for now (IMF-fixdate), formatted once a second per thread; "" when
+ * the clock cannot be read. */
+static const char *http_date(void)
+{
+    static _Thread_local time_t at = -1;
+    static _Thread_local char text[40];
+    time_t now = time(NULL);
+    if (now != at) {
+        struct tm tm;
+        if (gmtime_r(&now, &tm) == NULL ||
+            strftime(text, sizeof(text), "%a, %d %b %Y %H:%M:%S GMT", &tm) == 0)
+            text[0] = '\0';
+        at = now;
+    }
+    return text;
 }
 
 /* A response header the bridge may set: the framing headers are ours, and a name or value that
@@ -374,34 +406,34 @@ static int h1_start(bridge_stream *s, int status, const rpc__header *hdrs, size_
     if (buf == NULL)
         return PINS_ENOMEM;
     int rv = PINS_ENOMEM;
-    char date[64];
-    time_t now = time(NULL);
-    struct tm tm;
-    if (gmtime_r(&now, &tm) == NULL ||
-        strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm) == 0)
-        date[0] = '\0';
-    if (evbuffer_add_printf(buf, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status)) < 0)
+    const char *date = http_date();
+    char status_line[64];
+    char *p = memcpy(status_line, "HTTP/1.1 ", 9);
+    p = pins_fmt_digits(p + 9, (uint64_t)status, 3);
+    *p++ = ' ';
+    if (evbuffer_add(buf, status_line, (size_t)(p - status_line)) != 0 ||
+        add_line_end(buf, reason_phrase(status)) != 0)
         goto out;
-    if (date[0] != '\0' && evbuffer_add_printf(buf, "date: %s\r\n", date) < 0)
+    if (date[0] != '\0' && add_header(buf, "date", date) != 0)
         goto out;
     const char *rid = rpc_call_request_id(s->call);
-    if (rid[0] != '\0' && strpbrk(rid, "\r\n") == NULL &&
-        evbuffer_add_printf(buf, "x-request-id: %s\r\n", rid) < 0)
+    if (rid[0] != '\0' && strpbrk(rid, "\r\n") == NULL && add_header(buf, "x-request-id", rid) != 0)
         goto out;
     for (size_t i = 0; i < nhdrs; i++) {
-        if (header_allowed(&hdrs[i]) &&
-            evbuffer_add_printf(buf, "%s: %s\r\n", hdrs[i].name, hdrs[i].value) < 0)
+        if (header_allowed(&hdrs[i]) && add_header(buf, hdrs[i].name, hdrs[i].value) != 0)
             goto out;
     }
-    if (!bodyless && body_len >= 0 &&
-        evbuffer_add_printf(buf, "content-length: %lld\r\n", (long long)body_len) < 0)
+    if (!bodyless && body_len >= 0) {
+        char len[PINS_FMT_INT_MAX];
+        pins_fmt_i64(len, body_len);
+        if (add_header(buf, "content-length", len) != 0)
+            goto out;
+    }
+    if (ex->chunked && add_header(buf, "transfer-encoding", "chunked") != 0)
         goto out;
-    if (ex->chunked && evbuffer_add_printf(buf, "transfer-encoding: chunked\r\n") < 0)
+    if (ex->close_after && add_header(buf, "connection", "close") != 0)
         goto out;
-    if (ex->close_after && evbuffer_add_printf(buf, "connection: close\r\n") < 0)
-        goto out;
-    if (!ex->close_after && ex->http10 &&
-        evbuffer_add_printf(buf, "connection: keep-alive\r\n") < 0)
+    if (!ex->close_after && ex->http10 && add_header(buf, "connection", "keep-alive") != 0)
         goto out;
     if (evbuffer_add(buf, "\r\n", 2) != 0 || evbuffer_add_buffer(output(h), buf) != 0)
         goto out;

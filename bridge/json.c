@@ -28,6 +28,7 @@
 #include <strings.h>
 
 #include "common/error.h"
+#include "common/fmt.h"
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
 #include "common/utf8.h"
@@ -652,16 +653,24 @@ static int put_str(struct enc *e, const char *str, size_t n)
 
 static int put_int(struct enc *e, int64_t v, bool quoted)
 {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof(tmp), quoted ? "\"%lld\"" : "%lld", (long long)v);
-    return put(e, tmp, (size_t)n);
+    char tmp[PINS_FMT_INT_MAX + 2];
+    char *p = tmp + quoted;
+    tmp[0] = '"';
+    p = pins_fmt_i64(p, v);
+    if (quoted)
+        *p++ = '"';
+    return put(e, tmp, (size_t)(p - tmp));
 }
 
 static int put_uint(struct enc *e, uint64_t v, bool quoted)
 {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof(tmp), quoted ? "\"%llu\"" : "%llu", (unsigned long long)v);
-    return put(e, tmp, (size_t)n);
+    char tmp[PINS_FMT_INT_MAX + 2];
+    char *p = tmp + quoted;
+    tmp[0] = '"';
+    p = pins_fmt_u64(p, v);
+    if (quoted)
+        *p++ = '"';
+    return put(e, tmp, (size_t)(p - tmp));
 }
 
 /* A double as pbstruct prints it: an integral value up to 2^53 as an integer, anything else in
@@ -719,18 +728,18 @@ static int put_base64(struct enc *e, const uint8_t *p, size_t n)
     return rv != 0 ? rv : put(e, "\"", 1);
 }
 
-/* The fraction of a second: exactly 6 digits (fixed), or 0, 3, 6 or 9 digits (canonical). */
-static int fraction(char *buf, size_t size, int32_t nanos, bool fixed)
+/* The fraction of a second (0 <= nanos < 10^9) at buf (11 bytes of room): exactly 6 digits
+ * (fixed), or 0, 3, 6 or 9 digits (canonical). Returns the length. */
+static int fraction(char *buf, int32_t nanos, bool fixed)
 {
-    if (fixed)
-        return snprintf(buf, size, ".%06d", (int)(nanos / 1000));
-    if (nanos == 0)
+    if (!fixed && nanos == 0)
         return 0;
+    buf[0] = '.';
+    if (fixed || (nanos % 1000 == 0 && nanos % 1000000 != 0))
+        return (int)(pins_fmt_digits(buf + 1, (uint64_t)(nanos / 1000), 6) - buf);
     if (nanos % 1000000 == 0)
-        return snprintf(buf, size, ".%03d", (int)(nanos / 1000000));
-    if (nanos % 1000 == 0)
-        return snprintf(buf, size, ".%06d", (int)(nanos / 1000));
-    return snprintf(buf, size, ".%09d", (int)nanos);
+        return (int)(pins_fmt_digits(buf + 1, (uint64_t)(nanos / 1000000), 3) - buf);
+    return (int)(pins_fmt_digits(buf + 1, (uint64_t)nanos, 9) - buf);
 }
 
 /* Reads the seconds (int64) and nanos (int32) fields of a Timestamp or Duration. */
@@ -758,7 +767,7 @@ static int put_timestamp(struct enc *e, const ProtobufCMessage *m)
     pins_time_format_us(sec * 1000000, buf + 1);
     buf[0] = '"';
     size_t n = 20; /* the quote and "YYYY-MM-DDTHH:MM:SS" */
-    n += (size_t)fraction(buf + n, sizeof(buf) - n, nanos, e->o->fixed_micros);
+    n += (size_t)fraction(buf + n, nanos, e->o->fixed_micros);
     buf[n++] = 'Z';
     buf[n++] = '"';
     return put(e, buf, n);
@@ -776,8 +785,13 @@ static int put_duration(struct enc *e, const ProtobufCMessage *m)
         return PINS_EINTERNAL;
     bool neg = sec < 0 || nanos < 0;
     char buf[48];
-    int n = snprintf(buf, sizeof(buf), "\"%s%lld", neg ? "-" : "", (long long)llabs(sec));
-    n += fraction(buf + n, sizeof(buf) - (size_t)n, nanos < 0 ? -nanos : nanos, false);
+    char *p = buf;
+    *p++ = '"';
+    if (neg)
+        *p++ = '-';
+    p = pins_fmt_u64(p, sec < 0 ? 0 - (uint64_t)sec : (uint64_t)sec);
+    int n = (int)(p - buf);
+    n += fraction(buf + n, nanos < 0 ? -nanos : nanos, false);
     buf[n++] = 's';
     buf[n++] = '"';
     return put(e, buf, (size_t)n);

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "common/error.h"
+#include "common/fmt.h"
 
 int64_t pins_time_now_us(void)
 {
@@ -57,10 +58,28 @@ size_t pins_time_format_us(int64_t us, char *buf)
     int64_t y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    int n = snprintf(buf, PINS_TIME_RFC3339_LEN, "%04lld-%02u-%02uT%02d:%02d:%02d.%06lldZ",
-                     (long long)y, m, d, (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60),
-                     (long long)frac);
-    return n > 0 ? (size_t)n : 0;
+    if (y < 0 || y > 9999) { /* outside RFC 3339's years: printf's own rendering */
+        int n = snprintf(buf, PINS_TIME_RFC3339_LEN, "%04lld-%02u-%02uT%02d:%02d:%02d.%06lldZ",
+                         (long long)y, m, d, (int)(rem / 3600), (int)(rem / 60 % 60),
+                         (int)(rem % 60), (long long)frac);
+        return n > 0 ? (size_t)n : 0;
+    }
+    char *p = pins_fmt_digits(buf, (uint64_t)y, 4);
+    *p++ = '-';
+    p = pins_fmt_digits(p, m, 2);
+    *p++ = '-';
+    p = pins_fmt_digits(p, d, 2);
+    *p++ = 'T';
+    p = pins_fmt_digits(p, (uint64_t)(rem / 3600), 2);
+    *p++ = ':';
+    p = pins_fmt_digits(p, (uint64_t)(rem / 60 % 60), 2);
+    *p++ = ':';
+    p = pins_fmt_digits(p, (uint64_t)(rem % 60), 2);
+    *p++ = '.';
+    p = pins_fmt_digits(p, (uint64_t)frac, 6);
+    *p++ = 'Z';
+    *p = '\0';
+    return (size_t)(p - buf);
 }
 
 static int digits(const char *s, size_t n, int *pv)

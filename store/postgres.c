@@ -43,6 +43,7 @@
 #include <libpq-fe.h>
 
 #include "common/error.h"
+#include "common/fmt.h"
 #include "observability/metrics.h"
 
 #define SEGS_MAX           4                      /* segments in flight per connection */
@@ -577,7 +578,7 @@ static bool req_cstr(pg_req *r, const char *s)
 static void req_i64(pg_req *r, int64_t v)
 {
     int i = r->nparams++;
-    snprintf(r->num[i], sizeof(r->num[i]), "%lld", (long long)v);
+    pins_fmt_i64(r->num[i], v); /* num[i] has 32 bytes: room for any int64 */
     r->params[i] = r->num[i];
 }
 
