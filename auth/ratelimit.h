@@ -8,8 +8,8 @@
  * EVALSHA on key "pinsd:rl:{<tenant>}" (the hash tag keeps it Redis-Cluster safe), using the Redis
  * server's TIME so that replicas' clocks do not matter, with PEXPIRE so that idle buckets vanish.
  * Each worker owns one hiredis async connection on its own libevent loop and leases tokens from
- * a tenant's bucket (up to min(256, burst / 100) per EVALSHA, one while the bucket is below a
- * quarter of the burst; unspent tokens are dropped after 250 ms, never returned), spending them
+ * a tenant's bucket (up to min(256, burst / 100) per EVALSHA and 1% of what the bucket holds, at
+ * least one; unspent tokens are dropped after 250 ms, never returned), spending them
  * locally; a call that finds no lease waits for the tenant's one request in flight at most
  * RATELIMIT_WAIT_MS, past which it is decided by the local bucket. While Redis is
  * unreachable every worker decides by the local bucket (fail-open) and reconnects by itself with

@@ -44,9 +44,9 @@ size_t ratelimit__local_size(ratelimit__local *l);
 
 /* ---- ratelimit_lease.c ----------------------------------------------------------------------- */
 
-#define RATELIMIT__LEASE_MAX     256 /* tokens one request may take */
-#define RATELIMIT__LEASE_AGE_MS  250 /* a lease older than this is dropped (not returned) */
-#define RATELIMIT__LEASE_LOW_DIV 4   /* below burst / this, one token per request */
+#define RATELIMIT__LEASE_MAX       256 /* tokens one request may take */
+#define RATELIMIT__LEASE_AGE_MS    250 /* a lease older than this is dropped (not returned) */
+#define RATELIMIT__LEASE_SHARE_DIV 100 /* a lease is at most remaining / this (at least 1) */
 
 /* One worker's lease on one tenant's bucket. Zero is "never asked". */
 typedef struct ratelimit__lease {

@@ -4,9 +4,11 @@
  * min(want, whole tokens available) atomically) and spends them locally, asking again when they
  * are spent or RATELIMIT__LEASE_AGE_MS old. Unspent tokens of an old lease are dropped, never
  * returned: a lease can only make the limiter admit fewer calls than the bucket allows, never
- * more. The size adapts: one token while the bucket (as Redis last reported it) holds less than
- * burst / RATELIMIT__LEASE_LOW_DIV, else doubling from the last size up to
- * ratelimit__lease_max(burst) = min(RATELIMIT__LEASE_MAX, burst / 100); at least as many as the
+ * more. The size adapts: doubling from the last size up to ratelimit__lease_max(burst) =
+ * min(RATELIMIT__LEASE_MAX, burst / 100), and never over 1/RATELIMIT__LEASE_SHARE_DIV of what the
+ * bucket held at the last answer (at least one), so that the tokens one worker may let lapse stay
+ * a small share of what is left as the bucket runs low, down to one token per call near empty;
+ * at least as many as the
  * calls already waiting, up to burst / 100 (beyond RATELIMIT__LEASE_MAX: those calls spend the
  * grant at once, so none of it lapses). Small bursts (under 200) therefore never lease more than
  * one token per call, like the per-call script.
@@ -25,8 +27,12 @@ int ratelimit__lease_want(const ratelimit__lease *l, int burst, size_t waiting)
 {
     int max = ratelimit__lease_max(burst);
     int want = 1;
-    if (l->known && l->remaining >= burst / RATELIMIT__LEASE_LOW_DIV)
+    if (l->known) {
+        int64_t share = l->remaining / RATELIMIT__LEASE_SHARE_DIV;
         want = l->want < 1 ? 2 : l->want * 2;
+        if (want > share)
+            want = share > 1 ? (int)share : 1;
+    }
     if (want > max)
         want = max;
     /* Calls already waiting spend the grant at once: none of it can lapse. */

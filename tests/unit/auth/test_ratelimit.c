@@ -304,8 +304,15 @@ static void test_lease_size_adapts_to_the_burst_and_the_bucket(void **state)
     assert_int_equal(sizes[6], 64);
     assert_int_equal(sizes[8], RATELIMIT__LEASE_MAX);
     assert_int_equal(sizes[9], RATELIMIT__LEASE_MAX);
-    /* Low (under a quarter of the burst): back to one at a time. */
-    ratelimit__lease_grant(&l, 256, 256, 1000000 / RATELIMIT__LEASE_LOW_DIV - 1, 1000, 0, 0);
+    /* A quarter left is still plenty: the lease stays at its maximum. */
+    ratelimit__lease_grant(&l, 256, 256, 1000000 / 4 - 1, 1000, 0, 0);
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), RATELIMIT__LEASE_MAX);
+    /* Running low: at most 1% of what is left, down to one token at a time. */
+    ratelimit__lease_grant(&l, 256, 256, 5000, 1000, 0, 0);
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), 50);
+    ratelimit__lease_grant(&l, 50, 50, 199, 1000, 0, 0);
+    assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), 1);
+    ratelimit__lease_grant(&l, 1, 1, 0, 1000, 0, 0);
     assert_int_equal(ratelimit__lease_want(&l, 1000000, 0), 1);
 }
 
