@@ -322,6 +322,7 @@ typedef struct pg_req {
     bool sync_after;     /* the last statement of its segment */
     bool pre_set;        /* sql_generic precedes it (and its Parse); its result is due */
     bool parse_pending;  /* a Parse of its statement precedes it; its result is due */
+    uint32_t slot;       /* upsert, delete: its key's slot in busy[] (key_slot) */
     uint32_t busy_at;    /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
     bool solo;           /* goes in a segment of its own (a retry after an error) */
     struct pg_req *kids; /* OP_GET_BATCH: its calls in array order, linked by next */
@@ -1357,7 +1358,7 @@ static void on_conn_io(void *arg, bool readable, bool writable)
 
 /* The busy[] slot of a write's tenant and key (FNV-1a). Two keys may share a slot: a write then
  * waits for the other key's segment too, which costs time, never correctness. */
-static uint32_t busy_slot(const pg_req *r)
+static uint32_t key_slot(const pg_req *r)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     for (int i = 0; i < 2; i++) {
@@ -1401,7 +1402,7 @@ static bool is_write(const pg_req *r)
  * segment takes all the writes that piled up meanwhile. */
 static bool is_free_write(const pg_session *ss, const pg_req *r)
 {
-    return is_write(r) && ss->busy[busy_slot(r)] == 0;
+    return is_write(r) && ss->busy[r->slot] == 0;
 }
 
 /* Moves waiting calls that pred accepts, in queue order, into out[1..max) after out[0] (taken
@@ -1533,7 +1534,7 @@ static void send_writes(pg_session *ss, pg_conn *c, pg_req *first)
         w[j] = r;
     }
     for (int i = 0; i < n; i++) {
-        uint32_t slot = busy_slot(w[i]);
+        uint32_t slot = w[i]->slot;
         if (ss->busy[slot] < UINT16_MAX) {
             ss->busy[slot]++;
             w[i]->busy_at = slot + 1;
@@ -1715,6 +1716,8 @@ static int submit(pg_session *ss, pg_req *r)
     bool done = false;
     if (ss->evb == NULL)
         r->pdone = &done;
+    if (r->kind == OP_UPSERT || r->kind == OP_DELETE)
+        r->slot = key_slot(r); /* once: the dispatcher looks at it on every pass */
     if (!any_conn_alive(ss)) {
         count_error("connect");
         fail_req(ss, r, PINS_ESTORE,

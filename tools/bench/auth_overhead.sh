@@ -121,19 +121,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# run_child CMD...: CMD as a background job in its own process group, waited for, so that a signal
-# reaches our trap at once and the trap can stop the whole group (h2load included).
-run_child() {
-  local rc=0
-  set -m
-  "$@" </dev/null &
-  CHILD=$!
-  set +m
-  wait "$CHILD" || rc=$?
-  CHILD=""
-  return "$rc"
-}
-
 bench_build
 
 # redis-server on a free loopback port, no persistence, data dir in our temp dir.

@@ -8,6 +8,8 @@
 #   pinsd_start ADDR CPUS [FLAGS...]   start pinsd on ADDR (loopback), data in a temp dir
 #   pinsd_stop         stop it by pid (SIGTERM, then SIGKILL after 15 s) and remove the temp dir
 #   port_open HOST:PORT                true when something accepts TCP connections there
+#   run_child CMD...   CMD as a background job in its own process group (its pid in CHILD while
+#                      it runs), waited for; a script's trap stops the group "-$CHILD"
 
 # shellcheck source=tools/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -97,4 +99,19 @@ pinsd_stop() {
     rm -rf "$PINSD_TMP"
     PINSD_TMP=""
   fi
+}
+
+# run_child CMD...: CMD as a background job in its own process group, waited for, so that a signal
+# reaches the caller's trap at once and the trap can stop the whole group (h2load included): the
+# trap kills "-$CHILD" while CHILD is set. Returns CMD's status.
+CHILD=""
+run_child() {
+  local rc=0
+  set -m
+  "$@" </dev/null &
+  CHILD=$!
+  set +m
+  wait "$CHILD" || rc=$?
+  CHILD=""
+  return "$rc"
 }

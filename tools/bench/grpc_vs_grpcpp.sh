@@ -83,19 +83,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# run_child CMD...: runs CMD as a background job in its own process group and waits for it, so
-# that a signal reaches our trap at once and the trap can stop the whole group (h2load included).
-run_child() {
-  local rc=0
-  set -m
-  "$@" </dev/null &
-  CHILD=$!
-  set +m
-  wait "$CHILD" || rc=$?
-  CHILD=""
-  return "$rc"
-}
-
 bench_build
 pinsd_start "$TARGET" "$SERVER_CPU" "${PINSD_FLAGS[@]}"
 PEER_STARTED=1

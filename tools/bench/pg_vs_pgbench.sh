@@ -127,19 +127,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# run_child CMD...: CMD as a background job in its own process group, waited for, so that a signal
-# reaches our trap at once and the trap can stop the whole group.
-run_child() {
-  local rc=0
-  set -m
-  "$@" </dev/null &
-  CHILD=$!
-  set +m
-  wait "$CHILD" || rc=$?
-  CHILD=""
-  return "$rc"
-}
-
 fail=0
 # run LABEL CMD...: one bounded load run; its result line is printed and its JSON record kept.
 run() {
