@@ -22,7 +22,10 @@
  * call past its deadline completes with
  * PINS_EDEADLINE_EXCEEDED at once; its result is discarded when it arrives, and a connection that
  * still has not answered a second later is dropped and reconnected (PQcancel would block the loop
- * on a connect). Connections reconnect with exponential backoff and jitter (100 ms .. 2 s).
+ * on a connect). Connections reconnect with exponential backoff and jitter (100 ms .. 2 s). When
+ * one connection of the store comes back after failing, every connection still down, in every
+ * worker's session, tries again at its next tick instead of sleeping out its backoff: the server
+ * is back, and a worker left waiting up to 2 s would keep failing the calls its clients send.
  *
  * Without a loop (base NULL: tools and tests) every operation blocks in poll() until its callback
  * ran, so the same code serves pinsctl-style callers.
@@ -340,6 +343,7 @@ typedef struct pg_conn {
     bool want_read, want_write;
     int64_t backoff_ms;
     int64_t retry_ns;    /* C_DOWN: when to try again */
+    uint64_t down_epoch; /* C_DOWN: the store's up_epoch when it failed */
     int64_t connect_ns;  /* C_CONNECTING, C_CHECKING: when the attempt times out */
     pg_req *head, *tail; /* statements in flight, in send order */
     pg_req *recv;        /* the first of them still without a result */
@@ -357,6 +361,7 @@ typedef struct pg_store {
     int workers;
     atomic_int sessions;
     int schema_need;
+    atomic_uint_fast64_t up_epoch; /* bumped when a failing connection comes back */
 } pg_store;
 
 struct pg_session {
@@ -723,6 +728,7 @@ static void conn_fail(pg_conn *c, const char *kind, const char *why)
     c->pg = NULL;
     c->state = C_DOWN;
     c->gen++;
+    c->down_epoch = atomic_load_explicit(&ss->st->up_epoch, memory_order_relaxed);
     c->backoff_ms = c->backoff_ms == 0 ? BACKOFF_MIN_MS : c->backoff_ms * 2;
     if (c->backoff_ms > BACKOFF_MAX_MS)
         c->backoff_ms = BACKOFF_MAX_MS;
@@ -1101,6 +1107,8 @@ static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
                     col_i64(res, 0, 1) == PQbackendPID(c->pg);
         c->prepared = 0;
         c->state = C_UP;
+        if (c->backoff_ms != 0)
+            atomic_fetch_add_explicit(&ss->st->up_epoch, 1, memory_order_relaxed);
         c->backoff_ms = 0;
         account(c);
         break;
@@ -1649,9 +1657,10 @@ static bool needs_tick(const pg_session *ss)
 static void tick(pg_session *ss)
 {
     int64_t now = mono_ns();
+    uint64_t up_epoch = atomic_load_explicit(&ss->st->up_epoch, memory_order_relaxed);
     for (int i = 0; i < ss->nconns; i++) {
         pg_conn *c = &ss->conns[i];
-        if (c->state == C_DOWN && now >= c->retry_ns)
+        if (c->state == C_DOWN && (now >= c->retry_ns || c->down_epoch != up_epoch))
             conn_start(c);
         else if ((c->state == C_CONNECTING || c->state == C_CHECKING) && now >= c->connect_ns)
             conn_fail(c, "connect", "connection attempt timed out");

@@ -262,6 +262,7 @@ class ResilienceTest(unittest.TestCase):
     def test_restart_under_load_fails_fast_recovers_and_keeps_acknowledged_writes(self):
         srv, client = self.pinsd(BREAKER_ERRORS_PER_MIN=1000000)
         acked = {}
+        last_ack = [0.0] * 4
         errors = []
         slow = []
         stop = threading.Event()
@@ -278,6 +279,7 @@ class ResilienceTest(unittest.TestCase):
                         c.call(mp("UpsertPin"), {"tenant_id": "load", "key": key,
                                                  "value": {"i": i}}, timeout=2)
                         acked[key] = i
+                        last_ack[n] = time.monotonic()
                     except grpc.RpcError as e:
                         errors.append(e.code())
                         time.sleep(0.01)
@@ -295,10 +297,16 @@ class ResilienceTest(unittest.TestCase):
             time.sleep(2.0)
             self.pg.start(create_db=False)
             back = time.monotonic()
-            self.wait_ready(srv, True, 10)
+            ready = self.wait_ready(srv, True, 10)
             recovered = time.monotonic() - back
             n_before = len(acked)
-            time.sleep(1.0)
+            # Every writer's connection (whichever worker serves it) writes again soon after
+            # /ready: one connection's return makes every session retry at once, not after its
+            # own backoff of up to 2 s.
+            end = ready + 1.0
+            while min(last_ack) <= ready and time.monotonic() < end:
+                time.sleep(0.05)
+            lagging = [n for n in range(4) if last_ack[n] <= ready]
         finally:
             stop.set()
             for t in threads:
@@ -306,6 +314,7 @@ class ResilienceTest(unittest.TestCase):
         self.assertTrue(srv.alive(), "pinsd died")
         self.assertLess(recovered, 5.0)
         self.assertGreater(len(acked), n_before, "no write acknowledged after recovery")
+        self.assertEqual(lagging, [], "writers without an acknowledged write 1 s after /ready")
         self.assertTrue(errors, "stopping PostgreSQL produced no error")
         self.assertEqual(set(errors) - {grpc.StatusCode.UNAVAILABLE,
                                         grpc.StatusCode.DEADLINE_EXCEEDED}, set())
