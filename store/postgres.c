@@ -19,13 +19,16 @@
  *     queued again;
  *   - every other call is a segment of its own.
  * With no connection up or coming up, or a full queue, calls fail at once with PINS_ESTORE. A
- * call past its deadline completes with
- * PINS_EDEADLINE_EXCEEDED at once; its result is discarded when it arrives, and a connection that
- * still has not answered a second later is dropped and reconnected (PQcancel would block the loop
- * on a connect). Connections reconnect with exponential backoff and jitter (100 ms .. 2 s). When
- * one connection of the store comes back after failing, every connection still down, in every
- * worker's session, tries again at its next tick instead of sleeping out its backoff: the server
- * is back, and a worker left waiting up to 2 s would keep failing the calls its clients send.
+ * call past its deadline completes with PINS_EDEADLINE_EXCEEDED at once and its result is
+ * discarded when it arrives. Once the statement the server is running serves only such calls, a
+ * cancel request goes out (from a helper thread: PQcancel connects and waits); the statement
+ * fails with 57014, its segment rolls back and the calls still waiting in it run again (so does a
+ * statement that a late cancel hits instead). A connection that still has not answered a second
+ * past the deadline is dropped and reconnected. Connections reconnect with exponential backoff and
+ * jitter (100 ms .. 2 s). When one connection of the store comes back after failing, every
+ * connection still down, in every worker's session, tries again at its next tick instead of
+ * sleeping out its backoff: the server is back, and a worker left waiting up to 2 s would keep
+ * failing the calls its clients send.
  *
  * Without a loop (base NULL: tools and tests) every operation blocks in poll() until its callback
  * ran, so the same code serves pinsctl-style callers.
@@ -36,6 +39,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,6 +332,7 @@ typedef struct pg_req {
     uint32_t slot;       /* upsert, delete: its key's slot in busy[] (key_slot) */
     uint32_t busy_at;    /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
     bool solo;           /* goes in a segment of its own (a retry after an error) */
+    bool cancel_sent;    /* its calls all passed their deadlines: a cancel request went out */
     struct pg_req *kids; /* OP_GET_BATCH: its calls in array order, linked by next */
     int nkids;
 } pg_req;
@@ -904,8 +909,10 @@ static int classify(const char *state, bool *pretry)
     *pretry = false;
     if (state == NULL)
         return PINS_ESTORE;
+    /* 57014: a cancel request (ours, aimed at a statement past its deadline, may land on the
+     * statement after it). */
     if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "23505") == 0 ||
-        strcmp(state, "26000") == 0) {
+        strcmp(state, "26000") == 0 || strcmp(state, "57014") == 0) {
         *pretry = true;
         return PINS_ESTORE;
     }
@@ -1630,6 +1637,88 @@ static bool expire_one(pg_session *ss, int64_t now)
     return false;
 }
 
+/* Cancel requests. PQcancel opens a connection of its own to the server and waits for it, so it
+ * runs on one process-wide thread (started at the first cancel, detached, every signal blocked)
+ * fed by a small queue; the loops only copy the connection's cancel key (PQgetCancel, no I/O).
+ * A request the full queue cannot take is dropped: the connection is then dropped STUCK_NS past
+ * the deadline, as when the server does not answer the cancel. */
+#define CANCEL_QUEUE 64
+
+static pthread_mutex_t cancel_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cancel_cv = PTHREAD_COND_INITIALIZER;
+static PGcancel *cancel_q[CANCEL_QUEUE];
+static int cancel_first, cancel_len;
+static bool cancel_started;
+
+static void *cancel_main(void *arg)
+{
+    for (;;) {
+        pthread_mutex_lock(&cancel_mu);
+        while (cancel_len == 0)
+            pthread_cond_wait(&cancel_cv, &cancel_mu);
+        PGcancel *pc = cancel_q[cancel_first];
+        cancel_q[cancel_first] = NULL;
+        cancel_first = (cancel_first + 1) % CANCEL_QUEUE;
+        cancel_len--;
+        pthread_mutex_unlock(&cancel_mu);
+        char err[256];
+        (void)PQcancel(pc, err, (int)sizeof(err)); /* the statement's own error tells the rest */
+        PQfreeCancel(pc);
+    }
+    return NULL;
+}
+
+static bool cancel_thread_start(void)
+{
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0)
+        return false;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_t t;
+    bool ok = pthread_create(&t, &attr, cancel_main, NULL) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return ok;
+}
+
+/* Asks c's server to cancel what it is running; true when the request was queued. */
+static bool cancel_post(pg_conn *c)
+{
+    PGcancel *pc = PQgetCancel(c->pg);
+    if (pc == NULL)
+        return false;
+    bool queued = false;
+    pthread_mutex_lock(&cancel_mu);
+    if (!cancel_started)
+        cancel_started = cancel_thread_start();
+    if (cancel_started && cancel_len < CANCEL_QUEUE) {
+        cancel_q[(cancel_first + cancel_len) % CANCEL_QUEUE] = pc;
+        cancel_len++;
+        queued = true;
+        pthread_cond_signal(&cancel_cv);
+    }
+    pthread_mutex_unlock(&cancel_mu);
+    if (!queued)
+        PQfreeCancel(pc);
+    return queued;
+}
+
+/* True when no call waits for r's result any more (each passed its deadline). */
+static bool all_abandoned(const pg_req *r)
+{
+    if (r->kind == OP_GET_BATCH) {
+        for (const pg_req *k = r->kids; k != NULL; k = k->next) {
+            if (!k->abandoned)
+                return false;
+        }
+        return r->kids != NULL;
+    }
+    return r->abandoned && r->kind != OP_SCHEMA;
+}
+
 /* True when a call of c's oldest segment passed its deadline STUCK_NS ago or more. */
 static bool head_stuck(const pg_conn *c, int64_t now)
 {
@@ -1669,8 +1758,17 @@ static void tick(pg_session *ss)
         ;
     for (int i = 0; i < ss->nconns; i++) {
         pg_conn *c = &ss->conns[i];
-        if (head_stuck(c, now))
+        if (head_stuck(c, now)) {
             conn_fail(c, "timeout", "no answer past a call's deadline: connection dropped");
+            continue;
+        }
+        /* The statement the server is on (the first without a result) serves nobody any more:
+         * stop it. Its segment rolls back; the calls still waiting in it run again. */
+        pg_req *r = c->recv;
+        if (c->state == C_UP && r != NULL && !r->cancel_sent && all_abandoned(r)) {
+            r->cancel_sent = true;
+            cancel_post(c);
+        }
     }
 }
 

@@ -328,6 +328,106 @@ class ResilienceTest(unittest.TestCase):
             " AND operation = 'upsert'")}
         self.assertEqual(set(acked) - audited, set(), "acknowledged writes without audit rows")
 
+    def wait_sleeping(self, secs):
+        """Waits until a session runs pg_sleep(secs) (the lock holder of the tests below)."""
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            if self.pg.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(%d)%%'"
+                             " AND state = 'active' AND pid <> pg_backend_pid()" % secs):
+                return
+            time.sleep(0.05)
+        self.fail("the lock holder did not start")
+
+    def test_deadline_cancels_the_statement_on_the_server(self):
+        self.check_deadline_cancel(self.pg.url)
+
+    def test_deadline_cancels_the_statement_through_pgbouncer(self):
+        bouncer = pg.PgBouncer(self.pg).start()
+        self.addCleanup(bouncer.destroy)
+        self.check_deadline_cancel(bouncer.url)
+
+    def check_deadline_cancel(self, url):
+        srv, client = self.pinsd(DATABASE_URL=url, BREAKER_ERRORS_PER_MIN=1000000)
+        client.call(mp("UpsertPin"), {"tenant_id": "dl", "key": "k", "value": {"v": "before"}})
+        # Another session holds the row lock for 4 s, so pinsd's next upsert of the key waits.
+        holder = subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U",
+                                   "postgres", "-d", "pins", "-c",
+                                   "BEGIN; SELECT 1 FROM system.memory_pins WHERE tenant_id = 'dl'"
+                                   " AND key = 'k' FOR UPDATE; SELECT pg_sleep(4); COMMIT;"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(holder.kill)
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                   " AND query LIKE '%memory_pins%' AND pid <> pg_backend_pid()")
+        self.wait_sleeping(4)
+        with self.assertRaises(grpc.RpcError) as cm:
+            client.call(mp("UpsertPin"), {"tenant_id": "dl", "key": "k", "value": {"v": "late"}},
+                        timeout=0.5)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # The statement was waiting on the lock when its deadline passed; the cancel request ends
+        # it on the server long before the holder lets go (a dropped connection would not: a
+        # backend waiting on a lock does not read its socket).
+        end = time.monotonic() + 0.9
+        n = None
+        while time.monotonic() < end:
+            n = int(self.pg.query(waiting)[0][0])
+            if n == 0:
+                break
+            time.sleep(0.05)
+        self.assertEqual(n, 0, "the upsert still waits on the row lock past its deadline")
+        self.assertIsNone(holder.poll(), "the lock holder ended too early for this test")
+        holder.wait(10)
+        # Cancelled, its transaction rolled back: the late value never lands, not even once the
+        # lock is free, and the next write is version 2.
+        pin = harness.to_dict(client.call(mp("GetPin"), {"tenant_id": "dl", "key": "k"}).pin)
+        self.assertEqual((pin["value"], pin["version"]), ({"v": "before"}, "1"))
+        r = client.call(mp("UpsertPin"), {"tenant_id": "dl", "key": "k", "value": {"v": "after"}})
+        self.assertEqual(r.pin.version, 2)
+        audited = self.pg.query("SELECT count(*) FROM system.memory_audit WHERE tenant_id = 'dl'"
+                                " AND operation = 'upsert'")
+        self.assertEqual(audited, [["2"]])
+        self.assertTrue(srv.alive())
+
+    def test_a_cancelled_statement_still_awaited_runs_again(self):
+        # A cancel request (a late one of ours, or an operator's pg_cancel_backend) can end a
+        # statement whose call still waits: the call runs once more instead of failing.
+        srv, client = self.pinsd(BREAKER_ERRORS_PER_MIN=1000000)
+        client.call(mp("UpsertPin"), {"tenant_id": "cx", "key": "k", "value": {"v": "before"}})
+        holder = subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U",
+                                   "postgres", "-d", "pins", "-c",
+                                   "BEGIN; SELECT 1 FROM system.memory_pins WHERE tenant_id = 'cx'"
+                                   " AND key = 'k' FOR UPDATE; SELECT pg_sleep(2); COMMIT;"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(holder.kill)
+        self.wait_sleeping(2)
+        result = {}
+
+        def write():
+            try:
+                result["r"] = client.call(mp("UpsertPin"), {"tenant_id": "cx", "key": "k",
+                                                            "value": {"v": "mid"}}, timeout=10)
+            except grpc.RpcError as e:
+                result["e"] = e
+
+        t = threading.Thread(target=write)
+        t.start()
+        pid = None
+        end = time.monotonic() + 5
+        while pid is None and time.monotonic() < end:
+            rows = self.pg.query("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                 " AND query LIKE '%memory_pins%' AND pid <> pg_backend_pid()")
+            pid = rows[0][0] if rows else None
+            time.sleep(0.02)
+        self.assertIsNotNone(pid, "the upsert never waited on the lock")
+        self.assertEqual(self.pg.query("SELECT pg_cancel_backend(%s)" % pid), [["t"]])
+        t.join(15)
+        holder.wait(10)
+        self.assertNotIn("e", result, result.get("e") and result["e"].details())
+        self.assertEqual(result["r"].pin.version, 2)
+        pin = harness.to_dict(client.call(mp("GetPin"), {"tenant_id": "cx", "key": "k"}).pin)
+        self.assertEqual((pin["value"], pin["version"]), ({"v": "mid"}, "2"))
+        self.assertEqual(self.pg.query("SELECT count(*) FROM system.memory_audit"
+                                       " WHERE tenant_id = 'cx' AND operation = 'upsert'"), [["2"]])
+
     def test_connection_exhaustion_bounded_errors_and_recovery(self):
         # pinsd connects as an ordinary role, so the superuser_reserved_connections (3 of 20)
         # are not its own: 17 superuser sessions leave it no slot, while psql still gets in.
