@@ -16,7 +16,8 @@
  *     segments take their row locks in the same order and never deadlock. Each is answered only
  *     when the sync reports the commit. When one fails, PostgreSQL rolls the whole segment back:
  *     the failing call gets its error (or one retry in a segment of its own), the others are
- *     queued again;
+ *     queued again. Consecutive upserts of one key without expected_version are one statement
+ *     (sql_upsert_chain) that writes the row once and answers each call as if run in turn;
  *   - every other call is a segment of its own.
  * With no connection up or coming up, or a full queue, calls fail at once with PINS_ESTORE. A
  * call past its deadline completes with PINS_EDEADLINE_EXCEEDED at once and its result is
@@ -150,6 +151,60 @@ static const char sql_upsert[] =
                                                                                              "r ON "
                                                                                              "true";
 
+/* The pieces of sql_upsert_chain that use the macros above. */
+#define CH_FNOW    TS("f.now_us")
+#define CH_LNOW    TS("l.now_us")
+#define CH_LEXP    TS("l.exp_us")
+#define CH_WNOW    TS("w.now_us")
+#define CH_CREATED US("p.created_at")
+#define CH_OLDHASH "coalesce(c.value_hash, " HASH("c.value") ")"
+#define CH_EXTRA   EXTRA("w.rid")
+
+/* Several upserts of one key without expected_version, waiting in one segment in their order:
+ * applied as one statement, with the outcome of running them one after another. The row is
+ * written once, with the last call's value and version + n; each call gets its own version, value,
+ * updated_at, TTL and audit row (old_value_hash: the value before it), and the first one creates
+ * the pin when there was none or it had expired (at the first call's time; the store chains
+ * calls only while each finds the previous one's pin live). $1 tenant $2 key, then arrays in call
+ * order: $3 values $4 sources $5 nows $6 ttls $7 expiries $8 hashes $9 agents $10 latencies
+ * $11 request ids. One row per call: its 1-based position, then sql_upsert's columns. */
+static const char sql_upsert_chain[] =
+    "WITH q AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int8[], $6::int4[], $7::int8[],"
+    " $8::text[], $9::text[], $10::float8[], $11::text[]) WITH ORDINALITY"
+    " AS q(value, source, now_us, ttl, exp_us, hash, agent, latency, rid, i)),"
+    " f AS (SELECT * FROM q ORDER BY i LIMIT 1),"
+    " l AS (SELECT *, i AS n FROM q ORDER BY i DESC LIMIT 1),"
+    " cur AS (SELECT p0.id, p0.value, p0.value_hash,"
+    " (p0.expires_at IS NULL OR p0.expires_at > " CH_FNOW ") AS live"
+    " FROM system.memory_pins p0, f WHERE p0.tenant_id = $1 AND p0.key = $2 FOR UPDATE OF p0),"
+    " upd AS (UPDATE system.memory_pins p SET"
+    " id = CASE WHEN c.live THEN p.id ELSE nextval('system.memory_pins_id_seq') END,"
+    " value = l.value::jsonb, value_hash = l.hash, source = l.source,"
+    " created_at = CASE WHEN c.live THEN p.created_at ELSE " CH_FNOW " END,"
+    " updated_at = " CH_LNOW ", ttl_seconds = l.ttl, expires_at = " CH_LEXP ","
+    " version = CASE WHEN c.live THEN p.version ELSE 0 END + l.n"
+    " FROM cur c, f, l WHERE p.id = c.id"
+    " RETURNING p.id, " CH_CREATED " AS created_us, p.version AS last, c.live,"
+    " CASE WHEN c.live THEN " CH_OLDHASH " END AS old_hash),"
+    " ins AS (INSERT INTO system.memory_pins AS p (key, tenant_id, value, value_hash, source,"
+    " created_at, updated_at, ttl_seconds, expires_at, version)"
+    " SELECT $2, $1, l.value::jsonb, l.hash, l.source, " CH_FNOW ", " CH_LNOW ", l.ttl, " CH_LEXP
+    ", l.n FROM f, l WHERE NOT EXISTS (SELECT 1 FROM cur)"
+    " ON CONFLICT (tenant_id, key) DO NOTHING"
+    " RETURNING p.id, " CH_CREATED " AS created_us, p.version AS last, false AS live,"
+    " NULL::text AS old_hash),"
+    " res AS (SELECT * FROM upd UNION ALL SELECT * FROM ins),"
+    " w AS (SELECT q.*, r.id, r.created_us, r.last - l.n + q.i AS version,"
+    " q.i = 1 AND NOT r.live AS created,"
+    " CASE WHEN q.i = 1 THEN r.old_hash ELSE lag(q.hash) OVER (ORDER BY q.i) END AS old_hash"
+    " FROM q, res r, l),"
+    " aud AS (INSERT INTO system.memory_audit (ts, operation, tenant_id, key, agent_id, source,"
+    " cache_hit, latency_ms, success, old_value_hash, new_value_hash, extra)"
+    " SELECT " CH_WNOW ", 'upsert', $1, $2, w.agent, w.source, false, w.latency, true,"
+    " w.old_hash, w.hash, " CH_EXTRA " FROM w)"
+    " SELECT w.i, 'ok'::text, w.created, w.id, $1::text, $2::text, w.value::jsonb::text,"
+    " w.source, w.created_us, w.now_us, w.ttl, w.exp_us, w.version FROM w ORDER BY w.i";
+
 /* $1 tenant $2 key $3 now $4 expected $5 agent $6 latency $7 request id. */
 static const char sql_delete[] =
     "WITH cur AS (SELECT id, version, value_hash FROM system.memory_pins"
@@ -275,9 +330,9 @@ static const char sql_generic[] = "SET LOCAL plan_cache_mode = force_generic_pla
 
 /* The statements a direct connection prepares once, by name ("pinsd_<index>"). */
 static const char *const named_sql[] = {
-    sql_upsert,       sql_delete,      sql_get_batch,      sql_list,
-    sql_audit,        sql_cleanup,     sql_sweep,          sql_maudit_write,
-    sql_raudit_write, sql_raudit_list, sql_raudit_cleanup, sql_ping,
+    sql_upsert,         sql_delete, sql_get_batch,    sql_list,         sql_audit,
+    sql_cleanup,        sql_sweep,  sql_maudit_write, sql_raudit_write, sql_raudit_list,
+    sql_raudit_cleanup, sql_ping,   sql_upsert_chain,
 };
 
 /* ---- types ---------------------------------------------------------------------------------- */
@@ -286,7 +341,8 @@ typedef enum op_kind {
     OP_UPSERT,
     OP_DELETE,
     OP_GET,
-    OP_GET_BATCH, /* internal: the statement of many OP_GET calls */
+    OP_GET_BATCH,    /* internal: the statement of many OP_GET calls */
+    OP_UPSERT_CHAIN, /* internal: the statement of several OP_UPSERT calls of one key */
     OP_LIST,
     OP_AUDIT,
     OP_CLEANUP,
@@ -333,7 +389,7 @@ typedef struct pg_req {
     uint32_t busy_at;    /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
     bool solo;           /* goes in a segment of its own (a retry after an error) */
     bool cancel_sent;    /* its calls all passed their deadlines: a cancel request went out */
-    struct pg_req *kids; /* OP_GET_BATCH: its calls in array order, linked by next */
+    struct pg_req *kids; /* OP_GET_BATCH, OP_UPSERT_CHAIN: its calls in order, linked by next */
     int nkids;
 } pg_req;
 
@@ -611,6 +667,12 @@ static void req_bool(pg_req *r, bool v)
     r->params[i] = v ? "true" : "false";
 }
 
+/* A statement of several calls (its kids). */
+static bool is_batch(const pg_req *r)
+{
+    return r->kind == OP_GET_BATCH || r->kind == OP_UPSERT_CHAIN;
+}
+
 /* Calls r's callback with err and no data. */
 static void call_error(pg_session *ss, pg_req *r, int err)
 {
@@ -623,6 +685,7 @@ static void call_error(pg_session *ss, pg_req *r, int err)
         r->cb.pin(r->arg, err, NULL, false);
         break;
     case OP_GET_BATCH:
+    case OP_UPSERT_CHAIN:
         break;
     case OP_LIST:
         r->cb.list(r->arg, err, NULL, 0, 0);
@@ -655,7 +718,7 @@ static void fail_req(pg_session *ss, pg_req *r, int err, const char *detail)
         r->kids = k->next;
         fail_req(ss, k, err, detail);
     }
-    if (!r->abandoned && r->kind != OP_GET_BATCH) {
+    if (!r->abandoned && !is_batch(r)) {
         if (err == PINS_ESTORE || err == PINS_ENOMEM || err == PINS_EINTERNAL)
             store__session_error(&ss->base, "%s", detail);
         if ((r->kind == OP_UPSERT || r->kind == OP_DELETE) && err == PINS_ESTORE)
@@ -691,6 +754,8 @@ static bool any_conn_alive(const pg_session *ss)
 /* r left the write segment it was sent in: its key no longer counts as in flight. */
 static void busy_release(pg_session *ss, pg_req *r)
 {
+    for (pg_req *k = r->kids; k != NULL; k = k->next)
+        busy_release(ss, k);
     if (r->busy_at != 0) {
         ss->busy[r->busy_at - 1]--;
         r->busy_at = 0;
@@ -794,7 +859,7 @@ static bool conn_put(pg_conn *c, pg_req *r, put_mode mode)
     char name[16] = "";
     uint32_t bit = c->direct ? named_bit(r->sql, name) : 0;
     r->parse_pending = bit != 0 ? (c->prepared & bit) == 0 : mode == PUT_PARSE;
-    r->pre_set = bit != 0 && r->kind == OP_GET_BATCH;
+    r->pre_set = bit != 0 && is_batch(r);
     if (c->tail != NULL)
         c->tail->next = r;
     else
@@ -993,6 +1058,32 @@ static void deliver_gets(pg_session *ss, pg_req *r)
     }
 }
 
+/* Delivers each call of an OP_UPSERT_CHAIN its row (finish_ok checked there is one per call). */
+static void deliver_chain(pg_session *ss, pg_req *r)
+{
+    const PGresult *res = r->res;
+    int rows = PQntuples(res);
+    int i = 0;
+    for (pg_req *k = r->kids; k != NULL; k = k->next, i++) {
+        if (k->pdone != NULL)
+            *k->pdone = true;
+        if (k->abandoned)
+            continue;
+        store_pin pin;
+        char *buf = NULL;
+        int err = i < rows && col_i64(res, i, 0) == i + 1 ? read_pin(res, i, 3, &pin, &buf)
+                                                          : PINS_EINTERNAL;
+        if (err == PINS_EINTERNAL)
+            store__session_error(&ss->base, "unexpected result of a chain of upserts");
+        else if (err == PINS_ENOMEM)
+            store__session_error(&ss->base, "out of memory reading a pin");
+        if (err == 0)
+            count_audit("success");
+        k->cb.pin(k->arg, err, err == 0 ? &pin : NULL, err == 0 && col_bool(res, i, 2));
+        free(buf);
+    }
+}
+
 /* Delivers r's result to its callback. */
 static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
 {
@@ -1030,6 +1121,9 @@ static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
         break;
     case OP_GET_BATCH:
         deliver_gets(ss, r);
+        break;
+    case OP_UPSERT_CHAIN:
+        deliver_chain(ss, r);
         break;
     case OP_LIST: {
         int n = PQntuples(res);
@@ -1138,7 +1232,7 @@ typedef struct req_list {
  * is freed instead. */
 static void requeue(req_list *l, pg_req *r)
 {
-    if (r->kind == OP_GET_BATCH) {
+    if (is_batch(r)) {
         while (r->kids != NULL) {
             pg_req *k = r->kids;
             r->kids = k->next;
@@ -1179,6 +1273,22 @@ static void requeue_front(pg_session *ss, req_list *l)
  * concurrent insert of the same key (it then sees that row). */
 static void finish_ok(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
 {
+    if (r->kind == OP_UPSERT_CHAIN && PQntuples(r->res) != r->nkids) { /* lost an insert race */
+        while (r->kids != NULL) {
+            pg_req *k = r->kids;
+            r->kids = k->next;
+            k->next = NULL;
+            if (k->retries < 2) {
+                k->retries++;
+                requeue(again, k);
+            } else {
+                fail_req(ss, k, PINS_ESTORE, "upsert kept conflicting with concurrent inserts");
+                count_error("query");
+            }
+        }
+        req_free(r);
+        return;
+    }
     bool conflict = r->kind == OP_UPSERT && PQntuples(r->res) == 1 &&
                     strcmp(PQgetvalue(r->res, 0, 0), "ok") == 0 && PQgetisnull(r->res, 0, 2);
     if (!conflict) {
@@ -1215,6 +1325,16 @@ static void finish_err(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
                  r->res != NULL ? PQresultErrorMessage(r->res) : "no result");
         req_free(r);
         conn_fail(c, "connect", why);
+        return;
+    }
+    if (r->kind == OP_UPSERT_CHAIN) { /* each call again on its own: one of them may be the cause */
+        while (r->kids != NULL) {
+            pg_req *k = r->kids;
+            r->kids = k->next;
+            k->solo = true;
+            requeue(again, k);
+        }
+        req_free(r);
         return;
     }
     char detail[STORE__ERROR_MAX];
@@ -1532,8 +1652,76 @@ static int write_cmp(const pg_req *a, const pg_req *b)
     return 0;
 }
 
+/* Appends s as an element of a PostgreSQL array literal; NULL is an SQL NULL. */
+static void buf_elem_null(store__buf *b, const char *s, bool first)
+{
+    if (s == NULL)
+        store__buf_put(b, first ? "NULL" : ",NULL", first ? 4 : 5);
+    else
+        buf_elem(b, s, first);
+}
+
+/* An upsert that may join a chain (no expected_version, not a retry on its own). */
+static bool chainable(const pg_req *r)
+{
+    return r->kind == OP_UPSERT && !r->solo && r->params[7] == NULL;
+}
+
+/* True when b, the upsert after a of the same key, finds a's pin live: a has no expiry, or it
+ * lies after b's time. Only then does running both in one statement give what running them one
+ * after the other gives. */
+static bool chain_continues(const pg_req *a, const pg_req *b)
+{
+    return a->params[6] == NULL || strtoll(a->params[6], NULL, 10) >
+                                       strtoll(b->params[4] != NULL ? b->params[4] : "0", NULL, 10);
+}
+
+/* One OP_UPSERT_CHAIN statement for the n >= 2 upserts w[0..n) of one key, in order; NULL when
+ * out of memory (they are then sent one by one). */
+static pg_req *chain_new(pg_req **w, int n)
+{
+    static const int from[9] = {2, 3, 4, 5, 6, 8, 9, 10, 11}; /* sql_upsert's $3..$12, not $8 */
+    pg_req *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;
+    store__buf arr[9] = {{0}};
+    bool ok = true;
+    for (int p = 0; p < 9; p++)
+        store__buf_put(&arr[p], "{", 1);
+    for (int i = 0; i < n; i++) {
+        for (int p = 0; p < 9; p++)
+            buf_elem_null(&arr[p], w[i]->params[from[p]], i == 0);
+    }
+    for (int p = 0; p < 9; p++) {
+        store__buf_put(&arr[p], "}", 1);
+        ok = ok && !arr[p].failed;
+    }
+    if (!ok) {
+        for (int p = 0; p < 9; p++)
+            store__buf_free(&arr[p]);
+        free(b);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        w[i]->next = i + 1 < n ? w[i + 1] : NULL;
+    b->kind = OP_UPSERT_CHAIN;
+    b->sql = sql_upsert_chain;
+    b->kids = w[0];
+    b->nkids = n;
+    b->deadline_ns = w[0]->deadline_ns;
+    b->nparams = 11;
+    b->params[0] = w[0]->params[0]; /* borrowed from the first call, freed with it */
+    b->params[1] = w[0]->params[1];
+    for (int p = 0; p < 9; p++) {
+        b->owned[2 + p] = arr[p].p;
+        b->params[2 + p] = arr[p].p;
+    }
+    return b;
+}
+
 /* Sends first and the upserts and deletes waiting with it as one segment (one transaction) on c,
- * in tenant and key order. Each run of one statement text is parsed once, as the unnamed
+ * in tenant and key order. Consecutive upserts of one key without expected_version become one
+ * statement (chain_new). Each run of one statement text is parsed once, as the unnamed
  * statement, and executed for each call: PostgreSQL analyses it once per segment and, after a
  * few executions, plans it once too (no named statement: PgBouncer transaction pooling works). */
 static void send_writes(pg_session *ss, pg_conn *c, pg_req *first)
@@ -1555,15 +1743,32 @@ static void send_writes(pg_session *ss, pg_conn *c, pg_req *first)
             w[i]->busy_at = slot + 1;
         }
     }
-    for (int i = 0; i < n; i++) {
-        bool same = i > 0 && w[i]->sql == w[i - 1]->sql;
-        if (conn_put(c, w[i], same ? PUT_REUSE : PUT_PARSE))
+    pg_req *st[WRITE_BATCH_MAX]; /* the statements: calls and chains */
+    int ns = 0;
+    for (int i = 0; i < n;) {
+        int j = i + 1;
+        if (chainable(w[i])) {
+            while (j < n && chainable(w[j]) && write_cmp(w[j - 1], w[j]) == 0 &&
+                   chain_continues(w[j - 1], w[j]))
+                j++;
+        }
+        pg_req *chain = j - i >= 2 ? chain_new(&w[i], j - i) : NULL;
+        if (chain != NULL) {
+            st[ns++] = chain;
+            i = j;
+        } else {
+            st[ns++] = w[i++];
+        }
+    }
+    for (int i = 0; i < ns; i++) {
+        bool same = i > 0 && st[i]->sql == st[i - 1]->sql;
+        if (conn_put(c, st[i], same ? PUT_REUSE : PUT_PARSE))
             continue;
         /* c was dropped with what it had: the others wait for another connection. */
         req_list l = {0};
-        for (int j = i + 1; j < n; j++) {
-            busy_release(ss, w[j]);
-            requeue(&l, w[j]);
+        for (int j = i + 1; j < ns; j++) {
+            busy_release(ss, st[j]);
+            requeue(&l, st[j]);
         }
         requeue_front(ss, &l);
         if (!any_conn_alive(ss))
@@ -1622,7 +1827,7 @@ static bool expire_one(pg_session *ss, int64_t now)
     }
     for (int i = 0; i < ss->nconns; i++) {
         for (pg_req *s = ss->conns[i].head; s != NULL; s = s->next) {
-            bool batch = s->kind == OP_GET_BATCH;
+            bool batch = is_batch(s);
             for (pg_req *r = batch ? s->kids : s; r != NULL; r = batch ? r->next : NULL) {
                 if (r->abandoned || r->kind == OP_SCHEMA || now < r->deadline_ns)
                     continue;
@@ -1709,7 +1914,7 @@ static bool cancel_post(pg_conn *c)
 /* True when no call waits for r's result any more (each passed its deadline). */
 static bool all_abandoned(const pg_req *r)
 {
-    if (r->kind == OP_GET_BATCH) {
+    if (is_batch(r)) {
         for (const pg_req *k = r->kids; k != NULL; k = k->next) {
             if (!k->abandoned)
                 return false;
@@ -1723,7 +1928,7 @@ static bool all_abandoned(const pg_req *r)
 static bool head_stuck(const pg_conn *c, int64_t now)
 {
     for (const pg_req *s = c->head; s != NULL; s = s->sync_after ? NULL : s->next) {
-        bool batch = s->kind == OP_GET_BATCH;
+        bool batch = is_batch(s);
         for (const pg_req *r = batch ? s->kids : s; r != NULL; r = batch ? r->next : NULL) {
             if (r->abandoned && now - r->abandoned_ns >= STUCK_NS)
                 return true;

@@ -1445,9 +1445,12 @@ static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state
     /* Writes in flight at once (one transaction per batch on PostgreSQL): every good write is
      * acknowledged and kept with its audit row, writes of one key get consecutive versions, and
      * on PostgreSQL a value the database refuses (not JSON: the handlers never send one, SQLite
-     * does not parse it) fails alone: its transaction rolls back, the others run again. */
+     * does not parse it) fails alone: its transaction rolls back, the others run again. One bad
+     * value has a key of its own, the other is among the writes of "same" (one statement for
+     * the run of them on PostgreSQL: its calls run again one by one). */
     fixture *fx = *state;
     const int bad = database_url() != NULL ? NWRITES / 2 + 1 : -1;
+    const int bad2 = database_url() != NULL ? 4 : -1;
     static pin_result r[NWRITES];
     memset(r, 0, sizeof(r));
     char keys[NWRITES][16];
@@ -1457,7 +1460,7 @@ static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state
             snprintf(keys[i], sizeof(keys[i]), "same");
         else
             snprintf(keys[i], sizeof(keys[i]), "k%02d", NWRITES - i);
-        const char *value = i == bad ? "{bad" : "{\"ok\":true}";
+        const char *value = i == bad || i == bad2 ? "{bad" : "{\"ok\":true}";
         char hash[17];
         hash16(value, hash);
         const store_upsert_req req = {
@@ -1480,7 +1483,7 @@ static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state
     bool seen[NWRITES / 2 + 1] = {false};
     int good = 0;
     for (int i = 0; i < NWRITES; i++) {
-        if (i == bad) {
+        if (i == bad || i == bad2) {
             assert_int_equal(r[i].err, PINS_EINVALID_ARGUMENT);
             continue;
         }
@@ -1498,7 +1501,7 @@ static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state
     assert_true(del_r.err == 0 || del_r.err == PINS_ENOT_FOUND);
     pin_result p = {0};
     assert_int_equal(get(fx, "same", T0, &p), 0);
-    assert_int_equal(p.pin.version, NWRITES / 2);
+    assert_int_equal(p.pin.version, NWRITES / 2 - (bad2 >= 0 ? 1 : 0));
     for (int i = 1; i < NWRITES; i += 2) {
         if (i == bad)
             assert_int_equal(get(fx, keys[i], T0, NULL), PINS_ENOT_FOUND);
@@ -1512,6 +1515,147 @@ static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state
     pin_result_free(&p);
     pin_result_free(&del_r);
     for (int i = 0; i < NWRITES; i++)
+        pin_result_free(&r[i]);
+}
+
+#define NRUN 15
+
+typedef struct run_call {
+    const char *key;
+    int step;         /* the call's place among its key's calls */
+    int ttl;          /* NO_TTL or seconds */
+    int64_t expected; /* ANY_VERSION or a version */
+    int64_t at;       /* now_us */
+    int64_t version;  /* what it must get */
+    bool created;
+    int64_t created_at;
+    int id_group; /* calls of one pin share an id: 0 the first pin of "live", ... */
+} run_call;
+
+static void test_writes_of_one_key_waiting_together_apply_in_order(void **state)
+{
+    /* Upserts of one key waiting together (on PostgreSQL a run of them is one statement) end as
+     * if run one after the other: each call gets its version, created flag and created_at, its
+     * own value, updated_at and expiry, and its own audit row whose old hash is the value before
+     * it. "live" starts as a pin, "gone" as an expired one, "new" does not exist; a call with
+     * expected_version, and one that comes after the previous call's pin expired, are among them.
+     */
+    fixture *fx = *state;
+    pin_result live0 = {0}, gone0 = {0};
+    assert_int_equal(upsert(fx, "live", "{\"v\":\"live-init\"}", NO_TTL, ANY_VERSION, T0, &live0),
+                     0);
+    assert_int_equal(upsert(fx, "gone", "{\"v\":\"gone-init\"}", 10, ANY_VERSION, T0, &gone0), 0);
+    const int64_t t1 = T0 + 60 * SEC, ms = 1000, t2 = t1 + 2 * SEC;
+    static run_call q[NRUN];
+    const run_call calls[NRUN] = {
+        {"live", 0, NO_TTL, ANY_VERSION, t1, 2, false, T0, 0},
+        {"live", 1, 3600, ANY_VERSION, t1 + ms, 3, false, T0, 0},
+        {"live", 2, NO_TTL, ANY_VERSION, t1 + 2 * ms, 4, false, T0, 0},
+        {"live", 3, NO_TTL, ANY_VERSION, t1 + 3 * ms, 5, false, T0, 0},
+        {"live", 4, NO_TTL, 5, t1 + 4 * ms, 6, false, T0, 0},
+        {"gone", 0, NO_TTL, ANY_VERSION, t1, 1, true, t1, 1},
+        {"gone", 1, NO_TTL, ANY_VERSION, t1 + ms, 2, false, t1, 1},
+        {"gone", 2, 3600, ANY_VERSION, t1 + 2 * ms, 3, false, t1, 1},
+        {"gone", 3, NO_TTL, ANY_VERSION, t1 + 3 * ms, 4, false, t1, 1},
+        {"new", 0, NO_TTL, ANY_VERSION, t1, 1, true, t1, 2},
+        {"new", 1, NO_TTL, ANY_VERSION, t1 + ms, 2, false, t1, 2},
+        {"new", 2, NO_TTL, ANY_VERSION, t1 + 2 * ms, 3, false, t1, 2},
+        {"new", 3, 1, ANY_VERSION, t1 + 3 * ms, 4, false, t1, 2},
+        {"new", 4, NO_TTL, ANY_VERSION, t2, 1, true, t2,
+         3}, /* the last one expired at t1+1.003 s */
+        {"new", 5, NO_TTL, ANY_VERSION, t2 + ms, 2, false, t2, 3},
+    };
+    memcpy(q, calls, sizeof(q));
+    static pin_result r[NRUN];
+    memset(r, 0, sizeof(r));
+    char values[NRUN][32], hashes[NRUN][17];
+    /* Queued step by step across the keys, so the store sorts them back into runs. */
+    for (int step = 0; step < 6; step++) {
+        for (int i = 0; i < NRUN; i++) {
+            if (q[i].step != step)
+                continue;
+            snprintf(values[i], sizeof(values[i]), "{\"v\":\"%s-%d\"}", q[i].key, q[i].step);
+            hash16(values[i], hashes[i]);
+            const store_upsert_req req = {
+                .tenant_id = fx->tenant,
+                .key = q[i].key,
+                .value_json = values[i],
+                .value_len = strlen(values[i]),
+                .value_hash = hashes[i],
+                .source = "api",
+                .has_ttl = q[i].ttl != NO_TTL,
+                .ttl_seconds = q[i].ttl != NO_TTL ? q[i].ttl : 0,
+                .has_expected_version = q[i].expected != ANY_VERSION,
+                .expected_version = q[i].expected != ANY_VERSION ? q[i].expected : 0,
+                .now_us = q[i].at,
+                .audit = {.agent_id = "agent-run", .latency_ms = 2},
+            };
+            assert_int_equal(store_pin_upsert(fx->ss, &req, on_pin, &r[i]), 0);
+        }
+    }
+    wait_all(fx, r, NRUN);
+    int64_t ids[4] = {live0.pin.id, 0, 0, 0};
+    for (int i = 0; i < NRUN; i++) {
+        assert_int_equal(r[i].err, 0);
+        assert_string_equal(r[i].key, q[i].key);
+        assert_string_equal(r[i].value, values[i]);
+        assert_int_equal(r[i].pin.version, q[i].version);
+        assert_int_equal(r[i].created, q[i].created);
+        assert_int_equal(r[i].pin.created_us, q[i].created_at);
+        assert_int_equal(r[i].pin.updated_us, q[i].at);
+        assert_int_equal(r[i].pin.has_ttl, q[i].ttl != NO_TTL);
+        assert_int_equal(r[i].pin.has_expires, q[i].ttl != NO_TTL);
+        if (q[i].ttl != NO_TTL) {
+            assert_int_equal(r[i].pin.ttl_seconds, q[i].ttl);
+            assert_int_equal(r[i].pin.expires_us, q[i].at + q[i].ttl * SEC);
+        }
+        if (ids[q[i].id_group] == 0)
+            ids[q[i].id_group] = r[i].pin.id;
+        assert_int_equal(r[i].pin.id, ids[q[i].id_group]);
+    }
+    /* The stored rows are the last call's. */
+    static const struct {
+        const char *key;
+        int last;
+    } fin[] = {{"live", 4}, {"gone", 8}, {"new", 14}};
+    for (int f = 0; f < 3; f++) {
+        pin_result p = {0};
+        assert_int_equal(get(fx, fin[f].key, t2 + 10 * ms, &p), 0);
+        assert_int_equal(p.pin.version, q[fin[f].last].version);
+        assert_string_equal(p.value, values[fin[f].last]);
+        pin_result_free(&p);
+    }
+    /* One audit row per call, newest first; each old hash is the value before it, none over an
+     * expired or absent pin. */
+    char init[2][17];
+    hash16("{\"v\":\"live-init\"}", init[0]);
+    hash16("{\"v\":\"gone-init\"}", init[1]);
+    static const struct {
+        const char *key;
+        int from, to;
+    } runs[] = {{"live", 0, 4}, {"gone", 5, 8}, {"new", 9, 14}};
+    for (int k = 0; k < 3; k++) {
+        const store_audit_list_req aq = {
+            .tenant_id = fx->tenant, .key = runs[k].key, .operation = "upsert", .limit = 20};
+        audit_result a;
+        audit(fx, &aq, &a);
+        int n = runs[k].to - runs[k].from + 1;
+        assert_int_equal(a.n,
+                         (size_t)(n + (k < 2 ? 1 : 0))); /* "live", "gone": their first write */
+        for (int j = 0; j < n; j++) {
+            int i = runs[k].to - j;
+            assert_int_equal(a.ts[j], q[i].at);
+            assert_string_equal(a.new_hash[j], hashes[i]);
+            assert_string_equal(a.agent[j], "agent-run");
+            const char *old = i > runs[k].from && !q[i].created ? hashes[i - 1]
+                              : q[i].created                    ? ""
+                                                                : init[0];
+            assert_string_equal(a.old_hash[j], old);
+        }
+    }
+    pin_result_free(&live0);
+    pin_result_free(&gone0);
+    for (int i = 0; i < NRUN; i++)
         pin_result_free(&r[i]);
 }
 
@@ -1744,6 +1888,7 @@ int main(void)
         T(test_callback_may_start_another_operation),
         T(test_concurrent_gets_each_get_their_own_pin),
         T(test_concurrent_writes_commit_and_a_bad_one_fails_alone),
+        T(test_writes_of_one_key_waiting_together_apply_in_order),
         T(test_sqlite_open_creates_private_dir_and_wal_file),
         T(test_sqlite_audit_extra_holds_request_id_as_json),
         T(test_sqlite_open_fails_on_file_that_is_not_a_database),
