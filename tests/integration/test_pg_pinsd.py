@@ -13,6 +13,7 @@ plus /ready answering 503 with checks.store "down" while PostgreSQL is unreachab
 "schema_behind" before `pinsctl migrate upgrade head`.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -92,6 +93,74 @@ ListOnPostgres = _on_pg(test_grpc.ListTest)
 TtlAndCleanupOnPostgres = _on_pg(test_grpc.TtlAndCleanupTest)
 ValidationOnPostgres = _on_pg(test_grpc.ValidationTest)
 
+
+
+class HotKeyOnPostgres(unittest.TestCase):
+    """Many clients writing one key at once: pinsd runs the upserts of one key that wait together
+    as one statement (store/README.md, "Runs of one key"); every call must still end as if the
+    calls ran one after the other."""
+
+    def test_concurrent_upserts_of_one_key_form_one_history(self):
+        db = pg.PgServer(extra_conf={"shared_preload_libraries": "pg_stat_statements"}).start()
+        self.addCleanup(db.destroy)
+        migrate(db.url, "upgrade", "head")
+        db.psql("CREATE EXTENSION pg_stat_statements")
+        server = Server(dict(PG_ENV, DATABASE_URL=db.url, DB_POOL_SIZE="2", PINS_WORKERS="1"))
+        self.addCleanup(server.cleanup)
+        server.start()
+        nthreads, ncalls = 8, 40
+        got = []
+        errors = []
+
+        def writer(t):
+            c = harness.GrpcClient(server.target)
+            try:
+                for i in range(ncalls):
+                    r = c.call(mp("UpsertPin"), {"tenant_id": "hot", "key": "k",
+                                                 "value": {"v": "t%d-%d" % (t, i)}}, timeout=10)
+                    got.append((r.pin.version, r.created, harness.to_dict(r.pin)["value"]["v"]))
+            except grpc.RpcError as e:
+                errors.append(e)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(nthreads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        n = nthreads * ncalls
+        # Each call its own version, 1..n, and only the first one created the pin.
+        self.assertEqual(sorted(v for v, _, _ in got), list(range(1, n + 1)))
+        self.assertEqual([v for v, created, _ in got if created], [1])
+        client = server.client()
+        self.addCleanup(client.close)
+        pin = harness.to_dict(client.call(mp("GetPin"), {"tenant_id": "hot", "key": "k"}).pin)
+        last = [val for v, _, val in got if v == n][0]
+        self.assertEqual((pin["version"], pin["value"]), (str(n), {"v": last}))
+        # The audit rows form one chain: each write's old hash is the previous write's new hash,
+        # from none (the first) to the stored value.
+        rows = db.query("SELECT coalesce(old_value_hash, ''), new_value_hash FROM"
+                         " system.memory_audit WHERE tenant_id = 'hot' AND key = 'k'"
+                         " AND operation = 'upsert'")
+        self.assertEqual(len(rows), n)
+        after = dict(rows)
+        self.assertEqual(len(after), n, "two writes saw the same value before them")
+        h, steps = "", 0
+        while h in after:
+            h = after[h]
+            steps += 1
+        self.assertEqual(steps, n)
+        want = hashlib.sha256(json.dumps({"v": last}, separators=(",", ":")).encode())
+        self.assertEqual(h, want.hexdigest()[:16])
+        # Runs of calls did form: the statement for several upserts of one key ran, fewer times
+        # than there were calls.
+        runs = db.query("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                        " WHERE query LIKE '%WITH ORDINALITY AS q(value%'")
+        self.assertGreater(int(runs[0][0]), 0)
+        self.assertLess(int(runs[0][0]), n)
+        self.assertTrue(server.alive())
 
 
 class PreparedStatementsOnPostgres(unittest.TestCase):
