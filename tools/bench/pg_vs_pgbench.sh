@@ -29,7 +29,8 @@
 #       app's SQL on the M7 schema (prepared statements, one row, no audit row); pinsd runs its own
 #       statements on its own schema (an upsert also writes memory_audit). That is the closest
 #       "same SQL" there is. pinsd batches the calls that wait together (one statement for the
-#       reads, one transaction for the writes: store/README.md, "Segments") and, connected
+#       reads, one transaction for the writes, one statement for the upserts of one key in it:
+#       store/README.md, "Segments") and, connected
 #       straight to PostgreSQL as here, runs named prepared statements as pgbench -M prepared
 #       does. Target: pinsd >= 0.9x pgbench's TPS for each.
 #       Every run uses ONE key (h2load sends one body; grpc_load.sh cannot vary it), so UpsertPin
