@@ -1029,6 +1029,30 @@ static void deliver_rbac_list(pg_session *ss, pg_req *r)
     pins_arena_free(a);
 }
 
+/* Completes k, one call of a batch, with the pin in row of res (its columns from col; whether
+ * it created the pin in created_col, or -1) or, when row < 0, with absent. An upsert's success
+ * counts its audit row. A call past its deadline was completed already. */
+static void deliver_kid(pg_session *ss, pg_req *k, const PGresult *res, int row, int col,
+                        int created_col, int absent)
+{
+    if (k->pdone != NULL)
+        *k->pdone = true;
+    if (k->abandoned)
+        return;
+    store_pin pin;
+    char *buf = NULL;
+    int err = row < 0 ? absent : read_pin(res, row, col, &pin, &buf);
+    if (err == PINS_EINTERNAL)
+        store__session_error(&ss->base, "unexpected result of a batch of calls");
+    else if (err == PINS_ENOMEM)
+        store__session_error(&ss->base, "out of memory reading a pin");
+    if (err == 0 && k->kind == OP_UPSERT)
+        count_audit("success");
+    bool created = err == 0 && created_col >= 0 && col_bool(res, row, created_col);
+    k->cb.pin(k->arg, err, err == 0 ? &pin : NULL, created);
+    free(buf);
+}
+
 /* Answers each call of a GetPin batch from the rows of its statement. */
 static void deliver_gets(pg_session *ss, pg_req *r)
 {
@@ -1042,20 +1066,8 @@ static void deliver_gets(pg_session *ss, pg_req *r)
             rowof[i] = row;
     }
     int i = 0;
-    for (pg_req *k = r->kids; k != NULL; k = k->next, i++) {
-        if (k->pdone != NULL)
-            *k->pdone = true;
-        if (k->abandoned)
-            continue;
-        store_pin pin;
-        char *buf = NULL;
-        int err = i >= GET_BATCH_MAX || rowof[i] < 0 ? PINS_ENOT_FOUND
-                                                     : read_pin(res, rowof[i], 1, &pin, &buf);
-        if (err == PINS_ENOMEM)
-            store__session_error(&ss->base, "out of memory reading a pin");
-        k->cb.pin(k->arg, err, err == 0 ? &pin : NULL, false);
-        free(buf);
-    }
+    for (pg_req *k = r->kids; k != NULL; k = k->next, i++)
+        deliver_kid(ss, k, res, i < GET_BATCH_MAX ? rowof[i] : -1, 1, -1, PINS_ENOT_FOUND);
 }
 
 /* Delivers each call of an OP_UPSERT_CHAIN its row (finish_ok checked there is one per call). */
@@ -1065,22 +1077,8 @@ static void deliver_chain(pg_session *ss, pg_req *r)
     int rows = PQntuples(res);
     int i = 0;
     for (pg_req *k = r->kids; k != NULL; k = k->next, i++) {
-        if (k->pdone != NULL)
-            *k->pdone = true;
-        if (k->abandoned)
-            continue;
-        store_pin pin;
-        char *buf = NULL;
-        int err = i < rows && col_i64(res, i, 0) == i + 1 ? read_pin(res, i, 3, &pin, &buf)
-                                                          : PINS_EINTERNAL;
-        if (err == PINS_EINTERNAL)
-            store__session_error(&ss->base, "unexpected result of a chain of upserts");
-        else if (err == PINS_ENOMEM)
-            store__session_error(&ss->base, "out of memory reading a pin");
-        if (err == 0)
-            count_audit("success");
-        k->cb.pin(k->arg, err, err == 0 ? &pin : NULL, err == 0 && col_bool(res, i, 2));
-        free(buf);
+        int row = i < rows && col_i64(res, i, 0) == i + 1 ? i : -1;
+        deliver_kid(ss, k, res, row, 3, 2, PINS_EINTERNAL);
     }
 }
 

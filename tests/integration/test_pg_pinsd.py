@@ -397,13 +397,21 @@ class ResilienceTest(unittest.TestCase):
             " AND operation = 'upsert'")}
         self.assertEqual(set(acked) - audited, set(), "acknowledged writes without audit rows")
 
-    def wait_sleeping(self, secs):
-        """Waits until a session runs pg_sleep(secs) (the lock holder of the tests below)."""
+    def hold_lock(self, tenant, secs):
+        """Starts a psql session that holds the row lock of (tenant, 'k') for secs seconds, and
+        returns it once it holds the lock."""
+        holder = subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U",
+                                   "postgres", "-d", "pins", "-c",
+                                   "BEGIN; SELECT 1 FROM system.memory_pins WHERE tenant_id = '%s'"
+                                   " AND key = 'k' FOR UPDATE; SELECT pg_sleep(%d); COMMIT;"
+                                   % (tenant, secs)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(holder.kill)
         end = time.monotonic() + 5
         while time.monotonic() < end:
             if self.pg.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(%d)%%'"
                              " AND state = 'active' AND pid <> pg_backend_pid()" % secs):
-                return
+                return holder
             time.sleep(0.05)
         self.fail("the lock holder did not start")
 
@@ -419,15 +427,9 @@ class ResilienceTest(unittest.TestCase):
         srv, client = self.pinsd(DATABASE_URL=url, BREAKER_ERRORS_PER_MIN=1000000)
         client.call(mp("UpsertPin"), {"tenant_id": "dl", "key": "k", "value": {"v": "before"}})
         # Another session holds the row lock for 4 s, so pinsd's next upsert of the key waits.
-        holder = subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U",
-                                   "postgres", "-d", "pins", "-c",
-                                   "BEGIN; SELECT 1 FROM system.memory_pins WHERE tenant_id = 'dl'"
-                                   " AND key = 'k' FOR UPDATE; SELECT pg_sleep(4); COMMIT;"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(holder.kill)
+        holder = self.hold_lock("dl", 4)
         waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                    " AND query LIKE '%memory_pins%' AND pid <> pg_backend_pid()")
-        self.wait_sleeping(4)
         with self.assertRaises(grpc.RpcError) as cm:
             client.call(mp("UpsertPin"), {"tenant_id": "dl", "key": "k", "value": {"v": "late"}},
                         timeout=0.5)
@@ -461,13 +463,7 @@ class ResilienceTest(unittest.TestCase):
         # statement whose call still waits: the call runs once more instead of failing.
         srv, client = self.pinsd(BREAKER_ERRORS_PER_MIN=1000000)
         client.call(mp("UpsertPin"), {"tenant_id": "cx", "key": "k", "value": {"v": "before"}})
-        holder = subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U",
-                                   "postgres", "-d", "pins", "-c",
-                                   "BEGIN; SELECT 1 FROM system.memory_pins WHERE tenant_id = 'cx'"
-                                   " AND key = 'k' FOR UPDATE; SELECT pg_sleep(2); COMMIT;"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(holder.kill)
-        self.wait_sleeping(2)
+        holder = self.hold_lock("cx", 2)
         result = {}
 
         def write():
