@@ -7,8 +7,8 @@
  *
  * Calls wait FIFO in a bounded queue. Once per loop iteration (a store__defer, so the calls read
  * from all clients in that iteration go together) and whenever a connection has room, the queue is
- * cut into segments; each goes to the least busy connection and ends with one sync, so a segment is
- * one implicit transaction:
+ * cut into segments; each ends with one sync, so a segment is one implicit transaction, and goes to
+ * the least busy connection (a read batch: to the first with room, see dispatch()):
  *   - GetPin calls waiting together (up to GET_BATCH_MAX) become one statement that looks up all
  *     their keys at once;
  *   - upserts and deletes waiting together (up to WRITE_BATCH_MAX) are consecutive statements of
@@ -1503,12 +1503,16 @@ static uint32_t key_slot(const pg_req *r)
 }
 
 /* The up connection with room for another segment and the fewest in flight, or NULL. */
-static pg_conn *pick_conn(pg_session *ss)
+static pg_conn *pick_conn(pg_session *ss, bool first_fit)
 {
     pg_conn *best = NULL;
     for (int i = 0; i < ss->nconns; i++) {
         pg_conn *c = &ss->conns[i];
-        if (c->state == C_UP && c->nsegs < SEGS_MAX && (best == NULL || c->nsegs < best->nsegs))
+        if (c->state != C_UP || c->nsegs >= SEGS_MAX)
+            continue;
+        if (first_fit)
+            return c;
+        if (best == NULL || c->nsegs < best->nsegs)
             best = c;
     }
     return best;
@@ -1780,7 +1784,12 @@ static void send_writes(pg_session *ss, pg_conn *c, pg_req *first)
 static void dispatch(pg_session *ss)
 {
     while (ss->wq_head != NULL) {
-        pg_conn *c = pick_conn(ss);
+        /* A read batch goes to the first connection with room, so that a light read load keeps
+         * one server process busy instead of waking several that share the CPU with us and
+         * with each other; the next connection takes over only while the first has SEGS_MAX in
+         * flight. Other segments (writes: each ends with a commit, which PostgreSQL flushes
+         * together across connections) go to the least busy connection. */
+        pg_conn *c = pick_conn(ss, is_get(ss->wq_head));
         if (c == NULL)
             return;
         pg_req *r = queue_pop(ss);
