@@ -651,26 +651,26 @@ static int put_str(struct enc *e, const char *str, size_t n)
     return rv != 0 ? rv : put(e, "\"", 1);
 }
 
+/* Writes the digits in tmp[1..end), in quotes when quoted (tmp has room for both). */
+static int put_digits(struct enc *e, char *tmp, char *end, bool quoted)
+{
+    if (!quoted)
+        return put(e, tmp + 1, (size_t)(end - tmp - 1));
+    tmp[0] = '"';
+    *end++ = '"';
+    return put(e, tmp, (size_t)(end - tmp));
+}
+
 static int put_int(struct enc *e, int64_t v, bool quoted)
 {
     char tmp[PINS_FMT_INT_MAX + 2];
-    char *p = tmp + quoted;
-    tmp[0] = '"';
-    p = pins_fmt_i64(p, v);
-    if (quoted)
-        *p++ = '"';
-    return put(e, tmp, (size_t)(p - tmp));
+    return put_digits(e, tmp, pins_fmt_i64(tmp + 1, v), quoted);
 }
 
 static int put_uint(struct enc *e, uint64_t v, bool quoted)
 {
     char tmp[PINS_FMT_INT_MAX + 2];
-    char *p = tmp + quoted;
-    tmp[0] = '"';
-    p = pins_fmt_u64(p, v);
-    if (quoted)
-        *p++ = '"';
-    return put(e, tmp, (size_t)(p - tmp));
+    return put_digits(e, tmp, pins_fmt_u64(tmp + 1, v), quoted);
 }
 
 /* A double as pbstruct prints it: an integral value up to 2^53 as an integer, anything else in
