@@ -10,7 +10,8 @@
  * cut into segments; each ends with one sync, so a segment is one implicit transaction, and goes to
  * the least busy connection (a read batch: to the first with room, see dispatch()):
  *   - GetPin calls waiting together (up to GET_BATCH_MAX) become one statement that looks up all
- *     their keys at once;
+ *     their keys at once, each distinct (tenant, key) once: calls of one key share its row, each
+ *     checked against its own clock for expiry;
  *   - upserts and deletes waiting together (up to WRITE_BATCH_MAX) are consecutive statements of
  *     one segment, one transaction with one commit. They are sorted by tenant and key, so two
  *     segments take their row locks in the same order and never deadlock. Each is answered only
@@ -385,10 +386,12 @@ typedef struct pg_req {
     bool sync_after;     /* the last statement of its segment */
     bool pre_set;        /* sql_generic precedes it (and its Parse); its result is due */
     bool parse_pending;  /* a Parse of its statement precedes it; its result is due */
-    uint32_t slot;       /* upsert, delete: its key's slot in busy[] (key_slot) */
+    uint32_t slot;       /* upsert, delete, get: its key's slot in busy[] (key_slot) */
     uint32_t busy_at;    /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
     bool solo;           /* goes in a segment of its own (a retry after an error) */
     bool cancel_sent;    /* its calls all passed their deadlines: a cancel request went out */
+    int64_t now_us;      /* get: the call's clock, for the expiry check of a shared row */
+    int key_at;          /* get in a batch: the array element of its (tenant, key), 0-based */
     struct pg_req *kids; /* OP_GET_BATCH, OP_UPSERT_CHAIN: its calls in order, linked by next */
     int nkids;
 } pg_req;
@@ -1032,42 +1035,68 @@ static void deliver_rbac_list(pg_session *ss, pg_req *r)
 /* Completes k, one call of a batch, with the pin in row of res (its columns from col; whether
  * it created the pin in created_col, or -1) or, when row < 0, with absent. An upsert's success
  * counts its audit row. A call past its deadline was completed already. */
-static void deliver_kid(pg_session *ss, pg_req *k, const PGresult *res, int row, int col,
-                        int created_col, int absent)
+/* Answers call k of a batch with err, or with pin (borrowed for the callback). */
+static void deliver_pin(pg_session *ss, pg_req *k, int err, const store_pin *pin, bool created)
 {
     if (k->pdone != NULL)
         *k->pdone = true;
     if (k->abandoned)
         return;
-    store_pin pin;
-    char *buf = NULL;
-    int err = row < 0 ? absent : read_pin(res, row, col, &pin, &buf);
     if (err == PINS_EINTERNAL)
         store__session_error(&ss->base, "unexpected result of a batch of calls");
     else if (err == PINS_ENOMEM)
         store__session_error(&ss->base, "out of memory reading a pin");
     if (err == 0 && k->kind == OP_UPSERT)
         count_audit("success");
+    k->cb.pin(k->arg, err, err == 0 ? pin : NULL, created);
+}
+
+static void deliver_kid(pg_session *ss, pg_req *k, const PGresult *res, int row, int col,
+                        int created_col, int absent)
+{
+    if (k->abandoned) {
+        deliver_pin(ss, k, 0, NULL, false);
+        return;
+    }
+    store_pin pin;
+    char *buf = NULL;
+    int err = row < 0 ? absent : read_pin(res, row, col, &pin, &buf);
     bool created = err == 0 && created_col >= 0 && col_bool(res, row, created_col);
-    k->cb.pin(k->arg, err, err == 0 ? &pin : NULL, created);
+    deliver_pin(ss, k, err, &pin, created);
     free(buf);
 }
 
-/* Answers each call of a GetPin batch from the rows of its statement. */
+/* Answers each call of a GetPin batch from the row of its key, read once for all its calls; a
+ * call whose clock is at or past the row's expiry gets NOT_FOUND, as it would alone. */
 static void deliver_gets(pg_session *ss, pg_req *r)
 {
     const PGresult *res = r->res;
-    int rowof[GET_BATCH_MAX];
-    for (int i = 0; i < r->nkids && i < GET_BATCH_MAX; i++)
-        rowof[i] = -1;
+    int rowof[GET_BATCH_MAX], err[GET_BATCH_MAX];
+    store_pin pins[GET_BATCH_MAX];
+    char *bufs[GET_BATCH_MAX] = {NULL};
+    bool parsed[GET_BATCH_MAX] = {false};
+    for (int d = 0; d < GET_BATCH_MAX; d++)
+        rowof[d] = -1;
     for (int row = 0; row < PQntuples(res); row++) {
-        int64_t i = col_i64(res, row, 0) - 1;
-        if (i >= 0 && i < r->nkids && i < GET_BATCH_MAX)
-            rowof[i] = row;
+        int64_t d = col_i64(res, row, 0) - 1;
+        if (d >= 0 && d < GET_BATCH_MAX)
+            rowof[d] = row;
     }
-    int i = 0;
-    for (pg_req *k = r->kids; k != NULL; k = k->next, i++)
-        deliver_kid(ss, k, res, i < GET_BATCH_MAX ? rowof[i] : -1, 1, -1, PINS_ENOT_FOUND);
+    for (pg_req *k = r->kids; k != NULL; k = k->next) {
+        int d = k->key_at;
+        if (k->abandoned || d < 0 || d >= GET_BATCH_MAX || rowof[d] < 0) {
+            deliver_pin(ss, k, PINS_ENOT_FOUND, NULL, false); /* abandoned: only marked done */
+            continue;
+        }
+        if (!parsed[d]) {
+            parsed[d] = true;
+            err[d] = read_pin(res, rowof[d], 1, &pins[d], &bufs[d]);
+        }
+        bool expired = err[d] == 0 && pins[d].has_expires && pins[d].expires_us <= k->now_us;
+        deliver_pin(ss, k, expired ? PINS_ENOT_FOUND : err[d], &pins[d], false);
+    }
+    for (int d = 0; d < GET_BATCH_MAX; d++)
+        free(bufs[d]);
 }
 
 /* Delivers each call of an OP_UPSERT_CHAIN its row (finish_ok checked there is one per call). */
@@ -1601,20 +1630,55 @@ static void buf_elem(store__buf *b, const char *s, bool first)
     store__buf_put(b, "\"", 1);
 }
 
-/* Sends first and the GetPin calls waiting with it as one statement on c. */
+/* Whether two GetPin calls name one (tenant, key); a NULL parameter reads as "", as in the
+ * batch's arrays. */
+static bool same_key(const pg_req *a, const pg_req *b)
+{
+    for (int i = 0; i < 2; i++) {
+        if (strcmp(a->params[i] != NULL ? a->params[i] : "",
+                   b->params[i] != NULL ? b->params[i] : "") != 0)
+            return false;
+    }
+    return true;
+}
+
+/* Sends first and the GetPin calls waiting with it as one statement on c. The arrays hold each
+ * distinct (tenant, key) once, with the earliest clock of its calls: a row live then comes back,
+ * and deliver_gets() checks it against each call's own clock. */
 static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
 {
     pg_req *kids[GET_BATCH_MAX];
     kids[0] = first;
     int n = queue_take(ss, take_get, kids, GET_BATCH_MAX);
+    int at[2 * GET_BATCH_MAX]; /* open addressing on slot: distinct key + 1, 0 empty */
+    int firstof[GET_BATCH_MAX], nd = 0;
+    int64_t now[GET_BATCH_MAX];
+    memset(at, 0, sizeof(at));
+    for (int i = 0; i < n; i++) {
+        pg_req *k = kids[i];
+        uint32_t h = k->slot & (2 * GET_BATCH_MAX - 1);
+        while (at[h] != 0 && !same_key(kids[firstof[at[h] - 1]], k))
+            h = (h + 1) & (2 * GET_BATCH_MAX - 1);
+        if (at[h] == 0) {
+            firstof[nd] = i;
+            now[nd] = k->now_us;
+            at[h] = ++nd;
+        } else if (k->now_us < now[at[h] - 1]) {
+            now[at[h] - 1] = k->now_us;
+        }
+        k->key_at = at[h] - 1;
+        k->next = i + 1 < n ? kids[i + 1] : NULL;
+    }
     pg_req *b = calloc(1, sizeof(*b));
     store__buf arr[3] = {{0}};
     for (int i = 0; i < 3; i++)
         store__buf_put(&arr[i], "{", 1);
-    for (int i = 0; i < n; i++) {
-        kids[i]->next = i + 1 < n ? kids[i + 1] : NULL;
-        for (int p = 0; p < 3; p++)
-            buf_elem(&arr[p], kids[i]->params[p], i == 0);
+    for (int d = 0; d < nd; d++) {
+        char num[PINS_FMT_INT_MAX];
+        pins_fmt_i64(num, now[d]);
+        buf_elem(&arr[0], kids[firstof[d]]->params[0], d == 0);
+        buf_elem(&arr[1], kids[firstof[d]]->params[1], d == 0);
+        buf_elem(&arr[2], num, d == 0);
     }
     bool ok = b != NULL;
     for (int i = 0; i < 3; i++) {
@@ -2035,7 +2099,7 @@ static int submit(pg_session *ss, pg_req *r)
     bool done = false;
     if (ss->evb == NULL)
         r->pdone = &done;
-    if (r->kind == OP_UPSERT || r->kind == OP_DELETE)
+    if (r->kind == OP_UPSERT || r->kind == OP_DELETE || r->kind == OP_GET)
         r->slot = key_slot(r); /* once: the dispatcher looks at it on every pass */
     if (!any_conn_alive(ss)) {
         count_error("connect");
@@ -2113,6 +2177,7 @@ static int pg_get(store_session *base, const store__get_req *q, store_pin_cb cb,
     r->cb.pin = cb;
     bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->key);
     req_i64(r, q->now_us);
+    r->now_us = q->now_us;
     return submit_if(ss, r, ok);
 }
 

@@ -162,6 +162,61 @@ class HotKeyOnPostgres(unittest.TestCase):
         self.assertLess(int(runs[0][0]), n)
         self.assertTrue(server.alive())
 
+    def test_concurrent_reads_of_one_key_share_its_row(self):
+        """Reads of one key waiting together are one element of the read batch: every call gets
+        the pin, and the server returned fewer rows than there were calls."""
+        db = pg.PgServer(extra_conf={"shared_preload_libraries": "pg_stat_statements"}).start()
+        self.addCleanup(db.destroy)
+        migrate(db.url, "upgrade", "head")
+        db.psql("CREATE EXTENSION pg_stat_statements")
+        server = Server(dict(PG_ENV, DATABASE_URL=db.url, DB_POOL_SIZE="1", PINS_WORKERS="1"))
+        self.addCleanup(server.cleanup)
+        server.start()
+        client = server.client()
+        self.addCleanup(client.close)
+        for key in ("k", "other"):
+            client.call(mp("UpsertPin"), {"tenant_id": "hot", "key": key, "value": {"k": key},
+                                          "ttl_seconds": 3600})
+        db.query("SELECT pg_stat_statements_reset()")
+        nthreads, ncalls = 8, 50
+        got, errors = [], []
+
+        def reader(t):
+            c = harness.GrpcClient(server.target)
+            try:
+                for i in range(ncalls):
+                    key = "other" if t == 0 and i % 2 else "k"
+                    r = c.call(mp("GetPin"), {"tenant_id": "hot", "key": key}, timeout=10)
+                    got.append((key, r.pin.key, r.pin.version, harness.to_dict(r.pin)["value"]))
+                    # a key of another tenant in the same batches is not found
+                    if i % 10 == 9:
+                        try:
+                            c.call(mp("GetPin"), {"tenant_id": "cold", "key": "k"}, timeout=10)
+                            errors.append("tenant cold found the pin of tenant hot")
+                        except grpc.RpcError as e:
+                            if e.code() != grpc.StatusCode.NOT_FOUND:
+                                errors.append(e)
+            except grpc.RpcError as e:
+                errors.append(e)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=reader, args=(t,)) for t in range(nthreads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(len(got), nthreads * ncalls)
+        for want, key, version, value in got:
+            self.assertEqual((key, version, value), (want, 1, {"k": want}))
+        stats = db.query("SELECT coalesce(sum(calls), 0), coalesce(sum(rows), 0)"
+                         " FROM pg_stat_statements WHERE query LIKE '%AS q(tenant_id, key, now_us%'")
+        statements, rows = int(stats[0][0]), int(stats[0][1])
+        self.assertGreater(statements, 0)
+        self.assertLess(rows, len(got), "every read of the hot key had a row of its own")
+        self.assertTrue(server.alive())
+
 
 class PreparedStatementsOnPostgres(unittest.TestCase):
     """Connected straight to PostgreSQL, pinsd prepares its statements once per connection: the

@@ -1438,6 +1438,62 @@ static void test_concurrent_gets_each_get_their_own_pin(void **state)
     }
 }
 
+static void test_reads_of_one_key_waiting_together_each_check_their_own_clock(void **state)
+{
+    /* Reads of one key waiting together (on PostgreSQL one array element serves them all) each
+     * get the pin as a read at their own clock would: "hot" expires at T0 + 10 s, so a call at
+     * that instant or later gets NOT_FOUND while the others get the pin, whichever order the
+     * calls came in; every call of "gone" is at or past its expiry; "cold" has no expiry; the same
+     * keys in another tenant are not found. */
+    fixture *fx = *state;
+    pin_result hot0 = {0};
+    assert_int_equal(upsert(fx, "hot", "{\"v\":\"hot\"}", 10, ANY_VERSION, T0, &hot0), 0);
+    assert_int_equal(upsert(fx, "gone", "{\"v\":\"gone\"}", 1, ANY_VERSION, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "cold", "{\"v\":\"cold\"}", NO_TTL, ANY_VERSION, T0, NULL), 0);
+    static const int64_t clocks[] = {11 * SEC, 10 * SEC,     10 * SEC - 1, 5 * SEC,
+                                     0,        10 * SEC + 1, 2 * SEC};
+    static const char *const keys[] = {"hot", "cold", "gone", "hot", "missing"};
+    enum { NCLOCKS = sizeof(clocks) / sizeof(clocks[0]), NKEYS = sizeof(keys) / sizeof(keys[0]) };
+    enum { N = 60 };
+    static pin_result r[N];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < N; i++) {
+        const char *tenant = i % 11 == 10 ? "some-other-tenant" : fx->tenant;
+        int64_t now = T0 + clocks[i % NCLOCKS] + (strcmp(keys[i % NKEYS], "gone") == 0 ? SEC : 0);
+        assert_int_equal(store_pin_get(fx->ss, tenant, keys[i % NKEYS], now, on_pin, &r[i]), 0);
+    }
+    wait_all(fx, r, N);
+    int hot_found = 0, hot_expired = 0;
+    for (int i = 0; i < N; i++) {
+        const char *key = keys[i % NKEYS];
+        int64_t clock = clocks[i % NCLOCKS];
+        bool hot = strcmp(key, "hot") == 0;
+        bool found = i % 11 != 10 && (strcmp(key, "cold") == 0 || (hot && clock < 10 * SEC));
+        assert_int_equal(r[i].err, found ? 0 : PINS_ENOT_FOUND);
+        if (hot && i % 11 != 10)
+            *(found ? &hot_found : &hot_expired) += 1;
+        if (found) {
+            char value[32];
+            snprintf(value, sizeof(value), "{\"v\":\"%s\"}", key);
+            assert_string_equal(r[i].tenant, fx->tenant);
+            assert_string_equal(r[i].key, key);
+            assert_string_equal(r[i].value, value);
+            assert_int_equal(r[i].pin.version, 1);
+            assert_int_equal(r[i].pin.has_expires, hot);
+            if (hot) {
+                assert_int_equal(r[i].pin.id, hot0.pin.id);
+                assert_int_equal(r[i].pin.expires_us, T0 + 10 * SEC);
+                assert_int_equal(r[i].pin.ttl_seconds, 10);
+            }
+        }
+        pin_result_free(&r[i]);
+    }
+    /* both outcomes of "hot" occurred among calls that waited together */
+    assert_true(hot_found > 0);
+    assert_true(hot_expired > 0);
+    pin_result_free(&hot0);
+}
+
 #define NWRITES 40
 
 static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state)
@@ -1889,6 +1945,7 @@ int main(void)
         T(test_concurrent_gets_each_get_their_own_pin),
         T(test_concurrent_writes_commit_and_a_bad_one_fails_alone),
         T(test_writes_of_one_key_waiting_together_apply_in_order),
+        T(test_reads_of_one_key_waiting_together_each_check_their_own_clock),
         T(test_sqlite_open_creates_private_dir_and_wal_file),
         T(test_sqlite_audit_extra_holds_request_id_as_json),
         T(test_sqlite_open_fails_on_file_that_is_not_a_database),
