@@ -51,8 +51,10 @@
 
 #include <libpq-fe.h>
 
+#include "common/arena.h"
 #include "common/error.h"
 #include "common/fmt.h"
+#include "common/pbstruct.h"
 #include "observability/metrics.h"
 
 #define SEGS_MAX           4                      /* segments in flight per connection */
@@ -1066,15 +1068,39 @@ static void deliver_kid(pg_session *ss, pg_req *k, const PGresult *res, int row,
     free(buf);
 }
 
-/* Answers each call of a GetPin batch from the row of its key, read once for all its calls; a
- * call whose clock is at or past the row's expiry gets NOT_FOUND, as it would alone. */
+/* Packs pin's value as a google.protobuf.Struct into *ppb (new, the caller frees it) and points
+ * value_pb at it, so that each call the row answers encodes its response from those bytes instead
+ * of converting the JSON again. The Struct is built in *scratch (made on first use, reset after).
+ * A value it cannot pack stays unpacked: the caller converts it then and reports what is wrong. */
+static void pack_value(pins_arena **scratch, store_pin *pin, uint8_t **ppb)
+{
+    if (*scratch == NULL && (*scratch = pins_arena_new(0)) == NULL)
+        return;
+    Google__Protobuf__Struct *value = NULL;
+    if (pbstruct_from_json(*scratch, pin->value_json, pin->value_len, PBSTRUCT_MAX_DEPTH, &value) ==
+        0) {
+        size_t n = protobuf_c_message_get_packed_size(&value->base);
+        *ppb = malloc(n > 0 ? n : 1);
+        if (*ppb != NULL) {
+            protobuf_c_message_pack(&value->base, *ppb);
+            pin->value_pb = *ppb;
+            pin->value_pb_len = n;
+        }
+    }
+    pins_arena_reset(*scratch);
+}
+
+/* Answers each call of a GetPin batch from the row of its key, read and packed once for all its
+ * calls; a call whose clock is at or past the row's expiry gets NOT_FOUND, as it would alone. */
 static void deliver_gets(pg_session *ss, pg_req *r)
 {
     const PGresult *res = r->res;
     int rowof[GET_BATCH_MAX], err[GET_BATCH_MAX];
     store_pin pins[GET_BATCH_MAX];
     char *bufs[GET_BATCH_MAX] = {NULL};
+    uint8_t *pbs[GET_BATCH_MAX] = {NULL};
     bool parsed[GET_BATCH_MAX] = {false};
+    pins_arena *scratch = NULL;
     for (int d = 0; d < GET_BATCH_MAX; d++)
         rowof[d] = -1;
     for (int row = 0; row < PQntuples(res); row++) {
@@ -1091,12 +1117,17 @@ static void deliver_gets(pg_session *ss, pg_req *r)
         if (!parsed[d]) {
             parsed[d] = true;
             err[d] = read_pin(res, rowof[d], 1, &pins[d], &bufs[d]);
+            if (err[d] == 0)
+                pack_value(&scratch, &pins[d], &pbs[d]);
         }
         bool expired = err[d] == 0 && pins[d].has_expires && pins[d].expires_us <= k->now_us;
         deliver_pin(ss, k, expired ? PINS_ENOT_FOUND : err[d], &pins[d], false);
     }
-    for (int d = 0; d < GET_BATCH_MAX; d++)
+    for (int d = 0; d < GET_BATCH_MAX; d++) {
         free(bufs[d]);
+        free(pbs[d]);
+    }
+    pins_arena_free(scratch);
 }
 
 /* Delivers each call of an OP_UPSERT_CHAIN its row (finish_ok checked there is one per call). */

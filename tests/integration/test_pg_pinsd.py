@@ -163,8 +163,9 @@ class HotKeyOnPostgres(unittest.TestCase):
         self.assertTrue(server.alive())
 
     def test_concurrent_reads_of_one_key_share_its_row(self):
-        """Reads of one key waiting together are one element of the read batch: every call gets
-        the pin, and the server returned fewer rows than there were calls."""
+        """Reads of one key waiting together are one element of the read batch, its row read and
+        its value packed once: every call gets the pin and its value as written, and the server
+        returned fewer rows than there were calls."""
         db = pg.PgServer(extra_conf={"shared_preload_libraries": "pg_stat_statements"}).start()
         self.addCleanup(db.destroy)
         migrate(db.url, "upgrade", "head")
@@ -174,8 +175,12 @@ class HotKeyOnPostgres(unittest.TestCase):
         server.start()
         client = server.client()
         self.addCleanup(client.close)
-        for key in ("k", "other"):
-            client.call(mp("UpsertPin"), {"tenant_id": "hot", "key": key, "value": {"k": key},
+        values = {key: {"k": key, "n": [1, 2.5, -3e-7, None, True, False, 1e300],
+                        "s": "\u00fcn\u00efc\u00f8de \"q\" \\ \U0001f600", "e": {},
+                        "o": {"deep": {"er": [[], {"x": "y"}]}}}
+                  for key in ("k", "other")}
+        for key, value in values.items():
+            client.call(mp("UpsertPin"), {"tenant_id": "hot", "key": key, "value": value,
                                           "ttl_seconds": 3600})
         db.query("SELECT pg_stat_statements_reset()")
         nthreads, ncalls = 8, 50
@@ -209,7 +214,7 @@ class HotKeyOnPostgres(unittest.TestCase):
         self.assertEqual(errors, [])
         self.assertEqual(len(got), nthreads * ncalls)
         for want, key, version, value in got:
-            self.assertEqual((key, version, value), (want, 1, {"k": want}))
+            self.assertEqual((key, version, value), (want, 1, values[want]))
         stats = db.query("SELECT coalesce(sum(calls), 0), coalesce(sum(rows), 0)"
                          " FROM pg_stat_statements WHERE query LIKE '%AS q(tenant_id, key, now_us%'")
         statements, rows = int(stats[0][0]), int(stats[0][1])
