@@ -1074,7 +1074,9 @@ static void deliver_kid(pg_session *ss, pg_req *k, const PGresult *res, int row,
  * A value it cannot pack stays unpacked: the caller converts it then and reports what is wrong. */
 static void pack_value(pins_arena **scratch, store_pin *pin, uint8_t **ppb)
 {
-    if (*scratch == NULL && (*scratch = pins_arena_new(0)) == NULL)
+    if (*scratch == NULL)
+        *scratch = pins_arena_new(0);
+    if (*scratch == NULL)
         return;
     Google__Protobuf__Struct *value = NULL;
     if (pbstruct_from_json(*scratch, pin->value_json, pin->value_len, PBSTRUCT_MAX_DEPTH, &value) ==
