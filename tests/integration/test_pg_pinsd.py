@@ -80,6 +80,28 @@ def metric(port, name, labels):
     return None
 
 
+def on_clients(target, nthreads, body):
+    """Runs body(client, t) for t in range(nthreads), each on a thread with a gRPC client of its
+    own, and returns the gRPC errors that ended a body."""
+    errors = []
+
+    def run(t):
+        c = harness.GrpcClient(target)
+        try:
+            body(c, t)
+        except grpc.RpcError as e:
+            errors.append(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
 # ---- (c) the data-path interop classes, on PostgreSQL ---------------------------------------
 
 def _on_pg(cls):
@@ -96,40 +118,34 @@ ValidationOnPostgres = _on_pg(test_grpc.ValidationTest)
 
 
 class HotKeyOnPostgres(unittest.TestCase):
-    """Many clients writing one key at once: pinsd runs the upserts of one key that wait together
-    as one statement (store/README.md, "Runs of one key"); every call must still end as if the
-    calls ran one after the other."""
+    """Many clients on one key at once: pinsd runs the upserts of one key that wait together as
+    one statement (store/README.md, "Runs of one key") and looks the key of reads waiting together
+    up once ("Reads"); every call must still end as if the calls ran one after the other."""
 
-    def test_concurrent_upserts_of_one_key_form_one_history(self):
+    def start(self, pool):
+        """A PostgreSQL with pg_stat_statements and pinsd on it, one worker, pool connections."""
         db = pg.PgServer(extra_conf={"shared_preload_libraries": "pg_stat_statements"}).start()
         self.addCleanup(db.destroy)
         migrate(db.url, "upgrade", "head")
         db.psql("CREATE EXTENSION pg_stat_statements")
-        server = Server(dict(PG_ENV, DATABASE_URL=db.url, DB_POOL_SIZE="2", PINS_WORKERS="1"))
+        server = Server(dict(PG_ENV, DATABASE_URL=db.url, DB_POOL_SIZE=str(pool),
+                             PINS_WORKERS="1"))
         self.addCleanup(server.cleanup)
         server.start()
+        return db, server
+
+    def test_concurrent_upserts_of_one_key_form_one_history(self):
+        db, server = self.start(pool=2)
         nthreads, ncalls = 8, 40
         got = []
-        errors = []
 
-        def writer(t):
-            c = harness.GrpcClient(server.target)
-            try:
-                for i in range(ncalls):
-                    r = c.call(mp("UpsertPin"), {"tenant_id": "hot", "key": "k",
-                                                 "value": {"v": "t%d-%d" % (t, i)}}, timeout=10)
-                    got.append((r.pin.version, r.created, harness.to_dict(r.pin)["value"]["v"]))
-            except grpc.RpcError as e:
-                errors.append(e)
-            finally:
-                c.close()
+        def writer(c, t):
+            for i in range(ncalls):
+                r = c.call(mp("UpsertPin"), {"tenant_id": "hot", "key": "k",
+                                             "value": {"v": "t%d-%d" % (t, i)}}, timeout=10)
+                got.append((r.pin.version, r.created, harness.to_dict(r.pin)["value"]["v"]))
 
-        threads = [threading.Thread(target=writer, args=(t,)) for t in range(nthreads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        self.assertEqual(errors, [])
+        self.assertEqual(on_clients(server.target, nthreads, writer), [])
         n = nthreads * ncalls
         # Each call its own version, 1..n, and only the first one created the pin.
         self.assertEqual(sorted(v for v, _, _ in got), list(range(1, n + 1)))
@@ -166,13 +182,7 @@ class HotKeyOnPostgres(unittest.TestCase):
         """Reads of one key waiting together are one element of the read batch, its row read and
         its value packed once: every call gets the pin and its value as written, and the server
         returned fewer rows than there were calls."""
-        db = pg.PgServer(extra_conf={"shared_preload_libraries": "pg_stat_statements"}).start()
-        self.addCleanup(db.destroy)
-        migrate(db.url, "upgrade", "head")
-        db.psql("CREATE EXTENSION pg_stat_statements")
-        server = Server(dict(PG_ENV, DATABASE_URL=db.url, DB_POOL_SIZE="1", PINS_WORKERS="1"))
-        self.addCleanup(server.cleanup)
-        server.start()
+        db, server = self.start(pool=1)
         client = server.client()
         self.addCleanup(client.close)
         values = {key: {"k": key, "n": [1, 2.5, -3e-7, None, True, False, 1e300],
@@ -184,34 +194,24 @@ class HotKeyOnPostgres(unittest.TestCase):
                                           "ttl_seconds": 3600})
         db.query("SELECT pg_stat_statements_reset()")
         nthreads, ncalls = 8, 50
-        got, errors = [], []
+        got, wrong = [], []
 
-        def reader(t):
-            c = harness.GrpcClient(server.target)
-            try:
-                for i in range(ncalls):
-                    key = "other" if t == 0 and i % 2 else "k"
-                    r = c.call(mp("GetPin"), {"tenant_id": "hot", "key": key}, timeout=10)
-                    got.append((key, r.pin.key, r.pin.version, harness.to_dict(r.pin)["value"]))
-                    # a key of another tenant in the same batches is not found
-                    if i % 10 == 9:
-                        try:
-                            c.call(mp("GetPin"), {"tenant_id": "cold", "key": "k"}, timeout=10)
-                            errors.append("tenant cold found the pin of tenant hot")
-                        except grpc.RpcError as e:
-                            if e.code() != grpc.StatusCode.NOT_FOUND:
-                                errors.append(e)
-            except grpc.RpcError as e:
-                errors.append(e)
-            finally:
-                c.close()
+        def reader(c, t):
+            for i in range(ncalls):
+                key = "other" if t == 0 and i % 2 else "k"
+                r = c.call(mp("GetPin"), {"tenant_id": "hot", "key": key}, timeout=10)
+                got.append((key, r.pin.key, r.pin.version, harness.to_dict(r.pin)["value"]))
+                # a key of another tenant in the same batches is not found
+                if i % 10 == 9:
+                    try:
+                        c.call(mp("GetPin"), {"tenant_id": "cold", "key": "k"}, timeout=10)
+                        wrong.append("tenant cold found the pin of tenant hot")
+                    except grpc.RpcError as e:
+                        if e.code() != grpc.StatusCode.NOT_FOUND:
+                            raise
 
-        threads = [threading.Thread(target=reader, args=(t,)) for t in range(nthreads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        self.assertEqual(errors, [])
+        self.assertEqual(on_clients(server.target, nthreads, reader), [])
+        self.assertEqual(wrong, [])
         self.assertEqual(len(got), nthreads * ncalls)
         for want, key, version, value in got:
             self.assertEqual((key, version, value), (want, 1, values[want]))
