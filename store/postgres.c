@@ -328,8 +328,12 @@ static const char sql_schema[] =
 /* Sent before a read batch on a direct connection, in its transaction. The planner cannot know
  * the arrays' length in a generic plan (it assumes 100 rows), so it would keep planning the batch
  * for each call's parameters, which costs more than running it; for this statement the generic
- * plan (a nested loop over the keys' unique index) is always the right one, and is kept. */
-static const char sql_generic[] = "SET LOCAL plan_cache_mode = force_generic_plan";
+ * plan (a nested loop over the keys' unique index) is always the right one, and is kept.
+ * set_config(..., true) rather than SET LOCAL: a segment is an implicit transaction, not a
+ * transaction block, and SET LOCAL there writes a WARNING to the server's log every time (the
+ * setting applies all the same, until the segment's sync). */
+static const char sql_generic[] =
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)";
 
 /* The statements a direct connection prepares once, by name ("pinsd_<index>"). */
 static const char *const named_sql[] = {
@@ -1512,15 +1516,15 @@ static void conn_pump(pg_conn *c, bool readable, bool writable)
         }
         pg_req *r = c->recv;
         if (r != NULL && (r->pre_set || r->parse_pending)) {
-            /* The result of the SET or of the Parse before r: nothing to keep unless it failed
-             * (then what follows is aborted, and this is r's error). A Parse that failed or was
-             * aborted created no statement. */
+            /* The result of the set_config or of the Parse before r: nothing to keep unless it
+             * failed (then what follows is aborted, and this is r's error). A Parse that failed
+             * or was aborted created no statement. */
             bool parse = !r->pre_set;
             if (parse)
                 r->parse_pending = false;
             else
                 r->pre_set = false;
-            if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            if (PQresultStatus(res) != (parse ? PGRES_COMMAND_OK : PGRES_TUPLES_OK)) {
                 char name[16];
                 if (parse)
                     c->prepared &= ~named_bit(r->sql, name);
