@@ -61,6 +61,11 @@ class StoreSuiteTest(PgTestCase):
         self.assertEqual(r.returncode, 0, r.stdout[-4000:])
         self.assertIn("PASSED", r.stdout)
         self.assertNotIn("FAILED", r.stdout)
+        # No statement of the store makes the server warn (SET LOCAL outside a transaction
+        # block once did, on every read batch).
+        with open(self.pg.log, errors="replace") as f:
+            warnings = [line.rstrip() for line in f if "WARNING" in line]
+        self.assertEqual(warnings[:3], [])
 
     def test_store_suite_on_postgres(self):
         pinsctl(self.pg.url, "upgrade", "head")
