@@ -54,7 +54,6 @@
 #include "common/arena.h"
 #include "common/error.h"
 #include "common/fmt.h"
-#include "common/pbstruct.h"
 #include "observability/metrics.h"
 
 #define SEGS_MAX           4                      /* segments in flight per connection */
@@ -445,6 +444,7 @@ struct pg_session {
     store__timer *tick;
     store__defer *kick; /* dispatch() at the end of the loop iteration */
     uint16_t *busy;     /* BUSY_SLOTS counters: writes in flight per key hash */
+    pins_arena *pack;   /* scratch of store__pack_value (made on first use) */
     uint64_t rng[2];
     char down_reason[STORE__ERROR_MAX];
 };
@@ -1072,28 +1072,19 @@ static void deliver_kid(pg_session *ss, pg_req *k, const PGresult *res, int row,
     free(buf);
 }
 
-/* Packs pin's value as a google.protobuf.Struct into *ppb (new, the caller frees it) and points
- * value_pb at it, so that each call the row answers encodes its response from those bytes instead
- * of converting the JSON again. The Struct is built in *scratch (made on first use, reset after).
- * A value it cannot pack stays unpacked: the caller converts it then and reports what is wrong. */
-static void pack_value(pins_arena **scratch, store_pin *pin, uint8_t **ppb)
+/* Packs pin's value as a google.protobuf.Struct into *pout (an arena made on first use, the
+ * caller frees it) and points value_pb at it, so that each call the row answers encodes its
+ * response from those bytes instead of converting the JSON again. A value it cannot pack stays
+ * unpacked: the caller converts it then and reports what is wrong. */
+static void pack_pin(pg_session *ss, pins_arena **pout, store_pin *pin)
 {
-    if (*scratch == NULL)
-        *scratch = pins_arena_new(0);
-    if (*scratch == NULL)
-        return;
-    Google__Protobuf__Struct *value = NULL;
-    if (pbstruct_from_json(*scratch, pin->value_json, pin->value_len, PBSTRUCT_MAX_DEPTH, &value) ==
-        0) {
-        size_t n = protobuf_c_message_get_packed_size(&value->base);
-        *ppb = malloc(n > 0 ? n : 1);
-        if (*ppb != NULL) {
-            protobuf_c_message_pack(&value->base, *ppb);
-            pin->value_pb = *ppb;
-            pin->value_pb_len = n;
-        }
-    }
-    pins_arena_reset(*scratch);
+    if (ss->pack == NULL)
+        ss->pack = pins_arena_new(0);
+    if (*pout == NULL)
+        *pout = pins_arena_new(0);
+    if (ss->pack != NULL && *pout != NULL)
+        (void)store__pack_value(ss->pack, *pout, pin->value_json, pin->value_len, &pin->value_pb,
+                                &pin->value_pb_len);
 }
 
 /* Answers each call of a GetPin batch from the row of its key, read and packed once for all its
@@ -1104,9 +1095,8 @@ static void deliver_gets(pg_session *ss, pg_req *r)
     int rowof[GET_BATCH_MAX], err[GET_BATCH_MAX];
     store_pin pins[GET_BATCH_MAX];
     char *bufs[GET_BATCH_MAX] = {NULL};
-    uint8_t *pbs[GET_BATCH_MAX] = {NULL};
     bool parsed[GET_BATCH_MAX] = {false};
-    pins_arena *scratch = NULL;
+    pins_arena *packed = NULL;
     for (int d = 0; d < GET_BATCH_MAX; d++)
         rowof[d] = -1;
     for (int row = 0; row < PQntuples(res); row++) {
@@ -1124,16 +1114,14 @@ static void deliver_gets(pg_session *ss, pg_req *r)
             parsed[d] = true;
             err[d] = read_pin(res, rowof[d], 1, &pins[d], &bufs[d]);
             if (err[d] == 0)
-                pack_value(&scratch, &pins[d], &pbs[d]);
+                pack_pin(ss, &packed, &pins[d]);
         }
         bool expired = err[d] == 0 && pins[d].has_expires && pins[d].expires_us <= k->now_us;
         deliver_pin(ss, k, expired ? PINS_ENOT_FOUND : err[d], &pins[d], false);
     }
-    for (int d = 0; d < GET_BATCH_MAX; d++) {
+    for (int d = 0; d < GET_BATCH_MAX; d++)
         free(bufs[d]);
-        free(pbs[d]);
-    }
-    pins_arena_free(scratch);
+    pins_arena_free(packed);
 }
 
 /* Delivers each call of an OP_UPSERT_CHAIN its row (finish_ok checked there is one per call). */
@@ -2484,6 +2472,7 @@ static void pg_session_free(store_session *base)
     }
     store__timer_free(ss->tick);
     store__defer_free(ss->kick);
+    pins_arena_free(ss->pack);
     free(ss->busy);
     free(ss->conns);
     free(ss);

@@ -38,7 +38,6 @@
 #include "common/arena.h"
 #include "common/error.h"
 #include "common/utf8.h"
-#include "common/pbstruct.h"
 
 /* Operations a callback may nest inside one another on one session. */
 #define SCRATCH_DEPTH 4
@@ -888,10 +887,8 @@ static bool is_domain(int err)
     return err == PINS_ENOT_FOUND || err == PINS_EALREADY_EXISTS || err == PINS_EABORTED;
 }
 
-/* value_json[0..len) packed as a google.protobuf.Struct into a; the Struct itself is built in the
- * session's pack arena and dropped. Returns 0 and sets *ppb and *plen; PINS_EINVALID_ARGUMENT
- * when the value is too large to cache or not an object pbstruct reads; PINS_ENOMEM. Callers
- * treat a failure as "no packed value": value_pb is an optimisation. */
+/* value_json[0..len) packed into a (store__pack_value), the Struct built in the session's pack
+ * arena. Also PINS_EINVALID_ARGUMENT when the value is too large to cache. */
 static int pack_value(sqlite_session *ss, pins_arena *a, const char *json, size_t len,
                       const uint8_t **ppb, size_t *plen)
 {
@@ -902,21 +899,7 @@ static int pack_value(sqlite_session *ss, pins_arena *a, const char *json, size_
         if (ss->pack == NULL)
             return PINS_ENOMEM;
     }
-    Google__Protobuf__Struct *value = NULL;
-    int err = pbstruct_from_json(ss->pack, json, len, PBSTRUCT_MAX_DEPTH, &value);
-    if (err == 0) {
-        size_t n = protobuf_c_message_get_packed_size(&value->base);
-        uint8_t *buf = pins_arena_alloc(a, n > 0 ? n : 1);
-        if (buf == NULL) {
-            err = PINS_ENOMEM;
-        } else {
-            protobuf_c_message_pack(&value->base, buf);
-            *ppb = buf;
-            *plen = n;
-        }
-    }
-    pins_arena_reset(ss->pack);
-    return err;
+    return store__pack_value(ss->pack, a, json, len, ppb, plen);
 }
 
 /* The upsert of op inside the batch's transaction; on success op->pin is the pin as written

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/pbstruct.h"
 #include "common/utf8.h"
 #include "observability/metrics.h"
 
@@ -100,6 +101,26 @@ void store__buf_free(store__buf *b)
 {
     free(b->p);
     *b = (store__buf){0};
+}
+
+int store__pack_value(pins_arena *scratch, pins_arena *dst, const char *json, size_t len,
+                      const uint8_t **ppb, size_t *plen)
+{
+    Google__Protobuf__Struct *value = NULL;
+    int err = pbstruct_from_json(scratch, json, len, PBSTRUCT_MAX_DEPTH, &value);
+    if (err == 0) {
+        size_t n = protobuf_c_message_get_packed_size(&value->base);
+        uint8_t *buf = pins_arena_alloc(dst, n > 0 ? n : 1);
+        if (buf == NULL) {
+            err = PINS_ENOMEM;
+        } else {
+            protobuf_c_message_pack(&value->base, buf);
+            *ppb = buf;
+            *plen = n;
+        }
+    }
+    pins_arena_reset(scratch);
+    return err;
 }
 
 int store__split_roles(pins_arena *a, const char *text, const char *const **pout, size_t *pn)

@@ -125,6 +125,12 @@ void store__buf_json_str(store__buf *b, const char *s);
 /* Appends a JSON array of the n strings. */
 void store__buf_json_strs(store__buf *b, const char *const *s, size_t n);
 void store__buf_free(store__buf *b);
+/* value_json[0..len) packed as a google.protobuf.Struct into dst; the Struct itself is built in
+ * scratch, which is reset afterwards. Returns 0 and sets *ppb and *plen; PINS_EINVALID_ARGUMENT
+ * when pbstruct cannot read the value as an object; PINS_ENOMEM. Callers treat a failure as "no
+ * packed value": store_pin.value_pb is an optimisation. */
+int store__pack_value(pins_arena *scratch, pins_arena *dst, const char *json, size_t len,
+                      const uint8_t **ppb, size_t *plen);
 /* Splits text (roles joined with U+001F, as both backends list them) into a NULL-free array in a:
  * *pout gets the parts, *pn their number (0 for NULL or ""). Returns 0 or PINS_ENOMEM. */
 int store__split_roles(pins_arena *a, const char *text, const char *const **pout, size_t *pn);
