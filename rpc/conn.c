@@ -576,10 +576,20 @@ static void grpc_consume(h2_stream *st)
     rpc_call *call = st->call;
     const rpc_method *m = call->method;
     size_t off = 0;
-    while (st->kind == KIND_GRPC && st->body_len - off >= 5) {
+    while (st->kind == KIND_GRPC && st->body_len - off >= RPC__GRPC_FRAME_HEADER) {
         const unsigned char *p = st->body + off;
-        uint32_t len = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
-        if (p[0] & 1) {
+        rpc__grpc_frame fr;
+        if (rpc__grpc_frame_parse(p, st->body_len - off, &fr) != 0) {
+            grpc_early_error(st, PINS_EINVALID_ARGUMENT,
+                             pins_arena_printf(call->arena,
+                                               "message flags 0x%02x: only bit 0 (compressed) "
+                                               "is defined",
+                                               p[0]),
+                             false);
+            return;
+        }
+        uint32_t len = fr.len;
+        if (fr.compressed) {
             if (st->grpc_encoding == NULL || strcmp(st->grpc_encoding, "identity") == 0)
                 grpc_early_error(st, PINS_EINTERNAL, "compressed message without a grpc-encoding",
                                  false);

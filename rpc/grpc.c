@@ -1,5 +1,5 @@
 /* rpc/grpc.c: the pieces of the gRPC wire protocol that do not depend on HTTP/2: timeouts,
- * percent-encoded status messages, content types. */
+ * message frame prefixes, percent-encoded status messages, content types. */
 #include "rpc/rpc_int.h"
 
 #include <string.h>
@@ -48,10 +48,37 @@ int rpc__grpc_timeout_parse(const char *value, size_t len, int64_t *pns)
     return 0;
 }
 
+int rpc__grpc_frame_parse(const uint8_t *p, size_t avail, rpc__grpc_frame *pf)
+{
+    if (avail < RPC__GRPC_FRAME_HEADER)
+        return PINS_EINVALID_ARGUMENT;
+    /* The flag byte has one defined bit (compressed); the others are reserved and a frame that
+     * sets one is not a message this server can read. */
+    if ((p[0] & ~1u) != 0)
+        return PINS_EINVALID_ARGUMENT;
+    pf->compressed = (p[0] & 1u) != 0;
+    pf->len = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+    return 0;
+}
+
+/* The length of the longest prefix of msg[0..n) that ends on a UTF-8 character boundary. */
+static size_t utf8_cut(const char *msg, size_t n)
+{
+    while (n > 0 && ((unsigned char)msg[n] & 0xc0) == 0x80)
+        n--;
+    return n;
+}
+
 char *rpc__grpc_message_encode(pins_arena *a, const char *msg)
 {
     static const char hex[] = "0123456789ABCDEF";
+    static const char ellipsis[] = "...";
     size_t n = strlen(msg), extra = 0;
+    bool cut = n > RPC__GRPC_MESSAGE_MAX;
+    if (cut) {
+        n = utf8_cut(msg, RPC__GRPC_MESSAGE_MAX - (sizeof(ellipsis) - 1));
+        extra += sizeof(ellipsis) - 1;
+    }
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)msg[i];
         if (c < 0x20 || c > 0x7e || c == '%')
@@ -70,6 +97,10 @@ char *rpc__grpc_message_encode(pins_arena *a, const char *msg)
         } else {
             *p++ = (char)c;
         }
+    }
+    if (cut) {
+        memcpy(p, ellipsis, sizeof(ellipsis) - 1);
+        p += sizeof(ellipsis) - 1;
     }
     *p = '\0';
     return out;

@@ -212,8 +212,24 @@ void rpc__conn_close_all(rpc_worker *w);
 /* Parses a grpc-timeout value ("100m", "5S", "1n"...) into nanoseconds. Returns 0 or
  * PINS_EINVALID_ARGUMENT. */
 int rpc__grpc_timeout_parse(const char *value, size_t len, int64_t *pns);
-/* Percent-encodes a grpc-message (RFC 3986 unreserved and printable ASCII except '%' kept).
- * Returns a NUL-terminated arena string or NULL. */
+/* The 5-byte prefix of a length-prefixed gRPC message (also Connect's and gRPC-Web's envelope
+ * before their own flag bits are looked at). */
+#define RPC__GRPC_FRAME_HEADER 5
+typedef struct rpc__grpc_frame {
+    bool compressed; /* flag bit 0 */
+    uint32_t len;    /* the message length that follows the prefix */
+} rpc__grpc_frame;
+/* Reads the prefix at p (avail bytes there; callers wait for RPC__GRPC_FRAME_HEADER of them).
+ * Returns 0 and *pf, or PINS_EINVALID_ARGUMENT when fewer bytes are there or a reserved flag bit
+ * (any but bit 0) is set; *pf is untouched on failure. */
+int rpc__grpc_frame_parse(const uint8_t *p, size_t avail, rpc__grpc_frame *pf);
+/* The longest status message sent in grpc-message, in bytes before encoding: a longer one is cut
+ * at a character boundary and ends in "...". A handler's message may echo client text (an
+ * unknown service name of up to the header limit); echoed whole it would make a header block
+ * the peer's decoder, or nghttp2's own limit, refuses. */
+#define RPC__GRPC_MESSAGE_MAX 1024
+/* Percent-encodes a grpc-message (RFC 3986 unreserved and printable ASCII except '%' kept),
+ * cut to RPC__GRPC_MESSAGE_MAX. Returns a NUL-terminated arena string or NULL. */
 char *rpc__grpc_message_encode(pins_arena *a, const char *msg);
 /* True when content-type names gRPC (application/grpc, application/grpc+proto, or with
  * parameters). */

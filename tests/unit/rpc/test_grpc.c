@@ -192,6 +192,66 @@ static void test_message_fails_cleanly_over_the_arena_limit(void **state)
     pins_arena_free(small);
 }
 
+static void test_message_is_cut_at_a_character_boundary_past_the_cap(void **state)
+{
+    pins_arena *a = pins_arena_new(0);
+    assert_non_null(a);
+    /* 70 KB of an echoed name: what Health/Check answered for an unknown service. */
+    size_t n = 70000;
+    char *big = pins_arena_alloc(a, n + 1);
+    memset(big, 'x', n);
+    big[n] = '\0';
+    const char *enc = rpc__grpc_message_encode(a, big);
+    assert_non_null(enc);
+    assert_int_equal(strlen(enc), RPC__GRPC_MESSAGE_MAX);
+    assert_string_equal(enc + RPC__GRPC_MESSAGE_MAX - 3, "...");
+    /* A cut never splits a UTF-8 sequence: "é" is two bytes, %C3%A9 after encoding. */
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        big[i] = '\xc3';
+        big[i + 1] = '\xa9';
+    }
+    enc = rpc__grpc_message_encode(a, big);
+    assert_non_null(enc);
+    size_t len = strlen(enc);
+    assert_string_equal(enc + len - 3, "...");
+    assert_int_equal((len - 3) % 6, 0);
+    assert_memory_equal(enc + len - 9, "%C3%A9", 6);
+    /* At the cap exactly, nothing is cut. */
+    big[RPC__GRPC_MESSAGE_MAX] = '\0';
+    memset(big, 'y', RPC__GRPC_MESSAGE_MAX);
+    assert_string_equal(rpc__grpc_message_encode(a, big), big);
+    pins_arena_free(a);
+}
+
+/* ---- message frame prefix ----------------------------------------------------------------------
+ */
+
+static void test_frame_prefix_reads_flags_and_length(void **state)
+{
+    rpc__grpc_frame f = {.compressed = true, .len = 99};
+    const uint8_t plain[] = {0, 0, 0, 1, 2, 0xaa};
+    assert_int_equal(rpc__grpc_frame_parse(plain, sizeof(plain), &f), 0);
+    assert_false(f.compressed);
+    assert_int_equal(f.len, 258);
+    const uint8_t comp[] = {1, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(rpc__grpc_frame_parse(comp, sizeof(comp), &f), 0);
+    assert_true(f.compressed);
+    assert_int_equal(f.len, UINT32_MAX);
+}
+
+static void test_frame_prefix_rejects_reserved_flags_and_short_input(void **state)
+{
+    rpc__grpc_frame f = {.compressed = true, .len = 7};
+    for (unsigned flag = 2; flag < 256; flag++) {
+        const uint8_t p[] = {(uint8_t)flag, 0, 0, 0, 0};
+        assert_int_equal(rpc__grpc_frame_parse(p, sizeof(p), &f), PINS_EINVALID_ARGUMENT);
+    }
+    const uint8_t p[] = {0, 0, 0, 0, 0};
+    assert_int_equal(rpc__grpc_frame_parse(p, 4, &f), PINS_EINVALID_ARGUMENT);
+    assert_true(f.compressed); /* untouched on failure */
+    assert_int_equal(f.len, 7);
+}
+
 /* ---- content-type ------------------------------------------------------------------------------
  */
 
@@ -291,6 +351,9 @@ int main(void)
         cmocka_unit_test(test_content_type_rejects_json_codec),
         cmocka_unit_test(test_content_type_rejects_other_types),
         cmocka_unit_test(test_content_type_reads_only_len_bytes),
+        cmocka_unit_test(test_message_is_cut_at_a_character_boundary_past_the_cap),
+        cmocka_unit_test(test_frame_prefix_reads_flags_and_length),
+        cmocka_unit_test(test_frame_prefix_rejects_reserved_flags_and_short_input),
     };
     return cmocka_run_group_tests_name("rpc/grpc", tests, NULL, NULL);
 }
