@@ -33,8 +33,9 @@
 #include "common/config.h"
 #include "rpc/call.h"
 
-/* The request's tenant when the request names every tenant (an unset StringValue, or an empty
- * filter of an Admin listing): a tenant-restricted caller may not use it. */
+/* The request's tenant when the request names every tenant (an unset StringValue, an empty
+ * filter of an Admin listing, or a method row marked RPC_METHOD_ALL_TENANTS: ReloadRbacPolicy,
+ * CleanupRbacAudit): a tenant-restricted caller may not use it. */
 #define AUTH_ALL_TENANTS "*"
 
 /* The outcome of auth_decide(). Strings are static or live in the call's arena. */
@@ -70,6 +71,14 @@ void auth_shutdown(void);
  * is filled on success (its strings live in the call's arena).
  * Returns 0 or PINS_ENOMEM (*pd untouched). */
 int auth_decide(rpc_call *call, auth_decision *pd);
+/* What can be decided before the request is decoded, from the headers alone: the credentials
+ * and the role's permission, not the tenant binding. Transports call it once a request's headers
+ * are in, so that under RBAC_ENFORCE=true a request that auth_decide() would refuse anyway is
+ * refused before its body is buffered or decoded. pd->allowed false: refuse with pd->err (the
+ * denial is counted in the rbac metrics); true: go on, auth_decide() decides (and counts) once
+ * the request is decoded. Always allowed when RBAC_ENFORCE=false. Strings live in the call's
+ * arena. Returns 0 or PINS_ENOMEM (*pd untouched). */
+int auth_decide_early(rpc_call *call, auth_decision *pd);
 /* True when the decision's caller may touch tenant (a NULL or empty tenant means "global"). */
 bool auth_decision_tenant_allowed(const auth_decision *d, const char *tenant);
 

@@ -5,6 +5,10 @@
  * sent and refused (a wrong machine token with no bearer token behind it, any bad bearer token)
  * makes the request INVALID rather than anonymous, so that the client learns its credential is
  * wrong ("invalid-token") instead of being told it sent none.
+ *
+ * A credential header that arrives twice is refused before any value is looked at (API.md
+ * section 6): "the first one wins" would let a proxy that checks the last copy see another
+ * credential than ours. The two machine-token headers count as one name.
  */
 #include "auth/auth_int.h"
 
@@ -72,9 +76,25 @@ static int split_roles(pins_arena *a, const char *v, const char ***proles, size_
     return 0;
 }
 
+const char auth__header_repeated[] = "";
+
 static const char *present(const char *v)
 {
     return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* The kind of the first credential header the request repeated, or NULL when none was. */
+static const char *repeated_kind(const pins_config *cfg, auth__header_cb header, void *arg)
+{
+    const char *mt = header(arg, "x-machine-token");
+    const char *am = header(arg, "authorization-machine");
+    if (mt == auth__header_repeated || am == auth__header_repeated || (mt != NULL && am != NULL))
+        return "machine-token";
+    if (header(arg, "authorization") == auth__header_repeated)
+        return "jwt";
+    if (cfg->rbac_trust_x_roles && header(arg, "x-roles") == auth__header_repeated)
+        return "x-roles";
+    return NULL;
 }
 
 int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb header, void *arg,
@@ -82,6 +102,13 @@ int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb hea
 {
     auth__principal p = {.status = AUTH__CRED_NONE, .subject = "anonymous"};
     int rv = 0;
+    const char *dup = repeated_kind(cfg, header, arg);
+    if (dup != NULL) {
+        p.status = AUTH__CRED_INVALID;
+        p.kind = dup;
+        p.why = "credential header sent more than once";
+        goto out;
+    }
     const char *mt = present(header(arg, "x-machine-token"));
     if (mt == NULL)
         mt = present(header(arg, "authorization-machine"));

@@ -80,14 +80,21 @@ void auth__decide_metrics_forget(void)
 
 static const char *call_header(void *arg, const char *name)
 {
-    return rpc_call_header(arg, name);
+    const char *v = rpc_call_header(arg, name);
+    if (v != NULL && rpc_call_header_count(arg, name) > 1)
+        return auth__header_repeated;
+    return v;
 }
 
-/* The request's tenant_id field, found through the descriptor: a string, or a
- * google.protobuf.StringValue (unset: every tenant). Empty means "global" on MemoryPins RPCs
- * and "no filter" (every tenant) on Admin listings. NULL when the request has no such field. */
+/* The request's tenant. A method row marked RPC_METHOD_ALL_TENANTS acts on every tenant whatever
+ * its request says (known before the body is decoded). Otherwise the request's tenant_id field,
+ * found through the descriptor: a string, or a google.protobuf.StringValue (unset: every
+ * tenant). Empty means "global" on MemoryPins RPCs and "no filter" (every tenant) on Admin
+ * listings. NULL when the request has no such field (or is not decoded yet). */
 static const char *request_tenant(const rpc_call *call)
 {
+    if (rpc_call_method(call)->flags & RPC_METHOD_ALL_TENANTS)
+        return AUTH_ALL_TENANTS;
     const ProtobufCMessage *req = rpc_call_request(call);
     if (req == NULL)
         return NULL;
@@ -276,6 +283,41 @@ int auth_decide(rpc_call *call, auth_decision *pd)
                        d.shadow_reason != NULL ? d.shadow_reason : d.reason, "enforced",
                        cfg->rbac_enforce ? "true" : "false", "subject", d.subject, "credential",
                        p.kind, "detail", p.why, "request_id", rpc_call_request_id(call), NULL);
+    }
+    *pd = d;
+    return 0;
+}
+
+int auth_decide_early(rpc_call *call, auth_decision *pd)
+{
+    const rpc_method *m = rpc_call_method(call);
+    const pins_config *cfg = rpc_call_config(call);
+    auth__principal p;
+    int rv = auth__ensure_init();
+    if (rv != 0)
+        return rv;
+    rv = auth__credentials(rpc_call_arena(call), cfg, call_header, call,
+                           pins_time_now_us() / 1000000, &p);
+    if (rv != 0)
+        return rv;
+    auth_decision d = {
+        .resource = m->resource != NULL ? m->resource : "",
+        .action = m->action != NULL ? m->action : "",
+        .subject = p.subject,
+        .roles = p.roles,
+        .nroles = p.nroles,
+        .tenant = NULL, /* not known yet: the tenant binding waits for auth_decide() */
+    };
+    const auth__policy *pol = auth__policy_acquire();
+    if (pol == NULL)
+        return PINS_ENOMEM;
+    evaluate(&d, &p, pol, cfg->rbac_fail_open);
+    d.log_allowed = pol->log_allowed;
+    auth__policy_release(pol);
+    if (!cfg->rbac_enforce || d.allowed) {
+        allow(&d, "role-allowed"); /* nothing decided yet; auth_decide() counts the call */
+    } else {
+        count(&d, 0);
     }
     *pd = d;
     return 0;

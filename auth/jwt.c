@@ -2,7 +2,8 @@
  *
  * Only what pinsd issues to itself is accepted: exactly three base64url parts, a header whose
  * alg is exactly "HS256" and that names no critical extension, an HMAC-SHA256 signature under
- * JWT_SECRET checked in constant time before the payload is even parsed, and exp / nbf within
+ * JWT_SECRET checked in constant time before the payload is even parsed, an exp claim (a token
+ * without one would never expire: it is refused, API.md section 6) and exp / nbf within
  * AUTH__LEEWAY_S. Everything else, "none" and every other algorithm included, is refused, so a
  * token signed with the public key of some RSA pair or left unsigned never gives roles.
  */
@@ -132,12 +133,14 @@ static bool header_acceptable(const json_t *h)
     return json_object_get(h, "crit") == NULL;
 }
 
-/* Reads exp and nbf (type-checked). Returns a static reason, or NULL. */
+/* Reads exp (required) and nbf (type-checked). Returns a static reason, or NULL. */
 static const char *read_times(const json_t *claims, auth__jwt_times *t)
 {
     const json_t *exp = json_object_get(claims, "exp");
     const json_t *nbf = json_object_get(claims, "nbf");
-    if (exp != NULL && !json_is_number(exp))
+    if (exp == NULL)
+        return "no exp";
+    if (!json_is_number(exp))
         return "exp is not a number";
     if (nbf != NULL && !json_is_number(nbf))
         return "nbf is not a number";

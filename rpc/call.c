@@ -227,6 +227,17 @@ const char *rpc_call_header(const rpc_call *call, const char *name)
     return NULL;
 }
 
+size_t rpc_call_header_count(const rpc_call *call, const char *name)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < call->nheaders; i++) {
+        const char *h = call->headers[i].name;
+        if (h[0] == name[0] && strcmp(h, name) == 0)
+            n++;
+    }
+    return n;
+}
+
 const char *rpc_call_request_id(const rpc_call *call)
 {
     return call->request_id != NULL ? call->request_id : "";

@@ -42,6 +42,9 @@ enum {
     RPC_METHOD_CLIENT_STREAM = 1u << 1, /* the request is a stream of messages */
     RPC_METHOD_MEMORY_PINS = 1u << 2,   /* feature flag, rate limiter and breaker apply */
     RPC_METHOD_UNGUARDED = 1u << 3,     /* never authenticated (health, reflection) */
+    /* The method acts on every tenant or on state the tenants share (the policy, the RBAC audit
+     * as a whole): a caller whose credential names its tenants is refused (auth/decide.c). */
+    RPC_METHOD_ALL_TENANTS = 1u << 4,
 };
 
 /* One row of the method table. Rows are static and live for the process. */
@@ -85,8 +88,11 @@ const struct auth_decision *rpc_call_auth(const rpc_call *call);
 double rpc_call_uptime(const rpc_call *call);
 /* The rate limiter's Redis, as /ready reports it: "ok", "disabled", "down (fail-open)". */
 const char *rpc_call_redis_state(const rpc_call *call);
-/* Request metadata (HTTP header) by lower-case name, or NULL. Borrowed for the call. */
+/* Request metadata (HTTP header) by lower-case name, or NULL. Borrowed for the call. When the
+ * header was sent more than once this is the first value (see rpc_call_header_count). */
 const char *rpc_call_header(const rpc_call *call, const char *name);
+/* How many times the request carried the header of this lower-case name. */
+size_t rpc_call_header_count(const rpc_call *call, const char *name);
 /* The request id (x-request-id as sent, or generated). Borrowed for the call. */
 const char *rpc_call_request_id(const rpc_call *call);
 /* Monotonic nanoseconds when the call was dispatched. */

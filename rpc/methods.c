@@ -17,6 +17,7 @@
 
 #define PINS    RPC_METHOD_MEMORY_PINS
 #define OPEN    RPC_METHOD_UNGUARDED
+#define ALL     RPC_METHOD_ALL_TENANTS
 #define SSTREAM RPC_METHOD_SERVER_STREAM
 #define BIDI    (RPC_METHOD_SERVER_STREAM | RPC_METHOD_CLIENT_STREAM)
 
@@ -30,7 +31,10 @@ struct row {
     unsigned flags;
 };
 
-/* The hot methods come first: lookup is a linear scan. */
+/* The hot methods come first: lookup is a linear scan. ALL marks the methods whose request names
+ * no tenant because they act on every tenant or on what the tenants share (the policy, the RBAC
+ * audit as a whole); the reads of the policy and of the process status (GetRbacInfo,
+ * GetRbacMatrix, GetStatus) show no tenant's data and are not marked. */
 static const struct row rows[] = {
     {&memorypins__v1__memory_pins__descriptor, "GetPin", rpc__pins_get, "memory_pin", "read", "get",
      PINS},
@@ -47,13 +51,13 @@ static const struct row rows[] = {
     {&memorypins__v1__admin__descriptor, "GetRbacInfo", rpc__admin_rbac_info, "rbac", "read", NULL,
      0},
     {&memorypins__v1__admin__descriptor, "ReloadRbacPolicy", rpc__admin_rbac_reload, "rbac",
-     "reload", NULL, 0},
+     "reload", NULL, ALL},
     {&memorypins__v1__admin__descriptor, "GetRbacMatrix", rpc__admin_rbac_matrix, "rbac", "read",
      NULL, 0},
     {&memorypins__v1__admin__descriptor, "ListRbacAudit", rpc__admin_rbac_audit_list, "rbac",
      "read", NULL, 0},
     {&memorypins__v1__admin__descriptor, "CleanupRbacAudit", rpc__admin_rbac_audit_cleanup, "rbac",
-     "reload", NULL, 0},
+     "reload", NULL, ALL},
     {&memorypins__v1__admin__descriptor, "ListMemoryAudit", rpc__admin_memory_audit_list,
      "memory_pin", "admin", NULL, 0},
     {&memorypins__v1__admin__descriptor, "GetStatus", rpc__admin_status, "rbac", "read", NULL, 0},

@@ -35,10 +35,11 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def jwt(claims, secret=JWT_SECRET, alg="HS256", sign=True):
-    """A compact JWS; exp defaults to an hour from now."""
+def jwt(claims, secret=JWT_SECRET, alg="HS256", sign=True, exp=True):
+    """A compact JWS; exp defaults to an hour from now (none at all with exp=False)."""
     claims = dict(claims)
-    claims.setdefault("exp", int(time.time()) + 3600)
+    if exp:
+        claims.setdefault("exp", int(time.time()) + 3600)
     head = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
     body = b64url(json.dumps(claims).encode())
     msg = ("%s.%s" % (head, body)).encode()
@@ -193,6 +194,7 @@ class EnforcedTest(ServerTestCase, RestMixin):
             "wrong secret": bearer({"roles": ["admin"]}, secret="guess"),
             "expired": bearer({"roles": ["admin"], "exp": int(time.time()) - 3600}),
             "not yet valid": bearer({"roles": ["admin"], "nbf": int(time.time()) + 3600}),
+            "no exp": bearer({"roles": ["admin"]}, exp=False),
             "wrong machine token": [("x-machine-token", MACHINE + "x")],
             "garbage": [("authorization", "Bearer a.b.c")],
         }
@@ -250,6 +252,63 @@ class EnforcedTest(ServerTestCase, RestMixin):
         single = bearer({"roles": "machine", "tenant_id": "ten-a"})
         self.assertRpcError(SC.PERMISSION_DENIED, c.call, mp("GetPin"),
                             {"tenant_id": "ten-b", "key": "k"}, metadata=single)
+
+    def test_tenant_restricted_token_is_refused_all_tenant_operations(self):
+        # Reloading the policy and deleting the RBAC audit act on every tenant.
+        c = self.client
+        t1 = bearer({"sub": "admin-a", "roles": ["admin"], "tenants": ["ten-a"]})
+        admin = bearer({"sub": "admin-all", "roles": ["admin"]})
+        calls = [(admin_path("ReloadRbacPolicy"), {}),
+                 (admin_path("CleanupRbacAudit"), {"retention_days": 1}),
+                 (admin_path("ListRbacAudit"), {})]
+        for path, req in calls:
+            with self.subTest(path=path):
+                e = self.assertRpcError(SC.PERMISSION_DENIED, c.call, path, req, metadata=t1)
+                self.assertIn("tenant-not-allowed", e.details())
+                c.call(path, req, metadata=admin)
+        c.call(admin_path("ListRbacAudit"), {"tenant_id": "ten-a"}, metadata=t1)
+        c.call(admin_path("GetRbacInfo"), {}, metadata=t1)  # the policy's summary: no tenant data
+        token = t1[0][1]
+        for route in ("/api/v1/rbac/reload", "/api/v1/rbac/audit/cleanup?retention_days=1"):
+            with self.subTest(route=route):
+                code, text = self.rest(self.server, "POST", route,
+                                       headers=[("Authorization", token)])
+                self.assertEqual(code, 403, text)
+                body = json.loads(text)
+                self.assertEqual(body["reason"], "tenant-not-allowed")
+                self.assertEqual(body["code"], 7)
+                code, _ = self.rest(self.server, "POST", route,
+                                    headers=[("Authorization", admin[0][1])])
+                self.assertEqual(code, 200)
+
+    def test_repeated_credential_headers_are_refused(self):
+        # Whichever copy a proxy in front checked, pinsd must not read another one.
+        c = self.client
+        req = {"tenant_id": "dup", "key": "k"}
+        admin = "Bearer " + jwt({"roles": ["admin"]})
+        dev = "Bearer " + jwt({"roles": ["dev"]})
+        cases = {
+            "two bearer tokens": [("authorization", dev), ("authorization", admin)],
+            "one token twice": [("authorization", admin), ("authorization", admin)],
+            "two machine tokens": [("x-machine-token", MACHINE), ("x-machine-token", "other")],
+            "machine token twice": [("x-machine-token", MACHINE), ("x-machine-token", MACHINE)],
+        }
+        for name, md in cases.items():
+            with self.subTest(name, transport="grpc"):
+                e = self.assertRpcError(SC.UNAUTHENTICATED, c.call, mp("GetPin"), req, metadata=md)
+                self.assertIn("invalid-token", e.details())
+            with self.subTest(name, transport="rest"):
+                code, text = self.rest(self.server, "GET", "/api/v1/memory/pins/k?tenant_id=dup",
+                                       headers=md)
+                self.assertEqual(code, 403, text)
+                self.assertEqual(json.loads(text)["reason"], "invalid-token")
+                self.assertNotIn(MACHINE, text)
+        # Each alone is served (404: no such pin).
+        self.assertRpcError(SC.NOT_FOUND, c.call, mp("GetPin"), req,
+                            metadata=[("authorization", admin)])
+        code, _ = self.rest(self.server, "GET", "/api/v1/memory/pins/k?tenant_id=dup",
+                            headers=[("X-Machine-Token", MACHINE)])
+        self.assertEqual(code, 404)
 
     def test_health_reflection_and_probes_are_unguarded(self):
         c = self.client

@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "auth/auth_int.h"
@@ -56,10 +57,23 @@ static inline char *mint_jwt_raw(char *out, size_t cap, const char *header, cons
     return out;
 }
 
-/* A valid HS256 token with the given payload JSON. */
+/* A valid HS256 token with the given payload JSON (exp added when missing). */
 static inline char *mint_jwt(char *out, size_t cap, const char *payload, const char *secret)
 {
-    return mint_jwt_raw(out, cap, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, secret, 1);
+    /* exp is required (API.md section 6): an object without one gets exp in 2100, so that a
+     * case names only what it is about. mint_jwt_raw() makes tokens without exp. */
+    char *timed = NULL;
+    if (payload[0] == '{' && strstr(payload, "\"exp\"") == NULL) {
+        size_t n = strlen(payload) + 32;
+        timed = malloc(n);
+        if (timed == NULL)
+            return NULL;
+        snprintf(timed, n, "{\"exp\":4102444800%s%s", payload[1] == '}' ? "" : ",", payload + 1);
+        payload = timed;
+    }
+    char *tok = mint_jwt_raw(out, cap, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, secret, 1);
+    free(timed);
+    return tok;
 }
 
 #endif

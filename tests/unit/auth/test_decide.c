@@ -29,15 +29,18 @@
 #define JWT_SECRET     "decide-jwt-secret"
 #define MACHINE_SECRET "decide-machine-secret"
 
-#define UPSERT  "/memorypins.v1.MemoryPins/UpsertPin"
-#define GET     "/memorypins.v1.MemoryPins/GetPin"
-#define LIST    "/memorypins.v1.MemoryPins/ListPins"
-#define DELETE  "/memorypins.v1.MemoryPins/DeletePin"
-#define CLEANUP "/memorypins.v1.MemoryPins/CleanupExpiredPins"
-#define INFO    "/memorypins.v1.Admin/GetRbacInfo"
-#define RELOAD  "/memorypins.v1.Admin/ReloadRbacPolicy"
-#define MATRIX  "/memorypins.v1.Admin/GetRbacMatrix"
-#define CHECK   "/grpc.health.v1.Health/Check"
+#define UPSERT         "/memorypins.v1.MemoryPins/UpsertPin"
+#define GET            "/memorypins.v1.MemoryPins/GetPin"
+#define LIST           "/memorypins.v1.MemoryPins/ListPins"
+#define DELETE         "/memorypins.v1.MemoryPins/DeletePin"
+#define CLEANUP        "/memorypins.v1.MemoryPins/CleanupExpiredPins"
+#define INFO           "/memorypins.v1.Admin/GetRbacInfo"
+#define RELOAD         "/memorypins.v1.Admin/ReloadRbacPolicy"
+#define MATRIX         "/memorypins.v1.Admin/GetRbacMatrix"
+#define CHECK          "/grpc.health.v1.Health/Check"
+#define RAUDIT         "/memorypins.v1.Admin/ListRbacAudit"
+#define RAUDIT_CLEANUP "/memorypins.v1.Admin/CleanupRbacAudit"
+#define STATUS         "/memorypins.v1.Admin/GetStatus"
 
 /* ---- the expected decision, from API.md section 6 -------------------------------------------- */
 
@@ -119,12 +122,19 @@ typedef struct cred_case {
     char value[1024];
 } cred_case;
 
+/* "Bearer <token>" for payload; a payload without "exp" gets one an hour ahead (API.md section 6
+ * requires it), so that each case names only what it is about. */
 static char *bearer(char *out, size_t cap, const char *payload, const char *secret, bool sign,
                     const char *header)
 {
-    char tok[900];
+    char tok[900], timed[512];
     if (header == NULL)
         header = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+    if (strstr(payload, "\"exp\"") == NULL && payload[0] == '{') {
+        snprintf(timed, sizeof(timed), "{\"exp\":%lld%s%s", (long long)time(NULL) + 3600,
+                 payload[1] == '}' ? "" : ",", payload + 1);
+        payload = timed;
+    }
     assert_non_null(mint_jwt_raw(tok, sizeof(tok), header, payload, secret, sign));
     snprintf(out, cap, "Bearer %s", tok);
     return out;
@@ -548,6 +558,139 @@ static void test_tenant_restricted_tokens_stay_in_their_tenants(void **state)
     fake_env_free(env);
 }
 
+static void on_count(void *arg, int err, int64_t count)
+{
+    assert_int_equal(err, 0);
+    *(int64_t *)arg = count;
+}
+
+/* Writes one RBAC audit row dated at ts_us straight to the store. */
+static void audit_row_at(fake_env *env, int64_t ts_us)
+{
+    store_rbac_audit row = {.ts_us = ts_us,
+                            .subject = "old",
+                            .resource = "memory_pin",
+                            .action = "read",
+                            .reason = "no-credentials",
+                            .tenant_id = "t2"};
+    int64_t written = -1;
+    assert_int_equal(store_rbac_audit_write(fake_env_store(env), &row, 1, on_count, &written), 0);
+    for (int i = 0; i < 500 && written < 0; i++)
+        fake_env_run(env, 2);
+    assert_int_equal(written, 1);
+}
+
+static int64_t audit_rows(fake_env *env, const char *token)
+{
+    Memorypins__V1__ListRbacAuditRequest req = MEMORYPINS__V1__LIST_RBAC_AUDIT_REQUEST__INIT;
+    const char *hdrs[] = {"authorization", token, NULL};
+    fake_call *fc = fake_call_run(env, RAUDIT, &req.base, hdrs);
+    wait_finished(env, fc);
+    assert_int_equal(fake_call_grpc_code(fc), 0);
+    const Memorypins__V1__ListRbacAuditResponse *resp = (const void *)fake_call_response(fc);
+    assert_non_null(resp);
+    int64_t total = resp->total;
+    fake_call_free(fc);
+    return total;
+}
+
+static void test_tenant_restricted_tokens_are_refused_all_tenant_methods(void **state)
+{
+    fake_env *env = new_env();
+    fake_env_config(env)->rbac_enforce = true;
+    char t1[1024], admin[1024];
+    bearer(t1, sizeof(t1), "{\"roles\":[\"admin\"],\"tenants\":[\"t1\"]}", JWT_SECRET, true, NULL);
+    bearer(admin, sizeof(admin), "{\"roles\":[\"admin\"]}", JWT_SECRET, true, NULL);
+    audit_row_at(env, 1000000); /* 1970: older than any retention */
+    int code = -1;
+
+    /* The policy is every tenant's: a restricted admin may not reload it. */
+    assert_string_equal(reason_of(env, RELOAD, NULL, t1, &code), "tenant-not-allowed");
+    assert_int_equal(code, 7);
+    /* Nor delete every tenant's audit rows: refused, and nothing is deleted. */
+    Memorypins__V1__CleanupRbacAuditRequest cl = MEMORYPINS__V1__CLEANUP_RBAC_AUDIT_REQUEST__INIT;
+    cl.retention_days = 1;
+    assert_string_equal(reason_of(env, RAUDIT_CLEANUP, &cl.base, t1, &code), "tenant-not-allowed");
+    assert_int_equal(code, 7);
+    assert_true(audit_rows(env, admin) >= 1);
+    /* An audit listing without a tenant spans every tenant too. */
+    Memorypins__V1__ListRbacAuditRequest ls = MEMORYPINS__V1__LIST_RBAC_AUDIT_REQUEST__INIT;
+    assert_string_equal(reason_of(env, RAUDIT, &ls.base, t1, &code), "tenant-not-allowed");
+    ls.tenant_id = "t1";
+    assert_string_equal(reason_of(env, RAUDIT, &ls.base, t1, &code), "role-allowed");
+    assert_int_equal(code, 0);
+    /* Reads of the policy and of the status show no tenant's data. */
+    assert_string_equal(reason_of(env, INFO, NULL, t1, &code), "role-allowed");
+    assert_string_equal(reason_of(env, MATRIX, NULL, t1, &code), "role-allowed");
+    assert_string_equal(reason_of(env, STATUS, NULL, t1, &code), "role-allowed");
+    assert_int_equal(code, 0);
+
+    /* An unrestricted admin may do both. */
+    assert_string_equal(reason_of(env, RELOAD, NULL, admin, &code), "role-allowed");
+    assert_int_equal(code, 0);
+    assert_string_equal(reason_of(env, RAUDIT_CLEANUP, &cl.base, admin, &code), "role-allowed");
+    assert_int_equal(code, 0);
+    fake_env_free(env);
+}
+
+/* Runs path with the headers {name, value, ..., NULL}; returns the code, *preason the reason. */
+static int run_headers(fake_env *env, const char *path, const ProtobufCMessage *req,
+                       const char *const *hdrs, const char **preason)
+{
+    fake_call *fc = fake_call_new(env, path, req, hdrs);
+    assert_non_null(fc);
+    rpc_call *call = fake_call_rpc(fc);
+    rpc__call_ref(call);
+    fake_call_dispatch(fc);
+    wait_finished(env, fc);
+    int code = fake_call_grpc_code(fc);
+    *preason = rpc_call_auth(call) != NULL ? rpc_call_auth(call)->reason : NULL;
+    rpc__call_unref(call);
+    fake_call_free(fc);
+    return code;
+}
+
+static void test_a_repeated_credential_header_is_an_invalid_credential(void **state)
+{
+    fake_env *env = new_env();
+    fake_env_config(env)->rbac_enforce = true;
+    char admin[1024], dev[1024];
+    bearer(admin, sizeof(admin), "{\"roles\":[\"admin\"]}", JWT_SECRET, true, NULL);
+    bearer(dev, sizeof(dev), "{\"roles\":[\"dev\"]}", JWT_SECRET, true, NULL);
+    Google__Protobuf__Struct empty;
+    Memorypins__V1__UpsertPinRequest up = upsert_req("t1", "k", &empty);
+    const char *reason = NULL;
+
+    /* Either copy alone would decide; together they are refused, whatever their order. */
+    assert_int_equal(run_headers(env, UPSERT, &up.base,
+                                 (const char *const[]){"authorization", admin, NULL}, &reason),
+                     0);
+    assert_int_equal(
+        run_headers(env, UPSERT, &up.base,
+                    (const char *const[]){"authorization", admin, "authorization", dev, NULL},
+                    &reason),
+        16);
+    assert_string_equal(reason, "invalid-token");
+    assert_int_equal(
+        run_headers(env, UPSERT, &up.base,
+                    (const char *const[]){"authorization", dev, "authorization", admin, NULL},
+                    &reason),
+        16);
+    assert_int_equal(run_headers(env, UPSERT, &up.base,
+                                 (const char *const[]){"x-machine-token", MACHINE_SECRET,
+                                                       "x-machine-token", "other", NULL},
+                                 &reason),
+                     16);
+    assert_string_equal(reason, "invalid-token");
+    assert_int_equal(run_headers(env, UPSERT, &up.base,
+                                 (const char *const[]){"x-machine-token", MACHINE_SECRET,
+                                                       "x-machine-token", MACHINE_SECRET, NULL},
+                                 &reason),
+                     16);
+    assert_int_equal(fake_env_pin_count(env, "t1"), 1);
+    fake_env_free(env);
+}
+
 /* ---- Admin ------------------------------------------------------------------------------------
  */
 
@@ -703,6 +846,8 @@ int main(void)
         cmocka_unit_test(test_unguarded_methods_need_no_credentials),
         cmocka_unit_test(test_auth_runs_before_the_feature_flag),
         cmocka_unit_test(test_tenant_restricted_tokens_stay_in_their_tenants),
+        cmocka_unit_test(test_tenant_restricted_tokens_are_refused_all_tenant_methods),
+        cmocka_unit_test(test_a_repeated_credential_header_is_an_invalid_credential),
         cmocka_unit_test(test_admin_info_matrix_and_reload),
     };
     return cmocka_run_group_tests_name("auth_decide", tests, group_setup, group_teardown);

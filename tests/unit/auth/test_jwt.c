@@ -111,7 +111,8 @@ static void test_jwt_valid_hs256_gives_claims(void **state)
 static void test_jwt_without_typ_is_accepted(void **state)
 {
     fixture *f = *state;
-    mint_jwt_raw(f->tok, sizeof(f->tok), "{\"alg\":\"HS256\"}", "{\"roles\":\"admin\"}", SECRET, 1);
+    mint_jwt_raw(f->tok, sizeof(f->tok), "{\"alg\":\"HS256\"}",
+                 "{\"roles\":\"admin\",\"exp\":4102444800}", SECRET, 1);
     auth__claims c;
     assert_int_equal(verify(f, f->tok, &c, NULL), 0);
     assert_int_equal(c.nroles, 1);
@@ -176,6 +177,35 @@ static void test_jwt_tampered_payload_is_refused(void **state)
     snprintf(forged, sizeof(forged), "%.*s%.*s%s", (int)(d1 - f->tok), f->tok, (int)(o2 - o1), o1,
              d2);
     assert_refused(f, forged);
+}
+
+static void test_jwt_without_exp_is_refused(void **state)
+{
+    fixture *f = *state;
+    static const char *const payloads[] = {
+        "{\"roles\":\"admin\"}",
+        "{\"roles\":\"admin\",\"nbf\":1799999000}",
+        "{\"roles\":\"admin\",\"exp\":null}",
+        "{}",
+    };
+    for (size_t i = 0; i < sizeof(payloads) / sizeof(payloads[0]); i++) {
+        mint_jwt_raw(f->tok, sizeof(f->tok), "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payloads[i],
+                     SECRET, 1);
+        assert_refused(f, f->tok);
+        /* The clock-free check (the credential cache's) refuses it too. */
+        auth__claims c;
+        auth__jwt_times t;
+        const char *why = NULL;
+        assert_int_equal(
+            auth__jwt_check(f->a, f->tok, strlen(f->tok), SECRET, strlen(SECRET), &c, &t, &why),
+            PINS_EUNAUTHENTICATED);
+        assert_non_null(why);
+    }
+    const char *why = NULL;
+    auth__claims c;
+    mint_jwt_raw(f->tok, sizeof(f->tok), "{\"alg\":\"HS256\"}", "{\"sub\":\"x\"}", SECRET, 1);
+    assert_int_equal(verify(f, f->tok, &c, &why), PINS_EUNAUTHENTICATED);
+    assert_string_equal(why, "no exp");
 }
 
 static void test_jwt_exp_and_nbf_with_leeway(void **state)
@@ -329,14 +359,19 @@ typedef struct headers {
     const char *const *kv; /* name, value, ..., NULL */
 } headers;
 
+/* As auth/decide.c looks headers up: the value, NULL, or auth__header_repeated. */
 static const char *lookup(void *arg, const char *name)
 {
     const headers *h = arg;
+    const char *v = NULL;
     for (size_t i = 0; h->kv[i] != NULL; i += 2) {
-        if (strcmp(h->kv[i], name) == 0)
-            return h->kv[i + 1];
+        if (strcmp(h->kv[i], name) != 0)
+            continue;
+        if (v != NULL)
+            return auth__header_repeated;
+        v = h->kv[i + 1];
     }
-    return NULL;
+    return v;
 }
 
 static auth__principal creds(fixture *f, const pins_config *cfg, const char *const *kv)
@@ -429,6 +464,49 @@ static void test_credentials_x_roles_only_when_trusted(void **state)
     assert_int_equal(p.status, AUTH__CRED_INVALID);
 }
 
+static void test_credentials_refuse_a_repeated_credential_header(void **state)
+{
+    fixture *f = *state;
+    pins_config cfg = config();
+    char tok[512], value[600], dev[512], devv[600];
+    mint_jwt(tok, sizeof(tok), "{\"sub\":\"s\",\"roles\":[\"admin\"]}", SECRET);
+    snprintf(value, sizeof(value), "Bearer %s", tok);
+    mint_jwt(dev, sizeof(dev), "{\"sub\":\"d\",\"roles\":[\"dev\"]}", SECRET);
+    snprintf(devv, sizeof(devv), "Bearer %s", dev);
+    /* Two good tokens, two equal ones, one good and one bad: never "the first one wins". */
+    const char *const *cases[] = {
+        (const char *const[]){"authorization", value, "authorization", devv, NULL},
+        (const char *const[]){"authorization", value, "authorization", value, NULL},
+        (const char *const[]){"authorization", value, "authorization", "Basic eDp5", NULL},
+        (const char *const[]){"x-machine-token", "m-secret", "x-machine-token", "other", NULL},
+        (const char *const[]){"x-machine-token", "m-secret", "x-machine-token", "m-secret", NULL},
+        (const char *const[]){"authorization-machine", "m-secret", "authorization-machine", "m",
+                              NULL},
+        (const char *const[]){"x-machine-token", "m-secret", "authorization-machine", "m-secret",
+                              NULL},
+        (const char *const[]){"x-machine-token", "m-secret", "x-machine-token", "m-secret",
+                              "authorization", value, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        auth__principal p = creds(f, &cfg, cases[i]);
+        if (p.status != AUTH__CRED_INVALID)
+            fail_msg("case %zu: status %d, want invalid", i, (int)p.status);
+        assert_string_equal(p.why, "credential header sent more than once");
+        assert_string_equal(p.subject, "anonymous");
+        assert_int_equal(p.nroles, 0);
+    }
+    /* X-Roles counts only when trusted. */
+    const char *const xr[] = {"x-roles", "admin", "x-roles", "dev", NULL};
+    assert_int_equal(creds(f, &cfg, xr).status, AUTH__CRED_NONE);
+    cfg.rbac_trust_x_roles = true;
+    assert_int_equal(creds(f, &cfg, xr).status, AUTH__CRED_INVALID);
+    /* One of each is fine. */
+    auth__principal p =
+        creds(f, &cfg, (const char *const[]){"authorization", value, "x-roles", "dev", NULL});
+    assert_int_equal(p.status, AUTH__CRED_OK);
+    assert_string_equal(p.subject, "s");
+}
+
 static void test_secret_equal_is_exact(void **state)
 {
     assert_true(auth__secret_equal("abc", 3, "abc", 3));
@@ -447,6 +525,7 @@ int main(void)
         cmocka_unit_test(test_b64url_rejects_padding_standard_alphabet_and_loose_bits),
         cmocka_unit_test_setup_teardown(test_jwt_valid_hs256_gives_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jwt_without_typ_is_accepted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_jwt_without_exp_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jwt_alg_none_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jwt_other_algorithms_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jwt_bad_signature_is_refused, setup, teardown),
@@ -461,6 +540,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_credentials_machine_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_credentials_bearer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_credentials_x_roles_only_when_trusted, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_credentials_refuse_a_repeated_credential_header, setup,
                                         teardown),
         cmocka_unit_test(test_secret_equal_is_exact),
     };
