@@ -491,6 +491,12 @@ static const char *sse_event_name(pins_arena *a, const ProtobufCMessage *msg)
     return out;
 }
 
+/* Sent first when the request carries Last-Event-ID: the watch keeps no history to resume from,
+ * and the events carry no id: field, so the client learns it starts afresh. */
+static const char sse_no_resume[] = ": last-event-id ignored: no event history is kept; this "
+                                    "stream starts with the next change\n\n";
+
+/* Starts the event stream once: on subscription (rest_open) or at the first event. */
 static int sse_start(bridge__exchange *ex)
 {
     if (ex->responded)
@@ -504,6 +510,8 @@ static int sse_start(bridge__exchange *ex)
         rv = bridge__hdrs_add_metadata(a, &h, ex->call, NULL);
     if (rv == 0)
         rv = bridge__start(ex, ex->route->status, h.v, h.n, -1);
+    if (rv == 0 && rpc_call_header(ex->call, "last-event-id") != NULL)
+        rv = bridge__write(ex, sse_no_resume, sizeof(sse_no_resume) - 1);
     return rv;
 }
 
@@ -591,5 +599,29 @@ static void rest_finish(rpc_call *call, int err, const char *message)
     bridge__rest_fail(ex, err, message);
 }
 
-static const rpc__call_ops rest_ops = {
-    .send = rest_send, .send_packed = NULL, .finish = rest_finish};
+/* The watch subscribed: the 200 and the event-stream headers go out now, not with the first
+ * change, which may be long in coming. */
+static int rest_open(rpc_call *call)
+{
+    bridge__exchange *ex = exchange_of_call(call);
+    if (ex == NULL || ex->done)
+        return PINS_ECANCELLED;
+    return ex->route->sse ? sse_start(ex) : 0;
+}
+
+/* A comment line: ignored by EventSource, it keeps proxies from closing an idle stream. */
+static int rest_heartbeat(rpc_call *call)
+{
+    bridge__exchange *ex = exchange_of_call(call);
+    if (ex == NULL || ex->done)
+        return PINS_ECANCELLED;
+    if (!ex->route->sse || !ex->responded)
+        return 0;
+    return bridge__write(ex, ": ping\n\n", 8);
+}
+
+static const rpc__call_ops rest_ops = {.send = rest_send,
+                                       .send_packed = NULL,
+                                       .finish = rest_finish,
+                                       .open = rest_open,
+                                       .heartbeat = rest_heartbeat};

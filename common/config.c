@@ -100,6 +100,19 @@ static const struct var vars[] = {
      "Blast-radius controls", "50", "store errors in a rolling minute that open the breaker"},
     {"BREAKER_OPEN_SECONDS", T_INT, OFF(breaker_open_seconds), 1, 3600, "Blast-radius controls",
      "30", "seconds the breaker stays open before one probe"},
+    {"PINS_WATCH_MAX", T_INT, OFF(watch_max), 1, 1000000, "Blast-radius controls", "10000",
+     "open watch streams (WatchPins, SSE) per process, 1..1000000"},
+    {"PINS_WATCH_MAX_PER_PRINCIPAL", T_INT, OFF(watch_max_per_principal), 1, 1000000,
+     "Blast-radius controls", "1000",
+     "open watch streams per principal (credential subject; anonymous callers share one), "
+     "1..1000000"},
+    {"PINS_WATCH_PENDING_BYTES", T_INT64, OFF(watch_pending_bytes), 4096, 67108864,
+     "Blast-radius controls", "1048576",
+     "events a watch stream may have waiting for a slow reader, in bytes, before it is ended "
+     "(RESOURCE_EXHAUSTED), 4096..67108864"},
+    {"PINS_SSE_HEARTBEAT_SECONDS", T_INT, OFF(sse_heartbeat_seconds), 0, 3600,
+     "Blast-radius controls", "15",
+     "a comment line on every SSE watch stream this often, 0..3600, 0 disables"},
     {"LOG_LEVEL", T_LEVEL, OFF(log_level), 0, 0, "Logs", "info", "debug, info, warn or error"},
     {"LOG_FORMAT", T_FORMAT, OFF(log_format), 0, 0, "Logs", "json", "json or text"},
 };
@@ -558,6 +571,10 @@ void pins_config_defaults(pins_config *cfg)
     cfg->rate_limit_burst = 100;
     cfg->breaker_errors_per_min = 50;
     cfg->breaker_open_seconds = 30;
+    cfg->watch_max = 10000;
+    cfg->watch_max_per_principal = 1000;
+    cfg->watch_pending_bytes = 1048576;
+    cfg->sse_heartbeat_seconds = 15;
     cfg->log_level = PINS_LOG_INFO;
     cfg->log_format = PINS_LOG_JSON;
 }

@@ -71,6 +71,12 @@ typedef struct pins_config {
     int breaker_errors_per_min; /* BREAKER_ERRORS_PER_MIN, default 50 */
     int breaker_open_seconds;   /* BREAKER_OPEN_SECONDS, default 30 */
 
+    /* Watch streams (rpc/watch.h). */
+    int watch_max;               /* PINS_WATCH_MAX, default 10000 watch streams per process */
+    int watch_max_per_principal; /* PINS_WATCH_MAX_PER_PRINCIPAL, default 1000 */
+    int64_t watch_pending_bytes; /* PINS_WATCH_PENDING_BYTES, default 1 MiB per watch stream */
+    int sse_heartbeat_seconds;   /* PINS_SSE_HEARTBEAT_SECONDS, default 15 (0: none) */
+
     /* Logs. */
     pins_log_level log_level;   /* LOG_LEVEL debug|info|warn|error, default info */
     pins_log_format log_format; /* LOG_FORMAT json|text, default json */

@@ -29,6 +29,12 @@ typedef struct rpc__call_ops {
     int (*send_packed)(rpc_call *call, const uint8_t *msg, size_t len);
     /* Ends the response with grpc status for err (0 = OK) and message (NULL for none). */
     void (*finish)(rpc_call *call, int err, const char *message);
+    /* Optional (NULL: nothing to do), for a server stream that stays open between messages
+     * (WatchPins, rpc/watch.c): open sends the response headers now rather than with the first
+     * message; heartbeat sends bytes that carry no message, so that proxies keep an idle stream
+     * (SSE: a comment line). Return 0 or an error as send. */
+    int (*open)(rpc_call *call);
+    int (*heartbeat)(rpc_call *call);
 } rpc__call_ops;
 
 typedef struct rpc__header {
@@ -83,6 +89,10 @@ struct rpc_call {
     const char *detail_loc1;
     const char *detail_type;
     const char *error_message; /* the client-visible message of a failed call */
+    /* Response bytes a server stream may have waiting for a slow reader before send and write
+     * refuse with PINS_ERESOURCE_EXHAUSTED; 0: the transport's own bound. rpc/watch.c sets it
+     * (PINS_WATCH_PENDING_BYTES) for WatchPins streams. */
+    size_t pending_max;
     /* Authorisation (rpc/dispatch.c, auth/auth.h). auth: the decision for a guarded method, in
      * the call's arena; NULL for unguarded methods and before dispatch. When the call was refused
      * by RBAC, deny_reason ("no-credentials", "invalid-token", "insufficient-permissions",

@@ -1,11 +1,21 @@
-/* rpc/watch.c: the cross-worker fan-out behind rpc/watch.h. */
+/* rpc/watch.c: the cross-worker fan-out behind rpc/watch.h.
+ *
+ * Streams are counted in one process-wide table of principals under a mutex: subscribing and
+ * ending a stream take it once, publishing never does. Each worker keeps its own streams, and
+ * when PINS_SSE_HEARTBEAT_SECONDS is set a timer that sends every stream of the worker a
+ * heartbeat (the transports without one ignore it).
+ */
 #include "rpc/watch.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/auth.h"
 #include "rpc/rpc_int.h"
+
+/* Buckets of the principal table (a power of two). */
+#define PRINCIPAL_BUCKETS 256
 
 /* One published change, shared by the inboxes it was queued to. */
 typedef struct event_msg {
@@ -22,10 +32,18 @@ typedef struct inbox_node {
     event_msg *ev;
 } inbox_node;
 
+/* The open streams of one principal, in the table while it has any. */
+typedef struct principal {
+    struct principal *next;
+    int nwatch;
+    char name[];
+} principal;
+
 /* One WatchPins stream. Lives in its call's arena. */
 typedef struct sub {
     struct sub *prev, *next;
     rpc_call *call;
+    principal *owner; /* its slot */
     const char *tenant_id;
     const char *prefix;
     size_t prefix_len;
@@ -35,11 +53,14 @@ struct rpc__watch_worker {
     pthread_mutex_t mu;
     inbox_node *head, *tail; /* guarded by mu */
     struct event *ev;
-    sub *subs; /* worker thread only */
+    struct event *heartbeat_ev; /* NULL without PINS_SSE_HEARTBEAT_SECONDS */
+    sub *subs;                  /* worker thread only */
     _Atomic int nsubs;
 };
 
-static _Atomic int total;
+static _Atomic int total; /* changed under principals_mu */
+static pthread_mutex_t principals_mu = PTHREAD_MUTEX_INITIALIZER;
+static principal *principals[PRINCIPAL_BUCKETS];
 
 static void event_unref(event_msg *e)
 {
@@ -56,6 +77,75 @@ bool rpc_watch_active(void)
     return atomic_load_explicit(&total, memory_order_relaxed) > 0;
 }
 
+/* ---- slots ------------------------------------------------------------------------------------
+ */
+
+static principal **bucket_of(const char *name)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; p++)
+        h = (h ^ *p) * 16777619u;
+    return &principals[h & (PRINCIPAL_BUCKETS - 1)];
+}
+
+/* Takes one of the process's and one of name's slots. Returns 0 and *powner,
+ * PINS_ERESOURCE_EXHAUSTED (*pper_principal tells which limit), PINS_ENOMEM. */
+static int slot_take(const pins_config *cfg, const char *name, principal **powner,
+                     bool *pper_principal)
+{
+    int rv = 0;
+    pthread_mutex_lock(&principals_mu);
+    principal **b = bucket_of(name);
+    principal *p = *b;
+    while (p != NULL && strcmp(p->name, name) != 0)
+        p = p->next;
+    if (atomic_load(&total) >= cfg->watch_max) {
+        *pper_principal = false;
+        rv = PINS_ERESOURCE_EXHAUSTED;
+        goto out;
+    }
+    if (p != NULL && p->nwatch >= cfg->watch_max_per_principal) {
+        *pper_principal = true;
+        rv = PINS_ERESOURCE_EXHAUSTED;
+        goto out;
+    }
+    if (p == NULL) {
+        size_t len = strlen(name);
+        p = malloc(sizeof(*p) + len + 1);
+        if (p == NULL) {
+            rv = PINS_ENOMEM;
+            goto out;
+        }
+        memcpy(p->name, name, len + 1);
+        p->nwatch = 0;
+        p->next = *b;
+        *b = p;
+    }
+    p->nwatch++;
+    atomic_fetch_add(&total, 1);
+    *powner = p;
+out:
+    pthread_mutex_unlock(&principals_mu);
+    return rv;
+}
+
+static void slot_give(principal *p)
+{
+    pthread_mutex_lock(&principals_mu);
+    atomic_fetch_sub(&total, 1);
+    if (--p->nwatch == 0) {
+        principal **pp = bucket_of(p->name);
+        while (*pp != p)
+            pp = &(*pp)->next;
+        *pp = p->next;
+        free(p);
+    }
+    pthread_mutex_unlock(&principals_mu);
+}
+
+/* ---- streams ----------------------------------------------------------------------------------
+ */
+
 static void unlink_sub(rpc__watch_worker *ww, sub *s)
 {
     if (s->prev != NULL)
@@ -66,7 +156,20 @@ static void unlink_sub(rpc__watch_worker *ww, sub *s)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
     atomic_fetch_sub(&ww->nsubs, 1);
-    atomic_fetch_sub(&total, 1);
+    slot_give(s->owner);
+    s->owner = NULL;
+}
+
+/* Ends a stream whose send or heartbeat failed with rv. */
+static void end_sub(rpc__watch_worker *ww, sub *s, int rv)
+{
+    rpc_call *call = s->call;
+    unlink_sub(ww, s);
+    rpc_call_on_cancel(call, NULL, NULL);
+    if (rv == PINS_ERESOURCE_EXHAUSTED)
+        rpc_call_fail(call, rv, "watch stream closed: the client reads too slowly");
+    else
+        rpc_call_fail(call, rv, NULL);
 }
 
 static void deliver(rpc__watch_worker *ww, const event_msg *e)
@@ -76,15 +179,23 @@ static void deliver(rpc__watch_worker *ww, const event_msg *e)
         if (strcmp(s->tenant_id, e->tenant_id) == 0 && s->prefix_len <= e->key_len &&
             memcmp(s->prefix, e->key, s->prefix_len) == 0) {
             int rv = rpc_call_send_packed(s->call, e->msg, e->len);
-            if (rv != 0) {
-                rpc_call *call = s->call;
-                unlink_sub(ww, s);
-                rpc_call_on_cancel(call, NULL, NULL);
-                if (rv == PINS_ERESOURCE_EXHAUSTED)
-                    rpc_call_fail(call, rv, "watch stream closed: the client reads too slowly");
-                else
-                    rpc_call_fail(call, rv, NULL);
-            }
+            if (rv != 0)
+                end_sub(ww, s, rv);
+        }
+        s = next;
+    }
+}
+
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    rpc__watch_worker *ww = arg;
+    for (sub *s = ww->subs; s != NULL;) {
+        sub *next = s->next;
+        rpc_call *call = s->call;
+        if (call->ops->heartbeat != NULL && call->transport != NULL) {
+            int rv = call->ops->heartbeat(call);
+            if (rv != 0)
+                end_sub(ww, s, rv);
         }
         s = next;
     }
@@ -156,23 +267,37 @@ static void on_cancel(rpc_call *call, void *arg)
     rpc_call_finish(call);
 }
 
-int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefix)
+int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefix,
+                        const char **pwhy)
 {
     rpc__watch_worker *ww = rpc_call_worker(call)->watch_hub;
+    const pins_config *cfg = rpc_call_config(call);
     if (ww == NULL)
         return PINS_EINTERNAL;
-    if (atomic_fetch_add(&total, 1) >= RPC_WATCH_MAX) {
-        atomic_fetch_sub(&total, 1);
-        return PINS_ERESOURCE_EXHAUSTED;
-    }
+    /* A client that left before the subscription would never be told apart from a quiet one. */
+    if (rpc_call_cancelled(call) || call->transport == NULL)
+        return PINS_ECANCELLED;
     pins_arena *a = rpc_call_arena(call);
     sub *s = pins_arena_calloc(a, 1, sizeof(*s));
     const char *t = s ? pins_arena_strdup(a, tenant_id) : NULL;
     const char *p = t ? pins_arena_strdup(a, prefix) : NULL;
-    if (p == NULL) {
-        atomic_fetch_sub(&total, 1);
+    if (p == NULL)
         return PINS_ENOMEM;
+    const struct auth_decision *d = rpc_call_auth(call);
+    const char *who = d != NULL && d->subject != NULL ? d->subject : "anonymous";
+    bool per_principal = false;
+    int rv = slot_take(cfg, who, &s->owner, &per_principal);
+    if (rv == PINS_ERESOURCE_EXHAUSTED) {
+        *pwhy = per_principal ? pins_arena_printf(a,
+                                                  "too many watch streams are open for this "
+                                                  "caller (at most %d)",
+                                                  cfg->watch_max_per_principal)
+                              : pins_arena_printf(a, "too many watch streams are open (at most %d)",
+                                                  cfg->watch_max);
+        return rv;
     }
+    if (rv != 0)
+        return rv;
     s->call = call;
     s->tenant_id = t;
     s->prefix = p;
@@ -182,7 +307,16 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
         ww->subs->prev = s;
     ww->subs = s;
     atomic_fetch_add(&ww->nsubs, 1);
+    call->pending_max = (size_t)cfg->watch_pending_bytes;
     rpc_call_on_cancel(call, on_cancel, s);
+    if (call->ops->open != NULL) {
+        rv = call->ops->open(call);
+        if (rv != 0) {
+            rpc_call_on_cancel(call, NULL, NULL);
+            unlink_sub(ww, s);
+            return rv;
+        }
+    }
     return 0;
 }
 
@@ -193,6 +327,17 @@ int rpc__watch_worker_init(rpc_worker *w)
         return PINS_ENOMEM;
     pthread_mutex_init(&ww->mu, NULL);
     ww->ev = event_new(w->base, -1, 0, on_inbox, ww);
+    int secs = w->server->cfg->sse_heartbeat_seconds;
+    if (ww->ev != NULL && secs > 0) {
+        ww->heartbeat_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, ww);
+        struct timeval tv = {.tv_sec = secs};
+        if (ww->heartbeat_ev == NULL || event_add(ww->heartbeat_ev, &tv) != 0) {
+            if (ww->heartbeat_ev != NULL)
+                event_free(ww->heartbeat_ev);
+            event_free(ww->ev);
+            ww->ev = NULL;
+        }
+    }
     if (ww->ev == NULL) {
         pthread_mutex_destroy(&ww->mu);
         free(ww);
@@ -222,6 +367,8 @@ void rpc__watch_worker_free(rpc_worker *w)
     if (ww == NULL)
         return;
     on_inbox(-1, 0, ww); /* drop what is still queued (no subscriber is left) */
+    if (ww->heartbeat_ev != NULL)
+        event_free(ww->heartbeat_ev);
     event_free(ww->ev);
     pthread_mutex_destroy(&ww->mu);
     free(ww);

@@ -665,9 +665,10 @@ void rpc__pins_watch(rpc_call *call)
         invalid(call, "query", "prefix", why);
         return;
     }
-    int rv = rpc_watch_subscribe(call, tenant, prefix);
+    const char *full = NULL;
+    int rv = rpc_watch_subscribe(call, tenant, prefix, &full);
     if (rv == PINS_ERESOURCE_EXHAUSTED)
-        rpc_call_fail(call, rv, "too many watch streams are open (at most %d)", RPC_WATCH_MAX);
+        rpc_call_fail(call, rv, "%s", full != NULL ? full : "too many watch streams are open");
     else if (rv != 0)
         rpc_call_fail(call, rv, NULL);
 }

@@ -1,0 +1,219 @@
+"""Watch streams (WatchPins over gRPC, GET /api/v1/memory/watch as SSE): slots per principal and
+per process, the SSE response head sent on subscription, heartbeats, Last-Event-ID.
+
+Every wait is bounded; nothing asserts on how long something took.
+"""
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+import unittest
+
+import grpc
+
+import harness
+from harness import ServerTestCase, mp
+
+SC = grpc.StatusCode
+CURL = shutil.which("curl")
+HTTP_VERSIONS = ("--http1.1", "--http2-prior-knowledge")
+TOKEN = "watch-bounds-machine-token"
+MACHINE = (("x-machine-token", TOKEN),)
+
+
+class SseReader:
+    """curl -N on the watch route; the raw output (head and body) is read as it arrives."""
+
+    def __init__(self, port, version, query, headers=()):
+        cmd = [CURL, "-sS", "-N", "-i", version, "--max-time", "60"]
+        for h in headers:
+            cmd += ["-H", h]
+        cmd.append("http://127.0.0.1:%d/api/v1/memory/watch?%s" % (port, query))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        self.text = ""
+
+    def wait_for(self, pattern, timeout=20.0):
+        """Reads until pattern (a regex) matches the output so far; returns the match or None
+        after timeout seconds or when curl ended."""
+        rx = re.compile(pattern, re.S | re.I | re.M)
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while True:
+            m = rx.search(self.text)
+            if m is not None:
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return rx.search(self.text)
+                self.text += chunk.decode("utf-8", "replace")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+def sse(testcase, port, version, query, headers=()):
+    r = SseReader(port, version, query, headers)
+    testcase.addCleanup(r.close)
+    return r
+
+
+# ================================================================================================
+class WatchSlotsTest(ServerTestCase):
+    """PINS_WATCH_MAX_PER_PRINCIPAL and PINS_WATCH_MAX over gRPC and SSE."""
+
+    SERVER_ENV = {"PINS_WATCH_MAX": "5", "PINS_WATCH_MAX_PER_PRINCIPAL": "3",
+                  "MACHINE_SECRET_TOKEN": TOKEN, "PINS_SWEEP_INTERVAL_SECONDS": "3600"}
+
+    def watch(self, tenant, metadata=None):
+        stream = self.client.server_stream(mp("WatchPins"), {"tenant_id": tenant}, timeout=60,
+                                           metadata=metadata)
+        self.addCleanup(stream.cancel)
+        return stream
+
+    def subscribed(self, tenant, streams, key="k"):
+        """One change of tenant reaches every stream: they are all subscribed."""
+        self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": key, "value": {"n": 1}})
+        for s in streams:
+            self.assertEqual(next(s).pin.key, key)
+
+    def refused(self, stream):
+        with self.assertRaises(grpc.RpcError) as cm:
+            next(stream)
+        self.assertEqual(cm.exception.code(), SC.RESOURCE_EXHAUSTED, cm.exception.details())
+        return cm.exception.details()
+
+    def watch_until_admitted(self, tenant, metadata=None, tries=100):
+        """A slot given back when a stream ended is free again shortly after: retries (bounded)
+        until a new stream is subscribed; returns it."""
+        for i in range(tries):
+            s = self.watch(tenant, metadata)
+            key = "again-%d" % i
+            self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": key, "value": {}})
+            try:
+                if next(s).pin.key == key:
+                    return s
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), SC.RESOURCE_EXHAUSTED, e.details())
+            time.sleep(0.1)
+        self.fail("no watch slot came free after a stream ended")
+
+    def test_one_principal_holds_at_most_its_share_and_the_process_at_most_the_total(self):
+        anon = [self.watch("slots") for _ in range(3)]
+        self.subscribed("slots", anon, "a1")
+        why = self.refused(self.watch("slots"))
+        self.assertIn("for this caller (at most 3)", why)
+
+        # Another principal still gets watches, up to the process's total of 5.
+        machine = [self.watch("slots", MACHINE) for _ in range(2)]
+        self.subscribed("slots", anon + machine, "a2")
+        why = self.refused(self.watch("slots", MACHINE))
+        self.assertIn("too many watch streams are open (at most 5)", why)
+
+        # An SSE watch is a watch slot too: 503 with the REST error body.
+        if CURL:
+            for v in HTTP_VERSIONS:
+                with self.subTest(v):
+                    p = subprocess.run([CURL, "-sS", v, "--max-time", "20", "-w", "\n%{http_code}",
+                                        "http://127.0.0.1:%d/api/v1/memory/watch?tenant_id=slots"
+                                        % self.server.port],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+                    body, _, code = p.stdout.decode().rpartition("\n")
+                    self.assertEqual(code, "503", p.stdout)
+                    self.assertEqual(json.loads(body)["code"], 8, body)
+
+        # Ending a stream gives its slot back.
+        anon[0].cancel()
+        self.watch_until_admitted("slots")
+        for s in anon[1:] + machine:
+            s.cancel()
+        self.watch_until_admitted("slots", MACHINE)
+
+
+# ================================================================================================
+@unittest.skipUnless(CURL, "curl not installed")
+class SseStreamTest(ServerTestCase):
+    """The SSE head on subscription, the heartbeat, Last-Event-ID."""
+
+    SERVER_ENV = {"PINS_SSE_HEARTBEAT_SECONDS": "1", "PINS_SWEEP_INTERVAL_SECONDS": "3600"}
+
+    def test_head_is_sent_on_subscription_before_any_event(self):
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                r = sse(self, self.server.port, v, "tenant_id=quiet-" + v[2:8])
+                m = r.wait_for(r"^HTTP/\S+ 200.*?content-type: text/event-stream.*?\r\n\r\n")
+                self.assertIsNotNone(m, "no response head before the first event: %r" % r.text)
+                self.assertNotIn("event:", r.text)
+
+    def test_idle_stream_gets_comment_heartbeats_between_events(self):
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                tenant = "beat-" + v[2:8]
+                r = sse(self, self.server.port, v, "tenant_id=" + tenant)
+                self.assertIsNotNone(r.wait_for(r"\r\n\r\n.*?^: ping\n\n"),
+                                     "no heartbeat on an idle stream: %r" % r.text)
+                self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": "k",
+                                                   "value": {"n": 1}})
+                m = r.wait_for(r"event: put\ndata: (.*?)\n\n")
+                self.assertIsNotNone(m, r.text)
+                self.assertEqual(json.loads(m.group(1))["pin"]["key"], "k")
+                n = r.text.count(": ping\n\n")
+                self.assertIsNotNone(r.wait_for(r"(?:^: ping\n\n.*){%d}" % (n + 1)),
+                                     "heartbeats stopped after an event: %r" % r.text)
+
+    def test_last_event_id_is_answered_as_not_resumable(self):
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                tenant = "resume-" + v[2:8]
+                r = sse(self, self.server.port, v, "tenant_id=" + tenant,
+                        headers=("Last-Event-ID: 42",))
+                m = r.wait_for(r"\r\n\r\n(: [^\n]*)\n\n")
+                self.assertIsNotNone(m, r.text)
+                self.assertIn("last-event-id ignored", m.group(1))
+                self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": "k",
+                                                   "value": {}})
+                m = r.wait_for(r"(?:^id:[^\n]*\n)?event: put\ndata: [^\n]*\n\n")
+                self.assertIsNotNone(m, r.text)
+                self.assertNotIn("id:", m.group(0), "an event id suggests the stream can resume")
+
+
+# ================================================================================================
+class WatchSettingsTest(ServerTestCase):
+    @classmethod
+    def setUpClass(cls):  # no shared server
+        pass
+
+    @classmethod
+    def tearDownClass(cls):
+        pass
+
+    def test_bad_values_stop_the_start_naming_the_variable(self):
+        for var, val in [("PINS_SSE_HEARTBEAT_SECONDS", "-1"),
+                         ("PINS_SSE_HEARTBEAT_SECONDS", "3601"),
+                         ("PINS_SSE_HEARTBEAT_SECONDS", "soon"),
+                         ("PINS_WATCH_MAX", "0"), ("PINS_WATCH_MAX_PER_PRINCIPAL", "0"),
+                         ("PINS_WATCH_PENDING_BYTES", "100")]:
+            with self.subTest(var, val=val):
+                s = harness.Server({var: val})
+                self.addCleanup(s.cleanup)
+                with self.assertRaises(RuntimeError):
+                    s.start(ready_timeout=5)
+                self.assertIsNotNone(s.returncode, "pinsd kept running with %s=%s" % (var, val))
+                self.assertNotEqual(s.returncode, 0)
+                with open(s.stderr_path, "rb") as f:
+                    self.assertIn(var, f.read().decode("utf-8", "replace"))
+
+
+if __name__ == "__main__":
+    unittest.main()
