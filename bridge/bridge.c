@@ -109,6 +109,15 @@ int bridge__hdrs_add_metadata(pins_arena *a, bridge__hdrs *h, const rpc_call *ca
     return 0;
 }
 
+int bridge__json_decode_request(rpc_call *call, const ProtobufCMessageDescriptor *desc,
+                                const void *json, size_t len, ProtobufCMessage **pmsg,
+                                bridge_json_error *perr)
+{
+    size_t budget = pins_arena_limit(call->arena) / BRIDGE__DECODE_SHARE;
+    return bridge_json_decode_bounded(call->arena, desc, json, len, BRIDGE__JSON_MAX_DEPTH, budget,
+                                      pmsg, perr);
+}
+
 char *bridge__json_quote(pins_arena *a, const char *s)
 {
     size_t n = strlen(s);
@@ -297,29 +306,43 @@ static void serve_openapi(bridge__exchange *ex)
 /* ---- Connect and gRPC-Web on method paths -----------------------------------------------------
  */
 
+/* True when path[0..len) has the shape of a method path, "/<pkg>.<Service>/<Method>". */
+static bool is_method_path(const char *path, size_t len)
+{
+    if (len < 4 || path[0] != '/')
+        return false;
+    const char *slash = memchr(path + 1, '/', len - 1);
+    if (slash == NULL || slash == path + 1 || slash == path + len - 1)
+        return false;
+    size_t svc = (size_t)(slash - path - 1);
+    return memchr(path + 1, '.', svc) != NULL && memchr(slash + 1, '/', len - svc - 2) == NULL;
+}
+
 /* Answers a request to a method path that is not a framed stream taken by bridge_begin. */
 static void serve_method_path(bridge__exchange *ex, const rpc_method *m)
 {
     bridge_stream *s = ex->s;
     ex->route_label = m->path;
     if (strcmp(s->method, "POST") != 0) {
-        respond_json(ex, 405,
-                     "{\"detail\":\"Method Not Allowed\",\"code\":12,"
-                     "\"message\":\"RPC methods take POST\"}",
-                     "POST");
+        bridge__rpc_reject(ex, PINS_EMETHOD_NOT_ALLOWED, 405, "RPC methods take POST", "POST");
         return;
     }
-    bool json = false;
-    bridge__proto proto = bridge__rpc_proto(rpc_call_header(ex->call, "content-type"), &json);
+    bool json = false, text = false;
+    const char *ct = rpc_call_header(ex->call, "content-type");
+    bridge__proto proto = bridge__rpc_proto(ct, &json, &text);
     if (proto == BRIDGE__PLAIN) {
-        respond_json(ex, 415,
-                     "{\"detail\":\"unsupported content-type: a gRPC method expects "
-                     "application/grpc\",\"code\":3,\"message\":\"unsupported content type\"}",
-                     NULL);
+        bridge__rpc_reject(ex, PINS_EUNSUPPORTED_MEDIA_TYPE, 415,
+                           pins_arena_printf(ex->call->arena,
+                                             "unsupported content type %s: a method takes "
+                                             "application/grpc, application/grpc-web[-text], "
+                                             "application/json or application/proto",
+                                             ct != NULL ? ct : "(none)"),
+                           NULL);
         return;
     }
     ex->proto = proto;
     ex->json = json;
+    ex->text = text;
     if (bridge__rpc_begin(ex, m) != 0)
         return;
     if (proto == BRIDGE__CONNECT) {
@@ -390,6 +413,17 @@ void bridge_handle(bridge_stream *s)
         serve_method_path(ex, rm);
         goto out;
     }
+    bool json = false, text = false;
+    if (is_method_path(s->path, plen) &&
+        (bridge__rpc_proto(rpc_call_header(call, "content-type"), &json, &text) != BRIDGE__PLAIN ||
+         rpc_call_header(call, "connect-protocol-version") != NULL)) {
+        /* A Connect or gRPC-Web client calling a method this server does not have: its
+         * protocol's UNIMPLEMENTED, not the REST 404. */
+        bridge__rpc_reject(
+            ex, PINS_EUNIMPLEMENTED, 404,
+            pins_arena_printf(call->arena, "unknown method %.*s", (int)plen, s->path), NULL);
+        goto out;
+    }
     respond_json(ex, 404, "{\"detail\":\"Not Found\",\"code\":5,\"message\":\"no such route\"}",
                  NULL);
 out:
@@ -403,8 +437,8 @@ bool bridge_begin(bridge_stream *s)
     const rpc_method *m = rpc__method_find(s->path, strlen(s->path));
     if (m == NULL)
         return false;
-    bool json = false;
-    bridge__proto proto = bridge__rpc_proto(rpc_call_header(s->call, "content-type"), &json);
+    bool json = false, text = false;
+    bridge__proto proto = bridge__rpc_proto(rpc_call_header(s->call, "content-type"), &json, &text);
     if (proto != BRIDGE__CONNECT_STREAM && proto != BRIDGE__GRPC_WEB)
         return false;
     rpc_call *call = s->call;
@@ -414,6 +448,7 @@ bool bridge_begin(bridge_stream *s)
         ex->route_label = m->path;
         ex->proto = proto;
         ex->json = json;
+        ex->text = text;
         bridge__rpc_begin(ex, m); /* answers its own errors; the body is then ignored */
     }
     rpc__call_unref(call);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "bridge/bridge.h"
+#include "bridge/json.h"
 
 /* The protocol an exchange speaks, decided from the path, the method and the content type. */
 typedef enum bridge__proto {
@@ -21,7 +22,8 @@ typedef enum bridge__proto {
     BRIDGE__REST,           /* a route of the REST table (JSON, or SSE for a server stream) */
     BRIDGE__CONNECT,        /* Connect unary: application/json or application/proto */
     BRIDGE__CONNECT_STREAM, /* Connect streaming: application/connect+proto|json envelopes */
-    BRIDGE__GRPC_WEB,       /* gRPC-Web: application/grpc-web[+proto|+json] frames */
+    BRIDGE__GRPC_WEB,       /* gRPC-Web: application/grpc-web[+proto|+json] frames, or
+                               application/grpc-web-text[+proto]: the same frames in base64 */
 } bridge__proto;
 
 /* At most this many {name} placeholders in one route pattern. */
@@ -70,7 +72,10 @@ typedef struct bridge__exchange {
     /* REST */
     const bridge__route *route;
     /* Connect and gRPC-Web */
-    bool json;                     /* messages as proto3 JSON instead of binary protobuf */
+    bool json;      /* messages as proto3 JSON instead of binary protobuf */
+    bool text;      /* grpc-web-text: both bodies are base64 */
+    uint8_t b64[4]; /* grpc-web-text: a base64 quantum not complete yet */
+    unsigned nb64;
     const char *resp_content_type; /* response content type */
     uint8_t *in;                   /* framed request bytes not yet consumed (arena) */
     size_t in_len, in_cap;
@@ -106,6 +111,22 @@ int bridge__hdrs_add(pins_arena *a, bridge__hdrs *h, const char *name, const cha
  * Returns 0 or PINS_ENOMEM. */
 int bridge__hdrs_add_metadata(pins_arena *a, bridge__hdrs *h, const rpc_call *call,
                               const char *trailer_prefix);
+
+/* Nesting accepted in a JSON request: a 64-deep pin value plus the request's own levels. */
+#define BRIDGE__JSON_MAX_DEPTH 100
+/* A decoded JSON request may take at most 1/BRIDGE__DECODE_SHARE of the call's arena limit; the
+ * rest is the handler's, whose reply the bridge unpacks once more to write it as JSON (a
+ * protobuf request gets half: rpc__call_decode in rpc/decode.c). */
+#define BRIDGE__DECODE_SHARE 4
+
+/* Decodes a JSON request message of type desc from json[0..len) into the call's arena
+ * (bridge_json_decode with BRIDGE__JSON_MAX_DEPTH). A message whose decoded form needs more than
+ * the decode share of the arena, or that the arena's limit stops, is too large. json is borrowed.
+ * Returns 0 and *pmsg, PINS_EMALFORMED (*perr says why), PINS_ETOO_LARGE, PINS_ENOMEM (malloc
+ * failed below the limit). */
+int bridge__json_decode_request(rpc_call *call, const ProtobufCMessageDescriptor *desc,
+                                const void *json, size_t len, ProtobufCMessage **pmsg,
+                                bridge_json_error *perr);
 
 /* A JSON string literal (quotes included) for s in the arena, or NULL when out of memory.
  * Invalid UTF-8 bytes become U+FFFD. */
@@ -146,12 +167,20 @@ void bridge__rest_fail(bridge__exchange *ex, int err, const char *message);
 
 /* ---- connect.c and grpcweb.c: Connect and gRPC-Web ------------------------------------------- */
 
-/* Classifies a POST to a method path by its content type: returns the protocol and sets *pjson,
- * or BRIDGE__PLAIN when the content type is none of Connect's or gRPC-Web's. */
-bridge__proto bridge__rpc_proto(const char *content_type, bool *pjson);
+/* Classifies a POST to a method path by its content type: returns the protocol and sets *pjson
+ * and *ptext (grpc-web-text), or BRIDGE__PLAIN when the content type is none of Connect's or
+ * gRPC-Web's. */
+bridge__proto bridge__rpc_proto(const char *content_type, bool *pjson, bool *ptext);
 /* Prepares an exchange for method m (ops, deadline, content types). Returns 0, or an error that
  * has already been answered (the exchange is done). */
 int bridge__rpc_begin(bridge__exchange *ex, const rpc_method *m);
+/* Answers a request to a method path that cannot be served (unknown method, a method other than
+ * POST, a content type of no RPC protocol) with err and message (may be NULL) in the shape of the
+ * protocol its content type names: a gRPC-Web trailer frame or a Connect end-stream message
+ * (HTTP 200) for a POST of theirs, else Connect's error JSON {"code","message"} with HTTP status
+ * (0: Connect's status for err's code) and, when allow is not NULL, an Allow header. */
+void bridge__rpc_reject(bridge__exchange *ex, int err, int status, const char *message,
+                        const char *allow);
 /* Connect unary: the whole body. */
 void bridge__connect_unary(bridge__exchange *ex, const uint8_t *body, size_t len);
 /* Framed protocols (Connect streaming, gRPC-Web): body bytes as they arrive, then the end. */
@@ -161,7 +190,14 @@ void bridge__framed_end(bridge__exchange *ex);
  * metadata, in the call's arena. Returns NULL when out of memory. */
 char *bridge__grpcweb_trailers(rpc_call *call, int err, const char *message, size_t *plen);
 /* gRPC-Web: the response content type for a request content type. */
-const char *bridge__grpcweb_content_type(bool json);
+const char *bridge__grpcweb_content_type(bool json, bool text);
+/* grpc-web-text: decodes one quantum of 4 base64 characters (standard alphabet, "xx==" and
+ * "xxx=" padding) into out. Returns the number of bytes (1 to 3), or -1 when q is not base64. */
+int bridge__base64_quantum(const uint8_t q[4], uint8_t *out);
+/* grpc-web-text: the padded base64 of hdr[0..5) followed by p[0..len), in a new malloc'd buffer
+ * (*pout, the caller frees it; *plen characters, NUL-terminated). Returns 0 or PINS_ENOMEM. */
+int bridge__base64_envelope(const uint8_t hdr[5], const void *p, size_t len, char **pout,
+                            size_t *plen);
 
 /* ---- cors.c ------------------------------------------------------------------------------------
  */

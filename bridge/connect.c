@@ -17,8 +17,6 @@
 
 #include "bridge/json.h"
 
-#define JSON_MAX_DEPTH 100
-
 #define FLAG_COMPRESSED 0x01
 #define FLAG_END_STREAM 0x02 /* Connect */
 #define FLAG_TRAILERS   0x80 /* gRPC-Web */
@@ -40,7 +38,7 @@ static bool media_is(const char *ct, size_t len, const char *want)
     return strlen(want) == len && strncasecmp(ct, want, len) == 0;
 }
 
-bridge__proto bridge__rpc_proto(const char *ct, bool *pjson)
+bridge__proto bridge__rpc_proto(const char *ct, bool *pjson, bool *ptext)
 {
     if (ct == NULL)
         return BRIDGE__PLAIN;
@@ -51,18 +49,22 @@ bridge__proto bridge__rpc_proto(const char *ct, bool *pjson)
         const char *type;
         bridge__proto proto;
         bool json;
+        bool text;
     } types[] = {
-        {"application/json", BRIDGE__CONNECT, true},
-        {"application/proto", BRIDGE__CONNECT, false},
-        {"application/connect+json", BRIDGE__CONNECT_STREAM, true},
-        {"application/connect+proto", BRIDGE__CONNECT_STREAM, false},
-        {"application/grpc-web", BRIDGE__GRPC_WEB, false},
-        {"application/grpc-web+proto", BRIDGE__GRPC_WEB, false},
-        {"application/grpc-web+json", BRIDGE__GRPC_WEB, true},
+        {"application/json", BRIDGE__CONNECT, true, false},
+        {"application/proto", BRIDGE__CONNECT, false, false},
+        {"application/connect+json", BRIDGE__CONNECT_STREAM, true, false},
+        {"application/connect+proto", BRIDGE__CONNECT_STREAM, false, false},
+        {"application/grpc-web", BRIDGE__GRPC_WEB, false, false},
+        {"application/grpc-web+proto", BRIDGE__GRPC_WEB, false, false},
+        {"application/grpc-web+json", BRIDGE__GRPC_WEB, true, false},
+        {"application/grpc-web-text", BRIDGE__GRPC_WEB, false, true},
+        {"application/grpc-web-text+proto", BRIDGE__GRPC_WEB, false, true},
     };
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         if (media_is(ct, len, types[i].type)) {
             *pjson = types[i].json;
+            *ptext = types[i].text;
             return types[i].proto;
         }
     }
@@ -127,18 +129,27 @@ static int unary_respond(bridge__exchange *ex, const void *body, size_t len)
     return rv;
 }
 
-static void unary_error(bridge__exchange *ex, int err, const char *message)
+/* Connect's unary error answer; status 0: the status Connect gives err's code. */
+static void unary_error_status(bridge__exchange *ex, int err, int status, const char *message,
+                               const char *allow)
 {
     rpc_call *call = ex->call;
-    int status = pins_grpc_code_http(pins_error_grpc(err));
+    if (status == 0)
+        status = pins_grpc_code_http(pins_error_grpc(err));
     char *body = connect_error_json(call->arena, err, message);
     bridge__hdrs h = {0};
-    if (body == NULL || bridge__hdrs_add_metadata(call->arena, &h, call, "trailer-") != 0) {
+    if (body == NULL || bridge__hdrs_add_metadata(call->arena, &h, call, "trailer-") != 0 ||
+        (allow != NULL && bridge__hdrs_add(call->arena, &h, "allow", allow) != 0)) {
         static const char oom[] = "{\"code\":\"resource_exhausted\",\"message\":\"out of memory\"}";
         bridge__respond(ex, 429, "application/json", oom, sizeof(oom) - 1, NULL, 0);
         return;
     }
     bridge__respond(ex, status, "application/json", body, strlen(body), h.v, h.n);
+}
+
+static void unary_error(bridge__exchange *ex, int err, const char *message)
+{
+    unary_error_status(ex, err, 0, message, NULL);
 }
 
 /* Encodes msg with the exchange's codec into a new malloc'd buffer. */
@@ -216,8 +227,7 @@ void bridge__connect_unary(bridge__exchange *ex, const uint8_t *body, size_t len
     if (ex->json) {
         bridge_json_error jerr;
         memset(&jerr, 0, sizeof(jerr));
-        int rv = bridge_json_decode(call->arena, m->input, (const char *)body, len, JSON_MAX_DEPTH,
-                                    &msg, &jerr);
+        int rv = bridge__json_decode_request(call, m->input, body, len, &msg, &jerr);
         if (rv != 0) {
             const char *why = rv != PINS_EMALFORMED ? "request message too large to decode"
                               : jerr.path[0]
@@ -264,6 +274,17 @@ static int write_envelope(bridge__exchange *ex, uint8_t flags, const void *p, si
         return PINS_ERESOURCE_EXHAUSTED;
     uint8_t hdr[5] = {flags, (uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
                       (uint8_t)len};
+    if (ex->text) {
+        /* grpc-web-text: each envelope is its own padded base64 chunk, so that a client can
+         * decode the body as it arrives, chunk by chunk. */
+        char *b64 = NULL;
+        size_t n = 0;
+        int rv = bridge__base64_envelope(hdr, p, len, &b64, &n);
+        if (rv == 0)
+            rv = bridge__write(ex, b64, n);
+        free(b64);
+        return rv;
+    }
     int rv = bridge__write(ex, hdr, 5);
     if (rv == 0 && len > 0)
         rv = bridge__write(ex, p, len);
@@ -355,8 +376,7 @@ static int decode_envelope(bridge__exchange *ex, const uint8_t *p, size_t len,
     }
     bridge_json_error jerr;
     memset(&jerr, 0, sizeof(jerr));
-    int rv = bridge_json_decode(call->arena, call->method->input, (const char *)p, len,
-                                JSON_MAX_DEPTH, pmsg, &jerr);
+    int rv = bridge__json_decode_request(call, call->method->input, p, len, pmsg, &jerr);
     if (rv == PINS_EMALFORMED)
         framed_fail(ex, PINS_EINVALID_ARGUMENT,
                     pins_arena_printf(call->arena, "malformed JSON message%s%s: %s",
@@ -387,6 +407,39 @@ static int in_append(bridge__exchange *ex, const uint8_t *data, size_t len)
     return 0;
 }
 
+/* grpc-web-text: decodes data (base64, possibly a concatenation of padded chunks, split
+ * anywhere) onto the pending request bytes. Answers and returns nonzero on error. */
+static int text_append(bridge__exchange *ex, const uint8_t *data, size_t len)
+{
+    uint8_t out[3 * 256];
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        ex->b64[ex->nb64++] = data[i];
+        if (ex->nb64 < 4)
+            continue;
+        ex->nb64 = 0;
+        int k = bridge__base64_quantum(ex->b64, out + n);
+        if (k < 0) {
+            framed_fail(ex, PINS_EINVALID_ARGUMENT,
+                        "request body is not valid base64 (application/grpc-web-text)");
+            return PINS_EINVALID_ARGUMENT;
+        }
+        n += (size_t)k;
+        if (n > sizeof(out) - 3 || i + 1 == len) {
+            if (in_append(ex, out, n) != 0) {
+                framed_fail(ex, PINS_ETOO_LARGE, "request too large for the call's memory");
+                return PINS_ETOO_LARGE;
+            }
+            n = 0;
+        }
+    }
+    if (n > 0 && in_append(ex, out, n) != 0) {
+        framed_fail(ex, PINS_ETOO_LARGE, "request too large for the call's memory");
+        return PINS_ETOO_LARGE;
+    }
+    return 0;
+}
+
 void bridge__framed_body(bridge__exchange *ex, const uint8_t *data, size_t len)
 {
     rpc_call *call = ex->call;
@@ -394,7 +447,10 @@ void bridge__framed_body(bridge__exchange *ex, const uint8_t *data, size_t len)
     int64_t max = call->worker->server->cfg->max_request_bytes;
     if (ex->done || len == 0)
         return;
-    if (in_append(ex, data, len) != 0) {
+    if (ex->text) {
+        if (text_append(ex, data, len) != 0)
+            return;
+    } else if (in_append(ex, data, len) != 0) {
         framed_fail(ex, PINS_ETOO_LARGE, "request too large for the call's memory");
         return;
     }
@@ -451,6 +507,11 @@ void bridge__framed_end(bridge__exchange *ex)
     rpc_call *call = ex->call;
     if (ex->done)
         return;
+    if (ex->nb64 != 0) {
+        framed_fail(ex, PINS_EINVALID_ARGUMENT,
+                    "request body ends inside a base64 quantum (application/grpc-web-text)");
+        return;
+    }
     if (ex->in_len != 0) {
         framed_fail(ex, PINS_EINVALID_ARGUMENT, "request ends inside a message envelope");
         return;
@@ -475,6 +536,27 @@ void bridge__framed_end(bridge__exchange *ex)
 
 /* ---- set-up -----------------------------------------------------------------------------------
  */
+
+void bridge__rpc_reject(bridge__exchange *ex, int err, int status, const char *message,
+                        const char *allow)
+{
+    bool json = false, text = false;
+    bridge__proto proto =
+        bridge__rpc_proto(rpc_call_header(ex->call, "content-type"), &json, &text);
+    if (strcmp(ex->s->method, "POST") == 0 &&
+        (proto == BRIDGE__GRPC_WEB || proto == BRIDGE__CONNECT_STREAM)) {
+        ex->proto = proto;
+        ex->json = json;
+        ex->text = text;
+        ex->resp_content_type = proto == BRIDGE__GRPC_WEB ? bridge__grpcweb_content_type(json, text)
+                                : json                    ? "application/connect+json"
+                                                          : "application/connect+proto";
+        framed_end_response(ex, err, message);
+        return;
+    }
+    ex->proto = BRIDGE__CONNECT;
+    unary_error_status(ex, err, status, message, allow);
+}
 
 /* Connect-Timeout-Ms: at most 10 ASCII digits. Returns 0 and *pms, or PINS_EINVALID_ARGUMENT. */
 static int parse_timeout_ms(const char *v, int64_t *pms)
@@ -513,7 +595,7 @@ int bridge__rpc_begin(bridge__exchange *ex, const rpc_method *m)
         ex->resp_content_type = ex->json ? "application/connect+json" : "application/connect+proto";
     } else {
         call->ops = &framed_ops;
-        ex->resp_content_type = bridge__grpcweb_content_type(ex->json);
+        ex->resp_content_type = bridge__grpcweb_content_type(ex->json, ex->text);
     }
 
     if (ex->proto == BRIDGE__GRPC_WEB) {

@@ -1147,6 +1147,8 @@ struct dec {
     size_t n;
     size_t pos;
     pins_arena *a;
+    size_t base;   /* pins_arena_used(a) when decoding began */
+    size_t budget; /* at most this many arena bytes for the decode (0: the arena's limit) */
     int max_depth;
     int depth;
     unsigned char *stk; /* elements of the open containers; see push() */
@@ -1208,6 +1210,8 @@ static int fail_type(struct dec *d, const char *expected)
     char c = d->pos < d->n ? d->s[d->pos] : '\0';
     if (strchr("{[\"tfn-0123456789", c) == NULL || c == '\0')
         return syntax(d);
+    if (!d->failed)
+        d->err.expected = expected;
     return fail(d, PINS_EMALFORMED, true, "expected %s", expected);
 }
 
@@ -1247,6 +1251,11 @@ static void path_pop(struct dec *d, size_t old)
 
 static int alloc(struct dec *d, size_t n, void **pp)
 {
+    if (d->budget != 0) {
+        size_t spent = pins_arena_used(d->a) - d->base;
+        if (n > d->budget || spent > d->budget - n)
+            return fail(d, PINS_ETOO_LARGE, false, "request too large");
+    }
     void *p = pins_arena_alloc(d->a, n != 0 ? n : 1);
     if (p == NULL)
         return fail_nomem(d, n);
@@ -1272,7 +1281,7 @@ static int push(struct dec *d, const void *data, size_t n)
         size_t cap = d->stk_cap != 0 ? d->stk_cap : 256;
         while (cap - d->stk_len < n)
             cap *= 2;
-        size_t limit = pins_arena_limit(d->a);
+        size_t limit = d->budget != 0 ? d->budget : pins_arena_limit(d->a);
         if (limit != 0 && cap / 2 > limit)
             return fail(d, PINS_ETOO_LARGE, false, "request too large");
         unsigned char *ns = realloc(d->stk, cap);
@@ -1467,9 +1476,12 @@ static int read_string(struct dec *d, enum strmode mode, const char **ps, size_t
     if (!escapes) {
         d->pos = end + 1;
         if (mode == STR_COPY) {
-            char *copy = pins_arena_strndup(d->a, d->s + start, end - start);
-            if (copy == NULL)
-                return fail_nomem(d, end - start + 1);
+            char *copy = NULL;
+            int rv = alloc(d, end - start + 1, (void **)&copy);
+            if (rv != 0)
+                return rv;
+            memcpy(copy, d->s + start, end - start);
+            copy[end - start] = '\0';
             *ps = copy;
         } else {
             *ps = d->s + start;
@@ -1723,9 +1735,12 @@ static int conv_string(struct dec *d, const char *s, size_t n, bool nul, void *d
         return fail_value(d, "string contains \\u0000");
     if (pins_utf8_count(s, n) < 0)
         return fail_value(d, "string is not valid utf-8");
-    char *copy = pins_arena_strndup(d->a, s, n);
-    if (copy == NULL)
-        return fail_nomem(d, n + 1);
+    char *copy = NULL;
+    int rv = alloc(d, n + 1, (void **)&copy);
+    if (rv != 0)
+        return rv;
+    memcpy(copy, s, n);
+    copy[n] = '\0';
     *(char **)dst = copy;
     return 0;
 }
@@ -2261,6 +2276,7 @@ static void dec_init(struct dec *d, pins_arena *a, const char *s, size_t n, int 
     d->s = s;
     d->n = n;
     d->a = a;
+    d->base = pins_arena_used(a);
     d->max_depth = max_depth < 1 ? 1 : max_depth > HARD_MAX_DEPTH ? HARD_MAX_DEPTH : max_depth;
 }
 
@@ -2284,14 +2300,42 @@ static int dec_document(struct dec *d, const ProtobufCMessageDescriptor *desc,
     return rv;
 }
 
+/* Checks that the whole of d's input is one JSON value (or whitespace), allocating nothing. */
+static int scan_document(struct dec *d)
+{
+    if (peek(d) == '\0' && d->pos == d->n)
+        return 0;
+    int rv = skip_value(d);
+    if (rv == 0 && (peek(d) != '\0' || d->pos != d->n))
+        rv = syntax(d);
+    return rv;
+}
+
 int bridge_json_decode(pins_arena *a, const ProtobufCMessageDescriptor *desc, const char *json,
                        size_t len, int max_depth, ProtobufCMessage **pmsg, bridge_json_error *perr)
 {
+    return bridge_json_decode_bounded(a, desc, json, len, max_depth, 0, pmsg, perr);
+}
+
+int bridge_json_decode_bounded(pins_arena *a, const ProtobufCMessageDescriptor *desc,
+                               const char *json, size_t len, int max_depth, size_t max_bytes,
+                               ProtobufCMessage **pmsg, bridge_json_error *perr)
+{
     struct dec d;
     dec_init(&d, a, json != NULL ? json : "", json != NULL ? len : 0, max_depth);
+    d.budget = max_bytes;
     ProtobufCMessage *m = NULL;
     int rv = dec_document(&d, desc, &m);
     free(d.stk);
+    if (rv != 0 && d.err.expected != NULL) {
+        /* A value of the wrong type, found before the parser got to the rest of the input:
+         * that is only a wrong type when the whole input is JSON; else the syntax error is
+         * the reason. */
+        struct dec v;
+        dec_init(&v, a, d.s, d.n, max_depth);
+        if (scan_document(&v) != 0)
+            d.err = v.err;
+    }
     if (rv != 0) {
         if (perr != NULL)
             *perr = d.err;

@@ -89,6 +89,9 @@ typedef struct bridge_json_error {
                         type (REST answers 400); false: a well-formed value the field cannot
                         take (out of range, fraction, bad timestamp or base64, unknown enum name,
                         \u0000, nesting too deep, two members of a oneof: REST answers 422). */
+    const char *expected; /* with type_error: the input is well-formed JSON, and the value at
+                             path has the wrong type: this was expected ("an object", "a string",
+                             ...; static). NULL for malformed JSON and every other failure. */
 } bridge_json_error;
 
 /* Parses json[0..len) as a message of type desc into a in the arena. max_depth bounds nesting
@@ -101,6 +104,12 @@ typedef struct bridge_json_error {
  * message. */
 int bridge_json_decode(pins_arena *a, const ProtobufCMessageDescriptor *desc, const char *json,
                        size_t len, int max_depth, ProtobufCMessage **pmsg, bridge_json_error *perr);
+/* As bridge_json_decode, and the decode takes at most max_bytes of the arena (0: no bound but
+ * the arena's limit): past that it stops with PINS_ETOO_LARGE, leaving the rest of the arena to
+ * whoever answers the request. */
+int bridge_json_decode_bounded(pins_arena *a, const ProtobufCMessageDescriptor *desc,
+                               const char *json, size_t len, int max_depth, size_t max_bytes,
+                               ProtobufCMessage **pmsg, bridge_json_error *perr);
 
 /* Sets one field of msg (already decoded, arena-allocated) from a text value, as the REST
  * bridge binds path and query parameters: the field is found by proto name or json name, and a

@@ -16,9 +16,6 @@
 #include "bridge/json.h"
 #include "common/utf8.h"
 
-/* Nesting accepted in a JSON body: a 64-deep pin value plus the request's own levels. */
-#define JSON_MAX_DEPTH 100
-
 #define MP "/memorypins.v1.MemoryPins/"
 #define AD "/memorypins.v1.Admin/"
 
@@ -331,6 +328,26 @@ static int bind_value(bridge__exchange *ex, ProtobufCMessage *msg, const char *w
     return 0;
 }
 
+/* The value of msg's int32 field name, or -1 when it has none of that type. */
+static int32_t int32_field(const ProtobufCMessage *msg, const char *name)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+    if (f == NULL || f->type != PROTOBUF_C_TYPE_INT32 || f->label == PROTOBUF_C_LABEL_REPEATED)
+        return -1;
+    return *(const int32_t *)((const char *)msg + f->offset);
+}
+
+/* True when path names a top-level field of desc that holds a google.protobuf.Struct. */
+static bool is_struct_field(const ProtobufCMessageDescriptor *desc, const char *path)
+{
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(desc, path);
+    return f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+           f->label != PROTOBUF_C_LABEL_REPEATED &&
+           strcmp(((const ProtobufCMessageDescriptor *)f->descriptor)->name,
+                  "google.protobuf.Struct") == 0;
+}
+
 static bool query_allowed(const bridge__route *r, const char *name)
 {
     for (const char *const *q = r->query; *q != NULL; q++) {
@@ -368,6 +385,12 @@ static int bind_query(bridge__exchange *ex, ProtobufCMessage *msg, const char *q
         int rv = bind_value(ex, msg, "query", name, val, vlen, true);
         if (rv != 0)
             return rv;
+        /* proto3 reads limit 0 as "the default"; on REST an explicit limit=0 is out of the
+         * range 1..1000 (API.md section 4), as FastAPI answered. */
+        if (strcmp(name, "limit") == 0 && int32_field(msg, "limit") == 0) {
+            fail_invalid(ex, "query", "limit", "value_error", "limit: must be between 1 and 1000");
+            return PINS_EINVALID_ARGUMENT;
+        }
     }
     return 0;
 }
@@ -389,15 +412,21 @@ static int decode_body(bridge__exchange *ex, const ProtobufCMessageDescriptor *d
     }
     bridge_json_error jerr;
     memset(&jerr, 0, sizeof(jerr));
-    int rv = bridge_json_decode(a, desc, (const char *)s->body, s->body_len, JSON_MAX_DEPTH, pmsg,
-                                &jerr);
+    int rv = bridge__json_decode_request(ex->call, desc, s->body, s->body_len, pmsg, &jerr);
     if (rv == 0)
         return 0;
     if (rv == PINS_EMALFORMED) {
         const char *m = jerr.path[0] != '\0'
                             ? pins_arena_printf(a, "%s: %s", jerr.path, jerr.msg)
                             : pins_arena_printf(a, "malformed JSON body: %s", jerr.msg);
-        if (jerr.type_error || jerr.path[0] == '\0') {
+        if (jerr.type_error && jerr.expected != NULL && is_struct_field(desc, jerr.path)) {
+            /* A pin value that is an array, a string or a number: a validation error (API.md
+             * section 4), with pydantic's type for a field that wants a dict. */
+            char *loc1 = pins_arena_strdup(a, jerr.path);
+            char *msg = pins_arena_printf(a, "%s: must be a JSON object", jerr.path);
+            fail_invalid(ex, "body", loc1, "type_error.dict",
+                         msg != NULL ? msg : "must be a JSON object");
+        } else if (jerr.type_error || jerr.path[0] == '\0') {
             bridge__rest_fail(ex, PINS_EMALFORMED, m);
         } else {
             char *loc1 = pins_arena_strdup(a, jerr.path);

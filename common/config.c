@@ -63,9 +63,19 @@ static const struct var vars[] = {
     {"PINS_MAX_CONNECTIONS", T_INT, OFF(max_connections), 1, 1000000, "Listeners and TLS", "10000",
      "open connections per process, 1..1000000"},
     {"PINS_MAX_CONCURRENT_STREAMS", T_INT, OFF(max_concurrent_streams), 1, 1000000,
-     "Listeners and TLS", "1000", "HTTP/2 streams per connection, 1..1000000"},
+     "Listeners and TLS", "100", "HTTP/2 streams per connection, 1..1000000"},
     {"PINS_IDLE_TIMEOUT_SECONDS", T_INT, OFF(idle_timeout_seconds), 0, 86400, "Listeners and TLS",
-     "300", "close idle connections after this long, 0: never"},
+     "300", "close idle connections (HTTP/2: GOAWAY first) after this long, 0: never"},
+    {"PINS_REQUEST_TIMEOUT_SECONDS", T_INT, OFF(request_timeout_seconds), 1, 3600,
+     "Listeners and TLS", "30",
+     "a request's headers and body must arrive within this long (408 / DEADLINE_EXCEEDED), "
+     "1..3600"},
+    {"PINS_CONN_BUFFER_BYTES", T_INT64, OFF(conn_buffer_bytes), 65536, 4294967296LL,
+     "Listeners and TLS", "16777216",
+     "bytes one connection may hold buffered (request bodies, decoded messages, pending "
+     "output), 65536..4294967296"},
+    {"PINS_BUFFER_BYTES", T_INT64, OFF(buffer_bytes), 1048576, 68719476736LL, "Listeners and TLS",
+     "268435456", "bytes all connections together may hold buffered, 1048576..68719476736"},
     {"CORS_ALLOWED_ORIGINS", T_STR, OFF(cors_allowed_origins), 0, 0, "Listeners and TLS", "none",
      "comma-separated origins allowed by CORS"},
     {"MACHINE_SECRET_TOKEN", T_SECRET, OFF(machine_secret_token), 0, 0, "Authentication and RBAC",
@@ -344,6 +354,75 @@ static int parse_listen(pins_config *cfg, const char *s, char *err, size_t errle
     return 0;
 }
 
+/* True when s[0..n) is a port: 1 to 5 digits, 1..65535. */
+static bool port_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 5)
+        return false;
+    long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v >= 1 && v <= 65535;
+}
+
+/* Checks what libpq only checks when it connects: every port of a postgres:// URL, in the host
+ * list ("h1:5432,h2:5433", "[::1]:5432") and in a port= parameter. On failure writes a reason that
+ * does not repeat the URL (it may hold a password). Returns 0 or -1. */
+static int database_url_check(const char *url, char *err, size_t errlen)
+{
+    const char *p = strstr(url, "://") + 3;
+    size_t alen = strcspn(p, "/?");
+    const char *at = NULL;
+    for (size_t i = 0; i < alen; i++) {
+        if (p[i] == '@')
+            at = p + i;
+    }
+    const char *h = at != NULL ? at + 1 : p, *end = p + alen;
+    while (h < end) {
+        const char *comma = memchr(h, ',', (size_t)(end - h));
+        const char *e = comma != NULL ? comma : end;
+        const char *colon = NULL;
+        if (*h == '[') {
+            const char *rb = memchr(h, ']', (size_t)(e - h));
+            if (rb == NULL) {
+                set_err(err, errlen, "invalid DATABASE_URL: an IPv6 host lacks its ']'");
+                return -1;
+            }
+            colon = rb + 1 < e && rb[1] == ':' ? rb + 1 : NULL;
+        } else {
+            colon = memchr(h, ':', (size_t)(e - h));
+        }
+        if (colon != NULL && !port_ok(colon + 1, (size_t)(e - colon - 1))) {
+            set_err(err, errlen, "invalid DATABASE_URL: the port must be a number from 1 to 65535");
+            return -1;
+        }
+        h = comma != NULL ? comma + 1 : end;
+    }
+    const char *q = strchr(url, '?');
+    while (q != NULL) {
+        q++;
+        size_t plen = strcspn(q, "&");
+        if (plen > 5 && strncmp(q, "port=", 5) == 0) {
+            const char *v = q + 5, *ve = q + plen;
+            while (v <= ve) {
+                const char *c = memchr(v, ',', (size_t)(ve - v));
+                const char *e = c != NULL ? c : ve;
+                if (!port_ok(v, (size_t)(e - v))) {
+                    set_err(err, errlen,
+                            "invalid DATABASE_URL: the port must be a number from 1 to 65535");
+                    return -1;
+                }
+                v = e + 1;
+            }
+        }
+        q = strchr(q, '&');
+    }
+    return 0;
+}
+
 /* Sets one variable from its text. Returns 0 or -1 with err filled. */
 static int apply(pins_config *cfg, const struct var *v, const char *s, char *err, size_t errlen)
 {
@@ -366,6 +445,9 @@ static int apply(pins_config *cfg, const struct var *v, const char *s, char *err
                         "postgresql://");
                 return -1;
             }
+            if (strcmp(v->name, "DATABASE_URL") == 0 && *s != '\0' &&
+                database_url_check(s, err, errlen) != 0)
+                return -1;
             if (strcmp(v->name, "REDIS_URL") == 0 && *s != '\0' && !starts_with(s, "redis://") &&
                 !starts_with(s, "rediss://") && !starts_with(s, "unix://")) {
                 set_err(err, errlen,
@@ -556,8 +638,11 @@ void pins_config_defaults(pins_config *cfg)
     cfg->workers = default_workers();
     cfg->drain_seconds = 10;
     cfg->max_connections = 10000;
-    cfg->max_concurrent_streams = 1000;
+    cfg->max_concurrent_streams = 100;
     cfg->idle_timeout_seconds = 300;
+    cfg->request_timeout_seconds = 30;
+    cfg->conn_buffer_bytes = 16777216;
+    cfg->buffer_bytes = 268435456;
     cfg->rbac_enforce = false;
     cfg->rbac_fail_open = false;
     cfg->rbac_trust_x_roles = false;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -31,6 +32,8 @@
 #include "store/store.h"
 
 #define SWEEP_BATCHES_PER_TICK 20
+/* How long a worker stops accepting after accept() ran out of descriptors. */
+#define ACCEPT_PAUSE_MS 100
 /* How long a stopping worker waits for its last audit writes. */
 #define AUDIT_DRAIN_MS 2000
 
@@ -83,6 +86,30 @@ static int bind_one(const pins_listen_addr *a, int *pfd, char *err, size_t errle
     return 0;
 }
 
+/* Raises the soft limit of open descriptors to what PINS_MAX_CONNECTIONS needs (the hard limit
+ * at most), since systemd and shells default to 1024; warns when that is not enough. */
+static void raise_nofile(const pins_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t need = (rlim_t)cfg->max_connections + 64 + (rlim_t)cfg->nlisten * 256 +
+                  (rlim_t)cfg->db_pool_size + 256;
+    if (rl.rlim_cur < need && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < need) {
+        char have[24], want[24];
+        snprintf(have, sizeof(have), "%llu", (unsigned long long)rl.rlim_cur);
+        snprintf(want, sizeof(want), "%llu", (unsigned long long)need);
+        pins_log_warn("the open file limit is below what PINS_MAX_CONNECTIONS needs: accepting "
+                      "pauses when descriptors run out",
+                      "nofile", have, "needed", want, NULL);
+    }
+}
+
 int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserver, char *err,
                    size_t errlen)
 {
@@ -95,7 +122,9 @@ int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserve
     s->nworkers = cfg->workers > 0 ? cfg->workers : 1;
     s->started_unix_us = rpc__now_us();
     s->started_ns = rpc__now_ns();
+    raise_nofile(cfg);
     rpc__metrics_init();
+    rpc__metrics_server(s);
     if (stop_pipe[0] < 0 && pipe2(stop_pipe, O_CLOEXEC) != 0) {
         snprintf(err, errlen, "cannot create the stop pipe: %s", strerror(errno));
         rv = PINS_EINTERNAL;
@@ -142,16 +171,63 @@ fail:
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
 {
-    rpc__conn_accept(arg, fd);
+    rpc_worker *w = arg;
+    if (w->accept_paused_ns != 0) {
+        char ms[24];
+        snprintf(ms, sizeof(ms), "%lld",
+                 (long long)((rpc__now_ns() - w->accept_paused_ns) / 1000000));
+        pins_log_info("accepting connections again", "paused_ms", ms, NULL);
+        w->accept_paused_ns = 0;
+    }
+    rpc__conn_accept(w, fd);
 }
 
+static void set_listening(rpc_worker *w, bool on)
+{
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        if (on)
+            evconnlistener_enable(w->listeners[i]);
+        else
+            evconnlistener_disable(w->listeners[i]);
+    }
+}
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_worker *w = arg;
+    if (!w->draining)
+        set_listening(w, true);
+}
+
+/* accept() failed. Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM), the
+ * listening socket stays readable: retrying at once would spin the worker and the log. The
+ * worker stops accepting for ACCEPT_PAUSE_MS, serves the connections it has (whose closing frees
+ * descriptors), then tries again; one line is logged when the pause starts and one when accepts
+ * work again. Any other error (a connection reset before it was accepted) is passed over. */
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    /* EMFILE and friends: keep serving the connections we have; libevent retries. */
-    char e[64];
-    snprintf(e, sizeof(e), "%d", errno);
-    pins_log_warn("accept failed", "errno", e, NULL);
+    rpc_worker *w = arg;
+    int e = errno;
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
+        return;
+    set_listening(w, false);
+    if (w->accept_resume_ev == NULL)
+        w->accept_resume_ev = evtimer_new(w->base, on_accept_resume, w);
+    if (w->accept_resume_ev == NULL) {
+        set_listening(w, true); /* no timer: fall back to libevent's retry */
+        return;
+    }
+    struct timeval tv = {.tv_sec = 0, .tv_usec = ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(w->accept_resume_ev, &tv);
+    if (w->accept_paused_ns == 0) {
+        w->accept_paused_ns = rpc__now_ns();
+        char open[24];
+        snprintf(open, sizeof(open), "%zu", w->nconns);
+        pins_log_warn("accept paused: out of file descriptors or memory", "error", strerror(e),
+                      "open_connections", open, NULL);
+    }
 }
+
 
 static void on_stop_check(evutil_socket_t fd, short what, void *arg)
 {
@@ -240,6 +316,11 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
     sweep_run(sw);
 }
 
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    rpc__conn_tick(arg);
+}
+
 static void *worker_main(void *arg)
 {
     rpc_worker *w = arg;
@@ -271,6 +352,12 @@ static void *worker_main(void *arg)
         struct timeval tv = {.tv_sec = cfg->sweep_interval_seconds};
         if (w->sweep_ev != NULL)
             event_add(w->sweep_ev, &tv);
+    }
+    /* Requests that do not arrive in time, and connections whose output stalls. */
+    w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
+    if (w->tick_ev != NULL) {
+        struct timeval tv = {.tv_sec = 0, .tv_usec = RPC__TICK_MS * 1000};
+        event_add(w->tick_ev, &tv);
     }
     /* The rate limiter's Redis connection lives on this loop (auth/ratelimit.h). */
     if (ratelimit_worker_new(s->ratelimit, w->base, &w->ratelimit) != 0)
@@ -394,6 +481,10 @@ void rpc_server_free(rpc_server *s)
                 event_free(w->drain_ev);
             if (w->stop_ev != NULL)
                 event_free(w->stop_ev);
+            if (w->accept_resume_ev != NULL)
+                event_free(w->accept_resume_ev);
+            if (w->tick_ev != NULL)
+                event_free(w->tick_ev);
             if (w->sweep_ev != NULL) {
                 void *sw = event_get_callback_arg(w->sweep_ev);
                 event_free(w->sweep_ev);

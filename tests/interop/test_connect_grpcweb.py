@@ -5,6 +5,7 @@ gRPC-Web trailer frames, CORS.
 Run: PINSD_BIN=build/pinsd /usr/bin/python3 -m unittest -v test_connect_grpcweb   (from tests/interop)
 """
 
+import base64
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ import time
 import unittest
 
 import harness
-from harness import HEALTH, ServerTestCase, message_class, mp, new_request, path_of
+import grpc
+from harness import HEALTH, H2Client, ServerTestCase, message_class, mp, new_request, path_of
 from test_rest import CURL, HTTP_VERSIONS, curl
 
 BUF = os.environ.get("BUF_BIN") or os.path.join(harness.REPO, "tools", "node_modules", ".bin", "buf")
@@ -37,6 +39,18 @@ def envelopes(data):
 
 def envelope(payload, flags=0):
     return bytes([flags]) + len(payload).to_bytes(4, "big") + payload
+
+
+def grpcweb_text_decode(text):
+    """A grpc-web-text response body decoded as the grpc-web JavaScript client does: the body so
+    far cut to a multiple of 4 characters, each 4-character group decoded on its own, so that
+    chunks padded one by one decode as well as one padded string."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii")
+    if len(text) % 4:
+        raise ValueError("grpc-web-text body of %d characters" % len(text))
+    return b"".join(base64.b64decode(text[i:i + 4], validate=True)
+                    for i in range(0, len(text), 4))
 
 
 def grpcweb_trailers(payload):
@@ -241,6 +255,223 @@ class ConnectCurlTest(ServerTestCase):
                 frames = envelopes(r.body)
                 self.assertEqual(frames[-1][0], 0x80)
                 self.assertEqual(grpcweb_trailers(frames[-1][1])["grpc-status"], "4")
+
+
+    def test_grpcweb_text_unary_over_http1_and_http2(self):
+        """application/grpc-web-text, as the grpc-web browser client sends it by default."""
+        pin = self.upsert("gwt", "k")
+        req = new_request(mp("GetPin"), {"tenant_id": "gwt", "key": "k"}).SerializeToString()
+        out_cls = message_class("memorypins.v1.GetPinResponse")
+        for v in HTTP_VERSIONS:
+            for ct in ("application/grpc-web-text", "application/grpc-web-text+proto"):
+                with self.subTest(v, content_type=ct):
+                    r = self.post(mp("GetPin"), v, base64.b64encode(envelope(req)), ct,
+                                  ("X-Grpc-Web: 1", "Accept: application/grpc-web-text"))
+                    self.assertEqual(r.status, 200, r)
+                    self.assertTrue(r.header("content-type").startswith(
+                        "application/grpc-web-text"), r)
+                    frames = envelopes(grpcweb_text_decode(r.body))
+                    self.assertEqual(len(frames), 2, frames)
+                    self.assertEqual(frames[0][0], 0)
+                    self.assertEqual(out_cls.FromString(frames[0][1]).pin, pin)
+                    self.assertEqual(frames[1][0], 0x80)
+                    self.assertEqual(grpcweb_trailers(frames[1][1]), {"grpc-status": "0"})
+                    # Each frame is its own padded base64 chunk.
+                    self.assertEqual(r.body, base64.b64encode(envelope(frames[0][1])) +
+                                     base64.b64encode(envelope(frames[1][1], 0x80)))
+            with self.subTest(v, what="error before any message"):
+                bad = new_request(mp("GetPin"), {"tenant_id": "gwt", "key": "none"})
+                r = self.post(mp("GetPin"), v, base64.b64encode(envelope(bad.SerializeToString())),
+                              "application/grpc-web-text")
+                self.assertEqual(r.status, 200, r)
+                frames = envelopes(grpcweb_text_decode(r.body))
+                self.assertEqual([f for f, _ in frames], [0x80])
+                t = grpcweb_trailers(frames[0][1])
+                self.assertEqual((t["grpc-status"], t["grpc-message"]), ("5", "Pin not found: none"))
+            with self.subTest(v, what="a request in two padded chunks"):
+                # Two base64 strings, each padded, one after the other (a client that encodes
+                # as it writes): the envelope prefix alone, then the message.
+                body = base64.b64encode(envelope(req)[:5]) + base64.b64encode(req)
+                r = self.post(mp("GetPin"), v, body, "application/grpc-web-text")
+                frames = envelopes(grpcweb_text_decode(r.body))
+                self.assertEqual(out_cls.FromString(frames[0][1]).pin, pin)
+                self.assertEqual(grpcweb_trailers(frames[1][1])["grpc-status"], "0")
+            for what, body in (("not base64", b"AAAA*AAA"), ("cut inside a quantum", b"AAAAA"),
+                               ("padding inside a quantum", b"A=AA")):
+                with self.subTest(v, what=what):
+                    r = self.post(mp("GetPin"), v, body, "application/grpc-web-text")
+                    self.assertEqual(r.status, 200, r)
+                    frames = envelopes(grpcweb_text_decode(r.body))
+                    self.assertEqual(frames[-1][0], 0x80)
+                    self.assertEqual(grpcweb_trailers(frames[-1][1])["grpc-status"], "3")
+
+    def test_grpcweb_text_server_stream(self):
+        """Health/Watch over grpc-web-text: the SERVING message arrives as one padded chunk,
+        then the deadline's trailer frame as another."""
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                r = self.post(path_of(HEALTH, "Watch"), v, base64.b64encode(envelope(b"")),
+                              "application/grpc-web-text", ("grpc-timeout: 300m",))
+                self.assertEqual(r.status, 200, r)
+                frames = envelopes(grpcweb_text_decode(r.body))
+                resp_cls = message_class("grpc.health.v1.HealthCheckResponse")
+                self.assertEqual([f for f, _ in frames], [0, 0x80])
+                self.assertEqual(resp_cls.FromString(frames[0][1]).status, 1)  # SERVING
+                self.assertEqual(grpcweb_trailers(frames[1][1])["grpc-status"], "4")
+                self.assertEqual(r.body, base64.b64encode(envelope(frames[0][1])) +
+                                 base64.b64encode(envelope(frames[1][1], 0x80)))
+
+    def test_grpcweb_text_request_split_across_http2_data_frames(self):
+        """The base64 body in DATA frames of 1 to 7 bytes, cut anywhere inside quanta."""
+        pin = self.upsert("gwt2", "k")
+        req = new_request(mp("GetPin"), {"tenant_id": "gwt2", "key": "k"}).SerializeToString()
+        text = base64.b64encode(envelope(req))
+        with H2Client(self.server.port) as h2c:
+            headers = h2c.grpc_headers(mp("GetPin"), content_type="application/grpc-web-text",
+                                       te=False)
+            sid = h2c.start(headers, end_stream=False)
+            i, n = 0, 1
+            while i < len(text):
+                h2c.send_body(sid, text[i:i + n], end_stream=False)
+                i += n
+                n = n % 7 + 1
+            h2c.send_body(sid, b"", end_stream=True)
+            st = h2c.wait(sid)
+        self.assertEqual(st.status, 200, st)
+        frames = envelopes(grpcweb_text_decode(st.data))
+        out_cls = message_class("memorypins.v1.GetPinResponse")
+        self.assertEqual(out_cls.FromString(frames[0][1]).pin, pin)
+        self.assertEqual(grpcweb_trailers(frames[1][1])["grpc-status"], "0")
+
+    # ---- errors in each protocol's shape
+
+    def test_connect_errors_have_the_connect_shape(self):
+        for v in HTTP_VERSIONS:
+            for ct, body in (("application/json", "{}"), ("application/proto", b"")):
+                with self.subTest(v, what="unknown method", content_type=ct):
+                    r = self.post("/memorypins.v1.MemoryPins/NoSuchMethod", v, body, ct,
+                                  ("Connect-Protocol-Version: 1",))
+                    self.assertEqual(r.status, 404, r)
+                    self.assertEqual(r.header("content-type"), "application/json")
+                    self.assertEqual(r.json(), {
+                        "code": "unimplemented",
+                        "message": "unknown method /memorypins.v1.MemoryPins/NoSuchMethod"})
+            with self.subTest(v, what="unknown service"):
+                r = self.post("/no.such.Service/Get", v, "{}", "application/json")
+                self.assertEqual(r.status, 404, r)
+                self.assertEqual(r.json()["code"], "unimplemented")
+            with self.subTest(v, what="not POST"):
+                r = curl(self.server.port, "GET", mp("GetPin"), v,
+                         headers=("Connect-Protocol-Version: 1",))
+                self.assertEqual(r.status, 405, r)
+                self.assertEqual(r.header("allow"), "POST")
+                self.assertEqual(r.json()["code"], "unimplemented")
+                self.assertIn("message", r.json())
+            with self.subTest(v, what="unsupported content type"):
+                r = self.post(mp("GetPin"), v, "x", "text/plain")
+                self.assertEqual(r.status, 415, r)
+                self.assertEqual(r.json()["code"], "invalid_argument")
+                self.assertIn("text/plain", r.json()["message"])
+            with self.subTest(v, what="malformed JSON"):
+                r = self.post(mp("GetPin"), v, "{", "application/json")
+                self.assertEqual(r.status, 400, r)
+                self.assertEqual(r.json()["code"], "invalid_argument")
+            with self.subTest(v, what="handler error"):
+                r = self.post(mp("GetPin"), v, '{"key":"../x"}', "application/json")
+                self.assertEqual(r.status, 400, r)
+                self.assertEqual(set(r.json()), {"code", "message"})
+                self.assertEqual(r.json()["code"], "invalid_argument")
+            with self.subTest(v, what="REST paths keep the REST 404"):
+                r = self.post("/api/v1/nothing", v, "{}", "application/json")
+                self.assertEqual(r.status, 404, r)
+                self.assertEqual(r.json()["code"], 5)
+
+    def test_unknown_method_in_the_streaming_protocols(self):
+        for v in HTTP_VERSIONS:
+            with self.subTest(v, protocol="connect streaming"):
+                r = self.post("/memorypins.v1.MemoryPins/NoSuchStream", v, envelope(b"{}"),
+                              "application/connect+json")
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.header("content-type"), "application/connect+json")
+                env = envelopes(r.body)
+                self.assertEqual([f for f, _ in env], [2])
+                self.assertEqual(json.loads(env[0][1])["error"]["code"], "unimplemented")
+            for ct in ("application/grpc-web+proto", "application/grpc-web-text"):
+                with self.subTest(v, protocol=ct):
+                    body = envelope(b"")
+                    if "text" in ct:
+                        body = base64.b64encode(body)
+                    r = self.post("/memorypins.v1.MemoryPins/NoSuchMethod", v, body, ct)
+                    self.assertEqual(r.status, 200, r)
+                    data = grpcweb_text_decode(r.body) if "text" in ct else r.body
+                    frames = envelopes(data)
+                    self.assertEqual([f for f, _ in frames], [0x80])
+                    self.assertEqual(grpcweb_trailers(frames[0][1])["grpc-status"], "12")
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class DecodeBudgetTest(ServerTestCase):
+    """A request within MAX_REQUEST_BYTES whose decoded form is too large for the call's memory:
+    RESOURCE_EXHAUSTED in every protocol (REST 413, in test_rest), never an internal error or
+    the server out of memory, and nothing is stored."""
+
+    BIG = 500000   # "0," 500,000 times: a 1 MB JSON body
+    BIG_PB = 330000  # as protobuf: 3.6 MB, under the 4 MiB message limit
+
+    def post(self, path, version, body, content_type):
+        return curl(self.server.port, "POST", path, version, body,
+                    ("Content-Type: " + content_type,), timeout=30)
+
+    def assertNotStored(self, key):
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.client.call(mp("GetPin"), {"tenant_id": "budget", "key": key})
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_connect_and_grpcweb_json(self):
+        body = '{"tenantId":"budget","key":"json","value":{"a":[%s]}}' % ",".join(["0"] * self.BIG)
+        for v in HTTP_VERSIONS:
+            with self.subTest(v, protocol="connect"):
+                r = self.post(mp("UpsertPin"), v, body, "application/json")
+                self.assertEqual(r.status, 429, r)  # Connect's status for resource_exhausted
+                self.assertEqual(r.json(), {"code": "resource_exhausted",
+                                            "message": "request message too large to decode"})
+            with self.subTest(v, protocol="grpc-web+json"):
+                r = self.post(mp("UpsertPin"), v, envelope(body.encode()),
+                              "application/grpc-web+json")
+                self.assertEqual(r.status, 200, r)
+                frames = envelopes(r.body)
+                self.assertEqual([f for f, _ in frames], [0x80])
+                t = grpcweb_trailers(frames[0][1])
+                self.assertEqual(t["grpc-status"], "8")
+                self.assertEqual(t["grpc-message"], "request message too large to decode")
+        self.assertNotStored("json")
+
+    def test_protobuf_over_grpc_connect_and_grpcweb(self):
+        req = new_request(mp("UpsertPin"), {"tenant_id": "budget", "key": "pb",
+                                            "value": {"a": [0] * self.BIG_PB}})
+        pb = req.SerializeToString()
+        self.assertLess(len(pb), 4 << 20)
+        with self.subTest(protocol="grpc"):
+            with self.assertRaises(grpc.RpcError) as cm:
+                self.client.call(mp("UpsertPin"), req, timeout=30)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertEqual(cm.exception.details(), "request message too large to decode")
+        for v in HTTP_VERSIONS:
+            with self.subTest(v, protocol="connect proto"):
+                r = self.post(mp("UpsertPin"), v, pb, "application/proto")
+                self.assertEqual(r.status, 429, r)
+                self.assertEqual(r.json()["code"], "resource_exhausted")
+            with self.subTest(v, protocol="grpc-web"):
+                r = self.post(mp("UpsertPin"), v, envelope(pb), "application/grpc-web+proto")
+                t = grpcweb_trailers(envelopes(r.body)[-1][1])
+                self.assertEqual(t["grpc-status"], "8")
+        self.assertNotStored("pb")
+
+    def test_a_smaller_message_of_the_same_shape_is_served(self):
+        self.client.call(mp("UpsertPin"), {"tenant_id": "budget", "key": "ok",
+                                           "value": {"a": [0] * 100000}}, timeout=30)
+        got = self.client.call(mp("GetPin"), {"tenant_id": "budget", "key": "ok"}).pin
+        self.assertEqual(len(got.value.fields["a"].list_value.values), 100000)
 
 
 @unittest.skipUnless(CURL, "curl not installed")

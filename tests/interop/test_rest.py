@@ -320,7 +320,7 @@ class RestTest(ServerTestCase):
     def test_malformed_json_and_wrong_types_are_400(self):
         for v in HTTP_VERSIONS:
             for body in ('{"key":', '{"key": "k", "value": {}} trailing', '[1, 2]',
-                         '{"key": 5, "value": {}}', '{"key": "k", "value": []}'):
+                         '{"key": 5, "value": {}}', '{"key": "k", "value": [}'):
                 with self.subTest(v, body=body):
                     r = self.req("POST", "/api/v1/memory/pins", v, body,
                                  headers=("Content-Type: application/json",))
@@ -329,6 +329,44 @@ class RestTest(ServerTestCase):
             with self.subTest(v, what="bad percent-encoding"):
                 r = self.req("GET", "/api/v1/memory/pins/a%zzb", v)
                 self.assertError(r, 400, 3)
+
+    def test_value_that_is_not_an_object_is_422(self):
+        """API.md section 4: an array, a scalar or null as the pin value is a validation error
+        (M7's pydantic answered 422 "value is not a valid dict"), and nothing is stored."""
+        for v in HTTP_VERSIONS:
+            for value in ([], [1, {"a": 2}], "text", 5, 1.5, True, None):
+                with self.subTest(v, value=value):
+                    key = "not-object-%s-%s" % (v[2:8], type(value).__name__)
+                    r = self.req("POST", "/api/v1/memory/pins", v,
+                                 {"tenant_id": "rest-422v", "key": key, "value": value})
+                    err = self.assertError(r, 422, 3)
+                    self.assertEqual(len(err["detail"]), 1, err)
+                    d = err["detail"][0]
+                    self.assertEqual(d["loc"], ["body", "value"])
+                    self.assertIn("object", d["msg"])
+                    if value is not None:
+                        self.assertEqual(d["type"], "type_error.dict")
+                    r = self.req("GET", "/api/v1/memory/pins/%s?tenant_id=rest-422v" % key, v)
+                    self.assertEqual(r.status, 404, r)
+
+    def test_limit_zero_is_422_and_absent_limit_is_100(self):
+        """API.md section 4: limit is 1..1000; REST tells an explicit limit=0 from an absent one."""
+        for v in HTTP_VERSIONS:
+            for path in ("/api/v1/memory/pins?limit=0", "/api/v1/memory/pins?tenant_id=x&limit=0",
+                         "/api/v1/memory/pins?limit=0&offset=1",
+                         "/api/v1/memory/audit?limit=0", "/api/v1/rbac/audit?limit=0"):
+                with self.subTest(v, path=path):
+                    r = self.req("GET", path, v)
+                    err = self.assertError(r, 422, 3)
+                    self.assertEqual(err["detail"][0]["loc"], ["query", "limit"])
+                    self.assertEqual(err["detail"][0]["msg"], "limit: must be between 1 and 1000")
+            with self.subTest(v, what="absent and in range"):
+                r = self.req("GET", "/api/v1/memory/pins?tenant_id=rest-limit", v)
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.json()["limit"], 100)
+                r = self.req("GET", "/api/v1/memory/pins?tenant_id=rest-limit&limit=1", v)
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.json()["limit"], 1)
 
     def test_wrong_verb_is_405_with_allow(self):
         for v in HTTP_VERSIONS:
@@ -426,6 +464,29 @@ class RestLimitsTest(ServerTestCase):
                          ("Content-Type: application/json",))
                 self.assertEqual(r.status, 413, r)
                 self.assertEqual(r.json()["code"], 8)
+
+    def test_body_whose_decoded_form_is_too_large_is_413_and_stores_nothing(self):
+        """A 1 MB JSON body of small numbers is within MAX_REQUEST_BYTES but decodes to far more
+        than that; it is answered 413 (RESOURCE_EXHAUSTED), never 503 "out of memory"."""
+        s = self.fresh_server(env={"MAX_REQUEST_BYTES": "4194304",
+                                   "MEMORY_MAX_SIZE_BYTES": "1048576"})
+        body = '{"tenant_id":"big","key":"numbers","value":{"a":[%s]}}' % ",".join(["0"] * 500000)
+        self.assertLess(len(body), 4 << 20)
+        for v in HTTP_VERSIONS:
+            with self.subTest(v):
+                r = curl(s.port, "POST", "/api/v1/memory/pins", v, body,
+                         ("Content-Type: application/json",), timeout=30)
+                self.assertEqual(r.status, 413, r)
+                self.assertEqual(r.json()["code"], 8)
+                self.assertEqual(r.json()["detail"], "request body too large to decode")
+                r = curl(s.port, "GET", "/api/v1/memory/pins/numbers?tenant_id=big", v)
+                self.assertEqual(r.status, 404, r)
+        with self.subTest(what="a smaller one of the same shape is stored"):
+            small = '{"tenant_id":"big","key":"some","value":{"a":[%s]}}' % ",".join(["0"] * 50000)
+            r = curl(s.port, "POST", "/api/v1/memory/pins", "--http1.1", small,
+                     ("Content-Type: application/json",), timeout=30)
+            self.assertEqual(r.status, 201, r)
+            self.assertEqual(len(r.json()["value"]["a"]), 50000)
 
     def test_feature_flag_off_is_503_with_the_m7_detail(self):
         s = self.fresh_server(env={"MEMORY_PINS_ENABLED": "false"})
