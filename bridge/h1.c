@@ -13,10 +13,13 @@
  * the ops later: the exchange lives in the call's arena and its closed flag turns every op into
  * a no-op, so nothing here is touched after free.
  *
- * Bounds: the parser bounds the request (bridge/h1_int.h); slow headers are cut after 10 s; the
- * input buffer stops growing while a request is answered (read high-water mark); the next
- * pipelined request waits while more than 1 MiB of output is pending, and write() refuses past
- * 4 MiB so that a client that does not read cannot grow our memory.
+ * Bounds: the parser bounds the request (bridge/h1_int.h); slow headers are cut after 10 s and a
+ * whole request (headers and body) after PINS_REQUEST_TIMEOUT_SECONDS, with 408; the body buffer
+ * is charged to the connection's and the process's budget of buffered bytes (rpc__conn_charge),
+ * and a request that does not fit is refused with 503; the input buffer stops growing while a
+ * request is answered (read high-water mark); the next pipelined request waits while more than
+ * 1 MiB of output is pending, and write() refuses past 4 MiB so that a client that does not read
+ * cannot grow our memory.
  */
 #include "bridge/h1.h"
 
@@ -52,8 +55,10 @@ struct bridge_h1 {
     rpc__conn *conn;
     rpc_worker *w;
     bridge__h1_parser p;
-    struct event *header_timer;
-    struct event *resume_ev; /* an answer ended outside the parse loop */
+    struct event *header_timer; /* the request's headers, then its body, are late */
+    struct event *resume_ev;    /* an answer ended outside the parse loop */
+    int64_t begin_ns;           /* the request's first byte */
+    size_t body_charged;        /* the parser's body buffer, charged to the connection */
     h1_exchange *ex;         /* the request being received or answered; NULL between requests */
     bool answering;          /* ex's request is with the bridge */
     bool in_process;
@@ -64,9 +69,13 @@ struct bridge_h1 {
 
 static const bridge_stream_ops h1_ops;
 static const rpc__call_ops h1_call_ops;
+static void body_uncharge(bridge_h1 *h);
 
 static const char timeout_body[] =
     "{\"detail\":\"request headers not complete within 10 seconds\",\"code\":4,"
+    "\"message\":\"deadline exceeded\"}";
+static const char body_timeout_fmt[] =
+    "{\"detail\":\"request body not complete within %d seconds\",\"code\":4,"
     "\"message\":\"deadline exceeded\"}";
 static const char nomem_body[] =
     "{\"detail\":\"out of memory\",\"code\":8,\"message\":\"out of memory\"}";
@@ -315,6 +324,7 @@ static void process(bridge_h1 *h)
                 h->closing = true;
             exchange_release(h);
             bridge__h1_parser_next(&h->p);
+            body_uncharge(h);
         }
         if (h->draining && h->ex == NULL)
             h->closing = true;
@@ -347,7 +357,9 @@ static pins_arena *on_request_begin(void *owner)
     bridge_h1 *h = owner;
     if (h->ex == NULL && exchange_new(h) == NULL)
         return NULL;
-    struct timeval tv = {.tv_sec = HEADER_TIMEOUT_SECONDS};
+    h->begin_ns = rpc__now_ns();
+    int secs = h->w->server->cfg->request_timeout_seconds;
+    struct timeval tv = {.tv_sec = secs < HEADER_TIMEOUT_SECONDS ? secs : HEADER_TIMEOUT_SECONDS};
     evtimer_add(h->header_timer, &tv);
     return h->ex->bs.call->arena;
 }
@@ -356,21 +368,53 @@ static void on_request_headers(void *owner, bool expect_continue)
 {
     bridge_h1 *h = owner;
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    evtimer_del(h->header_timer);
+    /* The body must follow within what is left of PINS_REQUEST_TIMEOUT_SECONDS. */
+    int64_t left = (int64_t)h->w->server->cfg->request_timeout_seconds * 1000000000 -
+                   (rpc__now_ns() - h->begin_ns);
+    if (left < 0)
+        left = 0;
+    struct timeval tv = {.tv_sec = left / 1000000000, .tv_usec = (left % 1000000000) / 1000};
+    evtimer_add(h->header_timer, &tv);
     if (expect_continue)
         evbuffer_add(output(h), cont, sizeof(cont) - 1);
 }
 
-static const bridge__h1_parser_hooks hooks = {.begin = on_request_begin,
-                                              .headers_done = on_request_headers};
+static int on_body_grow(void *owner, size_t add)
+{
+    bridge_h1 *h = owner;
+    int rv = rpc__conn_charge(h->conn, add);
+    if (rv == 0)
+        h->body_charged += add;
+    return rv;
+}
 
+static const bridge__h1_parser_hooks hooks = {
+    .begin = on_request_begin, .headers_done = on_request_headers, .body_grow = on_body_grow};
+
+/* The headers, or the body after them, did not arrive in time: 408 and close. */
 static void on_header_timeout(evutil_socket_t fd, short what, void *arg)
 {
     bridge_h1 *h = arg;
-    if (h->close_requested || h->answering || !bridge__h1_parser_in_headers(&h->p))
+    if (h->close_requested || h->answering || h->ex == NULL || !bridge__h1_parser_in_request(&h->p))
         return;
-    answer_error(h, 408, timeout_body);
+    rpc__metrics_request_timeout();
+    if (bridge__h1_parser_in_headers(&h->p)) {
+        answer_error(h, 408, timeout_body);
+    } else {
+        const char *body = pins_arena_printf(h->ex->bs.call->arena, body_timeout_fmt,
+                                             h->w->server->cfg->request_timeout_seconds);
+        answer_error(h, 408, body != NULL ? body : timeout_body);
+    }
     process(h);
+}
+
+/* Gives back the charge of body buffer bytes the parser no longer holds. */
+static void body_uncharge(bridge_h1 *h)
+{
+    if (h->p.body_cap < h->body_charged) {
+        rpc__conn_uncharge(h->conn, h->body_charged - h->p.body_cap);
+        h->body_charged = h->p.body_cap;
+    }
 }
 
 static void on_resume(evutil_socket_t fd, short what, void *arg)
@@ -584,5 +628,6 @@ void bridge__h1_free(bridge_h1 *h)
     event_free(h->header_timer);
     event_free(h->resume_ev);
     bridge__h1_parser_free(&h->p);
+    body_uncharge(h);
     free(h);
 }

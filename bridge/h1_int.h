@@ -39,6 +39,10 @@ typedef struct bridge__h1_parser_hooks {
     /* The request headers are complete and acceptable. expect_continue: the client waits for
      * "100 Continue" before it sends the body (already checked against the body limit). */
     void (*headers_done)(void *owner, bool expect_continue);
+    /* Optional: the body buffer is about to grow by add bytes; nonzero refuses (the request is
+     * then rejected with 503: the server holds too many buffered bytes). The buffer's size is
+     * body_cap; it shrinks in bridge__h1_parser_next() and goes in bridge__h1_parser_free(). */
+    int (*body_grow)(void *owner, size_t add);
 } bridge__h1_parser_hooks;
 
 /* The result of bridge__h1_parser_feed. */
@@ -101,6 +105,8 @@ void bridge__h1_parser_init(bridge__h1_parser *p, size_t max_body,
 int bridge__h1_parser_feed(bridge__h1_parser *p, const char *data, size_t len, size_t *pused);
 /* Forgets the request returned by the last feed; the next feed starts the next request. */
 void bridge__h1_parser_next(bridge__h1_parser *p);
+/* True while a request is arriving (its first byte seen, the request not complete). */
+bool bridge__h1_parser_in_request(const bridge__h1_parser *p);
 /* True while a request's headers are arriving (its first byte seen, its headers not complete). */
 bool bridge__h1_parser_in_headers(const bridge__h1_parser *p);
 /* Frees what the parser allocated (not the struct). */

@@ -36,6 +36,9 @@ static const char connect_body[] =
     "{\"detail\":\"method CONNECT is not supported\",\"code\":12,\"message\":\"unsupported\"}";
 static const char nomem_body[] =
     "{\"detail\":\"out of memory\",\"code\":8,\"message\":\"out of memory\"}";
+static const char busy_body[] =
+    "{\"detail\":\"the server holds too many request bytes; retry later\",\"code\":8,"
+    "\"message\":\"resource exhausted\"}";
 static const char internal_body[] =
     "{\"detail\":\"internal error\",\"code\":13,\"message\":\"internal error\"}";
 
@@ -344,6 +347,8 @@ static int on_body(llhttp_t *ll, const char *at, size_t n)
             cap *= 2;
         if (cap > p->max_body)
             cap = p->max_body;
+        if (p->hooks->body_grow != NULL && p->hooks->body_grow(p->owner, cap - p->body_cap) != 0)
+            return reject(p, 503, busy_body);
         unsigned char *nb = realloc(p->body, cap);
         if (nb == NULL)
             return reject(p, 503, nomem_body);
@@ -463,6 +468,11 @@ void bridge__h1_parser_next(bridge__h1_parser *p)
         p->scratch = NULL;
         p->scratch_cap = 0;
     }
+}
+
+bool bridge__h1_parser_in_request(const bridge__h1_parser *p)
+{
+    return p->begun && !p->done;
 }
 
 bool bridge__h1_parser_in_headers(const bridge__h1_parser *p)

@@ -31,7 +31,8 @@
 #define PREFACE_LEN        24
 #define MAX_HEADERS        100
 #define MAX_HEADER_BYTES   65536
-#define OUTPUT_HIGH_WATER  (1u << 20)
+#define OUTPUT_HIGH_WATER  (1u << 20) /* past this in the socket's buffer, reading pauses */
+#define LINGER_MS          2000        /* reading after GOAWAY, until the peer closes */
 #define STREAM_PENDING_MAX (4u << 20)
 
 enum conn_proto { PROTO_SNIFF, PROTO_H2, PROTO_H1 };
@@ -50,9 +51,16 @@ struct rpc__conn {
     bool goaway_sent;        /* draining */
     bool close_after_flush;  /* HTTP/1.1 asked to close once the output drained */
     uint32_t varies_indexed; /* varying metadata names indexed once, by name length (grpc_md) */
+    bool read_paused;        /* the peer does not read: stop reading it (OUTPUT_HIGH_WATER) */
+    bool lingering;          /* closed for writing after GOAWAY; reading until the peer closes */
     bridge_h1 *h1;
     h2_stream *streams;
     size_t nstreams;
+    size_t charged;           /* bytes charged to this connection (rpc__conn_charge) */
+    int64_t out_progress_ns;  /* when response bytes last left a stream's buffer */
+    int64_t paused_ns;        /* when reading paused (read_paused) */
+    int64_t over_ns;          /* since when the tick saw it over its budget; 0: it is not */
+    struct event *linger_ev;  /* ends a lingering close */
 };
 
 enum stream_kind { KIND_UNKNOWN, KIND_GRPC, KIND_HTTP, KIND_REJECTED };
@@ -73,9 +81,14 @@ struct h2_stream {
     const char *grpc_timeout;
     const char *grpc_encoding;
     const char *request_id_hdr;
-    /* Request body (gRPC framing), malloc'd; freed once decoded. */
+    int64_t begin_ns; /* HEADERS began: the request must be complete by PINS_REQUEST_TIMEOUT */
+    /* Request body, malloc'd: a unary gRPC message is kept whole until END_STREAM and decoded
+     * then; a client-streaming one is decoded frame by frame. */
     unsigned char *body;
     size_t body_len, body_cap;
+    size_t charged;       /* of the connection's charge: body_cap and the decoded messages */
+    size_t arena_charged; /* the part of charged that is the call's arena */
+    size_t out_charged; /* of the connection's charge: response bytes not yet sent */
     unsigned nmessages;
     bool request_done; /* END_STREAM seen */
     bool dispatched;
@@ -96,6 +109,7 @@ struct h2_stream {
 
 static void conn_flush(rpc__conn *c);
 static void conn_free(rpc__conn *c);
+static void conn_maybe_free(rpc__conn *c);
 
 static const rpc__call_ops grpc_ops;
 
@@ -133,6 +147,8 @@ static void stream_close(h2_stream *st)
 {
     st->closed = true;
     stream_unlink(st);
+    rpc__conn_uncharge(st->conn, st->charged + st->out_charged);
+    st->charged = st->out_charged = 0;
     free(st->body);
     st->body = NULL;
     if (st->out != NULL) {
@@ -145,6 +161,85 @@ static void stream_close(h2_stream *st)
         rpc__call_detach(call);
     else
         rpc__call_abandon(call);
+}
+
+/* ---- buffered bytes ------------------------------------------------------------------------ */
+
+static bool over_budget(const rpc__conn *c)
+{
+    const pins_config *cfg = c->w->server->cfg;
+    return (int64_t)c->charged > cfg->conn_buffer_bytes ||
+           atomic_load(&c->w->server->buffered) > cfg->buffer_bytes;
+}
+
+int rpc__conn_charge(rpc__conn *c, size_t n)
+{
+    const pins_config *cfg = c->w->server->cfg;
+    _Atomic int64_t *total = &c->w->server->buffered;
+    int64_t before = atomic_fetch_add(total, (int64_t)n);
+    bool refuse = before >= cfg->buffer_bytes;
+    if (!refuse && c->charged > 0)
+        refuse = (int64_t)(c->charged + n) > cfg->conn_buffer_bytes ||
+                 before + (int64_t)n > cfg->buffer_bytes;
+    if (refuse) {
+        atomic_fetch_sub(total, (int64_t)n);
+        rpc__metrics_buffer_refused(c->w);
+        return PINS_ERESOURCE_EXHAUSTED;
+    }
+    c->charged += n;
+    return 0;
+}
+
+void rpc__conn_uncharge(rpc__conn *c, size_t n)
+{
+    if (n == 0)
+        return;
+    if (n > c->charged)
+        n = c->charged;
+    c->charged -= n;
+    atomic_fetch_sub(&c->w->server->buffered, (int64_t)n);
+}
+
+/* Response bytes are charged without refusal: an answer that was produced goes out. What limits
+ * them is that a connection over its budget gets no new streams and no further stream output. */
+static void out_charge(h2_stream *st, size_t n)
+{
+    rpc__conn *c = st->conn;
+    st->out_charged += n;
+    c->charged += n;
+    atomic_fetch_add(&c->w->server->buffered, (int64_t)n);
+}
+
+/* Charges n more bytes to the stream (its body or its call's arena). */
+static int stream_charge(h2_stream *st, size_t n)
+{
+    int rv = rpc__conn_charge(st->conn, n);
+    if (rv == 0)
+        st->charged += n;
+    return rv;
+}
+
+/* Charges what the call's arena grew by since its last charge (a decoded message). */
+static int stream_charge_arena(h2_stream *st)
+{
+    size_t used = pins_arena_used(st->call->arena);
+    if (used <= st->arena_charged)
+        return 0;
+    int rv = stream_charge(st, used - st->arena_charged);
+    if (rv == 0)
+        st->arena_charged = used;
+    return rv;
+}
+
+/* Frees the request body buffer and gives its charge back. */
+static void stream_body_free(h2_stream *st)
+{
+    size_t n = st->body_cap < st->charged ? st->body_cap : st->charged;
+    rpc__conn_uncharge(st->conn, n);
+    st->charged -= n;
+    free(st->body);
+    st->body = NULL;
+    st->body_len = st->body_cap = 0;
 }
 
 static h2_stream *stream_get(rpc__conn *c, int32_t id)
@@ -176,6 +271,12 @@ static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *bu
         empty = evbuffer_get_length(st->out) == 0;
     } else {
         empty = true;
+    }
+    if (n > 0) {
+        size_t k = n < st->out_charged ? n : st->out_charged;
+        st->out_charged -= k;
+        rpc__conn_uncharge(st->conn, k);
+        st->conn->out_progress_ns = rpc__now_ns();
     }
     if (!empty)
         return (ssize_t)n;
@@ -278,7 +379,7 @@ static int frame_reserve(rpc_call *call, size_t len, unsigned char **pp, struct 
             if (st->out == NULL)
                 return PINS_ENOMEM;
         }
-        if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX)
+        if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX || over_budget(st->conn))
             return PINS_ERESOURCE_EXHAUSTED;
         if (evbuffer_reserve_space(st->out, len + 5, pv, 1) < 1)
             return PINS_ENOMEM;
@@ -300,11 +401,13 @@ static int frame_commit(rpc_call *call, unsigned char *p, size_t len, struct evb
         st->resp_body = (const char *)p;
         st->resp_len = len + 5;
         st->resp_off = 0;
+        out_charge(st, len + 5);
         return 0;
     }
     v->iov_len = len + 5;
     if (evbuffer_commit_space(st->out, v, 1) != 0)
         return PINS_ENOMEM;
+    out_charge(st, len + 5);
     if (!st->headers_sent && submit_grpc_headers(st) != 0)
         return PINS_EINTERNAL;
     stream_output_ready(st);
@@ -456,10 +559,11 @@ static int h2_bridge_write(bridge_stream *bs, const void *data, size_t len)
         if (st->out == NULL)
             return PINS_ENOMEM;
     }
-    if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX)
+    if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX || over_budget(st->conn))
         return PINS_ERESOURCE_EXHAUSTED;
     if (evbuffer_add(st->out, data, len) != 0)
         return PINS_ENOMEM;
+    out_charge(st, len);
     stream_output_ready(st);
     return 0;
 }
@@ -543,6 +647,9 @@ static void on_request_headers(h2_stream *st)
         }
         call->deadline_ns = call->start_ns + ns;
     }
+    /* Credentials are decided now, before a body byte is buffered or decoded. */
+    if (!rpc__dispatch_early_or_reply(call))
+        st->kind = KIND_REJECTED;
 }
 
 static void on_http_request(h2_stream *st)
@@ -570,11 +677,21 @@ static int decode_message(h2_stream *st, const unsigned char *p, size_t len,
     return 0;
 }
 
-/* Consumes complete gRPC frames from the body buffer. */
-static void grpc_consume(h2_stream *st)
+static void grpc_busy(h2_stream *st)
+{
+    grpc_early_error(st, PINS_ERESOURCE_EXHAUSTED,
+                     "the server holds too many request bytes; retry later", false);
+}
+
+/* Consumes complete gRPC frames from the body buffer. A unary request's one message is only
+ * checked as it arrives and decoded at END_STREAM (at_end): a stream that never ends holds its
+ * raw bytes, charged and bounded, and never a decoded message, which may be several times
+ * larger. A client-streaming request's messages are decoded and delivered one by one. */
+static void grpc_consume(h2_stream *st, bool at_end)
 {
     rpc_call *call = st->call;
     const rpc_method *m = call->method;
+    bool streaming = (m->flags & RPC_METHOD_CLIENT_STREAM) != 0;
     size_t off = 0;
     while (st->kind == KIND_GRPC && st->body_len - off >= RPC__GRPC_FRAME_HEADER) {
         const unsigned char *p = st->body + off;
@@ -611,19 +728,29 @@ static void grpc_consume(h2_stream *st)
                 false);
             return;
         }
-        if (st->body_len - off - 5 < len)
+        if (st->body_len - off - RPC__GRPC_FRAME_HEADER < len)
             break;
+        if (!streaming) {
+            if (off + RPC__GRPC_FRAME_HEADER + len < st->body_len) {
+                grpc_early_error(st, PINS_EINVALID_ARGUMENT,
+                                 "a unary method takes exactly one request message", false);
+                return;
+            }
+            if (!at_end)
+                return;
+        }
         st->nmessages++;
-        if (!(m->flags & RPC_METHOD_CLIENT_STREAM) && st->nmessages > 1) {
-            grpc_early_error(st, PINS_EINVALID_ARGUMENT,
-                             "a unary method takes exactly one request message", false);
+        ProtobufCMessage *msg;
+        if (decode_message(st, p + RPC__GRPC_FRAME_HEADER, len, &msg) != 0)
+            return;
+        /* A unary message is charged once its body is freed (on_request_end), so that a lone
+         * request is never refused for holding its body and its decoded form at once. */
+        if (streaming && stream_charge_arena(st) != 0) {
+            grpc_busy(st);
             return;
         }
-        ProtobufCMessage *msg;
-        if (decode_message(st, p + 5, len, &msg) != 0)
-            return;
-        off += 5 + (size_t)len;
-        if (!(m->flags & RPC_METHOD_CLIENT_STREAM)) {
+        off += RPC__GRPC_FRAME_HEADER + (size_t)len;
+        if (!streaming) {
             call->request = msg;
         } else if (!st->dispatched) {
             call->request = msg;
@@ -633,7 +760,7 @@ static void grpc_consume(h2_stream *st)
             rpc__call_deliver(call, msg);
         }
     }
-    if (off > 0) {
+    if (off > 0 && st->body != NULL) {
         memmove(st->body, st->body + off, st->body_len - off);
         st->body_len -= off;
     }
@@ -649,14 +776,19 @@ static void on_request_end(h2_stream *st)
     if (st->kind != KIND_GRPC)
         return;
     rpc_call *call = st->call;
+    grpc_consume(st, true);
+    if (st->kind != KIND_GRPC)
+        return;
     if (st->body_len != 0) {
         grpc_early_error(st, PINS_EINVALID_ARGUMENT, "request ends inside a gRPC message frame",
                          false);
         return;
     }
-    free(st->body);
-    st->body = NULL;
-    st->body_cap = 0;
+    stream_body_free(st);
+    if (stream_charge_arena(st) != 0) {
+        grpc_busy(st);
+        return;
+    }
     if (call->method->flags & RPC_METHOD_CLIENT_STREAM) {
         if (!st->dispatched) {
             st->dispatched = true;
@@ -691,6 +823,15 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     rpc__conn *c = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
+    if (over_budget(c)) {
+        /* The connection (or the process) holds its budget of buffered bytes, typically answers
+         * its peer does not read: no new work until they drain. REFUSED_STREAM tells the
+         * client that nothing was done, so it may retry. */
+        rpc__metrics_buffer_refused(c->w);
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_REFUSED_STREAM);
+        return 0;
+    }
     rpc_call *call = rpc__call_new(c->w, NULL, &grpc_ops, NULL, c->w->arena_limit);
     if (call == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -703,6 +844,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     st->call = call;
     st->conn = c;
     st->id = frame->hd.stream_id;
+    st->begin_ns = call->start_ns;
     st->next = c->streams;
     if (c->streams != NULL)
         c->streams->prev = st;
@@ -805,6 +947,16 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
                             NULL);
             return 0;
         }
+        if (stream_charge(st, cap - st->body_cap) != 0) {
+            if (grpc)
+                grpc_busy(st);
+            else
+                http_simple(st, 503,
+                            "{\"detail\":\"the server holds too many request bytes; retry "
+                            "later\",\"code\":8,\"message\":\"resource exhausted\"}",
+                            NULL);
+            return 0;
+        }
         unsigned char *nb = realloc(st->body, cap);
         if (nb == NULL) {
             if (grpc)
@@ -821,7 +973,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
     memcpy(st->body + st->body_len, data, len);
     st->body_len += len;
     if (grpc)
-        grpc_consume(st);
+        grpc_consume(st, false);
     return 0;
 }
 
@@ -867,6 +1019,23 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     return 0;
 }
 
+/* nghttp2 could not send a frame. For a response's HEADERS (or trailers) that means the stream
+ * would never end (a header block over the limit): reset it so that the client hears the end
+ * and the stream's slot is freed. */
+static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame,
+                             int lib_error_code, void *user_data)
+{
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id == 0)
+        return 0;
+    char code[16];
+    snprintf(code, sizeof(code), "%d", lib_error_code);
+    pins_log_warn("response headers could not be sent; stream reset", "error",
+                  nghttp2_strerror(lib_error_code), "code", code, NULL);
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                              NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
 static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
                            void *user_data)
 {
@@ -897,6 +1066,8 @@ static void conn_free(rpc__conn *c)
         bridge__h1_free(c->h1);
     if (c->bev != NULL)
         bufferevent_free(c->bev);
+    if (c->linger_ev != NULL)
+        event_free(c->linger_ev);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -914,6 +1085,37 @@ static bool conn_done(rpc__conn *c)
         return false;
     return !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2) &&
            evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+}
+
+static void on_linger_over(evutil_socket_t fd, short what, void *arg)
+{
+    rpc__conn *c = arg;
+    c->closing = true;
+    conn_maybe_free(c);
+}
+
+/* The HTTP/2 session is over: GOAWAY sent, nothing left to read or write, the output written.
+ * Over plain TCP the write side is shut and what the peer still sends is read and dropped until
+ * it closes, for LINGER_MS at most: closing a socket with unread input sends a TCP reset, which
+ * can destroy the GOAWAY before the peer read it, and the peer would then see its last requests
+ * fail instead of retrying them on a new connection. Over TLS the connection just closes. */
+static void conn_finish(rpc__conn *c)
+{
+    if (c->lingering || c->closing)
+        return;
+    int fd = bufferevent_getfd(c->bev);
+    if (c->w->server->tls_ctx == NULL && fd >= 0 && c->linger_ev == NULL)
+        c->linger_ev = evtimer_new(c->w->base, on_linger_over, c);
+    if (c->w->server->tls_ctx != NULL || fd < 0 || c->linger_ev == NULL ||
+        shutdown(fd, SHUT_WR) != 0) {
+        c->closing = true;
+        return;
+    }
+    c->lingering = true;
+    struct timeval tv = {.tv_sec = LINGER_MS / 1000, .tv_usec = (LINGER_MS % 1000) * 1000};
+    evtimer_add(c->linger_ev, &tv);
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    bufferevent_enable(c->bev, EV_READ);
 }
 
 /* Sends what nghttp2 has, within the output high-water mark. */
@@ -938,7 +1140,7 @@ static void conn_flush(rpc__conn *c)
         }
     }
     if (conn_done(c))
-        c->closing = true;
+        conn_finish(c);
 }
 
 static void conn_maybe_free(rpc__conn *c)
@@ -959,6 +1161,7 @@ static int h2_start(rpc__conn *c)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     nghttp2_option *opt;
     if (nghttp2_option_new(&opt) != 0) {
         nghttp2_session_callbacks_del(cbs);
@@ -993,6 +1196,10 @@ static void on_read(struct bufferevent *bev, void *arg)
 {
     rpc__conn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->lingering) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
     if (c->proto == PROTO_SNIFF) {
         size_t n = evbuffer_get_length(in);
         size_t k = n < PREFACE_LEN ? n : PREFACE_LEN;
@@ -1038,6 +1245,14 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
     c->in_recv--;
     conn_flush(c);
+    if (c->proto == PROTO_H2 && !c->closing && !c->lingering && !c->read_paused &&
+        evbuffer_get_length(bufferevent_get_output(bev)) >= OUTPUT_HIGH_WATER) {
+        /* The peer does not read what we send: read no more requests from it until it does
+         * (on_write), so that nghttp2's queue of frames does not grow either. */
+        bufferevent_disable(bev, EV_READ);
+        c->read_paused = true;
+        c->paused_ns = rpc__now_ns();
+    }
     conn_maybe_free(c);
 }
 
@@ -1055,10 +1270,14 @@ static void on_write(struct bufferevent *bev, void *arg)
         conn_maybe_free(c);
         return;
     }
+    if (c->read_paused && !c->lingering && !c->closing) {
+        c->read_paused = false;
+        bufferevent_enable(bev, EV_READ);
+    }
     if (c->h2 != NULL && nghttp2_session_want_write(c->h2))
         conn_flush(c);
     else if (conn_done(c))
-        c->closing = true;
+        conn_finish(c);
     conn_maybe_free(c);
 }
 
@@ -1072,6 +1291,20 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
     if ((events & BEV_EVENT_TIMEOUT) &&
         (c->nstreams > 0 || (c->h1 != NULL && bridge__h1_busy(c->h1)))) {
         bufferevent_enable(bev, EV_READ); /* busy, not idle */
+        return;
+    }
+    if ((events & BEV_EVENT_TIMEOUT) && c->h2 != NULL && !c->goaway_sent && !c->lingering) {
+        /* Idle: GOAWAY first (RFC 9113 section 6.8), naming the last stream processed, so that
+         * a request the client sends meanwhile is known unprocessed and retried elsewhere; the
+         * connection closes once the GOAWAY is written (conn_finish). */
+        c->goaway_sent = true;
+        rpc__metrics_conn_closed("idle");
+        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        bufferevent_enable(bev, EV_READ);
+        conn_flush(c);
+        conn_maybe_free(c);
         return;
     }
     if ((events & BEV_EVENT_EOF) && c->h1 != NULL && !bridge__h1_busy(c->h1)) {
@@ -1150,6 +1383,73 @@ void rpc__conn_drain_all(rpc_worker *w)
             c->closing = true;
             conn_maybe_free(c);
         }
+        c = next;
+    }
+}
+
+/* A request that did not arrive in time: answered (408, DEADLINE_EXCEEDED) or reset. */
+static void stream_timeout(h2_stream *st)
+{
+    rpc__conn *c = st->conn;
+    int secs = c->w->server->cfg->request_timeout_seconds;
+    if (st->kind == KIND_GRPC) {
+        grpc_early_error(st, PINS_EDEADLINE_EXCEEDED,
+                         pins_arena_printf(st->call->arena,
+                                           "request not complete within %d seconds", secs),
+                         false);
+    } else if (st->kind == KIND_HTTP && !st->streaming) {
+        const char *body = pins_arena_printf(st->call->arena,
+                                             "{\"detail\":\"request not complete within %d "
+                                             "seconds\",\"code\":4,\"message\":\"deadline "
+                                             "exceeded\"}",
+                                             secs);
+        if (body != NULL)
+            http_simple(st, 408, body, NULL);
+        else
+            nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    } else {
+        nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    }
+    st->kind = KIND_REJECTED; /* answered once: the tick and the request's end pass it over */
+}
+
+void rpc__conn_tick(rpc_worker *w)
+{
+    const pins_config *cfg = w->server->cfg;
+    int64_t now = rpc__now_ns();
+    int64_t limit = (int64_t)cfg->request_timeout_seconds * 1000000000;
+    for (rpc__conn *c = w->conns; c != NULL;) {
+        rpc__conn *next = c->next;
+        if (c->h2 == NULL || c->closing || c->lingering) {
+            c = next;
+            continue;
+        }
+        c->in_recv++;
+        bool answered = false;
+        for (h2_stream *st = c->streams; st != NULL; st = st->next) {
+            if (st->request_done || st->dispatched || st->bs.dispatched ||
+                st->kind == KIND_REJECTED || now - st->begin_ns < limit)
+                continue;
+            stream_timeout(st);
+            rpc__metrics_request_timeout();
+            answered = true;
+        }
+        /* Output that cannot leave: the peer reads nothing (reading paused), or it holds the
+         * connection over its budget with flow-control windows it never opens. */
+        bool over = (int64_t)c->charged > cfg->conn_buffer_bytes;
+        if (!over)
+            c->over_ns = 0;
+        else if (c->over_ns == 0)
+            c->over_ns = now;
+        int64_t since = c->out_progress_ns > c->over_ns ? c->out_progress_ns : c->over_ns;
+        if ((c->read_paused && now - c->paused_ns >= limit) || (over && now - since >= limit)) {
+            rpc__metrics_conn_closed("output_stalled");
+            c->closing = true;
+        }
+        c->in_recv--;
+        if (answered)
+            conn_flush(c);
+        conn_maybe_free(c);
         c = next;
     }
 }

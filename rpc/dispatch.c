@@ -78,6 +78,29 @@ static void on_rate_checked(rpc_call *call, bool go)
         rpc__call_unref(call);
 }
 
+bool rpc__dispatch_early_or_reply(rpc_call *call)
+{
+    const rpc_method *m = call->method;
+    if ((m->flags & RPC_METHOD_UNGUARDED) || !call->worker->server->cfg->rbac_enforce)
+        return true;
+    auth_decision *d = pins_arena_calloc(call->arena, 1, sizeof(*d));
+    int rv = d != NULL ? auth_decide_early(call, d) : PINS_ENOMEM;
+    if (rv == 0 && d->allowed)
+        return true;
+    rpc__metrics_started(call->worker, m);
+    if (rv != 0) {
+        rpc_call_fail(call, rv, NULL);
+        return false;
+    }
+    call->auth = d;
+    rpc_audit_rbac(call, d);
+    call->deny_reason = d->reason;
+    call->deny_resource = d->resource;
+    call->deny_action = d->action;
+    rpc_call_fail(call, d->err, "%s:%s denied: %s", d->resource, d->action, d->reason);
+    return false;
+}
+
 void rpc__dispatch(rpc_call *call)
 {
     const rpc_method *m = call->method;

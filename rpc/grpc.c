@@ -61,36 +61,43 @@ int rpc__grpc_frame_parse(const uint8_t *p, size_t avail, rpc__grpc_frame *pf)
     return 0;
 }
 
-/* The length of the longest prefix of msg[0..n) that ends on a UTF-8 character boundary. */
-static size_t utf8_cut(const char *msg, size_t n)
+static bool needs_escape(unsigned char c)
 {
-    while (n > 0 && ((unsigned char)msg[n] & 0xc0) == 0x80)
-        n--;
-    return n;
+    return c < 0x20 || c > 0x7e || c == '%';
 }
 
 char *rpc__grpc_message_encode(pins_arena *a, const char *msg)
 {
     static const char hex[] = "0123456789ABCDEF";
     static const char ellipsis[] = "...";
-    size_t n = strlen(msg), extra = 0;
-    bool cut = n > RPC__GRPC_MESSAGE_MAX;
+    const size_t el = sizeof(ellipsis) - 1;
+    /* n: the bytes of msg sent, enc: their encoded length. A message whose encoding passes the
+     * cap keeps what fits in the cap less the ellipsis, cut before a UTF-8 lead byte. */
+    size_t n = 0, enc = 0, cut_n = 0, cut_enc = 0;
+    bool cut = false;
+    for (; msg[n] != '\0'; n++) {
+        unsigned char c = (unsigned char)msg[n];
+        if ((c & 0xc0) != 0x80 && enc <= RPC__GRPC_MESSAGE_MAX - el) {
+            cut_n = n; /* a character starts here and the ellipsis still fits after enc */
+            cut_enc = enc;
+        }
+        enc += needs_escape(c) ? 3 : 1;
+        if (enc > RPC__GRPC_MESSAGE_MAX) {
+            cut = true;
+            break;
+        }
+    }
     if (cut) {
-        n = utf8_cut(msg, RPC__GRPC_MESSAGE_MAX - (sizeof(ellipsis) - 1));
-        extra += sizeof(ellipsis) - 1;
+        n = cut_n;
+        enc = cut_enc + el;
     }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)msg[i];
-        if (c < 0x20 || c > 0x7e || c == '%')
-            extra += 2;
-    }
-    char *out = pins_arena_alloc(a, n + extra + 1);
+    char *out = pins_arena_alloc(a, enc + 1);
     if (out == NULL)
         return NULL;
     char *p = out;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)msg[i];
-        if (c < 0x20 || c > 0x7e || c == '%') {
+        if (needs_escape(c)) {
             *p++ = '%';
             *p++ = hex[c >> 4];
             *p++ = hex[c & 15];
@@ -99,8 +106,8 @@ char *rpc__grpc_message_encode(pins_arena *a, const char *msg)
         }
     }
     if (cut) {
-        memcpy(p, ellipsis, sizeof(ellipsis) - 1);
-        p += sizeof(ellipsis) - 1;
+        memcpy(p, ellipsis, el);
+        p += el;
     }
     *p = '\0';
     return out;

@@ -149,6 +149,11 @@ const rpc_method *rpc__method_find(const char *path, size_t len);
 const rpc_method *rpc__method_table(size_t *pn);
 /* Runs the generic checks and the handler. The call must have its request set. */
 void rpc__dispatch(rpc_call *call);
+/* The checks that need only the request's headers (call->method and headers set, no request
+ * yet): under RBAC_ENFORCE=true, credentials and the role's permission (auth_decide_early).
+ * Transports call it before they buffer or decode a body. Returns true when the request may go
+ * on; false when it was refused (the call finished with its status, audited and counted). */
+bool rpc__dispatch_early_or_reply(rpc_call *call);
 
 #define RPC__ARENA_POOL 64
 
@@ -166,6 +171,9 @@ struct rpc_worker {
     struct event *sweep_ev;
     struct evconnlistener **listeners;
     size_t nlisteners;
+    struct event *accept_resume_ev; /* accepting again after running out of descriptors */
+    struct event *tick_ev;          /* rpc__conn_tick every RPC__TICK_MS */
+    int64_t accept_paused_ns;       /* when accepting paused; 0 while it works */
     bool draining;
     uint64_t rng[2];                     /* xorshift128+ for request ids */
     struct rpc__health_watch *watch;     /* open health Watch streams */
@@ -190,6 +198,7 @@ struct rpc_server {
     int64_t started_ns;
     _Atomic int draining;
     _Atomic int nconns; /* across workers, for PINS_MAX_CONNECTIONS */
+    _Atomic int64_t buffered; /* bytes charged by every connection, for PINS_BUFFER_BYTES */
 };
 
 /* Monotonic nanoseconds. */
@@ -215,6 +224,23 @@ void rpc__conn_accept(rpc_worker *w, int fd);
 void rpc__conn_drain_all(rpc_worker *w);
 /* Closes every connection of the worker now. */
 void rpc__conn_close_all(rpc_worker *w);
+/* Runs every RPC__TICK_MS on each worker: answers requests that did not arrive within
+ * PINS_REQUEST_TIMEOUT_SECONDS and closes connections whose output stalled past it. */
+#define RPC__TICK_MS 250
+void rpc__conn_tick(rpc_worker *w);
+
+/* ---- buffered bytes ---------------------------------------------------------------------------
+ *
+ * What a connection holds for its peer (request bodies, decoded request messages, response
+ * output not yet sent) is charged to the connection (PINS_CONN_BUFFER_BYTES) and to the process
+ * (PINS_BUFFER_BYTES). A charge that would pass either limit is refused, except the first charge
+ * of a connection that holds nothing, so that one request at a time always makes progress; the
+ * caller then refuses the request (RESOURCE_EXHAUSTED, HTTP 503) instead of buffering it. */
+
+/* Charges n bytes to c and the process. Returns 0 or PINS_ERESOURCE_EXHAUSTED. */
+int rpc__conn_charge(rpc__conn *c, size_t n);
+/* Gives back n bytes charged to c. */
+void rpc__conn_uncharge(rpc__conn *c, size_t n);
 
 /* ---- gRPC framing (rpc/grpc.c) ----------------------------------------------------------------
  */
@@ -233,13 +259,13 @@ typedef struct rpc__grpc_frame {
  * Returns 0 and *pf, or PINS_EINVALID_ARGUMENT when fewer bytes are there or a reserved flag bit
  * (any but bit 0) is set; *pf is untouched on failure. */
 int rpc__grpc_frame_parse(const uint8_t *p, size_t avail, rpc__grpc_frame *pf);
-/* The longest status message sent in grpc-message, in bytes before encoding: a longer one is cut
- * at a character boundary and ends in "...". A handler's message may echo client text (an
- * unknown service name of up to the header limit); echoed whole it would make a header block
- * the peer's decoder, or nghttp2's own limit, refuses. */
-#define RPC__GRPC_MESSAGE_MAX 1024
-/* Percent-encodes a grpc-message (RFC 3986 unreserved and printable ASCII except '%' kept),
- * cut to RPC__GRPC_MESSAGE_MAX. Returns a NUL-terminated arena string or NULL. */
+/* The longest grpc-message sent, in bytes after percent-encoding: a longer one is cut before a
+ * UTF-8 character and ends in "...". A handler's message may echo client text (an unknown service
+ * name of up to the header limit); echoed whole it would make a header block that nghttp2 refuses
+ * to send (64 KiB) or that clients refuse to read (grpc's default is 8 KiB of metadata). */
+#define RPC__GRPC_MESSAGE_MAX 4096
+/* Percent-encodes a grpc-message (printable ASCII except '%' kept), cut to RPC__GRPC_MESSAGE_MAX
+ * encoded bytes. Returns a NUL-terminated arena string or NULL. */
 char *rpc__grpc_message_encode(pins_arena *a, const char *msg);
 /* True when content-type names gRPC (application/grpc, application/grpc+proto, or with
  * parameters). */
@@ -285,6 +311,13 @@ bool rpc__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const c
 void rpc__metrics_init(void);
 void rpc__metrics_started(rpc_worker *w, const rpc_method *m);
 void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, double seconds);
+/* The families of rpc__conn_charge and of connections the server closes; s is sampled at
+ * exposition time. */
+void rpc__metrics_server(rpc_server *s);
+void rpc__metrics_buffer_refused(rpc_worker *w);
+/* reason: "idle", "output_stalled". */
+void rpc__metrics_conn_closed(const char *reason);
+void rpc__metrics_request_timeout(void);
 /* Frees the worker's metric cells (after the worker stopped). */
 void rpc__metrics_worker_free(rpc_worker *w);
 

@@ -144,3 +144,62 @@ void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, dou
     metrics_cell_add(r->ops[st], 1);
     metrics_cell_observe(latency, r->latency, seconds);
 }
+
+/* ---- buffered bytes and refused requests (rpc__conn_charge) ---------------------------------- */
+
+static metrics_family *buffered;
+static metrics_family *refused;
+static metrics_family *conn_closed;
+static metrics_family *req_timeouts;
+
+static double sample_buffered(void *arg)
+{
+    const rpc_server *s = arg;
+    return (double)atomic_load(&s->buffered);
+}
+
+void rpc__metrics_server(rpc_server *s)
+{
+    static const char *const reason[] = {"reason"};
+    if (buffered != NULL) {
+        metrics_gauge_set_cb(buffered, NULL, sample_buffered, s);
+        return;
+    }
+    buffered = metrics_gauge_new("connection_buffered_bytes",
+                                 "Bytes held for peers: request bodies, decoded request messages "
+                                 "and response output not yet sent (PINS_BUFFER_BYTES bounds it).",
+                                 NULL, 0);
+    refused = metrics_counter_new("connection_buffer_refusals_total",
+                                  "Requests and streams refused because a connection or the "
+                                  "process held its budget of buffered bytes.",
+                                  NULL, 0);
+    conn_closed = metrics_counter_new(
+        "connection_closed_total",
+        "Connections the server closed: idle (GOAWAY first) or with output that could not leave.",
+        reason, 1);
+    req_timeouts = metrics_counter_new(
+        "request_timeouts_total",
+        "Requests whose headers or body did not arrive within PINS_REQUEST_TIMEOUT_SECONDS.", NULL,
+        0);
+    if (buffered != NULL)
+        metrics_gauge_set_cb(buffered, NULL, sample_buffered, s);
+}
+
+void rpc__metrics_buffer_refused(rpc_worker *w)
+{
+    if (refused != NULL)
+        metrics_counter_inc(refused, NULL);
+}
+
+void rpc__metrics_conn_closed(const char *reason)
+{
+    const char *v[] = {reason};
+    if (conn_closed != NULL)
+        metrics_counter_inc(conn_closed, v);
+}
+
+void rpc__metrics_request_timeout(void)
+{
+    if (req_timeouts != NULL)
+        metrics_counter_inc(req_timeouts, NULL);
+}

@@ -135,8 +135,11 @@ static void test_defaults_match_the_header(void **state)
     assert_true(g->workers >= 1 && g->workers <= 256);
     assert_int_equal(g->drain_seconds, 10);
     assert_int_equal(g->max_connections, 10000);
-    assert_int_equal(g->max_concurrent_streams, 1000);
+    assert_int_equal(g->max_concurrent_streams, 100);
     assert_int_equal(g->idle_timeout_seconds, 300);
+    assert_int_equal(g->request_timeout_seconds, 30);
+    assert_int_equal(g->conn_buffer_bytes, 16777216);
+    assert_int_equal(g->buffer_bytes, 268435456);
     assert_null(g->cors_allowed_origins);
     assert_null(g->machine_secret_token);
     assert_null(g->jwt_secret);
@@ -444,6 +447,42 @@ static void test_secrets_are_never_echoed(void **state)
     assert_non_null(strstr(c->err, "unexpected argument 2"));
 }
 
+static void test_database_url_ports_are_checked_at_start(void **state)
+{
+    struct ctx *c = *state;
+    static const char *const bad[] = {
+        "postgres://user:hunter2@db:abc/x",
+        "postgresql://user:hunter2@db:0/x",
+        "postgresql://user:hunter2@db:65536/x",
+        "postgresql://user:hunter2@db:/x",
+        "postgresql://user:hunter2@a:5432,b:x/x",
+        "postgresql://user:hunter2@[::1]:5q/x",
+        "postgresql://user:hunter2@[::1/x",
+        "postgresql://user:hunter2@db/x?port=five",
+        "postgresql://user:hunter2@db/x?sslmode=disable&port=5432,",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        expect_env_error(c, "DATABASE_URL", bad[i]);
+        assert_null(strstr(c->err, "hunter2"));
+    }
+    static const char *const good[] = {
+        "postgres://user:p@db:5432/x",
+        "postgresql://db/x",
+        "postgresql://user:p:q@db:6432/x?sslmode=disable",
+        "postgresql://a:5432,b:5433/x?target_session_attrs=read-write",
+        "postgresql://[::1]:5432/x",
+        "postgresql://[::1]/x",
+        "postgresql:///x?host=/run/postgresql&port=5432",
+        "postgresql://u@db:65535",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        setenv("DATABASE_URL", good[i], 1);
+        expect_ok(c, NULL);
+        assert_string_equal(c->cfg.database_url, good[i]);
+    }
+    unsetenv("DATABASE_URL");
+}
+
 static void test_string_values_with_control_characters_are_rejected(void **state)
 {
     struct ctx *c = *state;
@@ -554,6 +593,7 @@ int main(void)
         T(test_tls_cert_and_key_come_together),
         T(test_rate_limit_burst_defaults_to_rpm),
         T(test_max_request_must_hold_the_largest_pin),
+        T(test_database_url_ports_are_checked_at_start),
         T(test_secrets_are_never_echoed),
         T(test_string_values_with_control_characters_are_rejected),
         T(test_unknown_flags_and_missing_values_are_errors),

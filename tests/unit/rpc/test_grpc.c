@@ -205,7 +205,8 @@ static void test_message_is_cut_at_a_character_boundary_past_the_cap(void **stat
     assert_non_null(enc);
     assert_int_equal(strlen(enc), RPC__GRPC_MESSAGE_MAX);
     assert_string_equal(enc + RPC__GRPC_MESSAGE_MAX - 3, "...");
-    /* A cut never splits a UTF-8 sequence: "é" is two bytes, %C3%A9 after encoding. */
+    /* The cap counts encoded bytes, and a cut never splits a UTF-8 sequence: "é" is two bytes,
+     * %C3%A9 after encoding. */
     for (size_t i = 0; i + 1 < n; i += 2) {
         big[i] = '\xc3';
         big[i + 1] = '\xa9';
@@ -213,13 +214,20 @@ static void test_message_is_cut_at_a_character_boundary_past_the_cap(void **stat
     enc = rpc__grpc_message_encode(a, big);
     assert_non_null(enc);
     size_t len = strlen(enc);
+    assert_true(len <= RPC__GRPC_MESSAGE_MAX);
+    assert_true(len > RPC__GRPC_MESSAGE_MAX - 12);
     assert_string_equal(enc + len - 3, "...");
     assert_int_equal((len - 3) % 6, 0);
     assert_memory_equal(enc + len - 9, "%C3%A9", 6);
-    /* At the cap exactly, nothing is cut. */
-    big[RPC__GRPC_MESSAGE_MAX] = '\0';
+    /* At the cap exactly, nothing is cut; one byte more is. */
     memset(big, 'y', RPC__GRPC_MESSAGE_MAX);
+    big[RPC__GRPC_MESSAGE_MAX] = '\0';
     assert_string_equal(rpc__grpc_message_encode(a, big), big);
+    big[RPC__GRPC_MESSAGE_MAX] = 'y';
+    big[RPC__GRPC_MESSAGE_MAX + 1] = '\0';
+    enc = rpc__grpc_message_encode(a, big);
+    assert_int_equal(strlen(enc), RPC__GRPC_MESSAGE_MAX);
+    assert_string_equal(enc + RPC__GRPC_MESSAGE_MAX - 3, "...");
     pins_arena_free(a);
 }
 

@@ -1,0 +1,343 @@
+"""Bounds a hostile or broken peer meets on the wire (HTTP/2 and HTTP/1.1), each against a real
+pinsd: credentials decided on HEADERS, the budget of buffered bytes, request deadlines, GOAWAY
+before an idle close, accept() out of descriptors, unsendable answers, reserved gRPC flag bits, and
+a DATABASE_URL that cannot be parsed."""
+
+import os
+import re
+import socket
+import subprocess
+import time
+import unittest
+
+import grpc
+import h2.errors
+import h2.events
+import h2.settings
+
+from harness import (HEALTH, PINSD_BIN, REFLECTION_V1, Server, ServerTestCase, grpc_frame,
+                     message_class, mp, new_request, path_of)
+
+SC = grpc.StatusCode
+
+
+def metrics_text(server):
+    with server.h2() as c:
+        return c.get("/metrics").data.decode("utf-8")
+
+
+def metric(text, series):
+    """The value of one series line ("name" or "name{labels}"), or None."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def wait_for(pred, timeout, what):
+    """Polls pred (bounded) until it returns a true value; fails the test with what."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError("%s not reached within %.0f s (last: %r)" % (what, timeout, last))
+
+
+def upsert_body(nbytes):
+    """A serialised UpsertPinRequest of about nbytes: a value holding one long string."""
+    req = new_request(mp("UpsertPin"), {"tenant_id": "t", "key": "k",
+                                        "value": {"s": "x" * nbytes}})
+    return req.SerializeToString()
+
+
+class CredentialsOnHeaders(ServerTestCase):
+    """Item: a request without credentials is refused when its HEADERS arrive, before any body
+    byte is buffered or decoded."""
+
+    SERVER_ENV = {"RBAC_ENFORCE": "true", "JWT_SECRET": "s3cret-for-tests"}
+
+    def test_grpc_without_credentials_is_refused_before_its_body(self):
+        with self.server.h2() as c:
+            # HEADERS only: no DATA, no END_STREAM. The answer must not wait for the body.
+            sid = c.start(c.grpc_headers(mp("UpsertPin")), None, end_stream=False)
+            r = c.wait(sid, 10)
+            self.assertEqual(r.grpc_status, 16, r)  # UNAUTHENTICATED
+            self.assertIn("no-credentials", r.grpc_message)
+
+    def test_unguarded_methods_still_wait_for_their_body(self):
+        with self.server.h2() as c:
+            sid = c.start(c.grpc_headers(path_of(HEALTH, "Check")), None, end_stream=False)
+            c.pump_for(0.5)
+            self.assertIsNone(c.streams[sid].grpc_status)
+            c.send_body(sid, grpc_frame(b""), end_stream=True)
+            self.assertEqual(c.wait(sid, 10).grpc_status, 0)
+
+
+class BufferBudget(ServerTestCase):
+    """Items: request bodies and decoded messages are charged to a per-connection and a
+    per-process budget; past it a request is refused instead of buffered."""
+
+    SERVER_ENV = {"PINS_CONN_BUFFER_BYTES": str(1 << 20), "PINS_REQUEST_TIMEOUT_SECONDS": "60"}
+
+    def test_streams_past_the_connection_budget_are_refused_and_nothing_leaks(self):
+        body = grpc_frame(upsert_body(600_000))
+        with self.server.h2() as c:
+            sids = []
+            for _ in range(5):
+                sid = c.start(c.grpc_headers(mp("UpsertPin")), None, end_stream=False)
+                c.send_body(sid, body[:-10], end_stream=False)  # never the last bytes
+                sids.append(sid)
+            c.pump_for(0.5)
+            refused = [s for s in sids if c.streams[s].grpc_status == 8]
+            self.assertGreaterEqual(len(refused), 3, [c.streams[s] for s in sids])
+            for s in refused:
+                self.assertIn("too many request bytes", c.streams[s].grpc_message)
+            text = metrics_text(self.server)
+            self.assertGreaterEqual(metric(text, "connection_buffer_refusals_total"), 3)
+            held = metric(text, "connection_buffered_bytes")
+            self.assertLessEqual(held, (1 << 20) + 65536, text)
+            self.assertGreater(held, 0)
+            # The stream that fits completes normally once its last bytes come.
+            ok = [s for s in sids if c.streams[s].grpc_status is None]
+            self.assertEqual(len(ok), 1)
+            c.send_body(ok[0], body[-10:], end_stream=True)
+            self.assertEqual(c.wait(ok[0], 10).grpc_status, 0)
+        # Every charge is given back when the streams and the connection are gone.
+        wait_for(lambda: metric(metrics_text(self.server), "connection_buffered_bytes") == 0, 10,
+                 "connection_buffered_bytes back to 0")
+
+
+class RequestDeadlines(ServerTestCase):
+    """Item: unfinished requests have a deadline on both HTTP versions, so that connection slots
+    are not held forever."""
+
+    SERVER_ENV = {"PINS_REQUEST_TIMEOUT_SECONDS": "1"}
+
+    def test_http2_request_without_end_stream_gets_deadline_exceeded(self):
+        with self.server.h2() as c:
+            sid = c.start(c.grpc_headers(mp("GetPin")), None, end_stream=False)
+            c.send_body(sid, grpc_frame(b"\x0a\x01t")[:4], end_stream=False)
+            r = c.wait(sid, 10)
+            self.assertEqual(r.grpc_status, 4, r)
+            self.assertIn("not complete within 1 seconds", r.grpc_message)
+            rest = c.start([(":method", "POST"), (":scheme", "http"),
+                            (":path", "/api/v1/memory/pins"), (":authority", "x"),
+                            ("content-type", "application/json")], None, end_stream=False)
+            r = c.wait(rest, 10)
+            self.assertEqual(r.status, 408, r)
+
+    def test_http1_body_that_never_completes_gets_408(self):
+        s = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
+        try:
+            s.sendall(b"POST /api/v1/memory/pins HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ten")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
+        finally:
+            s.close()
+
+    def test_a_held_connection_frees_its_slot(self):
+        srv = self.fresh_server({"PINS_MAX_CONNECTIONS": "1", "PINS_IDLE_TIMEOUT_SECONDS": "2",
+                                 "PINS_REQUEST_TIMEOUT_SECONDS": "1", "PINS_WORKERS": "1"})
+
+        def connect():
+            try:
+                return srv.h2(timeout=2)
+            except (OSError, ConnectionError):
+                return None
+        # The one connection slot: a stream whose request never ends.
+        h = wait_for(connect, 10, "a connection to the new server")
+        try:
+            h.start(h.grpc_headers(mp("GetPin")), None, end_stream=False)
+            h._flush()
+
+            def health_ok():
+                try:
+                    c = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+                except OSError:
+                    return False
+                try:
+                    c.settimeout(2)
+                    c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    return c.recv(64).startswith(b"HTTP/1.1 200 ")
+                except OSError:
+                    return False
+                finally:
+                    c.close()
+            wait_for(health_ok, 20, "/health answered while a connection held the only slot")
+        finally:
+            h.close()
+
+
+class IdleGoaway(ServerTestCase):
+    """Item: an idle HTTP/2 connection gets GOAWAY (NO_ERROR, last stream processed) before it
+    closes, so clients calling around the idle timeout never see UNAVAILABLE."""
+
+    SERVER_ENV = {"PINS_IDLE_TIMEOUT_SECONDS": "1"}
+
+    def test_idle_close_sends_goaway_first(self):
+        with self.server.h2() as c:
+            r = c.grpc_call(path_of(HEALTH, "Check"), b"")
+            self.assertEqual(r.grpc_status, 0)
+            deadline = time.monotonic() + 10
+            while c.goaway is None and not c.closed and time.monotonic() < deadline:
+                c._pump(deadline - time.monotonic())
+            self.assertIsNotNone(c.goaway, "the connection closed without GOAWAY")
+            self.assertEqual(int(c.goaway.error_code), 0)
+            self.assertEqual(c.goaway.last_stream_id, 1)
+
+    def test_grpcio_calls_around_the_idle_timeout_all_succeed(self):
+        req = message_class("grpc.health.v1.HealthCheckRequest")()
+        failures = []
+        with grpc.insecure_channel(self.server.target) as ch:
+            check = ch.unary_unary(path_of(HEALTH, "Check"),
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=message_class(
+                                       "grpc.health.v1.HealthCheckResponse").FromString)
+            for i in range(16):
+                try:
+                    check(req, timeout=10)
+                except grpc.RpcError as e:
+                    failures.append((i, e.code(), e.details()))
+                time.sleep(0.85 + (i % 4) * 0.1)  # 0.85 .. 1.15 s: across the idle timeout
+        self.assertEqual(failures, [])
+
+
+class OutOfDescriptors(ServerTestCase):
+    """Item: accept() failing with EMFILE pauses accepting with one log line instead of spinning
+    the workers and the log."""
+
+    SERVER_ENV = {"PINS_MAX_CONNECTIONS": "10000", "PINS_IDLE_TIMEOUT_SECONDS": "30"}
+
+    def cpu_seconds(self, pid):
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def test_emfile_pauses_accept_and_recovers(self):
+        srv = self.fresh_server()
+        pid = srv.proc.pid
+        subprocess.run(["prlimit", "--pid", str(pid), "--nofile=48:48"], check=True)
+        socks = []
+        try:
+            for _ in range(80):
+                socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+            time.sleep(0.5)
+            cpu0 = self.cpu_seconds(pid)
+            time.sleep(2.0)
+            cpu = self.cpu_seconds(pid) - cpu0
+            with open(srv.stderr_path, "rb") as f:
+                log = f.read().decode("utf-8", "replace")
+            paused = [ln for ln in log.splitlines() if "accept" in ln]
+            self.assertGreaterEqual(len(paused), 1, log[-2000:])
+            self.assertLessEqual(len(paused), 4, "\n".join(paused[:10]))
+            self.assertLess(cpu, 1.0, "pinsd used %.2f CPU-seconds in 2 s while out of "
+                            "descriptors" % cpu)
+        finally:
+            for s in socks:
+                s.close()
+
+        def health_ok():
+            try:
+                with srv.h2(timeout=2) as c:
+                    return c.get("/health").status == 200
+            except (OSError, ConnectionError):
+                return False
+        wait_for(health_ok, 20, "/health once descriptors were free again")
+
+
+class UnsendableAnswers(ServerTestCase):
+    """Item: an answer whose header block would pass 64 KiB (a status message echoing a 70 KB
+    service name) ends the stream instead of hanging it."""
+
+    def test_health_check_of_a_70kb_service_name_answers(self):
+        name = "s" * 70_000
+        req = new_request(path_of(HEALTH, "Check"), {"service": name})
+        e = self.assertRpcError(SC.NOT_FOUND, self.client.call, path_of(HEALTH, "Check"),
+                                {"service": name}, timeout=10)
+        self.assertLessEqual(len(e.details()), 4096)
+        self.assertTrue(e.details().endswith("..."), e.details()[-40:])
+        with self.server.h2() as c:
+            r = c.grpc_call(path_of(HEALTH, "Check"), req)
+            self.assertEqual(r.grpc_status, 5, r)
+
+
+class ReservedFlags(ServerTestCase):
+    """Item: gRPC message flag bytes other than 0 and 1 are refused."""
+
+    def test_flag_bytes_with_reserved_bits_are_invalid_argument(self):
+        payload = new_request(mp("GetPin"), {"tenant_id": "t", "key": "k"}).SerializeToString()
+        with self.server.h2() as c:
+            for flag in (0x02, 0x80, 0xff):
+                framed = bytes([flag]) + len(payload).to_bytes(4, "big") + payload
+                r = c.grpc_call(mp("GetPin"), framed=framed)
+                self.assertEqual(r.grpc_status, 3, r)
+                self.assertIn("message flags 0x%02x" % flag, r.grpc_message)
+
+
+class ReflectionWindowZero(ServerTestCase):
+    """Item: answers a peer will not accept (flow-control window 0) are bounded by the
+    connection's budget, and the connection is closed once its output stalls."""
+
+    SERVER_ENV = {"PINS_CONN_BUFFER_BYTES": str(1 << 20), "PINS_REQUEST_TIMEOUT_SECONDS": "2"}
+
+    def test_reflection_answers_stay_within_the_budget_and_the_stall_closes(self):
+        c = self.server.h2()
+        try:
+            c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+            c._flush()
+            c.pump_for(0.2)
+            req = new_request(path_of(REFLECTION_V1, "ServerReflectionInfo"),
+                              {"file_by_filename": "memorypins/v1/memory_pins.proto"})
+            frame = grpc_frame(req.SerializeToString())
+            sid = c.start(c.grpc_headers(path_of(REFLECTION_V1, "ServerReflectionInfo")), None,
+                          end_stream=False)
+            for _ in range(20):  # 20 x 25 requests of a few KB of answer each
+                c.conn.send_data(sid, frame * 25)
+                c._flush()
+                c.pump_for(0.02)
+            peak = 0
+            for _ in range(10):
+                held = metric(metrics_text(self.server), "connection_buffered_bytes")
+                peak = max(peak, held)
+                time.sleep(0.1)
+            self.assertGreater(peak, 512 << 10)  # the answers did pile up
+            self.assertLessEqual(peak, (1 << 20) + (256 << 10))
+            wait_for(lambda: metric(metrics_text(self.server),
+                                    'connection_closed_total{reason="output_stalled"}'), 20,
+                     "the stalled connection closed")
+            wait_for(lambda: metric(metrics_text(self.server), "connection_buffered_bytes") == 0,
+                     10, "connection_buffered_bytes back to 0")
+        finally:
+            c.close()
+
+
+class DatabaseUrlAtStart(unittest.TestCase):
+    """Item: a DATABASE_URL that cannot be parsed stops the start with a clear line that does not
+    show the password."""
+
+    def test_non_numeric_port_is_refused_at_start(self):
+        if not os.path.exists(PINSD_BIN):
+            self.fail("pinsd binary not found at %s" % PINSD_BIN)
+        srv = Server()
+        self.addCleanup(srv.cleanup)
+        env = srv.env()
+        env["DATABASE_URL"] = "postgresql://pins:hunter2@db:54x2/pins"
+        p = subprocess.run([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+        out = (p.stdout + p.stderr).decode("utf-8", "replace")
+        self.assertNotEqual(p.returncode, 0, out)
+        self.assertIn("invalid DATABASE_URL: the port must be a number", out)
+        self.assertNotIn("hunter2", out)
+
+
+if __name__ == "__main__":
+    unittest.main()
