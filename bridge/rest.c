@@ -544,27 +544,32 @@ static int sse_start(bridge__exchange *ex)
     return rv;
 }
 
-/* Writes one event; data lines split at newlines, as SSE requires. */
+/* Writes one event; data lines split at newlines, as SSE requires. The event goes to the
+ * transport in one write, so a write refused for a slow reader never leaves half an event. */
 static int sse_write(bridge__exchange *ex, const char *event, const char *data, size_t len)
 {
     char head[96];
     int n = snprintf(head, sizeof(head), "event: %s\ndata: ", event);
     if (n < 0 || (size_t)n >= sizeof(head))
         return PINS_EINTERNAL;
-    int rv = bridge__write(ex, head, (size_t)n);
+    bridge_buf b = {0};
+    int rv = bridge_buf_append(&b, head, (size_t)n);
     size_t i = 0;
     while (rv == 0 && i < len) {
         const char *nl = memchr(data + i, '\n', len - i);
         size_t seg = nl != NULL ? (size_t)(nl - (data + i)) : len - i;
-        rv = bridge__write(ex, data + i, seg);
+        rv = bridge_buf_append(&b, data + i, seg);
         i += seg;
         if (rv == 0 && nl != NULL) {
-            rv = bridge__write(ex, "\ndata: ", 7);
+            rv = bridge_buf_append(&b, "\ndata: ", 7);
             i++;
         }
     }
     if (rv == 0)
-        rv = bridge__write(ex, "\n\n", 2);
+        rv = bridge_buf_append(&b, "\n\n", 2);
+    if (rv == 0)
+        rv = bridge__write(ex, b.data, b.len);
+    bridge_buf_free(&b);
     return rv;
 }
 
@@ -609,8 +614,11 @@ static void rest_finish(rpc_call *call, int err, const char *message)
         return;
     if (ex->route->sse && (err == 0 || ex->responded)) {
         if (err != 0) {
-            /* The stream started with 200: the error becomes the last event. */
+            /* The stream started with 200: the error becomes the last event. It may pass the
+             * watch's bound (PINS_WATCH_PENDING_BYTES) that ended a slow reader; the transport's
+             * own bound still holds. */
             bridge__error_answer ans = {0};
+            call->pending_max = 0;
             if (bridge__rest_error(call, err, message, &ans) == 0)
                 sse_write(ex, "error", ans.body, strlen(ans.body));
         } else if (sse_start(ex) != 0) {
