@@ -765,6 +765,80 @@ static void test_json_wrong_types_are_type_errors(void **state)
                     "pins[0].id", "expected a number", true);
 }
 
+/* err.expected is set only when the whole input is JSON: a wrong type seen before a syntax error
+ * further on is reported as the syntax error. */
+static void test_json_expected_only_for_well_formed_input(void **state)
+{
+    pins_arena *a = *state;
+    const ProtobufCMessageDescriptor *up = &memorypins__v1__upsert_pin_request__descriptor;
+    ProtobufCMessage *m = NULL;
+    bridge_json_error err = {0};
+    const char *ok = "{\"key\":\"k\",\"value\":[1,2]}";
+    assert_int_equal(bridge_json_decode(a, up, ok, strlen(ok), DEPTH, &m, &err), PINS_EMALFORMED);
+    assert_non_null(err.expected);
+    assert_string_equal(err.expected, "an object");
+    assert_string_equal(err.path, "value");
+    assert_true(err.type_error);
+
+    memset(&err, 0, sizeof(err));
+    const char *bad = "{\"key\":\"k\",\"value\":[1,}";
+    assert_int_equal(bridge_json_decode(a, up, bad, strlen(bad), DEPTH, &m, &err),
+                     PINS_EMALFORMED);
+    assert_null(err.expected);
+    assert_true(err.type_error);
+    assert_non_null(strstr(err.msg, "invalid json"));
+
+    memset(&err, 0, sizeof(err));
+    const char *trailing = "{\"value\":5} x";
+    assert_int_equal(bridge_json_decode(a, up, trailing, strlen(trailing), DEPTH, &m, &err),
+                     PINS_EMALFORMED);
+    assert_null(err.expected);
+    assert_null(m);
+}
+
+/* A bounded decode stops at its budget with PINS_ETOO_LARGE and leaves the rest of the arena; the
+ * same input fits without the bound. */
+static void test_json_decode_bounded_stops_at_its_budget(void **state)
+{
+    (void)state;
+    size_t n = 100000;
+    char *json = malloc(n * 2 + 64);
+    assert_non_null(json);
+    size_t cap = n * 2 + 64;
+    size_t o = (size_t)snprintf(json, cap, "{\"key\":\"k\",\"value\":{\"a\":[");
+    for (size_t i = 0; i < n; i++) {
+        json[o++] = '0';
+        json[o++] = i + 1 < n ? ',' : ']';
+    }
+    o += (size_t)snprintf(json + o, cap - o, "}}");
+    const ProtobufCMessageDescriptor *up = &memorypins__v1__upsert_pin_request__descriptor;
+
+    pins_arena *a = pins_arena_new(64u << 20);
+    assert_non_null(a);
+    ProtobufCMessage *m = NULL;
+    bridge_json_error err = {0};
+    assert_int_equal(bridge_json_decode_bounded(a, up, json, o, DEPTH, 1u << 20, &m, &err),
+                     PINS_ETOO_LARGE);
+    assert_null(m);
+    assert_true(pins_arena_used(a) <= (1u << 20) + 4096);
+    assert_non_null(pins_arena_alloc(a, 32u << 20)); /* the rest is still there */
+    pins_arena_reset(a);
+
+    assert_int_equal(bridge_json_decode_bounded(a, up, json, o, DEPTH, 32u << 20, &m, &err), 0);
+    Memorypins__V1__UpsertPinRequest *req = (Memorypins__V1__UpsertPinRequest *)m;
+    assert_int_equal(req->value->fields[0]->value->list_value->n_values, n);
+
+    /* An arena limit below the budget: still PINS_ETOO_LARGE, never PINS_ENOMEM. */
+    pins_arena *small = pins_arena_new(1u << 20);
+    assert_non_null(small);
+    m = NULL;
+    assert_int_equal(bridge_json_decode_bounded(small, up, json, o, DEPTH, 0, &m, &err),
+                     PINS_ETOO_LARGE);
+    pins_arena_free(small);
+    pins_arena_free(a);
+    free(json);
+}
+
 static void test_json_rejects_malformed_json(void **state)
 {
     pins_arena *a = *state;
@@ -1193,6 +1267,8 @@ int main(void)
         T(test_json_null_means_unset_or_default),
         T(test_json_integer_kinds_and_ranges),
         T(test_json_wrong_types_are_type_errors),
+        T(test_json_expected_only_for_well_formed_input),
+        T(test_json_decode_bounded_stops_at_its_budget),
         T(test_json_rejects_malformed_json),
         T(test_json_rejects_nul_in_strings),
         T(test_json_depth_limit),
