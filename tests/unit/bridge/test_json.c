@@ -782,8 +782,7 @@ static void test_json_expected_only_for_well_formed_input(void **state)
 
     memset(&err, 0, sizeof(err));
     const char *bad = "{\"key\":\"k\",\"value\":[1,}";
-    assert_int_equal(bridge_json_decode(a, up, bad, strlen(bad), DEPTH, &m, &err),
-                     PINS_EMALFORMED);
+    assert_int_equal(bridge_json_decode(a, up, bad, strlen(bad), DEPTH, &m, &err), PINS_EMALFORMED);
     assert_null(err.expected);
     assert_true(err.type_error);
     assert_non_null(strstr(err.msg, "invalid json"));

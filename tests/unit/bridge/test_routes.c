@@ -532,6 +532,117 @@ static void test_handle_missing_body_is_422_field_required(void **state)
     cap_free(c);
 }
 
+static void test_handle_limit_zero_is_422_absent_is_not(void **state)
+{
+    capture *c = cap_new(*state, "GET", "/api/v1/memory/audit?limit=0", NULL, NULL);
+    bridge_handle(&c->s);
+    assert_false(c->s.dispatched);
+    assert_int_equal(c->status, 422);
+    json_t *j = body_json(c);
+    json_t *d = json_array_get(json_object_get(j, "detail"), 0);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 0)), "query");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 1)), "limit");
+    json_decref(j);
+    cap_free(c);
+
+    c = cap_new(*state, "GET", "/api/v1/memory/pins?limit=1", NULL, NULL);
+    bridge_handle(&c->s);
+    assert_true(c->s.dispatched);
+    cap_free(c);
+}
+
+static void test_handle_value_that_is_not_an_object_is_422(void **state)
+{
+    static const char *const bodies[] = {"{\"key\":\"k\",\"value\":[1]}",
+                                         "{\"key\":\"k\",\"value\":\"s\"}",
+                                         "{\"value\":7,\"key\":\"k\"}"};
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        capture *c = cap_new(*state, "POST", "/api/v1/memory/pins", bodies[i], NULL);
+        bridge_handle(&c->s);
+        assert_false(c->s.dispatched);
+        assert_int_equal(c->status, 422);
+        json_t *j = body_json(c);
+        json_t *d = json_array_get(json_object_get(j, "detail"), 0);
+        assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 1)),
+                            "value");
+        assert_string_equal(json_string_value(json_object_get(d, "type")), "type_error.dict");
+        json_decref(j);
+        cap_free(c);
+    }
+    /* Malformed JSON after the value stays a 400. */
+    capture *c = cap_new(*state, "POST", "/api/v1/memory/pins", "{\"value\":[1,}", NULL);
+    bridge_handle(&c->s);
+    assert_int_equal(c->status, 400);
+    cap_free(c);
+}
+
+static void test_handle_unknown_method_in_each_protocol(void **state)
+{
+    static const char *const json_ct[] = {"content-type", "application/json", NULL};
+    capture *c = cap_new(*state, "POST", "/memorypins.v1.MemoryPins/Nope", "{}", json_ct);
+    bridge_handle(&c->s);
+    assert_int_equal(c->status, 404);
+    json_t *j = body_json(c);
+    assert_string_equal(json_string_value(json_object_get(j, "code")), "unimplemented");
+    assert_string_equal(json_string_value(json_object_get(j, "message")),
+                        "unknown method /memorypins.v1.MemoryPins/Nope");
+    json_decref(j);
+    cap_free(c);
+
+    static const char *const text_ct[] = {"content-type", "application/grpc-web-text", NULL};
+    c = cap_new(*state, "POST", "/a.B/C", "AAAAAAA=", text_ct);
+    bridge_handle(&c->s);
+    assert_int_equal(c->status, 200);
+    assert_true(has_header(c, "content-type: application/grpc-web-text+proto\n"));
+    uint8_t out[256];
+    size_t n = 0;
+    assert_int_equal(c->body_len % 4, 0);
+    for (size_t i = 0; i < c->body_len; i += 4) {
+        int k = bridge__base64_quantum((const uint8_t *)c->body + i, out + n);
+        assert_true(k > 0);
+        n += (size_t)k;
+    }
+    assert_true(n > 5);
+    assert_int_equal(out[0], 0x80);
+    assert_memory_equal(out + 5, "grpc-status:12\r\n", 16);
+    cap_free(c);
+
+    /* Without an RPC content type or Connect header it stays the REST 404. */
+    c = cap_new(*state, "POST", "/a.B/C", "{}", NULL);
+    bridge_handle(&c->s);
+    assert_int_equal(c->status, 404);
+    j = body_json(c);
+    assert_int_equal(json_integer_value(json_object_get(j, "code")), 5);
+    json_decref(j);
+    cap_free(c);
+}
+
+static void test_base64_quantum_and_envelope(void **state)
+{
+    (void)state;
+    uint8_t out[3];
+    assert_int_equal(bridge__base64_quantum((const uint8_t *)"TWFu", out), 3);
+    assert_memory_equal(out, "Man", 3);
+    assert_int_equal(bridge__base64_quantum((const uint8_t *)"TWE=", out), 2);
+    assert_memory_equal(out, "Ma", 2);
+    assert_int_equal(bridge__base64_quantum((const uint8_t *)"TQ==", out), 1);
+    assert_int_equal(out[0], 'M');
+    static const char *const bad[] = {"T===", "====", "TQ=a", "TW-u", "TW\nu", "T*Fu"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(bridge__base64_quantum((const uint8_t *)bad[i], out), -1);
+
+    static const uint8_t hdr[5] = {0x80, 0, 0, 0, 2};
+    char *b64 = NULL;
+    size_t len = 0;
+    assert_int_equal(bridge__base64_envelope(hdr, "ok", 2, &b64, &len), 0);
+    assert_string_equal(b64, "gAAAAAJvaw=="); /* base64 of 80 00 00 00 02 6f 6b */
+    assert_int_equal(len, 12);
+    free(b64);
+    assert_int_equal(bridge__base64_envelope(hdr, NULL, 0, &b64, &len), 0);
+    assert_string_equal(b64, "gAAAAAI=");
+    free(b64);
+}
+
 /* The REST ops of a server-streaming route frame SSE events, and an error after the stream
  * started becomes the last event. */
 static void test_sse_events_and_the_error_event(void **state)
@@ -661,6 +772,10 @@ int main(void)
         T(test_handle_query_type_error_is_422),
         T(test_handle_bad_percent_encoding_is_400),
         T(test_handle_missing_body_is_422_field_required),
+        T(test_handle_limit_zero_is_422_absent_is_not),
+        T(test_handle_value_that_is_not_an_object_is_422),
+        T(test_handle_unknown_method_in_each_protocol),
+        T(test_base64_quantum_and_envelope),
         T(test_sse_events_and_the_error_event),
         T(test_grpcweb_trailers_carry_status_message_and_metadata),
         T(test_cors_preflight_allowed_and_denied),
