@@ -232,6 +232,14 @@ void bridge__end(bridge__exchange *ex)
     ex->s->ops->end(ex->s);
 }
 
+void bridge__end_trailers(bridge__exchange *ex, const rpc__header *trailers, size_t n)
+{
+    if (ex->done)
+        return;
+    ex->done = true;
+    ex->s->ops->end_trailers(ex->s, trailers, n);
+}
+
 int bridge__respond(bridge__exchange *ex, int status, const char *content_type, const char *body,
                     size_t len, const rpc__header *extra, size_t nextra)
 {
@@ -329,7 +337,7 @@ static void serve_method_path(bridge__exchange *ex, const rpc_method *m)
     }
     bool json = false, text = false;
     const char *ct = rpc_call_header(ex->call, "content-type");
-    bridge__proto proto = bridge__rpc_proto(ct, &json, &text);
+    bridge__proto proto = bridge__rpc_proto(s, &json, &text);
     if (proto == BRIDGE__PLAIN) {
         bridge__rpc_reject(ex, PINS_EUNSUPPORTED_MEDIA_TYPE, 415,
                            pins_arena_printf(ex->call->arena,
@@ -415,7 +423,7 @@ void bridge_handle(bridge_stream *s)
     }
     bool json = false, text = false;
     if (is_method_path(s->path, plen) &&
-        (bridge__rpc_proto(rpc_call_header(call, "content-type"), &json, &text) != BRIDGE__PLAIN ||
+        (bridge__rpc_proto(s, &json, &text) != BRIDGE__PLAIN ||
          rpc_call_header(call, "connect-protocol-version") != NULL)) {
         /* A Connect or gRPC-Web client calling a method this server does not have: its
          * protocol's UNIMPLEMENTED, not the REST 404. */
@@ -438,8 +446,8 @@ bool bridge_begin(bridge_stream *s)
     if (m == NULL)
         return false;
     bool json = false, text = false;
-    bridge__proto proto = bridge__rpc_proto(rpc_call_header(s->call, "content-type"), &json, &text);
-    if (proto != BRIDGE__CONNECT_STREAM && proto != BRIDGE__GRPC_WEB)
+    bridge__proto proto = bridge__rpc_proto(s, &json, &text);
+    if (proto != BRIDGE__CONNECT_STREAM && proto != BRIDGE__GRPC_WEB && proto != BRIDGE__GRPC_JSON)
         return false;
     rpc_call *call = s->call;
     rpc__call_ref(call);

@@ -44,6 +44,12 @@ typedef struct bridge_stream_ops {
     int (*write)(bridge_stream *s, const void *data, size_t len);
     /* Ends the response (a chunked body gets its last chunk). No call after this one. */
     void (*end)(bridge_stream *s);
+    /* Optional: NULL where responses have no trailers (HTTP/1.1). Ends a streamed response
+     * (body_len -1) with trailers (copied) instead of end(): on HTTP/2 a HEADERS frame with
+     * END_STREAM after the DATA. The bridge serves application/grpc+json only on streams that
+     * have it. Returns 0, PINS_ECANCELLED (peer gone), PINS_ENOMEM; either way the response
+     * has ended: no call after this one. */
+    int (*end_trailers)(bridge_stream *s, const rpc__header *trailers, size_t ntrailers);
 } bridge_stream_ops;
 
 struct bridge_stream {

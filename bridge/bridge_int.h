@@ -24,6 +24,8 @@ typedef enum bridge__proto {
     BRIDGE__CONNECT_STREAM, /* Connect streaming: application/connect+proto|json envelopes */
     BRIDGE__GRPC_WEB,       /* gRPC-Web: application/grpc-web[+proto|+json] frames, or
                                application/grpc-web-text[+proto]: the same frames in base64 */
+    BRIDGE__GRPC_JSON,      /* gRPC with JSON messages: application/grpc+json, HTTP/2 trailers
+                               (streams whose ops have end_trailers) */
 } bridge__proto;
 
 /* At most this many {name} placeholders in one route pattern. */
@@ -95,6 +97,9 @@ int bridge__write(bridge__exchange *ex, const void *data, size_t len);
 /* Ends the response once. The exchange may be freed by the transport inside this call unless
  * the caller holds a reference on the call. */
 void bridge__end(bridge__exchange *ex);
+/* Ends the response once with trailers (copied), through the stream's end_trailers op (the
+ * caller checked it exists). As bridge__end for the exchange's lifetime. */
+void bridge__end_trailers(bridge__exchange *ex, const rpc__header *trailers, size_t n);
 /* start + write + end with a content type and extra headers (copied). Returns 0 or an error. */
 int bridge__respond(bridge__exchange *ex, int status, const char *content_type, const char *body,
                     size_t len, const rpc__header *extra, size_t nextra);
@@ -168,9 +173,9 @@ void bridge__rest_fail(bridge__exchange *ex, int err, const char *message);
 /* ---- connect.c and grpcweb.c: Connect and gRPC-Web ------------------------------------------- */
 
 /* Classifies a POST to a method path by its content type: returns the protocol and sets *pjson
- * and *ptext (grpc-web-text), or BRIDGE__PLAIN when the content type is none of Connect's or
- * gRPC-Web's. */
-bridge__proto bridge__rpc_proto(const char *content_type, bool *pjson, bool *ptext);
+ * and *ptext (grpc-web-text), or BRIDGE__PLAIN when the content type is none of Connect's,
+ * gRPC-Web's, or application/grpc+json on a stream that can send trailers. */
+bridge__proto bridge__rpc_proto(const bridge_stream *s, bool *pjson, bool *ptext);
 /* Prepares an exchange for method m (ops, deadline, content types). Returns 0, or an error that
  * has already been answered (the exchange is done). */
 int bridge__rpc_begin(bridge__exchange *ex, const rpc_method *m);

@@ -38,8 +38,9 @@ static bool media_is(const char *ct, size_t len, const char *want)
     return strlen(want) == len && strncasecmp(ct, want, len) == 0;
 }
 
-bridge__proto bridge__rpc_proto(const char *ct, bool *pjson, bool *ptext)
+bridge__proto bridge__rpc_proto(const bridge_stream *s, bool *pjson, bool *ptext)
 {
+    const char *ct = rpc_call_header(s->call, "content-type");
     if (ct == NULL)
         return BRIDGE__PLAIN;
     size_t len = strcspn(ct, ";");
@@ -60,9 +61,12 @@ bridge__proto bridge__rpc_proto(const char *ct, bool *pjson, bool *ptext)
         {"application/grpc-web+json", BRIDGE__GRPC_WEB, true, false},
         {"application/grpc-web-text", BRIDGE__GRPC_WEB, false, true},
         {"application/grpc-web-text+proto", BRIDGE__GRPC_WEB, false, true},
+        {"application/grpc+json", BRIDGE__GRPC_JSON, true, false},
     };
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         if (media_is(ct, len, types[i].type)) {
+            if (types[i].proto == BRIDGE__GRPC_JSON && s->ops->end_trailers == NULL)
+                return BRIDGE__PLAIN; /* gRPC needs trailers: HTTP/2 */
             *pjson = types[i].json;
             *ptext = types[i].text;
             return types[i].proto;
@@ -249,8 +253,18 @@ void bridge__connect_unary(bridge__exchange *ex, const uint8_t *body, size_t len
     rpc__dispatch(call);
 }
 
-/* ---- framed responses (Connect streaming, gRPC-Web) -------------------------------------------
+/* ---- framed responses (Connect streaming, gRPC-Web, gRPC with JSON) ---------------------------
  */
+
+/* The response content type of a framed protocol. */
+static const char *framed_content_type(bridge__proto proto, bool json, bool text)
+{
+    if (proto == BRIDGE__GRPC_WEB)
+        return bridge__grpcweb_content_type(json, text);
+    if (proto == BRIDGE__GRPC_JSON)
+        return "application/grpc+json";
+    return json ? "application/connect+json" : "application/connect+proto";
+}
 
 static int framed_start(bridge__exchange *ex)
 {
@@ -319,11 +333,46 @@ static int framed_send_packed(rpc_call *call, const uint8_t *p, size_t len)
     return rv;
 }
 
-/* Ends a framed response with status err: an end-stream envelope or a trailer frame. */
+/* gRPC: the status as HTTP/2 trailers (grpc-status, percent-encoded grpc-message, the call's
+ * trailing metadata) after the response headers, which go out now if no message did. */
+static void grpc_end_response(bridge__exchange *ex, int err, const char *message)
+{
+    rpc_call *call = ex->call;
+    pins_arena *a = call->arena;
+    bridge__hdrs t = {0};
+    char *code = pins_arena_printf(a, "%d", pins_error_grpc(err));
+    int rv = code != NULL ? bridge__hdrs_add(a, &t, "grpc-status", code) : PINS_ENOMEM;
+    if (rv == 0 && err != 0) {
+        char *enc = rpc__grpc_message_encode(a, message != NULL ? message : pins_strerror(err));
+        rv = enc != NULL ? bridge__hdrs_add(a, &t, "grpc-message", enc) : PINS_ENOMEM;
+    }
+    for (const rpc__metadata *m = rpc__call_metadata(call); rv == 0 && m; m = m->next) {
+        if (m->trailer)
+            rv = bridge__hdrs_add(a, &t, m->name, m->value);
+    }
+    if (rv != 0) {
+        /* No memory for the status: a bare INTERNAL still closes the call properly. */
+        static const rpc__header internal = {.name = "grpc-status", .value = "13"};
+        t.v = (rpc__header *)&internal;
+        t.n = 1;
+    }
+    if (framed_start(ex) != 0) {
+        bridge__end(ex);
+        return;
+    }
+    bridge__end_trailers(ex, t.v, t.n);
+}
+
+/* Ends a framed response with status err: an end-stream envelope, a trailer frame, or HTTP/2
+ * trailers. */
 static void framed_end_response(bridge__exchange *ex, int err, const char *message)
 {
     if (ex->done)
         return;
+    if (ex->proto == BRIDGE__GRPC_JSON) {
+        grpc_end_response(ex, err, message);
+        return;
+    }
     rpc_call *call = ex->call;
     char *end;
     size_t len = 0;
@@ -541,16 +590,12 @@ void bridge__rpc_reject(bridge__exchange *ex, int err, int status, const char *m
                         const char *allow)
 {
     bool json = false, text = false;
-    bridge__proto proto =
-        bridge__rpc_proto(rpc_call_header(ex->call, "content-type"), &json, &text);
-    if (strcmp(ex->s->method, "POST") == 0 &&
-        (proto == BRIDGE__GRPC_WEB || proto == BRIDGE__CONNECT_STREAM)) {
+    bridge__proto proto = bridge__rpc_proto(ex->s, &json, &text);
+    if (strcmp(ex->s->method, "POST") == 0 && proto != BRIDGE__PLAIN && proto != BRIDGE__CONNECT) {
         ex->proto = proto;
         ex->json = json;
         ex->text = text;
-        ex->resp_content_type = proto == BRIDGE__GRPC_WEB ? bridge__grpcweb_content_type(json, text)
-                                : json                    ? "application/connect+json"
-                                                          : "application/connect+proto";
+        ex->resp_content_type = framed_content_type(proto, json, text);
         framed_end_response(ex, err, message);
         return;
     }
@@ -590,15 +635,12 @@ int bridge__rpc_begin(bridge__exchange *ex, const rpc_method *m)
     if (ex->proto == BRIDGE__CONNECT) {
         call->ops = &unary_ops;
         ex->resp_content_type = ex->json ? "application/json" : "application/proto";
-    } else if (ex->proto == BRIDGE__CONNECT_STREAM) {
-        call->ops = &framed_ops;
-        ex->resp_content_type = ex->json ? "application/connect+json" : "application/connect+proto";
     } else {
         call->ops = &framed_ops;
-        ex->resp_content_type = bridge__grpcweb_content_type(ex->json, ex->text);
+        ex->resp_content_type = framed_content_type(ex->proto, ex->json, ex->text);
     }
 
-    if (ex->proto == BRIDGE__GRPC_WEB) {
+    if (ex->proto == BRIDGE__GRPC_WEB || ex->proto == BRIDGE__GRPC_JSON) {
         const char *t = rpc_call_header(call, "grpc-timeout");
         int64_t ns;
         if (t != NULL) {

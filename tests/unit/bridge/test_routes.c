@@ -31,6 +31,7 @@ typedef struct capture {
     char body[1 << 17];
     size_t body_len;
     bool ended;
+    char trailers[1024]; /* "name: value\n" lines given to end_trailers */
 } capture;
 
 static int cap_start(bridge_stream *s, int status, const rpc__header *hdrs, size_t n,
@@ -71,6 +72,24 @@ static void cap_end(bridge_stream *s)
 }
 
 static const bridge_stream_ops cap_ops = {.start = cap_start, .write = cap_write, .end = cap_end};
+
+static int cap_end_trailers(bridge_stream *s, const rpc__header *t, size_t n)
+{
+    capture *c = (capture *)s;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = snprintf(c->trailers + off, sizeof(c->trailers) - off, "%s: %s\n", t[i].name,
+                         t[i].value);
+        assert_true(k > 0 && (size_t)k < sizeof(c->trailers) - off);
+        off += (size_t)k;
+    }
+    cap_end(s);
+    return 0;
+}
+
+/* A stream that can end with trailers, as the HTTP/2 transport's. */
+static const bridge_stream_ops cap_trailer_ops = {
+    .start = cap_start, .write = cap_write, .end = cap_end, .end_trailers = cap_end_trailers};
 
 /* A new exchange for method and path with headers {name, value, ..., NULL}. */
 static capture *cap_new(fake_env *env, const char *method, const char *path, const char *body,
@@ -617,6 +636,51 @@ static void test_handle_unknown_method_in_each_protocol(void **state)
     cap_free(c);
 }
 
+/* application/grpc+json: gRPC framing, JSON messages, the status in trailers; only on a stream
+ * that can send trailers. */
+static void test_grpc_json_frames_and_trailers(void **state)
+{
+    static const char *const ct[] = {"content-type", "application/grpc+json", NULL};
+    static const uint8_t req[] = {0, 0, 0, 0, 2, '{', '}'};
+    capture *c = cap_new(*state, "POST", "/grpc.health.v1.Health/Check", NULL, ct);
+    c->s.ops = &cap_trailer_ops;
+    c->s.body = req;
+    c->s.body_len = sizeof(req);
+    bridge_handle(&c->s);
+    fake_env_run(*state, 50);
+    assert_int_equal(c->status, 200);
+    assert_int_equal(c->declared_len, -1);
+    assert_true(has_header(c, "content-type: application/grpc+json\n"));
+    assert_true(c->ended);
+    assert_true(c->body_len > 5);
+    assert_int_equal((uint8_t)c->body[0], 0);
+    assert_int_equal(c->body_len, 5 + ((size_t)(uint8_t)c->body[3] << 8 | (uint8_t)c->body[4]));
+    assert_memory_equal(c->body + 5, "{\"status\":\"SERVING\"}", 20);
+    assert_string_equal(c->trailers, "grpc-status: 0\n");
+    cap_free(c);
+
+    static const uint8_t get[] = "\0\0\0\0\x0e{\"key\":\"nope\"}";
+    c = cap_new(*state, "POST", "/memorypins.v1.MemoryPins/GetPin", NULL, ct);
+    c->s.ops = &cap_trailer_ops;
+    c->s.body = get;
+    c->s.body_len = sizeof(get) - 1;
+    bridge_handle(&c->s);
+    fake_env_run(*state, 50);
+    assert_int_equal(c->status, 200);
+    assert_int_equal(c->body_len, 0);
+    assert_non_null(strstr(c->trailers, "grpc-status: 5\n"));
+    assert_non_null(strstr(c->trailers, "grpc-message: Pin not found: nope\n"));
+    cap_free(c);
+
+    /* Without trailers (HTTP/1.1) gRPC cannot be answered: 415, as for application/grpc. */
+    c = cap_new(*state, "POST", "/grpc.health.v1.Health/Check", NULL, ct);
+    c->s.body = req;
+    c->s.body_len = sizeof(req);
+    bridge_handle(&c->s);
+    assert_int_equal(c->status, 415);
+    cap_free(c);
+}
+
 static void test_base64_quantum_and_envelope(void **state)
 {
     (void)state;
@@ -775,6 +839,7 @@ int main(void)
         T(test_handle_limit_zero_is_422_absent_is_not),
         T(test_handle_value_that_is_not_an_object_is_422),
         T(test_handle_unknown_method_in_each_protocol),
+        T(test_grpc_json_frames_and_trailers),
         T(test_base64_quantum_and_envelope),
         T(test_sse_events_and_the_error_event),
         T(test_grpcweb_trailers_carry_status_message_and_metadata),
