@@ -102,6 +102,13 @@ static const struct var vars[] = {
      "seconds between sweeps of expired pins, 1..86400"},
     {"PINS_SWEEP_BATCH", T_INT, OFF(sweep_batch), 1, 100000, "Domain", "500",
      "expired pins deleted per sweep statement, 1..100000"},
+    {"PINS_AUDIT_RETENTION_DAYS", T_INT, OFF(audit_retention_days), 0, 36500, "Domain", "90",
+     "days RBAC and memory audit rows are kept, deleted in PINS_SWEEP_BATCH batches, 0..36500, "
+     "0 keeps them forever"},
+    {"PINS_AUDIT_DENIAL_ROWS_PER_SECOND", T_INT, OFF(audit_denial_rows_per_second), 1, 100000,
+     "Blast-radius controls", "20",
+     "RBAC audit rows of distinct denials per second and process, 1..100000; identical denials "
+     "and those over the budget are counted in aggregated rows"},
     {"RATE_LIMIT_RPM", T_INT, OFF(rate_limit_rpm), 0, 1000000, "Blast-radius controls", "100",
      "requests per minute per tenant, 0..1000000, 0 disables rate limiting"},
     {"RATE_LIMIT_BURST", T_INT, OFF(rate_limit_burst), 0, 1000000, "Blast-radius controls",
@@ -652,6 +659,8 @@ void pins_config_defaults(pins_config *cfg)
     cfg->max_request_bytes = 4194304;
     cfg->sweep_interval_seconds = 10;
     cfg->sweep_batch = 500;
+    cfg->audit_retention_days = 90;
+    cfg->audit_denial_rows_per_second = 20;
     cfg->rate_limit_rpm = 100;
     cfg->rate_limit_burst = 100;
     cfg->breaker_errors_per_min = 50;

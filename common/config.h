@@ -68,6 +68,10 @@ typedef struct pins_config {
     int sweep_interval_seconds;    /* PINS_SWEEP_INTERVAL_SECONDS, default 10 */
     int sweep_batch;               /* PINS_SWEEP_BATCH, default 500 */
 
+    /* Audits (rpc/audit.h). */
+    int audit_retention_days;         /* PINS_AUDIT_RETENTION_DAYS, default 90, 0: forever */
+    int audit_denial_rows_per_second; /* PINS_AUDIT_DENIAL_ROWS_PER_SECOND, default 20 */
+
     /* Blast-radius controls. */
     int rate_limit_rpm;         /* RATE_LIMIT_RPM, default 100, 0 disables */
     int rate_limit_burst;       /* RATE_LIMIT_BURST, default = RPM */

@@ -5,10 +5,17 @@
  * store copies what it keeps before the call returns (store.h), so the queue is empty and
  * reusable even while a PostgreSQL write is still in flight. Each write carries a small context
  * with its row count, freed by its callback, so the outcome is counted per row.
+ *
+ * Both kinds keep an open-addressing index of their queued rows so that identical rows of one
+ * flush window become one row carrying their count (reads always; RBAC decisions only for
+ * denials, which also spend the queue's token bucket when they need a row of their own). The
+ * summary row of over-budget denials lives in an arena of its own, since it outlives flushes
+ * until it is due.
  */
 #include "rpc/audit.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -19,6 +26,7 @@
 #include "common/arena.h"
 #include "common/error.h"
 #include "common/timeutil.h"
+#include "observability/log.h"
 #include "observability/metrics.h"
 #include "rpc/rpc_int.h"
 #include "store/store.h"
@@ -36,16 +44,50 @@ typedef struct queue {
     size_t icap;
 } queue;
 
+/* Denials folded while the bucket was empty, written once per summary period: one row per
+ * (subject, reason), at most RPC_AUDIT_SUMMARY_ROWS; the last one takes every other pair. */
+#define RPC_AUDIT_SUMMARY_ROWS 8
+
+typedef struct summary {
+    pins_arena *arena; /* the rows' strings */
+    store_rbac_audit rows[RPC_AUDIT_SUMMARY_ROWS];
+    size_t n;
+    int64_t first_ns; /* when the first denial of the period was folded */
+} summary;
+
+/* The audit retention of the process (one queue). */
+typedef struct retention {
+    int days;
+    int batch;
+    struct event *ev;
+    int64_t before_us; /* of the pass in progress */
+    int table;         /* STORE_AUDIT_RBAC, STORE_AUDIT_MEMORY, then done */
+    int batches;       /* statements of the table in this pass */
+    bool more;         /* the last statement was full */
+    bool pending;      /* a statement is in flight */
+    bool in_call;      /* inside store_audit_expire: its callback must not start the next */
+    bool stopped;      /* the session is going away: start nothing */
+} retention;
+
 struct rpc_audit {
     struct event_base *base;
     struct store_session *ss;
     struct event *timer;
     bool armed;
+    int64_t armed_due_ns; /* when the armed timer fires */
     int flush_ms;
     size_t flush_rows;
     size_t max_rows;
     queue q[KIND_COUNT];
     size_t in_flight;
+    /* The denial rows' token bucket. */
+    double rate;
+    double burst;
+    double tokens;
+    int64_t bucket_ns;
+    int summary_ms;
+    summary sum;
+    retention ret;
 };
 
 /* One store write in flight. */
@@ -57,12 +99,28 @@ typedef struct write_ctx {
 
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 static metrics_family *m_rbac;
+static metrics_family *m_aggregated;
+static metrics_family *m_retention;
 
 static void metrics_init(void)
 {
     static const char *const status[] = {"status"};
+    static const char *const cause[] = {"cause"};
+    static const char *const table[] = {"table"};
     m_rbac = metrics_counter_new("rbac_audit_writes_total",
                                  "RBAC audit rows written, failed or dropped.", status, 1);
+    m_aggregated = metrics_counter_new(
+        "rbac_audit_aggregated_total",
+        "RBAC denials counted in another audit row instead of a row of their own.", cause, 1);
+    m_retention = metrics_counter_new("audit_retention_deleted_total",
+                                      "Audit rows deleted by the retention.", table, 1);
+}
+
+static void count_aggregated(const char *cause)
+{
+    const char *v[] = {cause};
+    if (m_aggregated != NULL)
+        metrics_counter_add(m_aggregated, v, 1);
 }
 
 static void count(kind k, const char *status, size_t n)
@@ -122,9 +180,67 @@ static void flush_kind(rpc_audit *q, kind k)
     pins_arena_reset(qu->arena);
 }
 
+/* Makes sure the flush timer runs within ms (an earlier deadline is kept). */
+static void arm(rpc_audit *q, int ms)
+{
+    int64_t due = pins_time_mono_ns() + (int64_t)ms * 1000000;
+    if (q->armed && q->armed_due_ns <= due)
+        return;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    if (evtimer_add(q->timer, &tv) == 0) {
+        q->armed = true;
+        q->armed_due_ns = due;
+    }
+}
+
+/* Queues the summary rows when they are due (or force), so that the flush writes them. */
+static bool summary_queue(rpc_audit *q, bool force)
+{
+    summary *sm = &q->sum;
+    if (sm->n == 0)
+        return false;
+    int64_t age_ms = (pins_time_mono_ns() - sm->first_ns) / 1000000;
+    if (!force && age_ms < q->summary_ms)
+        return false;
+    queue *qu = &q->q[KIND_RBAC];
+    int64_t folded = 0;
+    for (size_t i = 0; i < sm->n; i++) {
+        folded += sm->rows[i].count;
+        if (qu->n >= q->max_rows)
+            count(KIND_RBAC, "dropped", 1);
+        else
+            ((store_rbac_audit *)qu->rows)[qu->n++] = sm->rows[i];
+    }
+    char n[24], rows[24];
+    snprintf(n, sizeof(n), "%lld", (long long)folded);
+    snprintf(rows, sizeof(rows), "%zu", sm->n);
+    pins_log_warn("rbac audit over its row budget: denials folded into summary rows", "denials", n,
+                  "rows", rows, "subject", sm->rows[0].subject, "reason", sm->rows[0].reason, NULL);
+    return true;
+}
+
+static void flush(rpc_audit *q, bool force)
+{
+    if (q->armed) {
+        evtimer_del(q->timer);
+        q->armed = false;
+    }
+    bool summary_written = summary_queue(q, force);
+    flush_kind(q, KIND_RBAC);
+    flush_kind(q, KIND_MEMORY);
+    if (summary_written) {
+        /* The store copied the rows before returning. */
+        q->sum.n = 0;
+        pins_arena_reset(q->sum.arena);
+    } else if (q->sum.n > 0) {
+        int64_t age_ms = (pins_time_mono_ns() - q->sum.first_ns) / 1000000;
+        arm(q, age_ms < q->summary_ms ? q->summary_ms - (int)age_ms : 0);
+    }
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
-    rpc_audit_flush(arg);
+    flush(arg, false);
 }
 
 /* A row of kind k was queued: flush at the threshold (from the loop, not from the call), else
@@ -135,11 +251,7 @@ static void queued(rpc_audit *q, kind k)
         event_active(q->timer, EV_TIMEOUT, 0);
         return;
     }
-    if (!q->armed) {
-        struct timeval tv = {.tv_sec = q->flush_ms / 1000, .tv_usec = (q->flush_ms % 1000) * 1000};
-        if (evtimer_add(q->timer, &tv) == 0)
-            q->armed = true;
-    }
+    arm(q, q->flush_ms);
 }
 
 /* The next free row of kind k, or NULL (counted as dropped) when the queue is full. */
@@ -159,32 +271,118 @@ static double elapsed_ms(const rpc_call *call)
     return (double)(pins_time_mono_ns() - rpc_call_start_ns(call)) / 1e6;
 }
 
+/* ---- retention ------------------------------------------------------------------------------ */
+
+static void retention_next(rpc_audit *q);
+
+static void on_expired(void *arg, int err, int64_t n)
+{
+    rpc_audit *q = arg;
+    retention *r = &q->ret;
+    r->pending = false;
+    r->batches++;
+    r->more = err == 0 && n >= r->batch;
+    if (err == PINS_ECANCELLED)
+        r->stopped = true;
+    const char *v[] = {r->table == STORE_AUDIT_RBAC ? "rbac" : "memory"};
+    if (err == 0 && n > 0 && m_retention != NULL)
+        metrics_counter_add(m_retention, v, (double)n);
+    if (err != 0 && err != PINS_ECANCELLED)
+        pins_log_warn("audit retention failed", "table", v[0], "error", pins_strerror(err),
+                      "detail", store_session_last_error(q->ss), NULL);
+    if (!r->in_call)
+        retention_next(q);
+}
+
+/* Runs the pass's statements one after the other: a table until a statement deletes less than a
+ * batch or RPC_AUDIT_RETENTION_BATCHES ran, then the next table. Works with a store that calls
+ * back at once (SQLite: this loop) and one that calls back later (PostgreSQL: the callback). */
+static void retention_next(rpc_audit *q)
+{
+    retention *r = &q->ret;
+    while (!r->pending && !r->stopped && r->table <= STORE_AUDIT_MEMORY) {
+        if (!r->more || r->batches >= RPC_AUDIT_RETENTION_BATCHES) {
+            r->table++;
+            r->batches = 0;
+            r->more = true;
+            continue;
+        }
+        r->pending = true;
+        r->in_call = true;
+        int rv = store_audit_expire(q->ss, (store_audit_table)r->table, r->before_us, r->batch,
+                                    on_expired, q);
+        r->in_call = false;
+        if (rv != 0) {
+            r->pending = false;
+            r->more = false;
+        }
+    }
+}
+
+void rpc_audit_retention_run(rpc_audit *q)
+{
+    retention *r = &q->ret;
+    if (r->days <= 0 || r->pending || r->stopped)
+        return;
+    r->before_us = pins_time_now_us() - (int64_t)r->days * INT64_C(86400000000);
+    r->table = STORE_AUDIT_RBAC;
+    r->batches = 0;
+    r->more = true;
+    retention_next(q);
+}
+
+static void on_retention(evutil_socket_t fd, short what, void *arg)
+{
+    rpc_audit_retention_run(arg);
+}
+
+/* ---- queues --------------------------------------------------------------------------------- */
+
+static bool queue_init(queue *qu, size_t max_rows, size_t row_size)
+{
+    qu->rows = calloc(max_rows, row_size);
+    qu->arena = pins_arena_new(0);
+    size_t icap = 16;
+    while (icap < max_rows * 2)
+        icap *= 2;
+    qu->icap = icap;
+    qu->index = calloc(icap, sizeof(uint32_t));
+    qu->hashes = calloc(max_rows, sizeof(uint64_t));
+    return qu->rows != NULL && qu->arena != NULL && qu->index != NULL && qu->hashes != NULL;
+}
+
 int rpc_audit_new(struct event_base *base, struct store_session *ss, const rpc_audit_options *opts,
                   rpc_audit **pq)
 {
     pthread_once(&metrics_once, metrics_init);
+    rpc_audit_options o = opts != NULL ? *opts : (rpc_audit_options){0};
     rpc_audit *q = calloc(1, sizeof(*q));
     if (q == NULL)
         return PINS_ENOMEM;
     q->base = base;
     q->ss = ss;
-    q->flush_ms = opts != NULL && opts->flush_ms > 0 ? opts->flush_ms : RPC_AUDIT_FLUSH_MS;
-    q->flush_rows = opts != NULL && opts->flush_rows > 0 ? opts->flush_rows : RPC_AUDIT_FLUSH_ROWS;
-    q->max_rows = opts != NULL && opts->max_rows > 0 ? opts->max_rows : RPC_AUDIT_MAX_ROWS;
+    q->flush_ms = o.flush_ms > 0 ? o.flush_ms : RPC_AUDIT_FLUSH_MS;
+    q->flush_rows = o.flush_rows > 0 ? o.flush_rows : RPC_AUDIT_FLUSH_ROWS;
+    q->max_rows = o.max_rows > 0 ? o.max_rows : RPC_AUDIT_MAX_ROWS;
+    q->rate = o.denial_rows_per_s > 0 ? o.denial_rows_per_s : RPC_AUDIT_DENIAL_ROWS_PER_S;
+    q->burst = q->rate > 1 ? q->rate : 1;
+    q->tokens = q->burst;
+    q->bucket_ns = pins_time_mono_ns();
+    q->summary_ms = o.summary_ms > 0 ? o.summary_ms : RPC_AUDIT_SUMMARY_MS;
     q->timer = evtimer_new(base, on_timer, q);
-    q->q[KIND_RBAC].rows = calloc(q->max_rows, sizeof(store_rbac_audit));
-    q->q[KIND_MEMORY].rows = calloc(q->max_rows, sizeof(store_memory_audit));
-    q->q[KIND_RBAC].arena = pins_arena_new(0);
-    q->q[KIND_MEMORY].arena = pins_arena_new(0);
-    size_t icap = 16;
-    while (icap < q->max_rows * 2)
-        icap *= 2;
-    q->q[KIND_MEMORY].icap = icap;
-    q->q[KIND_MEMORY].index = calloc(icap, sizeof(uint32_t));
-    q->q[KIND_MEMORY].hashes = calloc(q->max_rows, sizeof(uint64_t));
-    if (q->timer == NULL || q->q[KIND_RBAC].rows == NULL || q->q[KIND_MEMORY].rows == NULL ||
-        q->q[KIND_RBAC].arena == NULL || q->q[KIND_MEMORY].arena == NULL ||
-        q->q[KIND_MEMORY].index == NULL || q->q[KIND_MEMORY].hashes == NULL) {
+    q->sum.arena = pins_arena_new(0);
+    bool ok = queue_init(&q->q[KIND_RBAC], q->max_rows, sizeof(store_rbac_audit)) &&
+              queue_init(&q->q[KIND_MEMORY], q->max_rows, sizeof(store_memory_audit));
+    if (ok && o.retention_days > 0) {
+        q->ret.days = o.retention_days;
+        q->ret.batch = o.retention_batch > 0 ? o.retention_batch : 500;
+        q->ret.table = STORE_AUDIT_MEMORY + 1;
+        int every = o.retention_interval_s > 0 ? o.retention_interval_s : 10;
+        q->ret.ev = event_new(base, -1, EV_PERSIST, on_retention, q);
+        struct timeval tv = {.tv_sec = every};
+        ok = q->ret.ev != NULL && event_add(q->ret.ev, &tv) == 0;
+    }
+    if (!ok || q->timer == NULL || q->sum.arena == NULL) {
         rpc_audit_free(q);
         return PINS_ENOMEM;
     }
@@ -198,6 +396,10 @@ void rpc_audit_free(rpc_audit *q)
         return;
     if (q->timer != NULL)
         event_free(q->timer);
+    if (q->ret.ev != NULL)
+        event_free(q->ret.ev);
+    count(KIND_RBAC, "dropped", q->sum.n);
+    pins_arena_free(q->sum.arena);
     for (int k = 0; k < KIND_COUNT; k++) {
         count((kind)k, "dropped", q->q[k].n);
         free(q->q[k].rows);
@@ -210,12 +412,7 @@ void rpc_audit_free(rpc_audit *q)
 
 void rpc_audit_flush(rpc_audit *q)
 {
-    if (q->armed) {
-        evtimer_del(q->timer);
-        q->armed = false;
-    }
-    flush_kind(q, KIND_RBAC);
-    flush_kind(q, KIND_MEMORY);
+    flush(q, true);
 }
 
 size_t rpc_audit_in_flight(const rpc_audit *q)
@@ -232,51 +429,16 @@ void rpc_audit_drain(rpc_audit *q, int timeout_ms)
 {
     if (q == NULL)
         return;
+    q->ret.stopped = true; /* a statement in flight completes; no next one */
+    if (q->ret.ev != NULL)
+        event_del(q->ret.ev);
     rpc_audit_flush(q);
     int64_t deadline = pins_time_mono_ns() + (int64_t)timeout_ms * 1000000;
-    while (q->in_flight > 0 && pins_time_mono_ns() < deadline) {
+    while ((q->in_flight > 0 || q->ret.pending) && pins_time_mono_ns() < deadline) {
         event_base_loop(q->base, EVLOOP_NONBLOCK);
         struct timespec ts = {.tv_nsec = 1000000};
         nanosleep(&ts, NULL);
     }
-}
-
-void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d)
-{
-    rpc_audit *q = call->worker->audit;
-    if (q == NULL || (d->allowed && !d->log_allowed))
-        return;
-    store_rbac_audit *r = slot(q, KIND_RBAC);
-    if (r == NULL)
-        return;
-    pins_arena *a = q->q[KIND_RBAC].arena;
-    bool ok = true;
-    const char **roles = d->nroles > 0 ? pins_arena_alloc(a, d->nroles * sizeof(*roles)) : NULL;
-    if (d->nroles > 0 && roles == NULL)
-        ok = false;
-    for (size_t i = 0; ok && i < d->nroles; i++)
-        roles[i] = copy(a, d->roles[i], &ok);
-    *r = (store_rbac_audit){
-        .ts_us = pins_time_now_us(),
-        .subject = copy(a, d->subject != NULL ? d->subject : "anonymous", &ok),
-        .resource = copy(a, d->resource != NULL ? d->resource : "", &ok),
-        .action = copy(a, d->action != NULL ? d->action : "", &ok),
-        .allowed = d->allowed,
-        .reason = copy(a, d->reason, &ok),
-        .roles = roles,
-        .nroles = d->nroles,
-        .path = copy(a, call->route != NULL ? call->route : call->method->path, &ok),
-        .method = copy(a, call->http_method != NULL ? call->http_method : call->method->name, &ok),
-        .tenant_id = copy(a, d->tenant, &ok),
-        .request_id = copy(a, rpc_call_request_id(call), &ok),
-        .latency_ms = elapsed_ms(call),
-    };
-    if (!ok) {
-        count(KIND_RBAC, "dropped", 1);
-        return;
-    }
-    q->q[KIND_RBAC].n++;
-    queued(q, KIND_RBAC);
 }
 
 static uint64_t mix(uint64_t h, const char *s)
@@ -292,6 +454,213 @@ static uint64_t mix(uint64_t h, const char *s)
 static bool same(const char *a, const char *b)
 {
     return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* ---- RBAC decisions ------------------------------------------------------------------------- */
+
+/* The row of a decision as it is about to be recorded (borrowed strings). */
+typedef struct decision_row {
+    const char *subject;
+    const char *resource;
+    const char *action;
+    bool allowed;
+    const char *reason;
+    const char *const *roles;
+    size_t nroles;
+    const char *path;
+    const char *method;
+    const char *tenant;
+} decision_row;
+
+/* The audit reason of a shadow-mode would-be denial (static). */
+static const char *shadow_reason(const char *reason)
+{
+    static const char *const known[][2] = {
+        {"invalid-token", "shadow-invalid-token"},
+        {"no-credentials", "shadow-no-credentials"},
+        {"insufficient-permissions", "shadow-insufficient-permissions"},
+        {"tenant-not-allowed", "shadow-tenant-not-allowed"},
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        if (strcmp(reason, known[i][0]) == 0)
+            return known[i][1];
+    }
+    return "shadow-denied";
+}
+
+static uint64_t decision_hash(const decision_row *d)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = mix(mix(mix(mix(h, d->subject), d->resource), d->action), d->reason);
+    h = mix(mix(mix(h, d->path), d->method), d->tenant);
+    for (size_t i = 0; i < d->nroles; i++)
+        h = mix(h, d->roles[i]);
+    return h ^ (uint64_t)d->allowed;
+}
+
+static bool same_roles(const char *const *a, size_t na, const char *const *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++) {
+        if (!same(a[i], b[i]))
+            return false;
+    }
+    return true;
+}
+
+static bool decision_matches(const store_rbac_audit *r, const decision_row *d)
+{
+    return r->allowed == d->allowed && same(r->subject, d->subject) &&
+           same(r->resource, d->resource) && same(r->action, d->action) &&
+           same(r->reason, d->reason) && same(r->path, d->path) && same(r->method, d->method) &&
+           same(r->tenant_id, d->tenant) && same_roles(r->roles, r->nroles, d->roles, d->nroles);
+}
+
+/* Fills r with d's fields copied into a; false when out of memory. */
+static bool decision_copy(pins_arena *a, store_rbac_audit *r, const decision_row *d,
+                          const char *request_id, double ms)
+{
+    bool ok = true;
+    const char **roles = d->nroles > 0 ? pins_arena_alloc(a, d->nroles * sizeof(*roles)) : NULL;
+    if (d->nroles > 0 && roles == NULL)
+        return false;
+    for (size_t i = 0; ok && i < d->nroles; i++)
+        roles[i] = copy(a, d->roles[i], &ok);
+    *r = (store_rbac_audit){
+        .ts_us = pins_time_now_us(),
+        .subject = copy(a, d->subject, &ok),
+        .resource = copy(a, d->resource, &ok),
+        .action = copy(a, d->action, &ok),
+        .allowed = d->allowed,
+        .reason = copy(a, d->reason, &ok),
+        .roles = roles,
+        .nroles = d->nroles,
+        .path = copy(a, d->path, &ok),
+        .method = copy(a, d->method, &ok),
+        .tenant_id = copy(a, d->tenant, &ok),
+        .request_id = copy(a, request_id, &ok),
+        .latency_ms = ms,
+        .count = 1,
+    };
+    return ok;
+}
+
+/* One token of the denial rows' bucket, when there is one. */
+static bool take_token(rpc_audit *q)
+{
+    int64_t now = pins_time_mono_ns();
+    q->tokens += (double)(now - q->bucket_ns) / 1e9 * q->rate;
+    q->bucket_ns = now;
+    if (q->tokens > q->burst)
+        q->tokens = q->burst;
+    if (q->tokens < 1)
+        return false;
+    q->tokens -= 1;
+    return true;
+}
+
+/* Folds a denial into the summary row of its subject and reason (the last row takes what finds
+ * no row of its own): each field keeps the value every folded denial shared, else reads "*". */
+static void fold(rpc_audit *q, const decision_row *d, double ms)
+{
+    summary *sm = &q->sum;
+    count_aggregated("over_budget");
+    store_rbac_audit *r = NULL;
+    for (size_t i = 0; i < sm->n && r == NULL; i++) {
+        if (same(sm->rows[i].subject, d->subject) && same(sm->rows[i].reason, d->reason))
+            r = &sm->rows[i];
+    }
+    if (r == NULL && sm->n < RPC_AUDIT_SUMMARY_ROWS) {
+        r = &sm->rows[sm->n];
+        if (!decision_copy(sm->arena, r, d, NULL, ms)) {
+            count(KIND_RBAC, "dropped", 1);
+            return;
+        }
+        if (sm->n++ == 0) {
+            sm->first_ns = pins_time_mono_ns();
+            arm(q, q->summary_ms);
+        }
+        return;
+    }
+    if (r == NULL)
+        r = &sm->rows[RPC_AUDIT_SUMMARY_ROWS - 1];
+    static const char any[] = "*";
+    const struct {
+        const char **field;
+        const char *value;
+    } fields[] = {
+        {&r->subject, d->subject},  {&r->resource, d->resource}, {&r->action, d->action},
+        {&r->reason, d->reason},    {&r->path, d->path},         {&r->method, d->method},
+        {&r->tenant_id, d->tenant},
+    };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (!same(*fields[i].field, fields[i].value))
+            *fields[i].field = any;
+    }
+    if (!same_roles(r->roles, r->nroles, d->roles, d->nroles)) {
+        r->roles = NULL;
+        r->nroles = 0;
+    }
+    r->count++;
+    if (ms > r->latency_ms)
+        r->latency_ms = ms;
+}
+
+void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d)
+{
+    rpc_audit *q = call->worker->audit;
+    bool denial = !d->allowed || d->shadow_reason != NULL;
+    if (q == NULL || (!denial && !d->log_allowed))
+        return;
+    decision_row dr = {
+        .subject = d->subject != NULL ? d->subject : "anonymous",
+        .resource = d->resource != NULL ? d->resource : "",
+        .action = d->action != NULL ? d->action : "",
+        .allowed = d->allowed,
+        .reason = d->shadow_reason != NULL ? shadow_reason(d->shadow_reason) : d->reason,
+        .roles = d->roles,
+        .nroles = d->nroles,
+        .path = call->route != NULL ? call->route : call->method->path,
+        .method = call->http_method != NULL ? call->http_method : call->method->name,
+        .tenant = d->tenant,
+    };
+    double ms = elapsed_ms(call);
+    queue *qu = &q->q[KIND_RBAC];
+    size_t mask = qu->icap - 1, pos = 0;
+    uint64_t h = 0;
+    if (denial) {
+        /* A denial identical to one already queued in this window only adds to its count. */
+        h = decision_hash(&dr);
+        for (pos = (size_t)(h ^ (h >> 29)) & mask; qu->index[pos] != 0; pos = (pos + 1) & mask) {
+            size_t i = qu->index[pos] - 1;
+            store_rbac_audit *r = &((store_rbac_audit *)qu->rows)[i];
+            if (qu->hashes[i] == h && decision_matches(r, &dr)) {
+                r->count++;
+                if (ms > r->latency_ms)
+                    r->latency_ms = ms;
+                count_aggregated("identical");
+                return;
+            }
+        }
+        if (!take_token(q)) {
+            fold(q, &dr, ms);
+            return;
+        }
+    }
+    store_rbac_audit *r = slot(q, KIND_RBAC);
+    if (r == NULL)
+        return;
+    if (!decision_copy(qu->arena, r, &dr, rpc_call_request_id(call), ms)) {
+        count(KIND_RBAC, "dropped", 1);
+        return;
+    }
+    if (denial) {
+        qu->hashes[qu->n] = h;
+        qu->index[pos] = (uint32_t)(qu->n + 1);
+    }
+    qu->n++;
+    queued(q, KIND_RBAC);
 }
 
 void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *tenant,

@@ -11,6 +11,26 @@
  * Rows never hold credentials: the subject, roles, reason and tenant of the decision, the method
  * path or REST route, the request id, the x-agent-id header, never a token.
  *
+ * Denials are bounded so that anonymous traffic cannot grow the audit without bound (API.md
+ * section 6). A denial identical to one already queued (same subject, roles, resource, action,
+ * reason, route and tenant) only adds to that row's count (store_rbac_audit.count, kept in its
+ * extra column). A new denial row spends a token of the queue's bucket (denial_rows_per_s, burst
+ * one second's worth, at least one row); without a token the denial is folded into a summary
+ * row of its subject and reason (at most 8 per queue and period, the last one taking every
+ * other pair), written once per summary_ms: its fields keep the value every folded denial
+ * shared and read "*" where they differed, its request id is empty and its count says how many
+ * denials it stands for. Nothing is lost silently: every denial is a row or is counted in one,
+ * rbac_audit_aggregated_total{cause="identical"|"over_budget"} counts the denials that had no
+ * row of their own, and writing summaries logs one warning. In shadow mode (RBAC_ENFORCE=false) a
+ * would-be denial is audited the same way, with allowed true (the call went through) and the
+ * reason prefixed with "shadow-" ("shadow-no-credentials"). Allowed decisions written because of
+ * audit.log_allowed get a row each, as before.
+ *
+ * Retention. The queue given retention_days > 0 (one per process: worker 0's) deletes RBAC and
+ * memory audit rows older than that many days every retention_interval_s, in statements of
+ * retention_batch rows (oldest first), at most RPC_AUDIT_RETENTION_BATCHES statements per table
+ * and tick, and counts them in audit_retention_deleted_total{table}.
+ *
  * Lifetime. rpc_audit_new() after the worker's store session, rpc_audit_drain() when the worker's
  * loop stopped (the session still open), store_session_free(), then rpc_audit_free().
  * Threads: an rpc_audit is used only on its worker's thread.
@@ -27,9 +47,12 @@ struct event_base;
 struct store_session;
 struct auth_decision;
 
-#define RPC_AUDIT_FLUSH_MS   200
-#define RPC_AUDIT_FLUSH_ROWS 256
-#define RPC_AUDIT_MAX_ROWS   4096
+#define RPC_AUDIT_FLUSH_MS          200
+#define RPC_AUDIT_FLUSH_ROWS        256
+#define RPC_AUDIT_MAX_ROWS          4096
+#define RPC_AUDIT_DENIAL_ROWS_PER_S 20    /* a queue's budget of new denial rows */
+#define RPC_AUDIT_SUMMARY_MS        10000 /* over-budget denials: one summary row per this */
+#define RPC_AUDIT_RETENTION_BATCHES 20    /* retention statements per table and tick */
 
 typedef struct rpc_audit rpc_audit;
 
@@ -38,6 +61,11 @@ typedef struct rpc_audit_options {
     int flush_ms;
     size_t flush_rows;
     size_t max_rows;
+    double denial_rows_per_s; /* new denial rows per second (the process budget / workers) */
+    int summary_ms;
+    int retention_days;       /* 0: this queue runs no retention */
+    int retention_interval_s; /* 0: 10 */
+    int retention_batch;      /* rows per retention statement; 0: 500 */
 } rpc_audit_options;
 
 /* A new empty audit queue writing through ss (borrowed; must outlive the queue's writes) with a
@@ -57,8 +85,12 @@ size_t rpc_audit_queued(const rpc_audit *q);
  * or timeout_ms passed. */
 void rpc_audit_drain(rpc_audit *q, int timeout_ms);
 
-/* Records the RBAC decision d of call when the audit wants it: every denial, and allowed
- * decisions when the policy's audit.log_allowed is set. No-op without a queue on the worker. */
+/* Starts a retention pass now (as the timer does); no-op without retention. */
+void rpc_audit_retention_run(rpc_audit *q);
+
+/* Records the RBAC decision d of call when the audit wants it: every denial (aggregated and
+ * bounded as above), shadow-mode would-be denials the same way, and allowed decisions when the
+ * policy's audit.log_allowed is set. No-op without a queue on the worker. */
 void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d);
 /* Records a read of the memory pins (operation "get" or "list"; key: the key, or the list's
  * prefix) that the store answered with err (0: success), cache_hit when from its cache. */

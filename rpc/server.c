@@ -405,7 +405,15 @@ int rpc_server_run(rpc_server *s)
         rv = rpc__watch_worker_init(w);
         if (rv != 0)
             break;
-        rv = rpc_audit_new(w->base, w->store, NULL, &w->audit);
+        /* The denial budget is the process's, shared by the workers; worker 0 runs the audit
+         * retention (rpc/audit.h). */
+        rpc_audit_options ao = {
+            .denial_rows_per_s = (double)s->cfg->audit_denial_rows_per_second / s->nworkers,
+            .retention_days = i == 0 ? s->cfg->audit_retention_days : 0,
+            .retention_interval_s = s->cfg->sweep_interval_seconds,
+            .retention_batch = s->cfg->sweep_batch,
+        };
+        rv = rpc_audit_new(w->base, w->store, &ao, &w->audit);
         if (rv != 0)
             break;
         w->drain_ev = event_new(w->base, -1, 0, on_drain, w);

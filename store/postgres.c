@@ -290,14 +290,15 @@ static const char sql_maudit_write[] =
                    " new_value_hash text, reads int8)";
 static const char sql_raudit_write[] =
     "INSERT INTO system.rbac_audit (ts, subject, resource, action, allowed, reason, roles, path,"
-    " method, tenant_id, request_id, latency_ms)"
-    " SELECT " TS(
-        "x.ts_us") ", x.subject, x.resource, x.action, x.allowed, x.reason, x.roles,"
-                   " x.path, x.method, x.tenant_id, x.request_id, x.latency_ms"
-                   " FROM jsonb_to_recordset($1::jsonb) AS x(ts_us int8, subject text, resource "
-                   "text,"
-                   " action text, allowed bool, reason text, roles text[], path text, method text,"
-                   " tenant_id text, request_id text, latency_ms float8)";
+    " method, tenant_id, request_id, latency_ms, extra)"
+    " SELECT " TS("x.ts_us") ", x.subject, x.resource, x.action, x.allowed, x.reason, x.roles,"
+                             " x.path, x.method, x.tenant_id, x.request_id, x.latency_ms,"
+                             " CASE WHEN x.count > 1 THEN jsonb_build_object('count', x.count)"
+                             " ELSE '{}'::jsonb END"
+                             " FROM jsonb_to_recordset($1::jsonb) AS x(ts_us int8, subject text,"
+                             " resource text, action text, allowed bool, reason text,"
+                             " roles text[], path text, method text, tenant_id text,"
+                             " request_id text, latency_ms float8, count int8)";
 
 /* $1 resource $2 action $3 subject $4 tenant $5 allowed $6 since (each NULL: any) $7 limit
  * $8 offset. Roles come back joined with U+001F (store__split_roles). */
@@ -318,6 +319,15 @@ static const char sql_raudit_list[] =
 /* $1 before. */
 static const char sql_raudit_cleanup[] = "DELETE FROM system.rbac_audit WHERE ts < " TS("$1");
 
+/* The audit retention. $1 before $2 batch: the oldest rows first (the ts indexes), skipping
+ * rows another replica's retention holds. */
+static const char sql_raudit_expire[] =
+    "DELETE FROM system.rbac_audit WHERE id IN (SELECT id FROM system.rbac_audit"
+    " WHERE ts < " TS("$1") " ORDER BY ts LIMIT $2::int8 FOR UPDATE SKIP LOCKED)";
+static const char sql_maudit_expire[] =
+    "DELETE FROM system.memory_audit WHERE id IN (SELECT id FROM system.memory_audit"
+    " WHERE ts < " TS("$1") " ORDER BY ts LIMIT $2::int8 FOR UPDATE SKIP LOCKED)";
+
 static const char sql_ping[] = "SELECT 1";
 /* The schema version, and the server process's pid: when it is the pid libpq got at login, the
  * connection goes straight to PostgreSQL (no pooler between), so named statements last. */
@@ -336,9 +346,9 @@ static const char sql_generic[] =
 
 /* The statements a direct connection prepares once, by name ("pinsd_<index>"). */
 static const char *const named_sql[] = {
-    sql_upsert,         sql_delete, sql_get_batch,    sql_list,         sql_audit,
-    sql_cleanup,        sql_sweep,  sql_maudit_write, sql_raudit_write, sql_raudit_list,
-    sql_raudit_cleanup, sql_ping,   sql_upsert_chain,
+    sql_upsert,         sql_delete, sql_get_batch,    sql_list,          sql_audit,
+    sql_cleanup,        sql_sweep,  sql_maudit_write, sql_raudit_write,  sql_raudit_list,
+    sql_raudit_cleanup, sql_ping,   sql_upsert_chain, sql_raudit_expire, sql_maudit_expire,
 };
 
 /* ---- types ---------------------------------------------------------------------------------- */
@@ -358,6 +368,7 @@ typedef enum op_kind {
     OP_RAUDIT_WRITE,
     OP_RAUDIT_LIST,
     OP_RAUDIT_CLEANUP,
+    OP_AUDIT_EXPIRE,
     OP_SCHEMA, /* internal: the schema check of a new connection */
 } op_kind;
 
@@ -711,6 +722,7 @@ static void call_error(pg_session *ss, pg_req *r, int err)
     case OP_MAUDIT_WRITE:
     case OP_RAUDIT_WRITE:
     case OP_RAUDIT_CLEANUP:
+    case OP_AUDIT_EXPIRE:
         r->cb.count(r->arg, err, 0);
         break;
     case OP_SCHEMA:
@@ -1238,6 +1250,7 @@ static void deliver(pg_session *ss, pg_conn *c, pg_req *r)
     case OP_MAUDIT_WRITE:
     case OP_RAUDIT_WRITE:
     case OP_RAUDIT_CLEANUP:
+    case OP_AUDIT_EXPIRE:
         r->cb.count(r->arg, 0, strtoll(PQcmdTuples(r->res), NULL, 10));
         break;
     case OP_PING:
@@ -2396,6 +2409,8 @@ static int pg_raudit_write(store_session *base, const store_rbac_audit *rows, si
         store__buf_json_strs(&b, m->roles, m->nroles);
         buf_field(&b, "latency_ms", false);
         buf_num(&b, m->latency_ms);
+        buf_field(&b, "count", false);
+        buf_int(&b, m->count);
         store__buf_put(&b, "}", 1);
     }
     store__buf_put(&b, "]", 1);
@@ -2433,6 +2448,20 @@ static int pg_raudit_cleanup(store_session *base, int64_t before_us, store_count
         return PINS_ENOMEM;
     r->cb.count = cb;
     req_i64(r, before_us);
+    return submit(ss, r);
+}
+
+static int pg_audit_expire(store_session *base, const store__expire_req *q, store_count_cb cb,
+                           void *arg)
+{
+    pg_session *ss = (pg_session *)base;
+    const char *sql = q->table == STORE_AUDIT_RBAC ? sql_raudit_expire : sql_maudit_expire;
+    pg_req *r = req_new(ss, OP_AUDIT_EXPIRE, sql, arg);
+    if (r == NULL)
+        return PINS_ENOMEM;
+    r->cb.count = cb;
+    req_i64(r, q->before_us);
+    req_i64(r, q->batch);
     return submit(ss, r);
 }
 
@@ -2555,6 +2584,7 @@ static const store__backend postgres_backend = {
     .rbac_audit_write = pg_raudit_write,
     .rbac_audit_list = pg_raudit_list,
     .rbac_audit_cleanup = pg_raudit_cleanup,
+    .audit_expire = pg_audit_expire,
 };
 
 int store__postgres_open(const store_options *opts, store **pstore)

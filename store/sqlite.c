@@ -72,6 +72,8 @@ enum stmt_id {
     ST_RAUDIT_LIST,
     ST_RAUDIT_COUNT,
     ST_RAUDIT_CLEANUP,
+    ST_RAUDIT_EXPIRE,
+    ST_MAUDIT_EXPIRE,
     ST_COUNT
 };
 
@@ -162,12 +164,18 @@ static const char *const stmt_sql[ST_COUNT] = {
         " new_value_hash, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
         " ?11, ?12, CASE WHEN ?13 > 1 THEN json_object('reads', ?13) ELSE '{}' END)",
     [ST_RAUDIT_WRITE] = "INSERT INTO rbac_audit (ts, subject, resource, action, allowed, reason,"
-                        " roles, path, method, tenant_id, request_id, latency_ms)"
-                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        " roles, path, method, tenant_id, request_id, latency_ms, extra)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
+                        " CASE WHEN ?13 > 1 THEN json_object('count', ?13) ELSE '{}' END)",
     [ST_RAUDIT_LIST] = "SELECT " RAUDIT_COLS " FROM rbac_audit" RAUDIT_WHERE
                        " ORDER BY ts DESC, id DESC LIMIT ?7 OFFSET ?8",
     [ST_RAUDIT_COUNT] = "SELECT count(*) FROM rbac_audit" RAUDIT_WHERE,
     [ST_RAUDIT_CLEANUP] = "DELETE FROM rbac_audit WHERE ts < ?1",
+    /* The audit retention: the oldest rows first, through the ts indexes. */
+    [ST_RAUDIT_EXPIRE] = "DELETE FROM rbac_audit WHERE id IN (SELECT id FROM rbac_audit"
+                         " WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+    [ST_MAUDIT_EXPIRE] = "DELETE FROM memory_audit WHERE id IN (SELECT id FROM memory_audit"
+                         " WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
 };
 
 typedef struct sqlite_store {
@@ -1515,6 +1523,7 @@ static int bind_rbac_row(binder *b, const void *rows, size_t i, store__buf *scra
     bind_str(b, 10, r->tenant_id);
     bind_str(b, 11, r->request_id);
     bind_double(b, 12, r->latency_ms);
+    bind_int(b, 13, r->count);
     return 0;
 }
 
@@ -1657,6 +1666,31 @@ static int rbac_audit_cleanup(store_session *base, int64_t before_us, store_coun
         ss->stats.write_commits++;
         count = sqlite3_changes64(ss->db);
     }
+    pthread_mutex_unlock(&s->write_lock);
+    ss->depth++;
+    cb(arg, err, count);
+    ss->depth--;
+    return 0;
+}
+
+static int audit_expire(store_session *base, const store__expire_req *req, store_count_cb cb,
+                        void *arg)
+{
+    sqlite_session *ss = (sqlite_session *)base;
+    sqlite_store *s = (sqlite_store *)ss->base.store;
+    bool rbac = req->table == STORE_AUDIT_RBAC;
+    const char *what = rbac ? "expire rbac audit rows" : "expire memory audit rows";
+    binder b = {.st = ss->st[rbac ? ST_RAUDIT_EXPIRE : ST_MAUDIT_EXPIRE], .rc = SQLITE_OK};
+    bind_int(&b, 1, req->before_us);
+    bind_int(&b, 2, req->batch);
+    int64_t count = 0;
+    pthread_mutex_lock(&s->write_lock);
+    int err = b.rc == SQLITE_OK ? run(ss, b.st, what) : db_fail(ss, b.rc, what);
+    if (err == 0) {
+        ss->stats.write_commits++;
+        count = sqlite3_changes64(ss->db);
+    }
+    sqlite3_clear_bindings(b.st);
     pthread_mutex_unlock(&s->write_lock);
     ss->depth++;
     cb(arg, err, count);
@@ -1861,4 +1895,5 @@ static const store__backend sqlite_backend = {
     .rbac_audit_write = rbac_audit_write,
     .rbac_audit_list = rbac_audit_list,
     .rbac_audit_cleanup = rbac_audit_cleanup,
+    .audit_expire = audit_expire,
 };

@@ -344,3 +344,15 @@ int store_rbac_audit_cleanup(store_session *ss, int64_t before_us, store_count_c
     ss->last_error[0] = '\0';
     return ss->be->rbac_audit_cleanup(ss, before_us, cb, arg);
 }
+
+int store_audit_expire(store_session *ss, store_audit_table table, int64_t before_us, int batch,
+                       store_count_cb cb, void *arg)
+{
+    if (ss == NULL || cb == NULL)
+        return PINS_EINTERNAL;
+    if (batch < 1 || (table != STORE_AUDIT_RBAC && table != STORE_AUDIT_MEMORY))
+        return PINS_EINVALID_ARGUMENT;
+    ss->last_error[0] = '\0';
+    store__expire_req req = {.table = table, .before_us = before_us, .batch = batch};
+    return ss->be->audit_expire(ss, &req, cb, arg);
+}

@@ -158,6 +158,8 @@ typedef struct store_rbac_audit {
     const char *tenant_id;  /* NULL if the request named none */
     const char *request_id; /* NULL if none */
     double latency_ms;
+    int64_t count; /* decisions this row stands for (0 or 1: one); >1 is kept in extra as
+                    * {"count": N} (identical denials aggregated by rpc/audit.c); not listed */
 } store_rbac_audit;
 
 typedef struct store_rbac_audit_list_req {
@@ -256,6 +258,16 @@ int store_rbac_audit_list(store_session *ss, const store_rbac_audit_list_req *re
                           store_rbac_audit_list_cb cb, void *arg);
 /* Deletes every RBAC audit row older than before_us (ts < before_us); count = rows deleted. */
 int store_rbac_audit_cleanup(store_session *ss, int64_t before_us, store_count_cb cb, void *arg);
+/* The audit tables that store_audit_expire() trims. */
+typedef enum store_audit_table {
+    STORE_AUDIT_RBAC,   /* system.rbac_audit */
+    STORE_AUDIT_MEMORY, /* system.memory_audit */
+} store_audit_table;
+/* Deletes at most batch (>= 1) rows of table older than before_us (ts < before_us), oldest
+ * first, in one statement (the audit retention, rpc/audit.h); count = rows deleted. Returns 0 or
+ * PINS_EINVALID_ARGUMENT (batch < 1, unknown table) without calling cb. */
+int store_audit_expire(store_session *ss, store_audit_table table, int64_t before_us, int batch,
+                       store_count_cb cb, void *arg);
 /* Adds n to memory_audit_writes_total{status} ("success", "error", "dropped"): the one family
  * shared by the PostgreSQL backend (the audit rows of changes) and the callers of
  * store_memory_audit_write (rpc/audit.c), which count its outcomes themselves. Thread safe. */

@@ -62,6 +62,13 @@ typedef struct store__sweep_req {
     int batch;
 } store__sweep_req;
 
+/* store_audit_expire's arguments; table checked, batch >= 1. */
+typedef struct store__expire_req {
+    store_audit_table table;
+    int64_t before_us;
+    int batch;
+} store__expire_req;
+
 /* One backend. Every member is required. */
 typedef struct store__backend {
     const char *name; /* "sqlite", "postgres": what store_backend_name() returns */
@@ -88,6 +95,8 @@ typedef struct store__backend {
     int (*rbac_audit_list)(store_session *ss, const store_rbac_audit_list_req *req,
                            store_rbac_audit_list_cb cb, void *arg);
     int (*rbac_audit_cleanup)(store_session *ss, int64_t before_us, store_count_cb cb, void *arg);
+    int (*audit_expire)(store_session *ss, const store__expire_req *req, store_count_cb cb,
+                        void *arg);
 } store__backend;
 
 /* The head of every backend's store. */

@@ -108,9 +108,12 @@ class AdminAuditTest(ServerTestCase, RestMixin):
 
     def test_cleanup_deletes_rows_older_than_retention(self):
         tenant = "audit-cleanup"
-        for _ in range(2):
-            self.assertRpcError(SC.UNAUTHENTICATED, self.client.call, mp("GetPin"),
-                                {"tenant_id": tenant, "key": "k"})
+        # Two distinct denials (identical ones would share a row), decided once the request's
+        # tenant is known: a token bound to another tenant.
+        elsewhere = bearer({"sub": "elsewhere", "roles": ["admin"], "tenants": ["elsewhere"]})
+        for method in ("GetPin", "DeletePin"):
+            self.assertRpcError(SC.PERMISSION_DENIED, self.client.call, mp(method),
+                                {"tenant_id": tenant, "key": "k"}, metadata=elsewhere)
         body = self.poll("/api/v1/rbac/audit?tenant_id=" + tenant, lambda b: b["total"] >= 2)
         self.assertEqual(body["total"], 2)
         oldest = min(e["id"] for e in body["entries"])

@@ -6,6 +6,7 @@ Run: PINSD_BIN=build/pinsd /usr/bin/python3 -m unittest -v test_rbac   (from tes
 """
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -367,6 +369,108 @@ POLICY_V2 = {"version": "v2", "matrix": {
     "machine": {"memory_pin": ["read", "write"]},
     "admin": {"rbac": ["read", "reload"]},
     "dev": {"memory_pin": ["read", "write"]}}, "audit": {"log_allowed": True}}
+
+
+def audit_db(server):
+    """A read-only connection to the server's embedded store."""
+    path = os.path.join(server.data_dir, "pins.db")
+    return contextlib.closing(sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10))
+
+
+class AuditBoundsTest(ServerTestCase):
+    """The RBAC audit under anonymous traffic: identical denials aggregated, distinct ones bounded
+    by PINS_AUDIT_DENIAL_ROWS_PER_SECOND, shadow-mode would-be denials audited, and old rows
+    deleted by PINS_AUDIT_RETENTION_DAYS. Loads are bounded in count and time, on loopback."""
+
+    SERVER_ENV = dict(ENFORCED)
+
+    def test_anonymous_denials_are_aggregated_and_bounded(self):
+        s = self.fresh_server({"PINS_AUDIT_DENIAL_ROWS_PER_SECOND": "5"})
+        c = s.client()
+        # Half anonymous and identical; half from a token bound to ten-a, each for another
+        # tenant: distinct rows, what plain aggregation cannot bound.
+        bound = bearer({"sub": "agent-a", "roles": ["admin"], "tenants": ["ten-a"]})
+        sent = 0
+        deadline = time.monotonic() + 20
+        for i in range(3000):
+            if time.monotonic() > deadline:
+                break
+            if i % 2:
+                self.assertRpcError(SC.PERMISSION_DENIED, c.call, mp("GetPin"),
+                                    {"tenant_id": "t%d" % i, "key": "k"}, metadata=bound)
+            else:
+                self.assertRpcError(SC.UNAUTHENTICATED, c.call, mp("GetPin"),
+                                    {"tenant_id": "same", "key": "k"})
+            sent += 1
+        c.close()
+        s.stop()  # drains: every queued row and the summary rows are written
+        with audit_db(s) as db:
+            rows, denials = db.execute(
+                "SELECT count(*), sum(coalesce(json_extract(extra, '$.count'), 1))"
+                " FROM rbac_audit WHERE allowed = 0").fetchone()
+            summary = db.execute("SELECT count(*) FROM rbac_audit WHERE tenant_id = '*'"
+                                 " AND subject = 'agent-a' AND reason = 'tenant-not-allowed'"
+                                 " AND request_id IS NULL").fetchone()[0]
+            shape = db.execute("SELECT subject, reason, tenant_id, request_id IS NULL, extra"
+                               " FROM rbac_audit ORDER BY id LIMIT 40").fetchall()
+        self.assertGreaterEqual(sent, 1000)
+        self.assertEqual(denials, sent)  # every denial is a row or counted in one
+        self.assertLessEqual(rows, sent // 10, "%d rows for %d denials" % (rows, sent))
+        self.assertGreaterEqual(summary, 1, shape)
+
+    def test_shadow_mode_audits_would_be_denials(self):
+        s = self.fresh_server({"RBAC_ENFORCE": "false"})
+        c = s.client()
+        self.addCleanup(c.close)
+        for _ in range(3):
+            self.assertRpcError(SC.NOT_FOUND, c.call, mp("GetPin"), {"tenant_id": "sh", "key": "k"})
+        c.call(mp("UpsertPin"), {"tenant_id": "sh", "key": "k", "value": {}}, metadata=machine())
+        entries = []
+        deadline = time.monotonic() + 10
+        while not entries and time.monotonic() < deadline:
+            time.sleep(0.1)
+            resp = c.call(admin_path("ListRbacAudit"), {"tenant_id": "sh"}, metadata=machine())
+            entries = list(resp.entries)
+        self.assertGreaterEqual(len(entries), 1)
+        for e in entries:  # the anonymous reads only: the machine token was allowed
+            self.assertEqual(e.subject, "anonymous")
+            self.assertEqual(e.reason, "shadow-no-credentials")
+            self.assertTrue(e.allowed)  # the call went through
+            self.assertEqual(e.path, mp("GetPin"))
+
+    def test_retention_deletes_old_audit_rows(self):
+        first = self.fresh_server()
+        first.stop()  # the schema exists now
+        day_us = 86400 * 1000000
+        now_us = int(time.time() * 1000000)
+        with contextlib.closing(sqlite3.connect(os.path.join(first.data_dir, "pins.db"),
+                                                timeout=10)) as db, db:
+            db.executemany(
+                "INSERT INTO rbac_audit (ts, subject, resource, action, allowed, reason)"
+                " VALUES (?, ?, 'memory_pin', 'read', 0, 'no-credentials')",
+                [(now_us - 3 * day_us + i, "old") for i in range(1200)] + [(now_us, "recent")])
+            db.executemany(
+                "INSERT INTO memory_audit (ts, operation, tenant_id, key) VALUES (?, 'get', 'r', ?)",
+                [(now_us - 3 * day_us, "old"), (now_us, "recent")])
+        s = self.fresh_server({"PINS_AUDIT_RETENTION_DAYS": "1", "PINS_SWEEP_INTERVAL_SECONDS": "1",
+                               "PINS_SWEEP_BATCH": "100"}, data_dir=first.data_dir)
+        left = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with audit_db(s) as ro:
+                left = (ro.execute("SELECT count(*) FROM rbac_audit WHERE subject = 'old'").fetchone()[0],
+                        ro.execute("SELECT count(*) FROM memory_audit WHERE key = 'old'").fetchone()[0])
+            if left == (0, 0):
+                break
+            time.sleep(0.2)
+        self.assertEqual(left, (0, 0))
+        with audit_db(s) as ro:
+            self.assertEqual(ro.execute(
+                "SELECT count(*) FROM rbac_audit WHERE subject = 'recent'").fetchone()[0], 1)
+            self.assertEqual(ro.execute(
+                "SELECT count(*) FROM memory_audit WHERE key = 'recent'").fetchone()[0], 1)
+        text = metrics_text(s)
+        self.assertEqual(metric_value(text, 'audit_retention_deleted_total{table="rbac"}'), 1200)
 
 
 class ReloadTest(ServerTestCase):

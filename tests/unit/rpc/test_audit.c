@@ -15,6 +15,7 @@
 
 #include "auth/auth.h"
 #include "common/error.h"
+#include "common/timeutil.h"
 #include "fake_call.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "observability/metrics.h"
@@ -52,11 +53,24 @@ typedef struct mem_rows {
     bool success[8];
 } mem_rows;
 
-static void attach(fixture *fx, int flush_ms, size_t flush_rows, size_t max_rows)
+static void attach_with(fixture *fx, const rpc_audit_options *o)
 {
     rpc_worker *w = fake_env_worker(fx->env);
+    assert_int_equal(rpc_audit_new(fake_env_base(fx->env), w->store, o, &w->audit), 0);
+}
+
+static void attach(fixture *fx, int flush_ms, size_t flush_rows, size_t max_rows)
+{
     rpc_audit_options o = {.flush_ms = flush_ms, .flush_rows = flush_rows, .max_rows = max_rows};
-    assert_int_equal(rpc_audit_new(fake_env_base(fx->env), w->store, &o, &w->audit), 0);
+    attach_with(fx, &o);
+}
+
+static void reattach(fixture *fx, const rpc_audit_options *o)
+{
+    rpc_worker *w = fake_env_worker(fx->env);
+    rpc_audit_free(w->audit);
+    w->audit = NULL;
+    attach_with(fx, o);
 }
 
 static int setup(void **state)
@@ -161,12 +175,18 @@ static void mem_list(fixture *fx, const char *operation, mem_rows *r)
     assert_int_equal(r->calls, 1);
 }
 
-static fake_call *get_pin(fixture *fx, const char *key, const char *const *headers)
+static fake_call *get_pin_in(fixture *fx, const char *tenant, const char *key,
+                             const char *const *headers)
 {
     Memorypins__V1__GetPinRequest req = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
-    req.tenant_id = "t";
+    req.tenant_id = (char *)tenant;
     req.key = (char *)key;
     return fake_call_run(fx->env, GET_PIN, &req.base, headers);
+}
+
+static fake_call *get_pin(fixture *fx, const char *key, const char *const *headers)
+{
+    return get_pin_in(fx, "t", key, headers);
 }
 
 static rpc_audit *queue_of(fixture *fx)
@@ -251,8 +271,9 @@ static void test_full_queue_drops_and_counts(void **state)
     attach(fx, 10000, 100, 2);
     fake_env_config(fx->env)->rbac_enforce = true;
     double dropped = metric("rbac_audit_writes_total{status=\"dropped\"}");
+    static const char *const tenants[] = {"t1", "t2", "t3"}; /* three distinct denials */
     for (int i = 0; i < 3; i++)
-        fake_call_free(get_pin(fx, "k", NULL));
+        fake_call_free(get_pin_in(fx, tenants[i], "k", NULL));
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
     assert_true(metric("rbac_audit_writes_total{status=\"dropped\"}") == dropped + 1);
     rpc_audit_flush(queue_of(fx));
@@ -277,8 +298,8 @@ static void test_timer_and_threshold_flush_from_the_loop(void **state)
     assert_int_equal(r.total, 1);
 
     /* Two rows reach flush_rows: written in the next loop iteration, before any timer. */
-    fake_call_free(get_pin(fx, "k", NULL));
-    fake_call_free(get_pin(fx, "k", NULL));
+    fake_call_free(get_pin_in(fx, "t1", "k", NULL));
+    fake_call_free(get_pin_in(fx, "t2", "k", NULL));
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
     event_base_loop(fake_env_base(fx->env), EVLOOP_NONBLOCK);
     rbac_list(fx, &r);
@@ -299,6 +320,159 @@ static void test_failed_write_counts_errors_and_never_fails_the_call(void **stat
     rbac_rows r;
     rbac_list(fx, &r);
     assert_int_equal(r.total, 0);
+}
+
+static long long sql_int(fixture *fx, const char *sql);
+
+static void test_identical_denials_become_one_row_with_their_count(void **state)
+{
+    fixture *fx = *state;
+    fake_env_config(fx->env)->rbac_enforce = true;
+    double identical = metric("rbac_audit_aggregated_total{cause=\"identical\"}");
+    for (int i = 0; i < 100; i++)
+        fake_call_free(get_pin(fx, "k", NULL));
+    fake_call_free(get_pin_in(fx, "other", "k", NULL)); /* another tenant: its own row */
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
+    rpc_audit_flush(queue_of(fx));
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit"), 2);
+    assert_int_equal(
+        sql_int(fx, "SELECT json_extract(extra, '$.count') FROM rbac_audit WHERE tenant_id = 't'"),
+        100);
+    assert_int_equal(sql_int(fx, "SELECT extra = '{}' FROM rbac_audit WHERE tenant_id = 'other'"),
+                     1);
+    assert_true(metric("rbac_audit_aggregated_total{cause=\"identical\"}") == identical + 99);
+}
+
+static void test_denials_over_the_budget_fold_into_one_summary_row(void **state)
+{
+    fixture *fx = *state;
+    rpc_audit_options o = {.flush_ms = 10000, .denial_rows_per_s = 0.001, .summary_ms = 600000};
+    reattach(fx, &o);
+    pins_config *cfg = fake_env_config(fx->env);
+    cfg->rbac_enforce = true;
+    cfg->jwt_secret = strdup("audit-jwt-secret");
+    assert_non_null(cfg->jwt_secret);
+    double over = metric("rbac_audit_aggregated_total{cause=\"over_budget\"}");
+    /* 50 anonymous denials, each for another tenant: one row from the bucket (its one token),
+     * the 49 others in the summary row of (anonymous, no-credentials). */
+    char tenant[16];
+    for (int i = 0; i < 50; i++) {
+        snprintf(tenant, sizeof(tenant), "t%d", i);
+        fake_call_free(get_pin_in(fx, tenant, "k", NULL));
+    }
+    /* Bad tokens: another reason, a summary row of its own. */
+    const char *const bad[] = {"authorization", "Bearer a.b.c", NULL};
+    fake_call_free(get_pin_in(fx, "t98", "k", bad));
+    fake_call_free(get_pin_in(fx, "t99", "k", bad));
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 1);
+    assert_true(metric("rbac_audit_aggregated_total{cause=\"over_budget\"}") == over + 51);
+    rpc_audit_flush(queue_of(fx)); /* an explicit flush writes the summaries at once */
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit"), 3);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE tenant_id = 't0'"
+                                 " AND reason = 'no-credentials' AND extra = '{}'"),
+                     1);
+    /* The summaries: what every folded denial shared, "*" for the rest, and how many. */
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE tenant_id = '*'"
+                                 " AND reason = 'no-credentials' AND subject = 'anonymous'"
+                                 " AND resource = 'memory_pin' AND action = 'read'"
+                                 " AND path = '" GET_PIN "' AND request_id IS NULL"
+                                 " AND json_extract(extra, '$.count') = 49"),
+                     1);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.count') FROM rbac_audit"
+                                 " WHERE reason = 'invalid-token' AND tenant_id = '*'"),
+                     2);
+    /* Nothing is lost: the rows stand for every denial. */
+    assert_int_equal(sql_int(fx, "SELECT sum(coalesce(json_extract(extra, '$.count'), 1))"
+                                 " FROM rbac_audit"),
+                     52);
+}
+
+static void test_summary_row_is_written_from_the_loop_when_due(void **state)
+{
+    fixture *fx = *state;
+    rpc_audit_options o = {.flush_ms = 10000, .denial_rows_per_s = 0.001, .summary_ms = 20};
+    reattach(fx, &o);
+    fake_env_config(fx->env)->rbac_enforce = true;
+    fake_call_free(get_pin_in(fx, "a", "k", NULL));
+    fake_call_free(get_pin_in(fx, "b", "k", NULL));
+    fake_call_free(get_pin_in(fx, "c", "k", NULL));
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit"), 0);
+    for (int i = 0; i < 100 && sql_int(fx, "SELECT count(*) FROM rbac_audit") < 2; i++)
+        fake_env_run(fx->env, 10);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit"), 2);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.count') FROM rbac_audit"
+                                 " WHERE tenant_id = '*'"),
+                     2);
+}
+
+static void test_shadow_mode_audits_would_be_denials(void **state)
+{
+    fixture *fx = *state;
+    pins_config *cfg = fake_env_config(fx->env);
+    cfg->rbac_enforce = false;
+    cfg->machine_secret_token = strdup("audit-secret");
+    assert_non_null(cfg->machine_secret_token);
+    fake_call *fc = get_pin(fx, "k", (const char *const[]){"x-request-id", "req-7", NULL});
+    assert_int_equal(fake_call_err(fc), PINS_ENOT_FOUND); /* let through */
+    fake_call_free(fc);
+    /* The machine token is allowed: no row (the policy does not log allowed decisions). */
+    fake_call_free(
+        get_pin(fx, "k", (const char *const[]){"x-machine-token", "audit-secret", NULL}));
+    rpc_audit_flush(queue_of(fx));
+    rbac_rows r;
+    rbac_list(fx, &r);
+    assert_int_equal(r.total, 1);
+    assert_string_equal(r.subject[0], "anonymous");
+    assert_string_equal(r.reason[0], "shadow-no-credentials");
+    assert_true(r.allowed[0]);
+    assert_string_equal(r.request_id[0], "req-7");
+}
+
+static void on_written_count(void *arg, int err, int64_t n)
+{
+    assert_int_equal(err, 0);
+    *(int64_t *)arg = n;
+}
+
+static void test_retention_deletes_old_rows_of_both_audits_in_batches(void **state)
+{
+    fixture *fx = *state;
+    rpc_audit_options o = {.flush_ms = 10000, .retention_days = 30, .retention_batch = 2};
+    reattach(fx, &o);
+    store_session *ss = fake_env_store(fx->env);
+    const int64_t day = INT64_C(86400000000), now = pins_time_now_us();
+    store_rbac_audit rr[6];
+    for (int i = 0; i < 6; i++)
+        rr[i] = (store_rbac_audit){.ts_us = i < 5 ? now - 40 * day + i : now - 20 * day,
+                                   .subject = i < 5 ? "old" : "recent",
+                                   .resource = "memory_pin",
+                                   .action = "read"};
+    store_memory_audit mr[3];
+    for (int i = 0; i < 3; i++)
+        mr[i] = (store_memory_audit){.ts_us = i < 2 ? now - 31 * day : now,
+                                     .operation = "get",
+                                     .tenant_id = "t",
+                                     .key = i < 2 ? "old" : "recent",
+                                     .success = true};
+    int64_t n = -1;
+    assert_int_equal(store_rbac_audit_write(ss, rr, 6, on_written_count, &n), 0);
+    assert_int_equal(n, 6);
+    assert_int_equal(store_memory_audit_write(ss, mr, 3, on_written_count, &n), 0);
+    assert_int_equal(n, 3);
+    double before = metric("audit_retention_deleted_total{table=\"rbac\"}");
+
+    rpc_audit_retention_run(queue_of(fx));
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE subject = 'old'"), 0);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE subject = 'recent'"), 1);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key = 'old'"), 0);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key = 'recent'"), 1);
+    assert_true(metric("audit_retention_deleted_total{table=\"rbac\"}") == before + 5);
+
+    /* A queue without retention_days deletes nothing. */
+    reattach(fx, &(rpc_audit_options){.flush_ms = 10000});
+    assert_int_equal(store_rbac_audit_write(ss, rr, 1, on_written_count, &n), 0);
+    rpc_audit_retention_run(queue_of(fx));
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE subject = 'old'"), 1);
 }
 
 /* ---- memory reads ------------------------------------------------------------------------------
@@ -328,7 +502,9 @@ static void test_identical_reads_in_a_window_become_one_row_with_their_count(voi
         fake_call_free(get_pin(fx, "hot", a));
     fake_call_free(get_pin(fx, "hot", b)); /* another agent: its own row */
     fake_call_free(get_pin(fx, "cold", a));
-    assert_int_equal(rpc_audit_queued(queue_of(fx)), 3);
+    /* 3 reads, and 1 RBAC row: the shadow-mode would-be denials of these anonymous reads are
+     * identical, so they share one row. */
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 4);
     rpc_audit_flush(queue_of(fx));
     fake_env_run(fx->env, 10);
     assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE operation = 'get'"), 3);
@@ -358,7 +534,8 @@ static void test_get_and_list_append_memory_read_rows(void **state)
     lr.prefix = "k";
     fake_call_free(fake_call_run(fx->env, LIST_PINS, &lr.base, hdrs));
     double ok = metric("memory_audit_writes_total{status=\"success\"}");
-    assert_int_equal(rpc_audit_queued(queue_of(fx)), 3);
+    /* 3 reads, and 3 shadow-mode RBAC rows (UpsertPin, GetPin twice: one row, ListPins). */
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 6);
     rpc_audit_flush(queue_of(fx));
     assert_true(metric("memory_audit_writes_total{status=\"success\"}") == ok + 3);
 
@@ -387,6 +564,11 @@ int main(void)
         T(test_full_queue_drops_and_counts),
         T(test_timer_and_threshold_flush_from_the_loop),
         T(test_failed_write_counts_errors_and_never_fails_the_call),
+        T(test_identical_denials_become_one_row_with_their_count),
+        T(test_denials_over_the_budget_fold_into_one_summary_row),
+        T(test_summary_row_is_written_from_the_loop_when_due),
+        T(test_shadow_mode_audits_would_be_denials),
+        T(test_retention_deletes_old_rows_of_both_audits_in_batches),
         T(test_get_and_list_append_memory_read_rows),
         T(test_identical_reads_in_a_window_become_one_row_with_their_count),
     };

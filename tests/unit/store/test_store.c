@@ -1136,6 +1136,64 @@ static void test_rbac_audit_cleanup_deletes_only_older_rows(void **state)
     assert_int_equal(c.count, 0);
 }
 
+static void test_audit_expire_deletes_the_oldest_rows_in_bounded_batches(void **state)
+{
+    fixture *fx = *state;
+    const int64_t old = INT64_C(315532800) * SEC; /* 1980: older than any other test's rows */
+    store_rbac_audit rows[4];
+    for (int i = 0; i < 4; i++)
+        rows[i] = (store_rbac_audit){.ts_us = old + (i == 3 ? 10 : i) * SEC,
+                                     .subject = i == 3 ? "kept" : "expired",
+                                     .resource = "rbac",
+                                     .action = "read",
+                                     .tenant_id = fx->tenant,
+                                     .count = i + 1};
+    rbac_write(fx, rows, 4);
+    /* Batches of two: two, then the last one older than the limit, then none. */
+    const int64_t want[] = {2, 1, 0};
+    for (size_t i = 0; i < 3; i++) {
+        count_result c = {0};
+        assert_int_equal(
+            store_audit_expire(fx->ss, STORE_AUDIT_RBAC, old + 5 * SEC, 2, on_count, &c), 0);
+        wait_for(fx, &c.calls);
+        assert_int_equal(c.err, 0);
+        assert_int_equal(c.count, want[i]);
+    }
+    rbac_result r;
+    rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
+    assert_int_equal(r.total, 1);
+    assert_string_equal(r.subject[0], "kept");
+
+    const store_memory_audit mrows[] = {
+        {.ts_us = old, .operation = "get", .tenant_id = fx->tenant, .key = "a", .success = true},
+        {.ts_us = old + 10 * SEC,
+         .operation = "get",
+         .tenant_id = fx->tenant,
+         .key = "b",
+         .success = true},
+    };
+    count_result c = {0};
+    assert_int_equal(store_memory_audit_write(fx->ss, mrows, 2, on_count, &c), 0);
+    wait_for(fx, &c.calls);
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(
+        store_audit_expire(fx->ss, STORE_AUDIT_MEMORY, old + 5 * SEC, 100, on_count, &c), 0);
+    wait_for(fx, &c.calls);
+    assert_int_equal(c.err, 0);
+    assert_int_equal(c.count, 1);
+
+    /* Bad arguments change nothing and never call back. */
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(store_audit_expire(fx->ss, STORE_AUDIT_RBAC, old + 60 * SEC, 0, on_count, &c),
+                     PINS_EINVALID_ARGUMENT);
+    assert_int_equal(
+        store_audit_expire(fx->ss, (store_audit_table)7, old + 60 * SEC, 5, on_count, &c),
+        PINS_EINVALID_ARGUMENT);
+    assert_int_equal(c.calls, 0);
+    rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
+    assert_int_equal(r.total, 1);
+}
+
 static void test_memory_audit_write_rows_are_listed(void **state)
 {
     fixture *fx = *state;
@@ -1934,6 +1992,7 @@ int main(void)
         T(test_audit_list_filters_pages_and_counts),
         T(test_rbac_audit_write_then_list_filters_and_pages),
         T(test_rbac_audit_cleanup_deletes_only_older_rows),
+        T(test_audit_expire_deletes_the_oldest_rows_in_bounded_batches),
         T(test_memory_audit_write_rows_are_listed),
         T(test_ping_answers),
         T(test_backend_name_matches_options),
