@@ -500,7 +500,11 @@ static int h1_write(bridge_stream *s, const void *data, size_t len)
     if (ex->no_body || len == 0)
         return 0;
     struct evbuffer *out = output(ex->h);
-    if (evbuffer_get_length(out) > OUTPUT_PENDING_MAX)
+    /* A watch stream has its own, smaller bound (PINS_WATCH_PENDING_BYTES). */
+    size_t max = s->call->pending_max;
+    if (max == 0 || max > OUTPUT_PENDING_MAX)
+        max = OUTPUT_PENDING_MAX;
+    if (evbuffer_get_length(out) > max)
         return PINS_ERESOURCE_EXHAUSTED;
     if (ex->remaining >= 0) {
         if ((uint64_t)len > (uint64_t)ex->remaining)

@@ -75,7 +75,7 @@ static const struct var vars[] = {
      "bytes one connection may hold buffered (request bodies, decoded messages, pending "
      "output), 65536..4294967296"},
     {"PINS_BUFFER_BYTES", T_INT64, OFF(buffer_bytes), 1048576, 68719476736LL, "Listeners and TLS",
-     "268435456", "bytes all connections together may hold buffered, 1048576..68719476736"},
+     "67108864", "bytes all connections together may hold buffered, 1048576..68719476736"},
     {"CORS_ALLOWED_ORIGINS", T_STR, OFF(cors_allowed_origins), 0, 0, "Listeners and TLS", "none",
      "comma-separated origins allowed by CORS"},
     {"MACHINE_SECRET_TOKEN", T_SECRET, OFF(machine_secret_token), 0, 0, "Authentication and RBAC",
@@ -649,7 +649,7 @@ void pins_config_defaults(pins_config *cfg)
     cfg->idle_timeout_seconds = 300;
     cfg->request_timeout_seconds = 30;
     cfg->conn_buffer_bytes = 16777216;
-    cfg->buffer_bytes = 268435456;
+    cfg->buffer_bytes = 67108864;
     cfg->rbac_enforce = false;
     cfg->rbac_fail_open = false;
     cfg->rbac_trust_x_roles = false;

@@ -49,7 +49,7 @@ typedef struct pins_config {
     int idle_timeout_seconds;   /* PINS_IDLE_TIMEOUT_SECONDS, default 300 (0: none) */
     int request_timeout_seconds; /* PINS_REQUEST_TIMEOUT_SECONDS, default 30: headers + body */
     int64_t conn_buffer_bytes;   /* PINS_CONN_BUFFER_BYTES, default 16 MiB per connection */
-    int64_t buffer_bytes;        /* PINS_BUFFER_BYTES, default 256 MiB per process */
+    int64_t buffer_bytes;        /* PINS_BUFFER_BYTES, default 64 MiB per process */
     char *cors_allowed_origins; /* CORS_ALLOWED_ORIGINS, comma list, default none */
 
     /* Authentication and RBAC. */

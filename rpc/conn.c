@@ -242,6 +242,14 @@ static void stream_body_free(h2_stream *st)
     st->body_len = st->body_cap = 0;
 }
 
+/* What a stream may have waiting for its reader before more output is refused: the call's own
+ * bound (a watch stream's PINS_WATCH_PENDING_BYTES) or STREAM_PENDING_MAX. */
+static size_t pending_max(const h2_stream *st)
+{
+    size_t m = st->call != NULL ? st->call->pending_max : 0;
+    return m != 0 && m < STREAM_PENDING_MAX ? m : STREAM_PENDING_MAX;
+}
+
 static h2_stream *stream_get(rpc__conn *c, int32_t id)
 {
     return nghttp2_session_get_stream_user_data(c->h2, id);
@@ -379,7 +387,7 @@ static int frame_reserve(rpc_call *call, size_t len, unsigned char **pp, struct 
             if (st->out == NULL)
                 return PINS_ENOMEM;
         }
-        if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX || over_budget(st->conn))
+        if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn))
             return PINS_ERESOURCE_EXHAUSTED;
         if (evbuffer_reserve_space(st->out, len + 5, pv, 1) < 1)
             return PINS_ENOMEM;
@@ -559,7 +567,7 @@ static int h2_bridge_write(bridge_stream *bs, const void *data, size_t len)
         if (st->out == NULL)
             return PINS_ENOMEM;
     }
-    if (evbuffer_get_length(st->out) > STREAM_PENDING_MAX || over_budget(st->conn))
+    if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn))
         return PINS_ERESOURCE_EXHAUSTED;
     if (evbuffer_add(st->out, data, len) != 0)
         return PINS_ENOMEM;
@@ -578,8 +586,42 @@ static void h2_bridge_end(bridge_stream *bs)
     stream_output_ready(st);
 }
 
-static const bridge_stream_ops h2_bridge_ops = {
-    .start = h2_bridge_start, .write = h2_bridge_write, .end = h2_bridge_end};
+/* Ends a streamed response with trailers: read_out submits them once the DATA drained. Names
+ * and values are copied into the call's arena, which outlives the stream's frames. */
+static int h2_bridge_end_trailers(bridge_stream *bs, const rpc__header *trailers, size_t n)
+{
+    h2_stream *st = from_bs(bs);
+    bs->ended = true;
+    if (st->closed)
+        return PINS_ECANCELLED;
+    pins_arena *a = st->call->arena;
+    nghttp2_nv *nva = n > 0 ? pins_arena_calloc(a, n, sizeof(*nva)) : NULL;
+    for (size_t i = 0; nva != NULL && i < n; i++) {
+        char *name = pins_arena_strdup(a, trailers[i].name);
+        char *value = pins_arena_strdup(a, trailers[i].value);
+        if (name == NULL || value == NULL) {
+            nva = NULL;
+            break;
+        }
+        nva[i] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
+                              NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+    }
+    if (n > 0 && nva == NULL) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        stream_output_ready(st);
+        return PINS_ENOMEM;
+    }
+    st->trailers = nva;
+    st->ntrailers = n;
+    st->finished = true;
+    stream_output_ready(st);
+    return 0;
+}
+
+static const bridge_stream_ops h2_bridge_ops = {.start = h2_bridge_start,
+                                                .write = h2_bridge_write,
+                                                .end = h2_bridge_end,
+                                                .end_trailers = h2_bridge_end_trailers};
 
 static void http_simple(h2_stream *st, int status, const char *body, const char *allow)
 {

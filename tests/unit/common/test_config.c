@@ -139,7 +139,7 @@ static void test_defaults_match_the_header(void **state)
     assert_int_equal(g->idle_timeout_seconds, 300);
     assert_int_equal(g->request_timeout_seconds, 30);
     assert_int_equal(g->conn_buffer_bytes, 16777216);
-    assert_int_equal(g->buffer_bytes, 268435456);
+    assert_int_equal(g->buffer_bytes, 67108864);
     assert_null(g->cors_allowed_origins);
     assert_null(g->machine_secret_token);
     assert_null(g->jwt_secret);
