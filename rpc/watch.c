@@ -2,8 +2,8 @@
  *
  * Streams are counted in one process-wide table of principals under a mutex: subscribing and
  * ending a stream take it once, publishing never does. Each worker keeps its own streams, and
- * when PINS_SSE_HEARTBEAT_SECONDS is set a timer that sends every stream of the worker a
- * heartbeat (the transports without one ignore it).
+ * when PINS_SSE_HEARTBEAT_SECONDS is set a timer, armed while the worker has streams, that sends
+ * each of them a heartbeat (the transports without one ignore it).
  */
 #include "rpc/watch.h"
 
@@ -53,8 +53,9 @@ struct rpc__watch_worker {
     pthread_mutex_t mu;
     inbox_node *head, *tail; /* guarded by mu */
     struct event *ev;
-    struct event *heartbeat_ev; /* NULL without PINS_SSE_HEARTBEAT_SECONDS */
-    sub *subs;                  /* worker thread only */
+    struct event *heartbeat_ev; /* NULL without PINS_SSE_HEARTBEAT_SECONDS; armed while subs */
+    struct timeval heartbeat_tv;
+    sub *subs; /* worker thread only */
     _Atomic int nsubs;
 };
 
@@ -156,6 +157,8 @@ static void unlink_sub(rpc__watch_worker *ww, sub *s)
         s->next->prev = s->prev;
     s->prev = s->next = NULL;
     atomic_fetch_sub(&ww->nsubs, 1);
+    if (ww->subs == NULL && ww->heartbeat_ev != NULL)
+        event_del(ww->heartbeat_ev); /* an idle worker has no timer to wake it */
     slot_give(s->owner);
     s->owner = NULL;
 }
@@ -307,6 +310,8 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
         ww->subs->prev = s;
     ww->subs = s;
     atomic_fetch_add(&ww->nsubs, 1);
+    if (ww->heartbeat_ev != NULL && !evtimer_pending(ww->heartbeat_ev, NULL))
+        evtimer_add(ww->heartbeat_ev, &ww->heartbeat_tv);
     call->pending_max = (size_t)cfg->watch_pending_bytes;
     rpc_call_on_cancel(call, on_cancel, s);
     if (call->ops->open != NULL) {
@@ -330,10 +335,8 @@ int rpc__watch_worker_init(rpc_worker *w)
     int secs = w->server->cfg->sse_heartbeat_seconds;
     if (ww->ev != NULL && secs > 0) {
         ww->heartbeat_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, ww);
-        struct timeval tv = {.tv_sec = secs};
-        if (ww->heartbeat_ev == NULL || event_add(ww->heartbeat_ev, &tv) != 0) {
-            if (ww->heartbeat_ev != NULL)
-                event_free(ww->heartbeat_ev);
+        ww->heartbeat_tv = (struct timeval){.tv_sec = secs};
+        if (ww->heartbeat_ev == NULL) {
             event_free(ww->ev);
             ww->ev = NULL;
         }
