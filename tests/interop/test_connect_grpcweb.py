@@ -409,6 +409,47 @@ class ConnectCurlTest(ServerTestCase):
                     self.assertEqual(grpcweb_trailers(frames[0][1])["grpc-status"], "12")
 
 
+class GrpcJsonTest(ServerTestCase):
+    """application/grpc+json: gRPC framing and HTTP/2 trailers, proto3 JSON messages, through a
+    raw HTTP/2 client (python3-h2)."""
+
+    def call(self, h2c, path, body, timeout=None):
+        sid = h2c.start(h2c.grpc_headers(path, content_type="application/grpc+json",
+                                         timeout=timeout), body)
+        return h2c.wait(sid)
+
+    def test_unary_found_and_not_found(self):
+        pin = self.client.call(mp("UpsertPin"), {"tenant_id": "gj", "key": "k",
+                                                 "value": {"a": [1, "x"]}}).pin
+        with H2Client(self.server.port) as h2c:
+            st = self.call(h2c, mp("GetPin"), envelope(b'{"tenantId":"gj","key":"k"}'))
+            self.assertEqual(st.status, 200, st)
+            self.assertEqual(st.header("content-type", "headers"), "application/grpc+json")
+            self.assertEqual(st.grpc_status, 0, st)
+            msgs = st.messages()
+            self.assertEqual(len(msgs), 1)
+            got = json.loads(msgs[0])["pin"]
+            self.assertEqual(got["version"], "1")
+            self.assertEqual(got["id"], str(pin.id))
+            self.assertEqual(got["value"], {"a": [1, "x"]})
+            st = self.call(h2c, mp("GetPin"), envelope(b'{"tenantId":"gj","key":"none"}'))
+            self.assertEqual(st.status, 200, st)
+            self.assertEqual((st.grpc_status, st.grpc_message), (5, "Pin not found: none"))
+            self.assertEqual(st.messages(), [])
+            st = self.call(h2c, mp("GetPin"), envelope(b'{"key":'))
+            self.assertEqual(st.grpc_status, 3, st)
+            st = self.call(h2c, "/memorypins.v1.MemoryPins/Nope", envelope(b"{}"))
+            self.assertEqual(st.grpc_status, 12, st)
+
+    def test_server_stream_ends_with_trailers(self):
+        with H2Client(self.server.port) as h2c:
+            st = self.call(h2c, path_of(HEALTH, "Watch"), envelope(b"{}"), timeout="300m")
+            self.assertEqual(st.status, 200, st)
+            self.assertEqual([json.loads(m) for m in st.messages()], [{"status": "SERVING"}])
+            self.assertIsNotNone(st.trailers, st)
+            self.assertEqual(st.grpc_status, 4, st)
+
+
 @unittest.skipUnless(CURL, "curl not installed")
 class DecodeBudgetTest(ServerTestCase):
     """A request within MAX_REQUEST_BYTES whose decoded form is too large for the call's memory:
