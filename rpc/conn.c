@@ -1058,6 +1058,46 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
             nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
         }
     }
+    /* A GOAWAY with an error is nghttp2 ending the session on its own: a protocol error (grpcio
+     * cancelling a call at the wrong moment sends RST_STREAM for a stream whose HEADERS it never
+     * sent, a connection error by RFC 9113 section 6.4), a flood of control frames, or a peer
+     * resetting streams faster than its rate limit. Counted; logged at debug level only, since
+     * a peer decides how often it happens. */
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+        char last[16];
+        snprintf(last, sizeof(last), "%d", frame->goaway.last_stream_id);
+        pins_log_debug("connection ended by GOAWAY", "error",
+                       nghttp2_http2_strerror(frame->goaway.error_code), "last_stream_id", last,
+                       NULL);
+        rpc__metrics_conn_closed("protocol_error");
+    }
+    return 0;
+}
+
+/* nghttp2's reason for a connection or stream error it detected (a peer's protocol error). */
+static int on_error(nghttp2_session *session, int lib_error_code, const char *msg, size_t len,
+                    void *user_data)
+{
+    if (pins_log_enabled(PINS_LOG_DEBUG)) {
+        char detail[256];
+        snprintf(detail, sizeof(detail), "%.*s", (int)(len < 200 ? len : 200), msg);
+        pins_log_debug("http/2 error", "error", nghttp2_strerror(lib_error_code), "detail", detail,
+                       NULL);
+    }
+    return 0;
+}
+
+/* A frame nghttp2 refused (it answers with RST_STREAM or GOAWAY itself). */
+static int on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame,
+                            int lib_error_code, void *user_data)
+{
+    if (pins_log_enabled(PINS_LOG_DEBUG)) {
+        char type[8], sid[16];
+        snprintf(type, sizeof(type), "%u", frame->hd.type);
+        snprintf(sid, sizeof(sid), "%d", frame->hd.stream_id);
+        pins_log_debug("http/2 frame refused", "error", nghttp2_strerror(lib_error_code),
+                       "frame_type", type, "stream_id", sid, NULL);
+    }
     return 0;
 }
 
@@ -1067,7 +1107,10 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
 static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame,
                              int lib_error_code, void *user_data)
 {
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id == 0)
+    /* A stream the peer already reset or closed needs nothing more. */
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id == 0 ||
+        lib_error_code == NGHTTP2_ERR_STREAM_CLOSED || lib_error_code == NGHTTP2_ERR_STREAM_CLOSING ||
+        lib_error_code == NGHTTP2_ERR_SESSION_CLOSING)
         return 0;
     char code[16];
     snprintf(code, sizeof(code), "%d", lib_error_code);
@@ -1204,6 +1247,8 @@ static int h2_start(rpc__conn *c)
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
+    nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
     nghttp2_option *opt;
     if (nghttp2_option_new(&opt) != 0) {
         nghttp2_session_callbacks_del(cbs);

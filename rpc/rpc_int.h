@@ -315,7 +315,7 @@ void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, dou
  * exposition time. */
 void rpc__metrics_server(rpc_server *s);
 void rpc__metrics_buffer_refused(rpc_worker *w);
-/* reason: "idle", "output_stalled". */
+/* reason: "idle", "output_stalled", "protocol_error" (nghttp2 sent GOAWAY with an error). */
 void rpc__metrics_conn_closed(const char *reason);
 void rpc__metrics_request_timeout(void);
 /* Frees the worker's metric cells (after the worker stopped). */

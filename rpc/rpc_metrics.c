@@ -175,7 +175,8 @@ void rpc__metrics_server(rpc_server *s)
                                   NULL, 0);
     conn_closed = metrics_counter_new(
         "connection_closed_total",
-        "Connections the server closed: idle (GOAWAY first) or with output that could not leave.",
+        "Connections the server closed: idle (GOAWAY first), output that could not leave, or "
+        "a protocol error (GOAWAY with an error code).",
         reason, 1);
     req_timeouts = metrics_counter_new(
         "request_timeouts_total",

@@ -211,6 +211,56 @@ class IdleGoaway(ServerTestCase):
         self.assertEqual(failures, [])
 
 
+class GoawayReachesThePeer(ServerTestCase):
+    """Item: a connection nghttp2 ends with GOAWAY (here RST_STREAM on an idle stream, which
+    grpcio sends when it cancels a call at the wrong moment) is closed without a TCP reset, even
+    while the peer keeps sending: the peer reads the GOAWAY and then end of file, so clients retry
+    on a new connection instead of failing calls with UNAVAILABLE ("Connection reset by peer")."""
+
+    def test_goaway_then_eof_not_reset(self):
+        with self.server.h2() as c:
+            r = c.grpc_call(path_of(HEALTH, "Check"), b"")
+            self.assertEqual(r.grpc_status, 0)
+            rst_idle = (4).to_bytes(3, "big") + bytes([3, 0]) + (101).to_bytes(4, "big") + \
+                (8).to_bytes(4, "big")
+            ping = (8).to_bytes(3, "big") + bytes([6, 0]) + (0).to_bytes(4, "big") + b"\0" * 8
+            c.sock.sendall(rst_idle)
+            # The peer has not read the GOAWAY yet and goes on writing (the next request): that
+            # must not meet a closed socket, whose reset would fail it.
+            err = None
+            for _ in range(3):
+                time.sleep(0.2)
+                try:
+                    c.sock.sendall(ping)
+                except OSError as e:
+                    err = e
+                    break
+            data = b""
+            c.sock.settimeout(10)
+            while err is None:
+                try:
+                    chunk = c.sock.recv(65536)
+                except OSError as e:
+                    err = e
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            self.assertIsNone(err, "the connection was reset (%r) after %d bytes" % (err, len(data)))
+            # A GOAWAY frame (type 7) with PROTOCOL_ERROR (1) is in what was read.
+            off, goaway = 0, None
+            while off + 9 <= len(data):
+                n, t = int.from_bytes(data[off:off + 3], "big"), data[off + 3]
+                if t == 7:
+                    goaway = data[off + 9:off + 9 + n]
+                off += 9 + n
+            self.assertIsNotNone(goaway, "no GOAWAY before the end of the connection")
+            self.assertEqual(int.from_bytes(goaway[4:8], "big"), 1)
+            c.closed = True
+        text = metrics_text(self.server)
+        self.assertGreaterEqual(metric(text, 'connection_closed_total{reason="protocol_error"}'), 1)
+
+
 class OutOfDescriptors(ServerTestCase):
     """Item: accept() failing with EMFILE pauses accepting with one log line instead of spinning
     the workers and the log."""
