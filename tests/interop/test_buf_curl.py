@@ -99,5 +99,61 @@ class BufCurlTest(ServerTestCase):
         self.assertEqual(json.loads(p.stdout.decode()), {"status": "SERVING"})
 
 
+@unittest.skipUnless(os.access(BUF, os.X_OK), "buf not installed at %s (tools/deps.sh --test)" % BUF)
+class BufCurlErrorsTest(ServerTestCase):
+    """What buf curl's Connect, gRPC-Web and gRPC clients read from pinsd's errors."""
+
+    SCHEMA = (
+        'syntax = "proto3";\n'
+        "package memorypins.v1;\n"
+        "service MemoryPins { rpc Nope(NopeRequest) returns (NopeResponse); }\n"
+        "message NopeRequest {}\n"
+        "message NopeResponse {}\n")
+
+    def buf(self, protocol, h2, path, args=(), data="{}"):
+        cmd = [BUF, "curl", "--protocol", protocol]
+        if h2:
+            cmd.append("--http2-prior-knowledge")
+        cmd += list(args) + ["-d", data, "http://%s%s" % (self.server.target, path)]
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60,
+                           env=dict(os.environ, BUF_CACHE_DIR=os.path.join(self.server.tmp,
+                                                                           "bufcache")))
+        self.assertNotEqual(p.returncode, 0, " ".join(cmd))
+        return json.loads(p.stderr.decode())
+
+    def protocols(self):
+        for protocol in ("connect", "grpcweb", "grpc"):
+            for h2 in ((False, True) if protocol != "grpc" else (True,)):
+                yield protocol, h2
+
+    def test_unknown_method_is_unimplemented_with_the_servers_message(self):
+        """The schema names a method pinsd does not have; the clients must read pinsd's own
+        UNIMPLEMENTED (not one they make up from an HTTP 404)."""
+        schema = os.path.join(self.server.tmp, "nope.proto")
+        with open(schema, "w") as f:
+            f.write(self.SCHEMA)
+        for protocol, h2 in self.protocols():
+            with self.subTest(protocol=protocol, http2=h2):
+                err = self.buf(protocol, h2, "/%s/Nope" % MEMORY_PINS, ("--schema", schema))
+                self.assertEqual(err, {"code": "unimplemented",
+                                       "message": "unknown method /%s/Nope" % MEMORY_PINS})
+
+    def test_request_too_large_to_decode_is_resource_exhausted(self):
+        """330,000 numbers: 3.6 MB of protobuf, under MAX_REQUEST_BYTES, but far more once
+        decoded: RESOURCE_EXHAUSTED from every protocol, and nothing stored."""
+        data = os.path.join(self.server.tmp, "big.json")
+        with open(data, "w") as f:
+            json.dump({"tenantId": "bufbig", "key": "k", "value": {"a": [0] * 330000}}, f)
+        for protocol, h2 in (("connect", False), ("grpcweb", True), ("grpc", True)):
+            with self.subTest(protocol=protocol, http2=h2):
+                err = self.buf(protocol, h2, "/%s/UpsertPin" % MEMORY_PINS, data="@" + data)
+                self.assertEqual(err, {"code": "resource_exhausted",
+                                       "message": "request message too large to decode"})
+        err = self.buf("grpc", True, "/%s/GetPin" % MEMORY_PINS,
+                       data=json.dumps({"tenantId": "bufbig", "key": "k"}))
+        self.assertEqual(err["code"], "not_found")
+
+
 if __name__ == "__main__":
     unittest.main()
