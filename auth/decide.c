@@ -242,7 +242,9 @@ static void count(const auth_decision *d, double seconds)
     }
 }
 
-int auth_decide(rpc_call *call, auth_decision *pd)
+/* One decision. early: from the headers alone (auth_decide_early), without the tenant binding;
+ * it counts and logs only a denial that RBAC_ENFORCE makes final. */
+static int decide(rpc_call *call, auth_decision *pd, bool early)
 {
     int64_t t0 = pins_time_mono_ns();
     const rpc_method *m = rpc_call_method(call);
@@ -261,10 +263,10 @@ int auth_decide(rpc_call *call, auth_decision *pd)
         .subject = p.subject,
         .roles = p.roles,
         .nroles = p.nroles,
-        .tenant_restricted = p.status == AUTH__CRED_OK && p.restricted,
+        .tenant_restricted = !early && p.status == AUTH__CRED_OK && p.restricted,
         .tenants = p.tenants,
         .ntenants = p.ntenants,
-        .tenant = request_tenant(call),
+        .tenant = early ? NULL : request_tenant(call), /* early: the body is not read yet */
     };
     const auth__policy *pol = auth__policy_acquire();
     if (pol == NULL)
@@ -273,6 +275,11 @@ int auth_decide(rpc_call *call, auth_decision *pd)
     d.log_allowed = pol->log_allowed;
     auth__policy_release(pol);
 
+    if (early && (!cfg->rbac_enforce || d.allowed)) {
+        allow(&d, "role-allowed"); /* nothing final yet: auth_decide() decides and counts */
+        *pd = d;
+        return 0;
+    }
     if (!cfg->rbac_enforce) {
         d.shadow_reason = d.allowed ? NULL : d.reason;
         allow(&d, "rbac-disabled");
@@ -288,37 +295,12 @@ int auth_decide(rpc_call *call, auth_decision *pd)
     return 0;
 }
 
+int auth_decide(rpc_call *call, auth_decision *pd)
+{
+    return decide(call, pd, false);
+}
+
 int auth_decide_early(rpc_call *call, auth_decision *pd)
 {
-    const rpc_method *m = rpc_call_method(call);
-    const pins_config *cfg = rpc_call_config(call);
-    auth__principal p;
-    int rv = auth__ensure_init();
-    if (rv != 0)
-        return rv;
-    rv = auth__credentials(rpc_call_arena(call), cfg, call_header, call,
-                           pins_time_now_us() / 1000000, &p);
-    if (rv != 0)
-        return rv;
-    auth_decision d = {
-        .resource = m->resource != NULL ? m->resource : "",
-        .action = m->action != NULL ? m->action : "",
-        .subject = p.subject,
-        .roles = p.roles,
-        .nroles = p.nroles,
-        .tenant = NULL, /* not known yet: the tenant binding waits for auth_decide() */
-    };
-    const auth__policy *pol = auth__policy_acquire();
-    if (pol == NULL)
-        return PINS_ENOMEM;
-    evaluate(&d, &p, pol, cfg->rbac_fail_open);
-    d.log_allowed = pol->log_allowed;
-    auth__policy_release(pol);
-    if (!cfg->rbac_enforce || d.allowed) {
-        allow(&d, "role-allowed"); /* nothing decided yet; auth_decide() counts the call */
-    } else {
-        count(&d, 0);
-    }
-    *pd = d;
-    return 0;
+    return decide(call, pd, true);
 }

@@ -492,6 +492,63 @@ static const char *reason_of(fake_env *env, const char *path, const ProtobufCMes
     return reason;
 }
 
+/* The decision from the headers alone, before the request is decoded (a NULL request). */
+static const char *early_reason(fake_env *env, const char *path, const char *hname,
+                                const char *token, bool *pallowed)
+{
+    const char *hdrs[] = {hname, token, NULL};
+    fake_call *fc = fake_call_new(env, path, NULL, hname != NULL ? hdrs : NULL);
+    assert_non_null(fc);
+    auth_decision d;
+    assert_int_equal(auth_decide_early(fake_call_rpc(fc), &d), 0);
+    *pallowed = d.allowed;
+    const char *reason = d.reason;
+    if (!d.allowed)
+        assert_int_not_equal(d.err, 0);
+    fake_call_free(fc);
+    return reason;
+}
+
+static void test_early_decision_refuses_only_what_the_headers_decide(void **state)
+{
+    fake_env *env = new_env();
+    pins_config *cfg = fake_env_config(env);
+    cfg->rbac_enforce = true;
+    char t1[1024], dev[1024], forged[1024];
+    bearer(t1, sizeof(t1), "{\"roles\":[\"admin\"],\"tenants\":[\"t1\"]}", JWT_SECRET, true, NULL);
+    bearer(dev, sizeof(dev), "{\"roles\":\"dev\"}", JWT_SECRET, true, NULL);
+    bearer(forged, sizeof(forged), "{\"roles\":\"admin\"}", "another-secret", true, NULL);
+    bool allowed = true;
+    double before = metric_sum("rbac_decisions_total");
+    assert_string_equal(early_reason(env, UPSERT, NULL, NULL, &allowed), "no-credentials");
+    assert_false(allowed);
+    assert_string_equal(early_reason(env, UPSERT, "authorization", forged, &allowed),
+                        "invalid-token");
+    assert_false(allowed);
+    assert_string_equal(early_reason(env, UPSERT, "authorization", dev, &allowed),
+                        "insufficient-permissions");
+    assert_false(allowed);
+    /* Final denials are counted once, here; the full decision never runs for them. */
+    assert_true(metric_sum("rbac_decisions_total") == (before < 0 ? 0 : before) + 3);
+    /* The tenant binding needs the request: a restricted token passes this step. */
+    assert_true(early_reason(env, UPSERT, "authorization", t1, &allowed) != NULL);
+    assert_true(allowed);
+    assert_true(early_reason(env, UPSERT, "x-machine-token", MACHINE_SECRET, &allowed) != NULL);
+    assert_true(allowed);
+    /* Fail-open lets missing credentials through; shadow mode decides nothing early. */
+    cfg->rbac_fail_open = true;
+    early_reason(env, UPSERT, NULL, NULL, &allowed);
+    assert_true(allowed);
+    assert_string_equal(early_reason(env, UPSERT, "authorization", forged, &allowed),
+                        "invalid-token");
+    assert_false(allowed);
+    cfg->rbac_fail_open = false;
+    cfg->rbac_enforce = false;
+    early_reason(env, UPSERT, "authorization", forged, &allowed);
+    assert_true(allowed);
+    fake_env_free(env);
+}
+
 static void test_tenant_restricted_tokens_stay_in_their_tenants(void **state)
 {
     fake_env *env = new_env();
@@ -845,6 +902,7 @@ int main(void)
         cmocka_unit_test(test_denied_calls_never_reach_the_store),
         cmocka_unit_test(test_unguarded_methods_need_no_credentials),
         cmocka_unit_test(test_auth_runs_before_the_feature_flag),
+        cmocka_unit_test(test_early_decision_refuses_only_what_the_headers_decide),
         cmocka_unit_test(test_tenant_restricted_tokens_stay_in_their_tenants),
         cmocka_unit_test(test_tenant_restricted_tokens_are_refused_all_tenant_methods),
         cmocka_unit_test(test_a_repeated_credential_header_is_an_invalid_credential),
