@@ -438,6 +438,35 @@ out:
     rpc__call_unref(call);
 }
 
+void bridge_reject(bridge_stream *s, int err, const char *message)
+{
+    rpc_call *call = s->call;
+    rpc__call_ref(call);
+    bridge__exchange *ex = bridge__exchange_of(s);
+    if (ex == NULL) {
+        bridge_respond(s, 503, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
+        goto out;
+    }
+    if (ex->done)
+        goto out;
+    size_t plen = strcspn(s->path, "?");
+    const rpc_method *m = rpc__method_find(s->path, plen);
+    bool json = false, text = false;
+    if (m != NULL || (is_method_path(s->path, plen) &&
+                      (bridge__rpc_proto(s, &json, &text) != BRIDGE__PLAIN ||
+                       rpc_call_header(call, "connect-protocol-version") != NULL))) {
+        ex->route_label = m != NULL ? m->path : "unmatched";
+        bridge__rpc_reject(ex, err, 0, message, NULL);
+        goto out;
+    }
+    bridge__match mt;
+    if (bridge__route_match(s->method, s->path, plen, &mt) != PINS_ENOT_FOUND)
+        ex->route_label = mt.route->pattern;
+    bridge__rest_fail(ex, err, message);
+out:
+    rpc__call_unref(call);
+}
+
 bool bridge_begin(bridge_stream *s)
 {
     if (s->method == NULL || strcmp(s->method, "POST") != 0)

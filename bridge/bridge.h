@@ -82,6 +82,13 @@ bool bridge_begin(bridge_stream *s);
 void bridge_body(bridge_stream *s, const uint8_t *data, size_t len);
 void bridge_body_end(bridge_stream *s);
 
+/* Refuses a request the transport will not hand to the bridge (a body over MAX_REQUEST_BYTES:
+ * PINS_ETOO_LARGE; no room in the buffer budget: PINS_ERESOURCE_EXHAUSTED) with err and message
+ * in the shape of the request's protocol: a REST error body, Connect's {"code","message"} (or
+ * its end-stream message), a gRPC-Web trailer frame. Headers are in s->call as for
+ * bridge_handle; the body is not looked at. The response has ended when this returns. */
+void bridge_reject(bridge_stream *s, int err, const char *message);
+
 /* Answers a plain response in one go (start, write, end). body is copied. Returns 0 or the
  * first error of the ops. */
 int bridge_respond(bridge_stream *s, int status, const char *content_type, const char *body,

@@ -681,6 +681,41 @@ static void test_grpc_json_frames_and_trailers(void **state)
     cap_free(c);
 }
 
+/* What a transport refuses (a body over the limit) is answered in the request's protocol. */
+static void test_reject_answers_in_each_protocols_shape(void **state)
+{
+    capture *c = cap_new(*state, "POST", "/api/v1/memory/pins", NULL, NULL);
+    bridge_reject(&c->s, PINS_ETOO_LARGE, "request body larger than MAX_REQUEST_BYTES");
+    assert_int_equal(c->status, 413);
+    assert_true(c->ended);
+    json_t *j = body_json(c);
+    assert_int_equal(json_integer_value(json_object_get(j, "code")), 8);
+    assert_string_equal(json_string_value(json_object_get(j, "detail")),
+                        "request body larger than MAX_REQUEST_BYTES");
+    json_decref(j);
+    cap_free(c);
+
+    static const char *const connect[] = {"content-type", "application/proto", NULL};
+    c = cap_new(*state, "POST", "/memorypins.v1.MemoryPins/UpsertPin", NULL, connect);
+    bridge_reject(&c->s, PINS_ETOO_LARGE, "request body larger than MAX_REQUEST_BYTES");
+    assert_int_equal(c->status, 429);
+    j = body_json(c);
+    assert_string_equal(json_string_value(json_object_get(j, "code")), "resource_exhausted");
+    assert_string_equal(json_string_value(json_object_get(j, "message")),
+                        "request body larger than MAX_REQUEST_BYTES");
+    json_decref(j);
+    cap_free(c);
+
+    static const char *const web[] = {"content-type", "application/grpc-web+proto", NULL};
+    c = cap_new(*state, "POST", "/memorypins.v1.MemoryPins/UpsertPin", NULL, web);
+    bridge_reject(&c->s, PINS_ERESOURCE_EXHAUSTED, "busy");
+    assert_int_equal(c->status, 200);
+    assert_true(c->body_len > 5);
+    assert_int_equal((uint8_t)c->body[0], 0x80);
+    assert_non_null(strstr(c->body + 5, "grpc-status:8\r\ngrpc-message:busy\r\n"));
+    cap_free(c);
+}
+
 static void test_base64_quantum_and_envelope(void **state)
 {
     (void)state;
@@ -840,6 +875,7 @@ int main(void)
         T(test_handle_value_that_is_not_an_object_is_422),
         T(test_handle_unknown_method_in_each_protocol),
         T(test_grpc_json_frames_and_trailers),
+        T(test_reject_answers_in_each_protocols_shape),
         T(test_base64_quantum_and_envelope),
         T(test_sse_events_and_the_error_event),
         T(test_grpcweb_trailers_carry_status_message_and_metadata),
