@@ -263,11 +263,13 @@ static int decide(rpc_call *call, auth_decision *pd, bool early)
         .subject = p.subject,
         .roles = p.roles,
         .nroles = p.nroles,
-        .tenant_restricted = !early && p.status == AUTH__CRED_OK && p.restricted,
+        .tenant_restricted = p.status == AUTH__CRED_OK && p.restricted,
         .tenants = p.tenants,
         .ntenants = p.ntenants,
-        .tenant = early ? NULL : request_tenant(call), /* early: the body is not read yet */
     };
+    /* Early, the request is not decoded: only a row that spans every tenant names its tenant. */
+    if (!early || (m->flags & RPC_METHOD_ALL_TENANTS))
+        d.tenant = request_tenant(call);
     const auth__policy *pol = auth__policy_acquire();
     if (pol == NULL)
         return PINS_ENOMEM;

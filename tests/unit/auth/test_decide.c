@@ -530,9 +530,13 @@ static void test_early_decision_refuses_only_what_the_headers_decide(void **stat
     assert_false(allowed);
     /* Final denials are counted once, here; the full decision never runs for them. */
     assert_true(metric_sum("rbac_decisions_total") == (before < 0 ? 0 : before) + 3);
-    /* The tenant binding needs the request: a restricted token passes this step. */
+    /* The tenant binding needs the request: a restricted token passes this step, except for a
+     * method that spans every tenant, which needs no request to tell. */
     assert_true(early_reason(env, UPSERT, "authorization", t1, &allowed) != NULL);
     assert_true(allowed);
+    assert_string_equal(early_reason(env, RELOAD, "authorization", t1, &allowed),
+                        "tenant-not-allowed");
+    assert_false(allowed);
     assert_true(early_reason(env, UPSERT, "x-machine-token", MACHINE_SECRET, &allowed) != NULL);
     assert_true(allowed);
     /* Fail-open lets missing credentials through; shadow mode decides nothing early. */

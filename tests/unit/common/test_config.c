@@ -140,6 +140,12 @@ static void test_defaults_match_the_header(void **state)
     assert_int_equal(g->request_timeout_seconds, 30);
     assert_int_equal(g->conn_buffer_bytes, 16777216);
     assert_int_equal(g->buffer_bytes, 67108864);
+    assert_int_equal(g->audit_retention_days, 90);
+    assert_int_equal(g->audit_denial_rows_per_second, 20);
+    assert_int_equal(g->watch_max, 10000);
+    assert_int_equal(g->watch_max_per_principal, 1000);
+    assert_int_equal(g->watch_pending_bytes, 1048576);
+    assert_int_equal(g->sse_heartbeat_seconds, 15);
     assert_null(g->cors_allowed_origins);
     assert_null(g->machine_secret_token);
     assert_null(g->jwt_secret);
@@ -447,6 +453,33 @@ static void test_secrets_are_never_echoed(void **state)
     assert_non_null(strstr(c->err, "unexpected argument 2"));
 }
 
+static void test_bounds_of_the_hardening_settings(void **state)
+{
+    struct ctx *c = *state;
+    static const char *const bad[][2] = {
+        {"PINS_REQUEST_TIMEOUT_SECONDS", "0"},  {"PINS_REQUEST_TIMEOUT_SECONDS", "3601"},
+        {"PINS_CONN_BUFFER_BYTES", "65535"},    {"PINS_BUFFER_BYTES", "1048575"},
+        {"PINS_AUDIT_RETENTION_DAYS", "-1"},    {"PINS_AUDIT_DENIAL_ROWS_PER_SECOND", "0"},
+        {"PINS_WATCH_MAX_PER_PRINCIPAL", "0"},  {"PINS_WATCH_PENDING_BYTES", "4095"},
+        {"PINS_SSE_HEARTBEAT_SECONDS", "3601"}, {"PINS_MAX_CONCURRENT_STREAMS", "0"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_env_error(c, bad[i][0], bad[i][1]);
+    setenv("PINS_REQUEST_TIMEOUT_SECONDS", "1", 1);
+    setenv("PINS_CONN_BUFFER_BYTES", "65536", 1);
+    setenv("PINS_BUFFER_BYTES", "4294967296", 1);
+    setenv("PINS_AUDIT_RETENTION_DAYS", "0", 1);
+    expect_ok(c, NULL);
+    assert_int_equal(c->cfg.request_timeout_seconds, 1);
+    assert_int_equal(c->cfg.conn_buffer_bytes, 65536);
+    assert_int_equal(c->cfg.buffer_bytes, 4294967296LL);
+    assert_int_equal(c->cfg.audit_retention_days, 0);
+    unsetenv("PINS_REQUEST_TIMEOUT_SECONDS");
+    unsetenv("PINS_CONN_BUFFER_BYTES");
+    unsetenv("PINS_BUFFER_BYTES");
+    unsetenv("PINS_AUDIT_RETENTION_DAYS");
+}
+
 static void test_database_url_ports_are_checked_at_start(void **state)
 {
     struct ctx *c = *state;
@@ -593,6 +626,7 @@ int main(void)
         T(test_tls_cert_and_key_come_together),
         T(test_rate_limit_burst_defaults_to_rpm),
         T(test_max_request_must_hold_the_largest_pin),
+        T(test_bounds_of_the_hardening_settings),
         T(test_database_url_ports_are_checked_at_start),
         T(test_secrets_are_never_echoed),
         T(test_string_values_with_control_characters_are_rejected),
