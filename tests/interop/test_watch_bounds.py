@@ -8,11 +8,16 @@ import os
 import re
 import select
 import shutil
+import socket
 import subprocess
 import time
 import unittest
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 
 import harness
 from harness import ServerTestCase, mp
@@ -139,6 +144,106 @@ class WatchSlotsTest(ServerTestCase):
         for s in anon[1:] + machine:
             s.cancel()
         self.watch_until_admitted("slots", MACHINE)
+
+
+# ================================================================================================
+class SlowSseReader:
+    """GET /api/v1/memory/watch over HTTP/2 with a receive window of 0 until open_window()."""
+
+    def __init__(self, port, tenant):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0,
+                                         h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        self.conn.initiate_connection()
+        self.sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.sid, [
+            (":method", "GET"), (":scheme", "http"),
+            (":path", "/api/v1/memory/watch?tenant_id=" + tenant),
+            (":authority", "127.0.0.1:%d" % port)], end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        self.headers = None
+        self.data = b""
+        self.ended = False
+        self.reset_code = None
+        self.reading = False
+
+    def open_window(self):
+        self.reading = True
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24})
+        self.conn.increment_flow_control_window(1 << 24)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def pump(self, done, timeout):
+        """Processes frames until done() or timeout seconds; acknowledges data once reading."""
+        deadline = time.monotonic() + timeout
+        while not done() and not self.ended and self.reset_code is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            r, _, _ = select.select([self.sock], [], [], min(left, 0.5))
+            if not r:
+                continue
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return
+            for ev in self.conn.receive_data(chunk):
+                if getattr(ev, "stream_id", None) != self.sid:
+                    continue
+                if isinstance(ev, h2.events.ResponseReceived):
+                    self.headers = dict(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived):
+                    self.data += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, self.sid)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    self.ended = True
+                elif isinstance(ev, h2.events.StreamReset):
+                    self.reset_code = int(ev.error_code)
+            out = self.conn.data_to_send()
+            if out:
+                self.sock.sendall(out)
+
+    def close(self):
+        self.sock.close()
+
+
+class SseSlowReaderTest(ServerTestCase):
+    """An SSE reader more than PINS_WATCH_PENDING_BYTES behind gets, once it reads again, what was
+    queued for it, a last `event: error` (RESOURCE_EXHAUSTED) and the end of the response."""
+
+    SERVER_ENV = {"PINS_WATCH_PENDING_BYTES": "65536", "PINS_SWEEP_INTERVAL_SECONDS": "3600"}
+
+    def ended_watches(self):
+        with self.server.h2() as c:
+            r = c.get("/metrics")
+        m = re.search(rb'^grpc_server_handled_total\{[^}]*grpc_method="WatchPins",'
+                      rb'grpc_code="RESOURCE_EXHAUSTED"\} (\d+)', bytes(r.data), re.M)
+        return int(m.group(1)) if m else 0
+
+    def test_slow_sse_reader_gets_a_last_error_event_and_the_end(self):
+        slow = SlowSseReader(self.server.port, "slow-sse")
+        self.addCleanup(slow.close)
+        slow.pump(lambda: slow.headers is not None, 30)
+        self.assertEqual((slow.headers or {}).get(":status"), "200", "no head on subscription")
+        blob = "y" * 40000
+        for i in range(4):  # 160 kB of events for a 64 KiB bound
+            self.client.call(mp("UpsertPin"), {"tenant_id": "slow-sse", "key": "big-%d" % i,
+                                               "value": {"blob": blob}})
+        for _ in range(300):  # the watch ended on its worker (bounded polling)
+            if self.ended_watches() >= 1:
+                break
+            time.sleep(0.1)
+        self.assertEqual(self.ended_watches(), 1, "the slow reader's watch was not ended")
+        slow.open_window()
+        slow.pump(lambda: False, 30)
+        self.assertTrue(slow.ended, "the response did not end (reset %r)" % slow.reset_code)
+        events = re.findall(r"event: (\w+)\ndata: ([^\n]*)\n\n", slow.data.decode())
+        self.assertGreaterEqual(len(events), 2, slow.data[:300])
+        self.assertTrue(all(e == "put" for e, _ in events[:-1]), [e for e, _ in events])
+        self.assertEqual(events[-1][0], "error")
+        self.assertEqual(json.loads(events[-1][1])["code"], 8)
 
 
 # ================================================================================================
