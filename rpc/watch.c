@@ -169,8 +169,10 @@ static void end_sub(rpc__watch_worker *ww, sub *s, int rv)
     rpc_call *call = s->call;
     unlink_sub(ww, s);
     rpc_call_on_cancel(call, NULL, NULL);
-    if (rv == PINS_ERESOURCE_EXHAUSTED)
-        rpc_call_fail(call, rv, "watch stream closed: the client reads too slowly");
+    if (rv == PINS_ERESOURCE_EXHAUSTED) /* past PINS_WATCH_PENDING_BYTES, or the budgets */
+        rpc_call_fail(call, rv,
+                      "watch stream closed: events could not be held for this client (it reads "
+                      "too slowly, or the server's buffers are full)");
     else
         rpc_call_fail(call, rv, NULL);
 }
