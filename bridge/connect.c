@@ -233,7 +233,8 @@ void bridge__connect_unary(bridge__exchange *ex, const uint8_t *body, size_t len
         memset(&jerr, 0, sizeof(jerr));
         int rv = bridge__json_decode_request(call, m->input, body, len, &msg, &jerr);
         if (rv != 0) {
-            const char *why = rv != PINS_EMALFORMED ? "request message too large to decode"
+            const char *why = rv == PINS_ETOO_LARGE   ? "request message too large to decode"
+                              : rv != PINS_EMALFORMED ? NULL
                               : jerr.path[0]
                                   ? pins_arena_printf(call->arena, "%s: %s", jerr.path, jerr.msg)
                                   : pins_arena_printf(call->arena, "malformed JSON: %s", jerr.msg);
@@ -431,7 +432,7 @@ static int decode_envelope(bridge__exchange *ex, const uint8_t *p, size_t len,
                     pins_arena_printf(call->arena, "malformed JSON message%s%s: %s",
                                       jerr.path[0] ? " at " : "", jerr.path, jerr.msg));
     else if (rv != 0)
-        framed_fail(ex, rv, "request message too large to decode");
+        framed_fail(ex, rv, rv == PINS_ETOO_LARGE ? "request message too large to decode" : NULL);
     return rv;
 }
 
