@@ -58,7 +58,9 @@ struct rpc__conn {
     size_t nstreams;
     size_t charged;           /* bytes charged to this connection (rpc__conn_charge) */
     int64_t out_progress_ns;  /* when response bytes last left a stream's buffer */
-    int64_t paused_ns;        /* when reading paused (read_paused) */
+    uint64_t wire_sent;       /* bytes that left the output buffer (on_output_change) */
+    uint64_t wire_seen;       /* wire_sent at the last tick */
+    int64_t wire_stuck_ns;    /* since when output waits and none left; 0: it moves */
     int64_t over_ns;          /* since when the tick saw it over its budget; 0: it is not */
     struct event *linger_ev;  /* ends a lingering close */
 };
@@ -105,6 +107,8 @@ struct h2_stream {
     bool counted_rst;
     bool closed;    /* nghttp2 closed the stream; only the memory is left */
     bool streaming; /* the bridge takes this request's body incrementally */
+    bool overrun;   /* output was refused (pending_max or the budgets): ends with a reset */
+    int64_t out_since_ns; /* output waiting since, or last taken by the peer (watch streams) */
 };
 
 static void conn_flush(rpc__conn *c);
@@ -205,6 +209,8 @@ void rpc__conn_uncharge(rpc__conn *c, size_t n)
 static void out_charge(h2_stream *st, size_t n)
 {
     rpc__conn *c = st->conn;
+    if (st->out_charged == 0)
+        st->out_since_ns = rpc__now_ns();
     st->out_charged += n;
     c->charged += n;
     atomic_fetch_add(&c->w->server->buffered, (int64_t)n);
@@ -276,6 +282,8 @@ static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *bu
         if (got < 0)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         n = (size_t)got;
+        if (n > 0)
+            st->out_since_ns = rpc__now_ns();
         empty = evbuffer_get_length(st->out) == 0;
     } else {
         empty = true;
@@ -387,8 +395,10 @@ static int frame_reserve(rpc_call *call, size_t len, unsigned char **pp, struct 
             if (st->out == NULL)
                 return PINS_ENOMEM;
         }
-        if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn))
+        if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn)) {
+            st->overrun = true; /* grpc_finish drops what it holds */
             return PINS_ERESOURCE_EXHAUSTED;
+        }
         if (evbuffer_reserve_space(st->out, len + 5, pv, 1) < 1)
             return PINS_ENOMEM;
         p = pv->iov_base;
@@ -445,11 +455,45 @@ static int grpc_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
     return frame_commit(call, p, len, &v);
 }
 
+/* A watch stream was subscribed: its response headers go out now, before the first message. */
+static int grpc_open(rpc_call *call)
+{
+    h2_stream *st = call->transport;
+    if (st->headers_sent)
+        return 0;
+    if (submit_grpc_headers(st) != 0)
+        return PINS_EINTERNAL;
+    stream_output_ready(st);
+    return 0;
+}
+
+/* A server stream whose output was refused (its reader fell behind, or the budgets are spent),
+ * or a watch whose reader took nothing for PINS_REQUEST_TIMEOUT_SECONDS, ends now: what it holds
+ * for the reader is freed and the stream reset with ENHANCE_YOUR_CALM, which gRPC clients report
+ * as RESOURCE_EXHAUSTED. Trailers would wait behind the DATA the reader does not take (or behind
+ * a flow-control window it never opens), and the bytes with them. */
+static void stream_abort(h2_stream *st)
+{
+    if (st->out != NULL) {
+        evbuffer_free(st->out);
+        st->out = NULL;
+    }
+    rpc__conn_uncharge(st->conn, st->out_charged);
+    st->out_charged = 0;
+    st->finished = true;
+    nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_ENHANCE_YOUR_CALM);
+    stream_output_ready(st);
+}
+
 /* Trailers (or the Trailers-Only HEADERS) for status err. */
 static void grpc_finish(rpc_call *call, int err, const char *message)
 {
     h2_stream *st = call->transport;
     pins_arena *a = call->arena;
+    if (st->overrun && err != 0) {
+        stream_abort(st);
+        return;
+    }
     static const char *const codes[] = {"0", "1",  "2",  "3",  "4",  "5",  "6",  "7", "8",
                                         "9", "10", "11", "12", "13", "14", "15", "16"};
     int code = pins_error_grpc(err);
@@ -494,7 +538,7 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
 }
 
 static const rpc__call_ops grpc_ops = {
-    .send = grpc_send, .send_packed = grpc_send_packed, .finish = grpc_finish};
+    .send = grpc_send, .send_packed = grpc_send_packed, .finish = grpc_finish, .open = grpc_open};
 
 /* An early gRPC error before any call was dispatched: Trailers-Only with status err. */
 static void grpc_early_error(h2_stream *st, int err, const char *msg, bool accept_encoding)
@@ -1338,7 +1382,6 @@ static void on_read(struct bufferevent *bev, void *arg)
          * (on_write), so that nghttp2's queue of frames does not grow either. */
         bufferevent_disable(bev, EV_READ);
         c->read_paused = true;
-        c->paused_ns = rpc__now_ns();
     }
     conn_maybe_free(c);
 }
@@ -1403,6 +1446,13 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
     conn_maybe_free(c);
 }
 
+/* Counts the bytes that leave the connection's output buffer, for the stall check of the tick. */
+static void on_output_change(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    rpc__conn *c = arg;
+    c->wire_sent += info->n_deleted;
+}
+
 void rpc__conn_accept(rpc_worker *w, int fd)
 {
     rpc_server *s = w->server;
@@ -1440,6 +1490,7 @@ void rpc__conn_accept(rpc_worker *w, int fd)
     w->conns = c;
     w->nconns++;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    evbuffer_add_cb(bufferevent_get_output(c->bev), on_output_change, c);
     if (s->cfg->idle_timeout_seconds > 0) {
         struct timeval tv = {.tv_sec = s->cfg->idle_timeout_seconds};
         bufferevent_set_timeouts(c->bev, &tv, NULL);
@@ -1507,13 +1558,38 @@ void rpc__conn_tick(rpc_worker *w)
     int64_t limit = (int64_t)cfg->request_timeout_seconds * 1000000000;
     for (rpc__conn *c = w->conns; c != NULL;) {
         rpc__conn *next = c->next;
-        if (c->h2 == NULL || c->closing || c->lingering) {
+        if (c->closing || c->lingering) {
+            c = next;
+            continue;
+        }
+        /* Bytes in the socket's output buffer that the peer does not read, on any protocol
+         * (an HTTP/2 peer whose reading paused, an SSE or HTTP/1.1 client that stopped). */
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 ||
+            c->wire_sent != c->wire_seen) {
+            c->wire_stuck_ns = 0;
+        } else if (c->wire_stuck_ns == 0) {
+            c->wire_stuck_ns = now;
+        } else if (now - c->wire_stuck_ns >= limit) {
+            rpc__metrics_conn_closed("output_stalled");
+            c->closing = true;
+            conn_maybe_free(c);
+            c = next;
+            continue;
+        }
+        c->wire_seen = c->wire_sent;
+        if (c->h2 == NULL) {
             c = next;
             continue;
         }
         c->in_recv++;
         bool answered = false;
         for (h2_stream *st = c->streams; st != NULL; st = st->next) {
+            if (st->call != NULL && st->call->pending_max != 0 && st->out_charged > 0 &&
+                now - st->out_since_ns >= limit) {
+                stream_abort(st); /* a watch stream whose reader took nothing */
+                answered = true;
+                continue;
+            }
             if (st->request_done || st->dispatched || st->bs.dispatched ||
                 st->kind == KIND_REJECTED || now - st->begin_ns < limit)
                 continue;
@@ -1521,15 +1597,14 @@ void rpc__conn_tick(rpc_worker *w)
             rpc__metrics_request_timeout();
             answered = true;
         }
-        /* Output that cannot leave: the peer reads nothing (reading paused), or it holds the
-         * connection over its budget with flow-control windows it never opens. */
+        /* Output the peer holds over its budget with flow-control windows it never opens. */
         bool over = (int64_t)c->charged > cfg->conn_buffer_bytes;
         if (!over)
             c->over_ns = 0;
         else if (c->over_ns == 0)
             c->over_ns = now;
         int64_t since = c->out_progress_ns > c->over_ns ? c->out_progress_ns : c->over_ns;
-        if ((c->read_paused && now - c->paused_ns >= limit) || (over && now - since >= limit)) {
+        if (over && now - since >= limit) {
             rpc__metrics_conn_closed("output_stalled");
             c->closing = true;
         }

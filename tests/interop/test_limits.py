@@ -370,6 +370,25 @@ class ReflectionWindowZero(ServerTestCase):
             c.close()
 
 
+class NonReadingPeers(ServerTestCase):
+    """Item: a peer that stops reading does not hold its connection and the bytes queued for it
+    forever: output that has not moved for PINS_REQUEST_TIMEOUT_SECONDS closes the connection."""
+
+    SERVER_ENV = {"PINS_REQUEST_TIMEOUT_SECONDS": "1"}
+
+    def test_http1_client_that_never_reads_is_closed(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", self.server.port))
+        try:
+            s.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 100)
+            wait_for(lambda: metric(metrics_text(self.server),
+                                    'connection_closed_total{reason="output_stalled"}'), 20,
+                     "the connection of a client that does not read closed")
+        finally:
+            s.close()
+
+
 class DatabaseUrlAtStart(unittest.TestCase):
     """Item: a DATABASE_URL that cannot be parsed stops the start with a clear line that does not
     show the password."""

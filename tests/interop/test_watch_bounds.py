@@ -16,11 +16,12 @@ import unittest
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 
 import harness
-from harness import ServerTestCase, mp
+from harness import ServerTestCase, grpc_frame, mp, new_request
 
 SC = grpc.StatusCode
 CURL = shutil.which("curl")
@@ -144,6 +145,138 @@ class WatchSlotsTest(ServerTestCase):
         for s in anon[1:] + machine:
             s.cancel()
         self.watch_until_admitted("slots", MACHINE)
+
+
+# ================================================================================================
+class StalledWatcher:
+    """A WatchPins stream on its own HTTP/2 connection whose receive window stays 0: the server
+    can queue events for it but never send one."""
+
+    def __init__(self, port, tenant, sse=False):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0,
+                                         h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        self.conn.initiate_connection()
+        self.sid = self.conn.get_next_available_stream_id()
+        if sse:
+            self.conn.send_headers(self.sid, [
+                (":method", "GET"), (":scheme", "http"),
+                (":path", "/api/v1/memory/watch?tenant_id=" + tenant),
+                (":authority", "127.0.0.1:%d" % port)], end_stream=True)
+        else:
+            self.conn.send_headers(self.sid, [
+                (":method", "POST"), (":scheme", "http"), (":path", mp("WatchPins")),
+                (":authority", "127.0.0.1:%d" % port), ("content-type", "application/grpc"),
+                ("te", "trailers")])
+            req = new_request(mp("WatchPins"), {"tenant_id": tenant}).SerializeToString()
+            self.conn.send_data(self.sid, grpc_frame(req), end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        self.headers = None
+        self.reset_code = None
+        self.trailers = None
+
+    def wait_subscribed(self, timeout=30.0):
+        """The response headers come when the stream is subscribed (window or not)."""
+        self.pump(lambda: self.headers is not None, timeout)
+        return self.headers is not None
+
+    def pump_until_ended(self, timeout=30.0):
+        self.pump(lambda: self.reset_code is not None or self.trailers is not None, timeout)
+
+    def pump(self, done, timeout):
+        """Processes frames (never opening the window) until done() or timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            r, _, _ = select.select([self.sock], [], [], min(left, 0.5))
+            if not r:
+                continue
+            data = self.sock.recv(65536)
+            if not data:
+                return
+            for ev in self.conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == self.sid:
+                    self.headers = dict(ev.headers)
+                elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == self.sid:
+                    self.reset_code = int(ev.error_code)
+                elif isinstance(ev, h2.events.TrailersReceived) and ev.stream_id == self.sid:
+                    self.trailers = dict(ev.headers)
+            out = self.conn.data_to_send()
+            if out:
+                self.sock.sendall(out)
+
+    def close(self):
+        self.sock.close()
+
+
+class WatchOverrunTest(ServerTestCase):
+    """A watcher that reads nothing is ended once PINS_WATCH_PENDING_BYTES are waiting for it,
+    and what it held is given back at once; readers of the same changes are not affected."""
+
+    SERVER_ENV = {"PINS_WATCH_PENDING_BYTES": "65536", "PINS_WATCH_MAX": "2",
+                  "PINS_SWEEP_INTERVAL_SECONDS": "3600"}
+
+    def buffered_bytes(self):
+        with self.server.h2() as c:
+            r = c.get("/metrics")
+        m = re.search(rb"^connection_buffered_bytes (\d+)", bytes(r.data), re.M)
+        self.assertIsNotNone(m, "no connection_buffered_bytes in /metrics")
+        return int(m.group(1))
+
+    def test_stalled_grpc_watcher_is_reset_and_its_buffer_freed(self):
+        reader = self.client.server_stream(mp("WatchPins"), {"tenant_id": "stall"}, timeout=60)
+        self.addCleanup(reader.cancel)
+        stalled = StalledWatcher(self.server.port, "stall")
+        self.addCleanup(stalled.close)
+        self.assertTrue(stalled.wait_subscribed(), "no response headers on subscription")
+        # The reader subscribed too: a first change reaches it.
+        for i in range(100):
+            self.client.call(mp("UpsertPin"), {"tenant_id": "stall", "key": "probe-%d" % i,
+                                               "value": {}})
+            if next(reader).pin.key == "probe-%d" % i:
+                break
+        blob = "x" * 40000
+        for i in range(4):  # 160 kB of events for a 64 KiB bound
+            self.client.call(mp("UpsertPin"), {"tenant_id": "stall", "key": "big-%d" % i,
+                                               "value": {"blob": blob}})
+        stalled.pump_until_ended()
+        self.assertEqual(stalled.reset_code, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                         "the stalled watcher was not ended: trailers %r" % stalled.trailers)
+        self.assertEqual([next(reader).pin.key for _ in range(4)],
+                         ["big-%d" % i for i in range(4)])
+        # Its queued events were dropped with it: nothing near 64 KiB stays buffered (bounded
+        # polling: the metric is read on another connection).
+        for _ in range(100):
+            if self.buffered_bytes() < 40000:
+                break
+            time.sleep(0.1)
+        self.assertLess(self.buffered_bytes(), 40000)
+
+
+class WatchStallTest(ServerTestCase):
+    """A watcher that takes nothing of what waits for it, even below PINS_WATCH_PENDING_BYTES, is
+    ended after PINS_REQUEST_TIMEOUT_SECONDS instead of holding its bytes until it leaves."""
+
+    SERVER_ENV = {"PINS_REQUEST_TIMEOUT_SECONDS": "1", "PINS_SWEEP_INTERVAL_SECONDS": "3600"}
+
+    def test_stalled_watchers_are_reset_on_both_transports(self):
+        for sse in (False, True):
+            with self.subTest(sse=sse):
+                tenant = "idle-%s" % sse
+                stalled = StalledWatcher(self.server.port, tenant, sse=sse)
+                self.addCleanup(stalled.close)
+                self.assertTrue(stalled.wait_subscribed(), "no response headers on subscription")
+                self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": "k",
+                                                   "value": {"n": 1}})
+                stalled.pump_until_ended(timeout=60)
+                self.assertEqual(stalled.reset_code, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                                 "the stalled watcher was not ended: trailers %r"
+                                 % stalled.trailers)
 
 
 # ================================================================================================
