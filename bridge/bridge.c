@@ -467,6 +467,38 @@ out:
     rpc__call_unref(call);
 }
 
+bool bridge_headers_or_reply(bridge_stream *s)
+{
+    rpc_call *call = s->call;
+    if (!call->worker->server->cfg->rbac_enforce || s->method == NULL || s->path == NULL)
+        return true;
+    size_t plen = strcspn(s->path, "?");
+    const rpc_method *m = NULL;
+    bridge__match mt;
+    if (bridge__route_match(s->method, s->path, plen, &mt) == 0 && mt.route->rpc != NULL) {
+        m = rpc__method_find(mt.route->rpc, strlen(mt.route->rpc));
+        call->route = mt.route->pattern; /* the audit row names the REST route */
+        call->http_method = mt.route->method;
+    } else if (strcmp(s->method, "POST") == 0) {
+        m = rpc__method_find(s->path, plen);
+    }
+    if (m == NULL)
+        return true; /* probes, /openapi.json, CORS, 404 and 405: answered with the request */
+    if (call->request_id == NULL &&
+        rpc__call_set_request_id(call, rpc_call_header(call, "x-request-id")) != 0)
+        return true; /* out of memory: the request goes on and fails there */
+    const rpc_method *was = call->method;
+    call->method = m;
+    int err = 0;
+    const char *msg = NULL;
+    if (rpc__dispatch_early(call, &err, &msg) != 0 || err == 0) {
+        call->method = was;
+        return true;
+    }
+    bridge_reject(s, err, msg);
+    return false;
+}
+
 bool bridge_begin(bridge_stream *s)
 {
     if (s->method == NULL || strcmp(s->method, "POST") != 0)

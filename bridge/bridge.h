@@ -79,6 +79,13 @@ void bridge_handle(bridge_stream *s);
  * at END_STREAM, and never bridge_handle(). false: the transport collects the body and calls
  * bridge_handle(). The HTTP/1.1 transport never calls these (its requests are half-duplex). */
 bool bridge_begin(bridge_stream *s);
+/* Once a request's headers are in (s->method, s->path and the call's headers set), before its
+ * body is read: under RBAC_ENFORCE=true, a request for a guarded method (a REST route or a method
+ * path) whose credentials or role the headers alone refuse is answered now, in its protocol's
+ * shape (REST 403, Connect's error, gRPC-Web trailers), audited without a tenant (the body that
+ * names it is never read). Returns true when the request goes on; false when it was answered:
+ * the transport then drops its body. */
+bool bridge_headers_or_reply(bridge_stream *s);
 void bridge_body(bridge_stream *s, const uint8_t *data, size_t len);
 void bridge_body_end(bridge_stream *s);
 

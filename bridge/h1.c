@@ -70,6 +70,7 @@ struct bridge_h1 {
 static const bridge_stream_ops h1_ops;
 static const rpc__call_ops h1_call_ops;
 static void body_uncharge(bridge_h1 *h);
+static void answer_refused_body(bridge_h1 *h);
 
 static const char timeout_body[] =
     "{\"detail\":\"request headers not complete within 10 seconds\",\"code\":4,"
@@ -333,9 +334,14 @@ static void process(bridge_h1 *h)
         if (evbuffer_get_length(bufferevent_get_output(bev)) > OUTPUT_RESUME_MAX)
             break; /* bridge__h1_on_write_done resumes */
         int r = parse_buffered(h, in);
+        if (h->answering)
+            break; /* refused on its headers (refused_on_headers): answered already */
         if (r == BRIDGE__H1_MORE)
             break;
-        if (r == BRIDGE__H1_REJECT)
+        if (r == BRIDGE__H1_REJECT && h->p.reject_err != 0 && h->ex != NULL &&
+            h->p.method != NULL && h->p.path != NULL && !bridge__h1_parser_in_headers(&h->p))
+            answer_refused_body(h);
+        else if (r == BRIDGE__H1_REJECT)
             answer_error(h, h->p.reject_status, h->p.reject_body);
         else
             dispatch(h);
@@ -364,10 +370,67 @@ static pins_arena *on_request_begin(void *owner)
     return h->ex->bs.call->arena;
 }
 
+/* The request's headers are complete and it is answered before its body: the exchange gets the
+ * parsed request line and headers, and the answer's head says "connection: close" (set before it
+ * starts). */
+static void answer_before_body(bridge_h1 *h)
+{
+    h1_exchange *ex = h->ex;
+    bridge__h1_parser *p = &h->p;
+    rpc_call *call = ex->bs.call;
+    call->headers = p->headers;
+    call->nheaders = p->nheaders;
+    ex->bs.method = p->method;
+    ex->bs.path = p->path;
+    ex->bs.http2 = false;
+    ex->bs.head = p->head;
+    ex->close_after = true;
+    h->closing = true;
+    h->answering = true;
+}
+
+/* The parser refused a request whose headers it had (its body too large, or no room in the
+ * buffer budget): the answer takes the request's protocol shape (REST, Connect, gRPC-Web). */
+static void answer_refused_body(bridge_h1 *h)
+{
+    const char *path = h->p.path;
+    if (rpc__method_find(path, strcspn(path, "?")) == NULL) {
+        answer_error(h, h->p.reject_status, h->p.reject_body); /* REST: its own error body */
+        return;
+    }
+    evtimer_del(h->header_timer);
+    answer_before_body(h);
+    bridge_reject(&h->ex->bs, h->p.reject_err,
+                  h->p.reject_err == PINS_ETOO_LARGE
+                      ? "request body larger than MAX_REQUEST_BYTES"
+                      : "the server holds too many request bytes; retry later");
+}
+
+/* Under RBAC_ENFORCE=true the headers alone may refuse the request (bridge_headers_or_reply):
+ * it is answered now, its body is dropped unread, and the connection closes after the answer
+ * (rpc/conn.c lingers so that the body still arriving cannot reset it). True when refused. */
+static bool refused_on_headers(bridge_h1 *h)
+{
+    h1_exchange *ex = h->ex;
+    bridge__h1_parser *p = &h->p;
+    answer_before_body(h);
+    if (bridge_headers_or_reply(&ex->bs)) {
+        ex->close_after = false;
+        h->closing = false;
+        h->answering = false;
+        return false;
+    }
+    p->discard_body = true;
+    evtimer_del(h->header_timer);
+    return true;
+}
+
 static void on_request_headers(void *owner, bool expect_continue)
 {
     bridge_h1 *h = owner;
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (refused_on_headers(h))
+        return; /* no "100 Continue": the body is not wanted */
     /* The body must follow within what is left of PINS_REQUEST_TIMEOUT_SECONDS. */
     int64_t left = (int64_t)h->w->server->cfg->request_timeout_seconds * 1000000000 -
                    (rpc__now_ns() - h->begin_ns);

@@ -71,9 +71,13 @@ typedef struct bridge__h1_parser {
     bool upgrade;    /* Upgrade request (not honoured: the connection closes after it) */
     bool head;       /* HEAD request */
 
-    /* A rejection, valid after BRIDGE__H1_REJECT: the HTTP status and its JSON body. */
+    /* A rejection, valid after BRIDGE__H1_REJECT: the HTTP status and its JSON body. When the
+     * headers were complete and the body was refused (too large: PINS_ETOO_LARGE; the buffer
+     * budget: PINS_ERESOURCE_EXHAUSTED), reject_err says which, so that the connection can
+     * answer in the request's protocol; 0 otherwise. */
     int reject_status;
     const char *reject_body;
+    int reject_err;
 
     /* Internal state. */
     char *scratch; /* the URL, header name or value being received */
@@ -86,7 +90,8 @@ typedef struct bridge__h1_parser {
     const char *expect;
     const char *transfer_encoding;
     unsigned n_content_length, n_transfer_encoding, n_host;
-    bool begun;       /* the request's first byte was seen */
+    bool discard_body; /* the request was answered on its headers: its body is dropped unread */
+    bool begun;        /* the request's first byte was seen */
     bool in_trailers; /* its headers are complete (header callbacks now bring trailers) */
     bool done;
     int fold_state; /* the obs-fold scanner */

@@ -321,15 +321,17 @@ static int on_headers_complete(llhttp_t *ll)
     bool chunked = p->transfer_encoding != NULL;
     if (chunked != ((ll->flags & F_CHUNKED) != 0))
         return reject_malformed(p, "inconsistent Transfer-Encoding");
-    uint64_t clen = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : 0;
-    if (clen > (uint64_t)p->max_body)
-        return reject(p, 413, too_large_body);
-    bool expect_continue = http11 && p->expect != NULL &&
-                           strcasecmp(p->expect, "100-continue") == 0 && (chunked || clen > 0);
     p->method = llhttp_method_name((llhttp_method_t)ll->method);
     p->head = ll->method == HTTP_HEAD;
     if (p->path == NULL)
         return reject_malformed(p, "missing request target");
+    uint64_t clen = (ll->flags & F_CONTENT_LENGTH) ? ll->content_length : 0;
+    if (clen > (uint64_t)p->max_body) {
+        p->reject_err = PINS_ETOO_LARGE; /* method and path are known: answered in its protocol */
+        return reject(p, 413, too_large_body);
+    }
+    bool expect_continue = http11 && p->expect != NULL &&
+                           strcasecmp(p->expect, "100-continue") == 0 && (chunked || clen > 0);
     p->hooks->headers_done(p->owner, expect_continue);
     return 0;
 }
@@ -337,8 +339,12 @@ static int on_headers_complete(llhttp_t *ll)
 static int on_body(llhttp_t *ll, const char *at, size_t n)
 {
     bridge__h1_parser *p = from_ll(ll);
-    if (n > p->max_body - p->body_len)
+    if (p->discard_body)
+        return 0;
+    if (n > p->max_body - p->body_len) {
+        p->reject_err = PINS_ETOO_LARGE;
         return reject(p, 413, too_large_body);
+    }
     if (n == 0)
         return 0;
     if (p->body_len + n > p->body_cap) {
@@ -347,8 +353,10 @@ static int on_body(llhttp_t *ll, const char *at, size_t n)
             cap *= 2;
         if (cap > p->max_body)
             cap = p->max_body;
-        if (p->hooks->body_grow != NULL && p->hooks->body_grow(p->owner, cap - p->body_cap) != 0)
+        if (p->hooks->body_grow != NULL && p->hooks->body_grow(p->owner, cap - p->body_cap) != 0) {
+            p->reject_err = PINS_ERESOURCE_EXHAUSTED;
             return reject(p, 503, busy_body);
+        }
         unsigned char *nb = realloc(p->body, cap);
         if (nb == NULL)
             return reject(p, 503, nomem_body);
@@ -452,6 +460,7 @@ void bridge__h1_parser_next(bridge__h1_parser *p)
     p->upgrade = false;
     p->head = false;
     p->begun = false;
+    p->discard_body = false;
     p->in_trailers = false;
     p->done = false;
     p->fold_state = FOLD_LINE_START;

@@ -676,6 +676,18 @@ static void http_simple(h2_stream *st, int status, const char *body, const char 
     bridge_respond(&st->bs, status, "application/json", body, strlen(body), extra, allow ? 1 : 0);
 }
 
+/* Refuses a request to a method path (Connect, gRPC-Web) that the bridge has not taken, in its
+ * protocol's shape; its remaining body is dropped. False, doing nothing, for any other path: REST
+ * keeps its own error bodies. */
+static bool http_reject_rpc(h2_stream *st, int err, const char *message)
+{
+    if (st->path == NULL || rpc__method_find(st->path, strcspn(st->path, "?")) == NULL)
+        return false;
+    st->kind = KIND_REJECTED;
+    bridge_reject(&st->bs, err, message != NULL ? message : pins_strerror(err));
+    return true;
+}
+
 /* ---- request side ------------------------------------------------------------------------------
  */
 
@@ -710,6 +722,11 @@ static void on_request_headers(h2_stream *st)
          * content type there. */
         st->kind = KIND_HTTP;
         fill_bridge_stream(st);
+        /* Credentials are decided now, before a body byte is buffered. */
+        if (!bridge_headers_or_reply(&st->bs)) {
+            st->kind = KIND_REJECTED;
+            return;
+        }
         st->streaming = bridge_begin(&st->bs);
         return;
     }
@@ -1026,7 +1043,8 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
         if (cap < st->body_len + len) {
             if (grpc)
                 grpc_early_error(st, PINS_ETOO_LARGE, "request message exceeds the limit", false);
-            else
+            else if (!http_reject_rpc(st, PINS_ETOO_LARGE,
+                                      "request body larger than MAX_REQUEST_BYTES"))
                 http_simple(st, 413,
                             "{\"detail\":\"request body larger than MAX_REQUEST_BYTES\","
                             "\"code\":8,\"message\":\"message larger than the limit\"}",
@@ -1036,7 +1054,8 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
         if (stream_charge(st, cap - st->body_cap) != 0) {
             if (grpc)
                 grpc_busy(st);
-            else
+            else if (!http_reject_rpc(st, PINS_ERESOURCE_EXHAUSTED,
+                                      "the server holds too many request bytes; retry later"))
                 http_simple(st, 503,
                             "{\"detail\":\"the server holds too many request bytes; retry "
                             "later\",\"code\":8,\"message\":\"resource exhausted\"}",
@@ -1223,11 +1242,13 @@ static void on_linger_over(evutil_socket_t fd, short what, void *arg)
     conn_maybe_free(c);
 }
 
-/* The HTTP/2 session is over: GOAWAY sent, nothing left to read or write, the output written.
- * Over plain TCP the write side is shut and what the peer still sends is read and dropped until
- * it closes, for LINGER_MS at most: closing a socket with unread input sends a TCP reset, which
- * can destroy the GOAWAY before the peer read it, and the peer would then see its last requests
- * fail instead of retrying them on a new connection. Over TLS the connection just closes. */
+/* The connection is over and its output written: an HTTP/2 session after GOAWAY, an HTTP/1.1
+ * connection after a "connection: close" answer (possibly to a request whose body it refused to
+ * read). Over plain TCP the write side is shut and what the peer still sends is read and dropped
+ * until it closes, for LINGER_MS at most: closing a socket with unread input sends a TCP reset,
+ * which can destroy the last answer or GOAWAY before the peer read it, and the peer would then
+ * see its requests fail instead of reading the answer or retrying them on a new connection.
+ * Over TLS the connection just closes. */
 static void conn_finish(rpc__conn *c)
 {
     if (c->lingering || c->closing)
@@ -1255,7 +1276,7 @@ static void conn_flush(rpc__conn *c)
         return;
     if (c->proto == PROTO_H1) {
         if (c->close_after_flush && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            c->closing = true;
+            conn_finish(c);
         return;
     }
     if (c->h2 == NULL)
@@ -1391,7 +1412,7 @@ static void on_write(struct bufferevent *bev, void *arg)
     rpc__conn *c = arg;
     if (c->proto == PROTO_H1) {
         if (c->close_after_flush) {
-            c->closing = true;
+            conn_finish(c);
         } else {
             c->in_recv++;
             bridge__h1_on_write_done(c->h1);
@@ -1416,6 +1437,11 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
     rpc__conn *c = arg;
     if (events & BEV_EVENT_CONNECTED) {
         /* TLS handshake done; ALPN chose h2 or http/1.1, the preface sniffing decides. */
+        return;
+    }
+    if (c->lingering) {
+        c->closing = true; /* the peer closed (or failed) after our last answer: done */
+        conn_maybe_free(c);
         return;
     }
     if ((events & BEV_EVENT_TIMEOUT) &&
@@ -1535,7 +1561,14 @@ static void stream_timeout(h2_stream *st)
                          pins_arena_printf(st->call->arena,
                                            "request not complete within %d seconds", secs),
                          false);
+    } else if (st->kind == KIND_HTTP && !st->streaming &&
+               http_reject_rpc(st, PINS_EDEADLINE_EXCEEDED,
+                               pins_arena_printf(st->call->arena,
+                                                 "request not complete within %d seconds",
+                                                 secs))) {
+        /* Connect and gRPC-Web: answered with their own deadline_exceeded. */
     } else if (st->kind == KIND_HTTP && !st->streaming) {
+        /* REST: 408, the client's timeout (the error table's 504 is the server's). */
         const char *body = pins_arena_printf(st->call->arena,
                                              "{\"detail\":\"request not complete within %d "
                                              "seconds\",\"code\":4,\"message\":\"deadline "
@@ -1638,7 +1671,7 @@ void rpc__conn_close(rpc__conn *c, bool after_flush)
         c->close_after_flush = true;
         bufferevent_disable(c->bev, EV_READ);
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            c->closing = true;
+            conn_finish(c);
     } else {
         c->closing = true;
     }

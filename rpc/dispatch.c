@@ -31,6 +31,31 @@ static void arm_deadline(rpc_call *call)
 }
 
 /* Decides RBAC for a guarded method; refuses the call and returns false when it may not run. */
+/* Records decision d on the call: audited (queued, written off the request path), and for a
+ * denial the fields of the REST 403 body. */
+static void record(rpc_call *call, const auth_decision *d)
+{
+    call->auth = d;
+    rpc_audit_rbac(call, d);
+    if (d->allowed)
+        return;
+    call->deny_reason = d->reason;
+    call->deny_resource = d->resource;
+    call->deny_action = d->action;
+}
+
+/* The client-visible message of a denial, in the call's arena (NULL when out of memory). */
+static const char *denied_message(rpc_call *call, const auth_decision *d)
+{
+    return pins_arena_printf(call->arena, "%s:%s denied: %s", d->resource, d->action, d->reason);
+}
+
+static void fail_denied(rpc_call *call, const auth_decision *d)
+{
+    const char *msg = denied_message(call, d);
+    rpc_call_fail(call, d->err, "%s", msg != NULL ? msg : d->reason);
+}
+
 static bool authorize_or_reply(rpc_call *call)
 {
     auth_decision *d = pins_arena_calloc(call->arena, 1, sizeof(*d));
@@ -39,14 +64,10 @@ static bool authorize_or_reply(rpc_call *call)
         rpc_call_fail(call, rv, NULL);
         return false;
     }
-    call->auth = d;
-    rpc_audit_rbac(call, d); /* queued; written off the request path */
+    record(call, d);
     if (d->allowed)
         return true;
-    call->deny_reason = d->reason;
-    call->deny_resource = d->resource;
-    call->deny_action = d->action;
-    rpc_call_fail(call, d->err, "%s:%s denied: %s", d->resource, d->action, d->reason);
+    fail_denied(call, d);
     return false;
 }
 
@@ -78,26 +99,48 @@ static void on_rate_checked(rpc_call *call, bool go)
         rpc__call_unref(call);
 }
 
-bool rpc__dispatch_early_or_reply(rpc_call *call)
+/* The early decision; NULL in *pd when the request may go on. */
+static int decide_early(rpc_call *call, const auth_decision **pd)
 {
     const rpc_method *m = call->method;
+    *pd = NULL;
     if ((m->flags & RPC_METHOD_UNGUARDED) || !call->worker->server->cfg->rbac_enforce)
-        return true;
+        return 0;
     auth_decision *d = pins_arena_calloc(call->arena, 1, sizeof(*d));
     int rv = d != NULL ? auth_decide_early(call, d) : PINS_ENOMEM;
-    if (rv == 0 && d->allowed)
-        return true;
-    rpc__metrics_started(call->worker, m);
-    if (rv != 0) {
-        rpc_call_fail(call, rv, NULL);
-        return false;
+    if (rv != 0)
+        return rv;
+    if (!d->allowed) {
+        record(call, d);
+        *pd = d;
     }
-    call->auth = d;
-    rpc_audit_rbac(call, d);
-    call->deny_reason = d->reason;
-    call->deny_resource = d->resource;
-    call->deny_action = d->action;
-    rpc_call_fail(call, d->err, "%s:%s denied: %s", d->resource, d->action, d->reason);
+    return 0;
+}
+
+int rpc__dispatch_early(rpc_call *call, int *perr, const char **pmsg)
+{
+    const auth_decision *d;
+    int rv = decide_early(call, &d);
+    if (rv != 0)
+        return rv;
+    *perr = d != NULL ? d->err : 0;
+    *pmsg = d != NULL ? denied_message(call, d) : NULL;
+    if (d != NULL && *pmsg == NULL)
+        *pmsg = d->reason;
+    return 0;
+}
+
+bool rpc__dispatch_early_or_reply(rpc_call *call)
+{
+    const auth_decision *d;
+    int rv = decide_early(call, &d);
+    if (rv == 0 && d == NULL)
+        return true;
+    rpc__metrics_started(call->worker, call->method);
+    if (rv != 0)
+        rpc_call_fail(call, rv, NULL);
+    else
+        fail_denied(call, d);
     return false;
 }
 

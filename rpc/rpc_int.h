@@ -154,6 +154,11 @@ void rpc__dispatch(rpc_call *call);
  * Transports call it before they buffer or decode a body. Returns true when the request may go
  * on; false when it was refused (the call finished with its status, audited and counted). */
 bool rpc__dispatch_early_or_reply(rpc_call *call);
+/* The same decision for transports that answer in their own shape (the bridge): *perr gets 0
+ * when the request may go on, or the status of the refusal (*pmsg its client-visible message, in
+ * the call's arena), already audited and recorded on the call (deny_reason, deny_resource and
+ * deny_action for the REST 403 body); the caller answers it. Returns 0 or PINS_ENOMEM. */
+int rpc__dispatch_early(rpc_call *call, int *perr, const char **pmsg);
 
 #define RPC__ARENA_POOL 64
 

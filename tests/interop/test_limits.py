@@ -3,6 +3,7 @@ pinsd: credentials decided on HEADERS, the budget of buffered bytes, request dea
 before an idle close, accept() out of descriptors, unsendable answers, reserved gRPC flag bits, and
 a DATABASE_URL that cannot be parsed."""
 
+import json
 import os
 import re
 import socket
@@ -67,6 +68,49 @@ class CredentialsOnHeaders(ServerTestCase):
             self.assertEqual(r.grpc_status, 16, r)  # UNAUTHENTICATED
             self.assertIn("no-credentials", r.grpc_message)
 
+    def http1_head_only(self, head):
+        """Sends an HTTP/1.1 request head announcing a body it never sends; returns the status
+        line, the header block and the body of the answer."""
+        s = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
+        try:
+            s.sendall(head)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            head_, _, body = data.partition(b"\r\n\r\n")
+            return head_.split(b"\r\n")[0], head_.lower(), body
+        finally:
+            s.close()
+
+    def test_rest_over_http1_is_refused_before_its_body(self):
+        status, head, body = self.http1_head_only(
+            b"POST /api/v1/memory/pins HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
+        self.assertTrue(status.startswith(b"HTTP/1.1 403 "), status)
+        self.assertIn(b"connection: close", head)
+        self.assertNotIn(b"100 continue", head)
+        answer = json.loads(body)
+        self.assertEqual(answer["reason"], "no-credentials")
+        self.assertEqual(answer["resource"], "memory_pin")
+        self.assertEqual(answer["action"], "write")
+
+    def test_rest_and_connect_over_http2_are_refused_before_their_body(self):
+        with self.server.h2() as c:
+            rest = c.start([(":method", "POST"), (":scheme", "http"),
+                            (":path", "/api/v1/memory/pins"), (":authority", "x"),
+                            ("content-type", "application/json")], None, end_stream=False)
+            r = c.wait(rest, 10)
+            self.assertEqual(r.status, 403, r)
+            self.assertEqual(json.loads(r.data)["reason"], "no-credentials")
+            conn = c.start([(":method", "POST"), (":scheme", "http"), (":path", mp("UpsertPin")),
+                            (":authority", "x"), ("content-type", "application/json")], None,
+                           end_stream=False)
+            r = c.wait(conn, 10)
+            self.assertEqual(json.loads(r.data)["code"], "unauthenticated", r)
+
     def test_unguarded_methods_still_wait_for_their_body(self):
         with self.server.h2() as c:
             sid = c.start(c.grpc_headers(path_of(HEALTH, "Check")), None, end_stream=False)
@@ -108,6 +152,37 @@ class BufferBudget(ServerTestCase):
         # Every charge is given back when the streams and the connection are gone.
         wait_for(lambda: metric(metrics_text(self.server), "connection_buffered_bytes") == 0, 10,
                  "connection_buffered_bytes back to 0")
+
+
+class RefusalsInTheRequestsProtocol(ServerTestCase):
+    """Item: what the transport refuses before the bridge (a body over MAX_REQUEST_BYTES) is
+    answered in the request's protocol: Connect's error JSON, not the REST body."""
+
+    SERVER_ENV = {"MAX_REQUEST_BYTES": "65536", "MEMORY_MAX_SIZE_BYTES": "32768"}
+
+    def test_connect_body_over_the_limit_gets_connects_error_on_both_versions(self):
+        s = socket.create_connection(("127.0.0.1", self.server.port), timeout=10)
+        try:
+            s.sendall(("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       "Content-Length: 100000\r\n\r\n" % mp("UpsertPin")).encode())
+            data = b""
+            while b"}" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            body = data.partition(b"\r\n\r\n")[2]
+            self.assertEqual(json.loads(body)["code"], "resource_exhausted",
+                          data)
+        finally:
+            s.close()
+        with self.server.h2() as c:
+            sid = c.start([(":method", "POST"), (":scheme", "http"), (":path", mp("UpsertPin")),
+                           (":authority", "x"), ("content-type", "application/json")], None,
+                          end_stream=False)
+            c.send_body(sid, b"{" + b" " * 70000, end_stream=False)
+            r = c.wait(sid, 10)
+            self.assertEqual(json.loads(r.data)["code"], "resource_exhausted", r)
 
 
 class RequestDeadlines(ServerTestCase):
