@@ -366,6 +366,18 @@ static void serve_method_path(bridge__exchange *ex, const rpc_method *m)
 /* ---- entry points -----------------------------------------------------------------------------
  */
 
+/* The stream's exchange; NULL when it has answered already, or could not be made (answered 503
+ * here). */
+static bridge__exchange *live_exchange(bridge_stream *s)
+{
+    bridge__exchange *ex = bridge__exchange_of(s);
+    if (ex == NULL) {
+        bridge_respond(s, 503, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
+        return NULL;
+    }
+    return ex->done ? NULL : ex;
+}
+
 void bridge_handle(bridge_stream *s)
 {
     rpc_call *call = s->call;
@@ -375,12 +387,8 @@ void bridge_handle(bridge_stream *s)
         bridge_respond(s, 500, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
         goto out;
     }
-    bridge__exchange *ex = bridge__exchange_of(s);
-    if (ex == NULL) {
-        bridge_respond(s, 503, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
-        goto out;
-    }
-    if (ex->done)
+    bridge__exchange *ex = live_exchange(s);
+    if (ex == NULL)
         goto out;
     size_t plen = strcspn(s->path, "?");
     const char *query = s->path[plen] == '?' ? s->path + plen + 1 : "";
@@ -442,12 +450,8 @@ void bridge_reject(bridge_stream *s, int err, const char *message)
 {
     rpc_call *call = s->call;
     rpc__call_ref(call);
-    bridge__exchange *ex = bridge__exchange_of(s);
-    if (ex == NULL) {
-        bridge_respond(s, 503, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
-        goto out;
-    }
-    if (ex->done)
+    bridge__exchange *ex = live_exchange(s);
+    if (ex == NULL)
         goto out;
     size_t plen = strcspn(s->path, "?");
     const rpc_method *m = rpc__method_find(s->path, plen);

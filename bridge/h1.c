@@ -270,8 +270,8 @@ static void answer_error(bridge_h1 *h, int status, const char *body)
     bridge_respond(&ex->bs, status, "application/json", body, strlen(body), NULL, 0);
 }
 
-/* The request is complete: hand it to the bridge. */
-static void dispatch(bridge_h1 *h)
+/* The exchange gets the parsed request line and headers (its headers are complete). */
+static void take_request_head(bridge_h1 *h)
 {
     h1_exchange *ex = h->ex;
     bridge__h1_parser *p = &h->p;
@@ -280,10 +280,18 @@ static void dispatch(bridge_h1 *h)
     call->nheaders = p->nheaders;
     ex->bs.method = p->method;
     ex->bs.path = p->path;
-    ex->bs.body = p->body;
-    ex->bs.body_len = p->body_len;
     ex->bs.http2 = false;
     ex->bs.head = p->head;
+}
+
+/* The request is complete: hand it to the bridge. */
+static void dispatch(bridge_h1 *h)
+{
+    h1_exchange *ex = h->ex;
+    bridge__h1_parser *p = &h->p;
+    take_request_head(h);
+    ex->bs.body = p->body;
+    ex->bs.body_len = p->body_len;
     ex->http10 = p->http10;
     /* An Upgrade is not honoured, and llhttp parses nothing after one: close after it. */
     ex->close_after = !p->keep_alive || p->upgrade;
@@ -375,16 +383,8 @@ static pins_arena *on_request_begin(void *owner)
  * starts). */
 static void answer_before_body(bridge_h1 *h)
 {
-    h1_exchange *ex = h->ex;
-    bridge__h1_parser *p = &h->p;
-    rpc_call *call = ex->bs.call;
-    call->headers = p->headers;
-    call->nheaders = p->nheaders;
-    ex->bs.method = p->method;
-    ex->bs.path = p->path;
-    ex->bs.http2 = false;
-    ex->bs.head = p->head;
-    ex->close_after = true;
+    take_request_head(h);
+    h->ex->close_after = true;
     h->closing = true;
     h->answering = true;
 }
