@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "bridge/bridge.h"
 #include "common/arena.h"
@@ -151,6 +152,19 @@ typedef struct harness_request {
     const uint8_t *body;
     size_t len;
 } harness_request;
+
+/* True when req carries a deadline (grpc-timeout, connect-timeout-ms): whether it has passed
+ * when the call starts depends on the time the run takes, so two runs of it may answer
+ * differently (DEADLINE_EXCEEDED or not), and a comparison of them proves nothing. */
+static bool harness_has_deadline(const harness_request *req)
+{
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (strcasecmp(req->hnames[i], "grpc-timeout") == 0 ||
+            strcasecmp(req->hnames[i], "connect-timeout-ms") == 0)
+            return true;
+    }
+    return false;
+}
 
 /* Runs req; whole: bridge_handle with the body at once, else bridge_begin and bridge_body in
  * pieces of piece bytes. Fills c (its body is freed with harness_capture_free). */
