@@ -12,9 +12,10 @@
  *      how the body is split must not change the messages read or the outcome;
  *   1  a grpc-timeout value, checked against a direct reading of the spec (1 to 8 digits, one
  *      unit of H M S m u n, clamped at INT64_MAX / 2 nanoseconds);
- *   2  a status message (up to its first NUL): the encoding must be printable ASCII whose
- *      percent-decoding gives back the message, or, past RPC__GRPC_MESSAGE_MAX bytes, a prefix
- *      of it that ends on a character boundary followed by "...";
+ *   2  a status message (up to its first NUL): the encoding, at most RPC__GRPC_MESSAGE_MAX
+ *      bytes, must be printable ASCII whose percent-decoding gives back the message, or, when
+ *      the whole encoding would pass the cap, the longest prefix of it that ends before a
+ *      character's first byte and leaves room for the "..." that follows;
  *   3  a content-type value, checked against the rule of rpc__grpc_content_type.
  * Anything else aborts so that libFuzzer reports it; ASan and UBSan catch the rest.
  *
@@ -194,6 +195,11 @@ static int unhex(char c)
     return -1;
 }
 
+static bool esc(unsigned char c)
+{
+    return c < 0x20 || c > 0x7e || c == '%';
+}
+
 static void fuzz_message(const uint8_t *data, size_t size)
 {
     char *msg = malloc(size + 1);
@@ -206,7 +212,7 @@ static void fuzz_message(const uint8_t *data, size_t size)
     char *enc = rpc__grpc_message_encode(a, msg);
     check(enc != NULL);
     size_t elen = strlen(enc);
-    check(elen <= 3 * (size_t)RPC__GRPC_MESSAGE_MAX + 3);
+    check(elen <= (size_t)RPC__GRPC_MESSAGE_MAX);
     char *dec = malloc(elen + 1);
     check(dec != NULL);
     size_t dlen = 0;
@@ -226,16 +232,25 @@ static void fuzz_message(const uint8_t *data, size_t size)
         dec[dlen++] = (char)b;
         i += 2;
     }
-    if (n <= RPC__GRPC_MESSAGE_MAX) {
+    /* The cap counts encoded bytes: a message whose whole encoding fits is sent whole. */
+    size_t full = 0, upto_k = 0;
+    for (size_t i = 0; i < n; i++)
+        full += esc((unsigned char)msg[i]) ? 3 : 1;
+    if (full <= RPC__GRPC_MESSAGE_MAX) {
         check(dlen == n && memcmp(dec, msg, n) == 0);
     } else {
         check(dlen >= 3 && memcmp(dec + dlen - 3, "...", 3) == 0);
         size_t k = dlen - 3;
-        check(k <= RPC__GRPC_MESSAGE_MAX - 3 && memcmp(dec, msg, k) == 0);
-        check(k == 0 || ((unsigned char)msg[k] & 0xc0) != 0x80);
-        /* The cut backs up only over continuation bytes. */
-        for (size_t i = k + 1; i <= RPC__GRPC_MESSAGE_MAX - 3; i++)
-            check(((unsigned char)msg[i] & 0xc0) == 0x80);
+        check(k < n && memcmp(dec, msg, k) == 0);
+        check(((unsigned char)msg[k] & 0xc0) != 0x80); /* cut before a character's first byte */
+        for (size_t i = 0; i < k; i++)
+            upto_k += esc((unsigned char)msg[i]) ? 3 : 1;
+        check(upto_k + 3 <= RPC__GRPC_MESSAGE_MAX);
+        /* The cut is the last character start that still leaves room for the ellipsis. */
+        size_t next = k + 1, extra = esc((unsigned char)msg[k]) ? 3 : 1;
+        while (next < n && ((unsigned char)msg[next] & 0xc0) == 0x80)
+            extra += esc((unsigned char)msg[next++]) ? 3 : 1;
+        check(next >= n || upto_k + extra + 3 > RPC__GRPC_MESSAGE_MAX);
     }
     free(dec);
     free(msg);
