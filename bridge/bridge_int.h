@@ -196,8 +196,9 @@ void bridge__framed_end(bridge__exchange *ex);
 char *bridge__grpcweb_trailers(rpc_call *call, int err, const char *message, size_t *plen);
 /* gRPC-Web: the response content type for a request content type. */
 const char *bridge__grpcweb_content_type(bool json, bool text);
-/* grpc-web-text: decodes one quantum of 4 base64 characters (standard alphabet, "xx==" and
- * "xxx=" padding) into out. Returns the number of bytes (1 to 3), or -1 when q is not base64. */
+/* grpc-web-text: decodes one quantum of 4 base64 characters (standard alphabet; the last one or
+ * two may be '=' padding) into out. Returns the number of bytes (1 to 3), or -1 when q is not
+ * base64. */
 int bridge__base64_quantum(const uint8_t q[4], uint8_t *out);
 /* grpc-web-text: the padded base64 of hdr[0..5) followed by p[0..len), in a new malloc'd buffer
  * (*pout, the caller frees it; *plen characters, NUL-terminated). Returns 0 or PINS_ENOMEM. */

@@ -59,8 +59,8 @@ struct bridge_h1 {
     struct event *resume_ev;    /* an answer ended outside the parse loop */
     int64_t begin_ns;           /* the request's first byte */
     size_t body_charged;        /* the parser's body buffer, charged to the connection */
-    h1_exchange *ex;         /* the request being received or answered; NULL between requests */
-    bool answering;          /* ex's request is with the bridge */
+    h1_exchange *ex;            /* the request being received or answered; NULL between requests */
+    bool answering;             /* ex's request is with the bridge */
     bool in_process;
     bool closing; /* no further request: close once the exchange is gone */
     bool close_requested;

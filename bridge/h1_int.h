@@ -92,7 +92,7 @@ typedef struct bridge__h1_parser {
     unsigned n_content_length, n_transfer_encoding, n_host;
     bool discard_body; /* the request was answered on its headers: its body is dropped unread */
     bool begun;        /* the request's first byte was seen */
-    bool in_trailers; /* its headers are complete (header callbacks now bring trailers) */
+    bool in_trailers;  /* its headers are complete (header callbacks now bring trailers) */
     bool done;
     int fold_state; /* the obs-fold scanner */
     bool fold_seen_line;

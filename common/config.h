@@ -45,12 +45,12 @@ typedef struct pins_config {
     int workers;              /* PINS_WORKERS, default: CPUs this process may run on, 1..256 */
     int drain_seconds;   /* PINS_DRAIN_SECONDS, default 10: SIGTERM grace for in-flight calls */
     int max_connections; /* PINS_MAX_CONNECTIONS, default 10000 per process */
-    int max_concurrent_streams; /* PINS_MAX_CONCURRENT_STREAMS, default 100 per connection */
-    int idle_timeout_seconds;   /* PINS_IDLE_TIMEOUT_SECONDS, default 300 (0: none) */
+    int max_concurrent_streams;  /* PINS_MAX_CONCURRENT_STREAMS, default 100 per connection */
+    int idle_timeout_seconds;    /* PINS_IDLE_TIMEOUT_SECONDS, default 300 (0: none) */
     int request_timeout_seconds; /* PINS_REQUEST_TIMEOUT_SECONDS, default 30: headers + body */
     int64_t conn_buffer_bytes;   /* PINS_CONN_BUFFER_BYTES, default 16 MiB per connection */
     int64_t buffer_bytes;        /* PINS_BUFFER_BYTES, default 64 MiB per process */
-    char *cors_allowed_origins; /* CORS_ALLOWED_ORIGINS, comma list, default none */
+    char *cors_allowed_origins;  /* CORS_ALLOWED_ORIGINS, comma list, default none */
 
     /* Authentication and RBAC. */
     char *machine_secret_token; /* MACHINE_SECRET_TOKEN (a secret); empty disables */

@@ -32,7 +32,7 @@
 #define MAX_HEADERS        100
 #define MAX_HEADER_BYTES   65536
 #define OUTPUT_HIGH_WATER  (1u << 20) /* past this in the socket's buffer, reading pauses */
-#define LINGER_MS          2000        /* reading after GOAWAY, until the peer closes */
+#define LINGER_MS          2000       /* reading after GOAWAY, until the peer closes */
 #define STREAM_PENDING_MAX (4u << 20)
 
 enum conn_proto { PROTO_SNIFF, PROTO_H2, PROTO_H1 };
@@ -56,13 +56,13 @@ struct rpc__conn {
     bridge_h1 *h1;
     h2_stream *streams;
     size_t nstreams;
-    size_t charged;           /* bytes charged to this connection (rpc__conn_charge) */
-    int64_t out_progress_ns;  /* when response bytes last left a stream's buffer */
-    uint64_t wire_sent;       /* bytes that left the output buffer (on_output_change) */
-    uint64_t wire_seen;       /* wire_sent at the last tick */
-    int64_t wire_stuck_ns;    /* since when output waits and none left; 0: it moves */
-    int64_t over_ns;          /* since when the tick saw it over its budget; 0: it is not */
-    struct event *linger_ev;  /* ends a lingering close */
+    size_t charged;          /* bytes charged to this connection (rpc__conn_charge) */
+    int64_t out_progress_ns; /* when response bytes last left a stream's buffer */
+    uint64_t wire_sent;      /* bytes that left the output buffer (on_output_change) */
+    uint64_t wire_seen;      /* wire_sent at the last tick */
+    int64_t wire_stuck_ns;   /* since when output waits and none left; 0: it moves */
+    int64_t over_ns;         /* since when the tick saw it over its budget; 0: it is not */
+    struct event *linger_ev; /* ends a lingering close */
 };
 
 enum stream_kind { KIND_UNKNOWN, KIND_GRPC, KIND_HTTP, KIND_REJECTED };
@@ -90,7 +90,7 @@ struct h2_stream {
     size_t body_len, body_cap;
     size_t charged;       /* of the connection's charge: body_cap and the decoded messages */
     size_t arena_charged; /* the part of charged that is the call's arena */
-    size_t out_charged; /* of the connection's charge: response bytes not yet sent */
+    size_t out_charged;   /* of the connection's charge: response bytes not yet sent */
     unsigned nmessages;
     bool request_done; /* END_STREAM seen */
     bool dispatched;
@@ -105,9 +105,9 @@ struct h2_stream {
     const char *resp_body; /* plain HTTP answers */
     size_t resp_len, resp_off;
     bool counted_rst;
-    bool closed;    /* nghttp2 closed the stream; only the memory is left */
-    bool streaming; /* the bridge takes this request's body incrementally */
-    bool overrun;   /* output was refused (pending_max or the budgets): ends with a reset */
+    bool closed;          /* nghttp2 closed the stream; only the memory is left */
+    bool streaming;       /* the bridge takes this request's body incrementally */
+    bool overrun;         /* output was refused (pending_max or the budgets): ends with a reset */
     int64_t out_since_ns; /* output waiting since, or last taken by the peer (watch streams) */
 };
 
@@ -169,27 +169,38 @@ static void stream_close(h2_stream *st)
 
 /* ---- buffered bytes ------------------------------------------------------------------------ */
 
+/* The worker's part of PINS_BUFFER_BYTES. Each worker counts its own connections' bytes, so
+ * that a charge is a plain add on the worker's thread instead of an atomic operation on a line
+ * every worker writes; the gauge sums the workers (relaxed loads). */
+static int64_t worker_buffered(const rpc_worker *w)
+{
+    return atomic_load_explicit(&w->buffered, memory_order_relaxed);
+}
+
+static void worker_add(rpc_worker *w, int64_t n)
+{
+    atomic_store_explicit(&w->buffered, worker_buffered(w) + n, memory_order_relaxed);
+}
+
 static bool over_budget(const rpc__conn *c)
 {
-    const pins_config *cfg = c->w->server->cfg;
-    return (int64_t)c->charged > cfg->conn_buffer_bytes ||
-           atomic_load(&c->w->server->buffered) > cfg->buffer_bytes;
+    return (int64_t)c->charged > c->w->server->cfg->conn_buffer_bytes ||
+           worker_buffered(c->w) > c->w->buffer_share;
 }
 
 int rpc__conn_charge(rpc__conn *c, size_t n)
 {
-    const pins_config *cfg = c->w->server->cfg;
-    _Atomic int64_t *total = &c->w->server->buffered;
-    int64_t before = atomic_fetch_add(total, (int64_t)n);
-    bool refuse = before >= cfg->buffer_bytes;
+    rpc_worker *w = c->w;
+    int64_t before = worker_buffered(w);
+    bool refuse = before >= w->buffer_share;
     if (!refuse && c->charged > 0)
-        refuse = (int64_t)(c->charged + n) > cfg->conn_buffer_bytes ||
-                 before + (int64_t)n > cfg->buffer_bytes;
+        refuse = (int64_t)(c->charged + n) > w->server->cfg->conn_buffer_bytes ||
+                 before + (int64_t)n > w->buffer_share;
     if (refuse) {
-        atomic_fetch_sub(total, (int64_t)n);
-        rpc__metrics_buffer_refused(c->w);
+        rpc__metrics_buffer_refused(w);
         return PINS_ERESOURCE_EXHAUSTED;
     }
+    worker_add(w, (int64_t)n);
     c->charged += n;
     return 0;
 }
@@ -201,7 +212,7 @@ void rpc__conn_uncharge(rpc__conn *c, size_t n)
     if (n > c->charged)
         n = c->charged;
     c->charged -= n;
-    atomic_fetch_sub(&c->w->server->buffered, (int64_t)n);
+    worker_add(c->w, -(int64_t)n);
 }
 
 /* Response bytes are charged without refusal: an answer that was produced goes out. What limits
@@ -213,7 +224,7 @@ static void out_charge(h2_stream *st, size_t n)
         st->out_since_ns = rpc__now_ns();
     st->out_charged += n;
     c->charged += n;
-    atomic_fetch_add(&c->w->server->buffered, (int64_t)n);
+    worker_add(c->w, (int64_t)n);
 }
 
 /* Charges n more bytes to the stream (its body or its call's arena). */
@@ -1172,7 +1183,8 @@ static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *fram
 {
     /* A stream the peer already reset or closed needs nothing more. */
     if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id == 0 ||
-        lib_error_code == NGHTTP2_ERR_STREAM_CLOSED || lib_error_code == NGHTTP2_ERR_STREAM_CLOSING ||
+        lib_error_code == NGHTTP2_ERR_STREAM_CLOSED ||
+        lib_error_code == NGHTTP2_ERR_STREAM_CLOSING ||
         lib_error_code == NGHTTP2_ERR_SESSION_CLOSING)
         return 0;
     char code[16];
@@ -1557,15 +1569,14 @@ static void stream_timeout(h2_stream *st)
     rpc__conn *c = st->conn;
     int secs = c->w->server->cfg->request_timeout_seconds;
     if (st->kind == KIND_GRPC) {
-        grpc_early_error(st, PINS_EDEADLINE_EXCEEDED,
-                         pins_arena_printf(st->call->arena,
-                                           "request not complete within %d seconds", secs),
-                         false);
+        grpc_early_error(
+            st, PINS_EDEADLINE_EXCEEDED,
+            pins_arena_printf(st->call->arena, "request not complete within %d seconds", secs),
+            false);
     } else if (st->kind == KIND_HTTP && !st->streaming &&
                http_reject_rpc(st, PINS_EDEADLINE_EXCEEDED,
                                pins_arena_printf(st->call->arena,
-                                                 "request not complete within %d seconds",
-                                                 secs))) {
+                                                 "request not complete within %d seconds", secs))) {
         /* Connect and gRPC-Web: answered with their own deadline_exceeded. */
     } else if (st->kind == KIND_HTTP && !st->streaming) {
         /* REST: 408, the client's timeout (the error table's 504 is the server's). */

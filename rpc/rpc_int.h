@@ -185,6 +185,9 @@ struct rpc_worker {
     struct rpc__watch_worker *watch_hub; /* WatchPins streams and their inbox (rpc/watch.c) */
     struct rpc__mcache *mcache;          /* metric cells per method (rpc/rpc_metrics.c) */
     size_t arena_limit;                  /* the limit of every transport call arena */
+    _Atomic int64_t buffered; /* bytes its connections hold (rpc__conn_charge); written by the
+                                 worker only, read by the metrics gauge */
+    int64_t buffer_share;     /* its part of PINS_BUFFER_BYTES: the total over the workers */
     pins_arena *arena_pool[RPC__ARENA_POOL];
     size_t narena_pool;
     struct ratelimit_worker *ratelimit; /* auth/ratelimit.h; NULL: no rate limiting */
@@ -203,7 +206,6 @@ struct rpc_server {
     int64_t started_ns;
     _Atomic int draining;
     _Atomic int nconns; /* across workers, for PINS_MAX_CONNECTIONS */
-    _Atomic int64_t buffered; /* bytes charged by every connection, for PINS_BUFFER_BYTES */
 };
 
 /* Monotonic nanoseconds. */
@@ -238,7 +240,8 @@ void rpc__conn_tick(rpc_worker *w);
  *
  * What a connection holds for its peer (request bodies, decoded request messages, response
  * output not yet sent) is charged to the connection (PINS_CONN_BUFFER_BYTES) and to the process
- * (PINS_BUFFER_BYTES). A charge that would pass either limit is refused, except the first charge
+ * (PINS_BUFFER_BYTES, shared out evenly between the workers, which the kernel gives connections
+ * evenly too). A charge that would pass either limit is refused, except the first charge
  * of a connection that holds nothing, so that one request at a time always makes progress; the
  * caller then refuses the request (RESOURCE_EXHAUSTED, HTTP 503) instead of buffering it. */
 

@@ -155,7 +155,10 @@ static metrics_family *req_timeouts;
 static double sample_buffered(void *arg)
 {
     const rpc_server *s = arg;
-    return (double)atomic_load(&s->buffered);
+    int64_t sum = 0;
+    for (int i = 0; s->workers != NULL && i < s->nworkers; i++)
+        sum += atomic_load_explicit(&s->workers[i].buffered, memory_order_relaxed);
+    return (double)sum;
 }
 
 void rpc__metrics_server(rpc_server *s)

@@ -228,7 +228,6 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     }
 }
 
-
 static void on_stop_check(evutil_socket_t fd, short what, void *arg)
 {
     rpc_worker *w = arg;
@@ -391,6 +390,7 @@ int rpc_server_run(rpc_server *s)
             w->rng[1] = 0x9e3779b97f4a7c15ull;
         }
         w->arena_limit = (size_t)s->cfg->max_request_bytes * 8 + (1u << 20);
+        w->buffer_share = s->cfg->buffer_bytes / s->nworkers;
         w->base = event_base_new();
         w->listeners = calloc(s->cfg->nlisten, sizeof(*w->listeners));
         if (w->base == NULL || w->listeners == NULL) {
