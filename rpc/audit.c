@@ -88,6 +88,9 @@ struct rpc_audit {
     int summary_ms;
     summary sum;
     retention ret;
+    /* rbac_audit_aggregated_total's two series, looked up once on the queue's thread. */
+    metrics_cell *aggregated[2];
+    bool aggregated_set[2];
 };
 
 /* One store write in flight. */
@@ -116,11 +119,26 @@ static void metrics_init(void)
                                       "Audit rows deleted by the retention.", table, 1);
 }
 
-static void count_aggregated(const char *cause)
+enum { AGG_IDENTICAL, AGG_OVER_BUDGET };
+
+/* Counts a denial written into another row (one per refused request in shadow mode, so the
+ * series' cell is looked up once, not per call). */
+static void count_aggregated(rpc_audit *q, int cause)
 {
-    const char *v[] = {cause};
-    if (m_aggregated != NULL)
+    static const char *const names[] = {"identical", "over_budget"};
+    if (m_aggregated == NULL)
+        return;
+    if (!q->aggregated_set[cause]) {
+        const char *v[] = {names[cause]};
+        q->aggregated[cause] = metrics_cell_get(m_aggregated, v);
+        q->aggregated_set[cause] = true;
+    }
+    if (q->aggregated[cause] != NULL) {
+        metrics_cell_add(q->aggregated[cause], 1);
+    } else {
+        const char *v[] = {names[cause]};
         metrics_counter_add(m_aggregated, v, 1);
+    }
 }
 
 static void count(kind k, const char *status, size_t n)
@@ -565,7 +583,7 @@ static bool take_token(rpc_audit *q)
 static void fold(rpc_audit *q, const decision_row *d, double ms)
 {
     summary *sm = &q->sum;
-    count_aggregated("over_budget");
+    count_aggregated(q, AGG_OVER_BUDGET);
     store_rbac_audit *r = NULL;
     for (size_t i = 0; i < sm->n && r == NULL; i++) {
         if (same(sm->rows[i].subject, d->subject) && same(sm->rows[i].reason, d->reason))
@@ -639,7 +657,7 @@ void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d)
                 r->count++;
                 if (ms > r->latency_ms)
                     r->latency_ms = ms;
-                count_aggregated("identical");
+                count_aggregated(q, AGG_IDENTICAL);
                 return;
             }
         }
