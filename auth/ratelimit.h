@@ -28,8 +28,8 @@
  *   X-RateLimit-Remaining: <tokens left>     (Redis: its remaining at the last answer plus the
  *                                            worker's unspent lease; see auth/README.md)
  *   Retry-After: <seconds until one token is back, >= 1>      (refused calls only)
- * A refused call fails with PINS_ERATE_LIMITED (RESOURCE_EXHAUSTED, REST 429; bridge/rest.c builds
- * the body from x-ratelimit-limit and retry-after).
+ * A refused call fails with PINS_ERATE_LIMITED (RESOURCE_EXHAUSTED, REST 429; protocols/rest.c
+ * builds the body from x-ratelimit-limit and retry-after).
  *
  * Metrics: rate_limit_decisions_total{decision="allowed|limited",backend="redis|local|disabled"},
  * rate_limit_redis_up (1 when every worker's Redis connection is up, else 0).

@@ -1,8 +1,8 @@
 /* rpc/call.h: the call object and the method table: where the protocol layers end.
  *
- * Every transport (gRPC over HTTP/2 here; REST, Connect and gRPC-Web in bridge/) decodes a request
- * into a protobuf message, builds an rpc_call for one row of the method table and hands it to the
- * dispatcher (rpc/dispatch.h). The dispatcher runs the generic checks once (deadline,
+ * Every transport (gRPC over HTTP/2 here; REST, Connect and gRPC-Web in protocols/) decodes a
+ * request into a protobuf message, builds an rpc_call for one row of the method table and hands it
+ * to the dispatcher (rpc/dispatch.h). The dispatcher runs the generic checks once (deadline,
  * authentication and RBAC, feature flag, and later rate limit, breaker) and calls the row's
  * handler.
  *

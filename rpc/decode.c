@@ -6,7 +6,7 @@
  * packed reply). So a request may take at most half of the arena's limit once decoded; a larger
  * one is refused as too large (RESOURCE_EXHAUSTED) before any handler runs, instead of the
  * handler failing later with the server out of memory. JSON requests get a quarter
- * (bridge/bridge.c): their replies are unpacked once more to be written as JSON. */
+ * (protocols/protocols.c): their replies are unpacked once more to be written as JSON. */
 #include "rpc/rpc_int.h"
 
 #include "common/pbwire.h"

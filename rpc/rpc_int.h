@@ -1,4 +1,4 @@
-/* rpc/rpc_int.h: structures shared by the files of rpc/ (and by bridge/, which adds transports).
+/* rpc/rpc_int.h: structures shared by the files of rpc/ (and by protocols/, which adds transports).
  * Not for handlers: they see rpc/call.h only.
  */
 #ifndef PINS_RPC_RPC_INT_H
@@ -11,11 +11,11 @@
 
 #include "common/config.h"
 #include "rpc/call.h"
-#include "rpc/rpc.h"
+#include "server/server.h"
 
 struct store;
 struct store_session;
-struct rpc__conn;
+struct transport__conn;
 struct ratelimit;
 struct ratelimit_worker;
 
@@ -169,7 +169,7 @@ struct rpc_worker {
     struct event_base *base;
     rpc_server *server;
     struct store_session *store;
-    struct rpc__conn *conns; /* doubly linked list of open connections */
+    struct transport__conn *conns; /* doubly linked list of open connections */
     size_t nconns;
     struct event *drain_ev;
     struct event *stop_ev;
@@ -177,7 +177,7 @@ struct rpc_worker {
     struct evconnlistener **listeners;
     size_t nlisteners;
     struct event *accept_resume_ev; /* accepting again after running out of descriptors */
-    struct event *tick_ev;          /* rpc__conn_tick every RPC__TICK_MS */
+    struct event *tick_ev;          /* transport_conn_tick every RPC__TICK_MS */
     int64_t accept_paused_ns;       /* when accepting paused; 0 while it works */
     bool draining;
     uint64_t rng[2];                     /* xorshift128+ for request ids */
@@ -185,7 +185,7 @@ struct rpc_worker {
     struct rpc__watch_worker *watch_hub; /* WatchPins streams and their inbox (rpc/watch.c) */
     struct rpc__mcache *mcache;          /* metric cells per method (rpc/rpc_metrics.c) */
     size_t arena_limit;                  /* the limit of every transport call arena */
-    _Atomic int64_t buffered; /* bytes its connections hold (rpc__conn_charge); written by the
+    _Atomic int64_t buffered; /* bytes its connections hold (transport__conn_charge); written by the
                                  worker only, read by the metrics gauge */
     int64_t buffer_share;     /* its part of PINS_BUFFER_BYTES: the total over the workers */
     pins_arena *arena_pool[RPC__ARENA_POOL];
@@ -216,25 +216,25 @@ int64_t rpc__now_us(void);
 /* ---- connections ------------------------------------------------------------------------------
  */
 
-typedef struct rpc__conn rpc__conn;
+typedef struct transport__conn transport__conn;
 
-/* For protocol modules outside this folder (bridge/h1.c): the connection's bufferevent, its
+/* For protocol modules outside this folder (transport/h1.c): the connection's bufferevent, its
  * worker, and a request to close it once the outermost callback unwinds (after the output
  * drained when after_flush is true). */
-struct bufferevent *rpc__conn_bev(rpc__conn *c);
-rpc_worker *rpc__conn_worker(rpc__conn *c);
-void rpc__conn_close(rpc__conn *c, bool after_flush);
+struct bufferevent *transport__conn_bev(transport__conn *c);
+rpc_worker *transport__conn_worker(transport__conn *c);
+void transport__conn_close(transport__conn *c, bool after_flush);
 
 /* Accepts fd on worker w (TLS when the server has a context). Takes fd. */
-void rpc__conn_accept(rpc_worker *w, int fd);
+void transport_conn_accept(rpc_worker *w, int fd);
 /* Starts a graceful shutdown of every connection of the worker (GOAWAY, finish in-flight). */
-void rpc__conn_drain_all(rpc_worker *w);
+void transport_conn_drain_all(rpc_worker *w);
 /* Closes every connection of the worker now. */
-void rpc__conn_close_all(rpc_worker *w);
+void transport_conn_close_all(rpc_worker *w);
 /* Runs every RPC__TICK_MS on each worker: answers requests that did not arrive within
  * PINS_REQUEST_TIMEOUT_SECONDS and closes connections whose output stalled past it. */
 #define RPC__TICK_MS 250
-void rpc__conn_tick(rpc_worker *w);
+void transport_conn_tick(rpc_worker *w);
 
 /* ---- buffered bytes ---------------------------------------------------------------------------
  *
@@ -246,38 +246,39 @@ void rpc__conn_tick(rpc_worker *w);
  * caller then refuses the request (RESOURCE_EXHAUSTED, HTTP 503) instead of buffering it. */
 
 /* Charges n bytes to c and the process. Returns 0 or PINS_ERESOURCE_EXHAUSTED. */
-int rpc__conn_charge(rpc__conn *c, size_t n);
+int transport__conn_charge(transport__conn *c, size_t n);
 /* Gives back n bytes charged to c. */
-void rpc__conn_uncharge(rpc__conn *c, size_t n);
+void transport__conn_uncharge(transport__conn *c, size_t n);
 
-/* ---- gRPC framing (rpc/grpc.c) ----------------------------------------------------------------
+/* ---- gRPC framing (protocols/grpc.c)
+ * ----------------------------------------------------------------
  */
 
 /* Parses a grpc-timeout value ("100m", "5S", "1n"...) into nanoseconds. Returns 0 or
  * PINS_EINVALID_ARGUMENT. */
-int rpc__grpc_timeout_parse(const char *value, size_t len, int64_t *pns);
+int proto__grpc_timeout_parse(const char *value, size_t len, int64_t *pns);
 /* The 5-byte prefix of a length-prefixed gRPC message (also Connect's and gRPC-Web's envelope
  * before their own flag bits are looked at). */
-#define RPC__GRPC_FRAME_HEADER 5
-typedef struct rpc__grpc_frame {
+#define PROTO__GRPC_FRAME_HEADER 5
+typedef struct proto__grpc_frame {
     bool compressed; /* flag bit 0 */
     uint32_t len;    /* the message length that follows the prefix */
-} rpc__grpc_frame;
-/* Reads the prefix at p (avail bytes there; callers wait for RPC__GRPC_FRAME_HEADER of them).
+} proto__grpc_frame;
+/* Reads the prefix at p (avail bytes there; callers wait for PROTO__GRPC_FRAME_HEADER of them).
  * Returns 0 and *pf, or PINS_EINVALID_ARGUMENT when fewer bytes are there or a reserved flag bit
  * (any but bit 0) is set; *pf is untouched on failure. */
-int rpc__grpc_frame_parse(const uint8_t *p, size_t avail, rpc__grpc_frame *pf);
+int proto__grpc_frame_parse(const uint8_t *p, size_t avail, proto__grpc_frame *pf);
 /* The longest grpc-message sent, in bytes after percent-encoding: a longer one is cut before a
  * UTF-8 character and ends in "...". A handler's message may echo client text (an unknown service
  * name of up to the header limit); echoed whole it would make a header block that nghttp2 refuses
  * to send (64 KiB) or that clients refuse to read (grpc's default is 8 KiB of metadata). */
-#define RPC__GRPC_MESSAGE_MAX 4096
-/* Percent-encodes a grpc-message (printable ASCII except '%' kept), cut to RPC__GRPC_MESSAGE_MAX
+#define PROTO__GRPC_MESSAGE_MAX 4096
+/* Percent-encodes a grpc-message (printable ASCII except '%' kept), cut to PROTO__GRPC_MESSAGE_MAX
  * encoded bytes. Returns a NUL-terminated arena string or NULL. */
-char *rpc__grpc_message_encode(pins_arena *a, const char *msg);
+char *proto__grpc_message_encode(pins_arena *a, const char *msg);
 /* True when content-type names gRPC (application/grpc, application/grpc+proto, or with
  * parameters). */
-bool rpc__grpc_content_type(const char *value, size_t len);
+bool proto__grpc_content_type(const char *value, size_t len);
 
 /* ---- WatchPins fan-out (rpc/watch.c) ----------------------------------------------------------
  */
@@ -300,18 +301,18 @@ void rpc__health_drain(rpc_worker *w);
 
 /* A plain HTTP answer (for /health, /ready, /metrics and unknown routes) produced for any HTTP
  * version. Body and content type live in the given arena (or are static). */
-typedef struct rpc__http_answer {
+typedef struct proto__http_answer {
     int status;
     const char *content_type;
     const char *body;
     size_t body_len;
     const char *allow; /* for 405 */
-} rpc__http_answer;
+} proto__http_answer;
 /* Answers GET/HEAD of the probe paths; returns false when path is not a probe path. Completes
  * asynchronously for /ready: done(answer, arg) is called exactly once (possibly before return). */
-typedef void (*rpc__http_done_cb)(const rpc__http_answer *answer, void *arg);
-bool rpc__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const char *path,
-                       rpc__http_done_cb done, void *arg);
+typedef void (*proto__http_done_cb)(const proto__http_answer *answer, void *arg);
+bool proto__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const char *path,
+                         proto__http_done_cb done, void *arg);
 
 /* ---- metrics of the rpc layer ------------------------------------------------------------------
  */
@@ -319,7 +320,7 @@ bool rpc__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const c
 void rpc__metrics_init(void);
 void rpc__metrics_started(rpc_worker *w, const rpc_method *m);
 void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, double seconds);
-/* The families of rpc__conn_charge and of connections the server closes; s is sampled at
+/* The families of transport__conn_charge and of connections the server closes; s is sampled at
  * exposition time. */
 void rpc__metrics_server(rpc_server *s);
 void rpc__metrics_buffer_refused(rpc_worker *w);

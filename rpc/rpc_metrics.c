@@ -145,7 +145,8 @@ void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, dou
     metrics_cell_observe(latency, r->latency, seconds);
 }
 
-/* ---- buffered bytes and refused requests (rpc__conn_charge) ---------------------------------- */
+/* ---- buffered bytes and refused requests (transport__conn_charge)
+ * ---------------------------------- */
 
 static metrics_family *buffered;
 static metrics_family *refused;

@@ -1,12 +1,12 @@
-/* tests/fuzz/fuzz_connect.c: libFuzzer target for the Connect protocol (bridge/connect.c): unary
+/* tests/fuzz/fuzz_connect.c: libFuzzer target for the Connect protocol (protocols/connect.c): unary
  * bodies and the streaming envelopes, read by the envelope engine shared with gRPC-Web.
  *
  * Byte 0: bits 0-1 the method (Health/Check, reflection, MemoryPins GetPin, UpsertPin), bit 2
  * JSON instead of protobuf, bit 3 streaming (application/connect+proto|json), bit 4 HTTP/2, bit 5
- * a charset parameter on the content type. Byte 1: the size of the body pieces (bridge_body) for
+ * a charset parameter on the content type. Byte 1: the size of the body pieces (proto_body) for
  * a streaming request. Then an optional header block ('H', "name: value" lines, an empty line;
- * see bridge_harness.h), then the body.
- * Checked (tests/fuzz/bridge_harness.h): every answer starts and ends once with the bytes it
+ * see proto_harness.h), then the body.
+ * Checked (tests/fuzz/proto_harness.h): every answer starts and ends once with the bytes it
  * declared; a unary answer is 200 with a message of the method's output type, or an error with
  * a JSON body (the Connect error object when it has a string code); a streaming answer is 200
  * with messages and one end-stream envelope last, or a refusal with a JSON body; and for the
@@ -16,7 +16,7 @@
  *
  * Corpus: tests/fuzz/corpus/connect/.
  */
-#include "bridge_harness.h"
+#include "proto_harness.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,12 +1,12 @@
-/* tests/fuzz/fuzz_grpcweb.c: libFuzzer target for gRPC-Web (bridge/grpcweb.c and the envelope
- * engine of bridge/connect.c).
+/* tests/fuzz/fuzz_grpcweb.c: libFuzzer target for gRPC-Web (protocols/grpcweb.c and the envelope
+ * engine of protocols/connect.c).
  *
  * Byte 0: bits 0-1 the method (Health/Check, reflection, MemoryPins GetPin, UpsertPin), bits 2-4
  * the content type (application/grpc-web, +proto, +json, grpc-web-text, grpc-web-text+proto),
  * bit 5 HTTP/2, bit 6 a text body sent as the input is instead of base64-encoded here. Byte 1:
- * the size of the body pieces (bridge_body). Then an optional header block ('H', "name: value"
- * lines, an empty line; see bridge_harness.h), then the body.
- * Checked (tests/fuzz/bridge_harness.h): every answer starts and ends once with the bytes it
+ * the size of the body pieces (proto_body). Then an optional header block ('H', "name: value"
+ * lines, an empty line; see proto_harness.h), then the body.
+ * Checked (tests/fuzz/proto_harness.h): every answer starts and ends once with the bytes it
  * declared; it is 200 with messages of the method's output type and one trailer frame last
  * ("grpc-status:N" first, "name:value\r\n" lines; base64 for the text types), or a refusal with a
  * JSON body; and for the methods that run without credentials, the answer is the same whether
@@ -15,7 +15,7 @@
  *
  * Corpus: tests/fuzz/corpus/grpcweb/.
  */
-#include "bridge_harness.h"
+#include "proto_harness.h"
 
 #include <strings.h>
 

@@ -1,4 +1,4 @@
-/* tests/fuzz/fuzz_json.c: libFuzzer target for the JSON -> protobuf codec (bridge/json.c).
+/* tests/fuzz/fuzz_json.c: libFuzzer target for the JSON -> protobuf codec (protocols/json.c).
  *
  * Every input is decoded as UpsertPinRequest and as ListPinsRequest, the two request bodies and
  * query shapes a REST peer controls. A decoded message must encode in both shapes, its canonical
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bridge/json.h"
+#include "protocols/json.h"
 #include "common/arena.h"
 #include "common/error.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
@@ -30,7 +30,7 @@ static void check(bool ok)
         abort();
 }
 
-static bool same(const bridge_buf *x, const bridge_buf *y)
+static bool same(const proto_buf *x, const proto_buf *y)
 {
     return x->len == y->len && memcmp(x->data, y->data, x->len) == 0;
 }
@@ -39,16 +39,16 @@ static bool same(const bridge_buf *x, const bridge_buf *y)
 static void round_trips(pins_arena *a, const ProtobufCMessageDescriptor *desc,
                         const ProtobufCMessage *m)
 {
-    bridge_buf rest = {0}, canon = {0}, again = {0}, unpacked = {0};
-    bridge_json_error err;
-    check(bridge_json_encode(m, &bridge_json_rest, &rest) == 0);
-    check(bridge_json_encode(m, &bridge_json_canonical, &canon) == 0);
+    proto_buf rest = {0}, canon = {0}, again = {0}, unpacked = {0};
+    proto_json_error err;
+    check(proto_json_encode(m, &proto_json_rest, &rest) == 0);
+    check(proto_json_encode(m, &proto_json_canonical, &canon) == 0);
 
     ProtobufCMessage *m2 = NULL;
-    check(bridge_json_decode(a, desc, canon.data, canon.len, DEPTH, &m2, &err) == 0);
-    check(bridge_json_encode(m2, &bridge_json_canonical, &again) == 0);
+    check(proto_json_decode(a, desc, canon.data, canon.len, DEPTH, &m2, &err) == 0);
+    check(proto_json_encode(m2, &proto_json_canonical, &again) == 0);
     check(same(&canon, &again));
-    check(bridge_json_decode(a, desc, rest.data, rest.len, DEPTH, &m2, &err) == 0);
+    check(proto_json_decode(a, desc, rest.data, rest.len, DEPTH, &m2, &err) == 0);
 
     size_t n = protobuf_c_message_get_packed_size(m);
     uint8_t *wire = malloc(n + 1);
@@ -56,15 +56,15 @@ static void round_trips(pins_arena *a, const ProtobufCMessageDescriptor *desc,
     check(protobuf_c_message_pack(m, wire) == n);
     ProtobufCMessage *u = protobuf_c_message_unpack(desc, NULL, n, wire);
     check(u != NULL);
-    check(bridge_json_encode(u, &bridge_json_canonical, &unpacked) == 0);
+    check(proto_json_encode(u, &proto_json_canonical, &unpacked) == 0);
     check(same(&canon, &unpacked));
     protobuf_c_message_free_unpacked(u, NULL);
     free(wire);
 
-    bridge_buf_free(&rest);
-    bridge_buf_free(&canon);
-    bridge_buf_free(&again);
-    bridge_buf_free(&unpacked);
+    proto_buf_free(&rest);
+    proto_buf_free(&canon);
+    proto_buf_free(&again);
+    proto_buf_free(&unpacked);
 }
 
 static void one(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t size)
@@ -73,9 +73,9 @@ static void one(const ProtobufCMessageDescriptor *desc, const uint8_t *data, siz
     if (a == NULL)
         return;
     ProtobufCMessage *m = NULL;
-    bridge_json_error err;
+    proto_json_error err;
     memset(&err, 0, sizeof(err));
-    int rv = bridge_json_decode(a, desc, (const char *)data, size, DEPTH, &m, &err);
+    int rv = proto_json_decode(a, desc, (const char *)data, size, DEPTH, &m, &err);
     if (rv == 0) {
         check(m != NULL && m->descriptor == desc);
         round_trips(a, desc, m);

@@ -1,7 +1,7 @@
-"""HTTP/1.1 against pinsd (bridge/h1.c): raw sockets for exact bytes, and curl --http1.1.
+"""HTTP/1.1 against pinsd (transport/h1.c): raw sockets for exact bytes, and curl --http1.1.
 
 Covers API.md section 1 (HTTP/1.1 keep-alive, Content-Length and chunked bodies on every listener)
-and the request-smuggling and size rules of bridge/h1_int.h. The class server runs with
+and the request-smuggling and size rules of transport/h1_int.h. The class server runs with
 MAX_REQUEST_BYTES=2048 so that the 413 paths are cheap to reach.
 Run: PINSD_BIN=build/pinsd /usr/bin/python3 -m unittest -v test_http1   (from tests/interop)
 """

@@ -367,7 +367,7 @@ static fake_call *new_call(fake_env *env, const rpc_method *method, const uint8_
     assert_int_equal(rpc__call_set_request_id(call, rpc_call_header(call, "x-request-id")), 0);
     const char *timeout = rpc_call_header(call, "grpc-timeout");
     int64_t ns = 0;
-    if (timeout != NULL && rpc__grpc_timeout_parse(timeout, strlen(timeout), &ns) != 0)
+    if (timeout != NULL && proto__grpc_timeout_parse(timeout, strlen(timeout), &ns) != 0)
         goto reject;
     if (timeout != NULL)
         call->deadline_ns = call->start_ns + ns;

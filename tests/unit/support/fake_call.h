@@ -6,11 +6,11 @@
  * which the dispatcher arms deadline timers. fake_env_run() runs that loop.
  *
  * A fake_call is one stream of the fake transport. fake_call_new() builds the rpc_call the way
- * rpc/conn.c does (headers copied into the call's arena, x-request-id, grpc-timeout, the request
- * packed and unpacked into the arena), fake_call_dispatch() hands it to rpc__dispatch(). The fake's
- * send and finish functions capture what a client would see: every response message (the packed
- * bytes are copied), the final status, message, REST error detail, request id and metadata. The
- * captures belong to the fake_call and outlive the rpc_call.
+ * transport/conn.c does (headers copied into the call's arena, x-request-id, grpc-timeout, the
+ * request packed and unpacked into the arena), fake_call_dispatch() hands it to rpc__dispatch().
+ * The fake's send and finish functions capture what a client would see: every response message (the
+ * packed bytes are copied), the final status, message, REST error detail, request id and metadata.
+ * The captures belong to the fake_call and outlive the rpc_call.
  *
  * Ownership. The fake holds the transport's reference to the rpc_call. Like a stream that closes
  * once its status is sent, it lets go (rpc__call_detach) as soon as the call is finished and

@@ -1,0 +1,1695 @@
+/* transport/conn.c: connections: accept, TLS, protocol sniffing, and HTTP/2 with nghttp2.
+ *
+ * One nghttp2_session per connection, driven the way nghttp2's libevent server drives it: input
+ * goes through nghttp2_session_mem_recv(), output through nghttp2_session_send() into the
+ * bufferevent. Handlers may finish calls inside nghttp2 callbacks; output produced there is sent
+ * when nghttp2_session_mem_recv() returns (nghttp2 forbids re-entering the session).
+ *
+ * Blast radius: a malformed gRPC message or an oversized header list resets or fails one stream;
+ * framing corruption ends one connection; nothing here stops the process.
+ */
+#include "rpc/rpc_int.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <nghttp2/nghttp2.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "observability/log.h"
+#include "protocols/protocols.h"
+#include "transport/h1.h"
+#include "transport/tls.h"
+
+#define PREFACE            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define PREFACE_LEN        24
+#define MAX_HEADERS        100
+#define MAX_HEADER_BYTES   65536
+#define OUTPUT_HIGH_WATER  (1u << 20) /* past this in the socket's buffer, reading pauses */
+#define LINGER_MS          2000       /* reading after GOAWAY, until the peer closes */
+#define STREAM_PENDING_MAX (4u << 20)
+
+enum conn_proto { PROTO_SNIFF, PROTO_H2, PROTO_H1 };
+
+typedef struct h2_stream h2_stream;
+
+struct transport__conn {
+    struct transport__conn *prev, *next;
+    rpc_worker *w;
+    struct bufferevent *bev;
+    nghttp2_session *h2;
+    enum conn_proto proto;
+    int in_recv;             /* inside nghttp2_session_mem_recv */
+    bool want_flush;         /* output produced inside callbacks */
+    bool closing;            /* close once the outermost callback unwinds */
+    bool goaway_sent;        /* draining */
+    bool close_after_flush;  /* HTTP/1.1 asked to close once the output drained */
+    uint32_t varies_indexed; /* varying metadata names indexed once, by name length (grpc_md) */
+    bool read_paused;        /* the peer does not read: stop reading it (OUTPUT_HIGH_WATER) */
+    bool lingering;          /* closed for writing after GOAWAY; reading until the peer closes */
+    transport_h1 *h1;
+    h2_stream *streams;
+    size_t nstreams;
+    size_t charged;          /* bytes charged to this connection (transport__conn_charge) */
+    int64_t out_progress_ns; /* when response bytes last left a stream's buffer */
+    uint64_t wire_sent;      /* bytes that left the output buffer (on_output_change) */
+    uint64_t wire_seen;      /* wire_sent at the last tick */
+    int64_t wire_stuck_ns;   /* since when output waits and none left; 0: it moves */
+    int64_t over_ns;         /* since when the tick saw it over its budget; 0: it is not */
+    struct event *linger_ev; /* ends a lingering close */
+};
+
+enum stream_kind { KIND_UNKNOWN, KIND_GRPC, KIND_HTTP, KIND_REJECTED };
+
+struct h2_stream {
+    proto_stream bs; /* the bridge's view of a non-gRPC request (KIND_HTTP) */
+    h2_stream *prev, *next;
+    transport__conn *conn;
+    int32_t id;
+    rpc_call *call; /* owns this struct's memory (its arena) */
+    enum stream_kind kind;
+    size_t header_bytes;
+    size_t cap_headers;
+    /* Pseudo headers and the few regular ones the transport reads. */
+    const char *method;
+    const char *path;
+    const char *content_type;
+    const char *grpc_timeout;
+    const char *grpc_encoding;
+    const char *request_id_hdr;
+    int64_t begin_ns; /* HEADERS began: the request must be complete by PINS_REQUEST_TIMEOUT */
+    /* Request body, malloc'd: a unary gRPC message is kept whole until END_STREAM and decoded
+     * then; a client-streaming one is decoded frame by frame. */
+    unsigned char *body;
+    size_t body_len, body_cap;
+    size_t charged;       /* of the connection's charge: body_cap and the decoded messages */
+    size_t arena_charged; /* the part of charged that is the call's arena */
+    size_t out_charged;   /* of the connection's charge: response bytes not yet sent */
+    unsigned nmessages;
+    bool request_done; /* END_STREAM seen */
+    bool dispatched;
+    /* Response. */
+    struct evbuffer *out; /* pending DATA */
+    bool headers_sent;
+    bool finished;      /* trailers (or END_STREAM) queued */
+    bool deferred;      /* the data provider returned DEFERRED */
+    bool want_trailers; /* trailers to submit when out drains */
+    nghttp2_nv *trailers;
+    size_t ntrailers;
+    const char *resp_body; /* plain HTTP answers */
+    size_t resp_len, resp_off;
+    bool counted_rst;
+    bool closed;          /* nghttp2 closed the stream; only the memory is left */
+    bool streaming;       /* the bridge takes this request's body incrementally */
+    bool overrun;         /* output was refused (pending_max or the budgets): ends with a reset */
+    int64_t out_since_ns; /* output waiting since, or last taken by the peer (watch streams) */
+};
+
+static void conn_flush(transport__conn *c);
+static void conn_free(transport__conn *c);
+static void conn_maybe_free(transport__conn *c);
+
+static const rpc__call_ops grpc_ops;
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+/* A header with a literal name and a value that is static or lives in the call's arena: both
+ * outlive the frame (the arena goes only after the stream closed), so nghttp2 copies neither. */
+#define NV(n, v, vl)                                                     \
+    (nghttp2_nv)                                                         \
+    {                                                                    \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl),             \
+            NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE \
+    }
+
+static bool streq_lit(const uint8_t *s, size_t n, const char *lit, size_t litn)
+{
+    return n == litn && memcmp(s, lit, n) == 0;
+}
+
+static void stream_unlink(h2_stream *st)
+{
+    transport__conn *c = st->conn;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        c->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    c->nstreams--;
+}
+
+/* The stream lets go of everything it holds; the call (and so the stream's memory) goes when
+ * the handler is done too. */
+static void stream_close(h2_stream *st)
+{
+    st->closed = true;
+    stream_unlink(st);
+    transport__conn_uncharge(st->conn, st->charged + st->out_charged);
+    st->charged = st->out_charged = 0;
+    free(st->body);
+    st->body = NULL;
+    if (st->out != NULL) {
+        evbuffer_free(st->out);
+        st->out = NULL;
+    }
+    rpc_call *call = st->call;
+    st->call = NULL;
+    if (st->dispatched || st->bs.dispatched)
+        rpc__call_detach(call);
+    else
+        rpc__call_abandon(call);
+}
+
+/* ---- buffered bytes ------------------------------------------------------------------------ */
+
+/* The worker's part of PINS_BUFFER_BYTES. Each worker counts its own connections' bytes, so
+ * that a charge is a plain add on the worker's thread instead of an atomic operation on a line
+ * every worker writes; the gauge sums the workers (relaxed loads). */
+static int64_t worker_buffered(const rpc_worker *w)
+{
+    return atomic_load_explicit(&w->buffered, memory_order_relaxed);
+}
+
+static void worker_add(rpc_worker *w, int64_t n)
+{
+    atomic_store_explicit(&w->buffered, worker_buffered(w) + n, memory_order_relaxed);
+}
+
+static bool over_budget(const transport__conn *c)
+{
+    return (int64_t)c->charged > c->w->server->cfg->conn_buffer_bytes ||
+           worker_buffered(c->w) > c->w->buffer_share;
+}
+
+int transport__conn_charge(transport__conn *c, size_t n)
+{
+    rpc_worker *w = c->w;
+    int64_t before = worker_buffered(w);
+    bool refuse = before >= w->buffer_share;
+    if (!refuse && c->charged > 0)
+        refuse = (int64_t)(c->charged + n) > w->server->cfg->conn_buffer_bytes ||
+                 before + (int64_t)n > w->buffer_share;
+    if (refuse) {
+        rpc__metrics_buffer_refused(w);
+        return PINS_ERESOURCE_EXHAUSTED;
+    }
+    worker_add(w, (int64_t)n);
+    c->charged += n;
+    return 0;
+}
+
+void transport__conn_uncharge(transport__conn *c, size_t n)
+{
+    if (n == 0)
+        return;
+    if (n > c->charged)
+        n = c->charged;
+    c->charged -= n;
+    worker_add(c->w, -(int64_t)n);
+}
+
+/* Response bytes are charged without refusal: an answer that was produced goes out. What limits
+ * them is that a connection over its budget gets no new streams and no further stream output. */
+static void out_charge(h2_stream *st, size_t n)
+{
+    transport__conn *c = st->conn;
+    if (st->out_charged == 0)
+        st->out_since_ns = rpc__now_ns();
+    st->out_charged += n;
+    c->charged += n;
+    worker_add(c->w, (int64_t)n);
+}
+
+/* Charges n more bytes to the stream (its body or its call's arena). */
+static int stream_charge(h2_stream *st, size_t n)
+{
+    int rv = transport__conn_charge(st->conn, n);
+    if (rv == 0)
+        st->charged += n;
+    return rv;
+}
+
+/* Charges what the call's arena grew by since its last charge (a decoded message). */
+static int stream_charge_arena(h2_stream *st)
+{
+    size_t used = pins_arena_used(st->call->arena);
+    if (used <= st->arena_charged)
+        return 0;
+    int rv = stream_charge(st, used - st->arena_charged);
+    if (rv == 0)
+        st->arena_charged = used;
+    return rv;
+}
+
+/* Frees the request body buffer and gives its charge back. */
+static void stream_body_free(h2_stream *st)
+{
+    size_t n = st->body_cap < st->charged ? st->body_cap : st->charged;
+    transport__conn_uncharge(st->conn, n);
+    st->charged -= n;
+    free(st->body);
+    st->body = NULL;
+    st->body_len = st->body_cap = 0;
+}
+
+/* What a stream may have waiting for its reader before more output is refused: the call's own
+ * bound (a watch stream's PINS_WATCH_PENDING_BYTES) or STREAM_PENDING_MAX. */
+static size_t pending_max(const h2_stream *st)
+{
+    size_t m = st->call != NULL ? st->call->pending_max : 0;
+    return m != 0 && m < STREAM_PENDING_MAX ? m : STREAM_PENDING_MAX;
+}
+
+static h2_stream *stream_get(transport__conn *c, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(c->h2, id);
+}
+
+/* ---- response side ----------------------------------------------------------------------------
+ */
+
+static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                        uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
+{
+    h2_stream *st = source->ptr;
+    size_t n = 0;
+    bool empty;
+    if (st->resp_body != NULL) {
+        n = st->resp_len - st->resp_off;
+        if (n > length)
+            n = length;
+        memcpy(buf, st->resp_body + st->resp_off, n);
+        st->resp_off += n;
+        empty = st->resp_off == st->resp_len;
+    } else if (st->out != NULL) {
+        int got = evbuffer_remove(st->out, buf, length);
+        if (got < 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        n = (size_t)got;
+        if (n > 0)
+            st->out_since_ns = rpc__now_ns();
+        empty = evbuffer_get_length(st->out) == 0;
+    } else {
+        empty = true;
+    }
+    if (n > 0) {
+        size_t k = n < st->out_charged ? n : st->out_charged;
+        st->out_charged -= k;
+        transport__conn_uncharge(st->conn, k);
+        st->conn->out_progress_ns = rpc__now_ns();
+    }
+    if (!empty)
+        return (ssize_t)n;
+    if (!st->finished) {
+        if (n > 0)
+            return (ssize_t)n;
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (st->ntrailers > 0) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (nghttp2_submit_trailer(session, stream_id, st->trailers, st->ntrailers) != 0)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return (ssize_t)n;
+}
+
+static void stream_output_ready(h2_stream *st)
+{
+    transport__conn *c = st->conn;
+    if (st->deferred) {
+        st->deferred = false;
+        nghttp2_session_resume_data(c->h2, st->id);
+    }
+    if (c->in_recv)
+        c->want_flush = true;
+    else
+        conn_flush(c);
+}
+
+/* One metadata entry for nghttp2. Its strings live in the call's arena (or longer), which lives
+ * until the stream closed, after its HEADERS frames were sent, so nghttp2 need not copy them.
+ * Metadata whose value changes from call to call is sent unindexed, so that it does not evict the
+ * stable entries (content type, status, policy) from the peer's HPACK table; only the first one
+ * of each name on a connection is indexed, so that the later ones refer to that name by index
+ * instead of spelling it out (the names differ in length, which keys the connection's mask). */
+static nghttp2_nv grpc_md(transport__conn *c, const rpc__metadata *m)
+{
+    uint8_t flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    if (m->varies) {
+        uint32_t bit = m->namelen < 32 ? 1u << m->namelen : 0;
+        if (bit == 0 || (c->varies_indexed & bit) != 0)
+            flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+        c->varies_indexed |= bit;
+    }
+    return (nghttp2_nv){(uint8_t *)m->name, (uint8_t *)m->value, m->namelen, m->valuelen, flags};
+}
+
+/* Response headers for a gRPC stream (trailers false: :status, content type, request id and the
+ * handler's initial metadata; trailers true: the handler's trailing metadata). */
+static size_t grpc_headers(h2_stream *st, nghttp2_nv *nva, size_t cap, bool trailers)
+{
+    rpc_call *call = st->call;
+    size_t n = 0;
+    if (!trailers) {
+        const char *rid = rpc_call_request_id(call);
+        nva[n++] = NV(":status", "200", 3);
+        nva[n++] = NV("content-type", "application/grpc", 16);
+        nva[n++] = NV("x-request-id", rid, strlen(rid));
+        nva[n - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique per call: keep the HPACK table */
+    }
+    for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL && n < cap; m = m->next) {
+        if (m->trailer == trailers)
+            nva[n++] = grpc_md(st->conn, m);
+    }
+    return n;
+}
+
+static int submit_grpc_headers(h2_stream *st)
+{
+    nghttp2_nv nva[32];
+    size_t n = grpc_headers(st, nva, 32, false);
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    int rv = nghttp2_submit_response(st->conn->h2, st->id, nva, n, &prd);
+    if (rv != 0)
+        return PINS_EINTERNAL;
+    st->headers_sent = true;
+    return 0;
+}
+
+/* Reserves room for one gRPC message of len bytes: in the arena for a unary reply (sent with its
+ * trailers by grpc_finish), in the stream's buffer otherwise. *pv is the reservation to commit. */
+static int frame_reserve(rpc_call *call, size_t len, unsigned char **pp, struct evbuffer_iovec *pv)
+{
+    h2_stream *st = call->transport;
+    if (len > UINT32_MAX - 5)
+        return PINS_ERESOURCE_EXHAUSTED;
+    unsigned char *p;
+    if (!(call->method->flags & RPC_METHOD_SERVER_STREAM)) {
+        if (st->resp_body != NULL)
+            return PINS_EINTERNAL;
+        p = pins_arena_alloc(call->arena, len + 5);
+        if (p == NULL)
+            return PINS_ENOMEM;
+        pv->iov_base = NULL;
+    } else {
+        if (st->out == NULL) {
+            st->out = evbuffer_new();
+            if (st->out == NULL)
+                return PINS_ENOMEM;
+        }
+        if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn)) {
+            st->overrun = true; /* grpc_finish drops what it holds */
+            return PINS_ERESOURCE_EXHAUSTED;
+        }
+        if (evbuffer_reserve_space(st->out, len + 5, pv, 1) < 1)
+            return PINS_ENOMEM;
+        p = pv->iov_base;
+    }
+    p[0] = 0;
+    p[1] = (unsigned char)(len >> 24);
+    p[2] = (unsigned char)(len >> 16);
+    p[3] = (unsigned char)(len >> 8);
+    p[4] = (unsigned char)len;
+    *pp = p;
+    return 0;
+}
+
+static int frame_commit(rpc_call *call, unsigned char *p, size_t len, struct evbuffer_iovec *v)
+{
+    h2_stream *st = call->transport;
+    if (v->iov_base == NULL) {
+        st->resp_body = (const char *)p;
+        st->resp_len = len + 5;
+        st->resp_off = 0;
+        out_charge(st, len + 5);
+        return 0;
+    }
+    v->iov_len = len + 5;
+    if (evbuffer_commit_space(st->out, v, 1) != 0)
+        return PINS_ENOMEM;
+    out_charge(st, len + 5);
+    if (!st->headers_sent && submit_grpc_headers(st) != 0)
+        return PINS_EINTERNAL;
+    stream_output_ready(st);
+    return 0;
+}
+
+static int grpc_send(rpc_call *call, const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    unsigned char *p;
+    struct evbuffer_iovec v;
+    int rv = frame_reserve(call, len, &p, &v);
+    if (rv != 0)
+        return rv;
+    protobuf_c_message_pack(msg, p + 5);
+    return frame_commit(call, p, len, &v);
+}
+
+static int grpc_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
+{
+    unsigned char *p;
+    struct evbuffer_iovec v;
+    int rv = frame_reserve(call, len, &p, &v);
+    if (rv != 0)
+        return rv;
+    memcpy(p + 5, msg, len);
+    return frame_commit(call, p, len, &v);
+}
+
+/* A watch stream was subscribed: its response headers go out now, before the first message. */
+static int grpc_open(rpc_call *call)
+{
+    h2_stream *st = call->transport;
+    if (st->headers_sent)
+        return 0;
+    if (submit_grpc_headers(st) != 0)
+        return PINS_EINTERNAL;
+    stream_output_ready(st);
+    return 0;
+}
+
+/* A server stream whose output was refused (its reader fell behind, or the budgets are spent),
+ * or a watch whose reader took nothing for PINS_REQUEST_TIMEOUT_SECONDS, ends now: what it holds
+ * for the reader is freed and the stream reset with ENHANCE_YOUR_CALM, which gRPC clients report
+ * as RESOURCE_EXHAUSTED. Trailers would wait behind the DATA the reader does not take (or behind
+ * a flow-control window it never opens), and the bytes with them. */
+static void stream_abort(h2_stream *st)
+{
+    if (st->out != NULL) {
+        evbuffer_free(st->out);
+        st->out = NULL;
+    }
+    transport__conn_uncharge(st->conn, st->out_charged);
+    st->out_charged = 0;
+    st->finished = true;
+    nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_ENHANCE_YOUR_CALM);
+    stream_output_ready(st);
+}
+
+/* Trailers (or the Trailers-Only HEADERS) for status err. */
+static void grpc_finish(rpc_call *call, int err, const char *message)
+{
+    h2_stream *st = call->transport;
+    pins_arena *a = call->arena;
+    if (st->overrun && err != 0) {
+        stream_abort(st);
+        return;
+    }
+    static const char *const codes[] = {"0", "1",  "2",  "3",  "4",  "5",  "6",  "7", "8",
+                                        "9", "10", "11", "12", "13", "14", "15", "16"};
+    int code = pins_error_grpc(err);
+    const char *codestr = code >= 0 && code <= 16 ? codes[code] : "2";
+    char *enc = message != NULL && err != 0 ? proto__grpc_message_encode(a, message) : NULL;
+    /* Room for the initial headers (Trailers-Only), every metadata entry, status and message. */
+    size_t cap = call->nmetadata + 5;
+    nghttp2_nv *nva = pins_arena_alloc(a, cap * sizeof(*nva));
+    if (codestr == NULL || nva == NULL) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        stream_output_ready(st);
+        return;
+    }
+    size_t n = 0;
+    bool with_body = err == 0 && !st->headers_sent && st->resp_body != NULL;
+    if (!st->headers_sent && !with_body) {
+        /* Trailers-Only: one HEADERS frame with END_STREAM. */
+        st->resp_body = NULL;
+        n = grpc_headers(st, nva, cap - 2, false);
+        n += grpc_headers(st, nva + n, cap - 2 - n, true);
+    } else {
+        n = grpc_headers(st, nva, cap - 2, true);
+    }
+    nva[n++] = NV("grpc-status", codestr, strlen(codestr));
+    if (enc != NULL)
+        nva[n++] = NV("grpc-message", enc, strlen(enc));
+    st->finished = true;
+    if (with_body) {
+        st->trailers = nva;
+        st->ntrailers = n;
+        if (submit_grpc_headers(st) != 0)
+            nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id,
+                                      NGHTTP2_INTERNAL_ERROR);
+    } else if (!st->headers_sent) {
+        st->headers_sent = true;
+        nghttp2_submit_response(st->conn->h2, st->id, nva, n, NULL);
+    } else {
+        st->trailers = nva;
+        st->ntrailers = n;
+    }
+    stream_output_ready(st);
+}
+
+static const rpc__call_ops grpc_ops = {
+    .send = grpc_send, .send_packed = grpc_send_packed, .finish = grpc_finish, .open = grpc_open};
+
+/* An early gRPC error before any call was dispatched: Trailers-Only with status err. */
+static void grpc_early_error(h2_stream *st, int err, const char *msg, bool accept_encoding)
+{
+    if (accept_encoding)
+        rpc_call_add_metadata(st->call, "grpc-accept-encoding", "identity", false);
+    st->kind = KIND_REJECTED;
+    grpc_finish(st->call, err, msg);
+}
+
+/* ---- the bridge's HTTP/2 stream ops ------------------------------------------------------ */
+
+static h2_stream *from_bs(proto_stream *bs)
+{
+    return (h2_stream *)bs; /* bs is the first member */
+}
+
+static int h2_bridge_start(proto_stream *bs, int status, const rpc__header *hdrs, size_t nhdrs,
+                           int64_t body_len)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (st->headers_sent)
+        return PINS_EINTERNAL;
+    pins_arena *a = st->call->arena;
+    nghttp2_nv *nva = pins_arena_calloc(a, nhdrs + 4, sizeof(*nva));
+    char *sstatus = pins_arena_printf(a, "%d", status);
+    char *slen = body_len >= 0 ? pins_arena_printf(a, "%lld", (long long)body_len) : NULL;
+    if (nva == NULL || sstatus == NULL || (body_len >= 0 && slen == NULL))
+        return PINS_ENOMEM;
+    size_t n = 0;
+    const char *rid = rpc_call_request_id(st->call);
+    nva[n++] = NV(":status", sstatus, strlen(sstatus));
+    if (slen != NULL)
+        nva[n++] = NV("content-length", slen, strlen(slen));
+    if (rid[0] != '\0') {
+        nva[n++] = NV("x-request-id", rid, strlen(rid));
+        nva[n - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+    }
+    for (size_t i = 0; i < nhdrs; i++) {
+        const char *name = pins_arena_strdup(a, hdrs[i].name);
+        const char *value = pins_arena_strdup(a, hdrs[i].value);
+        if (name == NULL || value == NULL)
+            return PINS_ENOMEM;
+        nva[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
+                                NGHTTP2_NV_FLAG_NONE};
+    }
+    bool empty = body_len == 0 || bs->head;
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    if (nghttp2_submit_response(st->conn->h2, st->id, nva, n, empty ? NULL : &prd) != 0)
+        return PINS_EINTERNAL;
+    st->headers_sent = true;
+    if (empty)
+        st->finished = true;
+    bs->started = true;
+    stream_output_ready(st);
+    return 0;
+}
+
+static int h2_bridge_write(proto_stream *bs, const void *data, size_t len)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (bs->head || st->finished || len == 0)
+        return 0;
+    if (st->out == NULL) {
+        st->out = evbuffer_new();
+        if (st->out == NULL)
+            return PINS_ENOMEM;
+    }
+    if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn))
+        return PINS_ERESOURCE_EXHAUSTED;
+    if (evbuffer_add(st->out, data, len) != 0)
+        return PINS_ENOMEM;
+    out_charge(st, len);
+    stream_output_ready(st);
+    return 0;
+}
+
+static void h2_bridge_end(proto_stream *bs)
+{
+    h2_stream *st = from_bs(bs);
+    bs->ended = true;
+    if (st->closed)
+        return;
+    st->finished = true;
+    stream_output_ready(st);
+}
+
+/* Ends a streamed response with trailers: read_out submits them once the DATA drained. Names
+ * and values are copied into the call's arena, which outlives the stream's frames. */
+static int h2_bridge_end_trailers(proto_stream *bs, const rpc__header *trailers, size_t n)
+{
+    h2_stream *st = from_bs(bs);
+    bs->ended = true;
+    if (st->closed)
+        return PINS_ECANCELLED;
+    pins_arena *a = st->call->arena;
+    nghttp2_nv *nva = n > 0 ? pins_arena_calloc(a, n, sizeof(*nva)) : NULL;
+    for (size_t i = 0; nva != NULL && i < n; i++) {
+        char *name = pins_arena_strdup(a, trailers[i].name);
+        char *value = pins_arena_strdup(a, trailers[i].value);
+        if (name == NULL || value == NULL) {
+            nva = NULL;
+            break;
+        }
+        nva[i] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
+                              NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+    }
+    if (n > 0 && nva == NULL) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        stream_output_ready(st);
+        return PINS_ENOMEM;
+    }
+    st->trailers = nva;
+    st->ntrailers = n;
+    st->finished = true;
+    stream_output_ready(st);
+    return 0;
+}
+
+static const proto_stream_ops h2_bridge_ops = {.start = h2_bridge_start,
+                                               .write = h2_bridge_write,
+                                               .end = h2_bridge_end,
+                                               .end_trailers = h2_bridge_end_trailers};
+
+static void http_simple(h2_stream *st, int status, const char *body, const char *allow)
+{
+    rpc__header extra[1] = {{.name = "allow", .value = allow}};
+    st->kind = KIND_REJECTED;
+    st->bs.ops = &h2_bridge_ops;
+    st->bs.call = st->call;
+    proto_respond(&st->bs, status, "application/json", body, strlen(body), extra, allow ? 1 : 0);
+}
+
+/* Refuses a request to a method path (Connect, gRPC-Web) that the bridge has not taken, in its
+ * protocol's shape; its remaining body is dropped. False, doing nothing, for any other path: REST
+ * keeps its own error bodies. */
+static bool http_reject_rpc(h2_stream *st, int err, const char *message)
+{
+    if (st->path == NULL || rpc__method_find(st->path, strcspn(st->path, "?")) == NULL)
+        return false;
+    st->kind = KIND_REJECTED;
+    proto_reject(&st->bs, err, message != NULL ? message : pins_strerror(err));
+    return true;
+}
+
+/* ---- request side ------------------------------------------------------------------------------
+ */
+
+static void fill_bridge_stream(h2_stream *st)
+{
+    st->bs.ops = &h2_bridge_ops;
+    st->bs.call = st->call;
+    st->bs.worker = st->conn->w;
+    st->bs.method = st->method;
+    st->bs.path = st->path;
+    st->bs.http2 = true;
+    st->bs.head = strcmp(st->method, "HEAD") == 0;
+}
+
+/* HEADERS complete: decide what the stream is. */
+static void on_request_headers(h2_stream *st)
+{
+    rpc_call *call = st->call;
+    if (rpc__call_set_request_id(call, st->request_id_hdr) != 0) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    if (st->path == NULL || st->method == NULL) {
+        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_PROTOCOL_ERROR);
+        st->kind = KIND_REJECTED;
+        return;
+    }
+    bool grpc_ct = st->content_type != NULL &&
+                   proto__grpc_content_type(st->content_type, strlen(st->content_type));
+    if (!grpc_ct) {
+        /* Connect and gRPC-Web share the method paths; the bridge answers 415 for any other
+         * content type there. */
+        st->kind = KIND_HTTP;
+        fill_bridge_stream(st);
+        /* Credentials are decided now, before a body byte is buffered. */
+        if (!proto_headers_or_reply(&st->bs)) {
+            st->kind = KIND_REJECTED;
+            return;
+        }
+        st->streaming = proto_begin(&st->bs);
+        return;
+    }
+    st->kind = KIND_GRPC;
+    if (strcmp(st->method, "POST") != 0) {
+        grpc_early_error(st, PINS_EUNIMPLEMENTED, "gRPC requires POST", false);
+        return;
+    }
+    const rpc_method *m = rpc__method_find(st->path, strlen(st->path));
+    if (m == NULL) {
+        grpc_early_error(st, PINS_EUNIMPLEMENTED,
+                         pins_arena_printf(call->arena, "unknown method %s", st->path), false);
+        return;
+    }
+    call->method = m;
+    if (st->grpc_timeout != NULL) {
+        int64_t ns;
+        if (proto__grpc_timeout_parse(st->grpc_timeout, strlen(st->grpc_timeout), &ns) != 0) {
+            grpc_early_error(st, PINS_EINVALID_ARGUMENT, "malformed grpc-timeout header", false);
+            return;
+        }
+        call->deadline_ns = call->start_ns + ns;
+    }
+    /* Credentials are decided now, before a body byte is buffered or decoded. */
+    if (!rpc__dispatch_early_or_reply(call))
+        st->kind = KIND_REJECTED;
+}
+
+static void on_http_request(h2_stream *st)
+{
+    st->kind = KIND_REJECTED; /* answered once */
+    if (st->streaming) {
+        proto_body_end(&st->bs);
+        return;
+    }
+    st->bs.body = st->body;
+    st->bs.body_len = st->body_len;
+    proto_handle(&st->bs);
+}
+
+/* Decodes one gRPC message; returns 0 and *pmsg, or fails the stream. */
+static int decode_message(h2_stream *st, const unsigned char *p, size_t len,
+                          ProtobufCMessage **pmsg)
+{
+    const char *why = NULL;
+    int rv = rpc__call_decode(st->call, st->call->method->input, p, len, pmsg, &why);
+    if (rv != 0) {
+        grpc_early_error(st, rv, why, false);
+        return -1;
+    }
+    return 0;
+}
+
+static void grpc_busy(h2_stream *st)
+{
+    grpc_early_error(st, PINS_ERESOURCE_EXHAUSTED,
+                     "the server holds too many request bytes; retry later", false);
+}
+
+/* Consumes complete gRPC frames from the body buffer. A unary request's one message is only
+ * checked as it arrives and decoded at END_STREAM (at_end): a stream that never ends holds its
+ * raw bytes, charged and bounded, and never a decoded message, which may be several times
+ * larger. A client-streaming request's messages are decoded and delivered one by one. */
+static void grpc_consume(h2_stream *st, bool at_end)
+{
+    rpc_call *call = st->call;
+    const rpc_method *m = call->method;
+    bool streaming = (m->flags & RPC_METHOD_CLIENT_STREAM) != 0;
+    size_t off = 0;
+    while (st->kind == KIND_GRPC && st->body_len - off >= PROTO__GRPC_FRAME_HEADER) {
+        const unsigned char *p = st->body + off;
+        proto__grpc_frame fr;
+        if (proto__grpc_frame_parse(p, st->body_len - off, &fr) != 0) {
+            grpc_early_error(st, PINS_EINVALID_ARGUMENT,
+                             pins_arena_printf(call->arena,
+                                               "message flags 0x%02x: only bit 0 (compressed) "
+                                               "is defined",
+                                               p[0]),
+                             false);
+            return;
+        }
+        uint32_t len = fr.len;
+        if (fr.compressed) {
+            if (st->grpc_encoding == NULL || strcmp(st->grpc_encoding, "identity") == 0)
+                grpc_early_error(st, PINS_EINTERNAL, "compressed message without a grpc-encoding",
+                                 false);
+            else
+                grpc_early_error(st, PINS_EUNIMPLEMENTED,
+                                 pins_arena_printf(call->arena,
+                                                   "message compression %s is not supported",
+                                                   st->grpc_encoding),
+                                 true);
+            return;
+        }
+        if ((int64_t)len > call->worker->server->cfg->max_request_bytes) {
+            grpc_early_error(
+                st, PINS_ETOO_LARGE,
+                pins_arena_printf(call->arena,
+                                  "request message of %u bytes exceeds the limit "
+                                  "of %lld bytes",
+                                  len, (long long)call->worker->server->cfg->max_request_bytes),
+                false);
+            return;
+        }
+        if (st->body_len - off - PROTO__GRPC_FRAME_HEADER < len)
+            break;
+        if (!streaming) {
+            if (off + PROTO__GRPC_FRAME_HEADER + len < st->body_len) {
+                grpc_early_error(st, PINS_EINVALID_ARGUMENT,
+                                 "a unary method takes exactly one request message", false);
+                return;
+            }
+            if (!at_end)
+                return;
+        }
+        st->nmessages++;
+        ProtobufCMessage *msg;
+        if (decode_message(st, p + PROTO__GRPC_FRAME_HEADER, len, &msg) != 0)
+            return;
+        /* A unary message is charged once its body is freed (on_request_end), so that a lone
+         * request is never refused for holding its body and its decoded form at once. */
+        if (streaming && stream_charge_arena(st) != 0) {
+            grpc_busy(st);
+            return;
+        }
+        off += PROTO__GRPC_FRAME_HEADER + (size_t)len;
+        if (!streaming) {
+            call->request = msg;
+        } else if (!st->dispatched) {
+            call->request = msg;
+            st->dispatched = true;
+            rpc__dispatch(call);
+        } else {
+            rpc__call_deliver(call, msg);
+        }
+    }
+    if (off > 0 && st->body != NULL) {
+        memmove(st->body, st->body + off, st->body_len - off);
+        st->body_len -= off;
+    }
+}
+
+static void on_request_end(h2_stream *st)
+{
+    st->request_done = true;
+    if (st->kind == KIND_HTTP) {
+        on_http_request(st);
+        return;
+    }
+    if (st->kind != KIND_GRPC)
+        return;
+    rpc_call *call = st->call;
+    grpc_consume(st, true);
+    if (st->kind != KIND_GRPC)
+        return;
+    if (st->body_len != 0) {
+        grpc_early_error(st, PINS_EINVALID_ARGUMENT, "request ends inside a gRPC message frame",
+                         false);
+        return;
+    }
+    stream_body_free(st);
+    if (stream_charge_arena(st) != 0) {
+        grpc_busy(st);
+        return;
+    }
+    if (call->method->flags & RPC_METHOD_CLIENT_STREAM) {
+        if (!st->dispatched) {
+            st->dispatched = true;
+            rpc__dispatch(call);
+        }
+        if (st->call != NULL)
+            rpc__call_deliver(call, NULL);
+        return;
+    }
+    if (call->request == NULL) {
+        grpc_early_error(st, PINS_EINVALID_ARGUMENT, "request message missing", false);
+        return;
+    }
+    st->dispatched = true;
+    rpc__dispatch(call);
+}
+
+/* ---- nghttp2 callbacks --------------------------------------------------------------------------
+ */
+
+static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
+                       void *user_data)
+{
+    transport__conn *c = user_data;
+    if (bufferevent_write(c->bev, data, length) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return (ssize_t)length;
+}
+
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    transport__conn *c = user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    if (over_budget(c)) {
+        /* The connection (or the process) holds its budget of buffered bytes, typically answers
+         * its peer does not read: no new work until they drain. REFUSED_STREAM tells the
+         * client that nothing was done, so it may retry. */
+        rpc__metrics_buffer_refused(c->w);
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_REFUSED_STREAM);
+        return 0;
+    }
+    rpc_call *call = rpc__call_new(c->w, NULL, &grpc_ops, NULL, c->w->arena_limit);
+    if (call == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    h2_stream *st = pins_arena_calloc(call->arena, 1, sizeof(*st));
+    if (st == NULL) {
+        rpc__call_abandon(call);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    call->transport = st;
+    st->call = call;
+    st->conn = c;
+    st->id = frame->hd.stream_id;
+    st->begin_ns = call->start_ns;
+    st->next = c->streams;
+    if (c->streams != NULL)
+        c->streams->prev = st;
+    c->streams = st;
+    c->nstreams++;
+    nghttp2_session_set_stream_user_data(session, st->id, st);
+    return 0;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user_data)
+{
+    transport__conn *c = user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    h2_stream *st = stream_get(c, frame->hd.stream_id);
+    if (st == NULL || st->call == NULL)
+        return 0;
+    rpc_call *call = st->call;
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* request trailers are ignored */
+    st->header_bytes += namelen + valuelen + 32;
+    if (call->nheaders >= MAX_HEADERS || st->header_bytes > MAX_HEADER_BYTES)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* resets this stream only */
+    if (namelen > 0 && name[0] == ':') {
+        /* :scheme and :authority are not needed past nghttp2's own checks. */
+        const char **slot = streq_lit(name, namelen, ":path", 5)     ? &st->path
+                            : streq_lit(name, namelen, ":method", 7) ? &st->method
+                                                                     : NULL;
+        if (slot != NULL) {
+            *slot = pins_arena_strndup(call->arena, (const char *)value, valuelen);
+            if (*slot == NULL)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        return 0;
+    }
+    const char *v = pins_arena_strndup(call->arena, (const char *)value, valuelen);
+    if (v == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    const char *n = pins_arena_strndup(call->arena, (const char *)name, namelen);
+    if (n == NULL)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (call->nheaders == st->cap_headers) {
+        size_t cap = st->cap_headers ? st->cap_headers * 2 : 16;
+        rpc__header *nh = pins_arena_alloc(call->arena, cap * sizeof(*nh));
+        if (nh == NULL)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        if (call->nheaders > 0)
+            memcpy(nh, call->headers, call->nheaders * sizeof(*nh));
+        call->headers = nh;
+        st->cap_headers = cap;
+    }
+    call->headers[call->nheaders++] = (rpc__header){.name = n, .value = v};
+    switch (namelen) {
+    case 12:
+        if (memcmp(name, "content-type", 12) == 0)
+            st->content_type = v;
+        else if (memcmp(name, "grpc-timeout", 12) == 0)
+            st->grpc_timeout = v;
+        else if (memcmp(name, "x-request-id", 12) == 0)
+            st->request_id_hdr = v;
+        break;
+    case 13:
+        if (memcmp(name, "grpc-encoding", 13) == 0)
+            st->grpc_encoding = v;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+                         const uint8_t *data, size_t len, void *user_data)
+{
+    transport__conn *c = user_data;
+    h2_stream *st = stream_get(c, stream_id);
+    if (st == NULL || st->call == NULL || (st->kind != KIND_GRPC && st->kind != KIND_HTTP))
+        return 0; /* a rejected request: its remaining body is dropped */
+    if (st->streaming) {
+        proto_body(&st->bs, data, len);
+        return 0;
+    }
+    bool grpc = st->kind == KIND_GRPC;
+    size_t max = (size_t)c->w->server->cfg->max_request_bytes + (grpc ? 5 : 0);
+    if (st->body_len + len > st->body_cap) {
+        size_t cap = st->body_cap ? st->body_cap : 1024;
+        while (cap < st->body_len + len)
+            cap *= 2;
+        if (cap > max + (grpc ? 16384 : 0))
+            cap = max + (grpc ? 16384 : 0);
+        if (cap < st->body_len + len) {
+            if (grpc)
+                grpc_early_error(st, PINS_ETOO_LARGE, "request message exceeds the limit", false);
+            else if (!http_reject_rpc(st, PINS_ETOO_LARGE,
+                                      "request body larger than MAX_REQUEST_BYTES"))
+                http_simple(st, 413,
+                            "{\"detail\":\"request body larger than MAX_REQUEST_BYTES\","
+                            "\"code\":8,\"message\":\"message larger than the limit\"}",
+                            NULL);
+            return 0;
+        }
+        if (stream_charge(st, cap - st->body_cap) != 0) {
+            if (grpc)
+                grpc_busy(st);
+            else if (!http_reject_rpc(st, PINS_ERESOURCE_EXHAUSTED,
+                                      "the server holds too many request bytes; retry later"))
+                http_simple(st, 503,
+                            "{\"detail\":\"the server holds too many request bytes; retry "
+                            "later\",\"code\":8,\"message\":\"resource exhausted\"}",
+                            NULL);
+            return 0;
+        }
+        unsigned char *nb = realloc(st->body, cap);
+        if (nb == NULL) {
+            if (grpc)
+                grpc_early_error(st, PINS_ENOMEM, NULL, false);
+            else
+                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id,
+                                          NGHTTP2_INTERNAL_ERROR);
+            st->kind = KIND_REJECTED;
+            return 0;
+        }
+        st->body = nb;
+        st->body_cap = cap;
+    }
+    memcpy(st->body + st->body_len, data, len);
+    st->body_len += len;
+    if (grpc)
+        grpc_consume(st, false);
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    transport__conn *c = user_data;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS: {
+        h2_stream *st = stream_get(c, frame->hd.stream_id);
+        if (st == NULL || st->call == NULL)
+            return 0;
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+            on_request_headers(st);
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+            on_request_end(st);
+        break;
+    }
+    case NGHTTP2_DATA: {
+        h2_stream *st = stream_get(c, frame->hd.stream_id);
+        if (st != NULL && st->call != NULL && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+            on_request_end(st);
+        break;
+    }
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    transport__conn *c = user_data;
+    /* A rejected request still sending its body: end the stream once our answer is out
+     * (RFC 9113 section 8.1: RST_STREAM NO_ERROR after a complete response). */
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        h2_stream *st = stream_get(c, frame->hd.stream_id);
+        if (st != NULL && !st->request_done && !st->counted_rst) {
+            st->counted_rst = true;
+            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+        }
+    }
+    /* A GOAWAY with an error is nghttp2 ending the session on its own: a protocol error (grpcio
+     * cancelling a call at the wrong moment sends RST_STREAM for a stream whose HEADERS it never
+     * sent, a connection error by RFC 9113 section 6.4), a flood of control frames, or a peer
+     * resetting streams faster than its rate limit. Counted; logged at debug level only, since
+     * a peer decides how often it happens. */
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+        char last[16];
+        snprintf(last, sizeof(last), "%d", frame->goaway.last_stream_id);
+        pins_log_debug("connection ended by GOAWAY", "error",
+                       nghttp2_http2_strerror(frame->goaway.error_code), "last_stream_id", last,
+                       NULL);
+        rpc__metrics_conn_closed("protocol_error");
+    }
+    return 0;
+}
+
+/* nghttp2's reason for a connection or stream error it detected (a peer's protocol error). */
+static int on_error(nghttp2_session *session, int lib_error_code, const char *msg, size_t len,
+                    void *user_data)
+{
+    if (pins_log_enabled(PINS_LOG_DEBUG)) {
+        char detail[256];
+        snprintf(detail, sizeof(detail), "%.*s", (int)(len < 200 ? len : 200), msg);
+        pins_log_debug("http/2 error", "error", nghttp2_strerror(lib_error_code), "detail", detail,
+                       NULL);
+    }
+    return 0;
+}
+
+/* A frame nghttp2 refused (it answers with RST_STREAM or GOAWAY itself). */
+static int on_invalid_frame(nghttp2_session *session, const nghttp2_frame *frame,
+                            int lib_error_code, void *user_data)
+{
+    if (pins_log_enabled(PINS_LOG_DEBUG)) {
+        char type[8], sid[16];
+        snprintf(type, sizeof(type), "%u", frame->hd.type);
+        snprintf(sid, sizeof(sid), "%d", frame->hd.stream_id);
+        pins_log_debug("http/2 frame refused", "error", nghttp2_strerror(lib_error_code),
+                       "frame_type", type, "stream_id", sid, NULL);
+    }
+    return 0;
+}
+
+/* nghttp2 could not send a frame. For a response's HEADERS (or trailers) that means the stream
+ * would never end (a header block over the limit): reset it so that the client hears the end
+ * and the stream's slot is freed. */
+static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame,
+                             int lib_error_code, void *user_data)
+{
+    /* A stream the peer already reset or closed needs nothing more. */
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->hd.stream_id == 0 ||
+        lib_error_code == NGHTTP2_ERR_STREAM_CLOSED ||
+        lib_error_code == NGHTTP2_ERR_STREAM_CLOSING ||
+        lib_error_code == NGHTTP2_ERR_SESSION_CLOSING)
+        return 0;
+    char code[16];
+    snprintf(code, sizeof(code), "%d", lib_error_code);
+    pins_log_warn("response headers could not be sent; stream reset", "error",
+                  nghttp2_strerror(lib_error_code), "code", code, NULL);
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                              NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
+                           void *user_data)
+{
+    transport__conn *c = user_data;
+    h2_stream *st = stream_get(c, stream_id);
+    if (st == NULL)
+        return 0;
+    nghttp2_session_set_stream_user_data(session, stream_id, NULL);
+    stream_close(st);
+    return 0;
+}
+
+/* ---- connection --------------------------------------------------------------------------------
+ */
+
+static void conn_free(transport__conn *c)
+{
+    rpc_worker *w = c->w;
+    while (c->streams != NULL) {
+        h2_stream *st = c->streams;
+        if (c->h2 != NULL)
+            nghttp2_session_set_stream_user_data(c->h2, st->id, NULL);
+        stream_close(st);
+    }
+    if (c->h2 != NULL)
+        nghttp2_session_del(c->h2);
+    if (c->h1 != NULL)
+        transport__h1_free(c->h1);
+    if (c->bev != NULL)
+        bufferevent_free(c->bev);
+    if (c->linger_ev != NULL)
+        event_free(c->linger_ev);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    w->nconns--;
+    atomic_fetch_sub(&w->server->nconns, 1);
+    free(c);
+}
+
+static bool conn_done(transport__conn *c)
+{
+    if (c->h2 == NULL)
+        return false;
+    return !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2) &&
+           evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+}
+
+static void on_linger_over(evutil_socket_t fd, short what, void *arg)
+{
+    transport__conn *c = arg;
+    c->closing = true;
+    conn_maybe_free(c);
+}
+
+/* The connection is over and its output written: an HTTP/2 session after GOAWAY, an HTTP/1.1
+ * connection after a "connection: close" answer (possibly to a request whose body it refused to
+ * read). Over plain TCP the write side is shut and what the peer still sends is read and dropped
+ * until it closes, for LINGER_MS at most: closing a socket with unread input sends a TCP reset,
+ * which can destroy the last answer or GOAWAY before the peer read it, and the peer would then
+ * see its requests fail instead of reading the answer or retrying them on a new connection.
+ * Over TLS the connection just closes. */
+static void conn_finish(transport__conn *c)
+{
+    if (c->lingering || c->closing)
+        return;
+    int fd = bufferevent_getfd(c->bev);
+    if (c->w->server->tls_ctx == NULL && fd >= 0 && c->linger_ev == NULL)
+        c->linger_ev = evtimer_new(c->w->base, on_linger_over, c);
+    if (c->w->server->tls_ctx != NULL || fd < 0 || c->linger_ev == NULL ||
+        shutdown(fd, SHUT_WR) != 0) {
+        c->closing = true;
+        return;
+    }
+    c->lingering = true;
+    struct timeval tv = {.tv_sec = LINGER_MS / 1000, .tv_usec = (LINGER_MS % 1000) * 1000};
+    evtimer_add(c->linger_ev, &tv);
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+/* Sends what nghttp2 has, within the output high-water mark. */
+static void conn_flush(transport__conn *c)
+{
+    c->want_flush = false;
+    if (c->closing)
+        return;
+    if (c->proto == PROTO_H1) {
+        if (c->close_after_flush && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_finish(c);
+        return;
+    }
+    if (c->h2 == NULL)
+        return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) < OUTPUT_HIGH_WATER) {
+        int rv = nghttp2_session_send(c->h2);
+        if (rv != 0) {
+            c->closing = true;
+            return;
+        }
+    }
+    if (conn_done(c))
+        conn_finish(c);
+}
+
+static void conn_maybe_free(transport__conn *c)
+{
+    if (c->closing && c->in_recv == 0)
+        conn_free(c);
+}
+
+static int h2_start(transport__conn *c)
+{
+    nghttp2_session_callbacks *cbs;
+    if (nghttp2_session_callbacks_new(&cbs) != 0)
+        return PINS_ENOMEM;
+    nghttp2_session_callbacks_set_send_callback(cbs, on_send);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
+    nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
+    nghttp2_option *opt;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cbs);
+        return PINS_ENOMEM;
+    }
+    nghttp2_option_set_max_send_header_block_length(opt, 65536);
+    nghttp2_option_set_max_deflate_dynamic_table_size(opt, 4096);
+    int rv = nghttp2_session_server_new2(&c->h2, cbs, c, opt);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    if (rv != 0)
+        return PINS_ENOMEM;
+    const pins_config *cfg = c->w->server->cfg;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)cfg->max_concurrent_streams},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1u << 20},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BYTES},
+        /* RFC 9218: no RFC 7540 priority tree to maintain per stream. */
+        {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
+    };
+    if (nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 4) != 0)
+        return PINS_ENOMEM;
+    /* A larger connection window so that several big uploads do not stall each other. */
+    nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+    c->proto = PROTO_H2;
+    if (c->w->draining)
+        transport_conn_drain_all(c->w);
+    return 0;
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    transport__conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->lingering) {
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    if (c->proto == PROTO_SNIFF) {
+        size_t n = evbuffer_get_length(in);
+        size_t k = n < PREFACE_LEN ? n : PREFACE_LEN;
+        unsigned char *p = evbuffer_pullup(in, (ssize_t)k);
+        if (p == NULL)
+            return;
+        if (memcmp(p, PREFACE, k) != 0) {
+            c->h1 = transport__h1_new(c);
+            if (c->h1 == NULL) {
+                conn_free(c);
+                return;
+            }
+            c->proto = PROTO_H1;
+        } else if (k < PREFACE_LEN) {
+            return;
+        } else if (h2_start(c) != 0) {
+            conn_free(c);
+            return;
+        }
+    }
+    c->in_recv++;
+    if (c->proto == PROTO_H1) {
+        transport__h1_on_read(c->h1, in);
+    } else {
+        struct evbuffer_iovec vec[8];
+        while (!c->closing) {
+            int nv = evbuffer_peek(in, -1, NULL, vec, 8);
+            if (nv <= 0)
+                break;
+            size_t consumed = 0;
+            for (int i = 0; i < nv && i < 8; i++) {
+                ssize_t rv = nghttp2_session_mem_recv(c->h2, vec[i].iov_base, vec[i].iov_len);
+                if (rv < 0) {
+                    c->closing = true;
+                    break;
+                }
+                consumed += (size_t)rv;
+            }
+            evbuffer_drain(in, consumed);
+            if (nv <= 8)
+                break;
+        }
+    }
+    c->in_recv--;
+    conn_flush(c);
+    if (c->proto == PROTO_H2 && !c->closing && !c->lingering && !c->read_paused &&
+        evbuffer_get_length(bufferevent_get_output(bev)) >= OUTPUT_HIGH_WATER) {
+        /* The peer does not read what we send: read no more requests from it until it does
+         * (on_write), so that nghttp2's queue of frames does not grow either. */
+        bufferevent_disable(bev, EV_READ);
+        c->read_paused = true;
+    }
+    conn_maybe_free(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    transport__conn *c = arg;
+    if (c->proto == PROTO_H1) {
+        if (c->close_after_flush) {
+            conn_finish(c);
+        } else {
+            c->in_recv++;
+            transport__h1_on_write_done(c->h1);
+            c->in_recv--;
+        }
+        conn_maybe_free(c);
+        return;
+    }
+    if (c->read_paused && !c->lingering && !c->closing) {
+        c->read_paused = false;
+        bufferevent_enable(bev, EV_READ);
+    }
+    if (c->h2 != NULL && nghttp2_session_want_write(c->h2))
+        conn_flush(c);
+    else if (conn_done(c))
+        conn_finish(c);
+    conn_maybe_free(c);
+}
+
+static void on_event(struct bufferevent *bev, short events, void *arg)
+{
+    transport__conn *c = arg;
+    if (events & BEV_EVENT_CONNECTED) {
+        /* TLS handshake done; ALPN chose h2 or http/1.1, the preface sniffing decides. */
+        return;
+    }
+    if (c->lingering) {
+        c->closing = true; /* the peer closed (or failed) after our last answer: done */
+        conn_maybe_free(c);
+        return;
+    }
+    if ((events & BEV_EVENT_TIMEOUT) &&
+        (c->nstreams > 0 || (c->h1 != NULL && transport__h1_busy(c->h1)))) {
+        bufferevent_enable(bev, EV_READ); /* busy, not idle */
+        return;
+    }
+    if ((events & BEV_EVENT_TIMEOUT) && c->h2 != NULL && !c->goaway_sent && !c->lingering) {
+        /* Idle: GOAWAY first (RFC 9113 section 6.8), naming the last stream processed, so that
+         * a request the client sends meanwhile is known unprocessed and retried elsewhere; the
+         * connection closes once the GOAWAY is written (conn_finish). */
+        c->goaway_sent = true;
+        rpc__metrics_conn_closed("idle");
+        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        bufferevent_enable(bev, EV_READ);
+        conn_flush(c);
+        conn_maybe_free(c);
+        return;
+    }
+    if ((events & BEV_EVENT_EOF) && c->h1 != NULL && !transport__h1_busy(c->h1)) {
+        /* An HTTP/1.1 client that half-closes after its requests still gets the answers queued. */
+        transport__conn_close(c, true);
+        return;
+    }
+    c->closing = true;
+    conn_maybe_free(c);
+}
+
+/* Counts the bytes that leave the connection's output buffer, for the stall check of the tick. */
+static void on_output_change(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    transport__conn *c = arg;
+    c->wire_sent += info->n_deleted;
+}
+
+void transport_conn_accept(rpc_worker *w, int fd)
+{
+    rpc_server *s = w->server;
+    if (atomic_fetch_add(&s->nconns, 1) >= s->cfg->max_connections) {
+        atomic_fetch_sub(&s->nconns, 1);
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    transport__conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        atomic_fetch_sub(&s->nconns, 1);
+        close(fd);
+        return;
+    }
+    c->w = w;
+    if (s->tls_ctx != NULL) {
+        struct ssl_st *ssl = transport_tls_ssl_new(s->tls_ctx);
+        if (ssl != NULL)
+            c->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                    BEV_OPT_CLOSE_ON_FREE);
+    } else {
+        c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (c->bev == NULL) {
+        atomic_fetch_sub(&s->nconns, 1);
+        close(fd);
+        free(c);
+        return;
+    }
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    evbuffer_add_cb(bufferevent_get_output(c->bev), on_output_change, c);
+    if (s->cfg->idle_timeout_seconds > 0) {
+        struct timeval tv = {.tv_sec = s->cfg->idle_timeout_seconds};
+        bufferevent_set_timeouts(c->bev, &tv, NULL);
+    }
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+void transport_conn_drain_all(rpc_worker *w)
+{
+    for (transport__conn *c = w->conns; c != NULL;) {
+        transport__conn *next = c->next;
+        if (c->h2 != NULL && !c->goaway_sent) {
+            c->goaway_sent = true;
+            nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                                  nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                                  NULL, 0);
+            if (!c->in_recv) {
+                conn_flush(c);
+                conn_maybe_free(c);
+            }
+        } else if (c->h1 != NULL) {
+            c->in_recv++;
+            transport__h1_drain(c->h1);
+            c->in_recv--;
+            conn_flush(c);
+            conn_maybe_free(c);
+        } else if (c->h2 == NULL && !c->in_recv) {
+            c->closing = true;
+            conn_maybe_free(c);
+        }
+        c = next;
+    }
+}
+
+/* A request that did not arrive in time: answered (408, DEADLINE_EXCEEDED) or reset. */
+static void stream_timeout(h2_stream *st)
+{
+    transport__conn *c = st->conn;
+    int secs = c->w->server->cfg->request_timeout_seconds;
+    if (st->kind == KIND_GRPC) {
+        grpc_early_error(
+            st, PINS_EDEADLINE_EXCEEDED,
+            pins_arena_printf(st->call->arena, "request not complete within %d seconds", secs),
+            false);
+    } else if (st->kind == KIND_HTTP && !st->streaming &&
+               http_reject_rpc(st, PINS_EDEADLINE_EXCEEDED,
+                               pins_arena_printf(st->call->arena,
+                                                 "request not complete within %d seconds", secs))) {
+        /* Connect and gRPC-Web: answered with their own deadline_exceeded. */
+    } else if (st->kind == KIND_HTTP && !st->streaming) {
+        /* REST: 408, the client's timeout (the error table's 504 is the server's). */
+        const char *body = pins_arena_printf(st->call->arena,
+                                             "{\"detail\":\"request not complete within %d "
+                                             "seconds\",\"code\":4,\"message\":\"deadline "
+                                             "exceeded\"}",
+                                             secs);
+        if (body != NULL)
+            http_simple(st, 408, body, NULL);
+        else
+            nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    } else {
+        nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+    }
+    st->kind = KIND_REJECTED; /* answered once: the tick and the request's end pass it over */
+}
+
+void transport_conn_tick(rpc_worker *w)
+{
+    const pins_config *cfg = w->server->cfg;
+    int64_t now = rpc__now_ns();
+    int64_t limit = (int64_t)cfg->request_timeout_seconds * 1000000000;
+    for (transport__conn *c = w->conns; c != NULL;) {
+        transport__conn *next = c->next;
+        if (c->closing || c->lingering) {
+            c = next;
+            continue;
+        }
+        /* Bytes in the socket's output buffer that the peer does not read, on any protocol
+         * (an HTTP/2 peer whose reading paused, an SSE or HTTP/1.1 client that stopped). */
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 ||
+            c->wire_sent != c->wire_seen) {
+            c->wire_stuck_ns = 0;
+        } else if (c->wire_stuck_ns == 0) {
+            c->wire_stuck_ns = now;
+        } else if (now - c->wire_stuck_ns >= limit) {
+            rpc__metrics_conn_closed("output_stalled");
+            c->closing = true;
+            conn_maybe_free(c);
+            c = next;
+            continue;
+        }
+        c->wire_seen = c->wire_sent;
+        if (c->h2 == NULL) {
+            c = next;
+            continue;
+        }
+        c->in_recv++;
+        bool answered = false;
+        for (h2_stream *st = c->streams; st != NULL; st = st->next) {
+            if (st->call != NULL && st->call->pending_max != 0 && st->out_charged > 0 &&
+                now - st->out_since_ns >= limit) {
+                stream_abort(st); /* a watch stream whose reader took nothing */
+                answered = true;
+                continue;
+            }
+            if (st->request_done || st->dispatched || st->bs.dispatched ||
+                st->kind == KIND_REJECTED || now - st->begin_ns < limit)
+                continue;
+            stream_timeout(st);
+            rpc__metrics_request_timeout();
+            answered = true;
+        }
+        /* Output the peer holds over its budget with flow-control windows it never opens. */
+        bool over = (int64_t)c->charged > cfg->conn_buffer_bytes;
+        if (!over)
+            c->over_ns = 0;
+        else if (c->over_ns == 0)
+            c->over_ns = now;
+        int64_t since = c->out_progress_ns > c->over_ns ? c->out_progress_ns : c->over_ns;
+        if (over && now - since >= limit) {
+            rpc__metrics_conn_closed("output_stalled");
+            c->closing = true;
+        }
+        c->in_recv--;
+        if (answered)
+            conn_flush(c);
+        conn_maybe_free(c);
+        c = next;
+    }
+}
+
+void transport_conn_close_all(rpc_worker *w)
+{
+    while (w->conns != NULL)
+        conn_free(w->conns);
+}
+
+struct bufferevent *transport__conn_bev(transport__conn *c)
+{
+    return c->bev;
+}
+
+rpc_worker *transport__conn_worker(transport__conn *c)
+{
+    return c->w;
+}
+
+void transport__conn_close(transport__conn *c, bool after_flush)
+{
+    if (after_flush) {
+        c->close_after_flush = true;
+        bufferevent_disable(c->bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_finish(c);
+    } else {
+        c->closing = true;
+    }
+    conn_maybe_free(c);
+}
+
+size_t transport_conn_count(rpc_worker *w)
+{
+    return w->nconns;
+}
