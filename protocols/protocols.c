@@ -9,6 +9,7 @@
 
 #include "common/utf8.h"
 #include "observability/metrics.h"
+#include "common/timeutil.h"
 
 /* ---- metrics ----------------------------------------------------------------------------------
  */
@@ -46,7 +47,7 @@ static void count_response(proto__exchange *ex, int status)
     char st[12];
     snprintf(st, sizeof(st), "%d", status);
     const char *v[] = {ex->route_label, ex->method_label, st};
-    double secs = (double)(rpc__now_ns() - ex->t0_ns) / 1e9;
+    double secs = (double)(pins_time_mono_ns() - ex->t0_ns) / 1e9;
     if (http_requests != NULL)
         metrics_counter_inc(http_requests, v);
     if (http_duration != NULL)
@@ -70,7 +71,7 @@ proto__exchange *proto__exchange_of(proto_stream *s)
     ex->proto = PROTO__PLAIN;
     ex->route_label = "unmatched";
     ex->method_label = method_label(s->method);
-    ex->t0_ns = call->start_ns != 0 ? call->start_ns : rpc__now_ns();
+    ex->t0_ns = call->start_ns != 0 ? call->start_ns : pins_time_mono_ns();
     ex->cors_origin = proto__cors_origin(call->worker->server->cfg, call);
     s->proto_data = ex;
     return ex;

@@ -16,6 +16,7 @@
 #include "observability/log.h"
 #include "store/breaker.h"
 #include "store/store.h"
+#include "common/timeutil.h"
 
 static void end_response(rpc_call *call, int err, const char *message);
 
@@ -57,7 +58,7 @@ rpc_call *rpc__call_new(rpc_worker *w, const rpc_method *method, const rpc__call
     call->ops = ops;
     call->transport = transport;
     call->refs = 1;
-    call->start_ns = rpc__now_ns();
+    call->start_ns = pins_time_mono_ns();
     return call;
 }
 
@@ -204,7 +205,7 @@ const struct pins_config *rpc_call_config(const rpc_call *call)
 double rpc_call_uptime(const rpc_call *call)
 {
     const rpc_server *s = call->worker->server;
-    return s->started_ns > 0 ? (double)(rpc__now_ns() - s->started_ns) / 1e9 : 0;
+    return s->started_ns > 0 ? (double)(pins_time_mono_ns() - s->started_ns) / 1e9 : 0;
 }
 
 const char *rpc_call_redis_state(const rpc_call *call)
@@ -348,7 +349,7 @@ static void end_response(rpc_call *call, int err, const char *message)
         call->status_err = err;
         call->error_message = message;
         int code = pins_error_grpc(err);
-        double secs = (double)(rpc__now_ns() - call->start_ns) / 1e9;
+        double secs = (double)(pins_time_mono_ns() - call->start_ns) / 1e9;
         rpc__metrics_handled(call->worker, call->method, code, secs);
         if (call->method->flags & RPC_METHOD_MEMORY_PINS)
             store_breaker_record(err); /* the store circuit breaker's verdicts */

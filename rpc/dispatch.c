@@ -9,6 +9,7 @@
 #include "rpc/audit.h"
 #include "store/breaker.h"
 #include "store/store.h"
+#include "common/timeutil.h"
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
@@ -17,7 +18,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 
 static void arm_deadline(rpc_call *call)
 {
-    int64_t left = call->deadline_ns - rpc__now_ns();
+    int64_t left = call->deadline_ns - pins_time_mono_ns();
     if (left < 0)
         left = 0;
     if (call->deadline_ev == NULL)
@@ -153,7 +154,7 @@ void rpc__dispatch(rpc_call *call)
     call->flags |= RPC__CALL_DISPATCHED;
     call->refs += 2; /* the handler's, and ours until the handler returns */
 
-    if (call->deadline_ns != 0 && rpc__now_ns() >= call->deadline_ns) {
+    if (call->deadline_ns != 0 && pins_time_mono_ns() >= call->deadline_ns) {
         rpc_call_fail(call, PINS_EDEADLINE_EXCEEDED, "deadline exceeded before the call started");
         goto out;
     }

@@ -208,11 +208,6 @@ struct rpc_server {
     _Atomic int nconns; /* across workers, for PINS_MAX_CONNECTIONS */
 };
 
-/* Monotonic nanoseconds. */
-int64_t rpc__now_ns(void);
-/* Wall clock microseconds since the epoch. */
-int64_t rpc__now_us(void);
-
 /* ---- connections ------------------------------------------------------------------------------
  */
 

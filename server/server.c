@@ -42,16 +42,6 @@
 
 static int stop_pipe[2] = {-1, -1};
 
-int64_t rpc__now_ns(void)
-{
-    return pins_time_mono_ns();
-}
-
-int64_t rpc__now_us(void)
-{
-    return pins_time_now_us();
-}
-
 static int bind_one(const pins_listen_addr *a, int *pfd, char *err, size_t errlen)
 {
     char port[8];
@@ -120,8 +110,8 @@ int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserve
     s->cfg = cfg;
     s->store = st;
     s->nworkers = cfg->workers > 0 ? cfg->workers : 1;
-    s->started_unix_us = rpc__now_us();
-    s->started_ns = rpc__now_ns();
+    s->started_unix_us = pins_time_now_us();
+    s->started_ns = pins_time_mono_ns();
     raise_nofile(cfg);
     rpc__metrics_init();
     rpc__metrics_server(s);
@@ -175,7 +165,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     if (w->accept_paused_ns != 0) {
         char ms[24];
         snprintf(ms, sizeof(ms), "%lld",
-                 (long long)((rpc__now_ns() - w->accept_paused_ns) / 1000000));
+                 (long long)((pins_time_mono_ns() - w->accept_paused_ns) / 1000000));
         pins_log_info("accepting connections again", "paused_ms", ms, NULL);
         w->accept_paused_ns = 0;
     }
@@ -220,7 +210,7 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     struct timeval tv = {.tv_sec = 0, .tv_usec = ACCEPT_PAUSE_MS * 1000};
     evtimer_add(w->accept_resume_ev, &tv);
     if (w->accept_paused_ns == 0) {
-        w->accept_paused_ns = rpc__now_ns();
+        w->accept_paused_ns = pins_time_mono_ns();
         char open[24];
         snprintf(open, sizeof(open), "%zu", w->nconns);
         pins_log_warn("accept paused: out of file descriptors or memory", "error", strerror(e),
@@ -293,7 +283,7 @@ static void sweep_run(sweeper *sw)
     while (sw->more && !sw->pending && sw->batches < SWEEP_BATCHES_PER_TICK && !w->draining) {
         sw->pending = true;
         sw->in_call = true;
-        int rv = store_pin_sweep(w->store, rpc__now_us(), w->server->cfg->sweep_batch,
+        int rv = store_pin_sweep(w->store, pins_time_now_us(), w->server->cfg->sweep_batch,
                                  on_sweep_done, sw);
         sw->in_call = false;
         if (rv != 0) {
@@ -386,7 +376,7 @@ int rpc_server_run(rpc_server *s)
         w->server = s;
         if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng) ||
             (w->rng[0] | w->rng[1]) == 0) {
-            w->rng[0] = (uint64_t)rpc__now_ns() ^ (uint64_t)i;
+            w->rng[0] = (uint64_t)pins_time_mono_ns() ^ (uint64_t)i;
             w->rng[1] = 0x9e3779b97f4a7c15ull;
         }
         w->arena_limit = (size_t)s->cfg->max_request_bytes * 8 + (1u << 20);

@@ -26,6 +26,7 @@
 #include "protocols/protocols.h"
 #include "transport/h1.h"
 #include "transport/tls.h"
+#include "common/timeutil.h"
 
 #define PREFACE            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define PREFACE_LEN        24
@@ -221,7 +222,7 @@ static void out_charge(h2_stream *st, size_t n)
 {
     transport__conn *c = st->conn;
     if (st->out_charged == 0)
-        st->out_since_ns = rpc__now_ns();
+        st->out_since_ns = pins_time_mono_ns();
     st->out_charged += n;
     c->charged += n;
     worker_add(c->w, (int64_t)n);
@@ -294,7 +295,7 @@ static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *bu
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         n = (size_t)got;
         if (n > 0)
-            st->out_since_ns = rpc__now_ns();
+            st->out_since_ns = pins_time_mono_ns();
         empty = evbuffer_get_length(st->out) == 0;
     } else {
         empty = true;
@@ -303,7 +304,7 @@ static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *bu
         size_t k = n < st->out_charged ? n : st->out_charged;
         st->out_charged -= k;
         transport__conn_uncharge(st->conn, k);
-        st->conn->out_progress_ns = rpc__now_ns();
+        st->conn->out_progress_ns = pins_time_mono_ns();
     }
     if (!empty)
         return (ssize_t)n;
@@ -1598,7 +1599,7 @@ static void stream_timeout(h2_stream *st)
 void transport_conn_tick(rpc_worker *w)
 {
     const pins_config *cfg = w->server->cfg;
-    int64_t now = rpc__now_ns();
+    int64_t now = pins_time_mono_ns();
     int64_t limit = (int64_t)cfg->request_timeout_seconds * 1000000000;
     for (transport__conn *c = w->conns; c != NULL;) {
         transport__conn *next = c->next;

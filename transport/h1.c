@@ -34,6 +34,7 @@
 #include "protocols/protocols.h"
 #include "transport/h1_int.h"
 #include "common/fmt.h"
+#include "common/timeutil.h"
 
 #define HEADER_TIMEOUT_SECONDS 10
 #define OUTPUT_PENDING_MAX     (4u << 20) /* write() refuses past this */
@@ -371,7 +372,7 @@ static pins_arena *on_request_begin(void *owner)
     transport_h1 *h = owner;
     if (h->ex == NULL && exchange_new(h) == NULL)
         return NULL;
-    h->begin_ns = rpc__now_ns();
+    h->begin_ns = pins_time_mono_ns();
     int secs = h->w->server->cfg->request_timeout_seconds;
     struct timeval tv = {.tv_sec = secs < HEADER_TIMEOUT_SECONDS ? secs : HEADER_TIMEOUT_SECONDS};
     evtimer_add(h->header_timer, &tv);
@@ -433,7 +434,7 @@ static void on_request_headers(void *owner, bool expect_continue)
         return; /* no "100 Continue": the body is not wanted */
     /* The body must follow within what is left of PINS_REQUEST_TIMEOUT_SECONDS. */
     int64_t left = (int64_t)h->w->server->cfg->request_timeout_seconds * 1000000000 -
-                   (rpc__now_ns() - h->begin_ns);
+                   (pins_time_mono_ns() - h->begin_ns);
     if (left < 0)
         left = 0;
     struct timeval tv = {.tv_sec = left / 1000000000, .tv_usec = (left % 1000000000) / 1000};

@@ -80,7 +80,7 @@ fake_call *fake_call_new_wire(fake_env *env, const char *path, const uint8_t *wi
 /* The same for a method row of the test's own (borrowed; must outlive the call). */
 fake_call *fake_call_new_method(fake_env *env, const rpc_method *method,
                                 const ProtobufCMessage *request, const char *const *headers);
-/* Sets the call's absolute monotonic deadline (rpc__now_ns() clock) before dispatch. */
+/* Sets the call's absolute monotonic deadline (pins_time_mono_ns() clock) before dispatch. */
 void fake_call_set_deadline_ns(fake_call *fc, int64_t deadline_ns);
 /* Makes every further send of the transport fail with err (0: succeed again). */
 void fake_call_set_send_error(fake_call *fc, int err);
