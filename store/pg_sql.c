@@ -1,0 +1,305 @@
+/* store/pg_sql.c: the PostgreSQL backend's statement texts (store/pg_int.h).
+ *
+ * Every statement is parameterised and qualifies its tables (system.*): no session state, so
+ * PgBouncer's transaction pooling works. A direct connection prepares each statement of
+ * named_sql once, by name; through a pooler they are sent unnamed. Statements are compared by
+ * address (store__pg_named_bit), so each text exists once, here.
+ */
+#include "store/pg_int.h"
+
+#include <stdio.h>
+
+/* Microseconds since the epoch <-> timestamptz, exact (interval arithmetic is integral). */
+#define TS(p) "('epoch'::timestamptz + (" p ")::int8 * interval '1 microsecond')"
+#define US(c) "(extract(epoch from " c ") * 1000000)::int8"
+#define PCOLS                                                                                    \
+    "p.id, p.tenant_id, p.key, p.value::text AS value, p.source, " US(                           \
+        "p.created_at") " AS created_us, " US("p.updated_at") " AS updated_us, "                 \
+                                                              "p.ttl_seconds, " US(              \
+                                                                  "p.expires_at") " AS "         \
+                                                                                  "expires_us, " \
+                                                                                  "p.version"
+#define HASH(v) "left(encode(sha256(convert_to(" v "::text, 'UTF8')), 'hex'), 16)"
+#define EXTRA(p)                                                                              \
+    "CASE WHEN " p "::text IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('request_id', " p \
+    "::text) END"
+
+/* $1 tenant $2 key $3 value $4 source $5 now $6 ttl $7 expires $8 expected $9 hash $10 agent
+ * $11 latency $12 request id. An expired row is reused in place with a new id, version 1 and
+ * created_at now (a new pin), so the statement never deletes and inserts one key at once. */
+const char store__pg_sql_upsert[] =
+    "WITH cur AS (SELECT id, version, value, value_hash, (expires_at IS NULL OR expires_at "
+    "> " TS("$5") ") AS live FROM system.memory_pins WHERE tenant_id = $1 AND key = $2 FOR UPDATE),"
+                  " chk AS (SELECT CASE WHEN $8::int8 IS NULL THEN 'ok'"
+                  " WHEN $8::int8 = 0 THEN CASE WHEN EXISTS (SELECT 1 FROM cur WHERE live) THEN "
+                  "'exists'"
+                  " ELSE 'ok' END"
+                  " WHEN EXISTS (SELECT 1 FROM cur WHERE live AND version = $8::int8) THEN 'ok'"
+                  " ELSE 'mismatch' END AS outcome),"
+                  " upd AS (UPDATE system.memory_pins p SET"
+                  " id = CASE WHEN c.live THEN p.id ELSE nextval('system.memory_pins_id_seq') END,"
+                  " value = $3::jsonb, value_hash = $9, source = $4,"
+                  " created_at = CASE WHEN c.live THEN p.created_at ELSE " TS(
+                      "$5") " END,"
+                            " updated_at = " TS("$5") ", ttl_seconds = $6::int4, expires_at = " TS(
+                                "$7") ","
+                                      " version = CASE WHEN c.live THEN p.version + 1 ELSE 1 END"
+                                      " FROM cur c, chk k WHERE p.id = c.id AND k.outcome = 'ok'"
+                                      " RETURNING NOT c.live AS created, " PCOLS ","
+                                      " CASE WHEN c.live THEN coalesce(c.value_hash, " HASH(
+                                          "c.value") ") END AS old_hash),"
+                                                     " ins AS (INSERT INTO system.memory_pins AS p "
+                                                     "(key, tenant_id, value, value_hash, source,"
+                                                     " created_at, updated_at, ttl_seconds, "
+                                                     "expires_at, version)"
+                                                     " SELECT $2, $1, $3::jsonb, $9, $4, " TS("$5") ", " TS("$5") ", $6::int4, " TS(
+                                                         "$7") ", 1"
+                                                               " FROM chk k WHERE k.outcome = 'ok' "
+                                                               "AND NOT EXISTS (SELECT 1 FROM cur)"
+                                                               " ON CONFLICT (tenant_id, key) DO "
+                                                               "NOTHING"
+                                                               " RETURNING true AS created, " PCOLS
+                                                               ", NULL::text AS old_hash),"
+                                                               " res AS (SELECT * FROM upd UNION "
+                                                               "ALL SELECT * FROM ins),"
+                                                               " aud AS (INSERT INTO "
+                                                               "system.memory_audit (ts, "
+                                                               "operation, tenant_id, key, "
+                                                               "agent_id, source,"
+                                                               " cache_hit, latency_ms, success, "
+                                                               "old_value_hash, new_value_hash, "
+                                                               "extra)"
+                                                               " SELECT " TS(
+                                                                   "$5") ", 'upsert', $1, $2, $10, "
+                                                                         "$4, false, $11::float8, "
+                                                                         "true, r.old_hash, "
+                                                                         "$9, " EXTRA("$12") " FROM"
+                                                                                             " res "
+                                                                                             "r)"
+                                                                                             " SELE"
+                                                                                             "CT "
+                                                                                             "k."
+                                                                                             "outco"
+                                                                                             "me, "
+                                                                                             "r.* "
+                                                                                             "FROM "
+                                                                                             "chk "
+                                                                                             "k "
+                                                                                             "LEFT "
+                                                                                             "JOIN "
+                                                                                             "res "
+                                                                                             "r ON "
+                                                                                             "true";
+
+/* The pieces of store__pg_sql_upsert_chain that use the macros above. */
+#define CH_FNOW    TS("f.now_us")
+#define CH_LNOW    TS("l.now_us")
+#define CH_LEXP    TS("l.exp_us")
+#define CH_WNOW    TS("w.now_us")
+#define CH_CREATED US("p.created_at")
+#define CH_OLDHASH "coalesce(c.value_hash, " HASH("c.value") ")"
+#define CH_EXTRA   EXTRA("w.rid")
+
+/* Several upserts of one key without expected_version, waiting in one segment in their order:
+ * applied as one statement, with the outcome of running them one after another. The row is
+ * written once, with the last call's value and version + n; each call gets its own version, value,
+ * updated_at, TTL and audit row (old_value_hash: the value before it), and the first one creates
+ * the pin when there was none or it had expired (at the first call's time; the store chains
+ * calls only while each finds the previous one's pin live). $1 tenant $2 key, then arrays in call
+ * order: $3 values $4 sources $5 nows $6 ttls $7 expiries $8 hashes $9 agents $10 latencies
+ * $11 request ids. One row per call: its 1-based position, then store__pg_sql_upsert's columns. */
+const char store__pg_sql_upsert_chain[] =
+    "WITH q AS (SELECT * FROM unnest($3::text[], $4::text[], $5::int8[], $6::int4[], $7::int8[],"
+    " $8::text[], $9::text[], $10::float8[], $11::text[]) WITH ORDINALITY"
+    " AS q(value, source, now_us, ttl, exp_us, hash, agent, latency, rid, i)),"
+    " f AS (SELECT * FROM q ORDER BY i LIMIT 1),"
+    " l AS (SELECT *, i AS n FROM q ORDER BY i DESC LIMIT 1),"
+    " cur AS (SELECT p0.id, p0.value, p0.value_hash,"
+    " (p0.expires_at IS NULL OR p0.expires_at > " CH_FNOW ") AS live"
+    " FROM system.memory_pins p0, f WHERE p0.tenant_id = $1 AND p0.key = $2 FOR UPDATE OF p0),"
+    " upd AS (UPDATE system.memory_pins p SET"
+    " id = CASE WHEN c.live THEN p.id ELSE nextval('system.memory_pins_id_seq') END,"
+    " value = l.value::jsonb, value_hash = l.hash, source = l.source,"
+    " created_at = CASE WHEN c.live THEN p.created_at ELSE " CH_FNOW " END,"
+    " updated_at = " CH_LNOW ", ttl_seconds = l.ttl, expires_at = " CH_LEXP ","
+    " version = CASE WHEN c.live THEN p.version ELSE 0 END + l.n"
+    " FROM cur c, f, l WHERE p.id = c.id"
+    " RETURNING p.id, " CH_CREATED " AS created_us, p.version AS last, c.live,"
+    " CASE WHEN c.live THEN " CH_OLDHASH " END AS old_hash),"
+    " ins AS (INSERT INTO system.memory_pins AS p (key, tenant_id, value, value_hash, source,"
+    " created_at, updated_at, ttl_seconds, expires_at, version)"
+    " SELECT $2, $1, l.value::jsonb, l.hash, l.source, " CH_FNOW ", " CH_LNOW ", l.ttl, " CH_LEXP
+    ", l.n FROM f, l WHERE NOT EXISTS (SELECT 1 FROM cur)"
+    " ON CONFLICT (tenant_id, key) DO NOTHING"
+    " RETURNING p.id, " CH_CREATED " AS created_us, p.version AS last, false AS live,"
+    " NULL::text AS old_hash),"
+    " res AS (SELECT * FROM upd UNION ALL SELECT * FROM ins),"
+    " w AS (SELECT q.*, r.id, r.created_us, r.last - l.n + q.i AS version,"
+    " q.i = 1 AND NOT r.live AS created,"
+    " CASE WHEN q.i = 1 THEN r.old_hash ELSE lag(q.hash) OVER (ORDER BY q.i) END AS old_hash"
+    " FROM q, res r, l),"
+    " aud AS (INSERT INTO system.memory_audit (ts, operation, tenant_id, key, agent_id, source,"
+    " cache_hit, latency_ms, success, old_value_hash, new_value_hash, extra)"
+    " SELECT " CH_WNOW ", 'upsert', $1, $2, w.agent, w.source, false, w.latency, true,"
+    " w.old_hash, w.hash, " CH_EXTRA " FROM w)"
+    " SELECT w.i, 'ok'::text, w.created, w.id, $1::text, $2::text, w.value::jsonb::text,"
+    " w.source, w.created_us, w.now_us, w.ttl, w.exp_us, w.version FROM w ORDER BY w.i";
+
+/* $1 tenant $2 key $3 now $4 expected $5 agent $6 latency $7 request id. */
+const char store__pg_sql_delete[] =
+    "WITH cur AS (SELECT id, version, value_hash FROM system.memory_pins"
+    " WHERE tenant_id = $1 AND key = $2 FOR UPDATE),"
+    " chk AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM cur) THEN 'absent'"
+    " WHEN $4::int8 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM cur WHERE version = $4::int8)"
+    " THEN 'mismatch' ELSE 'ok' END AS outcome),"
+    " del AS (DELETE FROM system.memory_pins p USING cur c, chk k"
+    " WHERE p.id = c.id AND k.outcome = 'ok'"
+    " RETURNING false AS created, " PCOLS ", coalesce(c.value_hash, " HASH(
+        "p.value") ") AS old_hash),"
+                   " aud AS (INSERT INTO system.memory_audit (ts, operation, tenant_id, key, "
+                   "agent_id, source,"
+                   " cache_hit, latency_ms, success, old_value_hash, new_value_hash, extra)"
+                   " SELECT " TS(
+                       "$3") ", 'delete', $1, $2, $5, d.source, false, $6::float8, true, "
+                             "d.old_hash,"
+                             " NULL, " EXTRA(
+                                 "$7") " FROM del d)"
+                                       " SELECT k.outcome, d.* FROM chk k LEFT JOIN del d ON true";
+
+/* $1 tenants $2 keys $3 nows: arrays, one element per GetPin call; the first column is the
+ * call's 1-based position. */
+const char store__pg_sql_get_batch[] =
+    "SELECT q.i, " PCOLS " FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY"
+    " AS q(tenant_id, key, now_us, i) JOIN system.memory_pins p"
+    " ON p.tenant_id = q.tenant_id AND p.key = q.key"
+    " WHERE p.expires_at IS NULL OR p.expires_at > " TS("q.now_us");
+
+/* $1 tenant $2 prefix $3 include expired $4 now $5 limit $6 offset $7 cursor created $8 cursor id.
+ * Prefixes match literally: left() compares characters, unlike LIKE and its wildcards. */
+#define LISTW                                                        \
+    " p.tenant_id = $1 AND left(p.key, length($2::text)) = $2::text" \
+    " AND ($3::bool OR p.expires_at IS NULL OR p.expires_at > " TS("$4") ")"
+const char store__pg_sql_list[] =
+    "WITH t AS (SELECT count(*) AS total FROM system.memory_pins p WHERE" LISTW ")"
+    " SELECT t.total, r.* FROM t LEFT JOIN LATERAL (SELECT " PCOLS " FROM system.memory_pins p"
+    " WHERE" LISTW " AND ($7::int8 IS NULL OR (p.created_at, p.id) < (" TS(
+        "$7") ", $8::int8))"
+              " ORDER BY p.created_at DESC, p.id DESC LIMIT $5::int8"
+              " OFFSET CASE WHEN $7::int8 IS NULL THEN $6::int8 ELSE 0 END) r ON true";
+
+/* $1 tenant $2 key $3 operation (each NULL: any) $4 limit $5 offset. */
+#define AUDW                                                                       \
+    " ($1::text IS NULL OR a.tenant_id = $1) AND ($2::text IS NULL OR a.key = $2)" \
+    " AND ($3::text IS NULL OR a.operation = $3)"
+const char store__pg_sql_audit[] =
+    "WITH t AS (SELECT count(*) AS total FROM system.memory_audit a WHERE" AUDW ")"
+    " SELECT t.total, r.* FROM t LEFT JOIN LATERAL (SELECT a.id, " US(
+        "a.ts") " AS ts_us, a.operation, a.tenant_id, a.key, a.agent_id, a.source, a.cache_hit,"
+                " a.latency_ms, a.success, a.error_message, a.old_value_hash, a.new_value_hash"
+                " FROM system.memory_audit a WHERE" AUDW " ORDER BY a.ts DESC, a.id DESC"
+                " LIMIT $4::int8 OFFSET $5::int8) r ON true";
+
+/* $1 tenant (NULL: every tenant) $2 now. */
+const char store__pg_sql_cleanup[] = "DELETE FROM system.memory_pins"
+                                     " WHERE ($1::text IS NULL OR tenant_id = $1)"
+                                     " AND expires_at IS NOT NULL AND expires_at <= " TS("$2");
+
+/* $1 now $2 batch: the oldest expiries first, skipping rows another sweeper holds. */
+const char store__pg_sql_sweep[] =
+    "DELETE FROM system.memory_pins WHERE id IN (SELECT id FROM system.memory_pins"
+    " WHERE expires_at IS NOT NULL AND expires_at <= " TS(
+        "$1") " ORDER BY expires_at LIMIT $2::int8 FOR UPDATE SKIP LOCKED)";
+
+/* $1 a JSON array of rows, one object per row with the columns named below. */
+const char store__pg_sql_maudit_write[] =
+    "INSERT INTO system.memory_audit (ts, operation, tenant_id, key, agent_id, source, cache_hit,"
+    " latency_ms, success, error_message, old_value_hash, new_value_hash, extra)"
+    " SELECT " TS(
+        "x.ts_us") ", x.operation, x.tenant_id, x.key, x.agent_id, x.source,"
+                   " coalesce(x.cache_hit, false), x.latency_ms, coalesce(x.success, true), "
+                   "x.error_message,"
+                   " x.old_value_hash, x.new_value_hash,"
+                   " CASE WHEN x.reads > 1 THEN jsonb_build_object('reads', x.reads)"
+                   " ELSE '{}'::jsonb END FROM jsonb_to_recordset($1::jsonb) AS "
+                   "x(ts_us int8,"
+                   " operation text, tenant_id text, key text, agent_id text, source text, "
+                   "cache_hit bool,"
+                   " latency_ms float8, success bool, error_message text, old_value_hash text,"
+                   " new_value_hash text, reads int8)";
+const char store__pg_sql_raudit_write[] =
+    "INSERT INTO system.rbac_audit (ts, subject, resource, action, allowed, reason, roles, path,"
+    " method, tenant_id, request_id, latency_ms, extra)"
+    " SELECT " TS("x.ts_us") ", x.subject, x.resource, x.action, x.allowed, x.reason, x.roles,"
+                             " x.path, x.method, x.tenant_id, x.request_id, x.latency_ms,"
+                             " CASE WHEN x.count > 1 THEN jsonb_build_object('count', x.count)"
+                             " ELSE '{}'::jsonb END"
+                             " FROM jsonb_to_recordset($1::jsonb) AS x(ts_us int8, subject text,"
+                             " resource text, action text, allowed bool, reason text,"
+                             " roles text[], path text, method text, tenant_id text,"
+                             " request_id text, latency_ms float8, count int8)";
+
+/* $1 resource $2 action $3 subject $4 tenant $5 allowed $6 since (each NULL: any) $7 limit
+ * $8 offset. Roles come back joined with U+001F (store__split_roles). */
+#define RAUDW                                                                              \
+    " ($1::text IS NULL OR a.resource = $1) AND ($2::text IS NULL OR a.action = $2)"       \
+    " AND ($3::text IS NULL OR a.subject = $3) AND ($4::text IS NULL OR a.tenant_id = $4)" \
+    " AND ($5::bool IS NULL OR a.allowed = $5) AND ($6::int8 IS NULL OR a.ts >= " TS("$6") ")"
+const char store__pg_sql_raudit_list[] =
+    "WITH t AS (SELECT count(*) AS total FROM system.rbac_audit a WHERE" RAUDW ")"
+    " SELECT t.total, r.* FROM t LEFT JOIN LATERAL (SELECT a.id, " US(
+        "a.ts") " AS ts_us,"
+                " a.subject, a.resource, a.action, a.allowed, a.reason, array_to_string(a.roles, "
+                "chr(31)),"
+                " a.path, a.method, a.tenant_id, a.request_id, a.latency_ms"
+                " FROM system.rbac_audit a WHERE" RAUDW " ORDER BY a.ts DESC, a.id DESC"
+                " LIMIT $7::int8 OFFSET $8::int8) r ON true";
+
+/* $1 before. */
+const char store__pg_sql_raudit_cleanup[] = "DELETE FROM system.rbac_audit WHERE ts < " TS("$1");
+
+/* The audit retention. $1 before $2 batch: the oldest rows first (the ts indexes), skipping
+ * rows another replica's retention holds. */
+const char store__pg_sql_raudit_expire[] =
+    "DELETE FROM system.rbac_audit WHERE id IN (SELECT id FROM system.rbac_audit"
+    " WHERE ts < " TS("$1") " ORDER BY ts LIMIT $2::int8 FOR UPDATE SKIP LOCKED)";
+const char store__pg_sql_maudit_expire[] =
+    "DELETE FROM system.memory_audit WHERE id IN (SELECT id FROM system.memory_audit"
+    " WHERE ts < " TS("$1") " ORDER BY ts LIMIT $2::int8 FOR UPDATE SKIP LOCKED)";
+
+const char store__pg_sql_ping[] = "SELECT 1";
+/* The schema version, and the server process's pid: when it is the pid libpq got at login, the
+ * connection goes straight to PostgreSQL (no pooler between), so named statements last. */
+const char store__pg_sql_schema[] =
+    "SELECT coalesce(max(version), 0), pg_backend_pid() FROM system.pins_schema_migrations";
+
+/* Sent before a read batch on a direct connection, in its transaction. The planner cannot know
+ * the arrays' length in a generic plan (it assumes 100 rows), so it would keep planning the batch
+ * for each call's parameters, which costs more than running it; for this statement the generic
+ * plan (a nested loop over the keys' unique index) is always the right one, and is kept.
+ * set_config(..., true) rather than SET LOCAL: a segment is an implicit transaction, not a
+ * transaction block, and SET LOCAL there writes a WARNING to the server's log every time (the
+ * setting applies all the same, until the segment's sync). */
+const char store__pg_sql_generic[] =
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)";
+
+/* The statements a direct connection prepares once, by name ("pinsd_<index>"). */
+static const char *const named_sql[] = {
+    store__pg_sql_upsert,       store__pg_sql_delete,         store__pg_sql_get_batch,
+    store__pg_sql_list,         store__pg_sql_audit,          store__pg_sql_cleanup,
+    store__pg_sql_sweep,        store__pg_sql_maudit_write,   store__pg_sql_raudit_write,
+    store__pg_sql_raudit_list,  store__pg_sql_raudit_cleanup, store__pg_sql_ping,
+    store__pg_sql_upsert_chain, store__pg_sql_raudit_expire,  store__pg_sql_maudit_expire,
+};
+
+/* The bit of sql in pg_conn.prepared, with its statement name in name[16]; 0 for a statement
+ * that is never named. */
+uint32_t store__pg_named_bit(const char *sql, char name[16])
+{
+    for (size_t i = 0; i < sizeof(named_sql) / sizeof(named_sql[0]); i++) {
+        if (named_sql[i] == sql) {
+            snprintf(name, 16, "pinsd_%zu", i);
+            return UINT32_C(1) << i;
+        }
+    }
+    return 0;
+}
