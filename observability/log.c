@@ -1,8 +1,9 @@
 /* observability/log.c: one line per event, built in memory and written with one write(2).
  *
- * Lines up to the stack buffer's size cost no allocation; longer ones grow on the heap. If the heap
- * fails, a short line saying the event was dropped is written instead; a log call never fails.
- * JSON strings are escaped per RFC 8259 and invalid UTF-8 is replaced by U+FFFD, so every line
+ * A line is built in a pins_buf (common/buf.h), usually in one allocation. If memory fails, or the
+ * line would exceed LINE_MAX_BYTES, a short line built on the stack says that the event was
+ * dropped instead; a log call never fails. JSON strings are written by pins_json_str_put
+ * (common/json_str.h): escaped per RFC 8259, invalid UTF-8 replaced by U+FFFD, so every line
  * parses. Text values are quoted when they hold spaces, quotes, '=' or control characters.
  */
 #include "observability/log.h"
@@ -16,13 +17,22 @@
 #include <time.h>
 #include <unistd.h>
 
-#define STACK_LINE 2048
+#include "common/buf.h"
+#include "common/json_str.h"
 
+/* The longest line written. Every value a line carries is bounded where it comes from: the
+ * longest are peer-chosen strings from request headers (a JWT subject, a request id), which the
+ * transports cap at 64 KiB per request and which JSON escaping grows at most sixfold (\u00XX), and
+ * the error texts of Redis and libpq. 4 MiB is ten times the largest line that allows, so no line
+ * that was written before the buffer had a maximum is dropped now. */
+#define LINE_MAX_BYTES (4u << 20)
+/* Enough for almost every line in one allocation. */
+#define LINE_RESERVE 1024
+
+/* A line under construction: the first failed append sticks, and the line is dropped. */
 struct line {
-    char *p;
-    size_t len, cap;
-    bool cut; /* out of memory: stop appending */
-    char stack[STACK_LINE];
+    pins_buf b;
+    int rv;
 };
 
 static pins_log_level min_level = PINS_LOG_INFO;
@@ -37,24 +47,8 @@ static const char *const level_names[] = {
 
 static void put(struct line *l, const char *s, size_t n)
 {
-    if (l->cut)
-        return;
-    if (l->cap - l->len < n + 1) {
-        size_t ncap = l->cap * 2;
-        while (ncap - l->len < n + 1)
-            ncap *= 2;
-        char *p = l->p == l->stack ? malloc(ncap) : realloc(l->p, ncap);
-        if (p == NULL) {
-            l->cut = true;
-            return;
-        }
-        if (l->p == l->stack)
-            memcpy(p, l->stack, l->len);
-        l->p = p;
-        l->cap = ncap;
-    }
-    memcpy(l->p + l->len, s, n);
-    l->len += n;
+    if (l->rv == 0)
+        l->rv = pins_buf_add(&l->b, s, n);
 }
 
 static void puts_(struct line *l, const char *s)
@@ -64,84 +58,14 @@ static void puts_(struct line *l, const char *s)
 
 static void putc_(struct line *l, char c)
 {
-    put(l, &c, 1);
-}
-
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is not valid. */
-static size_t utf8_len(const unsigned char *s)
-{
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        return (s[1] & 0xc0) == 0x80 ? 2 : 0;
-    if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        unsigned char lo = s[0] == 0xe0 ? 0xa0 : 0x80;
-        unsigned char hi = s[0] == 0xed ? 0x9f : 0xbf;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xc0) == 0x80 ? 3 : 0;
-    }
-    if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        unsigned char lo = s[0] == 0xf0 ? 0x90 : 0x80;
-        unsigned char hi = s[0] == 0xf4 ? 0x8f : 0xbf;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xc0) == 0x80 && (s[3] & 0xc0) == 0x80 ? 4 : 0;
-    }
-    return 0;
+    if (l->rv == 0)
+        l->rv = pins_buf_add_byte(&l->b, c);
 }
 
 static void put_json_string(struct line *l, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *p = (const unsigned char *)s;
-    putc_(l, '"');
-    while (*p) {
-        const char *esc = NULL;
-        char u[7];
-        switch (*p) {
-        case '"':
-            esc = "\\\"";
-            break;
-        case '\\':
-            esc = "\\\\";
-            break;
-        case '\n':
-            esc = "\\n";
-            break;
-        case '\r':
-            esc = "\\r";
-            break;
-        case '\t':
-            esc = "\\t";
-            break;
-        case '\b':
-            esc = "\\b";
-            break;
-        case '\f':
-            esc = "\\f";
-            break;
-        default:
-            if (*p < 0x20) {
-                memcpy(u, "\\u00", 4);
-                u[4] = hex[*p >> 4];
-                u[5] = hex[*p & 0xf];
-                u[6] = '\0';
-                esc = u;
-            }
-            break;
-        }
-        if (esc != NULL) {
-            puts_(l, esc);
-            p++;
-            continue;
-        }
-        size_t n = utf8_len(p);
-        if (n == 0) {
-            puts_(l, "\\ufffd");
-            p++;
-            continue;
-        }
-        put(l, (const char *)p, n);
-        p += n;
-    }
-    putc_(l, '"');
+    if (l->rv == 0)
+        l->rv = pins_json_str_put(&l->b, s, strlen(s));
 }
 
 static bool text_needs_quotes(const char *s)
@@ -182,17 +106,22 @@ static void put_text(struct line *l, const char *s, bool quote)
         putc_(l, '"');
 }
 
-/* RFC 3339 UTC with microseconds: 2024-05-01T12:00:00.123456Z. */
-static void put_timestamp(struct line *l)
+/* RFC 3339 UTC with microseconds: 2024-05-01T12:00:00.123456Z. Returns the length. */
+static size_t format_timestamp(char out[40])
 {
     struct timespec ts;
     struct tm tm;
-    char out[40];
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(out, sizeof(out), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, sizeof(out) - n, ".%06ldZ", ts.tv_nsec / 1000);
-    puts_(l, out);
+    size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 40 - n, ".%06ldZ", ts.tv_nsec / 1000);
+    return strlen(out);
+}
+
+static void put_timestamp(struct line *l)
+{
+    char out[40];
+    put(l, out, format_timestamp(out));
 }
 
 static void write_all(const char *p, size_t n)
@@ -221,13 +150,32 @@ int pins_log_enabled(pins_log_level level)
     return level >= min_level && level <= PINS_LOG_ERROR;
 }
 
+/* The line that replaces one that could not be built: short enough for the stack. */
+static void write_dropped(bool json, int why)
+{
+    const char *reason = why == PINS_ETOO_LARGE ? "longer than 4 MiB" : "out of memory";
+    char out[160];
+    size_t n = 0;
+    if (json) {
+        n = (size_t)snprintf(out, sizeof(out), "{\"ts\":\"");
+        n += format_timestamp(out + n);
+        n += (size_t)snprintf(out + n, sizeof(out) - n,
+                              "\",\"level\":\"error\",\"msg\":\"log line dropped: %s\"}\n", reason);
+    } else {
+        n = format_timestamp(out);
+        n += (size_t)snprintf(out + n, sizeof(out) - n, " error log line dropped: %s\n", reason);
+    }
+    write_all(out, n);
+}
+
 void pins_log(pins_log_level level, const char *msg, ...)
 {
     if (!pins_log_enabled(level))
         return;
     int saved_errno = errno;
-    struct line l = {.len = 0, .cap = STACK_LINE, .cut = false};
-    l.p = l.stack;
+    struct line l = {.rv = 0};
+    pins_buf_init(&l.b, LINE_MAX_BYTES);
+    l.rv = pins_buf_reserve(&l.b, LINE_RESERVE);
     bool json = log_format == PINS_LOG_JSON;
     if (msg == NULL)
         msg = "";
@@ -274,26 +222,13 @@ void pins_log(pins_log_level level, const char *msg, ...)
     }
     va_end(ap);
 
-    if (l.cut) {
-        /* Out of memory: a short line in the stack buffer says so instead. */
-        if (l.p != l.stack)
-            free(l.p);
-        l = (struct line){.len = 0, .cap = STACK_LINE, .cut = false};
-        l.p = l.stack;
-        if (json) {
-            puts_(&l, "{\"ts\":\"");
-            put_timestamp(&l);
-            puts_(&l, "\",\"level\":\"error\",\"msg\":\"log line dropped: out of memory\"}");
-        } else {
-            put_timestamp(&l);
-            puts_(&l, " error log line dropped: out of memory");
-        }
-    } else if (json) {
+    if (json)
         putc_(&l, '}');
-    }
     putc_(&l, '\n');
-    write_all(l.p, l.len);
-    if (l.p != l.stack)
-        free(l.p);
+    if (l.rv == 0)
+        write_all(pins_buf_ptr(&l.b), pins_buf_len(&l.b));
+    else
+        write_dropped(json, l.rv); /* a log call never fails */
+    pins_buf_free(&l.b);
     errno = saved_errno;
 }
