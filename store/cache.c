@@ -12,7 +12,7 @@
  * SQLite and fills only if the generation is still the same under the write lock, so a row read
  * before a concurrent write can never replace what that write left.
  */
-#include "store/store_int.h"
+#include "store/sqlite_int.h"
 
 #include <pthread.h>
 #include <stdlib.h>

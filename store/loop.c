@@ -1,7 +1,9 @@
-/* store/loop.c: the store's only contact with libevent (STYLE.md rule 18).
+/* store/loop.c: the deferred call on a libevent loop, for every backend (STYLE.md rule 18; with
+ * store/evloop.c, the only store files that know libevent).
  *
- * The SQLite backend commits the writes queued during one loop iteration together. It asks for a
- * call at the end of the iteration through a store__defer: an event with no file descriptor that
+ * The SQLite backend commits the writes queued during one loop iteration together, and the
+ * PostgreSQL backend cuts its queue into segments once per iteration. Each asks for a call at
+ * the end of the iteration through a store__defer: an event with no file descriptor that
  * is activated by hand. An activated event joins the tail of the active queue of its priority, so
  * it runs after every callback already ready in this iteration (all the I/O epoll reported) and
  * before the loop polls again. The event keeps the base's default priority: a lower one would let

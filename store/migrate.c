@@ -6,7 +6,7 @@
  * meanwhile is not applied twice. A transaction-scoped lock (not a session lock) keeps the runner
  * usable through PgBouncer in transaction pooling mode.
  */
-#include "store/store_int.h"
+#include "store/pg_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>

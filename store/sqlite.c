@@ -22,7 +22,7 @@
  * reset and every transaction closed before a callback runs, so a callback may start another
  * operation on the same session (each nesting level has its own scratch arena).
  */
-#include "store/store_int.h"
+#include "store/sqlite_int.h"
 
 #include <pthread.h>
 #include <sched.h>

@@ -1,6 +1,8 @@
 /* store/store.c: the public store functions. They pick a backend at open, check what every backend
  * would check, clear the session's last error and dispatch through the backend table. */
 #include "store/store_int.h"
+#include "store/pg_int.h"
+#include "store/sqlite_int.h"
 
 #include <pthread.h>
 #include <stdio.h>

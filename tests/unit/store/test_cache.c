@@ -17,7 +17,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
-#include "store/store_int.h"
+#include "store/sqlite_int.h"
 
 static store_pin make_pin(const char *tenant, const char *key, const char *value, int64_t version)
 {

@@ -29,7 +29,7 @@
 
 #include "common/error.h"
 #include "store/store.h"
-#include "store/store_int.h"
+#include "store/sqlite_int.h"
 
 #define SEC         INT64_C(1000000)
 #define T0          (INT64_C(1800000000) * SEC) /* the fake clock starts in 2027 */

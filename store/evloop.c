@@ -1,9 +1,10 @@
-/* store/pg_loop.c: the PostgreSQL backend's contact with libevent (STYLE.md rule 18).
+/* store/evloop.c: socket watchers and timers on a libevent loop, for backends that talk to a
+ * server (STYLE.md rule 18; the PostgreSQL backend uses them, store/loop.c has the deferred call).
  *
  * Two adapters: a watcher of a connection's socket (readable, and writable while libpq has bytes
  * it could not send or a connection attempt waits for the socket), and a one-shot timer that
- * drives reconnection, connect timeouts and deadlines. The socket of a libpq connection may
- * change while it connects, so a watcher is rebound by store__io_set rather than kept per fd.
+ * drives reconnection, connect timeouts and deadlines. A client library's socket may change while
+ * it connects (libpq's does), so a watcher is rebound by store__io_set rather than kept per fd.
  */
 #include "store/store_int.h"
 
