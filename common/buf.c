@@ -13,11 +13,19 @@
 
 #define MIN_CAP 256
 
+/* The first error sticks. */
+static int failed(pins_buf *b, int err)
+{
+    if (b->err == 0)
+        b->err = err;
+    return err;
+}
+
 /* Makes room for n more content bytes plus the NUL. */
 static int grow(pins_buf *b, size_t n)
 {
     if (n > b->max - b->len)
-        return PINS_ETOO_LARGE;
+        return failed(b, PINS_ETOO_LARGE);
     size_t want = b->len + n + 1; /* no wrap: len + n <= max <= SIZE_MAX - 1 (pins_buf_init) */
     if (want <= b->cap)
         return 0;
@@ -30,7 +38,7 @@ static int grow(pins_buf *b, size_t n)
         cap = b->max + 1;
     char *p = realloc(b->p, cap);
     if (p == NULL)
-        return PINS_ENOMEM;
+        return failed(b, PINS_ENOMEM);
     if (b->p == NULL)
         p[0] = '\0';
     b->p = p;
@@ -53,6 +61,7 @@ void pins_buf_free(pins_buf *b)
 void pins_buf_reset(pins_buf *b)
 {
     b->len = 0;
+    b->err = 0;
     if (b->p != NULL)
         b->p[0] = '\0';
 }
@@ -83,7 +92,7 @@ int pins_buf_vaddf(pins_buf *b, const char *fmt, va_list ap)
     int n = vsnprintf(room != 0 ? b->p + b->len : NULL, room, fmt, ap);
     int rv = 0;
     if (n < 0) {
-        rv = PINS_EINVALID_ARGUMENT;
+        rv = failed(b, PINS_EINVALID_ARGUMENT);
     } else if ((size_t)n < room) {
         b->len += (size_t)n; /* vsnprintf wrote the NUL */
     } else {

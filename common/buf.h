@@ -16,6 +16,10 @@
  * shorter.) Errors: PINS_ETOO_LARGE when the content would exceed the maximum, PINS_ENOMEM when
  * malloc fails below it. Callers map PINS_ETOO_LARGE to the status their layer needs.
  *
+ * The first failure also sticks (pins_buf_error), for builders that append many pieces and check
+ * once at the end (a log line, the metrics exposition). Appends after a failure still run, so such
+ * a builder must discard the content when pins_buf_error() is not 0.
+ *
  * The fields are public only so that the append fast paths can be inline (they run per token
  * when a pin's value is written as JSON); read and change them only through these functions.
  * A buffer is used by one thread at a time.
@@ -34,6 +38,7 @@ typedef struct pins_buf {
     size_t len; /* content bytes, without the NUL */
     size_t cap; /* bytes allocated at p (content + NUL fit while len < cap); at most max + 1 */
     size_t max; /* the most content bytes the buffer may hold */
+    int err;    /* the first failed append's error, 0 while none failed */
 } pins_buf;
 
 /* Makes b an empty buffer whose content may grow to max bytes (SIZE_MAX: only memory bounds it;
@@ -41,10 +46,10 @@ typedef struct pins_buf {
  * fail. */
 void pins_buf_init(pins_buf *b, size_t max);
 
-/* Frees b's memory; b is empty again and keeps its maximum, so it may be reused. */
+/* Frees b's memory; b is empty again, without error, and keeps its maximum, so it may be reused. */
 void pins_buf_free(pins_buf *b);
 
-/* Empties b but keeps its allocation for the next content. */
+/* Empties b (and clears its error) but keeps its allocation for the next content. */
 void pins_buf_reset(pins_buf *b);
 
 /* Out-of-line part of the appends below; not for direct use. */
@@ -103,12 +108,18 @@ static inline size_t pins_buf_len(const pins_buf *b)
     return b->len;
 }
 
+/* The error of the first append or reserve that failed since init, reset, free or take, or 0. */
+static inline int pins_buf_error(const pins_buf *b)
+{
+    return b->err;
+}
+
 /* Cuts the content to its first len bytes (len <= the length; larger values change nothing). */
 void pins_buf_setlen(pins_buf *b, size_t len);
 
 /* Takes the content out of b: a NUL-terminated malloc'd block the caller frees with free(), and
- * *plen (may be NULL) its length. NULL (and 0) when b never allocated. b is empty afterwards and
- * keeps its maximum. */
+ * *plen (may be NULL) its length. NULL (and 0) when b never allocated. b is empty afterwards,
+ * without error, and keeps its maximum. */
 char *pins_buf_take(pins_buf *b, size_t *plen);
 
 #endif

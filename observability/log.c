@@ -29,12 +29,6 @@
 /* Enough for almost every line in one allocation. */
 #define LINE_RESERVE 1024
 
-/* A line under construction: the first failed append sticks, and the line is dropped. */
-struct line {
-    pins_buf b;
-    int rv;
-};
-
 static pins_log_level min_level = PINS_LOG_INFO;
 static pins_log_format log_format = PINS_LOG_JSON;
 
@@ -45,27 +39,9 @@ static const char *const level_names[] = {
     [PINS_LOG_ERROR] = "error",
 };
 
-static void put(struct line *l, const char *s, size_t n)
+static void put_json_string(pins_buf *b, const char *s)
 {
-    if (l->rv == 0)
-        l->rv = pins_buf_add(&l->b, s, n);
-}
-
-static void puts_(struct line *l, const char *s)
-{
-    put(l, s, strlen(s));
-}
-
-static void putc_(struct line *l, char c)
-{
-    if (l->rv == 0)
-        l->rv = pins_buf_add_byte(&l->b, c);
-}
-
-static void put_json_string(struct line *l, const char *s)
-{
-    if (l->rv == 0)
-        l->rv = pins_json_str_put(&l->b, s, strlen(s));
+    pins_json_str_put(b, s, strlen(s));
 }
 
 static bool text_needs_quotes(const char *s)
@@ -80,30 +56,28 @@ static bool text_needs_quotes(const char *s)
 }
 
 /* Text values: control characters escaped as in JSON so that a line stays one line. */
-static void put_text(struct line *l, const char *s, bool quote)
+static void put_text(pins_buf *b, const char *s, bool quote)
 {
     if (quote)
-        putc_(l, '"');
+        pins_buf_add_byte(b, '"');
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        char tmp[8];
         if (*p == '\n') {
-            puts_(l, "\\n");
+            pins_buf_add_str(b, "\\n");
         } else if (*p == '\r') {
-            puts_(l, "\\r");
+            pins_buf_add_str(b, "\\r");
         } else if (*p == '\t') {
-            puts_(l, "\\t");
+            pins_buf_add_str(b, "\\t");
         } else if (*p < 0x20 || *p == 0x7f) {
-            snprintf(tmp, sizeof(tmp), "\\x%02x", *p);
-            puts_(l, tmp);
+            pins_buf_addf(b, "\\x%02x", *p);
         } else if (quote && (*p == '"' || *p == '\\')) {
-            putc_(l, '\\');
-            putc_(l, (char)*p);
+            pins_buf_add_byte(b, '\\');
+            pins_buf_add_byte(b, (char)*p);
         } else {
-            putc_(l, (char)*p);
+            pins_buf_add_byte(b, (char)*p);
         }
     }
     if (quote)
-        putc_(l, '"');
+        pins_buf_add_byte(b, '"');
 }
 
 /* RFC 3339 UTC with microseconds: 2024-05-01T12:00:00.123456Z. Returns the length. */
@@ -118,10 +92,10 @@ static size_t format_timestamp(char out[40])
     return strlen(out);
 }
 
-static void put_timestamp(struct line *l)
+static void put_timestamp(pins_buf *b)
 {
     char out[40];
-    put(l, out, format_timestamp(out));
+    pins_buf_add(b, out, format_timestamp(out));
 }
 
 static void write_all(const char *p, size_t n)
@@ -173,26 +147,26 @@ void pins_log(pins_log_level level, const char *msg, ...)
     if (!pins_log_enabled(level))
         return;
     int saved_errno = errno;
-    struct line l = {.rv = 0};
-    pins_buf_init(&l.b, LINE_MAX_BYTES);
-    l.rv = pins_buf_reserve(&l.b, LINE_RESERVE);
+    pins_buf b;
+    pins_buf_init(&b, LINE_MAX_BYTES);
+    pins_buf_reserve(&b, LINE_RESERVE); /* a failure sticks, and the line is dropped */
     bool json = log_format == PINS_LOG_JSON;
     if (msg == NULL)
         msg = "";
 
     if (json) {
-        puts_(&l, "{\"ts\":\"");
-        put_timestamp(&l);
-        puts_(&l, "\",\"level\":\"");
-        puts_(&l, level_names[level]);
-        puts_(&l, "\",\"msg\":");
-        put_json_string(&l, msg);
+        pins_buf_add_str(&b, "{\"ts\":\"");
+        put_timestamp(&b);
+        pins_buf_add_str(&b, "\",\"level\":\"");
+        pins_buf_add_str(&b, level_names[level]);
+        pins_buf_add_str(&b, "\",\"msg\":");
+        put_json_string(&b, msg);
     } else {
-        put_timestamp(&l);
-        putc_(&l, ' ');
-        puts_(&l, level_names[level]);
-        putc_(&l, ' ');
-        put_text(&l, msg, false);
+        put_timestamp(&b);
+        pins_buf_add_byte(&b, ' ');
+        pins_buf_add_str(&b, level_names[level]);
+        pins_buf_add_byte(&b, ' ');
+        put_text(&b, msg, false);
     }
 
     va_list ap;
@@ -203,32 +177,32 @@ void pins_log(pins_log_level level, const char *msg, ...)
             break;
         const char *value = va_arg(ap, const char *);
         if (json) {
-            putc_(&l, ',');
-            put_json_string(&l, key);
-            putc_(&l, ':');
+            pins_buf_add_byte(&b, ',');
+            put_json_string(&b, key);
+            pins_buf_add_byte(&b, ':');
             if (value == NULL)
-                puts_(&l, "null");
+                pins_buf_add_str(&b, "null");
             else
-                put_json_string(&l, value);
+                put_json_string(&b, value);
         } else {
-            putc_(&l, ' ');
-            put_text(&l, key, false);
-            putc_(&l, '=');
+            pins_buf_add_byte(&b, ' ');
+            put_text(&b, key, false);
+            pins_buf_add_byte(&b, '=');
             if (value == NULL)
-                puts_(&l, "null");
+                pins_buf_add_str(&b, "null");
             else
-                put_text(&l, value, text_needs_quotes(value));
+                put_text(&b, value, text_needs_quotes(value));
         }
     }
     va_end(ap);
 
     if (json)
-        putc_(&l, '}');
-    putc_(&l, '\n');
-    if (l.rv == 0)
-        write_all(pins_buf_ptr(&l.b), pins_buf_len(&l.b));
+        pins_buf_add_byte(&b, '}');
+    pins_buf_add_byte(&b, '\n');
+    if (pins_buf_error(&b) == 0)
+        write_all(pins_buf_ptr(&b), pins_buf_len(&b));
     else
-        write_dropped(json, l.rv); /* a log call never fails */
-    pins_buf_free(&l.b);
+        write_dropped(json, pins_buf_error(&b)); /* a log call never fails */
+    pins_buf_free(&b);
     errno = saved_errno;
 }

@@ -124,6 +124,25 @@ static void test_buf_refuses_growth_past_max_and_stays_valid(void **state)
     pins_buf_free(&b);
 }
 
+static void test_buf_error_sticks_until_reset(void **state)
+{
+    (void)state;
+    pins_buf b;
+    pins_buf_init(&b, 4);
+    assert_int_equal(pins_buf_error(&b), 0);
+    assert_int_equal(pins_buf_add_str(&b, "ab"), 0);
+    assert_int_equal(pins_buf_add_str(&b, "cde"), PINS_ETOO_LARGE);
+    assert_int_equal(pins_buf_add_str(&b, "c"), 0); /* later appends still run */
+    assert_int_equal(pins_buf_error(&b), PINS_ETOO_LARGE);
+    pins_buf_reset(&b);
+    assert_int_equal(pins_buf_error(&b), 0);
+    assert_int_equal(pins_buf_reserve(&b, 5), PINS_ETOO_LARGE);
+    assert_int_equal(pins_buf_error(&b), PINS_ETOO_LARGE);
+    free(pins_buf_take(&b, NULL));
+    assert_int_equal(pins_buf_error(&b), 0);
+    pins_buf_free(&b);
+}
+
 static void test_buf_with_zero_max_holds_nothing(void **state)
 {
     (void)state;
@@ -144,6 +163,7 @@ int main(void)
         cmocka_unit_test(test_buf_grows_across_many_appends),
         cmocka_unit_test(test_buf_holds_exactly_max_bytes),
         cmocka_unit_test(test_buf_refuses_growth_past_max_and_stays_valid),
+        cmocka_unit_test(test_buf_error_sticks_until_reset),
         cmocka_unit_test(test_buf_with_zero_max_holds_nothing),
     };
     return cmocka_run_group_tests_name("buf", tests, NULL, NULL);

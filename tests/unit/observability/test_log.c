@@ -187,6 +187,35 @@ static void test_long_line_is_written_whole_in_one_write(void **state)
     free(big);
 }
 
+/* Past the line's maximum (4 MiB) the event is replaced by one short line saying so. */
+static void test_line_over_the_maximum_is_replaced_by_a_short_one(void **state)
+{
+    size_t n = 5u << 20;
+    char *big = malloc(n + 1);
+    assert_non_null(big);
+    memset(big, 'x', n);
+    big[n] = '\0';
+    capture_begin();
+    pins_log_info("big", "value", big, NULL);
+    char *out = capture_end(NULL);
+    json_t *j = parse_line(out);
+    assert_string_equal(json_string_value(json_object_get(j, "level")), "error");
+    assert_string_equal(json_string_value(json_object_get(j, "msg")),
+                        "log line dropped: longer than 4 MiB");
+    assert_rfc3339_utc_micros(json_string_value(json_object_get(j, "ts")));
+    json_decref(j);
+    free(out);
+
+    pins_log_setup(PINS_LOG_INFO, PINS_LOG_TEXT);
+    capture_begin();
+    pins_log_info("big", "value", big, NULL);
+    out = capture_end(NULL);
+    assert_rfc3339_utc_micros(out);
+    assert_string_equal(out + 27, " error log line dropped: longer than 4 MiB\n");
+    free(out);
+    free(big);
+}
+
 static void test_log_preserves_errno(void **state)
 {
     capture_begin();
@@ -207,6 +236,7 @@ int main(void)
         cmocka_unit_test_setup(test_text_format_quotes_values_that_need_it, setup),
         cmocka_unit_test_setup(test_level_filter_drops_lower_levels, setup),
         cmocka_unit_test_setup(test_long_line_is_written_whole_in_one_write, setup),
+        cmocka_unit_test_setup(test_line_over_the_maximum_is_replaced_by_a_short_one, setup),
         cmocka_unit_test_setup(test_log_preserves_errno, setup),
     };
     return cmocka_run_group_tests_name("observability/log", tests, NULL, NULL);
