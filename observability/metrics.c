@@ -30,9 +30,20 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "common/buf.h"
+#include "common/fmt.h"
+#include "common/hash.h"
+
 #define MAX_LABELS 8
 #define MAX_SERIES 10000
 #define MIN_TABLE  16
+/* The longest exposition. Label values come from fixed sets (methods, routes, status codes,
+ * reasons), whose product across every family renders to well under 1 MiB; 64 MiB leaves room for
+ * families near their series limit and still stops a runaway before it takes the process's
+ * memory. Past it (as when out of memory) metrics_render() returns NULL. */
+#define MAX_EXPOSITION (64u << 20)
+/* The first allocation: a freshly started process's exposition fits. */
+#define FIRST_EXPOSITION 4096
 
 enum kind { KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM };
 
@@ -95,12 +106,6 @@ struct aggs {
     struct agg **index;
 };
 
-struct buf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-};
-
 const double metrics_latency_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                           0.025,  0.05,    0.1,    0.25,  0.5,    1};
 const size_t metrics_latency_nbuckets =
@@ -125,16 +130,13 @@ static inline const char *value_at(const char *const *values, size_t i)
     return values != NULL && values[i] != NULL ? values[i] : "";
 }
 
+/* FNV-1a over the values, each followed by 0xff (which no UTF-8 text holds). */
 static uint64_t hash_values(size_t nlabels, const char *const *values)
 {
-    uint64_t h = 14695981039346656037ULL;
+    uint64_t h = PINS_FNV1A_INIT;
     for (size_t i = 0; i < nlabels; i++) {
-        for (const unsigned char *p = (const unsigned char *)value_at(values, i); *p; p++) {
-            h ^= *p;
-            h *= 1099511628211ULL;
-        }
-        h ^= 0xff;
-        h *= 1099511628211ULL;
+        h = pins_fnv1a_str(h, value_at(values, i), NULL);
+        h = (h ^ 0xff) * PINS_FNV1A_PRIME;
     }
     return h;
 }
@@ -482,37 +484,6 @@ fail:
 /* ---- text output ------------------------------------------------------------------------------
  */
 
-static void buf_append(struct buf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->cap - b->len < n + 1) {
-        size_t ncap = b->cap ? b->cap : 4096;
-        while (ncap - b->len < n + 1)
-            ncap *= 2;
-        char *p = realloc(b->p, ncap);
-        if (p == NULL) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = ncap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_puts(struct buf *b, const char *s)
-{
-    buf_append(b, s, strlen(s));
-}
-
-static void buf_putc(struct buf *b, char c)
-{
-    buf_append(b, &c, 1);
-}
-
 /* Shortest text that parses back to v; integers without an exponent. */
 static void format_double(char *out, size_t outlen, double v)
 {
@@ -533,22 +504,21 @@ static void format_double(char *out, size_t outlen, double v)
     }
 }
 
-static void buf_double(struct buf *b, double v)
+static void put_double(pins_buf *b, double v)
 {
     char tmp[40];
     format_double(tmp, sizeof(tmp), v);
-    buf_puts(b, tmp);
+    pins_buf_add_str(b, tmp);
 }
 
-static void buf_u64(struct buf *b, uint64_t v)
+static void put_u64(pins_buf *b, uint64_t v)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    buf_append(b, tmp, (size_t)n);
+    char tmp[PINS_FMT_INT_MAX];
+    pins_buf_add(b, tmp, (size_t)(pins_fmt_u64(tmp, v) - tmp));
 }
 
 /* Label values escape backslash, double quote and newline; help text backslash and newline. */
-static void buf_escaped(struct buf *b, const char *s, bool quote)
+static void put_escaped(pins_buf *b, const char *s, bool quote)
 {
     const char *run = s;
     for (; *s; s++) {
@@ -560,52 +530,52 @@ static void buf_escaped(struct buf *b, const char *s, bool quote)
         else if (*s == '"' && quote)
             esc = "\\\"";
         if (esc != NULL) {
-            buf_append(b, run, (size_t)(s - run));
-            buf_puts(b, esc);
+            pins_buf_add(b, run, (size_t)(s - run));
+            pins_buf_add_str(b, esc);
             run = s + 1;
         }
     }
-    buf_append(b, run, (size_t)(s - run));
+    pins_buf_add(b, run, (size_t)(s - run));
 }
 
-static void put_header(struct buf *b, const char *name, const char *help, const char *type)
+static void put_header(pins_buf *b, const char *name, const char *help, const char *type)
 {
-    buf_puts(b, "# HELP ");
-    buf_puts(b, name);
-    buf_putc(b, ' ');
-    buf_escaped(b, help, false);
-    buf_puts(b, "\n# TYPE ");
-    buf_puts(b, name);
-    buf_putc(b, ' ');
-    buf_puts(b, type);
-    buf_putc(b, '\n');
+    pins_buf_add_str(b, "# HELP ");
+    pins_buf_add_str(b, name);
+    pins_buf_add_byte(b, ' ');
+    put_escaped(b, help, false);
+    pins_buf_add_str(b, "\n# TYPE ");
+    pins_buf_add_str(b, name);
+    pins_buf_add_byte(b, ' ');
+    pins_buf_add_str(b, type);
+    pins_buf_add_byte(b, '\n');
 }
 
 /* name{labels[,le="..."]} with nothing in braces omitted. */
-static void put_series_name(struct buf *b, const metrics_family *f, const char *suffix,
+static void put_series_name(pins_buf *b, const metrics_family *f, const char *suffix,
                             const char *const *values, const char *le)
 {
-    buf_puts(b, f->name);
-    buf_puts(b, suffix);
+    pins_buf_add_str(b, f->name);
+    pins_buf_add_str(b, suffix);
     if (f->nlabels == 0 && le == NULL)
         return;
-    buf_putc(b, '{');
+    pins_buf_add_byte(b, '{');
     for (size_t i = 0; i < f->nlabels; i++) {
         if (i > 0)
-            buf_putc(b, ',');
-        buf_puts(b, f->labels[i]);
-        buf_puts(b, "=\"");
-        buf_escaped(b, value_at(values, i), true);
-        buf_putc(b, '"');
+            pins_buf_add_byte(b, ',');
+        pins_buf_add_str(b, f->labels[i]);
+        pins_buf_add_str(b, "=\"");
+        put_escaped(b, value_at(values, i), true);
+        pins_buf_add_byte(b, '"');
     }
     if (le != NULL) {
         if (f->nlabels > 0)
-            buf_putc(b, ',');
-        buf_puts(b, "le=\"");
-        buf_puts(b, le);
-        buf_putc(b, '"');
+            pins_buf_add_byte(b, ',');
+        pins_buf_add_str(b, "le=\"");
+        pins_buf_add_str(b, le);
+        pins_buf_add_byte(b, '"');
     }
-    buf_putc(b, '}');
+    pins_buf_add_byte(b, '}');
 }
 
 /* ---- aggregation over shards ------------------------------------------------------------------
@@ -726,7 +696,7 @@ out:
     return rv;
 }
 
-static void render_histogram_series(struct buf *b, const metrics_family *f, const struct agg *g)
+static void render_histogram_series(pins_buf *b, const metrics_family *f, const struct agg *g)
 {
     uint64_t cumulative = 0;
     for (size_t k = 0; k <= f->nbuckets; k++) {
@@ -734,21 +704,21 @@ static void render_histogram_series(struct buf *b, const metrics_family *f, cons
         format_double(le, sizeof(le), f->buckets[k]);
         cumulative += g->counts[k];
         put_series_name(b, f, "_bucket", g->values, le);
-        buf_putc(b, ' ');
-        buf_u64(b, cumulative);
-        buf_putc(b, '\n');
+        pins_buf_add_byte(b, ' ');
+        put_u64(b, cumulative);
+        pins_buf_add_byte(b, '\n');
     }
     put_series_name(b, f, "_sum", g->values, NULL);
-    buf_putc(b, ' ');
-    buf_double(b, g->value);
-    buf_putc(b, '\n');
+    pins_buf_add_byte(b, ' ');
+    put_double(b, g->value);
+    pins_buf_add_byte(b, '\n');
     put_series_name(b, f, "_count", g->values, NULL);
-    buf_putc(b, ' ');
-    buf_u64(b, cumulative);
-    buf_putc(b, '\n');
+    pins_buf_add_byte(b, ' ');
+    put_u64(b, cumulative);
+    pins_buf_add_byte(b, '\n');
 }
 
-static int render_family(struct buf *b, metrics_family *f)
+static int render_family(pins_buf *b, metrics_family *f)
 {
     static const char *const types[] = {
         [KIND_COUNTER] = "counter", [KIND_GAUGE] = "gauge", [KIND_HISTOGRAM] = "histogram"};
@@ -770,9 +740,9 @@ static int render_family(struct buf *b, metrics_family *f)
             continue;
         }
         put_series_name(b, f, "", a.items[i]->values, NULL);
-        buf_putc(b, ' ');
-        buf_double(b, a.items[i]->value);
-        buf_putc(b, '\n');
+        pins_buf_add_byte(b, ' ');
+        put_double(b, a.items[i]->value);
+        pins_buf_add_byte(b, '\n');
     }
 out:
     aggs_free(&a);
@@ -821,17 +791,16 @@ out:
         fclose(fp);
 }
 
-static void put_process(struct buf *b, const char *name, const char *help, const char *type,
-                        double v)
+static void put_process(pins_buf *b, const char *name, const char *help, const char *type, double v)
 {
     put_header(b, name, help, type);
-    buf_puts(b, name);
-    buf_putc(b, ' ');
-    buf_double(b, v);
-    buf_putc(b, '\n');
+    pins_buf_add_str(b, name);
+    pins_buf_add_byte(b, ' ');
+    put_double(b, v);
+    pins_buf_add_byte(b, '\n');
 }
 
-static void render_process(struct buf *b)
+static void render_process(pins_buf *b)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     struct rusage ru;
@@ -1004,7 +973,9 @@ void metrics_gauge_set_cb(metrics_family *f, const char *const *values, metrics_
 
 char *metrics_render(size_t *plen)
 {
-    struct buf b = {0};
+    pins_buf b;
+    pins_buf_init(&b, MAX_EXPOSITION);
+    pins_buf_reserve(&b, FIRST_EXPOSITION);
     int rv = 0;
     pthread_mutex_lock(&registry_mu);
     for (metrics_family *f = families; f != NULL && rv == 0; f = f->next)
@@ -1016,13 +987,11 @@ char *metrics_render(size_t *plen)
                 "Metric updates dropped because a family reached its series limit.", "counter",
                 (double)atomic_load_explicit(&dropped_series, memory_order_relaxed));
     render_process(&b);
-    if (b.oom)
+    if (pins_buf_error(&b) != 0)
         goto fail;
-    if (plen != NULL)
-        *plen = b.len;
-    return b.p;
+    return pins_buf_take(&b, plen);
 fail:
-    free(b.p);
+    pins_buf_free(&b);
     return NULL;
 }
 

@@ -55,7 +55,8 @@ void metrics_cell_add(metrics_cell *c, double v);
 void metrics_cell_observe(metrics_family *f, metrics_cell *c, double v);
 
 /* The whole registry in text format 0.0.4, plus process_* series. New string the caller frees;
- * *plen gets its length. NULL when out of memory. */
+ * *plen gets its length. NULL when out of memory or when the text would exceed 64 MiB (far above
+ * what the registry's label sets render to). */
 char *metrics_render(size_t *plen);
 
 /* Frees every family (at exit, after every worker has stopped; for leak-clean tests). */
