@@ -1,15 +1,16 @@
 /* store/breaker.c: the store circuit breaker (breaker.h). The closed fast path is one atomic
  * load; errors and transitions take a mutex (they are rare, and a burst of errors is exactly when
- * exact counting matters). The rolling minute is 60 one-second buckets. */
+ * exact counting matters). The rolling minute is 60 one-second buckets of the monotonic clock
+ * (pins_time_mono_ns, which tests replace with a fake clock). */
 #include "store/breaker.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 
 #include "common/error.h"
+#include "common/timeutil.h"
 #include "observability/metrics.h"
 
 #define BUCKETS 60
@@ -23,13 +24,6 @@ static int64_t reopen_at;   /* OPEN: when the probe may run */
 static int64_t probe_since; /* HALF_OPEN: when the probe started (0: none running) */
 static int64_t bucket_sec[BUCKETS];
 static int bucket_count[BUCKETS];
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static double state_gauge(void *arg)
 {
@@ -79,7 +73,7 @@ bool store_breaker_allow(void)
     if (atomic_load_explicit(&state, memory_order_relaxed) == STORE_BREAKER_CLOSED)
         return true;
     bool allow = false;
-    int64_t now = now_ns();
+    int64_t now = pins_time_mono_ns();
     pthread_mutex_lock(&lock);
     int st = atomic_load(&state);
     if (st == STORE_BREAKER_CLOSED) {
@@ -105,7 +99,7 @@ void store_breaker_record(int err)
     int st = atomic_load_explicit(&state, memory_order_relaxed);
     if (st == STORE_BREAKER_CLOSED && !store_error)
         return;
-    int64_t now = now_ns();
+    int64_t now = pins_time_mono_ns();
     pthread_mutex_lock(&lock);
     st = atomic_load(&state);
     if (st == STORE_BREAKER_HALF_OPEN) {
@@ -139,7 +133,7 @@ store_breaker_state store_breaker_get(void)
 
 int store_breaker_errors_last_minute(void)
 {
-    int64_t sec = now_ns() / 1000000000;
+    int64_t sec = pins_time_mono_ns() / 1000000000;
     int total = 0;
     pthread_mutex_lock(&lock);
     for (int b = 0; b < BUCKETS; b++) {

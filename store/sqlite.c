@@ -37,6 +37,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
+#include "common/timeutil.h"
 #include "common/utf8.h"
 
 /* Operations a callback may nest inside one another on one session. */
@@ -188,7 +189,7 @@ typedef struct sqlite_store {
 
 /* How a connection waits for another process's lock (on_busy). */
 typedef struct busy_wait {
-    struct timespec start; /* when the current wait began */
+    int64_t start_ns; /* when the current wait began (pins_time_mono_ns) */
     int timeout_ms;
 } busy_wait;
 
@@ -296,13 +297,10 @@ static int out_of_memory(sqlite_session *ss, const char *what)
 static int on_busy(void *arg, int count)
 {
     busy_wait *bw = arg;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t now_ns = pins_time_mono_ns();
     if (count == 0)
-        bw->start = now;
-    int64_t waited_us = (int64_t)(now.tv_sec - bw->start.tv_sec) * 1000000 +
-                        (now.tv_nsec - bw->start.tv_nsec) / 1000;
-    if (waited_us >= (int64_t)bw->timeout_ms * 1000)
+        bw->start_ns = now_ns;
+    if (now_ns - bw->start_ns >= (int64_t)bw->timeout_ms * 1000000)
         return 0;
     if (count < 16) {
         sched_yield();
@@ -347,14 +345,6 @@ static int enable_wal(sqlite3 *db)
 out:
     sqlite3_finalize(st);
     return rc;
-}
-
-/* The wall clock in microseconds since the epoch (schema_migrations.applied_at only). */
-static int64_t wall_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* Applies the embedded migrations not yet recorded in schema_migrations, all in one transaction,
@@ -410,7 +400,7 @@ static int migrate(sqlite3 *db)
         sqlite3_reset(record);
         sqlite3_bind_int(record, 1, m->version);
         sqlite3_bind_text(record, 2, m->name, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(record, 3, wall_us());
+        sqlite3_bind_int64(record, 3, pins_time_now_us()); /* applied_at: the wall clock */
         rc = sqlite3_step(record);
         if (rc != SQLITE_DONE)
             goto out;

@@ -26,6 +26,8 @@
 #include "common/arena.h"
 #include "common/error.h"
 #include "common/pbstruct.h"
+#include "common/timeutil.h"
+#include "fake_clock.h"
 #include "store/store.h"
 #include "store/sqlite_int.h"
 
@@ -836,6 +838,43 @@ static void test_sqlite_sessions_on_threads_share_mutex_and_cache(void **state)
     assert_int_equal(total, THREADS * THREAD_ROUNDS * THREAD_BATCH);
 }
 
+/* The clock the handlers pass as now_us is the process clock: a pin written with a TTL is served
+ * from the cache until the fake clock reaches its expiry, and absent from then on, without a
+ * sleep. */
+static void test_sqlite_pin_expires_when_the_clock_reaches_its_ttl(void **state)
+{
+    fixture *fx = *state;
+    fake_clock_install();
+    assert_int_equal(upsert(fx, "ttl", "{\"v\":1}", 2, pins_time_now_us(), NULL), 0);
+    assert_int_equal(get(fx, "ttl", pins_time_now_us(), NULL), 0);
+    fake_clock_advance_ms(1999);
+    assert_int_equal(get(fx, "ttl", pins_time_now_us(), NULL), 0);
+    store__sqlite_stats before = stats(fx);
+    fake_clock_advance_ms(1);
+    assert_int_equal(get(fx, "ttl", pins_time_now_us(), NULL), PINS_ENOT_FOUND);
+    store__sqlite_stats after = stats(fx);
+    assert_int_equal(after.cache_hits - before.cache_hits, 1); /* the cached entry expired */
+    assert_int_equal(after.cache_entries, 0);
+    fake_clock_uninstall();
+}
+
+/* store_open records when each migration was applied with the process's wall clock. */
+static void test_sqlite_migrations_record_the_clock_time(void **state)
+{
+    fixture *fx = *state;
+    close_store(fx);
+    nftw(fx->data_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    fake_clock_install();
+    fake_clock_advance_ms(86400000); /* a day ahead of the system clock */
+    int64_t now = pins_time_now_us();
+    open_store(fx);
+    fake_clock_uninstall();
+    sqlite3 *db = open_raw(fx);
+    assert_int_equal(raw_int(db, "SELECT min(applied_at) FROM schema_migrations"), now);
+    assert_int_equal(raw_int(db, "SELECT max(applied_at) FROM schema_migrations"), now);
+    sqlite3_close(db);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void)
@@ -852,6 +891,8 @@ int main(void)
         T(test_sqlite_cache_answers_get_without_sqlite),
         T(test_sqlite_cache_follows_every_write),
         T(test_sqlite_cache_drops_expired_entries),
+        T(test_sqlite_pin_expires_when_the_clock_reaches_its_ttl),
+        T(test_sqlite_migrations_record_the_clock_time),
         T(test_sqlite_cache_refuses_a_fill_older_than_a_write),
         T(test_sqlite_value_pb_is_the_protobuf_c_packing),
         T(test_sqlite_sessions_on_threads_share_mutex_and_cache),
