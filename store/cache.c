@@ -3,7 +3,9 @@
  * A hash map (tenant_id, key) -> the pin's row, split into STORE__CACHE_STRIPES stripes by the
  * key's hash. Each stripe has its own read-write lock, buckets, bounds and write generation, so
  * that workers reading different keys rarely meet on a lock and two workers reading one hot key
- * share a read lock. An entry is one allocation: the header, then its strings, its JSON value and
+ * share a read lock. The hash is pins_hash_tenant_key (FNV-1a over tenant, a separator and key,
+ * mixed): the stripe comes from its high bits, the bucket from its low bits. An entry is one
+ * allocation: the header, then its strings, its JSON value and
  * its packed Struct in one blob, so that a hit copies the blob out with one memcpy.
  *
  * Coherence rests on two rules. Writers (holding the store's write mutex, so they are serialised
@@ -19,6 +21,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/hash.h"
 
 static_assert((STORE__CACHE_STRIPES & (STORE__CACHE_STRIPES - 1)) == 0,
               "the stripe count must be a power of two");
@@ -50,28 +53,6 @@ struct store__cache {
     size_t nbuckets;    /* per stripe, a power of two */
     stripe stripes[STORE__CACHE_STRIPES];
 };
-
-/* FNV-1a over tenant, a separator and key, finished with MurmurHash3's mixer so that both the
- * stripe (high bits) and the bucket (low bits) are well spread. */
-static uint64_t hash_key(const char *tenant, const char *key, size_t *ptl, size_t *pkl)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    const unsigned char *p = (const unsigned char *)tenant;
-    for (; *p != '\0'; p++)
-        h = (h ^ *p) * 0x100000001b3ull;
-    *ptl = (size_t)(p - (const unsigned char *)tenant);
-    h = (h ^ 0xff) * 0x100000001b3ull;
-    p = (const unsigned char *)key;
-    for (; *p != '\0'; p++)
-        h = (h ^ *p) * 0x100000001b3ull;
-    *pkl = (size_t)(p - (const unsigned char *)key);
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 33;
-    return h;
-}
 
 static stripe *stripe_of(store__cache *c, uint64_t h)
 {
@@ -242,7 +223,7 @@ int store__cache_get(store__cache *c, const char *tenant_id, const char *key, in
                      pins_arena *a, store_pin *ppin, store__cache_result *pres, uint64_t *pgen)
 {
     size_t tl, kl;
-    uint64_t h = hash_key(tenant_id, key, &tl, &kl);
+    uint64_t h = pins_hash_tenant_key(tenant_id, key, &tl, &kl);
     stripe *st = stripe_of(c, h);
     pthread_rwlock_rdlock(&st->lock);
     entry *e = *find(c, st, h, tenant_id, tl, key, kl);
@@ -287,7 +268,7 @@ int store__cache_get(store__cache *c, const char *tenant_id, const char *key, in
 store__cache_fill_result store__cache_fill(store__cache *c, const store_pin *pin, uint64_t gen)
 {
     size_t tl, kl;
-    uint64_t h = hash_key(pin->tenant_id, pin->key, &tl, &kl);
+    uint64_t h = pins_hash_tenant_key(pin->tenant_id, pin->key, &tl, &kl);
     stripe *st = stripe_of(c, h);
     entry *e = entry_new(pin, h, tl, kl);
     if (e == NULL)
@@ -311,7 +292,7 @@ store__cache_fill_result store__cache_fill(store__cache *c, const store_pin *pin
 void store__cache_put(store__cache *c, const store_pin *pin)
 {
     size_t tl, kl;
-    uint64_t h = hash_key(pin->tenant_id, pin->key, &tl, &kl);
+    uint64_t h = pins_hash_tenant_key(pin->tenant_id, pin->key, &tl, &kl);
     stripe *st = stripe_of(c, h);
     /* NULL (too large, out of memory) still removes the old row below: never leave it stale. */
     entry *e = entry_new(pin, h, tl, kl);
@@ -330,7 +311,7 @@ void store__cache_put(store__cache *c, const store_pin *pin)
 void store__cache_remove(store__cache *c, const char *tenant_id, const char *key)
 {
     size_t tl, kl;
-    uint64_t h = hash_key(tenant_id, key, &tl, &kl);
+    uint64_t h = pins_hash_tenant_key(tenant_id, key, &tl, &kl);
     stripe *st = stripe_of(c, h);
     entry *dead = NULL;
     pthread_rwlock_wrlock(&st->lock);

@@ -24,6 +24,7 @@
 
 #include "common/error.h"
 #include "common/fmt.h"
+#include "common/hash.h"
 
 /* r left the write segment it was sent in: its key no longer counts as in flight. */
 void store__pg_busy_release(pg_session *ss, pg_req *r)
@@ -90,17 +91,13 @@ void store__pg_requeue_front(pg_session *ss, req_list *l)
     *l = (req_list){0};
 }
 
-/* The busy[] slot of a write's tenant and key (FNV-1a). Two keys may share a slot: a write then
- * waits for the other key's segment too, which costs time, never correctness. */
+/* The busy[] slot of a write's tenant and key (pins_hash_tenant_key). Two keys may share a slot:
+ * a write then waits for the other key's segment too, which costs time, never correctness. */
 static uint32_t key_slot(const pg_req *r)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (int i = 0; i < 2; i++) {
-        for (const char *p = r->params[i] != NULL ? r->params[i] : ""; *p != '\0'; p++)
-            h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
-        h = (h ^ 0xff) * 0x100000001b3ull; /* separator: ("ab","c") != ("a","bc") */
-    }
-    return (uint32_t)(h & (BUSY_SLOTS - 1));
+    const char *tenant = r->params[0] != NULL ? r->params[0] : "";
+    const char *key = r->params[1] != NULL ? r->params[1] : "";
+    return (uint32_t)(pins_hash_tenant_key(tenant, key, NULL, NULL) & (BUSY_SLOTS - 1));
 }
 
 /* The up connection with room for another segment and the fewest in flight, or NULL. */
