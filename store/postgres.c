@@ -878,7 +878,10 @@ int store__postgres_open(const store_options *opts, store **pstore)
     char *errmsg = NULL;
     PQconninfoOption *info = PQconninfoParse(opts->database_url, &errmsg);
     if (info == NULL) {
-        PQfreemem(errmsg);
+        PQfreemem(errmsg); /* libpq quotes the URL, which may hold the password: not copied */
+        if (opts->err != NULL && opts->err_cap > 0)
+            snprintf(opts->err, opts->err_cap,
+                     "DATABASE_URL is not a PostgreSQL connection URL libpq can parse");
         return PINS_ESTORE;
     }
     PQconninfoFree(info);

@@ -193,12 +193,18 @@ typedef struct busy_wait {
     int timeout_ms;
 } busy_wait;
 
+/* What a queued write does. */
+typedef enum write_kind {
+    WRITE_UPSERT,
+    WRITE_DELETE,
+} write_kind;
+
 /* One queued upsert or delete. The request's strings are copies in the batch arena. */
 typedef struct write_op {
-    bool is_delete;
+    write_kind kind;
     bool failed;          /* failed on its own (err set): left out of the batch's next attempt */
-    store_upsert_req up;  /* when !is_delete */
-    store_delete_req del; /* when is_delete */
+    store_upsert_req up;  /* WRITE_UPSERT */
+    store_delete_req del; /* WRITE_DELETE */
     store_pin_cb cb;
     void *arg;
     int err;            /* the outcome */
@@ -1007,7 +1013,15 @@ static int attempt(sqlite_session *ss, batch *b, size_t *pbad)
         write_op *op = &b->ops[i];
         if (op->failed)
             continue;
-        int rv = op->is_delete ? delete_op(ss, b->arena, op) : upsert_op(ss, b->arena, op);
+        int rv = 0;
+        switch (op->kind) {
+        case WRITE_UPSERT:
+            rv = upsert_op(ss, b->arena, op);
+            break;
+        case WRITE_DELETE:
+            rv = delete_op(ss, b->arena, op);
+            break;
+        }
         op->err = rv;
         if (rv != 0 && !is_domain(rv)) {
             err = rv;
@@ -1057,10 +1071,14 @@ static void run_batch(sqlite_session *ss, batch *b)
         const write_op *op = &b->ops[i];
         if (op->err != 0)
             continue;
-        if (op->is_delete)
-            store__cache_remove(s->cache, op->del.tenant_id, op->del.key);
-        else
+        switch (op->kind) {
+        case WRITE_UPSERT:
             store__cache_put(s->cache, &op->pin);
+            break;
+        case WRITE_DELETE:
+            store__cache_remove(s->cache, op->del.tenant_id, op->del.key);
+            break;
+        }
     }
     pthread_mutex_unlock(&s->write_lock);
 }
@@ -1192,6 +1210,7 @@ static int pin_upsert(store_session *base, const store_upsert_req *req, store_pi
         return err;
     pins_arena *a = ss->pending->arena;
     size_t used = pins_arena_used(a);
+    op->kind = WRITE_UPSERT;
     op->cb = cb;
     op->arg = arg;
     op->up = *req;
@@ -1348,7 +1367,7 @@ static int pin_delete(store_session *base, const store_delete_req *req, store_pi
         return err;
     pins_arena *a = ss->pending->arena;
     size_t used = pins_arena_used(a);
-    op->is_delete = true;
+    op->kind = WRITE_DELETE;
     op->cb = cb;
     op->arg = arg;
     op->del = *req;

@@ -4,6 +4,7 @@
 #include "store/pg_int.h"
 #include "store/sqlite_int.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,77 @@
 
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 static metrics_family *m_memory_audit;
+
+/* ---- the backends -------------------------------------------------------------------------
+ *
+ * One row per backend: the DATABASE_URL values that select it, its open function and its
+ * embedded migrations (store/migrations/<name>/). store_open takes the first row that accepts the
+ * URL. Adding a backend is adding a row here (store/README.md, "Adding a store backend"). */
+typedef struct backend_row {
+    const char *name;
+    /* URL prefixes that select the backend ("postgres://"), NULL-terminated; NULL: the backend of
+     * an unset or empty DATABASE_URL. */
+    const char *const *schemes;
+    /* Also selected by a URL without a scheme (libpq's "key=value ..." connection string). */
+    bool conninfo;
+    int (*open)(const store_options *opts, store **pstore);
+    const store__migration *migrations; /* ascending versions */
+    const size_t *nmigrations;
+} backend_row;
+
+static const char *const postgres_schemes[] = {"postgres://", "postgresql://", NULL};
+
+static const backend_row backends[] = {
+    {
+        .name = "sqlite",
+        .schemes = NULL,
+        .open = store__sqlite_open,
+        .migrations = store__sqlite_migrations,
+        .nmigrations = &store__sqlite_migrations_count,
+    },
+    {
+        .name = "postgres",
+        .schemes = postgres_schemes,
+        .conninfo = true,
+        .open = store__postgres_open,
+        .migrations = store__postgres_migrations,
+        .nmigrations = &store__postgres_migrations_count,
+    },
+};
+
+/* The length of url's scheme with its "://" ("postgres://": 11), or 0 when url starts with none
+ * (RFC 3986: a letter, then letters, digits, '+', '-' and '.'). */
+static size_t scheme_len(const char *url)
+{
+    size_t n = 0;
+    if (!isalpha((unsigned char)url[0]))
+        return 0;
+    while (isalnum((unsigned char)url[n]) || url[n] == '+' || url[n] == '-' || url[n] == '.')
+        n++;
+    return strncmp(url + n, "://", 3) == 0 ? n + 3 : 0;
+}
+
+/* The row that url (NULL or "": unset) selects, or NULL for a scheme no row accepts. */
+static const backend_row *backend_for(const char *url)
+{
+    bool unset = url == NULL || url[0] == '\0';
+    size_t len = unset ? 0 : scheme_len(url);
+    for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++) {
+        const backend_row *row = &backends[i];
+        if (unset || row->schemes == NULL) {
+            if (unset && row->schemes == NULL)
+                return row;
+            continue;
+        }
+        if (len == 0 && row->conninfo)
+            return row;
+        for (const char *const *s = row->schemes; *s != NULL; s++) {
+            if (strlen(*s) == len && strncmp(url, *s, len) == 0)
+                return row;
+        }
+    }
+    return NULL;
+}
 
 /* True when limit and offset describe a page store_pin_list and store_audit_list accept. */
 static bool page_ok(int32_t limit, int64_t offset)
@@ -171,9 +243,15 @@ int store_open(const store_options *opts, store **pstore)
 {
     if (opts == NULL || pstore == NULL)
         return PINS_EINTERNAL;
-    if (opts->database_url == NULL || opts->database_url[0] == '\0')
-        return store__sqlite_open(opts, pstore);
-    return store__postgres_open(opts, pstore);
+    const backend_row *row = backend_for(opts->database_url);
+    if (row == NULL) {
+        if (opts->err != NULL && opts->err_cap > 0)
+            snprintf(opts->err, opts->err_cap,
+                     "DATABASE_URL names a store this build does not know: it must start with "
+                     "postgres:// or postgresql://, or be unset for the embedded SQLite store");
+        return PINS_ESTORE;
+    }
+    return row->open(opts, pstore);
 }
 
 void store_close(store *s)

@@ -187,10 +187,17 @@ typedef void (*store_rbac_audit_list_cb)(void *arg, int err, const store_rbac_au
                                          size_t nrows, int64_t total);
 
 typedef struct store_options {
-    const char *database_url; /* NULL or "": embedded SQLite */
-    const char *data_dir;     /* SQLite: directory of pins.db, created if missing */
-    int pool_size;            /* PostgreSQL connections in total */
-    int workers;              /* number of sessions that will be created */
+    /* NULL or "": embedded SQLite; postgres://... or postgresql://... (or libpq's key=value
+     * connection string): PostgreSQL. */
+    const char *database_url;
+    const char *data_dir; /* SQLite: directory of pins.db, created if missing */
+    int pool_size;        /* PostgreSQL connections in total */
+    int workers;          /* number of sessions that will be created */
+    /* Optional: when store_open fails for a reason the operator must fix (a DATABASE_URL that
+     * selects no backend, one PostgreSQL cannot parse), err gets it, err_cap bytes at most,
+     * NUL-terminated. Never the URL itself (a secret). */
+    char *err;
+    size_t err_cap;
 } store_options;
 
 /* Opens the store (for SQLite: creates the directory and the schema). *pstore gets a new store

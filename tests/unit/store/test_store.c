@@ -1961,6 +1961,35 @@ static void test_postgres_unreachable_opens_and_fails_calls_with_estore(void **s
     store_close(s);
 }
 
+static void test_open_picks_the_backend_from_the_url_scheme(void **state)
+{
+    char err[256] = "";
+    store *s = NULL;
+    /* A scheme no backend accepts: refused, with the accepted schemes and without the URL. */
+    store_options opts = {.database_url = "mysql://pins:secret@db/pins",
+                          .pool_size = 1,
+                          .workers = 1,
+                          .err = err,
+                          .err_cap = sizeof(err)};
+    assert_int_equal(store_open(&opts, &s), PINS_ESTORE);
+    assert_null(s);
+    assert_non_null(strstr(err, "postgres://"));
+    assert_non_null(strstr(err, "postgresql://"));
+    assert_null(strstr(err, "secret"));
+    /* Both PostgreSQL schemes, and libpq's key=value form, open the PostgreSQL store (it connects
+     * later, so nothing needs to listen). */
+    const char *const pg[] = {"postgres://pins@127.0.0.1:1/pins",
+                              "postgresql://pins@127.0.0.1:1/pins",
+                              "host=127.0.0.1 port=1 dbname=pins user=pins"};
+    for (size_t i = 0; i < sizeof(pg) / sizeof(pg[0]); i++) {
+        opts.database_url = pg[i];
+        assert_int_equal(store_open(&opts, &s), 0);
+        assert_string_equal(store_backend_name(s), "postgres");
+        store_close(s);
+        s = NULL;
+    }
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void)
@@ -2013,6 +2042,7 @@ int main(void)
         T(test_sqlite_busy_past_timeout_reports_estore_with_detail),
         T(test_open_with_unparsable_database_url_fails),
         T(test_postgres_unreachable_opens_and_fails_calls_with_estore),
+        T(test_open_picks_the_backend_from_the_url_scheme),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
