@@ -53,7 +53,7 @@ typedef struct auth_decision {
     bool tenant_restricted;     /* the credential names the tenants it may touch ... */
     const char *const *tenants; /* ... these ntenants */
     size_t ntenants;
-    const char *tenant; /* the request's tenant ("global" for an empty one),
+    const char *tenant; /* the request's tenant as the dispatcher resolved it (rpc_call_tenant):
                            AUTH_ALL_TENANTS, or NULL when the request has no tenant_id */
     bool log_allowed;   /* the policy's audit.log_allowed */
 } auth_decision;
@@ -79,7 +79,7 @@ int auth_decide(rpc_call *call, auth_decision *pd);
  * the request is decoded. Always allowed when RBAC_ENFORCE=false. Strings live in the call's
  * arena. Returns 0 or PINS_ENOMEM (*pd untouched). */
 int auth_decide_early(rpc_call *call, auth_decision *pd);
-/* True when the decision's caller may touch tenant (a NULL or empty tenant means "global"). */
+/* True when the decision's caller may touch tenant (as the dispatcher resolved it; NULL: no). */
 bool auth_decision_tenant_allowed(const auth_decision *d, const char *tenant);
 
 /* What GetRbacInfo and GetRbacMatrix show of the policy in force. */

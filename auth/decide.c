@@ -18,7 +18,6 @@
 
 #include "common/error.h"
 #include "common/timeutil.h"
-#include "google/protobuf/wrappers.pb-c.h"
 #include "observability/log.h"
 #include "observability/metrics.h"
 
@@ -86,47 +85,12 @@ static const char *call_header(void *arg, const char *name)
     return v;
 }
 
-/* The request's tenant. A method row marked RPC_METHOD_ALL_TENANTS acts on every tenant whatever
- * its request says (known before the body is decoded). Otherwise the request's tenant_id field,
- * found through the descriptor: a string, or a google.protobuf.StringValue (unset: every
- * tenant). Empty means "global" on MemoryPins RPCs and "no filter" (every tenant) on Admin
- * listings. NULL when the request has no such field (or is not decoded yet). */
-static const char *request_tenant(const rpc_call *call)
-{
-    if (rpc_call_method(call)->flags & RPC_METHOD_ALL_TENANTS)
-        return AUTH_ALL_TENANTS;
-    const ProtobufCMessage *req = rpc_call_request(call);
-    if (req == NULL)
-        return NULL;
-    const ProtobufCFieldDescriptor *f =
-        protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "tenant_id");
-    if (f == NULL || f->label == PROTOBUF_C_LABEL_REPEATED)
-        return NULL;
-    bool pins = (rpc_call_method(call)->flags & RPC_METHOD_MEMORY_PINS) != 0;
-    const void *at = (const char *)req + f->offset;
-    if (f->type == PROTOBUF_C_TYPE_STRING) {
-        const char *v = *(const char *const *)at;
-        if (v != NULL && v[0] != '\0')
-            return v;
-        return pins ? "global" : AUTH_ALL_TENANTS;
-    }
-    const ProtobufCMessageDescriptor *md = f->descriptor;
-    if (f->type == PROTOBUF_C_TYPE_MESSAGE && md != NULL &&
-        strcmp(md->name, "google.protobuf.StringValue") == 0) {
-        const Google__Protobuf__StringValue *sv = *(const Google__Protobuf__StringValue *const *)at;
-        if (sv == NULL)
-            return AUTH_ALL_TENANTS;
-        return sv->value != NULL && sv->value[0] != '\0' ? sv->value : "global";
-    }
-    return NULL;
-}
-
 bool auth_decision_tenant_allowed(const auth_decision *d, const char *tenant)
 {
     if (!d->tenant_restricted)
         return true;
-    if (tenant == NULL || tenant[0] == '\0')
-        tenant = "global";
+    if (tenant == NULL)
+        return false;
     for (size_t i = 0; i < d->ntenants; i++) {
         if (strcmp(d->tenants[i], tenant) == 0)
             return true;
@@ -267,9 +231,8 @@ static int decide(rpc_call *call, auth_decision *pd, bool early)
         .tenants = p.tenants,
         .ntenants = p.ntenants,
     };
-    /* Early, the request is not decoded: only a row that spans every tenant names its tenant. */
-    if (!early || (m->flags & RPC_METHOD_ALL_TENANTS))
-        d.tenant = request_tenant(call);
+    /* The dispatcher resolved it (early: only for a row that spans every tenant). */
+    d.tenant = rpc_call_tenant(call);
     const auth__policy *pol = auth__policy_acquire();
     if (pol == NULL)
         return PINS_ENOMEM;

@@ -367,11 +367,10 @@ void ratelimit__redis_url_free(ratelimit__redis_url *u)
 /* The bucket a call counts against. */
 static const char *call_tenant(const rpc_call *call)
 {
-    const auth_decision *d = rpc_call_auth(call);
-    if (d == NULL || d->tenant == NULL || d->tenant[0] == '\0' ||
-        strcmp(d->tenant, AUTH_ALL_TENANTS) == 0)
-        return "global";
-    return d->tenant;
+    const char *t = rpc_call_tenant(call);
+    if (t == NULL || t[0] == '\0' || strcmp(t, RPC_TENANT_ALL) == 0)
+        return rpc_tenant_default;
+    return t;
 }
 
 /* A metadata entry named by a literal. */

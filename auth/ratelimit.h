@@ -34,8 +34,8 @@
  * Metrics: rate_limit_decisions_total{decision="allowed|limited",backend="redis|local|disabled"},
  * rate_limit_redis_up (1 when every worker's Redis connection is up, else 0).
  *
- * The request's tenant is the one auth_decide() read (auth_decision.tenant); a request without a
- * concrete tenant (empty, none, or every tenant) counts against "global".
+ * The request's tenant is the one the dispatcher resolved (rpc_call_tenant()); a request without a
+ * concrete tenant (none, or every tenant) counts against the default tenant.
  *
  * Threads. ratelimit_new() and ratelimit_free() run while no worker uses the limiter. A
  * ratelimit_worker and the calls it decides belong to one worker thread; the limiter itself

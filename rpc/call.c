@@ -218,6 +218,11 @@ const struct auth_decision *rpc_call_auth(const rpc_call *call)
     return call->auth;
 }
 
+const char *rpc_call_tenant(const rpc_call *call)
+{
+    return call->tenant;
+}
+
 const char *rpc_call_header(const rpc_call *call, const char *name)
 {
     for (size_t i = 0; i < call->nheaders; i++) {

@@ -84,6 +84,18 @@ const struct pins_config *rpc_call_config(const rpc_call *call);
 /* The RBAC decision that let the call in (auth/auth.h: subject, roles, the tenants the caller may
  * touch), or NULL for an unguarded method. Borrowed for the call. */
 const struct auth_decision *rpc_call_auth(const rpc_call *call);
+/* The tenant a request names when it names every tenant: an unset google.protobuf.StringValue
+ * (CleanupExpiredPins), an empty filter of an Admin listing, or a method row marked
+ * RPC_METHOD_ALL_TENANTS. */
+#define RPC_TENANT_ALL "*"
+/* The tenant of a MemoryPins request whose tenant_id is empty (API.md section 4). */
+extern const char rpc_tenant_default[];
+/* The request's tenant, resolved once by the dispatcher before RBAC, the rate limiter and the
+ * handler, from the decoded request's tenant_id field (a string or a
+ * google.protobuf.StringValue): the value as sent; rpc_tenant_default for an empty one on a
+ * MemoryPins RPC (and for an empty StringValue); RPC_TENANT_ALL for every tenant (see above); NULL
+ * when the request has no tenant_id field. Borrowed for the call (from the request, or static). */
+const char *rpc_call_tenant(const rpc_call *call);
 /* Seconds since the server started serving (0 without a start time). */
 double rpc_call_uptime(const rpc_call *call);
 /* The rate limiter's Redis, as /ready reports it: "ok", "disabled", "down (fail-open)". */

@@ -3,6 +3,8 @@
  * breaker). Handlers only validate and act. */
 #include "rpc/rpc_int.h"
 
+#include <string.h>
+
 #include "auth/auth.h"
 #include "auth/ratelimit.h"
 #include "observability/metrics.h"
@@ -10,6 +12,10 @@
 #include "store/breaker.h"
 #include "store/store.h"
 #include "common/timeutil.h"
+#include "google/protobuf/wrappers.pb-c.h"
+
+/* The one place the default tenant is spelled. */
+const char rpc_tenant_default[] = "global";
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
@@ -31,7 +37,41 @@ static void arm_deadline(rpc_call *call)
     evtimer_add(call->deadline_ev, &tv);
 }
 
-/* Decides RBAC for a guarded method; refuses the call and returns false when it may not run. */
+/* The tenant of a request of method m (see rpc_call_tenant()). A row marked
+ * RPC_METHOD_ALL_TENANTS acts on every tenant whatever its request says (known before the body is
+ * decoded). Otherwise the request's tenant_id field, found through the descriptor: a string, or a
+ * google.protobuf.StringValue (unset: every tenant). Empty means the default tenant on MemoryPins
+ * RPCs and "no filter" (every tenant) on Admin listings. NULL when the request has no such field,
+ * or req is NULL (not decoded yet). */
+static const char *resolve_tenant(const rpc_method *m, const ProtobufCMessage *req)
+{
+    if (m->flags & RPC_METHOD_ALL_TENANTS)
+        return RPC_TENANT_ALL;
+    if (req == NULL)
+        return NULL;
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "tenant_id");
+    if (f == NULL || f->label == PROTOBUF_C_LABEL_REPEATED)
+        return NULL;
+    bool pins = (m->flags & RPC_METHOD_MEMORY_PINS) != 0;
+    const void *at = (const char *)req + f->offset;
+    if (f->type == PROTOBUF_C_TYPE_STRING) {
+        const char *v = *(const char *const *)at;
+        if (v != NULL && v[0] != '\0')
+            return v;
+        return pins ? rpc_tenant_default : RPC_TENANT_ALL;
+    }
+    const ProtobufCMessageDescriptor *md = f->descriptor;
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE && md != NULL &&
+        strcmp(md->name, "google.protobuf.StringValue") == 0) {
+        const Google__Protobuf__StringValue *sv = *(const Google__Protobuf__StringValue *const *)at;
+        if (sv == NULL)
+            return RPC_TENANT_ALL;
+        return sv->value != NULL && sv->value[0] != '\0' ? sv->value : rpc_tenant_default;
+    }
+    return NULL;
+}
+
 /* Records decision d on the call: audited (queued, written off the request path), and for a
  * denial the fields of the REST 403 body. */
 static void record(rpc_call *call, const auth_decision *d)
@@ -107,6 +147,7 @@ static int decide_early(rpc_call *call, const auth_decision **pd)
     *pd = NULL;
     if ((m->flags & RPC_METHOD_UNGUARDED) || !call->worker->server->cfg->rbac_enforce)
         return 0;
+    call->tenant = resolve_tenant(m, NULL); /* early, only a row that spans every tenant names it */
     auth_decision *d = pins_arena_calloc(call->arena, 1, sizeof(*d));
     int rv = d != NULL ? auth_decide_early(call, d) : PINS_ENOMEM;
     if (rv != 0)
@@ -153,6 +194,7 @@ void rpc__dispatch(rpc_call *call)
     rpc__metrics_started(call->worker, m);
     call->flags |= RPC__CALL_DISPATCHED;
     call->refs += 2; /* the handler's, and ours until the handler returns */
+    call->tenant = resolve_tenant(m, call->request);
 
     if (call->deadline_ns != 0 && pins_time_mono_ns() >= call->deadline_ns) {
         rpc_call_fail(call, PINS_EDEADLINE_EXCEEDED, "deadline exceeded before the call started");

@@ -71,6 +71,9 @@ struct rpc_call {
     rpc__header *headers;
     size_t nheaders;
     const char *request_id;
+    /* The request's tenant, resolved once by the dispatcher (rpc_call_tenant()): borrowed from
+     * the decoded request, rpc_tenant_default, RPC_TENANT_ALL, or NULL. */
+    const char *tenant;
     int64_t start_ns;
     int64_t deadline_ns;
     struct event *deadline_ev;

@@ -19,15 +19,9 @@
 #include "rpc/watch.h"
 #include "store/store.h"
 
-#define DEFAULT_TENANT "global"
 #define DEFAULT_SOURCE "api"
 
 /* ---- helpers ------------------------------------------------------------------------------- */
-
-static const char *tenant_or_default(const char *t)
-{
-    return t != NULL && t[0] != '\0' ? t : DEFAULT_TENANT;
-}
 
 /* Fails the call with a validation error on field (REST location body.field). */
 static void invalid(rpc_call *call, const char *where, const char *field, const char *why)
@@ -176,7 +170,7 @@ void rpc__pins_upsert(rpc_call *call)
     const Memorypins__V1__UpsertPinRequest *req =
         (const Memorypins__V1__UpsertPinRequest *)rpc_call_request(call);
     const pins_config *cfg = rpc_call_config(call);
-    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *tenant = rpc_call_tenant(call);
     const char *source = req->source != NULL && req->source[0] ? req->source : DEFAULT_SOURCE;
     const char *why;
     char *json = NULL;
@@ -320,9 +314,9 @@ static key_ctx *key_ctx_new(rpc_call *call, const char *tenant, const char *key)
 /* Validates the key (a path parameter on REST) and the defaulted tenant (a query parameter) of a
  * GetPin or DeletePin request; returns their context in the call's arena, or NULL after failing
  * the call. */
-static key_ctx *key_request_or_reply(rpc_call *call, const char *tenant_id, const char *key)
+static key_ctx *key_request_or_reply(rpc_call *call, const char *key)
 {
-    const char *tenant = tenant_or_default(tenant_id);
+    const char *tenant = rpc_call_tenant(call);
     const char *why = pins_check_key(key);
     if (why != NULL) {
         invalid(call, "path", "key", why);
@@ -340,7 +334,7 @@ void rpc__pins_get(rpc_call *call)
 {
     const Memorypins__V1__GetPinRequest *req =
         (const Memorypins__V1__GetPinRequest *)rpc_call_request(call);
-    key_ctx *k = key_request_or_reply(call, req->tenant_id, req->key);
+    key_ctx *k = key_request_or_reply(call, req->key);
     if (k == NULL)
         return;
     const char *tenant = k->tenant;
@@ -494,7 +488,7 @@ void rpc__pins_list(rpc_call *call)
 {
     const Memorypins__V1__ListPinsRequest *req =
         (const Memorypins__V1__ListPinsRequest *)rpc_call_request(call);
-    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *tenant = rpc_call_tenant(call);
     const char *prefix = req->prefix != NULL ? req->prefix : "";
     const char *why;
     why = pins_check_tenant(tenant);
@@ -573,7 +567,7 @@ void rpc__pins_delete(rpc_call *call)
 {
     const Memorypins__V1__DeletePinRequest *req =
         (const Memorypins__V1__DeletePinRequest *)rpc_call_request(call);
-    key_ctx *k = key_request_or_reply(call, req->tenant_id, req->key);
+    key_ctx *k = key_request_or_reply(call, req->key);
     if (k == NULL)
         return;
     const char *tenant = k->tenant;
@@ -629,7 +623,7 @@ void rpc__pins_cleanup(rpc_call *call)
         (const Memorypins__V1__CleanupExpiredPinsRequest *)rpc_call_request(call);
     const char *tenant = NULL;
     if (req->tenant_id != NULL) {
-        tenant = tenant_or_default(req->tenant_id->value);
+        tenant = rpc_call_tenant(call);
         const char *why = pins_check_tenant(tenant);
         if (why != NULL) {
             invalid(call, "query", "tenant_id", why);
@@ -653,7 +647,7 @@ void rpc__pins_watch(rpc_call *call)
 {
     const Memorypins__V1__WatchPinsRequest *req =
         (const Memorypins__V1__WatchPinsRequest *)rpc_call_request(call);
-    const char *tenant = tenant_or_default(req->tenant_id);
+    const char *tenant = rpc_call_tenant(call);
     const char *prefix = req->prefix != NULL ? req->prefix : "";
     const char *why = pins_check_tenant(tenant);
     if (why != NULL) {

@@ -20,7 +20,7 @@
 #define PINS_VALUE_MAX_DEPTH    64
 
 const char *pins_check_key(const char *key);
-/* tenant must already be defaulted ("" means "global" before this check). */
+/* tenant must already be defaulted (the dispatcher's rpc_call_tenant()). */
 const char *pins_check_tenant(const char *tenant);
 const char *pins_check_source(const char *source);
 const char *pins_check_ttl(int64_t ttl);

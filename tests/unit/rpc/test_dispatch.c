@@ -33,6 +33,10 @@ static struct {
     int cancels;
     bool finish_on_cancel;
     rpc_call *held; /* a call the handler kept without finishing */
+    int tenant_reads;
+    bool tenant_null;
+    bool tenant_borrowed; /* the pointer is the request's own tenant_id */
+    char tenant[64];
 } seen;
 
 /* ---- test handlers ----------------------------------------------------------------------------
@@ -131,6 +135,21 @@ static void add_static_metadata_and_reply(rpc_call *call)
     reply_serving(call);
 }
 
+/* Records the tenant the dispatcher resolved. */
+static void note_tenant(rpc_call *call)
+{
+    const char *t = rpc_call_tenant(call);
+    const ProtobufCMessage *req = rpc_call_request(call);
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "tenant_id");
+    seen.tenant_reads++;
+    seen.tenant_null = t == NULL;
+    seen.tenant_borrowed = f != NULL && f->type == PROTOBUF_C_TYPE_STRING &&
+                           t == *(const char *const *)((const char *)req + f->offset);
+    snprintf(seen.tenant, sizeof(seen.tenant), "%s", t != NULL ? t : "");
+    reply_serving(call);
+}
+
 #define TEST_ROW(method_name, fn, fl)                                                   \
     {                                                                                   \
         .path = "/test.Test/" method_name, .service = "test.Test", .name = method_name, \
@@ -151,6 +170,25 @@ static const rpc_method no_text_row = TEST_ROW("NoText", fail_without_text, 0);
 static const rpc_method metadata_row = TEST_ROW("Metadata", add_metadata_and_reply, 0);
 static const rpc_method static_metadata_row =
     TEST_ROW("StaticMetadata", add_static_metadata_and_reply, 0);
+
+#define TENANT_ROW(method_name, desc, fl)                                               \
+    {                                                                                   \
+        .path = "/test.Test/" method_name, .service = "test.Test", .name = method_name, \
+        .input = &desc, .output = &grpc__health__v1__health_check_response__descriptor, \
+        .handler = note_tenant, .flags = RPC_METHOD_UNGUARDED | (fl),                   \
+    }
+
+static const rpc_method get_tenant_row =
+    TENANT_ROW("GetTenant", memorypins__v1__get_pin_request__descriptor, RPC_METHOD_MEMORY_PINS);
+static const rpc_method admin_tenant_row =
+    TENANT_ROW("AdminTenant", memorypins__v1__get_pin_request__descriptor, 0);
+static const rpc_method all_tenant_row =
+    TENANT_ROW("AllTenant", memorypins__v1__get_pin_request__descriptor, RPC_METHOD_ALL_TENANTS);
+static const rpc_method cleanup_tenant_row =
+    TENANT_ROW("CleanupTenant", memorypins__v1__cleanup_expired_pins_request__descriptor,
+               RPC_METHOD_MEMORY_PINS);
+static const rpc_method no_tenant_row =
+    TENANT_ROW("NoTenant", grpc__health__v1__health_check_request__descriptor, 0);
 
 /* ---- fixture ----------------------------------------------------------------------------------
  */
@@ -192,6 +230,19 @@ static Memorypins__V1__UpsertPinRequest *upsert_request(void)
     req.key = "k1";
     req.value = &value;
     return &req;
+}
+
+/* Runs row with request and returns what the handler saw as the tenant (NULL for none). */
+static const char *tenant_of(fake_env *env, const rpc_method *row, const ProtobufCMessage *req)
+{
+    fake_call *fc = fake_call_new_method(env, row, req, NULL);
+    assert_non_null(fc);
+    int before = seen.tenant_reads;
+    fake_call_dispatch(fc);
+    assert_int_equal(fake_call_err(fc), 0);
+    assert_int_equal(seen.tenant_reads, before + 1);
+    fake_call_free(fc);
+    return seen.tenant_null ? NULL : seen.tenant;
 }
 
 /* ---- method table -----------------------------------------------------------------------------
@@ -647,6 +698,39 @@ static void test_call_static_metadata_keeps_order_and_is_not_copied(void **state
     fake_call_free(fc);
 }
 
+static void test_dispatch_resolves_the_tenant_once_with_the_default(void **state)
+{
+    fake_env *env = *state;
+    Memorypins__V1__GetPinRequest get = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
+    get.key = "k";
+    /* A MemoryPins request: as sent (borrowed from the decoded request), else the default. */
+    get.tenant_id = "acme";
+    assert_string_equal(tenant_of(env, &get_tenant_row, &get.base), "acme");
+    assert_true(seen.tenant_borrowed);
+    get.tenant_id = "";
+    assert_string_equal(tenant_of(env, &get_tenant_row, &get.base), "global");
+    assert_false(seen.tenant_borrowed);
+    assert_string_equal(tenant_of(env, &get_tenant_row, NULL), "global");
+    /* Elsewhere an empty tenant is no filter: every tenant. */
+    assert_string_equal(tenant_of(env, &admin_tenant_row, &get.base), RPC_TENANT_ALL);
+    get.tenant_id = "acme";
+    assert_string_equal(tenant_of(env, &admin_tenant_row, &get.base), "acme");
+    /* A row that acts on every tenant, whatever its request says. */
+    assert_string_equal(tenant_of(env, &all_tenant_row, &get.base), RPC_TENANT_ALL);
+    /* A google.protobuf.StringValue: unset is every tenant, empty the default. */
+    Memorypins__V1__CleanupExpiredPinsRequest cl =
+        MEMORYPINS__V1__CLEANUP_EXPIRED_PINS_REQUEST__INIT;
+    assert_string_equal(tenant_of(env, &cleanup_tenant_row, &cl.base), RPC_TENANT_ALL);
+    Google__Protobuf__StringValue sv = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+    sv.value = "";
+    cl.tenant_id = &sv;
+    assert_string_equal(tenant_of(env, &cleanup_tenant_row, &cl.base), "global");
+    sv.value = "acme";
+    assert_string_equal(tenant_of(env, &cleanup_tenant_row, &cl.base), "acme");
+    /* No tenant_id field: none. */
+    assert_null(tenant_of(env, &no_tenant_row, NULL));
+}
+
 static void test_call_headers_are_visible_to_the_handler(void **state)
 {
     static const char *const headers[] = {"x-agent-id", "agent-7", "x-other", "v", NULL};
@@ -695,6 +779,7 @@ int main(void)
         T(test_call_metadata_reaches_the_transport),
         T(test_call_static_metadata_keeps_order_and_is_not_copied),
         T(test_call_headers_are_visible_to_the_handler),
+        T(test_dispatch_resolves_the_tenant_once_with_the_default),
     };
     return cmocka_run_group_tests_name("rpc/dispatch", tests, NULL, NULL);
 }
