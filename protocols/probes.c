@@ -1,6 +1,6 @@
 /* protocols/probes.c: /health, /ready (alias /health/ready) and /metrics, for every HTTP version.
  * Never guarded by RBAC. /ready asks the store for a real round trip. */
-#include "rpc/rpc_int.h"
+#include "protocols/protocols_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +9,7 @@
 #include "auth/ratelimit.h"
 #include "common/timeutil.h"
 #include "observability/metrics.h"
+#include "rpc/rpc_int.h"
 #include "store/store.h"
 
 typedef struct ready_ctx {

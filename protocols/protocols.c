@@ -449,6 +449,10 @@ out:
 
 void proto_reject(proto_stream *s, int err, const char *message)
 {
+    if (s->grpc) {
+        proto__grpc_reject(s, err, message);
+        return;
+    }
     rpc_call *call = s->call;
     rpc__call_ref(call);
     proto__exchange *ex = live_exchange(s);
@@ -542,6 +546,10 @@ void proto_body(proto_stream *s, const uint8_t *data, size_t len)
 
 void proto_body_end(proto_stream *s)
 {
+    if (s->grpc) {
+        proto__grpc_end(s);
+        return;
+    }
     proto__exchange *ex = s->proto_data;
     if (ex == NULL || ex->done)
         return;
@@ -549,4 +557,26 @@ void proto_body_end(proto_stream *s)
     rpc__call_ref(call);
     proto__framed_end(ex);
     rpc__call_unref(call);
+}
+
+proto_body_mode proto_request_headers(proto_stream *s)
+{
+    if (s->content_type != NULL &&
+        proto__grpc_content_type(s->content_type, strlen(s->content_type))) {
+        s->grpc = true;
+        return proto__grpc_begin(s);
+    }
+    /* Connect and gRPC-Web share the method paths; they answer 415 for any other content type
+     * there. Credentials are decided now, before a body byte is buffered. */
+    if (!proto_headers_or_reply(s)) {
+        s->answered = true;
+        return PROTO_BODY_DROP;
+    }
+    return proto_begin(s) ? PROTO_BODY_STREAM : PROTO_BODY_WHOLE;
+}
+
+void proto_body_more(proto_stream *s)
+{
+    if (s->grpc)
+        proto__grpc_more(s);
 }

@@ -32,6 +32,32 @@
 
 typedef struct proto_stream proto_stream;
 
+/* A response header for the zero-copy ops: name and value are static or in the call's arena. */
+typedef struct proto_hdr {
+    const char *name; /* lower case */
+    const char *value;
+    size_t namelen;
+    size_t valuelen;
+    unsigned flags; /* PROTO_HDR_* */
+} proto_hdr;
+enum {
+    PROTO_HDR_NEVER_INDEX = 1u << 0, /* unique per response (x-request-id): HPACK never-indexed */
+    PROTO_HDR_VARIES = 1u << 1,      /* changes from call to call (rate-limit values): only the
+                                        first of its name on a connection enters the peer's HPACK
+                                        table, the later ones are sent without indexing */
+};
+enum { PROTO_RESET_INTERNAL = 1, PROTO_RESET_OVERLOAD = 2 };
+
+/* How the transport handles a request's body, as the protocol decided on its headers. */
+typedef enum proto_body_mode {
+    PROTO_BODY_DROP,     /* the request was answered on its headers: the body is dropped unread */
+    PROTO_BODY_WHOLE,    /* collect it (up to MAX_REQUEST_BYTES), then proto_handle */
+    PROTO_BODY_STREAM,   /* proto_body for every chunk as it arrives, then proto_body_end */
+    PROTO_BODY_BUFFERED, /* the transport keeps it in s->body (charged, up to s->body_max) and
+                            calls proto_body_more after every chunk and proto_body_end at the end;
+                            the protocol takes bytes with ops->body_consume */
+} proto_body_mode;
+
 typedef struct proto_stream_ops {
     /* Starts the response. hdrs (copied) must not include Content-Length or Transfer-Encoding:
      * body_len >= 0 sends Content-Length (HTTP/1.1) / content-length (HTTP/2); -1 streams the
@@ -50,23 +76,73 @@ typedef struct proto_stream_ops {
      * have it. Returns 0, PINS_ECANCELLED (peer gone), PINS_ENOMEM; either way the response
      * has ended: no call after this one. */
     int (*end_trailers)(proto_stream *s, const rpc__header *trailers, size_t ntrailers);
+
+    /* The zero-copy response path of native gRPC (protocols/grpc.c). Optional: NULL on HTTP/1.1,
+     * which never carries native gRPC. Header names and values (proto_hdr) and a borrowed body
+     * are static or live in the call's arena, which outlives the stream's frames, so the
+     * transport copies none of them. */
+    /* The whole response at once: :status status, hdrs, then body_len bytes of body (NULL: none)
+     * and trailers (ntrailers may be 0). Without body and trailers the HEADERS frame ends the
+     * stream (gRPC's Trailers-Only). Returns 0, PINS_ECANCELLED (peer gone), PINS_ENOMEM,
+     * PINS_EINTERNAL (the session refused the frame). */
+    int (*respond_borrowed)(proto_stream *s, int status, const proto_hdr *hdrs, size_t nhdrs,
+                            const void *body, size_t body_len, const proto_hdr *trailers,
+                            size_t ntrailers);
+    /* Starts a streamed response (:status status and hdrs now); the body follows through
+     * write_reserve/write_commit, the end through trailers_borrowed. Returns as respond_borrowed.
+     */
+    int (*open_borrowed)(proto_stream *s, int status, const proto_hdr *hdrs, size_t nhdrs);
+    /* Room for len more body bytes of a streamed response, written in place (*pp) and then
+     * committed with write_commit(s, len), no other op in between. Returns 0, PINS_ECANCELLED,
+     * PINS_ERESOURCE_EXHAUSTED (the reader is behind: the call's pending_max, 4 MiB, or the
+     * connection's budgets), PINS_ENOMEM. */
+    int (*write_reserve)(proto_stream *s, size_t len, void **pp);
+    int (*write_commit)(proto_stream *s, size_t len);
+    /* Ends a streamed response with trailers (borrowed). Returns as respond_borrowed. */
+    int (*trailers_borrowed)(proto_stream *s, const proto_hdr *trailers, size_t ntrailers);
+    /* Ends the stream at once: what waits for the reader is dropped and the stream reset
+     * (PROTO_RESET_INTERNAL: INTERNAL_ERROR; PROTO_RESET_OVERLOAD: ENHANCE_YOUR_CALM, which gRPC
+     * clients report as RESOURCE_EXHAUSTED). */
+    void (*reset)(proto_stream *s, int why);
+
+    /* The request body in PROTO_BODY_BUFFERED mode (HTTP/2; NULL on HTTP/1.1). */
+    /* The protocol consumed the first n bytes of s->body: they go, the rest moves up. */
+    void (*body_consume)(proto_stream *s, size_t n);
+    /* The protocol needs no more of the body: the buffer is freed and its charge given back. */
+    void (*body_release)(proto_stream *s);
+    /* Charges what the call's arena grew by since the last charge (decoded messages) to the
+     * connection's buffer budgets. Returns 0 or PINS_ERESOURCE_EXHAUSTED. */
+    int (*charge_arena)(proto_stream *s);
 } proto_stream_ops;
 
 struct proto_stream {
     const proto_stream_ops *ops; /* set by the transport */
     rpc_call *call;              /* the exchange's call (method NULL until the bridge sets it) */
     rpc_worker *worker;
-    const char *method; /* "GET", ... */
-    const char *path;   /* origin form, with the query string */
+    const char *method;       /* "GET", ... */
+    const char *path;         /* origin form, with the query string */
+    const char *content_type; /* the request's, or NULL */
     const uint8_t *body;
     size_t body_len;
+    size_t body_max; /* PROTO_BODY_BUFFERED: the most the transport buffers (set by the protocol) */
     bool http2;
+    bool answered;    /* the protocol answered before the request ended: drop what still comes */
+    bool grpc;        /* native gRPC (protocols/grpc.c owns proto_data) */
     bool head;        /* HEAD request: the transport sends no body bytes */
     bool dispatched;  /* set by the bridge when it hands the call to the dispatcher */
     bool started;     /* set by the transport once start() succeeded */
     bool ended;       /* set by the transport once end() ran */
     void *proto_data; /* the bridge's per-exchange state */
 };
+
+/* The one entry of every HTTP/2 request (the selector, as h2o's process_request): once its
+ * headers are in (s->method, s->path, s->content_type and the call's headers set), the protocols
+ * decide what the request is (native gRPC, Connect, gRPC-Web, REST, a probe...), refuse it on its
+ * headers when they can (credentials under RBAC_ENFORCE=true, an unknown gRPC method, a malformed
+ * grpc-timeout), and tell the transport how to handle its body. */
+proto_body_mode proto_request_headers(proto_stream *s);
+/* PROTO_BODY_BUFFERED: more bytes are in s->body. */
+void proto_body_more(proto_stream *s);
 
 /* Handles one complete request. Headers are in s->call->headers (lower-case names); the body
  * (s->body) is borrowed for this call only: decode or copy what you keep. */

@@ -5,7 +5,12 @@
  * bufferevent. Handlers may finish calls inside nghttp2 callbacks; output produced there is sent
  * when nghttp2_session_mem_recv() returns (nghttp2 forbids re-entering the session).
  *
- * Blast radius: a malformed gRPC message or an oversized header list resets or fails one stream;
+ * Every stream is an exchange (protocols/protocols.h): on its HEADERS the protocols choose what it
+ * is (proto_request_headers) and how its body is taken; this file implements the exchange's ops
+ * over nghttp2 (responses that copy their headers for REST, Connect and gRPC-Web; the borrowed,
+ * zero-copy ones for native gRPC), buffers and charges request bodies, and knows no protocol.
+ *
+ * Blast radius: a malformed message or an oversized header list resets or fails one stream;
  * framing corruption ends one connection; nothing here stops the process.
  */
 #include "rpc/rpc_int.h"
@@ -51,7 +56,7 @@ struct transport__conn {
     bool closing;            /* close once the outermost callback unwinds */
     bool goaway_sent;        /* draining */
     bool close_after_flush;  /* HTTP/1.1 asked to close once the output drained */
-    uint32_t varies_indexed; /* varying metadata names indexed once, by name length (grpc_md) */
+    uint32_t varies_indexed; /* varying header names indexed once, by name length (nv_of) */
     bool read_paused;        /* the peer does not read: stop reading it (OUTPUT_HIGH_WATER) */
     bool lingering;          /* closed for writing after GOAWAY; reading until the peer closes */
     transport_h1 *h1;
@@ -66,7 +71,9 @@ struct transport__conn {
     struct event *linger_ev; /* ends a lingering close */
 };
 
-enum stream_kind { KIND_UNKNOWN, KIND_GRPC, KIND_HTTP, KIND_REJECTED };
+/* KIND_BUFFERED: the protocol takes the body from the stream's buffer as it grows (native gRPC);
+ * KIND_HTTP: the body is collected whole, or handed over chunk by chunk (streaming). */
+enum stream_kind { KIND_UNKNOWN, KIND_BUFFERED, KIND_HTTP, KIND_REJECTED };
 
 struct h2_stream {
     proto_stream bs; /* the bridge's view of a non-gRPC request (KIND_HTTP) */
@@ -81,8 +88,6 @@ struct h2_stream {
     const char *method;
     const char *path;
     const char *content_type;
-    const char *grpc_timeout;
-    const char *grpc_encoding;
     const char *request_id_hdr;
     int64_t begin_ns; /* HEADERS began: the request must be complete by PINS_REQUEST_TIMEOUT */
     /* Request body, malloc'd: a unary gRPC message is kept whole until END_STREAM and decoded
@@ -92,18 +97,17 @@ struct h2_stream {
     size_t charged;       /* of the connection's charge: body_cap and the decoded messages */
     size_t arena_charged; /* the part of charged that is the call's arena */
     size_t out_charged;   /* of the connection's charge: response bytes not yet sent */
-    unsigned nmessages;
-    bool request_done; /* END_STREAM seen */
-    bool dispatched;
+    bool request_done;    /* END_STREAM seen */
     /* Response. */
-    struct evbuffer *out; /* pending DATA */
+    struct evbuffer *out;       /* pending DATA */
+    struct evbuffer_iovec resv; /* write_reserve's room in out, until write_commit */
     bool headers_sent;
     bool finished;      /* trailers (or END_STREAM) queued */
     bool deferred;      /* the data provider returned DEFERRED */
     bool want_trailers; /* trailers to submit when out drains */
     nghttp2_nv *trailers;
     size_t ntrailers;
-    const char *resp_body; /* plain HTTP answers */
+    const void *resp_body; /* a whole body to send (plain HTTP answers, a unary gRPC reply) */
     size_t resp_len, resp_off;
     bool counted_rst;
     bool closed;          /* nghttp2 closed the stream; only the memory is left */
@@ -116,7 +120,7 @@ static void conn_flush(transport__conn *c);
 static void conn_free(transport__conn *c);
 static void conn_maybe_free(transport__conn *c);
 
-static const rpc__call_ops grpc_ops;
+static const rpc__call_ops h2_call_ops;
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
@@ -162,7 +166,7 @@ static void stream_close(h2_stream *st)
     }
     rpc_call *call = st->call;
     st->call = NULL;
-    if (st->dispatched || st->bs.dispatched)
+    if (st->bs.dispatched)
         rpc__call_detach(call);
     else
         rpc__call_abandon(call);
@@ -286,7 +290,7 @@ static ssize_t read_out(nghttp2_session *session, int32_t stream_id, uint8_t *bu
         n = st->resp_len - st->resp_off;
         if (n > length)
             n = length;
-        memcpy(buf, st->resp_body + st->resp_off, n);
+        memcpy(buf, (const uint8_t *)st->resp_body + st->resp_off, n);
         st->resp_off += n;
         empty = st->resp_off == st->resp_len;
     } else if (st->out != NULL) {
@@ -336,149 +340,6 @@ static void stream_output_ready(h2_stream *st)
         conn_flush(c);
 }
 
-/* One metadata entry for nghttp2. Its strings live in the call's arena (or longer), which lives
- * until the stream closed, after its HEADERS frames were sent, so nghttp2 need not copy them.
- * Metadata whose value changes from call to call is sent unindexed, so that it does not evict the
- * stable entries (content type, status, policy) from the peer's HPACK table; only the first one
- * of each name on a connection is indexed, so that the later ones refer to that name by index
- * instead of spelling it out (the names differ in length, which keys the connection's mask). */
-static nghttp2_nv grpc_md(transport__conn *c, const rpc__metadata *m)
-{
-    uint8_t flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
-    if (m->varies) {
-        uint32_t bit = m->namelen < 32 ? 1u << m->namelen : 0;
-        if (bit == 0 || (c->varies_indexed & bit) != 0)
-            flags |= NGHTTP2_NV_FLAG_NO_INDEX;
-        c->varies_indexed |= bit;
-    }
-    return (nghttp2_nv){(uint8_t *)m->name, (uint8_t *)m->value, m->namelen, m->valuelen, flags};
-}
-
-/* Response headers for a gRPC stream (trailers false: :status, content type, request id and the
- * handler's initial metadata; trailers true: the handler's trailing metadata). */
-static size_t grpc_headers(h2_stream *st, nghttp2_nv *nva, size_t cap, bool trailers)
-{
-    rpc_call *call = st->call;
-    size_t n = 0;
-    if (!trailers) {
-        const char *rid = rpc_call_request_id(call);
-        nva[n++] = NV(":status", "200", 3);
-        nva[n++] = NV("content-type", "application/grpc", 16);
-        nva[n++] = NV("x-request-id", rid, strlen(rid));
-        nva[n - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique per call: keep the HPACK table */
-    }
-    for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL && n < cap; m = m->next) {
-        if (m->trailer == trailers)
-            nva[n++] = grpc_md(st->conn, m);
-    }
-    return n;
-}
-
-static int submit_grpc_headers(h2_stream *st)
-{
-    nghttp2_nv nva[32];
-    size_t n = grpc_headers(st, nva, 32, false);
-    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
-    int rv = nghttp2_submit_response(st->conn->h2, st->id, nva, n, &prd);
-    if (rv != 0)
-        return PINS_EINTERNAL;
-    st->headers_sent = true;
-    return 0;
-}
-
-/* Reserves room for one gRPC message of len bytes: in the arena for a unary reply (sent with its
- * trailers by grpc_finish), in the stream's buffer otherwise. *pv is the reservation to commit. */
-static int frame_reserve(rpc_call *call, size_t len, unsigned char **pp, struct evbuffer_iovec *pv)
-{
-    h2_stream *st = call->transport;
-    if (len > UINT32_MAX - 5)
-        return PINS_ERESOURCE_EXHAUSTED;
-    unsigned char *p;
-    if (!(call->method->flags & RPC_METHOD_SERVER_STREAM)) {
-        if (st->resp_body != NULL)
-            return PINS_EINTERNAL;
-        p = pins_arena_alloc(call->arena, len + 5);
-        if (p == NULL)
-            return PINS_ENOMEM;
-        pv->iov_base = NULL;
-    } else {
-        if (st->out == NULL) {
-            st->out = evbuffer_new();
-            if (st->out == NULL)
-                return PINS_ENOMEM;
-        }
-        if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn)) {
-            st->overrun = true; /* grpc_finish drops what it holds */
-            return PINS_ERESOURCE_EXHAUSTED;
-        }
-        if (evbuffer_reserve_space(st->out, len + 5, pv, 1) < 1)
-            return PINS_ENOMEM;
-        p = pv->iov_base;
-    }
-    p[0] = 0;
-    p[1] = (unsigned char)(len >> 24);
-    p[2] = (unsigned char)(len >> 16);
-    p[3] = (unsigned char)(len >> 8);
-    p[4] = (unsigned char)len;
-    *pp = p;
-    return 0;
-}
-
-static int frame_commit(rpc_call *call, unsigned char *p, size_t len, struct evbuffer_iovec *v)
-{
-    h2_stream *st = call->transport;
-    if (v->iov_base == NULL) {
-        st->resp_body = (const char *)p;
-        st->resp_len = len + 5;
-        st->resp_off = 0;
-        out_charge(st, len + 5);
-        return 0;
-    }
-    v->iov_len = len + 5;
-    if (evbuffer_commit_space(st->out, v, 1) != 0)
-        return PINS_ENOMEM;
-    out_charge(st, len + 5);
-    if (!st->headers_sent && submit_grpc_headers(st) != 0)
-        return PINS_EINTERNAL;
-    stream_output_ready(st);
-    return 0;
-}
-
-static int grpc_send(rpc_call *call, const ProtobufCMessage *msg)
-{
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    unsigned char *p;
-    struct evbuffer_iovec v;
-    int rv = frame_reserve(call, len, &p, &v);
-    if (rv != 0)
-        return rv;
-    protobuf_c_message_pack(msg, p + 5);
-    return frame_commit(call, p, len, &v);
-}
-
-static int grpc_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
-{
-    unsigned char *p;
-    struct evbuffer_iovec v;
-    int rv = frame_reserve(call, len, &p, &v);
-    if (rv != 0)
-        return rv;
-    memcpy(p + 5, msg, len);
-    return frame_commit(call, p, len, &v);
-}
-
-/* A watch stream was subscribed: its response headers go out now, before the first message. */
-static int grpc_open(rpc_call *call)
-{
-    h2_stream *st = call->transport;
-    if (st->headers_sent)
-        return 0;
-    if (submit_grpc_headers(st) != 0)
-        return PINS_EINTERNAL;
-    stream_output_ready(st);
-    return 0;
-}
-
 /* A server stream whose output was refused (its reader fell behind, or the budgets are spent),
  * or a watch whose reader took nothing for PINS_REQUEST_TIMEOUT_SECONDS, ends now: what it holds
  * for the reader is freed and the stream reset with ENHANCE_YOUR_CALM, which gRPC clients report
@@ -497,71 +358,7 @@ static void stream_abort(h2_stream *st)
     stream_output_ready(st);
 }
 
-/* Trailers (or the Trailers-Only HEADERS) for status err. */
-static void grpc_finish(rpc_call *call, int err, const char *message)
-{
-    h2_stream *st = call->transport;
-    pins_arena *a = call->arena;
-    if (st->overrun && err != 0) {
-        stream_abort(st);
-        return;
-    }
-    static const char *const codes[] = {"0", "1",  "2",  "3",  "4",  "5",  "6",  "7", "8",
-                                        "9", "10", "11", "12", "13", "14", "15", "16"};
-    int code = pins_error_grpc(err);
-    const char *codestr = code >= 0 && code <= 16 ? codes[code] : "2";
-    char *enc = message != NULL && err != 0 ? proto__grpc_message_encode(a, message) : NULL;
-    /* Room for the initial headers (Trailers-Only), every metadata entry, status and message. */
-    size_t cap = call->nmetadata + 5;
-    nghttp2_nv *nva = pins_arena_alloc(a, cap * sizeof(*nva));
-    if (codestr == NULL || nva == NULL) {
-        nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
-        stream_output_ready(st);
-        return;
-    }
-    size_t n = 0;
-    bool with_body = err == 0 && !st->headers_sent && st->resp_body != NULL;
-    if (!st->headers_sent && !with_body) {
-        /* Trailers-Only: one HEADERS frame with END_STREAM. */
-        st->resp_body = NULL;
-        n = grpc_headers(st, nva, cap - 2, false);
-        n += grpc_headers(st, nva + n, cap - 2 - n, true);
-    } else {
-        n = grpc_headers(st, nva, cap - 2, true);
-    }
-    nva[n++] = NV("grpc-status", codestr, strlen(codestr));
-    if (enc != NULL)
-        nva[n++] = NV("grpc-message", enc, strlen(enc));
-    st->finished = true;
-    if (with_body) {
-        st->trailers = nva;
-        st->ntrailers = n;
-        if (submit_grpc_headers(st) != 0)
-            nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id,
-                                      NGHTTP2_INTERNAL_ERROR);
-    } else if (!st->headers_sent) {
-        st->headers_sent = true;
-        nghttp2_submit_response(st->conn->h2, st->id, nva, n, NULL);
-    } else {
-        st->trailers = nva;
-        st->ntrailers = n;
-    }
-    stream_output_ready(st);
-}
-
-static const rpc__call_ops grpc_ops = {
-    .send = grpc_send, .send_packed = grpc_send_packed, .finish = grpc_finish, .open = grpc_open};
-
-/* An early gRPC error before any call was dispatched: Trailers-Only with status err. */
-static void grpc_early_error(h2_stream *st, int err, const char *msg, bool accept_encoding)
-{
-    if (accept_encoding)
-        rpc_call_add_metadata(st->call, "grpc-accept-encoding", "identity", false);
-    st->kind = KIND_REJECTED;
-    grpc_finish(st->call, err, msg);
-}
-
-/* ---- the bridge's HTTP/2 stream ops ------------------------------------------------------ */
+/* ---- the HTTP/2 exchange ops ------------------------------------------------------ */
 
 static h2_stream *from_bs(proto_stream *bs)
 {
@@ -674,10 +471,217 @@ static int h2_bridge_end_trailers(proto_stream *bs, const rpc__header *trailers,
     return 0;
 }
 
+/* One borrowed header for nghttp2 (names and values outlive the frames: see proto_hdr). Headers
+ * that change from call to call are sent unindexed, so that they do not evict the stable entries
+ * (content type, status, policy) from the peer's HPACK table; only the first one of each name on
+ * a connection is indexed, so that the later ones refer to that name by index instead of spelling
+ * it out (the names differ in length, which keys the connection's mask). */
+static nghttp2_nv nv_of(transport__conn *c, const proto_hdr *h)
+{
+    uint8_t flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    if (h->flags & PROTO_HDR_NEVER_INDEX) {
+        flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+    } else if (h->flags & PROTO_HDR_VARIES) {
+        uint32_t bit = h->namelen < 32 ? 1u << h->namelen : 0;
+        if (bit == 0 || (c->varies_indexed & bit) != 0)
+            flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+        c->varies_indexed |= bit;
+    }
+    return (nghttp2_nv){(uint8_t *)h->name, (uint8_t *)h->value, h->namelen, h->valuelen, flags};
+}
+
+/* :status and hdrs as nghttp2 headers, in nva (room for cap) or, past it, in the arena. */
+static nghttp2_nv *nv_response(h2_stream *st, nghttp2_nv *nva, size_t cap, int status,
+                               const proto_hdr *hdrs, size_t nhdrs, size_t *pn)
+{
+    pins_arena *a = st->call->arena;
+    if (nhdrs + 1 > cap) {
+        nva = pins_arena_alloc(a, (nhdrs + 1) * sizeof(*nva));
+        if (nva == NULL)
+            return NULL;
+    }
+    if (status == 200) {
+        nva[0] = NV(":status", "200", 3);
+    } else {
+        char *v = pins_arena_printf(a, "%d", status);
+        if (v == NULL)
+            return NULL;
+        nva[0] = NV(":status", v, strlen(v));
+    }
+    for (size_t i = 0; i < nhdrs; i++)
+        nva[i + 1] = nv_of(st->conn, &hdrs[i]);
+    *pn = nhdrs + 1;
+    return nva;
+}
+
+/* Trailers for read_out to submit once the DATA drained, in the call's arena. */
+static int set_trailers(h2_stream *st, const proto_hdr *t, size_t n)
+{
+    nghttp2_nv *tv = n > 0 ? pins_arena_alloc(st->call->arena, n * sizeof(*tv)) : NULL;
+    if (n > 0 && tv == NULL)
+        return PINS_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        tv[i] = nv_of(st->conn, &t[i]);
+    st->trailers = tv;
+    st->ntrailers = n;
+    return 0;
+}
+
+static int h2_respond_borrowed(proto_stream *bs, int status, const proto_hdr *hdrs, size_t nhdrs,
+                               const void *body, size_t body_len, const proto_hdr *trailers,
+                               size_t ntrailers)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (st->headers_sent)
+        return PINS_EINTERNAL;
+    nghttp2_nv stack[33];
+    size_t n;
+    nghttp2_nv *nva = nv_response(st, stack, 33, status, hdrs, nhdrs, &n);
+    if (nva == NULL || set_trailers(st, trailers, ntrailers) != 0)
+        return PINS_ENOMEM;
+    if (body != NULL) {
+        st->resp_body = body;
+        st->resp_len = body_len;
+        st->resp_off = 0;
+        out_charge(st, body_len);
+    }
+    st->finished = true;
+    st->headers_sent = true;
+    bool end = body == NULL && ntrailers == 0;
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    int rv = nghttp2_submit_response(st->conn->h2, st->id, nva, n, end ? NULL : &prd);
+    stream_output_ready(st);
+    return rv == 0 ? 0 : PINS_EINTERNAL;
+}
+
+static int h2_open_borrowed(proto_stream *bs, int status, const proto_hdr *hdrs, size_t nhdrs)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (st->headers_sent)
+        return PINS_EINTERNAL;
+    nghttp2_nv stack[33];
+    size_t n;
+    nghttp2_nv *nva = nv_response(st, stack, 33, status, hdrs, nhdrs, &n);
+    if (nva == NULL)
+        return PINS_ENOMEM;
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    if (nghttp2_submit_response(st->conn->h2, st->id, nva, n, &prd) != 0)
+        return PINS_EINTERNAL;
+    st->headers_sent = true;
+    stream_output_ready(st);
+    return 0;
+}
+
+static int h2_write_reserve(proto_stream *bs, size_t len, void **pp)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (st->out == NULL) {
+        st->out = evbuffer_new();
+        if (st->out == NULL)
+            return PINS_ENOMEM;
+    }
+    if (evbuffer_get_length(st->out) > pending_max(st) || over_budget(st->conn))
+        return PINS_ERESOURCE_EXHAUSTED;
+    if (evbuffer_reserve_space(st->out, len, &st->resv, 1) < 1)
+        return PINS_ENOMEM;
+    *pp = st->resv.iov_base;
+    return 0;
+}
+
+/* Before the response headers went out the bytes only wait: open_borrowed sends both at once. */
+static int h2_write_commit(proto_stream *bs, size_t len)
+{
+    h2_stream *st = from_bs(bs);
+    st->resv.iov_len = len;
+    if (evbuffer_commit_space(st->out, &st->resv, 1) != 0)
+        return PINS_ENOMEM;
+    out_charge(st, len);
+    if (st->headers_sent)
+        stream_output_ready(st);
+    return 0;
+}
+
+static int h2_trailers_borrowed(proto_stream *bs, const proto_hdr *trailers, size_t n)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return PINS_ECANCELLED;
+    if (set_trailers(st, trailers, n) != 0)
+        return PINS_ENOMEM;
+    st->finished = true;
+    stream_output_ready(st);
+    return 0;
+}
+
+static void h2_reset(proto_stream *bs, int why)
+{
+    h2_stream *st = from_bs(bs);
+    if (st->closed)
+        return;
+    if (why == PROTO_RESET_OVERLOAD) {
+        stream_abort(st);
+        return;
+    }
+    nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+    stream_output_ready(st);
+}
+
+static void h2_body_consume(proto_stream *bs, size_t n)
+{
+    h2_stream *st = from_bs(bs);
+    memmove(st->body, st->body + n, st->body_len - n);
+    st->body_len -= n;
+    bs->body_len = st->body_len;
+}
+
+static void h2_body_release(proto_stream *bs)
+{
+    h2_stream *st = from_bs(bs);
+    stream_body_free(st);
+    bs->body = NULL;
+    bs->body_len = 0;
+}
+
+static int h2_charge_arena(proto_stream *bs)
+{
+    return stream_charge_arena(from_bs(bs));
+}
+
 static const proto_stream_ops h2_bridge_ops = {.start = h2_bridge_start,
                                                .write = h2_bridge_write,
                                                .end = h2_bridge_end,
-                                               .end_trailers = h2_bridge_end_trailers};
+                                               .end_trailers = h2_bridge_end_trailers,
+                                               .respond_borrowed = h2_respond_borrowed,
+                                               .open_borrowed = h2_open_borrowed,
+                                               .write_reserve = h2_write_reserve,
+                                               .write_commit = h2_write_commit,
+                                               .trailers_borrowed = h2_trailers_borrowed,
+                                               .reset = h2_reset,
+                                               .body_consume = h2_body_consume,
+                                               .body_release = h2_body_release,
+                                               .charge_arena = h2_charge_arena};
+
+/* The call's ops until a protocol takes it over (proto_request_headers): nothing to send; a
+ * failure resets the stream. */
+static int h2_call_send(rpc_call *call, const ProtobufCMessage *msg)
+{
+    return PINS_EINTERNAL;
+}
+
+static void h2_call_finish(rpc_call *call, int err, const char *message)
+{
+    h2_stream *st = call->transport;
+    if (st != NULL)
+        h2_reset(&st->bs, PROTO_RESET_INTERNAL);
+}
+
+static const rpc__call_ops h2_call_ops = {.send = h2_call_send, .finish = h2_call_finish};
 
 static void http_simple(h2_stream *st, int status, const char *body, const char *allow)
 {
@@ -710,11 +714,12 @@ static void fill_bridge_stream(h2_stream *st)
     st->bs.worker = st->conn->w;
     st->bs.method = st->method;
     st->bs.path = st->path;
+    st->bs.content_type = st->content_type;
     st->bs.http2 = true;
     st->bs.head = strcmp(st->method, "HEAD") == 0;
 }
 
-/* HEADERS complete: decide what the stream is. */
+/* HEADERS complete: the protocols decide what the stream is and how its body is taken. */
 static void on_request_headers(h2_stream *st)
 {
     rpc_call *call = st->call;
@@ -727,44 +732,25 @@ static void on_request_headers(h2_stream *st)
         st->kind = KIND_REJECTED;
         return;
     }
-    bool grpc_ct = st->content_type != NULL &&
-                   proto__grpc_content_type(st->content_type, strlen(st->content_type));
-    if (!grpc_ct) {
-        /* Connect and gRPC-Web share the method paths; the bridge answers 415 for any other
-         * content type there. */
-        st->kind = KIND_HTTP;
-        fill_bridge_stream(st);
-        /* Credentials are decided now, before a body byte is buffered. */
-        if (!proto_headers_or_reply(&st->bs)) {
-            st->kind = KIND_REJECTED;
-            return;
-        }
-        st->streaming = proto_begin(&st->bs);
-        return;
-    }
-    st->kind = KIND_GRPC;
-    if (strcmp(st->method, "POST") != 0) {
-        grpc_early_error(st, PINS_EUNIMPLEMENTED, "gRPC requires POST", false);
-        return;
-    }
-    const rpc_method *m = rpc__method_find(st->path, strlen(st->path));
-    if (m == NULL) {
-        grpc_early_error(st, PINS_EUNIMPLEMENTED,
-                         pins_arena_printf(call->arena, "unknown method %s", st->path), false);
-        return;
-    }
-    call->method = m;
-    if (st->grpc_timeout != NULL) {
-        int64_t ns;
-        if (proto__grpc_timeout_parse(st->grpc_timeout, strlen(st->grpc_timeout), &ns) != 0) {
-            grpc_early_error(st, PINS_EINVALID_ARGUMENT, "malformed grpc-timeout header", false);
-            return;
-        }
-        call->deadline_ns = call->start_ns + ns;
-    }
-    /* Credentials are decided now, before a body byte is buffered or decoded. */
-    if (!rpc__dispatch_early_or_reply(call))
+    fill_bridge_stream(st);
+    switch (proto_request_headers(&st->bs)) {
+    case PROTO_BODY_DROP:
+        if (!st->bs.answered)
+            nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id,
+                                      NGHTTP2_INTERNAL_ERROR);
         st->kind = KIND_REJECTED;
+        break;
+    case PROTO_BODY_WHOLE:
+        st->kind = KIND_HTTP;
+        break;
+    case PROTO_BODY_STREAM:
+        st->kind = KIND_HTTP;
+        st->streaming = true;
+        break;
+    case PROTO_BODY_BUFFERED:
+        st->kind = KIND_BUFFERED;
+        break;
+    }
 }
 
 static void on_http_request(h2_stream *st)
@@ -779,108 +765,6 @@ static void on_http_request(h2_stream *st)
     proto_handle(&st->bs);
 }
 
-/* Decodes one gRPC message; returns 0 and *pmsg, or fails the stream. */
-static int decode_message(h2_stream *st, const unsigned char *p, size_t len,
-                          ProtobufCMessage **pmsg)
-{
-    const char *why = NULL;
-    int rv = rpc__call_decode(st->call, st->call->method->input, p, len, pmsg, &why);
-    if (rv != 0) {
-        grpc_early_error(st, rv, why, false);
-        return -1;
-    }
-    return 0;
-}
-
-static void grpc_busy(h2_stream *st)
-{
-    grpc_early_error(st, PINS_ERESOURCE_EXHAUSTED,
-                     "the server holds too many request bytes; retry later", false);
-}
-
-/* Consumes complete gRPC frames from the body buffer. A unary request's one message is only
- * checked as it arrives and decoded at END_STREAM (at_end): a stream that never ends holds its
- * raw bytes, charged and bounded, and never a decoded message, which may be several times
- * larger. A client-streaming request's messages are decoded and delivered one by one. */
-static void grpc_consume(h2_stream *st, bool at_end)
-{
-    rpc_call *call = st->call;
-    const rpc_method *m = call->method;
-    bool streaming = (m->flags & RPC_METHOD_CLIENT_STREAM) != 0;
-    size_t off = 0;
-    while (st->kind == KIND_GRPC && st->body_len - off >= PROTO__GRPC_FRAME_HEADER) {
-        const unsigned char *p = st->body + off;
-        proto__grpc_frame fr;
-        if (proto__grpc_frame_parse(p, st->body_len - off, &fr) != 0) {
-            grpc_early_error(st, PINS_EINVALID_ARGUMENT,
-                             pins_arena_printf(call->arena,
-                                               "message flags 0x%02x: only bit 0 (compressed) "
-                                               "is defined",
-                                               p[0]),
-                             false);
-            return;
-        }
-        uint32_t len = fr.len;
-        if (fr.compressed) {
-            if (st->grpc_encoding == NULL || strcmp(st->grpc_encoding, "identity") == 0)
-                grpc_early_error(st, PINS_EINTERNAL, "compressed message without a grpc-encoding",
-                                 false);
-            else
-                grpc_early_error(st, PINS_EUNIMPLEMENTED,
-                                 pins_arena_printf(call->arena,
-                                                   "message compression %s is not supported",
-                                                   st->grpc_encoding),
-                                 true);
-            return;
-        }
-        if ((int64_t)len > call->worker->server->cfg->max_request_bytes) {
-            grpc_early_error(
-                st, PINS_ETOO_LARGE,
-                pins_arena_printf(call->arena,
-                                  "request message of %u bytes exceeds the limit "
-                                  "of %lld bytes",
-                                  len, (long long)call->worker->server->cfg->max_request_bytes),
-                false);
-            return;
-        }
-        if (st->body_len - off - PROTO__GRPC_FRAME_HEADER < len)
-            break;
-        if (!streaming) {
-            if (off + PROTO__GRPC_FRAME_HEADER + len < st->body_len) {
-                grpc_early_error(st, PINS_EINVALID_ARGUMENT,
-                                 "a unary method takes exactly one request message", false);
-                return;
-            }
-            if (!at_end)
-                return;
-        }
-        st->nmessages++;
-        ProtobufCMessage *msg;
-        if (decode_message(st, p + PROTO__GRPC_FRAME_HEADER, len, &msg) != 0)
-            return;
-        /* A unary message is charged once its body is freed (on_request_end), so that a lone
-         * request is never refused for holding its body and its decoded form at once. */
-        if (streaming && stream_charge_arena(st) != 0) {
-            grpc_busy(st);
-            return;
-        }
-        off += PROTO__GRPC_FRAME_HEADER + (size_t)len;
-        if (!streaming) {
-            call->request = msg;
-        } else if (!st->dispatched) {
-            call->request = msg;
-            st->dispatched = true;
-            rpc__dispatch(call);
-        } else {
-            rpc__call_deliver(call, msg);
-        }
-    }
-    if (off > 0 && st->body != NULL) {
-        memmove(st->body, st->body + off, st->body_len - off);
-        st->body_len -= off;
-    }
-}
-
 static void on_request_end(h2_stream *st)
 {
     st->request_done = true;
@@ -888,37 +772,8 @@ static void on_request_end(h2_stream *st)
         on_http_request(st);
         return;
     }
-    if (st->kind != KIND_GRPC)
-        return;
-    rpc_call *call = st->call;
-    grpc_consume(st, true);
-    if (st->kind != KIND_GRPC)
-        return;
-    if (st->body_len != 0) {
-        grpc_early_error(st, PINS_EINVALID_ARGUMENT, "request ends inside a gRPC message frame",
-                         false);
-        return;
-    }
-    stream_body_free(st);
-    if (stream_charge_arena(st) != 0) {
-        grpc_busy(st);
-        return;
-    }
-    if (call->method->flags & RPC_METHOD_CLIENT_STREAM) {
-        if (!st->dispatched) {
-            st->dispatched = true;
-            rpc__dispatch(call);
-        }
-        if (st->call != NULL)
-            rpc__call_deliver(call, NULL);
-        return;
-    }
-    if (call->request == NULL) {
-        grpc_early_error(st, PINS_EINVALID_ARGUMENT, "request message missing", false);
-        return;
-    }
-    st->dispatched = true;
-    rpc__dispatch(call);
+    if (st->kind == KIND_BUFFERED && !st->bs.answered)
+        proto_body_end(&st->bs);
 }
 
 /* ---- nghttp2 callbacks --------------------------------------------------------------------------
@@ -947,7 +802,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
                                   NGHTTP2_REFUSED_STREAM);
         return 0;
     }
-    rpc_call *call = rpc__call_new(c->w, NULL, &grpc_ops, NULL, c->w->arena_limit);
+    rpc_call *call = rpc__call_new(c->w, NULL, &h2_call_ops, NULL, c->w->arena_limit);
     if (call == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     h2_stream *st = pins_arena_calloc(call->arena, 1, sizeof(*st));
@@ -1018,14 +873,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     case 12:
         if (memcmp(name, "content-type", 12) == 0)
             st->content_type = v;
-        else if (memcmp(name, "grpc-timeout", 12) == 0)
-            st->grpc_timeout = v;
         else if (memcmp(name, "x-request-id", 12) == 0)
             st->request_id_hdr = v;
-        break;
-    case 13:
-        if (memcmp(name, "grpc-encoding", 13) == 0)
-            st->grpc_encoding = v;
         break;
     default:
         break;
@@ -1038,46 +887,49 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
 {
     transport__conn *c = user_data;
     h2_stream *st = stream_get(c, stream_id);
-    if (st == NULL || st->call == NULL || (st->kind != KIND_GRPC && st->kind != KIND_HTTP))
+    if (st == NULL || st->call == NULL || (st->kind != KIND_BUFFERED && st->kind != KIND_HTTP) ||
+        st->bs.answered)
         return 0; /* a rejected request: its remaining body is dropped */
     if (st->streaming) {
         proto_body(&st->bs, data, len);
         return 0;
     }
-    bool grpc = st->kind == KIND_GRPC;
-    size_t max = (size_t)c->w->server->cfg->max_request_bytes + (grpc ? 5 : 0);
+    bool buffered = st->kind == KIND_BUFFERED;
+    size_t max = buffered ? st->bs.body_max : (size_t)c->w->server->cfg->max_request_bytes;
     if (st->body_len + len > st->body_cap) {
         size_t cap = st->body_cap ? st->body_cap : 1024;
         while (cap < st->body_len + len)
             cap *= 2;
-        if (cap > max + (grpc ? 16384 : 0))
-            cap = max + (grpc ? 16384 : 0);
+        if (cap > max)
+            cap = max;
         if (cap < st->body_len + len) {
-            if (grpc)
-                grpc_early_error(st, PINS_ETOO_LARGE, "request message exceeds the limit", false);
+            if (buffered)
+                proto_reject(&st->bs, PINS_ETOO_LARGE, NULL);
             else if (!http_reject_rpc(st, PINS_ETOO_LARGE,
                                       "request body larger than MAX_REQUEST_BYTES"))
                 http_simple(st, 413,
                             "{\"detail\":\"request body larger than MAX_REQUEST_BYTES\","
                             "\"code\":8,\"message\":\"message larger than the limit\"}",
                             NULL);
+            st->kind = KIND_REJECTED;
             return 0;
         }
         if (stream_charge(st, cap - st->body_cap) != 0) {
-            if (grpc)
-                grpc_busy(st);
+            if (buffered)
+                proto_reject(&st->bs, PINS_ERESOURCE_EXHAUSTED, NULL);
             else if (!http_reject_rpc(st, PINS_ERESOURCE_EXHAUSTED,
                                       "the server holds too many request bytes; retry later"))
                 http_simple(st, 503,
                             "{\"detail\":\"the server holds too many request bytes; retry "
                             "later\",\"code\":8,\"message\":\"resource exhausted\"}",
                             NULL);
+            st->kind = KIND_REJECTED;
             return 0;
         }
         unsigned char *nb = realloc(st->body, cap);
         if (nb == NULL) {
-            if (grpc)
-                grpc_early_error(st, PINS_ENOMEM, NULL, false);
+            if (buffered)
+                proto_reject(&st->bs, PINS_ENOMEM, NULL);
             else
                 nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st->id,
                                           NGHTTP2_INTERNAL_ERROR);
@@ -1089,8 +941,10 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
     }
     memcpy(st->body + st->body_len, data, len);
     st->body_len += len;
-    if (grpc)
-        grpc_consume(st, false);
+    st->bs.body = st->body;
+    st->bs.body_len = st->body_len;
+    if (buffered)
+        proto_body_more(&st->bs);
     return 0;
 }
 
@@ -1569,11 +1423,10 @@ static void stream_timeout(h2_stream *st)
 {
     transport__conn *c = st->conn;
     int secs = c->w->server->cfg->request_timeout_seconds;
-    if (st->kind == KIND_GRPC) {
-        grpc_early_error(
-            st, PINS_EDEADLINE_EXCEEDED,
-            pins_arena_printf(st->call->arena, "request not complete within %d seconds", secs),
-            false);
+    if (st->kind == KIND_BUFFERED) {
+        proto_reject(
+            &st->bs, PINS_EDEADLINE_EXCEEDED,
+            pins_arena_printf(st->call->arena, "request not complete within %d seconds", secs));
     } else if (st->kind == KIND_HTTP && !st->streaming &&
                http_reject_rpc(st, PINS_EDEADLINE_EXCEEDED,
                                pins_arena_printf(st->call->arena,
@@ -1635,7 +1488,7 @@ void transport_conn_tick(rpc_worker *w)
                 answered = true;
                 continue;
             }
-            if (st->request_done || st->dispatched || st->bs.dispatched ||
+            if (st->request_done || st->bs.dispatched || st->bs.answered ||
                 st->kind == KIND_REJECTED || now - st->begin_ns < limit)
                 continue;
             stream_timeout(st);

@@ -30,6 +30,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
+#include "protocols/protocols_int.h"
 #include "rpc/rpc_int.h"
 
 #define MAX_MESSAGES 64

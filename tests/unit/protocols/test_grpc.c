@@ -12,6 +12,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
+#include "protocols/protocols_int.h"
 #include "rpc/rpc_int.h"
 #include "common/timeutil.h"
 

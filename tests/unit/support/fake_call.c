@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/pbwire.h"
 #include "fake_call.h"
+#include "protocols/protocols_int.h"
 
 typedef struct fake_sent {
     uint8_t *data;
