@@ -476,7 +476,7 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
         store__pg_dispatch(ss);
 }
 
-static int pg_upsert(store_session *base, const store_upsert_req *q, store_pin_cb cb, void *arg)
+static int pg_pin_upsert(store_session *base, const store_upsert_req *q, store_pin_cb cb, void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_UPSERT, store__pg_sql_upsert, arg);
@@ -503,7 +503,7 @@ static int pg_upsert(store_session *base, const store_upsert_req *q, store_pin_c
     return store__pg_submit_if(ss, r, ok);
 }
 
-static int pg_get(store_session *base, const store__get_req *q, store_pin_cb cb, void *arg)
+static int pg_pin_get(store_session *base, const store__get_req *q, store_pin_cb cb, void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_GET, NULL, arg); /* sent in a batch */
@@ -516,7 +516,7 @@ static int pg_get(store_session *base, const store__get_req *q, store_pin_cb cb,
     return store__pg_submit_if(ss, r, ok);
 }
 
-static int pg_list(store_session *base, const store_list_req *q, store_list_cb cb, void *arg)
+static int pg_pin_list(store_session *base, const store_list_req *q, store_list_cb cb, void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_LIST, store__pg_sql_list, arg);
@@ -538,7 +538,7 @@ static int pg_list(store_session *base, const store_list_req *q, store_list_cb c
     return store__pg_submit_if(ss, r, ok);
 }
 
-static int pg_delete(store_session *base, const store_delete_req *q, store_pin_cb cb, void *arg)
+static int pg_pin_delete(store_session *base, const store_delete_req *q, store_pin_cb cb, void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_DELETE, store__pg_sql_delete, arg);
@@ -557,8 +557,8 @@ static int pg_delete(store_session *base, const store_delete_req *q, store_pin_c
     return store__pg_submit_if(ss, r, ok);
 }
 
-static int pg_cleanup(store_session *base, const store__cleanup_req *q, store_count_cb cb,
-                      void *arg)
+static int pg_pin_cleanup(store_session *base, const store__cleanup_req *q, store_count_cb cb,
+                          void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_CLEANUP, store__pg_sql_cleanup, arg);
@@ -570,7 +570,8 @@ static int pg_cleanup(store_session *base, const store__cleanup_req *q, store_co
     return store__pg_submit_if(ss, r, ok);
 }
 
-static int pg_sweep(store_session *base, const store__sweep_req *q, store_count_cb cb, void *arg)
+static int pg_pin_sweep(store_session *base, const store__sweep_req *q, store_count_cb cb,
+                        void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_SWEEP, store__pg_sql_sweep, arg);
@@ -582,8 +583,8 @@ static int pg_sweep(store_session *base, const store__sweep_req *q, store_count_
     return store__pg_submit(ss, r);
 }
 
-static int pg_audit(store_session *base, const store_audit_list_req *q, store_audit_list_cb cb,
-                    void *arg)
+static int pg_audit_list(store_session *base, const store_audit_list_req *q, store_audit_list_cb cb,
+                         void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_AUDIT, store__pg_sql_audit, arg);
@@ -636,8 +637,8 @@ static int submit_rows(pg_session *ss, op_kind kind, const char *sql, store__buf
     return store__pg_submit(ss, r);
 }
 
-static int pg_maudit_write(store_session *base, const store_memory_audit *rows, size_t n,
-                           store_count_cb cb, void *arg)
+static int pg_memory_audit_write(store_session *base, const store_memory_audit *rows, size_t n,
+                                 store_count_cb cb, void *arg)
 {
     store__buf b = {0};
     store__buf_put(&b, "[", 1);
@@ -678,8 +679,8 @@ static int pg_maudit_write(store_session *base, const store_memory_audit *rows, 
                        arg);
 }
 
-static int pg_raudit_write(store_session *base, const store_rbac_audit *rows, size_t n,
-                           store_count_cb cb, void *arg)
+static int pg_rbac_audit_write(store_session *base, const store_rbac_audit *rows, size_t n,
+                               store_count_cb cb, void *arg)
 {
     store__buf b = {0};
     store__buf_put(&b, "[", 1);
@@ -716,8 +717,8 @@ static int pg_raudit_write(store_session *base, const store_rbac_audit *rows, si
                        arg);
 }
 
-static int pg_raudit_list(store_session *base, const store_rbac_audit_list_req *q,
-                          store_rbac_audit_list_cb cb, void *arg)
+static int pg_rbac_audit_list(store_session *base, const store_rbac_audit_list_req *q,
+                              store_rbac_audit_list_cb cb, void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_RAUDIT_LIST, store__pg_sql_raudit_list, arg);
@@ -739,7 +740,8 @@ static int pg_raudit_list(store_session *base, const store_rbac_audit_list_req *
     return store__pg_submit_if(ss, r, ok);
 }
 
-static int pg_raudit_cleanup(store_session *base, int64_t before_us, store_count_cb cb, void *arg)
+static int pg_rbac_audit_cleanup(store_session *base, int64_t before_us, store_count_cb cb,
+                                 void *arg)
 {
     pg_session *ss = (pg_session *)base;
     pg_req *r = req_new(ss, OP_RAUDIT_CLEANUP, store__pg_sql_raudit_cleanup, arg);
@@ -858,18 +860,18 @@ static const store__backend postgres_backend = {
     .close = pg_close,
     .session_new = pg_session_new,
     .session_free = pg_session_free,
-    .pin_upsert = pg_upsert,
-    .pin_get = pg_get,
-    .pin_list = pg_list,
-    .pin_delete = pg_delete,
-    .pin_cleanup = pg_cleanup,
-    .pin_sweep = pg_sweep,
-    .audit_list = pg_audit,
+    .pin_upsert = pg_pin_upsert,
+    .pin_get = pg_pin_get,
+    .pin_list = pg_pin_list,
+    .pin_delete = pg_pin_delete,
+    .pin_cleanup = pg_pin_cleanup,
+    .pin_sweep = pg_pin_sweep,
+    .audit_list = pg_audit_list,
     .ping = pg_ping,
-    .memory_audit_write = pg_maudit_write,
-    .rbac_audit_write = pg_raudit_write,
-    .rbac_audit_list = pg_raudit_list,
-    .rbac_audit_cleanup = pg_raudit_cleanup,
+    .memory_audit_write = pg_memory_audit_write,
+    .rbac_audit_write = pg_rbac_audit_write,
+    .rbac_audit_list = pg_rbac_audit_list,
+    .rbac_audit_cleanup = pg_rbac_audit_cleanup,
     .audit_expire = pg_audit_expire,
 };
 

@@ -238,7 +238,7 @@ typedef struct sqlite_session {
     store__defer *flush;                /* the end-of-iteration commit; NULL without a loop */
     batch *pending;                     /* writes waiting for the commit, or NULL */
     batch *spare;                       /* batches to reuse */
-    bool closing;                       /* session_free is cancelling the pending writes */
+    bool closing;                       /* sqlite_session_free is cancelling the pending writes */
     int commit_fault;                   /* test hook: the next write COMMIT fails with this */
     void (*fill_hook)(void *arg);       /* test hook, see store__sqlite_set_fill_hook */
     void *fill_arg;
@@ -1201,7 +1201,8 @@ static int copy_str(pins_arena *a, const char **ps)
     return 0;
 }
 
-static int pin_upsert(store_session *base, const store_upsert_req *req, store_pin_cb cb, void *arg)
+static int sqlite_pin_upsert(store_session *base, const store_upsert_req *req, store_pin_cb cb,
+                             void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     write_op *op;
@@ -1277,7 +1278,8 @@ static int read_and_fill(sqlite_session *ss, pins_arena *a, const store__get_req
     return 0;
 }
 
-static int pin_get(store_session *base, const store__get_req *req, store_pin_cb cb, void *arg)
+static int sqlite_pin_get(store_session *base, const store__get_req *req, store_pin_cb cb,
+                          void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     store__cache *cache = ((sqlite_store *)base->store)->cache;
@@ -1340,7 +1342,8 @@ static int list_tx(sqlite_session *ss, pins_arena *a, const store_list_req *req,
     return err;
 }
 
-static int pin_list(store_session *base, const store_list_req *req, store_list_cb cb, void *arg)
+static int sqlite_pin_list(store_session *base, const store_list_req *req, store_list_cb cb,
+                           void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     pins_arena *a;
@@ -1358,7 +1361,8 @@ static int pin_list(store_session *base, const store_list_req *req, store_list_c
     return 0;
 }
 
-static int pin_delete(store_session *base, const store_delete_req *req, store_pin_cb cb, void *arg)
+static int sqlite_pin_delete(store_session *base, const store_delete_req *req, store_pin_cb cb,
+                             void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     write_op *op;
@@ -1402,8 +1406,8 @@ static int delete_count(sqlite_session *ss, binder *b, const char *tenant_id, in
     return 0;
 }
 
-static int pin_cleanup(store_session *base, const store__cleanup_req *req, store_count_cb cb,
-                       void *arg)
+static int sqlite_pin_cleanup(store_session *base, const store__cleanup_req *req, store_count_cb cb,
+                              void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     binder b;
@@ -1418,7 +1422,8 @@ static int pin_cleanup(store_session *base, const store__cleanup_req *req, store
     return delete_count(ss, &b, req->tenant_id, req->now_us, "delete expired pins", cb, arg);
 }
 
-static int pin_sweep(store_session *base, const store__sweep_req *req, store_count_cb cb, void *arg)
+static int sqlite_pin_sweep(store_session *base, const store__sweep_req *req, store_count_cb cb,
+                            void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     binder b = {.st = ss->st[ST_SWEEP], .rc = SQLITE_OK};
@@ -1461,8 +1466,8 @@ static int audit_tx(sqlite_session *ss, pins_arena *a, const store_audit_list_re
     return err;
 }
 
-static int audit_list(store_session *base, const store_audit_list_req *req, store_audit_list_cb cb,
-                      void *arg)
+static int sqlite_audit_list(store_session *base, const store_audit_list_req *req,
+                             store_audit_list_cb cb, void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     pins_arena *a;
@@ -1480,7 +1485,7 @@ static int audit_list(store_session *base, const store_audit_list_req *req, stor
     return 0;
 }
 
-static int ping(store_session *base, store_count_cb cb, void *arg)
+static int sqlite_ping(store_session *base, store_count_cb cb, void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     int err = run(ss, ss->st[ST_PING], "ping the database");
@@ -1570,16 +1575,16 @@ static int insert_rows(sqlite_session *ss, sqlite3_stmt *st, const void *rows, s
     return 0;
 }
 
-static int memory_audit_write(store_session *base, const store_memory_audit *rows, size_t n,
-                              store_count_cb cb, void *arg)
+static int sqlite_memory_audit_write(store_session *base, const store_memory_audit *rows, size_t n,
+                                     store_count_cb cb, void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     return insert_rows(ss, ss->st[ST_MAUDIT_WRITE], rows, n, bind_memory_row,
                        "write memory audit rows", cb, arg);
 }
 
-static int rbac_audit_write(store_session *base, const store_rbac_audit *rows, size_t n,
-                            store_count_cb cb, void *arg)
+static int sqlite_rbac_audit_write(store_session *base, const store_rbac_audit *rows, size_t n,
+                                   store_count_cb cb, void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     return insert_rows(ss, ss->st[ST_RAUDIT_WRITE], rows, n, bind_rbac_row, "write rbac audit rows",
@@ -1631,8 +1636,8 @@ static void bind_rbac_where(binder *b, const store_rbac_audit_list_req *req)
         bind_null(b, 6);
 }
 
-static int rbac_audit_list(store_session *base, const store_rbac_audit_list_req *req,
-                           store_rbac_audit_list_cb cb, void *arg)
+static int sqlite_rbac_audit_list(store_session *base, const store_rbac_audit_list_req *req,
+                                  store_rbac_audit_list_cb cb, void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     pins_arena *a;
@@ -1661,7 +1666,8 @@ static int rbac_audit_list(store_session *base, const store_rbac_audit_list_req 
     return 0;
 }
 
-static int rbac_audit_cleanup(store_session *base, int64_t before_us, store_count_cb cb, void *arg)
+static int sqlite_rbac_audit_cleanup(store_session *base, int64_t before_us, store_count_cb cb,
+                                     void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     sqlite_store *s = (sqlite_store *)ss->base.store;
@@ -1682,8 +1688,8 @@ static int rbac_audit_cleanup(store_session *base, int64_t before_us, store_coun
     return 0;
 }
 
-static int audit_expire(store_session *base, const store__expire_req *req, store_count_cb cb,
-                        void *arg)
+static int sqlite_audit_expire(store_session *base, const store__expire_req *req, store_count_cb cb,
+                               void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
     sqlite_store *s = (sqlite_store *)ss->base.store;
@@ -1709,7 +1715,7 @@ static int audit_expire(store_session *base, const store__expire_req *req, store
 
 /* ---- store and sessions --------------------------------------------------------------------- */
 
-static void session_free(store_session *base)
+static void sqlite_session_free(store_session *base)
 {
     sqlite_session *ss = (sqlite_session *)base;
     store__defer_free(ss->flush);
@@ -1743,7 +1749,7 @@ static void session_free(store_session *base)
     free(ss);
 }
 
-static int session_new(store *base, struct event_base *loop, store_session **pss)
+static int sqlite_session_new(store *base, struct event_base *loop, store_session **pss)
 {
     sqlite_store *s = (sqlite_store *)base;
     int err = 0;
@@ -1773,14 +1779,14 @@ static int session_new(store *base, struct event_base *loop, store_session **pss
         err = map_rc(rc);
 out:
     if (err != 0) {
-        session_free(&ss->base);
+        sqlite_session_free(&ss->base);
         return err;
     }
     *pss = &ss->base;
     return 0;
 }
 
-static void store_free(store *base)
+static void sqlite_close(store *base)
 {
     sqlite_store *s = (sqlite_store *)base;
     store__cache_free(s->cache);
@@ -1833,7 +1839,7 @@ out:
     sqlite3_close(db);
     if (err != 0) {
         if (s != NULL)
-            store_free(&s->base);
+            sqlite_close(&s->base);
         return err;
     }
     *pstore = &s->base;
@@ -1889,20 +1895,20 @@ int store__sqlite_set_fill_hook(store_session *base, void (*hook)(void *arg), vo
 
 static const store__backend sqlite_backend = {
     .name = "sqlite",
-    .close = store_free,
-    .session_new = session_new,
-    .session_free = session_free,
-    .pin_upsert = pin_upsert,
-    .pin_get = pin_get,
-    .pin_list = pin_list,
-    .pin_delete = pin_delete,
-    .pin_cleanup = pin_cleanup,
-    .pin_sweep = pin_sweep,
-    .audit_list = audit_list,
-    .ping = ping,
-    .memory_audit_write = memory_audit_write,
-    .rbac_audit_write = rbac_audit_write,
-    .rbac_audit_list = rbac_audit_list,
-    .rbac_audit_cleanup = rbac_audit_cleanup,
-    .audit_expire = audit_expire,
+    .close = sqlite_close,
+    .session_new = sqlite_session_new,
+    .session_free = sqlite_session_free,
+    .pin_upsert = sqlite_pin_upsert,
+    .pin_get = sqlite_pin_get,
+    .pin_list = sqlite_pin_list,
+    .pin_delete = sqlite_pin_delete,
+    .pin_cleanup = sqlite_pin_cleanup,
+    .pin_sweep = sqlite_pin_sweep,
+    .audit_list = sqlite_audit_list,
+    .ping = sqlite_ping,
+    .memory_audit_write = sqlite_memory_audit_write,
+    .rbac_audit_write = sqlite_rbac_audit_write,
+    .rbac_audit_list = sqlite_rbac_audit_list,
+    .rbac_audit_cleanup = sqlite_rbac_audit_cleanup,
+    .audit_expire = sqlite_audit_expire,
 };
