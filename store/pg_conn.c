@@ -108,12 +108,13 @@ bool store__pg_any_conn_alive(const pg_session *ss)
     return false;
 }
 
-/* Drops c (its statements in flight fail with PINS_ESTORE: their outcome is unknown) and plans
- * the next attempt. Safe inside a callback running from c: the caller checks c->gen. */
-void store__pg_conn_fail(pg_conn *c, const char *kind, const char *why)
+/* store__pg_conn_fail, and schema: why is a schema behind the binary (store_session_schema_behind
+ * of the calls failed with it). */
+static void conn_down(pg_conn *c, const char *kind, const char *why, bool schema)
 {
     pg_session *ss = c->ss;
     snprintf(ss->down_reason, sizeof(ss->down_reason), "%s", why);
+    ss->down_schema = schema;
     /* libpq's messages end with a newline: keep the log line whole. */
     size_t n = strlen(ss->down_reason);
     while (n > 0 && (ss->down_reason[n - 1] == '\n' || ss->down_reason[n - 1] == ' '))
@@ -150,6 +151,11 @@ void store__pg_conn_fail(pg_conn *c, const char *kind, const char *why)
     if (!store__pg_any_conn_alive(ss))
         store__pg_fail_queue(ss, detail);
     store__pg_tick_arm(ss);
+}
+
+void store__pg_conn_fail(pg_conn *c, const char *kind, const char *why)
+{
+    conn_down(c, kind, why, false);
 }
 
 static void conn_flush(pg_conn *c)
@@ -289,7 +295,7 @@ bool store__pg_conn_checked(pg_conn *c, const PGresult *res)
                  " (run `pinsctl migrate upgrade head`)",
                  have, ss->st->schema_need);
         store__pg_count_error("schema");
-        store__pg_conn_fail(c, "connect", why);
+        conn_down(c, "connect", why, true);
         return false;
     }
     c->direct = PQntuples(res) == 1 && PQnfields(res) >= 2 && !PQgetisnull(res, 0, 1) &&

@@ -162,11 +162,12 @@ struct pg_session {
     pg_req *wq_head, *wq_tail;
     int wq_len;
     store__timer *tick;
-    store__defer *kick; /* store__pg_dispatch() at the end of the loop iteration */
-    uint16_t *busy;     /* BUSY_SLOTS counters: writes in flight per key hash */
-    pins_arena *pack;   /* scratch of store__pack_value (made on first use) */
-    pins_rand rng;      /* the reconnect jitter */
-    char down_reason[STORE__ERROR_MAX];
+    store__defer *kick;                 /* store__pg_dispatch() at the end of the loop iteration */
+    uint16_t *busy;                     /* BUSY_SLOTS counters: writes in flight per key hash */
+    pins_arena *pack;                   /* scratch of store__pack_value (made on first use) */
+    pins_rand rng;                      /* the reconnect jitter */
+    char down_reason[STORE__ERROR_MAX]; /* why the last connection to fail failed */
+    bool down_schema; /* down_reason is a schema behind the binary (store_session_schema_behind) */
 };
 
 /* How store__pg_conn_put sends a statement on a connection through a pooler (a direct connection
@@ -233,7 +234,8 @@ void store__pg_conn_close(pg_conn *c);
 /* Starts connecting c (C_DOWN -> C_CONNECTING). */
 void store__pg_conn_start(pg_conn *c);
 /* Drops c (its statements in flight fail with PINS_ESTORE: their outcome is unknown) and plans
- * the next attempt; kind is the store_errors_total kind, why the detail. */
+ * the next attempt; kind is the store_errors_total kind, why the detail (ss->down_reason). Safe
+ * inside a callback running from c: the caller checks c->gen. */
 void store__pg_conn_fail(pg_conn *c, const char *kind, const char *why);
 /* Queues r's statement on c (an up connection). Returns false when that dropped c (r was
  * failed with the rest). */
@@ -288,7 +290,9 @@ void store__pg_req_free(pg_req *r);
 /* Calls r's callback with err and no data. */
 void store__pg_call_error(pg_session *ss, pg_req *r, int err);
 /* Completes r (every call of a batch) with err (no result) and frees it; abandoned calls were
- * completed already. detail goes to store_session_last_error for the failures that have one. */
+ * completed already. detail goes to store_session_last_error for the failures that have one; a
+ * PINS_ESTORE whose detail is ss->down_reason of a schema behind the binary also sets
+ * store_session_schema_behind. */
 void store__pg_fail_req(pg_session *ss, pg_req *r, int err, const char *detail);
 /* Delivers r's result (r->res) to its callback, or, for the schema check, brings c up; frees r. */
 void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r);

@@ -211,6 +211,9 @@ void store__pg_fail_req(pg_session *ss, pg_req *r, int err, const char *detail)
     if (!r->abandoned && !store__pg_is_batch(r)) {
         if (err == PINS_ESTORE || err == PINS_ENOMEM || err == PINS_EINTERNAL)
             store__session_error(&ss->base, "%s", detail);
+        /* The connections are down on the schema check: /ready says "schema_behind". */
+        if (err == PINS_ESTORE && ss->down_schema && strcmp(detail, ss->down_reason) == 0)
+            ss->base.schema_behind = true;
         if ((r->kind == OP_UPSERT || r->kind == OP_DELETE) && err == PINS_ESTORE)
             count_audit("error");
         store__pg_call_error(ss, r, err);

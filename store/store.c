@@ -231,6 +231,14 @@ void store_memory_audit_count(const char *status, size_t n)
         metrics_counter_add(m_memory_audit, v, (double)n);
 }
 
+/* Forgets the outcome of the previous operation on ss (store_session_last_error,
+ * store_session_schema_behind). */
+static void outcome_clear(store_session *ss)
+{
+    ss->last_error[0] = '\0';
+    ss->schema_behind = false;
+}
+
 void store__session_error(store_session *ss, const char *fmt, ...)
 {
     va_list ap;
@@ -294,12 +302,17 @@ const char *store_session_last_error(const store_session *ss)
     return ss->last_error;
 }
 
+bool store_session_schema_behind(const store_session *ss)
+{
+    return ss->schema_behind;
+}
+
 int store_pin_upsert(store_session *ss, const store_upsert_req *req, store_pin_cb cb, void *arg)
 {
     if (ss == NULL || req == NULL || cb == NULL || req->tenant_id == NULL || req->key == NULL ||
         req->value_json == NULL || req->source == NULL)
         return PINS_EINTERNAL;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->pin_upsert(ss, req, cb, arg);
 }
 
@@ -308,7 +321,7 @@ int store_pin_get(store_session *ss, const char *tenant_id, const char *key, int
 {
     if (ss == NULL || tenant_id == NULL || key == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     const store__get_req req = {.tenant_id = tenant_id, .key = key, .now_us = now_us};
     return ss->be->pin_get(ss, &req, cb, arg);
 }
@@ -319,7 +332,7 @@ int store_pin_list(store_session *ss, const store_list_req *req, store_list_cb c
         return PINS_EINTERNAL;
     if (!page_ok(req->limit, req->offset))
         return PINS_EINVALID_ARGUMENT;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     if (req->prefix != NULL)
         return ss->be->pin_list(ss, req, cb, arg);
     store_list_req all = *req;
@@ -331,7 +344,7 @@ int store_pin_delete(store_session *ss, const store_delete_req *req, store_pin_c
 {
     if (ss == NULL || req == NULL || cb == NULL || req->tenant_id == NULL || req->key == NULL)
         return PINS_EINTERNAL;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->pin_delete(ss, req, cb, arg);
 }
 
@@ -340,7 +353,7 @@ int store_pin_cleanup(store_session *ss, const char *tenant_id, int64_t now_us, 
 {
     if (ss == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     const store__cleanup_req req = {.tenant_id = tenant_id, .now_us = now_us};
     return ss->be->pin_cleanup(ss, &req, cb, arg);
 }
@@ -351,7 +364,7 @@ int store_pin_sweep(store_session *ss, int64_t now_us, int batch, store_count_cb
         return PINS_EINTERNAL;
     if (batch < 1)
         return PINS_EINVALID_ARGUMENT;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     const store__sweep_req req = {.now_us = now_us, .batch = batch};
     return ss->be->pin_sweep(ss, &req, cb, arg);
 }
@@ -363,7 +376,7 @@ int store_audit_list(store_session *ss, const store_audit_list_req *req, store_a
         return PINS_EINTERNAL;
     if (!page_ok(req->limit, req->offset))
         return PINS_EINVALID_ARGUMENT;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->audit_list(ss, req, cb, arg);
 }
 
@@ -371,7 +384,7 @@ int store_ping(store_session *ss, store_count_cb cb, void *arg)
 {
     if (ss == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->ping(ss, cb, arg);
 }
 
@@ -386,7 +399,7 @@ int store_memory_audit_write(store_session *ss, const store_memory_audit *rows, 
         if (rows[i].operation == NULL || rows[i].tenant_id == NULL || rows[i].key == NULL)
             return PINS_EINTERNAL;
     }
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->memory_audit_write(ss, rows, n, cb, arg);
 }
 
@@ -402,7 +415,7 @@ int store_rbac_audit_write(store_session *ss, const store_rbac_audit *rows, size
             (rows[i].nroles > 0 && rows[i].roles == NULL))
             return PINS_EINTERNAL;
     }
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->rbac_audit_write(ss, rows, n, cb, arg);
 }
 
@@ -413,7 +426,7 @@ int store_rbac_audit_list(store_session *ss, const store_rbac_audit_list_req *re
         return PINS_EINTERNAL;
     if (!page_ok(req->limit, req->offset))
         return PINS_EINVALID_ARGUMENT;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->rbac_audit_list(ss, req, cb, arg);
 }
 
@@ -421,7 +434,7 @@ int store_rbac_audit_cleanup(store_session *ss, int64_t before_us, store_count_c
 {
     if (ss == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     return ss->be->rbac_audit_cleanup(ss, before_us, cb, arg);
 }
 
@@ -432,7 +445,7 @@ int store_audit_expire(store_session *ss, store_audit_table table, int64_t befor
         return PINS_EINTERNAL;
     if (batch < 1 || (table != STORE_AUDIT_RBAC && table != STORE_AUDIT_MEMORY))
         return PINS_EINVALID_ARGUMENT;
-    ss->last_error[0] = '\0';
+    outcome_clear(ss);
     store__expire_req req = {.table = table, .before_us = before_us, .batch = batch};
     return ss->be->audit_expire(ss, &req, cb, arg);
 }

@@ -221,6 +221,12 @@ void store_session_free(store_session *ss);
  * with PINS_ESTORE, PINS_ENOMEM or PINS_EINTERNAL. The string belongs to the session and is
  * valid until the next operation on it; read it in the callback that received the error. */
 const char *store_session_last_error(const store_session *ss);
+/* True when the last operation started on ss failed with PINS_ESTORE because the database's
+ * schema is older than this binary needs (PostgreSQL: `pinsctl migrate upgrade head` is due;
+ * pinsd never migrates by itself), so that /ready can report "schema_behind" rather than
+ * "down". False after any other outcome. Valid, like store_session_last_error(), until the next
+ * operation on ss: read it in the callback that received the error. */
+bool store_session_schema_behind(const store_session *ss);
 
 /* Sets the monotonic deadline (CLOCK_MONOTONIC nanoseconds, 0: none) of the operations started on
  * ss from now on, until the next call. A backend that completes later (PostgreSQL) completes an

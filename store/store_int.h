@@ -99,6 +99,9 @@ struct store_session {
     const store__backend *be;
     store *store;
     char last_error[STORE__ERROR_MAX]; /* "" or the detail of the last failed operation */
+    /* The last operation failed with PINS_ESTORE because the database's schema is older than
+     * this binary needs (store_session_schema_behind); set by the backend with the error. */
+    bool schema_behind;
     int64_t deadline_ns; /* store_session_set_deadline: 0 or the monotonic deadline of new calls */
 };
 

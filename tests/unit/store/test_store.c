@@ -15,6 +15,7 @@
 
 #include <event2/event.h>
 #include <ftw.h>
+#include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1245,6 +1246,7 @@ static void test_ping_answers(void **state)
     assert_int_equal(r.err, 0);
     assert_int_equal(r.count, 0);
     assert_string_equal(store_session_last_error(fx->ss), "");
+    assert_false(store_session_schema_behind(fx->ss));
 }
 
 static void test_backend_name_matches_options(void **state)
@@ -1953,6 +1955,7 @@ static void test_postgres_unreachable_opens_and_fails_calls_with_estore(void **s
     assert_int_equal(r.calls, 1);
     assert_int_equal(r.err, PINS_ESTORE);
     assert_true(strlen(store_session_last_error(ss)) > 0);
+    assert_false(store_session_schema_behind(ss)); /* down, not behind */
     pin_result p = {0};
     assert_int_equal(store_pin_get(ss, "t", "k", T0, on_pin, &p), 0);
     assert_int_equal(p.calls, 1);
@@ -1988,6 +1991,49 @@ static void test_open_picks_the_backend_from_the_url_scheme(void **state)
         store_close(s);
         s = NULL;
     }
+}
+
+/* A database whose schema is older than the binary (here: its migrations table moved away, as
+ * before the first `pinsctl migrate upgrade`) fails calls with PINS_ESTORE and says why in a
+ * typed way, so /ready reports schema_behind rather than down. */
+static void test_postgres_schema_behind_is_reported_apart_from_down(void **state)
+{
+    const char *url = database_url();
+    if (url == NULL)
+        skip();
+    PGconn *admin = PQconnectdb(url);
+    assert_int_equal(PQstatus(admin), CONNECTION_OK);
+    PGresult *res = PQexec(admin, "ALTER TABLE system.pins_schema_migrations"
+                                  " RENAME TO pins_schema_migrations_moved");
+    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    store_options opts = {.database_url = url, .pool_size = 1, .workers = 1};
+    store *s = NULL;
+    store_session *ss = NULL;
+    count_result r = {0};
+    bool behind = false;
+    char detail[STORE__ERROR_MAX] = "";
+    int rv = store_open(&opts, &s);
+    if (rv == 0)
+        rv = store_session_new(s, NULL, &ss);
+    if (rv == 0)
+        rv = store_ping(ss, on_count, &r); /* blocks until answered: no loop */
+    if (ss != NULL) {
+        behind = store_session_schema_behind(ss);
+        snprintf(detail, sizeof(detail), "%s", store_session_last_error(ss));
+    }
+    store_session_free(ss);
+    store_close(s);
+    res = PQexec(admin, "ALTER TABLE system.pins_schema_migrations_moved"
+                        " RENAME TO pins_schema_migrations");
+    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    PQfinish(admin);
+    assert_int_equal(rv, 0);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.err, PINS_ESTORE);
+    assert_true(behind);
+    assert_non_null(strstr(detail, "pinsctl migrate upgrade head"));
 }
 
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -2043,6 +2089,7 @@ int main(void)
         T(test_open_with_unparsable_database_url_fails),
         T(test_postgres_unreachable_opens_and_fails_calls_with_estore),
         T(test_open_picks_the_backend_from_the_url_scheme),
+        T(test_postgres_schema_behind_is_reported_apart_from_down),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
