@@ -59,10 +59,13 @@ int pins_buf__add_slow(pins_buf *b, const void *p, size_t n);
  * PINS_ENOMEM; on failure nothing was appended. */
 static inline int pins_buf_add(pins_buf *b, const void *p, size_t n)
 {
-    if (n < b->cap - b->len) {
-        memcpy(b->p + b->len, p, n);
-        b->len += n;
-        b->p[b->len] = '\0';
+    size_t len = b->len;
+    char *d = b->p; /* locals: the copy cannot make the compiler reload them */
+    if (n < b->cap - len) {
+        memcpy(d + len, p, n);
+        len += n;
+        d[len] = '\0';
+        b->len = len;
         return 0;
     }
     return pins_buf__add_slow(b, p, n);
@@ -77,9 +80,12 @@ static inline int pins_buf_add_str(pins_buf *b, const char *s)
 /* Appends one byte (which may be NUL). Returns as pins_buf_add(). */
 static inline int pins_buf_add_byte(pins_buf *b, char c)
 {
-    if (b->cap - b->len > 1) {
-        b->p[b->len++] = c;
-        b->p[b->len] = '\0';
+    size_t len = b->len;
+    char *d = b->p;
+    if (b->cap - len > 1) {
+        d[len] = c;
+        d[len + 1] = '\0';
+        b->len = len + 1;
         return 0;
     }
     return pins_buf__add_slow(b, &c, 1);

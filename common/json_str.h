@@ -17,11 +17,16 @@
 #define PINS_COMMON_JSON_STR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/buf.h"
 
-/* Appends s[0..n) (borrowed; may hold NUL bytes, written as \u0000) to b as a quoted JSON
- * string, invalid UTF-8 replaced. Returns 0, PINS_ETOO_LARGE or PINS_ENOMEM (from b). */
+/* n for a NUL-terminated s (as SQLite's negative lengths): saves the caller a strlen pass. */
+#define PINS_JSON_STR_NUL SIZE_MAX
+
+/* Appends s[0..n) (borrowed; may hold NUL bytes, written as \u0000), or the NUL-terminated s when
+ * n is PINS_JSON_STR_NUL, to b as a quoted JSON string, invalid UTF-8 replaced. Returns 0,
+ * PINS_ETOO_LARGE or PINS_ENOMEM (from b). */
 int pins_json_str_put(pins_buf *b, const char *s, size_t n);
 
 /* As pins_json_str_put, but s must be valid UTF-8. Returns 0, PINS_EINVALID_ARGUMENT when it is

@@ -41,7 +41,7 @@ static const char *const level_names[] = {
 
 static void put_json_string(pins_buf *b, const char *s)
 {
-    pins_json_str_put(b, s, strlen(s));
+    pins_json_str_put(b, s, PINS_JSON_STR_NUL);
 }
 
 static bool text_needs_quotes(const char *s)

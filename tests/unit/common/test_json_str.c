@@ -24,6 +24,12 @@ static void check(const char *s, size_t n, const char *want)
     assert_int_equal(pins_json_str_put(&b, s, n), 0);
     assert_string_equal(pins_buf_ptr(&b), want);
     assert_int_equal(pins_buf_len(&b), strlen(want));
+    /* A C string without NUL bytes gives the same text without its length. */
+    if (s != NULL && memchr(s, '\0', n) == NULL && s[n] == '\0') {
+        pins_buf_reset(&b);
+        assert_int_equal(pins_json_str_put(&b, s, PINS_JSON_STR_NUL), 0);
+        assert_string_equal(pins_buf_ptr(&b), want);
+    }
     pins_buf_free(&b);
 }
 
@@ -110,10 +116,14 @@ static void test_json_str_replaces_invalid_utf8_per_byte(void **state)
         assert_int_equal(pins_json_str_put_strict(&b, bad[i], strlen(bad[i])),
                          PINS_EINVALID_ARGUMENT);
         assert_string_equal(pins_buf_ptr(&b), "x"); /* nothing of the string stays */
+        assert_int_equal(pins_json_str_put_strict(&b, bad[i], PINS_JSON_STR_NUL),
+                         PINS_EINVALID_ARGUMENT);
+        assert_string_equal(pins_buf_ptr(&b), "x");
         pins_buf_free(&b);
     }
     /* A cut sequence is judged by n, not by a NUL after it; valid text around bad bytes stays. */
     check("\xc3\xa9", 1, "\"\\ufffd\"");
+    check("\xe2\x82\0", 3, "\"\\ufffd\\ufffd\\u0000\"");
     check("a\xe2\x82\xac\xe2\x82z\n", 8, "\"a\xe2\x82\xac\\ufffd\\ufffdz\\n\"");
 }
 
