@@ -7,9 +7,11 @@
  * fast path of Clinger (at most 15 significant digits and a power of ten up to 1e22, both exact
  * doubles, so one IEEE operation rounds correctly) and fall back to strtod otherwise.
  *
- * The writer appends into one malloc'd buffer whose capacity never exceeds max_bytes + 1, so the
- * size limit costs one comparison per append. Duplicate keys are found by pairwise comparison for
- * small objects and by a hash table on a scratch stack for larger ones.
+ * The writer appends into one pins_buf (common/buf.h) whose maximum is max_bytes, so the size limit
+ * costs one comparison per append; strings go through the shared strict JSON string writer
+ * (common/json_str.h), and UTF-8 is checked by pins_utf8_seq in both directions. Duplicate keys
+ * are found by pairwise comparison for small objects and by a hash table on a scratch stack for
+ * larger ones.
  */
 #include "common/pbstruct.h"
 
@@ -24,7 +26,11 @@
 
 #include <openssl/evp.h>
 
+#include "common/buf.h"
 #include "common/error.h"
+#include "common/hash.h"
+#include "common/json_str.h"
+#include "common/utf8.h"
 
 #define SMALL_OBJECT 8   /* objects up to this many keys look for duplicates pairwise */
 #define INLINE_STACK 128 /* parser pointer-stack slots before it moves to the heap */
@@ -47,157 +53,44 @@ static int clamp_depth(int max_depth)
     return max_depth > PBSTRUCT_MAX_DEPTH ? PBSTRUCT_MAX_DEPTH : max_depth;
 }
 
-/* Length of the valid UTF-8 sequence starting with the non-ASCII byte p[0], or 0 when it is
- * invalid (Unicode table 3-7). avail is how many bytes may be read; a NUL-terminated string may
- * pass 4, since a NUL is never a continuation byte and stops the checks in order. */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-    unsigned c = p[0];
-    if (c < 0xC2 || c > 0xF4)
-        return 0;
-    if (c < 0xE0)
-        return avail >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (c < 0xF0) {
-        unsigned lo = c == 0xE0 ? 0xA0 : 0x80;
-        unsigned hi = c == 0xED ? 0x9F : 0xBF;
-        if (avail < 3 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80)
-            return 0;
-        return 3;
-    }
-    unsigned lo = c == 0xF0 ? 0x90 : 0x80;
-    unsigned hi = c == 0xF4 ? 0x8F : 0xBF;
-    if (avail < 4 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
-        return 0;
-    return 4;
-}
-
 /* ---- writer ---------------------------------------------------------------------------------- */
 
 struct writer {
-    char *buf;
-    size_t len;
-    size_t cap; /* never more than max + 1 */
-    size_t max;
+    pins_buf b; /* the text; its maximum is max_bytes */
     int max_depth;
     unsigned char *scratch; /* LIFO of duplicate-key tables; addressed by offsets */
     size_t scratch_len;
     size_t scratch_cap;
 };
 
-static int grow(struct writer *w, size_t n)
+/* The reason for an error of the buffer or the string writer. Cold: kept out of the appends. */
+__attribute__((cold, noinline)) static int fail_put(int rv)
 {
-    if (n > w->max - w->len)
+    if (rv == PINS_ETOO_LARGE)
         return fail(PBSTRUCT_REASON_TOO_LARGE);
-    size_t want = w->len + n + 1;
-    size_t cap = w->cap != 0 ? w->cap : 256;
-    while (cap < want)
-        cap *= 2;
-    if (cap > w->max + 1)
-        cap = w->max + 1;
-    char *nb = realloc(w->buf, cap);
-    if (nb == NULL)
-        return fail(PBSTRUCT_REASON_NOMEM);
-    w->buf = nb;
-    w->cap = cap;
-    return 0;
-}
-
-/* Makes room for n more bytes plus the final NUL; fails when the text would exceed max. */
-static inline int reserve(struct writer *w, size_t n)
-{
-    if (w->cap - w->len > n)
-        return 0;
-    return grow(w, n);
+    if (rv == PINS_EINVALID_ARGUMENT)
+        return fail(PBSTRUCT_REASON_BAD_UTF8);
+    return fail(PBSTRUCT_REASON_NOMEM);
 }
 
 static inline int put(struct writer *w, const void *s, size_t n)
 {
-    int rv = reserve(w, n);
-    if (rv != 0)
-        return rv;
-    memcpy(w->buf + w->len, s, n);
-    w->len += n;
-    return 0;
+    int rv = pins_buf_add(&w->b, s, n);
+    return rv == 0 ? 0 : fail_put(rv);
 }
 
 static inline int putc1(struct writer *w, char c)
 {
-    int rv = reserve(w, 1);
-    if (rv != 0)
-        return rv;
-    w->buf[w->len++] = c;
-    return 0;
+    int rv = pins_buf_add_byte(&w->b, c);
+    return rv == 0 ? 0 : fail_put(rv);
 }
 
 static int put_string(struct writer *w, const char *str)
 {
-    static const char hex[] = "0123456789abcdef";
     if (str == NULL)
         return fail(PBSTRUCT_REASON_NO_KIND);
-    int rv = putc1(w, '"');
-    if (rv != 0)
-        return rv;
-    const unsigned char *p = (const unsigned char *)str;
-    const unsigned char *run = p;
-    for (;;) {
-        unsigned c = *p;
-        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0x80) {
-            size_t k = utf8_seq(p, 4);
-            if (k == 0)
-                return fail(PBSTRUCT_REASON_BAD_UTF8);
-            p += k;
-            continue;
-        }
-        if (p > run) {
-            rv = put(w, run, (size_t)(p - run));
-            if (rv != 0)
-                return rv;
-        }
-        if (c == 0)
-            break;
-        char esc[6] = {'\\', 0, 0, 0, 0, 0};
-        size_t n = 2;
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            n = 6;
-            break;
-        }
-        rv = put(w, esc, n);
-        if (rv != 0)
-            return rv;
-        run = ++p;
-    }
-    return putc1(w, '"');
+    int rv = pins_json_str_put_strict(&w->b, str, PINS_JSON_STR_NUL);
+    return rv == 0 ? 0 : fail_put(rv);
 }
 
 /* Writes the decimal digits of u ending at e; returns where they start. */
@@ -321,10 +214,7 @@ static int put_member(struct writer *w, const Google__Protobuf__Struct__FieldsEn
 
 static uint32_t hash_key(const char *k, size_t n)
 {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)k[i]) * 16777619u;
-    return h;
+    return (uint32_t)pins_fnv1a(PINS_FNV1A_INIT, k, n);
 }
 
 /* Pushes size bytes onto the scratch stack; *poff gets their offset. */
@@ -617,7 +507,7 @@ static int parse_string(struct parser *ps, char **pout)
         if (c < 0x20)
             return fail(PBSTRUCT_REASON_SYNTAX);
         if (c >= 0x80) {
-            size_t k = utf8_seq(p, (size_t)(end - p));
+            size_t k = pins_utf8_seq(p, (size_t)(end - p));
             if (k == 0)
                 return fail(PBSTRUCT_REASON_BAD_UTF8);
             p += k;
@@ -891,20 +781,15 @@ static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int de
 int pbstruct_to_json(const Google__Protobuf__Struct *s, size_t max_bytes, int max_depth,
                      char **pjson, size_t *plen)
 {
-    struct writer w = {
-        .max = max_bytes < SIZE_MAX / 4 ? max_bytes : SIZE_MAX / 4,
-        .max_depth = clamp_depth(max_depth),
-    };
+    struct writer w = {.max_depth = clamp_depth(max_depth)};
+    pins_buf_init(&w.b, max_bytes);
     int rv = put_struct(&w, s, 1);
     if (rv != 0)
         goto out;
-    w.buf[w.len] = '\0';
-    *pjson = w.buf;
-    *plen = w.len;
-    w.buf = NULL;
+    *pjson = pins_buf_take(&w.b, plen);
     last_reason = PBSTRUCT_REASON_NONE;
 out:
-    free(w.buf);
+    pins_buf_free(&w.b);
     free(w.scratch);
     return rv;
 }
