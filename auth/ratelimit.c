@@ -38,6 +38,8 @@
 #include "auth/auth.h"
 #include "common/error.h"
 #include "common/fmt.h"
+#include "common/hash.h"
+#include "common/rand.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
 #include "observability/metrics.h"
@@ -147,7 +149,7 @@ struct ratelimit_worker {
     bool wait_armed;
     bool logged_down;
     bool closing;
-    uint64_t rng;
+    pins_rand rng; /* reconnect jitter */
     tstate *chains[RATELIMIT__LEASE_CHAINS];
     size_t ntenants;
     metrics_cell *cells[2][3]; /* rate_limit_decisions_total: [allowed][backend] */
@@ -439,14 +441,6 @@ static void decide_locally(ratelimit_worker *w, rpc_call *call, const char *tena
 
 /* ---- the Redis connection -------------------------------------------------------------------- */
 
-static uint64_t next_random(ratelimit_worker *w)
-{
-    w->rng ^= w->rng << 13;
-    w->rng ^= w->rng >> 7;
-    w->rng ^= w->rng << 17;
-    return w->rng;
-}
-
 static void set_down(ratelimit_worker *w, const char *why)
 {
     if (w->state == CONN_UP)
@@ -464,7 +458,7 @@ static void schedule_reconnect(ratelimit_worker *w)
     if (w->closing || w->retry_ev == NULL)
         return;
     int half = w->backoff_ms / 2;
-    int delay = half + (int)(next_random(w) % (uint64_t)(half + 1));
+    int delay = half + (int)pins_rand_below(&w->rng, (uint64_t)half + 1);
     struct timeval tv = {.tv_sec = delay / 1000, .tv_usec = (delay % 1000) * 1000};
     evtimer_add(w->retry_ev, &tv);
     w->backoff_ms *= 2;
@@ -587,16 +581,6 @@ static void conn_connect(ratelimit_worker *w)
 
 /* ---- leases and the calls waiting for them -------------------------------------------------- */
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 static bool tstate_idle(const tstate *ts, int64_t now_ns)
 {
     return ts->inflight == NULL && ts->nwaiting == 0 &&
@@ -635,7 +619,7 @@ static void tstate_evict(ratelimit_worker *w, int64_t now_ns)
 /* The worker's state for tenant, created when missing; NULL when out of memory or full. */
 static tstate *tstate_get(ratelimit_worker *w, const char *tenant, int64_t now_ns)
 {
-    uint64_t h = fnv1a(tenant);
+    uint64_t h = pins_fnv1a_str(PINS_FNV1A_INIT, tenant, NULL);
     tstate **chain = &w->chains[h % RATELIMIT__LEASE_CHAINS];
     for (tstate *ts = *chain; ts != NULL; ts = ts->next) {
         if (ts->hash == h && strcmp(ts->tenant, tenant) == 0) {
@@ -967,9 +951,7 @@ int ratelimit_worker_new(ratelimit *rl, struct event_base *base, ratelimit_worke
     w->rl = rl;
     w->base = base;
     w->backoff_ms = RATELIMIT__BACKOFF_MIN_MS;
-    w->rng = (uint64_t)pins_time_mono_ns() ^ (uint64_t)(uintptr_t)w ^ 0x9e3779b97f4a7c15ull;
-    if (w->rng == 0)
-        w->rng = 1;
+    pins_rand_seed(&w->rng);
     if (rl->use_redis) {
         w->retry_ev = evtimer_new(base, on_retry, w);
         w->drop_ev = evtimer_new(base, on_drop, w);

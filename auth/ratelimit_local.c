@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/hash.h"
 
 #define CHAINS 64
 
@@ -37,16 +38,6 @@ struct ratelimit__local {
     size_t cap; /* buckets per stripe */
     stripe stripes[RATELIMIT__STRIPES];
 };
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s != '\0'; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
 
 static double refilled(const ratelimit__local *l, const bucket *b, int64_t now_ns)
 {
@@ -121,7 +112,7 @@ void ratelimit__local_free(ratelimit__local *l)
 int ratelimit__local_take(ratelimit__local *l, const char *tenant, int64_t now_ns,
                           ratelimit__decision *pd)
 {
-    uint64_t h = fnv1a(tenant);
+    uint64_t h = pins_fnv1a_str(PINS_FNV1A_INIT, tenant, NULL);
     stripe *s = &l->stripes[h % RATELIMIT__STRIPES];
     size_t chain = (size_t)((h / RATELIMIT__STRIPES) % CHAINS);
     int rv = 0;

@@ -25,6 +25,7 @@
 #include "auth/auth.h"
 #include "common/arena.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
 #include "observability/metrics.h"
@@ -461,12 +462,8 @@ void rpc_audit_drain(rpc_audit *q, int timeout_ms)
 
 static uint64_t mix(uint64_t h, const char *s)
 {
-    /* FNV-1a over the string and its terminator, so ("ab","c") and ("a","bc") differ. */
-    const unsigned char *p = (const unsigned char *)(s != NULL ? s : "");
-    do {
-        h = (h ^ *p) * 0x100000001b3ull;
-    } while (*p++ != '\0');
-    return h;
+    /* FNV-1a over the string and its terminator (h ^ 0), so ("ab","c") and ("a","bc") differ. */
+    return pins_fnv1a_str(h, s != NULL ? s : "", NULL) * PINS_FNV1A_PRIME;
 }
 
 static bool same(const char *a, const char *b)
@@ -508,7 +505,7 @@ static const char *shadow_reason(const char *reason)
 
 static uint64_t decision_hash(const decision_row *d)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = PINS_FNV1A_INIT;
     h = mix(mix(mix(mix(h, d->subject), d->resource), d->action), d->reason);
     h = mix(mix(mix(h, d->path), d->method), d->tenant);
     for (size_t i = 0; i < d->nroles; i++)
@@ -691,7 +688,7 @@ void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *te
     const char *agent = rpc_call_header(call, "x-agent-id");
     const char *k = key != NULL ? key : "";
     double ms = elapsed_ms(call);
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = PINS_FNV1A_INIT;
     h = mix(mix(mix(mix(h, operation), tenant), k), agent);
     h ^= (uint64_t)(err == 0) << 1 | (uint64_t)cache_hit;
     size_t mask = qu->icap - 1;
