@@ -11,55 +11,20 @@
 
 #include <string.h>
 
+#include "common/base64.h"
 #include "common/error.h"
 
-/* 0..63 for the base64url alphabet, 64 for anything else. */
-static const uint8_t b64url_value[256] = {
-    ['A'] = 0,  ['B'] = 1,  ['C'] = 2,  ['D'] = 3,  ['E'] = 4,  ['F'] = 5,  ['G'] = 6,  ['H'] = 7,
-    ['I'] = 8,  ['J'] = 9,  ['K'] = 10, ['L'] = 11, ['M'] = 12, ['N'] = 13, ['O'] = 14, ['P'] = 15,
-    ['Q'] = 16, ['R'] = 17, ['S'] = 18, ['T'] = 19, ['U'] = 20, ['V'] = 21, ['W'] = 22, ['X'] = 23,
-    ['Y'] = 24, ['Z'] = 25, ['a'] = 26, ['b'] = 27, ['c'] = 28, ['d'] = 29, ['e'] = 30, ['f'] = 31,
-    ['g'] = 32, ['h'] = 33, ['i'] = 34, ['j'] = 35, ['k'] = 36, ['l'] = 37, ['m'] = 38, ['n'] = 39,
-    ['o'] = 40, ['p'] = 41, ['q'] = 42, ['r'] = 43, ['s'] = 44, ['t'] = 45, ['u'] = 46, ['v'] = 47,
-    ['w'] = 48, ['x'] = 49, ['y'] = 50, ['z'] = 51, ['0'] = 52, ['1'] = 53, ['2'] = 54, ['3'] = 55,
-    ['4'] = 56, ['5'] = 57, ['6'] = 58, ['7'] = 59, ['8'] = 60, ['9'] = 61, ['-'] = 62, ['_'] = 63,
-};
-
-static bool b64url_char(unsigned char c)
-{
-    return c == 'A' || b64url_value[c] != 0;
-}
-
+/* A JWT part: base64url without padding, and canonical (the bits left over after the last byte
+ * must be zero: one encoding per byte string). */
 int auth__b64url_decode(const char *in, size_t len, uint8_t *out, size_t *pn)
 {
-    if (len % 4 == 1)
-        return PINS_EINVALID_ARGUMENT;
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (!b64url_char(c))
-            return PINS_EINVALID_ARGUMENT;
-        acc = (acc << 6) | b64url_value[c];
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    /* The bits left over must be zero: one encoding per byte string. */
-    if (acc != 0)
-        return PINS_EINVALID_ARGUMENT;
-    *pn = n;
-    return 0;
+    return pins_base64_decode(in, len, PINS_BASE64_URL | PINS_BASE64_CANONICAL, out, pn);
 }
 
 /* Decodes one part into the arena and parses it as a JSON object. */
 static json_t *decode_object(pins_arena *a, const char *part, size_t len, int *prv)
 {
-    uint8_t *buf = pins_arena_alloc(a, len / 4 * 3 + 3);
+    uint8_t *buf = pins_arena_alloc(a, pins_base64_decoded_max(len) + 1);
     size_t n = 0;
     if (buf == NULL) {
         *prv = PINS_ENOMEM;

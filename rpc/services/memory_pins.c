@@ -4,10 +4,12 @@
  * store callback, which may run before the store call returns. Client-visible messages follow the
  * M7 wording ("Pin not found: <key>") so existing clients keep matching them.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/base64.h"
 #include "common/config.h"
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
@@ -347,31 +349,18 @@ void rpc__pins_get(rpc_call *call)
 
 /* Page tokens are "<offset>.<created_us>.<id>" in URL-safe base64 without padding: the keyset
  * position of the last pin returned, so pages neither skip nor repeat pins when others are
- * inserted meanwhile, plus the offset to report. */
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+ * inserted meanwhile, plus the offset to report. The decoder ignores the bits left over after the
+ * last byte, and a last character that completes no byte (PINS_BASE64_LOOSE_TAIL), as it always
+ * did. */
 
 static char *token_encode(pins_arena *a, int64_t offset, int64_t created_us, int64_t id)
 {
     char raw[80];
     int n = snprintf(raw, sizeof(raw), "%lld.%lld.%lld", (long long)offset, (long long)created_us,
                      (long long)id);
-    char *out = pins_arena_alloc(a, (size_t)n * 4 / 3 + 4);
-    if (out == NULL)
-        return NULL;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (int i = 0; i < n; i++) {
-        acc = acc << 8 | (unsigned char)raw[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            out[o++] = b64[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0)
-        out[o++] = b64[(acc << (6 - bits)) & 63];
-    out[o] = '\0';
+    char *out = pins_arena_alloc(a, pins_base64_encoded_len((size_t)n, PINS_BASE64_URL) + 1);
+    if (out != NULL)
+        pins_base64_encode(raw, (size_t)n, PINS_BASE64_URL, out);
     return out;
 }
 
@@ -406,26 +395,13 @@ static bool parse_i64(const char **ps, const char *end, char stop, int64_t *pv)
 
 static bool token_decode(const char *tok, int64_t *poffset, int64_t *pcreated, int64_t *pid)
 {
-    char raw[80];
+    uint8_t raw[80];
     size_t n = 0, len = strlen(tok);
-    uint32_t acc = 0;
-    int bits = 0;
-    if (len == 0 || len > 100)
+    static_assert(100 / 4 * 3 <= sizeof(raw), "a token of 100 characters fits raw");
+    if (len == 0 || len > 100 ||
+        pins_base64_decode(tok, len, PINS_BASE64_URL | PINS_BASE64_LOOSE_TAIL, raw, &n) != 0)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        const char *p = memchr(b64, tok[i], 64);
-        if (p == NULL || tok[i] == '\0')
-            return false;
-        acc = acc << 6 | (uint32_t)(p - b64);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (n >= sizeof(raw))
-                return false;
-            raw[n++] = (char)((acc >> bits) & 0xff);
-        }
-    }
-    const char *s = raw, *end = raw + n;
+    const char *s = (const char *)raw, *end = s + n;
     int64_t off, created, id;
     if (!parse_i64(&s, end, '.', &off) || !parse_i64(&s, end, '.', &created) ||
         !parse_i64(&s, end, '\0', &id) || off < 0 || id < 0)
