@@ -20,6 +20,7 @@
  */
 #include "store/pg_int.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "common/error.h"
@@ -188,15 +189,15 @@ static pg_req *queue_pop(pg_session *ss)
 }
 
 /* Appends s as an element of a PostgreSQL array literal. */
-static void buf_elem(store__buf *b, const char *s, bool first)
+static void buf_elem(pins_buf *b, const char *s, bool first)
 {
-    store__buf_put(b, first ? "\"" : ",\"", first ? 1 : 2);
+    (void)pins_buf_add(b, first ? "\"" : ",\"", first ? 1 : 2);
     for (const char *p = s != NULL ? s : ""; *p != '\0'; p++) {
         if (*p == '"' || *p == '\\')
-            store__buf_put(b, "\\", 1);
-        store__buf_put(b, p, 1);
+            (void)pins_buf_add_byte(b, '\\');
+        (void)pins_buf_add_byte(b, *p);
     }
-    store__buf_put(b, "\"", 1);
+    (void)pins_buf_add_byte(b, '"');
 }
 
 /* Whether two GetPin calls name one (tenant, key); a NULL parameter reads as "", as in the
@@ -239,9 +240,11 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
         k->next = i + 1 < n ? kids[i + 1] : NULL;
     }
     pg_req *b = calloc(1, sizeof(*b));
-    store__buf arr[3] = {{0}};
-    for (int i = 0; i < 3; i++)
-        store__buf_put(&arr[i], "{", 1);
+    pins_buf arr[3];
+    for (int i = 0; i < 3; i++) {
+        pins_buf_init(&arr[i], SIZE_MAX); /* at most GET_BATCH_MAX validated tenants and keys */
+        (void)pins_buf_add_byte(&arr[i], '{');
+    }
     for (int d = 0; d < nd; d++) {
         char num[PINS_FMT_INT_MAX];
         pins_fmt_i64(num, now[d]);
@@ -251,12 +254,12 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
     }
     bool ok = b != NULL;
     for (int i = 0; i < 3; i++) {
-        store__buf_put(&arr[i], "}", 1);
-        ok = ok && !arr[i].failed;
+        (void)pins_buf_add_byte(&arr[i], '}');
+        ok = ok && pins_buf_error(&arr[i]) == 0;
     }
     if (!ok) {
         for (int i = 0; i < 3; i++)
-            store__buf_free(&arr[i]);
+            pins_buf_free(&arr[i]);
         free(b);
         for (int i = 0; i < n; i++)
             store__pg_fail_req(ss, kids[i], PINS_ENOMEM, "out of memory batching reads");
@@ -268,8 +271,8 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
     b->nkids = n;
     b->nparams = 3;
     for (int i = 0; i < 3; i++) {
-        b->owned[i] = arr[i].p;
-        b->params[i] = arr[i].p;
+        b->owned[i] = pins_buf_take(&arr[i], NULL);
+        b->params[i] = b->owned[i];
     }
     store__pg_conn_send(c, b);
 }
@@ -288,10 +291,10 @@ static int write_cmp(const pg_req *a, const pg_req *b)
 }
 
 /* Appends s as an element of a PostgreSQL array literal; NULL is an SQL NULL. */
-static void buf_elem_null(store__buf *b, const char *s, bool first)
+static void buf_elem_null(pins_buf *b, const char *s, bool first)
 {
     if (s == NULL)
-        store__buf_put(b, first ? "NULL" : ",NULL", first ? 4 : 5);
+        (void)pins_buf_add(b, first ? "NULL" : ",NULL", first ? 4 : 5);
     else
         buf_elem(b, s, first);
 }
@@ -320,21 +323,23 @@ static pg_req *chain_new(pg_req **w, int n)
     pg_req *b = calloc(1, sizeof(*b));
     if (b == NULL)
         return NULL;
-    store__buf arr[9] = {{0}};
+    pins_buf arr[9];
     bool ok = true;
-    for (int p = 0; p < 9; p++)
-        store__buf_put(&arr[p], "{", 1);
+    for (int p = 0; p < 9; p++) {
+        pins_buf_init(&arr[p], SIZE_MAX); /* at most WRITE_BATCH_MAX validated requests */
+        (void)pins_buf_add_byte(&arr[p], '{');
+    }
     for (int i = 0; i < n; i++) {
         for (int p = 0; p < 9; p++)
             buf_elem_null(&arr[p], w[i]->params[from[p]], i == 0);
     }
     for (int p = 0; p < 9; p++) {
-        store__buf_put(&arr[p], "}", 1);
-        ok = ok && !arr[p].failed;
+        (void)pins_buf_add_byte(&arr[p], '}');
+        ok = ok && pins_buf_error(&arr[p]) == 0;
     }
     if (!ok) {
         for (int p = 0; p < 9; p++)
-            store__buf_free(&arr[p]);
+            pins_buf_free(&arr[p]);
         free(b);
         return NULL;
     }
@@ -349,8 +354,8 @@ static pg_req *chain_new(pg_req **w, int n)
     b->params[0] = w[0]->params[0]; /* borrowed from the first call, freed with it */
     b->params[1] = w[0]->params[1];
     for (int p = 0; p < 9; p++) {
-        b->owned[2 + p] = arr[p].p;
-        b->params[2 + p] = arr[p].p;
+        b->owned[2 + p] = pins_buf_take(&arr[p], NULL);
+        b->params[2 + p] = b->owned[2 + p];
     }
     return b;
 }

@@ -14,6 +14,7 @@
 #include "store/pg_int.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -601,53 +602,53 @@ static int pg_audit_list(store_session *base, const store_audit_list_req *q, sto
 }
 
 /* A JSON number for v (0 for NaN and infinities, which JSON cannot express). */
-static void buf_num(store__buf *b, double v)
+static void buf_num(pins_buf *b, double v)
 {
     char num[40];
     int n = snprintf(num, sizeof(num), "%.17g", isfinite(v) ? v : 0.0);
-    store__buf_put(b, num, (size_t)n);
+    (void)pins_buf_add(b, num, (size_t)n);
 }
 
-static void buf_int(store__buf *b, int64_t v)
+static void buf_int(pins_buf *b, int64_t v)
 {
     char num[24];
     int n = snprintf(num, sizeof(num), "%lld", (long long)v);
-    store__buf_put(b, num, (size_t)n);
+    (void)pins_buf_add(b, num, (size_t)n);
 }
 
-static void buf_field(store__buf *b, const char *name, bool first)
+static void buf_field(pins_buf *b, const char *name, bool first)
 {
     if (!first)
-        store__buf_put(b, ",", 1);
-    store__buf_json_str(b, name);
-    store__buf_put(b, ":", 1);
+        (void)pins_buf_add_byte(b, ',');
+    store__json_str(b, name);
+    (void)pins_buf_add_byte(b, ':');
 }
 
 /* Queues one INSERT ... FROM jsonb_to_recordset($1) with json (taken: the request owns it). */
-static int submit_rows(pg_session *ss, op_kind kind, const char *sql, store__buf *json,
+static int submit_rows(pg_session *ss, op_kind kind, const char *sql, pins_buf *json,
                        store_count_cb cb, void *arg)
 {
-    pg_req *r = json->failed ? NULL : req_new(ss, kind, sql, arg);
+    pg_req *r = pins_buf_error(json) != 0 ? NULL : req_new(ss, kind, sql, arg);
     if (r == NULL) {
-        store__buf_free(json);
+        pins_buf_free(json);
         return PINS_ENOMEM;
     }
     r->cb.count = cb;
     int i = r->nparams++;
-    r->owned[i] = json->p;
-    r->params[i] = json->p;
-    *json = (store__buf){0};
+    r->owned[i] = pins_buf_take(json, NULL);
+    r->params[i] = r->owned[i];
     return store__pg_submit(ss, r);
 }
 
 static int pg_memory_audit_write(store_session *base, const store_memory_audit *rows, size_t n,
                                  store_count_cb cb, void *arg)
 {
-    store__buf b = {0};
-    store__buf_put(&b, "[", 1);
+    pins_buf b;
+    pins_buf_init(&b, SIZE_MAX); /* at most STORE_AUDIT_WRITE_MAX rows the caller collected */
+    (void)pins_buf_add_byte(&b, '[');
     for (size_t i = 0; i < n; i++) {
         const store_memory_audit *m = &rows[i];
-        store__buf_put(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
+        (void)pins_buf_add(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
         buf_field(&b, "ts_us", true);
         buf_int(&b, m->ts_us);
         const struct {
@@ -665,19 +666,19 @@ static int pg_memory_audit_write(store_session *base, const store_memory_audit *
         };
         for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
             buf_field(&b, texts[k].name, false);
-            store__buf_json_str(&b, texts[k].value);
+            store__json_str(&b, texts[k].value);
         }
         buf_field(&b, "cache_hit", false);
-        store__buf_put(&b, m->cache_hit ? "true" : "false", m->cache_hit ? 4 : 5);
+        (void)pins_buf_add_str(&b, m->cache_hit ? "true" : "false");
         buf_field(&b, "success", false);
-        store__buf_put(&b, m->success ? "true" : "false", m->success ? 4 : 5);
+        (void)pins_buf_add_str(&b, m->success ? "true" : "false");
         buf_field(&b, "latency_ms", false);
         buf_num(&b, m->latency_ms);
         buf_field(&b, "reads", false);
         buf_int(&b, m->reads);
-        store__buf_put(&b, "}", 1);
+        (void)pins_buf_add_byte(&b, '}');
     }
-    store__buf_put(&b, "]", 1);
+    (void)pins_buf_add_byte(&b, ']');
     return submit_rows((pg_session *)base, OP_MAUDIT_WRITE, store__pg_sql_maudit_write, &b, cb,
                        arg);
 }
@@ -685,11 +686,12 @@ static int pg_memory_audit_write(store_session *base, const store_memory_audit *
 static int pg_rbac_audit_write(store_session *base, const store_rbac_audit *rows, size_t n,
                                store_count_cb cb, void *arg)
 {
-    store__buf b = {0};
-    store__buf_put(&b, "[", 1);
+    pins_buf b;
+    pins_buf_init(&b, SIZE_MAX); /* at most STORE_AUDIT_WRITE_MAX rows the caller collected */
+    (void)pins_buf_add_byte(&b, '[');
     for (size_t i = 0; i < n; i++) {
         const store_rbac_audit *m = &rows[i];
-        store__buf_put(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
+        (void)pins_buf_add(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
         buf_field(&b, "ts_us", true);
         buf_int(&b, m->ts_us);
         const struct {
@@ -703,19 +705,19 @@ static int pg_rbac_audit_write(store_session *base, const store_rbac_audit *rows
         };
         for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
             buf_field(&b, texts[k].name, false);
-            store__buf_json_str(&b, texts[k].value);
+            store__json_str(&b, texts[k].value);
         }
         buf_field(&b, "allowed", false);
-        store__buf_put(&b, m->allowed ? "true" : "false", m->allowed ? 4 : 5);
+        (void)pins_buf_add_str(&b, m->allowed ? "true" : "false");
         buf_field(&b, "roles", false);
-        store__buf_json_strs(&b, m->roles, m->nroles);
+        store__json_strs(&b, m->roles, m->nroles);
         buf_field(&b, "latency_ms", false);
         buf_num(&b, m->latency_ms);
         buf_field(&b, "count", false);
         buf_int(&b, m->count);
-        store__buf_put(&b, "}", 1);
+        (void)pins_buf_add_byte(&b, '}');
     }
-    store__buf_put(&b, "]", 1);
+    (void)pins_buf_add_byte(&b, ']');
     return submit_rows((pg_session *)base, OP_RAUDIT_WRITE, store__pg_sql_raudit_write, &b, cb,
                        arg);
 }

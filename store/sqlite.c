@@ -1497,9 +1497,9 @@ static int sqlite_ping(store_session *base, store_count_cb cb, void *arg)
 
 /* ---- audit rows written in batches ---------------------------------------------------------- */
 
-typedef int (*bind_row_fn)(binder *b, const void *rows, size_t i, store__buf *scratch);
+typedef int (*bind_row_fn)(binder *b, const void *rows, size_t i, pins_buf *scratch);
 
-static int bind_memory_row(binder *b, const void *rows, size_t i, store__buf *scratch)
+static int bind_memory_row(binder *b, const void *rows, size_t i, pins_buf *scratch)
 {
     const store_memory_audit *r = &((const store_memory_audit *)rows)[i];
     bind_int(b, 1, r->ts_us);
@@ -1518,12 +1518,12 @@ static int bind_memory_row(binder *b, const void *rows, size_t i, store__buf *sc
     return 0;
 }
 
-static int bind_rbac_row(binder *b, const void *rows, size_t i, store__buf *scratch)
+static int bind_rbac_row(binder *b, const void *rows, size_t i, pins_buf *scratch)
 {
     const store_rbac_audit *r = &((const store_rbac_audit *)rows)[i];
-    scratch->len = 0;
-    store__buf_json_strs(scratch, r->roles, r->nroles);
-    if (scratch->failed)
+    pins_buf_reset(scratch);
+    store__json_strs(scratch, r->roles, r->nroles);
+    if (pins_buf_error(scratch) != 0)
         return PINS_ENOMEM;
     bind_int(b, 1, r->ts_us);
     bind_str(b, 2, r->subject);
@@ -1531,7 +1531,7 @@ static int bind_rbac_row(binder *b, const void *rows, size_t i, store__buf *scra
     bind_str(b, 4, r->action);
     bind_int(b, 5, r->allowed);
     bind_str(b, 6, r->reason);
-    bind_text(b, 7, scratch->p, scratch->len);
+    bind_text(b, 7, pins_buf_ptr(scratch), pins_buf_len(scratch));
     bind_str(b, 8, r->path);
     bind_str(b, 9, r->method);
     bind_str(b, 10, r->tenant_id);
@@ -1547,7 +1547,8 @@ static int insert_rows(sqlite_session *ss, sqlite3_stmt *st, const void *rows, s
                        bind_row_fn bind, const char *what, store_count_cb cb, void *arg)
 {
     sqlite_store *s = (sqlite_store *)ss->base.store;
-    store__buf scratch = {0};
+    pins_buf scratch;
+    pins_buf_init(&scratch, SIZE_MAX); /* one row's roles, which the caller collected */
     pthread_mutex_lock(&s->write_lock);
     int err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
     for (size_t i = 0; i < n && err == 0; i++) {
@@ -1568,7 +1569,7 @@ static int insert_rows(sqlite_session *ss, sqlite3_stmt *st, const void *rows, s
     else
         ss->stats.write_commits++;
     pthread_mutex_unlock(&s->write_lock);
-    store__buf_free(&scratch);
+    pins_buf_free(&scratch);
     ss->depth++;
     cb(arg, err, err == 0 ? (int64_t)n : 0);
     ss->depth--;

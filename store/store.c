@@ -11,8 +11,8 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/json_str.h"
 #include "common/pbstruct.h"
-#include "common/utf8.h"
 #include "observability/metrics.h"
 
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
@@ -108,73 +108,23 @@ static void metrics_init(void)
         "memory_audit_writes_total", "Memory audit rows written, failed or dropped.", status, 1);
 }
 
-void store__buf_put(store__buf *b, const char *s, size_t n)
+void store__json_str(pins_buf *b, const char *s)
 {
-    if (b->failed)
-        return;
-    if (b->cap - b->len <= n) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len <= n && cap < SIZE_MAX / 2)
-            cap *= 2;
-        char *p = cap - b->len > n ? realloc(b->p, cap) : NULL;
-        if (p == NULL) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
+    if (s == NULL)
+        (void)pins_buf_add(b, "null", 4);
+    else
+        (void)pins_json_str_put(b, s, strlen(s));
 }
 
-void store__buf_json_str(store__buf *b, const char *s)
+void store__json_strs(pins_buf *b, const char *const *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    if (s == NULL) {
-        store__buf_put(b, "null", 4);
-        return;
-    }
-    store__buf_put(b, "\"", 1);
-    const unsigned char *u = (const unsigned char *)s;
-    size_t n = strlen(s);
-    for (size_t i = 0; i < n;) {
-        size_t len = pins_utf8_seq(u + i, n - i);
-        if (len == 0) {
-            store__buf_put(b, "\\ufffd", 6);
-            i++;
-        } else if (u[i] == '"' || u[i] == '\\') {
-            char esc[2] = {'\\', (char)u[i]};
-            store__buf_put(b, esc, 2);
-            i++;
-        } else if (u[i] < 0x20 || u[i] == 0x7f) {
-            char esc[6] = {'\\', 'u', '0', '0', hex[u[i] >> 4], hex[u[i] & 0xf]};
-            store__buf_put(b, esc, 6);
-            i++;
-        } else {
-            store__buf_put(b, s + i, len);
-            i += len;
-        }
-    }
-    store__buf_put(b, "\"", 1);
-}
-
-void store__buf_json_strs(store__buf *b, const char *const *s, size_t n)
-{
-    store__buf_put(b, "[", 1);
+    (void)pins_buf_add_byte(b, '[');
     for (size_t i = 0; i < n; i++) {
         if (i > 0)
-            store__buf_put(b, ",", 1);
-        store__buf_json_str(b, s[i]);
+            (void)pins_buf_add_byte(b, ',');
+        store__json_str(b, s[i]);
     }
-    store__buf_put(b, "]", 1);
-}
-
-void store__buf_free(store__buf *b)
-{
-    free(b->p);
-    *b = (store__buf){0};
+    (void)pins_buf_add_byte(b, ']');
 }
 
 int store__pack_value(pins_arena *scratch, pins_arena *dst, const char *json, size_t len,

@@ -1,6 +1,7 @@
 /* store/store_int.h: the backend contract behind store.h: what every backend implements (the
  * store__backend table, the heads of its store and session) and the helpers backends share
- * (last-error detail, JSON text buffers, value packing, event-loop glue, migration rows).
+ * (last-error detail, JSON strings into a pins_buf, value packing, event-loop glue, migration
+ * rows).
  * Included only inside store/. A backend's own internals live in its own header
  * (store/sqlite_int.h, store/pg_int.h), included by its files and by store.c's backend table.
  *
@@ -27,6 +28,7 @@
 #include <stdint.h>
 
 #include "common/arena.h"
+#include "common/buf.h"
 #include "store/store.h"
 
 /* Bytes kept of a session's last error detail, NUL included; longer details are truncated. */
@@ -110,23 +112,11 @@ struct store_session {
 void store__session_error(store_session *ss, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* A growable byte buffer for building JSON texts. A failed allocation sets failed and makes every
- * later append a no-op; the text is NUL-terminated while !failed. */
-typedef struct store__buf {
-    char *p; /* malloc'd, freed with store__buf_free() */
-    size_t len;
-    size_t cap;
-    bool failed;
-} store__buf;
-
-/* Appends s[0..n). */
-void store__buf_put(store__buf *b, const char *s, size_t n);
-/* Appends s as a JSON string ("null" for NULL); bytes that are not valid UTF-8 become U+FFFD, so
- * the text is always valid JSON. */
-void store__buf_json_str(store__buf *b, const char *s);
-/* Appends a JSON array of the n strings. */
-void store__buf_json_strs(store__buf *b, const char *const *s, size_t n);
-void store__buf_free(store__buf *b);
+/* Appends s to b as a JSON string ("null" for NULL); bytes that are not valid UTF-8 become
+ * U+FFFD, so the text is always valid JSON. A failure sticks in pins_buf_error(b). */
+void store__json_str(pins_buf *b, const char *s);
+/* Appends a JSON array of the n strings, as store__json_str. */
+void store__json_strs(pins_buf *b, const char *const *s, size_t n);
 /* value_json[0..len) packed as a google.protobuf.Struct into dst; the Struct itself is built in
  * scratch, which is reset afterwards. Returns 0 and sets *ppb and *plen; PINS_EINVALID_ARGUMENT
  * when pbstruct cannot read the value as an object; PINS_ENOMEM. Callers treat a failure as "no
