@@ -106,6 +106,15 @@ static int digits(const char *s, size_t n, int *pv)
     return 0;
 }
 
+/* Days in month m (1..12) of year y, proleptic Gregorian. */
+static int month_days(int y, int m)
+{
+    static const unsigned char days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (m == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0))
+        return 29;
+    return days[m - 1];
+}
+
 int pins_time_parse_us(const char *s, size_t len, int64_t *pus)
 {
     int Y, M, D, h, mi, sec;
@@ -115,7 +124,7 @@ int pins_time_parse_us(const char *s, size_t len, int64_t *pus)
     if (digits(s, 4, &Y) || digits(s + 5, 2, &M) || digits(s + 8, 2, &D) || digits(s + 11, 2, &h) ||
         digits(s + 14, 2, &mi) || digits(s + 17, 2, &sec))
         return PINS_EINVALID_ARGUMENT;
-    if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || mi > 59 || sec > 60)
+    if (M < 1 || M > 12 || D < 1 || D > month_days(Y, M) || h > 23 || mi > 59 || sec > 60)
         return PINS_EINVALID_ARGUMENT;
     size_t i = 19;
     int64_t frac = 0;

@@ -27,7 +27,8 @@ int64_t pins_time_mono_ns(void);
  * Returns the length written. */
 size_t pins_time_format_us(int64_t us, char *buf);
 /* Parses an RFC 3339 timestamp (any offset, fraction up to nanoseconds, truncated to
- * microseconds). Returns 0 or PINS_EINVALID_ARGUMENT. */
+ * microseconds). The day must exist in its month (no 31 April, 29 February only in leap years);
+ * second 60 (a leap second) reads as 59. Returns 0 or PINS_EINVALID_ARGUMENT (*pus untouched). */
 int pins_time_parse_us(const char *s, size_t len, int64_t *pus);
 
 #endif
