@@ -14,11 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/buf.h"
 #include "common/json_str.h"
+#include "common/timeutil.h"
 
 /* The longest line written. Every value a line carries is bounded where it comes from: the
  * longest are peer-chosen strings from request headers (a JWT subject, a request id), which the
@@ -80,21 +80,16 @@ static void put_text(pins_buf *b, const char *s, bool quote)
         pins_buf_add_byte(b, '"');
 }
 
-/* RFC 3339 UTC with microseconds: 2024-05-01T12:00:00.123456Z. Returns the length. */
-static size_t format_timestamp(char out[40])
+/* RFC 3339 UTC with microseconds from the process's clock (common/timeutil.h, which a test may
+ * replace): 2024-05-01T12:00:00.123456Z. Returns the length. */
+static size_t format_timestamp(char out[PINS_TIME_RFC3339_LEN])
 {
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 40 - n, ".%06ldZ", ts.tv_nsec / 1000);
-    return strlen(out);
+    return pins_time_format_us(pins_time_now_us(), out);
 }
 
 static void put_timestamp(pins_buf *b)
 {
-    char out[40];
+    char out[PINS_TIME_RFC3339_LEN];
     pins_buf_add(b, out, format_timestamp(out));
 }
 

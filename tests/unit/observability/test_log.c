@@ -6,6 +6,8 @@
 
 #include <cmocka.h>
 
+#include "common/timeutil.h"
+#include "fake_clock.h"
 #include "observability/log.h"
 
 #include <ctype.h>
@@ -216,6 +218,31 @@ static void test_line_over_the_maximum_is_replaced_by_a_short_one(void **state)
     free(big);
 }
 
+/* The timestamp comes from the process's clock (common/timeutil.h), which a test can move. */
+static void test_timestamp_is_the_process_clock(void **state)
+{
+    fake_clock_install();
+    fake_clock_advance_ms(1234);
+    char want[PINS_TIME_RFC3339_LEN];
+    pins_time_format_us(pins_time_now_us(), want);
+    capture_begin();
+    pins_log_info("tick", NULL);
+    char *out = capture_end(NULL);
+    json_t *j = parse_line(out);
+    assert_string_equal(json_string_value(json_object_get(j, "ts")), want);
+    json_decref(j);
+    free(out);
+
+    pins_log_setup(PINS_LOG_INFO, PINS_LOG_TEXT);
+    capture_begin();
+    pins_log_info("tick", NULL);
+    out = capture_end(NULL);
+    assert_memory_equal(out, want, strlen(want));
+    assert_string_equal(out + strlen(want), " info tick\n");
+    free(out);
+    fake_clock_uninstall();
+}
+
 static void test_log_preserves_errno(void **state)
 {
     capture_begin();
@@ -237,6 +264,7 @@ int main(void)
         cmocka_unit_test_setup(test_level_filter_drops_lower_levels, setup),
         cmocka_unit_test_setup(test_long_line_is_written_whole_in_one_write, setup),
         cmocka_unit_test_setup(test_line_over_the_maximum_is_replaced_by_a_short_one, setup),
+        cmocka_unit_test_setup(test_timestamp_is_the_process_clock, setup),
         cmocka_unit_test_setup(test_log_preserves_errno, setup),
     };
     return cmocka_run_group_tests_name("observability/log", tests, NULL, NULL);
