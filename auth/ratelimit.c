@@ -39,6 +39,7 @@
 #include "common/error.h"
 #include "common/fmt.h"
 #include "common/hash.h"
+#include "common/percent.h"
 #include "common/rand.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
@@ -188,40 +189,17 @@ static void count(ratelimit_worker *w, bool allowed, int backend)
         metrics_counter_inc(decisions, v);
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* A new percent-decoded copy of s[0..n), or NULL (out of memory or a bad escape: *pbad). */
+/* A new percent-decoded copy of s[0..n) (a C string: %00 is a bad escape), or NULL (out of memory
+ * or a bad escape: *pbad). */
 static char *pct_dup(const char *s, size_t n, bool *pbad)
 {
     char *out = malloc(n + 1);
-    size_t o = 0;
-    if (out == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            int hi = i + 2 < n ? hex_value(s[i + 1]) : -1;
-            int lo = i + 2 < n ? hex_value(s[i + 2]) : -1;
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                free(out);
-                *pbad = true;
-                return NULL;
-            }
-            out[o++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            out[o++] = s[i];
-        }
+    size_t len;
+    if (out != NULL && pins_percent_decode(s, n, PINS_PERCENT_NO_NUL, out, &len) != 0) {
+        free(out);
+        out = NULL;
+        *pbad = true;
     }
-    out[o] = '\0';
     return out;
 }
 
