@@ -113,7 +113,7 @@ void store__json_str(pins_buf *b, const char *s)
     if (s == NULL)
         (void)pins_buf_add(b, "null", 4);
     else
-        (void)pins_json_str_put(b, s, strlen(s));
+        (void)pins_json_str_put(b, s, PINS_JSON_STR_NUL);
 }
 
 void store__json_strs(pins_buf *b, const char *const *s, size_t n)
