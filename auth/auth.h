@@ -1,10 +1,12 @@
 /* auth/auth.h: authentication and RBAC for every guarded RPC (API.md section 6).
  *
- * The dispatcher (rpc/dispatch.c) calls auth_decide() once for every method row that is not
- * RPC_METHOD_UNGUARDED, before the feature flag and the handler. A decision reads the call's
- * credentials (machine token, HS256 bearer JWT, X-Roles when trusted), the row's resource and
- * action, the request's tenant_id field, and the RBAC policy in force, and says whether the call
- * may proceed, why, and with which status it is refused.
+ * The core's dispatcher calls auth_decide() once for every method row that is not
+ * RPC_METHOD_UNGUARDED, before the feature flag and the handler. A decision is made from plain
+ * facts (auth_facts): the request's credentials (machine token, HS256 bearer JWT, X-Roles when
+ * trusted) through a header lookup, the row's resource and action, the request's tenant as the
+ * dispatcher resolved it, and the RBAC policy in force. It returns a verdict (auth_decision):
+ * whether the call may proceed, why, and with which status it is refused. It never touches the
+ * call: the dispatcher records the verdict, audits it and fails a refused call.
  *
  * The policy is process wide: the built-in matrix, or RBAC_POLICY_FILE. It is immutable once
  * loaded and replaced whole by auth_policy_reload() (Admin.ReloadRbacPolicy, SIGHUP); a decision
@@ -31,14 +33,34 @@
 
 #include "common/arena.h"
 #include "common/config.h"
-#include "rpc/call.h"
 
 /* The request's tenant when the request names every tenant (an unset StringValue, an empty
  * filter of an Admin listing, or a method row marked RPC_METHOD_ALL_TENANTS: ReloadRbacPolicy,
  * CleanupRbacAudit): a tenant-restricted caller may not use it. */
 #define AUTH_ALL_TENANTS "*"
 
-/* The outcome of auth_decide(). Strings are static or live in the call's arena. */
+/* Looks up a request header by lower-case name: its value, NULL when absent, or
+ * auth_header_repeated when the request carried it more than once. */
+typedef const char *(*auth_header_cb)(void *arg, const char *name);
+/* The value a header lookup returns for a repeated header (compare the pointer). */
+extern const char auth_header_repeated[];
+
+/* What a decision is made from. Everything is borrowed for the call of auth_decide(). */
+typedef struct auth_facts {
+    const pins_config *cfg;
+    pins_arena *arena;     /* where the principal's strings go (the call's arena) */
+    auth_header_cb header; /* the request's headers (credentials) */
+    void *header_arg;
+    const char *resource; /* the method row's permission, e.g. "memory_pin" ("" for none) */
+    const char *action;   /* e.g. "read" */
+    /* The request's tenant as the dispatcher resolved it: AUTH_ALL_TENANTS for every tenant, NULL
+     * when the request names none (or, early, is not decoded yet). */
+    const char *tenant;
+    const char *method;     /* the RPC path, for the debug log */
+    const char *request_id; /* for the debug log */
+} auth_facts;
+
+/* The verdict of auth_decide(). Strings are static or live in the facts' arena. */
 typedef struct auth_decision {
     bool allowed;              /* the call may proceed */
     int err;                   /* when !allowed: PINS_EUNAUTHENTICATED or PINS_EPERMISSION_DENIED */
@@ -53,9 +75,7 @@ typedef struct auth_decision {
     bool tenant_restricted;     /* the credential names the tenants it may touch ... */
     const char *const *tenants; /* ... these ntenants */
     size_t ntenants;
-    const char *tenant; /* the request's tenant as the dispatcher resolved it (rpc_call_tenant):
-                           AUTH_ALL_TENANTS, or NULL when the request has no tenant_id */
-    bool log_allowed;   /* the policy's audit.log_allowed */
+    bool log_allowed; /* the policy's audit.log_allowed */
 } auth_decision;
 
 /* Loads the policy of cfg (RBAC_POLICY_FILE, or the built-in matrix when it is NULL) and
@@ -66,19 +86,19 @@ int auth_init(const pins_config *cfg, char *err, size_t errlen);
 /* Frees the policy (after every other thread stopped; before metrics_shutdown()). */
 void auth_shutdown(void);
 
-/* Decides for call, whose request is decoded, against its method row's resource and action.
- * Configuration comes from rpc_call_config(call). Counts the decision in the rbac metrics. *pd
- * is filled on success (its strings live in the call's arena).
+/* Decides a request whose body is decoded from facts f. Counts the decision in the rbac metrics.
+ * *pd is filled on success (its strings live in f->arena).
  * Returns 0 or PINS_ENOMEM (*pd untouched). */
-int auth_decide(rpc_call *call, auth_decision *pd);
+int auth_decide(const auth_facts *f, auth_decision *pd);
 /* What can be decided before the request is decoded, from the headers alone: the credentials
  * and the role's permission, not the tenant binding. Transports call it once a request's headers
  * are in, so that under RBAC_ENFORCE=true a request that auth_decide() would refuse anyway is
  * refused before its body is buffered or decoded. pd->allowed false: refuse with pd->err (the
  * denial is counted in the rbac metrics); true: go on, auth_decide() decides (and counts) once
- * the request is decoded. Always allowed when RBAC_ENFORCE=false. Strings live in the call's
- * arena. Returns 0 or PINS_ENOMEM (*pd untouched). */
-int auth_decide_early(rpc_call *call, auth_decision *pd);
+ * the request is decoded. Always allowed when RBAC_ENFORCE=false. f->tenant is AUTH_ALL_TENANTS
+ * for a row that spans every tenant, else NULL. Strings live in f->arena.
+ * Returns 0 or PINS_ENOMEM (*pd untouched). */
+int auth_decide_early(const auth_facts *f, auth_decision *pd);
 /* True when the decision's caller may touch tenant (as the dispatcher resolved it; NULL: no). */
 bool auth_decision_tenant_allowed(const auth_decision *d, const char *tenant);
 

@@ -100,19 +100,13 @@ typedef struct auth__principal {
     const char *why; /* AUTH__CRED_INVALID: a static reason for the debug log */
 } auth__principal;
 
-/* Looks up a request header by lower-case name: its value, NULL when absent, or
- * auth__header_repeated when the request carried it more than once. */
-typedef const char *(*auth__header_cb)(void *arg, const char *name);
-/* The value a header callback returns for a repeated header (compare the pointer). */
-extern const char auth__header_repeated[];
-
 /* Reads the credentials of one request (API.md section 6, in order: x-machine-token or
  * authorization-machine, authorization: Bearer, x-roles when cfg->rbac_trust_x_roles) at now_s.
  * A credential header sent twice (or both machine-token headers) makes the request
  * AUTH__CRED_INVALID whatever the values: a proxy in front may have checked another copy than
  * the one we would read. Strings go to a. Returns 0 (with pp->status saying what was found) or
  * PINS_ENOMEM. */
-int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb header, void *arg,
+int auth__credentials(pins_arena *a, const pins_config *cfg, auth_header_cb header, void *arg,
                       int64_t now_s, auth__principal *pp);
 
 /* ---- credcache.c ---------------------------------------------------------------------------- */

@@ -76,7 +76,7 @@ static int split_roles(pins_arena *a, const char *v, const char ***proles, size_
     return 0;
 }
 
-const char auth__header_repeated[] = "";
+const char auth_header_repeated[] = "";
 
 static const char *present(const char *v)
 {
@@ -84,20 +84,20 @@ static const char *present(const char *v)
 }
 
 /* The kind of the first credential header the request repeated, or NULL when none was. */
-static const char *repeated_kind(const pins_config *cfg, auth__header_cb header, void *arg)
+static const char *repeated_kind(const pins_config *cfg, auth_header_cb header, void *arg)
 {
     const char *mt = header(arg, "x-machine-token");
     const char *am = header(arg, "authorization-machine");
-    if (mt == auth__header_repeated || am == auth__header_repeated || (mt != NULL && am != NULL))
+    if (mt == auth_header_repeated || am == auth_header_repeated || (mt != NULL && am != NULL))
         return "machine-token";
-    if (header(arg, "authorization") == auth__header_repeated)
+    if (header(arg, "authorization") == auth_header_repeated)
         return "jwt";
-    if (cfg->rbac_trust_x_roles && header(arg, "x-roles") == auth__header_repeated)
+    if (cfg->rbac_trust_x_roles && header(arg, "x-roles") == auth_header_repeated)
         return "x-roles";
     return NULL;
 }
 
-int auth__credentials(pins_arena *a, const pins_config *cfg, auth__header_cb header, void *arg,
+int auth__credentials(pins_arena *a, const pins_config *cfg, auth_header_cb header, void *arg,
                       int64_t now_s, auth__principal *pp)
 {
     auth__principal p = {.status = AUTH__CRED_NONE, .subject = "anonymous"};

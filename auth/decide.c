@@ -77,14 +77,6 @@ void auth__decide_metrics_forget(void)
     decisions = engine_decisions = latency = engine_latency = shadow = NULL;
 }
 
-static const char *call_header(void *arg, const char *name)
-{
-    const char *v = rpc_call_header(arg, name);
-    if (v != NULL && rpc_call_header_count(arg, name) > 1)
-        return auth__header_repeated;
-    return v;
-}
-
 bool auth_decision_tenant_allowed(const auth_decision *d, const char *tenant)
 {
     if (!d->tenant_restricted)
@@ -113,8 +105,8 @@ static void allow(auth_decision *d, const char *reason)
 }
 
 /* The enforced decision. */
-static void evaluate(auth_decision *d, const auth__principal *p, const auth__policy *pol,
-                     bool fail_open)
+static void evaluate(auth_decision *d, const auth__principal *p, const char *tenant,
+                     const auth__policy *pol, bool fail_open)
 {
     if (p->status == AUTH__CRED_INVALID) {
         deny(d, PINS_EUNAUTHENTICATED, "invalid-token");
@@ -132,8 +124,8 @@ static void evaluate(auth_decision *d, const auth__principal *p, const auth__pol
         deny(d, PINS_EPERMISSION_DENIED, "insufficient-permissions");
         return;
     }
-    if (d->tenant != NULL && d->tenant_restricted &&
-        (strcmp(d->tenant, AUTH_ALL_TENANTS) == 0 || !auth_decision_tenant_allowed(d, d->tenant))) {
+    if (tenant != NULL && d->tenant_restricted &&
+        (strcmp(tenant, AUTH_ALL_TENANTS) == 0 || !auth_decision_tenant_allowed(d, tenant))) {
         deny(d, PINS_EPERMISSION_DENIED, "tenant-not-allowed");
         return;
     }
@@ -208,22 +200,21 @@ static void count(const auth_decision *d, double seconds)
 
 /* One decision. early: from the headers alone (auth_decide_early), without the tenant binding;
  * it counts and logs only a denial that RBAC_ENFORCE makes final. */
-static int decide(rpc_call *call, auth_decision *pd, bool early)
+static int decide(const auth_facts *f, auth_decision *pd, bool early)
 {
     int64_t t0 = pins_time_mono_ns();
-    const rpc_method *m = rpc_call_method(call);
-    const pins_config *cfg = rpc_call_config(call);
+    const pins_config *cfg = f->cfg;
     auth__principal p;
     int rv = auth__ensure_init();
     if (rv != 0)
         return rv;
-    rv = auth__credentials(rpc_call_arena(call), cfg, call_header, call,
-                           pins_time_now_us() / 1000000, &p);
+    rv = auth__credentials(f->arena, cfg, f->header, f->header_arg, pins_time_now_us() / 1000000,
+                           &p);
     if (rv != 0)
         return rv;
     auth_decision d = {
-        .resource = m->resource != NULL ? m->resource : "",
-        .action = m->action != NULL ? m->action : "",
+        .resource = f->resource,
+        .action = f->action,
         .subject = p.subject,
         .roles = p.roles,
         .nroles = p.nroles,
@@ -231,12 +222,10 @@ static int decide(rpc_call *call, auth_decision *pd, bool early)
         .tenants = p.tenants,
         .ntenants = p.ntenants,
     };
-    /* The dispatcher resolved it (early: only for a row that spans every tenant). */
-    d.tenant = rpc_call_tenant(call);
     const auth__policy *pol = auth__policy_acquire();
     if (pol == NULL)
         return PINS_ENOMEM;
-    evaluate(&d, &p, pol, cfg->rbac_fail_open);
+    evaluate(&d, &p, f->tenant, pol, cfg->rbac_fail_open);
     d.log_allowed = pol->log_allowed;
     auth__policy_release(pol);
 
@@ -251,21 +240,21 @@ static int decide(rpc_call *call, auth_decision *pd, bool early)
     }
     count(&d, (double)(pins_time_mono_ns() - t0) / 1e9);
     if ((!d.allowed || d.shadow_reason != NULL) && pins_log_enabled(PINS_LOG_DEBUG)) {
-        pins_log_debug("rbac denial", "method", m->path, "reason",
+        pins_log_debug("rbac denial", "method", f->method, "reason",
                        d.shadow_reason != NULL ? d.shadow_reason : d.reason, "enforced",
                        cfg->rbac_enforce ? "true" : "false", "subject", d.subject, "credential",
-                       p.kind, "detail", p.why, "request_id", rpc_call_request_id(call), NULL);
+                       p.kind, "detail", p.why, "request_id", f->request_id, NULL);
     }
     *pd = d;
     return 0;
 }
 
-int auth_decide(rpc_call *call, auth_decision *pd)
+int auth_decide(const auth_facts *f, auth_decision *pd)
 {
-    return decide(call, pd, false);
+    return decide(f, pd, false);
 }
 
-int auth_decide_early(rpc_call *call, auth_decision *pd)
+int auth_decide_early(const auth_facts *f, auth_decision *pd)
 {
-    return decide(call, pd, true);
+    return decide(f, pd, true);
 }

@@ -1,5 +1,5 @@
 /* auth/ratelimit.c: the rate limiter (auth/ratelimit.h): REDIS_URL, one hiredis async connection
- * per worker on its libevent loop, the bucket script, the fail-open fallback and the call glue.
+ * per worker on its libevent loop, the bucket script, the fail-open fallback and the verdicts.
  *
  * A worker's connection goes DOWN -> CONNECTING -> UP. Commands queued right after the connect
  * (AUTH, SELECT, SCRIPT LOAD) run in order once it is established; the SCRIPT LOAD reply (the
@@ -35,7 +35,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth/auth.h"
 #include "common/error.h"
 #include "common/fmt.h"
 #include "common/hash.h"
@@ -85,11 +84,12 @@ struct ratelimit {
     ratelimit__redis_url url;
     char where[300]; /* host:port or the socket path, for logs (never the password) */
     ratelimit__local *local;
-    char policy[64];     /* the RateLimit-Policy value */
-    char limit[24];      /* rpm as text */
-    char state[40];      /* "limit=<rpm>, remaining=": the start of every RateLimit value */
-    char burst_text[24]; /* burst as text */
-    size_t policy_len, limit_len, state_len, burst_len;
+    char policy[64];       /* the RateLimit-Policy value */
+    char limit[24];        /* rpm as text */
+    char state[40];        /* "limit=<rpm>, remaining=": the start of every RateLimit value */
+    char burst_text[24];   /* burst as text */
+    ratelimit_texts texts; /* the three above, for the dispatcher's headers */
+    size_t burst_len;
 };
 
 typedef enum conn_state { CONN_DOWN, CONN_CONNECTING, CONN_UP } conn_state;
@@ -99,16 +99,16 @@ enum { BACKEND_REDIS, BACKEND_LOCAL, BACKEND_DISABLED }; /* the backend label, s
 typedef struct tstate tstate;
 typedef struct lease_req lease_req;
 
-/* A call waiting for the answer to its tenant's lease request (in the call's arena, which lives
- * until the callback ran). */
+/* A check waiting for the answer to its tenant's lease request (in the caller's arena, which
+ * lives until the callback ran). */
 typedef struct waiter {
     struct waiter *next; /* the tenant's queue */
     struct waiter *prev;
     struct waiter *dnext; /* the worker's queue, by deadline */
     struct waiter *dprev;
     tstate *ts;
-    rpc_call *call;
-    ratelimit_call_cb cb;
+    ratelimit_cb cb;
+    void *arg;
     int64_t deadline_ns; /* monotonic; then the local bucket decides */
 } waiter;
 
@@ -342,71 +342,26 @@ void ratelimit__redis_url_free(ratelimit__redis_url *u)
     *u = (ratelimit__redis_url){0};
 }
 
-/* ---- the call glue --------------------------------------------------------------------------- */
+/* ---- verdicts --------------------------------------------------------------------------- */
 
-/* The bucket a call counts against. */
-static const char *call_tenant(const rpc_call *call)
-{
-    const char *t = rpc_call_tenant(call);
-    if (t == NULL || t[0] == '\0' || strcmp(t, RPC_TENANT_ALL) == 0)
-        return rpc_tenant_default;
-    return t;
-}
-
-/* A metadata entry named by a literal. */
-#define MD(name, value, len) ((rpc_call_md){(name), sizeof(name) - 1, (value), (len)})
-
-/* Adds the answer's metadata, refuses the call when limited, and hands it back. The constant
- * values are the limiter's (it outlives every call); the others are written into one block of
- * the call's arena. */
-static void finish_check(rpc_call *call, ratelimit_call_cb cb, ratelimit_worker *w,
-                         const ratelimit__decision *d, int backend)
+/* Counts the decision and hands its verdict to the caller. */
+static void answer(ratelimit_worker *w, ratelimit_cb cb, void *arg, const ratelimit__decision *d,
+                   int backend)
 {
     ratelimit *rl = w->rl;
     count(w, d->allowed, backend);
-    /* "limit=<rpm>, remaining=<r>, reset=<s>", then "<r>", then "<retry>" (PINS_FMT_INT_MAX
-     * bytes each at most, NUL included). */
-    char *buf = pins_arena_alloc(rpc_call_arena(call), rl->state_len + 8 + 4 * PINS_FMT_INT_MAX);
-    int rv = PINS_ENOMEM;
-    if (buf != NULL) {
-        memcpy(buf, rl->state, rl->state_len);
-        char *rem_at = buf + rl->state_len;
-        char *p = pins_fmt_i64(rem_at, d->remaining);
-        size_t remlen = (size_t)(p - rem_at);
-        memcpy(p, ", reset=", 8);
-        p = pins_fmt_i64(p + 8, d->reset_s);
-        char *rem = p + 1;
-        memcpy(rem, rem_at, remlen);
-        rem[remlen] = '\0';
-        char *retry = rem + remlen + 1;
-        rpc_call_md md[5] = {
-            MD("ratelimit-policy", rl->policy, rl->policy_len),
-            MD("ratelimit", buf, (size_t)(p - buf)),
-            MD("x-ratelimit-limit", rl->limit, rl->limit_len),
-            MD("x-ratelimit-remaining", rem, remlen),
-            MD("retry-after", retry, 0),
-        };
-        if (!d->allowed)
-            md[4].valuelen = (size_t)(pins_fmt_i64(retry, d->retry_after_s) - retry);
-        rv = rpc_call_add_metadata_static(call, md, d->allowed ? 4 : 5, true);
-    }
-    if (rv != 0) {
-        rpc_call_fail(call, rv, NULL);
-        cb(call, false);
-        return;
-    }
-    if (!d->allowed) {
-        rpc_call_fail(call, PINS_ERATE_LIMITED,
-                      "rate limit exceeded: %d requests per minute, retry after %lld s", rl->rpm,
-                      (long long)d->retry_after_s);
-        cb(call, false);
-        return;
-    }
-    cb(call, true);
+    ratelimit_verdict v = {
+        .allowed = d->allowed,
+        .texts = &rl->texts,
+        .limit = rl->rpm,
+        .remaining = d->remaining,
+        .reset_s = d->reset_s,
+        .retry_after_s = d->allowed ? 0 : d->retry_after_s,
+    };
+    cb(arg, &v);
 }
 
-static void decide_locally(ratelimit_worker *w, rpc_call *call, const char *tenant,
-                           ratelimit_call_cb cb)
+static void decide_locally(ratelimit_worker *w, const char *tenant, ratelimit_cb cb, void *arg)
 {
     ratelimit *rl = w->rl;
     ratelimit__decision d;
@@ -414,7 +369,7 @@ static void decide_locally(ratelimit_worker *w, rpc_call *call, const char *tena
         /* No memory for a bucket: let the call through (fail-open) without claiming a count. */
         d = (ratelimit__decision){.allowed = true, .remaining = rl->burst - 1};
     }
-    finish_check(call, cb, w, &d, BACKEND_LOCAL);
+    answer(w, cb, arg, &d, BACKEND_LOCAL);
 }
 
 /* ---- the Redis connection -------------------------------------------------------------------- */
@@ -681,7 +636,7 @@ static void on_wait_timer(evutil_socket_t fd, short what, void *arg)
             struct timeval zero = {0, 0};
             evtimer_add(w->drop_ev, &zero);
         }
-        decide_locally(w, wt.call, wt.ts->tenant, wt.cb);
+        decide_locally(w, wt.ts->tenant, wt.cb, wt.arg);
     }
     if (w->dhead != NULL && !w->wait_armed)
         arm_wait(w, now);
@@ -693,10 +648,10 @@ static void flush_waiters(ratelimit_worker *w, tstate *ts)
     while (ts->head != NULL) {
         waiter wt = waiter_pop(w, ts);
         if (w->closing) {
-            rpc_call_fail(wt.call, PINS_ECANCELLED, "the server is shutting down");
-            wt.cb(wt.call, false);
+            ratelimit_verdict v = {.err = PINS_ECANCELLED};
+            wt.cb(wt.arg, &v);
         } else {
-            decide_locally(w, wt.call, ts->tenant, wt.cb);
+            decide_locally(w, ts->tenant, wt.cb, wt.arg);
         }
     }
 }
@@ -740,7 +695,7 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
     ratelimit__decision d;
     while (ts->head != NULL && ratelimit__lease_take(&ts->lease, now, &d)) {
         waiter wt = waiter_pop(w, ts);
-        finish_check(wt.call, wt.cb, w, &d, BACKEND_REDIS);
+        answer(w, wt.cb, wt.arg, &d, BACKEND_REDIS);
     }
     if (ts->head == NULL)
         return;
@@ -749,7 +704,7 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
         ratelimit__lease_refusal(&ts->lease, &d);
         while (ts->head != NULL) {
             waiter wt = waiter_pop(w, ts);
-            finish_check(wt.call, wt.cb, w, &d, BACKEND_REDIS);
+            answer(w, wt.cb, wt.arg, &d, BACKEND_REDIS);
         }
         return;
     }
@@ -792,7 +747,7 @@ static int send_lease(ratelimit_worker *w, lease_req *q, bool eval)
                         strlen(argv[1]),
                         1,
                         tlen + 11,
-                        rl->limit_len,
+                        rl->texts.limit_len,
                         rl->burst_len,
                         (size_t)(pins_fmt_i64(want, q->want) - want)};
     int rv = redisAsyncCommandArgv(w->ac, on_lease_reply, q, 7, argv, argvlen);
@@ -804,17 +759,17 @@ static int send_lease(ratelimit_worker *w, lease_req *q, bool eval)
 
 /* Queues call on ts until the answer of its lease request (sent now when none is in flight), for
  * at most RATELIMIT_WAIT_MS. Returns 0, or an error (the call was not queued). */
-static int wait_for_lease(ratelimit_worker *w, tstate *ts, rpc_call *call, ratelimit_call_cb cb,
-                          int64_t now_ns)
+static int wait_for_lease(ratelimit_worker *w, tstate *ts, pins_arena *a, ratelimit_cb cb,
+                          void *arg, int64_t now_ns)
 {
     if (w->wait_ev == NULL)
         return PINS_ENOMEM;
-    waiter *wt = pins_arena_alloc(rpc_call_arena(call), sizeof(*wt));
+    waiter *wt = pins_arena_alloc(a, sizeof(*wt));
     if (wt == NULL)
         return PINS_ENOMEM;
     *wt = (waiter){.ts = ts,
-                   .call = call,
                    .cb = cb,
+                   .arg = arg,
                    .prev = ts->tail,
                    .dprev = w->dtail,
                    .deadline_ns = now_ns + (int64_t)RATELIMIT_WAIT_MS * 1000000};
@@ -879,9 +834,12 @@ int ratelimit_new(const pins_config *cfg, ratelimit **prl, char *err, size_t err
             snprintf(rl->policy, sizeof(rl->policy), "%d;w=60;burst=%d", rl->rpm, rl->burst);
         snprintf(rl->limit, sizeof(rl->limit), "%d", rl->rpm);
         snprintf(rl->state, sizeof(rl->state), "limit=%d, remaining=", rl->rpm);
-        rl->policy_len = strlen(rl->policy);
-        rl->limit_len = strlen(rl->limit);
-        rl->state_len = strlen(rl->state);
+        rl->texts = (ratelimit_texts){.policy = rl->policy,
+                                      .policy_len = strlen(rl->policy),
+                                      .limit = rl->limit,
+                                      .limit_len = strlen(rl->limit),
+                                      .state = rl->state,
+                                      .state_len = strlen(rl->state)};
         snprintf(rl->burst_text, sizeof(rl->burst_text), "%d", rl->burst);
         rl->burst_len = strlen(rl->burst_text);
         if (ratelimit__local_new(rl->rpm, rl->burst, RATELIMIT__LOCAL_BUCKETS, &rl->local) != 0) {
@@ -977,32 +935,33 @@ void ratelimit_worker_free(ratelimit_worker *w)
     free(w);
 }
 
-void ratelimit_call_check(ratelimit_worker *w, rpc_call *call, ratelimit_call_cb cb)
+void ratelimit_check(ratelimit_worker *w, const char *tenant, pins_arena *a, ratelimit_cb cb,
+                     void *arg)
 {
     ratelimit *rl = w->rl;
     if (rl->rpm <= 0) {
         count(w, true, BACKEND_DISABLED);
-        cb(call, true);
+        ratelimit_verdict v = {.allowed = true};
+        cb(arg, &v);
         return;
     }
-    const char *tenant = call_tenant(call);
     if (w->state != CONN_UP || w->ac == NULL || strlen(tenant) > RATELIMIT__MAX_TENANT) {
-        decide_locally(w, call, tenant, cb);
+        decide_locally(w, tenant, cb, arg);
         return;
     }
     int64_t now = pins_time_mono_ns();
     tstate *ts = tstate_get(w, tenant, now);
     if (ts == NULL) {
-        decide_locally(w, call, tenant, cb);
+        decide_locally(w, tenant, cb, arg);
         return;
     }
     ratelimit__decision d;
     if (ts->nwaiting == 0 && ratelimit__lease_take(&ts->lease, now, &d)) {
-        finish_check(call, cb, w, &d, BACKEND_REDIS);
+        answer(w, cb, arg, &d, BACKEND_REDIS);
         return;
     }
-    if (wait_for_lease(w, ts, call, cb, now) != 0)
-        decide_locally(w, call, tenant, cb);
+    if (wait_for_lease(w, ts, a, cb, arg, now) != 0)
+        decide_locally(w, tenant, cb, arg);
 }
 
 const char *ratelimit_redis_check(const ratelimit *rl)

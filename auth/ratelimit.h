@@ -19,8 +19,11 @@
  * -> bucket, one mutex per stripe, bounded; an idle bucket (refilled to the burst) is evicted
  * first, since forgetting it changes nothing.
  *
- * Answers (API.md 7; the IETF draft draft-ietf-httpapi-ratelimit-headers-07 fields), added as call
- * metadata with trailer true (gRPC trailing metadata; REST, Connect and gRPC-Web headers):
+ * The limiter answers a verdict (ratelimit_verdict: allowed or not, and the numbers); it never
+ * touches the call. The core's dispatcher adds the headers below as call metadata with
+ * trailer true (gRPC trailing metadata; REST, Connect and gRPC-Web headers), from the verdict's
+ * numbers and the limiter's constant texts (ratelimit_texts, formatted once), and fails a refused
+ * call (API.md 7; the IETF draft draft-ietf-httpapi-ratelimit-headers-07 fields):
  *   RateLimit-Policy: <rpm>;w=60                 (";burst=<b>" added when the burst differs)
  *   RateLimit: limit=<rpm>, remaining=<tokens left, whole>, reset=<seconds until the bucket is
  *              full again>
@@ -29,16 +32,16 @@
  *                                            worker's unspent lease; see auth/README.md)
  *   Retry-After: <seconds until one token is back, >= 1>      (refused calls only)
  * A refused call fails with PINS_ERATE_LIMITED (RESOURCE_EXHAUSTED, REST 429; protocols/rest.c
- * builds the body from x-ratelimit-limit and retry-after).
+ * builds the body from the verdict's limit and retry_after_s, kept on the call).
  *
  * Metrics: rate_limit_decisions_total{decision="allowed|limited",backend="redis|local|disabled"},
  * rate_limit_redis_up (1 when every worker's Redis connection is up, else 0).
  *
- * The request's tenant is the one the dispatcher resolved (rpc_call_tenant()); a request without a
- * concrete tenant (none, or every tenant) counts against the default tenant.
+ * The bucket is the tenant the caller names: the dispatcher passes the request's resolved tenant,
+ * or the default tenant for a request that names none or every tenant.
  *
  * Threads. ratelimit_new() and ratelimit_free() run while no worker uses the limiter. A
- * ratelimit_worker and the calls it decides belong to one worker thread; the limiter itself
+ * ratelimit_worker and the checks it decides belong to one worker thread; the limiter itself
  * (local bucket, state for /ready) may be used from any thread. REDIS_URL's password is never
  * logged.
  */
@@ -48,8 +51,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <stdint.h>
+
+#include "common/arena.h"
 #include "common/config.h"
-#include "rpc/call.h"
 
 struct event_base;
 
@@ -59,9 +64,31 @@ struct event_base;
 typedef struct ratelimit ratelimit;
 typedef struct ratelimit_worker ratelimit_worker;
 
-/* Called once per ratelimit_call_check(), on the call's worker, possibly before that returns.
- * proceed false: the call has been finished (refused, or the worker is shutting down). */
-typedef void (*ratelimit_call_cb)(rpc_call *call, bool proceed);
+/* The constant header values of a limiter, formatted once when it is made; they live as long as
+ * the limiter. Each string is NUL-terminated, of the given length. */
+typedef struct ratelimit_texts {
+    const char *policy; /* RateLimit-Policy: "<rpm>;w=60" (";burst=<b>" when it differs) */
+    size_t policy_len;
+    const char *limit; /* X-RateLimit-Limit: "<rpm>" */
+    size_t limit_len;
+    const char *state; /* the start of every RateLimit value: "limit=<rpm>, remaining=" */
+    size_t state_len;
+} ratelimit_texts;
+
+/* The answer to one ratelimit_check(), handed to its callback (borrowed for the callback). */
+typedef struct ratelimit_verdict {
+    int err;      /* 0: decided; PINS_ECANCELLED: not decided, the worker is shutting down */
+    bool allowed; /* the call may proceed (always true when texts is NULL) */
+    /* NULL when rate limiting is off (RATE_LIMIT_RPM=0): no numbers, no headers. */
+    const ratelimit_texts *texts;
+    int64_t limit;         /* RATE_LIMIT_RPM: tokens per minute */
+    int64_t remaining;     /* whole tokens left after this call */
+    int64_t reset_s;       /* seconds until the bucket is full again */
+    int64_t retry_after_s; /* refused: seconds until one token is back (>= 1); else 0 */
+} ratelimit_verdict;
+
+/* Called once per ratelimit_check(), on the worker's thread, possibly before that returns. */
+typedef void (*ratelimit_cb)(void *arg, const ratelimit_verdict *v);
 
 /* A new limiter for cfg (borrowed; must outlive the limiter): parses REDIS_URL and registers the
  * rate_limit_* metric families. On failure writes one line naming REDIS_URL into err (never the
@@ -74,15 +101,15 @@ void ratelimit_free(ratelimit *rl);
 /* A worker's part of rl on base (the worker's loop): starts connecting to Redis when REDIS_URL is
  * set. Returns 0 or PINS_ENOMEM. */
 int ratelimit_worker_new(ratelimit *rl, struct event_base *base, ratelimit_worker **pw);
-/* Closes the worker's Redis connection; calls still waiting for a reply are finished with
- * PINS_ECANCELLED (their callback gets proceed false). Runs on the worker's thread, after its
- * loop stopped. NULL is allowed. */
+/* Closes the worker's Redis connection; checks still waiting for a reply get a verdict with err
+ * PINS_ECANCELLED. Runs on the worker's thread, after its loop stopped. NULL is allowed. */
 void ratelimit_worker_free(ratelimit_worker *w);
 
-/* Decides call (a MemoryPins RPC whose RBAC decision is set) against its tenant's bucket, adds
- * the rate limit metadata, refuses the call with PINS_ERATE_LIMITED when the bucket is empty, and
- * then calls cb. The caller keeps call alive until cb runs. */
-void ratelimit_call_check(ratelimit_worker *w, rpc_call *call, ratelimit_call_cb cb);
+/* Takes one token from tenant's bucket and calls cb(arg, verdict) once, at once or when Redis
+ * answers (at most RATELIMIT_WAIT_MS later). A check that waits keeps its entry in a (the call's
+ * arena: no allocation of its own). tenant and a must live until cb ran. */
+void ratelimit_check(ratelimit_worker *w, const char *tenant, pins_arena *a, ratelimit_cb cb,
+                     void *arg);
 
 /* The rate limiter's line of /ready's checks: "disabled" (no REDIS_URL or RATE_LIMIT_RPM=0; also
  * for rl NULL), "ok" (every worker's Redis connection is up), or "down (fail-open)". */

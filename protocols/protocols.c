@@ -486,8 +486,8 @@ bool proto_headers_or_reply(proto_stream *s)
     proto__match mt;
     if (proto__route_match(s->method, s->path, plen, &mt) == 0 && mt.route->rpc != NULL) {
         m = rpc__method_find(mt.route->rpc, strlen(mt.route->rpc));
-        call->route = mt.route->pattern; /* the audit row names the REST route */
-        call->http_method = mt.route->method;
+        /* the audit row names the REST route */
+        call->origin = (rpc__origin){.route = mt.route->pattern, .http_method = mt.route->method};
     } else if (strcmp(s->method, "POST") == 0) {
         m = rpc__method_find(s->path, plen);
     }

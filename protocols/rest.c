@@ -134,17 +134,6 @@ static const char *metadata_value(const rpc_call *call, const char *name)
     return NULL;
 }
 
-/* A non-negative decimal metadata value, or fallback. */
-static long long metadata_number(const rpc_call *call, const char *name, long long fallback)
-{
-    const char *v = metadata_value(call, name);
-    if (v == NULL || v[0] < '0' || v[0] > '9')
-        return fallback;
-    char *end = NULL;
-    long long n = strtoll(v, &end, 10);
-    return end != NULL && *end == '\0' && n >= 0 ? n : fallback;
-}
-
 int proto__rest_error(rpc_call *call, int err, const char *message, proto__error_answer *out)
 {
     pins_arena *a = call->arena;
@@ -175,19 +164,16 @@ int proto__rest_error(rpc_call *call, int err, const char *message, proto__error
     }
     case PINS_EUNAUTHENTICATED:
     case PINS_EPERMISSION_DENIED: {
-        /* The dispatcher's RBAC refusal sets deny_reason/resource/action on the call; a call
-         * refused elsewhere may carry the reason as metadata "x-rbac-reason"; else the method
-         * row and the code decide. */
+        /* The dispatcher records the RBAC verdict's refusal on the call (call->deny); a call
+         * refused otherwise takes the method row and the code's reason. */
         const rpc_method *m = call->method;
-        const char *reason = call->deny_reason;
-        if (reason == NULL)
-            reason = metadata_value(call, "x-rbac-reason");
+        const char *reason = call->deny.reason;
         if (reason == NULL)
             reason = err == PINS_EUNAUTHENTICATED ? "no-credentials" : "insufficient-permissions";
-        const char *res = call->deny_resource;
+        const char *res = call->deny.resource;
         if (res == NULL)
             res = m != NULL && m->resource != NULL ? m->resource : "unknown";
-        const char *act = call->deny_action;
+        const char *act = call->deny.action;
         if (act == NULL)
             act = m != NULL && m->action != NULL ? m->action : "unknown";
         char *qr = proto__json_quote(a, reason);
@@ -202,9 +188,10 @@ int proto__rest_error(rpc_call *call, int err, const char *message, proto__error
         break;
     }
     case PINS_ERATE_LIMITED: {
-        /* The limiter adds x-ratelimit-limit and retry-after as metadata (they are headers too). */
-        long long limit = metadata_number(call, "x-ratelimit-limit", cfg->rate_limit_rpm);
-        long long retry = metadata_number(call, "retry-after", 60);
+        /* The rate limiter's verdict, kept on the call by the dispatcher (its headers went out as
+         * metadata too); a call refused otherwise takes RATE_LIMIT_RPM and 60 s. */
+        long long limit = call->rate.set ? (long long)call->rate.limit : cfg->rate_limit_rpm;
+        long long retry = call->rate.set ? (long long)call->rate.retry_after_s : 60;
         body = pins_arena_printf(a,
                                  "{\"detail\":{\"error\":\"rate_limit_exceeded\",\"limit\":%lld,"
                                  "\"retry_after\":%lld},\"code\":%d,\"message\":%s}",
@@ -424,8 +411,7 @@ static int decode_body(proto__exchange *ex, const ProtobufCMessageDescriptor *de
              * section 4), with pydantic's type for a field that wants a dict. */
             char *loc1 = pins_arena_strdup(a, jerr.path);
             char *msg = pins_arena_printf(a, "%s: must be a JSON object", jerr.path);
-            fail_invalid(ex, "body", loc1, "type_error.dict",
-                         msg != NULL ? msg : "must be a JSON object");
+            fail_invalid(ex, "body", loc1, "type_error.dict", msg != NULL ? msg : "must be a JSON object");
         } else if (jerr.type_error || jerr.path[0] == '\0') {
             proto__rest_fail(ex, PINS_EMALFORMED, m);
         } else {
@@ -452,8 +438,7 @@ void proto__rest_serve(proto__exchange *ex, const proto__match *m, const char *q
         return;
     }
     call->method = method;
-    call->route = r->pattern;
-    call->http_method = r->method;
+    call->origin = (rpc__origin){.route = r->pattern, .http_method = r->method};
     call->ops = &rest_ops;
     call->transport = ex->s;
 

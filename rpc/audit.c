@@ -636,9 +636,9 @@ void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d)
         .reason = d->shadow_reason != NULL ? shadow_reason(d->shadow_reason) : d->reason,
         .roles = d->roles,
         .nroles = d->nroles,
-        .path = call->route != NULL ? call->route : call->method->path,
-        .method = call->http_method != NULL ? call->http_method : call->method->name,
-        .tenant = d->tenant,
+        .path = call->origin.route != NULL ? call->origin.route : call->method->path,
+        .method = call->origin.http_method != NULL ? call->origin.http_method : call->method->name,
+        .tenant = call->tenant,
     };
     double ms = elapsed_ms(call);
     queue *qu = &q->q[KIND_RBAC];

@@ -1,6 +1,10 @@
 /* rpc/dispatch.c: the one dispatcher. Generic checks run here, once, for every transport:
- * deadline, authentication and RBAC (auth/), feature flag (and, as they land, rate limit and
- * breaker). Handlers only validate and act. */
+ * deadline, authentication and RBAC (auth/), feature flag, rate limit, breaker. Handlers only
+ * validate and act.
+ *
+ * The request's facts are resolved here once (its tenant) and handed to auth/ as plain values;
+ * RBAC and the rate limiter answer verdicts, and only this file records them on the call, adds
+ * their headers and fails a refused call. */
 #include "rpc/rpc_int.h"
 
 #include <string.h>
@@ -11,6 +15,7 @@
 #include "rpc/audit.h"
 #include "store/breaker.h"
 #include "store/store.h"
+#include "common/fmt.h"
 #include "common/timeutil.h"
 #include "google/protobuf/wrappers.pb-c.h"
 
@@ -72,7 +77,33 @@ static const char *resolve_tenant(const rpc_method *m, const ProtobufCMessage *r
     return NULL;
 }
 
-/* Records decision d on the call: audited (queued, written off the request path), and for a
+/* The request's credentials for auth/: a header's value, NULL, or auth_header_repeated. */
+static const char *call_header(void *arg, const char *name)
+{
+    const char *v = rpc_call_header(arg, name);
+    if (v != NULL && rpc_call_header_count(arg, name) > 1)
+        return auth_header_repeated;
+    return v;
+}
+
+/* The facts of call's request for an RBAC decision (call->tenant resolved). */
+static auth_facts facts_of(rpc_call *call)
+{
+    const rpc_method *m = call->method;
+    return (auth_facts){
+        .cfg = call->worker->server->cfg,
+        .arena = call->arena,
+        .header = call_header,
+        .header_arg = call,
+        .resource = m->resource != NULL ? m->resource : "",
+        .action = m->action != NULL ? m->action : "",
+        .tenant = call->tenant,
+        .method = m->path,
+        .request_id = rpc_call_request_id(call),
+    };
+}
+
+/* Records verdict d on the call: audited (queued, written off the request path), and for a
  * denial the fields of the REST 403 body. */
 static void record(rpc_call *call, const auth_decision *d)
 {
@@ -80,9 +111,7 @@ static void record(rpc_call *call, const auth_decision *d)
     rpc_audit_rbac(call, d);
     if (d->allowed)
         return;
-    call->deny_reason = d->reason;
-    call->deny_resource = d->resource;
-    call->deny_action = d->action;
+    call->deny = (rpc__deny){.reason = d->reason, .resource = d->resource, .action = d->action};
 }
 
 /* The client-visible message of a denial, in the call's arena (NULL when out of memory). */
@@ -100,7 +129,8 @@ static void fail_denied(rpc_call *call, const auth_decision *d)
 static bool authorize_or_reply(rpc_call *call)
 {
     auth_decision *d = pins_arena_calloc(call->arena, 1, sizeof(*d));
-    int rv = d != NULL ? auth_decide(call, d) : PINS_ENOMEM;
+    auth_facts f = facts_of(call);
+    int rv = d != NULL ? auth_decide(&f, d) : PINS_ENOMEM;
     if (rv != 0) {
         rpc_call_fail(call, rv, NULL);
         return false;
@@ -131,13 +161,71 @@ static void proceed(rpc_call *call)
     rpc__call_unref(call); /* ours; the call lives while others hold one */
 }
 
-/* The limiter's answer (possibly from a Redis reply callback); a refused call is finished. */
-static void on_rate_checked(rpc_call *call, bool go)
+/* A metadata entry named by a literal. */
+#define MD(name, value, len) ((rpc_call_md){(name), sizeof(name) - 1, (value), (len)})
+
+/* The rate limit headers of verdict v as trailing metadata: the limiter's constant texts (they
+ * outlive every call) without copies, the numbers written into one block of the call's arena.
+ * Returns 0 or PINS_ENOMEM. */
+static int add_rate_metadata(rpc_call *call, const ratelimit_verdict *v)
 {
-    if (go)
-        proceed(call);
-    else
-        rpc__call_unref(call);
+    const ratelimit_texts *t = v->texts;
+    /* "limit=<rpm>, remaining=<r>, reset=<s>", then "<r>", then "<retry>" (PINS_FMT_INT_MAX
+     * bytes each at most, NUL included). */
+    char *buf = pins_arena_alloc(call->arena, t->state_len + 8 + 4 * PINS_FMT_INT_MAX);
+    if (buf == NULL)
+        return PINS_ENOMEM;
+    memcpy(buf, t->state, t->state_len);
+    char *rem_at = buf + t->state_len;
+    char *p = pins_fmt_i64(rem_at, v->remaining);
+    size_t remlen = (size_t)(p - rem_at);
+    memcpy(p, ", reset=", 8);
+    p = pins_fmt_i64(p + 8, v->reset_s);
+    char *rem = p + 1;
+    memcpy(rem, rem_at, remlen);
+    rem[remlen] = '\0';
+    char *retry = rem + remlen + 1;
+    rpc_call_md md[5] = {
+        MD("ratelimit-policy", t->policy, t->policy_len),
+        MD("ratelimit", buf, (size_t)(p - buf)),
+        MD("x-ratelimit-limit", t->limit, t->limit_len),
+        MD("x-ratelimit-remaining", rem, remlen),
+        MD("retry-after", retry, 0),
+    };
+    if (!v->allowed)
+        md[4].valuelen = (size_t)(pins_fmt_i64(retry, v->retry_after_s) - retry);
+    return rpc_call_add_metadata_static(call, md, v->allowed ? 4 : 5, true);
+}
+
+/* The limiter's verdict (possibly from a Redis reply callback): its numbers go on the call (for
+ * the REST 429 body) and out as headers; a refused call is failed here. Our reference to the
+ * call ends here or in proceed(). */
+static void on_rate_checked(void *arg, const ratelimit_verdict *v)
+{
+    rpc_call *call = arg;
+    if (v->err != 0) {
+        rpc_call_fail(call, v->err,
+                      v->err == PINS_ECANCELLED ? "the server is shutting down" : NULL);
+        goto out;
+    }
+    if (v->texts != NULL) {
+        call->rate = (rpc__rate){.set = true, .limit = v->limit, .retry_after_s = v->retry_after_s};
+        int rv = add_rate_metadata(call, v);
+        if (rv != 0) {
+            rpc_call_fail(call, rv, NULL);
+            goto out;
+        }
+    }
+    if (!v->allowed) {
+        rpc_call_fail(call, PINS_ERATE_LIMITED,
+                      "rate limit exceeded: %lld requests per minute, retry after %lld s",
+                      (long long)v->limit, (long long)v->retry_after_s);
+        goto out;
+    }
+    proceed(call);
+    return;
+out:
+    rpc__call_unref(call);
 }
 
 /* The early decision; NULL in *pd when the request may go on. */
@@ -149,7 +237,8 @@ static int decide_early(rpc_call *call, const auth_decision **pd)
         return 0;
     call->tenant = resolve_tenant(m, NULL); /* early, only a row that spans every tenant names it */
     auth_decision *d = pins_arena_calloc(call->arena, 1, sizeof(*d));
-    int rv = d != NULL ? auth_decide_early(call, d) : PINS_ENOMEM;
+    auth_facts f = facts_of(call);
+    int rv = d != NULL ? auth_decide_early(&f, d) : PINS_ENOMEM;
     if (rv != 0)
         return rv;
     if (!d->allowed) {
@@ -207,8 +296,12 @@ void rpc__dispatch(rpc_call *call)
         goto out;
     }
     if ((m->flags & RPC_METHOD_MEMORY_PINS) && call->worker->ratelimit != NULL) {
+        /* A request that names no tenant, or every tenant, counts against the default one. */
+        const char *bucket = call->tenant;
+        if (bucket == NULL || strcmp(bucket, RPC_TENANT_ALL) == 0)
+            bucket = rpc_tenant_default;
         /* Our reference passes to on_rate_checked (at once, or when Redis answers). */
-        ratelimit_call_check(call->worker->ratelimit, call, on_rate_checked);
+        ratelimit_check(call->worker->ratelimit, bucket, call->arena, on_rate_checked, call);
         return;
     }
     proceed(call);

@@ -53,6 +53,32 @@ typedef struct rpc__metadata {
                     retry-after): HTTP/2 keeps it out of the peer's HPACK table */
 } rpc__metadata;
 
+/* Where a call came from, for the rbac audit row: the REST route template and HTTP method when
+ * the REST transport made the call, else NULL (the audit then names the RPC path and method).
+ * Static strings. */
+typedef struct rpc__origin {
+    const char *route;
+    const char *http_method;
+} rpc__origin;
+
+/* The refusal of the RBAC verdict (auth/auth.h) that failed the call, for the REST 403 body
+ * {"error":"forbidden","reason","resource","action"}: reason ("no-credentials", "invalid-token",
+ * "insufficient-permissions", "tenant-not-allowed"), the row's resource and action. NULL when no
+ * RBAC verdict refused the call. Static strings or strings in the call's arena. */
+typedef struct rpc__deny {
+    const char *reason;
+    const char *resource;
+    const char *action;
+} rpc__deny;
+
+/* The rate limiter's numbers (auth/ratelimit.h verdict) of a call it decided, for the REST 429
+ * body {"limit", "retry_after"}; set false when the limiter did not decide the call. */
+typedef struct rpc__rate {
+    bool set;
+    int64_t limit;         /* RATE_LIMIT_RPM */
+    int64_t retry_after_s; /* refused: seconds until a token is back; else 0 */
+} rpc__rate;
+
 enum {
     RPC__CALL_DISPATCHED = 1u << 0, /* the handler owns a reference */
     RPC__CALL_FINISHED = 1u << 1,   /* the response status has been sent (or dropped) */
@@ -96,20 +122,12 @@ struct rpc_call {
      * refuse with PINS_ERESOURCE_EXHAUSTED; 0: the transport's own bound. rpc/watch.c sets it
      * (PINS_WATCH_PENDING_BYTES) for WatchPins streams. */
     size_t pending_max;
-    /* Authorisation (rpc/dispatch.c, auth/auth.h). auth: the decision for a guarded method, in
-     * the call's arena; NULL for unguarded methods and before dispatch. When the call was refused
-     * by RBAC, deny_reason ("no-credentials", "invalid-token", "insufficient-permissions",
-     * "tenant-not-allowed"), deny_resource and deny_action (the row's, e.g. "memory_pin",
-     * "write") are set for the REST 403 body {"error":"forbidden","reason","resource","action"};
-     * they are NULL otherwise. All are static strings or live in the call's arena. */
+    /* Authorisation (rpc/dispatch.c, auth/auth.h): the RBAC verdict for a guarded method, in the
+     * call's arena; NULL for unguarded methods and before dispatch. */
     const struct auth_decision *auth;
-    /* The REST route template and HTTP method when the bridge's REST transport made the call
-     * (for the rbac audit row), else NULL. Static strings. */
-    const char *route;
-    const char *http_method;
-    const char *deny_reason;
-    const char *deny_resource;
-    const char *deny_action;
+    rpc__origin origin; /* set by the REST transport */
+    rpc__deny deny;     /* set by the dispatcher when RBAC refused the call */
+    rpc__rate rate;     /* set by the dispatcher from the rate limiter's verdict */
 };
 
 /* A new call for method on worker, with its own arena. The transport holds the one reference.
@@ -159,8 +177,8 @@ void rpc__dispatch(rpc_call *call);
 bool rpc__dispatch_early_or_reply(rpc_call *call);
 /* The same decision for transports that answer in their own shape (the bridge): *perr gets 0
  * when the request may go on, or the status of the refusal (*pmsg its client-visible message, in
- * the call's arena), already audited and recorded on the call (deny_reason, deny_resource and
- * deny_action for the REST 403 body); the caller answers it. Returns 0 or PINS_ENOMEM. */
+ * the call's arena), already audited and recorded on the call (call->deny, for the REST 403
+ * body); the caller answers it. Returns 0 or PINS_ENOMEM. */
 int rpc__dispatch_early(rpc_call *call, int *perr, const char **pmsg);
 
 #define RPC__ARENA_POOL 64

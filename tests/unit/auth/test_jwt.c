@@ -359,7 +359,7 @@ typedef struct headers {
     const char *const *kv; /* name, value, ..., NULL */
 } headers;
 
-/* As auth/decide.c looks headers up: the value, NULL, or auth__header_repeated. */
+/* As auth/decide.c looks headers up: the value, NULL, or auth_header_repeated. */
 static const char *lookup(void *arg, const char *name)
 {
     const headers *h = arg;
@@ -368,7 +368,7 @@ static const char *lookup(void *arg, const char *name)
         if (strcmp(h->kv[i], name) != 0)
             continue;
         if (v != NULL)
-            return auth__header_repeated;
+            return auth_header_repeated;
         v = h->kv[i + 1];
     }
     return v;

@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include <event2/event.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,6 +241,73 @@ static void test_limiter_refuses_rediss_and_reports_disabled_without_redis(void 
     pins_config_free(&cfg);
 }
 
+static void on_verdict(void *arg, const ratelimit_verdict *v)
+{
+    *(ratelimit_verdict *)arg = *v;
+}
+
+/* One check of tenant; the verdict is copied out of the callback. */
+static ratelimit_verdict check(ratelimit_worker *w, pins_arena *a, const char *tenant)
+{
+    ratelimit_verdict v = {.err = -1};
+    ratelimit_check(w, tenant, a, on_verdict, &v);
+    assert_int_equal(v.err, 0); /* without Redis the local bucket answers at once */
+    return v;
+}
+
+static void test_check_answers_a_verdict_with_typed_numbers(void **state)
+{
+    pins_config cfg;
+    pins_config_defaults(&cfg);
+    cfg.rate_limit_rpm = 120;
+    cfg.rate_limit_burst = 2;
+    struct event_base *base = event_base_new();
+    pins_arena *a = pins_arena_new(0);
+    assert_non_null(base);
+    assert_non_null(a);
+    ratelimit *rl = NULL;
+    ratelimit_worker *w = NULL;
+    char err[256] = "";
+    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), 0);
+    assert_int_equal(ratelimit_worker_new(rl, base, &w), 0);
+
+    ratelimit_verdict v = check(w, a, "t");
+    assert_true(v.allowed);
+    assert_non_null(v.texts);
+    assert_string_equal(v.texts->policy, "120;w=60;burst=2");
+    assert_int_equal(v.texts->policy_len, strlen("120;w=60;burst=2"));
+    assert_string_equal(v.texts->limit, "120");
+    assert_string_equal(v.texts->state, "limit=120, remaining=");
+    assert_int_equal(v.limit, 120);
+    assert_int_equal(v.remaining, 1);
+    assert_int_equal(v.retry_after_s, 0);
+    v = check(w, a, "t");
+    assert_true(v.allowed);
+    assert_int_equal(v.remaining, 0);
+    assert_int_equal(v.reset_s, 1);
+    /* Empty: refused with the seconds until one token is back (2 per second: at least 1). */
+    v = check(w, a, "t");
+    assert_false(v.allowed);
+    assert_int_equal(v.remaining, 0);
+    assert_int_equal(v.retry_after_s, 1);
+    assert_true(check(w, a, "u").allowed);
+    ratelimit_worker_free(w);
+    ratelimit_free(rl);
+
+    /* RATE_LIMIT_RPM=0: always allowed, no numbers, no headers. */
+    cfg.rate_limit_rpm = 0;
+    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), 0);
+    assert_int_equal(ratelimit_worker_new(rl, base, &w), 0);
+    v = check(w, a, "t");
+    assert_true(v.allowed);
+    assert_null(v.texts);
+    ratelimit_worker_free(w);
+    ratelimit_free(rl);
+    pins_arena_free(a);
+    event_base_free(base);
+    pins_config_free(&cfg);
+}
+
 /* ---- leases (ratelimit_lease.c) against a model of the Redis script ----------------------------
  */
 
@@ -396,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_redis_url_parses_every_part),
         cmocka_unit_test(test_redis_url_rejects_bad_ones_without_echoing_secrets),
         cmocka_unit_test(test_limiter_refuses_rediss_and_reports_disabled_without_redis),
+        cmocka_unit_test(test_check_answers_a_verdict_with_typed_numbers),
         cmocka_unit_test(test_lease_size_adapts_to_the_burst_and_the_bucket),
         cmocka_unit_test(test_lease_spends_locally_and_reports_the_bucket),
         cmocka_unit_test(test_leases_never_admit_more_than_the_bucket),

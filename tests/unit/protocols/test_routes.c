@@ -411,15 +411,21 @@ static void test_error_403_reads_the_rbac_hook(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "action")), "write");
     assert_int_equal(json_integer_value(json_object_get(j, "code")), 16);
     json_decref(j);
+    /* Metadata is not read back: the reason is the typed verdict's, else the code's. */
     assert_int_equal(rpc_call_add_metadata(call, "x-rbac-reason", "tenant-not-allowed", false), 0);
+    j = error_json(call, PINS_EPERMISSION_DENIED, "denied", &status);
+    assert_string_equal(json_string_value(json_object_get(j, "reason")),
+                        "insufficient-permissions");
+    assert_int_equal(json_integer_value(json_object_get(j, "code")), 7);
+    json_decref(j);
+    call->deny =
+        (rpc__deny){.reason = "tenant-not-allowed", .resource = "memory_pin", .action = "write"};
     j = error_json(call, PINS_EPERMISSION_DENIED, "denied", &status);
     assert_string_equal(json_string_value(json_object_get(j, "reason")), "tenant-not-allowed");
     assert_int_equal(json_integer_value(json_object_get(j, "code")), 7);
     json_decref(j);
     /* What the dispatcher's RBAC check records wins. */
-    call->deny_reason = "invalid-token";
-    call->deny_resource = "rbac";
-    call->deny_action = "reload";
+    call->deny = (rpc__deny){.reason = "invalid-token", .resource = "rbac", .action = "reload"};
     j = error_json(call, PINS_EUNAUTHENTICATED, "denied", &status);
     assert_string_equal(json_string_value(json_object_get(j, "reason")), "invalid-token");
     assert_string_equal(json_string_value(json_object_get(j, "resource")), "rbac");
@@ -431,15 +437,25 @@ static void test_error_403_reads_the_rbac_hook(void **state)
 static void test_error_429_and_breaker_retry_after(void **state)
 {
     fake_env_config(*state)->breaker_open_seconds = 30;
+    fake_env_config(*state)->rate_limit_rpm = 100;
     rpc_call *call = call_for(*state, "/memorypins.v1.MemoryPins/GetPin");
-    assert_int_equal(rpc_call_add_metadata(call, "x-ratelimit-limit", "100", false), 0);
-    assert_int_equal(rpc_call_add_metadata(call, "retry-after", "7", false), 0);
     int status;
+    /* Not decided by the limiter: RATE_LIMIT_RPM and 60 s. */
     json_t *j = error_json(call, PINS_ERATE_LIMITED, "rate limit exceeded", &status);
+    assert_int_equal(status, 429);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "detail"), "limit")),
+                     100);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(j, "detail"), "retry_after")), 60);
+    json_decref(j);
+    /* The limiter's typed numbers, as the dispatcher keeps them; metadata is not parsed back. */
+    assert_int_equal(rpc_call_add_metadata(call, "retry-after", "99", false), 0);
+    call->rate = (rpc__rate){.set = true, .limit = 120, .retry_after_s = 7};
+    j = error_json(call, PINS_ERATE_LIMITED, "rate limit exceeded", &status);
     assert_int_equal(status, 429);
     json_t *d = json_object_get(j, "detail");
     assert_string_equal(json_string_value(json_object_get(d, "error")), "rate_limit_exceeded");
-    assert_int_equal(json_integer_value(json_object_get(d, "limit")), 100);
+    assert_int_equal(json_integer_value(json_object_get(d, "limit")), 120);
     assert_int_equal(json_integer_value(json_object_get(d, "retry_after")), 7);
     json_decref(j);
     rpc__call_abandon(call);

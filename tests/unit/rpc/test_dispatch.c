@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/ratelimit.h"
 #include "common/error.h"
 #include "fake_call.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -731,6 +732,87 @@ static void test_dispatch_resolves_the_tenant_once_with_the_default(void **state
     assert_null(tenant_of(env, &no_tenant_row, NULL));
 }
 
+/* One GetPin-shaped call of tenant on row; the call stays readable until the caller unrefs it. */
+static fake_call *run_tenant(fake_env *env, const rpc_method *row, const char *tenant,
+                             rpc_call **pcall)
+{
+    Memorypins__V1__GetPinRequest get = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
+    get.key = "k";
+    get.tenant_id = (char *)tenant;
+    fake_call *fc = fake_call_new_method(env, row, &get.base, NULL);
+    assert_non_null(fc);
+    *pcall = fake_call_rpc(fc);
+    rpc__call_ref(*pcall);
+    fake_call_dispatch(fc);
+    assert_true(fake_call_finished(fc));
+    return fc;
+}
+
+static void test_dispatch_adds_the_rate_limiters_verdict_as_headers(void **state)
+{
+    fake_env *env = *state;
+    pins_config *cfg = fake_env_config(env);
+    cfg->rate_limit_rpm = 60;
+    cfg->rate_limit_burst = 1;
+    ratelimit *rl = NULL;
+    char err[128];
+    assert_int_equal(ratelimit_new(cfg, &rl, err, sizeof(err)), 0);
+    ratelimit_worker *w = NULL;
+    assert_int_equal(ratelimit_worker_new(rl, fake_env_base(env), &w), 0);
+    fake_env_worker(env)->ratelimit = w;
+
+    /* Allowed: the four headers of API.md 7, the numbers typed on the call. */
+    rpc_call *call;
+    fake_call *fc = run_tenant(env, &get_tenant_row, "acme", &call);
+    assert_int_equal(fake_call_err(fc), 0);
+    assert_string_equal(fake_call_metadata(fc, "ratelimit-policy", true), "60;w=60;burst=1");
+    assert_string_equal(fake_call_metadata(fc, "ratelimit", true),
+                        "limit=60, remaining=0, reset=1");
+    assert_string_equal(fake_call_metadata(fc, "x-ratelimit-limit", true), "60");
+    assert_string_equal(fake_call_metadata(fc, "x-ratelimit-remaining", true), "0");
+    assert_null(fake_call_metadata(fc, "retry-after", true));
+    assert_true(call->rate.set);
+    assert_int_equal(call->rate.limit, 60);
+    assert_int_equal(call->rate.retry_after_s, 0);
+    rpc__call_unref(call);
+    fake_call_free(fc);
+
+    /* Refused by the same tenant's bucket: the dispatcher fails the call and adds Retry-After;
+     * the handler never runs. */
+    int reads = seen.tenant_reads;
+    fc = run_tenant(env, &get_tenant_row, "acme", &call);
+    assert_int_equal(fake_call_err(fc), PINS_ERATE_LIMITED);
+    assert_string_equal(fake_call_message(fc),
+                        "rate limit exceeded: 60 requests per minute, retry after 1 s");
+    assert_string_equal(fake_call_metadata(fc, "retry-after", true), "1");
+    assert_string_equal(fake_call_metadata(fc, "x-ratelimit-remaining", true), "0");
+    assert_int_equal(seen.tenant_reads, reads);
+    assert_true(call->rate.set);
+    assert_int_equal(call->rate.limit, 60);
+    assert_int_equal(call->rate.retry_after_s, 1);
+    rpc__call_unref(call);
+    fake_call_free(fc);
+
+    /* Another tenant has its own bucket; a request without a tenant counts against the
+     * default one, which is still full. */
+    fc = run_tenant(env, &get_tenant_row, "other", &call);
+    assert_int_equal(fake_call_err(fc), 0);
+    rpc__call_unref(call);
+    fake_call_free(fc);
+    fc = run_tenant(env, &get_tenant_row, "", &call);
+    assert_int_equal(fake_call_err(fc), 0);
+    rpc__call_unref(call);
+    fake_call_free(fc);
+    fc = run_tenant(env, &get_tenant_row, "global", &call);
+    assert_int_equal(fake_call_err(fc), PINS_ERATE_LIMITED);
+    rpc__call_unref(call);
+    fake_call_free(fc);
+
+    fake_env_worker(env)->ratelimit = NULL;
+    ratelimit_worker_free(w);
+    ratelimit_free(rl);
+}
+
 static void test_call_headers_are_visible_to_the_handler(void **state)
 {
     static const char *const headers[] = {"x-agent-id", "agent-7", "x-other", "v", NULL};
@@ -780,6 +862,7 @@ int main(void)
         T(test_call_static_metadata_keeps_order_and_is_not_copied),
         T(test_call_headers_are_visible_to_the_handler),
         T(test_dispatch_resolves_the_tenant_once_with_the_default),
+        T(test_dispatch_adds_the_rate_limiters_verdict_as_headers),
     };
     return cmocka_run_group_tests_name("rpc/dispatch", tests, NULL, NULL);
 }
