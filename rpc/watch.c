@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "auth/auth.h"
+#include "common/list.h"
 #include "rpc/rpc_int.h"
 
 /* Buckets of the principal table (a power of two). */
@@ -41,7 +42,7 @@ typedef struct principal {
 
 /* One WatchPins stream. Lives in its call's arena. */
 typedef struct sub {
-    struct sub *prev, *next;
+    pins_list link; /* in its worker's subs */
     rpc_call *call;
     principal *owner; /* its slot */
     const char *tenant_id;
@@ -55,7 +56,7 @@ struct rpc__watch_worker {
     struct event *ev;
     struct event *heartbeat_ev; /* NULL without PINS_SSE_HEARTBEAT_SECONDS; armed while subs */
     struct timeval heartbeat_tv;
-    sub *subs; /* worker thread only */
+    pins_list subs; /* of sub, newest first; worker thread only */
     _Atomic int nsubs;
 };
 
@@ -149,15 +150,9 @@ static void slot_give(principal *p)
 
 static void unlink_sub(rpc__watch_worker *ww, sub *s)
 {
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        ww->subs = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
-    s->prev = s->next = NULL;
+    pins_list_unlink(&s->link);
     atomic_fetch_sub(&ww->nsubs, 1);
-    if (ww->subs == NULL && ww->heartbeat_ev != NULL)
+    if (pins_list_is_empty(&ww->subs) && ww->heartbeat_ev != NULL)
         event_del(ww->heartbeat_ev); /* an idle worker has no timer to wake it */
     slot_give(s->owner);
     s->owner = NULL;
@@ -179,30 +174,30 @@ static void end_sub(rpc__watch_worker *ww, sub *s, int rv)
 
 static void deliver(rpc__watch_worker *ww, const event_msg *e)
 {
-    for (sub *s = ww->subs; s != NULL;) {
-        sub *next = s->next;
+    for (pins_list *p = ww->subs.next, *next; p != &ww->subs; p = next) {
+        next = p->next; /* s may leave the list */
+        sub *s = pins_list_entry(p, sub, link);
         if (strcmp(s->tenant_id, e->tenant_id) == 0 && s->prefix_len <= e->key_len &&
             memcmp(s->prefix, e->key, s->prefix_len) == 0) {
             int rv = rpc_call_send_packed(s->call, e->msg, e->len);
             if (rv != 0)
                 end_sub(ww, s, rv);
         }
-        s = next;
     }
 }
 
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
 {
     rpc__watch_worker *ww = arg;
-    for (sub *s = ww->subs; s != NULL;) {
-        sub *next = s->next;
+    for (pins_list *p = ww->subs.next, *next; p != &ww->subs; p = next) {
+        next = p->next;
+        sub *s = pins_list_entry(p, sub, link);
         rpc_call *call = s->call;
         if (call->ops->heartbeat != NULL && call->transport != NULL) {
             int rv = call->ops->heartbeat(call);
             if (rv != 0)
                 end_sub(ww, s, rv);
         }
-        s = next;
     }
 }
 
@@ -307,10 +302,7 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
     s->tenant_id = t;
     s->prefix = p;
     s->prefix_len = strlen(p);
-    s->next = ww->subs;
-    if (ww->subs != NULL)
-        ww->subs->prev = s;
-    ww->subs = s;
+    pins_list_insert(ww->subs.next, &s->link);
     atomic_fetch_add(&ww->nsubs, 1);
     if (ww->heartbeat_ev != NULL && !evtimer_pending(ww->heartbeat_ev, NULL))
         evtimer_add(ww->heartbeat_ev, &ww->heartbeat_tv);
@@ -333,6 +325,7 @@ int rpc__watch_worker_init(rpc_worker *w)
     if (ww == NULL)
         return PINS_ENOMEM;
     pthread_mutex_init(&ww->mu, NULL);
+    pins_list_init(&ww->subs);
     ww->ev = event_new(w->base, -1, 0, on_inbox, ww);
     int secs = w->server->cfg->sse_heartbeat_seconds;
     if (ww->ev != NULL && secs > 0) {
@@ -357,8 +350,8 @@ void rpc__watch_drain(rpc_worker *w)
     rpc__watch_worker *ww = w->watch_hub;
     if (ww == NULL)
         return;
-    while (ww->subs != NULL) {
-        sub *s = ww->subs;
+    for (pins_list *p = pins_list_first(&ww->subs); p != NULL; p = pins_list_first(&ww->subs)) {
+        sub *s = pins_list_entry(p, sub, link);
         rpc_call *call = s->call;
         unlink_sub(ww, s);
         rpc_call_on_cancel(call, NULL, NULL);
