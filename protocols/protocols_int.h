@@ -157,11 +157,11 @@ void proto__rest_serve(proto__exchange *ex, const proto__match *m, const char *q
                        size_t query_len);
 
 /* The REST error answer for err and message on call (API.md section 5): the ONE place that maps
- * an error to an HTTP status, a JSON body and extra headers. The call gives the 422 detail
- * (detail_loc0/loc1/type), the RBAC refusal (call->deny, else the method row), the rate
- * limiter's numbers (call->rate) and the response metadata other layers added (see
- * protocols/README.md, "Error mapping"). body and headers live in the call's arena. Returns 0 or
- * PINS_ENOMEM. */
+ * an error to an HTTP status, a JSON body and extra headers. The call gives the field at fault
+ * (call->field_error; its 422 location comes from the route row of call->origin), the RBAC
+ * refusal (call->deny, else the method row), the rate limiter's numbers (call->rate) and the
+ * response metadata other layers added (see protocols/README.md, "Error mapping"). body and
+ * headers live in the call's arena. Returns 0 or PINS_ENOMEM. */
 typedef struct proto__error_answer {
     int status;
     const char *body;

@@ -125,6 +125,34 @@ int proto__route_match(const char *method, const char *path, size_t path_len, pr
 /* ---- error mapping ----------------------------------------------------------------------------
  */
 
+static bool query_allowed(const proto__route *r, const char *name);
+
+/* The route row that made call (by its origin), or NULL for a call the REST transport did not
+ * make. */
+static const proto__route *route_of(const rpc_call *call)
+{
+    for (size_t i = 0; i < NROUTES && call->origin.route != NULL; i++) {
+        if (routes[i].pattern == call->origin.route && routes[i].method == call->origin.http_method)
+            return &routes[i];
+    }
+    return NULL;
+}
+
+/* Where the route bound a request field (FastAPI's loc[0]): "path" for a placeholder of its
+ * pattern ({key}), "query" for one of its query parameters, else "body". */
+static const char *field_location(const rpc_call *call, const char *field)
+{
+    const proto__route *r = route_of(call);
+    if (r == NULL || field == NULL)
+        return "body";
+    size_t n = strlen(field);
+    for (const char *p = strchr(r->pattern, '{'); p != NULL; p = strchr(p + 1, '{')) {
+        if (strncmp(p + 1, field, n) == 0 && p[1 + n] == '}')
+            return "path";
+    }
+    return query_allowed(r, field) ? "query" : "body";
+}
+
 static const char *metadata_value(const rpc_call *call, const char *name)
 {
     for (const rpc__metadata *md = rpc__call_metadata(call); md != NULL; md = md->next) {
@@ -149,12 +177,13 @@ int proto__rest_error(rpc_call *call, int err, const char *message, proto__error
 
     switch (err) {
     case PINS_EINVALID_ARGUMENT: {
-        /* FastAPI's validation shape, from the detail the handler set. */
-        const char *l0 = call->detail_loc0 != NULL ? call->detail_loc0 : "body";
-        char *q0 = proto__json_quote(a, l0);
-        char *q1 = call->detail_loc1 != NULL ? proto__json_quote(a, call->detail_loc1) : NULL;
-        char *qt = proto__json_quote(a, call->detail_type ? call->detail_type : "value_error");
-        if (q0 == NULL || qt == NULL || (call->detail_loc1 != NULL && q1 == NULL))
+        /* FastAPI's validation shape: loc is [where the route bound the field, the field], or
+         * ["body"] for the request as a whole. */
+        const rpc__field_error *fe = &call->field_error;
+        char *q0 = proto__json_quote(a, field_location(call, fe->field));
+        char *q1 = fe->field != NULL ? proto__json_quote(a, fe->field) : NULL;
+        char *qt = proto__json_quote(a, fe->type != NULL ? fe->type : "value_error");
+        if (q0 == NULL || qt == NULL || (fe->field != NULL && q1 == NULL))
             return PINS_ENOMEM;
         body = pins_arena_printf(a,
                                  "{\"detail\":[{\"loc\":[%s%s%s],\"msg\":%s,\"type\":%s}],"
@@ -231,11 +260,11 @@ void proto__rest_fail(proto__exchange *ex, int err, const char *message)
                    ans.headers.n);
 }
 
-/* A validation failure found by the bridge itself (REST 422 at loc0.loc1). */
-static void fail_invalid(proto__exchange *ex, const char *loc0, const char *loc1, const char *type,
-                         const char *msg)
+/* A validation failure of field (NULL: the request as a whole) found by the bridge itself, with
+ * FastAPI's error type; REST 422 at the location the route gives the field. */
+static void fail_invalid(proto__exchange *ex, const char *field, const char *type, const char *msg)
 {
-    rpc_call_set_error_detail(ex->call, loc0, loc1, type);
+    ex->call->field_error = (rpc__field_error){.field = field, .type = type};
     proto__rest_fail(ex, PINS_EINVALID_ARGUMENT, msg);
 }
 
@@ -295,7 +324,7 @@ static int bind_value(proto__exchange *ex, ProtobufCMessage *msg, const char *wh
     /* A NUL would silently cut the C string the handler validates: reject it here. */
     if (memchr(v, '\0', vlen) != NULL || pins_utf8_count(v, vlen) < 0) {
         char *m = pins_arena_printf(a, "%s: must be valid UTF-8 without NUL characters", name);
-        fail_invalid(ex, where, name, "value_error", m != NULL ? m : "invalid value");
+        fail_invalid(ex, name, NULL, m != NULL ? m : "invalid value");
         return PINS_EINVALID_ARGUMENT;
     }
     proto_json_error jerr;
@@ -303,7 +332,7 @@ static int bind_value(proto__exchange *ex, ProtobufCMessage *msg, const char *wh
     rv = proto_json_set_field(a, msg, name, v, vlen, &jerr);
     if (rv == PINS_EMALFORMED) {
         char *m = pins_arena_printf(a, "%s: %s", name, jerr.msg[0] ? jerr.msg : "invalid value");
-        fail_invalid(ex, where, name, type_error_of(msg->descriptor, name),
+        fail_invalid(ex, name, type_error_of(msg->descriptor, name),
                      m != NULL ? m : "invalid value");
         return rv;
     }
@@ -375,7 +404,7 @@ static int bind_query(proto__exchange *ex, ProtobufCMessage *msg, const char *q,
         /* proto3 reads limit 0 as "the default"; on REST an explicit limit=0 is out of the
          * range 1..1000 (API.md section 4), as FastAPI answered. */
         if (strcmp(name, "limit") == 0 && int32_field(msg, "limit") == 0) {
-            fail_invalid(ex, "query", "limit", "value_error", "limit: must be between 1 and 1000");
+            fail_invalid(ex, "limit", NULL, "limit: must be between 1 and 1000");
             return PINS_EINVALID_ARGUMENT;
         }
     }
@@ -394,7 +423,7 @@ static int decode_body(proto__exchange *ex, const ProtobufCMessageDescriptor *de
         len--;
     if (len == 0) {
         /* FastAPI answers a missing body of a body route with 422 "field required". */
-        fail_invalid(ex, "body", NULL, "value_error.missing", "field required");
+        fail_invalid(ex, NULL, "value_error.missing", "field required");
         return PINS_EINVALID_ARGUMENT;
     }
     proto_json_error jerr;
@@ -411,12 +440,12 @@ static int decode_body(proto__exchange *ex, const ProtobufCMessageDescriptor *de
              * section 4), with pydantic's type for a field that wants a dict. */
             char *loc1 = pins_arena_strdup(a, jerr.path);
             char *msg = pins_arena_printf(a, "%s: must be a JSON object", jerr.path);
-            fail_invalid(ex, "body", loc1, "type_error.dict", msg != NULL ? msg : "must be a JSON object");
+            fail_invalid(ex, loc1, "type_error.dict", msg != NULL ? msg : "must be a JSON object");
         } else if (jerr.type_error || jerr.path[0] == '\0') {
             proto__rest_fail(ex, PINS_EMALFORMED, m);
         } else {
             char *loc1 = pins_arena_strdup(a, jerr.path);
-            fail_invalid(ex, "body", loc1, "value_error", m != NULL ? m : "invalid value");
+            fail_invalid(ex, loc1, NULL, m != NULL ? m : "invalid value");
         }
         return rv;
     }

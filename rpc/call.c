@@ -329,13 +329,6 @@ int rpc_call_add_metadata_static(rpc_call *call, const rpc_call_md *md, size_t n
     return n > 0 ? add_metadata(call, md, n, trailer) : 0;
 }
 
-void rpc_call_set_error_detail(rpc_call *call, const char *loc0, const char *loc1, const char *type)
-{
-    call->detail_loc0 = loc0;
-    call->detail_loc1 = loc1;
-    call->detail_type = type;
-}
-
 int rpc_call_send(rpc_call *call, const ProtobufCMessage *msg)
 {
     if (call->flags & (RPC__CALL_FINISHED | RPC__CALL_CANCELLED) || call->transport == NULL)
@@ -456,4 +449,14 @@ void rpc_call_fail(rpc_call *call, int err, const char *fmt, ...)
                        "message", msg, "request_id", rpc_call_request_id(call), NULL);
     }
     finish(call, err, msg);
+}
+
+void rpc_call_fail_field(rpc_call *call, int err, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    const char *why = pins_arena_vprintf(call->arena, fmt, ap);
+    va_end(ap);
+    call->field_error = (rpc__field_error){.field = field};
+    rpc_call_fail(call, err, "%s: %s", field, why != NULL ? why : pins_strerror(err));
 }

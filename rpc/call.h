@@ -155,10 +155,12 @@ void rpc_call_fail(rpc_call *call, int err, const char *fmt, ...)
 /* Finishes a streaming call with OK after its messages. */
 void rpc_call_finish(rpc_call *call);
 
-/* A detail for the REST 422 body: the offending field's location (e.g. "body", "key") and a
- * machine-readable type (e.g. "value_error"). Set before rpc_call_fail(PINS_EINVALID_ARGUMENT).
- * Strings are borrowed static strings or arena strings. */
-void rpc_call_set_error_detail(rpc_call *call, const char *loc0, const char *loc1,
-                               const char *type);
+/* The error funnel for a request that is wrong in one field: as rpc_call_fail(call, err,
+ * "<field>: <why>") where why is fmt formatted, and the call records field (the name of a field of
+ * the request message, e.g. "tenant_id"; a static or arena string) as the one at fault.
+ * Transports that report fields take it from there: REST answers 422 with the field's location
+ * (path, query or body, from the route that bound it). Handlers never name locations. */
+void rpc_call_fail_field(rpc_call *call, int err, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif

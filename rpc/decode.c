@@ -44,7 +44,7 @@ int rpc__call_decode(rpc_call *call, const ProtobufCMessageDescriptor *desc, con
     const ProtobufCFieldDescriptor *bad = NULL;
     if (pbwire_check_ex(p, len, desc, RPC__MAX_PROTO_DEPTH, &bad) != 0) {
         if (bad != NULL) {
-            rpc_call_set_error_detail(call, "body", bad->name, "value_error");
+            call->field_error = (rpc__field_error){.field = bad->name};
             *pwhy = pins_arena_printf(call->arena, "%s: must be valid UTF-8 without NUL characters",
                                       bad->name);
         } else {

@@ -53,9 +53,18 @@ typedef struct rpc__metadata {
                     retry-after): HTTP/2 keeps it out of the peer's HPACK table */
 } rpc__metadata;
 
-/* Where a call came from, for the rbac audit row: the REST route template and HTTP method when
- * the REST transport made the call, else NULL (the audit then names the RPC path and method).
- * Static strings. */
+/* The request field at fault when the call failed INVALID_ARGUMENT (rpc_call_fail_field, or a
+ * transport's own binding): field is a field name of the request message, NULL for the request
+ * as a whole; type FastAPI's error type for the REST 422 body ("type_error.integer"...), NULL for
+ * "value_error". Static strings or strings in the call's arena. */
+typedef struct rpc__field_error {
+    const char *field;
+    const char *type;
+} rpc__field_error;
+
+/* Where a call came from: the REST route template and HTTP method when the REST transport made
+ * the call, else NULL. The rbac audit row names them (else the RPC path and method); the REST
+ * error mapping finds the route's row by them (the location of a field error). Static strings. */
 typedef struct rpc__origin {
     const char *route;
     const char *http_method;
@@ -113,10 +122,7 @@ struct rpc_call {
     void *on_cancel_arg;
     rpc_call_message_cb on_message;
     void *on_message_arg;
-    /* REST 422 detail. */
-    const char *detail_loc0;
-    const char *detail_loc1;
-    const char *detail_type;
+    rpc__field_error field_error;
     const char *error_message; /* the client-visible message of a failed call */
     /* Response bytes a server stream may have waiting for a slow reader before send and write
      * refuse with PINS_ERESOURCE_EXHAUSTED; 0: the transport's own bound. rpc/watch.c sets it
@@ -153,7 +159,7 @@ void rpc__call_unref(rpc_call *call);
  * needs 193 levels (common/pbwire.h). */
 #define RPC__MAX_PROTO_DEPTH 200
 /* Checks and unpacks a request message of type desc into the call's arena. On failure *pwhy
- * gets the client-visible reason (and the REST detail is set for a bad string field).
+ * gets the client-visible reason (and call->field_error names a bad string field).
  * Returns 0, PINS_EINVALID_ARGUMENT or PINS_ETOO_LARGE. */
 int rpc__call_decode(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *p,
                      size_t len, ProtobufCMessage **pmsg, const char **pwhy);

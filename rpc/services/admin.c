@@ -62,13 +62,11 @@ static bool page_or_reply(rpc_call *call, int32_t *plimit, int32_t offset)
 {
     int32_t limit = *plimit == 0 ? LIST_DEFAULT_LIMIT : *plimit;
     if (limit < 1 || limit > LIST_MAX_LIMIT) {
-        rpc_call_set_error_detail(call, "query", "limit", "value_error");
-        rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "limit: must be between 1 and 1000");
+        rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "limit", "must be between 1 and 1000");
         return false;
     }
     if (offset < 0) {
-        rpc_call_set_error_detail(call, "query", "offset", "value_error");
-        rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "offset: must be at least 0");
+        rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "offset", "must be at least 0");
         return false;
     }
     *plimit = limit;
@@ -292,8 +290,7 @@ void rpc__admin_rbac_audit_cleanup(rpc_call *call)
         (const Memorypins__V1__CleanupRbacAuditRequest *)rpc_call_request(call);
     int32_t days = req->retention_days == 0 ? RETENTION_DEFAULT_DAYS : req->retention_days;
     if (days < 1) {
-        rpc_call_set_error_detail(call, "query", "retention_days", "value_error");
-        rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "retention_days: must be at least 1");
+        rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "retention_days", "must be at least 1");
         return;
     }
     cleanup_ctx *c = pins_arena_alloc(rpc_call_arena(call), sizeof(*c));

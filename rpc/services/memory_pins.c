@@ -25,11 +25,10 @@
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-/* Fails the call with a validation error on field (REST location body.field). */
-static void invalid(rpc_call *call, const char *where, const char *field, const char *why)
+/* Fails the call with a validation error on field. */
+static void invalid(rpc_call *call, const char *field, const char *why)
 {
-    rpc_call_set_error_detail(call, where, field, "value_error");
-    rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "%s: %s", field, why);
+    rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, field, "%s", why);
 }
 
 static Google__Protobuf__Timestamp *timestamp(pins_arena *a, int64_t us)
@@ -180,26 +179,26 @@ void rpc__pins_upsert(rpc_call *call)
 
     why = pins_check_key(req->key);
     if (why != NULL) {
-        invalid(call, "body", "key", why);
+        invalid(call, "key", why);
         return;
     }
     why = pins_check_tenant(tenant);
     if (why != NULL) {
-        invalid(call, "body", "tenant_id", why);
+        invalid(call, "tenant_id", why);
         return;
     }
     why = pins_check_source(source);
     if (why != NULL) {
-        invalid(call, "body", "source", why);
+        invalid(call, "source", why);
         return;
     }
     why = req->ttl_seconds != NULL ? pins_check_ttl(req->ttl_seconds->value) : NULL;
     if (why != NULL) {
-        invalid(call, "body", "ttl_seconds", why);
+        invalid(call, "ttl_seconds", why);
         return;
     }
     if (req->value == NULL) {
-        invalid(call, "body", "value", "is required and must be a JSON object");
+        invalid(call, "value", "is required and must be a JSON object");
         return;
     }
     int rv = pbstruct_to_json(req->value, (size_t)cfg->memory_max_size_bytes, PINS_VALUE_MAX_DEPTH,
@@ -210,12 +209,13 @@ void rpc__pins_upsert(rpc_call *call)
             rpc_call_fail(call, PINS_ERESOURCE_EXHAUSTED, "value: too large to encode");
             return;
         }
-        rpc_call_set_error_detail(call, "body", "value", "value_error");
         if (r == PBSTRUCT_REASON_TOO_LARGE)
-            rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "value: must be at most %lld bytes as JSON",
-                          (long long)cfg->memory_max_size_bytes);
+            rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "value",
+                                "must be at most %lld bytes as JSON",
+                                (long long)cfg->memory_max_size_bytes);
         else
-            rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "value: %s", pbstruct_reason_text(r));
+            rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "value", "%s",
+                                pbstruct_reason_text(r));
         return;
     }
     char hash[17];
@@ -313,20 +313,19 @@ static key_ctx *key_ctx_new(rpc_call *call, const char *tenant, const char *key)
     return k;
 }
 
-/* Validates the key (a path parameter on REST) and the defaulted tenant (a query parameter) of a
- * GetPin or DeletePin request; returns their context in the call's arena, or NULL after failing
- * the call. */
+/* Validates the key and the defaulted tenant of a GetPin or DeletePin request; returns their
+ * context in the call's arena, or NULL after failing the call. */
 static key_ctx *key_request_or_reply(rpc_call *call, const char *key)
 {
     const char *tenant = rpc_call_tenant(call);
     const char *why = pins_check_key(key);
     if (why != NULL) {
-        invalid(call, "path", "key", why);
+        invalid(call, "key", why);
         return NULL;
     }
     why = pins_check_tenant(tenant);
     if (why != NULL) {
-        invalid(call, "query", "tenant_id", why);
+        invalid(call, "tenant_id", why);
         return NULL;
     }
     return key_ctx_new(call, tenant, key);
@@ -469,21 +468,21 @@ void rpc__pins_list(rpc_call *call)
     const char *why;
     why = pins_check_tenant(tenant);
     if (why != NULL) {
-        invalid(call, "query", "tenant_id", why);
+        invalid(call, "tenant_id", why);
         return;
     }
     why = pins_check_prefix(prefix);
     if (why != NULL) {
-        invalid(call, "query", "prefix", why);
+        invalid(call, "prefix", why);
         return;
     }
     int32_t limit = req->limit == 0 ? PINS_LIST_DEFAULT_LIMIT : req->limit;
     if (limit < 1 || limit > PINS_LIST_MAX_LIMIT) {
-        invalid(call, "query", "limit", "must be between 1 and 1000");
+        invalid(call, "limit", "must be between 1 and 1000");
         return;
     }
     if (req->offset < 0) {
-        invalid(call, "query", "offset", "must be at least 0");
+        invalid(call, "offset", "must be at least 0");
         return;
     }
     store_list_req lr = {
@@ -496,7 +495,7 @@ void rpc__pins_list(rpc_call *call)
     };
     if (req->page_token != NULL && req->page_token[0] != '\0') {
         if (!token_decode(req->page_token, &lr.offset, &lr.cursor_created_us, &lr.cursor_id)) {
-            invalid(call, "query", "page_token", "is not a token this server issued");
+            invalid(call, "page_token", "is not a token this server issued");
             return;
         }
         lr.has_cursor = true;
@@ -602,7 +601,7 @@ void rpc__pins_cleanup(rpc_call *call)
         tenant = rpc_call_tenant(call);
         const char *why = pins_check_tenant(tenant);
         if (why != NULL) {
-            invalid(call, "query", "tenant_id", why);
+            invalid(call, "tenant_id", why);
             return;
         }
     }
@@ -627,12 +626,12 @@ void rpc__pins_watch(rpc_call *call)
     const char *prefix = req->prefix != NULL ? req->prefix : "";
     const char *why = pins_check_tenant(tenant);
     if (why != NULL) {
-        invalid(call, "query", "tenant_id", why);
+        invalid(call, "tenant_id", why);
         return;
     }
     why = pins_check_prefix(prefix);
     if (why != NULL) {
-        invalid(call, "query", "prefix", why);
+        invalid(call, "prefix", why);
         return;
     }
     const char *full = NULL;

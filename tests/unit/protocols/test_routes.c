@@ -357,11 +357,85 @@ static json_t *error_json(rpc_call *call, int err, const char *msg, int *pstatus
     return j;
 }
 
+/* The row of the REST route method pattern. */
+static const proto__route *route_row(const char *method, const char *pattern)
+{
+    size_t n;
+    const proto__route *r = proto__routes(&n);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(r[i].method, method) == 0 && strcmp(r[i].pattern, pattern) == 0)
+            return &r[i];
+    }
+    fail_msg("no route %s %s", method, pattern);
+    return NULL;
+}
+
+/* A call as the REST transport makes it for the route method pattern. */
+static rpc_call *rest_call_for(fake_env *env, const char *method, const char *pattern)
+{
+    const proto__route *r = route_row(method, pattern);
+    rpc_call *call = call_for(env, r->rpc);
+    call->origin = (rpc__origin){.route = r->pattern, .http_method = r->method};
+    return call;
+}
+
+/* The 422 body of call failed on field (type NULL: the default) must be exactly
+ * {"detail":[{"loc":[loc0,field],"msg":msg,"type":type}],"code":3,"message":msg}. */
+static void assert_422_at(rpc_call *call, const char *field, const char *type, const char *loc0)
+{
+    call->field_error = (rpc__field_error){.field = field, .type = type};
+    proto__error_answer ans;
+    assert_int_equal(proto__rest_error(call, PINS_EINVALID_ARGUMENT, "m", &ans), 0);
+    assert_int_equal(ans.status, 422);
+    char want[256];
+    if (field != NULL)
+        snprintf(want, sizeof(want),
+                 "{\"detail\":[{\"loc\":[\"%s\",\"%s\"],\"msg\":\"m\",\"type\":\"%s\"}],"
+                 "\"code\":3,\"message\":\"m\"}",
+                 loc0, field, type != NULL ? type : "value_error");
+    else
+        snprintf(want, sizeof(want),
+                 "{\"detail\":[{\"loc\":[\"%s\"],\"msg\":\"m\",\"type\":\"%s\"}],"
+                 "\"code\":3,\"message\":\"m\"}",
+                 loc0, type != NULL ? type : "value_error");
+    assert_string_equal(ans.body, want);
+}
+
+static void test_error_422_location_comes_from_the_route(void **state)
+{
+    /* A path placeholder, a query parameter, else the body. */
+    rpc_call *call = rest_call_for(*state, "GET", "/api/v1/memory/pins/{key}");
+    assert_422_at(call, "key", NULL, "path");
+    assert_422_at(call, "tenant_id", NULL, "query");
+    rpc__call_abandon(call);
+    call = rest_call_for(*state, "DELETE", "/api/v1/memory/pins/{key}");
+    assert_422_at(call, "key", NULL, "path");
+    assert_422_at(call, "expected_version", "type_error.integer", "query");
+    rpc__call_abandon(call);
+    call = rest_call_for(*state, "POST", "/api/v1/memory/pins");
+    assert_422_at(call, "tenant_id", NULL, "body");
+    assert_422_at(call, "key", NULL, "body");
+    assert_422_at(call, "value", "type_error.dict", "body");
+    assert_422_at(call, NULL, "value_error.missing", "body");
+    rpc__call_abandon(call);
+    call = rest_call_for(*state, "GET", "/api/v1/memory/pins");
+    assert_422_at(call, "limit", NULL, "query");
+    assert_422_at(call, "page_token", NULL, "query");
+    rpc__call_abandon(call);
+    call = rest_call_for(*state, "POST", "/api/v1/rbac/audit/cleanup");
+    assert_422_at(call, "retention_days", NULL, "query");
+    rpc__call_abandon(call);
+    /* A call no route made: the body. */
+    call = call_for(*state, "/memorypins.v1.MemoryPins/GetPin");
+    assert_422_at(call, "key", NULL, "body");
+    rpc__call_abandon(call);
+}
+
 static void test_error_422_has_the_handlers_detail(void **state)
 {
-    rpc_call *call = call_for(*state, "/memorypins.v1.MemoryPins/UpsertPin");
+    rpc_call *call = rest_call_for(*state, "POST", "/api/v1/memory/pins");
     int status;
-    rpc_call_set_error_detail(call, "body", "key", "value_error");
+    call->field_error = (rpc__field_error){.field = "key"};
     json_t *j = error_json(call, PINS_EINVALID_ARGUMENT, "key: must not contain \"..\"", &status);
     assert_int_equal(status, 422);
     json_t *d = json_array_get(json_object_get(j, "detail"), 0);
@@ -877,6 +951,7 @@ int main(void)
         T(test_match_wrong_verb_lists_allow),
         T(test_url_decode_percent_plus_and_invalid),
         T(test_error_422_has_the_handlers_detail),
+        T(test_error_422_location_comes_from_the_route),
         T(test_error_shapes_of_404_409_503_504_500),
         T(test_error_403_reads_the_rbac_hook),
         T(test_error_429_and_breaker_retry_after),

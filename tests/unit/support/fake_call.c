@@ -64,7 +64,7 @@ struct fake_call {
     int err;
     const char *message;
     const char *request_id;
-    const char *loc0, *loc1, *type;
+    const char *field, *field_type;
     fake_md *metadata;
     size_t nmetadata;
 };
@@ -134,9 +134,8 @@ static void on_finish(rpc_call *call, int err, const char *message)
     fc->err = err;
     fc->message = copy_or_null(fc->arena, message);
     fc->request_id = copy_or_null(fc->arena, call->request_id);
-    fc->loc0 = copy_or_null(fc->arena, call->detail_loc0);
-    fc->loc1 = copy_or_null(fc->arena, call->detail_loc1);
-    fc->type = copy_or_null(fc->arena, call->detail_type);
+    fc->field = copy_or_null(fc->arena, call->field_error.field);
+    fc->field_type = copy_or_null(fc->arena, call->field_error.type);
     fake_md **tail = &fc->metadata;
     for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL; m = m->next) {
         fake_md *md = pins_arena_calloc(fc->arena, 1, sizeof(*md));
@@ -378,7 +377,7 @@ static fake_call *new_call(fake_env *env, const rpc_method *method, const uint8_
      * call's arena. */
     const char *why = NULL;
     int rv = rpc__call_decode(call, method->input, wire, len, &call->request, &why);
-    if (rv == PINS_EINVALID_ARGUMENT && call->detail_loc1 != NULL) {
+    if (rv == PINS_EINVALID_ARGUMENT && call->field_error.field != NULL) {
         /* A string field the wire check refused: the transport answers with an early error,
          * which the fake records like any final status. */
         fc->rejected = true;
@@ -535,19 +534,14 @@ const char *fake_call_request_id(const fake_call *fc)
     return fc->request_id;
 }
 
-const char *fake_call_detail_loc0(const fake_call *fc)
+const char *fake_call_field(const fake_call *fc)
 {
-    return fc->loc0;
+    return fc->field;
 }
 
-const char *fake_call_detail_loc1(const fake_call *fc)
+const char *fake_call_field_type(const fake_call *fc)
 {
-    return fc->loc1;
-}
-
-const char *fake_call_detail_type(const fake_call *fc)
-{
-    return fc->type;
+    return fc->field_type;
 }
 
 size_t fake_call_nsent(const fake_call *fc)

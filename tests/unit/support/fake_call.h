@@ -9,7 +9,7 @@
  * transport/conn.c does (headers copied into the call's arena, x-request-id, grpc-timeout, the
  * request packed and unpacked into the arena), fake_call_dispatch() hands it to rpc__dispatch().
  * The fake's send and finish functions capture what a client would see: every response message (the
- * packed bytes are copied), the final status, message, REST error detail, request id and metadata.
+ * packed bytes are copied), the final status, message, field at fault, request id and metadata.
  * The captures belong to the fake_call and outlive the rpc_call.
  *
  * Ownership. The fake holds the transport's reference to the rpc_call. Like a stream that closes
@@ -110,10 +110,9 @@ int fake_call_grpc_code(const fake_call *fc);
 const char *fake_call_message(const fake_call *fc);
 /* The request id of the call as it was when the status was sent, or NULL. */
 const char *fake_call_request_id(const fake_call *fc);
-/* The REST 422 detail set with rpc_call_set_error_detail, or NULL. */
-const char *fake_call_detail_loc0(const fake_call *fc);
-const char *fake_call_detail_loc1(const fake_call *fc);
-const char *fake_call_detail_type(const fake_call *fc);
+/* The request field at fault (rpc_call_fail_field, or the decoder) and its error type, or NULL. */
+const char *fake_call_field(const fake_call *fc);
+const char *fake_call_field_type(const fake_call *fc);
 /* Response messages sent so far. */
 size_t fake_call_nsent(const fake_call *fc);
 /* Message i (in sending order), unpacked with the method's output descriptor into memory owned

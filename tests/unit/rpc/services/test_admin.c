@@ -160,7 +160,7 @@ static void test_list_rbac_audit_filters_and_pages(void **state)
     req.limit = 1001;
     fc = fake_call_run(env, ADMIN("ListRbacAudit"), &req.base, NULL);
     assert_int_equal(fake_call_err(fc), PINS_EINVALID_ARGUMENT);
-    assert_string_equal(fake_call_detail_loc1(fc), "limit");
+    assert_string_equal(fake_call_field(fc), "limit");
     fake_call_free(fc);
 }
 
