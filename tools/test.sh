@@ -64,6 +64,16 @@ stage_ok() {
   echo "-------- $STAGE: ok ($((SECONDS - STAGE_START)) s)"
 }
 
+# run_stage NAME FAILURE CMD...: the stage NAME is CMD alone: its banner, CMD, then its "ok" line,
+# or fail FAILURE when CMD fails.
+run_stage() {
+  local failure=$2
+  stage "$1"
+  shift 2
+  "$@" || fail "$failure"
+  stage_ok
+}
+
 summary() {
   echo
   echo "$PASSED passed, $FAILED failed"
@@ -104,9 +114,7 @@ run_ctest() {
 
 # ---- deps --------------------------------------------------------------------------------------
 if ((DEPS)); then
-  stage deps
-  "$HERE/deps.sh" --test || fail "installing the test dependencies failed"
-  stage_ok
+  run_stage deps "installing the test dependencies failed" "$HERE/deps.sh" --test
 fi
 
 # ---- checksrc ----------------------------------------------------------------------------------
@@ -126,30 +134,23 @@ BUF="$HERE/node_modules/.bin/buf"
 stage_ok
 
 # ---- build + ctest -----------------------------------------------------------------------------
-stage "build (warnings are errors)"
-pins_build "$BUILD_PREFIX" -DPINS_WERROR=ON -DPINS_TESTS=ON -DPINS_SANITIZE=OFF \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo || fail "the build failed (see the compiler output above)"
-stage_ok
-
-stage "tests"
-run_ctest "$BUILD_PREFIX" || fail "some tests failed (see the output above)"
-stage_ok
+run_stage "build (warnings are errors)" "the build failed (see the compiler output above)" \
+  pins_build "$BUILD_PREFIX" -DPINS_WERROR=ON -DPINS_TESTS=ON -DPINS_SANITIZE=OFF \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_stage "tests" "some tests failed (see the output above)" run_ctest "$BUILD_PREFIX"
 
 # ---- sanitizers --------------------------------------------------------------------------------
 if ((QUICK)); then
   echo
   echo "======== sanitize: skipped (--quick) ========"
 else
-  stage "build (AddressSanitizer + UndefinedBehaviorSanitizer)"
-  pins_build "$BUILD_PREFIX-asan" -DPINS_SANITIZE=ON -DPINS_WERROR=ON -DPINS_TESTS=ON \
-    -DCMAKE_BUILD_TYPE=Debug || fail "the sanitizer build failed (see the compiler output above)"
-  stage_ok
-
-  stage "tests under the sanitizers"
-  run_ctest "$BUILD_PREFIX-asan" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ||
-    fail "some tests failed under the sanitizers (see the output above)"
-  stage_ok
+  run_stage "build (AddressSanitizer + UndefinedBehaviorSanitizer)" \
+    "the sanitizer build failed (see the compiler output above)" \
+    pins_build "$BUILD_PREFIX-asan" -DPINS_SANITIZE=ON -DPINS_WERROR=ON -DPINS_TESTS=ON \
+    -DCMAKE_BUILD_TYPE=Debug
+  run_stage "tests under the sanitizers" "some tests failed under the sanitizers (see the output above)" \
+    run_ctest "$BUILD_PREFIX-asan" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 fi
 
 # ---- fuzzing ----------------------------------------------------------------------------------
@@ -159,11 +160,9 @@ if ((QUICK)); then
   echo
   echo "======== fuzz: skipped (--quick) ========"
 else
-  stage "build (libFuzzer targets, clang)"
-  CC=clang pins_build "$BUILD_PREFIX-fuzz" -DCMAKE_C_COMPILER=clang -DPINS_FUZZ=ON \
-    -DPINS_TESTS=OFF -DPINS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo ||
-    fail "the fuzz build failed (see the compiler output above)"
-  stage_ok
+  CC=clang run_stage "build (libFuzzer targets, clang)" "the fuzz build failed (see the compiler output above)" \
+    pins_build "$BUILD_PREFIX-fuzz" -DCMAKE_C_COMPILER=clang -DPINS_FUZZ=ON \
+    -DPINS_TESTS=OFF -DPINS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
   stage "fuzz (${FUZZ_SECONDS:-30} s per target)"
   for fz in "$BUILD_PREFIX-fuzz"/tests/fuzz/fuzz_*; do

@@ -36,42 +36,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 DUR=5 ROUNDS=3 C=16 M=32 REDIS_CPU=0 SPLIT=0
 ON=127.0.0.1:50052 OFF=127.0.0.1:50051 RBAC_ONLY=127.0.0.1:50053 REDIS_ONLY=127.0.0.1:50054 SERVER_CPU=0 LOAD_CPU=1 RPM=1000000
-PINSD_FLAGS=()
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || pins_die "$1 needs a positive integer, got '$2'"; }
-while (($#)); do
-  case "$1" in
-    -D | --rounds | -c | -m)
-      (($# >= 2)) || pins_die "$1 needs a value"
-      posint "$1" "$2"
-      case "$1" in
-        -D) DUR=$2 ;;
-        --rounds) ROUNDS=$2 ;;
-        -c) C=$2 ;;
-        -m) M=$2 ;;
-      esac
-      shift 2
-      ;;
-    --redis-cpu)
-      (($# >= 2)) || pins_die "$1 needs a value"
-      REDIS_CPU=$2
-      shift 2
-      ;;
-    --split)
-      SPLIT=1
-      shift
-      ;;
-    -h | --help)
-      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-      exit 0
-      ;;
-    --)
-      shift
-      PINSD_FLAGS=("$@")
-      break
-      ;;
-    *) pins_die "unknown option '$1' (see --help)" ;;
-  esac
-done
+bench_options -D=DUR+ --rounds=ROUNDS+ -c=C+ -m=M+ --redis-cpu=REDIS_CPU: --split=SPLIT=1 -- "$@"
 ((DUR <= 20)) || pins_die "-D must be at most 20 s"
 ((ROUNDS <= 10)) || pins_die "--rounds must be at most 10"
 (($(nproc) >= 2)) || pins_die "needs 2 CPUs (servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU)"

@@ -10,6 +10,8 @@
 #   port_open HOST:PORT                true when something accepts TCP connections there
 #   run_child CMD...   CMD as a background job in its own process group (its pid in CHILD while
 #                      it runs), waited for; a script's trap stops the group "-$CHILD"
+#   bench_options SPEC... -- ARGS...   parse a script's command line (see below); extra pinsd
+#                      flags after "--" go to PINSD_FLAGS
 
 # shellcheck source=tools/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -114,4 +116,64 @@ run_child() {
   wait "$CHILD" || rc=$?
   CHILD=""
   return "$rc"
+}
+
+# bench_options SPEC... -- ARGS...: parses a benchmark script's command line ARGS. Each SPEC names
+# one option and the variable it sets:
+#   OPT=VAR+    OPT takes a positive integer ("OPT needs a positive integer, got 'X'" otherwise)
+#   OPT=VAR:    OPT takes any value
+#   OPT=VAR=V   OPT takes no value and sets VAR to V
+# An option given without its value dies with "OPT needs a value". -h and --help print the
+# script's header comment (from line 2 to the line before "set -euo") and exit 0; "--" ends the
+# options and what follows it becomes PINSD_FLAGS; anything else dies as an unknown option.
+# Limits beyond "positive integer" are the script's to check afterwards.
+bench_options() {
+  local specs=() spec opt var kind
+  while [[ "$1" != -- ]]; do
+    specs+=("$1")
+    shift
+  done
+  shift
+  # shellcheck disable=SC2034 # the calling script's
+  PINSD_FLAGS=()
+  while (($#)); do
+    case "$1" in
+      -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+      --)
+        shift
+        # shellcheck disable=SC2034 # the calling script's
+        PINSD_FLAGS=("$@")
+        return 0
+        ;;
+    esac
+    kind=""
+    for spec in "${specs[@]}"; do
+      opt=${spec%%=*}
+      [[ "$1" == "$opt" ]] || continue
+      var=${spec#*=}
+      case "$var" in
+        *=*) kind=flag ;;
+        *+) kind=posint var=${var%+} ;;
+        *:) kind=value var=${var%:} ;;
+        *) pins_die "bench_options: bad spec '$spec'" ;;
+      esac
+      break
+    done
+    case "$kind" in
+      flag)
+        printf -v "${var%%=*}" '%s' "${var#*=}"
+        shift
+        ;;
+      posint | value)
+        (($# >= 2)) || pins_die "$1 needs a value"
+        [[ "$kind" != posint || "$2" =~ ^[1-9][0-9]*$ ]] || pins_die "$1 needs a positive integer, got '$2'"
+        printf -v "$var" '%s' "$2"
+        shift 2
+        ;;
+      *) pins_die "unknown option '$1' (see --help)" ;;
+    esac
+  done
 }

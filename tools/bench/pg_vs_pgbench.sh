@@ -73,38 +73,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 DUR=5 ROUNDS=3 C=16 M=32 POOL=8 REST_C=16 REST=1 HALF=1 MULTIKEY=1
 ADDR=127.0.0.1:50051 REF_ADDR=127.0.0.1:50052 PG_PORT=55432 APP_PORT=8071 SERVER_CPU=0 LOAD_CPU=1
-PINSD_FLAGS=()
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || pins_die "$1 needs a positive integer, got '$2'"; }
-while (($#)); do
-  case "$1" in
-    -D | --rounds | -c | -m | --pool | --rest-c)
-      (($# >= 2)) || pins_die "$1 needs a value"
-      posint "$1" "$2"
-      case "$1" in
-        -D) DUR=$2 ;;
-        --rounds) ROUNDS=$2 ;;
-        -c) C=$2 ;;
-        -m) M=$2 ;;
-        --pool) POOL=$2 ;;
-        --rest-c) REST_C=$2 ;;
-      esac
-      shift 2
-      ;;
-    --no-rest) REST=0; shift ;;
-    --no-half) HALF=0; shift ;;
-    --no-multikey) MULTIKEY=0; shift ;;
-    -h | --help)
-      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-      exit 0
-      ;;
-    --)
-      shift
-      PINSD_FLAGS=("$@")
-      break
-      ;;
-    *) pins_die "unknown option '$1' (see --help)" ;;
-  esac
-done
+bench_options -D=DUR+ --rounds=ROUNDS+ -c=C+ -m=M+ --pool=POOL+ --rest-c=REST_C+ \
+  --no-rest=REST=0 --no-half=HALF=0 --no-multikey=MULTIKEY=0 -- "$@"
 ((DUR <= 20)) || pins_die "-D must be at most 20 s"
 ((ROUNDS <= 10)) || pins_die "--rounds must be at most 10"
 ((POOL <= 90)) || pins_die "--pool must be at most 90 (the peer's max_connections is 100)"

@@ -21,22 +21,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/common.sh"
 
 DUR=5 ROUNDS=3 C=64 GM=1 ADDR=127.0.0.1:50051
-PINSD_FLAGS=()
-while (($#)); do
-  case "$1" in
-    -D) DUR=$2; shift 2 ;;
-    --rounds) ROUNDS=$2; shift 2 ;;
-    -c) C=$2; shift 2 ;;
-    --grpc-m) GM=$2; shift 2 ;;
-    -h | --help)
-      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-      exit 0
-      ;;
-    --) shift; PINSD_FLAGS=("$@"); break ;;
-    *) pins_die "unknown option '$1' (see --help)" ;;
-  esac
-done
+bench_options -D=DUR: --rounds=ROUNDS: -c=C: --grpc-m=GM: -- "$@"
+# shellcheck disable=SC2015 # dies unless both hold (also when (( )) fails on "08")
 [[ "$DUR" =~ ^[0-9]+$ ]] && ((DUR >= 1 && DUR <= 20)) || pins_die "-D must be 1..20"
+# shellcheck disable=SC2015
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && ((ROUNDS >= 1 && ROUNDS <= 10)) || pins_die "--rounds must be 1..10"
 
 bench_build

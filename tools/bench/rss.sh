@@ -20,30 +20,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/common.sh"
 
 N=1000 SETTLE=2 ADDR=127.0.0.1:50051
-PINSD_FLAGS=()
-while (($#)); do
-  case "$1" in
-    -n | --settle | --addr)
-      (($# >= 2)) || pins_die "$1 needs a value"
-      case "$1" in
-        -n) N=$2 ;;
-        --settle) SETTLE=$2 ;;
-        --addr) ADDR=$2 ;;
-      esac
-      shift 2
-      ;;
-    -h | --help)
-      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-      exit 0
-      ;;
-    --)
-      shift
-      PINSD_FLAGS=("$@")
-      break
-      ;;
-    *) pins_die "unknown option '$1' (see --help)" ;;
-  esac
-done
+bench_options -n=N: --settle=SETTLE: --addr=ADDR: -- "$@"
 if ! [[ "$N" =~ ^[1-9][0-9]*$ ]] || ((N > 20000)); then pins_die "-n must be 1..20000, got '$N'"; fi
 if ! [[ "$SETTLE" =~ ^[0-9]+$ ]] || ((SETTLE > 60)); then pins_die "--settle must be 0..60 s, got '$SETTLE'"; fi
 require_loopback "$ADDR"
