@@ -38,6 +38,7 @@
 #include "common/error.h"
 #include "common/fmt.h"
 #include "common/hash.h"
+#include "common/list.h"
 #include "common/percent.h"
 #include "common/rand.h"
 #include "common/timeutil.h"
@@ -102,10 +103,8 @@ typedef struct lease_req lease_req;
 /* A check waiting for the answer to its tenant's lease request (in the caller's arena, which
  * lives until the callback ran). */
 typedef struct waiter {
-    struct waiter *next; /* the tenant's queue */
-    struct waiter *prev;
-    struct waiter *dnext; /* the worker's queue, by deadline */
-    struct waiter *dprev;
+    pins_list tlink; /* in its tenant's queue */
+    pins_list dlink; /* in the worker's queue, by deadline */
     tstate *ts;
     ratelimit_cb cb;
     void *arg;
@@ -119,8 +118,7 @@ struct tstate {
     uint64_t hash;
     ratelimit__lease lease;
     lease_req *inflight; /* the request Redis has not answered yet, or NULL */
-    waiter *head;
-    waiter *tail;
+    pins_list waiters;   /* of waiter (tlink), in arrival order */
     size_t nwaiting;
     int64_t used_ns;
     char tenant[];
@@ -143,10 +141,9 @@ struct ratelimit_worker {
     struct event *retry_ev; /* reconnect after backoff */
     struct event *drop_ev;  /* drop a hung connection outside hiredis's callbacks */
     int backoff_ms;
-    int timeouts;  /* calls in a row decided locally because Redis was slow */
-    waiter *dhead; /* every waiting call of the worker, by deadline */
-    waiter *dtail;
-    struct event *wait_ev; /* armed for dhead's deadline (or earlier) while wait_armed */
+    int timeouts;          /* calls in a row decided locally because Redis was slow */
+    pins_list deadlines;   /* of waiter (dlink): every waiting call of the worker, by deadline */
+    struct event *wait_ev; /* armed for the first deadline (or earlier) while wait_armed */
     bool wait_armed;
     bool logged_down;
     bool closing;
@@ -569,6 +566,7 @@ static tstate *tstate_get(ratelimit_worker *w, const char *tenant, int64_t now_n
     if (ts == NULL)
         return NULL;
     memcpy(ts->tenant, tenant, len + 1);
+    pins_list_init(&ts->waiters);
     ts->hash = h;
     ts->used_ns = now_ns;
     ts->next = *chain;
@@ -580,30 +578,22 @@ static tstate *tstate_get(ratelimit_worker *w, const char *tenant, int64_t now_n
 /* Takes wt off both queues (its memory stays: it is the call's). */
 static void waiter_unlink(ratelimit_worker *w, waiter *wt)
 {
-    tstate *ts = wt->ts;
-    if (wt->prev != NULL)
-        wt->prev->next = wt->next;
-    else
-        ts->head = wt->next;
-    if (wt->next != NULL)
-        wt->next->prev = wt->prev;
-    else
-        ts->tail = wt->prev;
-    ts->nwaiting--;
-    if (wt->dprev != NULL)
-        wt->dprev->dnext = wt->dnext;
-    else
-        w->dhead = wt->dnext;
-    if (wt->dnext != NULL)
-        wt->dnext->dprev = wt->dprev;
-    else
-        w->dtail = wt->dprev;
+    pins_list_unlink(&wt->tlink);
+    wt->ts->nwaiting--;
+    pins_list_unlink(&wt->dlink);
+}
+
+/* The waiter whose deadline comes first, or NULL. */
+static waiter *first_deadline(const ratelimit_worker *w)
+{
+    pins_list *p = pins_list_first(&w->deadlines);
+    return p != NULL ? pins_list_entry(p, waiter, dlink) : NULL;
 }
 
 /* Takes the first waiting call off ts's queue; returns the call and its callback. */
 static waiter waiter_pop(ratelimit_worker *w, tstate *ts)
 {
-    waiter *wt = ts->head;
+    waiter *wt = pins_list_entry(ts->waiters.next, waiter, tlink);
     waiter copy = *wt;
     waiter_unlink(w, wt);
     return copy;
@@ -612,7 +602,7 @@ static waiter waiter_pop(ratelimit_worker *w, tstate *ts)
 /* Arms the wait timer for the first deadline, now_ns being the time. */
 static void arm_wait(ratelimit_worker *w, int64_t now_ns)
 {
-    int64_t left = w->dhead->deadline_ns - now_ns;
+    int64_t left = first_deadline(w)->deadline_ns - now_ns;
     if (left < 0)
         left = 0;
     struct timeval tv = {.tv_sec = left / 1000000000, .tv_usec = (left % 1000000000) / 1000};
@@ -629,23 +619,24 @@ static void on_wait_timer(evutil_socket_t fd, short what, void *arg)
     ratelimit_worker *w = arg;
     w->wait_armed = false;
     int64_t now = pins_time_mono_ns();
-    while (w->dhead != NULL && w->dhead->deadline_ns <= now + 1000000) {
-        waiter wt = *w->dhead;
-        waiter_unlink(w, w->dhead);
+    for (waiter *first = first_deadline(w); first != NULL && first->deadline_ns <= now + 1000000;
+         first = first_deadline(w)) {
+        waiter wt = *first;
+        waiter_unlink(w, first);
         if (++w->timeouts >= RATELIMIT__HUNG_TIMEOUTS && w->drop_ev != NULL) {
             struct timeval zero = {0, 0};
             evtimer_add(w->drop_ev, &zero);
         }
         decide_locally(w, wt.ts->tenant, wt.cb, wt.arg);
     }
-    if (w->dhead != NULL && !w->wait_armed)
+    if (!pins_list_is_empty(&w->deadlines) && !w->wait_armed)
         arm_wait(w, now);
 }
 
 /* Every call waiting on ts is decided by the local bucket (or cancelled when closing). */
 static void flush_waiters(ratelimit_worker *w, tstate *ts)
 {
-    while (ts->head != NULL) {
+    while (!pins_list_is_empty(&ts->waiters)) {
         waiter wt = waiter_pop(w, ts);
         if (w->closing) {
             ratelimit_verdict v = {.err = PINS_ECANCELLED};
@@ -693,16 +684,16 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
     int want = ts->lease.want;
     ratelimit__lease_grant(&ts->lease, want, v[0], v[1], v[2], v[3], now);
     ratelimit__decision d;
-    while (ts->head != NULL && ratelimit__lease_take(&ts->lease, now, &d)) {
+    while (!pins_list_is_empty(&ts->waiters) && ratelimit__lease_take(&ts->lease, now, &d)) {
         waiter wt = waiter_pop(w, ts);
         answer(w, wt.cb, wt.arg, &d, BACKEND_REDIS);
     }
-    if (ts->head == NULL)
+    if (pins_list_is_empty(&ts->waiters))
         return;
     if (v[0] < want) {
         /* The bucket gave all it had: the calls still waiting are over the limit. */
         ratelimit__lease_refusal(&ts->lease, &d);
-        while (ts->head != NULL) {
+        while (!pins_list_is_empty(&ts->waiters)) {
             waiter wt = waiter_pop(w, ts);
             answer(w, wt.cb, wt.arg, &d, BACKEND_REDIS);
         }
@@ -770,20 +761,10 @@ static int wait_for_lease(ratelimit_worker *w, tstate *ts, pins_arena *a, rateli
     *wt = (waiter){.ts = ts,
                    .cb = cb,
                    .arg = arg,
-                   .prev = ts->tail,
-                   .dprev = w->dtail,
                    .deadline_ns = now_ns + (int64_t)RATELIMIT_WAIT_MS * 1000000};
-    if (ts->tail != NULL)
-        ts->tail->next = wt;
-    else
-        ts->head = wt;
-    ts->tail = wt;
+    pins_list_insert(&ts->waiters, &wt->tlink);
     ts->nwaiting++;
-    if (w->dtail != NULL)
-        w->dtail->dnext = wt;
-    else
-        w->dhead = wt;
-    w->dtail = wt;
+    pins_list_insert(&w->deadlines, &wt->dlink); /* every wait is as long: still in order */
     if (ts->inflight == NULL) {
         lease_req *q = calloc(1, sizeof(*q));
         int rv = PINS_ENOMEM;
@@ -886,6 +867,7 @@ int ratelimit_worker_new(ratelimit *rl, struct event_base *base, ratelimit_worke
         return PINS_ENOMEM;
     w->rl = rl;
     w->base = base;
+    pins_list_init(&w->deadlines);
     w->backoff_ms = RATELIMIT__BACKOFF_MIN_MS;
     pins_rand_seed(&w->rng);
     if (rl->use_redis) {
