@@ -16,6 +16,7 @@
 #include "auth/ratelimit_int.h"
 #include "common/config.h"
 #include "common/error.h"
+#include "fake_clock.h"
 
 #define SEC 1000000000ll
 
@@ -308,6 +309,57 @@ static void test_check_answers_a_verdict_with_typed_numbers(void **state)
     pins_config_free(&cfg);
 }
 
+/* The limiter reads the time itself (pins_time_mono_ns): a bucket emptied now refills as the fake
+ * clock moves, with no sleep. 60 per minute: one token a second. */
+static void test_check_refills_as_the_fake_clock_moves(void **state)
+{
+    pins_config cfg;
+    pins_config_defaults(&cfg);
+    cfg.rate_limit_rpm = 60;
+    cfg.rate_limit_burst = 3;
+    fake_clock_install();
+    struct event_base *base = event_base_new();
+    pins_arena *a = pins_arena_new(0);
+    assert_non_null(base);
+    assert_non_null(a);
+    ratelimit *rl = NULL;
+    ratelimit_worker *w = NULL;
+    char err[256] = "";
+    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), 0);
+    assert_int_equal(ratelimit_worker_new(rl, base, &w), 0);
+
+    for (int i = 0; i < 3; i++)
+        assert_true(check(w, a, "t").allowed);
+    ratelimit_verdict v = check(w, a, "t");
+    assert_false(v.allowed);
+    assert_int_equal(v.retry_after_s, 1);
+    fake_clock_advance_ms(999); /* not yet a whole token */
+    assert_false(check(w, a, "t").allowed);
+    fake_clock_advance_ms(1);
+    v = check(w, a, "t");
+    assert_true(v.allowed);
+    assert_int_equal(v.remaining, 0);
+    assert_false(check(w, a, "t").allowed);
+    fake_clock_advance_ms(2000); /* two more tokens */
+    assert_true(check(w, a, "t").allowed);
+    v = check(w, a, "t");
+    assert_true(v.allowed);
+    assert_int_equal(v.remaining, 0);
+    assert_false(check(w, a, "t").allowed);
+    fake_clock_advance_ms(3600 * 1000); /* an idle hour refills to the burst, no more */
+    v = check(w, a, "t");
+    assert_true(v.allowed);
+    assert_int_equal(v.remaining, 2);
+    assert_int_equal(v.reset_s, 1);
+
+    ratelimit_worker_free(w);
+    ratelimit_free(rl);
+    pins_arena_free(a);
+    event_base_free(base);
+    fake_clock_uninstall();
+    pins_config_free(&cfg);
+}
+
 /* ---- leases (ratelimit_lease.c) against a model of the Redis script ----------------------------
  */
 
@@ -465,6 +517,7 @@ int main(void)
         cmocka_unit_test(test_redis_url_rejects_bad_ones_without_echoing_secrets),
         cmocka_unit_test(test_limiter_refuses_rediss_and_reports_disabled_without_redis),
         cmocka_unit_test(test_check_answers_a_verdict_with_typed_numbers),
+        cmocka_unit_test(test_check_refills_as_the_fake_clock_moves),
         cmocka_unit_test(test_lease_size_adapts_to_the_burst_and_the_bucket),
         cmocka_unit_test(test_lease_spends_locally_and_reports_the_bucket),
         cmocka_unit_test(test_leases_never_admit_more_than_the_bucket),
