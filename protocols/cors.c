@@ -76,7 +76,7 @@ void proto__cors_preflight(proto__exchange *ex)
         proto__respond(ex, 403, "application/json", body, sizeof(body) - 1, NULL, 0);
         return;
     }
-    static const rpc__header h[] = {
+    static const rpc_header h[] = {
         {.name = "access-control-allow-methods", .value = ALLOW_METHODS},
         {.name = "access-control-allow-headers", .value = ALLOW_HEADERS},
         {.name = "access-control-max-age", .value = MAX_AGE},

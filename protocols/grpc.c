@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#include "rpc/rpc_int.h"
+#include "rpc/core.h"
 
 int proto__grpc_timeout_parse(const char *value, size_t len, int64_t *pns)
 {
@@ -151,12 +151,12 @@ typedef struct grpc_exchange {
     bool overrun; /* stream output was refused: the stream ends with a reset */
 } grpc_exchange;
 
-static const rpc__call_ops grpc_ops;
+static const rpc_call_ops grpc_ops;
 
 #define HDR(n, v, vl, f) ((proto_hdr){(n), (v), sizeof(n) - 1, (vl), (f)})
 
 /* One metadata entry, borrowed: its strings live in the call's arena (or longer). */
-static proto_hdr md_hdr(const rpc__metadata *m)
+static proto_hdr md_hdr(const rpc_metadata *m)
 {
     return (proto_hdr){m->name, m->value, m->namelen, m->valuelen,
                        m->varies ? PROTO_HDR_VARIES : 0u};
@@ -172,7 +172,7 @@ static size_t grpc_headers(rpc_call *call, proto_hdr *h, size_t cap, bool traile
         h[n++] = HDR("content-type", "application/grpc", 16, 0u);
         h[n++] = HDR("x-request-id", rid, strlen(rid), PROTO_HDR_NEVER_INDEX);
     }
-    for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL && n < cap; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(call); m != NULL && n < cap; m = m->next) {
         if (m->trailer == trailers)
             h[n++] = md_hdr(m);
     }
@@ -317,7 +317,7 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
         s->ops->reset(s, PROTO_RESET_INTERNAL);
 }
 
-static const rpc__call_ops grpc_ops = {
+static const rpc_call_ops grpc_ops = {
     .send = grpc_send, .send_packed = grpc_send_packed, .finish = grpc_finish, .open = grpc_open};
 
 /* An error before the call was dispatched: Trailers-Only with status err; the rest of the
@@ -351,7 +351,7 @@ proto_body_mode proto__grpc_begin(proto_stream *s)
         grpc_refuse(s, PINS_EUNIMPLEMENTED, "gRPC requires POST", false);
         return PROTO_BODY_DROP;
     }
-    const rpc_method *m = rpc__method_find(s->path, strlen(s->path));
+    const rpc_method *m = rpc_method_find(s->path, strlen(s->path));
     if (m == NULL) {
         grpc_refuse(s, PINS_EUNIMPLEMENTED,
                     pins_arena_printf(call->arena, "unknown method %s", s->path), false);
@@ -368,7 +368,7 @@ proto_body_mode proto__grpc_begin(proto_stream *s)
         call->deadline_ns = call->start_ns + ns;
     }
     /* Credentials are decided now, before a body byte is buffered or decoded. */
-    if (!rpc__dispatch_early_or_reply(call)) {
+    if (!rpc_dispatch_early_or_reply(call)) {
         s->answered = true;
         return PROTO_BODY_DROP;
     }
@@ -436,7 +436,7 @@ static void grpc_consume(proto_stream *s, bool at_end)
         g->nmessages++;
         ProtobufCMessage *msg;
         const char *why = NULL;
-        int rv = rpc__call_decode(call, m->input, p + PROTO__GRPC_FRAME_HEADER, len, &msg, &why);
+        int rv = rpc_call_decode(call, m->input, p + PROTO__GRPC_FRAME_HEADER, len, &msg, &why);
         if (rv != 0) {
             grpc_refuse(s, rv, why, false);
             return;
@@ -453,9 +453,9 @@ static void grpc_consume(proto_stream *s, bool at_end)
         } else if (!s->dispatched) {
             call->request = msg;
             s->dispatched = true;
-            rpc__dispatch(call);
+            rpc_dispatch(call);
         } else {
-            rpc__call_deliver(call, msg);
+            rpc_call_deliver(call, msg);
         }
     }
     if (off > 0 && !s->answered)
@@ -485,10 +485,10 @@ void proto__grpc_end(proto_stream *s)
     if (call->method->flags & RPC_METHOD_CLIENT_STREAM) {
         if (!s->dispatched) {
             s->dispatched = true;
-            rpc__dispatch(call);
+            rpc_dispatch(call);
         }
         if (call->transport != NULL) /* the stream may have closed under the dispatch */
-            rpc__call_deliver(call, NULL);
+            rpc_call_deliver(call, NULL);
         return;
     }
     if (call->request == NULL) {
@@ -496,7 +496,7 @@ void proto__grpc_end(proto_stream *s)
         return;
     }
     s->dispatched = true;
-    rpc__dispatch(call);
+    rpc_dispatch(call);
 }
 
 void proto__grpc_reject(proto_stream *s, int err, const char *message)

@@ -99,7 +99,7 @@ char *proto__grpcweb_trailers(rpc_call *call, int err, const char *message, size
         char *enc = proto__grpc_message_encode(a, msg);
         out = enc != NULL ? pins_arena_printf(a, "%sgrpc-message:%s\r\n", out, enc) : NULL;
     }
-    for (const rpc__metadata *m = rpc__call_metadata(call); out != NULL && m; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(call); out != NULL && m; m = m->next) {
         if (m->trailer)
             out = pins_arena_printf(a, "%s%s:%s\r\n", out, m->name, m->value);
     }

@@ -9,7 +9,7 @@
 #include "auth/ratelimit.h"
 #include "common/timeutil.h"
 #include "observability/metrics.h"
-#include "rpc/rpc_int.h"
+#include "rpc/core.h"
 #include "store/store.h"
 
 typedef struct ready_ctx {
@@ -25,11 +25,9 @@ static void on_ping(void *arg, int err, int64_t count)
 {
     ready_ctx *r = arg;
     bool ok = err == 0 && !r->draining;
-    /* The store's own text for a schema behind the binary (never database text). */
-    const char *state = err == 0 ? "ok"
-                        : strncmp(store_session_last_error(r->ss), "schema behind", 13) == 0
-                            ? "schema_behind"
-                            : "down";
+    const char *state = err == 0                             ? "ok"
+                        : store_session_schema_behind(r->ss) ? "schema_behind"
+                                                             : "down";
     char *body = pins_arena_printf(r->arena,
                                    "{\"ready\":%s,\"checks\":{\"store\":\"%s\",\"redis\":"
                                    "\"%s\"%s}}",

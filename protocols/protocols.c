@@ -81,7 +81,7 @@ int proto__hdrs_add(pins_arena *a, proto__hdrs *h, const char *name, const char 
 {
     if (h->n == h->cap) {
         size_t cap = h->cap ? h->cap * 2 : 8;
-        rpc__header *v = pins_arena_alloc(a, cap * sizeof(*v));
+        rpc_header *v = pins_arena_alloc(a, cap * sizeof(*v));
         if (v == NULL)
             return PINS_ENOMEM;
         if (h->n > 0)
@@ -89,14 +89,14 @@ int proto__hdrs_add(pins_arena *a, proto__hdrs *h, const char *name, const char 
         h->v = v;
         h->cap = cap;
     }
-    h->v[h->n++] = (rpc__header){.name = name, .value = value};
+    h->v[h->n++] = (rpc_header){.name = name, .value = value};
     return 0;
 }
 
 int proto__hdrs_add_metadata(pins_arena *a, proto__hdrs *h, const rpc_call *call,
                              const char *trailer_prefix)
 {
-    for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(call); m != NULL; m = m->next) {
         const char *name = m->name;
         if (m->trailer && trailer_prefix != NULL) {
             name = pins_arena_printf(a, "%s%s", trailer_prefix, m->name);
@@ -200,7 +200,7 @@ int proto__url_decode(pins_arena *a, const char *src, size_t len, bool plus_spac
 /* ---- responses --------------------------------------------------------------------------------
  */
 
-int proto__start(proto__exchange *ex, int status, const rpc__header *hdrs, size_t nhdrs,
+int proto__start(proto__exchange *ex, int status, const rpc_header *hdrs, size_t nhdrs,
                  int64_t body_len)
 {
     if (ex->done || ex->responded)
@@ -233,7 +233,7 @@ void proto__end(proto__exchange *ex)
     ex->s->ops->end(ex->s);
 }
 
-void proto__end_trailers(proto__exchange *ex, const rpc__header *trailers, size_t n)
+void proto__end_trailers(proto__exchange *ex, const rpc_header *trailers, size_t n)
 {
     if (ex->done)
         return;
@@ -242,7 +242,7 @@ void proto__end_trailers(proto__exchange *ex, const rpc__header *trailers, size_
 }
 
 int proto__respond(proto__exchange *ex, int status, const char *content_type, const char *body,
-                   size_t len, const rpc__header *extra, size_t nextra)
+                   size_t len, const rpc_header *extra, size_t nextra)
 {
     pins_arena *a = ex->call->arena;
     proto__hdrs h = {0};
@@ -260,12 +260,12 @@ int proto__respond(proto__exchange *ex, int status, const char *content_type, co
 }
 
 int proto_respond(proto_stream *s, int status, const char *content_type, const char *body,
-                  size_t body_len, const rpc__header *extra, size_t nextra)
+                  size_t body_len, const rpc_header *extra, size_t nextra)
 {
-    rpc__header hdrs[16];
+    rpc_header hdrs[16];
     size_t n = 0;
     if (content_type != NULL)
-        hdrs[n++] = (rpc__header){.name = "content-type", .value = content_type};
+        hdrs[n++] = (rpc_header){.name = "content-type", .value = content_type};
     for (size_t i = 0; i < nextra && n < 16; i++)
         hdrs[n++] = extra[i];
     int rv = s->ops->start(s, status, hdrs, n, (int64_t)body_len);
@@ -277,7 +277,7 @@ int proto_respond(proto_stream *s, int status, const char *content_type, const c
 
 static void respond_json(proto__exchange *ex, int status, const char *body, const char *allow)
 {
-    rpc__header extra = {.name = "allow", .value = allow};
+    rpc_header extra = {.name = "allow", .value = allow};
     proto__respond(ex, status, "application/json", body, strlen(body), &extra,
                    allow != NULL ? 1 : 0);
 }
@@ -289,10 +289,10 @@ static void on_probe(const proto__http_answer *ans, void *arg)
 {
     proto__exchange *ex = arg;
     rpc_call *call = ex->call;
-    rpc__header allow = {.name = "allow", .value = ans->allow};
+    rpc_header allow = {.name = "allow", .value = ans->allow};
     proto__respond(ex, ans->status, ans->content_type, ans->body, ans->body_len, &allow,
                    ans->allow != NULL ? 1 : 0);
-    rpc__call_unref(call); /* taken before proto__probe_handle; may free ex */
+    rpc_call_unref(call); /* taken before proto__probe_handle; may free ex */
 }
 
 /* The route label of a probe path (the only paths proto__probe_handle answers), or NULL. */
@@ -382,9 +382,9 @@ static proto__exchange *live_exchange(proto_stream *s)
 void proto_handle(proto_stream *s)
 {
     rpc_call *call = s->call;
-    rpc__call_ref(call); /* nothing below may free the exchange under our feet */
+    rpc_call_ref(call); /* nothing below may free the exchange under our feet */
     if (call->request_id == NULL &&
-        rpc__call_set_request_id(call, rpc_call_header(call, "x-request-id")) != 0) {
+        rpc_call_set_request_id(call, rpc_call_header(call, "x-request-id")) != 0) {
         proto_respond(s, 500, "application/json", "{\"detail\":\"out of memory\"}", 26, NULL, 0);
         goto out;
     }
@@ -402,10 +402,10 @@ void proto_handle(proto_stream *s)
     const char *probe = probe_label(s->path, plen);
     if (probe != NULL) {
         ex->route_label = probe;
-        rpc__call_ref(call); /* held until the probe answered (on_probe) */
+        rpc_call_ref(call); /* held until the probe answered (on_probe) */
         if (proto__probe_handle(s->worker, call->arena, s->method, s->path, on_probe, ex))
             goto out;
-        rpc__call_unref(call);
+        rpc_call_unref(call);
     }
     proto__match m;
     int rv = proto__route_match(s->method, s->path, plen, &m);
@@ -425,7 +425,7 @@ void proto_handle(proto_stream *s)
                      m.allow);
         goto out;
     }
-    const rpc_method *rm = rpc__method_find(s->path, plen);
+    const rpc_method *rm = rpc_method_find(s->path, plen);
     if (rm != NULL) {
         serve_method_path(ex, rm);
         goto out;
@@ -444,7 +444,7 @@ void proto_handle(proto_stream *s)
     respond_json(ex, 404, "{\"detail\":\"Not Found\",\"code\":5,\"message\":\"no such route\"}",
                  NULL);
 out:
-    rpc__call_unref(call);
+    rpc_call_unref(call);
 }
 
 void proto_reject(proto_stream *s, int err, const char *message)
@@ -454,12 +454,12 @@ void proto_reject(proto_stream *s, int err, const char *message)
         return;
     }
     rpc_call *call = s->call;
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     proto__exchange *ex = live_exchange(s);
     if (ex == NULL)
         goto out;
     size_t plen = strcspn(s->path, "?");
-    const rpc_method *m = rpc__method_find(s->path, plen);
+    const rpc_method *m = rpc_method_find(s->path, plen);
     bool json = false, text = false;
     if (m != NULL || (is_method_path(s->path, plen) &&
                       (proto__rpc_proto(s, &json, &text) != PROTO__PLAIN ||
@@ -473,7 +473,7 @@ void proto_reject(proto_stream *s, int err, const char *message)
         ex->route_label = mt.route->pattern;
     proto__rest_fail(ex, err, message);
 out:
-    rpc__call_unref(call);
+    rpc_call_unref(call);
 }
 
 bool proto_headers_or_reply(proto_stream *s)
@@ -485,22 +485,22 @@ bool proto_headers_or_reply(proto_stream *s)
     const rpc_method *m = NULL;
     proto__match mt;
     if (proto__route_match(s->method, s->path, plen, &mt) == 0 && mt.route->rpc != NULL) {
-        m = rpc__method_find(mt.route->rpc, strlen(mt.route->rpc));
+        m = rpc_method_find(mt.route->rpc, strlen(mt.route->rpc));
         /* the audit row names the REST route */
-        call->origin = (rpc__origin){.route = mt.route->pattern, .http_method = mt.route->method};
+        call->origin = (rpc_origin){.route = mt.route->pattern, .http_method = mt.route->method};
     } else if (strcmp(s->method, "POST") == 0) {
-        m = rpc__method_find(s->path, plen);
+        m = rpc_method_find(s->path, plen);
     }
     if (m == NULL)
         return true; /* probes, /openapi.json, CORS, 404 and 405: answered with the request */
     if (call->request_id == NULL &&
-        rpc__call_set_request_id(call, rpc_call_header(call, "x-request-id")) != 0)
+        rpc_call_set_request_id(call, rpc_call_header(call, "x-request-id")) != 0)
         return true; /* out of memory: the request goes on and fails there */
     const rpc_method *was = call->method;
     call->method = m;
     int err = 0;
     const char *msg = NULL;
-    if (rpc__dispatch_early(call, &err, &msg) != 0 || err == 0) {
+    if (rpc_dispatch_early(call, &err, &msg) != 0 || err == 0) {
         call->method = was;
         return true;
     }
@@ -512,7 +512,7 @@ bool proto_begin(proto_stream *s)
 {
     if (s->method == NULL || strcmp(s->method, "POST") != 0)
         return false;
-    const rpc_method *m = rpc__method_find(s->path, strlen(s->path));
+    const rpc_method *m = rpc_method_find(s->path, strlen(s->path));
     if (m == NULL)
         return false;
     bool json = false, text = false;
@@ -520,7 +520,7 @@ bool proto_begin(proto_stream *s)
     if (proto != PROTO__CONNECT_STREAM && proto != PROTO__GRPC_WEB && proto != PROTO__GRPC_JSON)
         return false;
     rpc_call *call = s->call;
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     proto__exchange *ex = proto__exchange_of(s);
     if (ex != NULL) {
         ex->route_label = m->path;
@@ -529,7 +529,7 @@ bool proto_begin(proto_stream *s)
         ex->text = text;
         proto__rpc_begin(ex, m); /* answers its own errors; the body is then ignored */
     }
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     return ex != NULL;
 }
 
@@ -539,9 +539,9 @@ void proto_body(proto_stream *s, const uint8_t *data, size_t len)
     if (ex == NULL || ex->done)
         return;
     rpc_call *call = s->call;
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     proto__framed_body(ex, data, len);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
 }
 
 void proto_body_end(proto_stream *s)
@@ -554,9 +554,9 @@ void proto_body_end(proto_stream *s)
     if (ex == NULL || ex->done)
         return;
     rpc_call *call = s->call;
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     proto__framed_end(ex);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
 }
 
 proto_body_mode proto_request_headers(proto_stream *s)

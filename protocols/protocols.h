@@ -12,12 +12,12 @@
  * transport with method NULL: its arena holds the headers and everything of the exchange, and the
  * bridge reuses that call for RPC routes (it sets method, ops and transport, decodes the request
  * into the arena, and dispatches it). From then on the usual two-owner rule applies: the transport
- * drops its reference when the HTTP stream closes (rpc__call_detach when s->dispatched, else
- * rpc__call_abandon), the handler when it finishes the call.
+ * drops its reference when the HTTP stream closes (rpc_call_detach when s->dispatched, else
+ * rpc_call_abandon), the handler when it finishes the call.
  *
  * Peer gone. When the peer resets or closes before end, the transport calls its close path as
  * above; a dispatched call is then cancelled and its reply dropped. For answers the bridge makes
- * without a call (probes), the bridge holds an extra reference (rpc__call_ref) while it waits.
+ * without a call (probes), the bridge holds an extra reference (rpc_call_ref) while it waits.
  *
  * Threads: one worker; nothing is shared.
  */
@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "rpc/rpc_int.h"
+#include "rpc/core.h"
 
 typedef struct proto_stream proto_stream;
 
@@ -63,7 +63,7 @@ typedef struct proto_stream_ops {
      * body_len >= 0 sends Content-Length (HTTP/1.1) / content-length (HTTP/2); -1 streams the
      * body (chunked on HTTP/1.1, DATA frames on HTTP/2). Returns 0, PINS_ECANCELLED (peer gone),
      * PINS_ENOMEM. */
-    int (*start)(proto_stream *s, int status, const rpc__header *hdrs, size_t nhdrs,
+    int (*start)(proto_stream *s, int status, const rpc_header *hdrs, size_t nhdrs,
                  int64_t body_len);
     /* Appends body bytes (copied). Returns 0, PINS_ECANCELLED, PINS_ERESOURCE_EXHAUSTED (more than
      * 4 MiB waiting for a slow reader: the caller should end the response), PINS_ENOMEM. */
@@ -75,7 +75,7 @@ typedef struct proto_stream_ops {
      * END_STREAM after the DATA. The bridge serves application/grpc+json only on streams that
      * have it. Returns 0, PINS_ECANCELLED (peer gone), PINS_ENOMEM; either way the response
      * has ended: no call after this one. */
-    int (*end_trailers)(proto_stream *s, const rpc__header *trailers, size_t ntrailers);
+    int (*end_trailers)(proto_stream *s, const rpc_header *trailers, size_t ntrailers);
 
     /* The zero-copy response path of native gRPC (protocols/grpc.c). Optional: NULL on HTTP/1.1,
      * which never carries native gRPC. Header names and values (proto_hdr) and a borrowed body
@@ -175,6 +175,6 @@ void proto_reject(proto_stream *s, int err, const char *message);
 /* Answers a plain response in one go (start, write, end). body is copied. Returns 0 or the
  * first error of the ops. */
 int proto_respond(proto_stream *s, int status, const char *content_type, const char *body,
-                  size_t body_len, const rpc__header *extra, size_t nextra);
+                  size_t body_len, const rpc_header *extra, size_t nextra);
 
 #endif

@@ -90,7 +90,7 @@ typedef struct proto__exchange {
 proto__exchange *proto__exchange_of(proto_stream *s);
 /* Starts the response: status, hdrs (copied), body_len as for proto_stream_ops.start; adds the
  * CORS headers and counts the response. Returns 0 or the error of the transport. */
-int proto__start(proto__exchange *ex, int status, const rpc__header *hdrs, size_t nhdrs,
+int proto__start(proto__exchange *ex, int status, const rpc_header *hdrs, size_t nhdrs,
                  int64_t body_len);
 /* Appends body bytes. Returns 0 or the error of the transport (PINS_ECANCELLED, ...). */
 int proto__write(proto__exchange *ex, const void *data, size_t len);
@@ -99,14 +99,14 @@ int proto__write(proto__exchange *ex, const void *data, size_t len);
 void proto__end(proto__exchange *ex);
 /* Ends the response once with trailers (copied), through the stream's end_trailers op (the
  * caller checked it exists). As proto__end for the exchange's lifetime. */
-void proto__end_trailers(proto__exchange *ex, const rpc__header *trailers, size_t n);
+void proto__end_trailers(proto__exchange *ex, const rpc_header *trailers, size_t n);
 /* start + write + end with a content type and extra headers (copied). Returns 0 or an error. */
 int proto__respond(proto__exchange *ex, int status, const char *content_type, const char *body,
-                   size_t len, const rpc__header *extra, size_t nextra);
+                   size_t len, const rpc_header *extra, size_t nextra);
 
 /* A growable header list in an arena. */
 typedef struct proto__hdrs {
-    rpc__header *v;
+    rpc_header *v;
     size_t n, cap;
 } proto__hdrs;
 /* Appends name: value (both borrowed: they must outlive the list). Returns 0 or PINS_ENOMEM. */
@@ -121,7 +121,7 @@ int proto__hdrs_add_metadata(pins_arena *a, proto__hdrs *h, const rpc_call *call
 #define PROTO__JSON_MAX_DEPTH 100
 /* A decoded JSON request may take at most 1/PROTO__DECODE_SHARE of the call's arena limit; the
  * rest is the handler's, whose reply the bridge unpacks once more to write it as JSON (a
- * protobuf request gets half: rpc__call_decode in rpc/decode.c). */
+ * protobuf request gets half: rpc_call_decode in rpc/decode.c). */
 #define PROTO__DECODE_SHARE 4
 
 /* Decodes a JSON request message of type desc from json[0..len) into the call's arena

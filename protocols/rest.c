@@ -52,7 +52,7 @@ static const proto__route routes[] = {
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
-static const rpc__call_ops rest_ops;
+static const rpc_call_ops rest_ops;
 
 /* ---- matching ---------------------------------------------------------------------------------
  */
@@ -155,7 +155,7 @@ static const char *field_location(const rpc_call *call, const char *field)
 
 static const char *metadata_value(const rpc_call *call, const char *name)
 {
-    for (const rpc__metadata *md = rpc__call_metadata(call); md != NULL; md = md->next) {
+    for (const rpc_metadata *md = rpc_call_metadata(call); md != NULL; md = md->next) {
         if (strcmp(md->name, name) == 0)
             return md->value;
     }
@@ -179,7 +179,7 @@ int proto__rest_error(rpc_call *call, int err, const char *message, proto__error
     case PINS_EINVALID_ARGUMENT: {
         /* FastAPI's validation shape: loc is [where the route bound the field, the field], or
          * ["body"] for the request as a whole. */
-        const rpc__field_error *fe = &call->field_error;
+        const rpc_field_error *fe = &call->field_error;
         char *q0 = proto__json_quote(a, field_location(call, fe->field));
         char *q1 = fe->field != NULL ? proto__json_quote(a, fe->field) : NULL;
         char *qt = proto__json_quote(a, fe->type != NULL ? fe->type : "value_error");
@@ -264,7 +264,7 @@ void proto__rest_fail(proto__exchange *ex, int err, const char *message)
  * FastAPI's error type; REST 422 at the location the route gives the field. */
 static void fail_invalid(proto__exchange *ex, const char *field, const char *type, const char *msg)
 {
-    ex->call->field_error = (rpc__field_error){.field = field, .type = type};
+    ex->call->field_error = (rpc_field_error){.field = field, .type = type};
     proto__rest_fail(ex, PINS_EINVALID_ARGUMENT, msg);
 }
 
@@ -459,7 +459,7 @@ void proto__rest_serve(proto__exchange *ex, const proto__match *m, const char *q
     rpc_call *call = ex->call;
     pins_arena *a = call->arena;
     const proto__route *r = m->route;
-    const rpc_method *method = rpc__method_find(r->rpc, strlen(r->rpc));
+    const rpc_method *method = rpc_method_find(r->rpc, strlen(r->rpc));
     ex->proto = PROTO__REST;
     ex->route = r;
     if (method == NULL) {
@@ -467,7 +467,7 @@ void proto__rest_serve(proto__exchange *ex, const proto__match *m, const char *q
         return;
     }
     call->method = method;
-    call->origin = (rpc__origin){.route = r->pattern, .http_method = r->method};
+    call->origin = (rpc_origin){.route = r->pattern, .http_method = r->method};
     call->ops = &rest_ops;
     call->transport = ex->s;
 
@@ -496,7 +496,7 @@ void proto__rest_serve(proto__exchange *ex, const proto__match *m, const char *q
         return;
     call->request = msg;
     ex->s->dispatched = true;
-    rpc__dispatch(call);
+    rpc_dispatch(call);
 }
 
 /* ---- the REST transport ops -------------------------------------------------------------------
@@ -566,24 +566,25 @@ static int sse_write(proto__exchange *ex, const char *event, const char *data, s
     int n = snprintf(head, sizeof(head), "event: %s\ndata: ", event);
     if (n < 0 || (size_t)n >= sizeof(head))
         return PINS_EINTERNAL;
-    proto_buf b = {0};
-    int rv = proto_buf_append(&b, head, (size_t)n);
+    pins_buf b; /* one event of a message the server encoded: the producer bounds it */
+    pins_buf_init(&b, SIZE_MAX);
+    int rv = pins_buf_add(&b, head, (size_t)n);
     size_t i = 0;
     while (rv == 0 && i < len) {
         const char *nl = memchr(data + i, '\n', len - i);
         size_t seg = nl != NULL ? (size_t)(nl - (data + i)) : len - i;
-        rv = proto_buf_append(&b, data + i, seg);
+        rv = pins_buf_add(&b, data + i, seg);
         i += seg;
         if (rv == 0 && nl != NULL) {
-            rv = proto_buf_append(&b, "\ndata: ", 7);
+            rv = pins_buf_add(&b, "\ndata: ", 7);
             i++;
         }
     }
     if (rv == 0)
-        rv = proto_buf_append(&b, "\n\n", 2);
+        rv = pins_buf_add(&b, "\n\n", 2);
     if (rv == 0)
-        rv = proto__write(ex, b.data, b.len);
-    proto_buf_free(&b);
+        rv = proto__write(ex, pins_buf_ptr(&b), pins_buf_len(&b));
+    pins_buf_free(&b);
     return rv;
 }
 
@@ -601,23 +602,26 @@ static int rest_send(rpc_call *call, const ProtobufCMessage *msg)
             return PINS_EINTERNAL;
         out = *(ProtobufCMessage *const *)((const char *)msg + f->offset);
     }
-    proto_buf b = {0};
-    int rv = out != NULL ? proto_json_encode(out, &proto_json_rest, &b)
-                         : proto_buf_append(&b, "null", 4);
+    pins_buf b; /* the reply the handler built: the producer bounds it */
+    pins_buf_init(&b, SIZE_MAX);
+    int rv =
+        out != NULL ? proto_json_encode(out, &proto_json_rest, &b) : pins_buf_add(&b, "null", 4);
     if (rv != 0)
         goto out;
     if (r->sse) {
         rv = sse_start(ex);
         if (rv == 0)
-            rv = sse_write(ex, sse_event_name(call->arena, msg), b.data, b.len);
+            rv =
+                sse_write(ex, sse_event_name(call->arena, msg), pins_buf_ptr(&b), pins_buf_len(&b));
         goto out;
     }
     proto__hdrs h = {0};
     rv = proto__hdrs_add_metadata(call->arena, &h, call, NULL);
     if (rv == 0)
-        rv = proto__respond(ex, r->status, "application/json", b.data, b.len, h.v, h.n);
+        rv = proto__respond(ex, r->status, "application/json", pins_buf_ptr(&b), pins_buf_len(&b),
+                            h.v, h.n);
 out:
-    proto_buf_free(&b);
+    pins_buf_free(&b);
     return rv;
 }
 
@@ -671,8 +675,8 @@ static int rest_heartbeat(rpc_call *call)
     return proto__write(ex, ": ping\n\n", 8);
 }
 
-static const rpc__call_ops rest_ops = {.send = rest_send,
-                                       .send_packed = NULL,
-                                       .finish = rest_finish,
-                                       .open = rest_open,
-                                       .heartbeat = rest_heartbeat};
+static const rpc_call_ops rest_ops = {.send = rest_send,
+                                      .send_packed = NULL,
+                                      .finish = rest_finish,
+                                      .open = rest_open,
+                                      .heartbeat = rest_heartbeat};

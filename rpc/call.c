@@ -1,6 +1,6 @@
 /* rpc/call.c: the call object and the error funnel.
  *
- * A call has two references: the transport's (dropped by rpc__call_detach when the stream closes)
+ * A call has two references: the transport's (dropped by rpc_call_detach when the stream closes)
  * and, once dispatched, the handler's (dropped when the handler finishes the call). The arena
  * holding the call is freed when both are gone, so neither side ever sees a dangling call.
  */
@@ -29,7 +29,7 @@ static void release(rpc_call *call)
     rpc_worker *w = call->worker;
     pins_arena *a = call->arena;
     /* Keep a few arenas per worker: most calls then cost no malloc at all. */
-    if (w->narena_pool < RPC__ARENA_POOL && pins_arena_limit(a) == w->arena_limit) {
+    if (w->narena_pool < RPC_ARENA_POOL && pins_arena_limit(a) == w->arena_limit) {
         pins_arena_reset(a);
         w->arena_pool[w->narena_pool++] = a;
     } else {
@@ -37,8 +37,8 @@ static void release(rpc_call *call)
     }
 }
 
-rpc_call *rpc__call_new(rpc_worker *w, const rpc_method *method, const rpc__call_ops *ops,
-                        void *transport, size_t arena_limit)
+rpc_call *rpc_call_new(rpc_worker *w, const rpc_method *method, const rpc_call_ops *ops,
+                       void *transport, size_t arena_limit)
 {
     pins_arena *a = NULL;
     if (arena_limit == w->arena_limit && w->narena_pool > 0)
@@ -64,9 +64,9 @@ rpc_call *rpc__call_new(rpc_worker *w, const rpc_method *method, const rpc__call
 
 static void run_cancel(rpc_call *call)
 {
-    if (call->flags & RPC__CALL_CANCELLED)
+    if (call->flags & RPC_CALL_CANCELLED)
         return;
-    call->flags |= RPC__CALL_CANCELLED;
+    call->flags |= RPC_CALL_CANCELLED;
     if (call->on_cancel != NULL) {
         rpc_call_cancel_cb cb = call->on_cancel;
         call->on_cancel = NULL;
@@ -74,31 +74,31 @@ static void run_cancel(rpc_call *call)
     }
 }
 
-void rpc__call_cancel(rpc_call *call)
+void rpc_call_cancel(rpc_call *call)
 {
-    if (call->flags & RPC__CALL_FINISHED)
+    if (call->flags & RPC_CALL_FINISHED)
         return;
     call->refs++; /* the cancel callback may finish the call */
     run_cancel(call);
     release(call);
 }
 
-void rpc__call_detach(rpc_call *call)
+void rpc_call_detach(rpc_call *call)
 {
     call->refs++;
     /* Detached first: a reply the cancel callback makes is dropped, never sent on a closed
      * stream. */
-    call->flags |= RPC__CALL_DETACHED;
+    call->flags |= RPC_CALL_DETACHED;
     call->transport = NULL;
-    if (!(call->flags & RPC__CALL_FINISHED))
+    if (!(call->flags & RPC_CALL_FINISHED))
         run_cancel(call);
     release(call); /* the extra reference above */
     release(call); /* the transport's */
 }
 
-void rpc__call_expire(rpc_call *call)
+void rpc_call_expire(rpc_call *call)
 {
-    if (call->flags & RPC__CALL_FINISHED)
+    if (call->flags & RPC_CALL_FINISHED)
         return;
     call->refs++;
     /* The status goes out first, so a cancel callback that finishes the call cannot turn the
@@ -108,39 +108,29 @@ void rpc__call_expire(rpc_call *call)
     release(call);
 }
 
-void rpc__call_abandon(rpc_call *call)
+void rpc_call_abandon(rpc_call *call)
 {
     call->transport = NULL;
     release(call);
 }
 
-void rpc__call_ref(rpc_call *call)
+void rpc_call_ref(rpc_call *call)
 {
     call->refs++;
 }
 
-void rpc__call_unref(rpc_call *call)
+void rpc_call_unref(rpc_call *call)
 {
     release(call);
 }
 
-void rpc__call_deliver(rpc_call *call, const ProtobufCMessage *msg)
+void rpc_call_deliver(rpc_call *call, const ProtobufCMessage *msg)
 {
-    if (call->on_message != NULL && !(call->flags & RPC__CALL_FINISHED))
+    if (call->on_message != NULL && !(call->flags & RPC_CALL_FINISHED))
         call->on_message(call, msg, call->on_message_arg);
 }
 
-static uint64_t xorshift(uint64_t s[2])
-{
-    uint64_t x = s[0];
-    uint64_t const y = s[1];
-    s[0] = y;
-    x ^= x << 23;
-    s[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
-    return s[1] + y;
-}
-
-int rpc__call_set_request_id(rpc_call *call, const char *sent)
+int rpc_call_set_request_id(rpc_call *call, const char *sent)
 {
     if (sent != NULL && sent[0] != '\0') {
         /* Echo what the client sent when it is printable and short; otherwise make a new one. */
@@ -157,7 +147,7 @@ int rpc__call_set_request_id(rpc_call *call, const char *sent)
     char *id = pins_arena_alloc(call->arena, 33);
     if (id == NULL)
         return PINS_ENOMEM;
-    uint64_t r[2] = {xorshift(call->worker->rng), xorshift(call->worker->rng)};
+    uint64_t r[2] = {pins_rand_next(&call->worker->rng), pins_rand_next(&call->worker->rng)};
     for (int i = 0; i < 32; i++)
         id[i] = hex[(r[i / 16] >> ((i % 16) * 4)) & 15];
     id[32] = '\0';
@@ -165,7 +155,7 @@ int rpc__call_set_request_id(rpc_call *call, const char *sent)
     return 0;
 }
 
-const rpc__metadata *rpc__call_metadata(const rpc_call *call)
+const rpc_metadata *rpc_call_metadata(const rpc_call *call)
 {
     return call->metadata;
 }
@@ -261,7 +251,7 @@ int64_t rpc_call_deadline_ns(const rpc_call *call)
 
 bool rpc_call_cancelled(const rpc_call *call)
 {
-    return (call->flags & RPC__CALL_CANCELLED) != 0;
+    return (call->flags & RPC_CALL_CANCELLED) != 0;
 }
 
 void rpc_call_on_cancel(rpc_call *call, rpc_call_cancel_cb cb, void *arg)
@@ -294,17 +284,17 @@ static bool value_varies(const char *name, size_t len)
 /* Appends the n entries of md (their strings kept as given) in insertion order. */
 static int add_metadata(rpc_call *call, const rpc_call_md *md, size_t n, bool trailer)
 {
-    rpc__metadata *m = pins_arena_alloc(call->arena, n * sizeof(*m));
+    rpc_metadata *m = pins_arena_alloc(call->arena, n * sizeof(*m));
     if (m == NULL)
         return PINS_ENOMEM;
-    rpc__metadata **tail = call->metadata_tail != NULL ? call->metadata_tail : &call->metadata;
+    rpc_metadata **tail = call->metadata_tail != NULL ? call->metadata_tail : &call->metadata;
     for (size_t i = 0; i < n; i++) {
-        m[i] = (rpc__metadata){.name = md[i].name,
-                               .value = md[i].value,
-                               .namelen = md[i].namelen,
-                               .valuelen = md[i].valuelen,
-                               .trailer = trailer,
-                               .varies = value_varies(md[i].name, md[i].namelen)};
+        m[i] = (rpc_metadata){.name = md[i].name,
+                              .value = md[i].value,
+                              .namelen = md[i].namelen,
+                              .valuelen = md[i].valuelen,
+                              .trailer = trailer,
+                              .varies = value_varies(md[i].name, md[i].namelen)};
         *tail = &m[i];
         tail = &m[i].next;
     }
@@ -331,19 +321,19 @@ int rpc_call_add_metadata_static(rpc_call *call, const rpc_call_md *md, size_t n
 
 int rpc_call_send(rpc_call *call, const ProtobufCMessage *msg)
 {
-    if (call->flags & (RPC__CALL_FINISHED | RPC__CALL_CANCELLED) || call->transport == NULL)
+    if (call->flags & (RPC_CALL_FINISHED | RPC_CALL_CANCELLED) || call->transport == NULL)
         return PINS_ECANCELLED;
     int rv = call->ops->send(call, msg);
     if (rv == 0)
-        call->flags |= RPC__CALL_SENT_MESSAGE;
+        call->flags |= RPC_CALL_SENT_MESSAGE;
     return rv;
 }
 
 /* Ends the response (once). */
 static void end_response(rpc_call *call, int err, const char *message)
 {
-    if (!(call->flags & RPC__CALL_FINISHED)) {
-        call->flags |= RPC__CALL_FINISHED;
+    if (!(call->flags & RPC_CALL_FINISHED)) {
+        call->flags |= RPC_CALL_FINISHED;
         call->status_err = err;
         call->error_message = message;
         int code = pins_error_grpc(err);
@@ -360,15 +350,15 @@ static void end_response(rpc_call *call, int err, const char *message)
 static void finish(rpc_call *call, int err, const char *message)
 {
     end_response(call, err, message);
-    if (call->flags & RPC__CALL_DISPATCHED) {
-        call->flags &= ~RPC__CALL_DISPATCHED;
+    if (call->flags & RPC_CALL_DISPATCHED) {
+        call->flags &= ~RPC_CALL_DISPATCHED;
         release(call);
     }
 }
 
 void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg)
 {
-    if (!(call->flags & RPC__CALL_FINISHED) && call->transport != NULL) {
+    if (!(call->flags & RPC_CALL_FINISHED) && call->transport != NULL) {
         int rv = call->ops->send(call, msg);
         if (rv != 0) {
             rpc_call_fail(call, rv, NULL);
@@ -393,17 +383,17 @@ static int send_packed(rpc_call *call, const uint8_t *msg, size_t len)
 
 int rpc_call_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
 {
-    if (call->flags & (RPC__CALL_FINISHED | RPC__CALL_CANCELLED) || call->transport == NULL)
+    if (call->flags & (RPC_CALL_FINISHED | RPC_CALL_CANCELLED) || call->transport == NULL)
         return PINS_ECANCELLED;
     int rv = send_packed(call, msg, len);
     if (rv == 0)
-        call->flags |= RPC__CALL_SENT_MESSAGE;
+        call->flags |= RPC_CALL_SENT_MESSAGE;
     return rv;
 }
 
 void rpc_call_reply_packed(rpc_call *call, const uint8_t *msg, size_t len)
 {
-    if (!(call->flags & RPC__CALL_FINISHED) && call->transport != NULL) {
+    if (!(call->flags & RPC_CALL_FINISHED) && call->transport != NULL) {
         int rv = send_packed(call, msg, len);
         if (rv != 0) {
             rpc_call_fail(call, rv, NULL);
@@ -457,6 +447,6 @@ void rpc_call_fail_field(rpc_call *call, int err, const char *field, const char 
     va_start(ap, fmt);
     const char *why = pins_arena_vprintf(call->arena, fmt, ap);
     va_end(ap);
-    call->field_error = (rpc__field_error){.field = field};
+    call->field_error = (rpc_field_error){.field = field};
     rpc_call_fail(call, err, "%s: %s", field, why != NULL ? why : pins_strerror(err));
 }

@@ -38,13 +38,13 @@ static void budget_free(void *data, void *p)
     (void)p; /* the arena frees everything with the call */
 }
 
-int rpc__call_decode(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *p,
-                     size_t len, ProtobufCMessage **pmsg, const char **pwhy)
+int rpc_call_decode(rpc_call *call, const ProtobufCMessageDescriptor *desc, const uint8_t *p,
+                    size_t len, ProtobufCMessage **pmsg, const char **pwhy)
 {
     const ProtobufCFieldDescriptor *bad = NULL;
-    if (pbwire_check_ex(p, len, desc, RPC__MAX_PROTO_DEPTH, &bad) != 0) {
+    if (pbwire_check_ex(p, len, desc, RPC_MAX_PROTO_DEPTH, &bad) != 0) {
         if (bad != NULL) {
-            call->field_error = (rpc__field_error){.field = bad->name};
+            call->field_error = (rpc_field_error){.field = bad->name};
             *pwhy = pins_arena_printf(call->arena, "%s: must be valid UTF-8 without NUL characters",
                                       bad->name);
         } else {

@@ -24,7 +24,7 @@ const char rpc_tenant_default[] = "global";
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
-    rpc__call_expire(arg);
+    rpc_call_expire(arg);
 }
 
 static void arm_deadline(rpc_call *call)
@@ -111,7 +111,7 @@ static void record(rpc_call *call, const auth_decision *d)
     rpc_audit_rbac(call, d);
     if (d->allowed)
         return;
-    call->deny = (rpc__deny){.reason = d->reason, .resource = d->resource, .action = d->action};
+    call->deny = (rpc_deny){.reason = d->reason, .resource = d->resource, .action = d->action};
 }
 
 /* The client-visible message of a denial, in the call's arena (NULL when out of memory). */
@@ -149,16 +149,16 @@ static void proceed(rpc_call *call)
     /* ---- store circuit breaker (store/breaker.h); the store gets the call's deadline ---- */
     if ((call->method->flags & RPC_METHOD_MEMORY_PINS) && !store_breaker_allow()) {
         rpc_call_fail(call, PINS_EBREAKER_OPEN, "store circuit breaker open");
-        rpc__call_unref(call);
+        rpc_call_unref(call);
         return;
     }
     store_session_set_deadline(call->worker->store, call->deadline_ns);
     call->method->handler(call);
     store_session_set_deadline(call->worker->store, 0);
     /* ---- end of the breaker's part ---- */
-    if (!(call->flags & RPC__CALL_FINISHED) && call->deadline_ns != 0)
+    if (!(call->flags & RPC_CALL_FINISHED) && call->deadline_ns != 0)
         arm_deadline(call);
-    rpc__call_unref(call); /* ours; the call lives while others hold one */
+    rpc_call_unref(call); /* ours; the call lives while others hold one */
 }
 
 /* A metadata entry named by a literal. */
@@ -209,7 +209,7 @@ static void on_rate_checked(void *arg, const ratelimit_verdict *v)
         goto out;
     }
     if (v->texts != NULL) {
-        call->rate = (rpc__rate){.set = true, .limit = v->limit, .retry_after_s = v->retry_after_s};
+        call->rate = (rpc_rate){.set = true, .limit = v->limit, .retry_after_s = v->retry_after_s};
         int rv = add_rate_metadata(call, v);
         if (rv != 0) {
             rpc_call_fail(call, rv, NULL);
@@ -225,7 +225,7 @@ static void on_rate_checked(void *arg, const ratelimit_verdict *v)
     proceed(call);
     return;
 out:
-    rpc__call_unref(call);
+    rpc_call_unref(call);
 }
 
 /* The early decision; NULL in *pd when the request may go on. */
@@ -248,7 +248,7 @@ static int decide_early(rpc_call *call, const auth_decision **pd)
     return 0;
 }
 
-int rpc__dispatch_early(rpc_call *call, int *perr, const char **pmsg)
+int rpc_dispatch_early(rpc_call *call, int *perr, const char **pmsg)
 {
     const auth_decision *d;
     int rv = decide_early(call, &d);
@@ -261,7 +261,7 @@ int rpc__dispatch_early(rpc_call *call, int *perr, const char **pmsg)
     return 0;
 }
 
-bool rpc__dispatch_early_or_reply(rpc_call *call)
+bool rpc_dispatch_early_or_reply(rpc_call *call)
 {
     const auth_decision *d;
     int rv = decide_early(call, &d);
@@ -275,13 +275,13 @@ bool rpc__dispatch_early_or_reply(rpc_call *call)
     return false;
 }
 
-void rpc__dispatch(rpc_call *call)
+void rpc_dispatch(rpc_call *call)
 {
     const rpc_method *m = call->method;
     const pins_config *cfg = call->worker->server->cfg;
 
     rpc__metrics_started(call->worker, m);
-    call->flags |= RPC__CALL_DISPATCHED;
+    call->flags |= RPC_CALL_DISPATCHED;
     call->refs += 2; /* the handler's, and ours until the handler returns */
     call->tenant = resolve_tenant(m, call->request);
 
@@ -307,5 +307,5 @@ void rpc__dispatch(rpc_call *call)
     proceed(call);
     return;
 out:
-    rpc__call_unref(call); /* ours; the call lives while others hold one */
+    rpc_call_unref(call); /* ours; the call lives while others hold one */
 }

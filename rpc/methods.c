@@ -106,14 +106,14 @@ static void build(void)
     }
 }
 
-const rpc_method *rpc__method_table(size_t *pn)
+const rpc_method *rpc_method_table(size_t *pn)
 {
     pthread_once(&once, build);
     *pn = NROWS;
     return table;
 }
 
-const rpc_method *rpc__method_find(const char *path, size_t len)
+const rpc_method *rpc_method_find(const char *path, size_t len)
 {
     pthread_once(&once, build);
     for (size_t i = 0; i < NROWS; i++) {

@@ -50,7 +50,7 @@ struct rpc__mcache {
 static struct rpc__mcache *row_of(rpc_worker *w, const rpc_method *m)
 {
     size_t n;
-    const rpc_method *table = rpc__method_table(&n);
+    const rpc_method *table = rpc_method_table(&n);
     if (m < table || m >= table + n)
         return NULL;
     if (w->mcache == NULL) {
@@ -143,68 +143,4 @@ void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, dou
     }
     metrics_cell_add(r->ops[st], 1);
     metrics_cell_observe(latency, r->latency, seconds);
-}
-
-/* ---- buffered bytes and refused requests (transport__conn_charge)
- * ---------------------------------- */
-
-static metrics_family *buffered;
-static metrics_family *refused;
-static metrics_family *conn_closed;
-static metrics_family *req_timeouts;
-
-static double sample_buffered(void *arg)
-{
-    const rpc_server *s = arg;
-    int64_t sum = 0;
-    for (int i = 0; s->workers != NULL && i < s->nworkers; i++)
-        sum += atomic_load_explicit(&s->workers[i].buffered, memory_order_relaxed);
-    return (double)sum;
-}
-
-void rpc__metrics_server(rpc_server *s)
-{
-    static const char *const reason[] = {"reason"};
-    if (buffered != NULL) {
-        metrics_gauge_set_cb(buffered, NULL, sample_buffered, s);
-        return;
-    }
-    buffered = metrics_gauge_new("connection_buffered_bytes",
-                                 "Bytes held for peers: request bodies, decoded request messages "
-                                 "and response output not yet sent (PINS_BUFFER_BYTES bounds it).",
-                                 NULL, 0);
-    refused = metrics_counter_new("connection_buffer_refusals_total",
-                                  "Requests and streams refused because a connection or the "
-                                  "process held its budget of buffered bytes.",
-                                  NULL, 0);
-    conn_closed = metrics_counter_new(
-        "connection_closed_total",
-        "Connections the server closed: idle (GOAWAY first), output that could not leave, or "
-        "a protocol error (GOAWAY with an error code).",
-        reason, 1);
-    req_timeouts = metrics_counter_new(
-        "request_timeouts_total",
-        "Requests whose headers or body did not arrive within PINS_REQUEST_TIMEOUT_SECONDS.", NULL,
-        0);
-    if (buffered != NULL)
-        metrics_gauge_set_cb(buffered, NULL, sample_buffered, s);
-}
-
-void rpc__metrics_buffer_refused(rpc_worker *w)
-{
-    if (refused != NULL)
-        metrics_counter_inc(refused, NULL);
-}
-
-void rpc__metrics_conn_closed(const char *reason)
-{
-    const char *v[] = {reason};
-    if (conn_closed != NULL)
-        metrics_counter_inc(conn_closed, v);
-}
-
-void rpc__metrics_request_timeout(void)
-{
-    if (req_timeouts != NULL)
-        metrics_counter_inc(req_timeouts, NULL);
 }

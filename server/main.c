@@ -12,20 +12,20 @@
 #include "store/breaker.h"
 #include "store/store.h"
 
-static rpc_server *server;
+static pins_server *server;
 
 static void on_stop_signal(int sig)
 {
     (void)sig;
     if (server != NULL)
-        rpc_server_stop(server);
+        pins_server_stop(server);
 }
 
 static void on_reload_signal(int sig)
 {
     (void)sig;
     if (server != NULL)
-        rpc_server_reload(server);
+        pins_server_reload(server);
 }
 
 static void install_signals(void)
@@ -87,7 +87,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "pinsd: cannot open the store: %s\n", pins_strerror(rv));
         goto out;
     }
-    rv = rpc_server_new(&cfg, st, &server, err, sizeof(err));
+    rv = pins_server_new(&cfg, st, &server, err, sizeof(err));
     if (rv != 0) {
         fprintf(stderr, "pinsd: %s\n", err);
         goto out;
@@ -102,14 +102,14 @@ int main(int argc, char **argv)
     pins_log_info("pinsd listening", "listen", addrs, "workers", workers, "store",
                   store_backend_name(st), "tls", cfg.tls_cert_file ? "on" : "off", "version",
                   PINS_VERSION, NULL);
-    rv = rpc_server_run(server);
+    rv = pins_server_run(server);
     pins_log_info("pinsd stopped", NULL);
     status = rv == 0 ? 0 : 1;
 out:
     if (server != NULL) {
-        rpc_server *s = server;
+        pins_server *s = server;
         server = NULL;
-        rpc_server_free(s);
+        pins_server_free(s);
     }
     if (st != NULL)
         store_close(st);

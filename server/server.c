@@ -5,7 +5,7 @@
  * thread only waits for the stop request (and reloads the RBAC policy when asked to) and then
  * tells each worker to drain.
  */
-#include "rpc/rpc_int.h"
+#include "server/server.h"
 
 #include <errno.h>
 #include <event2/listener.h>
@@ -27,15 +27,40 @@
 #include "common/timeutil.h"
 #include "observability/log.h"
 #include "rpc/audit.h"
-#include "rpc/reflection.h"
-#include "transport/tls.h"
+#include "rpc/core.h"
 #include "store/store.h"
+#include "transport/tls.h"
+#include "transport/transport.h"
 
 #define SWEEP_BATCHES_PER_TICK 20
 /* How long a worker stops accepting after accept() ran out of descriptors. */
 #define ACCEPT_PAUSE_MS 100
 /* How long a stopping worker waits for its last audit writes. */
 #define AUDIT_DRAIN_MS 2000
+
+/* One worker thread: the core's worker, its connections, and what this file runs on its loop. */
+typedef struct server_worker {
+    rpc_worker *w;
+    transport_worker *net;
+    pins_server *server;
+    struct event *drain_ev;
+    struct event *stop_ev;
+    struct event *sweep_ev;
+    struct event *tick_ev;          /* transport_conn_tick every TRANSPORT_TICK_MS */
+    struct event *accept_resume_ev; /* accepting again after running out of descriptors */
+    struct evconnlistener **listeners;
+    size_t nlisteners;
+    int64_t accept_paused_ns; /* when accepting paused; 0 while it works */
+} server_worker;
+
+struct pins_server {
+    rpc_server core;       /* configuration, store, the core's workers */
+    server_worker *sw;     /* core.nworkers of them */
+    transport_worker *net; /* core.nworkers, one array for the buffered-bytes gauge */
+    int *listen_fds;       /* nworkers * nlisten sockets, SO_REUSEPORT */
+    void *tls_ctx;         /* SSL_CTX *, NULL without TLS */
+    _Atomic int nconns;    /* across workers, for PINS_MAX_CONNECTIONS */
+};
 
 /* What the main thread reads from stop_pipe: any other byte means stop. */
 #define RELOAD_BYTE 'r'
@@ -100,27 +125,26 @@ static void raise_nofile(const pins_config *cfg)
     }
 }
 
-int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserver, char *err,
-                   size_t errlen)
+int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pserver, char *err,
+                    size_t errlen)
 {
     int rv = 0;
-    rpc_server *s = calloc(1, sizeof(*s));
-    if (s == NULL)
+    pins_server *ps = calloc(1, sizeof(*ps));
+    if (ps == NULL)
         return PINS_ENOMEM;
+    rpc_server *s = &ps->core;
     s->cfg = cfg;
     s->store = st;
     s->nworkers = cfg->workers > 0 ? cfg->workers : 1;
     s->started_unix_us = pins_time_now_us();
     s->started_ns = pins_time_mono_ns();
     raise_nofile(cfg);
-    rpc__metrics_init();
-    rpc__metrics_server(s);
     if (stop_pipe[0] < 0 && pipe2(stop_pipe, O_CLOEXEC) != 0) {
         snprintf(err, errlen, "cannot create the stop pipe: %s", strerror(errno));
         rv = PINS_EINTERNAL;
         goto fail;
     }
-    if (rpc__reflection_init() != 0) {
+    if (rpc_core_init() != 0) {
         snprintf(err, errlen, "cannot load the embedded descriptor set");
         rv = PINS_EINTERNAL;
         goto fail;
@@ -130,63 +154,66 @@ int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserve
         goto fail;
     if (cfg->tls_cert_file != NULL) {
         rv = transport_tls_ctx_new(cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_client_ca_file,
-                                   &s->tls_ctx, err, errlen);
+                                   &ps->tls_ctx, err, errlen);
         if (rv != 0)
             goto fail;
     }
     size_t nfds = (size_t)s->nworkers * cfg->nlisten;
-    s->listen_fds = malloc(nfds * sizeof(int));
+    ps->listen_fds = malloc(nfds * sizeof(int));
     s->workers = calloc((size_t)s->nworkers, sizeof(rpc_worker));
-    if (s->listen_fds == NULL || s->workers == NULL) {
+    ps->sw = calloc((size_t)s->nworkers, sizeof(server_worker));
+    ps->net = calloc((size_t)s->nworkers, sizeof(transport_worker));
+    if (ps->listen_fds == NULL || s->workers == NULL || ps->sw == NULL || ps->net == NULL) {
         rv = PINS_ENOMEM;
         goto fail;
     }
     for (size_t i = 0; i < nfds; i++)
-        s->listen_fds[i] = -1;
+        ps->listen_fds[i] = -1;
     for (int wi = 0; wi < s->nworkers; wi++) {
         for (size_t li = 0; li < cfg->nlisten; li++) {
-            rv = bind_one(&cfg->listen[li], &s->listen_fds[(size_t)wi * cfg->nlisten + li], err,
+            rv = bind_one(&cfg->listen[li], &ps->listen_fds[(size_t)wi * cfg->nlisten + li], err,
                           errlen);
             if (rv != 0)
                 goto fail;
         }
     }
-    *pserver = s;
+    transport_metrics_init(ps->net, s->nworkers);
+    *pserver = ps;
     return 0;
 fail:
-    rpc_server_free(s);
+    pins_server_free(ps);
     return rv;
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
                       void *arg)
 {
-    rpc_worker *w = arg;
-    if (w->accept_paused_ns != 0) {
+    server_worker *sw = arg;
+    if (sw->accept_paused_ns != 0) {
         char ms[24];
         snprintf(ms, sizeof(ms), "%lld",
-                 (long long)((pins_time_mono_ns() - w->accept_paused_ns) / 1000000));
+                 (long long)((pins_time_mono_ns() - sw->accept_paused_ns) / 1000000));
         pins_log_info("accepting connections again", "paused_ms", ms, NULL);
-        w->accept_paused_ns = 0;
+        sw->accept_paused_ns = 0;
     }
-    transport_conn_accept(w, fd);
+    transport_conn_accept(sw->net, fd);
 }
 
-static void set_listening(rpc_worker *w, bool on)
+static void set_listening(server_worker *sw, bool on)
 {
-    for (size_t i = 0; i < w->nlisteners; i++) {
+    for (size_t i = 0; i < sw->nlisteners; i++) {
         if (on)
-            evconnlistener_enable(w->listeners[i]);
+            evconnlistener_enable(sw->listeners[i]);
         else
-            evconnlistener_disable(w->listeners[i]);
+            evconnlistener_disable(sw->listeners[i]);
     }
 }
 
 static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
 {
-    rpc_worker *w = arg;
-    if (!w->draining)
-        set_listening(w, true);
+    server_worker *sw = arg;
+    if (!sw->w->draining)
+        set_listening(sw, true);
 }
 
 /* accept() failed. Out of descriptors (EMFILE, ENFILE) or kernel memory (ENOBUFS, ENOMEM), the
@@ -196,23 +223,23 @@ static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
  * work again. Any other error (a connection reset before it was accepted) is passed over. */
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    rpc_worker *w = arg;
+    server_worker *sw = arg;
     int e = errno;
     if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM)
         return;
-    set_listening(w, false);
-    if (w->accept_resume_ev == NULL)
-        w->accept_resume_ev = evtimer_new(w->base, on_accept_resume, w);
-    if (w->accept_resume_ev == NULL) {
-        set_listening(w, true); /* no timer: fall back to libevent's retry */
+    set_listening(sw, false);
+    if (sw->accept_resume_ev == NULL)
+        sw->accept_resume_ev = evtimer_new(sw->w->base, on_accept_resume, sw);
+    if (sw->accept_resume_ev == NULL) {
+        set_listening(sw, true); /* no timer: fall back to libevent's retry */
         return;
     }
     struct timeval tv = {.tv_sec = 0, .tv_usec = ACCEPT_PAUSE_MS * 1000};
-    evtimer_add(w->accept_resume_ev, &tv);
-    if (w->accept_paused_ns == 0) {
-        w->accept_paused_ns = pins_time_mono_ns();
+    evtimer_add(sw->accept_resume_ev, &tv);
+    if (sw->accept_paused_ns == 0) {
+        sw->accept_paused_ns = pins_time_mono_ns();
         char open[24];
-        snprintf(open, sizeof(open), "%zu", w->nconns);
+        snprintf(open, sizeof(open), "%zu", transport_conn_count(sw->net));
         pins_log_warn("accept paused: out of file descriptors or memory", "error", strerror(e),
                       "open_connections", open, NULL);
     }
@@ -220,36 +247,36 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
 
 static void on_stop_check(evutil_socket_t fd, short what, void *arg)
 {
-    rpc_worker *w = arg;
-    if (w->nconns == 0)
-        event_base_loopbreak(w->base);
+    server_worker *sw = arg;
+    if (transport_conn_count(sw->net) == 0)
+        event_base_loopbreak(sw->w->base);
 }
 
 static void on_grace_over(evutil_socket_t fd, short what, void *arg)
 {
-    rpc_worker *w = arg;
-    transport_conn_close_all(w);
-    event_base_loopbreak(w->base);
+    server_worker *sw = arg;
+    transport_conn_close_all(sw->net);
+    event_base_loopbreak(sw->w->base);
 }
 
 static void on_drain(evutil_socket_t fd, short what, void *arg)
 {
-    rpc_worker *w = arg;
+    server_worker *sw = arg;
+    rpc_worker *w = sw->w;
     if (w->draining)
         return;
     w->draining = true;
-    for (size_t i = 0; i < w->nlisteners; i++)
-        evconnlistener_free(w->listeners[i]);
-    w->nlisteners = 0;
-    rpc__health_drain(w);
-    rpc__watch_drain(w);
-    transport_conn_drain_all(w);
+    for (size_t i = 0; i < sw->nlisteners; i++)
+        evconnlistener_free(sw->listeners[i]);
+    sw->nlisteners = 0;
+    rpc_worker_drain(w);
+    transport_conn_drain_all(sw->net);
     struct timeval grace = {.tv_sec = w->server->cfg->drain_seconds};
     struct timeval tick = {.tv_sec = 0, .tv_usec = 20000};
-    event_base_once(w->base, -1, EV_TIMEOUT, on_grace_over, w, &grace);
-    w->stop_ev = event_new(w->base, -1, EV_PERSIST, on_stop_check, w);
-    if (w->stop_ev != NULL)
-        event_add(w->stop_ev, &tick);
+    event_base_once(w->base, -1, EV_TIMEOUT, on_grace_over, sw, &grace);
+    sw->stop_ev = event_new(w->base, -1, EV_PERSIST, on_stop_check, sw);
+    if (sw->stop_ev != NULL)
+        event_add(sw->stop_ev, &tick);
 }
 
 /* The background sweeper of worker 0. A tick runs up to SWEEP_BATCHES_PER_TICK batches, each
@@ -307,12 +334,15 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
-    transport_conn_tick(arg);
+    server_worker *sw = arg;
+    transport_conn_tick(sw->net);
 }
 
 static void *worker_main(void *arg)
 {
-    rpc_worker *w = arg;
+    server_worker *sw = arg;
+    rpc_worker *w = sw->w;
+    pins_server *ps = sw->server;
     rpc_server *s = w->server;
     const pins_config *cfg = s->cfg;
     sigset_t all;
@@ -320,50 +350,51 @@ static void *worker_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
 
     for (size_t li = 0; li < cfg->nlisten; li++) {
-        int fd = s->listen_fds[(size_t)w->index * cfg->nlisten + li];
+        int fd = ps->listen_fds[(size_t)w->index * cfg->nlisten + li];
         struct evconnlistener *l =
-            evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+            evconnlistener_new(w->base, on_accept, sw, LEV_OPT_CLOSE_ON_FREE, -1, fd);
         if (l == NULL) {
             pins_log_error("cannot listen", NULL);
             continue;
         }
-        s->listen_fds[(size_t)w->index * cfg->nlisten + li] = -1; /* the listener owns it */
+        ps->listen_fds[(size_t)w->index * cfg->nlisten + li] = -1; /* the listener owns it */
         evconnlistener_set_error_cb(l, on_accept_error);
-        w->listeners[w->nlisteners++] = l;
+        sw->listeners[sw->nlisteners++] = l;
     }
     if (w->index == 0 && cfg->sweep_interval_seconds > 0) {
-        sweeper *sw = calloc(1, sizeof(*sw));
-        if (sw != NULL)
-            *sw = (sweeper){.w = w};
-        w->sweep_ev = sw != NULL ? event_new(w->base, -1, EV_PERSIST, on_sweep, sw) : NULL;
-        if (w->sweep_ev == NULL)
-            free(sw);
+        sweeper *sweep = calloc(1, sizeof(*sweep));
+        if (sweep != NULL)
+            *sweep = (sweeper){.w = w};
+        sw->sweep_ev = sweep != NULL ? event_new(w->base, -1, EV_PERSIST, on_sweep, sweep) : NULL;
+        if (sw->sweep_ev == NULL)
+            free(sweep);
         struct timeval tv = {.tv_sec = cfg->sweep_interval_seconds};
-        if (w->sweep_ev != NULL)
-            event_add(w->sweep_ev, &tv);
+        if (sw->sweep_ev != NULL)
+            event_add(sw->sweep_ev, &tv);
     }
     /* Requests that do not arrive in time, and connections whose output stalls. */
-    w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
-    if (w->tick_ev != NULL) {
-        struct timeval tv = {.tv_sec = 0, .tv_usec = RPC__TICK_MS * 1000};
-        event_add(w->tick_ev, &tv);
+    sw->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, sw);
+    if (sw->tick_ev != NULL) {
+        struct timeval tv = {.tv_sec = 0, .tv_usec = TRANSPORT_TICK_MS * 1000};
+        event_add(sw->tick_ev, &tv);
     }
     /* The rate limiter's Redis connection lives on this loop (auth/ratelimit.h). */
     if (ratelimit_worker_new(s->ratelimit, w->base, &w->ratelimit) != 0)
         pins_log_error("cannot start the rate limiter", NULL);
     event_base_dispatch(w->base);
-    transport_conn_close_all(w);
+    transport_conn_close_all(sw->net);
     ratelimit_worker_free(w->ratelimit); /* finishes calls still waiting for Redis */
     w->ratelimit = NULL;
     rpc_audit_drain(w->audit, AUDIT_DRAIN_MS); /* before the store session is freed */
-    for (size_t i = 0; i < w->nlisteners; i++)
-        evconnlistener_free(w->listeners[i]);
-    w->nlisteners = 0;
+    for (size_t i = 0; i < sw->nlisteners; i++)
+        evconnlistener_free(sw->listeners[i]);
+    sw->nlisteners = 0;
     return NULL;
 }
 
-int rpc_server_run(rpc_server *s)
+int pins_server_run(pins_server *ps)
 {
+    rpc_server *s = &ps->core;
     int rv = 0;
     pthread_t *threads = calloc((size_t)s->nworkers, sizeof(pthread_t));
     if (threads == NULL)
@@ -372,18 +403,18 @@ int rpc_server_run(rpc_server *s)
     int started = 0;
     for (int i = 0; i < s->nworkers; i++) {
         rpc_worker *w = &s->workers[i];
+        server_worker *sw = &ps->sw[i];
+        transport_worker *net = &ps->net[i];
         w->index = i;
         w->server = s;
-        if (getrandom(w->rng, sizeof(w->rng), 0) != sizeof(w->rng) ||
-            (w->rng[0] | w->rng[1]) == 0) {
-            w->rng[0] = (uint64_t)pins_time_mono_ns() ^ (uint64_t)i;
-            w->rng[1] = 0x9e3779b97f4a7c15ull;
-        }
-        w->arena_limit = (size_t)s->cfg->max_request_bytes * 8 + (1u << 20);
-        w->buffer_share = s->cfg->buffer_bytes / s->nworkers;
+        *net = (transport_worker){.w = w,
+                                  .tls_ctx = ps->tls_ctx,
+                                  .nconns_all = &ps->nconns,
+                                  .buffer_share = s->cfg->buffer_bytes / s->nworkers};
+        *sw = (server_worker){.w = w, .net = net, .server = ps};
         w->base = event_base_new();
-        w->listeners = calloc(s->cfg->nlisten, sizeof(*w->listeners));
-        if (w->base == NULL || w->listeners == NULL) {
+        sw->listeners = calloc(s->cfg->nlisten, sizeof(*sw->listeners));
+        if (w->base == NULL || sw->listeners == NULL) {
             rv = PINS_ENOMEM;
             break;
         }
@@ -392,7 +423,7 @@ int rpc_server_run(rpc_server *s)
             pins_log_error("cannot open a store session", "error", pins_strerror(rv), NULL);
             break;
         }
-        rv = rpc__watch_worker_init(w);
+        rv = rpc_worker_start(w);
         if (rv != 0)
             break;
         /* The denial budget is the process's, shared by the workers; worker 0 runs the audit
@@ -406,15 +437,15 @@ int rpc_server_run(rpc_server *s)
         rv = rpc_audit_new(w->base, w->store, &ao, &w->audit);
         if (rv != 0)
             break;
-        w->drain_ev = event_new(w->base, -1, 0, on_drain, w);
-        if (w->drain_ev == NULL) {
+        sw->drain_ev = event_new(w->base, -1, 0, on_drain, sw);
+        if (sw->drain_ev == NULL) {
             rv = PINS_ENOMEM;
             break;
         }
     }
     if (rv == 0) {
         for (int i = 0; i < s->nworkers; i++) {
-            if (pthread_create(&threads[i], NULL, worker_main, &s->workers[i]) != 0) {
+            if (pthread_create(&threads[i], NULL, worker_main, &ps->sw[i]) != 0) {
                 rv = PINS_EINTERNAL;
                 break;
             }
@@ -436,14 +467,14 @@ int rpc_server_run(rpc_server *s)
     atomic_store(&s->draining, 1);
     pins_log_info("draining", NULL);
     for (int i = 0; i < started; i++)
-        event_active(s->workers[i].drain_ev, EV_READ, 0);
+        event_active(ps->sw[i].drain_ev, EV_READ, 0);
     for (int i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     free(threads);
     return rv;
 }
 
-void rpc_server_stop(rpc_server *s)
+void pins_server_stop(pins_server *s)
 {
     (void)s;
     if (stop_pipe[1] >= 0) {
@@ -453,7 +484,7 @@ void rpc_server_stop(rpc_server *s)
     }
 }
 
-void rpc_server_reload(rpc_server *s)
+void pins_server_reload(pins_server *s)
 {
     (void)s;
     if (stop_pipe[1] >= 0) {
@@ -463,53 +494,54 @@ void rpc_server_reload(rpc_server *s)
     }
 }
 
-void rpc_server_free(rpc_server *s)
+void pins_server_free(pins_server *ps)
 {
-    if (s == NULL)
+    if (ps == NULL)
         return;
+    rpc_server *s = &ps->core;
     if (s->workers != NULL) {
         for (int i = 0; i < s->nworkers; i++) {
             rpc_worker *w = &s->workers[i];
-            rpc__watch_worker_free(w);
-            rpc__metrics_worker_free(w);
+            server_worker *sw = ps->sw != NULL ? &ps->sw[i] : NULL;
+            rpc_worker_release(w);
             if (w->store != NULL)
                 store_session_free(w->store);
             rpc_audit_free(w->audit); /* after the session: its cancelled writes report here */
-            if (w->drain_ev != NULL)
-                event_free(w->drain_ev);
-            if (w->stop_ev != NULL)
-                event_free(w->stop_ev);
-            if (w->accept_resume_ev != NULL)
-                event_free(w->accept_resume_ev);
-            if (w->tick_ev != NULL)
-                event_free(w->tick_ev);
-            if (w->sweep_ev != NULL) {
-                void *sw = event_get_callback_arg(w->sweep_ev);
-                event_free(w->sweep_ev);
-                free(sw);
+            if (sw != NULL) {
+                struct event *evs[] = {sw->drain_ev, sw->stop_ev, sw->accept_resume_ev,
+                                       sw->tick_ev};
+                for (size_t k = 0; k < sizeof(evs) / sizeof(evs[0]); k++)
+                    if (evs[k] != NULL)
+                        event_free(evs[k]);
+                if (sw->sweep_ev != NULL) {
+                    void *sweep = event_get_callback_arg(sw->sweep_ev);
+                    event_free(sw->sweep_ev);
+                    free(sweep);
+                }
+                free(sw->listeners);
             }
-            free(w->listeners);
-            for (size_t k = 0; k < w->narena_pool; k++)
-                pins_arena_free(w->arena_pool[k]);
             if (w->base != NULL)
                 event_base_free(w->base);
         }
     }
-    if (s->listen_fds != NULL) {
+    if (ps->listen_fds != NULL) {
         for (size_t i = 0; i < (size_t)s->nworkers * s->cfg->nlisten; i++)
-            if (s->listen_fds[i] >= 0)
-                close(s->listen_fds[i]);
+            if (ps->listen_fds[i] >= 0)
+                close(ps->listen_fds[i]);
     }
-    free(s->listen_fds);
+    transport_metrics_init(NULL, 0); /* the gauge stops reading the workers freed below */
+    free(ps->listen_fds);
     free(s->workers);
-    if (s->tls_ctx != NULL)
-        transport_tls_ctx_free(s->tls_ctx);
+    free(ps->sw);
+    free(ps->net);
+    if (ps->tls_ctx != NULL)
+        transport_tls_ctx_free(ps->tls_ctx);
     ratelimit_free(s->ratelimit);
-    rpc__reflection_shutdown();
+    rpc_core_shutdown();
     if (stop_pipe[0] >= 0) {
         close(stop_pipe[0]);
         close(stop_pipe[1]);
         stop_pipe[0] = stop_pipe[1] = -1;
     }
-    free(s);
+    free(ps);
 }

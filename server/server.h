@@ -1,8 +1,8 @@
 /* server/server.h: the pinsd server: listeners, worker threads, connections, dispatch.
  *
- * rpc_server_new() binds every listener (PINS_LISTEN) once per worker with SO_REUSEPORT, so a bad
- * address fails before anything runs. rpc_server_run() starts one thread with its own libevent
- * loop and store session per worker and blocks until rpc_server_stop() (async-signal safe: call it
+ * pins_server_new() binds every listener (PINS_LISTEN) once per worker with SO_REUSEPORT, so a bad
+ * address fails before anything runs. pins_server_run() starts one thread with its own libevent
+ * loop and store session per worker and blocks until pins_server_stop() (async-signal safe: call it
  * from a signal handler or another thread), then drains: GOAWAY on every connection, listeners
  * closed, in-flight calls finished within drain_seconds, then every connection is closed.
  */
@@ -12,21 +12,21 @@
 #include "common/config.h"
 
 struct store;
-typedef struct rpc_server rpc_server;
+typedef struct pins_server pins_server;
 
 /* A new server for cfg (borrowed for the server's life) on store (borrowed). Binds listeners and
  * loads TLS material. On failure writes one line into err. Returns 0, PINS_EINVALID_ARGUMENT
  * (bad address, TLS files), PINS_EUNAVAILABLE (bind failed), PINS_ENOMEM. */
-int rpc_server_new(const pins_config *cfg, struct store *st, rpc_server **pserver, char *err,
-                   size_t errlen);
-/* Runs the workers until rpc_server_stop(); returns 0 after a clean drain. */
-int rpc_server_run(rpc_server *s);
+int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pserver, char *err,
+                    size_t errlen);
+/* Runs the workers until pins_server_stop(); returns 0 after a clean drain. */
+int pins_server_run(pins_server *s);
 /* Asks the server to drain and stop. Async-signal safe. */
-void rpc_server_stop(rpc_server *s);
+void pins_server_stop(pins_server *s);
 /* Asks the server to reload the RBAC policy (SIGHUP): the main thread, which waits in
- * rpc_server_run(), does it (auth_policy_reload). Async-signal safe. */
-void rpc_server_reload(rpc_server *s);
-/* Frees the server (after rpc_server_run returned). */
-void rpc_server_free(rpc_server *s);
+ * pins_server_run(), does it (auth_policy_reload). Async-signal safe. */
+void pins_server_reload(pins_server *s);
+/* Frees the server (after pins_server_run returned). */
+void pins_server_free(pins_server *s);
 
 #endif

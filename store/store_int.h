@@ -174,8 +174,4 @@ void store__timer_arm(store__timer *t, int64_t ms);
 /* Cancels and frees t. NULL is allowed. */
 void store__timer_free(store__timer *t);
 
-/* Transitional: tests/unit/rpc/test_audit.c and tools/bench/store_bench.c still take the SQLite
- * hooks from this header. Remove this include once they include store/sqlite_int.h. */
-#include "store/sqlite_int.h"
-
 #endif

@@ -13,7 +13,7 @@
  * Blast radius: a malformed message or an oversized header list resets or fails one stream;
  * framing corruption ends one connection; nothing here stops the process.
  */
-#include "rpc/rpc_int.h"
+#include "transport/transport_int.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -47,7 +47,8 @@ typedef struct h2_stream h2_stream;
 
 struct transport__conn {
     struct transport__conn *prev, *next;
-    rpc_worker *w;
+    transport_worker *tw;
+    rpc_worker *w; /* tw->w */
     struct bufferevent *bev;
     nghttp2_session *h2;
     enum conn_proto proto;
@@ -120,7 +121,7 @@ static void conn_flush(transport__conn *c);
 static void conn_free(transport__conn *c);
 static void conn_maybe_free(transport__conn *c);
 
-static const rpc__call_ops h2_call_ops;
+static const rpc_call_ops h2_call_ops;
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
@@ -167,9 +168,9 @@ static void stream_close(h2_stream *st)
     rpc_call *call = st->call;
     st->call = NULL;
     if (st->bs.dispatched)
-        rpc__call_detach(call);
+        rpc_call_detach(call);
     else
-        rpc__call_abandon(call);
+        rpc_call_abandon(call);
 }
 
 /* ---- buffered bytes ------------------------------------------------------------------------ */
@@ -177,35 +178,35 @@ static void stream_close(h2_stream *st)
 /* The worker's part of PINS_BUFFER_BYTES. Each worker counts its own connections' bytes, so
  * that a charge is a plain add on the worker's thread instead of an atomic operation on a line
  * every worker writes; the gauge sums the workers (relaxed loads). */
-static int64_t worker_buffered(const rpc_worker *w)
+static int64_t worker_buffered(const transport_worker *tw)
 {
-    return atomic_load_explicit(&w->buffered, memory_order_relaxed);
+    return atomic_load_explicit(&tw->buffered, memory_order_relaxed);
 }
 
-static void worker_add(rpc_worker *w, int64_t n)
+static void worker_add(transport_worker *tw, int64_t n)
 {
-    atomic_store_explicit(&w->buffered, worker_buffered(w) + n, memory_order_relaxed);
+    atomic_store_explicit(&tw->buffered, worker_buffered(tw) + n, memory_order_relaxed);
 }
 
 static bool over_budget(const transport__conn *c)
 {
     return (int64_t)c->charged > c->w->server->cfg->conn_buffer_bytes ||
-           worker_buffered(c->w) > c->w->buffer_share;
+           worker_buffered(c->tw) > c->tw->buffer_share;
 }
 
 int transport__conn_charge(transport__conn *c, size_t n)
 {
-    rpc_worker *w = c->w;
-    int64_t before = worker_buffered(w);
-    bool refuse = before >= w->buffer_share;
+    transport_worker *tw = c->tw;
+    int64_t before = worker_buffered(tw);
+    bool refuse = before >= tw->buffer_share;
     if (!refuse && c->charged > 0)
-        refuse = (int64_t)(c->charged + n) > w->server->cfg->conn_buffer_bytes ||
-                 before + (int64_t)n > w->buffer_share;
+        refuse = (int64_t)(c->charged + n) > c->w->server->cfg->conn_buffer_bytes ||
+                 before + (int64_t)n > tw->buffer_share;
     if (refuse) {
-        rpc__metrics_buffer_refused(w);
+        transport__metrics_buffer_refused();
         return PINS_ERESOURCE_EXHAUSTED;
     }
-    worker_add(w, (int64_t)n);
+    worker_add(tw, (int64_t)n);
     c->charged += n;
     return 0;
 }
@@ -217,7 +218,7 @@ void transport__conn_uncharge(transport__conn *c, size_t n)
     if (n > c->charged)
         n = c->charged;
     c->charged -= n;
-    worker_add(c->w, -(int64_t)n);
+    worker_add(c->tw, -(int64_t)n);
 }
 
 /* Response bytes are charged without refusal: an answer that was produced goes out. What limits
@@ -229,7 +230,7 @@ static void out_charge(h2_stream *st, size_t n)
         st->out_since_ns = pins_time_mono_ns();
     st->out_charged += n;
     c->charged += n;
-    worker_add(c->w, (int64_t)n);
+    worker_add(c->tw, (int64_t)n);
 }
 
 /* Charges n more bytes to the stream (its body or its call's arena). */
@@ -365,7 +366,7 @@ static h2_stream *from_bs(proto_stream *bs)
     return (h2_stream *)bs; /* bs is the first member */
 }
 
-static int h2_bridge_start(proto_stream *bs, int status, const rpc__header *hdrs, size_t nhdrs,
+static int h2_bridge_start(proto_stream *bs, int status, const rpc_header *hdrs, size_t nhdrs,
                            int64_t body_len)
 {
     h2_stream *st = from_bs(bs);
@@ -441,7 +442,7 @@ static void h2_bridge_end(proto_stream *bs)
 
 /* Ends a streamed response with trailers: read_out submits them once the DATA drained. Names
  * and values are copied into the call's arena, which outlives the stream's frames. */
-static int h2_bridge_end_trailers(proto_stream *bs, const rpc__header *trailers, size_t n)
+static int h2_bridge_end_trailers(proto_stream *bs, const rpc_header *trailers, size_t n)
 {
     h2_stream *st = from_bs(bs);
     bs->ended = true;
@@ -681,11 +682,11 @@ static void h2_call_finish(rpc_call *call, int err, const char *message)
         h2_reset(&st->bs, PROTO_RESET_INTERNAL);
 }
 
-static const rpc__call_ops h2_call_ops = {.send = h2_call_send, .finish = h2_call_finish};
+static const rpc_call_ops h2_call_ops = {.send = h2_call_send, .finish = h2_call_finish};
 
 static void http_simple(h2_stream *st, int status, const char *body, const char *allow)
 {
-    rpc__header extra[1] = {{.name = "allow", .value = allow}};
+    rpc_header extra[1] = {{.name = "allow", .value = allow}};
     st->kind = KIND_REJECTED;
     st->bs.ops = &h2_bridge_ops;
     st->bs.call = st->call;
@@ -697,7 +698,7 @@ static void http_simple(h2_stream *st, int status, const char *body, const char 
  * keeps its own error bodies. */
 static bool http_reject_rpc(h2_stream *st, int err, const char *message)
 {
-    if (st->path == NULL || rpc__method_find(st->path, strcspn(st->path, "?")) == NULL)
+    if (st->path == NULL || rpc_method_find(st->path, strcspn(st->path, "?")) == NULL)
         return false;
     st->kind = KIND_REJECTED;
     proto_reject(&st->bs, err, message != NULL ? message : pins_strerror(err));
@@ -723,7 +724,7 @@ static void fill_bridge_stream(h2_stream *st)
 static void on_request_headers(h2_stream *st)
 {
     rpc_call *call = st->call;
-    if (rpc__call_set_request_id(call, st->request_id_hdr) != 0) {
+    if (rpc_call_set_request_id(call, st->request_id_hdr) != 0) {
         nghttp2_submit_rst_stream(st->conn->h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         return;
     }
@@ -797,17 +798,17 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         /* The connection (or the process) holds its budget of buffered bytes, typically answers
          * its peer does not read: no new work until they drain. REFUSED_STREAM tells the
          * client that nothing was done, so it may retry. */
-        rpc__metrics_buffer_refused(c->w);
+        transport__metrics_buffer_refused();
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                   NGHTTP2_REFUSED_STREAM);
         return 0;
     }
-    rpc_call *call = rpc__call_new(c->w, NULL, &h2_call_ops, NULL, c->w->arena_limit);
+    rpc_call *call = rpc_call_new(c->w, NULL, &h2_call_ops, NULL, c->w->arena_limit);
     if (call == NULL)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     h2_stream *st = pins_arena_calloc(call->arena, 1, sizeof(*st));
     if (st == NULL) {
-        rpc__call_abandon(call);
+        rpc_call_abandon(call);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     call->transport = st;
@@ -860,7 +861,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     if (call->nheaders == st->cap_headers) {
         size_t cap = st->cap_headers ? st->cap_headers * 2 : 16;
-        rpc__header *nh = pins_arena_alloc(call->arena, cap * sizeof(*nh));
+        rpc_header *nh = pins_arena_alloc(call->arena, cap * sizeof(*nh));
         if (nh == NULL)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         if (call->nheaders > 0)
@@ -868,7 +869,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         call->headers = nh;
         st->cap_headers = cap;
     }
-    call->headers[call->nheaders++] = (rpc__header){.name = n, .value = v};
+    call->headers[call->nheaders++] = (rpc_header){.name = n, .value = v};
     switch (namelen) {
     case 12:
         if (memcmp(name, "content-type", 12) == 0)
@@ -998,7 +999,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         pins_log_debug("connection ended by GOAWAY", "error",
                        nghttp2_http2_strerror(frame->goaway.error_code), "last_stream_id", last,
                        NULL);
-        rpc__metrics_conn_closed("protocol_error");
+        transport__metrics_conn_closed("protocol_error");
     }
     return 0;
 }
@@ -1068,7 +1069,7 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
 
 static void conn_free(transport__conn *c)
 {
-    rpc_worker *w = c->w;
+    transport_worker *tw = c->tw;
     while (c->streams != NULL) {
         h2_stream *st = c->streams;
         if (c->h2 != NULL)
@@ -1086,11 +1087,11 @@ static void conn_free(transport__conn *c)
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
-        w->conns = c->next;
+        tw->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    w->nconns--;
-    atomic_fetch_sub(&w->server->nconns, 1);
+    tw->nconns--;
+    atomic_fetch_sub(tw->nconns_all, 1);
     free(c);
 }
 
@@ -1121,10 +1122,9 @@ static void conn_finish(transport__conn *c)
     if (c->lingering || c->closing)
         return;
     int fd = bufferevent_getfd(c->bev);
-    if (c->w->server->tls_ctx == NULL && fd >= 0 && c->linger_ev == NULL)
+    if (c->tw->tls_ctx == NULL && fd >= 0 && c->linger_ev == NULL)
         c->linger_ev = evtimer_new(c->w->base, on_linger_over, c);
-    if (c->w->server->tls_ctx != NULL || fd < 0 || c->linger_ev == NULL ||
-        shutdown(fd, SHUT_WR) != 0) {
+    if (c->tw->tls_ctx != NULL || fd < 0 || c->linger_ev == NULL || shutdown(fd, SHUT_WR) != 0) {
         c->closing = true;
         return;
     }
@@ -1207,7 +1207,7 @@ static int h2_start(transport__conn *c)
     nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
     c->proto = PROTO_H2;
     if (c->w->draining)
-        transport_conn_drain_all(c->w);
+        transport_conn_drain_all(c->tw);
     return 0;
 }
 
@@ -1321,7 +1321,7 @@ static void on_event(struct bufferevent *bev, short events, void *arg)
          * a request the client sends meanwhile is known unprocessed and retried elsewhere; the
          * connection closes once the GOAWAY is written (conn_finish). */
         c->goaway_sent = true;
-        rpc__metrics_conn_closed("idle");
+        transport__metrics_conn_closed("idle");
         nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
                               nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
                               NULL, 0);
@@ -1346,11 +1346,12 @@ static void on_output_change(struct evbuffer *buf, const struct evbuffer_cb_info
     c->wire_sent += info->n_deleted;
 }
 
-void transport_conn_accept(rpc_worker *w, int fd)
+void transport_conn_accept(transport_worker *tw, int fd)
 {
+    rpc_worker *w = tw->w;
     rpc_server *s = w->server;
-    if (atomic_fetch_add(&s->nconns, 1) >= s->cfg->max_connections) {
-        atomic_fetch_sub(&s->nconns, 1);
+    if (atomic_fetch_add(tw->nconns_all, 1) >= s->cfg->max_connections) {
+        atomic_fetch_sub(tw->nconns_all, 1);
         close(fd);
         return;
     }
@@ -1358,13 +1359,14 @@ void transport_conn_accept(rpc_worker *w, int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     transport__conn *c = calloc(1, sizeof(*c));
     if (c == NULL) {
-        atomic_fetch_sub(&s->nconns, 1);
+        atomic_fetch_sub(tw->nconns_all, 1);
         close(fd);
         return;
     }
+    c->tw = tw;
     c->w = w;
-    if (s->tls_ctx != NULL) {
-        struct ssl_st *ssl = transport_tls_ssl_new(s->tls_ctx);
+    if (tw->tls_ctx != NULL) {
+        struct ssl_st *ssl = transport_tls_ssl_new(tw->tls_ctx);
         if (ssl != NULL)
             c->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                     BEV_OPT_CLOSE_ON_FREE);
@@ -1372,16 +1374,16 @@ void transport_conn_accept(rpc_worker *w, int fd)
         c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
     if (c->bev == NULL) {
-        atomic_fetch_sub(&s->nconns, 1);
+        atomic_fetch_sub(tw->nconns_all, 1);
         close(fd);
         free(c);
         return;
     }
-    c->next = w->conns;
-    if (w->conns != NULL)
-        w->conns->prev = c;
-    w->conns = c;
-    w->nconns++;
+    c->next = tw->conns;
+    if (tw->conns != NULL)
+        tw->conns->prev = c;
+    tw->conns = c;
+    tw->nconns++;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     evbuffer_add_cb(bufferevent_get_output(c->bev), on_output_change, c);
     if (s->cfg->idle_timeout_seconds > 0) {
@@ -1391,9 +1393,9 @@ void transport_conn_accept(rpc_worker *w, int fd)
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
-void transport_conn_drain_all(rpc_worker *w)
+void transport_conn_drain_all(transport_worker *tw)
 {
-    for (transport__conn *c = w->conns; c != NULL;) {
+    for (transport__conn *c = tw->conns; c != NULL;) {
         transport__conn *next = c->next;
         if (c->h2 != NULL && !c->goaway_sent) {
             c->goaway_sent = true;
@@ -1449,12 +1451,12 @@ static void stream_timeout(h2_stream *st)
     st->kind = KIND_REJECTED; /* answered once: the tick and the request's end pass it over */
 }
 
-void transport_conn_tick(rpc_worker *w)
+void transport_conn_tick(transport_worker *tw)
 {
-    const pins_config *cfg = w->server->cfg;
+    const pins_config *cfg = tw->w->server->cfg;
     int64_t now = pins_time_mono_ns();
     int64_t limit = (int64_t)cfg->request_timeout_seconds * 1000000000;
-    for (transport__conn *c = w->conns; c != NULL;) {
+    for (transport__conn *c = tw->conns; c != NULL;) {
         transport__conn *next = c->next;
         if (c->closing || c->lingering) {
             c = next;
@@ -1468,7 +1470,7 @@ void transport_conn_tick(rpc_worker *w)
         } else if (c->wire_stuck_ns == 0) {
             c->wire_stuck_ns = now;
         } else if (now - c->wire_stuck_ns >= limit) {
-            rpc__metrics_conn_closed("output_stalled");
+            transport__metrics_conn_closed("output_stalled");
             c->closing = true;
             conn_maybe_free(c);
             c = next;
@@ -1492,7 +1494,7 @@ void transport_conn_tick(rpc_worker *w)
                 st->kind == KIND_REJECTED || now - st->begin_ns < limit)
                 continue;
             stream_timeout(st);
-            rpc__metrics_request_timeout();
+            transport__metrics_request_timeout();
             answered = true;
         }
         /* Output the peer holds over its budget with flow-control windows it never opens. */
@@ -1503,7 +1505,7 @@ void transport_conn_tick(rpc_worker *w)
             c->over_ns = now;
         int64_t since = c->out_progress_ns > c->over_ns ? c->out_progress_ns : c->over_ns;
         if (over && now - since >= limit) {
-            rpc__metrics_conn_closed("output_stalled");
+            transport__metrics_conn_closed("output_stalled");
             c->closing = true;
         }
         c->in_recv--;
@@ -1514,10 +1516,10 @@ void transport_conn_tick(rpc_worker *w)
     }
 }
 
-void transport_conn_close_all(rpc_worker *w)
+void transport_conn_close_all(transport_worker *tw)
 {
-    while (w->conns != NULL)
-        conn_free(w->conns);
+    while (tw->conns != NULL)
+        conn_free(tw->conns);
 }
 
 struct bufferevent *transport__conn_bev(transport__conn *c)
@@ -1543,7 +1545,7 @@ void transport__conn_close(transport__conn *c, bool after_flush)
     conn_maybe_free(c);
 }
 
-size_t transport_conn_count(rpc_worker *w)
+size_t transport_conn_count(const transport_worker *tw)
 {
-    return w->nconns;
+    return tw->nconns;
 }

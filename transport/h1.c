@@ -69,7 +69,7 @@ struct transport_h1 {
 };
 
 static const proto_stream_ops h1_ops;
-static const rpc__call_ops h1_call_ops;
+static const rpc_call_ops h1_call_ops;
 static void body_uncharge(transport_h1 *h);
 static void answer_refused_body(transport_h1 *h);
 
@@ -173,7 +173,7 @@ static const char *http_date(void)
 
 /* A response header the bridge may set: the framing headers are ours, and a name or value that
  * could break the message (CR, LF) is dropped rather than sent. */
-static bool header_allowed(const rpc__header *hd)
+static bool header_allowed(const rpc_header *hd)
 {
     if (hd->name == NULL || hd->value == NULL || hd->name[0] == '\0')
         return false;
@@ -213,12 +213,12 @@ static char *json_text(pins_arena *a, const char *message)
 
 static h1_exchange *exchange_new(transport_h1 *h)
 {
-    rpc_call *call = rpc__call_new(h->w, NULL, &h1_call_ops, NULL, h->w->arena_limit);
+    rpc_call *call = rpc_call_new(h->w, NULL, &h1_call_ops, NULL, h->w->arena_limit);
     if (call == NULL)
         return NULL;
     h1_exchange *ex = pins_arena_calloc(call->arena, 1, sizeof(*ex));
     if (ex == NULL) {
-        rpc__call_abandon(call);
+        rpc_call_abandon(call);
         return NULL;
     }
     call->transport = ex;
@@ -246,9 +246,9 @@ static void exchange_release(transport_h1 *h)
     ex->h = NULL;
     rpc_call *call = ex->bs.call;
     if (ex->bs.dispatched)
-        rpc__call_detach(call);
+        rpc_call_detach(call);
     else
-        rpc__call_abandon(call);
+        rpc_call_abandon(call);
 }
 
 /* Answers an error for the request being received and closes the connection afterwards. */
@@ -267,7 +267,7 @@ static void answer_error(transport_h1 *h, int status, const char *body)
         call->nheaders = h->p.nheaders;
     }
     if (call->request_id == NULL)
-        rpc__call_set_request_id(call, rpc_call_header(call, "x-request-id"));
+        rpc_call_set_request_id(call, rpc_call_header(call, "x-request-id"));
     proto_respond(&ex->bs, status, "application/json", body, strlen(body), NULL, 0);
 }
 
@@ -395,7 +395,7 @@ static void answer_before_body(transport_h1 *h)
 static void answer_refused_body(transport_h1 *h)
 {
     const char *path = h->p.path;
-    if (rpc__method_find(path, strcspn(path, "?")) == NULL) {
+    if (rpc_method_find(path, strcspn(path, "?")) == NULL) {
         answer_error(h, h->p.reject_status, h->p.reject_body); /* REST: its own error body */
         return;
     }
@@ -462,7 +462,7 @@ static void on_header_timeout(evutil_socket_t fd, short what, void *arg)
     if (h->close_requested || h->answering || h->ex == NULL ||
         !transport__h1_parser_in_request(&h->p))
         return;
-    rpc__metrics_request_timeout();
+    transport__metrics_request_timeout();
     if (transport__h1_parser_in_headers(&h->p)) {
         answer_error(h, 408, timeout_body);
     } else {
@@ -489,7 +489,7 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 
 /* ---- bridge stream ops ----------------------------------------------------------------------- */
 
-static int h1_start(proto_stream *s, int status, const rpc__header *hdrs, size_t nhdrs,
+static int h1_start(proto_stream *s, int status, const rpc_header *hdrs, size_t nhdrs,
                     int64_t body_len)
 {
     h1_exchange *ex = (h1_exchange *)s;
@@ -642,7 +642,7 @@ static void h1_call_finish(rpc_call *call, int err, const char *message)
                       0);
 }
 
-static const rpc__call_ops h1_call_ops = {.send = h1_call_send, .finish = h1_call_finish};
+static const rpc_call_ops h1_call_ops = {.send = h1_call_send, .finish = h1_call_finish};
 
 /* ---- public ---------------------------------------------------------------------------------- */
 

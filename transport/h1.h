@@ -13,7 +13,7 @@
 
 #include <stdbool.h>
 
-#include "rpc/rpc_int.h"
+#include "transport/transport_int.h"
 
 struct evbuffer;
 typedef struct transport_h1 transport_h1;

@@ -25,7 +25,7 @@
 #include <stddef.h>
 
 #include "common/arena.h"
-#include "rpc/rpc_int.h"
+#include "rpc/core.h"
 
 #define TRANSPORT__H1_MAX_TARGET       8192
 #define TRANSPORT__H1_MAX_HEADERS      100
@@ -63,7 +63,7 @@ typedef struct transport__h1_parser {
     /* The request, valid from TRANSPORT__H1_REQUEST until transport__h1_parser_next(). */
     const char *method; /* static string */
     const char *path;   /* origin form (an absolute-form target is reduced to its path) */
-    rpc__header *headers;
+    rpc_header *headers;
     size_t nheaders;
     unsigned char *body; /* owned by the parser */
     size_t body_len;

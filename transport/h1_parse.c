@@ -275,7 +275,7 @@ static int on_header_value_complete(llhttp_t *ll)
         return reject(p, 503, nomem_body);
     if (p->nheaders == p->cap_headers) {
         size_t cap = p->cap_headers ? p->cap_headers * 2 : 16;
-        rpc__header *nh = pins_arena_alloc(p->arena, cap * sizeof(*nh));
+        rpc_header *nh = pins_arena_alloc(p->arena, cap * sizeof(*nh));
         if (nh == NULL)
             return reject(p, 503, nomem_body);
         if (p->nheaders > 0)
@@ -283,7 +283,7 @@ static int on_header_value_complete(llhttp_t *ll)
         p->headers = nh;
         p->cap_headers = cap;
     }
-    p->headers[p->nheaders++] = (rpc__header){.name = p->name, .value = value};
+    p->headers[p->nheaders++] = (rpc_header){.name = p->name, .value = value};
     if (strcmp(p->name, "content-length") == 0) {
         p->n_content_length++;
     } else if (strcmp(p->name, "transfer-encoding") == 0) {

@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t off = harness_headers(data, size, &req, store);
     req.body = data + off;
     req.len = size - off;
-    const rpc_method *m = rpc__method_find(req.path, strlen(req.path));
+    const rpc_method *m = rpc_method_find(req.path, strlen(req.path));
 
     harness_capture whole;
     harness_run(&req, true, 0, http2, &whole);

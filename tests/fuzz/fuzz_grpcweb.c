@@ -118,7 +118,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         encoded = base64(req.body, req.len, &req.len);
         req.body = encoded;
     }
-    const rpc_method *m = rpc__method_find(req.path, strlen(req.path));
+    const rpc_method *m = rpc_method_find(req.path, strlen(req.path));
 
     harness_capture whole;
     harness_run(&req, true, 0, http2, &whole);

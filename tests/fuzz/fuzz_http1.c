@@ -82,7 +82,7 @@ static uint64_t check_request(const transport__h1_parser *p)
     uint64_t h = mix(1469598103934665603ull, p->method, strlen(p->method));
     h = mix(h, p->path, strlen(p->path));
     for (size_t i = 0; i < p->nheaders; i++) {
-        const rpc__header *hd = &p->headers[i];
+        const rpc_header *hd = &p->headers[i];
         if (!token_lower(hd->name) || strpbrk(hd->value, "\r\n") != NULL)
             abort();
         ncl += strcmp(hd->name, "content-length") == 0;

@@ -74,7 +74,7 @@ static rpc_worker *harness_worker_get(void)
     harness_worker.rng[0] = 0x243f6a8885a308d3ull;
     harness_worker.rng[1] = 0x13198a2e03707344ull;
     for (size_t i = 0; i < HARNESS_NPATHS; i++)
-        harness_check(rpc__method_find(harness_paths[i], strlen(harness_paths[i])) != NULL);
+        harness_check(rpc_method_find(harness_paths[i], strlen(harness_paths[i])) != NULL);
     ready = true;
     return &harness_worker;
 }
@@ -91,7 +91,7 @@ typedef struct harness_capture {
     size_t len, cap;
 } harness_capture;
 
-static int cap_start(proto_stream *s, int status, const rpc__header *hdrs, size_t n,
+static int cap_start(proto_stream *s, int status, const rpc_header *hdrs, size_t n,
                      int64_t body_len)
 {
     harness_capture *c = (harness_capture *)s;
@@ -173,15 +173,15 @@ static void harness_run(const harness_request *req, bool whole, size_t piece, bo
 {
     rpc_worker *w = harness_worker_get();
     memset(c, 0, sizeof(*c));
-    rpc_call *call = rpc__call_new(w, NULL, NULL, NULL, HARNESS_ARENA_LIMIT);
+    rpc_call *call = rpc_call_new(w, NULL, NULL, NULL, HARNESS_ARENA_LIMIT);
     harness_check(call != NULL);
-    call->headers = pins_arena_calloc(call->arena, req->nheaders + 1, sizeof(rpc__header));
+    call->headers = pins_arena_calloc(call->arena, req->nheaders + 1, sizeof(rpc_header));
     harness_check(call->headers != NULL);
-    call->headers[0] = (rpc__header){.name = "content-type", .value = req->content_type};
+    call->headers[0] = (rpc_header){.name = "content-type", .value = req->content_type};
     for (size_t i = 0; i < req->nheaders; i++)
-        call->headers[i + 1] = (rpc__header){.name = req->hnames[i], .value = req->hvalues[i]};
+        call->headers[i + 1] = (rpc_header){.name = req->hnames[i], .value = req->hvalues[i]};
     call->nheaders = req->nheaders + 1;
-    harness_check(rpc__call_set_request_id(call, "fuzz-request") == 0);
+    harness_check(rpc_call_set_request_id(call, "fuzz-request") == 0);
     c->s = (proto_stream){.ops = &harness_ops,
                           .call = call,
                           .worker = w,
@@ -203,9 +203,9 @@ static void harness_run(const harness_request *req, bool whole, size_t piece, bo
     }
     /* The stream closes: the transport lets go of the call. */
     if (c->s.dispatched)
-        rpc__call_detach(call);
+        rpc_call_detach(call);
     else
-        rpc__call_abandon(call);
+        rpc_call_abandon(call);
     harness_check(c->starts == 1 && c->ends == 1);
 }
 

@@ -22,7 +22,7 @@
 
 #include "common/error.h"
 #include "store/store.h"
-#include "store/store_int.h"
+#include "store/sqlite_int.h"
 
 #define KEYS  10000
 #define VALUE "{\"note\":\"remember the milk\",\"n\":42,\"tags\":[\"a\",\"b\"],\"ok\":true}"

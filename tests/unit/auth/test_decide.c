@@ -262,7 +262,7 @@ static void test_every_credential_row_and_mode_matches_the_matrix(void **state)
     cred_case cases[24];
     size_t ncases = make_cases(cases);
     size_t nrows = 0;
-    const rpc_method *table = rpc__method_table(&nrows);
+    const rpc_method *table = rpc_method_table(&nrows);
     rpc_method rows[64];
     size_t nguarded = 0;
     for (size_t i = 0; i < nrows; i++) {
@@ -298,7 +298,7 @@ static void test_every_credential_row_and_mode_matches_the_matrix(void **state)
                     fake_call_new_method(env, &rows[r], NULL, cases[c].hname ? hdrs : NULL);
                 assert_non_null(fc);
                 rpc_call *call = fake_call_rpc(fc);
-                rpc__call_ref(call); /* keep it readable after the fake lets go */
+                rpc_call_ref(call); /* keep it readable after the fake lets go */
                 fake_call_dispatch(fc);
                 const auth_decision *d = rpc_call_auth(call);
                 bool ran = handler_runs == runs + 1;
@@ -324,7 +324,7 @@ static void test_every_credential_row_and_mode_matches_the_matrix(void **state)
                 shadows += e.shadow != NULL;
                 denied += !e.allowed;
                 total++;
-                rpc__call_unref(call);
+                rpc_call_unref(call);
                 fake_call_free(fc);
             }
         }
@@ -450,12 +450,12 @@ static void test_unguarded_methods_need_no_credentials(void **state)
     fake_env_config(env)->rbac_enforce = true;
     fake_call *fc = fake_call_new(env, CHECK, NULL, NULL);
     rpc_call *call = fake_call_rpc(fc);
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     fake_call_dispatch(fc);
     assert_int_equal(fake_call_grpc_code(fc), 0);
     assert_null(rpc_call_auth(call));
     assert_null(call->deny.reason);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
     fake_env_free(env);
 }
@@ -480,14 +480,14 @@ static const char *reason_of(fake_env *env, const char *path, const ProtobufCMes
     fake_call *fc = fake_call_new(env, path, req, hdrs);
     assert_non_null(fc);
     rpc_call *call = fake_call_rpc(fc);
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     fake_call_dispatch(fc);
     wait_finished(env, fc);
     *pcode = fake_call_grpc_code(fc);
     const char *reason = rpc_call_auth(call) != NULL ? rpc_call_auth(call)->reason : NULL;
     if (call->deny.reason != NULL)
         assert_string_equal(call->deny.reason, reason);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
     return reason;
 }
@@ -508,7 +508,7 @@ static const char *one_header_lookup(void *arg, const char *name)
 static const char *early_reason(fake_env *env, const char *path, const char *hname,
                                 const char *token, bool *pallowed)
 {
-    const rpc_method *m = rpc__method_find(path, strlen(path));
+    const rpc_method *m = rpc_method_find(path, strlen(path));
     assert_non_null(m);
     pins_arena *a = pins_arena_new(0);
     assert_non_null(a);
@@ -727,12 +727,12 @@ static int run_headers(fake_env *env, const char *path, const ProtobufCMessage *
     fake_call *fc = fake_call_new(env, path, req, hdrs);
     assert_non_null(fc);
     rpc_call *call = fake_call_rpc(fc);
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     fake_call_dispatch(fc);
     wait_finished(env, fc);
     int code = fake_call_grpc_code(fc);
     *preason = rpc_call_auth(call) != NULL ? rpc_call_auth(call)->reason : NULL;
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
     return code;
 }
@@ -874,13 +874,13 @@ static void test_admin_info_matrix_and_reload(void **state)
     const char *hdrs[] = {"authorization", dev, NULL};
     fc = fake_call_new(env, UPSERT, &up.base, hdrs);
     rpc_call *call = fake_call_rpc(fc);
-    rpc__call_ref(call);
+    rpc_call_ref(call);
     fake_call_dispatch(fc);
     wait_finished(env, fc);
     assert_int_equal(fake_call_grpc_code(fc), 0);
     assert_true(rpc_call_auth(call)->log_allowed);
     assert_string_equal(rpc_call_auth(call)->subject, "jwt");
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
 
     /* A broken file: success=false in an OK answer, and the v2 policy stays. */

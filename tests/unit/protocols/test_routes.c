@@ -35,7 +35,7 @@ typedef struct capture {
     char trailers[1024]; /* "name: value\n" lines given to end_trailers */
 } capture;
 
-static int cap_start(proto_stream *s, int status, const rpc__header *hdrs, size_t n,
+static int cap_start(proto_stream *s, int status, const rpc_header *hdrs, size_t n,
                      int64_t body_len)
 {
     capture *c = (capture *)s;
@@ -74,7 +74,7 @@ static void cap_end(proto_stream *s)
 
 static const proto_stream_ops cap_ops = {.start = cap_start, .write = cap_write, .end = cap_end};
 
-static int cap_end_trailers(proto_stream *s, const rpc__header *t, size_t n)
+static int cap_end_trailers(proto_stream *s, const rpc_header *t, size_t n)
 {
     capture *c = (capture *)s;
     size_t off = 0;
@@ -99,15 +99,15 @@ static capture *cap_new(fake_env *env, const char *method, const char *path, con
     capture *c = calloc(1, sizeof(*c));
     assert_non_null(c);
     rpc_worker *w = fake_env_worker(env);
-    rpc_call *call = rpc__call_new(w, NULL, NULL, NULL, 64u << 20);
+    rpc_call *call = rpc_call_new(w, NULL, NULL, NULL, 64u << 20);
     assert_non_null(call);
     size_t nh = 0;
     while (headers != NULL && headers[2 * nh] != NULL)
         nh++;
-    call->headers = pins_arena_calloc(call->arena, nh + 1, sizeof(rpc__header));
+    call->headers = pins_arena_calloc(call->arena, nh + 1, sizeof(rpc_header));
     assert_non_null(call->headers);
     for (size_t i = 0; i < nh; i++)
-        call->headers[i] = (rpc__header){.name = headers[2 * i], .value = headers[2 * i + 1]};
+        call->headers[i] = (rpc_header){.name = headers[2 * i], .value = headers[2 * i + 1]};
     call->nheaders = nh;
     c->s = (proto_stream){.ops = &cap_ops,
                           .call = call,
@@ -123,9 +123,9 @@ static capture *cap_new(fake_env *env, const char *method, const char *path, con
 static void cap_free(capture *c)
 {
     if (c->s.dispatched)
-        rpc__call_detach(c->s.call);
+        rpc_call_detach(c->s.call);
     else
-        rpc__call_abandon(c->s.call);
+        rpc_call_abandon(c->s.call);
     free(c);
 }
 
@@ -234,7 +234,7 @@ static void test_routes_bind_fields_of_their_messages(void **state)
     for (size_t i = 0; i < n; i++) {
         if (r[i].rpc == NULL)
             continue;
-        const rpc_method *m = rpc__method_find(r[i].rpc, strlen(r[i].rpc));
+        const rpc_method *m = rpc_method_find(r[i].rpc, strlen(r[i].rpc));
         if (m == NULL)
             fail_msg("route %s names unknown RPC %s", r[i].pattern, r[i].rpc);
         for (const char *const *q = r[i].query; *q != NULL; q++) {
@@ -338,9 +338,9 @@ static void test_url_decode_percent_plus_and_invalid(void **state)
 
 static rpc_call *call_for(fake_env *env, const char *path)
 {
-    const rpc_method *m = rpc__method_find(path, strlen(path));
+    const rpc_method *m = rpc_method_find(path, strlen(path));
     assert_non_null(m);
-    rpc_call *call = rpc__call_new(fake_env_worker(env), m, NULL, NULL, 1u << 20);
+    rpc_call *call = rpc_call_new(fake_env_worker(env), m, NULL, NULL, 1u << 20);
     assert_non_null(call);
     return call;
 }
@@ -375,7 +375,7 @@ static rpc_call *rest_call_for(fake_env *env, const char *method, const char *pa
 {
     const proto__route *r = route_row(method, pattern);
     rpc_call *call = call_for(env, r->rpc);
-    call->origin = (rpc__origin){.route = r->pattern, .http_method = r->method};
+    call->origin = (rpc_origin){.route = r->pattern, .http_method = r->method};
     return call;
 }
 
@@ -383,7 +383,7 @@ static rpc_call *rest_call_for(fake_env *env, const char *method, const char *pa
  * {"detail":[{"loc":[loc0,field],"msg":msg,"type":type}],"code":3,"message":msg}. */
 static void assert_422_at(rpc_call *call, const char *field, const char *type, const char *loc0)
 {
-    call->field_error = (rpc__field_error){.field = field, .type = type};
+    call->field_error = (rpc_field_error){.field = field, .type = type};
     proto__error_answer ans;
     assert_int_equal(proto__rest_error(call, PINS_EINVALID_ARGUMENT, "m", &ans), 0);
     assert_int_equal(ans.status, 422);
@@ -407,35 +407,35 @@ static void test_error_422_location_comes_from_the_route(void **state)
     rpc_call *call = rest_call_for(*state, "GET", "/api/v1/memory/pins/{key}");
     assert_422_at(call, "key", NULL, "path");
     assert_422_at(call, "tenant_id", NULL, "query");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
     call = rest_call_for(*state, "DELETE", "/api/v1/memory/pins/{key}");
     assert_422_at(call, "key", NULL, "path");
     assert_422_at(call, "expected_version", "type_error.integer", "query");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
     call = rest_call_for(*state, "POST", "/api/v1/memory/pins");
     assert_422_at(call, "tenant_id", NULL, "body");
     assert_422_at(call, "key", NULL, "body");
     assert_422_at(call, "value", "type_error.dict", "body");
     assert_422_at(call, NULL, "value_error.missing", "body");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
     call = rest_call_for(*state, "GET", "/api/v1/memory/pins");
     assert_422_at(call, "limit", NULL, "query");
     assert_422_at(call, "page_token", NULL, "query");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
     call = rest_call_for(*state, "POST", "/api/v1/rbac/audit/cleanup");
     assert_422_at(call, "retention_days", NULL, "query");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
     /* A call no route made: the body. */
     call = call_for(*state, "/memorypins.v1.MemoryPins/GetPin");
     assert_422_at(call, "key", NULL, "body");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 }
 
 static void test_error_422_has_the_handlers_detail(void **state)
 {
     rpc_call *call = rest_call_for(*state, "POST", "/api/v1/memory/pins");
     int status;
-    call->field_error = (rpc__field_error){.field = "key"};
+    call->field_error = (rpc_field_error){.field = "key"};
     json_t *j = error_json(call, PINS_EINVALID_ARGUMENT, "key: must not contain \"..\"", &status);
     assert_int_equal(status, 422);
     json_t *d = json_array_get(json_object_get(j, "detail"), 0);
@@ -446,7 +446,7 @@ static void test_error_422_has_the_handlers_detail(void **state)
     assert_string_equal(json_string_value(json_object_get(d, "type")), "value_error");
     assert_int_equal(json_integer_value(json_object_get(j, "code")), 3);
     json_decref(j);
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 }
 
 static void test_error_shapes_of_404_409_503_504_500(void **state)
@@ -470,7 +470,7 @@ static void test_error_shapes_of_404_409_503_504_500(void **state)
                             "Pin not found: k\n\"x\"");
         json_decref(j);
     }
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 }
 
 static void test_error_403_reads_the_rbac_hook(void **state)
@@ -493,19 +493,19 @@ static void test_error_403_reads_the_rbac_hook(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "code")), 7);
     json_decref(j);
     call->deny =
-        (rpc__deny){.reason = "tenant-not-allowed", .resource = "memory_pin", .action = "write"};
+        (rpc_deny){.reason = "tenant-not-allowed", .resource = "memory_pin", .action = "write"};
     j = error_json(call, PINS_EPERMISSION_DENIED, "denied", &status);
     assert_string_equal(json_string_value(json_object_get(j, "reason")), "tenant-not-allowed");
     assert_int_equal(json_integer_value(json_object_get(j, "code")), 7);
     json_decref(j);
     /* What the dispatcher's RBAC check records wins. */
-    call->deny = (rpc__deny){.reason = "invalid-token", .resource = "rbac", .action = "reload"};
+    call->deny = (rpc_deny){.reason = "invalid-token", .resource = "rbac", .action = "reload"};
     j = error_json(call, PINS_EUNAUTHENTICATED, "denied", &status);
     assert_string_equal(json_string_value(json_object_get(j, "reason")), "invalid-token");
     assert_string_equal(json_string_value(json_object_get(j, "resource")), "rbac");
     assert_string_equal(json_string_value(json_object_get(j, "action")), "reload");
     json_decref(j);
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 }
 
 static void test_error_429_and_breaker_retry_after(void **state)
@@ -524,7 +524,7 @@ static void test_error_429_and_breaker_retry_after(void **state)
     json_decref(j);
     /* The limiter's typed numbers, as the dispatcher keeps them; metadata is not parsed back. */
     assert_int_equal(rpc_call_add_metadata(call, "retry-after", "99", false), 0);
-    call->rate = (rpc__rate){.set = true, .limit = 120, .retry_after_s = 7};
+    call->rate = (rpc_rate){.set = true, .limit = 120, .retry_after_s = 7};
     j = error_json(call, PINS_ERATE_LIMITED, "rate limit exceeded", &status);
     assert_int_equal(status, 429);
     json_t *d = json_object_get(j, "detail");
@@ -532,7 +532,7 @@ static void test_error_429_and_breaker_retry_after(void **state)
     assert_int_equal(json_integer_value(json_object_get(d, "limit")), 120);
     assert_int_equal(json_integer_value(json_object_get(d, "retry_after")), 7);
     json_decref(j);
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 
     call = call_for(*state, "/memorypins.v1.MemoryPins/GetPin");
     proto__error_answer ans;
@@ -541,7 +541,7 @@ static void test_error_429_and_breaker_retry_after(void **state)
     assert_int_equal(ans.headers.n, 1);
     assert_string_equal(ans.headers.v[0].name, "retry-after");
     assert_string_equal(ans.headers.v[0].value, "30");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 }
 
 /* ---- proto_handle end to end
@@ -555,7 +555,7 @@ static void test_error_unimplemented_on_a_route_is_501(void **state)
     assert_int_equal(status, 501);
     assert_int_equal(json_integer_value(json_object_get(j, "code")), 12);
     json_decref(j);
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 }
 
 static void test_handle_unknown_path_is_404_json(void **state)
@@ -842,18 +842,18 @@ static void test_sse_events_and_the_error_event(void **state)
     proto_handle(&c->s);
     fake_env_run(env, 50);
     assert_int_equal(c->status, 404);
-    const rpc__call_ops *rest_ops = c->s.call->ops;
+    const rpc_call_ops *rest_ops = c->s.call->ops;
     cap_free(c);
 
     c = cap_new(env, "GET", "/api/v1/memory/watch", NULL, NULL);
     rpc_call *call = c->s.call;
-    assert_int_equal(rpc__call_set_request_id(call, NULL), 0);
+    assert_int_equal(rpc_call_set_request_id(call, NULL), 0);
     proto__exchange *ex = proto__exchange_of(&c->s);
     proto__match m;
     assert_int_equal(match("GET", "/api/v1/memory/watch", &m), 0);
     ex->proto = PROTO__REST;
     ex->route = m.route;
-    call->method = rpc__method_find(m.route->rpc, strlen(m.route->rpc));
+    call->method = rpc_method_find(m.route->rpc, strlen(m.route->rpc));
     call->ops = rest_ops;
     call->transport = &c->s;
 
@@ -899,7 +899,7 @@ static void test_grpcweb_trailers_carry_status_message_and_metadata(void **state
     assert_int_equal(len, strlen(t));
     t = proto__grpcweb_trailers(call, 0, NULL, &len);
     assert_string_equal(t, "grpc-status:0\r\nx-trail:b\r\n");
-    rpc__call_abandon(call);
+    rpc_call_abandon(call);
 }
 
 static void test_cors_preflight_allowed_and_denied(void **state)

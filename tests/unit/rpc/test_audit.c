@@ -20,7 +20,7 @@
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "observability/metrics.h"
 #include "rpc/audit.h"
-#include "store/store_int.h"
+#include "store/sqlite_int.h"
 
 #define GET_PIN    "/memorypins.v1.MemoryPins/GetPin"
 #define LIST_PINS  "/memorypins.v1.MemoryPins/ListPins"

@@ -120,7 +120,7 @@ static void add_static_metadata_and_reply(rpc_call *call)
     assert_int_equal(rpc_call_add_metadata_static(call, md, 2, true), 0);
     assert_int_equal(rpc_call_add_metadata(call, "retry-after", "7", true), 0);
     /* In order, with lengths; only the values that change from call to call are marked. */
-    const rpc__metadata *m = rpc__call_metadata(call);
+    const rpc_metadata *m = rpc_call_metadata(call);
     static const char *const names[] = {"x-copied", "x-ratelimit-limit", "x-ratelimit-remaining",
                                         "retry-after"};
     static const bool varies[] = {false, false, true, true};
@@ -132,7 +132,7 @@ static void add_static_metadata_and_reply(rpc_call *call)
         assert_int_equal(m->varies, varies[i]);
     }
     assert_null(m);
-    assert_ptr_equal(rpc__call_metadata(call)->next->value, limit); /* not copied */
+    assert_ptr_equal(rpc_call_metadata(call)->next->value, limit); /* not copied */
     reply_serving(call);
 }
 
@@ -263,14 +263,14 @@ static void test_method_find_returns_null_for_unknown_paths(void **state)
         "/grpc.health.v1.Health/",
     };
     for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++)
-        assert_null(rpc__method_find(unknown[i], strlen(unknown[i])));
+        assert_null(rpc_method_find(unknown[i], strlen(unknown[i])));
     assert_null(fake_call_new(*state, "/memorypins.v1.MemoryPins/Nope", NULL, NULL));
 }
 
 static void test_method_find_compares_only_len_bytes(void **state)
 {
     const char *p = "/memorypins.v1.MemoryPins/GetPinAndMore";
-    const rpc_method *m = rpc__method_find(p, strlen("/memorypins.v1.MemoryPins/GetPin"));
+    const rpc_method *m = rpc_method_find(p, strlen("/memorypins.v1.MemoryPins/GetPin"));
     assert_non_null(m);
     assert_string_equal(m->name, "GetPin");
 }
@@ -278,14 +278,14 @@ static void test_method_find_compares_only_len_bytes(void **state)
 static void test_method_table_rows_match_their_paths_and_descriptors(void **state)
 {
     size_t n = 0;
-    const rpc_method *t = rpc__method_table(&n);
+    const rpc_method *t = rpc_method_table(&n);
     assert_true(n >= 17);
     for (size_t i = 0; i < n; i++) {
         const rpc_method *m = &t[i];
         char path[256];
         snprintf(path, sizeof(path), "/%s/%s", m->service, m->name);
         assert_string_equal(m->path, path);
-        assert_ptr_equal(rpc__method_find(m->path, strlen(m->path)), m);
+        assert_ptr_equal(rpc_method_find(m->path, strlen(m->path)), m);
         assert_non_null(m->handler);
         assert_non_null(m->input);
         assert_non_null(m->output);
@@ -310,7 +310,7 @@ static void test_method_table_rows_match_their_paths_and_descriptors(void **stat
         for (size_t j = 0; j < i; j++)
             assert_string_not_equal(t[j].path, m->path);
     }
-    const rpc_method *watch = rpc__method_find(WATCH_PATH, strlen(WATCH_PATH));
+    const rpc_method *watch = rpc_method_find(WATCH_PATH, strlen(WATCH_PATH));
     assert_non_null(watch);
     assert_true(watch->flags & RPC_METHOD_SERVER_STREAM);
     assert_ptr_equal(watch->input, &grpc__health__v1__health_check_request__descriptor);
@@ -441,7 +441,7 @@ static void test_dispatch_answers_disabled_for_every_memory_pins_method(void **s
     fake_env_config(env)->memory_pins_enabled = false;
     char *before = fake_env_snapshot(env, "global");
     size_t n = 0, checked = 0;
-    const rpc_method *t = rpc__method_table(&n);
+    const rpc_method *t = rpc_method_table(&n);
     for (size_t i = 0; i < n; i++) {
         if (strcmp(t[i].service, MEMORY_PINS_SERVICE) != 0)
             continue;
@@ -550,8 +550,8 @@ static void test_call_cancel_runs_the_callback_once(void **state)
     fake_call *fc = run_row(env, &hold_row, NULL);
     rpc_call *call = fake_call_rpc(fc);
     assert_false(rpc_call_cancelled(call));
-    rpc__call_cancel(call);
-    rpc__call_cancel(call);
+    rpc_call_cancel(call);
+    rpc_call_cancel(call);
     assert_int_equal(seen.cancels, 1);
     assert_true(rpc_call_cancelled(call));
     HealthResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
@@ -742,7 +742,7 @@ static fake_call *run_tenant(fake_env *env, const rpc_method *row, const char *t
     fake_call *fc = fake_call_new_method(env, row, &get.base, NULL);
     assert_non_null(fc);
     *pcall = fake_call_rpc(fc);
-    rpc__call_ref(*pcall);
+    rpc_call_ref(*pcall);
     fake_call_dispatch(fc);
     assert_true(fake_call_finished(fc));
     return fc;
@@ -774,7 +774,7 @@ static void test_dispatch_adds_the_rate_limiters_verdict_as_headers(void **state
     assert_true(call->rate.set);
     assert_int_equal(call->rate.limit, 60);
     assert_int_equal(call->rate.retry_after_s, 0);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
 
     /* Refused by the same tenant's bucket: the dispatcher fails the call and adds Retry-After;
@@ -790,22 +790,22 @@ static void test_dispatch_adds_the_rate_limiters_verdict_as_headers(void **state
     assert_true(call->rate.set);
     assert_int_equal(call->rate.limit, 60);
     assert_int_equal(call->rate.retry_after_s, 1);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
 
     /* Another tenant has its own bucket; a request without a tenant counts against the
      * default one, which is still full. */
     fc = run_tenant(env, &get_tenant_row, "other", &call);
     assert_int_equal(fake_call_err(fc), 0);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
     fc = run_tenant(env, &get_tenant_row, "", &call);
     assert_int_equal(fake_call_err(fc), 0);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
     fc = run_tenant(env, &get_tenant_row, "global", &call);
     assert_int_equal(fake_call_err(fc), PINS_ERATE_LIMITED);
-    rpc__call_unref(call);
+    rpc_call_unref(call);
     fake_call_free(fc);
 
     fake_env_worker(env)->ratelimit = NULL;

@@ -95,13 +95,13 @@ typedef struct decode_run {
 static int decode(void *state)
 {
     decode_run *r = state;
-    r->call = rpc__call_new(&r->worker, NULL, NULL, NULL, ARENA_LIMIT);
+    r->call = rpc_call_new(&r->worker, NULL, NULL, NULL, ARENA_LIMIT);
     if (r->call == NULL)
         return PINS_ENOMEM;
     r->msg = (ProtobufCMessage *)&r->msg; /* a sentinel: must stay on failure */
     r->why = NULL;
-    return rpc__call_decode(r->call, &memorypins__v1__upsert_pin_request__descriptor, r->wire,
-                            r->len, &r->msg, &r->why);
+    return rpc_call_decode(r->call, &memorypins__v1__upsert_pin_request__descriptor, r->wire,
+                           r->len, &r->msg, &r->why);
 }
 
 static void check_decode(void *state, int rv, bool fired)
@@ -127,7 +127,7 @@ static void check_decode(void *state, int rv, bool fired)
         assert_non_null(r->why);
         assert_true(strlen(r->why) > 0);
     }
-    rpc__call_abandon(r->call);
+    rpc_call_abandon(r->call);
     r->call = NULL;
 }
 
@@ -138,7 +138,7 @@ static void test_failmalloc_decode_pbwire_check_allocates_nothing(void **state)
     uint8_t *wire = upsert_wire(&len, "k");
     failmalloc_arm(1);
     int rv = pbwire_check(wire, len, &memorypins__v1__upsert_pin_request__descriptor,
-                          RPC__MAX_PROTO_DEPTH);
+                          RPC_MAX_PROTO_DEPTH);
     assert_int_equal(failmalloc_disarm(), 0);
     assert_int_equal(rv, 0);
     free(wire);

@@ -137,7 +137,7 @@ static void on_finish(rpc_call *call, int err, const char *message)
     fc->field = copy_or_null(fc->arena, call->field_error.field);
     fc->field_type = copy_or_null(fc->arena, call->field_error.type);
     fake_md **tail = &fc->metadata;
-    for (const rpc__metadata *m = rpc__call_metadata(call); m != NULL; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(call); m != NULL; m = m->next) {
         fake_md *md = pins_arena_calloc(fc->arena, 1, sizeof(*md));
         assert_non_null(md);
         md->name = copy_or_null(fc->arena, m->name);
@@ -149,7 +149,7 @@ static void on_finish(rpc_call *call, int err, const char *message)
     }
 }
 
-static const rpc__call_ops fake_ops = {.send = on_send, .finish = on_finish};
+static const rpc_call_ops fake_ops = {.send = on_send, .finish = on_finish};
 
 /* ---- the fake worker ------------------------------------------------------------------------ */
 
@@ -171,7 +171,6 @@ fake_env *fake_env_new(void)
     env->server.workers = &env->worker;
     env->server.nworkers = 1;
     atomic_store(&env->server.draining, 0);
-    atomic_store(&env->server.nconns, 0);
 
     rpc_worker *w = &env->worker;
     w->server = &env->server;
@@ -179,8 +178,8 @@ fake_env *fake_env_new(void)
     assert_non_null(w->base);
     assert_int_equal(store_session_new(env->store, w->base, &w->store), 0);
     assert_int_equal(rpc__watch_worker_init(w), 0);
-    w->rng[0] = 0x243f6a8885a308d3ull; /* fixed seeds: runs repeat */
-    w->rng[1] = 0x13198a2e03707344ull;
+    w->rng.s[0] = 0x243f6a8885a308d3ull; /* fixed seeds: runs repeat */
+    w->rng.s[1] = 0x13198a2e03707344ull;
     fake_env_recycle_arenas(env, false);
     return env;
 }
@@ -344,7 +343,7 @@ static fake_call *new_call(fake_env *env, const rpc_method *method, const uint8_
     fc->method = method;
     fc->arena = pins_arena_new(0);
     assert_non_null(fc->arena);
-    rpc_call *call = rpc__call_new(&env->worker, method, &fake_ops, fc, call_arena_limit(env));
+    rpc_call *call = rpc_call_new(&env->worker, method, &fake_ops, fc, call_arena_limit(env));
     assert_non_null(call);
     fc->call = call;
     fc->next = env->calls;
@@ -364,7 +363,7 @@ static fake_call *new_call(fake_env *env, const rpc_method *method, const uint8_
         assert_non_null(call->headers[i].value);
     }
     call->nheaders = n;
-    assert_int_equal(rpc__call_set_request_id(call, rpc_call_header(call, "x-request-id")), 0);
+    assert_int_equal(rpc_call_set_request_id(call, rpc_call_header(call, "x-request-id")), 0);
     const char *timeout = rpc_call_header(call, "grpc-timeout");
     int64_t ns = 0;
     if (timeout != NULL && proto__grpc_timeout_parse(timeout, strlen(timeout), &ns) != 0)
@@ -376,7 +375,7 @@ static fake_call *new_call(fake_env *env, const rpc_method *method, const uint8_
      * the largest, so that handlers see every message they must judge), then unpacking into the
      * call's arena. */
     const char *why = NULL;
-    int rv = rpc__call_decode(call, method->input, wire, len, &call->request, &why);
+    int rv = rpc_call_decode(call, method->input, wire, len, &call->request, &why);
     if (rv == PINS_EINVALID_ARGUMENT && call->field_error.field != NULL) {
         /* A string field the wire check refused: the transport answers with an early error,
          * which the fake records like any final status. */
@@ -408,7 +407,7 @@ fake_call *fake_call_new_method(fake_env *env, const rpc_method *method,
 fake_call *fake_call_new(fake_env *env, const char *path, const ProtobufCMessage *request,
                          const char *const *headers)
 {
-    const rpc_method *m = rpc__method_find(path, strlen(path));
+    const rpc_method *m = rpc_method_find(path, strlen(path));
     if (m == NULL)
         return NULL;
     return fake_call_new_method(env, m, request, headers);
@@ -417,7 +416,7 @@ fake_call *fake_call_new(fake_env *env, const char *path, const ProtobufCMessage
 fake_call *fake_call_new_wire(fake_env *env, const char *path, const uint8_t *wire, size_t len,
                               const char *const *headers)
 {
-    const rpc_method *m = rpc__method_find(path, strlen(path));
+    const rpc_method *m = rpc_method_find(path, strlen(path));
     if (m == NULL)
         return NULL;
     return new_call(env, m, wire, len, headers);
@@ -443,7 +442,7 @@ void fake_call_dispatch(fake_call *fc)
         return;
     }
     fc->dispatched = true;
-    rpc__dispatch(fc->call);
+    rpc_dispatch(fc->call);
     /* Stores may complete on the loop (group commit): give them a few iterations. */
     for (int i = 0; i < 8 && !fc->finished; i++)
         event_base_loop(fc->env->worker.base, EVLOOP_NONBLOCK);
@@ -468,11 +467,11 @@ void fake_call_detach(fake_call *fc)
         return;
     fc->call = NULL;
     if (!fc->dispatched) {
-        rpc__call_abandon(call);
+        rpc_call_abandon(call);
         return;
     }
     fc->detaching = true;
-    rpc__call_detach(call);
+    rpc_call_detach(call);
     fc->detaching = false;
 }
 

@@ -7,16 +7,16 @@
  *
  * A fake_call is one stream of the fake transport. fake_call_new() builds the rpc_call the way
  * transport/conn.c does (headers copied into the call's arena, x-request-id, grpc-timeout, the
- * request packed and unpacked into the arena), fake_call_dispatch() hands it to rpc__dispatch().
+ * request packed and unpacked into the arena), fake_call_dispatch() hands it to rpc_dispatch().
  * The fake's send and finish functions capture what a client would see: every response message (the
  * packed bytes are copied), the final status, message, field at fault, request id and metadata.
  * The captures belong to the fake_call and outlive the rpc_call.
  *
  * Ownership. The fake holds the transport's reference to the rpc_call. Like a stream that closes
- * once its status is sent, it lets go (rpc__call_detach) as soon as the call is finished and
+ * once its status is sent, it lets go (rpc_call_detach) as soon as the call is finished and
  * control is back in the test: at the end of fake_call_dispatch() and of fake_env_run(). A test
  * can let go earlier with fake_call_detach() (the client went away). fake_call_free() lets go of
- * a call still held (rpc__call_abandon when it was never dispatched) and frees the captures. So
+ * a call still held (rpc_call_abandon when it was never dispatched) and frees the captures. So
  * every call's arena is freed once its handler is done, and a leak under ASan is a real one.
  *
  * Everything runs on the test's thread.
@@ -100,7 +100,7 @@ rpc_call *fake_call_rpc(const fake_call *fc);
 bool fake_call_finished(const fake_call *fc);
 /* How many times the transport's finish function ran (a correct call: at most once). */
 int fake_call_finish_count(const fake_call *fc);
-/* How many of those ran while the transport was letting go (rpc__call_detach). */
+/* How many of those ran while the transport was letting go (rpc_call_detach). */
 int fake_call_finish_during_detach(const fake_call *fc);
 /* The PINS_E* code of the final status (0: OK). */
 int fake_call_err(const fake_call *fc);
