@@ -36,10 +36,12 @@
 #include <stddef.h>
 
 #include "common/arena.h"
+#include "common/limits.h"
 #include "google/protobuf/struct.pb-c.h"
 
-/* The deepest nesting either direction follows, whatever max_depth says. */
-#define PBSTRUCT_MAX_DEPTH 256
+/* The deepest nesting either direction follows, whatever max_depth says: four times a pin value's
+ * (common/limits.h), 256. */
+#define PBSTRUCT_MAX_DEPTH (4 * PINS_VALUE_MAX_DEPTH)
 
 /* Why the last pbstruct_* call on this thread failed. */
 typedef enum pbstruct_reason {

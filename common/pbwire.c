@@ -4,11 +4,15 @@
  * descriptor's field ranges. */
 #include "common/pbwire.h"
 
+#include <assert.h>
 #include <stdbool.h>
 #include <string.h>
 
 #include "common/error.h"
 #include "common/utf8.h"
+
+static_assert(PBWIRE_MAX_DEPTH >= PINS_VALUE_WIRE_DEPTH,
+              "the pre-check follows a request that carries the deepest pin value");
 
 struct frame {
     const uint8_t *end;

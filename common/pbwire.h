@@ -20,8 +20,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The deepest nesting pbwire_check() follows, whatever max_depth says. */
-#define PBWIRE_MAX_DEPTH 512
+#include "common/limits.h"
+
+/* The deepest nesting pbwire_check() follows, whatever max_depth says: eight times a pin value's
+ * (common/limits.h), 512, which holds a request carrying the deepest value (PINS_VALUE_WIRE_DEPTH,
+ * 193). */
+#define PBWIRE_MAX_DEPTH (8 * PINS_VALUE_MAX_DEPTH)
 
 /* Checks that buf[0..len) is well-formed protobuf wire format for desc whose messages nest at most
  * max_depth deep. Malformed means: a varint longer than 10 bytes (5 for a tag) or cut short, field

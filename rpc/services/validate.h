@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/limits.h"
 #include "common/utf8.h"
 
 #define PINS_KEY_MAX_CHARS      512
@@ -17,7 +18,7 @@
 #define PINS_TTL_MAX_SECONDS    31536000
 #define PINS_LIST_MAX_LIMIT     1000
 #define PINS_LIST_DEFAULT_LIMIT 100
-#define PINS_VALUE_MAX_DEPTH    64
+/* PINS_VALUE_MAX_DEPTH: common/limits.h, where the transports' nesting bounds derive from it. */
 
 const char *pins_check_key(const char *key);
 /* tenant must already be defaulted (the dispatcher's rpc_call_tenant()). */
