@@ -1,23 +1,27 @@
-/* protocols/protocols.h: every request that is not native gRPC: REST/JSON routes, Connect,
- * gRPC-Web, CORS preflight, /openapi.json and the probes, over HTTP/1.1 (transport/h1.c) and HTTP/2
- * (transport/conn.c).
+/* protocols/protocols.h: the exchange interface between the transports (transport/: HTTP/1.1 and
+ * HTTP/2) and the protocols (native gRPC, REST/JSON routes, Connect, gRPC-Web, CORS preflight,
+ * /openapi.json and the probes).
  *
- * A transport turns one HTTP request into a proto_stream: method, path (with its query string),
- * headers, and the complete request body (bounded by MAX_REQUEST_BYTES; the transport answers 413
- * itself past that). It then calls proto_handle(). The bridge answers through the stream's ops:
- * start (status and headers), write (body bytes, any number of times), end. It may answer at once
- * or later (store callbacks, server streams such as SSE).
+ * A transport turns one HTTP request into a proto_stream (an exchange): method, path (with its
+ * query string), content type, headers, and its body as the protocol asks for it. Over HTTP/2 the
+ * transport calls proto_request_headers() once the headers are in, and the protocols (the one
+ * selector) say how to take the body; over HTTP/1.1 it calls proto_headers_or_reply() and then
+ * proto_handle() with the whole body (bounded by MAX_REQUEST_BYTES; the transport answers 413
+ * itself past that). The protocols answer through the stream's ops: start (status and headers),
+ * write (body bytes, any number of times), end or end_trailers, and, for native gRPC over HTTP/2,
+ * the borrowed zero-copy ops. They may answer at once or later (store callbacks, server streams
+ * such as SSE and WatchPins).
  *
- * The exchange's memory. Each stream comes with an rpc_call (rpc/rpc_int.h) created by the
+ * The exchange's memory. Each stream comes with an rpc_call (rpc/core.h) created by the
  * transport with method NULL: its arena holds the headers and everything of the exchange, and the
- * bridge reuses that call for RPC routes (it sets method, ops and transport, decodes the request
- * into the arena, and dispatches it). From then on the usual two-owner rule applies: the transport
- * drops its reference when the HTTP stream closes (rpc_call_detach when s->dispatched, else
+ * protocol reuses that call (it sets method, ops and transport, decodes the request into the
+ * arena, and dispatches it). From then on the usual two-owner rule applies: the transport drops
+ * its reference when the HTTP stream closes (rpc_call_detach when s->dispatched, else
  * rpc_call_abandon), the handler when it finishes the call.
  *
  * Peer gone. When the peer resets or closes before end, the transport calls its close path as
- * above; a dispatched call is then cancelled and its reply dropped. For answers the bridge makes
- * without a call (probes), the bridge holds an extra reference (rpc_call_ref) while it waits.
+ * above; a dispatched call is then cancelled and its reply dropped. For answers a protocol makes
+ * without a call (probes), it holds an extra reference (rpc_call_ref) while it waits.
  *
  * Threads: one worker; nothing is shared.
  */
@@ -72,7 +76,7 @@ typedef struct proto_stream_ops {
     void (*end)(proto_stream *s);
     /* Optional: NULL where responses have no trailers (HTTP/1.1). Ends a streamed response
      * (body_len -1) with trailers (copied) instead of end(): on HTTP/2 a HEADERS frame with
-     * END_STREAM after the DATA. The bridge serves application/grpc+json only on streams that
+     * END_STREAM after the DATA. application/grpc+json is served only on streams that
      * have it. Returns 0, PINS_ECANCELLED (peer gone), PINS_ENOMEM; either way the response
      * has ended: no call after this one. */
     int (*end_trailers)(proto_stream *s, const rpc_header *trailers, size_t ntrailers);
@@ -117,7 +121,7 @@ typedef struct proto_stream_ops {
 
 struct proto_stream {
     const proto_stream_ops *ops; /* set by the transport */
-    rpc_call *call;              /* the exchange's call (method NULL until the bridge sets it) */
+    rpc_call *call;              /* the exchange's call (method NULL until a protocol sets it) */
     rpc_worker *worker;
     const char *method;       /* "GET", ... */
     const char *path;         /* origin form, with the query string */
@@ -129,10 +133,10 @@ struct proto_stream {
     bool answered;    /* the protocol answered before the request ended: drop what still comes */
     bool grpc;        /* native gRPC (protocols/grpc.c owns proto_data) */
     bool head;        /* HEAD request: the transport sends no body bytes */
-    bool dispatched;  /* set by the bridge when it hands the call to the dispatcher */
+    bool dispatched;  /* set by the protocol when it hands the call to the dispatcher */
     bool started;     /* set by the transport once start() succeeded */
     bool ended;       /* set by the transport once end() ran */
-    void *proto_data; /* the bridge's per-exchange state */
+    void *proto_data; /* the protocol's per-exchange state */
 };
 
 /* The one entry of every HTTP/2 request (the selector, as h2o's process_request): once its
@@ -149,7 +153,7 @@ void proto_body_more(proto_stream *s);
 void proto_handle(proto_stream *s);
 
 /* Streaming requests (HTTP/2 only). When the request headers are complete, the HTTP/2
- * transport asks proto_begin(); true means the bridge takes the body incrementally
+ * transport asks proto_begin(); true means the protocol takes the body incrementally
  * (Connect streaming and gRPC-Web requests, so that bidirectional streams work): the transport
  * then calls proto_body() for every DATA chunk (borrowed for the call) and proto_body_end()
  * at END_STREAM, and never proto_handle(). false: the transport collects the body and calls
@@ -165,7 +169,7 @@ bool proto_headers_or_reply(proto_stream *s);
 void proto_body(proto_stream *s, const uint8_t *data, size_t len);
 void proto_body_end(proto_stream *s);
 
-/* Refuses a request the transport will not hand to the bridge (a body over MAX_REQUEST_BYTES:
+/* Refuses a request the transport will not hand over (a body over MAX_REQUEST_BYTES:
  * PINS_ETOO_LARGE; no room in the buffer budget: PINS_ERESOURCE_EXHAUSTED) with err and message
  * in the shape of the request's protocol: a REST error body, Connect's {"code","message"} (or
  * its end-stream message), a gRPC-Web trailer frame. Headers are in s->call as for

@@ -1,9 +1,9 @@
-/* protocols/proto_int.h: what the files of protocols/ share (bridge.c, rest.c, connect.c,
- * grpcweb.c, cors.c). Not for the transports: they see protocols/protocols.h only.
+/* protocols/protocols_int.h: what the files of protocols/ share (protocols.c, grpc.c, rest.c,
+ * connect.c, grpcweb.c, cors.c). Not for the transports: they see protocols/protocols.h only.
  *
  * One exchange per proto_stream (s->proto_data), allocated in the call's arena, so it lives
- * exactly as long as the request's memory. Every response the bridge makes goes through
- * proto__start / proto__write / proto__end, which add the CORS headers and count the
+ * exactly as long as the request's memory. Every response REST, Connect and gRPC-Web make goes
+ * through proto__start / proto__write / proto__end, which add the CORS headers and count the
  * http_requests_total / http_request_duration_seconds metrics, so no answer escapes them.
  */
 #ifndef PINS_PROTOCOLS_PROTOCOLS_INT_H
@@ -60,7 +60,7 @@ typedef struct proto__match {
     char allow[64]; /* on PINS_EMETHOD_NOT_ALLOWED: "GET, DELETE" */
 } proto__match;
 
-/* The per-request state of the bridge. */
+/* The per-request state of REST, Connect and gRPC-Web (native gRPC keeps its own, grpc.c). */
 typedef struct proto__exchange {
     proto_stream *s;
     rpc_call *call;
@@ -84,7 +84,7 @@ typedef struct proto__exchange {
     unsigned nmessages;
 } proto__exchange;
 
-/* ---- bridge.c: responses, metrics ------------------------------------------------------------ */
+/* ---- protocols.c: responses, metrics--------------------------------------------------------- */
 
 /* The exchange of s (created on first use in the call's arena), or NULL when out of memory. */
 proto__exchange *proto__exchange_of(proto_stream *s);
@@ -120,7 +120,7 @@ int proto__hdrs_add_metadata(pins_arena *a, proto__hdrs *h, const rpc_call *call
 /* Nesting accepted in a JSON request: a 64-deep pin value plus the request's own levels. */
 #define PROTO__JSON_MAX_DEPTH 100
 /* A decoded JSON request may take at most 1/PROTO__DECODE_SHARE of the call's arena limit; the
- * rest is the handler's, whose reply the bridge unpacks once more to write it as JSON (a
+ * rest is the handler's, whose reply the protocol unpacks once more to write it as JSON (a
  * protobuf request gets half: rpc_call_decode in rpc/decode.c). */
 #define PROTO__DECODE_SHARE 4
 

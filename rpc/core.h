@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/list.h"
 #include "common/rand.h"
 #include "rpc/call.h"
 
@@ -178,7 +179,7 @@ const rpc_metadata *rpc_call_metadata(const rpc_call *call);
 
 /* The method row for a ":path", or NULL. */
 const rpc_method *rpc_method_find(const char *path, size_t len);
-/* Every row (for the REST bridge, reflection and tests); *pn gets the count. */
+/* Every row (for the REST routes, reflection and tests); *pn gets the count. */
 const rpc_method *rpc_method_table(size_t *pn);
 /* Runs the generic checks and the handler. The call must have its request set. */
 void rpc_dispatch(rpc_call *call);
@@ -187,10 +188,10 @@ void rpc_dispatch(rpc_call *call);
  * Transports call it before they buffer or decode a body. Returns true when the request may go
  * on; false when it was refused (the call finished with its status, audited and counted). */
 bool rpc_dispatch_early_or_reply(rpc_call *call);
-/* The same decision for transports that answer in their own shape (the bridge): *perr gets 0
- * when the request may go on, or the status of the refusal (*pmsg its client-visible message, in
- * the call's arena), already audited and recorded on the call (call->deny, for the REST 403
- * body); the caller answers it. Returns 0 or PINS_ENOMEM. */
+/* The same decision for protocols that answer in their own shape (REST, Connect, gRPC-Web): *perr
+ * gets 0 when the request may go on, or the status of the refusal (*pmsg its client-visible
+ * message, in the call's arena), already audited and recorded on the call (call->deny, for the REST
+ * 403 body); the caller answers it. Returns 0 or PINS_ENOMEM. */
 int rpc_dispatch_early(rpc_call *call, int *perr, const char **pmsg);
 
 #define RPC_ARENA_POOL 64
@@ -208,7 +209,7 @@ struct rpc_worker {
     struct store_session *store;
     bool draining;
     pins_rand rng;                       /* request ids */
-    struct rpc__health_watch *watch;     /* open health Watch streams */
+    pins_list health_watches;            /* open health Watch streams (rpc/health.c) */
     struct rpc__watch_worker *watch_hub; /* WatchPins streams and their inbox (rpc/watch.c) */
     struct rpc__mcache *mcache;          /* metric cells per method (rpc/rpc_metrics.c) */
     size_t arena_limit;                  /* the limit of every transport call arena */

@@ -77,7 +77,7 @@ struct transport__conn {
 enum stream_kind { KIND_UNKNOWN, KIND_BUFFERED, KIND_HTTP, KIND_REJECTED };
 
 struct h2_stream {
-    proto_stream bs; /* the bridge's view of a non-gRPC request (KIND_HTTP) */
+    proto_stream bs; /* the exchange the protocols see (first member: call->transport) */
     h2_stream *prev, *next;
     transport__conn *conn;
     int32_t id;
@@ -112,7 +112,7 @@ struct h2_stream {
     size_t resp_len, resp_off;
     bool counted_rst;
     bool closed;          /* nghttp2 closed the stream; only the memory is left */
-    bool streaming;       /* the bridge takes this request's body incrementally */
+    bool streaming;       /* the protocol takes this request's body chunk by chunk */
     bool overrun;         /* output was refused (pending_max or the budgets): ends with a reset */
     int64_t out_since_ns; /* output waiting since, or last taken by the peer (watch streams) */
 };
@@ -366,8 +366,8 @@ static h2_stream *from_bs(proto_stream *bs)
     return (h2_stream *)bs; /* bs is the first member */
 }
 
-static int h2_bridge_start(proto_stream *bs, int status, const rpc_header *hdrs, size_t nhdrs,
-                           int64_t body_len)
+static int h2_resp_start(proto_stream *bs, int status, const rpc_header *hdrs, size_t nhdrs,
+                         int64_t body_len)
 {
     h2_stream *st = from_bs(bs);
     if (st->closed)
@@ -409,7 +409,7 @@ static int h2_bridge_start(proto_stream *bs, int status, const rpc_header *hdrs,
     return 0;
 }
 
-static int h2_bridge_write(proto_stream *bs, const void *data, size_t len)
+static int h2_resp_write(proto_stream *bs, const void *data, size_t len)
 {
     h2_stream *st = from_bs(bs);
     if (st->closed)
@@ -430,7 +430,7 @@ static int h2_bridge_write(proto_stream *bs, const void *data, size_t len)
     return 0;
 }
 
-static void h2_bridge_end(proto_stream *bs)
+static void h2_resp_end(proto_stream *bs)
 {
     h2_stream *st = from_bs(bs);
     bs->ended = true;
@@ -442,7 +442,7 @@ static void h2_bridge_end(proto_stream *bs)
 
 /* Ends a streamed response with trailers: read_out submits them once the DATA drained. Names
  * and values are copied into the call's arena, which outlives the stream's frames. */
-static int h2_bridge_end_trailers(proto_stream *bs, const rpc_header *trailers, size_t n)
+static int h2_resp_end_trailers(proto_stream *bs, const rpc_header *trailers, size_t n)
 {
     h2_stream *st = from_bs(bs);
     bs->ended = true;
@@ -654,19 +654,19 @@ static int h2_charge_arena(proto_stream *bs)
     return stream_charge_arena(from_bs(bs));
 }
 
-static const proto_stream_ops h2_bridge_ops = {.start = h2_bridge_start,
-                                               .write = h2_bridge_write,
-                                               .end = h2_bridge_end,
-                                               .end_trailers = h2_bridge_end_trailers,
-                                               .respond_borrowed = h2_respond_borrowed,
-                                               .open_borrowed = h2_open_borrowed,
-                                               .write_reserve = h2_write_reserve,
-                                               .write_commit = h2_write_commit,
-                                               .trailers_borrowed = h2_trailers_borrowed,
-                                               .reset = h2_reset,
-                                               .body_consume = h2_body_consume,
-                                               .body_release = h2_body_release,
-                                               .charge_arena = h2_charge_arena};
+static const proto_stream_ops h2_exchange_ops = {.start = h2_resp_start,
+                                                 .write = h2_resp_write,
+                                                 .end = h2_resp_end,
+                                                 .end_trailers = h2_resp_end_trailers,
+                                                 .respond_borrowed = h2_respond_borrowed,
+                                                 .open_borrowed = h2_open_borrowed,
+                                                 .write_reserve = h2_write_reserve,
+                                                 .write_commit = h2_write_commit,
+                                                 .trailers_borrowed = h2_trailers_borrowed,
+                                                 .reset = h2_reset,
+                                                 .body_consume = h2_body_consume,
+                                                 .body_release = h2_body_release,
+                                                 .charge_arena = h2_charge_arena};
 
 /* The call's ops until a protocol takes it over (proto_request_headers): nothing to send; a
  * failure resets the stream. */
@@ -688,12 +688,12 @@ static void http_simple(h2_stream *st, int status, const char *body, const char 
 {
     rpc_header extra[1] = {{.name = "allow", .value = allow}};
     st->kind = KIND_REJECTED;
-    st->bs.ops = &h2_bridge_ops;
+    st->bs.ops = &h2_exchange_ops;
     st->bs.call = st->call;
     proto_respond(&st->bs, status, "application/json", body, strlen(body), extra, allow ? 1 : 0);
 }
 
-/* Refuses a request to a method path (Connect, gRPC-Web) that the bridge has not taken, in its
+/* Refuses a request to a method path (Connect, gRPC-Web) that no protocol has taken, in its
  * protocol's shape; its remaining body is dropped. False, doing nothing, for any other path: REST
  * keeps its own error bodies. */
 static bool http_reject_rpc(h2_stream *st, int err, const char *message)
@@ -708,9 +708,9 @@ static bool http_reject_rpc(h2_stream *st, int err, const char *message)
 /* ---- request side ------------------------------------------------------------------------------
  */
 
-static void fill_bridge_stream(h2_stream *st)
+static void fill_exchange(h2_stream *st)
 {
-    st->bs.ops = &h2_bridge_ops;
+    st->bs.ops = &h2_exchange_ops;
     st->bs.call = st->call;
     st->bs.worker = st->conn->w;
     st->bs.method = st->method;
@@ -733,7 +733,7 @@ static void on_request_headers(h2_stream *st)
         st->kind = KIND_REJECTED;
         return;
     }
-    fill_bridge_stream(st);
+    fill_exchange(st);
     switch (proto_request_headers(&st->bs)) {
     case PROTO_BODY_DROP:
         if (!st->bs.answered)

@@ -1,5 +1,5 @@
 /* transport/h1.c: HTTP/1.1 connections: requests from the parser (transport/h1_parse.c), answered
- * one at a time, in order, through the bridge (protocols/protocols.h).
+ * one at a time, in order, through the protocols (protocols/protocols.h).
  *
  * Each request is an exchange: an rpc_call (its arena holds the request and the exchange struct)
  * and a proto_stream whose ops write the response into the connection's bufferevent. The parser
@@ -61,7 +61,7 @@ struct transport_h1 {
     int64_t begin_ns;           /* the request's first byte */
     size_t body_charged;        /* the parser's body buffer, charged to the connection */
     h1_exchange *ex;            /* the request being received or answered; NULL between requests */
-    bool answering;             /* ex's request is with the bridge */
+    bool answering;             /* ex's request is with the protocols */
     bool in_process;
     bool closing; /* no further request: close once the exchange is gone */
     bool close_requested;
@@ -171,7 +171,7 @@ static const char *http_date(void)
     return text;
 }
 
-/* A response header the bridge may set: the framing headers are ours, and a name or value that
+/* A response header a protocol may set: the framing headers are ours, and a name or value that
  * could break the message (CR, LF) is dropped rather than sent. */
 static bool header_allowed(const rpc_header *hd)
 {
@@ -234,7 +234,7 @@ static h1_exchange *exchange_new(transport_h1 *h)
 }
 
 /* The connection lets go of the exchange (answered, or the connection goes): the call is
- * released per bridge.h, which may free the exchange. */
+ * released per protocols/protocols.h, which may free the exchange. */
 static void exchange_release(transport_h1 *h)
 {
     h1_exchange *ex = h->ex;
@@ -285,7 +285,7 @@ static void take_request_head(transport_h1 *h)
     ex->bs.head = p->head;
 }
 
-/* The request is complete: hand it to the bridge. */
+/* The request is complete: hand it to the protocols. */
 static void dispatch(transport_h1 *h)
 {
     h1_exchange *ex = h->ex;
@@ -487,7 +487,7 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
     process(arg);
 }
 
-/* ---- bridge stream ops ----------------------------------------------------------------------- */
+/* ---- exchange ops ---------------------------------------------------------------------------- */
 
 static int h1_start(proto_stream *s, int status, const rpc_header *hdrs, size_t nhdrs,
                     int64_t body_len)
@@ -611,15 +611,15 @@ static void h1_end(proto_stream *s)
 
 static const proto_stream_ops h1_ops = {.start = h1_start, .write = h1_write, .end = h1_end};
 
-/* ---- the call's ops until the bridge takes the call over ------------------------------------- */
+/* ---- the call's ops until a protocol takes the call over ------------------------------------- */
 
-/* No message can be sent before the bridge chose a protocol for the exchange. */
+/* No message can be sent before a protocol took the exchange. */
 static int h1_call_send(rpc_call *call, const ProtobufCMessage *msg)
 {
     return PINS_EINTERNAL;
 }
 
-/* An error on the exchange before the bridge took the call over: the API's JSON error. */
+/* An error on the exchange before a protocol took the call over: the API's JSON error. */
 static void h1_call_finish(rpc_call *call, int err, const char *message)
 {
     h1_exchange *ex = call->transport;
