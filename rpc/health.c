@@ -8,7 +8,7 @@
 
 /* One open Watch stream on a worker. */
 struct rpc__health_watch {
-    struct rpc__health_watch *prev, *next;
+    pins_list link; /* in the worker's health_watches */
     rpc_call *call;
 };
 
@@ -38,21 +38,10 @@ void rpc__health_check(rpc_call *call)
     rpc_call_reply(call, &resp.base);
 }
 
-static void unlink_watch(rpc_worker *w, struct rpc__health_watch *hw)
-{
-    if (hw->prev != NULL)
-        hw->prev->next = hw->next;
-    else
-        w->watch = hw->next;
-    if (hw->next != NULL)
-        hw->next->prev = hw->prev;
-    hw->prev = hw->next = NULL;
-}
-
 static void on_watch_cancel(rpc_call *call, void *arg)
 {
     struct rpc__health_watch *hw = arg;
-    unlink_watch(rpc_call_worker(call), hw);
+    pins_list_unlink(&hw->link);
     rpc_call_finish(call);
 }
 
@@ -80,18 +69,16 @@ void rpc__health_watch(rpc_call *call)
         return;
     }
     hw->call = call;
-    hw->next = w->watch;
-    if (w->watch != NULL)
-        w->watch->prev = hw;
-    w->watch = hw;
+    pins_list_insert(w->health_watches.next, &hw->link); /* newest first */
     rpc_call_on_cancel(call, on_watch_cancel, hw);
 }
 
 void rpc__health_drain(rpc_worker *w)
 {
-    while (w->watch != NULL) {
-        struct rpc__health_watch *hw = w->watch;
-        unlink_watch(w, hw);
+    for (pins_list *p = pins_list_first(&w->health_watches); p != NULL;
+         p = pins_list_first(&w->health_watches)) {
+        struct rpc__health_watch *hw = pins_list_entry(p, struct rpc__health_watch, link);
+        pins_list_unlink(&hw->link);
         rpc_call *call = hw->call;
         rpc_call_on_cancel(call, NULL, NULL);
         Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;

@@ -20,6 +20,7 @@ void rpc_core_shutdown(void)
 int rpc_worker_start(rpc_worker *w)
 {
     pins_rand_seed(&w->rng);
+    pins_list_init(&w->health_watches);
     /* A call's memory: its decoded request (half of the arena at most, rpc/decode.c), the
      * handler's reply and whatever the protocols keep, for the largest request allowed. */
     w->arena_limit = (size_t)w->server->cfg->max_request_bytes * 8 + (1u << 20);

@@ -383,12 +383,13 @@ static void test_dispatch_expires_a_handler_that_outlives_its_deadline(void **st
     assert_int_equal(fake_call_nsent(fc), 1);
     const HealthResponse *r = (const HealthResponse *)fake_call_response(fc);
     assert_int_equal(r->status, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
-    assert_non_null(fake_env_worker(env)->watch);
+    assert_false(pins_list_is_empty(&fake_env_worker(env)->health_watches));
 
     fake_env_run(env, 150);
     assert_true(fake_call_finished(fc));
     assert_int_equal(fake_call_finish_count(fc), 1);
-    assert_null(fake_env_worker(env)->watch); /* the stream left the watch list */
+    /* the stream left the watch list */
+    assert_true(pins_list_is_empty(&fake_env_worker(env)->health_watches));
     assert_null(fake_call_rpc(fc));
     /* What the client sees: the deadline, not an OK from the handler's cleanup. */
     assert_int_equal(fake_call_err(fc), PINS_EDEADLINE_EXCEEDED);
@@ -536,10 +537,10 @@ static void test_call_detach_closes_a_health_watch(void **state)
     fake_env_recycle_arenas(env, true);
     fake_call *fc = fake_call_run(env, WATCH_PATH, NULL, NULL);
     assert_false(fake_call_finished(fc));
-    assert_non_null(fake_env_worker(env)->watch);
+    assert_false(pins_list_is_empty(&fake_env_worker(env)->health_watches));
     size_t pooled = fake_env_pooled_arenas(env);
     fake_call_detach(fc);
-    assert_null(fake_env_worker(env)->watch);
+    assert_true(pins_list_is_empty(&fake_env_worker(env)->health_watches));
     assert_int_equal(fake_env_pooled_arenas(env), pooled + 1);
     fake_call_free(fc);
 }
