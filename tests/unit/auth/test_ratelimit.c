@@ -256,21 +256,46 @@ static ratelimit_verdict check(ratelimit_worker *w, pins_arena *a, const char *t
     return v;
 }
 
+/* A limiter without Redis, one worker of it on its own loop, and an arena for the checks. */
+typedef struct limiter {
+    pins_config cfg; /* borrowed by rl */
+    struct event_base *base;
+    pins_arena *a;
+    ratelimit *rl;
+    ratelimit_worker *w;
+} limiter;
+
+static void limiter_start(limiter *l, int rpm, int burst)
+{
+    pins_config_defaults(&l->cfg);
+    l->cfg.rate_limit_rpm = rpm;
+    l->cfg.rate_limit_burst = burst;
+    l->base = event_base_new();
+    l->a = pins_arena_new(0);
+    assert_non_null(l->base);
+    assert_non_null(l->a);
+    char err[256] = "";
+    l->rl = NULL;
+    l->w = NULL;
+    assert_int_equal(ratelimit_new(&l->cfg, &l->rl, err, sizeof(err)), 0);
+    assert_int_equal(ratelimit_worker_new(l->rl, l->base, &l->w), 0);
+}
+
+static void limiter_stop(limiter *l)
+{
+    ratelimit_worker_free(l->w);
+    ratelimit_free(l->rl);
+    pins_arena_free(l->a);
+    event_base_free(l->base);
+    pins_config_free(&l->cfg);
+}
+
 static void test_check_answers_a_verdict_with_typed_numbers(void **state)
 {
-    pins_config cfg;
-    pins_config_defaults(&cfg);
-    cfg.rate_limit_rpm = 120;
-    cfg.rate_limit_burst = 2;
-    struct event_base *base = event_base_new();
-    pins_arena *a = pins_arena_new(0);
-    assert_non_null(base);
-    assert_non_null(a);
-    ratelimit *rl = NULL;
-    ratelimit_worker *w = NULL;
-    char err[256] = "";
-    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), 0);
-    assert_int_equal(ratelimit_worker_new(rl, base, &w), 0);
+    limiter l;
+    limiter_start(&l, 120, 2);
+    ratelimit_worker *w = l.w;
+    pins_arena *a = l.a;
 
     ratelimit_verdict v = check(w, a, "t");
     assert_true(v.allowed);
@@ -292,41 +317,25 @@ static void test_check_answers_a_verdict_with_typed_numbers(void **state)
     assert_int_equal(v.remaining, 0);
     assert_int_equal(v.retry_after_s, 1);
     assert_true(check(w, a, "u").allowed);
-    ratelimit_worker_free(w);
-    ratelimit_free(rl);
+    limiter_stop(&l);
 
     /* RATE_LIMIT_RPM=0: always allowed, no numbers, no headers. */
-    cfg.rate_limit_rpm = 0;
-    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), 0);
-    assert_int_equal(ratelimit_worker_new(rl, base, &w), 0);
-    v = check(w, a, "t");
+    limiter_start(&l, 0, 2);
+    v = check(l.w, l.a, "t");
     assert_true(v.allowed);
     assert_null(v.texts);
-    ratelimit_worker_free(w);
-    ratelimit_free(rl);
-    pins_arena_free(a);
-    event_base_free(base);
-    pins_config_free(&cfg);
+    limiter_stop(&l);
 }
 
 /* The limiter reads the time itself (pins_time_mono_ns): a bucket emptied now refills as the fake
  * clock moves, with no sleep. 60 per minute: one token a second. */
 static void test_check_refills_as_the_fake_clock_moves(void **state)
 {
-    pins_config cfg;
-    pins_config_defaults(&cfg);
-    cfg.rate_limit_rpm = 60;
-    cfg.rate_limit_burst = 3;
     fake_clock_install();
-    struct event_base *base = event_base_new();
-    pins_arena *a = pins_arena_new(0);
-    assert_non_null(base);
-    assert_non_null(a);
-    ratelimit *rl = NULL;
-    ratelimit_worker *w = NULL;
-    char err[256] = "";
-    assert_int_equal(ratelimit_new(&cfg, &rl, err, sizeof(err)), 0);
-    assert_int_equal(ratelimit_worker_new(rl, base, &w), 0);
+    limiter l;
+    limiter_start(&l, 60, 3);
+    ratelimit_worker *w = l.w;
+    pins_arena *a = l.a;
 
     for (int i = 0; i < 3; i++)
         assert_true(check(w, a, "t").allowed);
@@ -351,13 +360,8 @@ static void test_check_refills_as_the_fake_clock_moves(void **state)
     assert_true(v.allowed);
     assert_int_equal(v.remaining, 2);
     assert_int_equal(v.reset_s, 1);
-
-    ratelimit_worker_free(w);
-    ratelimit_free(rl);
-    pins_arena_free(a);
-    event_base_free(base);
+    limiter_stop(&l);
     fake_clock_uninstall();
-    pins_config_free(&cfg);
 }
 
 /* ---- leases (ratelimit_lease.c) against a model of the Redis script ----------------------------

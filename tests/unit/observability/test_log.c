@@ -170,13 +170,20 @@ static void test_level_filter_drops_lower_levels(void **state)
     free(out);
 }
 
+/* A new string of n 'x'. */
+static char *xs(size_t n)
+{
+    char *s = malloc(n + 1);
+    assert_non_null(s);
+    memset(s, 'x', n);
+    s[n] = '\0';
+    return s;
+}
+
 static void test_long_line_is_written_whole_in_one_write(void **state)
 {
     size_t n = 20000;
-    char *big = malloc(n + 1);
-    assert_non_null(big);
-    memset(big, 'x', n);
-    big[n] = '\0';
+    char *big = xs(n);
     capture_begin();
     pins_log_info("big", "value", big, NULL);
     int reads = 0;
@@ -192,11 +199,7 @@ static void test_long_line_is_written_whole_in_one_write(void **state)
 /* Past the line's maximum (4 MiB) the event is replaced by one short line saying so. */
 static void test_line_over_the_maximum_is_replaced_by_a_short_one(void **state)
 {
-    size_t n = 5u << 20;
-    char *big = malloc(n + 1);
-    assert_non_null(big);
-    memset(big, 'x', n);
-    big[n] = '\0';
+    char *big = xs(5u << 20);
     capture_begin();
     pins_log_info("big", "value", big, NULL);
     char *out = capture_end(NULL);
