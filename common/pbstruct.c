@@ -7,6 +7,13 @@
  * fast path of Clinger (at most 15 significant digits and a power of ten up to 1e22, both exact
  * doubles, so one IEEE operation rounds correctly) and fall back to strtod otherwise.
  *
+ * The same parser serves a value inside a larger document (protocols/json.c: REST, Connect, SSE):
+ * it then starts at a position, keeps within the caller's arena budget, and on failure reports the
+ * place, the finer cause and the path, which cost nothing until something fails (the path is
+ * collected on the way out of the recursion). A failure's place follows the rules the protocol
+ * error messages were written against: a number that is none fails at its start (after its '-'),
+ * a literal at its first wrong byte, an escape at its backslash.
+ *
  * The writer appends into one pins_buf (common/buf.h) whose maximum is max_bytes, so the size limit
  * costs one comparison per append; strings go through the shared strict JSON string writer
  * (common/json_str.h), and UTF-8 is checked by pins_utf8_seq in both directions. Duplicate keys
@@ -56,7 +63,7 @@ static int clamp_depth(int max_depth)
 /* ---- writer ---------------------------------------------------------------------------------- */
 
 struct writer {
-    pins_buf b; /* the text; its maximum is max_bytes */
+    pins_buf *b; /* the text; its maximum is the size limit */
     int max_depth;
     unsigned char *scratch; /* LIFO of duplicate-key tables; addressed by offsets */
     size_t scratch_len;
@@ -75,13 +82,13 @@ __attribute__((cold, noinline)) static int fail_put(int rv)
 
 static inline int put(struct writer *w, const void *s, size_t n)
 {
-    int rv = pins_buf_add(&w->b, s, n);
+    int rv = pins_buf_add(w->b, s, n);
     return rv == 0 ? 0 : fail_put(rv);
 }
 
 static inline int putc1(struct writer *w, char c)
 {
-    int rv = pins_buf_add_byte(&w->b, c);
+    int rv = pins_buf_add_byte(w->b, c);
     return rv == 0 ? 0 : fail_put(rv);
 }
 
@@ -89,7 +96,7 @@ static int put_string(struct writer *w, const char *str)
 {
     if (str == NULL)
         return fail(PBSTRUCT_REASON_NO_KIND);
-    int rv = pins_json_str_put_strict(&w->b, str, PINS_JSON_STR_NUL);
+    int rv = pins_json_str_put_strict(w->b, str, PINS_JSON_STR_NUL);
     return rv == 0 ? 0 : fail_put(rv);
 }
 
@@ -329,14 +336,21 @@ static int put_struct(struct writer *w, const Google__Protobuf__Struct *s, int d
 /* ---- parser ---------------------------------------------------------------------------------- */
 
 struct parser {
-    const unsigned char *p;
-    const unsigned char *end;
+    const unsigned char *s; /* the whole text */
+    size_t n;
+    size_t pos;
     pins_arena *a;
     int max_depth;
+    size_t budget; /* 0: only the arena's limit */
+    size_t budget_base;
     void **stack; /* members of the open containers, innermost last */
     size_t top;
     size_t cap;
     bool heap; /* stack was malloc'd */
+    pbstruct_step *path;
+    size_t npath;
+    pbstruct_fault fault;
+    size_t err_pos;
 };
 
 /* A member and its value in one arena allocation. */
@@ -345,16 +359,88 @@ struct member {
     Google__Protobuf__Value value;
 };
 
+static pbstruct_reason reason_of(pbstruct_fault f)
+{
+    switch (f) {
+    case PBSTRUCT_FAULT_NONE:
+        return PBSTRUCT_REASON_NONE;
+    case PBSTRUCT_FAULT_SYNTAX:
+    case PBSTRUCT_FAULT_CONTROL:
+    case PBSTRUCT_FAULT_ESCAPE:
+        return PBSTRUCT_REASON_SYNTAX;
+    case PBSTRUCT_FAULT_UTF8:
+    case PBSTRUCT_FAULT_SURROGATE:
+    case PBSTRUCT_FAULT_NUL:
+    case PBSTRUCT_FAULT_NUL_KEY:
+        return PBSTRUCT_REASON_BAD_UTF8;
+    case PBSTRUCT_FAULT_NUMBER:
+        return PBSTRUCT_REASON_BAD_NUMBER;
+    case PBSTRUCT_FAULT_DEPTH:
+        return PBSTRUCT_REASON_TOO_DEEP;
+    case PBSTRUCT_FAULT_TOO_LARGE:
+    case PBSTRUCT_FAULT_NOMEM:
+        return PBSTRUCT_REASON_NOMEM;
+    }
+    return PBSTRUCT_REASON_SYNTAX;
+}
+
+/* Records the failure (at pos, for the faults that have a place) and returns its code. */
+__attribute__((cold, noinline)) static int pfail(struct parser *ps, pbstruct_fault f, size_t pos)
+{
+    ps->fault = f;
+    ps->err_pos = pos;
+    last_reason = reason_of(f);
+    if (f == PBSTRUCT_FAULT_NOMEM)
+        return PINS_ENOMEM;
+    if (f == PBSTRUCT_FAULT_TOO_LARGE)
+        return PINS_ETOO_LARGE;
+    return PINS_EINVALID_ARGUMENT;
+}
+
+/* Adds one step to the path of a failure, on the way out of the recursion. */
+__attribute__((cold, noinline)) static void path_add(struct parser *ps, const char *key, size_t len,
+                                                     size_t index)
+{
+    if (ps->path != NULL && ps->npath < PBSTRUCT_MAX_DEPTH)
+        ps->path[ps->npath++] = (pbstruct_step){.key = key, .len = len, .index = index};
+}
+
+/* n bytes of the arena, within the budget. Past the budget or the arena's limit: TOO_LARGE. */
+static void *palloc(struct parser *ps, size_t n)
+{
+    if (ps->budget != 0) {
+        size_t spent = pins_arena_used(ps->a) - ps->budget_base;
+        if (n > ps->budget || spent > ps->budget - n) {
+            pfail(ps, PBSTRUCT_FAULT_TOO_LARGE, ps->pos);
+            return NULL;
+        }
+    }
+    void *p = pins_arena_alloc(ps->a, n);
+    if (p == NULL) {
+        size_t limit = pins_arena_limit(ps->a), used = pins_arena_used(ps->a);
+        bool over = limit != 0 && (n >= limit || limit - n < used + 16);
+        pfail(ps, over ? PBSTRUCT_FAULT_TOO_LARGE : PBSTRUCT_FAULT_NOMEM, ps->pos);
+    }
+    return p;
+}
+
 static inline void skip_ws(struct parser *ps)
 {
-    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\n' || *ps->p == '\r' || *ps->p == '\t'))
-        ps->p++;
+    const unsigned char *s = ps->s;
+    size_t i = ps->pos, n = ps->n;
+    while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t'))
+        i++;
+    ps->pos = i;
 }
 
 static int push(struct parser *ps, void *item)
 {
     if (ps->top == ps->cap) {
         size_t cap = ps->cap * 2;
+        /* The stack is bounded by the arena's share too: its content ends up in the arena. */
+        size_t limit = ps->budget != 0 ? ps->budget : pins_arena_limit(ps->a);
+        if (limit != 0 && cap * sizeof(void *) / 2 > limit)
+            return pfail(ps, PBSTRUCT_FAULT_TOO_LARGE, ps->pos);
         void **ns;
         if (ps->heap) {
             ns = realloc(ps->stack, cap * sizeof(*ns));
@@ -364,7 +450,7 @@ static int push(struct parser *ps, void *item)
                 memcpy(ns, ps->stack, ps->top * sizeof(*ns));
         }
         if (ns == NULL)
-            return fail(PBSTRUCT_REASON_NOMEM);
+            return pfail(ps, PBSTRUCT_FAULT_NOMEM, ps->pos);
         ps->stack = ns;
         ps->cap = cap;
         ps->heap = true;
@@ -379,15 +465,21 @@ static int pop_array(struct parser *ps, size_t base, void ***parr, size_t *pn)
     size_t n = ps->top - base;
     void **arr = NULL;
     if (n > 0) {
-        arr = pins_arena_alloc(ps->a, n * sizeof(*arr));
+        arr = palloc(ps, n * sizeof(*arr));
         if (arr == NULL)
-            return fail(PBSTRUCT_REASON_NOMEM);
+            return ps->fault == PBSTRUCT_FAULT_NOMEM ? PINS_ENOMEM : PINS_ETOO_LARGE;
         memcpy(arr, ps->stack + base, n * sizeof(*arr));
     }
     ps->top = base;
     *parr = arr;
     *pn = n;
     return 0;
+}
+
+/* The code palloc's failure recorded. */
+static int alloc_failed(const struct parser *ps)
+{
+    return ps->fault == PBSTRUCT_FAULT_NOMEM ? PINS_ENOMEM : PINS_ETOO_LARGE;
 }
 
 static int hex4(const unsigned char *p, unsigned *pv)
@@ -407,65 +499,70 @@ static int hex4(const unsigned char *p, unsigned *pv)
     return 0;
 }
 
-/* Decodes the escaped string body s[0..n) into out, which has room for n + 1 bytes (an escape never
- * decodes longer than itself). The body was already checked for quotes, control bytes and UTF-8. */
-static int decode_escapes(const unsigned char *s, size_t n, char *out)
+/* Decodes the escaped string body s[start..end) into out, which has room for end - start + 1
+ * bytes (an escape never decodes longer than itself). The body was already checked for quotes,
+ * control bytes and UTF-8. *pnul is set when it holds \u0000; decoding goes on, so that a later
+ * invalid escape is what is reported. */
+static int decode_escapes(struct parser *ps, size_t start, size_t end, char *out, bool *pnul)
 {
-    const unsigned char *end = s + n;
+    const unsigned char *s = ps->s;
+    size_t i = start;
     char *o = out;
-    while (s < end) {
-        if (*s != '\\') {
-            *o++ = (char)*s++;
+    while (i < end) {
+        if (s[i] != '\\') {
+            *o++ = (char)s[i++];
             continue;
         }
-        s++;
-        unsigned c = *s++;
+        unsigned c = s[i + 1];
         switch (c) {
         case '"':
-            *o++ = '"';
-            continue;
         case '\\':
-            *o++ = '\\';
-            continue;
         case '/':
-            *o++ = '/';
+            *o++ = (char)c;
+            i += 2;
             continue;
         case 'b':
             *o++ = '\b';
+            i += 2;
             continue;
         case 'f':
             *o++ = '\f';
+            i += 2;
             continue;
         case 'n':
             *o++ = '\n';
+            i += 2;
             continue;
         case 'r':
             *o++ = '\r';
+            i += 2;
             continue;
         case 't':
             *o++ = '\t';
+            i += 2;
             continue;
         case 'u':
             break;
         default:
-            return fail(PBSTRUCT_REASON_SYNTAX);
+            return pfail(ps, PBSTRUCT_FAULT_ESCAPE, i);
         }
         unsigned cp;
-        if (end - s < 4 || hex4(s, &cp) != 0)
-            return fail(PBSTRUCT_REASON_SYNTAX);
-        s += 4;
+        if (end - i < 6 || hex4(s + i + 2, &cp) != 0)
+            return pfail(ps, PBSTRUCT_FAULT_ESCAPE, i);
+        size_t len = 6;
         if (cp >= 0xDC00 && cp <= 0xDFFF)
-            return fail(PBSTRUCT_REASON_BAD_UTF8);
+            return pfail(ps, PBSTRUCT_FAULT_SURROGATE, i);
         if (cp >= 0xD800 && cp <= 0xDBFF) {
             unsigned lo;
-            if (end - s < 6 || s[0] != '\\' || s[1] != 'u' || hex4(s + 2, &lo) != 0 ||
+            if (end - i < 12 || s[i + 6] != '\\' || s[i + 7] != 'u' || hex4(s + i + 8, &lo) != 0 ||
                 lo < 0xDC00 || lo > 0xDFFF)
-                return fail(PBSTRUCT_REASON_BAD_UTF8);
-            s += 6;
+                return pfail(ps, PBSTRUCT_FAULT_SURROGATE, i);
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            len = 12;
         }
+        i += len;
         if (cp == 0)
-            return fail(PBSTRUCT_REASON_BAD_UTF8);
+            *pnul = true;
         if (cp < 0x80) {
             *o++ = (char)cp;
         } else if (cp < 0x800) {
@@ -486,69 +583,83 @@ static int decode_escapes(const unsigned char *s, size_t n, char *out)
     return 0;
 }
 
-/* ps->p is at the opening quote. */
-static int parse_string(struct parser *ps, char **pout)
+/* ps->pos is at the opening quote. *pout gets the NUL-terminated content in the arena; *pnul is
+ * set when it holds \u0000 (the caller decides: a key is refused only after its ':'). */
+static int parse_string(struct parser *ps, char **pout, bool *pnul)
 {
-    const unsigned char *start = ++ps->p, *p = start, *end = ps->end;
+    const unsigned char *s = ps->s;
+    size_t start = ps->pos + 1, i = start, n = ps->n;
     bool escaped = false;
     for (;;) {
-        if (p >= end)
-            return fail(PBSTRUCT_REASON_SYNTAX);
-        unsigned c = *p;
+        if (i >= n)
+            return pfail(ps, PBSTRUCT_FAULT_SYNTAX, n);
+        unsigned c = s[i];
         if (c == '"')
             break;
         if (c == '\\') {
-            if (end - p < 2)
-                return fail(PBSTRUCT_REASON_SYNTAX);
             escaped = true;
-            p += 2;
+            i += 2;
             continue;
         }
         if (c < 0x20)
-            return fail(PBSTRUCT_REASON_SYNTAX);
+            return pfail(ps, PBSTRUCT_FAULT_CONTROL, i);
         if (c >= 0x80) {
-            size_t k = pins_utf8_seq(p, (size_t)(end - p));
+            size_t k = pins_utf8_seq(s + i, n - i);
             if (k == 0)
-                return fail(PBSTRUCT_REASON_BAD_UTF8);
-            p += k;
+                return pfail(ps, PBSTRUCT_FAULT_UTF8, i);
+            i += k;
             continue;
         }
-        p++;
+        i++;
     }
-    size_t n = (size_t)(p - start);
-    char *out = pins_arena_alloc(ps->a, n + 1);
+    size_t len = i - start;
+    char *out = palloc(ps, len + 1);
     if (out == NULL)
-        return fail(PBSTRUCT_REASON_NOMEM);
+        return alloc_failed(ps);
+    *pnul = false;
     if (escaped) {
-        int rv = decode_escapes(start, n, out);
+        int rv = decode_escapes(ps, start, i, out, pnul);
         if (rv != 0)
             return rv;
     } else {
-        memcpy(out, start, n);
-        out[n] = '\0';
+        memcpy(out, s + start, len);
+        out[len] = '\0';
     }
-    ps->p = p + 1;
+    ps->pos = i + 1;
     *pout = out;
     return 0;
 }
 
+/* A string value: \u0000 refused at once. */
+static int parse_string_value(struct parser *ps, char **pout)
+{
+    bool nul;
+    int rv = parse_string(ps, pout, &nul);
+    if (rv == 0 && nul)
+        rv = pfail(ps, PBSTRUCT_FAULT_NUL, ps->pos);
+    return rv;
+}
+
+/* An RFC 8259 number. A text that is none fails at its start, or after its '-'. */
 static int parse_number(struct parser *ps, double *pout)
 {
     static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                    1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                    1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-    const unsigned char *s = ps->p, *p = s, *end = ps->end;
+    const unsigned char *s = ps->s + ps->pos, *p = s, *end = ps->s + ps->n;
     bool neg = false;
     uint64_t mant = 0;
     int digits = 0;  /* significant digits in mant */
     int dropped = 0; /* integer digits beyond what mant holds */
     int frac = 0;    /* fraction digits in mant */
+    size_t bad = ps->pos;
     if (p < end && *p == '-') {
         neg = true;
         p++;
+        bad++;
     }
     if (p >= end || *p < '0' || *p > '9')
-        return fail(PBSTRUCT_REASON_SYNTAX);
+        return pfail(ps, PBSTRUCT_FAULT_SYNTAX, bad);
     if (*p == '0') {
         p++;
     } else {
@@ -564,7 +675,7 @@ static int parse_number(struct parser *ps, double *pout)
     if (p < end && *p == '.') {
         p++;
         if (p >= end || *p < '0' || *p > '9')
-            return fail(PBSTRUCT_REASON_SYNTAX);
+            return pfail(ps, PBSTRUCT_FAULT_SYNTAX, bad);
         for (; p < end && *p >= '0' && *p <= '9'; p++) {
             if (mant == 0 && *p == '0') {
                 frac++;
@@ -584,7 +695,7 @@ static int parse_number(struct parser *ps, double *pout)
         if (p < end && (*p == '+' || *p == '-'))
             eneg = *p++ == '-';
         if (p >= end || *p < '0' || *p > '9')
-            return fail(PBSTRUCT_REASON_SYNTAX);
+            return pfail(ps, PBSTRUCT_FAULT_SYNTAX, bad);
         for (; p < end && *p >= '0' && *p <= '9'; p++) {
             if (exp < 100000)
                 exp = exp * 10 + (*p - '0');
@@ -601,30 +712,37 @@ static int parse_number(struct parser *ps, double *pout)
         if (neg)
             d = -d;
     } else {
+        /* strtod needs a NUL: a short copy on the C stack, a long one malloc'd (never the
+         * arena, whose bytes are the request's budget). */
         size_t n = (size_t)(p - s);
         char small[NUMBER_BUF];
         char *txt = small;
         if (n >= sizeof(small)) {
-            txt = pins_arena_alloc(ps->a, n + 1);
+            txt = malloc(n + 1);
             if (txt == NULL)
-                return fail(PBSTRUCT_REASON_NOMEM);
+                return pfail(ps, PBSTRUCT_FAULT_NOMEM, ps->pos);
         }
         memcpy(txt, s, n);
         txt[n] = '\0';
         d = strtod(txt, NULL);
+        if (txt != small)
+            free(txt);
         if (!isfinite(d))
-            return fail(PBSTRUCT_REASON_BAD_NUMBER);
+            return pfail(ps, PBSTRUCT_FAULT_NUMBER, ps->pos);
     }
-    ps->p = p;
+    ps->pos += (size_t)(p - s);
     *pout = d;
     return 0;
 }
 
+/* A literal; fails at the first byte that differs. */
 static int literal(struct parser *ps, const char *word, size_t n)
 {
-    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0)
-        return fail(PBSTRUCT_REASON_SYNTAX);
-    ps->p += n;
+    for (size_t i = 0; i < n; i++) {
+        if (ps->pos + i >= ps->n || ps->s[ps->pos + i] != (unsigned char)word[i])
+            return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos + i);
+    }
+    ps->pos += n;
     return 0;
 }
 
@@ -634,16 +752,14 @@ static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int de
 /* v sits in a container at depth; a nested container is at depth + 1. */
 static int parse_value(struct parser *ps, Google__Protobuf__Value *v, int depth)
 {
-    if (ps->p >= ps->end)
-        return fail(PBSTRUCT_REASON_SYNTAX);
     int rv;
-    switch (*ps->p) {
+    switch (ps->pos < ps->n ? ps->s[ps->pos] : '\0') {
     case '{': {
         if (depth + 1 > ps->max_depth)
-            return fail(PBSTRUCT_REASON_TOO_DEEP);
-        Google__Protobuf__Struct *s = pins_arena_alloc(ps->a, sizeof(*s));
+            return pfail(ps, PBSTRUCT_FAULT_DEPTH, ps->pos);
+        Google__Protobuf__Struct *s = palloc(ps, sizeof(*s));
         if (s == NULL)
-            return fail(PBSTRUCT_REASON_NOMEM);
+            return alloc_failed(ps);
         *s = (Google__Protobuf__Struct)GOOGLE__PROTOBUF__STRUCT__INIT;
         v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE;
         v->struct_value = s;
@@ -651,10 +767,10 @@ static int parse_value(struct parser *ps, Google__Protobuf__Value *v, int depth)
     }
     case '[': {
         if (depth + 1 > ps->max_depth)
-            return fail(PBSTRUCT_REASON_TOO_DEEP);
-        Google__Protobuf__ListValue *l = pins_arena_alloc(ps->a, sizeof(*l));
+            return pfail(ps, PBSTRUCT_FAULT_DEPTH, ps->pos);
+        Google__Protobuf__ListValue *l = palloc(ps, sizeof(*l));
         if (l == NULL)
-            return fail(PBSTRUCT_REASON_NOMEM);
+            return alloc_failed(ps);
         *l = (Google__Protobuf__ListValue)GOOGLE__PROTOBUF__LIST_VALUE__INIT;
         v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE;
         v->list_value = l;
@@ -662,7 +778,7 @@ static int parse_value(struct parser *ps, Google__Protobuf__Value *v, int depth)
     }
     case '"':
         v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
-        return parse_string(ps, &v->string_value);
+        return parse_string_value(ps, &v->string_value);
     case 't':
         v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE;
         v->bool_value = 1;
@@ -683,50 +799,56 @@ static int parse_value(struct parser *ps, Google__Protobuf__Value *v, int depth)
     }
 }
 
-/* ps->p is at '{'; the object is at depth. */
+/* ps->pos is at '{'; the object is at depth. */
 static int parse_object(struct parser *ps, Google__Protobuf__Struct *s, int depth)
 {
     size_t base = ps->top;
-    ps->p++;
+    ps->pos++;
     skip_ws(ps);
-    if (ps->p < ps->end && *ps->p == '}') {
-        ps->p++;
+    if (ps->pos < ps->n && ps->s[ps->pos] == '}') {
+        ps->pos++;
         return 0;
     }
     for (;;) {
-        if (ps->p >= ps->end || *ps->p != '"')
-            return fail(PBSTRUCT_REASON_SYNTAX);
-        struct member *m = pins_arena_alloc(ps->a, sizeof(*m));
+        if (ps->pos >= ps->n || ps->s[ps->pos] != '"')
+            return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
+        struct member *m = palloc(ps, sizeof(*m));
         if (m == NULL)
-            return fail(PBSTRUCT_REASON_NOMEM);
+            return alloc_failed(ps);
         m->entry =
             (Google__Protobuf__Struct__FieldsEntry)GOOGLE__PROTOBUF__STRUCT__FIELDS_ENTRY__INIT;
         m->value = (Google__Protobuf__Value)GOOGLE__PROTOBUF__VALUE__INIT;
         m->entry.value = &m->value;
-        int rv = parse_string(ps, &m->entry.key);
+        bool nul;
+        int rv = parse_string(ps, &m->entry.key, &nul);
         if (rv != 0)
             return rv;
         skip_ws(ps);
-        if (ps->p >= ps->end || *ps->p != ':')
-            return fail(PBSTRUCT_REASON_SYNTAX);
-        ps->p++;
+        if (ps->pos >= ps->n || ps->s[ps->pos] != ':')
+            return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
+        if (nul)
+            return pfail(ps, PBSTRUCT_FAULT_NUL_KEY, ps->pos);
+        ps->pos++;
         skip_ws(ps);
         rv = parse_value(ps, &m->value, depth);
-        if (rv == 0)
-            rv = push(ps, &m->entry);
+        if (rv != 0) {
+            path_add(ps, m->entry.key, strlen(m->entry.key), 0);
+            return rv;
+        }
+        rv = push(ps, &m->entry);
         if (rv != 0)
             return rv;
         skip_ws(ps);
-        if (ps->p < ps->end && *ps->p == ',') {
-            ps->p++;
+        if (ps->pos < ps->n && ps->s[ps->pos] == ',') {
+            ps->pos++;
             skip_ws(ps);
             continue;
         }
-        if (ps->p < ps->end && *ps->p == '}') {
-            ps->p++;
+        if (ps->pos < ps->n && ps->s[ps->pos] == '}') {
+            ps->pos++;
             break;
         }
-        return fail(PBSTRUCT_REASON_SYNTAX);
+        return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
     }
     void **arr = NULL;
     size_t n = 0;
@@ -736,37 +858,40 @@ static int parse_object(struct parser *ps, Google__Protobuf__Struct *s, int dept
     return rv;
 }
 
-/* ps->p is at '['; the array is at depth. */
+/* ps->pos is at '['; the array is at depth. */
 static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int depth)
 {
     size_t base = ps->top;
-    ps->p++;
+    ps->pos++;
     skip_ws(ps);
-    if (ps->p < ps->end && *ps->p == ']') {
-        ps->p++;
+    if (ps->pos < ps->n && ps->s[ps->pos] == ']') {
+        ps->pos++;
         return 0;
     }
-    for (;;) {
-        Google__Protobuf__Value *v = pins_arena_alloc(ps->a, sizeof(*v));
+    for (size_t i = 0;; i++) {
+        Google__Protobuf__Value *v = palloc(ps, sizeof(*v));
         if (v == NULL)
-            return fail(PBSTRUCT_REASON_NOMEM);
+            return alloc_failed(ps);
         *v = (Google__Protobuf__Value)GOOGLE__PROTOBUF__VALUE__INIT;
         int rv = parse_value(ps, v, depth);
-        if (rv == 0)
-            rv = push(ps, v);
+        if (rv != 0) {
+            path_add(ps, NULL, 0, i);
+            return rv;
+        }
+        rv = push(ps, v);
         if (rv != 0)
             return rv;
         skip_ws(ps);
-        if (ps->p < ps->end && *ps->p == ',') {
-            ps->p++;
+        if (ps->pos < ps->n && ps->s[ps->pos] == ',') {
+            ps->pos++;
             skip_ws(ps);
             continue;
         }
-        if (ps->p < ps->end && *ps->p == ']') {
-            ps->p++;
+        if (ps->pos < ps->n && ps->s[ps->pos] == ']') {
+            ps->pos++;
             break;
         }
-        return fail(PBSTRUCT_REASON_SYNTAX);
+        return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
     }
     void **arr = NULL;
     size_t n = 0;
@@ -778,19 +903,105 @@ static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int de
 
 /* ---- public ---------------------------------------------------------------------------------- */
 
-int pbstruct_to_json(const Google__Protobuf__Struct *s, size_t max_bytes, int max_depth,
-                     char **pjson, size_t *plen)
+static void parser_init(struct parser *ps, pins_arena *a, const char *json, size_t len,
+                        int max_depth, void **inline_stack)
 {
-    struct writer w = {.max_depth = clamp_depth(max_depth)};
-    pins_buf_init(&w.b, max_bytes);
-    int rv = put_struct(&w, s, 1);
-    if (rv != 0)
-        goto out;
-    *pjson = pins_buf_take(&w.b, plen);
+    *ps = (struct parser){
+        .s = (const unsigned char *)json,
+        .n = len,
+        .a = a,
+        .max_depth = clamp_depth(max_depth),
+        .stack = inline_stack,
+        .cap = INLINE_STACK,
+    };
+}
+
+static void parser_from(struct parser *ps, pins_arena *a, const pbstruct_parse *p,
+                        void **inline_stack)
+{
+    parser_init(ps, a, p->json, p->len, p->max_depth, inline_stack);
+    ps->pos = p->pos;
+    ps->budget = p->budget;
+    ps->budget_base = p->budget_base;
+    ps->path = p->path;
+}
+
+/* Hands the outcome back to p; frees the parser's stack. */
+static int parser_done(struct parser *ps, pbstruct_parse *p, int rv)
+{
+    if (ps->heap)
+        free(ps->stack);
+    if (rv != 0) {
+        p->fault = ps->fault;
+        p->err_pos = ps->err_pos;
+        p->npath = ps->npath;
+        return rv;
+    }
+    p->pos = ps->pos;
+    p->fault = PBSTRUCT_FAULT_NONE;
+    p->npath = 0;
     last_reason = PBSTRUCT_REASON_NONE;
-out:
-    pins_buf_free(&w.b);
-    free(w.scratch);
+    return 0;
+}
+
+int pbstruct_parse_value(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Value **pout)
+{
+    void *inline_stack[INLINE_STACK];
+    struct parser ps;
+    parser_from(&ps, a, p, inline_stack);
+    Google__Protobuf__Value *v = palloc(&ps, sizeof(*v));
+    int rv = v != NULL ? 0 : alloc_failed(&ps);
+    if (rv == 0) {
+        *v = (Google__Protobuf__Value)GOOGLE__PROTOBUF__VALUE__INIT;
+        rv = parse_value(&ps, v, p->depth);
+    }
+    rv = parser_done(&ps, p, rv);
+    if (rv == 0)
+        *pout = v;
+    return rv;
+}
+
+/* The container at ps->pos (c: '{' or '['), checked for its depth. */
+static int parse_container(struct parser *ps, int depth, char c, void *m)
+{
+    if (ps->pos >= ps->n || ps->s[ps->pos] != (unsigned char)c)
+        return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
+    if (depth + 1 > ps->max_depth)
+        return pfail(ps, PBSTRUCT_FAULT_DEPTH, ps->pos);
+    return c == '{' ? parse_object(ps, m, depth + 1) : parse_array(ps, m, depth + 1);
+}
+
+int pbstruct_parse_struct(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Struct **pout)
+{
+    void *inline_stack[INLINE_STACK];
+    struct parser ps;
+    parser_from(&ps, a, p, inline_stack);
+    Google__Protobuf__Struct *s = palloc(&ps, sizeof(*s));
+    int rv = s != NULL ? 0 : alloc_failed(&ps);
+    if (rv == 0) {
+        *s = (Google__Protobuf__Struct)GOOGLE__PROTOBUF__STRUCT__INIT;
+        rv = parse_container(&ps, p->depth, '{', s);
+    }
+    rv = parser_done(&ps, p, rv);
+    if (rv == 0)
+        *pout = s;
+    return rv;
+}
+
+int pbstruct_parse_list(pins_arena *a, pbstruct_parse *p, Google__Protobuf__ListValue **pout)
+{
+    void *inline_stack[INLINE_STACK];
+    struct parser ps;
+    parser_from(&ps, a, p, inline_stack);
+    Google__Protobuf__ListValue *l = palloc(&ps, sizeof(*l));
+    int rv = l != NULL ? 0 : alloc_failed(&ps);
+    if (rv == 0) {
+        *l = (Google__Protobuf__ListValue)GOOGLE__PROTOBUF__LIST_VALUE__INIT;
+        rv = parse_container(&ps, p->depth, '[', l);
+    }
+    rv = parser_done(&ps, p, rv);
+    if (rv == 0)
+        *pout = l;
     return rv;
 }
 
@@ -798,36 +1009,26 @@ int pbstruct_from_json(pins_arena *a, const char *json, size_t len, int max_dept
                        Google__Protobuf__Struct **pstruct)
 {
     void *inline_stack[INLINE_STACK];
-    struct parser ps = {
-        .p = (const unsigned char *)json,
-        .end = (const unsigned char *)json + len,
-        .a = a,
-        .max_depth = clamp_depth(max_depth),
-        .stack = inline_stack,
-        .cap = INLINE_STACK,
-    };
+    struct parser ps;
+    parser_init(&ps, a, json, len, max_depth, inline_stack);
     Google__Protobuf__Struct *s = NULL;
     int rv;
     skip_ws(&ps);
-    if (ps.p >= ps.end || *ps.p != '{') {
+    if (ps.pos >= ps.n || ps.s[ps.pos] != '{') {
         rv = fail(PBSTRUCT_REASON_NOT_OBJECT);
         goto out;
     }
-    if (ps.max_depth < 1) {
-        rv = fail(PBSTRUCT_REASON_TOO_DEEP);
-        goto out;
-    }
-    s = pins_arena_alloc(a, sizeof(*s));
+    s = palloc(&ps, sizeof(*s));
     if (s == NULL) {
-        rv = fail(PBSTRUCT_REASON_NOMEM);
+        rv = alloc_failed(&ps);
         goto out;
     }
     *s = (Google__Protobuf__Struct)GOOGLE__PROTOBUF__STRUCT__INIT;
-    rv = parse_object(&ps, s, 1);
+    rv = parse_container(&ps, 0, '{', s);
     if (rv != 0)
         goto out;
     skip_ws(&ps);
-    if (ps.p != ps.end) {
+    if (ps.pos != ps.n) {
         rv = fail(PBSTRUCT_REASON_SYNTAX);
         goto out;
     }
@@ -836,6 +1037,52 @@ int pbstruct_from_json(pins_arena *a, const char *json, size_t len, int max_dept
 out:
     if (ps.heap)
         free(ps.stack);
+    /* This entry point has always answered INVALID_ARGUMENT or NOMEM: an arena over its limit is
+     * out of memory here (reason NOMEM). */
+    return rv == PINS_ETOO_LARGE ? PINS_ENOMEM : rv;
+}
+
+/* The writer's entry points: w's buffer is the caller's. */
+static int write_with(pins_buf *b, int max_depth, int kind, const void *m)
+{
+    struct writer w = {.b = b, .max_depth = clamp_depth(max_depth)};
+    int rv;
+    if (kind == 0)
+        rv = put_struct(&w, m, 1);
+    else if (kind == 1)
+        rv = put_list(&w, m, 1);
+    else
+        rv = put_value(&w, m, 0);
+    free(w.scratch);
+    if (rv == 0)
+        last_reason = PBSTRUCT_REASON_NONE;
+    return rv;
+}
+
+int pbstruct_put_struct(pins_buf *b, const Google__Protobuf__Struct *s, int max_depth)
+{
+    return write_with(b, max_depth, 0, s);
+}
+
+int pbstruct_put_list(pins_buf *b, const Google__Protobuf__ListValue *l, int max_depth)
+{
+    return write_with(b, max_depth, 1, l);
+}
+
+int pbstruct_put_value(pins_buf *b, const Google__Protobuf__Value *v, int max_depth)
+{
+    return write_with(b, max_depth, 2, v);
+}
+
+int pbstruct_to_json(const Google__Protobuf__Struct *s, size_t max_bytes, int max_depth,
+                     char **pjson, size_t *plen)
+{
+    pins_buf b;
+    pins_buf_init(&b, max_bytes);
+    int rv = write_with(&b, max_depth, 0, s);
+    if (rv == 0)
+        *pjson = pins_buf_take(&b, plen);
+    pins_buf_free(&b);
     return rv;
 }
 

@@ -28,6 +28,13 @@
  * calling thread which limit or rule was broken, so that a caller can write "value larger than N
  * bytes" or "value nesting deeper than N".
  *
+ * One codec. This file is pinsd's only JSON codec for Struct, Value and ListValue: the stores
+ * (stored text <-> Struct), the cache, and protocols/json.c (REST, Connect, gRPC-Web JSON, SSE)
+ * all parse and write them here. pbstruct_from_json/pbstruct_to_json serve whole texts;
+ * pbstruct_parse_* and pbstruct_put_* serve a value inside a larger JSON document or buffer, with
+ * the position, the path and the finer cause of a failure (pbstruct_parse) that a protocol needs
+ * for its error answer.
+ *
  * Thread safety: all functions are reentrant; the last reason is per thread.
  */
 #ifndef PINS_COMMON_PBSTRUCT_H
@@ -37,6 +44,7 @@
 
 #include "common/arena.h"
 #include "common/limits.h"
+#include "common/buf.h"
 #include "google/protobuf/struct.pb-c.h"
 
 /* The deepest nesting either direction follows, whatever max_depth says: four times a pin value's
@@ -79,6 +87,70 @@ int pbstruct_to_json(const Google__Protobuf__Struct *s, size_t max_bytes, int ma
  * untouched on failure; what was allocated stays in the arena until it is freed. */
 int pbstruct_from_json(pins_arena *a, const char *json, size_t len, int max_depth,
                        Google__Protobuf__Struct **pstruct);
+
+/* ---- the codec inside a larger document ------------------------------------------------------
+ *
+ * The rules are the ones above. Strings: a string is checked whole (control bytes, UTF-8,
+ * escapes) before its escapes are decoded; \u0000 is refused only once the rest of the string is
+ * valid (so "\u0000\q" is an invalid escape), and in a key only after the ':' that follows it. */
+
+/* The finer cause of a parse failure. */
+typedef enum pbstruct_fault {
+    PBSTRUCT_FAULT_NONE = 0,
+    PBSTRUCT_FAULT_SYNTAX,    /* unexpected byte at err_pos, or the end of input (err_pos == len) */
+    PBSTRUCT_FAULT_CONTROL,   /* a control byte inside a string, at err_pos */
+    PBSTRUCT_FAULT_UTF8,      /* a byte inside a string that starts no valid UTF-8, at err_pos */
+    PBSTRUCT_FAULT_ESCAPE,    /* an invalid escape, its backslash at err_pos */
+    PBSTRUCT_FAULT_SURROGATE, /* a \u escape of a lone or unpaired surrogate, at err_pos */
+    PBSTRUCT_FAULT_NUL,       /* \u0000 in a string value */
+    PBSTRUCT_FAULT_NUL_KEY,   /* \u0000 in an object key */
+    PBSTRUCT_FAULT_NUMBER,    /* a number out of double range */
+    PBSTRUCT_FAULT_DEPTH,     /* nesting deeper than max_depth */
+    PBSTRUCT_FAULT_TOO_LARGE, /* over the budget or the arena's limit */
+    PBSTRUCT_FAULT_NOMEM,     /* malloc failed, or the arena below its limit */
+} pbstruct_fault;
+
+/* One step of the path to a failure: a key (key != NULL; in the arena) or an array index. */
+typedef struct pbstruct_step {
+    const char *key;
+    size_t len;
+    size_t index;
+} pbstruct_step;
+
+/* A parse inside a larger JSON text, and on failure where and why it stopped. */
+typedef struct pbstruct_parse {
+    const char *json; /* the whole text (borrowed) */
+    size_t len;
+    size_t pos;    /* in: the first byte of the value (no whitespace); out: just past it */
+    int depth;     /* the containers the value sits in (0: it is the top-level value) */
+    int max_depth; /* the deepest nesting allowed, counted as depth; at most PBSTRUCT_MAX_DEPTH */
+    size_t budget; /* at most this many arena bytes from budget_base on (0: the arena's limit) */
+    size_t budget_base;  /* pins_arena_used() when the caller's decode began */
+    pbstruct_step *path; /* room for PBSTRUCT_MAX_DEPTH steps, or NULL: the path is not kept */
+    /* Out, on failure: */
+    pbstruct_fault fault;
+    size_t err_pos; /* for SYNTAX, CONTROL, UTF8, ESCAPE, SURROGATE */
+    size_t npath;   /* the path from the value to the failure: path[npath - 1] is outermost */
+} pbstruct_parse;
+
+/* Parse the value at p->json[p->pos] (a Value: any JSON value; a Struct: an object, which must
+ * start at pos; a ListValue: an array, likewise) into a new message in a, advance p->pos past it,
+ * and set *pout. The message and everything under it live in a (never free_unpacked). Returns 0;
+ * PINS_EINVALID_ARGUMENT (p->fault says why; SYNTAX also when pos is not at '{' / '['),
+ * PINS_ETOO_LARGE or PINS_ENOMEM (faults TOO_LARGE / NOMEM). *pout is untouched and p->pos
+ * unspecified on failure; the per-thread reason is set as for pbstruct_from_json. */
+int pbstruct_parse_value(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Value **pout);
+int pbstruct_parse_struct(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Struct **pout);
+int pbstruct_parse_list(pins_arena *a, pbstruct_parse *p, Google__Protobuf__ListValue **pout);
+
+/* Append v / s / l as compact JSON to b (the rules of pbstruct_to_json; b's maximum is the size
+ * limit). A Struct or ListValue at the top is depth 1, and nesting deeper than max_depth (at most
+ * PBSTRUCT_MAX_DEPTH) fails. Borrowed arguments. Returns 0 or the errors and reasons of
+ * pbstruct_to_json (a text past b's maximum: reason TOO_LARGE); on failure b may hold a part of
+ * the text after what it held before: the caller cuts it (pins_buf_setlen). */
+int pbstruct_put_value(pins_buf *b, const Google__Protobuf__Value *v, int max_depth);
+int pbstruct_put_struct(pins_buf *b, const Google__Protobuf__Struct *s, int max_depth);
+int pbstruct_put_list(pins_buf *b, const Google__Protobuf__ListValue *l, int max_depth);
 
 /* The value hash: the first 16 lower-case hex characters of the SHA-256 of json[0..len), written
  * NUL-terminated to out. json is borrowed. Returns 0 or PINS_EINTERNAL (reason INTERNAL) when the

@@ -21,8 +21,8 @@
 #define FLAG_END_STREAM 0x02 /* Connect */
 #define FLAG_TRAILERS   0x80 /* gRPC-Web */
 
-static const rpc__call_ops unary_ops;
-static const rpc__call_ops framed_ops;
+static const rpc_call_ops unary_ops;
+static const rpc_call_ops framed_ops;
 
 static proto__exchange *exchange_of_call(rpc_call *call)
 {
@@ -103,7 +103,7 @@ static char *connect_end_json(rpc_call *call, int err, const char *message)
         out = e != NULL ? pins_arena_printf(a, "%s\"error\":%s", out, e) : NULL;
     }
     bool first = true;
-    for (const rpc__metadata *m = rpc__call_metadata(call); out != NULL && m; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(call); out != NULL && m; m = m->next) {
         if (!m->trailer)
             continue;
         char *qn = proto__json_quote(a, m->name);
@@ -156,18 +156,38 @@ static void unary_error(proto__exchange *ex, int err, const char *message)
     unary_error_status(ex, err, 0, message, NULL);
 }
 
-/* Encodes msg with the exchange's codec into a new malloc'd buffer. */
-static int encode_message(proto__exchange *ex, const ProtobufCMessage *msg, proto_buf *b)
+/* A message encoded for the exchange: JSON in json, protobuf packed in a malloc'd block. */
+struct encoded {
+    pins_buf json;
+    uint8_t *packed;
+    const char *p; /* the bytes, in one or the other */
+    size_t len;
+};
+
+/* Encodes msg with the exchange's codec into e; free it with encoded_free() either way. */
+static int encode_message(proto__exchange *ex, const ProtobufCMessage *msg, struct encoded *e)
 {
-    if (ex->json)
-        return proto_json_encode(msg, &proto_json_canonical, b);
+    pins_buf_init(&e->json, SIZE_MAX); /* the server produced msg: it bounds the size */
+    e->packed = NULL;
+    if (ex->json) {
+        int rv = proto_json_encode(msg, &proto_json_canonical, &e->json);
+        e->p = pins_buf_ptr(&e->json);
+        e->len = pins_buf_len(&e->json);
+        return rv;
+    }
     size_t n = protobuf_c_message_get_packed_size(msg);
-    b->data = malloc(n > 0 ? n : 1);
-    if (b->data == NULL)
+    e->packed = malloc(n > 0 ? n : 1);
+    if (e->packed == NULL)
         return PINS_ENOMEM;
-    b->len = protobuf_c_message_pack(msg, (uint8_t *)b->data);
-    b->cap = n;
+    e->len = protobuf_c_message_pack(msg, e->packed);
+    e->p = (const char *)e->packed;
     return 0;
+}
+
+static void encoded_free(struct encoded *e)
+{
+    pins_buf_free(&e->json);
+    free(e->packed);
 }
 
 static int unary_send(rpc_call *call, const ProtobufCMessage *msg)
@@ -175,11 +195,11 @@ static int unary_send(rpc_call *call, const ProtobufCMessage *msg)
     proto__exchange *ex = exchange_of_call(call);
     if (ex == NULL || ex->done)
         return PINS_ECANCELLED;
-    proto_buf b = {0};
+    struct encoded b;
     int rv = encode_message(ex, msg, &b);
     if (rv == 0)
-        rv = unary_respond(ex, b.data, b.len);
-    proto_buf_free(&b);
+        rv = unary_respond(ex, b.p, b.len);
+    encoded_free(&b);
     return rv;
 }
 
@@ -215,7 +235,7 @@ static void unary_finish(rpc_call *call, int err, const char *message)
     unary_error(ex, err, message);
 }
 
-static const rpc__call_ops unary_ops = {
+static const rpc_call_ops unary_ops = {
     .send = unary_send, .send_packed = unary_send_packed, .finish = unary_finish};
 
 void proto__connect_unary(proto__exchange *ex, const uint8_t *body, size_t len)
@@ -243,7 +263,7 @@ void proto__connect_unary(proto__exchange *ex, const uint8_t *body, size_t len)
         }
     } else {
         const char *why = NULL;
-        int rv = rpc__call_decode(call, m->input, body, len, &msg, &why);
+        int rv = rpc_call_decode(call, m->input, body, len, &msg, &why);
         if (rv != 0) {
             unary_error(ex, rv, why);
             return;
@@ -251,7 +271,7 @@ void proto__connect_unary(proto__exchange *ex, const uint8_t *body, size_t len)
     }
     call->request = msg;
     ex->s->dispatched = true;
-    rpc__dispatch(call);
+    rpc_dispatch(call);
 }
 
 /* ---- framed responses (Connect streaming, gRPC-Web, gRPC with JSON) ---------------------------
@@ -274,7 +294,7 @@ static int framed_start(proto__exchange *ex)
     pins_arena *a = ex->call->arena;
     proto__hdrs h = {0};
     int rv = proto__hdrs_add(a, &h, "content-type", ex->resp_content_type);
-    for (const rpc__metadata *m = rpc__call_metadata(ex->call); rv == 0 && m; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(ex->call); rv == 0 && m; m = m->next) {
         if (!m->trailer)
             rv = proto__hdrs_add(a, &h, m->name, m->value);
     }
@@ -311,13 +331,13 @@ static int framed_send(rpc_call *call, const ProtobufCMessage *msg)
     proto__exchange *ex = exchange_of_call(call);
     if (ex == NULL || ex->done)
         return PINS_ECANCELLED;
-    proto_buf b = {0};
+    struct encoded b;
     int rv = encode_message(ex, msg, &b);
     if (rv == 0)
         rv = framed_start(ex);
     if (rv == 0)
-        rv = write_envelope(ex, 0, b.data, b.len);
-    proto_buf_free(&b);
+        rv = write_envelope(ex, 0, b.p, b.len);
+    encoded_free(&b);
     return rv;
 }
 
@@ -347,14 +367,14 @@ static void grpc_end_response(proto__exchange *ex, int err, const char *message)
         char *enc = proto__grpc_message_encode(a, message != NULL ? message : pins_strerror(err));
         rv = enc != NULL ? proto__hdrs_add(a, &t, "grpc-message", enc) : PINS_ENOMEM;
     }
-    for (const rpc__metadata *m = rpc__call_metadata(call); rv == 0 && m; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(call); rv == 0 && m; m = m->next) {
         if (m->trailer)
             rv = proto__hdrs_add(a, &t, m->name, m->value);
     }
     if (rv != 0) {
         /* No memory for the status: a bare INTERNAL still closes the call properly. */
-        static const rpc__header internal = {.name = "grpc-status", .value = "13"};
-        t.v = (rpc__header *)&internal;
+        static const rpc_header internal = {.name = "grpc-status", .value = "13"};
+        t.v = (rpc_header *)&internal;
         t.n = 1;
     }
     if (framed_start(ex) != 0) {
@@ -398,7 +418,7 @@ static void framed_finish(rpc_call *call, int err, const char *message)
         framed_end_response(ex, err, message);
 }
 
-static const rpc__call_ops framed_ops = {
+static const rpc_call_ops framed_ops = {
     .send = framed_send, .send_packed = framed_send_packed, .finish = framed_finish};
 
 /* ---- framed requests --------------------------------------------------------------------------
@@ -410,7 +430,7 @@ static void framed_fail(proto__exchange *ex, int err, const char *message)
 {
     framed_end_response(ex, err, message);
     if (ex->s->dispatched)
-        rpc__call_cancel(ex->call);
+        rpc_call_cancel(ex->call);
 }
 
 static int decode_envelope(proto__exchange *ex, const uint8_t *p, size_t len,
@@ -419,7 +439,7 @@ static int decode_envelope(proto__exchange *ex, const uint8_t *p, size_t len,
     rpc_call *call = ex->call;
     if (!ex->json) {
         const char *why = NULL;
-        int rv = rpc__call_decode(call, call->method->input, p, len, pmsg, &why);
+        int rv = rpc_call_decode(call, call->method->input, p, len, pmsg, &why);
         if (rv != 0)
             framed_fail(ex, rv, why);
         return rv;
@@ -541,9 +561,9 @@ void proto__framed_body(proto__exchange *ex, const uint8_t *data, size_t len)
         } else if (!ex->s->dispatched) {
             call->request = msg;
             ex->s->dispatched = true;
-            rpc__dispatch(call);
+            rpc_dispatch(call);
         } else {
-            rpc__call_deliver(call, msg);
+            rpc_call_deliver(call, msg);
         }
     }
     if (off > 0 && !ex->done) {
@@ -569,9 +589,9 @@ void proto__framed_end(proto__exchange *ex)
     if (call->method->flags & RPC_METHOD_CLIENT_STREAM) {
         if (!ex->s->dispatched) {
             ex->s->dispatched = true;
-            rpc__dispatch(call);
+            rpc_dispatch(call);
         }
-        rpc__call_deliver(call, NULL);
+        rpc_call_deliver(call, NULL);
         return;
     }
     if (ex->s->dispatched)
@@ -581,7 +601,7 @@ void proto__framed_end(proto__exchange *ex)
         return;
     }
     ex->s->dispatched = true;
-    rpc__dispatch(call);
+    rpc_dispatch(call);
 }
 
 /* ---- set-up -----------------------------------------------------------------------------------

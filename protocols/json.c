@@ -11,10 +11,13 @@
  * and copied into the arena at their exact size when the container closes. Every container passes
  * enter(), so recursion is bounded by max_depth, itself clamped to HARD_MAX_DEPTH.
  *
- * Struct, Value and ListValue are decoded here with the generated types (they need the same
- * parser); Structs are encoded by pbstruct_to_json so that a pin's value prints exactly as the
- * store keeps it (duplicate keys: the last wins), and the double formatting below follows the same
- * rule. Timestamps go through common/timeutil for the calendar and keep nanoseconds here.
+ * Struct, Value and ListValue, in both directions, are common/pbstruct's: one codec for them in
+ * pinsd, so that a pin's value parses and prints exactly as the store keeps it (duplicate keys:
+ * the last wins). The decoder hands it the position, depth and arena budget and turns its failure
+ * (place, cause, path) into this decoder's error; the encoder lets it append to the same buffer.
+ * The double formatting below follows its rule. Strings are written by common/json_str.h, UTF-8 is
+ * checked by common/utf8.h. Timestamps go through common/timeutil for the calendar and keep
+ * nanoseconds here.
  */
 #include "protocols/json.h"
 
@@ -27,15 +30,17 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/buf.h"
 #include "common/error.h"
 #include "common/fmt.h"
+#include "common/json_str.h"
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
 #include "common/utf8.h"
 #include "google/protobuf/struct.pb-c.h"
 
-#define HARD_MAX_DEPTH   256 /* recursion bound of both directions, whatever the caller asks */
-#define NUMBER_BUF       64  /* numbers up to this long are copied on the C stack for strtod */
+#define HARD_MAX_DEPTH   PBSTRUCT_MAX_DEPTH /* recursion bound of both directions */
+#define NUMBER_BUF       64 /* numbers up to this long are copied on the C stack for strtod */
 #define TS_MIN_SECONDS   (-62135596800LL) /* 0001-01-01T00:00:00Z */
 #define TS_MAX_SECONDS   253402300799LL   /* 9999-12-31T23:59:59Z */
 #define DUR_MAX_SECONDS  315576000000LL   /* 10000 years, the Duration range */
@@ -268,29 +273,6 @@ static void clear_field(ProtobufCMessage *m, const ProtobufCFieldDescriptor *f)
             f->label == PROTOBUF_C_LABEL_OPTIONAL ? f->default_value : protobuf_c_empty_string;
     else
         memset(p, 0, elt_size(f->type));
-}
-
-/* Length of the valid UTF-8 sequence starting with the non-ASCII byte p[0], or 0 when it is
- * invalid (Unicode table 3-7); avail is how many bytes may be read. */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-    unsigned c = p[0];
-    if (c < 0xC2 || c > 0xF4)
-        return 0;
-    if (c < 0xE0)
-        return avail >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (c < 0xF0) {
-        unsigned lo = c == 0xE0 ? 0xA0 : 0x80;
-        unsigned hi = c == 0xED ? 0x9F : 0xBF;
-        if (avail < 3 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80)
-            return 0;
-        return 3;
-    }
-    unsigned lo = c == 0xF0 ? 0x90 : 0x80;
-    unsigned hi = c == 0xF4 ? 0x8F : 0xBF;
-    if (avail < 4 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
-        return 0;
-    return 4;
 }
 
 /* ---- text conversions shared by both directions ---------------------------------------------- */
@@ -549,51 +531,17 @@ static int parse_duration(const char *s, size_t n, int64_t *psec, int32_t *pnano
     return 0;
 }
 
-/* ---- proto_buf ------------------------------------------------------------------------------ */
-
-int proto_buf_append(proto_buf *b, const void *data, size_t n)
-{
-    if (b->max != 0 && (b->len > b->max || n > b->max - b->len))
-        return PINS_ETOO_LARGE;
-    if (n >= b->cap - b->len || b->data == NULL) {
-        if (n > SIZE_MAX / 2 - b->len)
-            return PINS_ENOMEM;
-        size_t want = b->len + n + 1;
-        size_t cap = b->cap >= 256 ? b->cap : 256;
-        while (cap < want)
-            cap *= 2;
-        char *nd = realloc(b->data, cap);
-        if (nd == NULL)
-            return PINS_ENOMEM;
-        b->data = nd;
-        b->cap = cap;
-    }
-    if (n > 0)
-        memcpy(b->data + b->len, data, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-void proto_buf_free(proto_buf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = 0;
-    b->cap = 0;
-}
-
 /* ---- encoder --------------------------------------------------------------------------------- */
 
 struct enc {
-    proto_buf *b;
+    pins_buf *b;
     const proto_json_options *o;
     int depth;
 };
 
 static int put(struct enc *e, const char *s, size_t n)
 {
-    return proto_buf_append(e->b, s, n);
+    return pins_buf_add(e->b, s, n);
 }
 
 static int put_cstr(struct enc *e, const char *s)
@@ -601,54 +549,12 @@ static int put_cstr(struct enc *e, const char *s)
     return put(e, s, strlen(s));
 }
 
-/* Writes s[0..n) as a JSON string; PINS_EINTERNAL when it is not valid UTF-8. */
+/* Writes s[0..n) (n: PINS_JSON_STR_NUL for a C string) as a JSON string; PINS_EINTERNAL when it
+ * is not valid UTF-8. */
 static int put_str(struct enc *e, const char *str, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *p = (const unsigned char *)str, *end = p + n, *run = p;
-    int rv = put(e, "\"", 1);
-    while (rv == 0 && p < end) {
-        unsigned c = *p;
-        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0x80) {
-            size_t k = utf8_seq(p, (size_t)(end - p));
-            if (k == 0)
-                return PINS_EINTERNAL;
-            p += k;
-            continue;
-        }
-        rv = put(e, (const char *)run, (size_t)(p - run));
-        if (rv != 0)
-            break;
-        char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
-        size_t len = 2;
-        if (c == '\b')
-            esc[1] = 'b';
-        else if (c == '\f')
-            esc[1] = 'f';
-        else if (c == '\n')
-            esc[1] = 'n';
-        else if (c == '\r')
-            esc[1] = 'r';
-        else if (c == '\t')
-            esc[1] = 't';
-        else if (c < 0x20) {
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            len = 6;
-        }
-        rv = put(e, esc, len);
-        run = ++p;
-    }
-    if (rv == 0)
-        rv = put(e, (const char *)run, (size_t)(p - run));
-    return rv != 0 ? rv : put(e, "\"", 1);
+    int rv = pins_json_str_put_strict(e->b, str, n);
+    return rv == PINS_EINVALID_ARGUMENT ? PINS_EINTERNAL : rv;
 }
 
 /* Writes the digits in tmp[1..end), in quotes when quoted (tmp has room for both). */
@@ -675,16 +581,13 @@ static int put_uint(struct enc *e, uint64_t v, bool quoted)
 
 /* A double as pbstruct prints it: an integral value up to 2^53 as an integer, anything else in
  * the shortest of %.15g, %.16g, %.17g that reads back. Non-finite values are the strings of
- * proto3 JSON when special is set, PINS_EINTERNAL otherwise (Struct numbers). */
-static int put_double(struct enc *e, double d, bool special)
+ * proto3 JSON. */
+static int put_double(struct enc *e, double d)
 {
     if (isnan(d))
-        return special ? put_cstr(e, "\"NaN\"") : PINS_EINTERNAL;
-    if (isinf(d)) {
-        if (!special)
-            return PINS_EINTERNAL;
+        return put_cstr(e, "\"NaN\"");
+    if (isinf(d))
         return put_cstr(e, d > 0 ? "\"Infinity\"" : "\"-Infinity\"");
-    }
     if (fabs(d) <= 9007199254740992.0 && d == (double)(int64_t)d)
         return put_int(e, (int64_t)d, false);
     char tmp[40];
@@ -701,7 +604,7 @@ static int put_double(struct enc *e, double d, bool special)
 static int put_float(struct enc *e, float f)
 {
     if (!isfinite(f) || (fabsf(f) <= 16777216.0f && f == (float)(int32_t)f))
-        return put_double(e, (double)f, true);
+        return put_double(e, (double)f);
     char tmp[40];
     int n = 0;
     for (int prec = 6; prec <= 9; prec++) {
@@ -826,60 +729,20 @@ static int put_fieldmask(struct enc *e, const ProtobufCMessage *m)
     return rv != 0 ? rv : put(e, "\"", 1);
 }
 
-static int put_struct(struct enc *e, const Google__Protobuf__Struct *s)
+/* A Struct, Value or ListValue (k), written by the one codec into the same buffer. Its own
+ * nesting is bounded by PBSTRUCT_MAX_DEPTH from here on. */
+static int put_pbstruct(struct enc *e, enum wkt k, const ProtobufCMessage *m)
 {
-    size_t room = e->b->max == 0 ? SIZE_MAX : e->b->max - e->b->len;
-    char *json = NULL;
-    size_t len = 0;
-    int rv = pbstruct_to_json(s, room, PBSTRUCT_MAX_DEPTH, &json, &len);
-    if (rv != 0) {
-        if (rv == PINS_ENOMEM)
-            return rv;
-        return pbstruct_last_reason() == PBSTRUCT_REASON_TOO_LARGE ? PINS_ETOO_LARGE
-                                                                   : PINS_EINTERNAL;
-    }
-    rv = put(e, json, len);
-    free(json);
-    return rv;
-}
-
-static int put_list(struct enc *e, const Google__Protobuf__ListValue *l);
-
-static int put_value(struct enc *e, const Google__Protobuf__Value *v)
-{
-    switch (v->kind_case) {
-    case GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE:
-        return put(e, "null", 4);
-    case GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE:
-        return put_double(e, v->number_value, false);
-    case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
-        if (v->string_value == NULL)
-            return PINS_EINTERNAL;
-        return put_str(e, v->string_value, strlen(v->string_value));
-    case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
-        return v->bool_value ? put(e, "true", 4) : put(e, "false", 5);
-    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
-        return v->struct_value != NULL ? put_struct(e, v->struct_value) : PINS_EINTERNAL;
-    case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE:
-        return v->list_value != NULL ? put_list(e, v->list_value) : PINS_EINTERNAL;
-    default:
-        return PINS_EINTERNAL;
-    }
-}
-
-static int put_list(struct enc *e, const Google__Protobuf__ListValue *l)
-{
-    if (++e->depth > HARD_MAX_DEPTH)
-        return PINS_EINTERNAL;
-    int rv = put(e, "[", 1);
-    for (size_t i = 0; rv == 0 && i < l->n_values; i++) {
-        if (i > 0)
-            rv = put(e, ",", 1);
-        if (rv == 0)
-            rv = l->values[i] != NULL ? put_value(e, l->values[i]) : PINS_EINTERNAL;
-    }
-    e->depth--;
-    return rv != 0 ? rv : put(e, "]", 1);
+    int rv;
+    if (k == WKT_STRUCT)
+        rv = pbstruct_put_struct(e->b, (const Google__Protobuf__Struct *)m, PBSTRUCT_MAX_DEPTH);
+    else if (k == WKT_LIST)
+        rv = pbstruct_put_list(e->b, (const Google__Protobuf__ListValue *)m, PBSTRUCT_MAX_DEPTH);
+    else
+        rv = pbstruct_put_value(e->b, (const Google__Protobuf__Value *)m, PBSTRUCT_MAX_DEPTH);
+    if (rv == 0 || rv == PINS_ENOMEM)
+        return rv;
+    return pbstruct_last_reason() == PBSTRUCT_REASON_TOO_LARGE ? PINS_ETOO_LARGE : PINS_EINTERNAL;
 }
 
 static int put_message(struct enc *e, const ProtobufCMessage *m);
@@ -907,7 +770,7 @@ static int put_elem(struct enc *e, const ProtobufCFieldDescriptor *f, const void
     case PROTOBUF_C_TYPE_FLOAT:
         return put_float(e, *(const float *)p);
     case PROTOBUF_C_TYPE_DOUBLE:
-        return put_double(e, *(const double *)p, true);
+        return put_double(e, *(const double *)p);
     case PROTOBUF_C_TYPE_BOOL:
         return *(const protobuf_c_boolean *)p ? put(e, "true", 4) : put(e, "false", 5);
     case PROTOBUF_C_TYPE_ENUM: {
@@ -917,11 +780,11 @@ static int put_elem(struct enc *e, const ProtobufCFieldDescriptor *f, const void
         const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(f->descriptor, v);
         if (ev == NULL)
             return put_int(e, v, false);
-        return put_str(e, ev->name, strlen(ev->name));
+        return put_str(e, ev->name, PINS_JSON_STR_NUL);
     }
     case PROTOBUF_C_TYPE_STRING: {
         const char *s = *(const char *const *)p;
-        return s != NULL ? put_str(e, s, strlen(s)) : put(e, "\"\"", 2);
+        return s != NULL ? put_str(e, s, PINS_JSON_STR_NUL) : put(e, "\"\"", 2);
     }
     case PROTOBUF_C_TYPE_BYTES: {
         const ProtobufCBinaryData *bd = p;
@@ -941,7 +804,7 @@ static int put_map_key(struct enc *e, const ProtobufCFieldDescriptor *kf, const 
     switch (kf->type) {
     case PROTOBUF_C_TYPE_STRING: {
         const char *s = *(const char *const *)p;
-        return put_str(e, s != NULL ? s : "", s != NULL ? strlen(s) : 0);
+        return put_str(e, s != NULL ? s : "", PINS_JSON_STR_NUL);
     }
     case PROTOBUF_C_TYPE_BOOL:
         return *(const protobuf_c_boolean *)p ? put(e, "\"true\"", 6) : put(e, "\"false\"", 7);
@@ -1092,13 +955,9 @@ static int put_message(struct enc *e, const ProtobufCMessage *m)
     int rv;
     switch (wkt_of(m->descriptor)) {
     case WKT_STRUCT:
-        rv = put_struct(e, (const Google__Protobuf__Struct *)m);
-        break;
     case WKT_VALUE:
-        rv = put_value(e, (const Google__Protobuf__Value *)m);
-        break;
     case WKT_LIST:
-        rv = put_list(e, (const Google__Protobuf__ListValue *)m);
+        rv = put_pbstruct(e, wkt_of(m->descriptor), m);
         break;
     case WKT_TIMESTAMP:
         rv = put_timestamp(e, m);
@@ -1125,18 +984,15 @@ static int put_message(struct enc *e, const ProtobufCMessage *m)
     return rv;
 }
 
-int proto_json_encode(const ProtobufCMessage *msg, const proto_json_options *opt, proto_buf *out)
+int proto_json_encode(const ProtobufCMessage *msg, const proto_json_options *opt, pins_buf *out)
 {
     if (msg == NULL || opt == NULL)
         return PINS_EINTERNAL;
     struct enc e = {.b = out, .o = opt, .depth = 0};
-    size_t len0 = out->len;
+    size_t len0 = pins_buf_len(out);
     int rv = put_message(&e, msg);
-    if (rv != 0) {
-        out->len = len0;
-        if (out->data != NULL)
-            out->data[len0] = '\0';
-    }
+    if (rv != 0)
+        pins_buf_setlen(out, len0);
     return rv;
 }
 
@@ -1461,7 +1317,7 @@ static int read_string(struct dec *d, enum strmode mode, const char **ps, size_t
                         "invalid json: control character in string at offset %zu", i);
         }
         if (c >= 0x80) {
-            size_t k = utf8_seq(s + i, d->n - i);
+            size_t k = pins_utf8_seq(s + i, d->n - i);
             if (k == 0) {
                 d->pos = i;
                 return fail(d, PINS_EMALFORMED, true,
@@ -1868,8 +1724,6 @@ static int conv_wkt_text(struct dec *d, const ProtobufCMessageDescriptor *desc, 
 
 static int dec_message(struct dec *d, const ProtobufCMessageDescriptor *desc,
                        ProtobufCMessage **pm);
-static int dec_struct(struct dec *d, Google__Protobuf__Struct **ps);
-static int dec_list(struct dec *d, Google__Protobuf__ListValue **pl);
 
 /* A JSON string or number holding a number: *pquoted tells which. */
 static int read_numeric(struct dec *d, const char **ps, size_t *pn, bool *pquoted)
@@ -2116,112 +1970,95 @@ static int dec_object(struct dec *d, const ProtobufCMessageDescriptor *desc, Pro
     }
 }
 
-static int dec_value(struct dec *d, Google__Protobuf__Value **pv)
+/* Turns the codec's failure into this decoder's: the path gets the codec's steps (outermost
+ * first), the message the protocol's wording. */
+__attribute__((cold, noinline)) static int from_pbstruct(struct dec *d, const pbstruct_parse *p,
+                                                         int rv)
 {
-    Google__Protobuf__Value *v = NULL;
-    int rv = new_message(d, &google__protobuf__value__descriptor, (ProtobufCMessage **)&v);
-    if (rv != 0)
-        return rv;
-    const char *s = NULL;
-    size_t n = 0;
-    bool nul;
-    switch (peek(d)) {
-    case 'n':
-        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NULL_VALUE;
-        rv = read_literal(d, "null");
+    size_t old = d->plen;
+    for (size_t i = p->npath; i > 0; i--) {
+        const pbstruct_step *st = &p->path[i - 1];
+        if (st->key != NULL)
+            path_push(d, st->key, st->len);
+        else
+            path_index(d, st->index);
+    }
+    d->pos = p->err_pos;
+    switch (p->fault) {
+    case PBSTRUCT_FAULT_SYNTAX:
+        rv = syntax(d);
         break;
-    case 't':
-    case 'f':
-        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE;
-        v->bool_value = peek(d) == 't';
-        rv = read_literal(d, v->bool_value ? "true" : "false");
+    case PBSTRUCT_FAULT_CONTROL:
+        rv = fail(d, PINS_EMALFORMED, true,
+                  "invalid json: control character in string at offset %zu", d->pos);
         break;
-    case '"':
-        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
-        rv = read_string(d, STR_COPY, &s, &n, &nul);
-        if (rv == 0 && nul)
-            rv = fail_value(d, "string contains \\u0000");
-        v->string_value = (char *)s;
+    case PBSTRUCT_FAULT_UTF8:
+        rv = fail(d, PINS_EMALFORMED, true, "invalid json: invalid utf-8 in string at offset %zu",
+                  d->pos);
         break;
-    case '{':
-        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE;
-        rv = dec_struct(d, &v->struct_value);
+    case PBSTRUCT_FAULT_ESCAPE:
+    case PBSTRUCT_FAULT_SURROGATE:
+        rv = fail(d, PINS_EMALFORMED, true, "invalid json: invalid escape in string at offset %zu",
+                  d->pos);
         break;
-    case '[':
-        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE;
-        rv = dec_list(d, &v->list_value);
+    case PBSTRUCT_FAULT_NUL:
+        rv = fail_value(d, "string contains \\u0000");
+        break;
+    case PBSTRUCT_FAULT_NUL_KEY:
+        rv = fail_value(d, "object key contains \\u0000");
+        break;
+    case PBSTRUCT_FAULT_NUMBER:
+        rv = fail_value(d, "number out of range");
+        break;
+    case PBSTRUCT_FAULT_DEPTH:
+        rv = fail(d, PINS_EMALFORMED, false, "nesting deeper than %d", d->max_depth);
+        break;
+    case PBSTRUCT_FAULT_TOO_LARGE:
+        rv = fail(d, PINS_ETOO_LARGE, false, "request too large");
+        break;
+    case PBSTRUCT_FAULT_NOMEM:
+        rv = fail(d, PINS_ENOMEM, false, "out of memory");
         break;
     default:
-        v->kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE;
-        rv = read_number(d, &s, &n);
-        if (rv == 0 && parse_double(s, n, &v->number_value) != NUM_OK)
-            rv = fail_value(d, "number out of range");
+        rv = fail(d, rv != 0 ? rv : PINS_EINTERNAL, false, "internal error");
         break;
     }
-    if (rv == 0)
-        *pv = v;
+    path_pop(d, old);
     return rv;
 }
 
-static int dec_struct(struct dec *d, Google__Protobuf__Struct **ps)
+/* A Struct, Value or ListValue (k) at the current position, parsed by the one codec. A Struct
+ * must be an object and a ListValue an array (else the value has the wrong type); a Value is any
+ * JSON value. */
+static int dec_pbstruct(struct dec *d, enum wkt k, ProtobufCMessage **pm)
 {
-    if (peek(d) != '{')
+    char c = peek(d);
+    if (k == WKT_STRUCT && c != '{')
         return fail_type(d, "an object");
-    Google__Protobuf__Struct *st = NULL;
-    int rv = new_message(d, &google__protobuf__struct__descriptor, (ProtobufCMessage **)&st);
-    size_t base = d->stk_len, i = 0;
-    bool more, nul;
-    const char *key;
-    size_t klen;
-    while (rv == 0) {
-        rv = obj_next(d, STR_COPY, &i, &more, &key, &klen, &nul);
-        if (rv != 0 || !more)
-            break;
-        if (nul)
-            return fail_value(d, "object key contains \\u0000");
-        size_t old = path_push(d, key, klen);
-        Google__Protobuf__Struct__FieldsEntry *e = NULL;
-        rv = new_message(d, &google__protobuf__struct__fields_entry__descriptor,
-                         (ProtobufCMessage **)&e);
-        if (rv == 0) {
-            e->key = (char *)key;
-            rv = dec_value(d, &e->value);
-        }
-        if (rv == 0)
-            rv = push(d, &e, sizeof(e));
-        path_pop(d, old);
-    }
-    if (rv == 0)
-        rv = pop_array(d, base, sizeof(void *), (void **)&st->fields, &st->n_fields);
-    if (rv == 0)
-        *ps = st;
-    return rv;
-}
-
-static int dec_list(struct dec *d, Google__Protobuf__ListValue **pl)
-{
-    if (peek(d) != '[')
+    if (k == WKT_LIST && c != '[')
         return fail_type(d, "an array");
-    Google__Protobuf__ListValue *l = NULL;
-    int rv = new_message(d, &google__protobuf__list_value__descriptor, (ProtobufCMessage **)&l);
-    size_t base = d->stk_len, i = 0;
-    bool more;
-    while (rv == 0) {
-        rv = arr_next(d, &i, &more);
-        if (rv != 0 || !more)
-            break;
-        size_t old = path_index(d, i - 1);
-        Google__Protobuf__Value *v = NULL;
-        rv = dec_value(d, &v);
-        if (rv == 0)
-            rv = push(d, &v, sizeof(v));
-        path_pop(d, old);
-    }
-    if (rv == 0)
-        rv = pop_array(d, base, sizeof(void *), (void **)&l->values, &l->n_values);
-    if (rv == 0)
-        *pl = l;
-    return rv;
+    pbstruct_step steps[PBSTRUCT_MAX_DEPTH];
+    pbstruct_parse p = {
+        .json = d->s,
+        .len = d->n,
+        .pos = d->pos,
+        .depth = d->depth,
+        .max_depth = d->max_depth,
+        .budget = d->budget,
+        .budget_base = d->base,
+        .path = steps,
+    };
+    int rv;
+    if (k == WKT_STRUCT)
+        rv = pbstruct_parse_struct(d->a, &p, (Google__Protobuf__Struct **)pm);
+    else if (k == WKT_LIST)
+        rv = pbstruct_parse_list(d->a, &p, (Google__Protobuf__ListValue **)pm);
+    else
+        rv = pbstruct_parse_value(d->a, &p, (Google__Protobuf__Value **)pm);
+    if (rv != 0)
+        return from_pbstruct(d, &p, rv);
+    d->pos = p.pos;
+    return 0;
 }
 
 static int dec_message(struct dec *d, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **pm)
@@ -2233,11 +2070,9 @@ static int dec_message(struct dec *d, const ProtobufCMessageDescriptor *desc, Pr
     int rv;
     switch (k) {
     case WKT_STRUCT:
-        return dec_struct(d, (Google__Protobuf__Struct **)pm);
     case WKT_VALUE:
-        return dec_value(d, (Google__Protobuf__Value **)pm);
     case WKT_LIST:
-        return dec_list(d, (Google__Protobuf__ListValue **)pm);
+        return dec_pbstruct(d, k, pm);
     case WKT_TIMESTAMP:
     case WKT_DURATION:
     case WKT_FIELDMASK:

@@ -37,8 +37,12 @@
  *  - Strings must be valid UTF-8; \u0000 is rejected because protobuf-c strings are C strings.
  *
  * Memory: decoded messages live in the given arena (protobuf-c structures initialised with their
- * descriptors, so protobuf_c_message_pack works on them); encoded JSON is appended to a growable
- * buffer (proto_buf) that the caller frees.
+ * descriptors, so protobuf_c_message_pack works on them); encoded JSON is appended to the caller's
+ * pins_buf (common/buf.h), whose maximum bounds it.
+ *
+ * Struct, Value and ListValue are parsed and written by common/pbstruct.h, pinsd's one codec for
+ * them (the stores use it too); this codec hands it the position, depth and arena budget and words
+ * its failures. jansson is not used here.
  */
 #ifndef PINS_PROTOCOLS_JSON_H
 #define PINS_PROTOCOLS_JSON_H
@@ -48,20 +52,7 @@
 #include <stddef.h>
 
 #include "common/arena.h"
-
-/* A growable byte buffer. Zero-initialise; free data with free() or proto_buf_free(). After any
- * successful append, data[len] is a NUL (not counted in len), so data is a C string. */
-typedef struct proto_buf {
-    char *data;
-    size_t len;
-    size_t cap;
-    size_t max; /* 0: unlimited; appending past max fails with PINS_ETOO_LARGE */
-} proto_buf;
-
-/* Appends n bytes. Returns 0, PINS_ENOMEM or PINS_ETOO_LARGE. */
-int proto_buf_append(proto_buf *b, const void *data, size_t n);
-/* Frees the buffer's memory and zeroes it. */
-void proto_buf_free(proto_buf *b);
+#include "common/buf.h"
 
 typedef struct proto_json_options {
     bool proto_names;     /* snake_case names (REST) instead of lowerCamelCase */
@@ -75,10 +66,10 @@ extern const proto_json_options proto_json_rest;
 extern const proto_json_options proto_json_canonical;
 
 /* Appends msg as JSON to out (compact, fields in field-number order). msg is borrowed. On failure
- * out->len is back to where it was. Returns 0, PINS_ENOMEM, PINS_ETOO_LARGE (past out->max),
- * PINS_EINTERNAL (a value with no JSON form: a NaN inside a Struct, a string that is not UTF-8, a
- * Timestamp outside years 1..9999, a Value with no kind, google.protobuf.Any). */
-int proto_json_encode(const ProtobufCMessage *msg, const proto_json_options *opt, proto_buf *out);
+ * out's length is back to where it was. Returns 0, PINS_ENOMEM, PINS_ETOO_LARGE (past out's
+ * maximum), PINS_EINTERNAL (a value with no JSON form: a NaN inside a Struct, a string that is not
+ * UTF-8, a Timestamp outside years 1..9999, a Value with no kind, google.protobuf.Any). */
+int proto_json_encode(const ProtobufCMessage *msg, const proto_json_options *opt, pins_buf *out);
 
 /* Why decoding failed, for the client. */
 typedef struct proto_json_error {

@@ -30,25 +30,32 @@ static void check(bool ok)
         abort();
 }
 
-static bool same(const proto_buf *x, const proto_buf *y)
+static bool same(const pins_buf *x, const pins_buf *y)
 {
-    return x->len == y->len && memcmp(x->data, y->data, x->len) == 0;
+    return pins_buf_len(x) == pins_buf_len(y) &&
+           memcmp(pins_buf_ptr(x), pins_buf_ptr(y), pins_buf_len(x)) == 0;
 }
 
 /* The message's canonical JSON must survive JSON and binary round trips unchanged. */
 static void round_trips(pins_arena *a, const ProtobufCMessageDescriptor *desc,
                         const ProtobufCMessage *m)
 {
-    proto_buf rest = {0}, canon = {0}, again = {0}, unpacked = {0};
+    pins_buf rest, canon, again, unpacked;
+    pins_buf_init(&rest, SIZE_MAX);
+    pins_buf_init(&canon, SIZE_MAX);
+    pins_buf_init(&again, SIZE_MAX);
+    pins_buf_init(&unpacked, SIZE_MAX);
     proto_json_error err;
     check(proto_json_encode(m, &proto_json_rest, &rest) == 0);
     check(proto_json_encode(m, &proto_json_canonical, &canon) == 0);
 
     ProtobufCMessage *m2 = NULL;
-    check(proto_json_decode(a, desc, canon.data, canon.len, DEPTH, &m2, &err) == 0);
+    check(proto_json_decode(a, desc, pins_buf_ptr(&canon), pins_buf_len(&canon), DEPTH, &m2,
+                            &err) == 0);
     check(proto_json_encode(m2, &proto_json_canonical, &again) == 0);
     check(same(&canon, &again));
-    check(proto_json_decode(a, desc, rest.data, rest.len, DEPTH, &m2, &err) == 0);
+    check(proto_json_decode(a, desc, pins_buf_ptr(&rest), pins_buf_len(&rest), DEPTH, &m2, &err) ==
+          0);
 
     size_t n = protobuf_c_message_get_packed_size(m);
     uint8_t *wire = malloc(n + 1);
@@ -61,10 +68,10 @@ static void round_trips(pins_arena *a, const ProtobufCMessageDescriptor *desc,
     protobuf_c_message_free_unpacked(u, NULL);
     free(wire);
 
-    proto_buf_free(&rest);
-    proto_buf_free(&canon);
-    proto_buf_free(&again);
-    proto_buf_free(&unpacked);
+    pins_buf_free(&rest);
+    pins_buf_free(&canon);
+    pins_buf_free(&again);
+    pins_buf_free(&unpacked);
 }
 
 static void one(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t size)

@@ -352,6 +352,7 @@ static void test_pbstruct_rejects_invalid_utf8(void **state)
         "{\"a\":\"\\udc00\"}",          /* lone low surrogate escape */
         "{\"a\":\"\\ud800\\u0041\"}",   /* high surrogate without a low one */
         "{\"a\":\"\\u0000\"}",          /* NUL cannot live in a C string */
+        "{\"a\":\"\\u0000\\ud800\"}",   /* the string is checked whole first */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_rejected(a, bad[i], PBSTRUCT_REASON_BAD_UTF8);
@@ -520,6 +521,119 @@ static void test_pbstruct_hash_is_the_sha256_prefix(void **state)
     assert_string_equal(out, "015abd7f5cc57a2d");
 }
 
+/* Where the two codecs differed before they became one: a string is checked whole before its
+ * \u0000 is refused, and a key's \u0000 only after its ':'. protocols/json.c had these rules (its
+ * REST and Connect answers depend on them); pbstruct refused the \u0000 at once. The stores only
+ * see the reason change, for texts they never write. */
+static void test_pbstruct_checks_a_string_whole_before_its_nul(void **state)
+{
+    pins_arena *a = *state;
+    assert_rejected(a, "{\"a\":\"\\u0000\\q\"}", PBSTRUCT_REASON_SYNTAX);
+    assert_rejected(a, "{\"a\\u0000\" 1}", PBSTRUCT_REASON_SYNTAX);
+    assert_rejected(a, "{\"a\\u0000\":1}", PBSTRUCT_REASON_BAD_UTF8);
+    assert_rejected(a, "{\"a\":\"\\u0000\\ud800\"}", PBSTRUCT_REASON_BAD_UTF8);
+}
+
+/* The codec inside a larger text: starts at pos, stops just past the value, and on failure gives
+ * the place, the cause and the path, innermost step first. */
+static void test_pbstruct_parse_inside_a_document(void **state)
+{
+    pins_arena *a = *state;
+    const char *doc = "{\"value\":{\"a\":[1,{\"b\":true}]} ,\"x\":2}";
+    pbstruct_step path[PBSTRUCT_MAX_DEPTH];
+    pbstruct_parse p = {
+        .json = doc, .len = strlen(doc), .pos = 9, .depth = 1, .max_depth = 64, .path = path};
+    Google__Protobuf__Struct *s = NULL;
+    assert_int_equal(pbstruct_parse_struct(a, &p, &s), 0);
+    assert_int_equal(p.pos, 29);
+    assert_int_equal(s->n_fields, 1);
+    assert_int_equal(s->fields[0]->value->list_value->n_values, 2);
+
+    Google__Protobuf__Value *v = NULL;
+    p.pos = 35; /* the 2 */
+    assert_int_equal(pbstruct_parse_value(a, &p, &v), 0);
+    assert_int_equal(v->kind_case, GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE);
+    assert_int_equal(p.pos, 36);
+
+    const char *bad = "{\"value\":{\"a\":[1,{\"b\":\"x\\u0000\"}]}}";
+    p = (pbstruct_parse){
+        .json = bad, .len = strlen(bad), .pos = 9, .depth = 1, .max_depth = 64, .path = path};
+    assert_int_equal(pbstruct_parse_struct(a, &p, &s), PINS_EINVALID_ARGUMENT);
+    assert_int_equal(p.fault, PBSTRUCT_FAULT_NUL);
+    assert_int_equal(p.npath, 3);
+    assert_string_equal(path[0].key, "b");
+    assert_null(path[1].key);
+    assert_int_equal(path[1].index, 1);
+    assert_string_equal(path[2].key, "a");
+
+    /* Places: a number that is none at its start (after '-'), a literal at its first wrong byte,
+     * an escape at its backslash, a missing member at what stands there. */
+    static const struct {
+        const char *json;
+        pbstruct_fault fault;
+        size_t pos;
+    } cases[] = {
+        {"[1.]", PBSTRUCT_FAULT_SYNTAX, 1},     {"[-x]", PBSTRUCT_FAULT_SYNTAX, 2},
+        {"[tru]", PBSTRUCT_FAULT_SYNTAX, 4},    {"[\"a\\q\"]", PBSTRUCT_FAULT_ESCAPE, 3},
+        {"[1,]", PBSTRUCT_FAULT_SYNTAX, 3},     {"[\"\x01\"]", PBSTRUCT_FAULT_CONTROL, 2},
+        {"[\"\xff\"]", PBSTRUCT_FAULT_UTF8, 2}, {"[\"\\udc00\"]", PBSTRUCT_FAULT_SURROGATE, 2},
+        {"[1e999]", PBSTRUCT_FAULT_NUMBER, 1},  {"[[[1]]]", PBSTRUCT_FAULT_DEPTH, 2},
+        {"[1", PBSTRUCT_FAULT_SYNTAX, 2},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        Google__Protobuf__ListValue *l = NULL;
+        p = (pbstruct_parse){.json = cases[i].json, .len = strlen(cases[i].json), .max_depth = 2};
+        assert_int_equal(pbstruct_parse_list(a, &p, &l), PINS_EINVALID_ARGUMENT);
+        if (p.fault != cases[i].fault ||
+            (p.fault != PBSTRUCT_FAULT_NUMBER && p.fault != PBSTRUCT_FAULT_DEPTH &&
+             p.err_pos != cases[i].pos))
+            print_error("%s: fault %d at %zu\n", cases[i].json, p.fault, p.err_pos);
+        assert_int_equal(p.fault, cases[i].fault);
+    }
+}
+
+/* A budget bounds the arena bytes a parse may take: past it, TOO_LARGE and PINS_ETOO_LARGE. */
+static void test_pbstruct_parse_keeps_within_its_budget(void **state)
+{
+    pins_arena *a = *state;
+    const char *doc = "{\"a\":[1,2,3,4,5,6,7,8,9,10],\"b\":\"a long enough string\"}";
+    pbstruct_parse p = {.json = doc,
+                        .len = strlen(doc),
+                        .max_depth = 8,
+                        .budget = 64,
+                        .budget_base = pins_arena_used(a)};
+    Google__Protobuf__Struct *s = NULL;
+    assert_int_equal(pbstruct_parse_struct(a, &p, &s), PINS_ETOO_LARGE);
+    assert_int_equal(p.fault, PBSTRUCT_FAULT_TOO_LARGE);
+    assert_null(s);
+    p = (pbstruct_parse){.json = doc,
+                         .len = strlen(doc),
+                         .max_depth = 8,
+                         .budget = 1 << 20,
+                         .budget_base = pins_arena_used(a)};
+    assert_int_equal(pbstruct_parse_struct(a, &p, &s), 0);
+}
+
+/* The writer appends to the caller's buffer, after what it holds. */
+static void test_pbstruct_put_appends_to_the_callers_buffer(void **state)
+{
+    pins_arena *a = *state;
+    Google__Protobuf__Struct *s = NULL;
+    assert_int_equal(parse(a, "{\"a\":[1,\"x\",null],\"a\":2}", 64, &s), 0);
+    pins_buf b;
+    pins_buf_init(&b, 100);
+    assert_int_equal(pins_buf_add(&b, "v=", 2), 0);
+    assert_int_equal(pbstruct_put_struct(&b, s, 64), 0);
+    assert_string_equal(pins_buf_ptr(&b), "v={\"a\":2}");
+    assert_int_equal(pbstruct_put_value(&b, s->fields[0]->value, 64), 0);
+    assert_string_equal(pins_buf_ptr(&b), "v={\"a\":2}[1,\"x\",null]");
+    assert_int_equal(pbstruct_put_list(&b, s->fields[0]->value->list_value, 1), 0);
+    assert_int_equal(pbstruct_put_list(&b, s->fields[0]->value->list_value, 0),
+                     PINS_EINVALID_ARGUMENT);
+    assert_int_equal(pbstruct_last_reason(), PBSTRUCT_REASON_TOO_DEEP);
+    pins_buf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -544,6 +658,10 @@ int main(void)
         T(test_pbstruct_handles_wide_objects_and_long_arrays),
         T(test_pbstruct_reports_nomem_when_the_arena_is_full),
         T(test_pbstruct_hash_is_the_sha256_prefix),
+        T(test_pbstruct_checks_a_string_whole_before_its_nul),
+        T(test_pbstruct_parse_inside_a_document),
+        T(test_pbstruct_parse_keeps_within_its_budget),
+        T(test_pbstruct_put_appends_to_the_callers_buffer),
 #undef T
     };
     return cmocka_run_group_tests_name("common/pbstruct", tests, NULL, NULL);

@@ -37,7 +37,7 @@ typedef struct json_run {
     ProtobufCMessage *msg; /* decoded; the subject of encode and set_field */
     ProtobufCMessage *out; /* what a decode run produced */
     proto_json_error err;
-    proto_buf buf;
+    pins_buf buf;
     char *expected; /* the encoding without failure */
 } json_run;
 
@@ -99,7 +99,7 @@ static void decode_subject(json_run *r)
 static int encode(void *state)
 {
     json_run *r = state;
-    memset(&r->buf, 0, sizeof(r->buf));
+    pins_buf_init(&r->buf, SIZE_MAX);
     return proto_json_encode(r->msg, r->opt, &r->buf);
 }
 
@@ -108,14 +108,14 @@ static void check_encode(void *state, int rv, bool fired)
     json_run *r = state;
     if (!fired) {
         assert_int_equal(rv, 0);
-        assert_non_null(r->buf.data);
-        r->expected = strdup(r->buf.data);
+        assert_non_null(pins_buf_ptr(&r->buf));
+        r->expected = strdup(pins_buf_ptr(&r->buf));
         assert_non_null(r->expected);
     } else {
         assert_int_equal(rv, PINS_ENOMEM);
-        assert_int_equal(r->buf.len, 0);
+        assert_int_equal(pins_buf_len(&r->buf), 0);
     }
-    proto_buf_free(&r->buf);
+    pins_buf_free(&r->buf);
 }
 
 static void encode_runs(const proto_json_options *opt, const char *name)

@@ -200,14 +200,15 @@ static int teardown(void **state)
 /* Encodes m and compares with expect. */
 static void assert_encodes(const void *m, const proto_json_options *opt, const char *expect)
 {
-    proto_buf b = {0};
+    pins_buf b;
+    pins_buf_init(&b, SIZE_MAX);
     int rv = proto_json_encode(m, opt, &b);
     assert_int_equal(rv, 0);
-    if (strcmp(b.data, expect) != 0)
-        print_error("got  %s\nwant %s\n", b.data, expect);
-    assert_string_equal(b.data, expect);
-    assert_int_equal(b.len, strlen(expect));
-    proto_buf_free(&b);
+    if (strcmp(pins_buf_ptr(&b), expect) != 0)
+        print_error("got  %s\nwant %s\n", pins_buf_ptr(&b), expect);
+    assert_string_equal(pins_buf_ptr(&b), expect);
+    assert_int_equal(pins_buf_len(&b), strlen(expect));
+    pins_buf_free(&b);
 }
 
 static void *decode(pins_arena *a, const ProtobufCMessageDescriptor *desc, const char *json)
@@ -427,10 +428,11 @@ static void test_json_timestamp_forms(void **state)
                    "{\"deleted_count\":0,\"tenant_id\":null,"
                    "\"timestamp\":\"1969-12-31T23:59:59.999999Z\"}");
     r.timestamp = timestamp(a, 253402300800LL, 0); /* year 10000 has no RFC 3339 form */
-    proto_buf b = {0};
+    pins_buf b;
+    pins_buf_init(&b, SIZE_MAX);
     assert_int_equal(proto_json_encode(&r.base, &proto_json_canonical, &b), PINS_EINTERNAL);
-    assert_int_equal(b.len, 0);
-    proto_buf_free(&b);
+    assert_int_equal(pins_buf_len(&b), 0);
+    pins_buf_free(&b);
 
     const ProtobufCMessageDescriptor *desc =
         &memorypins__v1__cleanup_expired_pins_response__descriptor;
@@ -487,9 +489,10 @@ static void test_json_struct_field(void **state)
     /* A number with no JSON form inside a Struct fails the encoding. */
     Memorypins__V1__GetRbacMatrixResponse *m = decode(a, desc, "{\"matrix\":{\"a\":1}}");
     m->matrix->fields[0]->value->number_value = NAN;
-    proto_buf b = {0};
+    pins_buf b;
+    pins_buf_init(&b, SIZE_MAX);
     assert_int_equal(proto_json_encode(&m->base, &proto_json_rest, &b), PINS_EINTERNAL);
-    proto_buf_free(&b);
+    pins_buf_free(&b);
 }
 
 static void test_json_double_bool_repeated_string(void **state)
@@ -998,19 +1001,22 @@ static void test_json_decode_fails_cleanly_at_every_arena_limit(void **state)
 static void test_json_encode_fails_cleanly_at_every_size(void **state)
 {
     Memorypins__V1__Pin *p = sample_pin(*state);
-    proto_buf full = {0};
+    pins_buf full;
+    pins_buf_init(&full, SIZE_MAX);
     assert_int_equal(proto_json_encode(&p->base, &proto_json_rest, &full), 0);
-    for (size_t max = 1; max < full.len; max++) {
-        proto_buf b = {.max = max};
+    for (size_t max = 1; max < pins_buf_len(&full); max++) {
+        pins_buf b;
+        pins_buf_init(&b, max);
         assert_int_equal(proto_json_encode(&p->base, &proto_json_rest, &b), PINS_ETOO_LARGE);
-        assert_int_equal(b.len, 0);
-        proto_buf_free(&b);
+        assert_int_equal(pins_buf_len(&b), 0);
+        pins_buf_free(&b);
     }
-    proto_buf b = {.max = full.len};
+    pins_buf b;
+    pins_buf_init(&b, pins_buf_len(&full));
     assert_int_equal(proto_json_encode(&p->base, &proto_json_rest, &b), 0);
-    assert_string_equal(b.data, full.data);
-    proto_buf_free(&b);
-    proto_buf_free(&full);
+    assert_string_equal(pins_buf_ptr(&b), pins_buf_ptr(&full));
+    pins_buf_free(&b);
+    pins_buf_free(&full);
 }
 
 /* ---- encoding limits and buffers ------------------------------------------------------------- */
@@ -1018,27 +1024,26 @@ static void test_json_encode_fails_cleanly_at_every_size(void **state)
 static void test_json_encode_respects_buffer_max(void **state)
 {
     Memorypins__V1__Pin *p = sample_pin(*state);
-    proto_buf b = {0};
-    assert_int_equal(proto_buf_append(&b, "x", 1), 0);
-    b.max = 40; /* the pin fails before its value */
+    /* The buffer's maximum bounds the text; a failure leaves what the buffer held before. */
+    pins_buf b;
+    pins_buf_init(&b, 40); /* the pin fails before its value */
+    assert_int_equal(pins_buf_add(&b, "x", 1), 0);
     assert_int_equal(proto_json_encode(&p->base, &proto_json_rest, &b), PINS_ETOO_LARGE);
-    assert_int_equal(b.len, 1);
-    assert_string_equal(b.data, "x");
-    b.max = 70; /* the pin fails inside its Struct value */
+    assert_int_equal(pins_buf_len(&b), 1);
+    assert_string_equal(pins_buf_ptr(&b), "x");
+    pins_buf_free(&b);
+    pins_buf_init(&b, 70); /* the pin fails inside its Struct value */
+    assert_int_equal(pins_buf_add(&b, "x", 1), 0);
     assert_int_equal(proto_json_encode(&p->base, &proto_json_rest, &b), PINS_ETOO_LARGE);
-    assert_int_equal(b.len, 1);
-    b.max = 1000;
+    assert_int_equal(pins_buf_len(&b), 1);
+    assert_string_equal(pins_buf_ptr(&b), "x");
+    pins_buf_free(&b);
+    pins_buf_init(&b, 1000);
+    assert_int_equal(pins_buf_add(&b, "x", 1), 0);
     assert_int_equal(proto_json_encode(&p->base, &proto_json_rest, &b), 0);
-    assert_int_equal(b.data[1], '{');
-    assert_int_equal(b.data[b.len], '\0');
-    size_t len = b.len;
-    b.max = len;
-    assert_int_equal(proto_buf_append(&b, "y", 1), PINS_ETOO_LARGE);
-    assert_int_equal(proto_buf_append(&b, "", 0), 0);
-    assert_int_equal(b.len, len);
-    proto_buf_free(&b);
-    assert_null(b.data);
-    assert_int_equal(b.cap, 0);
+    assert_int_equal(pins_buf_ptr(&b)[1], '{');
+    assert_int_equal(pins_buf_ptr(&b)[pins_buf_len(&b)], '\0');
+    pins_buf_free(&b);
 }
 
 /* ---- round trips ----------------------------------------------------------------------------- */
@@ -1054,13 +1059,15 @@ static void assert_binary_round_trip(pins_arena *a, const ProtobufCMessageDescri
     assert_int_equal(protobuf_c_message_pack(m, wire), size);
     ProtobufCMessage *u = protobuf_c_message_unpack(desc, NULL, size, wire);
     assert_non_null(u);
-    proto_buf first = {0}, second = {0};
+    pins_buf first, second;
+    pins_buf_init(&first, SIZE_MAX);
+    pins_buf_init(&second, SIZE_MAX);
     assert_int_equal(proto_json_encode(m, opt, &first), 0);
     assert_int_equal(proto_json_encode(u, opt, &second), 0);
-    assert_string_equal(first.data, second.data);
-    assert_string_equal(first.data, json);
-    proto_buf_free(&first);
-    proto_buf_free(&second);
+    assert_string_equal(pins_buf_ptr(&first), pins_buf_ptr(&second));
+    assert_string_equal(pins_buf_ptr(&first), json);
+    pins_buf_free(&first);
+    pins_buf_free(&second);
     protobuf_c_message_free_unpacked(u, NULL);
     free(wire);
 }
