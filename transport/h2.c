@@ -273,6 +273,34 @@ static h2_stream *from_bs(proto_stream *bs)
     return (h2_stream *)bs; /* bs is the first member */
 }
 
+/* Submits the response HEADERS nva[0..n) (nghttp2 copies the array, not the borrowed strings),
+ * with the data provider unless end: then this frame ends the stream. */
+static int submit_headers(h2_stream *st, const nghttp2_nv *nva, size_t n, bool end)
+{
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
+    if (nghttp2_submit_response(st->conn->h2, st->id, nva, n, end ? NULL : &prd) != 0)
+        return PINS_EINTERNAL;
+    st->headers_sent = true;
+    if (end)
+        st->finished = true;
+    stream_output_ready(st);
+    return 0;
+}
+
+/* The stream's output buffer (made on first use) when it may take more bytes: 0, PINS_ENOMEM,
+ * or PINS_ERESOURCE_EXHAUSTED when the reader is behind (pending_max, the budgets). */
+static int out_room(h2_stream *st)
+{
+    if (st->out == NULL) {
+        st->out = evbuffer_new();
+        if (st->out == NULL)
+            return PINS_ENOMEM;
+    }
+    if (evbuffer_get_length(st->out) > pending_max(st) || transport__conn_over_budget(st->conn))
+        return PINS_ERESOURCE_EXHAUSTED;
+    return 0;
+}
+
 static int h2_resp_start(proto_stream *bs, int status, const rpc_header *hdrs, size_t nhdrs,
                          int64_t body_len)
 {
@@ -304,16 +332,10 @@ static int h2_resp_start(proto_stream *bs, int status, const rpc_header *hdrs, s
         nva[n++] = (nghttp2_nv){(uint8_t *)name, (uint8_t *)value, strlen(name), strlen(value),
                                 NGHTTP2_NV_FLAG_NONE};
     }
-    bool empty = body_len == 0 || bs->head;
-    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
-    if (nghttp2_submit_response(st->conn->h2, st->id, nva, n, empty ? NULL : &prd) != 0)
-        return PINS_EINTERNAL;
-    st->headers_sent = true;
-    if (empty)
-        st->finished = true;
-    bs->started = true;
-    stream_output_ready(st);
-    return 0;
+    int rv = submit_headers(st, nva, n, body_len == 0 || bs->head);
+    if (rv == 0)
+        bs->started = true;
+    return rv;
 }
 
 static int h2_resp_write(proto_stream *bs, const void *data, size_t len)
@@ -323,13 +345,9 @@ static int h2_resp_write(proto_stream *bs, const void *data, size_t len)
         return PINS_ECANCELLED;
     if (bs->head || st->finished || len == 0)
         return 0;
-    if (st->out == NULL) {
-        st->out = evbuffer_new();
-        if (st->out == NULL)
-            return PINS_ENOMEM;
-    }
-    if (evbuffer_get_length(st->out) > pending_max(st) || transport__conn_over_budget(st->conn))
-        return PINS_ERESOURCE_EXHAUSTED;
+    int rv = out_room(st);
+    if (rv != 0)
+        return rv;
     if (evbuffer_add(st->out, data, len) != 0)
         return PINS_ENOMEM;
     out_charge(st, len);
@@ -435,9 +453,12 @@ static int set_trailers(h2_stream *st, const proto_hdr *t, size_t n)
     return 0;
 }
 
-static int h2_respond_borrowed(proto_stream *bs, int status, const proto_hdr *hdrs, size_t nhdrs,
-                               const void *body, size_t body_len, const proto_hdr *trailers,
-                               size_t ntrailers)
+/* The response headers, borrowed; whole: the body (NULL: none) and trailers are given too and
+ * the response ends after them, else the body follows (write_reserve) and trailers_borrowed ends
+ * it. */
+static int borrowed_response(proto_stream *bs, int status, const proto_hdr *hdrs, size_t nhdrs,
+                             const void *body, size_t body_len, const proto_hdr *trailers,
+                             size_t ntrailers, bool whole)
 {
     h2_stream *st = from_bs(bs);
     if (st->closed)
@@ -455,33 +476,21 @@ static int h2_respond_borrowed(proto_stream *bs, int status, const proto_hdr *hd
         st->resp_off = 0;
         out_charge(st, body_len);
     }
-    st->finished = true;
-    st->headers_sent = true;
-    bool end = body == NULL && ntrailers == 0;
-    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
-    int rv = nghttp2_submit_response(st->conn->h2, st->id, nva, n, end ? NULL : &prd);
-    stream_output_ready(st);
-    return rv == 0 ? 0 : PINS_EINTERNAL;
+    if (whole)
+        st->finished = true; /* read_out ends the stream after the body and the trailers */
+    return submit_headers(st, nva, n, whole && body == NULL && ntrailers == 0);
+}
+
+static int h2_respond_borrowed(proto_stream *bs, int status, const proto_hdr *hdrs, size_t nhdrs,
+                               const void *body, size_t body_len, const proto_hdr *trailers,
+                               size_t ntrailers)
+{
+    return borrowed_response(bs, status, hdrs, nhdrs, body, body_len, trailers, ntrailers, true);
 }
 
 static int h2_open_borrowed(proto_stream *bs, int status, const proto_hdr *hdrs, size_t nhdrs)
 {
-    h2_stream *st = from_bs(bs);
-    if (st->closed)
-        return PINS_ECANCELLED;
-    if (st->headers_sent)
-        return PINS_EINTERNAL;
-    nghttp2_nv stack[33];
-    size_t n;
-    nghttp2_nv *nva = nv_response(st, stack, 33, status, hdrs, nhdrs, &n);
-    if (nva == NULL)
-        return PINS_ENOMEM;
-    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_out};
-    if (nghttp2_submit_response(st->conn->h2, st->id, nva, n, &prd) != 0)
-        return PINS_EINTERNAL;
-    st->headers_sent = true;
-    stream_output_ready(st);
-    return 0;
+    return borrowed_response(bs, status, hdrs, nhdrs, NULL, 0, NULL, 0, false);
 }
 
 static int h2_write_reserve(proto_stream *bs, size_t len, void **pp)
@@ -489,13 +498,9 @@ static int h2_write_reserve(proto_stream *bs, size_t len, void **pp)
     h2_stream *st = from_bs(bs);
     if (st->closed)
         return PINS_ECANCELLED;
-    if (st->out == NULL) {
-        st->out = evbuffer_new();
-        if (st->out == NULL)
-            return PINS_ENOMEM;
-    }
-    if (evbuffer_get_length(st->out) > pending_max(st) || transport__conn_over_budget(st->conn))
-        return PINS_ERESOURCE_EXHAUSTED;
+    int rv = out_room(st);
+    if (rv != 0)
+        return rv;
     if (evbuffer_reserve_space(st->out, len, &st->resv, 1) < 1)
         return PINS_ENOMEM;
     *pp = st->resv.iov_base;
@@ -790,6 +795,33 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     return 0;
 }
 
+/* A request body the stream will not hold (PINS_ETOO_LARGE: over its limit;
+ * PINS_ERESOURCE_EXHAUSTED: no room in the buffer budgets), refused in its protocol's shape:
+ * native gRPC and the method paths of Connect and gRPC-Web through the protocols, REST with the
+ * API's error body. What still comes of the body is dropped. */
+static void refuse_body(h2_stream *st, int err)
+{
+    static const struct {
+        int err;
+        int status;
+        const char *message;
+        const char *body;
+    } rows[] = {
+        {PINS_ETOO_LARGE, 413, "request body larger than MAX_REQUEST_BYTES",
+         "{\"detail\":\"request body larger than MAX_REQUEST_BYTES\",\"code\":8,"
+         "\"message\":\"message larger than the limit\"}"},
+        {PINS_ERESOURCE_EXHAUSTED, 503, "the server holds too many request bytes; retry later",
+         "{\"detail\":\"the server holds too many request bytes; retry later\",\"code\":8,"
+         "\"message\":\"resource exhausted\"}"},
+    };
+    size_t i = err == PINS_ETOO_LARGE ? 0 : 1;
+    if (st->kind == KIND_BUFFERED)
+        proto_reject(&st->bs, rows[i].err, NULL);
+    else if (!http_reject_rpc(st, rows[i].err, rows[i].message))
+        http_simple(st, rows[i].status, rows[i].body, NULL);
+    st->kind = KIND_REJECTED;
+}
+
 static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
                          const uint8_t *data, size_t len, void *user_data)
 {
@@ -811,27 +843,11 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
         if (cap > max)
             cap = max;
         if (cap < st->body_len + len) {
-            if (buffered)
-                proto_reject(&st->bs, PINS_ETOO_LARGE, NULL);
-            else if (!http_reject_rpc(st, PINS_ETOO_LARGE,
-                                      "request body larger than MAX_REQUEST_BYTES"))
-                http_simple(st, 413,
-                            "{\"detail\":\"request body larger than MAX_REQUEST_BYTES\","
-                            "\"code\":8,\"message\":\"message larger than the limit\"}",
-                            NULL);
-            st->kind = KIND_REJECTED;
+            refuse_body(st, PINS_ETOO_LARGE);
             return 0;
         }
         if (stream_charge(st, cap - st->body_cap) != 0) {
-            if (buffered)
-                proto_reject(&st->bs, PINS_ERESOURCE_EXHAUSTED, NULL);
-            else if (!http_reject_rpc(st, PINS_ERESOURCE_EXHAUSTED,
-                                      "the server holds too many request bytes; retry later"))
-                http_simple(st, 503,
-                            "{\"detail\":\"the server holds too many request bytes; retry "
-                            "later\",\"code\":8,\"message\":\"resource exhausted\"}",
-                            NULL);
-            st->kind = KIND_REJECTED;
+            refuse_body(st, PINS_ERESOURCE_EXHAUSTED);
             return 0;
         }
         unsigned char *nb = realloc(st->body, cap);
