@@ -216,14 +216,16 @@ static int on_url_complete(llhttp_t *ll)
     return 0;
 }
 
-static int on_header_field(llhttp_t *ll, const char *at, size_t n)
+/* Bytes of a header name or value: counted against the header limit (trailers too), kept in
+ * scratch until the name or value is complete (trailers are counted, not kept). */
+static int on_header_bytes(llhttp_t *ll, const char *at, size_t n)
 {
     transport__h1_parser *p = from_ll(ll);
     p->header_bytes += n;
     if (p->header_bytes > TRANSPORT__H1_MAX_HEADER_BYTES)
         return reject(p, 431, headers_too_large_body);
     if (p->in_trailers)
-        return 0; /* trailers are counted, not kept */
+        return 0;
     return append_or_reject(p, at, n, TRANSPORT__H1_MAX_HEADER_BYTES, headers_too_large_body);
 }
 
@@ -249,17 +251,6 @@ static int on_header_field_complete(llhttp_t *ll)
     p->name = name;
     p->scratch_len = 0;
     return 0;
-}
-
-static int on_header_value(llhttp_t *ll, const char *at, size_t n)
-{
-    transport__h1_parser *p = from_ll(ll);
-    p->header_bytes += n;
-    if (p->header_bytes > TRANSPORT__H1_MAX_HEADER_BYTES)
-        return reject(p, 431, headers_too_large_body);
-    if (p->in_trailers)
-        return 0;
-    return append_or_reject(p, at, n, TRANSPORT__H1_MAX_HEADER_BYTES, headers_too_large_body);
 }
 
 static int on_header_value_complete(llhttp_t *ll)
@@ -382,9 +373,9 @@ static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
     .on_url_complete = on_url_complete,
-    .on_header_field = on_header_field,
+    .on_header_field = on_header_bytes,
     .on_header_field_complete = on_header_field_complete,
-    .on_header_value = on_header_value,
+    .on_header_value = on_header_bytes,
     .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
