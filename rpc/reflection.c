@@ -65,18 +65,28 @@ static const char *join(pins_arena *a, const char *scope, const char *name)
     return pins_arena_printf(a, "%s.%s", scope, name);
 }
 
+/* Room for element n of arr (elements of elem bytes, *pcap of them allocated): arr itself when
+ * n < *pcap, else arr reallocated to twice *pcap (first when *pcap is 0) and *pcap updated.
+ * Returns NULL when out of memory, with arr and *pcap untouched. */
+static void *grow(void *arr, size_t *pcap, size_t n, size_t elem, size_t first)
+{
+    if (n < *pcap)
+        return arr;
+    size_t cap = *pcap != 0 ? *pcap * 2 : first;
+    void *grown = realloc(arr, cap * elem);
+    if (grown != NULL)
+        *pcap = cap;
+    return grown;
+}
+
 static int add_symbol(struct index *x, const char *name, size_t file, bool message)
 {
     if (name == NULL)
         return PINS_ENOMEM;
-    if (x->n_syms == x->cap_syms) {
-        size_t cap = x->cap_syms != 0 ? x->cap_syms * 2 : 256;
-        struct symbol *ns = realloc(x->syms, cap * sizeof(*ns));
-        if (ns == NULL)
-            return PINS_ENOMEM;
-        x->syms = ns;
-        x->cap_syms = cap;
-    }
+    struct symbol *syms = grow(x->syms, &x->cap_syms, x->n_syms, sizeof(*syms), 256);
+    if (syms == NULL)
+        return PINS_ENOMEM;
+    x->syms = syms;
     x->syms[x->n_syms] = (struct symbol){name, file, x->n_syms, message};
     x->n_syms++;
     return 0;
@@ -91,14 +101,10 @@ static int add_fields(struct index *x, const char *scope, size_t file,
             return rv;
         if (!extensions || fields[i]->extendee == NULL)
             continue;
-        if (x->n_exts == x->cap_exts) {
-            size_t cap = x->cap_exts != 0 ? x->cap_exts * 2 : 16;
-            struct extension *ne = realloc(x->exts, cap * sizeof(*ne));
-            if (ne == NULL)
-                return PINS_ENOMEM;
-            x->exts = ne;
-            x->cap_exts = cap;
-        }
+        struct extension *exts = grow(x->exts, &x->cap_exts, x->n_exts, sizeof(*exts), 16);
+        if (exts == NULL)
+            return PINS_ENOMEM;
+        x->exts = exts;
         const char *extendee = fields[i]->extendee;
         if (extendee[0] == '.')
             extendee++;

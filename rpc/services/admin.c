@@ -19,7 +19,9 @@
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
 #include "memorypins/v1/admin.pb-c.h"
+#include "rpc/services/reply.h"
 #include "rpc/services/services.h"
+#include "rpc/services/validate.h"
 #include "store/breaker.h"
 #include "store/store.h"
 
@@ -27,23 +29,9 @@
 #define MATRIX_DEPTH 8
 /* The sections of GetStatus are flat objects. */
 #define STATUS_DEPTH 4
-/* Listing pages (API.md section 4) and the RBAC audit retention (M7: 90 days). */
-#define LIST_DEFAULT_LIMIT     100
-#define LIST_MAX_LIMIT         1000
+/* The RBAC audit retention (M7: 90 days); listing pages are validate.h's (API.md section 4). */
 #define RETENTION_DEFAULT_DAYS 90
 #define US_PER_DAY             INT64_C(86400000000)
-
-static Google__Protobuf__Timestamp *timestamp(pins_arena *a, int64_t us)
-{
-    Google__Protobuf__Timestamp *ts = pins_arena_alloc(a, sizeof(*ts));
-    if (ts == NULL)
-        return NULL;
-    google__protobuf__timestamp__init(ts);
-    int64_t secs = us >= 0 ? us / 1000000 : (us - 999999) / 1000000;
-    ts->seconds = secs;
-    ts->nanos = (int32_t)((us - secs * 1000000) * 1000);
-    return ts;
-}
 
 /* NULL for an empty filter ("any"). */
 static const char *filter(const char *s)
@@ -55,45 +43,6 @@ static const char *filter(const char *s)
 static char *text(const char *s)
 {
     return (char *)(s != NULL ? s : "");
-}
-
-/* Checks a listing page (0 = the default limit); fails the call and returns false when invalid. */
-static bool page_or_reply(rpc_call *call, int32_t *plimit, int32_t offset)
-{
-    int32_t limit = *plimit == 0 ? LIST_DEFAULT_LIMIT : *plimit;
-    if (limit < 1 || limit > LIST_MAX_LIMIT) {
-        rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "limit", "must be between 1 and 1000");
-        return false;
-    }
-    if (offset < 0) {
-        rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "offset", "must be at least 0");
-        return false;
-    }
-    *plimit = limit;
-    return true;
-}
-
-static void fail_store(rpc_call *call, int err, const char *what)
-{
-    rpc_call_fail(call, err, "%s failed: %s", what, pins_strerror(err));
-}
-
-/* A listing in flight: the page asked for. */
-typedef struct page_ctx {
-    rpc_call *call;
-    int32_t limit;
-    int32_t offset;
-} page_ctx;
-
-static page_ctx *page_ctx_new(rpc_call *call, int32_t limit, int32_t offset)
-{
-    page_ctx *p = pins_arena_alloc(rpc_call_arena(call), sizeof(*p));
-    if (p == NULL) {
-        rpc_call_fail(call, PINS_ENOMEM, NULL);
-        return NULL;
-    }
-    *p = (page_ctx){.call = call, .limit = limit, .offset = offset};
-    return p;
 }
 
 void rpc__admin_rbac_info(rpc_call *call)
@@ -108,7 +57,7 @@ void rpc__admin_rbac_info(rpc_call *call)
     Memorypins__V1__GetRbacInfoResponse resp = MEMORYPINS__V1__GET_RBAC_INFO_RESPONSE__INIT;
     resp.version = (char *)v.version;
     resp.hash = v.hash;
-    resp.loaded_at = timestamp(a, v.loaded_us);
+    resp.loaded_at = rpc__timestamp_new(a, v.loaded_us);
     resp.n_roles = v.nroles;
     resp.roles = (char **)v.roles;
     resp.n_resources = v.nresources;
@@ -136,7 +85,7 @@ void rpc__admin_rbac_reload(rpc_call *call)
     resp.message = r.message;
     resp.previous_hash = r.previous_hash;
     resp.new_hash = r.new_hash;
-    resp.timestamp = timestamp(rpc_call_arena(call), r.at_us);
+    resp.timestamp = rpc__timestamp_new(rpc_call_arena(call), r.at_us);
     if (resp.timestamp == NULL) {
         rpc_call_fail(call, PINS_ENOMEM, NULL);
         return;
@@ -167,73 +116,195 @@ void rpc__admin_rbac_matrix(rpc_call *call)
     rpc_call_reply(call, &resp.base);
 }
 
-/* ---- ListRbacAudit -------------------------------------------------------------------------- */
+/* ---- ListRbacAudit and ListMemoryAudit ------------------------------------------------------ */
 
-static void on_rbac_listed(void *arg, int err, const store_rbac_audit *rows, size_t nrows,
-                           int64_t total)
+/* One page of either audit, built by reply_page from the store rows. */
+typedef struct audit_page {
+    ProtobufCMessage **entries; /* n entries in the call's arena */
+    size_t n;
+    int64_t total;
+    int32_t limit;
+    int32_t offset;
+} audit_page;
+
+/* What differs between the two audit listings; everything else is reply_page's. */
+typedef struct audit_listing {
+    const char *what; /* the store operation, in its failure message */
+    size_t row_size;  /* of the store row: store_rbac_audit or store_memory_audit */
+    /* The entry for one store row, in a; NULL when out of memory. */
+    ProtobufCMessage *(*entry_new)(pins_arena *a, const void *row);
+    /* Answers the call with the page as the listing's response message. */
+    void (*reply)(rpc_call *call, const audit_page *page);
+} audit_listing;
+
+/* A listing in flight: which one and the page asked for. */
+typedef struct page_ctx {
+    rpc_call *call;
+    const audit_listing *listing;
+    int32_t limit;
+    int32_t offset;
+} page_ctx;
+
+static ProtobufCMessage *rbac_entry_new(pins_arena *a, const void *row)
 {
-    page_ctx *p = arg;
+    const store_rbac_audit *r = row;
+    Memorypins__V1__RbacAuditEntry *e = pins_arena_alloc(a, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    memorypins__v1__rbac_audit_entry__init(e);
+    e->id = r->id;
+    e->ts = rpc__timestamp_new(a, r->ts_us);
+    e->subject = pins_arena_strdup(a, text(r->subject));
+    e->resource = pins_arena_strdup(a, text(r->resource));
+    e->action = pins_arena_strdup(a, text(r->action));
+    e->allowed = r->allowed;
+    e->reason = pins_arena_strdup(a, text(r->reason));
+    e->path = pins_arena_strdup(a, text(r->path));
+    e->method = pins_arena_strdup(a, text(r->method));
+    e->tenant_id = pins_arena_strdup(a, text(r->tenant_id));
+    e->request_id = pins_arena_strdup(a, text(r->request_id));
+    e->latency_ms = r->latency_ms;
+    e->n_roles = r->nroles;
+    e->roles = r->nroles > 0 ? pins_arena_alloc(a, r->nroles * sizeof(*e->roles)) : NULL;
+    bool ok = e->ts != NULL && e->subject != NULL && e->resource != NULL && e->action != NULL &&
+              e->reason != NULL && e->path != NULL && e->method != NULL && e->tenant_id != NULL &&
+              e->request_id != NULL && (r->nroles == 0 || e->roles != NULL);
+    for (size_t k = 0; ok && k < r->nroles; k++) {
+        e->roles[k] = pins_arena_strdup(a, r->roles[k]);
+        ok = e->roles[k] != NULL;
+    }
+    return ok ? &e->base : NULL;
+}
+
+static ProtobufCMessage *memory_entry_new(pins_arena *a, const void *row)
+{
+    const store_memory_audit *r = row;
+    Memorypins__V1__MemoryAuditEntry *e = pins_arena_alloc(a, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    memorypins__v1__memory_audit_entry__init(e);
+    e->id = r->id;
+    e->ts = rpc__timestamp_new(a, r->ts_us);
+    e->operation = pins_arena_strdup(a, text(r->operation));
+    e->tenant_id = pins_arena_strdup(a, text(r->tenant_id));
+    e->key = pins_arena_strdup(a, text(r->key));
+    e->agent_id = pins_arena_strdup(a, text(r->agent_id));
+    e->source = pins_arena_strdup(a, text(r->source));
+    e->cache_hit = r->cache_hit;
+    e->latency_ms = r->latency_ms;
+    e->success = r->success;
+    e->error_message = pins_arena_strdup(a, text(r->error_message));
+    e->old_value_hash = pins_arena_strdup(a, text(r->old_value_hash));
+    e->new_value_hash = pins_arena_strdup(a, text(r->new_value_hash));
+    bool ok = e->ts != NULL && e->operation != NULL && e->tenant_id != NULL && e->key != NULL &&
+              e->agent_id != NULL && e->source != NULL && e->error_message != NULL &&
+              e->old_value_hash != NULL && e->new_value_hash != NULL;
+    return ok ? &e->base : NULL;
+}
+
+/* The entries were built as ProtobufCMessage pointers (the first member of every entry), which is
+ * how protobuf-c reads a repeated message field; only the field's declared type is cast. */
+static void rbac_reply(rpc_call *call, const audit_page *page)
+{
+    Memorypins__V1__ListRbacAuditResponse resp = MEMORYPINS__V1__LIST_RBAC_AUDIT_RESPONSE__INIT;
+    resp.n_entries = page->n;
+    resp.entries = (Memorypins__V1__RbacAuditEntry **)page->entries;
+    resp.total = page->total;
+    resp.limit = page->limit;
+    resp.offset = page->offset;
+    rpc_call_reply(call, &resp.base);
+}
+
+static void memory_reply(rpc_call *call, const audit_page *page)
+{
+    Memorypins__V1__ListMemoryAuditResponse resp = MEMORYPINS__V1__LIST_MEMORY_AUDIT_RESPONSE__INIT;
+    resp.n_entries = page->n;
+    resp.entries = (Memorypins__V1__MemoryAuditEntry **)page->entries;
+    resp.total = page->total;
+    resp.limit = page->limit;
+    resp.offset = page->offset;
+    rpc_call_reply(call, &resp.base);
+}
+
+static const audit_listing rbac_listing = {
+    .what = "listing the rbac audit",
+    .row_size = sizeof(store_rbac_audit),
+    .entry_new = rbac_entry_new,
+    .reply = rbac_reply,
+};
+
+static const audit_listing memory_listing = {
+    .what = "listing the memory audit",
+    .row_size = sizeof(store_memory_audit),
+    .entry_new = memory_entry_new,
+    .reply = memory_reply,
+};
+
+/* Answers a listing from the store's rows[0..nrows) (each p->listing->row_size bytes). */
+static void reply_page(page_ctx *p, int err, const void *rows, size_t nrows, int64_t total)
+{
     rpc_call *call = p->call;
     pins_arena *a = rpc_call_arena(call);
     if (err != 0) {
-        fail_store(call, err, "listing the rbac audit");
+        rpc__fail_store(call, err, p->listing->what, NULL);
         return;
     }
-    Memorypins__V1__RbacAuditEntry *entries =
-        nrows > 0 ? pins_arena_alloc(a, nrows * sizeof(*entries)) : NULL;
-    Memorypins__V1__RbacAuditEntry **ptrs =
-        nrows > 0 ? pins_arena_alloc(a, nrows * sizeof(*ptrs)) : NULL;
-    if (nrows > 0 && (entries == NULL || ptrs == NULL)) {
+    audit_page page = {.n = nrows, .total = total, .limit = p->limit, .offset = p->offset};
+    page.entries = nrows > 0 ? pins_arena_alloc(a, nrows * sizeof(*page.entries)) : NULL;
+    if (nrows > 0 && page.entries == NULL) {
         rpc_call_fail(call, PINS_ENOMEM, NULL);
         return;
     }
     for (size_t i = 0; i < nrows; i++) {
-        const store_rbac_audit *r = &rows[i];
-        Memorypins__V1__RbacAuditEntry *e = &entries[i];
-        memorypins__v1__rbac_audit_entry__init(e);
-        e->id = r->id;
-        e->ts = timestamp(a, r->ts_us);
-        e->subject = pins_arena_strdup(a, text(r->subject));
-        e->resource = pins_arena_strdup(a, text(r->resource));
-        e->action = pins_arena_strdup(a, text(r->action));
-        e->allowed = r->allowed;
-        e->reason = pins_arena_strdup(a, text(r->reason));
-        e->path = pins_arena_strdup(a, text(r->path));
-        e->method = pins_arena_strdup(a, text(r->method));
-        e->tenant_id = pins_arena_strdup(a, text(r->tenant_id));
-        e->request_id = pins_arena_strdup(a, text(r->request_id));
-        e->latency_ms = r->latency_ms;
-        e->n_roles = r->nroles;
-        e->roles = r->nroles > 0 ? pins_arena_alloc(a, r->nroles * sizeof(*e->roles)) : NULL;
-        bool ok = e->ts != NULL && e->subject != NULL && e->resource != NULL && e->action != NULL &&
-                  e->reason != NULL && e->path != NULL && e->method != NULL &&
-                  e->tenant_id != NULL && e->request_id != NULL &&
-                  (r->nroles == 0 || e->roles != NULL);
-        for (size_t k = 0; ok && k < r->nroles; k++) {
-            e->roles[k] = pins_arena_strdup(a, r->roles[k]);
-            ok = e->roles[k] != NULL;
-        }
-        if (!ok) {
+        page.entries[i] = p->listing->entry_new(a, (const char *)rows + i * p->listing->row_size);
+        if (page.entries[i] == NULL) {
             rpc_call_fail(call, PINS_ENOMEM, NULL);
             return;
         }
-        ptrs[i] = e;
     }
-    Memorypins__V1__ListRbacAuditResponse resp = MEMORYPINS__V1__LIST_RBAC_AUDIT_RESPONSE__INIT;
-    resp.n_entries = nrows;
-    resp.entries = ptrs;
-    resp.total = total;
-    resp.limit = p->limit;
-    resp.offset = p->offset;
-    rpc_call_reply(call, &resp.base);
+    p->listing->reply(call, &page);
+}
+
+static void on_rbac_listed(void *arg, int err, const store_rbac_audit *rows, size_t nrows,
+                           int64_t total)
+{
+    reply_page(arg, err, rows, nrows, total);
+}
+
+static void on_memory_listed(void *arg, int err, const store_memory_audit *rows, size_t nrows,
+                             int64_t total)
+{
+    reply_page(arg, err, rows, nrows, total);
+}
+
+/* Checks the page of a listing request (limit 0: the default) and returns the listing's context
+ * in the call's arena, or NULL after failing the call. */
+static page_ctx *page_ctx_or_reply(rpc_call *call, const audit_listing *listing, int32_t limit,
+                                   int32_t offset)
+{
+    if (limit == 0)
+        limit = PINS_LIST_DEFAULT_LIMIT;
+    const rpc__field_check checks[] = {
+        {"limit", pins_check_limit(limit)},
+        {"offset", pins_check_offset(offset)},
+    };
+    if (!rpc__fields_valid_or_reply(call, checks, RPC__COUNTOF(checks)))
+        return NULL;
+    page_ctx *p = pins_arena_alloc(rpc_call_arena(call), sizeof(*p));
+    if (p == NULL) {
+        rpc_call_fail(call, PINS_ENOMEM, NULL);
+        return NULL;
+    }
+    *p = (page_ctx){.call = call, .listing = listing, .limit = limit, .offset = offset};
+    return p;
 }
 
 void rpc__admin_rbac_audit_list(rpc_call *call)
 {
     const Memorypins__V1__ListRbacAuditRequest *req =
         (const Memorypins__V1__ListRbacAuditRequest *)rpc_call_request(call);
-    int32_t limit = req->limit;
-    if (!page_or_reply(call, &limit, req->offset))
+    page_ctx *p = page_ctx_or_reply(call, &rbac_listing, req->limit, req->offset);
+    if (p == NULL)
         return;
     store_rbac_audit_list_req q = {
         .resource = filter(req->resource),
@@ -245,15 +316,31 @@ void rpc__admin_rbac_audit_list(rpc_call *call)
         .has_since = req->since != NULL,
         .since_us =
             req->since != NULL ? req->since->seconds * 1000000 + req->since->nanos / 1000 : 0,
-        .limit = limit,
-        .offset = req->offset,
+        .limit = p->limit,
+        .offset = p->offset,
     };
-    page_ctx *p = page_ctx_new(call, limit, req->offset);
-    if (p == NULL)
-        return;
     int rv = store_rbac_audit_list(rpc_call_store(call), &q, on_rbac_listed, p);
     if (rv != 0)
-        fail_store(call, rv, "listing the rbac audit");
+        rpc__fail_store(call, rv, rbac_listing.what, NULL);
+}
+
+void rpc__admin_memory_audit_list(rpc_call *call)
+{
+    const Memorypins__V1__ListMemoryAuditRequest *req =
+        (const Memorypins__V1__ListMemoryAuditRequest *)rpc_call_request(call);
+    page_ctx *p = page_ctx_or_reply(call, &memory_listing, req->limit, req->offset);
+    if (p == NULL)
+        return;
+    store_audit_list_req q = {
+        .tenant_id = filter(req->tenant_id),
+        .key = filter(req->key),
+        .operation = filter(req->operation),
+        .limit = p->limit,
+        .offset = p->offset,
+    };
+    int rv = store_audit_list(rpc_call_store(call), &q, on_memory_listed, p);
+    if (rv != 0)
+        rpc__fail_store(call, rv, memory_listing.what, NULL);
 }
 
 /* ---- CleanupRbacAudit ----------------------------------------------------------------------- */
@@ -269,14 +356,14 @@ static void on_rbac_cleaned(void *arg, int err, int64_t count)
     cleanup_ctx *c = arg;
     rpc_call *call = c->call;
     if (err != 0) {
-        fail_store(call, err, "cleaning up the rbac audit");
+        rpc__fail_store(call, err, "cleaning up the rbac audit", NULL);
         return;
     }
     Memorypins__V1__CleanupRbacAuditResponse resp =
         MEMORYPINS__V1__CLEANUP_RBAC_AUDIT_RESPONSE__INIT;
     resp.deleted_count = count;
     resp.retention_days = c->days;
-    resp.timestamp = timestamp(rpc_call_arena(call), c->now_us);
+    resp.timestamp = rpc__timestamp_new(rpc_call_arena(call), c->now_us);
     if (resp.timestamp == NULL) {
         rpc_call_fail(call, PINS_ENOMEM, NULL);
         return;
@@ -302,83 +389,7 @@ void rpc__admin_rbac_audit_cleanup(rpc_call *call)
     int rv = store_rbac_audit_cleanup(rpc_call_store(call), c->now_us - days * US_PER_DAY,
                                       on_rbac_cleaned, c);
     if (rv != 0)
-        fail_store(call, rv, "cleaning up the rbac audit");
-}
-
-/* ---- ListMemoryAudit ------------------------------------------------------------------------ */
-
-static void on_memory_listed(void *arg, int err, const store_memory_audit *rows, size_t nrows,
-                             int64_t total)
-{
-    page_ctx *p = arg;
-    rpc_call *call = p->call;
-    pins_arena *a = rpc_call_arena(call);
-    if (err != 0) {
-        fail_store(call, err, "listing the memory audit");
-        return;
-    }
-    Memorypins__V1__MemoryAuditEntry *entries =
-        nrows > 0 ? pins_arena_alloc(a, nrows * sizeof(*entries)) : NULL;
-    Memorypins__V1__MemoryAuditEntry **ptrs =
-        nrows > 0 ? pins_arena_alloc(a, nrows * sizeof(*ptrs)) : NULL;
-    if (nrows > 0 && (entries == NULL || ptrs == NULL)) {
-        rpc_call_fail(call, PINS_ENOMEM, NULL);
-        return;
-    }
-    for (size_t i = 0; i < nrows; i++) {
-        const store_memory_audit *r = &rows[i];
-        Memorypins__V1__MemoryAuditEntry *e = &entries[i];
-        memorypins__v1__memory_audit_entry__init(e);
-        e->id = r->id;
-        e->ts = timestamp(a, r->ts_us);
-        e->operation = pins_arena_strdup(a, text(r->operation));
-        e->tenant_id = pins_arena_strdup(a, text(r->tenant_id));
-        e->key = pins_arena_strdup(a, text(r->key));
-        e->agent_id = pins_arena_strdup(a, text(r->agent_id));
-        e->source = pins_arena_strdup(a, text(r->source));
-        e->cache_hit = r->cache_hit;
-        e->latency_ms = r->latency_ms;
-        e->success = r->success;
-        e->error_message = pins_arena_strdup(a, text(r->error_message));
-        e->old_value_hash = pins_arena_strdup(a, text(r->old_value_hash));
-        e->new_value_hash = pins_arena_strdup(a, text(r->new_value_hash));
-        if (e->ts == NULL || e->operation == NULL || e->tenant_id == NULL || e->key == NULL ||
-            e->agent_id == NULL || e->source == NULL || e->error_message == NULL ||
-            e->old_value_hash == NULL || e->new_value_hash == NULL) {
-            rpc_call_fail(call, PINS_ENOMEM, NULL);
-            return;
-        }
-        ptrs[i] = e;
-    }
-    Memorypins__V1__ListMemoryAuditResponse resp = MEMORYPINS__V1__LIST_MEMORY_AUDIT_RESPONSE__INIT;
-    resp.n_entries = nrows;
-    resp.entries = ptrs;
-    resp.total = total;
-    resp.limit = p->limit;
-    resp.offset = p->offset;
-    rpc_call_reply(call, &resp.base);
-}
-
-void rpc__admin_memory_audit_list(rpc_call *call)
-{
-    const Memorypins__V1__ListMemoryAuditRequest *req =
-        (const Memorypins__V1__ListMemoryAuditRequest *)rpc_call_request(call);
-    int32_t limit = req->limit;
-    if (!page_or_reply(call, &limit, req->offset))
-        return;
-    store_audit_list_req q = {
-        .tenant_id = filter(req->tenant_id),
-        .key = filter(req->key),
-        .operation = filter(req->operation),
-        .limit = limit,
-        .offset = req->offset,
-    };
-    page_ctx *p = page_ctx_new(call, limit, req->offset);
-    if (p == NULL)
-        return;
-    int rv = store_audit_list(rpc_call_store(call), &q, on_memory_listed, p);
-    if (rv != 0)
-        fail_store(call, rv, "listing the memory audit");
+        rpc__fail_store(call, rv, "cleaning up the rbac audit", NULL);
 }
 
 /* ---- GetStatus ------------------------------------------------------------------------------ */
@@ -401,10 +412,9 @@ static void on_status_ping(void *arg, int err, int64_t count)
     const pins_config *cfg = rpc_call_config(call);
     store_session *ss = rpc_call_store(call);
     /* The store's own text for a schema behind the binary (never database text), as /ready. */
-    const char *state = err == 0 ? "ok"
-                        : strncmp(store_session_last_error(ss), "schema behind", 13) == 0
-                            ? "schema_behind"
-                            : "down";
+    const char *state = err == 0                          ? "ok"
+                        : store_session_schema_behind(ss) ? "schema_behind"
+                                                          : "down";
     const char *backend = store_session_backend_name(ss);
     bool pg = strcmp(backend, "postgres") == 0;
     static const char *const breaker_names[] = {"closed", "open", "half-open"};

@@ -17,6 +17,7 @@
 #include "rpc/audit.h"
 #include "rpc/services/services.h"
 #include "rpc/services/pin_codec.h"
+#include "rpc/services/reply.h"
 #include "rpc/services/validate.h"
 #include "rpc/watch.h"
 #include "store/store.h"
@@ -24,24 +25,6 @@
 #define DEFAULT_SOURCE "api"
 
 /* ---- helpers ------------------------------------------------------------------------------- */
-
-/* Fails the call with a validation error on field. */
-static void invalid(rpc_call *call, const char *field, const char *why)
-{
-    rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, field, "%s", why);
-}
-
-static Google__Protobuf__Timestamp *timestamp(pins_arena *a, int64_t us)
-{
-    Google__Protobuf__Timestamp *ts = pins_arena_alloc(a, sizeof(*ts));
-    if (ts == NULL)
-        return NULL;
-    google__protobuf__timestamp__init(ts);
-    int64_t secs = us >= 0 ? us / 1000000 : (us - 999999) / 1000000;
-    ts->seconds = secs;
-    ts->nanos = (int32_t)((us - secs * 1000000) * 1000);
-    return ts;
-}
 
 /* Builds a Pin in the call's arena from a store row. value: the Struct to use, or NULL to
  * parse the row's JSON. Returns NULL when out of memory or the stored JSON is unreadable. */
@@ -56,8 +39,8 @@ static Memorypins__V1__Pin *pin_from_store(pins_arena *a, const store_pin *sp,
     p->tenant_id = pins_arena_strdup(a, sp->tenant_id);
     p->key = pins_arena_strdup(a, sp->key);
     p->source = pins_arena_strdup(a, sp->source);
-    p->created_at = timestamp(a, sp->created_us);
-    p->updated_at = timestamp(a, sp->updated_us);
+    p->created_at = rpc__timestamp_new(a, sp->created_us);
+    p->updated_at = rpc__timestamp_new(a, sp->updated_us);
     p->version = sp->version;
     if (p->tenant_id == NULL || p->key == NULL || p->source == NULL || p->created_at == NULL ||
         p->updated_at == NULL)
@@ -70,7 +53,7 @@ static Memorypins__V1__Pin *pin_from_store(pins_arena *a, const store_pin *sp,
         p->ttl_seconds->value = sp->ttl_seconds;
     }
     if (sp->has_expires) {
-        p->expires_at = timestamp(a, sp->expires_us);
+        p->expires_at = rpc__timestamp_new(a, sp->expires_us);
         if (p->expires_at == NULL)
             return NULL;
     }
@@ -79,16 +62,6 @@ static Memorypins__V1__Pin *pin_from_store(pins_arena *a, const store_pin *sp,
         return NULL;
     p->value = value;
     return p;
-}
-
-/* Store errors that are not domain outcomes. */
-static void fail_store(rpc_call *call, int err, const char *what)
-{
-    if (err == PINS_ESTORE || err == PINS_EINTERNAL || err == PINS_ENOMEM)
-        rpc_call_fail(call, err, "%s failed: %s (%s)", what, pins_strerror(err),
-                      store_session_last_error(rpc_call_store(call)));
-    else
-        rpc_call_fail(call, err, "%s failed: %s", what, pins_strerror(err));
 }
 
 static store_audit_info audit_info(rpc_call *call)
@@ -142,16 +115,8 @@ static void on_upserted(void *arg, int err, const store_pin *pin, bool created)
 {
     upsert_ctx *u = arg;
     rpc_call *call = u->call;
-    if (err == PINS_EALREADY_EXISTS) {
-        rpc_call_fail(call, err, "Pin already exists: %s", u->key);
-        return;
-    }
-    if (err == PINS_EABORTED) {
-        rpc_call_fail(call, err, "Version conflict on pin: %s", u->key);
-        return;
-    }
     if (err != 0) {
-        fail_store(call, err, "upsert");
+        rpc__fail_store(call, err, "upsert", u->key);
         return;
     }
     publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_PUT, pin,
@@ -173,34 +138,18 @@ void rpc__pins_upsert(rpc_call *call)
     const pins_config *cfg = rpc_call_config(call);
     const char *tenant = rpc_call_tenant(call);
     const char *source = req->source != NULL && req->source[0] ? req->source : DEFAULT_SOURCE;
-    const char *why;
     char *json = NULL;
     size_t len = 0;
 
-    why = pins_check_key(req->key);
-    if (why != NULL) {
-        invalid(call, "key", why);
+    const rpc__field_check checks[] = {
+        {"key", pins_check_key(req->key)},
+        {"tenant_id", pins_check_tenant(tenant)},
+        {"source", pins_check_source(source)},
+        {"ttl_seconds", req->ttl_seconds != NULL ? pins_check_ttl(req->ttl_seconds->value) : NULL},
+        {"value", req->value == NULL ? "is required and must be a JSON object" : NULL},
+    };
+    if (!rpc__fields_valid_or_reply(call, checks, RPC__COUNTOF(checks)))
         return;
-    }
-    why = pins_check_tenant(tenant);
-    if (why != NULL) {
-        invalid(call, "tenant_id", why);
-        return;
-    }
-    why = pins_check_source(source);
-    if (why != NULL) {
-        invalid(call, "source", why);
-        return;
-    }
-    why = req->ttl_seconds != NULL ? pins_check_ttl(req->ttl_seconds->value) : NULL;
-    if (why != NULL) {
-        invalid(call, "ttl_seconds", why);
-        return;
-    }
-    if (req->value == NULL) {
-        invalid(call, "value", "is required and must be a JSON object");
-        return;
-    }
     int rv = pbstruct_to_json(req->value, (size_t)cfg->memory_max_size_bytes, PINS_VALUE_MAX_DEPTH,
                               &json, &len);
     if (rv != 0) {
@@ -256,7 +205,7 @@ void rpc__pins_upsert(rpc_call *call)
     rv = store_pin_upsert(rpc_call_store(call), &sr, on_upserted, u);
     free(json);
     if (rv != 0)
-        fail_store(call, rv, "upsert");
+        rpc__fail_store(call, rv, "upsert", NULL);
 }
 
 /* ---- GetPin -------------------------------------------------------------------------------- */
@@ -272,12 +221,8 @@ static void on_got(void *arg, int err, const store_pin *pin, bool created)
     key_ctx *k = arg;
     rpc_call *call = k->call;
     rpc_audit_memory_read(call, "get", k->tenant, k->key, err == 0 && pin->from_cache, err);
-    if (err == PINS_ENOT_FOUND) {
-        rpc_call_fail(call, err, "Pin not found: %s", k->key);
-        return;
-    }
     if (err != 0) {
-        fail_store(call, err, "get");
+        rpc__fail_store(call, err, "get", k->key);
         return;
     }
     if (pin->value_pb != NULL) {
@@ -318,16 +263,12 @@ static key_ctx *key_ctx_new(rpc_call *call, const char *tenant, const char *key)
 static key_ctx *key_request_or_reply(rpc_call *call, const char *key)
 {
     const char *tenant = rpc_call_tenant(call);
-    const char *why = pins_check_key(key);
-    if (why != NULL) {
-        invalid(call, "key", why);
+    const rpc__field_check checks[] = {
+        {"key", pins_check_key(key)},
+        {"tenant_id", pins_check_tenant(tenant)},
+    };
+    if (!rpc__fields_valid_or_reply(call, checks, RPC__COUNTOF(checks)))
         return NULL;
-    }
-    why = pins_check_tenant(tenant);
-    if (why != NULL) {
-        invalid(call, "tenant_id", why);
-        return NULL;
-    }
     return key_ctx_new(call, tenant, key);
 }
 
@@ -341,7 +282,7 @@ void rpc__pins_get(rpc_call *call)
     const char *tenant = k->tenant;
     int rv = store_pin_get(rpc_call_store(call), tenant, req->key, pins_time_now_us(), on_got, k);
     if (rv != 0)
-        fail_store(call, rv, "get");
+        rpc__fail_store(call, rv, "get", NULL);
 }
 
 /* ---- ListPins ------------------------------------------------------------------------------ */
@@ -426,7 +367,7 @@ static void on_listed(void *arg, int err, const store_pin *pins, size_t npins, i
     pins_arena *a = rpc_call_arena(call);
     rpc_audit_memory_read(call, "list", l->tenant, l->prefix, false, err);
     if (err != 0) {
-        fail_store(call, err, "list");
+        rpc__fail_store(call, err, "list", NULL);
         return;
     }
     Memorypins__V1__ListPinsResponse resp = MEMORYPINS__V1__LIST_PINS_RESPONSE__INIT;
@@ -465,26 +406,15 @@ void rpc__pins_list(rpc_call *call)
         (const Memorypins__V1__ListPinsRequest *)rpc_call_request(call);
     const char *tenant = rpc_call_tenant(call);
     const char *prefix = req->prefix != NULL ? req->prefix : "";
-    const char *why;
-    why = pins_check_tenant(tenant);
-    if (why != NULL) {
-        invalid(call, "tenant_id", why);
-        return;
-    }
-    why = pins_check_prefix(prefix);
-    if (why != NULL) {
-        invalid(call, "prefix", why);
-        return;
-    }
     int32_t limit = req->limit == 0 ? PINS_LIST_DEFAULT_LIMIT : req->limit;
-    if (limit < 1 || limit > PINS_LIST_MAX_LIMIT) {
-        invalid(call, "limit", "must be between 1 and 1000");
+    const rpc__field_check checks[] = {
+        {"tenant_id", pins_check_tenant(tenant)},
+        {"prefix", pins_check_prefix(prefix)},
+        {"limit", pins_check_limit(limit)},
+        {"offset", pins_check_offset(req->offset)},
+    };
+    if (!rpc__fields_valid_or_reply(call, checks, RPC__COUNTOF(checks)))
         return;
-    }
-    if (req->offset < 0) {
-        invalid(call, "offset", "must be at least 0");
-        return;
-    }
     store_list_req lr = {
         .tenant_id = tenant,
         .prefix = prefix,
@@ -495,7 +425,8 @@ void rpc__pins_list(rpc_call *call)
     };
     if (req->page_token != NULL && req->page_token[0] != '\0') {
         if (!token_decode(req->page_token, &lr.offset, &lr.cursor_created_us, &lr.cursor_id)) {
-            invalid(call, "page_token", "is not a token this server issued");
+            rpc_call_fail_field(call, PINS_EINVALID_ARGUMENT, "page_token",
+                                "is not a token this server issued");
             return;
         }
         lr.has_cursor = true;
@@ -509,7 +440,7 @@ void rpc__pins_list(rpc_call *call)
         .call = call, .tenant = tenant, .prefix = prefix, .limit = limit, .offset = lr.offset};
     int rv = store_pin_list(rpc_call_store(call), &lr, on_listed, l);
     if (rv != 0)
-        fail_store(call, rv, "list");
+        rpc__fail_store(call, rv, "list", NULL);
 }
 
 /* ---- DeletePin ----------------------------------------------------------------------------- */
@@ -518,16 +449,8 @@ static void on_deleted(void *arg, int err, const store_pin *pin, bool created)
 {
     key_ctx *k = arg;
     rpc_call *call = k->call;
-    if (err == PINS_ENOT_FOUND) {
-        rpc_call_fail(call, err, "Pin not found: %s", k->key);
-        return;
-    }
-    if (err == PINS_EABORTED) {
-        rpc_call_fail(call, err, "Version conflict on pin: %s", k->key);
-        return;
-    }
     if (err != 0) {
-        fail_store(call, err, "delete");
+        rpc__fail_store(call, err, "delete", k->key);
         return;
     }
     publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_DELETE, pin, NULL);
@@ -556,7 +479,7 @@ void rpc__pins_delete(rpc_call *call)
     };
     int rv = store_pin_delete(rpc_call_store(call), &dr, on_deleted, k);
     if (rv != 0)
-        fail_store(call, rv, "delete");
+        rpc__fail_store(call, rv, "delete", NULL);
 }
 
 /* ---- CleanupExpiredPins -------------------------------------------------------------------- */
@@ -573,7 +496,7 @@ static void on_cleaned(void *arg, int err, int64_t count)
     rpc_call *call = c->call;
     pins_arena *a = rpc_call_arena(call);
     if (err != 0) {
-        fail_store(call, err, "cleanup");
+        rpc__fail_store(call, err, "cleanup", NULL);
         return;
     }
     Memorypins__V1__CleanupExpiredPinsResponse resp =
@@ -584,7 +507,7 @@ static void on_cleaned(void *arg, int err, int64_t count)
         tv.value = (char *)c->tenant;
         resp.tenant_id = &tv;
     }
-    resp.timestamp = timestamp(a, c->now_us);
+    resp.timestamp = rpc__timestamp_new(a, c->now_us);
     if (resp.timestamp == NULL) {
         rpc_call_fail(call, PINS_ENOMEM, NULL);
         return;
@@ -596,15 +519,11 @@ void rpc__pins_cleanup(rpc_call *call)
 {
     const Memorypins__V1__CleanupExpiredPinsRequest *req =
         (const Memorypins__V1__CleanupExpiredPinsRequest *)rpc_call_request(call);
-    const char *tenant = NULL;
-    if (req->tenant_id != NULL) {
-        tenant = rpc_call_tenant(call);
-        const char *why = pins_check_tenant(tenant);
-        if (why != NULL) {
-            invalid(call, "tenant_id", why);
-            return;
-        }
-    }
+    /* No tenant_id: every tenant. */
+    const char *tenant = req->tenant_id != NULL ? rpc_call_tenant(call) : NULL;
+    const rpc__field_check check = {"tenant_id", tenant != NULL ? pins_check_tenant(tenant) : NULL};
+    if (!rpc__fields_valid_or_reply(call, &check, 1))
+        return;
     cleanup_ctx *c = pins_arena_alloc(rpc_call_arena(call), sizeof(*c));
     if (c == NULL) {
         rpc_call_fail(call, PINS_ENOMEM, NULL);
@@ -613,7 +532,7 @@ void rpc__pins_cleanup(rpc_call *call)
     *c = (cleanup_ctx){.call = call, .tenant = tenant, .now_us = pins_time_now_us()};
     int rv = store_pin_cleanup(rpc_call_store(call), tenant, c->now_us, on_cleaned, c);
     if (rv != 0)
-        fail_store(call, rv, "cleanup");
+        rpc__fail_store(call, rv, "cleanup", NULL);
 }
 
 /* ---- WatchPins ---------------------------------------------------------------------------- */
@@ -624,16 +543,12 @@ void rpc__pins_watch(rpc_call *call)
         (const Memorypins__V1__WatchPinsRequest *)rpc_call_request(call);
     const char *tenant = rpc_call_tenant(call);
     const char *prefix = req->prefix != NULL ? req->prefix : "";
-    const char *why = pins_check_tenant(tenant);
-    if (why != NULL) {
-        invalid(call, "tenant_id", why);
+    const rpc__field_check checks[] = {
+        {"tenant_id", pins_check_tenant(tenant)},
+        {"prefix", pins_check_prefix(prefix)},
+    };
+    if (!rpc__fields_valid_or_reply(call, checks, RPC__COUNTOF(checks)))
         return;
-    }
-    why = pins_check_prefix(prefix);
-    if (why != NULL) {
-        invalid(call, "prefix", why);
-        return;
-    }
     const char *full = NULL;
     int rv = rpc_watch_subscribe(call, tenant, prefix, &full);
     if (rv == PINS_ERESOURCE_EXHAUSTED)

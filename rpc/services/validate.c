@@ -18,6 +18,11 @@ static const char *check_text(const char *s, long max, const char *too_long, boo
     return NULL;
 }
 
+static const char *check_range(int64_t v, int64_t min, int64_t max, const char *outside)
+{
+    return v < min || v > max ? outside : NULL;
+}
+
 const char *pins_check_key(const char *key)
 {
     const char *why = check_text(key, PINS_KEY_MAX_CHARS, "must be at most 512 characters", false);
@@ -44,12 +49,20 @@ const char *pins_check_source(const char *source)
 
 const char *pins_check_ttl(int64_t ttl)
 {
-    if (ttl < 0 || ttl > PINS_TTL_MAX_SECONDS)
-        return "must be null or between 0 and 31536000";
-    return NULL;
+    return check_range(ttl, 0, PINS_TTL_MAX_SECONDS, "must be null or between 0 and 31536000");
 }
 
 const char *pins_check_prefix(const char *prefix)
 {
     return check_text(prefix, PINS_KEY_MAX_CHARS, "must be at most 512 characters", true);
+}
+
+const char *pins_check_limit(int64_t limit)
+{
+    return check_range(limit, 1, PINS_LIST_MAX_LIMIT, "must be between 1 and 1000");
+}
+
+const char *pins_check_offset(int64_t offset)
+{
+    return check_range(offset, 0, INT64_MAX, "must be at least 0");
 }

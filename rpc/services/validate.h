@@ -27,5 +27,10 @@ const char *pins_check_source(const char *source);
 const char *pins_check_ttl(int64_t ttl);
 /* prefix: valid UTF-8 without control characters, at most PINS_KEY_MAX_CHARS. */
 const char *pins_check_prefix(const char *prefix);
+/* A listing page's limit, already defaulted (0 in a request means PINS_LIST_DEFAULT_LIMIT):
+ * between 1 and PINS_LIST_MAX_LIMIT. */
+const char *pins_check_limit(int64_t limit);
+/* A listing page's offset: at least 0. */
+const char *pins_check_offset(int64_t offset);
 
 #endif

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/arena.h"
+#include "common/base64.h"
 #include "common/error.h"
 #include "common/pbstruct.h"
 #include "fake_call.h"
@@ -595,28 +596,48 @@ static void test_list_page_token_neither_skips_nor_repeats_after_an_insert(void 
     fake_call_free(l);
 }
 
-/* URL-safe base64 without padding, as the server's tokens are written. */
-static char *b64url(fixture *fx, const char *raw)
+/* Page tokens are "<offset>.<created_us>.<id>" in URL-safe base64 without padding. The issued
+ * token of the first page names the last pin of that page, read back from the response. */
+static void test_list_page_token_is_offset_created_and_id_of_the_last_pin(void **state)
 {
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t n = strlen(raw);
-    char *out = pins_arena_alloc(fx->a, n * 4 / 3 + 4);
-    assert_non_null(out);
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc = acc << 8 | (unsigned char)raw[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            out[o++] = b64[(acc >> bits) & 63];
-        }
-    }
-    if (bits > 0)
-        out[o++] = b64[(acc << (6 - bits)) & 63];
-    out[o] = '\0';
-    return out;
+    fixture *fx = *state;
+    put_seven(fx);
+    ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
+    lr.tenant_id = "acme";
+    lr.limit = 3;
+    fake_call *l = call_list(fx, &lr);
+    const ListResp *r = (const ListResp *)fake_call_response(l);
+    const Memorypins__V1__Pin *last = r->pins[2];
+    int64_t created_us = last->created_at->seconds * 1000000 + last->created_at->nanos / 1000;
+    char *want =
+        pins_arena_printf(fx->a, "3.%lld.%lld", (long long)created_us, (long long)last->id);
+    const char *token = r->next_page_token;
+    assert_null(strpbrk(token, "+/="));
+    uint8_t raw[80];
+    size_t n = 0;
+    assert_int_equal(pins_base64_decode(token, strlen(token), PINS_BASE64_URL, raw, &n), 0);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(raw, want, n);
+    fake_call_free(l);
+}
+
+/* A token written by hand (known bytes, not made by an encoder of the test's own): "3.<a time
+ * after every pin>.0" starts at the newest pin and reports offset 3. */
+static void test_list_accepts_a_hand_written_page_token(void **state)
+{
+    fixture *fx = *state;
+    put_seven(fx);
+    ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
+    lr.tenant_id = "acme";
+    lr.limit = 3;
+    lr.page_token = "My45MDAwMDAwMDAwMDAwMDAwLjA"; /* "3.9000000000000000.0" */
+    fake_call *l = call_list(fx, &lr);
+    assert_int_equal(fake_call_err(l), 0);
+    const ListResp *r = (const ListResp *)fake_call_response(l);
+    assert_string_equal(keys_of(fx, r), "p6 p5 p4");
+    assert_int_equal(r->offset, 3);
+    assert_int_equal(r->total, 7);
+    fake_call_free(l);
 }
 
 static void test_list_rejects_a_forged_page_token(void **state)
@@ -627,12 +648,12 @@ static void test_list_rejects_a_forged_page_token(void **state)
     const char *const forged[] = {
         "not a token!",
         "A",
-        b64url(fx, "3.1700000000"),
-        b64url(fx, "-1.1700000000.5"),
-        b64url(fx, "1.2.-3"),
-        b64url(fx, "1.2.3.4"),
-        b64url(fx, "x.y.z"),
-        b64url(fx, "99999999999999999999.1.1"),
+        "My4xNzAwMDAwMDAw",                 /* "3.1700000000" */
+        "LTEuMTcwMDAwMDAwMC41",             /* "-1.1700000000.5" */
+        "MS4yLi0z",                         /* "1.2.-3" */
+        "MS4yLjMuNA",                       /* "1.2.3.4" */
+        "eC55Lno",                          /* "x.y.z" */
+        "OTk5OTk5OTk5OTk5OTk5OTk5OTkuMS4x", /* "99999999999999999999.1.1" */
         repeat(fx, "A", 101),
     };
     for (size_t i = 0; i < sizeof(forged) / sizeof(forged[0]); i++) {
@@ -1138,6 +1159,8 @@ int main(void)
         T(test_list_matches_prefix_literally),
         T(test_list_page_tokens_cover_every_pin_once),
         T(test_list_page_token_neither_skips_nor_repeats_after_an_insert),
+        T(test_list_page_token_is_offset_created_and_id_of_the_last_pin),
+        T(test_list_accepts_a_hand_written_page_token),
         T(test_list_rejects_a_forged_page_token),
         T(test_list_shows_expired_pins_only_when_asked),
         T(test_delete_removes_the_pin),

@@ -225,6 +225,18 @@ static void test_check_ttl_boundaries(void **state)
     assert_non_null(pins_check_ttl(INT64_MAX));
 }
 
+static void test_check_page_limit_and_offset_boundaries(void **state)
+{
+    assert_null(pins_check_limit(1));
+    assert_null(pins_check_limit(1000));
+    assert_string_equal(pins_check_limit(0), "must be between 1 and 1000");
+    assert_string_equal(pins_check_limit(1001), "must be between 1 and 1000");
+    assert_non_null(pins_check_limit(INT64_MIN));
+    assert_null(pins_check_offset(0));
+    assert_null(pins_check_offset(INT64_MAX));
+    assert_string_equal(pins_check_offset(-1), "must be at least 0");
+}
+
 static void test_check_prefix_allows_empty_and_512_characters(void **state)
 {
     char *ok = repeat("\xf0\x9f\x93\x8c", 512);
@@ -258,6 +270,7 @@ int main(void)
         cmocka_unit_test(test_check_tenant_rejects_empty_control_and_bad_utf8),
         cmocka_unit_test(test_check_source_boundary_is_64_characters),
         cmocka_unit_test(test_check_ttl_boundaries),
+        cmocka_unit_test(test_check_page_limit_and_offset_boundaries),
         cmocka_unit_test(test_check_prefix_allows_empty_and_512_characters),
     };
     return cmocka_run_group_tests_name("rpc/services/validate", tests, NULL, NULL);
