@@ -91,32 +91,47 @@ static char *connect_error_json(pins_arena *a, int err, const char *message)
 }
 
 /* The end-stream message: {"error":{...},"metadata":{"name":["value"],...}} (parts omitted when
- * empty). */
+ * empty), built in one pass and copied into the call's arena once. */
 static char *connect_end_json(rpc_call *call, int err, const char *message)
 {
     pins_arena *a = call->arena;
-    char *out = pins_arena_strdup(a, "{");
-    if (out == NULL)
-        return NULL;
+    size_t limit = pins_arena_limit(a); /* the arena holds the result: its limit bounds it */
+    pins_buf b;
+    pins_buf_init(&b, limit != 0 ? limit : SIZE_MAX);
+    char *out = NULL;
+    pins_buf_add_byte(&b, '{');
     if (err != 0) {
         char *e = connect_error_json(a, err, message);
-        out = e != NULL ? pins_arena_printf(a, "%s\"error\":%s", out, e) : NULL;
+        if (e == NULL)
+            goto out;
+        pins_buf_add_str(&b, "\"error\":");
+        pins_buf_add_str(&b, e);
     }
     bool first = true;
-    for (const rpc_metadata *m = rpc_call_metadata(call); out != NULL && m; m = m->next) {
+    for (const rpc_metadata *m = rpc_call_metadata(call); m; m = m->next) {
         if (!m->trailer)
             continue;
         char *qn = proto__json_quote(a, m->name);
         char *qv = proto__json_quote(a, m->value);
         if (qn == NULL || qv == NULL)
-            return NULL;
-        out = pins_arena_printf(a, "%s%s%s:[%s]", out,
-                                first ? (err != 0 ? ",\"metadata\":{" : "\"metadata\":{") : ",", qn,
-                                qv);
+            goto out;
+        pins_buf_add_str(&b, first ? (err != 0 ? ",\"metadata\":{" : "\"metadata\":{") : ",");
+        pins_buf_add_str(&b, qn);
+        pins_buf_add(&b, ":[", 2);
+        pins_buf_add_str(&b, qv);
+        pins_buf_add_byte(&b, ']');
         first = false;
     }
-    if (out != NULL)
-        out = pins_arena_printf(a, "%s%s}", out, first ? "" : "}");
+    if (!first)
+        pins_buf_add_byte(&b, '}');
+    pins_buf_add_byte(&b, '}');
+    if (pins_buf_error(&b) == 0) {
+        out = pins_arena_alloc(a, pins_buf_len(&b) + 1);
+        if (out != NULL)
+            memcpy(out, pins_buf_ptr(&b), pins_buf_len(&b) + 1);
+    }
+out:
+    pins_buf_free(&b);
     return out;
 }
 

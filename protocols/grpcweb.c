@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+#include "common/base64.h"
+#include "common/buf.h"
+#include "common/fmt.h"
 
 const char *proto__grpcweb_content_type(bool json, bool text)
 {
@@ -27,83 +28,79 @@ const char *proto__grpcweb_content_type(bool json, bool text)
     return json ? "application/grpc-web+json" : "application/grpc-web+proto";
 }
 
-static int b64_value(uint8_t c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 int proto__base64_quantum(const uint8_t q[4], uint8_t *out)
 {
-    int v0 = b64_value(q[0]), v1 = b64_value(q[1]);
-    if (v0 < 0 || v1 < 0)
+    size_t n = 0;
+    if (pins_base64_decode((const char *)q, 4, PINS_BASE64_PAD, out, &n) != 0)
         return -1;
-    int v2 = q[2] == '=' ? -2 : b64_value(q[2]);
-    int v3 = q[3] == '=' ? -2 : b64_value(q[3]);
-    if (v2 == -1 || v3 == -1 || (v2 == -2 && v3 != -2))
-        return -1;
-    out[0] = (uint8_t)(v0 << 2 | v1 >> 4);
-    if (v2 == -2)
-        return 1;
-    out[1] = (uint8_t)((v1 & 15) << 4 | v2 >> 2);
-    if (v3 == -2)
-        return 2;
-    out[2] = (uint8_t)((v2 & 3) << 6 | v3);
-    return 3;
+    return (int)n;
 }
 
 int proto__base64_envelope(const uint8_t hdr[5], const void *p, size_t len, char **pout,
                            size_t *plen)
 {
-    size_t total = 5 + len;
     if (len > SIZE_MAX / 2 - 8)
         return PINS_ENOMEM;
-    char *out = malloc((total + 2) / 3 * 4 + 1);
+    char *out = malloc(pins_base64_encoded_len(5 + len, PINS_BASE64_PAD) + 1);
     if (out == NULL)
         return PINS_ENOMEM;
-    const uint8_t *body = p;
-    size_t o = 0;
-    uint8_t q[3];
-    for (size_t i = 0; i < total; i += 3) {
-        size_t k = total - i < 3 ? total - i : 3;
-        for (size_t j = 0; j < 3; j++) {
-            size_t at = i + j;
-            q[j] = j >= k ? 0 : at < 5 ? hdr[at] : body[at - 5];
-        }
-        out[o++] = b64_alphabet[q[0] >> 2];
-        out[o++] = b64_alphabet[(q[0] & 3) << 4 | q[1] >> 4];
-        out[o++] = k > 1 ? b64_alphabet[(q[1] & 15) << 2 | q[2] >> 6] : '=';
-        out[o++] = k > 2 ? b64_alphabet[q[2] & 63] : '=';
-    }
-    out[o] = '\0';
+    /* The header and the first body byte make two whole quanta, so the body's encoding follows
+     * on without a seam: one base64 text of hdr + p. */
+    uint8_t head[6];
+    memcpy(head, hdr, 5);
+    size_t k = len > 0 ? 1 : 0;
+    if (k > 0)
+        head[5] = *(const uint8_t *)p;
+    size_t o = pins_base64_encode(head, 5 + k, PINS_BASE64_PAD, out);
+    o += pins_base64_encode((const uint8_t *)p + k, len - k, PINS_BASE64_PAD, out + o);
     *pout = out;
     *plen = o;
     return 0;
 }
 
+/* The call's arena holds the result, so its limit bounds the text (0: no limit). */
+static size_t arena_bound(pins_arena *a)
+{
+    size_t limit = pins_arena_limit(a);
+    return limit != 0 ? limit : SIZE_MAX;
+}
+
 char *proto__grpcweb_trailers(rpc_call *call, int err, const char *message, size_t *plen)
 {
     pins_arena *a = call->arena;
-    char *out = pins_arena_printf(a, "grpc-status:%d\r\n", pins_error_grpc(err));
-    if (out != NULL && err != 0) {
+    pins_buf b;
+    pins_buf_init(&b, arena_bound(a));
+    char code[PINS_FMT_INT_MAX];
+    pins_buf_add_str(&b, "grpc-status:");
+    pins_buf_add(&b, code, (size_t)(pins_fmt_i64(code, pins_error_grpc(err)) - code));
+    pins_buf_add(&b, "\r\n", 2);
+    if (err != 0) {
         const char *msg = message != NULL ? message : pins_strerror(err);
         char *enc = proto__grpc_message_encode(a, msg);
-        out = enc != NULL ? pins_arena_printf(a, "%sgrpc-message:%s\r\n", out, enc) : NULL;
+        if (enc == NULL)
+            goto fail;
+        pins_buf_add_str(&b, "grpc-message:");
+        pins_buf_add_str(&b, enc);
+        pins_buf_add(&b, "\r\n", 2);
     }
-    for (const rpc_metadata *m = rpc_call_metadata(call); out != NULL && m; m = m->next) {
-        if (m->trailer)
-            out = pins_arena_printf(a, "%s%s:%s\r\n", out, m->name, m->value);
+    for (const rpc_metadata *m = rpc_call_metadata(call); m; m = m->next) {
+        if (!m->trailer)
+            continue;
+        pins_buf_add_str(&b, m->name);
+        pins_buf_add_byte(&b, ':');
+        pins_buf_add_str(&b, m->value);
+        pins_buf_add(&b, "\r\n", 2);
     }
-    if (out != NULL)
-        *plen = strlen(out);
+    if (pins_buf_error(&b) != 0)
+        goto fail;
+    char *out = pins_arena_alloc(a, pins_buf_len(&b) + 1);
+    if (out != NULL) {
+        memcpy(out, pins_buf_ptr(&b), pins_buf_len(&b) + 1);
+        *plen = pins_buf_len(&b);
+    }
+    pins_buf_free(&b);
     return out;
+fail:
+    pins_buf_free(&b);
+    return NULL;
 }

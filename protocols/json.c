@@ -30,6 +30,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/base64.h"
 #include "common/buf.h"
 #include "common/error.h"
 #include "common/fmt.h"
@@ -416,67 +417,11 @@ static enum numres parse_double(const char *s, size_t n, double *pd)
     return NUM_OK;
 }
 
-static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+' || c == '-')
-        return 62;
-    if (c == '/' || c == '_')
-        return 63;
-    return -1;
-}
-
-/* Decodes standard or URL-safe base64, padded or not, into out (at least n / 4 * 3 + 3 bytes).
- * Returns the decoded length or -1. */
-static long b64_decode(const char *s, size_t n, unsigned char *out)
-{
-    if (n % 4 == 0 && n >= 2 && s[n - 1] == '=')
-        n -= s[n - 2] == '=' ? 2 : 1;
-    if (n % 4 == 1)
-        return -1;
-    size_t o = 0;
-    uint32_t acc = 0;
-    unsigned bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value((unsigned char)s[i]);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    return (long)o;
-}
-
-/* Days in month m of year y (proleptic Gregorian). */
-static int month_days(int y, int m)
-{
-    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (m == 2 && y % 4 == 0 && (y % 100 != 0 || y % 400 == 0))
-        return 29;
-    return days[m - 1];
-}
-
 /* Parses an RFC 3339 timestamp into seconds and nanoseconds. */
 static int parse_timestamp(const char *s, size_t n, int64_t *psec, int32_t *pnanos)
 {
     int64_t us;
-    if (n < 20 || pins_time_parse_us(s, n, &us) != 0)
-        return -1;
-    int y = (s[0] - '0') * 1000 + (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0');
-    int m = (s[5] - '0') * 10 + (s[6] - '0');
-    int d = (s[8] - '0') * 10 + (s[9] - '0');
-    if (d > month_days(y, m))
+    if (n < 20 || pins_time_parse_us(s, n, &us) != 0) /* also refuses 31 April, 30 February */
         return -1;
     int32_t nanos = 0;
     if (s[19] == '.') {
@@ -615,18 +560,14 @@ static int put_float(struct enc *e, float f)
     return put(e, tmp, (size_t)n);
 }
 
+/* Standard base64 with padding (common/base64.h), in chunks of whole quanta on the stack. */
 static int put_base64(struct enc *e, const uint8_t *p, size_t n)
 {
+    char chunk[4 * 64 + 1];
     int rv = put(e, "\"", 1);
-    for (size_t i = 0; rv == 0 && i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        char q[4] = {b64_std[v >> 18], b64_std[(v >> 12) & 63],
-                     i + 1 < n ? b64_std[(v >> 6) & 63] : '=', i + 2 < n ? b64_std[v & 63] : '='};
-        rv = put(e, q, 4);
+    for (size_t i = 0; rv == 0 && i < n; i += 3 * 64) {
+        size_t k = n - i < 3 * 64 ? n - i : 3 * 64;
+        rv = put(e, chunk, pins_base64_encode(p + i, k, PINS_BASE64_PAD, chunk));
     }
     return rv != 0 ? rv : put(e, "\"", 1);
 }
@@ -1601,17 +1542,18 @@ static int conv_string(struct dec *d, const char *s, size_t n, bool nul, void *d
     return 0;
 }
 
+/* Standard or URL-safe base64, padded or not (common/base64.h). */
 static int conv_bytes(struct dec *d, const char *s, size_t n, void *dst)
 {
     unsigned char *out = NULL;
-    int rv = alloc(d, n / 4 * 3 + 3, (void **)&out);
+    int rv = alloc(d, pins_base64_decoded_max(n), (void **)&out);
     if (rv != 0)
         return rv;
-    long len = b64_decode(s, n, out);
-    if (len < 0)
+    size_t len = 0;
+    if (pins_base64_decode(s, n, PINS_BASE64_MIXED | PINS_BASE64_PAD, out, &len) != 0)
         return fail_value(d, "invalid base64");
     ProtobufCBinaryData *bd = dst;
-    bd->len = (size_t)len;
+    bd->len = len;
     bd->data = len > 0 ? out : NULL;
     return 0;
 }

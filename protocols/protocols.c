@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/percent.h"
 #include "common/utf8.h"
 #include "observability/metrics.h"
 #include "common/timeutil.h"
@@ -158,43 +159,11 @@ char *proto__json_quote(pins_arena *a, const char *s)
     return out;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int proto__url_decode(pins_arena *a, const char *src, size_t len, bool plus_space, char **pout,
                       size_t *pout_len)
 {
-    char *out = pins_arena_alloc(a, len + 1);
-    if (out == NULL)
-        return PINS_ENOMEM;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = src[i];
-        if (c == '%') {
-            int hi = i + 2 < len ? hexval(src[i + 1]) : -1;
-            int lo = i + 2 < len ? hexval(src[i + 2]) : -1;
-            if (hi < 0 || lo < 0)
-                return PINS_EMALFORMED;
-            out[o++] = (char)(hi << 4 | lo);
-            i += 2;
-        } else if (c == '+' && plus_space) {
-            out[o++] = ' ';
-        } else {
-            out[o++] = c;
-        }
-    }
-    out[o] = '\0';
-    *pout = out;
-    *pout_len = o;
-    return 0;
+    return pins_percent_decode_arena(a, src, len, plus_space ? PINS_PERCENT_PLUS_SPACE : 0, pout,
+                                     pout_len);
 }
 
 /* ---- responses --------------------------------------------------------------------------------
