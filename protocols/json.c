@@ -34,6 +34,7 @@
 #include "common/buf.h"
 #include "common/error.h"
 #include "common/fmt.h"
+#include "common/limits.h"
 #include "common/json_str.h"
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
@@ -2239,7 +2240,7 @@ int proto_json_set_field(pins_arena *a, ProtobufCMessage *msg, const char *name,
                          size_t value_len, proto_json_error *perr)
 {
     struct dec d;
-    dec_init(&d, a, value, value_len, 100);
+    dec_init(&d, a, value, value_len, PINS_REQUEST_JSON_DEPTH);
     path_push(&d, name, strlen(name));
     int rv = set_field(&d, msg, name, value, value_len);
     free(d.stk);

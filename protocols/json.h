@@ -85,7 +85,8 @@ typedef struct proto_json_error {
 } proto_json_error;
 
 /* Parses json[0..len) as a message of type desc into a in the arena. max_depth bounds nesting
- * (64 for pin values plus the message's own levels: callers pass 100); the request object itself
+ * (a pin value's plus the message's own levels: callers pass PINS_REQUEST_JSON_DEPTH of
+ * common/limits.h); the request object itself
  * is depth 1 and every nested object or array adds 1; values above 256 are treated as 256. The
  * input is strict RFC 8259 (one value, optional surrounding whitespace, no BOM) and json is
  * borrowed. Returns 0 and *pmsg, or PINS_EMALFORMED (syntax, wrong types, bad values: *perr says

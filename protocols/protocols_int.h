@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "protocols/protocols.h"
+#include "common/limits.h"
 #include "protocols/json.h"
 
 /* The protocol an exchange speaks, decided from the path, the method and the content type. */
@@ -118,7 +119,7 @@ int proto__hdrs_add_metadata(pins_arena *a, proto__hdrs *h, const rpc_call *call
                              const char *trailer_prefix);
 
 /* Nesting accepted in a JSON request: a 64-deep pin value plus the request's own levels. */
-#define PROTO__JSON_MAX_DEPTH 100
+#define PROTO__JSON_MAX_DEPTH PINS_REQUEST_JSON_DEPTH /* common/limits.h: 100 */
 /* A decoded JSON request may take at most 1/PROTO__DECODE_SHARE of the call's arena limit; the
  * rest is the handler's, whose reply the protocol unpacks once more to write it as JSON (a
  * protobuf request gets half: rpc_call_decode in rpc/decode.c). */

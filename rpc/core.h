@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/limits.h"
 #include "common/list.h"
 #include "common/rand.h"
 #include "rpc/call.h"
@@ -164,7 +165,7 @@ void rpc_call_ref(rpc_call *call);
 void rpc_call_unref(rpc_call *call);
 /* Nesting the transports accept in a request: a 64-deep pin value inside UpsertPinRequest
  * needs 193 levels (common/pbwire.h). */
-#define RPC_MAX_PROTO_DEPTH 200
+#define RPC_MAX_PROTO_DEPTH PINS_REQUEST_WIRE_DEPTH /* common/limits.h: 200 */
 /* Checks and unpacks a request message of type desc into the call's arena. On failure *pwhy
  * gets the client-visible reason (and call->field_error names a bad string field).
  * Returns 0, PINS_EINVALID_ARGUMENT or PINS_ETOO_LARGE. */
