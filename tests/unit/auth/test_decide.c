@@ -21,6 +21,8 @@
 #include "auth/auth.h"
 #include "common/error.h"
 #include "fake_call.h"
+#include "api_matrix.h"
+#include "scrape.h"
 #include "jwt_mint.h"
 #include "memorypins/v1/admin.pb-c.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
@@ -43,41 +45,6 @@
 #define STATUS         "/memorypins.v1.Admin/GetStatus"
 
 /* ---- the expected decision, from API.md section 6 -------------------------------------------- */
-
-static const struct {
-    const char *role, *resource, *actions;
-} api_matrix[] = {
-    {"infra", "memory_pin", "read write delete admin"},
-    {"infra", "prometheus", "reload query"},
-    {"infra", "rbac", "read reload"},
-    {"admin", "memory_pin", "read write delete admin"},
-    {"admin", "prometheus", "reload query"},
-    {"admin", "rbac", "read reload"},
-    {"machine", "memory_pin", "read write"},
-    {"machine", "prometheus", "reload"},
-    {"machine", "rbac", "read"},
-    {"dev", "memory_pin", "read"},
-    {"dev", "prometheus", "query"},
-    {"dev", "rbac", "read"},
-    {"readonly", "memory_pin", "read"},
-    {"readonly", "prometheus", "query"},
-    {"readonly", "rbac", "read"},
-};
-
-static bool api_allows(const char *role, const char *resource, const char *action)
-{
-    if (role == NULL)
-        return false;
-    for (size_t i = 0; i < sizeof(api_matrix) / sizeof(api_matrix[0]); i++) {
-        if (strcmp(api_matrix[i].role, role) != 0 || strcmp(api_matrix[i].resource, resource) != 0)
-            continue;
-        char words[64], needle[32];
-        snprintf(words, sizeof(words), " %s ", api_matrix[i].actions);
-        snprintf(needle, sizeof(needle), " %s ", action);
-        return strstr(words, needle) != NULL;
-    }
-    return false;
-}
 
 typedef enum cred_class { HAS_ROLE, NO_CREDENTIALS, INVALID } cred_class;
 
@@ -209,49 +176,6 @@ static void counting_handler(rpc_call *call)
     rpc_call_reply(call, m);
 }
 
-/* The sum of every series of a family (name{...} lines), or of the unlabelled series. */
-static double metric_sum(const char *name)
-{
-    size_t len = 0;
-    char *text = metrics_render(&len);
-    assert_non_null(text);
-    double sum = 0;
-    size_t n = strlen(name);
-    for (const char *l = text; l != NULL && *l != '\0';) {
-        if (strncmp(l, name, n) == 0 && (l[n] == '{' || l[n] == ' ')) {
-            const char *end = strchr(l, '\n');
-            const char *v = end != NULL ? end : l + strlen(l);
-            while (v > l && v[-1] != ' ')
-                v--;
-            sum += strtod(v, NULL);
-        }
-        l = strchr(l, '\n');
-        l = l != NULL ? l + 1 : NULL;
-    }
-    free(text);
-    return sum;
-}
-
-/* One series' value, or -1 when absent. */
-static double metric(const char *series)
-{
-    size_t len = 0;
-    char *text = metrics_render(&len);
-    assert_non_null(text);
-    double v = -1;
-    size_t n = strlen(series);
-    for (const char *l = text; l != NULL && *l != '\0';) {
-        if (strncmp(l, series, n) == 0 && l[n] == ' ') {
-            v = strtod(l + n + 1, NULL);
-            break;
-        }
-        l = strchr(l, '\n');
-        l = l != NULL ? l + 1 : NULL;
-    }
-    free(text);
-    return v;
-}
-
 /* ---- the accuracy table -----------------------------------------------------------------------
  */
 
@@ -277,11 +201,11 @@ static void test_every_credential_row_and_mode_matches_the_matrix(void **state)
     }
     assert_true(nguarded >= 13); /* 6 MemoryPins + 7 Admin methods */
 
-    double decisions0 = metric_sum("rbac_decisions_total");
-    double engine0 = metric_sum("rbac_engine_decisions_total");
-    double shadow0 = metric_sum("rbac_shadow_denials_total");
-    double latency0 = metric("rbac_latency_seconds_count");
-    double engine_latency0 = metric("rbac_engine_latency_seconds_count");
+    double decisions0 = scrape_family_sum("rbac_decisions_total");
+    double engine0 = scrape_family_sum("rbac_engine_decisions_total");
+    double shadow0 = scrape_family_sum("rbac_shadow_denials_total");
+    double latency0 = scrape_value("rbac_latency_seconds_count", -1);
+    double engine_latency0 = scrape_value("rbac_engine_latency_seconds_count", -1);
     int total = 0, mismatches = 0, shadows = 0, denied = 0;
     for (int mode = 0; mode < 4; mode++) {
         bool enforce = mode & 1, fail_open = mode & 2;
@@ -336,18 +260,21 @@ static void test_every_credential_row_and_mode_matches_the_matrix(void **state)
     assert_int_equal(total, (int)(4 * ncases * nguarded));
     assert_true(shadows > 0 && denied > 0);
     /* Every decision is counted once in each family, and every would-be denial as shadow. */
-    assert_true(metric_sum("rbac_decisions_total") - decisions0 == total);
-    assert_true(metric_sum("rbac_engine_decisions_total") - engine0 == total);
-    assert_true(metric_sum("rbac_shadow_denials_total") - shadow0 == shadows);
-    assert_true(metric("rbac_latency_seconds_count") - (latency0 < 0 ? 0 : latency0) == total);
-    assert_true(metric("rbac_engine_latency_seconds_count") -
+    assert_true(scrape_family_sum("rbac_decisions_total") - decisions0 == total);
+    assert_true(scrape_family_sum("rbac_engine_decisions_total") - engine0 == total);
+    assert_true(scrape_family_sum("rbac_shadow_denials_total") - shadow0 == shadows);
+    assert_true(scrape_value("rbac_latency_seconds_count", -1) - (latency0 < 0 ? 0 : latency0) ==
+                total);
+    assert_true(scrape_value("rbac_engine_latency_seconds_count", -1) -
                     (engine_latency0 < 0 ? 0 : engine_latency0) ==
                 total);
-    assert_true(metric("rbac_decisions_total{resource=\"memory_pin\",action=\"write\","
-                       "decision=\"allowed\",reason=\"rbac-disabled\"}") > 0);
-    assert_true(metric("rbac_engine_decisions_total{resource=\"memory_pin\",action=\"write\","
-                       "decision=\"denied\",reason=\"no-credentials\"}") > 0);
-    assert_true(metric("rbac_shadow_denials_total{reason=\"invalid-token\"}") > 0);
+    assert_true(scrape_value("rbac_decisions_total{resource=\"memory_pin\",action=\"write\","
+                             "decision=\"allowed\",reason=\"rbac-disabled\"}",
+                             -1) > 0);
+    assert_true(scrape_value("rbac_engine_decisions_total{resource=\"memory_pin\",action=\"write\","
+                             "decision=\"denied\",reason=\"no-credentials\"}",
+                             -1) > 0);
+    assert_true(scrape_value("rbac_shadow_denials_total{reason=\"invalid-token\"}", -1) > 0);
     fake_env_free(env);
 }
 
@@ -545,7 +472,7 @@ static void test_early_decision_refuses_only_what_the_headers_decide(void **stat
     bearer(dev, sizeof(dev), "{\"roles\":\"dev\"}", JWT_SECRET, true, NULL);
     bearer(forged, sizeof(forged), "{\"roles\":\"admin\"}", "another-secret", true, NULL);
     bool allowed = true;
-    double before = metric_sum("rbac_decisions_total");
+    double before = scrape_family_sum("rbac_decisions_total");
     assert_string_equal(early_reason(env, UPSERT, NULL, NULL, &allowed), "no-credentials");
     assert_false(allowed);
     assert_string_equal(early_reason(env, UPSERT, "authorization", forged, &allowed),
@@ -555,7 +482,7 @@ static void test_early_decision_refuses_only_what_the_headers_decide(void **stat
                         "insufficient-permissions");
     assert_false(allowed);
     /* Final denials are counted once, here; the full decision never runs for them. */
-    assert_true(metric_sum("rbac_decisions_total") == (before < 0 ? 0 : before) + 3);
+    assert_true(scrape_family_sum("rbac_decisions_total") == (before < 0 ? 0 : before) + 3);
     /* The tenant binding needs the request: a restricted token passes this step, except for a
      * method that spans every tenant, which needs no request to tell. */
     assert_true(early_reason(env, UPSERT, "authorization", t1, &allowed) != NULL);
@@ -637,10 +564,10 @@ static void test_tenant_restricted_tokens_stay_in_their_tenants(void **state)
 
     /* Shadow mode counts it. */
     cfg->rbac_enforce = false;
-    double before = metric("rbac_shadow_denials_total{reason=\"tenant-not-allowed\"}");
+    double before = scrape_value("rbac_shadow_denials_total{reason=\"tenant-not-allowed\"}", -1);
     assert_string_equal(reason_of(env, UPSERT, &up2.base, t1, &code), "rbac-disabled");
     assert_int_equal(code, 0);
-    assert_true(metric("rbac_shadow_denials_total{reason=\"tenant-not-allowed\"}") ==
+    assert_true(scrape_value("rbac_shadow_denials_total{reason=\"tenant-not-allowed\"}", -1) ==
                 (before < 0 ? 0 : before) + 1);
     fake_env_free(env);
 }

@@ -17,45 +17,13 @@
 #include "auth/auth_int.h"
 #include "common/error.h"
 #include "observability/metrics.h"
+#include "api_matrix.h"
+#include "scrape.h"
 
-/* API.md section 6, written out independently of auth/policy.c. */
-static const struct {
-    const char *role, *resource, *actions;
-} api_matrix[] = {
-    {"infra", "memory_pin", "read write delete admin"},
-    {"infra", "prometheus", "reload query"},
-    {"infra", "rbac", "read reload"},
-    {"admin", "memory_pin", "read write delete admin"},
-    {"admin", "prometheus", "reload query"},
-    {"admin", "rbac", "read reload"},
-    {"machine", "memory_pin", "read write"},
-    {"machine", "prometheus", "reload"},
-    {"machine", "rbac", "read"},
-    {"dev", "memory_pin", "read"},
-    {"dev", "prometheus", "query"},
-    {"dev", "rbac", "read"},
-    {"readonly", "memory_pin", "read"},
-    {"readonly", "prometheus", "query"},
-    {"readonly", "rbac", "read"},
-};
-
+/* Everything api_matrix.h names. */
 static const char *const all_roles[] = {"infra", "admin", "machine", "dev", "readonly"};
 static const char *const all_resources[] = {"memory_pin", "prometheus", "rbac"};
 static const char *const all_actions[] = {"read", "write", "delete", "admin", "reload", "query"};
-
-static bool api_allows(const char *role, const char *resource, const char *action)
-{
-    for (size_t i = 0; i < sizeof(api_matrix) / sizeof(api_matrix[0]); i++) {
-        if (strcmp(api_matrix[i].role, role) != 0 || strcmp(api_matrix[i].resource, resource) != 0)
-            continue;
-        char words[64];
-        snprintf(words, sizeof(words), " %s ", api_matrix[i].actions);
-        char needle[32];
-        snprintf(needle, sizeof(needle), " %s ", action);
-        return strstr(words, needle) != NULL;
-    }
-    return false;
-}
 
 static char tmpdir[64];
 
@@ -257,26 +225,6 @@ static void test_hash_is_canonical_and_content_sensitive(void **state)
     auth__policy_free(d);
 }
 
-/* Reads the value of one series from the exposition, or -1 when absent. */
-static double metric(const char *series)
-{
-    size_t len = 0;
-    char *text = metrics_render(&len);
-    assert_non_null(text);
-    double v = -1;
-    size_t n = strlen(series);
-    for (const char *l = text; l != NULL && *l != '\0';) {
-        if (strncmp(l, series, n) == 0 && l[n] == ' ') {
-            v = strtod(l + n + 1, NULL);
-            break;
-        }
-        l = strchr(l, '\n');
-        l = l != NULL ? l + 1 : NULL;
-    }
-    free(text);
-    return v;
-}
-
 static void test_reload_keeps_previous_policy_on_a_bad_file(void **state)
 {
     pins_config cfg = {0};
@@ -292,8 +240,8 @@ static void test_reload_keeps_previous_policy_on_a_bad_file(void **state)
     assert_int_equal(v.nroles, 2);
     char good_hash[17];
     memcpy(good_hash, v.hash, 17);
-    double parse_errors = metric("rbac_policy_loads_total{status=\"parse_error\"}");
-    double errors = metric("rbac_policy_loads_total{status=\"error\"}");
+    double parse_errors = scrape_value("rbac_policy_loads_total{status=\"parse_error\"}", -1);
+    double errors = scrape_value("rbac_policy_loads_total{status=\"error\"}", -1);
     assert_true(parse_errors >= 0);
 
     cfg.rbac_policy_file = (char *)write_file("broken.json", "{\"version\":\"3\",\"matrix\":[");
@@ -307,14 +255,15 @@ static void test_reload_keeps_previous_policy_on_a_bad_file(void **state)
     assert_int_equal(auth_policy_view_get(a, &v), 0);
     assert_string_equal(v.version, "2.1.0");
     assert_string_equal(v.hash, good_hash);
-    assert_true(metric("rbac_policy_loads_total{status=\"parse_error\"}") == parse_errors + 1);
+    assert_true(scrape_value("rbac_policy_loads_total{status=\"parse_error\"}", -1) ==
+                parse_errors + 1);
 
     char missing[128];
     snprintf(missing, sizeof(missing), "%s/missing.json", tmpdir);
     cfg.rbac_policy_file = missing;
     assert_int_equal(auth_policy_reload(&cfg, &r), PINS_EINVALID_ARGUMENT);
     assert_false(r.success);
-    assert_true(metric("rbac_policy_loads_total{status=\"error\"}") == errors + 1);
+    assert_true(scrape_value("rbac_policy_loads_total{status=\"error\"}", -1) == errors + 1);
 
     /* No file: back to the built-in matrix; the gauge follows. */
     cfg.rbac_policy_file = NULL;
@@ -328,10 +277,10 @@ static void test_reload_keeps_previous_policy_on_a_bad_file(void **state)
     char series[128];
     snprintf(series, sizeof(series), "rbac_policy_version_info{version=\"default\",hash=\"%s\"}",
              r.new_hash);
-    assert_true(metric(series) == 1);
+    assert_true(scrape_value(series, -1) == 1);
     snprintf(series, sizeof(series), "rbac_policy_version_info{version=\"2.1.0\",hash=\"%s\"}",
              good_hash);
-    assert_true(metric(series) == 0);
+    assert_true(scrape_value(series, -1) == 0);
     pins_arena_free(a);
 }
 
@@ -424,7 +373,7 @@ static void test_shutdown_frees_and_reinitialises(void **state)
     assert_non_null(p);
     assert_string_equal(p->version, "default");
     auth__policy_release(p);
-    assert_true(metric("rbac_policy_loads_total{status=\"success\"}") == 1);
+    assert_true(scrape_value("rbac_policy_loads_total{status=\"success\"}", -1) == 1);
     auth_shutdown();
     metrics_shutdown();
 }

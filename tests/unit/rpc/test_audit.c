@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/timeutil.h"
 #include "fake_call.h"
+#include "scrape.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "observability/metrics.h"
 #include "rpc/audit.h"
@@ -31,10 +32,15 @@ typedef struct fixture {
     char policy[64]; /* a policy file written by a test, "" when none */
 } fixture;
 
-typedef struct rbac_rows {
+/* What both audit listings record of the page the store answered. */
+typedef struct page_seen {
     int calls;
     int64_t total;
     size_t n;
+} page_seen;
+
+typedef struct rbac_rows {
+    page_seen page;
     char subject[8][32];
     char reason[8][40];
     char path[8][64];
@@ -44,9 +50,7 @@ typedef struct rbac_rows {
 } rbac_rows;
 
 typedef struct mem_rows {
-    int calls;
-    int64_t total;
-    size_t n;
+    page_seen page;
     char key[8][32];
     char agent[8][32];
     bool cache_hit[8];
@@ -102,37 +106,25 @@ static int teardown(void **state)
     return 0;
 }
 
-/* The value of the exposition line `series value`, 0 when absent. */
-static double metric(const char *series)
-{
-    size_t len = 0;
-    char *text = metrics_render(&len);
-    assert_non_null(text);
-    double v = 0;
-    size_t n = strlen(series);
-    for (char *line = text; line != NULL && *line != '\0';) {
-        char *end = strchr(line, '\n');
-        if (strncmp(line, series, n) == 0 && line[n] == ' ')
-            v = strtod(line + n + 1, NULL);
-        line = end != NULL ? end + 1 : NULL;
-    }
-    free(text);
-    return v;
-}
-
 static void copy(char *dst, size_t cap, const char *s)
 {
     snprintf(dst, cap, "%s", s != NULL ? s : "");
 }
 
+/* Records a listing's answer: it succeeded with at most 8 rows (what the row arrays hold). */
+static void see_page(page_seen *p, int err, size_t n, int64_t total)
+{
+    assert_int_equal(err, 0);
+    assert_true(n <= 8);
+    p->calls++;
+    p->total = total;
+    p->n = n;
+}
+
 static void on_rbac(void *arg, int err, const store_rbac_audit *rows, size_t n, int64_t total)
 {
     rbac_rows *r = arg;
-    assert_int_equal(err, 0);
-    assert_true(n <= 8);
-    r->calls++;
-    r->total = total;
-    r->n = n;
+    see_page(&r->page, err, n, total);
     for (size_t i = 0; i < n; i++) {
         copy(r->subject[i], sizeof(r->subject[i]), rows[i].subject);
         copy(r->reason[i], sizeof(r->reason[i]), rows[i].reason);
@@ -148,17 +140,13 @@ static void rbac_list(fixture *fx, rbac_rows *r)
     memset(r, 0, sizeof(*r));
     store_rbac_audit_list_req q = {.limit = 8};
     assert_int_equal(store_rbac_audit_list(fake_env_store(fx->env), &q, on_rbac, r), 0);
-    assert_int_equal(r->calls, 1);
+    assert_int_equal(r->page.calls, 1);
 }
 
 static void on_mem(void *arg, int err, const store_memory_audit *rows, size_t n, int64_t total)
 {
     mem_rows *r = arg;
-    assert_int_equal(err, 0);
-    assert_true(n <= 8);
-    r->calls++;
-    r->total = total;
-    r->n = n;
+    see_page(&r->page, err, n, total);
     for (size_t i = 0; i < n; i++) {
         copy(r->key[i], sizeof(r->key[i]), rows[i].key);
         copy(r->agent[i], sizeof(r->agent[i]), rows[i].agent_id);
@@ -172,7 +160,7 @@ static void mem_list(fixture *fx, const char *operation, mem_rows *r)
     memset(r, 0, sizeof(*r));
     store_audit_list_req q = {.operation = operation, .limit = 8};
     assert_int_equal(store_audit_list(fake_env_store(fx->env), &q, on_mem, r), 0);
-    assert_int_equal(r->calls, 1);
+    assert_int_equal(r->page.calls, 1);
 }
 
 static fake_call *get_pin_in(fixture *fx, const char *tenant, const char *key,
@@ -201,18 +189,18 @@ static void test_denied_call_writes_one_rbac_row_after_flush(void **state)
 {
     fixture *fx = *state;
     fake_env_config(fx->env)->rbac_enforce = true;
-    double before = metric("rbac_audit_writes_total{status=\"success\"}");
+    double before = scrape_value("rbac_audit_writes_total{status=\"success\"}", 0);
     fake_call *fc = get_pin(fx, "k", (const char *const[]){"x-request-id", "req-42", NULL});
     assert_int_equal(fake_call_err(fc), PINS_EUNAUTHENTICATED);
 
     rbac_rows r;
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 0); /* queued, not written on the request path */
+    assert_int_equal(r.page.total, 0); /* queued, not written on the request path */
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 1);
 
     rpc_audit_flush(queue_of(fx));
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_string_equal(r.subject[0], "anonymous");
     assert_string_equal(r.reason[0], "no-credentials");
     assert_string_equal(r.path[0], GET_PIN);
@@ -221,7 +209,7 @@ static void test_denied_call_writes_one_rbac_row_after_flush(void **state)
     assert_false(r.allowed[0]);
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 0);
     assert_int_equal(rpc_audit_in_flight(queue_of(fx)), 0);
-    assert_true(metric("rbac_audit_writes_total{status=\"success\"}") == before + 1);
+    assert_true(scrape_value("rbac_audit_writes_total{status=\"success\"}", 0) == before + 1);
     fake_call_free(fc);
 }
 
@@ -239,7 +227,7 @@ static void test_allowed_calls_are_written_only_with_log_allowed(void **state)
     rpc_audit_flush(queue_of(fx));
     rbac_rows r;
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 0);
+    assert_int_equal(r.page.total, 0);
 
     snprintf(fx->policy, sizeof(fx->policy), "/tmp/pins-audit-policy-XXXXXX");
     int fd = mkstemp(fx->policy);
@@ -257,7 +245,7 @@ static void test_allowed_calls_are_written_only_with_log_allowed(void **state)
     fake_call_free(fc);
     rpc_audit_flush(queue_of(fx));
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_true(r.allowed[0]);
     assert_string_equal(r.subject[0], "machine");
     assert_string_equal(r.reason[0], "role-allowed");
@@ -270,16 +258,16 @@ static void test_full_queue_drops_and_counts(void **state)
     rpc_audit_free(w->audit);
     attach(fx, 10000, 100, 2);
     fake_env_config(fx->env)->rbac_enforce = true;
-    double dropped = metric("rbac_audit_writes_total{status=\"dropped\"}");
+    double dropped = scrape_value("rbac_audit_writes_total{status=\"dropped\"}", 0);
     static const char *const tenants[] = {"t1", "t2", "t3"}; /* three distinct denials */
     for (int i = 0; i < 3; i++)
         fake_call_free(get_pin_in(fx, tenants[i], "k", NULL));
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
-    assert_true(metric("rbac_audit_writes_total{status=\"dropped\"}") == dropped + 1);
+    assert_true(scrape_value("rbac_audit_writes_total{status=\"dropped\"}", 0) == dropped + 1);
     rpc_audit_flush(queue_of(fx));
     rbac_rows r;
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
 }
 
 static void test_timer_and_threshold_flush_from_the_loop(void **state)
@@ -292,10 +280,10 @@ static void test_timer_and_threshold_flush_from_the_loop(void **state)
     fake_call_free(get_pin(fx, "k", NULL));
     rbac_rows r;
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 0);
+    assert_int_equal(r.page.total, 0);
     fake_env_run(fx->env, 100); /* the 20 ms timer */
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
 
     /* Two rows reach flush_rows: written in the next loop iteration, before any timer. */
     fake_call_free(get_pin_in(fx, "t1", "k", NULL));
@@ -303,7 +291,7 @@ static void test_timer_and_threshold_flush_from_the_loop(void **state)
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
     event_base_loop(fake_env_base(fx->env), EVLOOP_NONBLOCK);
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 3);
+    assert_int_equal(r.page.total, 3);
 }
 
 static void test_failed_write_counts_errors_and_never_fails_the_call(void **state)
@@ -313,13 +301,13 @@ static void test_failed_write_counts_errors_and_never_fails_the_call(void **stat
     fake_call *fc = get_pin(fx, "k", NULL);
     assert_int_equal(fake_call_err(fc), PINS_EUNAUTHENTICATED);
     fake_call_free(fc);
-    double errors = metric("rbac_audit_writes_total{status=\"error\"}");
+    double errors = scrape_value("rbac_audit_writes_total{status=\"error\"}", 0);
     assert_int_equal(store__sqlite_fail_next_commit(fake_env_store(fx->env), SQLITE_IOERR), 0);
     rpc_audit_flush(queue_of(fx));
-    assert_true(metric("rbac_audit_writes_total{status=\"error\"}") == errors + 1);
+    assert_true(scrape_value("rbac_audit_writes_total{status=\"error\"}", 0) == errors + 1);
     rbac_rows r;
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 0);
+    assert_int_equal(r.page.total, 0);
 }
 
 static long long sql_int(fixture *fx, const char *sql);
@@ -328,7 +316,7 @@ static void test_identical_denials_become_one_row_with_their_count(void **state)
 {
     fixture *fx = *state;
     fake_env_config(fx->env)->rbac_enforce = true;
-    double identical = metric("rbac_audit_aggregated_total{cause=\"identical\"}");
+    double identical = scrape_value("rbac_audit_aggregated_total{cause=\"identical\"}", 0);
     for (int i = 0; i < 100; i++)
         fake_call_free(get_pin(fx, "k", NULL));
     fake_call_free(get_pin_in(fx, "other", "k", NULL)); /* another tenant: its own row */
@@ -340,7 +328,8 @@ static void test_identical_denials_become_one_row_with_their_count(void **state)
         100);
     assert_int_equal(sql_int(fx, "SELECT extra = '{}' FROM rbac_audit WHERE tenant_id = 'other'"),
                      1);
-    assert_true(metric("rbac_audit_aggregated_total{cause=\"identical\"}") == identical + 99);
+    assert_true(scrape_value("rbac_audit_aggregated_total{cause=\"identical\"}", 0) ==
+                identical + 99);
 }
 
 static void test_denials_over_the_budget_fold_into_one_summary_row(void **state)
@@ -352,7 +341,7 @@ static void test_denials_over_the_budget_fold_into_one_summary_row(void **state)
     cfg->rbac_enforce = true;
     cfg->jwt_secret = strdup("audit-jwt-secret");
     assert_non_null(cfg->jwt_secret);
-    double over = metric("rbac_audit_aggregated_total{cause=\"over_budget\"}");
+    double over = scrape_value("rbac_audit_aggregated_total{cause=\"over_budget\"}", 0);
     /* 50 anonymous denials, each for another tenant: one row from the bucket (its one token),
      * the 49 others in the summary row of (anonymous, no-credentials). */
     char tenant[16];
@@ -365,7 +354,7 @@ static void test_denials_over_the_budget_fold_into_one_summary_row(void **state)
     fake_call_free(get_pin_in(fx, "t98", "k", bad));
     fake_call_free(get_pin_in(fx, "t99", "k", bad));
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 1);
-    assert_true(metric("rbac_audit_aggregated_total{cause=\"over_budget\"}") == over + 51);
+    assert_true(scrape_value("rbac_audit_aggregated_total{cause=\"over_budget\"}", 0) == over + 51);
     rpc_audit_flush(queue_of(fx)); /* an explicit flush writes the summaries at once */
     assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit"), 3);
     assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE tenant_id = 't0'"
@@ -421,7 +410,7 @@ static void test_shadow_mode_audits_would_be_denials(void **state)
     rpc_audit_flush(queue_of(fx));
     rbac_rows r;
     rbac_list(fx, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_string_equal(r.subject[0], "anonymous");
     assert_string_equal(r.reason[0], "shadow-no-credentials");
     assert_true(r.allowed[0]);
@@ -459,14 +448,14 @@ static void test_retention_deletes_old_rows_of_both_audits_in_batches(void **sta
     assert_int_equal(n, 6);
     assert_int_equal(store_memory_audit_write(ss, mr, 3, on_written_count, &n), 0);
     assert_int_equal(n, 3);
-    double before = metric("audit_retention_deleted_total{table=\"rbac\"}");
+    double before = scrape_value("audit_retention_deleted_total{table=\"rbac\"}", 0);
 
     rpc_audit_retention_run(queue_of(fx));
     assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE subject = 'old'"), 0);
     assert_int_equal(sql_int(fx, "SELECT count(*) FROM rbac_audit WHERE subject = 'recent'"), 1);
     assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key = 'old'"), 0);
     assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key = 'recent'"), 1);
-    assert_true(metric("audit_retention_deleted_total{table=\"rbac\"}") == before + 5);
+    assert_true(scrape_value("audit_retention_deleted_total{table=\"rbac\"}", 0) == before + 5);
 
     /* A queue without retention_days deletes nothing. */
     reattach(fx, &(rpc_audit_options){.flush_ms = 10000});
@@ -533,15 +522,15 @@ static void test_get_and_list_append_memory_read_rows(void **state)
     lr.tenant_id = "t";
     lr.prefix = "k";
     fake_call_free(fake_call_run(fx->env, LIST_PINS, &lr.base, hdrs));
-    double ok = metric("memory_audit_writes_total{status=\"success\"}");
+    double ok = scrape_value("memory_audit_writes_total{status=\"success\"}", 0);
     /* 3 reads, and 3 shadow-mode RBAC rows (UpsertPin, GetPin twice: one row, ListPins). */
     assert_int_equal(rpc_audit_queued(queue_of(fx)), 6);
     rpc_audit_flush(queue_of(fx));
-    assert_true(metric("memory_audit_writes_total{status=\"success\"}") == ok + 3);
+    assert_true(scrape_value("memory_audit_writes_total{status=\"success\"}", 0) == ok + 3);
 
     mem_rows r;
     mem_list(fx, "get", &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
     assert_string_equal(r.key[0], "absent");
     assert_false(r.success[0]);
     assert_false(r.cache_hit[0]);
@@ -550,7 +539,7 @@ static void test_get_and_list_append_memory_read_rows(void **state)
     assert_true(r.cache_hit[1]); /* the upsert left the pin in the SQLite cache */
     assert_string_equal(r.agent[1], "agent-9");
     mem_list(fx, "list", &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_string_equal(r.key[0], "k");
 }
 

@@ -241,6 +241,33 @@ static char *json_of(const Google__Protobuf__Struct *s)
     return json;
 }
 
+/* Upserts key of the default tenant with expected_version expected and expects the failure err
+ * with the gRPC code and message. */
+static void upsert_fails(fixture *fx, const char *key, const char *json, int64_t expected, int err,
+                         int grpc, const char *message)
+{
+    UpsertReq *r = upsert_req(fx, NULL, key, json);
+    r->expected_version = version_of(fx, expected);
+    fake_call *fc = call_upsert(fx, r);
+    assert_status(fc, err, grpc, message);
+    fake_call_free(fc);
+}
+
+/* GetPin finds key of tenant at version, with the value json (NULL: the value is not checked). */
+static void assert_stored(fixture *fx, const char *tenant, const char *key, int64_t version,
+                          const char *json)
+{
+    fake_call *g = call_get(fx, tenant, key);
+    const GetResp *gr = (const GetResp *)fake_call_response(g);
+    assert_int_equal(gr->pin->version, version);
+    if (json != NULL) {
+        char *got = json_of(gr->pin->value);
+        assert_string_equal(got, json);
+        free(got);
+    }
+    fake_call_free(g);
+}
+
 /* ---- UpsertPin --------------------------------------------------------------------------------
  */
 
@@ -282,14 +309,7 @@ static void test_upsert_again_bumps_version_and_keeps_created_at(void **state)
     assert_string_equal(r2->pin->tenant_id, "acme");
     fake_call_free(fc1);
     fake_call_free(fc2);
-
-    fake_call *g = call_get(fx, "acme", "k1");
-    const GetResp *gr = (const GetResp *)fake_call_response(g);
-    assert_int_equal(gr->pin->version, 2);
-    char *json = json_of(gr->pin->value);
-    assert_string_equal(json, "{\"v\":2}");
-    free(json);
-    fake_call_free(g);
+    assert_stored(fx, "acme", "k1", 2, "{\"v\":2}");
 }
 
 static void test_upsert_keeps_a_custom_source(void **state)
@@ -358,19 +378,8 @@ static void test_upsert_expected_version_zero_creates_only(void **state)
     assert_int_equal(r->pin->version, 1);
     fake_call_free(fc);
 
-    UpsertReq *again = upsert_req(fx, NULL, "k1", "{\"v\":2}");
-    again->expected_version = version_of(fx, 0);
-    fc = call_upsert(fx, again);
-    assert_status(fc, PINS_EALREADY_EXISTS, 6, "Pin already exists: k1");
-    fake_call_free(fc);
-
-    fake_call *g = call_get(fx, NULL, "k1");
-    const GetResp *gr = (const GetResp *)fake_call_response(g);
-    assert_int_equal(gr->pin->version, 1);
-    char *json = json_of(gr->pin->value);
-    assert_string_equal(json, "{\"v\":1}");
-    free(json);
-    fake_call_free(g);
+    upsert_fails(fx, "k1", "{\"v\":2}", 0, PINS_EALREADY_EXISTS, 6, "Pin already exists: k1");
+    assert_stored(fx, NULL, "k1", 1, "{\"v\":1}");
 }
 
 static void test_upsert_expected_version_n_updates_only_version_n(void **state)
@@ -383,22 +392,10 @@ static void test_upsert_expected_version_n_updates_only_version_n(void **state)
     assert_int_equal(r->pin->version, 2);
     fake_call_free(fc);
 
-    UpsertReq *stale = upsert_req(fx, NULL, "k1", "{\"v\":3}");
-    stale->expected_version = version_of(fx, 1);
-    fc = call_upsert(fx, stale);
-    assert_status(fc, PINS_EABORTED, 10, "Version conflict on pin: k1");
-    fake_call_free(fc);
-
+    upsert_fails(fx, "k1", "{\"v\":3}", 1, PINS_EABORTED, 10, "Version conflict on pin: k1");
     /* N on a pin that does not exist is a conflict too. */
-    UpsertReq *absent = upsert_req(fx, NULL, "k2", "{}");
-    absent->expected_version = version_of(fx, 3);
-    fc = call_upsert(fx, absent);
-    assert_status(fc, PINS_EABORTED, 10, "Version conflict on pin: k2");
-    fake_call_free(fc);
-
-    fake_call *g = call_get(fx, NULL, "k1");
-    assert_int_equal(((const GetResp *)fake_call_response(g))->pin->version, 2);
-    fake_call_free(g);
+    upsert_fails(fx, "k2", "{}", 3, PINS_EABORTED, 10, "Version conflict on pin: k2");
+    assert_stored(fx, NULL, "k1", 2, NULL);
     assert_int_equal(fake_env_pin_count(fx->env, "global"), 1);
 }
 
@@ -551,6 +548,17 @@ static void test_list_matches_prefix_literally(void **state)
     }
 }
 
+/* ListPins of tenant "acme" with limit (0: the default) from token (NULL: the first page). */
+static fake_call *list_acme(fixture *fx, int32_t limit, const char *token)
+{
+    ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
+    lr.tenant_id = "acme";
+    lr.limit = limit;
+    if (token != NULL)
+        lr.page_token = (char *)token;
+    return call_list(fx, &lr);
+}
+
 static void test_list_page_tokens_cover_every_pin_once(void **state)
 {
     fixture *fx = *state;
@@ -559,11 +567,7 @@ static void test_list_page_tokens_cover_every_pin_once(void **state)
     static const int32_t offsets[] = {0, 3, 6};
     char *token = pins_arena_strdup(fx->a, "");
     for (size_t i = 0; i < 3; i++) {
-        ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
-        lr.tenant_id = "acme";
-        lr.limit = 3;
-        lr.page_token = token;
-        fake_call *l = call_list(fx, &lr);
+        fake_call *l = list_acme(fx, 3, token);
         assert_int_equal(fake_call_err(l), 0);
         const ListResp *r = (const ListResp *)fake_call_response(l);
         assert_string_equal(keys_of(fx, r), pages[i]);
@@ -582,16 +586,12 @@ static void test_list_page_token_neither_skips_nor_repeats_after_an_insert(void 
 {
     fixture *fx = *state;
     put_seven(fx);
-    ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
-    lr.tenant_id = "acme";
-    lr.limit = 3;
-    fake_call *l = call_list(fx, &lr);
+    fake_call *l = list_acme(fx, 3, NULL);
     char *token =
         pins_arena_strdup(fx->a, ((const ListResp *)fake_call_response(l))->next_page_token);
     fake_call_free(l);
     put(fx, "acme", "new", NO_TTL); /* lands on the first page, before the cursor */
-    lr.page_token = token;
-    l = call_list(fx, &lr);
+    l = list_acme(fx, 3, token);
     assert_string_equal(keys_of(fx, (const ListResp *)fake_call_response(l)), "p3 p2 p1");
     fake_call_free(l);
 }
@@ -602,15 +602,11 @@ static void test_list_page_token_is_offset_created_and_id_of_the_last_pin(void *
 {
     fixture *fx = *state;
     put_seven(fx);
-    ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
-    lr.tenant_id = "acme";
-    lr.limit = 3;
-    fake_call *l = call_list(fx, &lr);
+    fake_call *l = list_acme(fx, 3, NULL);
     const ListResp *r = (const ListResp *)fake_call_response(l);
     const Memorypins__V1__Pin *last = r->pins[2];
-    int64_t created_us = last->created_at->seconds * 1000000 + last->created_at->nanos / 1000;
-    char *want =
-        pins_arena_printf(fx->a, "3.%lld.%lld", (long long)created_us, (long long)last->id);
+    char *want = pins_arena_printf(fx->a, "3.%lld.%lld", (long long)ts_us(last->created_at),
+                                   (long long)last->id);
     const char *token = r->next_page_token;
     assert_null(strpbrk(token, "+/="));
     uint8_t raw[80];
@@ -627,11 +623,7 @@ static void test_list_accepts_a_hand_written_page_token(void **state)
 {
     fixture *fx = *state;
     put_seven(fx);
-    ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
-    lr.tenant_id = "acme";
-    lr.limit = 3;
-    lr.page_token = "My45MDAwMDAwMDAwMDAwMDAwLjA"; /* "3.9000000000000000.0" */
-    fake_call *l = call_list(fx, &lr);
+    fake_call *l = list_acme(fx, 3, "My45MDAwMDAwMDAwMDAwMDAwLjA"); /* "3.9000000000000000.0" */
     assert_int_equal(fake_call_err(l), 0);
     const ListResp *r = (const ListResp *)fake_call_response(l);
     assert_string_equal(keys_of(fx, r), "p6 p5 p4");
@@ -657,10 +649,7 @@ static void test_list_rejects_a_forged_page_token(void **state)
         repeat(fx, "A", 101),
     };
     for (size_t i = 0; i < sizeof(forged) / sizeof(forged[0]); i++) {
-        ListReq lr = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
-        lr.tenant_id = "acme";
-        lr.page_token = (char *)forged[i];
-        fake_call *l = call_list(fx, &lr);
+        fake_call *l = list_acme(fx, 0, forged[i]);
         assert_invalid(l, "page_token");
         fake_call_free(l);
     }
