@@ -248,6 +248,8 @@ static bool has_control(const char *s)
     return false;
 }
 
+const char *const pins_config_postgres_schemes[] = {"postgres://", "postgresql://", NULL};
+
 static bool starts_with(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -375,6 +377,16 @@ static bool port_ok(const char *s, size_t n)
     return v >= 1 && v <= 65535;
 }
 
+/* True when url starts with a scheme of pins_config_postgres_schemes. */
+static bool postgres_scheme(const char *url)
+{
+    for (const char *const *p = pins_config_postgres_schemes; *p != NULL; p++) {
+        if (starts_with(url, *p))
+            return true;
+    }
+    return false;
+}
+
 /* Checks what libpq only checks when it connects: every port of a postgres:// URL, in the host
  * list ("h1:5432,h2:5433", "[::1]:5432") and in a port= parameter. On failure writes a reason that
  * does not repeat the URL (it may hold a password). Returns 0 or -1. */
@@ -445,8 +457,7 @@ static int apply(pins_config *cfg, const struct var *v, const char *s, char *err
                 set_err(err, errlen, "invalid %s: contains a control character", v->name);
                 return -1;
             }
-            if (strcmp(v->name, "DATABASE_URL") == 0 && *s != '\0' &&
-                !starts_with(s, "postgres://") && !starts_with(s, "postgresql://")) {
+            if (strcmp(v->name, "DATABASE_URL") == 0 && *s != '\0' && !postgres_scheme(s)) {
                 set_err(err, errlen,
                         "invalid DATABASE_URL: must start with postgres:// or "
                         "postgresql://");

@@ -15,6 +15,10 @@
 
 #define PINS_MAX_LISTEN 16
 
+/* The URL schemes of a PostgreSQL DATABASE_URL, NULL-terminated: the configuration accepts no
+ * other, and store/store.c's backend table selects the PostgreSQL store by them. */
+extern const char *const pins_config_postgres_schemes[];
+
 typedef struct pins_listen_addr {
     char host[64]; /* numeric IPv4/IPv6 address or "localhost" */
     uint16_t port;

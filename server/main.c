@@ -77,14 +77,19 @@ int main(int argc, char **argv)
     }
     install_signals();
 
+    char store_err[256] = "";
     store_options so = {.database_url = cfg.database_url,
                         .data_dir = cfg.data_dir,
                         .pool_size = cfg.db_pool_size,
-                        .workers = cfg.workers};
+                        .workers = cfg.workers,
+                        .err = store_err,
+                        .err_cap = sizeof(store_err)};
     store_breaker_configure(cfg.breaker_errors_per_min, cfg.breaker_open_seconds);
     int rv = store_open(&so, &st);
     if (rv != 0) {
-        fprintf(stderr, "pinsd: cannot open the store: %s\n", pins_strerror(rv));
+        /* store_err never holds the URL (it may hold a password), only why it was refused. */
+        fprintf(stderr, "pinsd: cannot open the store: %s%s%s\n", pins_strerror(rv),
+                store_err[0] != '\0' ? ": " : "", store_err);
         goto out;
     }
     rv = pins_server_new(&cfg, st, &server, err, sizeof(err));

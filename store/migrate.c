@@ -128,105 +128,108 @@ int store_migrate_latest(void)
     return store__postgres_migrations[store__postgres_migrations_count - 1].version;
 }
 
+/* Rolls back a step's transaction. Returns err. */
+static int step_failed(PGconn *pg, int err)
+{
+    rollback(pg);
+    return err;
+}
+
+/* Applies (up) or reverts m in the step's transaction and commits it. Returns 1 or PINS_ESTORE
+ * (rolled back, err set). */
+static int step_run(PGconn *pg, const store__migration *m, bool up, char *err, size_t cap)
+{
+    char what[96];
+    snprintf(what, sizeof(what), up ? "migration %s failed" : "reverting migration %s failed",
+             m->name);
+    if (!exec_ok(pg, up ? m->up : m->down, what, err, cap) || !record(pg, m, up, err, cap) ||
+        !exec_ok(pg, "COMMIT", what, err, cap))
+        return step_failed(pg, PINS_ESTORE);
+    return 1;
+}
+
+/* One step of a run, in its own transaction; limit and done as run_steps passes them. Returns 1
+ * when it applied or reverted a migration, 0 when the run is over (nothing left open), or an
+ * error (err set). */
+typedef int (*step_fn)(PGconn *pg, int limit, int done, char *err, size_t cap);
+
+/* Upgrades one step towards version target. */
+static int step_up(PGconn *pg, int target, int done, char *err, size_t cap)
+{
+    int cur = 0;
+    if (!begin_step(pg, &cur, err, cap))
+        return step_failed(pg, PINS_ESTORE);
+    if (cur > target && done == 0) {
+        set_err(err, cap, "the database is already past the target version (use downgrade)", NULL);
+        return step_failed(pg, PINS_EINVALID_ARGUMENT);
+    }
+    for (size_t i = 0; i < store__postgres_migrations_count; i++) {
+        const store__migration *m = &store__postgres_migrations[i];
+        if (m->version > cur && m->version <= target)
+            return step_run(pg, m, true, err, cap);
+    }
+    return exec_ok(pg, "COMMIT", "cannot commit", err, cap) ? 0 : step_failed(pg, PINS_ESTORE);
+}
+
+/* Reverts one step, unless steps (< 0: all) were reverted already. */
+static int step_down(PGconn *pg, int steps, int done, char *err, size_t cap)
+{
+    if (steps >= 0 && done >= steps)
+        return 0;
+    int cur = 0;
+    if (!begin_step(pg, &cur, err, cap))
+        return step_failed(pg, PINS_ESTORE);
+    if (cur == 0) {
+        if (!exec_ok(pg, "COMMIT", "cannot commit", err, cap))
+            return step_failed(pg, PINS_ESTORE);
+        if (steps < 0)
+            return 0;
+        set_err(err, cap, "no applied migration left to revert", NULL);
+        return PINS_EINVALID_ARGUMENT;
+    }
+    const store__migration *m = find(cur);
+    if (m == NULL || m->down == NULL) {
+        set_err(err, cap,
+                m == NULL ? "the database is at a version this binary does not know"
+                          : "the current migration cannot be reverted",
+                NULL);
+        return step_failed(pg, PINS_ESTORE);
+    }
+    return step_run(pg, m, false, err, cap);
+}
+
+/* Connects and runs step until it reports the end or an error; the steps done go to *pdone. */
+static int run_steps(const char *url, step_fn step, int limit, int *pdone, char *err, size_t cap)
+{
+    PGconn *pg = connect_db(url, err, cap);
+    if (pg == NULL)
+        return PINS_ESTORE;
+    int done = 0;
+    int rv = step(pg, limit, done, err, cap);
+    while (rv > 0) {
+        done++;
+        rv = step(pg, limit, done, err, cap);
+    }
+    PQfinish(pg);
+    if (pdone != NULL)
+        *pdone = done;
+    return rv;
+}
+
 int store_migrate_up(const char *url, int target, int *papplied, char *err, size_t cap)
 {
-    int rv = PINS_ESTORE;
-    int applied = 0;
     if (target <= 0)
         target = store_migrate_latest();
     if (find(target) == NULL) {
         set_err(err, cap, "no such migration version", NULL);
         return PINS_EINVALID_ARGUMENT;
     }
-    PGconn *pg = connect_db(url, err, cap);
-    if (pg == NULL)
-        return PINS_ESTORE;
-    for (;;) {
-        int cur = 0;
-        if (!begin_step(pg, &cur, err, cap))
-            goto out_rollback;
-        if (cur > target && applied == 0) {
-            set_err(err, cap, "the database is already past the target version (use downgrade)",
-                    NULL);
-            rv = PINS_EINVALID_ARGUMENT;
-            goto out_rollback;
-        }
-        const store__migration *next = NULL;
-        for (size_t i = 0; i < store__postgres_migrations_count; i++) {
-            const store__migration *m = &store__postgres_migrations[i];
-            if (m->version > cur && m->version <= target) {
-                next = m;
-                break;
-            }
-        }
-        if (next == NULL) {
-            if (!exec_ok(pg, "COMMIT", "cannot commit", err, cap))
-                goto out_rollback;
-            break;
-        }
-        char what[96];
-        snprintf(what, sizeof(what), "migration %s failed", next->name);
-        if (!exec_ok(pg, next->up, what, err, cap) || !record(pg, next, true, err, cap) ||
-            !exec_ok(pg, "COMMIT", what, err, cap))
-            goto out_rollback;
-        applied++;
-    }
-    rv = 0;
-    goto out;
-out_rollback:
-    rollback(pg);
-out:
-    PQfinish(pg);
-    if (papplied != NULL)
-        *papplied = applied;
-    return rv;
+    return run_steps(url, step_up, target, papplied, err, cap);
 }
 
 int store_migrate_down(const char *url, int steps, int *preverted, char *err, size_t cap)
 {
-    int rv = PINS_ESTORE;
-    int reverted = 0;
-    PGconn *pg = connect_db(url, err, cap);
-    if (pg == NULL)
-        return PINS_ESTORE;
-    while (steps < 0 || reverted < steps) {
-        int cur = 0;
-        if (!begin_step(pg, &cur, err, cap))
-            goto out_rollback;
-        if (cur == 0) {
-            if (!exec_ok(pg, "COMMIT", "cannot commit", err, cap))
-                goto out_rollback;
-            if (steps >= 0) {
-                set_err(err, cap, "no applied migration left to revert", NULL);
-                rv = PINS_EINVALID_ARGUMENT;
-                goto out;
-            }
-            break;
-        }
-        const store__migration *m = find(cur);
-        if (m == NULL || m->down == NULL) {
-            set_err(err, cap,
-                    m == NULL ? "the database is at a version this binary does not know"
-                              : "the current migration cannot be reverted",
-                    NULL);
-            goto out_rollback;
-        }
-        char what[96];
-        snprintf(what, sizeof(what), "reverting migration %s failed", m->name);
-        if (!exec_ok(pg, m->down, what, err, cap) || !record(pg, m, false, err, cap) ||
-            !exec_ok(pg, "COMMIT", what, err, cap))
-            goto out_rollback;
-        reverted++;
-    }
-    rv = 0;
-    goto out;
-out_rollback:
-    rollback(pg);
-out:
-    PQfinish(pg);
-    if (preverted != NULL)
-        *preverted = reverted;
-    return rv;
+    return run_steps(url, step_down, steps, preverted, err, cap);
 }
 
 int store_migrate_current(const char *url, int *pversion, char *err, size_t cap)

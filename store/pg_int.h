@@ -86,6 +86,15 @@ typedef enum conn_state { C_DOWN, C_CONNECTING, C_CHECKING, C_UP } conn_state;
 /* What store_pool_connections reports for a connection. */
 typedef enum pool_state { P_IDLE, P_BUSY, P_CONNECTING, P_DOWN, P_COUNT } pool_state;
 
+/* The callback of a request, as its kind says. */
+typedef union pg_cb {
+    store_pin_cb pin;
+    store_list_cb list;
+    store_count_cb count;
+    store_audit_list_cb audit;
+    store_rbac_audit_list_cb raudit;
+} pg_cb;
+
 typedef struct pg_req {
     struct pg_req *next;
     op_kind kind;
@@ -94,13 +103,8 @@ typedef struct pg_req {
     const char *params[NPARAMS]; /* NULL: SQL NULL; else into num[] or owned[] */
     char *owned[NPARAMS];        /* malloc'd copies of the caller's strings */
     char num[NPARAMS][32];
-    union {
-        store_pin_cb pin;
-        store_list_cb list;
-        store_count_cb count;
-        store_audit_list_cb audit;
-        store_rbac_audit_list_cb raudit;
-    } cb;
+    bool unbound; /* a parameter could not be copied: submitting fails with PINS_ENOMEM */
+    pg_cb cb;
     void *arg;
     int64_t deadline_ns;
     int retries;

@@ -14,6 +14,7 @@
 #include "store/pg_int.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -65,6 +66,20 @@ static const char *col_str(const PGresult *res, int row, int col)
     return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
 }
 
+static double col_f64(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtod(PQgetvalue(res, row, col), NULL);
+}
+
+/* The rows of a listing's page: every row carries the total count (column 0, into *ptotal) and
+ * an empty page is one row whose column 1 is NULL. */
+static int page_rows(const PGresult *res, int64_t *ptotal)
+{
+    int n = PQntuples(res);
+    *ptotal = n > 0 ? store__pg_col_i64(res, 0, 0) : 0;
+    return n == 1 && PQgetisnull(res, 0, 1) ? 0 : n;
+}
+
 /* Fills *pin from the 10 pin columns starting at col; the compacted value goes to *pbuf (new,
  * the caller frees it). Returns 0 or PINS_ENOMEM. */
 static int read_pin(const PGresult *res, int row, int col, store_pin *pin, char **pbuf)
@@ -95,16 +110,19 @@ static int read_pin(const PGresult *res, int row, int col, store_pin *pin, char 
     return 0;
 }
 
-static pg_req *req_new(pg_session *ss, op_kind kind, const char *sql, void *arg)
+/* A request of kind answered by cb, or NULL when out of memory. The req_* functions below append
+ * its parameters (a NULL request takes them and stays NULL) and req_submit submits it. */
+static pg_req *req_new(store_session *base, op_kind kind, const char *sql, pg_cb cb, void *arg)
 {
     pg_req *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return NULL;
     r->kind = kind;
     r->sql = sql;
+    r->cb = cb;
     r->arg = arg;
     int64_t now = pins_time_mono_ns();
-    r->deadline_ns = ss->base.deadline_ns > 0 ? ss->base.deadline_ns : now + DEFAULT_TIMEOUT_NS;
+    r->deadline_ns = base->deadline_ns > 0 ? base->deadline_ns : now + DEFAULT_TIMEOUT_NS;
     return r;
 }
 
@@ -122,45 +140,79 @@ void store__pg_req_free(pg_req *r)
     free(r);
 }
 
-/* Appends a text parameter (NULL: SQL NULL), copied. Returns false when out of memory. */
-static bool req_str(pg_req *r, const char *s, size_t len)
+/* Submits r (scheduler, pg_sched.c). Returns store__pg_submit()'s result, or PINS_ENOMEM when r
+ * or the copy of one of its parameters could not be allocated (r is freed). */
+static int req_submit(store_session *base, pg_req *r)
 {
-    int i = r->nparams++;
-    if (s == NULL)
-        return true;
-    r->owned[i] = strndup(s, len);
-    r->params[i] = r->owned[i];
-    return r->owned[i] != NULL;
+    if (r == NULL)
+        return PINS_ENOMEM;
+    return store__pg_submit_if((pg_session *)base, r, !r->unbound);
 }
 
-static bool req_cstr(pg_req *r, const char *s)
+/* Appends a text parameter (NULL: SQL NULL), copied; out of memory marks r unbound. */
+static void req_str(pg_req *r, const char *s, size_t len)
 {
-    return req_str(r, s, s != NULL ? strlen(s) : 0);
+    if (r == NULL)
+        return;
+    int i = r->nparams++;
+    if (s == NULL)
+        return;
+    r->owned[i] = strndup(s, len);
+    r->params[i] = r->owned[i];
+    r->unbound |= r->owned[i] == NULL;
+}
+
+static void req_cstr(pg_req *r, const char *s)
+{
+    req_str(r, s, s != NULL ? strlen(s) : 0);
+}
+
+/* Appends v, or SQL NULL when has is false. */
+static void req_opt_i64(pg_req *r, bool has, int64_t v)
+{
+    if (r == NULL)
+        return;
+    int i = r->nparams++;
+    if (has) {
+        pins_fmt_i64(r->num[i], v); /* num[i] has 32 bytes: room for any int64 */
+        r->params[i] = r->num[i];
+    }
 }
 
 static void req_i64(pg_req *r, int64_t v)
 {
-    int i = r->nparams++;
-    pins_fmt_i64(r->num[i], v); /* num[i] has 32 bytes: room for any int64 */
-    r->params[i] = r->num[i];
+    req_opt_i64(r, true, v);
 }
 
-static void req_null(pg_req *r)
+/* Writes v with 17 significant digits (a double read back exactly) into num (cap bytes, 25 are
+ * enough). Returns its length. */
+static size_t fmt_f64(char *num, size_t cap, double v)
 {
-    r->nparams++;
+    return (size_t)snprintf(num, cap, "%.17g", v);
 }
 
 static void req_f64(pg_req *r, double v)
 {
+    if (r == NULL)
+        return;
     int i = r->nparams++;
-    snprintf(r->num[i], sizeof(r->num[i]), "%.17g", v);
+    fmt_f64(r->num[i], sizeof(r->num[i]), v);
     r->params[i] = r->num[i];
+}
+
+/* Appends v, or SQL NULL when has is false. */
+static void req_opt_bool(pg_req *r, bool has, bool v)
+{
+    if (r == NULL)
+        return;
+    int i = r->nparams++;
+    if (has)
+        r->params[i] = v ? "true" : "false";
 }
 
 static void req_bool(pg_req *r, bool v)
 {
-    int i = r->nparams++;
-    r->params[i] = v ? "true" : "false";
+    req_opt_bool(r, true, v);
 }
 
 /* Calls r's callback with err and no data. */
@@ -226,10 +278,8 @@ void store__pg_fail_req(pg_session *ss, pg_req *r, int err, const char *detail)
 static void deliver_rbac_list(pg_session *ss, pg_req *r)
 {
     const PGresult *res = r->res;
-    int n = PQntuples(res);
-    int64_t total = n > 0 ? store__pg_col_i64(res, 0, 0) : 0;
-    if (n == 1 && PQgetisnull(res, 0, 1))
-        n = 0;
+    int64_t total;
+    int n = page_rows(res, &total);
     pins_arena *a = pins_arena_new(0);
     store_rbac_audit *rows =
         a != NULL ? pins_arena_alloc(a, (size_t)(n > 0 ? n : 1) * sizeof(*rows)) : NULL;
@@ -247,7 +297,7 @@ static void deliver_rbac_list(pg_session *ss, pg_req *r)
             .method = col_str(res, i, 10),
             .tenant_id = col_str(res, i, 11),
             .request_id = col_str(res, i, 12),
-            .latency_ms = PQgetisnull(res, i, 13) ? 0 : strtod(PQgetvalue(res, i, 13), NULL),
+            .latency_ms = col_f64(res, i, 13),
         };
         err = store__split_roles(a, col_str(res, i, 8), &rows[i].roles, &rows[i].nroles);
     }
@@ -400,10 +450,8 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
         deliver_chain(ss, r);
         break;
     case OP_LIST: {
-        int n = PQntuples(res);
-        int64_t total = n > 0 ? store__pg_col_i64(res, 0, 0) : 0;
-        if (n == 1 && PQgetisnull(res, 0, 1))
-            n = 0;
+        int64_t total;
+        int n = page_rows(res, &total);
         store_pin *pins = calloc((size_t)(n > 0 ? n : 1), sizeof(*pins));
         char **bufs = calloc((size_t)(n > 0 ? n : 1), sizeof(*bufs));
         for (int i = 0; pins != NULL && bufs != NULL && err == 0 && i < n; i++)
@@ -421,10 +469,8 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
         break;
     }
     case OP_AUDIT: {
-        int n = PQntuples(res);
-        int64_t total = n > 0 ? store__pg_col_i64(res, 0, 0) : 0;
-        if (n == 1 && PQgetisnull(res, 0, 1))
-            n = 0;
+        int64_t total;
+        int n = page_rows(res, &total);
         store_memory_audit *rows = calloc((size_t)(n > 0 ? n : 1), sizeof(*rows));
         if (rows == NULL) {
             store__session_error(&ss->base, "out of memory reading the audit");
@@ -441,7 +487,7 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
                 .agent_id = col_str(res, i, 6),
                 .source = col_str(res, i, 7),
                 .cache_hit = col_bool(res, i, 8),
-                .latency_ms = PQgetisnull(res, i, 9) ? 0 : strtod(PQgetvalue(res, i, 9), NULL),
+                .latency_ms = col_f64(res, i, 9),
                 .success = col_bool(res, i, 10),
                 .error_message = col_str(res, i, 11),
                 .old_value_hash = col_str(res, i, 12),
@@ -482,304 +528,256 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
 
 static int pg_pin_upsert(store_session *base, const store_upsert_req *q, store_pin_cb cb, void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_UPSERT, store__pg_sql_upsert, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.pin = cb;
-    bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->key) &&
-              req_str(r, q->value_json, q->value_len) && req_cstr(r, q->source);
+    pg_req *r = req_new(base, OP_UPSERT, store__pg_sql_upsert, (pg_cb){.pin = cb}, arg);
+    req_cstr(r, q->tenant_id);
+    req_cstr(r, q->key);
+    req_str(r, q->value_json, q->value_len);
+    req_cstr(r, q->source);
     req_i64(r, q->now_us);
-    if (q->has_ttl) {
-        req_i64(r, q->ttl_seconds);
-        req_i64(r, q->now_us + (int64_t)q->ttl_seconds * 1000000);
-    } else {
-        req_null(r);
-        req_null(r);
-    }
-    if (q->has_expected_version)
-        req_i64(r, q->expected_version);
-    else
-        req_null(r);
-    ok = ok && req_cstr(r, q->value_hash) && req_cstr(r, q->audit.agent_id);
+    req_opt_i64(r, q->has_ttl, q->ttl_seconds);
+    req_opt_i64(r, q->has_ttl, q->has_ttl ? q->now_us + (int64_t)q->ttl_seconds * 1000000 : 0);
+    req_opt_i64(r, q->has_expected_version, q->expected_version);
+    req_cstr(r, q->value_hash);
+    req_cstr(r, q->audit.agent_id);
     req_f64(r, q->audit.latency_ms);
-    ok = ok && req_cstr(r, q->audit.request_id);
-    return store__pg_submit_if(ss, r, ok);
+    req_cstr(r, q->audit.request_id);
+    return req_submit(base, r);
 }
 
 static int pg_pin_get(store_session *base, const store__get_req *q, store_pin_cb cb, void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_GET, NULL, arg); /* sent in a batch */
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.pin = cb;
-    bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->key);
+    pg_req *r = req_new(base, OP_GET, NULL, (pg_cb){.pin = cb}, arg); /* sent in a batch */
+    if (r != NULL)
+        r->now_us = q->now_us;
+    req_cstr(r, q->tenant_id);
+    req_cstr(r, q->key);
     req_i64(r, q->now_us);
-    r->now_us = q->now_us;
-    return store__pg_submit_if(ss, r, ok);
+    return req_submit(base, r);
 }
 
 static int pg_pin_list(store_session *base, const store_list_req *q, store_list_cb cb, void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_LIST, store__pg_sql_list, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.list = cb;
-    bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->prefix);
+    pg_req *r = req_new(base, OP_LIST, store__pg_sql_list, (pg_cb){.list = cb}, arg);
+    req_cstr(r, q->tenant_id);
+    req_cstr(r, q->prefix);
     req_bool(r, q->include_expired);
     req_i64(r, q->now_us);
     req_i64(r, q->limit);
     req_i64(r, q->offset);
-    if (q->has_cursor) {
-        req_i64(r, q->cursor_created_us);
-        req_i64(r, q->cursor_id);
-    } else {
-        req_null(r);
-        req_null(r);
-    }
-    return store__pg_submit_if(ss, r, ok);
+    req_opt_i64(r, q->has_cursor, q->cursor_created_us);
+    req_opt_i64(r, q->has_cursor, q->cursor_id);
+    return req_submit(base, r);
 }
 
 static int pg_pin_delete(store_session *base, const store_delete_req *q, store_pin_cb cb, void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_DELETE, store__pg_sql_delete, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.pin = cb;
-    bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->key);
+    pg_req *r = req_new(base, OP_DELETE, store__pg_sql_delete, (pg_cb){.pin = cb}, arg);
+    req_cstr(r, q->tenant_id);
+    req_cstr(r, q->key);
     req_i64(r, q->now_us);
-    if (q->has_expected_version)
-        req_i64(r, q->expected_version);
-    else
-        req_null(r);
-    ok = ok && req_cstr(r, q->audit.agent_id);
+    req_opt_i64(r, q->has_expected_version, q->expected_version);
+    req_cstr(r, q->audit.agent_id);
     req_f64(r, q->audit.latency_ms);
-    ok = ok && req_cstr(r, q->audit.request_id);
-    return store__pg_submit_if(ss, r, ok);
+    req_cstr(r, q->audit.request_id);
+    return req_submit(base, r);
 }
 
 static int pg_pin_cleanup(store_session *base, const store__cleanup_req *q, store_count_cb cb,
                           void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_CLEANUP, store__pg_sql_cleanup, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.count = cb;
-    bool ok = req_cstr(r, q->tenant_id);
+    pg_req *r = req_new(base, OP_CLEANUP, store__pg_sql_cleanup, (pg_cb){.count = cb}, arg);
+    req_cstr(r, q->tenant_id);
     req_i64(r, q->now_us);
-    return store__pg_submit_if(ss, r, ok);
+    return req_submit(base, r);
 }
 
 static int pg_pin_sweep(store_session *base, const store__sweep_req *q, store_count_cb cb,
                         void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_SWEEP, store__pg_sql_sweep, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.count = cb;
+    pg_req *r = req_new(base, OP_SWEEP, store__pg_sql_sweep, (pg_cb){.count = cb}, arg);
     req_i64(r, q->now_us);
     req_i64(r, q->batch);
-    return store__pg_submit(ss, r);
+    return req_submit(base, r);
 }
 
 static int pg_audit_list(store_session *base, const store_audit_list_req *q, store_audit_list_cb cb,
                          void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_AUDIT, store__pg_sql_audit, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.audit = cb;
-    bool ok = req_cstr(r, q->tenant_id) && req_cstr(r, q->key) && req_cstr(r, q->operation);
+    pg_req *r = req_new(base, OP_AUDIT, store__pg_sql_audit, (pg_cb){.audit = cb}, arg);
+    req_cstr(r, q->tenant_id);
+    req_cstr(r, q->key);
+    req_cstr(r, q->operation);
     req_i64(r, q->limit);
     req_i64(r, q->offset);
-    return store__pg_submit_if(ss, r, ok);
+    return req_submit(base, r);
 }
 
 /* A JSON number for v (0 for NaN and infinities, which JSON cannot express). */
 static void buf_num(pins_buf *b, double v)
 {
-    char num[40];
-    int n = snprintf(num, sizeof(num), "%.17g", isfinite(v) ? v : 0.0);
-    (void)pins_buf_add(b, num, (size_t)n);
+    char num[32];
+    (void)pins_buf_add(b, num, fmt_f64(num, sizeof(num), isfinite(v) ? v : 0.0));
 }
 
 static void buf_int(pins_buf *b, int64_t v)
 {
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%lld", (long long)v);
-    (void)pins_buf_add(b, num, (size_t)n);
+    char num[PINS_FMT_INT_MAX];
+    (void)pins_buf_add(b, num, (size_t)(pins_fmt_i64(num, v) - num));
 }
 
-static void buf_field(pins_buf *b, const char *name, bool first)
+/* How a field of an audit row goes into the JSON array that jsonb_to_recordset($1) reads. */
+typedef enum { F_I64, F_F64, F_BOOL, F_STR, F_STRS } field_kind;
+
+typedef struct audit_field {
+    const char *name; /* the JSON key: the column, named as the struct's field */
+    field_kind kind;
+    size_t off;   /* of the field in the row struct */
+    size_t n_off; /* F_STRS: of the count of strings (size_t) */
+} audit_field;
+
+#define MAUDIT(field, kind)                                  \
+    {                                                        \
+#field, kind, offsetof(store_memory_audit, field), 0 \
+    }
+#define RAUDIT(field, kind)                                \
+    {                                                      \
+#field, kind, offsetof(store_rbac_audit, field), 0 \
+    }
+
+static const audit_field maudit_fields[] = {
+    MAUDIT(ts_us, F_I64),         MAUDIT(operation, F_STR),      MAUDIT(tenant_id, F_STR),
+    MAUDIT(key, F_STR),           MAUDIT(agent_id, F_STR),       MAUDIT(source, F_STR),
+    MAUDIT(error_message, F_STR), MAUDIT(old_value_hash, F_STR), MAUDIT(new_value_hash, F_STR),
+    MAUDIT(cache_hit, F_BOOL),    MAUDIT(success, F_BOOL),       MAUDIT(latency_ms, F_F64),
+    MAUDIT(reads, F_I64),
+};
+
+static const audit_field raudit_fields[] = {
+    RAUDIT(ts_us, F_I64),
+    RAUDIT(subject, F_STR),
+    RAUDIT(resource, F_STR),
+    RAUDIT(action, F_STR),
+    RAUDIT(reason, F_STR),
+    RAUDIT(path, F_STR),
+    RAUDIT(method, F_STR),
+    RAUDIT(tenant_id, F_STR),
+    RAUDIT(request_id, F_STR),
+    RAUDIT(allowed, F_BOOL),
+    {"roles", F_STRS, offsetof(store_rbac_audit, roles), offsetof(store_rbac_audit, nroles)},
+    RAUDIT(latency_ms, F_F64),
+    RAUDIT(count, F_I64),
+};
+
+/* Appends the JSON object of one row (its fields as f describes them) to b. */
+static void buf_row(pins_buf *b, const char *row, const audit_field *f, size_t nf)
 {
-    if (!first)
-        (void)pins_buf_add_byte(b, ',');
-    store__json_str(b, name);
-    (void)pins_buf_add_byte(b, ':');
+    for (size_t k = 0; k < nf; k++) {
+        const char *p = row + f[k].off;
+        (void)pins_buf_add_byte(b, k == 0 ? '{' : ',');
+        store__json_str(b, f[k].name);
+        (void)pins_buf_add_byte(b, ':');
+        switch (f[k].kind) {
+        case F_I64:
+            buf_int(b, *(const int64_t *)p);
+            break;
+        case F_F64:
+            buf_num(b, *(const double *)p);
+            break;
+        case F_BOOL:
+            (void)pins_buf_add_str(b, *(const bool *)p ? "true" : "false");
+            break;
+        case F_STR:
+            store__json_str(b, *(const char *const *)p);
+            break;
+        case F_STRS:
+            store__json_strs(b, *(const char *const *const *)p,
+                             *(const size_t *)(row + f[k].n_off));
+            break;
+        }
+    }
+    (void)pins_buf_add_byte(b, '}');
 }
 
-/* Queues one INSERT ... FROM jsonb_to_recordset($1) with json (taken: the request owns it). */
-static int submit_rows(pg_session *ss, op_kind kind, const char *sql, pins_buf *json,
-                       store_count_cb cb, void *arg)
+/* Queues one INSERT ... FROM jsonb_to_recordset($1) (sql) of the n rows (size bytes each) whose
+ * fields f describes. */
+static int write_rows(store_session *base, op_kind kind, const char *sql, const void *rows,
+                      size_t size, size_t n, const audit_field *f, size_t nf, store_count_cb cb,
+                      void *arg)
 {
-    pg_req *r = pins_buf_error(json) != 0 ? NULL : req_new(ss, kind, sql, arg);
-    if (r == NULL) {
-        pins_buf_free(json);
+    pins_buf b;
+    pins_buf_init(&b, SIZE_MAX); /* at most STORE_AUDIT_WRITE_MAX rows the caller collected */
+    (void)pins_buf_add_byte(&b, '[');
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            (void)pins_buf_add_byte(&b, ',');
+        buf_row(&b, (const char *)rows + i * size, f, nf);
+    }
+    (void)pins_buf_add_byte(&b, ']');
+    pg_req *r = req_new(base, kind, sql, (pg_cb){.count = cb}, arg);
+    if (r == NULL || pins_buf_error(&b) != 0) {
+        pins_buf_free(&b);
+        free(r);
         return PINS_ENOMEM;
     }
-    r->cb.count = cb;
     int i = r->nparams++;
-    r->owned[i] = pins_buf_take(json, NULL);
+    r->owned[i] = pins_buf_take(&b, NULL);
     r->params[i] = r->owned[i];
-    return store__pg_submit(ss, r);
+    return store__pg_submit((pg_session *)base, r);
 }
 
 static int pg_memory_audit_write(store_session *base, const store_memory_audit *rows, size_t n,
                                  store_count_cb cb, void *arg)
 {
-    pins_buf b;
-    pins_buf_init(&b, SIZE_MAX); /* at most STORE_AUDIT_WRITE_MAX rows the caller collected */
-    (void)pins_buf_add_byte(&b, '[');
-    for (size_t i = 0; i < n; i++) {
-        const store_memory_audit *m = &rows[i];
-        (void)pins_buf_add(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
-        buf_field(&b, "ts_us", true);
-        buf_int(&b, m->ts_us);
-        const struct {
-            const char *name;
-            const char *value;
-        } texts[] = {
-            {"operation", m->operation},
-            {"tenant_id", m->tenant_id},
-            {"key", m->key},
-            {"agent_id", m->agent_id},
-            {"source", m->source},
-            {"error_message", m->error_message},
-            {"old_value_hash", m->old_value_hash},
-            {"new_value_hash", m->new_value_hash},
-        };
-        for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
-            buf_field(&b, texts[k].name, false);
-            store__json_str(&b, texts[k].value);
-        }
-        buf_field(&b, "cache_hit", false);
-        (void)pins_buf_add_str(&b, m->cache_hit ? "true" : "false");
-        buf_field(&b, "success", false);
-        (void)pins_buf_add_str(&b, m->success ? "true" : "false");
-        buf_field(&b, "latency_ms", false);
-        buf_num(&b, m->latency_ms);
-        buf_field(&b, "reads", false);
-        buf_int(&b, m->reads);
-        (void)pins_buf_add_byte(&b, '}');
-    }
-    (void)pins_buf_add_byte(&b, ']');
-    return submit_rows((pg_session *)base, OP_MAUDIT_WRITE, store__pg_sql_maudit_write, &b, cb,
-                       arg);
+    return write_rows(base, OP_MAUDIT_WRITE, store__pg_sql_maudit_write, rows, sizeof(*rows), n,
+                      maudit_fields, sizeof(maudit_fields) / sizeof(maudit_fields[0]), cb, arg);
 }
 
 static int pg_rbac_audit_write(store_session *base, const store_rbac_audit *rows, size_t n,
                                store_count_cb cb, void *arg)
 {
-    pins_buf b;
-    pins_buf_init(&b, SIZE_MAX); /* at most STORE_AUDIT_WRITE_MAX rows the caller collected */
-    (void)pins_buf_add_byte(&b, '[');
-    for (size_t i = 0; i < n; i++) {
-        const store_rbac_audit *m = &rows[i];
-        (void)pins_buf_add(&b, i > 0 ? ",{" : "{", i > 0 ? 2 : 1);
-        buf_field(&b, "ts_us", true);
-        buf_int(&b, m->ts_us);
-        const struct {
-            const char *name;
-            const char *value;
-        } texts[] = {
-            {"subject", m->subject},     {"resource", m->resource},
-            {"action", m->action},       {"reason", m->reason},
-            {"path", m->path},           {"method", m->method},
-            {"tenant_id", m->tenant_id}, {"request_id", m->request_id},
-        };
-        for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
-            buf_field(&b, texts[k].name, false);
-            store__json_str(&b, texts[k].value);
-        }
-        buf_field(&b, "allowed", false);
-        (void)pins_buf_add_str(&b, m->allowed ? "true" : "false");
-        buf_field(&b, "roles", false);
-        store__json_strs(&b, m->roles, m->nroles);
-        buf_field(&b, "latency_ms", false);
-        buf_num(&b, m->latency_ms);
-        buf_field(&b, "count", false);
-        buf_int(&b, m->count);
-        (void)pins_buf_add_byte(&b, '}');
-    }
-    (void)pins_buf_add_byte(&b, ']');
-    return submit_rows((pg_session *)base, OP_RAUDIT_WRITE, store__pg_sql_raudit_write, &b, cb,
-                       arg);
+    return write_rows(base, OP_RAUDIT_WRITE, store__pg_sql_raudit_write, rows, sizeof(*rows), n,
+                      raudit_fields, sizeof(raudit_fields) / sizeof(raudit_fields[0]), cb, arg);
 }
 
 static int pg_rbac_audit_list(store_session *base, const store_rbac_audit_list_req *q,
                               store_rbac_audit_list_cb cb, void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_RAUDIT_LIST, store__pg_sql_raudit_list, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.raudit = cb;
-    bool ok = req_cstr(r, q->resource) && req_cstr(r, q->action) && req_cstr(r, q->subject) &&
-              req_cstr(r, q->tenant_id);
-    if (q->has_allowed)
-        req_bool(r, q->allowed);
-    else
-        req_null(r);
-    if (q->has_since)
-        req_i64(r, q->since_us);
-    else
-        req_null(r);
+    pg_req *r =
+        req_new(base, OP_RAUDIT_LIST, store__pg_sql_raudit_list, (pg_cb){.raudit = cb}, arg);
+    req_cstr(r, q->resource);
+    req_cstr(r, q->action);
+    req_cstr(r, q->subject);
+    req_cstr(r, q->tenant_id);
+    req_opt_bool(r, q->has_allowed, q->allowed);
+    req_opt_i64(r, q->has_since, q->since_us);
     req_i64(r, q->limit);
     req_i64(r, q->offset);
-    return store__pg_submit_if(ss, r, ok);
+    return req_submit(base, r);
 }
 
 static int pg_rbac_audit_cleanup(store_session *base, int64_t before_us, store_count_cb cb,
                                  void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_RAUDIT_CLEANUP, store__pg_sql_raudit_cleanup, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.count = cb;
+    pg_req *r =
+        req_new(base, OP_RAUDIT_CLEANUP, store__pg_sql_raudit_cleanup, (pg_cb){.count = cb}, arg);
     req_i64(r, before_us);
-    return store__pg_submit(ss, r);
+    return req_submit(base, r);
 }
 
 static int pg_audit_expire(store_session *base, const store__expire_req *q, store_count_cb cb,
                            void *arg)
 {
-    pg_session *ss = (pg_session *)base;
     const char *sql =
         q->table == STORE_AUDIT_RBAC ? store__pg_sql_raudit_expire : store__pg_sql_maudit_expire;
-    pg_req *r = req_new(ss, OP_AUDIT_EXPIRE, sql, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.count = cb;
+    pg_req *r = req_new(base, OP_AUDIT_EXPIRE, sql, (pg_cb){.count = cb}, arg);
     req_i64(r, q->before_us);
     req_i64(r, q->batch);
-    return store__pg_submit(ss, r);
+    return req_submit(base, r);
 }
 
 static int pg_ping(store_session *base, store_count_cb cb, void *arg)
 {
-    pg_session *ss = (pg_session *)base;
-    pg_req *r = req_new(ss, OP_PING, store__pg_sql_ping, arg);
-    if (r == NULL)
-        return PINS_ENOMEM;
-    r->cb.count = cb;
-    return store__pg_submit(ss, r);
+    return req_submit(base, req_new(base, OP_PING, store__pg_sql_ping, (pg_cb){.count = cb}, arg));
 }
 
 static void pg_session_free(store_session *base)
@@ -860,25 +858,7 @@ static void pg_close(store *s)
     free(st);
 }
 
-static const store__backend postgres_backend = {
-    .name = "postgres",
-    .close = pg_close,
-    .session_new = pg_session_new,
-    .session_free = pg_session_free,
-    .pin_upsert = pg_pin_upsert,
-    .pin_get = pg_pin_get,
-    .pin_list = pg_pin_list,
-    .pin_delete = pg_pin_delete,
-    .pin_cleanup = pg_pin_cleanup,
-    .pin_sweep = pg_pin_sweep,
-    .audit_list = pg_audit_list,
-    .ping = pg_ping,
-    .memory_audit_write = pg_memory_audit_write,
-    .rbac_audit_write = pg_rbac_audit_write,
-    .rbac_audit_list = pg_rbac_audit_list,
-    .rbac_audit_cleanup = pg_rbac_audit_cleanup,
-    .audit_expire = pg_audit_expire,
-};
+static const store__backend postgres_backend = STORE__BACKEND(pg, "postgres");
 
 int store__postgres_open(const store_options *opts, store **pstore)
 {

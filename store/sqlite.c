@@ -221,6 +221,7 @@ typedef struct batch {
     size_t n;
     size_t cap;
     size_t bytes; /* copied request bytes */
+    size_t mark;  /* arena bytes used before the copies of the op being queued */
 } batch;
 
 typedef struct sqlite_session {
@@ -1134,10 +1135,11 @@ static void on_flush(void *arg)
     flush_pending(arg);
 }
 
-/* A cleared slot at the end of the pending batch (created on demand); the caller fills it and
- * calls op_queued(). Returns 0, PINS_EINTERNAL (nested too deeply), PINS_ECANCELLED (the
- * session is being freed), PINS_ENOMEM. */
-static int op_new(sqlite_session *ss, write_op **pop)
+/* A slot at the end of the pending batch (created on demand) for a write of kind answered by cb;
+ * the caller copies its request into the batch's arena and calls op_queued(). Returns 0,
+ * PINS_EINTERNAL (nested too deeply), PINS_ECANCELLED (the session is being freed),
+ * PINS_ENOMEM. */
+static int op_new(sqlite_session *ss, write_kind kind, store_pin_cb cb, void *arg, write_op **pop)
 {
     if (ss->closing)
         return PINS_ECANCELLED;
@@ -1170,18 +1172,22 @@ static int op_new(sqlite_session *ss, write_op **pop)
         b->cap = cap;
     }
     write_op *op = &b->ops[b->n];
-    memset(op, 0, sizeof(*op));
+    *op = (write_op){.kind = kind, .cb = cb, .arg = arg};
+    b->mark = pins_arena_used(b->arena);
     *pop = op;
     return 0;
 }
 
-/* Adds the slot op_new() gave (filled, bytes copied) to the pending batch, and commits the batch
- * now when it is full or the session has no loop, else at the end of the loop iteration. */
-static int op_queued(sqlite_session *ss, size_t bytes)
+/* Adds the slot op_new() gave to the pending batch when its copies succeeded (err 0), and commits
+ * the batch now when it is full or the session has no loop, else at the end of the loop iteration.
+ * Returns 0 or PINS_ENOMEM (err). */
+static int op_queued(sqlite_session *ss, int err)
 {
+    if (err != 0)
+        return out_of_memory(ss, "queueing a write");
     batch *b = ss->pending;
     b->n++;
-    b->bytes += bytes;
+    b->bytes += pins_arena_used(b->arena) - b->mark;
     if (ss->flush == NULL || b->n >= STORE__BATCH_MAX_OPS || b->bytes >= STORE__BATCH_MAX_BYTES)
         flush_pending(ss);
     else if (b->n == 1)
@@ -1189,15 +1195,18 @@ static int op_queued(sqlite_session *ss, size_t bytes)
     return 0;
 }
 
-/* Replaces *ps by a copy in a (NULL stays NULL). Returns 0 or PINS_ENOMEM. */
-static int copy_str(pins_arena *a, const char **ps)
+/* Replaces each of the n strings *strs[i] by a copy in a (NULL stays NULL). Returns 0 or
+ * PINS_ENOMEM. */
+static int copy_strs(pins_arena *a, const char **const strs[], size_t n)
 {
-    if (*ps == NULL)
-        return 0;
-    const char *copy = pins_arena_strdup(a, *ps);
-    if (copy == NULL)
-        return PINS_ENOMEM;
-    *ps = copy;
+    for (size_t i = 0; i < n; i++) {
+        if (*strs[i] == NULL)
+            continue;
+        const char *copy = pins_arena_strdup(a, *strs[i]);
+        if (copy == NULL)
+            return PINS_ENOMEM;
+        *strs[i] = copy;
+    }
     return 0;
 }
 
@@ -1206,23 +1215,17 @@ static int sqlite_pin_upsert(store_session *base, const store_upsert_req *req, s
 {
     sqlite_session *ss = (sqlite_session *)base;
     write_op *op;
-    int err = op_new(ss, &op);
+    int err = op_new(ss, WRITE_UPSERT, cb, arg, &op);
     if (err != 0)
         return err;
     pins_arena *a = ss->pending->arena;
-    size_t used = pins_arena_used(a);
-    op->kind = WRITE_UPSERT;
-    op->cb = cb;
-    op->arg = arg;
     op->up = *req;
     store_upsert_req *r = &op->up;
     r->value_json = pins_arena_strndup(a, req->value_json, req->value_len);
-    err = r->value_json != NULL ? 0 : PINS_ENOMEM;
-    const char **strs[] = {&r->tenant_id,      &r->key,
-                           &r->source,         &r->value_hash,
-                           &r->audit.agent_id, &r->audit.request_id};
-    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]) && err == 0; i++)
-        err = copy_str(a, strs[i]);
+    const char **const strs[] = {&r->tenant_id,      &r->key,
+                                 &r->source,         &r->value_hash,
+                                 &r->audit.agent_id, &r->audit.request_id};
+    err = r->value_json != NULL ? copy_strs(a, strs, sizeof(strs) / sizeof(strs[0])) : PINS_ENOMEM;
     if (err == 0 && req->value_pb != NULL) {
         uint8_t *pb = pins_arena_alloc(a, req->value_pb_len > 0 ? req->value_pb_len : 1);
         if (pb == NULL)
@@ -1235,9 +1238,7 @@ static int sqlite_pin_upsert(store_session *base, const store_upsert_req *req, s
         r->value_pb_len = 0;
         pack_value(ss, a, r->value_json, r->value_len, &r->value_pb, &r->value_pb_len);
     }
-    if (err != 0)
-        return out_of_memory(ss, "queueing a write");
-    return op_queued(ss, pins_arena_used(a) - used);
+    return op_queued(ss, err);
 }
 
 /* The row at (tenant_id, key) live at now from SQLite, packed, offered to the cache with the
@@ -1366,28 +1367,21 @@ static int sqlite_pin_delete(store_session *base, const store_delete_req *req, s
 {
     sqlite_session *ss = (sqlite_session *)base;
     write_op *op;
-    int err = op_new(ss, &op);
+    int err = op_new(ss, WRITE_DELETE, cb, arg, &op);
     if (err != 0)
         return err;
-    pins_arena *a = ss->pending->arena;
-    size_t used = pins_arena_used(a);
-    op->kind = WRITE_DELETE;
-    op->cb = cb;
-    op->arg = arg;
     op->del = *req;
     store_delete_req *r = &op->del;
-    const char **strs[] = {&r->tenant_id, &r->key, &r->audit.agent_id, &r->audit.request_id};
-    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]) && err == 0; i++)
-        err = copy_str(a, strs[i]);
-    if (err != 0)
-        return out_of_memory(ss, "queueing a write");
-    return op_queued(ss, pins_arena_used(a) - used);
+    const char **const strs[] = {&r->tenant_id, &r->key, &r->audit.agent_id, &r->audit.request_id};
+    return op_queued(ss, copy_strs(ss->pending->arena, strs, sizeof(strs) / sizeof(strs[0])));
 }
 
-/* Runs a DELETE of expired pins whose parameters are bound (b.rc), as its own transaction under
- * the write mutex, drops what it may have deleted from the cache and reports the rows removed. */
-static int delete_count(sqlite_session *ss, binder *b, const char *tenant_id, int64_t now_us,
-                        const char *what, store_count_cb cb, void *arg)
+/* Runs a DELETE whose parameters are bound (b->rc), as its own transaction under the write mutex,
+ * and reports the rows removed to cb. A DELETE of the pins expired (of a tenant, or of all when
+ * its tenant_id is NULL) at expired->now_us also drops what it may have deleted from the cache;
+ * expired is NULL for the audit tables. */
+static int delete_count(sqlite_session *ss, binder *b, const char *what,
+                        const store__cleanup_req *expired, store_count_cb cb, void *arg)
 {
     sqlite_store *s = (sqlite_store *)ss->base.store;
     int64_t count = 0;
@@ -1396,9 +1390,10 @@ static int delete_count(sqlite_session *ss, binder *b, const char *tenant_id, in
     if (err == 0) {
         ss->stats.write_commits++;
         count = sqlite3_changes64(ss->db);
-        if (count > 0)
-            store__cache_remove_expired(s->cache, tenant_id, now_us);
+        if (count > 0 && expired != NULL)
+            store__cache_remove_expired(s->cache, expired->tenant_id, expired->now_us);
     }
+    sqlite3_clear_bindings(b->st);
     pthread_mutex_unlock(&s->write_lock);
     ss->depth++;
     cb(arg, err, count);
@@ -1419,7 +1414,7 @@ static int sqlite_pin_cleanup(store_session *base, const store__cleanup_req *req
         b = (binder){.st = ss->st[ST_CLEANUP_ALL], .rc = SQLITE_OK};
         bind_int(&b, 1, req->now_us);
     }
-    return delete_count(ss, &b, req->tenant_id, req->now_us, "delete expired pins", cb, arg);
+    return delete_count(ss, &b, "delete expired pins", req, cb, arg);
 }
 
 static int sqlite_pin_sweep(store_session *base, const store__sweep_req *req, store_count_cb cb,
@@ -1429,7 +1424,8 @@ static int sqlite_pin_sweep(store_session *base, const store__sweep_req *req, st
     binder b = {.st = ss->st[ST_SWEEP], .rc = SQLITE_OK};
     bind_int(&b, 1, req->now_us);
     bind_int(&b, 2, req->batch);
-    return delete_count(ss, &b, NULL, req->now_us, "sweep expired pins", cb, arg);
+    const store__cleanup_req all = {.tenant_id = NULL, .now_us = req->now_us};
+    return delete_count(ss, &b, "sweep expired pins", &all, cb, arg);
 }
 
 static int audit_tx(sqlite_session *ss, pins_arena *a, const store_audit_list_req *req,
@@ -1671,47 +1667,21 @@ static int sqlite_rbac_audit_cleanup(store_session *base, int64_t before_us, sto
                                      void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
-    sqlite_store *s = (sqlite_store *)ss->base.store;
     binder b = {.st = ss->st[ST_RAUDIT_CLEANUP], .rc = SQLITE_OK};
     bind_int(&b, 1, before_us);
-    int64_t count = 0;
-    pthread_mutex_lock(&s->write_lock);
-    int err = b.rc == SQLITE_OK ? run(ss, b.st, "delete old rbac audit rows")
-                                : db_fail(ss, b.rc, "delete old rbac audit rows");
-    if (err == 0) {
-        ss->stats.write_commits++;
-        count = sqlite3_changes64(ss->db);
-    }
-    pthread_mutex_unlock(&s->write_lock);
-    ss->depth++;
-    cb(arg, err, count);
-    ss->depth--;
-    return 0;
+    return delete_count(ss, &b, "delete old rbac audit rows", NULL, cb, arg);
 }
 
 static int sqlite_audit_expire(store_session *base, const store__expire_req *req, store_count_cb cb,
                                void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
-    sqlite_store *s = (sqlite_store *)ss->base.store;
     bool rbac = req->table == STORE_AUDIT_RBAC;
     const char *what = rbac ? "expire rbac audit rows" : "expire memory audit rows";
     binder b = {.st = ss->st[rbac ? ST_RAUDIT_EXPIRE : ST_MAUDIT_EXPIRE], .rc = SQLITE_OK};
     bind_int(&b, 1, req->before_us);
     bind_int(&b, 2, req->batch);
-    int64_t count = 0;
-    pthread_mutex_lock(&s->write_lock);
-    int err = b.rc == SQLITE_OK ? run(ss, b.st, what) : db_fail(ss, b.rc, what);
-    if (err == 0) {
-        ss->stats.write_commits++;
-        count = sqlite3_changes64(ss->db);
-    }
-    sqlite3_clear_bindings(b.st);
-    pthread_mutex_unlock(&s->write_lock);
-    ss->depth++;
-    cb(arg, err, count);
-    ss->depth--;
-    return 0;
+    return delete_count(ss, &b, what, NULL, cb, arg);
 }
 
 /* ---- store and sessions --------------------------------------------------------------------- */
@@ -1894,22 +1864,4 @@ int store__sqlite_set_fill_hook(store_session *base, void (*hook)(void *arg), vo
     return 0;
 }
 
-static const store__backend sqlite_backend = {
-    .name = "sqlite",
-    .close = sqlite_close,
-    .session_new = sqlite_session_new,
-    .session_free = sqlite_session_free,
-    .pin_upsert = sqlite_pin_upsert,
-    .pin_get = sqlite_pin_get,
-    .pin_list = sqlite_pin_list,
-    .pin_delete = sqlite_pin_delete,
-    .pin_cleanup = sqlite_pin_cleanup,
-    .pin_sweep = sqlite_pin_sweep,
-    .audit_list = sqlite_audit_list,
-    .ping = sqlite_ping,
-    .memory_audit_write = sqlite_memory_audit_write,
-    .rbac_audit_write = sqlite_rbac_audit_write,
-    .rbac_audit_list = sqlite_rbac_audit_list,
-    .rbac_audit_cleanup = sqlite_rbac_audit_cleanup,
-    .audit_expire = sqlite_audit_expire,
-};
+static const store__backend sqlite_backend = STORE__BACKEND(sqlite, "sqlite");

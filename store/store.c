@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
 #include "common/error.h"
 #include "common/json_str.h"
 #include "common/pbstruct.h"
@@ -35,8 +36,6 @@ typedef struct backend_row {
     const size_t *nmigrations;
 } backend_row;
 
-static const char *const postgres_schemes[] = {"postgres://", "postgresql://", NULL};
-
 static const backend_row backends[] = {
     {
         .name = "sqlite",
@@ -47,7 +46,7 @@ static const backend_row backends[] = {
     },
     {
         .name = "postgres",
-        .schemes = postgres_schemes,
+        .schemes = pins_config_postgres_schemes, /* the ones pinsd's configuration accepts */
         .conninfo = true,
         .open = store__postgres_open,
         .migrations = store__postgres_migrations,
@@ -89,16 +88,51 @@ static const backend_row *backend_for(const char *url)
     return NULL;
 }
 
-/* True when limit and offset describe a page store_pin_list and store_audit_list accept. */
-static bool page_ok(int32_t limit, int64_t offset)
+/* Forgets the outcome of the previous operation on ss (store_session_last_error,
+ * store_session_schema_behind). */
+static void outcome_clear(store_session *ss)
 {
-    return limit >= 1 && limit <= STORE__LIST_MAX && offset >= 0;
+    ss->last_error[0] = '\0';
+    ss->schema_behind = false;
 }
 
-/* True when n rows make an audit write store_*_audit_write accepts. */
-static bool rows_ok(const void *rows, size_t n)
+/* Checks the page of a listing (store_pin_list, store_audit_list, store_rbac_audit_list) and
+ * clears ss's last outcome. Returns 0 or PINS_EINVALID_ARGUMENT. */
+static int page_begin(store_session *ss, int32_t limit, int64_t offset)
 {
-    return rows != NULL && n >= 1 && n <= STORE_AUDIT_WRITE_MAX;
+    if (limit < 1 || limit > STORE__LIST_MAX || offset < 0)
+        return PINS_EINVALID_ARGUMENT;
+    outcome_clear(ss);
+    return 0;
+}
+
+static bool memory_audit_ok(const void *row)
+{
+    const store_memory_audit *m = row;
+    return m->operation != NULL && m->tenant_id != NULL && m->key != NULL;
+}
+
+static bool rbac_audit_ok(const void *row)
+{
+    const store_rbac_audit *m = row;
+    return m->subject != NULL && m->resource != NULL && m->action != NULL &&
+           (m->nroles == 0 || m->roles != NULL);
+}
+
+/* Checks the n rows (size bytes each) of an audit write, each with row_ok, and clears ss's last
+ * outcome. Returns 0, PINS_EINVALID_ARGUMENT (no rows, too many) or PINS_EINTERNAL (a row misses
+ * a required field). */
+static int rows_begin(store_session *ss, const void *rows, size_t n, size_t size,
+                      bool (*row_ok)(const void *row))
+{
+    if (rows == NULL || n < 1 || n > STORE_AUDIT_WRITE_MAX)
+        return PINS_EINVALID_ARGUMENT;
+    for (size_t i = 0; i < n; i++) {
+        if (!row_ok((const char *)rows + i * size))
+            return PINS_EINTERNAL;
+    }
+    outcome_clear(ss);
+    return 0;
 }
 
 static void metrics_init(void)
@@ -179,14 +213,6 @@ void store_memory_audit_count(const char *status, size_t n)
     const char *v[] = {status};
     if (m_memory_audit != NULL && n > 0)
         metrics_counter_add(m_memory_audit, v, (double)n);
-}
-
-/* Forgets the outcome of the previous operation on ss (store_session_last_error,
- * store_session_schema_behind). */
-static void outcome_clear(store_session *ss)
-{
-    ss->last_error[0] = '\0';
-    ss->schema_behind = false;
 }
 
 void store__session_error(store_session *ss, const char *fmt, ...)
@@ -280,9 +306,9 @@ int store_pin_list(store_session *ss, const store_list_req *req, store_list_cb c
 {
     if (ss == NULL || req == NULL || cb == NULL || req->tenant_id == NULL)
         return PINS_EINTERNAL;
-    if (!page_ok(req->limit, req->offset))
-        return PINS_EINVALID_ARGUMENT;
-    outcome_clear(ss);
+    int rv = page_begin(ss, req->limit, req->offset);
+    if (rv != 0)
+        return rv;
     if (req->prefix != NULL)
         return ss->be->pin_list(ss, req, cb, arg);
     store_list_req all = *req;
@@ -324,10 +350,8 @@ int store_audit_list(store_session *ss, const store_audit_list_req *req, store_a
 {
     if (ss == NULL || req == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    if (!page_ok(req->limit, req->offset))
-        return PINS_EINVALID_ARGUMENT;
-    outcome_clear(ss);
-    return ss->be->audit_list(ss, req, cb, arg);
+    int rv = page_begin(ss, req->limit, req->offset);
+    return rv != 0 ? rv : ss->be->audit_list(ss, req, cb, arg);
 }
 
 int store_ping(store_session *ss, store_count_cb cb, void *arg)
@@ -343,14 +367,8 @@ int store_memory_audit_write(store_session *ss, const store_memory_audit *rows, 
 {
     if (ss == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    if (!rows_ok(rows, n))
-        return PINS_EINVALID_ARGUMENT;
-    for (size_t i = 0; i < n; i++) {
-        if (rows[i].operation == NULL || rows[i].tenant_id == NULL || rows[i].key == NULL)
-            return PINS_EINTERNAL;
-    }
-    outcome_clear(ss);
-    return ss->be->memory_audit_write(ss, rows, n, cb, arg);
+    int rv = rows_begin(ss, rows, n, sizeof(*rows), memory_audit_ok);
+    return rv != 0 ? rv : ss->be->memory_audit_write(ss, rows, n, cb, arg);
 }
 
 int store_rbac_audit_write(store_session *ss, const store_rbac_audit *rows, size_t n,
@@ -358,15 +376,8 @@ int store_rbac_audit_write(store_session *ss, const store_rbac_audit *rows, size
 {
     if (ss == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    if (!rows_ok(rows, n))
-        return PINS_EINVALID_ARGUMENT;
-    for (size_t i = 0; i < n; i++) {
-        if (rows[i].subject == NULL || rows[i].resource == NULL || rows[i].action == NULL ||
-            (rows[i].nroles > 0 && rows[i].roles == NULL))
-            return PINS_EINTERNAL;
-    }
-    outcome_clear(ss);
-    return ss->be->rbac_audit_write(ss, rows, n, cb, arg);
+    int rv = rows_begin(ss, rows, n, sizeof(*rows), rbac_audit_ok);
+    return rv != 0 ? rv : ss->be->rbac_audit_write(ss, rows, n, cb, arg);
 }
 
 int store_rbac_audit_list(store_session *ss, const store_rbac_audit_list_req *req,
@@ -374,10 +385,8 @@ int store_rbac_audit_list(store_session *ss, const store_rbac_audit_list_req *re
 {
     if (ss == NULL || req == NULL || cb == NULL)
         return PINS_EINTERNAL;
-    if (!page_ok(req->limit, req->offset))
-        return PINS_EINVALID_ARGUMENT;
-    outcome_clear(ss);
-    return ss->be->rbac_audit_list(ss, req, cb, arg);
+    int rv = page_begin(ss, req->limit, req->offset);
+    return rv != 0 ? rv : ss->be->rbac_audit_list(ss, req, cb, arg);
 }
 
 int store_rbac_audit_cleanup(store_session *ss, int64_t before_us, store_count_cb cb, void *arg)

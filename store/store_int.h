@@ -91,6 +91,19 @@ typedef struct store__backend {
                         void *arg);
 } store__backend;
 
+/* The table of backend `name` whose functions are named <x>_close, <x>_session_new, ...,
+ * <x>_audit_expire after its prefix x (store/README.md, "Adding a store backend"). */
+#define STORE__BACKEND(x, backend_name)                                                         \
+    {                                                                                           \
+        .name = backend_name, .close = x##_close, .session_new = x##_session_new,               \
+        .session_free = x##_session_free, .pin_upsert = x##_pin_upsert, .pin_get = x##_pin_get, \
+        .pin_list = x##_pin_list, .pin_delete = x##_pin_delete, .pin_cleanup = x##_pin_cleanup, \
+        .pin_sweep = x##_pin_sweep, .audit_list = x##_audit_list, .ping = x##_ping,             \
+        .memory_audit_write = x##_memory_audit_write, .rbac_audit_write = x##_rbac_audit_write, \
+        .rbac_audit_list = x##_rbac_audit_list, .rbac_audit_cleanup = x##_rbac_audit_cleanup,   \
+        .audit_expire = x##_audit_expire,                                                       \
+    }
+
 /* The head of every backend's store. */
 struct store {
     const store__backend *be;
