@@ -11,7 +11,6 @@
 #include <cmocka.h>
 
 #include <event2/event.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -28,6 +27,7 @@
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
 #include "fake_clock.h"
+#include "store_fixture.h"
 #include "store/store.h"
 #include "store/sqlite_int.h"
 
@@ -37,14 +37,7 @@
 #define ANY_VERSION (-1)
 #define TENANT      "t"
 
-typedef struct fixture {
-    char dir[64];
-    char data_dir[80];
-    store_options opts;
-    struct event_base *base;
-    store *s;
-    store_session *ss;
-} fixture;
+typedef store_fixture fixture;
 
 typedef struct pin_result {
     int calls;
@@ -64,48 +57,16 @@ static int seq_counter;
 
 /* ---- fixture ------------------------------------------------------------------------------- */
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
-
-static void open_store(fixture *fx)
-{
-    assert_int_equal(store_open(&fx->opts, &fx->s), 0);
-    assert_int_equal(store_session_new(fx->s, fx->base, &fx->ss), 0);
-}
-
-static void close_store(fixture *fx)
-{
-    store_session_free(fx->ss);
-    fx->ss = NULL;
-    store_close(fx->s);
-    fx->s = NULL;
-}
-
 static int setup(void **state)
 {
-    fixture *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
-    snprintf(fx->dir, sizeof(fx->dir), "/tmp/pins-sqlite-test-XXXXXX");
-    assert_non_null(mkdtemp(fx->dir));
-    snprintf(fx->data_dir, sizeof(fx->data_dir), "%s/data", fx->dir);
-    fx->opts.data_dir = fx->data_dir;
-    fx->base = event_base_new();
-    assert_non_null(fx->base);
-    open_store(fx);
+    *state = store_fixture_new("pins-sqlite-test", (store_options){0});
     seq_counter = 0;
-    *state = fx;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    fixture *fx = *state;
-    close_store(fx);
-    event_base_free(fx->base);
-    nftw(fx->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-    free(fx);
+    store_fixture_free(*state);
     return 0;
 }
 
@@ -120,25 +81,6 @@ static store__sqlite_stats stats(fixture *fx)
 static void loop_once(fixture *fx)
 {
     assert_true(event_base_loop(fx->base, EVLOOP_NONBLOCK) >= 0);
-}
-
-static sqlite3 *open_raw(fixture *fx)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "%s/pins.db", fx->data_dir);
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-    return db;
-}
-
-static int64_t raw_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
 }
 
 /* ---- callbacks and requests ---------------------------------------------------------------- */
@@ -280,8 +222,9 @@ static void on_first(void *arg, int err, const store_pin *pin, bool created)
 {
     commit_probe *p = arg;
     on_pin(&p->r, err, pin, created, NULL);
-    sqlite3 *db = open_raw(p->fx); /* another connection sees only committed rows */
-    p->rows_seen = raw_int(db, "SELECT count(*) FROM memory_pins WHERE tenant_id = 't'");
+    sqlite3 *db = store_fixture_open_raw(p->fx); /* another connection sees only committed rows */
+    p->rows_seen =
+        store_fixture_raw_int(db, "SELECT count(*) FROM memory_pins WHERE tenant_id = 't'");
     sqlite3_close(db);
 }
 
@@ -365,9 +308,10 @@ static void test_sqlite_ops_on_one_key_in_a_batch_see_each_other(void **state)
     assert_int_equal(get(fx, "k", T0, &g), 0);
     assert_string_equal(g.value, "{\"v\":3}");
     assert_int_equal(g.version, 1);
-    sqlite3 *db = open_raw(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
     /* Audit rows only for the four changes. */
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit WHERE tenant_id = 't'"), 4);
+    assert_int_equal(
+        store_fixture_raw_int(db, "SELECT count(*) FROM memory_audit WHERE tenant_id = 't'"), 4);
     sqlite3_close(db);
 }
 
@@ -376,7 +320,7 @@ static void test_sqlite_batch_that_cannot_begin_acknowledges_nothing(void **stat
     fixture *fx = *state;
     assert_int_equal(upsert(fx, "k0", "{\"v\":1}", NO_TTL, T0, NULL), 0);
     assert_int_equal(store__sqlite_set_busy_timeout(fx->ss, 50), 0);
-    sqlite3 *db = open_raw(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
     assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     pin_result r[3];
     memset(r, 0, sizeof(r));
@@ -403,8 +347,8 @@ static void test_sqlite_batch_whose_commit_fails_acknowledges_nothing(void **sta
     assert_int_equal(upsert(fx, "k0", "{\"v\":1}", NO_TTL, T0, NULL), 0);
     assert_int_equal(upsert(fx, "gone", "{}", NO_TTL, T0, NULL), 0);
     assert_int_equal(get(fx, "k0", T0, NULL), 0); /* cached */
-    sqlite3 *db = open_raw(fx);
-    int64_t audits = raw_int(db, "SELECT count(*) FROM memory_audit");
+    sqlite3 *db = store_fixture_open_raw(fx);
+    int64_t audits = store_fixture_raw_int(db, "SELECT count(*) FROM memory_audit");
 
     pin_result r[3];
     memset(r, 0, sizeof(r));
@@ -421,10 +365,12 @@ static void test_sqlite_batch_whose_commit_fails_acknowledges_nothing(void **sta
         assert_non_null(strstr(r[i].detail, "commit"));
     }
     /* Nothing reached the file, and the cache still holds the committed rows. */
-    assert_int_equal(raw_int(db, "SELECT version FROM memory_pins WHERE key = 'k0'"), 1);
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_pins WHERE key IN ('k9', 'gone')"),
+    assert_int_equal(store_fixture_raw_int(db, "SELECT version FROM memory_pins WHERE key = 'k0'"),
                      1);
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit"), audits);
+    assert_int_equal(
+        store_fixture_raw_int(db, "SELECT count(*) FROM memory_pins WHERE key IN ('k9', 'gone')"),
+        1);
+    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM memory_audit"), audits);
     sqlite3_close(db);
     pin_result g;
     assert_int_equal(get(fx, "k0", T0, &g), 0);
@@ -513,9 +459,7 @@ static void on_child_pin(void *arg, int err, const store_pin *pin, bool created)
 static void test_sqlite_group_committed_write_survives_kill(void **state)
 {
     fixture *fx = *state;
-    close_store(fx); /* no database connection crosses the fork */
-    pid_t pid = fork();
-    assert_true(pid >= 0);
+    pid_t pid = store_fixture_fork(fx);
     if (pid == 0) {
         struct event_base *base = event_base_new();
         store *s = NULL;
@@ -537,11 +481,7 @@ static void test_sqlite_group_committed_write_survives_kill(void **state)
         kill(getpid(), SIGKILL);
         _exit(4);
     }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFSIGNALED(status));
-    assert_int_equal(WTERMSIG(status), SIGKILL);
-    open_store(fx);
+    store_fixture_reopen_after_kill(fx, pid);
     pin_result r;
     assert_int_equal(get(fx, "a", T0, &r), 0);
     assert_string_equal(r.value, "{\"k\":9}");
@@ -563,7 +503,7 @@ static void test_sqlite_cache_answers_get_without_sqlite(void **state)
     assert_int_equal(after.cache_misses, before.cache_misses);
 
     /* Proof that SQLite is not read: a change behind the store's back is not seen. */
-    sqlite3 *db = open_raw(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
     assert_int_equal(
         sqlite3_exec(db, "UPDATE memory_pins SET value = '{\"v\":7}'", NULL, NULL, NULL),
         SQLITE_OK);
@@ -572,8 +512,8 @@ static void test_sqlite_cache_answers_get_without_sqlite(void **state)
     assert_string_equal(r.value, "{\"v\":1}");
 
     /* A new store starts cold: a miss reads SQLite and fills, the next get hits. */
-    close_store(fx);
-    open_store(fx);
+    store_fixture_close(fx);
+    store_fixture_open(fx);
     assert_int_equal(stats(fx).cache_entries, 0);
     assert_int_equal(get(fx, "k", T0, &r), 0);
     assert_string_equal(r.value, "{\"v\":7}");
@@ -660,8 +600,8 @@ static void test_sqlite_cache_refuses_a_fill_older_than_a_write(void **state)
 {
     fixture *fx = *state;
     assert_int_equal(upsert(fx, "k", "{\"v\":1}", NO_TTL, T0, NULL), 0);
-    close_store(fx); /* a cold cache: the next get misses */
-    open_store(fx);
+    store_fixture_close(fx); /* a cold cache: the next get misses */
+    store_fixture_open(fx);
     racer x = {0};
     assert_int_equal(store_session_new(fx->s, NULL, &x.other), 0);
     assert_int_equal(store__sqlite_set_fill_hook(fx->ss, on_fill_race, &x), 0);
@@ -702,8 +642,8 @@ static void test_sqlite_value_pb_is_the_protobuf_c_packing(void **state)
     assert_true(r.has_pb);
     assert_int_equal(r.pb_len, want_len);
     assert_memory_equal(r.pb, want, want_len);
-    close_store(fx);
-    open_store(fx);
+    store_fixture_close(fx);
+    store_fixture_open(fx);
     assert_int_equal(get(fx, "k", T0, &r), 0); /* from SQLite */
     assert_int_equal(stats(fx).cache_misses, 1);
     assert_true(r.has_pb);
@@ -862,16 +802,18 @@ static void test_sqlite_pin_expires_when_the_clock_reaches_its_ttl(void **state)
 static void test_sqlite_migrations_record_the_clock_time(void **state)
 {
     fixture *fx = *state;
-    close_store(fx);
-    nftw(fx->data_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    store_fixture_close(fx);
+    store_fixture_remove_tree(fx->data_dir);
     fake_clock_install();
     fake_clock_advance_ms(86400000); /* a day ahead of the system clock */
     int64_t now = pins_time_now_us();
-    open_store(fx);
+    store_fixture_open(fx);
     fake_clock_uninstall();
-    sqlite3 *db = open_raw(fx);
-    assert_int_equal(raw_int(db, "SELECT min(applied_at) FROM schema_migrations"), now);
-    assert_int_equal(raw_int(db, "SELECT max(applied_at) FROM schema_migrations"), now);
+    sqlite3 *db = store_fixture_open_raw(fx);
+    assert_int_equal(store_fixture_raw_int(db, "SELECT min(applied_at) FROM schema_migrations"),
+                     now);
+    assert_int_equal(store_fixture_raw_int(db, "SELECT max(applied_at) FROM schema_migrations"),
+                     now);
     sqlite3_close(db);
 }
 

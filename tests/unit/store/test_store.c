@@ -14,7 +14,6 @@
 #include <cmocka.h>
 
 #include <event2/event.h>
-#include <ftw.h>
 #include <libpq-fe.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -31,6 +30,7 @@
 #include "common/error.h"
 #include "store/store.h"
 #include "store/sqlite_int.h"
+#include "store_fixture.h"
 
 #define SEC         INT64_C(1000000)
 #define T0          (INT64_C(1800000000) * SEC) /* the fake clock starts in 2027 */
@@ -38,15 +38,7 @@
 #define ANY_VERSION (-1)
 #define MAX_ROWS    64
 
-typedef struct fixture {
-    char dir[64];      /* the temporary directory ("" with a database URL) */
-    char data_dir[80]; /* dir/data: store_open creates it */
-    store_options opts;
-    struct event_base *base;
-    store *s;
-    store_session *ss;
-    char tenant[48]; /* unique per test, so that a shared database needs no truncation */
-} fixture;
+typedef store_fixture fixture;
 
 typedef struct pin_result {
     int calls;
@@ -94,8 +86,6 @@ typedef struct audit_result {
     bool success[MAX_ROWS];
 } audit_result;
 
-static int test_counter;
-
 /* ---- fixture ------------------------------------------------------------------------------- */
 
 static const char *database_url(void)
@@ -104,59 +94,17 @@ static const char *database_url(void)
     return url != NULL && url[0] != '\0' ? url : NULL;
 }
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
-
-static void remove_tree(const char *dir)
-{
-    if (dir[0] != '\0')
-        nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static void open_store(fixture *fx)
-{
-    assert_int_equal(store_open(&fx->opts, &fx->s), 0);
-    assert_int_equal(store_session_new(fx->s, fx->base, &fx->ss), 0);
-}
-
-static void close_store(fixture *fx)
-{
-    store_session_free(fx->ss);
-    fx->ss = NULL;
-    store_close(fx->s);
-    fx->s = NULL;
-}
-
 static int setup(void **state)
 {
-    fixture *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
-    fx->opts.database_url = database_url();
-    if (fx->opts.database_url == NULL) {
-        snprintf(fx->dir, sizeof(fx->dir), "/tmp/pins-store-test-XXXXXX");
-        assert_non_null(mkdtemp(fx->dir));
-        snprintf(fx->data_dir, sizeof(fx->data_dir), "%s/data", fx->dir);
-        fx->opts.data_dir = fx->data_dir;
-    }
-    fx->opts.pool_size = 4;
-    fx->opts.workers = 2;
-    fx->base = event_base_new();
-    assert_non_null(fx->base);
-    snprintf(fx->tenant, sizeof(fx->tenant), "tenant-%ld-%d", (long)getpid(), ++test_counter);
-    open_store(fx);
-    *state = fx;
+    *state = store_fixture_new(
+        "pins-store-test",
+        (store_options){.database_url = database_url(), .pool_size = 4, .workers = 2});
     return 0;
 }
 
 static int teardown(void **state)
 {
-    fixture *fx = *state;
-    close_store(fx);
-    event_base_free(fx->base);
-    remove_tree(fx->dir);
-    free(fx);
+    store_fixture_free(*state);
     return 0;
 }
 
@@ -1358,10 +1306,10 @@ static void test_reopening_the_store_keeps_data(void **state)
     fixture *fx = *state;
     assert_int_equal(upsert(fx, "persist", "{\"x\":true}", NO_TTL, ANY_VERSION, T0, NULL), 0);
     assert_int_equal(upsert(fx, "persist", "{\"x\":false}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0);
-    close_store(fx);
-    open_store(fx); /* migrations run again: harmless */
-    close_store(fx);
-    open_store(fx);
+    store_fixture_close(fx);
+    store_fixture_open(fx); /* migrations run again: harmless */
+    store_fixture_close(fx);
+    store_fixture_open(fx);
     pin_result r = {0};
     assert_int_equal(get(fx, "persist", T0 + 2, &r), 0);
     assert_int_equal(r.pin.version, 2);
@@ -1374,9 +1322,7 @@ static void test_reopening_the_store_keeps_data(void **state)
 static void test_acknowledged_write_survives_kill(void **state)
 {
     fixture *fx = *state;
-    close_store(fx); /* no database connection crosses the fork */
-    pid_t pid = fork();
-    assert_true(pid >= 0);
+    pid_t pid = store_fixture_fork(fx);
     if (pid == 0) {
         /* The child writes through a store of its own and is killed right after the ack. */
         store *s = NULL;
@@ -1398,11 +1344,7 @@ static void test_acknowledged_write_survives_kill(void **state)
         kill(getpid(), SIGKILL);
         _exit(3);
     }
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFSIGNALED(status));
-    assert_int_equal(WTERMSIG(status), SIGKILL);
-    open_store(fx);
+    store_fixture_reopen_after_kill(fx, pid);
     pin_result r = {0};
     assert_int_equal(get(fx, "acked", T0, &r), 0);
     assert_string_equal(r.pin.value_json, "{\"k\":9}");
@@ -1777,25 +1719,6 @@ static void test_writes_of_one_key_waiting_together_apply_in_order(void **state)
 
 /* ---- SQLite only --------------------------------------------------------------------------- */
 
-static sqlite3 *open_raw(fixture *fx)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "%s/pins.db", fx->data_dir);
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-    return db;
-}
-
-static int64_t raw_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
 static void test_sqlite_open_creates_private_dir_and_wal_file(void **state)
 {
     fixture *fx = *state;
@@ -1805,15 +1728,15 @@ static void test_sqlite_open_creates_private_dir_and_wal_file(void **state)
     assert_int_equal(stat(fx->data_dir, &sb), 0);
     assert_true(S_ISDIR(sb.st_mode));
     assert_int_equal(sb.st_mode & 0777, 0700);
-    sqlite3 *db = open_raw(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
     sqlite3_stmt *st = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM schema_migrations"),
+    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM schema_migrations"),
                      (int64_t)store__sqlite_migrations_count);
-    assert_int_equal(raw_int(db, "SELECT max(version) FROM schema_migrations"),
+    assert_int_equal(store_fixture_raw_int(db, "SELECT max(version) FROM schema_migrations"),
                      store__sqlite_migrations[store__sqlite_migrations_count - 1].version);
     sqlite3_close(db);
 
@@ -1835,12 +1758,14 @@ static void test_sqlite_audit_extra_holds_request_id_as_json(void **state)
                                  "r\"1\\\n\xc3\xa9\xff", NULL),
                      0);
     assert_int_equal(upsert(fx, "j", "{}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0);
-    sqlite3 *db = open_raw(fx);
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit WHERE json_valid(extra)"), 2);
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit WHERE extra = '{}'"), 1);
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM memory_audit WHERE"
-                                 " json_extract(extra, '$.request_id') ="
-                                 " 'r\"1\\' || char(10) || char(233) || char(65533)"),
+    sqlite3 *db = store_fixture_open_raw(fx);
+    assert_int_equal(
+        store_fixture_raw_int(db, "SELECT count(*) FROM memory_audit WHERE json_valid(extra)"), 2);
+    assert_int_equal(
+        store_fixture_raw_int(db, "SELECT count(*) FROM memory_audit WHERE extra = '{}'"), 1);
+    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM memory_audit WHERE"
+                                               " json_extract(extra, '$.request_id') ="
+                                               " 'r\"1\\' || char(10) || char(233) || char(65533)"),
                      1);
     sqlite3_close(db);
 }
@@ -1875,8 +1800,8 @@ static void test_sqlite_open_refuses_newer_schema(void **state)
     fixture *fx = *state;
     if (database_url() != NULL)
         skip();
-    close_store(fx);
-    sqlite3 *db = open_raw(fx);
+    store_fixture_close(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
     assert_int_equal(sqlite3_exec(db, "INSERT INTO schema_migrations VALUES (999, '999_future', 0)",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
@@ -1884,12 +1809,12 @@ static void test_sqlite_open_refuses_newer_schema(void **state)
     store *s = NULL;
     assert_int_equal(store_open(&fx->opts, &s), PINS_ESTORE);
     assert_null(s);
-    db = open_raw(fx);
+    db = store_fixture_open_raw(fx);
     assert_int_equal(
         sqlite3_exec(db, "DELETE FROM schema_migrations WHERE version = 999", NULL, NULL, NULL),
         SQLITE_OK);
     sqlite3_close(db);
-    open_store(fx);
+    store_fixture_open(fx);
 }
 
 static void test_sqlite_migration_down_reverts_up(void **state)
@@ -1901,13 +1826,13 @@ static void test_sqlite_migration_down_reverts_up(void **state)
     for (size_t i = 0; i < store__sqlite_migrations_count; i++)
         assert_int_equal(sqlite3_exec(db, store__sqlite_migrations[i].up, NULL, NULL, NULL),
                          SQLITE_OK);
-    assert_true(raw_int(db, "SELECT count(*) FROM sqlite_master") > 0);
+    assert_true(store_fixture_raw_int(db, "SELECT count(*) FROM sqlite_master") > 0);
     for (size_t i = store__sqlite_migrations_count; i-- > 0;) {
         assert_non_null(store__sqlite_migrations[i].down);
         assert_int_equal(sqlite3_exec(db, store__sqlite_migrations[i].down, NULL, NULL, NULL),
                          SQLITE_OK);
     }
-    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master"), 0);
+    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM sqlite_master"), 0);
     sqlite3_close(db);
 }
 
@@ -1916,7 +1841,7 @@ static void test_sqlite_busy_past_timeout_reports_estore_with_detail(void **stat
     fixture *fx = *state;
     if (database_url() != NULL)
         skip();
-    sqlite3 *db = open_raw(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
     assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     pin_result r = {0};
     assert_int_equal(upsert(fx, "locked", "{}", NO_TTL, ANY_VERSION, T0, &r), PINS_ESTORE);
