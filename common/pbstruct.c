@@ -944,23 +944,6 @@ static int parser_done(struct parser *ps, pbstruct_parse *p, int rv)
     return 0;
 }
 
-int pbstruct_parse_value(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Value **pout)
-{
-    void *inline_stack[INLINE_STACK];
-    struct parser ps;
-    parser_from(&ps, a, p, inline_stack);
-    Google__Protobuf__Value *v = palloc(&ps, sizeof(*v));
-    int rv = v != NULL ? 0 : alloc_failed(&ps);
-    if (rv == 0) {
-        *v = (Google__Protobuf__Value)GOOGLE__PROTOBUF__VALUE__INIT;
-        rv = parse_value(&ps, v, p->depth);
-    }
-    rv = parser_done(&ps, p, rv);
-    if (rv == 0)
-        *pout = v;
-    return rv;
-}
-
 /* The container at ps->pos (c: '{' or '['), checked for its depth. */
 static int parse_container(struct parser *ps, int depth, char c, void *m)
 {
@@ -971,38 +954,46 @@ static int parse_container(struct parser *ps, int depth, char c, void *m)
     return c == '{' ? parse_object(ps, m, depth + 1) : parse_array(ps, m, depth + 1);
 }
 
-int pbstruct_parse_struct(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Struct **pout)
+/* The three entry points: kind '{' a Struct, '[' a ListValue, 0 a Value. */
+static int parse_entry(pins_arena *a, pbstruct_parse *p, char kind, void **pout)
 {
+    static const Google__Protobuf__Struct struct_init = GOOGLE__PROTOBUF__STRUCT__INIT;
+    static const Google__Protobuf__ListValue list_init = GOOGLE__PROTOBUF__LIST_VALUE__INIT;
+    static const Google__Protobuf__Value value_init = GOOGLE__PROTOBUF__VALUE__INIT;
+    const void *init = kind == '{'   ? (const void *)&struct_init
+                       : kind == '[' ? (const void *)&list_init
+                                     : (const void *)&value_init;
+    size_t size = kind == '{'   ? sizeof(struct_init)
+                  : kind == '[' ? sizeof(list_init)
+                                : sizeof(value_init);
     void *inline_stack[INLINE_STACK];
     struct parser ps;
     parser_from(&ps, a, p, inline_stack);
-    Google__Protobuf__Struct *s = palloc(&ps, sizeof(*s));
-    int rv = s != NULL ? 0 : alloc_failed(&ps);
+    void *m = palloc(&ps, size);
+    int rv = m != NULL ? 0 : alloc_failed(&ps);
     if (rv == 0) {
-        *s = (Google__Protobuf__Struct)GOOGLE__PROTOBUF__STRUCT__INIT;
-        rv = parse_container(&ps, p->depth, '{', s);
+        memcpy(m, init, size);
+        rv = kind != 0 ? parse_container(&ps, p->depth, kind, m) : parse_value(&ps, m, p->depth);
     }
     rv = parser_done(&ps, p, rv);
     if (rv == 0)
-        *pout = s;
+        *pout = m;
     return rv;
+}
+
+int pbstruct_parse_value(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Value **pout)
+{
+    return parse_entry(a, p, 0, (void **)pout);
+}
+
+int pbstruct_parse_struct(pins_arena *a, pbstruct_parse *p, Google__Protobuf__Struct **pout)
+{
+    return parse_entry(a, p, '{', (void **)pout);
 }
 
 int pbstruct_parse_list(pins_arena *a, pbstruct_parse *p, Google__Protobuf__ListValue **pout)
 {
-    void *inline_stack[INLINE_STACK];
-    struct parser ps;
-    parser_from(&ps, a, p, inline_stack);
-    Google__Protobuf__ListValue *l = palloc(&ps, sizeof(*l));
-    int rv = l != NULL ? 0 : alloc_failed(&ps);
-    if (rv == 0) {
-        *l = (Google__Protobuf__ListValue)GOOGLE__PROTOBUF__LIST_VALUE__INIT;
-        rv = parse_container(&ps, p->depth, '[', l);
-    }
-    rv = parser_done(&ps, p, rv);
-    if (rv == 0)
-        *pout = l;
-    return rv;
+    return parse_entry(a, p, '[', (void **)pout);
 }
 
 int pbstruct_from_json(pins_arena *a, const char *json, size_t len, int max_depth,
