@@ -17,6 +17,8 @@
  */
 #include "proto_harness.h"
 
+#include "../unit/support/b64enc.h"
+
 #include <strings.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -26,22 +28,10 @@ static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 /* Standard base64 with padding of p[0..len) into a new malloc'd buffer; *pn gets its length. */
 static uint8_t *base64(const uint8_t *p, size_t len, size_t *pn)
 {
-    uint8_t *out = malloc((len + 2) / 3 * 4 + 1);
+    char *out = malloc((len + 2) / 3 * 4 + 1);
     harness_check(out != NULL);
-    size_t n = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < len)
-            v |= p[i + 2];
-        out[n++] = (uint8_t)b64[v >> 18];
-        out[n++] = (uint8_t)b64[(v >> 12) & 63];
-        out[n++] = i + 1 < len ? (uint8_t)b64[(v >> 6) & 63] : '=';
-        out[n++] = i + 2 < len ? (uint8_t)b64[v & 63] : '=';
-    }
-    *pn = n;
-    return out;
+    *pn = b64enc(p, len, false, out);
+    return (uint8_t *)out;
 }
 
 /* Decodes a text answer: base64 quads, where padding may end one written chunk and another

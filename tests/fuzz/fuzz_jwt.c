@@ -23,6 +23,8 @@
 #include "common/config.h"
 #include "common/error.h"
 
+#include "../unit/support/b64enc.h"
+
 #define SECRET         "fuzz-secret"
 #define NOW            1800000000
 #define FUZZ_MAX_INPUT (AUTH__MAX_TOKEN * 2)
@@ -69,23 +71,6 @@ static void verify(pins_arena *a, const char *tok, size_t len)
     }
 }
 
-static size_t b64url(const uint8_t *in, size_t n, char *out)
-{
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) |
-                     (i + 2 < n ? in[i + 2] : 0);
-        out[o++] = abc[(v >> 18) & 63];
-        out[o++] = abc[(v >> 12) & 63];
-        if (i + 1 < n)
-            out[o++] = abc[(v >> 6) & 63];
-        if (i + 2 < n)
-            out[o++] = abc[v & 63];
-    }
-    return o;
-}
-
 /* Signs "<header>\n<payload>" and verifies the resulting token. */
 static void signed_token(pins_arena *a, const uint8_t *p, size_t n)
 {
@@ -95,13 +80,13 @@ static void signed_token(pins_arena *a, const uint8_t *p, size_t n)
     size_t hl = (size_t)(nl - p), pl = n - hl - 1;
     char *tok = malloc((n + 3) / 3 * 4 + 64);
     check(tok != NULL);
-    size_t o = b64url(p, hl, tok);
+    size_t o = b64enc(p, hl, true, tok);
     tok[o++] = '.';
-    o += b64url(nl + 1, pl, tok + o);
+    o += b64enc(nl + 1, pl, true, tok + o);
     uint8_t mac[32];
     check(auth__hmac_sha256(SECRET, strlen(SECRET), tok, o, mac) == 0);
     tok[o++] = '.';
-    o += b64url(mac, sizeof(mac), tok + o);
+    o += b64enc(mac, sizeof(mac), true, tok + o);
     verify(a, tok, o);
     free(tok);
 }

@@ -1,5 +1,5 @@
 /* tests/unit/auth/jwt_mint.h: HS256 tokens for the auth tests, built independently of auth/jwt.c
- * (its own base64url encoder; only the HMAC comes from auth/crypto.c).
+ * (base64url from tests/unit/support/b64enc.h; only the HMAC comes from auth/crypto.c).
  *
  * Functions are static inline so that each test includes only what it uses without warnings.
  */
@@ -12,28 +12,12 @@
 #include <string.h>
 
 #include "auth/auth_int.h"
+#include "b64enc.h"
 
 /* Unpadded base64url of in[0..n) into out (NUL-terminated); returns the length. */
 static inline size_t mint_b64url(const void *in, size_t n, char *out)
 {
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    const uint8_t *p = in;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        out[o++] = abc[(v >> 18) & 63];
-        out[o++] = abc[(v >> 12) & 63];
-        if (i + 1 < n)
-            out[o++] = abc[(v >> 6) & 63];
-        if (i + 2 < n)
-            out[o++] = abc[v & 63];
-    }
-    out[o] = '\0';
-    return o;
+    return b64enc(in, n, true, out);
 }
 
 /* header.payload signed with secret (HMAC-SHA256) into out (cap bytes). sign false leaves the

@@ -138,6 +138,19 @@ static json_t *body_json(const capture *c)
     return j;
 }
 
+/* The first entry of a 422 body's detail list (borrowed from j). */
+static json_t *first_detail(json_t *j)
+{
+    return json_array_get(json_object_get(j, "detail"), 0);
+}
+
+/* Asserts that the detail entry d places its error at loc [where, field]. */
+static void assert_loc(json_t *d, const char *where, const char *field)
+{
+    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 0)), where);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 1)), field);
+}
+
 static bool has_header(const capture *c, const char *line)
 {
     return strstr(c->headers, line) != NULL;
@@ -438,9 +451,8 @@ static void test_error_422_has_the_handlers_detail(void **state)
     call->field_error = (rpc_field_error){.field = "key"};
     json_t *j = error_json(call, PINS_EINVALID_ARGUMENT, "key: must not contain \"..\"", &status);
     assert_int_equal(status, 422);
-    json_t *d = json_array_get(json_object_get(j, "detail"), 0);
-    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 0)), "body");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 1)), "key");
+    json_t *d = first_detail(j);
+    assert_loc(d, "body", "key");
     assert_string_equal(json_string_value(json_object_get(d, "msg")),
                         "key: must not contain \"..\"");
     assert_string_equal(json_string_value(json_object_get(d, "type")), "value_error");
@@ -609,9 +621,8 @@ static void test_handle_query_type_error_is_422(void **state)
     assert_false(c->s.dispatched);
     assert_int_equal(c->status, 422);
     json_t *j = body_json(c);
-    json_t *d = json_array_get(json_object_get(j, "detail"), 0);
-    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 0)), "query");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 1)), "limit");
+    json_t *d = first_detail(j);
+    assert_loc(d, "query", "limit");
     assert_string_equal(json_string_value(json_object_get(d, "type")), "type_error.integer");
     json_decref(j);
     cap_free(c);
@@ -634,7 +645,7 @@ static void test_handle_missing_body_is_422_field_required(void **state)
     proto_handle(&c->s);
     assert_int_equal(c->status, 422);
     json_t *j = body_json(c);
-    json_t *d = json_array_get(json_object_get(j, "detail"), 0);
+    json_t *d = first_detail(j);
     assert_int_equal(json_array_size(json_object_get(d, "loc")), 1);
     assert_string_equal(json_string_value(json_object_get(d, "msg")), "field required");
     assert_string_equal(json_string_value(json_object_get(d, "type")), "value_error.missing");
@@ -649,9 +660,8 @@ static void test_handle_limit_zero_is_422_absent_is_not(void **state)
     assert_false(c->s.dispatched);
     assert_int_equal(c->status, 422);
     json_t *j = body_json(c);
-    json_t *d = json_array_get(json_object_get(j, "detail"), 0);
-    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 0)), "query");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 1)), "limit");
+    json_t *d = first_detail(j);
+    assert_loc(d, "query", "limit");
     json_decref(j);
     cap_free(c);
 
@@ -672,7 +682,7 @@ static void test_handle_value_that_is_not_an_object_is_422(void **state)
         assert_false(c->s.dispatched);
         assert_int_equal(c->status, 422);
         json_t *j = body_json(c);
-        json_t *d = json_array_get(json_object_get(j, "detail"), 0);
+        json_t *d = first_detail(j);
         assert_string_equal(json_string_value(json_array_get(json_object_get(d, "loc"), 1)),
                             "value");
         assert_string_equal(json_string_value(json_object_get(d, "type")), "type_error.dict");
