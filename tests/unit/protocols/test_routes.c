@@ -614,18 +614,26 @@ static void test_handle_missing_pin_is_404_with_detail(void **state)
     cap_free(c);
 }
 
-static void test_handle_query_type_error_is_422(void **state)
+/* GETs target, which the mapping refuses before dispatch with a 422 whose first detail entry is at
+ * ["query", field]; returns the JSON body (the caller json_decref's it). */
+static json_t *query_refused(void **state, const char *target, const char *field)
 {
-    capture *c = cap_new(*state, "GET", "/api/v1/memory/pins?limit=abc", NULL, NULL);
+    capture *c = cap_new(*state, "GET", target, NULL, NULL);
     proto_handle(&c->s);
     assert_false(c->s.dispatched);
     assert_int_equal(c->status, 422);
     json_t *j = body_json(c);
-    json_t *d = first_detail(j);
-    assert_loc(d, "query", "limit");
-    assert_string_equal(json_string_value(json_object_get(d, "type")), "type_error.integer");
-    json_decref(j);
+    assert_loc(first_detail(j), "query", field);
     cap_free(c);
+    return j;
+}
+
+static void test_handle_query_type_error_is_422(void **state)
+{
+    json_t *j = query_refused(state, "/api/v1/memory/pins?limit=abc", "limit");
+    assert_string_equal(json_string_value(json_object_get(first_detail(j), "type")),
+                        "type_error.integer");
+    json_decref(j);
 }
 
 static void test_handle_bad_percent_encoding_is_400(void **state)
@@ -655,17 +663,9 @@ static void test_handle_missing_body_is_422_field_required(void **state)
 
 static void test_handle_limit_zero_is_422_absent_is_not(void **state)
 {
-    capture *c = cap_new(*state, "GET", "/api/v1/memory/audit?limit=0", NULL, NULL);
-    proto_handle(&c->s);
-    assert_false(c->s.dispatched);
-    assert_int_equal(c->status, 422);
-    json_t *j = body_json(c);
-    json_t *d = first_detail(j);
-    assert_loc(d, "query", "limit");
-    json_decref(j);
-    cap_free(c);
+    json_decref(query_refused(state, "/api/v1/memory/audit?limit=0", "limit"));
 
-    c = cap_new(*state, "GET", "/api/v1/memory/pins?limit=1", NULL, NULL);
+    capture *c = cap_new(*state, "GET", "/api/v1/memory/pins?limit=1", NULL, NULL);
     proto_handle(&c->s);
     assert_true(c->s.dispatched);
     cap_free(c);
