@@ -51,11 +51,26 @@ typedef struct pin_result {
     char *value; /* malloc'd */
 } pin_result;
 
-typedef struct list_result {
+/* What every listing callback records of the page the store answered. */
+typedef struct page_seen {
     int calls;
     int err;
     size_t n;
     int64_t total;
+} page_seen;
+
+/* Records the page a listing callback got (at most MAX_ROWS rows). */
+static void see_page(page_seen *p, int err, size_t n, int64_t total)
+{
+    p->calls++;
+    p->err = err;
+    p->n = n;
+    p->total = total;
+    assert_true(n <= MAX_ROWS);
+}
+
+typedef struct list_result {
+    page_seen page;
     char keys[MAX_ROWS][64];
     int64_t ids[MAX_ROWS];
     int64_t created[MAX_ROWS];
@@ -70,10 +85,7 @@ typedef struct count_result {
 } count_result;
 
 typedef struct audit_result {
-    int calls;
-    int err;
-    size_t n;
-    int64_t total;
+    page_seen page;
     int64_t ts[MAX_ROWS];
     char operation[MAX_ROWS][16];
     char tenant[MAX_ROWS][48];
@@ -155,11 +167,7 @@ static void on_pin(void *arg, int err, const store_pin *pin, bool created)
 static void on_list(void *arg, int err, const store_pin *pins, size_t npins, int64_t total)
 {
     list_result *r = arg;
-    r->calls++;
-    r->err = err;
-    r->n = npins;
-    r->total = total;
-    assert_true(npins <= MAX_ROWS);
+    see_page(&r->page, err, npins, total);
     for (size_t i = 0; i < npins; i++) {
         copy_str(r->keys[i], sizeof(r->keys[i]), pins[i].key);
         r->ids[i] = pins[i].id;
@@ -181,11 +189,7 @@ static void on_audit(void *arg, int err, const store_memory_audit *rows, size_t 
                      int64_t total)
 {
     audit_result *r = arg;
-    r->calls++;
-    r->err = err;
-    r->n = nrows;
-    r->total = total;
-    assert_true(nrows <= MAX_ROWS);
+    see_page(&r->page, err, nrows, total);
     for (size_t i = 0; i < nrows; i++) {
         r->ts[i] = rows[i].ts_us;
         copy_str(r->operation[i], sizeof(r->operation[i]), rows[i].operation);
@@ -292,7 +296,7 @@ static void list(fixture *fx, const store_list_req *req, list_result *r)
 {
     memset(r, 0, sizeof(*r));
     assert_int_equal(store_pin_list(fx->ss, req, on_list, r), 0);
-    wait_for(fx, &r->calls);
+    wait_for(fx, &r->page.calls);
 }
 
 static store_list_req list_req(fixture *fx, const char *prefix, int32_t limit, int64_t now)
@@ -323,8 +327,8 @@ static void audit(fixture *fx, const store_audit_list_req *req, audit_result *r)
 {
     memset(r, 0, sizeof(*r));
     assert_int_equal(store_audit_list(fx->ss, req, on_audit, r), 0);
-    wait_for(fx, &r->calls);
-    assert_int_equal(r->err, 0);
+    wait_for(fx, &r->page.calls);
+    assert_int_equal(r->page.err, 0);
 }
 
 /* ---- upsert and get ------------------------------------------------------------------------ */
@@ -531,9 +535,9 @@ static void test_list_orders_by_created_desc_then_id_desc(void **state)
     list_result r;
     store_list_req req = list_req(fx, "", 100, T0 + 10);
     list(fx, &req, &r);
-    assert_int_equal(r.err, 0);
-    assert_int_equal(r.n, 4);
-    assert_int_equal(r.total, 4);
+    assert_int_equal(r.page.err, 0);
+    assert_int_equal(r.page.n, 4);
+    assert_int_equal(r.page.total, 4);
     assert_string_equal(r.keys[0], "p4"); /* same created_at as p2, larger id */
     assert_string_equal(r.keys[1], "p2");
     assert_string_equal(r.keys[2], "p3");
@@ -552,15 +556,15 @@ static void test_list_hides_expired_unless_asked(void **state)
     list_result r;
     store_list_req req = list_req(fx, "", 100, T0 + 10 * SEC);
     list(fx, &req, &r);
-    assert_int_equal(r.n, 2);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.n, 2);
+    assert_int_equal(r.page.total, 2);
     assert_string_equal(r.keys[0], "soon");
     assert_string_equal(r.keys[1], "live");
 
     req.include_expired = true;
     list(fx, &req, &r);
-    assert_int_equal(r.n, 3);
-    assert_int_equal(r.total, 3);
+    assert_int_equal(r.page.n, 3);
+    assert_int_equal(r.page.total, 3);
     assert_string_equal(r.keys[0], "gone");
     assert_true(r.has_expires[0]);
 }
@@ -576,33 +580,33 @@ static void test_list_prefix_is_literal(void **state)
     list_result r;
     store_list_req req = list_req(fx, "a%", 100, T0 + SEC);
     list(fx, &req, &r);
-    assert_int_equal(r.n, 2);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.n, 2);
+    assert_int_equal(r.page.total, 2);
     assert_string_equal(r.keys[0], "a%");
     assert_string_equal(r.keys[1], "a%b");
 
     req.prefix = "a_";
     list(fx, &req, &r);
-    assert_int_equal(r.n, 1);
+    assert_int_equal(r.page.n, 1);
     assert_string_equal(r.keys[0], "a_b");
 
     req.prefix = "a";
     list(fx, &req, &r);
-    assert_int_equal(r.total, 5); /* case-sensitive: not "A%b" */
+    assert_int_equal(r.page.total, 5); /* case-sensitive: not "A%b" */
 
     req.prefix = "\303\251";
     list(fx, &req, &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
 
     req.prefix = "zzz";
     list(fx, &req, &r);
-    assert_int_equal(r.err, 0);
-    assert_int_equal(r.n, 0);
-    assert_int_equal(r.total, 0);
+    assert_int_equal(r.page.err, 0);
+    assert_int_equal(r.page.n, 0);
+    assert_int_equal(r.page.total, 0);
 
     req.prefix = NULL; /* treated as "" */
     list(fx, &req, &r);
-    assert_int_equal(r.total, 10);
+    assert_int_equal(r.page.total, 10);
 }
 
 static void test_list_limit_offset_and_total(void **state)
@@ -616,26 +620,26 @@ static void test_list_limit_offset_and_total(void **state)
     list_result r;
     store_list_req req = list_req(fx, "", 3, T0 + SEC);
     list(fx, &req, &r);
-    assert_int_equal(r.n, 3);
-    assert_int_equal(r.total, 7);
+    assert_int_equal(r.page.n, 3);
+    assert_int_equal(r.page.total, 7);
     assert_string_equal(r.keys[0], "k6");
     assert_string_equal(r.keys[2], "k4");
 
     req.offset = 3;
     list(fx, &req, &r);
-    assert_int_equal(r.n, 3);
-    assert_int_equal(r.total, 7);
+    assert_int_equal(r.page.n, 3);
+    assert_int_equal(r.page.total, 7);
     assert_string_equal(r.keys[0], "k3");
 
     req.offset = 6;
     list(fx, &req, &r);
-    assert_int_equal(r.n, 1);
+    assert_int_equal(r.page.n, 1);
     assert_string_equal(r.keys[0], "k0");
 
     req.offset = 50;
     list(fx, &req, &r);
-    assert_int_equal(r.n, 0);
-    assert_int_equal(r.total, 7);
+    assert_int_equal(r.page.n, 0);
+    assert_int_equal(r.page.total, 7);
 }
 
 static void test_list_keyset_cursor_continues_after_last_row(void **state)
@@ -654,14 +658,14 @@ static void test_list_keyset_cursor_continues_after_last_row(void **state)
     list_result r;
     list(fx, &req, &r);
     req.offset = 99; /* ignored with a cursor */
-    while (r.n > 0) {
-        for (size_t i = 0; i < r.n; i++)
+    while (r.page.n > 0) {
+        for (size_t i = 0; i < r.page.n; i++)
             assert_string_equal(r.keys[i], expect[seen + i]);
-        seen += r.n;
-        assert_int_equal(r.total, 5);
+        seen += r.page.n;
+        assert_int_equal(r.page.total, 5);
         req.has_cursor = true;
-        req.cursor_created_us = r.created[r.n - 1];
-        req.cursor_id = r.ids[r.n - 1];
+        req.cursor_created_us = r.created[r.page.n - 1];
+        req.cursor_id = r.ids[r.page.n - 1];
         list(fx, &req, &r);
     }
     assert_int_equal(seen, 5);
@@ -678,10 +682,10 @@ static void test_list_rejects_page_out_of_range(void **state)
     req.limit = 1000;
     req.offset = -1;
     assert_int_equal(store_pin_list(fx->ss, &req, on_list, &r), PINS_EINVALID_ARGUMENT);
-    assert_int_equal(r.calls, 0);
+    assert_int_equal(r.page.calls, 0);
     req.offset = 0;
     list(fx, &req, &r);
-    assert_int_equal(r.err, 0);
+    assert_int_equal(r.page.err, 0);
 }
 
 /* ---- delete, cleanup, sweep ---------------------------------------------------------------- */
@@ -744,10 +748,10 @@ static void test_cleanup_deletes_one_tenants_expired_pins(void **state)
     store_list_req req = list_req(fx, "", 100, T0);
     req.include_expired = true;
     list(fx, &req, &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
     req.tenant_id = other;
     list(fx, &req, &r);
-    assert_int_equal(r.total, 1); /* the other tenant's expired pin is kept */
+    assert_int_equal(r.page.total, 1); /* the other tenant's expired pin is kept */
 }
 
 static void test_cleanup_without_tenant_deletes_every_expired_pin(void **state)
@@ -811,8 +815,8 @@ static void test_audit_rows_for_upsert_and_delete(void **state)
 
     audit_result r;
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
-    assert_int_equal(r.n, 3);
-    assert_int_equal(r.total, 3);
+    assert_int_equal(r.page.n, 3);
+    assert_int_equal(r.page.total, 3);
     /* Newest first. */
     assert_string_equal(r.operation[0], "delete");
     assert_int_equal(r.ts[0], T0 + 2);
@@ -845,7 +849,7 @@ static void test_audit_upsert_over_expired_has_no_old_hash(void **state)
     assert_int_equal(upsert(fx, "k", "{\"a\":2}", 1, ANY_VERSION, T0 + 5 * SEC, NULL), 0);
     audit_result r;
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
-    assert_int_equal(r.n, 2);
+    assert_int_equal(r.page.n, 2);
     assert_string_equal(r.old_hash[0], "");
 }
 
@@ -863,49 +867,46 @@ static void test_audit_list_filters_pages_and_counts(void **state)
 
     audit_result r;
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 100}, &r);
-    assert_int_equal(r.total, 4);
+    assert_int_equal(r.page.total, 4);
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "a", .limit = 100}, &r);
-    assert_int_equal(r.total, 3);
-    assert_int_equal(r.n, 3);
+    assert_int_equal(r.page.total, 3);
+    assert_int_equal(r.page.n, 3);
     audit(fx,
           &(store_audit_list_req){
               .tenant_id = fx->tenant, .key = "a", .operation = "upsert", .limit = 100},
           &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
     assert_int_equal(r.ts[0], T0 + 1);
     assert_int_equal(r.ts[1], T0);
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .operation = "delete", .limit = 5},
           &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_string_equal(r.key[0], "a");
     audit(fx, &(store_audit_list_req){.tenant_id = other, .limit = 5}, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
 
     /* Paging: total ignores limit and offset. */
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 2, .offset = 1}, &r);
-    assert_int_equal(r.total, 4);
-    assert_int_equal(r.n, 2);
+    assert_int_equal(r.page.total, 4);
+    assert_int_equal(r.page.n, 2);
     assert_int_equal(r.ts[0], T0 + 2);
     assert_int_equal(r.ts[1], T0 + 1);
 
     /* No filter: every tenant, newest first. */
     audit(fx, &(store_audit_list_req){.limit = 1}, &r);
-    assert_int_equal(r.n, 1);
-    assert_true(r.total >= 5);
+    assert_int_equal(r.page.n, 1);
+    assert_true(r.page.total >= 5);
 
     audit_result bad = {0};
     assert_int_equal(store_audit_list(fx->ss, &(store_audit_list_req){.limit = 0}, on_audit, &bad),
                      PINS_EINVALID_ARGUMENT);
-    assert_int_equal(bad.calls, 0);
+    assert_int_equal(bad.page.calls, 0);
 }
 
 /* ---- batched audit writes and the rbac audit ------------------------------------------------ */
 
 typedef struct rbac_result {
-    int calls;
-    int err;
-    size_t n;
-    int64_t total;
+    page_seen page;
     int64_t ts[MAX_ROWS];
     char subject[MAX_ROWS][32];
     char action[MAX_ROWS][16];
@@ -920,11 +921,7 @@ typedef struct rbac_result {
 static void on_rbac(void *arg, int err, const store_rbac_audit *rows, size_t nrows, int64_t total)
 {
     rbac_result *r = arg;
-    r->calls++;
-    r->err = err;
-    r->n = nrows;
-    r->total = total;
-    assert_true(nrows <= MAX_ROWS);
+    see_page(&r->page, err, nrows, total);
     for (size_t i = 0; i < nrows; i++) {
         r->ts[i] = rows[i].ts_us;
         copy_str(r->subject[i], sizeof(r->subject[i]), rows[i].subject);
@@ -947,8 +944,8 @@ static void rbac_list(fixture *fx, store_rbac_audit_list_req req, rbac_result *r
 {
     memset(r, 0, sizeof(*r));
     assert_int_equal(store_rbac_audit_list(fx->ss, &req, on_rbac, r), 0);
-    wait_for(fx, &r->calls);
-    assert_int_equal(r->err, 0);
+    wait_for(fx, &r->page.calls);
+    assert_int_equal(r->page.err, 0);
 }
 
 static void rbac_write(fixture *fx, const store_rbac_audit *rows, size_t n)
@@ -997,8 +994,8 @@ static void test_rbac_audit_write_then_list_filters_and_pages(void **state)
 
     rbac_result r;
     rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 100}, &r);
-    assert_int_equal(r.total, 3);
-    assert_int_equal(r.n, 3);
+    assert_int_equal(r.page.total, 3);
+    assert_int_equal(r.page.n, 3);
     assert_string_equal(r.subject[0], "machine"); /* newest first */
     assert_string_equal(r.subject[2], "alice");
     assert_int_equal(r.ts[2], T0);
@@ -1015,28 +1012,28 @@ static void test_rbac_audit_write_then_list_filters_and_pages(void **state)
               (store_rbac_audit_list_req){
                   .tenant_id = fx->tenant, .has_allowed = true, .allowed = false, .limit = 100},
               &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
     rbac_list(fx,
               (store_rbac_audit_list_req){
                   .tenant_id = fx->tenant, .resource = "memory_pin", .action = "read", .limit = 9},
               &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_string_equal(r.subject[0], "anonymous");
     rbac_list(fx,
               (store_rbac_audit_list_req){.tenant_id = fx->tenant, .subject = "alice", .limit = 9},
               &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     rbac_list(fx,
               (store_rbac_audit_list_req){
                   .tenant_id = fx->tenant, .has_since = true, .since_us = T0 + SEC, .limit = 9},
               &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
     assert_string_equal(r.subject[1], "anonymous");
     /* Paging: total ignores limit and offset. */
     rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 1, .offset = 1},
               &r);
-    assert_int_equal(r.total, 3);
-    assert_int_equal(r.n, 1);
+    assert_int_equal(r.page.total, 3);
+    assert_int_equal(r.page.n, 1);
     assert_string_equal(r.subject[0], "anonymous");
 
     rbac_result bad = {0};
@@ -1045,7 +1042,7 @@ static void test_rbac_audit_write_then_list_filters_and_pages(void **state)
         PINS_EINVALID_ARGUMENT);
     count_result c = {0};
     assert_int_equal(store_rbac_audit_write(fx->ss, rows, 0, on_count, &c), PINS_EINVALID_ARGUMENT);
-    assert_int_equal(bad.calls + c.calls, 0);
+    assert_int_equal(bad.page.calls + c.calls, 0);
 }
 
 static void test_rbac_audit_cleanup_deletes_only_older_rows(void **state)
@@ -1077,7 +1074,7 @@ static void test_rbac_audit_cleanup_deletes_only_older_rows(void **state)
     assert_int_equal(c.count, 2);
     rbac_result r;
     rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_string_equal(r.subject[0], "c");
     memset(&c, 0, sizeof(c));
     assert_int_equal(store_rbac_audit_cleanup(fx->ss, old + 2 * SEC, on_count, &c), 0);
@@ -1110,7 +1107,7 @@ static void test_audit_expire_deletes_the_oldest_rows_in_bounded_batches(void **
     }
     rbac_result r;
     rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
     assert_string_equal(r.subject[0], "kept");
 
     const store_memory_audit mrows[] = {
@@ -1140,7 +1137,7 @@ static void test_audit_expire_deletes_the_oldest_rows_in_bounded_batches(void **
         PINS_EINVALID_ARGUMENT);
     assert_int_equal(c.calls, 0);
     rbac_list(fx, (store_rbac_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
 }
 
 static void test_memory_audit_write_rows_are_listed(void **state)
@@ -1169,7 +1166,7 @@ static void test_memory_audit_write_rows_are_listed(void **state)
     assert_int_equal(c.count, 2);
     audit_result r;
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .limit = 10}, &r);
-    assert_int_equal(r.total, 2);
+    assert_int_equal(r.page.total, 2);
     assert_string_equal(r.operation[0], "list");
     assert_string_equal(r.key[0], "pre");
     assert_false(r.success[0]);
@@ -1180,7 +1177,7 @@ static void test_memory_audit_write_rows_are_listed(void **state)
     assert_true(r.latency_ms[1] > 1.4 && r.latency_ms[1] < 1.6);
     audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .operation = "get", .limit = 10},
           &r);
-    assert_int_equal(r.total, 1);
+    assert_int_equal(r.page.total, 1);
 }
 
 /* ---- sessions, durability, misc ------------------------------------------------------------ */
@@ -1297,7 +1294,7 @@ static void test_sessions_on_threads_write_concurrently(void **state)
     list_result l;
     store_list_req req = list_req(fx, "w", 1, T0 + WRITES);
     list(fx, &req, &l);
-    assert_int_equal(l.total, THREADS * WRITES / 2);
+    assert_int_equal(l.page.total, THREADS * WRITES / 2);
     pin_result_free(&r);
 }
 
@@ -1569,7 +1566,7 @@ static void test_concurrent_writes_commit_and_a_bad_one_fails_alone(void **state
     const store_audit_list_req aq = {.tenant_id = fx->tenant, .operation = "upsert", .limit = 1};
     audit_result a;
     audit(fx, &aq, &a);
-    assert_int_equal(a.total, good);
+    assert_int_equal(a.page.total, good);
     pin_result_free(&p);
     pin_result_free(&del_r);
     for (int i = 0; i < NWRITES; i++)
@@ -1698,7 +1695,7 @@ static void test_writes_of_one_key_waiting_together_apply_in_order(void **state)
         audit_result a;
         audit(fx, &aq, &a);
         int n = runs[k].to - runs[k].from + 1;
-        assert_int_equal(a.n,
+        assert_int_equal(a.page.n,
                          (size_t)(n + (k < 2 ? 1 : 0))); /* "live", "gone": their first write */
         for (int j = 0; j < n; j++) {
             int i = runs[k].to - j;
