@@ -1684,8 +1684,8 @@ static int read_numeric(struct dec *d, const char **ps, size_t *pn, bool *pquote
 /* Decodes the value at the current position into dst, one value of f's type. */
 static int dec_elem(struct dec *d, const ProtobufCFieldDescriptor *f, void *dst)
 {
-    const char *s;
-    size_t n;
+    const char *s = NULL; /* set by every scan that returns 0 */
+    size_t n = 0;
     bool quoted, nul;
     int rv;
     char c = peek(d);
