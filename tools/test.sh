@@ -14,13 +14,15 @@
 #   buf lint   tools/node_modules/.bin/buf lint, in proto/
 #   build      cmake -DPINS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo into build/, make, then
 #              ctest --test-dir build --output-on-failure -j2 (unit and interop tests)
+#   release    cmake -DPINS_WERROR=ON -DCMAKE_BUILD_TYPE=Release into build-release/ (what
+#              tools/run.sh builds, the same tree; no tests): optimiser warnings are errors too
 #   sanitize   cmake -DPINS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug into build-asan/, make, then ctest
 #              with ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 and
 #              UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 #
 # The last line is "N passed, N failed", the ctest counts summed over both ctest stages.
-# Environment: JOBS=N make parallelism (default: nproc); BUILD_PREFIX=DIR puts the trees in DIR
-# and DIR-asan instead of build/ and build-asan/.
+# Environment: JOBS=N make parallelism (default: nproc); BUILD_PREFIX=DIR puts the trees in DIR,
+# DIR-release and DIR-asan instead of build/, build-release/ and build-asan/.
 # Exit status: 0 only when every stage passed.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -138,6 +140,10 @@ run_stage "build (warnings are errors)" "the build failed (see the compiler outp
   pins_build "$BUILD_PREFIX" -DPINS_WERROR=ON -DPINS_TESTS=ON -DPINS_SANITIZE=OFF \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_stage "tests" "some tests failed (see the output above)" run_ctest "$BUILD_PREFIX"
+# The Release build tools/run.sh makes (the README's first command): -O3 warns where -O2 does not.
+run_stage "build (Release, as tools/run.sh; warnings are errors)" \
+  "the Release build failed (see the compiler output above)" \
+  pins_build "$BUILD_PREFIX-release" -DPINS_WERROR=ON -DPINS_TESTS=OFF -DCMAKE_BUILD_TYPE=Release
 
 # ---- sanitizers --------------------------------------------------------------------------------
 if ((QUICK)); then
