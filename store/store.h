@@ -71,7 +71,7 @@ typedef struct store_audit_info {
 } store_audit_info;
 
 typedef struct store_upsert_req {
-    const char *tenant_id; /* already defaulted ("global") and validated */
+    const char *tenant_id; /* as the dispatcher resolved it (rpc_call_tenant), validated */
     const char *key;
     const char *value_json; /* compact JSON object */
     size_t value_len;
