@@ -188,6 +188,35 @@ static pg_req *queue_pop(pg_session *ss)
     return NULL;
 }
 
+/* Starts n PostgreSQL array literals (text "{...}"), each of bounded requests' elements. */
+static void arrays_open(pins_buf *arr, int n)
+{
+    for (int i = 0; i < n; i++) {
+        pins_buf_init(&arr[i], SIZE_MAX);
+        (void)pins_buf_add_byte(&arr[i], '{');
+    }
+}
+
+/* Closes the n array literals and moves them into b's parameters from at. Returns false, with
+ * the arrays freed, when one of them or b (NULL) could not be allocated. */
+static bool arrays_take(pg_req *b, int at, pins_buf *arr, int n)
+{
+    bool ok = b != NULL;
+    for (int i = 0; i < n; i++) {
+        (void)pins_buf_add_byte(&arr[i], '}');
+        ok = ok && pins_buf_error(&arr[i]) == 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!ok) {
+            pins_buf_free(&arr[i]);
+            continue;
+        }
+        b->owned[at + i] = pins_buf_take(&arr[i], NULL);
+        b->params[at + i] = b->owned[at + i];
+    }
+    return ok;
+}
+
 /* Appends s as an element of a PostgreSQL array literal. */
 static void buf_elem(pins_buf *b, const char *s, bool first)
 {
@@ -241,10 +270,7 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
     }
     pg_req *b = calloc(1, sizeof(*b));
     pins_buf arr[3];
-    for (int i = 0; i < 3; i++) {
-        pins_buf_init(&arr[i], SIZE_MAX); /* at most GET_BATCH_MAX validated tenants and keys */
-        (void)pins_buf_add_byte(&arr[i], '{');
-    }
+    arrays_open(arr, 3); /* at most GET_BATCH_MAX validated tenants and keys */
     for (int d = 0; d < nd; d++) {
         char num[PINS_FMT_INT_MAX];
         pins_fmt_i64(num, now[d]);
@@ -252,14 +278,7 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
         buf_elem(&arr[1], kids[firstof[d]]->params[1], d == 0);
         buf_elem(&arr[2], num, d == 0);
     }
-    bool ok = b != NULL;
-    for (int i = 0; i < 3; i++) {
-        (void)pins_buf_add_byte(&arr[i], '}');
-        ok = ok && pins_buf_error(&arr[i]) == 0;
-    }
-    if (!ok) {
-        for (int i = 0; i < 3; i++)
-            pins_buf_free(&arr[i]);
+    if (!arrays_take(b, 0, arr, 3)) {
         free(b);
         for (int i = 0; i < n; i++)
             store__pg_fail_req(ss, kids[i], PINS_ENOMEM, "out of memory batching reads");
@@ -270,10 +289,6 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
     b->kids = kids[0];
     b->nkids = n;
     b->nparams = 3;
-    for (int i = 0; i < 3; i++) {
-        b->owned[i] = pins_buf_take(&arr[i], NULL);
-        b->params[i] = b->owned[i];
-    }
     store__pg_conn_send(c, b);
 }
 
@@ -324,22 +339,12 @@ static pg_req *chain_new(pg_req **w, int n)
     if (b == NULL)
         return NULL;
     pins_buf arr[9];
-    bool ok = true;
-    for (int p = 0; p < 9; p++) {
-        pins_buf_init(&arr[p], SIZE_MAX); /* at most WRITE_BATCH_MAX validated requests */
-        (void)pins_buf_add_byte(&arr[p], '{');
-    }
+    arrays_open(arr, 9); /* at most WRITE_BATCH_MAX validated requests */
     for (int i = 0; i < n; i++) {
         for (int p = 0; p < 9; p++)
             buf_elem_null(&arr[p], w[i]->params[from[p]], i == 0);
     }
-    for (int p = 0; p < 9; p++) {
-        (void)pins_buf_add_byte(&arr[p], '}');
-        ok = ok && pins_buf_error(&arr[p]) == 0;
-    }
-    if (!ok) {
-        for (int p = 0; p < 9; p++)
-            pins_buf_free(&arr[p]);
+    if (!arrays_take(b, 2, arr, 9)) {
         free(b);
         return NULL;
     }
@@ -353,10 +358,6 @@ static pg_req *chain_new(pg_req **w, int n)
     b->nparams = 11;
     b->params[0] = w[0]->params[0]; /* borrowed from the first call, freed with it */
     b->params[1] = w[0]->params[1];
-    for (int p = 0; p < 9; p++) {
-        b->owned[2 + p] = pins_buf_take(&arr[p], NULL);
-        b->params[2 + p] = b->owned[2 + p];
-    }
     return b;
 }
 
