@@ -71,8 +71,8 @@ static rpc_worker *harness_worker_get(void)
     harness_worker.server = &harness_server;
     harness_worker.base = event_base_new();
     harness_check(harness_worker.base != NULL);
-    harness_worker.rng[0] = 0x243f6a8885a308d3ull;
-    harness_worker.rng[1] = 0x13198a2e03707344ull;
+    harness_worker.rng.s[0] = 0x243f6a8885a308d3ull;
+    harness_worker.rng.s[1] = 0x13198a2e03707344ull;
     for (size_t i = 0; i < HARNESS_NPATHS; i++)
         harness_check(rpc_method_find(harness_paths[i], strlen(harness_paths[i])) != NULL);
     ready = true;

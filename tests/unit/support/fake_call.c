@@ -21,6 +21,7 @@
 #include "common/arena.h"
 #include "common/error.h"
 #include "common/pbwire.h"
+#include "common/timeutil.h"
 #include "fake_call.h"
 #include "protocols/protocols_int.h"
 
@@ -242,6 +243,14 @@ void fake_env_run(fake_env *env, int ms)
         if (fc->finished && fc->call != NULL)
             fake_call_detach(fc);
     }
+}
+
+bool fake_env_run_until_finished(fake_env *env, fake_call *fc, int max_ms)
+{
+    int64_t end = pins_time_mono_ns() + (int64_t)max_ms * 1000000;
+    while (!fc->finished && pins_time_mono_ns() < end)
+        fake_env_run(env, 10);
+    return fc->finished;
 }
 
 void fake_env_recycle_arenas(fake_env *env, bool on)

@@ -51,6 +51,9 @@ store_session *fake_env_store(fake_env *env);
 const char *fake_env_data_dir(const fake_env *env);
 /* Runs the worker's loop for ms milliseconds, then lets go of every finished call. */
 void fake_env_run(fake_env *env, int ms);
+/* Runs the loop until fc is finished, for at most max_ms (a bound for a stuck test, never a
+ * timing assumption: a loaded machine only makes it take longer). Returns whether fc finished. */
+bool fake_env_run_until_finished(fake_env *env, fake_call *fc, int max_ms);
 /* With on true, released call arenas go back to the worker's pool (as in the server), so that
  * fake_env_pooled_arenas() counts them; with false (the default) they are freed at once, so that
  * ASan sees every use after free. */

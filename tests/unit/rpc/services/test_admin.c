@@ -207,14 +207,14 @@ static void test_list_memory_audit_filters_by_operation(void **state)
     up.value = &empty;
     fake_call *fc = fake_call_run(env, "/memorypins.v1.MemoryPins/UpsertPin", &up.base,
                                   (const char *const[]){"x-agent-id", "a-1", NULL});
-    fake_env_run(env, 10);
+    assert_true(fake_env_run_until_finished(env, fc, 10000));
     assert_int_equal(fake_call_err(fc), 0);
     fake_call_free(fc);
     Memorypins__V1__DeletePinRequest del = MEMORYPINS__V1__DELETE_PIN_REQUEST__INIT;
     del.tenant_id = "t2";
     del.key = "k1";
     fc = fake_call_run(env, "/memorypins.v1.MemoryPins/DeletePin", &del.base, NULL);
-    fake_env_run(env, 10);
+    assert_true(fake_env_run_until_finished(env, fc, 10000));
     assert_int_equal(fake_call_err(fc), 0);
     fake_call_free(fc);
 
