@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/json_str.h"
 #include "common/percent.h"
-#include "common/utf8.h"
 #include "observability/metrics.h"
 #include "common/timeutil.h"
 
@@ -122,40 +122,12 @@ int proto__json_decode_request(rpc_call *call, const ProtobufCMessageDescriptor 
 
 char *proto__json_quote(pins_arena *a, const char *s)
 {
-    size_t n = strlen(s);
-    bool valid = pins_utf8_count(s, n) >= 0;
-    /* Worst case: every byte becomes \u00XX (6) or U+FFFD (3). */
-    char *out = pins_arena_alloc(a, n * 6 + 3);
-    if (out == NULL)
-        return NULL;
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    out[o++] = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c == '\n') {
-            out[o++] = '\\';
-            out[o++] = 'n';
-        } else if (c < 0x20 || c == 0x7f) {
-            out[o++] = '\\';
-            out[o++] = 'u';
-            out[o++] = '0';
-            out[o++] = '0';
-            out[o++] = hex[c >> 4];
-            out[o++] = hex[c & 15];
-        } else if (c >= 0x80 && !valid) {
-            out[o++] = (char)0xef;
-            out[o++] = (char)0xbf;
-            out[o++] = (char)0xbd;
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o++] = '"';
-    out[o] = '\0';
+    pins_buf b;
+    pins_buf_init(&b, pins_arena_limit(a)); /* never more than the call may hold */
+    char *out = NULL;
+    if (pins_json_str_put(&b, s, PINS_JSON_STR_NUL) == 0)
+        out = pins_arena_strndup(a, pins_buf_ptr(&b), pins_buf_len(&b));
+    pins_buf_free(&b);
     return out;
 }
 

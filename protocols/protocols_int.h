@@ -134,8 +134,8 @@ int proto__json_decode_request(rpc_call *call, const ProtobufCMessageDescriptor 
                                const void *json, size_t len, ProtobufCMessage **pmsg,
                                proto_json_error *perr);
 
-/* A JSON string literal (quotes included) for s in the arena, or NULL when out of memory.
- * Invalid UTF-8 bytes become U+FFFD. */
+/* A JSON string literal (quotes included) for s in the arena, written by common/json_str.h's
+ * pins_json_str_put (invalid UTF-8 bytes become \ufffd), or NULL when out of memory. */
 char *proto__json_quote(pins_arena *a, const char *s);
 /* Percent-decodes src[0..len) into a new NUL-terminated arena string; plus_space turns '+' into
  * ' ' (query strings). *pout_len gets the length (the result may hold NUL bytes). Returns 0,
