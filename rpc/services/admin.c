@@ -411,7 +411,7 @@ static void on_status_ping(void *arg, int err, int64_t count)
     pins_arena *a = rpc_call_arena(call);
     const pins_config *cfg = rpc_call_config(call);
     store_session *ss = rpc_call_store(call);
-    /* The store's own text for a schema behind the binary (never database text), as /ready. */
+    /* The store says whether its schema is behind this binary (as /ready), never in words. */
     const char *state = err == 0                          ? "ok"
                         : store_session_schema_behind(ss) ? "schema_behind"
                                                           : "down";
