@@ -689,19 +689,19 @@ static int put_pbstruct(struct enc *e, enum wkt k, const ProtobufCMessage *m)
 
 static int put_message(struct enc *e, const ProtobufCMessage *m);
 
-/* One value of field f's type stored at p (a singular field, an array element, a map key or
- * value). */
-static int put_elem(struct enc *e, const ProtobufCFieldDescriptor *f, const void *p)
+/* One of the eight integer types at p, in quotes when quote32 (32-bit types) or quote64 (64-bit
+ * types) says so (proto3 JSON quotes 64-bit integers, and every map key). Returns as put, or
+ * PINS_EINTERNAL for any other type. */
+static int put_integer(struct enc *e, ProtobufCType t, const void *p, bool quote32, bool quote64)
 {
-    bool quote64 = !e->o->int64_as_number;
-    switch (f->type) {
+    switch (t) {
     case PROTOBUF_C_TYPE_INT32:
     case PROTOBUF_C_TYPE_SINT32:
     case PROTOBUF_C_TYPE_SFIXED32:
-        return put_int(e, *(const int32_t *)p, false);
+        return put_int(e, *(const int32_t *)p, quote32);
     case PROTOBUF_C_TYPE_UINT32:
     case PROTOBUF_C_TYPE_FIXED32:
-        return put_uint(e, *(const uint32_t *)p, false);
+        return put_uint(e, *(const uint32_t *)p, quote32);
     case PROTOBUF_C_TYPE_INT64:
     case PROTOBUF_C_TYPE_SINT64:
     case PROTOBUF_C_TYPE_SFIXED64:
@@ -709,6 +709,27 @@ static int put_elem(struct enc *e, const ProtobufCFieldDescriptor *f, const void
     case PROTOBUF_C_TYPE_UINT64:
     case PROTOBUF_C_TYPE_FIXED64:
         return put_uint(e, *(const uint64_t *)p, quote64);
+    default:
+        return PINS_EINTERNAL;
+    }
+}
+
+/* One value of field f's type stored at p (a singular field, an array element, a map key or
+ * value). */
+static int put_elem(struct enc *e, const ProtobufCFieldDescriptor *f, const void *p)
+{
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+        return put_integer(e, f->type, p, false, !e->o->int64_as_number);
     case PROTOBUF_C_TYPE_FLOAT:
         return put_float(e, *(const float *)p);
     case PROTOBUF_C_TYPE_DOUBLE:
@@ -750,22 +771,8 @@ static int put_map_key(struct enc *e, const ProtobufCFieldDescriptor *kf, const 
     }
     case PROTOBUF_C_TYPE_BOOL:
         return *(const protobuf_c_boolean *)p ? put(e, "\"true\"", 6) : put(e, "\"false\"", 7);
-    case PROTOBUF_C_TYPE_INT32:
-    case PROTOBUF_C_TYPE_SINT32:
-    case PROTOBUF_C_TYPE_SFIXED32:
-        return put_int(e, *(const int32_t *)p, true);
-    case PROTOBUF_C_TYPE_UINT32:
-    case PROTOBUF_C_TYPE_FIXED32:
-        return put_uint(e, *(const uint32_t *)p, true);
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64:
-        return put_int(e, *(const int64_t *)p, true);
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64:
-        return put_uint(e, *(const uint64_t *)p, true);
     default:
-        return PINS_EINTERNAL;
+        return put_integer(e, kf->type, p, true, true);
     }
 }
 
