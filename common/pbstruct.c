@@ -459,6 +459,39 @@ static int push(struct parser *ps, void *item)
     return 0;
 }
 
+/* Steps over the '{' or '[' at ps->pos and the spaces after it. True when close follows at once
+ * (an empty object or array, consumed too). */
+static bool open_empty(struct parser *ps, char close)
+{
+    ps->pos++;
+    skip_ws(ps);
+    if (ps->pos < ps->n && ps->s[ps->pos] == close) {
+        ps->pos++;
+        return true;
+    }
+    return false;
+}
+
+/* After an object member or array element: keeps item, then reads ',' (another follows: 1) or
+ * close (the object or array ends: 0). Returns 1, 0 or a failure. */
+static int next_item(struct parser *ps, void *item, char close)
+{
+    int rv = push(ps, item);
+    if (rv != 0)
+        return rv;
+    skip_ws(ps);
+    if (ps->pos < ps->n && ps->s[ps->pos] == ',') {
+        ps->pos++;
+        skip_ws(ps);
+        return 1;
+    }
+    if (ps->pos < ps->n && ps->s[ps->pos] == close) {
+        ps->pos++;
+        return 0;
+    }
+    return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
+}
+
 /* Moves the items pushed since base into a new arena array of exactly their count. */
 static int pop_array(struct parser *ps, size_t base, void ***parr, size_t *pn)
 {
@@ -803,12 +836,8 @@ static int parse_value(struct parser *ps, Google__Protobuf__Value *v, int depth)
 static int parse_object(struct parser *ps, Google__Protobuf__Struct *s, int depth)
 {
     size_t base = ps->top;
-    ps->pos++;
-    skip_ws(ps);
-    if (ps->pos < ps->n && ps->s[ps->pos] == '}') {
-        ps->pos++;
+    if (open_empty(ps, '}'))
         return 0;
-    }
     for (;;) {
         if (ps->pos >= ps->n || ps->s[ps->pos] != '"')
             return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
@@ -835,20 +864,11 @@ static int parse_object(struct parser *ps, Google__Protobuf__Struct *s, int dept
             path_add(ps, m->entry.key, strlen(m->entry.key), 0);
             return rv;
         }
-        rv = push(ps, &m->entry);
-        if (rv != 0)
+        rv = next_item(ps, &m->entry, '}');
+        if (rv < 0)
             return rv;
-        skip_ws(ps);
-        if (ps->pos < ps->n && ps->s[ps->pos] == ',') {
-            ps->pos++;
-            skip_ws(ps);
-            continue;
-        }
-        if (ps->pos < ps->n && ps->s[ps->pos] == '}') {
-            ps->pos++;
+        if (rv == 0)
             break;
-        }
-        return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
     }
     void **arr = NULL;
     size_t n = 0;
@@ -862,12 +882,8 @@ static int parse_object(struct parser *ps, Google__Protobuf__Struct *s, int dept
 static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int depth)
 {
     size_t base = ps->top;
-    ps->pos++;
-    skip_ws(ps);
-    if (ps->pos < ps->n && ps->s[ps->pos] == ']') {
-        ps->pos++;
+    if (open_empty(ps, ']'))
         return 0;
-    }
     for (size_t i = 0;; i++) {
         Google__Protobuf__Value *v = palloc(ps, sizeof(*v));
         if (v == NULL)
@@ -878,20 +894,11 @@ static int parse_array(struct parser *ps, Google__Protobuf__ListValue *l, int de
             path_add(ps, NULL, 0, i);
             return rv;
         }
-        rv = push(ps, v);
-        if (rv != 0)
+        rv = next_item(ps, v, ']');
+        if (rv < 0)
             return rv;
-        skip_ws(ps);
-        if (ps->pos < ps->n && ps->s[ps->pos] == ',') {
-            ps->pos++;
-            skip_ws(ps);
-            continue;
-        }
-        if (ps->pos < ps->n && ps->s[ps->pos] == ']') {
-            ps->pos++;
+        if (rv == 0)
             break;
-        }
-        return pfail(ps, PBSTRUCT_FAULT_SYNTAX, ps->pos);
     }
     void **arr = NULL;
     size_t n = 0;
