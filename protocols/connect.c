@@ -379,7 +379,7 @@ static void grpc_end_response(proto__exchange *ex, int err, const char *message)
     char *code = pins_arena_printf(a, "%d", pins_error_grpc(err));
     int rv = code != NULL ? proto__hdrs_add(a, &t, "grpc-status", code) : PINS_ENOMEM;
     if (rv == 0 && err != 0) {
-        char *enc = proto__grpc_message_encode(a, message != NULL ? message : pins_strerror(err));
+        char *enc = proto_grpc_message_encode(a, message != NULL ? message : pins_strerror(err));
         rv = enc != NULL ? proto__hdrs_add(a, &t, "grpc-message", enc) : PINS_ENOMEM;
     }
     for (const rpc_metadata *m = rpc_call_metadata(call); rv == 0 && m; m = m->next) {
@@ -680,7 +680,7 @@ int proto__rpc_begin(proto__exchange *ex, const rpc_method *m)
         const char *t = rpc_call_header(call, "grpc-timeout");
         int64_t ns;
         if (t != NULL) {
-            if (proto__grpc_timeout_parse(t, strlen(t), &ns) != 0) {
+            if (proto_grpc_timeout_parse(t, strlen(t), &ns) != 0) {
                 early_error(ex, PINS_EINVALID_ARGUMENT, "malformed grpc-timeout header");
                 return PINS_EINVALID_ARGUMENT;
             }

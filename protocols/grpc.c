@@ -8,7 +8,7 @@
 
 #include "rpc/core.h"
 
-int proto__grpc_timeout_parse(const char *value, size_t len, int64_t *pns)
+int proto_grpc_timeout_parse(const char *value, size_t len, int64_t *pns)
 {
     /* TimeoutValue: 1 to 8 ASCII digits; TimeoutUnit: H M S m u n. */
     if (len < 2 || len > 9)
@@ -52,9 +52,9 @@ int proto__grpc_timeout_parse(const char *value, size_t len, int64_t *pns)
     return 0;
 }
 
-int proto__grpc_frame_parse(const uint8_t *p, size_t avail, proto__grpc_frame *pf)
+int proto_grpc_frame_parse(const uint8_t *p, size_t avail, proto_grpc_frame *pf)
 {
-    if (avail < PROTO__GRPC_FRAME_HEADER)
+    if (avail < PROTO_GRPC_FRAME_HEADER)
         return PINS_EINVALID_ARGUMENT;
     /* The flag byte has one defined bit (compressed); the others are reserved and a frame that
      * sets one is not a message this server can read. */
@@ -70,7 +70,7 @@ static bool needs_escape(unsigned char c)
     return c < 0x20 || c > 0x7e || c == '%';
 }
 
-char *proto__grpc_message_encode(pins_arena *a, const char *msg)
+char *proto_grpc_message_encode(pins_arena *a, const char *msg)
 {
     static const char hex[] = "0123456789ABCDEF";
     static const char ellipsis[] = "...";
@@ -81,12 +81,12 @@ char *proto__grpc_message_encode(pins_arena *a, const char *msg)
     bool cut = false;
     for (; msg[n] != '\0'; n++) {
         unsigned char c = (unsigned char)msg[n];
-        if ((c & 0xc0) != 0x80 && enc <= PROTO__GRPC_MESSAGE_MAX - el) {
+        if ((c & 0xc0) != 0x80 && enc <= PROTO_GRPC_MESSAGE_MAX - el) {
             cut_n = n; /* a character starts here and the ellipsis still fits after enc */
             cut_enc = enc;
         }
         enc += needs_escape(c) ? 3 : 1;
-        if (enc > PROTO__GRPC_MESSAGE_MAX) {
+        if (enc > PROTO_GRPC_MESSAGE_MAX) {
             cut = true;
             break;
         }
@@ -117,7 +117,7 @@ char *proto__grpc_message_encode(pins_arena *a, const char *msg)
     return out;
 }
 
-bool proto__grpc_content_type(const char *value, size_t len)
+bool proto_grpc_content_type(const char *value, size_t len)
 {
     static const char base[] = "application/grpc";
     const size_t bl = sizeof(base) - 1;
@@ -204,18 +204,18 @@ static int frame_reserve(rpc_call *call, size_t len, uint8_t **pp)
 {
     proto_stream *s = call->transport;
     grpc_exchange *g = s->proto_data;
-    if (len > UINT32_MAX - PROTO__GRPC_FRAME_HEADER)
+    if (len > UINT32_MAX - PROTO_GRPC_FRAME_HEADER)
         return PINS_ERESOURCE_EXHAUSTED;
     uint8_t *p;
     if (!(call->method->flags & RPC_METHOD_SERVER_STREAM)) {
         if (g->body != NULL)
             return PINS_EINTERNAL;
-        p = pins_arena_alloc(call->arena, len + PROTO__GRPC_FRAME_HEADER);
+        p = pins_arena_alloc(call->arena, len + PROTO_GRPC_FRAME_HEADER);
         if (p == NULL)
             return PINS_ENOMEM;
     } else {
         void *v;
-        int rv = s->ops->write_reserve(s, len + PROTO__GRPC_FRAME_HEADER, &v);
+        int rv = s->ops->write_reserve(s, len + PROTO_GRPC_FRAME_HEADER, &v);
         if (rv == PINS_ERESOURCE_EXHAUSTED)
             g->overrun = true; /* grpc_finish resets the stream */
         if (rv != 0)
@@ -233,10 +233,10 @@ static int frame_commit(rpc_call *call, uint8_t *p, size_t len)
     grpc_exchange *g = s->proto_data;
     if (!(call->method->flags & RPC_METHOD_SERVER_STREAM)) {
         g->body = p;
-        g->body_len = len + PROTO__GRPC_FRAME_HEADER;
+        g->body_len = len + PROTO_GRPC_FRAME_HEADER;
         return 0;
     }
-    if (s->ops->write_commit(s, len + PROTO__GRPC_FRAME_HEADER) != 0)
+    if (s->ops->write_commit(s, len + PROTO_GRPC_FRAME_HEADER) != 0)
         return PINS_ENOMEM;
     return g->headers_sent ? 0 : grpc_open_stream(s, g);
 }
@@ -248,7 +248,7 @@ static int grpc_send(rpc_call *call, const ProtobufCMessage *msg)
     int rv = frame_reserve(call, len, &p);
     if (rv != 0)
         return rv;
-    protobuf_c_message_pack(msg, p + PROTO__GRPC_FRAME_HEADER);
+    protobuf_c_message_pack(msg, p + PROTO_GRPC_FRAME_HEADER);
     return frame_commit(call, p, len);
 }
 
@@ -258,7 +258,7 @@ static int grpc_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
     int rv = frame_reserve(call, len, &p);
     if (rv != 0)
         return rv;
-    memcpy(p + PROTO__GRPC_FRAME_HEADER, msg, len);
+    memcpy(p + PROTO_GRPC_FRAME_HEADER, msg, len);
     return frame_commit(call, p, len);
 }
 
@@ -284,7 +284,7 @@ static void grpc_finish(rpc_call *call, int err, const char *message)
                                         "9", "10", "11", "12", "13", "14", "15", "16"};
     int code = pins_error_grpc(err);
     const char *codestr = code >= 0 && code <= 16 ? codes[code] : "2";
-    char *enc = message != NULL && err != 0 ? proto__grpc_message_encode(a, message) : NULL;
+    char *enc = message != NULL && err != 0 ? proto_grpc_message_encode(a, message) : NULL;
     /* Room for the initial headers (Trailers-Only), every metadata entry, status and message. */
     size_t cap = call->nmetadata + 4;
     proto_hdr *h = pins_arena_alloc(a, cap * sizeof(*h));
@@ -346,7 +346,7 @@ proto_body_mode proto__grpc_begin(proto_stream *s)
     call->ops = &grpc_ops;
     call->transport = s;
     s->body_max =
-        (size_t)call->worker->server->cfg->max_request_bytes + PROTO__GRPC_FRAME_HEADER + 16384;
+        (size_t)call->worker->server->cfg->max_request_bytes + PROTO_GRPC_FRAME_HEADER + 16384;
     if (strcmp(s->method, "POST") != 0) {
         grpc_refuse(s, PINS_EUNIMPLEMENTED, "gRPC requires POST", false);
         return PROTO_BODY_DROP;
@@ -361,7 +361,7 @@ proto_body_mode proto__grpc_begin(proto_stream *s)
     const char *timeout = rpc_call_header(call, "grpc-timeout");
     if (timeout != NULL) {
         int64_t ns;
-        if (proto__grpc_timeout_parse(timeout, strlen(timeout), &ns) != 0) {
+        if (proto_grpc_timeout_parse(timeout, strlen(timeout), &ns) != 0) {
             grpc_refuse(s, PINS_EINVALID_ARGUMENT, "malformed grpc-timeout header", false);
             return PROTO_BODY_DROP;
         }
@@ -387,10 +387,10 @@ static void grpc_consume(proto_stream *s, bool at_end)
     bool streaming = (m->flags & RPC_METHOD_CLIENT_STREAM) != 0;
     int64_t max = call->worker->server->cfg->max_request_bytes;
     size_t off = 0;
-    while (!s->answered && s->body_len - off >= PROTO__GRPC_FRAME_HEADER) {
+    while (!s->answered && s->body_len - off >= PROTO_GRPC_FRAME_HEADER) {
         const uint8_t *p = s->body + off;
-        proto__grpc_frame fr;
-        if (proto__grpc_frame_parse(p, s->body_len - off, &fr) != 0) {
+        proto_grpc_frame fr;
+        if (proto_grpc_frame_parse(p, s->body_len - off, &fr) != 0) {
             grpc_refuse(s, PINS_EINVALID_ARGUMENT,
                         pins_arena_printf(call->arena,
                                           "message flags 0x%02x: only bit 0 (compressed) is "
@@ -422,10 +422,10 @@ static void grpc_consume(proto_stream *s, bool at_end)
                         false);
             return;
         }
-        if (s->body_len - off - PROTO__GRPC_FRAME_HEADER < len)
+        if (s->body_len - off - PROTO_GRPC_FRAME_HEADER < len)
             break;
         if (!streaming) {
-            if (off + PROTO__GRPC_FRAME_HEADER + len < s->body_len) {
+            if (off + PROTO_GRPC_FRAME_HEADER + len < s->body_len) {
                 grpc_refuse(s, PINS_EINVALID_ARGUMENT,
                             "a unary method takes exactly one request message", false);
                 return;
@@ -436,7 +436,7 @@ static void grpc_consume(proto_stream *s, bool at_end)
         g->nmessages++;
         ProtobufCMessage *msg;
         const char *why = NULL;
-        int rv = rpc_call_decode(call, m->input, p + PROTO__GRPC_FRAME_HEADER, len, &msg, &why);
+        int rv = rpc_call_decode(call, m->input, p + PROTO_GRPC_FRAME_HEADER, len, &msg, &why);
         if (rv != 0) {
             grpc_refuse(s, rv, why, false);
             return;
@@ -447,7 +447,7 @@ static void grpc_consume(proto_stream *s, bool at_end)
             grpc_busy(s);
             return;
         }
-        off += PROTO__GRPC_FRAME_HEADER + (size_t)len;
+        off += PROTO_GRPC_FRAME_HEADER + (size_t)len;
         if (!streaming) {
             call->request = msg;
         } else if (!s->dispatched) {

@@ -76,7 +76,7 @@ char *proto__grpcweb_trailers(rpc_call *call, int err, const char *message, size
     pins_buf_add(&b, "\r\n", 2);
     if (err != 0) {
         const char *msg = message != NULL ? message : pins_strerror(err);
-        char *enc = proto__grpc_message_encode(a, msg);
+        char *enc = proto_grpc_message_encode(a, msg);
         if (enc == NULL)
             goto fail;
         pins_buf_add_str(&b, "grpc-message:");

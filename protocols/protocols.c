@@ -503,7 +503,7 @@ void proto_body_end(proto_stream *s)
 proto_body_mode proto_request_headers(proto_stream *s)
 {
     if (s->content_type != NULL &&
-        proto__grpc_content_type(s->content_type, strlen(s->content_type))) {
+        proto_grpc_content_type(s->content_type, strlen(s->content_type))) {
         s->grpc = true;
         return proto__grpc_begin(s);
     }

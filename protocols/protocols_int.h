@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "protocols/grpc.h"
 #include "protocols/protocols.h"
 #include "common/limits.h"
 #include "protocols/json.h"
@@ -206,36 +207,6 @@ int proto__base64_quantum(const uint8_t q[4], uint8_t *out);
  * (*pout, the caller frees it; *plen characters, NUL-terminated). Returns 0 or PINS_ENOMEM. */
 int proto__base64_envelope(const uint8_t hdr[5], const void *p, size_t len, char **pout,
                            size_t *plen);
-
-/* ---- gRPC framing (grpc.c)
- * ----------------------------------------------------------------
- */
-
-/* Parses a grpc-timeout value ("100m", "5S", "1n"...) into nanoseconds. Returns 0 or
- * PINS_EINVALID_ARGUMENT. */
-int proto__grpc_timeout_parse(const char *value, size_t len, int64_t *pns);
-/* The 5-byte prefix of a length-prefixed gRPC message (also Connect's and gRPC-Web's envelope
- * before their own flag bits are looked at). */
-#define PROTO__GRPC_FRAME_HEADER 5
-typedef struct proto__grpc_frame {
-    bool compressed; /* flag bit 0 */
-    uint32_t len;    /* the message length that follows the prefix */
-} proto__grpc_frame;
-/* Reads the prefix at p (avail bytes there; callers wait for PROTO__GRPC_FRAME_HEADER of them).
- * Returns 0 and *pf, or PINS_EINVALID_ARGUMENT when fewer bytes are there or a reserved flag bit
- * (any but bit 0) is set; *pf is untouched on failure. */
-int proto__grpc_frame_parse(const uint8_t *p, size_t avail, proto__grpc_frame *pf);
-/* The longest grpc-message sent, in bytes after percent-encoding: a longer one is cut before a
- * UTF-8 character and ends in "...". A handler's message may echo client text (an unknown service
- * name of up to the header limit); echoed whole it would make a header block that nghttp2 refuses
- * to send (64 KiB) or that clients refuse to read (grpc's default is 8 KiB of metadata). */
-#define PROTO__GRPC_MESSAGE_MAX 4096
-/* Percent-encodes a grpc-message (printable ASCII except '%' kept), cut to PROTO__GRPC_MESSAGE_MAX
- * encoded bytes. Returns a NUL-terminated arena string or NULL. */
-char *proto__grpc_message_encode(pins_arena *a, const char *msg);
-/* True when content-type names gRPC (application/grpc, application/grpc+proto, or with
- * parameters). */
-bool proto__grpc_content_type(const char *value, size_t len);
 
 /* Native gRPC over an HTTP/2 exchange (proto_request_headers calls it for a gRPC content type):
  * checks the method, grpc-timeout and credentials on the headers (refusals are answered

@@ -1,6 +1,6 @@
 /* store/cache.c: the SQLite backend's process-wide read cache of live pins.
  *
- * A hash map (tenant_id, key) -> the pin's row, split into STORE__CACHE_STRIPES stripes by the
+ * A hash map (tenant_id, key) -> the pin's row, split into STORE_CACHE_STRIPES stripes by the
  * key's hash. Each stripe has its own read-write lock, buckets, bounds and write generation, so
  * that workers reading different keys rarely meet on a lock and two workers reading one hot key
  * share a read lock. The hash is pins_hash_tenant_key (FNV-1a over tenant, a separator and key,
@@ -23,7 +23,7 @@
 #include "common/error.h"
 #include "common/hash.h"
 
-static_assert((STORE__CACHE_STRIPES & (STORE__CACHE_STRIPES - 1)) == 0,
+static_assert((STORE_CACHE_STRIPES & (STORE_CACHE_STRIPES - 1)) == 0,
               "the stripe count must be a power of two");
 
 typedef struct entry {
@@ -47,20 +47,20 @@ typedef struct stripe {
     char pad[64];    /* keeps neighbouring stripes' locks off one cache line */
 } stripe;
 
-struct store__cache {
+struct store_cache {
     size_t max_entries; /* per stripe */
     size_t max_bytes;   /* per stripe */
     size_t nbuckets;    /* per stripe, a power of two */
-    stripe stripes[STORE__CACHE_STRIPES];
+    stripe stripes[STORE_CACHE_STRIPES];
 };
 
-static stripe *stripe_of(store__cache *c, uint64_t h)
+static stripe *stripe_of(store_cache *c, uint64_t h)
 {
-    return &c->stripes[(h >> 40) & (STORE__CACHE_STRIPES - 1)];
+    return &c->stripes[(h >> 40) & (STORE_CACHE_STRIPES - 1)];
 }
 
 /* The link pointing at the entry for the key, or at the NULL ending its bucket. Lock held. */
-static entry **find(store__cache *c, stripe *st, uint64_t h, const char *tenant, size_t tl,
+static entry **find(store_cache *c, stripe *st, uint64_t h, const char *tenant, size_t tl,
                     const char *key, size_t kl)
 {
     entry **link = &st->buckets[h & (c->nbuckets - 1)];
@@ -94,7 +94,7 @@ static void free_list(entry *e)
 
 /* Makes room for size more bytes and one more entry by unlinking arbitrary entries (the heads of
  * buckets, round robin) onto *pfree. Write lock held. */
-static void make_room(store__cache *c, stripe *st, size_t size, entry **pfree)
+static void make_room(store_cache *c, stripe *st, size_t size, entry **pfree)
 {
     while (st->count > 0 && (st->count >= c->max_entries || st->bytes + size > c->max_bytes)) {
         size_t b = st->evict_at;
@@ -106,7 +106,7 @@ static void make_room(store__cache *c, stripe *st, size_t size, entry **pfree)
 }
 
 /* Links e (not present) into its bucket. Write lock held. */
-static void insert(store__cache *c, stripe *st, entry *e, entry **pfree)
+static void insert(store_cache *c, stripe *st, entry *e, entry **pfree)
 {
     make_room(c, st, e->size, pfree);
     entry **head = &st->buckets[e->hash & (c->nbuckets - 1)];
@@ -124,7 +124,7 @@ static const void *rebase(const void *p, const unsigned char *from, unsigned cha
 /* A new entry holding copies of pin, or NULL when out of memory or the value is too large. */
 static entry *entry_new(const store_pin *pin, uint64_t h, size_t tl, size_t kl)
 {
-    if (pin->value_len > STORE__CACHE_VALUE_MAX)
+    if (pin->value_len > STORE_CACHE_VALUE_MAX)
         return NULL;
     size_t sl = strlen(pin->source);
     size_t pbl = pin->value_pb != NULL ? pin->value_pb_len : 0;
@@ -166,21 +166,21 @@ static entry *entry_new(const store_pin *pin, uint64_t h, size_t tl, size_t kl)
     return e;
 }
 
-int store__cache_new(size_t max_entries, size_t max_bytes, store__cache **pcache)
+int store_cache_new(size_t max_entries, size_t max_bytes, store_cache **pcache)
 {
-    store__cache *c = calloc(1, sizeof(*c));
+    store_cache *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return PINS_ENOMEM;
-    c->max_entries = (max_entries + STORE__CACHE_STRIPES - 1) / STORE__CACHE_STRIPES;
+    c->max_entries = (max_entries + STORE_CACHE_STRIPES - 1) / STORE_CACHE_STRIPES;
     if (c->max_entries == 0)
         c->max_entries = 1;
-    c->max_bytes = max_bytes / STORE__CACHE_STRIPES;
+    c->max_bytes = max_bytes / STORE_CACHE_STRIPES;
     c->nbuckets = 1;
     while (c->nbuckets < c->max_entries)
         c->nbuckets <<= 1;
     size_t ready = 0;
     int err = 0;
-    for (; ready < STORE__CACHE_STRIPES; ready++) {
+    for (; ready < STORE_CACHE_STRIPES; ready++) {
         stripe *st = &c->stripes[ready];
         st->buckets = calloc(c->nbuckets, sizeof(*st->buckets));
         if (st->buckets == NULL) {
@@ -205,11 +205,11 @@ int store__cache_new(size_t max_entries, size_t max_bytes, store__cache **pcache
     return 0;
 }
 
-void store__cache_free(store__cache *c)
+void store_cache_free(store_cache *c)
 {
     if (c == NULL)
         return;
-    for (size_t i = 0; i < STORE__CACHE_STRIPES; i++) {
+    for (size_t i = 0; i < STORE_CACHE_STRIPES; i++) {
         stripe *st = &c->stripes[i];
         for (size_t b = 0; b < c->nbuckets; b++)
             free_list(st->buckets[b]);
@@ -219,8 +219,8 @@ void store__cache_free(store__cache *c)
     free(c);
 }
 
-int store__cache_get(store__cache *c, const char *tenant_id, const char *key, int64_t now_us,
-                     pins_arena *a, store_pin *ppin, store__cache_result *pres, uint64_t *pgen)
+int store_cache_get(store_cache *c, const char *tenant_id, const char *key, int64_t now_us,
+                    pins_arena *a, store_pin *ppin, store_cache_result *pres, uint64_t *pgen)
 {
     size_t tl, kl;
     uint64_t h = pins_hash_tenant_key(tenant_id, key, &tl, &kl);
@@ -230,7 +230,7 @@ int store__cache_get(store__cache *c, const char *tenant_id, const char *key, in
     if (e == NULL) {
         *pgen = st->gen;
         pthread_rwlock_unlock(&st->lock);
-        *pres = STORE__CACHE_MISS;
+        *pres = STORE_CACHE_MISS;
         return 0;
     }
     if (e->pin.has_expires && e->pin.expires_us <= now_us) {
@@ -243,7 +243,7 @@ int store__cache_get(store__cache *c, const char *tenant_id, const char *key, in
             unlink_entry(st, link, &dead);
         pthread_rwlock_unlock(&st->lock);
         free_list(dead);
-        *pres = STORE__CACHE_EXPIRED;
+        *pres = STORE_CACHE_EXPIRED;
         return 0;
     }
     unsigned char *blob = pins_arena_alloc(a, e->blob_len);
@@ -261,35 +261,35 @@ int store__cache_get(store__cache *c, const char *tenant_id, const char *key, in
         p.value_pb = rebase(e->pin.value_pb, e->blob, blob);
     pthread_rwlock_unlock(&st->lock);
     *ppin = p;
-    *pres = STORE__CACHE_HIT;
+    *pres = STORE_CACHE_HIT;
     return 0;
 }
 
-store__cache_fill_result store__cache_fill(store__cache *c, const store_pin *pin, uint64_t gen)
+store_cache_fill_result store_cache_fill(store_cache *c, const store_pin *pin, uint64_t gen)
 {
     size_t tl, kl;
     uint64_t h = pins_hash_tenant_key(pin->tenant_id, pin->key, &tl, &kl);
     stripe *st = stripe_of(c, h);
     entry *e = entry_new(pin, h, tl, kl);
     if (e == NULL)
-        return STORE__CACHE_SKIPPED;
+        return STORE_CACHE_SKIPPED;
     entry *dead = NULL;
-    store__cache_fill_result res = STORE__CACHE_FILLED;
+    store_cache_fill_result res = STORE_CACHE_FILLED;
     pthread_rwlock_wrlock(&st->lock);
     if (st->gen != gen)
-        res = STORE__CACHE_STALE;
+        res = STORE_CACHE_STALE;
     else if (*find(c, st, h, pin->tenant_id, tl, pin->key, kl) != NULL)
-        res = STORE__CACHE_SKIPPED; /* another reader filled the same row meanwhile */
+        res = STORE_CACHE_SKIPPED; /* another reader filled the same row meanwhile */
     else
         insert(c, st, e, &dead);
     pthread_rwlock_unlock(&st->lock);
-    if (res != STORE__CACHE_FILLED)
+    if (res != STORE_CACHE_FILLED)
         free(e);
     free_list(dead);
     return res;
 }
 
-void store__cache_put(store__cache *c, const store_pin *pin)
+void store_cache_put(store_cache *c, const store_pin *pin)
 {
     size_t tl, kl;
     uint64_t h = pins_hash_tenant_key(pin->tenant_id, pin->key, &tl, &kl);
@@ -308,7 +308,7 @@ void store__cache_put(store__cache *c, const store_pin *pin)
     free_list(dead);
 }
 
-void store__cache_remove(store__cache *c, const char *tenant_id, const char *key)
+void store_cache_remove(store_cache *c, const char *tenant_id, const char *key)
 {
     size_t tl, kl;
     uint64_t h = pins_hash_tenant_key(tenant_id, key, &tl, &kl);
@@ -323,10 +323,10 @@ void store__cache_remove(store__cache *c, const char *tenant_id, const char *key
     free_list(dead);
 }
 
-void store__cache_remove_expired(store__cache *c, const char *tenant_id, int64_t now_us)
+void store_cache_remove_expired(store_cache *c, const char *tenant_id, int64_t now_us)
 {
     size_t tl = tenant_id != NULL ? strlen(tenant_id) : 0;
-    for (size_t i = 0; i < STORE__CACHE_STRIPES; i++) {
+    for (size_t i = 0; i < STORE_CACHE_STRIPES; i++) {
         stripe *st = &c->stripes[i];
         entry *dead = NULL;
         pthread_rwlock_wrlock(&st->lock);
@@ -349,10 +349,10 @@ void store__cache_remove_expired(store__cache *c, const char *tenant_id, int64_t
     }
 }
 
-size_t store__cache_count(store__cache *c)
+size_t store_cache_count(store_cache *c)
 {
     size_t n = 0;
-    for (size_t i = 0; i < STORE__CACHE_STRIPES; i++) {
+    for (size_t i = 0; i < STORE_CACHE_STRIPES; i++) {
         pthread_rwlock_rdlock(&c->stripes[i].lock);
         n += c->stripes[i].count;
         pthread_rwlock_unlock(&c->stripes[i].lock);

@@ -184,7 +184,7 @@ typedef struct sqlite_store {
     char *path;                 /* data_dir/pins.db */
     pthread_mutex_t write_lock; /* held around every write transaction of the process */
     bool write_lock_ready;      /* write_lock was initialised */
-    store__cache *cache;        /* live pins, process-wide */
+    store_cache *cache;         /* live pins, process-wide */
 } sqlite_store;
 
 /* How a connection waits for another process's lock (on_busy). */
@@ -241,9 +241,9 @@ typedef struct sqlite_session {
     batch *spare;                       /* batches to reuse */
     bool closing;                       /* sqlite_session_free is cancelling the pending writes */
     int commit_fault;                   /* test hook: the next write COMMIT fails with this */
-    void (*fill_hook)(void *arg);       /* test hook, see store__sqlite_set_fill_hook */
+    void (*fill_hook)(void *arg);       /* test hook, see store_sqlite_set_fill_hook */
     void *fill_arg;
-    store__sqlite_stats stats;
+    store_sqlite_stats stats;
 } sqlite_session;
 
 /* Bind parameters one after another; the first failure sticks in rc. */
@@ -897,7 +897,7 @@ static bool is_domain(int err)
 static int pack_value(sqlite_session *ss, pins_arena *a, const char *json, size_t len,
                       const uint8_t **ppb, size_t *plen)
 {
-    if (len > STORE__CACHE_VALUE_MAX)
+    if (len > STORE_CACHE_VALUE_MAX)
         return PINS_EINVALID_ARGUMENT;
     if (ss->pack == NULL) {
         ss->pack = pins_arena_new(0);
@@ -1074,10 +1074,10 @@ static void run_batch(sqlite_session *ss, batch *b)
             continue;
         switch (op->kind) {
         case WRITE_UPSERT:
-            store__cache_put(s->cache, &op->pin);
+            store_cache_put(s->cache, &op->pin);
             break;
         case WRITE_DELETE:
-            store__cache_remove(s->cache, op->del.tenant_id, op->del.key);
+            store_cache_remove(s->cache, op->del.tenant_id, op->del.key);
             break;
         }
     }
@@ -1188,7 +1188,8 @@ static int op_queued(sqlite_session *ss, int err)
     batch *b = ss->pending;
     b->n++;
     b->bytes += pins_arena_used(b->arena) - b->mark;
-    if (ss->flush == NULL || b->n >= STORE__BATCH_MAX_OPS || b->bytes >= STORE__BATCH_MAX_BYTES)
+    if (ss->flush == NULL || b->n >= STORE_SQLITE_BATCH_MAX_OPS ||
+        b->bytes >= STORE__BATCH_MAX_BYTES)
         flush_pending(ss);
     else if (b->n == 1)
         store__defer_arm(ss->flush);
@@ -1246,7 +1247,7 @@ static int sqlite_pin_upsert(store_session *base, const store_upsert_req *req, s
 static int read_and_fill(sqlite_session *ss, pins_arena *a, const store__get_req *req, uint64_t gen,
                          store_pin *ppin)
 {
-    store__cache *cache = ((sqlite_store *)ss->base.store)->cache;
+    store_cache *cache = ((sqlite_store *)ss->base.store)->cache;
     ss->stats.cache_misses++;
     store_pin pin;
     int err = 0;
@@ -1270,10 +1271,10 @@ static int read_and_fill(sqlite_session *ss, pins_arena *a, const store__get_req
     pack_value(ss, a, pin.value_json, pin.value_len, &pin.value_pb, &pin.value_pb_len);
     if (ss->fill_hook != NULL)
         ss->fill_hook(ss->fill_arg);
-    store__cache_fill_result res = store__cache_fill(cache, &pin, gen);
-    if (res == STORE__CACHE_FILLED)
+    store_cache_fill_result res = store_cache_fill(cache, &pin, gen);
+    if (res == STORE_CACHE_FILLED)
         ss->stats.cache_fills++;
-    else if (res == STORE__CACHE_STALE)
+    else if (res == STORE_CACHE_STALE)
         ss->stats.cache_refused++;
     *ppin = pin;
     return 0;
@@ -1283,23 +1284,23 @@ static int sqlite_pin_get(store_session *base, const store__get_req *req, store_
                           void *arg)
 {
     sqlite_session *ss = (sqlite_session *)base;
-    store__cache *cache = ((sqlite_store *)base->store)->cache;
+    store_cache *cache = ((sqlite_store *)base->store)->cache;
     pins_arena *a;
     int err = scratch(ss, &a);
     if (err != 0)
         return err;
     store_pin pin;
-    store__cache_result res = STORE__CACHE_MISS;
+    store_cache_result res = STORE_CACHE_MISS;
     uint64_t gen = 0;
-    err = store__cache_get(cache, req->tenant_id, req->key, req->now_us, a, &pin, &res, &gen);
+    err = store_cache_get(cache, req->tenant_id, req->key, req->now_us, a, &pin, &res, &gen);
     if (err != 0) {
         err = out_of_memory(ss, "copying the pin");
-    } else if (res == STORE__CACHE_MISS) {
+    } else if (res == STORE_CACHE_MISS) {
         err = read_and_fill(ss, a, req, gen, &pin);
     } else {
         ss->stats.cache_hits++;
         pin.from_cache = true;
-        if (res == STORE__CACHE_EXPIRED)
+        if (res == STORE_CACHE_EXPIRED)
             err = PINS_ENOT_FOUND;
     }
     ss->depth++;
@@ -1391,7 +1392,7 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
         ss->stats.write_commits++;
         count = sqlite3_changes64(ss->db);
         if (count > 0 && expired != NULL)
-            store__cache_remove_expired(s->cache, expired->tenant_id, expired->now_us);
+            store_cache_remove_expired(s->cache, expired->tenant_id, expired->now_us);
     }
     sqlite3_clear_bindings(b->st);
     pthread_mutex_unlock(&s->write_lock);
@@ -1760,7 +1761,7 @@ out:
 static void sqlite_close(store *base)
 {
     sqlite_store *s = (sqlite_store *)base;
-    store__cache_free(s->cache);
+    store_cache_free(s->cache);
     if (s->write_lock_ready)
         pthread_mutex_destroy(&s->write_lock);
     free(s->path);
@@ -1791,7 +1792,7 @@ int store__sqlite_open(const store_options *opts, store **pstore)
         goto out;
     }
     s->write_lock_ready = true;
-    err = store__cache_new(STORE__CACHE_ENTRIES, STORE__CACHE_BYTES, &s->cache);
+    err = store_cache_new(STORE_CACHE_ENTRIES, STORE_CACHE_BYTES, &s->cache);
     if (err != 0)
         goto out;
     memcpy(s->path, dir, len);
@@ -1825,18 +1826,18 @@ static sqlite_session *as_sqlite(store_session *ss)
     return ss != NULL && ss->be == &sqlite_backend ? (sqlite_session *)ss : NULL;
 }
 
-int store__sqlite_session_stats(store_session *base, store__sqlite_stats *pstats)
+int store_sqlite_session_stats(store_session *base, store_sqlite_stats *pstats)
 {
     sqlite_session *ss = as_sqlite(base);
     if (ss == NULL)
         return PINS_EINTERNAL;
-    store__sqlite_stats stats = ss->stats;
-    stats.cache_entries = store__cache_count(((sqlite_store *)base->store)->cache);
+    store_sqlite_stats stats = ss->stats;
+    stats.cache_entries = store_cache_count(((sqlite_store *)base->store)->cache);
     *pstats = stats;
     return 0;
 }
 
-int store__sqlite_set_busy_timeout(store_session *base, int timeout_ms)
+int store_sqlite_set_busy_timeout(store_session *base, int timeout_ms)
 {
     sqlite_session *ss = as_sqlite(base);
     if (ss == NULL)
@@ -1845,7 +1846,7 @@ int store__sqlite_set_busy_timeout(store_session *base, int timeout_ms)
     return 0;
 }
 
-int store__sqlite_fail_next_commit(store_session *base, int rc)
+int store_sqlite_fail_next_commit(store_session *base, int rc)
 {
     sqlite_session *ss = as_sqlite(base);
     if (ss == NULL)
@@ -1854,7 +1855,7 @@ int store__sqlite_fail_next_commit(store_session *base, int rc)
     return 0;
 }
 
-int store__sqlite_set_fill_hook(store_session *base, void (*hook)(void *arg), void *arg)
+int store_sqlite_set_fill_hook(store_session *base, void (*hook)(void *arg), void *arg)
 {
     sqlite_session *ss = as_sqlite(base);
     if (ss == NULL)

@@ -13,8 +13,8 @@
  * the call may call the ops later: the exchange lives in the call's arena and its closed flag turns
  * every op into a no-op, so nothing here is touched after free.
  *
- * Bounds: the parser bounds the request (transport/h1_int.h); slow headers are cut after 10 s and a
- * whole request (headers and body) after PINS_REQUEST_TIMEOUT_SECONDS, with 408; the body buffer
+ * Bounds: the parser bounds the request (transport/h1_parse.h); slow headers are cut after 10 s and
+ * a whole request (headers and body) after PINS_REQUEST_TIMEOUT_SECONDS, with 408; the body buffer
  * is charged to the connection's and the process's budget of buffered bytes
  * (transport__conn_charge), and a request that does not fit is refused with 503; the input buffer
  * stops growing while a request is answered (read high-water mark); the next pipelined request
@@ -32,7 +32,7 @@
 #include <time.h>
 
 #include "protocols/protocols.h"
-#include "transport/h1_int.h"
+#include "transport/h1_parse.h"
 #include "common/fmt.h"
 #include "common/timeutil.h"
 
@@ -55,7 +55,7 @@ typedef struct h1_exchange {
 struct transport_h1 {
     transport__conn *conn;
     rpc_worker *w;
-    transport__h1_parser p;
+    transport_h1_parser p;
     struct event *header_timer; /* the request's headers, then its body, are late */
     struct event *resume_ev;    /* an answer ended outside the parse loop */
     int64_t begin_ns;           /* the request's first byte */
@@ -275,7 +275,7 @@ static void answer_error(transport_h1 *h, int status, const char *body)
 static void take_request_head(transport_h1 *h)
 {
     h1_exchange *ex = h->ex;
-    transport__h1_parser *p = &h->p;
+    transport_h1_parser *p = &h->p;
     rpc_call *call = ex->bs.call;
     call->headers = p->headers;
     call->nheaders = p->nheaders;
@@ -289,7 +289,7 @@ static void take_request_head(transport_h1 *h)
 static void dispatch(transport_h1 *h)
 {
     h1_exchange *ex = h->ex;
-    transport__h1_parser *p = &h->p;
+    transport_h1_parser *p = &h->p;
     take_request_head(h);
     ex->bs.body = p->body;
     ex->bs.body_len = p->body_len;
@@ -310,12 +310,12 @@ static int parse_buffered(transport_h1 *h, struct evbuffer *in)
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
             break;
         size_t used = 0;
-        int r = transport__h1_parser_feed(&h->p, v.iov_base, v.iov_len, &used);
+        int r = transport_h1_parser_feed(&h->p, v.iov_base, v.iov_len, &used);
         evbuffer_drain(in, used);
-        if (r != TRANSPORT__H1_MORE)
+        if (r != TRANSPORT_H1_MORE)
             return r;
     }
-    return TRANSPORT__H1_MORE;
+    return TRANSPORT_H1_MORE;
 }
 
 /* The connection's one loop: retires an answered exchange, parses and dispatches the next
@@ -333,7 +333,7 @@ static void process(transport_h1 *h)
             if (h->ex->close_after)
                 h->closing = true;
             exchange_release(h);
-            transport__h1_parser_next(&h->p);
+            transport_h1_parser_next(&h->p);
             body_uncharge(h);
         }
         if (h->draining && h->ex == NULL)
@@ -345,12 +345,12 @@ static void process(transport_h1 *h)
         int r = parse_buffered(h, in);
         if (h->answering)
             break; /* refused on its headers (refused_on_headers): answered already */
-        if (r == TRANSPORT__H1_MORE)
+        if (r == TRANSPORT_H1_MORE)
             break;
-        if (r == TRANSPORT__H1_REJECT && h->p.reject_err != 0 && h->ex != NULL &&
-            h->p.method != NULL && h->p.path != NULL && !transport__h1_parser_in_headers(&h->p))
+        if (r == TRANSPORT_H1_REJECT && h->p.reject_err != 0 && h->ex != NULL &&
+            h->p.method != NULL && h->p.path != NULL && !transport_h1_parser_in_headers(&h->p))
             answer_refused_body(h);
-        else if (r == TRANSPORT__H1_REJECT)
+        else if (r == TRANSPORT_H1_REJECT)
             answer_error(h, h->p.reject_status, h->p.reject_body);
         else
             dispatch(h);
@@ -413,7 +413,7 @@ static void answer_refused_body(transport_h1 *h)
 static bool refused_on_headers(transport_h1 *h)
 {
     h1_exchange *ex = h->ex;
-    transport__h1_parser *p = &h->p;
+    transport_h1_parser *p = &h->p;
     answer_before_body(h);
     if (proto_headers_or_reply(&ex->bs)) {
         ex->close_after = false;
@@ -452,7 +452,7 @@ static int on_body_grow(void *owner, size_t add)
     return rv;
 }
 
-static const transport__h1_parser_hooks hooks = {
+static const transport_h1_parser_hooks hooks = {
     .begin = on_request_begin, .headers_done = on_request_headers, .body_grow = on_body_grow};
 
 /* The headers, or the body after them, did not arrive in time: 408 and close. */
@@ -460,10 +460,10 @@ static void on_header_timeout(evutil_socket_t fd, short what, void *arg)
 {
     transport_h1 *h = arg;
     if (h->close_requested || h->answering || h->ex == NULL ||
-        !transport__h1_parser_in_request(&h->p))
+        !transport_h1_parser_in_request(&h->p))
         return;
     transport__metrics_request_timeout();
-    if (transport__h1_parser_in_headers(&h->p)) {
+    if (transport_h1_parser_in_headers(&h->p)) {
         answer_error(h, 408, timeout_body);
     } else {
         const char *body = pins_arena_printf(h->ex->bs.call->arena, body_timeout_fmt,
@@ -663,7 +663,7 @@ transport_h1 *transport__h1_new(transport__conn *c)
         free(h);
         return NULL;
     }
-    transport__h1_parser_init(&h->p, (size_t)h->w->server->cfg->max_request_bytes, &hooks, h);
+    transport_h1_parser_init(&h->p, (size_t)h->w->server->cfg->max_request_bytes, &hooks, h);
     bufferevent_setwatermark(transport__conn_bev(c), EV_READ, 0, INPUT_HIGH_WATER);
     return h;
 }
@@ -688,7 +688,7 @@ void transport__h1_drain(transport_h1 *h)
 
 bool transport__h1_busy(const transport_h1 *h)
 {
-    return h->answering || transport__h1_parser_in_headers(&h->p);
+    return h->answering || transport_h1_parser_in_headers(&h->p);
 }
 
 void transport__h1_free(transport_h1 *h)
@@ -696,7 +696,7 @@ void transport__h1_free(transport_h1 *h)
     exchange_release(h);
     event_free(h->header_timer);
     event_free(h->resume_ev);
-    transport__h1_parser_free(&h->p);
+    transport_h1_parser_free(&h->p);
     body_uncharge(h);
     free(h);
 }

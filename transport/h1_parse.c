@@ -9,7 +9,7 @@
  * with some llhttp checks repeated where cheap, because a request must never be read differently
  * by us and by a proxy in front of us.
  */
-#include "transport/h1_int.h"
+#include "transport/h1_parse.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,13 +44,13 @@ static const char internal_body[] =
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
-static transport__h1_parser *from_ll(llhttp_t *ll)
+static transport_h1_parser *from_ll(llhttp_t *ll)
 {
     return ll->data;
 }
 
 /* Records the first rejection; returns what an llhttp callback returns to stop the parser. */
-static int reject(transport__h1_parser *p, int status, const char *body)
+static int reject(transport_h1_parser *p, int status, const char *body)
 {
     if (p->reject_status == 0) {
         p->reject_status = status;
@@ -60,7 +60,7 @@ static int reject(transport__h1_parser *p, int status, const char *body)
 }
 
 /* A 400 with the reason in the API's error shape. why is copied, made safe for JSON. */
-static int reject_malformed(transport__h1_parser *p, const char *why)
+static int reject_malformed(transport_h1_parser *p, const char *why)
 {
     char clean[128];
     size_t n = 0;
@@ -77,7 +77,7 @@ static int reject_malformed(transport__h1_parser *p, const char *why)
 }
 
 /* Appends to the scratch buffer; fails past limit bytes or when out of memory. */
-static int scratch_append(transport__h1_parser *p, const char *at, size_t n, size_t limit)
+static int scratch_append(transport_h1_parser *p, const char *at, size_t n, size_t limit)
 {
     if (p->scratch_len + n > limit)
         return PINS_ERESOURCE_EXHAUSTED;
@@ -98,14 +98,14 @@ static int scratch_append(transport__h1_parser *p, const char *at, size_t n, siz
     return 0;
 }
 
-static int append_or_reject(transport__h1_parser *p, const char *at, size_t n, size_t limit,
+static int append_or_reject(transport_h1_parser *p, const char *at, size_t n, size_t limit,
                             const char *too_large)
 {
     int rv = scratch_append(p, at, n, limit);
     if (rv == PINS_ENOMEM)
         return reject(p, 503, nomem_body);
     if (rv != 0)
-        return reject(p, limit == TRANSPORT__H1_MAX_TARGET ? 414 : 431, too_large);
+        return reject(p, limit == TRANSPORT_H1_MAX_TARGET ? 414 : 431, too_large);
     return 0;
 }
 
@@ -119,7 +119,7 @@ static bool is_tchar(unsigned char ch)
 
 /* Looks for obs-fold (a header line starting with SP or HTAB) in the header section of the
  * request being received; the state carries over between feeds and stops at the empty line. */
-static bool scan_fold(transport__h1_parser *p, const char *data, size_t len)
+static bool scan_fold(transport_h1_parser *p, const char *data, size_t len)
 {
     for (size_t i = 0; i < len && p->fold_state != FOLD_DONE; i++) {
         char ch = data[i];
@@ -181,7 +181,7 @@ static const char *origin_form(const char *t, size_t n, size_t *plen)
 
 static int on_message_begin(llhttp_t *ll)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     p->begun = true;
     p->arena = p->hooks->begin(p->owner);
     if (p->arena == NULL)
@@ -191,13 +191,13 @@ static int on_message_begin(llhttp_t *ll)
 
 static int on_url(llhttp_t *ll, const char *at, size_t n)
 {
-    transport__h1_parser *p = from_ll(ll);
-    return append_or_reject(p, at, n, TRANSPORT__H1_MAX_TARGET, target_too_long_body);
+    transport_h1_parser *p = from_ll(ll);
+    return append_or_reject(p, at, n, TRANSPORT_H1_MAX_TARGET, target_too_long_body);
 }
 
 static int on_url_complete(llhttp_t *ll)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     if (ll->method == HTTP_CONNECT)
         return reject(p, 501, connect_body); /* its authority-form target is no path either */
     size_t n = 0;
@@ -220,21 +220,21 @@ static int on_url_complete(llhttp_t *ll)
  * scratch until the name or value is complete (trailers are counted, not kept). */
 static int on_header_bytes(llhttp_t *ll, const char *at, size_t n)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     p->header_bytes += n;
-    if (p->header_bytes > TRANSPORT__H1_MAX_HEADER_BYTES)
+    if (p->header_bytes > TRANSPORT_H1_MAX_HEADER_BYTES)
         return reject(p, 431, headers_too_large_body);
     if (p->in_trailers)
         return 0;
-    return append_or_reject(p, at, n, TRANSPORT__H1_MAX_HEADER_BYTES, headers_too_large_body);
+    return append_or_reject(p, at, n, TRANSPORT_H1_MAX_HEADER_BYTES, headers_too_large_body);
 }
 
 static int on_header_field_complete(llhttp_t *ll)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     if (p->in_trailers)
         return 0;
-    if (p->nheaders >= TRANSPORT__H1_MAX_HEADERS)
+    if (p->nheaders >= TRANSPORT_H1_MAX_HEADERS)
         return reject(p, 431, headers_too_large_body);
     if (p->scratch_len == 0)
         return reject_malformed(p, "empty header name");
@@ -255,7 +255,7 @@ static int on_header_field_complete(llhttp_t *ll)
 
 static int on_header_value_complete(llhttp_t *ll)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     if (p->in_trailers)
         return 0;
     size_t n = p->scratch_len;
@@ -295,7 +295,7 @@ static int on_header_value_complete(llhttp_t *ll)
 
 static int on_headers_complete(llhttp_t *ll)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     p->in_trailers = true;
     if (ll->http_major != 1 || ll->http_minor > 1)
         return reject(p, 505, version_body);
@@ -329,7 +329,7 @@ static int on_headers_complete(llhttp_t *ll)
 
 static int on_body(llhttp_t *ll, const char *at, size_t n)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     if (p->discard_body)
         return 0;
     if (n > p->max_body - p->body_len) {
@@ -361,7 +361,7 @@ static int on_body(llhttp_t *ll, const char *at, size_t n)
 
 static int on_message_complete(llhttp_t *ll)
 {
-    transport__h1_parser *p = from_ll(ll);
+    transport_h1_parser *p = from_ll(ll);
     p->keep_alive = llhttp_should_keep_alive(ll) != 0;
     p->upgrade = ll->upgrade != 0;
     p->http10 = ll->http_minor == 0;
@@ -384,8 +384,8 @@ static const llhttp_settings_t settings = {
 
 /* ---- public ---------------------------------------------------------------------------------- */
 
-void transport__h1_parser_init(transport__h1_parser *p, size_t max_body,
-                               const transport__h1_parser_hooks *hooks, void *owner)
+void transport_h1_parser_init(transport_h1_parser *p, size_t max_body,
+                              const transport_h1_parser_hooks *hooks, void *owner)
 {
     memset(p, 0, sizeof(*p));
     llhttp_init(&p->ll, HTTP_REQUEST, &settings);
@@ -400,37 +400,37 @@ void transport__h1_parser_init(transport__h1_parser *p, size_t max_body,
     p->max_body = max_body;
 }
 
-int transport__h1_parser_feed(transport__h1_parser *p, const char *data, size_t len, size_t *pused)
+int transport_h1_parser_feed(transport_h1_parser *p, const char *data, size_t len, size_t *pused)
 {
     *pused = 0;
     if (p->reject_status != 0)
-        return TRANSPORT__H1_REJECT;
+        return TRANSPORT_H1_REJECT;
     if (p->done) {
         reject(p, 500, internal_body); /* the owner did not take the previous request */
-        return TRANSPORT__H1_REJECT;
+        return TRANSPORT_H1_REJECT;
     }
     if (scan_fold(p, data, len)) {
         reject_malformed(p, "obs-fold line folding in a header field");
-        return TRANSPORT__H1_REJECT;
+        return TRANSPORT_H1_REJECT;
     }
     llhttp_errno_t e = llhttp_execute(&p->ll, data, len);
     if (e == HPE_OK) {
         *pused = len;
-        return TRANSPORT__H1_MORE;
+        return TRANSPORT_H1_MORE;
     }
     if (e == HPE_PAUSED && p->done) {
         *pused = (size_t)(llhttp_get_error_pos(&p->ll) - data);
         llhttp_resume(&p->ll);
-        return TRANSPORT__H1_REQUEST;
+        return TRANSPORT_H1_REQUEST;
     }
     if (p->reject_status == 0) {
         const char *why = llhttp_get_error_reason(&p->ll);
         reject_malformed(p, why != NULL ? why : llhttp_errno_name(e));
     }
-    return TRANSPORT__H1_REJECT;
+    return TRANSPORT_H1_REJECT;
 }
 
-void transport__h1_parser_next(transport__h1_parser *p)
+void transport_h1_parser_next(transport_h1_parser *p)
 {
     p->arena = NULL;
     p->method = NULL;
@@ -470,17 +470,17 @@ void transport__h1_parser_next(transport__h1_parser *p)
     }
 }
 
-bool transport__h1_parser_in_request(const transport__h1_parser *p)
+bool transport_h1_parser_in_request(const transport_h1_parser *p)
 {
     return p->begun && !p->done;
 }
 
-bool transport__h1_parser_in_headers(const transport__h1_parser *p)
+bool transport_h1_parser_in_headers(const transport_h1_parser *p)
 {
     return p->begun && !p->in_trailers;
 }
 
-void transport__h1_parser_free(transport__h1_parser *p)
+void transport_h1_parser_free(transport_h1_parser *p)
 {
     free(p->body);
     p->body = NULL;

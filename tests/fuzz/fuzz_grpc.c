@@ -12,11 +12,11 @@
  *      how the body is split must not change the messages read or the outcome;
  *   1  a grpc-timeout value, checked against a direct reading of the spec (1 to 8 digits, one
  *      unit of H M S m u n, clamped at INT64_MAX / 2 nanoseconds);
- *   2  a status message (up to its first NUL): the encoding, at most PROTO__GRPC_MESSAGE_MAX
+ *   2  a status message (up to its first NUL): the encoding, at most PROTO_GRPC_MESSAGE_MAX
  *      bytes, must be printable ASCII whose percent-decoding gives back the message, or, when
  *      the whole encoding would pass the cap, the longest prefix of it that ends before a
  *      character's first byte and leaves room for the "..." that follows;
- *   3  a content-type value, checked against the rule of proto__grpc_content_type.
+ *   3  a content-type value, checked against the rule of proto_grpc_content_type.
  * Anything else aborts so that libFuzzer reports it; ASan and UBSan catch the rest.
  *
  * Corpus: tests/fuzz/corpus/grpc/.
@@ -30,7 +30,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
-#include "protocols/protocols_int.h"
+#include "protocols/grpc.h"
 #include "rpc/rpc_int.h"
 
 #define MAX_MESSAGES 64
@@ -61,11 +61,11 @@ static uint64_t mix(uint64_t h, const uint8_t *p, size_t len)
 }
 
 /* One call of the prefix parser on p[0..avail), with its contract checked. */
-static int parse_prefix(const uint8_t *p, size_t avail, proto__grpc_frame *pf)
+static int parse_prefix(const uint8_t *p, size_t avail, proto_grpc_frame *pf)
 {
-    proto__grpc_frame f = {.compressed = true, .len = 0xdeadbeef};
-    int rv = proto__grpc_frame_parse(p, avail, &f);
-    if (avail < PROTO__GRPC_FRAME_HEADER || (p[0] & 0xfe) != 0) {
+    proto_grpc_frame f = {.compressed = true, .len = 0xdeadbeef};
+    int rv = proto_grpc_frame_parse(p, avail, &f);
+    if (avail < PROTO_GRPC_FRAME_HEADER || (p[0] & 0xfe) != 0) {
         check(rv == PINS_EINVALID_ARGUMENT);
     } else {
         check(rv == 0);
@@ -92,9 +92,9 @@ static void read_body(const uint8_t *data, size_t size, size_t piece, uint32_t m
         have += n;
         fed += n;
         for (;;) {
-            proto__grpc_frame f;
+            proto_grpc_frame f;
             int rv = parse_prefix(buf + off, have - off, &f);
-            if (have - off < PROTO__GRPC_FRAME_HEADER)
+            if (have - off < PROTO_GRPC_FRAME_HEADER)
                 break; /* wait for the whole prefix */
             if (rv != 0) {
                 out->end = END_RESERVED;
@@ -108,13 +108,13 @@ static void read_body(const uint8_t *data, size_t size, size_t piece, uint32_t m
                 out->end = END_TOO_LARGE;
                 goto out;
             }
-            if (have - off - PROTO__GRPC_FRAME_HEADER < f.len)
+            if (have - off - PROTO_GRPC_FRAME_HEADER < f.len)
                 break;
-            const uint8_t *msg = buf + off + PROTO__GRPC_FRAME_HEADER;
+            const uint8_t *msg = buf + off + PROTO_GRPC_FRAME_HEADER;
             if (out->nmessages < MAX_MESSAGES)
                 out->digest[out->nmessages] = mix(1469598103934665603ull, msg, f.len);
             out->nmessages++;
-            off += PROTO__GRPC_FRAME_HEADER + (size_t)f.len;
+            off += PROTO_GRPC_FRAME_HEADER + (size_t)f.len;
         }
     }
     if (off != have)
@@ -146,7 +146,7 @@ static void fuzz_timeout(const uint8_t *data, size_t size)
 {
     const char *v = (const char *)data;
     int64_t ns = -12345;
-    int rv = proto__grpc_timeout_parse(v, size, &ns);
+    int rv = proto_grpc_timeout_parse(v, size, &ns);
     bool valid =
         size >= 2 && size <= 9 && strchr("HMSmun", v[size - 1]) != NULL && v[size - 1] != '\0';
     for (size_t i = 0; valid && i + 1 < size; i++)
@@ -210,10 +210,10 @@ static void fuzz_message(const uint8_t *data, size_t size)
     size_t n = strlen(msg);
     pins_arena *a = pins_arena_new(0);
     check(a != NULL);
-    char *enc = proto__grpc_message_encode(a, msg);
+    char *enc = proto_grpc_message_encode(a, msg);
     check(enc != NULL);
     size_t elen = strlen(enc);
-    check(elen <= (size_t)PROTO__GRPC_MESSAGE_MAX);
+    check(elen <= (size_t)PROTO_GRPC_MESSAGE_MAX);
     char *dec = malloc(elen + 1);
     check(dec != NULL);
     size_t dlen = 0;
@@ -237,7 +237,7 @@ static void fuzz_message(const uint8_t *data, size_t size)
     size_t full = 0, upto_k = 0;
     for (size_t i = 0; i < n; i++)
         full += esc((unsigned char)msg[i]) ? 3 : 1;
-    if (full <= PROTO__GRPC_MESSAGE_MAX) {
+    if (full <= PROTO_GRPC_MESSAGE_MAX) {
         check(dlen == n && memcmp(dec, msg, n) == 0);
     } else {
         check(dlen >= 3 && memcmp(dec + dlen - 3, "...", 3) == 0);
@@ -246,12 +246,12 @@ static void fuzz_message(const uint8_t *data, size_t size)
         check(((unsigned char)msg[k] & 0xc0) != 0x80); /* cut before a character's first byte */
         for (size_t i = 0; i < k; i++)
             upto_k += esc((unsigned char)msg[i]) ? 3 : 1;
-        check(upto_k + 3 <= PROTO__GRPC_MESSAGE_MAX);
+        check(upto_k + 3 <= PROTO_GRPC_MESSAGE_MAX);
         /* The cut is the last character start that still leaves room for the ellipsis. */
         size_t next = k + 1, extra = esc((unsigned char)msg[k]) ? 3 : 1;
         while (next < n && ((unsigned char)msg[next] & 0xc0) == 0x80)
             extra += esc((unsigned char)msg[next++]) ? 3 : 1;
-        check(next >= n || upto_k + extra + 3 > PROTO__GRPC_MESSAGE_MAX);
+        check(next >= n || upto_k + extra + 3 > PROTO_GRPC_MESSAGE_MAX);
     }
     free(dec);
     free(msg);
@@ -276,7 +276,7 @@ static void fuzz_content_type(const uint8_t *data, size_t size)
             want = end - sub == 5 && strncasecmp(v + sub, "proto", 5) == 0;
         }
     }
-    check(proto__grpc_content_type(v, size) == want);
+    check(proto_grpc_content_type(v, size) == want);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transport/h1_int.h"
+#include "transport/h1_parse.h"
 
 #define MAX_BODY     4096
 #define MAX_REQUESTS 64
@@ -47,7 +47,7 @@ static void on_headers(void *owner, bool expect_continue)
     (void)expect_continue;
 }
 
-static const transport__h1_parser_hooks hooks = {.begin = on_begin, .headers_done = on_headers};
+static const transport_h1_parser_hooks hooks = {.begin = on_begin, .headers_done = on_headers};
 
 static uint64_t mix(uint64_t h, const void *data, size_t len)
 {
@@ -71,9 +71,9 @@ static bool token_lower(const char *s)
 }
 
 /* Checks one accepted request and returns its digest. */
-static uint64_t check_request(const transport__h1_parser *p)
+static uint64_t check_request(const transport_h1_parser *p)
 {
-    if (p->method == NULL || p->path == NULL || p->nheaders > TRANSPORT__H1_MAX_HEADERS ||
+    if (p->method == NULL || p->path == NULL || p->nheaders > TRANSPORT_H1_MAX_HEADERS ||
         p->body_len > MAX_BODY || (p->body_len > 0 && p->body == NULL))
         abort();
     if (p->path[0] != '/' && strcmp(p->path, "*") != 0)
@@ -100,23 +100,23 @@ static void run(const uint8_t *data, size_t size, size_t piece, outcome *out)
     fuzz_owner owner = {.arena = pins_arena_new(1u << 22)};
     if (owner.arena == NULL)
         abort();
-    transport__h1_parser p;
-    transport__h1_parser_init(&p, MAX_BODY, &hooks, &owner);
+    transport_h1_parser p;
+    transport_h1_parser_init(&p, MAX_BODY, &hooks, &owner);
     memset(out, 0, sizeof(*out));
     size_t off = 0;
     while (off < size) {
         size_t n = size - off < piece ? size - off : piece;
         size_t used = 0;
-        int r = transport__h1_parser_feed(&p, (const char *)data + off, n, &used);
+        int r = transport_h1_parser_feed(&p, (const char *)data + off, n, &used);
         if (used > n)
             abort();
         off += used;
-        if (r == TRANSPORT__H1_MORE) {
+        if (r == TRANSPORT_H1_MORE) {
             if (used != n)
                 abort();
             continue;
         }
-        if (r == TRANSPORT__H1_REJECT) {
+        if (r == TRANSPORT_H1_REJECT) {
             int s = p.reject_status;
             if (p.reject_body == NULL || !(s == 400 || s == 413 || s == 414 || s == 431 ||
                                            s == 500 || s == 501 || s == 503 || s == 505))
@@ -128,11 +128,11 @@ static void run(const uint8_t *data, size_t size, size_t piece, outcome *out)
             out->digest[out->nrequests] = check_request(&p);
         out->nrequests++;
         bool stop = !p.keep_alive || p.upgrade;
-        transport__h1_parser_next(&p);
+        transport_h1_parser_next(&p);
         if (stop)
             break;
     }
-    transport__h1_parser_free(&p);
+    transport_h1_parser_free(&p);
     pins_arena_free(owner.arena);
 }
 

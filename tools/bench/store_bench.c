@@ -22,7 +22,7 @@
 
 #include "common/error.h"
 #include "store/store.h"
-#include "store/sqlite_int.h"
+#include "store/sqlite.h"
 
 #define KEYS  10000
 #define VALUE "{\"note\":\"remember the milk\",\"n\":42,\"tags\":[\"a\",\"b\"],\"ok\":true}"
@@ -62,8 +62,8 @@ static void bench_upserts(store_session *ss, struct event_base *base, int per_it
 {
     const int total = per_iteration == 1 ? 4000 : 40000;
     char key[32];
-    store__sqlite_stats before;
-    store__sqlite_session_stats(ss, &before);
+    store_sqlite_stats before;
+    store_sqlite_session_stats(ss, &before);
     double t0 = now_s();
     for (int done = 0; done < total;) {
         for (int i = 0; i < per_iteration && done < total; i++, done++) {
@@ -88,8 +88,8 @@ static void bench_upserts(store_session *ss, struct event_base *base, int per_it
             event_base_loop(base, EVLOOP_ONCE);
     }
     double dt = now_s() - t0;
-    store__sqlite_stats after;
-    store__sqlite_session_stats(ss, &after);
+    store_sqlite_stats after;
+    store_sqlite_session_stats(ss, &after);
     printf("upsert  %4d per iteration: %9.0f /s  (%.1f us each, %llu commits)\n", per_iteration,
            total / dt, dt * 1e6 / total,
            (unsigned long long)(after.write_commits - before.write_commits));

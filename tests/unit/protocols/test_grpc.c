@@ -12,7 +12,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
-#include "protocols/protocols_int.h"
+#include "protocols/grpc.h"
 #include "rpc/rpc_int.h"
 #include "common/timeutil.h"
 
@@ -21,14 +21,14 @@
 static int64_t timeout_ok(const char *s)
 {
     int64_t ns = -1;
-    assert_int_equal(proto__grpc_timeout_parse(s, strlen(s), &ns), 0);
+    assert_int_equal(proto_grpc_timeout_parse(s, strlen(s), &ns), 0);
     return ns;
 }
 
 static void timeout_bad(const char *s, size_t len)
 {
     int64_t ns = 12345;
-    assert_int_equal(proto__grpc_timeout_parse(s, len, &ns), PINS_EINVALID_ARGUMENT);
+    assert_int_equal(proto_grpc_timeout_parse(s, len, &ns), PINS_EINVALID_ARGUMENT);
     assert_int_equal(ns, 12345); /* untouched on failure */
 }
 
@@ -83,7 +83,7 @@ static void test_timeout_reads_only_len_bytes(void **state)
 {
     int64_t ns = 0;
     /* "5S" followed by garbage that is not part of the value. */
-    assert_int_equal(proto__grpc_timeout_parse("5Sxyz", 2, &ns), 0);
+    assert_int_equal(proto_grpc_timeout_parse("5Sxyz", 2, &ns), 0);
     assert_int_equal(ns, 5 * NS_PER_S);
     /* An embedded NUL is not a digit. */
     timeout_bad("1\0S", 3);
@@ -138,33 +138,33 @@ static void test_message_keeps_printable_ascii(void **state)
 {
     pins_arena *a = *state;
     const char *msg = "key: must not contain '..' (see API.md #4) ~!@#$^&*()_+{}|:\"<>?";
-    assert_string_equal(proto__grpc_message_encode(a, msg), msg);
-    assert_string_equal(proto__grpc_message_encode(a, ""), "");
-    assert_string_equal(proto__grpc_message_encode(a, " "), " ");
+    assert_string_equal(proto_grpc_message_encode(a, msg), msg);
+    assert_string_equal(proto_grpc_message_encode(a, ""), "");
+    assert_string_equal(proto_grpc_message_encode(a, " "), " ");
 }
 
 static void test_message_encodes_percent(void **state)
 {
     pins_arena *a = *state;
-    assert_string_equal(proto__grpc_message_encode(a, "100%"), "100%25");
-    assert_string_equal(proto__grpc_message_encode(a, "%%"), "%25%25");
+    assert_string_equal(proto_grpc_message_encode(a, "100%"), "100%25");
+    assert_string_equal(proto_grpc_message_encode(a, "%%"), "%25%25");
 }
 
 static void test_message_encodes_non_ascii_as_upper_case_hex(void **state)
 {
     pins_arena *a = *state;
-    assert_string_equal(proto__grpc_message_encode(a, "Pin not found: caf\xc3\xa9"),
+    assert_string_equal(proto_grpc_message_encode(a, "Pin not found: caf\xc3\xa9"),
                         "Pin not found: caf%C3%A9");
-    assert_string_equal(proto__grpc_message_encode(a, "\xf0\x9f\x93\x8c"), "%F0%9F%93%8C");
-    assert_string_equal(proto__grpc_message_encode(a, "\xff"), "%FF");
+    assert_string_equal(proto_grpc_message_encode(a, "\xf0\x9f\x93\x8c"), "%F0%9F%93%8C");
+    assert_string_equal(proto_grpc_message_encode(a, "\xff"), "%FF");
 }
 
 static void test_message_encodes_control_characters(void **state)
 {
     pins_arena *a = *state;
-    assert_string_equal(proto__grpc_message_encode(a, "a\nb\tc\rd"), "a%0Ab%09c%0Dd");
-    assert_string_equal(proto__grpc_message_encode(a, "\x01\x1f"), "%01%1F");
-    assert_string_equal(proto__grpc_message_encode(a, "del\x7f"), "del%7F");
+    assert_string_equal(proto_grpc_message_encode(a, "a\nb\tc\rd"), "a%0Ab%09c%0Dd");
+    assert_string_equal(proto_grpc_message_encode(a, "\x01\x1f"), "%01%1F");
+    assert_string_equal(proto_grpc_message_encode(a, "del\x7f"), "del%7F");
 }
 
 static void test_message_round_trips_every_byte(void **state)
@@ -174,7 +174,7 @@ static void test_message_round_trips_every_byte(void **state)
     for (int i = 1; i < 256; i++)
         all[i - 1] = (char)i;
     all[255] = '\0';
-    char *enc = proto__grpc_message_encode(a, all);
+    char *enc = proto_grpc_message_encode(a, all);
     assert_non_null(enc);
     for (const char *p = enc; *p != '\0'; p++)
         assert_true(*p >= 0x20 && *p <= 0x7e); /* the wire form is printable ASCII */
@@ -190,7 +190,7 @@ static void test_message_fails_cleanly_over_the_arena_limit(void **state)
     char big[200];
     memset(big, '%', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    assert_null(proto__grpc_message_encode(small, big));
+    assert_null(proto_grpc_message_encode(small, big));
     pins_arena_free(small);
 }
 
@@ -203,33 +203,33 @@ static void test_message_is_cut_at_a_character_boundary_past_the_cap(void **stat
     char *big = pins_arena_alloc(a, n + 1);
     memset(big, 'x', n);
     big[n] = '\0';
-    const char *enc = proto__grpc_message_encode(a, big);
+    const char *enc = proto_grpc_message_encode(a, big);
     assert_non_null(enc);
-    assert_int_equal(strlen(enc), PROTO__GRPC_MESSAGE_MAX);
-    assert_string_equal(enc + PROTO__GRPC_MESSAGE_MAX - 3, "...");
+    assert_int_equal(strlen(enc), PROTO_GRPC_MESSAGE_MAX);
+    assert_string_equal(enc + PROTO_GRPC_MESSAGE_MAX - 3, "...");
     /* The cap counts encoded bytes, and a cut never splits a UTF-8 sequence: "é" is two bytes,
      * %C3%A9 after encoding. */
     for (size_t i = 0; i + 1 < n; i += 2) {
         big[i] = '\xc3';
         big[i + 1] = '\xa9';
     }
-    enc = proto__grpc_message_encode(a, big);
+    enc = proto_grpc_message_encode(a, big);
     assert_non_null(enc);
     size_t len = strlen(enc);
-    assert_true(len <= PROTO__GRPC_MESSAGE_MAX);
-    assert_true(len > PROTO__GRPC_MESSAGE_MAX - 12);
+    assert_true(len <= PROTO_GRPC_MESSAGE_MAX);
+    assert_true(len > PROTO_GRPC_MESSAGE_MAX - 12);
     assert_string_equal(enc + len - 3, "...");
     assert_int_equal((len - 3) % 6, 0);
     assert_memory_equal(enc + len - 9, "%C3%A9", 6);
     /* At the cap exactly, nothing is cut; one byte more is. */
-    memset(big, 'y', PROTO__GRPC_MESSAGE_MAX);
-    big[PROTO__GRPC_MESSAGE_MAX] = '\0';
-    assert_string_equal(proto__grpc_message_encode(a, big), big);
-    big[PROTO__GRPC_MESSAGE_MAX] = 'y';
-    big[PROTO__GRPC_MESSAGE_MAX + 1] = '\0';
-    enc = proto__grpc_message_encode(a, big);
-    assert_int_equal(strlen(enc), PROTO__GRPC_MESSAGE_MAX);
-    assert_string_equal(enc + PROTO__GRPC_MESSAGE_MAX - 3, "...");
+    memset(big, 'y', PROTO_GRPC_MESSAGE_MAX);
+    big[PROTO_GRPC_MESSAGE_MAX] = '\0';
+    assert_string_equal(proto_grpc_message_encode(a, big), big);
+    big[PROTO_GRPC_MESSAGE_MAX] = 'y';
+    big[PROTO_GRPC_MESSAGE_MAX + 1] = '\0';
+    enc = proto_grpc_message_encode(a, big);
+    assert_int_equal(strlen(enc), PROTO_GRPC_MESSAGE_MAX);
+    assert_string_equal(enc + PROTO_GRPC_MESSAGE_MAX - 3, "...");
     pins_arena_free(a);
 }
 
@@ -238,26 +238,26 @@ static void test_message_is_cut_at_a_character_boundary_past_the_cap(void **stat
 
 static void test_frame_prefix_reads_flags_and_length(void **state)
 {
-    proto__grpc_frame f = {.compressed = true, .len = 99};
+    proto_grpc_frame f = {.compressed = true, .len = 99};
     const uint8_t plain[] = {0, 0, 0, 1, 2, 0xaa};
-    assert_int_equal(proto__grpc_frame_parse(plain, sizeof(plain), &f), 0);
+    assert_int_equal(proto_grpc_frame_parse(plain, sizeof(plain), &f), 0);
     assert_false(f.compressed);
     assert_int_equal(f.len, 258);
     const uint8_t comp[] = {1, 0xff, 0xff, 0xff, 0xff};
-    assert_int_equal(proto__grpc_frame_parse(comp, sizeof(comp), &f), 0);
+    assert_int_equal(proto_grpc_frame_parse(comp, sizeof(comp), &f), 0);
     assert_true(f.compressed);
     assert_int_equal(f.len, UINT32_MAX);
 }
 
 static void test_frame_prefix_rejects_reserved_flags_and_short_input(void **state)
 {
-    proto__grpc_frame f = {.compressed = true, .len = 7};
+    proto_grpc_frame f = {.compressed = true, .len = 7};
     for (unsigned flag = 2; flag < 256; flag++) {
         const uint8_t p[] = {(uint8_t)flag, 0, 0, 0, 0};
-        assert_int_equal(proto__grpc_frame_parse(p, sizeof(p), &f), PINS_EINVALID_ARGUMENT);
+        assert_int_equal(proto_grpc_frame_parse(p, sizeof(p), &f), PINS_EINVALID_ARGUMENT);
     }
     const uint8_t p[] = {0, 0, 0, 0, 0};
-    assert_int_equal(proto__grpc_frame_parse(p, 4, &f), PINS_EINVALID_ARGUMENT);
+    assert_int_equal(proto_grpc_frame_parse(p, 4, &f), PINS_EINVALID_ARGUMENT);
     assert_true(f.compressed); /* untouched on failure */
     assert_int_equal(f.len, 7);
 }
@@ -267,7 +267,7 @@ static void test_frame_prefix_rejects_reserved_flags_and_short_input(void **stat
 
 static bool ct(const char *s)
 {
-    return proto__grpc_content_type(s, strlen(s));
+    return proto_grpc_content_type(s, strlen(s));
 }
 
 static void test_content_type_accepts_grpc_and_proto(void **state)
@@ -319,9 +319,9 @@ static void test_content_type_rejects_other_types(void **state)
 
 static void test_content_type_reads_only_len_bytes(void **state)
 {
-    assert_true(proto__grpc_content_type("application/grpc+protoXYZ", 22));
-    assert_true(proto__grpc_content_type("application/grpc-web", 16));
-    assert_false(proto__grpc_content_type("application/grpc", 15));
+    assert_true(proto_grpc_content_type("application/grpc+protoXYZ", 22));
+    assert_true(proto_grpc_content_type("application/grpc-web", 16));
+    assert_false(proto_grpc_content_type("application/grpc", 15));
 }
 
 static int setup(void **state)

@@ -21,7 +21,7 @@
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "observability/metrics.h"
 #include "rpc/audit.h"
-#include "store/sqlite_int.h"
+#include "store/sqlite.h"
 
 #define GET_PIN    "/memorypins.v1.MemoryPins/GetPin"
 #define LIST_PINS  "/memorypins.v1.MemoryPins/ListPins"
@@ -302,7 +302,7 @@ static void test_failed_write_counts_errors_and_never_fails_the_call(void **stat
     assert_int_equal(fake_call_err(fc), PINS_EUNAUTHENTICATED);
     fake_call_free(fc);
     double errors = scrape_value("rbac_audit_writes_total{status=\"error\"}", 0);
-    assert_int_equal(store__sqlite_fail_next_commit(fake_env_store(fx->env), SQLITE_IOERR), 0);
+    assert_int_equal(store_sqlite_fail_next_commit(fake_env_store(fx->env), SQLITE_IOERR), 0);
     rpc_audit_flush(queue_of(fx));
     assert_true(scrape_value("rbac_audit_writes_total{status=\"error\"}", 0) == errors + 1);
     rbac_rows r;

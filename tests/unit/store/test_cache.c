@@ -17,7 +17,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
-#include "store/sqlite_int.h"
+#include "store/cache.h"
 
 static store_pin make_pin(const char *tenant, const char *key, const char *value, int64_t version)
 {
@@ -32,19 +32,19 @@ static store_pin make_pin(const char *tenant, const char *key, const char *value
     };
 }
 
-static store__cache *new_cache(size_t entries)
+static store_cache *new_cache(size_t entries)
 {
-    store__cache *c = NULL;
-    assert_int_equal(store__cache_new(entries, 64u << 20, &c), 0);
+    store_cache *c = NULL;
+    assert_int_equal(store_cache_new(entries, 64u << 20, &c), 0);
     return c;
 }
 
-static store__cache_result lookup(store__cache *c, pins_arena *a, const char *tenant,
-                                  const char *key, int64_t now, store_pin *pin, uint64_t *gen)
+static store_cache_result lookup(store_cache *c, pins_arena *a, const char *tenant, const char *key,
+                                 int64_t now, store_pin *pin, uint64_t *gen)
 {
-    store__cache_result res;
+    store_cache_result res;
     uint64_t g = 0;
-    assert_int_equal(store__cache_get(c, tenant, key, now, a, pin, &res, &g), 0);
+    assert_int_equal(store_cache_get(c, tenant, key, now, a, pin, &res, &g), 0);
     if (gen != NULL)
         *gen = g;
     return res;
@@ -52,7 +52,7 @@ static store__cache_result lookup(store__cache *c, pins_arena *a, const char *te
 
 static void test_cache_get_returns_a_copy_of_what_was_put(void **state)
 {
-    store__cache *c = new_cache(1000);
+    store_cache *c = new_cache(1000);
     pins_arena *a = pins_arena_new(0);
     char key[8] = "k";
     static const uint8_t pb[] = {1, 2, 3};
@@ -61,11 +61,11 @@ static void test_cache_get_returns_a_copy_of_what_was_put(void **state)
     in.value_pb_len = sizeof(pb);
     in.has_ttl = true;
     in.ttl_seconds = 5;
-    store__cache_put(c, &in);
+    store_cache_put(c, &in);
     key[0] = 'x'; /* the cache copied the key */
 
     store_pin out;
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE__CACHE_HIT);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE_CACHE_HIT);
     assert_string_equal(out.tenant_id, "t");
     assert_string_equal(out.key, "k");
     assert_string_equal(out.source, "api");
@@ -76,70 +76,70 @@ static void test_cache_get_returns_a_copy_of_what_was_put(void **state)
     assert_int_equal(out.ttl_seconds, 5);
     assert_int_equal(out.value_pb_len, sizeof(pb));
     assert_memory_equal(out.value_pb, pb, sizeof(pb));
-    assert_int_equal(lookup(c, a, "t", "x", 0, &out, NULL), STORE__CACHE_MISS);
-    assert_int_equal(lookup(c, a, "u", "k", 0, &out, NULL), STORE__CACHE_MISS);
+    assert_int_equal(lookup(c, a, "t", "x", 0, &out, NULL), STORE_CACHE_MISS);
+    assert_int_equal(lookup(c, a, "u", "k", 0, &out, NULL), STORE_CACHE_MISS);
     /* Tenant and key do not run together: ("t", "k") is not ("", "tk"). */
-    assert_int_equal(lookup(c, a, "", "tk", 0, &out, NULL), STORE__CACHE_MISS);
+    assert_int_equal(lookup(c, a, "", "tk", 0, &out, NULL), STORE_CACHE_MISS);
 
     in = make_pin("t", "nopb", "{}", 1);
-    store__cache_put(c, &in);
-    assert_int_equal(lookup(c, a, "t", "nopb", 0, &out, NULL), STORE__CACHE_HIT);
+    store_cache_put(c, &in);
+    assert_int_equal(lookup(c, a, "t", "nopb", 0, &out, NULL), STORE_CACHE_HIT);
     assert_null(out.value_pb);
     assert_int_equal(out.value_pb_len, 0);
 
-    store__cache_remove(c, "t", "k");
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE__CACHE_MISS);
-    assert_int_equal(store__cache_count(c), 1);
+    store_cache_remove(c, "t", "k");
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE_CACHE_MISS);
+    assert_int_equal(store_cache_count(c), 1);
     pins_arena_free(a);
-    store__cache_free(c);
+    store_cache_free(c);
 }
 
 static void test_cache_stays_within_its_bounds(void **state)
 {
-    store__cache *c = new_cache(STORE__CACHE_STRIPES); /* one entry per stripe */
+    store_cache *c = new_cache(STORE_CACHE_STRIPES); /* one entry per stripe */
     char key[16];
     for (int i = 0; i < 2000; i++) {
         snprintf(key, sizeof(key), "k%d", i);
         store_pin p = make_pin("t", key, "{}", 1);
-        store__cache_put(c, &p);
+        store_cache_put(c, &p);
     }
-    assert_true(store__cache_count(c) <= STORE__CACHE_STRIPES);
-    assert_true(store__cache_count(c) > 0);
-    store__cache_free(c);
+    assert_true(store_cache_count(c) <= STORE_CACHE_STRIPES);
+    assert_true(store_cache_count(c) > 0);
+    store_cache_free(c);
 
     /* A value too large to cache is not cached, and removes the older row of its key. */
     c = new_cache(1000);
     pins_arena *a = pins_arena_new(0);
     store_pin p = make_pin("t", "big", "{}", 1);
-    store__cache_put(c, &p);
-    size_t len = STORE__CACHE_VALUE_MAX + 1;
+    store_cache_put(c, &p);
+    size_t len = STORE_CACHE_VALUE_MAX + 1;
     char *big = malloc(len + 1);
     assert_non_null(big);
     memset(big, ' ', len);
     big[len] = '\0';
     p = make_pin("t", "big", big, 2);
-    store__cache_put(c, &p);
+    store_cache_put(c, &p);
     store_pin out;
-    assert_int_equal(lookup(c, a, "t", "big", 0, &out, NULL), STORE__CACHE_MISS);
-    assert_int_equal(store__cache_count(c), 0);
+    assert_int_equal(lookup(c, a, "t", "big", 0, &out, NULL), STORE_CACHE_MISS);
+    assert_int_equal(store_cache_count(c), 0);
     free(big);
     pins_arena_free(a);
-    store__cache_free(c);
+    store_cache_free(c);
 }
 
 static void test_cache_expired_entry_is_absent_and_dropped(void **state)
 {
-    store__cache *c = new_cache(1000);
+    store_cache *c = new_cache(1000);
     pins_arena *a = pins_arena_new(0);
     store_pin p = make_pin("t", "e", "{}", 1);
     p.has_expires = true;
     p.expires_us = 100;
-    store__cache_put(c, &p);
+    store_cache_put(c, &p);
     store_pin out;
-    assert_int_equal(lookup(c, a, "t", "e", 99, &out, NULL), STORE__CACHE_HIT);
-    assert_int_equal(lookup(c, a, "t", "e", 100, &out, NULL), STORE__CACHE_EXPIRED);
-    assert_int_equal(store__cache_count(c), 0);
-    assert_int_equal(lookup(c, a, "t", "e", 99, &out, NULL), STORE__CACHE_MISS);
+    assert_int_equal(lookup(c, a, "t", "e", 99, &out, NULL), STORE_CACHE_HIT);
+    assert_int_equal(lookup(c, a, "t", "e", 100, &out, NULL), STORE_CACHE_EXPIRED);
+    assert_int_equal(store_cache_count(c), 0);
+    assert_int_equal(lookup(c, a, "t", "e", 99, &out, NULL), STORE_CACHE_MISS);
 
     /* remove_expired: by tenant, or every tenant. */
     store_pin q[4] = {make_pin("t", "a", "{}", 1), make_pin("t", "b", "{}", 1),
@@ -149,53 +149,53 @@ static void test_cache_expired_entry_is_absent_and_dropped(void **state)
         q[i].expires_us = 100;
     }
     for (int i = 0; i < 4; i++)
-        store__cache_put(c, &q[i]);
-    store__cache_remove_expired(c, "t", 99);
-    assert_int_equal(store__cache_count(c), 4);
-    store__cache_remove_expired(c, "t", 100);
-    assert_int_equal(store__cache_count(c), 2);
-    assert_int_equal(lookup(c, a, "u", "a", 0, &out, NULL), STORE__CACHE_HIT);
-    store__cache_remove_expired(c, NULL, 100);
-    assert_int_equal(store__cache_count(c), 1);
-    assert_int_equal(lookup(c, a, "t", "keep", 1000, &out, NULL), STORE__CACHE_HIT);
+        store_cache_put(c, &q[i]);
+    store_cache_remove_expired(c, "t", 99);
+    assert_int_equal(store_cache_count(c), 4);
+    store_cache_remove_expired(c, "t", 100);
+    assert_int_equal(store_cache_count(c), 2);
+    assert_int_equal(lookup(c, a, "u", "a", 0, &out, NULL), STORE_CACHE_HIT);
+    store_cache_remove_expired(c, NULL, 100);
+    assert_int_equal(store_cache_count(c), 1);
+    assert_int_equal(lookup(c, a, "t", "keep", 1000, &out, NULL), STORE_CACHE_HIT);
     pins_arena_free(a);
-    store__cache_free(c);
+    store_cache_free(c);
 }
 
 static void test_cache_fill_after_a_write_is_refused(void **state)
 {
-    store__cache *c = new_cache(1000);
+    store_cache *c = new_cache(1000);
     pins_arena *a = pins_arena_new(0);
     store_pin out;
     uint64_t gen;
     /* Miss, then the row read from the database is offered: accepted once. */
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE__CACHE_MISS);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE_CACHE_MISS);
     store_pin v1 = make_pin("t", "k", "{\"v\":1}", 1);
-    assert_int_equal(store__cache_fill(c, &v1, gen), STORE__CACHE_FILLED);
-    assert_int_equal(store__cache_fill(c, &v1, gen), STORE__CACHE_SKIPPED);
+    assert_int_equal(store_cache_fill(c, &v1, gen), STORE_CACHE_FILLED);
+    assert_int_equal(store_cache_fill(c, &v1, gen), STORE_CACHE_SKIPPED);
 
     /* Miss; a write of the key lands; the reader's older row must not replace it. */
-    store__cache_remove(c, "t", "k");
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE__CACHE_MISS);
+    store_cache_remove(c, "t", "k");
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE_CACHE_MISS);
     store_pin v2 = make_pin("t", "k", "{\"v\":2}", 2);
-    store__cache_put(c, &v2);
-    assert_int_equal(store__cache_fill(c, &v1, gen), STORE__CACHE_STALE);
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE__CACHE_HIT);
+    store_cache_put(c, &v2);
+    assert_int_equal(store_cache_fill(c, &v1, gen), STORE_CACHE_STALE);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE_CACHE_HIT);
     assert_int_equal(out.version, 2);
 
     /* A delete between the read and the fill: the deleted row must not come back. */
-    store__cache_remove(c, "t", "k");
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE__CACHE_MISS);
-    store__cache_remove(c, "t", "k");
-    assert_int_equal(store__cache_fill(c, &v2, gen), STORE__CACHE_STALE);
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE__CACHE_MISS);
+    store_cache_remove(c, "t", "k");
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE_CACHE_MISS);
+    store_cache_remove(c, "t", "k");
+    assert_int_equal(store_cache_fill(c, &v2, gen), STORE_CACHE_STALE);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, NULL), STORE_CACHE_MISS);
 
     /* So does a cleanup. */
-    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE__CACHE_MISS);
-    store__cache_remove_expired(c, NULL, 0);
-    assert_int_equal(store__cache_fill(c, &v2, gen), STORE__CACHE_STALE);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &out, &gen), STORE_CACHE_MISS);
+    store_cache_remove_expired(c, NULL, 0);
+    assert_int_equal(store_cache_fill(c, &v2, gen), STORE_CACHE_STALE);
     pins_arena_free(a);
-    store__cache_free(c);
+    store_cache_free(c);
 }
 
 /* ---- readers racing writers ---------------------------------------------------------------- */
@@ -204,7 +204,7 @@ enum { RACE_KEYS = 512, RACE_WRITES = 20000, RACE_READS = 60000 };
 
 /* The "database": the current version of each key, written under the "write mutex". */
 typedef struct race {
-    store__cache *c;
+    store_cache *c;
     pthread_mutex_t db_lock;
     int64_t versions[RACE_KEYS];
 } race;
@@ -226,7 +226,7 @@ static void *race_writer(void *arg)
         pthread_mutex_lock(&w->r->db_lock);
         int64_t v = ++w->r->versions[k];
         store_pin p = make_pin("t", key, "{}", v);
-        store__cache_put(w->r->c, &p);
+        store_cache_put(w->r->c, &p);
         pthread_mutex_unlock(&w->r->db_lock);
     }
     return NULL;
@@ -246,14 +246,14 @@ static void *race_reader(void *arg)
         int k = (int)(rand_r(&rd->seed) % RACE_KEYS);
         snprintf(key, sizeof(key), "k%d", k);
         store_pin p;
-        store__cache_result res;
+        store_cache_result res;
         uint64_t gen = 0;
-        if (store__cache_get(rd->r->c, "t", key, 0, a, &p, &res, &gen) != 0) {
+        if (store_cache_get(rd->r->c, "t", key, 0, a, &p, &res, &gen) != 0) {
             rd->failures++;
             break;
         }
         int64_t seen;
-        if (res == STORE__CACHE_HIT) {
+        if (res == STORE_CACHE_HIT) {
             seen = p.version;
         } else {
             /* A read of the database, then the fill, with a write possibly in between. */
@@ -262,7 +262,7 @@ static void *race_reader(void *arg)
             pthread_mutex_unlock(&rd->r->db_lock);
             if (seen > 0) {
                 store_pin row = make_pin("t", key, "{}", seen);
-                store__cache_fill(rd->r->c, &row, gen);
+                store_cache_fill(rd->r->c, &row, gen);
             }
         }
         if (seen < last[k])
@@ -301,12 +301,12 @@ static void test_cache_readers_never_see_a_version_go_back(void **state)
     for (int k = 0; k < RACE_KEYS; k++) {
         snprintf(key, sizeof(key), "k%d", k);
         store_pin p;
-        if (lookup(r->c, a, "t", key, 0, &p, NULL) == STORE__CACHE_HIT)
+        if (lookup(r->c, a, "t", key, 0, &p, NULL) == STORE_CACHE_HIT)
             assert_int_equal(p.version, r->versions[k]);
     }
     pins_arena_free(a);
     pthread_mutex_destroy(&r->db_lock);
-    store__cache_free(r->c);
+    store_cache_free(r->c);
     free(r);
 }
 

@@ -1,7 +1,7 @@
 /* tests/unit/store/test_sqlite.c: what the SQLite backend (store/sqlite.c) adds behind store.h:
  * group commit of the writes queued in one loop iteration, the process-wide write mutex and the
  * read cache with its packed values. The backend-agnostic behaviour is in test_store.c; these
- * tests look at the backend's counters (store__sqlite_session_stats) and use its test hooks.
+ * tests look at the backend's counters (store_sqlite_session_stats) and use its test hooks.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,7 +29,7 @@
 #include "fake_clock.h"
 #include "store_fixture.h"
 #include "store/store.h"
-#include "store/sqlite_int.h"
+#include "store/sqlite.h"
 
 #define SEC         INT64_C(1000000)
 #define T0          (INT64_C(1800000000) * SEC)
@@ -44,7 +44,7 @@ typedef struct pin_result {
     int seq; /* order among the callbacks of a test */
     int err;
     bool created;
-    char detail[STORE__ERROR_MAX];
+    char detail[512]; /* store_session_last_error() (longer than the store keeps) */
     int64_t id;
     int64_t version;
     char value[256];
@@ -70,10 +70,10 @@ static int teardown(void **state)
     return 0;
 }
 
-static store__sqlite_stats stats(fixture *fx)
+static store_sqlite_stats stats(fixture *fx)
 {
-    store__sqlite_stats st;
-    assert_int_equal(store__sqlite_session_stats(fx->ss, &st), 0);
+    store_sqlite_stats st;
+    assert_int_equal(store_sqlite_session_stats(fx->ss, &st), 0);
     return st;
 }
 
@@ -234,7 +234,7 @@ static void test_sqlite_upserts_queued_in_one_iteration_commit_once(void **state
     enum { N = 50 };
     static pin_result r[N];
     memset(r, 0, sizeof(r));
-    store__sqlite_stats before = stats(fx);
+    store_sqlite_stats before = stats(fx);
     commit_probe probe = {.fx = fx};
     store_upsert_req first = upsert_req("k-first", "{}", NO_TTL, ANY_VERSION, T0);
     assert_int_equal(store_pin_upsert(fx->ss, &first, on_first, &probe), 0);
@@ -248,7 +248,7 @@ static void test_sqlite_upserts_queued_in_one_iteration_commit_once(void **state
     assert_int_equal(probe.r.calls, 0);
 
     loop_once(fx);
-    store__sqlite_stats after = stats(fx);
+    store_sqlite_stats after = stats(fx);
     assert_int_equal(after.batches - before.batches, 1);
     assert_int_equal(after.write_commits - before.write_commits, 1);
     assert_int_equal(after.batched_ops - before.batched_ops, N + 1);
@@ -280,7 +280,7 @@ static void test_sqlite_ops_on_one_key_in_a_batch_see_each_other(void **state)
     queue_delete(fx->ss, "k", 2, &r[4]);                        /* deletes version 2 */
     queue_upsert(fx->ss, "k", "{\"v\":3}", ANY_VERSION, &r[5]); /* a new pin */
     queue_delete(fx->ss, "missing", ANY_VERSION, &r[6]);
-    store__sqlite_stats before = stats(fx);
+    store_sqlite_stats before = stats(fx);
     loop_once(fx);
     assert_int_equal(stats(fx).write_commits - before.write_commits, 1);
 
@@ -319,7 +319,7 @@ static void test_sqlite_batch_that_cannot_begin_acknowledges_nothing(void **stat
 {
     fixture *fx = *state;
     assert_int_equal(upsert(fx, "k0", "{\"v\":1}", NO_TTL, T0, NULL), 0);
-    assert_int_equal(store__sqlite_set_busy_timeout(fx->ss, 50), 0);
+    assert_int_equal(store_sqlite_set_busy_timeout(fx->ss, 50), 0);
     sqlite3 *db = store_fixture_open_raw(fx);
     assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     pin_result r[3];
@@ -355,8 +355,8 @@ static void test_sqlite_batch_whose_commit_fails_acknowledges_nothing(void **sta
     queue_upsert(fx->ss, "k0", "{\"v\":2}", ANY_VERSION, &r[0]);
     queue_upsert(fx->ss, "k9", "{}", ANY_VERSION, &r[1]);
     queue_delete(fx->ss, "gone", ANY_VERSION, &r[2]);
-    assert_int_equal(store__sqlite_fail_next_commit(fx->ss, SQLITE_IOERR_WRITE), 0);
-    store__sqlite_stats before = stats(fx);
+    assert_int_equal(store_sqlite_fail_next_commit(fx->ss, SQLITE_IOERR_WRITE), 0);
+    store_sqlite_stats before = stats(fx);
     loop_once(fx);
     assert_int_equal(stats(fx).write_commits, before.write_commits);
     for (int i = 0; i < 3; i++) {
@@ -386,15 +386,15 @@ static void test_sqlite_batch_whose_commit_fails_acknowledges_nothing(void **sta
 static void test_sqlite_full_batch_commits_without_waiting_for_the_loop(void **state)
 {
     fixture *fx = *state;
-    enum { N = STORE__BATCH_MAX_OPS + 6 };
+    enum { N = STORE_SQLITE_BATCH_MAX_OPS + 6 };
     pin_result *r = calloc(N, sizeof(*r));
     assert_non_null(r);
-    store__sqlite_stats before = stats(fx);
+    store_sqlite_stats before = stats(fx);
     char key[16];
     for (int i = 0; i < N; i++) {
         snprintf(key, sizeof(key), "k%d", i);
         queue_upsert(fx->ss, key, "{}", ANY_VERSION, &r[i]);
-        if (i == STORE__BATCH_MAX_OPS - 1)
+        if (i == STORE_SQLITE_BATCH_MAX_OPS - 1)
             assert_int_equal(r[0].calls, 1); /* the full batch committed at once */
     }
     assert_int_equal(r[N - 1].calls, 0);
@@ -403,7 +403,7 @@ static void test_sqlite_full_batch_commits_without_waiting_for_the_loop(void **s
         assert_int_equal(r[i].calls, 1);
         assert_int_equal(r[i].err, 0);
     }
-    store__sqlite_stats after = stats(fx);
+    store_sqlite_stats after = stats(fx);
     assert_int_equal(after.batches - before.batches, 2);
     assert_int_equal(after.write_commits - before.write_commits, 2);
     free(r);
@@ -437,8 +437,8 @@ static void test_sqlite_session_without_loop_commits_each_write(void **state)
     queue_upsert(ss, "sync", "{}", ANY_VERSION, &r);
     assert_int_equal(r.calls, 1); /* before store_pin_upsert returned */
     assert_int_equal(r.err, 0);
-    store__sqlite_stats st;
-    assert_int_equal(store__sqlite_session_stats(ss, &st), 0);
+    store_sqlite_stats st;
+    assert_int_equal(store_sqlite_session_stats(ss, &st), 0);
     assert_int_equal(st.write_commits, 1);
     store_session_free(ss);
 }
@@ -475,8 +475,8 @@ static void test_sqlite_group_committed_write_survives_kill(void **state)
         }
         while (k.calls < 3)
             event_base_loop(base, EVLOOP_ONCE);
-        store__sqlite_stats st;
-        if (k.failures != 0 || store__sqlite_session_stats(ss, &st) != 0 || st.write_commits != 1)
+        store_sqlite_stats st;
+        if (k.failures != 0 || store_sqlite_session_stats(ss, &st) != 0 || st.write_commits != 1)
             _exit(3);
         kill(getpid(), SIGKILL);
         _exit(4);
@@ -494,11 +494,11 @@ static void test_sqlite_cache_answers_get_without_sqlite(void **state)
 {
     fixture *fx = *state;
     assert_int_equal(upsert(fx, "k", "{\"v\":1}", NO_TTL, T0, NULL), 0);
-    store__sqlite_stats before = stats(fx);
+    store_sqlite_stats before = stats(fx);
     pin_result r;
     assert_int_equal(get(fx, "k", T0, &r), 0);
     assert_string_equal(r.value, "{\"v\":1}");
-    store__sqlite_stats after = stats(fx);
+    store_sqlite_stats after = stats(fx);
     assert_int_equal(after.cache_hits - before.cache_hits, 1);
     assert_int_equal(after.cache_misses, before.cache_misses);
 
@@ -534,7 +534,7 @@ static void test_sqlite_cache_follows_every_write(void **state)
     pin_result r;
     assert_int_equal(upsert(fx, "k", "{\"v\":1}", NO_TTL, T0, NULL), 0);
     assert_int_equal(upsert(fx, "k", "{\"v\":2}", NO_TTL, T0 + 1, NULL), 0);
-    store__sqlite_stats before = stats(fx);
+    store_sqlite_stats before = stats(fx);
     assert_int_equal(get(fx, "k", T0 + 2, &r), 0);
     assert_string_equal(r.value, "{\"v\":2}");
     assert_int_equal(r.version, 2);
@@ -574,10 +574,10 @@ static void test_sqlite_cache_drops_expired_entries(void **state)
     fixture *fx = *state;
     assert_int_equal(upsert(fx, "e", "{}", 2, T0, NULL), 0);
     assert_int_equal(get(fx, "e", T0 + SEC, NULL), 0);
-    store__sqlite_stats before = stats(fx);
+    store_sqlite_stats before = stats(fx);
     assert_int_equal(before.cache_entries, 1);
     assert_int_equal(get(fx, "e", T0 + 2 * SEC, NULL), PINS_ENOT_FOUND);
-    store__sqlite_stats after = stats(fx);
+    store_sqlite_stats after = stats(fx);
     assert_int_equal(after.cache_hits - before.cache_hits, 1); /* no SQLite read */
     assert_int_equal(after.cache_entries, 0);
     /* Still in the file (until a sweep): a read at an earlier time finds it and caches it. */
@@ -604,7 +604,7 @@ static void test_sqlite_cache_refuses_a_fill_older_than_a_write(void **state)
     store_fixture_open(fx);
     racer x = {0};
     assert_int_equal(store_session_new(fx->s, NULL, &x.other), 0);
-    assert_int_equal(store__sqlite_set_fill_hook(fx->ss, on_fill_race, &x), 0);
+    assert_int_equal(store_sqlite_set_fill_hook(fx->ss, on_fill_race, &x), 0);
 
     /* The get reads version 1; before it fills, another session writes version 2. */
     pin_result r;
@@ -612,10 +612,10 @@ static void test_sqlite_cache_refuses_a_fill_older_than_a_write(void **state)
     assert_int_equal(r.version, 1);
     assert_int_equal(x.r.calls, 1);
     assert_int_equal(x.r.version, 2);
-    store__sqlite_stats st = stats(fx);
+    store_sqlite_stats st = stats(fx);
     assert_int_equal(st.cache_refused, 1);
     assert_int_equal(st.cache_fills, 0);
-    assert_int_equal(store__sqlite_set_fill_hook(fx->ss, NULL, NULL), 0);
+    assert_int_equal(store_sqlite_set_fill_hook(fx->ss, NULL, NULL), 0);
 
     /* The cache holds what the write left, not the older row. */
     assert_int_equal(get(fx, "k", T0, &r), 0);
@@ -789,10 +789,10 @@ static void test_sqlite_pin_expires_when_the_clock_reaches_its_ttl(void **state)
     assert_int_equal(get(fx, "ttl", pins_time_now_us(), NULL), 0);
     fake_clock_advance_ms(1999);
     assert_int_equal(get(fx, "ttl", pins_time_now_us(), NULL), 0);
-    store__sqlite_stats before = stats(fx);
+    store_sqlite_stats before = stats(fx);
     fake_clock_advance_ms(1);
     assert_int_equal(get(fx, "ttl", pins_time_now_us(), NULL), PINS_ENOT_FOUND);
-    store__sqlite_stats after = stats(fx);
+    store_sqlite_stats after = stats(fx);
     assert_int_equal(after.cache_hits - before.cache_hits, 1); /* the cached entry expired */
     assert_int_equal(after.cache_entries, 0);
     fake_clock_uninstall();

@@ -23,7 +23,7 @@
 #include "common/pbwire.h"
 #include "common/timeutil.h"
 #include "fake_call.h"
-#include "protocols/protocols_int.h"
+#include "protocols/grpc.h"
 
 typedef struct fake_sent {
     uint8_t *data;
@@ -376,7 +376,7 @@ static fake_call *new_call(fake_env *env, const rpc_method *method, const uint8_
     assert_int_equal(rpc_call_set_request_id(call, rpc_call_header(call, "x-request-id")), 0);
     const char *timeout = rpc_call_header(call, "grpc-timeout");
     int64_t ns = 0;
-    if (timeout != NULL && proto__grpc_timeout_parse(timeout, strlen(timeout), &ns) != 0)
+    if (timeout != NULL && proto_grpc_timeout_parse(timeout, strlen(timeout), &ns) != 0)
         goto reject;
     if (timeout != NULL)
         call->deadline_ns = call->start_ns + ns;

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "transport/h1_int.h"
+#include "transport/h1_parse.h"
 #include "failmalloc.h"
 
 #define MAX_BODY  (1u << 16)
@@ -52,15 +52,15 @@ static void on_headers(void *owner, bool expect_continue)
     (void)expect_continue;
 }
 
-static const transport__h1_parser_hooks hooks = {.begin = on_begin, .headers_done = on_headers};
+static const transport_h1_parser_hooks hooks = {.begin = on_begin, .headers_done = on_headers};
 
 /* Reads every request of r->input as transport/h1.c does; returns the status of a rejection, or 0.
  */
 static int parse_connection(void *state)
 {
     run *r = state;
-    transport__h1_parser p;
-    transport__h1_parser_init(&p, MAX_BODY, &hooks, r);
+    transport_h1_parser p;
+    transport_h1_parser_init(&p, MAX_BODY, &hooks, r);
     r->nseen = 0;
     r->reject_status = 0;
     r->reject_body = NULL;
@@ -68,11 +68,11 @@ static int parse_connection(void *state)
     while (off < len) {
         size_t n = len - off < r->piece ? len - off : r->piece;
         size_t used = 0;
-        int res = transport__h1_parser_feed(&p, r->input + off, n, &used);
+        int res = transport_h1_parser_feed(&p, r->input + off, n, &used);
         off += used;
-        if (res == TRANSPORT__H1_MORE)
+        if (res == TRANSPORT_H1_MORE)
             continue;
-        if (res == TRANSPORT__H1_REJECT) {
+        if (res == TRANSPORT_H1_REJECT) {
             r->reject_status = p.reject_status;
             r->reject_body = p.reject_body;
             break;
@@ -81,9 +81,9 @@ static int parse_connection(void *state)
             snprintf(r->seen[r->nseen], sizeof(r->seen[0]), "%s %s %zu %zu", p.method, p.path,
                      p.nheaders, p.body_len);
         r->nseen++;
-        transport__h1_parser_next(&p);
+        transport_h1_parser_next(&p);
     }
-    transport__h1_parser_free(&p);
+    transport_h1_parser_free(&p);
     return r->reject_status;
 }
 

@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "transport/h1_int.h"
+#include "transport/h1_parse.h"
 
 #define MAX_BODY 64
 
@@ -35,11 +35,11 @@ static void on_headers(void *arg, bool expect_continue)
     o->continues += expect_continue;
 }
 
-static const transport__h1_parser_hooks hooks = {.begin = on_begin, .headers_done = on_headers};
+static const transport_h1_parser_hooks hooks = {.begin = on_begin, .headers_done = on_headers};
 
 typedef struct fixture {
     owner o;
-    transport__h1_parser p;
+    transport_h1_parser p;
 } fixture;
 
 static int setup(void **state)
@@ -48,7 +48,7 @@ static int setup(void **state)
     memset(&f, 0, sizeof(f));
     f.o.arena = pins_arena_new(1u << 20);
     assert_non_null(f.o.arena);
-    transport__h1_parser_init(&f.p, MAX_BODY, &hooks, &f.o);
+    transport_h1_parser_init(&f.p, MAX_BODY, &hooks, &f.o);
     *state = &f;
     return 0;
 }
@@ -56,7 +56,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    transport__h1_parser_free(&f->p);
+    transport_h1_parser_free(&f->p);
     pins_arena_free(f->o.arena);
     return 0;
 }
@@ -68,12 +68,12 @@ static int feed(fixture *f, const char *s, size_t *poff, size_t piece)
     while (*poff < len) {
         size_t n = len - *poff < piece ? len - *poff : piece;
         size_t used = 0;
-        int r = transport__h1_parser_feed(&f->p, s + *poff, n, &used);
+        int r = transport_h1_parser_feed(&f->p, s + *poff, n, &used);
         *poff += used;
-        if (r != TRANSPORT__H1_MORE)
+        if (r != TRANSPORT_H1_MORE)
             return r;
     }
-    return TRANSPORT__H1_MORE;
+    return TRANSPORT_H1_MORE;
 }
 
 static int feed_all(fixture *f, const char *s)
@@ -87,17 +87,17 @@ static void assert_rejected(const char *req, int status)
     for (size_t piece = 1; piece <= 7; piece += 6) {
         fixture f = {.o.arena = pins_arena_new(1u << 20)};
         assert_non_null(f.o.arena);
-        transport__h1_parser_init(&f.p, MAX_BODY, &hooks, &f.o);
+        transport_h1_parser_init(&f.p, MAX_BODY, &hooks, &f.o);
         size_t off = 0;
-        assert_int_equal(feed(&f, req, &off, piece), TRANSPORT__H1_REJECT);
+        assert_int_equal(feed(&f, req, &off, piece), TRANSPORT_H1_REJECT);
         assert_int_equal(f.p.reject_status, status);
         assert_non_null(f.p.reject_body);
-        transport__h1_parser_free(&f.p);
+        transport_h1_parser_free(&f.p);
         pins_arena_free(f.o.arena);
     }
 }
 
-static const char *header(const transport__h1_parser *p, const char *name)
+static const char *header(const transport_h1_parser *p, const char *name)
 {
     for (size_t i = 0; i < p->nheaders; i++) {
         if (strcmp(p->headers[i].name, name) == 0)
@@ -114,13 +114,13 @@ static void test_h1_parse_pipelined_requests_one_at_a_time(void **state)
     const char *in = "GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-Mixed-Case: V  \r\n\r\n"
                      "HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n";
     size_t off = 0;
-    assert_int_equal(feed(f, in, &off, 1000), TRANSPORT__H1_REQUEST);
+    assert_int_equal(feed(f, in, &off, 1000), TRANSPORT_H1_REQUEST);
     assert_string_equal(f->p.method, "GET");
     assert_string_equal(f->p.path, "/a?x=1");
     assert_string_equal(header(&f->p, "x-mixed-case"), "V");
     assert_true(f->p.keep_alive);
-    transport__h1_parser_next(&f->p);
-    assert_int_equal(feed(f, in, &off, 1000), TRANSPORT__H1_REQUEST);
+    transport_h1_parser_next(&f->p);
+    assert_int_equal(feed(f, in, &off, 1000), TRANSPORT_H1_REQUEST);
     assert_string_equal(f->p.path, "/b");
     assert_true(f->p.head);
     assert_int_equal(off, strlen(in));
@@ -133,7 +133,7 @@ static void test_h1_parse_chunked_body_with_trailers_in_one_byte_pieces(void **s
     const char *in = "POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
                      "3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n";
     size_t off = 0;
-    assert_int_equal(feed(f, in, &off, 1), TRANSPORT__H1_REQUEST);
+    assert_int_equal(feed(f, in, &off, 1), TRANSPORT_H1_REQUEST);
     assert_int_equal(f->p.body_len, 5);
     assert_memory_equal(f->p.body, "abcde", 5);
     assert_null(header(&f->p, "x-t")); /* trailers are not request headers */
@@ -144,11 +144,11 @@ static void test_h1_parse_expect_continue_only_with_a_body(void **state)
     fixture *f = *state;
     assert_int_equal(feed_all(f, "POST /p HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\n"
                                  "Content-Length: 2\r\n\r\nok"),
-                     TRANSPORT__H1_REQUEST);
+                     TRANSPORT_H1_REQUEST);
     assert_int_equal(f->o.continues, 1);
-    transport__h1_parser_next(&f->p);
+    transport_h1_parser_next(&f->p);
     assert_int_equal(feed_all(f, "GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n"),
-                     TRANSPORT__H1_REQUEST);
+                     TRANSPORT_H1_REQUEST);
     assert_int_equal(f->o.continues, 1);
 }
 
@@ -156,7 +156,7 @@ static void test_h1_parse_http10_and_absolute_form(void **state)
 {
     fixture *f = *state;
     assert_int_equal(feed_all(f, "GET http://example.com:80?q=1 HTTP/1.0\r\n\r\n"),
-                     TRANSPORT__H1_REQUEST);
+                     TRANSPORT_H1_REQUEST);
     assert_string_equal(f->p.path, "/?q=1");
     assert_true(f->p.http10);
     assert_false(f->p.keep_alive);
@@ -190,8 +190,8 @@ static void test_h1_parse_rejects_smuggling_shapes(void **state)
 
 static void test_h1_parse_limits(void **state)
 {
-    static char big[TRANSPORT__H1_MAX_TARGET + 64];
-    char path[TRANSPORT__H1_MAX_TARGET + 1];
+    static char big[TRANSPORT_H1_MAX_TARGET + 64];
+    char path[TRANSPORT_H1_MAX_TARGET + 1];
     memset(path, 'a', sizeof(path) - 1);
     path[sizeof(path) - 1] = '\0';
     snprintf(big, sizeof(big), "GET /%s HTTP/1.1\r\nHost: h\r\n\r\n", path);
@@ -213,8 +213,8 @@ static void test_h1_parse_header_count_limit(void **state)
         n += (size_t)snprintf(req + n, sizeof(req) - n, "X-%d: v\r\n", i);
     snprintf(req + n, sizeof(req) - n, "\r\n");
     fixture *f = *state;
-    assert_int_equal(feed_all(f, req), TRANSPORT__H1_REQUEST);
-    assert_int_equal(f->p.nheaders, TRANSPORT__H1_MAX_HEADERS);
+    assert_int_equal(feed_all(f, req), TRANSPORT_H1_REQUEST);
+    assert_int_equal(f->p.nheaders, TRANSPORT_H1_MAX_HEADERS);
     snprintf(req + n, sizeof(req) - n, "X-last: v\r\n\r\n");
     assert_rejected(req, 431);
 }

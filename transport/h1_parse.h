@@ -1,4 +1,4 @@
-/* transport/h1_int.h: the HTTP/1.1 request parser behind transport/h1.c, without a connection.
+/* transport/h1_parse.h: the HTTP/1.1 request parser behind transport/h1.c, without a connection.
  *
  * transport/h1_parse.c wraps llhttp (lenient flags all off) with the checks llhttp leaves to its
  * user, so that one request means the same thing to us and to any proxy in front of us: one
@@ -17,8 +17,8 @@
  * buffer owned by the parser, reused from request to request. Not thread-safe; one per
  * connection.
  */
-#ifndef PINS_TRANSPORT_H1_INT_H
-#define PINS_TRANSPORT_H1_INT_H
+#ifndef PINS_TRANSPORT_H1_PARSE_H
+#define PINS_TRANSPORT_H1_PARSE_H
 
 #include <llhttp.h>
 #include <stdbool.h>
@@ -27,12 +27,12 @@
 #include "common/arena.h"
 #include "rpc/core.h"
 
-#define TRANSPORT__H1_MAX_TARGET       8192
-#define TRANSPORT__H1_MAX_HEADERS      100
-#define TRANSPORT__H1_MAX_HEADER_BYTES 65536
+#define TRANSPORT_H1_MAX_TARGET       8192
+#define TRANSPORT_H1_MAX_HEADERS      100
+#define TRANSPORT_H1_MAX_HEADER_BYTES 65536
 
 /* What the parser needs from its owner. */
-typedef struct transport__h1_parser_hooks {
+typedef struct transport_h1_parser_hooks {
     /* A request starts (its first byte): returns the arena that will hold it, or NULL when out of
      * memory (the request is then rejected with 503). */
     pins_arena *(*begin)(void *owner);
@@ -41,26 +41,26 @@ typedef struct transport__h1_parser_hooks {
     void (*headers_done)(void *owner, bool expect_continue);
     /* Optional: the body buffer is about to grow by add bytes; nonzero refuses (the request is
      * then rejected with 503: the server holds too many buffered bytes). The buffer's size is
-     * body_cap; it shrinks in transport__h1_parser_next() and goes in transport__h1_parser_free().
+     * body_cap; it shrinks in transport_h1_parser_next() and goes in transport_h1_parser_free().
      */
     int (*body_grow)(void *owner, size_t add);
-} transport__h1_parser_hooks;
+} transport_h1_parser_hooks;
 
-/* The result of transport__h1_parser_feed. */
+/* The result of transport_h1_parser_feed. */
 enum transport__h1_feed {
-    TRANSPORT__H1_MORE = 0,    /* everything consumed; more bytes needed */
-    TRANSPORT__H1_REQUEST = 1, /* a request is complete (see the request fields) */
-    TRANSPORT__H1_REJECT = 2,  /* the input is refused: answer reject_status and close */
+    TRANSPORT_H1_MORE = 0,    /* everything consumed; more bytes needed */
+    TRANSPORT_H1_REQUEST = 1, /* a request is complete (see the request fields) */
+    TRANSPORT_H1_REJECT = 2,  /* the input is refused: answer reject_status and close */
 };
 
-typedef struct transport__h1_parser {
+typedef struct transport_h1_parser {
     llhttp_t ll;
-    const transport__h1_parser_hooks *hooks;
+    const transport_h1_parser_hooks *hooks;
     void *owner;
     size_t max_body;
     pins_arena *arena; /* the current request's, from hooks->begin; NULL between requests */
 
-    /* The request, valid from TRANSPORT__H1_REQUEST until transport__h1_parser_next(). */
+    /* The request, valid from TRANSPORT_H1_REQUEST until transport_h1_parser_next(). */
     const char *method; /* static string */
     const char *path;   /* origin form (an absolute-form target is reduced to its path) */
     rpc_header *headers;
@@ -72,7 +72,7 @@ typedef struct transport__h1_parser {
     bool upgrade;    /* Upgrade request (not honoured: the connection closes after it) */
     bool head;       /* HEAD request */
 
-    /* A rejection, valid after TRANSPORT__H1_REJECT: the HTTP status and its JSON body. When the
+    /* A rejection, valid after TRANSPORT_H1_REJECT: the HTTP status and its JSON body. When the
      * headers were complete and the body was refused (too large: PINS_ETOO_LARGE; the buffer
      * budget: PINS_ERESOURCE_EXHAUSTED), reject_err says which, so that the connection can
      * answer in the request's protocol; 0 otherwise. */
@@ -98,24 +98,24 @@ typedef struct transport__h1_parser {
     int fold_state; /* the obs-fold scanner */
     bool fold_seen_line;
     char reject_buf[256];
-} transport__h1_parser;
+} transport_h1_parser;
 
 /* Prepares p for a connection; bodies above max_body bytes are refused with 413. Borrows hooks
  * and owner for the parser's life. */
-void transport__h1_parser_init(transport__h1_parser *p, size_t max_body,
-                               const transport__h1_parser_hooks *hooks, void *owner);
+void transport_h1_parser_init(transport_h1_parser *p, size_t max_body,
+                              const transport_h1_parser_hooks *hooks, void *owner);
 /* Parses up to len bytes of data. *pused gets the bytes consumed: all of them for
- * TRANSPORT__H1_MORE, those up to the end of the request for TRANSPORT__H1_REQUEST (the rest is fed
- * again after transport__h1_parser_next). After TRANSPORT__H1_REJECT the parser accepts nothing
+ * TRANSPORT_H1_MORE, those up to the end of the request for TRANSPORT_H1_REQUEST (the rest is fed
+ * again after transport_h1_parser_next). After TRANSPORT_H1_REJECT the parser accepts nothing
  * more. Returns a value of enum transport__h1_feed. */
-int transport__h1_parser_feed(transport__h1_parser *p, const char *data, size_t len, size_t *pused);
+int transport_h1_parser_feed(transport_h1_parser *p, const char *data, size_t len, size_t *pused);
 /* Forgets the request returned by the last feed; the next feed starts the next request. */
-void transport__h1_parser_next(transport__h1_parser *p);
+void transport_h1_parser_next(transport_h1_parser *p);
 /* True while a request is arriving (its first byte seen, the request not complete). */
-bool transport__h1_parser_in_request(const transport__h1_parser *p);
+bool transport_h1_parser_in_request(const transport_h1_parser *p);
 /* True while a request's headers are arriving (its first byte seen, its headers not complete). */
-bool transport__h1_parser_in_headers(const transport__h1_parser *p);
+bool transport_h1_parser_in_headers(const transport_h1_parser *p);
 /* Frees what the parser allocated (not the struct). */
-void transport__h1_parser_free(transport__h1_parser *p);
+void transport_h1_parser_free(transport_h1_parser *p);
 
 #endif
