@@ -9,7 +9,7 @@
 # Throughput ratios on a shared machine swing by 10-20% from run to run with the neighbours' load;
 # the CPU time the server spends per request moves far less, so it is the figure to compare two
 # builds of pinsd with (before and after a change). Each binary is started in turn on
-# 127.0.0.1:50071 (SQLite in a temp dir under /tmp, 1 worker pinned to CPU 0, RATE_LIMIT_RPM=0),
+# 127.0.0.1:50071 by common.sh's pinsd_start (SQLite in a temp dir, 1 worker pinned to CPU 0),
 # then $BENCH_DIR/rest_load.sh and grpc_load.sh send N requests each with h2load on CPU 1: REST GET
 # and POST (HTTP/1.1, 64 connections), gRPC GetPin and UpsertPin (16 connections x 32 streams).
 # The server's utime+stime from /proc before and after each load gives microseconds per request
@@ -40,18 +40,11 @@ while (($#)); do
 done
 ((${#BINS[@]} > 0)) || pins_die "name at least one pinsd binary (see --help)"
 ADDR=127.0.0.1:50071
-require_loopback "$ADDR"
 HZ=$(getconf CLK_TCK)
-PID="" DATA=""
-stop() {
-  if [[ -n "$PID" ]]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-  [[ -z "$DATA" ]] || rm -rf "$DATA"
-  PID="" DATA=""
-}
-trap stop EXIT
+trap pinsd_stop EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$PINSD_PID/stat"; }
 fail=0
 measure() { # label command...
   local label=$1 t0 t1
@@ -64,13 +57,8 @@ measure() { # label command...
 }
 for ((r = 1; r <= ROUNDS; r++)); do
   for bin in "${BINS[@]}"; do
-    ! port_open "$ADDR" || pins_die "something already listens on $ADDR"
-    DATA=$(mktemp -d /tmp/pinsd-cpu-per-request.XXXXXX)
-    RATE_LIMIT_RPM=0 LOG_LEVEL=warn PINS_WORKERS=1 taskset -c 0 "$bin" --PINS_LISTEN="$ADDR" \
-      --PINS_DATA_DIR="$DATA" >"$DATA/pinsd.log" 2>&1 &
-    PID=$!
-    for _ in $(seq 100); do port_open "$ADDR" && break; sleep 0.1; done
-    port_open "$ADDR" || pins_die "$bin did not start (see $DATA/pinsd.log)"
+    PINSD_BIN=$bin
+    pinsd_start "$ADDR" 0 --PINS_WORKERS=1
     echo "round $r: $bin"
     U="http://$ADDR/api/v1/memory/pins"
     curl -s -o /dev/null -X POST "$U" -H 'content-type: application/json' \
@@ -84,7 +72,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     measure grpc-upsert "$BENCH_DIR/grpc_load.sh" --addr "$ADDR" -c 16 -m 32 -n "$N" --warmup 0 \
       --cpu 1 --method memorypins.v1.MemoryPins/UpsertPin \
       --json '{"tenant_id":"bench","key":"bench:k3","value":{"a":1}}'
-    stop
+    pinsd_stop
   done
 done
 exit "$fail"
