@@ -65,6 +65,7 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 _RANGE = re.compile(r"\[[^\[\]]*\]")
+_OFFSET = re.compile(r"\boffset\s+-?(?:\d+(?:ms|[smhdwy]))+")
 _NUMBER = re.compile(r"(?<![\w:])(?:0x[0-9a-fA-F]+|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)")
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
@@ -75,6 +76,7 @@ def metric_names(expr):
     s = _MATCHERS.sub(" ", s)
     s = _GROUPING.sub(" ", s)
     s = _RANGE.sub(" ", s)
+    s = _OFFSET.sub(" ", s)
     s = _NUMBER.sub(" ", s)
     names = set()
     for m in _IDENT.finditer(s):
