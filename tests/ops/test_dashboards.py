@@ -194,8 +194,9 @@ class DashboardModelTest(unittest.TestCase):
                     expr = t.get("expr") or ""
                     self.assertTrue(expr.strip(), "expr of " + where)
                     self.assertNotIn("$", expr, "no Grafana macro or variable in " + where)
-                    self.assertRegex(expr, r"\[\d+[smh]\]|^[^\[]*$",
-                                     "plain range selectors in " + where)
+                    for sel in re.findall(r"\[[^\]]*\]", expr):
+                        self.assertRegex(sel, r"^\[\d+[smh]\]$",
+                                         "plain range selector (no subquery) in " + where)
 
     def test_panel_ids_and_titles(self):
         for rel, d in self.each():
