@@ -17,6 +17,7 @@
  */
 #include "store/pg_int.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -25,53 +26,29 @@
 
 #include "common/error.h"
 #include "common/timeutil.h"
-#include "observability/metrics.h"
 
-static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
-static metrics_family *m_errors, *m_pool;
-static atomic_int pool_count[P_COUNT];
-static const char *const pool_names[P_COUNT] = {"idle", "busy", "connecting", "down"};
+static_assert(P_IDLE == (int)STORE__POOL_IDLE && P_BUSY == (int)STORE__POOL_BUSY &&
+                  P_CONNECTING == (int)STORE__POOL_CONNECTING && P_DOWN == (int)STORE__POOL_DOWN,
+              "pool_state follows store__pool_state");
 
-static double pool_gauge(void *arg)
-{
-    return (double)atomic_load(&pool_count[(pool_state)(intptr_t)arg]);
-}
-
-static void metrics_init(void)
-{
-    static const char *const kind[] = {"kind"};
-    static const char *const state[] = {"state"};
-    m_errors = metrics_counter_new("store_errors_total",
-                                   "Store failures by kind (connect, query, timeout, queue_full, "
-                                   "schema).",
-                                   kind, 1);
-    m_pool = metrics_gauge_new("store_pool_connections", "PostgreSQL pool connections by state.",
-                               state, 1);
-    for (int i = 0; i < P_COUNT; i++) {
-        const char *v[] = {pool_names[i]};
-        if (m_pool != NULL)
-            metrics_gauge_set_cb(m_pool, v, pool_gauge, (void *)(intptr_t)i);
-    }
-}
+/* PostgreSQL's store_errors_total kinds, all shown from the start. */
+static const char *const error_kinds[] = {"connect", "query", "timeout", "queue_full", "schema"};
 
 void store__pg_metrics_init(void)
 {
-    pthread_once(&metrics_once, metrics_init);
+    store__metrics_open("postgres", error_kinds, sizeof(error_kinds) / sizeof(error_kinds[0]));
 }
 
 void store__pg_count_error(const char *kind)
 {
-    const char *v[] = {kind};
-    if (m_errors != NULL)
-        metrics_counter_inc(m_errors, v);
+    store__count_error(kind);
 }
 
 static void set_pool_state(pg_conn *c, pool_state to)
 {
     if (c->pstate == to)
         return;
-    atomic_fetch_sub(&pool_count[c->pstate], 1);
-    atomic_fetch_add(&pool_count[to], 1);
+    store__pool_move((int)c->pstate, (int)to);
     c->pstate = to;
 }
 
@@ -295,6 +272,7 @@ bool store__pg_conn_checked(pg_conn *c, const PGresult *res)
                  " (run `pinsctl migrate upgrade head`)",
                  have, ss->st->schema_need);
         store__pg_count_error("schema");
+        store__schema_behind_set(true);
         conn_down(c, "connect", why, true);
         return false;
     }
@@ -302,6 +280,7 @@ bool store__pg_conn_checked(pg_conn *c, const PGresult *res)
                 store__pg_col_i64(res, 0, 1) == PQbackendPID(c->pg);
     c->prepared = 0;
     c->state = C_UP;
+    store__schema_behind_set(false);
     if (c->backoff_ms != 0)
         atomic_fetch_add_explicit(&ss->st->up_epoch, 1, memory_order_relaxed);
     c->backoff_ms = 0;
@@ -710,7 +689,7 @@ int store__pg_conn_init(pg_conn *c, pg_session *ss)
     c->ss = ss;
     c->state = C_DOWN;
     c->pstate = P_DOWN;
-    atomic_fetch_add(&pool_count[P_DOWN], 1);
+    store__pool_move(-1, P_DOWN);
     if (ss->evb != NULL && store__io_new(ss->evb, on_conn_io, c, &c->io) != 0)
         return PINS_ENOMEM;
     return 0;
@@ -723,5 +702,5 @@ void store__pg_conn_close(pg_conn *c)
     store__io_free(c->io);
     if (c->pg != NULL)
         PQfinish(c->pg);
-    atomic_fetch_sub(&pool_count[c->pstate], 1);
+    store__pool_move((int)c->pstate, -1);
 }

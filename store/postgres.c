@@ -546,6 +546,7 @@ static int pg_pin_upsert(store_session *base, const store_upsert_req *q, store_p
 
 static int pg_pin_get(store_session *base, const store__get_req *q, store_pin_cb cb, void *arg)
 {
+    store__count_read(base, false); /* no read cache: replicas share the database */
     pg_req *r = req_new(base, OP_GET, NULL, (pg_cb){.pin = cb}, arg); /* sent in a batch */
     if (r != NULL)
         r->now_us = q->now_us;

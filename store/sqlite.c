@@ -240,6 +240,7 @@ typedef struct sqlite_session {
     batch *pending;                     /* writes waiting for the commit, or NULL */
     batch *spare;                       /* batches to reuse */
     bool closing;                       /* sqlite_session_free is cancelling the pending writes */
+    bool pooled;                        /* counted in store_pool_connections */
     int commit_fault;                   /* test hook: the next write COMMIT fails with this */
     void (*fill_hook)(void *arg);       /* test hook, see store_sqlite_set_fill_hook */
     void *fill_arg;
@@ -281,12 +282,53 @@ static int map_rc(int rc)
     }
 }
 
-/* Records why "what" failed with rc on the session and returns the PINS_E* code for it. */
+/* The store_errors_total kinds of the SQLite backend, all shown from the start. */
+static const char *const error_kinds[] = {"busy", "io", "query", "schema"};
+
+/* The store_errors_total kind of a failed SQLite call: locked past the timeout (busy), the file
+ * or the disk failing (io), else a statement that failed (query). */
+static const char *error_kind(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return "busy";
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_PROTOCOL:
+    case SQLITE_PERM:
+    case SQLITE_NOLFS:
+        return "io";
+    default:
+        return "query";
+    }
+}
+
+/* Records why "what" failed with rc on the session, counts it, and returns the PINS_E* code for
+ * it. */
 static int db_fail(sqlite_session *ss, int rc, const char *what)
 {
     store__session_error(&ss->base, "could not %s: %s (sqlite error %d)", what,
                          sqlite3_errmsg(ss->db), rc);
+    store__count_error(error_kind(rc));
     return map_rc(rc);
+}
+
+/* The write mutex, with the session's connection counted busy while it holds it. */
+static void writes_lock(sqlite_session *ss)
+{
+    pthread_mutex_lock(&((sqlite_store *)ss->base.store)->write_lock);
+    store__pool_move(STORE__POOL_IDLE, STORE__POOL_BUSY);
+}
+
+static void writes_unlock(sqlite_session *ss)
+{
+    store__pool_move(STORE__POOL_BUSY, STORE__POOL_IDLE);
+    pthread_mutex_unlock(&((sqlite_store *)ss->base.store)->write_lock);
 }
 
 static int out_of_memory(sqlite_session *ss, const char *what)
@@ -997,6 +1039,7 @@ static int commit(sqlite_session *ss)
         ss->commit_fault = 0;
         store__session_error(&ss->base, "could not commit the writes: injected (sqlite error %d)",
                              rc);
+        store__count_error(error_kind(rc)); /* as the failure it stands for would be */
         return map_rc(rc);
     }
     return run(ss, ss->st[ST_COMMIT], "commit the writes");
@@ -1044,7 +1087,7 @@ static void run_batch(sqlite_session *ss, batch *b)
     sqlite_store *s = (sqlite_store *)ss->base.store;
     ss->stats.batches++;
     ss->stats.batched_ops += b->n;
-    pthread_mutex_lock(&s->write_lock);
+    writes_lock(ss);
     for (;;) {
         size_t bad;
         int err = attempt(ss, b, &bad);
@@ -1064,7 +1107,7 @@ static void run_batch(sqlite_session *ss, batch *b)
                 b->ops[i].detail = detail;
             }
         }
-        pthread_mutex_unlock(&s->write_lock);
+        writes_unlock(ss);
         return;
     }
     ss->stats.write_commits++;
@@ -1081,7 +1124,7 @@ static void run_batch(sqlite_session *ss, batch *b)
             break;
         }
     }
-    pthread_mutex_unlock(&s->write_lock);
+    writes_unlock(ss);
 }
 
 /* Puts b back on the session's spare list (one spare kept, the rest freed). */
@@ -1296,8 +1339,10 @@ static int sqlite_pin_get(store_session *base, const store__get_req *req, store_
     if (err != 0) {
         err = out_of_memory(ss, "copying the pin");
     } else if (res == STORE_CACHE_MISS) {
+        store__count_read(base, false);
         err = read_and_fill(ss, a, req, gen, &pin);
     } else {
+        store__count_read(base, true);
         ss->stats.cache_hits++;
         pin.from_cache = true;
         if (res == STORE_CACHE_EXPIRED)
@@ -1386,7 +1431,7 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
 {
     sqlite_store *s = (sqlite_store *)ss->base.store;
     int64_t count = 0;
-    pthread_mutex_lock(&s->write_lock);
+    writes_lock(ss);
     int err = b->rc == SQLITE_OK ? run(ss, b->st, what) : db_fail(ss, b->rc, what);
     if (err == 0) {
         ss->stats.write_commits++;
@@ -1395,7 +1440,7 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
             store_cache_remove_expired(s->cache, expired->tenant_id, expired->now_us);
     }
     sqlite3_clear_bindings(b->st);
-    pthread_mutex_unlock(&s->write_lock);
+    writes_unlock(ss);
     ss->depth++;
     cb(arg, err, count);
     ss->depth--;
@@ -1543,10 +1588,9 @@ static int bind_rbac_row(binder *b, const void *rows, size_t i, pins_buf *scratc
 static int insert_rows(sqlite_session *ss, sqlite3_stmt *st, const void *rows, size_t n,
                        bind_row_fn bind, const char *what, store_count_cb cb, void *arg)
 {
-    sqlite_store *s = (sqlite_store *)ss->base.store;
     pins_buf scratch;
     pins_buf_init(&scratch, SIZE_MAX); /* one row's roles, which the caller collected */
-    pthread_mutex_lock(&s->write_lock);
+    writes_lock(ss);
     int err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
     for (size_t i = 0; i < n && err == 0; i++) {
         binder b = {.st = st, .rc = SQLITE_OK};
@@ -1565,7 +1609,7 @@ static int insert_rows(sqlite_session *ss, sqlite3_stmt *st, const void *rows, s
         rollback(ss);
     else
         ss->stats.write_commits++;
-    pthread_mutex_unlock(&s->write_lock);
+    writes_unlock(ss);
     pins_buf_free(&scratch);
     ss->depth++;
     cb(arg, err, err == 0 ? (int64_t)n : 0);
@@ -1713,6 +1757,8 @@ static void sqlite_session_free(store_session *base)
         sqlite3_finalize(ss->audit_count_st[i]);
     }
     sqlite3_close(ss->db);
+    if (ss->pooled)
+        store__pool_move(STORE__POOL_IDLE, -1);
     EVP_MD_CTX_free(ss->md);
     EVP_MD_free(ss->sha256);
     for (size_t i = 0; i < SCRATCH_DEPTH; i++)
@@ -1747,13 +1793,17 @@ static int sqlite_session_new(store *base, struct event_base *loop, store_sessio
     for (size_t i = 0; i < ST_COUNT && rc == SQLITE_OK; i++)
         rc = sqlite3_prepare_v3(ss->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &ss->st[i],
                                 NULL);
-    if (rc != SQLITE_OK)
+    if (rc != SQLITE_OK) {
+        store__count_error(error_kind(rc));
         err = map_rc(rc);
+    }
 out:
     if (err != 0) {
         sqlite_session_free(&ss->base);
         return err;
     }
+    ss->pooled = true;
+    store__pool_move(-1, STORE__POOL_IDLE);
     *pss = &ss->base;
     return 0;
 }
@@ -1792,6 +1842,7 @@ int store__sqlite_open(const store_options *opts, store **pstore)
         goto out;
     }
     s->write_lock_ready = true;
+    store__metrics_open("sqlite", error_kinds, sizeof(error_kinds) / sizeof(error_kinds[0]));
     err = store_cache_new(STORE_CACHE_ENTRIES, STORE_CACHE_BYTES, &s->cache);
     if (err != 0)
         goto out;
@@ -1803,8 +1854,13 @@ int store__sqlite_open(const store_options *opts, store **pstore)
         rc = configure(db, &busy);
     if (rc == SQLITE_OK)
         rc = enable_wal(db);
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK) {
         rc = migrate(db);
+        if (rc != SQLITE_OK)
+            store__count_error("schema");
+    } else {
+        store__count_error(error_kind(rc));
+    }
     if (rc != SQLITE_OK)
         err = map_rc(rc) == PINS_ENOMEM ? PINS_ENOMEM : PINS_ESTORE;
 out:

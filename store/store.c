@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,11 @@
 
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 static metrics_family *m_memory_audit;
+static metrics_family *m_errors, *m_pool, *m_info, *m_schema_behind;
+static metrics_family *m_cache_hits, *m_cache_misses, *m_value_size;
+/* Connections of every open store and session by store__pool_state, read by the gauge. */
+static _Atomic int pool_count[STORE__POOL_STATES];
+static atomic_bool schema_behind;
 
 /* ---- the backends -------------------------------------------------------------------------
  *
@@ -135,11 +141,91 @@ static int rows_begin(store_session *ss, const void *rows, size_t n, size_t size
     return 0;
 }
 
+static double pool_gauge(void *arg)
+{
+    return (double)atomic_load(&pool_count[(intptr_t)arg]);
+}
+
+static double schema_behind_gauge(void *arg)
+{
+    return atomic_load(&schema_behind) ? 1.0 : 0.0;
+}
+
 static void metrics_init(void)
 {
     static const char *const status[] = {"status"};
+    static const char *const kind[] = {"kind"};
+    static const char *const state[] = {"state"};
+    static const char *const backend[] = {"backend"};
+    static const char *const states[STORE__POOL_STATES] = {"idle", "busy", "connecting", "down"};
+    static const char *const audit_status[] = {"success", "error", "dropped"};
+    /* JSON sizes of values, from a few fields to PINS_MEMORY_MAX_SIZE_BYTES's range. */
+    static const double sizes[] = {64, 256, 1024, 4096, 16384, 65536, 262144, 1048576};
     m_memory_audit = metrics_counter_new(
         "memory_audit_writes_total", "Memory audit rows written, failed or dropped.", status, 1);
+    for (size_t i = 0; i < sizeof(audit_status) / sizeof(audit_status[0]); i++)
+        metrics_counter_add(m_memory_audit, &audit_status[i], 0);
+    m_errors = metrics_counter_new("store_errors_total",
+                                   "Store failures by kind (SQLite: busy, io, query, schema; "
+                                   "PostgreSQL: connect, query, timeout, queue_full, schema).",
+                                   kind, 1);
+    m_pool = metrics_gauge_new("store_pool_connections",
+                               "Store database connections by state (SQLite: one per worker "
+                               "session, busy while it runs a write transaction).",
+                               state, 1);
+    for (intptr_t i = 0; i < STORE__POOL_STATES; i++)
+        metrics_gauge_set_cb(m_pool, &states[i], pool_gauge, (void *)i);
+    m_info =
+        metrics_gauge_new("store_info", "1 for the store backend this process opened.", backend, 1);
+    m_schema_behind =
+        metrics_gauge_new("store_schema_behind",
+                          "1 while the database schema is older than this binary needs.", NULL, 0);
+    metrics_gauge_set_cb(m_schema_behind, NULL, schema_behind_gauge, NULL);
+    m_cache_hits = metrics_counter_new("memory_cache_hits_total",
+                                       "Single-pin reads answered by the read cache.", NULL, 0);
+    m_cache_misses = metrics_counter_new(
+        "memory_cache_misses_total",
+        "Single-pin reads that went to the database (PostgreSQL: every read).", NULL, 0);
+    m_value_size = metrics_histogram_new("memory_value_size_bytes",
+                                         "Size in bytes of the JSON value of each upsert handed "
+                                         "to the store.",
+                                         NULL, 0, sizes, sizeof(sizes) / sizeof(sizes[0]));
+}
+
+void store__metrics_open(const char *backend, const char *const *kinds, size_t nkinds)
+{
+    pthread_once(&metrics_once, metrics_init);
+    metrics_gauge_set(m_info, &backend, 1);
+    for (size_t i = 0; i < nkinds; i++)
+        metrics_counter_add(m_errors, &kinds[i], 0);
+}
+
+void store__count_error(const char *kind)
+{
+    metrics_counter_inc(m_errors, &kind);
+}
+
+void store__pool_move(int from, int to)
+{
+    if (from >= 0 && from < STORE__POOL_STATES)
+        atomic_fetch_sub(&pool_count[from], 1);
+    if (to >= 0 && to < STORE__POOL_STATES)
+        atomic_fetch_add(&pool_count[to], 1);
+}
+
+void store__schema_behind_set(bool behind)
+{
+    atomic_store(&schema_behind, behind);
+}
+
+void store__count_read(store_session *ss, bool hit)
+{
+    if (!ss->read_cells_set) {
+        ss->read_hit = metrics_cell_get(m_cache_hits, NULL);
+        ss->read_miss = metrics_cell_get(m_cache_misses, NULL);
+        ss->read_cells_set = true;
+    }
+    metrics_cell_add(hit ? ss->read_hit : ss->read_miss, 1);
 }
 
 void store__json_str(pins_buf *b, const char *s)
@@ -289,6 +375,7 @@ int store_pin_upsert(store_session *ss, const store_upsert_req *req, store_pin_c
         req->value_json == NULL || req->source == NULL)
         return PINS_EINTERNAL;
     outcome_clear(ss);
+    metrics_histogram_observe(m_value_size, NULL, (double)req->value_len);
     return ss->be->pin_upsert(ss, req, cb, arg);
 }
 

@@ -29,6 +29,7 @@
 
 #include "common/arena.h"
 #include "common/buf.h"
+#include "observability/metrics.h"
 #include "store/store.h"
 
 /* Bytes kept of a session's last error detail, NUL included; longer details are truncated. */
@@ -118,6 +119,10 @@ struct store_session {
      * this binary needs (store_session_schema_behind); set by the backend with the error. */
     bool schema_behind;
     int64_t deadline_ns; /* store_session_set_deadline: 0 or the monotonic deadline of new calls */
+    /* This session's thread's cells of memory_cache_hits_total and memory_cache_misses_total,
+     * fetched on its first read (store__count_read). */
+    bool read_cells_set;
+    metrics_cell *read_hit, *read_miss;
 };
 
 /* Records the detail of a failure on ss, printf style, replacing the previous one. The text is
@@ -139,6 +144,34 @@ int store__pack_value(pins_arena *scratch, pins_arena *dst, const char *json, si
 /* Splits text (roles joined with U+001F, as both backends list them) into a NULL-free array in a:
  * *pout gets the parts, *pn their number (0 for NULL or ""). Returns 0 or PINS_ENOMEM. */
 int store__split_roles(pins_arena *a, const char *text, const char *const **pout, size_t *pn);
+
+/* ---- metrics every backend shares (store/store.c) ------------------------------------------- */
+
+/* The states of store_pool_connections{state}, in the order of its label values. */
+typedef enum store__pool_state {
+    STORE__POOL_IDLE,
+    STORE__POOL_BUSY,
+    STORE__POOL_CONNECTING,
+    STORE__POOL_DOWN,
+    STORE__POOL_STATES
+} store__pool_state;
+
+/* Registers the store's families (once per process) and, for the backend named backend, sets
+ * store_info{backend} to 1 and creates store_errors_total{kind} at 0 for each of its nkinds error
+ * kinds (static strings), so that every series exists before the first failure. Called by each
+ * backend's open. */
+void store__metrics_open(const char *backend, const char *const *kinds, size_t nkinds);
+/* store_errors_total{kind} += 1. */
+void store__count_error(const char *kind);
+/* Moves one connection of store_pool_connections from state from to state to; -1 for from is
+ * a new connection, -1 for to a closed one. Any thread. */
+void store__pool_move(int from, int to);
+/* store_schema_behind: the database's schema is older than this binary needs (PostgreSQL's schema
+ * check); false once a connection passed the check. */
+void store__schema_behind_set(bool behind);
+/* One single-pin read of ss: answered by the read cache (hit) or by the database (miss).
+ * memory_cache_hits_total or memory_cache_misses_total += 1, on ss's thread's cells. */
+void store__count_read(store_session *ss, bool hit);
 
 /* One embedded migration: store/migrations/<backend>/NNN_name.up.sql and its .down.sql, compiled
  * in by store/migrations/embed.cmake. Texts are NUL-terminated; lengths exclude the NUL. */

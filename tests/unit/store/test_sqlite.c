@@ -27,6 +27,7 @@
 #include "common/pbstruct.h"
 #include "common/timeutil.h"
 #include "fake_clock.h"
+#include "scrape.h"
 #include "store_fixture.h"
 #include "store/store.h"
 #include "store/sqlite.h"
@@ -327,12 +328,20 @@ static void test_sqlite_batch_that_cannot_begin_acknowledges_nothing(void **stat
     queue_upsert(fx->ss, "k0", "{\"v\":2}", ANY_VERSION, &r[0]);
     queue_upsert(fx->ss, "k1", "{}", ANY_VERSION, &r[1]);
     queue_delete(fx->ss, "k0", ANY_VERSION, &r[2]);
+    double busy = scrape_value("store_errors_total{kind=\"busy\"}", -1);
+    double io = scrape_value("store_errors_total{kind=\"io\"}", -1);
+    assert_true(busy >= 0 && io >= 0);
     loop_once(fx);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(r[i].calls, 1);
         assert_int_equal(r[i].err, PINS_ESTORE);
         assert_non_null(strstr(r[i].detail, "locked"));
     }
+    /* One failed BEGIN, counted as busy; the connection is idle again. */
+    assert_true(scrape_value("store_errors_total{kind=\"busy\"}", -1) == busy + 1);
+    assert_true(scrape_value("store_errors_total{kind=\"io\"}", -1) == io);
+    assert_true(scrape_value("store_pool_connections{state=\"busy\"}", -1) == 0);
+    assert_true(scrape_value("store_pool_connections{state=\"idle\"}", -1) >= 1);
     assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     pin_result g;
@@ -357,7 +366,9 @@ static void test_sqlite_batch_whose_commit_fails_acknowledges_nothing(void **sta
     queue_delete(fx->ss, "gone", ANY_VERSION, &r[2]);
     assert_int_equal(store_sqlite_fail_next_commit(fx->ss, SQLITE_IOERR_WRITE), 0);
     store_sqlite_stats before = stats(fx);
+    double io = scrape_value("store_errors_total{kind=\"io\"}", -1);
     loop_once(fx);
+    assert_true(scrape_value("store_errors_total{kind=\"io\"}", -1) == io + 1);
     assert_int_equal(stats(fx).write_commits, before.write_commits);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(r[i].calls, 1);

@@ -30,6 +30,7 @@
 #include "common/error.h"
 #include "store/store.h"
 #include "store/sqlite_int.h"
+#include "scrape.h"
 #include "store_fixture.h"
 
 #define SEC         INT64_C(1000000)
@@ -1958,12 +1959,72 @@ static void test_postgres_schema_behind_is_reported_apart_from_down(void **state
     assert_non_null(strstr(detail, "pinsctl migrate upgrade head"));
 }
 
+/* The store's families exist with every series from the open on, and single-pin reads are counted
+ * as cache hits or misses: SQLite's second read of a pin comes from its cache, PostgreSQL (no
+ * cache) counts every read as a miss. */
+static void test_metrics_show_from_the_open_and_count_cache_reads(void **state)
+{
+    fixture *fx = *state;
+    bool pg = database_url() != NULL;
+    const char *backend =
+        pg ? "store_info{backend=\"postgres\"}" : "store_info{backend=\"sqlite\"}";
+    assert_true(scrape_value(backend, -1) == 1);
+    static const char *const sqlite_kinds[] = {"busy", "io", "query", "schema"};
+    static const char *const pg_kinds[] = {"connect", "query", "timeout", "queue_full", "schema"};
+    const char *const *kinds = pg ? pg_kinds : sqlite_kinds;
+    size_t nkinds = pg ? 5 : 4;
+    char series[96];
+    for (size_t i = 0; i < nkinds; i++) {
+        snprintf(series, sizeof(series), "store_errors_total{kind=\"%s\"}", kinds[i]);
+        assert_true(scrape_value(series, -1) >= 0);
+    }
+    static const char *const states[] = {"idle", "busy", "connecting", "down"};
+    double conns = 0;
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(series, sizeof(series), "store_pool_connections{state=\"%s\"}", states[i]);
+        double v = scrape_value(series, -1);
+        assert_true(v >= 0);
+        conns += v;
+    }
+    assert_true(conns >= 1); /* the fixture's session holds at least one connection */
+    assert_true(scrape_value("memory_audit_writes_total{status=\"success\"}", -1) >= 0);
+    assert_true(scrape_value("memory_audit_writes_total{status=\"error\"}", -1) >= 0);
+    assert_true(scrape_value("store_schema_behind", -1) == 0);
+
+    double hits = scrape_value("memory_cache_hits_total", -1);
+    double misses = scrape_value("memory_cache_misses_total", -1);
+    double sized = scrape_value("memory_value_size_bytes_count", -1);
+    double big = scrape_value("memory_value_size_bytes_bucket{le=\"64\"}", -1);
+    assert_true(hits >= 0 && misses >= 0 && sized >= 0 && big >= 0);
+    char value[200];
+    snprintf(value, sizeof(value), "{\"v\":\"%0100d\"}", 7); /* 108 bytes */
+    assert_int_equal(upsert(fx, "m", value, NO_TTL, ANY_VERSION, T0, NULL), 0);
+    assert_true(scrape_value("memory_value_size_bytes_count", -1) == sized + 1);
+    assert_true(scrape_value("memory_value_size_bytes_bucket{le=\"64\"}", -1) == big);
+    assert_true(scrape_value("memory_value_size_bytes_bucket{le=\"256\"}", -1) >= 1);
+    store_fixture_close(fx); /* a new store: SQLite's cache starts empty */
+    store_fixture_open(fx);
+    assert_int_equal(get(fx, "m", T0, NULL), 0);
+    assert_int_equal(get(fx, "m", T0, NULL), 0);
+    assert_int_equal(get(fx, "absent", T0, NULL), PINS_ENOT_FOUND);
+    double hits2 = scrape_value("memory_cache_hits_total", -1);
+    double misses2 = scrape_value("memory_cache_misses_total", -1);
+    if (pg) {
+        assert_true(hits2 == hits);
+        assert_true(misses2 == misses + 3);
+    } else {
+        assert_true(hits2 == hits + 1);     /* the second read */
+        assert_true(misses2 == misses + 2); /* the first read and the absent pin */
+    }
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_upsert_creates_pin_with_version_one),
+        T(test_metrics_show_from_the_open_and_count_cache_reads),
         T(test_upsert_increments_version_and_keeps_created_at),
         T(test_upsert_ttl_counts_from_each_write),
         T(test_get_hides_expired_pin),
