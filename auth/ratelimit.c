@@ -157,8 +157,11 @@ struct ratelimit_worker {
 /* Process wide: one limiter per process; the gauge reads these at exposition time. */
 static metrics_family *decisions;
 static metrics_family *redis_up;
-static _Atomic int nworkers_redis; /* workers with a Redis connection to keep */
-static _Atomic int nworkers_up;    /* ... of which UP */
+static metrics_family *redis_configured;
+static metrics_family *throttled_tenants;
+static ratelimit__throttled throttled; /* tenants refused in the last minute */
+static _Atomic int nworkers_redis;     /* workers with a Redis connection to keep */
+static _Atomic int nworkers_up;        /* ... of which UP */
 
 static void conn_connect(ratelimit_worker *w);
 
@@ -168,6 +171,11 @@ static double on_redis_up_sample(void *arg)
 {
     int n = atomic_load(&nworkers_redis);
     return n > 0 && atomic_load(&nworkers_up) >= n ? 1.0 : 0.0;
+}
+
+static double on_throttled_sample(void *arg)
+{
+    return (double)ratelimit__throttled_count(&throttled, pins_time_mono_ns() / 1000000000);
 }
 
 static const char *const backends[] = {"redis", "local", "disabled"};
@@ -341,12 +349,14 @@ void ratelimit__redis_url_free(ratelimit__redis_url *u)
 
 /* ---- verdicts --------------------------------------------------------------------------- */
 
-/* Counts the decision and hands its verdict to the caller. */
-static void answer(ratelimit_worker *w, ratelimit_cb cb, void *arg, const ratelimit__decision *d,
-                   int backend)
+/* Counts the decision of tenant's call and hands its verdict to the caller. */
+static void answer(ratelimit_worker *w, const char *tenant, ratelimit_cb cb, void *arg,
+                   const ratelimit__decision *d, int backend)
 {
     ratelimit *rl = w->rl;
     count(w, d->allowed, backend);
+    if (!d->allowed)
+        ratelimit__throttled_note(&throttled, tenant, pins_time_mono_ns() / 1000000000);
     ratelimit_verdict v = {
         .allowed = d->allowed,
         .texts = &rl->texts,
@@ -366,7 +376,7 @@ static void decide_locally(ratelimit_worker *w, const char *tenant, ratelimit_cb
         /* No memory for a bucket: let the call through (fail-open) without claiming a count. */
         d = (ratelimit__decision){.allowed = true, .remaining = rl->burst - 1};
     }
-    answer(w, cb, arg, &d, BACKEND_LOCAL);
+    answer(w, tenant, cb, arg, &d, BACKEND_LOCAL);
 }
 
 /* ---- the Redis connection -------------------------------------------------------------------- */
@@ -686,7 +696,7 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
     ratelimit__decision d;
     while (!pins_list_is_empty(&ts->waiters) && ratelimit__lease_take(&ts->lease, now, &d)) {
         waiter wt = waiter_pop(w, ts);
-        answer(w, wt.cb, wt.arg, &d, BACKEND_REDIS);
+        answer(w, ts->tenant, wt.cb, wt.arg, &d, BACKEND_REDIS);
     }
     if (pins_list_is_empty(&ts->waiters))
         return;
@@ -695,7 +705,7 @@ static void on_lease_reply(redisAsyncContext *ac, void *r, void *privdata)
         ratelimit__lease_refusal(&ts->lease, &d);
         while (!pins_list_is_empty(&ts->waiters)) {
             waiter wt = waiter_pop(w, ts);
-            answer(w, wt.cb, wt.arg, &d, BACKEND_REDIS);
+            answer(w, ts->tenant, wt.cb, wt.arg, &d, BACKEND_REDIS);
         }
         return;
     }
@@ -802,11 +812,28 @@ int ratelimit_new(const pins_config *cfg, ratelimit **prl, char *err, size_t err
         redis_up =
             metrics_gauge_new("rate_limit_redis_up",
                               "1 when every worker's Redis connection is up, else 0.", NULL, 0);
-        if (decisions == NULL || redis_up == NULL) {
+        redis_configured = metrics_gauge_new(
+            "rate_limit_redis_configured",
+            "1 when REDIS_URL is set (the limiter shares its buckets through Redis), else 0.", NULL,
+            0);
+        throttled_tenants = metrics_gauge_new(
+            "rate_limit_throttled_tenants",
+            "Distinct tenants refused by the rate limiter in the last 60 seconds (at most 1024).",
+            NULL, 0);
+        if (decisions == NULL || redis_up == NULL || redis_configured == NULL ||
+            throttled_tenants == NULL) {
             ratelimit_free(rl);
             return PINS_ENOMEM;
         }
         metrics_gauge_set_cb(redis_up, NULL, on_redis_up_sample, NULL);
+        metrics_gauge_set_cb(throttled_tenants, NULL, on_throttled_sample, NULL);
+        /* Every decision's series from the start, so that increase() sees the first refusal. */
+        for (size_t b = 0; b < sizeof(backends) / sizeof(backends[0]); b++) {
+            for (int allowed = b == BACKEND_DISABLED; allowed < 2; allowed++) {
+                const char *v[] = {allowed ? "allowed" : "limited", backends[b]};
+                metrics_counter_add(decisions, v, 0);
+            }
+        }
     }
     if (rl->rpm > 0) {
         if (rl->burst == rl->rpm)
@@ -847,6 +874,7 @@ int ratelimit_new(const pins_config *cfg, ratelimit **prl, char *err, size_t err
             snprintf(rl->where, sizeof(rl->where), "%s:%d/%d", rl->url.host, rl->url.port,
                      rl->url.db);
     }
+    metrics_gauge_set(redis_configured, NULL, rl->use_redis ? 1 : 0);
     *prl = rl;
     return 0;
 }
@@ -939,7 +967,7 @@ void ratelimit_check(ratelimit_worker *w, const char *tenant, pins_arena *a, rat
     }
     ratelimit__decision d;
     if (ts->nwaiting == 0 && ratelimit__lease_take(&ts->lease, now, &d)) {
-        answer(w, cb, arg, &d, BACKEND_REDIS);
+        answer(w, tenant, cb, arg, &d, BACKEND_REDIS);
         return;
     }
     if (wait_for_lease(w, ts, a, cb, arg, now) != 0)

@@ -7,6 +7,7 @@
 #ifndef PINS_AUTH_RATELIMIT_INT_H
 #define PINS_AUTH_RATELIMIT_INT_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -99,5 +100,27 @@ void ratelimit__redis_url_free(ratelimit__redis_url *u);
  * takes min(wanted, whole tokens available) and replies {granted, remaining, reset_ms,
  * retry_ms}, retry_ms being 0 while a whole token is left). */
 extern const char ratelimit__script[];
+
+/* ---- ratelimit_throttled.c: distinct tenants refused in the last minute ------------------------
+ *
+ * rate_limit_throttled_tenants counts the distinct tenants the limiter refused within the last
+ * RATELIMIT__THROTTLED_WINDOW_S seconds, in bounded memory and without tenant names: a fixed table
+ * of RATELIMIT__THROTTLED_SLOTS slots, each a 64-bit hash of a tenant and the second it was last
+ * refused, claimed and refreshed with atomics (no lock; any thread). A tenant whose probe sequence
+ * meets no free or stale slot is not recorded: the count saturates at the table size. The allowed
+ * path never touches it. */
+#define RATELIMIT__THROTTLED_SLOTS    1024 /* a power of two */
+#define RATELIMIT__THROTTLED_WINDOW_S 60
+#define RATELIMIT__THROTTLED_PROBES   64
+
+typedef struct ratelimit__throttled {
+    _Atomic uint64_t hash[RATELIMIT__THROTTLED_SLOTS]; /* 0: never used */
+    _Atomic int64_t last_s[RATELIMIT__THROTTLED_SLOTS];
+} ratelimit__throttled;
+
+/* Records that tenant was refused at now_s (a monotonic second). */
+void ratelimit__throttled_note(ratelimit__throttled *t, const char *tenant, int64_t now_s);
+/* The tenants recorded in (now_s - RATELIMIT__THROTTLED_WINDOW_S, now_s]. */
+int ratelimit__throttled_count(ratelimit__throttled *t, int64_t now_s);
 
 #endif

@@ -1,5 +1,6 @@
 /* tests/unit/auth/test_ratelimit.c: the local token buckets (auth/ratelimit_local.c) with a fake
- * clock, REDIS_URL parsing, and the limiter's /ready line without Redis. */
+ * clock, REDIS_URL parsing, the limiter's /ready line without Redis, and the set of throttled
+ * tenants behind rate_limit_throttled_tenants (auth/ratelimit_throttled.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #include "common/config.h"
 #include "common/error.h"
 #include "fake_clock.h"
+#include "scrape.h"
 
 #define SEC 1000000000ll
 
@@ -507,6 +509,93 @@ static void test_leases_never_admit_more_than_the_bucket(void **state)
     assert_true(aged.tokens < 100000 - 100);
 }
 
+/* ---- rate_limit_throttled_tenants ------------------------------------------------------------ */
+
+static ratelimit__throttled *new_throttled(void)
+{
+    ratelimit__throttled *t = calloc(1, sizeof(*t));
+    assert_non_null(t);
+    return t;
+}
+
+static void test_throttled_counts_distinct_tenants_once(void **state)
+{
+    ratelimit__throttled *t = new_throttled();
+    assert_int_equal(ratelimit__throttled_count(t, 1000), 0);
+    ratelimit__throttled_note(t, "a", 1000);
+    ratelimit__throttled_note(t, "a", 1000);
+    ratelimit__throttled_note(t, "a", 1001);
+    assert_int_equal(ratelimit__throttled_count(t, 1001), 1);
+    ratelimit__throttled_note(t, "b", 1001);
+    assert_int_equal(ratelimit__throttled_count(t, 1001), 2);
+    /* A clock still near its start (a freshly booted host) counts the same. */
+    ratelimit__throttled *young = new_throttled();
+    ratelimit__throttled_note(young, "a", 0);
+    assert_int_equal(ratelimit__throttled_count(young, 0), 1);
+    assert_int_equal(ratelimit__throttled_count(young, 5), 1);
+    free(young);
+    free(t);
+}
+
+static void test_throttled_forgets_tenants_after_the_window(void **state)
+{
+    ratelimit__throttled *t = new_throttled();
+    ratelimit__throttled_note(t, "a", 1000);
+    ratelimit__throttled_note(t, "b", 1030);
+    assert_int_equal(ratelimit__throttled_count(t, 1059), 2);
+    assert_int_equal(ratelimit__throttled_count(t, 1060), 1); /* a: 60 s ago */
+    /* Refused again: counted again, in the slot it had (no second entry). */
+    ratelimit__throttled_note(t, "a", 1061);
+    assert_int_equal(ratelimit__throttled_count(t, 1061), 2);
+    assert_int_equal(ratelimit__throttled_count(t, 1090), 1); /* b gone, a still there */
+    assert_int_equal(ratelimit__throttled_count(t, 1121), 0);
+    free(t);
+}
+
+static void test_throttled_saturates_in_fixed_memory(void **state)
+{
+    ratelimit__throttled *t = new_throttled();
+    char name[32];
+    for (int i = 0; i < 4 * RATELIMIT__THROTTLED_SLOTS; i++) {
+        snprintf(name, sizeof(name), "tenant-%d", i);
+        ratelimit__throttled_note(t, name, 500);
+    }
+    int n = ratelimit__throttled_count(t, 500);
+    assert_true(n <= RATELIMIT__THROTTLED_SLOTS);
+    assert_true(n >= RATELIMIT__THROTTLED_SLOTS * 9 / 10); /* nearly every slot is in use */
+    /* A minute later the slots are free again for new tenants. */
+    ratelimit__throttled_note(t, "late", 561);
+    assert_int_equal(ratelimit__throttled_count(t, 561), 1);
+    free(t);
+}
+
+/* Through the limiter: refusals, not allowed calls, make the gauge; the exposition shows it. */
+static void test_check_refusals_show_in_the_throttled_gauge(void **state)
+{
+    fake_clock_install();
+    limiter l;
+    limiter_start(&l, 60, 1);
+    double before = scrape_value("rate_limit_throttled_tenants", -1);
+    assert_true(before >= 0);
+    assert_true(check(l.w, l.a, "thr-a").allowed);
+    assert_true(check(l.w, l.a, "thr-b").allowed);
+    assert_true(scrape_value("rate_limit_throttled_tenants", -1) == before);
+    assert_false(check(l.w, l.a, "thr-a").allowed);
+    assert_false(check(l.w, l.a, "thr-a").allowed);
+    assert_true(scrape_value("rate_limit_throttled_tenants", -1) == before + 1);
+    assert_false(check(l.w, l.a, "thr-b").allowed);
+    assert_true(scrape_value("rate_limit_throttled_tenants", -1) == before + 2);
+    assert_true(scrape_value("rate_limit_redis_configured", -1) == 0);
+    assert_true(scrape_value("rate_limit_decisions_total{decision=\"limited\",backend=\"redis\"}",
+                             -1) == 0);
+    /* Two minutes on, past the window of these refusals and of those earlier tests made at most a
+     * few fake seconds ahead of this clock. */
+    fake_clock_advance_ms(120000);
+    assert_true(scrape_value("rate_limit_throttled_tenants", -1) == 0);
+    limiter_stop(&l);
+    fake_clock_uninstall();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -525,6 +614,10 @@ int main(void)
         cmocka_unit_test(test_lease_size_adapts_to_the_burst_and_the_bucket),
         cmocka_unit_test(test_lease_spends_locally_and_reports_the_bucket),
         cmocka_unit_test(test_leases_never_admit_more_than_the_bucket),
+        cmocka_unit_test(test_throttled_counts_distinct_tenants_once),
+        cmocka_unit_test(test_throttled_forgets_tenants_after_the_window),
+        cmocka_unit_test(test_throttled_saturates_in_fixed_memory),
+        cmocka_unit_test(test_check_refusals_show_in_the_throttled_gauge),
     };
     return cmocka_run_group_tests_name("auth/ratelimit", tests, NULL, NULL);
 }
