@@ -91,3 +91,7 @@ def metric_names(expr):
     for m in re.finditer(r'__name__\s*=\s*"([^"]+)"', expr):
         names.add(m.group(1))
     return names
+
+
+# The name tests/ops/test_prometheus_pinsd.py calls.
+panel_queries = queries
