@@ -118,6 +118,10 @@ static void metrics_init(void)
         "RBAC denials counted in another audit row instead of a row of their own.", cause, 1);
     m_retention = metrics_counter_new("audit_retention_deleted_total",
                                       "Audit rows deleted by the retention.", table, 1);
+    /* Every outcome from the start, so that rates and increase() see the first failure. */
+    static const char *const statuses[] = {"success", "error", "dropped"};
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+        metrics_counter_add(m_rbac, &statuses[i], 0);
 }
 
 enum { AGG_IDENTICAL, AGG_OVER_BUDGET };

@@ -96,6 +96,20 @@ typedef struct rpc_rate {
     int64_t retry_after_s; /* refused: seconds until a token is back; else 0 */
 } rpc_rate;
 
+/* The protocol a call arrived in, set by the protocol mapping that gives the call its method
+ * (protocols/), for rpc_requests_total{protocol} and rpc_request_duration_seconds{protocol}. A
+ * call left at RPC_PROTOCOL_NONE (test doubles) is not counted there. gRPC with JSON messages
+ * (application/grpc+json) is RPC_PROTOCOL_GRPC; Connect unary and streaming RPC_PROTOCOL_CONNECT.
+ */
+typedef enum rpc_protocol {
+    RPC_PROTOCOL_NONE,
+    RPC_PROTOCOL_GRPC,
+    RPC_PROTOCOL_GRPC_WEB,
+    RPC_PROTOCOL_CONNECT,
+    RPC_PROTOCOL_REST,
+    RPC_PROTOCOL_COUNT
+} rpc_protocol;
+
 enum {
     RPC_CALL_DISPATCHED = 1u << 0, /* the handler owns a reference */
     RPC_CALL_FINISHED = 1u << 1,   /* the response status has been sent (or dropped) */
@@ -139,9 +153,10 @@ struct rpc_call {
     /* Authorisation (rpc/dispatch.c, auth/auth.h): the RBAC verdict for a guarded method, in the
      * call's arena; NULL for unguarded methods and before dispatch. */
     const struct auth_decision *auth;
-    rpc_origin origin; /* set by the REST transport */
-    rpc_deny deny;     /* set by the dispatcher when RBAC refused the call */
-    rpc_rate rate;     /* set by the dispatcher from the rate limiter's verdict */
+    rpc_origin origin;     /* set by the REST transport */
+    rpc_deny deny;         /* set by the dispatcher when RBAC refused the call */
+    rpc_rate rate;         /* set by the dispatcher from the rate limiter's verdict */
+    rpc_protocol protocol; /* set by the protocol mapping */
 };
 
 /* A new call for method on worker, with its own arena. The transport holds the one reference.
@@ -213,6 +228,7 @@ struct rpc_worker {
     pins_list health_watches;            /* open health Watch streams (rpc/health.c) */
     struct rpc__watch_worker *watch_hub; /* WatchPins streams and their inbox (rpc/watch.c) */
     struct rpc__mcache *mcache;          /* metric cells per method (rpc/rpc_metrics.c) */
+    struct rpc__pcache *pcache;          /* metric cells per protocol (rpc/rpc_metrics.c) */
     size_t arena_limit;                  /* the limit of every transport call arena */
     pins_arena *arena_pool[RPC_ARENA_POOL];
     size_t narena_pool;

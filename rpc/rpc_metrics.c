@@ -1,5 +1,6 @@
-/* rpc/rpc_metrics.c: the grpc_server_* families and memory_pins_operations_total / latency,
- * recorded once per call by the dispatcher and the call funnel. */
+/* rpc/rpc_metrics.c: the grpc_server_* families, memory_pins_operations_total / latency and
+ * rpc_requests_total / rpc_request_duration_seconds by protocol, recorded once per call by the
+ * dispatcher and the call funnel. */
 #include "rpc/rpc_int.h"
 
 #include "observability/metrics.h"
@@ -11,6 +12,16 @@ static metrics_family *handled;
 static metrics_family *handling;
 static metrics_family *ops;
 static metrics_family *latency;
+static metrics_family *requests;
+static metrics_family *request_seconds;
+
+/* rpc_protocol's label values. */
+static const char *const protocol_names[RPC_PROTOCOL_COUNT] = {
+    [RPC_PROTOCOL_GRPC] = "grpc",
+    [RPC_PROTOCOL_GRPC_WEB] = "grpc_web",
+    [RPC_PROTOCOL_CONNECT] = "connect",
+    [RPC_PROTOCOL_REST] = "rest",
+};
 
 void rpc__metrics_init(void)
 {
@@ -32,6 +43,24 @@ void rpc__metrics_init(void)
                             "Memory pin operations by outcome (client errors not counted).", os, 2);
     latency = metrics_histogram_new("memory_pins_latency_seconds", "Memory pin operation latency.",
                                     o, 1, metrics_latency_buckets, metrics_latency_nbuckets);
+    static const char *const pc[] = {"protocol", "grpc_code"};
+    static const char *const p[] = {"protocol"};
+    requests = metrics_counter_new(
+        "rpc_requests_total", "RPCs completed, by the protocol they arrived in and status code.",
+        pc, 2);
+    request_seconds = metrics_histogram_new(
+        "rpc_request_duration_seconds", "Time from dispatch to the final status, by protocol.", p,
+        1, metrics_latency_buckets, metrics_latency_nbuckets);
+    /* Every series from the start, so that rates and increase() see the first call. */
+    for (int i = RPC_PROTOCOL_NONE + 1; i < RPC_PROTOCOL_COUNT; i++) {
+        for (int code = 0; code <= 16; code++) {
+            const char *v[] = {protocol_names[i], pins_grpc_code_name(code)};
+            metrics_counter_add(requests, v, 0);
+        }
+        const char *v[] = {protocol_names[i]};
+        (void)metrics_cell_get(request_seconds, v); /* creates the series, empty */
+    }
+    rpc__watch_metrics_init();
 }
 
 /* A worker's cells, one row per method of the table, filled on first use: the label lookup of
@@ -45,6 +74,14 @@ struct rpc__mcache {
     bool handled_set[17];
     metrics_cell *ops[3]; /* success, not_found, error */
     bool ops_set[3];
+};
+
+/* A worker's cells of rpc_requests_total and rpc_request_duration_seconds, by protocol and code. */
+struct rpc__pcache {
+    metrics_cell *requests[RPC_PROTOCOL_COUNT][17];
+    bool requests_set[RPC_PROTOCOL_COUNT][17];
+    metrics_cell *seconds[RPC_PROTOCOL_COUNT];
+    bool seconds_set[RPC_PROTOCOL_COUNT];
 };
 
 static struct rpc__mcache *row_of(rpc_worker *w, const rpc_method *m)
@@ -65,6 +102,35 @@ void rpc__metrics_worker_free(rpc_worker *w)
 {
     free(w->mcache);
     w->mcache = NULL;
+    free(w->pcache);
+    w->pcache = NULL;
+}
+
+void rpc__metrics_protocol(rpc_worker *w, rpc_protocol protocol, int grpc_code, double seconds)
+{
+    if (protocol <= RPC_PROTOCOL_NONE || protocol >= RPC_PROTOCOL_COUNT)
+        return;
+    if (grpc_code < 0 || grpc_code > 16)
+        grpc_code = 2;
+    const char *v[] = {protocol_names[protocol], pins_grpc_code_name(grpc_code)};
+    if (w->pcache == NULL)
+        w->pcache = calloc(1, sizeof(*w->pcache));
+    struct rpc__pcache *c = w->pcache;
+    if (c == NULL) {
+        metrics_counter_inc(requests, v);
+        metrics_histogram_observe(request_seconds, v, seconds);
+        return;
+    }
+    if (!c->requests_set[protocol][grpc_code]) {
+        c->requests[protocol][grpc_code] = metrics_cell_get(requests, v);
+        c->requests_set[protocol][grpc_code] = true;
+    }
+    if (!c->seconds_set[protocol]) {
+        c->seconds[protocol] = metrics_cell_get(request_seconds, v);
+        c->seconds_set[protocol] = true;
+    }
+    metrics_cell_add(c->requests[protocol][grpc_code], 1);
+    metrics_cell_observe(request_seconds, c->seconds[protocol], seconds);
 }
 
 void rpc__metrics_started(rpc_worker *w, const rpc_method *m)

@@ -13,6 +13,7 @@
 
 #include "auth/auth.h"
 #include "common/list.h"
+#include "observability/metrics.h"
 #include "rpc/rpc_int.h"
 
 /* Buckets of the principal table (a power of two). */
@@ -58,9 +59,12 @@ struct rpc__watch_worker {
     struct timeval heartbeat_tv;
     pins_list subs; /* of sub, newest first; worker thread only */
     _Atomic int nsubs;
+    metrics_cell *sent; /* watch_events_sent_total, the worker's cell (got on its thread) */
+    bool sent_set;
 };
 
 static _Atomic int total; /* changed under principals_mu */
+static metrics_family *m_active, *m_sent, *m_refused;
 static pthread_mutex_t principals_mu = PTHREAD_MUTEX_INITIALIZER;
 static principal *principals[PRINCIPAL_BUCKETS];
 
@@ -72,6 +76,26 @@ static void event_unref(event_msg *e)
     free(e->key);
     free(e->msg);
     free(e);
+}
+
+static double active_gauge(void *arg)
+{
+    return (double)atomic_load_explicit(&total, memory_order_relaxed);
+}
+
+void rpc__watch_metrics_init(void)
+{
+    if (m_active != NULL)
+        return;
+    m_active = metrics_gauge_new("watch_streams_active", "WatchPins streams open.", NULL, 0);
+    metrics_gauge_set_cb(m_active, NULL, active_gauge, NULL);
+    m_sent = metrics_counter_new("watch_events_sent_total",
+                                 "Pin change events sent on WatchPins streams.", NULL, 0);
+    m_refused = metrics_counter_new(
+        "watch_streams_refused_total",
+        "WatchPins streams refused because PINS_WATCH_MAX or PINS_WATCH_MAX_PER_PRINCIPAL was "
+        "reached.",
+        NULL, 0);
 }
 
 bool rpc_watch_active(void)
@@ -172,6 +196,16 @@ static void end_sub(rpc__watch_worker *ww, sub *s, int rv)
         rpc_call_fail(call, rv, NULL);
 }
 
+/* watch_events_sent_total += 1, on the worker's cell. */
+static void count_sent(rpc__watch_worker *ww)
+{
+    if (!ww->sent_set) {
+        ww->sent = metrics_cell_get(m_sent, NULL);
+        ww->sent_set = true;
+    }
+    metrics_cell_add(ww->sent, 1);
+}
+
 static void deliver(rpc__watch_worker *ww, const event_msg *e)
 {
     for (pins_list *p = ww->subs.next, *next; p != &ww->subs; p = next) {
@@ -182,6 +216,8 @@ static void deliver(rpc__watch_worker *ww, const event_msg *e)
             int rv = rpc_call_send_packed(s->call, e->msg, e->len);
             if (rv != 0)
                 end_sub(ww, s, rv);
+            else
+                count_sent(ww);
         }
     }
 }
@@ -288,6 +324,7 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
     bool per_principal = false;
     int rv = slot_take(cfg, who, &s->owner, &per_principal);
     if (rv == PINS_ERESOURCE_EXHAUSTED) {
+        metrics_counter_inc(m_refused, NULL);
         *pwhy = per_principal ? pins_arena_printf(a,
                                                   "too many watch streams are open for this "
                                                   "caller (at most %d)",

@@ -16,6 +16,7 @@
 #include "auth/ratelimit.h"
 #include "common/error.h"
 #include "fake_call.h"
+#include "scrape.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "rpc/rpc_int.h"
@@ -835,6 +836,53 @@ static void test_call_headers_are_visible_to_the_handler(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+/* rpc_requests_total and rpc_request_duration_seconds count a call under the protocol its mapping
+ * set, with its status code; every protocol's series exist before any call. A call of no protocol
+ * (the fake transport's default) is not counted there. */
+static void test_dispatch_counts_calls_by_protocol_and_code(void **state)
+{
+    fake_env *env = *state;
+    static const char *const protocols[] = {"grpc", "grpc_web", "connect", "rest"};
+    char series[128];
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(series, sizeof(series), "rpc_requests_total{protocol=\"%s\",grpc_code=\"OK\"}",
+                 protocols[i]);
+        assert_true(scrape_value(series, -1) >= 0);
+        snprintf(series, sizeof(series),
+                 "rpc_requests_total{protocol=\"%s\",grpc_code=\"DEADLINE_EXCEEDED\"}",
+                 protocols[i]);
+        assert_true(scrape_value(series, -1) >= 0);
+        snprintf(series, sizeof(series), "rpc_request_duration_seconds_count{protocol=\"%s\"}",
+                 protocols[i]);
+        assert_true(scrape_value(series, -1) >= 0);
+    }
+    const char *rest_ok = "rpc_requests_total{protocol=\"rest\",grpc_code=\"OK\"}";
+    const char *web_late =
+        "rpc_requests_total{protocol=\"grpc_web\",grpc_code=\"DEADLINE_EXCEEDED\"}";
+    const char *rest_n = "rpc_request_duration_seconds_count{protocol=\"rest\"}";
+    double ok0 = scrape_value(rest_ok, -1), late0 = scrape_value(web_late, -1);
+    double n0 = scrape_value(rest_n, -1), all0 = scrape_family_sum("rpc_requests_total");
+
+    fake_call *fc = fake_call_new(env, CHECK_PATH, NULL, NULL);
+    fake_call_rpc(fc)->protocol = RPC_PROTOCOL_REST;
+    fake_call_dispatch(fc);
+    assert_int_equal(fake_call_err(fc), 0);
+    fake_call_free(fc);
+    fc = fake_call_new(env, CHECK_PATH, NULL, NULL);
+    fake_call_rpc(fc)->protocol = RPC_PROTOCOL_GRPC_WEB;
+    fake_call_set_deadline_ns(fc, pins_time_mono_ns() - 1);
+    fake_call_dispatch(fc);
+    assert_int_equal(fake_call_err(fc), PINS_EDEADLINE_EXCEEDED);
+    fake_call_free(fc);
+    fc = fake_call_run(env, CHECK_PATH, NULL, NULL); /* RPC_PROTOCOL_NONE */
+    fake_call_free(fc);
+
+    assert_true(scrape_value(rest_ok, -1) == ok0 + 1);
+    assert_true(scrape_value(web_late, -1) == late0 + 1);
+    assert_true(scrape_value(rest_n, -1) == n0 + 1);
+    assert_true(scrape_family_sum("rpc_requests_total") == all0 + 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -842,6 +890,7 @@ int main(void)
         T(test_method_find_compares_only_len_bytes),
         T(test_method_table_rows_match_their_paths_and_descriptors),
         T(test_dispatch_rejects_expired_deadline_before_handler),
+        T(test_dispatch_counts_calls_by_protocol_and_code),
         T(test_dispatch_rejects_zero_grpc_timeout_before_handler),
         T(test_dispatch_runs_handler_within_deadline_without_leaving_a_timer),
         T(test_dispatch_expires_a_handler_that_outlives_its_deadline),

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "fake_call.h"
+#include "scrape.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "rpc/rpc_int.h"
 #include "rpc/watch.h"
@@ -81,14 +82,21 @@ static void test_watch_refuses_past_the_process_total(void **state)
 {
     fake_env *env = *state;
     fake_env_config(env)->watch_max = 2;
+    double refused = scrape_value("watch_streams_refused_total", -1);
+    assert_true(refused >= 0);
+    assert_true(scrape_value("watch_streams_active", -1) == 0);
     fake_call *a1 = watch(env, NULL);
     fake_call *m1 = watch(env, machine);
     assert_false(fake_call_finished(a1));
     assert_false(fake_call_finished(m1));
+    assert_true(scrape_value("watch_streams_active", -1) == 2);
     expect_refused(watch(env, machine), "too many watch streams are open (at most 2)");
+    assert_true(scrape_value("watch_streams_refused_total", -1) == refused + 1);
+    assert_true(scrape_value("watch_streams_active", -1) == 2);
     fake_call_free(a1);
     fake_call_free(m1);
     assert_false(rpc_watch_active());
+    assert_true(scrape_value("watch_streams_active", -1) == 0);
 }
 
 static void test_watch_gives_the_transport_its_pending_bound(void **state)

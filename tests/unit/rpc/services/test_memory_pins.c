@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/pbstruct.h"
 #include "fake_call.h"
+#include "scrape.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
 #include "rpc/watch.h"
 
@@ -1087,8 +1088,11 @@ static void test_watch_pins_streams_puts_and_deletes_of_its_tenant_and_prefix(vo
     Memorypins__V1__WatchPinsRequest w = MEMORYPINS__V1__WATCH_PINS_REQUEST__INIT;
     w.tenant_id = "tw";
     w.prefix = "a:";
+    double sent = scrape_value("watch_events_sent_total", -1);
+    assert_true(sent >= 0);
     fake_call *watch = fake_call_run(fx->env, SVC "WatchPins", &w.base, NULL);
     assert_false(fake_call_finished(watch)); /* the stream stays open */
+    assert_true(scrape_value("watch_streams_active", -1) == 1);
 
     put(fx, "tw", "a:1", NO_TTL);
     put(fx, "tw", "b:1", NO_TTL);    /* other prefix */
@@ -1111,6 +1115,7 @@ static void test_watch_pins_streams_puts_and_deletes_of_its_tenant_and_prefix(vo
     assert_int_equal(event_at(watch, 2)->type,
                      MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_DELETE);
     assert_string_equal(event_at(watch, 2)->pin->tenant_id, "tw");
+    assert_true(scrape_value("watch_events_sent_total", -1) == sent + 3);
 
     assert_true(rpc_watch_active());
     fake_call_detach(watch); /* the client leaves: the subscription ends with the stream */
