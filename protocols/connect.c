@@ -668,6 +668,7 @@ int proto__rpc_begin(proto__exchange *ex, const rpc_method *m)
     rpc_call *call = ex->call;
     call->method = m;
     call->transport = ex->s;
+    call->protocol = proto__call_protocol(ex->proto);
     if (ex->proto == PROTO__CONNECT) {
         call->ops = &unary_ops;
         ex->resp_content_type = ex->json ? "application/json" : "application/proto";

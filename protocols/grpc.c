@@ -344,6 +344,7 @@ proto_body_mode proto__grpc_begin(proto_stream *s)
         return PROTO_BODY_DROP; /* the transport resets the stream */
     s->proto_data = g;
     call->ops = &grpc_ops;
+    call->protocol = RPC_PROTOCOL_GRPC;
     call->transport = s;
     s->body_max =
         (size_t)call->worker->server->cfg->max_request_bytes + PROTO_GRPC_FRAME_HEADER + 16384;

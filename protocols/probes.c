@@ -1,5 +1,6 @@
 /* protocols/probes.c: /health, /ready (alias /health/ready) and /metrics, for every HTTP version.
- * Never guarded by RBAC. /ready asks the store for a real round trip. */
+ * Never guarded by RBAC. /ready asks the store for a real round trip; so does /metrics, whose
+ * pins_ready gauge is the verdict /ready would give at that moment. */
 #include "protocols/protocols_int.h"
 
 #include <stdio.h>
@@ -12,19 +13,62 @@
 #include "rpc/core.h"
 #include "store/store.h"
 
+/* How long the store may take to answer the ping of a scrape: past it pins_ready is 0 and the
+ * scrape is answered, so a hung database does not make the scrape itself time out. */
+#define METRICS_PING_NS (INT64_C(1000000000))
+
 typedef struct ready_ctx {
     proto__http_done_cb done;
     void *arg;
     pins_arena *arena;
     store_session *ss; /* for the reason of a store that is down */
     bool draining;
+    bool metrics;      /* a scrape: answer with the exposition, not the /ready body */
     const char *redis; /* the rate limiter's Redis: ok, disabled, down (fail-open) */
 } ready_ctx;
+
+static metrics_family *m_ready;
+
+void proto__probes_metrics_init(void)
+{
+    if (m_ready != NULL)
+        return;
+    m_ready = metrics_gauge_new("pins_ready",
+                                "1 when /ready would answer 200 (the store answers and the "
+                                "server is not draining), else 0.",
+                                NULL, 0);
+    metrics_gauge_set(m_ready, NULL, 0);
+}
+
+static void answer_metrics(ready_ctx *r)
+{
+    proto__http_answer ans = {.status = 200};
+    size_t len = 0;
+    char *text = metrics_render(&len);
+    char *copy = text ? pins_arena_strndup(r->arena, text, len) : NULL;
+    free(text);
+    if (copy == NULL) {
+        ans.status = 500;
+        ans.content_type = "application/json";
+        ans.body = "{\"detail\":\"out of memory\",\"code\":13,\"message\":\"internal error\"}";
+        ans.body_len = strlen(ans.body);
+    } else {
+        ans.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        ans.body = copy;
+        ans.body_len = len;
+    }
+    r->done(&ans, r->arg);
+}
 
 static void on_ping(void *arg, int err, int64_t count)
 {
     ready_ctx *r = arg;
     bool ok = err == 0 && !r->draining;
+    metrics_gauge_set(m_ready, NULL, ok ? 1 : 0);
+    if (r->metrics) {
+        answer_metrics(r);
+        return;
+    }
     const char *state = err == 0                             ? "ok"
                         : store_session_schema_behind(r->ss) ? "schema_behind"
                                                              : "down";
@@ -77,7 +121,8 @@ bool proto__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const
         done(&ans, arg);
         return true;
     }
-    case READY: {
+    case READY:
+    case METRICS: {
         ready_ctx *r = pins_arena_alloc(a, sizeof(*r));
         if (r == NULL) {
             ans.status = 503;
@@ -91,26 +136,15 @@ bool proto__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const
                          .arena = a,
                          .ss = w->store,
                          .draining = atomic_load(&w->server->draining) != 0,
+                         .metrics = which == METRICS,
                          .redis = ratelimit_redis_check(w->server->ratelimit)};
-        if (store_ping(w->store, on_ping, r) != 0)
+        if (r->metrics)
+            store_session_set_deadline(w->store, pins_time_mono_ns() + METRICS_PING_NS);
+        int rv = store_ping(w->store, on_ping, r);
+        if (r->metrics)
+            store_session_set_deadline(w->store, 0);
+        if (rv != 0)
             on_ping(r, PINS_ESTORE, 0);
-        return true;
-    }
-    case METRICS: {
-        size_t len = 0;
-        char *text = metrics_render(&len);
-        char *copy = text ? pins_arena_strndup(a, text, len) : NULL;
-        free(text);
-        if (copy == NULL) {
-            ans.status = 500;
-            ans.body = "{\"detail\":\"out of memory\",\"code\":13,\"message\":\"internal error\"}";
-            ans.body_len = strlen(ans.body);
-        } else {
-            ans.content_type = "text/plain; version=0.0.4; charset=utf-8";
-            ans.body = copy;
-            ans.body_len = len;
-        }
-        done(&ans, arg);
         return true;
     }
     }

@@ -33,6 +33,12 @@ static void metrics_init(void)
         metrics_latency_buckets, metrics_latency_nbuckets);
 }
 
+void proto_metrics_init(void)
+{
+    pthread_once(&metrics_once, metrics_init);
+    proto__probes_metrics_init();
+}
+
 static const char *method_label(const char *m)
 {
     static const char *const known[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"};
@@ -417,6 +423,24 @@ out:
     rpc_call_unref(call);
 }
 
+rpc_protocol proto__call_protocol(proto__kind k)
+{
+    switch (k) {
+    case PROTO__REST:
+        return RPC_PROTOCOL_REST;
+    case PROTO__CONNECT:
+    case PROTO__CONNECT_STREAM:
+        return RPC_PROTOCOL_CONNECT;
+    case PROTO__GRPC_WEB:
+        return RPC_PROTOCOL_GRPC_WEB;
+    case PROTO__GRPC_JSON:
+        return RPC_PROTOCOL_GRPC;
+    case PROTO__PLAIN:
+        break;
+    }
+    return RPC_PROTOCOL_NONE;
+}
+
 bool proto_headers_or_reply(proto_stream *s)
 {
     rpc_call *call = s->call;
@@ -429,8 +453,11 @@ bool proto_headers_or_reply(proto_stream *s)
         m = rpc_method_find(mt.route->rpc, strlen(mt.route->rpc));
         /* the audit row names the REST route */
         call->origin = (rpc_origin){.route = mt.route->pattern, .http_method = mt.route->method};
+        call->protocol = RPC_PROTOCOL_REST;
     } else if (strcmp(s->method, "POST") == 0) {
         m = rpc_method_find(s->path, plen);
+        bool json = false, text = false;
+        call->protocol = proto__call_protocol(proto__rpc_proto(s, &json, &text));
     }
     if (m == NULL)
         return true; /* probes, /openapi.json, CORS, 404 and 405: answered with the request */

@@ -181,4 +181,9 @@ void proto_reject(proto_stream *s, int err, const char *message);
 int proto_respond(proto_stream *s, int status, const char *content_type, const char *body,
                   size_t body_len, const rpc_header *extra, size_t nextra);
 
+/* Registers the protocol layer's metric families (http_requests_total,
+ * http_request_duration_seconds, pins_ready) so that they show from the first scrape. Once per
+ * process, before the workers start; calling it again does nothing. */
+void proto_metrics_init(void);
+
 #endif

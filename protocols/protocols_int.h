@@ -30,6 +30,10 @@ typedef enum proto__kind {
                                (streams whose ops have end_trailers) */
 } proto__kind;
 
+/* The rpc_protocol (rpc/core.h) a call of kind k is counted under (RPC_PROTOCOL_NONE for
+ * PROTO__PLAIN). */
+rpc_protocol proto__call_protocol(proto__kind k);
+
 /* At most this many {name} placeholders in one route pattern. */
 #define PROTO__MAX_PARAMS 2
 
@@ -232,8 +236,11 @@ typedef struct proto__http_answer {
     size_t body_len;
     const char *allow; /* for 405 */
 } proto__http_answer;
+/* Registers pins_ready (once per process; proto_metrics_init). */
+void proto__probes_metrics_init(void);
 /* Answers GET/HEAD of the probe paths; returns false when path is not a probe path. Completes
- * asynchronously for /ready: done(answer, arg) is called exactly once (possibly before return). */
+ * asynchronously for /ready and /metrics (both ask the store for a round trip first):
+ * done(answer, arg) is called exactly once (possibly before return). */
 typedef void (*proto__http_done_cb)(const proto__http_answer *answer, void *arg);
 bool proto__probe_handle(rpc_worker *w, pins_arena *a, const char *method, const char *path,
                          proto__http_done_cb done, void *arg);

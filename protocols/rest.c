@@ -468,6 +468,7 @@ void proto__rest_serve(proto__exchange *ex, const proto__match *m, const char *q
     }
     call->method = method;
     call->origin = (rpc_origin){.route = r->pattern, .http_method = r->method};
+    call->protocol = RPC_PROTOCOL_REST;
     call->ops = &rest_ops;
     call->transport = ex->s;
 

@@ -18,6 +18,7 @@
 #include "protocols/protocols_int.h"
 #include "common/error.h"
 #include "fake_call.h"
+#include "scrape.h"
 #include "memorypins/v1/memory_pins.pb-c.h"
 
 /* ---- a capturing proto_stream -----------------------------------------------------------------
@@ -614,6 +615,50 @@ static void test_handle_missing_pin_is_404_with_detail(void **state)
     cap_free(c);
 }
 
+/* /metrics answers the exposition with pins_ready as /ready's verdict at that moment: 1 while the
+ * store answers, 0 while the server drains. */
+static void test_metrics_scrape_reports_readiness_as_ready_would(void **state)
+{
+    proto_metrics_init();
+    capture *c = cap_new(*state, "GET", "/metrics", NULL, NULL);
+    proto_handle(&c->s);
+    assert_int_equal(c->status, 200);
+    assert_true(has_header(c, "content-type: text/plain; version=0.0.4; charset=utf-8\n"));
+    assert_non_null(strstr(c->body, "\npins_ready 1\n"));
+    assert_non_null(strstr(c->body, "# TYPE http_requests_total counter\n"));
+    cap_free(c);
+    c = cap_new(*state, "GET", "/ready", NULL, NULL);
+    proto_handle(&c->s);
+    assert_int_equal(c->status, 200);
+    cap_free(c);
+
+    rpc_server *srv = fake_env_worker(*state)->server;
+    atomic_store(&srv->draining, 1);
+    c = cap_new(*state, "GET", "/ready", NULL, NULL);
+    proto_handle(&c->s);
+    assert_int_equal(c->status, 503);
+    cap_free(c);
+    assert_true(scrape_value("pins_ready", -1) == 0);
+    atomic_store(&srv->draining, 0);
+    c = cap_new(*state, "GET", "/metrics", NULL, NULL);
+    proto_handle(&c->s);
+    assert_non_null(strstr(c->body, "\npins_ready 1\n"));
+    cap_free(c);
+}
+
+/* A REST call is counted under protocol "rest" with its status code. */
+static void test_handle_counts_rest_calls_under_their_protocol(void **state)
+{
+    const char *series = "rpc_requests_total{protocol=\"rest\",grpc_code=\"NOT_FOUND\"}";
+    double before = scrape_value(series, 0);
+    capture *c = cap_new(*state, "GET", "/api/v1/memory/pins/absent?tenant_id=t", NULL, NULL);
+    proto_handle(&c->s);
+    fake_env_run(*state, 50);
+    assert_int_equal(c->status, 404);
+    cap_free(c);
+    assert_true(scrape_value(series, -1) == before + 1);
+}
+
 /* GETs target, which the mapping refuses before dispatch with a 422 whose first detail entry is at
  * ["query", field]; returns the JSON body (the caller json_decref's it). */
 static json_t *query_refused(void **state, const char *target, const char *field)
@@ -954,6 +999,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_openapi_documents_every_route),
         T(test_openapi_paths_are_routes_or_probes),
+        T(test_metrics_scrape_reports_readiness_as_ready_would),
+        T(test_handle_counts_rest_calls_under_their_protocol),
         T(test_routes_bind_fields_of_their_messages),
         T(test_match_binds_the_key_segment),
         T(test_match_prefers_the_literal_cleanup_route),
