@@ -26,6 +26,8 @@
 #include "auth/ratelimit.h"
 #include "common/timeutil.h"
 #include "observability/log.h"
+#include "observability/metrics.h"
+#include "protocols/protocols.h"
 #include "rpc/audit.h"
 #include "rpc/core.h"
 #include "store/store.h"
@@ -33,6 +35,9 @@
 #include "transport/transport.h"
 
 #define SWEEP_BATCHES_PER_TICK 20
+#ifndef PINS_REVISION
+#define PINS_REVISION "unknown"
+#endif
 /* How long a worker stops accepting after accept() ran out of descriptors. */
 #define ACCEPT_PAUSE_MS 100
 /* How long a stopping worker waits for its last audit writes. */
@@ -66,6 +71,47 @@ struct pins_server {
 #define RELOAD_BYTE 'r'
 
 static int stop_pipe[2] = {-1, -1};
+
+/* The sweeper's metrics (process wide: one sweeper per process, on worker 0). */
+static metrics_family *m_reclaimed, *m_batches, *m_lag, *m_build;
+/* pins_time_mono_ns() when the sweeper last finished a pass that left no expired pin behind (or
+ * when the server was made): memory_pins_sweep_lag_seconds is the time since. */
+static _Atomic int64_t sweep_clean_ns;
+
+static double sweep_lag_gauge(void *arg)
+{
+    int64_t since = pins_time_mono_ns() - atomic_load(&sweep_clean_ns);
+    return since > 0 ? (double)since / 1e9 : 0.0;
+}
+
+/* Registers the server's families (once per process) and the protocol layer's. */
+static void metrics_init(void)
+{
+    static const char *const status[] = {"status"};
+    static const char *const statuses[] = {"success", "error"};
+    static const char *const vr[] = {"version", "revision"};
+    static const char *const build[] = {PINS_VERSION, PINS_REVISION};
+    proto_metrics_init();
+    atomic_store(&sweep_clean_ns, pins_time_mono_ns());
+    if (m_reclaimed != NULL)
+        return;
+    m_reclaimed = metrics_counter_new("memory_pins_expired_reclaimed_total",
+                                      "Expired pins deleted by the background sweeper.", NULL, 0);
+    m_batches = metrics_counter_new("memory_pins_sweep_batches_total",
+                                    "Sweeper batches run, by outcome.", status, 1);
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+        metrics_counter_add(m_batches, &statuses[i], 0);
+    m_lag = metrics_gauge_new("memory_pins_sweep_lag_seconds",
+                              "Seconds since the sweeper last finished a pass that left no expired "
+                              "pin behind.",
+                              NULL, 0);
+    metrics_gauge_set_cb(m_lag, NULL, sweep_lag_gauge, NULL);
+    m_build = metrics_gauge_new("pins_build_info",
+                                "1, labelled with the version and the git revision pinsd was "
+                                "built from.",
+                                vr, 2);
+    metrics_gauge_set(m_build, build, 1);
+}
 
 static int bind_one(const pins_listen_addr *a, int *pfd, char *err, size_t errlen)
 {
@@ -138,6 +184,7 @@ int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pser
     s->nworkers = cfg->workers > 0 ? cfg->workers : 1;
     s->started_unix_us = pins_time_now_us();
     s->started_ns = pins_time_mono_ns();
+    metrics_init();
     raise_nofile(cfg);
     if (stop_pipe[0] < 0 && pipe2(stop_pipe, O_CLOEXEC) != 0) {
         snprintf(err, errlen, "cannot create the stop pipe: %s", strerror(errno));
@@ -296,10 +343,16 @@ static void sweep_run(sweeper *sw);
 
 static void on_sweep_done(void *arg, int err, int64_t count)
 {
+    static const char *const success[] = {"success"}, *const error[] = {"error"};
     sweeper *sw = arg;
     sw->pending = false;
     sw->batches++;
     sw->more = err == 0 && count >= sw->w->server->cfg->sweep_batch;
+    metrics_counter_inc(m_batches, err == 0 ? success : error);
+    if (err == 0 && count > 0)
+        metrics_counter_add(m_reclaimed, NULL, (double)count);
+    if (err == 0 && !sw->more)
+        atomic_store(&sweep_clean_ns, pins_time_mono_ns()); /* nothing expired is left */
     if (!sw->in_call && sw->more)
         sweep_run(sw);
 }
