@@ -75,7 +75,7 @@ live_dir=${live_dir%/}
 # Failure before anything was installed: one line, nothing to undo.
 fail_early() { say "FAILED: $*; nothing installed, Prometheus untouched"; exit 1; }
 
-for tool in "$promtool" curl python3; do
+for tool in "$promtool" curl python3 flock; do
     command -v "$tool" >/dev/null || fail_early "$tool not found"
 done
 python3 -c 'import yaml' 2>/dev/null || fail_early "python3 cannot import yaml (Debian: python3-yaml)"
