@@ -33,7 +33,7 @@ TEST_PKGS=(
   python3 python3-grpcio python3-protobuf python3-h2
   nghttp2-client curl openssl nodejs npm clang-format
   postgresql redis-server pgbouncer prometheus nginx
-  python3-yaml jq # the ops tests: rule and test YAML, the runbook's `jq` commands
+  python3-yaml jq shellcheck # the ops tests: rule YAML, the runbook's `jq`, the ops scripts
 )
 # Bench: ../shared/bench/README.md "Setup" (grpcpp, etcd, nghttpd and m7-fastapi peers, h2load).
 BENCH_PKGS=(

@@ -405,11 +405,12 @@ class ReloadGuardTest(unittest.TestCase):
         r = self.prom_reload([os.path.join(self.live, "guard_test.yml")])
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("nothing installed", r.stderr)
-        if shutil.which("shellcheck"):
-            for script in (PROM_RELOAD, os.path.join(ROOT, "ops", "nginx", "render_guard.sh")):
-                r = subprocess.run(["shellcheck", script], text=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, timeout=60)
-                self.assertEqual(r.returncode, 0, r.stdout)
+        # shellcheck is in tools/deps.sh's test set: a missing one fails here.
+        self.assertIsNotNone(shutil.which("shellcheck"), "shellcheck is not installed")
+        for script in (PROM_RELOAD, os.path.join(ROOT, "ops", "nginx", "render_guard.sh")):
+            r = subprocess.run(["shellcheck", script], text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout)
 
     def test_render_guard_refuses_bad_tokens(self):
         script = os.path.join(ROOT, "ops", "nginx", "render_guard.sh")
