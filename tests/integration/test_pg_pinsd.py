@@ -33,6 +33,7 @@ import pg  # noqa: E402
 import harness  # noqa: E402
 from harness import Server, mp  # noqa: E402
 import test_grpc  # noqa: E402
+import test_metrics  # noqa: E402
 
 PINSCTL = os.environ.get("PINSCTL_BIN") or os.path.join(
     os.path.dirname(harness.PINSD_BIN), "pinsctl")
@@ -351,11 +352,17 @@ class ResilienceTest(unittest.TestCase):
         status, body = http_get(srv.port, "/ready")
         self.assertEqual(status, 503)
         self.assertEqual(json.loads(body)["checks"]["store"], "schema_behind")
+        m = test_metrics.scrape(srv)
+        self.assertEqual(m["store_schema_behind"], 1)
+        self.assertEqual(m["pins_ready"], 0)
+        self.assertGreaterEqual(m['store_errors_total{kind="schema"}'], 1)
         with self.assertRaises(grpc.RpcError) as cm:
             client.call(mp("GetPin"), {"tenant_id": "t", "key": "k"}, timeout=5)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE)
         migrate(self.pg.url, "upgrade", "head")
         self.wait_ready(srv, True, 10)
+        m = test_metrics.scrape(srv)
+        self.assertEqual(m["store_schema_behind"], 0)
         # /ready answers from one worker; every worker's connections re-check the schema on
         # their own reconnect backoff (at most 2 s), so writes may need a moment longer.
         r = self.upsert_within(client, 5.0)
@@ -373,6 +380,57 @@ class ResilienceTest(unittest.TestCase):
                 if time.monotonic() >= end:
                     raise
                 time.sleep(0.05)
+
+    def test_metrics_on_postgres(self):
+        """The store families on PostgreSQL: store_info names the backend, the backend's error
+        kinds and every pool state exist from the start, every single-pin read is a cache miss
+        (no read cache), and the other new families show their zero series as on SQLite."""
+        srv, client = self.pinsd(DB_POOL_SIZE=4)
+        m = test_metrics.scrape(srv)
+        want = test_metrics.startup_series(2)
+        for kind in ("busy", "io"):  # SQLite's own kinds
+            del want['store_errors_total{kind="%s"}' % kind]
+        for kind in ("connect", "query", "timeout", "queue_full", "schema"):
+            want['store_errors_total{kind="%s"}' % kind] = None
+        for state in ("idle", "busy", "connecting", "down"):
+            want['store_pool_connections{state="%s"}' % state] = None
+        del want['store_info{backend="sqlite"}']
+        want['store_info{backend="postgres"}'] = 1
+        missing = [k for k in want if k not in m]
+        self.assertEqual(missing, [])
+        for series, value in want.items():
+            if value is not None:
+                self.assertEqual(m[series], value, series)
+        self.assertNotIn('store_info{backend="sqlite"}', m)
+        for kind in ("query", "timeout", "queue_full", "schema"):
+            self.assertEqual(m['store_errors_total{kind="%s"}' % kind], 0, kind)
+        # Every connection of the pool is counted in one state; all of them come up.
+        pool = lambda m: sum(m['store_pool_connections{state="%s"}' % s]
+                             for s in ("idle", "busy", "connecting", "down"))
+        self.assertEqual(pool(m), 4)
+        deadline = time.monotonic() + 20
+        while (m['store_pool_connections{state="idle"}'] + m['store_pool_connections{state="busy"}']
+               < 4 and time.monotonic() < deadline):
+            time.sleep(0.1)
+            m = test_metrics.scrape(srv)
+        self.assertEqual(m['store_pool_connections{state="idle"}']
+                         + m['store_pool_connections{state="busy"}'], 4, m)
+
+        client.call(mp("UpsertPin"), {"tenant_id": "pgm", "key": "k", "value": {"a": "b"}})
+        before = test_metrics.scrape(srv)
+        for _ in range(2):
+            client.call(mp("GetPin"), {"tenant_id": "pgm", "key": "k"})
+        with self.assertRaises(grpc.RpcError):
+            client.call(mp("GetPin"), {"tenant_id": "pgm", "key": "absent"})
+        after = test_metrics.scrape(srv)
+        self.assertEqual(after["memory_cache_misses_total"], before["memory_cache_misses_total"] + 3)
+        self.assertEqual(after["memory_cache_hits_total"], before["memory_cache_hits_total"])
+        self.assertEqual(after["memory_value_size_bytes_count"], 1)
+        self.assertEqual(after['rpc_requests_total{protocol="grpc",grpc_code="NOT_FOUND"}'],
+                         before['rpc_requests_total{protocol="grpc",grpc_code="NOT_FOUND"}'] + 1)
+        self.assertGreaterEqual(after['memory_audit_writes_total{status="success"}'], 1)
+        self.assertEqual(after['memory_audit_writes_total{status="error"}'], 0)
+        self.assertEqual(after["pins_ready"], 1)
 
     def test_starts_while_postgres_is_down_and_connects_when_it_comes_up(self):
         self.pg.stop()
