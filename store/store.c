@@ -218,13 +218,20 @@ void store__schema_behind_set(bool behind)
     atomic_store(&schema_behind, behind);
 }
 
+/* The session's cells, got on its thread's first use. */
+static void session_cells(store_session *ss)
+{
+    if (ss->cells_set)
+        return;
+    ss->read_hit = metrics_cell_get(m_cache_hits, NULL);
+    ss->read_miss = metrics_cell_get(m_cache_misses, NULL);
+    ss->value_size = metrics_cell_get(m_value_size, NULL);
+    ss->cells_set = true;
+}
+
 void store__count_read(store_session *ss, bool hit)
 {
-    if (!ss->read_cells_set) {
-        ss->read_hit = metrics_cell_get(m_cache_hits, NULL);
-        ss->read_miss = metrics_cell_get(m_cache_misses, NULL);
-        ss->read_cells_set = true;
-    }
+    session_cells(ss);
     metrics_cell_add(hit ? ss->read_hit : ss->read_miss, 1);
 }
 
@@ -375,7 +382,8 @@ int store_pin_upsert(store_session *ss, const store_upsert_req *req, store_pin_c
         req->value_json == NULL || req->source == NULL)
         return PINS_EINTERNAL;
     outcome_clear(ss);
-    metrics_histogram_observe(m_value_size, NULL, (double)req->value_len);
+    session_cells(ss);
+    metrics_cell_observe(m_value_size, ss->value_size, (double)req->value_len);
     return ss->be->pin_upsert(ss, req, cb, arg);
 }
 

@@ -119,10 +119,10 @@ struct store_session {
      * this binary needs (store_session_schema_behind); set by the backend with the error. */
     bool schema_behind;
     int64_t deadline_ns; /* store_session_set_deadline: 0 or the monotonic deadline of new calls */
-    /* This session's thread's cells of memory_cache_hits_total and memory_cache_misses_total,
-     * fetched on its first read (store__count_read). */
-    bool read_cells_set;
-    metrics_cell *read_hit, *read_miss;
+    /* This session's thread's cells of memory_cache_hits_total, memory_cache_misses_total and
+     * memory_value_size_bytes, fetched on first use (a session is used by one thread). */
+    bool cells_set;
+    metrics_cell *read_hit, *read_miss, *value_size;
 };
 
 /* Records the detail of a failure on ss, printf style, replacing the previous one. The text is
