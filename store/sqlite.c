@@ -24,6 +24,7 @@
  */
 #include "store/sqlite_int.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -189,7 +190,9 @@ typedef struct sqlite_store {
 
 /* How a connection waits for another process's lock (on_busy). */
 typedef struct busy_wait {
-    int64_t start_ns; /* when the current wait began (pins_time_mono_ns) */
+    int64_t start_ns;       /* when the current wait began (pins_time_mono_ns) */
+    int64_t write_start_ns; /* when the write holding the write mutex began waiting for it; 0
+                             * outside writes_lock / writes_unlock */
     int timeout_ms;
 } busy_wait;
 
@@ -318,15 +321,41 @@ static int db_fail(sqlite_session *ss, int rc, const char *what)
     return map_rc(rc);
 }
 
-/* The write mutex, with the session's connection counted busy while it holds it. */
-static void writes_lock(sqlite_session *ss)
+/* Takes the write mutex, with the session's connection counted busy while it holds it. One busy
+ * timeout bounds the whole wait of a write: for the mutex, then (on_busy, from the same start) for
+ * another process's lock. Without the bound a write would queue behind every other session's own
+ * full wait while another process holds the database (the sweeper retries each second), far past
+ * the timeout. Returns 0, or PINS_EUNAVAILABLE (a busy store error) when the timeout passed
+ * before the mutex came free. */
+static int writes_lock(sqlite_session *ss, const char *what)
 {
-    pthread_mutex_lock(&((sqlite_store *)ss->base.store)->write_lock);
+    pthread_mutex_t *mu = &((sqlite_store *)ss->base.store)->write_lock;
+    int64_t start_ns = pins_time_mono_ns();
+    int rc = pthread_mutex_trylock(mu);
+    if (rc == EBUSY) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        int64_t ns = deadline.tv_nsec + (int64_t)ss->busy.timeout_ms * 1000000;
+        deadline.tv_sec += (time_t)(ns / 1000000000);
+        deadline.tv_nsec = (long)(ns % 1000000000);
+        rc = pthread_mutex_clocklock(mu, CLOCK_MONOTONIC, &deadline);
+    }
+    if (rc != 0) {
+        store__session_error(&ss->base,
+                             "could not %s: other writes held the write lock past the busy "
+                             "timeout (%d ms)",
+                             what, ss->busy.timeout_ms);
+        store__count_error("busy");
+        return map_rc(SQLITE_BUSY);
+    }
+    ss->busy.write_start_ns = start_ns;
     store__pool_move(STORE__POOL_IDLE, STORE__POOL_BUSY);
+    return 0;
 }
 
 static void writes_unlock(sqlite_session *ss)
 {
+    ss->busy.write_start_ns = 0;
     store__pool_move(STORE__POOL_BUSY, STORE__POOL_IDLE);
     pthread_mutex_unlock(&((sqlite_store *)ss->base.store)->write_lock);
 }
@@ -341,14 +370,15 @@ static int out_of_memory(sqlite_session *ss, const char *what)
 
 /* SQLite's own busy handler sleeps at least a millisecond per retry; a write transaction holds
  * the lock for tens of microseconds to a few milliseconds (a batch), so yield first, then sleep
- * briefly, then longer, until the timeout (STORE__BUSY_TIMEOUT_MS) has passed. Writers of this
- * process never get here: they queue on the write mutex; this waits for other processes. */
+ * briefly, then longer, until the timeout (STORE__BUSY_TIMEOUT_MS) has passed, counted for a write
+ * from when it began waiting for the write mutex (writes_lock). Writers of this process never get
+ * here: they queue on the write mutex; this waits for other processes. */
 static int on_busy(void *arg, int count)
 {
     busy_wait *bw = arg;
     int64_t now_ns = pins_time_mono_ns();
-    if (count == 0)
-        bw->start_ns = now_ns;
+    if (count == 0) /* a write's budget began when it started waiting for the write mutex */
+        bw->start_ns = bw->write_start_ns != 0 ? bw->write_start_ns : now_ns;
     if (now_ns - bw->start_ns >= (int64_t)bw->timeout_ms * 1000000)
         return 0;
     if (count < 16) {
@@ -1087,7 +1117,17 @@ static void run_batch(sqlite_session *ss, batch *b)
     sqlite_store *s = (sqlite_store *)ss->base.store;
     ss->stats.batches++;
     ss->stats.batched_ops += b->n;
-    writes_lock(ss);
+    int lock_err = writes_lock(ss, "start a write");
+    if (lock_err != 0) {
+        const char *detail = pins_arena_strdup(b->arena, ss->base.last_error);
+        for (size_t i = 0; i < b->n; i++) {
+            if (!b->ops[i].failed) {
+                b->ops[i].err = lock_err;
+                b->ops[i].detail = detail;
+            }
+        }
+        return;
+    }
     for (;;) {
         size_t bad;
         int err = attempt(ss, b, &bad);
@@ -1427,12 +1467,22 @@ static int sqlite_pin_delete(store_session *base, const store_delete_req *req, s
  * its tenant_id is NULL) at expired->now_us also drops what it may have deleted from the cache;
  * expired is NULL for the audit tables. */
 static int delete_count(sqlite_session *ss, binder *b, const char *what,
-                        const store__cleanup_req *expired, store_count_cb cb, void *arg)
+                        const store__cleanup_req *expired, bool background, store_count_cb cb,
+                        void *arg)
 {
     sqlite_store *s = (sqlite_store *)ss->base.store;
     int64_t count = 0;
-    writes_lock(ss);
-    int err = b->rc == SQLITE_OK ? run(ss, b->st, what) : db_fail(ss, b->rc, what);
+    /* Background maintenance (the sweeper, the audit retention) runs on a worker's loop and
+     * comes back next tick: it waits STORE__BACKGROUND_BUSY_MS at most, so that another process
+     * holding the database does not stall the worker's calls for the full busy timeout. */
+    int timeout_ms = ss->busy.timeout_ms;
+    if (background && ss->busy.timeout_ms > STORE__BACKGROUND_BUSY_MS)
+        ss->busy.timeout_ms = STORE__BACKGROUND_BUSY_MS;
+    int err = writes_lock(ss, what);
+    bool locked = err == 0;
+    if (locked)
+        err = b->rc == SQLITE_OK ? run(ss, b->st, what) : db_fail(ss, b->rc, what);
+    ss->busy.timeout_ms = timeout_ms;
     if (err == 0) {
         ss->stats.write_commits++;
         count = sqlite3_changes64(ss->db);
@@ -1440,7 +1490,8 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
             store_cache_remove_expired(s->cache, expired->tenant_id, expired->now_us);
     }
     sqlite3_clear_bindings(b->st);
-    writes_unlock(ss);
+    if (locked)
+        writes_unlock(ss);
     ss->depth++;
     cb(arg, err, count);
     ss->depth--;
@@ -1460,7 +1511,7 @@ static int sqlite_pin_cleanup(store_session *base, const store__cleanup_req *req
         b = (binder){.st = ss->st[ST_CLEANUP_ALL], .rc = SQLITE_OK};
         bind_int(&b, 1, req->now_us);
     }
-    return delete_count(ss, &b, "delete expired pins", req, cb, arg);
+    return delete_count(ss, &b, "delete expired pins", req, false, cb, arg);
 }
 
 static int sqlite_pin_sweep(store_session *base, const store__sweep_req *req, store_count_cb cb,
@@ -1471,7 +1522,7 @@ static int sqlite_pin_sweep(store_session *base, const store__sweep_req *req, st
     bind_int(&b, 1, req->now_us);
     bind_int(&b, 2, req->batch);
     const store__cleanup_req all = {.tenant_id = NULL, .now_us = req->now_us};
-    return delete_count(ss, &b, "sweep expired pins", &all, cb, arg);
+    return delete_count(ss, &b, "sweep expired pins", &all, true, cb, arg);
 }
 
 static int audit_tx(sqlite_session *ss, pins_arena *a, const store_audit_list_req *req,
@@ -1590,8 +1641,14 @@ static int insert_rows(sqlite_session *ss, sqlite3_stmt *st, const void *rows, s
 {
     pins_buf scratch;
     pins_buf_init(&scratch, SIZE_MAX); /* one row's roles, which the caller collected */
-    writes_lock(ss);
-    int err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
+    int err = writes_lock(ss, what);
+    if (err != 0) {
+        ss->depth++;
+        cb(arg, err, 0);
+        ss->depth--;
+        return 0;
+    }
+    err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
     for (size_t i = 0; i < n && err == 0; i++) {
         binder b = {.st = st, .rc = SQLITE_OK};
         err = bind(&b, rows, i, &scratch);
@@ -1714,7 +1771,7 @@ static int sqlite_rbac_audit_cleanup(store_session *base, int64_t before_us, sto
     sqlite_session *ss = (sqlite_session *)base;
     binder b = {.st = ss->st[ST_RAUDIT_CLEANUP], .rc = SQLITE_OK};
     bind_int(&b, 1, before_us);
-    return delete_count(ss, &b, "delete old rbac audit rows", NULL, cb, arg);
+    return delete_count(ss, &b, "delete old rbac audit rows", NULL, false, cb, arg);
 }
 
 static int sqlite_audit_expire(store_session *base, const store__expire_req *req, store_count_cb cb,
@@ -1726,7 +1783,7 @@ static int sqlite_audit_expire(store_session *base, const store__expire_req *req
     binder b = {.st = ss->st[rbac ? ST_RAUDIT_EXPIRE : ST_MAUDIT_EXPIRE], .rc = SQLITE_OK};
     bind_int(&b, 1, req->before_us);
     bind_int(&b, 2, req->batch);
-    return delete_count(ss, &b, what, NULL, cb, arg);
+    return delete_count(ss, &b, what, NULL, true, cb, arg);
 }
 
 /* ---- store and sessions --------------------------------------------------------------------- */

@@ -197,6 +197,20 @@ static void on_count(void *arg, int err, int64_t count)
     *(int64_t *)arg = count;
 }
 
+typedef struct counted {
+    int calls;
+    int err;
+    int64_t count;
+} counted;
+
+static void on_counted(void *arg, int err, int64_t count)
+{
+    counted *c = arg;
+    c->calls++;
+    c->err = err;
+    c->count = count;
+}
+
 /* protobuf-c's packing of json as a google.protobuf.Struct. */
 static size_t pack_json(const char *json, uint8_t *out, size_t cap)
 {
@@ -789,6 +803,104 @@ static void test_sqlite_sessions_on_threads_share_mutex_and_cache(void **state)
     assert_int_equal(total, THREADS * THREAD_ROUNDS * THREAD_BATCH);
 }
 
+/* Background maintenance gives up after STORE__BACKGROUND_BUSY_MS while another process holds
+ * the database, whatever the session's busy timeout: here 10 minutes, which a sweep waiting it
+ * out would turn into a ctest timeout. */
+static void test_sqlite_sweep_gives_up_soon_on_another_process_lock(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(store_sqlite_set_busy_timeout(fx->ss, 600000), 0);
+    sqlite3 *db = store_fixture_open_raw(fx);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    double busy = scrape_value("store_errors_total{kind=\"busy\"}", -1);
+    counted c = {.err = -1};
+    assert_int_equal(store_pin_sweep(fx->ss, T0, 100, on_counted, &c), 0);
+    while (c.calls == 0)
+        loop_once(fx);
+    assert_int_equal(c.err, PINS_ESTORE);
+    assert_non_null(strstr(store_session_last_error(fx->ss), "locked"));
+    assert_true(scrape_value("store_errors_total{kind=\"busy\"}", -1) == busy + 1);
+    assert_true(scrape_value("store_pool_connections{state=\"busy\"}", -1) == 0);
+    assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    c = (counted){.err = -1};
+    assert_int_equal(store_pin_sweep(fx->ss, T0, 100, on_counted, &c), 0);
+    while (c.calls == 0)
+        loop_once(fx);
+    assert_int_equal(c.err, 0);
+}
+
+/* A session of another thread that waits (10 minutes) for another process's lock while it holds
+ * the write mutex. */
+typedef struct mutex_holder {
+    store *s;
+    int err;      /* the upsert's outcome; -1 until it ends */
+    int failures; /* setup failures (no cmocka assertion off the main thread) */
+} mutex_holder;
+
+static void on_holder_pin(void *arg, int err, const store_pin *pin, bool created)
+{
+    ((mutex_holder *)arg)->err = err;
+}
+
+static void *holder_main(void *arg)
+{
+    mutex_holder *h = arg;
+    struct event_base *base = event_base_new();
+    store_session *ss = NULL;
+    if (base == NULL || store_session_new(h->s, base, &ss) != 0 ||
+        store_sqlite_set_busy_timeout(ss, 600000) != 0) {
+        h->failures++;
+        h->err = PINS_EINTERNAL;
+    } else {
+        store_upsert_req req = upsert_req("held", "{}", NO_TTL, ANY_VERSION, T0);
+        if (store_pin_upsert(ss, &req, on_holder_pin, h) != 0)
+            h->failures++;
+        while (h->err == -1 && h->failures == 0)
+            event_base_loop(base, EVLOOP_ONCE);
+    }
+    store_session_free(ss);
+    event_base_free(base);
+    return NULL;
+}
+
+/* One busy timeout bounds a write's whole wait: while another session holds the write mutex
+ * waiting out another process's lock, this session's write fails when its own timeout has
+ * passed instead of queueing behind that wait (10 minutes: a ctest timeout without the bound). */
+static void test_sqlite_write_waits_for_the_mutex_no_longer_than_its_busy_timeout(void **state)
+{
+    fixture *fx = *state;
+    sqlite3 *db = store_fixture_open_raw(fx);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    double busy = scrape_value("store_errors_total{kind=\"busy\"}", -1);
+    mutex_holder h = {.s = fx->s, .err = -1};
+    pthread_t tid;
+    assert_int_equal(pthread_create(&tid, NULL, holder_main, &h), 0);
+    /* Until the other session holds the write mutex (its connection counts busy), bounded. */
+    for (int i = 0; i < 10000 && scrape_value("store_pool_connections{state=\"busy\"}", -1) < 1;
+         i++) {
+        struct timespec pause = {.tv_sec = 0, .tv_nsec = 1000000};
+        nanosleep(&pause, NULL);
+    }
+    assert_true(scrape_value("store_pool_connections{state=\"busy\"}", -1) >= 1);
+    assert_int_equal(store_sqlite_set_busy_timeout(fx->ss, 200), 0);
+    pin_result r = {0};
+    queue_upsert(fx->ss, "mine", "{}", ANY_VERSION, &r);
+    while (r.calls == 0)
+        loop_once(fx);
+    assert_int_equal(r.err, PINS_ESTORE);
+    assert_non_null(strstr(r.detail, "write lock past the busy timeout"));
+    assert_true(scrape_value("store_errors_total{kind=\"busy\"}", -1) == busy + 1);
+    /* The other process lets go: the waiting write goes through. */
+    assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(pthread_join(tid, NULL), 0);
+    assert_int_equal(h.failures, 0);
+    assert_int_equal(h.err, 0);
+    assert_int_equal(get(fx, "held", T0, NULL), 0);
+    assert_int_equal(get(fx, "mine", T0, NULL), PINS_ENOT_FOUND);
+}
+
 /* The clock the handlers pass as now_us is the process clock: a pin written with a TTL is served
  * from the cache until the fake clock reaches its expiry, and absent from then on, without a
  * sleep. */
@@ -848,6 +960,8 @@ int main(void)
         T(test_sqlite_migrations_record_the_clock_time),
         T(test_sqlite_cache_refuses_a_fill_older_than_a_write),
         T(test_sqlite_value_pb_is_the_protobuf_c_packing),
+        T(test_sqlite_sweep_gives_up_soon_on_another_process_lock),
+        T(test_sqlite_write_waits_for_the_mutex_no_longer_than_its_busy_timeout),
         T(test_sqlite_sessions_on_threads_share_mutex_and_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
