@@ -812,10 +812,10 @@ int ratelimit_new(const pins_config *cfg, ratelimit **prl, char *err, size_t err
         redis_up =
             metrics_gauge_new("rate_limit_redis_up",
                               "1 when every worker's Redis connection is up, else 0.", NULL, 0);
-        redis_configured = metrics_gauge_new(
-            "rate_limit_redis_configured",
-            "1 when REDIS_URL is set (the limiter shares its buckets through Redis), else 0.", NULL,
-            0);
+        redis_configured = metrics_gauge_new("rate_limit_redis_configured",
+                                             "1 when the limiter shares its buckets through Redis "
+                                             "(REDIS_URL set, RATE_LIMIT_RPM > 0), else 0.",
+                                             NULL, 0);
         throttled_tenants = metrics_gauge_new(
             "rate_limit_throttled_tenants",
             "Distinct tenants refused by the rate limiter in the last 60 seconds (at most 1024).",

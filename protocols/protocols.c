@@ -24,8 +24,9 @@ static void metrics_init(void)
     static const char *const rms[] = {"route", "method", "status"};
     static const char *const rm[] = {"route", "method"};
     http_requests = metrics_counter_new("http_requests_total",
-                                        "HTTP requests answered by the bridge (REST, Connect, "
-                                        "gRPC-Web, probes), by route template and status.",
+                                        "HTTP requests answered by the REST, Connect and "
+                                        "gRPC-Web mappings and the probes, by route template "
+                                        "and status.",
                                         rms, 3);
     http_duration = metrics_histogram_new(
         "http_request_duration_seconds",
