@@ -1472,14 +1472,17 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
 {
     sqlite_store *s = (sqlite_store *)ss->base.store;
     int64_t count = 0;
-    /* Background maintenance (the sweeper, the audit retention) runs on a worker's loop and
-     * comes back next tick: it waits STORE__BACKGROUND_BUSY_MS at most, so that another process
-     * holding the database does not stall the worker's calls for the full busy timeout. */
-    int timeout_ms = ss->busy.timeout_ms;
-    if (background && ss->busy.timeout_ms > STORE__BACKGROUND_BUSY_MS)
-        ss->busy.timeout_ms = STORE__BACKGROUND_BUSY_MS;
     int err = writes_lock(ss, what);
     bool locked = err == 0;
+    /* Background maintenance (the sweeper, the audit retention) runs on a worker's loop and
+     * comes back next tick: once it holds the mutex (other writers of this process hold it for
+     * milliseconds) it waits STORE__BACKGROUND_BUSY_MS at most for another process's lock, so
+     * that such a lock does not stall the worker's calls for the full busy timeout per job. */
+    int timeout_ms = ss->busy.timeout_ms;
+    if (locked && background && timeout_ms > STORE__BACKGROUND_BUSY_MS) {
+        ss->busy.write_start_ns = 0; /* on_busy counts from its own first call */
+        ss->busy.timeout_ms = STORE__BACKGROUND_BUSY_MS;
+    }
     if (locked)
         err = b->rc == SQLITE_OK ? run(ss, b->st, what) : db_fail(ss, b->rc, what);
     ss->busy.timeout_ms = timeout_ms;

@@ -17,8 +17,9 @@
 
 /* How long a write waits for another connection's write lock before failing with PINS_ESTORE. */
 #define STORE__BUSY_TIMEOUT_MS 5000
-/* The same bound for background maintenance (the sweeper, the audit retention): they block their
- * worker's loop while they wait, and run again next tick. */
+/* How long background maintenance (the sweeper, the audit retention) waits for another process's
+ * lock once it holds the write mutex: it blocks its worker's loop while it waits, and runs again
+ * next tick. */
 #define STORE__BACKGROUND_BUSY_MS 100
 /* Group commit (SQLite): a batch is committed once it holds STORE_SQLITE_BATCH_MAX_OPS writes or
  * this many bytes of copied requests, without waiting for the end of the loop iteration. */
