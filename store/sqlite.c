@@ -325,8 +325,8 @@ static int db_fail(sqlite_session *ss, int rc, const char *what)
  * timeout bounds the whole wait of a write: for the mutex, then (on_busy, from the same start) for
  * another process's lock. Without the bound a write would queue behind every other session's own
  * full wait while another process holds the database (the sweeper retries each second), far past
- * the timeout. Returns 0, or PINS_EUNAVAILABLE (a busy store error) when the timeout passed
- * before the mutex came free. */
+ * the timeout. Returns 0, or PINS_ESTORE (a busy store error) when the timeout passed before the
+ * mutex came free. */
 static int writes_lock(sqlite_session *ss, const char *what)
 {
     pthread_mutex_t *mu = &((sqlite_store *)ss->base.store)->write_lock;
@@ -1472,17 +1472,15 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
 {
     sqlite_store *s = (sqlite_store *)ss->base.store;
     int64_t count = 0;
+    /* Background maintenance (the sweeper, the audit retention) runs on a worker's loop and
+     * comes back next tick: its whole wait (the mutex, then another process's lock) is bounded
+     * by STORE__BACKGROUND_BUSY_MS, so that another process holding the database does not stall
+     * the worker's calls for the full busy timeout per job. */
+    int timeout_ms = ss->busy.timeout_ms;
+    if (background && timeout_ms > STORE__BACKGROUND_BUSY_MS)
+        ss->busy.timeout_ms = STORE__BACKGROUND_BUSY_MS;
     int err = writes_lock(ss, what);
     bool locked = err == 0;
-    /* Background maintenance (the sweeper, the audit retention) runs on a worker's loop and
-     * comes back next tick: once it holds the mutex (other writers of this process hold it for
-     * milliseconds) it waits STORE__BACKGROUND_BUSY_MS at most for another process's lock, so
-     * that such a lock does not stall the worker's calls for the full busy timeout per job. */
-    int timeout_ms = ss->busy.timeout_ms;
-    if (locked && background && timeout_ms > STORE__BACKGROUND_BUSY_MS) {
-        ss->busy.write_start_ns = 0; /* on_busy counts from its own first call */
-        ss->busy.timeout_ms = STORE__BACKGROUND_BUSY_MS;
-    }
     if (locked)
         err = b->rc == SQLITE_OK ? run(ss, b->st, what) : db_fail(ss, b->rc, what);
     ss->busy.timeout_ms = timeout_ms;

@@ -17,10 +17,10 @@
 
 /* How long a write waits for another connection's write lock before failing with PINS_ESTORE. */
 #define STORE__BUSY_TIMEOUT_MS 5000
-/* How long background maintenance (the sweeper, the audit retention) waits for another process's
- * lock once it holds the write mutex: it blocks its worker's loop while it waits, and runs again
- * next tick. */
-#define STORE__BACKGROUND_BUSY_MS 100
+/* How long background maintenance (the sweeper, the audit retention) waits in all for the write
+ * mutex and another process's lock: it blocks its worker's loop while it waits, and runs again
+ * next tick. Long enough for this process's writers (milliseconds) and most checkpoints. */
+#define STORE__BACKGROUND_BUSY_MS 250
 /* Group commit (SQLite): a batch is committed once it holds STORE_SQLITE_BATCH_MAX_OPS writes or
  * this many bytes of copied requests, without waiting for the end of the loop iteration. */
 #define STORE__BATCH_MAX_BYTES (8u << 20)

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -830,12 +831,12 @@ static void test_sqlite_sweep_gives_up_soon_on_another_process_lock(void **state
     assert_int_equal(c.err, 0);
 }
 
-/* A session of another thread that waits (10 minutes) for another process's lock while it holds
+/* A session of another thread that waits (up to 30 s) for another process's lock while it holds
  * the write mutex. */
 typedef struct mutex_holder {
     store *s;
-    int err;      /* the upsert's outcome; -1 until it ends */
-    int failures; /* setup failures (no cmocka assertion off the main thread) */
+    _Atomic int err; /* the upsert's outcome; -1 until it ends */
+    int failures;    /* setup failures (no cmocka assertion off the main thread) */
 } mutex_holder;
 
 static void on_holder_pin(void *arg, int err, const store_pin *pin, bool created)
@@ -849,7 +850,7 @@ static void *holder_main(void *arg)
     struct event_base *base = event_base_new();
     store_session *ss = NULL;
     if (base == NULL || store_session_new(h->s, base, &ss) != 0 ||
-        store_sqlite_set_busy_timeout(ss, 600000) != 0) {
+        store_sqlite_set_busy_timeout(ss, 30000) != 0) {
         h->failures++;
         h->err = PINS_EINTERNAL;
     } else {
@@ -865,8 +866,8 @@ static void *holder_main(void *arg)
 }
 
 /* One busy timeout bounds a write's whole wait: while another session holds the write mutex
- * waiting out another process's lock, this session's write fails when its own timeout has
- * passed instead of queueing behind that wait (10 minutes: a ctest timeout without the bound). */
+ * waiting out another process's lock, this session's write fails when its own timeout (200 ms)
+ * has passed, with its own reason, instead of queueing behind that wait (30 s). */
 static void test_sqlite_write_waits_for_the_mutex_no_longer_than_its_busy_timeout(void **state)
 {
     fixture *fx = *state;
