@@ -549,6 +549,51 @@ class ResilienceTest(unittest.TestCase):
             time.sleep(0.05)
         self.fail("the lock holder did not start")
 
+    def test_scrapes_neither_wait_for_a_busy_store_nor_add_to_its_errors(self):
+        """Every connection of the pool waits on a row lock another session holds: scrapes are
+        answered from the last readiness verdict (the store was fine a moment ago), start at most
+        one ping per worker, and count no store error; the verdict follows once the lock goes."""
+        srv, client = self.pinsd(DB_POOL_SIZE=2, PINS_WORKERS=1)
+        client.call(mp("UpsertPin"), {"tenant_id": "busy", "key": "k", "value": {}})
+        self.assertEqual(test_metrics.scrape(srv)["pins_ready"], 1)
+        holder = subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port), "-U",
+                                   "postgres", "-d", "pins", "-c",
+                                   "BEGIN; LOCK TABLE system.memory_pins IN ACCESS EXCLUSIVE MODE;"
+                                   " SELECT pg_sleep(8); COMMIT;"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(holder.kill)
+        end = time.monotonic() + 5
+        while not self.pg.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE '%%pg_sleep(8)%%'"
+                                " AND state = 'active' AND pid <> pg_backend_pid()"):
+            self.assertLess(time.monotonic(), end, "the lock holder did not start")
+            time.sleep(0.05)
+        before = test_metrics.scrape(srv)
+        futures = [client.future(mp("UpsertPin"), {"tenant_id": "busy", "key": "k%d" % i,
+                                                   "value": {}}, timeout=30) for i in range(8)]
+        # Until every connection of the pool waits on the lock (bounded).
+        end = time.monotonic() + 10
+        while test_metrics.scrape(srv)['store_pool_connections{state="busy"}'] < 2:
+            self.assertLess(time.monotonic(), end, "the pool did not fill up")
+            time.sleep(0.05)
+        scrapes = [test_metrics.scrape(srv) for _ in range(20)]
+        for m in scrapes:
+            self.assertEqual(m["pins_ready"], 1, "a busy pool is not a store that is down")
+        kinds = ("connect", "query", "timeout", "queue_full")
+        for k in kinds:
+            key = 'store_errors_total{kind="%s"}' % k
+            self.assertEqual(scrapes[-1][key], before[key], key)
+        holder.wait(30)
+        for f in futures:
+            f.result()  # both writes went through once the lock was released
+        deadline = time.monotonic() + 10
+        while test_metrics.scrape(srv)["pins_ready"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = test_metrics.scrape(srv)
+        self.assertEqual(after["pins_ready"], 1)
+        for k in kinds:
+            key = 'store_errors_total{kind="%s"}' % k
+            self.assertEqual(after[key], before[key], key)
+
     def test_deadline_cancels_the_statement_on_the_server(self):
         self.check_deadline_cancel(self.pg.url)
 
