@@ -73,7 +73,7 @@ struct pins_server {
 static int stop_pipe[2] = {-1, -1};
 
 /* The sweeper's metrics (process wide: one sweeper per process, on worker 0). */
-static metrics_family *m_reclaimed, *m_batches, *m_lag, *m_build;
+static metrics_family *m_reclaimed, *m_batches, *m_lag, *m_interval, *m_build;
 /* pins_time_mono_ns() when the sweeper last finished a pass that left no expired pin behind (or
  * when the server was made): memory_pins_sweep_lag_seconds is the time since. */
 static _Atomic int64_t sweep_clean_ns;
@@ -84,17 +84,13 @@ static double sweep_lag_gauge(void *arg)
     return since > 0 ? (double)since / 1e9 : 0.0;
 }
 
-/* Registers the server's families (once per process) and the protocol layer's. */
-static void metrics_init(void)
+/* Registers the server's families (once per process). */
+static void metrics_register(void)
 {
     static const char *const status[] = {"status"};
     static const char *const statuses[] = {"success", "error"};
     static const char *const vr[] = {"version", "revision"};
     static const char *const build[] = {PINS_VERSION, PINS_REVISION};
-    proto_metrics_init();
-    atomic_store(&sweep_clean_ns, pins_time_mono_ns());
-    if (m_reclaimed != NULL)
-        return;
     m_reclaimed = metrics_counter_new("memory_pins_expired_reclaimed_total",
                                       "Expired pins deleted by the background sweeper.", NULL, 0);
     m_batches = metrics_counter_new("memory_pins_sweep_batches_total",
@@ -106,11 +102,26 @@ static void metrics_init(void)
                               "pin behind.",
                               NULL, 0);
     metrics_gauge_set_cb(m_lag, NULL, sweep_lag_gauge, NULL);
+    m_interval = metrics_gauge_new("memory_pins_sweep_interval_seconds",
+                                   "The sweeper's interval (PINS_SWEEP_INTERVAL_SECONDS; 0: no "
+                                   "sweeper): the lag climbs to it between healthy passes.",
+                                   NULL, 0);
     m_build = metrics_gauge_new("pins_build_info",
                                 "1, labelled with the version and the git revision pinsd was "
                                 "built from.",
                                 vr, 2);
     metrics_gauge_set(m_build, build, 1);
+}
+
+/* The families of the server (registered once per process) and the protocol layer's, and
+ * this server's sweep interval (sweep_interval_s: PINS_SWEEP_INTERVAL_SECONDS, 0: no sweeper). */
+static void metrics_init(int sweep_interval_s)
+{
+    proto_metrics_init();
+    atomic_store(&sweep_clean_ns, pins_time_mono_ns());
+    if (m_reclaimed == NULL)
+        metrics_register();
+    metrics_gauge_set(m_interval, NULL, sweep_interval_s);
 }
 
 static int bind_one(const pins_listen_addr *a, int *pfd, char *err, size_t errlen)
@@ -184,7 +195,7 @@ int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pser
     s->nworkers = cfg->workers > 0 ? cfg->workers : 1;
     s->started_unix_us = pins_time_now_us();
     s->started_ns = pins_time_mono_ns();
-    metrics_init();
+    metrics_init(cfg->sweep_interval_seconds);
     raise_nofile(cfg);
     if (stop_pipe[0] < 0 && pipe2(stop_pipe, O_CLOEXEC) != 0) {
         snprintf(err, errlen, "cannot create the stop pipe: %s", strerror(errno));
@@ -366,8 +377,10 @@ static void sweep_run(sweeper *sw)
         int rv = store_pin_sweep(w->store, pins_time_now_us(), w->server->cfg->sweep_batch,
                                  on_sweep_done, sw);
         sw->in_call = false;
-        if (rv != 0) {
+        if (rv != 0) { /* refused before it ran: a failed batch all the same */
+            static const char *const error[] = {"error"};
             sw->pending = false;
+            metrics_counter_inc(m_batches, error);
             return;
         }
     }

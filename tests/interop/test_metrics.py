@@ -78,6 +78,7 @@ def startup_series(workers):
         label("memory_pins_sweep_batches_total", status="success"): 0,
         label("memory_pins_sweep_batches_total", status="error"): 0,
         "memory_pins_sweep_lag_seconds": None,
+        "memory_pins_sweep_interval_seconds": 3600,  # SERVER_ENV
         label("store_info", backend="sqlite"): 1,
         "store_schema_behind": 0,
         label("store_pool_connections", state="idle"): workers,
@@ -178,6 +179,7 @@ class MetricsTest(ServerTestCase):
 
     def test_sweeper_reclaims_expired_pins_and_counts_them(self):
         s = self.fresh_server({"PINS_SWEEP_INTERVAL_SECONDS": "1"})
+        self.assertEqual(scrape(s)["memory_pins_sweep_interval_seconds"], 1)
         for i in range(3):
             self.upsert(s, "sweep", "k%d" % i, ttl=1)
         m = self.poll(s, lambda m: m["memory_pins_expired_reclaimed_total"] >= 3,
