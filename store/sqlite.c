@@ -1379,8 +1379,9 @@ static int sqlite_pin_get(store_session *base, const store__get_req *req, store_
     if (err != 0) {
         err = out_of_memory(ss, "copying the pin");
     } else if (res == STORE_CACHE_MISS) {
-        store__count_read(base, false);
         err = read_and_fill(ss, a, req, gen, &pin);
+        if (err == 0) /* an absent pin is never cached: its read is not a miss of the cache */
+            store__count_read(base, false);
     } else {
         store__count_read(base, true);
         ss->stats.cache_hits++;
