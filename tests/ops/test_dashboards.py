@@ -320,6 +320,147 @@ class PromQLTest(unittest.TestCase):
         self.assertIn("SUCCESS: %d rules found" % len(qs), r.stdout)
 
 
+def panel_expr(rel, title, ref_id="A"):
+    """The expr of one target of one panel."""
+    for q in dashboards.queries():
+        if q.file == rel and q.title == title and q.ref_id == ref_id:
+            return q.expr
+    raise AssertionError("no panel %r target %s in %s" % (title, ref_id, rel))
+
+
+MEMORY = DASHBOARD_DIR + "/m7_memory_pins.json"
+RBAC = DASHBOARD_DIR + "/m7_rbac_dashboard.json"
+PINSD = 'job="nova-backend"'
+PROM = 'job="prometheus"'
+
+
+class ProcessJobFilterTest(unittest.TestCase):
+    """Prometheus scrapes itself (job prometheus) and exports process_* too: every process_*
+    selector of a panel is filtered on pinsd's job."""
+
+    def test_process_selectors_have_the_job(self):
+        seen = 0
+        for q in dashboards.queries():
+            for m in re.finditer(r"\b(process_[a-z_]+)\s*(\{[^}]*\})?", q.expr):
+                seen += 1
+                self.assertIn('job="nova-backend"', m.group(2) or "",
+                              "%s %r %s: %s" % (q.file, q.title, q.ref_id, m.group(1)))
+        self.assertGreaterEqual(seen, 6)
+
+
+@unittest.skipUnless(PROMTOOL, "promtool not installed (Debian package prometheus)")
+@unittest.skipUnless(yaml, "python3-yaml not installed")
+class PanelSemanticsTest(unittest.TestCase):
+    """The panels' own exprs, evaluated by promtool (promql_expr_test) on series that tell the
+    right answer from the wrong one. OLD holds what the panels read before, and each case also
+    checks that the old expr gave the wrong value on that input."""
+
+    OLD = {
+        "cpu": "sum(rate(process_cpu_seconds_total[5m]))",
+        "rss": "sum(process_resident_memory_bytes)",
+        "fds": "max(process_open_fds) / max(process_max_fds)",
+        "uptime": "time() - max(process_start_time_seconds)",
+        "redis": "max(rate_limit_redis_configured) + max(rate_limit_redis_up)",
+    }
+
+    def run_promtool(self, tests):
+        tmp = tempfile.mkdtemp(prefix="pins-dash-semantics-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        path = os.path.join(tmp, "panels_test.yml")
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": tests}, f,
+                           sort_keys=False)
+        r = subprocess.run([PROMTOOL, "test", "rules", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60, text=True)
+        return r.returncode, r.stdout
+
+    def check(self, series, cases):
+        """cases: [(expr, expected value or None for no sample)] at 10m."""
+        tests = [{"interval": "1m",
+                  "input_series": [{"series": k, "values": v} for k, v in series],
+                  "promql_expr_test": [
+                      {"expr": e, "eval_time": "10m",
+                       "exp_samples": [] if want is None else [{"labels": "{}", "value": want}]}
+                      for e, want in cases]}]
+        code, out = self.run_promtool(tests)
+        self.assertEqual(code, 0, out)
+
+    def differs(self, series, expr, value):
+        """The old expr does not give value on these series (the panel was wrong)."""
+        tests = [{"interval": "1m",
+                  "input_series": [{"series": k, "values": v} for k, v in series],
+                  "promql_expr_test": [{"expr": expr, "eval_time": "10m",
+                                        "exp_samples": [{"labels": "{}", "value": value}]}]}]
+        code, out = self.run_promtool(tests)
+        self.assertNotEqual(code, 0, "old %s gave %s too" % (expr, value))
+
+    def test_process_panels_read_pinsd_only(self):
+        # Two pinsd replicas next to a busy Prometheus whose own process_* series share the names.
+        a = '{instance="pinsd-a:8000",%s}' % PINSD
+        b = '{instance="pinsd-b:8000",%s}' % PINSD
+        pr = '{instance="localhost:9090",%s}' % PROM
+        series = [
+            ("process_cpu_seconds_total" + a, "0+30x10"),   # 0.5 core
+            ("process_cpu_seconds_total" + b, "0+15x10"),   # 0.25 core
+            ("process_cpu_seconds_total" + pr, "0+120x10"),  # 2 cores
+            ("process_resident_memory_bytes" + a, "1000x10"),
+            ("process_resident_memory_bytes" + b, "3000x10"),
+            ("process_resident_memory_bytes" + pr, "900000x10"),
+            # a: 900 of 1000 (90%); b: 1000 of 100000 (1%); Prometheus: 100 of 200.
+            ("process_open_fds" + a, "900x10"),
+            ("process_max_fds" + a, "1000x10"),
+            ("process_open_fds" + b, "1000x10"),
+            ("process_max_fds" + b, "100000x10"),
+            ("process_open_fds" + pr, "100x10"),
+            ("process_max_fds" + pr, "200x10"),
+            ("process_start_time_seconds" + a, "60x10"),
+            ("process_start_time_seconds" + b, "120x10"),
+            ("process_start_time_seconds" + pr, "300x10"),
+        ]
+        cases = [
+            (panel_expr(MEMORY, "CPU"), 0.75),
+            (panel_expr(MEMORY, "Resident Memory"), 4000),
+            (panel_expr(MEMORY, "File Descriptors", "A"), 1900),
+            (panel_expr(MEMORY, "File Descriptors", "B"), 101000),
+            (panel_expr(MEMORY, "Open FDs"), 0.9),
+            (panel_expr(MEMORY, "Uptime"), 480),
+        ]
+        self.check(series, cases)
+        # Before: Prometheus's process counted in, and the FD ratio of two different replicas
+        # (max open 1000 over max limit 100000 = 1%, while replica a is at 90%).
+        self.differs(series, self.OLD["cpu"], 0.75)
+        self.differs(series, self.OLD["rss"], 4000)
+        self.differs(series, self.OLD["fds"], 0.9)
+        self.differs(series, self.OLD["uptime"], 480)
+
+    def redis_series(self, states):
+        """states: [(configured, up)] per replica."""
+        out = []
+        for i, (configured, up) in enumerate(states):
+            lab = '{instance="pinsd-%d:8000",%s}' % (i, PINSD)
+            out.append(("rate_limit_redis_configured" + lab, "%dx10" % configured))
+            out.append(("rate_limit_redis_up" + lab, "%dx10" % up))
+        return out
+
+    def test_redis_stat(self):
+        expr = panel_expr(RBAC, "Redis (limiter backend)")
+        for states, want, old_wrong in (
+            ([(0, 0), (0, 0)], 0, False),          # no REDIS_URL anywhere
+            ([(1, 1), (1, 1)], 2, False),          # every replica reaches Redis
+            ([(1, 1), (1, 0)], 1, True),           # one replica fails open: was shown as up (2)
+            ([(1, 0), (1, 0)], 1, False),          # Redis down for all
+            ([(1, 1), (0, 0)], 2, False),          # a replica without REDIS_URL is not "down"
+            ([(1, 0), (0, 0)], 1, False),
+        ):
+            with self.subTest(states=states):
+                series = self.redis_series(states)
+                self.check(series, [(expr, want)])
+                if old_wrong:
+                    self.differs(series, self.OLD["redis"], want)
+        # No pinsd series at all (nothing scraped yet): still a value, 0.
+        self.check([('up{instance="localhost:9090",%s}' % PROM, "1x10")], [(expr, 0)])
+
+
 @unittest.skipUnless(yaml, "python3-yaml not installed")
 class ProvisioningTest(unittest.TestCase):
     """Grafana's provisioning files beside the dashboards."""
