@@ -339,7 +339,8 @@ static void end_response(rpc_call *call, int err, const char *message)
         int code = pins_error_grpc(err);
         double secs = (double)(pins_time_mono_ns() - call->start_ns) / 1e9;
         rpc__metrics_handled(call->worker, call->method, code, secs);
-        rpc__metrics_protocol(call->worker, call->protocol, code, secs);
+        rpc__metrics_protocol(call->worker, call->protocol, code,
+                              call->method->flags & RPC_METHOD_SERVER_STREAM ? -1 : secs);
         if (call->method->flags & RPC_METHOD_MEMORY_PINS)
             store_breaker_record(err); /* the store circuit breaker's verdicts */
         if (call->transport != NULL)

@@ -43,8 +43,9 @@ void rpc__health_drain(rpc_worker *w);
 void rpc__metrics_init(void);
 void rpc__metrics_started(rpc_worker *w, const rpc_method *m);
 void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, double seconds);
-/* rpc_requests_total{protocol,grpc_code} and rpc_request_duration_seconds{protocol} of a call
- * that ended (nothing for RPC_PROTOCOL_NONE). */
+/* rpc_requests_total{protocol,grpc_code} of a call that ended (nothing for RPC_PROTOCOL_NONE) and,
+ * when seconds >= 0, rpc_request_duration_seconds{protocol} (a stream's lifetime is not a
+ * latency: the caller passes -1 for server-streaming calls). */
 void rpc__metrics_protocol(rpc_worker *w, rpc_protocol protocol, int grpc_code, double seconds);
 /* Registers watch_streams_active, watch_events_sent_total, watch_streams_refused_total (once). */
 void rpc__watch_metrics_init(void);

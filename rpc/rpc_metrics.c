@@ -118,7 +118,8 @@ void rpc__metrics_protocol(rpc_worker *w, rpc_protocol protocol, int grpc_code, 
     struct rpc__pcache *c = w->pcache;
     if (c == NULL) {
         metrics_counter_inc(requests, v);
-        metrics_histogram_observe(request_seconds, v, seconds);
+        if (seconds >= 0)
+            metrics_histogram_observe(request_seconds, v, seconds);
         return;
     }
     if (!c->requests_set[protocol][grpc_code]) {
@@ -130,7 +131,8 @@ void rpc__metrics_protocol(rpc_worker *w, rpc_protocol protocol, int grpc_code, 
         c->seconds_set[protocol] = true;
     }
     metrics_cell_add(c->requests[protocol][grpc_code], 1);
-    metrics_cell_observe(request_seconds, c->seconds[protocol], seconds);
+    if (seconds >= 0)
+        metrics_cell_observe(request_seconds, c->seconds[protocol], seconds);
 }
 
 void rpc__metrics_started(rpc_worker *w, const rpc_method *m)

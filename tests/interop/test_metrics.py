@@ -278,6 +278,15 @@ class MetricsTest(ServerTestCase):
             finally:
                 stream.cancel()
             self.poll(s, lambda m: m["watch_streams_active"] == 0, "the stream is gone")
+        # The ended stream is an RPC, but its lifetime is no latency: the duration histogram
+        # counts the upsert above and not the stream.
+        def grpc_rpcs(m):
+            return sum(v for k, v in m.items()
+                       if k.startswith('rpc_requests_total{protocol="grpc",'))
+        m = self.poll(s, lambda m: grpc_rpcs(m) == grpc_rpcs(before) + 2,
+                      "the stream and the upsert are counted")
+        durations = 'rpc_request_duration_seconds_count{protocol="grpc"}'
+        self.assertEqual(m[durations], before[durations] + 1)
 
     def test_readiness_backend_and_build_info(self):
         m = scrape(self.server)
