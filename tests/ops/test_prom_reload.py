@@ -10,9 +10,12 @@ ops/nginx/render_guard.sh in front of it; both on free loopback ports, stopped b
   403 with a wrong one, 200 with it), the group count through jq; and Preflight step 5's target count;
 - read-only proxying: queries work (GET and POST), /-/quit and the admin API are refused, other
   methods are 405;
-- ops/prom_reload.sh: a good change loads the new groups; a broken rules file, a wrong token, a
-  reload Prometheus rejects and a reload that does not load the new groups all exit non-zero and
-  leave the old groups loaded and the old files live;
+- ops/prom_reload.sh: a good change loads the new groups and waits for their first evaluation; a
+  broken rules file, a wrong token, a reload Prometheus rejects, a reload that does not load the
+  new groups, a rule that promtool accepts but Prometheus fails to evaluate and a rule not
+  evaluated within --eval-wait all exit non-zero and leave the old groups loaded and the old files
+  live; after a failed reload the last-known-good copy is kept (not replaced by the live rules),
+  so a rollback repairs Prometheus; a restore that fails exits 2 and says so;
 - the token appears in no log of nginx or Prometheus, nor in the rendered configuration.
 """
 
@@ -51,6 +54,27 @@ GOOD_V2 = """groups:
         expr: vector(1) == 2
         labels: {severity: info, component: operations}
         annotations: {summary: s, description: d, runbook_url: ops/RUNBOOK.md#x}
+"""
+# promtool parses it; Prometheus fails it at every evaluation: on() matches all of the right side,
+# which has two series ({x="a"}, {x="b"}) for the one on the left: many-to-many matching.
+EVAL_ERROR = """groups:
+  - name: guard_test_v2
+    interval: 2s
+    rules:
+      - record: guard_test:fine
+        expr: vector(1)
+      - record: guard_test:many_to_many
+        expr: >-
+          vector(1) / on()
+          (label_replace(vector(1), "x", "a", "", "") or label_replace(vector(2), "x", "b", "", ""))
+"""
+# Evaluated once a day, at a slot derived from the group's hash: not within seconds of the reload.
+DAILY = """groups:
+  - name: guard_test_v2
+    interval: 1d
+    rules:
+      - record: guard_test:daily
+        expr: vector(1)
 """
 BROKEN = """groups:
   - name: guard_test_broken
@@ -152,6 +176,35 @@ class ReloadGuardTest(unittest.TestCase):
                            + list(extra) + list(files), env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=180)
         return r
+
+    def lkg(self):
+        return self.live + ".last-known-good"
+
+    def make_lkg(self, files, links=()):
+        """The last-known-good copy an earlier run kept: the repository's rules plus files
+        {name: text}, and symbolic links {name: target}."""
+        shutil.rmtree(self.lkg(), ignore_errors=True)
+        os.makedirs(self.lkg())
+        for f in repo_rule_files():
+            shutil.copy(f, self.lkg())
+        for name, text in files.items():
+            with open(os.path.join(self.lkg(), name), "w") as f:
+                f.write(text)
+        for name, target in dict(links).items():
+            os.symlink(target, os.path.join(self.lkg(), name))
+
+    def break_last_reload(self):
+        """An operator's broken edit of the live rules and a reload Prometheus rejected: it still
+        runs the groups it had, and runtimeinfo says its last reload failed."""
+        with open(os.path.join(self.live, "guard_test.yml"), "w") as f:
+            f.write(BROKEN)
+        status, _, body = prom.http("POST", self.prom.url + "/-/reload", timeout=30)
+        self.assertEqual(status, 500, body)
+        info = self.prom.api("/api/v1/status/runtimeinfo")["data"]
+        self.assertFalse(info["reloadConfigSuccess"], info)
+
+    def runtime_ok(self):
+        return self.prom.api("/api/v1/status/runtimeinfo")["data"]["reloadConfigSuccess"]
 
     def live_text(self, name):
         with open(os.path.join(self.live, name)) as f:
@@ -295,6 +348,13 @@ class ReloadGuardTest(unittest.TestCase):
         r = self.prom_reload(repo_rule_files() + [new])
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("OK:", r.stderr.strip().splitlines()[-1])
+        self.assertIn("evaluated healthy", r.stderr.strip().splitlines()[-1])
+        # it said what it waited for, with the default bound: 2 x the longest interval + 5 s
+        longest = max(g["interval"] for g in self.prom.api("/api/v1/rules")["data"]["groups"])
+        self.assertIn("waiting up to %ds for Prometheus to evaluate" % (2 * longest + 5), r.stderr)
+        for g in self.prom.api("/api/v1/rules")["data"]["groups"]:
+            if g["name"] == "guard_test_v2":
+                self.assertTrue(all(rule["health"] == "ok" for rule in g["rules"]), g)
         groups = self.loaded_groups()
         self.assertIn("guard_test_v2", groups)
         self.assertNotIn("guard_test_v1", groups)
@@ -392,11 +452,99 @@ class ReloadGuardTest(unittest.TestCase):
         with open(os.path.join(other, "guard_test.yml")) as f:
             self.assertEqual(f.read(), GOOD_V1)
 
+    def test_prom_reload_evaluation_error(self):
+        # promtool accepts the rule, the reload loads it, and every evaluation fails: the script
+        # waits for the first evaluation, sees health "err" and rolls back.
+        self.set_live({"guard_test.yml": GOOD_V1})
+        new = self.write_src("guard_test.yml", EVAL_ERROR)
+        c = subprocess.run([prom.PROMTOOL, "check", "rules", new], text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual(c.returncode, 0, c.stdout)
+        r = self.prom_reload([new])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        # the group's interval is 2 s: the default bound is 2 x 2 + 5
+        self.assertIn("waiting up to 9s for Prometheus to evaluate each of the 2 rule(s) of the 1 "
+                      "new group(s)", r.stderr)
+        line = self.assert_rolled_back(r, "rule evaluation failed")
+        self.assertIn("guard_test.yml/guard_test_v2/guard_test:many_to_many is err", line)
+        self.assertIn("many-to-many matching not allowed", line)
+        self.assertNotIn("guard_test:fine", line)
+        self.assertIn("(reloaded)", line)
+
+    def test_prom_reload_evaluation_wait_bounded(self):
+        # A group not evaluated within --eval-wait: not known to work, rolled back.
+        self.set_live({"guard_test.yml": GOOD_V1})
+        new = self.write_src("guard_test.yml", DAILY)
+        r = self.prom_reload([new], extra=["--eval-wait", "3"])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("waiting up to 3s", r.stderr)
+        line = self.assert_rolled_back(r, "waited 3s: 1 rule(s) not evaluated since the reload")
+        self.assertIn("guard_test.yml/guard_test_v2/guard_test:daily", line)
+        r = self.prom_reload([new], extra=["--eval-wait", "soon"])
+        self.assertEqual(r.returncode, 64, r.stderr)
+
+    def test_prom_reload_keeps_lkg_after_failed_reload(self):
+        # Prometheus's last reload failed (a broken live file it rejected): the live rules are not
+        # known to be good, so the last-known-good copy an earlier run kept stays as it is. A
+        # rollback restores that copy, and its reload repairs Prometheus; replacing the copy with
+        # the live rules would have restored the broken file and failed the rollback reload.
+        self.set_live({"guard_test.yml": GOOD_V1})
+        self.make_lkg({"guard_test.yml": GOOD_V1})
+        self.break_last_reload()
+        self.assertIn("guard_test_v1", self.loaded_groups())
+        new = self.write_src("guard_test_extra.yml", GOOD_V2)
+        r = self.prom_reload([new])  # the reload fails: the broken live file is still there
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("keeping the last-known-good copy in %s" % self.lkg(), r.stderr)
+        line = self.assert_rolled_back(r, "HTTP 500")
+        self.assertIn("(reloaded)", line)
+        self.assertFalse(os.path.exists(os.path.join(self.live, "guard_test_extra.yml")))
+        self.assertTrue(self.runtime_ok())
+        with open(os.path.join(self.lkg(), "guard_test.yml")) as f:
+            self.assertEqual(f.read(), GOOD_V1)
+
+        # a change that succeeds while the last reload had failed keeps the copy unchanged too
+        self.break_last_reload()
+        new = self.write_src("guard_test.yml", GOOD_V2)
+        r = self.prom_reload([new])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("kept unchanged", r.stderr.strip().splitlines()[-1])
+        self.assertIn("guard_test_v2", self.loaded_groups())
+        with open(os.path.join(self.lkg(), "guard_test.yml")) as f:
+            self.assertEqual(f.read(), GOOD_V1)
+
+    def test_prom_reload_restore_fails(self):
+        # The kept last-known-good copy is damaged (one of its files is gone): putting it back
+        # fails. Exit 2 with one line that says the live directory may be inconsistent and where
+        # the copy is; Prometheus is not reloaded again (it keeps the groups it had).
+        self.set_live({"guard_test.yml": GOOD_V1})
+        self.make_lkg({"guard_test.yml": GOOD_V1},
+                      links={"gone.yml": os.path.join(self.dir, "no-such-file.yml")})
+        self.addCleanup(shutil.rmtree, self.lkg(), True)
+        self.break_last_reload()
+        new = self.write_src("guard_test_extra.yml", GOOD_V2)
+        r = self.prom_reload([new])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        self.assertTrue(lines, "no message")
+        line = lines[-1]
+        self.assertIn("FAILED: the reload answered HTTP 500", line)
+        self.assertIn("restoring the last-known-good rules failed too", line)
+        self.assertIn("cannot put gone.yml back", line)
+        self.assertIn("the live rules directory %s may be inconsistent" % self.live, line)
+        self.assertIn("the last-known-good copy is in %s" % self.lkg(), line)
+        self.assertIn("guard_test_v1", self.loaded_groups())
+        self.assertNotIn("guard_test_v2", self.loaded_groups())
+        self.assertFalse(self.runtime_ok())  # not reloaded again since the failed reload
+
     def test_prom_reload_usage(self):
         r = subprocess.run([PROM_RELOAD, "--help"], text=True, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=30)
         self.assertEqual(r.returncode, 0)
         self.assertIn("PROM_RELOAD_TOKEN", r.stdout)
+        for option in ("--live-dir", "--url", "--backup-dir", "--promtool", "--timeout",
+                       "--eval-wait"):
+            self.assertIn(option, r.stdout)
         r = subprocess.run([PROM_RELOAD, "--no-such-option"], text=True, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=30)
         self.assertEqual(r.returncode, 64)
