@@ -337,16 +337,17 @@ class PrometheusScrapesPinsd(unittest.TestCase):
         else:
             self.fail("the sweeper did not reclaim the %d expired pins within 20 s" % ttl_pins)
 
-    def hold_sqlite_write_lock(self, srv, c, writes=2):
+    def hold_sqlite_write_lock(self, p, srv, c, writes=2):
         """Another connection holds SQLite's write lock past pinsd's 5 s busy timeout while pinsd
-        writes, one write after the other: each fails (a store error), nothing else is harmed."""
+        writes, one write after the other with a scrape between them (see load): each fails (a
+        store error), nothing else is harmed."""
         db = sqlite3.connect(os.path.join(srv.data_dir, "pins.db"), timeout=1, isolation_level=None)
         results = []
         try:
             db.execute("BEGIN EXCLUSIVE")
             for i in range(writes):
                 results.append(c.rest_upsert("locked", "k%d" % i, {"i": i}))
-                time.sleep(2.5)  # a scrape between the errors (see load)
+                self.wait_scraped(p, srv)
             db.execute("ROLLBACK")
         finally:
             db.close()
@@ -420,7 +421,7 @@ class PrometheusScrapesPinsd(unittest.TestCase):
         srv = self.pinsd(env)
         p = self.start_prometheus(srv)
         self.load(p, srv, shadow=True)
-        self.hold_sqlite_write_lock(srv, Client(srv))
+        self.hold_sqlite_write_lock(p, srv, Client(srv))
         self.wait_scraped(p, srv)
         # The same process restarted with RBAC enforced, on the same port and data.
         srv.stop()
@@ -478,6 +479,9 @@ class PrometheusScrapesPinsd(unittest.TestCase):
                         % sorted(set(codes)))
         self.assertIn(503, codes, "the open breaker answers 503")
         self.assertTrue(srv.alive(), "pinsd exited during the outage\n" + srv.stderr_tail())
+        # pins_ready followed the outage (scrapes refresh it in the background).
+        ready = finite_samples(p.query('min(pins_ready{job="nova-backend"})'))
+        self.assertEqual(ready, [0.0], "pins_ready during the outage")
         # Every panel still has data, with the outage's errors in it.
         self.check_panels_and_events(p, EVENTS)
 
