@@ -336,11 +336,14 @@ static void end_response(rpc_call *call, int err, const char *message)
         call->flags |= RPC_CALL_FINISHED;
         call->status_err = err;
         call->error_message = message;
-        int code = pins_error_grpc(err);
+        /* A stream its peer cancelled ends there (the handler finishes it without an error): it
+         * counts as CANCELLED. A unary call counts as its handler ended it, cancelled or not. */
+        bool stream = (call->method->flags & RPC_METHOD_SERVER_STREAM) != 0;
+        int code = pins_error_grpc(
+            err == 0 && stream && (call->flags & RPC_CALL_CANCELLED) ? PINS_ECANCELLED : err);
         double secs = (double)(pins_time_mono_ns() - call->start_ns) / 1e9;
         rpc__metrics_handled(call->worker, call->method, code, secs);
-        rpc__metrics_protocol(call->worker, call->protocol, code,
-                              call->method->flags & RPC_METHOD_SERVER_STREAM ? -1 : secs);
+        rpc__metrics_protocol(call->worker, call->protocol, code, stream ? -1 : secs);
         if (call->method->flags & RPC_METHOD_MEMORY_PINS)
             store_breaker_record(err); /* the store circuit breaker's verdicts */
         if (call->transport != NULL)
