@@ -260,16 +260,20 @@ static const store__backend sqlite_backend;
 
 /* ---- errors --------------------------------------------------------------------------------- */
 
-/* The PINS_E* code for a SQLite result code. A store that is locked past the timeout, failing
- * I/O, full, unreadable or corrupt is unavailable (PINS_ESTORE, counted by the breaker); anything
- * else means this code misused SQLite (PINS_EINTERNAL). */
-static int map_rc(int rc)
+/* What a failed SQLite call says about the store: locked past the timeout, the file or the disk
+ * failing (I/O, full, unreadable, corrupt), or neither (a statement this code misused). */
+typedef enum rc_class {
+    RC_BUSY,
+    RC_IO,
+    RC_OTHER,
+} rc_class;
+
+static rc_class classify(int rc)
 {
-    if (rc == SQLITE_NOMEM || rc == SQLITE_IOERR_NOMEM)
-        return PINS_ENOMEM;
     switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
+        return RC_BUSY;
     case SQLITE_IOERR:
     case SQLITE_FULL:
     case SQLITE_CANTOPEN:
@@ -279,36 +283,29 @@ static int map_rc(int rc)
     case SQLITE_PROTOCOL:
     case SQLITE_PERM:
     case SQLITE_NOLFS:
-        return PINS_ESTORE;
+        return RC_IO;
     default:
-        return PINS_EINTERNAL;
+        return RC_OTHER;
     }
+}
+
+/* The PINS_E* code for a SQLite result code: a busy or failing store is unavailable (PINS_ESTORE,
+ * counted by the breaker); anything else means this code misused SQLite (PINS_EINTERNAL). */
+static int map_rc(int rc)
+{
+    if (rc == SQLITE_NOMEM || rc == SQLITE_IOERR_NOMEM)
+        return PINS_ENOMEM;
+    return classify(rc) == RC_OTHER ? PINS_EINTERNAL : PINS_ESTORE;
 }
 
 /* The store_errors_total kinds of the SQLite backend, all shown from the start. */
 static const char *const error_kinds[] = {"busy", "io", "query", "schema"};
 
-/* The store_errors_total kind of a failed SQLite call: locked past the timeout (busy), the file
- * or the disk failing (io), else a statement that failed (query). */
+/* The store_errors_total kind of a failed SQLite call. */
 static const char *error_kind(int rc)
 {
-    switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-        return "busy";
-    case SQLITE_IOERR:
-    case SQLITE_FULL:
-    case SQLITE_CANTOPEN:
-    case SQLITE_READONLY:
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-    case SQLITE_PROTOCOL:
-    case SQLITE_PERM:
-    case SQLITE_NOLFS:
-        return "io";
-    default:
-        return "query";
-    }
+    static const char *const kinds[] = {[RC_BUSY] = "busy", [RC_IO] = "io", [RC_OTHER] = "query"};
+    return kinds[classify(rc)];
 }
 
 /* Records why "what" failed with rc on the session, counts it, and returns the PINS_E* code for
