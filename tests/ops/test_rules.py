@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "interop"))
 
 import strict  # noqa: E402,F401  (skips fail under ctest)
+from prom import free_port  # noqa: E402
 
 try:
     import yaml
@@ -337,15 +337,6 @@ _CONFIG_RE = re.compile(r"^(DATABASE_URL|REDIS_URL|TLS_.*|MACHINE_SECRET_TOKEN|J
                         r"MEMORY_.*|MAX_REQUEST_BYTES|RATE_LIMIT_.*|BREAKER_.*|DB_POOL_SIZE|LOG_.*|"
                         r"PINS_.*|CORS_.*|CHAOS_ALLOWED)$")
 _LIVE = set()
-
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 class Pinsd:
