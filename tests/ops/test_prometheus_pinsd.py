@@ -119,12 +119,12 @@ class Client:
         finally:
             c.close()
 
-    def rest_upsert(self, tenant, key, value, ttl=None):
+    def rest_upsert(self, tenant, key, value, ttl=None, timeout=15):
         body = {"tenant_id": tenant, "key": key, "value": value}
         if ttl is not None:
             body["ttl_seconds"] = ttl
         return self.http("POST", "/api/v1/memory/pins", json.dumps(body),
-                         {"Content-Type": "application/json"})
+                         {"Content-Type": "application/json"}, timeout=timeout)
 
     def rest_get(self, tenant, key):
         return self.http("GET", "/api/v1/memory/pins/%s?tenant_id=%s" % (key, tenant))
@@ -346,7 +346,9 @@ class PrometheusScrapesPinsd(unittest.TestCase):
         try:
             db.execute("BEGIN EXCLUSIVE")
             for i in range(writes):
-                results.append(c.rest_upsert("locked", "k%d" % i, {"i": i}))
+                # Its own busy timeout (5 s) plus, on a worker that flushes audit rows under
+                # the same lock, one more: bounded well inside 30 s.
+                results.append(c.rest_upsert("locked", "k%d" % i, {"i": i}, timeout=30))
                 self.wait_scraped(p, srv)
             db.execute("ROLLBACK")
         finally:
@@ -409,6 +411,27 @@ class PrometheusScrapesPinsd(unittest.TestCase):
             time.sleep(1)
         self.fail("alerts not firing within %d s: %r" % (timeout, seen))
 
+    def scraped_phases(self, env, backend, between=None):
+        """pinsd (env, shadow mode) scraped by Prometheus: the load, between(p, srv), then the
+        same process restarted with RBAC_ENFORCE=true on the same port and data, the load again;
+        promtool check metrics and store_info{backend}. Returns (srv, p)."""
+        srv = self.pinsd(dict(env, RATE_LIMIT_RPM=str(RPM), MACHINE_SECRET_TOKEN=TOKEN,
+                              PINS_SWEEP_INTERVAL_SECONDS="1", RBAC_ENFORCE="false"))
+        p = self.start_prometheus(srv)
+        self.load(p, srv, shadow=True)
+        if between is not None:
+            between(p, srv)
+        self.wait_scraped(p, srv)
+        srv.stop()
+        srv.extra_env["RBAC_ENFORCE"] = "true"
+        srv.start(ready_timeout=30)
+        self.load(p, srv, shadow=False)
+        self.wait_scraped(p, srv)
+        self.promtool_check_metrics(srv)
+        info = p.query('store_info{job="nova-backend"}')
+        self.assertEqual([r["metric"]["backend"] for r in info], [backend])
+        return srv, p
+
     # ---- the two stores ----------------------------------------------------------------------
 
     @unittest.skipUnless(REDIS_SERVER, "redis-server is not installed")
@@ -416,23 +439,10 @@ class PrometheusScrapesPinsd(unittest.TestCase):
         redis = Redis()
         self.addCleanup(redis.stop)
         redis.start()
-        env = {"RATE_LIMIT_RPM": str(RPM), "MACHINE_SECRET_TOKEN": TOKEN, "REDIS_URL": redis.url,
-               "PINS_SWEEP_INTERVAL_SECONDS": "1", "RBAC_ENFORCE": "false"}
-        srv = self.pinsd(env)
-        p = self.start_prometheus(srv)
-        self.load(p, srv, shadow=True)
-        self.hold_sqlite_write_lock(p, srv, Client(srv))
-        self.wait_scraped(p, srv)
-        # The same process restarted with RBAC enforced, on the same port and data.
-        srv.stop()
-        srv.extra_env["RBAC_ENFORCE"] = "true"
-        srv.start(ready_timeout=30)
-        self.load(p, srv, shadow=False)
-        self.wait_scraped(p, srv)
-        self.promtool_check_metrics(srv)
+        srv, p = self.scraped_phases(
+            {"REDIS_URL": redis.url}, "sqlite",
+            between=lambda p, srv: self.hold_sqlite_write_lock(p, srv, Client(srv)))
         self.check_panels_and_events(p, dict(EVENTS, **SQLITE_EVENTS))
-        info = p.query('store_info{job="nova-backend"}')
-        self.assertEqual([r["metric"]["backend"] for r in info], ["sqlite"])
 
     def test_postgresql_store_alerts_fire_when_it_stops(self):
         if not pg.available():
@@ -443,22 +453,9 @@ class PrometheusScrapesPinsd(unittest.TestCase):
         r = subprocess.run([PINSCTL, "--database-url", server.url, "migrate", "upgrade", "head"],
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
-        env = {"RATE_LIMIT_RPM": str(RPM), "MACHINE_SECRET_TOKEN": TOKEN,
-               "DATABASE_URL": server.url, "PINS_SWEEP_INTERVAL_SECONDS": "1",
-               "RBAC_ENFORCE": "false", "BREAKER_ERRORS_PER_MIN": "3", "BREAKER_OPEN_SECONDS": "5",
-               "DB_POOL_SIZE": "4"}
-        srv = self.pinsd(env)
-        p = self.start_prometheus(srv)
-        self.load(p, srv, shadow=True)
-        self.wait_scraped(p, srv)
-        srv.stop()
-        srv.extra_env["RBAC_ENFORCE"] = "true"
-        srv.start(ready_timeout=30)
-        self.load(p, srv, shadow=False)
-        self.wait_scraped(p, srv)
-        self.promtool_check_metrics(srv)
-        info = p.query('store_info{job="nova-backend"}')
-        self.assertEqual([r["metric"]["backend"] for r in info], ["postgres"])
+        srv, p = self.scraped_phases({"DATABASE_URL": server.url, "BREAKER_ERRORS_PER_MIN": "3",
+                                      "BREAKER_OPEN_SECONDS": "5", "DB_POOL_SIZE": "4"},
+                                     "postgres")
 
         # PostgreSQL stops under a trickle of writes: store errors, the breaker opens, and both
         # alerts go pending, then firing (their for: is 1m; evaluation every second).
