@@ -389,6 +389,8 @@ static void deliver_gets(pg_session *ss, pg_req *r)
                 pack_pin(ss, &packed, &pins[d]);
         }
         bool expired = err[d] == 0 && pins[d].has_expires && pins[d].expires_us <= k->now_us;
+        if (err[d] == 0 && !expired) /* no read cache: every read of an existing pin misses */
+            store__count_read(&ss->base, false);
         deliver_pin(ss, k, expired ? PINS_ENOT_FOUND : err[d], &pins[d], false);
     }
     for (int d = 0; d < GET_BATCH_MAX; d++)
@@ -546,7 +548,6 @@ static int pg_pin_upsert(store_session *base, const store_upsert_req *q, store_p
 
 static int pg_pin_get(store_session *base, const store__get_req *q, store_pin_cb cb, void *arg)
 {
-    store__count_read(base, false); /* no read cache: replicas share the database */
     pg_req *r = req_new(base, OP_GET, NULL, (pg_cb){.pin = cb}, arg); /* sent in a batch */
     if (r != NULL)
         r->now_us = q->now_us;

@@ -185,8 +185,8 @@ static void metrics_init(void)
                                        "Single-pin reads answered by the read cache.", NULL, 0);
     m_cache_misses = metrics_counter_new(
         "memory_cache_misses_total",
-        "Single-pin reads of an existing pin that the read cache did not hold (PostgreSQL: every "
-        "read).",
+        "Single-pin reads of an existing pin that the read cache did not hold (PostgreSQL, without "
+        "a read cache: every such read).",
         NULL, 0);
     m_value_size = metrics_histogram_new("memory_value_size_bytes",
                                          "Size in bytes of the JSON value of each upsert handed "
