@@ -395,7 +395,7 @@ static int on_busy(void *arg, int count)
 static int configure(sqlite3 *db, busy_wait *busy)
 {
     sqlite3_extended_result_codes(db, 1);
-    busy->timeout_ms = STORE__BUSY_TIMEOUT_MS;
+    *busy = (busy_wait){.timeout_ms = STORE__BUSY_TIMEOUT_MS};
     int rc = sqlite3_busy_handler(db, on_busy, busy);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db,
@@ -1880,7 +1880,7 @@ int store__sqlite_open(const store_options *opts, store **pstore)
     const char *dir =
         opts->data_dir != NULL && opts->data_dir[0] != '\0' ? opts->data_dir : "./var";
     sqlite3 *db = NULL;
-    busy_wait busy;
+    busy_wait busy = {0}; /* no write: on_busy counts the open's own wait */
     int err = make_dirs(dir);
     if (err != 0)
         return err;

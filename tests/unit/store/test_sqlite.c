@@ -831,6 +831,32 @@ static void test_sqlite_sweep_gives_up_soon_on_another_process_lock(void **state
     assert_int_equal(c.err, 0);
 }
 
+/* Another process that lets go of its lock after a while. */
+static void *release_after(void *arg)
+{
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 300000000};
+    nanosleep(&pause, NULL);
+    sqlite3_exec(arg, "ROLLBACK", NULL, NULL, NULL);
+    return NULL;
+}
+
+/* Opening the store waits for another process's lock like any write (the busy timeout, counted
+ * from the open's own first wait): a process that holds the database for 300 ms, as a backup or
+ * the previous pinsd committing does, delays the open and does not fail it. */
+static void test_sqlite_open_waits_for_another_process_lock(void **state)
+{
+    fixture *fx = *state;
+    store_fixture_close(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
+    assert_int_equal(sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+    pthread_t tid;
+    assert_int_equal(pthread_create(&tid, NULL, release_after, db), 0);
+    store_fixture_open(fx);
+    assert_int_equal(pthread_join(tid, NULL), 0);
+    sqlite3_close(db);
+    assert_int_equal(upsert(fx, "after", "{}", NO_TTL, T0, NULL), 0);
+}
+
 /* A session of another thread that waits (up to 30 s) for another process's lock while it holds
  * the write mutex. */
 typedef struct mutex_holder {
@@ -962,6 +988,7 @@ int main(void)
         T(test_sqlite_cache_refuses_a_fill_older_than_a_write),
         T(test_sqlite_value_pb_is_the_protobuf_c_packing),
         T(test_sqlite_sweep_gives_up_soon_on_another_process_lock),
+        T(test_sqlite_open_waits_for_another_process_lock),
         T(test_sqlite_write_waits_for_the_mutex_no_longer_than_its_busy_timeout),
         T(test_sqlite_sessions_on_threads_share_mutex_and_cache),
     };
