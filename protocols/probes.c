@@ -41,7 +41,8 @@ static void verdict_record(int err)
 static void on_refresh(void *arg, int err, int64_t count)
 {
     refresh_in_flight = false;
-    verdict_record(err);
+    if (err != PINS_ECANCELLED) /* a session freed at shutdown says nothing of the store */
+        verdict_record(err);
 }
 
 typedef struct ready_ctx {
@@ -58,6 +59,7 @@ static metrics_family *m_ready;
 
 void proto__probes_metrics_init(void)
 {
+    atomic_store(&store_verdict, -1); /* a new server: its first scrape asks its own store */
     if (m_ready != NULL)
         return;
     m_ready = metrics_gauge_new("pins_ready",
@@ -90,7 +92,8 @@ static void answer_metrics(ready_ctx *r)
 static void on_ping(void *arg, int err, int64_t count)
 {
     ready_ctx *r = arg;
-    verdict_record(err);
+    if (err != PINS_ECANCELLED)
+        verdict_record(err);
     bool ok = err == 0 && !r->draining;
     metrics_gauge_set(m_ready, NULL, ok ? 1 : 0);
     if (r->metrics) {
@@ -118,8 +121,8 @@ static bool metrics_from_verdict(rpc_worker *w, pins_arena *a, proto__http_done_
 {
     if (atomic_load(&store_verdict) < 0)
         return false;
-    if (!refresh_in_flight &&
-        pins_time_mono_ns() - atomic_load(&store_verdict_ns) > STORE_VERDICT_FRESH_NS) {
+    int64_t age = pins_time_mono_ns() - atomic_load(&store_verdict_ns);
+    if (!refresh_in_flight && (age < 0 || age > STORE_VERDICT_FRESH_NS)) {
         refresh_in_flight = true;
         if (store_ping(w->store, on_refresh, NULL) != 0) {
             refresh_in_flight = false;
