@@ -377,8 +377,23 @@ if [ "$keep" = live ]; then
         fail_early "cannot copy the live rules to $new_backup: $(printf '%s' "$err" | head -c 300 | tr '\n' ' ')"
     fi
     chmod 0755 "$new_backup"
-    rm -rf "$backup_dir"
-    mv "$new_backup" "$backup_dir"
+    # The old copy goes aside before the new one takes its name, so a failure between the two
+    # leaves one of them where this script says it is.
+    old_backup=""
+    if [ -e "$backup_dir" ]; then
+        old_backup="$backup_dir.old.$$"
+        mv "$backup_dir" "$old_backup" ||
+            fail_early "cannot move the previous last-known-good copy $backup_dir aside (the new one is in $new_backup)"
+    fi
+    if ! mv "$new_backup" "$backup_dir"; then
+        previous="there was none"
+        if [ -n "$old_backup" ]; then
+            previous="it is in $old_backup"
+            mv "$old_backup" "$backup_dir" && previous="it is back in $backup_dir"
+        fi
+        fail_early "cannot put the new last-known-good copy in place (it is in $new_backup; the previous one: $previous)"
+    fi
+    [ -z "$old_backup" ] || rm -rf "$old_backup"
 fi
 
 # 3. Install (each file renamed into place: Prometheus never reads half a file).
