@@ -454,11 +454,8 @@ bool proto_headers_or_reply(proto_stream *s)
         m = rpc_method_find(mt.route->rpc, strlen(mt.route->rpc));
         /* the audit row names the REST route */
         call->origin = (rpc_origin){.route = mt.route->pattern, .http_method = mt.route->method};
-        call->protocol = RPC_PROTOCOL_REST;
     } else if (strcmp(s->method, "POST") == 0) {
         m = rpc_method_find(s->path, plen);
-        bool json = false, text = false;
-        call->protocol = proto__call_protocol(proto__rpc_proto(s, &json, &text));
     }
     if (m == NULL)
         return true; /* probes, /openapi.json, CORS, 404 and 405: answered with the request */

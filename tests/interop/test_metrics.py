@@ -236,6 +236,26 @@ class MetricsTest(ServerTestCase):
         after = scrape(s)
         self.assertCountedOnce(before, after, "rest", "OK")
 
+    def test_calls_refused_on_their_headers_are_rbac_decisions_not_rpcs(self):
+        """RBAC_ENFORCE=true refuses a call without credentials on its headers, before a mapping
+        begins it (no body is read): it is an RBAC denial and an HTTP 403/401, not an RPC, as in
+        grpc_server_handled_total."""
+        s = self.fresh_server({"RBAC_ENFORCE": "true", "MACHINE_SECRET_TOKEN": "t" * 32})
+        denied = label("rbac_decisions_total", resource="memory_pin", action="write",
+                       decision="denied", reason="no-credentials")
+        for path, body, headers, status in (
+                ("/api/v1/memory/pins", '{"tenant_id":"t","key":"k","value":{}}',
+                 ("Content-Type: application/json",), 403),
+                (mp("UpsertPin"), '{"tenantId":"t","key":"k","value":{}}',
+                 ("Content-Type: application/json", "Connect-Protocol-Version: 1"), 401)):
+            before = scrape(s)
+            r = curl(s.port, "POST", path, "--http1.1", body, headers)
+            self.assertEqual(r.status, status, r)
+            after = scrape(s)
+            self.assertEqual(after[denied], before.get(denied, 0) + 1)
+            rpcs = [k for k in after if k.startswith("rpc_requests_total") and after[k] != before[k]]
+            self.assertEqual(rpcs, [], path)
+
     def test_throttled_tenants_counts_distinct_refused_tenants(self):
         s = self.fresh_server({"RATE_LIMIT_RPM": "2"})
         self.assertEqual(scrape(s)["rate_limit_throttled_tenants"], 0)
