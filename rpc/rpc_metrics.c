@@ -23,6 +23,9 @@ static const char *const protocol_names[RPC_PROTOCOL_COUNT] = {
     [RPC_PROTOCOL_REST] = "rest",
 };
 
+/* memory_pins_operations_total's status values, in op_status's order. */
+static const char *const op_status_names[3] = {"success", "not_found", "error"};
+
 void rpc__metrics_init(void)
 {
     static const char *const sm[] = {"grpc_service", "grpc_method"};
@@ -51,7 +54,16 @@ void rpc__metrics_init(void)
     request_seconds = metrics_histogram_new(
         "rpc_request_duration_seconds", "Time from dispatch to the final status, by protocol.", p,
         1, metrics_latency_buckets, metrics_latency_nbuckets);
-    /* Every series from the start, so that rates and increase() see the first call. */
+    /* Every series whose label values are known from the start, so that rates and increase()
+     * see the first call: each operation of the method table by outcome, each protocol by code. */
+    size_t nmethods;
+    const rpc_method *table = rpc_method_table(&nmethods);
+    for (size_t m = 0; m < nmethods; m++) {
+        for (int st = 0; table[m].op != NULL && st < 3; st++) {
+            const char *v[] = {table[m].op, op_status_names[st]};
+            metrics_counter_add(ops, v, 0);
+        }
+    }
     for (int i = RPC_PROTOCOL_NONE + 1; i < RPC_PROTOCOL_COUNT; i++) {
         for (int code = 0; code <= 16; code++) {
             const char *v[] = {protocol_names[i], pins_grpc_code_name(code)};
@@ -171,7 +183,6 @@ static int op_status(int code)
 
 void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, double seconds)
 {
-    static const char *const status_names[3] = {"success", "not_found", "error"};
     if (grpc_code < 0 || grpc_code > 16)
         grpc_code = 2;
     const char *v[] = {m->service, m->name, pins_grpc_code_name(grpc_code)};
@@ -181,7 +192,7 @@ void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, dou
         metrics_counter_inc(handled, v);
         metrics_histogram_observe(handling, v, seconds);
         if (st >= 0) {
-            const char *ov[] = {m->op, status_names[st]};
+            const char *ov[] = {m->op, op_status_names[st]};
             metrics_counter_inc(ops, ov);
             metrics_histogram_observe(latency, ov, seconds);
         }
@@ -200,7 +211,7 @@ void rpc__metrics_handled(rpc_worker *w, const rpc_method *m, int grpc_code, dou
     if (st < 0)
         return;
     if (!r->ops_set[st]) {
-        const char *ov[] = {m->op, status_names[st]};
+        const char *ov[] = {m->op, op_status_names[st]};
         r->ops[st] = metrics_cell_get(ops, ov);
         r->ops_set[st] = true;
     }

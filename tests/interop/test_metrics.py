@@ -105,6 +105,9 @@ def startup_series(workers):
             series = label("rpc_requests_total", protocol=p, grpc_code=code)
             s[series] = None if series in STARTUP_SERIES else 0
         s[label("rpc_request_duration_seconds_count", protocol=p)] = None
+    for op in ("upsert", "get", "list", "delete", "cleanup"):
+        for status in ("success", "not_found", "error"):
+            s[label("memory_pins_operations_total", operation=op, status=status)] = 0
     return s
 
 
