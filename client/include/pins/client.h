@@ -258,6 +258,15 @@ int pins_health_check(pins_client *c, const char *service,
                       Grpc__Health__V1__HealthCheckResponse **presp,
                       const pins_call_options *copts, pins_status *st);
 
+/* A plain HTTP/2 GET of path ("/ready", "/health", "/metrics") on the client's connection, for
+ * the probes pinsd serves on every listener beside gRPC. On 0 a response arrived: its :status is
+ * in *phttp_status and its body in *pbody (new, NUL-terminated, free(); at most
+ * max_message_bytes, longer is RESOURCE_EXHAUSTED) with its length in *plen (may be NULL).
+ * Returns the status code when no response could be had. The machine token and bearer token are
+ * sent as on calls. Never retried with backoff. */
+int pins_client_http_get(pins_client *c, const char *path, int *phttp_status, char **pbody,
+                         size_t *plen, const pins_call_options *copts, pins_status *st);
+
 /* Server streams, as an iterator. pins_stream_open starts rpc (a streaming method) and returns
  * the stream, or NULL (status in st) when it could not start. pins_stream_next waits for the next
  * message: returns 1 with *pmsg a new message, 0 when the stream ended with OK, or the status
