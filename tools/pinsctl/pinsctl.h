@@ -27,6 +27,7 @@
 typedef struct pinsctl_global {
     pins_options opts; /* strings borrowed from argv and the environment */
     bool json;
+    bool timeout_given; /* --timeout was given (watch has no deadline otherwise) */
 } pinsctl_global;
 
 /* Fills g with the defaults and the environment. */
