@@ -1,0 +1,66 @@
+/* tools/pinsctl/bench.h: what pinsctl bench's files share (the run is tools/pinsctl/bench.c).
+ *
+ * bench_config is the parsed command line; bench_config_parse is separate from the run so that
+ * unit tests check the parsing without a server.
+ */
+#ifndef PINSCTL_BENCH_H
+#define PINSCTL_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pinsctl.h"
+
+/* The operations a run mixes, in the order of --mix and of every report. */
+typedef enum bench_op {
+    BENCH_OP_GET,    /* GetPin */
+    BENCH_OP_PUT,    /* UpsertPin */
+    BENCH_OP_LIST,   /* ListPins */
+    BENCH_OP_DELETE, /* DeletePin */
+    BENCH_OP__COUNT
+} bench_op;
+
+/* "get", "put", "list", "delete". Static storage. */
+const char *bench_op_name(bench_op op);
+
+typedef enum bench_dist {
+    BENCH_DIST_UNIFORM,
+    BENCH_DIST_ZIPFIAN,
+} bench_dist;
+
+typedef struct bench_config {
+    int connections;               /* -c, >= 1 */
+    int streams;                   /* -m: calls in flight per connection, >= 1 */
+    int64_t duration_ms;           /* -d; used when requests is 0 */
+    uint64_t requests;             /* -n: total calls counted; 0: run for duration_ms */
+    int64_t warmup_ms;             /* --warmup: calls sent before this are not counted */
+    double rate;                   /* -r: total target calls per second; 0: closed loop */
+    unsigned mix[BENCH_OP__COUNT]; /* --mix weights, sum > 0 */
+    uint64_t keys;                 /* --keys per tenant, >= 1 */
+    bench_dist dist;               /* --dist */
+    double zipf_s;                 /* --zipf-s, > 0 */
+    int tenants;                   /* --tenants, >= 1 */
+    size_t value_size;             /* --value-size: bytes of each put's JSON value */
+    int list_limit;                /* --list-limit: ListPins limit, 1..1000 */
+    bool prefill;                  /* --prefill */
+    double conflicts;              /* --conflicts: fraction of puts with a stale expected_version */
+    uint64_t seed;                 /* --seed */
+    const char *prefix;            /* --key-prefix: keys are <prefix><rank> (borrowed from argv) */
+    const char *tenant_prefix;     /* --tenant-prefix: tenants are <tenant_prefix><index> */
+    bool json;                     /* --json (or the global --json) */
+} bench_config;
+
+/* The defaults: -c 1 -m 10 -d 10s, get only, 1000 keys, uniform, 1 tenant, 64-byte values. */
+void bench_config_init(bench_config *cfg);
+
+/* Parses bench's arguments (argv[0] is "bench") into cfg and the shared connection options into
+ * g. Returns 0 when the run should go on, 1 after printing --help (exit 0), or -1 after printing
+ * a usage error to stderr (exit 2). */
+int bench_config_parse(bench_config *cfg, pinsctl_global *g, int argc, char **argv);
+
+/* Parses a --mix value ("get=90,put=10"; missing operations weigh 0) into mix. Returns false
+ * on a malformed value or when every weight is 0; mix is untouched then. */
+bool bench_parse_mix(const char *s, unsigned mix[BENCH_OP__COUNT]);
+
+#endif
