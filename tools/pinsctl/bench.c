@@ -64,13 +64,6 @@ static const char usage_text[] =
     "Exit status: 0 the run completed (also when calls failed: see the errors in the report),\n"
     "2 usage error, 3 pinsd could not be reached at all.\n";
 
-static const char *const op_names[BENCH_OP__COUNT] = {"get", "put", "list", "delete"};
-
-const char *bench_op_name(bench_op op)
-{
-    return (unsigned)op < BENCH_OP__COUNT ? op_names[op] : "?";
-}
-
 void bench_config_init(bench_config *cfg)
 {
     *cfg = (bench_config){
@@ -124,45 +117,6 @@ static bool parse_double(const char *s, double min, double max, double *pv)
     if (errno != 0 || *end != '\0' || !isfinite(v) || v < min || v > max)
         return false;
     *pv = v;
-    return true;
-}
-
-bool bench_parse_mix(const char *s, unsigned mix[BENCH_OP__COUNT])
-{
-    unsigned out[BENCH_OP__COUNT] = {0};
-    bool seen[BENCH_OP__COUNT] = {false};
-    uint64_t total = 0;
-    const char *p = s;
-    while (*p != '\0') {
-        const char *eq = strchr(p, '=');
-        if (eq == NULL)
-            return false;
-        int op = -1;
-        for (int i = 0; i < BENCH_OP__COUNT; i++) {
-            size_t n = strlen(op_names[i]);
-            if ((size_t)(eq - p) == n && memcmp(p, op_names[i], n) == 0)
-                op = i;
-        }
-        if (op < 0 || seen[op])
-            return false;
-        seen[op] = true;
-        const char *v = eq + 1;
-        if (*v < '0' || *v > '9')
-            return false;
-        char *end = NULL;
-        errno = 0;
-        unsigned long w = strtoul(v, &end, 10);
-        if (errno != 0 || w > 1000000 || (*end != ',' && *end != '\0'))
-            return false;
-        out[op] = (unsigned)w;
-        total += w;
-        p = *end == ',' ? end + 1 : end;
-        if (*end == ',' && *p == '\0')
-            return false;
-    }
-    if (total == 0)
-        return false;
-    memcpy(mix, out, sizeof(out));
     return true;
 }
 
