@@ -245,6 +245,20 @@ int pinsctl_bench_main(pinsctl_global *g, int argc, char **argv)
     int rv = bench_config_parse(&cfg, g, argc, argv);
     if (rv != 0)
         return rv > 0 ? PINSCTL_EXIT_OK : PINSCTL_EXIT_USAGE;
-    fputs("pinsctl bench: the load run is not available in this build\n", stderr);
-    return PINSCTL_EXIT_UNREACHABLE;
+    bench_stats *st = malloc(sizeof(*st));
+    if (st == NULL) {
+        fputs("pinsctl bench: out of memory\n", stderr);
+        return PINSCTL_EXIT_UNREACHABLE;
+    }
+    bench_stats_init(st);
+    rv = bench_run(&cfg, &g->opts, st);
+    if (rv == PINSCTL_EXIT_OK) {
+        if (cfg.json)
+            bench_report_json(stdout, &cfg, &g->opts, st);
+        else
+            bench_report_text(stdout, &cfg, &g->opts, st);
+        fflush(stdout);
+    }
+    free(st);
+    return rv;
 }

@@ -9,7 +9,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
+#include "bench_hist.h"
 #include "pinsctl.h"
 
 /* The operations a run mixes, in the order of --mix and of every report. */
@@ -62,5 +64,46 @@ int bench_config_parse(bench_config *cfg, pinsctl_global *g, int argc, char **ar
 /* Parses a --mix value ("get=90,put=10"; missing operations weigh 0) into mix. Returns false
  * on a malformed value or when every weight is 0; mix is untouched then. */
 bool bench_parse_mix(const char *s, unsigned mix[BENCH_OP__COUNT]);
+
+/* Seconds of the per-second timeline kept; answers later than that count in the last second. */
+#define BENCH_TIMELINE_MAX 3600
+#define BENCH_CODES        (PINS_CODE_UNAUTHENTICATED + 1)
+
+/* What a run counted. Only calls sent after the warmup and the prefill count. Every counted
+ * call ends as exactly one of: ok, error (by status code), aborted (a --conflicts put answered
+ * ABORTED), unanswered (still running when the run gave up waiting, then cancelled). answers
+ * is ok + errors + aborted. Latency is recorded for the calls pinsd answered (any status), from
+ * the call's scheduled send time. About 160 KiB: allocate it. */
+typedef struct bench_stats {
+    uint64_t sent[BENCH_OP__COUNT];
+    uint64_t answers[BENCH_OP__COUNT];
+    uint64_t ok[BENCH_OP__COUNT];
+    uint64_t errors[BENCH_OP__COUNT];
+    uint64_t codes[BENCH_CODES]; /* errors by status code */
+    uint64_t conflicts_sent;     /* puts sent with a stale expected_version */
+    uint64_t aborted;            /* of those, answered ABORTED */
+    uint64_t unanswered;
+    uint64_t prefill_sent;
+    uint64_t prefill_errors;
+    uint64_t prefill_ns;
+    uint64_t measured_ns; /* from the end of the warmup to the last counted answer */
+    uint64_t timeline_ok[BENCH_TIMELINE_MAX];
+    uint64_t timeline_err[BENCH_TIMELINE_MAX]; /* errors, aborted included */
+    uint64_t timeline_len;
+    bench_hist lat[BENCH_OP__COUNT];
+} bench_stats;
+
+/* Runs the load of cfg with the connection options opts (borrowed) and fills st (zeroed by the
+ * caller with the histograms initialised: bench_stats_init). Returns 0 when the run completed,
+ * PINSCTL_EXIT_UNREACHABLE when pinsd could not be reached at all, PINSCTL_EXIT_USAGE for an
+ * option the run refused; the reason is printed to stderr. (tools/pinsctl/bench_run.c) */
+int bench_run(const bench_config *cfg, const pins_options *opts, bench_stats *st);
+
+void bench_stats_init(bench_stats *st);
+/* The report: text for people, or one JSON object (tools/pinsctl/bench_report.c). */
+void bench_report_text(FILE *out, const bench_config *cfg, const pins_options *opts,
+                       const bench_stats *st);
+void bench_report_json(FILE *out, const bench_config *cfg, const pins_options *opts,
+                       const bench_stats *st);
 
 #endif

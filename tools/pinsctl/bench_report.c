@@ -1,0 +1,231 @@
+/* tools/pinsctl/bench_report.c: pinsctl bench's report, as text and as one JSON object. */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+
+static const double percentiles[] = {50.0, 90.0, 99.0, 99.9};
+static const char *const percentile_names[] = {"p50", "p90", "p99", "p99.9"};
+#define NPCT (sizeof(percentiles) / sizeof(percentiles[0]))
+
+void bench_stats_init(bench_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    for (int op = 0; op < BENCH_OP__COUNT; op++)
+        bench_hist_init(&st->lat[op]);
+}
+
+static uint64_t sum_ops(const uint64_t v[BENCH_OP__COUNT])
+{
+    uint64_t n = 0;
+    for (int op = 0; op < BENCH_OP__COUNT; op++)
+        n += v[op];
+    return n;
+}
+
+static double per_second(uint64_t n, uint64_t ns)
+{
+    return ns == 0 ? 0.0 : (double)n * 1e9 / (double)ns;
+}
+
+static void all_latencies(const bench_stats *st, bench_hist *all)
+{
+    bench_hist_init(all);
+    for (int op = 0; op < BENCH_OP__COUNT; op++)
+        bench_hist_merge(all, &st->lat[op]);
+}
+
+static void mix_text(char *buf, size_t size, const bench_config *cfg)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int op = 0; op < BENCH_OP__COUNT && off < size; op++) {
+        if (cfg->mix[op] == 0)
+            continue;
+        int n = snprintf(buf + off, size - off, "%s%s=%u", off > 0 ? "," : "",
+                         bench_op_name((bench_op)op), cfg->mix[op]);
+        if (n < 0)
+            break;
+        off += (size_t)n;
+    }
+}
+
+/* ---- text ---------------------------------------------------------------------------------- */
+
+static double ms(uint64_t ns)
+{
+    return (double)ns / 1e6;
+}
+
+void bench_report_text(FILE *out, const bench_config *cfg, const pins_options *opts,
+                       const bench_stats *st)
+{
+    char mix[128];
+    mix_text(mix, sizeof(mix), cfg);
+    uint64_t sent = sum_ops(st->sent), answers = sum_ops(st->answers);
+    uint64_t ok = sum_ops(st->ok), errors = sum_ops(st->errors);
+    fprintf(out, "pinsctl bench: %s, %d connection%s x %d stream%s, ", opts->addr, cfg->connections,
+            cfg->connections == 1 ? "" : "s", cfg->streams, cfg->streams == 1 ? "" : "s");
+    if (cfg->rate > 0)
+        fprintf(out, "paced at %.1f req/s\n", cfg->rate);
+    else
+        fprintf(out, "closed loop\n");
+    fprintf(out, "workload: %s, %llu keys x %d tenant%s, %s", mix, (unsigned long long)cfg->keys,
+            cfg->tenants, cfg->tenants == 1 ? "" : "s",
+            cfg->dist == BENCH_DIST_ZIPFIAN ? "zipfian" : "uniform");
+    if (cfg->dist == BENCH_DIST_ZIPFIAN)
+        fprintf(out, " (s=%.3g)", cfg->zipf_s);
+    fprintf(out, ", values of %zu bytes", cfg->value_size);
+    if (cfg->conflicts > 0)
+        fprintf(out, ", conflicts %.3g of puts", cfg->conflicts);
+    fprintf(out, "\n");
+    if (cfg->prefill)
+        fprintf(out, "prefill: %llu upserts in %.2f s, %llu errors\n",
+                (unsigned long long)st->prefill_sent, (double)st->prefill_ns / 1e9,
+                (unsigned long long)st->prefill_errors);
+    fprintf(out, "measured: %.3f s", (double)st->measured_ns / 1e9);
+    if (cfg->warmup_ms > 0)
+        fprintf(out, " (after %.3f s of warmup)", (double)cfg->warmup_ms / 1e3);
+    fprintf(out, "\n\n");
+    fprintf(out, "requests: %llu sent, %llu answered, %llu unanswered\n", (unsigned long long)sent,
+            (unsigned long long)answers, (unsigned long long)st->unanswered);
+    fprintf(out, "answers:  %llu ok, %llu errors, %llu conflicts (ABORTED of %llu stale puts)\n",
+            (unsigned long long)ok, (unsigned long long)errors, (unsigned long long)st->aborted,
+            (unsigned long long)st->conflicts_sent);
+    fprintf(out, "rate:     %.1f req/s (answers per second)\n\n",
+            per_second(answers, st->measured_ns));
+
+    fprintf(out, "%-8s %10s %10s %10s %10s %10s %11s %9s %9s\n", "op", "sent", "answers", "ok",
+            "errors", "aborted", "req/s", "p50 ms", "p99 ms");
+    for (int op = 0; op < BENCH_OP__COUNT; op++) {
+        if (st->sent[op] == 0 && cfg->mix[op] == 0)
+            continue;
+        fprintf(out, "%-8s %10llu %10llu %10llu %10llu %10llu %11.1f %9.3f %9.3f\n",
+                bench_op_name((bench_op)op), (unsigned long long)st->sent[op],
+                (unsigned long long)st->answers[op], (unsigned long long)st->ok[op],
+                (unsigned long long)st->errors[op],
+                (unsigned long long)(op == BENCH_OP_PUT ? st->aborted : 0),
+                per_second(st->answers[op], st->measured_ns),
+                ms(bench_hist_percentile(&st->lat[op], 50)),
+                ms(bench_hist_percentile(&st->lat[op], 99)));
+    }
+    if (errors > 0) {
+        fprintf(out, "\nerrors by status:");
+        for (int c = 0; c < BENCH_CODES; c++)
+            if (st->codes[c] > 0)
+                fprintf(out, " %s %llu", pins_code_name(c), (unsigned long long)st->codes[c]);
+        fprintf(out, "\n");
+    }
+    static bench_hist all;
+    all_latencies(st, &all);
+    fprintf(out, "\nlatency (ms, from the %s send time, of %llu answers):\n",
+            cfg->rate > 0 ? "scheduled" : "actual", (unsigned long long)all.count);
+    fprintf(out, "  %9s %9s", "min", "mean");
+    for (size_t i = 0; i < NPCT; i++)
+        fprintf(out, " %9s", percentile_names[i]);
+    fprintf(out, " %9s\n", "max");
+    fprintf(out, "  %9.3f %9.3f", ms(all.count > 0 ? all.min : 0), bench_hist_mean(&all) / 1e6);
+    for (size_t i = 0; i < NPCT; i++)
+        fprintf(out, " %9.3f", ms(bench_hist_percentile(&all, percentiles[i])));
+    fprintf(out, " %9.3f\n", ms(all.max));
+}
+
+/* ---- JSON ---------------------------------------------------------------------------------- */
+
+static void json_string(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(out, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(out, "\\u%04x", *p);
+        else
+            fputc(*p, out);
+    }
+    fputc('"', out);
+}
+
+static double us(uint64_t ns)
+{
+    return (double)ns / 1e3;
+}
+
+static void json_latency(FILE *out, const bench_hist *h)
+{
+    fprintf(out, "{\"count\":%llu,\"min\":%.3f,\"mean\":%.3f", (unsigned long long)h->count,
+            us(h->count > 0 ? h->min : 0), bench_hist_mean(h) / 1e3);
+    for (size_t i = 0; i < NPCT; i++)
+        fprintf(out, ",\"%s\":%.3f", percentile_names[i],
+                us(bench_hist_percentile(h, percentiles[i])));
+    fprintf(out, ",\"max\":%.3f}", us(h->max));
+}
+
+void bench_report_json(FILE *out, const bench_config *cfg, const pins_options *opts,
+                       const bench_stats *st)
+{
+    uint64_t sent = sum_ops(st->sent), answers = sum_ops(st->answers);
+    fprintf(out, "{\"addr\":");
+    json_string(out, opts->addr);
+    fprintf(out, ",\"connections\":%d,\"streams\":%d", cfg->connections, cfg->streams);
+    if (cfg->rate > 0)
+        fprintf(out, ",\"target_rate\":%.3f", cfg->rate);
+    else
+        fprintf(out, ",\"target_rate\":null");
+    fprintf(out, ",\"requests_target\":%llu,\"duration_target_s\":%.3f,\"warmup_s\":%.3f",
+            (unsigned long long)cfg->requests,
+            cfg->requests > 0 ? 0.0 : (double)cfg->duration_ms / 1e3, (double)cfg->warmup_ms / 1e3);
+    fprintf(out, ",\"mix\":{");
+    for (int op = 0; op < BENCH_OP__COUNT; op++)
+        fprintf(out, "%s\"%s\":%u", op > 0 ? "," : "", bench_op_name((bench_op)op), cfg->mix[op]);
+    fprintf(out, "},\"keys\":%llu,\"tenants\":%d,\"dist\":\"%s\",\"zipf_s\":%.6g",
+            (unsigned long long)cfg->keys, cfg->tenants,
+            cfg->dist == BENCH_DIST_ZIPFIAN ? "zipfian" : "uniform", cfg->zipf_s);
+    fprintf(out, ",\"value_size\":%zu,\"list_limit\":%d,\"conflicts\":%.6g,\"seed\":%llu",
+            cfg->value_size, cfg->list_limit, cfg->conflicts, (unsigned long long)cfg->seed);
+    fprintf(out, ",\"key_prefix\":");
+    json_string(out, cfg->prefix);
+    fprintf(out, ",\"tenant_prefix\":");
+    json_string(out, cfg->tenant_prefix);
+    fprintf(out, ",\"prefill\":{\"enabled\":%s,\"upserts\":%llu,\"errors\":%llu,\"seconds\":%.3f}",
+            cfg->prefill ? "true" : "false", (unsigned long long)st->prefill_sent,
+            (unsigned long long)st->prefill_errors, (double)st->prefill_ns / 1e9);
+    fprintf(out,
+            ",\"duration_s\":%.6f,\"requests\":%llu,\"answers\":%llu,\"ok\":%llu,\"errors\":%llu"
+            ",\"aborted\":%llu,\"conflicts_sent\":%llu,\"unanswered\":%llu,\"rps\":%.3f",
+            (double)st->measured_ns / 1e9, (unsigned long long)sent, (unsigned long long)answers,
+            (unsigned long long)sum_ops(st->ok), (unsigned long long)sum_ops(st->errors),
+            (unsigned long long)st->aborted, (unsigned long long)st->conflicts_sent,
+            (unsigned long long)st->unanswered, per_second(answers, st->measured_ns));
+    fprintf(out, ",\"errors_by_code\":{");
+    bool first = true;
+    for (int c = 0; c < BENCH_CODES; c++) {
+        if (st->codes[c] == 0)
+            continue;
+        fprintf(out, "%s\"%s\":%llu", first ? "" : ",", pins_code_name(c),
+                (unsigned long long)st->codes[c]);
+        first = false;
+    }
+    fprintf(out, "},\"ops\":{");
+    for (int op = 0; op < BENCH_OP__COUNT; op++) {
+        fprintf(out,
+                "%s\"%s\":{\"sent\":%llu,\"answers\":%llu,\"ok\":%llu,\"errors\":%llu,"
+                "\"aborted\":%llu,\"rps\":%.3f,\"latency_us\":",
+                op > 0 ? "," : "", bench_op_name((bench_op)op), (unsigned long long)st->sent[op],
+                (unsigned long long)st->answers[op], (unsigned long long)st->ok[op],
+                (unsigned long long)st->errors[op],
+                (unsigned long long)(op == BENCH_OP_PUT ? st->aborted : 0),
+                per_second(st->answers[op], st->measured_ns));
+        json_latency(out, &st->lat[op]);
+        fputc('}', out);
+    }
+    static bench_hist all;
+    all_latencies(st, &all);
+    fprintf(out, "},\"latency_us\":");
+    json_latency(out, &all);
+    fprintf(out, ",\"timeline\":[");
+    for (uint64_t i = 0; i < st->timeline_len; i++)
+        fprintf(out, "%s{\"ok\":%llu,\"errors\":%llu}", i > 0 ? "," : "",
+                (unsigned long long)st->timeline_ok[i], (unsigned long long)st->timeline_err[i]);
+    fprintf(out, "]}\n");
+}

@@ -1,0 +1,626 @@
+/* tools/pinsctl/bench_run.c: pinsctl bench's load loop on libpins-client's event-driven API.
+ *
+ * One thread, one libevent base, -c pins_conn on it, each with -m call slots. A slot is one call
+ * in flight; its request is built on the stack from the slot's draws (the library encodes it at
+ * once) and the value Struct is built once, so the loop itself allocates nothing per call.
+ * Answers are not decoded (discard_response) except UpsertPin's under --conflicts, whose
+ * versions feed the stale expected_version of later puts.
+ *
+ * Closed loop (no --rate): a slot that frees starts the next call at once. Paced (--rate): every
+ * connection has its own evenly spaced grid of due times (bench_pacer); a slot that frees takes
+ * the next due send, and when none is due the connection's timer waits for it. A send that finds
+ * no free slot waits and keeps its due time, so latency (counted from the due time) shows a
+ * stalled server instead of hiding it (coordinated omission).
+ *
+ * Phases: a health check on the first connection (no answer at all: exit 3), the prefill
+ * (--prefill, not counted), the load (warmup first, not counted), then the drain: no new sends,
+ * the calls in flight finish, or are cancelled (counted unanswered) when the deadline plus a
+ * second has passed.
+ */
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+#include "bench_gen.h"
+
+/* A connection whose call failed without reaching pinsd waits this long before its next send,
+ * so that a stopped server is not hammered by a closed loop spinning on refused connects. */
+#define FAIL_PAUSE_NS UINT64_C(10000000)
+/* Versions kept for --conflicts (4 bytes each). */
+#define MAX_VERSIONS (UINT64_C(1) << 26)
+
+typedef struct run run;
+typedef struct bconn bconn;
+
+typedef enum phase { PHASE_PROBE, PHASE_PREFILL, PHASE_LOAD } phase;
+
+typedef struct slot {
+    bconn *bc;
+    pins_call *call; /* while in flight; valid until on_done returns */
+    uint64_t due_ns;
+    uint64_t key;
+    uint32_t tenant;
+    uint8_t op;
+    bool counted;
+    bool conflict;
+    bool prefill;
+} slot;
+
+struct bconn {
+    run *r;
+    pins_conn *conn;
+    struct event *timer; /* the pacer's next due time, or the pause after a failure */
+    bool waiting;        /* timer armed */
+    bench_pacer pacer;
+    slot *slots;
+    slot **free; /* stack of free slots */
+    int nfree;
+};
+
+struct run {
+    const bench_config *cfg;
+    bench_stats *st;
+    struct event_base *base;
+    bconn *conns;
+    int nconns;
+    phase phase;
+    bool stopping;   /* no more sends */
+    bool cancelling; /* the drain gave up: on_done counts unanswered */
+    uint64_t inflight;
+    uint64_t t_load;    /* load start */
+    uint64_t t_measure; /* end of the warmup */
+    uint64_t t_end;     /* end of sending, UINT64_MAX with --requests */
+    uint64_t counted_started;
+    uint64_t last_answer_ns;
+    uint64_t prefill_next;
+    uint64_t prefill_total;
+    uint64_t t_prefill;
+    bench_rng rng;
+    bench_zipf zipf;
+    bench_mix mix;
+    bench_frac frac;
+    uint64_t conflicts_owed;
+    uint32_t *versions; /* tenants x keys, with --conflicts */
+    Google__Protobuf__Struct *value;
+    pins_call_options copts;     /* discard_response */
+    pins_call_options copts_put; /* decodes (versions) */
+    struct event *end_timer;
+    struct event *drain_timer;
+    struct event *sigint;
+    int64_t drain_ms;
+    bool probe_done;
+    int probe_code;
+    bool probe_from_server;
+    char probe_msg[256];
+    bool failed; /* a call could not be started: a bug, the run stops */
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * UINT64_C(1000000000) + (uint64_t)ts.tv_nsec;
+}
+
+static struct timeval tv_of_ns(uint64_t ns)
+{
+    return (struct timeval){.tv_sec = (time_t)(ns / 1000000000),
+                            .tv_usec = (suseconds_t)(ns % 1000000000 / 1000)};
+}
+
+/* Writes prefix followed by n in decimal into buf (size >= prefix length + 21). */
+static void fmt_name(char *buf, const char *prefix, size_t plen, uint64_t n)
+{
+    memcpy(buf, prefix, plen);
+    char digits[24];
+    int i = 0;
+    do {
+        digits[i++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    size_t off = plen;
+    while (i > 0)
+        buf[off++] = digits[--i];
+    buf[off] = '\0';
+}
+
+static void maybe_finish(run *r)
+{
+    if (r->stopping && r->inflight == 0)
+        event_base_loopbreak(r->base);
+}
+
+static void begin_stop(run *r)
+{
+    if (r->stopping)
+        return;
+    r->stopping = true;
+    if (r->inflight > 0) {
+        struct timeval tv = {.tv_sec = r->drain_ms / 1000, .tv_usec = r->drain_ms % 1000 * 1000};
+        event_add(r->drain_timer, &tv);
+    }
+    maybe_finish(r);
+}
+
+static void on_done(void *arg, ProtobufCMessage *resp, const pins_status *st);
+
+/* Starts the call of slot s. Returns false when the library refused it. */
+static bool start_call(run *r, bconn *bc, slot *s)
+{
+    const bench_config *cfg = r->cfg;
+    char tenant[256], key[256];
+    fmt_name(tenant, cfg->tenant_prefix, strlen(cfg->tenant_prefix), s->tenant);
+    fmt_name(key, cfg->prefix, strlen(cfg->prefix), s->key);
+    pins_call *call = NULL;
+    switch ((bench_op)s->op) {
+    case BENCH_OP_GET: {
+        Memorypins__V1__GetPinRequest q = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
+        q.tenant_id = tenant;
+        q.key = key;
+        call = pins_conn_start(bc->conn, PINS_RPC_GET_PIN, &q.base, &r->copts, NULL, on_done, s);
+        break;
+    }
+    case BENCH_OP_PUT: {
+        Memorypins__V1__UpsertPinRequest q = MEMORYPINS__V1__UPSERT_PIN_REQUEST__INIT;
+        Google__Protobuf__Int64Value ev = GOOGLE__PROTOBUF__INT64_VALUE__INIT;
+        q.tenant_id = tenant;
+        q.key = key;
+        q.value = r->value;
+        q.source = "bench";
+        if (s->conflict) {
+            ev.value = (int64_t)r->versions[(uint64_t)s->tenant * cfg->keys + s->key] - 1;
+            q.expected_version = &ev;
+        }
+        call = pins_conn_start(bc->conn, PINS_RPC_UPSERT_PIN, &q.base,
+                               r->versions != NULL ? &r->copts_put : &r->copts, NULL, on_done, s);
+        break;
+    }
+    case BENCH_OP_LIST: {
+        Memorypins__V1__ListPinsRequest q = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
+        q.tenant_id = tenant;
+        q.prefix = (char *)cfg->prefix;
+        q.limit = cfg->list_limit;
+        call = pins_conn_start(bc->conn, PINS_RPC_LIST_PINS, &q.base, &r->copts, NULL, on_done, s);
+        break;
+    }
+    case BENCH_OP_DELETE: {
+        Memorypins__V1__DeletePinRequest q = MEMORYPINS__V1__DELETE_PIN_REQUEST__INIT;
+        q.tenant_id = tenant;
+        q.key = key;
+        call = pins_conn_start(bc->conn, PINS_RPC_DELETE_PIN, &q.base, &r->copts, NULL, on_done, s);
+        break;
+    }
+    default:
+        break;
+    }
+    if (call == NULL)
+        return false;
+    s->call = call;
+    bc->nfree--;
+    r->inflight++;
+    return true;
+}
+
+/* Draws the operation, tenant and key of a load call into s. */
+static void draw(run *r, slot *s)
+{
+    const bench_config *cfg = r->cfg;
+    s->op = (uint8_t)bench_mix_next(&r->mix);
+    s->tenant = cfg->tenants > 1 ? (uint32_t)bench_rng_below(&r->rng, (uint64_t)cfg->tenants) : 0;
+    s->key = cfg->dist == BENCH_DIST_ZIPFIAN ? bench_zipf_next(&r->zipf, &r->rng)
+                                             : bench_rng_below(&r->rng, cfg->keys);
+    s->conflict = false;
+    if (s->op == BENCH_OP_PUT && r->versions != NULL) {
+        if (bench_frac_next(&r->frac))
+            r->conflicts_owed++;
+        /* A stale version needs a key whose version went past 1; until the drawn key has one,
+         * the conflict waits for a later put (and this put raises the version). */
+        if (r->conflicts_owed > 0 && r->versions[(uint64_t)s->tenant * cfg->keys + s->key] >= 2) {
+            s->conflict = true;
+            r->conflicts_owed--;
+        }
+    }
+}
+
+/* Starts calls on bc while it has free slots and something is due. */
+static void pump(run *r, bconn *bc)
+{
+    const bench_config *cfg = r->cfg;
+    while (bc->nfree > 0 && !r->stopping && !bc->waiting && r->phase != PHASE_PROBE) {
+        slot *s = bc->free[bc->nfree - 1];
+        if (r->phase == PHASE_PREFILL) {
+            if (r->prefill_next >= r->prefill_total)
+                return;
+            uint64_t i = r->prefill_next++;
+            s->tenant = (uint32_t)(i / cfg->keys);
+            s->key = i % cfg->keys;
+            s->op = BENCH_OP_PUT;
+            s->conflict = false;
+            s->prefill = true;
+            s->counted = false;
+            s->due_ns = now_ns();
+            r->st->prefill_sent++;
+        } else {
+            uint64_t now = now_ns();
+            uint64_t due = now;
+            if (now >= r->t_end) {
+                begin_stop(r);
+                return;
+            }
+            if (cfg->rate > 0 && !bench_pacer_take(&bc->pacer, now, &due)) {
+                struct timeval tv = tv_of_ns(bench_pacer_due(&bc->pacer) - now);
+                bc->waiting = true;
+                event_add(bc->timer, &tv);
+                return;
+            }
+            if (due >= r->t_end) {
+                begin_stop(r);
+                return;
+            }
+            bool counted = due >= r->t_measure;
+            if (counted && cfg->requests > 0 && r->counted_started >= cfg->requests) {
+                begin_stop(r);
+                return;
+            }
+            draw(r, s);
+            s->prefill = false;
+            s->counted = counted;
+            s->due_ns = due;
+            if (counted) {
+                r->counted_started++;
+                r->st->sent[s->op]++;
+                if (s->conflict)
+                    r->st->conflicts_sent++;
+            }
+        }
+        if (!start_call(r, bc, s)) {
+            fprintf(stderr, "pinsctl bench: the client library refused a %s request\n",
+                    bench_op_name((bench_op)s->op));
+            r->failed = true;
+            begin_stop(r);
+            return;
+        }
+    }
+}
+
+static void start_load(run *r)
+{
+    const bench_config *cfg = r->cfg;
+    r->phase = PHASE_LOAD;
+    r->t_load = now_ns();
+    r->t_measure = r->t_load + (uint64_t)cfg->warmup_ms * 1000000;
+    r->t_end = cfg->requests > 0 ? UINT64_MAX : r->t_measure + (uint64_t)cfg->duration_ms * 1000000;
+    r->last_answer_ns = r->t_measure;
+    double per_conn = cfg->rate / cfg->connections;
+    for (int i = 0; i < r->nconns; i++) {
+        /* Connection i's grid starts i/c of an interval later, so the sum is evenly spaced. */
+        uint64_t offset = per_conn > 0 ? (uint64_t)(1e9 / per_conn * i / cfg->connections) : 0;
+        bench_pacer_init(&r->conns[i].pacer, r->t_load, per_conn, offset);
+    }
+    if (r->t_end != UINT64_MAX) {
+        struct timeval tv = tv_of_ns(r->t_end - r->t_load);
+        event_add(r->end_timer, &tv);
+    }
+    for (int i = 0; i < r->nconns; i++)
+        pump(r, &r->conns[i]);
+}
+
+static void record(run *r, slot *s, const pins_status *st, uint64_t now)
+{
+    bench_stats *bs = r->st;
+    int op = s->op;
+    if (r->cancelling) {
+        bs->unanswered++;
+        return;
+    }
+    bs->answers[op]++;
+    r->last_answer_ns = now;
+    bool err = false;
+    if (st->code == PINS_CODE_OK) {
+        bs->ok[op]++;
+    } else if (s->conflict && st->code == PINS_CODE_ABORTED) {
+        bs->aborted++;
+        err = true;
+    } else {
+        bs->errors[op]++;
+        bs->codes[st->code >= 0 && st->code < BENCH_CODES ? st->code : PINS_CODE_UNKNOWN]++;
+        err = true;
+    }
+    if (st->code == PINS_CODE_OK || st->from_server)
+        bench_hist_record(&bs->lat[op], now - s->due_ns);
+    uint64_t sec = now > r->t_measure ? (now - r->t_measure) / 1000000000 : 0;
+    if (sec >= BENCH_TIMELINE_MAX)
+        sec = BENCH_TIMELINE_MAX - 1;
+    if (sec + 1 > bs->timeline_len)
+        bs->timeline_len = sec + 1;
+    if (err)
+        bs->timeline_err[sec]++;
+    else
+        bs->timeline_ok[sec]++;
+}
+
+static void on_done(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    slot *s = arg;
+    bconn *bc = s->bc;
+    run *r = bc->r;
+    uint64_t now = now_ns();
+    s->call = NULL;
+    r->inflight--;
+    bc->free[bc->nfree++] = s;
+    if (r->versions != NULL) {
+        uint32_t *v = &r->versions[(uint64_t)s->tenant * r->cfg->keys + s->key];
+        if (resp != NULL && s->op == BENCH_OP_PUT) {
+            const Memorypins__V1__UpsertPinResponse *u = (const void *)resp;
+            if (u->pin != NULL && u->pin->version > 0)
+                *v = u->pin->version > UINT32_MAX ? UINT32_MAX : (uint32_t)u->pin->version;
+        } else if (s->op == BENCH_OP_DELETE && st->code == PINS_CODE_OK) {
+            *v = 0;
+        }
+    }
+    pins_message_free(resp);
+    if (s->prefill) {
+        if (st->code != PINS_CODE_OK && !r->cancelling)
+            r->st->prefill_errors++;
+    } else if (s->counted) {
+        record(r, s, st, now);
+    }
+    if (!st->from_server && st->code == PINS_CODE_UNAVAILABLE && !bc->waiting && !r->stopping) {
+        struct timeval tv = tv_of_ns(FAIL_PAUSE_NS);
+        bc->waiting = true;
+        event_add(bc->timer, &tv);
+    }
+    if (r->phase == PHASE_PREFILL && r->prefill_next >= r->prefill_total && r->inflight == 0 &&
+        !r->stopping) {
+        r->st->prefill_ns = now - r->t_prefill;
+        start_load(r);
+        return;
+    }
+    pump(r, bc);
+    maybe_finish(r);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    bconn *bc = arg;
+    bc->waiting = false;
+    pump(bc->r, bc);
+    maybe_finish(bc->r);
+}
+
+static void on_end(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    begin_stop(arg);
+}
+
+/* The drain gave up: cancel what is still in flight (each on_done runs before the cancel
+ * returns and counts it unanswered). */
+static void cancel_all(run *r)
+{
+    r->cancelling = true;
+    r->stopping = true;
+    for (int i = 0; i < r->nconns; i++) {
+        bconn *bc = &r->conns[i];
+        for (int k = 0; k < r->cfg->streams; k++)
+            if (bc->slots[k].call != NULL)
+                pins_call_cancel(bc->slots[k].call);
+    }
+    maybe_finish(r);
+}
+
+static void on_drain_limit(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    run *r = arg;
+    fprintf(stderr, "pinsctl bench: %llu calls still running %lld ms after the end, cancelled\n",
+            (unsigned long long)r->inflight, (long long)r->drain_ms);
+    cancel_all(r);
+}
+
+/* The first ^C stops sending and lets the calls in flight finish; the second cancels them. */
+static void on_sigint(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    run *r = arg;
+    if (r->stopping)
+        cancel_all(r);
+    else
+        begin_stop(r);
+}
+
+static void on_probe(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    run *r = arg;
+    pins_message_free(resp);
+    r->probe_done = true;
+    r->probe_code = st->code;
+    r->probe_from_server = st->from_server;
+    snprintf(r->probe_msg, sizeof(r->probe_msg), "%s", st->message != NULL ? st->message : "");
+    event_base_loopbreak(r->base);
+}
+
+/* A JSON object of about size bytes: {"data":"xxx..."}. */
+static int build_value(run *r, size_t size)
+{
+    size_t pad = size > 11 ? size - 11 : 0;
+    char *json = malloc(pad + 16);
+    if (json == NULL)
+        return -1;
+    size_t off = 0;
+    if (pad == 0) {
+        memcpy(json, "{}", 3);
+        off = 2;
+    } else {
+        memcpy(json, "{\"data\":\"", 9);
+        off = 9;
+        memset(json + off, 'x', pad);
+        off += pad;
+        memcpy(json + off, "\"}", 3);
+        off += 2;
+    }
+    pins_status st = PINS_STATUS_INIT;
+    int rv = pins_value_from_json(json, off, &r->value, &st);
+    if (rv != 0)
+        fprintf(stderr, "pinsctl bench: building the value failed: %s\n", st.message);
+    pins_status_clear(&st);
+    free(json);
+    return rv == 0 ? 0 : -1;
+}
+
+int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats *st)
+{
+    int rv = PINSCTL_EXIT_OK;
+    run r = {.cfg = cfg, .st = st, .t_end = UINT64_MAX};
+    pins_options opts = *opts_in;
+    opts.max_retries = 0;
+    opts.max_concurrent_streams = (uint32_t)cfg->streams;
+    r.copts = (pins_call_options){.no_retry = true, .discard_response = true};
+    r.copts_put = (pins_call_options){.no_retry = true};
+    int64_t timeout = opts.timeout_ms > 0 ? opts.timeout_ms : 30000;
+    r.drain_ms = timeout + 1000;
+
+    bench_rng_seed(&r.rng, cfg->seed);
+    bench_zipf_init(&r.zipf, cfg->keys, cfg->zipf_s);
+    bench_mix_init(&r.mix, cfg->mix);
+    bench_frac_init(&r.frac, cfg->conflicts);
+    if (cfg->conflicts > 0) {
+        uint64_t n = (uint64_t)cfg->tenants * cfg->keys;
+        if (n > MAX_VERSIONS) {
+            fprintf(stderr,
+                    "pinsctl bench: --conflicts tracks every key's version: --tenants x --keys "
+                    "must be at most %llu\n",
+                    (unsigned long long)MAX_VERSIONS);
+            return PINSCTL_EXIT_USAGE;
+        }
+        r.versions = calloc(n, sizeof(*r.versions));
+        if (r.versions == NULL) {
+            fprintf(stderr, "pinsctl bench: out of memory\n");
+            return PINSCTL_EXIT_USAGE;
+        }
+    }
+    if (build_value(&r, cfg->value_size) != 0) {
+        rv = PINSCTL_EXIT_USAGE;
+        goto out;
+    }
+
+    struct event_config *ec = event_config_new();
+    if (ec != NULL) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+        r.base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
+    if (r.base == NULL) {
+        fprintf(stderr, "pinsctl bench: cannot create the event loop\n");
+        rv = PINSCTL_EXIT_UNREACHABLE;
+        goto out;
+    }
+    r.end_timer = evtimer_new(r.base, on_end, &r);
+    r.drain_timer = evtimer_new(r.base, on_drain_limit, &r);
+    r.sigint = evsignal_new(r.base, SIGINT, on_sigint, &r);
+    r.conns = calloc((size_t)cfg->connections, sizeof(*r.conns));
+    if (r.end_timer == NULL || r.drain_timer == NULL || r.sigint == NULL || r.conns == NULL) {
+        fprintf(stderr, "pinsctl bench: out of memory\n");
+        rv = PINSCTL_EXIT_UNREACHABLE;
+        goto out;
+    }
+    event_add(r.sigint, NULL);
+    for (int i = 0; i < cfg->connections; i++) {
+        bconn *bc = &r.conns[i];
+        bc->r = &r;
+        pins_status pst = PINS_STATUS_INIT;
+        bc->conn = pins_conn_new(r.base, &opts, &pst);
+        bc->timer = evtimer_new(r.base, on_timer, bc);
+        bc->slots = calloc((size_t)cfg->streams, sizeof(*bc->slots));
+        bc->free = calloc((size_t)cfg->streams, sizeof(*bc->free));
+        r.nconns = i + 1;
+        if (bc->conn == NULL) {
+            fprintf(stderr, "pinsctl bench: %s\n",
+                    pst.message != NULL ? pst.message : "bad options");
+            pins_status_clear(&pst);
+            rv = PINSCTL_EXIT_USAGE;
+            goto out;
+        }
+        pins_status_clear(&pst);
+        if (bc->timer == NULL || bc->slots == NULL || bc->free == NULL) {
+            fprintf(stderr, "pinsctl bench: out of memory\n");
+            rv = PINSCTL_EXIT_UNREACHABLE;
+            goto out;
+        }
+        for (int k = 0; k < cfg->streams; k++) {
+            bc->slots[k].bc = bc;
+            bc->free[k] = &bc->slots[cfg->streams - 1 - k];
+        }
+        bc->nfree = cfg->streams;
+    }
+
+    /* Can pinsd be reached at all? */
+    Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    pins_call_options hopts = {.no_retry = true};
+    if (pins_conn_start(r.conns[0].conn, PINS_RPC_HEALTH_CHECK, &hreq.base, &hopts, NULL, on_probe,
+                        &r) == NULL) {
+        rv = PINSCTL_EXIT_UNREACHABLE;
+        goto out;
+    }
+    while (!r.probe_done)
+        if (event_base_dispatch(r.base) != 0)
+            break;
+    if (!r.probe_done || (r.probe_code != PINS_CODE_OK && !r.probe_from_server)) {
+        fprintf(stderr, "pinsctl bench: cannot reach pinsd at %s: %s\n", opts.addr,
+                r.probe_done ? r.probe_msg : "no answer");
+        rv = PINSCTL_EXIT_UNREACHABLE;
+        goto out;
+    }
+
+    if (cfg->prefill) {
+        r.phase = PHASE_PREFILL;
+        r.prefill_total = (uint64_t)cfg->tenants * cfg->keys;
+        r.t_prefill = now_ns();
+        for (int i = 0; i < r.nconns; i++)
+            pump(&r, &r.conns[i]);
+    } else {
+        start_load(&r);
+    }
+    /* The loop breaks when the run has stopped with nothing in flight (and once per ^C). */
+    while (!(r.stopping && r.inflight == 0))
+        if (event_base_dispatch(r.base) != 0)
+            break;
+    if (r.phase == PHASE_LOAD)
+        st->measured_ns = r.last_answer_ns > r.t_measure ? r.last_answer_ns - r.t_measure : 0;
+    if (r.failed)
+        rv = PINSCTL_EXIT_UNREACHABLE;
+
+out:
+    r.stopping = true; /* nothing starts while the connections close */
+    r.cancelling = true;
+    for (int i = 0; i < r.nconns; i++) {
+        bconn *bc = &r.conns[i];
+        pins_conn_free(bc->conn);
+        if (bc->timer != NULL)
+            event_free(bc->timer);
+        free(bc->slots);
+        free(bc->free);
+    }
+    free(r.conns);
+    if (r.end_timer != NULL)
+        event_free(r.end_timer);
+    if (r.drain_timer != NULL)
+        event_free(r.drain_timer);
+    if (r.sigint != NULL)
+        event_free(r.sigint);
+    if (r.base != NULL)
+        event_base_free(r.base);
+    if (r.value != NULL)
+        pins_message_free(&r.value->base);
+    free(r.versions);
+    return rv;
+}
