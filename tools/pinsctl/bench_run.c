@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "bench_gen.h"
@@ -86,6 +87,9 @@ struct run {
     uint64_t conflicts_owed;
     uint32_t *versions; /* tenants x keys, with --conflicts */
     Google__Protobuf__Struct *value;
+    char rid_prefix[24]; /* x-request-id: <rid_prefix><sequence>, unique per run */
+    size_t rid_prefix_len;
+    uint64_t rid_seq;
     pins_call_options copts;     /* discard_response */
     pins_call_options copts_put; /* decodes (versions) */
     struct event *end_timer;
@@ -152,16 +156,21 @@ static void on_done(void *arg, ProtobufCMessage *resp, const pins_status *st);
 static bool start_call(run *r, bconn *bc, slot *s)
 {
     const bench_config *cfg = r->cfg;
-    char tenant[256], key[256];
+    char tenant[256], key[256], rid[48];
     fmt_name(tenant, cfg->tenant_prefix, strlen(cfg->tenant_prefix), s->tenant);
     fmt_name(key, cfg->prefix, strlen(cfg->prefix), s->key);
+    /* The library would draw 16 random bytes (a getrandom system call) for every call's
+     * x-request-id; a per-run random prefix and a sequence number are as unique and cost none. */
+    fmt_name(rid, r->rid_prefix, r->rid_prefix_len, ++r->rid_seq);
+    pins_call_options co = s->op == BENCH_OP_PUT && r->versions != NULL ? r->copts_put : r->copts;
+    co.request_id = rid;
     pins_call *call = NULL;
     switch ((bench_op)s->op) {
     case BENCH_OP_GET: {
         Memorypins__V1__GetPinRequest q = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
         q.tenant_id = tenant;
         q.key = key;
-        call = pins_conn_start(bc->conn, PINS_RPC_GET_PIN, &q.base, &r->copts, NULL, on_done, s);
+        call = pins_conn_start(bc->conn, PINS_RPC_GET_PIN, &q.base, &co, NULL, on_done, s);
         break;
     }
     case BENCH_OP_PUT: {
@@ -175,8 +184,7 @@ static bool start_call(run *r, bconn *bc, slot *s)
             ev.value = (int64_t)r->versions[(uint64_t)s->tenant * cfg->keys + s->key] - 1;
             q.expected_version = &ev;
         }
-        call = pins_conn_start(bc->conn, PINS_RPC_UPSERT_PIN, &q.base,
-                               r->versions != NULL ? &r->copts_put : &r->copts, NULL, on_done, s);
+        call = pins_conn_start(bc->conn, PINS_RPC_UPSERT_PIN, &q.base, &co, NULL, on_done, s);
         break;
     }
     case BENCH_OP_LIST: {
@@ -184,14 +192,14 @@ static bool start_call(run *r, bconn *bc, slot *s)
         q.tenant_id = tenant;
         q.prefix = (char *)cfg->prefix;
         q.limit = cfg->list_limit;
-        call = pins_conn_start(bc->conn, PINS_RPC_LIST_PINS, &q.base, &r->copts, NULL, on_done, s);
+        call = pins_conn_start(bc->conn, PINS_RPC_LIST_PINS, &q.base, &co, NULL, on_done, s);
         break;
     }
     case BENCH_OP_DELETE: {
         Memorypins__V1__DeletePinRequest q = MEMORYPINS__V1__DELETE_PIN_REQUEST__INIT;
         q.tenant_id = tenant;
         q.key = key;
-        call = pins_conn_start(bc->conn, PINS_RPC_DELETE_PIN, &q.base, &r->copts, NULL, on_done, s);
+        call = pins_conn_start(bc->conn, PINS_RPC_DELETE_PIN, &q.base, &co, NULL, on_done, s);
         break;
     }
     default:
@@ -490,6 +498,11 @@ int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats 
     r.drain_ms = timeout + 1000;
 
     bench_rng_seed(&r.rng, cfg->seed);
+    bench_rng rid_rng;
+    bench_rng_seed(&rid_rng, now_ns() ^ ((uint64_t)getpid() << 32));
+    snprintf(r.rid_prefix, sizeof(r.rid_prefix), "bench-%08x-",
+             (unsigned)(bench_rng_next(&rid_rng) >> 32));
+    r.rid_prefix_len = strlen(r.rid_prefix);
     bench_zipf_init(&r.zipf, cfg->keys, cfg->zipf_s);
     bench_mix_init(&r.mix, cfg->mix);
     bench_frac_init(&r.frac, cfg->conflicts);
