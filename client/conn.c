@@ -1189,6 +1189,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     pins_conn *conn = arg;
+    const h2link *polled = NULL;
 again:
     for (pins_call *call = conn->calls_head; call != NULL; call = call->next) {
         if (call->state != CS_QUEUED || call->fail_on_wake)
@@ -1207,6 +1208,18 @@ again:
             }
         }
         h2link *l = conn->cur;
+        if (l->ready && l->active == 0 && polled != l) {
+            /* An idle link may have been closed by the server while nobody read it (the
+             * blocking API runs the loop only during calls): read what is there first, so
+             * that a GOAWAY or an EOF sends the call to a new link instead of a dead one. */
+            polled = l;
+            link_ref(l);
+            on_link_read(l->fd, EV_READ, l);
+            bool gone = l->dead || l->draining;
+            link_unref(l);
+            if (gone)
+                goto again;
+        }
         if (!l->ready || l->active >= link_limit(l))
             break;
         int rv = call_submit(call, l);

@@ -57,6 +57,7 @@ struct fconn {
     nghttp2_session *h2;
     int index;
     bool closing;
+    bool close_when_idle; /* close once no stream is open */
 };
 
 /* Called on the server thread when request nth (0-based, over the server's life) has ended. */
@@ -194,7 +195,9 @@ static int s_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u)
 static int s_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u)
 {
     (void)err;
-    (void)u;
+    fconn *c = u;
+    if (c->close_when_idle)
+        c->closing = true;
     fstream *st = nghttp2_session_get_stream_user_data(s, id);
     if (st == NULL)
         return 0;
@@ -1152,6 +1155,109 @@ static void test_conn_connect_refused(void **state)
     pins_status_clear(&st);
 }
 
+static void script_ok_then_close(fconn *c, fstream *s, int nth)
+{
+    (void)nth;
+    c->close_when_idle = true;
+    answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
+}
+
+static void test_conn_reconnects_after_idle_close(void **state)
+{
+    (void)state;
+    fake_start(script_ok_then_close);
+    pins_client *c = client(NULL);
+    pins_status st = PINS_STATUS_INIT;
+    for (int i = 0; i < 3; i++) {
+        /* The server closed the connection while the client was not reading; even a call
+         * that is not retried goes to a new connection. */
+        assert_int_equal(upsert(c, NULL, &st), 0);
+        assert_int_equal(st.attempts, 1);
+        assert_int_equal(fake_wait(&F.nconns, i + 1, 2000), i + 1);
+        usleep(50000);
+    }
+    assert_int_equal(fake_get(&F.nconns), 3);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
+typedef struct cb_state {
+    pins_conn *conn;
+    pins_call *call;
+    int messages;
+    done_rec first;
+    done_rec chained;
+} cb_state;
+
+static void on_chained_done(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    cb_state *s = arg;
+    on_done(&s->chained, resp, st);
+}
+
+static void on_first_done(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    cb_state *s = arg;
+    on_done(&s->first, resp, st);
+    /* Starting a call from inside on_done is allowed. */
+    Memorypins__V1__GetPinRequest req = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
+    assert_non_null(
+        pins_conn_start(s->conn, PINS_RPC_GET_PIN, &req.base, NULL, NULL, on_chained_done, s));
+}
+
+static void on_first_message(void *arg, ProtobufCMessage *msg)
+{
+    cb_state *s = arg;
+    s->messages++;
+    pins_message_free(msg);
+    /* Cancelling the call from inside its own callback: on_done runs now, the call is freed
+     * after this callback unwinds, and no further message arrives. */
+    pins_call_cancel(s->call);
+    assert_int_equal(s->first.n, 1);
+    pins_call_cancel(s->call); /* a second cancel of a finished call does nothing */
+}
+
+static void script_stream_then_ok(fconn *c, fstream *s, int nth)
+{
+    if (nth == 0)
+        answer(c, s, OK_HDRS, STREAM_BYTES, STREAM_LEN, 0, NULL); /* no trailers: held open */
+    else
+        answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
+}
+
+static void test_conn_cancel_inside_on_message_and_start_inside_on_done(void **state)
+{
+    (void)state;
+    /* Two events in one DATA frame. */
+    Memorypins__V1__WatchPinsResponse ev = MEMORYPINS__V1__WATCH_PINS_RESPONSE__INIT;
+    ev.type = MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_PUT;
+    size_t n = protobuf_c_message_pack(&ev.base, STREAM_BYTES + 5);
+    memset(STREAM_BYTES, 0, 5);
+    STREAM_BYTES[4] = (uint8_t)n;
+    memcpy(STREAM_BYTES + n + 5, STREAM_BYTES, n + 5);
+    STREAM_LEN = 2 * (n + 5);
+    fake_start(script_stream_then_ok);
+    struct event_base *base = event_base_new();
+    cb_state s = {0};
+    s.conn = econn(base, NULL);
+    Memorypins__V1__WatchPinsRequest req = MEMORYPINS__V1__WATCH_PINS_REQUEST__INIT;
+    s.call = pins_conn_start(s.conn, PINS_RPC_WATCH_PINS, &req.base, NULL, on_first_message,
+                             on_first_done, &s);
+    assert_non_null(s.call);
+    run_until_done(base, &s.chained, 1);
+    assert_int_equal(s.messages, 1);
+    assert_int_equal(s.first.n, 1);
+    assert_int_equal(s.first.code, PINS_CODE_CANCELLED);
+    assert_int_equal(s.chained.n, 1);
+    assert_int_equal(s.chained.code, PINS_CODE_OK);
+    assert_int_equal(fake_wait(&F.nrst, 1, 2000), 1);
+    assert_int_equal(F.rst_code, NGHTTP2_CANCEL);
+    pins_conn_free(s.conn);
+    event_base_free(base);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1176,6 +1282,8 @@ int main(void)
         cmocka_unit_test(test_conn_http_get),
         cmocka_unit_test(test_conn_queue_beyond_max_concurrent_streams),
         cmocka_unit_test(test_conn_connect_refused),
+        cmocka_unit_test(test_conn_reconnects_after_idle_close),
+        cmocka_unit_test(test_conn_cancel_inside_on_message_and_start_inside_on_done),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
