@@ -428,6 +428,17 @@ class InstalledClientTest(unittest.TestCase):
         self.assertEqual(got, {"async-%d" % i: {"n": i} for i in range(count)})
 
 
+class ClientDocsTest(unittest.TestCase):
+    def test_readme_example_is_pins_example_c(self):
+        # client/README.md shows the complete example inline: it must be the file that is built
+        # and run above, character for character.
+        with open(os.path.join(ROOT, "client", "README.md")) as f:
+            blocks = re.findall(r"^```c\n(.*?)^```$", f.read(), re.M | re.S)
+        with open(os.path.join(EXAMPLES, "pins_example.c")) as f:
+            example = f.read()
+        self.assertIn(example, blocks, "client/README.md does not show examples/pins_example.c")
+
+
 class ProtoStubsTest(unittest.TestCase):
     """Other languages generate stubs from the installed .proto files without editing them."""
 
