@@ -1,0 +1,324 @@
+"""pinsctl bench (tools/pinsctl/bench*.c) against a real pinsd.
+
+Each run is a real `pinsctl bench --json` process; its own counts are checked against themselves
+(requests sent = answers = -n) and against what pinsd counted in /metrics over the same run
+(grpc_server_handled_total by method and code, memory_pins_operations_total by operation): the
+mix, op by op; --rate pacing (the achieved rate, and the arrivals pinsd counted in windows of
+about 100 ms); --conflicts (ABORTED counted apart from errors); a zipfian run (the hot key's
+version against the cold keys'); a run across a pinsd restart (SIGTERM: drain and GOAWAY, then a
+new process on the same port); exit statuses 2 and 3.
+
+Run: PINSD_BIN=build/pinsd PINSCTL_BIN=build/pinsctl /usr/bin/python3 -m unittest -v test_pinsctl_bench
+"""
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import unittest
+import urllib.request
+
+import harness
+from harness import ServerTestCase, mp
+
+PINSCTL = os.environ.get("PINSCTL_BIN") or os.path.join(
+    os.path.dirname(harness.PINSD_BIN), "pinsctl")
+
+_CTL_VARS = ("MACHINE_SECRET_TOKEN", "PINS_TOKEN", "PINS_ADDR")
+SERIES_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
+OPS = ("get", "put", "list", "delete")
+METHOD_OF = {"get": "GetPin", "put": "UpsertPin", "list": "ListPins", "delete": "DeletePin"}
+OPERATION_OF = {"get": "get", "put": "upsert", "list": "list", "delete": "delete"}
+LATENCY_FIELDS = ("count", "min", "mean", "p50", "p90", "p99", "p99.9", "max")
+TOP_FIELDS = ("addr", "connections", "streams", "target_rate", "requests_target",
+              "duration_target_s", "warmup_s", "mix", "keys", "tenants", "dist", "zipf_s",
+              "value_size", "list_limit", "conflicts", "seed", "key_prefix", "tenant_prefix",
+              "prefill", "duration_s", "requests", "answers", "ok", "errors", "aborted",
+              "conflicts_sent", "unanswered", "rps", "errors_by_code", "ops", "latency_us",
+              "timeline")
+OP_FIELDS = ("sent", "answers", "ok", "errors", "aborted", "rps", "latency_us")
+
+
+def run_bench(args, timeout=120):
+    if not os.path.exists(PINSCTL):
+        if os.environ.get("PINSCTL_BIN"):
+            raise RuntimeError("PINSCTL_BIN=%s does not exist" % PINSCTL)
+        raise unittest.SkipTest("pinsctl not found at %s (set PINSCTL_BIN)" % PINSCTL)
+    env = {k: v for k, v in os.environ.items() if k not in _CTL_VARS}
+    return subprocess.run([PINSCTL, "bench"] + list(args), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def metrics(port):
+    """{series: value} of pinsd's /metrics."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        text = r.read().decode("utf-8")
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SERIES_RE.match(line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def handled(m, method, code=None):
+    """grpc_server_handled_total of a MemoryPins method, one code or all."""
+    prefix = ('grpc_server_handled_total{grpc_service="memorypins.v1.MemoryPins",'
+              'grpc_method="%s",grpc_code="' % method)
+    total = 0
+    for k, v in m.items():
+        if k.startswith(prefix) and (code is None or k == prefix + code + '"}'):
+            total += v
+    return int(total)
+
+
+def operations(m, operation, status):
+    return int(m.get('memory_pins_operations_total{operation="%s",status="%s"}'
+                     % (operation, status), 0))
+
+
+def delta(before, after, fn, *args):
+    return fn(after, *args) - fn(before, *args)
+
+
+class BenchTest(ServerTestCase):
+    """One pinsd (SQLite, two workers, no rate limit) for the count-checking runs."""
+
+    def bench_json(self, args, port=None, timeout=120):
+        r = run_bench(["--addr", "127.0.0.1:%d" % (port or self.server.port), "--json"]
+                      + list(args), timeout=timeout)
+        self.assertEqual(r.returncode, 0, "pinsctl bench failed:\n%s\n%s" % (r.stdout, r.stderr))
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 1, "one JSON object on one line: %r" % r.stdout)
+        return json.loads(lines[0])
+
+    def assertOwnCounts(self, rep, n=None):
+        """The report agrees with itself: sent = answers (+ unanswered) and the sums add up."""
+        if n is not None:
+            self.assertEqual(rep["requests"], n)
+        self.assertEqual(rep["unanswered"], 0)
+        self.assertEqual(rep["answers"], rep["requests"])
+        self.assertEqual(rep["answers"], rep["ok"] + rep["errors"] + rep["aborted"])
+        self.assertEqual(rep["requests"], sum(rep["ops"][op]["sent"] for op in OPS))
+        self.assertEqual(rep["errors"], sum(rep["errors_by_code"].values()))
+        for op in OPS:
+            o = rep["ops"][op]
+            self.assertEqual(o["sent"], o["answers"], op)
+            self.assertEqual(o["answers"], o["ok"] + o["errors"] + o["aborted"], op)
+        self.assertEqual(rep["latency_us"]["count"], rep["answers"])
+        self.assertEqual(sum(t["ok"] for t in rep["timeline"]), rep["ok"])
+        self.assertEqual(sum(t["errors"] for t in rep["timeline"]),
+                         rep["errors"] + rep["aborted"])
+
+    def test_counts_agree_with_pinsd_op_by_op(self):
+        n = 3000
+        mix = {"get": 50, "put": 30, "list": 10, "delete": 10}
+        self.bench_json(["--prefill", "--keys", "200", "-n", "1"])  # every key exists
+        before = metrics(self.server.port)
+        rep = self.bench_json(["-n", str(n), "-c", "3", "-m", "8", "--keys", "200",
+                               "--mix", ",".join("%s=%d" % kv for kv in mix.items())])
+        after = metrics(self.server.port)
+        self.assertOwnCounts(rep, n)
+        for op, w in mix.items():
+            o = rep["ops"][op]
+            # The mix is exact: within 1% of the weights (here to the call).
+            self.assertLessEqual(abs(o["sent"] - n * w / 100), n * 0.01, op)
+            # pinsd counted every call of the run, by method and code.
+            self.assertEqual(delta(before, after, handled, METHOD_OF[op]), o["sent"], op)
+            self.assertEqual(delta(before, after, handled, METHOD_OF[op], "OK"), o["ok"], op)
+            self.assertEqual(delta(before, after, handled, METHOD_OF[op], "NOT_FOUND"),
+                             rep["ops"][op]["errors"], op)  # deletes make later reads miss
+            served = sum(delta(before, after, operations, OPERATION_OF[op], s)
+                         for s in ("success", "not_found"))
+            self.assertEqual(served, o["sent"], op)
+            self.assertEqual(delta(before, after, operations, OPERATION_OF[op], "success"),
+                             o["ok"], op)
+        self.assertEqual(set(rep["errors_by_code"]) - {"NOT_FOUND"}, set())
+
+    def test_json_report_has_every_field(self):
+        rep = self.bench_json(["-n", "200", "--mix", "get=1,put=1", "--warmup", "200ms",
+                               "--dist", "zipfian", "--tenants", "2", "--seed", "7"])
+        self.assertOwnCounts(rep, 200)
+        for f in TOP_FIELDS:
+            self.assertIn(f, rep)
+        for op in OPS:
+            for f in OP_FIELDS:
+                self.assertIn(f, rep["ops"][op], op)
+            for f in LATENCY_FIELDS:
+                self.assertIn(f, rep["ops"][op]["latency_us"], op)
+        lat = rep["latency_us"]
+        for f in LATENCY_FIELDS:
+            self.assertIn(f, lat)
+        self.assertTrue(0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+                        <= lat["p99.9"] <= lat["max"], lat)
+        self.assertTrue(lat["min"] <= lat["mean"] <= lat["max"], lat)
+        self.assertEqual(rep["mix"], {"get": 1, "put": 1, "list": 0, "delete": 0})
+        self.assertEqual(rep["dist"], "zipfian")
+        self.assertEqual(rep["seed"], 7)
+        self.assertIsNone(rep["target_rate"])
+        self.assertGreater(rep["rps"], 0)
+        self.assertEqual(rep["ops"]["put"]["ok"], 100)
+        # The text report names the same numbers.
+        r = run_bench(["--addr", self.server.target, "-n", "50"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"requests: 50 sent, 50 answered, 0 unanswered")
+        self.assertRegex(r.stdout, r"p99\.9")
+
+    def test_warmup_is_not_counted(self):
+        before = metrics(self.server.port)
+        rep = self.bench_json(["-n", "300", "--warmup", "500ms", "-m", "2"])
+        after = metrics(self.server.port)
+        self.assertOwnCounts(rep, 300)
+        self.assertGreater(delta(before, after, handled, "GetPin"), 300)
+
+    def test_rate_is_paced_evenly(self):
+        rate, secs = 400, 4
+        samples = []  # (monotonic time, GetPin calls pinsd started so far)
+        stop = threading.Event()
+        key = ('grpc_server_started_total{grpc_service="memorypins.v1.MemoryPins",'
+               'grpc_method="GetPin"}')
+
+        def sampler():
+            while not stop.is_set() and len(samples) < 2000:
+                t0 = time.monotonic()
+                v = metrics(self.server.port).get(key, 0)
+                samples.append(((t0 + time.monotonic()) / 2, v))
+                stop.wait(0.1)
+
+        th = threading.Thread(target=sampler)
+        th.start()
+        try:
+            rep = self.bench_json(["-d", "%ds" % secs, "-r", str(rate), "-c", "2", "-m", "16"])
+        finally:
+            stop.set()
+            th.join(timeout=30)
+        self.assertOwnCounts(rep)
+        self.assertEqual(rep["target_rate"], rate)
+        # The achieved rate is the target's: the schedule sends rate x duration calls.
+        self.assertLessEqual(abs(rep["requests"] - rate * secs), rate * secs * 0.02)
+        self.assertLessEqual(abs(rep["rps"] - rate), rate * 0.05, rep["rps"])
+        # Arrivals at pinsd are even: in no window of about 100 ms (between two scrapes, inside
+        # the run) did more than twice the window's share arrive. A burst of one connection's
+        # -m calls at once would be 16 calls in a 40-call window; tolerances cover a loaded
+        # two-core machine (scrape timing jitter of a few ms).
+        windows = []
+        for (t0, v0), (t1, v1) in zip(samples, samples[1:]):
+            if v0 == 0 or v1 - v0 == 0:
+                continue  # before the first or after the last call of the run
+            windows.append((t1 - t0, v1 - v0))
+        self.assertGreater(len(windows), secs * 4, "too few scrapes: %r" % windows)
+        inner = windows[1:-1]  # the first and last windows hold the run's edges
+        for dt, n in inner:
+            self.assertLessEqual(n, 2 * rate * dt + 2, "a burst: %d calls in %.0f ms (%r)"
+                                 % (n, dt * 1000, inner))
+            self.assertGreaterEqual(n, rate * dt / 2 - 2, "a gap: %d calls in %.0f ms (%r)"
+                                    % (n, dt * 1000, inner))
+
+    def test_conflicts_are_counted_apart(self):
+        before = metrics(self.server.port)
+        rep = self.bench_json(["-n", "1000", "--mix", "put=100", "--keys", "20", "--prefill",
+                               "--conflicts", "0.2", "--key-prefix", "conflict-"])
+        after = metrics(self.server.port)
+        self.assertOwnCounts(rep, 1000)
+        self.assertGreater(rep["aborted"], 0)
+        self.assertEqual(rep["errors"], 0, rep["errors_by_code"])  # ABORTED is not an error
+        self.assertNotIn("ABORTED", rep["errors_by_code"])
+        self.assertEqual(rep["ops"]["put"]["aborted"], rep["aborted"])
+        # Only puts, no deletes: every stale put is refused.
+        self.assertEqual(rep["aborted"], rep["conflicts_sent"])
+        self.assertLessEqual(abs(rep["conflicts_sent"] - 200), 20)
+        self.assertEqual(delta(before, after, handled, "UpsertPin", "ABORTED"), rep["aborted"])
+        self.assertEqual(delta(before, after, handled, "UpsertPin", "OK"),
+                         rep["ok"] + 20)  # + the prefill
+
+    def test_zipfian_touches_hot_keys_far_more(self):
+        n, keys = 3000, 100
+        rep = self.bench_json(["-n", str(n), "--mix", "put=100", "--keys", str(keys),
+                               "--prefill", "--dist", "zipfian", "--zipf-s", "0.99",
+                               "--key-prefix", "zipf-", "-m", "4"])
+        self.assertOwnCounts(rep, n)
+        self.assertEqual(rep["ok"], n)
+
+        def version(k):
+            resp = self.client.call(mp("GetPin"), {"tenant_id": "bench-t0", "key": "zipf-%d" % k})
+            return resp.pin.version
+
+        h = sum((r + 1) ** -0.99 for r in range(keys))
+        v0 = version(0)
+        # The hottest key took its zipfian share of the puts (theory: n / H ~ 580), +1 for the
+        # prefill.
+        self.assertLessEqual(abs((v0 - 1) - n / h), 0.15 * n / h, v0)
+        v1 = version(1)
+        self.assertLessEqual(abs((v1 - 1) - n * 2 ** -0.99 / h), 0.2 * n * 2 ** -0.99 / h, v1)
+        cold = sorted(version(k) - 1 for k in range(80, 100))
+        median_cold = cold[len(cold) // 2]
+        self.assertGreater(v0 - 1, 20 * max(median_cold, 1), (v0, cold))
+        self.assertLess(median_cold, 2 * n * 81 ** -0.99 / h + 3, cold)
+
+    def test_usage_errors_exit_2(self):
+        for args in (["--mix", "get=0"], ["--mix", "read=1"], ["-c", "0"], ["-d", "1s", "-n", "5"],
+                     ["--conflicts", "1.5"], ["--dist", "pareto"], ["--bogus"], ["-n"]):
+            r = run_bench(["--addr", self.server.target] + args)
+            self.assertEqual(r.returncode, 2, "%r: %s" % (args, r.stderr))
+            self.assertIn("pinsctl", r.stderr)
+        r = run_bench(["--help"])
+        self.assertEqual(r.returncode, 0)
+        for opt in ("--connections", "--streams", "--duration", "--requests", "--warmup", "--rate",
+                    "--mix", "--keys", "--dist", "--zipf-s", "--tenants", "--value-size",
+                    "--list-limit", "--prefill", "--conflicts", "--seed", "--json", "--addr",
+                    "--tls", "Exit status"):
+            self.assertIn(opt, r.stdout)
+
+    def test_unreachable_exits_3(self):
+        port = harness.free_port()
+        r = run_bench(["--addr", "127.0.0.1:%d" % port, "-n", "10"], timeout=60)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("cannot reach pinsd", r.stderr)
+
+
+class BenchRestartTest(ServerTestCase):
+    """A run across a pinsd restart: SIGTERM (pinsd drains and sends GOAWAY), down for a while,
+    then a new pinsd on the same port and data directory."""
+
+    SERVER_ENV = {"PINS_DRAIN_SECONDS": "2"}
+
+    def test_run_survives_goaway_and_restart(self):
+        port = self.server.port
+        proc = subprocess.Popen(
+            [PINSCTL, "bench", "--addr", "127.0.0.1:%d" % port, "--json", "-d", "10s", "-r", "300",
+             "-c", "2", "-m", "8", "--timeout", "1s", "--prefill", "--keys", "50"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={k: v for k, v in os.environ.items() if k not in _CTL_VARS})
+        try:
+            time.sleep(3)
+            self.assertIsNone(proc.poll(), "bench ended early")
+            self.server.signal(15)
+            self.assertIsNotNone(self.server.wait_exit(15), "pinsd did not exit on SIGTERM")
+            time.sleep(1.5)  # down: the bench's calls fail
+            self.server.start()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.assertEqual(proc.returncode, 0, err)
+        rep = json.loads(out)
+        self.assertEqual(rep["unanswered"], 0)
+        self.assertEqual(rep["answers"], rep["requests"])
+        self.assertGreater(rep["errors"], 0, "no call failed while pinsd was down")
+        self.assertIn("UNAVAILABLE", rep["errors_by_code"])
+        # Calls succeeded again after the restart: the new process counted them, and the
+        # report's last seconds hold successes only.
+        m = metrics(port)
+        self.assertGreater(handled(m, "GetPin", "OK"), 300)  # 2+ s at 300/s
+        tail = rep["timeline"][-3:]
+        self.assertTrue(all(t["ok"] > 0 and t["errors"] == 0 for t in tail), rep["timeline"])
+        self.assertGreater(rep["ok"], 300 * 10 * 0.5)
+
+
+if __name__ == "__main__":
+    unittest.main()
