@@ -316,6 +316,15 @@ class InstalledClientTest(unittest.TestCase):
         # The library is self-contained: no symbol of pinsd's tree is left for the program.
         undef = run(["nm", "-D", "--undefined-only", so]).stdout
         self.assertFalse(re.search(r"\b(pins_|pbstruct_|client__)", undef), undef)
+        # The installed libpins-client.a defines the same global names, no more.
+        out = run(["nm", "--defined-only", "--extern-only", "--format=posix",
+                   os.path.join(self.inst.libdir, "libpins-client.a")]).stdout
+        static = {line.split()[0] for line in out.splitlines()
+                  if len(line.split()) >= 2 and not line.endswith(":")}
+        self.assertEqual(sorted(static - set(exported)), [],
+                         "global in libpins-client.a but not exported by the .so")
+        self.assertEqual(sorted(set(exported) - static), [],
+                         "exported by the .so but not defined by libpins-client.a")
 
     # ---- the examples against pinsd
 
