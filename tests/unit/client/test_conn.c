@@ -40,6 +40,7 @@ typedef struct fconn fconn;
 
 /* One request stream on the server, and the answer being sent on it. */
 typedef struct fstream {
+    struct fstream *prev, *next; /* the connection's open streams */
     int32_t id;
     char hdrs[2048];
     size_t hlen;
@@ -58,6 +59,7 @@ struct fconn {
     int index;
     bool closing;
     bool close_when_idle; /* close once no stream is open */
+    fstream *streams;     /* open streams (freed with the connection) */
 };
 
 /* Called on the server thread when request nth (0-based, over the server's life) has ended. */
@@ -114,6 +116,13 @@ static void fconn_free(fconn *c)
             F.conns[i] = NULL;
     nghttp2_session_del(c->h2);
     bufferevent_free(c->bev);
+    while (c->streams != NULL) {
+        fstream *st = c->streams;
+        c->streams = st->next;
+        if (F.held == st)
+            F.held = NULL;
+        free(st);
+    }
     free(c);
 }
 
@@ -138,12 +147,16 @@ static ssize_t s_send(nghttp2_session *s, const uint8_t *data, size_t len, int f
 
 static int s_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *u)
 {
-    (void)u;
+    fconn *c = u;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
     fstream *st = calloc(1, sizeof(*st));
     assert_non_null(st);
     st->id = frame->hd.stream_id;
+    st->next = c->streams;
+    if (c->streams != NULL)
+        c->streams->prev = st;
+    c->streams = st;
     nghttp2_session_set_stream_user_data(s, st->id, st);
     pthread_mutex_lock(&F.mu);
     if (++F.open > F.max_open)
@@ -203,6 +216,12 @@ static int s_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u)
         return 0;
     if (F.held == st)
         F.held = NULL;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        c->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
     free(st);
     pthread_mutex_lock(&F.mu);
     F.open--;
