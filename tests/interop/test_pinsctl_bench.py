@@ -5,8 +5,9 @@ Each run is a real `pinsctl bench --json` process; its own counts are checked ag
 (grpc_server_handled_total by method and code, memory_pins_operations_total by operation): the
 mix, op by op; --rate pacing (the achieved rate, and the arrivals pinsd counted in windows of
 about 100 ms); --conflicts (ABORTED counted apart from errors); a zipfian run (the hot key's
-version against the cold keys'); a run across a pinsd restart (SIGTERM: drain and GOAWAY, then a
-new process on the same port); exit statuses 2 and 3.
+version against the cold keys'); mutual TLS with RBAC enforced and the machine token from the
+environment (and without it: refusals counted); a run across a pinsd restart (SIGTERM: drain and
+GOAWAY, then a new process on the same port); exit statuses 2 and 3.
 
 Run: PINSD_BIN=build/pinsd PINSCTL_BIN=build/pinsctl /usr/bin/python3 -m unittest -v test_pinsctl_bench
 """
@@ -22,6 +23,8 @@ import urllib.request
 
 import harness
 from harness import ServerTestCase, mp
+from test_rbac import ENFORCED, MACHINE
+import test_tls
 
 PINSCTL = os.environ.get("PINSCTL_BIN") or os.path.join(
     os.path.dirname(harness.PINSD_BIN), "pinsctl")
@@ -41,12 +44,14 @@ TOP_FIELDS = ("addr", "connections", "streams", "target_rate", "requests_target"
 OP_FIELDS = ("sent", "answers", "ok", "errors", "aborted", "rps", "latency_us")
 
 
-def run_bench(args, timeout=120):
+def run_bench(args, timeout=120, env=None):
     if not os.path.exists(PINSCTL):
         if os.environ.get("PINSCTL_BIN"):
             raise RuntimeError("PINSCTL_BIN=%s does not exist" % PINSCTL)
         raise unittest.SkipTest("pinsctl not found at %s (set PINSCTL_BIN)" % PINSCTL)
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if k not in _CTL_VARS}
+    env.update(extra)
     return subprocess.run([PINSCTL, "bench"] + list(args), env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -278,6 +283,65 @@ class BenchTest(ServerTestCase):
         r = run_bench(["--addr", "127.0.0.1:%d" % port, "-n", "10"], timeout=60)
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertIn("cannot reach pinsd", r.stderr)
+
+
+class BenchTlsTokenTest(unittest.TestCase):
+    """Mutual TLS and RBAC enforced: the shared connection options (--addr https://, --ca,
+    --cert, --key) and the machine token from the environment carry over to every call."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = harness.tempfile.mkdtemp(prefix="pinsctl-bench-tls-", dir="/tmp")
+        test_tls.make_ca(cls.tmp, "ca")
+        test_tls.make_leaf(cls.tmp, "ca", "server", san="IP:127.0.0.1")
+        test_tls.make_leaf(cls.tmp, "ca", "client")
+        cls.ca = os.path.join(cls.tmp, "ca.pem")
+        env = dict(ENFORCED)
+        env.update({"TLS_CERT_FILE": os.path.join(cls.tmp, "server.pem"),
+                    "TLS_KEY_FILE": os.path.join(cls.tmp, "server.key"),
+                    "TLS_CLIENT_CA_FILE": cls.ca})
+        cls.server = test_tls.TlsServer(env, cls.ca, tmp=cls.tmp,
+                                        client_cert=os.path.join(cls.tmp, "client.pem"),
+                                        client_key=os.path.join(cls.tmp, "client.key"))
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+
+    def args(self):
+        return ["--addr", "https://127.0.0.1:%d" % self.server.port, "--ca", self.ca,
+                "--cert", os.path.join(self.tmp, "client.pem"),
+                "--key", os.path.join(self.tmp, "client.key"), "--json"]
+
+    def test_tls_and_token(self):
+        r = run_bench(self.args() + ["-n", "400", "--mix", "get=1,put=1", "--prefill",
+                                     "--keys", "20", "-c", "2"],
+                      env={"MACHINE_SECRET_TOKEN": MACHINE})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rep = json.loads(r.stdout)
+        self.assertEqual(rep["requests"], 400)
+        self.assertEqual(rep["ok"], 400, rep["errors_by_code"])
+        self.assertEqual(rep["prefill"]["errors"], 0)
+
+    def test_without_token_calls_are_refused_and_counted(self):
+        r = run_bench(self.args() + ["-n", "50"])
+        self.assertEqual(r.returncode, 0, r.stderr)  # the run completed
+        rep = json.loads(r.stdout)
+        self.assertEqual(rep["answers"], 50)
+        self.assertEqual(rep["ok"], 0)
+        self.assertEqual(rep["errors"], 50)
+        self.assertLessEqual(set(rep["errors_by_code"]),
+                             {"UNAUTHENTICATED", "PERMISSION_DENIED"})
+
+    def test_without_client_certificate_pinsd_is_unreachable(self):
+        r = run_bench(["--addr", "https://127.0.0.1:%d" % self.server.port, "--ca", self.ca,
+                       "-n", "5", "--timeout", "3s"], env={"MACHINE_SECRET_TOKEN": MACHINE})
+        self.assertEqual(r.returncode, 3, r.stderr)
 
 
 class BenchRestartTest(ServerTestCase):
