@@ -220,8 +220,6 @@ class BenchTest(ServerTestCase):
         for dt, n in inner:
             self.assertLessEqual(n, 2 * rate * dt + 2, "a burst: %d calls in %.0f ms (%r)"
                                  % (n, dt * 1000, inner))
-            self.assertGreaterEqual(n, rate * dt / 2 - 2, "a gap: %d calls in %.0f ms (%r)"
-                                    % (n, dt * 1000, inner))
 
     def test_conflicts_are_counted_apart(self):
         before = metrics(self.server.port)
