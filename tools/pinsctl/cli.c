@@ -72,7 +72,7 @@ static const pinsctl_opt rbac_audit_cleanup_opts[] = {
 
 static const pinsctl_opt memory_audit_opts[] = {
     {"--tenant-id", "T", "only operations on tenant T"},
-    {"--key", "K", "only operations on key K"},
+    {"--pin-key", "K", "only operations on the pin with key K (--key is the TLS key file)"},
     {"--operation", "OP", "only operations named OP (e.g. upsert, get, delete)"},
     {"--limit", "N", "at most N entries"},
     {"--offset", "N", "skip the first N entries"},
@@ -98,8 +98,9 @@ static const pinsctl_cmd commands[] = {
      NULL, no_opts, 0, 1, pinsctl_cmd_cleanup},
     {"watch", "TENANT", "print a tenant's pin events as they happen (WatchPins)",
      "One line per event (--json: one WatchPinsResponse per line). Ends after --count events,\n"
-     "at the deadline when --timeout is given (DEADLINE_EXCEEDED on standard error, exit 0 once\n"
-     "the stream was open), or on Ctrl-C. Without --timeout a watch has no deadline.",
+     "at the deadline when --timeout is given (DEADLINE_EXCEEDED on standard error, exit 0;\n"
+     "a health Check first makes sure the server answers, else exit 3), or on Ctrl-C.\n"
+     "Without --timeout a watch has no deadline.",
      watch_opts, 1, 1, pinsctl_cmd_watch},
     {"health", "[SERVICE]", "gRPC health Check (or Watch) of SERVICE (default: the server)",
      "Prints the serving status; exit 0 when SERVING, 1 otherwise.", health_opts, 0, 1,
@@ -368,6 +369,8 @@ int pinsctl_main(int argc, char **argv)
     if (strcmp(name, "rbac") == 0) {
         if (i + 1 >= argc || argv[i + 1][0] == '-') {
             bool help = i + 1 < argc && is_help(argv[i + 1]);
+            if (!help)
+                fputs("pinsctl: rbac: a subcommand is needed\n", stderr);
             print_rbac_help(help ? stdout : stderr);
             return help ? PINSCTL_EXIT_OK : PINSCTL_EXIT_USAGE;
         }

@@ -94,9 +94,12 @@ void pinsctl_table_addf(pinsctl_table *t, const char *fmt, ...)
 int pinsctl_table_print(pinsctl_table *t);
 void pinsctl_table_free(pinsctl_table *t);
 
+/* Before a stream: one health Check, so that a deadline ending the stream later is known to be
+ * on a server that answers. Returns 0, or the exit status when no answer came (printed). */
+int pinsctl_stream_probe(const pinsctl_args *a, pins_client *c);
 /* How a stream (watch, health --watch) ended after seen messages, rv being pins_stream_next's
- * last return: 0 at its end, or at the deadline --timeout asked for once the stream was open
- * (DEADLINE_EXCEEDED printed on stderr); else as pinsctl_fail. */
+ * last return: 0 at its end, or at the deadline --timeout asked for (DEADLINE_EXCEEDED printed
+ * on stderr; pinsctl_stream_probe showed the server answers); else as pinsctl_fail. */
 int pinsctl_stream_end(const pinsctl_args *a, int rv, const pins_status *st, uint64_t seen);
 /* The per-call options of a stream: its deadline only when --timeout was given. */
 pins_call_options pinsctl_stream_copts(const pinsctl_args *a);

@@ -56,6 +56,9 @@ int pinsctl_cmd_health(pinsctl_args *a)
     Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     req.service = (char *)service;
     pins_call_options co = pinsctl_stream_copts(a);
+    ex = pinsctl_stream_probe(a, c);
+    if (ex != 0)
+        goto out;
     pins_stream *s = pins_stream_open(c, PINS_RPC_HEALTH_WATCH, &req.base, &co, &st);
     if (s == NULL) {
         ex = pinsctl_fail(a, &st);
@@ -311,8 +314,10 @@ static int call_filtered(pinsctl_args *a, pins_rpc rpc, ProtobufCMessage **presp
     for (int k = 0; a->cmd->opts[k].name != NULL; k++) {
         if (!a->set[k])
             continue;
+        /* --pin-key sets key: --key is the TLS key file of every command. */
+        const char *name = a->cmd->opts[k].name + 2;
         char field[64];
-        snprintf(field, sizeof(field), "%s", a->cmd->opts[k].name + 2);
+        snprintf(field, sizeof(field), "%s", strcmp(name, "pin-key") == 0 ? "key" : name);
         for (char *p = field; *p != '\0'; p++) {
             if (*p == '-')
                 *p = '_';

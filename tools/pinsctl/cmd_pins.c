@@ -384,12 +384,26 @@ static const char *event_name(Memorypins__V1__WatchPinsResponse__EventType t)
     }
 }
 
+int pinsctl_stream_probe(const pinsctl_args *a, pins_client *c)
+{
+    /* A server that accepted the connection but sends nothing until the first event looks, at
+     * the deadline, just like one that never answered: one health Check first tells them
+     * apart. Any answer the server sends will do. */
+    pins_status st = PINS_STATUS_INIT;
+    Grpc__Health__V1__HealthCheckResponse *resp = NULL;
+    int ex = PINSCTL_EXIT_OK;
+    if (pins_health_check(c, "", &resp, NULL, &st) != 0 && !st.from_server)
+        ex = pinsctl_fail(a, &st);
+    pins_message_free(resp != NULL ? &resp->base : NULL);
+    pins_status_clear(&st);
+    return ex;
+}
+
 int pinsctl_stream_end(const pinsctl_args *a, int rv, const pins_status *st, uint64_t seen)
 {
     if (rv == 0)
         return PINSCTL_EXIT_OK;
-    bool open = st->from_server || st->http_status != 0 || seen > 0;
-    if (rv == PINS_CODE_DEADLINE_EXCEEDED && a->g->timeout_given && open) {
+    if (rv == PINS_CODE_DEADLINE_EXCEEDED && a->g->timeout_given) {
         fprintf(stderr, "pinsctl: %s: DEADLINE_EXCEEDED after %" PRIu64 " message%s\n",
                 a->cmd->name, seen, seen == 1 ? "" : "s");
         return PINSCTL_EXIT_OK;
@@ -421,7 +435,11 @@ int pinsctl_cmd_watch(pinsctl_args *a)
         return ex;
     pins_status st = PINS_STATUS_INIT;
     pins_call_options co = pinsctl_stream_copts(a);
-    pins_stream *s = pins_watch_pins(c, &req, &co, &st);
+    pins_stream *s = NULL;
+    ex = pinsctl_stream_probe(a, c);
+    if (ex != 0)
+        goto out;
+    s = pins_watch_pins(c, &req, &co, &st);
     if (s == NULL) {
         ex = pinsctl_fail(a, &st);
         goto out;

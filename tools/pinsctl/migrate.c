@@ -165,12 +165,15 @@ static int cmd_downgrade(const char *url, const char *arg)
 int pinsctl_migrate_main(int argc, char **argv)
 {
     const char *url = getenv("DATABASE_URL");
-    int i = 1;
-    for (; i < argc; i++) {
-        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+    /* --help anywhere on the line (pinsctl migrate --help, migrate upgrade --help). */
+    for (int k = 1; k < argc; k++) {
+        if (strcmp(argv[k], "-h") == 0 || strcmp(argv[k], "--help") == 0) {
             fputs(usage_text, stdout);
             return 0;
         }
+    }
+    int i = 1;
+    for (; i < argc; i++) {
         if (strcmp(argv[i], "--database-url") == 0 && i + 1 < argc) {
             url = argv[++i];
         } else if (strncmp(argv[i], "--database-url=", 15) == 0) {
