@@ -313,7 +313,7 @@ int pins_stream_next(pins_stream *s, ProtobufCMessage **pmsg, pins_status *st)
         /* The final status stays with the stream too, for a later next(). */
         pins_status_clear(st);
         st->code = s->st.code;
-        st->message = client__strdup(s->st.message != NULL ? s->st.message : "");
+        st->message = client__text(s->st.message);
         st->http_status = s->st.http_status;
         st->from_server = s->st.from_server;
         st->attempts = s->st.attempts;

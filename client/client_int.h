@@ -36,6 +36,9 @@ void client__status_vset(pins_status *st, int code, const char *fmt, va_list ap)
 void client__status_move(pins_status *dst, pins_status *src);
 /* A new copy of s, or NULL. */
 char *client__strdup(const char *s);
+/* A status message: a new copy of s (NULL: ""), or, when out of memory, a static "" that
+ * pins_status_clear knows not to free. Never NULL. */
+char *client__text(const char *s);
 
 /* ---- tls.c --------------------------------------------------------------------------------- */
 

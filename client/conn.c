@@ -311,7 +311,7 @@ static void call_finish(pins_call *call)
     if (call->st.request_id == NULL)
         call->st.request_id = client__strdup(call->request_id);
     if (call->st.message == NULL)
-        call->st.message = client__strdup("");
+        call->st.message = client__text("");
     ProtobufCMessage *resp = NULL;
     if (call->st.code == PINS_CODE_OK) {
         resp = call->resp;
@@ -322,9 +322,13 @@ static void call_finish(pins_call *call)
         char *b = pins_buf_take(&call->get_body, &len);
         if (b == NULL)
             b = client__strdup("");
-        *call->pget_body = b;
-        if (call->pget_len != NULL)
-            *call->pget_len = len;
+        if (b == NULL) {
+            client__status_set(&call->st, PINS_CODE_RESOURCE_EXHAUSTED, "out of memory");
+        } else {
+            *call->pget_body = b;
+            if (call->pget_len != NULL)
+                *call->pget_len = len;
+        }
     }
     call->on_done(call->arg, resp, &call->st);
     call_unref(call);

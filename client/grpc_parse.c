@@ -381,7 +381,7 @@ int client__parse_finish(client__parse *p, pins_status *st)
     pins_status_clear(st);
     st->attempts = attempts;
     st->code = code;
-    st->message = msg != NULL ? msg : client__strdup("");
+    st->message = msg != NULL ? msg : client__text("");
     st->http_status = p->http_status;
     st->from_server = from_server;
     st->retry_after_ms = p->retry_after_ms;

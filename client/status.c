@@ -46,6 +46,15 @@ const char *pins_code_name(int code)
     return code_names[code];
 }
 
+/* The text of a status whose own copy could not be allocated: never freed. */
+static char empty_text[1] = "";
+
+char *client__text(const char *s)
+{
+    char *t = client__strdup(s != NULL ? s : "");
+    return t != NULL ? t : empty_text;
+}
+
 char *client__strdup(const char *s)
 {
     if (s == NULL)
@@ -109,7 +118,8 @@ void pins_status_clear(pins_status *st)
 {
     if (st == NULL)
         return;
-    free(st->message);
+    if (st->message != empty_text)
+        free(st->message);
     free(st->request_id);
     free(st->details);
     client__md_clear(&st->headers);
@@ -141,7 +151,7 @@ void client__status_vset(pins_status *st, int code, const char *fmt, va_list ap)
     st->code = code;
     char buf[512];
     vsnprintf(buf, sizeof(buf), fmt, ap);
-    st->message = client__strdup(buf);
+    st->message = client__text(buf);
 }
 
 void client__status_set(pins_status *st, int code, const char *fmt, ...)
