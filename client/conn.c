@@ -121,7 +121,8 @@ struct h2link {
     size_t out_len;
     size_t out_off;
     size_t out_cap;
-    size_t active; /* open streams */
+    size_t active;  /* open streams */
+    size_t started; /* streams ever submitted */
     char err[256];
 };
 
@@ -823,7 +824,10 @@ static void link_fail(h2link *l, bool connect_failure, const char *fmt, ...)
 again:
     for (pins_call *call = conn->calls_head; call != NULL; call = call->next) {
         bool mine = call->state == CS_ACTIVE && call->link == l;
-        bool waiting = call->state == CS_QUEUED && connect_failure && was_cur;
+        /* A link that failed before it carried a stream failed for the calls waiting on it
+         * as a connection that could not be made: they count an attempt and back off, so that
+         * a server that drops every new connection cannot make them reconnect without end. */
+        bool waiting = call->state == CS_QUEUED && was_cur && (connect_failure || l->started == 0);
         if (!mine && !waiting)
             continue;
         call->link = NULL;
@@ -1175,6 +1179,7 @@ static int call_submit(pins_call *call, h2link *l)
     call->link = l;
     call->state = CS_ACTIVE;
     l->active++;
+    l->started++;
     return 0;
 }
 

@@ -73,7 +73,8 @@ struct fake {
     int port;
     pthread_t th;
     script_fn script;
-    fstream *held; /* a stream a script keeps unanswered (server thread only) */
+    bool drop_on_accept; /* close every connection at once */
+    fstream *held;       /* a stream a script keeps unanswered (server thread only) */
     fconn *conns[MAX_CONNS];
     pthread_mutex_t mu;
     /* observations, under mu */
@@ -266,6 +267,15 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     (void)sa;
     (void)salen;
     (void)arg;
+    pthread_mutex_lock(&F.mu);
+    bool drop = F.drop_on_accept;
+    if (drop)
+        F.nconns++;
+    pthread_mutex_unlock(&F.mu);
+    if (drop) {
+        close(fd);
+        return;
+    }
     fconn *c = calloc(1, sizeof(*c));
     assert_non_null(c);
     c->f = &F;
@@ -1277,6 +1287,31 @@ static void test_conn_cancel_inside_on_message_and_start_inside_on_done(void **s
     fake_stop();
 }
 
+static void test_conn_server_dropping_every_connection_is_bounded(void **state)
+{
+    (void)state;
+    fake_start(script_silent);
+    pthread_mutex_lock(&F.mu);
+    F.drop_on_accept = true; /* before any client connects */
+    pthread_mutex_unlock(&F.mu);
+    pins_options o;
+    pins_options_init(&o);
+    o.max_retries = 2;
+    o.backoff_initial_ms = 5;
+    pins_client *c = client(&o);
+    pins_status st = PINS_STATUS_INIT;
+    assert_int_equal(upsert(c, NULL, &st), PINS_CODE_UNAVAILABLE);
+    assert_false(st.from_server);
+    assert_true(st.attempts >= 1 && st.attempts <= 3);
+    assert_true(fake_get(&F.nconns) <= 3);
+    assert_int_equal(get_pin(c, NULL, &st, NULL), PINS_CODE_UNAVAILABLE);
+    assert_int_equal(st.attempts, 3);
+    assert_true(fake_get(&F.nconns) <= 6);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1302,6 +1337,7 @@ int main(void)
         cmocka_unit_test(test_conn_queue_beyond_max_concurrent_streams),
         cmocka_unit_test(test_conn_connect_refused),
         cmocka_unit_test(test_conn_reconnects_after_idle_close),
+        cmocka_unit_test(test_conn_server_dropping_every_connection_is_bounded),
         cmocka_unit_test(test_conn_cancel_inside_on_message_and_start_inside_on_done),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
