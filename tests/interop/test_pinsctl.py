@@ -541,6 +541,8 @@ class PinsctlUsageTest(unittest.TestCase):
             ["rbac"], ["rbac", "nope"], ["rbac", "audit", "--allowed", "maybe"],
             ["rbac", "audit", "--since", "yesterday"], ["memory-audit", "--limit", "x"],
             ["get", "t", "k", "--token", "secret"],
+            ["--tls", "--ca", "/nonexistent/ca.pem", "health"],
+            ["--tls", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/c.key", "health"],
         ]
         for args in cases:
             r = run_ctl(addr + args)
