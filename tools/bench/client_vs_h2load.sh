@@ -17,7 +17,7 @@
 # Each run's GetPin calls are also counted by pinsd (grpc_server_handled_total by code, from
 # /metrics before and after): every one must be OK (h2load sees only HTTP statuses), and the
 # client's CPU time (user + system, from the shell's `times`) divided by them gives the client's
-# cost per call. It prints each run (in the order A B B A ...), the medians of GetPin/s and of
+# cost per call (pinsd's own, from /proc, is shown beside it). It prints each run (in the order A B B A ...), the medians of GetPin/s and of
 # the CPU per call, and the ratios pinsctl / h2load.
 # pinsd is stopped by pid on exit, also on failure or Ctrl-C; temporary files live under /tmp.
 # PINSCTL_BIN=... measures another pinsctl instead of build-release/'s.
@@ -80,6 +80,11 @@ getpin_count() {
     END { printf "%d\n", n }'
 }
 
+# server_ticks: pinsd's user + system clock ticks so far (/proc/PID/stat fields 14 and 15).
+server_ticks() {
+  awk '{ print $14 + $15 }' "/proc/$PINSD_PID/stat"
+}
+
 # children_cpu FILE: user + system seconds of this shell's waited-for children so far, into FILE
 # (`times` must run in this shell, not in a command substitution's subshell).
 children_cpu() {
@@ -94,11 +99,13 @@ H2_RATES=() CTL_RATES=() H2_CPU=() CTL_CPU=() fail=0
 # one_run NAME CMD...: runs CMD on the load CPU, checks pinsd's count of GetPin calls, prints a
 # line and leaves GetPin/s in RATE and the client's CPU microseconds per call in PER_CALL.
 one_run() {
-  local name=$1 all0 ok0 all1 ok1 cpu0 cpu1 rc=0
+  local name=$1 all0 ok0 all1 ok1 cpu0 cpu1 st0 st1 rc=0
   shift
   all0=$(getpin_count "") ok0=$(getpin_count OK)
   children_cpu "$WORK/cpu0"
+  st0=$(server_ticks)
   run_child taskset -c "$LOAD_CPU" timeout $((DUR + 30)) "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || rc=$?
+  st1=$(server_ticks)
   children_cpu "$WORK/cpu1"
   cpu0=$(cat "$WORK/cpu0") cpu1=$(cat "$WORK/cpu1")
   all1=$(getpin_count "") ok1=$(getpin_count OK)
@@ -115,9 +122,10 @@ one_run() {
   esac
   local calls=$((all1 - all0)) bad=$(((all1 - all0) - (ok1 - ok0)))
   PER_CALL=$(awk -v n="$calls" -v c1="$cpu1" -v c0="$cpu0" 'BEGIN { printf "%.3f", (n > 0 ? (c1 - c0) * 1e6 / n : 0) }')
-  awk -v name="$name" -v rate="$RATE" -v n="$calls" -v bad="$bad" -v c1="$cpu1" -v c0="$cpu0" -v pc="$PER_CALL" 'BEGIN {
-    printf "  %-16s %10.1f GetPin/s   pinsd counted %d calls, %d not OK; client CPU %.2f s, %.2f us per call\n",
-      name, rate, n, bad, c1 - c0, pc }'
+  awk -v name="$name" -v rate="$RATE" -v n="$calls" -v bad="$bad" -v c1="$cpu1" -v c0="$cpu0" \
+    -v pc="$PER_CALL" -v hz="$(getconf CLK_TCK)" -v st="$((st1 - st0))" 'BEGIN {
+    printf "  %-16s %9.1f GetPin/s  pinsd: %d calls, %d not OK, %.2f us CPU per call; client: %.2f s CPU, %.2f us per call\n",
+      name, rate, n, bad, (n > 0 ? st * 1e6 / hz / n : 0), c1 - c0, pc }'
   if ((bad != 0 || calls == 0)); then
     pins_note "$name: pinsd answered $bad GetPin calls with an error"
     fail=1
