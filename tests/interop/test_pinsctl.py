@@ -32,7 +32,7 @@ import grpc
 from google.protobuf import json_format
 
 import harness
-from harness import ADMIN, HEALTH, MEMORY_PINS, ServerTestCase, mp, path_of
+from harness import ADMIN, HEALTH, ServerTestCase, mp, path_of
 from test_rbac import ENFORCED, MACHINE, jwt
 import test_tls
 
