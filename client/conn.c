@@ -65,6 +65,7 @@ typedef enum retry_kind {
 struct pins_call {
     pins_conn *conn;
     pins_call *prev, *next; /* conn->calls while not DONE */
+    uint64_t seq;           /* order of start: a sweep touches only calls older than itself */
     int refs;
     call_state state;
     const pins_method *m; /* NULL for a GET */
@@ -150,6 +151,9 @@ struct pins_conn {
     pins_call *calls_head;
     pins_call *calls_tail;
     size_t pending;
+    uint64_t seq; /* the next call's seq */
+    bool freeing; /* pins_conn_free is running: no new calls */
+    bool in_kick; /* on_kick is running */
     struct event *kick;
     uint64_t rng;
 };
@@ -821,8 +825,13 @@ static void link_fail(h2link *l, bool connect_failure, const char *fmt, ...)
         conn->cur = NULL;
     link_close_fd(l);
     link_ref(l);
+    /* Calls that callbacks start during the sweep are left to the next kick: sweeping them too
+     * would fail a call that restarts itself from on_done again and again, without end. */
+    uint64_t epoch = conn->seq;
 again:
     for (pins_call *call = conn->calls_head; call != NULL; call = call->next) {
+        if (call->seq >= epoch)
+            continue;
         bool mine = call->state == CS_ACTIVE && call->link == l;
         /* A link that failed before it carried a stream failed for the calls waiting on it
          * as a connection that could not be made: they count an attempt and back off, so that
@@ -1199,9 +1208,11 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     pins_conn *conn = arg;
     const h2link *polled = NULL;
+    uint64_t epoch = conn->seq; /* calls started by callbacks of this kick wait for the next */
+    conn->in_kick = true;
 again:
     for (pins_call *call = conn->calls_head; call != NULL; call = call->next) {
-        if (call->state != CS_QUEUED || call->fail_on_wake)
+        if (call->state != CS_QUEUED || call->fail_on_wake || call->seq >= epoch)
             continue;
         if (conn->cur == NULL) {
             char err[300];
@@ -1250,11 +1261,19 @@ again:
         }
         l = next;
     }
+    conn->in_kick = false;
 }
 
+/* The kick runs in this turn of the loop; one scheduled from inside a kick waits for the next
+ * turn (a zero timer, not an activation), so that a call restarted from on_done after every
+ * failure cannot keep the loop from polling and firing timers. */
 static void schedule_kick(pins_conn *conn)
 {
-    event_active(conn->kick, EV_TIMEOUT, 0);
+    static const struct timeval zero = {0, 0};
+    if (!conn->in_kick)
+        event_active(conn->kick, EV_TIMEOUT, 0);
+    else if (!event_pending(conn->kick, EV_TIMEOUT, NULL))
+        event_add(conn->kick, &zero);
 }
 
 /* ---- public -------------------------------------------------------------------------------- */
@@ -1417,6 +1436,7 @@ void pins_conn_free(pins_conn *conn)
 {
     if (conn == NULL)
         return;
+    conn->freeing = true; /* calls started from the on_done callbacks below are refused */
     while (conn->calls_head != NULL) {
         pins_call *call = conn->calls_head;
         call_ref(call);
@@ -1459,6 +1479,7 @@ static pins_call *call_new(pins_conn *conn, const pins_call_options *copts, pins
     if (call == NULL)
         return NULL;
     call->conn = conn;
+    call->seq = conn->seq++;
     call->refs = 1;
     call->on_done = on_done;
     call->arg = arg;
@@ -1554,7 +1575,8 @@ pins_call *pins_conn_start(pins_conn *conn, pins_rpc rpc, const ProtobufCMessage
                            pins_done_cb on_done, void *arg)
 {
     const pins_method *m = pins_method_of(rpc);
-    if (conn == NULL || m == NULL || req == NULL || on_done == NULL || req->descriptor != m->input)
+    if (conn == NULL || conn->freeing || m == NULL || req == NULL || on_done == NULL ||
+        req->descriptor != m->input)
         return NULL;
     size_t n = protobuf_c_message_get_packed_size(req);
     if (n > UINT32_MAX - 5)
@@ -1583,7 +1605,8 @@ pins_call *pins_conn_start(pins_conn *conn, pins_rpc rpc, const ProtobufCMessage
 pins_call *client__conn_get(pins_conn *conn, const char *path, const pins_call_options *copts,
                             pins_done_cb on_done, void *arg, char **pbody, size_t *plen)
 {
-    if (conn == NULL || path == NULL || path[0] != '/' || on_done == NULL || !header_value_ok(path))
+    if (conn == NULL || conn->freeing || path == NULL || path[0] != '/' || on_done == NULL ||
+        !header_value_ok(path))
         return NULL;
     char *p = client__strdup(path);
     if (p == NULL)

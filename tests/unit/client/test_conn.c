@@ -1312,6 +1312,67 @@ static void test_conn_server_dropping_every_connection_is_bounded(void **state)
     fake_stop();
 }
 
+/* ---- sweeps and callbacks ------------------------------------------------------------------ */
+
+typedef struct restart_state {
+    pins_conn *conn;
+    int done;
+    int refused; /* starts that returned NULL */
+} restart_state;
+
+/* Restarts its call after every end (a re-subscribing watcher), at most 1000 times. */
+static void on_done_restart(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    (void)st;
+    restart_state *r = arg;
+    pins_message_free(resp);
+    if (++r->done >= 1000)
+        return;
+    Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    if (pins_conn_start(r->conn, PINS_RPC_HEALTH_CHECK, &q.base, NULL, NULL, on_done_restart, r) ==
+        NULL)
+        r->refused++;
+}
+
+static int closed_port(void)
+{
+    fake_start(script_silent);
+    int port = F.port;
+    fake_stop();
+    return port;
+}
+
+static void test_conn_restart_from_on_done_is_not_swept_again(void **state)
+{
+    (void)state;
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", closed_port());
+    pins_options o;
+    pins_options_init(&o);
+    o.addr = addr;
+    o.max_retries = 0;
+    struct event_base *base = event_base_new();
+    restart_state r = {0};
+    r.conn = pins_conn_new(base, &o, NULL);
+    assert_non_null(r.conn);
+    Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    assert_non_null(
+        pins_conn_start(r.conn, PINS_RPC_HEALTH_CHECK, &q.base, NULL, NULL, on_done_restart, &r));
+    /* Each turn of the loop fails the calls that existed when it began; the call restarted
+     * from on_done waits for the next turn instead of failing again in the same sweep. */
+    for (int i = 0; i < 3; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_true(r.done >= 1);
+    assert_true(r.done <= 3);
+    assert_int_equal(pins_conn_pending(r.conn), 1);
+    /* pins_conn_free cancels the running call and refuses the one its on_done starts. */
+    int before = r.done;
+    pins_conn_free(r.conn);
+    assert_int_equal(r.done, before + 1);
+    assert_int_equal(r.refused, 1);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1339,6 +1400,7 @@ int main(void)
         cmocka_unit_test(test_conn_reconnects_after_idle_close),
         cmocka_unit_test(test_conn_server_dropping_every_connection_is_bounded),
         cmocka_unit_test(test_conn_cancel_inside_on_message_and_start_inside_on_done),
+        cmocka_unit_test(test_conn_restart_from_on_done_is_not_swept_again),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
