@@ -17,6 +17,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import socket
 import ssl
 import struct
@@ -711,10 +712,13 @@ class PinsctlTlsTest(CommandsMixin, unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        if getattr(cls, "client", None) is not None:
-            cls.client.close()
-        if cls.server is not None:
-            cls.server.cleanup()
+        try:
+            if getattr(cls, "client", None) is not None:
+                cls.client.close()
+            if cls.server is not None:
+                cls.server.cleanup()
+        finally:
+            shutil.rmtree(cls.tmp, ignore_errors=True)  # given to the server: not its own
 
     @classmethod
     def file(cls, name):
