@@ -93,8 +93,7 @@ int pins_value_from_json(const char *json, size_t len, Google__Protobuf__Struct 
     if (rv != 0) {
         code = rv == PINS_ENOMEM ? PINS_CODE_RESOURCE_EXHAUSTED : PINS_CODE_INVALID_ARGUMENT;
         if (st != NULL)
-            client__status_set(st, code, "value is not a JSON object: %s",
-                               pbstruct_reason_text(pbstruct_last_reason()));
+            client__status_set(st, code, "%s", pbstruct_reason_text(pbstruct_last_reason()));
         goto out;
     }
     size_t n = protobuf_c_message_get_packed_size(&s->base);

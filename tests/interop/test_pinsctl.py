@@ -556,8 +556,8 @@ class PinsctlUsageTest(unittest.TestCase):
         for bad in ("{", '{"a":}', "[1]", '"text"', "42", "{'a': 1}", '{"a": 1} x', ""):
             r = run_ctl(addr + ["put", "t", "k", bad])
             self.assertEqual(r.returncode, 2, (bad, r.stderr))
-            self.assertTrue(r.stderr.startswith("pinsctl: put: the value is not a JSON object"),
-                            r.stderr)
+            self.assertRegex(r.stderr, r"^pinsctl: put: value (is not valid json|is not a json "
+                             r"object) \(see pinsctl put --help\)\n$")
         r = run_ctl(addr + ["put", "t", "k", "-"], input="[1, 2]")
         self.assertEqual(r.returncode, 2, r.stderr)
 

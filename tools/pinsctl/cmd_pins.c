@@ -148,8 +148,7 @@ int pinsctl_cmd_put(pinsctl_args *a)
         json = input;
     }
     if (pins_value_from_json(json, len, &value, &st) != 0) {
-        ex = pinsctl_usage_error(a, "the value is not a JSON object: %s",
-                                 st.message != NULL ? st.message : "invalid");
+        ex = pinsctl_usage_error(a, "%s", st.message != NULL ? st.message : "invalid value");
         goto out;
     }
     req.tenant_id = (char *)a->pos[0];
