@@ -151,9 +151,11 @@ struct pins_conn {
     pins_call *calls_head;
     pins_call *calls_tail;
     size_t pending;
-    uint64_t seq; /* the next call's seq */
-    bool freeing; /* pins_conn_free is running: no new calls */
-    bool in_kick; /* on_kick is running */
+    uint64_t seq;      /* the next call's seq */
+    bool freeing;      /* pins_conn_free is running: no new calls */
+    bool in_kick;      /* on_kick is running */
+    int depth;         /* handlers of this conn running (nested): pins_conn_free waits for 0 */
+    bool free_pending; /* pins_conn_free was called from a callback: free at depth 0 */
     struct event *kick;
     uint64_t rng;
 };
@@ -163,6 +165,21 @@ static void link_unref(h2link *l);
 static void link_fail(h2link *l, bool connect_failure, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void call_unref(pins_call *call);
+static void conn_destroy(pins_conn *conn);
+
+/* Every entry from the event loop (and pins_call_cancel) brackets its work with these, so that
+ * pins_conn_free called from a callback frees the conn only once the outermost handler is
+ * done with it (STYLE #14: deferred free). */
+static void conn_enter(pins_conn *conn)
+{
+    conn->depth++;
+}
+
+static void conn_leave(pins_conn *conn)
+{
+    if (--conn->depth == 0 && conn->free_pending)
+        conn_destroy(conn);
+}
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
@@ -414,10 +431,13 @@ static void on_call_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     pins_call *call = arg;
+    pins_conn *conn = call->conn;
+    conn_enter(conn);
     call_ref(call);
     call_fail(call, PINS_CODE_DEADLINE_EXCEEDED, "deadline exceeded after %lld ms",
               (long long)call->timeout_ms);
     call_unref(call);
+    conn_leave(conn);
 }
 
 static void on_call_wake(evutil_socket_t fd, short what, void *arg)
@@ -427,6 +447,8 @@ static void on_call_wake(evutil_socket_t fd, short what, void *arg)
     pins_call *call = arg;
     if (call->state == CS_DONE)
         return;
+    pins_conn *conn = call->conn;
+    conn_enter(conn);
     call_ref(call);
     if (call->fail_on_wake) {
         call_finish(call);
@@ -435,6 +457,7 @@ static void on_call_wake(evutil_socket_t fd, short what, void *arg)
         schedule_kick(call->conn);
     }
     call_unref(call);
+    conn_leave(conn);
 }
 
 /* ---- the link's byte pump ------------------------------------------------------------------ */
@@ -868,10 +891,13 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     h2link *l = arg;
+    pins_conn *conn = l->conn;
+    conn_enter(conn);
     link_ref(l);
     link_fail(l, true, "connect to %s timed out after %lld ms", l->conn->authority,
               (long long)l->conn->connect_timeout_ms);
     link_unref(l);
+    conn_leave(conn);
 }
 
 static int session_start(h2link *l)
@@ -1014,6 +1040,8 @@ static void on_link_write(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     h2link *l = arg;
+    pins_conn *conn = l->conn;
+    conn_enter(conn);
     link_ref(l);
     if (l->connecting) {
         int err = 0;
@@ -1036,6 +1064,7 @@ static void on_link_write(evutil_socket_t fd, short what, void *arg)
         link_flush(l);
     }
     link_unref(l);
+    conn_leave(conn);
 }
 
 /* Plaintext HTTP/2 bytes from the server. */
@@ -1092,6 +1121,8 @@ static void on_link_read(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     h2link *l = arg;
+    pins_conn *conn = l->conn;
+    conn_enter(conn);
     link_ref(l);
     uint8_t buf[16384];
     for (int i = 0; i < READS_PER_EVENT && !l->dead; i++) {
@@ -1115,6 +1146,7 @@ static void on_link_read(evutil_socket_t fd, short what, void *arg)
     }
     link_flush(l);
     link_unref(l);
+    conn_leave(conn);
 }
 
 /* ---- submitting calls ---------------------------------------------------------------------- */
@@ -1210,6 +1242,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     const h2link *polled = NULL;
     uint64_t epoch = conn->seq; /* calls started by callbacks of this kick wait for the next */
     conn->in_kick = true;
+    conn_enter(conn);
 again:
     for (pins_call *call = conn->calls_head; call != NULL; call = call->next) {
         if (call->state != CS_QUEUED || call->fail_on_wake || call->seq >= epoch)
@@ -1262,6 +1295,7 @@ again:
         l = next;
     }
     conn->in_kick = false;
+    conn_leave(conn);
 }
 
 /* The kick runs in this turn of the loop; one scheduled from inside a kick waits for the next
@@ -1432,17 +1466,38 @@ fail:
     return NULL;
 }
 
-void pins_conn_free(pins_conn *conn)
+/* Cancels every call (their on_done run now); calls those callbacks start are refused. */
+static void conn_cancel_all(pins_conn *conn)
 {
-    if (conn == NULL)
-        return;
-    conn->freeing = true; /* calls started from the on_done callbacks below are refused */
+    conn->freeing = true;
+    conn->depth++; /* a pins_conn_free from these callbacks only marks the conn */
     while (conn->calls_head != NULL) {
         pins_call *call = conn->calls_head;
         call_ref(call);
         call_fail(call, PINS_CODE_CANCELLED, "connection closed by the client");
         call_unref(call);
     }
+    conn->depth--;
+}
+
+void pins_conn_free(pins_conn *conn)
+{
+    if (conn == NULL || conn->free_pending)
+        return;
+    if (conn->depth > 0) {
+        /* From inside a callback of this conn: the calls end now, the memory goes when the
+         * handler that ran the callback returns. */
+        conn->free_pending = true;
+        conn_cancel_all(conn);
+        return;
+    }
+    conn_destroy(conn);
+}
+
+static void conn_destroy(pins_conn *conn)
+{
+    conn->free_pending = false;
+    conn_cancel_all(conn);
     while (conn->links != NULL) {
         h2link *l = conn->links;
         if (!l->dead) {
@@ -1626,7 +1681,10 @@ void pins_call_cancel(pins_call *call)
 {
     if (call == NULL || call->state == CS_DONE)
         return;
+    pins_conn *conn = call->conn;
+    conn_enter(conn);
     call_ref(call);
     call_fail(call, PINS_CODE_CANCELLED, "call cancelled by the client");
     call_unref(call);
+    conn_leave(conn);
 }

@@ -302,14 +302,17 @@ typedef void (*pins_message_cb)(void *arg, ProtobufCMessage *msg);
  * NULL on bad options (reason in st, may be NULL). */
 pins_conn *pins_conn_new(struct event_base *base, const pins_options *opts, pins_status *st);
 /* Cancels every call still running (their done callbacks run, with CANCELLED, before this
- * returns), closes the connection and frees it. NULL allowed. Not from inside a callback of
- * this connection. */
+ * returns), closes the connection and frees it. NULL allowed. May be called from inside a
+ * callback of this connection: the calls end at once and the memory is freed when the library
+ * code that ran the callback returns (conn must not be used after the call either way). Calls
+ * started from the done callbacks this runs are refused (pins_conn_start returns NULL). */
 void pins_conn_free(pins_conn *conn);
 
 /* Starts rpc with req (encoded at once: req is borrowed for this call only). on_message is for
  * streaming methods (NULL otherwise); on_done runs exactly once, never from inside
  * pins_conn_start itself. Returns the call (valid until on_done returns), or NULL when req does
- * not match the method (nothing is called then). */
+ * not match the method, when out of memory, or while pins_conn_free runs (nothing is called
+ * then). */
 pins_call *pins_conn_start(pins_conn *conn, pins_rpc rpc, const ProtobufCMessage *req,
                            const pins_call_options *copts, pins_message_cb on_message,
                            pins_done_cb on_done, void *arg);

@@ -1373,6 +1373,60 @@ static void test_conn_restart_from_on_done_is_not_swept_again(void **state)
     event_base_free(base);
 }
 
+typedef struct free_state {
+    pins_conn *conn;
+    done_rec first;
+    done_rec second;
+} free_state;
+
+static void on_done_second(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    free_state *f = arg;
+    on_done(&f->second, resp, st);
+}
+
+/* Frees the connection from inside the first call's on_done (run by the link's read handler). */
+static void on_done_free_conn(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    free_state *f = arg;
+    on_done(&f->first, resp, st);
+    pins_conn_free(f->conn);
+    /* The other call ended at once, with CANCELLED. */
+    assert_int_equal(f->second.n, 1);
+    assert_int_equal(f->second.code, PINS_CODE_CANCELLED);
+}
+
+static void script_first_ok_rest_silent(fconn *c, fstream *s, int nth)
+{
+    if (nth == 0)
+        answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
+}
+
+static void test_conn_free_from_on_done(void **state)
+{
+    (void)state;
+    fake_start(script_first_ok_rest_silent);
+    struct event_base *base = event_base_new();
+    free_state f = {0};
+    f.conn = econn(base, NULL);
+    Memorypins__V1__GetPinRequest req = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
+    assert_non_null(
+        pins_conn_start(f.conn, PINS_RPC_GET_PIN, &req.base, NULL, NULL, on_done_free_conn, &f));
+    /* Both go out in one flush, the first first: the server answers it and holds the other. */
+    assert_non_null(
+        pins_conn_start(f.conn, PINS_RPC_GET_PIN, &req.base, NULL, NULL, on_done_second, &f));
+    /* The conn is freed when the handler that ran on_done returns (no use after free: the
+     * sanitizer build checks it); the loop then has nothing of it left. */
+    run_until_done(base, &f.first, 1);
+    assert_int_equal(f.first.code, PINS_CODE_OK);
+    assert_int_equal(f.second.n, 1);
+    for (int i = 0; i < 20; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    assert_int_equal(event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED), 0);
+    event_base_free(base);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1401,6 +1455,7 @@ int main(void)
         cmocka_unit_test(test_conn_server_dropping_every_connection_is_bounded),
         cmocka_unit_test(test_conn_cancel_inside_on_message_and_start_inside_on_done),
         cmocka_unit_test(test_conn_restart_from_on_done_is_not_swept_again),
+        cmocka_unit_test(test_conn_free_from_on_done),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
