@@ -201,6 +201,8 @@ int client__parse_end_block(client__parse *p)
         return p->error;
     if (p->blocks == 0 && p->http_status == 0)
         return client__parse_fail(p, PINS_CODE_INTERNAL, "response without :status");
+    if (p->blocks == 0 && (p->http_status != 200 || (p->content_type_seen && !p->content_type_ok)))
+        p->not_grpc = true;
     p->blocks++;
     p->in_trailers = true;
     return 0;
@@ -246,6 +248,8 @@ int client__parse_data(client__parse *p, const uint8_t *data, size_t len, client
         return p->error;
     if (p->blocks != 1 || p->http_status == 0)
         return client__parse_fail(p, PINS_CODE_INTERNAL, "DATA outside the response body");
+    if (p->not_grpc)
+        return 0; /* not gRPC: the status comes from the headers (see decide) */
     while (len > 0) {
         if (!p->in_message) {
             size_t take = 5 - p->prefix_have;

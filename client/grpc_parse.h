@@ -14,6 +14,9 @@
  *  - :status other than 200 without grpc-status: gRPC's HTTP-to-code table;
  *  - a content-type not starting with application/grpc: UNKNOWN;
  *  - END_STREAM without grpc-status: INTERNAL "missing trailers";
+ *  - a body after headers with a :status other than 200, or with a content-type other than
+ *    application/grpc, is not gRPC: it is dropped unparsed (a proxy's 503 text/html page is
+ *    UNAVAILABLE by the table above, not a malformed message);
  *  - header blocks above max_header_bytes (name + value + 32 per entry, RFC 7540 6.5.2) or
  *    CLIENT_MAX_METADATA entries: RESOURCE_EXHAUSTED.
  * The first error sticks: later input is ignored and finish reports it.
@@ -45,6 +48,8 @@ typedef struct client__parse {
     bool in_trailers; /* the block being fed is the trailers */
     bool content_type_seen;
     bool content_type_ok;
+    bool not_grpc;          /* the first block ended with a :status other than 200 or a content-type
+                             * other than application/grpc: the body is not gRPC and is dropped */
     int grpc_status;        /* -1 until seen; -2 malformed */
     char *grpc_message;     /* raw, as received (malloc) */
     int64_t retry_after_ms; /* -1 when none */

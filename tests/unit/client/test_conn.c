@@ -1427,6 +1427,45 @@ static void test_conn_free_from_on_done(void **state)
     fake_stop();
 }
 
+static const char PROXY_PAGE[] = "<html><body><h1>503 Service Unavailable</h1></body></html>";
+
+static void script_proxy_503(fconn *c, fstream *s, int nth)
+{
+    static const char *const hdrs[] = {":status", "503", "content-type", "text/html", NULL};
+    if (nth == 0)
+        answer(c, s, hdrs, PROXY_PAGE, sizeof(PROXY_PAGE) - 1, 0, NULL);
+    else
+        answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
+}
+
+static void test_conn_proxy_503_page_is_unavailable_and_retried(void **state)
+{
+    (void)state;
+    fake_start(script_proxy_503);
+    pins_options o;
+    pins_options_init(&o);
+    o.backoff_initial_ms = 5;
+    pins_client *c = client(&o);
+    pins_status st = PINS_STATUS_INIT;
+    /* A read: the 503 is UNAVAILABLE (not a malformed message), retried, then answered. */
+    assert_int_equal(get_pin(c, NULL, &st, NULL), 0);
+    assert_int_equal(st.attempts, 2);
+    assert_int_equal(fake_get(&F.nreqs), 2);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+    /* A write is not retried: the status is the 503's. */
+    fake_start(script_proxy_503);
+    c = client(&o);
+    assert_int_equal(upsert(c, NULL, &st), PINS_CODE_UNAVAILABLE);
+    assert_int_equal(st.http_status, 503);
+    assert_int_equal(st.attempts, 1);
+    assert_null(strstr(st.message, "flags"));
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1456,6 +1495,7 @@ int main(void)
         cmocka_unit_test(test_conn_cancel_inside_on_message_and_start_inside_on_done),
         cmocka_unit_test(test_conn_restart_from_on_done_is_not_swept_again),
         cmocka_unit_test(test_conn_free_from_on_done),
+        cmocka_unit_test(test_conn_proxy_503_page_is_unavailable_and_retried),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

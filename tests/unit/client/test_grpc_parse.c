@@ -386,6 +386,38 @@ static void test_parse_data_before_headers_is_internal(void **state)
     pins_status_clear(&st);
 }
 
+static void test_parse_non_grpc_body_is_not_parsed(void **state)
+{
+    (void)state;
+    static const char html[] = "<html><body>503 Service Unavailable</body></html>";
+    /* A proxy's 503 page: its bytes are not read as length prefixes. */
+    client__parse p;
+    seen s = {0};
+    client__parse_init(&p, MAX_MSG, MAX_HDR);
+    hdr(&p, ":status", "503");
+    hdr(&p, "content-type", "text/html");
+    assert_int_equal(client__parse_end_block(&p), 0);
+    assert_int_equal(feed(&p, html, sizeof(html) - 1, 7, &s), 0);
+    pins_status st = PINS_STATUS_INIT;
+    assert_int_equal(client__parse_finish(&p, &st), PINS_CODE_UNAVAILABLE);
+    assert_int_equal(st.http_status, 503);
+    assert_null(strstr(st.message, "flags"));
+    pins_status_clear(&st);
+    client__parse_free(&p);
+    /* A 200 with another content-type: no message reaches the callback. */
+    uint8_t buf[64];
+    size_t n = frame(buf, 0, "abc", 3);
+    client__parse_init(&p, MAX_MSG, MAX_HDR);
+    hdr(&p, ":status", "200");
+    hdr(&p, "content-type", "text/plain");
+    assert_int_equal(client__parse_end_block(&p), 0);
+    assert_int_equal(feed(&p, buf, n, n, &s), 0);
+    assert_int_equal(s.n, 0);
+    assert_int_equal(client__parse_finish(&p, &st), PINS_CODE_UNKNOWN);
+    pins_status_clear(&st);
+    client__parse_free(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -402,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_parse_metadata_and_details),
         cmocka_unit_test(test_parse_callback_failure_sticks),
         cmocka_unit_test(test_parse_data_before_headers_is_internal),
+        cmocka_unit_test(test_parse_non_grpc_body_is_not_parsed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
