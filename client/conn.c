@@ -88,6 +88,7 @@ struct pins_call {
     h2link *link;
     int32_t stream_id;
     bool headers_sent;
+    int send_error; /* nghttp2's reason the request HEADERS could not be sent, or 0 */
     bool got_headers;
     bool delivered; /* a stream message went to on_message */
     client__parse parse;
@@ -710,6 +711,20 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
     return 0;
 }
 
+/* nghttp2 would not send the request HEADERS (larger than the 256 KiB block it sends, say): the
+ * stream is then closed as refused, but the request itself is at fault and is not retried. */
+static int on_frame_not_send(nghttp2_session *s, const nghttp2_frame *frame, int lib_error,
+                             void *user)
+{
+    (void)user;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    pins_call *call = stream_call(s, frame->hd.stream_id);
+    if (call != NULL)
+        call->send_error = lib_error != 0 ? lib_error : NGHTTP2_ERR_INVALID_ARGUMENT;
+    return 0;
+}
+
 static int rst_code(uint32_t err, const char **pmsg)
 {
     switch (err) {
@@ -744,7 +759,15 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u
     call->link = NULL;
     call->stream_id = 0;
     call_ref(call);
-    if (!call->headers_sent || (err == NGHTTP2_REFUSED_STREAM && !call->got_headers)) {
+    if (!call->headers_sent && call->send_error != 0) {
+        client__status_set(&call->st,
+                           call->send_error == NGHTTP2_ERR_FRAME_SIZE_ERROR
+                               ? PINS_CODE_RESOURCE_EXHAUSTED
+                               : PINS_CODE_INVALID_ARGUMENT,
+                           "request headers cannot be sent: %s (metadata larger than %u bytes?)",
+                           nghttp2_strerror(call->send_error), 256u << 10);
+        call_finish(call);
+    } else if (!call->headers_sent || (err == NGHTTP2_REFUSED_STREAM && !call->got_headers)) {
         client__status_set(&call->st, PINS_CODE_UNAVAILABLE, "stream refused by the server");
         call_retry_or_finish(call, RETRY_NOW);
     } else if (call->m == NULL) {
@@ -909,6 +932,7 @@ static int session_start(h2link *l)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_option *opt = NULL;
     int rv = nghttp2_option_new(&opt);
@@ -1203,6 +1227,7 @@ static int call_submit(pins_call *call, h2link *l)
     nghttp2_data_provider prd = {.source = {.ptr = call}, .read_callback = read_body};
     call->body_off = 0;
     call->headers_sent = false;
+    call->send_error = 0;
     call->got_headers = false;
     client__parse_free(&call->parse);
     client__parse_init(&call->parse, conn->max_message, conn->max_header);

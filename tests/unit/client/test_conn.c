@@ -1466,6 +1466,31 @@ static void test_conn_proxy_503_page_is_unavailable_and_retried(void **state)
     fake_stop();
 }
 
+static void test_conn_request_headers_too_large_fail_locally(void **state)
+{
+    (void)state;
+    fake_start(script_ok);
+    pins_client *c = client(NULL);
+    static char big[300001];
+    memset(big, 'a', sizeof(big) - 1);
+    pins_metadata md = {.name = "x-big", .value = big, .value_len = sizeof(big) - 1};
+    pins_call_options co = {.metadata = &md, .metadata_count = 1};
+    pins_status st = PINS_STATUS_INIT;
+    /* Larger than the header block nghttp2 sends: the request is at fault, not the server; it
+     * is neither reported as a refused stream nor retried. */
+    int rv = get_pin(c, &co, &st, NULL);
+    assert_int_equal(rv, PINS_CODE_RESOURCE_EXHAUSTED);
+    assert_int_equal(st.attempts, 1);
+    assert_false(st.from_server);
+    assert_null(strstr(st.message, "refused"));
+    assert_int_equal(fake_get(&F.nreqs), 0);
+    /* The connection still serves other calls. */
+    assert_int_equal(get_pin(c, NULL, &st, NULL), 0);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1496,6 +1521,7 @@ int main(void)
         cmocka_unit_test(test_conn_restart_from_on_done_is_not_swept_again),
         cmocka_unit_test(test_conn_free_from_on_done),
         cmocka_unit_test(test_conn_proxy_503_page_is_unavailable_and_retried),
+        cmocka_unit_test(test_conn_request_headers_too_large_fail_locally),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
