@@ -48,6 +48,9 @@
 #define OUT_HIGH (256u << 10)
 /* Immediate re-queues of one call (refused streams, GOAWAY) before it fails. */
 #define MAX_TRANSPARENT 10
+/* Durations (deadlines, backoffs, timeouts) are clamped to this (100 years), so that sums with
+ * the monotonic clock and doublings never overflow. */
+#define MAX_MS ((int64_t)100 * 365 * 24 * 3600 * 1000)
 /* Reads per readable event, so that one busy link cannot starve the loop. */
 #define READS_PER_EVENT 16
 
@@ -189,6 +192,11 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t clamp_ms(int64_t ms)
+{
+    return ms > MAX_MS ? MAX_MS : ms;
 }
 
 static struct timeval tv_of(int64_t ms)
@@ -370,7 +378,7 @@ static void call_fail(pins_call *call, int code, const char *fmt, ...)
 
 static bool deadline_passed(const pins_call *call, int64_t delay)
 {
-    return call->deadline != 0 && now_ms() + delay >= call->deadline;
+    return call->deadline != 0 && delay >= call->deadline - now_ms();
 }
 
 /* The attempt ended with call->st; retries it or finishes the call. */
@@ -408,7 +416,7 @@ static void call_retry_or_finish(pins_call *call, retry_kind kind)
     if (allowed && delay < 0) {
         int64_t cap = conn->backoff_initial_ms;
         for (int i = 0; i < call->retries && cap < conn->backoff_max_ms; i++)
-            cap *= 2;
+            cap = cap > conn->backoff_max_ms / 2 ? conn->backoff_max_ms : cap * 2;
         if (cap > conn->backoff_max_ms)
             cap = conn->backoff_max_ms;
         delay = cap > 0 ? (int64_t)(rng_next(conn) % (uint64_t)(cap + 1)) : 0;
@@ -1435,11 +1443,13 @@ pins_conn *pins_conn_new(struct event_base *base, const pins_options *opts, pins
     if (parse_addr(conn, opts->addr != NULL ? opts->addr : "127.0.0.1:50051", opts->tls, err,
                    sizeof(err)) != 0)
         goto fail;
-    conn->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 0;
-    conn->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 0;
-    conn->backoff_initial_ms = opts->backoff_initial_ms > 0 ? opts->backoff_initial_ms : 1;
+    conn->timeout_ms = opts->timeout_ms > 0 ? clamp_ms(opts->timeout_ms) : 0;
+    conn->connect_timeout_ms =
+        opts->connect_timeout_ms > 0 ? clamp_ms(opts->connect_timeout_ms) : 0;
+    conn->backoff_initial_ms =
+        opts->backoff_initial_ms > 0 ? clamp_ms(opts->backoff_initial_ms) : 1;
     conn->backoff_max_ms = opts->backoff_max_ms >= conn->backoff_initial_ms
-                               ? opts->backoff_max_ms
+                               ? clamp_ms(opts->backoff_max_ms)
                                : conn->backoff_initial_ms;
     conn->max_retries = opts->max_retries > 0 ? opts->max_retries : 0;
     conn->max_message = opts->max_message_bytes > 0 ? opts->max_message_bytes : 4u << 20;
@@ -1571,6 +1581,8 @@ static pins_call *call_new(pins_conn *conn, const pins_call_options *copts, pins
     int64_t timeout = conn->timeout_ms;
     if (copts != NULL && copts->timeout_ms != 0)
         timeout = copts->timeout_ms > 0 ? copts->timeout_ms : 0;
+    if (timeout > MAX_MS)
+        timeout = MAX_MS;
     call->timeout_ms = timeout;
     call->no_retry = copts != NULL && copts->no_retry;
     call->discard = copts != NULL && copts->discard_response;

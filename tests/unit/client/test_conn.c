@@ -1491,6 +1491,28 @@ static void test_conn_request_headers_too_large_fail_locally(void **state)
     fake_stop();
 }
 
+static void test_conn_huge_timeouts_saturate(void **state)
+{
+    (void)state;
+    fake_start(script_proxy_503);
+    pins_options o;
+    pins_options_init(&o);
+    o.timeout_ms = INT64_MAX;
+    o.backoff_initial_ms = 5;
+    o.backoff_max_ms = INT64_MAX;
+    o.connect_timeout_ms = INT64_MAX;
+    pins_client *c = client(&o);
+    pins_status st = PINS_STATUS_INIT;
+    /* The deadline is far away, not "passed" by an overflow: the 503 is retried. */
+    pins_call_options co = {.timeout_ms = INT64_MAX};
+    assert_int_equal(get_pin(c, &co, &st, NULL), 0);
+    assert_int_equal(st.attempts, 2);
+    assert_non_null(strstr(F.reqs[1], "grpc-timeout: 99999999S"));
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1522,6 +1544,7 @@ int main(void)
         cmocka_unit_test(test_conn_free_from_on_done),
         cmocka_unit_test(test_conn_proxy_503_page_is_unavailable_and_retried),
         cmocka_unit_test(test_conn_request_headers_too_large_fail_locally),
+        cmocka_unit_test(test_conn_huge_timeouts_saturate),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
