@@ -29,6 +29,18 @@ struct client__tls {
     BIO *wbio; /* ciphertext to the peer (owned by ssl) */
 };
 
+/* The password callback of the key file: the library has no way to ask for a passphrase (it
+ * must never prompt on a terminal, as OpenSSL's default callback does), so it supplies none and
+ * notes that one was wanted, for the error message. */
+static int no_password(char *buf, int size, int rwflag, void *userdata)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    *(bool *)userdata = true;
+    return 0;
+}
+
 static void ssl_error(char *err, size_t errlen, const char *what)
 {
     unsigned long e = ERR_get_error();
@@ -77,6 +89,9 @@ int client__tls_ctx_new(const pins_options *opts, client__tls_ctx **pctx, char *
         snprintf(err, errlen, "a client certificate needs both cert_file and key_file");
         goto fail;
     }
+    bool wanted_password = false;
+    SSL_CTX_set_default_passwd_cb(c->ctx, no_password);
+    SSL_CTX_set_default_passwd_cb_userdata(c->ctx, &wanted_password);
     if (opts->cert_file != NULL) {
         if (SSL_CTX_use_certificate_chain_file(c->ctx, opts->cert_file) != 1) {
             char what[300];
@@ -84,8 +99,15 @@ int client__tls_ctx_new(const pins_options *opts, client__tls_ctx **pctx, char *
             ssl_error(err, errlen, what);
             goto fail;
         }
-        if (SSL_CTX_use_PrivateKey_file(c->ctx, opts->key_file, SSL_FILETYPE_PEM) != 1 ||
-            SSL_CTX_check_private_key(c->ctx) != 1) {
+        int key_ok = SSL_CTX_use_PrivateKey_file(c->ctx, opts->key_file, SSL_FILETYPE_PEM);
+        if (key_ok != 1 && wanted_password) {
+            snprintf(err, errlen,
+                     "key %s is encrypted: passphrases are not supported, give an unencrypted key",
+                     opts->key_file);
+            ERR_clear_error();
+            goto fail;
+        }
+        if (key_ok != 1 || SSL_CTX_check_private_key(c->ctx) != 1) {
             char what[300];
             snprintf(what, sizeof(what), "cannot load key %s (or it does not match)",
                      opts->key_file);
@@ -93,6 +115,7 @@ int client__tls_ctx_new(const pins_options *opts, client__tls_ctx **pctx, char *
             goto fail;
         }
     }
+    SSL_CTX_set_default_passwd_cb_userdata(c->ctx, NULL);
     *pctx = c;
     return 0;
 fail:

@@ -428,6 +428,34 @@ static void test_tls_without_alpn_h2_is_refused(void **state)
     server_stop();
 }
 
+static void test_tls_encrypted_key_is_refused_without_prompt(void **state)
+{
+    (void)state;
+    char enc[160];
+    snprintf(enc, sizeof(enc), "%s/encrypted.key", DIR_);
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    FILE *f = fopen(enc, "w");
+    assert_non_null(f);
+    assert_int_equal(
+        PEM_write_PrivateKey(f, k, EVP_aes_128_cbc(), (unsigned char *)"secret", 6, NULL, NULL), 1);
+    fclose(f);
+    EVP_PKEY_free(k);
+    /* The library never asks for a passphrase (OpenSSL's default would prompt on the terminal
+     * and block): the options are refused with a message that says why. */
+    pins_options o;
+    pins_options_init(&o);
+    o.addr = "https://localhost:1";
+    o.ca_file = CA;
+    o.cert_file = CLI_CERT;
+    o.key_file = enc;
+    pins_status st = PINS_STATUS_INIT;
+    assert_null(pins_client_new(&o, &st));
+    assert_int_equal(st.code, PINS_CODE_INVALID_ARGUMENT);
+    assert_non_null(strstr(st.message, "encrypted"));
+    pins_status_clear(&st);
+    unlink(enc);
+}
+
 int main(void)
 {
     Memorypins__V1__Pin pin = MEMORYPINS__V1__PIN__INIT;
@@ -443,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_tls_untrusted_or_wrong_name_is_refused),
         cmocka_unit_test(test_tls_mutual),
         cmocka_unit_test(test_tls_without_alpn_h2_is_refused),
+        cmocka_unit_test(test_tls_encrypted_key_is_refused_without_prompt),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
