@@ -93,6 +93,7 @@ struct pins_call {
     bool headers_sent;
     int send_error; /* nghttp2's reason the request HEADERS could not be sent, or 0 */
     bool got_headers;
+    bool got_end;   /* the server ended the stream with END_STREAM */
     bool delivered; /* a stream message went to on_message */
     client__parse parse;
     pins_buf get_body; /* the GET's body */
@@ -686,6 +687,12 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *user)
 {
     h2link *l = user;
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        pins_call *call = stream_call(s, frame->hd.stream_id);
+        if (call != NULL)
+            call->got_end = true;
+    }
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS: {
         pins_call *call = stream_call(s, frame->hd.stream_id);
@@ -791,7 +798,9 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u
                                err == 0 ? "stream ended without a response" : msg);
             call_finish(call);
         }
-    } else if (call->parse.error == 0 && call->parse.grpc_status == -1 && err != 0) {
+    } else if (call->parse.error == 0 && !call->got_end) {
+        /* Only a stream the server ended with END_STREAM is complete: a reset, even after a
+         * grpc-status in the headers, is the stream's end. */
         const char *msg;
         int code = rst_code(err, &msg);
         client__status_set(&call->st, code, "%s (http/2 error %u)", msg, err);
@@ -1237,6 +1246,7 @@ static int call_submit(pins_call *call, h2link *l)
     call->headers_sent = false;
     call->send_error = 0;
     call->got_headers = false;
+    call->got_end = false;
     client__parse_free(&call->parse);
     client__parse_init(&call->parse, conn->max_message, conn->max_header);
     pins_buf_reset(&call->get_body);

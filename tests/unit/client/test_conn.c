@@ -1513,6 +1513,38 @@ static void test_conn_huge_timeouts_saturate(void **state)
     fake_stop();
 }
 
+static void script_status_then_rst(fconn *c, fstream *s, int nth)
+{
+    (void)nth;
+    /* grpc-status 0 in the headers, no END_STREAM, then a reset with an error. */
+    static const char *const hdrs[] = {
+        ":status", "200", "content-type", "application/grpc", "grpc-status", "0", NULL};
+    nghttp2_nv nv[8];
+    size_t n = to_nv(nv, hdrs);
+    nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, nv, n, NULL);
+    nghttp2_submit_rst_stream(c->h2, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_INTERNAL_ERROR);
+}
+
+static void test_conn_reset_after_grpc_status_is_an_error(void **state)
+{
+    (void)state;
+    fake_start(script_status_then_rst);
+    pins_client *c = client(NULL);
+    pins_status st = PINS_STATUS_INIT;
+    Memorypins__V1__WatchPinsRequest req = MEMORYPINS__V1__WATCH_PINS_REQUEST__INIT;
+    pins_stream *s = pins_watch_pins(c, &req, NULL, &st);
+    assert_non_null(s);
+    Memorypins__V1__WatchPinsResponse *ev = NULL;
+    /* A stream is OK only when it ended with END_STREAM. */
+    assert_int_equal(pins_watch_next(s, &ev, &st), PINS_CODE_INTERNAL);
+    assert_null(ev);
+    assert_non_null(strstr(st.message, "reset"));
+    pins_stream_close(s);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1545,6 +1577,7 @@ int main(void)
         cmocka_unit_test(test_conn_proxy_503_page_is_unavailable_and_retried),
         cmocka_unit_test(test_conn_request_headers_too_large_fail_locally),
         cmocka_unit_test(test_conn_huge_timeouts_saturate),
+        cmocka_unit_test(test_conn_reset_after_grpc_status_is_an_error),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
