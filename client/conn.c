@@ -1371,6 +1371,13 @@ static int parse_addr(pins_conn *conn, const char *addr, bool tls, char *err, si
         snprintf(err, errlen, "address has no host");
         return -1;
     }
+    if (memchr(addr, '@', len) != NULL) {
+        /* Not echoed: what precedes the @ may be a password. */
+        snprintf(err, errlen,
+                 "address holds user information (user@ or user:password@), which "
+                 "is not supported; give credentials as tokens");
+        return -1;
+    }
     char hp[256];
     memcpy(hp, addr, len);
     hp[len] = '\0';

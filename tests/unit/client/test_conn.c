@@ -1545,6 +1545,24 @@ static void test_conn_reset_after_grpc_status_is_an_error(void **state)
     fake_stop();
 }
 
+static void test_conn_address_with_user_information_is_refused(void **state)
+{
+    (void)state;
+    pins_options o;
+    pins_options_init(&o);
+    o.addr = "https://admin:S3cret@pins.example:443";
+    pins_status st = PINS_STATUS_INIT;
+    assert_null(pins_client_new(&o, &st));
+    assert_int_equal(st.code, PINS_CODE_INVALID_ARGUMENT);
+    assert_non_null(strstr(st.message, "user information"));
+    assert_null(strstr(st.message, "S3cret")); /* the secret is not echoed */
+    assert_null(strstr(st.message, "admin"));
+    o.addr = "user@127.0.0.1:50051";
+    assert_null(pins_client_new(&o, &st));
+    assert_int_equal(st.code, PINS_CODE_INVALID_ARGUMENT);
+    pins_status_clear(&st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1578,6 +1596,7 @@ int main(void)
         cmocka_unit_test(test_conn_request_headers_too_large_fail_locally),
         cmocka_unit_test(test_conn_huge_timeouts_saturate),
         cmocka_unit_test(test_conn_reset_after_grpc_status_is_an_error),
+        cmocka_unit_test(test_conn_address_with_user_information_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
