@@ -1604,11 +1604,14 @@ static pins_call *call_new(pins_conn *conn, const pins_call_options *copts, pins
     call->no_retry = copts != NULL && copts->no_retry;
     call->discard = copts != NULL && copts->discard_response;
     if (copts != NULL && copts->request_id != NULL && *copts->request_id != '\0') {
-        if (header_value_ok(copts->request_id))
+        if (header_value_ok(copts->request_id)) {
             call->request_id = client__strdup(copts->request_id);
-        else
+        } else {
+            /* Reported through on_done (the call keeps a generated id for its status). */
             client__status_set(&call->st, PINS_CODE_INVALID_ARGUMENT,
                                "request id holds a line break");
+            call->request_id = new_request_id(conn);
+        }
     } else {
         call->request_id = new_request_id(conn);
     }

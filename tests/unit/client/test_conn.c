@@ -1545,6 +1545,38 @@ static void test_conn_reset_after_grpc_status_is_an_error(void **state)
     fake_stop();
 }
 
+static void test_conn_bad_request_id_and_metadata_reach_on_done(void **state)
+{
+    (void)state;
+    fake_start(script_ok);
+    struct event_base *base = event_base_new();
+    pins_conn *conn = econn(base, NULL);
+    Memorypins__V1__GetPinRequest req = MEMORYPINS__V1__GET_PIN_REQUEST__INIT;
+    pins_metadata md = {.name = "x-note", .value = "a\r\nb"};
+    pins_call_options bad_id = {.request_id = "abc\ndef"};
+    pins_call_options bad_md = {.metadata = &md, .metadata_count = 1};
+    done_rec d[2] = {{0}, {0}};
+    /* A call is started (not NULL) and ends with INVALID_ARGUMENT through on_done. */
+    assert_non_null(
+        pins_conn_start(conn, PINS_RPC_GET_PIN, &req.base, &bad_id, NULL, on_done, &d[0]));
+    assert_non_null(
+        pins_conn_start(conn, PINS_RPC_GET_PIN, &req.base, &bad_md, NULL, on_done, &d[1]));
+    run_until_done(base, d, 2);
+    assert_int_equal(d[0].code, PINS_CODE_INVALID_ARGUMENT);
+    assert_int_equal(d[1].code, PINS_CODE_INVALID_ARGUMENT);
+    assert_int_equal(fake_get(&F.nreqs), 0);
+    pins_conn_free(conn);
+    event_base_free(base);
+    /* The blocking API says the same, not "out of memory". */
+    pins_client *c = client(NULL);
+    pins_status st = PINS_STATUS_INIT;
+    assert_int_equal(get_pin(c, &bad_id, &st, NULL), PINS_CODE_INVALID_ARGUMENT);
+    assert_non_null(strstr(st.message, "request id"));
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 static void test_conn_address_with_user_information_is_refused(void **state)
 {
     (void)state;
@@ -1596,6 +1628,7 @@ int main(void)
         cmocka_unit_test(test_conn_request_headers_too_large_fail_locally),
         cmocka_unit_test(test_conn_huge_timeouts_saturate),
         cmocka_unit_test(test_conn_reset_after_grpc_status_is_an_error),
+        cmocka_unit_test(test_conn_bad_request_id_and_metadata_reach_on_done),
         cmocka_unit_test(test_conn_address_with_user_information_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
