@@ -28,6 +28,11 @@ typedef struct waiter {
     pins_status st;
 } waiter;
 
+/* Messages of a blocking stream waiting for pins_stream_next. They pile up only while another
+ * call of the same client runs the loop; past this many the stream ends (RESOURCE_EXHAUSTED)
+ * instead of growing without bound. */
+#define STREAM_QUEUE_MAX 4096
+
 typedef struct msg_node {
     ProtobufCMessage *msg;
     struct msg_node *next;
@@ -39,6 +44,7 @@ struct pins_stream {
     bool done;
     msg_node *head;
     msg_node *tail;
+    size_t queued; /* nodes in head..tail */
     pins_status st;
 };
 
@@ -230,6 +236,13 @@ int pins_client_http_get(pins_client *c, const char *path, int *phttp_status, ch
 static void on_stream_message(void *arg, ProtobufCMessage *msg)
 {
     pins_stream *s = arg;
+    if (s->queued >= STREAM_QUEUE_MAX) {
+        pins_message_free(msg);
+        pins_call_cancel(s->call);
+        client__status_set(&s->st, PINS_CODE_RESOURCE_EXHAUSTED,
+                           "more than %d stream messages waiting to be read", STREAM_QUEUE_MAX);
+        return;
+    }
     msg_node *n = malloc(sizeof(*n));
     if (n == NULL) {
         /* Losing a message silently would be worse than ending the stream. */
@@ -245,6 +258,7 @@ static void on_stream_message(void *arg, ProtobufCMessage *msg)
     else
         s->head = n;
     s->tail = n;
+    s->queued++;
 }
 
 static void on_stream_done(void *arg, ProtobufCMessage *resp, const pins_status *st)
@@ -301,6 +315,7 @@ int pins_stream_next(pins_stream *s, ProtobufCMessage **pmsg, pins_status *st)
         s->head = n->next;
         if (s->head == NULL)
             s->tail = NULL;
+        s->queued--;
         if (pmsg != NULL)
             *pmsg = n->msg;
         else

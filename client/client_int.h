@@ -56,8 +56,8 @@ client__tls *client__tls_new(client__tls_ctx *ctx, const char *name);
 void client__tls_free(client__tls *t);
 /* Ciphertext received from the peer. Returns 0 or -1 (out of memory). */
 int client__tls_feed(client__tls *t, const uint8_t *p, size_t n);
-/* Advances the handshake: 1 done (ALPN h2 negotiated), 0 wants more input, -1 failed (reason in
- * err). */
+/* Advances the handshake: 1 done (ALPN h2 negotiated), 0 wants more input, -1 failed, -2 the
+ * server's certificate failed verification (reason in err for both). */
 int client__tls_handshake(client__tls *t, char *err, size_t errlen);
 /* Plaintext decrypted so far into p: > 0 bytes, 0 none for now, -1 the peer closed or the
  * session failed (reason in err). */

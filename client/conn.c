@@ -115,6 +115,7 @@ struct h2link {
     bool handshaking;
     bool ready;
     bool draining;
+    bool permanent; /* failed in a way a retry cannot fix (certificate verification) */
     int fd;
     struct event *ev_read;
     struct event *ev_write;
@@ -667,8 +668,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
         return 0;
     call->got_headers = true;
     if (call->m == NULL) {
-        if (nlen == 7 && memcmp(name, ":status", 7) == 0 &&
-            frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+        if (nlen == 7 && memcmp(name, ":status", 7) == 0) { /* 1xx first, then the final */
             int st = 0;
             for (size_t i = 0; i < vlen && i < 4; i++)
                 st = st * 10 + (value[i] - '0');
@@ -908,7 +908,10 @@ again:
         if (waiting) {
             call->attempts++;
             client__status_set(&call->st, PINS_CODE_UNAVAILABLE, "%s", l->err);
-            call_retry_or_finish(call, RETRY_UNPROCESSED);
+            if (l->permanent)
+                call_finish(call); /* the same certificate would fail the same way */
+            else
+                call_retry_or_finish(call, RETRY_UNPROCESSED);
         } else if (!call->headers_sent) {
             client__status_set(&call->st, PINS_CODE_UNAVAILABLE, "%s", l->err);
             call_retry_or_finish(call, RETRY_UNPROCESSED);
@@ -987,7 +990,9 @@ static void link_connected(h2link *l)
         }
         l->handshaking = true;
         char err[200];
-        if (client__tls_handshake(l->tls, err, sizeof(err)) < 0) {
+        int hs = client__tls_handshake(l->tls, err, sizeof(err));
+        if (hs < 0) {
+            l->permanent = hs == -2;
             link_fail(l, true, "tls handshake with %s failed: %s", l->conn->authority, err);
             return;
         }
@@ -1132,6 +1137,7 @@ static int link_input(h2link *l, const uint8_t *p, size_t n)
     if (l->handshaking) {
         int hs = client__tls_handshake(l->tls, err, sizeof(err));
         if (hs < 0) {
+            l->permanent = hs == -2;
             link_fail(l, true, "tls handshake with %s failed: %s", l->conn->authority, err);
             return -1;
         }

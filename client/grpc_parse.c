@@ -127,6 +127,8 @@ int client__parse_header(client__parse *p, const char *name, size_t nlen, const 
 {
     if (p->error != 0)
         return p->error;
+    if (p->skip_block)
+        return 0;
     if (p->blocks >= 2)
         return client__parse_fail(p, PINS_CODE_INTERNAL, "header block after the trailers");
     size_t cost = nlen + vlen + 32;
@@ -139,6 +141,12 @@ int client__parse_header(client__parse *p, const char *name, size_t nlen, const 
         long s = parse_uint(value, vlen);
         if (p->in_trailers || s < 100 || s > 999)
             return client__parse_fail(p, PINS_CODE_INTERNAL, "malformed :status");
+        if (s < 200) {
+            /* An informational response (103 Early Hints, 100 Continue): the real one follows.
+             * :status comes first in a block, so nothing of this block was kept. */
+            p->skip_block = true;
+            return 0;
+        }
         p->http_status = (int)s;
         return 0;
     }
@@ -199,6 +207,10 @@ int client__parse_end_block(client__parse *p)
 {
     if (p->error != 0)
         return p->error;
+    if (p->skip_block) {
+        p->skip_block = false;
+        return 0;
+    }
     if (p->blocks == 0 && p->http_status == 0)
         return client__parse_fail(p, PINS_CODE_INTERNAL, "response without :status");
     if (p->blocks == 0 && (p->http_status != 200 || (p->content_type_seen && !p->content_type_ok)))

@@ -11,6 +11,7 @@
  *  - a prefix promising more than arrives before END_STREAM: INTERNAL "truncated message";
  *  - grpc-status: decimal digits only (else INTERNAL), a number above 16 is UNKNOWN;
  *  - grpc-message percent-decoded (kept as sent when it is not valid percent-encoding);
+ *  - informational (1xx) header blocks before the response are skipped;
  *  - :status other than 200 without grpc-status: gRPC's HTTP-to-code table;
  *  - a content-type not starting with application/grpc: UNKNOWN;
  *  - END_STREAM without grpc-status: INTERNAL "missing trailers";
@@ -48,6 +49,7 @@ typedef struct client__parse {
     bool in_trailers; /* the block being fed is the trailers */
     bool content_type_seen;
     bool content_type_ok;
+    bool skip_block;        /* the block being fed is an informational (1xx) response: ignored */
     bool not_grpc;          /* the first block ended with a :status other than 200 or a content-type
                              * other than application/grpc: the body is not gRPC and is dropped */
     int grpc_status;        /* -1 until seen; -2 malformed */

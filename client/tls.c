@@ -205,7 +205,7 @@ int client__tls_handshake(client__tls *t, char *err, size_t errlen)
         snprintf(err, errlen, "certificate verification failed: %s",
                  X509_verify_cert_error_string(vr));
         ERR_clear_error();
-        return -1;
+        return -2;
     }
     ssl_error(err, errlen, "handshake failed");
     return -1;

@@ -1595,6 +1595,83 @@ static void test_conn_address_with_user_information_is_refused(void **state)
     pins_status_clear(&st);
 }
 
+static void script_early_hints_then_ok(fconn *c, fstream *s, int nth)
+{
+    (void)nth;
+    static const char *const hints[] = {":status", "103", "link", "</x>; rel=preload", NULL};
+    nghttp2_nv nv[4];
+    size_t n = to_nv(nv, hints);
+    nghttp2_submit_headers(c->h2, NGHTTP2_FLAG_NONE, s->id, NULL, nv, n, NULL);
+    answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
+}
+
+static void test_conn_informational_response_is_skipped(void **state)
+{
+    (void)state;
+    fake_start(script_early_hints_then_ok);
+    pins_client *c = client(NULL);
+    pins_status st = PINS_STATUS_INIT;
+    Memorypins__V1__GetPinResponse *r = NULL;
+    assert_int_equal(get_pin(c, NULL, &st, &r), 0);
+    assert_non_null(r);
+    assert_string_equal(r->pin->key, "k1");
+    assert_int_equal(st.http_status, 200);
+    assert_null(pins_status_metadata(&st, "link")); /* the 103's fields are not the response's */
+    pins_message_free(&r->base);
+    int http = 0;
+    char *body = NULL;
+    assert_int_equal(pins_client_http_get(c, "/ready", &http, &body, NULL, NULL, &st), 0);
+    assert_int_equal(http, 200);
+    free(body);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
+#define MANY_EVENTS 5000
+static uint8_t MANY_BYTES[MANY_EVENTS * 5];
+
+static void script_many_events_then_ok(fconn *c, fstream *s, int nth)
+{
+    if (nth == 0)
+        answer(c, s, OK_HDRS, MANY_BYTES, sizeof(MANY_BYTES), 0, NULL); /* held open */
+    else
+        answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
+}
+
+static void test_conn_blocking_stream_queue_is_bounded(void **state)
+{
+    (void)state;
+    memset(MANY_BYTES, 0, sizeof(MANY_BYTES)); /* empty events */
+    fake_start(script_many_events_then_ok);
+    pins_client *c = client(NULL);
+    pins_status st = PINS_STATUS_INIT;
+    Memorypins__V1__WatchPinsRequest req = MEMORYPINS__V1__WATCH_PINS_REQUEST__INIT;
+    pins_stream *s = pins_watch_pins(c, &req, NULL, &st);
+    assert_non_null(s);
+    /* Another call runs the loop while nobody reads the stream: the events queue up to the
+     * bound, then the stream ends with RESOURCE_EXHAUSTED after the queued ones. */
+    assert_int_equal(get_pin(c, NULL, &st, NULL), 0);
+    for (int i = 0; i < 2000 && fake_get(&F.nrst) < 1; i++)
+        assert_int_equal(get_pin(c, NULL, &st, NULL), 0);
+    int n = 0;
+    int rv = 1;
+    for (int i = 0; i < MANY_EVENTS + 1 && rv == 1; i++) {
+        Memorypins__V1__WatchPinsResponse *ev = NULL;
+        rv = pins_watch_next(s, &ev, &st);
+        if (rv == 1) {
+            n++;
+            pins_message_free(&ev->base);
+        }
+    }
+    assert_int_equal(rv, PINS_CODE_RESOURCE_EXHAUSTED);
+    assert_int_equal(n, 4096);
+    pins_stream_close(s);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1630,6 +1707,8 @@ int main(void)
         cmocka_unit_test(test_conn_reset_after_grpc_status_is_an_error),
         cmocka_unit_test(test_conn_bad_request_id_and_metadata_reach_on_done),
         cmocka_unit_test(test_conn_address_with_user_information_is_refused),
+        cmocka_unit_test(test_conn_informational_response_is_skipped),
+        cmocka_unit_test(test_conn_blocking_stream_queue_is_bounded),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
