@@ -1290,6 +1290,11 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     pins_conn *conn = arg;
     const h2link *polled = NULL;
     uint64_t epoch = conn->seq; /* calls started by callbacks of this kick wait for the next */
+    /* A connection that could not be made (name not resolved, connect refused at once) is
+     * tried once per kick: the other queued calls meet the same failure without another
+     * (blocking) resolution each. */
+    bool link_failed = false;
+    char err[300] = "";
     conn->in_kick = true;
     conn_enter(conn);
 again:
@@ -1297,10 +1302,11 @@ again:
         if (call->state != CS_QUEUED || call->fail_on_wake || call->seq >= epoch)
             continue;
         if (conn->cur == NULL) {
-            char err[300];
-            conn->cur = link_new(conn, err, sizeof(err));
+            if (!link_failed)
+                conn->cur = link_new(conn, err, sizeof(err));
             if (conn->cur == NULL) {
                 /* Every queued call meets the same failure. */
+                link_failed = true;
                 call_ref(call);
                 call->attempts++;
                 client__status_set(&call->st, PINS_CODE_UNAVAILABLE, "%s", err);

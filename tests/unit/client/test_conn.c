@@ -30,7 +30,27 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dlfcn.h>
+#include <netdb.h>
+
 #include "pins/client.h"
+
+/* The resolver, counted: this definition comes before libc's for the library linked in. Names
+ * ending in ".invalid" fail at once without a DNS query. */
+static int RESOLVES;
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+    __atomic_add_fetch(&RESOLVES, 1, __ATOMIC_SEQ_CST);
+    size_t n = node != NULL ? strlen(node) : 0;
+    if (n > 8 && strcmp(node + n - 8, ".invalid") == 0)
+        return EAI_NONAME;
+    int (*real)(const char *, const char *, const struct addrinfo *, struct addrinfo **) =
+        (int (*)(const char *, const char *, const struct addrinfo *, struct addrinfo **))dlsym(
+            RTLD_NEXT, "getaddrinfo");
+    return real(node, service, hints, res);
+}
 
 #define MAX_REQS  16
 #define MAX_CONNS 8
@@ -1672,6 +1692,34 @@ static void test_conn_blocking_stream_queue_is_bounded(void **state)
     fake_stop();
 }
 
+static void test_conn_name_resolved_once_per_kick(void **state)
+{
+    (void)state;
+    pins_options o;
+    pins_options_init(&o);
+    o.addr = "nohost.invalid:50051";
+    o.max_retries = 0;
+    struct event_base *base = event_base_new();
+    pins_conn *conn = pins_conn_new(base, &o, NULL);
+    assert_non_null(conn);
+    done_rec d[20];
+    memset(d, 0, sizeof(d));
+    Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    for (int i = 0; i < 20; i++)
+        assert_non_null(
+            pins_conn_start(conn, PINS_RPC_HEALTH_CHECK, &q.base, NULL, NULL, on_done, &d[i]));
+    int before = __atomic_load_n(&RESOLVES, __ATOMIC_SEQ_CST);
+    run_until_done(base, d, 20);
+    /* Twenty queued calls, one resolution: the failure is shared by the kick. */
+    assert_int_equal(__atomic_load_n(&RESOLVES, __ATOMIC_SEQ_CST) - before, 1);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(d[i].code, PINS_CODE_UNAVAILABLE);
+        assert_int_equal(d[i].attempts, 1);
+    }
+    pins_conn_free(conn);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1709,6 +1757,7 @@ int main(void)
         cmocka_unit_test(test_conn_address_with_user_information_is_refused),
         cmocka_unit_test(test_conn_informational_response_is_skipped),
         cmocka_unit_test(test_conn_blocking_stream_queue_is_bounded),
+        cmocka_unit_test(test_conn_name_resolved_once_per_kick),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
