@@ -1025,6 +1025,14 @@ static int link_try_connect(h2link *l)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* A server host that vanished (no FIN, no RST) is noticed by TCP keepalive: probes
+         * after 60 s of silence, every 10 s, 6 of them, so an idle or waiting connection
+         * fails within about two minutes instead of never. */
+        int idle = 60, intvl = 10, cnt = 6;
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
         l->fd = fd;
         if (l->ev_read != NULL)
             event_free(l->ev_read);

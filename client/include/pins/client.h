@@ -135,8 +135,10 @@ typedef struct pins_options {
     const char *machine_token; /* sent as x-machine-token on every call, or NULL */
     const char *bearer_token;  /* sent as authorization: Bearer <token> on every call, or NULL */
     const char *user_agent;    /* default "pins-client/<version>" */
-    int64_t timeout_ms;        /* default deadline of a call; 0: none (default 0). This and
-                                * the other durations are capped at 100 years */
+    int64_t timeout_ms;        /* default deadline of a call; 0: none (default 0): a call then
+                                * waits as long as the server takes, bounded only by TCP
+                                * keepalive noticing a vanished server (about 2 minutes). This
+                                * and the other durations are capped at 100 years */
     int64_t connect_timeout_ms; /* TCP + TLS handshake bound; default 5000 */
     int max_retries;           /* retries of a safe call; default 3; 0: none */
     int64_t backoff_initial_ms; /* first backoff; default 100 */

@@ -1720,6 +1720,33 @@ static void test_conn_name_resolved_once_per_kick(void **state)
     event_base_free(base);
 }
 
+static void test_conn_socket_has_keepalive(void **state)
+{
+    (void)state;
+    fake_start(script_ok);
+    pins_client *c = client(NULL);
+    pins_status st = PINS_STATUS_INIT;
+    assert_int_equal(get_pin(c, NULL, &st, NULL), 0);
+    /* The client's socket (the one whose peer is the fake server) has keepalive on. */
+    int found = 0;
+    for (int fd = 3; fd < 1024; fd++) {
+        struct sockaddr_in peer;
+        socklen_t pl = sizeof(peer);
+        if (getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 || peer.sin_family != AF_INET ||
+            ntohs(peer.sin_port) != F.port)
+            continue;
+        int on = 0;
+        socklen_t ol = sizeof(on);
+        assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &ol), 0);
+        assert_true(on != 0);
+        found++;
+    }
+    assert_int_equal(found, 1);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1758,6 +1785,7 @@ int main(void)
         cmocka_unit_test(test_conn_informational_response_is_skipped),
         cmocka_unit_test(test_conn_blocking_stream_queue_is_bounded),
         cmocka_unit_test(test_conn_name_resolved_once_per_kick),
+        cmocka_unit_test(test_conn_socket_has_keepalive),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
