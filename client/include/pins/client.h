@@ -17,12 +17,17 @@
  * prefix, missing trailers, undecodable message, connection dropped) is a status, never a crash
  * or an abort. Functions returning int return 0 on success and the pins_code (> 0) otherwise.
  *
- * Retries: a call the server never processed (refused stream, stream above a GOAWAY's last
- * stream id, connection that could not be made) is retried transparently, whatever its method.
- * A call that failed with UNAVAILABLE (or RESOURCE_EXHAUSTED with a retry-after) is retried with
- * exponential backoff and full jitter only when its method is safe to repeat (reads; see
- * pins_method.idempotent), at most options.max_retries times and never past its deadline. After a
- * GOAWAY or a dropped connection, the next call opens a new connection.
+ * Retries: a call on a stream the server refused, or above a GOAWAY's last stream id, was never
+ * processed: it is sent again at once, whatever its method and even with no_retry, up to 10
+ * times. A call whose connection could not be made (name not resolved, connect refused or timed
+ * out, TLS handshake failed, connection dropped before its request went out) was not processed
+ * either: it is retried whatever its method, but as a retry with backoff: counted against
+ * options.max_retries, after the backoff below, and not at all with no_retry. A server
+ * certificate that fails verification is not retried. A call that failed with UNAVAILABLE (or
+ * RESOURCE_EXHAUSTED with a retry-after) is retried with exponential backoff and full jitter only
+ * when its method is safe to repeat (reads; see pins_method.idempotent), at most
+ * options.max_retries times in all and never past its deadline. After a GOAWAY or a dropped
+ * connection, the next call opens a new connection.
  *
  * Threads: a pins_client or pins_conn, and everything started on it, belongs to one thread at a
  * time; use one per thread. Distinct clients on distinct threads share nothing. The library
@@ -158,7 +163,8 @@ typedef struct pins_call_options {
     const char *request_id;       /* x-request-id to send; NULL: one is generated */
     const pins_metadata *metadata; /* extra request metadata */
     size_t metadata_count;
-    bool no_retry;                /* no retry with backoff (transparent retries still happen) */
+    bool no_retry;                /* no retry with backoff, also after a connection that could
+                                   * not be made (refused streams are still sent again) */
     bool discard_response;        /* unary only: the response is checked but not decoded; the
                                    * callback gets NULL (load generators) */
 } pins_call_options;
