@@ -336,6 +336,15 @@ class BenchTlsTokenTest(unittest.TestCase):
         self.assertLessEqual(set(rep["errors_by_code"]),
                              {"UNAUTHENTICATED", "PERMISSION_DENIED"})
 
+    def test_a_failed_prefill_stops_the_run_with_exit_1(self):
+        # Without the token every prefill upsert is refused: a load over missing keys would
+        # measure NOT_FOUND answers, so the run stops before it, says why, and prints no report.
+        r = run_bench(self.args() + ["-n", "50", "--prefill", "--keys", "20", "--tenants", "2"])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertRegex(r.stderr, r"^pinsctl bench: prefill: 40 of 40 upserts failed \(the first: "
+                         r"(UNAUTHENTICATED|PERMISSION_DENIED): .*\); the load was not run\n$")
+
     def test_without_client_certificate_pinsd_is_unreachable(self):
         r = run_bench(["--addr", "https://127.0.0.1:%d" % self.server.port, "--ca", self.ca,
                        "-n", "5", "--timeout", "3s"], env={"MACHINE_SECRET_TOKEN": MACHINE})

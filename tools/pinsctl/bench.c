@@ -41,7 +41,8 @@ static const char usage_text[] =
     "                        uniformly\n"
     "  --value-size BYTES    size of each put's JSON value, about (default 64)\n"
     "  --list-limit N        ListPins limit (default 10)\n"
-    "  --prefill             upsert every key of every tenant first (not counted)\n"
+    "  --prefill             upsert every key of every tenant first (not counted; when one of\n"
+    "                        them fails, the run stops there with exit status 1)\n"
     "  --conflicts F         fraction (0..1) of puts sent with a stale expected_version; their\n"
     "                        ABORTED answers are counted apart, not as errors (default 0)\n"
     "  --seed N              seed of the key and tenant draws (default 1)\n"
@@ -62,7 +63,8 @@ static const char usage_text[] =
     "closed is opened again.\n"
     "\n"
     "Exit status: 0 the run completed (also when calls failed: see the errors in the report),\n"
-    "2 usage error, 3 pinsd could not be reached at all.\n";
+    "1 an upsert of --prefill failed (the load was not run), 2 usage error, 3 pinsd could not be\n"
+    "reached at all.\n";
 
 void bench_config_init(bench_config *cfg)
 {

@@ -101,6 +101,8 @@ struct run {
     bool probe_from_server;
     char probe_msg[256];
     bool failed; /* a call could not be started: a bug, the run stops */
+    bool prefill_failed;     /* an upsert of the prefill failed: no load is run */
+    char prefill_err[256];   /* the first such failure, "CODE: message" */
 };
 
 static uint64_t now_ns(void)
@@ -372,8 +374,9 @@ static void on_done(void *arg, ProtobufCMessage *resp, const pins_status *st)
     }
     pins_message_free(resp);
     if (s->prefill) {
-        if (st->code != PINS_CODE_OK && !r->cancelling)
-            r->st->prefill_errors++;
+        if (st->code != PINS_CODE_OK && !r->cancelling && r->st->prefill_errors++ == 0)
+            snprintf(r->prefill_err, sizeof(r->prefill_err), "%s: %s", pins_code_name(st->code),
+                     st->message);
     } else if (s->counted) {
         record(r, s, st, now);
     }
@@ -385,6 +388,12 @@ static void on_done(void *arg, ProtobufCMessage *resp, const pins_status *st)
     if (r->phase == PHASE_PREFILL && r->prefill_next >= r->prefill_total && r->inflight == 0 &&
         !r->stopping) {
         r->st->prefill_ns = now - r->t_prefill;
+        if (r->st->prefill_errors > 0) {
+            /* A load over keys that are not all there measures NOT_FOUND answers: stop. */
+            r->prefill_failed = true;
+            begin_stop(r);
+            return;
+        }
         start_load(r);
         return;
     }
@@ -611,6 +620,14 @@ int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats 
         st->measured_ns = r.last_answer_ns > r.t_measure ? r.last_answer_ns - r.t_measure : 0;
     if (r.failed)
         rv = PINSCTL_EXIT_UNREACHABLE;
+    else if (r.prefill_failed) {
+        fprintf(stderr,
+                "pinsctl bench: prefill: %llu of %llu upserts failed (the first: %s); the load was "
+                "not run\n",
+                (unsigned long long)st->prefill_errors, (unsigned long long)r.prefill_total,
+                r.prefill_err);
+        rv = PINSCTL_EXIT_REFUSED;
+    }
 
 out:
     r.stopping = true; /* nothing starts while the connections close */
