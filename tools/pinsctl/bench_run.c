@@ -100,9 +100,9 @@ struct run {
     int probe_code;
     bool probe_from_server;
     char probe_msg[256];
-    bool failed; /* a call could not be started: a bug, the run stops */
-    bool prefill_failed;     /* an upsert of the prefill failed: no load is run */
-    char prefill_err[256];   /* the first such failure, "CODE: message" */
+    bool failed;           /* a call could not be started: a bug, the run stops */
+    bool prefill_failed;   /* an upsert of the prefill failed: no load is run */
+    char prefill_err[256]; /* the first such failure, "CODE: message" */
 };
 
 static uint64_t now_ns(void)
