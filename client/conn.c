@@ -115,7 +115,8 @@ struct h2link {
     bool handshaking;
     bool ready;
     bool draining;
-    bool permanent; /* failed in a way a retry cannot fix (certificate verification) */
+    bool permanent;     /* failed in a way a retry cannot fix (certificate verification) */
+    bool goaway_unused; /* GOAWAY arrived before the link carried a stream */
     int fd;
     struct event *ev_read;
     struct event *ev_write;
@@ -702,8 +703,15 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
     }
     case NGHTTP2_GOAWAY:
         l->draining = true;
-        if (l->conn->cur == l)
+        if (l->conn->cur == l && l->started == 0) {
+            /* Refused before any use: for the calls waiting on it this is a connection that
+             * could not be made (an attempt and a backoff), failed by on_link_read once
+             * nghttp2 has returned, so that a server answering every connection with GOAWAY
+             * cannot make them reconnect at once without end. */
+            l->goaway_unused = true;
+        } else if (l->conn->cur == l) {
             l->conn->cur = NULL;
+        }
         schedule_kick(l->conn);
         break;
     case NGHTTP2_SETTINGS:
@@ -1199,6 +1207,8 @@ static void on_link_read(evutil_socket_t fd, short what, void *arg)
                   strerror(errno));
         break;
     }
+    if (l->goaway_unused && !l->dead)
+        link_fail(l, true, "%s sent GOAWAY before any stream", l->conn->authority);
     link_flush(l);
     link_unref(l);
     conn_leave(conn);

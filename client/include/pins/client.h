@@ -20,7 +20,8 @@
  * Retries: a call on a stream the server refused, or above a GOAWAY's last stream id, was never
  * processed: it is sent again at once, whatever its method and even with no_retry, up to 10
  * times. A call whose connection could not be made (name not resolved, connect refused or timed
- * out, TLS handshake failed, connection dropped before its request went out) was not processed
+ * out, TLS handshake failed, connection dropped or answered with GOAWAY before its request went
+ * out) was not processed
  * either: it is retried whatever its method, but as a retry with backoff: counted against
  * options.max_retries, after the backoff below, and not at all with no_retry. A server
  * certificate that fails verification is not retried. A call that failed with UNAVAILABLE (or

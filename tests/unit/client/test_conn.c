@@ -94,8 +94,9 @@ struct fake {
     int port;
     pthread_t th;
     script_fn script;
-    bool drop_on_accept; /* close every connection at once */
-    fstream *held;       /* a stream a script keeps unanswered (server thread only) */
+    bool drop_on_accept;   /* close every connection at once */
+    bool goaway_on_accept; /* send GOAWAY (last stream 0) right after SETTINGS */
+    fstream *held;         /* a stream a script keeps unanswered (server thread only) */
     fconn *conns[MAX_CONNS];
     pthread_mutex_t mu;
     /* observations, under mu */
@@ -313,6 +314,8 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     nghttp2_settings_entry iv[] = {{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100}};
     nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 1);
     pthread_mutex_lock(&F.mu);
+    if (F.goaway_on_accept)
+        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
     c->index = F.nconns++;
     pthread_mutex_unlock(&F.mu);
     for (int i = 0; i < MAX_CONNS; i++) {
@@ -1758,6 +1761,33 @@ static void test_conn_socket_has_keepalive(void **state)
     fake_stop();
 }
 
+static void test_conn_goaway_before_any_stream_is_bounded(void **state)
+{
+    (void)state;
+    fake_start(script_ok);
+    pthread_mutex_lock(&F.mu);
+    F.goaway_on_accept = true; /* every connection says GOAWAY before it carries a stream */
+    pthread_mutex_unlock(&F.mu);
+    pins_options o;
+    pins_options_init(&o);
+    o.max_retries = 2;
+    o.backoff_initial_ms = 5;
+    o.timeout_ms = 3000;
+    pins_client *c = client(&o);
+    pins_status st = PINS_STATUS_INIT;
+    /* Such a connection failed for the calls waiting on it: an attempt and a backoff each,
+     * not a new connection at once without end (until the deadline). */
+    assert_int_equal(get_pin(c, NULL, &st, NULL), PINS_CODE_UNAVAILABLE);
+    assert_false(st.from_server);
+    /* Every connection is an attempt: refused before use (counted, backed off) or carrying a
+     * stream refused by the GOAWAY (sent again at once, at most 10 times). */
+    assert_true(st.attempts <= 3 + 10);
+    assert_true(fake_get(&F.nconns) <= st.attempts + 1);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1797,6 +1827,7 @@ int main(void)
         cmocka_unit_test(test_conn_blocking_stream_queue_is_bounded),
         cmocka_unit_test(test_conn_name_resolved_once_per_kick),
         cmocka_unit_test(test_conn_socket_has_keepalive),
+        cmocka_unit_test(test_conn_goaway_before_any_stream_is_bounded),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
