@@ -21,12 +21,11 @@
  * processed: it is sent again at once, whatever its method and even with no_retry, up to 10
  * times. A call whose connection could not be made (name not resolved, connect refused or timed
  * out, TLS handshake failed, connection dropped or answered with GOAWAY before its request went
- * out) was not processed
- * either: it is retried whatever its method, but as a retry with backoff: counted against
- * options.max_retries, after the backoff below, and not at all with no_retry. A server
- * certificate that fails verification is not retried. A call that failed with UNAVAILABLE (or
- * RESOURCE_EXHAUSTED with a retry-after) is retried with exponential backoff and full jitter only
- * when its method is safe to repeat (reads; see pins_method.idempotent), at most
+ * out) was not processed either: it is retried whatever its method, but as a retry with backoff:
+ * counted against options.max_retries, after the backoff below, and not at all with no_retry. A
+ * server certificate that fails verification is not retried. A call that failed with UNAVAILABLE
+ * (or RESOURCE_EXHAUSTED with a retry-after) is retried with exponential backoff and full jitter
+ * only when its method is safe to repeat (reads; see pins_method.idempotent), at most
  * options.max_retries times in all and never past its deadline. After a GOAWAY or a dropped
  * connection, the next call opens a new connection.
  *
