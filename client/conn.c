@@ -165,6 +165,8 @@ struct pins_conn {
     bool free_pending; /* pins_conn_free was called from a callback: free at depth 0 */
     struct event *kick;
     uint64_t rng;
+    uint64_t rid_prefix; /* x-request-id: 64 random bits per connection object ... */
+    uint64_t rid_seq;    /* ... then a sequence number: unique without a system call per call */
 };
 
 static void schedule_kick(pins_conn *conn);
@@ -229,11 +231,18 @@ static void random_bytes(pins_conn *conn, uint8_t *p, size_t n)
         p[i] = (uint8_t)(rng_next(conn) >> 32);
 }
 
+/* A new x-request-id: 32 hex digits, the connection's random prefix and its next sequence number
+ * (ids are unique across processes by the prefix, within one connection by the number; drawing 16
+ * random bytes per call cost a getrandom system call each). */
 static char *new_request_id(pins_conn *conn)
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t r[16];
-    random_bytes(conn, r, sizeof(r));
+    uint64_t seq = conn->rid_seq++;
+    for (size_t i = 0; i < 8; i++) {
+        r[i] = (uint8_t)(conn->rid_prefix >> (56 - 8 * i));
+        r[8 + i] = (uint8_t)(seq >> (56 - 8 * i));
+    }
     char *id = malloc(33);
     if (id == NULL)
         return NULL;
@@ -1531,10 +1540,11 @@ pins_conn *pins_conn_new(struct event_base *base, const pins_options *opts, pins
         snprintf(err, sizeof(err), "out of memory");
         goto fail;
     }
-    uint8_t seed[8];
+    uint8_t seed[16];
     random_bytes(conn, seed, sizeof(seed));
-    memcpy(&conn->rng, seed, sizeof(seed));
+    memcpy(&conn->rng, seed, 8);
     conn->rng |= 1;
+    memcpy(&conn->rid_prefix, seed + 8, 8);
     if (st != NULL)
         client__status_set(st, PINS_CODE_OK, "%s", "");
     return conn;

@@ -13,26 +13,7 @@
 #include <string.h>
 
 #include "client/client_int.h"
-
-static const char *const code_names[] = {
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-};
+#include "common/error.h"
 
 const char *pins_client_version(void)
 {
@@ -41,9 +22,7 @@ const char *pins_client_version(void)
 
 const char *pins_code_name(int code)
 {
-    if (code < 0 || (size_t)code >= sizeof(code_names) / sizeof(code_names[0]))
-        return "UNKNOWN";
-    return code_names[code];
+    return pins_grpc_code_name(code); /* common/error.c: pinsd's own table of the names */
 }
 
 /* The text of a status whose own copy could not be allocated: never freed. */

@@ -52,9 +52,9 @@
 extern "C" {
 #endif
 
-#define PINS_CLIENT_VERSION_MAJOR 0
-#define PINS_CLIENT_VERSION_MINOR 1
-#define PINS_CLIENT_VERSION_PATCH 0
+#define PINS_CLIENT_VERSION_MAJOR  0
+#define PINS_CLIENT_VERSION_MINOR  1
+#define PINS_CLIENT_VERSION_PATCH  0
 #define PINS_CLIENT_VERSION_STRING "0.1.0"
 
 /* "MAJOR.MINOR.PATCH" of the library linked at run time. */
@@ -104,21 +104,23 @@ typedef struct pins_metadata_list {
  * release with pins_status_clear(); a status may be passed to another call without clearing
  * (the previous contents are released then). */
 typedef struct pins_status {
-    int code;             /* pins_code; PINS_CODE_OK on success */
-    char *message;        /* grpc-message (percent-decoded) or the client's own text; "" on OK */
-    int http_status;      /* :status of the response, 0 when none arrived */
-    bool from_server;     /* true: the server sent this status; false: the client decided it
-                           * (deadline, connection failure, malformed answer, cancellation) */
-    int attempts;         /* how many times the call was sent (1 + retries) */
-    char *request_id;     /* x-request-id of the last attempt (sent or generated), or NULL */
+    int code;               /* pins_code; PINS_CODE_OK on success */
+    char *message;          /* grpc-message (percent-decoded) or the client's own text; "" on OK */
+    int http_status;        /* :status of the response, 0 when none arrived */
+    bool from_server;       /* true: the server sent this status; false: the client decided it
+                             * (deadline, connection failure, malformed answer, cancellation) */
+    int attempts;           /* how many times the call was sent (1 + retries) */
+    char *request_id;       /* x-request-id of the last attempt (sent or generated), or NULL */
     int64_t retry_after_ms; /* the server's retry-after (RESOURCE_EXHAUSTED), -1 when none */
-    uint8_t *details;     /* grpc-status-details-bin (a google.rpc.Status), decoded, or NULL */
+    uint8_t *details;       /* grpc-status-details-bin (a google.rpc.Status), decoded, or NULL */
     size_t details_len;
     pins_metadata_list headers;  /* response headers (without pseudo and reserved ones) */
     pins_metadata_list trailers; /* trailing metadata (without grpc-status and grpc-message) */
 } pins_status;
 
+/* clang-format off */
 #define PINS_STATUS_INIT {.code = 0, .retry_after_ms = -1}
+/* clang-format on */
 void pins_status_init(pins_status *st);
 void pins_status_clear(pins_status *st);
 /* The value of the first header or trailer named name (trailers first), or NULL. Borrowed. */
@@ -129,23 +131,23 @@ const char *pins_status_metadata(const pins_status *st, const char *name);
 /* Connection options. Initialise with pins_options_init(), then set what you need. Strings are
  * borrowed for the duration of pins_client_new / pins_conn_new only (the library copies them). */
 typedef struct pins_options {
-    const char *addr;          /* "host:port", "http://host:port" (h2c) or "https://host:port"
-                                * (TLS); default "127.0.0.1:50051" */
-    bool tls;                  /* TLS also for a bare host:port */
-    const char *ca_file;       /* PEM CA bundle to verify the server; NULL: the system's store */
-    const char *cert_file;     /* client certificate (PEM) for mutual TLS, with key_file */
+    const char *addr;      /* "host:port", "http://host:port" (h2c) or "https://host:port"
+                            * (TLS); default "127.0.0.1:50051" */
+    bool tls;              /* TLS also for a bare host:port */
+    const char *ca_file;   /* PEM CA bundle to verify the server; NULL: the system's store */
+    const char *cert_file; /* client certificate (PEM) for mutual TLS, with key_file */
     const char *key_file;
-    const char *server_name;   /* name to verify and send as SNI; default: the host of addr */
-    bool insecure_skip_verify; /* TLS without verifying the server (testing only); default off */
-    const char *machine_token; /* sent as x-machine-token on every call, or NULL */
-    const char *bearer_token;  /* sent as authorization: Bearer <token> on every call, or NULL */
-    const char *user_agent;    /* default "pins-client/<version>" */
-    int64_t timeout_ms;        /* default deadline of a call; 0: none (default 0): a call then
-                                * waits as long as the server takes, bounded only by TCP
-                                * keepalive noticing a vanished server (about 2 minutes). This
-                                * and the other durations are capped at 100 years */
+    const char *server_name;    /* name to verify and send as SNI; default: the host of addr */
+    bool insecure_skip_verify;  /* TLS without verifying the server (testing only); default off */
+    const char *machine_token;  /* sent as x-machine-token on every call, or NULL */
+    const char *bearer_token;   /* sent as authorization: Bearer <token> on every call, or NULL */
+    const char *user_agent;     /* default "pins-client/<version>" */
+    int64_t timeout_ms;         /* default deadline of a call; 0: none (default 0): a call then
+                                 * waits as long as the server takes, bounded only by TCP
+                                 * keepalive noticing a vanished server (about 2 minutes). This
+                                 * and the other durations are capped at 100 years */
     int64_t connect_timeout_ms; /* TCP + TLS handshake bound; default 5000 */
-    int max_retries;           /* retries of a safe call; default 3; 0: none */
+    int max_retries;            /* retries of a safe call; default 3; 0: none */
     int64_t backoff_initial_ms; /* first backoff; default 100 */
     int64_t backoff_max_ms;     /* backoff cap; default 5000 */
     size_t max_message_bytes;   /* largest response message accepted; default 4 MiB */
@@ -159,14 +161,14 @@ void pins_options_init(pins_options *opts);
 /* Per-call options. NULL means all defaults. Strings and arrays are borrowed for the call's
  * start only. */
 typedef struct pins_call_options {
-    int64_t timeout_ms;           /* 0: the connection's default; < 0: no deadline */
-    const char *request_id;       /* x-request-id to send; NULL: one is generated */
+    int64_t timeout_ms;            /* 0: the connection's default; < 0: no deadline */
+    const char *request_id;        /* x-request-id to send; NULL: one is generated */
     const pins_metadata *metadata; /* extra request metadata */
     size_t metadata_count;
-    bool no_retry;                /* no retry with backoff, also after a connection that could
-                                   * not be made (refused streams are still sent again) */
-    bool discard_response;        /* unary only: the response is checked but not decoded; the
-                                   * callback gets NULL (load generators) */
+    bool no_retry;         /* no retry with backoff, also after a connection that could
+                            * not be made (refused streams are still sent again) */
+    bool discard_response; /* unary only: the response is checked but not decoded; the
+                            * callback gets NULL (load generators) */
 } pins_call_options;
 
 /* ---- methods ------------------------------------------------------------------------------- */
@@ -264,8 +266,8 @@ int pins_list_memory_audit(pins_client *c, const Memorypins__V1__ListMemoryAudit
 int pins_get_status(pins_client *c, Memorypins__V1__GetStatusResponse **presp,
                     const pins_call_options *copts, pins_status *st);
 int pins_health_check(pins_client *c, const char *service,
-                      Grpc__Health__V1__HealthCheckResponse **presp,
-                      const pins_call_options *copts, pins_status *st);
+                      Grpc__Health__V1__HealthCheckResponse **presp, const pins_call_options *copts,
+                      pins_status *st);
 
 /* A plain HTTP/2 GET of path ("/ready", "/health", "/metrics") on the client's connection, for
  * the probes pinsd serves on every listener beside gRPC. On 0 a response arrived: its :status is
