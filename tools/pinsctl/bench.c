@@ -21,9 +21,9 @@ static const char usage_text[] =
     "load:\n"
     "  -c, --connections N   HTTP/2 connections (default 1)\n"
     "  -m, --streams N       calls in flight per connection (default 10)\n"
-    "  -d, --duration DUR    how long to send, e.g. 10s, 500ms, 2m (default 10s)\n"
+    "  -d, --duration DUR    how long to send, e.g. 10s, 500ms, 2m (default 10s; at most 8760h)\n"
     "  -n, --requests N      send exactly N counted calls instead of running for a duration\n"
-    "  --warmup DUR          send for DUR first without counting (default 0)\n"
+    "  --warmup DUR          send for DUR first without counting (default 0; at most 8760h)\n"
     "  -r, --rate N          total target calls per second, paced evenly: each connection sends\n"
     "                        at fixed intervals; latency counts from the scheduled send time, so\n"
     "                        a stalled server shows as latency (default: closed loop, -m calls\n"
@@ -174,15 +174,18 @@ int bench_config_parse(bench_config *cfg, pinsctl_global *g, int argc, char **ar
             if (!parse_int_range(v, 1, 10000, &cfg->streams))
                 return usage_error("--streams needs 1..10000, got '%s'", v);
         } else if (strcmp(a, "-d") == 0 || strcmp(a, "--duration") == 0) {
-            if (!pinsctl_parse_duration_ms(v, &cfg->duration_ms) || cfg->duration_ms <= 0)
-                return usage_error("--duration needs a positive duration such as 10s, got '%s'", v);
+            if (!pinsctl_parse_duration_ms(v, &cfg->duration_ms) || cfg->duration_ms <= 0 ||
+                cfg->duration_ms > BENCH_MAX_DURATION_MS)
+                return usage_error(
+                    "--duration needs a positive duration up to 8760h such as 10s, got '%s'", v);
             have_duration = true;
         } else if (strcmp(a, "-n") == 0 || strcmp(a, "--requests") == 0) {
             if (!parse_u64(v, 1, UINT64_C(1) << 48, &cfg->requests))
                 return usage_error("--requests needs a positive count, got '%s'", v);
         } else if (strcmp(a, "--warmup") == 0) {
-            if (!pinsctl_parse_duration_ms(v, &cfg->warmup_ms))
-                return usage_error("--warmup needs a duration such as 2s, got '%s'", v);
+            if (!pinsctl_parse_duration_ms(v, &cfg->warmup_ms) ||
+                cfg->warmup_ms > BENCH_MAX_DURATION_MS)
+                return usage_error("--warmup needs a duration up to 8760h such as 2s, got '%s'", v);
         } else if (strcmp(a, "-r") == 0 || strcmp(a, "--rate") == 0) {
             if (!parse_double(v, 0.001, 1e8, &cfg->rate))
                 return usage_error("--rate needs a positive number of calls per second, got '%s'",

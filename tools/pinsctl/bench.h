@@ -53,6 +53,10 @@ typedef struct bench_config {
     bool json;                     /* --json (or the global --json) */
 } bench_config;
 
+/* The longest -d and --warmup: 365 days (8760h). Their sum in nanoseconds past the monotonic clock
+ * stays far below UINT64_MAX (which about 5,000,000 hours would wrap). */
+#define BENCH_MAX_DURATION_MS INT64_C(31536000000)
+
 /* The defaults: -c 1 -m 10 -d 10s, get only, 1000 keys, uniform, 1 tenant, 64-byte values. */
 void bench_config_init(bench_config *cfg);
 

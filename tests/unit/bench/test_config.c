@@ -115,6 +115,10 @@ static void test_config_refuses_bad_values(void **state)
         {"extra", NULL, NULL},
         {"--value-size", "2000000", NULL},
         {"--tenant-prefix", "", NULL},
+        {"-d", "8761h", NULL},
+        {"-d", "6000000h", NULL},
+        {"--warmup", "8761h", NULL},
+        {"--warmup", "6000000h", NULL},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         bench_config cfg;
@@ -128,6 +132,10 @@ static void test_config_refuses_bad_values(void **state)
     bench_config cfg;
     pinsctl_global g;
     assert_int_equal(PARSE(&cfg, &g, "-d", "1s", "-n", "5"), -1);
+    /* The longest durations are taken. */
+    assert_int_equal(PARSE(&cfg, &g, "-d", "8760h", "--warmup", "8760h"), 0);
+    assert_true(cfg.duration_ms == BENCH_MAX_DURATION_MS);
+    assert_true(cfg.warmup_ms == BENCH_MAX_DURATION_MS);
 }
 
 static void test_report_json_is_one_object_with_the_counts(void **state)
