@@ -15,6 +15,8 @@ Run: PINSD_BIN=build/pinsd PINSCTL_BIN=build/pinsctl /usr/bin/python3 -m unittes
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -281,6 +283,90 @@ class BenchTest(ServerTestCase):
         r = run_bench(["--addr", "127.0.0.1:%d" % port, "-n", "10"], timeout=60)
         self.assertEqual(r.returncode, 3, r.stderr)
         self.assertIn("cannot reach pinsd", r.stderr)
+
+
+class SilentListener:
+    """A loopback TCP listener that accepts connections and never reads or answers."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stop.is_set() and len(self.conns) < 100:
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+class BenchSilentServerTest(unittest.TestCase):
+    """A server that accepts and never answers: the health check has its own deadline, and ^C
+    ends the run while it waits."""
+
+    def setUp(self):
+        self.listener = SilentListener()
+        self.addCleanup(self.listener.close)
+
+    def test_silent_server_exits_3_even_with_timeout_0(self):
+        t0 = time.monotonic()
+        # Bounded by the subprocess timeout: a bench that waits for good fails here.
+        r = run_bench(["--addr", "127.0.0.1:%d" % self.listener.port, "--timeout", "0",
+                       "-n", "10"], timeout=40)
+        elapsed = time.monotonic() - t0
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("cannot reach pinsd", r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertGreater(elapsed, 9)  # the 10 s deadline of the health check
+        self.assertLess(elapsed, 30)
+        self.assertGreater(len(self.listener.conns), 0, "bench never connected")
+
+    def test_silent_server_short_timeout_exits_3_at_it(self):
+        t0 = time.monotonic()
+        r = run_bench(["--addr", "127.0.0.1:%d" % self.listener.port, "--timeout", "1s",
+                       "-n", "10"], timeout=40)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertLess(time.monotonic() - t0, 8)
+
+    def test_interrupt_during_health_check_exits_130(self):
+        env = {k: v for k, v in os.environ.items() if k not in _CTL_VARS}
+        proc = subprocess.Popen(
+            [PINSCTL, "bench", "--addr", "127.0.0.1:%d" % self.listener.port, "--timeout", "0",
+             "-n", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 10
+            while not self.listener.conns and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertTrue(self.listener.conns, "bench never connected")
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=5)
+            self.assertLess(time.monotonic() - t0, 3)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertEqual(out, "")
+        self.assertIn("interrupted during the health check", err)
 
 
 class BenchTlsTokenTest(unittest.TestCase):

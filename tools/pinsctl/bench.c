@@ -60,11 +60,16 @@ static const char usage_text[] =
     "\n"
     "Calls are not retried with backoff (a failure is counted as it came); calls the server never\n"
     "processed (refused streams, GOAWAY) are resent by the library, and a connection that pinsd\n"
-    "closed is opened again.\n"
+    "closed is opened again. The first ^C stops sending and waits for the calls in flight; a\n"
+    "second ^C cancels them.\n"
+    "\n"
+    "Before the load, one health check must be answered within --timeout, at most 10s (10s with\n"
+    "--timeout 0); a ^C during it or during --prefill ends the run without a report.\n"
     "\n"
     "Exit status: 0 the run completed (also when calls failed: see the errors in the report),\n"
     "1 an upsert of --prefill failed (the load was not run), 2 usage error, 3 pinsd could not be\n"
-    "reached at all.\n";
+    "reached at all (the health check got no answer), 130 interrupted by ^C during the health\n"
+    "check or --prefill (no report).\n";
 
 void bench_config_init(bench_config *cfg)
 {

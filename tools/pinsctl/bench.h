@@ -57,6 +57,13 @@ typedef struct bench_config {
  * stays far below UINT64_MAX (which about 5,000,000 hours would wrap). */
 #define BENCH_MAX_DURATION_MS INT64_C(31536000000)
 
+/* The deadline of the first health check when --timeout is 0 or longer: a server that accepts
+ * and never answers makes the run exit 3 after it. */
+#define BENCH_PROBE_TIMEOUT_MS 10000
+/* Exit status of a run stopped by ^C before its load started (the health check or the prefill):
+ * no report. */
+#define BENCH_EXIT_INTERRUPTED 130
+
 /* The defaults: -c 1 -m 10 -d 10s, get only, 1000 keys, uniform, 1 tenant, 64-byte values. */
 void bench_config_init(bench_config *cfg);
 
@@ -100,7 +107,8 @@ typedef struct bench_stats {
 /* Runs the load of cfg with the connection options opts (borrowed) and fills st (zeroed by the
  * caller with the histograms initialised: bench_stats_init). Returns 0 when the run completed,
  * PINSCTL_EXIT_UNREACHABLE when pinsd could not be reached at all, PINSCTL_EXIT_USAGE for an
- * option the run refused; the reason is printed to stderr. (tools/pinsctl/bench_run.c) */
+ * option the run refused, PINSCTL_EXIT_REFUSED when the prefill failed, BENCH_EXIT_INTERRUPTED
+ * after a ^C before the load; the reason is printed to stderr. (tools/pinsctl/bench_run.c) */
 int bench_run(const bench_config *cfg, const pins_options *opts, bench_stats *st);
 
 void bench_stats_init(bench_stats *st);

@@ -96,7 +96,9 @@ struct run {
     struct event *drain_timer;
     struct event *sigint;
     int64_t drain_ms;
+    pins_call *probe_call; /* the health check while it runs */
     bool probe_done;
+    bool interrupted; /* a ^C came */
     int probe_code;
     bool probe_from_server;
     char probe_msg[256];
@@ -443,12 +445,20 @@ static void on_drain_limit(evutil_socket_t fd, short what, void *arg)
     cancel_all(r);
 }
 
-/* The first ^C stops sending and lets the calls in flight finish; the second cancels them. */
+/* The first ^C stops sending and lets the calls in flight finish; the second cancels them. A ^C
+ * during the health check cancels it and ends the run at once. */
 static void on_sigint(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     run *r = arg;
+    r->interrupted = true;
+    if (r->phase == PHASE_PROBE) {
+        if (r->probe_call != NULL)
+            pins_call_cancel(r->probe_call);
+        event_base_loopbreak(r->base);
+        return;
+    }
     if (r->stopping)
         cancel_all(r);
     else
@@ -459,6 +469,7 @@ static void on_probe(void *arg, ProtobufCMessage *resp, const pins_status *st)
 {
     run *r = arg;
     pins_message_free(resp);
+    r->probe_call = NULL;
     r->probe_done = true;
     r->probe_code = st->code;
     r->probe_from_server = st->from_server;
@@ -585,17 +596,26 @@ int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats 
         bc->nfree = cfg->streams;
     }
 
-    /* Can pinsd be reached at all? */
+    /* Can pinsd be reached at all? The check has its own deadline, also with --timeout 0, so that
+     * a server that accepts and never answers ends the run. */
     Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
-    pins_call_options hopts = {.no_retry = true};
-    if (pins_conn_start(r.conns[0].conn, PINS_RPC_HEALTH_CHECK, &hreq.base, &hopts, NULL, on_probe,
-                        &r) == NULL) {
+    pins_call_options hopts = {.no_retry = true, .timeout_ms = BENCH_PROBE_TIMEOUT_MS};
+    if (opts.timeout_ms > 0 && opts.timeout_ms < BENCH_PROBE_TIMEOUT_MS)
+        hopts.timeout_ms = opts.timeout_ms;
+    r.probe_call = pins_conn_start(r.conns[0].conn, PINS_RPC_HEALTH_CHECK, &hreq.base, &hopts, NULL,
+                                   on_probe, &r);
+    if (r.probe_call == NULL) {
         rv = PINSCTL_EXIT_UNREACHABLE;
         goto out;
     }
-    while (!r.probe_done)
+    while (!r.probe_done && !r.interrupted)
         if (event_base_dispatch(r.base) != 0)
             break;
+    if (r.interrupted) {
+        fprintf(stderr, "pinsctl bench: interrupted during the health check; no report\n");
+        rv = BENCH_EXIT_INTERRUPTED;
+        goto out;
+    }
     if (!r.probe_done || (r.probe_code != PINS_CODE_OK && !r.probe_from_server)) {
         fprintf(stderr, "pinsctl bench: cannot reach pinsd at %s: %s\n", opts.addr,
                 r.probe_done ? r.probe_msg : "no answer");
@@ -618,9 +638,9 @@ int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats 
             break;
     if (r.phase == PHASE_LOAD)
         st->measured_ns = r.last_answer_ns > r.t_measure ? r.last_answer_ns - r.t_measure : 0;
-    if (r.failed)
+    if (r.failed) {
         rv = PINSCTL_EXIT_UNREACHABLE;
-    else if (r.prefill_failed) {
+    } else if (r.prefill_failed) {
         fprintf(stderr,
                 "pinsctl bench: prefill: %llu of %llu upserts failed (the first: %s); the load was "
                 "not run\n",
