@@ -278,6 +278,25 @@ class BenchTest(ServerTestCase):
                     "--tls", "Exit status"):
             self.assertIn(opt, r.stdout)
 
+    def test_interrupt_during_prefill_exits_130_without_report(self):
+        env = {k: v for k, v in os.environ.items() if k not in _CTL_VARS}
+        proc = subprocess.Popen(
+            [PINSCTL, "bench", "--addr", self.server.target, "--prefill", "--keys", "1000000",
+             "-m", "4", "--key-prefix", "interrupted-", "-n", "10", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            time.sleep(1.5)
+            self.assertIsNone(proc.poll(), "the prefill ended early")
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertEqual(out, "")  # no report of a load that never ran
+        self.assertRegex(err, r"interrupted during the prefill \(\d+ of 1000000 upserts sent\)")
+
     def test_unreachable_exits_3(self):
         port = harness.free_port()
         r = run_bench(["--addr", "127.0.0.1:%d" % port, "-n", "10"], timeout=60)

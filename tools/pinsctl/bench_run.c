@@ -640,6 +640,13 @@ int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats 
         st->measured_ns = r.last_answer_ns > r.t_measure ? r.last_answer_ns - r.t_measure : 0;
     if (r.failed) {
         rv = PINSCTL_EXIT_UNREACHABLE;
+    } else if (r.interrupted && r.phase == PHASE_PREFILL) {
+        /* The load never ran: a report would be all zeros. */
+        fprintf(stderr,
+                "pinsctl bench: interrupted during the prefill (%llu of %llu upserts sent); the "
+                "load was not run, no report\n",
+                (unsigned long long)st->prefill_sent, (unsigned long long)r.prefill_total);
+        rv = BENCH_EXIT_INTERRUPTED;
     } else if (r.prefill_failed) {
         fprintf(stderr,
                 "pinsctl bench: prefill: %llu of %llu upserts failed (the first: %s); the load was "
