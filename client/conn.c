@@ -1474,11 +1474,14 @@ static int parse_addr(pins_conn *conn, const char *addr, bool tls, char *err, si
     return 0;
 }
 
+/* A header value HTTP allows (RFC 9110 5.5): no control character but the tab. */
 static bool header_value_ok(const char *s)
 {
-    for (; *s != '\0'; s++)
-        if (*s == '\r' || *s == '\n')
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
             return false;
+    }
     return true;
 }
 
@@ -1499,6 +1502,16 @@ pins_conn *pins_conn_new(struct event_base *base, const pins_options *opts, pins
     if (parse_addr(conn, opts->addr != NULL ? opts->addr : "127.0.0.1:50051", opts->tls, err,
                    sizeof(err)) != 0)
         goto fail;
+    /* TLS settings on a plaintext connection would send the tokens in clear text while the
+     * caller believes them protected: refuse, never ignore them. */
+    if (!conn->tls &&
+        (opts->tls || opts->ca_file != NULL || opts->cert_file != NULL || opts->key_file != NULL ||
+         opts->server_name != NULL || opts->insecure_skip_verify)) {
+        snprintf(err, sizeof(err),
+                 "TLS settings given for a plaintext connection: set tls or use an https:// "
+                 "address (an http:// address is always plaintext)");
+        goto fail;
+    }
     conn->timeout_ms = opts->timeout_ms > 0 ? clamp_ms(opts->timeout_ms) : 0;
     conn->connect_timeout_ms =
         opts->connect_timeout_ms > 0 ? clamp_ms(opts->connect_timeout_ms) : 0;
@@ -1513,7 +1526,7 @@ pins_conn *pins_conn_new(struct event_base *base, const pins_options *opts, pins
     conn->max_streams = opts->max_concurrent_streams > 0 ? opts->max_concurrent_streams : 100;
     if ((opts->machine_token != NULL && !header_value_ok(opts->machine_token)) ||
         (opts->bearer_token != NULL && !header_value_ok(opts->bearer_token))) {
-        snprintf(err, sizeof(err), "a token holds a line break");
+        snprintf(err, sizeof(err), "a token holds a control character");
         goto fail;
     }
     conn->machine_token = client__strdup(opts->machine_token);

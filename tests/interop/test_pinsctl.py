@@ -551,6 +551,37 @@ class PinsctlUsageTest(unittest.TestCase):
             self.assertTrue(r.stderr.startswith("pinsctl: "), (args, r.stderr))
             self.assertEqual(r.stdout, "", args)
 
+    def test_tls_options_on_a_plaintext_address_exit_2(self):
+        # Tokens never go out in clear text when TLS was asked for: with an http:// address the
+        # TLS options are refused, not ignored.
+        plain = ["--addr", "http://" + self.dead_addr()]
+        for opts in (["--ca", "/nonexistent/ca.pem"], ["--cert", "c.pem", "--key", "c.key"],
+                     ["--server-name", "pins.example"], ["--insecure"], ["--tls"]):
+            r = run_ctl(plain + opts + ["health"], env={"MACHINE_SECRET_TOKEN": "s3cret"})
+            self.assertEqual(r.returncode, 2, (opts, r.stderr))
+            self.assertIn("TLS settings given for a plaintext connection", r.stderr)
+            self.assertNotIn("s3cret", r.stderr + r.stdout)
+
+    def test_a_token_with_a_control_character_exits_2(self):
+        for var in ("MACHINE_SECRET_TOKEN", "PINS_TOKEN"):
+            r = run_ctl(["--addr", self.dead_addr(), "health"], env={var: "s3cret\x01x"})
+            self.assertEqual(r.returncode, 2, (var, r.stderr))
+            self.assertIn("control character", r.stderr)
+            self.assertNotIn("s3cret", r.stderr + r.stdout)
+
+    def test_help_of_a_subcommand_and_options_before_it(self):
+        r = run_ctl(["help", "rbac", "audit"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("usage: pinsctl [GLOBAL OPTIONS] rbac audit"),
+                        r.stdout)
+        r = run_ctl(["help", "nope"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        # Global options may stand between rbac and its subcommand: this one gets as far as
+        # the call (nobody listens: 3), not a usage error.
+        r = run_ctl(["rbac", "--json", "--addr", self.dead_addr(), "info"])
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertTrue(r.stderr.startswith("pinsctl: rbac info: UNAVAILABLE"), r.stderr)
+
     def test_bad_json_values_exit_2(self):
         addr = ["--addr", self.dead_addr()]
         for bad in ("{", '{"a":}', "[1]", '"text"', "42", "{'a': 1}", '{"a": 1} x', ""):
@@ -598,6 +629,12 @@ class PinsctlUsageTest(unittest.TestCase):
                 self.assertEqual(r.returncode, 3, (args, r.stderr))
                 self.assertIn("DEADLINE_EXCEEDED", r.stderr)
                 self.assertLess(took, 8, args)
+            # Without a deadline a watch waits for events for ever, but the health Check before
+            # it has its own (10 s): a silent server still ends it with 3.
+            for args in (["watch", "t"], ["health", "--watch"]):
+                r = run_ctl(["--addr", addr, "--timeout", "0"] + args, timeout=60)
+                self.assertEqual(r.returncode, 3, (args, r.stderr))
+                self.assertIn("DEADLINE_EXCEEDED", r.stderr)
         finally:
             stop.set()
             th.join(timeout=5)
@@ -758,6 +795,11 @@ class PinsctlTlsTest(CommandsMixin, unittest.TestCase):
         # A name the certificate does not carry.
         r = run_ctl(base + ["--ca", self.ca, "--server-name", "elsewhere", "health"])
         self.assertEqual(r.returncode, 3, r.stderr)
+
+    def test_tls_options_imply_tls_on_a_bare_address(self):
+        r = run_ctl(["--addr", "127.0.0.1:%d" % self.server.port, "--ca", self.ca]
+                    + self.cert_args() + ["health"])
+        self.assertEqual((r.returncode, r.stdout), (0, "SERVING\n"), r.stderr)
 
     def test_plaintext_to_a_tls_listener_gets_no_answer(self):
         r = run_ctl(["--addr", "127.0.0.1:%d" % self.server.port, "--timeout", "3s", "health"])

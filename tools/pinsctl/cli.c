@@ -37,7 +37,8 @@ static const pinsctl_opt list_opts[] = {
     {"--offset", "N", "skip the first N pins"},
     {"--page-token", "T", "continue from a previous page's next_page_token"},
     {"--include-expired", NULL, "also pins whose TTL has passed and are not cleaned up yet"},
-    {"--all", NULL, "follow next_page_token to the last page (at most 10000 pages)"},
+    {"--all", NULL,
+     "follow next_page_token to the last page (at most 10000 pages, 100000 pins, 64 MiB)"},
     {NULL, NULL, NULL}};
 
 static const pinsctl_opt delete_opts[] = {
@@ -131,7 +132,8 @@ static const char global_opts_text[] =
     "global options (before or after the command):\n"
     "  --addr ADDR          host:port, http://host:port (h2c) or https://host:port (TLS)\n"
     "                       (default: $PINS_ADDR, else 127.0.0.1:50051)\n"
-    "  --tls                TLS also for a bare host:port\n"
+    "  --tls                TLS also for a bare host:port; --ca, --cert, --key, --server-name\n"
+    "                       and --insecure imply it (with an http:// address they are refused)\n"
     "  --ca FILE            PEM CA bundle that verifies the server (default: the system's)\n"
     "  --cert FILE          client certificate (PEM) for mutual TLS, with --key\n"
     "  --key FILE           the client certificate's private key (PEM)\n"
@@ -359,30 +361,54 @@ int pinsctl_main(int argc, char **argv)
     if (strcmp(name, "bench") == 0)
         return pinsctl_bench_main(&g, argc - i, argv + i);
     if (strcmp(name, "help") == 0) {
-        const pinsctl_cmd *c = i + 1 < argc ? find_cmd(argv[i + 1]) : NULL;
-        if (c != NULL)
+        /* pinsctl help [CMD [SUBCOMMAND]] */
+        const pinsctl_cmd *c = NULL;
+        if (i + 2 < argc && strcmp(argv[i + 1], "rbac") == 0) {
+            char full[64];
+            snprintf(full, sizeof(full), "rbac %s", argv[i + 2]);
+            c = find_cmd(full);
+        } else if (i + 1 < argc && strcmp(argv[i + 1], "rbac") == 0) {
+            print_rbac_help(stdout);
+            return PINSCTL_EXIT_OK;
+        } else if (i + 1 < argc) {
+            c = find_cmd(argv[i + 1]);
+        }
+        if (c != NULL) {
             print_cmd_help(c, stdout);
-        else
+        } else if (i + 1 < argc) {
+            fprintf(stderr, "pinsctl: help: no command '%s' (see pinsctl --help)\n", argv[i + 1]);
+            return PINSCTL_EXIT_USAGE;
+        } else {
             print_global_help(stdout);
+        }
         return PINSCTL_EXIT_OK;
     }
     if (strcmp(name, "rbac") == 0) {
-        if (i + 1 >= argc || argv[i + 1][0] == '-') {
-            bool help = i + 1 < argc && is_help(argv[i + 1]);
+        /* Global options may also stand between rbac and its subcommand. */
+        int j = i + 1;
+        while (j < argc && argv[j][0] == '-' && argv[j][1] != '\0' && !is_help(argv[j])) {
+            int rv = pinsctl_global_option(&g, argc, argv, &j);
+            if (rv < 0)
+                return PINSCTL_EXIT_USAGE;
+            if (rv == 0)
+                break;
+        }
+        if (j >= argc || argv[j][0] == '-') {
+            bool help = j < argc && is_help(argv[j]);
             if (!help)
                 fputs("pinsctl: rbac: a subcommand is needed\n", stderr);
             print_rbac_help(help ? stdout : stderr);
             return help ? PINSCTL_EXIT_OK : PINSCTL_EXIT_USAGE;
         }
         char full[64];
-        snprintf(full, sizeof(full), "rbac %s", argv[i + 1]);
+        snprintf(full, sizeof(full), "rbac %s", argv[j]);
         const pinsctl_cmd *c = find_cmd(full);
         if (c == NULL) {
             fprintf(stderr, "pinsctl: unknown command 'rbac %s' (see pinsctl rbac --help)\n",
-                    argv[i + 1]);
+                    argv[j]);
             return PINSCTL_EXIT_USAGE;
         }
-        return run_cmd(&g, c, argc, argv, i + 2);
+        return run_cmd(&g, c, argc, argv, j + 1);
     }
     const pinsctl_cmd *c = find_cmd(name);
     if (c == NULL) {
@@ -500,8 +526,9 @@ int pinsctl_print_json(const ProtobufCMessage *msg)
 {
     char *s = pinsctl_json_text(msg);
     if (s == NULL) {
+        /* A malformed answer (or one over the JSON bound): no usable answer, as documented. */
         fputs("pinsctl: the answer has no JSON form\n", stderr);
-        return PINSCTL_EXIT_REFUSED;
+        return PINSCTL_EXIT_UNREACHABLE;
     }
     fputs(s, stdout);
     fputc('\n', stdout);

@@ -10,7 +10,13 @@
 #include "cli.h"
 
 #define STDIN_MAX_BYTES (4u << 20)
-#define LIST_MAX_PAGES  10000
+/* list --all: what one run gathers at most; past it the output ends with the next page token,
+ * as a plain list's does, so a script can go on from there. */
+#define LIST_MAX_PAGES 10000
+#define LIST_MAX_PINS  100000
+#define LIST_MAX_BYTES ((size_t)64 << 20)
+/* The health Check before a stream waits at most this long (pinsctl_stream_probe). */
+#define PROBE_TIMEOUT_MS 10000
 
 /* Reads all of standard input, at most STDIN_MAX_BYTES. Returns new text (free()) or NULL. */
 static char *read_stdin(size_t *plen, bool *ptoo_big)
@@ -227,6 +233,8 @@ int pinsctl_cmd_list(pinsctl_args *a)
     if (c == NULL)
         goto out;
     size_t total_pins = 0;
+    size_t total_bytes = 0;
+    const char *first_token = req.page_token;
     for (;;) {
         Memorypins__V1__ListPinsResponse *resp = NULL;
         if (pins_list_pins(c, &req, &resp, NULL, &st) != 0) {
@@ -235,16 +243,24 @@ int pinsctl_cmd_list(pinsctl_args *a)
         }
         pages[npages++] = resp;
         total_pins += resp->n_pins;
+        total_bytes += protobuf_c_message_get_packed_size(&resp->base);
         const char *next = resp->next_page_token;
         if (!all || next == NULL || next[0] == '\0')
             break;
-        if (npages == LIST_MAX_PAGES) {
-            fprintf(stderr, "pinsctl: list: stopped after %d pages\n", LIST_MAX_PAGES);
-            ex = PINSCTL_EXIT_REFUSED;
-            goto out;
+        if (npages == LIST_MAX_PAGES || total_pins >= LIST_MAX_PINS ||
+            total_bytes >= LIST_MAX_BYTES) {
+            fprintf(stderr,
+                    "pinsctl: list: --all stopped at %zu pins in %zu pages (its bound: %d pages, "
+                    "%d pins, %zu MiB); go on with --page-token %s\n",
+                    total_pins, npages, LIST_MAX_PAGES, LIST_MAX_PINS, LIST_MAX_BYTES >> 20, next);
+            break;
         }
-        if (strcmp(next, req.page_token) == 0) {
-            fputs("pinsctl: list: the server gave the same page token twice\n", stderr);
+        /* A token seen before means the server sends us round in a circle. */
+        bool seen = strcmp(next, first_token) == 0;
+        for (size_t k = 0; !seen && k + 1 < npages; k++)
+            seen = strcmp(next, pages[k]->next_page_token) == 0;
+        if (seen) {
+            fputs("pinsctl: list: the server gave a page token it had given before\n", stderr);
             ex = PINSCTL_EXIT_UNREACHABLE;
             goto out;
         }
@@ -290,6 +306,8 @@ int pinsctl_cmd_list(pinsctl_args *a)
     }
     ex = pinsctl_table_print(&t);
     pinsctl_table_free(&t);
+    if (ex != 0)
+        goto out;
     printf("(%zu of %" PRId64 " pins)\n", total_pins, last->total);
     if (last->next_page_token != NULL && last->next_page_token[0] != '\0')
         printf("next page: --page-token %s\n", last->next_page_token);
@@ -391,7 +409,12 @@ int pinsctl_stream_probe(const pinsctl_args *a, pins_client *c)
     pins_status st = PINS_STATUS_INIT;
     Grpc__Health__V1__HealthCheckResponse *resp = NULL;
     int ex = PINSCTL_EXIT_OK;
-    if (pins_health_check(c, "", &resp, NULL, &st) != 0 && !st.from_server)
+    /* The check has a deadline even when the stream has none (--timeout 0): the call's, or
+     * 10 s when that is longer or none. */
+    pins_call_options co = {.timeout_ms = PROBE_TIMEOUT_MS};
+    if (a->g->opts.timeout_ms > 0 && a->g->opts.timeout_ms < PROBE_TIMEOUT_MS)
+        co.timeout_ms = a->g->opts.timeout_ms;
+    if (pins_health_check(c, "", &resp, &co, &st) != 0 && !st.from_server)
         ex = pinsctl_fail(a, &st);
     pins_message_free(resp != NULL ? &resp->base : NULL);
     pins_status_clear(&st);

@@ -68,6 +68,7 @@ int pinsctl_global_option(pinsctl_global *g, int argc, char **argv, int *pi)
     }
     if (strcmp(a, "--insecure") == 0) {
         g->opts.insecure_skip_verify = true;
+        g->opts.tls = true;
         *pi += 1;
         return 1;
     }
@@ -102,9 +103,11 @@ int pinsctl_global_option(pinsctl_global *g, int argc, char **argv, int *pi)
             fprintf(stderr, "pinsctl: %s needs a non-empty value\n", name);
             return -1;
         }
-        if (strcmp(name, "--addr") == 0)
+        if (strcmp(name, "--addr") == 0) {
             g->opts.addr = val;
-        else if (strcmp(name, "--ca") == 0)
+            return 1;
+        }
+        if (strcmp(name, "--ca") == 0)
             g->opts.ca_file = val;
         else if (strcmp(name, "--cert") == 0)
             g->opts.cert_file = val;
@@ -112,6 +115,7 @@ int pinsctl_global_option(pinsctl_global *g, int argc, char **argv, int *pi)
             g->opts.key_file = val;
         else
             g->opts.server_name = val;
+        g->opts.tls = true; /* a TLS option means TLS (an http:// address is then refused) */
         return 1;
     }
     return 0;

@@ -129,7 +129,12 @@ const char *pins_status_metadata(const pins_status *st, const char *name);
 /* ---- options ------------------------------------------------------------------------------- */
 
 /* Connection options. Initialise with pins_options_init(), then set what you need. Strings are
- * borrowed for the duration of pins_client_new / pins_conn_new only (the library copies them). */
+ * borrowed for the duration of pins_client_new / pins_conn_new only (the library copies them).
+ * The TLS settings (ca_file, cert_file, key_file, server_name, insecure_skip_verify) on a
+ * plaintext connection (an http:// address, or a bare one without tls) are refused with
+ * INVALID_ARGUMENT, and so is tls with an http:// address: tokens never go out in clear text
+ * while the caller asked for TLS. Tokens and the user agent must be valid header values (no
+ * control character but the tab). */
 typedef struct pins_options {
     const char *addr;      /* "host:port", "http://host:port" (h2c) or "https://host:port"
                             * (TLS); default "127.0.0.1:50051" */

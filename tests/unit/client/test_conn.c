@@ -1629,6 +1629,61 @@ static void test_conn_address_with_user_information_is_refused(void **state)
     pins_status_clear(&st);
 }
 
+/* TLS settings on a plaintext connection are refused (the tokens would go out in clear text
+ * while the caller asked for TLS), and so are tokens that are not valid header values. */
+static void test_conn_tls_settings_on_plaintext_and_bad_tokens_are_refused(void **state)
+{
+    (void)state;
+    static const char secret[] = "s3cret\x01token";
+    pins_status st = PINS_STATUS_INIT;
+    for (int k = 0; k < 7; k++) {
+        pins_options o;
+        pins_options_init(&o);
+        o.addr = k < 5 ? "http://127.0.0.1:50051" : "127.0.0.1:50051";
+        switch (k) {
+        case 0:
+            o.ca_file = "/nonexistent/ca.pem";
+            break;
+        case 1:
+            o.cert_file = "c.pem";
+            o.key_file = "k.pem";
+            break;
+        case 2:
+            o.server_name = "pins.example";
+            break;
+        case 3:
+            o.insecure_skip_verify = true;
+            break;
+        case 4:
+            o.tls = true;
+            break; /* http:// is always plaintext */
+        case 5:
+            o.ca_file = "/nonexistent/ca.pem";
+            break; /* bare address, tls not set */
+        default:
+            o.machine_token = secret;
+            break;
+        }
+        assert_null(pins_client_new(&o, &st));
+        assert_int_equal(st.code, PINS_CODE_INVALID_ARGUMENT);
+        if (k < 6)
+            assert_non_null(strstr(st.message, "TLS settings given for a plaintext connection"));
+        else
+            assert_non_null(strstr(st.message, "control character"));
+        assert_null(strstr(st.message, "s3cret"));
+    }
+    pins_options o;
+    pins_options_init(&o);
+    o.bearer_token = "abc\x7f";
+    assert_null(pins_client_new(&o, &st));
+    assert_int_equal(st.code, PINS_CODE_INVALID_ARGUMENT);
+    o.bearer_token = "abc\tdef"; /* a tab is allowed in a header value */
+    pins_client *c = pins_client_new(&o, &st);
+    assert_non_null(c);
+    pins_client_free(c);
+    pins_status_clear(&st);
+}
+
 static void script_early_hints_then_ok(fconn *c, fstream *s, int nth)
 {
     (void)nth;
@@ -1823,6 +1878,7 @@ int main(void)
         cmocka_unit_test(test_conn_reset_after_grpc_status_is_an_error),
         cmocka_unit_test(test_conn_bad_request_id_and_metadata_reach_on_done),
         cmocka_unit_test(test_conn_address_with_user_information_is_refused),
+        cmocka_unit_test(test_conn_tls_settings_on_plaintext_and_bad_tokens_are_refused),
         cmocka_unit_test(test_conn_informational_response_is_skipped),
         cmocka_unit_test(test_conn_blocking_stream_queue_is_bounded),
         cmocka_unit_test(test_conn_name_resolved_once_per_kick),
