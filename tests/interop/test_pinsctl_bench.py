@@ -41,9 +41,9 @@ TOP_FIELDS = ("addr", "connections", "streams", "target_rate", "requests_target"
               "duration_target_s", "warmup_s", "mix", "keys", "tenants", "dist", "zipf_s",
               "value_size", "list_limit", "conflicts", "seed", "key_prefix", "tenant_prefix",
               "prefill", "duration_s", "requests", "answers", "ok", "errors", "aborted",
-              "conflicts_sent", "unanswered", "rps", "errors_by_code", "ops", "latency_us",
-              "timeline")
-OP_FIELDS = ("sent", "answers", "ok", "errors", "aborted", "rps", "latency_us")
+              "conflicts_sent", "failed_locally", "unanswered", "rps", "errors_by_code",
+              "failed_locally_by_code", "ops", "latency_us", "timeline")
+OP_FIELDS = ("sent", "answers", "ok", "errors", "aborted", "failed_locally", "rps", "latency_us")
 
 
 def run_bench(args, timeout=120, env=None):
@@ -108,6 +108,7 @@ class BenchTest(ServerTestCase):
         if n is not None:
             self.assertEqual(rep["requests"], n)
         self.assertEqual(rep["unanswered"], 0)
+        self.assertEqual(rep["failed_locally"], 0)
         self.assertEqual(rep["answers"], rep["requests"])
         self.assertEqual(rep["answers"], rep["ok"] + rep["errors"] + rep["aborted"])
         self.assertEqual(rep["requests"], sum(rep["ops"][op]["sent"] for op in OPS))
@@ -172,7 +173,7 @@ class BenchTest(ServerTestCase):
         # The text report names the same numbers.
         r = run_bench(["--addr", self.server.target, "-n", "50"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertRegex(r.stdout, r"requests: 50 sent, 50 answered, 0 unanswered")
+        self.assertRegex(r.stdout, r"requests: 50 sent, 50 answered, 0 failed locally, 0 unanswered")
         self.assertRegex(r.stdout, r"p99\.9")
 
     def test_warmup_is_not_counted(self):
@@ -484,15 +485,24 @@ class BenchRestartTest(ServerTestCase):
         self.assertEqual(proc.returncode, 0, err)
         rep = json.loads(out)
         self.assertEqual(rep["unanswered"], 0)
-        self.assertEqual(rep["answers"], rep["requests"])
-        self.assertGreater(rep["errors"], 0, "no call failed while pinsd was down")
-        self.assertIn("UNAVAILABLE", rep["errors_by_code"])
+        # Calls made while pinsd was down never reached it: counted apart, by code, and kept
+        # out of answers, req/s and the latency.
+        self.assertGreater(rep["failed_locally"], 0, "no call failed while pinsd was down")
+        self.assertIn("UNAVAILABLE", rep["failed_locally_by_code"])
+        self.assertEqual(sum(rep["failed_locally_by_code"].values()), rep["failed_locally"])
+        self.assertEqual(rep["answers"] + rep["failed_locally"], rep["requests"])
+        self.assertEqual(rep["latency_us"]["count"], rep["answers"])
+        self.assertEqual(rep["answers"], rep["ok"] + rep["errors"] + rep["aborted"])
+        self.assertEqual(sum(t["failed_locally"] for t in rep["timeline"]),
+                         rep["failed_locally"])
+        self.assertLessEqual(rep["rps"], rep["answers"] / rep["duration_s"] + 1e-6)
         # Calls succeeded again after the restart: the new process counted them, and the
         # report's last seconds hold successes only.
         m = metrics(port)
         self.assertGreater(handled(m, "GetPin", "OK"), 300)  # 2+ s at 300/s
         tail = rep["timeline"][-3:]
-        self.assertTrue(all(t["ok"] > 0 and t["errors"] == 0 for t in tail), rep["timeline"])
+        self.assertTrue(all(t["ok"] > 0 and t["errors"] == 0 and t["failed_locally"] == 0
+                            for t in tail), rep["timeline"])
         self.assertGreater(rep["ok"], 300 * 10 * 0.5)
 
 

@@ -81,25 +81,29 @@ bool bench_parse_mix(const char *s, unsigned mix[BENCH_OP__COUNT]);
 #define BENCH_CODES        (PINS_CODE_UNAUTHENTICATED + 1)
 
 /* What a run counted. Only calls sent after the warmup and the prefill count. Every counted
- * call ends as exactly one of: ok, error (by status code), aborted (a --conflicts put answered
- * ABORTED), unanswered (still running when the run gave up waiting, then cancelled). answers
- * is ok + errors + aborted. Latency is recorded for the calls pinsd answered (any status), from
- * the call's scheduled send time. About 160 KiB: allocate it. */
+ * call ends as exactly one of: ok, error (pinsd's status code), aborted (a --conflicts put
+ * answered ABORTED), failed locally (a status the client decided, pinsd sent none: connection
+ * refused or lost, deadline passed), unanswered (still running when the run gave up waiting,
+ * then cancelled). answers is ok + errors + aborted, the calls pinsd answered: they alone count
+ * in req/s and in the latency, from the call's scheduled send time. About 190 KiB: allocate it. */
 typedef struct bench_stats {
     uint64_t sent[BENCH_OP__COUNT];
     uint64_t answers[BENCH_OP__COUNT];
     uint64_t ok[BENCH_OP__COUNT];
     uint64_t errors[BENCH_OP__COUNT];
     uint64_t codes[BENCH_CODES]; /* errors by status code */
-    uint64_t conflicts_sent;     /* puts sent with a stale expected_version */
-    uint64_t aborted;            /* of those, answered ABORTED */
+    uint64_t failed_locally[BENCH_OP__COUNT];
+    uint64_t local_codes[BENCH_CODES]; /* failed_locally by status code */
+    uint64_t conflicts_sent;           /* puts sent with a stale expected_version */
+    uint64_t aborted;                  /* of those, answered ABORTED */
     uint64_t unanswered;
     uint64_t prefill_sent;
     uint64_t prefill_errors;
     uint64_t prefill_ns;
     uint64_t measured_ns; /* from the end of the warmup to the last counted answer */
     uint64_t timeline_ok[BENCH_TIMELINE_MAX];
-    uint64_t timeline_err[BENCH_TIMELINE_MAX]; /* errors, aborted included */
+    uint64_t timeline_err[BENCH_TIMELINE_MAX];   /* errors, aborted included */
+    uint64_t timeline_local[BENCH_TIMELINE_MAX]; /* failed locally */
     uint64_t timeline_len;
     bench_hist lat[BENCH_OP__COUNT];
 } bench_stats;

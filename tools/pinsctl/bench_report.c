@@ -64,6 +64,7 @@ void bench_report_text(FILE *out, const bench_config *cfg, const pins_options *o
     mix_text(mix, sizeof(mix), cfg);
     uint64_t sent = sum_ops(st->sent), answers = sum_ops(st->answers);
     uint64_t ok = sum_ops(st->ok), errors = sum_ops(st->errors);
+    uint64_t local = sum_ops(st->failed_locally);
     fprintf(out, "pinsctl bench: %s, %d connection%s x %d stream%s, ", opts->addr, cfg->connections,
             cfg->connections == 1 ? "" : "s", cfg->streams, cfg->streams == 1 ? "" : "s");
     if (cfg->rate > 0)
@@ -87,24 +88,26 @@ void bench_report_text(FILE *out, const bench_config *cfg, const pins_options *o
     if (cfg->warmup_ms > 0)
         fprintf(out, " (after %.3f s of warmup)", (double)cfg->warmup_ms / 1e3);
     fprintf(out, "\n\n");
-    fprintf(out, "requests: %llu sent, %llu answered, %llu unanswered\n", (unsigned long long)sent,
-            (unsigned long long)answers, (unsigned long long)st->unanswered);
+    fprintf(out, "requests: %llu sent, %llu answered, %llu failed locally, %llu unanswered\n",
+            (unsigned long long)sent, (unsigned long long)answers, (unsigned long long)local,
+            (unsigned long long)st->unanswered);
     fprintf(out, "answers:  %llu ok, %llu errors, %llu conflicts (ABORTED of %llu stale puts)\n",
             (unsigned long long)ok, (unsigned long long)errors, (unsigned long long)st->aborted,
             (unsigned long long)st->conflicts_sent);
     fprintf(out, "rate:     %.1f req/s (answers per second)\n\n",
             per_second(answers, st->measured_ns));
 
-    fprintf(out, "%-8s %10s %10s %10s %10s %10s %11s %9s %9s\n", "op", "sent", "answers", "ok",
-            "errors", "aborted", "req/s", "p50 ms", "p99 ms");
+    fprintf(out, "%-8s %10s %10s %10s %10s %10s %10s %11s %9s %9s\n", "op", "sent", "answers", "ok",
+            "errors", "aborted", "local", "req/s", "p50 ms", "p99 ms");
     for (int op = 0; op < BENCH_OP__COUNT; op++) {
         if (st->sent[op] == 0 && cfg->mix[op] == 0)
             continue;
-        fprintf(out, "%-8s %10llu %10llu %10llu %10llu %10llu %11.1f %9.3f %9.3f\n",
+        fprintf(out, "%-8s %10llu %10llu %10llu %10llu %10llu %10llu %11.1f %9.3f %9.3f\n",
                 bench_op_name((bench_op)op), (unsigned long long)st->sent[op],
                 (unsigned long long)st->answers[op], (unsigned long long)st->ok[op],
                 (unsigned long long)st->errors[op],
                 (unsigned long long)(op == BENCH_OP_PUT ? st->aborted : 0),
+                (unsigned long long)st->failed_locally[op],
                 per_second(st->answers[op], st->measured_ns),
                 ms(bench_hist_percentile(&st->lat[op], 50)),
                 ms(bench_hist_percentile(&st->lat[op], 99)));
@@ -114,6 +117,13 @@ void bench_report_text(FILE *out, const bench_config *cfg, const pins_options *o
         for (int c = 0; c < BENCH_CODES; c++)
             if (st->codes[c] > 0)
                 fprintf(out, " %s %llu", pins_code_name(c), (unsigned long long)st->codes[c]);
+        fprintf(out, "\n");
+    }
+    if (local > 0) {
+        fprintf(out, "\nfailed locally (no answer from pinsd) by status:");
+        for (int c = 0; c < BENCH_CODES; c++)
+            if (st->local_codes[c] > 0)
+                fprintf(out, " %s %llu", pins_code_name(c), (unsigned long long)st->local_codes[c]);
         fprintf(out, "\n");
     }
     static bench_hist all;
@@ -161,6 +171,21 @@ static void json_latency(FILE *out, const bench_hist *h)
     fprintf(out, ",\"max\":%.3f}", us(h->max));
 }
 
+/* {"CODE":n,...} of the non-zero counts. */
+static void json_codes(FILE *out, const uint64_t codes[BENCH_CODES])
+{
+    fputc('{', out);
+    bool first = true;
+    for (int c = 0; c < BENCH_CODES; c++) {
+        if (codes[c] == 0)
+            continue;
+        fprintf(out, "%s\"%s\":%llu", first ? "" : ",", pins_code_name(c),
+                (unsigned long long)codes[c]);
+        first = false;
+    }
+    fputc('}', out);
+}
+
 void bench_report_json(FILE *out, const bench_config *cfg, const pins_options *opts,
                        const bench_stats *st)
 {
@@ -192,29 +217,27 @@ void bench_report_json(FILE *out, const bench_config *cfg, const pins_options *o
             (unsigned long long)st->prefill_errors, (double)st->prefill_ns / 1e9);
     fprintf(out,
             ",\"duration_s\":%.6f,\"requests\":%llu,\"answers\":%llu,\"ok\":%llu,\"errors\":%llu"
-            ",\"aborted\":%llu,\"conflicts_sent\":%llu,\"unanswered\":%llu,\"rps\":%.3f",
+            ",\"aborted\":%llu,\"conflicts_sent\":%llu,\"failed_locally\":%llu,\"unanswered\":%llu"
+            ",\"rps\":%.3f",
             (double)st->measured_ns / 1e9, (unsigned long long)sent, (unsigned long long)answers,
             (unsigned long long)sum_ops(st->ok), (unsigned long long)sum_ops(st->errors),
             (unsigned long long)st->aborted, (unsigned long long)st->conflicts_sent,
-            (unsigned long long)st->unanswered, per_second(answers, st->measured_ns));
-    fprintf(out, ",\"errors_by_code\":{");
-    bool first = true;
-    for (int c = 0; c < BENCH_CODES; c++) {
-        if (st->codes[c] == 0)
-            continue;
-        fprintf(out, "%s\"%s\":%llu", first ? "" : ",", pins_code_name(c),
-                (unsigned long long)st->codes[c]);
-        first = false;
-    }
-    fprintf(out, "},\"ops\":{");
+            (unsigned long long)sum_ops(st->failed_locally), (unsigned long long)st->unanswered,
+            per_second(answers, st->measured_ns));
+    fprintf(out, ",\"errors_by_code\":");
+    json_codes(out, st->codes);
+    fprintf(out, ",\"failed_locally_by_code\":");
+    json_codes(out, st->local_codes);
+    fprintf(out, ",\"ops\":{");
     for (int op = 0; op < BENCH_OP__COUNT; op++) {
         fprintf(out,
                 "%s\"%s\":{\"sent\":%llu,\"answers\":%llu,\"ok\":%llu,\"errors\":%llu,"
-                "\"aborted\":%llu,\"rps\":%.3f,\"latency_us\":",
+                "\"aborted\":%llu,\"failed_locally\":%llu,\"rps\":%.3f,\"latency_us\":",
                 op > 0 ? "," : "", bench_op_name((bench_op)op), (unsigned long long)st->sent[op],
                 (unsigned long long)st->answers[op], (unsigned long long)st->ok[op],
                 (unsigned long long)st->errors[op],
                 (unsigned long long)(op == BENCH_OP_PUT ? st->aborted : 0),
+                (unsigned long long)st->failed_locally[op],
                 per_second(st->answers[op], st->measured_ns));
         json_latency(out, &st->lat[op]);
         fputc('}', out);
@@ -225,7 +248,8 @@ void bench_report_json(FILE *out, const bench_config *cfg, const pins_options *o
     json_latency(out, &all);
     fprintf(out, ",\"timeline\":[");
     for (uint64_t i = 0; i < st->timeline_len; i++)
-        fprintf(out, "%s{\"ok\":%llu,\"errors\":%llu}", i > 0 ? "," : "",
-                (unsigned long long)st->timeline_ok[i], (unsigned long long)st->timeline_err[i]);
+        fprintf(out, "%s{\"ok\":%llu,\"errors\":%llu,\"failed_locally\":%llu}", i > 0 ? "," : "",
+                (unsigned long long)st->timeline_ok[i], (unsigned long long)st->timeline_err[i],
+                (unsigned long long)st->timeline_local[i]);
     fprintf(out, "]}\n");
 }

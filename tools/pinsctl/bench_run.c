@@ -329,6 +329,20 @@ static void record(run *r, slot *s, const pins_status *st, uint64_t now)
         bs->unanswered++;
         return;
     }
+    uint64_t sec = now > r->t_measure ? (now - r->t_measure) / 1000000000 : 0;
+    if (sec >= BENCH_TIMELINE_MAX)
+        sec = BENCH_TIMELINE_MAX - 1;
+    if (sec + 1 > bs->timeline_len)
+        bs->timeline_len = sec + 1;
+    int code = st->code >= 0 && st->code < BENCH_CODES ? st->code : PINS_CODE_UNKNOWN;
+    if (st->code != PINS_CODE_OK && !st->from_server) {
+        /* No answer from pinsd (refused or lost connection, deadline): not an answer, not in
+         * req/s or the latency, counted apart. */
+        bs->failed_locally[op]++;
+        bs->local_codes[code]++;
+        bs->timeline_local[sec]++;
+        return;
+    }
     bs->answers[op]++;
     r->last_answer_ns = now;
     bool err = false;
@@ -339,16 +353,10 @@ static void record(run *r, slot *s, const pins_status *st, uint64_t now)
         err = true;
     } else {
         bs->errors[op]++;
-        bs->codes[st->code >= 0 && st->code < BENCH_CODES ? st->code : PINS_CODE_UNKNOWN]++;
+        bs->codes[code]++;
         err = true;
     }
-    if (st->code == PINS_CODE_OK || st->from_server)
-        bench_hist_record(&bs->lat[op], now - s->due_ns);
-    uint64_t sec = now > r->t_measure ? (now - r->t_measure) / 1000000000 : 0;
-    if (sec >= BENCH_TIMELINE_MAX)
-        sec = BENCH_TIMELINE_MAX - 1;
-    if (sec + 1 > bs->timeline_len)
-        bs->timeline_len = sec + 1;
+    bench_hist_record(&bs->lat[op], now - s->due_ns);
     if (err)
         bs->timeline_err[sec]++;
     else

@@ -157,6 +157,11 @@ static void test_report_json_is_one_object_with_the_counts(void **state)
     st->ok[BENCH_OP_PUT] = 5;
     st->conflicts_sent = 5;
     st->aborted = 5;
+    st->sent[BENCH_OP_GET] += 7; /* no answer from pinsd: not in answers, req/s or latency */
+    st->failed_locally[BENCH_OP_GET] = 7;
+    st->local_codes[PINS_CODE_UNAVAILABLE] = 5;
+    st->local_codes[PINS_CODE_DEADLINE_EXCEEDED] = 2;
+    st->timeline_local[1] = 7;
     st->measured_ns = 2000000000;
     st->timeline_len = 2;
     st->timeline_ok[0] = 20;
@@ -180,7 +185,18 @@ static void test_report_json_is_one_object_with_the_counts(void **state)
     if (doc == NULL)
         fail_msg("not JSON: %s: %s", jerr.text, buf);
     assert_string_equal(json_string_value(json_object_get(doc, "addr")), "a\"b:1");
-    assert_int_equal(json_integer_value(json_object_get(doc, "requests")), 40);
+    assert_int_equal(json_integer_value(json_object_get(doc, "requests")), 47);
+    assert_int_equal(json_integer_value(json_object_get(doc, "failed_locally")), 7);
+    json_t *lcodes = json_object_get(doc, "failed_locally_by_code");
+    assert_int_equal(json_object_size(lcodes), 2);
+    assert_int_equal(json_integer_value(json_object_get(lcodes, "UNAVAILABLE")), 5);
+    assert_int_equal(json_integer_value(json_object_get(lcodes, "DEADLINE_EXCEEDED")), 2);
+    json_t *get = json_object_get(json_object_get(doc, "ops"), "get");
+    assert_int_equal(json_integer_value(json_object_get(get, "failed_locally")), 7);
+    assert_int_equal(json_integer_value(json_object_get(get, "answers")), 30);
+    assert_true(json_number_value(json_object_get(get, "rps")) == 15.0);
+    json_t *t1 = json_array_get(json_object_get(doc, "timeline"), 1);
+    assert_int_equal(json_integer_value(json_object_get(t1, "failed_locally")), 7);
     assert_int_equal(json_integer_value(json_object_get(doc, "answers")), 40);
     assert_int_equal(json_integer_value(json_object_get(doc, "ok")), 33);
     assert_int_equal(json_integer_value(json_object_get(doc, "errors")), 2);
@@ -208,7 +224,9 @@ static void test_report_json_is_one_object_with_the_counts(void **state)
     assert_non_null(f);
     bench_report_text(f, &cfg, &g.opts, st);
     fclose(f);
-    assert_non_null(strstr(buf, "requests: 40 sent, 40 answered, 0 unanswered"));
+    assert_non_null(strstr(buf, "requests: 47 sent, 40 answered, 7 failed locally, 0 unanswered"));
+    assert_non_null(strstr(buf, "rate:     20.0 req/s"));
+    assert_non_null(strstr(buf, "by status: DEADLINE_EXCEEDED 2 UNAVAILABLE 5"));
     assert_non_null(strstr(buf, "NOT_FOUND 2"));
     assert_non_null(strstr(buf, "p99.9"));
     free(buf);
