@@ -197,22 +197,42 @@ class BenchTest(ServerTestCase):
                 samples.append(((t0 + time.monotonic()) / 2, v))
                 stop.wait(0.1)
 
+        env = {k: v for k, v in os.environ.items() if k not in _CTL_VARS}
         th = threading.Thread(target=sampler)
         th.start()
+        proc = subprocess.Popen(
+            [PINSCTL, "bench", "--addr", self.server.target, "--json", "-d", "%ds" % secs,
+             "-r", str(rate), "-c", "2", "-m", "16"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
-            rep = self.bench_json(["-d", "%ds" % secs, "-r", str(rate), "-c", "2", "-m", "16"])
+            # A stall of bench in the middle of the run, as a loaded machine makes one: the
+            # pacer then sends the overdue calls at once. The checks below must hold anyway.
+            time.sleep(2)
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGCONT)
+            out, err = proc.communicate(timeout=60)
         finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(timeout=10)
             stop.set()
             th.join(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        rep = json.loads(out)
         self.assertOwnCounts(rep)
         self.assertEqual(rep["target_rate"], rate)
-        # The achieved rate is the target's: the schedule sends rate x duration calls.
+        # The achieved rate is the target's over the scheduled span: the schedule sends
+        # rate x duration calls, stall or not.
         self.assertLessEqual(abs(rep["requests"] - rate * secs), rate * secs * 0.02)
-        self.assertLessEqual(abs(rep["rps"] - rate), rate * 0.05, rep["rps"])
-        # Arrivals at pinsd are even: in no window of about 100 ms (between two scrapes, inside
-        # the run) did more than twice the window's share arrive. A burst of one connection's
-        # -m calls at once would be 16 calls in a 40-call window; tolerances cover a loaded
-        # two-core machine (scrape timing jitter of a few ms).
+        # req/s is measured up to the last answer: a slow last answer (up to 1 s here) lowers
+        # it, nothing raises it past the target.
+        self.assertLessEqual(rep["rps"], rate * 1.05, rep["rps"])
+        self.assertGreaterEqual(rep["rps"], rate * secs / (secs + 1.0) * 0.98, rep["rps"])
+        # Arrivals at pinsd are even: windows of about 100 ms between two scrapes, inside the
+        # run. Their median rate is the target's, and at most a few windows (the stall above,
+        # and one more the machine's own) hold more than twice their share.
         windows = []
         for (t0, v0), (t1, v1) in zip(samples, samples[1:]):
             if v0 == 0 or v1 - v0 == 0:
@@ -220,9 +240,12 @@ class BenchTest(ServerTestCase):
             windows.append((t1 - t0, v1 - v0))
         self.assertGreater(len(windows), secs * 4, "too few scrapes: %r" % windows)
         inner = windows[1:-1]  # the first and last windows hold the run's edges
-        for dt, n in inner:
-            self.assertLessEqual(n, 2 * rate * dt + 2, "a burst: %d calls in %.0f ms (%r)"
-                                 % (n, dt * 1000, inner))
+        rates = sorted(n / dt for dt, n in inner)
+        median = rates[len(rates) // 2]
+        self.assertLessEqual(abs(median - rate), rate * 0.15, "median %.0f/s: %r" % (median, inner))
+        bursts = [(dt, n) for dt, n in inner if n > 2 * rate * dt + 2]
+        self.assertLessEqual(len(bursts), max(3, len(inner) // 10),
+                             "bursts %r of windows %r" % (bursts, inner))
 
     def test_conflicts_are_counted_apart(self):
         before = metrics(self.server.port)
