@@ -155,7 +155,12 @@ class MigrationTest(PgTestCase):
                            env=dict(os.environ, DATABASE_URL=self.pg.url),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
         self.assertEqual(r.returncode, 2)
+        # pinsctl's help names migrate among its commands; migrate's own help lists its steps.
         r = subprocess.run([PINSCTL, "--help"], stdout=subprocess.PIPE, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("  migrate ...", r.stdout)
+        r = subprocess.run([PINSCTL, "migrate", "--help"], stdout=subprocess.PIPE, text=True,
+                           timeout=60)
         self.assertEqual(r.returncode, 0)
         self.assertIn("migrate upgrade head", r.stdout)
 
