@@ -13,10 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "client/grpc_parse.h" /* CLIENT_MAX_METADATA */
 #include "pins/client.h"
-
-/* The most entries a response's header block and trailers may hold together. */
-#define CLIENT_MAX_METADATA 256
 
 /* ---- status.c ------------------------------------------------------------------------------ */
 

@@ -35,6 +35,10 @@
 
 #include "pins/client.h"
 
+/* The most entries a response's header block and trailers may hold together (and a request's
+ * caller metadata). */
+#define CLIENT_MAX_METADATA 256
+
 /* One whole message (data[0..len), borrowed for the callback). Return 0 to go on, or a pins
  * code to stop the parse with it (message in msg). */
 typedef int (*client__parse_msg_cb)(void *arg, const uint8_t *data, size_t len);

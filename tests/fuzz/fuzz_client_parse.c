@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/client_int.h"
 #include "client/grpc_parse.h"
 
 static int on_msg(void *arg, const uint8_t *data, size_t len)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common/timeutil.h"
 #include "common/buf.h"
 #include "protocols/json.h"
 
@@ -543,18 +544,18 @@ void pinsctl_fmt_ts(const Google__Protobuf__Timestamp *ts, bool micros, char *ou
         snprintf(out, n, "-");
         return;
     }
-    time_t t = (time_t)ts->seconds;
-    struct tm tm;
-    if (gmtime_r(&t, &tm) == NULL) {
+    /* Outside proto3's Timestamp range (years 1..9999) a malformed answer: the raw number. */
+    if (ts->seconds < -62135596800LL || ts->seconds > 253402300799LL) {
         snprintf(out, n, "%" PRId64 "s", ts->seconds);
         return;
     }
-    char day[40];
-    strftime(day, sizeof(day), "%Y-%m-%dT%H:%M:%S", &tm);
-    if (micros)
-        snprintf(out, n, "%s.%06dZ", day, (int)(ts->nanos / 1000));
+    /* pinsd's RFC 3339 writer (common/timeutil.h), cut to whole seconds for tables. */
+    char buf[PINS_TIME_RFC3339_LEN + 8];
+    size_t len = pins_time_format_us(ts->seconds * 1000000 + ts->nanos / 1000, buf);
+    if (!micros && len > 8)
+        snprintf(out, n, "%.*sZ", (int)(len - 8), buf);
     else
-        snprintf(out, n, "%sZ", day);
+        snprintf(out, n, "%s", buf);
 }
 
 /* ---- tables ---------------------------------------------------------------------------------- */

@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/client_int.h"
 #include "client/grpc_parse.h"
 
 #define MAX_MSG 64
