@@ -181,6 +181,8 @@ static void print_global_help(FILE *f)
     }
     fputs("  migrate ...                        the PostgreSQL schema (pinsctl migrate --help)\n"
           "  bench ...                          load generator (pinsctl bench --help)\n"
+          "  seed --file F --base URL ...       upsert the pins of a seed file, M7's format\n"
+          "                                     (pinsctl seed --help)\n"
           "\n",
           f);
     fputs("command options (pinsctl CMD --help says more):\n", f);
@@ -361,9 +363,15 @@ int pinsctl_main(int argc, char **argv)
         return pinsctl_migrate_main(argc, argv);
     if (strcmp(name, "bench") == 0)
         return pinsctl_bench_main(&g, argc - i, argv + i);
+    if (strcmp(name, "seed") == 0)
+        return pinsctl_seed_main(&g, argc - i, argv + i);
     if (strcmp(name, "help") == 0) {
         /* pinsctl help [CMD [SUBCOMMAND]] */
         const pinsctl_cmd *c = NULL;
+        if (i + 1 < argc && strcmp(argv[i + 1], "seed") == 0) {
+            char *help[] = {"seed", "--help", NULL};
+            return pinsctl_seed_main(&g, 2, help);
+        }
         if (i + 2 < argc && strcmp(argv[i + 1], "rbac") == 0) {
             char full[64];
             snprintf(full, sizeof(full), "rbac %s", argv[i + 2]);

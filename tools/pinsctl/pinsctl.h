@@ -48,4 +48,47 @@ int pinsctl_bench_main(pinsctl_global *g, int argc, char **argv);
 /* pinsctl [--database-url URL] migrate ...: argv as main's (tools/pinsctl/migrate.c). */
 int pinsctl_migrate_main(int argc, char **argv);
 
+/* pinsctl seed ARGS (tools/pinsctl/cmd_seed.c): upserts the pins of a seed file (the M7 format);
+ * argv[0] is "seed". Exit status: 0 every pin written (and verified when asked), 1 a pin failed
+ * or was not verified, 2 usage, a bad file (nothing written) or --wait timed out. */
+int pinsctl_seed_main(pinsctl_global *g, int argc, char **argv);
+
+/* The parts of seed the unit tests reach (tests/unit/pinsctl/test_seed.c). */
+typedef struct pinsctl_seed_pin {
+    const char *tenant; /* in the plan's arena */
+    const char *key;
+    const char *source;
+    int32_t ttl; /* with has_ttl */
+    bool has_ttl;
+    Google__Protobuf__Struct *value; /* in the plan's arena */
+    char *value_json;                /* compact JSON text of value, in the plan's arena */
+    size_t entry;                    /* index of its entry in the file */
+} pinsctl_seed_pin;
+
+typedef struct pinsctl_seed_plan {
+    struct pins_arena *arena;
+    pinsctl_seed_pin *pins; /* in file order */
+    size_t npins;
+    size_t nentries;
+} pinsctl_seed_plan;
+
+/* Validates a whole seed file json[0..len) and fills plan (free with pinsctl_seed_plan_free, also
+ * after a failure). Returns 0, or -1 with one line in err naming the entry index and key. */
+int pinsctl_seed_parse(const char *json, size_t len, pinsctl_seed_plan *plan, char *err,
+                       size_t errlen);
+void pinsctl_seed_plan_free(pinsctl_seed_plan *plan);
+/* Whether token is a JWT: three base64url segments, the first decoding to a JSON object with
+ * "alg". */
+bool pinsctl_seed_is_jwt(const char *token);
+/* The wait before retry number attempt (0 for the first retry): base_ms * 2^attempt, or the
+ * server's retry_after_ms when longer (-1: none); both capped at PINSCTL_SEED_BACKOFF_MAX_MS. */
+#define PINSCTL_SEED_BACKOFF_MAX_MS 60000
+int64_t pinsctl_seed_backoff_ms(int64_t base_ms, int attempt, int64_t retry_after_ms);
+/* Whether a failed call is worth another attempt: RESOURCE_EXHAUSTED, UNAVAILABLE,
+ * DEADLINE_EXCEEDED, or a connection that failed or broke without an answer. */
+bool pinsctl_seed_retryable(const pins_status *st);
+/* Whether two Structs hold the same JSON object (key order aside; the last of a repeated key
+ * counts). */
+bool pinsctl_seed_value_equal(const Google__Protobuf__Struct *a, const Google__Protobuf__Struct *b);
+
 #endif
