@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "observability/log.h"
 #include "observability/metrics.h"
+#include "server/sdnotify.h"
 #include "server/server.h"
 #include "store/breaker.h"
 #include "store/store.h"
@@ -76,6 +77,11 @@ int main(int argc, char **argv)
         return 2;
     }
     install_signals();
+    if (server_sdnotify_init() != 0)
+        pins_log_warn("NOTIFY_SOCKET is neither an absolute path nor an abstract socket name; "
+                      "no readiness notifications",
+                      NULL);
+    server_sdnotify("STATUS=opening the store");
 
     char store_err[256] = "";
     store_options so = {.database_url = cfg.database_url,
@@ -90,11 +96,13 @@ int main(int argc, char **argv)
         /* store_err never holds the URL (it may hold a password), only why it was refused. */
         fprintf(stderr, "pinsd: cannot open the store: %s%s%s\n", pins_strerror(rv),
                 store_err[0] != '\0' ? ": " : "", store_err);
+        server_sdnotify("STATUS=cannot open the store");
         goto out;
     }
     rv = pins_server_new(&cfg, st, &server, err, sizeof(err));
     if (rv != 0) {
         fprintf(stderr, "pinsd: %s\n", err);
+        server_sdnotify("STATUS=cannot start the server (see the log)");
         goto out;
     }
     char addrs[PINS_MAX_LISTEN * 72] = "";
@@ -107,7 +115,7 @@ int main(int argc, char **argv)
     pins_log_info("pinsd listening", "listen", addrs, "workers", workers, "store",
                   store_backend_name(st), "tls", cfg.tls_cert_file ? "on" : "off", "version",
                   PINS_VERSION, NULL);
-    rv = pins_server_run(server);
+    rv = pins_server_run(server); /* sends READY=1 once serving, STOPPING=1 when draining */
     pins_log_info("pinsd stopped", NULL);
     status = rv == 0 ? 0 : 1;
 out:

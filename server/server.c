@@ -30,6 +30,7 @@
 #include "protocols/protocols.h"
 #include "rpc/audit.h"
 #include "rpc/core.h"
+#include "server/sdnotify.h"
 #include "store/store.h"
 #include "transport/tls.h"
 #include "transport/transport.h"
@@ -518,6 +519,13 @@ int pins_server_run(pins_server *ps)
             started++;
         }
     }
+    if (rv == 0) {
+        /* Every listener is listening since pins_server_new() and every worker runs its loop:
+         * connections are served from here on (a service manager may route traffic now). */
+        char state[96];
+        snprintf(state, sizeof(state), "READY=1\nSTATUS=serving with %d workers", s->nworkers);
+        server_sdnotify(state);
+    }
     while (rv == 0) {
         char buf = 0;
         ssize_t n = read(stop_pipe[0], &buf, 1);
@@ -532,6 +540,7 @@ int pins_server_run(pins_server *ps)
     }
     atomic_store(&s->draining, 1);
     pins_log_info("draining", NULL);
+    server_sdnotify("STOPPING=1\nSTATUS=draining");
     for (int i = 0; i < started; i++)
         event_active(ps->sw[i].drain_ev, EV_READ, 0);
     for (int i = 0; i < started; i++)
