@@ -52,6 +52,8 @@ Options:
 Environment:
   PINS_STACK_DIR     default for --dir
   PINS_STACK_PORTS   runbook (default): the ports below; free: a free loopback port for each
+  PINS_STACK_PORT_<SERVICE>  one port instead (SERVICE: PINSD1 PINSD1_GRPC PINSD2 PINSD2_GRPC
+                     POSTGRES PGBOUNCER REDIS PROMETHEUS GUARD)
   PINSD_BIN, PINSCTL_BIN   pinsd and pinsctl (default \$PINS_ROOT/build-release/pinsd, .../pinsctl,
                      what tools/run.sh builds); PINS_ROOT defaults to this checkout
   PINS_STACK_PG_MAX_CONNECTIONS  PostgreSQL max_connections (default 100)
@@ -73,8 +75,9 @@ Ports (runbook / free):
   prometheus 9091 (its own, lifecycle API on)   guard (nginx reload guard) 9090 = \$PROM
 
 Files: DIR/stack.env (mode 0600; \`. DIR/stack.env\` exports PINSD, DATABASE_URL, REDIS_URL, PROM,
-  the secrets, ...), DIR/pinsd.env, DIR/run/SERVICE.pid, DIR/logs/SERVICE.log (the guard's access
-  and error logs in DIR/guard/logs), data in DIR/postgres, DIR/redis, DIR/prometheus.
+  the secrets, ...), DIR/pinsd.env, DIR/ports.env, DIR/run/SERVICE.pid, DIR/logs/SERVICE.log (the
+  guard's access and error logs in DIR/guard/logs; DIR/logs/migrate.log; DIR/logs/stack.log: every
+  process started and stopped, with its PID), data in DIR/postgres, DIR/redis, DIR/prometheus.
 As root, PostgreSQL and PgBouncer run as user postgres and the guard's workers as nobody.
 
 Exit status: 0 ok; 1 failure; 2 usage error; 3 (status) some service down.
@@ -145,6 +148,27 @@ PY
             PINSD1_PORT=$1 PINSD1_GRPC_PORT=$2 PINSD2_PORT=$3 PINSD2_GRPC_PORT=$4
             PG_PORT=$5 PGBOUNCER_PORT=$6 REDIS_PORT=$7 PROM_PORT=$8 GUARD_PORT=$9 ;;
         *) usage_error "PINS_STACK_PORTS must be runbook or free, not: $mode" ;;
+    esac
+    # PINS_STACK_PORT_<SERVICE> overrides one port (e.g. PINS_STACK_PORT_PROMETHEUS=9191)
+    local v o seen=" "
+    for v in $PORT_VARS; do
+        o=$(port_override_name "$v")
+        if [ -n "${!o-}" ]; then
+            if ! [[ "${!o}" =~ ^[0-9]{1,5}$ ]] || [ "${!o}" -lt 1 ] || [ "${!o}" -gt 65535 ]; then
+                usage_error "$o must be a port number, not: ${!o}"
+            fi
+            printf -v "$v" '%s' "${!o}"
+        fi
+        case "$seen" in *" ${!v} "*) usage_error "port ${!v} is given to two services" ;; esac
+        seen="$seen${!v} "
+    done
+}
+
+port_override_name() {
+    case "$1" in
+        PG_PORT) echo PINS_STACK_PORT_POSTGRES ;;
+        PROM_PORT) echo PINS_STACK_PORT_PROMETHEUS ;;
+        *) echo "PINS_STACK_PORT_${1%_PORT}" ;;
     esac
 }
 
@@ -230,6 +254,7 @@ spawn() {
     # a process that is already gone: recorded anyway, wait_until reports its log
     echo "${t:-gone}" >"$dir/run/$name.start"
     echo "$pid" >"$dir/run/$name.pid"
+    echo "$(date -u +%FT%TZ) started $name PID $pid" >>"$dir/logs/stack.log"
 }
 
 log_tail() { tail -n 25 "$dir/logs/$1.log" 2>/dev/null | sed 's/^/    /' >&2 || true; }
@@ -290,6 +315,7 @@ stop_service() {
         [ -z "$(service_pid "$name")" ] || { say "$name (PID $pid) did not exit"; return 1; }
     fi
     rm -f "$dir/run/$name.pid" "$dir/run/$name.start"
+    echo "$(date -u +%FT%TZ) stopped $name PID $pid" >>"$dir/logs/stack.log"
 }
 
 # ---- the services ----------------------------------------------------------------------------
@@ -330,7 +356,7 @@ start_postgres() {
 setup_postgres() {
     psql_super "DO \$\$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'nova') THEN
-            CREATE ROLE nova LOGIN PASSWORD 'novapass';
+            CREATE ROLE nova LOGIN CREATEDB PASSWORD 'novapass';
         END IF; END \$\$;" >/dev/null
     if [ -z "$(psql_super "SELECT 1 FROM pg_database WHERE datname = 'nova_aos'")" ]; then
         psql_super "CREATE DATABASE nova_aos OWNER nova" >/dev/null
