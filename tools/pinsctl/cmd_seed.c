@@ -1055,7 +1055,7 @@ int pinsctl_seed_main(pinsctl_global *g, int argc, char **argv)
     const char *auth = setup_auth(&r);
     g->opts.addr = r.addr;
     g->opts.timeout_ms = r.timeout_ms;
-    if (g->opts.connect_timeout_ms > r.timeout_ms)
+    if (r.timeout_ms > 0 && g->opts.connect_timeout_ms > r.timeout_ms)
         g->opts.connect_timeout_ms = r.timeout_ms;
     printf("Seeding %zu pins from %zu entries of %s into %s%s\n", r.plan.npins, r.plan.nentries,
            r.file, r.addr, r.dry_run ? " (dry run)" : "");
