@@ -55,7 +55,7 @@ Environment:
   PINS_STACK_PORT_<SERVICE>  one port instead (SERVICE: PINSD1 PINSD1_GRPC PINSD2 PINSD2_GRPC
                      POSTGRES PGBOUNCER REDIS PROMETHEUS GUARD)
   PINSD_BIN, PINSCTL_BIN   pinsd and pinsctl (default \$PINS_ROOT/build-release/pinsd, .../pinsctl,
-                     what tools/run.sh builds); PINS_ROOT defaults to this checkout
+                     where tools/run.sh builds); PINS_ROOT defaults to this checkout
   PINS_STACK_PG_MAX_CONNECTIONS  PostgreSQL max_connections (default 100)
   PINS_STACK_PGB_POOL_SIZE       PgBouncer default_pool_size (default 20)
   MACHINE_SECRET_TOKEN, JWT_SECRET, PROM_RELOAD_TOKEN, ADMIN_JWT
@@ -570,7 +570,8 @@ need_bin() { [ -x "$1" ] || die "$2 not found: $1 (install the Debian package: t
 started=()
 up_cleanup() {
     local i
-    say "up failed: stopping what it started"
+    trap '' PIPE INT TERM HUP   # finish the cleanup even when the output or the terminal is gone
+    say "up failed: stopping what it started" || true
     for ((i = ${#started[@]} - 1; i >= 0; i--)); do
         stop_service "${started[$i]}" || true
     done
@@ -580,8 +581,8 @@ cmd_up() {
     [ $# -eq 0 ] || usage_error "up takes no arguments"
     PINSD_BIN=${PINSD_BIN:-$root/build-release/pinsd}
     PINSCTL_BIN=${PINSCTL_BIN:-$root/build-release/pinsctl}
-    [ -x "$PINSD_BIN" ] || die "pinsd not found: $PINSD_BIN (build it: tools/run.sh build, or set PINSD_BIN)"
-    [ -x "$PINSCTL_BIN" ] || die "pinsctl not found: $PINSCTL_BIN (build it: tools/run.sh build, or set PINSCTL_BIN)"
+    [ -x "$PINSD_BIN" ] || die "pinsd not found: $PINSD_BIN (build it: cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release && cmake --build build-release, or set PINSD_BIN)"
+    [ -x "$PINSCTL_BIN" ] || die "pinsctl not found: $PINSCTL_BIN (build it like pinsd, or set PINSCTL_BIN)"
     PINSD_BIN=$(readlink -f "$PINSD_BIN") PINSCTL_BIN=$(readlink -f "$PINSCTL_BIN")
     need_bin "$PG_BIN/postgres" "PostgreSQL 15"
     need_bin "$PGBOUNCER_BIN" pgbouncer
@@ -625,6 +626,12 @@ cmd_up() {
     update_pinsd_env
 
     trap up_cleanup EXIT
+    # a signal (^C, a closed output pipe) ends up through the EXIT trap, which cleans up; handlers,
+    # unlike ignored signals, are not inherited by the servers
+    trap 'exit 129' HUP
+    trap 'exit 130' INT
+    trap 'exit 141' PIPE
+    trap 'exit 143' TERM
     local t0=$SECONDS
     init_postgres
     started+=(postgres); start_postgres; say "postgres up on 127.0.0.1:$PG_PORT"
@@ -641,7 +648,7 @@ cmd_up() {
     started+=(prometheus); start_prometheus; say "prometheus up on 127.0.0.1:$PROM_PORT"
     render_guard
     started+=(guard); start_guard; say "guard up on 127.0.0.1:$GUARD_PORT"
-    trap - EXIT
+    trap - EXIT HUP INT PIPE TERM
     say "stack up in $((SECONDS - t0))s; run: . $dir/stack.env"
     cmd_status || true
 }
