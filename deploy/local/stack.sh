@@ -79,6 +79,8 @@ Files: DIR/stack.env (mode 0600; \`. DIR/stack.env\` exports PINSD, DATABASE_URL
   guard's access and error logs in DIR/guard/logs; DIR/logs/migrate.log; DIR/logs/stack.log: every
   process started and stopped, with its PID), data in DIR/postgres, DIR/redis, DIR/prometheus.
 As root, PostgreSQL and PgBouncer run as user postgres and the guard's workers as nobody.
+Servers start with a clean environment (PATH, HOME, LANG, LC_*, TZ, TMPDIR); pinsd gets DIR/pinsd.env,
+the stack's DATABASE_URL, REDIS_URL, PINS_LISTEN, MACHINE_SECRET_TOKEN and JWT_SECRET on top.
 
 Exit status: 0 ok; 1 failure; 2 usage error; 3 (status) some service down.
 USAGE
@@ -223,23 +225,26 @@ service_pid() {
 }
 
 # spawn NAME [--as-pg] CMD...: runs CMD detached (its own session, stdin /dev/null, output
-# appended to DIR/logs/NAME.log) and records its PID and start time. setsid, env and setpriv all
-# exec, so the PID is the server's own. The subshell exits at once: the server is not our child
-# (no zombie) and outlives this script. Only pinsd sees the stack's secrets in its environment.
+# appended to DIR/logs/NAME.log) and records its PID and start time. setsid and setpriv exec, so
+# the PID is the server's own. The subshell exits at once: the server is not our child (no
+# zombie) and outlives this script. The server's environment is clean: PATH, HOME, LANG, LC_*,
+# TZ, TMPDIR and the exported variables named in $SPAWN_KEEP (pinsd's settings and secrets) only,
+# so nothing of the caller's shell (a secret, a stray pinsd setting) leaks into a server.
+SPAWN_KEEP=
 spawn() {
-    local name=$1 pid t i pre=()
+    local name=$1 pid t i pre=() v
     shift
     if [ "${1-}" = --as-pg ]; then
         shift
         if is_root; then pre=(setpriv --reuid=postgres --regid=postgres --init-groups --); fi
     fi
-    case "$name" in
-        pinsd*) ;;
-        *) pre=(env -u MACHINE_SECRET_TOKEN -u JWT_SECRET -u PROM_RELOAD_TOKEN -u ADMIN_JWT
-                -u PGPASSWORD "${pre[@]}") ;;
-    esac
     rm -f "$dir/run/$name.pid" "$dir/run/$name.start"
     (
+        for v in $(compgen -e); do
+            case " $SPAWN_KEEP " in *" $v "*) continue ;; esac
+            case "$v" in PATH|HOME|LANG|LC_*|TZ|TMPDIR) continue ;; esac
+            unset "$v" 2>/dev/null || true
+        done
         setsid "${pre[@]}" "$@" </dev/null >>"$dir/logs/$name.log" 2>&1 9>&- &
         echo $! >"$dir/run/$name.pid.tmp"
     )
@@ -493,7 +498,8 @@ start_pinsd() {   # start_pinsd 1|2
         set +a
         export DATABASE_URL REDIS_URL MACHINE_SECRET_TOKEN JWT_SECRET
         export PINS_LISTEN="127.0.0.1:$http,127.0.0.1:$grpc" PINS_DATA_DIR="$dir/pinsd$n"
-        unset PROM_RELOAD_TOKEN ADMIN_JWT DATABASE_DIRECT_URL
+        SPAWN_KEEP="DATABASE_URL REDIS_URL MACHINE_SECRET_TOKEN JWT_SECRET PINS_LISTEN PINS_DATA_DIR"
+        SPAWN_KEEP="$SPAWN_KEEP PINS_WORKERS LOG_FORMAT $PINSD_SETTINGS"
         spawn "pinsd$n" "$PINSD_BIN"
     )
     wait_until "pinsd$n" 60 http_ok "http://127.0.0.1:$http/ready"
