@@ -135,6 +135,13 @@ void store__pg_conn_fail(pg_conn *c, const char *kind, const char *why)
     conn_down(c, kind, why, false);
 }
 
+void store__pg_conn_schema_lost(pg_conn *c, const char *why)
+{
+    store__schema_behind_set(true);
+    c->ss->base.schema_behind = true;
+    conn_down(c, "schema", why, true);
+}
+
 static void conn_flush(pg_conn *c)
 {
     int rv = PQflush(c->pg);
@@ -386,6 +393,18 @@ static void finish_err(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
     char detail[STORE__ERROR_MAX];
     snprintf(detail, sizeof(detail), "SQLSTATE %s: %s", state != NULL ? state : "none",
              r->res != NULL ? PQresultErrorMessage(r->res) : PQerrorMessage(c->pg));
+    if (state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0)) {
+        /* A table or the schema `system` is gone: a migration was reverted under a running
+         * pinsd. The call fails; /ready says schema_behind; the connection runs the schema check
+         * again before it serves another call, so the pool waits for `upgrade head`. */
+        char why[STORE__ERROR_MAX];
+        snprintf(why, sizeof(why), "schema behind: %.*s (run `pinsctl migrate upgrade head`)",
+                 (int)(sizeof(why) - 64), detail);
+        c->ss->base.schema_behind = true;
+        store__pg_fail_req(ss, r, PINS_ESTORE, why);
+        store__pg_conn_schema_lost(c, why);
+        return;
+    }
     if (retry && r->kind == OP_GET_BATCH) { /* each read once more, batched again */
         while (r->kids != NULL) {
             pg_req *k = r->kids;

@@ -230,6 +230,10 @@ uint32_t store__pg_named_bit(const char *sql, char name[16]);
 void store__pg_metrics_init(void);
 /* Adds one to store_errors_total{kind}. */
 void store__pg_count_error(const char *kind);
+/* The schema went behind the binary while c was up (why says how): store_schema_behind and the
+ * session's schema_behind are set, c is dropped (store_errors_total{kind="schema"}) and checks the
+ * schema again when it reconnects. */
+void store__pg_conn_schema_lost(pg_conn *c, const char *why);
 /* Makes c a connection of ss, down, watched on ss's loop when it has one. Returns 0 or
  * PINS_ENOMEM (c then needs store__pg_conn_close all the same). */
 int store__pg_conn_init(pg_conn *c, pg_session *ss);

@@ -266,7 +266,10 @@ const char store__pg_sql_maudit_expire[] =
     "DELETE FROM system.memory_audit WHERE id IN (SELECT id FROM system.memory_audit"
     " WHERE ts < " TS("$1") " ORDER BY ts LIMIT $2::int8 FOR UPDATE SKIP LOCKED)";
 
-const char store__pg_sql_ping[] = "SELECT 1";
+/* The readiness ping reads the schema version too: a migration reverted under a running pinsd
+ * shows on /ready at once (store__pg_deliver), not only when a call fails. */
+const char store__pg_sql_ping[] =
+    "SELECT coalesce(max(version), 0) FROM system.pins_schema_migrations";
 /* The schema version, and the server process's pid: when it is the pid libpq got at login, the
  * connection goes straight to PostgreSQL (no pooler between), so named statements last. */
 const char store__pg_sql_schema[] =

@@ -511,9 +511,24 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
     case OP_AUDIT_EXPIRE:
         r->cb.count(r->arg, 0, strtoll(PQcmdTuples(r->res), NULL, 10));
         break;
-    case OP_PING:
-        r->cb.count(r->arg, 0, 0);
+    case OP_PING: {
+        int64_t have = PQntuples(res) == 1 ? store__pg_col_i64(res, 0, 0) : 0;
+        if (have >= ss->st->schema_need) {
+            store__schema_behind_set(false);
+            r->cb.count(r->arg, 0, 0);
+            break;
+        }
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "schema behind: the database is at version %lld, pinsd needs %d"
+                 " (run `pinsctl migrate upgrade head`)",
+                 (long long)have, ss->st->schema_need);
+        ss->base.schema_behind = true;
+        store__session_error(&ss->base, "%s", why);
+        r->cb.count(r->arg, PINS_ESTORE, 0);
+        store__pg_conn_schema_lost(c, why);
         break;
+    }
     case OP_SCHEMA:
         if (!store__pg_conn_checked(c, res)) {
             store__pg_req_free(r);

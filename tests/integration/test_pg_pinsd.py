@@ -368,6 +368,34 @@ class ResilienceTest(unittest.TestCase):
         r = self.upsert_within(client, 5.0)
         self.assertTrue(r.created)
 
+    def test_migration_reverted_under_a_running_pinsd_shows_on_ready(self):
+        """The runbook's rollback (`pinsctl migrate downgrade -1`) while pinsd serves: /ready turns
+        503 schema_behind at once (its ping reads the schema version), calls fail UNAVAILABLE
+        (a missing table drops the connection for a schema check), and `upgrade head` brings
+        both back."""
+        srv, client = self.pinsd()
+        r = self.upsert_within(client, 5.0)
+        self.assertTrue(r.created)
+        status, _ = http_get(srv.port, "/ready")
+        self.assertEqual(status, 200)
+        migrate(self.pg.url, "downgrade", "-1")
+        status, body = http_get(srv.port, "/ready")
+        self.assertEqual(status, 503, body)
+        self.assertEqual(json.loads(body)["checks"]["store"], "schema_behind")
+        self.assertEqual(test_metrics.scrape(srv)["store_schema_behind"], 1)
+        for method, req in (("GetPin", {"tenant_id": "t", "key": "k"}),
+                            ("UpsertPin", {"tenant_id": "t", "key": "k2", "value": {"a": 2}})):
+            with self.assertRaises(grpc.RpcError) as cm:
+                client.call(mp(method), req, timeout=5)
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.UNAVAILABLE, method)
+        status, _ = http_get(srv.port, "/ready")
+        self.assertEqual(status, 503)
+        migrate(self.pg.url, "upgrade", "head")
+        self.wait_ready(srv, True, 10)
+        self.assertEqual(test_metrics.scrape(srv)["store_schema_behind"], 0)
+        r = self.upsert_within(client, 5.0)
+        self.assertTrue(r.created)  # the downgrade dropped the table with its rows
+
     def upsert_within(self, client, seconds):
         """UpsertPin retried on UNAVAILABLE for at most seconds; returns the response."""
         end = time.monotonic() + seconds
