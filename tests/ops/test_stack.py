@@ -66,9 +66,8 @@ def wait_for(pred, timeout, interval=0.5):
     while True:
         try:
             last = pred()
-        except Exception as e:  # noqa: BLE001  (not yet)
+        except Exception:  # noqa: BLE001  (not yet)
             last = None
-            err = e  # noqa: F841
         if last or time.monotonic() >= deadline:
             return last
         time.sleep(interval)
