@@ -191,6 +191,39 @@ class SystemdUnitsTest(unittest.TestCase):
         self.assertIn("pinsctl migrate upgrade head", s[("Service", "ExecStart")])
         self.assertEqual(s[("Service", "EnvironmentFile")], "/etc/pinsd/pinsd.env")
 
+    def migrate_script(self):
+        pinsctl = binary("pinsctl")
+        if pinsctl is None:
+            self.skipTest("pinsctl not built (set PINSCTL_BIN)")
+        s = unit_settings(os.path.join(SYSTEMD, "pinsd-migrate.service"))
+        m = re.fullmatch(r"/bin/sh -c '(.*)'", s[("Service", "ExecStart")][-1])
+        self.assertIsNotNone(m)
+        # systemd turns $$ into $ before the shell sees the line.
+        return m.group(1).replace("$$", "$").replace("/usr/local/bin/pinsctl", pinsctl)
+
+    def test_migrate_command_without_a_database_is_a_no_op(self):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "DATABASE_DIRECT_URL")}
+        r = run(["/bin/sh", "-c", self.migrate_script()], env=env)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("nothing to migrate", r.stdout)
+
+    def test_migrate_command_prefers_the_direct_url_and_hides_it(self):
+        # Nothing listens on ports 1 and 2: pinsctl's error names the port it tried, which must be
+        # the direct URL's.
+        env = dict(os.environ, DATABASE_DIRECT_URL="postgresql://nova:s3cretpw@127.0.0.1:1/nova_aos",
+                   DATABASE_URL="postgresql://nova:s3cretpw@127.0.0.1:2/nova_aos")
+        r = run(["/bin/sh", "-c", self.migrate_script()], env=env, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("port 1 failed", r.stdout)
+        self.assertNotIn("port 2", r.stdout)
+        self.assertNotIn("s3cretpw", r.stdout)
+        # Without the direct URL, DATABASE_URL.
+        env.pop("DATABASE_DIRECT_URL")
+        r = run(["/bin/sh", "-c", self.migrate_script()], env=env, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("port 2 failed", r.stdout)
+
     def test_sysusers_snippet(self):
         with open(os.path.join(SYSTEMD, "pinsd.sysusers.conf")) as f:
             lines = [l.split() for l in f if l.strip() and not l.startswith("#")]
