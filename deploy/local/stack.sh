@@ -390,6 +390,12 @@ pool_mode = transaction
 default_pool_size = ${PINS_STACK_PGB_POOL_SIZE:-20}
 max_client_conn = 1000
 ignore_startup_parameters = extra_float_digits
+; pinsd has its own deadlines and circuit breaker: with PostgreSQL gone, a query waiting for a
+; server connection gets an error after 5 s instead of 120 s, and PgBouncer tries the server again
+; every second, so pinsd sees the outage and the recovery quickly.
+query_wait_timeout = 5
+server_connect_timeout = 5
+server_login_retry = 1
 INI
     )
     if is_root; then chown -R postgres:postgres "$d"; fi
