@@ -2,8 +2,9 @@
 # tools/deps.sh: install what pinsd needs on Debian 12, and nothing that is already there.
 #
 #   tools/deps.sh            the build set (compilers, cmake, libraries)
-#   tools/deps.sh --test     the build set, the test and ops tools, and @bufbuild/buf (npm, into
+#   tools/deps.sh --test     the build set, the test and ops tools, @bufbuild/buf (npm, into
 #                            tools/node_modules, pinned by tools/package.json + package-lock.json)
+#                            and the Kubernetes schema validator (npm ci in tests/ops/k8s)
 #   tools/deps.sh --bench    the build set and what the benchmark peers in ../shared/bench need
 #   tools/deps.sh --list [--test] [--bench]   print the Debian packages of that set and exit
 #
@@ -34,6 +35,7 @@ TEST_PKGS=(
   nghttp2-client curl openssl nodejs npm clang-format
   postgresql redis-server pgbouncer prometheus nginx
   python3-yaml jq shellcheck # the ops tests: rule YAML, the runbook's `jq`, the ops scripts
+  docker-compose systemd     # tests/ops/test_deploy.py: `docker-compose config`, `systemd-analyze verify`
 )
 # Bench: ../shared/bench/README.md "Setup" (grpcpp, etcd, nghttpd and m7-fastapi peers, h2load).
 BENCH_PKGS=(
@@ -192,5 +194,13 @@ if ((WANT_TEST)); then
     have=$("$BUF" --version 2>/dev/null || true)
     [[ "$have" == "$pinned" ]] || pins_die "tools/node_modules/.bin/buf reports '$have', expected $pinned"
     echo "deps: installed npm @bufbuild/buf $have into tools/node_modules"
+  fi
+  # The offline Kubernetes schema validator of tests/ops/test_deploy.py, pinned by its lockfile.
+  K8S="$PINS_ROOT/tests/ops/k8s"
+  if [[ -d "$K8S/node_modules/kubernetes-models" && -d "$K8S/node_modules/typescript" ]]; then
+    echo "deps: npm packages of tests/ops/k8s are installed"
+  else
+    echo "deps: npm ci in tests/ops/k8s (kubernetes-models, kubernetes-types, typescript)"
+    (cd "$K8S" && npm ci --no-audit --no-fund) || pins_die "npm ci in tests/ops/k8s failed (is the npm registry reachable?)"
   fi
 fi
