@@ -79,7 +79,8 @@ Files: DIR/stack.env (mode 0600; \`. DIR/stack.env\` exports PINSD, DATABASE_URL
   guard's access and error logs in DIR/guard/logs; DIR/logs/migrate.log; DIR/logs/stack.log: every
   process started and stopped, with its PID), data in DIR/postgres, DIR/redis, DIR/prometheus.
 As root, PostgreSQL and PgBouncer run as user postgres and the guard's workers as nobody.
-Servers start with a clean environment (PATH, HOME, LANG, LC_*, TZ, TMPDIR); pinsd gets DIR/pinsd.env,
+Servers start with a clean environment (PATH, HOME, LANG, LC_*, TZ, TMPDIR, and the sanitizers'
+ASAN_OPTIONS, UBSAN_OPTIONS, LSAN_OPTIONS for a sanitizer build); pinsd gets DIR/pinsd.env,
 the stack's DATABASE_URL, REDIS_URL, PINS_LISTEN, MACHINE_SECRET_TOKEN and JWT_SECRET on top.
 
 Exit status: 0 ok; 1 failure; 2 usage error; 3 (status) some service down.
@@ -228,7 +229,8 @@ service_pid() {
 # appended to DIR/logs/NAME.log) and records its PID and start time. setsid and setpriv exec, so
 # the PID is the server's own. The subshell exits at once: the server is not our child (no
 # zombie) and outlives this script. The server's environment is clean: PATH, HOME, LANG, LC_*,
-# TZ, TMPDIR and the exported variables named in $SPAWN_KEEP (pinsd's settings and secrets) only,
+# TZ, TMPDIR, the sanitizers' *SAN_OPTIONS and the exported variables named in $SPAWN_KEEP
+# (pinsd's settings and secrets) only,
 # so nothing of the caller's shell (a secret, a stray pinsd setting) leaks into a server.
 SPAWN_KEEP=
 spawn() {
@@ -242,7 +244,7 @@ spawn() {
     (
         for v in $(compgen -e); do
             case " $SPAWN_KEEP " in *" $v "*) continue ;; esac
-            case "$v" in PATH|HOME|LANG|LC_*|TZ|TMPDIR) continue ;; esac
+            case "$v" in PATH|HOME|LANG|LC_*|TZ|TMPDIR|ASAN_OPTIONS|UBSAN_OPTIONS|LSAN_OPTIONS) continue ;; esac
             unset "$v" 2>/dev/null || true
         done
         setsid "${pre[@]}" "$@" </dev/null >>"$dir/logs/$name.log" 2>&1 9>&- &

@@ -15,6 +15,7 @@ output and the end of every log are in the RuntimeError raised.
 
 import atexit
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -59,6 +60,26 @@ def _tail(path, n=3000):
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+SANITIZER = re.compile(r"ERROR: (?:AddressSanitizer|LeakSanitizer)|runtime error: ")
+
+
+def sanitizer_reports(stack_dir):
+    """The pinsd logs of a stack directory that hold a sanitizer report, with the report's start
+    (empty when none): a sanitizer build's pinsd reports into its log, which nobody else reads."""
+    out = []
+    for name in ("pinsd1.log", "pinsd2.log"):
+        path = os.path.join(stack_dir, "logs", name)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        m = SANITIZER.search(text)
+        if m:
+            out.append("%s:\n%s" % (name, text[max(0, m.start() - 200):m.start() + 3000]))
+    return out
 
 
 @atexit.register
@@ -141,16 +162,21 @@ class Stack:
         return "".join("--- %s ---\n%s\n" % (n_, _tail(os.path.join(d, n_), n)) for n_ in names)
 
     def down(self):
-        """stack.sh down (by PID, bounded), then removes DIR; safe to call twice."""
+        """stack.sh down (by PID, bounded), then removes DIR; safe to call twice. Raises
+        AssertionError when a pinsd of the stack logged a sanitizer report (ASan/UBSan builds)."""
         if self._down:
             return
         self._down = True
+        reports = []
         try:
             r = self.sh("down", timeout=300)
             if r.returncode != 0:
                 print("stack.sh down failed (%d): %s" % (r.returncode, r.stdout), file=sys.stderr)
+            reports = sanitizer_reports(self.dir)
         finally:
             if self in _live:
                 _live.remove(self)
             if not KEEP:
                 shutil.rmtree(self.dir, ignore_errors=True)
+        if reports:
+            raise AssertionError("pinsd reported a sanitizer error:\n" + "\n".join(reports))

@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "interop"))
 import strict  # noqa: E402,F401  (skips fail under ctest)
 import runbook  # noqa: E402
+import stack  # noqa: E402
 
 ROOT = os.path.abspath(os.environ.get("PINS_ROOT") or os.path.join(HERE, "..", ".."))
 RUNBOOK = os.path.join(ROOT, "ops", "RUNBOOK.md")
@@ -178,10 +179,13 @@ class RunbookTest(unittest.TestCase):
         self.addCleanup(self.stop_stack)
 
     def stop_stack(self):
-        subprocess.run([STACK, "--dir", self.dir, "down"], env=self.env, timeout=180,
+        subprocess.run([STACK, "--dir", self.dir, "down"], env=self.env, timeout=300,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reports = stack.sanitizer_reports(self.dir)
         if os.environ.get("PINS_KEEP_TMP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
+        if reports:
+            self.fail("pinsd reported a sanitizer error:\n" + "\n".join(reports))
 
     def test_runbook(self):
         log_path = os.environ.get("PINS_RUNBOOK_LOG")
