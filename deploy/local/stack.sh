@@ -434,6 +434,14 @@ write_prometheus_conf() {
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$@" 2>/dev/null || true; }
 http_ok() { [ "$(http_code "$1")" = 200 ]; }
+# Every active target of Prometheus is up, and the nova-backend job has both replicas.
+prom_targets_up() {
+    curl -sf --max-time 5 "http://127.0.0.1:$PROM_PORT/api/v1/targets?state=active" |
+        python3 -c 'import json, sys
+t = json.load(sys.stdin)["data"]["activeTargets"]
+ok = t and all(x["health"] == "up" for x in t)
+sys.exit(0 if ok and sum(x["labels"].get("job") == "nova-backend" for x in t) == 2 else 1)'
+}
 
 start_prometheus() {
     spawn prometheus "$PROMETHEUS_BIN" --config.file="$dir/prometheus/prometheus.yml" \
@@ -662,6 +670,11 @@ cmd_up() {
     started+=(prometheus); start_prometheus; say "prometheus up on 127.0.0.1:$PROM_PORT"
     render_guard
     started+=(guard); start_guard; say "guard up on 127.0.0.1:$GUARD_PORT"
+    # Up means observed too: Prometheus has scraped every target, both pinsd replicas included,
+    # so a preflight run right after `up` sees them up.
+    wait_until prometheus 90 prom_targets_up ||
+        die "Prometheus did not scrape every target (both pinsd replicas) within 90 s"
+    say "prometheus scrapes every target"
     trap - EXIT HUP INT PIPE TERM
     say "stack up in $((SECONDS - t0))s; run: . $dir/stack.env"
     cmd_status || true
