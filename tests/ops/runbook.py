@@ -4,19 +4,24 @@ Blocks: every fenced block of the file. ```bash and ```sh blocks are commands; `
 sample output or excerpts and are not run; any other fence (untagged included) is an error, so a
 command can never slip out of the test by losing its tag.
 
-Expectations: inside a command block, a comment line `# Expected: TEXT` says that the output
-(stdout and stderr) of the commands since the previous expectation line (or the start of the
-block) contains TEXT. The commands between two expectation lines are one step.
+Steps: a blank line or an expectation line ends a step; the commands of a paragraph (a command
+continued with `\` included) are one step.
+
+Expectations: a comment line `# Expected: TEXT` right after a step says that the step's output
+(stdout and stderr) holds TEXT: a line equal to TEXT when TEXT is a number (so `0` is not found in
+`127.0.0.1:9090`), else TEXT anywhere in it. Several expectation lines may follow one step.
 
 Runner: each step runs in its own `bash` with `set -euo pipefail`, from the repository root, after
 restoring the shell state (variables, exported or not, and functions) the previous step left, so
-the runbook reads like one shell session: `. stack.env` in one block serves the next. A step that
-exits non-zero, runs past its time bound or misses an expected text fails the run, naming the
-block's line in the file.
+the runbook reads like one shell session: `. stack.env` in one block serves the next. A step fails
+the run when a command fails (`set -e`), when its last command exits non-zero (`a && b` too), when
+it runs past its time bound or misses an expected text; the error names the block's line.
+Runner.close() removes the runner's directory (the saved state holds the stack's secrets).
 """
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -24,6 +29,7 @@ import time
 
 FENCE = re.compile(r"^```(.*)$")
 EXPECT = re.compile(r"^\s*#\s*Expected:\s?(.*)$")
+NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 RUN_TAGS = ("bash", "sh")
 TEXT_TAGS = ("text",)
 
@@ -31,7 +37,7 @@ TEXT_TAGS = ("text",)
 _SKIP_VARS = re.compile(
     r"^declare -[-a-zA-Z]* (BASH[A-Z_]*|SHELLOPTS|EUID|PPID|UID|GROUPS|FUNCNAME|DIRSTACK|"
     r"PIPESTATUS|HISTCMD|LINENO|RANDOM|SRANDOM|SECONDS|EPOCHREALTIME|EPOCHSECONDS|OPTIND|OPTARG|"
-    r"PWD|OLDPWD|SHLVL|COLUMNS|LINES|_)(=|$)")
+    r"PWD|OLDPWD|SHLVL|COLUMNS|LINES|__pins_step_rc|_)(=|$)")
 
 
 class Block:
@@ -48,13 +54,16 @@ class Block:
             if m:
                 expects.append(m.group(1).strip())
                 continue
-            if expects:
+            if expects or (not ln.strip() and any(c.strip() for c in cmds)):
                 out.append(("\n".join(cmds), expects))
                 cmds, expects = [], []
-            cmds.append(ln)
+            if ln.strip():
+                cmds.append(ln)
         if cmds or expects:
             out.append(("\n".join(cmds), expects))
-        return [(c, e) for c, e in out if c.strip() or e]
+        # a step of comments only runs nothing: keep it only when it carries expectations
+        return [(c, e) for c, e in out if e or any(x.strip() and not x.lstrip().startswith("#")
+                                                   for x in c.splitlines())]
 
 
 def blocks(path):
@@ -107,8 +116,11 @@ class Runner:
         with open(script, "w", encoding="utf-8") as f:
             f.write('. "%s"\nset -euo pipefail\ncd "%s"\n' % (self.state, self.cwd))
             f.write(cmds + "\n")
-            # Save the state for the next step, only when the commands got this far.
+            # The last command's status is the step's (set -e ignores `a && b`); the state is
+            # saved for the next step only when the commands got this far.
+            f.write('__pins_step_rc=$?\n')
             f.write('{ declare -p; declare -f; } > "%s.new" 2>/dev/null\n' % self.state)
+            f.write('exit "$__pins_step_rc"\n')
         t0 = time.monotonic()
         proc = subprocess.Popen(["bash", script], cwd=self.cwd, env=self.env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -131,13 +143,18 @@ class Runner:
             raise StepFailed("%s: exit status %d:\n%s\n--- output:\n%s" % (
                 where, proc.returncode, cmds, text[-4000:]))
         self._save_state()
+        lines = [ln.strip() for ln in text.splitlines()]
         for e in expects:
-            if e not in text:
+            found = e in lines if NUMBER.match(e) else e in text
+            if not found:
                 raise StepFailed("%s: the runbook expects %r in the output of:\n%s\n--- output:\n%s"
                                  % (where, e, cmds, text[-4000:]))
             self.expectations_met += 1
         self.steps_run += 1
         return text
+
+    def close(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def _save_state(self):
         new = self.state + ".new"

@@ -68,6 +68,7 @@ class RunnerTest(unittest.TestCase):
 
     def run_all(self, path):
         r = runbook.Runner(os.environ, self.dir, default_timeout=30)
+        self.addCleanup(r.close)
         for b in runbook.blocks(path):
             if b.tag in runbook.RUN_TAGS:
                 for cmds, expects in b.steps():
@@ -105,8 +106,37 @@ class RunnerTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "not closed"):
             runbook.blocks(self.md("```bash\necho hi\n"))
 
+    def test_failing_and_list_at_the_end_fails(self):
+        with self.assertRaisesRegex(runbook.StepFailed, "exit status 1"):
+            self.run_all(self.md("```bash\necho start\nfalse && echo never\n```\n"))
+
+    def test_number_must_be_a_whole_line(self):
+        """`0` is not found in `127.0.0.1:9090`, nor 201 in 2010."""
+        with self.assertRaisesRegex(runbook.StepFailed, "expects '0'"):
+            self.run_all(self.md("```bash\necho 127.0.0.1:9090\necho 3\n# Expected: 0\n```\n"))
+        with self.assertRaisesRegex(runbook.StepFailed, "expects '201'"):
+            self.run_all(self.md("```bash\necho 2010\n# Expected: 201\n```\n"))
+        r = self.run_all(self.md("```bash\necho '[x]'; echo ' 0 '\n# Expected: 0\n```\n"))
+        self.assertEqual(r.expectations_met, 1)
+
+    def test_a_blank_line_ends_a_step(self):
+        """An expectation applies to the paragraph right above it, not to earlier ones."""
+        with self.assertRaisesRegex(runbook.StepFailed, "expects 'second'"):
+            self.run_all(self.md("```bash\necho second\n\necho third\n# Expected: second\n```\n"))
+        b = runbook.blocks(self.md("```bash\n# a comment\na=1 \\\n  b=2\n\n# only a comment\n"
+                                   "\necho x\n# Expected: x\n```\n"))[0]
+        self.assertEqual(b.steps(), [("# a comment\na=1 \\\n  b=2", []), ("echo x", ["x"])])
+
+    def test_close_removes_the_saved_state(self):
+        r = runbook.Runner(os.environ, self.dir, default_timeout=30)
+        r.run_step("s", "SECRET_X=abc", [])
+        self.assertTrue(os.path.exists(r.state))
+        r.close()
+        self.assertFalse(os.path.exists(r.dir))
+
     def test_time_bound(self):
         r = runbook.Runner(os.environ, self.dir, default_timeout=30)
+        self.addCleanup(r.close)
         with self.assertRaisesRegex(runbook.StepFailed, "within 1 s"):
             r.run_step("slow", "sleep 20", [], timeout=1)
 
@@ -196,6 +226,7 @@ class RunbookTest(unittest.TestCase):
         ran = {}
         with open(log_path, "w", encoding="utf-8") as log:
             r = runbook.Runner(self.env, ROOT, log=log, default_timeout=300)
+            self.addCleanup(r.close)
             try:
                 for b in runbook.blocks(RUNBOOK):
                     if b.tag not in runbook.RUN_TAGS:
@@ -205,8 +236,9 @@ class RunbookTest(unittest.TestCase):
                         r.run_step(where, cmds, expects, timeout=600 if "chaos" in cmds else None)
                         ran[sections[b.line]] = ran.get(sections[b.line], 0) + 1
             except runbook.StepFailed as e:
-                self.fail("%s\n(full transcript: %s; stack logs: %s/logs)" % (e, log_path,
-                                                                           self.dir))
+                logs = tempfile.mkdtemp(prefix="pins-runbook-logs-")
+                shutil.copytree(os.path.join(self.dir, "logs"), logs, dirs_exist_ok=True)
+                self.fail("%s\n(full transcript: %s; the stack's logs: %s)" % (e, log_path, logs))
         for phase in PHASES:
             if phase != "Postmortems":  # prose only
                 self.assertIn(phase, ran, "no command of %s ran" % phase)
