@@ -36,17 +36,21 @@ Commands:
                      port is taken or anything does not come up within its bound; refuses when DIR
                      already has a running stack.
   down [--purge]     stop everything by PID (TERM or INT, bounded wait, then KILL); safe when
-                     things are already dead; --purge then removes DIR
+                     things are already dead; --purge then removes DIR (only a DIR with the
+                     marker .pins-stack holding nothing but what stack.sh creates)
   status             one line per service: NAME PID PORT up|down; exit 0 all up, 3 any down
   stop SERVICE       stop one service by PID
   start SERVICE      start a stopped service again (same ports, same data) and wait until it serves
   restart SERVICE    stop + start; pinsd restarts rolling (pinsd1, then pinsd2, each waits for /ready)
-  env                print DIR/stack.env
+  env                print DIR/stack.env (e.g. \`. <(deploy/local/stack.sh env)\`)
   SERVICE: postgres pgbouncer redis prometheus guard pinsd1 pinsd2, or pinsd (both replicas)
 
 Options:
-  --dir DIR          the stack's directory (default \$PINS_STACK_DIR, else /tmp/pins-stack);
-                     created if missing
+  --dir DIR          the stack's directory (default \$PINS_STACK_DIR, else
+                     \${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>); created (mode 0700, 0711 as
+                     root) if missing. Every command refuses a DIR, DIR/run or a file it reads
+                     that is not owned by the caller or is group/other-writable, or a symlink;
+                     up refuses an existing non-empty DIR without the stack's marker .pins-stack
   -h, --help         this text
 
 Environment:
@@ -56,8 +60,8 @@ Environment:
                      POSTGRES PGBOUNCER REDIS PROMETHEUS GUARD)
   PINSD_BIN, PINSCTL_BIN   pinsd and pinsctl (default \$PINS_ROOT/build-release/pinsd, .../pinsctl,
                      where tools/run.sh builds); PINS_ROOT defaults to this checkout
-  PINS_STACK_PG_MAX_CONNECTIONS  PostgreSQL max_connections (default 100)
-  PINS_STACK_PGB_POOL_SIZE       PgBouncer default_pool_size (default 20)
+  PINS_STACK_PG_MAX_CONNECTIONS  PostgreSQL max_connections (default 100, 10..10000)
+  PINS_STACK_PGB_POOL_SIZE       PgBouncer default_pool_size (default 20, 1..10000)
   MACHINE_SECRET_TOKEN, JWT_SECRET, PROM_RELOAD_TOKEN, ADMIN_JWT
                      taken from the environment of \`up\` when set, else generated (ADMIN_JWT: HS256
                      with JWT_SECRET, sub ops-admin, roles [admin], expires in 24 h)
@@ -91,7 +95,8 @@ die() { echo "stack.sh: $*" >&2; exit 1; }
 usage_error() { echo "stack.sh: $*" >&2; echo "Try: $0 --help" >&2; exit 2; }
 say() { echo "stack.sh: $*" >&2; }
 
-dir=${PINS_STACK_DIR:-/tmp/pins-stack}
+# The one definition of the default stack directory (scripts/chaos/lib.sh asks this script).
+dir=${PINS_STACK_DIR:-${XDG_RUNTIME_DIR:-/tmp}/pins-stack-$(id -u)}
 while [ $# -gt 0 ]; do
     case "$1" in
         --dir) [ $# -ge 2 ] || usage_error "--dir needs a value"; dir=$2; shift 2 ;;
@@ -111,6 +116,64 @@ dir=${dir%/}
 [ -n "$dir" ] || usage_error "--dir / is not a stack directory"
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
+
+for v in PINS_STACK_PG_MAX_CONNECTIONS:10 PINS_STACK_PGB_POOL_SIZE:1; do
+    n=${v%:*}
+    if [ -n "${!n+x}" ] && { ! [[ "${!n}" =~ ^[0-9]{1,5}$ ]] || [ "$((10#${!n}))" -lt "${v#*:}" ] || [ "$((10#${!n}))" -gt 10000 ]; }; then
+        usage_error "$n must be a whole number within ${v#*:}..10000, not: ${!n}"
+    fi
+done
+unset v n
+
+# ---- the stack directory's safety --------------------------------------------------------------
+# Nothing is sourced from DIR, and no PID read from DIR/run, unless DIR, DIR/run and the file are
+# the caller's own and writable by nobody else: another local user must not be able to plant code
+# or PIDs for us (root) to run or kill.
+
+# safe_path PATH WHAT: dies unless PATH (not a symlink) is owned by the caller's uid and is not
+# group/other-writable.
+safe_path() {
+    local p=$1 what=$2 owner mode
+    [ ! -L "$p" ] || die "refusing $what $p: it is a symlink"
+    owner=$(stat -c %u -- "$p") || die "cannot stat $what $p"
+    mode=$(stat -c %a -- "$p")
+    [ "$owner" = "$(id -u)" ] || die "refusing $what $p: owned by uid $owner, not by you (uid $(id -u))"
+    (((8#$mode & 8#022) == 0)) || die "refusing $what $p: mode $mode is group/other-writable"
+}
+
+# safe_parents: every existing ancestor of DIR is owned by root or the caller and, unless sticky
+# (/tmp), writable only by its owner, so nobody else can swap DIR for another directory.
+safe_parents() {
+    local p=$dir owner mode
+    while p=${p%/*}; [ -n "$p" ]; do
+        [ -e "$p" ] || continue
+        p=$(readlink -f -- "$p")
+        owner=$(stat -c %u -- "$p") || die "cannot stat $p"
+        mode=$(stat -c %a -- "$p")
+        if [ "$owner" != 0 ] && [ "$owner" != "$(id -u)" ]; then
+            die "refusing $dir: its parent $p is owned by uid $owner"
+        fi
+        if (((8#$mode & 8#022) != 0 && (8#$mode & 8#1000) == 0)); then
+            die "refusing $dir: its parent $p (mode $mode) is writable by others and not sticky"
+        fi
+    done
+}
+
+# check_dir: DIR and DIR/run (when they exist) pass safe_path.
+check_dir() {
+    safe_parents
+    [ -e "$dir" ] || [ -L "$dir" ] || return 0
+    [ -d "$dir" ] || [ -L "$dir" ] || die "$dir is not a directory"
+    safe_path "$dir" "stack directory"
+    if [ -e "$dir/run" ] || [ -L "$dir/run" ]; then safe_path "$dir/run" "PID directory"; fi
+}
+
+# source_safe FILE: sources FILE after safe_path.
+source_safe() {
+    safe_path "$1" file
+    # shellcheck disable=SC1090
+    . "$1"
+}
 
 # Runs a command as the postgres user when root (setpriv execs, so a PID stays the server's own).
 as_pg() {
@@ -177,8 +240,7 @@ port_override_name() {
 
 load_ports() {
     [ -r "$dir/ports.env" ] || die "no stack in $dir (no ports.env; run up first)"
-    # shellcheck disable=SC1091
-    . "$dir/ports.env"
+    source_safe "$dir/ports.env"
 }
 
 service_port() {
@@ -242,25 +304,29 @@ spawn() {
     fi
     rm -f "$dir/run/$name.pid" "$dir/run/$name.start"
     (
+        # A signal now is only noted: the PID and start time are recorded before this subshell
+        # ends, so up's cleanup finds the server. (A handler, unlike an ignored signal, is not
+        # inherited by the server.)
+        trap : INT TERM HUP
         for v in $(compgen -e); do
             case " $SPAWN_KEEP " in *" $v "*) continue ;; esac
             case "$v" in PATH|HOME|LANG|LC_*|TZ|TMPDIR|ASAN_OPTIONS|UBSAN_OPTIONS|LSAN_OPTIONS) continue ;; esac
             unset "$v" 2>/dev/null || true
         done
         setsid "${pre[@]}" "$@" </dev/null >>"$dir/logs/$name.log" 2>&1 9>&- &
-        echo $! >"$dir/run/$name.pid.tmp"
-    )
-    pid=$(cat "$dir/run/$name.pid.tmp")
-    rm -f "$dir/run/$name.pid.tmp"
-    t=
-    for i in 1 2 3 4 5 6 7 8 9 10; do
-        if t=$(proc_start_time "$pid"); then break; fi
+        pid=$!
         t=
-        sleep 0.05
-    done
-    # a process that is already gone: recorded anyway, wait_until reports its log
-    echo "${t:-gone}" >"$dir/run/$name.start"
-    echo "$pid" >"$dir/run/$name.pid"
+        for i in 1 2 3 4 5 6 7 8 9 10; do
+            if t=$(proc_start_time "$pid"); then break; fi
+            t=
+            sleep 0.05
+        done
+        # a process that is already gone: recorded anyway, wait_until reports its log
+        echo "${t:-gone}" >"$dir/run/$name.start"
+        echo "$pid" >"$dir/run/$name.pid.tmp"
+        mv -f "$dir/run/$name.pid.tmp" "$dir/run/$name.pid"
+    )
+    pid=$(cat "$dir/run/$name.pid")
     echo "$(date -u +%FT%TZ) started $name PID $pid" >>"$dir/logs/stack.log"
 }
 
@@ -471,6 +537,7 @@ update_pinsd_env() {
     local f=$dir/pinsd.env v
     declare -A val=([CHAOS_ALLOWED]=true [RBAC_ENFORCE]=false)
     if [ -r "$f" ]; then
+        safe_path "$f" file
         while IFS='=' read -r k v; do
             case " $PINSD_SETTINGS " in *" $k "*) val[$k]=$v ;; esac
         done < <(grep -E '^[A-Z_]+=' "$f")
@@ -497,9 +564,8 @@ update_pinsd_env() {
 }
 
 load_stack_env() {
-    [ -r "$dir/stack.env" ] || die "no stack in $dir (no stack.env; run up first)"
-    # shellcheck disable=SC1091
-    . "$dir/stack.env"
+    [ -r "$dir/stack.env" ] || die "no stack in $dir ($dir/stack.env missing; run up first)"
+    source_safe "$dir/stack.env"
 }
 
 start_pinsd() {   # start_pinsd 1|2
@@ -508,6 +574,7 @@ start_pinsd() {   # start_pinsd 1|2
     [ -x "$PINSD_BIN" ] || die "PINSD_BIN is not executable: $PINSD_BIN"
     (
         cd "$dir"
+        safe_path "$dir/pinsd.env" file
         set -a
         # shellcheck disable=SC1091
         . "$dir/pinsd.env"
@@ -582,12 +649,38 @@ set_urls() {
 # ---- commands --------------------------------------------------------------------------------
 
 lock() {
-    mkdir -p "$dir"
+    [ -d "$dir" ] || die "no stack in $dir"
+    safe_path "$dir" "stack directory"
+    if [ -e "$dir/.lock" ] || [ -L "$dir/.lock" ]; then safe_path "$dir/.lock" file; fi
     exec 9>>"$dir/.lock"
     flock -w 600 9 || die "another stack.sh holds $dir/.lock for over 600s"
 }
 
 need_bin() { [ -x "$1" ] || die "$2 not found: $1 (install the Debian package: tools/deps.sh)"; }
+
+# What stack.sh creates in DIR (down --purge removes DIR only when it holds nothing else).
+STACK_ENTRIES=".pins-stack .lock run logs ports.env stack.env stack.env.tmp pinsd.env pinsd.env.tmp postgres pgbouncer redis prometheus guard pinsd1 pinsd2"
+
+# make_dir: DIR for up. A missing DIR is created (mode 0700; 0711 as root, so that postgres and
+# the guard's workers, nobody, can go through it) and marked; an existing one must be empty (then
+# marked) or already marked, and is never chmod-ed.
+make_dir() {
+    local parent=${dir%/*}
+    [ -n "$parent" ] || parent=/
+    if [ ! -e "$dir" ] && [ ! -L "$dir" ]; then
+        [ -d "$parent" ] || (umask 077 && mkdir -p -- "$parent") || die "cannot create $parent"
+        safe_parents
+        mkdir -m 0700 -- "$dir" || die "cannot create $dir"
+        if is_root; then chmod 0711 "$dir"; fi
+        : >"$dir/.pins-stack"
+    fi
+    check_dir
+    if [ ! -f "$dir/.pins-stack" ]; then
+        [ -z "$(ls -A -- "$dir")" ] ||
+            die "$dir is not empty and is not a stack directory (no .pins-stack): use another --dir"
+        : >"$dir/.pins-stack"
+    fi
+}
 
 started=()
 up_cleanup() {
@@ -618,6 +711,7 @@ cmd_up() {
     command -v curl >/dev/null || die "curl not found"
     if is_root; then id postgres >/dev/null 2>&1 || die "user postgres does not exist (install postgresql-15)"; fi
 
+    make_dir
     lock
     local s running=
     for s in $SERVICES; do
@@ -632,9 +726,8 @@ cmd_up() {
         if port_open "$p"; then die "port $p (${v%_PORT}) is already in use on 127.0.0.1"; fi
     done
 
-    chmod 0711 "$dir"   # postgres and the guard's workers go through it
     mkdir -p "$dir/run" "$dir/logs"
-    touch "$dir/.pins-stack"
+    check_dir
     {
         for v in $PORT_VARS; do echo "$v=${!v}"; done
     } >"$dir/ports.env"
@@ -688,7 +781,7 @@ cmd_down() {
             *) usage_error "down: unknown argument: $1" ;;
         esac
     done
-    if [ ! -d "$dir" ]; then say "no stack in $dir: nothing to stop"; return 0; fi
+    if [ ! -e "$dir" ] && [ ! -L "$dir" ]; then say "no stack in $dir: nothing to stop"; return 0; fi
     lock
     local s rc=0
     for s in guard prometheus pinsd2 pinsd1 pgbouncer redis postgres; do
@@ -697,7 +790,13 @@ cmd_down() {
     [ "$rc" -eq 0 ] || die "some services did not stop"
     say "stopped"
     if [ -n "$purge" ]; then
-        [ -e "$dir/.pins-stack" ] || die "$dir does not look like a stack directory (no .pins-stack): not removing it"
+        [ -f "$dir/.pins-stack" ] || die "$dir does not look like a stack directory (no .pins-stack): not removing it"
+        local e foreign=
+        for e in "$dir"/* "$dir"/.[!.]* "$dir"/..?*; do
+            [ -e "$e" ] || [ -L "$e" ] || continue
+            case " $STACK_ENTRIES " in *" ${e##*/} "*) ;; *) foreign="$foreign ${e##*/}" ;; esac
+        done
+        [ -z "$foreign" ] || die "$dir holds what stack.sh did not create ($foreign ): not removing it"
         rm -rf -- "$dir"
         say "removed $dir"
     fi
@@ -775,6 +874,7 @@ cmd_restart() {
     done
 }
 
+case "$cmd" in help) ;; *) check_dir ;; esac
 case "$cmd" in
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
@@ -782,7 +882,11 @@ case "$cmd" in
     stop) cmd_stop "$@" ;;
     start) cmd_start "$@" ;;
     restart) cmd_restart "$@" ;;
-    env) [ $# -eq 0 ] || usage_error "env takes no arguments"; [ -r "$dir/stack.env" ] || die "no stack in $dir"; cat "$dir/stack.env" ;;
+    env)
+        [ $# -eq 0 ] || usage_error "env takes no arguments"
+        [ -r "$dir/stack.env" ] || die "no stack in $dir ($dir/stack.env missing; run up first)"
+        safe_path "$dir/stack.env" file
+        cat "$dir/stack.env" ;;
     help) usage ;;
     *) usage_error "unknown command: $cmd" ;;
 esac

@@ -31,7 +31,7 @@ than NOT_FOUND and RESOURCE_EXHAUSTED, or no answer), and writes succeed on both
 --recovery-timeout after the holders are released.
 
 options:
-  --stack DIR             the stack (default $PINS_STACK_DIR, else /tmp/pins-stack)
+  --stack DIR             the stack (default $PINS_STACK_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>)
   -c, --connections N     bench HTTP/2 connections per replica (default 32, 1..256)
   -m, --streams N         calls in flight per connection (default 4, 1..100)
   -d, --duration S        seconds of load (default 10, 1..600)

@@ -2,7 +2,9 @@
 # Shared by the chaos scripts in this directory (sourced, never run). See README.md.
 #
 # The caller has already checked CHAOS_ALLOWED. These helpers find the target stack
-# (--stack DIR, else $PINS_STACK_DIR, else /tmp/pins-stack), source DIR/stack.env, refuse a target
+# (--stack DIR, else stack.sh's default: $PINS_STACK_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>),
+# load its stack.env through `stack.sh env` (which refuses a DIR or stack.env that is not the
+# caller's own or is group/other-writable, before anything is read), refuse a target
 # whose pinsd says chaos_allowed=false, talk to both replicas over REST with curl (credentials go to
 # curl through a config file or stdin, never on a command line), read /metrics, and print the final
 # "PASS: <name>: ..." / "FAIL: <name>: ..." line. Every process a script starts in the background is
@@ -67,22 +69,25 @@ chaos_cleanup() {
     exit "$rc"
 }
 
-# Loads the target stack: $CHAOS_STACK_ARG, else $PINS_STACK_DIR, else /tmp/pins-stack.
+# Loads the target stack: --stack DIR ($CHAOS_STACK_ARG), else stack.sh's default directory (the
+# one definition of it is in stack.sh). stack.sh env checks DIR and DIR/stack.env before reading.
 chaos_load_stack() {
-    local dir=${CHAOS_STACK_ARG:-${PINS_STACK_DIR:-/tmp/pins-stack}}
-    if [ ! -r "$dir/stack.env" ]; then
-        chaos_err "no stack in $dir ($dir/stack.env missing): start one with deploy/local/stack.sh --dir $dir up"
-        exit 1
-    fi
-    # shellcheck disable=SC1091
-    . "$dir/stack.env"
-    CHAOS_STACK_DIR=$dir
+    local envtext dir
     CHAOS_STACK_SH=${PINS_STACK_SH:-$CHAOS_HERE/../../deploy/local/stack.sh}
     [ -x "$CHAOS_STACK_SH" ] || CHAOS_STACK_SH="${PINS_ROOT:-}/deploy/local/stack.sh"
     if [ ! -x "$CHAOS_STACK_SH" ]; then
         chaos_err "deploy/local/stack.sh not found (next to this script or under PINS_ROOT)"
         exit 1
     fi
+    CHAOS_STACK_DIR=$CHAOS_STACK_ARG
+    if ! envtext=$(chaos_stack env); then
+        chaos_err "no usable stack (see above): start one with deploy/local/stack.sh${CHAOS_STACK_DIR:+ --dir $CHAOS_STACK_DIR} up"
+        exit 1
+    fi
+    eval "$envtext"
+    unset envtext
+    dir=${PINS_STACK_DIR:-$CHAOS_STACK_DIR}
+    CHAOS_STACK_DIR=$dir
     local v
     for v in PINSD_URL PINSD2_URL; do
         if [ -z "${!v:-}" ]; then
@@ -98,8 +103,8 @@ chaos_load_stack() {
     chaos_log "target stack: $dir (pinsd1 $PINSD_URL, pinsd2 $PINSD2_URL)"
 }
 
-# stack.sh --dir <the target> VERB...: the only way the scripts stop and start services.
-chaos_stack() { "$CHAOS_STACK_SH" --dir "$CHAOS_STACK_DIR" "$@"; }
+# stack.sh [--dir <the target>] VERB...: the only way the scripts stop and start services.
+chaos_stack() { "$CHAOS_STACK_SH" ${CHAOS_STACK_DIR:+--dir "$CHAOS_STACK_DIR"} "$@"; }
 
 # The credential header for the admin routes: the stack's admin JWT, else the machine token.
 chaos_auth_header() {

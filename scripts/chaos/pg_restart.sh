@@ -19,7 +19,7 @@ PASS iff the breaker opened on both replicas, then closed, and recovery (from th
 PostgreSQL) took less than --recovery-timeout.
 
 options:
-  --stack DIR             the stack (default $PINS_STACK_DIR, else /tmp/pins-stack)
+  --stack DIR             the stack (default $PINS_STACK_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>)
   --open-timeout S        longest time to drive writes waiting for the breaker (default 120)
   --recovery-timeout S    longest accepted recovery after PostgreSQL starts (default 300)
   -h, --help              this text

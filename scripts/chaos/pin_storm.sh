@@ -18,7 +18,7 @@ they would double), every other answer is 429 with a Retry-After header, and not
 or failed.
 
 options:
-  --stack DIR        the stack (default $PINS_STACK_DIR, else /tmp/pins-stack)
+  --stack DIR        the stack (default $PINS_STACK_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>)
   -n, --requests N   writes (default 1000, 1..100000)
   -c, --concurrency C  writes in flight (default 20, 1..256)
   --tenant NAME      the tenant (default a fresh chaos-storm-<time>-<pid>-<random>); it must be

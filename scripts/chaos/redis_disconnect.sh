@@ -17,7 +17,7 @@ PASS iff every call made while Redis was down succeeded (2xx; memory_pins_operat
 the replicas recovered within --recovery-timeout.
 
 options:
-  --stack DIR             the stack (default $PINS_STACK_DIR, else /tmp/pins-stack)
+  --stack DIR             the stack (default $PINS_STACK_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>)
   --ops N                 calls sent while Redis is down, writes and reads (default 160, 2..10000)
   --tenants N             fresh tenants they are spread over (default 8, 1..1000; raised so that
                           no tenant gets more than half its rate-limit burst on one replica)
