@@ -103,6 +103,7 @@ static void conn_down(pg_conn *c, const char *kind, const char *why, bool schema
     c->nsegs = 0;
     c->direct = false;
     c->prepared = 0;
+    c->recheck = false;
     conn_watch(c, false, false);
     if (c->pg != NULL)
         PQfinish(c->pg);
@@ -135,11 +136,23 @@ void store__pg_conn_fail(pg_conn *c, const char *kind, const char *why)
     conn_down(c, kind, why, false);
 }
 
-void store__pg_conn_schema_lost(pg_conn *c, const char *why)
+void store__pg_conn_recheck(pg_conn *c)
 {
     store__schema_behind_set(true);
     c->ss->base.schema_behind = true;
-    conn_down(c, "schema", why, true);
+    c->recheck = true;
+    store__pg_tick_arm(c->ss);
+}
+
+void store__pg_conn_recheck_due(pg_conn *c)
+{
+    if (!c->recheck || c->head != NULL || c->state != C_UP)
+        return;
+    c->recheck = false;
+    conn_down(c, "schema",
+              "schema behind: a table or the schema of pinsd is missing"
+              " (run `pinsctl migrate upgrade head`)",
+              true);
 }
 
 static void conn_flush(pg_conn *c)
@@ -400,9 +413,8 @@ static void finish_err(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
         char why[STORE__ERROR_MAX];
         snprintf(why, sizeof(why), "schema behind: %.*s (run `pinsctl migrate upgrade head`)",
                  (int)(sizeof(why) - 64), detail);
-        c->ss->base.schema_behind = true;
+        store__pg_conn_recheck(c);
         store__pg_fail_req(ss, r, PINS_ESTORE, why);
-        store__pg_conn_schema_lost(c, why);
         return;
     }
     if (retry && r->kind == OP_GET_BATCH) { /* each read once more, batched again */
@@ -513,6 +525,10 @@ static void conn_pump(pg_conn *c, bool readable, bool writable)
             PQclear(res);
             if (c->head != NULL)
                 finish_seg(c);
+            if (c->recheck && c->head == NULL && gen == c->gen) {
+                store__pg_conn_recheck_due(c);
+                return;
+            }
             continue;
         }
         pg_req *r = c->recv;
@@ -623,7 +639,7 @@ static bool needs_tick(const pg_session *ss)
     if (ss->wq_head != NULL)
         return true;
     for (int i = 0; i < ss->nconns; i++) {
-        if (ss->conns[i].state != C_UP || ss->conns[i].head != NULL)
+        if (ss->conns[i].state != C_UP || ss->conns[i].head != NULL || ss->conns[i].recheck)
             return true;
     }
     return false;
@@ -644,6 +660,7 @@ static void tick(pg_session *ss)
         ;
     for (int i = 0; i < ss->nconns; i++) {
         pg_conn *c = &ss->conns[i];
+        store__pg_conn_recheck_due(c);
         if (head_stuck(c, now)) {
             store__pg_conn_fail(c, "timeout",
                                 "no answer past a call's deadline: connection dropped");

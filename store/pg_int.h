@@ -145,6 +145,8 @@ typedef struct pg_conn {
     uint32_t prepared;   /* direct: bit i set once store__pg_named_sql[i] was sent for preparing */
     int nsegs;           /* segments (syncs) in flight */
     uint64_t gen;        /* bumped when the connection is dropped */
+    bool recheck;        /* the schema went behind: no new work; dropped for a schema check
+                            once its statements in flight are done (store__pg_conn_recheck) */
 } pg_conn;
 
 typedef struct pg_store {
@@ -230,10 +232,13 @@ uint32_t store__pg_named_bit(const char *sql, char name[16]);
 void store__pg_metrics_init(void);
 /* Adds one to store_errors_total{kind}. */
 void store__pg_count_error(const char *kind);
-/* The schema went behind the binary while c was up (why says how): store_schema_behind and the
- * session's schema_behind are set, c is dropped (store_errors_total{kind="schema"}) and checks the
- * schema again when it reconnects. */
-void store__pg_conn_schema_lost(pg_conn *c, const char *why);
+/* The schema went behind the binary while c was up (a migration reverted, a table gone):
+ * store_schema_behind and the session's schema_behind are set, c takes no new statements, and
+ * once those in flight are done it is dropped (store_errors_total{kind="schema"}) so that it runs
+ * the schema check again when it reconnects. */
+void store__pg_conn_recheck(pg_conn *c);
+/* c's statements in flight are done and it awaits a schema check: drops it. */
+void store__pg_conn_recheck_due(pg_conn *c);
 /* Makes c a connection of ss, down, watched on ss's loop when it has one. Returns 0 or
  * PINS_ENOMEM (c then needs store__pg_conn_close all the same). */
 int store__pg_conn_init(pg_conn *c, pg_session *ss);

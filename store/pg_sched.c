@@ -107,7 +107,7 @@ static pg_conn *pick_conn(pg_session *ss, bool first_fit)
     pg_conn *best = NULL;
     for (int i = 0; i < ss->nconns; i++) {
         pg_conn *c = &ss->conns[i];
-        if (c->state != C_UP || c->nsegs >= SEGS_MAX)
+        if (c->state != C_UP || c->nsegs >= SEGS_MAX || c->recheck)
             continue;
         if (first_fit)
             return c;

@@ -523,10 +523,9 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
                  "schema behind: the database is at version %lld, pinsd needs %d"
                  " (run `pinsctl migrate upgrade head`)",
                  (long long)have, ss->st->schema_need);
-        ss->base.schema_behind = true;
+        store__pg_conn_recheck(c);
         store__session_error(&ss->base, "%s", why);
         r->cb.count(r->arg, PINS_ESTORE, 0);
-        store__pg_conn_schema_lost(c, why);
         break;
     }
     case OP_SCHEMA:
