@@ -21,8 +21,8 @@ Checks, in order (each prints one line):
   health      GET /health answers 200 on every pinsd URL
   ready       GET /ready answers 200 with "ready":true on every pinsd URL
   redis       PING answers PONG on REDIS_URL
-  prometheus  Prometheus's active targets: at least one, every one up; the nova-backend job
-              has one target per pinsd URL
+  prometheus  Prometheus's active targets: at least one, every one up, and every pinsd URL
+              above a nova-backend target that is up
 
 Options:
   --database-url URL   the database to back up (default \$DATABASE_DIRECT_URL, else \$DATABASE_URL);
@@ -200,10 +200,13 @@ else
     else
         # The rows the backup holds: its COPY data for system.memory_pins (text format: one
         # line per row, newlines inside values escaped).
-        in_backup=$(timeout "$timeout" pg_restore --data-only -n system -t memory_pins -f - "$backup" 2> /dev/null |
-            awk '/^COPY /{c=1; next} /^\\\.$/{c=0} c{n++} END{print n+0}')
+        in_backup=$( (timeout "$timeout" pg_restore --data-only -n system -t memory_pins -f - "$backup" 2> /dev/null ||
+            echo "pg_restore failed") | awk '/^pg_restore failed$/{bad=1} /^COPY /{c=1; next} /^\\\.$/{c=0}
+            c{n++} END{print bad ? "" : n+0}')
         restored=$(count_pins "$scratch_db" || true)
-        if [[ -z "$restored" ]]; then
+        if [[ -z "$in_backup" ]]; then
+            bad restore "pg_restore could not read the rows of system.memory_pins from $backup"
+        elif [[ -z "$restored" ]]; then
             bad restore "system.memory_pins is missing after the restore: $(why "$work/err")"
         elif [[ "$restored" != "$in_backup" ]]; then
             bad restore "system.memory_pins has $restored rows after the restore, the backup holds $in_backup"
@@ -296,11 +299,26 @@ if curl -sf --max-time "$timeout" -o "$work/targets" "$prom/api/v1/targets?state
         (map(select(.health != "up") | .labels.job + " " + .scrapeUrl + " " + .health) | join("; "))]
         | @tsv' "$work/targets" 2> /dev/null); then
     IFS=$'\t' read -r n_targets n_up n_backend down_list <<< "$summary"
-    want=${#pinsd_urls[@]}
-    if ((n_targets > 0 && n_up == n_targets && n_backend >= want)); then
-        ok prometheus "$n_up of $n_targets active targets up, $n_backend nova-backend"
+    # Every pinsd URL checked above is a nova-backend target that is up (matched by host:port;
+    # localhost and 127.0.0.1 are the same).
+    missing=()
+    for url in "${pinsd_urls[@]}"; do
+        hostport=${url#*://}
+        hostport=${hostport%%/*}
+        port=${hostport##*:}
+        if ! jq -e --arg port "$port" --arg hp "$hostport" '.data.activeTargets[]
+            | select(.labels.job == "nova-backend" and .health == "up")
+            | (.scrapeUrl | sub("^[a-z]+://"; "") | sub("/.*$"; "")) as $t
+            | select($t == $hp or ($t | sub("^(localhost|127\\.0\\.0\\.1):"; "")) == $port
+                     and ($hp | test("^(localhost|127\\.0\\.0\\.1):")))' \
+            "$work/targets" > /dev/null 2>&1; then
+            missing+=("$hostport")
+        fi
+    done
+    if ((n_targets > 0 && n_up == n_targets && ${#missing[@]} == 0)); then
+        ok prometheus "$n_up of $n_targets active targets up, $n_backend nova-backend, every pinsd checked above among them"
     else
-        bad prometheus "$n_up of $n_targets active targets up, $n_backend nova-backend (want $want)${down_list:+; not up: $down_list}"
+        bad prometheus "$n_up of $n_targets active targets up, $n_backend nova-backend${missing[*]:+; pinsd not scraped or not up: ${missing[*]}}${down_list:+; not up: $down_list}"
     fi
 else
     bad prometheus "$prom/api/v1/targets did not answer with JSON"
