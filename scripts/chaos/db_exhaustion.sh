@@ -15,20 +15,25 @@ usage: CHAOS_ALLOWED=true scripts/chaos/db_exhaustion.sh [--stack DIR] [OPTIONS]
 2. Opens H idle psql sessions straight to PostgreSQL (DATABASE_DIRECT_URL, application_name
    pins-chaos-hold-<pid>): every free slot except the replicas' pools and --headroom.
 3. Meanwhile runs pinsctl bench against both replicas (-c connections x -m streams each, writes
-   and reads of many tenants, for --duration), sampling every 0.5 s each replica's
-   store_pool_connections and PostgreSQL's client backends (pg_stat_activity).
+   and reads of many tenants, for --duration), sampling every 0.5 s, from outside pinsd, the
+   client connections with application_name pinsd on PgBouncer (its admin console, SHOW CLIENTS,
+   as the stack's user, an admin_user), PostgreSQL's client backends (pg_stat_activity), and each
+   replica's own store_pool_connections gauge.
 4. Ends the holders (by PID) and waits until a write succeeds on both replicas.
 
 "Bounded pool" here: (a) the pools fit: the replicas' DB_POOL_SIZE together fit in the slots
 PostgreSQL has left for them (max_connections - superuser_reserved_connections - the other client
-backends); (b) each replica's open connections (store_pool_connections busy+idle+connecting)
-never exceed its DB_POOL_SIZE, whatever the number of concurrent calls; (c) PostgreSQL's client
+backends); (b) the pinsd client connections PgBouncer sees never exceed the replicas' DB_POOL_SIZE
+together, and each replica's own gauge (store_pool_connections busy+idle+connecting) never exceeds
+its DB_POOL_SIZE, whatever the number of concurrent calls; every sample must be read (a PgBouncer
+or /metrics sample that fails is a FAIL, not a zero); (c) PostgreSQL's client
 backends never reach the non-superuser limit (max_connections - superuser_reserved_connections),
 i.e. the spike never made PostgreSQL refuse a connection.
 
-PASS iff (a), (b) and (c) hold, no call answered INTERNAL or UNKNOWN, no call failed (answers other
-than NOT_FOUND and RESOURCE_EXHAUSTED, or no answer), and writes succeed on both replicas within
---recovery-timeout after the holders are released.
+PASS iff (a), (b) and (c) hold, at least 90% of the planned holders connected, no call answered
+INTERNAL or UNKNOWN, no call failed (answers other than NOT_FOUND and RESOURCE_EXHAUSTED, or no
+answer), and writes succeed on both replicas within --recovery-timeout after the holders are
+released (the measured recovery time is compared with the limit).
 
 options:
   --stack DIR             the stack (default $PINS_STACK_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>)
@@ -98,10 +103,29 @@ pass=${pass//\\/\\\\}
 pass=${pass//:/\\:}
 export PGPASSFILE="$CHAOS_TMP/pgpass"
 (umask 077 && printf '%s:%s:%s:%s:%s\n' "$PGHOST" "$PGPORT" "$PGDATABASE" "$PGUSER" "$pass" >"$PGPASSFILE")
+# PgBouncer's admin console: host and port of DATABASE_URL (pinsd's), database pgbouncer.
+url=${DATABASE_URL:-}
+[[ $url =~ $re ]] || chaos_fail "DATABASE_URL of the stack is not postgresql://user:pass@host:port/db"
+PGB_HOST=${BASH_REMATCH[5]} PGB_PORT=${BASH_REMATCH[7]:-6432} PGB_USER=${BASH_REMATCH[2]}
+pass=${BASH_REMATCH[4]}
+pass=${pass//\\/\\\\}
+pass=${pass//:/\\:}
+(umask 077 && printf '%s:%s:pgbouncer:%s:%s\n' "$PGB_HOST" "$PGB_PORT" "$PGB_USER" "$pass" >>"$PGPASSFILE")
 export PGCONNECT_TIMEOUT=10
 unset pass url
 HOLD_APP="pins-chaos-hold-$$"
 pgq() { PGAPPNAME=pins-chaos-probe psql -X -q -At -v ON_ERROR_STOP=1 -c "$1" 2>/dev/null; }
+# pgb_pinsd_clients: the client connections of application_name pinsd PgBouncer has (SHOW CLIENTS
+# on its admin console), or nothing (status 1) when the console did not answer.
+pgb_pinsd_clients() {
+    local text
+    text=$(PGAPPNAME=pins-chaos-probe timeout 10 psql -X -q -A -F '|' -h "$PGB_HOST" -p "$PGB_PORT" \
+        -U "$PGB_USER" -d pgbouncer -c "SHOW CLIENTS" 2>/dev/null) || return 1
+    awk -F'|' 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "application_name") c = i; next }
+               c && $c == "pinsd" { n++ }
+               END { if (!c) exit 1; print n + 0 }' <<<"$text"
+}
+pgb_pinsd_clients >/dev/null || chaos_fail "cannot read SHOW CLIENTS on PgBouncer's admin console at $PGB_HOST:$PGB_PORT (user $PGB_USER)"
 
 max_conn=$(pgq "show max_connections") || chaos_fail "cannot query PostgreSQL at $PGHOST:$PGPORT"
 reserved=$(pgq "show superuser_reserved_connections")
@@ -179,16 +203,30 @@ open_re='store_pool_connections\{state="(busy|idle|connecting)"\}'
 busy_re='store_pool_connections\{state="busy"\}'
 peak_open=(0 0)
 peak_busy=(0 0)
+metrics_failed=(0 0)
+peak_pgb=0
+pgb_samples=0
+pgb_failed=0
 samples=0
 t0=$(chaos_now)
 deadline=$((SECONDS + DURATION + 40))
 while kill -0 "$BENCH0" 2>/dev/null || kill -0 "$BENCH1" 2>/dev/null; do
     [ "$SECONDS" -lt "$deadline" ] || break
+    if c=$(pgb_pinsd_clients); then
+        pgb_samples=$((pgb_samples + 1))
+        [ "$c" -le "$peak_pgb" ] || peak_pgb=$c
+    else
+        pgb_failed=$((pgb_failed + 1))
+    fi
     for i in 0 1; do
         o=$(chaos_metric "${CHAOS_REPLICAS[$i]}" "$open_re")
         b=$(chaos_metric "${CHAOS_REPLICAS[$i]}" "$busy_re")
-        [ "${o:-0}" -le "${peak_open[i]}" ] || peak_open[i]=$o
-        [ "${b:-0}" -le "${peak_busy[i]}" ] || peak_busy[i]=$b
+        if [ -z "$o" ] || [ -z "$b" ]; then
+            metrics_failed[i]=$((metrics_failed[i] + 1))
+            continue
+        fi
+        [ "$o" -le "${peak_open[i]}" ] || peak_open[i]=$o
+        [ "$b" -le "${peak_busy[i]}" ] || peak_busy[i]=$b
     done
     samples=$((samples + 1))
     sleep 0.5
@@ -248,16 +286,24 @@ done
 
 figures_head
 echo "  holders:               $held idle sessions held (of $holders planned)"
-echo "  spike:                 pinsctl bench -c $CONNS -m $STREAMS per replica for ${DURATION}s (${spike_s}s; $samples pool samples, $pg_samples PostgreSQL samples)"
+echo "  spike:                 pinsctl bench -c $CONNS -m $STREAMS per replica for ${DURATION}s (${spike_s}s; $samples rounds, $pgb_samples PgBouncer samples ($pgb_failed failed), $pg_samples PostgreSQL samples, /metrics failed ${metrics_failed[0]}+${metrics_failed[1]})"
 echo "  calls:                 $answers answered, $ok ok, $limited rate limited, $failed failed, $internal internal"
 echo "  answer codes:          ${codes% }"
+echo "  pgbouncer peak:        $peak_pgb pinsd client connections of DB_POOL_SIZE ${POOL[0]} + ${POOL[1]} = $pools"
 echo "  pool peak pinsd1:      ${peak_open[0]} open (${peak_busy[0]} busy) of DB_POOL_SIZE ${POOL[0]}"
 echo "  pool peak pinsd2:      ${peak_open[1]} open (${peak_busy[1]} busy) of DB_POOL_SIZE ${POOL[1]}"
 echo "  postgres peak:         $peak_pg client backends of $limit (max_connections $max_conn)"
 echo "  recovery:              ${recovery_s}s (limit ${RECOVERY_TIMEOUT}s), holder sessions left $left"
 
 [ "$held" -ge 1 ] || chaos_fail "no holder session could connect"
-if [ "$samples" -lt 1 ] || [ "${pg_samples:-0}" -lt 1 ]; then chaos_fail "no sample taken during the spike"; fi
+[ $((held * 10)) -ge $((holders * 9)) ] || chaos_fail "only $held of $holders holder sessions connected: PostgreSQL was not squeezed"
+if [ "$samples" -lt 1 ] || [ "$pgb_samples" -lt 1 ] || [ "${pg_samples:-0}" -lt 1 ]; then chaos_fail "no sample taken during the spike"; fi
+[ "$pgb_failed" -eq 0 ] || chaos_fail "$pgb_failed PgBouncer SHOW CLIENTS samples failed during the spike: the pool was not measured"
+for i in 0 1; do
+    [ "${metrics_failed[i]}" -eq 0 ] || chaos_fail "${metrics_failed[i]} /metrics samples of ${CHAOS_REPLICAS[$i]} failed during the spike: its pool was not measured"
+done
+[ "$peak_pgb" -le "$pools" ] || chaos_fail "PgBouncer saw $peak_pgb pinsd client connections, more than the replicas' DB_POOL_SIZE together ($pools)"
+[ "$peak_pgb" -ge 1 ] || chaos_fail "PgBouncer never saw a pinsd client connection during the spike"
 for i in 0 1; do
     [ "${peak_open[i]}" -le "${POOL[i]}" ] || chaos_fail "${CHAOS_REPLICAS[$i]} opened ${peak_open[i]} connections, more than its DB_POOL_SIZE ${POOL[i]}"
 done
@@ -266,4 +312,5 @@ done
 [ "$internal" -eq 0 ] || chaos_fail "$internal calls answered INTERNAL/UNKNOWN during the spike"
 [ "$failed" -eq 0 ] || chaos_fail "$failed calls failed during the spike (${codes% })"
 [ "$recovered" -eq 1 ] || chaos_fail "writes not succeeding on both replicas ${recovery_s}s after the holders went (limit ${RECOVERY_TIMEOUT}s)"
-chaos_pass "pools bounded (peaks ${peak_open[0]}/${POOL[0]}, ${peak_open[1]}/${POOL[1]}), PostgreSQL peak $peak_pg of $limit with $held slots held, $ok calls ok, 0 internal, recovered in ${recovery_s}s"
+chaos_within "$recovery_s" "$RECOVERY_TIMEOUT" || chaos_fail "recovered only after ${recovery_s}s, over the limit of ${RECOVERY_TIMEOUT}s"
+chaos_pass "pools bounded (PgBouncer peak $peak_pgb/$pools pinsd clients; gauges ${peak_open[0]}/${POOL[0]}, ${peak_open[1]}/${POOL[1]}), PostgreSQL peak $peak_pg of $limit with $held slots held, $ok calls ok, 0 internal, recovered in ${recovery_s}s"

@@ -26,6 +26,8 @@ chaos_usage_err() {
 chaos_now() { echo "$EPOCHREALTIME"; }
 # Seconds from $1 to now, 3 decimals.
 chaos_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+# chaos_within SECONDS LIMIT: 0 when SECONDS (decimal) <= LIMIT.
+chaos_within() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 <= b + 0) }'; }
 chaos_log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 chaos_pass() {

@@ -15,12 +15,14 @@ until both report breaker.state "open" in /api/v1/admin/status, checks that call
 with 503 + Retry-After (all but one half-open probe per replica), starts PostgreSQL again and
 waits until both replicas have the breaker closed, answer /ready 200 and accept a write.
 
-PASS iff the breaker opened on both replicas, then closed, and recovery (from the start of
-PostgreSQL) took less than --recovery-timeout.
+PASS iff the breaker opened on both replicas, every answer while it was open (but the half-open
+probe of each replica) took at most --fast-limit (fail fast), it closed again, and recovery (from the start of PostgreSQL, measured)
+took at most --recovery-timeout.
 
 options:
   --stack DIR             the stack (default $PINS_STACK_DIR, else ${XDG_RUNTIME_DIR:-/tmp}/pins-stack-<uid>)
   --open-timeout S        longest time to drive writes waiting for the breaker (default 120)
+  --fast-limit S          slowest accepted 503 while the breaker is open (default 1)
   --recovery-timeout S    longest accepted recovery after PostgreSQL starts (default 300)
   -h, --help              this text
 
@@ -48,11 +50,13 @@ CHAOS_NAME=pg_restart
 
 OPEN_TIMEOUT=120
 RECOVERY_TIMEOUT=300
+FAST_LIMIT=1
 while [ $# -gt 0 ]; do
     case $1 in
     --stack) [ $# -ge 2 ] || chaos_usage_err "--stack needs a directory"; CHAOS_STACK_ARG=$2; shift 2 ;;
     --stack=*) CHAOS_STACK_ARG=${1#*=}; shift ;;
     --open-timeout) [ $# -ge 2 ] || chaos_usage_err "--open-timeout needs seconds"; chaos_int --open-timeout "$2" 1 3600; OPEN_TIMEOUT=$((10#$2)); shift 2 ;;
+    --fast-limit) [ $# -ge 2 ] || chaos_usage_err "--fast-limit needs seconds"; chaos_int --fast-limit "$2" 1 60; FAST_LIMIT=$((10#$2)); shift 2 ;;
     --recovery-timeout) [ $# -ge 2 ] || chaos_usage_err "--recovery-timeout needs seconds"; chaos_int --recovery-timeout "$2" 1 3600; RECOVERY_TIMEOUT=$((10#$2)); shift 2 ;;
     *) chaos_usage_err "unknown argument '$1'" ;;
     esac
@@ -116,6 +120,7 @@ metric_open=$(chaos_sum_metric 'circuit_breaker_state\{name="store"\}')
 fast_503=0
 fast_total=0
 fast_max="-"
+fast_slow=0
 fast_codes=""
 if [ "$opened" -eq 1 ]; then
     : >"$CHAOS_TMP/open.out"
@@ -123,7 +128,8 @@ if [ "$opened" -eq 1 ]; then
     fast_total=$(wc -l <"$CHAOS_TMP/open.out")
     fast_503=$(awk '$1 == 503 && $2 != "-"' "$CHAOS_TMP/open.out" | wc -l)
     fast_codes=$(awk '{ c[$1]++ } END { for (k in c) printf "%s%s=%d", (n++ ? "," : ""), k, c[k] }' "$CHAOS_TMP/open.out")
-    fast_max=$(awk '{ if ($3 > m) m = $3 } END { printf "%.3f", m }' "$CHAOS_TMP/open.out")
+    fast_max=$(awk '$1 == 503 { if ($3 > m) m = $3 } END { printf "%.3f", m }' "$CHAOS_TMP/open.out")
+    fast_slow=$(awk -v lim="$FAST_LIMIT" '$3 > lim' "$CHAOS_TMP/open.out" | wc -l)
 fi
 
 chaos_log "starting postgres"
@@ -156,7 +162,7 @@ echo "figures:"
 echo "  breaker opened:        $([ "$opened" -eq 1 ] && echo "yes, ${open_s}s after PostgreSQL stopped" || echo "no (states: $states after ${open_s}s)")"
 echo "  calls while opening:   $outage_calls (${outage_codes:-none})"
 echo "  circuit_breaker_state: ${metric_open:-?} (sum over both replicas when open; 1 = open each)"
-echo "  fail fast while open:  $fast_503 of $fast_total answered 503 + Retry-After (${fast_codes:-none}), slowest ${fast_max}s"
+echo "  fail fast while open:  $fast_503 of $fast_total answered 503 + Retry-After (${fast_codes:-none}), slowest 503 ${fast_max}s, $fast_slow over ${FAST_LIMIT}s"
 echo "  postgres down for:     ${down_s}s"
 echo "  recovery:              ${recovery_s}s (limit ${RECOVERY_TIMEOUT}s): breaker $final_states"
 
@@ -165,5 +171,10 @@ echo "  recovery:              ${recovery_s}s (limit ${RECOVERY_TIMEOUT}s): brea
 if [ "$fast_503" -lt $((fast_total - 2)) ] || [ "$fast_503" -lt 1 ]; then
     chaos_fail "only $fast_503 of $fast_total calls answered 503 + Retry-After while the breaker was open (${fast_codes:-none})"
 fi
+# The same allowance: the half-open probe (one per replica) may wait for the store.
+if [ "$fast_slow" -gt 2 ]; then
+    chaos_fail "$fast_slow of the $fast_total answers while the breaker was open took over ${FAST_LIMIT}s (slowest 503 ${fast_max}s): not failing fast"
+fi
 [ "$recovered" -eq 1 ] || chaos_fail "not recovered ${recovery_s}s after PostgreSQL started (limit ${RECOVERY_TIMEOUT}s; breaker $final_states)"
+chaos_within "$recovery_s" "$RECOVERY_TIMEOUT" || chaos_fail "recovered only after ${recovery_s}s, over the limit of ${RECOVERY_TIMEOUT}s"
 chaos_pass "breaker opened after ${open_s}s, closed again; recovered in ${recovery_s}s"

@@ -188,6 +188,7 @@ echo "  writes after recovery: $post_ok of 2 ok, $redis_decisions decided by red
 [ "$err_delta" -eq 0 ] || chaos_fail "memory_pins_operations_total{status=\"error\"} rose by $err_delta while Redis was down"
 [ "$ready_ok" -eq 2 ] || chaos_fail "only $ready_ok of 2 replicas answered /ready 200 with redis 'down (fail-open)'"
 [ "$recovered" -eq 1 ] || chaos_fail "replicas not back on Redis ${recovery_s}s after it started (limit ${RECOVERY_TIMEOUT}s)"
+chaos_within "$recovery_s" "$RECOVERY_TIMEOUT" || chaos_fail "recovered only after ${recovery_s}s, over the limit of ${RECOVERY_TIMEOUT}s"
 [ "$post_ok" -eq 2 ] || chaos_fail "a write after recovery failed ($post_ok of 2 ok)"
 [ "$redis_decisions" -ge 2 ] || chaos_fail "writes after recovery were not decided by the Redis limiter ($redis_decisions of 2)"
 chaos_pass "$ok/$OPS calls ok while Redis was down ${down_s}s (fail-open), recovered in ${recovery_s}s"

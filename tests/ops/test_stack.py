@@ -6,16 +6,21 @@ written through one replica read through the other, Prometheus scraping both rep
 rules loaded behind the reload guard, stop/start of one service, a rolling pinsd restart that
 turns RBAC on and keeps it, `up` refused on a running DIR. Separate short-lived stacks check that
 `up` fails cleanly on an occupied port (before and after starting services) and that `down`
-stops every recorded PID and can run twice.
+stops every recorded PID and can run twice. TestDirSafety (no stack): a DIR, DIR/run or sourced
+file owned by another user or writable by others is refused by every command, nothing in it sourced
+and no PID in it killed; `up` refuses a non-empty unmarked DIR and leaves its mode alone; `down
+--purge` refuses a marked DIR with foreign content; the default DIR is per user and private.
 """
 
 import glob
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 import urllib.error
@@ -436,6 +441,167 @@ class TestLifecycle(unittest.TestCase):
         for name in ("postgres", "pgbouncer", "redis", "pinsd1", "pinsd2", "prometheus"):
             self.assertIn(name, names, r.stdout)
         self.assertIn("up failed: stopping what it started", r.stdout)
+
+
+def proc_start(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+class TestDirSafety(unittest.TestCase):
+    """The stack directory must be the caller's own: nothing in an unsafe DIR is sourced, no PID
+    in it is killed; up adopts only an empty or marked DIR and never chmods one; down --purge
+    removes only what stack.sh made. No stack is started."""
+
+    def setUp(self):
+        self.base = tempfile.mkdtemp(prefix="pins-stack-safety-")
+        self.addCleanup(shutil.rmtree, self.base, True)
+        self.marker = os.path.join(self.base, "SOURCED")
+        pinsd, pinsctl = stack.binaries()
+        self.env = dict(os.environ, PINS_ROOT=stack.ROOT, PINSD_BIN=pinsd, PINSCTL_BIN=pinsctl,
+                        PINS_STACK_PORTS="free")
+        self.env.pop("PINS_STACK_DIR", None)
+
+    def sh(self, d, verb, env=None, timeout=120):
+        e = dict(self.env, **(env or {}))
+        args = [stack.SCRIPT] + (["--dir", d] if d else []) + verb.split()
+        return subprocess.run(args, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def plant(self, d, victim):
+        """Files that create the marker when sourced, and a PID file naming victim."""
+        for name in ("ports.env", "stack.env", "pinsd.env"):
+            with open(os.path.join(d, name), "w") as f:
+                f.write("touch %s\n" % self.marker)
+        os.makedirs(os.path.join(d, "run"), exist_ok=True)
+        for name in ("redis", "pinsd1"):
+            with open(os.path.join(d, "run", name + ".pid"), "w") as f:
+                f.write("%d\n" % victim.pid)
+            with open(os.path.join(d, "run", name + ".start"), "w") as f:
+                f.write(proc_start(victim.pid) + "\n")
+
+    def test_unsafe_dir_refused_by_every_command(self):
+        victim = subprocess.Popen(["sleep", "300"])
+        self.addCleanup(victim.wait, 30)
+        self.addCleanup(victim.kill)
+        root = os.geteuid() == 0
+        nobody = pwd.getpwnam("nobody").pw_uid if root else None
+        cases = [("dir mode 0777", "dir", 0o777, None)]
+        if root:
+            cases += [("dir owned by nobody", "dir", 0o755, nobody),
+                      ("run owned by nobody", "run", 0o755, nobody),
+                      ("run mode 0777", "run", 0o777, None)]
+        for i, (what, target, mode, owner) in enumerate(cases):
+            d = os.path.join(self.base, "s%d" % i)
+            os.mkdir(d, 0o700)
+            self.plant(d, victim)
+            open(os.path.join(d, ".pins-stack"), "w").close()
+            t = d if target == "dir" else os.path.join(d, target)
+            if owner is not None:
+                os.chown(t, owner, -1)
+            os.chmod(t, mode)
+            for verb in ("status", "env", "down", "down --purge", "up", "stop redis",
+                         "start redis", "restart pinsd"):
+                with self.subTest(case=what, verb=verb):
+                    r = self.sh(d, verb)
+                    self.assertEqual(r.returncode, 1, r.stdout)
+                    self.assertIn("refusing", r.stdout)
+                    self.assertFalse(os.path.exists(self.marker), r.stdout)
+                    self.assertIsNone(victim.poll(), "the planted PID was killed: " + r.stdout)
+                    self.assertEqual(os.stat(t).st_mode & 0o7777, mode)
+                    self.assertTrue(os.path.isdir(d))
+        # chaos scripts and RUNBOOK's `. <(stack.sh env)` go through env: refused above
+        self.assertIsNone(victim.poll())
+        if not root:
+            return
+        # a safe DIR whose files to source belong to someone else (no PID files this time)
+        d = os.path.join(self.base, "files")
+        os.mkdir(d, 0o700)
+        for name in ("ports.env", "stack.env", "pinsd.env"):
+            path = os.path.join(d, name)
+            with open(path, "w") as f:
+                f.write("touch %s\n" % self.marker)
+            os.chown(path, nobody, -1)
+        for verb in ("status", "env", "stop redis", "start redis", "restart pinsd"):
+            with self.subTest(case="files owned by nobody", verb=verb):
+                r = self.sh(d, verb)
+                self.assertEqual(r.returncode, 1, r.stdout)
+                self.assertIn("refusing file", r.stdout)
+                self.assertFalse(os.path.exists(self.marker), r.stdout)
+
+    def test_up_refuses_non_empty_unmarked_dir(self):
+        d = os.path.join(self.base, "project")
+        os.makedirs(os.path.join(d, "notes"))
+        with open(os.path.join(d, "notes", "notes.txt"), "w") as f:
+            f.write("precious\n")
+        os.chmod(d, 0o775)   # group-writable: refused as such
+        r = self.sh(d, "up")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("mode 775 is group/other-writable", r.stdout)
+        self.assertEqual(os.stat(d).st_mode & 0o7777, 0o775)
+        os.chmod(d, 0o755)
+        r = self.sh(d, "up")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("is not empty and is not a stack directory", r.stdout)
+        self.assertEqual(os.stat(d).st_mode & 0o7777, 0o755)
+        self.assertEqual(sorted(os.listdir(d)), ["notes"])
+        r = self.sh(d, "down --purge")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("no .pins-stack", r.stdout)
+        self.assertTrue(os.path.exists(os.path.join(d, "notes", "notes.txt")))
+        self.assertEqual(os.stat(d).st_mode & 0o7777, 0o755)
+
+    def test_purge_refuses_foreign_content(self):
+        d = os.path.join(self.base, "marked")
+        os.mkdir(d, 0o700)
+        for name in (".pins-stack", "ports.env"):
+            open(os.path.join(d, name), "w").close()
+        os.mkdir(os.path.join(d, "logs"))
+        with open(os.path.join(d, "notes.txt"), "w") as f:
+            f.write("precious\n")
+        r = self.sh(d, "down --purge")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("holds what stack.sh did not create ( notes.txt )", r.stdout)
+        self.assertTrue(os.path.exists(os.path.join(d, "notes.txt")))
+        os.unlink(os.path.join(d, "notes.txt"))
+        r = self.sh(d, "down --purge")
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertFalse(os.path.exists(d))
+
+    def test_default_dir_is_private_and_created(self):
+        run = os.path.join(self.base, "xdg")
+        os.mkdir(run, 0o700)
+        want = os.path.join(run, "pins-stack-%d" % os.getuid())
+        env = {"XDG_RUNTIME_DIR": run}
+        r = self.sh(None, "env", env=env)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("no stack in %s " % want, r.stdout)
+        self.assertFalse(os.path.exists(want))
+        # up creates it (private, marked), then stops at an occupied port before any service
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        self.addCleanup(s.close)
+        env["PINS_STACK_PORT_PINSD2"] = str(s.getsockname()[1])
+        r = self.sh(None, "up", env=env)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("already in use", r.stdout)
+        mode = os.stat(want).st_mode & 0o7777
+        self.assertEqual(mode, 0o711 if os.geteuid() == 0 else 0o700)
+        self.assertTrue(os.path.exists(os.path.join(want, ".pins-stack")))
+        r = self.sh(None, "down --purge", env=env)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertFalse(os.path.exists(want))
+
+    def test_bad_postgres_settings_refused(self):
+        for k in ("PINS_STACK_PG_MAX_CONNECTIONS", "PINS_STACK_PGB_POOL_SIZE"):
+            for v in ("abc", "0", "-5", "100000", ""):
+                with self.subTest(k=k, v=v):
+                    d = os.path.join(self.base, "never")
+                    r = self.sh(d, "up", env={k: v})
+                    self.assertEqual(r.returncode, 2, r.stdout)
+                    self.assertIn(k + " must be a whole number", r.stdout)
+                    self.assertFalse(os.path.exists(d))
 
 
 if __name__ == "__main__":
