@@ -2,33 +2,41 @@
 
 One deploy/local/stack.sh stack for the whole module (tests/ops/stack.py: PostgreSQL 15, PgBouncer,
 Redis, two pinsd replicas, Prometheus, free loopback ports, a temporary DIR, stopped by PID), made
-quick: BREAKER_ERRORS_PER_MIN=5 and BREAKER_OPEN_SECONDS=2 so the breaker opens and closes in
-seconds, RATE_LIMIT_RPM=100 (burst 100), PostgreSQL max_connections 60 so db_exhaustion holds few
+quick: BREAKER_ERRORS_PER_MIN=5 and BREAKER_OPEN_SECONDS=5 so the breaker opens and closes in
+seconds (5 s: a fail-fast round on a loaded machine stays well inside one open period, so at most
+one half-open probe per replica gets through), RATE_LIMIT_RPM=100 (burst 100), PostgreSQL max_connections 60 so db_exhaustion holds few
 sessions (about 20 to 35). Then:
 
 - the guard: without CHAOS_ALLOWED=true every script prints the runbook's error line and exits 1
   before touching anything (Redis still answers, every service still up); a pinsd started with
   CHAOS_ALLOWED=false makes every script refuse (exit 1), again touching nothing; a missing stack
-  exits 1 and a bad option exits 2;
+  exits 1 and a bad option exits 2; a stack directory owned by another user or writable by others
+  is refused (exit 1) before anything in it is sourced;
 - each script PASSes on the healthy stack (exit 0, the PASS line last, its figures present and
   plausible: pin_storm's accepted and limited counts equal the deltas of pinsd's own
   rate_limit_decisions_total on both replicas and lie within burst .. burst + refill + 1;
-  redis_disconnect's ops all ok with zero errors; pg_restart's breaker opened and the recovery
-  time is below the bound; db_exhaustion's pool peaks within DB_POOL_SIZE);
+  redis_disconnect's ops all ok with zero errors; pg_restart's breaker opened, its 503s fast and
+  the recovery time below the bound; db_exhaustion's pinsd client connections on PgBouncer (SHOW
+  CLIENTS, measured outside pinsd) and its pool gauges within DB_POOL_SIZE);
 - each script FAILs (exit 1, a FAIL line last) on a configuration that breaks what it checks:
   pin_storm with Redis stopped (each replica's local bucket accepts a burst: about twice the
   shared bucket) and with RATE_LIMIT_RPM=0; redis_disconnect with MEMORY_PINS_ENABLED=false;
-  pg_restart with BREAKER_ERRORS_PER_MIN so high the breaker never opens; db_exhaustion with
-  DB_POOL_SIZE=40 per replica (80 connections that PostgreSQL's 57 slots cannot give); the good
+  pg_restart with BREAKER_ERRORS_PER_MIN so high the breaker never opens; db_exhaustion with a
+  leaking pinsd (20 extra idle PgBouncer clients with application_name pinsd, more than the 16 of
+  both pools together: what PgBouncer's SHOW CLIENTS measures, not pinsd's gauge); the good
   configuration is restored after each, and the services a script stopped are running again.
 
 It takes about 2 to 3 minutes on an idle machine (pg_restart waits for the breaker on both sides).
 """
 
 import os
+import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +47,7 @@ CHAOS = os.path.join(ROOT, "scripts", "chaos")
 SCRIPTS = ("redis_disconnect", "db_exhaustion", "pin_storm", "pg_restart")
 GUARD_LINE = "ERROR: CHAOS_ALLOWED not set. Aborting."
 GOOD = {"CHAOS_ALLOWED": "true", "MEMORY_PINS_ENABLED": "true", "RATE_LIMIT_RPM": "100",
-        "RATE_LIMIT_BURST": "100", "BREAKER_ERRORS_PER_MIN": "5", "BREAKER_OPEN_SECONDS": "2",
+        "RATE_LIMIT_BURST": "100", "BREAKER_ERRORS_PER_MIN": "5", "BREAKER_OPEN_SECONDS": "5",
         "DB_POOL_SIZE": "8"}
 
 ST = None
@@ -172,6 +180,46 @@ class Chaos(unittest.TestCase):
                 self.assertIn("--stack DIR", r.stdout)
         self.assertAllUp()
 
+    def test_unsafe_stack_dir_refused(self):
+        """A stack directory another user owns, or anyone may write, is refused before its
+        stack.env (planted to create a marker file when sourced) is read."""
+        base = tempfile.mkdtemp(prefix="pins-chaos-unsafe-")
+        self.addCleanup(shutil.rmtree, base, True)
+        marker = os.path.join(base, "SOURCED")
+        nobody = pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else None
+        cases = [("mode 0777", 0o777, None)]
+        if nobody is not None:
+            cases.append(("owned by nobody", 0o755, nobody))
+        for what, mode, owner in cases:
+            d = os.path.join(base, "stack-" + str(mode))
+            os.mkdir(d)
+            with open(os.path.join(d, "stack.env"), "w") as f:
+                f.write("touch %s\nexport PINSD_URL=%s PINSD2_URL=%s\n"
+                        % (marker, ST.env["PINSD_URL"], ST.env["PINSD2_URL"]))
+            if owner is not None:
+                os.chown(d, owner, -1)
+            os.chmod(d, mode)
+            for name in SCRIPTS:
+                with self.subTest(script=name, case=what):
+                    r = self.script(name, "--stack", d, timeout=60)
+                    self.assertEqual(r.returncode, 1, r.stdout)
+                    self.assertIn("refusing stack directory", r.stdout)
+                    self.assertNotIn("PASS", r.stdout)
+                    self.assertFalse(os.path.exists(marker), r.stdout)
+        # the file itself owned by another user, in a safe directory
+        if nobody is not None:
+            d = os.path.join(base, "stack-file")
+            os.mkdir(d, 0o700)
+            env_file = os.path.join(d, "stack.env")
+            with open(env_file, "w") as f:
+                f.write("touch %s\n" % marker)
+            os.chown(env_file, nobody, -1)
+            r = self.script("pin_storm", "--stack", d, timeout=60)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("refusing file", r.stdout)
+            self.assertFalse(os.path.exists(marker), r.stdout)
+        self.assertAllUp()
+
     # --- pin_storm ----------------------------------------------------------------------------
 
     def test_pin_storm_pass_matches_pinsd_metrics(self):
@@ -242,10 +290,12 @@ class Chaos(unittest.TestCase):
         r = self.script("pg_restart", "--stack", ST.dir, "--open-timeout", "120")
         self.assertPass(r, "pg_restart")
         self.assertTrue(figure(r.stdout, "breaker opened").startswith("yes"), r.stdout)
-        fast = re.match(r"(\d+) of (\d+) answered 503", figure(r.stdout, "fail fast while open"))
+        fast = re.match(r"(\d+) of (\d+) answered 503 .* (\d+) over 1s$",
+                        figure(r.stdout, "fail fast while open"))
         self.assertTrue(fast, r.stdout)
-        # all but the half-open probe of each replica (BREAKER_OPEN_SECONDS=2 is short)
+        # all but the half-open probe of each replica, and no more slow answers than probes
         self.assertGreaterEqual(int(fast.group(1)), int(fast.group(2)) - 2, r.stdout)
+        self.assertLessEqual(int(fast.group(3)), 2, r.stdout)
         rec = float(figure(r.stdout, "recovery").split("s")[0])
         self.assertLess(rec, 300)
         self.assertIn("breaker closed closed", figure(r.stdout, "recovery"))
@@ -271,7 +321,15 @@ class Chaos(unittest.TestCase):
             self.assertTrue(m, r.stdout)
             self.assertLessEqual(int(m.group(1)), 8)
             self.assertGreaterEqual(int(m.group(1)), 1)
-        held = int(figure(r.stdout, "holders").split()[0])
+        m = re.match(r"(\d+) pinsd client connections of DB_POOL_SIZE 8 \+ 8 = 16$",
+                     figure(r.stdout, "pgbouncer peak"))
+        self.assertTrue(m, r.stdout)
+        self.assertTrue(1 <= int(m.group(1)) <= 16, r.stdout)
+        self.assertRegex(figure(r.stdout, "spike"), r"\b0 failed\), \d+ PostgreSQL samples, "
+                         r"/metrics failed 0\+0\)$")
+        held, planned = map(int, re.match(r"(\d+) idle sessions held \(of (\d+) planned\)",
+                                          figure(r.stdout, "holders")).groups())
+        self.assertGreaterEqual(held * 10, planned * 9, r.stdout)
         self.assertGreaterEqual(held, 1, r.stdout)
         peak = re.match(r"(\d+) client backends of 57", figure(r.stdout, "postgres peak"))
         self.assertTrue(peak, r.stdout)
@@ -291,13 +349,41 @@ class Chaos(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout)
         return int(r.stdout.strip())
 
-    def test_db_exhaustion_fails_when_pools_exceed_postgres(self):
-        self.configure(DB_POOL_SIZE="40")
+    def test_db_exhaustion_fails_when_pinsd_leaks_connections(self):
+        # A leaking pinsd, as PgBouncer sees it: 20 more idle client connections with
+        # application_name pinsd than the two pools (8 + 8) allow. pinsd's own gauges stay within
+        # DB_POOL_SIZE, so only the outside measurement can catch it.
+        m = re.match(r"postgres(?:ql)?://([^:]+):([^@]+)@([^:/]+):(\d+)/(\w+)", ST.env["DATABASE_URL"])
+        user, password, host, port, db = m.groups()
+        env = dict(ST.env, PGPASSWORD=password, PGAPPNAME="pinsd", PGCONNECT_TIMEOUT="10")
+        leaks = []
         try:
-            r = self.script("db_exhaustion", "--stack", ST.dir, "-d", "2")
-            self.assertFail(r, "db_exhaustion", r"pools \(80 connections\) do not fit")
+            for _ in range(20):
+                leaks.append(subprocess.Popen(
+                    ["psql", "-X", "-q", "-h", host, "-p", port, "-U", user, db], env=env,
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            # every one of them connected before the experiment (bounded wait)
+            n = 0
+            for _ in range(100):
+                r = ST.run("psql", "-X", "-At", "-h", host, "-p", port, "-U", user, "pgbouncer",
+                           "-c", "SHOW CLIENTS", env={"PGPASSWORD": password}, timeout=60)
+                n = len(re.findall(r"\|pinsd(?:\||$)", r.stdout, re.M))
+                if n >= 20:
+                    break
+                time.sleep(0.2)
+            self.assertGreaterEqual(n, 20, r.stdout)
+            r = self.script("db_exhaustion", "--stack", ST.dir, "-d", "3")
+            self.assertFail(r, "db_exhaustion",
+                            r"PgBouncer saw (\d+) pinsd client connections, more than the "
+                            r"replicas' DB_POOL_SIZE together \(16\)")
+            for label in ("pool peak pinsd1", "pool peak pinsd2"):
+                self.assertRegex(figure(r.stdout, label), r"^[0-8] open ", r.stdout)
         finally:
-            self.restore()
+            for p in leaks:
+                p.kill()
+                p.wait(timeout=30)
+                p.stdin.close()
+        self.assertAllUp()
 
 
 if __name__ == "__main__":
