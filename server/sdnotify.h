@@ -13,15 +13,17 @@
 
 #include <stdbool.h>
 
-/* Reads $NOTIFY_SOCKET once (call it from main before any thread starts). An unset or empty
- * variable disables notifications; a value that is neither an absolute path nor '@' followed by
- * a name, or one too long for a socket address, disables them too and returns
- * PINS_EINVALID_ARGUMENT (the caller may log it). Returns 0 otherwise. */
+/* Reads $NOTIFY_SOCKET once (call it from main before any thread starts, after the log is set
+ * up). An unset or empty variable disables notifications. A value that is neither an absolute path
+ * nor '@' followed by a name, or one too long for a socket address (a path: sizeof(sun_path) - 1
+ * bytes; '@' and an abstract name: sizeof(sun_path) bytes), disables them too: the reason is
+ * logged here (warn), once. Returns 0. */
 int server_sdnotify_init(void);
 
-/* Sends state (borrowed; e.g. "READY=1\nSTATUS=serving") as one datagram. Thread safe and
- * blocking for no longer than a local sendto(). Returns 0 (also when notifications are disabled),
- * PINS_EUNAVAILABLE when the socket cannot be created or the datagram is refused. */
+/* Sends state (borrowed; e.g. "READY=1\nSTATUS=serving") as one datagram, best-effort: one
+ * non-blocking sendto(), never repeated, so it never blocks (a full queue drops the datagram and
+ * logs that once at debug). Thread safe. Returns 0 (also when notifications are disabled),
+ * PINS_EUNAVAILABLE when the socket cannot be created or the datagram is refused or dropped. */
 int server_sdnotify(const char *state);
 
 /* true when $NOTIFY_SOCKET named a usable address at server_sdnotify_init(). */

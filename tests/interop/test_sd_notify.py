@@ -126,6 +126,52 @@ class SdNotifyTest(unittest.TestCase):
         self.assertEqual(health(srv.port)[0], 200)
         self.assertEqual(srv.stop(), 0)
 
+    def test_full_notify_queue_does_not_block(self):
+        # A manager that never reads its socket: the receive queue is full before pinsd starts
+        # (filled until the kernel refuses more). Notifications are dropped, never waited for:
+        # pinsd serves /health and exits on SIGTERM.
+        sock, name = self.bind(abstract=False)
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(filler.close)
+        filler.setblocking(False)
+        sent = 0
+        for _ in range(100000):
+            try:
+                filler.sendto(b"STATUS=filler", name)
+            except BlockingIOError:
+                break
+            sent += 1
+        else:
+            self.fail("the notify socket's queue never filled")
+        self.assertGreater(sent, 0)
+        srv = self.start(name, nports=1)
+        harness.Server.wait_ready(srv, 60)
+        self.assertEqual(health(srv.port)[0], 200)
+        srv.signal(signal.SIGTERM)
+        self.assertEqual(srv.wait_exit(60), 0, srv.stderr_tail())
+
+    def test_abstract_name_of_the_maximum_length(self):
+        # '@' and 107 bytes: the whole 108-byte sun_path (its leading NUL for the '@').
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        name = ("pinsd-test-%s-" % secrets.token_hex(8)).ljust(107, "x")
+        self.assertEqual(len(name), 107)
+        sock.bind("\0" + name)
+        srv = self.start("@" + name, nports=1)
+        receive(sock, "READY=1", 60, srv.proc)
+        self.assertEqual(health(srv.port)[0], 200)
+        self.assertEqual(srv.stop(), 0)
+
+    def test_too_long_name_says_so(self):
+        srv = self.start("@" + "y" * 108, nports=1)
+        harness.Server.wait_ready(srv, 60)
+        self.assertEqual(health(srv.port)[0], 200)
+        self.assertEqual(srv.stop(), 0)
+        with open(srv.stderr_path, "rb") as f:
+            log = f.read()
+        self.assertIn(b"NOTIFY_SOCKET is too long", log)
+        self.assertNotIn(b"neither an absolute path", log)
+
 
 if __name__ == "__main__":
     unittest.main()
