@@ -856,7 +856,7 @@ cmd_start() {
             say "$s is already running (PID $(service_pid "$s"))"
             continue
         fi
-        start_service "$s" || die "$s did not start"
+        start_service "$s" || { stop_service "$s" || true; die "$s did not start (stopped again)"; }
         say "$s up"
     done
 }
@@ -869,7 +869,7 @@ cmd_restart() {
     case "$1" in pinsd*) update_pinsd_env ;; esac
     for s in $list; do
         stop_service "$s"
-        start_service "$s" || die "$s did not start"
+        start_service "$s" || { stop_service "$s" || true; die "$s did not start (stopped again)"; }
         say "$s restarted"
     done
 }
