@@ -7,7 +7,10 @@ written, RBAC enforced (no credentials; the machine secret given as MACHINE_JWT 
 x-machine-token; a real HS256 JWT goes out as a Bearer token and is judged by its roles), retries
 through pinsd's rate limit (retry-after), a permanent error sent exactly once (counted in pinsd's
 grpc_server_handled_total), --wait for a pinsd that starts later and --wait against nothing, and
-the runbook's exact command. No secret ever appears in pinsctl's output.
+the runbook's exact command. Also: a FIFO, directory or device refused, the 8 MiB cap (inclusive),
+200k pins in a dry run, an empty tenant written as "global", --base with user information refused
+unechoed, credentials with line ends trimmed, and a message over MAX_REQUEST_BYTES
+(RESOURCE_EXHAUSTED without retry-after) sent once. No secret ever appears in pinsctl's output.
 
 Run: PINSD_BIN=build/pinsd PINSCTL_BIN=build/pinsctl /usr/bin/python3 -m unittest -v test_pinsctl_seed
 """
@@ -241,6 +244,75 @@ class SeedFormats(SeedCase):
         self.assertEqual(self.pins_of("global").get("first"), None)
         self.assertEqual(upserts_handled(self.server.port, "OK"), before)
 
+    def test_non_regular_files_are_refused(self):
+        # A FIFO without a writer would block a plain open() forever; a directory is no file.
+        fifo = os.path.join(self.tmp, "seed.fifo")
+        os.mkfifo(fifo)
+        for path in (fifo, self.tmp, "/dev/null"):
+            with self.subTest(path=path):
+                r = run_seed(["-f", path, "-b", self.base()], env={"MACHINE_JWT": MACHINE},
+                             timeout=60)
+                self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+                self.assertIn("not a regular file", r.stderr)
+                self.assertIn("nothing written", r.stderr)
+
+    def test_size_cap_is_8_mib_inclusive(self):
+        cap = 8 << 20
+        body = '[{"tenant_id": "seed-cap", "pins": {"c": {}}}]'
+        exact = self.write(body + " " * (cap - len(body)), "exact.json")
+        self.assertEqual(os.path.getsize(exact), cap)
+        r = run_seed(["-f", exact, "-b", self.base(), "--dry-run"], env={"MACHINE_JWT": MACHINE})
+        self.assertSeeded(r, 1)
+        over = self.write(body + " " * (cap + 1 - len(body)), "over.json")
+        r = run_seed(["-f", over, "-b", self.base(), "--dry-run"], env={"MACHINE_JWT": MACHINE})
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("larger than 8 MiB", r.stderr)
+        self.assertNotIn("Would upsert", r.stdout)
+
+    def test_two_hundred_thousand_pins_dry_run(self):
+        # The duplicate check is a hash set: 200k pins take about a second (the pairwise check
+        # took minutes at this size); the generous bound only catches a quadratic regression.
+        pins = {"k%06d" % i: {"i": i} for i in range(200000)}
+        path = self.write([{"tenant_id": "seed-many", "pins": pins},
+                           {"tenant_id": "seed-many2", "pins": {"k000000": {}}}])
+        r = run_seed(["-f", path, "-b", self.base(), "--dry-run"], env={"MACHINE_JWT": MACHINE},
+                     timeout=60)
+        self.assertSeeded(r, 200001)
+        self.assertIn("[DRY-RUN] Would upsert: seed-many/k199999", r.stdout)
+        path = self.write([{"tenant_id": "seed-many", "pins": pins},
+                           {"tenant_id": "seed-many", "pins": {"k123456": {}}}])
+        r = run_seed(["-f", path, "-b", self.base(), "--dry-run"], env={"MACHINE_JWT": MACHINE},
+                     timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn('entries[1].pins["k123456"]', r.stderr)
+        self.assertIn("already given in entries[0]", r.stderr)
+
+    def test_empty_tenant_is_global(self):
+        path = self.write([{"tenant_id": "", "pins": {"seed-empty-t": {"a": 1}}}])
+        r = run_seed(["-f", path, "-b", self.base(), "--verify"], env={"MACHINE_JWT": MACHINE})
+        self.assertSeeded(r, 1)
+        self.assertIn("[OK] Upserted: global/seed-empty-t", r.stdout)
+        self.assertIn("[VERIFIED] API: global/seed-empty-t", r.stdout)
+        self.assertIn("seed-empty-t", self.pins_of("global"))
+        # The same key given again without a tenant is a duplicate (both are global/...).
+        path = self.write([{"tenant_id": "", "pins": {"seed-empty-d": {"a": 1}}},
+                           {"pins": {"seed-empty-d": {"a": 2}}}], "dup.json")
+        r = run_seed(["-f", path, "-b", self.base()], env={"MACHINE_JWT": MACHINE})
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("tenant global, key seed-empty-d is already given in entries[0]",
+                      r.stderr)
+        self.assertNotIn("seed-empty-d", self.pins_of("global"))
+
+    def test_base_with_user_information_is_refused_unechoed(self):
+        path = self.write([{"tenant_id": "seed-userinfo", "pins": {"k": {}}}])
+        for base in ("http://nova:s3cret-pw@127.0.0.1:%d" % self.server.port,
+                     "https://s3cret-pw@127.0.0.1:%d/x" % self.server.port):
+            r = run_seed(["-f", path, "-b", base], env={"MACHINE_JWT": MACHINE})
+            self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+            self.assertIn("user information", r.stderr)
+            self.assertNotIn("s3cret-pw", r.stdout + r.stderr)
+        self.assertEqual(self.pins_of("seed-userinfo"), {})
+
     def test_usage_errors(self):
         path = self.write([])
         for args, want in ((["-f", path], "--base"), (["-b", self.base()], "--file"),
@@ -311,6 +383,24 @@ class SeedAuth(SeedCase):
         self.assertEqual(r.returncode, 1)
         self.assertNotIn("[RETRY]", r.stdout)
         self.assertNotIn("not-the-secret", r.stdout + r.stderr)
+
+    def test_credentials_with_line_ends_are_trimmed(self):
+        # An env file written on Windows leaves "\r" at the end: still detected as a JWT.
+        r = run_seed(["-f", self.file("seed-crlf"), "-b", self.base(), "-v"],
+                     env={"MACHINE_JWT": ADMIN_JWT + "\r\n"})
+        self.assertSeeded(r, 2)
+        self.assertIn("MACHINE_JWT as authorization: Bearer", r.stdout)
+        self.assertNoSecret(r)
+        r = run_seed(["-f", self.file("seed-crlf2"), "-b", self.base()],
+                     env={"MACHINE_TOKEN": " " + MACHINE + "\r"})
+        self.assertSeeded(r, 2)
+        r = run_seed(["-f", self.file("seed-ctl"), "-b", self.base()],
+                     env={"MACHINE_JWT": ADMIN_JWT[:20] + "\x01" + ADMIN_JWT[20:]})
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("MACHINE_JWT holds a control character", r.stderr)
+        self.assertNoSecret(r)
+        self.assertNotIn(ADMIN_JWT[:20], r.stdout + r.stderr)
+        self.assertEqual(self.pins_of("seed-ctl"), {})
 
     def test_real_jwt_goes_as_bearer(self):
         for name, token in (("admin", ADMIN_JWT), ("machine", MACHINE_ROLE_JWT)):
@@ -397,6 +487,23 @@ class SeedRetries(SeedCase):
         self.assertNotIn("[RETRY]", r.stdout)
         self.assertRegex(r.stdout, r"Failed:\s+1\n")
         self.assertEqual(upserts_handled(self.server.port, "INVALID_ARGUMENT") - before_bad, 1)
+
+
+class SeedSizeLimit(SeedCase):
+    """A pin over MAX_REQUEST_BYTES: RESOURCE_EXHAUSTED without retry-after is final."""
+
+    SERVER_ENV = dict(ENFORCED, MAX_REQUEST_BYTES="2048", MEMORY_MAX_SIZE_BYTES="1024")
+
+    def test_too_large_message_is_sent_once(self):
+        path = self.write([{"tenant_id": "seed-big", "pins": {"big": {"x": "y" * 8000}}}])
+        r = run_seed(["-f", path, "-b", self.base()],
+                     env={"MACHINE_JWT": MACHINE, "SEED_RETRIES": "3",
+                          "SEED_BACKOFF_MS": "5000"})
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("[FAILED] Upsert seed-big/big: RESOURCE_EXHAUSTED", r.stdout)
+        self.assertIn("(1 attempt)", r.stdout)
+        self.assertNotIn("[RETRY]", r.stdout)
+        self.assertEqual(self.pins_of("seed-big"), {})
 
 
 class SeedWait(SeedCase):

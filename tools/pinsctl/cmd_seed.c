@@ -8,12 +8,15 @@
  * equality, so key order does not matter).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/arena.h"
 #include "common/base64.h"
@@ -21,8 +24,12 @@
 #include "common/pbstruct.h"
 #include "pinsctl.h"
 
-#define FILE_MAX_BYTES     ((size_t)64 << 20)
-#define ARENA_MAX_BYTES    ((size_t)1 << 30)
+/* The runbook's file has 82 lines; 8 MiB is thousands of times that. The parse tree may take at
+ * most ARENA_PER_BYTE bytes per byte of the file plus ARENA_BASE_BYTES, so memory stays
+ * proportional to the file (a file of tiny values fails with a clear error, not an OOM kill). */
+#define FILE_MAX_BYTES     ((size_t)8 << 20)
+#define ARENA_PER_BYTE     32
+#define ARENA_BASE_BYTES   ((size_t)4 << 20)
 #define TTL_MAX_SECONDS    31536000
 #define DEFAULT_TIMEOUT_MS 10000
 #define DEFAULT_RETRIES    3
@@ -41,7 +48,8 @@ static const char usage_text[] =
     "options:\n"
     "  -f, --file FILE       the seed file (required)\n"
     "  -b, --base URL        pinsd: http://host:port (h2c) or https://host:port (TLS), the same\n"
-    "                        address as the REST API's (required; --addr is the same)\n"
+    "                        address as the REST API's (required; --addr is the same; no\n"
+    "                        user:password@)\n"
     "  --dry-run             write nothing: print \"[DRY-RUN] Would upsert: tenant/key\" per pin\n"
     "                        (counted as successes)\n"
     "  --verify              read every written pin back (GetPin) and compare its value\n"
@@ -61,7 +69,9 @@ static const char usage_text[] =
     "  source       string, default \"seed_script\"\n"
     "  ttl_seconds  null (default) or an integer 1..31536000, for every pin of the entry\n"
     "  pins         object: key -> value, each value a JSON object\n"
-    "The whole file is checked before the first write; a tenant/key given twice is an error.\n"
+    "An empty tenant_id is \"global\", as pinsd has it. The file must be a regular file of at\n"
+    "most 8 MiB. The whole file is checked before the first write; a tenant/key given twice is\n"
+    "an error.\n"
     "Tenant, key, source and value size are judged by pinsd: a pin it refuses counts as failed.\n"
     "\n"
     "environment:\n"
@@ -69,18 +79,23 @@ static const char usage_text[] =
     "                         parts, the first a JSON object with \"alg\"), else as\n"
     "                         x-machine-token (a machine secret given under this name)\n"
     "  MACHINE_TOKEN, MACHINE_SECRET_TOKEN   without MACHINE_JWT: sent as x-machine-token\n"
-    "                         (no credential at all: a warning; tokens are never printed)\n"
+    "                         (no credential at all: a warning; tokens are never printed;\n"
+    "                         surrounding blanks and line ends are removed, other control\n"
+    "                         characters are refused)\n"
     "  SEED_TIMEOUT           deadline of each request in seconds (default 10)\n"
     "  SEED_RETRIES           retries of a failed request (default 3: up to 4 attempts)\n"
     "  SEED_WAIT_TIMEOUT      default --wait-timeout (30)\n"
     "  SEED_BACKOFF_MS        the first backoff (default 1000; for tests)\n"
-    "  DATABASE_URL           PostgreSQL for --sql-verify (never printed)\n"
+    "  DATABASE_URL           PostgreSQL for --sql-verify (never printed, nor any part of it;\n"
+    "                         connect_timeout and statement_timeout are the request timeout\n"
+    "                         unless the URL sets them)\n"
     "\n"
-    "Retries: after RESOURCE_EXHAUSTED (rate limited; pinsd's retry-after is honoured when longer\n"
-    "than the backoff), UNAVAILABLE, DEADLINE_EXCEEDED, and a connection that could not be made "
-    "or\n"
-    "broke, the request is sent again after 1 s x 2^attempt (1 s, 2 s, 4 s, at most 60 s). Any\n"
-    "other answer (INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED, ...) is final.\n"
+    "Retries: after RESOURCE_EXHAUSTED with a retry-after (pinsd's rate limit; the retry-after is\n"
+    "honoured when longer than the backoff), UNAVAILABLE, DEADLINE_EXCEEDED, and a connection\n"
+    "that could not be made or broke, the request is sent again after 1 s x 2^attempt (1 s, 2 s,\n"
+    "4 s, at most 60 s). Any other answer (RESOURCE_EXHAUSTED without retry-after, such as a\n"
+    "message over the size limit, INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED, ...) is\n"
+    "final.\n"
     "\n"
     "Exit status: 0 every pin written (and verified, when asked); 1 a pin failed or was not\n"
     "verified; 2 usage error, a missing or malformed file (nothing written; M7's script said 1),\n"
@@ -177,7 +192,14 @@ static int parse_top(pinsctl_seed_plan *plan, const char *json, size_t len,
                          : pbstruct_reason_text(pbstruct_last_reason()));
             break;
         default:
-            snprintf(err, errlen, "invalid JSON: %s", pbstruct_reason_text(pbstruct_last_reason()));
+            if (pbstruct_last_reason() == PBSTRUCT_REASON_NOMEM)
+                snprintf(err, errlen,
+                         "out of memory: parsing it would take more than %zu MiB (%d bytes per "
+                         "byte of the file; too many tiny values)",
+                         (len * ARENA_PER_BYTE + ARENA_BASE_BYTES) >> 20, ARENA_PER_BYTE);
+            else
+                snprintf(err, errlen, "invalid JSON: %s",
+                         pbstruct_reason_text(pbstruct_last_reason()));
             break;
         }
         return -1;
@@ -207,6 +229,8 @@ static int entry_string(const Google__Protobuf__Struct *e, size_t idx, const cha
         return -1;
     }
     *pout = v->string_value;
+    if (strcmp(name, "tenant_id") == 0 && v->string_value[0] == '\0')
+        *pout = "global"; /* pinsd's rule (API.md section 4): an empty tenant is "global" */
     return 0;
 }
 
@@ -235,34 +259,82 @@ static int entry_ttl(const Google__Protobuf__Struct *e, size_t idx, pinsctl_seed
     return 0;
 }
 
-static int add_pin(pinsctl_seed_plan *plan, size_t *pcap, const pinsctl_seed_pin *pin, char *err,
+/* What the parse builds besides the plan: the pins array's capacity and a hash set of the pins'
+ * (tenant, key) for the duplicate check (open addressing; slots hold pin index + 1, 0 is free). */
+typedef struct plan_build {
+    size_t cap;
+    size_t *slots;
+    size_t nslots; /* a power of 2, at least twice the pins */
+} plan_build;
+
+static uint64_t pin_hash(const char *tenant, const char *key)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a over tenant, NUL, key */
+    for (const unsigned char *p = (const unsigned char *)tenant; *p != '\0'; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    h = (h ^ 0xffu) * 1099511628211ULL;
+    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h ^ (h >> 29);
+}
+
+/* The slot of (tenant, key): the one holding it, or the free one where it goes. */
+static size_t *find_slot(const pinsctl_seed_plan *plan, const plan_build *b, const char *tenant,
+                         const char *key)
+{
+    size_t mask = b->nslots - 1;
+    for (size_t i = (size_t)pin_hash(tenant, key) & mask;; i = (i + 1) & mask) {
+        size_t s = b->slots[i];
+        if (s == 0 || (strcmp(plan->pins[s - 1].key, key) == 0 &&
+                       strcmp(plan->pins[s - 1].tenant, tenant) == 0))
+            return &b->slots[i];
+    }
+}
+
+static int grow_set(const pinsctl_seed_plan *plan, plan_build *b)
+{
+    size_t n = b->nslots ? b->nslots * 2 : 64;
+    size_t *slots = calloc(n, sizeof(*slots));
+    if (slots == NULL)
+        return -1;
+    free(b->slots);
+    b->slots = slots;
+    b->nslots = n;
+    for (size_t i = 0; i < plan->npins; i++)
+        *find_slot(plan, b, plan->pins[i].tenant, plan->pins[i].key) = i + 1;
+    return 0;
+}
+
+static int add_pin(pinsctl_seed_plan *plan, plan_build *b, const pinsctl_seed_pin *pin, char *err,
                    size_t errlen)
 {
-    for (size_t i = 0; i < plan->npins; i++) {
-        if (strcmp(plan->pins[i].tenant, pin->tenant) == 0 &&
-            strcmp(plan->pins[i].key, pin->key) == 0) {
-            snprintf(err, errlen,
-                     "entries[%zu].pins[\"%s\"]: tenant %s, key %s is already given in "
-                     "entries[%zu]",
-                     pin->entry, pin->key, pin->tenant, pin->key, plan->pins[i].entry);
-            return -1;
-        }
+    if ((plan->npins + 1) * 2 > b->nslots && grow_set(plan, b) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
     }
-    if (plan->npins == *pcap) {
-        size_t cap = *pcap ? *pcap * 2 : 16;
+    size_t *slot = find_slot(plan, b, pin->tenant, pin->key);
+    if (*slot != 0) {
+        snprintf(err, errlen,
+                 "entries[%zu].pins[\"%s\"]: tenant %s, key %s is already given in entries[%zu]",
+                 pin->entry, pin->key, pin->tenant, pin->key, plan->pins[*slot - 1].entry);
+        return -1;
+    }
+    if (plan->npins == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 16;
         pinsctl_seed_pin *p = realloc(plan->pins, cap * sizeof(*p));
         if (p == NULL) {
             snprintf(err, errlen, "out of memory");
             return -1;
         }
         plan->pins = p;
-        *pcap = cap;
+        b->cap = cap;
     }
     plan->pins[plan->npins++] = *pin;
+    *slot = plan->npins;
     return 0;
 }
 
-static int parse_entry(pinsctl_seed_plan *plan, size_t *pcap, const Google__Protobuf__Value *ev,
+static int parse_entry(pinsctl_seed_plan *plan, plan_build *b, const Google__Protobuf__Value *ev,
                        size_t idx, char *err, size_t errlen)
 {
     if (!is_kind(ev, GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE)) {
@@ -311,7 +383,7 @@ static int parse_entry(pinsctl_seed_plan *plan, size_t *pcap, const Google__Prot
             snprintf(err, errlen, "out of memory");
             return -1;
         }
-        if (add_pin(plan, pcap, &pin, err, errlen) != 0)
+        if (add_pin(plan, b, &pin, err, errlen) != 0)
             return -1;
     }
     return 0;
@@ -321,7 +393,10 @@ int pinsctl_seed_parse(const char *json, size_t len, pinsctl_seed_plan *plan, ch
                        size_t errlen)
 {
     memset(plan, 0, sizeof(*plan));
-    plan->arena = pins_arena_new(ARENA_MAX_BYTES);
+    size_t limit = len > (SIZE_MAX - ARENA_BASE_BYTES) / ARENA_PER_BYTE
+                       ? SIZE_MAX
+                       : len * ARENA_PER_BYTE + ARENA_BASE_BYTES;
+    plan->arena = pins_arena_new(limit);
     if (plan->arena == NULL) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -348,13 +423,13 @@ int pinsctl_seed_parse(const char *json, size_t len, pinsctl_seed_plan *plan, ch
                  kind_name(top));
         return -1;
     }
-    size_t cap = 0;
+    plan_build b = {0};
+    int rv = 0;
     plan->nentries = entries->n_values;
-    for (size_t i = 0; i < entries->n_values; i++) {
-        if (parse_entry(plan, &cap, entries->values[i], i, err, errlen) != 0)
-            return -1;
-    }
-    return 0;
+    for (size_t i = 0; i < entries->n_values && rv == 0; i++)
+        rv = parse_entry(plan, &b, entries->values[i], i, err, errlen);
+    free(b.slots);
+    return rv;
 }
 
 void pinsctl_seed_plan_free(pinsctl_seed_plan *plan)
@@ -418,6 +493,9 @@ bool pinsctl_seed_retryable(const pins_status *st)
 {
     switch (st->code) {
     case PINS_CODE_RESOURCE_EXHAUSTED:
+        /* Only pinsd's rate limit, which says when to come back (retry-after). Any other (a
+         * message over the size limit, out of memory) would be the same on every attempt. */
+        return st->retry_after_ms >= 0;
     case PINS_CODE_UNAVAILABLE:
     case PINS_CODE_DEADLINE_EXCEEDED:
         return true;
@@ -443,32 +521,53 @@ static bool list_equal(const Google__Protobuf__ListValue *a, const Google__Proto
     return true;
 }
 
-/* Keys of s counted once each. */
-static size_t distinct_keys(const Google__Protobuf__Struct *s)
+static int field_cmp(const void *x, const void *y)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < s->n_fields; i++) {
-        bool later = false;
-        for (size_t j = i + 1; j < s->n_fields && !later; j++)
-            later = strcmp(s->fields[i]->key, s->fields[j]->key) == 0;
-        n += !later;
+    const Google__Protobuf__Struct__FieldsEntry *a =
+        *(const Google__Protobuf__Struct__FieldsEntry *const *)x;
+    const Google__Protobuf__Struct__FieldsEntry *b =
+        *(const Google__Protobuf__Struct__FieldsEntry *const *)y;
+    int c = strcmp(a->key, b->key);
+    if (c != 0)
+        return c;
+    return a < b ? -1 : a > b; /* the fields array is in order: later entries sort later */
+}
+
+/* s's fields sorted by key, each key once (the last of a repeated key: JSON's rule). New array
+ * (free it) or NULL when out of memory; *pn the count. */
+static Google__Protobuf__Struct__FieldsEntry **sorted_fields(const Google__Protobuf__Struct *s,
+                                                             size_t *pn)
+{
+    size_t n = s->n_fields;
+    Google__Protobuf__Struct__FieldsEntry **f = malloc((n ? n : 1) * sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    memcpy(f, s->fields, n * sizeof(*f));
+    qsort(f, n, sizeof(*f), field_cmp);
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 1 < n && strcmp(f[i]->key, f[i + 1]->key) == 0)
+            continue; /* a later one follows */
+        f[out++] = f[i];
     }
-    return n;
+    *pn = out;
+    return f;
 }
 
 bool pinsctl_seed_value_equal(const Google__Protobuf__Struct *a, const Google__Protobuf__Struct *b)
 {
     if (a == NULL || b == NULL)
         return a == b;
-    if (distinct_keys(a) != distinct_keys(b))
-        return false;
-    for (size_t i = 0; i < a->n_fields; i++) {
-        const char *k = a->fields[i]->key;
-        const Google__Protobuf__Value *bv = member(b, k);
-        if (bv == NULL || !value_equal(member(a, k), bv))
-            return false;
-    }
-    return true;
+    /* Sorted once and walked together: O(n log n) in the keys, not n^2. */
+    size_t na = 0, nb = 0;
+    Google__Protobuf__Struct__FieldsEntry **fa = sorted_fields(a, &na);
+    Google__Protobuf__Struct__FieldsEntry **fb = fa != NULL ? sorted_fields(b, &nb) : NULL;
+    bool eq = fa != NULL && fb != NULL && na == nb;
+    for (size_t i = 0; eq && i < na; i++)
+        eq = strcmp(fa[i]->key, fb[i]->key) == 0 && value_equal(fa[i]->value, fb[i]->value);
+    free(fa);
+    free(fb);
+    return eq;
 }
 
 static bool value_equal(const Google__Protobuf__Value *a, const Google__Protobuf__Value *b)
@@ -509,7 +608,9 @@ typedef struct seed_run {
     char addr[600];
     pins_client *client;
     pinsctl_seed_plan plan;
-    bool *written; /* by pin */
+    bool *written;  /* by pin */
+    char *creds[3]; /* trimmed copies of the credentials */
+    size_t ncreds;
 } seed_run;
 
 static void sleep_ms(int64_t ms)
@@ -648,23 +749,117 @@ static bool verify_api_one(seed_run *r, const pinsctl_seed_pin *pin)
     return ok;
 }
 
-/* The first line of libpq's error text (it never holds the password). */
-static void print_pq_error(const char *what, const char *msg)
+/* The first line of a libpq error text, with every occurrence of the password masked (libpq's
+ * connection and query errors do not quote the password, but a server's message might). */
+static void print_pq_error(const char *what, const char *msg, const char *password)
 {
     size_t n = strcspn(msg, "\n");
-    fprintf(stderr, "pinsctl: seed: %s: %.*s\n", what, (int)n, msg);
+    size_t pl = password != NULL ? strlen(password) : 0;
+    fprintf(stderr, "pinsctl: seed: %s: ", what);
+    for (size_t i = 0; i < n;) {
+        if (pl > 0 && i + pl <= n && memcmp(msg + i, password, pl) == 0) {
+            fputs("***", stderr);
+            i += pl;
+        } else {
+            fputc(msg[i++], stderr);
+        }
+    }
+    fputc('\n', stderr);
 }
 
-/* --sql-verify: returns how many written pins have the same value in system.memory_pins. */
+/* Connects to url, bounded by the request timeout: connect_timeout (whole seconds, rounded up)
+ * unless the URL sets one. The URL is parsed first; when that fails only a fixed message is
+ * printed (libpq's parse errors quote the offending token, which can be the password). NULL when
+ * it cannot connect (printed). *ppassword: the URL's password (free with PQconninfoFree(*popts)).
+ */
+static PGconn *sql_connect(const seed_run *r, const char *url, PQconninfoOption **popts,
+                           const char **ppassword)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &perr);
+    *popts = opts;
+    *ppassword = NULL;
+    if (opts == NULL) {
+        PQfreemem(perr);
+        fputs("pinsctl: seed: --sql-verify: DATABASE_URL cannot be parsed as a PostgreSQL "
+              "connection string\n",
+              stderr);
+        return NULL;
+    }
+    size_t n = 0;
+    bool has_timeout = false;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        n++;
+        if (o->val != NULL && strcmp(o->keyword, "password") == 0)
+            *ppassword = o->val;
+        if (o->val != NULL && o->val[0] != '\0' && strcmp(o->keyword, "connect_timeout") == 0)
+            has_timeout = true;
+    }
+    const char **keys = calloc(n + 2, sizeof(*keys));
+    const char **vals = calloc(n + 2, sizeof(*vals));
+    char ct[32];
+    snprintf(ct, sizeof(ct), "%" PRId64, (r->timeout_ms + 999) / 1000);
+    size_t k = 0;
+    for (PQconninfoOption *o = opts; keys != NULL && vals != NULL && o->keyword != NULL; o++) {
+        if (o->val == NULL)
+            continue;
+        keys[k] = o->keyword;
+        vals[k++] = o->val;
+    }
+    if (!has_timeout && keys != NULL && vals != NULL) {
+        keys[k] = "connect_timeout";
+        vals[k++] = ct;
+    }
+    PGconn *db = keys != NULL && vals != NULL ? PQconnectdbParams(keys, vals, 0) : NULL;
+    free(keys);
+    free(vals);
+    if (db == NULL) {
+        fputs("pinsctl: seed: --sql-verify: out of memory\n", stderr);
+        return NULL;
+    }
+    if (PQstatus(db) != CONNECTION_OK) {
+        print_pq_error("--sql-verify: cannot connect to DATABASE_URL", PQerrorMessage(db),
+                       *ppassword);
+        PQfinish(db);
+        return NULL;
+    }
+    return db;
+}
+
+/* --sql-verify: returns how many written pins have the same value in system.memory_pins. Every
+ * query runs in one transaction under statement_timeout (the request timeout) unless the URL's
+ * options set one: SET LOCAL holds through PgBouncer in transaction mode too. */
 static size_t verify_sql(seed_run *r, const char *url)
 {
     size_t ok = 0;
-    PGconn *db = PQconnectdb(url);
-    if (PQstatus(db) != CONNECTION_OK) {
-        print_pq_error("--sql-verify: cannot connect to DATABASE_URL", PQerrorMessage(db));
-        PQfinish(db);
+    PQconninfoOption *opts = NULL;
+    const char *password = NULL;
+    PGconn *db = sql_connect(r, url, &opts, &password);
+    if (db == NULL) {
+        PQconninfoFree(opts);
         return 0;
     }
+    bool own_timeout = true;
+    for (PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val != NULL && strcmp(o->keyword, "options") == 0 &&
+            strstr(o->val, "statement_timeout") != NULL)
+            own_timeout = false;
+    }
+    char begin[96];
+    if (own_timeout)
+        snprintf(begin, sizeof(begin), "BEGIN; SET LOCAL statement_timeout = %" PRId64,
+                 r->timeout_ms);
+    else
+        snprintf(begin, sizeof(begin), "BEGIN");
+    PGresult *br = PQexec(db, begin);
+    if (PQresultStatus(br) != PGRES_COMMAND_OK) {
+        print_pq_error("--sql-verify", PQresultErrorMessage(br), password);
+        PQclear(br);
+        PQfinish(db);
+        PQconninfoFree(opts);
+        return 0;
+    }
+    PQclear(br);
     static const char sql[] =
         "SELECT value = $3::jsonb FROM system.memory_pins"
         " WHERE tenant_id = $1 AND key = $2 AND (expires_at IS NULL OR expires_at > now())";
@@ -677,7 +872,10 @@ static size_t verify_sql(seed_run *r, const char *url)
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             printf("[SQL VERIFY FAILED] %s/%s: ", pin->tenant, pin->key);
             fflush(stdout);
-            print_pq_error("--sql-verify", PQresultErrorMessage(res));
+            print_pq_error("--sql-verify", PQresultErrorMessage(res), password);
+            /* The transaction is aborted now: start another for the next pins. */
+            PQclear(PQexec(db, "ROLLBACK"));
+            PQclear(PQexec(db, begin));
         } else if (PQntuples(res) == 0) {
             printf("[SQL VERIFY FAILED] %s/%s: no live row in system.memory_pins\n", pin->tenant,
                    pin->key);
@@ -691,7 +889,9 @@ static size_t verify_sql(seed_run *r, const char *url)
         fflush(stdout);
         PQclear(res);
     }
+    PQclear(PQexec(db, "ROLLBACK"));
     PQfinish(db);
+    PQconninfoFree(opts);
     return ok;
 }
 
@@ -764,6 +964,13 @@ static int make_addr(seed_run *r)
         fprintf(stderr, "pinsctl: seed: --base: expected http://host:port or https://host:port\n");
         return PINSCTL_EXIT_USAGE;
     }
+    if (memchr(rest, '@', hp) != NULL) {
+        /* Not repeated: user information is usually a password. */
+        fprintf(stderr, "pinsctl: seed: --base: user information (user:password@) is not "
+                        "allowed in the URL; give credentials in MACHINE_JWT or "
+                        "MACHINE_TOKEN\n");
+        return PINSCTL_EXIT_USAGE;
+    }
     bool has_port = false;
     const char *close = memchr(rest, ']', hp);
     const char *colon = NULL;
@@ -778,13 +985,49 @@ static int make_addr(seed_run *r)
     return 0;
 }
 
-/* Which credential goes out. Returns what to call it in the log. */
+/* A credential from the environment with surrounding blanks and line ends removed (an env file
+ * written on Windows leaves "\r"). NULL when unset or empty; *pbad when a control character is
+ * left inside it (the name is printed, never the value). New text in r->creds. */
+static const char *credential(seed_run *r, const char *name, bool *pbad)
+{
+    const char *v = env_or_null(name);
+    if (v == NULL)
+        return NULL;
+    while (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n')
+        v++;
+    size_t n = strlen(v);
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t' || v[n - 1] == '\r' || v[n - 1] == '\n'))
+        n--;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c < 0x20 || c == 0x7f) {
+            fprintf(stderr,
+                    "pinsctl: seed: %s holds a control character (not printed); a token is one "
+                    "line of printable characters\n",
+                    name);
+            *pbad = true;
+            return NULL;
+        }
+    }
+    if (n == 0 || r->ncreds >= sizeof(r->creds) / sizeof(r->creds[0]))
+        return NULL;
+    char *c = strndup(v, n);
+    if (c != NULL)
+        r->creds[r->ncreds++] = c;
+    return c;
+}
+
+/* Which credential goes out. Returns what to call it in the log, or NULL after an error
+ * (printed). */
 static const char *setup_auth(seed_run *r)
 {
     pins_options *o = &r->g->opts;
     o->machine_token = NULL;
     o->bearer_token = NULL;
-    const char *jwt = env_or_null("MACHINE_JWT");
+    bool bad = false;
+    const char *jwt = credential(r, "MACHINE_JWT", &bad);
+    if (bad)
+        return NULL;
     if (jwt != NULL) {
         if (pinsctl_seed_is_jwt(jwt)) {
             o->bearer_token = jwt;
@@ -793,12 +1036,16 @@ static const char *setup_auth(seed_run *r)
         o->machine_token = jwt;
         return "MACHINE_JWT (not a JWT) as x-machine-token";
     }
-    const char *tok = env_or_null("MACHINE_TOKEN");
+    const char *tok = credential(r, "MACHINE_TOKEN", &bad);
+    if (bad)
+        return NULL;
     if (tok != NULL) {
         o->machine_token = tok;
         return "MACHINE_TOKEN as x-machine-token";
     }
-    tok = env_or_null("MACHINE_SECRET_TOKEN");
+    tok = credential(r, "MACHINE_SECRET_TOKEN", &bad);
+    if (bad)
+        return NULL;
     if (tok != NULL) {
         o->machine_token = tok;
         return "MACHINE_SECRET_TOKEN as x-machine-token";
@@ -952,48 +1199,85 @@ static int parse_args(seed_run *r, int argc, char **argv)
     return 0;
 }
 
-/* Reads FILE whole (at most FILE_MAX_BYTES). New text, or NULL (printed). */
+/* Reads FILE whole (at most FILE_MAX_BYTES; exactly that is accepted). Only a regular file: it is
+ * opened with O_NONBLOCK, so a FIFO without a writer or a device is refused after fstat instead
+ * of blocking. New text, or NULL (printed). */
 static char *read_file(const char *path, size_t *plen)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
         fprintf(stderr, "pinsctl: seed: %s: cannot open the seed file: %s (nothing written)\n",
                 path, strerror(errno));
         return NULL;
     }
-    size_t cap = 1 << 16, len = 0;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        fprintf(stderr, "pinsctl: seed: %s: cannot read the seed file: %s (nothing written)\n",
+                path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        fprintf(stderr,
+                "pinsctl: seed: %s: not a regular file (a FIFO, device or directory); give the "
+                "seed file itself (nothing written)\n",
+                path);
+        close(fd);
+        return NULL;
+    }
+    if (sb.st_size < 0 || (uint64_t)sb.st_size > FILE_MAX_BYTES) {
+        fprintf(stderr, "pinsctl: seed: %s: larger than %zu MiB (nothing written)\n", path,
+                FILE_MAX_BYTES >> 20);
+        close(fd);
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    /* The size may change while it is read: read at most the cap plus one byte to see that. */
+    size_t cap = (size_t)sb.st_size + 1 + ((size_t)1 << 12);
+    if (cap > FILE_MAX_BYTES + 1)
+        cap = FILE_MAX_BYTES + 1;
+    size_t len = 0;
     char *p = malloc(cap);
+    bool oom = p == NULL;
     while (p != NULL) {
         if (len == cap) {
-            if (cap >= FILE_MAX_BYTES) {
+            if (cap > FILE_MAX_BYTES) {
                 fprintf(stderr, "pinsctl: seed: %s: larger than %zu MiB (nothing written)\n", path,
                         FILE_MAX_BYTES >> 20);
                 free(p);
                 p = NULL;
                 break;
             }
-            char *q = realloc(p, cap * 2);
+            size_t ncap = cap * 2 > FILE_MAX_BYTES + 1 ? FILE_MAX_BYTES + 1 : cap * 2;
+            char *q = realloc(p, ncap);
             if (q == NULL) {
                 free(p);
                 p = NULL;
+                oom = true;
                 break;
             }
             p = q;
-            cap *= 2;
+            cap = ncap;
         }
-        size_t n = fread(p + len, 1, cap - len, f);
-        len += n;
-        if (n == 0) {
-            if (ferror(f)) {
-                fprintf(stderr, "pinsctl: seed: %s: cannot read the seed file (nothing written)\n",
-                        path);
-                free(p);
-                p = NULL;
-            }
+        ssize_t n = read(fd, p + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "pinsctl: seed: %s: cannot read the seed file: %s (nothing written)\n",
+                    path, strerror(errno));
+            free(p);
+            p = NULL;
             break;
         }
+        if (n == 0)
+            break;
+        len += (size_t)n;
     }
-    fclose(f);
+    if (oom)
+        fprintf(stderr, "pinsctl: seed: %s: out of memory (nothing written)\n", path);
+    close(fd);
     *plen = len;
     return p;
 }
@@ -1053,6 +1337,10 @@ int pinsctl_seed_main(pinsctl_global *g, int argc, char **argv)
     }
 
     const char *auth = setup_auth(&r);
+    if (auth == NULL) {
+        ex = PINSCTL_EXIT_USAGE;
+        goto out;
+    }
     g->opts.addr = r.addr;
     g->opts.timeout_ms = r.timeout_ms;
     if (r.timeout_ms > 0 && g->opts.connect_timeout_ms > r.timeout_ms)
@@ -1132,6 +1420,8 @@ int pinsctl_seed_main(pinsctl_global *g, int argc, char **argv)
 out:
     pins_client_free(r.client);
     free(r.written);
+    for (size_t i = 0; i < r.ncreds; i++)
+        free(r.creds[i]);
     pinsctl_seed_plan_free(&r.plan);
     free(text);
     return ex;

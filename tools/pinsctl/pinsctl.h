@@ -73,7 +73,9 @@ typedef struct pinsctl_seed_plan {
 } pinsctl_seed_plan;
 
 /* Validates a whole seed file json[0..len) and fills plan (free with pinsctl_seed_plan_free, also
- * after a failure). Returns 0, or -1 with one line in err naming the entry index and key. */
+ * after a failure). An empty tenant_id becomes "global" (pinsd's rule). The parse tree's memory is
+ * bounded in proportion to len. Returns 0, or -1 with one line in err naming the entry index and
+ * key. */
 int pinsctl_seed_parse(const char *json, size_t len, pinsctl_seed_plan *plan, char *err,
                        size_t errlen);
 void pinsctl_seed_plan_free(pinsctl_seed_plan *plan);
@@ -84,11 +86,12 @@ bool pinsctl_seed_is_jwt(const char *token);
  * server's retry_after_ms when longer (-1: none); both capped at PINSCTL_SEED_BACKOFF_MAX_MS. */
 #define PINSCTL_SEED_BACKOFF_MAX_MS 60000
 int64_t pinsctl_seed_backoff_ms(int64_t base_ms, int attempt, int64_t retry_after_ms);
-/* Whether a failed call is worth another attempt: RESOURCE_EXHAUSTED, UNAVAILABLE,
+/* Whether a failed call is worth another attempt: RESOURCE_EXHAUSTED with a retry-after (the
+ * rate limit; without one, e.g. a message over the size limit, it is permanent), UNAVAILABLE,
  * DEADLINE_EXCEEDED, or a connection that failed or broke without an answer. */
 bool pinsctl_seed_retryable(const pins_status *st);
 /* Whether two Structs hold the same JSON object (key order aside; the last of a repeated key
- * counts). */
+ * counts). O(n log n) in the keys. */
 bool pinsctl_seed_value_equal(const Google__Protobuf__Struct *a, const Google__Protobuf__Struct *b);
 
 #endif

@@ -243,6 +243,7 @@ static void test_only_transient_failures_are_retried(void **state)
                                 PINS_CODE_DEADLINE_EXCEEDED};
     for (size_t i = 0; i < sizeof(again) / sizeof(again[0]); i++) {
         st.code = again[i];
+        st.retry_after_ms = 1000; /* the rate limit's answer carries retry-after */
         st.from_server = true;
         assert_true(pinsctl_seed_retryable(&st));
         st.from_server = false;
@@ -257,6 +258,16 @@ static void test_only_transient_failures_are_retried(void **state)
         st.from_server = true;
         assert_false(pinsctl_seed_retryable(&st));
     }
+    /* RESOURCE_EXHAUSTED without a retry-after (a message over the size limit) is final. */
+    st.retry_after_ms = -1;
+    st.code = PINS_CODE_RESOURCE_EXHAUSTED;
+    st.from_server = true;
+    assert_false(pinsctl_seed_retryable(&st));
+    st.from_server = false;
+    assert_false(pinsctl_seed_retryable(&st));
+    st.retry_after_ms = 0;
+    assert_true(pinsctl_seed_retryable(&st));
+    st.retry_after_ms = -1;
     /* INTERNAL from pinsd is final; a connection that broke before an answer is not. */
     st.code = PINS_CODE_INTERNAL;
     st.from_server = true;
@@ -289,7 +300,141 @@ static void test_values_compare_as_json_objects(void **state)
     assert_false(pinsctl_seed_value_equal(obj(a, "{\"a\":null}"), obj(a, "{\"a\":false}")));
     assert_false(pinsctl_seed_value_equal(obj(a, "{\"a\":{}}"), obj(a, "{\"a\":[]}")));
     assert_false(pinsctl_seed_value_equal(obj(a, "{\"a\":1}"), NULL));
+    /* Repeated keys: the last one counts, on either side. */
+    assert_true(
+        pinsctl_seed_value_equal(obj(a, "{\"a\":1,\"b\":1,\"a\":2}"), obj(a, "{\"b\":1,\"a\":2}")));
+    assert_true(pinsctl_seed_value_equal(obj(a, "{\"b\":1,\"a\":2}"),
+                                         obj(a, "{\"a\":3,\"a\":2,\"b\":0,\"b\":1}")));
+    assert_false(pinsctl_seed_value_equal(obj(a, "{\"a\":2,\"a\":1}"), obj(a, "{\"a\":2}")));
+    assert_false(
+        pinsctl_seed_value_equal(obj(a, "{\"a\":1,\"a\":1}"), obj(a, "{\"a\":1,\"b\":1}")));
     pins_arena_free(a);
+}
+
+/* JSON text of an object with n keys k0..k(n-1) (in reverse order when reverse), the value of
+ * key k<odd> being odd when not 0 (-1: none). New text. */
+static char *wide_object(size_t n, bool reverse, long odd)
+{
+    size_t cap = n * 24 + 16, len = 0;
+    char *t = malloc(cap);
+    assert_non_null(t);
+    t[len++] = '{';
+    for (size_t j = 0; j < n; j++) {
+        size_t i = reverse ? n - 1 - j : j;
+        len += (size_t)snprintf(t + len, cap - len, "%s\"k%zu\":%ld", j ? "," : "", i,
+                                (long)i == odd ? -1L : (long)i);
+    }
+    t[len++] = '}';
+    t[len] = '\0';
+    return t;
+}
+
+static void test_wide_values_compare_in_n_log_n(void **state)
+{
+    (void)state;
+    /* 100k keys each side: the old pairwise comparison took ~10^10 string compares. */
+    pins_arena *a = pins_arena_new(0);
+    assert_non_null(a);
+    char *x = wide_object(100000, false, -1), *y = wide_object(100000, true, -1),
+         *z = wide_object(100000, true, 77777);
+    Google__Protobuf__Struct *sx = obj(a, x), *sy = obj(a, y), *sz = obj(a, z);
+    assert_true(pinsctl_seed_value_equal(sx, sy));
+    assert_false(pinsctl_seed_value_equal(sx, sz));
+    free(x);
+    free(y);
+    free(z);
+    pins_arena_free(a);
+}
+
+/* A seed file of n pins, key p<i> in tenant t<i % 7>, plus extra (or nothing). New text. */
+static char *many_pins(size_t n, const char *extra)
+{
+    size_t cap = n * 40 + 256 + strlen(extra), len = 0;
+    char *t = malloc(cap);
+    assert_non_null(t);
+    len += (size_t)snprintf(t, cap, "[");
+    for (int tn = 0; tn < 7; tn++) {
+        len += (size_t)snprintf(t + len, cap - len, "%s{\"tenant_id\":\"t%d\",\"pins\":{",
+                                tn ? "," : "", tn);
+        bool first = true;
+        for (size_t i = (size_t)tn; i < n; i += 7) {
+            len += (size_t)snprintf(t + len, cap - len, "%s\"p%zu\":{\"v\":%zu}", first ? "" : ",",
+                                    i, i);
+            first = false;
+        }
+        len += (size_t)snprintf(t + len, cap - len, "}}");
+    }
+    snprintf(t + len, cap - len, "%s]", extra);
+    return t;
+}
+
+static void test_many_pins_and_a_late_duplicate(void **state)
+{
+    (void)state;
+    pinsctl_seed_plan plan;
+    char err[768];
+    char *t = many_pins(200000, "");
+    assert_int_equal(parse(t, &plan, err, sizeof(err)), 0);
+    assert_int_equal(plan.npins, 200000);
+    pinsctl_seed_plan_free(&plan);
+    free(t);
+    /* The same key in another tenant is not a duplicate; the same tenant and key is. */
+    t = many_pins(200000, ",{\"tenant_id\":\"t1\",\"pins\":{\"p0\":{}}}"
+                          ",{\"tenant_id\":\"t3\",\"pins\":{\"p199993\":{}}}");
+    assert_int_not_equal(parse(t, &plan, err, sizeof(err)), 0);
+    assert_non_null(strstr(err, "entries[8].pins[\"p199993\"]"));
+    assert_non_null(strstr(err, "already given in entries[3]"));
+    pinsctl_seed_plan_free(&plan);
+    free(t);
+}
+
+static void test_empty_tenant_is_global(void **state)
+{
+    (void)state;
+    pinsctl_seed_plan plan;
+    char err[768];
+    assert_int_equal(
+        parse("[{\"tenant_id\": \"\", \"pins\": {\"k\": {}}}]", &plan, err, sizeof(err)), 0);
+    assert_string_equal(plan.pins[0].tenant, "global");
+    pinsctl_seed_plan_free(&plan);
+    refused("[{\"tenant_id\":\"\",\"pins\":{\"k\":{\"a\":1}}},{\"pins\":{\"k\":{\"a\":2}}}]",
+            (const char *const[]){"entries[1].pins[\"k\"]", "tenant global",
+                                  "already given in entries[0]", NULL});
+    refused("[{\"pins\":{\"k\":{}}},{\"tenant_id\":\"\",\"pins\":{\"k\":{}}}]",
+            (const char *const[]){"entries[1]", "already given in entries[0]", NULL});
+}
+
+static void test_memory_is_bounded_by_the_file_size(void **state)
+{
+    (void)state;
+    /* Tiny values cost far more than their text: nested empty arrays take 2 bytes of text and
+     * about 100 bytes of parse tree each. The parse stops with a clear error once the tree would
+     * outgrow its share (a bound proportional to the file), instead of taking gigabytes. */
+    size_t groups = 5000, depth = 200;
+    char *t = malloc(groups * (2 * depth + 1) + 8);
+    assert_non_null(t);
+    size_t len = 0;
+    t[len++] = '[';
+    for (size_t g = 0; g < groups; g++) {
+        if (g > 0)
+            t[len++] = ',';
+        memset(t + len, '[', depth);
+        memset(t + len + depth, ']', depth);
+        len += 2 * depth;
+    }
+    t[len++] = ']';
+    t[len] = '\0';
+    pinsctl_seed_plan plan;
+    char err[768];
+    assert_int_not_equal(parse(t, &plan, err, sizeof(err)), 0);
+    if (strstr(err, "out of memory") == NULL)
+        fail_msg("error: %s", err);
+    pinsctl_seed_plan_free(&plan);
+    /* The limit itself: proportional to the file's length. */
+    assert_int_equal(parse("[]", &plan, err, sizeof(err)), 0);
+    assert_true(pins_arena_limit(plan.arena) <= 2 * 64 + ((size_t)4 << 20));
+    pinsctl_seed_plan_free(&plan);
+    free(t);
 }
 
 int main(void)
@@ -305,6 +450,10 @@ int main(void)
         cmocka_unit_test(test_backoff_doubles_and_honours_retry_after),
         cmocka_unit_test(test_only_transient_failures_are_retried),
         cmocka_unit_test(test_values_compare_as_json_objects),
+        cmocka_unit_test(test_wide_values_compare_in_n_log_n),
+        cmocka_unit_test(test_many_pins_and_a_late_duplicate),
+        cmocka_unit_test(test_empty_tenant_is_global),
+        cmocka_unit_test(test_memory_is_bounded_by_the_file_size),
     };
     return cmocka_run_group_tests_name("pinsctl_seed", tests, NULL, NULL);
 }
