@@ -5,12 +5,15 @@ back from system.memory_pins and compared as jsonb, the TTL pin's expires_at set
 changed behind pinsd's back by triggers on system.memory_pins: a row deleted right after its
 insert, a row whose expires_at is forced into the past, and a row whose value is rewritten are
 each reported as not SQL-verified (exit 1), while the others are. A DATABASE_URL that cannot be
-used fails the SQL verification without printing its password.
+used fails the SQL verification without printing its password, nor any part of a DATABASE_URL
+libpq cannot parse; a database that never answers and a query that never ends are bounded by
+SEED_TIMEOUT; an empty tenant is verified as "global".
 
 Run: PINSD_BIN=build/pinsd PINSCTL_BIN=build/pinsctl /usr/bin/python3 -m unittest -v test_pg_seed
 """
 
 import os
+import socket
 import subprocess
 import sys
 import unittest
@@ -125,6 +128,77 @@ class SeedOnPostgres(SeedCase):
         self.assertRegex(r.stdout, r"Verified SQL:\s+0\n")
         self.assertNotIn("hunter2-sekrit", r.stdout + r.stderr)
         self.assertNotIn(url, r.stdout + r.stderr)
+
+    def test_unparsable_database_url_is_never_echoed(self):
+        # libpq's parse errors quote the token they choke on, which can be the password: only a
+        # fixed message goes out.
+        path = self.write([{"tenant_id": "seed-dbparse", "pins": {"k": {}}}])
+        for url, secret in (
+                ("postgresql://nova:hunter%%zz2@127.0.0.1:%d/db" % _pg.port, "hunter%zz2"),
+                ("postgresql://nova:hunter%%002@127.0.0.1:%d/db" % _pg.port, "hunter%002"),
+                ("host=127.0.0.1 port=%d password=hunter2 sekrit" % _pg.port, "sekrit")):
+            with self.subTest(url=url.replace(secret, "***")):
+                r = run_seed(["-f", path, "-b", self.base(), "--sql-verify"],
+                             env={"MACHINE_JWT": MACHINE, "DATABASE_URL": url})
+                out = r.stdout + r.stderr
+                self.assertEqual(r.returncode, 1, out.replace(secret, "***"))
+                self.assertIn("DATABASE_URL cannot be parsed as a PostgreSQL connection string",
+                              r.stderr)
+                self.assertRegex(r.stdout, r"Verified SQL:\s+0\n")
+                self.assertNotIn(secret, out)
+                self.assertNotIn("hunter", out)
+                self.assertNotIn("nova", out)
+
+    def test_unanswering_database_is_bounded_by_seed_timeout(self):
+        # A listener that takes the TCP connection (the kernel's backlog) and never answers: the
+        # connection attempt ends after SEED_TIMEOUT (connect_timeout), not never.
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(lsock.close)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)
+        url = "postgresql://nova:silent-sekrit@127.0.0.1:%d/db" % lsock.getsockname()[1]
+        path = self.write([{"tenant_id": "seed-dbhang", "pins": {"k": {}}}])
+        r = run_seed(["-f", path, "-b", self.base(), "--sql-verify"],
+                     env={"MACHINE_JWT": MACHINE, "DATABASE_URL": url, "SEED_TIMEOUT": "2"},
+                     timeout=90)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("[OK] Upserted: seed-dbhang/k", r.stdout)
+        self.assertIn("cannot connect to DATABASE_URL", r.stderr)
+        self.assertNotIn("silent-sekrit", r.stdout + r.stderr)
+
+    def test_slow_verification_query_is_bounded_by_statement_timeout(self):
+        # A database whose system.memory_pins takes 60 s to read: the query is cancelled after
+        # SEED_TIMEOUT (statement_timeout) and the pin counts as not SQL-verified.
+        _pg.psql("DROP DATABASE IF EXISTS seed_slow", db="postgres")
+        _pg.psql("CREATE DATABASE seed_slow", db="postgres")
+        self.addCleanup(_pg.psql, "DROP DATABASE IF EXISTS seed_slow", db="postgres",
+                        check=False)
+        _pg.psql("""
+            CREATE SCHEMA system;
+            CREATE VIEW system.memory_pins AS
+              SELECT 'seed-slow'::text AS tenant_id, 'k'::text AS key, '{}'::jsonb AS value,
+                     NULL::timestamptz AS expires_at
+              FROM pg_sleep(60);
+        """, db="seed_slow")
+        path = self.write([{"tenant_id": "seed-slow", "pins": {"k": {}}}])
+        url = "postgresql://postgres@127.0.0.1:%d/seed_slow" % _pg.port
+        r = run_seed(["-f", path, "-b", self.base(), "--sql-verify"],
+                     env={"MACHINE_JWT": MACHINE, "DATABASE_URL": url, "SEED_TIMEOUT": "2"},
+                     timeout=50)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("[SQL VERIFY FAILED] seed-slow/k", r.stdout)
+        self.assertIn("statement timeout", r.stderr)
+        self.assertRegex(r.stdout, r"Verified SQL:\s+0\n")
+
+    def test_empty_tenant_is_verified_as_global(self):
+        path = self.write([{"tenant_id": "", "pins": {"seed-empty-tenant": {"a": 1}}}])
+        r = run_seed(["-f", path, "-b", self.base(), "--verify", "--sql-verify"],
+                     env={"MACHINE_JWT": MACHINE, "DATABASE_URL": _pg.url})
+        self.assertSeeded(r, 1)
+        self.assertIn("[OK] Upserted: global/seed-empty-tenant", r.stdout)
+        self.assertIn("[VERIFIED] SQL: global/seed-empty-tenant", r.stdout)
+        self.assertEqual(_pg.query("SELECT tenant_id FROM system.memory_pins"
+                                   " WHERE key = 'seed-empty-tenant'"), [["global"]])
 
 
 if __name__ == "__main__":
