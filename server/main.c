@@ -77,10 +77,7 @@ int main(int argc, char **argv)
         return 2;
     }
     install_signals();
-    if (server_sdnotify_init() != 0)
-        pins_log_warn("NOTIFY_SOCKET is neither an absolute path nor an abstract socket name; "
-                      "no readiness notifications",
-                      NULL);
+    server_sdnotify_init();
     server_sdnotify("STATUS=opening the store");
 
     char store_err[256] = "";

@@ -27,19 +27,19 @@ static struct sockaddr_un notify_addr;
 static socklen_t notify_addrlen; /* 0: notifications off */
 static atomic_bool dropped_logged;
 
-int server_sdnotify_init(void)
+void server_sdnotify_init(void)
 {
     notify_addrlen = 0;
     atomic_store(&dropped_logged, false);
     const char *path = getenv("NOTIFY_SOCKET");
     if (path == NULL || path[0] == '\0')
-        return 0;
+        return;
     size_t len = strlen(path);
     if ((path[0] != '/' && path[0] != '@') || len < 2) {
         pins_log_warn("NOTIFY_SOCKET is neither an absolute path nor an abstract socket name "
                       "('@' and a name); no readiness notifications",
                       NULL);
-        return 0;
+        return;
     }
     /* A path needs its terminating NUL inside sun_path; an abstract name has none, so '@' plus
      * sizeof(sun_path) - 1 bytes fill sun_path exactly (its leading NUL stands for the '@'). */
@@ -49,7 +49,7 @@ int server_sdnotify_init(void)
         snprintf(lim, sizeof(lim), "%zu", max);
         pins_log_warn("NOTIFY_SOCKET is too long for a socket address; no readiness notifications",
                       "max_bytes", lim, NULL);
-        return 0;
+        return;
     }
     memset(&notify_addr, 0, sizeof(notify_addr));
     notify_addr.sun_family = AF_UNIX;
@@ -61,7 +61,6 @@ int server_sdnotify_init(void)
     } else {
         notify_addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
     }
-    return 0;
 }
 
 bool server_sdnotify_enabled(void)

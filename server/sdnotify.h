@@ -17,8 +17,8 @@
  * up). An unset or empty variable disables notifications. A value that is neither an absolute path
  * nor '@' followed by a name, or one too long for a socket address (a path: sizeof(sun_path) - 1
  * bytes; '@' and an abstract name: sizeof(sun_path) bytes), disables them too: the reason is
- * logged here (warn), once. Returns 0. */
-int server_sdnotify_init(void);
+ * logged here (warn), once. */
+void server_sdnotify_init(void);
 
 /* Sends state (borrowed; e.g. "READY=1\nSTATUS=serving") as one datagram, best-effort: one
  * non-blocking sendto(), never repeated, so it never blocks (a full queue drops the datagram and
