@@ -3,6 +3,8 @@
 #
 #   tools/run.sh [PINSD_FLAGS...]
 #   tools/run.sh --help          this text; `tools/run.sh -- --help` shows pinsd's own flags
+#   tools/run.sh --build-only    install and build only (build-release/pinsd and pinsctl, what
+#                                deploy/local/stack.sh runs), do not start pinsd
 #
 # Steps: tools/deps.sh (the build set; apt-get as root when something is missing), then
 # cmake -DCMAKE_BUILD_TYPE=Release -DPINS_TESTS=OFF into build-release/ and make -j$(nproc)
@@ -24,6 +26,7 @@ case "${1:-}" in
     exit 0
     ;;
   --) shift ;;
+  --build-only) BUILD_ONLY=1 ;;
 esac
 
 "$HERE/deps.sh" || pins_die "installing the build dependencies failed (see above)"
@@ -33,6 +36,10 @@ pins_note "building pinsd (Release) in $BUILD_DIR"
 pins_build "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DPINS_TESTS=OFF ||
   pins_die "the build failed (see the compiler output above)"
 [[ -x "$BUILD_DIR/pinsd" ]] || pins_die "the build produced no $BUILD_DIR/pinsd"
+if [[ -n "${BUILD_ONLY:-}" ]]; then
+  pins_note "built $BUILD_DIR/pinsd and $BUILD_DIR/pinsctl"
+  exit 0
+fi
 
 if [[ -z "${PINS_DATA_DIR:-}" ]]; then
   export PINS_DATA_DIR="$PINS_ROOT/var"

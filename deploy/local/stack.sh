@@ -696,7 +696,7 @@ cmd_up() {
     [ $# -eq 0 ] || usage_error "up takes no arguments"
     PINSD_BIN=${PINSD_BIN:-$root/build-release/pinsd}
     PINSCTL_BIN=${PINSCTL_BIN:-$root/build-release/pinsctl}
-    [ -x "$PINSD_BIN" ] || die "pinsd not found: $PINSD_BIN (build it: cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release && cmake --build build-release, or set PINSD_BIN)"
+    [ -x "$PINSD_BIN" ] || die "pinsd not found: $PINSD_BIN (build it: tools/run.sh --build-only, or set PINSD_BIN)"
     [ -x "$PINSCTL_BIN" ] || die "pinsctl not found: $PINSCTL_BIN (build it like pinsd, or set PINSCTL_BIN)"
     PINSD_BIN=$(readlink -f "$PINSD_BIN") PINSCTL_BIN=$(readlink -f "$PINSCTL_BIN")
     need_bin "$PG_BIN/postgres" "PostgreSQL 15"
