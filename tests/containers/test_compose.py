@@ -8,7 +8,9 @@ debootstrap'd Debian 12 base. Grafana (not packaged in Debian) is left out.
 
 Nothing global is touched: podman reads CONTAINERS_CONF (a containers.conf written from
 tests/containers/containers.conf) and CONTAINERS_STORAGE_CONF; its network configuration and
-runtime state live in the temporary directory. The base image and the built images (layer cache)
+runtime state live in PINS_CONTAINERS_RUN (default /run/pins-containers: a fixed path, since
+podman's database remembers the paths it was first used with), its logs and the compose .env in a
+temporary directory. The base image and the built images (layer cache)
 stay in PINS_CONTAINERS_CACHE (default /var/tmp/pins-containers), so a rerun is fast; a fresh
 machine starts empty and builds everything (debootstrap, then the images). A lock file there keeps
 two runs from sharing the storage. Every container, volume, network and the podman service are
@@ -39,6 +41,7 @@ installs them) and a reachable Debian mirror on a cold cache.
 
 import atexit
 import fcntl
+import glob
 import json
 import os
 import re
@@ -64,6 +67,8 @@ import strict  # noqa: E402,F401  (skips fail under ctest)
 ROOT = os.path.abspath(os.environ.get("PINS_ROOT", os.path.join(HERE, "..", "..")))
 COMPOSE_DIR = os.path.join(ROOT, "deploy", "compose")
 CACHE = os.environ.get("PINS_CONTAINERS_CACHE", "/var/tmp/pins-containers")
+STATE = os.environ.get("PINS_CONTAINERS_RUN", "/run/pins-containers")
+AARDVARK_DIR = "/run/containers/networks/aardvark-dns"  # netavark's, fixed in podman 4.3
 MIRROR = os.environ.get("PINS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 SERVICES = ["postgres", "pgbouncer", "redis", "migrate", "backend", "worker", "prometheus",
             "prometheus-guard"]  # every service but grafana
@@ -117,16 +122,16 @@ class Env:
         except OSError:
             raise RuntimeError(CACHE + " is in use by another run (its lock file is held)")
         self.tmp = tempfile.mkdtemp(prefix="pins-containers-", dir="/tmp")
-        for d in ("run", "networks", "libpod-tmp"):
-            os.makedirs(os.path.join(self.tmp, d))
+        for d in ("run", "networks", "tmp"):
+            os.makedirs(os.path.join(STATE, d), exist_ok=True)
         with open(os.path.join(HERE, "containers.conf")) as f:
             conf = f.read()
-        conf = conf.replace("@TMP@", self.tmp)
+        conf = conf.replace("@STATE@", STATE)
         with open(os.path.join(self.tmp, "containers.conf"), "w") as f:
             f.write(conf)
         with open(os.path.join(self.tmp, "storage.conf"), "w") as f:
             f.write('[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n'
-                    % (os.path.join(CACHE, "storage"), os.path.join(self.tmp, "run")))
+                    % (os.path.join(CACHE, "storage"), os.path.join(STATE, "run")))
         with open(os.path.join(self.tmp, "registries.conf"), "w") as f:
             f.write('unqualified-search-registries = []\nshort-name-mode = "permissive"\n')
         self.sock = os.path.join(self.tmp, "podman.sock")
@@ -139,12 +144,28 @@ class Env:
             "DISABLE_HC_SYSTEMD": "true",  # no systemd timers: the test runs the healthchecks
             "DOCKER_HOST": "unix://" + self.sock,
             "COMPOSE_HTTP_TIMEOUT": "300",
-            "TMPDIR": os.path.join(self.tmp, "libpod-tmp"),
+            "TMPDIR": os.path.join(STATE, "tmp"),
         })
         self.env = env
-        # Leftovers of a killed run in the cache's storage (it is this test's alone: the lock).
+        # Leftovers of a killed run in the cache's storage (it is this test's alone: the lock):
+        # its podman service (recorded by PID) and its containers and volumes.
+        self.pidfile = os.path.join(CACHE, "service.pid")
+        try:
+            with open(self.pidfile) as f:
+                old = int(f.read().strip() or "0")
+            with open("/proc/%d/cmdline" % old, "rb") as f:
+                cmdline = f.read().split(b"\0")
+            if old > 1 and cmdline[:3] == [b"podman", b"system", b"service"]:
+                os.kill(old, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
         self.podman("rm", "-af", "-t", "5", check=False, timeout=300)
         self.podman("volume", "prune", "-f", check=False, timeout=120)
+        # aardvark-dns serves every network on the same gateway address from its config files
+        # there: a killed run's file (its project's name) would answer service names with that
+        # run's addresses. No other run of this test is live (the lock).
+        for name in glob.glob(os.path.join(AARDVARK_DIR, "pinsct*_default")):
+            os.unlink(name)
 
     def podman(self, *args, check=True, timeout=120, env=None):
         r = subprocess.run(["podman"] + list(args), env=env or self.env, capture_output=True,
@@ -203,6 +224,8 @@ class Env:
             ["podman", "system", "service", "--time=0", "unix://" + self.sock], env=self.env,
             stdout=self.service_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
+        with open(self.pidfile, "w") as f:
+            f.write("%d\n" % self.service.pid)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.service.poll() is not None:
@@ -255,7 +278,7 @@ class Env:
     def compose(self, *args, extra_env=None, timeout=600, check=True):
         env = dict(self.env)
         env.update(extra_env or {})
-        cmd = ["docker-compose", "--no-ansi", "--env-file", self.envfile, "-p", self.project,
+        cmd = ["docker-compose", "--ansi", "never", "--env-file", self.envfile, "-p", self.project,
                "-f", os.path.join(COMPOSE_DIR, "compose.yaml"),
                "-f", os.path.join(COMPOSE_DIR, "compose.debian.yaml")] + list(args)
         r = subprocess.run(cmd, env=env, cwd=COMPOSE_DIR, capture_output=True, text=True,
@@ -345,7 +368,16 @@ class Env:
             except subprocess.TimeoutExpired:
                 os.killpg(self.service.pid, signal.SIGKILL)
                 self.service.wait(timeout=30)
+        if self.service:
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
         if self.tmp:
+            # conmon runs `podman container cleanup` after its container exited: let them finish.
+            deadline = time.monotonic() + 60
+            while procs_using(self.project + "_") and time.monotonic() < deadline:
+                time.sleep(0.5)
             if os.environ.get("PINS_KEEP_TMP"):
                 log("kept " + self.tmp)
             else:
@@ -355,6 +387,20 @@ class Env:
 
 
 E = None
+
+
+def procs_using(text):
+    """PIDs whose command line mentions text."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(pid))
+            except OSError:
+                pass
+    return pids
 
 
 def request(method, url, body=None, headers=None, timeout=15):
@@ -401,6 +447,10 @@ def setUpModule():
         raise unittest.SkipTest("needs root and %s" % (", ".join(miss) or "root"))
     E = Env()
     atexit.register(E.close)
+
+    def on_term(signum, frame):  # ctest's timeout: stop the tests, then atexit cleans up
+        raise KeyboardInterrupt("signal %d" % signum)
+    signal.signal(signal.SIGTERM, on_term)
     t0 = time.monotonic()
     try:
         E.setup_podman()
