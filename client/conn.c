@@ -526,13 +526,21 @@ static int take_tls_output(h2link *l)
     }
 }
 
-/* Pulls frames from nghttp2 (through TLS) and writes what the socket takes. */
+/* Pulls frames from nghttp2 (through TLS) and writes what the socket takes, until nghttp2 has
+ * nothing more to send or the socket is full (then the write event calls again). */
 static void link_flush(h2link *l)
 {
     if (l->dead || l->connecting)
         return;
+    bool full;
+again:
+    full = false;
     if (l->ready) {
-        while (l->out_len - l->out_off < OUT_HIGH) {
+        for (;;) {
+            if (l->out_len - l->out_off >= OUT_HIGH) {
+                full = true; /* more frames may wait: pulled again once the socket took these */
+                break;
+            }
             const uint8_t *d = NULL;
             ssize_t n = nghttp2_session_mem_send(l->h2, &d);
             if (n < 0) {
@@ -576,6 +584,11 @@ static void link_flush(h2link *l)
         return;
     }
     l->out_off = l->out_len = 0;
+    /* The buffer filled before nghttp2 ran out of frames (a body larger than OUT_HIGH): the socket
+     * took it all, so pull the rest now. Nothing else would: the peer's window may be open, with
+     * no frame of its own on the way to wake the connection up. */
+    if (full)
+        goto again;
     event_del(l->ev_write);
     if (l->ready && !nghttp2_session_want_read(l->h2) && !nghttp2_session_want_write(l->h2))
         link_fail(l, false, "connection closed");

@@ -178,6 +178,17 @@ class CommandsMixin:
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stdout.splitlines()[0], "updated")
 
+    def test_put_of_a_value_larger_than_the_send_buffer_completes(self):
+        """A ~900 KB body spans many DATA frames and several fills of the client's send buffer;
+        each call must finish long before its deadline, however the socket drains."""
+        t = self.tenant()
+        value = json.dumps({"blob": "x" * 900000})
+        for i in range(5):
+            r = self.ctl("--timeout", "20s", "put", t, "big%d" % i, "-", input=value)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            got = self.grpc(mp("GetPin"), {"tenant_id": t, "key": "big%d" % i})
+            self.assertEqual(len(harness.to_dict(got.pin)["value"]["blob"]), 900000)
+
     def test_get_prints_a_readable_pin(self):
         t = self.tenant()
         self.grpc(mp("UpsertPin"), {"tenant_id": t, "key": "k", "value": {"a": 1}})
