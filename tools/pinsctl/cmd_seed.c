@@ -521,16 +521,20 @@ static bool list_equal(const Google__Protobuf__ListValue *a, const Google__Proto
     return true;
 }
 
+/* A field and its place in the object, so that sorting by key keeps the document's order among
+ * a repeated key. */
+typedef struct {
+    Google__Protobuf__Struct__FieldsEntry *e;
+    size_t at;
+} field_ref;
+
 static int field_cmp(const void *x, const void *y)
 {
-    const Google__Protobuf__Struct__FieldsEntry *a =
-        *(const Google__Protobuf__Struct__FieldsEntry *const *)x;
-    const Google__Protobuf__Struct__FieldsEntry *b =
-        *(const Google__Protobuf__Struct__FieldsEntry *const *)y;
-    int c = strcmp(a->key, b->key);
+    const field_ref *a = x, *b = y;
+    int c = strcmp(a->e->key, b->e->key);
     if (c != 0)
         return c;
-    return a < b ? -1 : a > b; /* the fields array is in order: later entries sort later */
+    return a->at < b->at ? -1 : a->at > b->at;
 }
 
 /* s's fields sorted by key, each key once (the last of a repeated key: JSON's rule). New array
@@ -540,16 +544,23 @@ static Google__Protobuf__Struct__FieldsEntry **sorted_fields(const Google__Proto
 {
     size_t n = s->n_fields;
     Google__Protobuf__Struct__FieldsEntry **f = malloc((n ? n : 1) * sizeof(*f));
-    if (f == NULL)
+    field_ref *refs = malloc((n ? n : 1) * sizeof(*refs));
+    if (f == NULL || refs == NULL) {
+        free(f);
+        free(refs);
         return NULL;
-    memcpy(f, s->fields, n * sizeof(*f));
-    qsort(f, n, sizeof(*f), field_cmp);
+    }
+    for (size_t i = 0; i < n; i++)
+        refs[i] = (field_ref){.e = s->fields[i], .at = i};
+    if (n > 1)
+        qsort(refs, n, sizeof(*refs), field_cmp);
     size_t out = 0;
     for (size_t i = 0; i < n; i++) {
-        if (i + 1 < n && strcmp(f[i]->key, f[i + 1]->key) == 0)
+        if (i + 1 < n && strcmp(refs[i].e->key, refs[i + 1].e->key) == 0)
             continue; /* a later one follows */
-        f[out++] = f[i];
+        f[out++] = refs[i].e;
     }
+    free(refs);
     *pn = out;
     return f;
 }
