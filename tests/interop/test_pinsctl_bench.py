@@ -7,7 +7,8 @@ mix, op by op; --rate pacing (the achieved rate, and the arrivals pinsd counted 
 about 100 ms); --conflicts (ABORTED counted apart from errors); a zipfian run (the hot key's
 version against the cold keys'); mutual TLS with RBAC enforced and the machine token from the
 environment (and without it: refusals counted); a run across a pinsd restart (SIGTERM: drain and
-GOAWAY, then a new process on the same port); exit statuses 2 and 3.
+GOAWAY, then a new process on the same port); exit statuses 2 and 3; the per-second latency of
+the timeline and the stall figures against the run's own (and the text report's --timeline).
 
 Run: PINSD_BIN=build/pinsd PINSCTL_BIN=build/pinsctl /usr/bin/python3 -m unittest -v test_pinsctl_bench
 """
@@ -42,7 +43,10 @@ TOP_FIELDS = ("addr", "connections", "streams", "target_rate", "requests_target"
               "value_size", "list_limit", "conflicts", "seed", "key_prefix", "tenant_prefix",
               "prefill", "duration_s", "requests", "answers", "ok", "errors", "aborted",
               "conflicts_sent", "failed_locally", "unanswered", "rps", "errors_by_code",
-              "failed_locally_by_code", "ops", "latency_us", "timeline")
+              "failed_locally_by_code", "ops", "latency_us", "timeline", "stall")
+SECOND_FIELDS = ("ok", "errors", "failed_locally", "p50_ms", "p99_ms", "p99.9_ms", "max_ms")
+STALL_FIELDS = ("run_p99_ms", "worst_second", "worst_p99_ms", "ratio", "seconds_over_3x",
+                "seconds_considered", "min_answers", "complete_until_s")
 OP_FIELDS = ("sent", "answers", "ok", "errors", "aborted", "failed_locally", "rps", "latency_us")
 
 
@@ -176,6 +180,60 @@ class BenchTest(ServerTestCase):
         self.assertRegex(r.stdout, r"requests: 50 sent, 50 answered, 0 failed locally, 0 unanswered")
         self.assertRegex(r.stdout, r"p99\.9")
 
+    def test_timeline_has_per_second_latency_and_stall(self):
+        secs, rate = 3, 300
+        rep = self.bench_json(["-d", "%ds" % secs, "-r", str(rate), "-c", "2", "-m", "8"])
+        self.assertOwnCounts(rep)
+        tl = rep["timeline"]
+        # One entry per second of the run, by the answers' arrival: the last one holds the
+        # answers that came after the sending ended, if any.
+        self.assertGreaterEqual(len(tl), secs, tl)
+        self.assertLessEqual(len(tl), secs + 2, tl)
+        run_max_ms = rep["latency_us"]["max"] / 1e3
+        run_p99_ms = rep["latency_us"]["p99"] / 1e3
+        for i, t in enumerate(tl):
+            for f in SECOND_FIELDS:
+                self.assertIn(f, t, i)
+            if t["ok"] + t["errors"] == 0:
+                self.assertTrue(all(t[f] is None for f in ("p50_ms", "p99_ms", "p99.9_ms",
+                                                          "max_ms")), t)
+                continue
+            self.assertTrue(0 < t["p50_ms"] <= t["p99_ms"] <= t["p99.9_ms"] <= t["max_ms"], t)
+            self.assertLessEqual(t["max_ms"], run_max_ms + 0.002, (i, t, run_max_ms))
+        # The slowest answer is in some second.
+        self.assertAlmostEqual(max(t["max_ms"] or 0 for t in tl), run_max_ms, delta=0.002)
+        stall = rep["stall"]
+        for f in STALL_FIELDS:
+            self.assertIn(f, stall)
+        self.assertEqual(stall["min_answers"], 20)
+        self.assertAlmostEqual(stall["run_p99_ms"], run_p99_ms, delta=0.002)
+        # The seconds that count: complete ones (ended by the end of sending, -d here, or by
+        # the last answer) with 20+ answers: every second of -d, not the drain after it.
+        self.assertAlmostEqual(stall["complete_until_s"], max(secs, rep["duration_s"]),
+                               delta=1e-5)
+        counted = [i for i, t in enumerate(tl)
+                   if t["ok"] + t["errors"] >= 20 and i + 1 <= stall["complete_until_s"]]
+        self.assertEqual(stall["seconds_considered"], len(counted), (stall, tl))
+        self.assertEqual(counted, list(range(secs)), (stall, tl))
+        worst = max(tl[i]["p99_ms"] for i in counted)
+        self.assertIn(stall["worst_second"], counted)
+        self.assertAlmostEqual(stall["worst_p99_ms"], worst, delta=0.0015)
+        self.assertAlmostEqual(tl[stall["worst_second"]]["p99_ms"], worst, delta=0.0015)
+        self.assertAlmostEqual(stall["ratio"], worst / stall["run_p99_ms"],
+                               delta=0.002 + 0.002 * stall["ratio"])
+        self.assertEqual(stall["seconds_over_3x"],
+                         sum(1 for i in counted if tl[i]["p99_ms"] > 3 * stall["run_p99_ms"]
+                             + 0.0015), (stall, tl))
+        # The text report says the same, and --timeline lists the seconds.
+        r = run_bench(["--addr", self.server.target, "-d", "2s", "-r", "200", "--timeline"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"per second: worst p99 [0-9.]+ ms in second \d+ \([0-9.]+ x "
+                         r"the run's p99\), \d+ seconds? over 3x")
+        rows = re.findall(r"^ +(\d+) +(\d+) +\d+ +\d+ +([0-9.]+) +([0-9.]+) +([0-9.]+)",
+                          r.stdout, re.M)
+        self.assertGreaterEqual(len(rows), 2, r.stdout)
+        self.assertEqual([int(row[0]) for row in rows], list(range(len(rows))), r.stdout)
+
     def test_warmup_is_not_counted(self):
         before = metrics(self.server.port)
         rep = self.bench_json(["-n", "300", "--warmup", "500ms", "-m", "2"])
@@ -298,7 +356,8 @@ class BenchTest(ServerTestCase):
         self.assertEqual(r.returncode, 0)
         for opt in ("--connections", "--streams", "--duration", "--requests", "--warmup", "--rate",
                     "--mix", "--keys", "--dist", "--zipf-s", "--tenants", "--value-size",
-                    "--list-limit", "--prefill", "--conflicts", "--seed", "--json", "--addr",
+                    "--list-limit", "--prefill", "--conflicts", "--seed", "--json", "--timeline",
+                    "--addr",
                     "--tls", "Exit status"):
             self.assertIn(opt, r.stdout)
 

@@ -55,6 +55,10 @@ static const char usage_text[] =
     "  --tls, --ca FILE, --cert FILE, --key FILE, --server-name NAME, --insecure\n"
     "  --timeout DUR         deadline of each call (default 10s)\n"
     "  --json                print the report as one JSON object\n"
+    "\n"
+    "report:\n"
+    "  --timeline            also list every second of the run (by the answers' arrival):\n"
+    "                        answers, errors, failed locally, p50, p99 and max latency\n"
     "  tokens: MACHINE_SECRET_TOKEN (x-machine-token) and PINS_TOKEN (bearer) from the "
     "environment\n"
     "\n"
@@ -64,6 +68,15 @@ static const char usage_text[] =
     "or lost, deadline passed) is counted as failed locally, by status, apart from the answers:\n"
     "it is not in req/s or in the latency. The first ^C stops sending and waits for the calls in\n"
     "flight; a second ^C cancels them.\n"
+    "\n"
+    "Per second: the latency of the answers that arrived in each second is kept in a coarser\n"
+    "histogram (percentiles within 3.1%, the run's within 0.4%). The report names the second\n"
+    "with the worst p99 against the run's p99, and how many seconds had a p99 over 3 times the\n"
+    "run's; only complete seconds with 20 answers or more count (not the partial one after the\n"
+    "end of sending). With --json, each second of \"timeline\" has p50_ms, p99_ms, p99.9_ms and\n"
+    "max_ms (null without answers), and \"stall\" holds run_p99_ms, worst_second, worst_p99_ms,\n"
+    "ratio, seconds_over_3x, seconds_considered, min_answers and complete_until_s (worst_second,\n"
+    "worst_p99_ms and ratio are null when no second counts).\n"
     "\n"
     "Before the load, one health check must be answered within --timeout, at most 10s (10s with\n"
     "--timeout 0); a ^C during it or during --prefill ends the run without a report.\n"
@@ -155,6 +168,10 @@ int bench_config_parse(bench_config *cfg, pinsctl_global *g, int argc, char **ar
         }
         if (strcmp(a, "--prefill") == 0) {
             cfg->prefill = true;
+            continue;
+        }
+        if (strcmp(a, "--timeline") == 0) {
+            cfg->timeline = true;
             continue;
         }
         if (a[0] != '-')
@@ -271,6 +288,7 @@ int pinsctl_bench_main(pinsctl_global *g, int argc, char **argv)
             bench_report_text(stdout, &cfg, &g->opts, st);
         fflush(stdout);
     }
+    bench_stats_clear(st);
     free(st);
     return rv;
 }

@@ -51,6 +51,7 @@ typedef struct bench_config {
     const char *prefix;            /* --key-prefix: keys are <prefix><rank> (borrowed from argv) */
     const char *tenant_prefix;     /* --tenant-prefix: tenants are <tenant_prefix><index> */
     bool json;                     /* --json (or the global --json) */
+    bool timeline;                 /* --timeline: the text report lists every second */
 } bench_config;
 
 /* The longest -d and --warmup: 365 days (8760h). Their sum in nanoseconds past the monotonic clock
@@ -85,7 +86,7 @@ bool bench_parse_mix(const char *s, unsigned mix[BENCH_OP__COUNT]);
  * answered ABORTED), failed locally (a status the client decided, pinsd sent none: connection
  * refused or lost, deadline passed), unanswered (still running when the run gave up waiting,
  * then cancelled). answers is ok + errors + aborted, the calls pinsd answered: they alone count
- * in req/s and in the latency, from the call's scheduled send time. About 190 KiB: allocate it. */
+ * in req/s and in the latency, from the call's scheduled send time. About 220 KiB: allocate it. */
 typedef struct bench_stats {
     uint64_t sent[BENCH_OP__COUNT];
     uint64_t answers[BENCH_OP__COUNT];
@@ -101,10 +102,19 @@ typedef struct bench_stats {
     uint64_t prefill_errors;
     uint64_t prefill_ns;
     uint64_t measured_ns; /* from the end of the warmup to the last counted answer */
+    /* From the end of the warmup to the end of sending: the end of -d (also when the pacer's
+     * last send came before it), or when a ^C or -n's last call stopped it. 0 when the load
+     * never stopped sending (no report then). */
+    uint64_t sending_ns;
     uint64_t timeline_ok[BENCH_TIMELINE_MAX];
     uint64_t timeline_err[BENCH_TIMELINE_MAX];   /* errors, aborted included */
     uint64_t timeline_local[BENCH_TIMELINE_MAX]; /* failed locally */
     uint64_t timeline_len;
+    /* The latency of the answers (all operations) that arrived in each second, allocated when
+     * the second's first answer comes (NULL: none yet), freed by bench_stats_clear. At most
+     * BENCH_TIMELINE_MAX x 4.3 KiB (15 MiB) for a run of an hour or more. */
+    bench_shist *timeline_lat[BENCH_TIMELINE_MAX];
+    uint64_t timeline_lat_lost; /* answers left out of timeline_lat: out of memory */
     bench_hist lat[BENCH_OP__COUNT];
 } bench_stats;
 
@@ -116,6 +126,39 @@ typedef struct bench_stats {
 int bench_run(const bench_config *cfg, const pins_options *opts, bench_stats *st);
 
 void bench_stats_init(bench_stats *st);
+/* Frees what st allocated (the per-second histograms), not st itself; st is empty after. */
+void bench_stats_clear(bench_stats *st);
+/* Records the latency ns of an answer that arrived in second sec (< BENCH_TIMELINE_MAX) of the
+ * timeline in st->timeline_lat, allocating the second's histogram on its first answer. Does not
+ * touch timeline_len or the counts. Returns 0, or -1 when the allocation failed (the answer is
+ * counted in timeline_lat_lost). */
+int bench_stats_timeline_record(bench_stats *st, uint64_t sec, uint64_t ns);
+
+/* A second of the timeline counts in the stall figures when it had at least this many answers
+ * (the p99 of a handful of values is their max) ... */
+#define BENCH_STALL_MIN_ANSWERS 20
+/* ... and its p99 is "over" when above this many times the run's p99. */
+#define BENCH_STALL_FACTOR 3
+
+/* The worst second of a run against the whole run. Only complete seconds count: second i
+ * ended by the end of sending or the last counted answer, whichever came later ((i + 1) s <=
+ * bench_stall_end_ns), so the last, partial second (the drain after -d, the end of -n, a ^C)
+ * does not, nor the last slot of the timeline, which holds every answer after
+ * BENCH_TIMELINE_MAX - 1 seconds. */
+typedef struct bench_stall {
+    uint64_t run_p99_ns;   /* p99 of every answer of the run (st->lat merged), 0 when none */
+    uint64_t considered;   /* seconds that count (complete, >= BENCH_STALL_MIN_ANSWERS) */
+    uint64_t worst_second; /* of those, the one with the highest p99 (the first of equals) */
+    uint64_t worst_p99_ns; /* its p99; worst_second and worst_p99_ns are 0 when none counts */
+    uint64_t over;         /* seconds that count whose p99 > BENCH_STALL_FACTOR x run_p99_ns */
+} bench_stall;
+
+/* The end of the complete seconds: the later of st->measured_ns and st->sending_ns. */
+uint64_t bench_stall_end_ns(const bench_stats *st);
+/* Whether second i of st counts in the stall figures (see bench_stall). */
+bool bench_stall_second_counts(const bench_stats *st, uint64_t i);
+/* Computes the stall figures of st into *pstall. */
+void bench_stall_compute(const bench_stats *st, bench_stall *pstall);
 /* The report: text for people, or one JSON object (tools/pinsctl/bench_report.c). */
 void bench_report_text(FILE *out, const bench_config *cfg, const pins_options *opts,
                        const bench_stats *st);

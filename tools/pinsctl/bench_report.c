@@ -1,5 +1,6 @@
 /* tools/pinsctl/bench_report.c: pinsctl bench's report, as text and as one JSON object. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bench.h"
@@ -13,6 +14,33 @@ void bench_stats_init(bench_stats *st)
     memset(st, 0, sizeof(*st));
     for (int op = 0; op < BENCH_OP__COUNT; op++)
         bench_hist_init(&st->lat[op]);
+}
+
+void bench_stats_clear(bench_stats *st)
+{
+    for (uint64_t i = 0; i < BENCH_TIMELINE_MAX; i++) {
+        free(st->timeline_lat[i]);
+        st->timeline_lat[i] = NULL;
+    }
+}
+
+int bench_stats_timeline_record(bench_stats *st, uint64_t sec, uint64_t ns)
+{
+    if (sec >= BENCH_TIMELINE_MAX)
+        sec = BENCH_TIMELINE_MAX - 1;
+    bench_shist *h = st->timeline_lat[sec];
+    if (h == NULL) {
+        /* Allocated as the seconds are reached: a short run costs a few KiB, not 15 MiB. */
+        h = malloc(sizeof(*h));
+        if (h == NULL) {
+            st->timeline_lat_lost++;
+            return -1;
+        }
+        bench_shist_init(h);
+        st->timeline_lat[sec] = h;
+    }
+    bench_shist_record(h, ns);
+    return 0;
 }
 
 static uint64_t sum_ops(const uint64_t v[BENCH_OP__COUNT])
@@ -33,6 +61,41 @@ static void all_latencies(const bench_stats *st, bench_hist *all)
     bench_hist_init(all);
     for (int op = 0; op < BENCH_OP__COUNT; op++)
         bench_hist_merge(all, &st->lat[op]);
+}
+
+uint64_t bench_stall_end_ns(const bench_stats *st)
+{
+    /* A paced run's last answer can come before the end of -d: its last second is whole all the
+     * same, as nothing more was to be sent in it. */
+    return st->measured_ns > st->sending_ns ? st->measured_ns : st->sending_ns;
+}
+
+bool bench_stall_second_counts(const bench_stats *st, uint64_t i)
+{
+    const bench_shist *h = i < BENCH_TIMELINE_MAX ? st->timeline_lat[i] : NULL;
+    return h != NULL && h->count >= BENCH_STALL_MIN_ANSWERS && i + 1 < BENCH_TIMELINE_MAX &&
+           (i + 1) * UINT64_C(1000000000) <= bench_stall_end_ns(st);
+}
+
+void bench_stall_compute(const bench_stats *st, bench_stall *pstall)
+{
+    static bench_hist all;
+    all_latencies(st, &all);
+    bench_stall s = {.run_p99_ns = bench_hist_percentile(&all, 99.0)};
+    uint64_t n = st->timeline_len < BENCH_TIMELINE_MAX ? st->timeline_len : BENCH_TIMELINE_MAX;
+    for (uint64_t i = 0; i < n; i++) {
+        if (!bench_stall_second_counts(st, i))
+            continue;
+        uint64_t p99 = bench_shist_percentile(st->timeline_lat[i], 99.0);
+        if (s.considered == 0 || p99 > s.worst_p99_ns) {
+            s.worst_second = i;
+            s.worst_p99_ns = p99;
+        }
+        s.considered++;
+        if (p99 > BENCH_STALL_FACTOR * s.run_p99_ns)
+            s.over++;
+    }
+    *pstall = s;
 }
 
 static void mix_text(char *buf, size_t size, const bench_config *cfg)
@@ -138,6 +201,42 @@ void bench_report_text(FILE *out, const bench_config *cfg, const pins_options *o
     for (size_t i = 0; i < NPCT; i++)
         fprintf(out, " %9.3f", ms(bench_hist_percentile(&all, percentiles[i])));
     fprintf(out, " %9.3f\n", ms(all.max));
+
+    bench_stall stall;
+    bench_stall_compute(st, &stall);
+    if (stall.considered > 0)
+        fprintf(out,
+                "per second: worst p99 %.3f ms in second %llu (%.2f x the run's p99), %llu "
+                "second%s over %dx (of %llu complete seconds with %d answers or more)\n",
+                ms(stall.worst_p99_ns), (unsigned long long)stall.worst_second,
+                stall.run_p99_ns > 0 ? (double)stall.worst_p99_ns / (double)stall.run_p99_ns : 0.0,
+                (unsigned long long)stall.over, stall.over == 1 ? "" : "s", BENCH_STALL_FACTOR,
+                (unsigned long long)stall.considered, BENCH_STALL_MIN_ANSWERS);
+    else
+        fprintf(out, "per second: no complete second with %d answers or more\n",
+                BENCH_STALL_MIN_ANSWERS);
+    if (st->timeline_lat_lost > 0)
+        fprintf(out, "per second: %llu answers left out (out of memory)\n",
+                (unsigned long long)st->timeline_lat_lost);
+    if (!cfg->timeline)
+        return;
+    /* Seconds by the answers' arrival; "-": no answer; "*": not counted in the line above. */
+    fprintf(out, "\n%8s %10s %10s %10s %10s %10s %10s\n", "second", "answers", "errors", "local",
+            "p50 ms", "p99 ms", "max ms");
+    for (uint64_t i = 0; i < st->timeline_len && i < BENCH_TIMELINE_MAX; i++) {
+        const bench_shist *h = st->timeline_lat[i];
+        fprintf(out, "%8llu %10llu %10llu %10llu", (unsigned long long)i,
+                (unsigned long long)(st->timeline_ok[i] + st->timeline_err[i]),
+                (unsigned long long)st->timeline_err[i], (unsigned long long)st->timeline_local[i]);
+        if (h != NULL && h->count > 0)
+            fprintf(out, " %10.3f %10.3f %10.3f%s\n", ms(bench_shist_percentile(h, 50.0)),
+                    ms(bench_shist_percentile(h, 99.0)), ms(h->max),
+                    bench_stall_second_counts(st, i) ? "" : " *");
+        else
+            fprintf(out, " %10s %10s %10s\n", "-", "-", "-");
+    }
+    fprintf(out, "(* not counted per second: partial, or fewer than %d answers)\n",
+            BENCH_STALL_MIN_ANSWERS);
 }
 
 /* ---- JSON ---------------------------------------------------------------------------------- */
@@ -159,6 +258,19 @@ static void json_string(FILE *out, const char *s)
 static double us(uint64_t ns)
 {
     return (double)ns / 1e3;
+}
+
+/* The percentiles of each second of the timeline ("p50_ms" ...), and max_ms. */
+static const double second_percentiles[] = {50.0, 99.0, 99.9};
+static const char *const second_percentile_names[] = {"p50", "p99", "p99.9"};
+#define NSEC_PCT (sizeof(second_percentiles) / sizeof(second_percentiles[0]))
+
+static void json_ms_or_null(FILE *out, uint64_t ns, bool present)
+{
+    if (present)
+        fprintf(out, "%.3f", ms(ns));
+    else
+        fprintf(out, "null");
 }
 
 static void json_latency(FILE *out, const bench_hist *h)
@@ -247,9 +359,40 @@ void bench_report_json(FILE *out, const bench_config *cfg, const pins_options *o
     fprintf(out, "},\"latency_us\":");
     json_latency(out, &all);
     fprintf(out, ",\"timeline\":[");
-    for (uint64_t i = 0; i < st->timeline_len; i++)
-        fprintf(out, "%s{\"ok\":%llu,\"errors\":%llu,\"failed_locally\":%llu}", i > 0 ? "," : "",
+    for (uint64_t i = 0; i < st->timeline_len && i < BENCH_TIMELINE_MAX; i++) {
+        fprintf(out, "%s{\"ok\":%llu,\"errors\":%llu,\"failed_locally\":%llu", i > 0 ? "," : "",
                 (unsigned long long)st->timeline_ok[i], (unsigned long long)st->timeline_err[i],
                 (unsigned long long)st->timeline_local[i]);
-    fprintf(out, "]}\n");
+        const bench_shist *h = st->timeline_lat[i];
+        if (h != NULL && h->count > 0) {
+            for (size_t k = 0; k < NSEC_PCT; k++)
+                fprintf(out, ",\"%s_ms\":%.3f", second_percentile_names[k],
+                        ms(bench_shist_percentile(h, second_percentiles[k])));
+            fprintf(out, ",\"max_ms\":%.3f}", ms(h->max));
+        } else {
+            for (size_t k = 0; k < NSEC_PCT; k++)
+                fprintf(out, ",\"%s_ms\":null", second_percentile_names[k]);
+            fprintf(out, ",\"max_ms\":null}");
+        }
+    }
+    bench_stall stall;
+    bench_stall_compute(st, &stall);
+    fprintf(out, "],\"stall\":{\"run_p99_ms\":");
+    json_ms_or_null(out, stall.run_p99_ns, all.count > 0);
+    fprintf(out, ",\"worst_second\":");
+    if (stall.considered > 0)
+        fprintf(out, "%llu", (unsigned long long)stall.worst_second);
+    else
+        fprintf(out, "null");
+    fprintf(out, ",\"worst_p99_ms\":");
+    json_ms_or_null(out, stall.worst_p99_ns, stall.considered > 0);
+    if (stall.considered > 0 && stall.run_p99_ns > 0)
+        fprintf(out, ",\"ratio\":%.3f", (double)stall.worst_p99_ns / (double)stall.run_p99_ns);
+    else
+        fprintf(out, ",\"ratio\":null");
+    fprintf(out,
+            ",\"seconds_over_3x\":%llu,\"seconds_considered\":%llu,\"min_answers\":%d"
+            ",\"complete_until_s\":%.6f}}\n",
+            (unsigned long long)stall.over, (unsigned long long)stall.considered,
+            BENCH_STALL_MIN_ANSWERS, (double)bench_stall_end_ns(st) / 1e9);
 }

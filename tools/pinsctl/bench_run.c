@@ -147,6 +147,13 @@ static void begin_stop(run *r)
     if (r->stopping)
         return;
     r->stopping = true;
+    if (r->phase == PHASE_LOAD) {
+        /* Sending ends at -d's end unless a ^C or -n stopped it: the pacer stops as soon as its
+         * next due time is past the end, up to an interval before it. */
+        uint64_t now = now_ns();
+        uint64_t end = r->t_end != UINT64_MAX && !r->interrupted ? r->t_end : now;
+        r->st->sending_ns = end > r->t_measure ? end - r->t_measure : 0;
+    }
     if (r->inflight > 0) {
         struct timeval tv = {.tv_sec = r->drain_ms / 1000, .tv_usec = r->drain_ms % 1000 * 1000};
         event_add(r->drain_timer, &tv);
@@ -357,6 +364,7 @@ static void record(run *r, slot *s, const pins_status *st, uint64_t now)
         err = true;
     }
     bench_hist_record(&bs->lat[op], now - s->due_ns);
+    (void)bench_stats_timeline_record(bs, sec, now - s->due_ns); /* a failure is counted there */
     if (err)
         bs->timeline_err[sec]++;
     else
