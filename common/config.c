@@ -109,6 +109,10 @@ static const struct var vars[] = {
      "Blast-radius controls", "20",
      "RBAC audit rows of distinct denials per second and process, 1..100000; identical denials "
      "and those over the budget are counted in aggregated rows"},
+    {"PINS_AUDIT_READ_ROWS_PER_SECOND", T_INT, OFF(audit_read_rows_per_second), 0, 1000000,
+     "Domain", "1000",
+     "memory audit rows of single reads (one key each) per second and process, 0..1000000; reads "
+     "beyond it are counted in one summary row per tenant and second, which lists their keys"},
     {"RATE_LIMIT_RPM", T_INT, OFF(rate_limit_rpm), 0, 1000000, "Blast-radius controls", "100",
      "requests per minute per tenant, 0..1000000, 0 disables rate limiting"},
     {"RATE_LIMIT_BURST", T_INT, OFF(rate_limit_burst), 0, 1000000, "Blast-radius controls",
@@ -672,6 +676,7 @@ void pins_config_defaults(pins_config *cfg)
     cfg->sweep_batch = 500;
     cfg->audit_retention_days = 90;
     cfg->audit_denial_rows_per_second = 20;
+    cfg->audit_read_rows_per_second = 1000;
     cfg->rate_limit_rpm = 100;
     cfg->rate_limit_burst = 100;
     cfg->breaker_errors_per_min = 50;

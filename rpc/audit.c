@@ -10,7 +10,9 @@
  * flush window become one row carrying their count (reads always; RBAC decisions only for
  * denials, which also spend the queue's token bucket when they need a row of their own). The
  * summary row of over-budget denials lives in an arena of its own, since it outlives flushes
- * until it is due.
+ * until it is due. The read summaries likewise: their groups and keys (a key table shared by
+ * every group, each group chaining its keys in the order they came) live in their own arena until
+ * they are queued as rows, their keys' JSON object built then into the queue's arena.
  */
 #include "rpc/audit.h"
 
@@ -26,7 +28,10 @@
 #include "common/arena.h"
 #include "common/error.h"
 #include "common/hash.h"
+#include "common/fmt.h"
+#include "common/json_str.h"
 #include "common/timeutil.h"
+#include "common/utf8.h"
 #include "observability/log.h"
 #include "observability/metrics.h"
 #include "rpc/rpc_int.h"
@@ -56,6 +61,52 @@ typedef struct summary {
     int64_t first_ns; /* when the first denial of the period was folded */
 } summary;
 
+/* A token bucket of new rows. */
+typedef struct bucket {
+    double rate; /* tokens per second */
+    double burst;
+    double tokens;
+    int64_t ns; /* when tokens was last brought up to date */
+} bucket;
+
+/* The reads of one (operation, tenant, agent, outcome, cache hit) folded in this period. */
+typedef struct read_group {
+    const char *operation; /* these in the summary's arena */
+    const char *tenant;
+    const char *agent;
+    const char *error_message;
+    bool success;
+    bool cache_hit;
+    uint64_t hash;
+    int64_t ts_us; /* of its first read */
+    int64_t reads;
+    double latency_ms; /* the largest */
+    uint32_t first;    /* its keys: index + 1 in read_summary.keys, chained through next */
+    uint32_t last;
+} read_group;
+
+typedef struct read_key {
+    const char *key; /* in the summary's arena */
+    uint64_t hash;   /* of the group and the key */
+    int64_t reads;
+    uint32_t group;
+    uint32_t next; /* index + 1 of the group's next key, 0: the last */
+} read_key;
+
+typedef struct read_summary {
+    pins_arena *arena;
+    read_group groups[RPC_AUDIT_READ_GROUPS];
+    size_t ngroups;
+    read_key *keys; /* RPC_AUDIT_READ_KEYS of them */
+    size_t nkeys;
+    uint32_t *index; /* open addressing over keys (index + 1, 0 empty), READ_INDEX slots */
+    uint32_t gindex[RPC_AUDIT_READ_GROUPS * 2]; /* the same over groups */
+    int64_t first_ns;
+    pins_buf json; /* a group's keys while it is queued */
+} read_summary;
+
+#define READ_INDEX (RPC_AUDIT_READ_KEYS * 2)
+
 /* The audit retention of the process (one queue). */
 typedef struct retention {
     int days;
@@ -81,17 +132,17 @@ struct rpc_audit {
     size_t max_rows;
     queue q[KIND_COUNT];
     size_t in_flight;
-    /* The denial rows' token bucket. */
-    double rate;
-    double burst;
-    double tokens;
-    int64_t bucket_ns;
+    bucket denials; /* new denial rows */
     int summary_ms;
     summary sum;
+    bucket reads; /* single-read rows */
+    int read_summary_ms;
+    read_summary rs;
     retention ret;
     /* rbac_audit_aggregated_total's two series, looked up once on the queue's thread. */
     metrics_cell *aggregated[2];
     bool aggregated_set[2];
+    metrics_cell *folded; /* memory_audit_reads_folded_total's cell */
 };
 
 /* One store write in flight. */
@@ -105,6 +156,7 @@ static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 static metrics_family *m_rbac;
 static metrics_family *m_aggregated;
 static metrics_family *m_retention;
+static metrics_family *m_folded;
 
 static void metrics_init(void)
 {
@@ -118,6 +170,12 @@ static void metrics_init(void)
         "RBAC denials counted in another audit row instead of a row of their own.", cause, 1);
     m_retention = metrics_counter_new("audit_retention_deleted_total",
                                       "Audit rows deleted by the retention.", table, 1);
+    m_folded = metrics_counter_new(
+        "memory_audit_reads_folded_total",
+        "Reads over the read rows' budget, counted in a read summary row instead of a row of "
+        "their own.",
+        NULL, 0);
+    metrics_counter_add(m_folded, NULL, 0);
     /* Every outcome from the start, so that rates and increase() see the first failure. */
     static const char *const statuses[] = {"success", "error", "dropped"};
     for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
@@ -242,6 +300,8 @@ static bool summary_queue(rpc_audit *q, bool force)
     return true;
 }
 
+static void read_summary_queue(rpc_audit *q);
+
 static void flush(rpc_audit *q, bool force)
 {
     if (q->armed) {
@@ -249,6 +309,14 @@ static void flush(rpc_audit *q, bool force)
         q->armed = false;
     }
     bool summary_written = summary_queue(q, force);
+    read_summary *rs = &q->rs;
+    if (rs->ngroups > 0) {
+        int64_t age_ms = (pins_time_mono_ns() - rs->first_ns) / 1000000;
+        if (force || age_ms >= q->read_summary_ms)
+            read_summary_queue(q);
+        else
+            arm(q, q->read_summary_ms - (int)age_ms);
+    }
     flush_kind(q, KIND_RBAC);
     flush_kind(q, KIND_MEMORY);
     if (summary_written) {
@@ -361,6 +429,14 @@ static void on_retention(evutil_socket_t fd, short what, void *arg)
 
 /* ---- queues --------------------------------------------------------------------------------- */
 
+static void bucket_init(bucket *b, double rate, double min_burst)
+{
+    b->rate = rate;
+    b->burst = rate > min_burst ? rate : min_burst;
+    b->tokens = b->burst;
+    b->ns = pins_time_mono_ns();
+}
+
 static bool queue_init(queue *qu, size_t max_rows, size_t row_size)
 {
     qu->rows = calloc(max_rows, row_size);
@@ -387,10 +463,15 @@ int rpc_audit_new(struct event_base *base, struct store_session *ss, const rpc_a
     q->flush_ms = o.flush_ms > 0 ? o.flush_ms : RPC_AUDIT_FLUSH_MS;
     q->flush_rows = o.flush_rows > 0 ? o.flush_rows : RPC_AUDIT_FLUSH_ROWS;
     q->max_rows = o.max_rows > 0 ? o.max_rows : RPC_AUDIT_MAX_ROWS;
-    q->rate = o.denial_rows_per_s > 0 ? o.denial_rows_per_s : RPC_AUDIT_DENIAL_ROWS_PER_S;
-    q->burst = q->rate > 1 ? q->rate : 1;
-    q->tokens = q->burst;
-    q->bucket_ns = pins_time_mono_ns();
+    double rate = o.denial_rows_per_s > 0 ? o.denial_rows_per_s : RPC_AUDIT_DENIAL_ROWS_PER_S;
+    bucket_init(&q->denials, rate, 1);
+    rate = o.read_rows_set ? o.read_rows_per_s : RPC_AUDIT_READ_ROWS_PER_S;
+    bucket_init(&q->reads, rate > 0 ? rate : 0, rate > 0 ? 1 : 0);
+    q->read_summary_ms = o.read_summary_ms > 0 ? o.read_summary_ms : RPC_AUDIT_READ_SUMMARY_MS;
+    q->rs.arena = pins_arena_new(0);
+    q->rs.keys = calloc(RPC_AUDIT_READ_KEYS, sizeof(*q->rs.keys));
+    q->rs.index = calloc(READ_INDEX, sizeof(*q->rs.index));
+    pins_buf_init(&q->rs.json, SIZE_MAX); /* at most RPC_AUDIT_READ_KEYS keys of 512 bytes */
     q->summary_ms = o.summary_ms > 0 ? o.summary_ms : RPC_AUDIT_SUMMARY_MS;
     q->timer = evtimer_new(base, on_timer, q);
     q->sum.arena = pins_arena_new(0);
@@ -405,7 +486,8 @@ int rpc_audit_new(struct event_base *base, struct store_session *ss, const rpc_a
         struct timeval tv = {.tv_sec = every};
         ok = q->ret.ev != NULL && event_add(q->ret.ev, &tv) == 0;
     }
-    if (!ok || q->timer == NULL || q->sum.arena == NULL) {
+    if (!ok || q->timer == NULL || q->sum.arena == NULL || q->rs.arena == NULL ||
+        q->rs.keys == NULL || q->rs.index == NULL) {
         rpc_audit_free(q);
         return PINS_ENOMEM;
     }
@@ -423,6 +505,11 @@ void rpc_audit_free(rpc_audit *q)
         event_free(q->ret.ev);
     count(KIND_RBAC, "dropped", q->sum.n);
     pins_arena_free(q->sum.arena);
+    count(KIND_MEMORY, "dropped", q->rs.ngroups);
+    pins_arena_free(q->rs.arena);
+    free(q->rs.keys);
+    free(q->rs.index);
+    pins_buf_free(&q->rs.json);
     for (int k = 0; k < KIND_COUNT; k++) {
         count((kind)k, "dropped", q->q[k].n);
         free(q->q[k].rows);
@@ -565,17 +652,17 @@ static bool decision_copy(pins_arena *a, store_rbac_audit *r, const decision_row
     return ok;
 }
 
-/* One token of the denial rows' bucket, when there is one. */
-static bool take_token(rpc_audit *q)
+/* One token of b, when there is one. */
+static bool take_token(bucket *b)
 {
     int64_t now = pins_time_mono_ns();
-    q->tokens += (double)(now - q->bucket_ns) / 1e9 * q->rate;
-    q->bucket_ns = now;
-    if (q->tokens > q->burst)
-        q->tokens = q->burst;
-    if (q->tokens < 1)
+    b->tokens += (double)(now - b->ns) / 1e9 * b->rate;
+    b->ns = now;
+    if (b->tokens > b->burst)
+        b->tokens = b->burst;
+    if (b->tokens < 1)
         return false;
-    q->tokens -= 1;
+    b->tokens -= 1;
     return true;
 }
 
@@ -662,7 +749,7 @@ void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d)
                 return;
             }
         }
-        if (!take_token(q)) {
+        if (!take_token(&q->denials)) {
             fold(q, &dr, ms);
             return;
         }
@@ -682,6 +769,159 @@ void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d)
     queued(q, KIND_RBAC);
 }
 
+/* ---- memory reads --------------------------------------------------------------------------- */
+
+static void read_summary_reset(read_summary *rs)
+{
+    rs->ngroups = 0;
+    rs->nkeys = 0;
+    memset(rs->index, 0, READ_INDEX * sizeof(*rs->index));
+    memset(rs->gindex, 0, sizeof(rs->gindex));
+    pins_arena_reset(rs->arena);
+}
+
+/* The JSON object {"<key>": reads, ...} of g's keys in rs->json; false when out of memory. */
+static bool group_keys_json(read_summary *rs, const read_group *g)
+{
+    pins_buf *b = &rs->json;
+    pins_buf_reset(b);
+    (void)pins_buf_add_byte(b, '{');
+    for (uint32_t k = g->first; k != 0; k = rs->keys[k - 1].next) {
+        const read_key *rk = &rs->keys[k - 1];
+        char num[PINS_FMT_INT_MAX];
+        if (k != g->first)
+            (void)pins_buf_add_byte(b, ',');
+        (void)pins_json_str_put(b, rk->key, PINS_JSON_STR_NUL);
+        (void)pins_buf_add_byte(b, ':');
+        (void)pins_buf_add(b, num, (size_t)(pins_fmt_i64(num, rk->reads) - num));
+    }
+    (void)pins_buf_add_byte(b, '}');
+    return pins_buf_error(b) == 0;
+}
+
+/* Queues every read summary as a row of the memory queue and empties the summaries. */
+static void read_summary_queue(rpc_audit *q)
+{
+    read_summary *rs = &q->rs;
+    queue *qu = &q->q[KIND_MEMORY];
+    for (size_t i = 0; i < rs->ngroups; i++) {
+        const read_group *g = &rs->groups[i];
+        store_memory_audit *r = slot(q, KIND_MEMORY);
+        if (r == NULL)
+            continue;
+        bool ok = group_keys_json(rs, g);
+        const char *keys =
+            ok ? pins_arena_strndup(qu->arena, pins_buf_ptr(&rs->json), pins_buf_len(&rs->json))
+               : NULL;
+        *r = (store_memory_audit){
+            .ts_us = g->ts_us,
+            .operation = copy(qu->arena, g->operation, &ok),
+            .tenant_id = copy(qu->arena, g->tenant, &ok),
+            .key = "*",
+            .agent_id = copy(qu->arena, g->agent, &ok),
+            .cache_hit = g->cache_hit,
+            .latency_ms = g->latency_ms,
+            .success = g->success,
+            .error_message =
+                g->error_message != NULL ? copy(qu->arena, g->error_message, &ok) : NULL,
+            .reads = g->reads,
+            .keys = keys,
+        };
+        if (!ok || keys == NULL) {
+            count(KIND_MEMORY, "dropped", 1);
+            continue;
+        }
+        qu->hashes[qu->n] = 0; /* never matched: not in the index */
+        qu->n++;
+    }
+    read_summary_reset(rs);
+    if (qu->n > 0)
+        queued(q, KIND_MEMORY);
+}
+
+/* Folds a read into the summary of its group (hash h over the group's fields): the group's count
+ * and the key's. */
+static void fold_read(rpc_audit *q, uint64_t h, const char *operation, const char *tenant,
+                      const char *key, const char *agent, int err, bool cache_hit, double ms)
+{
+    read_summary *rs = &q->rs;
+    if (rs->nkeys >= RPC_AUDIT_READ_KEYS)
+        read_summary_queue(q);
+    const size_t gmask = RPC_AUDIT_READ_GROUPS * 2 - 1;
+    size_t gpos = (size_t)(h ^ (h >> 29)) & gmask;
+    read_group *g = NULL;
+    for (; rs->gindex[gpos] != 0; gpos = (gpos + 1) & gmask) {
+        read_group *c = &rs->groups[rs->gindex[gpos] - 1];
+        if (c->hash == h && c->cache_hit == cache_hit && c->success == (err == 0) &&
+            same(c->operation, operation) && same(c->tenant, tenant) && same(c->agent, agent)) {
+            g = c;
+            break;
+        }
+    }
+    if (g == NULL) {
+        if (rs->ngroups == RPC_AUDIT_READ_GROUPS) {
+            read_summary_queue(q); /* empties the index too: the group's slot is the hash's */
+            gpos = (size_t)(h ^ (h >> 29)) & gmask;
+        }
+        bool ok = true;
+        g = &rs->groups[rs->ngroups];
+        *g = (read_group){
+            .operation = copy(rs->arena, operation, &ok),
+            .tenant = copy(rs->arena, tenant, &ok),
+            .agent = copy(rs->arena, agent, &ok),
+            .error_message = err != 0 ? pins_strerror(err) : NULL,
+            .success = err == 0,
+            .cache_hit = cache_hit,
+            .hash = h,
+            .ts_us = pins_time_now_us(),
+        };
+        if (!ok) {
+            count(KIND_MEMORY, "dropped", 1);
+            return;
+        }
+        rs->gindex[gpos] = (uint32_t)rs->ngroups + 1;
+        if (rs->ngroups++ == 0) {
+            rs->first_ns = pins_time_mono_ns();
+            arm(q, q->read_summary_ms);
+        }
+    }
+    uint32_t gi = (uint32_t)(g - rs->groups);
+    uint64_t kh = mix(h, key);
+    size_t pos = (size_t)(kh ^ (kh >> 29)) & (READ_INDEX - 1);
+    read_key *k = NULL;
+    for (; rs->index[pos] != 0; pos = (pos + 1) & (READ_INDEX - 1)) {
+        read_key *c = &rs->keys[rs->index[pos] - 1];
+        if (c->hash == kh && c->group == gi && strcmp(c->key, key) == 0) {
+            k = c;
+            break;
+        }
+    }
+    if (k == NULL) {
+        const char *copied = pins_arena_strdup(rs->arena, key);
+        if (copied == NULL) {
+            count(KIND_MEMORY, "dropped", 1);
+            return;
+        }
+        uint32_t ki = (uint32_t)rs->nkeys++;
+        k = &rs->keys[ki];
+        *k = (read_key){.key = copied, .hash = kh, .group = gi};
+        rs->index[pos] = ki + 1;
+        if (g->last != 0)
+            rs->keys[g->last - 1].next = ki + 1;
+        else
+            g->first = ki + 1;
+        g->last = ki + 1;
+    }
+    k->reads++;
+    g->reads++;
+    if (ms > g->latency_ms)
+        g->latency_ms = ms;
+    if (q->folded == NULL && m_folded != NULL)
+        q->folded = metrics_cell_get(m_folded, NULL);
+    if (q->folded != NULL)
+        metrics_cell_add(q->folded, 1);
+}
+
 void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *tenant,
                            const char *key, bool cache_hit, int err)
 {
@@ -692,9 +932,10 @@ void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *te
     const char *agent = rpc_call_header(call, "x-agent-id");
     const char *k = key != NULL ? key : "";
     double ms = elapsed_ms(call);
-    uint64_t h = PINS_FNV1A_INIT;
-    h = mix(mix(mix(mix(h, operation), tenant), k), agent);
-    h ^= (uint64_t)(err == 0) << 1 | (uint64_t)cache_hit;
+    uint64_t g = PINS_FNV1A_INIT;
+    g = mix(mix(mix(g, operation), tenant), agent);
+    g ^= (uint64_t)(err == 0) << 1 | (uint64_t)cache_hit;
+    uint64_t h = mix(g, k);
     size_t mask = qu->icap - 1;
     size_t pos = (size_t)(h ^ (h >> 29)) & mask;
     /* A read identical to one already queued in this window only adds to its count. */
@@ -709,6 +950,12 @@ void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *te
                 r->latency_ms = ms;
             return;
         }
+    }
+    /* A read over the budget is folded into its summary, unless its key could not be named
+     * apart in the summary's JSON. */
+    if (!take_token(&q->reads) && pins_utf8_count(k, strlen(k)) >= 0) {
+        fold_read(q, g, operation, tenant, k, agent, err, cache_hit, ms);
+        return;
     }
     store_memory_audit *r = slot(q, KIND_MEMORY);
     if (r == NULL)

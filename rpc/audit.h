@@ -26,6 +26,19 @@
  * reason prefixed with "shadow-" ("shadow-no-credentials"). Allowed decisions written because of
  * audit.log_allowed get a row each, as before.
  *
+ * Reads are bounded the same way, so that traffic over many keys costs the audit little. A read
+ * identical to one queued in the flush window (same operation, tenant, key, agent, outcome and
+ * cache hit) adds to that row's count (store_memory_audit.reads). Any other read spends a token
+ * of the read rows' bucket (read_rows_per_s, burst one second's worth) for a row of its own;
+ * without a token it is folded into the read summary of its operation, tenant, agent, outcome
+ * and cache hit: a row with key "*" whose `keys` lists every key it stands for with its count
+ * (extra {"reads": N, "keys": {"<key>": n, ...}}), and which a listing filtered on one of those
+ * keys returns. Summaries are queued every read_summary_ms after their first read, or at once
+ * when RPC_AUDIT_READ_GROUPS summaries or RPC_AUDIT_READ_KEYS keys are held; a key that is not
+ * valid UTF-8 never folds (it could not be told apart in the JSON). Nothing is lost silently:
+ * every read is a row or is counted in one, and memory_audit_reads_folded_total counts the
+ * reads that went into a summary.
+ *
  * Retention. The queue given retention_days > 0 (one per process: worker 0's) deletes RBAC and
  * memory audit rows older than that many days every retention_interval_s, in statements of
  * retention_batch rows (oldest first), at most RPC_AUDIT_RETENTION_BATCHES statements per table
@@ -53,6 +66,10 @@ struct auth_decision;
 #define RPC_AUDIT_DENIAL_ROWS_PER_S 20    /* a queue's budget of new denial rows */
 #define RPC_AUDIT_SUMMARY_MS        10000 /* over-budget denials: one summary row per this */
 #define RPC_AUDIT_RETENTION_BATCHES 20    /* retention statements per table and tick */
+#define RPC_AUDIT_READ_ROWS_PER_S   1000  /* a queue's budget of single-read rows */
+#define RPC_AUDIT_READ_SUMMARY_MS   1000 /* read summaries are queued this long after their first */
+#define RPC_AUDIT_READ_GROUPS       1024 /* read summaries held at once */
+#define RPC_AUDIT_READ_KEYS         8192 /* keys held by all read summaries at once */
 
 typedef struct rpc_audit rpc_audit;
 
@@ -62,6 +79,10 @@ typedef struct rpc_audit_options {
     size_t flush_rows;
     size_t max_rows;
     double denial_rows_per_s; /* new denial rows per second (the process budget / workers) */
+    double read_rows_per_s;   /* single-read rows per second (the process budget / workers) */
+    bool read_rows_set;       /* read_rows_per_s is given (0 then folds every read); false: the
+                               * default RPC_AUDIT_READ_ROWS_PER_S */
+    int read_summary_ms;
     int summary_ms;
     int retention_days;       /* 0: this queue runs no retention */
     int retention_interval_s; /* 0: 10 */

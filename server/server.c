@@ -497,6 +497,8 @@ int pins_server_run(pins_server *ps)
          * retention (rpc/audit.h). */
         rpc_audit_options ao = {
             .denial_rows_per_s = (double)s->cfg->audit_denial_rows_per_second / s->nworkers,
+            .read_rows_per_s = (double)s->cfg->audit_read_rows_per_second / s->nworkers,
+            .read_rows_set = true,
             .retention_days = i == 0 ? s->cfg->audit_retention_days : 0,
             .retention_interval_s = s->cfg->sweep_interval_seconds,
             .retention_batch = s->cfg->sweep_batch,

@@ -188,8 +188,9 @@ const char store__pg_sql_list[] =
               " OFFSET CASE WHEN $7::int8 IS NULL THEN $6::int8 ELSE 0 END) r ON true";
 
 /* $1 tenant $2 key $3 operation (each NULL: any) $4 limit $5 offset. */
-#define AUDW                                                                       \
-    " ($1::text IS NULL OR a.tenant_id = $1) AND ($2::text IS NULL OR a.key = $2)" \
+#define AUDW                                                                      \
+    " ($1::text IS NULL OR a.tenant_id = $1) AND ($2::text IS NULL OR a.key = $2" \
+    " OR (a.key = '*' AND a.extra->'keys' ? $2))"                                 \
     " AND ($3::text IS NULL OR a.operation = $3)"
 const char store__pg_sql_audit[] =
     "WITH t AS (SELECT count(*) AS total FROM system.memory_audit a WHERE" AUDW ")"
@@ -219,13 +220,15 @@ const char store__pg_sql_maudit_write[] =
                    " coalesce(x.cache_hit, false), x.latency_ms, coalesce(x.success, true), "
                    "x.error_message,"
                    " x.old_value_hash, x.new_value_hash,"
-                   " CASE WHEN x.reads > 1 THEN jsonb_build_object('reads', x.reads)"
+                   " CASE WHEN x.keys IS NOT NULL THEN jsonb_build_object('reads', x.reads, "
+                   "'keys', x.keys)"
+                   " WHEN x.reads > 1 THEN jsonb_build_object('reads', x.reads)"
                    " ELSE '{}'::jsonb END FROM jsonb_to_recordset($1::jsonb) AS "
                    "x(ts_us int8,"
                    " operation text, tenant_id text, key text, agent_id text, source text, "
                    "cache_hit bool,"
                    " latency_ms float8, success bool, error_message text, old_value_hash text,"
-                   " new_value_hash text, reads int8)";
+                   " new_value_hash text, reads int8, keys jsonb)";
 const char store__pg_sql_raudit_write[] =
     "INSERT INTO system.rbac_audit (ts, subject, resource, action, allowed, reason, roles, path,"
     " method, tenant_id, request_id, latency_ms, extra)"

@@ -642,7 +642,7 @@ static void buf_int(pins_buf *b, int64_t v)
 }
 
 /* How a field of an audit row goes into the JSON array that jsonb_to_recordset($1) reads. */
-typedef enum { F_I64, F_F64, F_BOOL, F_STR, F_STRS } field_kind;
+typedef enum { F_I64, F_F64, F_BOOL, F_STR, F_STRS, F_JSON } field_kind;
 
 typedef struct audit_field {
     const char *name; /* the JSON key: the column, named as the struct's field */
@@ -665,7 +665,7 @@ static const audit_field maudit_fields[] = {
     MAUDIT(key, F_STR),           MAUDIT(agent_id, F_STR),       MAUDIT(source, F_STR),
     MAUDIT(error_message, F_STR), MAUDIT(old_value_hash, F_STR), MAUDIT(new_value_hash, F_STR),
     MAUDIT(cache_hit, F_BOOL),    MAUDIT(success, F_BOOL),       MAUDIT(latency_ms, F_F64),
-    MAUDIT(reads, F_I64),
+    MAUDIT(reads, F_I64),         MAUDIT(keys, F_JSON),
 };
 
 static const audit_field raudit_fields[] = {
@@ -708,6 +708,10 @@ static void buf_row(pins_buf *b, const char *row, const audit_field *f, size_t n
         case F_STRS:
             store__json_strs(b, *(const char *const *const *)p,
                              *(const size_t *)(row + f[k].n_off));
+            break;
+        case F_JSON: /* JSON text the caller built, as is */
+            (void)pins_buf_add_str(b, *(const char *const *)p != NULL ? *(const char *const *)p
+                                                                      : "null");
             break;
         }
     }

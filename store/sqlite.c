@@ -164,7 +164,8 @@ static const char *const stmt_sql[ST_COUNT] = {
         "INSERT INTO memory_audit (ts, operation, tenant_id, key, agent_id, source,"
         " cache_hit, latency_ms, success, error_message, old_value_hash,"
         " new_value_hash, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-        " ?11, ?12, CASE WHEN ?13 > 1 THEN json_object('reads', ?13) ELSE '{}' END)",
+        " ?11, ?12, CASE WHEN ?14 IS NOT NULL THEN json_object('reads', ?13, 'keys', json(?14))"
+        " WHEN ?13 > 1 THEN json_object('reads', ?13) ELSE '{}' END)",
     [ST_RAUDIT_WRITE] = "INSERT INTO rbac_audit (ts, subject, resource, action, allowed, reason,"
                         " roles, path, method, tenant_id, request_id, latency_ms, extra)"
                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
@@ -186,6 +187,7 @@ typedef struct sqlite_store {
     pthread_mutex_t write_lock; /* held around every write transaction of the process */
     bool write_lock_ready;      /* write_lock was initialised */
     store_cache *cache;         /* live pins, process-wide */
+    store__ckpt *ckpt;          /* the WAL checkpointer (sqlite_ckpt.c) */
 } sqlite_store;
 
 /* How a connection waits for another process's lock (on_busy). */
@@ -389,19 +391,21 @@ static int on_busy(void *arg, int count)
 
 /* Per-connection settings: extended result codes, the busy handler, synchronous=NORMAL (durable
  * against a process crash in WAL mode), a 16 MiB page cache (the audit table's six indexes do not
- * fit SQLite's default 2 MiB, and re-reading their pages doubled the cost of a write) and a WAL
- * checkpoint every 10000 pages instead of 1000 (each checkpoint fsyncs under the write mutex).
- * Returns a SQLite result code. */
+ * fit SQLite's default 2 MiB, and re-reading their pages doubled the cost of a write), a WAL
+ * file truncated back to 64 MiB when it is rewound after growing, and automatic checkpoints
+ * every 10000 pages for a connection the checkpointer (sqlite_ckpt.c) does not take over: the
+ * store's first connection, which applies the migrations. Returns a SQLite result code. */
 static int configure(sqlite3 *db, busy_wait *busy)
 {
     sqlite3_extended_result_codes(db, 1);
     *busy = (busy_wait){.timeout_ms = STORE__BUSY_TIMEOUT_MS};
     int rc = sqlite3_busy_handler(db, on_busy, busy);
     if (rc == SQLITE_OK)
-        rc = sqlite3_exec(db,
-                          "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;"
-                          " PRAGMA wal_autocheckpoint = 10000",
-                          NULL, NULL, NULL);
+        rc =
+            sqlite3_exec(db,
+                         "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;"
+                         " PRAGMA wal_autocheckpoint = 10000; PRAGMA journal_size_limit = 67108864",
+                         NULL, NULL, NULL);
     return rc;
 }
 
@@ -582,7 +586,10 @@ static int audit_stmt(sqlite_session *ss, unsigned mask, bool count, sqlite3_stm
         char sql[512];
         snprintf(sql, sizeof(sql), "SELECT %s FROM memory_audit WHERE 1%s%s%s%s",
                  count ? "count(*)" : AUDIT_COLS, mask & AUDIT_TENANT ? " AND tenant_id = ?1" : "",
-                 mask & AUDIT_KEY ? " AND key = ?2" : "",
+                 mask & AUDIT_KEY ? " AND (key = ?2 OR (key = '*' AND EXISTS (SELECT 1"
+                                    " FROM json_each(memory_audit.extra, '$.keys') AS j"
+                                    " WHERE j.key = ?2)))"
+                                  : "",
                  mask & AUDIT_OPERATION ? " AND operation = ?3" : "",
                  count ? "" : " ORDER BY ts DESC, id DESC LIMIT ?4 OFFSET ?5");
         int rc = sqlite3_prepare_v3(ss->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL);
@@ -1607,6 +1614,7 @@ static int bind_memory_row(binder *b, const void *rows, size_t i, pins_buf *scra
     bind_str(b, 11, r->old_value_hash);
     bind_str(b, 12, r->new_value_hash);
     bind_int(b, 13, r->reads);
+    bind_str(b, 14, r->keys);
     return 0;
 }
 
@@ -1844,8 +1852,10 @@ static int sqlite_session_new(store *base, struct event_base *loop, store_sessio
             goto out;
     }
     int rc = sqlite3_open_v2(s->path, &ss->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK) {
         rc = configure(ss->db, &ss->busy);
+        store__ckpt_attach(s->ckpt, ss->db);
+    }
     for (size_t i = 0; i < ST_COUNT && rc == SQLITE_OK; i++)
         rc = sqlite3_prepare_v3(ss->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &ss->st[i],
                                 NULL);
@@ -1867,6 +1877,7 @@ out:
 static void sqlite_close(store *base)
 {
     sqlite_store *s = (sqlite_store *)base;
+    store__ckpt_stop(s->ckpt);
     store_cache_free(s->cache);
     if (s->write_lock_ready)
         pthread_mutex_destroy(&s->write_lock);
@@ -1919,6 +1930,8 @@ int store__sqlite_open(const store_options *opts, store **pstore)
     }
     if (rc != SQLITE_OK)
         err = map_rc(rc) == PINS_ENOMEM ? PINS_ENOMEM : PINS_ESTORE;
+    if (err == 0)
+        err = store__ckpt_start(s->path, &s->write_lock, &s->ckpt);
 out:
     sqlite3_close(db);
     if (err != 0) {
@@ -1945,6 +1958,7 @@ int store_sqlite_session_stats(store_session *base, store_sqlite_stats *pstats)
         return PINS_EINTERNAL;
     store_sqlite_stats stats = ss->stats;
     stats.cache_entries = store_cache_count(((sqlite_store *)base->store)->cache);
+    stats.checkpoints = store__ckpt_runs(((sqlite_store *)base->store)->ckpt);
     *pstats = stats;
     return 0;
 }

@@ -23,6 +23,7 @@ typedef struct store_sqlite_stats {
     uint64_t cache_fills;   /* misses whose row entered the cache */
     uint64_t cache_refused; /* fills dropped because a write reached the stripe meanwhile */
     uint64_t cache_entries; /* entries in the process-wide cache */
+    uint64_t checkpoints;   /* WAL checkpoints the store's checkpointer ran (process-wide) */
 } store_sqlite_stats;
 
 /* Copies ss's counters into *pstats. Returns 0, or PINS_EINTERNAL when ss is not a SQLite

@@ -6,6 +6,7 @@
 #ifndef PINS_STORE_SQLITE_INT_H
 #define PINS_STORE_SQLITE_INT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +25,29 @@
 /* Group commit (SQLite): a batch is committed once it holds STORE_SQLITE_BATCH_MAX_OPS writes or
  * this many bytes of copied requests, without waiting for the end of the loop iteration. */
 #define STORE__BATCH_MAX_BYTES (8u << 20)
+
+/* The WAL checkpointer (store/sqlite_ckpt.c): a thread per store that checkpoints the WAL
+ * (PASSIVE) on a connection of its own, so that no commit of a session runs a checkpoint. A
+ * commit that leaves STORE__CKPT_FRAMES frames in the WAL wakes it; it also runs every
+ * STORE__CKPT_INTERVAL_MS while frames were written since its last run. */
+#define STORE__CKPT_FRAMES      1000
+#define STORE__CKPT_INTERVAL_MS 1000
+
+typedef struct store__ckpt store__ckpt;
+struct sqlite3;
+
+/* Opens the checkpointer's connection to the database at path (already in WAL mode) and starts
+ * its thread, which holds write_lock (the store's write mutex, borrowed) for the last part of
+ * each checkpoint. Returns 0, PINS_ENOMEM or PINS_ESTORE. */
+int store__ckpt_start(const char *path, pthread_mutex_t *write_lock, store__ckpt **pc);
+/* Stops the thread (a checkpoint in progress completes first), closes its connection, frees c.
+ * NULL is allowed. Call it after every session that it was attached to is closed. */
+void store__ckpt_stop(store__ckpt *c);
+/* Makes the session connection db report its commits to c instead of checkpointing itself. No-op
+ * when c is NULL (db keeps SQLite's automatic checkpoints). */
+void store__ckpt_attach(store__ckpt *c, struct sqlite3 *db);
+/* Checkpoints c has run (tests). */
+uint64_t store__ckpt_runs(store__ckpt *c);
 
 /* The SQLite migrations in ascending version order (generated source). */
 extern const store__migration store__sqlite_migrations[];

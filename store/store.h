@@ -126,8 +126,12 @@ typedef struct store_memory_audit {
     const char *error_message;  /* NULL if none */
     const char *old_value_hash; /* NULL if none */
     const char *new_value_hash; /* NULL if none */
-    int64_t reads; /* identical reads this row stands for (0 or 1: one); >1 is kept in extra as
-                    * {"reads": N} and latency_ms is then the largest of them */
+    int64_t reads;    /* identical reads this row stands for (0 or 1: one); >1 is kept in extra as
+                       * {"reads": N} and latency_ms is then the largest of them */
+    const char *keys; /* a read summary (key "*"): the JSON object {"<key>": reads, ...} of the
+                       * keys it stands for, kept in extra as {"reads": N, "keys": {...}} and
+                       * matched by a listing's key filter; NULL for every other row. Written,
+                       * never listed. */
 } store_memory_audit;
 
 /* The most rows one store_memory_audit_write or store_rbac_audit_write accepts. */

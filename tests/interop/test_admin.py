@@ -201,6 +201,53 @@ class AdminAuditTest(ServerTestCase, RestMixin):
         self.assertGreaterEqual(
             metric_value(text, 'rbac_audit_writes_total{status="success"}') or 0, 0)
 
+    def test_reads_over_the_budget_are_listed_through_their_summaries(self):
+        # Without read rows to spend (PINS_AUDIT_READ_ROWS_PER_SECOND=0) every read over REST
+        # and gRPC is counted in its tenant's summary row (key "*"), which lists each key. One
+        # worker: each worker keeps summaries of its own.
+        srv = self.fresh_server(dict(self.SERVER_ENV, PINS_AUDIT_READ_ROWS_PER_SECOND="0",
+                                     PINS_WORKERS="1"))
+        tenant = "audit-summary"
+        hdrs = self.admin_headers()
+        for key in ("s1", "s2"):
+            code, text = self.rest(srv, "POST", "/api/v1/memory/pins",
+                                   body={"tenant_id": tenant, "key": key, "value": {"k": key}},
+                                   headers=hdrs)
+            self.assertEqual(code, 201, text)
+        for key in ("s1", "s1", "s2", "absent"):
+            code, _ = self.rest(srv, "GET", "/api/v1/memory/pins/%s?tenant_id=%s" % (key, tenant),
+                                headers=hdrs)
+            self.assertEqual(code, 404 if key == "absent" else 200)
+        srv.client().call(mp("GetPin"), {"tenant_id": tenant, "key": "s2"},
+                          metadata=bearer(ADMIN_JWT))
+        base = "/api/v1/memory/audit?operation=get&tenant_id=" + tenant
+        deadline = time.time() + 10
+        while True:
+            code, text = self.rest(srv, "GET", base, headers=hdrs)
+            self.assertEqual(code, 200, text)
+            body = json.loads(text)
+            if body["total"] >= 2 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        # One summary of the successful reads, one of the failed one; no row of its own.
+        self.assertEqual(body["total"], 2, body)
+        self.assertEqual(sorted(e["key"] for e in body["entries"]), ["*", "*"])
+        self.assertEqual(sorted(e["success"] for e in body["entries"]), [False, True])
+        for key, total in (("s1", 1), ("s2", 1), ("absent", 1), ("s3", 0)):
+            code, text = self.rest(srv, "GET", base + "&key=" + key, headers=hdrs)
+            self.assertEqual(code, 200, text)
+            self.assertEqual(json.loads(text)["total"], total, key)
+        db = sqlite3.connect(os.path.join(srv.data_dir, "pins.db"), timeout=10)
+        try:
+            extras = [json.loads(r[0]) for r in db.execute(
+                "SELECT extra FROM memory_audit WHERE tenant_id = ? AND operation = 'get'"
+                " ORDER BY success DESC", (tenant,))]
+        finally:
+            db.close()
+        self.assertEqual(extras, [{"reads": 4, "keys": {"s1": 2, "s2": 2}},
+                                  {"reads": 1, "keys": {"absent": 1}}])
+        self.assertEqual(metric_value(metrics_text(srv), "memory_audit_reads_folded_total"), 5)
+
     def test_status_reports_every_section(self):
         code, text = self.rest(self.server, "GET", "/api/v1/admin/status",
                                headers=[("X-Machine-Token", MACHINE)])

@@ -543,6 +543,120 @@ static void test_get_and_list_append_memory_read_rows(void **state)
     assert_string_equal(r.key[0], "k");
 }
 
+/* With no read rows to spend, reads fold into one summary per (operation, tenant, agent,
+ * outcome, cache hit) that lists every key with its count; a listing filtered on a key returns
+ * the summaries that list it. Nothing is lost: the counts add up to the reads. */
+static void test_reads_over_the_budget_fold_into_summaries_that_list_their_keys(void **state)
+{
+    fixture *fx = *state;
+    rpc_audit_options o = {.flush_ms = 10000,
+                           .max_rows = 64,
+                           .read_rows_per_s = 0,
+                           .read_rows_set = true,
+                           .read_summary_ms = 600000};
+    reattach(fx, &o);
+    double folded = scrape_value("memory_audit_reads_folded_total", 0);
+    const char *const a[] = {"x-agent-id", "agent-a", NULL};
+    for (int i = 0; i < 3; i++)
+        fake_call_free(get_pin_in(fx, "t", "alpha", a));
+    fake_call_free(get_pin_in(fx, "t", "beta", a));
+    fake_call_free(get_pin_in(fx, "u", "alpha", a));
+    fake_call_free(get_pin_in(fx, "u", "alpha", NULL)); /* another agent (none) */
+    /* The reads count in summaries, not as rows: only the RBAC rows (the shadow-mode would-be
+     * denials of tenants t and u) are queued. */
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
+    assert_true(scrape_value("memory_audit_reads_folded_total", 0) == folded + 6);
+    rpc_audit_flush(queue_of(fx));
+    fake_env_run(fx->env, 10);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE operation = 'get'"), 3);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key <> '*'"), 0);
+    assert_int_equal(sql_int(fx, "SELECT sum(json_extract(extra, '$.reads')) FROM memory_audit"),
+                     6);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.keys.alpha') FROM memory_audit"
+                                 " WHERE tenant_id = 't'"),
+                     3);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.keys.beta') FROM memory_audit"
+                                 " WHERE tenant_id = 't'"),
+                     1);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE tenant_id = 'u'"
+                                 " AND agent_id IS NULL AND json_extract(extra, '$.reads') = 1"),
+                     1);
+    mem_rows r;
+    memset(&r, 0, sizeof(r));
+    store_audit_list_req q = {.key = "beta", .limit = 8};
+    assert_int_equal(store_audit_list(fake_env_store(fx->env), &q, on_mem, &r), 0);
+    assert_int_equal(r.page.total, 1);
+    assert_string_equal(r.key[0], "*");
+    assert_string_equal(r.agent[0], "agent-a");
+    q.key = "alpha";
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(store_audit_list(fake_env_store(fx->env), &q, on_mem, &r), 0);
+    assert_int_equal(r.page.total, 3);
+}
+
+/* The budget's tokens give reads rows of their own first; the reads past them fold. */
+static void test_reads_within_the_budget_keep_rows_of_their_own(void **state)
+{
+    fixture *fx = *state;
+    rpc_audit_options o = {.flush_ms = 10000,
+                           .max_rows = 64,
+                           .read_rows_per_s = 2,
+                           .read_rows_set = true,
+                           .read_summary_ms = 600000};
+    reattach(fx, &o);
+    const char *keys[] = {"k1", "k2", "k3", "k4", "k1"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        fake_call_free(get_pin(fx, keys[i], NULL));
+    rpc_audit_flush(queue_of(fx));
+    fake_env_run(fx->env, 10);
+    /* k1 and k2 spent the burst (k1 again joined its row); k3 and k4 are in one summary. */
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key IN ('k1', 'k2')"), 2);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.reads') FROM memory_audit"
+                                 " WHERE key = 'k1'"),
+                     2);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.reads') FROM memory_audit"
+                                 " WHERE key = '*'"),
+                     2);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.keys.k4') FROM memory_audit"
+                                 " WHERE key = '*'"),
+                     1);
+}
+
+/* Summaries are written from the loop once read_summary_ms passed, without a flush; and at once
+ * when they hold RPC_AUDIT_READ_KEYS keys, so the memory they take stays bounded. */
+static void test_read_summaries_are_queued_when_due_or_full(void **state)
+{
+    fixture *fx = *state;
+    rpc_audit_options o = {.flush_ms = 5,
+                           .max_rows = 64,
+                           .read_rows_per_s = 0,
+                           .read_rows_set = true,
+                           .read_summary_ms = 30};
+    reattach(fx, &o);
+    fake_call_free(get_pin(fx, "due", NULL));
+    fake_env_run(fx->env, 10);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key = '*'"), 0);
+    fake_env_run(fx->env, 200);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key = '*'"), 1);
+
+    o.read_summary_ms = 600000;
+    o.flush_ms = 600000;
+    reattach(fx, &o);
+    char key[32];
+    for (int i = 0; i <= RPC_AUDIT_READ_KEYS; i++) {
+        snprintf(key, sizeof(key), "many-%d", i);
+        fake_call_free(get_pin(fx, key, NULL));
+    }
+    /* The key past the bound queued the full summary; it starts the next one. */
+    assert_int_equal(rpc_audit_queued(queue_of(fx)), 2);
+    rpc_audit_flush(queue_of(fx));
+    fake_env_run(fx->env, 10);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE key = '*'"), 3);
+    assert_int_equal(sql_int(fx, "SELECT sum(json_extract(extra, '$.reads')) FROM memory_audit"
+                                 " WHERE key = '*'"),
+                     RPC_AUDIT_READ_KEYS + 2);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void)
@@ -560,6 +674,9 @@ int main(void)
         T(test_retention_deletes_old_rows_of_both_audits_in_batches),
         T(test_get_and_list_append_memory_read_rows),
         T(test_identical_reads_in_a_window_become_one_row_with_their_count),
+        T(test_reads_over_the_budget_fold_into_summaries_that_list_their_keys),
+        T(test_reads_within_the_budget_keep_rows_of_their_own),
+        T(test_read_summaries_are_queued_when_due_or_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1181,6 +1181,63 @@ static void test_memory_audit_write_rows_are_listed(void **state)
     assert_int_equal(r.page.total, 1);
 }
 
+/* A read summary (key "*") is returned by a listing filtered on any key it lists, and only
+ * then; its keys never leak into another key's listing. */
+static void test_memory_audit_summary_rows_match_the_keys_they_list(void **state)
+{
+    fixture *fx = *state;
+    const store_memory_audit rows[] = {
+        {.ts_us = T0,
+         .operation = "get",
+         .tenant_id = fx->tenant,
+         .key = "*",
+         .success = true,
+         .reads = 5,
+         .keys = "{\"alpha\":3,\"be\\\"ta\":1,\"g\u00e4mma\":1}"},
+        {.ts_us = T0 + 1,
+         .operation = "get",
+         .tenant_id = fx->tenant,
+         .key = "alpha",
+         .success = true},
+        {.ts_us = T0 + 2,
+         .operation = "get",
+         .tenant_id = fx->tenant,
+         .key = "*",
+         .success = true,
+         .reads = 2,
+         .keys = "{\"delta\":2}"},
+    };
+    count_result c = {0};
+    assert_int_equal(store_memory_audit_write(fx->ss, rows, 3, on_count, &c), 0);
+    wait_for(fx, &c.calls);
+    assert_int_equal(c.err, 0);
+    assert_int_equal(c.count, 3);
+    audit_result r;
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "alpha", .limit = 10}, &r);
+    assert_int_equal(r.page.total, 2);
+    assert_string_equal(r.key[0], "alpha");
+    assert_string_equal(r.key[1], "*");
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "be\"ta", .limit = 10}, &r);
+    assert_int_equal(r.page.total, 1);
+    assert_string_equal(r.key[0], "*");
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "g\xc3\xa4mma", .limit = 10},
+          &r);
+    assert_int_equal(r.page.total, 1);
+    audit(fx, &(store_audit_list_req){.key = "delta", .limit = 10}, &r);
+    assert_int_equal(r.page.total, 1);
+    assert_int_equal(r.ts[0], T0 + 2);
+    /* Neither a key it does not list nor a part of one. */
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "alph", .limit = 10}, &r);
+    assert_int_equal(r.page.total, 0);
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "reads", .limit = 10}, &r);
+    assert_int_equal(r.page.total, 0);
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "keys", .limit = 10}, &r);
+    assert_int_equal(r.page.total, 0);
+    /* The key "*" itself lists the summaries (and reads of a pin named "*"). */
+    audit(fx, &(store_audit_list_req){.tenant_id = fx->tenant, .key = "*", .limit = 10}, &r);
+    assert_int_equal(r.page.total, 2);
+}
+
 /* ---- sessions, durability, misc ------------------------------------------------------------ */
 
 static void test_ping_answers(void **state)
@@ -2052,6 +2109,7 @@ int main(void)
         T(test_rbac_audit_cleanup_deletes_only_older_rows),
         T(test_audit_expire_deletes_the_oldest_rows_in_bounded_batches),
         T(test_memory_audit_write_rows_are_listed),
+        T(test_memory_audit_summary_rows_match_the_keys_they_list),
         T(test_ping_answers),
         T(test_backend_name_matches_options),
         T(test_two_sessions_write_the_same_store),
