@@ -101,6 +101,8 @@ static void conn_down(pg_conn *c, const char *kind, const char *why, bool schema
     c->head = c->tail = c->recv = NULL;
     c->inflight = 0;
     c->nsegs = 0;
+    c->nslow = 0;
+    c->seg_slow = false;
     c->direct = false;
     c->prepared = 0;
     c->recheck = false;
@@ -171,10 +173,14 @@ bool store__pg_conn_put(pg_conn *c, pg_req *r, put_mode mode)
 {
     r->next = NULL;
     r->sync_after = false;
+    r->slow_seg = false;
+    if (r->kind != OP_GET_BATCH)
+        c->seg_slow = true;
     char name[16] = "";
     uint32_t bit = c->direct ? store__pg_named_bit(r->sql, name) : 0;
-    r->parse_pending = bit != 0 ? (c->prepared & bit) == 0 : mode == PUT_PARSE;
-    r->pre_set = bit != 0 && store__pg_is_batch(r);
+    r->parse_pending =
+        bit != 0 ? (c->prepared & bit) == 0 : mode == PUT_PARSE || mode == PUT_PARSE_GENERIC;
+    r->pre_set = (bit != 0 && store__pg_is_batch(r)) || (bit == 0 && mode == PUT_PARSE_GENERIC);
     if (c->tail != NULL)
         c->tail->next = r;
     else
@@ -203,6 +209,9 @@ bool store__pg_conn_put(pg_conn *c, pg_req *r, put_mode mode)
 void store__pg_conn_sync(pg_conn *c)
 {
     c->tail->sync_after = true;
+    c->tail->slow_seg = c->seg_slow;
+    c->nslow += c->seg_slow ? 1 : 0;
+    c->seg_slow = false;
     c->nsegs++;
     account(c);
     if (!PQpipelineSync(c->pg)) {
@@ -460,6 +469,7 @@ static void finish_seg(pg_conn *c)
     last->next = NULL;
     c->inflight -= n;
     c->nsegs--;
+    c->nslow -= last->slow_seg ? 1 : 0;
     account(c);
     bool committed = true;
     for (pg_req *r = seg; r != NULL; r = r->next) {

@@ -49,7 +49,8 @@
 #include "common/rand.h"
 #include "store/store_int.h"
 
-#define SEGS_MAX           4                      /* segments in flight per connection */
+#define SEGS_MAX           4                      /* segments in flight per direct connection */
+#define SEGS_MAX_POOLED    1                      /* ... per connection through a pooler */
 #define GET_BATCH_MAX      64                     /* GetPin calls in one statement */
 #define WRITE_BATCH_MAX    128                    /* upserts and deletes in one transaction */
 #define BUSY_SLOTS         16384                  /* counters of keys being written (power of 2) */
@@ -113,6 +114,7 @@ typedef struct pg_req {
     bool *pdone; /* blocking mode: set when the callback ran */
     PGresult *res;
     bool sync_after;     /* the last statement of its segment */
+    bool slow_seg;       /* sync_after: its segment is not a read batch (pg_conn.nslow) */
     bool pre_set;        /* store__pg_sql_generic precedes it (and its Parse); its result is due */
     bool parse_pending;  /* a Parse of its statement precedes it; its result is due */
     uint32_t slot;       /* upsert, delete, get: its key's slot in busy[] (key_slot) */
@@ -144,6 +146,9 @@ typedef struct pg_conn {
     bool direct;         /* no pooler between: named statements may be kept */
     uint32_t prepared;   /* direct: bit i set once store__pg_named_sql[i] was sent for preparing */
     int nsegs;           /* segments (syncs) in flight */
+    int nslow;           /* of them, segments other than read batches: writes (each waits for
+                            its commit's WAL flush), audit inserts, listings */
+    bool seg_slow;       /* the segment being queued has a statement other than a read batch */
     uint64_t gen;        /* bumped when the connection is dropped */
     bool recheck;        /* the schema went behind: no new work; dropped for a schema check
                             once its statements in flight are done (store__pg_conn_recheck) */
@@ -179,9 +184,11 @@ struct pg_session {
 /* How store__pg_conn_put sends a statement on a connection through a pooler (a direct connection
  * uses its named statements instead). */
 typedef enum put_mode {
-    PUT_ONCE,  /* parse, bind and execute (the unnamed statement is replaced) */
-    PUT_PARSE, /* parse r->sql as the unnamed statement, then bind and execute it */
-    PUT_REUSE, /* bind and execute the unnamed statement the segment parsed last */
+    PUT_ONCE,          /* parse, bind and execute (the unnamed statement is replaced) */
+    PUT_PARSE,         /* parse r->sql as the unnamed statement, then bind and execute it */
+    PUT_REUSE,         /* bind and execute the unnamed statement the segment parsed last */
+    PUT_PARSE_GENERIC, /* PUT_PARSE, preceded by store__pg_sql_generic: the calls after it that
+                          reuse the statement run its one generic plan instead of a plan each */
 } put_mode;
 
 /* Calls to run again, in order, ahead of the queue. */

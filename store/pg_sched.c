@@ -4,8 +4,9 @@
  * Calls wait FIFO in the session's bounded queue. Once per loop iteration (ss->kick, so the calls
  * read from all clients in that iteration go together) and whenever a connection has room, the
  * queue is cut into segments; each ends with one sync, so a segment is one implicit transaction,
- * and goes to the least busy connection (a read batch: to the first with room, see
- * store__pg_dispatch()):
+ * and goes to the least busy connection (a read batch: to the first with room and no other kind
+ * of segment in flight, see pick_read_conn(); through a pooler a connection has one segment in
+ * flight, see has_room()):
  *   - GetPin calls waiting together (up to GET_BATCH_MAX) become one statement that looks up all
  *     their keys at once, each distinct (tenant, key) once: calls of one key share its row, each
  *     checked against its own clock for expiry;
@@ -15,7 +16,8 @@
  *     write segment of this session has in flight waits for it (busy[], the key slots).
  *     Consecutive upserts of one key without expected_version are one statement
  *     (store__pg_sql_upsert_chain) that writes the row once and answers each call as if run in
- *     turn;
+ *     turn. Through a pooler, a statement text that several calls of the segment run is parsed
+ *     once after store__pg_sql_generic, so that its one generic plan serves them all;
  *   - every other call is a segment of its own.
  */
 #include "store/pg_int.h"
@@ -101,17 +103,45 @@ static uint32_t key_slot(const pg_req *r)
     return (uint32_t)(pins_hash_tenant_key(tenant, key, NULL, NULL) & (BUSY_SLOTS - 1));
 }
 
-/* The up connection with room for another segment and the fewest in flight, or NULL. */
-static pg_conn *pick_conn(pg_session *ss, bool first_fit)
+/* Whether c is up and has room for another segment. Through a pooler a connection has one
+ * segment in flight at a time: PgBouncer (1.18, transaction pooling) gives the server connection
+ * back to its pool at the ReadyForQuery of a segment's sync even when the next segment is already
+ * on its way, so a pipelined segment, or the rest of one of its messages, reached another server
+ * connection (measured: "portal \"\" does not exist", "invalid frontend message type", a
+ * parameter cut into another message's bytes, and the server connection closed). */
+static bool has_room(const pg_conn *c)
+{
+    return c->state == C_UP && !c->recheck && c->nsegs < (c->direct ? SEGS_MAX : SEGS_MAX_POOLED);
+}
+
+/* The connection for a read batch: the first with room and nothing but read batches in flight,
+ * so that a light read load keeps one server process busy instead of waking several that share
+ * the CPU with us and with each other, and a read never waits in a pipeline behind a write's
+ * commit (its WAL flush) or an audit insert of thousands of rows; else the one with room and the
+ * fewest segments in flight; NULL when none has room. */
+static pg_conn *pick_read_conn(pg_session *ss)
 {
     pg_conn *best = NULL;
     for (int i = 0; i < ss->nconns; i++) {
         pg_conn *c = &ss->conns[i];
-        if (c->state != C_UP || c->nsegs >= SEGS_MAX || c->recheck)
+        if (!has_room(c))
             continue;
-        if (first_fit)
+        if (c->nslow == 0)
             return c;
         if (best == NULL || c->nsegs < best->nsegs)
+            best = c;
+    }
+    return best;
+}
+
+/* The connection for any other segment: the one with room and the fewest segments in flight,
+ * the last of equals, so that these segments keep to the connections that reads take last. */
+static pg_conn *pick_conn(pg_session *ss)
+{
+    pg_conn *best = NULL;
+    for (int i = ss->nconns - 1; i >= 0; i--) {
+        pg_conn *c = &ss->conns[i];
+        if (has_room(c) && (best == NULL || c->nsegs < best->nsegs))
             best = c;
     }
     return best;
@@ -168,24 +198,31 @@ static int queue_take(pg_session *ss, bool (*pred)(const pg_session *, const pg_
     return n;
 }
 
-/* Takes the oldest waiting call that may go now (any but a write of a key in flight), or NULL. */
-static pg_req *queue_pop(pg_session *ss)
+/* The oldest waiting call that may go now (any but a write of a key in flight), or NULL; *pprev
+ * is the call before it in the queue (NULL: it is the head). */
+static pg_req *queue_peek(const pg_session *ss, pg_req **pprev)
 {
     pg_req *prev = NULL;
     for (pg_req *r = ss->wq_head; r != NULL; prev = r, r = r->next) {
         if (is_write(r) && !is_free_write(ss, r))
             continue;
-        if (prev != NULL)
-            prev->next = r->next;
-        else
-            ss->wq_head = r->next;
-        if (ss->wq_tail == r)
-            ss->wq_tail = prev;
-        ss->wq_len--;
-        r->next = NULL;
+        *pprev = prev;
         return r;
     }
     return NULL;
+}
+
+/* Takes r, whose predecessor in the queue is prev (queue_peek), out of the queue. */
+static void queue_unlink(pg_session *ss, pg_req *r, pg_req *prev)
+{
+    if (prev != NULL)
+        prev->next = r->next;
+    else
+        ss->wq_head = r->next;
+    if (ss->wq_tail == r)
+        ss->wq_tail = prev;
+    ss->wq_len--;
+    r->next = NULL;
 }
 
 /* Starts n PostgreSQL array literals (text "{...}"), each of bounded requests' elements. */
@@ -402,9 +439,17 @@ static void send_writes(pg_session *ss, pg_conn *c, pg_req *first)
             st[ns++] = w[i++];
         }
     }
+    bool generic = false; /* store__pg_sql_generic sent in this segment (through a pooler) */
     for (int i = 0; i < ns; i++) {
         bool same = i > 0 && st[i]->sql == st[i - 1]->sql;
-        if (store__pg_conn_put(c, st[i], same ? PUT_REUSE : PUT_PARSE))
+        /* Through a pooler each unnamed statement is planned at every Bind (a custom plan: the
+         * statement is new to PostgreSQL in every segment), which for an upsert costs more than
+         * running it; when the next call reuses it, one generic plan serves them all. A direct
+         * connection keeps named statements, planned once per connection. */
+        bool reused = !c->direct && !generic && i + 1 < ns && st[i + 1]->sql == st[i]->sql;
+        put_mode mode = same ? PUT_REUSE : reused ? PUT_PARSE_GENERIC : PUT_PARSE;
+        generic = generic || reused;
+        if (store__pg_conn_put(c, st[i], mode))
             continue;
         /* c was dropped with what it had: the others wait for another connection. */
         req_list l = {0};
@@ -424,17 +469,18 @@ static void send_writes(pg_session *ss, pg_conn *c, pg_req *first)
 void store__pg_dispatch(pg_session *ss)
 {
     while (ss->wq_head != NULL) {
-        /* A read batch goes to the first connection with room, so that a light read load keeps
-         * one server process busy instead of waking several that share the CPU with us and
-         * with each other; the next connection takes over only while the first has SEGS_MAX in
-         * flight. Other segments (writes: each ends with a commit, which PostgreSQL flushes
-         * together across connections) go to the least busy connection. */
-        pg_conn *c = pick_conn(ss, is_get(ss->wq_head));
-        if (c == NULL)
-            return;
-        pg_req *r = queue_pop(ss);
+        /* A read batch goes to the first connection with room and no other kind of segment in
+         * flight (pick_read_conn). Other segments (writes: each ends with a commit, which
+         * PostgreSQL flushes together across connections) go to the least busy connection,
+         * counted from the last. */
+        pg_req *prev = NULL;
+        pg_req *r = queue_peek(ss, &prev);
         if (r == NULL)
             return;
+        pg_conn *c = is_get(r) ? pick_read_conn(ss) : pick_conn(ss);
+        if (c == NULL)
+            return;
+        queue_unlink(ss, r, prev);
         if (is_get(r))
             send_gets(ss, c, r);
         else if (is_write(r))
