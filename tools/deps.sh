@@ -44,6 +44,7 @@ BENCH_PKGS=(
   python3 python3-grpcio python3-protobuf etcd-server etcd-client nghttp2-server nghttp2-client
   curl python3-fastapi uvicorn python3-psycopg2 python3-uvloop python3-httptools postgresql-15
   util-linux # taskset
+  wrk        # tools/bench/realistic.sh: REST load with scripted keys
 )
 # npm packages come from tools/package.json (exact versions) and tools/package-lock.json.
 
