@@ -105,10 +105,11 @@ static uint32_t key_slot(const pg_req *r)
 
 /* Whether c is up and has room for another segment. Through a pooler a connection has one
  * segment in flight at a time: PgBouncer (1.18, transaction pooling) gives the server connection
- * back to its pool at the ReadyForQuery of a segment's sync even when the next segment is already
- * on its way, so a pipelined segment, or the rest of one of its messages, reached another server
- * connection (measured: "portal \"\" does not exist", "invalid frontend message type", a
- * parameter cut into another message's bytes, and the server connection closed). */
+ * back to its pool at the ReadyForQuery of a segment's sync unless it has already read the next
+ * segment's Sync, so the rest of a next segment still streaming in (an audit insert's Bind of
+ * ~100 KB) reached another server connection (measured: "portal \"\" does not exist", "invalid
+ * frontend message type", a parameter cut into another message's bytes, the server connection
+ * closed). */
 static bool has_room(const pg_conn *c)
 {
     return c->state == C_UP && !c->recheck && c->nsegs < (c->direct ? SEGS_MAX : SEGS_MAX_POOLED);
