@@ -28,7 +28,8 @@
 #                   stall      60 s of GetPin at half load on SQLite, judged per second (not with
 #                              --quick unless named here)
 #   --quick       a smoke check: 1 round, -D 3, no 60 s stall run
-#   --out DIR     where results.md, results.json and runs.jsonl go [/tmp/pinsd-realistic-STAMP]
+#   --out DIR     where results.md, results.json, runs.jsonl and the servers' logs (logs/) go
+#                 [/tmp/pinsd-realistic-STAMP]
 #   -c N, -m N    gRPC connections and calls in flight per connection [16, 32]
 #   --rest-c N    wrk's HTTP/1.1 connections [16]
 #   --pool N      pinsd's DB_POOL_SIZE, PgBouncer's default_pool_size and pgbench's -c [8]
@@ -68,7 +69,7 @@
 # default /tmp/pinsd-bench/grpcpp-build). Needs wrk, h2load is not used. Every address is
 # loopback; everything lives under a mktemp dir /tmp/pinsd-realistic.XXXXXX, removed on exit;
 # every run is bounded by timeout; every process started is stopped by its pid on exit, failure
-# or Ctrl-C. A full default run takes about 25 minutes; --quick about 4.
+# or Ctrl-C. A full default run takes about 24 minutes; --quick about 5.
 #
 # Exit status: 0 every run was all OK (targets met or not), 1 a run had errors or failed,
 # 2 a setup problem.
@@ -119,6 +120,7 @@ unset DATABASE_URL REDIS_URL # each pinsd gets only what is set below, and no sh
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-/tmp/pinsd-realistic-$STAMP}
+mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/pinsd-realistic.XXXXXX)
 chmod 755 "$WORK" # the postgres user must reach the cluster and PgBouncer's files below it
 export RUN_DIR="$WORK/run"
@@ -159,6 +161,11 @@ cleanup() {
   stop_pid pgbouncer "$PGB_PID"
   if ((PEER_STARTED)); then "$BENCH_DIR/peers/grpcpp/stop.sh" || true; fi
   if ((PG_STARTED)); then "$BENCH_DIR/peers/m7-fastapi/stop.sh" pg || true; fi
+  if [[ -d "$OUT" && -d "$WORK" ]]; then # the servers' logs beside the results
+    mkdir -p "$OUT/logs"
+    for n in "$WORK"/pinsd-*/pinsd.log; do [[ -f "$n" ]] && cp "$n" "$OUT/logs/$(basename "$(dirname "$n")").log"; done
+    [[ -f "$WORK/pgbouncer/pgbouncer.log" ]] && cp "$WORK/pgbouncer/pgbouncer.log" "$OUT/logs/"
+  fi
   rm -rf "$WORK"
   exit "$rc"
 }
@@ -205,6 +212,14 @@ pinsd_alive() { # NAME: dies with the log's tail when pinsd NAME has exited
   kill -0 "$pid" 2>/dev/null && return 0
   tail -n 20 "$WORK/pinsd-$1/pinsd.log" >&2 || true
   pins_die "pinsd $1 (pid $pid) has exited during the benchmark (its log is above)"
+}
+server_log_tail() { # NAME: the last lines pinsd NAME (or pgbouncer behind it) logged, after a run that was not all OK
+  local f="$WORK/pinsd-$1/pinsd.log"
+  [[ -s "$f" ]] && tail -n 5 "$f" | sed "s/^/    pinsd $1: /" >&2
+  if [[ "$1" == pgbouncer && -s "$WORK/pgbouncer/pgbouncer.log" ]]; then
+    tail -n 5 "$WORK/pgbouncer/pgbouncer.log" | sed 's/^/    pgbouncer: /' >&2
+  fi
+  return 0
 }
 ticks() { # PID: utime+stime in clock ticks (empty when there is no such process)
   [[ -n "$1" && -r "/proc/$1/stat" ]] || return 0
@@ -328,12 +343,11 @@ grpc() {
   t1=$(ticks "$pid")
   local tk=()
   [[ -n "$t0" && -n "$t1" ]] && tk=(--ticks $((t1 - t0)))
-  "${SUM[@]}" add-pinsctl "$JSONL" "$id" "$ROUND" "$desc" "$WORK/run.json" --rc "$rc" --warmup "$WARM" "${tk[@]}" ||
-    fail=1
-  ((rc == 0)) || {
+  if ! "${SUM[@]}" add-pinsctl "$JSONL" "$id" "$ROUND" "$desc" "$WORK/run.json" --rc "$rc" --warmup "$WARM" "${tk[@]}"; then
     fail=1
     tail -n 3 "$WORK/run.err" >&2
-  }
+    server_log_tail "$srv"
+  fi
 }
 # rest ID DESC DIST PUT_PCT: wrk against the SQLite pinsd's REST API
 rest() {
@@ -345,7 +359,10 @@ rest() {
     -s "$HERE/realistic/pins.lua" "http://$A_SQ" -- "$TENANTS" "$KEYS" "$3" "$ZIPF_S" "$4" "$VSIZE" \
     >"$WORK/run.out" 2>&1 || rc=$?
   t1=$(ticks "$pid")
-  "${SUM[@]}" add-wrk "$JSONL" "$id" "$ROUND" "$desc" "$WORK/run.out" --rc "$rc" --ticks $((t1 - t0)) || fail=1
+  if ! "${SUM[@]}" add-wrk "$JSONL" "$id" "$ROUND" "$desc" "$WORK/run.out" --rc "$rc" --ticks $((t1 - t0)); then
+    fail=1
+    server_log_tail sqlite
+  fi
 }
 # pgb ID DESC PGBENCH_ARGS...: pgbench on pinsd's database, --pool connections, prepared
 VALUE="{\"data\":\"$(printf '%*s' $((VSIZE - 12)) '' | tr ' ' x)\"}"

@@ -9,7 +9,7 @@
                                                      OUTDIR/results.md and OUTDIR/results.json
 
 Each add-* reads one load run's output, appends one JSON record to JSONL and prints it as one
-line. A record: id, round, desc, tool, ok (the run exited 0 and every call got a 2xx answer or
+line; it exits 1 when the run was not all OK. A record: id, round, desc, tool, ok (the run exited 0 and every call got a 2xx answer or
 an OK status), rps, p50_ms, p99_ms, p999_ms, max_ms, answers, errors, cpu_us (the server's
 utime+stime per answer, from --ticks: clock ticks over the run, warm-up included, divided by the
 answers plus the warm-up's estimated at the run's rate), and for pinsctl runs the offered rate
@@ -56,6 +56,8 @@ def append(path, rec):
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
     print(line_of(rec), flush=True)
+    if not rec["ok"]:
+        sys.exit(1)
 
 
 def base(args):
