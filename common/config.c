@@ -41,6 +41,10 @@ struct var {
 static const struct var vars[] = {
     {"DATABASE_URL", T_SECRET, OFF(database_url), 0, 0, "Store", "unset",
      "PostgreSQL URL (postgres://...); unset: embedded SQLite in PINS_DATA_DIR"},
+    {"PINS_CACHE_MAX_BYTES", T_INT64, OFF(cache_max_bytes), 1048576, 68719476736LL, "Store",
+     "268435456",
+     "embedded store: memory for the read cache of pins, 1 MiB..64 GiB (entries and their values "
+     "as JSON and protobuf, about 2.2x the value's size plus 250 bytes each)"},
     {"PINS_DATA_DIR", T_STR, OFF(data_dir), 0, 0, "Store", "./var",
      "directory of the embedded store"},
     {"DB_POOL_SIZE", T_INT, OFF(db_pool_size), 1, 1024, "Store", "8",
@@ -677,6 +681,7 @@ void pins_config_defaults(pins_config *cfg)
     cfg->audit_retention_days = 90;
     cfg->audit_denial_rows_per_second = 20;
     cfg->audit_read_rows_per_second = 1000;
+    cfg->cache_max_bytes = 268435456;
     cfg->rate_limit_rpm = 100;
     cfg->rate_limit_burst = 100;
     cfg->breaker_errors_per_min = 50;

@@ -84,6 +84,7 @@ int main(int argc, char **argv)
     store_options so = {.database_url = cfg.database_url,
                         .data_dir = cfg.data_dir,
                         .pool_size = cfg.db_pool_size,
+                        .cache_bytes = cfg.cache_max_bytes,
                         .workers = cfg.workers,
                         .err = store_err,
                         .err_cap = sizeof(store_err)};

@@ -1910,7 +1910,8 @@ int store__sqlite_open(const store_options *opts, store **pstore)
     }
     s->write_lock_ready = true;
     store__metrics_open("sqlite", error_kinds, sizeof(error_kinds) / sizeof(error_kinds[0]));
-    err = store_cache_new(STORE_CACHE_ENTRIES, STORE_CACHE_BYTES, &s->cache);
+    size_t cache_bytes = opts->cache_bytes > 0 ? (size_t)opts->cache_bytes : STORE_CACHE_BYTES;
+    err = store_cache_new(cache_bytes / STORE_CACHE_ENTRY_MIN, cache_bytes, &s->cache);
     if (err != 0)
         goto out;
     memcpy(s->path, dir, len);

@@ -197,6 +197,8 @@ typedef struct store_options {
     const char *data_dir; /* SQLite: directory of pins.db, created if missing */
     int pool_size;        /* PostgreSQL connections in total */
     int workers;          /* number of sessions that will be created */
+    /* SQLite: the read cache's bound in bytes; 0: STORE_CACHE_BYTES (store/cache.h). */
+    int64_t cache_bytes;
     /* Optional: when store_open fails for a reason the operator must fix (a DATABASE_URL that
      * selects no backend, one PostgreSQL cannot parse), err gets it, err_cap bytes at most,
      * NUL-terminated. Never the URL itself (a secret). */

@@ -127,6 +127,33 @@ static void test_cache_stays_within_its_bounds(void **state)
     store_cache_free(c);
 }
 
+/* The store's default sizing (entries bounded at one per STORE_CACHE_ENTRY_MIN bytes) holds the
+ * 100,000 pins of 200-byte values of a realistic workload (100 tenants of 1000 keys) without
+ * evicting any: an entry bound equal to the key count evicted some from the fuller stripes, and
+ * every read of those went to SQLite. */
+static void test_cache_default_size_holds_a_realistic_key_set(void **state)
+{
+    store_cache *c = NULL;
+    assert_int_equal(
+        store_cache_new(STORE_CACHE_BYTES / STORE_CACHE_ENTRY_MIN, STORE_CACHE_BYTES, &c), 0);
+    char value[201];
+    memset(value, 'v', sizeof(value) - 1);
+    value[0] = '{';
+    value[sizeof(value) - 2] = '}';
+    value[sizeof(value) - 1] = '\0';
+    char tenant[16], key[16];
+    for (int t = 0; t < 100; t++) {
+        snprintf(tenant, sizeof(tenant), "bench-t%d", t);
+        for (int k = 0; k < 1000; k++) {
+            snprintf(key, sizeof(key), "bench-%d", k);
+            store_pin p = make_pin(tenant, key, value, 1);
+            store_cache_put(c, &p);
+        }
+    }
+    assert_int_equal(store_cache_count(c), 100000);
+    store_cache_free(c);
+}
+
 static void test_cache_expired_entry_is_absent_and_dropped(void **state)
 {
     store_cache *c = new_cache(1000);
@@ -315,6 +342,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cache_get_returns_a_copy_of_what_was_put),
         cmocka_unit_test(test_cache_stays_within_its_bounds),
+        cmocka_unit_test(test_cache_default_size_holds_a_realistic_key_set),
         cmocka_unit_test(test_cache_expired_entry_is_absent_and_dropped),
         cmocka_unit_test(test_cache_fill_after_a_write_is_refused),
         cmocka_unit_test(test_cache_readers_never_see_a_version_go_back),
