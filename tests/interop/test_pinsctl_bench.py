@@ -24,6 +24,8 @@ import time
 import unittest
 import urllib.request
 
+import grpc
+
 import harness
 from harness import ServerTestCase, mp
 from test_rbac import ENFORCED, MACHINE
@@ -588,6 +590,129 @@ class BenchRestartTest(ServerTestCase):
         self.assertTrue(all(t["ok"] > 0 and t["errors"] == 0 and t["failed_locally"] == 0
                             for t in tail), rep["timeline"])
         self.assertGreater(rep["ok"], 300 * 10 * 0.5)
+
+
+class ForgetfulServer:
+    """A gRPC server (grpcio, its own port, no SO_REUSEPORT) that answers health SERVING, every
+    UpsertPin OK and stores nothing: ListPins answers total 0. What a bench sees when its upserts
+    went to another process than the one it then asks."""
+
+    def __init__(self):
+        from concurrent import futures
+        self.upserts = 0
+        self.lock = threading.Lock()
+        health_resp = harness.message_class("grpc.health.v1.HealthCheckResponse")
+        health_req = harness.message_class("grpc.health.v1.HealthCheckRequest")
+        up_req = harness.message_class("memorypins.v1.UpsertPinRequest")
+        up_resp = harness.message_class("memorypins.v1.UpsertPinResponse")
+        list_req = harness.message_class("memorypins.v1.ListPinsRequest")
+        list_resp = harness.message_class("memorypins.v1.ListPinsResponse")
+
+        def upsert(req, ctx):
+            with self.lock:
+                self.upserts += 1
+            return up_resp()
+
+        def handler(fn, req_cls):
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=req_cls.FromString,
+                response_serializer=lambda m: m.SerializeToString())
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                                  options=[("grpc.so_reuseport", 0)])
+        self.server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+                "Check": handler(lambda req, ctx: health_resp(status=1), health_req)}),
+            grpc.method_handlers_generic_handler("memorypins.v1.MemoryPins", {
+                "UpsertPin": handler(upsert, up_req),
+                "ListPins": handler(lambda req, ctx: list_resp(total=0), list_req)}),
+        ))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def close(self):
+        self.server.stop(grace=None).wait(10)
+
+
+class BenchPrefillCheckTest(unittest.TestCase):
+    """--prefill checks that the server holds the keys it acknowledged (one ListPins per tenant,
+    limit 1, before and after), and a prefill through refused and stalled streams loses nothing."""
+
+    def test_upserts_answered_ok_but_not_stored_exit_1(self):
+        fake = ForgetfulServer()
+        self.addCleanup(fake.close)
+        r = run_bench(["--addr", "127.0.0.1:%d" % fake.port, "--prefill", "--keys", "50",
+                       "--tenants", "3", "-c", "2", "-m", "4", "-n", "1"], timeout=60)
+        self.assertEqual(fake.upserts, 150)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("does not hold the keys", r.stderr)
+        self.assertIn("bench-t0 holds 0 pins", r.stderr)
+        self.assertIn("the load was not run", r.stderr)
+
+    def test_two_servers_on_one_port(self):
+        # pinsd listens with SO_REUSEPORT, so a second pinsd on the same address starts without
+        # complaint and the kernel hands each new connection to one of them. The bench must not
+        # report a prefill that the server it reports on does not hold.
+        a = harness.Server({"PINS_WORKERS": "1"}, nports=2)
+        self.addCleanup(a.cleanup)
+        b = harness.Server({"PINS_WORKERS": "1"}, nports=2)
+        self.addCleanup(b.cleanup)
+        shared = a.ports[1]
+        b.ports[1] = shared
+        a.start()
+        b.start()
+        r = run_bench(["--addr", "127.0.0.1:%d" % shared, "--prefill", "--keys", "100",
+                       "--tenants", "4", "-c", "8", "-m", "4", "-n", "1"], timeout=60)
+        got = [handled(metrics(s.port), "UpsertPin", "OK") for s in (a, b)]
+        self.assertEqual(sum(got), 400, got)  # every upsert answered by one of them
+        if min(got) > 0:
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("does not hold the keys", r.stderr)
+            self.assertIn("Another server may listen on 127.0.0.1:%d" % shared, r.stderr)
+        else:  # all 8 connections went to one process (1 run in 128): it holds every key
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_prefill_through_refused_and_stalled_streams_is_all_in_pinsd(self):
+        # pinsd takes 2 streams per connection (the bench's other 14 are refused or queued) and
+        # stops for a second mid-prefill; every upsert the bench counts as done must be in pinsd.
+        srv = harness.Server({"PINS_WORKERS": "1", "PINS_MAX_CONCURRENT_STREAMS": "2"})
+        self.addCleanup(srv.cleanup)
+        srv.start()
+        proc = subprocess.Popen(
+            [PINSCTL, "bench", "--addr", srv.target, "--json", "--prefill", "--keys", "2000",
+             "--tenants", "6", "-c", "3", "-m", "16", "-n", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={k: v for k, v in os.environ.items() if k not in _CTL_VARS})
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and proc.poll() is None:
+                if handled(metrics(srv.port), "UpsertPin") >= 1000:
+                    break
+                time.sleep(0.05)
+            self.assertIsNone(proc.poll(), "the prefill ended before pinsd was stopped")
+            srv.signal(signal.SIGSTOP)
+            time.sleep(1)
+            srv.signal(signal.SIGCONT)
+            out, err = proc.communicate(timeout=90)
+        finally:
+            srv.signal(signal.SIGCONT)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.assertEqual(proc.returncode, 0, out + err)
+        rep = json.loads(out)
+        self.assertEqual(rep["prefill"]["upserts"], 12000)
+        self.assertEqual(rep["prefill"]["errors"], 0)
+        self.assertGreater(rep["prefill"]["seconds"], 1.0)  # the stop happened during it
+        self.assertEqual(handled(metrics(srv.port), "UpsertPin", "OK"), 12000)
+        ch = srv.client()
+        try:
+            for t in range(6):
+                resp = ch.call(mp("ListPins"), {"tenant_id": "bench-t%d" % t, "prefix": "bench-",
+                                                "limit": 1})
+                self.assertEqual(int(resp.total), 2000, t)
+        finally:
+            ch.close()
 
 
 if __name__ == "__main__":

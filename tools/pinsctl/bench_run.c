@@ -16,6 +16,14 @@
  * (--prefill, not counted), the load (warmup first, not counted), then the drain: no new sends,
  * the calls in flight finish, or are cancelled (counted unanswered) when the deadline plus a
  * second has passed.
+ *
+ * The prefill is checked on the server: before it and after it, one ListPins (limit 1, the key
+ * prefix) per tenant, spread over the connections so that each is asked at least once, counts
+ * the tenant's keys (`total`). A tenant that held none of them before must hold exactly --keys
+ * after, one that held some at least --keys; otherwise the run stops with exit status 1. An OK
+ * answer proves that *a* server stored the pin, not that the pinsd the user watches did: a
+ * second server listening on the same address with SO_REUSEPORT (another pinsd, a gRPC server)
+ * silently takes some of the connections, and the counts differ between the connections.
  */
 #include <event2/event.h>
 #include <signal.h>
@@ -105,6 +113,31 @@ struct run {
     bool failed;           /* a call could not be started: a bug, the run stops */
     bool prefill_failed;   /* an upsert of the prefill failed: no load is run */
     char prefill_err[256]; /* the first such failure, "CODE: message" */
+    bool prefill_complete; /* every prefill upsert answered OK: the check runs next */
+};
+
+/* The prefill's check: check i asks for tenant i % tenants on connection i % connections. */
+typedef struct count_pass count_pass;
+
+typedef struct count_call {
+    count_pass *cp;
+    uint64_t i;
+} count_call;
+
+struct count_pass {
+    run *r;
+    uint64_t n;        /* checks: max(tenants, connections) */
+    uint64_t next;     /* the next check to start */
+    uint64_t pending;  /* in flight */
+    int64_t *totals;   /* n, -1 until answered */
+    count_call *calls; /* one per slot of every connection */
+    pins_call **inflight;
+    size_t ncalls;
+    count_call **free;
+    size_t nfree;
+    bool failed;
+    bool stop;     /* cancelling: start nothing more */
+    char err[256]; /* the first failure, "ListPins of T: CODE: message" */
 };
 
 static uint64_t now_ns(void)
@@ -412,7 +445,8 @@ static void on_done(void *arg, ProtobufCMessage *resp, const pins_status *st)
             begin_stop(r);
             return;
         }
-        start_load(r);
+        r->prefill_complete = true;
+        event_base_loopbreak(r->base);
         return;
     }
     pump(r, bc);
@@ -479,6 +513,7 @@ static void on_sigint(evutil_socket_t fd, short what, void *arg)
         cancel_all(r);
     else
         begin_stop(r);
+    event_base_loopbreak(r->base); /* the prefill's key count waits in a loop of its own */
 }
 
 static void on_probe(void *arg, ProtobufCMessage *resp, const pins_status *st)
@@ -491,6 +526,135 @@ static void on_probe(void *arg, ProtobufCMessage *resp, const pins_status *st)
     r->probe_from_server = st->from_server;
     snprintf(r->probe_msg, sizeof(r->probe_msg), "%s", st->message != NULL ? st->message : "");
     event_base_loopbreak(r->base);
+}
+
+static void count_start_more(count_pass *cp);
+
+static void on_count(void *arg, ProtobufCMessage *resp, const pins_status *st)
+{
+    count_call *cc = arg;
+    count_pass *cp = cc->cp;
+    run *r = cp->r;
+    cp->inflight[cc - cp->calls] = NULL;
+    cp->pending--;
+    cp->free[cp->nfree++] = cc;
+    if (st->code == PINS_CODE_OK && resp != NULL) {
+        const Memorypins__V1__ListPinsResponse *lr = (const void *)resp;
+        cp->totals[cc->i] = lr->total;
+    } else if (!cp->failed) {
+        cp->failed = true;
+        char tenant[256];
+        fmt_name(tenant, r->cfg->tenant_prefix, strlen(r->cfg->tenant_prefix),
+                 cc->i % (uint64_t)r->cfg->tenants);
+        snprintf(cp->err, sizeof(cp->err), "ListPins of %.100s: %s: %.120s", tenant,
+                 pins_code_name(st->code), st->message != NULL ? st->message : "");
+    }
+    pins_message_free(resp);
+    count_start_more(cp);
+    if (cp->pending == 0)
+        event_base_loopbreak(r->base);
+}
+
+/* Starts checks while there are free slots and no failure. */
+static void count_start_more(count_pass *cp)
+{
+    run *r = cp->r;
+    const bench_config *cfg = r->cfg;
+    while (cp->nfree > 0 && cp->next < cp->n && !cp->failed && !cp->stop && !r->interrupted) {
+        count_call *cc = cp->free[--cp->nfree];
+        cc->i = cp->next++;
+        char tenant[256];
+        fmt_name(tenant, cfg->tenant_prefix, strlen(cfg->tenant_prefix),
+                 cc->i % (uint64_t)cfg->tenants);
+        Memorypins__V1__ListPinsRequest q = MEMORYPINS__V1__LIST_PINS_REQUEST__INIT;
+        q.tenant_id = tenant;
+        q.prefix = (char *)cfg->prefix;
+        q.limit = 1;
+        pins_call_options co = {.no_retry = true, .timeout_ms = r->drain_ms - 1000};
+        bconn *bc = &r->conns[cc->i % (uint64_t)r->nconns];
+        pins_call *call =
+            pins_conn_start(bc->conn, PINS_RPC_LIST_PINS, &q.base, &co, NULL, on_count, cc);
+        if (call == NULL) {
+            cp->free[cp->nfree++] = cc;
+            cp->failed = true;
+            snprintf(cp->err, sizeof(cp->err), "the client library refused a ListPins request");
+            return;
+        }
+        cp->inflight[cc - cp->calls] = call;
+        cp->pending++;
+    }
+}
+
+/* Counts every tenant's keys (the key prefix) into totals (max(tenants, connections) entries).
+ * Returns 0, 1 when a check failed (the reason in err) or -1 when interrupted by ^C. */
+static int count_keys(run *r, int64_t *totals, char *err, size_t errlen)
+{
+    const bench_config *cfg = r->cfg;
+    count_pass cp = {.r = r, .totals = totals};
+    cp.n =
+        (uint64_t)cfg->tenants > (uint64_t)r->nconns ? (uint64_t)cfg->tenants : (uint64_t)r->nconns;
+    cp.ncalls = (size_t)r->nconns * (size_t)cfg->streams;
+    cp.calls = calloc(cp.ncalls, sizeof(*cp.calls));
+    cp.inflight = calloc(cp.ncalls, sizeof(*cp.inflight));
+    cp.free = calloc(cp.ncalls, sizeof(*cp.free));
+    if (cp.calls == NULL || cp.inflight == NULL || cp.free == NULL) {
+        free(cp.calls);
+        free(cp.inflight);
+        free(cp.free);
+        snprintf(err, errlen, "out of memory");
+        return 1;
+    }
+    for (size_t k = 0; k < cp.ncalls; k++) {
+        cp.calls[k].cp = &cp;
+        cp.free[cp.nfree++] = &cp.calls[cp.ncalls - 1 - k];
+    }
+    for (uint64_t i = 0; i < cp.n; i++)
+        totals[i] = -1;
+    count_start_more(&cp);
+    while (cp.pending > 0 && !r->interrupted)
+        if (event_base_dispatch(r->base) != 0)
+            break;
+    /* A ^C (or a loop failure) leaves checks in flight: cancel them (on_count runs at once). */
+    cp.stop = true;
+    for (size_t k = 0; k < cp.ncalls && cp.pending > 0; k++)
+        if (cp.inflight[k] != NULL)
+            pins_call_cancel(cp.inflight[k]);
+    free(cp.calls);
+    free(cp.inflight);
+    free(cp.free);
+    if (r->interrupted)
+        return -1;
+    snprintf(err, errlen, "%s", cp.err);
+    return cp.failed || cp.next < cp.n ? 1 : 0;
+}
+
+/* Compares the counts after the prefill with those before. Returns 0 when every tenant holds its
+ * keys, else 1 with the first difference in err. */
+static int check_prefill(const run *r, const int64_t *before, const int64_t *after, uint64_t n,
+                         char *err, size_t errlen)
+{
+    const bench_config *cfg = r->cfg;
+    uint64_t bad = 0, first = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        bool ok = before[i] == 0 ? after[i] == (int64_t)cfg->keys
+                                 : after[i] >= (int64_t)cfg->keys && after[i] >= before[i];
+        if (!ok && bad++ == 0)
+            first = i;
+    }
+    if (bad == 0)
+        return 0;
+    char tenant[256];
+    fmt_name(tenant, cfg->tenant_prefix, strlen(cfg->tenant_prefix),
+             first % (uint64_t)cfg->tenants);
+    snprintf(
+        err, errlen,
+        "%llu of %llu checks: %.100s holds %lld pins with prefix \"%.100s\" on connection %llu, "
+        "expected %s%llu (it held %lld before)",
+        (unsigned long long)bad, (unsigned long long)n, tenant, (long long)after[first],
+        cfg->prefix, (unsigned long long)(first % (uint64_t)r->nconns),
+        before[first] == 0 ? "" : "at least ", (unsigned long long)cfg->keys,
+        (long long)before[first]);
+    return 1;
 }
 
 /* A JSON object of about size bytes: {"data":"xxx..."}. */
@@ -524,6 +688,7 @@ static int build_value(run *r, size_t size)
 int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats *st)
 {
     int rv = PINSCTL_EXIT_OK;
+    int64_t *before = NULL, *after = NULL;
     run r = {.cfg = cfg, .st = st, .t_end = UINT64_MAX};
     pins_options opts = *opts_in;
     opts.max_retries = 0;
@@ -639,19 +804,67 @@ int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats 
         goto out;
     }
 
+    bool verify_failed = false;
+    char verify_err[512] = "";
     if (cfg->prefill) {
         r.phase = PHASE_PREFILL;
         r.prefill_total = (uint64_t)cfg->tenants * cfg->keys;
-        r.t_prefill = now_ns();
-        for (int i = 0; i < r.nconns; i++)
-            pump(&r, &r.conns[i]);
+        uint64_t nchecks = (uint64_t)cfg->tenants > (uint64_t)r.nconns ? (uint64_t)cfg->tenants
+                                                                       : (uint64_t)r.nconns;
+        before = calloc(nchecks, sizeof(*before));
+        after = calloc(nchecks, sizeof(*after));
+        if (before == NULL || after == NULL) {
+            fprintf(stderr, "pinsctl bench: out of memory\n");
+            rv = PINSCTL_EXIT_UNREACHABLE;
+            goto out;
+        }
+        /* Without the right to list (a token that may only write), the prefill runs unchecked;
+         * the reason is told once it succeeded. */
+        char skip_err[512] = "";
+        int crv = count_keys(&r, before, skip_err, sizeof(skip_err));
+        bool checked = crv == 0;
+        if (crv >= 0) {
+            r.t_prefill = now_ns();
+            for (int i = 0; i < r.nconns; i++)
+                pump(&r, &r.conns[i]);
+            while (!r.prefill_complete && !(r.stopping && r.inflight == 0))
+                if (event_base_dispatch(r.base) != 0)
+                    break;
+        }
+        if (r.prefill_complete && !r.interrupted && !checked) {
+            fprintf(stderr,
+                    "pinsctl bench: prefill: not checked on the server (counting the keys "
+                    "before it failed: %s)\n",
+                    skip_err);
+            start_load(&r);
+        } else if (r.prefill_complete && !r.interrupted) {
+            crv = count_keys(&r, after, verify_err, sizeof(verify_err));
+            if (crv > 0) {
+                verify_failed = true;
+                fprintf(stderr,
+                        "pinsctl bench: prefill: counting the keys after it failed: %s; the "
+                        "load was not run\n",
+                        verify_err);
+            } else if (crv == 0 && check_prefill(&r, before, after, nchecks, verify_err,
+                                                 sizeof(verify_err)) != 0) {
+                verify_failed = true;
+                fprintf(stderr,
+                        "pinsctl bench: prefill: all %llu upserts were answered OK, but the "
+                        "server does not hold the keys: %s. Another server may listen on %s too "
+                        "(SO_REUSEPORT), or writes were lost; the load was not run\n",
+                        (unsigned long long)r.prefill_total, verify_err, opts.addr);
+            } else if (crv == 0) {
+                start_load(&r);
+            }
+        }
     } else {
         start_load(&r);
     }
     /* The loop breaks when the run has stopped with nothing in flight (and once per ^C). */
-    while (!(r.stopping && r.inflight == 0))
-        if (event_base_dispatch(r.base) != 0)
-            break;
+    if (!verify_failed)
+        while (!(r.stopping && r.inflight == 0) && r.phase == PHASE_LOAD)
+            if (event_base_dispatch(r.base) != 0)
+                break;
     if (r.phase == PHASE_LOAD)
         st->measured_ns = r.last_answer_ns > r.t_measure ? r.last_answer_ns - r.t_measure : 0;
     if (r.failed) {
@@ -669,6 +882,8 @@ int bench_run(const bench_config *cfg, const pins_options *opts_in, bench_stats 
                 "not run\n",
                 (unsigned long long)st->prefill_errors, (unsigned long long)r.prefill_total,
                 r.prefill_err);
+        rv = PINSCTL_EXIT_REFUSED;
+    } else if (verify_failed) {
         rv = PINSCTL_EXIT_REFUSED;
     }
 
@@ -695,5 +910,7 @@ out:
     if (r.value != NULL)
         pins_message_free(&r.value->base);
     free(r.versions);
+    free(before);
+    free(after);
     return rv;
 }
