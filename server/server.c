@@ -125,7 +125,25 @@ static void metrics_init(int sweep_interval_s)
     metrics_gauge_set(m_interval, NULL, sweep_interval_s);
 }
 
-static int bind_one(const pins_listen_addr *a, int *pfd, char *err, size_t errlen)
+/* True when another process listens on addr: its sockets (SO_REUSEPORT, as pinsd's own and
+ * gRPC servers' are) would let ours bind beside them, and the kernel would then hand each new
+ * connection to either process without an error anywhere. A socket without SO_REUSEPORT cannot
+ * bind while one listens there; SO_REUSEADDR lets it past connections in TIME_WAIT. */
+static bool address_taken(const struct addrinfo *res)
+{
+    int probe = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+    if (probe < 0)
+        return false; /* the real bind reports it */
+    int one = 1;
+    setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    bool taken = bind(probe, res->ai_addr, res->ai_addrlen) != 0 && errno == EADDRINUSE;
+    close(probe);
+    return taken;
+}
+
+/* Binds and listens on a (SO_REUSEPORT: one socket per worker). probe: first check that no
+ * other process listens there (once per address, before the first worker's socket). */
+static int bind_one(const pins_listen_addr *a, bool probe, int *pfd, char *err, size_t errlen)
 {
     char port[8];
     snprintf(port, sizeof(port), "%u", a->port);
@@ -137,6 +155,14 @@ static int bind_one(const pins_listen_addr *a, int *pfd, char *err, size_t errle
         snprintf(err, errlen, "invalid PINS_LISTEN: cannot resolve %s: %s", a->host,
                  gai_strerror(rv));
         return PINS_EINVALID_ARGUMENT;
+    }
+    if (probe && a->port != 0 && address_taken(res)) {
+        snprintf(err, errlen,
+                 "cannot listen on %s:%u: another process already listens there (it would "
+                 "get a share of the connections)",
+                 a->host, a->port);
+        freeaddrinfo(res);
+        return PINS_EUNAVAILABLE;
     }
     int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -230,8 +256,8 @@ int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pser
         ps->listen_fds[i] = -1;
     for (int wi = 0; wi < s->nworkers; wi++) {
         for (size_t li = 0; li < cfg->nlisten; li++) {
-            rv = bind_one(&cfg->listen[li], &ps->listen_fds[(size_t)wi * cfg->nlisten + li], err,
-                          errlen);
+            rv = bind_one(&cfg->listen[li], wi == 0,
+                          &ps->listen_fds[(size_t)wi * cfg->nlisten + li], err, errlen);
             if (rv != 0)
                 goto fail;
         }

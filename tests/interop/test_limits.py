@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import unittest
+import urllib.request
 
 import grpc
 import h2.errors
@@ -471,6 +472,29 @@ class DatabaseUrlAtStart(unittest.TestCase):
         self.assertNotEqual(p.returncode, 0, out)
         self.assertIn("invalid DATABASE_URL: the port must be a number", out)
         self.assertNotIn("hunter2", out)
+
+
+class AddressInUseAtStart(ServerTestCase):
+    """A second pinsd on an address the first one listens on stops at start: with SO_REUSEPORT on
+    both it would bind beside the first, and the kernel would hand it a share of the connections
+    (writes acknowledged by a process nobody watches)."""
+
+    def test_second_server_on_a_taken_port_refuses_to_start(self):
+        other = Server()
+        self.addCleanup(other.cleanup)
+        env = other.env()
+        env["PINS_LISTEN"] = "127.0.0.1:%d" % self.server.port
+        p = subprocess.run([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+        out = (p.stdout + p.stderr).decode("utf-8", "replace")
+        self.assertNotEqual(p.returncode, 0, out)
+        self.assertIn("cannot listen on 127.0.0.1:%d: another process already listens there"
+                      % self.server.port, out)
+        # The first one still answers on it.
+        for _ in range(8):
+            with urllib.request.urlopen("http://127.0.0.1:%d/health" % self.server.port,
+                                        timeout=10) as r:
+                self.assertEqual(r.status, 200)
 
 
 if __name__ == "__main__":
