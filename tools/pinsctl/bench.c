@@ -42,7 +42,11 @@ static const char usage_text[] =
     "  --value-size BYTES    size of each put's JSON value, about (default 64)\n"
     "  --list-limit N        ListPins limit (default 10)\n"
     "  --prefill             upsert every key of every tenant first (not counted; when one of\n"
-    "                        them fails, the run stops there with exit status 1)\n"
+    "                        them fails, the run stops there with exit status 1); before and\n"
+    "                        after it one ListPins per tenant counts its keys: a tenant that\n"
+    "                        held none must then hold exactly --keys, else the run stops with\n"
+    "                        exit status 1 (another server on the same address, lost writes);\n"
+    "                        without the right to list, the prefill runs unchecked and says so\n"
     "  --conflicts F         fraction (0..1) of puts sent with a stale expected_version; their\n"
     "                        ABORTED answers are counted apart, not as errors (default 0)\n"
     "  --seed N              seed of the key and tenant draws (default 1)\n"
@@ -82,7 +86,8 @@ static const char usage_text[] =
     "--timeout 0); a ^C during it or during --prefill ends the run without a report.\n"
     "\n"
     "Exit status: 0 the run completed (also when calls failed: see the errors in the report),\n"
-    "1 an upsert of --prefill failed (the load was not run), 2 usage error, 3 pinsd could not be\n"
+    "1 an upsert of --prefill failed or pinsd does not hold the prefilled keys (the load was not\n"
+    "run), 2 usage error, 3 pinsd could not be\n"
     "reached at all (the health check got no answer), 130 interrupted by ^C during the health\n"
     "check or --prefill (no report).\n";
 
