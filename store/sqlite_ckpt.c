@@ -13,12 +13,14 @@
  *
  * The WAL file is rewound by the next writer once every frame is in the database (SQLite does
  * that itself) and truncated to journal_size_limit (configure() in sqlite.c) when it had grown.
- * Under a steady stream of commits a checkpoint never catches up with the last frame on its own,
- * and the WAL would grow without end. So each run has two passes: the first, without any lock,
- * copies the bulk; the second holds the store's write mutex (this process's writers wait, its
- * readers do not) while it copies the few frames committed meanwhile, so that the WAL is wholly
- * in the database when the next writer starts and rewinds it. Writers wait for the second pass
- * only: milliseconds (its copy and fsync are small), against the whole copy and fsync before.
+ * Under a steady stream of commits a checkpoint may never catch up with the last frame, and the
+ * WAL would grow without end. So a run repeats its pass, without any lock, while the one before
+ * left frames behind (at most CKPT_PASSES times): each copies only what was committed during the
+ * previous one, and one that ends between two group commits lets the next writer rewind. Only
+ * when the WAL still holds STORE__CKPT_LOCKED_FRAMES frames after that does a last pass hold the
+ * store's write mutex (this process's writers wait, its readers do not) to copy the rest, so that
+ * the WAL is wholly in the database when the next writer starts. Writers never wait for the bulk
+ * of a copy or its fsync, and rarely for the last few frames.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -40,10 +42,14 @@ struct store__ckpt {
     pthread_cond_t cv;
     bool stop;         /* under mu */
     bool due;          /* under mu: a commit crossed STORE__CKPT_FRAMES */
+    bool written;      /* under mu: a session committed since the last run */
     int wal_frames;    /* under mu: the WAL's frames after the last commit a session reported */
     uint64_t runs;     /* under mu: checkpoints run */
     uint64_t failures; /* under mu: checkpoints that failed (other than SQLITE_BUSY) */
 };
+
+/* Passes of one run without the write mutex, while each leaves frames behind. */
+#define CKPT_PASSES 4
 
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 static metrics_family *m_runs;
@@ -52,9 +58,19 @@ static void metrics_init(void)
 {
     static const char *const result[] = {"result"};
     m_runs = metrics_counter_new("store_sqlite_checkpoints_total",
-                                 "WAL checkpoints of the embedded store by result (busy: another "
-                                 "connection was checkpointing).",
+                                 "WAL checkpoints of the embedded store by result (ok_locked: "
+                                 "the last pass held the write mutex; busy: another connection "
+                                 "was checkpointing).",
                                  result, 1);
+}
+
+/* The WAL's end (its frames) after the last commit a session reported. */
+static int wal_end(store__ckpt *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int end = c->wal_frames;
+    pthread_mutex_unlock(&c->mu);
+    return end;
 }
 
 static void *ckpt_main(void *arg)
@@ -74,20 +90,33 @@ static void *ckpt_main(void *arg)
             }
             if (c->stop)
                 break;
-            if (!c->due && c->wal_frames == 0)
+            if (!c->due && !c->written)
                 continue; /* nothing written since the last checkpoint */
         }
         c->due = false;
-        c->wal_frames = 0;
+        c->written = false;
         pthread_mutex_unlock(&c->mu);
-        int log = 0, done = 0;
-        int rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-        if (rc == SQLITE_OK) {
+        bool locked = false;
+        int log = 0, done = 0, end = 0, rc = SQLITE_OK;
+        for (int pass = 0; pass < CKPT_PASSES; pass++) {
+            rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+            if (rc != SQLITE_OK)
+                break;
+            /* Caught up with the last commit (or a writer rewound the WAL meanwhile): the next
+             * writer rewinds it. */
+            end = wal_end(c);
+            if (done >= end)
+                break;
+        }
+        if (rc == SQLITE_OK && done < end && end >= STORE__CKPT_LOCKED_FRAMES) {
             pthread_mutex_lock(c->write_lock);
             rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
             pthread_mutex_unlock(c->write_lock);
+            locked = true;
         }
-        const char *v[] = {rc == SQLITE_OK ? "ok" : rc == SQLITE_BUSY ? "busy" : "error"};
+        const char *v[] = {rc != SQLITE_OK ? (rc == SQLITE_BUSY ? "busy" : "error")
+                           : locked        ? "ok_locked"
+                                           : "ok"};
         if (m_runs != NULL)
             metrics_counter_add(m_runs, v, 1);
         pthread_mutex_lock(&c->mu);
@@ -172,6 +201,7 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
     store__ckpt *c = arg;
     pthread_mutex_lock(&c->mu);
     c->wal_frames = frames;
+    c->written = true;
     if (frames >= STORE__CKPT_FRAMES && !c->due) {
         c->due = true;
         pthread_cond_signal(&c->cv);

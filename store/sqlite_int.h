@@ -32,6 +32,9 @@
  * STORE__CKPT_INTERVAL_MS while frames were written since its last run. */
 #define STORE__CKPT_FRAMES      1000
 #define STORE__CKPT_INTERVAL_MS 1000
+/* A run whose unlocked passes leave the WAL at least this long (64 MiB of 4 KiB pages) copies
+ * the rest under the store's write mutex, so that the next writer rewinds the WAL. */
+#define STORE__CKPT_LOCKED_FRAMES 16000
 
 typedef struct store__ckpt store__ckpt;
 struct sqlite3;
