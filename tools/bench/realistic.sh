@@ -14,8 +14,9 @@
 #                              90/10 and 50/50 mixes (200 B, and 90/10 with 4 KiB); ListPins 20;
 #                              UpsertPin uniform
 #                   peer       the grpcpp peer: GetPin uniform, 90/10 (and the pinsd pair)
-#                   rest       REST through wrk: GET uniform, zipfian, 90/10 GET/POST (and the
-#                              gRPC pair)
+#                   rest       REST through wrk (HTTP/1.1): GET uniform, zipfian, 90/10 GET/POST;
+#                              REST over h2c through h2load: GET uniform, zipfian (and the gRPC
+#                              pair)
 #                   pg         pinsd on PostgreSQL directly: GetPin uniform, zipfian, 90/10, 50/50,
 #                              UpsertPin, ListPins 20
 #                   pgbouncer  pinsd through PgBouncer (transaction pooling): GetPin uniform, 90/10
@@ -30,7 +31,7 @@
 #   --quick       a smoke check: 1 round, -D 3, no 60 s stall run
 #   --out DIR     where results.md, results.json, runs.jsonl and the servers' logs (logs/) go
 #                 [/tmp/pinsd-realistic-STAMP]
-#   -c N, -m N    gRPC connections and calls in flight per connection [16, 32]
+#   -c N, -m N    gRPC (and h2c) connections and calls in flight per connection [16, 32]
 #   --rest-c N    wrk's HTTP/1.1 connections [16]
 #   --pool N      pinsd's DB_POOL_SIZE, PgBouncer's default_pool_size and pgbench's -c [8]
 #   -- FLAGS      extra flags for every pinsd
@@ -46,6 +47,15 @@
 # not 0.99. pgbench's mixes are weighted scripts (-f select.sql@9 -f upsert.sql@1: random
 # draws), pinsctl bench's are exact interleavings. pgbench runs with --pool connections, as many
 # as pinsd's pool.
+#
+# REST twice: HTTP/1.1 through wrk (--rest-c connections, one request in flight on each) and
+# HTTP/2 cleartext with prior knowledge (h2c) through h2load with gRPC's -c and -m. Over HTTP/1.1
+# every response is its own writev and its own loopback TCP send (about half of pinsd's CPU per
+# request in a profile), while gRPC and h2c carry many responses per write; the h2c rows compare
+# REST and gRPC on the same transport, the HTTP/1.1 rows show what HTTP/1.1 clients get. h2load
+# reads a URI list (-i) that the script writes once with a fixed seed (summarize.py uris): 100,000
+# GETs of bench-R in bench-tT, T uniform, R uniform or zipfian s = 0.99, in random order; each
+# h2load client cycles through it.
 #
 # Pinning: every server (pinsd with PINS_WORKERS=1, the peer, PostgreSQL, PgBouncer) on CPU 0,
 # every load generator on CPU 1. pinsd runs with RATE_LIMIT_RPM=0 and its data in the temp dir.
@@ -66,7 +76,7 @@
 # port (RUN_DIR in the temp dir), database pinsd_bench, `pinsctl migrate upgrade head`; PgBouncer
 # (Debian pgbouncer, /usr/sbin/pgbouncer) as user postgres in transaction mode on a free port;
 # the grpcpp peer from $BENCH_DIR/peers/grpcpp/start.sh (built once into $PEER_BUILD_DIR,
-# default /tmp/pinsd-bench/grpcpp-build). Needs wrk, h2load is not used. Every address is
+# default /tmp/pinsd-bench/grpcpp-build). The rest part needs wrk and h2load (nghttp2-client). Every address is
 # loopback; everything lives under a mktemp dir /tmp/pinsd-realistic.XXXXXX, removed on exit;
 # every run is bounded by timeout; every process started is stopped by its pid on exit, failure
 # or Ctrl-C. A full default run takes about 24 minutes; --quick about 5.
@@ -107,7 +117,10 @@ PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
 need_sq=0 need_pg=0
 for p in sqlite peer rest half stall; do has $p && need_sq=1; done
 for p in pg pgbouncer pgbench; do has $p && need_pg=1; done
-if has rest; then command -v wrk >/dev/null || pins_die "wrk not found (apt-get install wrk, or tools/deps.sh --bench)"; fi
+if has rest; then
+  command -v wrk >/dev/null || pins_die "wrk not found (apt-get install wrk, or tools/deps.sh --bench)"
+  command -v h2load >/dev/null || pins_die "h2load not found (apt-get install nghttp2-client)"
+fi
 if ((need_pg)); then
   [[ -x "$PGBIN/pgbench" && -x "$PGBIN/psql" ]] || pins_die "PostgreSQL 15 not found in $PGBIN (apt-get install postgresql-15)"
 fi
@@ -364,6 +377,24 @@ rest() {
     server_log_tail sqlite
   fi
 }
+# rest_h2 ID DESC URI_FILE: h2load over h2c (prior knowledge) against the SQLite pinsd's REST
+# API, gRPC's -c and -m, the URIs of URI_FILE in turn; percentiles from its --log-file
+rest_h2() {
+  local id=$1 desc=$2 pid t0 t1 rc=0
+  pinsd_alive sqlite
+  pid=${SRV_PID[sqlite]}
+  rm -f "$WORK/h2.log"
+  t0=$(ticks "$pid")
+  run_child timeout $((DUR + WARM + 60)) taskset -c "$LOAD_CPU" h2load -t 1 -c "$C" -m "$M" \
+    -D "$DUR" --warm-up-time "$WARM" -i "$3" --log-file "$WORK/h2.log" >"$WORK/run.out" 2>&1 || rc=$?
+  t1=$(ticks "$pid")
+  if ! "${SUM[@]}" add-h2load "$JSONL" "$id" "$ROUND" "$desc" "$WORK/run.out" "$WORK/h2.log" --rc "$rc" \
+    --warmup "$WARM" --ticks $((t1 - t0)); then
+    fail=1
+    tail -n 3 "$WORK/run.out" >&2
+    server_log_tail sqlite
+  fi
+}
 # pgb ID DESC PGBENCH_ARGS...: pgbench on pinsd's database, --pool connections, prepared
 VALUE="{\"data\":\"$(printf '%*s' $((VSIZE - 12)) '' | tr ' ' x)\"}"
 pgb() {
@@ -396,6 +427,12 @@ S=sqlite
 SJ=(--dist zipfian)
 BIGSET=(--value-size "$BIG" --key-prefix big- --tenant-prefix big-t)
 PGF="$HERE/realistic"
+if has rest; then
+  for dist in uniform zipfian; do
+    "$PY" "$HERE/realistic/summarize.py" uris "$WORK/uris-$dist.txt" "http://$A_SQ" "$TENANTS" "$KEYS" \
+      "$dist" "$ZIPF_S" 100000 15
+  done
+fi
 
 pins_note "$ROUNDS rounds of $DUR s runs; parts: ${!PART[*]}; servers on CPU $SERVER_CPU, load on CPU $LOAD_CPU"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
@@ -404,12 +441,14 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     has sqlite && grpc sq_onekey "SQLite GetPin, one key (reference)" $S "$A_SQ" --keys 1 --tenants 1
     grpc sq_get_uni "SQLite GetPin uniform" $S "$A_SQ"
     has peer && grpc peer_get_uni "grpcpp peer GetPin uniform" peer "$A_PEER"
-    has rest && rest rest_get_uni "REST GET uniform (wrk c=$REST_C)" uniform 0
+    has rest && rest rest_get_uni "REST GET uniform over HTTP/1.1 (wrk c=$REST_C)" uniform 0
+    has rest && rest_h2 rest_h2_get_uni "REST GET uniform over h2c (h2load c=$C m=$M)" "$WORK/uris-uniform.txt"
     has sqlite && grpc sq_get_zipf "SQLite GetPin zipfian s=$ZIPF_S" $S "$A_SQ" "${SJ[@]}"
-    has rest && rest rest_get_zipf "REST GET zipfian s=$ZIPF_S (wrk c=$REST_C)" zipfian 0
+    has rest && rest rest_get_zipf "REST GET zipfian s=$ZIPF_S over HTTP/1.1 (wrk c=$REST_C)" zipfian 0
+    has rest && rest_h2 rest_h2_get_zipf "REST GET zipfian s=$ZIPF_S over h2c (h2load c=$C m=$M)" "$WORK/uris-zipfian.txt"
     if has sqlite || has peer; then grpc sq_mix90 "SQLite 90/10 get/put uniform" $S "$A_SQ" --mix get=90,put=10; fi
     has peer && grpc peer_mix90 "grpcpp peer 90/10 get/put uniform" peer "$A_PEER" --mix get=90,put=10
-    has rest && rest rest_mix90 "REST 90/10 GET/POST uniform (wrk c=$REST_C)" uniform 10
+    has rest && rest rest_mix90 "REST 90/10 GET/POST uniform over HTTP/1.1 (wrk c=$REST_C)" uniform 10
     if has sqlite; then
       grpc sq_mix50 "SQLite 50/50 get/put uniform" $S "$A_SQ" --mix get=50,put=50
       grpc sq_list "SQLite ListPins limit $LIST_LIMIT by prefix" $S "$A_SQ" --mix list=100
@@ -455,14 +494,14 @@ for n in "${!SRV_PID[@]}"; do pinsd_alive "$n"; done
 ELAPSED=$((SECONDS - T_START))
 echo
 echo "pinsd $(git -C "$PINS_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') ($PINSD_BIN), servers on CPU $SERVER_CPU (PINS_WORKERS=1), load on CPU $LOAD_CPU;" \
-  "$ROUNDS round(s) of $DUR s; gRPC c=$C m=$M, REST wrk c=$REST_C, DB_POOL_SIZE=pgbench -c=$POOL;" \
+  "$ROUNDS round(s) of $DUR s; gRPC c=$C m=$M, REST HTTP/1.1 wrk c=$REST_C, REST h2c h2load c=$C m=$M, DB_POOL_SIZE=pgbench -c=$POOL;" \
   "$TENANTS tenants x $KEYS keys, $VSIZE B values; zipfian s=$ZIPF_S (pgbench: 1.001); $ELAPSED s in all"
 echo
 rc=0
 "${SUM[@]}" report "$JSONL" "$OUT" "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
   "pinsd=$(git -C "$PINS_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
   "command=tools/bench/realistic.sh $*" "rounds=$ROUNDS" "seconds_per_run=$DUR" \
-  "grpc=c=$C m=$M (pinsctl bench)" "rest=wrk -t 1 -c $REST_C, HTTP/1.1" "pool=$POOL" \
+  "grpc=c=$C m=$M (pinsctl bench)" "rest=wrk -t 1 -c $REST_C, HTTP/1.1" "rest_h2c=h2load -t 1 -c $C -m $M, h2c prior knowledge" "pool=$POOL" \
   "data=$TENANTS tenants x $KEYS keys, $VSIZE B (4 KiB set: big-t*/big-*)" \
   "zipfian=s=$ZIPF_S (pgbench random_zipfian s=1.001, its minimum in PostgreSQL 15)" \
   "pinning=servers CPU $SERVER_CPU (pinsd PINS_WORKERS=1), load CPU $LOAD_CPU" \

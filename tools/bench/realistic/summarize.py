@@ -4,6 +4,10 @@
   summarize.py add-pinsctl JSONL ID ROUND DESC FILE  [--ticks N] [--warmup S] [--rc N]
   summarize.py add-wrk     JSONL ID ROUND DESC FILE  [--ticks N] [--rc N]
   summarize.py add-pgbench JSONL ID ROUND DESC FILE LOGDIR [--rc N]
+  summarize.py add-h2load  JSONL ID ROUND DESC FILE LOG [--ticks N] [--warmup S] [--rc N]
+  summarize.py uris        FILE BASE TENANTS KEYS DIST S N SEED   h2load -i's URI list: N lines
+                                                     BASE/api/v1/memory/pins/bench-R?tenant_id=bench-tT,
+                                                     T uniform, R uniform or zipfian s=S per tenant
   summarize.py rps         JSONL ID ROUND          the req/s of that record (empty if none)
   summarize.py report      JSONL OUTDIR KEY=VALUE...   the table and the targets; writes
                                                      OUTDIR/results.md and OUTDIR/results.json
@@ -161,6 +165,78 @@ def add_pgbench(args):
     append(jsonl, rec)
 
 
+def add_h2load(args):
+    """h2load's summary (req/s, the requests line, status codes) and its --log-file (one line per
+    request: start time, status, duration in us) for the percentiles."""
+    jsonl, rec, path = base(args)
+    logf = args[5]
+    rec["tool"] = "h2load"
+    rc = opt(args, "--rc", 0, int)
+    ticks = opt(args, "--ticks", None, int)
+    warm = opt(args, "--warmup", 0.0, float)
+    rps = done = None
+    codes, req = {}, {}
+    try:
+        for ln in open(path):
+            p = ln.split()
+            if ln.startswith("finished in ") and len(p) >= 4:
+                rps = float(p[3])
+            elif ln.startswith("requests: "):
+                # requests: 3 total, 3 started, 3 done, 3 succeeded, 0 failed, 0 errored, 0 timeout
+                for part in ln.split(":", 1)[1].split(","):
+                    n, _, k = part.strip().partition(" ")
+                    req[k] = int(n)
+                done = req.get("done")
+            elif ln.startswith("status codes: "):
+                for part in ln.split(":", 1)[1].split(","):
+                    n, _, k = part.strip().partition(" ")
+                    codes[k] = int(n)
+    except (OSError, ValueError):
+        pass
+    lat = []
+    try:
+        for ln in open(logf):
+            p = ln.split()
+            if len(p) >= 3 and p[2].isdigit():
+                lat.append(int(p[2]))
+    except OSError:
+        pass
+    lat.sort()
+    if rps is None or not done or not lat:
+        rec["problem"] = f"exit {rc}, no req/s or requests line, or an empty --log-file"
+        append(jsonl, rec)
+        return
+    pct = lambda q: lat[min(len(lat) - 1, int(q / 100 * len(lat)))] / 1000
+    ok2 = codes.get("2xx", 0)
+    bad = sum(v for k, v in codes.items() if k != "2xx") + req.get("failed", 0) + req.get("errored", 0) \
+        + req.get("timeout", 0)
+    rec.update(rps=rps, p50_ms=pct(50), p99_ms=pct(99), p999_ms=pct(99.9), max_ms=lat[-1] / 1000,
+               answers=done, errors=bad)
+    rec["ok"] = rc == 0 and bad == 0 and ok2 > 0 and ok2 == done
+    if not rec["ok"]:
+        rec["problem"] = f"exit {rc}, requests {req}, status codes {codes}"
+    rec["cpu_us"] = cpu_per_answer(ticks, done, rps * warm)
+    append(jsonl, rec)
+
+
+def cmd_uris(args):
+    import random
+    path, base_url, tenants, keys, dist, s, n, seed = args[:8]
+    tenants, keys, n, s = int(tenants), int(keys), int(n), float(s)
+    rnd = random.Random(int(seed))
+    if dist == "zipfian":  # rank r (from 0) with weight 1/(r+1)^s, as pins.lua and pinsctl bench
+        weights = [1 / (r + 1) ** s for r in range(keys)]
+        ranks = rnd.choices(range(keys), weights=weights, k=n)
+    elif dist == "uniform":
+        ranks = [rnd.randrange(keys) for _ in range(n)]
+    else:
+        print(f"uris: DIST must be uniform or zipfian, got {dist}", file=sys.stderr)
+        sys.exit(2)
+    with open(path, "w") as f:
+        for r in ranks:
+            f.write(f"{base_url}/api/v1/memory/pins/bench-{r}?tenant_id=bench-t{rnd.randrange(tenants)}\n")
+
+
 def load(jsonl):
     with open(jsonl) as f:
         return [json.loads(ln) for ln in f if ln.strip()]
@@ -186,7 +262,8 @@ TARGETS = [
     ("PG 90/10 mix / pgbench 90/10", "ratio", "pg_mix90", "pgbench_mix90", 0.9),
     ("PG GetPin p99 at half load", "le", "half_pg_get", "p99_ms", 5.0),
     ("PgBouncer GetPin uniform / direct", "ratio", "pgb_get_uni", "pg_get_uni", 0.8),
-    ("REST GET uniform / gRPC GetPin uniform", "ratio", "rest_get_uni", "sq_get_uni", 0.7),
+    ("REST GET uniform HTTP/1.1 / gRPC GetPin uniform", "ratio", "rest_get_uni", "sq_get_uni", 0.7),
+    ("REST GET uniform over h2c / gRPC GetPin uniform", "ratio", "rest_h2_get_uni", "sq_get_uni", 0.7),
 ]
 # Printed ratios without a target.
 INFO = [
@@ -196,8 +273,10 @@ INFO = [
     ("PG 50/50 mix / pgbench 50/50", "pg_mix50", "pgbench_mix50"),
     ("PG UpsertPin / pgbench upsert", "pg_put_uni", "pgbench_upsert"),
     ("PgBouncer 90/10 / direct 90/10", "pgb_mix90", "pg_mix90"),
-    ("REST GET zipfian / gRPC zipfian", "rest_get_zipf", "sq_get_zipf"),
-    ("REST 90/10 / gRPC 90/10", "rest_mix90", "sq_mix90"),
+    ("REST GET zipfian HTTP/1.1 / gRPC zipfian", "rest_get_zipf", "sq_get_zipf"),
+    ("REST GET zipfian over h2c / gRPC zipfian", "rest_h2_get_zipf", "sq_get_zipf"),
+    ("REST GET uniform over h2c / HTTP/1.1", "rest_h2_get_uni", "rest_get_uni"),
+    ("REST 90/10 HTTP/1.1 / gRPC 90/10", "rest_mix90", "sq_mix90"),
     ("SQLite GetPin uniform / PG direct", "sq_get_uni", "pg_get_uni"),
 ]
 
@@ -325,13 +404,13 @@ def report(args):
     print("\nlatency in ms, medians of the rounds (worst max: the largest of any round)\n")
     print("targets (issue 15), medians of the rounds:")
     for t in tres:
-        print(f"  {t['verdict']:<4}  {t['target']:<40} {t['bound']:<18} {t['detail']}")
+        print(f"  {t['verdict']:<4}  {t['target']:<48} {t['bound']:<18} {t['detail']}")
     if stall_line:
         print("  " + stall_line)
     if info:
         print("\nother ratios of medians (req/s):")
         for t in info:
-            print(f"  {t['ratio']:<40} {t['value']:.2f}x  ({t['detail']})")
+            print(f"  {t['ratio']:<48} {t['value']:.2f}x  ({t['detail']})")
 
     # ---- files ----
     os.makedirs(outdir, exist_ok=True)
@@ -367,6 +446,10 @@ def main():
         add_wrk(args)
     elif cmd == "add-pgbench":
         add_pgbench(args)
+    elif cmd == "add-h2load":
+        add_h2load(args)
+    elif cmd == "uris":
+        cmd_uris(args)
     elif cmd == "rps":
         cmd_rps(args)
     elif cmd == "report":
