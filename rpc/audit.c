@@ -75,6 +75,8 @@ typedef struct read_group {
     const char *tenant;
     const char *agent;
     const char *error_message;
+    int err; /* the outcome: 0 or the error of every read in the group (the overflow: the first's)
+              */
     bool success;
     bool cache_hit;
     uint64_t hash;
@@ -95,8 +97,12 @@ typedef struct read_key {
 
 typedef struct read_summary {
     pins_arena *arena;
-    read_group groups[RPC_AUDIT_READ_GROUPS];
+    /* The groups, then the overflow (index RPC_AUDIT_READ_GROUPS): the reads of any further
+     * group in this period, with "*" in each field where they differ, so that reads varying
+     * their tenant or agent cannot make a row each. */
+    read_group groups[RPC_AUDIT_READ_GROUPS + 1];
     size_t ngroups;
+    bool overflow;  /* the overflow group holds reads */
     read_key *keys; /* RPC_AUDIT_READ_KEYS of them */
     size_t nkeys;
     uint32_t *index; /* open addressing over keys (index + 1, 0 empty), READ_INDEX slots */
@@ -106,6 +112,8 @@ typedef struct read_summary {
 } read_summary;
 
 #define READ_INDEX (RPC_AUDIT_READ_KEYS * 2)
+/* The overflow group's hash, where its keys are looked up. */
+#define READ_OVERFLOW_HASH UINT64_C(0x9e3779b97f4a7c15)
 
 /* The audit retention of the process (one queue). */
 typedef struct retention {
@@ -774,6 +782,7 @@ void rpc_audit_rbac(rpc_call *call, const struct auth_decision *d)
 static void read_summary_reset(read_summary *rs)
 {
     rs->ngroups = 0;
+    rs->overflow = false;
     rs->nkeys = 0;
     memset(rs->index, 0, READ_INDEX * sizeof(*rs->index));
     memset(rs->gindex, 0, sizeof(rs->gindex));
@@ -804,7 +813,17 @@ static void read_summary_queue(rpc_audit *q)
 {
     read_summary *rs = &q->rs;
     queue *qu = &q->q[KIND_MEMORY];
-    for (size_t i = 0; i < rs->ngroups; i++) {
+    size_t n = rs->ngroups;
+    if (rs->overflow) {
+        const read_group *o = &rs->groups[RPC_AUDIT_READ_GROUPS];
+        char reads[24];
+        snprintf(reads, sizeof(reads), "%lld", (long long)o->reads);
+        pins_log_warn("memory audit: reads of more tenants and agents than its summaries hold "
+                      "folded into one row",
+                      "reads", reads, "operation", o->operation, NULL);
+        rs->groups[n++] = *o;
+    }
+    for (size_t i = 0; i < n; i++) {
         const read_group *g = &rs->groups[i];
         store_memory_audit *r = slot(q, KIND_MEMORY);
         if (r == NULL)
@@ -852,17 +871,45 @@ static void fold_read(rpc_audit *q, uint64_t h, const char *operation, const cha
     read_group *g = NULL;
     for (; rs->gindex[gpos] != 0; gpos = (gpos + 1) & gmask) {
         read_group *c = &rs->groups[rs->gindex[gpos] - 1];
-        if (c->hash == h && c->cache_hit == cache_hit && c->success == (err == 0) &&
+        if (c->hash == h && c->cache_hit == cache_hit && c->err == err &&
             same(c->operation, operation) && same(c->tenant, tenant) && same(c->agent, agent)) {
             g = c;
             break;
         }
     }
-    if (g == NULL) {
-        if (rs->ngroups == RPC_AUDIT_READ_GROUPS) {
-            read_summary_queue(q); /* empties the index too: the group's slot is the hash's */
-            gpos = (size_t)(h ^ (h >> 29)) & gmask;
+    if (g == NULL && rs->ngroups == RPC_AUDIT_READ_GROUPS) {
+        g = &rs->groups[RPC_AUDIT_READ_GROUPS];
+        h = READ_OVERFLOW_HASH;
+        if (!rs->overflow) {
+            bool ok = true;
+            *g = (read_group){
+                .operation = copy(rs->arena, operation, &ok),
+                .tenant = "*",
+                .agent = "*",
+                .error_message = err != 0 ? pins_strerror(err) : NULL,
+                .err = err,
+                .success = err == 0,
+                .cache_hit = cache_hit,
+                .hash = h,
+                .ts_us = pins_time_now_us(),
+            };
+            if (!ok) {
+                count(KIND_MEMORY, "dropped", 1);
+                return;
+            }
+            rs->overflow = true;
+        } else {
+            if (!same(g->operation, operation))
+                g->operation = "*";
+            g->success = g->success && err == 0;
+            g->cache_hit = g->cache_hit && cache_hit;
+            if (g->error_message == NULL && err != 0) {
+                g->error_message = pins_strerror(err);
+                g->err = err;
+            }
         }
+    }
+    if (g == NULL) {
         bool ok = true;
         g = &rs->groups[rs->ngroups];
         *g = (read_group){
@@ -870,6 +917,7 @@ static void fold_read(rpc_audit *q, uint64_t h, const char *operation, const cha
             .tenant = copy(rs->arena, tenant, &ok),
             .agent = copy(rs->arena, agent, &ok),
             .error_message = err != 0 ? pins_strerror(err) : NULL,
+            .err = err,
             .success = err == 0,
             .cache_hit = cache_hit,
             .hash = h,
@@ -934,7 +982,7 @@ void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *te
     double ms = elapsed_ms(call);
     uint64_t g = PINS_FNV1A_INIT;
     g = mix(mix(mix(g, operation), tenant), agent);
-    g ^= (uint64_t)(err == 0) << 1 | (uint64_t)cache_hit;
+    g ^= (uint64_t)(unsigned)err << 2 | (uint64_t)(err == 0) << 1 | (uint64_t)cache_hit;
     uint64_t h = mix(g, k);
     size_t mask = qu->icap - 1;
     size_t pos = (size_t)(h ^ (h >> 29)) & mask;
@@ -943,6 +991,7 @@ void rpc_audit_memory_read(rpc_call *call, const char *operation, const char *te
         size_t i = qu->index[pos] - 1;
         store_memory_audit *r = &((store_memory_audit *)qu->rows)[i];
         if (qu->hashes[i] == h && r->cache_hit == cache_hit && r->success == (err == 0) &&
+            same(r->error_message, err != 0 ? pins_strerror(err) : NULL) &&
             same(r->operation, operation) && same(r->tenant_id, tenant) && same(r->key, k) &&
             same(r->agent_id, agent)) {
             r->reads++;

@@ -33,8 +33,11 @@
  * without a token it is folded into the read summary of its operation, tenant, agent, outcome
  * and cache hit: a row with key "*" whose `keys` lists every key it stands for with its count
  * (extra {"reads": N, "keys": {"<key>": n, ...}}), and which a listing filtered on one of those
- * keys returns. Summaries are queued every read_summary_ms after their first read, or at once
- * when RPC_AUDIT_READ_GROUPS summaries or RPC_AUDIT_READ_KEYS keys are held; a key that is not
+ * keys returns. Past RPC_AUDIT_READ_GROUPS summaries in one period, the reads of any further
+ * group go to one overflow summary whose fields read "*" where they differ (tenant and agent
+ * always), with a warning, so that reads varying their tenant or agent never make a row each.
+ * Summaries are queued every read_summary_ms after their first read, or at once when
+ * RPC_AUDIT_READ_KEYS keys are held; a key that is not
  * valid UTF-8 never folds (it could not be told apart in the JSON). Nothing is lost silently:
  * every read is a row or is counted in one, and memory_audit_reads_folded_total counts the
  * reads that went into a summary.
@@ -68,7 +71,7 @@ struct auth_decision;
 #define RPC_AUDIT_RETENTION_BATCHES 20    /* retention statements per table and tick */
 #define RPC_AUDIT_READ_ROWS_PER_S   1000  /* a queue's budget of single-read rows */
 #define RPC_AUDIT_READ_SUMMARY_MS   1000 /* read summaries are queued this long after their first */
-#define RPC_AUDIT_READ_GROUPS       1024 /* read summaries held at once */
+#define RPC_AUDIT_READ_GROUPS       256  /* read summaries held at once (then the overflow) */
 #define RPC_AUDIT_READ_KEYS         8192 /* keys held by all read summaries at once */
 
 typedef struct rpc_audit rpc_audit;

@@ -128,7 +128,9 @@ static void metrics_init(int sweep_interval_s)
 /* True when another process listens on addr: its sockets (SO_REUSEPORT, as pinsd's own and
  * gRPC servers' are) would let ours bind beside them, and the kernel would then hand each new
  * connection to either process without an error anywhere. A socket without SO_REUSEPORT cannot
- * bind while one listens there; SO_REUSEADDR lets it past connections in TIME_WAIT. */
+ * bind while one listens there; SO_REUSEADDR lets it past connections in TIME_WAIT. Every address
+ * is probed before pinsd binds any, so that its own sockets (0.0.0.0 and 127.0.0.1 on one port)
+ * never count. */
 static bool address_taken(const struct addrinfo *res)
 {
     int probe = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
@@ -141,8 +143,8 @@ static bool address_taken(const struct addrinfo *res)
     return taken;
 }
 
-/* Binds and listens on a (SO_REUSEPORT: one socket per worker). probe: first check that no
- * other process listens there (once per address, before the first worker's socket). */
+/* Binds and listens on a (SO_REUSEPORT: one socket per worker); probe: only check that no other
+ * process listens there, bind nothing (*pfd untouched). */
 static int bind_one(const pins_listen_addr *a, bool probe, int *pfd, char *err, size_t errlen)
 {
     char port[8];
@@ -156,13 +158,15 @@ static int bind_one(const pins_listen_addr *a, bool probe, int *pfd, char *err, 
                  gai_strerror(rv));
         return PINS_EINVALID_ARGUMENT;
     }
-    if (probe && a->port != 0 && address_taken(res)) {
-        snprintf(err, errlen,
-                 "cannot listen on %s:%u: another process already listens there (it would "
-                 "get a share of the connections)",
-                 a->host, a->port);
+    if (probe) {
+        bool taken = a->port != 0 && address_taken(res);
+        if (taken)
+            snprintf(err, errlen,
+                     "cannot listen on %s:%u: another process already listens there (it would "
+                     "get a share of the connections)",
+                     a->host, a->port);
         freeaddrinfo(res);
-        return PINS_EUNAVAILABLE;
+        return taken ? PINS_EUNAVAILABLE : 0;
     }
     int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -254,10 +258,15 @@ int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pser
     }
     for (size_t i = 0; i < nfds; i++)
         ps->listen_fds[i] = -1;
+    for (size_t li = 0; li < cfg->nlisten; li++) {
+        rv = bind_one(&cfg->listen[li], true, NULL, err, errlen);
+        if (rv != 0)
+            goto fail;
+    }
     for (int wi = 0; wi < s->nworkers; wi++) {
         for (size_t li = 0; li < cfg->nlisten; li++) {
-            rv = bind_one(&cfg->listen[li], wi == 0,
-                          &ps->listen_fds[(size_t)wi * cfg->nlisten + li], err, errlen);
+            rv = bind_one(&cfg->listen[li], false, &ps->listen_fds[(size_t)wi * cfg->nlisten + li],
+                          err, errlen);
             if (rv != 0)
                 goto fail;
         }

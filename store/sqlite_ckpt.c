@@ -24,8 +24,10 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -48,6 +50,8 @@ struct store__ckpt {
     uint64_t failures; /* under mu: checkpoints that failed (other than SQLITE_BUSY) */
 };
 
+/* The checkpointer thread's nice value (Linux: per thread). */
+#define CKPT_NICE 10
 /* Passes of one run without the write mutex, while each leaves frames behind. */
 #define CKPT_PASSES 4
 
@@ -76,6 +80,11 @@ static int wal_end(store__ckpt *c)
 static void *ckpt_main(void *arg)
 {
     store__ckpt *c = arg;
+    /* A lower weight for the scheduler: on a busy core a worker that wakes up preempts the copy
+     * instead of waiting out its time slice. A checkpoint that falls behind still catches up:
+     * the WAL grows to STORE__CKPT_LOCKED_FRAMES, and the writers then wait on the mutex, which
+     * leaves the core to this thread. */
+    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), CKPT_NICE);
     pthread_mutex_lock(&c->mu);
     while (!c->stop) {
         if (!c->due) {
@@ -108,7 +117,11 @@ static void *ckpt_main(void *arg)
             if (done >= end)
                 break;
         }
-        if (rc == SQLITE_OK && done < end && end >= STORE__CKPT_LOCKED_FRAMES) {
+        /* The mutex only for a short rest: a reader holding an old snapshot stops the passes,
+         * and a locked pass would then copy nothing, or everything once the reader is gone,
+         * while every writer waits. */
+        if (rc == SQLITE_OK && done < end && end >= STORE__CKPT_LOCKED_FRAMES &&
+            end - done <= STORE__CKPT_LOCKED_REST) {
             pthread_mutex_lock(c->write_lock);
             rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
             pthread_mutex_unlock(c->write_lock);
@@ -157,6 +170,8 @@ int store__ckpt_start(const char *path, pthread_mutex_t *write_lock, store__ckpt
         return PINS_ENOMEM;
     }
     int rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK) /* reading the schema may wait for another process's lock */
+        rc = sqlite3_busy_timeout(c->db, STORE__BUSY_TIMEOUT_MS);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db,
                           "PRAGMA wal_autocheckpoint = 0;"

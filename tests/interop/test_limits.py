@@ -490,7 +490,30 @@ class AddressInUseAtStart(ServerTestCase):
         self.assertNotEqual(p.returncode, 0, out)
         self.assertIn("cannot listen on 127.0.0.1:%d: another process already listens there"
                       % self.server.port, out)
-        # The first one still answers on it.
+        # pinsd's own addresses that share a port (the wildcard and loopback) do not count.
+        own = Server()
+        self.addCleanup(own.cleanup)
+        env = own.env()
+        port = own.ports[0]
+        env["PINS_LISTEN"] = "0.0.0.0:%d,127.0.0.1:%d" % (port, port)
+        p = subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline and p.poll() is None:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:%d/health" % port,
+                                                timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.1)
+            self.assertIsNone(p.poll(), p.stderr.read().decode("utf-8", "replace")
+                              if p.poll() is not None else "")
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
+        # The first one still answers on its port.
         for _ in range(8):
             with urllib.request.urlopen("http://127.0.0.1:%d/health" % self.server.port,
                                         timeout=10) as r:

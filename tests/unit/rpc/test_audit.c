@@ -657,6 +657,39 @@ static void test_read_summaries_are_queued_when_due_or_full(void **state)
                      RPC_AUDIT_READ_KEYS + 2);
 }
 
+/* Reads that vary their agent (or tenant) cannot make a row each: past RPC_AUDIT_READ_GROUPS
+ * summaries in one period the rest share one overflow summary with "*" for tenant and agent. */
+static void test_reads_of_too_many_groups_share_one_overflow_summary(void **state)
+{
+    fixture *fx = *state;
+    rpc_audit_options o = {.flush_ms = 600000,
+                           .max_rows = 4096,
+                           .read_rows_per_s = 0,
+                           .read_rows_set = true,
+                           .read_summary_ms = 600000};
+    reattach(fx, &o);
+    char agent[32];
+    const int n = RPC_AUDIT_READ_GROUPS + 44;
+    for (int i = 0; i < n; i++) {
+        snprintf(agent, sizeof(agent), "agent-%d", i);
+        const char *const h[] = {"x-agent-id", agent, NULL};
+        fake_call_free(get_pin(fx, i % 2 == 0 ? "even" : "odd", h));
+    }
+    rpc_audit_flush(queue_of(fx));
+    fake_env_run(fx->env, 10);
+    assert_int_equal(sql_int(fx, "SELECT count(*) FROM memory_audit WHERE operation = 'get'"),
+                     RPC_AUDIT_READ_GROUPS + 1);
+    assert_int_equal(sql_int(fx, "SELECT sum(json_extract(extra, '$.reads')) FROM memory_audit"
+                                 " WHERE operation = 'get'"),
+                     n);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.reads') FROM memory_audit"
+                                 " WHERE agent_id = '*' AND tenant_id = '*'"),
+                     44);
+    assert_int_equal(sql_int(fx, "SELECT json_extract(extra, '$.keys.odd') FROM memory_audit"
+                                 " WHERE agent_id = '*'"),
+                     22);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void)
@@ -677,6 +710,7 @@ int main(void)
         T(test_reads_over_the_budget_fold_into_summaries_that_list_their_keys),
         T(test_reads_within_the_budget_keep_rows_of_their_own),
         T(test_read_summaries_are_queued_when_due_or_full),
+        T(test_reads_of_too_many_groups_share_one_overflow_summary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1193,7 +1193,7 @@ static void test_memory_audit_summary_rows_match_the_keys_they_list(void **state
          .key = "*",
          .success = true,
          .reads = 5,
-         .keys = "{\"alpha\":3,\"be\\\"ta\":1,\"g\u00e4mma\":1}"},
+         .keys = "{\"alpha\":3,\"be\\\"ta\":1,\"g\xc3\xa4mma\":1}"},
         {.ts_us = T0 + 1,
          .operation = "get",
          .tenant_id = fx->tenant,
