@@ -24,10 +24,8 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <sys/resource.h>
 #include <stdlib.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -50,8 +48,6 @@ struct store__ckpt {
     uint64_t failures; /* under mu: checkpoints that failed (other than SQLITE_BUSY) */
 };
 
-/* The checkpointer thread's nice value (Linux: per thread). */
-#define CKPT_NICE 10
 /* Passes of one run without the write mutex, while each leaves frames behind. */
 #define CKPT_PASSES 4
 
@@ -80,11 +76,6 @@ static int wal_end(store__ckpt *c)
 static void *ckpt_main(void *arg)
 {
     store__ckpt *c = arg;
-    /* A lower weight for the scheduler: on a busy core a worker that wakes up preempts the copy
-     * instead of waiting out its time slice. A checkpoint that falls behind still catches up:
-     * the WAL grows to STORE__CKPT_LOCKED_FRAMES, and the writers then wait on the mutex, which
-     * leaves the core to this thread. */
-    (void)setpriority(PRIO_PROCESS, (id_t)gettid(), CKPT_NICE);
     pthread_mutex_lock(&c->mu);
     while (!c->stop) {
         if (!c->due) {
