@@ -114,7 +114,7 @@ static const struct var vars[] = {
      "RBAC audit rows of distinct denials per second and process, 1..100000; identical denials "
      "and those over the budget are counted in aggregated rows"},
     {"PINS_AUDIT_READ_ROWS_PER_SECOND", T_INT, OFF(audit_read_rows_per_second), 0, 1000000,
-     "Domain", "1000",
+     "Domain", "200",
      "memory audit rows of single reads (one key each) per second and process, 0..1000000; reads "
      "beyond it are counted in one summary row per tenant and second, which lists their keys"},
     {"RATE_LIMIT_RPM", T_INT, OFF(rate_limit_rpm), 0, 1000000, "Blast-radius controls", "100",
@@ -680,7 +680,7 @@ void pins_config_defaults(pins_config *cfg)
     cfg->sweep_batch = 500;
     cfg->audit_retention_days = 90;
     cfg->audit_denial_rows_per_second = 20;
-    cfg->audit_read_rows_per_second = 1000;
+    cfg->audit_read_rows_per_second = 200;
     cfg->cache_max_bytes = 268435456;
     cfg->rate_limit_rpm = 100;
     cfg->rate_limit_burst = 100;

@@ -75,7 +75,7 @@ typedef struct pins_config {
     /* Audits (rpc/audit.h). */
     int audit_retention_days;         /* PINS_AUDIT_RETENTION_DAYS, default 90, 0: forever */
     int audit_denial_rows_per_second; /* PINS_AUDIT_DENIAL_ROWS_PER_SECOND, default 20 */
-    int audit_read_rows_per_second;   /* PINS_AUDIT_READ_ROWS_PER_SECOND, default 1000 */
+    int audit_read_rows_per_second;   /* PINS_AUDIT_READ_ROWS_PER_SECOND, default 200 */
     int64_t cache_max_bytes;          /* PINS_CACHE_MAX_BYTES, default 256 MiB */
 
     /* Blast-radius controls. */

@@ -69,7 +69,7 @@ struct auth_decision;
 #define RPC_AUDIT_DENIAL_ROWS_PER_S 20    /* a queue's budget of new denial rows */
 #define RPC_AUDIT_SUMMARY_MS        10000 /* over-budget denials: one summary row per this */
 #define RPC_AUDIT_RETENTION_BATCHES 20    /* retention statements per table and tick */
-#define RPC_AUDIT_READ_ROWS_PER_S   1000  /* a queue's budget of single-read rows */
+#define RPC_AUDIT_READ_ROWS_PER_S   200   /* a queue's budget of single-read rows */
 #define RPC_AUDIT_READ_SUMMARY_MS   1000 /* read summaries are queued this long after their first */
 #define RPC_AUDIT_READ_GROUPS       256  /* read summaries held at once (then the overflow) */
 #define RPC_AUDIT_READ_KEYS         8192 /* keys held by all read summaries at once */

@@ -38,6 +38,7 @@
 
 #include "common/arena.h"
 #include "common/error.h"
+#include "common/fmt.h"
 #include "common/timeutil.h"
 #include "common/utf8.h"
 
@@ -160,12 +161,11 @@ static const char *const stmt_sql[ST_COUNT] = {
                  " WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at"
                  " LIMIT ?2)",
     [ST_PING] = "SELECT 1",
-    [ST_MAUDIT_WRITE] =
-        "INSERT INTO memory_audit (ts, operation, tenant_id, key, agent_id, source,"
-        " cache_hit, latency_ms, success, error_message, old_value_hash,"
-        " new_value_hash, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-        " ?11, ?12, CASE WHEN ?14 IS NOT NULL THEN json_object('reads', ?13, 'keys', json(?14))"
-        " WHEN ?13 > 1 THEN json_object('reads', ?13) ELSE '{}' END)",
+    [ST_MAUDIT_WRITE] = "INSERT INTO memory_audit (ts, operation, tenant_id, key, agent_id, source,"
+                        " cache_hit, latency_ms, success, error_message, old_value_hash,"
+                        " new_value_hash, extra) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+                        " ?11, ?12, CASE WHEN ?14 IS NOT NULL THEN ?14"
+                        " WHEN ?13 > 1 THEN json_object('reads', ?13) ELSE '{}' END)",
     [ST_RAUDIT_WRITE] = "INSERT INTO rbac_audit (ts, subject, resource, action, allowed, reason,"
                         " roles, path, method, tenant_id, request_id, latency_ms, extra)"
                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
@@ -1601,6 +1601,19 @@ typedef int (*bind_row_fn)(binder *b, const void *rows, size_t i, pins_buf *scra
 static int bind_memory_row(binder *b, const void *rows, size_t i, pins_buf *scratch)
 {
     const store_memory_audit *r = &((const store_memory_audit *)rows)[i];
+    /* A read summary's extra, {"reads":N,"keys":{...}}, put together here from the keys' JSON
+     * (built by rpc/audit.c) rather than by json_object(), which would parse those bytes again. */
+    pins_buf_reset(scratch);
+    if (r->keys != NULL) {
+        char num[PINS_FMT_INT_MAX];
+        (void)pins_buf_add_str(scratch, "{\"reads\":");
+        (void)pins_buf_add(scratch, num, (size_t)(pins_fmt_i64(num, r->reads) - num));
+        (void)pins_buf_add_str(scratch, ",\"keys\":");
+        (void)pins_buf_add_str(scratch, r->keys);
+        (void)pins_buf_add_byte(scratch, '}');
+        if (pins_buf_error(scratch) != 0)
+            return PINS_ENOMEM;
+    }
     bind_int(b, 1, r->ts_us);
     bind_str(b, 2, r->operation);
     bind_str(b, 3, r->tenant_id);
@@ -1614,7 +1627,10 @@ static int bind_memory_row(binder *b, const void *rows, size_t i, pins_buf *scra
     bind_str(b, 11, r->old_value_hash);
     bind_str(b, 12, r->new_value_hash);
     bind_int(b, 13, r->reads);
-    bind_str(b, 14, r->keys);
+    if (r->keys != NULL)
+        bind_text(b, 14, pins_buf_ptr(scratch), pins_buf_len(scratch));
+    else
+        bind_str(b, 14, NULL);
     return 0;
 }
 
