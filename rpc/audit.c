@@ -877,28 +877,11 @@ static void fold_read(rpc_audit *q, uint64_t h, const char *operation, const cha
             break;
         }
     }
-    if (g == NULL && rs->ngroups == RPC_AUDIT_READ_GROUPS) {
+    bool overflow = g == NULL && rs->ngroups == RPC_AUDIT_READ_GROUPS;
+    if (overflow) {
         g = &rs->groups[RPC_AUDIT_READ_GROUPS];
         h = READ_OVERFLOW_HASH;
-        if (!rs->overflow) {
-            bool ok = true;
-            *g = (read_group){
-                .operation = copy(rs->arena, operation, &ok),
-                .tenant = "*",
-                .agent = "*",
-                .error_message = err != 0 ? pins_strerror(err) : NULL,
-                .err = err,
-                .success = err == 0,
-                .cache_hit = cache_hit,
-                .hash = h,
-                .ts_us = pins_time_now_us(),
-            };
-            if (!ok) {
-                count(KIND_MEMORY, "dropped", 1);
-                return;
-            }
-            rs->overflow = true;
-        } else {
+        if (rs->overflow) {
             if (!same(g->operation, operation))
                 g->operation = "*";
             g->success = g->success && err == 0;
@@ -908,14 +891,17 @@ static void fold_read(rpc_audit *q, uint64_t h, const char *operation, const cha
                 g->err = err;
             }
         }
-    }
-    if (g == NULL) {
-        bool ok = true;
+    } else if (g == NULL) {
         g = &rs->groups[rs->ngroups];
+    }
+    if (overflow ? !rs->overflow : g == &rs->groups[rs->ngroups]) {
+        /* A new group (or the period's first overflow read): tenant and agent "*" in the
+         * overflow. */
+        bool ok = true;
         *g = (read_group){
             .operation = copy(rs->arena, operation, &ok),
-            .tenant = copy(rs->arena, tenant, &ok),
-            .agent = copy(rs->arena, agent, &ok),
+            .tenant = overflow ? "*" : copy(rs->arena, tenant, &ok),
+            .agent = overflow ? "*" : copy(rs->arena, agent, &ok),
             .error_message = err != 0 ? pins_strerror(err) : NULL,
             .err = err,
             .success = err == 0,
@@ -927,10 +913,14 @@ static void fold_read(rpc_audit *q, uint64_t h, const char *operation, const cha
             count(KIND_MEMORY, "dropped", 1);
             return;
         }
-        rs->gindex[gpos] = (uint32_t)rs->ngroups + 1;
-        if (rs->ngroups++ == 0) {
-            rs->first_ns = pins_time_mono_ns();
-            arm(q, q->read_summary_ms);
+        if (overflow) {
+            rs->overflow = true;
+        } else {
+            rs->gindex[gpos] = (uint32_t)rs->ngroups + 1;
+            if (rs->ngroups++ == 0) {
+                rs->first_ns = pins_time_mono_ns();
+                arm(q, q->read_summary_ms);
+            }
         }
     }
     uint32_t gi = (uint32_t)(g - rs->groups);
