@@ -36,7 +36,7 @@ TEST_PKGS=(
   postgresql redis-server pgbouncer prometheus nginx
   python3-yaml jq shellcheck # the ops tests: rule YAML, the runbook's `jq`, the ops scripts
   docker-compose systemd     # tests/ops/test_deploy.py: `docker-compose config`, `systemd-analyze verify`
-  podman runc netavark aardvark-dns debootstrap # tests/containers: the compose stack on podman
+  podman runc netavark aardvark-dns iptables debootstrap # tests/containers: the compose stack on podman (netavark sets up its networks with iptables)
 )
 # Bench: ../shared/bench/README.md "Setup" (grpcpp, etcd, nghttpd and m7-fastapi peers, h2load).
 BENCH_PKGS=(

@@ -35,7 +35,7 @@ writes with random secrets):
 - `docker-compose restart backend worker` brings both back ready, the pin still there.
 Timings (base, images, up, total) are printed to stderr.
 
-Needs root, podman, runc, netavark, aardvark-dns, debootstrap, docker-compose, psql (tools/deps.sh
+Needs root, podman, runc, netavark, aardvark-dns, iptables, debootstrap, docker-compose, psql (tools/deps.sh
 installs them) and a reachable Debian mirror on a cold cache.
 """
 
@@ -82,6 +82,7 @@ IMAGES = [
     ("pinsd:local", "deploy/docker/Dockerfile", None),
 ]
 TOOLS = ["podman", "runc", "debootstrap", "docker-compose", "psql", "/usr/lib/podman/netavark",
+         "iptables",
          "/usr/lib/podman/aardvark-dns"]
 
 
