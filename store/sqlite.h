@@ -13,6 +13,11 @@
  * copied requests, store/sqlite_int.h). */
 #define STORE_SQLITE_BATCH_MAX_OPS 1024
 
+/* The WAL checkpointer (store/sqlite_ckpt.c) copies the rest of the WAL under the write mutex
+ * once its unlocked passes leave it this long (frames of 4 KiB: 64 MiB), so the WAL stays
+ * within about twice this under a steady stream of commits. */
+#define STORE_SQLITE_CKPT_LOCKED_FRAMES 16000
+
 /* What one SQLite session did since it was created (cache_entries: the whole cache, now). */
 typedef struct store_sqlite_stats {
     uint64_t write_commits; /* write transactions committed: batches, cleanups, sweeps */

@@ -34,7 +34,7 @@
 #define STORE__CKPT_INTERVAL_MS 1000
 /* A run whose unlocked passes leave the WAL at least this long (64 MiB of 4 KiB pages) copies
  * the rest under the store's write mutex, so that the next writer rewinds the WAL. */
-#define STORE__CKPT_LOCKED_FRAMES 16000
+#define STORE__CKPT_LOCKED_FRAMES STORE_SQLITE_CKPT_LOCKED_FRAMES
 /* ... and only when the rest to copy is at most this many frames (16 MiB). */
 #define STORE__CKPT_LOCKED_REST 4000
 

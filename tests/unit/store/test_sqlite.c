@@ -32,7 +32,6 @@
 #include "store_fixture.h"
 #include "store/store.h"
 #include "store/sqlite.h"
-#include "store/sqlite_int.h"
 
 #define SEC         INT64_C(1000000)
 #define T0          (INT64_C(1800000000) * SEC)
@@ -482,7 +481,7 @@ static void test_sqlite_session_without_loop_commits_each_write(void **state)
  * SQLite's automatic checkpoints), and the 10000 commits below write about 70000 frames (270 MB)
  * that would all stay in the WAL. The checkpointer copies them while the commits go on, and the
  * WAL is rewound once its passes catch up (under the write mutex at the latest when the WAL holds
- * STORE__CKPT_LOCKED_FRAMES frames). */
+ * STORE_SQLITE_CKPT_LOCKED_FRAMES frames). */
 static void test_sqlite_checkpointer_keeps_the_wal_bounded(void **state)
 {
     fixture *fx = *state;
@@ -503,7 +502,7 @@ static void test_sqlite_checkpointer_keeps_the_wal_bounded(void **state)
     }
     store_sqlite_stats st = stats_of(ss);
     assert_true(st.checkpoints > 0);
-    assert_true(largest < (off_t)STORE__CKPT_LOCKED_FRAMES * 4096 * 2);
+    assert_true(largest < (off_t)STORE_SQLITE_CKPT_LOCKED_FRAMES * 4096 * 2);
     store_session_free(ss);
 }
 
