@@ -314,6 +314,7 @@ void transport_conn_accept(transport_worker *tw, int fd)
     }
     c->tw = tw;
     c->w = w;
+    c->plain_fd = tw->tls_ctx != NULL ? -1 : fd;
     if (tw->tls_ctx != NULL) {
         struct ssl_st *ssl = transport_tls_ssl_new(tw->tls_ctx);
         if (ssl != NULL)

@@ -36,6 +36,7 @@ struct transport__conn {
     transport_worker *tw;
     rpc_worker *w; /* tw->w */
     struct bufferevent *bev;
+    int plain_fd; /* the socket, written directly while the output buffer is empty; -1 over TLS */
     struct nghttp2_session *h2;
     enum transport__proto proto;
     int in_recv;             /* inside a read callback (nghttp2_session_mem_recv, llhttp) */

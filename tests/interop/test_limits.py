@@ -436,6 +436,60 @@ class ReflectionWindowZero(ServerTestCase):
             c.close()
 
 
+class AnswersLargerThanTheSocketTakes(ServerTestCase):
+    """Item: pinsd writes HTTP/2 frames straight to the socket while nothing waits in its output
+    buffer, and buffers only what the socket does not take, in order. Answers much larger than a
+    socket takes at once, to a reader that first stops reading and then reads slowly, all arrive
+    complete, each on its own stream, byte for byte."""
+
+    def test_answers_past_a_full_socket_arrive_whole_and_in_order(self):
+        values = {}
+        for i in range(8):
+            key = "big-%02d" % i
+            values[key] = ("%02d" % i) * 150000 + "-end"  # 300 KB each, distinct per key
+            self.client.call(mp("UpsertPin"), {"tenant_id": "wbatch", "key": key,
+                                               "value": {"s": values[key]}})
+        c = self.server.h2()
+        try:
+            # More answer bytes than the two sockets can ever hold (the client's receive buffer,
+            # fixed here, and the maximum of the server's send buffer, tcp_wmem), so that part
+            # of them must wait in pinsd's output buffer while the reader does not read.
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+            buffers = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+                buffers += int(f.read().split()[2])
+            per_round = sum(len(v) for v in values.values())
+            rounds = buffers // per_round + 2
+            self.assertLess(rounds * per_round, 15 << 20)  # within the client's 16 MB window
+            self.assertLessEqual(rounds * len(values), 100)  # and its 100 streams
+            get_cls = message_class("memorypins.v1.GetPinResponse")
+            sids = {}
+            for _ in range(rounds):
+                for key in sorted(values):
+                    req = new_request(mp("GetPin"), {"tenant_id": "wbatch", "key": key})
+                    body = grpc_frame(req.SerializeToString())
+                    sids[c.start(c.grpc_headers(mp("GetPin")), body)] = key
+            time.sleep(0.5)  # not reading: pinsd's writes stop short and the rest is buffered
+            # Then read in pieces with pauses: each time pinsd's buffer has drained it writes
+            # straight to the socket again, and the socket fills again part way through a write.
+            deadline = time.monotonic() + 60
+            while not all(c.streams[sid].ended or c.streams[sid].reset_code is not None
+                          for sid in sids) and not c.closed:
+                self.assertLess(time.monotonic(), deadline, "answers still missing after 60 s")
+                c._pump(0.5)
+                time.sleep(0.002)
+            for sid, key in sids.items():
+                r = c.wait(sid, 1)
+                self.assertEqual(r.grpc_status, 0, r)
+                msgs = r.messages()
+                self.assertEqual(len(msgs), 1, r)
+                pin = get_cls.FromString(msgs[0]).pin
+                self.assertEqual(pin.key, key)
+                self.assertEqual(pin.value.fields["s"].string_value, values[key])
+        finally:
+            c.close()
+
+
 class NonReadingPeers(ServerTestCase):
     """Item: a peer that stops reading does not hold its connection and the bytes queued for it
     forever: output that has not moved for PINS_REQUEST_TIMEOUT_SECONDS closes the connection."""
