@@ -37,6 +37,9 @@
 #define STORE__CKPT_LOCKED_FRAMES STORE_SQLITE_CKPT_LOCKED_FRAMES
 /* ... and only when the rest to copy is at most this many frames (16 MiB). */
 #define STORE__CKPT_LOCKED_REST 4000
+/* A run whose unlocked passes leave at most this many frames (1 MiB) copies them under the write
+ * mutex whatever the WAL's size, so that the WAL is rewound. */
+#define STORE__CKPT_LOCKED_SMALL 256
 
 typedef struct store__ckpt store__ckpt;
 struct sqlite3;
