@@ -154,6 +154,49 @@ static void test_cache_default_size_holds_a_realistic_key_set(void **state)
     store_cache_free(c);
 }
 
+/* A stripe's buckets start few and double as it fills (rehashing every entry): 100,000 entries
+ * over 64 stripes pass through several doublings, and afterwards every entry is found with its
+ * own row, a removed one is gone, and the others stay. */
+static void test_cache_buckets_grow_and_keep_every_entry(void **state)
+{
+    store_cache *c = NULL;
+    assert_int_equal(
+        store_cache_new(STORE_CACHE_BYTES / STORE_CACHE_ENTRY_MIN, STORE_CACHE_BYTES, &c), 0);
+    pins_arena *a = pins_arena_new(0);
+    char tenant[16], key[16];
+    for (int i = 0; i < 100000; i++) {
+        snprintf(tenant, sizeof(tenant), "t%d", i % 100);
+        snprintf(key, sizeof(key), "k%d", i);
+        store_pin p = make_pin(tenant, key, "{\"a\":1}", i + 1);
+        store_cache_put(c, &p);
+    }
+    assert_int_equal(store_cache_count(c), 100000);
+    for (int i = 0; i < 100000; i += 2) {
+        snprintf(tenant, sizeof(tenant), "t%d", i % 100);
+        snprintf(key, sizeof(key), "k%d", i);
+        store_cache_remove(c, tenant, key);
+    }
+    assert_int_equal(store_cache_count(c), 50000);
+    for (int i = 0; i < 100000; i++) {
+        snprintf(tenant, sizeof(tenant), "t%d", i % 100);
+        snprintf(key, sizeof(key), "k%d", i);
+        store_pin out;
+        store_cache_result res = lookup(c, a, tenant, key, 0, &out, NULL);
+        if (i % 2 == 0) {
+            assert_int_equal(res, STORE_CACHE_MISS);
+        } else {
+            assert_int_equal(res, STORE_CACHE_HIT);
+            assert_string_equal(out.tenant_id, tenant);
+            assert_string_equal(out.key, key);
+            assert_int_equal(out.version, i + 1);
+        }
+        if (i % 1000 == 0)
+            pins_arena_reset(a);
+    }
+    pins_arena_free(a);
+    store_cache_free(c);
+}
+
 static void test_cache_expired_entry_is_absent_and_dropped(void **state)
 {
     store_cache *c = new_cache(1000);
@@ -343,6 +386,7 @@ int main(void)
         cmocka_unit_test(test_cache_get_returns_a_copy_of_what_was_put),
         cmocka_unit_test(test_cache_stays_within_its_bounds),
         cmocka_unit_test(test_cache_default_size_holds_a_realistic_key_set),
+        cmocka_unit_test(test_cache_buckets_grow_and_keep_every_entry),
         cmocka_unit_test(test_cache_expired_entry_is_absent_and_dropped),
         cmocka_unit_test(test_cache_fill_after_a_write_is_refused),
         cmocka_unit_test(test_cache_readers_never_see_a_version_go_back),
