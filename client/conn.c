@@ -1215,6 +1215,10 @@ static void on_link_read(evutil_socket_t fd, short what, void *arg)
         if (n > 0) {
             if (link_input(l, buf, (size_t)n) != 0)
                 break;
+            /* A short read emptied the socket: no recv only to hear EAGAIN (the read event
+             * is level-triggered and comes again if more arrived meanwhile). */
+            if ((size_t)n < sizeof(buf))
+                break;
             continue;
         }
         if (n == 0) {
