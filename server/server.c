@@ -14,12 +14,14 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "auth/auth.h"
@@ -64,6 +66,7 @@ struct pins_server {
     server_worker *sw;     /* core.nworkers of them */
     transport_worker *net; /* core.nworkers, one array for the buffered-bytes gauge */
     int *listen_fds;       /* nworkers * nlisten sockets, SO_REUSEPORT */
+    int *claim_fds;        /* nlisten: each address's claim (claim_address), or -1 */
     void *tls_ctx;         /* SSL_CTX *, NULL without TLS */
     _Atomic int nconns;    /* across workers, for PINS_MAX_CONNECTIONS */
 };
@@ -143,8 +146,35 @@ static bool address_taken(const struct addrinfo *res)
     return taken;
 }
 
-/* Binds and listens on a (SO_REUSEPORT: one socket per worker); probe: only check that no other
- * process listens there, bind nothing (*pfd untouched). */
+/* Claims addr for this process: binds the abstract Unix socket "pinsd-listen <address> <port>"
+ * (numeric; abstract names live in the network namespace, as ports do) and keeps it until the
+ * process exits. The probe above cannot see a pinsd that probed at the same instant and has not
+ * bound yet; two pinsd started together both passed it and shared the port. Only one of them
+ * binds the claim. Returns the claim's descriptor, -1 when another process holds it, or -2 when
+ * it could not be made (then the probe alone decides). */
+static int claim_address(const struct addrinfo *res)
+{
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
+    if (getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host), serv, sizeof(serv),
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        return -2;
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    int n = snprintf(sun.sun_path + 1, sizeof(sun.sun_path) - 1, "pinsd-listen %s %s", host, serv);
+    if (n < 0 || (size_t)n >= sizeof(sun.sun_path) - 1)
+        return -2;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -2;
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    if (bind(fd, (const struct sockaddr *)&sun, len) == 0)
+        return fd;
+    int e = errno;
+    close(fd);
+    return e == EADDRINUSE ? -1 : -2;
+}
+
+/* Binds and listens on a (SO_REUSEPORT: one socket per worker); probe: only claim the address
+ * (*pfd gets the claim, or -1) and check that no other process listens there, bind nothing. */
 static int bind_one(const pins_listen_addr *a, bool probe, int *pfd, char *err, size_t errlen)
 {
     char port[8];
@@ -159,6 +189,16 @@ static int bind_one(const pins_listen_addr *a, bool probe, int *pfd, char *err, 
         return PINS_EINVALID_ARGUMENT;
     }
     if (probe) {
+        int claim = a->port != 0 ? claim_address(res) : -2;
+        *pfd = claim >= 0 ? claim : -1;
+        if (claim == -1) {
+            snprintf(err, errlen,
+                     "cannot listen on %s:%u: another pinsd is starting or running there (it "
+                     "would get a share of the connections)",
+                     a->host, a->port);
+            freeaddrinfo(res);
+            return PINS_EUNAVAILABLE;
+        }
         bool taken = a->port != 0 && address_taken(res);
         if (taken)
             snprintf(err, errlen,
@@ -249,17 +289,22 @@ int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pser
     }
     size_t nfds = (size_t)s->nworkers * cfg->nlisten;
     ps->listen_fds = malloc(nfds * sizeof(int));
+    ps->claim_fds = malloc(cfg->nlisten * sizeof(int));
+    /* -1 before anything can fail: pins_server_free closes what is not. */
+    for (size_t i = 0; ps->listen_fds != NULL && i < nfds; i++)
+        ps->listen_fds[i] = -1;
+    for (size_t li = 0; ps->claim_fds != NULL && li < cfg->nlisten; li++)
+        ps->claim_fds[li] = -1;
     s->workers = calloc((size_t)s->nworkers, sizeof(rpc_worker));
     ps->sw = calloc((size_t)s->nworkers, sizeof(server_worker));
     ps->net = calloc((size_t)s->nworkers, sizeof(transport_worker));
-    if (ps->listen_fds == NULL || s->workers == NULL || ps->sw == NULL || ps->net == NULL) {
+    if (ps->listen_fds == NULL || ps->claim_fds == NULL || s->workers == NULL || ps->sw == NULL ||
+        ps->net == NULL) {
         rv = PINS_ENOMEM;
         goto fail;
     }
-    for (size_t i = 0; i < nfds; i++)
-        ps->listen_fds[i] = -1;
     for (size_t li = 0; li < cfg->nlisten; li++) {
-        rv = bind_one(&cfg->listen[li], true, NULL, err, errlen);
+        rv = bind_one(&cfg->listen[li], true, &ps->claim_fds[li], err, errlen);
         if (rv != 0)
             goto fail;
     }
@@ -641,7 +686,13 @@ void pins_server_free(pins_server *ps)
             if (ps->listen_fds[i] >= 0)
                 close(ps->listen_fds[i]);
     }
+    if (ps->claim_fds != NULL) {
+        for (size_t i = 0; i < s->cfg->nlisten; i++)
+            if (ps->claim_fds[i] >= 0)
+                close(ps->claim_fds[i]);
+    }
     transport_metrics_init(NULL, 0); /* the gauge stops reading the workers freed below */
+    free(ps->claim_fds);
     free(ps->listen_fds);
     free(s->workers);
     free(ps->sw);

@@ -529,9 +529,10 @@ class DatabaseUrlAtStart(unittest.TestCase):
 
 
 class AddressInUseAtStart(ServerTestCase):
-    """A second pinsd on an address the first one listens on stops at start: with SO_REUSEPORT on
-    both it would bind beside the first, and the kernel would hand it a share of the connections
-    (writes acknowledged by a process nobody watches)."""
+    """A second pinsd on an address the first one listens on (or claimed, starting at the same
+    instant), or any program listening there, stops it at start: with SO_REUSEPORT on both it
+    would bind beside the first, and the kernel would hand it a share of the connections (writes
+    acknowledged by a process nobody watches)."""
 
     def test_second_server_on_a_taken_port_refuses_to_start(self):
         other = Server()
@@ -542,8 +543,23 @@ class AddressInUseAtStart(ServerTestCase):
                            capture_output=True, timeout=30)
         out = (p.stdout + p.stderr).decode("utf-8", "replace")
         self.assertNotEqual(p.returncode, 0, out)
-        self.assertIn("cannot listen on 127.0.0.1:%d: another process already listens there"
+        self.assertIn("cannot listen on 127.0.0.1:%d: another pinsd is starting or running there"
                       % self.server.port, out)
+        # Another program listening with SO_REUSEPORT (as gRPC servers do) stops it too.
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(8)
+            env["PINS_LISTEN"] = "127.0.0.1:%d" % lsock.getsockname()[1]
+            p = subprocess.run([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=30)
+            out = (p.stdout + p.stderr).decode("utf-8", "replace")
+            self.assertNotEqual(p.returncode, 0, out)
+            self.assertIn("cannot listen on 127.0.0.1:%d: another process already listens there"
+                          % lsock.getsockname()[1], out)
+        finally:
+            lsock.close()
         # pinsd's own addresses that share a port (the wildcard and loopback) do not count.
         own = Server()
         self.addCleanup(own.cleanup)
@@ -572,6 +588,85 @@ class AddressInUseAtStart(ServerTestCase):
             with urllib.request.urlopen("http://127.0.0.1:%d/health" % self.server.port,
                                         timeout=10) as r:
                 self.assertEqual(r.status, 200)
+
+    def test_an_address_claimed_by_another_pinsd_refuses_to_start(self):
+        """Two pinsd started at the same instant both passed the probe (neither listened yet)
+        and then shared the port. Each pinsd claims its addresses first with an abstract Unix
+        socket; one held elsewhere (here by the test, as a pinsd starting at the same instant
+        would) stops the start, and once it is released the same start succeeds."""
+        other = Server()
+        self.addCleanup(other.cleanup)
+        port = other.ports[0]
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        claim.bind("\0pinsd-listen 127.0.0.1 %d" % port)
+        env = other.env()
+        env["PINS_LISTEN"] = "127.0.0.1:%d" % port
+        try:
+            p = subprocess.run([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=30)
+            out = (p.stdout + p.stderr).decode("utf-8", "replace")
+            self.assertNotEqual(p.returncode, 0, out)
+            self.assertIn("cannot listen on 127.0.0.1:%d: another pinsd is starting or running "
+                          "there" % port, out)
+        finally:
+            claim.close()
+        other.start()  # the same address, released: it starts and answers
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=10) as r:
+            self.assertEqual(r.status, 200)
+        # ... and holds the claim while it runs.
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with self.assertRaises(OSError):
+                probe.bind("\0pinsd-listen 127.0.0.1 %d" % port)
+        finally:
+            probe.close()
+
+    def test_servers_started_together_leave_one_on_the_port(self):
+        """Four pinsd on one address started at once: exactly one keeps running."""
+        base = Server()
+        self.addCleanup(base.cleanup)
+        port = base.ports[0]
+        env = base.env()
+        env["PINS_LISTEN"] = "127.0.0.1:%d" % port
+        procs = []
+        try:
+            for i in range(4):
+                e = dict(env)
+                e["PINS_DATA_DIR"] = os.path.join(base.tmp, "together-%d" % i)
+                os.makedirs(e["PINS_DATA_DIR"], exist_ok=True)
+                procs.append(subprocess.Popen([PINSD_BIN], env=e, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE))
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:%d/health" % port,
+                                                timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.1)
+            # The losers stop at start; give them the time to get there.
+            end = time.time() + 30
+            while time.time() < end and sum(p.poll() is None for p in procs) > 1:
+                time.sleep(0.1)
+            running = [p for p in procs if p.poll() is None]
+            self.assertEqual(len(running), 1, [p.returncode for p in procs])
+            for p in procs:
+                if p.poll() is not None:
+                    err = p.stderr.read().decode("utf-8", "replace")
+                    self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+                p.stderr.close()
 
 
 if __name__ == "__main__":
