@@ -1204,7 +1204,6 @@ static int link_input(h2link *l, const uint8_t *p, size_t n)
 static void on_link_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
-    (void)what;
     h2link *l = arg;
     pins_conn *conn = l->conn;
     conn_enter(conn);
@@ -1215,9 +1214,10 @@ static void on_link_read(evutil_socket_t fd, short what, void *arg)
         if (n > 0) {
             if (link_input(l, buf, (size_t)n) != 0)
                 break;
-            /* A short read emptied the socket: no recv only to hear EAGAIN (the read event
-             * is level-triggered and comes again if more arrived meanwhile). */
-            if ((size_t)n < sizeof(buf))
+            /* From the read event, a short read emptied the socket: no recv only to hear
+             * EAGAIN (the event is level-triggered and comes again if more arrived meanwhile).
+             * The idle link's poll (what = 0, on_kick) reads on to see an EOF behind the bytes. */
+            if ((size_t)n < sizeof(buf) && (what & EV_READ))
                 break;
             continue;
         }
@@ -1363,10 +1363,11 @@ again:
         if (l->ready && l->active == 0 && polled != l) {
             /* An idle link may have been closed by the server while nobody read it (the
              * blocking API runs the loop only during calls): read what is there first, so
-             * that a GOAWAY or an EOF sends the call to a new link instead of a dead one. */
+             * that a GOAWAY or an EOF sends the call to a new link instead of a dead one.
+             * what = 0: read until EAGAIN or EOF, past a short read (an EOF may follow). */
             polled = l;
             link_ref(l);
-            on_link_read(l->fd, EV_READ, l);
+            on_link_read(l->fd, 0, l);
             bool gone = l->dead || l->draining;
             link_unref(l);
             if (gone)

@@ -80,6 +80,8 @@ struct fconn {
     int index;
     bool closing;
     bool close_when_idle; /* close once no stream is open */
+    bool ping_when_idle;  /* ... 20 ms later, after a PING (bytes before the EOF) */
+    struct event *ping_ev;
     fstream *streams;     /* open streams (freed with the connection) */
 };
 
@@ -139,6 +141,8 @@ static void fconn_free(fconn *c)
             F.conns[i] = NULL;
     nghttp2_session_del(c->h2);
     bufferevent_free(c->bev);
+    if (c->ping_ev != NULL)
+        event_free(c->ping_ev);
     while (c->streams != NULL) {
         fstream *st = c->streams;
         c->streams = st->next;
@@ -228,12 +232,29 @@ static int s_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u)
     return 0;
 }
 
+static void on_ping_then_close(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fconn *c = arg;
+    nghttp2_submit_ping(c->h2, NGHTTP2_FLAG_NONE, NULL);
+    c->closing = true;
+    fconn_flush(c);
+}
+
 static int s_stream_close(nghttp2_session *s, int32_t id, uint32_t err, void *u)
 {
     (void)err;
     fconn *c = u;
-    if (c->close_when_idle)
+    if (c->close_when_idle && c->ping_when_idle) {
+        /* After the client has taken the answer and stopped reading. */
+        static const struct timeval later = {0, 20000};
+        if (c->ping_ev == NULL)
+            c->ping_ev = evtimer_new(F.base, on_ping_then_close, c);
+        evtimer_add(c->ping_ev, &later);
+    } else if (c->close_when_idle) {
         c->closing = true;
+    }
     fstream *st = nghttp2_session_get_stream_user_data(s, id);
     if (st == NULL)
         return 0;
@@ -1240,6 +1261,35 @@ static void test_conn_reconnects_after_idle_close(void **state)
     fake_stop();
 }
 
+static void script_ok_then_ping_and_close(fconn *c, fstream *s, int nth)
+{
+    (void)nth;
+    c->close_when_idle = true;
+    c->ping_when_idle = true;
+    answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
+}
+
+/* The same with a frame between the answer and the EOF: the check of the idle link reads past
+ * the frame's bytes (a short read) to the EOF, so the next call still goes to a new connection
+ * instead of failing on the dead one. */
+static void test_conn_reconnects_after_a_frame_then_idle_close(void **state)
+{
+    (void)state;
+    fake_start(script_ok_then_ping_and_close);
+    pins_client *c = client(NULL);
+    pins_status st = PINS_STATUS_INIT;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(upsert(c, NULL, &st), 0);
+        assert_int_equal(st.attempts, 1);
+        assert_int_equal(fake_wait(&F.nconns, i + 1, 2000), i + 1);
+        usleep(100000); /* the PING and the close come 20 ms after the answer */
+    }
+    assert_int_equal(fake_get(&F.nconns), 3);
+    pins_status_clear(&st);
+    pins_client_free(c);
+    fake_stop();
+}
+
 typedef struct cb_state {
     pins_conn *conn;
     pins_call *call;
@@ -1868,6 +1918,7 @@ int main(void)
         cmocka_unit_test(test_conn_queue_beyond_max_concurrent_streams),
         cmocka_unit_test(test_conn_connect_refused),
         cmocka_unit_test(test_conn_reconnects_after_idle_close),
+        cmocka_unit_test(test_conn_reconnects_after_a_frame_then_idle_close),
         cmocka_unit_test(test_conn_server_dropping_every_connection_is_bounded),
         cmocka_unit_test(test_conn_cancel_inside_on_message_and_start_inside_on_done),
         cmocka_unit_test(test_conn_restart_from_on_done_is_not_swept_again),
