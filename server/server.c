@@ -146,13 +146,27 @@ static bool address_taken(const struct addrinfo *res)
     return taken;
 }
 
+/* True when one of held[0..nheld) (this process's claims so far) is bound to the name sun, len:
+ * two PINS_LISTEN entries spelled differently (127.1 and 127.0.0.1) for one address. */
+static bool claim_held(const int *held, size_t nheld, const struct sockaddr_un *sun, socklen_t len)
+{
+    for (size_t i = 0; i < nheld; i++) {
+        struct sockaddr_un have;
+        socklen_t hl = sizeof(have);
+        if (held[i] >= 0 && getsockname(held[i], (struct sockaddr *)&have, &hl) == 0 &&
+            hl == len && memcmp(&have, sun, len) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Claims addr for this process: binds the abstract Unix socket "pinsd-listen <address> <port>"
  * (numeric; abstract names live in the network namespace, as ports do) and keeps it until the
- * process exits. The probe above cannot see a pinsd that probed at the same instant and has not
+ * drain starts. The probe above cannot see a pinsd that probed at the same instant and has not
  * bound yet; two pinsd started together both passed it and shared the port. Only one of them
  * binds the claim. Returns the claim's descriptor, -1 when another process holds it, or -2 when
- * it could not be made (then the probe alone decides). */
-static int claim_address(const struct addrinfo *res)
+ * it could not be made or this process holds it already (then the probe alone decides). */
+static int claim_address(const struct addrinfo *res, const int *held, size_t nheld)
 {
     char host[NI_MAXHOST], serv[NI_MAXSERV];
     if (getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host), serv, sizeof(serv),
@@ -166,6 +180,10 @@ static int claim_address(const struct addrinfo *res)
     if (fd < 0)
         return -2;
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    if (claim_held(held, nheld, &sun, len)) {
+        close(fd);
+        return -2;
+    }
     if (bind(fd, (const struct sockaddr *)&sun, len) == 0)
         return fd;
     int e = errno;
@@ -174,8 +192,10 @@ static int claim_address(const struct addrinfo *res)
 }
 
 /* Binds and listens on a (SO_REUSEPORT: one socket per worker); probe: only claim the address
- * (*pfd gets the claim, or -1) and check that no other process listens there, bind nothing. */
-static int bind_one(const pins_listen_addr *a, bool probe, int *pfd, char *err, size_t errlen)
+ * (*pfd gets the claim, or -1; held[0..nheld) are the claims made before) and check that no other
+ * process listens there, bind nothing. */
+static int bind_one(const pins_listen_addr *a, bool probe, const int *held, size_t nheld, int *pfd,
+                    char *err, size_t errlen)
 {
     char port[8];
     snprintf(port, sizeof(port), "%u", a->port);
@@ -189,7 +209,7 @@ static int bind_one(const pins_listen_addr *a, bool probe, int *pfd, char *err, 
         return PINS_EINVALID_ARGUMENT;
     }
     if (probe) {
-        int claim = a->port != 0 ? claim_address(res) : -2;
+        int claim = a->port != 0 ? claim_address(res, held, nheld) : -2;
         *pfd = claim >= 0 ? claim : -1;
         if (claim == -1) {
             snprintf(err, errlen,
@@ -304,14 +324,14 @@ int pins_server_new(const pins_config *cfg, struct store *st, pins_server **pser
         goto fail;
     }
     for (size_t li = 0; li < cfg->nlisten; li++) {
-        rv = bind_one(&cfg->listen[li], true, &ps->claim_fds[li], err, errlen);
+        rv = bind_one(&cfg->listen[li], true, ps->claim_fds, li, &ps->claim_fds[li], err, errlen);
         if (rv != 0)
             goto fail;
     }
     for (int wi = 0; wi < s->nworkers; wi++) {
         for (size_t li = 0; li < cfg->nlisten; li++) {
-            rv = bind_one(&cfg->listen[li], false, &ps->listen_fds[(size_t)wi * cfg->nlisten + li],
-                          err, errlen);
+            rv = bind_one(&cfg->listen[li], false, NULL, 0,
+                          &ps->listen_fds[(size_t)wi * cfg->nlisten + li], err, errlen);
             if (rv != 0)
                 goto fail;
         }
@@ -621,6 +641,14 @@ int pins_server_run(pins_server *ps)
         break;
     }
     atomic_store(&s->draining, 1);
+    /* The listeners close now: a pinsd started to take over may claim the addresses (until they
+     * have closed, its probe still stops it). */
+    for (size_t i = 0; i < s->cfg->nlisten; i++) {
+        if (ps->claim_fds[i] >= 0) {
+            close(ps->claim_fds[i]);
+            ps->claim_fds[i] = -1;
+        }
+    }
     pins_log_info("draining", NULL);
     server_sdnotify("STOPPING=1\nSTATUS=draining");
     for (int i = 0; i < started; i++)

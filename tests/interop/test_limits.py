@@ -6,6 +6,7 @@ a DATABASE_URL that cannot be parsed."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -620,6 +621,76 @@ class AddressInUseAtStart(ServerTestCase):
                 probe.bind("\0pinsd-listen 127.0.0.1 %d" % port)
         finally:
             probe.close()
+
+    def test_one_address_spelled_twice_starts(self):
+        """localhost and 127.0.0.1 on one port are one address claimed once, not a second pinsd."""
+        own = Server()
+        self.addCleanup(own.cleanup)
+        port = own.ports[0]
+        env = own.env()
+        env["PINS_LISTEN"] = "localhost:%d,127.0.0.1:%d" % (port, port)
+        p = subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 30
+            up = False
+            while time.time() < deadline and p.poll() is None and not up:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:%d/health" % port,
+                                                timeout=5) as r:
+                        up = r.status == 200
+                except OSError:
+                    time.sleep(0.1)
+            self.assertTrue(up, p.stderr.read().decode("utf-8", "replace")
+                            if p.poll() is not None else "no answer within 30 s")
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
+            p.stderr.close()
+
+    def test_a_successor_starts_while_the_old_one_drains(self):
+        """The claims go with the listeners when the drain starts: a pinsd started to take over
+        the address runs while the old one still waits for a call in flight."""
+        old = Server({"PINS_DRAIN_SECONDS": "20", "PINS_REQUEST_TIMEOUT_SECONDS": "60"})
+        self.addCleanup(old.cleanup)
+        old.start()
+        c = old.h2()
+        try:
+            # A call whose body never ends keeps the old pinsd draining.
+            c.start(c.grpc_headers(mp("GetPin")), None, end_stream=False)
+            c.pump_for(0.2)
+            old.signal(signal.SIGTERM)
+            new = Server()
+            self.addCleanup(new.cleanup)
+            env = new.env()
+            env["PINS_LISTEN"] = "127.0.0.1:%d" % old.port
+            deadline = time.time() + 15
+            p = None
+            while time.time() < deadline:
+                proc = subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                try:
+                    proc.wait(timeout=2)  # refused while the old listeners are still open
+                    err = proc.stderr.read().decode("utf-8", "replace")
+                    proc.stderr.close()
+                    self.assertIn("cannot listen on 127.0.0.1:%d" % old.port, err)
+                    time.sleep(0.2)
+                    continue
+                except subprocess.TimeoutExpired:
+                    p = proc  # still running: it took the address
+                    break
+            self.assertIsNotNone(p, "no successor could start within 15 s")
+            try:
+                self.assertTrue(old.alive(), "the old pinsd should still be draining")
+                with urllib.request.urlopen("http://127.0.0.1:%d/health" % old.port,
+                                            timeout=10) as r:
+                    self.assertEqual(r.status, 200)
+            finally:
+                p.terminate()
+                p.wait(timeout=30)
+                p.stderr.close()
+        finally:
+            c.close()
 
     def test_servers_started_together_leave_one_on_the_port(self):
         """Four pinsd on one address started at once: exactly one keeps running."""
