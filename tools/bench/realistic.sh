@@ -41,7 +41,7 @@
 # (big-t*/big-*). Keys are drawn per call: tenant uniform, key uniform or zipfian s = 0.99 (rank r
 # with probability ~ 1/(r+1)^s within the tenant). pinsctl bench drives gRPC (pinsd and the peer),
 # tools/bench/realistic/pins.lua drives wrk the same way for REST, and
-# tools/bench/realistic/{select,select_zipf,upsert}.sql run pinsd's own statements (store/pg_sql.c)
+# tools/bench/realistic/{select,upsert}.sql run pinsd's own statements (store/pg_sql.c)
 # in pgbench -M prepared, with `\set t random(0, 99)`, `\set k random(0, 999)` and
 # random_zipfian(0, 999, 1.001): PostgreSQL 15 needs s >= 1.001, so pgbench's zipfian is s = 1.001,
 # not 0.99. pgbench's mixes are weighted scripts (-f select.sql@9 -f upsert.sql@1: random
@@ -404,7 +404,7 @@ pgb() {
   mkdir -p "$WORK/pgblog"
   run_child timeout $((DUR + 60)) taskset -c "$LOAD_CPU" "$PGBIN/pgbench" -h 127.0.0.1 -p "$PG_PORT" \
     -U postgres -n -M prepared -c "$POOL" -j 1 -T "$DUR" -l --log-prefix "$WORK/pgblog/pgb" \
-    -D "val=$VALUE" -D hash=0123456789abcdef "$@" pinsd_bench >"$WORK/run.out" 2>&1 || rc=$?
+    -D "val=$VALUE" -D hash=0123456789abcdef -D "zipf=${ZIPF:-0}" "$@" pinsd_bench >"$WORK/run.out" 2>&1 || rc=$?
   "${SUM[@]}" add-pgbench "$JSONL" "$id" "$ROUND" "$desc" "$WORK/run.out" "$WORK/pgblog" --rc "$rc" || fail=1
   ((rc == 0)) || tail -n 3 "$WORK/run.out" >&2
 }
@@ -463,7 +463,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     has pgbench && pgb pgbench_select "pgbench select uniform c=$POOL" -f "$PGF/select.sql"
     has pgbouncer && grpc pgb_get_uni "PgBouncer GetPin uniform" pgbouncer "$A_PGB"
     has pg && grpc pg_get_zipf "PG direct GetPin zipfian s=$ZIPF_S" pg "$A_PG" "${SJ[@]}"
-    has pgbench && pgb pgbench_select_zipf "pgbench select zipfian s=1.001 (PG 15 minimum) c=$POOL" -f "$PGF/select_zipf.sql"
+    has pgbench && ZIPF=1 pgb pgbench_select_zipf "pgbench select zipfian s=1.001 (PG 15 minimum) c=$POOL" -f "$PGF/select.sql"
     if has pg || has pgbouncer; then grpc pg_mix90 "PG direct 90/10 uniform" pg "$A_PG" --mix get=90,put=10; fi
     has pgbench && pgb pgbench_mix90 "pgbench 90/10 select/upsert c=$POOL" -f "$PGF/select.sql@9" -f "$PGF/upsert.sql@1"
     has pgbouncer && grpc pgb_mix90 "PgBouncer 90/10 uniform" pgbouncer "$A_PGB" --mix get=90,put=10
