@@ -67,6 +67,20 @@ def http1_head_only(port, head):
         s.close()
 
 
+def health_up(port, procs, timeout=30):
+    """Polls http://127.0.0.1:port/health until it answers 200 (True), or until every process of
+    procs has exited or timeout seconds have passed (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 def upsert_body(nbytes):
     """A serialised UpsertPinRequest of about nbytes: a value holding one long string."""
     req = new_request(mp("UpsertPin"), {"tenant_id": "t", "key": "k",
@@ -632,15 +646,7 @@ class AddressInUseAtStart(ServerTestCase):
         p = subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.time() + 30
-            up = False
-            while time.time() < deadline and p.poll() is None and not up:
-                try:
-                    with urllib.request.urlopen("http://127.0.0.1:%d/health" % port,
-                                                timeout=5) as r:
-                        up = r.status == 200
-                except OSError:
-                    time.sleep(0.1)
+            up = health_up(port, [p])
             self.assertTrue(up, p.stderr.read().decode("utf-8", "replace")
                             if p.poll() is not None else "no answer within 30 s")
         finally:
@@ -708,15 +714,7 @@ class AddressInUseAtStart(ServerTestCase):
                 procs.append(subprocess.Popen([PINSD_BIN], env=e, stdin=subprocess.DEVNULL,
                                               stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE))
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                try:
-                    with urllib.request.urlopen("http://127.0.0.1:%d/health" % port,
-                                                timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.1)
+            self.assertTrue(health_up(port, procs), "none of them answers")
             # The losers stop at start; give them the time to get there.
             end = time.time() + 30
             while time.time() < end and sum(p.poll() is None for p in procs) > 1:

@@ -1241,24 +1241,31 @@ static void script_ok_then_close(fconn *c, fstream *s, int nth)
     answer(c, s, OK_HDRS, RESP, RESP_LEN, 0, OK_TR);
 }
 
-static void test_conn_reconnects_after_idle_close(void **state)
+/* Three upserts through a server (script) that closes each connection once it is idle, waiting
+ * pause_us after each: every call goes to a new connection, in one attempt, although upserts are
+ * not retried. */
+static void reconnect_case(script_fn script, useconds_t pause_us)
 {
-    (void)state;
-    fake_start(script_ok_then_close);
+    fake_start(script);
     pins_client *c = client(NULL);
     pins_status st = PINS_STATUS_INIT;
     for (int i = 0; i < 3; i++) {
-        /* The server closed the connection while the client was not reading; even a call
-         * that is not retried goes to a new connection. */
         assert_int_equal(upsert(c, NULL, &st), 0);
         assert_int_equal(st.attempts, 1);
         assert_int_equal(fake_wait(&F.nconns, i + 1, 2000), i + 1);
-        usleep(50000);
+        usleep(pause_us);
     }
     assert_int_equal(fake_get(&F.nconns), 3);
     pins_status_clear(&st);
     pins_client_free(c);
     fake_stop();
+}
+
+/* The server closed the connection while the client was not reading. */
+static void test_conn_reconnects_after_idle_close(void **state)
+{
+    (void)state;
+    reconnect_case(script_ok_then_close, 50000);
 }
 
 static void script_ok_then_ping_and_close(fconn *c, fstream *s, int nth)
@@ -1271,23 +1278,11 @@ static void script_ok_then_ping_and_close(fconn *c, fstream *s, int nth)
 
 /* The same with a frame between the answer and the EOF: the check of the idle link reads past
  * the frame's bytes (a short read) to the EOF, so the next call still goes to a new connection
- * instead of failing on the dead one. */
+ * instead of failing on the dead one. The PING and the close come 20 ms after the answer. */
 static void test_conn_reconnects_after_a_frame_then_idle_close(void **state)
 {
     (void)state;
-    fake_start(script_ok_then_ping_and_close);
-    pins_client *c = client(NULL);
-    pins_status st = PINS_STATUS_INIT;
-    for (int i = 0; i < 3; i++) {
-        assert_int_equal(upsert(c, NULL, &st), 0);
-        assert_int_equal(st.attempts, 1);
-        assert_int_equal(fake_wait(&F.nconns, i + 1, 2000), i + 1);
-        usleep(100000); /* the PING and the close come 20 ms after the answer */
-    }
-    assert_int_equal(fake_get(&F.nconns), 3);
-    pins_status_clear(&st);
-    pins_client_free(c);
-    fake_stop();
+    reconnect_case(script_ok_then_ping_and_close, 100000);
 }
 
 typedef struct cb_state {
