@@ -153,8 +153,8 @@ static bool claim_held(const int *held, size_t nheld, const struct sockaddr_un *
     for (size_t i = 0; i < nheld; i++) {
         struct sockaddr_un have;
         socklen_t hl = sizeof(have);
-        if (held[i] >= 0 && getsockname(held[i], (struct sockaddr *)&have, &hl) == 0 &&
-            hl == len && memcmp(&have, sun, len) == 0)
+        if (held[i] >= 0 && getsockname(held[i], (struct sockaddr *)&have, &hl) == 0 && hl == len &&
+            memcmp(&have, sun, len) == 0)
             return true;
     }
     return false;
@@ -176,19 +176,28 @@ static int claim_address(const struct addrinfo *res, const int *held, size_t nhe
     int n = snprintf(sun.sun_path + 1, sizeof(sun.sun_path) - 1, "pinsd-listen %s %s", host, serv);
     if (n < 0 || (size_t)n >= sizeof(sun.sun_path) - 1)
         return -2;
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    if (claim_held(held, nheld, &sun, len))
+        return -2;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -2;
-    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
-    if (claim_held(held, nheld, &sun, len)) {
-        close(fd);
-        return -2;
-    }
     if (bind(fd, (const struct sockaddr *)&sun, len) == 0)
         return fd;
     int e = errno;
     close(fd);
     return e == EADDRINUSE ? -1 : -2;
+}
+
+/* Closes ps's address claims (when the listeners close: at the drain, or when freed). */
+static void release_claims(pins_server *ps)
+{
+    for (size_t i = 0; ps->claim_fds != NULL && i < ps->core.cfg->nlisten; i++) {
+        if (ps->claim_fds[i] >= 0) {
+            close(ps->claim_fds[i]);
+            ps->claim_fds[i] = -1;
+        }
+    }
 }
 
 /* Binds and listens on a (SO_REUSEPORT: one socket per worker); probe: only claim the address
@@ -643,12 +652,7 @@ int pins_server_run(pins_server *ps)
     atomic_store(&s->draining, 1);
     /* The listeners close now: a pinsd started to take over may claim the addresses (until they
      * have closed, its probe still stops it). */
-    for (size_t i = 0; i < s->cfg->nlisten; i++) {
-        if (ps->claim_fds[i] >= 0) {
-            close(ps->claim_fds[i]);
-            ps->claim_fds[i] = -1;
-        }
-    }
+    release_claims(ps);
     pins_log_info("draining", NULL);
     server_sdnotify("STOPPING=1\nSTATUS=draining");
     for (int i = 0; i < started; i++)
@@ -714,11 +718,7 @@ void pins_server_free(pins_server *ps)
             if (ps->listen_fds[i] >= 0)
                 close(ps->listen_fds[i]);
     }
-    if (ps->claim_fds != NULL) {
-        for (size_t i = 0; i < s->cfg->nlisten; i++)
-            if (ps->claim_fds[i] >= 0)
-                close(ps->claim_fds[i]);
-    }
+    release_claims(ps);
     transport_metrics_init(NULL, 0); /* the gauge stops reading the workers freed below */
     free(ps->claim_fds);
     free(ps->listen_fds);

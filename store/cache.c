@@ -8,9 +8,9 @@
  * array starts at STORE_CACHE_FIRST_BUCKETS and doubles while the stripe holds more entries than
  * buckets, up to one per entry the stripe may hold: sized for the bound instead (1M entries for
  * the default 256 MiB), the arrays took 8 MiB whatever the cache held, and with 100,000 keys read
- * at random a third of a lookup's time went to the cache miss on a sparse bucket array. An entry is one
- * allocation: the header, then its strings, its JSON value and
- * its packed Struct in one blob, so that a hit copies the blob out with one memcpy.
+ * at random a third of a lookup's time went to the cache miss on a sparse bucket array. An entry is
+ * one allocation: the header, then its strings, its JSON value and its packed Struct in one blob,
+ * so that a hit copies the blob out with one memcpy.
  *
  * Coherence rests on two rules. Writers (holding the store's write mutex, so they are serialised
  * in commit order) replace or remove entries after COMMIT and bump the stripe's generation under
@@ -210,8 +210,8 @@ int store_cache_new(size_t max_entries, size_t max_bytes, store_cache **pcache)
     c->max_buckets = 1;
     while (c->max_buckets < c->max_entries)
         c->max_buckets <<= 1;
-    size_t first = c->max_buckets < STORE_CACHE_FIRST_BUCKETS ? c->max_buckets
-                                                               : STORE_CACHE_FIRST_BUCKETS;
+    size_t first =
+        c->max_buckets < STORE_CACHE_FIRST_BUCKETS ? c->max_buckets : STORE_CACHE_FIRST_BUCKETS;
     size_t ready = 0;
     int err = 0;
     for (; ready < STORE_CACHE_STRIPES; ready++) {

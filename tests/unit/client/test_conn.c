@@ -79,10 +79,10 @@ struct fconn {
     nghttp2_session *h2;
     int index;
     bool closing;
-    bool close_when_idle; /* close once no stream is open */
-    bool ping_when_idle;  /* ... 20 ms later, after a PING (bytes before the EOF) */
-    struct event *ping_ev;
-    fstream *streams;     /* open streams (freed with the connection) */
+    bool close_when_idle;  /* close once no stream is open */
+    bool ping_when_idle;   /* ... 20 ms later, after a PING (bytes before the EOF) */
+    struct event *ping_ev; /* on_ping_then_close, armed when the stream closes */
+    fstream *streams;      /* open streams (freed with the connection) */
 };
 
 /* Called on the server thread when request nth (0-based, over the server's life) has ended. */
