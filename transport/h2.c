@@ -1136,8 +1136,7 @@ int transport__h2_send(transport__conn *c)
         if (n == 0)
             break;
         if (c->plain_fd < 0 || buffered > 0) {
-            if (b.len > 0 && wbatch_write(&b, NULL, 0) != 0)
-                return NGHTTP2_ERR_NOMEM;
+            /* Behind what waits (b holds nothing then: it fills only while nothing waits). */
             if (evbuffer_add(b.out, d, (size_t)n) != 0)
                 return NGHTTP2_ERR_NOMEM;
         } else if ((size_t)n <= sizeof(b.buf) - b.len) {

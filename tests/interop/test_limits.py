@@ -81,6 +81,28 @@ def health_up(port, procs, timeout=30):
     return False
 
 
+def spawn(env):
+    """pinsd with env, its stderr piped (read it once it has exited)."""
+    return subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(procs):
+    """Stops every process of procs still running (SIGTERM, then SIGKILL after 30 s), waits for
+    them and closes their stderr."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.stderr is not None:
+            p.stderr.close()
+
+
 def upsert_body(nbytes):
     """A serialised UpsertPinRequest of about nbytes: a value holding one long string."""
     req = new_request(mp("UpsertPin"), {"tenant_id": "t", "key": "k",
@@ -549,17 +571,36 @@ class AddressInUseAtStart(ServerTestCase):
     would bind beside the first, and the kernel would hand it a share of the connections (writes
     acknowledged by a process nobody watches)."""
 
-    def test_second_server_on_a_taken_port_refuses_to_start(self):
-        other = Server()
-        self.addCleanup(other.cleanup)
-        env = other.env()
-        env["PINS_LISTEN"] = "127.0.0.1:%d" % self.server.port
+    def spare(self, listen="127.0.0.1:{port}"):
+        """A Server that is not started (cleaned up after the test), its port, and its
+        environment with PINS_LISTEN = listen (formatted with port)."""
+        srv = Server()
+        self.addCleanup(srv.cleanup)
+        port = srv.ports[0]
+        env = srv.env()
+        env["PINS_LISTEN"] = listen.format(port=port)
+        return srv, port, env
+
+    def refused(self, env, message):
+        """Runs pinsd with env; it must exit non-zero saying message."""
         p = subprocess.run([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=30)
         out = (p.stdout + p.stderr).decode("utf-8", "replace")
         self.assertNotEqual(p.returncode, 0, out)
-        self.assertIn("cannot listen on 127.0.0.1:%d: another pinsd is starting or running there"
-                      % self.server.port, out)
+        self.assertIn(message, out)
+
+    def runs(self, env, port):
+        """Starts pinsd with env (stopped after the test); it must answer /health on port."""
+        p = spawn(env)
+        self.addCleanup(stop, [p])
+        self.assertTrue(health_up(port, [p]), p.stderr.read().decode("utf-8", "replace")
+                        if p.poll() is not None else "no answer within 30 s")
+        return p
+
+    def test_second_server_on_a_taken_port_refuses_to_start(self):
+        _, _, env = self.spare("127.0.0.1:%d" % self.server.port)
+        self.refused(env, "cannot listen on 127.0.0.1:%d: another pinsd is starting or running "
+                     "there" % self.server.port)
         # Another program listening with SO_REUSEPORT (as gRPC servers do) stops it too.
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -567,37 +608,13 @@ class AddressInUseAtStart(ServerTestCase):
             lsock.bind(("127.0.0.1", 0))
             lsock.listen(8)
             env["PINS_LISTEN"] = "127.0.0.1:%d" % lsock.getsockname()[1]
-            p = subprocess.run([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=30)
-            out = (p.stdout + p.stderr).decode("utf-8", "replace")
-            self.assertNotEqual(p.returncode, 0, out)
-            self.assertIn("cannot listen on 127.0.0.1:%d: another process already listens there"
-                          % lsock.getsockname()[1], out)
+            self.refused(env, "cannot listen on 127.0.0.1:%d: another process already listens "
+                         "there" % lsock.getsockname()[1])
         finally:
             lsock.close()
         # pinsd's own addresses that share a port (the wildcard and loopback) do not count.
-        own = Server()
-        self.addCleanup(own.cleanup)
-        env = own.env()
-        port = own.ports[0]
-        env["PINS_LISTEN"] = "0.0.0.0:%d,127.0.0.1:%d" % (port, port)
-        p = subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.time() + 30
-            while time.time() < deadline and p.poll() is None:
-                try:
-                    with urllib.request.urlopen("http://127.0.0.1:%d/health" % port,
-                                                timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.1)
-            self.assertIsNone(p.poll(), p.stderr.read().decode("utf-8", "replace")
-                              if p.poll() is not None else "")
-        finally:
-            p.terminate()
-            p.wait(timeout=30)
+        _, port, env = self.spare("0.0.0.0:{port},127.0.0.1:{port}")
+        stop([self.runs(env, port)])
         # The first one still answers on its port.
         for _ in range(8):
             with urllib.request.urlopen("http://127.0.0.1:%d/health" % self.server.port,
@@ -609,20 +626,12 @@ class AddressInUseAtStart(ServerTestCase):
         and then shared the port. Each pinsd claims its addresses first with an abstract Unix
         socket; one held elsewhere (here by the test, as a pinsd starting at the same instant
         would) stops the start, and once it is released the same start succeeds."""
-        other = Server()
-        self.addCleanup(other.cleanup)
-        port = other.ports[0]
+        other, port, env = self.spare()
         claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         claim.bind("\0pinsd-listen 127.0.0.1 %d" % port)
-        env = other.env()
-        env["PINS_LISTEN"] = "127.0.0.1:%d" % port
         try:
-            p = subprocess.run([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=30)
-            out = (p.stdout + p.stderr).decode("utf-8", "replace")
-            self.assertNotEqual(p.returncode, 0, out)
-            self.assertIn("cannot listen on 127.0.0.1:%d: another pinsd is starting or running "
-                          "there" % port, out)
+            self.refused(env, "cannot listen on 127.0.0.1:%d: another pinsd is starting or "
+                         "running there" % port)
         finally:
             claim.close()
         other.start()  # the same address, released: it starts and answers
@@ -638,21 +647,8 @@ class AddressInUseAtStart(ServerTestCase):
 
     def test_one_address_spelled_twice_starts(self):
         """localhost and 127.0.0.1 on one port are one address claimed once, not a second pinsd."""
-        own = Server()
-        self.addCleanup(own.cleanup)
-        port = own.ports[0]
-        env = own.env()
-        env["PINS_LISTEN"] = "localhost:%d,127.0.0.1:%d" % (port, port)
-        p = subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            up = health_up(port, [p])
-            self.assertTrue(up, p.stderr.read().decode("utf-8", "replace")
-                            if p.poll() is not None else "no answer within 30 s")
-        finally:
-            p.terminate()
-            p.wait(timeout=30)
-            p.stderr.close()
+        _, port, env = self.spare("localhost:{port},127.0.0.1:{port}")
+        self.runs(env, port)
 
     def test_a_successor_starts_while_the_old_one_drains(self):
         """The claims go with the listeners when the drain starts: a pinsd started to take over
@@ -661,82 +657,52 @@ class AddressInUseAtStart(ServerTestCase):
         self.addCleanup(old.cleanup)
         old.start()
         c = old.h2()
-        try:
-            # A call whose body never ends keeps the old pinsd draining.
-            c.start(c.grpc_headers(mp("GetPin")), None, end_stream=False)
-            c.pump_for(0.2)
-            old.signal(signal.SIGTERM)
-            new = Server()
-            self.addCleanup(new.cleanup)
-            env = new.env()
-            env["PINS_LISTEN"] = "127.0.0.1:%d" % old.port
-            deadline = time.time() + 15
-            p = None
-            while time.time() < deadline:
-                proc = subprocess.Popen([PINSD_BIN], env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                try:
-                    proc.wait(timeout=2)  # refused while the old listeners are still open
-                    err = proc.stderr.read().decode("utf-8", "replace")
-                    proc.stderr.close()
-                    self.assertIn("cannot listen on 127.0.0.1:%d" % old.port, err)
-                    time.sleep(0.2)
-                    continue
-                except subprocess.TimeoutExpired:
-                    p = proc  # still running: it took the address
-                    break
-            self.assertIsNotNone(p, "no successor could start within 15 s")
+        self.addCleanup(c.close)
+        # A call whose body never ends keeps the old pinsd draining.
+        c.start(c.grpc_headers(mp("GetPin")), None, end_stream=False)
+        c.pump_for(0.2)
+        old.signal(signal.SIGTERM)
+        _, _, env = self.spare("127.0.0.1:%d" % old.port)
+        deadline = time.time() + 15
+        successor = None
+        while successor is None and time.time() < deadline:
+            proc = spawn(env)
             try:
-                self.assertTrue(old.alive(), "the old pinsd should still be draining")
-                with urllib.request.urlopen("http://127.0.0.1:%d/health" % old.port,
-                                            timeout=10) as r:
-                    self.assertEqual(r.status, 200)
-            finally:
-                p.terminate()
-                p.wait(timeout=30)
-                p.stderr.close()
-        finally:
-            c.close()
+                proc.wait(timeout=2)  # refused while the old listeners are still open
+            except subprocess.TimeoutExpired:
+                successor = proc  # still running: it took the address
+                self.addCleanup(stop, [proc])
+                break
+            err = proc.stderr.read().decode("utf-8", "replace")
+            proc.stderr.close()
+            self.assertIn("cannot listen on 127.0.0.1:%d" % old.port, err)
+            time.sleep(0.2)
+        self.assertIsNotNone(successor, "no successor could start within 15 s")
+        self.assertTrue(old.alive(), "the old pinsd should still be draining")
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % old.port, timeout=10) as r:
+            self.assertEqual(r.status, 200)
 
     def test_servers_started_together_leave_one_on_the_port(self):
         """Four pinsd on one address started at once: exactly one keeps running."""
-        base = Server()
-        self.addCleanup(base.cleanup)
-        port = base.ports[0]
-        env = base.env()
-        env["PINS_LISTEN"] = "127.0.0.1:%d" % port
+        base, port, env = self.spare()
         procs = []
-        try:
-            for i in range(4):
-                e = dict(env)
-                e["PINS_DATA_DIR"] = os.path.join(base.tmp, "together-%d" % i)
-                os.makedirs(e["PINS_DATA_DIR"], exist_ok=True)
-                procs.append(subprocess.Popen([PINSD_BIN], env=e, stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.PIPE))
-            self.assertTrue(health_up(port, procs), "none of them answers")
-            # The losers stop at start; give them the time to get there.
-            end = time.time() + 30
-            while time.time() < end and sum(p.poll() is None for p in procs) > 1:
-                time.sleep(0.1)
-            running = [p for p in procs if p.poll() is None]
-            self.assertEqual(len(running), 1, [p.returncode for p in procs])
-            for p in procs:
-                if p.poll() is not None:
-                    err = p.stderr.read().decode("utf-8", "replace")
-                    self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-                p.stderr.close()
-
+        self.addCleanup(stop, procs)
+        for i in range(4):
+            e = dict(env)
+            e["PINS_DATA_DIR"] = os.path.join(base.tmp, "together-%d" % i)
+            os.makedirs(e["PINS_DATA_DIR"], exist_ok=True)
+            procs.append(spawn(e))
+        self.assertTrue(health_up(port, procs), "none of them answers")
+        # The losers stop at start; give them the time to get there.
+        end = time.time() + 30
+        while time.time() < end and sum(p.poll() is None for p in procs) > 1:
+            time.sleep(0.1)
+        running = [p for p in procs if p.poll() is None]
+        self.assertEqual(len(running), 1, [p.returncode for p in procs])
+        for p in procs:
+            if p.poll() is not None:
+                err = p.stderr.read().decode("utf-8", "replace")
+                self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
 
 if __name__ == "__main__":
     unittest.main()
