@@ -10,7 +10,8 @@
 #
 # Stages, in order; the first failure stops the run:
 #   deps       tools/deps.sh --test (Debian packages via apt-get as root, buf via npm)
-#   checksrc   tools/checksrc (the source checks), when it is present and executable
+#   checksrc   tools/checksrc --format (the source checks and clang-format), when it is present
+#              and executable
 #   buf lint   tools/node_modules/.bin/buf lint, in proto/
 #   build      cmake -DPINS_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo into build/, make, then
 #              ctest --test-dir build --output-on-failure -j2 (unit and interop tests)
@@ -129,7 +130,7 @@ fi
 # ---- checksrc ----------------------------------------------------------------------------------
 stage checksrc
 if [[ -x "$HERE/checksrc" ]]; then
-  "$HERE/checksrc" || fail "tools/checksrc found problems (see above)"
+  "$HERE/checksrc" --format || fail "tools/checksrc found problems (see above)"
   stage_ok
 else
   echo "-------- checksrc: skipped (tools/checksrc is not there yet)"
