@@ -31,7 +31,8 @@
     X(UNSUPPORTED_MEDIA_TYPE, 3, 415, "unsupported content type") \
     X(STORE, 14, 503, "store unavailable")                        \
     X(BREAKER_OPEN, 14, 503, "store circuit breaker open")        \
-    X(RESOURCE_EXHAUSTED, 8, 503, "resource exhausted")
+    X(RESOURCE_EXHAUSTED, 8, 503, "resource exhausted")           \
+    X(OUT_OF_RANGE, 11, 400, "out of range")
 
 enum pins__error_index {
 #define PINS__X(name, grpc, http, msg) PINS__IDX_##name,

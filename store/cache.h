@@ -22,7 +22,8 @@
 #define STORE_CACHE_VALUE_MAX (256u << 10)
 
 /*
- * A process-wide map (tenant_id, key) -> the pin's current row, safe to use from any thread. It is
+ * A process-wide map (tenant_id, key) -> the pin's current row (every store_pin field, revision
+ * included), safe to use from any thread. It is
  * correct only while one process writes the database and every write of that process reports to
  * it after COMMIT (store_cache_put, _remove, _remove_expired), serialised in commit order by the
  * store's write mutex. Readers call store_cache_get and, on a miss, read SQLite and offer the row

@@ -7,10 +7,12 @@
  *   pg_sched.c   the scheduler: the session's queue, segments, read batches, write order, key
  *                slots and upsert chains
  *   pg_cancel.c  the process-wide thread that sends cancel requests
+ *   pg_feed.c    the change feed: the process's LISTEN connection and its thread
  *   postgres.c   the operations (a request per call), result delivery, sessions, the vtable
  *
- * Everything here runs on the session's thread, except pg_cancel.c's thread and the store's
- * up_epoch (atomic, read by every session). A pg_req is owned by whichever list holds it: the
+ * Everything here runs on the session's thread, except pg_cancel.c's thread, pg_feed.c's thread
+ * (which shares nothing with the sessions) and the store's up_epoch (atomic, read by every
+ * session). A pg_req is owned by whichever list holds it: the
  * session's queue (wq_head), a connection's statements in flight (head..tail), a batch's kids or
  * a req_list being requeued; store__pg_fail_req and store__pg_deliver free it.
  *
@@ -79,6 +81,8 @@ typedef enum op_kind {
     OP_RAUDIT_LIST,
     OP_RAUDIT_CLEANUP,
     OP_AUDIT_EXPIRE,
+    OP_CHANGES,
+    OP_HISTORY_EXPIRE,
     OP_SCHEMA, /* internal: the schema check of a new connection */
 } op_kind;
 
@@ -94,6 +98,7 @@ typedef union pg_cb {
     store_count_cb count;
     store_audit_list_cb audit;
     store_rbac_audit_list_cb raudit;
+    store_changes_cb changes;
 } pg_cb;
 
 typedef struct pg_req {
@@ -113,15 +118,16 @@ typedef struct pg_req {
     int64_t abandoned_ns;
     bool *pdone; /* blocking mode: set when the callback ran */
     PGresult *res;
-    bool sync_after;     /* the last statement of its segment */
-    bool slow_seg;       /* sync_after: its segment is not a read batch (pg_conn.nslow) */
-    bool pre_set;        /* store__pg_sql_generic precedes it (and its Parse); its result is due */
-    bool parse_pending;  /* a Parse of its statement precedes it; its result is due */
-    uint32_t slot;       /* upsert, delete, get: its key's slot in busy[] (key_slot) */
-    uint32_t busy_at;    /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
-    bool solo;           /* goes in a segment of its own (a retry after an error) */
-    bool cancel_sent;    /* its calls all passed their deadlines: a cancel request went out */
-    int64_t now_us;      /* get: the call's clock, for the expiry check of a shared row */
+    bool sync_after;    /* the last statement of its segment */
+    bool slow_seg;      /* sync_after: its segment is not a read batch (pg_conn.nslow) */
+    bool pre_set;       /* store__pg_sql_generic precedes it (and its Parse); its result is due */
+    bool parse_pending; /* a Parse of its statement precedes it; its result is due */
+    uint32_t slot;      /* upsert, delete, get: its key's slot in busy[] (key_slot) */
+    uint32_t busy_at;   /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
+    bool solo;          /* goes in a segment of its own (a retry after an error) */
+    bool cancel_sent;   /* its calls all passed their deadlines: a cancel request went out */
+    int64_t now_us;     /* get: the call's clock, for the expiry check of a shared row */
+    store__changes_req changes; /* OP_CHANGES: after and limit (no strings) */
     int key_at;          /* get in a batch: the array element of its (tenant, key), 0-based */
     struct pg_req *kids; /* OP_GET_BATCH, OP_UPSERT_CHAIN: its calls in order, linked by next */
     int nkids;
@@ -154,9 +160,13 @@ typedef struct pg_conn {
                             once its statements in flight are done (store__pg_conn_recheck) */
 } pg_conn;
 
+typedef struct pg_feed pg_feed;
+
 typedef struct pg_store {
     struct store base;
     char *url;
+    char *listen_url; /* the feed's URL (store_options.listen_url, else url) */
+    pg_feed *feed;    /* NULL until store_feed_start, and after store_feed_stop */
     int pool_size;
     int workers;
     atomic_int sessions;
@@ -225,6 +235,9 @@ extern const char store__pg_sql_raudit_list[];
 extern const char store__pg_sql_raudit_cleanup[];
 extern const char store__pg_sql_raudit_expire[];
 extern const char store__pg_sql_maudit_expire[];
+extern const char store__pg_sql_changes[];
+extern const char store__pg_sql_change_get[];
+extern const char store__pg_sql_history_expire[];
 extern const char store__pg_sql_ping[];
 extern const char store__pg_sql_schema[];
 extern const char store__pg_sql_generic[];
@@ -303,7 +316,24 @@ void store__pg_requeue_front(pg_session *ss, req_list *l);
 /* Asks c's server to cancel what it is running; true when the request was queued. */
 bool store__pg_cancel_post(pg_conn *c);
 
+/* ---- pg_feed.c ---------------------------------------------------------------------------- */
+
+/* store_feed_start, store_feed_stop, store_feed_live for s (store/store.h). */
+int store__pg_feed_start(pg_store *s, store_change_fn fn, store_feed_state_fn state, void *arg);
+void store__pg_feed_stop(pg_store *s);
+bool store__pg_feed_live(const pg_store *s);
+
 /* ---- postgres.c --------------------------------------------------------------------------- */
+
+/* The number of columns store__pg_read_pin reads: id, tenant, key, value, source, created,
+ * updated, ttl, expires, version, revision. */
+#define PIN_NCOLS 11
+/* Fills *pin from the PIN_NCOLS pin columns of row starting at col (strings borrowed from res);
+ * the compacted value goes to *pbuf (new, the caller frees it). Returns 0 or PINS_ENOMEM. */
+int store__pg_read_pin(const PGresult *res, int row, int col, store_pin *pin, char **pbuf);
+/* Copies jsonb's text output src[0..n) without the blanks it puts outside strings into dst (at
+ * least n + 1 bytes). Returns the length written. */
+size_t store__pg_json_compact(char *dst, const char *src, size_t n);
 
 /* Frees r, and the calls of a batch. */
 void store__pg_req_free(pg_req *r);

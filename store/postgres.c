@@ -30,9 +30,8 @@ static void count_audit(const char *status)
 }
 
 /* Copies jsonb's text output without the blanks it puts after ':' and ',' (outside strings), so a
- * value sent compact comes back byte for byte when its keys were already in jsonb's order. dst
- * holds at least n + 1 bytes. Returns the length written. */
-static size_t json_compact(char *dst, const char *src, size_t n)
+ * value sent compact comes back byte for byte when its keys were already in jsonb's order. */
+size_t store__pg_json_compact(char *dst, const char *src, size_t n)
 {
     size_t o = 0;
     bool in_str = false, esc = false;
@@ -72,17 +71,20 @@ static double col_f64(const PGresult *res, int row, int col)
 }
 
 /* The rows of a listing's page: every row carries the total count (column 0, into *ptotal) and
- * an empty page is one row whose column 1 is NULL. */
-static int page_rows(const PGresult *res, int64_t *ptotal)
+ * an empty page is one row whose column first is NULL. */
+static int page_rows_at(const PGresult *res, int first, int64_t *ptotal)
 {
     int n = PQntuples(res);
     *ptotal = n > 0 ? store__pg_col_i64(res, 0, 0) : 0;
-    return n == 1 && PQgetisnull(res, 0, 1) ? 0 : n;
+    return n == 1 && PQgetisnull(res, 0, first) ? 0 : n;
 }
 
-/* Fills *pin from the 10 pin columns starting at col; the compacted value goes to *pbuf (new,
- * the caller frees it). Returns 0 or PINS_ENOMEM. */
-static int read_pin(const PGresult *res, int row, int col, store_pin *pin, char **pbuf)
+static int page_rows(const PGresult *res, int64_t *ptotal)
+{
+    return page_rows_at(res, 1, ptotal);
+}
+
+int store__pg_read_pin(const PGresult *res, int row, int col, store_pin *pin, char **pbuf)
 {
     const char *v = PQgetvalue(res, row, col + 3);
     size_t vlen = (size_t)PQgetlength(res, row, col + 3);
@@ -94,13 +96,14 @@ static int read_pin(const PGresult *res, int row, int col, store_pin *pin, char 
         .tenant_id = PQgetvalue(res, row, col + 1),
         .key = PQgetvalue(res, row, col + 2),
         .value_json = buf,
-        .value_len = json_compact(buf, v, vlen),
+        .value_len = store__pg_json_compact(buf, v, vlen),
         .source = PQgetvalue(res, row, col + 4),
         .created_us = store__pg_col_i64(res, row, col + 5),
         .updated_us = store__pg_col_i64(res, row, col + 6),
         .has_ttl = !PQgetisnull(res, row, col + 7),
         .has_expires = !PQgetisnull(res, row, col + 8),
         .version = store__pg_col_i64(res, row, col + 9),
+        .revision = store__pg_col_i64(res, row, col + 10),
     };
     if (pin->has_ttl)
         pin->ttl_seconds = (int32_t)store__pg_col_i64(res, row, col + 7);
@@ -230,7 +233,10 @@ void store__pg_call_error(pg_session *ss, pg_req *r, int err)
     case OP_UPSERT_CHAIN:
         break;
     case OP_LIST:
-        r->cb.list(r->arg, err, NULL, 0, 0);
+        r->cb.list(r->arg, err, NULL, 0, 0, 0);
+        break;
+    case OP_CHANGES:
+        r->cb.changes(r->arg, err, NULL, 0, 0);
         break;
     case OP_AUDIT:
         r->cb.audit(r->arg, err, NULL, 0, 0);
@@ -245,6 +251,7 @@ void store__pg_call_error(pg_session *ss, pg_req *r, int err)
     case OP_RAUDIT_WRITE:
     case OP_RAUDIT_CLEANUP:
     case OP_AUDIT_EXPIRE:
+    case OP_HISTORY_EXPIRE:
         r->cb.count(r->arg, err, 0);
         break;
     case OP_SCHEMA:
@@ -338,7 +345,7 @@ static void deliver_kid(pg_session *ss, pg_req *k, const PGresult *res, int row,
     }
     store_pin pin;
     char *buf = NULL;
-    int err = row < 0 ? absent : read_pin(res, row, col, &pin, &buf);
+    int err = row < 0 ? absent : store__pg_read_pin(res, row, col, &pin, &buf);
     bool created = err == 0 && created_col >= 0 && col_bool(res, row, created_col);
     deliver_pin(ss, k, err, &pin, created);
     free(buf);
@@ -384,7 +391,7 @@ static void deliver_gets(pg_session *ss, pg_req *r)
         }
         if (!parsed[d]) {
             parsed[d] = true;
-            err[d] = read_pin(res, rowof[d], 1, &pins[d], &bufs[d]);
+            err[d] = store__pg_read_pin(res, rowof[d], 1, &pins[d], &bufs[d]);
             if (err[d] == 0)
                 pack_pin(ss, &packed, &pins[d]);
         }
@@ -410,6 +417,42 @@ static void deliver_chain(pg_session *ss, pg_req *r)
     }
 }
 
+/* Delivers the changes of a store_changes_since (store__pg_sql_changes) to r's callback. */
+static void deliver_changes(pg_session *ss, pg_req *r)
+{
+    const PGresult *res = r->res;
+    const store__changes_req *q = &r->changes;
+    int rows = PQntuples(res);
+    if (rows < 1) {
+        store__session_error(&ss->base, "unexpected result of a change history read");
+        r->cb.changes(r->arg, PINS_EINTERNAL, NULL, 0, 0);
+        return;
+    }
+    int64_t latest = store__pg_col_i64(res, 0, 0), trimmed = store__pg_col_i64(res, 0, 1);
+    if (q->after < trimmed || q->after > latest) {
+        r->cb.changes(r->arg, PINS_EOUT_OF_RANGE, NULL, 0, latest);
+        return;
+    }
+    int n = rows == 1 && PQgetisnull(res, 0, 2) ? 0 : rows;
+    store_change *chs = calloc((size_t)(n > 0 ? n : 1), sizeof(*chs));
+    char **bufs = calloc((size_t)(n > 0 ? n : 1), sizeof(*bufs));
+    int err = chs != NULL && bufs != NULL ? 0 : PINS_ENOMEM;
+    for (int i = 0; err == 0 && i < n; i++) {
+        chs[i].type = (int)store__pg_col_i64(res, i, 2);
+        err = store__pg_read_pin(res, i, 4, &chs[i].pin, &bufs[i]);
+    }
+    if (err != 0) {
+        store__session_error(&ss->base, "out of memory reading the change history");
+        r->cb.changes(r->arg, err, NULL, 0, 0);
+    } else {
+        r->cb.changes(r->arg, 0, chs, (size_t)n, latest);
+    }
+    for (int i = 0; bufs != NULL && i < n; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(chs);
+}
+
 /* Delivers r's result to its callback. */
 void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
 {
@@ -432,7 +475,7 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
         else if (strcmp(outcome, "ok") != 0 || PQgetisnull(res, 0, 2))
             err = PINS_EINTERNAL;
         else
-            err = read_pin(res, 0, 2, &pin, &buf);
+            err = store__pg_read_pin(res, 0, 2, &pin, &buf);
         if (err == PINS_EINTERNAL)
             store__session_error(&ss->base, "unexpected result of a %s",
                                  r->kind == OP_UPSERT ? "upsert" : "delete");
@@ -453,17 +496,18 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
         break;
     case OP_LIST: {
         int64_t total;
-        int n = page_rows(res, &total);
+        int n = page_rows_at(res, 2, &total);
+        int64_t rev = PQntuples(res) > 0 ? store__pg_col_i64(res, 0, 1) : 0;
         store_pin *pins = calloc((size_t)(n > 0 ? n : 1), sizeof(*pins));
         char **bufs = calloc((size_t)(n > 0 ? n : 1), sizeof(*bufs));
         for (int i = 0; pins != NULL && bufs != NULL && err == 0 && i < n; i++)
-            err = read_pin(res, i, 1, &pins[i], &bufs[i]);
+            err = store__pg_read_pin(res, i, 2, &pins[i], &bufs[i]);
         if (pins == NULL || bufs == NULL)
             err = PINS_ENOMEM;
         if (err != 0)
             store__session_error(&ss->base, "out of memory reading a listing");
         r->cb.list(r->arg, err, err == 0 ? pins : NULL, err == 0 ? (size_t)n : 0,
-                   err == 0 ? total : 0);
+                   err == 0 ? total : 0, err == 0 ? rev : 0);
         for (int i = 0; bufs != NULL && i < n; i++)
             free(bufs[i]);
         free(bufs);
@@ -503,8 +547,14 @@ void store__pg_deliver(pg_session *ss, pg_conn *c, pg_req *r)
     case OP_RAUDIT_LIST:
         deliver_rbac_list(ss, r);
         break;
+    case OP_CHANGES:
+        deliver_changes(ss, r);
+        break;
     case OP_CLEANUP:
     case OP_SWEEP:
+    case OP_HISTORY_EXPIRE: /* one row: the count */
+        r->cb.count(r->arg, 0, PQntuples(res) == 1 ? store__pg_col_i64(res, 0, 0) : 0);
+        break;
     case OP_MAUDIT_WRITE:
     case OP_RAUDIT_WRITE:
     case OP_RAUDIT_CLEANUP:
@@ -874,8 +924,49 @@ out:
 static void pg_close(store *s)
 {
     pg_store *st = (pg_store *)s;
+    store__pg_feed_stop(st);
+    free(st->listen_url);
     free(st->url);
     free(st);
+}
+
+static int pg_feed_start(store *s, store_change_fn fn, store_feed_state_fn state, void *arg)
+{
+    return store__pg_feed_start((pg_store *)s, fn, state, arg);
+}
+
+static void pg_feed_stop(store *s)
+{
+    store__pg_feed_stop((pg_store *)s);
+}
+
+static bool pg_feed_live(const store *s)
+{
+    return store__pg_feed_live((const pg_store *)s);
+}
+
+static int pg_changes_since(store_session *base, const store__changes_req *q, store_changes_cb cb,
+                            void *arg)
+{
+    pg_req *r = req_new(base, OP_CHANGES, store__pg_sql_changes, (pg_cb){.changes = cb}, arg);
+    if (r != NULL)
+        r->changes = (store__changes_req){.after = q->after, .limit = q->limit};
+    req_cstr(r, q->tenant_id);
+    req_cstr(r, q->prefix);
+    req_i64(r, q->after);
+    req_i64(r, q->limit);
+    return req_submit(base, r);
+}
+
+static int pg_history_expire(store_session *base, const store__history_req *q, store_count_cb cb,
+                             void *arg)
+{
+    pg_req *r =
+        req_new(base, OP_HISTORY_EXPIRE, store__pg_sql_history_expire, (pg_cb){.count = cb}, arg);
+    req_i64(r, q->before_us);
+    req_i64(r, q->max_rows);
+    req_i64(r, q->batch);
+    return req_submit(base, r);
 }
 
 static const store__backend postgres_backend = STORE__BACKEND(pg, "postgres");
@@ -897,8 +988,14 @@ int store__postgres_open(const store_options *opts, store **pstore)
     if (st == NULL)
         return PINS_ENOMEM;
     st->base.be = &postgres_backend;
+    const char *listen = opts->listen_url != NULL && opts->listen_url[0] != '\0'
+                             ? opts->listen_url
+                             : opts->database_url;
     st->url = strdup(opts->database_url);
-    if (st->url == NULL) {
+    st->listen_url = strdup(listen);
+    if (st->url == NULL || st->listen_url == NULL) {
+        free(st->url);
+        free(st->listen_url);
         free(st);
         return PINS_ENOMEM;
     }

@@ -17,6 +17,12 @@
  * Reads go through the process-wide cache (store/cache.c) before SQLite; writes update it after
  * COMMIT, still under the write mutex, so that the cache sees writes in commit order.
  *
+ * Revisions. Every change (an upsert, a delete, an expired pin a sweep or cleanup reclaims) takes
+ * its tenant's next revision from pin_revisions in its transaction, stores it in the pin's row and
+ * adds a pin_changes row. The write mutex covers each transaction from BEGIN IMMEDIATE to past the
+ * cache update, and the change feed is called there too, once per change in commit order (the
+ * batch's queue order, then the reclaimed pins), so its calls never overlap.
+ *
  * Every statement is prepared once per session. Rows handed to callbacks are copied into a
  * per-session scratch arena (reads) or live in the batch's arena (writes), and every statement is
  * reset and every transaction closed before a callback runs, so a callback may start another
@@ -27,6 +33,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +84,12 @@ enum stmt_id {
     ST_RAUDIT_CLEANUP,
     ST_RAUDIT_EXPIRE,
     ST_MAUDIT_EXPIRE,
+    ST_REV_NEXT,
+    ST_REV_GET,
+    ST_CHANGE_INSERT,
+    ST_CHANGES,
+    ST_TRIM,
+    ST_HISTORY_EXPIRE,
     ST_COUNT
 };
 
@@ -91,8 +104,12 @@ enum pin_col {
     PC_UPDATED,
     PC_TTL,
     PC_EXPIRES,
-    PC_VERSION
+    PC_VERSION,
+    PC_REVISION
 };
+
+/* The columns of CHANGE_COLS, in order: the type, then PIN_COLS from pin_changes. */
+enum change_col { CC_TYPE, CC_PIN };
 
 /* The columns of AUDIT_COLS, in order. */
 enum audit_col {
@@ -111,8 +128,12 @@ enum audit_col {
     AC_NEW_HASH
 };
 
-#define PIN_COLS \
-    "id, tenant_id, key, value, source, created_at, updated_at, ttl_seconds, expires_at, version"
+#define PIN_COLS                                                                                   \
+    "id, tenant_id, key, value, source, created_at, updated_at, ttl_seconds, expires_at, version," \
+    " revision"
+#define CHANGE_COLS                                                        \
+    "type, pin_id, tenant_id, key, value, source, created_at, updated_at," \
+    " ttl_seconds, expires_at, version, revision"
 /* Prefixes match literally: substr() compares characters, unlike LIKE and its wildcards. */
 #define LIST_WHERE                                              \
     " WHERE tenant_id = ?1 AND substr(key, 1, length(?2)) = ?2" \
@@ -140,10 +161,11 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_PIN_GET] = "SELECT " PIN_COLS " FROM memory_pins WHERE tenant_id = ?1 AND key = ?2"
                    " AND (expires_at IS NULL OR expires_at > ?3)",
     [ST_PIN_INSERT] = "INSERT INTO memory_pins (key, tenant_id, value, source, created_at,"
-                      " updated_at, ttl_seconds, expires_at, version)"
-                      " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, 1)",
+                      " updated_at, ttl_seconds, expires_at, version, revision)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, 1, ?8)",
     [ST_PIN_UPDATE] = "UPDATE memory_pins SET value = ?1, source = ?2, updated_at = ?3,"
-                      " ttl_seconds = ?4, expires_at = ?5, version = ?6 WHERE id = ?7",
+                      " ttl_seconds = ?4, expires_at = ?5, version = ?6, revision = ?8"
+                      " WHERE id = ?7",
     [ST_PIN_DELETE] = "DELETE FROM memory_pins WHERE id = ?1",
     [ST_AUDIT_INSERT] = "INSERT INTO memory_audit (ts, operation, tenant_id, key, agent_id,"
                         " source, cache_hit, latency_ms, success, old_value_hash, new_value_hash,"
@@ -154,12 +176,14 @@ static const char *const stmt_sql[ST_COUNT] = {
                        " AND (created_at, id) < (?5, ?6) ORDER BY created_at DESC, id DESC"
                        " LIMIT ?7",
     [ST_LIST_COUNT] = "SELECT count(*) FROM memory_pins" LIST_WHERE,
+    /* The reclaims of expired pins return the rows they delete: each becomes an EXPIRE change. */
     [ST_CLEANUP_TENANT] = "DELETE FROM memory_pins WHERE tenant_id = ?1"
-                          " AND expires_at IS NOT NULL AND expires_at <= ?2",
-    [ST_CLEANUP_ALL] = "DELETE FROM memory_pins WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                          " AND expires_at IS NOT NULL AND expires_at <= ?2 RETURNING " PIN_COLS,
+    [ST_CLEANUP_ALL] = "DELETE FROM memory_pins WHERE expires_at IS NOT NULL AND expires_at <= ?1"
+                       " RETURNING " PIN_COLS,
     [ST_SWEEP] = "DELETE FROM memory_pins WHERE id IN (SELECT id FROM memory_pins"
                  " WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at"
-                 " LIMIT ?2)",
+                 " LIMIT ?2) RETURNING " PIN_COLS,
     [ST_PING] = "SELECT 1",
     [ST_MAUDIT_WRITE] = "INSERT INTO memory_audit (ts, operation, tenant_id, key, agent_id, source,"
                         " cache_hit, latency_ms, success, error_message, old_value_hash,"
@@ -179,6 +203,29 @@ static const char *const stmt_sql[ST_COUNT] = {
                          " WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
     [ST_MAUDIT_EXPIRE] = "DELETE FROM memory_audit WHERE id IN (SELECT id FROM memory_audit"
                          " WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+    /* The tenant's next revision, taken inside the change's transaction. */
+    [ST_REV_NEXT] = "INSERT INTO pin_revisions (tenant_id, revision) VALUES (?1, 1)"
+                    " ON CONFLICT (tenant_id) DO UPDATE SET revision = revision + 1"
+                    " RETURNING revision",
+    [ST_REV_GET] = "SELECT revision, trimmed FROM pin_revisions WHERE tenant_id = ?1",
+    [ST_CHANGE_INSERT] = "INSERT INTO pin_changes (type, pin_id, tenant_id, key, value, source,"
+                         " created_at, updated_at, ttl_seconds, expires_at, version, revision, ts)"
+                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    /* Through the (tenant_id, revision) index; prefixes match literally (LIST_WHERE). */
+    [ST_CHANGES] = "SELECT " CHANGE_COLS " FROM pin_changes WHERE tenant_id = ?1"
+                   " AND revision > ?2 AND substr(key, 1, length(?3)) = ?3"
+                   " ORDER BY revision LIMIT ?4",
+    [ST_TRIM] = "UPDATE pin_revisions SET trimmed = max(trimmed, ?2) WHERE tenant_id = ?1",
+    /* The history retention: the oldest rows written before ?1 (through the ts index) and those
+     * ?2 or more seqs below the newest (max(seq) is one step down the primary key; seqs a rolled
+     * back insert skipped make the count bound keep slightly fewer rows), at most ?3 of them,
+     * oldest first. */
+    [ST_HISTORY_EXPIRE] =
+        "DELETE FROM pin_changes WHERE seq IN (SELECT seq FROM ("
+        " SELECT seq FROM (SELECT seq FROM pin_changes WHERE ts < ?1 ORDER BY ts LIMIT ?3)"
+        " UNION SELECT seq FROM (SELECT seq FROM pin_changes WHERE ?2 > 0 AND seq <="
+        " (SELECT max(seq) FROM pin_changes) - ?2 ORDER BY seq LIMIT ?3))"
+        " ORDER BY seq LIMIT ?3) RETURNING tenant_id, revision",
 };
 
 typedef struct sqlite_store {
@@ -188,6 +235,11 @@ typedef struct sqlite_store {
     bool write_lock_ready;      /* write_lock was initialised */
     store_cache *cache;         /* live pins, process-wide */
     store__ckpt *ckpt;          /* the WAL checkpointer (sqlite_ckpt.c) */
+    /* The change feed: set and cleared under write_lock, and called under it after each commit
+     * that made changes; feed_fn NULL while no feed is started. */
+    store_change_fn feed_fn;
+    void *feed_arg;
+    _Atomic bool feed_on; /* store_feed_live, read from any thread */
 } sqlite_store;
 
 /* How a connection waits for another process's lock (on_busy). */
@@ -622,30 +674,38 @@ static int col_text(sqlite3_stmt *st, int c, pins_arena *a, const char **ps, siz
     return 0;
 }
 
-/* The current row of a PIN_COLS statement, strings copied into a. Returns 0 or PINS_ENOMEM. */
-static int read_pin(sqlite3_stmt *st, pins_arena *a, store_pin *ppin)
+/* The PIN_COLS of the current row of st from column c0 on, strings copied into a. Returns 0 or
+ * PINS_ENOMEM. */
+static int read_pin_at(sqlite3_stmt *st, int c0, pins_arena *a, store_pin *ppin)
 {
     store_pin p = {
-        .id = sqlite3_column_int64(st, PC_ID),
-        .created_us = sqlite3_column_int64(st, PC_CREATED),
-        .updated_us = sqlite3_column_int64(st, PC_UPDATED),
-        .has_ttl = sqlite3_column_type(st, PC_TTL) != SQLITE_NULL,
-        .has_expires = sqlite3_column_type(st, PC_EXPIRES) != SQLITE_NULL,
-        .version = sqlite3_column_int64(st, PC_VERSION),
+        .id = sqlite3_column_int64(st, c0 + PC_ID),
+        .created_us = sqlite3_column_int64(st, c0 + PC_CREATED),
+        .updated_us = sqlite3_column_int64(st, c0 + PC_UPDATED),
+        .has_ttl = sqlite3_column_type(st, c0 + PC_TTL) != SQLITE_NULL,
+        .has_expires = sqlite3_column_type(st, c0 + PC_EXPIRES) != SQLITE_NULL,
+        .version = sqlite3_column_int64(st, c0 + PC_VERSION),
+        .revision = sqlite3_column_int64(st, c0 + PC_REVISION),
     };
-    p.ttl_seconds = p.has_ttl ? sqlite3_column_int(st, PC_TTL) : 0;
-    p.expires_us = p.has_expires ? sqlite3_column_int64(st, PC_EXPIRES) : 0;
+    p.ttl_seconds = p.has_ttl ? sqlite3_column_int(st, c0 + PC_TTL) : 0;
+    p.expires_us = p.has_expires ? sqlite3_column_int64(st, c0 + PC_EXPIRES) : 0;
     size_t len;
-    int err = col_text(st, PC_TENANT, a, &p.tenant_id, &len);
+    int err = col_text(st, c0 + PC_TENANT, a, &p.tenant_id, &len);
     if (err == 0)
-        err = col_text(st, PC_KEY, a, &p.key, &len);
+        err = col_text(st, c0 + PC_KEY, a, &p.key, &len);
     if (err == 0)
-        err = col_text(st, PC_VALUE, a, &p.value_json, &p.value_len);
+        err = col_text(st, c0 + PC_VALUE, a, &p.value_json, &p.value_len);
     if (err == 0)
-        err = col_text(st, PC_SOURCE, a, &p.source, &len);
+        err = col_text(st, c0 + PC_SOURCE, a, &p.source, &len);
     if (err == 0)
         *ppin = p;
     return err;
+}
+
+/* The current row of a PIN_COLS statement, strings copied into a. Returns 0 or PINS_ENOMEM. */
+static int read_pin(sqlite3_stmt *st, pins_arena *a, store_pin *ppin)
+{
+    return read_pin_at(st, 0, a, ppin);
 }
 
 /* The current row of an AUDIT_COLS statement, strings copied into a. Returns 0 or PINS_ENOMEM. */
@@ -789,16 +849,95 @@ static int read_audit_row(sqlite3_stmt *st, pins_arena *a, void *prow)
     return read_audit(st, a, prow);
 }
 
+/* The current row of a CHANGE_COLS statement. */
+static int read_change_row(sqlite3_stmt *st, pins_arena *a, void *prow)
+{
+    store_change *ch = prow;
+    ch->type = sqlite3_column_int(st, CC_TYPE);
+    return read_pin_at(st, CC_PIN, a, &ch->pin);
+}
+
+/* Reads the latest and the highest trimmed revision of tenant_id (0 and 0 for a tenant that never
+ * changed) inside the caller's transaction. */
+static int read_revision(sqlite_session *ss, const char *tenant_id, int64_t *prev,
+                         int64_t *ptrimmed)
+{
+    sqlite3_stmt *st = ss->st[ST_REV_GET];
+    binder b = {.st = st, .rc = SQLITE_OK};
+    bind_str(&b, 1, tenant_id);
+    int err = 0;
+    int rc = b.rc == SQLITE_OK ? sqlite3_step(st) : b.rc;
+    if (rc == SQLITE_ROW) {
+        *prev = sqlite3_column_int64(st, 0);
+        *ptrimmed = sqlite3_column_int64(st, 1);
+    } else if (rc == SQLITE_DONE) {
+        *prev = 0;
+        *ptrimmed = 0;
+    } else {
+        err = db_fail(ss, rc, "read the tenant's revision");
+    }
+    sqlite3_reset(st);
+    return err;
+}
+
+/* Steps st (bound) to the end, each row read into a new element of a growing array of row_size
+ * bytes (malloc'd: the caller frees *prows), its strings in a; resets st. Returns 0, PINS_ENOMEM
+ * or the mapped error. */
+static int collect(sqlite_session *ss, pins_arena *a, sqlite3_stmt *st, size_t row_size,
+                   row_read_fn read, const char *what, void **prows, size_t *pn)
+{
+    unsigned char *rows = NULL;
+    size_t n = 0, cap = 0;
+    int err = 0;
+    int rc = SQLITE_DONE;
+    while (err == 0) {
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+            break;
+        if (n == cap) {
+            size_t ncap = cap > 0 ? cap * 2 : 16;
+            unsigned char *grown = realloc(rows, ncap * row_size);
+            if (grown == NULL) {
+                err = out_of_memory(ss, what);
+                break;
+            }
+            rows = grown;
+            cap = ncap;
+        }
+        if (read(st, a, rows + n * row_size) != 0)
+            err = out_of_memory(ss, what);
+        else
+            n++;
+    }
+    if (err == 0 && rc != SQLITE_DONE)
+        err = db_fail(ss, rc, what);
+    sqlite3_reset(st);
+    if (err != 0) {
+        free(rows);
+        return err;
+    }
+    *prows = rows;
+    *pn = n;
+    return 0;
+}
+
 /* One page of a listing and the count of every match, read in one transaction so that they
  * agree: count (bound) yields the total, page (bound) at most limit rows, each copied into an
- * array in a by read. *prows, *pn and *ptotal are set on success. */
+ * array in a by read. *prows, *pn and *ptotal are set on success, and with a tenant (pin
+ * listings; NULL for the audits) *prev gets its revision read in the same transaction. */
 static int read_page(sqlite_session *ss, pins_arena *a, sqlite3_stmt *count, sqlite3_stmt *page,
                      size_t limit, size_t row_size, row_read_fn read, const char *what,
-                     void **prows, size_t *pn, int64_t *ptotal)
+                     const char *tenant, void **prows, size_t *pn, int64_t *ptotal, int64_t *prev)
 {
     int err = run(ss, ss->st[ST_BEGIN], "start a read");
     if (err != 0)
         return err;
+    int64_t revision = 0, trimmed;
+    if (tenant != NULL) {
+        err = read_revision(ss, tenant, &revision, &trimmed);
+        if (err != 0)
+            goto out;
+    }
     int64_t total = 0;
     size_t n = 0;
     unsigned char *rows = pins_arena_calloc(a, limit, row_size);
@@ -833,6 +972,8 @@ static int read_page(sqlite_session *ss, pins_arena *a, sqlite3_stmt *count, sql
         *prows = rows;
         *pn = n;
         *ptotal = total;
+        if (prev != NULL)
+            *prev = revision;
     }
 out:
     if (err != 0)
@@ -917,8 +1058,51 @@ static void bind_opt_int(binder *b, int i, bool has, int64_t v)
         bind_null(b, i);
 }
 
+/* Takes the next revision of tenant_id inside the caller's transaction. */
+static int next_revision(sqlite_session *ss, const char *tenant_id, int64_t *prev)
+{
+    sqlite3_stmt *st = ss->st[ST_REV_NEXT];
+    binder b = {.st = st, .rc = SQLITE_OK};
+    bind_str(&b, 1, tenant_id);
+    int err = 0;
+    int rc = b.rc == SQLITE_OK ? sqlite3_step(st) : b.rc;
+    if (rc == SQLITE_ROW) {
+        *prev = sqlite3_column_int64(st, 0);
+        rc = sqlite3_step(st); /* run the statement to its end */
+    }
+    if (rc != SQLITE_DONE)
+        err = db_fail(ss, rc, "take the next revision");
+    sqlite3_reset(st);
+    return err;
+}
+
+/* Adds the change of type to pin (with its revision) to the history, inside the caller's
+ * transaction; ts is when it was written. */
+static int record_change(sqlite_session *ss, int type, const store_pin *pin, int64_t ts)
+{
+    sqlite3_stmt *st = ss->st[ST_CHANGE_INSERT];
+    binder b = {.st = st, .rc = SQLITE_OK};
+    bind_int(&b, 1, type);
+    bind_int(&b, 2, pin->id);
+    bind_str(&b, 3, pin->tenant_id);
+    bind_str(&b, 4, pin->key);
+    bind_text(&b, 5, pin->value_json, pin->value_len);
+    bind_str(&b, 6, pin->source);
+    bind_int(&b, 7, pin->created_us);
+    bind_int(&b, 8, pin->updated_us);
+    bind_opt_int(&b, 9, pin->has_ttl, pin->ttl_seconds);
+    bind_opt_int(&b, 10, pin->has_expires, pin->expires_us);
+    bind_int(&b, 11, pin->version);
+    bind_int(&b, 12, pin->revision);
+    bind_int(&b, 13, ts);
+    if (b.rc != SQLITE_OK)
+        return db_fail(ss, b.rc, "bind the change");
+    return run(ss, st, "record the change");
+}
+
 /* Updates the live pin cur or inserts a new one (after removing an expired cur), inside the
- * caller's transaction; pin gets the id, created_us and version written. */
+ * caller's transaction; pin gets the id, created_us and version written, and carries the revision
+ * to write. */
 static int write_pin(sqlite_session *ss, const store_upsert_req *req, const current *cur,
                      store_pin *pin)
 {
@@ -943,6 +1127,7 @@ static int write_pin(sqlite_session *ss, const store_upsert_req *req, const curr
         bind_opt_int(&b, 5, pin->has_expires, pin->expires_us);
         bind_int(&b, 6, pin->version);
         bind_int(&b, 7, cur->id);
+        bind_int(&b, 8, pin->revision);
     } else {
         pin->created_us = req->now_us;
         pin->version = 1;
@@ -953,6 +1138,7 @@ static int write_pin(sqlite_session *ss, const store_upsert_req *req, const curr
         bind_int(&b, 5, req->now_us);
         bind_opt_int(&b, 6, pin->has_ttl, pin->ttl_seconds);
         bind_opt_int(&b, 7, pin->has_expires, pin->expires_us);
+        bind_int(&b, 8, pin->revision);
     }
     if (b.rc != SQLITE_OK)
         return db_fail(ss, b.rc, "bind the pin");
@@ -1013,7 +1199,11 @@ static int upsert_op(sqlite_session *ss, pins_arena *a, write_op *op)
         .value_pb = req->value_pb,
         .value_pb_len = req->value_pb != NULL ? req->value_pb_len : 0,
     };
-    err = write_pin(ss, req, &cur, &pin);
+    err = next_revision(ss, req->tenant_id, &pin.revision);
+    if (err == 0)
+        err = write_pin(ss, req, &cur, &pin);
+    if (err == 0)
+        err = record_change(ss, STORE_CHANGE_PUT, &pin, req->now_us);
     if (err == 0)
         err = write_audit(ss, a, "upsert", req->tenant_id, req->key, req->source, &req->audit,
                           cur.live ? cur.hash : NULL, req->value_hash, req->now_us);
@@ -1025,7 +1215,8 @@ static int upsert_op(sqlite_session *ss, pins_arena *a, write_op *op)
 }
 
 /* The delete of op inside the batch's transaction; on success op->pin is the pin as it was
- * (strings in a, no value_pb). Returns 0, a domain code (nothing written) or a failure. */
+ * (strings in a, no value_pb) with the revision of the delete. Returns 0, a domain code (nothing
+ * written) or a failure. */
 static int delete_op(sqlite_session *ss, pins_arena *a, write_op *op)
 {
     const store_delete_req *req = &op->del;
@@ -1052,11 +1243,16 @@ static int delete_op(sqlite_session *ss, pins_arena *a, write_op *op)
         return err;
     if (req->has_expected_version && old.version != req->expected_version)
         return PINS_EABORTED;
+    err = next_revision(ss, req->tenant_id, &old.revision);
+    if (err != 0)
+        return err;
     sqlite3_stmt *del = ss->st[ST_PIN_DELETE];
     rc = sqlite3_bind_int64(del, 1, old.id);
     if (rc != SQLITE_OK)
         return db_fail(ss, rc, "bind the pin");
     err = run(ss, del, "delete the pin");
+    if (err == 0)
+        err = record_change(ss, STORE_CHANGE_DELETE, &old, req->now_us);
     if (err == 0)
         err = write_audit(ss, a, "delete", req->tenant_id, req->key, old.source, &req->audit,
                           old_hash, NULL, req->now_us);
@@ -1114,8 +1310,33 @@ static int attempt(sqlite_session *ss, batch *b, size_t *pbad)
     return err;
 }
 
+/* Hands one committed change to the feed. Write mutex held, feed started. */
+static void feed_emit(sqlite_store *s, int type, const store_pin *pin)
+{
+    const store_change ch = {.type = type, .pin = *pin};
+    s->feed_fn(s->feed_arg, &ch);
+}
+
+/* Gives pin (a row about to leave the cache: deleted or reclaimed) the packed value the cache
+ * holds for this very row, copied into a; pin is left as it is when the cache has no such row.
+ * Write mutex held, before the change reaches the cache. */
+static void cached_pb(store_cache *c, pins_arena *a, store_pin *pin)
+{
+    store_pin hit;
+    store_cache_result res = STORE_CACHE_MISS;
+    uint64_t gen;
+    /* INT64_MIN as now: an expired row is still this row, and the lookup must not drop it. */
+    if (store_cache_get(c, pin->tenant_id, pin->key, INT64_MIN, a, &hit, &res, &gen) != 0 ||
+        res != STORE_CACHE_HIT || hit.id != pin->id || hit.version != pin->version ||
+        hit.value_pb == NULL)
+        return;
+    pin->value_pb = hit.value_pb;
+    pin->value_pb_len = hit.value_pb_len;
+}
+
 /* Runs b in one transaction under the write mutex and, once committed, applies it to the cache
- * in commit order (still under the mutex). Every operation ends with its outcome in err. */
+ * and hands its changes to the feed, in commit order (still under the mutex). Every operation
+ * ends with its outcome in err. */
 static void run_batch(sqlite_session *ss, batch *b)
 {
     sqlite_store *s = (sqlite_store *)ss->base.store;
@@ -1155,6 +1376,7 @@ static void run_batch(sqlite_session *ss, batch *b)
         return;
     }
     ss->stats.write_commits++;
+    bool feed = s->feed_fn != NULL;
     for (size_t i = 0; i < b->n; i++) {
         const write_op *op = &b->ops[i];
         if (op->err != 0)
@@ -1162,10 +1384,18 @@ static void run_batch(sqlite_session *ss, batch *b)
         switch (op->kind) {
         case WRITE_UPSERT:
             store_cache_put(s->cache, &op->pin);
+            if (feed)
+                feed_emit(s, STORE_CHANGE_PUT, &op->pin);
             break;
-        case WRITE_DELETE:
+        case WRITE_DELETE: {
+            store_pin was = op->pin;
+            if (feed)
+                cached_pb(s->cache, b->arena, &was);
             store_cache_remove(s->cache, op->del.tenant_id, op->del.key);
+            if (feed)
+                feed_emit(s, STORE_CHANGE_DELETE, &was);
             break;
+        }
         }
     }
     writes_unlock(ss);
@@ -1410,7 +1640,7 @@ static void bind_list_where(binder *b, const store_list_req *req)
 }
 
 static int list_tx(sqlite_session *ss, pins_arena *a, const store_list_req *req, store_pin **ppins,
-                   size_t *pn, int64_t *ptotal)
+                   size_t *pn, int64_t *ptotal, int64_t *prev)
 {
     binder count = {.st = ss->st[ST_LIST_COUNT], .rc = SQLITE_OK};
     bind_list_where(&count, req);
@@ -1428,7 +1658,7 @@ static int list_tx(sqlite_session *ss, pins_arena *a, const store_list_req *req,
         return db_fail(ss, count.rc != SQLITE_OK ? count.rc : page.rc, "bind the pin listing");
     void *rows;
     int err = read_page(ss, a, count.st, page.st, (size_t)req->limit, sizeof(store_pin),
-                        read_pin_row, "list pins", &rows, pn, ptotal);
+                        read_pin_row, "list pins", req->tenant_id, &rows, pn, ptotal, prev);
     if (err == 0)
         *ppins = rows;
     return err;
@@ -1444,10 +1674,10 @@ static int sqlite_pin_list(store_session *base, const store_list_req *req, store
         return err;
     store_pin *pins = NULL;
     size_t n = 0;
-    int64_t total = 0;
-    err = list_tx(ss, a, req, &pins, &n, &total);
+    int64_t total = 0, revision = 0;
+    err = list_tx(ss, a, req, &pins, &n, &total, &revision);
     ss->depth++;
-    cb(arg, err, pins, n, total);
+    cb(arg, err, pins, n, total, revision);
     ss->depth--;
     scratch_done(ss);
     return 0;
@@ -1467,23 +1697,26 @@ static int sqlite_pin_delete(store_session *base, const store_delete_req *req, s
     return op_queued(ss, copy_strs(ss->pending->arena, strs, sizeof(strs) / sizeof(strs[0])));
 }
 
-/* Runs a DELETE whose parameters are bound (b->rc), as its own transaction under the write mutex,
- * and reports the rows removed to cb. A DELETE of the pins expired (of a tenant, or of all when
- * its tenant_id is NULL) at expired->now_us also drops what it may have deleted from the cache;
- * expired is NULL for the audit tables. */
-static int delete_count(sqlite_session *ss, binder *b, const char *what,
-                        const store__cleanup_req *expired, bool background, store_count_cb cb,
-                        void *arg)
+/* Background maintenance (the sweeper, the audit and history retention) runs on a worker's loop
+ * and comes back next tick: its whole wait (the mutex, then another process's lock) is bounded by
+ * STORE__BACKGROUND_BUSY_MS, so that another process holding the database does not stall the
+ * worker's calls for the full busy timeout per job. Returns the session's busy timeout, for
+ * the caller to restore once it holds its locks. */
+static int background_timeout(sqlite_session *ss, bool background)
 {
-    sqlite_store *s = (sqlite_store *)ss->base.store;
-    int64_t count = 0;
-    /* Background maintenance (the sweeper, the audit retention) runs on a worker's loop and
-     * comes back next tick: its whole wait (the mutex, then another process's lock) is bounded
-     * by STORE__BACKGROUND_BUSY_MS, so that another process holding the database does not stall
-     * the worker's calls for the full busy timeout per job. */
     int timeout_ms = ss->busy.timeout_ms;
     if (background && timeout_ms > STORE__BACKGROUND_BUSY_MS)
         ss->busy.timeout_ms = STORE__BACKGROUND_BUSY_MS;
+    return timeout_ms;
+}
+
+/* Runs a DELETE of audit rows whose parameters are bound (b->rc), as its own transaction under
+ * the write mutex, and reports the rows removed to cb. */
+static int delete_count(sqlite_session *ss, binder *b, const char *what, bool background,
+                        store_count_cb cb, void *arg)
+{
+    int64_t count = 0;
+    int timeout_ms = background_timeout(ss, background);
     int err = writes_lock(ss, what);
     bool locked = err == 0;
     if (locked)
@@ -1492,8 +1725,6 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
     if (err == 0) {
         ss->stats.write_commits++;
         count = sqlite3_changes64(ss->db);
-        if (count > 0 && expired != NULL)
-            store_cache_remove_expired(s->cache, expired->tenant_id, expired->now_us);
     }
     sqlite3_clear_bindings(b->st);
     if (locked)
@@ -1501,6 +1732,87 @@ static int delete_count(sqlite_session *ss, binder *b, const char *what,
     ss->depth++;
     cb(arg, err, count);
     ss->depth--;
+    return 0;
+}
+
+/* Takes the write mutex and opens a write transaction of its own (not the group commit), for
+ * maintenance when background. Returns 0 with the mutex held, or the error with nothing held. */
+static int own_write_begin(sqlite_session *ss, const char *what, bool background)
+{
+    int timeout_ms = background_timeout(ss, background);
+    int err = writes_lock(ss, what);
+    if (err == 0) {
+        err = run(ss, ss->st[ST_BEGIN_IMMEDIATE], "start a write");
+        if (err != 0)
+            writes_unlock(ss);
+    }
+    ss->busy.timeout_ms = timeout_ms;
+    return err;
+}
+
+/* Ends what own_write_begin() opened: commits when err is 0, else rolls back. Returns the
+ * outcome; the mutex stays held. */
+static int own_write_end(sqlite_session *ss, int err)
+{
+    if (err == 0)
+        err = commit(ss);
+    if (err != 0)
+        rollback(ss);
+    else
+        ss->stats.write_commits++;
+    return err;
+}
+
+/* Reclaims the expired pins that the bound (b->rc) DELETE ... RETURNING b->st removes (a sweep, or
+ * a cleanup of expired->tenant_id, NULL for all, at expired->now_us) in one transaction under the
+ * write mutex: each pin takes its tenant's next revision and is kept in the history as an EXPIRE
+ * change. After COMMIT, still under the mutex, the cache drops what may have been deleted and the
+ * feed gets the changes. Reports the pins reclaimed to cb. */
+static int reclaim_expired(sqlite_session *ss, binder *b, const char *what,
+                           const store__cleanup_req *expired, bool background, store_count_cb cb,
+                           void *arg)
+{
+    sqlite_store *s = (sqlite_store *)ss->base.store;
+    pins_arena *a;
+    int err = scratch(ss, &a);
+    if (err != 0) {
+        sqlite3_clear_bindings(b->st);
+        return err;
+    }
+    void *rows = NULL;
+    size_t n = 0;
+    err = own_write_begin(ss, what, background);
+    bool locked = err == 0;
+    if (locked) {
+        if (b->rc == SQLITE_OK)
+            err = collect(ss, a, b->st, sizeof(store_pin), read_pin_row, what, &rows, &n);
+        else
+            err = db_fail(ss, b->rc, what);
+        store_pin *pins = rows;
+        for (size_t i = 0; i < n && err == 0; i++) {
+            err = next_revision(ss, pins[i].tenant_id, &pins[i].revision);
+            if (err == 0)
+                err = record_change(ss, STORE_CHANGE_EXPIRE, &pins[i], expired->now_us);
+        }
+        err = own_write_end(ss, err);
+    }
+    sqlite3_clear_bindings(b->st);
+    if (err == 0 && n > 0) {
+        store_pin *pins = rows;
+        bool feed = s->feed_fn != NULL;
+        for (size_t i = 0; i < n && feed; i++)
+            cached_pb(s->cache, a, &pins[i]);
+        store_cache_remove_expired(s->cache, expired->tenant_id, expired->now_us);
+        for (size_t i = 0; i < n && feed; i++)
+            feed_emit(s, STORE_CHANGE_EXPIRE, &pins[i]);
+    }
+    if (locked)
+        writes_unlock(ss);
+    free(rows);
+    ss->depth++;
+    cb(arg, err, err == 0 ? (int64_t)n : 0);
+    ss->depth--;
+    scratch_done(ss);
     return 0;
 }
 
@@ -1517,7 +1829,7 @@ static int sqlite_pin_cleanup(store_session *base, const store__cleanup_req *req
         b = (binder){.st = ss->st[ST_CLEANUP_ALL], .rc = SQLITE_OK};
         bind_int(&b, 1, req->now_us);
     }
-    return delete_count(ss, &b, "delete expired pins", req, false, cb, arg);
+    return reclaim_expired(ss, &b, "delete expired pins", req, false, cb, arg);
 }
 
 static int sqlite_pin_sweep(store_session *base, const store__sweep_req *req, store_count_cb cb,
@@ -1528,7 +1840,7 @@ static int sqlite_pin_sweep(store_session *base, const store__sweep_req *req, st
     bind_int(&b, 1, req->now_us);
     bind_int(&b, 2, req->batch);
     const store__cleanup_req all = {.tenant_id = NULL, .now_us = req->now_us};
-    return delete_count(ss, &b, "sweep expired pins", &all, true, cb, arg);
+    return reclaim_expired(ss, &b, "sweep expired pins", &all, true, cb, arg);
 }
 
 static int audit_tx(sqlite_session *ss, pins_arena *a, const store_audit_list_req *req,
@@ -1559,7 +1871,7 @@ static int audit_tx(sqlite_session *ss, pins_arena *a, const store_audit_list_re
         return db_fail(ss, count.rc != SQLITE_OK ? count.rc : page.rc, "bind the audit listing");
     void *rows;
     err = read_page(ss, a, count.st, page.st, (size_t)req->limit, sizeof(store_memory_audit),
-                    read_audit_row, "list audit rows", &rows, pn, ptotal);
+                    read_audit_row, "list audit rows", NULL, &rows, pn, ptotal, NULL);
     if (err == 0)
         *prows = rows;
     return err;
@@ -1780,7 +2092,7 @@ static int sqlite_rbac_audit_list(store_session *base, const store_rbac_audit_li
             db_fail(ss, count.rc != SQLITE_OK ? count.rc : page.rc, "bind the rbac audit listing");
     else
         err = read_page(ss, a, count.st, page.st, (size_t)req->limit, sizeof(store_rbac_audit),
-                        read_rbac_row, "list rbac audit rows", &rows, &n, &total);
+                        read_rbac_row, "list rbac audit rows", NULL, &rows, &n, &total, NULL);
     ss->depth++;
     cb(arg, err, err == 0 ? rows : NULL, err == 0 ? n : 0, err == 0 ? total : 0);
     ss->depth--;
@@ -1794,7 +2106,7 @@ static int sqlite_rbac_audit_cleanup(store_session *base, int64_t before_us, sto
     sqlite_session *ss = (sqlite_session *)base;
     binder b = {.st = ss->st[ST_RAUDIT_CLEANUP], .rc = SQLITE_OK};
     bind_int(&b, 1, before_us);
-    return delete_count(ss, &b, "delete old rbac audit rows", NULL, false, cb, arg);
+    return delete_count(ss, &b, "delete old rbac audit rows", false, cb, arg);
 }
 
 static int sqlite_audit_expire(store_session *base, const store__expire_req *req, store_count_cb cb,
@@ -1806,7 +2118,185 @@ static int sqlite_audit_expire(store_session *base, const store__expire_req *req
     binder b = {.st = ss->st[rbac ? ST_RAUDIT_EXPIRE : ST_MAUDIT_EXPIRE], .rc = SQLITE_OK};
     bind_int(&b, 1, req->before_us);
     bind_int(&b, 2, req->batch);
-    return delete_count(ss, &b, what, NULL, true, cb, arg);
+    return delete_count(ss, &b, what, true, cb, arg);
+}
+
+/* ---- revisions and the change feed ---------------------------------------------------------- */
+
+/* The history of req->tenant_id after req->after, read in one transaction with the tenant's
+ * revisions: *pchanges (in a) and *pn on success; *platest also with PINS_EOUT_OF_RANGE. */
+static int changes_tx(sqlite_session *ss, pins_arena *a, const store__changes_req *req,
+                      store_change **pchanges, size_t *pn, int64_t *platest)
+{
+    int err = run(ss, ss->st[ST_BEGIN], "start a read");
+    if (err != 0)
+        return err;
+    int64_t latest, trimmed;
+    size_t n = 0;
+    store_change *changes = NULL;
+    err = read_revision(ss, req->tenant_id, &latest, &trimmed);
+    if (err != 0)
+        goto out;
+    *platest = latest;
+    if (req->after > latest || req->after < trimmed) {
+        /* A revision not reached yet, or history above after that the retention deleted. */
+        err = run(ss, ss->st[ST_COMMIT], "end the read");
+        if (err == 0)
+            err = PINS_EOUT_OF_RANGE;
+        goto out;
+    }
+    changes = pins_arena_calloc(a, (size_t)req->limit, sizeof(*changes));
+    if (changes == NULL) {
+        err = out_of_memory(ss, "reading the changes");
+        goto out;
+    }
+    sqlite3_stmt *st = ss->st[ST_CHANGES];
+    binder b = {.st = st, .rc = SQLITE_OK};
+    bind_str(&b, 1, req->tenant_id);
+    bind_int(&b, 2, req->after);
+    bind_str(&b, 3, req->prefix);
+    bind_int(&b, 4, req->limit);
+    int rc = b.rc;
+    while (err == 0 && rc == SQLITE_OK && n < (size_t)req->limit) {
+        int step = sqlite3_step(st);
+        if (step == SQLITE_DONE)
+            break;
+        if (step != SQLITE_ROW)
+            rc = step;
+        else if (read_change_row(st, a, &changes[n]) != 0)
+            err = out_of_memory(ss, "reading the changes");
+        else
+            n++;
+    }
+    if (err == 0 && rc != SQLITE_OK)
+        err = db_fail(ss, rc, "read the changes");
+    sqlite3_reset(st);
+    if (err == 0)
+        err = run(ss, ss->st[ST_COMMIT], "end the read");
+out:
+    if (err != 0 && err != PINS_EOUT_OF_RANGE)
+        rollback(ss);
+    if (err == 0) {
+        *pchanges = changes;
+        *pn = n;
+    }
+    return err;
+}
+
+static int sqlite_changes_since(store_session *base, const store__changes_req *req,
+                                store_changes_cb cb, void *arg)
+{
+    sqlite_session *ss = (sqlite_session *)base;
+    pins_arena *a;
+    int err = scratch(ss, &a);
+    if (err != 0)
+        return err;
+    store_change *changes = NULL;
+    size_t n = 0;
+    int64_t latest = 0;
+    err = changes_tx(ss, a, req, &changes, &n, &latest);
+    ss->depth++;
+    cb(arg, err, err == 0 ? changes : NULL, err == 0 ? n : 0, latest);
+    ss->depth--;
+    scratch_done(ss);
+    return 0;
+}
+
+/* A history row the retention deleted. */
+typedef struct trimmed_row {
+    const char *tenant_id;
+    int64_t revision;
+} trimmed_row;
+
+static int read_trimmed_row(sqlite3_stmt *st, pins_arena *a, void *prow)
+{
+    trimmed_row *r = prow;
+    size_t len;
+    r->revision = sqlite3_column_int64(st, 1);
+    return col_text(st, 0, a, &r->tenant_id, &len);
+}
+
+/* Raises the trimmed revision of tenant_id to at least revision, inside the caller's
+ * transaction. */
+static int raise_trimmed(sqlite_session *ss, const char *tenant_id, int64_t revision)
+{
+    binder b = {.st = ss->st[ST_TRIM], .rc = SQLITE_OK};
+    bind_str(&b, 1, tenant_id);
+    bind_int(&b, 2, revision);
+    if (b.rc != SQLITE_OK)
+        return db_fail(ss, b.rc, "bind the trimmed revision");
+    return run(ss, b.st, "remember the trimmed revision");
+}
+
+static int sqlite_history_expire(store_session *base, const store__history_req *req,
+                                 store_count_cb cb, void *arg)
+{
+    sqlite_session *ss = (sqlite_session *)base;
+    static const char what[] = "expire the change history";
+    pins_arena *a;
+    int err = scratch(ss, &a);
+    if (err != 0)
+        return err;
+    void *rows = NULL;
+    size_t n = 0;
+    err = own_write_begin(ss, what, true);
+    if (err == 0) {
+        binder b = {.st = ss->st[ST_HISTORY_EXPIRE], .rc = SQLITE_OK};
+        bind_int(&b, 1, req->before_us);
+        bind_int(&b, 2, req->max_rows > 0 ? req->max_rows : 0);
+        bind_int(&b, 3, req->batch);
+        err = b.rc == SQLITE_OK
+                  ? collect(ss, a, b.st, sizeof(trimmed_row), read_trimmed_row, what, &rows, &n)
+                  : db_fail(ss, b.rc, what);
+        /* Rows come back in no set order: one UPDATE per row, each keeping the highest. */
+        const trimmed_row *t = rows;
+        for (size_t i = 0; i < n && err == 0; i++)
+            err = raise_trimmed(ss, t[i].tenant_id, t[i].revision);
+        err = own_write_end(ss, err);
+        writes_unlock(ss);
+    }
+    free(rows);
+    ss->depth++;
+    cb(arg, err, err == 0 ? (int64_t)n : 0);
+    ss->depth--;
+    scratch_done(ss);
+    return 0;
+}
+
+/* The SQLite feed is called on the committing thread under the write mutex: starting and stopping
+ * it under the same mutex means no call is in progress when feed_stop returns. state is never
+ * called: the feed cannot miss a change of this process, and no other process may write the
+ * database (its read cache would not see it either). */
+static int sqlite_feed_start(store *base, store_change_fn fn, store_feed_state_fn state, void *arg)
+{
+    (void)state;
+    sqlite_store *s = (sqlite_store *)base;
+    int err = 0;
+    pthread_mutex_lock(&s->write_lock);
+    if (s->feed_fn != NULL) {
+        err = PINS_EINTERNAL; /* started twice */
+    } else {
+        s->feed_fn = fn;
+        s->feed_arg = arg;
+        atomic_store(&s->feed_on, true);
+    }
+    pthread_mutex_unlock(&s->write_lock);
+    return err;
+}
+
+static void sqlite_feed_stop(store *base)
+{
+    sqlite_store *s = (sqlite_store *)base;
+    pthread_mutex_lock(&s->write_lock);
+    s->feed_fn = NULL;
+    s->feed_arg = NULL;
+    atomic_store(&s->feed_on, false);
+    pthread_mutex_unlock(&s->write_lock);
+}
+
+static bool sqlite_feed_live(const store *base)
+{
+    return atomic_load(&((const sqlite_store *)base)->feed_on);
 }
 
 /* ---- store and sessions --------------------------------------------------------------------- */

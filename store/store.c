@@ -442,6 +442,51 @@ int store_pin_sweep(store_session *ss, int64_t now_us, int batch, store_count_cb
     return ss->be->pin_sweep(ss, &req, cb, arg);
 }
 
+int store_feed_start(store *s, store_change_fn fn, store_feed_state_fn state, void *arg)
+{
+    if (s == NULL || fn == NULL)
+        return PINS_EINTERNAL;
+    return s->be->feed_start(s, fn, state, arg);
+}
+
+void store_feed_stop(store *s)
+{
+    if (s != NULL)
+        s->be->feed_stop(s);
+}
+
+bool store_feed_live(const store *s)
+{
+    return s != NULL && s->be->feed_live(s);
+}
+
+int store_changes_since(store_session *ss, const char *tenant_id, const char *prefix, int64_t after,
+                        int limit, store_changes_cb cb, void *arg)
+{
+    if (ss == NULL || tenant_id == NULL || cb == NULL)
+        return PINS_EINTERNAL;
+    if (after < 0 || limit < 1 || limit > STORE_CHANGES_MAX)
+        return PINS_EINVALID_ARGUMENT;
+    outcome_clear(ss);
+    const store__changes_req req = {.tenant_id = tenant_id,
+                                    .prefix = prefix != NULL ? prefix : "",
+                                    .after = after,
+                                    .limit = limit};
+    return ss->be->changes_since(ss, &req, cb, arg);
+}
+
+int store_history_expire(store_session *ss, int64_t before_us, int64_t max_rows, int batch,
+                         store_count_cb cb, void *arg)
+{
+    if (ss == NULL || cb == NULL)
+        return PINS_EINTERNAL;
+    if (batch < 1)
+        return PINS_EINVALID_ARGUMENT;
+    outcome_clear(ss);
+    const store__history_req req = {.before_us = before_us, .max_rows = max_rows, .batch = batch};
+    return ss->be->history_expire(ss, &req, cb, arg);
+}
+
 int store_audit_list(store_session *ss, const store_audit_list_req *req, store_audit_list_cb cb,
                      void *arg)
 {

@@ -54,6 +54,8 @@ typedef struct store_pin {
     bool has_expires;
     int64_t expires_us;
     int64_t version;
+    /* The tenant's revision of the pin's last change (see "Revisions and the change feed"). */
+    int64_t revision;
     /* The value packed as a google.protobuf.Struct (protobuf-c's bytes for value_json), when the
      * backend has it at hand (the SQLite backend's read cache keeps it), else NULL and 0. An empty
      * object packs to zero bytes: then value_pb is non-NULL and value_pb_len 0. */
@@ -181,9 +183,11 @@ typedef struct store_rbac_audit_list_req {
 
 /* pin: the pin as written (upsert) or as it was (delete); created: upsert inserted a new pin. */
 typedef void (*store_pin_cb)(void *arg, int err, const store_pin *pin, bool created);
-/* pins[0..npins) in list order; total: every match, ignoring limit and offset. */
+/* pins[0..npins) in list order; total: every match, ignoring limit and offset; revision: the
+ * tenant's revision the page was read at (every change up to it is in the page, none after it):
+ * a watch from that revision misses nothing. */
 typedef void (*store_list_cb)(void *arg, int err, const store_pin *pins, size_t npins,
-                              int64_t total);
+                              int64_t total, int64_t revision);
 typedef void (*store_count_cb)(void *arg, int err, int64_t count);
 typedef void (*store_audit_list_cb)(void *arg, int err, const store_memory_audit *rows,
                                     size_t nrows, int64_t total);
@@ -194,6 +198,10 @@ typedef struct store_options {
     /* NULL or "": embedded SQLite; postgres://... or postgresql://... (or libpq's key=value
      * connection string): PostgreSQL. */
     const char *database_url;
+    /* PostgreSQL: the URL of a direct connection (not through a pooler: PgBouncer's transaction
+     * mode cannot carry LISTEN) for the change feed; NULL or "": database_url, which must then be
+     * direct. A secret, like database_url. */
+    const char *listen_url;
     const char *data_dir; /* SQLite: directory of pins.db, created if missing */
     int pool_size;        /* PostgreSQL connections in total */
     int workers;          /* number of sessions that will be created */
@@ -293,6 +301,69 @@ int store_audit_expire(store_session *ss, store_audit_table table, int64_t befor
 void store_memory_audit_count(const char *status, size_t n);
 /* A cheap round trip proving the store answers (for /ready); count is 0. */
 int store_ping(store_session *ss, store_count_cb cb, void *arg);
+
+/* ---- revisions and the change feed -----------------------------------------------------------
+ *
+ * Every change of a pin (an upsert, a delete, an expired pin reclaimed by store_pin_sweep or
+ * store_pin_cleanup) takes the next revision of its tenant, in the transaction that makes the
+ * change: a tenant's revisions grow in commit order (a revision may be skipped, never reused or
+ * reordered), and the change is kept in the history table with its revision until the retention
+ * trims it (store_history_expire). Revisions are per tenant: every replica sharing one database
+ * sees the same ones.
+ *
+ * The change feed hands every committed change, of this process or of any other sharing the
+ * database, to one function of the process, in each tenant's commit order:
+ * - SQLite: called on the thread that committed, after the commit, while the store's write lock is
+ *   still held (so calls never overlap and follow commit order).
+ * - PostgreSQL: NOTIFY in the writing transaction, LISTEN on one direct connection of the process
+ *   (the feed thread); called on that thread. When that connection is lost the store calls
+ *   state(arg, false): changes committed from then on until state(arg, true) may never reach fn,
+ *   and a consumer that must not miss any reads them back with store_changes_since.
+ * fn and state must be quick and must not call the store. */
+
+typedef enum store_change_type {
+    STORE_CHANGE_PUT = 1,
+    STORE_CHANGE_DELETE = 2,
+    STORE_CHANGE_EXPIRE = 3, /* reclaimed after its expiry by the sweeper or a cleanup */
+} store_change_type;
+
+typedef struct store_change {
+    int type; /* store_change_type */
+    /* PUT: the pin as written; DELETE, EXPIRE: the pin as it was, with pin.revision the revision
+     * of this change. value_pb may be NULL (decode value_json). */
+    store_pin pin;
+} store_change;
+
+typedef void (*store_change_fn)(void *arg, const store_change *ch);
+typedef void (*store_feed_state_fn)(void *arg, bool live);
+/* changes[0..n) oldest first; revision: the tenant's latest revision when the history was read. */
+typedef void (*store_changes_cb)(void *arg, int err, const store_change *changes, size_t n,
+                                 int64_t revision);
+
+/* Starts the change feed of s (at most once; before the workers start). state may be NULL.
+ * Returns 0, PINS_ESTORE (PostgreSQL: no direct connection for LISTEN could be made; the reason
+ * is logged), PINS_ENOMEM. */
+int store_feed_start(store *s, store_change_fn fn, store_feed_state_fn state, void *arg);
+/* Stops the feed: fn and state are not called after it returns. Idempotent. */
+void store_feed_stop(store *s);
+/* True while the feed delivers every change (SQLite: always once started; PostgreSQL: while its
+ * LISTEN connection is up). Any thread. */
+bool store_feed_live(const store *s);
+
+/* The kept changes of tenant_id whose key starts with prefix ("": all) and whose revision is
+ * above after, oldest first, at most limit (1..STORE_CHANGES_MAX). Fewer than limit means no
+ * later change was committed when the history was read. PINS_EOUT_OF_RANGE when the history above
+ * after is no longer complete (the retention trimmed part of it) or after is above the tenant's
+ * latest revision. */
+int store_changes_since(store_session *ss, const char *tenant_id, const char *prefix, int64_t after,
+                        int limit, store_changes_cb cb, void *arg);
+#define STORE_CHANGES_MAX 1000
+/* The history retention: deletes at most batch (>= 1) of the oldest history rows among those
+ * written before before_us or beyond the newest max_rows (max_rows <= 0: no count bound), in one
+ * statement; count = rows deleted. A tenant's trimmed revisions are remembered, so that
+ * store_changes_since answers PINS_EOUT_OF_RANGE for them. */
+int store_history_expire(store_session *ss, int64_t before_us, int64_t max_rows, int batch,
+                         store_count_cb cb, void *arg);
 
 /* ---- PostgreSQL schema migrations (store/migrate.c) -----------------------------------------
  *

@@ -62,6 +62,21 @@ typedef struct store__expire_req {
     int batch;
 } store__expire_req;
 
+/* store_changes_since's arguments; limit 1..STORE_CHANGES_MAX, after >= 0. */
+typedef struct store__changes_req {
+    const char *tenant_id;
+    const char *prefix; /* "" for all */
+    int64_t after;
+    int limit;
+} store__changes_req;
+
+/* store_history_expire's arguments; batch >= 1, max_rows <= 0: no count bound. */
+typedef struct store__history_req {
+    int64_t before_us;
+    int64_t max_rows;
+    int batch;
+} store__history_req;
+
 /* One backend. Every member is required. */
 typedef struct store__backend {
     const char *name; /* "sqlite", "postgres": what store_backend_name() returns */
@@ -90,6 +105,13 @@ typedef struct store__backend {
     int (*rbac_audit_cleanup)(store_session *ss, int64_t before_us, store_count_cb cb, void *arg);
     int (*audit_expire)(store_session *ss, const store__expire_req *req, store_count_cb cb,
                         void *arg);
+    int (*feed_start)(store *s, store_change_fn fn, store_feed_state_fn state, void *arg);
+    void (*feed_stop)(store *s);
+    bool (*feed_live)(const store *s);
+    int (*changes_since)(store_session *ss, const store__changes_req *req, store_changes_cb cb,
+                         void *arg);
+    int (*history_expire)(store_session *ss, const store__history_req *req, store_count_cb cb,
+                          void *arg);
 } store__backend;
 
 /* The table of backend `name` whose functions are named <x>_close, <x>_session_new, ...,
@@ -102,7 +124,9 @@ typedef struct store__backend {
         .pin_sweep = x##_pin_sweep, .audit_list = x##_audit_list, .ping = x##_ping,             \
         .memory_audit_write = x##_memory_audit_write, .rbac_audit_write = x##_rbac_audit_write, \
         .rbac_audit_list = x##_rbac_audit_list, .rbac_audit_cleanup = x##_rbac_audit_cleanup,   \
-        .audit_expire = x##_audit_expire,                                                       \
+        .audit_expire = x##_audit_expire, .feed_start = x##_feed_start,                         \
+        .feed_stop = x##_feed_stop, .feed_live = x##_feed_live,                                 \
+        .changes_since = x##_changes_since, .history_expire = x##_history_expire,               \
     }
 
 /* The head of every backend's store. */

@@ -3,8 +3,11 @@
 (a) the backend-agnostic store suite (tests/unit/store/test_store.c) with PINS_TEST_DATABASE_URL,
     against PostgreSQL and against PgBouncer in transaction pooling mode;
 (b) `pinsctl migrate`: up, down, up again, a re-run that changes nothing, and the M7 runbook's
-    checks with psql (`\\d system.memory_pins` after the upgrade; after `downgrade -1`,
-    `\\dt system.memory_pins` says "Did not find any relation").
+    checks with psql (`\\d system.memory_pins` after the upgrade; after reverting 001,
+    `\\dt system.memory_pins` says "Did not find any relation");
+(c) the change feed (tests/unit/store/test_pg_feed.c: NOTIFY payloads inline and by reference,
+    revisions, EXPIRE changes, reconnection, the pooler check) and the revisions' lock order
+    (no deadlock while concurrent replicas write one tenant).
 """
 
 import os
@@ -22,6 +25,8 @@ BUILD = os.path.dirname(os.environ.get("PINSD_BIN", os.path.join(HERE, "..", "..
 PINSCTL = os.environ.get("PINSCTL_BIN") or os.path.join(BUILD, "pinsctl")
 STORE_SUITE = os.environ.get("STORE_SUITE_BIN") or os.path.join(BUILD, "tests",
                                                                  "unit_store_test_store")
+FEED_SUITE = os.environ.get("FEED_SUITE_BIN") or os.path.join(os.path.dirname(STORE_SUITE),
+                                                              "unit_store_test_pg_feed")
 
 
 def pinsctl(url, *args, check=True):
@@ -75,6 +80,38 @@ class StoreSuiteTest(PgTestCase):
         named = sum(n for k, n in names.items() if k.startswith("pinsd_"))
         self.assertGreater(named, 100, names)
 
+    def run_feed_suite(self, env):
+        env = dict(os.environ, CMOCKA_MESSAGE_OUTPUT="stdout", **env)
+        r = subprocess.run([FEED_SUITE], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stdout[-4000:])
+        self.assertIn("PASSED", r.stdout)
+        self.assertNotIn("FAILED", r.stdout)
+        return r.stdout
+
+    def test_change_feed_on_postgres(self):
+        pinsctl(self.pg.url, "upgrade", "head")
+        bouncer = pg.PgBouncer(self.pg, pool_size=4).start()
+        self.addCleanup(bouncer.destroy)
+        out = self.run_feed_suite({"PINS_TEST_DATABASE_URL": self.pg.url,
+                                   "PINS_TEST_POOLER_URL": bouncer.url})
+        # Every test ran, the pooler's included; its error names the setting to fix, never a URL.
+        self.assertNotIn("SKIPPED", out)
+        self.assertIn("DATABASE_LISTEN_URL", out)
+        self.assertNotIn(str(bouncer.port), out)
+        with open(self.pg.log, errors="replace") as f:
+            log = f.read()
+        # Writers of one tenant on two stores, in multi-statement segments: no lock cycle.
+        self.assertNotIn("deadlock detected", log)
+        # Each change is in the history, once, with its tenant's revision.
+        self.assertEqual(self.pg.query(
+            "SELECT count(*) FROM (SELECT tenant_id, revision FROM system.pin_changes"
+            " GROUP BY 1, 2 HAVING count(*) > 1) d"), [["0"]])
+        self.assertEqual(self.pg.query(
+            "SELECT count(*) FROM system.pin_revisions r WHERE r.revision <"
+            " (SELECT coalesce(max(c.revision), 0) FROM system.pin_changes c"
+            " WHERE c.tenant_id = r.tenant_id)"), [["0"]])
+
     def test_store_suite_through_pgbouncer_transaction_pooling(self):
         pinsctl(self.pg.url, "upgrade", "head")
         bouncer = pg.PgBouncer(self.pg, pool_size=4).start()
@@ -88,6 +125,17 @@ class StoreSuiteTest(PgTestCase):
 
 class MigrationTest(PgTestCase):
 
+    def test_002_gives_existing_tenants_a_revision_row(self):
+        pinsctl(self.pg.url, "upgrade", "1")
+        self.pg.psql("INSERT INTO system.memory_pins (key, tenant_id, value) VALUES"
+                     " ('a', 't1', '{}'), ('b', 't1', '{}'), ('a', 't2', '{}')")
+        pinsctl(self.pg.url, "upgrade", "head")
+        self.assertEqual(self.pg.query("SELECT tenant_id, revision, trimmed"
+                                       " FROM system.pin_revisions ORDER BY 1"),
+                         [["t1", "0", "0"], ["t2", "0", "0"]])
+        self.assertEqual(self.pg.query("SELECT DISTINCT revision FROM system.memory_pins"),
+                         [["0"]])
+
     def tables(self):
         return sorted(r[0] for r in self.pg.query(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'system'"))
@@ -95,11 +143,12 @@ class MigrationTest(PgTestCase):
     def test_up_down_up_and_rerun_is_harmless(self):
         self.assertEqual(pinsctl(self.pg.url, "current").stdout.split()[0], "0")
         out = pinsctl(self.pg.url, "upgrade", "head").stdout
-        self.assertIn("applied 1 migration", out)
-        self.assertEqual(self.tables(), ["memory_audit", "memory_pins", "pins_schema_migrations",
-                                         "rbac_audit"])
-        self.assertEqual(self.pg.query("SELECT version, name FROM system.pins_schema_migrations"),
-                         [["1", "001_memory_pins"]])
+        self.assertIn("applied 2 migrations", out)
+        self.assertEqual(self.tables(), ["memory_audit", "memory_pins", "pin_changes",
+                                         "pin_revisions", "pins_schema_migrations", "rbac_audit"])
+        self.assertEqual(self.pg.query("SELECT version, name FROM system.pins_schema_migrations"
+                                       " ORDER BY version"),
+                         [["1", "001_memory_pins"], ["2", "002_pin_revisions"]])
         self.pg.psql("INSERT INTO system.memory_pins (key, tenant_id, value)"
                      " VALUES ('k', 't', '{\"a\":1}')")
         out = pinsctl(self.pg.url, "upgrade", "head").stdout  # re-run: nothing to do
@@ -109,6 +158,12 @@ class MigrationTest(PgTestCase):
         hist = pinsctl(self.pg.url, "history").stdout
         self.assertRegex(hist, r"001\s+001_memory_pins\s+\d{4}-\d\d-\d\dT")
 
+        # 002 reverted alone: the revisions go, the pins stay.
+        out = pinsctl(self.pg.url, "downgrade", "-1").stdout
+        self.assertIn("reverted 1 migration", out)
+        self.assertEqual(self.tables(), ["memory_audit", "memory_pins", "pins_schema_migrations",
+                                         "rbac_audit"])
+        self.assertEqual(self.pg.query("SELECT key FROM system.memory_pins"), [["k"]])
         out = pinsctl(self.pg.url, "downgrade", "-1").stdout
         self.assertIn("reverted 1 migration", out)
         self.assertEqual(self.tables(), ["pins_schema_migrations"])
@@ -119,6 +174,7 @@ class MigrationTest(PgTestCase):
 
         pinsctl(self.pg.url, "upgrade", "+1")
         self.assertIn("memory_pins", self.tables())
+        self.assertNotIn("pin_changes", self.tables())
         pinsctl(self.pg.url, "downgrade", "base")
         pinsctl(self.pg.url, "upgrade", "head")
         self.assertEqual(self.pg.query("SELECT count(*) FROM system.memory_pins"), [["0"]])
@@ -139,7 +195,8 @@ class MigrationTest(PgTestCase):
                                        " AND NOT t.tgisinternal"), [["0"]])
         self.assertEqual(self.pg.query("SELECT system.cleanup_memory_audit(30),"
                                        " system.cleanup_rbac_audit(90)"), [["0", "0"]])
-        pinsctl(self.pg.url, "downgrade", "-1")
+        # The M7 rollback now takes two steps: 002 (revisions), then 001 (the tables).
+        pinsctl(self.pg.url, "downgrade", "-2")
         r = self.pg.psql("\\dt system.memory_pins", check=False)
         self.assertIn("Did not find any relation", r.stdout + r.stderr)
 

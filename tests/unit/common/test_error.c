@@ -38,6 +38,7 @@ static const struct {
     {PINS_ESTORE, "STORE", 14, 503},
     {PINS_EBREAKER_OPEN, "BREAKER_OPEN", 14, 503},
     {PINS_ERESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED", 8, 503},
+    {PINS_EOUT_OF_RANGE, "OUT_OF_RANGE", 11, 400},
 };
 #define NROWS (sizeof(rows) / sizeof(rows[0]))
 

@@ -32,6 +32,7 @@
 #include "store_fixture.h"
 #include "store/store.h"
 #include "store/sqlite.h"
+#include "store/sqlite_int.h"
 
 #define SEC         INT64_C(1000000)
 #define T0          (INT64_C(1800000000) * SEC)
@@ -49,6 +50,8 @@ typedef struct pin_result {
     char detail[512]; /* store_session_last_error() (longer than the store keeps) */
     int64_t id;
     int64_t version;
+    int64_t revision;
+    bool from_cache;
     char value[256];
     uint8_t pb[256];
     size_t pb_len;
@@ -108,6 +111,8 @@ static void on_pin(void *arg, int err, const store_pin *pin, bool created, store
     }
     r->id = pin->id;
     r->version = pin->version;
+    r->revision = pin->revision;
+    r->from_cache = pin->from_cache;
     snprintf(r->value, sizeof(r->value), "%s", pin->value_json);
     r->has_pb = pin->value_pb != NULL;
     r->pb_len = pin->value_pb_len;
@@ -1006,6 +1011,278 @@ static void test_sqlite_migrations_record_the_clock_time(void **state)
 
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
+/* ---- revisions and the change feed --------------------------------------------------------- */
+
+#define FEED_MAX 4096
+
+/* What the feed delivered, in call order. */
+typedef struct feed_log {
+    _Atomic int inside; /* calls in progress: never more than one */
+    int overlaps;
+    size_t n;
+    int type[FEED_MAX];
+    char key[FEED_MAX][32];
+    int64_t revision[FEED_MAX];
+    int64_t version[FEED_MAX];
+    bool has_pb[FEED_MAX];
+    bool pb_matches[FEED_MAX]; /* value_pb is the packing of value_json */
+} feed_log;
+
+static void on_change(void *arg, const store_change *ch)
+{
+    feed_log *f = arg;
+    if (atomic_fetch_add(&f->inside, 1) != 0)
+        f->overlaps++;
+    if (f->n < FEED_MAX) {
+        size_t i = f->n;
+        f->type[i] = ch->type;
+        snprintf(f->key[i], sizeof(f->key[i]), "%s", ch->pin.key);
+        f->revision[i] = ch->pin.revision;
+        f->version[i] = ch->pin.version;
+        f->has_pb[i] = ch->pin.value_pb != NULL;
+        if (ch->pin.value_pb != NULL) {
+            uint8_t pb[256];
+            size_t n = pack_json(ch->pin.value_json, pb, sizeof(pb));
+            f->pb_matches[i] = n == ch->pin.value_pb_len && memcmp(pb, ch->pin.value_pb, n) == 0;
+        }
+    }
+    f->n++;
+    atomic_fetch_sub(&f->inside, 1);
+}
+
+static void test_sqlite_feed_gets_each_change_once_in_commit_order(void **state)
+{
+    fixture *fx = *state;
+    static feed_log f;
+    memset(&f, 0, sizeof(f));
+    assert_false(store_feed_live(fx->s));
+    /* A write before the feed starts is not delivered. */
+    assert_int_equal(upsert(fx, "before", "{\"v\":0}", NO_TTL, T0, NULL), 0);
+    assert_int_equal(store_feed_start(fx->s, on_change, NULL, &f), 0);
+    assert_true(store_feed_live(fx->s));
+
+    /* Writes queued in one iteration: one commit, the changes in queue order; the failed
+     * conditional write has none. */
+    pin_result r[5];
+    memset(r, 0, sizeof(r));
+    store_sqlite_stats before = stats(fx);
+    queue_upsert(fx->ss, "a", "{\"v\":1}", ANY_VERSION, &r[0]);
+    queue_upsert(fx->ss, "b", "{\"v\":2}", ANY_VERSION, &r[1]);
+    queue_upsert(fx->ss, "a", "{\"v\":3}", 7, &r[2]); /* aborted */
+    queue_delete(fx->ss, "before", ANY_VERSION, &r[3]);
+    queue_upsert(fx->ss, "a", "{\"v\":4}", ANY_VERSION, &r[4]);
+    assert_int_equal(f.n, 0); /* nothing before the commit */
+    loop_once(fx);
+    assert_int_equal(stats(fx).write_commits - before.write_commits, 1);
+    assert_int_equal(r[2].err, PINS_EABORTED);
+    assert_int_equal(f.n, 4);
+    /* Expired pins reclaimed by the sweeper and by a cleanup are EXPIRE changes. */
+    assert_int_equal(upsert(fx, "s", "{\"v\":5}", 1, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "c", "{\"v\":6}", 10, T0, NULL), 0);
+    int64_t n = -1;
+    assert_int_equal(store_pin_sweep(fx->ss, T0 + 2 * SEC, 10, on_count, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_pin_cleanup(fx->ss, TENANT, T0 + 20 * SEC, on_count, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_pin_cleanup(fx->ss, TENANT, T0 + 20 * SEC, on_count, &n), 0);
+    assert_int_equal(n, 0); /* nothing left: no change */
+
+    static const struct {
+        int type;
+        const char *key;
+        int64_t version;
+    } want[] = {
+        {STORE_CHANGE_PUT, "a", 1},         {STORE_CHANGE_PUT, "b", 1},
+        {STORE_CHANGE_DELETE, "before", 1}, {STORE_CHANGE_PUT, "a", 2},
+        {STORE_CHANGE_PUT, "s", 1},         {STORE_CHANGE_PUT, "c", 1},
+        {STORE_CHANGE_EXPIRE, "s", 1},      {STORE_CHANGE_EXPIRE, "c", 1},
+    };
+    assert_int_equal(f.n, 8);
+    assert_int_equal(f.overlaps, 0);
+    for (size_t i = 0; i < 8; i++) {
+        assert_int_equal(f.type[i], want[i].type);
+        assert_int_equal(f.revision[i], (int64_t)i + 2); /* "before" took revision 1 */
+        assert_int_equal(f.version[i], want[i].version);
+        assert_string_equal(f.key[i], want[i].key);
+        /* The request packed every put; the cache held the deleted and expired rows. */
+        assert_true(f.has_pb[i]);
+        assert_true(f.pb_matches[i]);
+    }
+    assert_int_equal(r[4].revision, 5);
+    assert_int_equal(r[3].revision, 4);
+
+    /* Stopped: no more calls. */
+    store_feed_stop(fx->s);
+    assert_false(store_feed_live(fx->s));
+    assert_int_equal(upsert(fx, "a", "{}", NO_TTL, T0, NULL), 0);
+    assert_int_equal(f.n, 8);
+    store_feed_stop(fx->s); /* idempotent */
+}
+
+/* Writes of sessions on several threads reach the feed one call at a time, in commit order: the
+ * tenant's revisions come 1, 2, 3, ... and every key's versions grow. */
+static void test_sqlite_feed_from_threads_follows_commit_order(void **state)
+{
+    fixture *fx = *state;
+    static feed_log f;
+    memset(&f, 0, sizeof(f));
+    assert_int_equal(store_feed_start(fx->s, on_change, NULL, &f), 0);
+    enum { THREADS = 3 };
+    worker w[THREADS];
+    pthread_t tid[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){.s = fx->s, .id = i};
+        assert_int_equal(pthread_create(&tid[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        assert_int_equal(pthread_join(tid[i], NULL), 0);
+        assert_int_equal(w[i].failures, 0);
+    }
+    store_feed_stop(fx->s);
+    const size_t total = THREADS * THREAD_ROUNDS * THREAD_BATCH;
+    assert_true(total <= FEED_MAX);
+    assert_int_equal(f.n, total);
+    assert_int_equal(f.overlaps, 0);
+    int64_t last[THREAD_KEYS] = {0};
+    for (size_t i = 0; i < total; i++) {
+        assert_int_equal(f.type[i], STORE_CHANGE_PUT);
+        assert_int_equal(f.revision[i], (int64_t)i + 1);
+        int k = (int)strtol(f.key[i] + 1, NULL, 10);
+        assert_true(k >= 0 && k < THREAD_KEYS);
+        assert_int_equal(f.version[i], last[k] + 1);
+        last[k] = f.version[i];
+    }
+}
+
+static void test_sqlite_cache_keeps_the_revision(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "a", "{\"v\":1}", NO_TTL, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "b", "{\"v\":1}", NO_TTL, T0, NULL), 0);
+    assert_int_equal(upsert(fx, "a", "{\"v\":2}", NO_TTL, T0, NULL), 0);
+    pin_result r;
+    assert_int_equal(get(fx, "a", T0, &r), 0); /* the upsert's row, put in the cache */
+    assert_true(r.from_cache);
+    assert_int_equal(r.revision, 3);
+    /* Filled from SQLite after a miss, then answered from the cache. */
+    store_fixture_close(fx);
+    store_fixture_open(fx);
+    assert_int_equal(get(fx, "b", T0, &r), 0);
+    assert_false(r.from_cache);
+    assert_int_equal(r.revision, 2);
+    assert_int_equal(get(fx, "b", T0, &r), 0);
+    assert_true(r.from_cache);
+    assert_int_equal(r.revision, 2);
+}
+
+typedef struct history {
+    int calls;
+    int err;
+    size_t n;
+    int64_t revision;
+    int64_t first;
+} history;
+
+static void on_history(void *arg, int err, const store_change *changes, size_t n, int64_t revision)
+{
+    history *h = arg;
+    h->calls++;
+    h->err = err;
+    h->n = n;
+    h->revision = revision;
+    h->first = n > 0 ? changes[0].pin.revision : 0;
+}
+
+static history since(fixture *fx, const char *tenant, int64_t after)
+{
+    history h = {0};
+    assert_int_equal(store_changes_since(fx->ss, tenant, "", after, 100, on_history, &h), 0);
+    assert_int_equal(h.calls, 1); /* reads complete at once */
+    return h;
+}
+
+static int64_t expire_history(fixture *fx, int64_t before_us, int64_t max_rows, int batch)
+{
+    counted c = {0};
+    assert_int_equal(store_history_expire(fx->ss, before_us, max_rows, batch, on_counted, &c), 0);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.err, 0);
+    return c.count;
+}
+
+static void test_sqlite_history_expire_trims_by_age_and_by_count(void **state)
+{
+    fixture *fx = *state;
+    /* Five changes of TENANT 10 s apart, then two of another tenant. */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(upsert(fx, "k", "{}", NO_TTL, T0 + i * 10 * SEC, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        store_upsert_req req = upsert_req("k", "{}", NO_TTL, ANY_VERSION, T0 + 100 * SEC);
+        req.tenant_id = "u";
+        pin_result r = {0};
+        cb_session = fx->ss;
+        assert_int_equal(store_pin_upsert(fx->ss, &req, on_pin_cb, &r), 0);
+        while (r.calls == 0)
+            loop_once(fx);
+        assert_int_equal(r.err, 0);
+    }
+    /* By age: the two written before T0 + 15 s. */
+    assert_int_equal(expire_history(fx, T0 + 15 * SEC, 0, 100), 2);
+    assert_int_equal(since(fx, TENANT, 1).err, PINS_EOUT_OF_RANGE);
+    history h = since(fx, TENANT, 2);
+    assert_int_equal(h.err, 0);
+    assert_int_equal(h.n, 3);
+    assert_int_equal(h.first, 3);
+    assert_int_equal(h.revision, 5);
+    assert_int_equal(since(fx, "u", 0).n, 2); /* another tenant is untouched */
+    /* By count, at most batch at a time, the oldest first: keep the newest 3 of the 5 left. */
+    assert_int_equal(expire_history(fx, 0, 3, 1), 1);
+    assert_int_equal(since(fx, TENANT, 2).err, PINS_EOUT_OF_RANGE);
+    assert_int_equal(since(fx, TENANT, 3).err, 0);
+    assert_int_equal(expire_history(fx, 0, 3, 10), 1);
+    assert_int_equal(expire_history(fx, 0, 3, 10), 0);
+    h = since(fx, TENANT, 4);
+    assert_int_equal(h.err, 0);
+    assert_int_equal(h.n, 1);
+    assert_int_equal(h.first, 5);
+    assert_int_equal(since(fx, "u", 0).n, 2);
+    sqlite3 *db = store_fixture_open_raw(fx);
+    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM pin_changes"), 3);
+    assert_int_equal(
+        store_fixture_raw_int(db, "SELECT trimmed FROM pin_revisions WHERE tenant_id = 't'"), 4);
+    sqlite3_close(db);
+    /* Without a bound of either kind nothing goes. */
+    assert_int_equal(expire_history(fx, 0, 0, 10), 0);
+}
+
+/* A database written before revisions existed keeps its pins, at revision 0, and the next change
+ * of their tenant takes revision 1. */
+static void test_sqlite_migration_gives_old_pins_revision_zero(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "old", "{}", NO_TTL, T0, NULL), 0);
+    store_fixture_close(fx);
+    sqlite3 *db = store_fixture_open_raw(fx);
+    const store__migration *m = NULL;
+    for (size_t i = 0; i < store__sqlite_migrations_count; i++) {
+        if (store__sqlite_migrations[i].version == 2)
+            m = &store__sqlite_migrations[i];
+    }
+    assert_non_null(m);
+    assert_int_equal(sqlite3_exec(db, m->down, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "DELETE FROM schema_migrations WHERE version >= 2", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    store_fixture_open(fx);
+    pin_result r;
+    assert_int_equal(get(fx, "old", T0, &r), 0);
+    assert_int_equal(r.revision, 0);
+    assert_int_equal(since(fx, TENANT, 0).n, 0);
+    assert_int_equal(upsert(fx, "new", "{}", NO_TTL, T0, &r), 0);
+    assert_int_equal(r.revision, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1029,6 +1306,11 @@ int main(void)
         T(test_sqlite_open_waits_for_another_process_lock),
         T(test_sqlite_write_waits_for_the_mutex_no_longer_than_its_busy_timeout),
         T(test_sqlite_sessions_on_threads_share_mutex_and_cache),
+        T(test_sqlite_feed_gets_each_change_once_in_commit_order),
+        T(test_sqlite_feed_from_threads_follows_commit_order),
+        T(test_sqlite_cache_keeps_the_revision),
+        T(test_sqlite_history_expire_trims_by_age_and_by_count),
+        T(test_sqlite_migration_gives_old_pins_revision_zero),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

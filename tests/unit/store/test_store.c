@@ -77,6 +77,8 @@ typedef struct list_result {
     int64_t created[MAX_ROWS];
     int64_t versions[MAX_ROWS];
     bool has_expires[MAX_ROWS];
+    int64_t revisions[MAX_ROWS];
+    int64_t revision; /* the tenant's, at the read */
 } list_result;
 
 typedef struct count_result {
@@ -98,6 +100,20 @@ typedef struct audit_result {
     double latency_ms[MAX_ROWS];
     bool success[MAX_ROWS];
 } audit_result;
+
+/* What store_changes_since answered. */
+typedef struct changes_result {
+    int calls;
+    int err;
+    size_t n;
+    int64_t revision; /* the tenant's latest */
+    int type[MAX_ROWS];
+    char key[MAX_ROWS][64];
+    char value[MAX_ROWS][64];
+    int64_t rev[MAX_ROWS];
+    int64_t version[MAX_ROWS];
+    int64_t id[MAX_ROWS];
+} changes_result;
 
 /* ---- fixture ------------------------------------------------------------------------------- */
 
@@ -165,16 +181,39 @@ static void on_pin(void *arg, int err, const store_pin *pin, bool created)
     r->pin.value_json = r->value;
 }
 
-static void on_list(void *arg, int err, const store_pin *pins, size_t npins, int64_t total)
+static void on_list(void *arg, int err, const store_pin *pins, size_t npins, int64_t total,
+                    int64_t revision)
 {
     list_result *r = arg;
     see_page(&r->page, err, npins, total);
+    r->revision = revision;
     for (size_t i = 0; i < npins; i++) {
         copy_str(r->keys[i], sizeof(r->keys[i]), pins[i].key);
         r->ids[i] = pins[i].id;
         r->created[i] = pins[i].created_us;
         r->versions[i] = pins[i].version;
         r->has_expires[i] = pins[i].has_expires;
+        r->revisions[i] = pins[i].revision;
+    }
+}
+
+static void on_changes(void *arg, int err, const store_change *changes, size_t n, int64_t revision)
+{
+    changes_result *r = arg;
+    r->calls++;
+    r->err = err;
+    r->n = n;
+    r->revision = revision;
+    assert_true(n <= MAX_ROWS);
+    if (err != 0)
+        assert_int_equal(n, 0);
+    for (size_t i = 0; i < n; i++) {
+        r->type[i] = changes[i].type;
+        copy_str(r->key[i], sizeof(r->key[i]), changes[i].pin.key);
+        copy_str(r->value[i], sizeof(r->value[i]), changes[i].pin.value_json);
+        r->rev[i] = changes[i].pin.revision;
+        r->version[i] = changes[i].pin.version;
+        r->id[i] = changes[i].pin.id;
     }
 }
 
@@ -322,6 +361,27 @@ static int64_t sweep(fixture *fx, int64_t now, int batch)
     wait_for(fx, &r.calls);
     assert_int_equal(r.err, 0);
     return r.count;
+}
+
+/* store_changes_since of tenant; returns the callback's error, r gets the answer. */
+static int changes(fixture *fx, const char *tenant, const char *prefix, int64_t after, int limit,
+                   changes_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    assert_int_equal(store_changes_since(fx->ss, tenant, prefix, after, limit, on_changes, r), 0);
+    wait_for(fx, &r->calls);
+    return r->err;
+}
+
+/* The tenant's latest revision, as a listing reads it. */
+static int64_t revision_of(fixture *fx, const char *tenant)
+{
+    list_result l;
+    store_list_req q = list_req(fx, "", 1, T0);
+    q.tenant_id = tenant;
+    list(fx, &q, &l);
+    assert_int_equal(l.page.err, 0);
+    return l.revision;
 }
 
 static void audit(fixture *fx, const store_audit_list_req *req, audit_result *r)
@@ -1772,6 +1832,145 @@ static void test_writes_of_one_key_waiting_together_apply_in_order(void **state)
         pin_result_free(&r[i]);
 }
 
+/* ---- revisions and the change history ------------------------------------------------------ */
+
+static void test_revisions_grow_by_one_per_change_per_tenant(void **state)
+{
+    fixture *fx = *state;
+    char other[64];
+    snprintf(other, sizeof(other), "%s-other", fx->tenant);
+    assert_int_equal(revision_of(fx, fx->tenant), 0); /* never changed */
+    pin_result r = {0};
+    assert_int_equal(upsert(fx, "a", "{\"v\":1}", NO_TTL, ANY_VERSION, T0, &r), 0);
+    assert_int_equal(r.pin.revision, 1);
+    assert_int_equal(upsert(fx, "b", "{\"v\":1}", NO_TTL, ANY_VERSION, T0 + 1, &r), 0);
+    assert_int_equal(r.pin.revision, 2);
+    /* Another tenant counts on its own. */
+    assert_int_equal(upsert_full(fx, other, "a", "{}", NO_TTL, ANY_VERSION, T0, NULL, NULL, &r), 0);
+    assert_int_equal(r.pin.revision, 1);
+    assert_int_equal(upsert(fx, "a", "{\"v\":2}", NO_TTL, ANY_VERSION, T0 + 2, &r), 0);
+    assert_int_equal(r.pin.revision, 3);
+    /* Failed conditional writes and deletes take none. */
+    assert_int_equal(upsert(fx, "a", "{\"v\":9}", NO_TTL, 7, T0 + 3, NULL), PINS_EABORTED);
+    assert_int_equal(upsert(fx, "a", "{\"v\":9}", NO_TTL, 0, T0 + 3, NULL), PINS_EALREADY_EXISTS);
+    assert_int_equal(del(fx, "a", 7, T0 + 3, NULL), PINS_EABORTED);
+    assert_int_equal(del(fx, "none", ANY_VERSION, T0 + 3, NULL), PINS_ENOT_FOUND);
+    assert_int_equal(revision_of(fx, fx->tenant), 3);
+    /* A delete takes the next one; its pin is the pin as it was, with the delete's revision. */
+    assert_int_equal(del(fx, "b", ANY_VERSION, T0 + 4, &r), 0);
+    assert_int_equal(r.pin.revision, 4);
+    assert_int_equal(r.pin.version, 1);
+    assert_int_equal(upsert(fx, "c", "{}", NO_TTL, ANY_VERSION, T0 + 5, &r), 0);
+    assert_int_equal(r.pin.revision, 5);
+    /* Reads carry the revision of each pin's last change; the listing the tenant's. */
+    assert_int_equal(get(fx, "a", T0 + 6, &r), 0);
+    assert_int_equal(r.pin.revision, 3);
+    list_result l;
+    const store_list_req q = list_req(fx, "", 10, T0 + 6);
+    list(fx, &q, &l);
+    assert_int_equal(l.page.err, 0);
+    assert_int_equal(l.revision, 5);
+    assert_int_equal(l.page.n, 2);
+    assert_string_equal(l.keys[0], "c");
+    assert_int_equal(l.revisions[0], 5);
+    assert_string_equal(l.keys[1], "a");
+    assert_int_equal(l.revisions[1], 3);
+    assert_int_equal(revision_of(fx, other), 1);
+    pin_result_free(&r);
+}
+
+static void test_changes_since_lists_puts_deletes_and_expiries_in_order(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(upsert(fx, "a/1", "{\"v\":1}", NO_TTL, ANY_VERSION, T0, NULL), 0);     /* 1 */
+    assert_int_equal(upsert(fx, "b/1", "{\"v\":2}", NO_TTL, ANY_VERSION, T0, NULL), 0);     /* 2 */
+    assert_int_equal(upsert(fx, "a/2", "{\"v\":3}", 10, ANY_VERSION, T0, NULL), 0);         /* 3 */
+    assert_int_equal(upsert(fx, "a/1", "{\"v\":4}", NO_TTL, ANY_VERSION, T0 + 1, NULL), 0); /* 4 */
+    assert_int_equal(del(fx, "b/1", ANY_VERSION, T0 + 2, NULL), 0);                         /* 5 */
+    assert_int_equal(upsert(fx, "a%", "{\"v\":6}", NO_TTL, ANY_VERSION, T0 + 3, NULL), 0);  /* 6 */
+    assert_int_equal(cleanup(fx, fx->tenant, T0 + 60 * SEC), 1); /* a/2 expired: 7 */
+
+    changes_result c;
+    assert_int_equal(changes(fx, fx->tenant, "", 0, 100, &c), 0);
+    assert_int_equal(c.revision, 7);
+    assert_int_equal(c.n, 7);
+    static const struct {
+        int type;
+        const char *key;
+        const char *value;
+        int64_t version;
+    } want[] = {
+        {STORE_CHANGE_PUT, "a/1", "{\"v\":1}", 1},    {STORE_CHANGE_PUT, "b/1", "{\"v\":2}", 1},
+        {STORE_CHANGE_PUT, "a/2", "{\"v\":3}", 1},    {STORE_CHANGE_PUT, "a/1", "{\"v\":4}", 2},
+        {STORE_CHANGE_DELETE, "b/1", "{\"v\":2}", 1}, {STORE_CHANGE_PUT, "a%", "{\"v\":6}", 1},
+        {STORE_CHANGE_EXPIRE, "a/2", "{\"v\":3}", 1},
+    };
+    for (size_t i = 0; i < 7; i++) {
+        assert_int_equal(c.rev[i], (int64_t)i + 1);
+        assert_int_equal(c.type[i], want[i].type);
+        assert_string_equal(c.key[i], want[i].key);
+        assert_string_equal(c.value[i], want[i].value);
+        assert_int_equal(c.version[i], want[i].version);
+    }
+    assert_int_equal(c.id[4], c.id[1]); /* the deleted pin as it was */
+    assert_int_equal(c.id[6], c.id[2]);
+
+    /* After a revision, at most limit, the prefix matched literally. */
+    assert_int_equal(changes(fx, fx->tenant, "", 3, 2, &c), 0);
+    assert_int_equal(c.n, 2);
+    assert_int_equal(c.rev[0], 4);
+    assert_int_equal(c.rev[1], 5);
+    assert_int_equal(changes(fx, fx->tenant, "a/", 0, 100, &c), 0);
+    assert_int_equal(c.n, 4);
+    const int64_t a_revs[] = {1, 3, 4, 7};
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(c.rev[i], a_revs[i]);
+    assert_int_equal(changes(fx, fx->tenant, "a%", 0, 100, &c), 0);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(c.rev[0], 6);
+    assert_int_equal(changes(fx, fx->tenant, "", 7, 100, &c), 0); /* up to date */
+    assert_int_equal(c.n, 0);
+    assert_int_equal(c.revision, 7);
+    /* A tenant that never changed has nothing, at revision 0. */
+    assert_int_equal(changes(fx, "nobody-ever", "", 0, 10, &c), 0);
+    assert_int_equal(c.n, 0);
+    assert_int_equal(c.revision, 0);
+}
+
+static void test_changes_since_is_out_of_range_when_trimmed_or_ahead(void **state)
+{
+    fixture *fx = *state;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(upsert(fx, "k", "{}", NO_TTL, ANY_VERSION, T0 + i, NULL), 0);
+    changes_result c;
+    assert_int_equal(changes(fx, fx->tenant, "", 4, 10, &c), PINS_EOUT_OF_RANGE);
+    assert_int_equal(changes(fx, fx->tenant, "", 3, 10, &c), 0);
+    assert_int_equal(changes(fx, "nobody-ever", "", 1, 10, &c), PINS_EOUT_OF_RANGE);
+
+    /* The retention deletes every history row written before 2037 (of the whole database, in
+     * batches). */
+    const int64_t later = T0 + INT64_C(10) * 365 * 86400 * SEC;
+    for (;;) {
+        count_result r = {0};
+        assert_int_equal(store_history_expire(fx->ss, later, 0, 1000, on_count, &r), 0);
+        wait_for(fx, &r.calls);
+        assert_int_equal(r.err, 0);
+        if (r.count < 1000)
+            break;
+    }
+    assert_int_equal(changes(fx, fx->tenant, "", 0, 10, &c), PINS_EOUT_OF_RANGE);
+    assert_int_equal(changes(fx, fx->tenant, "", 2, 10, &c), PINS_EOUT_OF_RANGE);
+    /* From the latest revision on, the history is complete again. */
+    assert_int_equal(changes(fx, fx->tenant, "", 3, 10, &c), 0);
+    assert_int_equal(c.n, 0);
+    assert_int_equal(upsert(fx, "k", "{}", NO_TTL, ANY_VERSION, T0 + 5, NULL), 0);
+    assert_int_equal(changes(fx, fx->tenant, "", 3, 10, &c), 0);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(c.rev[0], 4);
+    assert_int_equal(c.version[0], 4);
+    assert_int_equal(revision_of(fx, fx->tenant), 4);
+}
+
 /* ---- SQLite only --------------------------------------------------------------------------- */
 
 static void test_sqlite_open_creates_private_dir_and_wal_file(void **state)
@@ -1887,7 +2086,11 @@ static void test_sqlite_migration_down_reverts_up(void **state)
         assert_int_equal(sqlite3_exec(db, store__sqlite_migrations[i].down, NULL, NULL, NULL),
                          SQLITE_OK);
     }
-    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM sqlite_master"), 0);
+    /* SQLite keeps sqlite_sequence (made for pin_changes' AUTOINCREMENT), empty, for good. */
+    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM sqlite_master"
+                                               " WHERE name <> 'sqlite_sequence'"),
+                     0);
+    assert_int_equal(store_fixture_raw_int(db, "SELECT count(*) FROM sqlite_sequence"), 0);
     sqlite3_close(db);
 }
 
@@ -2120,6 +2323,9 @@ int main(void)
         T(test_concurrent_gets_each_get_their_own_pin),
         T(test_concurrent_writes_commit_and_a_bad_one_fails_alone),
         T(test_writes_of_one_key_waiting_together_apply_in_order),
+        T(test_revisions_grow_by_one_per_change_per_tenant),
+        T(test_changes_since_lists_puts_deletes_and_expiries_in_order),
+        T(test_changes_since_is_out_of_range_when_trimmed_or_ahead),
         T(test_reads_of_one_key_waiting_together_each_check_their_own_clock),
         T(test_sqlite_open_creates_private_dir_and_wal_file),
         T(test_sqlite_audit_extra_holds_request_id_as_json),
