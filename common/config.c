@@ -41,6 +41,10 @@ struct var {
 static const struct var vars[] = {
     {"DATABASE_URL", T_SECRET, OFF(database_url), 0, 0, "Store", "unset",
      "PostgreSQL URL (postgres://...); unset: embedded SQLite in PINS_DATA_DIR"},
+    {"DATABASE_LISTEN_URL", T_SECRET, OFF(database_listen_url), 0, 0, "Store", "unset",
+     "PostgreSQL URL of a direct connection (not through PgBouncer) for the change feed that "
+     "carries watch events between replicas (LISTEN); unset: DATABASE_URL, which must then be "
+     "direct"},
     {"PINS_CACHE_MAX_BYTES", T_INT64, OFF(cache_max_bytes), 1048576, 68719476736LL, "Store",
      "268435456",
      "embedded store: memory for the read cache of pins, 1 MiB..64 GiB (entries and their values "
@@ -135,6 +139,13 @@ static const struct var vars[] = {
      "Blast-radius controls", "1048576",
      "events a watch stream may have waiting for a slow reader, in bytes, before it is ended "
      "(RESOURCE_EXHAUSTED), 4096..67108864"},
+    {"PINS_WATCH_HISTORY_SECONDS", T_INT, OFF(watch_history_seconds), 60, 604800,
+     "Blast-radius controls", "3600",
+     "changes kept for watches that resume from a revision, in seconds, 60..604800; older "
+     "revisions answer OUT_OF_RANGE"},
+    {"PINS_WATCH_HISTORY_MAX_ROWS", T_INT64, OFF(watch_history_max_rows), 1000, 1000000000,
+     "Blast-radius controls", "1000000",
+     "changes kept for watches that resume, at most, 1000..1000000000 (the oldest go first)"},
     {"PINS_SSE_HEARTBEAT_SECONDS", T_INT, OFF(sse_heartbeat_seconds), 0, 3600,
      "Blast-radius controls", "15",
      "a comment line on every SSE watch stream this often, 0..3600, 0 disables"},
@@ -465,14 +476,14 @@ static int apply(pins_config *cfg, const struct var *v, const char *s, char *err
                 set_err(err, errlen, "invalid %s: contains a control character", v->name);
                 return -1;
             }
-            if (strcmp(v->name, "DATABASE_URL") == 0 && *s != '\0' && !postgres_scheme(s)) {
-                set_err(err, errlen,
-                        "invalid DATABASE_URL: must start with postgres:// or "
-                        "postgresql://");
+            bool db_url =
+                strcmp(v->name, "DATABASE_URL") == 0 || strcmp(v->name, "DATABASE_LISTEN_URL") == 0;
+            if (db_url && *s != '\0' && !postgres_scheme(s)) {
+                set_err(err, errlen, "invalid %s: must start with postgres:// or postgresql://",
+                        v->name);
                 return -1;
             }
-            if (strcmp(v->name, "DATABASE_URL") == 0 && *s != '\0' &&
-                database_url_check(s, err, errlen) != 0)
+            if (db_url && *s != '\0' && database_url_check(s, err, errlen) != 0)
                 return -1;
             if (strcmp(v->name, "REDIS_URL") == 0 && *s != '\0' && !starts_with(s, "redis://") &&
                 !starts_with(s, "rediss://") && !starts_with(s, "unix://")) {
@@ -590,6 +601,12 @@ static int check_combinations(pins_config *cfg, bool burst_set, char *err, size_
                 cfg->tls_cert_file == NULL ? "TLS_CERT_FILE" : "TLS_KEY_FILE");
         return -1;
     }
+    if (cfg->database_listen_url != NULL && cfg->database_url == NULL) {
+        set_err(err, errlen,
+                "invalid DATABASE_LISTEN_URL: it is the change feed of the PostgreSQL store, and "
+                "DATABASE_URL is not set (the embedded store needs none)");
+        return -1;
+    }
     if (cfg->tls_client_ca_file != NULL && cfg->tls_cert_file == NULL) {
         set_err(err, errlen,
                 "invalid TLS_CLIENT_CA_FILE: mutual TLS needs TLS_CERT_FILE and TLS_KEY_FILE");
@@ -643,8 +660,8 @@ static void build_usage(void)
         }
         ADD("  %s (default: %s)\n      %s\n", vars[i].name, vars[i].def, vars[i].help);
     }
-    ADD("\nSecrets (DATABASE_URL, REDIS_URL, MACHINE_SECRET_TOKEN, JWT_SECRET) are never "
-        "logged.\n");
+    ADD("\nSecrets (DATABASE_URL, DATABASE_LISTEN_URL, REDIS_URL, MACHINE_SECRET_TOKEN, "
+        "JWT_SECRET) are never logged.\n");
 #undef ADD
 }
 
@@ -690,6 +707,8 @@ void pins_config_defaults(pins_config *cfg)
     cfg->watch_max_per_principal = 1000;
     cfg->watch_pending_bytes = 1048576;
     cfg->sse_heartbeat_seconds = 15;
+    cfg->watch_history_seconds = 3600;
+    cfg->watch_history_max_rows = 1000000;
     cfg->log_level = PINS_LOG_INFO;
     cfg->log_format = PINS_LOG_JSON;
 }

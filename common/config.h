@@ -35,9 +35,12 @@ typedef enum pins_log_level {
 typedef struct pins_config {
     /* Store. database_url NULL: the embedded SQLite store in data_dir. */
     char *database_url; /* DATABASE_URL (a secret: never logged) */
-    char *data_dir;     /* PINS_DATA_DIR, default "./var" */
-    char *redis_url;    /* REDIS_URL (a secret), NULL: local rate limiting only */
-    int db_pool_size;   /* DB_POOL_SIZE, default 8, 1..1024 */
+    /* DATABASE_LISTEN_URL: a direct PostgreSQL connection for the change feed (LISTEN), when
+     * DATABASE_URL goes through PgBouncer; NULL: DATABASE_URL (a secret: never logged) */
+    char *database_listen_url;
+    char *data_dir;   /* PINS_DATA_DIR, default "./var" */
+    char *redis_url;  /* REDIS_URL (a secret), NULL: local rate limiting only */
+    int db_pool_size; /* DB_POOL_SIZE, default 8, 1..1024 */
 
     /* Listeners and TLS. */
     pins_listen_addr
@@ -85,10 +88,13 @@ typedef struct pins_config {
     int breaker_open_seconds;   /* BREAKER_OPEN_SECONDS, default 30 */
 
     /* Watch streams (rpc/watch.h). */
-    int watch_max;               /* PINS_WATCH_MAX, default 10000 watch streams per process */
-    int watch_max_per_principal; /* PINS_WATCH_MAX_PER_PRINCIPAL, default 1000 */
-    int64_t watch_pending_bytes; /* PINS_WATCH_PENDING_BYTES, default 1 MiB per watch stream */
-    int sse_heartbeat_seconds;   /* PINS_SSE_HEARTBEAT_SECONDS, default 15 (0: none) */
+    int watch_max;                  /* PINS_WATCH_MAX, default 10000 watch streams per process */
+    int watch_max_per_principal;    /* PINS_WATCH_MAX_PER_PRINCIPAL, default 1000 */
+    int64_t watch_pending_bytes;    /* PINS_WATCH_PENDING_BYTES, default 1 MiB per watch stream */
+    int watch_history_seconds;      /* PINS_WATCH_HISTORY_SECONDS, default 3600: changes kept for
+                                     * resuming watches */
+    int64_t watch_history_max_rows; /* PINS_WATCH_HISTORY_MAX_ROWS, default 1000000 changes kept */
+    int sse_heartbeat_seconds;      /* PINS_SSE_HEARTBEAT_SECONDS, default 15 (0: none) */
 
     /* Logs. */
     pins_log_level log_level;   /* LOG_LEVEL debug|info|warn|error, default info */

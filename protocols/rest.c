@@ -24,7 +24,7 @@ static const char *const q_tenant[] = {"tenant_id", NULL};
 static const char *const q_list[] = {"tenant_id",       "prefix",     "limit", "offset",
                                      "include_expired", "page_token", NULL};
 static const char *const q_delete[] = {"tenant_id", "expected_version", NULL};
-static const char *const q_watch[] = {"tenant_id", "prefix", NULL};
+static const char *const q_watch[] = {"tenant_id", "prefix", "since_revision", NULL};
 static const char *const q_maudit[] = {"tenant_id", "key", "operation", "limit", "offset", NULL};
 static const char *const q_raudit[] = {"resource", "action", "allowed", "subject", "tenant_id",
                                        "since",    "limit",  "offset",  NULL};
@@ -535,10 +535,23 @@ static const char *sse_event_name(pins_arena *a, const ProtobufCMessage *msg)
     return out;
 }
 
-/* Sent first when the request carries Last-Event-ID: the watch keeps no history to resume from,
- * and the events carry no id: field, so the client learns it starts afresh. */
-static const char sse_no_resume[] = ": last-event-id ignored: no event history is kept; this "
-                                    "stream starts with the next change\n\n";
+/* The SSE id of a message: the int64 "revision" of its message field "pin" (WatchPinsResponse),
+ * so that EventSource sends it back as Last-Event-ID when it reconnects; 0 for none. */
+static int64_t sse_event_id(const ProtobufCMessage *msg)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, "pin");
+    if (f == NULL || f->type != PROTOBUF_C_TYPE_MESSAGE || f->label == PROTOBUF_C_LABEL_REPEATED)
+        return 0;
+    const ProtobufCMessage *pin = *(ProtobufCMessage *const *)((const char *)msg + f->offset);
+    if (pin == NULL)
+        return 0;
+    const ProtobufCFieldDescriptor *r =
+        protobuf_c_message_descriptor_get_field_by_name(pin->descriptor, "revision");
+    if (r == NULL || r->type != PROTOBUF_C_TYPE_INT64 || r->label == PROTOBUF_C_LABEL_REPEATED)
+        return 0;
+    return *(const int64_t *)((const char *)pin + r->offset);
+}
 
 /* Starts the event stream once: on subscription (rest_open) or at the first event. */
 static int sse_start(proto__exchange *ex)
@@ -554,17 +567,18 @@ static int sse_start(proto__exchange *ex)
         rv = proto__hdrs_add_metadata(a, &h, ex->call, NULL);
     if (rv == 0)
         rv = proto__start(ex, ex->route->status, h.v, h.n, -1);
-    if (rv == 0 && rpc_call_header(ex->call, "last-event-id") != NULL)
-        rv = proto__write(ex, sse_no_resume, sizeof(sse_no_resume) - 1);
     return rv;
 }
 
 /* Writes one event; data lines split at newlines, as SSE requires. The event goes to the
  * transport in one write, so a write refused for a slow reader never leaves half an event. */
-static int sse_write(proto__exchange *ex, const char *event, const char *data, size_t len)
+static int sse_write(proto__exchange *ex, const char *event, int64_t id, const char *data,
+                     size_t len)
 {
-    char head[96];
-    int n = snprintf(head, sizeof(head), "event: %s\ndata: ", event);
+    char head[128];
+    int n = id > 0
+                ? snprintf(head, sizeof(head), "id: %lld\nevent: %s\ndata: ", (long long)id, event)
+                : snprintf(head, sizeof(head), "event: %s\ndata: ", event);
     if (n < 0 || (size_t)n >= sizeof(head))
         return PINS_EINTERNAL;
     pins_buf b; /* one event of a message the server encoded: the producer bounds it */
@@ -612,8 +626,8 @@ static int rest_send(rpc_call *call, const ProtobufCMessage *msg)
     if (r->sse) {
         rv = sse_start(ex);
         if (rv == 0)
-            rv =
-                sse_write(ex, sse_event_name(call->arena, msg), pins_buf_ptr(&b), pins_buf_len(&b));
+            rv = sse_write(ex, sse_event_name(call->arena, msg), sse_event_id(msg),
+                           pins_buf_ptr(&b), pins_buf_len(&b));
         goto out;
     }
     proto__hdrs h = {0};
@@ -639,7 +653,7 @@ static void rest_finish(rpc_call *call, int err, const char *message)
             proto__error_answer ans = {0};
             call->pending_max = 0;
             if (proto__rest_error(call, err, message, &ans) == 0)
-                sse_write(ex, "error", ans.body, strlen(ans.body));
+                sse_write(ex, "error", 0, ans.body, strlen(ans.body));
         } else if (sse_start(ex) != 0) {
             proto__end(ex);
             return;

@@ -1,4 +1,5 @@
-/* rpc/watch.c: the cross-worker fan-out behind rpc/watch.h.
+/* rpc/watch.c: the change feed's fan-out to WatchPins streams, and their catching up from the
+ * store's history (rpc/watch.h).
  *
  * Streams are counted in one process-wide table of principals under a mutex: subscribing and
  * ending a stream take it once, publishing never does. Each worker keeps its own streams, and
@@ -12,16 +13,25 @@
 #include <string.h>
 
 #include "auth/auth.h"
+#include "common/limits.h"
 #include "common/list.h"
+#include "common/pbstruct.h"
+#include "observability/log.h"
 #include "observability/metrics.h"
 #include "rpc/rpc_int.h"
+#include "rpc/services/pin_codec.h"
+#include "store/store.h"
 
 /* Buckets of the principal table (a power of two). */
 #define PRINCIPAL_BUCKETS 256
+/* Changes read from the history per store call while a stream catches up. */
+#define HISTORY_PAGE 256
 
 /* One published change, shared by the inboxes it was queued to. */
 typedef struct event_msg {
     _Atomic int refs;
+    bool interrupt; /* not a change: the feed was interrupted (rpc_watch_feed_state) */
+    int64_t revision;
     char *tenant_id;
     char *key;
     size_t key_len;
@@ -45,10 +55,19 @@ typedef struct principal {
 typedef struct sub {
     pins_list link; /* in its worker's subs */
     rpc_call *call;
-    principal *owner; /* its slot */
+    principal *owner; /* its slot; NULL once unlinked */
     const char *tenant_id;
     const char *prefix;
     size_t prefix_len;
+    int64_t last_rev; /* the revision of the last change sent (or since_revision) */
+    /* Catching up: reading the history above last_rev; live changes are not sent, live_seen
+     * keeps the highest revision among them. */
+    bool catching;
+    int64_t live_seen;
+    bool fetching;    /* a store_changes_since call is in flight */
+    bool cancelled;   /* the client left while fetching: the callback finishes the call */
+    bool interrupted; /* the feed was interrupted while fetching: the callback ends the call */
+    bool *gone;       /* set by end_sub while a store call runs (the sub may be freed) */
 } sub;
 
 struct rpc__watch_worker {
@@ -61,10 +80,14 @@ struct rpc__watch_worker {
     _Atomic int nsubs;
     metrics_cell *sent; /* watch_events_sent_total, the worker's cell (got on its thread) */
     bool sent_set;
+    rpc_worker *w;
+    pins_arena *scratch; /* history pages are packed here; reset after each page */
 };
 
 static _Atomic int total; /* changed under principals_mu */
-static metrics_family *m_active, *m_sent, *m_refused;
+static _Atomic bool feed_down;
+static metrics_family *m_active, *m_sent, *m_refused, *m_feed_up, *m_feed_lost;
+static struct store *_Atomic feed_store; /* the process's store, for watch_feed_up */
 static pthread_mutex_t principals_mu = PTHREAD_MUTEX_INITIALIZER;
 static principal *principals[PRINCIPAL_BUCKETS];
 
@@ -83,10 +106,26 @@ static double active_gauge(void *arg)
     return (double)atomic_load_explicit(&total, memory_order_relaxed);
 }
 
+static double feed_up_gauge(void *arg)
+{
+    struct store *st = atomic_load(&feed_store);
+    return st != NULL && store_feed_live(st) && !atomic_load(&feed_down) ? 1.0 : 0.0;
+}
+
 void rpc__watch_metrics_init(void)
 {
     if (m_active != NULL)
         return;
+    m_feed_up = metrics_gauge_new("watch_feed_up",
+                                  "1 while the store's change feed delivers every change to this "
+                                  "process's watch streams (PostgreSQL: its LISTEN connection is "
+                                  "up), else 0: new watch streams are refused.",
+                                  NULL, 0);
+    metrics_gauge_set_cb(m_feed_up, NULL, feed_up_gauge, NULL);
+    m_feed_lost = metrics_counter_new(
+        "watch_feed_interruptions_total",
+        "Times the change feed was interrupted (every watch stream then ends with UNAVAILABLE).",
+        NULL, 0);
     m_active = metrics_gauge_new("watch_streams_active", "WatchPins streams open.", NULL, 0);
     metrics_gauge_set_cb(m_active, NULL, active_gauge, NULL);
     m_sent = metrics_counter_new("watch_events_sent_total",
@@ -174,6 +213,8 @@ static void slot_give(principal *p)
 
 static void unlink_sub(rpc__watch_worker *ww, sub *s)
 {
+    if (s->owner == NULL)
+        return;
     pins_list_unlink(&s->link);
     atomic_fetch_sub(&ww->nsubs, 1);
     if (pins_list_is_empty(&ww->subs) && ww->heartbeat_ev != NULL)
@@ -182,16 +223,23 @@ static void unlink_sub(rpc__watch_worker *ww, sub *s)
     s->owner = NULL;
 }
 
-/* Ends a stream whose send or heartbeat failed with rv. */
-static void end_sub(rpc__watch_worker *ww, sub *s, int rv)
+/* Ends a stream with rv and the client-visible why (NULL: the table's message, or the slow-reader
+ * text for PINS_ERESOURCE_EXHAUSTED). The sub may be freed with its call. */
+static void end_sub(rpc__watch_worker *ww, sub *s, int rv, const char *why)
 {
     rpc_call *call = s->call;
+    if (s->gone != NULL)
+        *s->gone = true;
     unlink_sub(ww, s);
     rpc_call_on_cancel(call, NULL, NULL);
-    if (rv == PINS_ERESOURCE_EXHAUSTED) /* past PINS_WATCH_PENDING_BYTES, or the budgets */
+    if (why != NULL)
+        rpc_call_fail(call, rv, "%s", why);
+    else if (rv == PINS_ERESOURCE_EXHAUSTED) /* past PINS_WATCH_PENDING_BYTES, or the budgets */
         rpc_call_fail(call, rv,
                       "watch stream closed: events could not be held for this client (it reads "
-                      "too slowly, or the server's buffers are full)");
+                      "too slowly, or the server's buffers are full); watch again with "
+                      "since_revision=%lld to miss nothing",
+                      (long long)s->last_rev);
     else
         rpc_call_fail(call, rv, NULL);
 }
@@ -206,19 +254,63 @@ static void count_sent(rpc__watch_worker *ww)
     metrics_cell_add(ww->sent, 1);
 }
 
+static bool matches(const sub *s, const char *tenant_id, const char *key, size_t key_len)
+{
+    return strcmp(s->tenant_id, tenant_id) == 0 && s->prefix_len <= key_len &&
+           memcmp(s->prefix, key, s->prefix_len) == 0;
+}
+
+/* Sends one change of revision rev to s unless s already has it. Returns false when s ended. */
+static bool send_change(rpc__watch_worker *ww, sub *s, int64_t rev, const uint8_t *msg, size_t len)
+{
+    if (rev <= s->last_rev)
+        return true;
+    int rv = rpc_call_send_packed(s->call, msg, len);
+    if (rv != 0) {
+        end_sub(ww, s, rv, NULL);
+        return false;
+    }
+    s->last_rev = rev;
+    count_sent(ww);
+    return true;
+}
+
+static const char feed_lost[] = "the change feed of this server was interrupted (changes may have "
+                                "been missed): watch again with since_revision=%lld, here or on "
+                                "another replica, to miss nothing";
+
+static void interrupt_all(rpc__watch_worker *ww)
+{
+    for (pins_list *p = ww->subs.next, *next; p != &ww->subs; p = next) {
+        next = p->next;
+        sub *s = pins_list_entry(p, sub, link);
+        if (s->fetching) {
+            s->interrupted = true; /* ended by its history callback */
+            continue;
+        }
+        const char *why =
+            pins_arena_printf(rpc_call_arena(s->call), feed_lost, (long long)s->last_rev);
+        end_sub(ww, s, PINS_EUNAVAILABLE, why);
+    }
+}
+
 static void deliver(rpc__watch_worker *ww, const event_msg *e)
 {
+    if (e->interrupt) {
+        interrupt_all(ww);
+        return;
+    }
     for (pins_list *p = ww->subs.next, *next; p != &ww->subs; p = next) {
         next = p->next; /* s may leave the list */
         sub *s = pins_list_entry(p, sub, link);
-        if (strcmp(s->tenant_id, e->tenant_id) == 0 && s->prefix_len <= e->key_len &&
-            memcmp(s->prefix, e->key, s->prefix_len) == 0) {
-            int rv = rpc_call_send_packed(s->call, e->msg, e->len);
-            if (rv != 0)
-                end_sub(ww, s, rv);
-            else
-                count_sent(ww);
+        if (!matches(s, e->tenant_id, e->key, e->key_len))
+            continue;
+        if (s->catching) {
+            if (e->revision > s->live_seen)
+                s->live_seen = e->revision;
+            continue;
         }
+        send_change(ww, s, e->revision, e->msg, e->len);
     }
 }
 
@@ -232,7 +324,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
         if (call->ops->heartbeat != NULL && call->transport != NULL) {
             int rv = call->ops->heartbeat(call);
             if (rv != 0)
-                end_sub(ww, s, rv);
+                end_sub(ww, s, rv, NULL);
         }
     }
 }
@@ -253,26 +345,9 @@ static void on_inbox(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-void rpc_watch_publish(rpc_call *origin, const char *tenant_id, const char *key, const uint8_t *msg,
-                       size_t len)
+/* Queues e to every worker with streams (all of them for an interrupt). */
+static void publish(rpc_server *srv, event_msg *e)
 {
-    if (!rpc_watch_active())
-        return;
-    rpc_server *srv = rpc_call_worker(origin)->server;
-    event_msg *e = calloc(1, sizeof(*e));
-    if (e == NULL)
-        return;
-    e->tenant_id = strdup(tenant_id);
-    e->key = strdup(key);
-    e->key_len = strlen(key);
-    e->msg = malloc(len ? len : 1);
-    if (e->tenant_id == NULL || e->key == NULL || e->msg == NULL) {
-        atomic_store(&e->refs, 1);
-        event_unref(e);
-        return;
-    }
-    memcpy(e->msg, msg, len);
-    e->len = len;
     atomic_store(&e->refs, 1); /* ours, dropped at the end */
     for (int i = 0; i < srv->nworkers; i++) {
         rpc__watch_worker *ww = srv->workers[i].watch_hub;
@@ -296,20 +371,183 @@ void rpc_watch_publish(rpc_call *origin, const char *tenant_id, const char *key,
     event_unref(e);
 }
 
+/* Packs ch as a WatchPinsResponse in a. Returns 0 or a PINS_E* code. */
+static int pack_change(pins_arena *a, const store_change *ch, uint8_t **pmsg, size_t *plen)
+{
+    const store_pin *pin = &ch->pin;
+    const uint8_t *vpb = pin->value_pb;
+    size_t vlen = pin->value_pb_len;
+    if (vpb == NULL) {
+        Google__Protobuf__Struct *value = NULL;
+        int rv =
+            pbstruct_from_json(a, pin->value_json, pin->value_len, PINS_VALUE_MAX_DEPTH, &value);
+        if (rv != 0)
+            return rv;
+        vlen = protobuf_c_message_get_packed_size(&value->base);
+        uint8_t *buf = pins_arena_alloc(a, vlen + 1);
+        if (buf == NULL)
+            return PINS_ENOMEM;
+        protobuf_c_message_pack(&value->base, buf);
+        vpb = buf;
+    }
+    return pin_codec_encode_event(a, pin, vpb, vlen, ch->type, pmsg, plen);
+}
+
+void rpc_watch_feed(void *arg, const store_change *ch)
+{
+    rpc_server *srv = arg;
+    if (!rpc_watch_active())
+        return;
+    pins_arena *a = pins_arena_new(0);
+    uint8_t *msg;
+    size_t len;
+    event_msg *e = a != NULL ? calloc(1, sizeof(*e)) : NULL;
+    if (e == NULL || pack_change(a, ch, &msg, &len) != 0) {
+        /* A change a stream cannot be sent breaks its exactly-once promise: end them all. */
+        pins_log_error("a change could not be packed for the watch streams; ending them", NULL);
+        free(e);
+        pins_arena_free(a);
+        rpc_watch_feed_state(arg, false);
+        rpc_watch_feed_state(arg, true);
+        return;
+    }
+    e->revision = ch->pin.revision;
+    e->tenant_id = strdup(ch->pin.tenant_id);
+    e->key = strdup(ch->pin.key);
+    e->key_len = strlen(ch->pin.key);
+    e->msg = malloc(len ? len : 1);
+    if (e->tenant_id == NULL || e->key == NULL || e->msg == NULL) {
+        free(e->tenant_id);
+        free(e->key);
+        free(e->msg);
+        free(e);
+        pins_arena_free(a);
+        pins_log_error("out of memory queueing a change for the watch streams; ending them", NULL);
+        rpc_watch_feed_state(arg, false);
+        rpc_watch_feed_state(arg, true);
+        return;
+    }
+    memcpy(e->msg, msg, len);
+    e->len = len;
+    pins_arena_free(a);
+    publish(srv, e);
+}
+
+void rpc_watch_feed_state(void *arg, bool live)
+{
+    rpc_server *srv = arg;
+    atomic_store(&feed_down, !live);
+    if (live)
+        return;
+    metrics_counter_inc(m_feed_lost, NULL);
+    event_msg *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return; /* the streams go on; new ones are refused while the feed is down */
+    e->interrupt = true;
+    publish(srv, e);
+}
+
+/* ---- catching up ------------------------------------------------------------------------------
+ */
+
+static void history_next(rpc__watch_worker *ww, sub *s);
+
+static void on_history(void *arg, int err, const store_change *changes, size_t n, int64_t revision)
+{
+    sub *s = arg;
+    rpc__watch_worker *ww = rpc_call_worker(s->call)->watch_hub;
+    s->fetching = false;
+    if (s->cancelled) { /* unlinked by on_cancel, which left the finish to us */
+        if (s->gone != NULL)
+            *s->gone = true;
+        rpc_call_finish(s->call);
+        return;
+    }
+    if (s->interrupted) {
+        end_sub(ww, s, PINS_EUNAVAILABLE,
+                pins_arena_printf(rpc_call_arena(s->call), feed_lost, (long long)s->last_rev));
+        return;
+    }
+    if (err == PINS_EOUT_OF_RANGE) {
+        end_sub(ww, s, err,
+                pins_arena_printf(rpc_call_arena(s->call),
+                                  "since_revision: the changes of tenant %s after revision %lld "
+                                  "are no longer kept (PINS_WATCH_HISTORY_SECONDS, "
+                                  "PINS_WATCH_HISTORY_MAX_ROWS) or that revision is above its "
+                                  "latest (%lld): list the pins, then watch from the list's "
+                                  "revision",
+                                  s->tenant_id, (long long)s->last_rev, (long long)revision));
+        return;
+    }
+    if (err != 0) {
+        end_sub(ww, s, err, NULL);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *msg;
+        size_t len;
+        int rv = pack_change(ww->scratch, &changes[i], &msg, &len);
+        if (rv != 0) {
+            pins_arena_reset(ww->scratch);
+            end_sub(ww, s, rv, NULL);
+            return;
+        }
+        bool alive = send_change(ww, s, changes[i].pin.revision, msg, len);
+        pins_arena_reset(ww->scratch);
+        if (!alive)
+            return;
+    }
+    if (n < HISTORY_PAGE && s->live_seen <= s->last_rev)
+        s->catching = false; /* the history holds nothing the feed did not bring */
+    if (s->catching && s->gone == NULL)
+        history_next(ww, s); /* a callback that came later, from the loop */
+}
+
+/* Reads the next page of history for s until it is live, it ended, or a read is in flight. */
+static void history_next(rpc__watch_worker *ww, sub *s)
+{
+    while (s->catching) {
+        bool gone = false;
+        s->fetching = true;
+        s->gone = &gone;
+        int rv = store_changes_since(rpc_call_store(s->call), s->tenant_id, s->prefix, s->last_rev,
+                                     HISTORY_PAGE, on_history, s);
+        if (gone)
+            return; /* ended (and maybe freed) in its callback */
+        s->gone = NULL;
+        if (rv != 0) {
+            s->fetching = false;
+            end_sub(ww, s, rv, NULL);
+            return;
+        }
+        if (s->fetching)
+            return; /* the callback comes later and goes on */
+    }
+}
+
 static void on_cancel(rpc_call *call, void *arg)
 {
     sub *s = arg;
     unlink_sub(rpc_call_worker(call)->watch_hub, s);
+    if (s->fetching) {
+        s->cancelled = true; /* the history callback finishes the call */
+        return;
+    }
     rpc_call_finish(call);
 }
 
-int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefix,
+int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefix, int64_t since,
                         const char **pwhy)
 {
     rpc__watch_worker *ww = rpc_call_worker(call)->watch_hub;
     const pins_config *cfg = rpc_call_config(call);
     if (ww == NULL)
         return PINS_EINTERNAL;
+    if (atomic_load(&feed_down) || !store_feed_live(ww->w->server->store)) {
+        *pwhy = "watch is unavailable on this server: its change feed is down (see the log); "
+                "retry, or watch on another replica";
+        return PINS_EUNAVAILABLE;
+    }
     /* A client that left before the subscription would never be told apart from a quiet one. */
     if (rpc_call_cancelled(call) || call->transport == NULL)
         return PINS_ECANCELLED;
@@ -339,6 +577,8 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
     s->tenant_id = t;
     s->prefix = p;
     s->prefix_len = strlen(p);
+    s->last_rev = since;
+    s->catching = since > 0;
     pins_list_insert(ww->subs.next, &s->link);
     atomic_fetch_add(&ww->nsubs, 1);
     if (ww->heartbeat_ev != NULL && !evtimer_pending(ww->heartbeat_ev, NULL))
@@ -353,6 +593,8 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
             return rv;
         }
     }
+    if (s->catching)
+        history_next(ww, s);
     return 0;
 }
 
@@ -363,7 +605,10 @@ int rpc__watch_worker_init(rpc_worker *w)
         return PINS_ENOMEM;
     pthread_mutex_init(&ww->mu, NULL);
     pins_list_init(&ww->subs);
-    ww->ev = event_new(w->base, -1, 0, on_inbox, ww);
+    ww->w = w;
+    atomic_store(&feed_store, w->server->store);
+    ww->scratch = pins_arena_new(0);
+    ww->ev = ww->scratch != NULL ? event_new(w->base, -1, 0, on_inbox, ww) : NULL;
     int secs = w->server->cfg->sse_heartbeat_seconds;
     if (ww->ev != NULL && secs > 0) {
         ww->heartbeat_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, ww);
@@ -374,6 +619,7 @@ int rpc__watch_worker_init(rpc_worker *w)
         }
     }
     if (ww->ev == NULL) {
+        pins_arena_free(ww->scratch);
         pthread_mutex_destroy(&ww->mu);
         free(ww);
         return PINS_ENOMEM;
@@ -392,7 +638,10 @@ void rpc__watch_drain(rpc_worker *w)
         rpc_call *call = s->call;
         unlink_sub(ww, s);
         rpc_call_on_cancel(call, NULL, NULL);
-        rpc_call_finish(call);
+        if (s->fetching)
+            s->cancelled = true; /* the history callback finishes it */
+        else
+            rpc_call_finish(call);
     }
 }
 
@@ -405,6 +654,7 @@ void rpc__watch_worker_free(rpc_worker *w)
     if (ww->heartbeat_ev != NULL)
         event_free(ww->heartbeat_ev);
     event_free(ww->ev);
+    pins_arena_free(ww->scratch);
     pthread_mutex_destroy(&ww->mu);
     free(ww);
     w->watch_hub = NULL;

@@ -82,6 +82,7 @@ int main(int argc, char **argv)
 
     char store_err[256] = "";
     store_options so = {.database_url = cfg.database_url,
+                        .listen_url = cfg.database_listen_url,
                         .data_dir = cfg.data_dir,
                         .pool_size = cfg.db_pool_size,
                         .cache_bytes = cfg.cache_max_bytes,

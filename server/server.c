@@ -32,6 +32,7 @@
 #include "protocols/protocols.h"
 #include "rpc/audit.h"
 #include "rpc/core.h"
+#include "rpc/watch.h"
 #include "server/sdnotify.h"
 #include "store/store.h"
 #include "transport/tls.h"
@@ -458,6 +459,9 @@ typedef struct sweeper {
     bool pending; /* a batch is in flight */
     bool in_call; /* inside store_pin_sweep: its callback must not start the next batch */
     bool more;    /* the last batch was full: more may be expired */
+    /* The same for the watch history's retention (store_history_expire). */
+    int hbatches;
+    bool hpending, hin_call, hmore;
 } sweeper;
 
 static void sweep_run(sweeper *sw);
@@ -496,11 +500,51 @@ static void sweep_run(sweeper *sw)
     }
 }
 
+static void history_run(sweeper *sw);
+
+static void on_history_trimmed(void *arg, int err, int64_t count)
+{
+    sweeper *sw = arg;
+    sw->hpending = false;
+    sw->hbatches++;
+    sw->hmore = err == 0 && count >= sw->w->server->cfg->sweep_batch;
+    if (err != 0)
+        pins_log_warn("the watch history's retention failed; it is retried at the next sweep",
+                      "error", pins_strerror(err), NULL);
+    if (!sw->hin_call && sw->hmore)
+        history_run(sw);
+}
+
+/* The watch history keeps PINS_WATCH_HISTORY_SECONDS and at most PINS_WATCH_HISTORY_MAX_ROWS
+ * changes; older ones go in batches of PINS_SWEEP_BATCH, as expired pins do. */
+static void history_run(sweeper *sw)
+{
+    rpc_worker *w = sw->w;
+    const pins_config *cfg = w->server->cfg;
+    while (sw->hmore && !sw->hpending && sw->hbatches < SWEEP_BATCHES_PER_TICK && !w->draining) {
+        sw->hpending = true;
+        sw->hin_call = true;
+        int64_t before = pins_time_now_us() - (int64_t)cfg->watch_history_seconds * 1000000;
+        int rv = store_history_expire(w->store, before, cfg->watch_history_max_rows,
+                                      cfg->sweep_batch, on_history_trimmed, sw);
+        sw->hin_call = false;
+        if (rv != 0) {
+            sw->hpending = false;
+            return;
+        }
+    }
+}
+
 /* Expired pins are hidden at once by reads; this reclaims them in bounded batches so that
  * expiry never stalls requests. */
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
     sweeper *sw = arg;
+    if (!sw->hpending) {
+        sw->hbatches = 0;
+        sw->hmore = true;
+        history_run(sw);
+    }
     if (sw->pending)
         return;
     sw->batches = 0;
@@ -577,6 +621,7 @@ int pins_server_run(pins_server *ps)
         return PINS_ENOMEM;
     evthread_use_pthreads();
     int started = 0;
+    bool feed_started = false;
     for (int i = 0; i < s->nworkers; i++) {
         rpc_worker *w = &s->workers[i];
         server_worker *sw = &ps->sw[i];
@@ -622,6 +667,15 @@ int pins_server_run(pins_server *ps)
         }
     }
     if (rv == 0) {
+        /* Every worker's watch hub exists: the store's change feed may deliver from now on. */
+        rv = store_feed_start(s->store, rpc_watch_feed, rpc_watch_feed_state, s);
+        if (rv != 0)
+            pins_log_error("cannot start the store's change feed", "error", pins_strerror(rv),
+                           NULL);
+        else
+            feed_started = true;
+    }
+    if (rv == 0) {
         for (int i = 0; i < s->nworkers; i++) {
             if (pthread_create(&threads[i], NULL, worker_main, &ps->sw[i]) != 0) {
                 rv = PINS_EINTERNAL;
@@ -659,6 +713,8 @@ int pins_server_run(pins_server *ps)
         event_active(ps->sw[i].drain_ev, EV_READ, 0);
     for (int i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
+    if (feed_started)
+        store_feed_stop(s->store);
     free(threads);
     return rv;
 }

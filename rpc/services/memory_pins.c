@@ -42,6 +42,7 @@ static Memorypins__V1__Pin *pin_from_store(pins_arena *a, const store_pin *sp,
     p->created_at = rpc__timestamp_new(a, sp->created_us);
     p->updated_at = rpc__timestamp_new(a, sp->updated_us);
     p->version = sp->version;
+    p->revision = sp->revision;
     if (p->tenant_id == NULL || p->key == NULL || p->source == NULL || p->created_at == NULL ||
         p->updated_at == NULL)
         return NULL;
@@ -74,33 +75,6 @@ static store_audit_info audit_info(rpc_call *call)
     };
 }
 
-/* Tells WatchPins streams about a change. value: the pin's value when the caller has it as a
- * Struct, else NULL to decode the row's JSON. Costs nothing when nobody watches. */
-static void publish(rpc_call *call, int type, const store_pin *pin,
-                    const Google__Protobuf__Struct *value)
-{
-    if (!rpc_watch_active())
-        return;
-    pins_arena *a = rpc_call_arena(call);
-    Google__Protobuf__Struct *parsed = NULL;
-    if (value == NULL) {
-        if (pbstruct_from_json(a, pin->value_json, pin->value_len, PINS_VALUE_MAX_DEPTH, &parsed) !=
-            0)
-            return;
-        value = parsed;
-    }
-    size_t vlen = protobuf_c_message_get_packed_size(&value->base);
-    uint8_t *vpb = pins_arena_alloc(a, vlen + 1);
-    uint8_t *msg;
-    size_t len;
-    if (vpb == NULL)
-        return;
-    protobuf_c_message_pack(&value->base, vpb);
-    if (pin_codec_encode_event(a, pin, vpb, vlen, type, &msg, &len) != 0)
-        return;
-    rpc_watch_publish(call, pin->tenant_id, pin->key, msg, len);
-}
-
 /* ---- UpsertPin ----------------------------------------------------------------------------- */
 
 typedef struct upsert_ctx {
@@ -119,8 +93,6 @@ static void on_upserted(void *arg, int err, const store_pin *pin, bool created)
         rpc__fail_store(call, err, "upsert", u->key);
         return;
     }
-    publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_PUT, pin,
-            u->req->value);
     uint8_t *msg;
     size_t len;
     if (pin_codec_encode_response(rpc_call_arena(call), pin, u->value_pb, u->value_pb_len,
@@ -360,7 +332,8 @@ typedef struct list_ctx {
     int64_t offset;
 } list_ctx;
 
-static void on_listed(void *arg, int err, const store_pin *pins, size_t npins, int64_t total)
+static void on_listed(void *arg, int err, const store_pin *pins, size_t npins, int64_t total,
+                      int64_t revision)
 {
     list_ctx *l = arg;
     rpc_call *call = l->call;
@@ -386,6 +359,7 @@ static void on_listed(void *arg, int err, const store_pin *pins, size_t npins, i
     resp.n_pins = npins;
     resp.pins = arr;
     resp.total = total;
+    resp.revision = revision;
     resp.limit = l->limit;
     resp.offset = (int32_t)(l->offset > INT32_MAX ? INT32_MAX : l->offset);
     int64_t next = l->offset + (int64_t)npins;
@@ -453,7 +427,6 @@ static void on_deleted(void *arg, int err, const store_pin *pin, bool created)
         rpc__fail_store(call, err, "delete", k->key);
         return;
     }
-    publish(call, MEMORYPINS__V1__WATCH_PINS_RESPONSE__EVENT_TYPE__EVENT_TYPE_DELETE, pin, NULL);
     Memorypins__V1__DeletePinResponse resp = MEMORYPINS__V1__DELETE_PIN_RESPONSE__INIT;
     resp.deleted = true;
     resp.key = (char *)k->key;
@@ -537,6 +510,32 @@ void rpc__pins_cleanup(rpc_call *call)
 
 /* ---- WatchPins ---------------------------------------------------------------------------- */
 
+/* The revision to resume after: since_revision, else an SSE client's Last-Event-ID (the id of
+ * the last event it saw, which EventSource sends by itself when it reconnects). Returns 0 or
+ * PINS_EINVALID_ARGUMENT with *pwhy set. */
+static int watch_since(rpc_call *call, const Memorypins__V1__WatchPinsRequest *req, int64_t *psince,
+                       const char **pwhy)
+{
+    *psince = req->since_revision;
+    if (req->since_revision < 0) {
+        *pwhy = "since_revision: must be 0 (from now on) or a revision the stream saw";
+        return PINS_EINVALID_ARGUMENT;
+    }
+    const char *last = rpc_call_header(call, "last-event-id");
+    if (req->since_revision != 0 || last == NULL || *last == '\0')
+        return 0;
+    int64_t v = 0;
+    for (const char *p = last; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9' || v > (INT64_MAX - (*p - '0')) / 10) {
+            *pwhy = "last-event-id: must be the id of an event of this stream (a revision)";
+            return PINS_EINVALID_ARGUMENT;
+        }
+        v = v * 10 + (*p - '0');
+    }
+    *psince = v;
+    return 0;
+}
+
 void rpc__pins_watch(rpc_call *call)
 {
     const Memorypins__V1__WatchPinsRequest *req =
@@ -549,12 +548,16 @@ void rpc__pins_watch(rpc_call *call)
     };
     if (!rpc__fields_valid_or_reply(call, checks, RPC__COUNTOF(checks)))
         return;
+    int64_t since = 0;
+    const char *why = NULL;
+    if (watch_since(call, req, &since, &why) != 0) {
+        rpc_call_fail(call, PINS_EINVALID_ARGUMENT, "%s", why);
+        return;
+    }
     const char *full = NULL;
-    int rv = rpc_watch_subscribe(call, tenant, prefix, &full);
-    if (rv == PINS_ERESOURCE_EXHAUSTED)
-        rpc_call_fail(call, rv, "%s", full != NULL ? full : "too many watch streams are open");
-    else if (rv != 0)
-        rpc_call_fail(call, rv, NULL);
+    int rv = rpc_watch_subscribe(call, tenant, prefix, since, &full);
+    if (rv != 0)
+        rpc_call_fail(call, rv, "%s", full != NULL ? full : pins_strerror(rv));
 }
 
 /* ---- not served yet ------------------------------------------------------------------------ */

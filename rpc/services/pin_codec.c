@@ -97,6 +97,7 @@ static int encode(pins_arena *a, const store_pin *pin, const uint8_t *value_pb, 
     n += pin->has_ttl ? ld_size(ttlc) : 0;
     n += pin->has_expires ? ld_size(ec) : 0;
     n += pin->version ? 1 + varint_size((uint64_t)pin->version) : 0;
+    n += pin->revision ? 1 + varint_size((uint64_t)pin->revision) : 0;
 
     size_t total = nhead + ld_size(n) + ntail;
     uint8_t *buf = pins_arena_alloc(a, total);
@@ -136,6 +137,10 @@ static int encode(pins_arena *a, const store_pin *pin, const uint8_t *value_pb, 
     if (pin->version) {
         *p++ = 0x50;
         p = put_varint(p, (uint64_t)pin->version);
+    }
+    if (pin->revision) {
+        *p++ = 0x58; /* Pin.revision, field 11 */
+        p = put_varint(p, (uint64_t)pin->revision);
     }
     if (ntail) {
         memcpy(p, tail, ntail);

@@ -46,9 +46,12 @@ static const pinsctl_opt delete_opts[] = {
     {"--expected-version", "N", "delete only when the pin's current version is N"},
     {NULL, NULL, NULL}};
 
-static const pinsctl_opt watch_opts[] = {{"--prefix", "P", "only keys that start with P"},
-                                         {"--count", "N", "end after N events"},
-                                         {NULL, NULL, NULL}};
+static const pinsctl_opt watch_opts[] = {
+    {"--prefix", "P", "only keys that start with P"},
+    {"--since-revision", "R",
+     "first every kept change after revision R (the last one seen), then the live ones"},
+    {"--count", "N", "end after N events"},
+    {NULL, NULL, NULL}};
 
 static const pinsctl_opt health_opts[] = {
     {"--watch", NULL, "follow the serving status (gRPC health Watch), one line per change"},

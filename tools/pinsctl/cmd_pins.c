@@ -448,7 +448,13 @@ int pinsctl_cmd_watch(pinsctl_args *a)
     ex = pinsctl_int_opt(a, "--count", 1, INT64_MAX, &count, &has_count);
     if (ex != 0)
         return ex;
+    int64_t since = 0;
+    bool has_since = false;
+    ex = pinsctl_int_opt(a, "--since-revision", 0, INT64_MAX, &since, &has_since);
+    if (ex != 0)
+        return ex;
     Memorypins__V1__WatchPinsRequest req = MEMORYPINS__V1__WATCH_PINS_REQUEST__INIT;
+    req.since_revision = since;
     req.tenant_id = (char *)a->pos[0];
     if (pinsctl_arg(a, "--prefix") != NULL)
         req.prefix = (char *)pinsctl_arg(a, "--prefix");
@@ -482,8 +488,9 @@ int pinsctl_cmd_watch(pinsctl_args *a)
             char ts[48];
             pinsctl_fmt_ts(p != NULL ? p->updated_at : NULL, true, ts, sizeof(ts));
             char *v = p != NULL ? value_text(p->value) : NULL;
-            printf("%s %-6s %s version=%" PRId64 " %s\n", ts, event_name(ev->type),
-                   p != NULL ? p->key : "-", p != NULL ? p->version : 0, v != NULL ? v : "");
+            printf("%s %-6s %s version=%" PRId64 " revision=%" PRId64 " %s\n", ts,
+                   event_name(ev->type), p != NULL ? p->key : "-", p != NULL ? p->version : 0,
+                   p != NULL ? p->revision : 0, v != NULL ? v : "");
             fflush(stdout);
             free(v);
         }

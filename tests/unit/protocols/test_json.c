@@ -285,7 +285,7 @@ static void test_json_rest_pin_has_every_field(void **state)
                    "\"value\":{\"a\":1,\"b\":[true,null,\"x\"],\"c\":{\"d\":0.5}},"
                    "\"source\":\"api\",\"created_at\":\"2026-11-27T23:53:22.123456Z\","
                    "\"updated_at\":\"2026-11-27T23:53:22.000000Z\",\"ttl_seconds\":null,"
-                   "\"expires_at\":null,\"version\":3}");
+                   "\"expires_at\":null,\"version\":3,\"revision\":0}");
 }
 
 static void test_json_canonical_pin_omits_defaults(void **state)
@@ -313,7 +313,7 @@ static void test_json_rest_pin_with_ttl(void **state)
                    "{\"id\":-5,\"tenant_id\":\"t1\",\"key\":\"notes/today\",\"value\":null,"
                    "\"source\":\"api\",\"created_at\":\"2026-11-27T23:53:22.123456Z\","
                    "\"updated_at\":\"2026-11-27T23:53:22.000000Z\",\"ttl_seconds\":60,"
-                   "\"expires_at\":\"2026-11-27T23:54:22.123456Z\",\"version\":3}");
+                   "\"expires_at\":\"2026-11-27T23:54:22.123456Z\",\"version\":3,\"revision\":0}");
     ttl.value = 0; /* a wrapper holding its default is still present */
     assert_encodes(p, &proto_json_canonical,
                    "{\"id\":\"-5\",\"tenantId\":\"t1\",\"key\":\"notes/today\",\"source\":\"api\","
@@ -327,7 +327,8 @@ static void test_json_list_response_repeated_messages(void **state)
     pins_arena *a = *state;
     Memorypins__V1__ListPinsResponse r = MEMORYPINS__V1__LIST_PINS_RESPONSE__INIT;
     assert_encodes(&r, &proto_json_rest,
-                   "{\"pins\":[],\"total\":0,\"limit\":0,\"offset\":0,\"next_page_token\":\"\"}");
+                   "{\"pins\":[],\"total\":0,\"limit\":0,\"offset\":0,\"next_page_token\":\"\","
+                   "\"revision\":0}");
     assert_encodes(&r, &proto_json_canonical, "{}");
     Memorypins__V1__Pin *pins[2] = {sample_pin(a), sample_pin(a)};
     pins[0]->value = NULL;
@@ -351,9 +352,9 @@ static void test_json_list_response_repeated_messages(void **state)
     assert_encodes(&r, &proto_json_rest,
                    "{\"pins\":[{\"id\":42,\"tenant_id\":\"t1\",\"key\":\"notes/today\","
                    "\"value\":null,\"source\":\"api\",\"created_at\":null,\"updated_at\":null,"
-                   "\"ttl_seconds\":null,\"expires_at\":null,\"version\":3}],"
+                   "\"ttl_seconds\":null,\"expires_at\":null,\"version\":3,\"revision\":0}],"
                    "\"total\":9007199254740993,\"limit\":100,\"offset\":-1,"
-                   "\"next_page_token\":\"\"}");
+                   "\"next_page_token\":\"\",\"revision\":0}");
 }
 
 static void test_json_string_wrapper(void **state)
@@ -1090,7 +1091,8 @@ static void test_json_round_trip_through_protobuf(void **state)
         "{\"pin\":{\"id\":12,\"tenant_id\":\"t\",\"key\":\"k\",\"value\":{\"a\":{\"b\":[1,2.5,"
         "\"\xe2\x82\xac\",false,null]}},\"source\":\"api\",\"created_at\":"
         "\"2026-11-27T23:53:22.123456Z\",\"updated_at\":\"2026-11-27T23:53:22.123456Z\","
-        "\"ttl_seconds\":0,\"expires_at\":\"2026-11-27T23:53:22.123456Z\",\"version\":1},"
+        "\"ttl_seconds\":0,\"expires_at\":\"2026-11-27T23:53:22.123456Z\",\"version\":1,"
+        "\"revision\":5},"
         "\"created\":true}",
         &proto_json_rest);
     assert_binary_round_trip(a, &memorypins__v1__list_rbac_audit_response__descriptor,

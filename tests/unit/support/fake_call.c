@@ -24,6 +24,8 @@
 #include "common/timeutil.h"
 #include "fake_call.h"
 #include "protocols/grpc.h"
+#include "rpc/watch.h"
+#include "store/store.h"
 
 typedef struct fake_sent {
     uint8_t *data;
@@ -179,6 +181,9 @@ fake_env *fake_env_new(void)
     assert_non_null(w->base);
     assert_int_equal(store_session_new(env->store, w->base, &w->store), 0);
     assert_int_equal(rpc__watch_worker_init(w), 0);
+    /* The store's change feed reaches the watch streams, as server/server.c starts it. */
+    assert_int_equal(
+        store_feed_start(env->store, rpc_watch_feed, rpc_watch_feed_state, &env->server), 0);
     pins_list_init(&w->health_watches);
     w->rng.s[0] = 0x243f6a8885a308d3ull; /* fixed seeds: runs repeat */
     w->rng.s[1] = 0x13198a2e03707344ull;
@@ -198,6 +203,7 @@ void fake_env_free(fake_env *env)
     for (size_t i = 0; i < w->narena_pool; i++)
         pins_arena_free(w->arena_pool[i]);
     w->narena_pool = 0;
+    store_feed_stop(env->store);
     rpc__watch_worker_free(w);
     rpc__metrics_worker_free(w);
     store_session_free(w->store);
@@ -280,8 +286,10 @@ static void on_audit(void *arg, int err, const store_memory_audit *rows, size_t 
     s->total = total;
 }
 
-static void on_list(void *arg, int err, const store_pin *pins, size_t npins, int64_t total)
+static void on_list(void *arg, int err, const store_pin *pins, size_t npins, int64_t total,
+                    int64_t revision)
 {
+    (void)revision;
     snap_ctx *s = arg;
     s->done = true;
     s->err = err;
