@@ -126,6 +126,17 @@ void store_breaker_record(int err)
     pthread_mutex_unlock(&lock);
 }
 
+void store_breaker_store_back(void)
+{
+    if (atomic_load_explicit(&state, memory_order_relaxed) != STORE_BREAKER_OPEN)
+        return;
+    int64_t now = pins_time_mono_ns();
+    pthread_mutex_lock(&lock);
+    if (atomic_load(&state) == STORE_BREAKER_OPEN && reopen_at > now)
+        reopen_at = now;
+    pthread_mutex_unlock(&lock);
+}
+
 store_breaker_state store_breaker_get(void)
 {
     return (store_breaker_state)atomic_load(&state);

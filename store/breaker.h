@@ -4,8 +4,9 @@
  * with PINS_ESTORE) in a rolling minute open it: MemoryPins calls then fail fast with
  * PINS_EBREAKER_OPEN for `open_seconds`. Then exactly one call passes as the probe (half-open):
  * its success closes the breaker, a store error or a deadline reopens it; other outcomes give no
- * verdict, and a probe without a verdict after open_seconds lets the next call probe. The state is
- * exported as circuit_breaker_state{name="store"} (0 closed, 1 open, 2 half-open).
+ * verdict, and a probe without a verdict after open_seconds lets the next call probe; a store that
+ * reports a connection made again (store_breaker_store_back) cuts the open period short. The state
+ * is exported as circuit_breaker_state{name="store"} (0 closed, 1 open, 2 half-open).
  */
 #ifndef PINS_STORE_BREAKER_H
 #define PINS_STORE_BREAKER_H
@@ -27,6 +28,10 @@ bool store_breaker_allow(void);
  * PINS_ESTORE counts as a store error; 0, NOT_FOUND, ALREADY_EXISTS and ABORTED prove the store
  * answers; other codes say nothing about the store. */
 void store_breaker_record(int err);
+/* The store made a connection again after losing it (PostgreSQL: a reconnect passed its schema
+ * check, e.g. to a promoted standby): an open breaker lets the next call probe now instead of at
+ * the end of open_seconds, so calls resume as soon as the store is back. */
+void store_breaker_store_back(void);
 /* The current state. */
 store_breaker_state store_breaker_get(void);
 /* Store errors counted in the rolling minute (while closed; the count restarts when it closes). */

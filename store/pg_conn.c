@@ -26,6 +26,7 @@
 
 #include "common/error.h"
 #include "common/timeutil.h"
+#include "store/breaker.h"
 
 static_assert(P_IDLE == (int)STORE__POOL_IDLE && P_BUSY == (int)STORE__POOL_BUSY &&
                   P_CONNECTING == (int)STORE__POOL_CONNECTING && P_DOWN == (int)STORE__POOL_DOWN,
@@ -254,7 +255,14 @@ static void conn_ready(pg_conn *c)
 
 static void connect_poll(pg_conn *c)
 {
-    switch (PQconnectPoll(c->pg)) {
+    PostgresPollingStatusType st = PQconnectPoll(c->pg);
+    /* While it connects libpq may close its socket and open another (the next host of a
+     * multi-host URL, or the next address of one host) that often gets the same number: epoll
+     * forgot the closed one, so the watcher is registered afresh after every poll, never kept
+     * because the number matches. */
+    if (c->io != NULL)
+        store__io_set(c->io, -1, false, false);
+    switch (st) {
     case PGRES_POLLING_FAILED:
         store__pg_conn_fail(c, "connect", PQerrorMessage(c->pg));
         break;
@@ -310,8 +318,10 @@ bool store__pg_conn_checked(pg_conn *c, const PGresult *res)
     c->prepared = 0;
     c->state = C_UP;
     store__schema_behind_set(false);
-    if (c->backoff_ms != 0)
+    if (c->backoff_ms != 0) { /* back after a failure */
         atomic_fetch_add_explicit(&ss->st->up_epoch, 1, memory_order_relaxed);
+        store_breaker_store_back();
+    }
     c->backoff_ms = 0;
     account(c);
     return true;
@@ -343,6 +353,11 @@ static int classify(const char *state, bool *pretry)
     return PINS_EINTERNAL;
 }
 
+/* The runs again of an upsert that lost an insert race. A write's statement snapshot predates its
+ * wait for its tenant's revision row (store/pg_sql.c), so it loses whenever the transaction it
+ * waited for inserted its key; it loses again only if yet another one does while it waits. */
+#define RACE_RETRIES 8
+
 /* r's segment committed: delivers r, or runs it again when its upsert lost a race with a
  * concurrent insert of the same key (it then sees that row). */
 static void finish_ok(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
@@ -352,7 +367,7 @@ static void finish_ok(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
             pg_req *k = r->kids;
             r->kids = k->next;
             k->next = NULL;
-            if (k->retries < 2) {
+            if (k->retries < RACE_RETRIES) {
                 k->retries++;
                 store__pg_requeue(again, k);
             } else {
@@ -370,7 +385,7 @@ static void finish_ok(pg_session *ss, pg_conn *c, pg_req *r, req_list *again)
         store__pg_deliver(ss, c, r);
         return;
     }
-    if (r->retries < 2) {
+    if (r->retries < RACE_RETRIES) {
         r->retries++;
         store__pg_requeue(again, r);
         return;

@@ -108,6 +108,29 @@ static void test_breaker_lets_another_probe_when_one_gives_no_verdict(void **sta
     assert_int_equal(store_breaker_get(), STORE_BREAKER_CLOSED);
 }
 
+static void test_breaker_probes_at_once_when_the_store_is_back(void **state)
+{
+    store_breaker_store_back(); /* closed: nothing to cut short */
+    assert_int_equal(store_breaker_get(), STORE_BREAKER_CLOSED);
+    trip();
+    fake_clock_advance_ms(1000);
+    assert_false(store_breaker_allow());
+    store_breaker_store_back(); /* e.g. a reconnect to a promoted standby */
+    assert_true(store_breaker_allow());
+    assert_int_equal(store_breaker_get(), STORE_BREAKER_HALF_OPEN);
+    assert_false(store_breaker_allow()); /* one probe only */
+    store_breaker_store_back();          /* half-open: no second probe either */
+    assert_false(store_breaker_allow());
+    store_breaker_record(PINS_ESTORE); /* the probe failed: a full cool-down again */
+    assert_int_equal(store_breaker_get(), STORE_BREAKER_OPEN);
+    fake_clock_advance_ms(OPEN_SECS * 1000 - 1);
+    assert_false(store_breaker_allow());
+    store_breaker_store_back();
+    assert_true(store_breaker_allow());
+    store_breaker_record(0);
+    assert_int_equal(store_breaker_get(), STORE_BREAKER_CLOSED);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void)
@@ -118,6 +141,7 @@ int main(void)
         T(test_breaker_lets_one_probe_through_after_the_cool_down),
         T(test_breaker_reopens_when_the_probe_fails),
         T(test_breaker_lets_another_probe_when_one_gives_no_verdict),
+        T(test_breaker_probes_at_once_when_the_store_is_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
