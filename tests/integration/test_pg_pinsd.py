@@ -257,10 +257,13 @@ class PreparedStatementsOnPostgres(unittest.TestCase):
         for i in range(300):
             r = client.call(mp("GetPin"), {"tenant_id": "prep", "key": "k%d" % (i % 7)})
             self.assertEqual(r.pin.key, "k%d" % (i % 7))
-        rows = db.query("SELECT query, calls, plans FROM pg_stat_statements"
-                        " WHERE query LIKE '%WITH ORDINALITY%' OR query LIKE 'WITH cur AS%'")
-        reads = [r for r in rows if "WITH ORDINALITY" in r[0]]
-        writes = [r for r in rows if r[0].startswith("WITH cur AS") and "value_hash" in r[0]]
+        # query last: the statements' texts hold '||', and psql's output is '|'-separated
+        rows = [["|".join(r[2:]), r[0], r[1]] for r in db.query(
+            "SELECT calls, plans, query FROM pg_stat_statements"
+            " WHERE query LIKE '%WITH ORDINALITY%' OR query LIKE 'WITH lk AS%'")]
+        reads = [r for r in rows if "WITH ORDINALITY" in r[0] and "memory_pins p" in r[0]]
+        writes = [r for r in rows if r[0].startswith("WITH lk AS") and "value_hash" in r[0]
+                  and "INSERT INTO system.memory_pins" in r[0]]
         self.assertEqual(len(reads), 1, rows)
         self.assertGreaterEqual(int(reads[0][1]), 300, rows)
         self.assertLessEqual(int(reads[0][2]), 2, rows)  # one generic plan per connection
@@ -490,7 +493,7 @@ class ResilienceTest(unittest.TestCase):
         self.assertTrue(r.created)
 
     def test_migration_reverted_under_a_running_pinsd_shows_on_ready(self):
-        """The runbook's rollback (`pinsctl migrate downgrade -1`) while pinsd serves: /ready turns
+        """The runbook's rollback (`pinsctl migrate downgrade base`) while pinsd serves: /ready turns
         503 schema_behind at once (its ping reads the schema version), calls fail UNAVAILABLE
         (a missing table drops the connection for a schema check), and `upgrade head` brings
         both back."""
@@ -499,7 +502,7 @@ class ResilienceTest(unittest.TestCase):
         self.assertTrue(r.created)
         status, _ = http_get(srv.port, "/ready")
         self.assertEqual(status, 200)
-        migrate(self.pg.url, "downgrade", "-1")
+        migrate(self.pg.url, "downgrade", "base")
         status, body = http_get(srv.port, "/ready")
         self.assertEqual(status, 503, body)
         self.assertEqual(json.loads(body)["checks"]["store"], "schema_behind")
@@ -835,15 +838,18 @@ class ResilienceTest(unittest.TestCase):
         client.call(mp("UpsertPin"), {"tenant_id": "x", "key": "k", "value": {"a": 1}})
         hogs = []
         self.addCleanup(lambda: [h.kill() for h in hogs])
-        for _ in range(17):
+        # pinsd holds 3 sessions (its pool of 2 and its change feed): 16 hogs and pinsd fill 19
+        # slots, and the 17th hog takes the last one to end pinsd's sessions before it sleeps.
+        for n in range(17):
+            sql = "SELECT pg_sleep(60)"
+            if n == 16:
+                time.sleep(1.5)
+                sql = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                       " WHERE usename = 'pinsd'; " + sql)
             hogs.append(subprocess.Popen([pg.PSQL, "-h", "127.0.0.1", "-p", str(self.pg.port),
-                                          "-U", "postgres", "-d", "pins", "-c",
-                                          "SELECT pg_sleep(60)"],
+                                          "-U", "postgres", "-d", "pins", "-c", sql],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(1.5)
-        self.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                     " WHERE usename = 'pinsd'")
-        time.sleep(1.5)
+        time.sleep(3)
         codes = []
         t0 = time.monotonic()
         for i in range(20):  # bounded

@@ -95,6 +95,8 @@ def startup_series(workers):
         "watch_streams_active": 0,
         "watch_events_sent_total": 0,
         "watch_streams_refused_total": 0,
+        "watch_feed_up": 1,
+        "watch_feed_interruptions_total": 0,
     }
     for kind in ("busy", "io", "query", "schema"):
         s[label("store_errors_total", kind=kind)] = 0

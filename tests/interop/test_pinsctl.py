@@ -158,7 +158,7 @@ class CommandsMixin:
         self.assertEqual(put["ttl_seconds"], 3600)
         self.assertEqual(put["value"], value)
         self.assertEqual(set(put), {"id", "tenant_id", "key", "value", "source", "created_at",
-                                    "updated_at", "ttl_seconds", "expires_at", "version"})
+                                    "updated_at", "ttl_seconds", "expires_at", "version", "revision"})
         got = self.grpc(mp("GetPin"), {"tenant_id": t, "key": "k1"})
         self.assertEqual(as_message("memorypins.v1.Pin", put), got.pin)
         doc = one_json(self, self.ctl("get", t, "k1", "--json"))  # --json after the command
@@ -393,8 +393,17 @@ class CommandsMixin:
         lines = out.splitlines()
         self.assertEqual(len(lines), 2, out)
         self.assertEqual(lines[0].split()[1:4], ["PUT", "in-1", "version=1"])
-        self.assertEqual(lines[0].split()[4], '{"a":1}')
-        self.assertEqual(lines[1].split()[1:3], ["DELETE", "in-1"])
+        self.assertEqual(lines[0].split()[4], "revision=2")  # "out" took revision 1
+        self.assertEqual(lines[0].split()[5], '{"a":1}')
+        self.assertEqual(lines[1].split()[1:5], ["DELETE", "in-1", "version=1", "revision=3"])
+        # resuming after revision 1 replays the same two events from the history
+        p = self.start_watch("watch", t, "--since-revision", "1", "--count", "3")
+        self.grpc(mp("UpsertPin"), {"tenant_id": t, "key": "live", "value": {}})
+        out, err = p.communicate(timeout=20)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual([ln.split()[1:3] + ln.split()[4:5] for ln in out.splitlines()],
+                         [["PUT", "in-1", "revision=2"], ["DELETE", "in-1", "revision=3"],
+                          ["PUT", "live", "revision=4"]])
 
     def test_watch_ends_at_its_deadline(self):
         t = self.tenant()

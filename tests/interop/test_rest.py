@@ -20,7 +20,7 @@ CURL = shutil.which("curl")
 HTTP_VERSIONS = ("--http1.1", "--http2-prior-knowledge")
 TS_RE = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
 PIN_FIELDS = ["id", "tenant_id", "key", "value", "source", "created_at", "updated_at",
-              "ttl_seconds", "expires_at", "version"]
+              "ttl_seconds", "expires_at", "version", "revision"]
 
 
 class CurlResult:
@@ -104,6 +104,8 @@ class RestTest(ServerTestCase):
         self.assertEqual(list(pin.keys()), PIN_FIELDS)
         self.assertIsInstance(pin["id"], int)
         self.assertIsInstance(pin["version"], int)
+        self.assertIsInstance(pin["revision"], int)
+        self.assertGreater(pin["revision"], 0)
         self.assertRegex(pin["created_at"], TS_RE)
         self.assertRegex(pin["updated_at"], TS_RE)
 
@@ -184,7 +186,8 @@ class RestTest(ServerTestCase):
                 self.assertEqual(r.status, 200, r)
                 page = r.json()
                 self.assertEqual(list(page.keys()),
-                                 ["pins", "total", "limit", "offset", "next_page_token"])
+                                 ["pins", "total", "limit", "offset", "next_page_token",
+                                  "revision"])
                 self.assertEqual(page["total"], 5)
                 self.assertEqual(page["limit"], 2)
                 self.assertEqual(page["offset"], 0)

@@ -1,5 +1,5 @@
 """Watch streams (WatchPins over gRPC, GET /api/v1/memory/watch as SSE): slots per principal and
-per process, the SSE response head sent on subscription, heartbeats, Last-Event-ID.
+per process, the SSE response head sent on subscription, heartbeats.
 
 Every wait is bounded; nothing asserts on how long something took.
 """
@@ -382,7 +382,7 @@ class SseSlowReaderTest(ServerTestCase):
 # ================================================================================================
 @unittest.skipUnless(CURL, "curl not installed")
 class SseStreamTest(ServerTestCase):
-    """The SSE head on subscription, the heartbeat, Last-Event-ID."""
+    """The SSE head on subscription, the heartbeat (resuming: test_watch_resume)."""
 
     SERVER_ENV = {"PINS_SSE_HEARTBEAT_SECONDS": "1", "PINS_SWEEP_INTERVAL_SECONDS": "3600"}
 
@@ -410,20 +410,6 @@ class SseStreamTest(ServerTestCase):
                 self.assertIsNotNone(r.wait_for(r"(?:^: ping\n\n.*){%d}" % (n + 1)),
                                      "heartbeats stopped after an event: %r" % r.text)
 
-    def test_last_event_id_is_answered_as_not_resumable(self):
-        for v in HTTP_VERSIONS:
-            with self.subTest(v):
-                tenant = "resume-" + v[2:8]
-                r = sse(self, self.server.port, v, "tenant_id=" + tenant,
-                        headers=("Last-Event-ID: 42",))
-                m = r.wait_for(r"\r\n\r\n(: [^\n]*)\n\n")
-                self.assertIsNotNone(m, r.text)
-                self.assertIn("last-event-id ignored", m.group(1))
-                self.client.call(mp("UpsertPin"), {"tenant_id": tenant, "key": "k",
-                                                   "value": {}})
-                m = r.wait_for(r"(?:^id:[^\n]*\n)?event: put\ndata: [^\n]*\n\n")
-                self.assertIsNotNone(m, r.text)
-                self.assertNotIn("id:", m.group(0), "an event id suggests the stream can resume")
 
 
 # ================================================================================================

@@ -187,7 +187,7 @@ class RunbookStructureTest(unittest.TestCase):
                        "/api/v1/rules", "RBAC_ENFORCE=false", "RBAC_ENFORCE=true",
                        "scripts/chaos/redis_disconnect.sh", "scripts/chaos/db_exhaustion.sh",
                        "scripts/chaos/pin_storm.sh", "scripts/chaos/pg_restart.sh",
-                       "migrate downgrade -1", "\\dt system.memory_pins"):
+                       "migrate downgrade base", "\\dt system.memory_pins"):
             self.assertTrue(needle in text, "the runbook's commands lack " + needle)
 
 
