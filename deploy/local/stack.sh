@@ -580,8 +580,11 @@ start_pinsd() {   # start_pinsd 1|2
         . "$dir/pinsd.env"
         set +a
         export DATABASE_URL REDIS_URL MACHINE_SECRET_TOKEN JWT_SECRET
+        # The change feed (LISTEN) goes to PostgreSQL itself: PgBouncer cannot carry it.
+        export DATABASE_LISTEN_URL=$DATABASE_DIRECT_URL
         export PINS_LISTEN="127.0.0.1:$http,127.0.0.1:$grpc" PINS_DATA_DIR="$dir/pinsd$n"
-        SPAWN_KEEP="DATABASE_URL REDIS_URL MACHINE_SECRET_TOKEN JWT_SECRET PINS_LISTEN PINS_DATA_DIR"
+        SPAWN_KEEP="DATABASE_URL DATABASE_LISTEN_URL REDIS_URL MACHINE_SECRET_TOKEN JWT_SECRET"
+        SPAWN_KEEP="$SPAWN_KEEP PINS_LISTEN PINS_DATA_DIR"
         SPAWN_KEEP="$SPAWN_KEEP PINS_WORKERS LOG_FORMAT $PINSD_SETTINGS"
         spawn "pinsd$n" "$PINSD_BIN"
     )
