@@ -25,7 +25,12 @@
 /* Buckets of the principal table (a power of two). */
 #define PRINCIPAL_BUCKETS 256
 /* Changes read from the history per store call while a stream catches up. */
-#define HISTORY_PAGE 256
+#define HISTORY_PAGE 64
+/* History reads a worker has in flight at once; more streams catching up wait their turn. */
+#define HISTORY_INFLIGHT 4
+/* Reads in a row that end below a live change they should hold before the stream gives up (the
+ * database announced a change it does not have: never for changes pinsd wrote). */
+#define HISTORY_STALLS 20
 
 /* One published change, shared by the inboxes it was queued to. */
 typedef struct event_msg {
@@ -63,11 +68,20 @@ typedef struct sub {
     /* Catching up: reading the history above last_rev; live changes are not sent, live_seen
      * keeps the highest revision among them. */
     bool catching;
+    /* since_revision 0: the stream is live at once, and the tenant's latest revision is read
+     * (base_rev), so that a stream ended before its first change still names a revision to
+     * resume from that misses nothing after its start. */
+    bool need_base;
+    int64_t base_rev;
     int64_t live_seen;
-    bool fetching;    /* a store_changes_since call is in flight */
-    bool cancelled;   /* the client left while fetching: the callback finishes the call */
-    bool interrupted; /* the feed was interrupted while fetching: the callback ends the call */
-    bool *gone;       /* set by end_sub while a store call runs (the sub may be freed) */
+    int stalls;     /* reads in a row that ended below live_seen */
+    bool queued;    /* in its worker's wait list for a history read */
+    pins_list wait; /* in its worker's wait list */
+    bool fetching;  /* a store_changes_since call is in flight */
+    bool cancelled; /* the client left while fetching: the callback finishes the call */
+    int end_rv;     /* ended while fetching: the callback ends the call with it */
+    const char *end_why;
+    bool *gone; /* set by end_sub while a store call runs (the sub may be freed) */
 } sub;
 
 struct rpc__watch_worker {
@@ -81,11 +95,18 @@ struct rpc__watch_worker {
     metrics_cell *sent; /* watch_events_sent_total, the worker's cell (got on its thread) */
     bool sent_set;
     rpc_worker *w;
-    pins_arena *scratch; /* history pages are packed here; reset after each page */
+    pins_arena *scratch;   /* history pages are packed here; reset after each page */
+    int inflight;          /* history reads in flight (HISTORY_INFLIGHT at most) */
+    struct event *pump_ev; /* history_pump at the next loop iteration */
+    pins_list waiting;     /* of sub (wait): streams waiting for a history read */
+    /* A change could not be queued here (out of memory) or the feed was interrupted while no
+     * message could be made: the next inbox run ends every stream (they may have a gap). */
+    _Atomic bool lost;
 };
 
 static _Atomic int total; /* changed under principals_mu */
 static _Atomic bool feed_down;
+static _Atomic uint64_t feed_epoch; /* +1 at every interruption */
 static metrics_family *m_active, *m_sent, *m_refused, *m_feed_up, *m_feed_lost;
 static struct store *_Atomic feed_store; /* the process's store, for watch_feed_up */
 static pthread_mutex_t principals_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -215,6 +236,10 @@ static void unlink_sub(rpc__watch_worker *ww, sub *s)
 {
     if (s->owner == NULL)
         return;
+    if (s->queued) {
+        pins_list_unlink(&s->wait);
+        s->queued = false;
+    }
     pins_list_unlink(&s->link);
     atomic_fetch_sub(&ww->nsubs, 1);
     if (pins_list_is_empty(&ww->subs) && ww->heartbeat_ev != NULL)
@@ -223,11 +248,26 @@ static void unlink_sub(rpc__watch_worker *ww, sub *s)
     s->owner = NULL;
 }
 
+/* The revision a client resumes from after this stream: the last change it was sent, or the
+ * tenant's revision when the stream started. */
+static int64_t resume_rev(const sub *s)
+{
+    return s->last_rev > s->base_rev ? s->last_rev : s->base_rev;
+}
+
 /* Ends a stream with rv and the client-visible why (NULL: the table's message, or the slow-reader
  * text for PINS_ERESOURCE_EXHAUSTED). The sub may be freed with its call. */
 static void end_sub(rpc__watch_worker *ww, sub *s, int rv, const char *why)
 {
     rpc_call *call = s->call;
+    if (s->fetching) { /* its history read still holds the sub: that callback ends it */
+        if (s->end_rv == 0) {
+            s->end_rv = rv;
+            s->end_why = why;
+        }
+        unlink_sub(ww, s);
+        return;
+    }
     if (s->gone != NULL)
         *s->gone = true;
     unlink_sub(ww, s);
@@ -239,7 +279,7 @@ static void end_sub(rpc__watch_worker *ww, sub *s, int rv, const char *why)
                       "watch stream closed: events could not be held for this client (it reads "
                       "too slowly, or the server's buffers are full); watch again with "
                       "since_revision=%lld to miss nothing",
-                      (long long)s->last_rev);
+                      (long long)resume_rev(s));
     else
         rpc_call_fail(call, rv, NULL);
 }
@@ -284,12 +324,8 @@ static void interrupt_all(rpc__watch_worker *ww)
     for (pins_list *p = ww->subs.next, *next; p != &ww->subs; p = next) {
         next = p->next;
         sub *s = pins_list_entry(p, sub, link);
-        if (s->fetching) {
-            s->interrupted = true; /* ended by its history callback */
-            continue;
-        }
         const char *why =
-            pins_arena_printf(rpc_call_arena(s->call), feed_lost, (long long)s->last_rev);
+            pins_arena_printf(rpc_call_arena(s->call), feed_lost, (long long)resume_rev(s));
         end_sub(ww, s, PINS_EUNAVAILABLE, why);
     }
 }
@@ -336,6 +372,10 @@ static void on_inbox(evutil_socket_t fd, short what, void *arg)
     inbox_node *n = ww->head;
     ww->head = ww->tail = NULL;
     pthread_mutex_unlock(&ww->mu);
+    if (atomic_exchange(&ww->lost, false)) {
+        pins_log_error("a change could not reach this worker's watch streams; ending them", NULL);
+        interrupt_all(ww);
+    }
     while (n != NULL) {
         inbox_node *next = n->next;
         deliver(ww, n->ev);
@@ -354,8 +394,11 @@ static void publish(rpc_server *srv, event_msg *e)
         if (ww == NULL || atomic_load(&ww->nsubs) == 0)
             continue;
         inbox_node *n = malloc(sizeof(*n));
-        if (n == NULL)
+        if (n == NULL) { /* its streams would miss e: they end, and resume */
+            atomic_store(&ww->lost, true);
+            event_active(ww->ev, EV_READ, 0);
             continue;
+        }
         n->next = NULL;
         n->ev = e;
         atomic_fetch_add(&e->refs, 1);
@@ -393,6 +436,18 @@ static int pack_change(pins_arena *a, const store_change *ch, uint8_t **pmsg, si
     return pin_codec_encode_event(a, pin, vpb, vlen, ch->type, pmsg, plen);
 }
 
+/* Every worker ends its streams at its next inbox run. */
+static void lose_all(rpc_server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++) {
+        rpc__watch_worker *ww = srv->workers[i].watch_hub;
+        if (ww == NULL || atomic_load(&ww->nsubs) == 0)
+            continue;
+        atomic_store(&ww->lost, true);
+        event_active(ww->ev, EV_READ, 0);
+    }
+}
+
 void rpc_watch_feed(void *arg, const store_change *ch)
 {
     rpc_server *srv = arg;
@@ -404,11 +459,9 @@ void rpc_watch_feed(void *arg, const store_change *ch)
     event_msg *e = a != NULL ? calloc(1, sizeof(*e)) : NULL;
     if (e == NULL || pack_change(a, ch, &msg, &len) != 0) {
         /* A change a stream cannot be sent breaks its exactly-once promise: end them all. */
-        pins_log_error("a change could not be packed for the watch streams; ending them", NULL);
         free(e);
         pins_arena_free(a);
-        rpc_watch_feed_state(arg, false);
-        rpc_watch_feed_state(arg, true);
+        lose_all(srv);
         return;
     }
     e->revision = ch->pin.revision;
@@ -422,9 +475,7 @@ void rpc_watch_feed(void *arg, const store_change *ch)
         free(e->msg);
         free(e);
         pins_arena_free(a);
-        pins_log_error("out of memory queueing a change for the watch streams; ending them", NULL);
-        rpc_watch_feed_state(arg, false);
-        rpc_watch_feed_state(arg, true);
+        lose_all(srv);
         return;
     }
     memcpy(e->msg, msg, len);
@@ -436,13 +487,17 @@ void rpc_watch_feed(void *arg, const store_change *ch)
 void rpc_watch_feed_state(void *arg, bool live)
 {
     rpc_server *srv = arg;
+    if (!live)
+        atomic_fetch_add(&feed_epoch, 1); /* before feed_down: see rpc_watch_subscribe */
     atomic_store(&feed_down, !live);
     if (live)
         return;
     metrics_counter_inc(m_feed_lost, NULL);
     event_msg *e = calloc(1, sizeof(*e));
-    if (e == NULL)
-        return; /* the streams go on; new ones are refused while the feed is down */
+    if (e == NULL) {
+        lose_all(srv);
+        return;
+    }
     e->interrupt = true;
     publish(srv, e);
 }
@@ -452,21 +507,64 @@ void rpc_watch_feed_state(void *arg, bool live)
 
 static void history_next(rpc__watch_worker *ww, sub *s);
 
+/* Starts the history reads of waiting streams while fewer than HISTORY_INFLIGHT run, at most
+ * 2 * HISTORY_INFLIGHT of them per call: a backend that answers at once (SQLite) puts each stream
+ * back in the queue, and the rest waits for the next loop iteration (pump_ev), so a long history
+ * never holds the worker for more than a few pages. */
+static void history_pump(rpc__watch_worker *ww)
+{
+    int budget = 2 * HISTORY_INFLIGHT;
+    while (budget-- > 0 && ww->inflight < HISTORY_INFLIGHT && !pins_list_is_empty(&ww->waiting)) {
+        sub *s = pins_list_entry(pins_list_first(&ww->waiting), sub, wait);
+        pins_list_unlink(&s->wait);
+        s->queued = false;
+        history_next(ww, s);
+    }
+    if (ww->inflight < HISTORY_INFLIGHT && !pins_list_is_empty(&ww->waiting))
+        event_active(ww->pump_ev, EV_READ, 0);
+}
+
+static void on_pump(evutil_socket_t fd, short what, void *arg)
+{
+    history_pump(arg);
+}
+
+/* Queues s for its next history read (the read starts now when a slot is free). */
+static void history_want(rpc__watch_worker *ww, sub *s)
+{
+    if (s->queued || s->fetching)
+        return;
+    pins_list_insert(ww->waiting.prev, &s->wait); /* at the tail: FIFO */
+    s->queued = true;
+    history_pump(ww);
+}
+
 static void on_history(void *arg, int err, const store_change *changes, size_t n, int64_t revision)
 {
     sub *s = arg;
     rpc__watch_worker *ww = rpc_call_worker(s->call)->watch_hub;
     s->fetching = false;
-    if (s->cancelled) { /* unlinked by on_cancel, which left the finish to us */
+    ww->inflight--;
+    bool later = s->gone == NULL; /* called from the loop, not from inside history_next */
+    if (s->cancelled) {           /* unlinked by on_cancel or the drain, which left us the finish */
         if (s->gone != NULL)
             *s->gone = true;
         rpc_call_finish(s->call);
-        return;
+        goto pump;
     }
-    if (s->interrupted) {
-        end_sub(ww, s, PINS_EUNAVAILABLE,
-                pins_arena_printf(rpc_call_arena(s->call), feed_lost, (long long)s->last_rev));
-        return;
+    if (s->end_rv != 0) { /* ended while the read ran (a failed heartbeat, an interruption) */
+        end_sub(ww, s, s->end_rv, s->end_why);
+        goto pump;
+    }
+    if (s->need_base) {
+        /* after = INT64_MAX: PINS_EOUT_OF_RANGE with the tenant's latest revision */
+        if (err != 0 && err != PINS_EOUT_OF_RANGE) {
+            end_sub(ww, s, err, NULL);
+            goto pump;
+        }
+        s->need_base = false;
+        s->base_rev = revision;
+        goto pump;
     }
     if (err == PINS_EOUT_OF_RANGE) {
         end_sub(ww, s, err,
@@ -477,11 +575,11 @@ static void on_history(void *arg, int err, const store_change *changes, size_t n
                                   "latest (%lld): list the pins, then watch from the list's "
                                   "revision",
                                   s->tenant_id, (long long)s->last_rev, (long long)revision));
-        return;
+        goto pump;
     }
     if (err != 0) {
         end_sub(ww, s, err, NULL);
-        return;
+        goto pump;
     }
     for (size_t i = 0; i < n; i++) {
         uint8_t *msg;
@@ -490,38 +588,62 @@ static void on_history(void *arg, int err, const store_change *changes, size_t n
         if (rv != 0) {
             pins_arena_reset(ww->scratch);
             end_sub(ww, s, rv, NULL);
-            return;
+            goto pump;
         }
         bool alive = send_change(ww, s, changes[i].pin.revision, msg, len);
         pins_arena_reset(ww->scratch);
         if (!alive)
-            return;
+            goto pump;
     }
-    if (n < HISTORY_PAGE && s->live_seen <= s->last_rev)
-        s->catching = false; /* the history holds nothing the feed did not bring */
-    if (s->catching && s->gone == NULL)
-        history_next(ww, s); /* a callback that came later, from the loop */
+    if (n < HISTORY_PAGE) {
+        /* The read reached the tenant's latest revision: every live change up to it is in the
+         * history just sent (or was sent before). A live change above it came after the read. */
+        if (s->live_seen <= revision) {
+            s->catching = false;
+            goto pump;
+        }
+        if (n == 0 && ++s->stalls >= HISTORY_STALLS) {
+            end_sub(ww, s, PINS_EUNAVAILABLE,
+                    "the change feed announced a change the store does not have; watch again "
+                    "with since_revision to resume");
+            goto pump;
+        }
+    } else {
+        s->stalls = 0;
+    }
+    if (later)
+        history_want(ww, s); /* the next page, behind the streams waiting for their turn */
+    return;
+pump:
+    if (later)
+        history_pump(ww);
 }
 
-/* Reads the next page of history for s until it is live, it ended, or a read is in flight. */
+/* Starts one history read for s (the base read first when it needs one). A read answered at once
+ * puts s back at the tail of the queue while it is still catching up. */
 static void history_next(rpc__watch_worker *ww, sub *s)
 {
-    while (s->catching) {
-        bool gone = false;
-        s->fetching = true;
-        s->gone = &gone;
-        int rv = store_changes_since(rpc_call_store(s->call), s->tenant_id, s->prefix, s->last_rev,
-                                     HISTORY_PAGE, on_history, s);
-        if (gone)
-            return; /* ended (and maybe freed) in its callback */
-        s->gone = NULL;
-        if (rv != 0) {
-            s->fetching = false;
-            end_sub(ww, s, rv, NULL);
-            return;
-        }
-        if (s->fetching)
-            return; /* the callback comes later and goes on */
+    bool gone = false;
+    s->fetching = true;
+    s->gone = &gone;
+    ww->inflight++;
+    int64_t after = s->need_base ? INT64_MAX : s->last_rev;
+    int rv = store_changes_since(rpc_call_store(s->call), s->tenant_id, s->prefix, after,
+                                 s->need_base ? 1 : HISTORY_PAGE, on_history, s);
+    if (gone)
+        return; /* ended (and maybe freed) in its callback */
+    s->gone = NULL;
+    if (rv != 0) {
+        s->fetching = false;
+        ww->inflight--;
+        end_sub(ww, s, rv, NULL);
+        return;
+    }
+    if (s->fetching)
+        return; /* the callback comes later and goes on */
+    if (s->catching || s->need_base) {
+        pins_list_insert(ww->waiting.prev, &s->wait);
+        s->queued = true;
     }
 }
 
@@ -579,12 +701,23 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
     s->prefix_len = strlen(p);
     s->last_rev = since;
     s->catching = since > 0;
+    s->need_base = since == 0;
+    uint64_t epoch = atomic_load(&feed_epoch);
     pins_list_insert(ww->subs.next, &s->link);
     atomic_fetch_add(&ww->nsubs, 1);
     if (ww->heartbeat_ev != NULL && !evtimer_pending(ww->heartbeat_ev, NULL))
         evtimer_add(ww->heartbeat_ev, &ww->heartbeat_tv);
     call->pending_max = (size_t)cfg->watch_pending_bytes;
     rpc_call_on_cancel(call, on_cancel, s);
+    if (atomic_load(&feed_down) || atomic_load(&feed_epoch) != epoch) {
+        /* The feed was interrupted between the check above and the insertion: the interruption
+         * may have been queued before this stream existed. */
+        rpc_call_on_cancel(call, NULL, NULL);
+        unlink_sub(ww, s);
+        *pwhy = "watch is unavailable on this server: its change feed was interrupted; retry, "
+                "or watch on another replica";
+        return PINS_EUNAVAILABLE;
+    }
     if (call->ops->open != NULL) {
         rv = call->ops->open(call);
         if (rv != 0) {
@@ -593,8 +726,7 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
             return rv;
         }
     }
-    if (s->catching)
-        history_next(ww, s);
+    history_want(ww, s);
     return 0;
 }
 
@@ -607,8 +739,10 @@ int rpc__watch_worker_init(rpc_worker *w)
     pins_list_init(&ww->subs);
     ww->w = w;
     atomic_store(&feed_store, w->server->store);
+    pins_list_init(&ww->waiting);
     ww->scratch = pins_arena_new(0);
-    ww->ev = ww->scratch != NULL ? event_new(w->base, -1, 0, on_inbox, ww) : NULL;
+    ww->pump_ev = ww->scratch != NULL ? event_new(w->base, -1, 0, on_pump, ww) : NULL;
+    ww->ev = ww->pump_ev != NULL ? event_new(w->base, -1, 0, on_inbox, ww) : NULL;
     int secs = w->server->cfg->sse_heartbeat_seconds;
     if (ww->ev != NULL && secs > 0) {
         ww->heartbeat_ev = event_new(w->base, -1, EV_PERSIST, on_heartbeat, ww);
@@ -619,6 +753,8 @@ int rpc__watch_worker_init(rpc_worker *w)
         }
     }
     if (ww->ev == NULL) {
+        if (ww->pump_ev != NULL)
+            event_free(ww->pump_ev);
         pins_arena_free(ww->scratch);
         pthread_mutex_destroy(&ww->mu);
         free(ww);
@@ -654,6 +790,7 @@ void rpc__watch_worker_free(rpc_worker *w)
     if (ww->heartbeat_ev != NULL)
         event_free(ww->heartbeat_ev);
     event_free(ww->ev);
+    event_free(ww->pump_ev);
     pins_arena_free(ww->scratch);
     pthread_mutex_destroy(&ww->mu);
     free(ww);

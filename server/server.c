@@ -748,9 +748,12 @@ void pins_server_free(pins_server *ps)
         for (int i = 0; i < s->nworkers; i++) {
             rpc_worker *w = &s->workers[i];
             server_worker *sw = ps->sw != NULL ? &ps->sw[i] : NULL;
-            rpc_worker_release(w);
+            /* The session first: the calls it still has pending (a watch's history read) complete
+             * with PINS_ECANCELLED into the worker's watch hub and arena pool. */
             if (w->store != NULL)
                 store_session_free(w->store);
+            w->store = NULL;
+            rpc_worker_release(w);
             rpc_audit_free(w->audit); /* after the session: its cancelled writes report here */
             if (sw != NULL) {
                 struct event *evs[] = {sw->drain_ev, sw->stop_ev, sw->accept_resume_ev,

@@ -80,6 +80,7 @@ class FailoverTest(unittest.TestCase):
                % (self.primary.port, self.standby.port))
         self.server = Server({"DATABASE_URL": url, "RATE_LIMIT_RPM": "0", "DB_POOL_SIZE": "4",
                               "PINS_SWEEP_INTERVAL_SECONDS": "3600"})
+        self.addCleanup(lambda: self.assertEqual(self.server.sanitizer_findings, []))
         self.addCleanup(self.server.cleanup)
         self.addCleanup(harness._print_tail_on_failure, self, self.server)
         self.server.start(ready_timeout=30)

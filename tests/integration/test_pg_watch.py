@@ -86,8 +86,11 @@ class ReplicasTest(unittest.TestCase):
         for name in ("redis", "bouncer"):
             srv = getattr(cls, name, None)
             if srv is not None:
-                (srv.stop if name == "redis" else srv.destroy)()
+                (srv.cleanup if name == "redis" else srv.destroy)()
         cls.pg.destroy()
+        findings = sum((s.sanitizer_findings for s in cls.servers), [])
+        if findings:
+            raise AssertionError("sanitizer report from a replica:\n" + "\n".join(findings))
 
     def setUp(self):
         for s in self.servers:
@@ -225,6 +228,7 @@ class ReplicasTest(unittest.TestCase):
     def test_slow_consumer_is_cut_while_others_keep_up(self):
         t = "slow-replicas"
         s = Server(dict(self.env(1), PINS_WATCH_PENDING_BYTES="65536"))
+        self.addCleanup(lambda: self.assertEqual(s.sanitizer_findings, []))
         self.addCleanup(s.cleanup)
         s.start(ready_timeout=30)
         c = s.client()
@@ -276,6 +280,12 @@ class ReplicasTest(unittest.TestCase):
         t = "listen-kill"
         readers = [self.watch(i, t) for i in range(3)]
         start = self.live(readers, t)
+        # a watcher that got no event yet still learns a revision to resume from: its tenant's
+        # latest when it started (a write before it, none after it until the cut)
+        qt = "listen-kill-quiet"
+        before = self.upsert(0, qt, "before", {}).revision
+        quiet = self.watch(2, qt)
+        time.sleep(0.5)  # subscribed, and its start revision read
         killed = self.pg.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'pinsd-feed' AND datname = 'pins'")
@@ -295,6 +305,11 @@ class ReplicasTest(unittest.TestCase):
             self.assertIsNotNone(m, item[1].details())
             resume_from.append(int(m.group(1)))
             self.assertGreaterEqual(resume_from[-1], start)
+        item = quiet.next(30)
+        self.assertIsNotNone(item)
+        self.assertEqual((item[0], item[1].code()), ("end", SC.UNAVAILABLE), item)
+        m = re.search(r"since_revision=(\d+)", item[1].details())
+        self.assertEqual(int(m.group(1)), before, item[1].details())
         self.feed_up_everywhere()
         after = self.upsert(2, t, "after", {}).revision
         for i, since in enumerate(resume_from):
@@ -307,7 +322,7 @@ class ReplicasTest(unittest.TestCase):
     def test_sigkilled_replica_under_load_loses_no_acknowledged_write(self):
         t = "kill-replica"
         victim = Server(self.env(1))
-        self.addCleanup(victim.cleanup)
+        self.addCleanup(victim.cleanup)  # SIGKILLed: no sanitizer report to expect
         victim.start(ready_timeout=30)
         targets = [victim.target, self.servers[0].target, self.servers[2].target]
         acked = {}

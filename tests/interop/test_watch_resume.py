@@ -191,6 +191,19 @@ class WatchResumeTest(ServerTestCase):
                          "every revision after the start exactly once, in order")
         self.assertTrue(set(acked) <= set(seen))
 
+    def test_many_streams_catch_up_at_once_each_exactly(self):
+        """More streams than a worker reads history for at once, each with more history than a
+        page: every one gets every change, in order, then the live ones."""
+        t = "many-catch-up"
+        base = self.upsert(t, "base").revision
+        for i in range(300):
+            self.upsert(t, "k%d" % (i % 17), i)
+        readers = [self.watch({"tenant_id": t, "since_revision": base}) for _ in range(12)]
+        live = self.upsert(t, "live", 1).revision
+        for r in readers:
+            got = [e.pin.revision for e in r.events_until(live, timeout=60)]
+            self.assertEqual(got, list(range(base + 1, live + 1)))
+
     def test_trimmed_history_is_out_of_range_and_recent_history_still_resumes(self):
         s = self.fresh_server({"PINS_WATCH_HISTORY_MAX_ROWS": "1000",
                                "PINS_SWEEP_INTERVAL_SECONDS": "1"})
@@ -271,6 +284,28 @@ class ExpireEventsTest(ServerTestCase):
         got = r.events_until(p.revision + 1, timeout=30)
         self.assertEqual([(e.type, e.pin.key, e.pin.revision) for e in got],
                          [(PUT, "gone", p.revision), (EXPIRE, "gone", p.revision + 1)])
+
+
+@unittest.skipUnless(CURL, "curl not installed")
+class SseLongStreamTest(ServerTestCase):
+    """A long SSE stream does not accumulate its events: with the smallest request bound the
+    call's arena holds about 1 MiB, and 2000 events of about 700 bytes pass through it."""
+
+    SERVER_ENV = {"MAX_REQUEST_BYTES": "1024", "MEMORY_MAX_SIZE_BYTES": "1024",
+                  "PINS_SWEEP_INTERVAL_SECONDS": "3600", "PINS_WATCH_PENDING_BYTES": "16777216"}
+
+    def test_two_thousand_events_on_one_stream(self):
+        t = "sse-long"
+        r = sse(self, self.server.port, "--http1.1", "tenant_id=" + t)
+        self.assertIsNotNone(r.wait_for(r"^HTTP/\S+ 200.*?\r\n\r\n"), r.text)
+        last = 0
+        for i in range(2000):
+            last = self.client.call(mp("UpsertPin"), {"tenant_id": t, "key": "k%d" % (i % 50),
+                                                      "value": {"v": "x" * 600, "i": i}}).pin.revision
+        m = r.wait_for(r"^id: %d\nevent: put\n" % last, timeout=60)
+        self.assertIsNotNone(m, r.text[-500:])
+        self.assertNotIn("event: error", r.text)
+        self.assertEqual(len(re.findall(r"^event: put$", r.text, re.M)), 2000)
 
 
 @unittest.skipUnless(CURL, "curl not installed")

@@ -204,9 +204,9 @@ void fake_env_free(fake_env *env)
         pins_arena_free(w->arena_pool[i]);
     w->narena_pool = 0;
     store_feed_stop(env->store);
+    store_session_free(w->store); /* first, as server.c does: pending calls complete into the hub */
     rpc__watch_worker_free(w);
     rpc__metrics_worker_free(w);
-    store_session_free(w->store);
     store_close(env->store);
     event_base_free(w->base);
     pins_config_free(&env->cfg);
