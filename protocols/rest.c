@@ -509,9 +509,9 @@ static proto__exchange *exchange_of_call(rpc_call *call)
     return s != NULL ? s->proto_data : NULL;
 }
 
-/* The SSE event name of a message: its enum field "type" without the enum's prefix, lower
- * case (EVENT_TYPE_PUT -> "put"), or "message". */
-static const char *sse_event_name(pins_arena *a, const ProtobufCMessage *msg)
+/* The SSE event name of a message, in buf: its enum field "type" without the enum's prefix, lower
+ * case (EVENT_TYPE_PUT -> "put"), or "message". No allocation: a stream writes one per event. */
+static const char *sse_event_name(char *buf, size_t cap, const ProtobufCMessage *msg)
 {
     const ProtobufCFieldDescriptor *f =
         protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, "type");
@@ -525,14 +525,12 @@ static const char *sse_event_name(pins_arena *a, const ProtobufCMessage *msg)
     const char *under = strstr(name, "TYPE_");
     if (under != NULL)
         name = under + 5;
-    char *out = pins_arena_strdup(a, name);
-    if (out == NULL)
+    size_t n = strlen(name);
+    if (n >= cap)
         return "message";
-    for (char *p = out; *p != '\0'; p++) {
-        if (*p >= 'A' && *p <= 'Z')
-            *p = (char)(*p - 'A' + 'a');
-    }
-    return out;
+    for (size_t i = 0; i <= n; i++)
+        buf[i] = name[i] >= 'A' && name[i] <= 'Z' ? (char)(name[i] - 'A' + 'a') : name[i];
+    return buf;
 }
 
 /* The SSE id of a message: the int64 "revision" of its message field "pin" (WatchPinsResponse),
@@ -624,9 +622,10 @@ static int rest_send(rpc_call *call, const ProtobufCMessage *msg)
     if (rv != 0)
         goto out;
     if (r->sse) {
+        char name[48];
         rv = sse_start(ex);
         if (rv == 0)
-            rv = sse_write(ex, sse_event_name(call->arena, msg), sse_event_id(msg),
+            rv = sse_write(ex, sse_event_name(name, sizeof(name), msg), sse_event_id(msg),
                            pins_buf_ptr(&b), pins_buf_len(&b));
         goto out;
     }
