@@ -21,9 +21,9 @@
  * The scheduler assumes that every write call (OP_UPSERT, OP_DELETE) changes exactly one row,
  * named by its first two parameters, params[0] = tenant_id and params[1] = key, and nothing
  * else. Four things rest on it:
- *   - key slots: submit hashes (params[0], params[1]) once into r->slot; a write whose slot has a
- *     write segment of this session in flight (busy[slot] > 0) waits, so one key never has two
- *     transactions of one session queued on its row lock;
+ *   - tenant slots: submit hashes params[0] once into r->slot; a write whose slot has a write
+ *     segment of this session in flight (busy[slot] > 0) waits, so one tenant (its revision row)
+ *     and one key never have two transactions of one session queued on their row locks;
  *   - write order: a write segment is sorted by (tenant, key) (write_cmp), so two segments take
  *     their row locks in the same order and never deadlock each other; a statement locking a
  *     second row would break that order;

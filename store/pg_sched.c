@@ -12,8 +12,8 @@
  *     checked against its own clock for expiry;
  *   - upserts and deletes waiting together (up to WRITE_BATCH_MAX) are consecutive statements of
  *     one segment, one transaction with one commit, sorted by tenant and key so that two
- *     segments take their row locks in the same order and never deadlock. A write whose key a
- *     write segment of this session has in flight waits for it (busy[], the key slots).
+ *     segments take their row locks in the same order and never deadlock. A write whose tenant
+ *     a write segment of this session has in flight waits for it (busy[], the tenant slots).
  *     Consecutive upserts of one key without expected_version are one statement
  *     (store__pg_sql_upsert_chain) that writes the row once and answers each call as if run in
  *     turn. Through a pooler, a statement text that several calls of the segment run is parsed
@@ -94,13 +94,17 @@ void store__pg_requeue_front(pg_session *ss, req_list *l)
     *l = (req_list){0};
 }
 
-/* The busy[] slot of a write's tenant and key (pins_hash_tenant_key). Two keys may share a slot:
- * a write then waits for the other key's segment too, which costs time, never correctness. */
-static uint32_t key_slot(const pg_req *r)
+/* The busy[] slot of a write's tenant (pins_hash_tenant_key with an empty key). Every write
+ * locks its tenant's revision row until its transaction commits (store/pg_sql.c), so two
+ * segments of one tenant in flight would only queue one behind the other in the database, each
+ * holding the locks of every other tenant it writes meanwhile: a session keeps at most one write
+ * segment per tenant in flight, and the next one takes every write of the tenant that piled up.
+ * Two tenants may share a slot: a write then waits for the other tenant's segment too, which
+ * costs time, never correctness. */
+static uint32_t tenant_slot(const pg_req *r)
 {
     const char *tenant = r->params[0] != NULL ? r->params[0] : "";
-    const char *key = r->params[1] != NULL ? r->params[1] : "";
-    return (uint32_t)(pins_hash_tenant_key(tenant, key, NULL, NULL) & (BUSY_SLOTS - 1));
+    return (uint32_t)(pins_hash_tenant_key(tenant, "", NULL, NULL) & (BUSY_SLOTS - 1));
 }
 
 /* Whether c is up and has room for another segment. Through a pooler a connection has one
@@ -506,7 +510,7 @@ int store__pg_submit(pg_session *ss, pg_req *r)
     if (ss->evb == NULL)
         r->pdone = &done;
     if (r->kind == OP_UPSERT || r->kind == OP_DELETE || r->kind == OP_GET)
-        r->slot = key_slot(r); /* once: the dispatcher looks at it on every pass */
+        r->slot = tenant_slot(r); /* once: the dispatcher looks at it on every pass */
     if (!store__pg_any_conn_alive(ss)) {
         store__pg_count_error("connect");
         store__pg_fail_req(ss, r, PINS_ESTORE,

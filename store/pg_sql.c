@@ -62,7 +62,8 @@
  * the same statement (NOTIFY_FROM). The payload is the change inline when it is shorter than
  * NOTIFY's 8000 bytes: "i type seq revision pin_id created_us updated_us ttl|- expires_us|-
  * version tenant_len key_len source_len " followed by the tenant, key and source bytes (their
- * octet lengths just given) and the value's jsonb text to the end; otherwise "r seq", and the
+ * lengths just given, in UTF-8 bytes: the feed reads notifications with client_encoding UTF8,
+ * whatever the database's encoding) and the value's jsonb text to the end; otherwise "r seq", and the
  * feed reads the change by its seq (store__pg_sql_change_get). A SELECT in WITH runs only when
  * read: each statement reads nt's count in its result (a column the store ignores). */
 #define LK                                                                                   \
@@ -74,7 +75,8 @@
     " ELSE 'r ' || c.seq END) AS sent FROM " src " c, LATERAL (SELECT concat_ws(' ', 'i',"    \
     " c.type, c.seq, c.revision, c.pin_id, " US("c.created_at") ", " US("c.updated_at") ","  \
     " coalesce(c.ttl_seconds::text, '-'), coalesce((" US("c.expires_at") ")::text, '-'),"     \
-    " c.version, octet_length(c.tenant_id), octet_length(c.key), octet_length(c.source))"    \
+    " c.version, octet_length(convert_to(c.tenant_id, 'UTF8')),"                             \
+    " octet_length(convert_to(c.key, 'UTF8')), octet_length(convert_to(c.source, 'UTF8')))" \
     " || ' ' || c.tenant_id || c.key || c.source || c.value::text AS t) x"
 #define CHANGE_COLS                                                                        \
     "(tenant_id, revision, type, key, pin_id, value, source, created_at, updated_at,"      \
@@ -269,7 +271,7 @@ const char store__pg_sql_audit[] =
  * tenant (in expiry order). One row: the count of pins reclaimed. */
 #define RECLAIM(now, lock)                                                                    \
     " lk AS MATERIALIZED (SELECT tenant_id FROM system.pin_revisions"                         \
-    " WHERE tenant_id IN (SELECT tenant_id FROM cand) ORDER BY tenant_id FOR UPDATE),"        \
+    " WHERE tenant_id IN (SELECT tenant_id FROM cand) ORDER BY tenant_id COLLATE \"C\" FOR UPDATE),"        \
     " v AS (SELECT id FROM system.memory_pins WHERE id IN (SELECT id FROM cand)"              \
     " AND expires_at <= " TS(now) " AND " REV_LOCKED " " lock "),"                            \
     " del AS (DELETE FROM system.memory_pins p USING v WHERE p.id = v.id RETURNING p.id,"     \
@@ -277,7 +279,7 @@ const char store__pg_sql_audit[] =
     " p.expires_at, p.version),"                                                              \
     " n AS (SELECT tenant_id, count(*) AS n FROM del GROUP BY tenant_id),"                    \
     " rev AS (INSERT INTO system.pin_revisions AS r (tenant_id, revision)"                    \
-    " SELECT tenant_id, n FROM n ORDER BY tenant_id"                                          \
+    " SELECT tenant_id, n FROM n ORDER BY tenant_id COLLATE \"C\""                                          \
     " ON CONFLICT (tenant_id) DO UPDATE SET revision = r.revision + excluded.revision"        \
     " RETURNING r.tenant_id, r.revision),"                                                    \
     " chg AS (INSERT INTO system.pin_changes " CHANGE_COLS                                    \
@@ -286,7 +288,7 @@ const char store__pg_sql_audit[] =
     " d.updated_at, d.ttl_seconds, d.expires_at, d.version, " TS(now)                         \
     " FROM del d JOIN n ON n.tenant_id = d.tenant_id JOIN rev rv ON rv.tenant_id = d.tenant_id" \
     " RETURNING *),"                                                                          \
-    " nt AS (" NOTIFY_FROM("(SELECT * FROM chg ORDER BY tenant_id, revision)") ")"            \
+    " nt AS (" NOTIFY_FROM("(SELECT * FROM chg ORDER BY tenant_id COLLATE \"C\", revision)") ")"            \
     " SELECT count(*) FROM nt"
 
 /* $1 tenant (NULL: every tenant) $2 now. Waits for pins other transactions hold. */
@@ -318,21 +320,22 @@ const char store__pg_sql_change_get[] =
     "SELECT c.type, c.seq, " CCOLS " FROM system.pin_changes c WHERE c.seq = $1::int8";
 
 /* The history retention. $1 before $2 max rows (<= 0: none) $3 batch: the oldest rows first
- * among those older than before or beyond the newest max rows, skipping rows another replica's
+ * among those older than before or $2 or more seqs below the newest (max(seq) is one step down
+ * the primary key; seqs a rolled back insert skipped make it keep slightly fewer), skipping rows another replica's
  * retention holds; each tenant's trimmed revision rises to the highest it lost (its revision
  * rows locked in tenant order). One row: the count deleted. */
 const char store__pg_sql_history_expire[] =
     "WITH cand AS ((SELECT seq FROM system.pin_changes WHERE ts < " TS("$1")
     " ORDER BY ts LIMIT $3::int8)"
     " UNION ALL (SELECT seq FROM system.pin_changes WHERE $2::int8 > 0"
-    " AND seq < (SELECT seq FROM system.pin_changes ORDER BY seq DESC"
-    " OFFSET greatest($2::int8 - 1, 0) LIMIT 1) ORDER BY seq LIMIT $3::int8)),"
+    " AND seq <= (SELECT max(seq) FROM system.pin_changes) - $2::int8"
+    " ORDER BY seq LIMIT $3::int8)),"
     " d AS (DELETE FROM system.pin_changes WHERE seq IN (SELECT seq FROM system.pin_changes"
     " WHERE seq IN (SELECT seq FROM cand) ORDER BY seq LIMIT $3::int8 FOR UPDATE SKIP LOCKED)"
     " RETURNING tenant_id, revision),"
     " t AS (INSERT INTO system.pin_revisions AS r (tenant_id, revision, trimmed)"
     " SELECT tenant_id, max(revision), max(revision) FROM d GROUP BY tenant_id"
-    " ORDER BY tenant_id"
+    " ORDER BY tenant_id COLLATE \"C\""
     " ON CONFLICT (tenant_id) DO UPDATE SET trimmed = greatest(r.trimmed, excluded.trimmed))"
     " SELECT count(*) FROM d";
 

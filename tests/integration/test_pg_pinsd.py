@@ -722,7 +722,8 @@ class ResilienceTest(unittest.TestCase):
             self.assertLess(time.monotonic(), end, "the lock holder did not start")
             time.sleep(0.05)
         before = test_metrics.scrape(srv)
-        futures = [client.future(mp("UpsertPin"), {"tenant_id": "busy", "key": "k%d" % i,
+        # tenants of their own: a session has one write segment per tenant in flight
+        futures = [client.future(mp("UpsertPin"), {"tenant_id": "busy%d" % i, "key": "k%d" % i,
                                                    "value": {}}, timeout=30) for i in range(8)]
         # Until every connection of the pool waits on the lock (bounded).
         end = time.monotonic() + 10
