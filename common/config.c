@@ -409,7 +409,7 @@ static bool postgres_scheme(const char *url)
 /* Checks what libpq only checks when it connects: every port of a postgres:// URL, in the host
  * list ("h1:5432,h2:5433", "[::1]:5432") and in a port= parameter. On failure writes a reason that
  * does not repeat the URL (it may hold a password). Returns 0 or -1. */
-static int database_url_check(const char *url, char *err, size_t errlen)
+static int database_url_check(const char *name, const char *url, char *err, size_t errlen)
 {
     const char *p = strstr(url, "://") + 3;
     size_t alen = strcspn(p, "/?");
@@ -426,7 +426,7 @@ static int database_url_check(const char *url, char *err, size_t errlen)
         if (*h == '[') {
             const char *rb = memchr(h, ']', (size_t)(e - h));
             if (rb == NULL) {
-                set_err(err, errlen, "invalid DATABASE_URL: an IPv6 host lacks its ']'");
+                set_err(err, errlen, "invalid %s: an IPv6 host lacks its ']'", name);
                 return -1;
             }
             colon = rb + 1 < e && rb[1] == ':' ? rb + 1 : NULL;
@@ -434,7 +434,7 @@ static int database_url_check(const char *url, char *err, size_t errlen)
             colon = memchr(h, ':', (size_t)(e - h));
         }
         if (colon != NULL && !port_ok(colon + 1, (size_t)(e - colon - 1))) {
-            set_err(err, errlen, "invalid DATABASE_URL: the port must be a number from 1 to 65535");
+            set_err(err, errlen, "invalid %s: the port must be a number from 1 to 65535", name);
             return -1;
         }
         h = comma != NULL ? comma + 1 : end;
@@ -449,8 +449,8 @@ static int database_url_check(const char *url, char *err, size_t errlen)
                 const char *c = memchr(v, ',', (size_t)(ve - v));
                 const char *e = c != NULL ? c : ve;
                 if (!port_ok(v, (size_t)(e - v))) {
-                    set_err(err, errlen,
-                            "invalid DATABASE_URL: the port must be a number from 1 to 65535");
+                    set_err(err, errlen, "invalid %s: the port must be a number from 1 to 65535",
+                            name);
                     return -1;
                 }
                 v = e + 1;
@@ -483,7 +483,7 @@ static int apply(pins_config *cfg, const struct var *v, const char *s, char *err
                         v->name);
                 return -1;
             }
-            if (db_url && *s != '\0' && database_url_check(s, err, errlen) != 0)
+            if (db_url && *s != '\0' && database_url_check(v->name, s, err, errlen) != 0)
                 return -1;
             if (strcmp(v->name, "REDIS_URL") == 0 && *s != '\0' && !starts_with(s, "redis://") &&
                 !starts_with(s, "rediss://") && !starts_with(s, "unix://")) {

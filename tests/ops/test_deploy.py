@@ -600,9 +600,11 @@ class KubernetesTest(unittest.TestCase):
 
     def test_secret_is_an_example(self):
         sec = self.one("Secret")
-        self.assertEqual(set(sec["stringData"]), {"DATABASE_URL", "DATABASE_DIRECT_URL", "REDIS_URL",
+        self.assertEqual(set(sec["stringData"]), {"DATABASE_URL", "DATABASE_DIRECT_URL",
+                                                  "DATABASE_LISTEN_URL", "REDIS_URL",
                                                   "MACHINE_SECRET_TOKEN", "JWT_SECRET"})
-        for k in ("DATABASE_URL", "DATABASE_DIRECT_URL", "MACHINE_SECRET_TOKEN", "JWT_SECRET"):
+        for k in ("DATABASE_URL", "DATABASE_DIRECT_URL", "DATABASE_LISTEN_URL",
+                  "MACHINE_SECRET_TOKEN", "JWT_SECRET"):
             self.assertIn("CHANGE_ME", sec["stringData"][k], k)
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ class TestStack(unittest.TestCase):
         r = psql(ST, port, "pgbouncer", "SHOW DATABASES")
         self.assertRegex(r.stdout, r"(?m)^nova_aos\|127\.0\.0\.1\|%s\|" % self.env("PG_PORT"))
         # traffic through both replicas, then: each pinsd holds connections to PgBouncer's port
-        # and none to PostgreSQL's
+        # and one to PostgreSQL's (its change feed, DATABASE_LISTEN_URL)
         tok = {"X-Machine-Token": self.env("MACHINE_SECRET_TOKEN")}
         for url in (self.env("PINSD"), self.env("PINSD2_URL")):
             status, body = http("GET", url + "/api/v1/memory/pins?tenant_id=stack-test", tok)
@@ -252,7 +252,11 @@ class TestStack(unittest.TestCase):
         for name in ("pinsd1", "pinsd2"):
             peers = found.get(pids[name], [])
             self.assertIn("127.0.0.1:%s" % port, peers, (name, peers))
-            self.assertNotIn("127.0.0.1:%s" % self.env("PG_PORT"), peers, (name, peers))
+            # calls go through PgBouncer; only the change feed's LISTEN connection is direct
+            self.assertEqual(peers.count("127.0.0.1:%s" % self.env("PG_PORT")), 1, (name, peers))
+        r = psql(ST, self.env("PG_PORT"), "nova_aos", "SELECT count(*) FROM pg_stat_activity"
+                 " WHERE application_name = 'pinsd-feed'")
+        self.assertEqual(r.stdout.strip(), "2", "one change feed per replica: %s" % r.stdout)
         r = psql(ST, port, "pgbouncer", "SHOW CLIENTS")
         self.assertGreaterEqual(len([ln for ln in r.stdout.splitlines()
                                      if ln.startswith("C|nova|nova_aos|")]), 2, r.stdout)

@@ -16,6 +16,9 @@
 
 static const char *const all_vars[] = {
     "DATABASE_URL",
+    "DATABASE_LISTEN_URL",
+    "PINS_WATCH_HISTORY_SECONDS",
+    "PINS_WATCH_HISTORY_MAX_ROWS",
     "PINS_DATA_DIR",
     "DB_POOL_SIZE",
     "REDIS_URL",
@@ -516,6 +519,37 @@ static void test_database_url_ports_are_checked_at_start(void **state)
     unsetenv("DATABASE_URL");
 }
 
+static void test_database_listen_url_is_checked_and_needs_database_url(void **state)
+{
+    struct ctx *c = *state;
+    setenv("DATABASE_URL", "postgresql://pgbouncer:6432/x", 1);
+    expect_env_error(c, "DATABASE_LISTEN_URL", "postgresql://user:hunter2@db:99999/x");
+    assert_non_null(strstr(c->err, "invalid DATABASE_LISTEN_URL"));
+    assert_null(strstr(c->err, "hunter2"));
+    expect_env_error(c, "DATABASE_LISTEN_URL", "mysql://user:hunter2@db/x");
+    assert_null(strstr(c->err, "hunter2"));
+    setenv("DATABASE_LISTEN_URL", "postgresql://user:p@db:5432/x", 1);
+    expect_ok(c, NULL);
+    assert_string_equal(c->cfg.database_listen_url, "postgresql://user:p@db:5432/x");
+    unsetenv("DATABASE_URL"); /* the embedded store has no change feed to give it */
+    expect_error(c, NULL, "DATABASE_LISTEN_URL");
+    unsetenv("DATABASE_LISTEN_URL");
+}
+
+static void test_watch_history_bounds(void **state)
+{
+    struct ctx *c = *state;
+    expect_ok(c, NULL);
+    assert_int_equal(c->cfg.watch_history_seconds, 3600);
+    assert_int_equal(c->cfg.watch_history_max_rows, 1000000);
+    expect_env_error(c, "PINS_WATCH_HISTORY_SECONDS", "59");
+    expect_env_error(c, "PINS_WATCH_HISTORY_MAX_ROWS", "999");
+    setenv("PINS_WATCH_HISTORY_SECONDS", "60", 1);
+    expect_ok(c, NULL);
+    assert_int_equal(c->cfg.watch_history_seconds, 60);
+    unsetenv("PINS_WATCH_HISTORY_SECONDS");
+}
+
 static void test_string_values_with_control_characters_are_rejected(void **state)
 {
     struct ctx *c = *state;
@@ -628,6 +662,8 @@ int main(void)
         T(test_max_request_must_hold_the_largest_pin),
         T(test_bounds_of_the_hardening_settings),
         T(test_database_url_ports_are_checked_at_start),
+        T(test_database_listen_url_is_checked_and_needs_database_url),
+        T(test_watch_history_bounds),
         T(test_secrets_are_never_echoed),
         T(test_string_values_with_control_characters_are_rejected),
         T(test_unknown_flags_and_missing_values_are_errors),
