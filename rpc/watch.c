@@ -564,6 +564,13 @@ static void on_history(void *arg, int err, const store_change *changes, size_t n
         }
         s->need_base = false;
         s->base_rev = revision;
+        /* The response headers go out now: a client that saw them knows its stream has a
+         * revision to resume from. */
+        if (s->call->ops->open != NULL) {
+            int rv = s->call->ops->open(s->call);
+            if (rv != 0)
+                end_sub(ww, s, rv, NULL);
+        }
         goto pump;
     }
     if (err == PINS_EOUT_OF_RANGE) {
@@ -718,7 +725,9 @@ int rpc_watch_subscribe(rpc_call *call, const char *tenant_id, const char *prefi
                 "or watch on another replica";
         return PINS_EUNAVAILABLE;
     }
-    if (call->ops->open != NULL) {
+    /* The response headers go out once the stream is subscribed (since_revision 0: once its
+     * start revision is read, in on_history). */
+    if (!s->need_base && call->ops->open != NULL) {
         rv = call->ops->open(call);
         if (rv != 0) {
             rpc_call_on_cancel(call, NULL, NULL);

@@ -167,7 +167,8 @@ class FailoverTest(unittest.TestCase):
                 r2.cancel()
                 break
             r2.cancel()
-            self.assertEqual(item[1].code(), SC.UNAVAILABLE, item[1].details())
+            if item is not None:  # None: nothing within 5 s (a loaded machine): try again
+                self.assertEqual(item[1].code(), SC.UNAVAILABLE, item[1].details())
             time.sleep(0.2)
         self.assertEqual(got, list(range(last - 4, last + 1)))
 

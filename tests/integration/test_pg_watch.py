@@ -36,6 +36,7 @@ import pg  # noqa: E402
 import harness  # noqa: E402
 from harness import Server, mp  # noqa: E402
 from test_pg_pinsd import migrate  # noqa: E402
+import test_metrics  # noqa: E402
 from test_ratelimit import REDIS_SERVER, Redis  # noqa: E402
 from test_watch_bounds import SlowSseReader  # noqa: E402
 from test_watch_resume import EXPIRE, PUT, StreamReader  # noqa: E402
@@ -120,19 +121,13 @@ class ReplicasTest(unittest.TestCase):
         return pin.revision
 
     def feed_up_everywhere(self, timeout=30):
-        """Waits until a watch is accepted on every replica (their feeds are live)."""
+        """Waits until every replica's change feed is live (watch_feed_up 1: a watch is accepted
+        there), bounded."""
         deadline = time.monotonic() + timeout
-        for i in range(3):
-            while True:
-                r = StreamReader(self.clients[i], {"tenant_id": "probe"}, timeout=5)
-                item = r.next(0.5)
-                r.cancel()
-                if item is None:  # still open after half a second: accepted
-                    break
-                self.assertEqual(item[0], "end")
-                self.assertEqual(item[1].code(), SC.UNAVAILABLE, item[1].details())
+        for i, s in enumerate(self.servers):
+            while test_metrics.scrape(s).get("watch_feed_up") != 1:
                 self.assertLess(time.monotonic(), deadline, "replica %d's feed stayed down" % i)
-                time.sleep(0.2)
+                time.sleep(0.1)
 
     # -- tests
 
@@ -285,7 +280,7 @@ class ReplicasTest(unittest.TestCase):
         qt = "listen-kill-quiet"
         before = self.upsert(0, qt, "before", {}).revision
         quiet = self.watch(2, qt)
-        time.sleep(0.5)  # subscribed, and its start revision read
+        quiet.stream.initial_metadata()  # sent once the stream has read its start revision
         killed = self.pg.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'pinsd-feed' AND datname = 'pins'")
