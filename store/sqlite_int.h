@@ -40,6 +40,10 @@
 /* A run whose unlocked passes leave at most this many frames (1 MiB) copies them under the write
  * mutex whatever the WAL's size, so that the WAL is rewound. */
 #define STORE__CKPT_LOCKED_SMALL 256
+/* The backstop: a commit that leaves the WAL this long (96 MiB) runs a PASSIVE checkpoint itself,
+ * on its own thread, because the checkpointer's thread has not kept up (a machine too busy to
+ * schedule it). Never reached while the checkpointer runs. */
+#define STORE__CKPT_BACKSTOP_FRAMES (STORE__CKPT_LOCKED_FRAMES + STORE__CKPT_LOCKED_FRAMES / 2)
 
 typedef struct store__ckpt store__ckpt;
 struct sqlite3;
