@@ -2498,4 +2498,13 @@ int store_sqlite_set_fill_hook(store_session *base, void (*hook)(void *arg), voi
     return 0;
 }
 
+const char *store_sqlite_migration_down(int version)
+{
+    for (size_t i = 0; i < store__sqlite_migrations_count; i++) {
+        if (store__sqlite_migrations[i].version == version)
+            return store__sqlite_migrations[i].down;
+    }
+    return NULL;
+}
+
 static const store__backend sqlite_backend = STORE__BACKEND(sqlite, "sqlite");

@@ -45,5 +45,8 @@ int store_sqlite_fail_next_commit(store_session *ss, int rc);
  * the SQLite read and the cache fill (NULL: none). It may write through another session. Returns
  * 0 or PINS_EINTERNAL (not a SQLite session). */
 int store_sqlite_set_fill_hook(store_session *ss, void (*hook)(void *arg), void *arg);
+/* The SQL that reverts embedded migration `version` (store/migrations/sqlite/NNN_*.down.sql), or
+ * NULL when the binary has none: tests rebuild an older database with it. */
+const char *store_sqlite_migration_down(int version);
 
 #endif

@@ -12,6 +12,9 @@
 #                      it runs), waited for; a script's trap stops the group "-$CHILD"
 #   bench_options SPEC... -- ARGS...   parse a script's command line (see below); extra pinsd
 #                      flags after "--" go to PINSD_FLAGS
+#   raise_nofile N WHAT  raise the open-files limit to N (pinsd inherits it); dies naming WHAT
+#                      when the hard limit is lower
+#   rss_kib PID        VmRSS of PID in KiB;  mib KIB: KIB as MiB with one decimal
 
 # shellcheck source=tools/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -177,3 +180,22 @@ bench_options() {
     esac
   done
 }
+
+raise_nofile() { # N WHAT
+  local soft hard
+  soft=$(ulimit -Sn)
+  if [[ "$soft" != unlimited ]] && ((soft < $1)); then
+    hard=$(ulimit -Hn)
+    if [[ "$hard" != unlimited ]] && ((hard < $1)); then
+      pins_die "open-files hard limit $hard is below the $1 needed for $2"
+    fi
+    ulimit -n "$1"
+  fi
+}
+
+rss_kib() { # PID -> VmRSS in KiB
+  awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) exit 1 }' "/proc/$1/status" ||
+    pins_die "cannot read VmRSS of pid $1 (did pinsd exit?)"
+}
+
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }

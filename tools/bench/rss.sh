@@ -27,15 +27,7 @@ require_loopback "$ADDR"
 [[ -x "$PY" ]] || pins_die "$PY not found (set PY=/path/to/python3)"
 
 # Each side holds N sockets plus its own files; pinsd inherits this limit from us.
-need=$((N + 512))
-soft=$(ulimit -Sn)
-if [[ "$soft" != unlimited ]] && ((soft < need)); then
-  hard=$(ulimit -Hn)
-  if [[ "$hard" != unlimited ]] && ((hard < need)); then
-    pins_die "open-files hard limit $hard is below the $need needed for -n $N (raise it or use a smaller -n)"
-  fi
-  ulimit -n "$need"
-fi
+raise_nofile $((N + 512)) "-n $N (raise it or use a smaller -n)"
 
 CLIENT_PID="" CLIENT_OUT=""
 cleanup() {
@@ -53,11 +45,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-rss_kib() { # pid -> VmRSS in KiB
-  awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) exit 1 }' "/proc/$1/status" ||
-    pins_die "cannot read VmRSS of pid $1 (did pinsd exit?)"
-}
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 bench_build
 pinsd_start "$ADDR" "" "${PINSD_FLAGS[@]}"

@@ -47,15 +47,7 @@ require_loopback "$ADDR"
 
 CONNS=$(((N + S - 1) / S))
 # Each side holds the connections plus its own files; pinsd inherits this limit from us.
-need=$((CONNS + 512))
-soft=$(ulimit -Sn)
-if [[ "$soft" != unlimited ]] && ((soft < need)); then
-  hard=$(ulimit -Hn)
-  if [[ "$hard" != unlimited ]] && ((hard < need)); then
-    pins_die "open-files hard limit $hard is below the $need needed for $CONNS connections (raise it or use a larger -s)"
-  fi
-  ulimit -n "$need"
-fi
+raise_nofile $((CONNS + 512)) "$CONNS connections (raise it or use a larger -s)"
 
 CLIENT_PID="" WORK="" CHILD=""
 cleanup() {
@@ -78,11 +70,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-rss_kib() { # pid -> VmRSS in KiB
-  awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) exit 1 }' "/proc/$1/status" ||
-    pins_die "cannot read VmRSS of pid $1 (did pinsd exit?)"
-}
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 field() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<" $2"; } # NAME LINE -> the number after NAME=
 # wait_line PREFIX SECONDS: the client's last output line starting with PREFIX, within SECONDS
 wait_line() {

@@ -42,6 +42,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from idle_conns import parse_addr  # the same loopback-only HOST:PORT check
+
 PATH = b"/memorypins.v1.MemoryPins/WatchPins"
 MAX_STREAMS = 20000
 MAX_HOLD = 600
@@ -213,16 +215,6 @@ class Conn:
 def status_text(h):
     return (f"refused: HTTP {h.get(b':status', b'?').decode()}, grpc-status {h.get(b'grpc-status', b'?').decode()}: "
             f"{h.get(b'grpc-message', b'').decode(errors='replace')}")
-
-
-def parse_addr(text):
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit():
-        raise ValueError(f"bad address '{text}' (want HOST:PORT)")
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        raise ValueError(f"refusing non-loopback address '{text}'")
-    return host, int(port)
 
 
 def main():

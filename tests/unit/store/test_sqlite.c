@@ -32,7 +32,6 @@
 #include "store_fixture.h"
 #include "store/store.h"
 #include "store/sqlite.h"
-#include "store/sqlite_int.h"
 
 #define SEC         INT64_C(1000000)
 #define T0          (INT64_C(1800000000) * SEC)
@@ -1263,13 +1262,9 @@ static void test_sqlite_migration_gives_old_pins_revision_zero(void **state)
     assert_int_equal(upsert(fx, "old", "{}", NO_TTL, T0, NULL), 0);
     store_fixture_close(fx);
     sqlite3 *db = store_fixture_open_raw(fx);
-    const store__migration *m = NULL;
-    for (size_t i = 0; i < store__sqlite_migrations_count; i++) {
-        if (store__sqlite_migrations[i].version == 2)
-            m = &store__sqlite_migrations[i];
-    }
-    assert_non_null(m);
-    assert_int_equal(sqlite3_exec(db, m->down, NULL, NULL, NULL), SQLITE_OK);
+    const char *down = store_sqlite_migration_down(2);
+    assert_non_null(down);
+    assert_int_equal(sqlite3_exec(db, down, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(
         sqlite3_exec(db, "DELETE FROM schema_migrations WHERE version >= 2", NULL, NULL, NULL),
         SQLITE_OK);

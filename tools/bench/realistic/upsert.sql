@@ -2,8 +2,8 @@
 -- lock the tenant's revision row, update or insert the row with the next revision, raise the
 -- revision, write its memory_audit row and its pin_changes row and NOTIFY pinsd_changes, in one
 -- statement), tenant bench-t<T> uniform over 100, key bench-<K> uniform over 1000. No TTL, no
--- expected_version, no agent. Run with -M prepared and -D val='{"data":"xxx..."}'
--- -D hash=<16 hex digits>.
+-- expected_version, no agent. realistic.sh runs it with -M prepared, -D val= the same 200-byte
+-- JSON object pinsctl bench writes, and -D hash=0123456789abcdef.
 \set t random(0, 99)
 \set k random(0, 999)
 WITH lk AS MATERIALIZED (SELECT revision FROM system.pin_revisions
