@@ -47,8 +47,13 @@ static const struct var vars[] = {
      "direct"},
     {"PINS_CACHE_MAX_BYTES", T_INT64, OFF(cache_max_bytes), 1048576, 68719476736LL, "Store",
      "268435456",
-     "embedded store: memory for the read cache of pins, 1 MiB..64 GiB (entries and their values "
+     "memory for the read cache of pins (embedded store; PostgreSQL with PINS_PG_READ_CACHE), "
+     "1 MiB..64 GiB (entries and their values "
      "as JSON and protobuf, about 2.2x the value's size plus 250 bytes each)"},
+    {"PINS_PG_READ_CACHE", T_BOOL, OFF(pg_read_cache), 0, 0, "Store", "true",
+     "PostgreSQL: answer GetPin from a read cache that the change feed keeps coherent with every "
+     "replica's writes (bounded by PINS_CACHE_MAX_BYTES; reads go to PostgreSQL while the feed is "
+     "down); false: every read asks PostgreSQL"},
     {"PINS_DATA_DIR", T_STR, OFF(data_dir), 0, 0, "Store", "./var",
      "directory of the embedded store"},
     {"DB_POOL_SIZE", T_INT, OFF(db_pool_size), 1, 1024, "Store", "8",
@@ -690,6 +695,7 @@ void pins_config_defaults(pins_config *cfg)
     cfg->rbac_fail_open = false;
     cfg->rbac_trust_x_roles = false;
     cfg->memory_pins_enabled = true;
+    cfg->pg_read_cache = true;
     cfg->chaos_allowed = false;
     cfg->memory_max_size_bytes = 1048576;
     cfg->max_request_bytes = 4194304;

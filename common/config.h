@@ -80,6 +80,7 @@ typedef struct pins_config {
     int audit_denial_rows_per_second; /* PINS_AUDIT_DENIAL_ROWS_PER_SECOND, default 20 */
     int audit_read_rows_per_second;   /* PINS_AUDIT_READ_ROWS_PER_SECOND, default 200 */
     int64_t cache_max_bytes;          /* PINS_CACHE_MAX_BYTES, default 256 MiB */
+    bool pg_read_cache;               /* PINS_PG_READ_CACHE, default true */
 
     /* Blast-radius controls. */
     int rate_limit_rpm;         /* RATE_LIMIT_RPM, default 100, 0 disables */

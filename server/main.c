@@ -86,6 +86,7 @@ int main(int argc, char **argv)
                         .data_dir = cfg.data_dir,
                         .pool_size = cfg.db_pool_size,
                         .cache_bytes = cfg.cache_max_bytes,
+                        .pg_read_cache = cfg.pg_read_cache,
                         .workers = cfg.workers,
                         .err = store_err,
                         .err_cap = sizeof(store_err)};

@@ -1,4 +1,5 @@
-/* store/cache.c: the SQLite backend's process-wide read cache of live pins.
+/* store/cache.c: the process-wide read cache of live pins (the SQLite backend's, and the
+ * PostgreSQL backend's that its change feed keeps coherent, store/pg_cache.c).
  *
  * A hash map (tenant_id, key) -> the pin's row, split into STORE_CACHE_STRIPES stripes by the
  * key's hash. Each stripe has its own read-write lock, buckets, bounds and write generation, so
@@ -13,13 +14,15 @@
  * so that a hit copies the blob out with one memcpy.
  *
  * Coherence rests on two rules. Writers (holding the store's write mutex, so they are serialised
- * in commit order) replace or remove entries after COMMIT and bump the stripe's generation under
- * its write lock. A reader that missed notes the generation under the read lock before it reads
- * SQLite and fills only if the generation is still the same under the write lock, so a row read
- * before a concurrent write can never replace what that write left.
+ * in commit order; on PostgreSQL the feed thread, in commit order too) replace or remove entries
+ * after COMMIT and bump the stripe's generation under its write lock; a replacement older than
+ * the cached row (a lower revision) leaves the row. A reader that missed notes the generation under
+ * the read lock before it reads SQLite and fills only if the generation is still the same under the
+ * write lock, so a row read before a concurrent write can never replace what that write left.
  */
-#include "store/sqlite_int.h"
+#include "store/cache.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,6 +338,12 @@ void store_cache_put(store_cache *c, const store_pin *pin)
     pthread_rwlock_wrlock(&st->lock);
     st->gen++;
     entry **link = find(st, h, pin->tenant_id, tl, pin->key, kl);
+    if (*link != NULL && (*link)->pin.revision > pin->revision) {
+        /* A newer row is cached already (a fill from a later snapshot than this change). */
+        pthread_rwlock_unlock(&st->lock);
+        free(e);
+        return;
+    }
     if (*link != NULL)
         unlink_entry(st, link, &dead);
     if (e != NULL)
@@ -378,6 +387,34 @@ void store_cache_remove_expired(store_cache *c, const char *tenant_id, int64_t n
                 else
                     link = &(*link)->next;
             }
+        }
+        pthread_rwlock_unlock(&st->lock);
+        free_list(dead);
+    }
+}
+
+bool store_cache_probe(store_cache *c, const char *tenant_id, const char *key, uint64_t *pgen)
+{
+    size_t tl, kl;
+    uint64_t h = pins_hash_tenant_key(tenant_id, key, &tl, &kl);
+    stripe *st = stripe_of(c, h);
+    pthread_rwlock_rdlock(&st->lock);
+    bool present = *find(st, h, tenant_id, tl, key, kl) != NULL;
+    *pgen = st->gen;
+    pthread_rwlock_unlock(&st->lock);
+    return present;
+}
+
+void store_cache_clear(store_cache *c)
+{
+    for (size_t i = 0; i < STORE_CACHE_STRIPES; i++) {
+        stripe *st = &c->stripes[i];
+        entry *dead = NULL;
+        pthread_rwlock_wrlock(&st->lock);
+        st->gen++;
+        for (size_t b = 0; b < st->nbuckets && st->count > 0; b++) {
+            while (st->buckets[b] != NULL)
+                unlink_entry(st, &st->buckets[b], &dead);
         }
         pthread_rwlock_unlock(&st->lock);
         free_list(dead);

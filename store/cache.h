@@ -1,9 +1,11 @@
-/* store/cache.h: the SQLite backend's read cache, a component of its own: store/sqlite.c uses it,
- * tests/unit/store/test_cache.c drives it alone. Nothing above store/ has a use for it.
+/* store/cache.h: the stores' read cache, a component of its own: store/sqlite.c and
+ * store/pg_cache.c use it, tests/unit/store/test_cache.c drives it alone. Nothing above store/
+ * has a use for it.
  */
 #ifndef PINS_STORE_CACHE_H
 #define PINS_STORE_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,8 +59,9 @@ int store_cache_get(store_cache *c, const char *tenant_id, const char *key, int6
 /* Caches pin (read from the database after a miss that returned gen) unless a write reached its
  * stripe since then. pin is copied. */
 store_cache_fill_result store_cache_fill(store_cache *c, const store_pin *pin, uint64_t gen);
-/* After a committed upsert: pin (copied) replaces what the cache holds for its key. When it
- * cannot be cached (too large, out of memory) the old entry is still removed. */
+/* After a committed upsert: pin (copied) replaces what the cache holds for its key, unless that
+ * has a higher revision (read from a later snapshot). When it cannot be cached (too large, out
+ * of memory) the old entry is still removed. */
 void store_cache_put(store_cache *c, const store_pin *pin);
 /* After a committed delete of (tenant_id, key). */
 void store_cache_remove(store_cache *c, const char *tenant_id, const char *key);
@@ -66,6 +69,11 @@ void store_cache_remove(store_cache *c, const char *tenant_id, const char *key);
  * tenant) expired at now_us, a superset of the rows deleted, and invalidates pending fills of
  * every stripe. */
 void store_cache_remove_expired(store_cache *c, const char *tenant_id, int64_t now_us);
+/* Whether (tenant_id, key) has an entry, expired or not; *pgen gets the stripe's write
+ * generation either way, for a store_cache_fill of a row read after this call. */
+bool store_cache_probe(store_cache *c, const char *tenant_id, const char *key, uint64_t *pgen);
+/* Removes every entry and invalidates every pending fill. */
+void store_cache_clear(store_cache *c);
 /* The number of entries. */
 size_t store_cache_count(store_cache *c);
 

@@ -15,6 +15,11 @@
  * back off from BACKOFF_MIN_MS to BACKOFF_MAX_MS. With several hosts and
  * target_session_attrs=read-write, libpq finds the primary on each attempt.
  *
+ * The feed also keeps the read cache (store/pg_cache.c): each change reaches the cache before the
+ * feed's function, and once listening the feed reads every tenant's revision and sends itself a
+ * barrier notification after it; the cache is ready when the barrier comes back, and starts over
+ * (reset) whenever the feed is down or missed a change.
+ *
  * The thread blocks in poll() on the connection's socket and a pipe that store_feed_stop writes
  * to. Its timeouts are real time (CLOCK_MONOTONIC), not the process clock tests replace: they
  * bound waits on the network only.
@@ -48,7 +53,11 @@ struct pg_feed {
     atomic_bool stop;
     atomic_bool live;
     PGconn *pg;
-    bool reported; /* the current run of failed attempts was logged */
+    bool reported;  /* the current run of failed attempts was logged */
+    pg_rcache *rc;  /* the read cache the feed keeps, or NULL */
+    PGresult *sync; /* rc: the revisions read, until the barrier after them comes back */
+    char token[48]; /* rc: the barrier's payload, "b <backend pid> <count>" */
+    uint64_t barriers;
 };
 
 static int64_t real_ms(void)
@@ -122,6 +131,8 @@ static void feed_close(pg_feed *f)
 {
     PQfinish(f->pg);
     f->pg = NULL;
+    PQclear(f->sync);
+    f->sync = NULL;
 }
 
 /* Logs a failed attempt once per run of failures. */
@@ -311,16 +322,73 @@ static int64_t payload_seq(const char *s, size_t n)
     return errno == 0 && *endp == '\0' && v > 0 ? v : -1;
 }
 
+/* Starts over the read cache (store/pg_cache.c): empties it, reads every tenant's revision and
+ * sends the barrier that makes them count once it comes back. Returns false when the connection
+ * failed. */
+static bool cache_sync(pg_feed *f)
+{
+    if (f->rc == NULL)
+        return true;
+    store__pg_rcache_reset(f->rc);
+    PQclear(f->sync);
+    f->sync = NULL;
+    char max[24];
+    snprintf(max, sizeof(max), "%d", RCACHE_TENANTS_MAX);
+    const char *params[1] = {max};
+    PGresult *res = run(f, store__pg_sql_revisions_all, 1, params);
+    if (res == NULL)
+        return false;
+    if (PQntuples(res) >= RCACHE_TENANTS_MAX)
+        pins_log_warn("the read cache tracks the revisions of the first tenants only: reads of"
+                      " the others go to the database until they change",
+                      NULL);
+    snprintf(f->token, sizeof(f->token), "b %d %llu", PQbackendPID(f->pg),
+             (unsigned long long)++f->barriers);
+    params[0] = f->token;
+    PGresult *b = run(f, store__pg_sql_barrier, 1, params);
+    if (b == NULL) {
+        PQclear(res);
+        return false;
+    }
+    PQclear(b);
+    f->sync = res;
+    return true;
+}
+
+/* A notification of a barrier ("b ..."): when it is the one this feed waits for, the revisions
+ * read before it count and the read cache is ready. Others' barriers are ignored. */
+static void barrier(pg_feed *f, const char *s)
+{
+    if (f->sync == NULL || strcmp(s, f->token) != 0)
+        return;
+    store__pg_rcache_sync_rows(f->rc, f->sync);
+    pins_log_debug("read cache ready", NULL);
+    PQclear(f->sync);
+    f->sync = NULL;
+}
+
 /* The feed cannot tell which changes it missed: down and up again, so that consumers catch up
- * with store_changes_since. */
-static void blip(pg_feed *f)
+ * with store_changes_since, and the read cache starts over. Returns false when the connection
+ * failed. */
+static bool blip(pg_feed *f)
 {
     atomic_store(&f->live, false);
     if (f->state != NULL)
         f->state(f->arg, false);
+    if (!cache_sync(f))
+        return false;
     atomic_store(&f->live, true);
     if (f->state != NULL)
         f->state(f->arg, true);
+    return true;
+}
+
+/* Hands ch to the read cache, then to the feed's function. */
+static void deliver(pg_feed *f, store_change *ch)
+{
+    if (f->rc != NULL)
+        store__pg_rcache_apply(f->rc, ch);
+    f->fn(f->arg, ch);
 }
 
 /* Hands one notification's change to fn. Returns false when the connection failed. */
@@ -330,19 +398,22 @@ static bool handle(pg_feed *f, const PGnotify *nt)
         return true;
     const char *s = nt->extra;
     size_t n = strlen(s);
+    if (n >= 2 && s[0] == 'b' && s[1] == ' ') {
+        barrier(f, s);
+        return true;
+    }
     store_change ch;
     char *buf = NULL;
     int err = parse_inline(s, n, &ch, &buf);
     if (err == 0) {
-        f->fn(f->arg, &ch);
+        deliver(f, &ch);
         free(buf);
         return true;
     }
     int64_t seq = err == PINS_EINVALID_ARGUMENT ? payload_seq(s, n) : -1;
     if (seq < 0) {
         pins_log_warn("change feed got a notification it cannot read", NULL);
-        blip(f);
-        return true;
+        return blip(f);
     }
     char num[24];
     snprintf(num, sizeof(num), "%lld", (long long)seq);
@@ -354,11 +425,10 @@ static bool handle(pg_feed *f, const PGnotify *nt)
         /* Trimmed by the retention already, or no memory: the change is lost to the feed. */
         pins_log_warn("change feed cannot read a change by its seq", NULL);
         PQclear(res);
-        blip(f);
-        return true;
+        return blip(f);
     }
     ch.type = (int)store__pg_col_i64(res, 0, 0);
-    f->fn(f->arg, &ch);
+    deliver(f, &ch);
     free(buf);
     PQclear(res);
     return true;
@@ -418,11 +488,21 @@ static void *feed_main(void *arg)
             pins_log_info("change feed connected", NULL);
         f->reported = false;
         backoff = BACKOFF_MIN_MS;
+        if (!cache_sync(f)) {
+            pins_log_warn("change feed connection lost", "error", PQerrorMessage(f->pg), NULL);
+            f->reported = true;
+            feed_close(f);
+            if (!nap(f, backoff))
+                break;
+            continue;
+        }
         atomic_store(&f->live, true);
         if (f->state != NULL)
             f->state(f->arg, true);
         listen_loop(f);
         atomic_store(&f->live, false);
+        if (f->rc != NULL)
+            store__pg_rcache_reset(f->rc);
         bool stopping = atomic_load(&f->stop);
         if (!stopping) {
             pins_log_warn("change feed connection lost", "error", PQerrorMessage(f->pg), NULL);
@@ -439,6 +519,7 @@ static void *feed_main(void *arg)
 
 static void feed_free(pg_feed *f)
 {
+    PQclear(f->sync);
     if (f->wake[0] >= 0)
         close(f->wake[0]);
     if (f->wake[1] >= 0)
@@ -469,6 +550,7 @@ int store__pg_feed_start(pg_store *s, store_change_fn fn, store_feed_state_fn st
     f->fn = fn;
     f->state = state;
     f->arg = arg;
+    f->rc = s->rcache;
     atomic_init(&f->stop, false);
     atomic_init(&f->live, false);
     if (f->url == NULL || pipe(f->wake) != 0) {

@@ -8,11 +8,12 @@
  *                slots and upsert chains
  *   pg_cancel.c  the process-wide thread that sends cancel requests
  *   pg_feed.c    the change feed: the process's LISTEN connection and its thread
+ *   pg_cache.c   the read cache the feed keeps, and the read index of GetPin batches
  *   postgres.c   the operations (a request per call), result delivery, sessions, the vtable
  *
  * Everything here runs on the session's thread, except pg_cancel.c's thread, pg_feed.c's thread
- * (which shares nothing with the sessions) and the store's up_epoch (atomic, read by every
- * session). A pg_req is owned by whichever list holds it: the
+ * (which shares with the sessions only the read cache, pg_cache.c, thread-safe) and the store's
+ * up_epoch (atomic, read by every session). A pg_req is owned by whichever list holds it: the
  * session's queue (wq_head), a connection's statements in flight (head..tail), a batch's kids or
  * a req_list being requeued; store__pg_fail_req and store__pg_deliver free it.
  *
@@ -49,6 +50,7 @@
 
 #include "common/arena.h"
 #include "common/rand.h"
+#include "store/cache.h"
 #include "store/store_int.h"
 
 #define SEGS_MAX           4                      /* segments in flight per direct connection */
@@ -128,7 +130,14 @@ typedef struct pg_req {
     bool cancel_sent;   /* its calls all passed their deadlines: a cancel request went out */
     int64_t now_us;     /* get: the call's clock, for the expiry check of a shared row */
     store__changes_req changes; /* OP_CHANGES: after and limit (no strings) */
-    int key_at;          /* get in a batch: the array element of its (tenant, key), 0-based */
+    int key_at;                 /* get in a batch: the array element of its (tenant, key), 0-based;
+                                   -1 for a call the read cache answers (cache_cand) */
+    int tenant_at;       /* get in a batch read through the cache: its tenant's element, 0-based */
+    bool no_cache;       /* get: read from the database (the cache could not answer it) */
+    bool cache_cand;     /* get in a batch: cached when sent, answered from the cache if the
+                            read index allows (deliver_gets) */
+    bool cache_fill;     /* get in a batch: not cached when sent; its row fills the cache */
+    uint64_t cache_gen;  /* cache_fill: the stripe generation before the read */
     struct pg_req *kids; /* OP_GET_BATCH, OP_UPSERT_CHAIN: its calls in order, linked by next */
     int nkids;
 } pg_req;
@@ -161,12 +170,15 @@ typedef struct pg_conn {
 } pg_conn;
 
 typedef struct pg_feed pg_feed;
+typedef struct pg_rcache pg_rcache;
 
 typedef struct pg_store {
     struct store base;
     char *url;
-    char *listen_url; /* the feed's URL (store_options.listen_url, else url) */
-    pg_feed *feed;    /* NULL until store_feed_start, and after store_feed_stop */
+    char *listen_url;  /* the feed's URL (store_options.listen_url, else url) */
+    pg_feed *feed;     /* NULL until store_feed_start, and after store_feed_stop */
+    pg_rcache *rcache; /* the read cache (pg_cache.c); NULL when store_options.pg_read_cache
+                          is off */
     int pool_size;
     int workers;
     atomic_int sessions;
@@ -225,6 +237,9 @@ extern const char store__pg_sql_upsert[];
 extern const char store__pg_sql_upsert_chain[];
 extern const char store__pg_sql_delete[];
 extern const char store__pg_sql_get_batch[];
+extern const char store__pg_sql_get_batch_ri[];
+extern const char store__pg_sql_revisions_all[];
+extern const char store__pg_sql_barrier[];
 extern const char store__pg_sql_list[];
 extern const char store__pg_sql_audit[];
 extern const char store__pg_sql_cleanup[];
@@ -322,6 +337,36 @@ bool store__pg_cancel_post(pg_conn *c);
 int store__pg_feed_start(pg_store *s, store_change_fn fn, store_feed_state_fn state, void *arg);
 void store__pg_feed_stop(pg_store *s);
 bool store__pg_feed_live(const pg_store *s);
+
+/* ---- pg_cache.c --------------------------------------------------------------------------- */
+
+/* Tenants whose applied revision the read cache tracks: a tenant beyond is read from the
+ * database (about 60 bytes and its name each). */
+#define RCACHE_TENANTS_MAX 100000
+
+/* A new read cache of about bytes bytes, not ready. Returns 0 or PINS_ENOMEM. */
+int store__pg_rcache_new(size_t bytes, pg_rcache **prc);
+/* Frees rc (the feed is stopped). NULL is allowed. */
+void store__pg_rcache_free(pg_rcache *rc);
+/* The pins (store/cache.h). */
+store_cache *store__pg_rcache_cache(pg_rcache *rc);
+/* Feed thread. A change the feed received, in commit order: replaces or removes its key, then
+ * raises its tenant's applied revision. A PUT's value is packed on the way (ch->pin.value_pb,
+ * valid until the next call), so that the watchers get it packed too. */
+void store__pg_rcache_apply(pg_rcache *rc, store_change *ch);
+/* Feed thread. The feed (re)started listening, or missed a change: not ready, every entry and
+ * applied revision dropped. */
+void store__pg_rcache_reset(pg_rcache *rc);
+/* Feed thread. The barrier sent after reading res (store__pg_sql_revisions_all: tenant,
+ * revision) came back: raises each tenant's applied revision to the one listed; ready. */
+void store__pg_rcache_sync_rows(pg_rcache *rc, const PGresult *res);
+/* Whether the cache may be used (NULL: no cache). */
+bool store__pg_rcache_ready(pg_rcache *rc);
+/* Whether tenant has an applied revision (a hint at send time: its calls may be cached). */
+bool store__pg_rcache_known(pg_rcache *rc, const char *tenant);
+/* Whether the cache holds every change of tenant up to rev, its revision read by the read index
+ * after the call started: the call may be answered from the cache. */
+bool store__pg_rcache_covers(pg_rcache *rc, const char *tenant, int64_t rev);
 
 /* ---- postgres.c --------------------------------------------------------------------------- */
 

@@ -285,7 +285,14 @@ static bool same_key(const pg_req *a, const pg_req *b)
 
 /* Sends first and the GetPin calls waiting with it as one statement on c. The arrays hold each
  * distinct (tenant, key) once, with the earliest clock of its calls: a row live then comes back,
- * and deliver_gets() checks it against each call's own clock. */
+ * and deliver_gets() checks it against each call's own clock.
+ *
+ * With the read cache ready (store/pg_cache.c), a key the cache holds, of a tenant with an
+ * applied revision, is left out of the arrays (its calls are cache_cand), and the statement
+ * reads the revision of every tenant of the batch too (store__pg_sql_get_batch_ri): the read
+ * index deliver_gets() checks before it answers those calls from the cache. A key not cached
+ * notes its stripe's generation first, so that its row fills the cache only if no change reached
+ * the stripe meanwhile. */
 static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
 {
     pg_req *kids[GET_BATCH_MAX];
@@ -294,6 +301,7 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
     int at[2 * GET_BATCH_MAX]; /* open addressing on slot: distinct key + 1, 0 empty */
     int firstof[GET_BATCH_MAX], nd = 0;
     int64_t now[GET_BATCH_MAX];
+    bool no_cache[GET_BATCH_MAX];
     memset(at, 0, sizeof(at));
     for (int i = 0; i < n; i++) {
         pg_req *k = kids[i];
@@ -303,34 +311,88 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
         if (at[h] == 0) {
             firstof[nd] = i;
             now[nd] = k->now_us;
+            no_cache[nd] = k->no_cache;
             at[h] = ++nd;
-        } else if (k->now_us < now[at[h] - 1]) {
-            now[at[h] - 1] = k->now_us;
+        } else {
+            if (k->now_us < now[at[h] - 1])
+                now[at[h] - 1] = k->now_us;
+            no_cache[at[h] - 1] = no_cache[at[h] - 1] || k->no_cache;
         }
         k->key_at = at[h] - 1;
         k->next = i + 1 < n ? kids[i + 1] : NULL;
     }
-    pg_req *b = calloc(1, sizeof(*b));
-    pins_buf arr[3];
-    arrays_open(arr, 3); /* at most GET_BATCH_MAX validated tenants and keys */
+    pg_rcache *rc = ss->st->rcache;
+    bool ri = ss->evb != NULL && store__pg_rcache_ready(rc);
+    /* Per distinct key: its element in the read arrays (-1: from the cache), its tenant's
+     * element, whether it is cached, and its stripe's generation. */
+    int readof[GET_BATCH_MAX], tenantof[GET_BATCH_MAX], firstof_tenant[GET_BATCH_MAX];
+    bool cached[GET_BATCH_MAX] = {false};
+    uint64_t gen[GET_BATCH_MAX] = {0};
+    int nr = 0, nt = 0;
     for (int d = 0; d < nd; d++) {
+        const pg_req *k = kids[firstof[d]];
+        const char *tenant = k->params[0] != NULL ? k->params[0] : "";
+        const char *key = k->params[1] != NULL ? k->params[1] : "";
+        readof[d] = nr;
+        tenantof[d] = -1;
+        if (!ri) {
+            nr++;
+            continue;
+        }
+        for (int t = 0; t < nt && tenantof[d] < 0; t++) {
+            const pg_req *o = kids[firstof[firstof_tenant[t]]];
+            if (strcmp(o->params[0] != NULL ? o->params[0] : "", tenant) == 0)
+                tenantof[d] = t;
+        }
+        if (tenantof[d] < 0) {
+            firstof_tenant[nt] = d;
+            tenantof[d] = nt++;
+        }
+        cached[d] = store_cache_probe(store__pg_rcache_cache(rc), tenant, key, &gen[d]);
+        if (!no_cache[d] && cached[d] && store__pg_rcache_known(rc, tenant))
+            readof[d] = -1;
+        else
+            nr++;
+    }
+    for (int i = 0; i < n; i++) {
+        pg_req *k = kids[i];
+        int d = k->key_at;
+        k->key_at = readof[d];
+        k->tenant_at = tenantof[d];
+        k->cache_cand = readof[d] < 0;
+        k->cache_fill = ri && readof[d] >= 0 && !cached[d];
+        k->cache_gen = gen[d];
+    }
+    pg_req *b = calloc(1, sizeof(*b));
+    pins_buf arr[4];
+    arrays_open(arr, 4); /* at most GET_BATCH_MAX validated tenants and keys */
+    bool firstr = true;
+    for (int d = 0; d < nd; d++) {
+        if (readof[d] < 0)
+            continue;
         char num[PINS_FMT_INT_MAX];
         pins_fmt_i64(num, now[d]);
-        buf_elem(&arr[0], kids[firstof[d]]->params[0], d == 0);
-        buf_elem(&arr[1], kids[firstof[d]]->params[1], d == 0);
-        buf_elem(&arr[2], num, d == 0);
+        buf_elem(&arr[0], kids[firstof[d]]->params[0], firstr);
+        buf_elem(&arr[1], kids[firstof[d]]->params[1], firstr);
+        buf_elem(&arr[2], num, firstr);
+        firstr = false;
     }
-    if (!arrays_take(b, 0, arr, 3)) {
+    for (int t = 0; t < nt; t++)
+        buf_elem(&arr[3], kids[firstof[firstof_tenant[t]]]->params[0], t == 0);
+    int np = ri ? 4 : 3;
+    if (!ri)
+        pins_buf_free(&arr[3]);
+    if (!arrays_take(b, 0, arr, np)) {
         free(b);
         for (int i = 0; i < n; i++)
             store__pg_fail_req(ss, kids[i], PINS_ENOMEM, "out of memory batching reads");
         return;
     }
     b->kind = OP_GET_BATCH;
-    b->sql = store__pg_sql_get_batch;
+    b->sql = ri ? store__pg_sql_get_batch_ri : store__pg_sql_get_batch;
     b->kids = kids[0];
     b->nkids = n;
-    b->nparams = 3;
+    b->nparams = np;
     store__pg_conn_send(c, b);
 }
 

@@ -236,6 +236,26 @@ const char store__pg_sql_get_batch[] =
     " ON p.tenant_id = q.tenant_id AND p.key = q.key"
     " WHERE p.expires_at IS NULL OR p.expires_at > " TS("q.now_us");
 
+/* The same, through the read cache (store/pg_cache.c): $1..$3 only the calls the cache does not
+ * answer, and $4 the distinct tenants of the batch, whose current revisions (the read index)
+ * come back in the same snapshot as rows -j (j: the tenant's element, 1-based), the revision in
+ * the last column. */
+const char store__pg_sql_get_batch_ri[] =
+    "SELECT q.i, " PCOLS " FROM unnest($1::text[], $2::text[], $3::int8[]) WITH ORDINALITY"
+    " AS q(tenant_id, key, now_us, i) JOIN system.memory_pins p"
+    " ON p.tenant_id = q.tenant_id AND p.key = q.key"
+    " WHERE p.expires_at IS NULL OR p.expires_at > " TS("q.now_us")
+    " UNION ALL SELECT -t.j, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " coalesce(v.revision, 0) FROM unnest($4::text[]) WITH ORDINALITY AS t(tenant_id, j)"
+    " LEFT JOIN system.pin_revisions v ON v.tenant_id = t.tenant_id";
+
+/* The change feed, once it listens (store/pg_cache.c): every tenant's revision ($1 rows at
+ * most), then a notification of its own ($1: "b <token>") that marks where the list was read
+ * in the stream of changes. */
+const char store__pg_sql_revisions_all[] =
+    "SELECT tenant_id, revision FROM system.pin_revisions LIMIT $1::int8";
+const char store__pg_sql_barrier[] = "SELECT pg_notify('pinsd_changes', $1::text)";
+
 /* $1 tenant $2 prefix $3 include expired $4 now $5 limit $6 offset $7 cursor created $8 cursor id.
  * Prefixes match literally: left() compares characters, unlike LIKE and its wildcards. Columns:
  * the total, the tenant's revision (read in the page's snapshot), then the pin. */
@@ -425,7 +445,7 @@ static const char *const named_sql[] = {
     store__pg_sql_sweep,        store__pg_sql_maudit_write,   store__pg_sql_raudit_write,
     store__pg_sql_raudit_list,  store__pg_sql_raudit_cleanup, store__pg_sql_ping,
     store__pg_sql_upsert_chain, store__pg_sql_raudit_expire,  store__pg_sql_maudit_expire,
-    store__pg_sql_changes,      store__pg_sql_history_expire,
+    store__pg_sql_changes,      store__pg_sql_history_expire, store__pg_sql_get_batch_ri,
 };
 
 /* The bit of sql in pg_conn.prepared, with its statement name in name[16]; 0 for a statement

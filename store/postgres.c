@@ -366,24 +366,74 @@ static void pack_pin(pg_session *ss, pins_arena **pout, store_pin *pin)
                                 &pin->value_pb_len);
 }
 
+/* Answers k, a call of a batch read through the cache (cache_cand), from the cache when the read
+ * index allows it: its tenant's revision rev, read by the batch's statement, is one the cache
+ * holds every change up to. Returns false when it cannot (the feed is behind, or the entry was
+ * dropped since the batch was sent): k must be read from the database. */
+static bool deliver_cached(pg_session *ss, pg_req *k, int64_t rev, pins_arena **phits)
+{
+    pg_rcache *rc = ss->st->rcache;
+    const char *tenant = k->params[0] != NULL ? k->params[0] : "";
+    const char *key = k->params[1] != NULL ? k->params[1] : "";
+    if (rev < 0 || !store__pg_rcache_covers(rc, tenant, rev))
+        return false;
+    if (*phits == NULL)
+        *phits = pins_arena_new(0);
+    store_pin pin;
+    store_cache_result res = STORE_CACHE_MISS;
+    uint64_t gen;
+    if (*phits == NULL ||
+        store_cache_get(store__pg_rcache_cache(rc), tenant, key, k->now_us, *phits, &pin, &res,
+                        &gen) != 0 ||
+        res == STORE_CACHE_MISS)
+        return false;
+    store__count_read(&ss->base, true);
+    pin.from_cache = true;
+    deliver_pin(ss, k, res == STORE_CACHE_EXPIRED ? PINS_ENOT_FOUND : 0, &pin, false);
+    return true;
+}
+
 /* Answers each call of a GetPin batch from the row of its key, read and packed once for all its
- * calls; a call whose clock is at or past the row's expiry gets NOT_FOUND, as it would alone. */
+ * calls; a call whose clock is at or past the row's expiry gets NOT_FOUND, as it would alone.
+ * Through the read cache (store__pg_sql_get_batch_ri), a cached call is answered from the cache
+ * when the read index allows it, and read again from the database (no_cache) when not; a row
+ * read from the database fills the cache. */
 static void deliver_gets(pg_session *ss, pg_req *r)
 {
     const PGresult *res = r->res;
+    bool ri = r->sql == store__pg_sql_get_batch_ri;
     int rowof[GET_BATCH_MAX], err[GET_BATCH_MAX];
+    int64_t trev[GET_BATCH_MAX];
     store_pin pins[GET_BATCH_MAX];
     char *bufs[GET_BATCH_MAX] = {NULL};
     bool parsed[GET_BATCH_MAX] = {false};
-    pins_arena *packed = NULL;
-    for (int d = 0; d < GET_BATCH_MAX; d++)
+    pins_arena *packed = NULL, *hits = NULL;
+    for (int d = 0; d < GET_BATCH_MAX; d++) {
         rowof[d] = -1;
-    for (int row = 0; row < PQntuples(res); row++) {
-        int64_t d = store__pg_col_i64(res, row, 0) - 1;
-        if (d >= 0 && d < GET_BATCH_MAX)
-            rowof[d] = row;
+        trev[d] = -1;
     }
-    for (pg_req *k = r->kids; k != NULL; k = k->next) {
+    for (int row = 0; row < PQntuples(res); row++) {
+        int64_t d = store__pg_col_i64(res, row, 0);
+        if (d > 0 && d <= GET_BATCH_MAX)
+            rowof[d - 1] = row;
+        else if (ri && d < 0 && d >= -GET_BATCH_MAX)
+            trev[-d - 1] = store__pg_col_i64(res, row, PIN_NCOLS);
+    }
+    req_list again = {0};
+    for (pg_req **link = &r->kids, *k; (k = *link) != NULL;) {
+        if (k->cache_cand && !k->abandoned) {
+            int t = k->tenant_at;
+            if (deliver_cached(ss, k, t >= 0 && t < GET_BATCH_MAX ? trev[t] : -1, &hits)) {
+                link = &k->next;
+                continue;
+            }
+            *link = k->next; /* read from the database in the next batch */
+            k->no_cache = true;
+            k->cache_cand = false;
+            store__pg_requeue(&again, k);
+            continue;
+        }
+        link = &k->next;
         int d = k->key_at;
         if (k->abandoned || d < 0 || d >= GET_BATCH_MAX || rowof[d] < 0) {
             deliver_pin(ss, k, PINS_ENOT_FOUND, NULL, false); /* abandoned: only marked done */
@@ -394,15 +444,23 @@ static void deliver_gets(pg_session *ss, pg_req *r)
             err[d] = store__pg_read_pin(res, rowof[d], 1, &pins[d], &bufs[d]);
             if (err[d] == 0)
                 pack_pin(ss, &packed, &pins[d]);
+            if (err[d] == 0 && k->cache_fill)
+                (void)store_cache_fill(store__pg_rcache_cache(ss->st->rcache), &pins[d],
+                                       k->cache_gen);
         }
         bool expired = err[d] == 0 && pins[d].has_expires && pins[d].expires_us <= k->now_us;
-        if (err[d] == 0 && !expired) /* no read cache: every read of an existing pin misses */
+        if (err[d] == 0 && !expired) /* read from the database: a miss of the read cache */
             store__count_read(&ss->base, false);
         deliver_pin(ss, k, expired ? PINS_ENOT_FOUND : err[d], &pins[d], false);
     }
     for (int d = 0; d < GET_BATCH_MAX; d++)
         free(bufs[d]);
     pins_arena_free(packed);
+    pins_arena_free(hits);
+    if (again.head != NULL) {
+        store__pg_requeue_front(ss, &again);
+        store__defer_arm(ss->kick);
+    }
 }
 
 /* Delivers each call of an OP_UPSERT_CHAIN its row (finish_ok checked there is one per call). */
@@ -925,6 +983,7 @@ static void pg_close(store *s)
 {
     pg_store *st = (pg_store *)s;
     store__pg_feed_stop(st);
+    store__pg_rcache_free(st->rcache);
     free(st->listen_url);
     free(st->url);
     free(st);
@@ -993,7 +1052,9 @@ int store__postgres_open(const store_options *opts, store **pstore)
                              : opts->database_url;
     st->url = strdup(opts->database_url);
     st->listen_url = strdup(listen);
-    if (st->url == NULL || st->listen_url == NULL) {
+    size_t cache_bytes = opts->cache_bytes > 0 ? (size_t)opts->cache_bytes : STORE_CACHE_BYTES;
+    if (st->url == NULL || st->listen_url == NULL ||
+        (opts->pg_read_cache && store__pg_rcache_new(cache_bytes, &st->rcache) != 0)) {
         free(st->url);
         free(st->listen_url);
         free(st);

@@ -1,5 +1,5 @@
-/* store/sqlite_int.h: the SQLite backend's internals shared inside store/ (store/sqlite.c, its
- * read cache store/cache.c, store.c's backend table). Its read cache (store/cache.h) and its
+/* store/sqlite_int.h: the SQLite backend's internals shared inside store/ (store/sqlite.c,
+ * store.c's backend table). Its read cache (store/cache.h) and its
  * counters and hooks for tests and benchmarks (store/sqlite.h) have headers of their own. Not part
  * of the backend contract (store/store_int.h): another backend needs nothing from here.
  */

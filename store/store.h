@@ -205,8 +205,12 @@ typedef struct store_options {
     const char *data_dir; /* SQLite: directory of pins.db, created if missing */
     int pool_size;        /* PostgreSQL connections in total */
     int workers;          /* number of sessions that will be created */
-    /* SQLite: the read cache's bound in bytes; 0: STORE_CACHE_BYTES (store/cache.h). */
+    /* The read cache's bound in bytes; 0: STORE_CACHE_BYTES (store/cache.h). */
     int64_t cache_bytes;
+    /* PostgreSQL: keep a read cache of pins, coherent with every replica's writes through the
+     * change feed (it serves reads only while store_feed_start's feed is up, store/README.md,
+     * "The PostgreSQL read cache"); false: every read asks PostgreSQL. SQLite always has one. */
+    bool pg_read_cache;
     /* Optional: when store_open fails for a reason the operator must fix (a DATABASE_URL that
      * selects no backend, one PostgreSQL cannot parse), err gets it, err_cap bytes at most,
      * NUL-terminated. Never the URL itself (a secret). */

@@ -536,8 +536,9 @@ class ResilienceTest(unittest.TestCase):
     def test_metrics_on_postgres(self):
         """The store families on PostgreSQL: store_info names the backend, the backend's error
         kinds and every pool state exist from the start, every single-pin read is a cache miss
-        (no read cache), and the other new families show their zero series as on SQLite."""
-        srv, client = self.pinsd(DB_POOL_SIZE=4)
+        with the read cache off (PINS_PG_READ_CACHE=false), and the other new families show their
+        zero series as on SQLite."""
+        srv, client = self.pinsd(DB_POOL_SIZE=4, PINS_PG_READ_CACHE="false")
         m = test_metrics.scrape(srv)
         want = test_metrics.startup_series(2)
         for kind in ("busy", "io"):  # SQLite's own kinds
@@ -584,6 +585,37 @@ class ResilienceTest(unittest.TestCase):
         self.assertGreaterEqual(after['memory_audit_writes_total{status="success"}'], 1)
         self.assertEqual(after['memory_audit_writes_total{status="error"}'], 0)
         self.assertEqual(after["pins_ready"], 1)
+
+    def test_read_cache_answers_reads_once_the_feed_is_ready(self):
+        """With the read cache (the default), reads of a pin are answered from it once the
+        change feed is ready: each read counts once, as a hit or a miss, an absent pin as
+        neither, and a later write is seen by every read after it."""
+        srv, client = self.pinsd(DB_POOL_SIZE=4)
+        deadline = time.monotonic() + 20
+        while test_metrics.scrape(srv).get("watch_feed_up") != 1:
+            self.assertLess(time.monotonic(), deadline, "the change feed stayed down")
+            time.sleep(0.1)
+        client.call(mp("UpsertPin"), {"tenant_id": "pgc", "key": "k", "value": {"v": 1}})
+        before = test_metrics.scrape(srv)
+        reads = 0
+        while True:  # the first read may miss (fills the cache); the cache is ready in a moment
+            self.assertLess(time.monotonic(), deadline, "no read was answered from the cache")
+            got = client.call(mp("GetPin"), {"tenant_id": "pgc", "key": "k"}).pin
+            self.assertEqual(got.value["v"], 1)
+            reads += 1
+            if test_metrics.scrape(srv)["memory_cache_hits_total"] > before["memory_cache_hits_total"]:
+                break
+            time.sleep(0.05)
+        with self.assertRaises(grpc.RpcError):
+            client.call(mp("GetPin"), {"tenant_id": "pgc", "key": "absent"})
+        after = test_metrics.scrape(srv)
+        counted = lambda m: m["memory_cache_hits_total"] + m["memory_cache_misses_total"]
+        self.assertEqual(counted(after) - counted(before), reads)
+        # the next write replaces the cached row before any later read can be answered
+        client.call(mp("UpsertPin"), {"tenant_id": "pgc", "key": "k", "value": {"v": 2}})
+        for _ in range(20):
+            got = client.call(mp("GetPin"), {"tenant_id": "pgc", "key": "k"}).pin
+            self.assertEqual(got.value["v"], 2)
 
     def test_starts_while_postgres_is_down_and_connects_when_it_comes_up(self):
         self.pg.stop()

@@ -9,7 +9,10 @@ limiter), all on loopback (tests/integration/pg.py, tests/interop/test_ratelimit
 - a watcher cut mid-stream resumes on another replica with no gap and no duplicate;
 - a slow SSE consumer is cut off (its last event an error naming the revision to resume from)
   while a watcher on the same replica keeps up;
-- reads on one replica right after a write acknowledged on another never see an older version;
+- reads on one replica right after a write acknowledged on another never see an older version,
+  and some of them come from the read cache;
+- the read cache while the LISTEN connections are killed again and again: never stale, and
+  serving again once the feeds are back;
 - the LISTEN connections killed with pg_terminate_backend: streams end with UNAVAILABLE naming
   their last revision, the feed comes back, and resuming from that revision misses nothing
   written meanwhile;
@@ -258,18 +261,66 @@ class ReplicasTest(unittest.TestCase):
         self.assertEqual(got, [p.revision for p in pins],
                          "the slow stream's events and the resumed ones: each change once")
 
+    def cache_hits(self):
+        return sum(test_metrics.scrape(s).get("memory_cache_hits_total", 0) for s in self.servers)
+
     def test_reads_after_an_acknowledged_write_elsewhere_are_never_stale(self):
+        """The checker of the read cache: each write is followed at once by reads on both other
+        replicas (twice: the second finds the row the first cached, or the change the feed
+        applied). A stale read is a version below the acknowledged one. The cache must have
+        answered some of the reads, or the test proved nothing about it."""
         t = "stale-check"
         stale = []
+        hits = self.cache_hits()
         for n in range(300):
-            w, rd = n % 3, (n + 1 + n // 3) % 3
-            if w == rd:
-                rd = (rd + 1) % 3
+            w = n % 3
             p = self.upsert(w, t, "k%d" % (n % 5), {"n": n})
-            got = self.clients[rd].call(mp("GetPin"), {"tenant_id": t, "key": p.key}).pin
-            if got.version < p.version:
-                stale.append((n, w, rd, p.version, got.version))
+            for rd in ((w + 1) % 3, (w + 2) % 3, (w + 1) % 3, (w + 2) % 3):
+                got = self.clients[rd].call(mp("GetPin"), {"tenant_id": t, "key": p.key}).pin
+                if got.version < p.version or got.value["n"] != n:
+                    stale.append((n, w, rd, p.version, got.version))
         self.assertEqual(stale, [])
+        self.assertGreater(self.cache_hits() - hits, 0, "no read was answered by the cache")
+
+    def test_read_cache_is_dropped_while_the_feed_is_down_and_serves_again_after(self):
+        """The LISTEN connections killed again and again, each time with a write on one replica
+        and reads on the others racing the feeds' reconnection: never stale. Once the feeds are
+        back, reads are answered from the cache again."""
+        t = "cache-feed-kill"
+        for i in range(3):  # cached everywhere
+            self.upsert(0, t, "k%d" % i, {"n": -1})
+            for rd in range(3):
+                self.clients[rd].call(mp("GetPin"), {"tenant_id": t, "key": "k%d" % i})
+        stale = []
+        last = {}
+        for n in range(6):
+            self.pg.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'pinsd-feed' AND datname = 'pins'")
+            for m in range(5):
+                w = (n + m) % 3
+                p = self.upsert(w, t, "k%d" % (m % 3), {"n": n * 10 + m})
+                last[p.key] = p.version
+                for rd in ((w + 1) % 3, (w + 2) % 3):
+                    got = self.clients[rd].call(mp("GetPin"),
+                                                {"tenant_id": t, "key": p.key}).pin
+                    if got.version < p.version:
+                        stale.append((n, m, rd, p.version, got.version))
+        self.assertEqual(stale, [])
+        self.feed_up_everywhere()
+        before = self.cache_hits()
+        deadline = time.monotonic() + 30
+        while self.cache_hits() == before:  # the caches get ready once their barrier is back
+            self.assertLess(time.monotonic(), deadline, "the caches never served again")
+            for rd in range(3):
+                for key in last:
+                    self.clients[rd].call(mp("GetPin"), {"tenant_id": t, "key": key})
+            time.sleep(0.05)
+        # what the caches hold after the outages: every last write, on every replica (a change
+        # missed while a feed was down must not come back with the cache)
+        for rd in range(3):
+            for key, version in last.items():
+                got = self.clients[rd].call(mp("GetPin"), {"tenant_id": t, "key": key}).pin
+                self.assertEqual(got.version, version, "replica %d, %s" % (rd, key))
 
     def test_listen_connection_killed_streams_end_and_resume_without_loss(self):
         t = "listen-kill"

@@ -1,6 +1,7 @@
-/* tests/unit/store/test_cache.c: the SQLite backend's read cache (store/cache.c) on its own:
- * copies, bounds, expiry, the write generation that keeps stale fills out, and readers racing
- * writers on a cache small enough to evict all the time (run it under ThreadSanitizer too).
+/* tests/unit/store/test_cache.c: the stores' read cache (store/cache.c) on its own: copies,
+ * bounds, expiry, the write generation that keeps stale fills out, a put never replacing a newer
+ * revision, probing and clearing, and readers racing writers on a cache small enough to evict all
+ * the time (run it under ThreadSanitizer too).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -380,6 +381,81 @@ static void test_cache_readers_never_see_a_version_go_back(void **state)
     free(r);
 }
 
+/* A put older than the cached row (a change the feed delivers after a fill read a later
+ * snapshot, on PostgreSQL) leaves the newer row; a newer put replaces it; both bump the
+ * generation so that a pending fill is refused. */
+static void test_cache_put_never_replaces_a_newer_revision(void **state)
+{
+    (void)state;
+    store_cache *c = new_cache(100);
+    pins_arena *a = pins_arena_new(0);
+    store_pin newer = make_pin("t", "k", "{\"v\":2}", 2);
+    newer.revision = 20;
+    uint64_t gen;
+    store_pin got;
+    assert_int_equal(lookup(c, a, "t", "k", 0, &got, &gen), STORE_CACHE_MISS);
+    assert_int_equal(store_cache_fill(c, &newer, gen), STORE_CACHE_FILLED);
+    store_pin older = make_pin("t", "k", "{\"v\":1}", 1);
+    older.revision = 10;
+    store_cache_put(c, &older);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &got, NULL), STORE_CACHE_HIT);
+    assert_int_equal(got.revision, 20);
+    assert_string_equal(got.value_json, "{\"v\":2}");
+    store_pin next = make_pin("t", "k", "{\"v\":3}", 3);
+    next.revision = 21;
+    store_cache_put(c, &next);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &got, NULL), STORE_CACHE_HIT);
+    assert_int_equal(got.revision, 21);
+    /* the refused put still invalidates a fill of its key pending across it */
+    store_cache_remove(c, "t", "k");
+    assert_int_equal(lookup(c, a, "t", "k", 0, &got, &gen), STORE_CACHE_MISS);
+    store_cache_put(c, &newer);
+    store_cache_put(c, &older);
+    assert_int_equal(store_cache_fill(c, &older, gen), STORE_CACHE_STALE);
+    assert_int_equal(lookup(c, a, "t", "k", 0, &got, NULL), STORE_CACHE_HIT);
+    assert_int_equal(got.revision, 20);
+    pins_arena_free(a);
+    store_cache_free(c);
+}
+
+/* probe tells presence (expired entries included) without copying, and hands out the generation
+ * a fill needs; clear drops every entry and refuses every fill pending across it. */
+static void test_cache_probe_and_clear(void **state)
+{
+    (void)state;
+    store_cache *c = new_cache(1000);
+    pins_arena *a = pins_arena_new(0);
+    char keys[100][8];
+    for (int i = 0; i < 100; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+        store_pin p = make_pin("t", keys[i], "{}", 1);
+        p.has_expires = i == 0;
+        p.expires_us = 5;
+        store_cache_put(c, &p);
+    }
+    uint64_t gen = 0;
+    assert_true(store_cache_probe(c, "t", "k0", &gen)); /* expired at any later clock */
+    assert_true(store_cache_probe(c, "t", "k99", &gen));
+    assert_false(store_cache_probe(c, "t", "absent", &gen));
+    assert_false(store_cache_probe(c, "u", "k1", &gen));
+    store_cache_clear(c);
+    assert_int_equal(store_cache_count(c), 0);
+    store_pin got;
+    assert_int_equal(lookup(c, a, "t", "k1", 0, &got, NULL), STORE_CACHE_MISS);
+    /* a fill whose generation came from a probe after the clear is taken */
+    store_pin late = make_pin("t", "absent", "{}", 1);
+    assert_false(store_cache_probe(c, "t", "absent", &gen));
+    assert_int_equal(store_cache_fill(c, &late, gen), STORE_CACHE_FILLED);
+    /* one pending across a clear is refused */
+    assert_false(store_cache_probe(c, "t", "k2", &gen));
+    store_cache_clear(c);
+    store_pin again = make_pin("t", "k2", "{}", 1);
+    assert_int_equal(store_cache_fill(c, &again, gen), STORE_CACHE_STALE);
+    assert_int_equal(store_cache_count(c), 0);
+    pins_arena_free(a);
+    store_cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -390,6 +466,8 @@ int main(void)
         cmocka_unit_test(test_cache_expired_entry_is_absent_and_dropped),
         cmocka_unit_test(test_cache_fill_after_a_write_is_refused),
         cmocka_unit_test(test_cache_readers_never_see_a_version_go_back),
+        cmocka_unit_test(test_cache_put_never_replaces_a_newer_revision),
+        cmocka_unit_test(test_cache_probe_and_clear),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
