@@ -18,7 +18,8 @@
 #                              REST over h2c through h2load: GET uniform, zipfian (and the gRPC
 #                              pair)
 #                   pg         pinsd on PostgreSQL directly: GetPin uniform, zipfian, 90/10, 50/50,
-#                              UpsertPin, ListPins 20
+#                              UpsertPin, ListPins 20; GetPin uniform, zipfian and 90/10 again on a
+#                              second pinsd with PINS_PG_READ_CACHE=false (the read cache's pairs)
 #                   pgbouncer  pinsd through PgBouncer (transaction pooling): GetPin uniform, 90/10
 #                              (and the direct pair)
 #                   pgbench    pgbench on pinsd's table: select (uniform, zipfian), upsert, 90/10,
@@ -192,9 +193,10 @@ ss = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
 }
-read -r P_SQ P_PG P_PGB P_PEER P_PGSQL P_BOUNCER <<<"$(free_ports 6)"
+read -r P_SQ P_PG P_PGB P_PEER P_PGSQL P_BOUNCER P_PGNC <<<"$(free_ports 7)"
 A_SQ=127.0.0.1:$P_SQ A_PG=127.0.0.1:$P_PG A_PGB=127.0.0.1:$P_PGB A_PEER=127.0.0.1:$P_PEER
-for a in "$A_SQ" "$A_PG" "$A_PGB" "$A_PEER"; do require_loopback "$a"; done
+A_PGNC=127.0.0.1:$P_PGNC
+for a in "$A_SQ" "$A_PG" "$A_PGB" "$A_PEER" "$A_PGNC"; do require_loopback "$a"; done
 
 # pinsd_up NAME ADDR [VAR=VALUE...]: a one-worker pinsd on CPU 0, data in WORK/NAME, until /ready.
 pinsd_up() {
@@ -299,6 +301,8 @@ if ((need_pg)); then
   }
   pinsd_up pg "$A_PG" DATABASE_URL="$DBURL" DB_POOL_SIZE="$POOL"
   prefill "PostgreSQL pinsd" "$A_PG" bench- bench-t "$VSIZE"
+  # the same pinsd without its read cache, on the same data: the cache's pairs
+  has pg && pinsd_up pgnc "$A_PGNC" DATABASE_URL="$DBURL" DB_POOL_SIZE="$POOL" PINS_PG_READ_CACHE=false
   if has pgbouncer; then
     d="$WORK/pgbouncer"
     mkdir -p "$d"
@@ -462,10 +466,13 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     if has pg || has pgbouncer; then grpc pg_get_uni "PG direct GetPin uniform" pg "$A_PG"; fi
     has pgbench && pgb pgbench_select "pgbench select uniform c=$POOL" -f "$PGF/select.sql"
     has pgbouncer && grpc pgb_get_uni "PgBouncer GetPin uniform" pgbouncer "$A_PGB"
+    has pg && grpc pgnc_get_uni "PG direct GetPin uniform, no read cache" pgnc "$A_PGNC"
     has pg && grpc pg_get_zipf "PG direct GetPin zipfian s=$ZIPF_S" pg "$A_PG" "${SJ[@]}"
+    has pg && grpc pgnc_get_zipf "PG direct GetPin zipfian s=$ZIPF_S, no read cache" pgnc "$A_PGNC" "${SJ[@]}"
     has pgbench && ZIPF=1 pgb pgbench_select_zipf "pgbench select zipfian s=1.001 (PG 15 minimum) c=$POOL" -f "$PGF/select.sql"
     if has pg || has pgbouncer; then grpc pg_mix90 "PG direct 90/10 uniform" pg "$A_PG" --mix get=90,put=10; fi
     has pgbench && pgb pgbench_mix90 "pgbench 90/10 select/upsert c=$POOL" -f "$PGF/select.sql@9" -f "$PGF/upsert.sql@1"
+    has pg && grpc pgnc_mix90 "PG direct 90/10 uniform, no read cache" pgnc "$A_PGNC" --mix get=90,put=10
     has pgbouncer && grpc pgb_mix90 "PgBouncer 90/10 uniform" pgbouncer "$A_PGB" --mix get=90,put=10
     has pg && grpc pg_mix50 "PG direct 50/50 uniform" pg "$A_PG" --mix get=50,put=50
     has pgbench && pgb pgbench_mix50 "pgbench 50/50 select/upsert c=$POOL" -f "$PGF/select.sql@1" -f "$PGF/upsert.sql@1"

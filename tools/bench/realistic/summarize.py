@@ -278,6 +278,9 @@ INFO = [
     ("REST GET uniform over h2c / HTTP/1.1", "rest_h2_get_uni", "rest_get_uni"),
     ("REST 90/10 HTTP/1.1 / gRPC 90/10", "rest_mix90", "sq_mix90"),
     ("SQLite GetPin uniform / PG direct", "sq_get_uni", "pg_get_uni"),
+    ("PG GetPin uniform, read cache / none", "pg_get_uni", "pgnc_get_uni"),
+    ("PG GetPin zipfian, read cache / none", "pg_get_zipf", "pgnc_get_zipf"),
+    ("PG 90/10 uniform, read cache / none", "pg_mix90", "pgnc_mix90"),
 ]
 
 
