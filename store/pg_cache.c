@@ -50,6 +50,7 @@ typedef struct tenant_rev {
 struct pg_rcache {
     store_cache *cache;
     atomic_bool ready;     /* synced: the cache and the applied revisions may be used */
+    atomic_bool resync;    /* a session asked the feed to start the cache over */
     pthread_rwlock_t lock; /* the tenant map */
     tenant_rev **buckets;  /* RCACHE_BUCKETS chains */
     size_t ntenants;       /* at most RCACHE_TENANTS_MAX */
@@ -63,6 +64,7 @@ int store__pg_rcache_new(size_t bytes, pg_rcache **prc)
     if (rc == NULL)
         return PINS_ENOMEM;
     atomic_init(&rc->ready, false);
+    atomic_init(&rc->resync, false);
     rc->buckets = calloc(RCACHE_BUCKETS, sizeof(*rc->buckets));
     rc->scratch = pins_arena_new(0);
     rc->packed = pins_arena_new(0);
@@ -166,6 +168,30 @@ void store__pg_rcache_apply(pg_rcache *rc, store_change *ch)
         store_cache_remove(rc->cache, pin->tenant_id, pin->key);
     }
     map_raise(rc, pin->tenant_id, strlen(pin->tenant_id), pin->revision);
+}
+
+void store__pg_rcache_skip(pg_rcache *rc, const char *tenant, int64_t rev)
+{
+    size_t len = strlen(tenant);
+    uint64_t h = pins_hash_tenant_key(tenant, "", NULL, NULL);
+    pthread_rwlock_wrlock(&rc->lock);
+    tenant_rev *t = map_find(rc, h, tenant, len);
+    if (t != NULL && t->applied < rev)
+        t->applied = rev;
+    pthread_rwlock_unlock(&rc->lock);
+    /* A tenant without an applied revision stays without: it may have changes the feed missed
+     * before a reset. */
+}
+
+void store__pg_rcache_invalidate(pg_rcache *rc)
+{
+    atomic_store(&rc->ready, false);
+    atomic_store(&rc->resync, true);
+}
+
+bool store__pg_rcache_take_resync(pg_rcache *rc)
+{
+    return atomic_exchange(&rc->resync, false);
 }
 
 void store__pg_rcache_reset(pg_rcache *rc)

@@ -141,6 +141,8 @@ void store__pg_conn_fail(pg_conn *c, const char *kind, const char *why)
 
 void store__pg_conn_recheck(pg_conn *c)
 {
+    if (c->ss->st->rcache != NULL) /* revisions may start over with the schema */
+        store__pg_rcache_invalidate(c->ss->st->rcache);
     store__schema_behind_set(true);
     c->ss->base.schema_behind = true;
     c->recheck = true;

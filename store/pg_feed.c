@@ -39,9 +39,10 @@
 #include "observability/log.h"
 
 #define FEED_CHANNEL        "pinsd_changes"
-#define FEED_PING_MS        5000  /* a ping after this long without traffic */
-#define FEED_TIMEOUT_MS     5000  /* a connection attempt, a query */
-#define FEED_POOLER_WAIT_MS 30000 /* between attempts while a pooler is in the way */
+#define FEED_REV_CHANNEL    "pinsd_revisions" /* barriers and skipped revisions (pg_cache.c) */
+#define FEED_PING_MS        5000              /* a ping after this long without traffic */
+#define FEED_TIMEOUT_MS     5000              /* a connection attempt, a query */
+#define FEED_POOLER_WAIT_MS 30000             /* between attempts while a pooler is in the way */
 
 struct pg_feed {
     char *url;
@@ -209,12 +210,16 @@ static open_result feed_open(pg_feed *f)
         f->reported = true;
         return OPEN_POOLER;
     }
-    res = run(f, "LISTEN " FEED_CHANNEL, 0, NULL);
-    if (res == NULL) {
-        report(f, "change feed cannot listen", PQerrorMessage(f->pg));
-        return atomic_load(&f->stop) ? OPEN_STOP : OPEN_FAILED;
+    /* Notifications of both channels come in one commit-ordered stream. */
+    static const char *const listen[] = {"LISTEN " FEED_CHANNEL, "LISTEN " FEED_REV_CHANNEL};
+    for (size_t i = 0; i < sizeof(listen) / sizeof(listen[0]); i++) {
+        res = run(f, listen[i], 0, NULL);
+        if (res == NULL) {
+            report(f, "change feed cannot listen", PQerrorMessage(f->pg));
+            return atomic_load(&f->stop) ? OPEN_STOP : OPEN_FAILED;
+        }
+        PQclear(res);
     }
-    PQclear(res);
     return OPEN_OK;
 }
 
@@ -340,7 +345,7 @@ static bool cache_sync(pg_feed *f)
         return false;
     if (PQntuples(res) >= RCACHE_TENANTS_MAX)
         pins_log_warn("the read cache tracks the revisions of the first tenants only: reads of"
-                      " the others go to the database until they change",
+                      " the others go to the database",
                       NULL);
     snprintf(f->token, sizeof(f->token), "b %d %llu", PQbackendPID(f->pg),
              (unsigned long long)++f->barriers);
@@ -355,11 +360,23 @@ static bool cache_sync(pg_feed *f)
     return true;
 }
 
-/* A notification of a barrier ("b ..."): when it is the one this feed waits for, the revisions
- * read before it count and the read cache is ready. Others' barriers are ignored. */
-static void barrier(pg_feed *f, const char *s)
+/* A notification of channel FEED_REV_CHANNEL. A barrier ("b <pid> <n>"): when it is the one
+ * this feed waits for, the revisions read before it count and the read cache is ready; others'
+ * barriers are ignored. A skipped revision ("s <revision> <tenant>", store/pg_sql.c): the tenant
+ * has no change up to it that the feed has not seen. */
+static void revision_note(pg_feed *f, const char *s)
 {
-    if (f->sync == NULL || strcmp(s, f->token) != 0)
+    if (f->rc == NULL)
+        return;
+    if (s[0] == 's' && s[1] == ' ') {
+        char *end;
+        errno = 0;
+        long long rev = strtoll(s + 2, &end, 10);
+        if (errno == 0 && end != s + 2 && *end == ' ')
+            store__pg_rcache_skip(f->rc, end + 1, rev);
+        return;
+    }
+    if (s[0] != 'b' || f->sync == NULL || strcmp(s, f->token) != 0)
         return;
     store__pg_rcache_sync_rows(f->rc, f->sync);
     pins_log_debug("read cache ready", NULL);
@@ -367,19 +384,25 @@ static void barrier(pg_feed *f, const char *s)
     f->sync = NULL;
 }
 
+/* Tells the consumers that the feed is live, or no longer: each change of state once. */
+static void set_live(pg_feed *f, bool live)
+{
+    if (atomic_load(&f->live) == live)
+        return;
+    atomic_store(&f->live, live);
+    if (f->state != NULL)
+        f->state(f->arg, live);
+}
+
 /* The feed cannot tell which changes it missed: down and up again, so that consumers catch up
  * with store_changes_since, and the read cache starts over. Returns false when the connection
- * failed. */
+ * failed (the feed is down then). */
 static bool blip(pg_feed *f)
 {
-    atomic_store(&f->live, false);
-    if (f->state != NULL)
-        f->state(f->arg, false);
+    set_live(f, false);
     if (!cache_sync(f))
         return false;
-    atomic_store(&f->live, true);
-    if (f->state != NULL)
-        f->state(f->arg, true);
+    set_live(f, true);
     return true;
 }
 
@@ -394,14 +417,15 @@ static void deliver(pg_feed *f, store_change *ch)
 /* Hands one notification's change to fn. Returns false when the connection failed. */
 static bool handle(pg_feed *f, const PGnotify *nt)
 {
-    if (strcmp(nt->relname, FEED_CHANNEL) != 0)
-        return true;
     const char *s = nt->extra;
     size_t n = strlen(s);
-    if (n >= 2 && s[0] == 'b' && s[1] == ' ') {
-        barrier(f, s);
+    if (strcmp(nt->relname, FEED_REV_CHANNEL) == 0) {
+        if (n >= 2)
+            revision_note(f, s);
         return true;
     }
+    if (strcmp(nt->relname, FEED_CHANNEL) != 0)
+        return true;
     store_change ch;
     char *buf = NULL;
     int err = parse_inline(s, n, &ch, &buf);
@@ -439,6 +463,8 @@ static void listen_loop(pg_feed *f)
 {
     int64_t quiet_since = real_ms();
     for (;;) {
+        if (f->rc != NULL && store__pg_rcache_take_resync(f->rc) && !cache_sync(f))
+            return;
         for (PGnotify *nt = PQnotifies(f->pg); nt != NULL; nt = PQnotifies(f->pg)) {
             bool ok = handle(f, nt);
             PQfreemem(nt);
@@ -484,31 +510,31 @@ static void *feed_main(void *arg)
             backoff = backoff * 2 < BACKOFF_MAX_MS ? backoff * 2 : BACKOFF_MAX_MS;
             continue;
         }
+        if (!cache_sync(f)) {
+            bool stopping = atomic_load(&f->stop);
+            if (!stopping)
+                report(f, "change feed cannot read the tenants' revisions", PQerrorMessage(f->pg));
+            feed_close(f);
+            if (stopping || !nap(f, backoff))
+                break;
+            backoff = backoff * 2 < BACKOFF_MAX_MS ? backoff * 2 : BACKOFF_MAX_MS;
+            continue;
+        }
         if (f->reported)
             pins_log_info("change feed connected", NULL);
         f->reported = false;
         backoff = BACKOFF_MIN_MS;
-        if (!cache_sync(f)) {
-            pins_log_warn("change feed connection lost", "error", PQerrorMessage(f->pg), NULL);
-            f->reported = true;
-            feed_close(f);
-            if (!nap(f, backoff))
-                break;
-            continue;
-        }
-        atomic_store(&f->live, true);
-        if (f->state != NULL)
-            f->state(f->arg, true);
+        set_live(f, true);
         listen_loop(f);
-        atomic_store(&f->live, false);
         if (f->rc != NULL)
             store__pg_rcache_reset(f->rc);
         bool stopping = atomic_load(&f->stop);
         if (!stopping) {
             pins_log_warn("change feed connection lost", "error", PQerrorMessage(f->pg), NULL);
             f->reported = true;
-            if (f->state != NULL)
-                f->state(f->arg, false);
+            set_live(f, false);
+        } else {
+            atomic_store(&f->live, false);
         }
         feed_close(f);
         if (stopping || !nap(f, backoff))

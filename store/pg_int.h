@@ -360,6 +360,14 @@ void store__pg_rcache_reset(pg_rcache *rc);
 /* Feed thread. The barrier sent after reading res (store__pg_sql_revisions_all: tenant,
  * revision) came back: raises each tenant's applied revision to the one listed; ready. */
 void store__pg_rcache_sync_rows(pg_rcache *rc, const PGresult *res);
+/* Feed thread. A statement took revision rev of tenant and wrote nothing (store/pg_sql.c, sk):
+ * when the tenant has an applied revision, it rises to rev. */
+void store__pg_rcache_skip(pg_rcache *rc, const char *tenant, int64_t rev);
+/* Any thread. The schema went behind (a migration reverted: revisions may start over): the cache
+ * is unusable until the feed has started it over (store__pg_rcache_take_resync). */
+void store__pg_rcache_invalidate(pg_rcache *rc);
+/* Feed thread. Whether a start-over was asked for since the last call. */
+bool store__pg_rcache_take_resync(pg_rcache *rc);
 /* Whether the cache may be used (NULL: no cache). */
 bool store__pg_rcache_ready(pg_rcache *rc);
 /* Whether tenant has an applied revision (a hint at send time: its calls may be cached). */

@@ -326,7 +326,7 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
     /* Per distinct key: its element in the read arrays (-1: from the cache), its tenant's
      * element, whether it is cached, and its stripe's generation. */
     int readof[GET_BATCH_MAX], tenantof[GET_BATCH_MAX], firstof_tenant[GET_BATCH_MAX];
-    bool cached[GET_BATCH_MAX] = {false};
+    bool cached[GET_BATCH_MAX] = {false}, known[GET_BATCH_MAX] = {false};
     uint64_t gen[GET_BATCH_MAX] = {0};
     int nr = 0, nt = 0;
     for (int d = 0; d < nd; d++) {
@@ -348,8 +348,9 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
             firstof_tenant[nt] = d;
             tenantof[d] = nt++;
         }
+        known[d] = store__pg_rcache_known(rc, tenant);
         cached[d] = store_cache_probe(store__pg_rcache_cache(rc), tenant, key, &gen[d]);
-        if (!no_cache[d] && cached[d] && store__pg_rcache_known(rc, tenant))
+        if (!no_cache[d] && cached[d] && known[d])
             readof[d] = -1;
         else
             nr++;
@@ -360,7 +361,7 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
         k->key_at = readof[d];
         k->tenant_at = tenantof[d];
         k->cache_cand = readof[d] < 0;
-        k->cache_fill = ri && readof[d] >= 0 && !cached[d];
+        k->cache_fill = ri && readof[d] >= 0 && !cached[d] && known[d]; /* else never a hit */
         k->cache_gen = gen[d];
     }
     pg_req *b = calloc(1, sizeof(*b));

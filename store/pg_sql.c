@@ -65,7 +65,13 @@
  * lengths just given, in UTF-8 bytes: the feed reads notifications with client_encoding UTF8,
  * whatever the database's encoding) and the value's jsonb text to the end; otherwise "r seq", and the
  * feed reads the change by its seq (store__pg_sql_change_get). A SELECT in WITH runs only when
- * read: each statement reads nt's count in its result (a column the store ignores). */
+ * read: each statement reads nt's count in its result (a column the store ignores).
+ *
+ * A revision taken by rn for an insert that then loses its race (sk) is announced on channel
+ * pinsd_revisions as "s <revision> <tenant>": the read caches (store/pg_cache.c) learn that no
+ * change carries it, so the tenant's latest revision is one they have applied. (A chain that
+ * loses the same race skips its revisions silently: its tenant is read from the database until
+ * its next change.) */
 #define LK                                                                                   \
     " lk AS MATERIALIZED (SELECT revision FROM system.pin_revisions WHERE tenant_id = $1"       \
     " FOR UPDATE),"
@@ -126,8 +132,10 @@ const char store__pg_sql_upsert[] =
     " chg AS (INSERT INTO system.pin_changes " CHANGE_COLS
     " SELECT $1, r.revision, 1, $2, r.id, $3::jsonb, $4, " TS("r.created_us") ", " TS("$5") ","
     " $6::int4, " TS("$7") ", r.version, " TS("$5") " FROM res r RETURNING *),"
-    " nt AS (" NOTIFY_FROM("chg") ")"
-    " SELECT k.outcome, r.*, (SELECT count(*) FROM nt) AS notified"
+    " nt AS (" NOTIFY_FROM("chg") "),"
+    " sk AS (SELECT pg_notify('pinsd_revisions', 's ' || n.revision || ' ' || $1) AS sent"
+    " FROM rn n WHERE NOT EXISTS (SELECT 1 FROM res))"
+    " SELECT k.outcome, r.*, (SELECT count(*) FROM nt) + (SELECT count(*) FROM sk) AS notified"
     " FROM chk k LEFT JOIN res r ON true";
 
 /* The pieces of store__pg_sql_upsert_chain that use the macros above. */
@@ -251,10 +259,11 @@ const char store__pg_sql_get_batch_ri[] =
 
 /* The change feed, once it listens (store/pg_cache.c): every tenant's revision ($1 rows at
  * most), then a notification of its own ($1: "b <token>") that marks where the list was read
- * in the stream of changes. */
+ * in the stream of changes (on channel pinsd_revisions, which the feed also listens to: one
+ * commit-ordered stream with pinsd_changes, and replicas that do not listen to it ignore it). */
 const char store__pg_sql_revisions_all[] =
     "SELECT tenant_id, revision FROM system.pin_revisions LIMIT $1::int8";
-const char store__pg_sql_barrier[] = "SELECT pg_notify('pinsd_changes', $1::text)";
+const char store__pg_sql_barrier[] = "SELECT pg_notify('pinsd_revisions', $1::text)";
 
 /* $1 tenant $2 prefix $3 include expired $4 now $5 limit $6 offset $7 cursor created $8 cursor id.
  * Prefixes match literally: left() compares characters, unlike LIKE and its wildcards. Columns:

@@ -496,10 +496,17 @@ class ResilienceTest(unittest.TestCase):
         """The runbook's rollback (`pinsctl migrate downgrade base`) while pinsd serves: /ready turns
         503 schema_behind at once (its ping reads the schema version), calls fail UNAVAILABLE
         (a missing table drops the connection for a schema check), and `upgrade head` brings
-        both back."""
+        both back. The read cache starts over with the schema: the pin written again after the
+        upgrade (revision 1 of a new history) is what reads see, never the cached row of the
+        old history (revision 3)."""
         srv, client = self.pinsd()
         r = self.upsert_within(client, 5.0)
         self.assertTrue(r.created)
+        for v in (2, 3):
+            client.call(mp("UpsertPin"), {"tenant_id": "t", "key": "k", "value": {"a": v}})
+        for _ in range(5):  # cached by now, or read: either way the latest
+            got = client.call(mp("GetPin"), {"tenant_id": "t", "key": "k"}).pin
+            self.assertEqual((got.version, got.value["a"]), (3, 3))
         status, _ = http_get(srv.port, "/ready")
         self.assertEqual(status, 200)
         migrate(self.pg.url, "downgrade", "base")
@@ -519,6 +526,11 @@ class ResilienceTest(unittest.TestCase):
         self.assertEqual(test_metrics.scrape(srv)["store_schema_behind"], 0)
         r = self.upsert_within(client, 5.0)
         self.assertTrue(r.created)  # the downgrade dropped the table with its rows
+        self.assertEqual(r.pin.revision, 1)
+        for _ in range(20):
+            got = client.call(mp("GetPin"), {"tenant_id": "t", "key": "k"}).pin
+            self.assertEqual((got.version, got.value["a"]), (1, 1))
+            time.sleep(0.02)
 
     def upsert_within(self, client, seconds):
         """UpsertPin retried on UNAVAILABLE for at most seconds; returns the response."""
