@@ -104,6 +104,8 @@ static void conn_down(pg_conn *c, const char *kind, const char *why, bool schema
     c->nsegs = 0;
     c->nslow = 0;
     c->seg_slow = false;
+    c->nwrite = 0;
+    c->seg_write = false;
     c->direct = false;
     c->prepared = 0;
     c->recheck = false;
@@ -177,8 +179,11 @@ bool store__pg_conn_put(pg_conn *c, pg_req *r, put_mode mode)
     r->next = NULL;
     r->sync_after = false;
     r->slow_seg = false;
+    r->write_seg = false;
     if (r->kind != OP_GET_BATCH)
         c->seg_slow = true;
+    if (r->kind == OP_UPSERT || r->kind == OP_DELETE || r->kind == OP_UPSERT_CHAIN)
+        c->seg_write = true;
     char name[16] = "";
     uint32_t bit = c->direct ? store__pg_named_bit(r->sql, name) : 0;
     r->parse_pending =
@@ -215,6 +220,9 @@ void store__pg_conn_sync(pg_conn *c)
     c->tail->slow_seg = c->seg_slow;
     c->nslow += c->seg_slow ? 1 : 0;
     c->seg_slow = false;
+    c->tail->write_seg = c->seg_write;
+    c->nwrite += c->seg_write ? 1 : 0;
+    c->seg_write = false;
     c->nsegs++;
     account(c);
     if (!PQpipelineSync(c->pg)) {
@@ -487,6 +495,7 @@ static void finish_seg(pg_conn *c)
     c->inflight -= n;
     c->nsegs--;
     c->nslow -= last->slow_seg ? 1 : 0;
+    c->nwrite -= last->write_seg ? 1 : 0;
     account(c);
     bool committed = true;
     for (pg_req *r = seg; r != NULL; r = r->next) {

@@ -203,13 +203,14 @@ static int queue_take(pg_session *ss, bool (*pred)(const pg_session *, const pg_
     return n;
 }
 
-/* The oldest waiting call that may go now (any but a write of a key in flight), or NULL; *pprev
- * is the call before it in the queue (NULL: it is the head). */
-static pg_req *queue_peek(const pg_session *ss, pg_req **pprev)
+/* The oldest waiting call that may go now (any but a write of a key in flight, and no write
+ * unless writes_ok), or NULL; *pprev is the call before it in the queue (NULL: it is the
+ * head). */
+static pg_req *queue_peek(const pg_session *ss, pg_req **pprev, bool writes_ok)
 {
     pg_req *prev = NULL;
     for (pg_req *r = ss->wq_head; r != NULL; prev = r, r = r->next) {
-        if (is_write(r) && !is_free_write(ss, r))
+        if (is_write(r) && (!writes_ok || !is_free_write(ss, r)))
             continue;
         *pprev = prev;
         return r;
@@ -542,7 +543,10 @@ void store__pg_dispatch(pg_session *ss)
          * PostgreSQL flushes together across connections) go to the least busy connection,
          * counted from the last. */
         pg_req *prev = NULL;
-        pg_req *r = queue_peek(ss, &prev);
+        int writing = 0;
+        for (int i = 0; i < ss->nconns; i++)
+            writing += ss->conns[i].nwrite;
+        pg_req *r = queue_peek(ss, &prev, writing < WRITE_SEGS_MAX);
         if (r == NULL)
             return;
         pg_conn *c = is_get(r) ? pick_read_conn(ss) : pick_conn(ss);
