@@ -367,7 +367,9 @@ void store_cache_remove(store_cache *c, const char *tenant_id, const char *key)
     free_list(dead);
 }
 
-void store_cache_remove_expired(store_cache *c, const char *tenant_id, int64_t now_us)
+/* Removes from every stripe the entries of tenant_id (NULL: of every tenant) expired at now_us,
+ * or every entry when all, and bumps every stripe's generation. */
+static void remove_where(store_cache *c, const char *tenant_id, int64_t now_us, bool all)
 {
     size_t tl = tenant_id != NULL ? strlen(tenant_id) : 0;
     for (size_t i = 0; i < STORE_CACHE_STRIPES; i++) {
@@ -379,9 +381,10 @@ void store_cache_remove_expired(store_cache *c, const char *tenant_id, int64_t n
             entry **link = &st->buckets[b];
             while (*link != NULL) {
                 const entry *e = *link;
-                bool match = e->pin.has_expires && e->pin.expires_us <= now_us &&
-                             (tenant_id == NULL || (e->tenant_len == tl &&
-                                                    memcmp(e->pin.tenant_id, tenant_id, tl) == 0));
+                bool match =
+                    all || (e->pin.has_expires && e->pin.expires_us <= now_us &&
+                            (tenant_id == NULL || (e->tenant_len == tl &&
+                                                   memcmp(e->pin.tenant_id, tenant_id, tl) == 0)));
                 if (match)
                     unlink_entry(st, link, &dead);
                 else
@@ -391,6 +394,11 @@ void store_cache_remove_expired(store_cache *c, const char *tenant_id, int64_t n
         pthread_rwlock_unlock(&st->lock);
         free_list(dead);
     }
+}
+
+void store_cache_remove_expired(store_cache *c, const char *tenant_id, int64_t now_us)
+{
+    remove_where(c, tenant_id, now_us, false);
 }
 
 bool store_cache_probe(store_cache *c, const char *tenant_id, const char *key, uint64_t *pgen)
@@ -407,18 +415,7 @@ bool store_cache_probe(store_cache *c, const char *tenant_id, const char *key, u
 
 void store_cache_clear(store_cache *c)
 {
-    for (size_t i = 0; i < STORE_CACHE_STRIPES; i++) {
-        stripe *st = &c->stripes[i];
-        entry *dead = NULL;
-        pthread_rwlock_wrlock(&st->lock);
-        st->gen++;
-        for (size_t b = 0; b < st->nbuckets && st->count > 0; b++) {
-            while (st->buckets[b] != NULL)
-                unlink_entry(st, &st->buckets[b], &dead);
-        }
-        pthread_rwlock_unlock(&st->lock);
-        free_list(dead);
-    }
+    remove_where(c, NULL, 0, true);
 }
 
 size_t store_cache_count(store_cache *c)
