@@ -127,13 +127,14 @@ static tenant_rev *map_find(pg_rcache *rc, uint64_t h, const char *tenant, size_
     return NULL;
 }
 
-/* Raises tenant's applied revision to at least rev, adding the tenant while there is room. */
-static void map_raise(pg_rcache *rc, const char *tenant, size_t len, int64_t rev)
+/* Raises tenant's applied revision to at least rev; a tenant not in the map is added while there
+ * is room when add, else left out. */
+static void map_raise(pg_rcache *rc, const char *tenant, size_t len, int64_t rev, bool add)
 {
     uint64_t h = pins_hash_tenant_key(tenant, "", NULL, NULL);
     pthread_rwlock_wrlock(&rc->lock);
     tenant_rev *t = map_find(rc, h, tenant, len);
-    if (t == NULL && rc->ntenants < RCACHE_TENANTS_MAX) {
+    if (t == NULL && add && rc->ntenants < RCACHE_TENANTS_MAX) {
         t = malloc(sizeof(*t) + len + 1);
         if (t != NULL) {
             t->hash = h;
@@ -167,20 +168,14 @@ void store__pg_rcache_apply(pg_rcache *rc, store_change *ch)
     } else {
         store_cache_remove(rc->cache, pin->tenant_id, pin->key);
     }
-    map_raise(rc, pin->tenant_id, strlen(pin->tenant_id), pin->revision);
+    map_raise(rc, pin->tenant_id, strlen(pin->tenant_id), pin->revision, true);
 }
 
 void store__pg_rcache_skip(pg_rcache *rc, const char *tenant, int64_t rev)
 {
-    size_t len = strlen(tenant);
-    uint64_t h = pins_hash_tenant_key(tenant, "", NULL, NULL);
-    pthread_rwlock_wrlock(&rc->lock);
-    tenant_rev *t = map_find(rc, h, tenant, len);
-    if (t != NULL && t->applied < rev)
-        t->applied = rev;
-    pthread_rwlock_unlock(&rc->lock);
     /* A tenant without an applied revision stays without: it may have changes the feed missed
      * before a reset. */
+    map_raise(rc, tenant, strlen(tenant), rev, false);
 }
 
 void store__pg_rcache_invalidate(pg_rcache *rc)
@@ -207,7 +202,7 @@ void store__pg_rcache_sync_rows(pg_rcache *rc, const PGresult *res)
 {
     for (int i = 0; i < PQntuples(res); i++)
         map_raise(rc, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0),
-                  store__pg_col_i64(res, i, 1));
+                  store__pg_col_i64(res, i, 1), true);
     atomic_store(&rc->ready, true);
 }
 
@@ -216,27 +211,31 @@ bool store__pg_rcache_ready(pg_rcache *rc)
     return rc != NULL && atomic_load(&rc->ready);
 }
 
+/* Whether tenant has an applied revision, into *papplied. */
+static bool applied_of(pg_rcache *rc, const char *tenant, int64_t *papplied)
+{
+    size_t len = strlen(tenant);
+    uint64_t h = pins_hash_tenant_key(tenant, "", NULL, NULL);
+    pthread_rwlock_rdlock(&rc->lock);
+    const tenant_rev *t = map_find(rc, h, tenant, len);
+    if (t != NULL)
+        *papplied = t->applied;
+    pthread_rwlock_unlock(&rc->lock);
+    return t != NULL;
+}
+
 bool store__pg_rcache_covers(pg_rcache *rc, const char *tenant, int64_t rev)
 {
     if (!atomic_load(&rc->ready))
         return false;
     if (rev <= 0)
         return true; /* the tenant never changed: the cache holds only rows read since LISTEN */
-    size_t len = strlen(tenant);
-    uint64_t h = pins_hash_tenant_key(tenant, "", NULL, NULL);
-    pthread_rwlock_rdlock(&rc->lock);
-    const tenant_rev *t = map_find(rc, h, tenant, len);
-    bool ok = t != NULL && t->applied >= rev;
-    pthread_rwlock_unlock(&rc->lock);
-    return ok && atomic_load(&rc->ready);
+    int64_t applied;
+    return applied_of(rc, tenant, &applied) && applied >= rev && atomic_load(&rc->ready);
 }
 
 bool store__pg_rcache_known(pg_rcache *rc, const char *tenant)
 {
-    size_t len = strlen(tenant);
-    uint64_t h = pins_hash_tenant_key(tenant, "", NULL, NULL);
-    pthread_rwlock_rdlock(&rc->lock);
-    bool known = map_find(rc, h, tenant, len) != NULL;
-    pthread_rwlock_unlock(&rc->lock);
-    return known;
+    int64_t applied;
+    return applied_of(rc, tenant, &applied);
 }

@@ -369,11 +369,10 @@ static void revision_note(pg_feed *f, const char *s)
     if (f->rc == NULL)
         return;
     if (s[0] == 's' && s[1] == ' ') {
-        char *end;
-        errno = 0;
-        long long rev = strtoll(s + 2, &end, 10);
-        if (errno == 0 && end != s + 2 && *end == ' ')
-            store__pg_rcache_skip(f->rc, end + 1, rev);
+        size_t i = 2;
+        int64_t rev;
+        if (token_i64(s, strlen(s), &i, &rev, NULL))
+            store__pg_rcache_skip(f->rc, s + i, rev);
         return;
     }
     if (s[0] != 'b' || f->sync == NULL || strcmp(s, f->token) != 0)

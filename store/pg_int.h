@@ -36,7 +36,8 @@
  * order its locks by the same (tenant, key) comparison inside its statement and place itself in
  * the sort by the smaller key, never join an upsert chain (chainable() must refuse it), and keep
  * its two keys as params[0..1] and two more fixed positions that key_slot and write_cmp know.
- * Reads (OP_GET) use params[0..1] and r->slot the same way to find equal keys in a batch.
+ * Reads (OP_GET) use params[0..1] to find equal keys in a batch, and r->slot holds the hash of
+ * tenant and key for them (key_slot), not of the tenant.
  */
 #ifndef PINS_STORE_PG_INT_H
 #define PINS_STORE_PG_INT_H
@@ -131,7 +132,8 @@ typedef struct pg_req {
     bool write_seg;     /* sync_after: its segment writes pins (pg_conn.nwrite) */
     bool pre_set;       /* store__pg_sql_generic precedes it (and its Parse); its result is due */
     bool parse_pending; /* a Parse of its statement precedes it; its result is due */
-    uint32_t slot;      /* upsert, delete, get: its key's slot in busy[] (key_slot) */
+    uint32_t slot;      /* upsert, delete: its tenant's slot in busy[] (tenant_slot); get: the
+                           hash of its tenant and key (key_slot) */
     uint32_t busy_at;   /* sent in a write segment: its key's slot in busy[] + 1, else 0 */
     bool solo;          /* goes in a segment of its own (a retry after an error) */
     bool cancel_sent;   /* its calls all passed their deadlines: a cancel request went out */

@@ -107,6 +107,15 @@ static uint32_t tenant_slot(const pg_req *r)
     return (uint32_t)(pins_hash_tenant_key(tenant, "", NULL, NULL) & (BUSY_SLOTS - 1));
 }
 
+/* A read's slot: the hash of its tenant and key, with which send_gets() finds equal keys in a
+ * batch (the tenant alone would put every key of a tenant on one probe chain). */
+static uint32_t key_slot(const pg_req *r)
+{
+    const char *tenant = r->params[0] != NULL ? r->params[0] : "";
+    const char *key = r->params[1] != NULL ? r->params[1] : "";
+    return (uint32_t)(pins_hash_tenant_key(tenant, key, NULL, NULL) & (BUSY_SLOTS - 1));
+}
+
 /* Whether c is up and has room for another segment. Through a pooler a connection has one
  * segment in flight at a time: PgBouncer (1.18, transaction pooling) gives the server connection
  * back to its pool at the ReadyForQuery of a segment's sync unless it has already read the next
@@ -327,7 +336,7 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
     /* Per distinct key: its element in the read arrays (-1: from the cache), its tenant's
      * element, whether it is cached, and its stripe's generation. */
     int readof[GET_BATCH_MAX], tenantof[GET_BATCH_MAX], firstof_tenant[GET_BATCH_MAX];
-    bool cached[GET_BATCH_MAX] = {false}, known[GET_BATCH_MAX] = {false};
+    bool cached[GET_BATCH_MAX] = {false}, known[GET_BATCH_MAX] = {false}; /* per tenant */
     uint64_t gen[GET_BATCH_MAX] = {0};
     int nr = 0, nt = 0;
     for (int d = 0; d < nd; d++) {
@@ -347,11 +356,11 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
         }
         if (tenantof[d] < 0) {
             firstof_tenant[nt] = d;
+            known[nt] = store__pg_rcache_known(rc, tenant);
             tenantof[d] = nt++;
         }
-        known[d] = store__pg_rcache_known(rc, tenant);
         cached[d] = store_cache_probe(store__pg_rcache_cache(rc), tenant, key, &gen[d]);
-        if (!no_cache[d] && cached[d] && known[d])
+        if (!no_cache[d] && cached[d] && known[tenantof[d]])
             readof[d] = -1;
         else
             nr++;
@@ -362,7 +371,8 @@ static void send_gets(pg_session *ss, pg_conn *c, pg_req *first)
         k->key_at = readof[d];
         k->tenant_at = tenantof[d];
         k->cache_cand = readof[d] < 0;
-        k->cache_fill = ri && readof[d] >= 0 && !cached[d] && known[d]; /* else never a hit */
+        /* a tenant without an applied revision would never be answered from the cache */
+        k->cache_fill = ri && readof[d] >= 0 && !cached[d] && known[tenantof[d]];
         k->cache_gen = gen[d];
     }
     pg_req *b = calloc(1, sizeof(*b));
@@ -576,8 +586,10 @@ int store__pg_submit(pg_session *ss, pg_req *r)
     bool done = false;
     if (ss->evb == NULL)
         r->pdone = &done;
-    if (r->kind == OP_UPSERT || r->kind == OP_DELETE || r->kind == OP_GET)
-        r->slot = tenant_slot(r); /* once: the dispatcher looks at it on every pass */
+    if (r->kind == OP_UPSERT || r->kind == OP_DELETE) /* once: the dispatcher looks at it */
+        r->slot = tenant_slot(r);
+    else if (r->kind == OP_GET)
+        r->slot = key_slot(r);
     if (!store__pg_any_conn_alive(ss)) {
         store__pg_count_error("connect");
         store__pg_fail_req(ss, r, PINS_ESTORE,

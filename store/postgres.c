@@ -366,17 +366,14 @@ static void pack_pin(pg_session *ss, pins_arena **pout, store_pin *pin)
                                 &pin->value_pb_len);
 }
 
-/* Answers k, a call of a batch read through the cache (cache_cand), from the cache when the read
- * index allows it: its tenant's revision rev, read by the batch's statement, is one the cache
- * holds every change up to. Returns false when it cannot (the feed is behind, or the entry was
- * dropped since the batch was sent): k must be read from the database. */
-static bool deliver_cached(pg_session *ss, pg_req *k, int64_t rev, pins_arena **phits)
+/* Answers k, a call of a batch read through the cache (cache_cand), from the cache. Returns
+ * false when it cannot (the entry was dropped since the batch was sent): k must be read from the
+ * database. */
+static bool deliver_cached(pg_session *ss, pg_req *k, pins_arena **phits)
 {
     pg_rcache *rc = ss->st->rcache;
     const char *tenant = k->params[0] != NULL ? k->params[0] : "";
     const char *key = k->params[1] != NULL ? k->params[1] : "";
-    if (rev < 0 || !store__pg_rcache_covers(rc, tenant, rev))
-        return false;
     if (*phits == NULL)
         *phits = pins_arena_new(0);
     store_pin pin;
@@ -404,6 +401,8 @@ static void deliver_gets(pg_session *ss, pg_req *r)
     bool ri = r->sql == store__pg_sql_get_batch_ri;
     int rowof[GET_BATCH_MAX], err[GET_BATCH_MAX];
     int64_t trev[GET_BATCH_MAX];
+    int8_t covered[GET_BATCH_MAX]; /* per tenant: the read index allows the cache (1), not (0),
+                                      not looked at yet (-1) */
     store_pin pins[GET_BATCH_MAX];
     char *bufs[GET_BATCH_MAX] = {NULL};
     bool parsed[GET_BATCH_MAX] = {false};
@@ -411,6 +410,7 @@ static void deliver_gets(pg_session *ss, pg_req *r)
     for (int d = 0; d < GET_BATCH_MAX; d++) {
         rowof[d] = -1;
         trev[d] = -1;
+        covered[d] = -1;
     }
     for (int row = 0; row < PQntuples(res); row++) {
         int64_t d = store__pg_col_i64(res, row, 0);
@@ -422,8 +422,13 @@ static void deliver_gets(pg_session *ss, pg_req *r)
     req_list again = {0};
     for (pg_req **link = &r->kids, *k; (k = *link) != NULL;) {
         if (k->cache_cand && !k->abandoned) {
+            /* the cache holds every change of the tenant up to the revision the statement read */
             int t = k->tenant_at;
-            if (deliver_cached(ss, k, t >= 0 && t < GET_BATCH_MAX ? trev[t] : -1, &hits)) {
+            if (t >= 0 && t < GET_BATCH_MAX && covered[t] < 0)
+                covered[t] = trev[t] >= 0 &&
+                             store__pg_rcache_covers(
+                                 ss->st->rcache, k->params[0] != NULL ? k->params[0] : "", trev[t]);
+            if (t >= 0 && t < GET_BATCH_MAX && covered[t] == 1 && deliver_cached(ss, k, &hits)) {
                 link = &k->next;
                 continue;
             }
