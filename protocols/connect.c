@@ -218,22 +218,13 @@ static int unary_send(rpc_call *call, const ProtobufCMessage *msg)
     return rv;
 }
 
-/* A packed reply: sent as is for application/proto, re-read for JSON. */
-static int send_packed_via(rpc_call *call, const uint8_t *p, size_t len,
-                           int (*send)(rpc_call *, const ProtobufCMessage *))
-{
-    ProtobufCAllocator alloc = pins_arena_allocator(call->arena);
-    ProtobufCMessage *m = protobuf_c_message_unpack(call->method->output, &alloc, len, p);
-    return m != NULL ? send(call, m) : PINS_EINTERNAL;
-}
-
 static int unary_send_packed(rpc_call *call, const uint8_t *p, size_t len)
 {
     proto__exchange *ex = exchange_of_call(call);
     if (ex == NULL || ex->done)
         return PINS_ECANCELLED;
     if (ex->json)
-        return send_packed_via(call, p, len, unary_send);
+        return rpc_call_send_unpacked(call, p, len, unary_send);
     return unary_respond(ex, p, len);
 }
 
@@ -362,7 +353,7 @@ static int framed_send_packed(rpc_call *call, const uint8_t *p, size_t len)
     if (ex == NULL || ex->done)
         return PINS_ECANCELLED;
     if (ex->json)
-        return send_packed_via(call, p, len, framed_send);
+        return rpc_call_send_unpacked(call, p, len, framed_send);
     int rv = framed_start(ex);
     if (rv == 0)
         rv = write_envelope(ex, 0, p, len);

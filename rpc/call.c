@@ -373,41 +373,33 @@ void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg)
     finish(call, 0, NULL);
 }
 
-static int send_packed(rpc_call *call, const uint8_t *msg, size_t len)
+int rpc_call_send_unpacked(rpc_call *call, const uint8_t *msg, size_t len,
+                           int (*send)(rpc_call *, const ProtobufCMessage *))
 {
-    if (call->ops->send_packed != NULL)
-        return call->ops->send_packed(call, msg, len);
-    ProtobufCAllocator alloc = pins_arena_allocator(call->arena);
-    ProtobufCMessage *m = protobuf_c_message_unpack(call->method->output, &alloc, len, msg);
-    if (m == NULL)
-        return PINS_EINTERNAL;
-    int rv = call->ops->send(call, m);
-    protobuf_c_message_free_unpacked(m, &alloc);
-    return rv;
-}
-
-/* One message of a stream, for a transport that needs it unpacked: unpacked in an arena of its
- * own, freed once sent, so that a long stream (WatchPins over SSE, Connect) does not keep every
- * message it ever sent in the call's arena. */
-static int send_packed_stream(rpc_call *call, const uint8_t *msg, size_t len)
-{
-    if (call->ops->send_packed != NULL)
-        return call->ops->send_packed(call, msg, len);
     pins_arena *a = pins_arena_new(pins_arena_limit(call->arena));
     if (a == NULL)
         return PINS_ENOMEM;
     ProtobufCAllocator alloc = pins_arena_allocator(a);
     ProtobufCMessage *m = protobuf_c_message_unpack(call->method->output, &alloc, len, msg);
-    int rv = m != NULL ? call->ops->send(call, m) : PINS_EINTERNAL;
+    int rv = m != NULL ? send(call, m) : PINS_EINTERNAL;
     pins_arena_free(a);
     return rv;
+}
+
+/* msg (packed) through the transport: as is when it takes packed messages, else unpacked
+ * (rpc_call_send_unpacked). */
+static int send_packed(rpc_call *call, const uint8_t *msg, size_t len)
+{
+    if (call->ops->send_packed != NULL)
+        return call->ops->send_packed(call, msg, len);
+    return rpc_call_send_unpacked(call, msg, len, call->ops->send);
 }
 
 int rpc_call_send_packed(rpc_call *call, const uint8_t *msg, size_t len)
 {
     if (call->flags & (RPC_CALL_FINISHED | RPC_CALL_CANCELLED) || call->transport == NULL)
         return PINS_ECANCELLED;
-    int rv = send_packed_stream(call, msg, len);
+    int rv = send_packed(call, msg, len);
     if (rv == 0)
         call->flags |= RPC_CALL_SENT_MESSAGE;
     return rv;

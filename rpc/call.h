@@ -144,6 +144,12 @@ int rpc_call_send(rpc_call *call, const ProtobufCMessage *msg);
 void rpc_call_reply(rpc_call *call, const ProtobufCMessage *msg);
 /* As rpc_call_send() for a message already packed as the method's output type (borrowed). */
 int rpc_call_send_packed(rpc_call *call, const uint8_t *msg, size_t len);
+/* For a transport that needs messages unpacked: unpacks msg (call's output type) in an arena of
+ * its own, passes it to send and frees it, so that a long stream (WatchPins over SSE or Connect
+ * JSON) does not keep every message it sent in the call's arena. Returns send's result,
+ * PINS_EINTERNAL (unreadable) or PINS_ENOMEM. */
+int rpc_call_send_unpacked(rpc_call *call, const uint8_t *msg, size_t len,
+                           int (*send)(rpc_call *, const ProtobufCMessage *));
 /* Unary success with the response already encoded as the method's output message (bytes are
  * borrowed; copied or sent before return). Transports that need the message (JSON) decode it. */
 void rpc_call_reply_packed(rpc_call *call, const uint8_t *msg, size_t len);

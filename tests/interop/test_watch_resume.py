@@ -8,6 +8,10 @@ OUT_OF_RANGE; the sweeper and CleanupExpiredPins send one EXPIRE event per recla
 Every loop is bounded in count and time; nothing asserts on how long something took.
 """
 import json
+import tempfile
+import subprocess
+import shutil
+import os
 import queue
 import re
 import threading
@@ -306,6 +310,54 @@ class SseLongStreamTest(ServerTestCase):
         self.assertIsNotNone(m, r.text[-500:])
         self.assertNotIn("event: error", r.text)
         self.assertEqual(len(re.findall(r"^event: put$", r.text, re.M)), 2000)
+
+
+    def test_two_thousand_events_on_one_connect_json_stream(self):
+        """The same through Connect streaming with JSON (application/connect+json), whose
+        messages are unpacked for the JSON encoder (rpc_call_send_unpacked)."""
+        t = "connect-long"
+        tmp = tempfile.mkdtemp(prefix="pinsd-cwatch-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        # from a revision: the changes after it arrive whenever the stream starts
+        since = self.client.call(mp("UpsertPin"), {"tenant_id": t, "key": "start",
+                                                   "value": {}}).pin.revision
+        body = json.dumps({"tenantId": t, "sinceRevision": str(since)}).encode()
+        with open(os.path.join(tmp, "req"), "wb") as f:
+            f.write(bytes([0]) + len(body).to_bytes(4, "big") + body)
+        out = os.path.join(tmp, "out")
+        p = subprocess.Popen(
+            [CURL, "-sS", "-N", "--http2-prior-knowledge", "--max-time", "90", "-o", out,
+             "-H", "Content-Type: application/connect+json", "--data-binary",
+             "@" + os.path.join(tmp, "req"),
+             "http://127.0.0.1:%d%s" % (self.server.port, mp("WatchPins"))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        last = 0
+        for i in range(2000):
+            last = self.client.call(mp("UpsertPin"), {"tenant_id": t, "key": "k%d" % (i % 50),
+                                                      "value": {"v": "x" * 600, "i": i}}).pin.revision
+        frames = []
+        deadline = time.monotonic() + 60
+        while True:
+            data = b""
+            if os.path.exists(out):
+                with open(out, "rb") as f:
+                    data = f.read()
+            frames, i = [], 0
+            while len(data) - i >= 5:
+                n = int.from_bytes(data[i + 1:i + 5], "big")
+                if len(data) - i - 5 < n:
+                    break
+                frames.append((data[i], data[i + 5:i + 5 + n]))
+                i += 5 + n
+            msgs = [json.loads(m) for fl, m in frames if fl == 0]
+            if msgs and int(msgs[-1].get("pin", {}).get("revision", 0)) >= last:
+                break
+            self.assertFalse(any(fl == 2 for fl, _ in frames), frames[-1:])  # ended early
+            self.assertLess(time.monotonic(), deadline, "got %d messages" % len(msgs))
+            time.sleep(0.1)
+        self.assertEqual(len(msgs), 2000, msgs[:1])
+        self.assertEqual([int(m["pin"]["revision"]) for m in msgs][-1], last)
 
 
 @unittest.skipUnless(CURL, "curl not installed")

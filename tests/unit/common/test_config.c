@@ -20,6 +20,8 @@ static const char *const all_vars[] = {
     "PINS_WATCH_HISTORY_SECONDS",
     "PINS_WATCH_HISTORY_MAX_ROWS",
     "PINS_DATA_DIR",
+    "PINS_CACHE_MAX_BYTES",
+    "PINS_PG_READ_CACHE",
     "DB_POOL_SIZE",
     "REDIS_URL",
     "PINS_LISTEN",
@@ -157,6 +159,7 @@ static void test_defaults_match_the_header(void **state)
     assert_null(g->rbac_policy_file);
     assert_false(g->rbac_trust_x_roles);
     assert_true(g->memory_pins_enabled);
+    assert_true(g->pg_read_cache);
     assert_false(g->chaos_allowed);
     assert_int_equal(g->memory_max_size_bytes, 1048576);
     assert_int_equal(g->max_request_bytes, 4194304);
@@ -178,6 +181,7 @@ static void test_environment_sets_every_kind_of_value(void **state)
     setenv("PINS_DATA_DIR", "/data", 1);
     setenv("RBAC_ENFORCE", "YES", 1);
     setenv("MEMORY_PINS_ENABLED", "off", 1);
+    setenv("PINS_PG_READ_CACHE", "false", 1);
     setenv("RATE_LIMIT_RPM", "10", 1);
     setenv("MEMORY_MAX_SIZE_BYTES", "2048", 1);
     setenv("LOG_LEVEL", "DEBUG", 1);
@@ -189,6 +193,7 @@ static void test_environment_sets_every_kind_of_value(void **state)
     assert_string_equal(c->cfg.data_dir, "/data");
     assert_true(c->cfg.rbac_enforce);
     assert_false(c->cfg.memory_pins_enabled);
+    assert_false(c->cfg.pg_read_cache);
     assert_int_equal(c->cfg.rate_limit_rpm, 10);
     assert_int_equal(c->cfg.rate_limit_burst, 10);
     assert_int_equal(c->cfg.memory_max_size_bytes, 2048);

@@ -200,11 +200,12 @@ void fake_env_free(fake_env *env)
     rpc_worker *w = &env->worker;
     /* A Watch stream still open would hold its call: none may be left. */
     assert_true(pins_list_is_empty(&w->health_watches));
-    for (size_t i = 0; i < w->narena_pool; i++)
-        pins_arena_free(w->arena_pool[i]);
-    w->narena_pool = 0;
     store_feed_stop(env->store);
     store_session_free(w->store); /* first, as server.c does: pending calls complete into the hub */
+    w->store = NULL;
+    for (size_t i = 0; i < w->narena_pool; i++) /* after: completed calls gave their arenas back */
+        pins_arena_free(w->arena_pool[i]);
+    w->narena_pool = 0;
     rpc__watch_worker_free(w);
     rpc__metrics_worker_free(w);
     store_close(env->store);
