@@ -50,6 +50,7 @@ struct store__ckpt {
     bool due;          /* under mu: a commit crossed STORE__CKPT_FRAMES */
     bool written;      /* under mu: a session committed since the last run */
     int wal_frames;    /* under mu: the WAL's frames after the last commit a session reported */
+    int backstop_at;   /* under mu: the WAL's frames when a writer last ran the backstop */
     uint64_t runs;     /* under mu: checkpoints run */
     uint64_t failures; /* under mu: checkpoints that failed (other than SQLITE_BUSY) */
 };
@@ -217,8 +218,15 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
         c->due = true;
         pthread_cond_signal(&c->cv);
     }
+    /* Once per eighth of the backstop's length of growth (or after the WAL was rewound): a
+     * reader that keeps the WAL from being rewound would otherwise make every commit run it. */
+    bool backstop =
+        frames >= STORE__CKPT_BACKSTOP_FRAMES &&
+        (frames < c->backstop_at || frames - c->backstop_at >= STORE__CKPT_BACKSTOP_FRAMES / 8);
+    if (backstop)
+        c->backstop_at = frames;
     pthread_mutex_unlock(&c->mu);
-    if (frames >= STORE__CKPT_BACKSTOP_FRAMES) {
+    if (backstop) {
         /* The checkpointer's thread has fallen behind: this writer (holding the store's write
          * mutex) copies what no reader needs, so that the next writer can rewind the WAL. A
          * callback of sqlite3_wal_hook may checkpoint (SQLite's own automatic one does). */
